@@ -1,0 +1,19 @@
+# CPU kernel sets, one translation unit per ISA level with its own flags; the
+# best one the CPU supports is chosen at run time (backends/cpu/cpu_kernels.cpp).
+# Never -march=native: the wheel must run on any CPU of its architecture.
+set(FG_CPU ${FORGERT_SRC}/backends/cpu)
+target_sources(forgert_core PRIVATE ${FG_CPU}/kernels_generic.cpp)
+
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$" AND NOT MSVC)
+  target_sources(forgert_core PRIVATE ${FG_CPU}/kernels_avx2.cpp ${FG_CPU}/kernels_avx512.cpp)
+  set_source_files_properties(${FG_CPU}/kernels_avx2.cpp PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+  set_source_files_properties(${FG_CPU}/kernels_avx512.cpp PROPERTIES COMPILE_OPTIONS
+    "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512vnni")
+  target_compile_definitions(forgert_core PRIVATE FORGERT_HAVE_AVX2=1 FORGERT_HAVE_AVX512=1)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$")
+  target_sources(forgert_core PRIVATE ${FG_CPU}/kernels_neon.cpp)
+  if(NOT APPLE)
+    set_source_files_properties(${FG_CPU}/kernels_neon.cpp PROPERTIES COMPILE_OPTIONS "-march=armv8.2-a+dotprod+fp16")
+  endif()
+  target_compile_definitions(forgert_core PRIVATE FORGERT_HAVE_NEON=1)
+endif()

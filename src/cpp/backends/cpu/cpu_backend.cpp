@@ -1,0 +1,224 @@
+#include "cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "kernels_scalar.h"
+
+namespace forgert::cpu {
+
+namespace {
+
+struct HostBuffer final : Buffer {
+    bool owned = false;
+    ~HostBuffer() override {
+        if (owned) std::free(host);
+    }
+};
+
+// Elementwise ops are memory-bound; below this many elements threading costs more than it saves.
+constexpr int64_t kParallelElems = 1 << 15;
+
+}  // namespace
+
+CpuBackend::CpuBackend(int n_threads) : pool_(n_threads), k_(select_kernels()) {
+    scratch_.resize(pool_.size());
+}
+
+std::string CpuBackend::name() const { return std::string("cpu (") + k_.name + ")"; }
+
+std::unique_ptr<Buffer> CpuBackend::alloc(size_t bytes) {
+    auto b = std::make_unique<HostBuffer>();
+    // 64-byte alignment for vector loads; round the size up as aligned_alloc requires.
+    b->host = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) & ~size_t(63)));
+    if (!b->host) throw std::bad_alloc();
+    std::memset(b->host, 0, bytes);
+    b->owned = true;
+    b->size = bytes;
+    return b;
+}
+
+std::unique_ptr<Buffer> CpuBackend::wrap_host(void* ptr, size_t bytes) {
+    auto b = std::make_unique<HostBuffer>();
+    b->host = ptr;
+    b->size = bytes;
+    return b;
+}
+
+void CpuBackend::write(const Tensor& dst, const void* src, size_t bytes) { std::memcpy(dst.data(), src, bytes); }
+void CpuBackend::read(void* dst, const Tensor& src, size_t bytes) { std::memcpy(dst, src.data(), bytes); }
+
+void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
+    const int32_t* id = ids.data<int32_t>();
+    for (int64_t i = 0; i < out.rows; i++) {
+        const uint8_t* row = table.data<uint8_t>() + table.stride * id[i];
+        dequantize_row(table.type, row, reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * i), table.cols);
+    }
+}
+
+void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    const int64_t dim = x.cols;
+    const float* wv = w.data<float>();
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            const float* xr = reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * r);
+            float* yr = reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * r);
+            double ss = 0.0;  // double: rows of thousands of squares stay exact enough for 1e-6 agreement
+            for (int64_t c = 0; c < dim; c++) ss += (double)xr[c] * xr[c];
+            const float scale = (float)(1.0 / std::sqrt(ss / dim + eps));
+            for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
+        }
+    });
+}
+
+void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
+    const int64_t n = x.rows, rows = w.rows, cols = w.cols;
+    const int64_t out_stride = (int64_t)(out.stride / sizeof(float));
+    float* y = out.data<float>();
+    const uint8_t* wd = w.data<uint8_t>();
+    const bool quantized = w.type == DType::Q8_0 || w.type == DType::Q4_0 || w.type == DType::Q4_1;
+    if (quantized) {
+        const int64_t nb = cols / FG_QK;
+        if ((int64_t)xq_.size() < n * nb) xq_.resize(n * nb);
+        BlockQ8Act* xq = xq_.data();
+        auto quantize = [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; t++)
+                k_.quantize_row_q8(reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * t), xq + t * nb, cols);
+        };
+        if (n >= 4) pool_.parallel_for(n, 1, quantize); else quantize(0, n);
+        // Row chunks are multiples of 16 so every thread runs full register tiles.
+        pool_.parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+            k_.gemm_q(w.type, wd, w.stride, r0, r1, xq, nb, n, y, out_stride);
+        });
+    } else {
+        const float* xf = x.data<float>();
+        const float* xin = xf;
+        std::vector<float> packed;
+        if (x.stride != (size_t)cols * sizeof(float)) {  // the kernels read x densely
+            packed.resize(n * cols);
+            for (int64_t t = 0; t < n; t++)
+                std::memcpy(&packed[t * cols], x.data<uint8_t>() + x.stride * t, cols * sizeof(float));
+            xin = packed.data();
+        }
+        pool_.parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+            k_.gemm_f(w.type, wd, w.stride, r0, r1, xin, cols, n, y, out_stride);
+        });
+    }
+}
+
+void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
+    const float* bv = b.data<float>();
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = reinterpret_cast<float*>(x.data<uint8_t>() + x.stride * r);
+        for (int64_t c = 0; c < x.cols; c++) xr[c] += bv[c];
+    }
+}
+
+void CpuBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) {
+    const int half = p.head_dim / 2;
+    const float* fr = freqs.data<float>();
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, 64 / p.n_heads), [&](int64_t t0, int64_t t1) {
+        std::vector<float> cs(half), sn(half);
+        for (int64_t t = t0; t < t1; t++) {
+            const double pos = (double)(pos0 + t);
+            for (int j = 0; j < half; j++) {
+                const double a = pos * fr[j];  // double: positions in the 100k range keep full precision
+                cs[j] = (float)std::cos(a);
+                sn[j] = (float)std::sin(a);
+            }
+            float* xr = reinterpret_cast<float*>(x.data<uint8_t>() + x.stride * t);
+            for (int h = 0; h < p.n_heads; h++) {
+                float* v = xr + h * p.head_dim;
+                for (int j = 0; j < half; j++) {
+                    // neox pairs (j, j + half); otherwise adjacent pairs (2j, 2j + 1)
+                    const int i0 = p.neox ? j : 2 * j, i1 = p.neox ? j + half : 2 * j + 1;
+                    const float a = v[i0], b = v[i1];
+                    v[i0] = a * cs[j] - b * sn[j];
+                    v[i1] = a * sn[j] + b * cs[j];
+                }
+            }
+        }
+    });
+}
+
+void CpuBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
+    for (int64_t t = 0; t < src.rows; t++) {
+        k_.f32_to_f16_row(reinterpret_cast<const float*>(src.data<uint8_t>() + src.stride * t),
+                          reinterpret_cast<uint16_t*>(cache.data<uint8_t>() + cache.stride * (pos0 + t)), src.cols);
+    }
+}
+
+void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
+                           const AttentionParams& p) {
+    const int64_t n = q.rows;
+    const int group = p.n_heads / p.n_kv_heads;
+    const int hd = p.head_dim;
+    const int64_t n_ctx_used = pos0 + n;
+    for (auto& s : scratch_) {
+        if ((int64_t)s.size() < n_ctx_used) s.resize(n_ctx_used);
+    }
+    pool_.run([&](int ith, int nth) {
+        float* scores = scratch_[ith].data();
+        const int64_t items = n * p.n_heads;
+        for (int64_t it = ith; it < items; it += nth) {  // interleaved: later tokens have longer rows
+            const int64_t t = it / p.n_heads;
+            const int h = (int)(it % p.n_heads), kvh = h / group;
+            const float* qh = reinterpret_cast<const float*>(q.data<uint8_t>() + q.stride * t) + h * hd;
+            float* oh = reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * t) + h * hd;
+            const int64_t len = pos0 + t + 1;  // causal: positions 0..pos0 + t
+            float mx = -std::numeric_limits<float>::infinity();
+            for (int64_t j = 0; j < len; j++) {
+                const uint16_t* kj = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>() + k_cache.stride * j) + kvh * hd;
+                scores[j] = k_.dot_f32_f16(qh, kj, hd) * p.scale;
+                mx = std::max(mx, scores[j]);
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < len; j++) {
+                scores[j] = std::exp(scores[j] - mx);
+                sum += scores[j];
+            }
+            const float inv = 1.0f / sum;
+            std::fill(oh, oh + hd, 0.0f);
+            for (int64_t j = 0; j < len; j++) {
+                const uint16_t* vj = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>() + v_cache.stride * j) + kvh * hd;
+                k_.axpy_f16(scores[j] * inv, vj, oh, hd);
+            }
+        }
+    });
+}
+
+void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    const int64_t cols = out.cols;
+    pool_.parallel_for(out.rows * cols, 4096, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; i++) {
+            const int64_t r = i / cols, c = i % cols;
+            const float g = reinterpret_cast<const float*>(gate.data<uint8_t>() + gate.stride * r)[c];
+            const float u = reinterpret_cast<const float*>(up.data<uint8_t>() + up.stride * r)[c];
+            reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * r)[c] = g / (1.0f + std::exp(-g)) * u;
+        }
+    });
+}
+
+void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
+    for (int64_t r = 0; r < out.rows; r++) {
+        const float* ar = reinterpret_cast<const float*>(a.data<uint8_t>() + a.stride * r);
+        const float* br = reinterpret_cast<const float*>(b.data<uint8_t>() + b.stride * r);
+        float* o = reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * r);
+        for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
+    }
+}
+
+void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
+    for (int64_t r = 0; r < x.rows; r++) {
+        const float* xr = reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * r);
+        int64_t best = 0;
+        for (int64_t c = 1; c < x.cols; c++)
+            if (xr[c] > xr[best]) best = c;
+        out.data<int32_t>()[r] = (int32_t)best;
+    }
+}
+
+}  // namespace forgert::cpu

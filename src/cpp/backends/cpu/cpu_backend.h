@@ -1,0 +1,44 @@
+// The CPU backend: every op runs immediately on a thread pool, with the SIMD
+// kernel set chosen for this CPU at start-up.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/backend.h"
+#include "cpu_kernels.h"
+#include "thread_pool.h"
+
+namespace forgert::cpu {
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(int n_threads);
+    std::string name() const override;
+    int n_threads() const { return pool_.size(); }
+
+    std::unique_ptr<Buffer> alloc(size_t bytes) override;
+    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) override;
+    void write(const Tensor& dst, const void* src, size_t bytes) override;
+    void read(void* dst, const Tensor& src, size_t bytes) override;
+
+    void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
+    void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
+    void add_bias(const Tensor& x, const Tensor& b) override;
+    void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
+    void kv_write(const Tensor& cache, const Tensor& src, int pos0) override;
+    void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
+                   const AttentionParams& p) override;
+    void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+    void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void argmax(const Tensor& out, const Tensor& x) override;
+
+private:
+    ThreadPool pool_;
+    const KernelSet& k_;
+    std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
+    std::vector<std::vector<float>> scratch_;  // per-thread attention scores
+};
+
+}  // namespace forgert::cpu

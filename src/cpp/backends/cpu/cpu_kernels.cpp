@@ -1,0 +1,77 @@
+#include "cpu_kernels.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
+namespace forgert::cpu {
+
+#if !FORGERT_HAVE_AVX2
+const KernelSet* kernels_avx2() { return nullptr; }
+#endif
+#if !FORGERT_HAVE_AVX512
+const KernelSet* kernels_avx512() { return nullptr; }
+#endif
+#if !FORGERT_HAVE_NEON
+const KernelSet* kernels_neon() { return nullptr; }
+#endif
+
+namespace {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(_M_X64)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_avx512_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_neon_dotprod() {
+#if defined(__aarch64__) && defined(__APPLE__)
+    return true;  // every Apple arm64 chip has the dot-product extension
+#elif defined(__aarch64__) && defined(__linux__) && defined(HWCAP_ASIMDDP)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+    return false;
+#endif
+}
+
+const KernelSet* pick() {
+    const char* want = std::getenv("FORGERT_CPU_ISA");
+    if (want && *want) {
+        const KernelSet* s = nullptr;
+        if (!std::strcmp(want, "generic")) s = kernels_generic();
+        else if (!std::strcmp(want, "avx2") && cpu_has_avx2()) s = kernels_avx2();
+        else if (!std::strcmp(want, "avx512") && cpu_has_avx512_vnni()) s = kernels_avx512();
+        else if (!std::strcmp(want, "neon") && cpu_has_neon_dotprod()) s = kernels_neon();
+        if (!s) throw InputError(std::string("FORGERT_CPU_ISA=") + want +
+                                 " is not available on this CPU or build (choose generic, avx2, avx512, neon)");
+        return s;
+    }
+    if (cpu_has_avx512_vnni() && kernels_avx512()) return kernels_avx512();
+    if (cpu_has_avx2() && kernels_avx2()) return kernels_avx2();
+    if (cpu_has_neon_dotprod() && kernels_neon()) return kernels_neon();
+    return kernels_generic();
+}
+
+}  // namespace
+
+const KernelSet& select_kernels() {
+    static const KernelSet* chosen = pick();
+    return *chosen;
+}
+
+}  // namespace forgert::cpu

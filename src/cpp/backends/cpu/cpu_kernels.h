@@ -1,0 +1,51 @@
+// The CPU backend's inner kernels, compiled once per ISA level (kernels_*.cpp,
+// each file built with its own -m flags) and chosen at run time by what the CPU
+// reports. Everything here works on one thread's share of an op.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace forgert::cpu {
+
+// Activations quantized for integer dot products against quantized weights:
+// x[i] ~= d * qs[i]; `sum` = sum(qs) serves the zero-point corrections of
+// Q4_0 (-8), Q4_1 (+m) and Q8_0 (stored biased by +128 in the dot product).
+struct BlockQ8Act {
+    float d;
+    int32_t sum;
+    int8_t qs[FG_QK];
+};
+static_assert(sizeof(BlockQ8Act) == 40, "BlockQ8Act is 40 bytes");
+
+struct KernelSet {
+    const char* name;
+    // Quantize one row of n (multiple of 32) floats into n/32 blocks.
+    void (*quantize_row_q8)(const float* x, BlockQ8Act* y, int64_t n);
+    // out[t * out_stride + r] = dot(w row r, x row t) for r in [r0, r1), t in [0, n_tok):
+    // w quantized (Q8_0/Q4_0/Q4_1) with rows w_stride bytes apart; x rows of nb blocks.
+    void (*gemm_q)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
+                   const BlockQ8Act* x, int64_t nb, int64_t n_tok, float* out, int64_t out_stride);
+    // The same for float weights (F32/F16/BF16) against f32 activations of `cols` columns.
+    void (*gemm_f)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
+                   const float* x, int64_t cols, int64_t n_tok, float* out, int64_t out_stride);
+    // Convert n f16 values to f32 and back.
+    void (*f16_to_f32_row)(const uint16_t* x, float* y, int64_t n);
+    void (*f32_to_f16_row)(const float* x, uint16_t* y, int64_t n);
+    // dot(x, y) for f32 x and f16 y (attention scores), and y += a * x for f16 x (attention values).
+    float (*dot_f32_f16)(const float* x, const uint16_t* y, int64_t n);
+    void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
+};
+
+// Per-ISA entry points; each returns nullptr where that file was not built.
+const KernelSet* kernels_generic();
+const KernelSet* kernels_avx2();
+const KernelSet* kernels_avx512();
+const KernelSet* kernels_neon();
+
+// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx512|neon overrides.
+const KernelSet& select_kernels();
+
+}  // namespace forgert::cpu

@@ -1,0 +1,13 @@
+// AVX2 + FMA + F16C kernel set (Haswell and later, Zen). Built with -mavx2 -mfma -mf16c.
+#define FG_TILE_ROWS 2
+#define FG_TILE_TOKENS 4
+#define FG_HAVE_VNNI 0
+#include "kernels_x86.inc"
+
+namespace forgert::cpu {
+const KernelSet* kernels_avx2() {
+    static const KernelSet set = {"avx2", quantize_row_q8, gemm_q, gemm_f,
+                                  f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16};
+    return &set;
+}
+}  // namespace forgert::cpu

@@ -1,0 +1,14 @@
+// AVX-512 (F, BW, VL) + VNNI kernel set (Ice Lake, Sapphire Rapids, Zen 4 and later):
+// 32 vector registers allow a 4 x 4 GEMM tile, vpdpbusd does the int8 dots.
+#define FG_TILE_ROWS 4
+#define FG_TILE_TOKENS 4
+#define FG_HAVE_VNNI 1
+#include "kernels_x86.inc"
+
+namespace forgert::cpu {
+const KernelSet* kernels_avx512() {
+    static const KernelSet set = {"avx512-vnni", quantize_row_q8, gemm_q, gemm_f,
+                                  f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16};
+    return &set;
+}
+}  // namespace forgert::cpu

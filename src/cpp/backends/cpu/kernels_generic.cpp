@@ -1,0 +1,15 @@
+// The portable kernel set: plain C++, correct on every CPU, the reference the
+// SIMD sets are tested against (FORGERT_CPU_ISA=generic).
+#include "kernels_scalar.h"
+
+namespace forgert::cpu {
+
+const KernelSet* kernels_generic() {
+    static const KernelSet set = {
+        "generic",          quantize_row_q8_scalar, gemm_q_scalar,      gemm_f_scalar,
+        f16_to_f32_row_scalar, f32_to_f16_row_scalar, dot_f32_f16_scalar, axpy_f16_scalar,
+    };
+    return &set;
+}
+
+}  // namespace forgert::cpu

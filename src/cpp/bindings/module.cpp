@@ -1,0 +1,135 @@
+// forgert._core: argument conversion only; the logic lives in model/ and backends/.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+
+#include "backends/cpu/cpu_kernels.h"
+#include "core/backend.h"
+#include "model/llama_model.h"
+#include "ops_binding.h"
+
+namespace py = pybind11;
+using namespace forgert;
+
+namespace {
+
+template <class T>
+T get(const py::dict& d, const char* key) {
+    if (!d.contains(key)) throw InputError(std::string("model config lacks '") + key + "'");
+    return d[key].cast<T>();
+}
+
+ModelConfig config_from_dict(const py::dict& d) {
+    ModelConfig c;
+    c.arch = get<std::string>(d, "arch");
+    c.n_layers = get<int>(d, "n_layers");
+    c.dim = get<int>(d, "dim");
+    c.n_heads = get<int>(d, "n_heads");
+    c.n_kv_heads = get<int>(d, "n_kv_heads");
+    c.head_dim = get<int>(d, "head_dim");
+    c.ffn_dim = get<int>(d, "ffn_dim");
+    c.vocab = get<int>(d, "vocab");
+    c.n_ctx = get<int>(d, "n_ctx");
+    c.rms_eps = get<float>(d, "rms_eps");
+    c.rope_neox = get<bool>(d, "rope_neox");
+    auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(d["rope_freqs"]);
+    if (!f) throw InputError("rope_freqs must be a float array");
+    c.rope_freqs.assign(f.data(), f.data() + f.size());
+    return c;
+}
+
+// A loaded model on one backend. Holds references to the Python buffers (views
+// of the mmap'd file) so the memory outlives the zero-copy tensors.
+class Engine {
+public:
+    Engine(const py::dict& cfg_dict, const py::dict& tensors, const std::string& backend, int n_threads, int max_batch) {
+        if (max_batch <= 0) throw InputError("max_batch must be positive");
+        ModelConfig cfg = config_from_dict(cfg_dict);
+        std::map<std::string, HostTensor> host;
+        for (auto item : tensors) {
+            const std::string name = item.first.cast<std::string>();
+            auto tup = item.second.cast<py::tuple>();
+            if (tup.size() != 3) throw InputError("tensor '" + name + "': expected (buffer, dtype, shape)");
+            py::buffer buf = tup[0].cast<py::buffer>();
+            py::buffer_info info = buf.request();
+            const int type = tup[1].cast<int>();
+            if (!dtype_is_known(type) || type == FG_I32)
+                throw InputError("tensor '" + name + "' has unsupported type id " + std::to_string(type));
+            auto shape = tup[2].cast<std::vector<int64_t>>();
+            if (shape.size() != 2) throw InputError("tensor '" + name + "': shape must be (rows, cols)");
+            HostTensor t;
+            t.data = info.ptr;
+            t.nbytes = (size_t)(info.size * info.itemsize);
+            t.type = (DType)type;
+            t.rows = shape[0];
+            t.cols = shape[1];
+            host[name] = t;
+            keep_alive_.push_back(buf);
+        }
+        auto be = make_backend(backend, n_threads);
+        ModelWeights w = load_weights(cfg, host, *be);
+        model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch);
+    }
+
+    py::array_t<float> forward(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos,
+                               bool all_logits) {
+        const int n = (int)tokens.size();
+        const int vocab = model_->config().vocab;
+        py::array_t<float> out(std::vector<py::ssize_t>{all_logits ? n : 1, vocab});
+        float* dst = out.mutable_data();
+        const int32_t* src = tokens.data();
+        {
+            py::gil_scoped_release nogil;
+            model_->forward(src, n, pos, all_logits, dst);
+        }
+        return out;
+    }
+
+    int forward_argmax(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
+        const int n = (int)tokens.size();
+        const int32_t* src = tokens.data();
+        py::gil_scoped_release nogil;
+        return model_->forward_argmax(src, n, pos);
+    }
+
+    LlamaModel& model() { return *model_; }
+
+private:
+    std::vector<py::buffer> keep_alive_;
+    std::unique_ptr<LlamaModel> model_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "forgert native runtime";
+    py::class_<Engine>(m, "Engine")
+        .def(py::init<const py::dict&, const py::dict&, const std::string&, int, int>(), py::arg("config"),
+             py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0, py::arg("max_batch") = 512)
+        .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
+        .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
+        .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
+        .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
+        .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })
+        .def("set_profiling", [](Engine& e, bool on) { e.model().set_profiling(on); })
+        .def("last_profile", [](Engine& e) {
+            const auto& p = e.model().last_profile();
+            py::dict d;
+            d["embed"] = p.embed;
+            d["layers"] = p.layers;
+            d["logits"] = p.logits;
+            return d;
+        });
+
+    m.def("cpu_info", [] {
+        py::dict d;
+        d["kernels"] = cpu::select_kernels().name;
+        d["available"] = py::list();
+        for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avx512(), cpu::kernels_neon()})
+            if (k) d["available"].cast<py::list>().append(k->name);
+        return d;
+    });
+    bind_ops(m);
+}

@@ -1,0 +1,171 @@
+// _core.Ops(backend): runs one backend op on copies of NumPy arrays. Tests use it to
+// check every op of every backend against NumPy and against the CPU backend.
+#include "ops_binding.h"
+
+#include <pybind11/numpy.h>
+
+#include "core/backend.h"
+
+namespace py = pybind11;
+using namespace forgert;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using U16 = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
+
+void need(bool ok, const std::string& msg) {
+    if (!ok) throw InputError(msg);
+}
+
+int64_t rows_of(const py::array& a) { return a.ndim() == 1 ? 1 : a.shape(0); }
+int64_t cols_of(const py::array& a) { return a.shape(a.ndim() - 1); }
+
+class Ops {
+public:
+    explicit Ops(const std::string& backend) : be_(make_backend(backend, 0)) {}
+
+    std::string name() const { return be_->name(); }
+
+    // Copies a host array into a fresh device tensor of the given type and shape.
+    Tensor upload(const void* data, DType t, int64_t rows, int64_t cols) {
+        const size_t bytes = (size_t)row_bytes(t, cols) * rows;
+        bufs_.push_back(be_->alloc(bytes));
+        Tensor x = make_tensor(bufs_.back().get(), 0, t, rows, cols);
+        be_->write(x, data, bytes);
+        return x;
+    }
+    Tensor empty(DType t, int64_t rows, int64_t cols) {
+        bufs_.push_back(be_->alloc((size_t)row_bytes(t, cols) * rows));
+        return make_tensor(bufs_.back().get(), 0, t, rows, cols);
+    }
+    Tensor f32(const F32& a) {
+        need(a.ndim() == 1 || a.ndim() == 2, "expected a 1-D or 2-D float32 array");
+        return upload(a.data(), DType::F32, rows_of(a), cols_of(a));
+    }
+    template <class Fn>
+    void run(Fn&& fn) {
+        be_->begin();
+        fn();
+        be_->commit();
+        be_->wait();
+    }
+    F32 download(const Tensor& t) {
+        F32 out(std::vector<py::ssize_t>{t.rows, t.cols});
+        be_->read(out.mutable_data(), t, t.nbytes());
+        bufs_.clear();
+        return out;
+    }
+
+    Tensor weight(const U8& bytes, int dtype, int64_t rows, int64_t cols) {
+        need(dtype_is_known(dtype) && dtype != FG_I32, "unsupported weight dtype " + std::to_string(dtype));
+        need(rows > 0 && cols > 0, "rows and cols must be positive");
+        const int64_t expect = row_bytes((DType)dtype, cols) * rows;
+        need(bytes.size() == expect, "weight has " + std::to_string(bytes.size()) + " bytes, expected " +
+                                         std::to_string(expect));
+        return upload(bytes.data(), (DType)dtype, rows, cols);
+    }
+
+    F32 matmul(const U8& w, int dtype, int64_t rows, int64_t cols, const F32& x) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        Tensor W = weight(w, dtype, rows, cols), X = f32(x), Y = empty(DType::F32, X.rows, rows);
+        run([&] { be_->matmul(Y, W, X); });
+        return download(Y);
+    }
+    F32 get_rows(const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
+        for (py::ssize_t i = 0; i < ids.size(); i++)
+            need(ids.data()[i] >= 0 && ids.data()[i] < rows, "id out of range");
+        Tensor T = weight(table, dtype, rows, cols);
+        Tensor I = upload(ids.data(), DType::I32, ids.size(), 1), Y = empty(DType::F32, ids.size(), cols);
+        run([&] { be_->get_rows(Y, T, I); });
+        return download(Y);
+    }
+    F32 rms_norm(const F32& x, const F32& w, float eps) {
+        need(w.size() == cols_of(x), "w must have x's column count");
+        Tensor X = f32(x), W = f32(w), Y = empty(DType::F32, X.rows, X.cols);
+        run([&] { be_->rms_norm(Y, X, W, eps); });
+        return download(Y);
+    }
+    F32 add_bias(const F32& x, const F32& b) {
+        need(b.size() == cols_of(x), "b must have x's column count");
+        Tensor X = f32(x), B = f32(b);
+        run([&] { be_->add_bias(X, B); });
+        return download(X);
+    }
+    F32 rope(const F32& x, const F32& freqs, int pos0, int n_heads, int head_dim, bool neox) {
+        need(cols_of(x) == (int64_t)n_heads * head_dim, "x must be [n, n_heads * head_dim]");
+        need(freqs.size() == head_dim / 2, "freqs must have head_dim / 2 entries");
+        Tensor X = f32(x), Fr = f32(freqs);
+        run([&] { be_->rope(X, Fr, pos0, RopeParams{n_heads, head_dim, neox}); });
+        return download(X);
+    }
+    U16 kv_write(const U16& cache, const F32& src, int pos0) {
+        need(cache.ndim() == 2 && cols_of(src) == cache.shape(1), "cache must be [n_ctx, kv_dim] like src");
+        need(pos0 >= 0 && pos0 + rows_of(src) <= cache.shape(0), "rows past the cache");
+        Tensor C = upload(cache.data(), DType::F16, cache.shape(0), cache.shape(1)), S = f32(src);
+        run([&] { be_->kv_write(C, S, pos0); });
+        U16 out(std::vector<py::ssize_t>{C.rows, C.cols});
+        be_->read(out.mutable_data(), C, C.nbytes());
+        bufs_.clear();
+        return out;
+    }
+    F32 attention(const F32& q, const U16& kc, const U16& vc, int pos0, int n_heads, int n_kv_heads, int head_dim,
+                  float scale) {
+        need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+        need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
+        need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");
+        need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kc.shape(1), "v_cache must match k_cache");
+        need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
+        Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
+               V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
+        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale}); });
+        return download(Y);
+    }
+    F32 silu_mul(const F32& g, const F32& u) {
+        need(g.size() == u.size(), "gate and up must have the same shape");
+        Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
+        run([&] { be_->silu_mul(Y, G, U); });
+        return download(Y);
+    }
+    F32 add(const F32& a, const F32& b) {
+        need(a.size() == b.size(), "a and b must have the same shape");
+        Tensor A = f32(a), B = f32(b), Y = empty(DType::F32, A.rows, A.cols);
+        run([&] { be_->add(Y, A, B); });
+        return download(Y);
+    }
+    I32 argmax(const F32& x) {
+        Tensor X = f32(x), Y = empty(DType::I32, X.rows, 1);
+        run([&] { be_->argmax(Y, X); });
+        I32 out(X.rows);
+        be_->read(out.mutable_data(), Y, (size_t)X.rows * 4);
+        bufs_.clear();
+        return out;
+    }
+
+private:
+    std::unique_ptr<Backend> be_;
+    std::vector<std::unique_ptr<Buffer>> bufs_;
+};
+
+}  // namespace
+
+void bind_ops(py::module_& m) {
+    py::class_<Ops>(m, "Ops")
+        .def(py::init<const std::string&>(), py::arg("backend") = "cpu")
+        .def_property_readonly("name", &Ops::name)
+        .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"))
+        .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
+             py::arg("ids"))
+        .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
+        .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
+        .def("rope", &Ops::rope, py::arg("x"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"),
+             py::arg("head_dim"), py::arg("neox"))
+        .def("kv_write", &Ops::kv_write, py::arg("cache"), py::arg("src"), py::arg("pos0"))
+        .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
+             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"))
+        .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
+        .def("add", &Ops::add, py::arg("a"), py::arg("b"))
+        .def("argmax", &Ops::argmax, py::arg("x"));
+}

@@ -1,0 +1,82 @@
+// The backend interface: memory plus the handful of ops a Llama-family forward
+// pass needs. The model's forward pass is written once against it.
+//
+// Ops enqueue work; results are visible to the host only after wait(). A GPU
+// backend records everything between begin() and commit() into one command
+// buffer (or graph); the CPU backend runs each op immediately on its thread pool.
+//
+// Conventions: activations are f32 row-major [n_tokens, features]; weights are
+// [out_features, in_features] of any weight dtype; the KV cache is f16
+// [n_ctx, n_kv_heads * head_dim] per layer; token ids and argmax results are i32.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "tensor.h"
+
+namespace forgert {
+
+struct RopeParams {
+    int n_heads = 0;       // heads in the tensor being rotated
+    int head_dim = 0;
+    bool neox = false;     // false: rotate adjacent pairs (x0,x1),(x2,x3)... (GGUF llama, permuted weights)
+                           // true: rotate (x[i], x[i + head_dim/2]) (HF checkpoints, Qwen2 GGUF)
+};
+
+struct AttentionParams {
+    int n_heads = 0;
+    int n_kv_heads = 0;    // n_heads % n_kv_heads == 0 (GQA)
+    int head_dim = 0;
+    float scale = 1.0f;    // usually 1/sqrt(head_dim)
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual std::string name() const = 0;
+
+    // --- memory ---
+    virtual std::unique_ptr<Buffer> alloc(size_t bytes) = 0;
+    // Zero-copy view of host memory that outlives the buffer (the mmap'd model).
+    virtual std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) = 0;
+    // Host <-> buffer copies; call between wait() and the next op.
+    virtual void write(const Tensor& dst, const void* src, size_t bytes) = 0;
+    virtual void read(void* dst, const Tensor& src, size_t bytes) = 0;
+
+    // --- command stream ---
+    virtual void begin() {}
+    virtual void commit() {}   // may be called several times: lets a GPU start early
+    virtual void wait() {}
+
+    // --- ops ---
+    // out[i, :] = f32(table[ids[i], :]); table of any weight dtype.            out [n, dim]
+    virtual void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;
+    // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w                     x, out [n, dim]; w [dim]
+    virtual void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) = 0;
+    // out[i, r] = sum_c w[r, c] * x[i, c]                    w [rows, cols]; x [n, cols]; out [n, rows]
+    virtual void matmul(const Tensor& out, const Tensor& w, const Tensor& x) = 0;
+    // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
+    virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
+    // Rotate each head of token i at position pos0 + i by angles (pos * freqs[j]).
+    // x [n, n_heads * head_dim] in place; freqs f32 [head_dim / 2].
+    virtual void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) = 0;
+    // cache[pos0 + i, :] = f16(src[i, :])                 src [n, kv_dim]; cache f16 [n_ctx, kv_dim]
+    virtual void kv_write(const Tensor& cache, const Tensor& src, int pos0) = 0;
+    // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i.
+    // q, out [n, n_heads * head_dim]; k_cache, v_cache f16 [n_ctx, n_kv_heads * head_dim].
+    virtual void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                           const Tensor& v_cache, int pos0, const AttentionParams& p) = 0;
+    // out = silu(gate) * up, elementwise                              all [n, dim]
+    virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+    // out = a + b, elementwise (out may alias a)                      all [n, dim]
+    virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+    // out[i] = argmax_j x[i, j] (first index on ties)                 x [n, vocab]; out i32 [n]
+    virtual void argmax(const Tensor& out, const Tensor& x) = 0;
+};
+
+// Creates a backend by name ("cpu", "metal"); n_threads <= 0 means all cores.
+// Throws InputError naming the available backends for an unknown name.
+std::unique_ptr<Backend> make_backend(const std::string& name, int n_threads);
+
+}  // namespace forgert

@@ -1,0 +1,53 @@
+#include "tensor.h"
+
+namespace forgert {
+
+const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::Q8_0: return "Q8_0";
+        case DType::Q4_0: return "Q4_0";
+        case DType::Q4_1: return "Q4_1";
+        case DType::I32: return "I32";
+    }
+    return "unknown";
+}
+
+bool dtype_is_known(int id) {
+    switch (id) {
+        case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_I32:
+            return true;
+    }
+    return false;
+}
+
+int64_t dtype_block_elems(DType t) {
+    switch (t) {
+        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: return FG_QK;
+        default: return 1;
+    }
+}
+
+int64_t dtype_block_bytes(DType t) {
+    switch (t) {
+        case DType::F32: case DType::I32: return 4;
+        case DType::F16: case DType::BF16: return 2;
+        case DType::Q8_0: return sizeof(block_q8_0);
+        case DType::Q4_0: return sizeof(block_q4_0);
+        case DType::Q4_1: return sizeof(block_q4_1);
+    }
+    return 0;
+}
+
+int64_t row_bytes(DType t, int64_t cols) {
+    const int64_t be = dtype_block_elems(t);
+    if (cols % be != 0) {
+        throw InputError(std::string("a row of ") + dtype_name(t) + " needs a multiple of " +
+                         std::to_string(be) + " elements, got " + std::to_string(cols));
+    }
+    return cols / be * dtype_block_bytes(t);
+}
+
+}  // namespace forgert

@@ -1,0 +1,29 @@
+// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace forgert {
+
+struct ModelConfig {
+    std::string arch;       // "llama" or "qwen2" (QKV bias)
+    int n_layers = 0;
+    int dim = 0;            // residual stream width
+    int n_heads = 0;
+    int n_kv_heads = 0;     // < n_heads: grouped-query attention
+    int head_dim = 0;
+    int ffn_dim = 0;
+    int vocab = 0;
+    int n_ctx = 0;          // KV cache length: positions 0..n_ctx-1
+    float rms_eps = 1e-5f;
+    bool rope_neox = false; // see RopeParams::neox
+    std::vector<float> rope_freqs;  // [head_dim / 2], scaling already applied
+
+    int q_dim() const { return n_heads * head_dim; }
+    int kv_dim() const { return n_kv_heads * head_dim; }
+    // Throws InputError naming the first inconsistent field.
+    void validate() const;
+};
+
+}  // namespace forgert

@@ -1,0 +1,165 @@
+#include "llama_model.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+namespace forgert {
+
+namespace {
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch)
+    : cfg_(cfg), be_(std::move(backend)), w_(std::move(weights)), max_batch_(max_batch) {
+    cfg_.validate();
+    auto tensor = [&](DType t, int64_t rows, int64_t cols) {
+        bufs_.push_back(be_->alloc((size_t)row_bytes(t, cols) * rows));
+        return make_tensor(bufs_.back().get(), 0, t, rows, cols);
+    };
+    const int B = max_batch_;
+    ids_ = tensor(DType::I32, 1, B);
+    x_ = tensor(DType::F32, B, cfg_.dim);
+    xn_ = tensor(DType::F32, B, cfg_.dim);
+    q_ = tensor(DType::F32, B, cfg_.q_dim());
+    k_ = tensor(DType::F32, B, cfg_.kv_dim());
+    v_ = tensor(DType::F32, B, cfg_.kv_dim());
+    att_ = tensor(DType::F32, B, cfg_.q_dim());
+    proj_ = tensor(DType::F32, B, cfg_.dim);
+    gate_ = tensor(DType::F32, B, cfg_.ffn_dim);
+    up_ = tensor(DType::F32, B, cfg_.ffn_dim);
+    logits_ = tensor(DType::F32, 1, cfg_.vocab);  // grown on demand for all_logits
+    argmax_ = tensor(DType::I32, 1, 1);
+    freqs_ = tensor(DType::F32, 1, cfg_.head_dim / 2);
+    be_->write(freqs_, cfg_.rope_freqs.data(), cfg_.rope_freqs.size() * sizeof(float));
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        kv_.buffers.push_back(be_->alloc((size_t)cfg_.n_ctx * cfg_.kv_dim() * 2));
+        kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, cfg_.n_ctx, cfg_.kv_dim()));
+        kv_.buffers.push_back(be_->alloc((size_t)cfg_.n_ctx * cfg_.kv_dim() * 2));
+        kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, cfg_.n_ctx, cfg_.kv_dim()));
+    }
+}
+
+void LlamaModel::check_input(const int32_t* tokens, int n, int pos) const {
+    if (n <= 0) throw InputError("no tokens to evaluate");
+    if (pos < 0) throw InputError("position must be >= 0, got " + std::to_string(pos));
+    if ((int64_t)pos + n > cfg_.n_ctx)
+        throw InputError("context overflow: " + std::to_string(pos) + " cached + " + std::to_string(n) +
+                         " new tokens exceed the context length " + std::to_string(cfg_.n_ctx));
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab)
+            throw InputError("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                             " is out of range [0, " + std::to_string(cfg_.vocab) + ")");
+    }
+}
+
+void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
+    Backend& be = *be_;
+    const double t0 = profiling_ ? now_s() : 0;
+    const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
+    be.write(ids, tokens, (size_t)n * sizeof(int32_t));
+    Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
+           v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
+           gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
+
+    be.get_rows(x, w_.token_embd, ids);
+    if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
+    const double t1 = profiling_ ? now_s() : 0;
+
+    RopeParams rq{cfg_.n_heads, cfg_.head_dim, cfg_.rope_neox};
+    RopeParams rk{cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox};
+    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim)};
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        const LayerWeights& L = w_.layers[l];
+        // attention block
+        be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
+        be.matmul(q, L.wq, xn);
+        be.matmul(k, L.wk, xn);
+        be.matmul(v, L.wv, xn);
+        if (L.bq.rows) {
+            be.add_bias(q, L.bq);
+            be.add_bias(k, L.bk);
+            be.add_bias(v, L.bv);
+        }
+        be.rope(q, freqs_, pos, rq);
+        be.rope(k, freqs_, pos, rk);
+        be.kv_write(kv_.k[l], k, pos);
+        be.kv_write(kv_.v[l], v, pos);
+        be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
+        be.matmul(proj, L.wo, att);
+        be.add(x, x, proj);
+        // feed-forward block
+        be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
+        be.matmul(gate, L.w_gate, xn);
+        be.matmul(up, L.w_up, xn);
+        be.silu_mul(gate, gate, up);
+        be.matmul(proj, L.w_down, gate);
+        be.add(x, x, proj);
+        if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
+    }
+    if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
+}
+
+void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits) {
+    check_input(tokens, n, pos);
+    profile_ = Profile{};
+    for (int done = 0; done < n; done += max_batch_) {
+        const int m = std::min(max_batch_, n - done);
+        const bool last_chunk = done + m == n;
+        if (!all_logits && !last_chunk) {  // only the KV cache of this chunk is needed
+            be_->begin();
+            run_layers(tokens + done, m, pos + done);
+            be_->commit();
+            be_->wait();
+            continue;
+        }
+        be_->begin();
+        run_layers(tokens + done, m, pos + done);
+        const double t0 = profiling_ ? now_s() : 0;
+        // Logits of every row of this chunk, or of its last row only.
+        const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
+        Tensor h = x_.slice_rows(r0, nr), hn = xn_.slice_rows(r0, nr);
+        if (logits_.rows < nr) {
+            bufs_.push_back(be_->alloc((size_t)nr * cfg_.vocab * sizeof(float)));
+            logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, nr, cfg_.vocab);
+        }
+        Tensor out = logits_.slice_rows(0, nr);
+        be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
+        be_->matmul(out, w_.output, hn);
+        be_->commit();
+        be_->wait();
+        be_->read(logits + (all_logits ? (size_t)done * cfg_.vocab : 0), out, (size_t)nr * cfg_.vocab * sizeof(float));
+        if (profiling_) profile_.logits += now_s() - t0;
+    }
+}
+
+int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
+    check_input(tokens, n, pos);
+    profile_ = Profile{};
+    for (int done = 0; done < n; done += max_batch_) {
+        const int m = std::min(max_batch_, n - done);
+        be_->begin();
+        run_layers(tokens + done, m, pos + done);
+        if (done + m < n) {
+            be_->commit();
+            be_->wait();
+            continue;
+        }
+        const double t0 = profiling_ ? now_s() : 0;
+        Tensor h = x_.slice_rows(m - 1, 1), hn = xn_.slice_rows(m - 1, 1), out = logits_.slice_rows(0, 1);
+        be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
+        be_->matmul(out, w_.output, hn);
+        be_->argmax(argmax_, out);
+        be_->commit();
+        be_->wait();
+        int32_t best = 0;
+        be_->read(&best, argmax_, sizeof(best));
+        if (profiling_) profile_.logits += now_s() - t0;
+        return best;
+    }
+    return 0;
+}
+
+}  // namespace forgert

@@ -1,0 +1,58 @@
+// The Llama-family forward pass, written once against the Backend interface:
+// it serves decode (one token) and batched prefill (many tokens) alike.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "config.h"
+#include "core/backend.h"
+#include "weights.h"
+
+namespace forgert {
+
+// f16 key and value caches, one pair per layer.
+struct KvCache {
+    std::vector<std::unique_ptr<Buffer>> buffers;
+    std::vector<Tensor> k, v;  // per layer: f16 [n_ctx, kv_dim]
+};
+
+class LlamaModel {
+public:
+    // max_batch: tokens evaluated per pass; longer inputs are split into passes.
+    LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch = 512);
+
+    const ModelConfig& config() const { return cfg_; }
+    Backend& backend() { return *be_; }
+
+    // Evaluates tokens[0..n) at positions pos..pos+n-1 (overwriting the KV cache
+    // from pos on) and writes logits: of the last token ([vocab]) or, with
+    // all_logits, of every token ([n, vocab]). Throws InputError on bad ids or positions.
+    void forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits);
+    // The same, returning the argmax of the last token's logits computed on the device.
+    int forward_argmax(const int32_t* tokens, int n, int pos);
+
+    // Optional per-stage wall times of the last call (seconds), when profiling is on.
+    struct Profile { double embed = 0, layers = 0, logits = 0; };
+    void set_profiling(bool on) { profiling_ = on; }
+    const Profile& last_profile() const { return profile_; }
+
+private:
+    void check_input(const int32_t* tokens, int n, int pos) const;
+    // One pass of n <= max_batch tokens; leaves the final hidden states in xn_.
+    void run_layers(const int32_t* tokens, int n, int pos);
+
+    ModelConfig cfg_;
+    std::unique_ptr<Backend> be_;  // declared before everything it allocated: destroyed last
+    ModelWeights w_;
+    int max_batch_;
+    KvCache kv_;
+    Tensor freqs_;  // f32 [head_dim / 2]
+    // Activations for up to max_batch tokens (rows = tokens).
+    std::vector<std::unique_ptr<Buffer>> bufs_;
+    Tensor ids_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;
+    bool profiling_ = false;
+    Profile profile_;
+};
+
+}  // namespace forgert

@@ -1,0 +1,46 @@
+// The model's weights as tensors over backend buffers (zero-copy views of the
+// mmap'd file), built from named host ranges handed over by Python.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "core/backend.h"
+
+namespace forgert {
+
+// A tensor as it lies in host memory; names follow GGUF (docs/design.md).
+struct HostTensor {
+    const void* data = nullptr;
+    size_t nbytes = 0;
+    DType type = DType::F32;
+    int64_t rows = 0;   // 1 for vectors
+    int64_t cols = 0;
+};
+
+struct LayerWeights {
+    Tensor attn_norm;          // f32 [dim]
+    Tensor wq, wk, wv;         // [q_dim, dim], [kv_dim, dim], [kv_dim, dim]
+    Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent (Llama)
+    Tensor wo;                 // [dim, q_dim]
+    Tensor ffn_norm;           // f32 [dim]
+    Tensor w_gate, w_up;       // [ffn_dim, dim]
+    Tensor w_down;             // [dim, ffn_dim]
+};
+
+struct ModelWeights {
+    Tensor token_embd;         // [vocab, dim], any weight type
+    Tensor output_norm;        // f32 [dim]
+    Tensor output;             // [vocab, dim]; the same as token_embd when embeddings are tied
+    std::vector<LayerWeights> layers;
+    std::vector<std::unique_ptr<Buffer>> buffers;  // zero-copy views that the tensors point into
+};
+
+// Checks every tensor's presence, type and shape against the config and wraps
+// the host memory zero-copy. Throws InputError naming the tensor on a mismatch.
+ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, HostTensor>& tensors, Backend& be);
+
+}  // namespace forgert
