@@ -154,37 +154,42 @@ void CpuBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
                            const AttentionParams& p) {
     const int64_t n = q.rows;
-    const int group = p.n_heads / p.n_kv_heads;
-    const int hd = p.head_dim;
-    const int64_t n_ctx_used = pos0 + n;
+    const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+    if (hd > kMaxHeadDim) throw InputError("head_dim " + std::to_string(hd) + " exceeds " + std::to_string(kMaxHeadDim));
+    // A work item is one KV head with a block of tokens: all the item's queries (the
+    // group's heads x the block's tokens) share each K/V row converted to f32.
+    const int heads_per_call = std::min(group, kMaxGroupQueries);
+    const int64_t tok_block = std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
+    const int64_t n_blocks = (n + tok_block - 1) / tok_block;
+    const int64_t items = n_blocks * p.n_kv_heads;
     for (auto& s : scratch_) {
-        if ((int64_t)s.size() < n_ctx_used) s.resize(n_ctx_used);
+        if ((int64_t)s.size() < attention_work_floats(hd)) s.resize(attention_work_floats(hd));
     }
+    const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
+    auto row = [](const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); };
     pool_.run([&](int ith, int nth) {
-        float* scores = scratch_[ith].data();
-        const int64_t items = n * p.n_heads;
-        for (int64_t it = ith; it < items; it += nth) {  // interleaved: later tokens have longer rows
-            const int64_t t = it / p.n_heads;
-            const int h = (int)(it % p.n_heads), kvh = h / group;
-            const float* qh = reinterpret_cast<const float*>(q.data<uint8_t>() + q.stride * t) + h * hd;
-            float* oh = reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * t) + h * hd;
-            const int64_t len = pos0 + t + 1;  // causal: positions 0..pos0 + t
-            float mx = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < len; j++) {
-                const uint16_t* kj = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>() + k_cache.stride * j) + kvh * hd;
-                scores[j] = k_.dot_f32_f16(qh, kj, hd) * p.scale;
-                mx = std::max(mx, scores[j]);
-            }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < len; j++) {
-                scores[j] = std::exp(scores[j] - mx);
-                sum += scores[j];
-            }
-            const float inv = 1.0f / sum;
-            std::fill(oh, oh + hd, 0.0f);
-            for (int64_t j = 0; j < len; j++) {
-                const uint16_t* vj = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>() + v_cache.stride * j) + kvh * hd;
-                k_.axpy_f16(scores[j] * inv, vj, oh, hd);
+        const float* qs[kMaxGroupQueries];
+        float* os[kMaxGroupQueries];
+        int64_t len[kMaxGroupQueries];
+        // Later token blocks have longer rows: hand items out from the end, interleaved.
+        for (int64_t it = items - 1 - ith; it >= 0; it -= nth) {
+            const int64_t blk = it / p.n_kv_heads;
+            const int kvh = (int)(it % p.n_kv_heads);
+            const uint16_t* kp = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>()) + kvh * hd;
+            const uint16_t* vp = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>()) + kvh * hd;
+            const int64_t t0 = blk * tok_block, t1 = std::min(n, t0 + tok_block);
+            for (int h0 = 0; h0 < group; h0 += heads_per_call) {
+                int nq = 0;
+                for (int64_t t = t0; t < t1; t++) {
+                    for (int h = h0; h < std::min(group, h0 + heads_per_call); h++) {
+                        const int head = kvh * group + h;
+                        qs[nq] = row(q, t) + head * hd;
+                        os[nq] = row(out, t) + head * hd;
+                        len[nq] = pos0 + t + 1;  // causal: positions 0..pos0 + t
+                        nq++;
+                    }
+                }
+                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data());
             }
         }
     });
@@ -192,13 +197,15 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
     const int64_t cols = out.cols;
-    pool_.parallel_for(out.rows * cols, 4096, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; i++) {
-            const int64_t r = i / cols, c = i % cols;
-            const float g = reinterpret_cast<const float*>(gate.data<uint8_t>() + gate.stride * r)[c];
-            const float u = reinterpret_cast<const float*>(up.data<uint8_t>() + up.stride * r)[c];
-            reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * r)[c] = g / (1.0f + std::exp(-g)) * u;
-        }
+    auto row = [](const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); };
+    if (out.rows == 1) {  // decode: split the one row
+        pool_.parallel_for(cols, 1024, [&](int64_t c0, int64_t c1) {
+            k_.silu_mul_row(row(gate, 0) + c0, row(up, 0) + c0, row(out, 0) + c0, c1 - c0);
+        });
+        return;
+    }
+    pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) k_.silu_mul_row(row(gate, r), row(up, r), row(out, r), cols);
     });
 }
 

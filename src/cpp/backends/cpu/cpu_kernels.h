@@ -37,7 +37,21 @@ struct KernelSet {
     // dot(x, y) for f32 x and f16 y (attention scores), and y += a * x for f16 x (attention values).
     float (*dot_f32_f16)(const float* x, const uint16_t* y, int64_t n);
     void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
+    // Causal attention of nq query vectors that share one KV head (the GQA group's
+    // heads, for a block of tokens). Query i attends to keys 0..len[i]-1 of
+    // k, v (f16, rows kv_stride elements apart, head_dim hd <= kMaxHeadDim) with an
+    // online softmax over key chunks; `work` holds attention_work_floats(hd) floats.
+    void (*attention_group)(const float* const* q, float* const* out, const int64_t* len, int nq,
+                            const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
+                            float* work);
+    // y[i] = silu(g[i]) * u[i]
+    void (*silu_mul_row)(const float* g, const float* u, float* y, int64_t n);
 };
+
+constexpr int kMaxHeadDim = 256;
+constexpr int kAttnChunk = 64;  // keys converted to f32 at a time
+constexpr int kMaxGroupQueries = 64;  // nq bound of attention_group
+constexpr int64_t attention_work_floats(int hd) { return 2 * (int64_t)kAttnChunk * hd + kAttnChunk + 2 * kMaxHeadDim; }
 
 // Per-ISA entry points; each returns nullptr where that file was not built.
 const KernelSet* kernels_generic();

@@ -7,7 +7,8 @@
 namespace forgert::cpu {
 const KernelSet* kernels_avx2() {
     static const KernelSet set = {"avx2", quantize_row_q8, gemm_q, gemm_f,
-                                  f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16};
+                                  f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16,
+                                  attention_group, silu_mul_row};
     return &set;
 }
 }  // namespace forgert::cpu

@@ -2,6 +2,7 @@
 // SIMD sets for their tails. Included into each kernels_*.cpp (internal linkage).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -107,6 +108,82 @@ inline float dot_f32_f16_scalar(const float* x, const uint16_t* y, int64_t n) {
 }
 inline void axpy_f16_scalar(float a, const uint16_t* x, float* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * f16_to_f32(x[i]);
+}
+
+inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+// Online-softmax attention shared by every kernel set: `Ops` supplies the
+// inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
+template <class Ops>
+void attention_group_impl(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
+                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work) {
+    float* kf = work;                       // [kAttnChunk, hd]
+    float* vf = kf + kAttnChunk * hd;       // [kAttnChunk, hd]
+    float* s = vf + kAttnChunk * hd;        // [kAttnChunk]
+    float* acc = s + kAttnChunk;            // [hd]
+    int64_t max_len = 0;
+    for (int i = 0; i < nq; i++) max_len = std::max(max_len, len[i]);
+    // Running max and softmax denominator per query (callers pass nq <= kMaxGroupQueries).
+    float m_run[kMaxGroupQueries], l_run[kMaxGroupQueries];
+    for (int i = 0; i < nq; i++) {
+        m_run[i] = -INFINITY;
+        l_run[i] = 0.0f;
+        std::memset(out[i], 0, sizeof(float) * hd);
+    }
+    for (int64_t j0 = 0; j0 < max_len; j0 += kAttnChunk) {
+        const int64_t nj = std::min<int64_t>(kAttnChunk, max_len - j0);
+        for (int64_t j = 0; j < nj; j++) {
+            Ops::to_f32(k + (j0 + j) * kv_stride, kf + j * hd, hd);
+            Ops::to_f32(v + (j0 + j) * kv_stride, vf + j * hd, hd);
+        }
+        for (int i = 0; i < nq; i++) {
+            const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
+            if (n_keys <= 0) continue;
+            Ops::scores(q[i], kf, n_keys, hd, scale, s);
+            float m = m_run[i];
+            for (int64_t j = 0; j < n_keys; j++) m = std::max(m, s[j]);
+            const float correction = std::exp(m_run[i] - m);  // 0 on the first chunk
+            const float chunk_sum = Ops::exp_sub(s, n_keys, m);
+            l_run[i] = l_run[i] * correction + chunk_sum;
+            m_run[i] = m;
+            Ops::weighted_sum(s, vf, n_keys, hd, correction, out[i], acc);
+        }
+    }
+    for (int i = 0; i < nq; i++) {
+        const float inv = 1.0f / l_run[i];
+        for (int d = 0; d < hd; d++) out[i][d] *= inv;
+    }
+}
+
+struct ScalarAttentionOps {
+    static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row_scalar(x, y, n); }
+    static void scores(const float* q, const float* kf, int64_t nk, int hd, float scale, float* s) {
+        for (int64_t j = 0; j < nk; j++) {
+            float d = 0.0f;
+            for (int c = 0; c < hd; c++) d += q[c] * kf[j * hd + c];
+            s[j] = d * scale;
+        }
+    }
+    static float exp_sub(float* s, int64_t n, float m) {
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) sum += (s[j] = std::exp(s[j] - m));
+        return sum;
+    }
+    // out = out * correction + sum_j p[j] * vf[j]
+    static void weighted_sum(const float* p, const float* vf, int64_t nk, int hd, float correction, float* out,
+                             float*) {
+        for (int c = 0; c < hd; c++) out[c] *= correction;
+        for (int64_t j = 0; j < nk; j++)
+            for (int c = 0; c < hd; c++) out[c] += p[j] * vf[j * hd + c];
+    }
+};
+
+inline void attention_group_scalar(const float* const* q, float* const* out, const int64_t* len, int nq,
+                                   const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
+                                   float* work) {
+    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work);
 }
 
 }  // namespace

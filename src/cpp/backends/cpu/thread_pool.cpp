@@ -17,6 +17,8 @@ namespace {
 // Spin this many rounds waiting for work before sleeping on the condition variable:
 // long enough to bridge the gap between consecutive ops of one forward pass.
 constexpr int kSpinRounds = 1 << 16;
+// Rounds the caller spins for stragglers before yielding its core.
+constexpr int kJoinSpinRounds = 1 << 12;
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
@@ -49,7 +51,12 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
     fn(0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) FG_CPU_RELAX();
+    // A worker may have been preempted (more runnable threads than cores): after a
+    // short spin, yield the core so it can finish instead of burning our time slice.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; spin++) {
+        if (spin < kJoinSpinRounds) FG_CPU_RELAX();
+        else std::this_thread::yield();
+    }
     job_ = nullptr;
 }
 

@@ -1,0 +1,123 @@
+// Microbenchmarks of the CPU backend's ops on the shapes of SmolLM2-135M and a
+// 1B-class model: GB/s of weights streamed (decode GEMV) and GFLOP/s (prefill GEMM),
+// with the machine's measured copy bandwidth for reference.
+//
+//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
+//   build/bench/cpu_ops_bench [threads]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/fp16.h"
+
+using namespace forgert;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+template <class F>
+double median_seconds(F&& f, int reps) {
+    std::vector<double> t;
+    f();  // warm-up
+    for (int i = 0; i < reps; i++) {
+        const auto a = Clock::now();
+        f();
+        t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+double copy_bandwidth_gbs() {
+    const size_t n = size_t(256) << 20;
+    std::vector<char> a(n, 1), b(n);
+    const double s = median_seconds([&] { std::memcpy(b.data(), a.data(), n); }, 5);
+    return 2.0 * n / s / 1e9;  // read + write
+}
+
+Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DType t, int64_t rows, int64_t cols,
+                     std::mt19937& rng) {
+    const size_t bytes = (size_t)row_bytes(t, cols) * rows;
+    keep.push_back(be.alloc(bytes));
+    auto* p = static_cast<uint8_t*>(keep.back()->host);
+    std::uniform_int_distribution<int> u(0, 255);
+    for (size_t i = 0; i < bytes; i++) p[i] = (uint8_t)u(rng);
+    // Keep scales finite and small: every block starts with an f16 scale.
+    if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) {
+        const int64_t bb = dtype_block_bytes(t), nblk = (int64_t)bytes / bb;
+        for (int64_t i = 0; i < nblk; i++) {
+            uint16_t d = 0x2000;  // ~0.0078
+            std::memcpy(p + i * bb, &d, 2);
+            if (t == DType::Q4_1) std::memcpy(p + i * bb + 2, &d, 2);
+        }
+    } else if (t == DType::F16 || t == DType::BF16 || t == DType::F32) {
+        // Real values (random bytes would include denormals, which stall the FPU).
+        std::normal_distribution<float> nd(0.0f, 0.5f);
+        for (size_t i = 0; i < bytes / dtype_block_bytes(t); i++) {
+            const float v = nd(rng);
+            uint32_t bits;
+            std::memcpy(&bits, &v, 4);
+            if (t == DType::F32) std::memcpy(p + 4 * i, &v, 4);
+            else if (t == DType::BF16) { const uint16_t h = (uint16_t)(bits >> 16); std::memcpy(p + 2 * i, &h, 2); }
+            else { const uint16_t h = f32_to_f16(v); std::memcpy(p + 2 * i, &h, 2); }
+        }
+    }
+    return make_tensor(keep.back().get(), 0, t, rows, cols);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const int threads = argc > 1 ? std::atoi(argv[1]) : 0;
+    cpu::CpuBackend be(threads);
+    std::mt19937 rng(1);
+    std::vector<std::unique_ptr<Buffer>> keep;
+    const double bw = copy_bandwidth_gbs();
+    std::printf("backend: %s, threads: %d, memcpy bandwidth: %.1f GB/s\n", be.name().c_str(), be.n_threads(), bw);
+    std::printf("%-28s %6s %6s %5s %10s %9s %9s %7s\n", "op", "rows", "cols", "n", "time_us", "GB/s", "GFLOP/s", "%bw");
+
+    struct Shape { const char* what; int64_t rows, cols; };
+    const Shape shapes[] = {{"smollm2 ffn_up", 1536, 576},  {"smollm2 ffn_down", 576, 1536},
+                            {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
+                            {"1B ffn_down", 2048, 8192}};
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16, DType::BF16, DType::F32}) {
+        for (const Shape& s : shapes) {
+            for (int64_t n : {1, 512}) {
+                if (n == 512 && s.rows * s.cols > 2048 * 8192 / 2 && t == DType::F32) continue;
+                Tensor w = random_tensor(be, keep, t, s.rows, s.cols, rng);
+                Tensor x = random_tensor(be, keep, DType::F32, n, s.cols, rng);
+                keep.push_back(be.alloc((size_t)n * s.rows * 4));
+                Tensor y = make_tensor(keep.back().get(), 0, DType::F32, n, s.rows);
+                const double sec = median_seconds([&] { be.matmul(y, w, x); }, n == 1 ? 50 : 5);
+                const double gbs = (double)w.nbytes() / sec / 1e9;  // weights streamed once per call
+                const double gflops = 2.0 * s.rows * s.cols * n / sec / 1e9;
+                char name[64];
+                std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
+                std::printf("%-28s %6lld %6lld %5lld %10.1f %9.1f %9.1f %6.0f%%\n", name, (long long)s.rows,
+                            (long long)s.cols, (long long)n, sec * 1e6, gbs, gflops, 100.0 * gbs / bw);
+                keep.clear();
+            }
+        }
+    }
+    // Attention: SmolLM2 geometry (9 heads, 3 KV heads, head_dim 64).
+    for (int ctx : {128, 512, 2048}) {
+        for (int n : {1, 512}) {
+            if (n > ctx) continue;
+            const int H = 9, KV = 3, hd = 64;
+            Tensor q = random_tensor(be, keep, DType::F32, n, H * hd, rng);
+            Tensor kc = random_tensor(be, keep, DType::F16, ctx, KV * hd, rng);
+            Tensor vc = random_tensor(be, keep, DType::F16, ctx, KV * hd, rng);
+            keep.push_back(be.alloc((size_t)n * H * hd * 4));
+            Tensor o = make_tensor(keep.back().get(), 0, DType::F32, n, H * hd);
+            const double sec = median_seconds([&] { be.attention(o, q, kc, vc, ctx - n, {H, KV, hd, 0.125f}); }, 5);
+            std::printf("%-28s %6d %6d %5d %10.1f\n", "attention smollm2 ctx", ctx, H * hd, n, sec * 1e6);
+            keep.clear();
+        }
+    }
+    return 0;
+}
