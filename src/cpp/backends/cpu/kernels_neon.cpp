@@ -1,0 +1,182 @@
+// arm64 NEON kernel set with the dot-product extension (Apple M-series, Graviton 2+,
+// Cortex-A76+): sdot does the int8 dots of quantized GEMMs. Built with
+// -march=armv8.2-a+dotprod+fp16 on Linux; chosen only when the CPU reports dotprod.
+#include "kernels_scalar.h"
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
+
+namespace forgert::cpu {
+namespace {
+
+inline float f16(fg_half h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
+
+// 32 bytes of one block as two 16-byte vectors: Q8_0 signed values; Q4 nibbles 0..15
+// (low nibbles are elements 0..15, high ones 16..31).
+template <DType WT>
+inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& d, float& m) {
+    if constexpr (WT == DType::Q8_0) {
+        const auto* q = reinterpret_cast<const block_q8_0*>(blk);
+        lo = vld1q_s8(q->qs);
+        hi = vld1q_s8(q->qs + 16);
+        d = f16(q->d);
+        m = 0.0f;
+    } else {
+        const uint8_t* qs;
+        if constexpr (WT == DType::Q4_0) {
+            const auto* q = reinterpret_cast<const block_q4_0*>(blk);
+            qs = q->qs, d = f16(q->d), m = -8.0f * d;
+        } else {
+            const auto* q = reinterpret_cast<const block_q4_1*>(blk);
+            qs = q->qs, d = f16(q->d), m = f16(q->m);
+        }
+        const uint8x16_t v = vld1q_u8(qs);
+        lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    }
+}
+
+template <DType WT, int R, int T>
+void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride) {
+    constexpr int64_t BB = WT == DType::Q8_0 ? sizeof(block_q8_0)
+                          : WT == DType::Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    float32x4_t acc[R][T];
+    float corr[R][T];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) { acc[r][t] = vdupq_n_f32(0.0f); corr[r][t] = 0.0f; }
+    for (int64_t b = 0; b < nb; b++) {
+        int8x16_t wl[R], wh[R];
+        float dw[R], mw[R];
+        for (int r = 0; r < R; r++) load_block<WT>(w + r * w_stride + b * BB, wl[r], wh[r], dw[r], mw[r]);
+        for (int t = 0; t < T; t++) {
+            const BlockQ8Act& a = x[t * nb + b];
+            const int8x16_t xl = vld1q_s8(a.qs), xh = vld1q_s8(a.qs + 16);
+            for (int r = 0; r < R; r++) {
+                int32x4_t dot = vdotq_s32(vdupq_n_s32(0), wl[r], xl);
+                dot = vdotq_s32(dot, wh[r], xh);
+                acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
+                if constexpr (WT != DType::Q8_0) corr[r][t] += mw[r] * (a.d * (float)a.sum);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) out[t * out_stride + r] = vaddvq_f32(acc[r][t]) + corr[r][t];
+}
+
+template <DType WT>
+void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
+                  int64_t n_tok, float* out, int64_t out_stride) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4)
+            gemm_q_tile<WT, 4, 4>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
+        for (; t < n_tok; t++)
+            gemm_q_tile<WT, 4, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
+    }
+    for (; r < r1; r++)
+        for (int64_t t = 0; t < n_tok; t++)
+            gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
+}
+
+void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
+            int64_t n_tok, float* out, int64_t out_stride) {
+    switch (wt) {
+        case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q4_0: return gemm_q_typed<DType::Q4_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q4_1: return gemm_q_typed<DType::Q4_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+    }
+}
+
+template <DType WT>
+inline float32x4_t load4(const uint8_t* row, int64_t c) {
+    if constexpr (WT == DType::F32) {
+        return vld1q_f32(reinterpret_cast<const float*>(row) + c);
+    } else if constexpr (WT == DType::F16) {
+        return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(row) + c)));
+    } else {
+        return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const uint16_t*>(row) + c), 16));
+    }
+}
+
+template <DType WT>
+void gemm_f_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const float* x, int64_t cols,
+                  int64_t n_tok, float* out, int64_t out_stride) {
+    const int64_t c4 = cols & ~int64_t(3);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t* row = w + r * w_stride;
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) {  // each weight load serves four tokens
+            float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t c = 0; c < c4; c += 4) {
+                const float32x4_t wv = load4<WT>(row, c);
+                a0 = vfmaq_f32(a0, wv, vld1q_f32(x + t * cols + c));
+                a1 = vfmaq_f32(a1, wv, vld1q_f32(x + (t + 1) * cols + c));
+                a2 = vfmaq_f32(a2, wv, vld1q_f32(x + (t + 2) * cols + c));
+                a3 = vfmaq_f32(a3, wv, vld1q_f32(x + (t + 3) * cols + c));
+            }
+            const float32x4_t* a[4] = {&a0, &a1, &a2, &a3};
+            for (int k = 0; k < 4; k++) {
+                float s = vaddvq_f32(*a[k]);
+                for (int64_t c = c4; c < cols; c++) s += weight_to_f32(WT, row, c) * x[(t + k) * cols + c];
+                out[(t + k) * out_stride + r] = s;
+            }
+        }
+        for (; t < n_tok; t++) {
+            float32x4_t a = vdupq_n_f32(0);
+            for (int64_t c = 0; c < c4; c += 4) a = vfmaq_f32(a, load4<WT>(row, c), vld1q_f32(x + t * cols + c));
+            float s = vaddvq_f32(a);
+            for (int64_t c = c4; c < cols; c++) s += weight_to_f32(WT, row, c) * x[t * cols + c];
+            out[t * out_stride + r] = s;
+        }
+    }
+}
+
+void gemm_f(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const float* x, int64_t cols,
+            int64_t n_tok, float* out, int64_t out_stride) {
+    switch (wt) {
+        case DType::F32: return gemm_f_typed<DType::F32>(w, w_stride, r0, r1, x, cols, n_tok, out, out_stride);
+        case DType::F16: return gemm_f_typed<DType::F16>(w, w_stride, r0, r1, x, cols, n_tok, out, out_stride);
+        case DType::BF16: return gemm_f_typed<DType::BF16>(w, w_stride, r0, r1, x, cols, n_tok, out, out_stride);
+        default: return gemm_f_scalar(wt, w, w_stride, r0, r1, x, cols, n_tok, out, out_stride);
+    }
+}
+
+void f16_to_f32_row(const uint16_t* x, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+    f16_to_f32_row_scalar(x + i, y + i, n - i);
+}
+
+void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    f32_to_f16_row_scalar(x + i, y + i, n - i);
+}
+
+struct NeonAttentionOps : ScalarAttentionOps {
+    static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row(x, y, n); }
+};
+
+void attention_group(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
+                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work) {
+    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work);
+}
+
+}  // namespace
+
+const KernelSet* kernels_neon() {
+    static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q,          gemm_f,
+                                  f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
+                                  attention_group,    silu_mul_row_scalar};
+    return &set;
+}
+
+}  // namespace forgert::cpu
+
+#else
+namespace forgert::cpu {
+const KernelSet* kernels_neon() { return nullptr; }
+}  // namespace forgert::cpu
+#endif

@@ -1,0 +1,144 @@
+// Checks every SIMD kernel set this CPU runs against the portable generic set
+// (itself checked against NumPy by tests/test_cpu_ops.py with FORGERT_CPU_ISA=generic).
+// Built and run by tests/test_kernel_sets.py, natively and, where a cross
+// compiler and qemu are installed, for arm64 NEON.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backends/cpu/cpu_kernels.h"
+#include "core/fp16.h"
+
+using namespace forgert;
+using namespace forgert::cpu;
+
+namespace {
+
+bool runs_here(const KernelSet* k) {
+    if (!k) return false;
+#if defined(__x86_64__)
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!std::strcmp(k->name, "avx2")) return avx2;
+    if (!std::strcmp(k->name, "avx512-vnni"))
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+    return true;  // neon: the test only runs it under qemu -cpu max or on dotprod hardware
+}
+
+std::mt19937 rng(7);
+std::normal_distribution<float> normal;
+
+std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
+    const int64_t rb = row_bytes(t, cols);
+    std::vector<uint8_t> w(rb * rows);
+    for (auto& b : w) b = (uint8_t)(rng() & 0xff);
+    for (int r = 0; r < rows; r++) {
+        uint8_t* row = &w[r * rb];
+        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) {
+            const int64_t bb = dtype_block_bytes(t);
+            for (int b = 0; b < cols / FG_QK; b++) {
+                const uint16_t d = f32_to_f16(0.01f + 0.001f * (float)(rng() % 16));
+                std::memcpy(row + b * bb, &d, 2);
+                if (t == DType::Q4_1) std::memcpy(row + b * bb + 2, &d, 2);
+            }
+        } else {
+            for (int c = 0; c < cols; c++) {
+                const float v = normal(rng);
+                uint32_t bits;
+                std::memcpy(&bits, &v, 4);
+                if (t == DType::F32) std::memcpy(row + 4 * c, &v, 4);
+                else {
+                    const uint16_t h = t == DType::F16 ? f32_to_f16(v) : (uint16_t)(bits >> 16);
+                    std::memcpy(row + 2 * c, &h, 2);
+                }
+            }
+        }
+    }
+    return w;
+}
+
+int failures = 0;
+
+void expect_close(const char* set, const char* what, const std::vector<float>& ref, const std::vector<float>& got,
+                  double rel) {
+    double err = 0, scale = 1e-30;
+    for (size_t i = 0; i < ref.size(); i++) {
+        err = std::max(err, (double)std::fabs(ref[i] - got[i]));
+        scale = std::max(scale, (double)std::fabs(ref[i]));
+    }
+    const bool ok = err <= rel * scale;
+    if (!ok) failures++;
+    std::printf("%-12s %-28s max|diff| %.3g  max|ref| %.3g  %s\n", set, what, err, scale, ok ? "ok" : "FAIL");
+}
+
+void check(const KernelSet* k) {
+    const KernelSet* g = kernels_generic();
+    // Shapes that are not multiples of any register tile.
+    const int rows = 37, cols = 96, ntok = 6, nb = cols / FG_QK;
+    std::vector<float> x(ntok * cols);
+    for (auto& v : x) v = normal(rng);
+    std::vector<BlockQ8Act> xq(ntok * nb), xq2(ntok * nb);
+    for (int t = 0; t < ntok; t++) {
+        g->quantize_row_q8(&x[t * cols], &xq[t * nb], cols);
+        k->quantize_row_q8(&x[t * cols], &xq2[t * nb], cols);
+    }
+    bool same = true;
+    for (int i = 0; i < ntok * nb; i++)
+        same &= xq[i].d == xq2[i].d && xq[i].sum == xq2[i].sum && !std::memcmp(xq[i].qs, xq2[i].qs, FG_QK);
+    if (!same) failures++;
+    std::printf("%-12s %-28s %s\n", k->name, "quantize_row_q8 identical", same ? "ok" : "FAIL");
+
+    for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16, DType::F32}) {
+        auto w = random_weights(t, rows, cols);
+        const int64_t rb = row_bytes(t, cols);
+        for (int n : {1, ntok}) {
+            std::vector<float> a(n * rows), b(n * rows);
+            if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) {
+                g->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, a.data(), rows);
+                k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, b.data(), rows);
+            } else {
+                g->gemm_f(t, w.data(), rb, 0, rows, x.data(), cols, n, a.data(), rows);
+                k->gemm_f(t, w.data(), rb, 0, rows, x.data(), cols, n, b.data(), rows);
+            }
+            char what[64];
+            std::snprintf(what, sizeof what, "gemm %s n=%d", dtype_name(t), n);
+            expect_close(k->name, what, a, b, 1e-5);  // same math, other summation order
+        }
+    }
+    // attention: 2 KV rows groups, causal lengths 1..40, head_dim 64
+    const int hd = 64, ctx = 40, nq = 5;
+    std::vector<uint16_t> kc(ctx * hd), vc(ctx * hd);
+    for (auto& h : kc) h = f32_to_f16(normal(rng));
+    for (auto& h : vc) h = f32_to_f16(normal(rng));
+    std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd));
+    for (auto& v : q) v = normal(rng);
+    const float* qs[nq];
+    float *oas[nq], *obs[nq];
+    int64_t len[nq] = {1, 7, 33, 40, 64 > ctx ? ctx : 64};
+    for (int i = 0; i < nq; i++) qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
+    g->attention_group(qs, oas, len, nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
+    k->attention_group(qs, obs, len, nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
+    expect_close(k->name, "attention_group", oa, ob, 1e-5);
+    std::vector<float> gs(1000), us(1000), sa(1000), sb(1000);
+    for (int i = 0; i < 1000; i++) gs[i] = 8 * normal(rng), us[i] = normal(rng);
+    g->silu_mul_row(gs.data(), us.data(), sa.data(), 1000);
+    k->silu_mul_row(gs.data(), us.data(), sb.data(), 1000);
+    expect_close(k->name, "silu_mul_row", sa, sb, 1e-6);
+}
+
+}  // namespace
+
+int main() {
+    int checked = 0;
+    for (const KernelSet* k : {kernels_avx2(), kernels_avx512(), kernels_neon()}) {
+        if (!runs_here(k)) continue;
+        check(k);
+        checked++;
+    }
+    std::printf("%d kernel sets checked, %d failures\n", checked, failures);
+    return failures ? 1 : 0;
+}
