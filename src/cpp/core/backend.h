@@ -56,6 +56,11 @@ public:
     virtual void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) = 0;
     // out[i, r] = sum_c w[r, c] * x[i, c]                    w [rows, cols]; x [n, cols]; out [n, rows]
     virtual void matmul(const Tensor& out, const Tensor& w, const Tensor& x) = 0;
+    // Several matmuls of one input (Q, K and V; gate and up): outs[i] = ws[i] x^T.
+    // A backend may share the input's preparation and one parallel region among them.
+    virtual void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) {
+        for (int i = 0; i < n; i++) matmul(outs[i], ws[i], x);
+    }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
     // Rotate each head of token i at position pos0 + i by angles (pos * freqs[j]).

@@ -75,9 +75,8 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         const LayerWeights& L = w_.layers[l];
         // attention block
         be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
-        be.matmul(q, L.wq, xn);
-        be.matmul(k, L.wk, xn);
-        be.matmul(v, L.wv, xn);
+        const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
+        be.matmul_many(qkv_out, qkv_w, 3, xn);
         if (L.bq.rows) {
             be.add_bias(q, L.bq);
             be.add_bias(k, L.bk);
@@ -92,8 +91,8 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         be.add(x, x, proj);
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
-        be.matmul(gate, L.w_gate, xn);
-        be.matmul(up, L.w_up, xn);
+        const Tensor ffn_out[2] = {gate, up}, ffn_w[2] = {L.w_gate, L.w_up};
+        be.matmul_many(ffn_out, ffn_w, 2, xn);
         be.silu_mul(gate, gate, up);
         be.matmul(proj, L.w_down, gate);
         be.add(x, x, proj);

@@ -74,12 +74,12 @@ void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, f
     });
 }
 
-void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
-    const int64_t n = x.rows, rows = w.rows, cols = w.cols;
-    const int64_t out_stride = (int64_t)(out.stride / sizeof(float));
-    float* y = out.data<float>();
-    const uint8_t* wd = w.data<uint8_t>();
-    const bool quantized = w.type == DType::Q8_0 || w.type == DType::Q4_0 || w.type == DType::Q4_1;
+namespace {
+bool is_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1; }
+}  // namespace
+
+const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense) {
+    const int64_t n = x.rows, cols = x.cols;
     if (quantized) {
         const int64_t nb = cols / FG_QK;
         if ((int64_t)xq_.size() < n * nb) xq_.resize(n * nb);
@@ -89,24 +89,49 @@ void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
                 k_.quantize_row_q8(reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * t), xq + t * nb, cols);
         };
         if (n >= 4) pool_.parallel_for(n, 1, quantize); else quantize(0, n);
-        // Row chunks are multiples of 16 so every thread runs full register tiles.
-        pool_.parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
-            k_.gemm_q(w.type, wd, w.stride, r0, r1, xq, nb, n, y, out_stride);
-        });
-    } else {
-        const float* xf = x.data<float>();
-        const float* xin = xf;
-        std::vector<float> packed;
-        if (x.stride != (size_t)cols * sizeof(float)) {  // the kernels read x densely
-            packed.resize(n * cols);
-            for (int64_t t = 0; t < n; t++)
-                std::memcpy(&packed[t * cols], x.data<uint8_t>() + x.stride * t, cols * sizeof(float));
-            xin = packed.data();
-        }
-        pool_.parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
-            k_.gemm_f(w.type, wd, w.stride, r0, r1, xin, cols, n, y, out_stride);
-        });
+        return xq;
     }
+    if (x.stride == (size_t)cols * sizeof(float)) return x.data<float>();
+    dense.resize(n * cols);  // the kernels read x densely
+    for (int64_t t = 0; t < n; t++) std::memcpy(&dense[t * cols], x.data<uint8_t>() + x.stride * t, cols * sizeof(float));
+    return dense.data();
+}
+
+void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) { matmul_many(&out, &w, 1, x); }
+
+void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
+    // Weights of one type share one prepared input; mixed types (rare) go one by one.
+    for (int i = 1; i < n_mm; i++) {
+        if (is_quantized(ws[i].type) != is_quantized(ws[0].type)) {
+            for (int j = 0; j < n_mm; j++) matmul_many(&outs[j], &ws[j], 1, x);
+            return;
+        }
+    }
+    const bool quantized = is_quantized(ws[0].type);
+    std::vector<float> dense;
+    const void* xin = prepare_input(x, quantized, dense);
+    const int64_t n = x.rows, cols = x.cols;
+    // One parallel region over the rows of all the weights, in chunks of 16 rows
+    // (multiples of the kernels' register tiles).
+    constexpr int64_t kChunk = 16;
+    int64_t chunk_start[8 + 1] = {0};
+    if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
+    for (int i = 0; i < n_mm; i++) chunk_start[i + 1] = chunk_start[i] + (ws[i].rows + kChunk - 1) / kChunk;
+    pool_.parallel_for(chunk_start[n_mm], 1, [&](int64_t c0, int64_t c1) {
+        for (int i = 0; i < n_mm; i++) {
+            const int64_t b = std::max(c0, chunk_start[i]), e = std::min(c1, chunk_start[i + 1]);
+            if (b >= e) continue;
+            const Tensor& w = ws[i];
+            const int64_t r0 = (b - chunk_start[i]) * kChunk, r1 = std::min(w.rows, (e - chunk_start[i]) * kChunk);
+            const int64_t out_stride = (int64_t)(outs[i].stride / sizeof(float));
+            if (quantized)
+                k_.gemm_q(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const BlockQ8Act*>(xin),
+                          cols / FG_QK, n, outs[i].data<float>(), out_stride);
+            else
+                k_.gemm_f(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const float*>(xin), cols, n,
+                          outs[i].data<float>(), out_stride);
+        }
+    });
 }
 
 void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {

@@ -25,6 +25,7 @@ public:
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
+    void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
     void kv_write(const Tensor& cache, const Tensor& src, int pos0) override;
@@ -35,6 +36,9 @@ public:
     void argmax(const Tensor& out, const Tensor& x) override;
 
 private:
+    // x as the kernels read it: quantized blocks for quantized weights (in xq_), else dense f32.
+    const void* prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense);
+
     ThreadPool pool_;
     const KernelSet& k_;
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul

@@ -24,6 +24,9 @@ constexpr int kJoinSpinRounds = 1 << 12;
 ThreadPool::ThreadPool(int n_threads) {
     if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     n_threads_ = n_threads;
+    claimed_.reset(new std::atomic<uint64_t>[n_threads_]);
+    finished_.reset(new std::atomic<uint64_t>[n_threads_]);
+    for (int i = 0; i < n_threads_; i++) claimed_[i] = finished_[i] = 0;
     for (int i = 1; i < n_threads_; i++) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -37,25 +40,38 @@ ThreadPool::~ThreadPool() {
     for (auto& t : threads_) t.join();
 }
 
+bool ThreadPool::claim(int i, uint64_t e) {
+    uint64_t old = claimed_[i].load(std::memory_order_acquire);
+    return old < e && claimed_[i].compare_exchange_strong(old, e, std::memory_order_acq_rel);
+}
+
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
     if (n_threads_ == 1) {
         fn(0, 1);
         return;
     }
     job_ = &fn;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    uint64_t e;
     {
         // Publishing under the lock pairs with the sleepers' predicate check.
         std::lock_guard<std::mutex> lock(mu_);
-        epoch_.fetch_add(1, std::memory_order_release);
+        e = epoch_.fetch_add(1, std::memory_order_acq_rel) + 1;
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
-    fn(0, n_threads_);
-    // A worker may have been preempted (more runnable threads than cores): after a
-    // short spin, yield the core so it can finish instead of burning our time slice.
-    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; spin++) {
-        if (spin < kJoinSpinRounds) FG_CPU_RELAX();
-        else std::this_thread::yield();
+    // Our own share first, then every share that no worker has claimed yet.
+    for (int i = 0; i < n_threads_; i++) {
+        const int share = i == 0 ? 0 : n_threads_ - i;  // workers start from their own index
+        if (claim(share, e)) {
+            fn(share, n_threads_);
+            finished_[share].store(e, std::memory_order_release);
+        }
+    }
+    // Shares claimed by workers: wait for them, yielding if a worker was preempted.
+    for (int i = 0; i < n_threads_; i++) {
+        for (int spin = 0; finished_[i].load(std::memory_order_acquire) != e; spin++) {
+            if (spin < kJoinSpinRounds) FG_CPU_RELAX();
+            else std::this_thread::yield();
+        }
     }
     job_ = nullptr;
 }
@@ -77,8 +93,12 @@ void ThreadPool::worker(int ith) {
         }
         seen = e;
         if (stop_.load()) return;
-        (*job_)(ith, n_threads_);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        // job_ is stable while share ith of epoch e is claimed and unfinished: run()
+        // cannot return before it is finished.
+        if (claim(ith, e)) {
+            (*job_)(ith, n_threads_);
+            finished_[ith].store(e, std::memory_order_release);
+        }
     }
 }
 

@@ -1,11 +1,17 @@
 // A fork-join pool for the CPU backend's ops. One forward pass of a small model
 // runs hundreds of short parallel loops, so workers spin briefly on an epoch
 // counter before sleeping, and the calling thread does a share of the work.
+//
+// Each call splits the work into size() shares that any thread may claim: the
+// caller runs its own share, then claims every share no worker has started. A
+// worker that is asleep or preempted (more runnable threads than cores) thus
+// never stalls the caller; it only waits for shares a worker is running.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -21,7 +27,8 @@ public:
 
     int size() const { return n_threads_; }
 
-    // Calls fn(ith, nth) once on each of the nth = size() threads and returns when all are done.
+    // Calls fn(ith, nth) once for each share ith in [0, nth = size()), on any threads,
+    // and returns when all are done.
     void run(const std::function<void(int ith, int nth)>& fn);
 
     // Splits [0, n) into contiguous chunks, each a multiple of `grain` (except the last).
@@ -45,9 +52,13 @@ private:
 
     int n_threads_;
     std::vector<std::thread> threads_;
+    // Claims share i for epoch e (compare-and-swap from an older epoch); false if taken.
+    bool claim(int i, uint64_t e);
+
     const std::function<void(int, int)>* job_ = nullptr;
     std::atomic<uint64_t> epoch_{0};
-    std::atomic<int> pending_{0};
+    // Per share: the epoch it was last claimed in and the epoch it last finished in.
+    std::unique_ptr<std::atomic<uint64_t>[]> claimed_, finished_;
     std::atomic<bool> stop_{false};
     std::mutex mu_;
     std::condition_variable cv_;
