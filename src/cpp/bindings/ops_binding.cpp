@@ -20,6 +20,17 @@ void need(bool ok, const std::string& msg) {
     if (!ok) throw InputError(msg);
 }
 
+// f16 tensors travel as numpy float16 arrays (raw uint16 bits are accepted too);
+// any other dtype would be converted by value, silently wrong, so it is refused.
+U16 f16_bits(const py::array& a, const char* what) {
+    const std::string kind = py::str(a.dtype()).cast<std::string>();
+    if (kind != "float16" && kind != "uint16")
+        throw InputError(std::string(what) + " must be a float16 array, got " + kind);
+    return U16::ensure(a.attr("view")("uint16"));
+}
+
+py::array as_float16(const U16& bits) { return bits.attr("view")("float16"); }
+
 int64_t rows_of(const py::array& a) { return a.ndim() == 1 ? 1 : a.shape(0); }
 int64_t cols_of(const py::array& a) { return a.shape(a.ndim() - 1); }
 
@@ -101,7 +112,8 @@ public:
         run([&] { be_->rope(X, Fr, pos0, RopeParams{n_heads, head_dim, neox}); });
         return download(X);
     }
-    U16 kv_write(const U16& cache, const F32& src, int pos0) {
+    py::array kv_write(const py::array& cache_in, const F32& src, int pos0) {
+        const U16 cache = f16_bits(cache_in, "cache");
         need(cache.ndim() == 2 && cols_of(src) == cache.shape(1), "cache must be [n_ctx, kv_dim] like src");
         need(pos0 >= 0 && pos0 + rows_of(src) <= cache.shape(0), "rows past the cache");
         Tensor C = upload(cache.data(), DType::F16, cache.shape(0), cache.shape(1)), S = f32(src);
@@ -109,10 +121,11 @@ public:
         U16 out(std::vector<py::ssize_t>{C.rows, C.cols});
         be_->read(out.mutable_data(), C, C.nbytes());
         bufs_.clear();
-        return out;
+        return as_float16(out);
     }
-    F32 attention(const F32& q, const U16& kc, const U16& vc, int pos0, int n_heads, int n_kv_heads, int head_dim,
-                  float scale) {
+    F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
+                  int head_dim, float scale) {
+        const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
         need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
         need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
         need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");

@@ -55,6 +55,8 @@ public:
     // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w                     x, out [n, dim]; w [dim]
     virtual void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) = 0;
     // out[i, r] = sum_c w[r, c] * x[i, c]                    w [rows, cols]; x [n, cols]; out [n, rows]
+    // Accuracy: as with f32 activations (a backend that rounds x for integer dot
+    // products must keep ~16 bits of it, see cpu_kernels.h BlockQ8Act).
     virtual void matmul(const Tensor& out, const Tensor& w, const Tensor& x) = 0;
     // Several matmuls of one input (Q, K and V; gate and up): outs[i] = ws[i] x^T.
     // A backend may share the input's preparation and one parallel region among them.

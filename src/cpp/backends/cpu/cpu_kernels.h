@@ -10,15 +10,19 @@
 
 namespace forgert::cpu {
 
-// Activations quantized for integer dot products against quantized weights:
-// x[i] ~= d * qs[i]; `sum` = sum(qs) serves the zero-point corrections of
-// Q4_0 (-8), Q4_1 (+m) and Q8_0 (stored biased by +128 in the dot product).
+// Activations quantized for integer dot products against quantized weights, in
+// two int8 parts: x[i] ~= d * (256 * hi[i] + lo[i]), where hi is x rounded to 8
+// bits of the block's range and lo the rounding error rounded to 8 more bits.
+// The residual is ~2^-16 of the block's max |x|: logits match an f32 reference
+// (one int8 part, as llama.cpp uses, flips near-tied argmaxes of small models).
+// `sum` is the exact sum of the block's x (zero-point terms of Q4_0 and Q4_1).
 struct BlockQ8Act {
     float d;
-    int32_t sum;
-    int8_t qs[FG_QK];
+    float sum;
+    int8_t hi[FG_QK];
+    int8_t lo[FG_QK];
 };
-static_assert(sizeof(BlockQ8Act) == 40, "BlockQ8Act is 40 bytes");
+static_assert(sizeof(BlockQ8Act) == 72, "BlockQ8Act is 72 bytes");
 
 struct KernelSet {
     const char* name;

@@ -50,12 +50,14 @@ void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t
         for (int r = 0; r < R; r++) load_block<WT>(w + r * w_stride + b * BB, wl[r], wh[r], dw[r], mw[r]);
         for (int t = 0; t < T; t++) {
             const BlockQ8Act& a = x[t * nb + b];
-            const int8x16_t xl = vld1q_s8(a.qs), xh = vld1q_s8(a.qs + 16);
+            const int8x16_t h0 = vld1q_s8(a.hi), h1 = vld1q_s8(a.hi + 16);
+            const int8x16_t l0 = vld1q_s8(a.lo), l1 = vld1q_s8(a.lo + 16);
             for (int r = 0; r < R; r++) {
-                int32x4_t dot = vdotq_s32(vdupq_n_s32(0), wl[r], xl);
-                dot = vdotq_s32(dot, wh[r], xh);
+                const int32x4_t dh = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], h0), wh[r], h1);
+                const int32x4_t dl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], l0), wh[r], l1);
+                const int32x4_t dot = vaddq_s32(vshlq_n_s32(dh, 8), dl);  // 256 hi + lo
                 acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
-                if constexpr (WT != DType::Q8_0) corr[r][t] += mw[r] * (a.d * (float)a.sum);
+                if constexpr (WT != DType::Q8_0) corr[r][t] += mw[r] * a.sum;
             }
         }
     }
@@ -167,7 +169,7 @@ void attention_group(const float* const* q, float* const* out, const int64_t* le
 }  // namespace
 
 const KernelSet* kernels_neon() {
-    static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q,          gemm_f,
+    static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
                                   attention_group,    silu_mul_row_scalar};
     return &set;

@@ -15,17 +15,19 @@ namespace {
 inline void quantize_row_q8_scalar(const float* x, BlockQ8Act* y, int64_t n) {
     for (int64_t b = 0; b < n / FG_QK; b++) {
         const float* xb = x + b * FG_QK;
-        float amax = 0.0f;
+        float amax = 0.0f, sum = 0.0f;
         for (int i = 0; i < FG_QK; i++) amax = std::fmax(amax, std::fabs(xb[i]));
+        for (int i = 0; i < FG_QK; i++) sum += xb[i];
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int32_t sum = 0;
         for (int i = 0; i < FG_QK; i++) {
-            const int q = (int)std::nearbyint(xb[i] * id);
-            y[b].qs[i] = (int8_t)q;
-            sum += q;
+            const float v = xb[i] * id;
+            const float h = std::nearbyint(v);
+            const float l = std::fmin(std::fmax(std::nearbyint((v - h) * 256.0f), -127.0f), 127.0f);
+            y[b].hi[i] = (int8_t)h;
+            y[b].lo[i] = (int8_t)l;
         }
-        y[b].d = d;
+        y[b].d = d * (1.0f / 256.0f);
         y[b].sum = sum;
     }
 }
@@ -41,33 +43,27 @@ inline float weight_to_f32(DType wt, const uint8_t* row, int64_t c) {
 
 // dot of one quantized weight block with one activation block.
 inline float block_dot_scalar(DType wt, const uint8_t* wb, const BlockQ8Act& a) {
-    switch (wt) {
-        case DType::Q8_0: {
-            const auto* b = reinterpret_cast<const block_q8_0*>(wb);
-            int32_t s = 0;
-            for (int i = 0; i < FG_QK; i++) s += (int32_t)b->qs[i] * a.qs[i];
-            return f16_to_f32(b->d) * a.d * (float)s;
-        }
-        case DType::Q4_0: {
+    int32_t s = 0;  // sum of q[i] * (256 hi[i] + lo[i]); |s| < 2^28
+    float d, m = 0.0f;
+    if (wt == DType::Q8_0) {
+        const auto* b = reinterpret_cast<const block_q8_0*>(wb);
+        for (int i = 0; i < FG_QK; i++) s += (int32_t)b->qs[i] * (256 * a.hi[i] + a.lo[i]);
+        d = f16_to_f32(b->d);
+    } else {
+        const uint8_t* qs;
+        if (wt == DType::Q4_0) {
             const auto* b = reinterpret_cast<const block_q4_0*>(wb);
-            int32_t s = 0;
-            for (int i = 0; i < FG_QK / 2; i++) {
-                s += ((b->qs[i] & 0x0f) - 8) * a.qs[i];
-                s += ((b->qs[i] >> 4) - 8) * a.qs[i + FG_QK / 2];
-            }
-            return f16_to_f32(b->d) * a.d * (float)s;
-        }
-        case DType::Q4_1: {
+            qs = b->qs, d = f16_to_f32(b->d), m = -8.0f * d;
+        } else {
             const auto* b = reinterpret_cast<const block_q4_1*>(wb);
-            int32_t s = 0;
-            for (int i = 0; i < FG_QK / 2; i++) {
-                s += (b->qs[i] & 0x0f) * a.qs[i];
-                s += (b->qs[i] >> 4) * a.qs[i + FG_QK / 2];
-            }
-            return f16_to_f32(b->d) * a.d * (float)s + f16_to_f32(b->m) * a.d * (float)a.sum;
+            qs = b->qs, d = f16_to_f32(b->d), m = f16_to_f32(b->m);
         }
-        default: return 0.0f;
+        for (int i = 0; i < FG_QK / 2; i++) {
+            s += (qs[i] & 0x0f) * (256 * a.hi[i] + a.lo[i]);
+            s += (qs[i] >> 4) * (256 * a.hi[i + FG_QK / 2] + a.lo[i + FG_QK / 2]);
+        }
     }
+    return d * a.d * (float)s + m * a.sum;
 }
 
 inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
@@ -80,6 +76,29 @@ inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r
             for (int64_t b = 0; b < nb; b++) acc += block_dot_scalar(wt, row + b * bb, x[t * nb + b]);
             out[t * out_stride + r] = acc;
         }
+    }
+}
+
+// Dequantize one 32-weight block to f32.
+inline void dequantize_block(DType wt, const uint8_t* blk, float* y) {
+    if (wt == DType::Q8_0) {
+        const auto* q = reinterpret_cast<const block_q8_0*>(blk);
+        const float d = f16_to_f32(q->d);
+        for (int i = 0; i < FG_QK; i++) y[i] = d * q->qs[i];
+        return;
+    }
+    const uint8_t* qs;
+    float d, m;
+    if (wt == DType::Q4_0) {
+        const auto* q = reinterpret_cast<const block_q4_0*>(blk);
+        d = f16_to_f32(q->d), m = -8.0f * d, qs = q->qs;
+    } else {
+        const auto* q = reinterpret_cast<const block_q4_1*>(blk);
+        d = f16_to_f32(q->d), m = f16_to_f32(q->m), qs = q->qs;
+    }
+    for (int i = 0; i < FG_QK / 2; i++) {
+        y[i] = d * (qs[i] & 0x0f) + m;
+        y[i + FG_QK / 2] = d * (qs[i] >> 4) + m;
     }
 }
 
@@ -192,34 +211,10 @@ inline void attention_group_scalar(const float* const* q, float* const* out, con
 namespace forgert::cpu {
 // One row of any weight type to f32 (embedding lookups; not a hot path).
 inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols) {
-    switch (wt) {
-        case DType::Q8_0:
-            for (int64_t b = 0; b < cols / FG_QK; b++) {
-                const auto* q = reinterpret_cast<const block_q8_0*>(row) + b;
-                const float d = f16_to_f32(q->d);
-                for (int i = 0; i < FG_QK; i++) y[b * FG_QK + i] = d * q->qs[i];
-            }
-            return;
-        case DType::Q4_0:
-        case DType::Q4_1:
-            for (int64_t b = 0; b < cols / FG_QK; b++) {
-                const uint8_t* qs;
-                float d, m;
-                if (wt == DType::Q4_0) {
-                    const auto* q = reinterpret_cast<const block_q4_0*>(row) + b;
-                    d = f16_to_f32(q->d), m = -8.0f * d, qs = q->qs;
-                } else {
-                    const auto* q = reinterpret_cast<const block_q4_1*>(row) + b;
-                    d = f16_to_f32(q->d), m = f16_to_f32(q->m), qs = q->qs;
-                }
-                for (int i = 0; i < FG_QK / 2; i++) {
-                    y[b * FG_QK + i] = d * (qs[i] & 0x0f) + m;
-                    y[b * FG_QK + i + FG_QK / 2] = d * (qs[i] >> 4) + m;
-                }
-            }
-            return;
-        default:
-            for (int64_t c = 0; c < cols; c++) y[c] = weight_to_f32(wt, row, c);
+    if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1) {
+        for (int64_t b = 0; b < cols / FG_QK; b++) dequantize_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK);
+        return;
     }
+    for (int64_t c = 0; c < cols; c++) y[c] = weight_to_f32(wt, row, c);
 }
 }  // namespace forgert::cpu
