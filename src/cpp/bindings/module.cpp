@@ -9,6 +9,9 @@
 #include "core/backend.h"
 #include "model/llama_model.h"
 #include "ops_binding.h"
+#if FORGERT_HAVE_METAL_EMULATOR
+#include "backends/metal/device_emulated.h"
+#endif
 
 namespace py = pybind11;
 using namespace forgert;
@@ -132,4 +135,13 @@ PYBIND11_MODULE(_core, m) {
         return d;
     });
     bind_ops(m);
+#if FORGERT_HAVE_METAL_EMULATOR
+    // Thread order of the emulated Metal device: "forward", "reverse" or "random" (races show
+    // up as schedule-dependent results).
+    m.def("set_emulator_schedule",
+          [](const std::string& s, uint64_t seed) { forgert::metal::set_emulator_schedule(s, seed); },
+          py::arg("schedule"), py::arg("seed") = 0);
+    m.def("emulator_schedule", &forgert::metal::emulator_schedule);
+    m.def("set_emulator_threads", &forgert::metal::set_emulator_threads);
+#endif
 }

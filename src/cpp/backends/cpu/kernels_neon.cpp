@@ -57,7 +57,7 @@ void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t
                 const int32x4_t dl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], l0), wh[r], l1);
                 const int32x4_t dot = vaddq_s32(vshlq_n_s32(dh, 8), dl);  // 256 hi + lo
                 acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
-                if constexpr (WT != DType::Q8_0) corr[r][t] += mw[r] * a.sum;
+                if constexpr (WT != DType::Q8_0) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
             }
         }
     }

@@ -1,0 +1,169 @@
+"""forgert vs llama.cpp (llama-cpp-python) on the CPU: decode and prefill tokens/s.
+
+Both engines load the same GGUF with the same thread count; runs alternate between them
+so load changes on the machine hit both; medians and ratios go to bench/results/.
+
+    pip install llama-cpp-python        # builds llama.cpp from source
+    python bench/bench_vs_llamacpp.py   # SmolLM2-135M Q4_1 + Q8_0 / Q4_0 versions of it
+
+What is timed, for both, through their Python APIs:
+  prefill: evaluate a 512-token prompt from an empty cache (logits of the last token)
+  decode:  128 steps of "evaluate one token, take the argmax" after an 8-token prompt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+MODELS = ROOT / "bench" / "models"   # derived GGUFs (gitignored)
+
+
+def default_model() -> Path:
+    sys.path.insert(0, str(ROOT / "python"))
+    from forgert.default_model import default_model_path
+    return Path(default_model_path())
+
+
+def derived_model(src: Path, qtype: str) -> Path:
+    """A Q8_0 / Q4_0 version of the default model, made once with `forgert quantize`."""
+    out = MODELS / f"{src.stem.split('.')[0]}.{qtype.upper()}.gguf"
+    if not out.exists():
+        MODELS.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "forgert", "quantize", str(src), str(out), "--type", qtype],
+                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Forgert:
+    name = "forgert"
+
+    def __init__(self, path, threads, n_ctx):
+        import forgert
+        self.m = forgert.Model(str(path), backend="cpu", threads=threads, n_ctx=n_ctx)
+        self.eng = self.m._engine   # the native engine: no sampling or detokenization in the loop
+
+    def prefill(self, ids):
+        self.eng.forward(np.asarray(ids, np.int32), 0)
+
+    def decode(self, prompt, n):
+        tok = self.eng.forward_argmax(np.asarray(prompt, np.int32), 0)
+        for i in range(n - 1):
+            tok = self.eng.forward_argmax(np.asarray([tok], np.int32), len(prompt) + i)
+
+
+class LlamaCpp:
+    name = "llama.cpp"
+
+    def __init__(self, path, threads, n_ctx):
+        import llama_cpp
+        self.version = llama_cpp.__version__
+        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
+                                   n_threads_batch=threads, logits_all=False, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+        import ctypes
+        self._as_array = lambda: np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1), shape=(self.n_vocab,))
+        del ctypes
+
+    def prefill(self, ids):
+        self.llm.reset()
+        self.llm.eval(list(ids))
+
+    def decode(self, prompt, n):
+        self.llm.reset()
+        self.llm.eval(list(prompt))
+        tok = int(np.argmax(self._as_array()))
+        for _ in range(n - 1):
+            self.llm.eval([tok])
+            tok = int(np.argmax(self._as_array()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="GGUF path (repeatable); default: SmolLM2 Q4_1, Q8_0, Q4_0")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--out", default=str(RESULTS / "cpu_vs_llamacpp.md"))
+    args = ap.parse_args()
+
+    if args.model:
+        models = [Path(p) for p in args.model]
+    else:
+        base = default_model()
+        models = [base, derived_model(base, "q8_0"), derived_model(base, "q4_0")]
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for path in models:
+        engines = [Forgert(path, args.threads, 1024), LlamaCpp(path, args.threads, 1024)]
+        vocab = engines[0].m.vocab_size
+        prompt_long = rng.integers(100, vocab - 100, args.prefill_tokens).tolist()
+        prompt_short = prompt_long[:8]
+        times = {(e.name, k): [] for e in engines for k in ("prefill", "decode")}
+        for e in engines:  # warm-up: page in the weights, size the buffers
+            e.prefill(prompt_long[:64])
+            e.decode(prompt_short, 4)
+        for rep in range(args.reps):
+            for e in (engines if rep % 2 == 0 else engines[::-1]):
+                t0 = time.perf_counter()
+                e.prefill(prompt_long)
+                times[(e.name, "prefill")].append(args.prefill_tokens / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                e.decode(prompt_short, args.decode_tokens)
+                # decode includes the 8-token prompt; it is <1% of the work
+                times[(e.name, "decode")].append(args.decode_tokens / (time.perf_counter() - t0))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = (path.name, med[("forgert", "decode")], med[("llama.cpp", "decode")],
+               med[("forgert", "prefill")], med[("llama.cpp", "prefill")])
+        rows.append(row)
+        print(f"{row[0]}: decode {row[1]:.1f} vs {row[2]:.1f} tok/s ({row[1] / row[2]:.2f}x), "
+              f"prefill {row[3]:.1f} vs {row[4]:.1f} tok/s ({row[3] / row[4]:.2f}x)", flush=True)
+        llama_version = engines[1].version
+        del engines
+
+    from forgert import _core
+    lines = [
+        "# forgert vs llama.cpp on the CPU",
+        "",
+        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}; "
+        f"threads: {args.threads} for both; forgert kernels: {_core.cpu_info()['kernels']}; "
+        f"llama-cpp-python {llama_version}.",
+        f"Medians of {args.reps} alternating runs; decode = {args.decode_tokens} greedy tokens after an "
+        f"8-token prompt; prefill = a {args.prefill_tokens}-token prompt from an empty cache. "
+        f"Written by `bench/bench_vs_llamacpp.py` on {time.strftime('%Y-%m-%d')}. Load average at the end: "
+        f"{os.getloadavg()[0]:.2f}.",
+        "",
+        "| model | decode forgert | decode llama.cpp | ratio | prefill forgert | prefill llama.cpp | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, df, dl, pf, pl in rows:
+        lines.append(f"| {name} | {df:.1f} | {dl:.1f} | {df / dl:.2f}x | {pf:.1f} | {pl:.1f} | {pf / pl:.2f}x |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Chat templates: the Jinja template stored with the model, rendered in jinja2's sandbox."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(ValueError):
+    """The model has no chat template, or its template failed on these messages."""
+
+
+def _raise_exception(message):
+    raise ChatTemplateError(f"chat template refused the messages: {message}")
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
+    # transformers' tojson: unlike jinja2's own, it does not HTML-escape
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+
+def normalize_messages(messages) -> list:
+    """Validate [{"role": str, "content": str | [{"type": "text", "text": str}, ...]}, ...]."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"messages[{i}] must be a dict, got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"messages[{i}] needs a non-empty string 'role'")
+        if isinstance(content, list):   # OpenAI content parts: only text is meaningful here
+            texts = []
+            for part in content:
+                if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                    raise ValueError(f"messages[{i}].content parts must be {{'type': 'text', 'text': str}}")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}] needs a string 'content'")
+        out.append({**m, "role": role, "content": content})
+    return out
+
+
+class ChatTemplate:
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        try:
+            self.template = env.from_string(source)
+        except TemplateError as e:
+            raise ChatTemplateError(f"the model's chat template does not compile: {e}") from None
+
+    def render(self, messages, add_generation_prompt: bool = True, **extra) -> str:
+        messages = normalize_messages(messages)
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                        bos_token=self.bos_token, eos_token=self.eos_token, **extra)
+        except ChatTemplateError:
+            raise
+        except TemplateError as e:
+            raise ChatTemplateError(f"the model's chat template failed: {e}") from None
+
+
+def no_template_error(model_name: str) -> ChatTemplateError:
+    return ChatTemplateError(f"{model_name} has no chat template; use generate() with a raw prompt "
+                             f"(or the CLI's --raw)")

@@ -1,0 +1,78 @@
+"""`forgert serve`: the OpenAI-compatible HTTP server over one model."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+
+from .common import UserError, add_model_args, load_model
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "serve", help="serve the model over an OpenAI-compatible HTTP API",
+        description="Serve POST /v1/chat/completions and /v1/completions (streaming or not), "
+                    "GET /v1/models and GET /health. Listens on 127.0.0.1 only unless --host says "
+                    "otherwise.")
+    add_model_args(p)
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help="address to listen on (default 127.0.0.1, this machine only; "
+                        "0.0.0.0 listens on every network interface)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--api-key", default=os.environ.get("FORGERT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 routes "
+                        "(default: $FORGERT_API_KEY; none means no authentication)")
+    p.add_argument("--model-id", help="the model name clients see in /v1/models "
+                                      "(default: the model file name)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail early with a clear message instead of uvicorn's log line and exit."""
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"cannot listen on {host!r}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args) -> int:
+    try:
+        from ..server import serve
+    except ImportError as e:
+        raise UserError(f"forgert serve needs FastAPI and uvicorn ({e.name} is missing): "
+                        "pip install fastapi uvicorn") from None
+    _check_can_listen(args.host, args.port)
+    model = load_model(args)
+    if not _is_loopback(args.host):
+        exposure = ("with an API key" if args.api_key
+                    else "WITHOUT an API key: anyone who can reach it may use it")
+        print(f"forgert: listening on {args.host}, reachable from other machines, {exposure}",
+              file=sys.stderr)
+    print(f"forgert: serving {model.info()['name']} ({model.backend}, n_ctx {model.n_ctx}) at "
+          f"http://{args.host}:{args.port}/v1", file=sys.stderr)
+    serve(model, host=args.host, port=args.port, api_key=args.api_key, model_id=args.model_id,
+          log_level=args.log_level)
+    return 0

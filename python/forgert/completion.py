@@ -1,0 +1,49 @@
+"""Result types of a generation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int      # sampled tokens, including a final EOS/EOT that ended the text
+    total_tokens: int
+
+
+@dataclass
+class Timings:
+    prompt_tokens_evaluated: int    # prompt tokens actually run (the rest came from the prompt cache)
+    cached_tokens: int
+    prefill_s: float
+    decode_tokens: int              # forward passes of one token each
+    decode_s: float
+    prefill_tokens_per_s: float = field(init=False)
+    decode_tokens_per_s: float = field(init=False)
+
+    def __post_init__(self):
+        self.prefill_tokens_per_s = self.prompt_tokens_evaluated / self.prefill_s if self.prefill_s > 0 else 0.0
+        self.decode_tokens_per_s = self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list                    # generated ids, without a final EOS/EOT
+    finish_reason: str              # "stop" (EOS/EOT or a stop string) | "length" (max_tokens or context full)
+    usage: Usage
+    timings: Timings = field(repr=False, default=None)
+
+
+@dataclass
+class TokenLogprob:
+    token: str                  # the token's text
+    logprob: float              # natural log of its probability under the model's raw logits
+    top: list = field(default_factory=list)    # [(token text, logprob)] most likely alternatives
+
+
+@dataclass
+class StreamPiece:
+    """A streamed piece with the logprobs of the tokens that produced it (only when asked for)."""
+    text: str
+    logprobs: list              # [TokenLogprob]

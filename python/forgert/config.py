@@ -1,0 +1,184 @@
+"""Model hyper-parameters from GGUF metadata or an HF config.json, as the `_core` config dict."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelFormatError
+from .rope import rope_freqs
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+# The default context is the model's training length, capped to bound KV-cache memory
+# (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
+DEFAULT_N_CTX_CAP = 8192
+
+
+@dataclass
+class ModelConfig:
+    arch: str                 # "llama" | "qwen2"
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab: int
+    context_length: int       # training context length from the model
+    rms_eps: float
+    rope_theta: float
+    rope_neox: bool           # False: adjacent pairs (GGUF llama, permuted weights); True: half split
+    rope_scaling: dict | None = None
+    rope_freqs: np.ndarray = field(default=None, repr=False)   # float32 [head_dim // 2]
+    tied_embeddings: bool = False
+
+    def core_dict(self, n_ctx: int) -> dict:
+        return {
+            "arch": self.arch, "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
+            "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
+            "rope_neox": bool(self.rope_neox), "rope_freqs": self.rope_freqs,
+        }
+
+
+def _fail(source, problem):
+    raise ModelFormatError(f"{source}: {problem}")
+
+
+def _get_int(meta, key, source, default=None, minimum=1):
+    v = meta.get(key, default)
+    if v is None:
+        _fail(source, f"missing metadata '{key}'")
+    if isinstance(v, (bool, float)) or not isinstance(v, (int, np.integer)) or v < minimum:
+        _fail(source, f"metadata '{key}' must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _get_float(meta, key, source, default=None, positive=True):
+    v = meta.get(key, default)
+    if v is None:
+        _fail(source, f"missing metadata '{key}'")
+    is_number = isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+    if not is_number or not math.isfinite(v) or (positive and v <= 0):
+        _fail(source, f"metadata '{key}' must be a positive number, got {v!r}")
+    return float(v)
+
+
+def _check_geometry(cfg: ModelConfig, source):
+    if cfg.n_heads % cfg.n_kv_heads:
+        _fail(source, f"{cfg.n_heads} attention heads is not a multiple of {cfg.n_kv_heads} KV heads")
+    if cfg.head_dim % 2:
+        _fail(source, f"head_dim {cfg.head_dim} must be even for RoPE")
+
+
+def config_from_gguf(meta: dict, vocab: int, source: str, rope_factors=None) -> ModelConfig:
+    """meta: GGUF metadata; vocab: rows of token_embd.weight; rope_factors: rope_freqs.weight values or None."""
+    arch = meta.get("general.architecture")
+    if arch is None:
+        _fail(source, "missing metadata 'general.architecture'")
+    if arch not in SUPPORTED_ARCHS:
+        _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
+    p = arch + "."
+    n_heads = _get_int(meta, p + "attention.head_count", source)
+    dim = _get_int(meta, p + "embedding_length", source)
+    head_dim = _get_int(meta, p + "attention.key_length", source, default=dim // n_heads)
+    value_len = _get_int(meta, p + "attention.value_length", source, default=head_dim)
+    if value_len != head_dim:
+        _fail(source, f"attention.value_length {value_len} differs from key_length {head_dim}")
+    rope_dim = _get_int(meta, p + "rope.dimension_count", source, default=head_dim)
+    if rope_dim != head_dim:
+        _fail(source, f"partial RoPE (rope.dimension_count {rope_dim} < head_dim {head_dim}) is not supported")
+    theta = _get_float(meta, p + "rope.freq_base", source, default=10000.0)
+
+    scaling = None
+    kind = meta.get(p + "rope.scaling.type", "none")
+    legacy_linear = meta.get(p + "rope.scale_linear")
+    if kind == "linear" or (kind == "none" and legacy_linear not in (None, 1.0)):
+        factor = _get_float(meta, p + "rope.scaling.factor", source, default=legacy_linear)
+        if factor != 1.0:
+            scaling = {"type": "linear", "factor": factor}
+    elif kind != "none":
+        _fail(source, f"unsupported RoPE scaling type '{kind}'")
+    if rope_factors is not None:
+        if scaling is not None:
+            _fail(source, "both rope_freqs.weight and rope.scaling are set")
+        factors = np.asarray(rope_factors, dtype=np.float64).reshape(-1)
+        if factors.shape != (head_dim // 2,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+            _fail(source, f"rope_freqs.weight must hold {head_dim // 2} positive factors")
+        scaling = {"type": "factors", "factors": factors}
+
+    cfg = ModelConfig(
+        arch=arch,
+        n_layers=_get_int(meta, p + "block_count", source),
+        dim=dim, n_heads=n_heads,
+        n_kv_heads=_get_int(meta, p + "attention.head_count_kv", source, default=n_heads),
+        head_dim=head_dim,
+        ffn_dim=_get_int(meta, p + "feed_forward_length", source),
+        vocab=vocab,
+        context_length=_get_int(meta, p + "context_length", source),
+        rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
+        rope_theta=theta,
+        # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
+        rope_neox=(arch == "qwen2"),
+        rope_scaling=scaling,
+    )
+    cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
+    _check_geometry(cfg, source)
+    return cfg
+
+
+def _hf_rope(hf: dict, source):
+    """(theta, scaling) from either transformers 4 (rope_theta + rope_scaling) or 5 (rope_parameters)."""
+    params = hf.get("rope_parameters") or {}
+    scaling_in = hf.get("rope_scaling") or params
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if not isinstance(theta, (int, float)) or theta <= 0:
+        _fail(source, f"rope_theta must be a positive number, got {theta!r}")
+    kind = scaling_in.get("rope_type", scaling_in.get("type", "default")) if scaling_in else "default"
+    if kind == "default":
+        return float(theta), None
+    try:
+        if kind == "linear":
+            return float(theta), {"type": "linear", "factor": float(scaling_in["factor"])}
+        if kind == "llama3":
+            return float(theta), {
+                "type": "llama3", "factor": float(scaling_in["factor"]),
+                "low_freq_factor": float(scaling_in["low_freq_factor"]),
+                "high_freq_factor": float(scaling_in["high_freq_factor"]),
+                "original_max_position_embeddings": int(scaling_in["original_max_position_embeddings"]),
+            }
+    except KeyError as e:
+        _fail(source, f"rope scaling '{kind}' is missing {e.args[0]!r}")
+    _fail(source, f"unsupported RoPE scaling type '{kind}'")
+
+
+def config_from_hf(hf: dict, source: str) -> ModelConfig:
+    """hf: the parsed config.json of a Llama / Mistral / Qwen2 model directory."""
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
+    if hf.get("mlp_bias"):
+        _fail(source, "mlp_bias=true is not supported")
+    n_heads = _get_int(hf, "num_attention_heads", source)
+    dim = _get_int(hf, "hidden_size", source)
+    theta, scaling = _hf_rope(hf, source)
+    cfg = ModelConfig(
+        arch=HF_MODEL_TYPES[model_type],
+        n_layers=_get_int(hf, "num_hidden_layers", source),
+        dim=dim, n_heads=n_heads,
+        n_kv_heads=_get_int(hf, "num_key_value_heads", source, default=n_heads),
+        head_dim=_get_int(hf, "head_dim", source, default=dim // n_heads) if hf.get("head_dim") else dim // n_heads,
+        ffn_dim=_get_int(hf, "intermediate_size", source),
+        vocab=_get_int(hf, "vocab_size", source),
+        context_length=_get_int(hf, "max_position_embeddings", source),
+        rms_eps=_get_float(hf, "rms_norm_eps", source, default=1e-6),
+        rope_theta=theta,
+        rope_neox=True,   # HF checkpoints rotate the two halves of each head
+        rope_scaling=scaling,
+        tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
+    _check_geometry(cfg, source)
+    return cfg

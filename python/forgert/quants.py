@@ -1,0 +1,105 @@
+"""NumPy quantizers and dequantizers for the block layouts in src/cpp/core/quant_blocks.h.
+
+The quantizers follow ggml's reference (quantize_row_*_ref) in float32 so files match what
+llama.cpp would write:
+  Q8_0: d = amax / 127, q = round(x / d) (half away from zero)           w = d * q
+  Q4_0: d = m / -8 where m is the value of largest magnitude,
+        q = min(15, trunc(x / d + 8.5))                                     w = d * (q - 8)
+  Q4_1: d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5))       w = d * q + min
+Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
+
+QK = 32
+
+
+def _blocks(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> [rows * cols/32, 32]"""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % QK:
+        raise ValueError(f"quantizing needs a 2-D array with a multiple of {QK} columns, got {x.shape}")
+    return x.reshape(-1, QK)
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+
+
+def _f16_bytes(v: np.ndarray) -> np.ndarray:
+    return v.astype("<f2").view(np.uint8).reshape(-1, 2)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    q = q.astype(np.uint8)
+    return q[:, :QK // 2] | (q[:, QK // 2:] << 4)
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> uint8 [rows, cols/32 * 34]"""
+    b = _blocks(x)
+    d = (np.abs(b).max(axis=1) / np.float32(127)).astype(np.float32)
+    v = b * _inverse(d)[:, None]
+    q = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)
+    out = np.concatenate([_f16_bytes(d), q.view(np.uint8)], axis=1)
+    return out.reshape(x.shape[0], -1)
+
+
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> uint8 [rows, cols/32 * 18]"""
+    b = _blocks(x)
+    m = b[np.arange(len(b)), np.argmax(np.abs(b), axis=1)]   # first value of largest magnitude
+    d = (m / np.float32(-8)).astype(np.float32)
+    v = b * _inverse(d)[:, None] + np.float32(8.5)
+    q = np.minimum(15, np.trunc(v)).astype(np.uint8)
+    out = np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=1)
+    return out.reshape(x.shape[0], -1)
+
+
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> uint8 [rows, cols/32 * 20]"""
+    b = _blocks(x)
+    lo, hi = b.min(axis=1), b.max(axis=1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    v = (b - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)
+    q = np.minimum(15, np.trunc(v)).astype(np.uint8)
+    out = np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=1)
+    return out.reshape(x.shape[0], -1)
+
+
+def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
+
+
+def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarray:
+    """uint8 bytes of a tensor -> float32 [rows, cols]"""
+    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+    if type_id == F32:
+        return data.view("<f4").reshape(rows, cols).astype(np.float32)
+    if type_id == F16:
+        return data.view("<f2").reshape(rows, cols).astype(np.float32)
+    if type_id == BF16:
+        return (data.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(rows, cols)
+    if type_id == Q8_0:
+        b = data.reshape(-1, 34)
+        d = b[:, :2].copy().view("<f2").astype(np.float32)
+        w = d * b[:, 2:].view(np.int8).astype(np.float32)
+    elif type_id == Q4_0:
+        b = data.reshape(-1, 18)
+        d = b[:, :2].copy().view("<f2").astype(np.float32)
+        w = d * (_unpack_nibbles(b[:, 2:]) - 8)
+    elif type_id == Q4_1:
+        b = data.reshape(-1, 20)
+        d = b[:, :2].copy().view("<f2").astype(np.float32)
+        m = b[:, 2:4].copy().view("<f2").astype(np.float32)
+        w = d * _unpack_nibbles(b[:, 4:]) + m
+    else:
+        raise ValueError(f"cannot dequantize type {type_name(type_id)}")
+    return w.reshape(rows, cols)
+
+
+QUANTIZERS = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1}

@@ -1,0 +1,177 @@
+"""Hugging Face model directories: config.json + *.safetensors (maybe sharded) + tokenizer files.
+
+We parse safetensors headers ourselves (8-byte little-endian header length, then JSON) and expose
+each tensor zero-copy as a uint8 view of the mmap'd shard. Only F32, F16 and BF16 are accepted.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import struct
+
+import numpy as np
+
+from .errors import ModelFormatError
+from .ggml_types import BF16, F16, F32
+from .weights import WeightTensor
+
+_DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
+_MAX_HEADER = 100 * 1024 * 1024
+
+# HF Llama/Mistral/Qwen2 names -> canonical GGUF names
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# Buffers some checkpoints carry that hold nothing we need.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def canonical_name(hf_name: str):
+    """Canonical name for an HF tensor name; None for ignorable buffers; KeyError if unknown."""
+    if hf_name.endswith(_IGNORED_SUFFIXES):
+        return None
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    m = _LAYER_RE.match(hf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    raise KeyError(hf_name)
+
+
+class SafetensorsFile:
+    """One mmap'd .safetensors file: name -> (dtype id, shape, uint8 view)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.name = os.path.basename(self.path)
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise ModelFormatError(f"{self.name}: truncated: {size} bytes, too small for a safetensors header")
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.file_size = size
+        try:
+            self.tensors = self._parse()
+        except Exception:
+            self._mm.close()
+            raise
+
+    def _fail(self, problem):
+        raise ModelFormatError(f"{self.name}: {problem}")
+
+    def _parse(self):
+        (header_len,) = struct.unpack_from("<Q", self._mm, 0)
+        if header_len > min(self.file_size - 8, _MAX_HEADER):
+            self._fail(f"header length {header_len} is larger than the file ({self.file_size} bytes)")
+        try:
+            header = json.loads(bytes(self._mm[8:8 + header_len]))
+        except (ValueError, UnicodeDecodeError) as e:
+            self._fail(f"header is not valid JSON ({e})")
+        if not isinstance(header, dict):
+            self._fail("header is not a JSON object")
+        base = 8 + header_len
+        tensors = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            except (TypeError, KeyError, ValueError):
+                self._fail(f"tensor '{name}' has a malformed header entry")
+            if dtype not in _DTYPES:
+                self._fail(f"tensor '{name}' has dtype {dtype}; forgert reads F32, F16 and BF16 safetensors")
+            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                self._fail(f"tensor '{name}' has a malformed shape {shape!r}")
+            type_id, itemsize = _DTYPES[dtype]
+            n = int(np.prod(shape, dtype=object)) if shape else 1
+            if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != n * itemsize or begin < 0:
+                self._fail(f"tensor '{name}' data_offsets {[begin, end]} do not match its "
+                           f"shape {shape} of {dtype}")
+            if base + end > self.file_size:
+                self._fail(f"truncated: tensor '{name}' needs bytes {base + begin}..{base + end} "
+                           f"but the file has {self.file_size}")
+            tensors[name] = (type_id, tuple(shape), base + begin, end - begin)
+        return tensors
+
+    def view(self, name) -> np.ndarray:
+        _, _, offset, nbytes = self.tensors[name]
+        return np.frombuffer(self._mm, dtype=np.uint8, count=nbytes, offset=offset)
+
+
+def _load_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ModelFormatError(f"{os.path.basename(os.path.dirname(path)) or path}: {what} not found") from None
+    except ValueError as e:
+        raise ModelFormatError(f"{os.path.basename(path)}: not valid JSON ({e})") from None
+
+
+class HFModelDir:
+    """A Hugging Face model directory, its tensors mapped to canonical names."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.name = os.path.basename(os.path.normpath(self.path))
+        self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
+        self.files = [SafetensorsFile(p) for p in self._shard_paths()]
+        self.tensors = {}        # canonical name -> WeightTensor
+        for sf in self.files:
+            for hf_name, (type_id, shape, _, _) in sf.tensors.items():
+                try:
+                    name = canonical_name(hf_name)
+                except KeyError:
+                    raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
+                                           f"(not part of a Llama/Mistral/Qwen2 model)") from None
+                if name is None:
+                    continue
+                if name in self.tensors:
+                    raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' appears in more than one file")
+                if len(shape) == 1:
+                    shape2 = (1, shape[0])
+                elif len(shape) == 2:
+                    shape2 = tuple(shape)
+                else:
+                    raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
+                self.tensors[name] = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+
+    def _shard_paths(self):
+        index = os.path.join(self.path, "model.safetensors.index.json")
+        if os.path.exists(index):
+            weight_map = _load_json(index, "model.safetensors.index.json").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ModelFormatError(f"{os.path.basename(index)}: no weight_map")
+            names = sorted(set(weight_map.values()))
+            for n in names:
+                if os.path.basename(n) != n or not os.path.exists(os.path.join(self.path, n)):
+                    raise ModelFormatError(f"{self.name}: shard '{n}' listed in the index is missing")
+            return [os.path.join(self.path, n) for n in names]
+        shards = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
+        if not shards:
+            raise ModelFormatError(f"{self.name}: no .safetensors files in the directory")
+        return [os.path.join(self.path, f) for f in shards]
+
+    def read_json(self, filename):
+        """An optional JSON file of the directory, or None."""
+        p = os.path.join(self.path, filename)
+        return _load_json(p, filename) if os.path.exists(p) else None

@@ -1,0 +1,81 @@
+"""One model, many clients: a single worker thread runs jobs strictly in arrival order.
+
+The model (and its KV cache) is touched only from that thread, so requests never interleave
+inside it. Each job streams events back to the asyncio side through a queue; when the client
+goes away the worker stops iterating the job before its next token and closes it, which frees
+the model for the next request in line.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Generator
+
+# A job yields events until done; it runs on the worker thread, which stops iterating (and
+# closes the iterator) as soon as the request is cancelled.
+Job = Callable[[], Generator[object, None, None]]
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class ModelWorker:
+    def __init__(self):
+        # One thread => one job at a time; the executor's queue is FIFO, which makes it fair.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forgert-model")
+        self._lock = threading.Lock()
+        self.queued = 0    # jobs submitted and not finished, for /health
+
+    async def events(self, job: Job) -> AsyncIterator[object]:
+        """Run `job` when its turn comes and yield its events as they are produced.
+
+        Leaving the iteration early (the client disconnected, the task was cancelled) cancels
+        the job: if it has not started it is skipped; if it is running it stops at its next event.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def deliver(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:    # the event loop is gone (server shutting down)
+                cancelled.set()
+
+        def run() -> None:
+            try:
+                if cancelled.is_set():
+                    return
+                produced = job()
+                try:
+                    for event in produced:
+                        if cancelled.is_set():
+                            break
+                        deliver(event)
+                finally:
+                    produced.close()    # stops the generator mid-way: the model generates nothing more
+            except BaseException as error:  # noqa: BLE001 - handed to the awaiting request
+                deliver(_Failure(error))
+            finally:
+                with self._lock:
+                    self.queued -= 1
+                deliver(_END)
+
+        with self._lock:
+            self.queued += 1
+        loop.run_in_executor(self._executor, run)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            cancelled.set()

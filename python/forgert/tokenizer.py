@@ -1,0 +1,124 @@
+"""The model's tokenizer: text <-> token ids plus the special ids generation needs.
+
+BOS/EOS/EOT ids and whether to add BOS come from the model's own metadata (GGUF keys, or
+tokenizer_config.json / generation_config.json / config.json of an HF directory), never from
+hard-coded values. Special tokens such as <|im_start|> written in text encode to their single id.
+"""
+from __future__ import annotations
+
+import os
+
+from tokenizers import Tokenizer
+
+from .errors import ModelFormatError
+from .tokenizer_build import tokenizer_from_gguf
+
+
+def _token_content(v):
+    """tokenizer_config.json writes a token as "str" or {"content": "str", ...}."""
+    if isinstance(v, dict):
+        return v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def _ids(v) -> list:
+    if v is None:
+        return []
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [v]
+    if isinstance(v, (list, tuple)):
+        return [x for x in v if isinstance(x, int) and not isinstance(x, bool)]
+    return []
+
+
+class ModelTokenizer:
+    def __init__(self, tokenizer: Tokenizer, *, bos_id, eos_id, eot_id=None, extra_stop_ids=(),
+                 add_bos: bool, source: str = ""):
+        self.hf = tokenizer
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.eot_id = eot_id
+        self.add_bos = bool(add_bos) and bos_id is not None
+        self.source = source
+        self.n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.stop_ids = frozenset(i for i in [eos_id, eot_id, *extra_stop_ids] if i is not None)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, meta: dict, source: str) -> "ModelTokenizer":
+        tok = tokenizer_from_gguf(meta, source)
+        n = len(meta["tokenizer.ggml.tokens"])
+
+        def special(key):
+            v = meta.get(key)
+            if v is None:
+                return None
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < n:
+                raise ModelFormatError(f"{source}: {key} = {v!r} is not a token id below {n}")
+            return v
+
+        kind = meta.get("tokenizer.ggml.model")
+        return cls(tok, bos_id=special("tokenizer.ggml.bos_token_id"),
+                   eos_id=special("tokenizer.ggml.eos_token_id"),
+                   eot_id=special("tokenizer.ggml.eot_token_id"),
+                   extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
+                   # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise
+                   add_bos=meta.get("tokenizer.ggml.add_bos_token", kind == "llama"),
+                   source=source)
+
+    @classmethod
+    def from_hf_dir(cls, model_dir) -> "ModelTokenizer":
+        """model_dir: an HFModelDir (config + read_json)."""
+        path = os.path.join(model_dir.path, "tokenizer.json")
+        if not os.path.exists(path):
+            raise ModelFormatError(f"{model_dir.name}: tokenizer.json not found")
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise ModelFormatError(f"{model_dir.name}/tokenizer.json: cannot be loaded ({e})") from None
+        tcfg = model_dir.read_json("tokenizer_config.json") or {}
+        gen = model_dir.read_json("generation_config.json") or {}
+        cfg = model_dir.config
+
+        def token_id(text):
+            return tok.token_to_id(text) if text else None
+
+        bos_id = token_id(_token_content(tcfg.get("bos_token")))
+        if bos_id is None:
+            bos_id = (_ids(gen.get("bos_token_id")) + _ids(cfg.get("bos_token_id")) + [None])[0]
+        eos_ids = _ids(gen.get("eos_token_id")) + _ids(cfg.get("eos_token_id"))
+        eos_tok = token_id(_token_content(tcfg.get("eos_token")))
+        eos_id = eos_tok if eos_tok is not None else (eos_ids + [None])[0]
+
+        if "add_bos_token" in tcfg:
+            add_bos = bool(tcfg["add_bos_token"])
+        else:
+            # tokenizer.json's post-processor says whether the model expects BOS
+            with_special = tok.encode("a", add_special_tokens=True).ids
+            plain = tok.encode("a", add_special_tokens=False).ids
+            add_bos = bos_id is not None and len(with_special) > len(plain) and with_special[0] == bos_id
+        return cls(tok, bos_id=bos_id, eos_id=eos_id, extra_stop_ids=eos_ids, add_bos=add_bos,
+                   source=model_dir.name)
+
+    # -- use ---------------------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool | None = None) -> list:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, token_id: int):
+        return self.hf.id_to_token(token_id)
+
+    @property
+    def bos_token(self) -> str:
+        return self.hf.id_to_token(self.bos_id) if self.bos_id is not None else ""
+
+    @property
+    def eos_token(self) -> str:
+        return self.hf.id_to_token(self.eos_id) if self.eos_id is not None else ""

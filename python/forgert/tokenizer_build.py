@@ -1,0 +1,128 @@
+"""Build a HF `tokenizers.Tokenizer` from GGUF tokenizer metadata (llama.cpp's key names).
+
+Two vocabulary kinds:
+- "gpt2": byte-level BPE with merges; the split regex depends on tokenizer.ggml.pre.
+- "llama": SentencePiece BPE with scores and <0xXX> byte fallback; merges are recovered from the
+  scores, and spaces become U+2581 with a prefix space at the start of the text.
+"""
+from __future__ import annotations
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from .errors import ModelFormatError
+
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# tokenizer.ggml.pre -> list of regexes applied in turn (as llama.cpp's llm_tokenizer_bpe does)
+PRE_TOKENIZER_SPLITS = {
+    "default": [_GPT2_SPLIT],
+    "gpt-2": [_GPT2_SPLIT],
+    "gpt2": [_GPT2_SPLIT],
+    # SmolLM / StarCoder: every digit on its own, then the GPT-2 regex
+    "smollm": [r"\p{N}", _GPT2_SPLIT],
+    "starcoder": [r"\p{N}", _GPT2_SPLIT],
+    "refact": [r"\p{N}", _GPT2_SPLIT],
+    "llama-bpe": [_LLAMA3_SPLIT],
+    "llama3": [_LLAMA3_SPLIT],
+    "llama-v3": [_LLAMA3_SPLIT],
+    "smaug-bpe": [_LLAMA3_SPLIT],
+    "qwen2": [_QWEN2_SPLIT],
+    "deepseek-r1-qwen": [_QWEN2_SPLIT],
+}
+# ggml token types
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+def generate_merges(vocab: dict, scores: dict) -> list:
+    """SentencePiece BPE merges from token scores: every split of a token into two vocabulary
+    pieces is a merge, ranked by the merged token's score (higher first)."""
+    merges = []
+    for piece, score in scores.items():
+        local = []
+        for i in range(1, len(piece)):
+            left, right = piece[:i], piece[i:]
+            if left in vocab and right in vocab:
+                local.append((left, right, score))
+        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(m[0], m[1]) for m in merges]
+
+
+def _vocab(tokens) -> dict:
+    vocab = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)   # a repeated string keeps its first id
+    return vocab
+
+
+def _byte_level(meta, source) -> Tokenizer:
+    tokens = meta["tokenizer.ggml.tokens"]
+    merges_raw = meta.get("tokenizer.ggml.merges")
+    if merges_raw is None:
+        raise ModelFormatError(f"{source}: gpt2 tokenizer without tokenizer.ggml.merges")
+    merges = []
+    for m in merges_raw:
+        parts = m.split(" ")
+        if len(parts) != 2:
+            raise ModelFormatError(f"{source}: malformed tokenizer merge {m!r}")
+        merges.append((parts[0], parts[1]))
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZER_SPLITS:
+        raise ModelFormatError(f"{source}: unsupported tokenizer pre-tokenizer '{pre}' "
+                               f"(known: {', '.join(sorted(PRE_TOKENIZER_SPLITS))})")
+    # Llama 3 style vocabularies look whole words up before merging.
+    ignore_merges = PRE_TOKENIZER_SPLITS[pre] == [_LLAMA3_SPLIT]
+    tok = Tokenizer(models.BPE(_vocab(tokens), merges, ignore_merges=ignore_merges))
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_SPLITS[pre]]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                   use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _sentencepiece(meta, source) -> Tokenizer:
+    tokens = meta["tokenizer.ggml.tokens"]
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise ModelFormatError(f"{source}: llama tokenizer needs tokenizer.ggml.scores for every token")
+    vocab = _vocab(tokens)
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id", 0)
+    unk = tokens[unk_id] if 0 <= unk_id < len(tokens) else None
+    merges = generate_merges(vocab, dict(zip(tokens, (float(s) for s in scores))))
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
+                                                 prepend_scheme="first" if add_prefix else "never", split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tok.decoder = decoders.Sequence(steps)
+    return tok
+
+
+def tokenizer_from_gguf(meta: dict, source: str) -> Tokenizer:
+    kind = meta.get("tokenizer.ggml.model")
+    if "tokenizer.ggml.tokens" not in meta:
+        raise ModelFormatError(f"{source}: no tokenizer in the file (tokenizer.ggml.tokens is missing)")
+    if kind == "gpt2":
+        tok = _byte_level(meta, source)
+    elif kind == "llama":
+        tok = _sentencepiece(meta, source)
+    else:
+        raise ModelFormatError(f"{source}: unsupported tokenizer model '{kind}' (forgert reads gpt2 and llama)")
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type")
+    if types is not None:
+        # Control tokens (<|im_start|>) and user-defined ones must match whole wherever they occur.
+        control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == CONTROL]
+        user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED]
+        if control:
+            tok.add_special_tokens(control)
+        if user:
+            tok.add_tokens(user)
+    return tok

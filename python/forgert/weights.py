@@ -1,0 +1,31 @@
+"""The one in-memory form of a model weight, whatever file it came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ggml_types import F32, type_name
+
+
+@dataclass
+class WeightTensor:
+    name: str            # canonical GGUF-style name, e.g. "blk.0.attn_q.weight"
+    data: np.ndarray     # uint8 view of the mapped file (or a small owned array), the tensor's bytes
+    type_id: int         # ggml type id
+    shape: tuple         # (rows, cols); 1-D tensors are (1, n)
+    source: str          # where it came from, for error messages ("model.gguf", "model-00001.safetensors")
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.type_id)
+
+    def as_core_entry(self):
+        """The (buffer, dtype_id, (rows, cols)) triple the _core contract expects."""
+        return (self.data, self.type_id, self.shape)
+
+
+def to_f32_tensor(t: WeightTensor, values: np.ndarray) -> WeightTensor:
+    """A small F32 copy of a tensor (used for norms and biases, which the core wants in F32)."""
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    return WeightTensor(t.name, flat.view(np.uint8), F32, t.shape, t.source)

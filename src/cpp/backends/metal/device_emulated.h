@@ -1,0 +1,28 @@
+// The emulated Metal device (device_emulated.cpp): Device over the MSL emulator.
+// Kernels come from libforgert_msl_kernels.so (src/shaders/*.metal translated to C++
+// and built with clang, next to forgert/_core), loaded on first use.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "backends/metal/metal_device.h"
+
+namespace forgert::metal {
+
+// Like make_emulated_device, from a given kernel library (tests use their own kernels).
+std::unique_ptr<Device> make_emulated_device_from(const std::string& library_path, std::string* why);
+
+// The order in which the emulator resumes GPU threads, for every emulated device of
+// the process: "forward", "reverse" or "random" (seeded). Reverse and random also run
+// the dispatches between two memory barriers in reverse / random order, as a concurrent
+// Metal encoder may, so a missing barrier shows up as a wrong result. Initial value from
+// FORGERT_EMU_SCHEDULE=forward|reverse|random[:seed]. Throws InputError for other names.
+void set_emulator_schedule(const std::string& schedule, uint64_t seed = 0);
+std::string emulator_schedule();  // "forward", "reverse" or "random:<seed>"
+
+// OS threads running threadgroups (0 = all cores); initial value from FORGERT_EMU_THREADS.
+void set_emulator_threads(int n);
+
+}  // namespace forgert::metal

@@ -1,0 +1,116 @@
+// MetalBackend: memory, the command stream and the encode step shared by every op
+// (the ops themselves are in metal_ops.cpp).
+#include "backends/metal/metal_backend.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace forgert::metal {
+
+std::unique_ptr<Backend> make_metal_backend(int /*n_threads*/) {
+    std::string why_metal, why_emulated;
+    std::unique_ptr<Device> dev = make_metal_device(&why_metal);
+    if (!dev) dev = make_emulated_device(&why_emulated);
+    if (!dev)
+        throw InputError("the Metal backend is not available: " + why_metal + "; emulated Metal device: " +
+                         why_emulated);
+    return std::make_unique<MetalBackend>(std::move(dev));
+}
+
+MetalBackend::MetalBackend(std::unique_ptr<Device> device) : dev_(std::move(device)) {}
+
+MetalBackend::~MetalBackend() {
+    // Queued work may still reference buffers the caller is about to free.
+    try {
+        if (pending_ || open_) flush();
+    } catch (...) {
+    }
+}
+
+std::unique_ptr<Buffer> MetalBackend::alloc(size_t bytes) {
+    return dev_->new_buffer(bytes == 0 ? 16 : bytes);  // Metal rejects zero-length buffers
+}
+
+std::unique_ptr<Buffer> MetalBackend::wrap_host(void* ptr, size_t bytes) { return dev_->wrap_host(ptr, bytes); }
+
+void MetalBackend::write(const Tensor& dst, const void* src, size_t bytes) {
+    if (bytes > dst.nbytes()) throw InputError("write of " + std::to_string(bytes) + " bytes into a tensor of " +
+                                               std::to_string(dst.nbytes()));
+    if (pending_ || open_) flush();  // the GPU may still read what we overwrite
+    std::memcpy(dst.data(), src, bytes);
+}
+
+void MetalBackend::read(void* dst, const Tensor& src, size_t bytes) {
+    if (bytes > src.nbytes()) throw InputError("read of " + std::to_string(bytes) + " bytes from a tensor of " +
+                                               std::to_string(src.nbytes()));
+    if (pending_ || open_) flush();
+    std::memcpy(dst, src.data(), bytes);
+}
+
+void MetalBackend::begin() {
+    if (open_) return;
+    dev_->begin();
+    hazards_.clear();
+    open_ = true;
+}
+
+void MetalBackend::commit() {
+    if (!open_) return;
+    dev_->commit();
+    open_ = false;
+    pending_ = true;
+}
+
+void MetalBackend::wait() {
+    commit();
+    if (!pending_) return;
+    pending_ = false;
+    dev_->wait();  // throws with the device's message if a command buffer failed
+    retired_.clear();
+}
+
+void MetalBackend::flush() { wait(); }
+
+void MetalBackend::encode(const std::string& kernel, const void* args, size_t args_bytes,
+                          const std::vector<Binding>& binds, Size3 grid, Size3 threads, size_t threadgroup_bytes) {
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;  // nothing to do (e.g. zero tokens)
+    Pipeline* p = dev_->pipeline(kernel);
+    const uint32_t n_threads = threads.x * threads.y * threads.z;
+    if ((int)n_threads > p->max_threads_per_threadgroup)
+        throw std::runtime_error(kernel + ": " + std::to_string(n_threads) + " threads per threadgroup exceed the " +
+                                 "pipeline's limit of " + std::to_string(p->max_threads_per_threadgroup));
+
+    std::vector<ByteRange> rd, wr;
+    for (const Binding& b : binds) {
+        if (!b.buf) continue;
+        const uintptr_t base = reinterpret_cast<uintptr_t>(b.buf->host) + b.offset;
+        (b.written ? wr : rd).push_back({base, base + b.bytes});
+    }
+
+    begin();
+    if (hazards_.conflicts(rd, wr)) {
+        dev_->memory_barrier();
+        hazards_.clear();
+        ++n_barriers_;
+    }
+    hazards_.record(rd, wr);
+
+    dev_->set_pipeline(p);
+    dev_->set_bytes(args, args_bytes, 0);
+    for (size_t i = 0; i < binds.size(); i++)
+        if (binds[i].buf) dev_->set_buffer(binds[i].buf, binds[i].offset, (int)i + 1);
+    if (threadgroup_bytes) dev_->set_threadgroup_memory((threadgroup_bytes + 15) & ~size_t(15), 0);
+    dev_->dispatch_threadgroups(grid, threads);
+    ++n_dispatches_;
+}
+
+Buffer* MetalBackend::attention_scratch(size_t bytes) {
+    if (!scratch_ || scratch_->size < bytes) {
+        // The old buffer may be bound by dispatches not yet finished: keep it until wait().
+        if (scratch_) retired_.push_back(std::move(scratch_));
+        scratch_ = dev_->new_buffer(bytes + bytes / 2);
+    }
+    return scratch_.get();
+}
+
+}  // namespace forgert::metal

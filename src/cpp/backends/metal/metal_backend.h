@@ -1,0 +1,82 @@
+// The Metal backend: every Backend op as plain C++ over metal::Device. Each op checks
+// its tensors, fills the kernel's argument struct (src/shaders/kernel_args.h), picks
+// the pipeline and dispatch geometry and binds buffers; the device behind it is real
+// Metal on macOS or the MSL emulator elsewhere.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/metal/hazard_tracker.h"
+#include "backends/metal/metal_device.h"
+#include "core/backend.h"
+
+namespace forgert::metal {
+
+// Real Metal where built, else the emulated device; throws InputError with both
+// reasons when neither exists. n_threads is unused: the GPU (or the emulator's own
+// worker pool) decides its parallelism.
+std::unique_ptr<Backend> make_metal_backend(int n_threads);
+
+class MetalBackend final : public Backend {
+public:
+    explicit MetalBackend(std::unique_ptr<Device> device);
+    ~MetalBackend() override;
+    std::string name() const override { return "metal"; }
+    Device& device() { return *dev_; }
+
+    std::unique_ptr<Buffer> alloc(size_t bytes) override;
+    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) override;
+    void write(const Tensor& dst, const void* src, size_t bytes) override;
+    void read(void* dst, const Tensor& src, size_t bytes) override;
+
+    void begin() override;
+    void commit() override;
+    void wait() override;
+
+    void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
+    void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
+    void add_bias(const Tensor& x, const Tensor& b) override;
+    void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
+    void kv_write(const Tensor& cache, const Tensor& src, int pos0) override;
+    void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
+                   const AttentionParams& p) override;
+    void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+    void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void argmax(const Tensor& out, const Tensor& x) override;
+
+    // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).
+    int64_t dispatch_count() const { return n_dispatches_; }
+    int64_t barrier_count() const { return n_barriers_; }
+
+    // One buffer bound to a kernel slot (slot = position in the list + 1; slot 0 holds
+    // the argument struct) and whether the kernel writes it.
+    struct Binding {
+        const Buffer* buf = nullptr;
+        size_t offset = 0;
+        size_t bytes = 0;
+        bool written = false;
+    };
+    static Binding reads(const Tensor& t) { return {t.buf, t.offset, t.nbytes(), false}; }
+    static Binding writes(const Tensor& t) { return {t.buf, t.offset, t.nbytes(), true}; }
+
+private:
+    void encode(const std::string& kernel, const void* args, size_t args_bytes, const std::vector<Binding>& binds,
+                Size3 grid, Size3 threads, size_t threadgroup_bytes = 0);
+    void flush();  // commit and wait for everything encoded so far
+    // A device buffer of at least `bytes` for attention partials, alive until the next wait().
+    Buffer* attention_scratch(size_t bytes);
+
+    std::unique_ptr<Device> dev_;
+    HazardTracker hazards_;
+    bool open_ = false;      // a command buffer is being encoded
+    bool pending_ = false;   // work committed or encoded that wait() has not seen finish
+    std::unique_ptr<Buffer> scratch_;
+    std::vector<std::unique_ptr<Buffer>> retired_;  // replaced scratch, in use by queued work
+    int64_t n_dispatches_ = 0;
+    int64_t n_barriers_ = 0;
+};
+
+}  // namespace forgert::metal

@@ -1,0 +1,311 @@
+// The Backend ops of MetalBackend: check the tensors, fill the kernel's argument
+// struct, choose pipeline and dispatch geometry, bind. Geometry stays within what
+// every Apple GPU allows: <= 1024 threads per threadgroup, simdgroups of 32,
+// <= 32 KB of threadgroup memory.
+#include <algorithm>
+#include <string>
+
+#include "backends/metal/metal_backend.h"
+#include "../../../shaders/kernel_args.h"
+
+namespace forgert::metal {
+
+namespace {
+
+void need(bool ok, const char* op, const std::string& what) {
+    if (!ok) throw InputError(std::string("metal ") + op + ": " + what);
+}
+
+uint32_t ceil_div(int64_t a, int64_t b) { return (uint32_t)((a + b - 1) / b); }
+uint32_t round_up_simd(int64_t n) { return (uint32_t)std::max<int64_t>(32, (n + 31) / 32 * 32); }
+
+// Kernel name suffix of a weight type ("mul_mv_" + "q4_0").
+const char* weight_suffix(DType t) {
+    switch (t) {
+        case DType::F32: return "f32";
+        case DType::F16: return "f16";
+        case DType::BF16: return "bf16";
+        case DType::Q8_0: return "q8_0";
+        case DType::Q4_0: return "q4_0";
+        case DType::Q4_1: return "q4_1";
+        default: return nullptr;
+    }
+}
+
+// Quantized rows are whole blocks: a width that is not would be silently truncated.
+void need_whole_blocks(const Tensor& t, const char* op) {
+    const int64_t block = dtype_block_elems(t.type);
+    need(t.cols % block == 0, op,
+         std::string(dtype_name(t.type)) + " rows must hold whole blocks of " + std::to_string(block) +
+             " values, got " + std::to_string(t.cols) + " columns");
+}
+
+bool aligned(const Tensor& t, size_t a) {
+    return reinterpret_cast<uintptr_t>(t.data()) % a == 0 && t.stride % a == 0;
+}
+
+void need_f32_rows(const Tensor& t, const char* op, const char* name, int64_t rows, int64_t cols) {
+    need(t.buf != nullptr, op, std::string(name) + " has no buffer");
+    need(t.type == DType::F32, op, std::string(name) + " must be f32, got " + dtype_name(t.type));
+    need(t.rows == rows && t.cols == cols, op,
+         std::string(name) + " is [" + std::to_string(t.rows) + ", " + std::to_string(t.cols) + "], expected [" +
+             std::to_string(rows) + ", " + std::to_string(cols) + "]");
+}
+
+// Decode batches below this size use the matrix-vector kernels; larger ones the
+// simdgroup-matrix GEMM, whose 32-token tiles would mostly idle on fewer tokens.
+constexpr int64_t kMulMmMinTokens = 8;
+
+// Flash-decoding: aim for this many threadgroups in flight so that even one query
+// head keeps every GPU core busy on a long context, with at least this many keys each.
+constexpr int64_t kAttnTargetThreadgroups = 128;
+constexpr int64_t kAttnMinSplitLen = 128;
+
+}  // namespace
+
+void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
+    const char* sfx = weight_suffix(w.type);
+    need(sfx != nullptr, "matmul", std::string("unsupported weight type ") + dtype_name(w.type));
+    need(w.buf != nullptr, "matmul", "w has no buffer");
+    need(w.rows > 0 && w.cols > 0, "matmul", "empty weight");
+    need_whole_blocks(w, "matmul");
+    need_f32_rows(x, "matmul", "x", x.rows, w.cols);
+    need_f32_rows(out, "matmul", "out", x.rows, w.rows);
+    need(w.rows <= INT32_MAX && w.cols <= INT32_MAX, "matmul", "weight too large");
+    const int64_t n = x.rows;
+
+    if (n < kMulMmMinTokens) {
+        mul_mv_args a{};
+        a.w_stride = w.stride;
+        a.x_stride = x.stride;
+        a.out_stride = out.stride;
+        a.rows = (int32_t)w.rows;
+        a.cols = (int32_t)w.cols;
+        a.x_vec4 = w.cols % 4 == 0 && aligned(x, 16);
+        const size_t elem = w.type == DType::F32 ? 4 : 2;
+        a.w_vec4 = w.cols % 4 == 0 && aligned(w, 4 * elem);
+        encode(std::string("mul_mv_") + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
+               {ceil_div(w.rows, FG_MV_ROWS_PER_TG), (uint32_t)n, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+    } else {
+        mul_mm_args a{};
+        a.w_stride = w.stride;
+        a.x_stride = x.stride;
+        a.out_stride = out.stride;
+        a.rows = (int32_t)w.rows;
+        a.cols = (int32_t)w.cols;
+        a.n_tokens = (int32_t)n;
+        encode(std::string("mul_mm_") + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
+               {ceil_div(w.rows, FG_MM_TILE_ROWS), ceil_div(n, FG_MM_TILE_TOKENS), 1}, {FG_MM_THREADS, 1, 1},
+               FG_MM_TG_BYTES);
+    }
+}
+
+void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
+    const char* sfx = weight_suffix(table.type);
+    need(sfx != nullptr, "get_rows", std::string("unsupported table type ") + dtype_name(table.type));
+    need(table.buf != nullptr && ids.buf != nullptr, "get_rows", "tensor without buffer");
+    need(ids.type == DType::I32, "get_rows", "ids must be i32");
+    need_whole_blocks(table, "get_rows");
+    const int64_t n = ids.rows * ids.cols;
+    need(ids.rows == 1 || ids.stride == (size_t)ids.cols * 4, "get_rows", "ids must be contiguous");
+    need_f32_rows(out, "get_rows", "out", n, table.cols);
+    get_rows_args a{};
+    a.table_stride = table.stride;
+    a.out_stride = out.stride;
+    a.table_rows = (int32_t)table.rows;
+    a.cols = (int32_t)table.cols;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(table.cols));
+    encode(std::string("get_rows_") + sfx, &a, sizeof a, {reads(table), reads(ids), writes(out)},
+           {ceil_div(table.cols, threads), (uint32_t)n, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    need(x.cols > 0, "rms_norm", "empty rows");
+    need_f32_rows(x, "rms_norm", "x", x.rows, x.cols);
+    need_f32_rows(out, "rms_norm", "out", x.rows, x.cols);
+    need_f32_rows(w, "rms_norm", "w", 1, x.cols);
+    rms_norm_args a{};
+    a.x_stride = x.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)x.cols;
+    a.eps = eps;
+    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(x.cols));
+    encode("rms_norm_f32", &a, sizeof a, {reads(x), reads(w), writes(out)}, {(uint32_t)x.rows, 1, 1},
+           {threads, 1, 1}, FG_SIMD_WIDTH * sizeof(float));
+}
+
+void MetalBackend::add_bias(const Tensor& x, const Tensor& b) {
+    need_f32_rows(x, "add_bias", "x", x.rows, x.cols);
+    need_f32_rows(b, "add_bias", "b", 1, x.cols);
+    elementwise_args a{};
+    a.a_stride = x.stride;
+    a.b_stride = 0;
+    a.out_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode("add_bias_f32", &a, sizeof a, {writes(x), reads(b)}, {ceil_div(x.cols, threads), (uint32_t)x.rows, 1},
+           {threads, 1, 1});
+}
+
+void MetalBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) {
+    need(p.n_heads > 0 && p.head_dim > 0 && p.head_dim % 2 == 0, "rope", "need n_heads > 0 and an even head_dim");
+    need(pos0 >= 0, "rope", "negative position");
+    need_f32_rows(x, "rope", "x", x.rows, (int64_t)p.n_heads * p.head_dim);
+    need_f32_rows(freqs, "rope", "freqs", 1, p.head_dim / 2);
+    rope_args a{};
+    a.x_stride = x.stride;
+    a.n_heads = p.n_heads;
+    a.head_dim = p.head_dim;
+    a.pos0 = pos0;
+    a.neox = p.neox ? 1 : 0;
+    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(p.head_dim / 2));
+    encode("rope_f32", &a, sizeof a, {writes(x), reads(freqs)}, {(uint32_t)p.n_heads, (uint32_t)x.rows, 1},
+           {threads, 1, 1});
+}
+
+void MetalBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
+    need(cache.buf != nullptr && cache.type == DType::F16, "kv_write", "cache must be f16");
+    need_f32_rows(src, "kv_write", "src", src.rows, cache.cols);
+    need(pos0 >= 0 && pos0 + src.rows <= cache.rows, "kv_write",
+         "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + src.rows) + " past a cache of " +
+             std::to_string(cache.rows));
+    kv_write_args a{};
+    a.src_stride = src.stride;
+    a.cache_stride = cache.stride;
+    a.kv_dim = (int32_t)cache.cols;
+    // Bound from row pos0 on: the kernel writes rows 0..n of this view, and the hazard
+    // tracker sees exactly the rows written.
+    const Tensor dst = cache.slice_rows(pos0, src.rows);
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(cache.cols));
+    encode("kv_write_f16", &a, sizeof a, {reads(src), writes(dst)},
+           {ceil_div(cache.cols, threads), (uint32_t)src.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                             int pos0, const AttentionParams& p) {
+    need(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0, "attention",
+         "n_heads must be a positive multiple of n_kv_heads");
+    need(p.head_dim > 0 && p.head_dim <= FG_ATTN_MAX_HEAD_DIM, "attention",
+         "head_dim must be in 1.." + std::to_string(FG_ATTN_MAX_HEAD_DIM));
+    const int64_t n = q.rows;
+    const int64_t kv_dim = (int64_t)p.n_kv_heads * p.head_dim;
+    need_f32_rows(q, "attention", "q", n, (int64_t)p.n_heads * p.head_dim);
+    need_f32_rows(out, "attention", "out", n, q.cols);
+    need(k_cache.buf && v_cache.buf && k_cache.type == DType::F16 && v_cache.type == DType::F16, "attention",
+         "k_cache and v_cache must be f16");
+    need(k_cache.cols == kv_dim && v_cache.cols == kv_dim && k_cache.rows == v_cache.rows &&
+             k_cache.stride == v_cache.stride,
+         "attention", "k_cache and v_cache must both be [n_ctx, n_kv_heads * head_dim] with one row stride");
+    need(pos0 >= 0 && pos0 + n <= k_cache.rows, "attention", "queries past the cache");
+    if (n == 0) return;
+
+    // Split each query's keys so that (splits x heads x queries) fills the GPU.
+    const int64_t kv_max = pos0 + n;
+    const int64_t groups = n * p.n_heads;
+    int64_t n_splits = 1;
+    if (groups < kAttnTargetThreadgroups)
+        n_splits = std::max<int64_t>(1, std::min(ceil_div(kv_max, kAttnMinSplitLen),
+                                                 ceil_div(kAttnTargetThreadgroups, groups)));
+    const int64_t split_len = ceil_div(kv_max, n_splits);
+    n_splits = ceil_div(kv_max, split_len);
+
+    const Tensor keys = k_cache.slice_rows(0, kv_max), values = v_cache.slice_rows(0, kv_max);
+
+    if (n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
+        // A chunk of queries whose keys need no split: blocks of 8 queries share K/V tiles.
+        attention_prefill_args a{};
+        a.q_stride = q.stride;
+        a.kv_stride = k_cache.stride;
+        a.out_stride = out.stride;
+        a.n_queries = (int32_t)n;
+        a.n_heads = p.n_heads;
+        a.n_kv_heads = p.n_kv_heads;
+        a.head_dim = p.head_dim;
+        a.pos0 = pos0;
+        a.tile_keys = std::min(64, FG_ATTN_TILE_HALFS / p.head_dim);
+        a.scale = p.scale;
+        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out)},
+               {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
+               2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
+        return;
+    }
+
+    attention_args a{};
+    a.q_stride = q.stride;
+    a.kv_stride = k_cache.stride;
+    a.out_stride = out.stride;
+    a.n_heads = p.n_heads;
+    a.n_kv_heads = p.n_kv_heads;
+    a.head_dim = p.head_dim;
+    a.pos0 = pos0;
+    a.n_splits = (int32_t)n_splits;
+    a.split_len = (int32_t)split_len;
+    a.scale = p.scale;
+
+    if (n_splits == 1) {
+        // One split writes out directly and never touches slot 5; it is bound (to out,
+        // zero bytes tracked) only because Metal's validation wants every slot bound.
+        const Binding unused{out.buf, out.offset, 0, false};
+        encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused},
+               {1, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, FG_ATTN_TG_BYTES);
+        return;
+    }
+    const size_t partial_bytes = (size_t)groups * n_splits * (p.head_dim + 2) * sizeof(float);
+    Buffer* scratch = attention_scratch(partial_bytes);
+    Binding partials{scratch, 0, partial_bytes, true};
+    encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials},
+           {(uint32_t)n_splits, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
+           FG_ATTN_TG_BYTES);
+    attention_reduce_args r{};
+    r.out_stride = out.stride;
+    r.n_heads = p.n_heads;
+    r.head_dim = p.head_dim;
+    r.n_splits = (int32_t)n_splits;
+    Binding partials_in{scratch, 0, partial_bytes, false};
+    encode("attention_reduce", &r, sizeof r, {partials_in, writes(out)}, {(uint32_t)p.n_heads, (uint32_t)n, 1},
+           {FG_SIMD_WIDTH, 1, 1});
+}
+
+void MetalBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    need_f32_rows(gate, "silu_mul", "gate", gate.rows, gate.cols);
+    need_f32_rows(up, "silu_mul", "up", gate.rows, gate.cols);
+    need_f32_rows(out, "silu_mul", "out", gate.rows, gate.cols);
+    elementwise_args a{};
+    a.a_stride = gate.stride;
+    a.b_stride = up.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)gate.cols;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(gate.cols));
+    encode("silu_mul_f32", &a, sizeof a, {reads(gate), reads(up), writes(out)},
+           {ceil_div(gate.cols, threads), (uint32_t)gate.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::add(const Tensor& out, const Tensor& a_, const Tensor& b) {
+    need_f32_rows(a_, "add", "a", a_.rows, a_.cols);
+    need_f32_rows(b, "add", "b", a_.rows, a_.cols);
+    need_f32_rows(out, "add", "out", a_.rows, a_.cols);
+    elementwise_args a{};
+    a.a_stride = a_.stride;
+    a.b_stride = b.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)a_.cols;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(a_.cols));
+    encode("add_f32", &a, sizeof a, {reads(a_), reads(b), writes(out)},
+           {ceil_div(a_.cols, threads), (uint32_t)a_.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
+    need_f32_rows(x, "argmax", "x", x.rows, x.cols);
+    need(x.cols > 0, "argmax", "empty rows");
+    need(out.buf != nullptr && out.type == DType::I32 && out.rows * out.cols == x.rows &&
+             (out.rows == 1 || out.stride == (size_t)out.cols * 4),
+         "argmax", "out must be a contiguous i32 [n]");
+    argmax_args a{};
+    a.x_stride = x.stride;
+    a.cols = (int32_t)x.cols;
+    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(x.cols));
+    encode("argmax_f32", &a, sizeof a, {reads(x), writes(out)}, {(uint32_t)x.rows, 1, 1}, {threads, 1, 1},
+           2 * FG_SIMD_WIDTH * sizeof(float));
+}
+
+}  // namespace forgert::metal

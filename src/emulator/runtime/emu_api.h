@@ -1,0 +1,72 @@
+/* The C interface of an emulated-kernel library (libforgert_msl_kernels.so and the
+ * test library): what device_emulated.cpp reaches through dlopen/dlsym and what the
+ * Python tests reach through ctypes. Plain C so that the library (clang) and its
+ * users (g++, Python) need not agree on a C++ ABI. */
+#ifndef FORGERT_EMU_API_H
+#define FORGERT_EMU_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FG_EMU_ABI_VERSION 1
+#define FG_EMU_MAX_SLOTS 31
+#define FG_EMU_MAX_FUNCTION_CONSTANTS 64
+
+typedef struct fg_emu_kernel fg_emu_kernel; /* opaque: a registered kernel */
+
+typedef struct {
+    uint32_t x, y, z;
+} fg_emu_size3;
+
+/* What the encoder bound for one dispatch. */
+typedef struct {
+    void* buffers[FG_EMU_MAX_SLOTS];             /* [[buffer(n)]]: address (offset applied) */
+    size_t buffer_bytes[FG_EMU_MAX_SLOTS];       /* bytes readable from there; 0 = unknown */
+    size_t threadgroup_bytes[FG_EMU_MAX_SLOTS];  /* [[threadgroup(n)]] lengths */
+} fg_emu_bindings;
+
+enum { FG_EMU_BOOL = 0, FG_EMU_INT = 1, FG_EMU_FLOAT = 2 };
+
+/* One function-constant value of a pipeline. */
+typedef struct {
+    int32_t index;
+    int32_t kind; /* FG_EMU_BOOL / INT / FLOAT */
+    int32_t i;    /* bool and int values */
+    float f;      /* float values */
+} fg_emu_constant;
+
+enum { FG_EMU_FORWARD = 0, FG_EMU_REVERSE = 1, FG_EMU_RANDOM = 2 };
+
+typedef struct {
+    int32_t schedule;                  /* order in which runnable GPU threads resume */
+    int32_t workers;                   /* OS threads running threadgroups; <= 0: all cores */
+    uint64_t seed;                     /* FG_EMU_RANDOM */
+    int32_t poison_threadgroup_memory; /* fill threadgroup memory with 0xFF (NaN, -1) */
+    int32_t reserved;
+} fg_emu_options;
+
+uint32_t fg_emu_abi_version(void);
+int32_t fg_emu_kernel_count(void);
+const char* fg_emu_kernel_name(int32_t i);
+/* NULL when no kernel has that name. */
+const fg_emu_kernel* fg_emu_find_kernel(const char* name);
+/* Problems found while the library loaded (duplicate kernel names), or "" */
+const char* fg_emu_library_error(void);
+
+/* Runs groups.x * groups.y * groups.z threadgroups of `threads` threads each and returns
+ * 0, or nonzero with a message naming the kernel in `error` (divergent barrier, early
+ * exit before a barrier, read of an inactive lane, deadlock, unbound slot, ...). */
+int32_t fg_emu_dispatch(const fg_emu_kernel* kernel, const fg_emu_constant* constants,
+                        int32_t n_constants, const fg_emu_bindings* bindings, fg_emu_size3 groups,
+                        fg_emu_size3 threads, const fg_emu_options* options, char* error,
+                        size_t error_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FORGERT_EMU_API_H */

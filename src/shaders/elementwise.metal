@@ -1,0 +1,53 @@
+// Elementwise ops over [n, dim] rows: SiLU(gate) * up, residual add, bias add.
+// Grid: (ceil(dim / threads), n); one element per thread, coalesced.
+#include <metal_stdlib>
+using namespace metal;
+
+#include "kernel_args.h"
+
+kernel void silu_mul_f32(
+        constant elementwise_args & args [[buffer(0)]],
+        device const char * gate [[buffer(1)]],
+        device const char * up   [[buffer(2)]],
+        device       char * out  [[buffer(3)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    const int t = tgpig.y;
+    if (i >= args.dim) return;
+    const float g = ((device const float*)(gate + t * args.a_stride))[i];
+    const float u = ((device const float*)(up + t * args.b_stride))[i];
+    ((device float*)(out + t * args.out_stride))[i] = g / (1.0f + exp(-g)) * u;
+}
+
+kernel void add_f32(
+        constant elementwise_args & args [[buffer(0)]],
+        device const char * a   [[buffer(1)]],
+        device const char * b   [[buffer(2)]],
+        device       char * out [[buffer(3)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    const int t = tgpig.y;
+    if (i >= args.dim) return;
+    const float va = ((device const float*)(a + t * args.a_stride))[i];
+    const float vb = ((device const float*)(b + t * args.b_stride))[i];
+    ((device float*)(out + t * args.out_stride))[i] = va + vb;
+}
+
+// x[t, :] += bias (args.b_stride is 0: the bias row is shared by every token).
+kernel void add_bias_f32(
+        constant elementwise_args & args [[buffer(0)]],
+        device       char * x    [[buffer(1)]],
+        device const float * b   [[buffer(2)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    const int t = tgpig.y;
+    if (i >= args.dim) return;
+    device float* xr = (device float*)(x + t * args.a_stride);
+    xr[i] += b[i];
+}

@@ -1,0 +1,193 @@
+// Argument structs of the Metal kernels, shared by the C++ ops layer
+// (src/cpp/backends/metal/) and the .metal sources. Each kernel takes its struct
+// as `constant <name>_args & args [[buffer(0)]]`; buffers follow in slots 1..n in
+// the order given in the comment above each struct.
+//
+// Conventions (as in llama.cpp's ggml-metal-impl.h): element counts are int32_t,
+// byte strides uint64_t. Fields are ordered widest-first so host and MSL layouts
+// agree without implicit padding; the static_asserts below pin the sizes on the host.
+#ifndef FORGERT_KERNEL_ARGS_H
+#define FORGERT_KERNEL_ARGS_H
+
+#include "../cpp/core/quant_blocks.h"
+
+#if defined(__METAL_VERSION__)
+#define FG_ARGS_ASSERT(c, m)
+#else
+#define FG_ARGS_ASSERT(c, m) static_assert(c, m)
+#endif
+
+// Simdgroup width the kernels are written for (every Apple GPU since A7 / M1).
+#define FG_SIMD_WIDTH 32
+
+// --- mul_mv: out[t, r] = sum_c w[r, c] * x[t, c] for a few tokens (decode) ---
+// slots: 1 w (any weight type), 2 x f32 [n_tokens, cols], 3 out f32 [n_tokens, rows]
+// grid: (ceil(rows / FG_MV_ROWS_PER_TG), n_tokens); threads: FG_MV_SIMDGROUPS * 32
+#define FG_MV_ROWS_PER_SIMDGROUP 4
+#define FG_MV_SIMDGROUPS 2
+#define FG_MV_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_SIMDGROUPS)
+typedef struct {
+    uint64_t w_stride;    // bytes between weight rows
+    uint64_t x_stride;    // bytes between token rows of x
+    uint64_t out_stride;  // bytes between token rows of out
+    int32_t rows;
+    int32_t cols;
+    int32_t x_vec4;       // 1: x rows are 16-byte aligned and cols % 4 == 0 (float4 loads)
+    int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
+} mul_mv_args;
+FG_ARGS_ASSERT(sizeof(mul_mv_args) == 40, "mul_mv_args layout");
+
+// --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---
+// slots: 1 w, 2 x, 3 out (as mul_mv)
+// grid: (ceil(rows / FG_MM_TILE_ROWS), ceil(n_tokens / FG_MM_TILE_TOKENS)); threads: 128
+// threadgroup memory 0: FG_MM_TG_BYTES
+#define FG_MM_TILE_ROWS 64    // weight rows per threadgroup
+#define FG_MM_TILE_TOKENS 32  // tokens per threadgroup
+#define FG_MM_TILE_K 32       // reduction depth per step: one quant block per weight row
+#define FG_MM_THREADS 128
+// w tile [64][32] f32 + x tile [32][32] f32; the output tile [32][64] f32 reuses it.
+#define FG_MM_TG_BYTES ((FG_MM_TILE_ROWS + FG_MM_TILE_TOKENS) * FG_MM_TILE_K * 4)
+typedef struct {
+    uint64_t w_stride;
+    uint64_t x_stride;
+    uint64_t out_stride;
+    int32_t rows;
+    int32_t cols;
+    int32_t n_tokens;
+    int32_t pad0;
+} mul_mm_args;
+FG_ARGS_ASSERT(sizeof(mul_mm_args) == 40, "mul_mm_args layout");
+
+// --- rms_norm: out[t, :] = x[t, :] * rsqrt(mean(x[t, :]^2) + eps) * w ---
+// slots: 1 x f32 [n, dim], 2 w f32 [dim], 3 out f32 [n, dim]
+// grid: (n); threads: min(1024, 32 * ceil(dim / 32)); threadgroup memory 0: 32 floats
+typedef struct {
+    uint64_t x_stride;
+    uint64_t out_stride;
+    int32_t dim;
+    float eps;
+} rms_norm_args;
+FG_ARGS_ASSERT(sizeof(rms_norm_args) == 24, "rms_norm_args layout");
+
+// --- rope: rotate every head of token t by angles (pos0 + t) * freqs[j], in place ---
+// slots: 1 x f32 [n, n_heads * head_dim], 2 freqs f32 [head_dim / 2]
+// grid: (n_heads, n); threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
+typedef struct {
+    uint64_t x_stride;
+    int32_t n_heads;
+    int32_t head_dim;
+    int32_t pos0;
+    int32_t neox;  // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + head_dim/2])
+} rope_args;
+FG_ARGS_ASSERT(sizeof(rope_args) == 24, "rope_args layout");
+
+// --- kv_write: cache[pos0 + t, c] = half(src[t, c]) ---
+// slots: 1 src f32 [n, kv_dim], 2 cache f16 rows pos0 .. pos0 + n (bound at row pos0)
+// grid: (ceil(kv_dim / 256), n); threads: 256
+typedef struct {
+    uint64_t src_stride;
+    uint64_t cache_stride;
+    int32_t kv_dim;
+    int32_t pad0;
+} kv_write_args;
+FG_ARGS_ASSERT(sizeof(kv_write_args) == 24, "kv_write_args layout");
+
+// --- attention: causal attention over an f16 KV cache, flash-decoding style ---
+// The keys of query t (positions 0 .. pos0 + t) are cut into n_splits chunks of
+// split_len keys; one threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one
+// (split, head, query) and keeps an online softmax. With n_splits == 1 it writes the
+// normalized result to out; otherwise it writes (max, sum, acc[head_dim]) partials that
+// attention_reduce combines.
+// slots: 1 q f32 [n, H * hd], 2 k_cache f16, 3 v_cache f16 [n_ctx, KV * hd],
+//        4 out f32 [n, H * hd], 5 partials f32 [n, H, n_splits, hd + 2]
+// grid: (n_splits, H, n); threads: FG_ATTN_SIMDGROUPS * 32
+// threadgroup memory 0: FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) floats
+#define FG_ATTN_SIMDGROUPS 4
+#define FG_ATTN_MAX_HEAD_DIM 256
+#define FG_ATTN_TG_BYTES (FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) * 4)
+typedef struct {
+    uint64_t q_stride;
+    uint64_t kv_stride;   // bytes between cache rows (k and v)
+    uint64_t out_stride;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t pos0;
+    int32_t n_splits;
+    int32_t split_len;    // keys per split
+    float scale;
+    int32_t pad0;
+} attention_args;
+FG_ARGS_ASSERT(sizeof(attention_args) == 56, "attention_args layout");
+
+// attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
+// queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head
+// (FG_ATTN_BQ / FG_ATTN_SIMDGROUPS per simdgroup) and streams the keys they need through
+// threadgroup memory in tiles of tile_keys rows of K and V, so each cache row is read from
+// memory once per FG_ATTN_BQ queries instead of once per query.
+// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16)
+// grid: (ceil(n / FG_ATTN_BQ), H); threads: FG_ATTN_SIMDGROUPS * 32
+// threadgroup memory 0: 2 * tile_keys * head_dim halfs (<= FG_ATTN_TILE_HALFS * 2 * 2 bytes)
+#define FG_ATTN_PREFILL_MIN_TOKENS 8
+#define FG_ATTN_BQ 8
+#define FG_ATTN_TILE_HALFS 4096  // tile_keys * head_dim, per K or V tile
+typedef struct {
+    uint64_t q_stride;
+    uint64_t kv_stride;
+    uint64_t out_stride;
+    int32_t n_queries;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t pos0;
+    int32_t tile_keys;
+    float scale;
+    int32_t pad0;
+} attention_prefill_args;
+FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 56, "attention_prefill_args layout");
+
+// attention_reduce: slots 1 partials, 2 out; grid (H, n); threads: 32 * ceil(hd / 32)
+typedef struct {
+    uint64_t out_stride;
+    int32_t n_heads;
+    int32_t head_dim;
+    int32_t n_splits;
+    int32_t pad0;
+} attention_reduce_args;
+FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 24, "attention_reduce_args layout");
+
+// --- elementwise over [n, dim] rows ---
+// silu_mul: slots 1 gate, 2 up, 3 out.   add: slots 1 a, 2 b, 3 out (out may alias a).
+// add_bias: slots 1 x (in place), 2 b f32 [dim], 3 unused.
+// grid: (ceil(dim / 256), n); threads: 256
+typedef struct {
+    uint64_t a_stride;
+    uint64_t b_stride;    // 0 for add_bias: the bias row is broadcast
+    uint64_t out_stride;
+    int32_t dim;
+    int32_t pad0;
+} elementwise_args;
+FG_ARGS_ASSERT(sizeof(elementwise_args) == 32, "elementwise_args layout");
+
+// --- get_rows: out[t, :] = f32(table[ids[t], :]); an id outside [0, table_rows) gives zeros ---
+// slots: 1 table (any weight type), 2 ids i32 [n], 3 out f32 [n, cols]
+// grid: (ceil(cols / 256), n); threads: 256
+typedef struct {
+    uint64_t table_stride;
+    uint64_t out_stride;
+    int32_t table_rows;
+    int32_t cols;
+} get_rows_args;
+FG_ARGS_ASSERT(sizeof(get_rows_args) == 24, "get_rows_args layout");
+
+// --- argmax: out[t] = first index of the maximum of x[t, :] (NaNs are skipped) ---
+// slots: 1 x f32 [n, cols], 2 out i32 [n]
+// grid: (n); threads: 1024 (fewer for short rows); threadgroup memory 0: 2 * 32 * 4 bytes
+typedef struct {
+    uint64_t x_stride;
+    int32_t cols;
+    int32_t pad0;
+} argmax_args;
+FG_ARGS_ASSERT(sizeof(argmax_args) == 16, "argmax_args layout");
+
+#endif  // FORGERT_KERNEL_ARGS_H

@@ -1,0 +1,125 @@
+// Matrix-matrix products for prefill: out[t, r] = sum_c w[r, c] * x[t, c] on 8x8
+// simdgroup matrices.
+//
+// A threadgroup computes a 32-token x 64-row output tile. Per step of 32 columns it
+// dequantizes the 64 x 32 weight slab (exactly one quant block per row) and the
+// 32 x 32 x slab into threadgroup memory as f32, then its four simdgroups each
+// multiply a 16-token x 32-row quarter (2 x 4 accumulators). f32 tiles keep the
+// full range of BF16 weights and of large activations.
+#include <metal_stdlib>
+using namespace metal;
+
+#include "dequant.h"
+
+#define MM_BR FG_MM_TILE_ROWS
+#define MM_BT FG_MM_TILE_TOKENS
+#define MM_BK FG_MM_TILE_K
+
+// load16(row, k, cols, out): weights [k, k + 16) of a row, zero past `cols`.
+// Quantized rows have cols % 32 == 0 and k % 16 == 0, so k names (block, half).
+struct q8_0_tile {
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q8_0(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct q4_0_tile {
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q4_0(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct q4_1_tile {
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q4_1(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct f32_tile {
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        device const float* p = (device const float*)row;
+        for (int i = 0; i < 16; ++i) out[i] = k + i < cols ? p[k + i] : 0.0f;
+    }
+};
+struct f16_tile {
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        device const half* p = (device const half*)row;
+        for (int i = 0; i < 16; ++i) out[i] = k + i < cols ? float(p[k + i]) : 0.0f;
+    }
+};
+struct bf16_tile {
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        device const ushort* p = (device const ushort*)row;
+        for (int i = 0; i < 16; ++i) out[i] = k + i < cols ? fg_bf16_to_f32(p[k + i]) : 0.0f;
+    }
+};
+
+template <typename D>
+kernel void mul_mm(
+        constant mul_mm_args & args  [[buffer(0)]],
+        device const char * w        [[buffer(1)]],
+        device const char * x        [[buffer(2)]],
+        device       char * out      [[buffer(3)]],
+        threadgroup float * shmem    [[threadgroup(0)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tiitg [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]]) {
+    threadgroup float* sw = shmem;                  // [MM_BR][MM_BK]: sw[r * MM_BK + k]
+    threadgroup float* sx = shmem + MM_BR * MM_BK;  // [MM_BT][MM_BK]: sx[t * MM_BK + k]
+    const int row0 = int(tgpig.x) * MM_BR;
+    const int tok0 = int(tgpig.y) * MM_BT;
+
+    // Loader roles: 128 threads = 64 weight rows x 2 halves, and 32 tokens x 4 runs of 8.
+    // Rows/tokens past the end load a clamped (valid) row; their results are never stored.
+    const int lw_row = tiitg / 2;
+    const int lw_k = (tiitg % 2) * 16;
+    device const char* wrow = w + min(row0 + lw_row, args.rows - 1) * args.w_stride;
+    const int lx_tok = tiitg / 4;
+    const int lx_k = (tiitg % 4) * 8;
+    device const float* xrow = (device const float*)(x + min(tok0 + lx_tok, args.n_tokens - 1) * args.x_stride);
+
+    // Simdgroup s computes tokens [16 (s / 2), +16) x rows [32 (s % 2), +32) of the tile.
+    const int st = (sgitg / 2) * 16;
+    const int sr = (sgitg % 2) * 32;
+    simdgroup_float8x8 acc[2][4];
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+
+    for (int k0 = 0; k0 < args.cols; k0 += MM_BK) {
+        float wv[16];
+        D::load16(wrow, k0 + lw_k, args.cols, wv);
+        for (int i = 0; i < 16; ++i) sw[lw_row * MM_BK + lw_k + i] = wv[i];
+        for (int i = 0; i < 8; ++i) {
+            const int k = k0 + lx_k + i;
+            sx[lx_tok * MM_BK + lx_k + i] = k < args.cols ? xrow[k] : 0.0f;
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+
+        for (int kk = 0; kk < MM_BK; kk += 8) {
+            simdgroup_float8x8 a[2];
+            simdgroup_float8x8 b[4];
+            for (int i = 0; i < 2; ++i) simdgroup_load(a[i], sx + (st + 8 * i) * MM_BK + kk, MM_BK);
+            // b[j] = (w rows sr + 8j .. +8, columns kk .. kk + 8) transposed: [k][row]
+            for (int j = 0; j < 4; ++j)
+                simdgroup_load(b[j], sw + (sr + 8 * j) * MM_BK + kk, MM_BK, ulong2(0, 0), true);
+            for (int i = 0; i < 2; ++i)
+                for (int j = 0; j < 4; ++j) simdgroup_multiply_accumulate(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+
+    // Stage the [MM_BT][MM_BR] result in threadgroup memory, then store what is in bounds.
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) simdgroup_store(acc[i][j], shmem + (st + 8 * i) * MM_BR + sr + 8 * j, MM_BR);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (int e = tiitg; e < MM_BT * MM_BR; e += FG_MM_THREADS) {
+        const int t = tok0 + e / MM_BR;
+        const int r = row0 + e % MM_BR;
+        if (t < args.n_tokens && r < args.rows) ((device float*)(out + t * args.out_stride))[r] = shmem[e];
+    }
+}
+
+typedef decltype(mul_mm<q8_0_tile>) mul_mm_t;
+template [[host_name("mul_mm_q8_0")]] kernel mul_mm_t mul_mm<q8_0_tile>;
+template [[host_name("mul_mm_q4_0")]] kernel mul_mm_t mul_mm<q4_0_tile>;
+template [[host_name("mul_mm_q4_1")]] kernel mul_mm_t mul_mm<q4_1_tile>;
+template [[host_name("mul_mm_f32")]] kernel mul_mm_t mul_mm<f32_tile>;
+template [[host_name("mul_mm_f16")]] kernel mul_mm_t mul_mm<f16_tile>;
+template [[host_name("mul_mm_bf16")]] kernel mul_mm_t mul_mm<bf16_tile>;

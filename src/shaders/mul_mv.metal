@@ -1,0 +1,186 @@
+// Matrix-vector products for decode: out[t, r] = sum_c w[r, c] * x[t, c].
+//
+// Memory bound: every weight byte is read once per token, so the kernels aim at
+// streaming the weights at full bandwidth. Each simdgroup owns
+// FG_MV_ROWS_PER_SIMDGROUP rows and reuses the x values it loads across them; the
+// lanes split a row, accumulate privately and meet once at the end in simd_sum.
+// One threadgroup row of the grid per token (grid.y); a few tokens only, larger
+// batches go to mul_mm.
+#include <metal_stdlib>
+using namespace metal;
+
+#include "dequant.h"
+
+#define MV_NR FG_MV_ROWS_PER_SIMDGROUP
+
+// Eight x values starting at p, with float4 loads where rows are aligned.
+static inline void load_x8(device const float* p, bool vec4, thread float* xv) {
+    if (vec4) {
+        const float4 a = *((device const float4*)p);
+        const float4 b = *((device const float4*)(p + 4));
+        xv[0] = a.x; xv[1] = a.y; xv[2] = a.z; xv[3] = a.w;
+        xv[4] = b.x; xv[5] = b.y; xv[6] = b.z; xv[7] = b.w;
+    } else {
+        for (int i = 0; i < 8; ++i) xv[i] = p[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Quantized weights. Lanes work in pairs on one block: lane parity `il` picks half
+// of the block, so a simdgroup covers 16 blocks (512 weights) of a row per step.
+// Each type says which 16 x values its half needs (load_x) and how to dot them.
+// ---------------------------------------------------------------------------------
+
+// Q4_0 / Q4_1: half il = bytes qs[8 il .. 8 il + 8): low nibbles are weights 8 il + j,
+// high nibbles weights 16 + 8 il + j.
+struct q4_x_layout {
+    static void load_x(device const float* xb, int il, bool vec4, thread float* xv) {
+        load_x8(xb + 8 * il, vec4, xv);
+        load_x8(xb + 16 + 8 * il, vec4, xv + 8);
+    }
+    // sum_j lo_j * xv[j] + hi_j * xv[8 + j] over the 8 bytes at qs (2-byte aligned)
+    static float nibble_dot(device const uint8_t* qs, thread const float* xv) {
+        device const ushort* q2 = (device const ushort*)qs;
+        float acc = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            const uint q = q2[i];
+            acc += float(q & 0xFu) * xv[2 * i] + float((q >> 8) & 0xFu) * xv[2 * i + 1];
+            acc += float((q >> 4) & 0xFu) * xv[8 + 2 * i] + float((q >> 12) & 0xFu) * xv[8 + 2 * i + 1];
+        }
+        return acc;
+    }
+};
+
+struct q4_0_dot : q4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q4_0* b = (device const block_q4_0*)row + blk;
+        return fg_f16_to_f32(b->d) * (nibble_dot(b->qs + 8 * il, xv) - 8.0f * xsum);
+    }
+};
+
+struct q4_1_dot : q4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q4_1* b = (device const block_q4_1*)row + blk;
+        return fg_f16_to_f32(b->d) * nibble_dot(b->qs + 8 * il, xv) + fg_f16_to_f32(b->m) * xsum;
+    }
+};
+
+// Q8_0: half il = weights 16 il .. 16 il + 16.
+struct q8_0_dot {
+    static void load_x(device const float* xb, int il, bool vec4, thread float* xv) {
+        load_x8(xb + 16 * il, vec4, xv);
+        load_x8(xb + 16 * il + 8, vec4, xv + 8);
+    }
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q8_0* b = (device const block_q8_0*)row + blk;
+        device const ushort* q2 = (device const ushort*)(b->qs + 16 * il);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const char2 q = as_type<char2>(q2[i]);
+            acc += float(q.x) * xv[2 * i] + float(q.y) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * acc;
+    }
+};
+
+template <typename Q>
+kernel void mul_mv_quant(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const float* xr = (device const float*)(x + t * args.x_stride);
+    const int nb = args.cols / FG_QK;
+    const int ix = tiisg / 2;
+    const int il = tiisg % 2;
+
+    // Rows past the end repeat the last row (valid memory); their sums are dropped.
+    device const char* wrow[MV_NR];
+    for (int r = 0; r < MV_NR; ++r) wrow[r] = w + min(r0 + r, args.rows - 1) * args.w_stride;
+
+    float sum[MV_NR] = {0.0f};
+    float xv[16];
+    for (int blk = ix; blk < nb; blk += FG_SIMD_WIDTH / 2) {
+        Q::load_x(xr + blk * FG_QK, il, args.x_vec4 != 0, xv);
+        float xsum = 0.0f;
+        for (int i = 0; i < 16; ++i) xsum += xv[i];
+        for (int r = 0; r < MV_NR; ++r) sum[r] += Q::dot(wrow[r], blk, il, xv, xsum);
+    }
+
+    device float* o = (device float*)(out + t * args.out_stride);
+    for (int r = 0; r < MV_NR; ++r) {
+        const float s = simd_sum(sum[r]);
+        if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s;
+    }
+}
+
+typedef decltype(mul_mv_quant<q8_0_dot>) mul_mv_quant_t;
+template [[host_name("mul_mv_q8_0")]] kernel mul_mv_quant_t mul_mv_quant<q8_0_dot>;
+template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_dot>;
+template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
+
+// ---------------------------------------------------------------------------------
+// Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the
+// rows allow 4-wide loads, single columns otherwise.
+// ---------------------------------------------------------------------------------
+struct f32_row {
+    static float4 load4(device const char* r, int c) { return *((device const float4*)(r + 4 * c)); }
+    static float load1(device const char* r, int c) { return ((device const float*)r)[c]; }
+};
+struct f16_row {
+    static float4 load4(device const char* r, int c) { return float4(*((device const half4*)(r + 2 * c))); }
+    static float load1(device const char* r, int c) { return float(((device const half*)r)[c]); }
+};
+struct bf16_row {
+    static float4 load4(device const char* r, int c) {
+        const ushort4 u = *((device const ushort4*)(r + 2 * c));
+        return float4(fg_bf16_to_f32(u.x), fg_bf16_to_f32(u.y), fg_bf16_to_f32(u.z), fg_bf16_to_f32(u.w));
+    }
+    static float load1(device const char* r, int c) { return fg_bf16_to_f32(((device const ushort*)r)[c]); }
+};
+
+template <typename R>
+kernel void mul_mv_float(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const float* xr = (device const float*)(x + t * args.x_stride);
+
+    device const char* wrow[MV_NR];
+    for (int r = 0; r < MV_NR; ++r) wrow[r] = w + min(r0 + r, args.rows - 1) * args.w_stride;
+
+    float sum[MV_NR] = {0.0f};
+    if (args.w_vec4 != 0 && args.x_vec4 != 0) {
+        for (int c = 4 * tiisg; c < args.cols; c += 4 * FG_SIMD_WIDTH) {
+            const float4 xv = *((device const float4*)(xr + c));
+            for (int r = 0; r < MV_NR; ++r) sum[r] += dot(R::load4(wrow[r], c), xv);
+        }
+    } else {
+        for (int c = tiisg; c < args.cols; c += FG_SIMD_WIDTH) {
+            const float xv = xr[c];
+            for (int r = 0; r < MV_NR; ++r) sum[r] += R::load1(wrow[r], c) * xv;
+        }
+    }
+
+    device float* o = (device float*)(out + t * args.out_stride);
+    for (int r = 0; r < MV_NR; ++r) {
+        const float s = simd_sum(sum[r]);
+        if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s;
+    }
+}
+
+typedef decltype(mul_mv_float<f32_row>) mul_mv_float_t;
+template [[host_name("mul_mv_f32")]] kernel mul_mv_float_t mul_mv_float<f32_row>;
+template [[host_name("mul_mv_f16")]] kernel mul_mv_float_t mul_mv_float<f16_row>;
+template [[host_name("mul_mv_bf16")]] kernel mul_mv_float_t mul_mv_float<bf16_row>;

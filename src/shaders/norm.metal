@@ -1,0 +1,32 @@
+// RMSNorm: out[t, :] = x[t, :] * rsqrt(mean(x[t, :]^2) + eps) * w. One threadgroup per row.
+#include <metal_stdlib>
+using namespace metal;
+
+#include "kernel_args.h"
+
+kernel void rms_norm_f32(
+        constant rms_norm_args & args [[buffer(0)]],
+        device const char * x         [[buffer(1)]],
+        device const float * w        [[buffer(2)]],
+        device       char * out       [[buffer(3)]],
+        threadgroup float * partial   [[threadgroup(0)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tiitg [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]],
+        ushort3 ntg  [[threads_per_threadgroup]]) {
+    device const float* xr = (device const float*)(x + tgpig.x * args.x_stride);
+    device float* o = (device float*)(out + tgpig.x * args.out_stride);
+    const int nsg = (ntg.x + FG_SIMD_WIDTH - 1) / FG_SIMD_WIDTH;
+
+    float sumsq = 0.0f;
+    for (int i = tiitg; i < args.dim; i += ntg.x) sumsq += xr[i] * xr[i];
+    sumsq = simd_sum(sumsq);
+    if (tiisg == 0) partial[sgitg] = sumsq;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    // Every simdgroup reduces the partials itself: no second barrier needed.
+    sumsq = simd_sum(tiisg < nsg ? partial[tiisg] : 0.0f);
+
+    const float scale = rsqrt(sumsq / float(args.dim) + args.eps);
+    for (int i = tiitg; i < args.dim; i += ntg.x) o[i] = xr[i] * scale * w[i];
+}

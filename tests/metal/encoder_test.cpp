@@ -1,0 +1,274 @@
+// Checks what MetalBackend encodes, without running a kernel: a recording Device logs
+// every dispatch and barrier. Verifies that barriers go exactly where a dispatch depends
+// on an earlier one of the same command buffer (and nowhere else), and that every
+// dispatch's geometry is legal on Apple GPUs. Built and run by tests/test_metal_encoder.py.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "backends/metal/buffer_views.h"
+#include "backends/metal/metal_backend.h"
+
+using namespace forgert;
+using namespace forgert::metal;
+
+namespace {
+
+int failures = 0;
+#define EXPECT(cond, ...)                                             \
+    do {                                                              \
+        if (!(cond)) {                                                \
+            std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            std::printf(__VA_ARGS__);                                 \
+            std::printf("\n");                                        \
+            ++failures;                                               \
+        }                                                             \
+    } while (0)
+
+struct HostBuffer final : Buffer {
+    ~HostBuffer() override { std::free(host); }
+};
+
+// Logs "kernel" per dispatch and "|" per barrier; checks geometry as it goes.
+class RecordingDevice final : public Device {
+public:
+    std::string log;
+    std::string name() const override { return "recording"; }
+    std::unique_ptr<Buffer> new_buffer(size_t bytes) override {
+        auto b = std::make_unique<HostBuffer>();
+        b->host = std::calloc(1, bytes);
+        b->size = bytes;
+        return b;
+    }
+    std::unique_ptr<Buffer> wrap_host(void* p, size_t bytes) override {
+        auto b = std::make_unique<HostBuffer>();
+        b->host = std::malloc(bytes);
+        std::memcpy(b->host, p, bytes);
+        b->size = bytes;
+        return b;
+    }
+    Pipeline* pipeline(const std::string& k, const std::vector<FunctionConstant>&) override {
+        auto& p = pipes_[k];
+        p.key = k;
+        return &p;
+    }
+    void begin() override { open_ = true; }
+    void set_pipeline(Pipeline* p) override {
+        EXPECT(open_, "encoding outside a command buffer");
+        cur_ = p->key;
+        args_ = 0;
+        tg_ = 0;
+    }
+    void set_bytes(const void*, size_t n, int slot) override {
+        EXPECT(slot == 0, "%s: bytes in slot %d (only the args struct goes there)", cur_.c_str(), slot);
+        args_ = n;
+    }
+    void set_buffer(const Buffer* b, size_t off, int slot) override {
+        EXPECT(slot >= 1 && slot < 31, "%s: slot %d", cur_.c_str(), slot);
+        EXPECT(off <= b->size, "%s: offset %zu past buffer of %zu", cur_.c_str(), off, b->size);
+    }
+    void set_threadgroup_memory(size_t n, int) override {
+        EXPECT(n % 16 == 0, "%s: threadgroup memory %zu not a multiple of 16", cur_.c_str(), n);
+        tg_ = n;
+    }
+    void dispatch_threadgroups(Size3 g, Size3 t) override {
+        const uint32_t threads = t.x * t.y * t.z;
+        EXPECT(args_ > 0, "%s: no argument struct", cur_.c_str());
+        EXPECT(threads >= 1 && threads <= 1024, "%s: %u threads per threadgroup", cur_.c_str(), threads);
+        EXPECT(threads % 32 == 0, "%s: %u threads: not whole simdgroups", cur_.c_str(), threads);
+        EXPECT(tg_ <= 32768, "%s: %zu bytes of threadgroup memory", cur_.c_str(), tg_);
+        EXPECT(g.x >= 1 && g.y >= 1 && g.z >= 1, "%s: empty grid", cur_.c_str());
+        log += (log.empty() ? "" : " ") + cur_;
+    }
+    void memory_barrier() override { log += " |"; }
+    void commit() override { open_ = false; log += " #"; }
+    void wait() override {}
+
+private:
+    std::map<std::string, Pipeline> pipes_;
+    std::string cur_;
+    size_t args_ = 0, tg_ = 0;
+    bool open_ = false;
+};
+
+struct Fixture {
+    RecordingDevice* dev;
+    MetalBackend be;
+    std::vector<std::unique_ptr<Buffer>> bufs;
+    Fixture() : dev(new RecordingDevice), be(std::unique_ptr<Device>(dev)) {}
+    Tensor t(DType type, int64_t rows, int64_t cols) {
+        bufs.push_back(be.alloc((size_t)row_bytes(type, cols) * rows));
+        return make_tensor(bufs.back().get(), 0, type, rows, cols);
+    }
+};
+
+// One decode step of a layer: the barriers must sit exactly before the dispatches that
+// read what an earlier dispatch since the previous barrier wrote.
+void test_layer_barriers() {
+    Fixture f;
+    const int dim = 64, hd = 16, H = 4, KV = 2, ctx = 32, pos = 5;
+    Tensor x = f.t(DType::F32, 1, dim), xn = f.t(DType::F32, 1, dim), wn = f.t(DType::F32, 1, dim);
+    Tensor wq = f.t(DType::Q4_0, H * hd, dim), wk = f.t(DType::Q8_0, KV * hd, dim), wv = f.t(DType::F16, KV * hd, dim);
+    Tensor q = f.t(DType::F32, 1, H * hd), k = f.t(DType::F32, 1, KV * hd), v = f.t(DType::F32, 1, KV * hd);
+    Tensor kc = f.t(DType::F16, ctx, KV * hd), vc = f.t(DType::F16, ctx, KV * hd), fr = f.t(DType::F32, 1, hd / 2);
+    Tensor att = f.t(DType::F32, 1, H * hd), h = f.t(DType::F32, 1, dim);
+
+    f.be.begin();
+    f.be.rms_norm(xn, x, wn, 1e-5f);
+    f.be.matmul(q, wq, xn);   // reads xn: barrier
+    f.be.matmul(k, wk, xn);   // independent of q: none
+    f.be.matmul(v, wv, xn);
+    f.be.rope(q, fr, pos, RopeParams{H, hd, false});   // q written above: barrier
+    f.be.rope(k, fr, pos, RopeParams{KV, hd, false});  // k's matmul is behind the last barrier: none
+    f.be.kv_write(kc, k, pos);   // reads k: barrier
+    f.be.kv_write(vc, v, pos);   // v is behind a barrier, other cache: none
+    f.be.attention(att, q, kc, vc, pos, AttentionParams{H, KV, hd, 0.25f});  // reads the caches: barrier
+    f.be.add(h, x, att);         // barrier
+    f.be.commit();
+    const std::string want =
+        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_f32 rope_f32 | kv_write_f16 kv_write_f16 | "
+        "attention_f16 | add_f32 #";
+    EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
+}
+
+void test_write_after_read_and_disjoint_rows() {
+    Fixture f;
+    Tensor a = f.t(DType::F32, 4, 64), b = f.t(DType::F32, 4, 64), w = f.t(DType::F32, 1, 64);
+    Tensor cache = f.t(DType::F16, 16, 64);
+    f.be.begin();
+    f.be.kv_write(cache, a.slice_rows(0, 2), 0);     // rows 0..1
+    f.be.kv_write(cache, a.slice_rows(2, 2), 2);     // rows 2..3 of the same cache: disjoint, none
+    f.be.rms_norm(b, a, w, 1e-5f);                   // only reads a: none
+    f.be.rms_norm(a.slice_rows(3, 1), w, w, 1e-5f);  // overwrites a row read above: barrier
+    f.be.rms_norm(a.slice_rows(3, 1), w, w, 1e-5f);  // writes it again (write after write): barrier
+    f.be.kv_write(cache, b.slice_rows(0, 1), 5);     // b and the cache rows are behind a barrier: none
+    f.be.commit();
+    const std::string want =
+        "kv_write_f16 kv_write_f16 rms_norm_f32 | rms_norm_f32 | rms_norm_f32 kv_write_f16 #";
+    EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
+}
+
+void test_commit_starts_fresh_tracking() {
+    Fixture f;
+    Tensor a = f.t(DType::F32, 1, 64), b = f.t(DType::F32, 1, 64), w = f.t(DType::F32, 1, 64);
+    f.be.begin();
+    f.be.rms_norm(a, b, w, 1e-5f);
+    f.be.commit();  // early commit: the next command buffer runs after this one
+    f.be.rms_norm(b, a, w, 1e-5f);  // depends on a, but across command buffers: no barrier
+    f.be.wait();
+    EXPECT(f.dev->log == "rms_norm_f32 # rms_norm_f32 #", "got %s", f.dev->log.c_str());
+}
+
+// Geometry of every kernel over shapes at and around its tile sizes.
+void test_geometry_over_shapes() {
+    Fixture f;
+    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1};
+    for (DType t : types)
+        for (int n : {1, 7, 8, 33})
+            for (int rows : {1, 63, 65}) {
+                Tensor w = f.t(t, rows, 64), x = f.t(DType::F32, n, 64), y = f.t(DType::F32, n, rows);
+                f.be.matmul(y, w, x);
+                Tensor ids = f.t(DType::I32, n, 1), e = f.t(DType::F32, n, 64);
+                f.be.get_rows(e, w, ids);
+            }
+    for (int dim : {1, 31, 2049}) {
+        Tensor x = f.t(DType::F32, 2, dim), w = f.t(DType::F32, 1, dim);
+        f.be.rms_norm(x, x, w, 1e-5f);
+        f.be.silu_mul(x, x, x);
+        f.be.add(x, x, x);
+        f.be.add_bias(x, w);
+        Tensor am = f.t(DType::I32, 2, 1);
+        f.be.argmax(am, x);
+    }
+    for (int hd : {2, 64, 256}) {
+        Tensor x = f.t(DType::F32, 9, 2 * hd), fr = f.t(DType::F32, 1, hd / 2);
+        f.be.rope(x, fr, 0, RopeParams{2, hd, true});
+        Tensor kc = f.t(DType::F16, 4096, hd);
+        for (int n : {1, 3, 9})
+            for (int pos0 : {0, 4000}) {
+                Tensor q = x.slice_rows(0, n), o = f.t(DType::F32, n, 2 * hd);
+                f.be.attention(o, q, kc, kc, pos0, AttentionParams{2, 1, hd, 1.0f});
+            }
+    }
+    f.be.wait();
+    // Long single-query contexts are split across threadgroups and reduced.
+    EXPECT(f.dev->log.find("attention_reduce") != std::string::npos, "no flash-decoding split in %s",
+           f.dev->log.c_str());
+    // Chunks of queries without a long context use the tiled prefill kernel.
+    EXPECT(f.dev->log.find("attention_prefill_f16") != std::string::npos, "no prefill kernel in %s",
+           f.dev->log.c_str());
+}
+
+void test_bad_input_throws_input_error() {
+    Fixture f;
+    Tensor w = f.t(DType::Q4_0, 8, 64), x = f.t(DType::F32, 1, 32), y = f.t(DType::F32, 1, 8);
+    bool threw = false;
+    try {
+        f.be.matmul(y, w, x);
+    } catch (const InputError& e) {
+        threw = std::strstr(e.what(), "x is [1, 32], expected [1, 64]") != nullptr;
+        if (!threw) std::printf("message: %s\n", e.what());
+    }
+    EXPECT(threw, "matmul with mismatched widths must throw InputError naming the shapes");
+
+    Tensor wq = f.t(DType::Q8_0, 4, 64), xq = f.t(DType::F32, 1, 48), yq = f.t(DType::F32, 1, 4);
+    wq.cols = 48;  // a hand-made view that is not whole blocks
+    threw = false;
+    try {
+        f.be.matmul(yq, wq, xq);
+    } catch (const InputError& e) {
+        threw = std::strstr(e.what(), "whole blocks") != nullptr;
+    }
+    EXPECT(threw, "a quantized width that is not whole blocks must be rejected");
+}
+
+// Zero-copy wrapping of a long host range: page-aligned views no longer than the device
+// allows, covering the whole range, and every range up to half a view inside one view.
+void test_buffer_views() {
+    const size_t page = 16384;
+    alignas(16384) static char area[1];  // only its address is used
+    const char* base = area;
+    {
+        ViewPlan p = plan_buffer_views(base + 100, 5000, page, 1 << 30);
+        EXPECT(p.views.size() == 1 && p.shift == 100 && p.views[0].length == page, "small range: one page view");
+    }
+    const size_t max_len = 4 * page + 123;  // not a page multiple
+    const size_t bytes = 10 * page + 777;
+    ViewPlan p = plan_buffer_views(base + 4000, bytes, page, max_len);
+    EXPECT(p.shift == 4000 && p.start == reinterpret_cast<uintptr_t>(base), "start/shift");
+    EXPECT(p.views.size() > 1, "split into views");
+    size_t covered = 0;
+    for (const BufferView& v : p.views) {
+        EXPECT(v.begin % page == 0 && v.length % page == 0, "views page-aligned");
+        EXPECT(v.length <= max_len, "view of %zu > max %zu", v.length, max_len);
+        EXPECT(v.begin <= covered, "gap before view at %zu", v.begin);
+        covered = std::max(covered, v.begin + v.length);
+    }
+    EXPECT(covered >= p.shift + bytes, "views cover %zu of %zu", covered, p.shift + bytes);
+    const size_t biggest = 2 * page;  // step: half the 4-page view
+    for (size_t off = 0; off + biggest <= bytes; off += page / 3) {
+        size_t in_view = 0;
+        const int v = locate_in_views(p, off, biggest, &in_view);
+        EXPECT(v >= 0, "range at %zu not inside one view", off);
+        if (v >= 0) EXPECT(p.views[v].begin + in_view == p.shift + off, "wrong offset in view");
+    }
+    size_t in_view = 0;
+    EXPECT(locate_in_views(p, 0, 5 * page, &in_view) < 0, "a range longer than any view is reported");
+}
+
+}  // namespace
+
+int main() {
+    test_buffer_views();
+    test_layer_barriers();
+    test_write_after_read_and_disjoint_rows();
+    test_commit_starts_fresh_tracking();
+    test_geometry_over_shapes();
+    test_bad_input_throws_input_error();
+    std::printf("%d failure(s)\n", failures);
+    return failures == 0 ? 0 : 1;
+}

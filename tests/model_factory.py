@@ -1,0 +1,468 @@
+"""Tiny random Llama / Qwen2 models for end-to-end tests, written the way real checkpoints are.
+
+Each TinySpec becomes a `transformers` model with random (seeded) weights, saved as
+  - an HF directory: config.json + model.safetensors (F32, F16 or BF16) + tokenizer.json
+  - GGUF files (F32, F16, Q8_0, Q4_0, Q4_1) written here with gguf.GGUFWriter following
+    llama.cpp's convert_hf_to_gguf.py conventions (names, metadata keys, Q/K permutation for
+    llama, F32 norms/biases). Quantization uses gguf.quants, so it is independent of forgert.
+
+Nothing here imports forgert: this module is the reference side of the tests.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+HF_DTYPES = ("F32", "F16", "BF16")
+
+BOS_TOKEN = "<|bos|>"
+EOS_TOKEN = "<|eos|>"
+
+# Fixed corpus for the tiny BPE: deterministic vocabulary, a mix of common English pieces.
+_TOKENIZER_CORPUS = (
+    "The capital of France is Paris. The quick brown fox jumps over the lazy dog. "
+    "Once upon a time there was a small model that wanted to predict the next token. "
+    "It read numbers like 12345 and 67890, punctuation like ?!;:, and words such as "
+    "attention, rotation, quantization, normalization, embedding, residual and softmax. "
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    name: str
+    arch: str                      # "llama" | "qwen2"
+    hidden: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn: int
+    tie_embeddings: bool
+    rope_theta: float
+    rms_eps: float
+    seed: int
+    rope_scaling: dict | None = None
+    # Real Hub checkpoints spell rope settings as top-level rope_theta + rope_scaling;
+    # transformers 5 writes rope_parameters. The factory writes both spellings (per model)
+    # so the loader is checked against each.
+    legacy_rope_config: bool = False
+    init_range: float = 0.1       # large init: random models then give well-separated logits
+    n_ctx: int = 256
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+
+SPECS = {
+    # Llama 2 style: theta 1e4, tied embeddings, GQA 4/2, head_dim 16.
+    "llama_tied": TinySpec(
+        name="llama_tied", arch="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-5, seed=1,
+    ),
+    # Llama 3 style: theta 5e5 with llama3 rope_scaling, untied, head_dim 32.
+    # original_max_position_embeddings is tiny (64) so the scaling changes most frequencies
+    # and a loader that ignores it produces visibly different logits.
+    "llama3_untied": TinySpec(
+        name="llama3_untied", arch="llama", hidden=128, n_layers=3, n_heads=4, n_kv_heads=2, ffn=192,
+        tie_embeddings=False, rope_theta=500000.0, rms_eps=1e-5, seed=2,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        legacy_rope_config=True,
+    ),
+    # Qwen2: QKV bias, theta 1e6, tied (like Qwen2-0.5B), GQA 4/2.
+    "qwen2_tied": TinySpec(
+        name="qwen2_tied", arch="qwen2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=1000000.0, rms_eps=1e-6, seed=3,
+    ),
+    # Qwen2 untied, head_dim 32.
+    "qwen2_untied": TinySpec(
+        name="qwen2_untied", arch="qwen2", hidden=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=192,
+        tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-6, seed=4,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def build_tokenizer(vocab_size: int = 320) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) trained on a fixed corpus: deterministic, covers any text."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS_TOKEN, EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer=trainer)
+    return tok
+
+
+def tokenizer_tables(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
+    """(tokens by id, GGUF token types, merges) as llama.cpp's gpt2 vocab stores them."""
+    vocab = tok.get_vocab()
+    tokens = [None] * len(vocab)
+    for piece, idx in vocab.items():
+        tokens[idx] = piece
+    special = {BOS_TOKEN, EOS_TOKEN}
+    # GGUF token types: 1 normal, 3 control.
+    types = [3 if t in special else 1 for t in tokens]
+    model_json = json.loads(tok.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model_json["merges"]]
+    return tokens, types, merges
+
+
+# ----------------------------------------------------------------------------- HF model
+
+def build_hf_model(spec: TinySpec, vocab_size: int):
+    """The reference model: transformers, float32, eval mode, seeded random weights."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=spec.hidden, intermediate_size=spec.ffn,
+        num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_kv_heads, max_position_embeddings=spec.n_ctx,
+        rms_norm_eps=spec.rms_eps, tie_word_embeddings=spec.tie_embeddings,
+        initializer_range=spec.init_range, bos_token_id=0, eos_token_id=1,
+        rope_theta=spec.rope_theta,
+    )
+    if spec.rope_scaling is not None:
+        common["rope_scaling"] = dict(spec.rope_scaling)
+    torch.manual_seed(spec.seed)
+    if spec.arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(head_dim=spec.head_dim, **common))
+    elif spec.arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(f"unknown arch {spec.arch}")
+    model = model.float().eval()
+    with torch.no_grad():
+        # Norm weights init to 1.0; randomise them around 1 so a loader that drops a norm
+        # weight (or mixes up attn_norm / ffn_norm) is caught.
+        gen = torch.Generator().manual_seed(spec.seed + 1000)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def hf_state_numpy(model) -> dict[str, np.ndarray]:
+    """HF state dict as float32 numpy (the tied lm_head is dropped when tied)."""
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def _legacy_rope_config(cfg: dict, spec: TinySpec) -> dict:
+    """Rewrite transformers-5 rope_parameters into rope_theta + rope_scaling (Hub spelling)."""
+    cfg = dict(cfg)
+    cfg.pop("rope_parameters", None)
+    cfg["rope_theta"] = spec.rope_theta
+    if spec.rope_scaling is not None:
+        cfg["rope_scaling"] = dict(spec.rope_scaling)
+    return cfg
+
+
+def save_hf_dir(model, spec: TinySpec, tok: Tokenizer, out_dir: Path, dtype: str) -> Path:
+    tdtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Save a copy cast to the storage dtype; the reference stays f32.
+    import copy
+    m = copy.deepcopy(model).to(tdtype)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    m.save_pretrained(out_dir)
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if spec.legacy_rope_config:
+        cfg = _legacy_rope_config(cfg, spec)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "add_bos_token": False,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }, indent=2))
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- GGUF
+
+def permute_qk_for_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf permutation: within each head, reorder output rows from
+    half-split (HF) to interleaved pairs so GGUF llama rotates adjacent pairs.
+    w [n_head * head_dim, in]."""
+    head_dim = w.shape[0] // n_head
+    return (w.reshape(n_head, 2, head_dim // 2, *w.shape[1:])
+             .swapaxes(1, 2)
+             .reshape(w.shape))
+
+
+def llama3_rope_factors(spec: TinySpec) -> np.ndarray:
+    """rope_freqs.weight as llama.cpp's converter writes it for rope_type llama3: the divisor
+    applied to each base frequency. f32 [head_dim // 2]."""
+    rs = spec.rope_scaling
+    factor = rs["factor"]
+    low_ff, high_ff = rs["low_freq_factor"], rs["high_freq_factor"]
+    old_ctx = rs["original_max_position_embeddings"]
+    base = spec.rope_theta
+    dim = spec.head_dim
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    low_wavelen, high_wavelen = old_ctx / low_ff, old_ctx / high_ff
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low_ff) / (high_ff - low_ff)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def _gguf_name(hf_name: str) -> str:
+    table = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    if hf_name in table:
+        return table[hf_name]
+    parts = hf_name.split(".")  # model.layers.{i}.<module>.<proj>.<weight|bias>
+    i = parts[2]
+    rest = ".".join(parts[3:])
+    sub = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.q_proj.bias": "attn_q.bias",
+        "self_attn.k_proj.bias": "attn_k.bias",
+        "self_attn.v_proj.bias": "attn_v.bias",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }[rest]
+    return f"blk.{i}.{sub}"
+
+
+def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
+    """GGUF-named float32 tensors (llama Q/K permuted), in HF order."""
+    out = {}
+    for hf_name, w in hf_state_numpy(model).items():
+        name = _gguf_name(hf_name)
+        if spec.arch == "llama" and name.endswith("attn_q.weight"):
+            w = permute_qk_for_gguf(w, spec.n_heads)
+        elif spec.arch == "llama" and name.endswith("attn_k.weight"):
+            w = permute_qk_for_gguf(w, spec.n_kv_heads)
+        out[name] = np.ascontiguousarray(w, dtype=np.float32)
+    if spec.rope_scaling is not None and spec.rope_scaling.get("rope_type") == "llama3":
+        out["rope_freqs.weight"] = llama3_rope_factors(spec)
+    return out
+
+
+def encode_tensor(w: np.ndarray, type_name: str, name: str):
+    """(data, raw_dtype) for GGUFWriter.add_tensor. Norms, biases and rope factors (1-D) stay
+    F32 like llama.cpp; 2-D weights take the requested type."""
+    qtype = gguf.GGMLQuantizationType[type_name]
+    if w.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+        return w.astype(np.float32), None
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return w.astype(np.float16), None
+    return gguf.quants.quantize(w, qtype), qtype
+
+
+def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str,
+               tensors: dict[str, np.ndarray] | None = None,
+               raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
+               n_ctx: int | None = None) -> Path:
+    """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
+    bad-file tests drop, reshape or retype tensors."""
+    arch = spec.arch
+    tensors = gguf_tensors(model, spec) if tensors is None else tensors
+    raw_overrides = raw_overrides or {}
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{spec.name}")
+    w.add_context_length(n_ctx or spec.n_ctx)
+    w.add_embedding_length(spec.hidden)
+    w.add_block_count(spec.n_layers)
+    w.add_feed_forward_length(spec.ffn)
+    w.add_head_count(spec.n_heads)
+    w.add_head_count_kv(spec.n_kv_heads)
+    w.add_rope_freq_base(spec.rope_theta)
+    w.add_layer_norm_rms_eps(spec.rms_eps)
+    w.add_rope_dimension_count(spec.head_dim)
+    w.add_vocab_size(model.config.vocab_size)
+    w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}[type_name])
+
+    tokens, types, merges = tokenizer_tables(tok)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tok.token_to_id(BOS_TOKEN))
+    w.add_eos_token_id(tok.token_to_id(EOS_TOKEN))
+    w.add_add_bos_token(False)
+
+    for name, t in tensors.items():
+        if name in raw_overrides:
+            data, qtype = raw_overrides[name]
+            w.add_tensor(name, data, raw_dtype=qtype)
+            continue
+        data, qtype = encode_tensor(t, type_name, name)
+        if qtype is None:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# ----------------------------------------------------------------------------- bundle
+
+@dataclass
+class TinyModel:
+    """One spec, materialised: the f32 HF reference plus files in every format."""
+    spec: TinySpec
+    model: object                   # transformers model, f32 eval
+    tokenizer: Tokenizer
+    root: Path
+    hf_dirs: dict = field(default_factory=dict)    # "F32" -> Path
+    gguf_files: dict = field(default_factory=dict)  # "Q4_0" -> Path
+
+    @property
+    def vocab(self) -> int:
+        return self.model.config.vocab_size
+
+    def path(self, fmt: str) -> Path:
+        """fmt: 'hf-F32', 'hf-BF16', 'gguf-Q4_0', ..."""
+        kind, t = fmt.split("-", 1)
+        return self.hf_dirs[t] if kind == "hf" else self.gguf_files[t]
+
+
+def make_tiny_model(spec: TinySpec, root: Path, tok: Tokenizer | None = None) -> TinyModel:
+    tok = tok or build_tokenizer()
+    model = build_hf_model(spec, tok.get_vocab_size())
+    root = Path(root) / spec.name
+    root.mkdir(parents=True, exist_ok=True)
+    tm = TinyModel(spec=spec, model=model, tokenizer=tok, root=root)
+    for dt in HF_DTYPES:
+        tm.hf_dirs[dt] = save_hf_dir(model, spec, tok, root / f"hf-{dt}", dt)
+    for t in GGUF_TYPES:
+        tm.gguf_files[t] = write_gguf(model, spec, tok, root / f"{spec.name}-{t}.gguf", t)
+    return tm
+
+
+# ----------------------------------------------------------------------------- references
+
+_F16_KV_ATTENTION = "forgert_f16_kv"
+
+
+def _register_f16_kv_attention() -> str:
+    """An attention implementation that rounds K and V to float16 before attending, modelling
+    forgert's documented f16 KV cache (design.md). Everything else stays f32, so with it the
+    reference differs from forgert only by f32 summation order on F32 weights."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+        eager_mask,
+    )
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    if _F16_KV_ATTENTION in ALL_MASK_ATTENTION_FUNCTIONS:
+        return _F16_KV_ATTENTION
+
+    def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
+        key = key.to(torch.float16).to(query.dtype)
+        value = value.to(torch.float16).to(query.dtype)
+        return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(_F16_KV_ATTENTION, f16_kv_attention)
+    # A custom attention name needs its mask builder registered too, or no causal mask is made.
+    AttentionMaskInterface.register(_F16_KV_ATTENTION, eager_mask)
+    return _F16_KV_ATTENTION
+
+
+def with_f16_kv(model):
+    """The same model object, switched to the f16-KV attention (returns it for chaining)."""
+    model.set_attn_implementation(_register_f16_kv_attention())
+    return model
+
+
+def _q8_0_round_trip(x: torch.Tensor) -> torch.Tensor:
+    """x quantized to Q8_0 along its last dim (blocks of 32: d = amax/127 stored as f16,
+    q = round(x/d)) and back, as llama.cpp does to activations before integer dot products."""
+    blocks = x.reshape(-1, 32)
+    d = blocks.abs().amax(dim=1, keepdim=True) / 127.0
+    q = torch.round(blocks / torch.where(d == 0, torch.ones_like(d), d))
+    return (q * d.half().float()).reshape(x.shape)
+
+
+def with_q8_activations(model):
+    """A copy of the model whose every nn.Linear sees its input rounded through Q8_0: the
+    rounding forgert may apply on quantized weights. Used to show the test bounds cover it."""
+    import copy
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.register_forward_pre_hook(lambda _mod, args: (_q8_0_round_trip(args[0]),) + tuple(args[1:]))
+    return m
+
+
+@torch.no_grad()
+def reference_logits(model, ids) -> np.ndarray:
+    """f32 logits [len(ids), vocab] of a transformers model, evaluated from an empty context."""
+    x = torch.tensor([list(ids)], dtype=torch.long)
+    return model(input_ids=x).logits[0].float().numpy()
+
+
+def storage_rounded_model(model, dtype: str):
+    """The HF model with weights rounded to a float storage dtype, computing in f32: what an
+    engine that stores weights as F16/BF16 but accumulates in f32 should match. Only
+    parameters are rounded: the rotary inv_freq buffer is not a stored weight."""
+    import copy
+    tdtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.to(tdtype).to(torch.float32))
+    return m
+
+
+def gguf_reference_model(tm: TinyModel, type_name: str):
+    """transformers' own GGUF loader (dequantizes with the gguf package) in f32. It does not
+    read llama3 rope scaling from GGUF, so the original HF config is passed in for that spec."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    path = tm.gguf_files[type_name]
+    kwargs = {}
+    if tm.spec.rope_scaling is not None:
+        kwargs["config"] = tm.model.config
+    m = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, **kwargs)
+    return m.eval()

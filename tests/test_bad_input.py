@@ -1,0 +1,373 @@
+"""Bad model files and bad requests: each gives a clear Python exception naming the problem."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+import model_factory as mf
+from forgert import ModelFormatError
+from forgert.loader import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return tiny_models("llama_tied")
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_models):
+    return tiny_models("qwen2_tied")
+
+
+def gguf_variant(tm, path, tensors=None, raw_overrides=None):
+    """The tiny model's F32 GGUF with tensors dropped / replaced."""
+    t = dict(mf.gguf_tensors(tm.model, tm.spec)) if tensors is None else tensors
+    return mf.write_gguf(tm.model, tm.spec, tm.tokenizer, path, "F32", tensors=t, raw_overrides=raw_overrides)
+
+
+def test_tiny_files_load(tiny):
+    for fmt in ("gguf-F32", "gguf-Q4_1", "hf-BF16"):
+        m = load_model(tiny.path(fmt))
+        assert m.config.n_layers == tiny.spec.n_layers and m.config.vocab == tiny.vocab
+        assert m.config.rope_neox is fmt.startswith("hf")
+
+
+# ------------------------------------------------------------------------------ GGUF content
+
+def test_missing_tensor(tiny, tmp_path):
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    del t["blk.1.attn_k.weight"]
+    p = gguf_variant(tiny, tmp_path / "m.gguf", tensors=t)
+    with pytest.raises(ModelFormatError, match=r"m\.gguf: missing tensor 'blk\.1\.attn_k\.weight'"):
+        load_model(p)
+
+
+def test_wrong_shape(tiny, tmp_path):
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    t["blk.0.attn_q.weight"] = t["blk.0.attn_q.weight"][:32]
+    p = gguf_variant(tiny, tmp_path / "m.gguf", tensors=t)
+    with pytest.raises(ModelFormatError) as e:
+        load_model(p)
+    assert "'blk.0.attn_q.weight' has shape (32, 64), expected (64, 64)" in str(e.value)
+
+
+def test_unexpected_tensor(tiny, tmp_path):
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    t["blk.0.attn_q_norm.weight"] = np.ones(16, np.float32)
+    p = gguf_variant(tiny, tmp_path / "m.gguf", tensors=t)
+    with pytest.raises(ModelFormatError, match="unexpected tensor 'blk.0.attn_q_norm.weight'"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("qtype,block_bytes", [("Q5_0", 22), ("Q8_1", 40)])
+def test_unsupported_tensor_type(tiny, tmp_path, qtype, block_bytes):
+    gguf = pytest.importorskip("gguf")
+    rows, cols = tiny.spec.ffn, tiny.spec.hidden
+    raw = np.zeros((rows, cols // 32 * block_bytes), np.uint8)
+    p = gguf_variant(tiny, tmp_path / "m.gguf",
+                     raw_overrides={"blk.0.ffn_up.weight": (raw, gguf.GGMLQuantizationType[qtype])})
+    with pytest.raises(ModelFormatError) as e:
+        load_model(p)
+    assert f"tensor 'blk.0.ffn_up.weight' has type {qtype}, which forgert does not support" in str(e.value)
+
+
+def test_k_quant_is_refused_by_name(tiny):
+    # The tiny model has no row of 256 weights (a Q4_K block), so retype a tensor after loading:
+    # the check that runs on every model tensor must name it and its type.
+    from dataclasses import replace
+    from forgert.tensor_check import core_tensors
+    m = load_model(tiny.path("gguf-F32"))
+    weights = dict(m.weights)
+    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=12)
+    with pytest.raises(ModelFormatError,
+                       match=r"tensor 'blk\.1\.ffn_up\.weight' has type Q4_K, which forgert does not support"):
+        core_tensors(m.config, weights, m.name)
+
+
+def _meta_variant(tm, path, edit):
+    """Rewrite the tiny F32 GGUF with its metadata dict changed in place by edit(meta)."""
+    gguf = pytest.importorskip("gguf")
+    from forgert.gguf import GGUFFile
+    src = GGUFFile(tm.path("gguf-F32"))
+    meta = dict(src.metadata)
+    edit(meta)
+    w = gguf.GGUFWriter(str(path), meta.pop("general.architecture", "llama"))
+    for k, v in meta.items():
+        if k in ("general.architecture", "general.alignment"):
+            continue
+        vt = src.metadata_types.get(k, gguf.GGUFValueType.STRING if isinstance(v, str) else gguf.GGUFValueType.UINT32)
+        if isinstance(vt, tuple):
+            w.add_key_value(k, list(v), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType(vt[1]))
+        else:
+            w.add_key_value(k, v, gguf.GGUFValueType(vt))
+    for name, info in src.tensors.items():
+        data = src.tensor_data(name).view(np.float32).reshape(info.shape)
+        w.add_tensor(name, np.array(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_unsupported_architecture(tiny, tmp_path):
+    def edit(m):
+        m["general.architecture"] = "gpt2"
+    p = _meta_variant(tiny, tmp_path / "m.gguf", edit)
+    with pytest.raises(ModelFormatError, match="unsupported architecture 'gpt2'"):
+        load_model(p)
+
+
+def test_missing_metadata(tiny, tmp_path):
+    p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.pop("llama.block_count"))
+    with pytest.raises(ModelFormatError, match="missing metadata 'llama.block_count'"):
+        load_model(p)
+
+
+def test_bad_metadata_value(tiny, tmp_path):
+    def edit(m):
+        m["llama.attention.head_count_kv"] = 3      # 4 heads are not a multiple of 3 KV heads
+    p = _meta_variant(tiny, tmp_path / "m.gguf", edit)
+    with pytest.raises(ModelFormatError, match="not a multiple of 3 KV heads"):
+        load_model(p)
+
+
+def test_unknown_pre_tokenizer(tiny, tmp_path):
+    def edit(m):
+        m["tokenizer.ggml.pre"] = "made-up"
+    p = _meta_variant(tiny, tmp_path / "m.gguf", edit)
+    with pytest.raises(ModelFormatError, match="pre-tokenizer 'made-up'"):
+        load_model(p)
+
+
+def test_truncated_gguf(tiny, tmp_path):
+    data = tiny.path("gguf-Q8_0").read_bytes()
+    p = tmp_path / "m.gguf"
+    p.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ModelFormatError, match=r"m\.gguf: truncated: tensor '.*' needs bytes"):
+        load_model(p)
+
+
+def test_not_a_model(tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("hello")
+    with pytest.raises(ModelFormatError, match="not a GGUF file"):
+        load_model(p)
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        load_model(tmp_path / "nope.gguf")
+
+
+# ------------------------------------------------------------------------------ HF directories
+
+def hf_copy(tm, tmp_path, dtype="F32"):
+    d = tmp_path / "hf"
+    shutil.copytree(tm.path(f"hf-{dtype}"), d)
+    return d
+
+
+def test_hf_missing_config(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    (d / "config.json").unlink()
+    with pytest.raises(ModelFormatError, match="config.json not found"):
+        load_model(d)
+
+
+def test_hf_no_safetensors(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelFormatError, match="no .safetensors files"):
+        load_model(d)
+
+
+def test_hf_truncated_safetensors(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-64])
+    with pytest.raises(ModelFormatError, match=r"model\.safetensors: truncated: tensor '.*' needs bytes"):
+        load_model(d)
+
+
+def test_hf_header_larger_than_file(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    with pytest.raises(ModelFormatError, match="header length"):
+        load_model(d)
+
+
+def test_hf_header_not_json(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", 5) + b"{nope")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        load_model(d)
+
+
+def test_hf_unsupported_dtype(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    header = json.dumps({"model.norm.weight": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}).encode()
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(ModelFormatError, match="dtype I64"):
+        load_model(d)
+
+
+def test_hf_unsupported_model_type(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "gemma"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="unsupported model_type 'gemma'"):
+        load_model(d)
+
+
+def test_hf_wrong_config_shape(tiny, tmp_path):
+    d = hf_copy(tiny, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["intermediate_size"] = 128
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError,
+                       match=r"'blk\.0\.ffn_gate\.weight' has shape \(160, 64\), expected \(128, 64\)"):
+        load_model(d)
+
+
+def test_hf_missing_tensor(qwen, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    d = hf_copy(qwen, tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    del sd["model.layers.1.self_attn.k_proj.bias"]
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(ModelFormatError, match="missing tensor 'blk.1.attn_k.bias'"):
+        load_model(d)
+
+
+# ------------------------------------------------------------------------------ requests
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    import forgert
+    return forgert.Model(tiny.path("gguf-F32"), n_ctx=16)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([5, 320], r"prompt\[1\] = 320 is out of range: token ids are 0\.\.319"),
+    ([-1], "out of range"),
+    ([1.5], "not an integer"),
+    ([], "empty"),
+])
+def test_bad_token_ids(model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        model.generate(bad, max_tokens=2)
+
+
+def test_bad_ids_for_logits_and_detokenize(model):
+    with pytest.raises(ValueError, match="out of range"):
+        model.logits([0, 1000])
+    with pytest.raises(ValueError, match="out of range"):
+        model.detokenize([1000])
+
+
+def test_prompt_longer_than_context(model):
+    with pytest.raises(ValueError, match="prompt has 17 tokens but the context holds 16"):
+        model.generate(list(range(2, 19)), max_tokens=1)
+    with pytest.raises(ValueError, match="17 tokens do not fit the context of 16"):
+        model.logits(list(range(2, 19)))
+
+
+def test_generation_stops_when_the_context_is_full(model):
+    prompt = list(range(2, 12))     # 10 of 16 positions
+    c = model.generate(prompt, max_tokens=100, temperature=0, ignore_eos=True)
+    assert c.finish_reason == "length"
+    # every generated token but the last was evaluated: 10 + 7 - 1 = 16 positions
+    assert len(c.tokens) == 7
+    c = model.generate(list(range(2, 18)), max_tokens=5, temperature=0, ignore_eos=True)
+    assert c.finish_reason == "length" and len(c.tokens) == 1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(temperature=-1), "temperature"), (dict(top_p=2), "top_p"), (dict(max_tokens=-3), "max_tokens"),
+])
+def test_bad_sampling_arguments(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        model.generate([2, 3], **kwargs)
+
+
+def test_unknown_keyword(model):
+    with pytest.raises(TypeError, match="temprature"):
+        model.generate([2, 3], temprature=0.5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(backend="tpu"), "backend"), (dict(threads=0), "threads"), (dict(n_ctx=0), "n_ctx"),
+    (dict(n_ctx="big"), "n_ctx"),
+])
+def test_bad_model_arguments(tiny, kwargs, match):
+    import forgert
+    with pytest.raises(ValueError, match=match):
+        forgert.Model(tiny.path("gguf-F32"), **kwargs)
+
+
+def test_chat_without_template(model):
+    import forgert
+    with pytest.raises(forgert.ChatTemplateError, match="has no chat template"):
+        model.chat([{"role": "user", "content": "hi"}])
+
+
+def test_n_ctx_above_training_length_warns(tiny):
+    import forgert
+    with pytest.warns(UserWarning, match="trained on"):
+        m = forgert.Model(tiny.path("gguf-F32"), n_ctx=tiny.spec.n_ctx * 2)
+    assert m.n_ctx == tiny.spec.n_ctx * 2
+
+
+# ------------------------------------------------------------------------------ prompt cache
+
+def test_prompt_cache_reuses_the_prefix_and_matches_a_fresh_run(model, tiny):
+    import forgert
+    fresh = forgert.Model(tiny.path("gguf-F32"), n_ctx=16)
+    a = [2, 3, 4, 5, 6]
+    b = a + [7, 8]
+    model.reset()
+    model.generate(a, max_tokens=3, temperature=0, ignore_eos=True)
+    c = model.generate(b, max_tokens=3, temperature=0, ignore_eos=True)
+    assert c.timings.cached_tokens == 5 and c.timings.prompt_tokens_evaluated == 2
+    assert c.tokens == fresh.generate(b, max_tokens=3, temperature=0, ignore_eos=True).tokens
+    # a prompt diverging earlier re-evaluates from the divergence
+    d = model.generate([2, 3, 9], max_tokens=2, temperature=0, ignore_eos=True)
+    assert d.timings.cached_tokens == 2
+    fresh.reset()
+    assert d.tokens == fresh.generate([2, 3, 9], max_tokens=2, temperature=0, ignore_eos=True).tokens
+    # logits after generation start from an empty context again
+    np.testing.assert_allclose(model.logits([2, 3, 9]), fresh.logits([2, 3, 9]), rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_hf_dir_loads_like_the_single_file(tiny, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    import forgert
+    d = hf_copy(tiny, tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    names = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for fname, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, str(d / fname))
+    index = {"weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    ids = [4, 8, 15, 16, 23, 42]
+    a = forgert.Model(d, n_ctx=16).logits(ids)
+    b = forgert.Model(tiny.path("hf-F32"), n_ctx=16).logits(ids)
+    np.testing.assert_array_equal(a, b)
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ModelFormatError, match="model-00002-of-00002.safetensors' listed in the index is missing"):
+        load_model(d)
+
+
+def test_interleaved_streams_are_refused(model):
+    a = model.stream([2, 3, 4], max_tokens=3, temperature=0, ignore_eos=True)
+    b = model.stream([5, 6, 7], max_tokens=3, temperature=0, ignore_eos=True)
+    next(a)
+    with pytest.raises(RuntimeError, match="already generating"):
+        next(b)
+    a.close()
+    assert model.generate([5, 6, 7], max_tokens=2, temperature=0, ignore_eos=True).finish_reason == "length"

@@ -1,0 +1,140 @@
+"""`forgert info`, `forgert bench`, `forgert serve` as subprocesses, and their bad-input handling.
+
+`info` is checked against the gguf package's own reader (an independent parser of the file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from server_harness import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+ENV = dict(os.environ, PYTHONPATH=REPO_PYTHON + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def forgert(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "forgert", *map(str, args)], env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_failure(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for w in words:
+        assert w in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------- info
+
+def test_info_matches_the_gguf_package(smollm2_gguf):
+    gguf = pytest.importorskip("gguf")
+    reader = gguf.GGUFReader(str(smollm2_gguf))
+    arch = reader.fields["general.architecture"].contents()
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+
+    result = forgert("info", smollm2_gguf, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["arch"] == arch
+    assert info["n_layers"] == reader.fields[f"{arch}.block_count"].contents()
+    assert info["dim"] == reader.fields[f"{arch}.embedding_length"].contents()
+    assert info["n_heads"] == reader.fields[f"{arch}.attention.head_count"].contents()
+    assert info["n_kv_heads"] == reader.fields[f"{arch}.attention.head_count_kv"].contents()
+    assert info["context_length"] == reader.fields[f"{arch}.context_length"].contents()
+    assert info["tensor_types"] == dict(types)
+    assert info["n_params"] == n_params
+    assert info["chat_template"] == reader.fields["tokenizer.chat_template"].contents()
+    t = next(t for t in reader.tensors if t.name == "blk.0.ffn_up.weight")
+    assert info["tensors"]["blk.0.ffn_up.weight"] == {"type": t.tensor_type.name,
+                                                      "shape": [int(d) for d in reversed(t.shape)]}
+
+    text = forgert("info", smollm2_gguf)
+    assert text.returncode == 0
+    for expected in ("llama", "Q4_1 x210", "layers", "30", "chat template"):
+        assert expected in text.stdout
+
+
+def test_info_bad_paths(tmp_path):
+    assert_clean_failure(forgert("info", tmp_path / "nope.gguf"), "not found")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"NOPE" + bytes(100))
+    assert_clean_failure(forgert("info", junk), "junk.gguf", "magic")
+
+
+# ----------------------------------------------------------------------------- bench
+
+def test_bench_reports_speeds(smollm2_gguf):
+    result = forgert("bench", "--model", smollm2_gguf, "-p", 16, "-g", 4, "-r", 1, "--n-ctx", 64,
+                     "--profile", "--json")
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["prompt_tokens"] == 16 and r["gen_tokens"] == 4
+    assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
+    assert set(r["profile"]["prefill"]) == {"embed", "layers", "logits"}
+    assert "run 1/1" in result.stderr      # the progress display
+
+
+def test_bench_bad_flags(smollm2_gguf):
+    assert_clean_failure(forgert("bench", "-p", 0), "--prompt-tokens")
+    assert_clean_failure(forgert("bench", "--model", smollm2_gguf, "-p", 60, "-g", 10, "--n-ctx", 64),
+                         "context")
+    assert_clean_failure(forgert("bench", "--repeats", "many"), "invalid int")
+
+
+# ----------------------------------------------------------------------------- serve
+
+def test_serve_answers_then_stops_on_ctrl_c(smollm2_gguf):
+    openai = pytest.importorskip("openai")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "forgert", "serve", "--model", str(smollm2_gguf),
+                             "--port", str(port), "--n-ctx", "256", "--api-key", "k",
+                             "--log-level", "warning"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "forgert serve did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0, timeout=300)
+        assert [m.id for m in client.models.list()] == ["SmolLM2-135M-Instruct.Q4_1"]
+        resp = client.completions.create(model="x", prompt="The capital of France is", max_tokens=3,
+                                         temperature=0)
+        assert "Paris" in resp.choices[0].text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"http://127.0.0.1:{port}/v1" in err
+
+
+def test_serve_bad_flags(smollm2_gguf, tmp_path):
+    assert_clean_failure(forgert("serve", "--port", 70000), "--port")
+    assert_clean_failure(forgert("serve", "--model", tmp_path / "missing.gguf", "--port", free_port()),
+                         "not found")
+    assert_clean_failure(forgert("serve", "--host", "no-such-host.invalid"), "cannot listen")
+    assert_clean_failure(forgert("serve", "--portt", 1), "unrecognized arguments")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert_clean_failure(forgert("serve", "--port", taken.getsockname()[1]), "already in use")

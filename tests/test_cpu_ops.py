@@ -1,0 +1,481 @@
+"""Every backend op and weight dtype against NumPy references written here.
+
+References dequantize from the raw block bytes (layouts in src/cpp/core/quant_blocks.h) and
+compute in float64. Quantized block bytes come from the gguf package's quantizer, so neither
+side of a comparison is forgert's own code.
+
+Error measure: normalized MSE, nmse = sum((out - ref)^2) / sum(ref^2), as llama.cpp's
+test-backend-ops uses; each bound says which rounding it allows for.
+
+The same tests run on "cpu" and, when built, the emulated "metal" device (marked `metal`,
+smaller shapes because the emulator runs every GPU thread as a fiber).
+"""
+from __future__ import annotations
+
+import zlib
+
+import gguf
+import numpy as np
+import pytest
+
+from conftest import backend_params, require_backend
+
+F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", BF16: "BF16"}
+QUANTIZED = (Q8_0, Q4_0, Q4_1)
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20}
+
+
+def nmse(out, ref) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
+    assert np.all(np.isfinite(out)), "non-finite values in output"
+    return float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-300))
+
+
+# ----------------------------------------------------------------------------- encode / decode
+
+def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
+    """Raw bytes (flat uint8, rows * row_bytes) of an f32 matrix in a weight dtype. Quantized types
+    use gguf.quants (llama.cpp's reference quantizer ported to NumPy)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if dtype_id == F32:
+        b = w
+    elif dtype_id == F16:
+        b = w.astype(np.float16)
+    elif dtype_id == BF16:
+        # round to nearest even on the upper 16 bits (what torch / llama.cpp do); NaN-free inputs
+        u = w.view(np.uint32).astype(np.uint64)
+        b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    else:
+        b = gguf.quants.quantize(w, gguf.GGMLQuantizationType(dtype_id))
+    return np.ascontiguousarray(b).view(np.uint8).reshape(-1)
+
+
+def _f16_field(blocks: np.ndarray, start: int) -> np.ndarray:
+    return blocks[:, start:start + 2].copy().view(np.float16).astype(np.float64)  # [nb, 1]
+
+
+def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.ndarray:
+    """float64 [rows, cols] from raw bytes, straight from the block layouts."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+    if dtype_id == F32:
+        return raw.view(np.float32).astype(np.float64).reshape(rows, cols)
+    if dtype_id == F16:
+        return raw.view(np.float16).astype(np.float64).reshape(rows, cols)
+    if dtype_id == BF16:
+        bits = raw.view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float64).reshape(rows, cols)
+    blocks = raw.reshape(-1, BLOCK_BYTES[dtype_id])                    # [rows * cols / 32, bytes]
+    d = _f16_field(blocks, 0)
+    if dtype_id == Q8_0:
+        q = blocks[:, 2:].view(np.int8).astype(np.float64)             # [nb, 32]
+        w = d * q
+    else:
+        qs = blocks[:, 4:] if dtype_id == Q4_1 else blocks[:, 2:]       # [nb, 16]
+        # element j in the low nibble of qs[j], element j + 16 in the high nibble
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)  # [nb, 32]
+        w = d * (q - 8.0) if dtype_id == Q4_0 else d * q + _f16_field(blocks, 2)
+    return w.reshape(rows, cols)
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+def test_reference_decoder_matches_gguf_package(dtype_id):
+    """The NumPy block decoder used as the reference agrees with gguf.quants.dequantize: the
+    layouts in quant_blocks.h are the GGUF ones."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((5, 96)).astype(np.float32)
+    raw = encode_weights(w, dtype_id)
+    mine = decode_weights(raw, dtype_id, 5, 96)
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(5, 96)
+    np.testing.assert_array_equal(mine.astype(np.float32), theirs.astype(np.float32))
+    # and the encodings are faithful: ~1e-7 (f32), 2^-9 (f16), 2^-8 (bf16), coarse for 4-bit
+    assert nmse(mine, w) < {F32: 1e-14, F16: 1e-6, BF16: 1e-4, Q8_0: 1e-4, Q4_0: 2e-2, Q4_1: 2e-2}[dtype_id]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def ops_for(core, metal_reason):
+    cache = {}
+
+    def get(backend: str):
+        require_backend(backend, metal_reason)
+        if backend not in cache:
+            cache[backend] = core.Ops(backend)
+        return cache[backend]
+
+    return get
+
+
+BACKENDS = backend_params()
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded from the test's parameters (crc32: stable across runs, unlike hash())."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def randn(rng, *shape, scale=1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- matmul
+
+# Bounds: design.md multiplies every weight type against f32 activations. F32/F16/BF16 weights
+# are exact in f32, so only summation order differs (relative error per output
+# ~ sqrt(cols) * 2^-24 => nmse ~ 1e-13); 1e-10 leaves room. Quantized weights: activations are
+# quantized to Q8 per 32-block for integer dot products (llama.cpp's vec_dot_type): error rms
+# ~ amax/127/sqrt(12) -> nmse ~ 3e-5 for Gaussian rows; bound 5e-4 as llama.cpp's
+# test-backend-ops. Against the *dequantized* weights: weight quantization error is not in it.
+# The Metal kernels may use half arithmetic for F16 (x error 2^-11/sqrt(3) -> nmse ~1e-7, bound
+# 1e-6) and bf16-rounded activations for BF16 (nmse ~5e-6, bound 2e-5).
+MATMUL_NMSE = {F32: 1e-10, F16: 1e-10, BF16: 1e-10, Q8_0: 5e-4, Q4_0: 5e-4, Q4_1: 5e-4}
+MATMUL_NMSE_METAL = {**MATMUL_NMSE, F16: 1e-6, BF16: 2e-5}
+
+# (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
+# 1536 its FFN, 69 = 64 + 5 tokens, 1 token is the decode path.
+MATMUL_SHAPES = [
+    (1, 32, 1),
+    (7, 64, 3),
+    (33, 576, 7),
+    (100, 160, 33),
+    (257, 576, 69),
+    (67, 1536, 5),
+    (576, 1536, 1),
+]
+MATMUL_SHAPES_METAL = [(1, 32, 1), (7, 64, 3), (33, 576, 7), (45, 160, 33), (20, 96, 69)]
+
+
+def _matmul_case(ops, dtype_id, rows, cols, n, backend):
+    rng = rng_for("matmul", dtype_id, rows, cols, n, backend)
+    w = randn(rng, rows, cols)
+    raw = encode_weights(w, dtype_id)
+    x = randn(rng, n, cols)
+    ref = np.asarray(x, np.float64) @ decode_weights(raw, dtype_id, rows, cols).T   # [n, rows]
+    out = ops.matmul(raw, dtype_id, rows, cols, x)
+    assert out.dtype == np.float32 and out.shape == (n, rows)
+    err = nmse(out, ref)
+    bound = (MATMUL_NMSE_METAL if backend == "metal" else MATMUL_NMSE)[dtype_id]
+    assert err < bound, f"{DTYPE_NAMES[dtype_id]} [{rows}x{cols}] x {n}: nmse {err:.3g}"
+
+
+MATMUL_CASES = [pytest.param("cpu", *s, id=f"cpu-{s[0]}x{s[1]}-n{s[2]}") for s in MATMUL_SHAPES] + [
+    pytest.param("metal", *s, id=f"metal-{s[0]}x{s[1]}-n{s[2]}", marks=pytest.mark.metal)
+    for s in MATMUL_SHAPES_METAL]
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", MATMUL_CASES)
+def test_matmul(ops_for, backend, dtype_id, rows, cols, n):
+    _matmul_case(ops_for(backend), dtype_id, rows, cols, n, backend)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype_id", [Q4_1, Q8_0], ids=DTYPE_NAMES.get)
+def test_matmul_vocab_sized(ops_for, dtype_id, n):
+    """SmolLM2's output projection: 49152 rows x 576 columns (decode: 1 token)."""
+    _matmul_case(ops_for("cpu"), dtype_id, 49152, 576, n, "cpu")
+
+
+def test_matmul_per_row_is_independent(ops_for):
+    """Each output column uses its own weight row (catches row/stride mix-ups that a random
+    nmse check could average away): one-hot weight rows select single input columns."""
+    ops = ops_for("cpu")
+    rows, cols = 37, 96
+    w = np.zeros((rows, cols), np.float32)
+    w[np.arange(rows), (np.arange(rows) * 7) % cols] = 1.0
+    x = randn(rng_for("onehot"), 5, cols)
+    for dtype_id in (F32, F16, BF16):
+        out = ops.matmul(encode_weights(w, dtype_id), dtype_id, rows, cols, x)
+        np.testing.assert_allclose(out, x[:, (np.arange(rows) * 7) % cols], rtol=1e-2 if dtype_id == BF16 else 1e-3)
+
+
+@pytest.mark.parametrize("dtype_id", [F32, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+def test_matmul_rejects_bad_shapes(ops_for, dtype_id):
+    ops = ops_for("cpu")
+    w = encode_weights(np.ones((4, 64), np.float32), dtype_id)
+    with pytest.raises(ValueError):
+        ops.matmul(w, dtype_id, 4, 64, np.ones((2, 32), np.float32))       # x has the wrong width
+    with pytest.raises(ValueError):
+        ops.matmul(w[: w.size // 2], dtype_id, 4, 64, np.ones((2, 64), np.float32))  # too few bytes
+    if dtype_id in QUANTIZED:
+        with pytest.raises(ValueError):                                     # cols not a multiple of 32
+            ops.matmul(np.zeros(4 * BLOCK_BYTES[dtype_id] * 2, np.uint8), dtype_id, 4, 48,
+                       np.ones((1, 48), np.float32))
+
+
+# ----------------------------------------------------------------------------- get_rows
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("rows,cols", [(300, 64), (1000, 576)])
+def test_get_rows(ops_for, backend, dtype_id, rows, cols):
+    rng = rng_for("get_rows", dtype_id, rows, cols)
+    table = encode_weights(randn(rng, rows, cols), dtype_id)
+    ids = np.array([0, rows - 1, 5, 5, rows // 2, 1, 7], dtype=np.int32)
+    out = ops_for(backend).get_rows(table, dtype_id, rows, cols, ids)
+    ref = decode_weights(table, dtype_id, rows, cols)[ids]
+    # A row lookup is a pure decode: d * q (+ m) in f32 is exact for F32/F16/BF16/Q8_0/Q4_0
+    # (an 11-bit mantissa times a <= 8-bit integer); Q4_1's "+ m" rounds once in f32.
+    np.testing.assert_allclose(out, ref, rtol=2 ** -23, atol=1e-7 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("bad_id", [-1, 300, 2 ** 31 - 1])
+def test_get_rows_rejects_out_of_range_ids(ops_for, bad_id):
+    table = encode_weights(np.ones((300, 64), np.float32), Q8_0)
+    with pytest.raises(ValueError, match=r"(?i)id|range|token"):
+        ops_for("cpu").get_rows(table, Q8_0, 300, 64, np.array([3, bad_id], np.int32))
+
+
+# ----------------------------------------------------------------------------- rms_norm, elementwise
+
+TOKENS = [1, 3, 7, 33, 69]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", TOKENS)
+@pytest.mark.parametrize("dim", [64, 135, 576])
+def test_rms_norm(ops_for, backend, n, dim):
+    rng = rng_for("rms", n, dim)
+    x = randn(rng, n, dim, scale=3.0)
+    w = (1.0 + 0.3 * rng.standard_normal(dim)).astype(np.float32)
+    eps = 1e-5
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt(np.mean(x64 ** 2, axis=1, keepdims=True) + eps) * w
+    out = ops_for(backend).rms_norm(x, w, eps)
+    # f32 sum of squares over <= 576 values then one rsqrt: relative error ~1e-6 -> nmse ~1e-12
+    assert nmse(out, ref) < 1e-10
+
+
+def test_rms_norm_eps_is_used(ops_for):
+    """eps matters for tiny rows: x = 1e-3 everywhere with eps 1e-5 gives 1e-3/sqrt(1e-6+1e-5)."""
+    x = np.full((1, 64), 1e-3, np.float32)
+    out = ops_for("cpu").rms_norm(x, np.ones(64, np.float32), 1e-5)
+    np.testing.assert_allclose(out, np.full((1, 64), 1e-3 / np.sqrt(1e-6 + 1e-5)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (7, 135), (69, 576), (3, 1536)])
+def test_elementwise(ops_for, backend, n, dim):
+    ops = ops_for(backend)
+    rng = rng_for("elementwise", n, dim)
+    a, b = randn(rng, n, dim, scale=4.0), randn(rng, n, dim, scale=4.0)
+    bias = randn(rng, dim)
+    # additions are exact-rounded in f32 either way
+    np.testing.assert_array_equal(ops.add(a, b), a + b)
+    np.testing.assert_array_equal(ops.add_bias(a, bias), a + bias[None, :])
+    g64, u64 = a.astype(np.float64), b.astype(np.float64)
+    ref = g64 / (1.0 + np.exp(-g64)) * u64
+    # silu via an f32 exp (possibly a vectorised approximation, ~1e-6 relative) -> nmse ~1e-12
+    assert nmse(ops.silu_mul(a, b), ref) < 1e-10
+
+
+def test_elementwise_rejects_shape_mismatch(ops_for):
+    ops = ops_for("cpu")
+    a = np.ones((3, 64), np.float32)
+    with pytest.raises(ValueError):
+        ops.add(a, np.ones((3, 32), np.float32))
+    with pytest.raises(ValueError):
+        ops.add_bias(a, np.ones(63, np.float32))
+    with pytest.raises(ValueError):
+        ops.silu_mul(a, np.ones((2, 64), np.float32))
+
+
+# ----------------------------------------------------------------------------- rope
+
+def rope_reference(x, freqs, pos0, n_heads, head_dim, neox):
+    """float64 rotation. neox=False: pairs (2j, 2j+1); neox=True: pairs (j, j + head_dim/2)."""
+    n = x.shape[0]
+    xh = x.astype(np.float64).reshape(n, n_heads, head_dim)
+    pos = (pos0 + np.arange(n, dtype=np.float64))[:, None, None]
+    ang = pos * freqs.astype(np.float64)[None, None, :]                    # [n, 1, hd/2]
+    c, s = np.cos(ang), np.sin(ang)
+    if neox:
+        a, b = xh[..., : head_dim // 2], xh[..., head_dim // 2:]
+        out = np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+    else:
+        a, b = xh[..., 0::2], xh[..., 1::2]
+        out = np.empty_like(xh)
+        out[..., 0::2] = a * c - b * s
+        out[..., 1::2] = a * s + b * c
+    return out.reshape(n, n_heads * head_dim)
+
+
+def rope_freqs(head_dim, theta=10000.0, scale_from=None):
+    f = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scale_from is not None:   # llama3-like: low frequencies divided by 8
+        f[scale_from:] /= 8.0
+    return f.astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("neox", [False, True], ids=["adjacent", "neox"])
+@pytest.mark.parametrize("n,pos0,n_heads,head_dim", [
+    (1, 0, 1, 16), (1, 37, 9, 64), (7, 5, 3, 32), (33, 0, 4, 128), (69, 1000, 2, 64),
+])
+def test_rope(ops_for, backend, neox, n, pos0, n_heads, head_dim):
+    rng = rng_for("rope", n, pos0, n_heads, head_dim)
+    x = randn(rng, n, n_heads * head_dim)
+    freqs = rope_freqs(head_dim, scale_from=head_dim // 4)
+    out = ops_for(backend).rope(x, freqs, pos0, n_heads, head_dim, neox)
+    ref = rope_reference(x, freqs, pos0, n_heads, head_dim, neox)
+    # An f32 angle pos * freq is off by up to |angle| * 2^-24 (~1e-4 rad at pos ~1000), so the
+    # rotated values by ~1e-4 relative -> nmse up to ~1e-8.
+    assert nmse(out, ref) < 3e-8
+    # the two layouts really differ (the test can tell them apart)
+    if n * head_dim > 16 and pos0 + n > 1:
+        other = rope_reference(x, freqs, pos0, n_heads, head_dim, not neox)
+        assert nmse(out, other) > 1e-3
+
+
+def test_rope_position_zero_is_identity(ops_for):
+    x = randn(rng_for("rope0"), 1, 64)
+    out = ops_for("cpu").rope(x, rope_freqs(32), 0, 2, 32, False)
+    np.testing.assert_allclose(out, x, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- kv_write
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,pos0,n_ctx,kv_dim", [(1, 0, 16, 64), (7, 9, 16, 192), (69, 30, 128, 128)])
+def test_kv_write(ops_for, backend, n, pos0, n_ctx, kv_dim):
+    rng = rng_for("kv", n, pos0)
+    cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
+    src = randn(rng, n, kv_dim, scale=10.0)
+    src[0, :4] = [1e-8, 70000.0, -0.0, 2049.0]   # subnormal-flush, overflow-to-inf, sign, tie-to-even
+    out = ops_for(backend).kv_write(cache, src, pos0)
+    ref = cache.copy()
+    ref[pos0:pos0 + n] = src.astype(np.float16)     # IEEE round-to-nearest-even
+    assert out.dtype == np.float16 and out.shape == cache.shape
+    np.testing.assert_array_equal(out.view(np.uint16), ref.view(np.uint16))
+
+
+def test_kv_write_rejects_overflow(ops_for):
+    cache = np.zeros((8, 32), np.float16)
+    with pytest.raises(ValueError):
+        ops_for("cpu").kv_write(cache, np.ones((3, 32), np.float32), 6)   # rows 6..8 past n_ctx 8
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale):
+    """Causal softmax attention in float64 with GQA: query i at position pos0 + i sees cache
+    rows 0..pos0 + i; query head h reads KV head h // (n_heads / n_kv_heads)."""
+    n = q.shape[0]
+    group = n_heads // n_kv_heads
+    qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
+    k = k_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
+    v = v_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
+    out = np.zeros((n, n_heads, head_dim))
+    for i in range(n):
+        t = pos0 + i + 1
+        for h in range(n_heads):
+            kv = h // group
+            s = k[:t, kv, :] @ qh[i, h] * scale          # [t]
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            out[i, h] = p @ v[:t, kv, :]
+    return out.reshape(n, n_heads * head_dim)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,n_ctx", [
+    (1, 0, 4, 2, 16, 16),        # first decode step: one key
+    (1, 40, 9, 3, 64, 64),       # SmolLM2 heads, decode deep into the cache
+    (7, 0, 4, 4, 32, 16),        # prefill from empty, no GQA
+    (7, 9, 8, 2, 32, 32),        # prefill continuing a cached prefix
+    (33, 0, 2, 1, 128, 64),      # head_dim 128 (Llama), MQA
+    (69, 50, 9, 3, 64, 128),     # 64 + 5 tokens after a 50-token prefix
+])
+def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx):
+    if backend == "metal" and n * (pos0 + n) > 2000:
+        pytest.skip("kept small on the emulator")
+    rng = rng_for("attn", n, pos0, n_heads, head_dim)
+    kv_dim = n_kv_heads * head_dim
+    q = randn(rng, n, n_heads * head_dim, scale=1.5)
+    k_cache = randn(rng, n_ctx, kv_dim, scale=1.5).astype(np.float16)
+    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
+    # rows past pos0 + n - 1 must be ignored: poison them
+    k_cache[pos0 + n:] = np.float16(60000.0)
+    v_cache[pos0 + n:] = np.float16(np.nan)
+    scale = 1.0 / np.sqrt(head_dim)
+    out = ops_for(backend).attention(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale)
+    ref = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale)
+    # The cache is f16 on both sides. An engine may also round q or the probabilities to f16
+    # for the dot products (llama.cpp's flash attention does): relative error ~2^-11 on scores
+    # of magnitude ~5 -> probability errors ~1e-3 relative -> nmse ~1e-7; bound 1e-6.
+    assert nmse(out, ref) < 1e-6
+
+
+def test_attention_rejects_bad_heads(ops_for):
+    q = np.ones((1, 6 * 16), np.float32)
+    cache = np.zeros((8, 4 * 16), np.float16)
+    with pytest.raises(ValueError):   # 6 query heads cannot share 4 KV heads
+        ops_for("cpu").attention(q, cache, cache, 0, 6, 4, 16, 0.25)
+    with pytest.raises(ValueError):   # position past the cache
+        ops_for("cpu").attention(np.ones((1, 4 * 16), np.float32), cache, cache, 8, 4, 4, 16, 0.25)
+
+
+# ----------------------------------------------------------------------------- argmax
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,vocab", [(1, 49152), (3, 1003), (7, 32), (33, 320)])
+def test_argmax(ops_for, backend, n, vocab):
+    rng = rng_for("argmax", n, vocab)
+    x = randn(rng, n, vocab)
+    x[0, vocab - 1] = 50.0                # winner in the last column (tail handling)
+    if n > 1:
+        x[1, :] = -np.inf
+        x[1, vocab // 3] = -1e30          # only finite value
+    if n > 2:
+        x[2, :] = 0.5                     # all tied: first index wins
+        x[2, 5 % vocab] = 0.75
+        x[2, (vocab - 2)] = 0.75
+    out = ops_for(backend).argmax(x)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, np.argmax(x, axis=1))   # NumPy also takes the first maximum
+
+
+# ----------------------------------------------------------------------------- the references themselves
+
+def test_rope_reference_matches_transformers():
+    """The neox reference is transformers' rotate_half RoPE, and the adjacent-pair reference is
+    the same rotation seen through llama.cpp's GGUF Q/K row permutation."""
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from model_factory import permute_qk_for_gguf
+
+    n, n_heads, head_dim, pos0 = 5, 3, 16, 11
+    rng = rng_for("rope-ref")
+    x = randn(rng, n, n_heads * head_dim)
+    freqs = rope_freqs(head_dim)
+    ang = (pos0 + np.arange(n))[:, None] * freqs.astype(np.float64)[None, :]
+    emb = np.concatenate([ang, ang], axis=-1)                                   # [n, hd]
+    cos, sin = torch.tensor(np.cos(emb))[None], torch.tensor(np.sin(emb))[None]
+    xt = torch.tensor(x, dtype=torch.float64).reshape(1, n, n_heads, head_dim).transpose(1, 2)
+    hf, _ = apply_rotary_pos_emb(xt, xt, cos, sin)
+    hf = hf.transpose(1, 2).reshape(n, -1).numpy()
+    np.testing.assert_allclose(rope_reference(x, freqs, pos0, n_heads, head_dim, True), hf, atol=1e-12)
+    # permuting the features of each head the GGUF way turns half-split into adjacent pairs
+    perm = permute_qk_for_gguf(np.arange(n_heads * head_dim)[:, None], n_heads)[:, 0]
+    adj = rope_reference(x[:, perm], freqs, pos0, n_heads, head_dim, False)
+    np.testing.assert_allclose(adj, hf[:, perm], atol=1e-12)
+
+
+def test_attention_reference_matches_torch():
+    import torch
+    n, pos0, H, KV, hd = 6, 4, 6, 2, 8
+    rng = rng_for("attn-ref")
+    q = randn(rng, n, H * hd)
+    k = randn(rng, pos0 + n, KV * hd).astype(np.float16)
+    v = randn(rng, pos0 + n, KV * hd).astype(np.float16)
+    ref = attention_reference(q, k, v, pos0, H, KV, hd, 0.3)
+    qt = torch.tensor(q, dtype=torch.float64).reshape(n, H, hd).transpose(0, 1)                  # [H, n, hd]
+    kt = torch.tensor(k.astype(np.float64)).reshape(-1, KV, hd).transpose(0, 1).repeat_interleave(H // KV, 0)
+    vt = torch.tensor(v.astype(np.float64)).reshape(-1, KV, hd).transpose(0, 1).repeat_interleave(H // KV, 0)
+    mask = torch.arange(pos0 + n)[None, :] <= (pos0 + torch.arange(n))[:, None]                 # [n, t]
+    out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=0.3)
+    np.testing.assert_allclose(ref, out.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-10)

