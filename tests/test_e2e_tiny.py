@@ -183,19 +183,25 @@ def engine_of(m):
 @pytest.mark.parametrize("name", ["llama_tied", "qwen2_untied"])
 def test_prefill_batch_equals_token_by_token(tiny_models, load, name, fmt):
     """Batched prefill (GEMM) and one token at a time (GEMV, growing cache) compute the same
-    function; only summation order and kernel choice differ -> 1e-4 of max|logit| for F32.
-    Quantized activations are quantized per token row either way, so the same bound holds."""
+    function with different kernels: on the CPU, prefill multiplies f32 activations against
+    dequantized weight panels, decode uses two-part int8 activations (~2^-16 of each block's
+    max) for quantized weights, and the summation orders differ. As against the reference,
+    that can flip the f16 rounding of a few K/V elements (2^-11 relative, discontinuous), so
+    the F32 reference bound applies: 5e-4 of max|logit|. Quantized weights add the int8
+    residual, ~4e-5 relative per matmul (measured on one matmul), which these random models
+    amplify ~100x across layers (measured: <= 4.3e-4 of max|logit|) -> 2e-3."""
     tm = tiny_models(name)
     ids = np.asarray(token_ids(tm, 37, 5), dtype=np.int32)
     eng = engine_of(load(tm, fmt))
     batch = np.asarray(eng.forward(ids, 0, all_logits=True))
     steps = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
     assert batch.shape == steps.shape == (len(ids), tm.vocab)
-    np.testing.assert_allclose(steps, batch, rtol=0, atol=1e-4 * np.abs(batch).max())
+    rel = 5e-4 if fmt.split("-", 1)[1] in ("F32", "F16", "BF16") else 2e-3
+    np.testing.assert_allclose(steps, batch, rtol=0, atol=rel * np.abs(batch).max())
     # a mixed split: 10 tokens, then 27 continuing at position 10
     tail = np.asarray(eng.forward(ids[:10], 0, all_logits=True))
     tail = np.concatenate([tail, np.asarray(eng.forward(ids[10:], 10, all_logits=True))])
-    np.testing.assert_allclose(tail, batch, rtol=0, atol=1e-4 * np.abs(batch).max())
+    np.testing.assert_allclose(tail, batch, rtol=0, atol=rel * np.abs(batch).max())
     # greedy on the device: forward_argmax is the argmax of the last row's logits
     assert int(np.asarray(eng.forward_argmax(ids, 0)).reshape(-1)[-1]) == int(batch[-1].argmax())
 

@@ -78,6 +78,40 @@ namespace {
 bool is_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1; }
 }  // namespace
 
+void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
+    const int64_t n = x.rows, cols = x.cols;
+    const int64_t tt = k_.panel_tokens, n_pad = (n + tt - 1) / tt * tt;
+    // x packed once per token tile: xp[tile][c][t % tt], zero-padded (see gemm_panel).
+    if ((int64_t)xt_.size() < cols * n_pad) xt_.resize(cols * n_pad);
+    float* xp = xt_.data();
+    pool_.parallel_for(n_pad / tt, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; b++) {
+            float* tile = xp + b * cols * tt;
+            for (int64_t j = 0; j < tt; j++) {
+                const int64_t t = b * tt + j;
+                const float* xr = t < n ? reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * t) : nullptr;
+                for (int64_t c = 0; c < cols; c++) tile[c * tt + j] = xr ? xr[c] : 0.0f;
+            }
+        }
+    });
+    for (auto& s : scratch_) {
+        if ((int64_t)s.size() < gemm_panel_work_floats(cols)) s.resize(gemm_panel_work_floats(cols));
+    }
+    int64_t start[9] = {0};
+    for (int i = 0; i < n_mm; i++) start[i + 1] = start[i] + (ws[i].rows + kPanelRows - 1) / kPanelRows;
+    pool_.run([&](int ith, int nth) {
+        const int64_t total = start[n_mm], p0 = total * ith / nth, p1 = total * (ith + 1) / nth;
+        for (int i = 0; i < n_mm; i++) {
+            const int64_t b = std::max(p0, start[i]), e = std::min(p1, start[i + 1]);
+            if (b >= e) continue;
+            const Tensor& w = ws[i];
+            const int64_t r0 = (b - start[i]) * kPanelRows, r1 = std::min(w.rows, (e - start[i]) * kPanelRows);
+            k_.gemm_panel(w.type, w.data<uint8_t>(), w.stride, r0, r1, xp, cols, n, outs[i].data<float>(),
+                          (int64_t)(outs[i].stride / sizeof(float)), scratch_[ith].data());
+        }
+    });
+}
+
 const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense) {
     const int64_t n = x.rows, cols = x.cols;
     if (quantized) {
@@ -107,10 +141,11 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
             return;
         }
     }
+    const int64_t n = x.rows, cols = x.cols;
+    if (k_.gemm_panel && n >= kPanelMinTokens) return matmul_panel(outs, ws, n_mm, x);
     const bool quantized = is_quantized(ws[0].type);
     std::vector<float> dense;
     const void* xin = prepare_input(x, quantized, dense);
-    const int64_t n = x.rows, cols = x.cols;
     // One parallel region over the rows of all the weights, in chunks of 16 rows
     // (multiples of the kernels' register tiles).
     constexpr int64_t kChunk = 16;

@@ -36,13 +36,16 @@ public:
     void argmax(const Tensor& out, const Tensor& x) override;
 
 private:
+    // Many tokens: f32 GEMM over dequantized weight panels (gemm_panel).
+    void matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
     // x as the kernels read it: quantized blocks for quantized weights (in xq_), else dense f32.
     const void* prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense);
 
     ThreadPool pool_;
     const KernelSet& k_;
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
-    std::vector<std::vector<float>> scratch_;  // per-thread attention scores
+    std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
+    std::vector<float> xt_;                    // activations transposed for gemm_panel
 };
 
 }  // namespace forgert::cpu

@@ -35,6 +35,14 @@ struct KernelSet {
     // The same for float weights (F32/F16/BF16) against f32 activations of `cols` columns.
     void (*gemm_f)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
                    const float* x, int64_t cols, int64_t n_tok, float* out, int64_t out_stride);
+    // Prefill GEMM (many tokens), all weight types, f32 activations: rows [r0, r1) of w
+    // are dequantized kPanelRows at a time into `work` and multiplied against xp, the
+    // activations packed per token tile: xp[(t / TT) * cols * TT + c * TT + t % TT] with
+    // TT = panel_tokens, the last tile zero-filled. Streams FMAs with no per-block
+    // overhead, exact as f32 math. nullptr where the set has none (gemm_q / gemm_f then).
+    void (*gemm_panel)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const float* xp,
+                       int64_t cols, int64_t n_tok, float* out, int64_t out_stride, float* work);
+    int panel_tokens;  // token tile of gemm_panel
     // Convert n f16 values to f32 and back.
     void (*f16_to_f32_row)(const uint16_t* x, float* y, int64_t n);
     void (*f32_to_f16_row)(const float* x, uint16_t* y, int64_t n);
@@ -53,6 +61,10 @@ struct KernelSet {
 };
 
 constexpr int kMaxHeadDim = 256;
+constexpr int kPanelRows = 12;   // weight rows per gemm_panel tile (12 x 2 vector accumulators)
+constexpr int kMaxPanelTokens = 32;
+constexpr int64_t kPanelMinTokens = 16;  // fewer: the int8 GEMM wastes less of its token tile
+constexpr int64_t gemm_panel_work_floats(int64_t cols) { return kPanelRows * cols + kPanelRows * kMaxPanelTokens; }
 constexpr int kAttnChunk = 64;  // keys converted to f32 at a time
 constexpr int kMaxGroupQueries = 64;  // nq bound of attention_group
 constexpr int64_t attention_work_floats(int hd) { return 2 * (int64_t)kAttnChunk * hd + kAttnChunk + 2 * kMaxHeadDim; }
