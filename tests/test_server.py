@@ -200,8 +200,12 @@ def test_logprobs(client, reference_model):
     logits = reference_model.logits(prompt + answer)[len(prompt) - 1:-1].astype(np.float64)
     expected = logits - logits.max(axis=1, keepdims=True)
     expected -= np.log(np.exp(expected).sum(axis=1, keepdims=True))
+    # The server's logprobs come from decode steps (one token at a time, possibly after a cached
+    # prefix), the reference from one batched pass: different kernels and summation orders, and
+    # K/V rounded to f16 from slightly different values. Measured on SmolLM2 over 120 positions:
+    # decode vs batch logits differ by <= 0.021, the chosen token's logprob by <= 3e-3 -> 1e-2.
     assert [e.logprob for e in entries] == pytest.approx(
-        [expected[i, t] for i, t in enumerate(answer)], abs=2e-3)
+        [expected[i, t] for i, t in enumerate(answer)], abs=1e-2)
     for e in entries:
         assert e.logprob <= 0
         alts = e.top_logprobs

@@ -190,15 +190,19 @@ class Model:
         return logits if mode == "all" else np.asarray(logits)[-1]
 
     def _prefill(self, ids, mode):
-        """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result."""
+        """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
+
+        The last prompt token is always evaluated alone, by the same kernels as decoding: a
+        prompt then gives the same first logits (and, with a seed, the same sampled text)
+        whether its prefix came from the cache or was evaluated in a batch just now."""
         start = min(_common_prefix(self._cache_tokens, ids), len(ids) - 1)
         self._cache_tokens = self._cache_tokens[:start]
-        result = None
-        for s in range(start, len(ids), PREFILL_CHUNK):
-            chunk = ids[s:s + PREFILL_CHUNK]
-            last = s + PREFILL_CHUNK >= len(ids)
-            result = self._eval(chunk, s, mode if last else "last")
+        for s in range(start, len(ids) - 1, PREFILL_CHUNK):
+            chunk = ids[s:min(s + PREFILL_CHUNK, len(ids) - 1)]
+            self._engine.prefill(np.asarray(chunk, dtype=np.int32), s)
             self._cache_tokens = ids[:s + len(chunk)]
+        result = self._eval(ids[-1:], len(ids) - 1, mode)
+        self._cache_tokens = list(ids)
         return result, len(ids) - start
 
     def logits(self, ids) -> np.ndarray:

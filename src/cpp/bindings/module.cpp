@@ -90,6 +90,13 @@ public:
         return out;
     }
 
+    void prefill(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
+        const int n = (int)tokens.size();
+        const int32_t* src = tokens.data();
+        py::gil_scoped_release nogil;
+        model_->forward(src, n, pos, false, nullptr);
+    }
+
     int forward_argmax(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
         const int n = (int)tokens.size();
         const int32_t* src = tokens.data();
@@ -113,6 +120,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0, py::arg("max_batch") = 512)
         .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
+        .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"),
+             "evaluate tokens into the KV cache without computing logits")
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })

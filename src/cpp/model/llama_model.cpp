@@ -107,7 +107,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
     for (int done = 0; done < n; done += max_batch_) {
         const int m = std::min(max_batch_, n - done);
         const bool last_chunk = done + m == n;
-        if (!all_logits && !last_chunk) {  // only the KV cache of this chunk is needed
+        if (!logits || (!all_logits && !last_chunk)) {  // only the KV cache of this chunk is needed
             be_->begin();
             run_layers(tokens + done, m, pos + done);
             be_->commit();

@@ -27,7 +27,8 @@ public:
 
     // Evaluates tokens[0..n) at positions pos..pos+n-1 (overwriting the KV cache
     // from pos on) and writes logits: of the last token ([vocab]) or, with
-    // all_logits, of every token ([n, vocab]). Throws InputError on bad ids or positions.
+    // all_logits, of every token ([n, vocab]); logits == nullptr computes none (prefill
+    // of the KV cache only). Throws InputError on bad ids or positions.
     void forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits);
     // The same, returning the argmax of the last token's logits computed on the device.
     int forward_argmax(const int32_t* tokens, int n, int pos);
