@@ -88,17 +88,15 @@ int main(int argc, char** argv) {
                             {"1B ffn_down", 2048, 8192}};
     for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16, DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
-            for (int64_t n : {1, 512}) for (bool exact : {false, true}) {
-                const bool quant = t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0;
-                if (exact && !quant) continue;
+            for (int64_t n : {1, 512}) {
                 char name[64];
-                std::snprintf(name, sizeof name, "matmul %s%s %s", dtype_name(t), exact ? "(f32 x)" : "", s.what);
+                std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
                 if (!std::strstr(name, filter)) continue;
                 Tensor w = random_tensor(be, keep, t, s.rows, s.cols, rng);
                 Tensor x = random_tensor(be, keep, DType::F32, n, s.cols, rng);
                 keep.push_back(be.alloc((size_t)n * s.rows * 4));
                 Tensor y = make_tensor(keep.back().get(), 0, DType::F32, n, s.rows);
-                const double sec = median_seconds([&] { be.matmul(y, w, x, exact); }, n == 1 ? 50 : 5);
+                const double sec = median_seconds([&] { be.matmul(y, w, x); }, n == 1 ? 50 : 5);
                 const double gbs = (double)w.nbytes() / sec / 1e9;  // weights streamed once per call
                 const double gflops = 2.0 * s.rows * s.cols * n / sec / 1e9;
                 std::printf("%-28s %6lld %6lld %5lld %10.1f %9.1f %9.1f %6.0f%%\n", name, (long long)s.rows,

@@ -75,10 +75,11 @@ void expect_close(const char* set, const char* what, const std::vector<float>& r
     std::printf("%-12s %-28s max|diff| %.3g  max|ref| %.3g  %s\n", set, what, err, scale, ok ? "ok" : "FAIL");
 }
 
-void check(const KernelSet* k) {
+void check(const KernelSet* k, int cols) {
     const KernelSet* g = kernels_generic();
-    // Shapes that are not multiples of any register tile.
-    const int rows = 37, cols = 96, ntok = 6, nb = cols / FG_QK;
+    // Shapes that are not multiples of any register tile; 3, 10 and 11 blocks per row
+    // reach every block grouping (quads, a trailing pair, a trailing single block).
+    const int rows = 37, ntok = 6, nb = cols / FG_QK;
     std::vector<float> x(ntok * cols);
     for (auto& v : x) v = normal(rng);
     std::vector<BlockQ8Act> xq(ntok * nb), xq2(ntok * nb);
@@ -106,7 +107,7 @@ void check(const KernelSet* k) {
                 k->gemm_f(t, w.data(), rb, 0, rows, x.data(), cols, n, b.data(), rows);
             }
             char what[64];
-            std::snprintf(what, sizeof what, "gemm %s n=%d", dtype_name(t), n);
+            std::snprintf(what, sizeof what, "gemm %s %dx%d n=%d", dtype_name(t), rows, cols, n);
             expect_close(k->name, what, a, b, 1e-5);  // same math, other summation order
         }
     }
@@ -137,7 +138,7 @@ int main() {
     int checked = 0;
     for (const KernelSet* k : {kernels_avx2(), kernels_avx512(), kernels_neon()}) {
         if (!runs_here(k)) continue;
-        check(k);
+        for (int cols : {96, 320, 352}) check(k, cols);
         checked++;
     }
     std::printf("%d kernel sets checked, %d failures\n", checked, failures);
