@@ -1,6 +1,7 @@
 """forgert vs llama.cpp (llama-cpp-python) on the CPU: decode and prefill tokens/s.
 
-Both engines load the same GGUF with the same thread count; runs alternate between them
+Both engines load the same GGUF with the same thread count, each run in a fresh process of
+its own (no engine's idle threads can steal the other's cores); runs alternate between them
 so load changes on the machine hit both; medians and ratios go to bench/results/.
 
     pip install llama-cpp-python        # builds llama.cpp from source
@@ -13,6 +14,7 @@ What is timed, for both, through their Python APIs:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -80,10 +82,9 @@ class LlamaCpp:
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
                                    n_threads_batch=threads, logits_all=False, verbose=False)
         self.n_vocab = self.llm.n_vocab()
-        import ctypes
+        # the last token's logits, read in place (Llama.eval keeps none without logits_all)
         self._as_array = lambda: np.ctypeslib.as_array(
             llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1), shape=(self.n_vocab,))
-        del ctypes
 
     def prefill(self, ids):
         self.llm.reset()
@@ -98,8 +99,29 @@ class LlamaCpp:
             tok = int(np.argmax(self._as_array()))
 
 
+ENGINES = ["forgert", "llama.cpp"]
+
+
+def worker(args):
+    """One measurement in this process: warm up, then prefill and decode once; prints JSON."""
+    engine = (Forgert if args.worker == "forgert" else LlamaCpp)(args.model[0], args.threads, 1024)
+    vocab = engine.m.vocab_size if args.worker == "forgert" else engine.n_vocab
+    prompt_long = np.random.default_rng(0).integers(100, vocab - 100, args.prefill_tokens).tolist()
+    prompt_short = prompt_long[:8]
+    engine.prefill(prompt_long[:64])   # page in the weights, size the buffers
+    engine.decode(prompt_short, 4)
+    t0 = time.perf_counter()
+    engine.prefill(prompt_long)
+    prefill = args.prefill_tokens / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    engine.decode(prompt_short, args.decode_tokens)   # includes the 8-token prompt: <1% of the work
+    decode = args.decode_tokens / (time.perf_counter() - t0)
+    print(json.dumps({"prefill": prefill, "decode": decode, "version": getattr(engine, "version", "")}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     ap.add_argument("--model", action="append", help="GGUF path (repeatable); default: SmolLM2 Q4_1, Q8_0, Q4_0")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
@@ -107,41 +129,36 @@ def main():
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--out", default=str(RESULTS / "cpu_vs_llamacpp.md"))
     args = ap.parse_args()
+    if args.worker:
+        return worker(args)
 
+    llama_version = ""
     if args.model:
         models = [Path(p) for p in args.model]
     else:
         base = default_model()
         models = [base, derived_model(base, "q8_0"), derived_model(base, "q4_0")]
 
-    rng = np.random.default_rng(0)
     rows = []
     for path in models:
-        engines = [Forgert(path, args.threads, 1024), LlamaCpp(path, args.threads, 1024)]
-        vocab = engines[0].m.vocab_size
-        prompt_long = rng.integers(100, vocab - 100, args.prefill_tokens).tolist()
-        prompt_short = prompt_long[:8]
-        times = {(e.name, k): [] for e in engines for k in ("prefill", "decode")}
-        for e in engines:  # warm-up: page in the weights, size the buffers
-            e.prefill(prompt_long[:64])
-            e.decode(prompt_short, 4)
+        times = {(e, k): [] for e in ENGINES for k in ("prefill", "decode")}
         for rep in range(args.reps):
-            for e in (engines if rep % 2 == 0 else engines[::-1]):
-                t0 = time.perf_counter()
-                e.prefill(prompt_long)
-                times[(e.name, "prefill")].append(args.prefill_tokens / (time.perf_counter() - t0))
-                t0 = time.perf_counter()
-                e.decode(prompt_short, args.decode_tokens)
-                # decode includes the 8-token prompt; it is <1% of the work
-                times[(e.name, "decode")].append(args.decode_tokens / (time.perf_counter() - t0))
+            for name in (ENGINES if rep % 2 == 0 else ENGINES[::-1]):
+                out = subprocess.run([sys.executable, __file__, "--worker", name, "--model", str(path),
+                                      "--threads", str(args.threads), "--decode-tokens", str(args.decode_tokens),
+                                      "--prefill-tokens", str(args.prefill_tokens)],
+                                     check=True, capture_output=True, text=True,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT / "python")}).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                times[(name, "prefill")].append(result["prefill"])
+                times[(name, "decode")].append(result["decode"])
+                llama_version = result["version"] or llama_version
         med = {k: statistics.median(v) for k, v in times.items()}
         row = (path.name, med[("forgert", "decode")], med[("llama.cpp", "decode")],
-               med[("forgert", "prefill")], med[("llama.cpp", "prefill")])
+               med[("forgert", "prefill")], med[("llama.cpp", "prefill")], path.stat().st_size)
         rows.append(row)
         print(f"{row[0]}: decode {row[1]:.1f} vs {row[2]:.1f} tok/s ({row[1] / row[2]:.2f}x), "
               f"prefill {row[3]:.1f} vs {row[4]:.1f} tok/s ({row[3] / row[4]:.2f}x)", flush=True)
-        llama_version = engines[1].version
-        del engines
 
     from forgert import _core
     lines = [
@@ -150,16 +167,20 @@ def main():
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}; "
         f"threads: {args.threads} for both; forgert kernels: {_core.cpu_info()['kernels']}; "
         f"llama-cpp-python {llama_version}.",
-        f"Medians of {args.reps} alternating runs; decode = {args.decode_tokens} greedy tokens after an "
+        f"Medians of {args.reps} alternating runs, each in a fresh process; decode = {args.decode_tokens} greedy tokens after an "
         f"8-token prompt; prefill = a {args.prefill_tokens}-token prompt from an empty cache. "
         f"Written by `bench/bench_vs_llamacpp.py` on {time.strftime('%Y-%m-%d')}. Load average at the end: "
         f"{os.getloadavg()[0]:.2f}.",
         "",
-        "| model | decode forgert | decode llama.cpp | ratio | prefill forgert | prefill llama.cpp | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Weights GB/s: the model file read once per decoded token (decode's memory traffic).",
+        "",
+        "| model | decode forgert tok/s | decode llama.cpp tok/s | ratio | forgert weights GB/s "
+        "| prefill forgert tok/s | prefill llama.cpp tok/s | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, df, dl, pf, pl in rows:
-        lines.append(f"| {name} | {df:.1f} | {dl:.1f} | {df / dl:.2f}x | {pf:.1f} | {pl:.1f} | {pf / pl:.2f}x |")
+    for name, df, dl, pf, pl, size in rows:
+        lines.append(f"| {name} | {df:.1f} | {dl:.1f} | {df / dl:.2f}x | {df * size / 1e9:.1f} "
+                     f"| {pf:.1f} | {pl:.1f} | {pf / pl:.2f}x |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
