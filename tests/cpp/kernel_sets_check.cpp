@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/kernels_scalar.h"  // the portable dequantizer (reference)
 #include "core/fp16.h"
 
 using namespace forgert;
@@ -109,6 +110,32 @@ void check(const KernelSet* k, int cols) {
             char what[64];
             std::snprintf(what, sizeof what, "gemm %s %dx%d n=%d", dtype_name(t), rows, cols, n);
             expect_close(k->name, what, a, b, 1e-5);  // same math, other summation order
+        }
+    }
+    // Prefill GEMM over dequantized panels, against an f64 product of the generic set's
+    // dequantized weights: f32 math, so only summation order differs.
+    if (k->gemm_panel) {
+        const int n = 37, tt = k->panel_tokens, n_pad = (n + tt - 1) / tt * tt;
+        std::vector<float> xs(n * cols), xp((size_t)n_pad * cols, 0.0f), work(gemm_panel_work_floats(cols));
+        for (auto& v : xs) v = normal(rng);
+        for (int t = 0; t < n; t++)
+            for (int c = 0; c < cols; c++) xp[(size_t)(t / tt) * cols * tt + (size_t)c * tt + t % tt] = xs[t * cols + c];
+        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16, DType::F32}) {
+            auto w = random_weights(t, rows, cols);
+            const int64_t rb = row_bytes(t, cols);
+            std::vector<float> ref(n * rows), got(n * rows);
+            std::vector<float> wdq((size_t)rows * cols);
+            for (int r = 0; r < rows; r++) dequantize_row(t, w.data() + r * rb, wdq.data() + (size_t)r * cols, cols);
+            for (int tk = 0; tk < n; tk++)
+                for (int r = 0; r < rows; r++) {
+                    double acc = 0;
+                    for (int c = 0; c < cols; c++) acc += (double)wdq[(size_t)r * cols + c] * xs[tk * cols + c];
+                    ref[tk * rows + r] = (float)acc;
+                }
+            k->gemm_panel(t, w.data(), rb, 0, rows, xp.data(), cols, n, got.data(), rows, work.data());
+            char what[64];
+            std::snprintf(what, sizeof what, "gemm_panel %s %dx%d n=%d", dtype_name(t), rows, cols, n);
+            expect_close(k->name, what, ref, got, 1e-5);
         }
     }
     // attention: 2 KV rows groups, causal lengths 1..40, head_dim 64

@@ -1,6 +1,7 @@
 // arm64 NEON kernel set with the dot-product extension (Apple M-series, Graviton 2+,
 // Cortex-A76+): sdot does the int8 dots of quantized GEMMs. Built with
 // -march=armv8.2-a+dotprod+fp16 on Linux; chosen only when the CPU reports dotprod.
+#include "kernels_panel.h"
 #include "kernels_scalar.h"
 
 #if defined(__aarch64__)
@@ -157,6 +158,29 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
     f32_to_f16_row_scalar(x + i, y + i, n - i);
 }
 
+// Prefill GEMM (kernels_panel.h) on 4-float vectors: 12 rows x 2 vectors = 24 of the
+// 32 registers accumulate, 8 tokens per tile.
+struct NeonPanel {
+    using V = float32x4_t;
+    static constexpr int W = 4;
+    static constexpr int kTileRows = kPanelRows;
+    static V zero() { return vdupq_n_f32(0.0f); }
+    static V load(const float* p) { return vld1q_f32(p); }
+    static V bcast(const float* p) { return vld1q_dup_f32(p); }
+    static V fma(V a, V b, V c) { return vfmaq_f32(c, a, b); }
+    static void store(float* p, V v) { vst1q_f32(p, v); }
+    template <DType WT>
+    static void dequantize_row(const uint8_t* row, float* y, int64_t cols) {
+        if constexpr (WT == DType::F16) f16_to_f32_row(reinterpret_cast<const uint16_t*>(row), y, cols);
+        else forgert::cpu::dequantize_row(WT, row, y, cols);
+    }
+};
+
+void gemm_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const float* xp, int64_t cols,
+                int64_t n_tok, float* out, int64_t out_stride, float* work) {
+    gemm_panel_any<NeonPanel>(wt, w, w_stride, r0, r1, xp, cols, n_tok, out, out_stride, work);
+}
+
 struct NeonAttentionOps : ScalarAttentionOps {
     static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row(x, y, n); }
 };
@@ -169,7 +193,7 @@ void attention_group(const float* const* q, float* const* out, const int64_t* le
 }  // namespace
 
 const KernelSet* kernels_neon() {
-    static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, nullptr, 0,
+    static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
                                   attention_group,    silu_mul_row_scalar};
     return &set;

@@ -209,6 +209,7 @@ inline void attention_group_scalar(const float* const* q, float* const* out, con
 }  // namespace forgert::cpu
 
 namespace forgert::cpu {
+namespace {  // internal: each ISA file compiles its own copy
 // One row of any weight type to f32 (embedding lookups; not a hot path).
 inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols) {
     if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1) {
@@ -217,4 +218,5 @@ inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols)
     }
     for (int64_t c = 0; c < cols; c++) y[c] = weight_to_f32(wt, row, c);
 }
+}  // namespace
 }  // namespace forgert::cpu

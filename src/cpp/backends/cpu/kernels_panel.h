@@ -1,0 +1,75 @@
+// The prefill GEMM over dequantized weight panels (KernelSet::gemm_panel), written
+// once over a vector-traits type P that each ISA file supplies:
+//   P::V, P::W (floats per vector), zero/load/bcast/fma/store,
+//   P::kTileRows (rows per register tile: 2 x kTileRows accumulators must fit),
+//   P::dequantize_row<WT>(row, y, cols).
+// Included into each kernels_*.cpp (internal linkage).
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "cpu_kernels.h"
+
+namespace forgert::cpu {
+namespace {
+
+// One token tile of R panel rows (wp: R x cols, row-major) against xp, the tile's
+// activations packed [cols, 2W] (contiguous: the loop streams it).
+// acc[i][j] holds tokens jW .. jW + W - 1 of row i.
+template <class P, int R>
+void gemm_panel_tile(const float* wp, int64_t cols, const float* xp, float* tmp) {
+    typename P::V acc[R][2];
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = P::zero();
+    for (int64_t c = 0; c < cols; c++) {
+        const typename P::V x0 = P::load(xp + c * 2 * P::W), x1 = P::load(xp + c * 2 * P::W + P::W);
+        for (int i = 0; i < R; i++) {
+            const typename P::V wv = P::bcast(wp + i * cols + c);
+            acc[i][0] = P::fma(wv, x0, acc[i][0]);
+            acc[i][1] = P::fma(wv, x1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < R; i++) {
+        P::store(tmp + i * 2 * P::W, acc[i][0]);
+        P::store(tmp + i * 2 * P::W + P::W, acc[i][1]);
+    }
+}
+
+template <class P, DType WT>
+void gemm_panel_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const float* xp, int64_t cols,
+                      int64_t n_tok, float* out, int64_t out_stride, float* work) {
+    constexpr int R = kPanelRows, TT = 2 * P::W;
+    static_assert(TT <= kMaxPanelTokens && R % P::kTileRows == 0, "panel geometry");
+    float* wp = work;                 // [R, cols] dequantized rows
+    float* tmp = work + R * cols;     // [R, TT] one output tile, transposed on the way out
+    for (int64_t r = r0; r < r1; r += R) {
+        const int nr = (int)std::min<int64_t>(R, r1 - r);
+        for (int i = 0; i < nr; i++) P::template dequantize_row<WT>(w + (r + i) * w_stride, wp + i * cols, cols);
+        for (int i = nr; i < R; i++) std::memset(wp + i * cols, 0, sizeof(float) * cols);
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TT) {
+            for (int i0 = 0; i0 < R; i0 += P::kTileRows)
+                gemm_panel_tile<P, P::kTileRows>(wp + i0 * cols, cols, xp + t0 * cols, tmp + i0 * TT);
+            const int nt = (int)std::min<int64_t>(TT, n_tok - t0);
+            for (int t = 0; t < nt; t++)
+                for (int i = 0; i < nr; i++) out[(t0 + t) * out_stride + r + i] = tmp[i * TT + t];
+        }
+    }
+}
+
+template <class P>
+void gemm_panel_any(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const float* xp,
+                    int64_t cols, int64_t n_tok, float* out, int64_t out_stride, float* work) {
+    switch (wt) {
+#define FG_PANEL_CASE(T)                                                                                   \
+        case DType::T:                                                                                     \
+            return gemm_panel_typed<P, DType::T>(w, w_stride, r0, r1, xp, cols, n_tok, out, out_stride, work);
+        FG_PANEL_CASE(F32) FG_PANEL_CASE(F16) FG_PANEL_CASE(BF16) FG_PANEL_CASE(Q8_0) FG_PANEL_CASE(Q4_0)
+        FG_PANEL_CASE(Q4_1)
+#undef FG_PANEL_CASE
+        default: throw std::logic_error("gemm_panel: unsupported weight type");
+    }
+}
+
+}  // namespace
+}  // namespace forgert::cpu
