@@ -20,6 +20,15 @@ if str(TESTS_DIR) not in sys.path:
 if importlib.util.find_spec("forgert") is None:
     sys.path.insert(0, str(REPO_ROOT / "python"))
 
+
+def subprocess_env(**extra) -> dict:
+    """Environment for `python -m forgert` subprocesses: they import the same forgert as the
+    tests (the installed package, or the in-place dev build), never a tree without _core."""
+    import forgert
+    here = str(Path(forgert.__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
 # Keep torch to the 2 cores CI has and quiet transformers' progress bars.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

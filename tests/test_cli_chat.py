@@ -1,24 +1,23 @@
 """`forgert chat` driven through a pseudo-terminal, as a person would use it."""
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 
 from server_harness import load_model
 
+from conftest import subprocess_env
+
 pexpect = pytest.importorskip("pexpect")
 pytestmark = pytest.mark.slow
 
-REPO_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
 MAX_TOKENS = 8
 N_CTX = 256
 
 
 def spawn_chat(model_path, *extra):
-    env = dict(os.environ, PYTHONPATH=REPO_PYTHON + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TERM="dumb")
+    env = subprocess_env(TERM="dumb")
     args = ["-m", "forgert", "chat", "--model", str(model_path), "--temperature", "0",
             "--max-tokens", str(MAX_TOKENS), "--n-ctx", str(N_CTX), *extra]
     return pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=300,

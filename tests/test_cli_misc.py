@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,12 +15,12 @@ from collections import Counter
 import httpx
 import pytest
 
+from conftest import subprocess_env
 from server_harness import free_port
 
 pytestmark = pytest.mark.slow
 
-REPO_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
-ENV = dict(os.environ, PYTHONPATH=REPO_PYTHON + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = subprocess_env()
 
 
 def forgert(*args, timeout=300):

@@ -1,7 +1,6 @@
 """`forgert run` and `forgert quantize` from the command line, and the CLI's error handling."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +9,14 @@ import numpy as np
 import pytest
 
 import model_factory as mf
+from conftest import subprocess_env
 from forgert.cli import main
 from forgert.gguf import GGUFFile
 
 
 def forgert_cli(*args, timeout=600):
-    import forgert
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(forgert.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "forgert", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=subprocess_env())
 
 
 # ------------------------------------------------------------------------------ run
