@@ -336,3 +336,18 @@ def test_bad_model_arguments(forgert, base, kwargs):
     with pytest.raises(ValueError) as info:
         forgert.Model(str(base[4]), **{"backend": "cpu", **kwargs})
     assert list(kwargs)[0] in str(info.value)
+
+
+def test_sliding_window_model_keeps_context_within_the_window(tiny_models, tmp_path, forgert):
+    """Mistral-style sliding-window attention equals full attention only while the context is
+    no longer than the window: the default n_ctx stays within it, a longer one is refused."""
+    tm = tiny_models("llama_tied")
+    dst = tmp_path / "mistral_like"
+    shutil.copytree(tm.path("hf-F32"), dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(model_type="mistral", sliding_window=64, max_position_embeddings=256)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    m = forgert.Model(str(dst), backend="cpu")
+    assert m.n_ctx == 64
+    with pytest.raises(ValueError, match="sliding-window attention over 64 tokens"):
+        forgert.Model(str(dst), backend="cpu", n_ctx=128)

@@ -33,6 +33,10 @@ class ModelConfig:
     rope_scaling: dict | None = None
     rope_freqs: np.ndarray = field(default=None, repr=False)   # float32 [head_dim // 2]
     tied_embeddings: bool = False
+    # Sliding-window attention span (Mistral 7B v0.1: 4096), None for full attention. forgert
+    # attends over the whole context, which equals sliding-window attention only while the
+    # context is no longer than the window: Model keeps n_ctx within it.
+    sliding_window: int | None = None
 
     def core_dict(self, n_ctx: int) -> dict:
         return {
@@ -123,6 +127,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, rope_factors=None) -> 
         # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
         rope_neox=(arch == "qwen2"),
         rope_scaling=scaling,
+        sliding_window=(_get_int(meta, p + "attention.sliding_window", source)
+                        if meta.get(p + "attention.sliding_window") is not None else None),
     )
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
     _check_geometry(cfg, source)
@@ -179,6 +185,11 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         rope_scaling=scaling,
         tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
+    window = hf.get("sliding_window")
+    if window is not None and hf.get("use_sliding_window", True):   # Qwen2 configs carry it switched off
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            _fail(source, f"sliding_window must be a positive integer, got {window!r}")
+        cfg.sliding_window = window
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
     _check_geometry(cfg, source)
     return cfg
