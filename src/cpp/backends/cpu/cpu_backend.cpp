@@ -258,8 +258,8 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
     const int64_t cols = out.cols;
     auto row = [](const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); };
-    if (out.rows == 1) {  // decode: split the one row
-        pool_.parallel_for(cols, 1024, [&](int64_t c0, int64_t c1) {
+    if (out.rows == 1) {  // decode: split the one row, if it is long enough to pay for the fork
+        pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
             k_.silu_mul_row(row(gate, 0) + c0, row(up, 0) + c0, row(out, 0) + c0, c1 - c0);
         });
         return;
