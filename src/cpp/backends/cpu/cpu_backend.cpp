@@ -85,12 +85,17 @@ void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, co
     if ((int64_t)xt_.size() < cols * n_pad) xt_.resize(cols * n_pad);
     float* xp = xt_.data();
     pool_.parallel_for(n_pad / tt, 1, [&](int64_t b0, int64_t b1) {
+        const float* rows[kMaxPanelTokens];
         for (int64_t b = b0; b < b1; b++) {
             float* tile = xp + b * cols * tt;
-            for (int64_t j = 0; j < tt; j++) {
-                const int64_t t = b * tt + j;
-                const float* xr = t < n ? reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * t) : nullptr;
-                for (int64_t c = 0; c < cols; c++) tile[c * tt + j] = xr ? xr[c] : 0.0f;
+            const int64_t nt = std::min(tt, n - b * tt);
+            for (int64_t j = 0; j < nt; j++)
+                rows[j] = reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * (b * tt + j));
+            // contiguous writes; the tile's rows are read as parallel sequential streams
+            for (int64_t c = 0; c < cols; c++) {
+                float* dst = tile + c * tt;
+                for (int64_t j = 0; j < nt; j++) dst[j] = rows[j][c];
+                for (int64_t j = nt; j < tt; j++) dst[j] = 0.0f;
             }
         }
     });

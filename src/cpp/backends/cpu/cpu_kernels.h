@@ -67,7 +67,10 @@ constexpr int64_t kPanelMinTokens = 16;  // fewer: the int8 GEMM wastes less of 
 constexpr int64_t gemm_panel_work_floats(int64_t cols) { return kPanelRows * cols + kPanelRows * kMaxPanelTokens; }
 constexpr int kAttnChunk = 64;  // keys converted to f32 at a time
 constexpr int kMaxGroupQueries = 64;  // nq bound of attention_group
-constexpr int64_t attention_work_floats(int hd) { return 2 * (int64_t)kAttnChunk * hd + kAttnChunk + 2 * kMaxHeadDim; }
+constexpr int kMaxQueryBlock = 4;  // queries scored together against one key chunk
+constexpr int64_t attention_work_floats(int hd) {
+    return 2 * (int64_t)kAttnChunk * hd + kMaxQueryBlock * kAttnChunk + 2 * kMaxHeadDim;
+}
 
 // Per-ISA entry points; each returns nullptr where that file was not built.
 const KernelSet* kernels_generic();

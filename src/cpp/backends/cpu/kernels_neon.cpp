@@ -183,6 +183,9 @@ void gemm_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t
 
 struct NeonAttentionOps : ScalarAttentionOps {
     static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row(x, y, n); }
+    static void load_keys(const uint16_t* k, int64_t kv_stride, int64_t nj, int hd, float* kf) {
+        for (int64_t j = 0; j < nj; j++) f16_to_f32_row(k + j * kv_stride, kf + j * hd, hd);
+    }
 };
 
 void attention_group(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,

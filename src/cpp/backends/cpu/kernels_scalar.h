@@ -135,13 +135,18 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
 
 // Online-softmax attention shared by every kernel set: `Ops` supplies the
 // inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
+// Ops supplies: kQueryBlock (queries scored together), load_keys (a chunk of K rows to
+// f32 in whatever layout its scores() reads), scores (the block's queries x the chunk's
+// keys, rows kAttnChunk apart), exp_sub and weighted_sum.
 template <class Ops>
 void attention_group_impl(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
                           const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work) {
-    float* kf = work;                       // [kAttnChunk, hd]
+    constexpr int QB = Ops::kQueryBlock;
+    static_assert(QB <= kMaxQueryBlock, "attention work buffer");
+    float* kf = work;                       // [kAttnChunk, hd], layout of Ops::load_keys
     float* vf = kf + kAttnChunk * hd;       // [kAttnChunk, hd]
-    float* s = vf + kAttnChunk * hd;        // [kAttnChunk]
-    float* acc = s + kAttnChunk;            // [hd]
+    float* s = vf + kAttnChunk * hd;        // [QB, kAttnChunk]
+    float* acc = s + QB * kAttnChunk;       // [hd]
     int64_t max_len = 0;
     for (int i = 0; i < nq; i++) max_len = std::max(max_len, len[i]);
     // Running max and softmax denominator per query (callers pass nq <= kMaxGroupQueries).
@@ -153,21 +158,25 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
     }
     for (int64_t j0 = 0; j0 < max_len; j0 += kAttnChunk) {
         const int64_t nj = std::min<int64_t>(kAttnChunk, max_len - j0);
-        for (int64_t j = 0; j < nj; j++) {
-            Ops::to_f32(k + (j0 + j) * kv_stride, kf + j * hd, hd);
-            Ops::to_f32(v + (j0 + j) * kv_stride, vf + j * hd, hd);
-        }
-        for (int i = 0; i < nq; i++) {
-            const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
-            if (n_keys <= 0) continue;
-            Ops::scores(q[i], kf, n_keys, hd, scale, s);
-            float m = m_run[i];
-            for (int64_t j = 0; j < n_keys; j++) m = std::max(m, s[j]);
-            const float correction = std::exp(m_run[i] - m);  // 0 on the first chunk
-            const float chunk_sum = Ops::exp_sub(s, n_keys, m);
-            l_run[i] = l_run[i] * correction + chunk_sum;
-            m_run[i] = m;
-            Ops::weighted_sum(s, vf, n_keys, hd, correction, out[i], acc);
+        Ops::load_keys(k + j0 * kv_stride, kv_stride, nj, hd, kf);
+        for (int64_t j = 0; j < nj; j++) Ops::to_f32(v + (j0 + j) * kv_stride, vf + j * hd, hd);
+        for (int i0 = 0; i0 < nq; i0 += QB) {
+            const int nb = std::min(QB, nq - i0);
+            int64_t block_keys = 0;  // keys any query of the block sees in this chunk
+            for (int i = i0; i < i0 + nb; i++) block_keys = std::max(block_keys, std::min<int64_t>(nj, len[i] - j0));
+            if (block_keys <= 0) continue;
+            Ops::scores(q + i0, nb, kf, block_keys, hd, scale, s);
+            for (int i = i0; i < i0 + nb; i++) {
+                const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
+                if (n_keys <= 0) continue;
+                float* si = s + (i - i0) * kAttnChunk;
+                const float m = std::max(m_run[i], Ops::max(si, n_keys));
+                const float correction = std::exp(m_run[i] - m);  // 0 on the first chunk
+                const float chunk_sum = Ops::exp_sub(si, n_keys, m);
+                l_run[i] = l_run[i] * correction + chunk_sum;
+                m_run[i] = m;
+                Ops::weighted_sum(si, vf, n_keys, hd, correction, out[i], acc);
+            }
         }
     }
     for (int i = 0; i < nq; i++) {
@@ -177,13 +186,24 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
 }
 
 struct ScalarAttentionOps {
+    static constexpr int kQueryBlock = 1;
     static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row_scalar(x, y, n); }
-    static void scores(const float* q, const float* kf, int64_t nk, int hd, float scale, float* s) {
-        for (int64_t j = 0; j < nk; j++) {
-            float d = 0.0f;
-            for (int c = 0; c < hd; c++) d += q[c] * kf[j * hd + c];
-            s[j] = d * scale;
-        }
+    // kf[j * hd + c]: the chunk's keys as rows
+    static void load_keys(const uint16_t* k, int64_t kv_stride, int64_t nj, int hd, float* kf) {
+        for (int64_t j = 0; j < nj; j++) f16_to_f32_row_scalar(k + j * kv_stride, kf + j * hd, hd);
+    }
+    static void scores(const float* const* q, int nq, const float* kf, int64_t nk, int hd, float scale, float* s) {
+        for (int i = 0; i < nq; i++)
+            for (int64_t j = 0; j < nk; j++) {
+                float d = 0.0f;
+                for (int c = 0; c < hd; c++) d += q[i][c] * kf[j * hd + c];
+                s[i * kAttnChunk + j] = d * scale;
+            }
+    }
+    static float max(const float* s, int64_t n) {
+        float m = -INFINITY;
+        for (int64_t j = 0; j < n; j++) m = std::max(m, s[j]);
+        return m;
     }
     static float exp_sub(float* s, int64_t n, float m) {
         float sum = 0.0f;
