@@ -30,6 +30,16 @@ def test_run_greedy_default_model(smollm2_gguf):
     assert "Traceback" not in r.stderr
 
 
+def test_run_profile_prints_stage_times(smollm2_gguf):
+    proc = forgert_cli("run", "The capital of France is", "--model", str(smollm2_gguf), "--raw",
+                       "--max-tokens", "4", "--temperature", "0", "--profile")
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stderr.splitlines() if l.startswith("profile: "))
+    stages = dict(part.rsplit(" ", 2)[:2] for part in line[len("profile: "):].split(", "))
+    assert set(stages) == {"embed", "layers", "logits"}
+    assert all(float(v) >= 0 for v in stages.values()) and float(stages["layers"]) > 0
+
+
 @pytest.mark.slow
 def test_run_chat_mode_with_stop(smollm2_gguf):
     r = forgert_cli("run", "Name a colour.", "--model", str(smollm2_gguf), "--temperature", "0", "-n", "20",

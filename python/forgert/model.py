@@ -101,6 +101,7 @@ class Model:
         self._template = None
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
         self._busy = False
+        self._profile = None        # per-stage seconds while set_profiling(True)
 
     def _make_engine(self, core, cfg, backend, n_threads):
         tensors = self._model.core_tensors
@@ -189,9 +190,29 @@ class Model:
         """Run ids at positions pos..; mode "none" | "last" (logits row) | "argmax" | "all"."""
         tokens = np.asarray(ids, dtype=np.int32)
         if mode == "argmax":
-            return int(np.asarray(self._engine.forward_argmax(tokens, pos)).reshape(-1)[-1])
-        logits = self._engine.forward(tokens, pos, all_logits=(mode == "all"))
-        return logits if mode == "all" else np.asarray(logits)[-1]
+            result = int(np.asarray(self._engine.forward_argmax(tokens, pos)).reshape(-1)[-1])
+        else:
+            logits = self._engine.forward(tokens, pos, all_logits=(mode == "all"))
+            result = logits if mode == "all" else np.asarray(logits)[-1]
+        self._add_profile()
+        return result
+
+    # -- per-stage profile -------------------------------------------------------------------
+    def set_profiling(self, on: bool = True):
+        """Time the engine's stages (embedding, layers, logits) of every call while on; the
+        sums since switching on are in `profile`. Costs a device sync per stage."""
+        self._engine.set_profiling(bool(on))
+        self._profile = {"embed": 0.0, "layers": 0.0, "logits": 0.0} if on else None
+
+    @property
+    def profile(self) -> dict | None:
+        """Seconds per stage summed over the calls since set_profiling(True), else None."""
+        return dict(self._profile) if self._profile is not None else None
+
+    def _add_profile(self):
+        if self._profile is not None:
+            for stage, seconds in self._engine.last_profile().items():
+                self._profile[stage] += seconds
 
     def _prefill(self, ids, mode):
         """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
@@ -204,6 +225,7 @@ class Model:
         for s in range(start, len(ids) - 1, PREFILL_CHUNK):
             chunk = ids[s:min(s + PREFILL_CHUNK, len(ids) - 1)]
             self._engine.prefill(np.asarray(chunk, dtype=np.int32), s)
+            self._add_profile()
             self._cache_tokens = ids[:s + len(chunk)]
         result = self._eval(ids[-1:], len(ids) - 1, mode)
         self._cache_tokens = list(ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .common import UserError, add_model_args, add_sampling_args, load_model, sampling_params
+from .profiling import format_stages
 
 
 def add_parser(subparsers):
@@ -16,6 +17,8 @@ def add_parser(subparsers):
                       help="wrap the prompt in the model's chat template (default when it has one)")
     mode.add_argument("--raw", dest="chat", action="store_false", help="complete the prompt text as is")
     p.add_argument("--system", help="system message (chat mode)")
+    p.add_argument("--profile", action="store_true",
+                   help="print per-stage times (embedding, layers, logits) to stderr")
     add_model_args(p)
     add_sampling_args(p)
     return p
@@ -34,6 +37,8 @@ def run(args) -> int:
     params = sampling_params(args)   # validate flags before the slow model load
     model = load_model(args)
     chat = args.chat if args.chat is not None else bool(model.chat_template)
+    if args.profile:
+        model.set_profiling(True)
     if args.system and not chat:
         raise UserError("--system needs chat mode (the model has no chat template, or --raw was given)")
     if chat:
@@ -52,4 +57,6 @@ def run(args) -> int:
     print(f"prefill: {t.prompt_tokens_evaluated} tokens, {t.prefill_tokens_per_s:.1f} tok/s | "
           f"decode: {t.decode_tokens} tokens, {t.decode_tokens_per_s:.1f} tok/s | "
           f"finish: {c.finish_reason}", file=sys.stderr)
+    if args.profile:
+        print("profile: " + format_stages(model.profile), file=sys.stderr)
     return 0
