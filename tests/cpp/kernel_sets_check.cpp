@@ -138,20 +138,28 @@ void check(const KernelSet* k, int cols) {
             expect_close(k->name, what, ref, got, 1e-5);
         }
     }
-    // attention: 2 KV rows groups, causal lengths 1..40, head_dim 64
-    const int hd = 64, ctx = 40, nq = 5;
+    // attention: 5 queries (a decode-sized group: keys as rows) and 11 (blocks of queries
+    // against transposed key chunks, the last block short), causal lengths over two chunks
+    const int hd = 64, ctx = 100;
     std::vector<uint16_t> kc(ctx * hd), vc(ctx * hd);
     for (auto& h : kc) h = f32_to_f16(normal(rng));
     for (auto& h : vc) h = f32_to_f16(normal(rng));
-    std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd));
-    for (auto& v : q) v = normal(rng);
-    const float* qs[nq];
-    float *oas[nq], *obs[nq];
-    int64_t len[nq] = {1, 7, 33, 40, 64 > ctx ? ctx : 64};
-    for (int i = 0; i < nq; i++) qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
-    g->attention_group(qs, oas, len, nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
-    k->attention_group(qs, obs, len, nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
-    expect_close(k->name, "attention_group", oa, ob, 1e-5);
+    for (int nq : {5, 11}) {
+        std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd));
+        for (auto& v : q) v = normal(rng);
+        std::vector<const float*> qs(nq);
+        std::vector<float*> oas(nq), obs(nq);
+        std::vector<int64_t> len(nq);
+        for (int i = 0; i < nq; i++) {
+            qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
+            len[i] = 1 + (i * 37) % ctx;
+        }
+        g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
+        k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
+        char what[64];
+        std::snprintf(what, sizeof what, "attention_group nq=%d", nq);
+        expect_close(k->name, what, oa, ob, 1e-5);
+    }
     std::vector<float> gs(1000), us(1000), sa(1000), sb(1000);
     for (int i = 0; i < 1000; i++) gs[i] = 8 * normal(rng), us[i] = normal(rng);
     g->silu_mul_row(gs.data(), us.data(), sa.data(), 1000);
