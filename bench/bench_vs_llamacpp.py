@@ -57,8 +57,6 @@ def cpu_name() -> str:
 
 
 class Forgert:
-    name = "forgert"
-
     def __init__(self, path, threads, n_ctx):
         import forgert
         self.m = forgert.Model(str(path), backend="cpu", threads=threads, n_ctx=n_ctx)
@@ -74,8 +72,6 @@ class Forgert:
 
 
 class LlamaCpp:
-    name = "llama.cpp"
-
     def __init__(self, path, threads, n_ctx):
         import llama_cpp
         self.version = llama_cpp.__version__

@@ -39,8 +39,7 @@ inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& 
 
 template <DType WT, int R, int T>
 void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride) {
-    constexpr int64_t BB = WT == DType::Q8_0 ? sizeof(block_q8_0)
-                          : WT == DType::Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    constexpr int64_t BB = block_bytes<WT>();
     float32x4_t acc[R][T];
     float corr[R][T];
     for (int r = 0; r < R; r++)

@@ -12,6 +12,12 @@
 namespace forgert::cpu {
 namespace {
 
+// Bytes of one block of a quantized weight type, at compile time.
+template <DType WT>
+constexpr int64_t block_bytes() {
+    return WT == DType::Q8_0 ? sizeof(block_q8_0) : WT == DType::Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+}
+
 inline void quantize_row_q8_scalar(const float* x, BlockQ8Act* y, int64_t n) {
     for (int64_t b = 0; b < n / FG_QK; b++) {
         const float* xb = x + b * FG_QK;
