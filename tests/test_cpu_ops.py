@@ -336,6 +336,44 @@ def test_rope_position_zero_is_identity(ops_for):
     np.testing.assert_allclose(out, x, rtol=1e-6, atol=1e-7)
 
 
+# ----------------------------------------------------------------------------- rope_kv_write
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("neox", [False, True], ids=["adjacent", "neox"])
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,n_ctx", [
+    (1, 0, 1, 1, 16, 4), (1, 37, 9, 3, 64, 40), (7, 5, 4, 2, 32, 16), (33, 1000, 8, 1, 128, 1040),
+])
+def test_rope_kv_write(ops_for, backend, neox, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx):
+    # The fused step = rope on q and k, then k and v into the f16 cache rows pos0..pos0 + n.
+    rng = rng_for("rope_kv", n, pos0, n_heads, n_kv_heads, head_dim)
+    q = randn(rng, n, n_heads * head_dim)
+    k = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
+    v = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
+    k_cache = randn(rng, n_ctx, n_kv_heads * head_dim).astype(np.float16)
+    v_cache = randn(rng, n_ctx, n_kv_heads * head_dim).astype(np.float16)
+    freqs = rope_freqs(head_dim, scale_from=head_dim // 4)
+    q_out, k_out, kc, vc = ops_for(backend).rope_kv_write(q, k, v, k_cache, v_cache, freqs, pos0, n_heads,
+                                                          n_kv_heads, head_dim, neox)
+    q_ref = rope_reference(q, freqs, pos0, n_heads, head_dim, neox)
+    k_ref = rope_reference(k, freqs, pos0, n_kv_heads, head_dim, neox)
+    assert nmse(q_out, q_ref) < 3e-8 and nmse(k_out, k_ref) < 3e-8
+    rows = slice(pos0, pos0 + n)
+    # Cached keys: the rotated keys rounded to f16 (within f16's rounding of a ~1e-4 difference).
+    np.testing.assert_allclose(kc[rows].astype(np.float32), k_ref, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(vc[rows].view(np.uint16), v.astype(np.float16).view(np.uint16))
+    # Every other row is untouched.
+    for got, before in ((kc, k_cache), (vc, v_cache)):
+        np.testing.assert_array_equal(np.delete(got, np.r_[rows], axis=0).view(np.uint16),
+                                      np.delete(before, np.r_[rows], axis=0).view(np.uint16))
+
+
+def test_rope_kv_write_rejects_overflow(ops_for):
+    cache = np.zeros((8, 32), np.float16)
+    ones = np.ones((3, 32), np.float32)
+    with pytest.raises(ValueError, match="past the cache"):
+        ops_for("cpu").rope_kv_write(ones, ones, ones, cache, cache, rope_freqs(32), 6, 1, 1, 32, False)
+
+
 # ----------------------------------------------------------------------------- kv_write
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -215,6 +215,25 @@ def test_rope(metal, cpu, neox, head_dim, pos0):
     assert nmse(got, want) < 1e-10
 
 
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim", [(1, 131000, 9, 3, 64), (6, 3, 4, 4, 128), (3, 0, 2, 1, 8)])
+def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads, head_dim):
+    r = rng("rope_kv_write", neox, n, pos0, head_dim)
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = r.standard_normal((n, kv_dim), dtype=np.float32) * 4
+    v = r.standard_normal((n, kv_dim), dtype=np.float32) * 4
+    k_cache = as_cache(r.standard_normal((pos0 + n + 2, kv_dim)))
+    v_cache = as_cache(r.standard_normal((pos0 + n + 2, kv_dim)))
+    freqs = (10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)
+    args = (q, k, v, k_cache, v_cache, freqs, pos0, n_heads, n_kv_heads, head_dim, neox)
+    got, want = metal.rope_kv_write(*args), cpu.rope_kv_write(*args)
+    assert nmse(got[0], want[0]) < 1e-10 and nmse(got[1], want[1]) < 1e-10
+    # Cached keys agree to f16 rounding of rotations that agree to f32 precision.
+    np.testing.assert_allclose(got[2].astype(np.float32), want[2].astype(np.float32), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(got[3], want[3])
+
+
 def test_kv_write(metal, cpu, as_cache):
     r = rng("kv_write")
     cache = as_cache(r.standard_normal((11, 40)))

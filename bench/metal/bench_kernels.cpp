@@ -131,6 +131,10 @@ int main(int argc, char** argv) {
         b.run("rope 32x128", 2.0 * q.nbytes(), 6.0 * H * hd, 200, [&] { b.be->rope(q, fr, 100, RopeParams{H, hd, false}); });
         Tensor kc = b.tensor(DType::F16, 4096, KV * hd), k = b.tensor(DType::F32, 1, KV * hd);
         b.run("kv_write 1024", 6.0 * KV * hd, 0, 200, [&] { b.be->kv_write(kc, k, 100); });
+        Tensor v = b.tensor(DType::F32, 1, KV * hd), vc = b.tensor(DType::F16, 4096, KV * hd);
+        b.run("rope_kv_write 32x128 8x128", 2.0 * q.nbytes() + 3.0 * k.nbytes() + k.nbytes() / 2 + 1.5 * v.nbytes(),
+              6.0 * (H + KV) * hd, 200,
+              [&] { b.be->rope_kv_write(q, k, v, kc, vc, fr, 100, RopeKvParams{H, KV, hd, false}); });
         Tensor logits = b.tensor(DType::F32, 1, vocab), am = b.tensor(DType::I32, 1, 1);
         b.run("argmax 32000", 4.0 * vocab, vocab, 200, [&] { b.be->argmax(am, logits); });
         Tensor emb = b.tensor(DType::Q4_0, vocab, dim), ids = b.tensor(DType::I32, 1, 1), e = b.tensor(DType::F32, 1, dim);

@@ -81,6 +81,25 @@ typedef struct {
 } rope_args;
 FG_ARGS_ASSERT(sizeof(rope_args) == 24, "rope_args layout");
 
+// --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
+// slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],
+//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [head_dim / 2]
+// grid: (n_heads + 2 * n_kv_heads, n): q heads, then k heads, then v heads;
+// threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
+typedef struct {
+    uint64_t q_stride;
+    uint64_t k_stride;
+    uint64_t v_stride;
+    uint64_t cache_stride;  // k and v caches alike
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t pos0;
+    int32_t neox;
+    int32_t pad0;
+} rope_kv_write_args;
+FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 56, "rope_kv_write_args layout");
+
 // --- kv_write: cache[pos0 + t, c] = half(src[t, c]) ---
 // slots: 1 src f32 [n, kv_dim], 2 cache f16 rows pos0 .. pos0 + n (bound at row pos0)
 // grid: (ceil(kv_dim / 256), n); threads: 256

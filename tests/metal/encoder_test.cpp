@@ -135,6 +135,29 @@ void test_layer_barriers() {
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
+// The same step as the model encodes it: rope and both cache writes in one dispatch, so
+// one dispatch and one barrier fewer than above.
+void test_fused_layer_barriers() {
+    Fixture f;
+    const int dim = 64, hd = 16, H = 4, KV = 2, ctx = 32, pos = 5;
+    Tensor x = f.t(DType::F32, 1, dim), xn = f.t(DType::F32, 1, dim), wn = f.t(DType::F32, 1, dim);
+    Tensor wq = f.t(DType::Q4_1, H * hd, dim), wk = f.t(DType::Q4_1, KV * hd, dim), wv = f.t(DType::Q4_1, KV * hd, dim);
+    Tensor q = f.t(DType::F32, 1, H * hd), k = f.t(DType::F32, 1, KV * hd), v = f.t(DType::F32, 1, KV * hd);
+    Tensor kc = f.t(DType::F16, ctx, KV * hd), vc = f.t(DType::F16, ctx, KV * hd), fr = f.t(DType::F32, 1, hd / 2);
+    Tensor att = f.t(DType::F32, 1, H * hd);
+
+    f.be.begin();
+    f.be.rms_norm(xn, x, wn, 1e-5f);
+    const Tensor outs[3] = {q, k, v}, ws[3] = {wq, wk, wv};
+    f.be.matmul_many(outs, ws, 3, xn);
+    f.be.rope_kv_write(q, k, v, kc, vc, fr, pos, RopeKvParams{H, KV, hd, false});
+    f.be.attention(att, q, kc, vc, pos, AttentionParams{H, KV, hd, 0.25f});
+    f.be.commit();
+    const std::string want =
+        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16 #";
+    EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
+}
+
 void test_write_after_read_and_disjoint_rows() {
     Fixture f;
     Tensor a = f.t(DType::F32, 4, 64), b = f.t(DType::F32, 4, 64), w = f.t(DType::F32, 1, 64);
@@ -187,6 +210,8 @@ void test_geometry_over_shapes() {
     for (int hd : {2, 64, 256}) {
         Tensor x = f.t(DType::F32, 9, 2 * hd), fr = f.t(DType::F32, 1, hd / 2);
         f.be.rope(x, fr, 0, RopeParams{2, hd, true});
+        Tensor k = f.t(DType::F32, 9, hd), c = f.t(DType::F16, 16, hd);
+        f.be.rope_kv_write(x, k, k, c, c, fr, 7, RopeKvParams{2, 1, hd, false});
         Tensor kc = f.t(DType::F16, 4096, hd);
         for (int n : {1, 3, 9})
             for (int pos0 : {0, 4000}) {
@@ -265,6 +290,7 @@ void test_buffer_views() {
 int main() {
     test_buffer_views();
     test_layer_barriers();
+    test_fused_layer_barriers();
     test_write_after_read_and_disjoint_rows();
     test_commit_starts_fresh_tracking();
     test_geometry_over_shapes();

@@ -123,6 +123,33 @@ public:
         bufs_.clear();
         return as_float16(out);
     }
+    // Returns (q, k) rotated and the two caches after the write.
+    py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
+                            const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
+                            int head_dim, bool neox) {
+        const U16 kc = f16_bits(k_cache_in, "k_cache"), vc = f16_bits(v_cache_in, "v_cache");
+        need(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
+             "need n_heads, n_kv_heads > 0 and an even head_dim");
+        const int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
+        need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
+        need(cols_of(k) == kv_dim && cols_of(v) == kv_dim, "k and v must be [n, n_kv_heads * head_dim]");
+        need(rows_of(k) == rows_of(q) && rows_of(v) == rows_of(q), "q, k and v must have one row count");
+        need(kc.ndim() == 2 && kc.shape(1) == kv_dim, "k_cache must be [n_ctx, kv_dim]");
+        need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kv_dim, "v_cache must match k_cache");
+        need(freqs.size() == head_dim / 2, "freqs must have head_dim / 2 entries");
+        need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "rows past the cache");
+        Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs);
+        Tensor KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim), VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
+        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, pos0, RopeKvParams{n_heads, n_kv_heads, head_dim, neox}); });
+        F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols}), k_out(std::vector<py::ssize_t>{K.rows, K.cols});
+        U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
+        be_->read(q_out.mutable_data(), Q, Q.nbytes());
+        be_->read(k_out.mutable_data(), K, K.nbytes());
+        be_->read(kc_out.mutable_data(), KC, KC.nbytes());
+        be_->read(vc_out.mutable_data(), VC, VC.nbytes());
+        bufs_.clear();
+        return py::make_tuple(q_out, k_out, as_float16(kc_out), as_float16(vc_out));
+    }
     F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
                   int head_dim, float scale) {
         const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
@@ -176,6 +203,9 @@ void bind_ops(py::module_& m) {
         .def("rope", &Ops::rope, py::arg("x"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"),
              py::arg("head_dim"), py::arg("neox"))
         .def("kv_write", &Ops::kv_write, py::arg("cache"), py::arg("src"), py::arg("pos0"))
+        .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
+             py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
+             py::arg("head_dim"), py::arg("neox"))
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
              py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"))
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))

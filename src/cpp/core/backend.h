@@ -24,6 +24,13 @@ struct RopeParams {
                            // true: rotate (x[i], x[i + head_dim/2]) (HF checkpoints, Qwen2 GGUF)
 };
 
+struct RopeKvParams {
+    int n_heads = 0;       // query heads
+    int n_kv_heads = 0;    // key/value heads
+    int head_dim = 0;
+    bool neox = false;     // as in RopeParams
+};
+
 struct AttentionParams {
     int n_heads = 0;
     int n_kv_heads = 0;    // n_heads % n_kv_heads == 0 (GQA)
@@ -70,6 +77,17 @@ public:
     virtual void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) = 0;
     // cache[pos0 + i, :] = f16(src[i, :])                 src [n, kv_dim]; cache f16 [n_ctx, kv_dim]
     virtual void kv_write(const Tensor& cache, const Tensor& src, int pos0) = 0;
+    // Everything between the QKV projection and attention, fused: rotate q and k (in place)
+    // by RoPE at positions pos0 + i, then store k and v as f16 at cache rows pos0 + i.
+    // One dispatch on a GPU instead of four; one parallel region on the CPU.
+    // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx, kv_dim]; freqs f32 [head_dim / 2]
+    virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                               const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
+        rope(q, freqs, pos0, RopeParams{p.n_heads, p.head_dim, p.neox});
+        rope(k, freqs, pos0, RopeParams{p.n_kv_heads, p.head_dim, p.neox});
+        kv_write(k_cache, k, pos0);
+        kv_write(v_cache, v, pos0);
+    }
     // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i.
     // q, out [n, n_heads * head_dim]; k_cache, v_cache f16 [n_ctx, n_kv_heads * head_dim].
     virtual void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache,

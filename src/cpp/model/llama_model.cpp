@@ -68,8 +68,7 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
     if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
     const double t1 = profiling_ ? now_s() : 0;
 
-    RopeParams rq{cfg_.n_heads, cfg_.head_dim, cfg_.rope_neox};
-    RopeParams rk{cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox};
+    RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox};
     AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim)};
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
@@ -82,10 +81,7 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
             be.add_bias(k, L.bk);
             be.add_bias(v, L.bv);
         }
-        be.rope(q, freqs_, pos, rq);
-        be.rope(k, freqs_, pos, rk);
-        be.kv_write(kv_.k[l], k, pos);
-        be.kv_write(kv_.v[l], v, pos);
+        be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
         be.matmul(proj, L.wo, att);
         be.add(x, x, proj);

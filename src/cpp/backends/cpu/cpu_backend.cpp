@@ -182,38 +182,67 @@ void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
     }
 }
 
+namespace {
+
+// cos/sin of the RoPE angles of one position, in double: positions in the 100k range
+// keep full precision.                                           cs, sn [head_dim / 2]
+void rope_angles(int64_t pos, const float* freqs, int half, float* cs, float* sn) {
+    for (int j = 0; j < half; j++) {
+        const double a = (double)pos * freqs[j];
+        cs[j] = (float)std::cos(a);
+        sn[j] = (float)std::sin(a);
+    }
+}
+
+// Rotates every head of one token row in place.                  x [n_heads * head_dim]
+void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, const float* sn) {
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float* v = x + h * head_dim;
+        for (int j = 0; j < half; j++) {
+            // neox pairs (j, j + half); otherwise adjacent pairs (2j, 2j + 1)
+            const int i0 = neox ? j : 2 * j, i1 = neox ? j + half : 2 * j + 1;
+            const float a = v[i0], b = v[i1];
+            v[i0] = a * cs[j] - b * sn[j];
+            v[i1] = a * sn[j] + b * cs[j];
+        }
+    }
+}
+
+float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
+uint16_t* row_f16(const Tensor& t, int64_t r) { return reinterpret_cast<uint16_t*>(t.data<uint8_t>() + t.stride * r); }
+
+}  // namespace
+
 void CpuBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) {
     const int half = p.head_dim / 2;
-    const float* fr = freqs.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, 64 / p.n_heads), [&](int64_t t0, int64_t t1) {
         std::vector<float> cs(half), sn(half);
         for (int64_t t = t0; t < t1; t++) {
-            const double pos = (double)(pos0 + t);
-            for (int j = 0; j < half; j++) {
-                const double a = pos * fr[j];  // double: positions in the 100k range keep full precision
-                cs[j] = (float)std::cos(a);
-                sn[j] = (float)std::sin(a);
-            }
-            float* xr = reinterpret_cast<float*>(x.data<uint8_t>() + x.stride * t);
-            for (int h = 0; h < p.n_heads; h++) {
-                float* v = xr + h * p.head_dim;
-                for (int j = 0; j < half; j++) {
-                    // neox pairs (j, j + half); otherwise adjacent pairs (2j, 2j + 1)
-                    const int i0 = p.neox ? j : 2 * j, i1 = p.neox ? j + half : 2 * j + 1;
-                    const float a = v[i0], b = v[i1];
-                    v[i0] = a * cs[j] - b * sn[j];
-                    v[i1] = a * sn[j] + b * cs[j];
-                }
-            }
+            rope_angles(pos0 + t, freqs.data<float>(), half, cs.data(), sn.data());
+            rope_row(row_f32(x, t), p.n_heads, p.head_dim, p.neox, cs.data(), sn.data());
         }
     });
 }
 
 void CpuBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
-    for (int64_t t = 0; t < src.rows; t++) {
-        k_.f32_to_f16_row(reinterpret_cast<const float*>(src.data<uint8_t>() + src.stride * t),
-                          reinterpret_cast<uint16_t*>(cache.data<uint8_t>() + cache.stride * (pos0 + t)), src.cols);
-    }
+    for (int64_t t = 0; t < src.rows; t++) k_.f32_to_f16_row(row_f32(src, t), row_f16(cache, pos0 + t), src.cols);
+}
+
+void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                               const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
+    const int half = p.head_dim / 2;
+    // One token's angles serve its query and key heads alike.
+    pool_.parallel_for(q.rows, std::max<int64_t>(1, 64 / (p.n_heads + p.n_kv_heads)), [&](int64_t t0, int64_t t1) {
+        std::vector<float> cs(half), sn(half);
+        for (int64_t t = t0; t < t1; t++) {
+            rope_angles(pos0 + t, freqs.data<float>(), half, cs.data(), sn.data());
+            rope_row(row_f32(q, t), p.n_heads, p.head_dim, p.neox, cs.data(), sn.data());
+            rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, p.neox, cs.data(), sn.data());
+            k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, pos0 + t), k.cols);
+            k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, pos0 + t), v.cols);
+        }
+    });
 }
 
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,

@@ -29,6 +29,8 @@ public:
     void add_bias(const Tensor& x, const Tensor& b) override;
     void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
     void kv_write(const Tensor& cache, const Tensor& src, int pos0) override;
+    void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
+                       const Tensor& freqs, int pos0, const RopeKvParams& p) override;
     void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
                    const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;

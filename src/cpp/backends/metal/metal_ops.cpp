@@ -163,6 +163,39 @@ void MetalBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const Ro
            {threads, 1, 1});
 }
 
+void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                                 const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
+    const char* op = "rope_kv_write";
+    need(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0 && p.head_dim % 2 == 0, op,
+         "need n_heads, n_kv_heads > 0 and an even head_dim");
+    const int64_t n = q.rows, kv_dim = (int64_t)p.n_kv_heads * p.head_dim;
+    need_f32_rows(q, op, "q", n, (int64_t)p.n_heads * p.head_dim);
+    need_f32_rows(k, op, "k", n, kv_dim);
+    need_f32_rows(v, op, "v", n, kv_dim);
+    need_f32_rows(freqs, op, "freqs", 1, p.head_dim / 2);
+    for (const Tensor* c : {&k_cache, &v_cache})
+        need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
+    need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
+    need(pos0 >= 0 && pos0 + n <= k_cache.rows, op,
+         "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) + " past a cache of " +
+             std::to_string(k_cache.rows));
+    rope_kv_write_args a{};
+    a.q_stride = q.stride;
+    a.k_stride = k.stride;
+    a.v_stride = v.stride;
+    a.cache_stride = k_cache.stride;
+    a.n_heads = p.n_heads;
+    a.n_kv_heads = p.n_kv_heads;
+    a.head_dim = p.head_dim;
+    a.pos0 = pos0;
+    a.neox = p.neox ? 1 : 0;
+    // Bound from row pos0 on, so the hazard tracker sees exactly the rows written.
+    const Tensor kc = k_cache.slice_rows(pos0, n), vc = v_cache.slice_rows(pos0, n);
+    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(p.head_dim / 2));
+    encode("rope_kv_write_f32", &a, sizeof a, {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs)},
+           {(uint32_t)(p.n_heads + 2 * p.n_kv_heads), (uint32_t)n, 1}, {threads, 1, 1});
+}
+
 void MetalBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
     need(cache.buf != nullptr && cache.type == DType::F16, "kv_write", "cache must be f16");
     need_f32_rows(src, "kv_write", "src", src.rows, cache.cols);
