@@ -37,6 +37,8 @@ struct HostBuffer final : Buffer {
 class RecordingDevice final : public Device {
 public:
     std::string log;
+    uint32_t last_threads = 0;
+    std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
     std::string name() const override { return "recording"; }
     std::unique_ptr<Buffer> new_buffer(size_t bytes) override {
         auto b = std::make_unique<HostBuffer>();
@@ -54,6 +56,7 @@ public:
     Pipeline* pipeline(const std::string& k, const std::vector<FunctionConstant>&) override {
         auto& p = pipes_[k];
         p.key = k;
+        if (thread_limits.count(k)) p.max_threads_per_threadgroup = thread_limits[k];
         return &p;
     }
     void begin() override { open_ = true; }
@@ -77,6 +80,7 @@ public:
     }
     void dispatch_threadgroups(Size3 g, Size3 t) override {
         const uint32_t threads = t.x * t.y * t.z;
+        last_threads = threads;
         EXPECT(args_ > 0, "%s: no argument struct", cur_.c_str());
         EXPECT(threads >= 1 && threads <= 1024, "%s: %u threads per threadgroup", cur_.c_str(), threads);
         EXPECT(threads % 32 == 0, "%s: %u threads: not whole simdgroups", cur_.c_str(), threads);
@@ -228,6 +232,16 @@ void test_geometry_over_shapes() {
            f.dev->log.c_str());
 }
 
+// A pipeline whose compiled limit is below 1024 threads gets no more than that.
+void test_pipeline_thread_limit() {
+    Fixture f;
+    f.dev->thread_limits["rms_norm_f32"] = 200;
+    Tensor x = f.t(DType::F32, 2, 4096), w = f.t(DType::F32, 1, 4096);
+    f.be.rms_norm(x, x, w, 1e-5f);
+    f.be.wait();
+    EXPECT(f.dev->last_threads == 192, "rms_norm ran %u threads under a limit of 200", f.dev->last_threads);
+}
+
 void test_bad_input_throws_input_error() {
     Fixture f;
     Tensor w = f.t(DType::Q4_0, 8, 64), x = f.t(DType::F32, 1, 32), y = f.t(DType::F32, 1, 8);
@@ -291,6 +305,7 @@ int main() {
     test_buffer_views();
     test_layer_barriers();
     test_fused_layer_barriers();
+    test_pipeline_thread_limit();
     test_write_after_read_and_disjoint_rows();
     test_commit_starts_fresh_tracking();
     test_geometry_over_shapes();

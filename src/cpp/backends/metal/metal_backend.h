@@ -68,6 +68,7 @@ private:
     void encode(const std::string& kernel, const void* args, size_t args_bytes, const std::vector<Binding>& binds,
                 Size3 grid, Size3 threads, size_t threadgroup_bytes = 0);
     void flush();  // commit and wait for everything encoded so far
+    uint32_t thread_cap(const char* kernel);  // threads per threadgroup for kernels that loop
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
 

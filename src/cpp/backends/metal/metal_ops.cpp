@@ -63,6 +63,13 @@ constexpr int64_t kAttnMinSplitLen = 128;
 
 }  // namespace
 
+// Kernels that loop over their row take up to 1024 threads, or fewer where the compiled
+// pipeline allows fewer (Metal lowers the limit for kernels that use many registers).
+uint32_t MetalBackend::thread_cap(const char* kernel) {
+    const int limit = std::min(1024, dev_->pipeline(kernel)->max_threads_per_threadgroup);
+    return (uint32_t)std::max(32, limit / 32 * 32);
+}
+
 void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
     const char* sfx = weight_suffix(w.type);
     need(sfx != nullptr, "matmul", std::string("unsupported weight type ") + dtype_name(w.type));
@@ -129,7 +136,7 @@ void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w,
     a.out_stride = out.stride;
     a.dim = (int32_t)x.cols;
     a.eps = eps;
-    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(x.cols));
+    const uint32_t threads = std::min<uint32_t>(thread_cap("rms_norm_f32"), round_up_simd(x.cols));
     encode("rms_norm_f32", &a, sizeof a, {reads(x), reads(w), writes(out)}, {(uint32_t)x.rows, 1, 1},
            {threads, 1, 1}, FG_SIMD_WIDTH * sizeof(float));
 }
@@ -158,7 +165,7 @@ void MetalBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const Ro
     a.head_dim = p.head_dim;
     a.pos0 = pos0;
     a.neox = p.neox ? 1 : 0;
-    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(p.head_dim / 2));
+    const uint32_t threads = std::min<uint32_t>(thread_cap("rope_f32"), round_up_simd(p.head_dim / 2));
     encode("rope_f32", &a, sizeof a, {writes(x), reads(freqs)}, {(uint32_t)p.n_heads, (uint32_t)x.rows, 1},
            {threads, 1, 1});
 }
@@ -191,7 +198,7 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     a.neox = p.neox ? 1 : 0;
     // Bound from row pos0 on, so the hazard tracker sees exactly the rows written.
     const Tensor kc = k_cache.slice_rows(pos0, n), vc = v_cache.slice_rows(pos0, n);
-    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(p.head_dim / 2));
+    const uint32_t threads = std::min<uint32_t>(thread_cap("rope_kv_write_f32"), round_up_simd(p.head_dim / 2));
     encode("rope_kv_write_f32", &a, sizeof a, {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs)},
            {(uint32_t)(p.n_heads + 2 * p.n_kv_heads), (uint32_t)n, 1}, {threads, 1, 1});
 }
@@ -336,7 +343,7 @@ void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
     argmax_args a{};
     a.x_stride = x.stride;
     a.cols = (int32_t)x.cols;
-    const uint32_t threads = std::min<uint32_t>(1024, round_up_simd(x.cols));
+    const uint32_t threads = std::min<uint32_t>(thread_cap("argmax_f32"), round_up_simd(x.cols));
     encode("argmax_f32", &a, sizeof a, {reads(x), writes(out)}, {(uint32_t)x.rows, 1, 1}, {threads, 1, 1},
            2 * FG_SIMD_WIDTH * sizeof(float));
 }
