@@ -172,9 +172,11 @@ def test_matmul(metal, cpu, wtype, n):
         # The CPU quantizes activations to 8 bits for quantized weights (~3e-5); Metal keeps f32.
         assert nmse(got, want) < 5e-4, (rows, cols)
         # ... so Metal is also held to the exact product of the dequantized weights (f64 NumPy),
-        # up to f32 accumulation.
+        # up to f32 accumulation. The GEMM (n >= 8) holds dequantized quant weights in half
+        # tiles: each weight rounded by <= 2^-11 relative, an nmse of about (2^-11)^2 / 3 = 8e-8.
         exact = x.astype(np.float64) @ dequantize(w, dtype, rows, cols).T
-        assert nmse(got, exact) < 1e-10, (rows, cols)
+        half_tiles = n >= 8 and dtype not in (F32, F16, BF16)
+        assert nmse(got, exact) < (2e-7 if half_tiles else 1e-10), (rows, cols)
 
 
 # --------------------------------------------------------------------------- get_rows

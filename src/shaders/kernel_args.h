@@ -40,13 +40,14 @@ FG_ARGS_ASSERT(sizeof(mul_mv_args) == 40, "mul_mv_args layout");
 // --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---
 // slots: 1 w, 2 x, 3 out (as mul_mv)
 // grid: (ceil(rows / FG_MM_TILE_ROWS), ceil(n_tokens / FG_MM_TILE_TOKENS)); threads: 128
-// threadgroup memory 0: FG_MM_TG_BYTES
+// threadgroup memory 0: FG_MM_TG_BYTES(2) for f16 and quantized weights, FG_MM_TG_BYTES(4) for f32, bf16
 #define FG_MM_TILE_ROWS 64    // weight rows per threadgroup
 #define FG_MM_TILE_TOKENS 32  // tokens per threadgroup
 #define FG_MM_TILE_K 32       // reduction depth per step: one quant block per weight row
 #define FG_MM_THREADS 128
-// w tile [64][32] f32 + x tile [32][32] f32; the output tile [32][64] f32 reuses it.
-#define FG_MM_TG_BYTES ((FG_MM_TILE_ROWS + FG_MM_TILE_TOKENS) * FG_MM_TILE_K * 4)
+// w tile [64][32] of w_bytes-wide values (half: 2, f32/bf16 weights: 4) + x tile [32][32]
+// f32; the output tile [32][64] f32 (8 KB) reuses the space, so it is at least that.
+#define FG_MM_TG_BYTES(w_bytes) ((FG_MM_TILE_ROWS * (w_bytes) + FG_MM_TILE_TOKENS * 4) * FG_MM_TILE_K)
 typedef struct {
     uint64_t w_stride;
     uint64_t x_stride;

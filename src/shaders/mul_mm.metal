@@ -2,10 +2,13 @@
 // simdgroup matrices.
 //
 // A threadgroup computes a 32-token x 64-row output tile. Per step of 32 columns it
-// dequantizes the 64 x 32 weight slab (exactly one quant block per row) and the
-// 32 x 32 x slab into threadgroup memory as f32, then its four simdgroups each
-// multiply a 16-token x 32-row quarter (2 x 4 accumulators). f32 tiles keep the
-// full range of BF16 weights and of large activations.
+// dequantizes the 64 x 32 weight slab (exactly one quant block per row) and copies the
+// 32 x 32 x slab into threadgroup memory, then its four simdgroups each multiply a
+// 16-token x 32-row quarter (2 x 4 f32 accumulators).
+// Weight tiles are half for f16 and quantized weights (as in llama.cpp): half the
+// threadgroup memory and loads, and the rounding (<= 2^-11 relative) is far below the
+// quantization step. f32 and bf16 weights keep f32 tiles (precision, bf16's range);
+// activations always stay f32, as large activations need the range.
 #include <metal_stdlib>
 using namespace metal;
 
@@ -18,33 +21,39 @@ using namespace metal;
 // load16(row, k, cols, out): weights [k, k + 16) of a row, zero past `cols`.
 // Quantized rows have cols % 32 == 0 and k % 16 == 0, so k names (block, half).
 struct q8_0_tile {
+    typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         fg_dequant16_q8_0(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
 struct q4_0_tile {
+    typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         fg_dequant16_q4_0(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
 struct q4_1_tile {
+    typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         fg_dequant16_q4_1(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
 struct f32_tile {
+    typedef float T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         device const float* p = (device const float*)row;
         for (int i = 0; i < 16; ++i) out[i] = k + i < cols ? p[k + i] : 0.0f;
     }
 };
 struct f16_tile {
+    typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         device const half* p = (device const half*)row;
         for (int i = 0; i < 16; ++i) out[i] = k + i < cols ? float(p[k + i]) : 0.0f;
     }
 };
 struct bf16_tile {
+    typedef float T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         device const ushort* p = (device const ushort*)row;
         for (int i = 0; i < 16; ++i) out[i] = k + i < cols ? fg_bf16_to_f32(p[k + i]) : 0.0f;
@@ -61,8 +70,9 @@ kernel void mul_mm(
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiitg [[thread_index_in_threadgroup]],
         ushort sgitg [[simdgroup_index_in_threadgroup]]) {
-    threadgroup float* sw = shmem;                  // [MM_BR][MM_BK]: sw[r * MM_BK + k]
-    threadgroup float* sx = shmem + MM_BR * MM_BK;  // [MM_BT][MM_BK]: sx[t * MM_BK + k]
+    typedef typename D::T T;
+    threadgroup T* sw = (threadgroup T*)shmem;                          // [MM_BR][MM_BK]: sw[r * MM_BK + k]
+    threadgroup float* sx = (threadgroup float*)(sw + MM_BR * MM_BK);  // [MM_BT][MM_BK]: sx[t * MM_BK + k]
     const int row0 = int(tgpig.x) * MM_BR;
     const int tok0 = int(tgpig.y) * MM_BT;
 
@@ -85,7 +95,7 @@ kernel void mul_mm(
     for (int k0 = 0; k0 < args.cols; k0 += MM_BK) {
         float wv[16];
         D::load16(wrow, k0 + lw_k, args.cols, wv);
-        for (int i = 0; i < 16; ++i) sw[lw_row * MM_BK + lw_k + i] = wv[i];
+        for (int i = 0; i < 16; ++i) sw[lw_row * MM_BK + lw_k + i] = T(wv[i]);
         for (int i = 0; i < 8; ++i) {
             const int k = k0 + lx_k + i;
             sx[lx_tok * MM_BK + lx_k + i] = k < args.cols ? xrow[k] : 0.0f;
@@ -94,7 +104,7 @@ kernel void mul_mm(
 
         for (int kk = 0; kk < MM_BK; kk += 8) {
             simdgroup_float8x8 a[2];
-            simdgroup_float8x8 b[4];
+            simdgroup_matrix<T, 8, 8> b[4];
             for (int i = 0; i < 2; ++i) simdgroup_load(a[i], sx + (st + 8 * i) * MM_BK + kk, MM_BK);
             // b[j] = (w rows sr + 8j .. +8, columns kk .. kk + 8) transposed: [k][row]
             for (int j = 0; j < 4; ++j)

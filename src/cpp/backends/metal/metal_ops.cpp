@@ -103,7 +103,7 @@ void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
         a.n_tokens = (int32_t)n;
         encode(std::string("mul_mm_") + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
                {ceil_div(w.rows, FG_MM_TILE_ROWS), ceil_div(n, FG_MM_TILE_TOKENS), 1}, {FG_MM_THREADS, 1, 1},
-               FG_MM_TG_BYTES);
+               FG_MM_TG_BYTES(w.type == DType::F32 || w.type == DType::BF16 ? 4 : 2));
     }
 }
 
