@@ -30,10 +30,19 @@
 #define FORGERT_MSL_EMULATOR 1
 
 // Address spaces and function qualifiers. `threadgroup` is rewritten by the translator
-// (locals become threadgroup-shared storage), so it has no macro.
+// (locals become threadgroup-shared storage), so it has no macro, except in the
+// address-space lint (msl2cpp.py --strict-address-spaces), where every space is a
+// distinct type (address_spaces.h).
 #define kernel
+#ifdef FGEMU_STRICT_ADDRESS_SPACES
+#include "address_spaces.h"
+#define device FGEMU_DEVICE
+#define constant const FGEMU_CONSTANT
+#define threadgroup FGEMU_THREADGROUP
+#else
 #define device
 #define constant const
+#endif
 #define thread
 #define ray_data
 #define object_data
@@ -45,4 +54,8 @@ template <class S> inline S& threadgroup_var(Site s = Site::here()) {
     static const char key = 0;  // one per S, i.e. per declaration and template instantiation
     return *static_cast<S*>(threadgroup_local(&key, sizeof(S), alignof(S), s));
 }
+#ifdef FGEMU_STRICT_ADDRESS_SPACES
+// The address-space lint (compiled, never run) sees that storage as threadgroup memory.
+template <class S> inline threadgroup S& threadgroup_ref() { return *(threadgroup S*)&threadgroup_var<S>(); }
+#endif
 }  // namespace fgemu

@@ -8,6 +8,9 @@
 #pragma once
 
 #include "simd.h"
+#ifdef FGEMU_STRICT_ADDRESS_SPACES
+#include "address_spaces.h"
+#endif
 
 namespace metal {
 
@@ -108,6 +111,20 @@ inline simdgroup_matrix<T, Cols, Rows> make_filled_simdgroup_matrix(T value, fge
     return r;
 }
 
+#ifdef FGEMU_STRICT_ADDRESS_SPACES
+// The address-space lint compiles and never runs: declarations for the spaces MSL can
+// load from and store to.
+#define FGEMU_SIMDGROUP_LOAD_STORE(AS)                                                                          \
+    template <class T, int C, int R, class P>                                                                   \
+    void simdgroup_load(simdgroup_matrix<T, C, R>& d, const AS P* src, unsigned long elements_per_row = C,      \
+                        ulong2 origin = ulong2(0), bool transpose = false);                                     \
+    template <class T, int C, int R, class P>                                                                   \
+    void simdgroup_store(const simdgroup_matrix<T, C, R>& s, AS P* dst, unsigned long elements_per_row = C,     \
+                         ulong2 origin = ulong2(0), bool transpose = false);
+FGEMU_SIMDGROUP_LOAD_STORE(FGEMU_DEVICE)
+FGEMU_SIMDGROUP_LOAD_STORE(FGEMU_THREADGROUP)
+#undef FGEMU_SIMDGROUP_LOAD_STORE
+#else
 template <class T, int C, int R, class P>
 inline void simdgroup_load(simdgroup_matrix<T, C, R>& d, const P* src, unsigned long elements_per_row = C,
                            ulong2 origin = ulong2(0), bool transpose = false,
@@ -150,6 +167,7 @@ inline void simdgroup_store(const simdgroup_matrix<T, C, R>& s, P* dst, unsigned
         }
     if (!memo.recorded) detail::record(memo, key, s.handle);
 }
+#endif  // FGEMU_STRICT_ADDRESS_SPACES
 
 // d = a * b + c, accumulated in float.
 template <class TD, class TA, class TB, class TC, int M, int N, int K>
