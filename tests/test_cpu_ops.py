@@ -172,6 +172,44 @@ def test_matmul(ops_for, backend, dtype_id, rows, cols, n):
     _matmul_case(ops_for(backend), dtype_id, rows, cols, n, backend)
 
 
+# The fused projections of a layer: decode (fused kernels on Metal) and prefill shapes.
+FUSED_CASES = [pytest.param("cpu", 33, 576, 1, id="cpu-decode"), pytest.param("cpu", 100, 160, 33, id="cpu-prefill")] + [
+    pytest.param("metal", *s, id=f"metal-{s[0]}x{s[1]}-n{s[2]}", marks=pytest.mark.metal)
+    for s in [(45, 160, 1), (20, 96, 3), (45, 160, 9)]]
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
+def test_matmul_add(ops_for, backend, dtype_id, rows, cols, n):
+    # out += w x: the residual projection with the add fused in.
+    rng = rng_for("matmul_add", dtype_id, rows, cols, n, backend)
+    raw = encode_weights(randn(rng, rows, cols), dtype_id)
+    x, residual = randn(rng, n, cols), randn(rng, n, rows, scale=5.0)
+    product = np.asarray(x, np.float64) @ decode_weights(raw, dtype_id, rows, cols).T
+    out = ops_for(backend).matmul_add(raw, dtype_id, rows, cols, x, residual)
+    assert out.shape == (n, rows)
+    bound = (MATMUL_NMSE_METAL if backend == "metal" else MATMUL_NMSE)[dtype_id]
+    assert nmse(out - residual, product) < bound   # the product, measured on its own scale
+    np.testing.assert_allclose(out, residual + product, rtol=1e-5, atol=1e-2 * float(np.abs(product).max()))
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
+def test_matmul_swiglu(ops_for, backend, dtype_id, rows, cols, n):
+    # silu(w_gate x) * (w_up x): SwiGLU's gate and up projections with SiLU * mul fused in.
+    rng = rng_for("matmul_swiglu", dtype_id, rows, cols, n, backend)
+    raw_g, raw_u = encode_weights(randn(rng, rows, cols), dtype_id), encode_weights(randn(rng, rows, cols), dtype_id)
+    x = randn(rng, n, cols, scale=0.3)
+    g = np.asarray(x, np.float64) @ decode_weights(raw_g, dtype_id, rows, cols).T
+    u = np.asarray(x, np.float64) @ decode_weights(raw_u, dtype_id, rows, cols).T
+    ref = g / (1.0 + np.exp(-g)) * u
+    out = ops_for(backend).matmul_swiglu(raw_g, raw_u, dtype_id, rows, cols, x)
+    assert out.shape == (n, rows)
+    # Errors of g and u both reach the product (silu' <= 1.1): a few times the matmul bound.
+    bound = (MATMUL_NMSE_METAL if backend == "metal" else MATMUL_NMSE)[dtype_id]
+    assert nmse(out, ref) < 4 * bound
+
+
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("dtype_id", [Q4_1, Q8_0], ids=DTYPE_NAMES.get)
 def test_matmul_vocab_sized(ops_for, dtype_id, n):

@@ -99,6 +99,16 @@ int main(int argc, char** argv) {
                       std::to_string(rc.second),
                   bytes, 2.0 * rc.first * rc.second, 50, [&] { b.be->matmul(y, w, x); });
         }
+    // The fused decode projections: gate/up with SiLU * mul, and the residual-adding GEMV.
+    for (DType t : {DType::Q4_0, DType::Q8_0}) {
+        Tensor wg = b.tensor(t, ffn, dim), wu = b.tensor(t, ffn, dim), x = b.tensor(DType::F32, 1, dim);
+        Tensor g = b.tensor(DType::F32, 1, ffn), s = b.tensor(DType::F32, 1, ffn);
+        b.run(std::string("matmul_swiglu decode ") + tname(t) + " 2x11008x4096", 2.0 * wg.nbytes() + x.nbytes() + g.nbytes(),
+              4.0 * ffn * dim, 50, [&] { b.be->matmul_swiglu(g, wg, wu, x, s); });
+        Tensor wd = b.tensor(t, dim, ffn), h = b.tensor(DType::F32, 1, dim), p = b.tensor(DType::F32, 1, dim);
+        b.run(std::string("matmul_add decode ") + tname(t) + " 4096x11008", wd.nbytes() + g.nbytes() + 2.0 * h.nbytes(),
+              2.0 * dim * ffn, 50, [&] { b.be->matmul_add(h, wd, g, p); });
+    }
     // Prefill GEMM: compute bound.
     for (DType t : {DType::Q4_0, DType::Q8_0, DType::F16})
         for (int n : {32, 512}) {

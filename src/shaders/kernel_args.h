@@ -21,6 +21,7 @@
 #define FG_SIMD_WIDTH 32
 
 // --- mul_mv: out[t, r] = sum_c w[r, c] * x[t, c] for a few tokens (decode) ---
+// (or out[t, r] += ... with accumulate)
 // slots: 1 w (any weight type), 2 x f32 [n_tokens, cols], 3 out f32 [n_tokens, rows]
 // grid: (ceil(rows / FG_MV_ROWS_PER_TG), n_tokens); threads: FG_MV_SIMDGROUPS * 32
 #define FG_MV_ROWS_PER_SIMDGROUP 4
@@ -34,8 +35,13 @@ typedef struct {
     int32_t cols;
     int32_t x_vec4;       // 1: x rows are 16-byte aligned and cols % 4 == 0 (float4 loads)
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
+    int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
+    int32_t pad0;
 } mul_mv_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_args) == 40, "mul_mv_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_args) == 48, "mul_mv_args layout");
+// mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
+// feed-forward's gate and up projections and SiLU * mul in one pass over x.
+// slots: 1 w (gate), 2 x, 3 out, 4 w_up (w's type and shape); args and grid as mul_mv
 
 // --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---
 // slots: 1 w, 2 x, 3 out (as mul_mv)
@@ -55,7 +61,7 @@ typedef struct {
     int32_t rows;
     int32_t cols;
     int32_t n_tokens;
-    int32_t pad0;
+    int32_t accumulate;   // 1: out += w x; 0: out = w x
 } mul_mm_args;
 FG_ARGS_ASSERT(sizeof(mul_mm_args) == 40, "mul_mm_args layout");
 

@@ -122,7 +122,10 @@ kernel void mul_mm(
     for (int e = tiitg; e < MM_BT * MM_BR; e += FG_MM_THREADS) {
         const int t = tok0 + e / MM_BR;
         const int r = row0 + e % MM_BR;
-        if (t < args.n_tokens && r < args.rows) ((device float*)(out + t * args.out_stride))[r] = shmem[e];
+        if (t < args.n_tokens && r < args.rows) {
+            device float* o = (device float*)(out + t * args.out_stride) + r;
+            *o = args.accumulate != 0 ? *o + shmem[e] : shmem[e];
+        }
     }
 }
 

@@ -83,6 +83,52 @@ struct q8_0_dot {
     }
 };
 
+// ---------------------------------------------------------------------------------
+// One body for every kernel: NW weight matrices (1, or 2 for gate and up) of the same
+// shape, MV_NR rows each, dotted with one x row; lane sums stay private until the end.
+// ---------------------------------------------------------------------------------
+
+// Rows past the end repeat the last row (valid memory); their sums are dropped.
+template <int NW>
+static inline void mv_row_pointers(constant mul_mv_args& args, device const char* w, device const char* w2, int r0,
+                                   device const char* thread* wrow) {
+    for (int r = 0; r < MV_NR; ++r) {
+        const int row = min(r0 + r, args.rows - 1);
+        wrow[r] = w + row * args.w_stride;
+        if (NW == 2) wrow[MV_NR + r] = w2 + row * args.w_stride;
+    }
+}
+
+template <typename Q, int NW>
+static inline void mv_quant_sums(constant mul_mv_args& args, device const char* thread* wrow,
+                                 device const float* xr, ushort tiisg, thread float* sum) {
+    const int nb = args.cols / FG_QK;
+    const int ix = tiisg / 2;
+    const int il = tiisg % 2;
+    float xv[16];
+    for (int blk = ix; blk < nb; blk += FG_SIMD_WIDTH / 2) {
+        Q::load_x(xr + blk * FG_QK, il, args.x_vec4 != 0, xv);
+        float xsum = 0.0f;
+        for (int i = 0; i < 16; ++i) xsum += xv[i];
+        for (int r = 0; r < NW * MV_NR; ++r) sum[r] += Q::dot(wrow[r], blk, il, xv, xsum);
+    }
+}
+
+// Reduces the lane sums and writes rows r0 .. r0 + MV_NR of token row o: w x (NW == 1,
+// added to o with accumulate) or silu(gate) * up (NW == 2).
+template <int NW>
+static inline void mv_store(constant mul_mv_args& args, thread float* sum, device float* o, int r0, ushort tiisg) {
+    for (int r = 0; r < MV_NR; ++r) {
+        const float s = simd_sum(sum[r]);
+        if (NW == 2) {
+            const float u = simd_sum(sum[MV_NR + r]);
+            if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s / (1.0f + exp(-s)) * u;
+        } else if (tiisg == 0 && r0 + r < args.rows) {
+            o[r0 + r] = args.accumulate != 0 ? o[r0 + r] + s : s;
+        }
+    }
+}
+
 template <typename Q>
 kernel void mul_mv_quant(
         constant mul_mv_args & args [[buffer(0)]],
@@ -94,35 +140,40 @@ kernel void mul_mv_quant(
         ushort tiisg [[thread_index_in_simdgroup]]) {
     const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
     const int t = tgpig.y;
-    device const float* xr = (device const float*)(x + t * args.x_stride);
-    const int nb = args.cols / FG_QK;
-    const int ix = tiisg / 2;
-    const int il = tiisg % 2;
-
-    // Rows past the end repeat the last row (valid memory); their sums are dropped.
     device const char* wrow[MV_NR];
-    for (int r = 0; r < MV_NR; ++r) wrow[r] = w + min(r0 + r, args.rows - 1) * args.w_stride;
-
+    mv_row_pointers<1>(args, w, w, r0, wrow);
     float sum[MV_NR] = {0.0f};
-    float xv[16];
-    for (int blk = ix; blk < nb; blk += FG_SIMD_WIDTH / 2) {
-        Q::load_x(xr + blk * FG_QK, il, args.x_vec4 != 0, xv);
-        float xsum = 0.0f;
-        for (int i = 0; i < 16; ++i) xsum += xv[i];
-        for (int r = 0; r < MV_NR; ++r) sum[r] += Q::dot(wrow[r], blk, il, xv, xsum);
-    }
+    mv_quant_sums<Q, 1>(args, wrow, (device const float*)(x + t * args.x_stride), tiisg, sum);
+    mv_store<1>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+}
 
-    device float* o = (device float*)(out + t * args.out_stride);
-    for (int r = 0; r < MV_NR; ++r) {
-        const float s = simd_sum(sum[r]);
-        if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s;
-    }
+template <typename Q>
+kernel void mul_mv_swiglu_quant(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * w_up    [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const char* wrow[2 * MV_NR];
+    mv_row_pointers<2>(args, w, w_up, r0, wrow);
+    float sum[2 * MV_NR] = {0.0f};
+    mv_quant_sums<Q, 2>(args, wrow, (device const float*)(x + t * args.x_stride), tiisg, sum);
+    mv_store<2>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
 }
 
 typedef decltype(mul_mv_quant<q8_0_dot>) mul_mv_quant_t;
 template [[host_name("mul_mv_q8_0")]] kernel mul_mv_quant_t mul_mv_quant<q8_0_dot>;
 template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_dot>;
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
+typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
+template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
+template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
+template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
 
 // ---------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the
@@ -144,6 +195,22 @@ struct bf16_row {
     static float load1(device const char* r, int c) { return fg_bf16_to_f32(((device const ushort*)r)[c]); }
 };
 
+template <typename R, int NW>
+static inline void mv_float_sums(constant mul_mv_args& args, device const char* thread* wrow,
+                                 device const float* xr, ushort tiisg, thread float* sum) {
+    if (args.w_vec4 != 0 && args.x_vec4 != 0) {
+        for (int c = 4 * tiisg; c < args.cols; c += 4 * FG_SIMD_WIDTH) {
+            const float4 xv = *((device const float4*)(xr + c));
+            for (int r = 0; r < NW * MV_NR; ++r) sum[r] += dot(R::load4(wrow[r], c), xv);
+        }
+    } else {
+        for (int c = tiisg; c < args.cols; c += FG_SIMD_WIDTH) {
+            const float xv = xr[c];
+            for (int r = 0; r < NW * MV_NR; ++r) sum[r] += R::load1(wrow[r], c) * xv;
+        }
+    }
+}
+
 template <typename R>
 kernel void mul_mv_float(
         constant mul_mv_args & args [[buffer(0)]],
@@ -155,32 +222,37 @@ kernel void mul_mv_float(
         ushort tiisg [[thread_index_in_simdgroup]]) {
     const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
     const int t = tgpig.y;
-    device const float* xr = (device const float*)(x + t * args.x_stride);
-
     device const char* wrow[MV_NR];
-    for (int r = 0; r < MV_NR; ++r) wrow[r] = w + min(r0 + r, args.rows - 1) * args.w_stride;
-
+    mv_row_pointers<1>(args, w, w, r0, wrow);
     float sum[MV_NR] = {0.0f};
-    if (args.w_vec4 != 0 && args.x_vec4 != 0) {
-        for (int c = 4 * tiisg; c < args.cols; c += 4 * FG_SIMD_WIDTH) {
-            const float4 xv = *((device const float4*)(xr + c));
-            for (int r = 0; r < MV_NR; ++r) sum[r] += dot(R::load4(wrow[r], c), xv);
-        }
-    } else {
-        for (int c = tiisg; c < args.cols; c += FG_SIMD_WIDTH) {
-            const float xv = xr[c];
-            for (int r = 0; r < MV_NR; ++r) sum[r] += R::load1(wrow[r], c) * xv;
-        }
-    }
+    mv_float_sums<R, 1>(args, wrow, (device const float*)(x + t * args.x_stride), tiisg, sum);
+    mv_store<1>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+}
 
-    device float* o = (device float*)(out + t * args.out_stride);
-    for (int r = 0; r < MV_NR; ++r) {
-        const float s = simd_sum(sum[r]);
-        if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s;
-    }
+template <typename R>
+kernel void mul_mv_swiglu_float(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * w_up    [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const char* wrow[2 * MV_NR];
+    mv_row_pointers<2>(args, w, w_up, r0, wrow);
+    float sum[2 * MV_NR] = {0.0f};
+    mv_float_sums<R, 2>(args, wrow, (device const float*)(x + t * args.x_stride), tiisg, sum);
+    mv_store<2>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
 }
 
 typedef decltype(mul_mv_float<f32_row>) mul_mv_float_t;
 template [[host_name("mul_mv_f32")]] kernel mul_mv_float_t mul_mv_float<f32_row>;
 template [[host_name("mul_mv_f16")]] kernel mul_mv_float_t mul_mv_float<f16_row>;
 template [[host_name("mul_mv_bf16")]] kernel mul_mv_float_t mul_mv_float<bf16_row>;
+typedef decltype(mul_mv_swiglu_float<f32_row>) mul_mv_swiglu_float_t;
+template [[host_name("mul_mv_swiglu_f32")]] kernel mul_mv_swiglu_float_t mul_mv_swiglu_float<f32_row>;
+template [[host_name("mul_mv_swiglu_f16")]] kernel mul_mv_swiglu_float_t mul_mv_swiglu_float<f16_row>;
+template [[host_name("mul_mv_swiglu_bf16")]] kernel mul_mv_swiglu_float_t mul_mv_swiglu_float<bf16_row>;

@@ -139,16 +139,19 @@ void test_layer_barriers() {
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
-// The same step as the model encodes it: rope and both cache writes in one dispatch, so
-// one dispatch and one barrier fewer than above.
+// A whole decode layer as the model encodes it: RoPE and both cache writes in one
+// dispatch, the residual adds inside the projections, SiLU * mul inside the gate/up GEMV.
 void test_fused_layer_barriers() {
     Fixture f;
-    const int dim = 64, hd = 16, H = 4, KV = 2, ctx = 32, pos = 5;
+    const int dim = 64, hd = 16, H = 4, KV = 2, ctx = 32, pos = 5, ffn = 96;
     Tensor x = f.t(DType::F32, 1, dim), xn = f.t(DType::F32, 1, dim), wn = f.t(DType::F32, 1, dim);
     Tensor wq = f.t(DType::Q4_1, H * hd, dim), wk = f.t(DType::Q4_1, KV * hd, dim), wv = f.t(DType::Q4_1, KV * hd, dim);
+    Tensor wo = f.t(DType::Q4_1, dim, H * hd), wg = f.t(DType::Q4_1, ffn, dim), wu = f.t(DType::Q4_1, ffn, dim);
+    Tensor wd = f.t(DType::Q4_1, dim, ffn);
     Tensor q = f.t(DType::F32, 1, H * hd), k = f.t(DType::F32, 1, KV * hd), v = f.t(DType::F32, 1, KV * hd);
     Tensor kc = f.t(DType::F16, ctx, KV * hd), vc = f.t(DType::F16, ctx, KV * hd), fr = f.t(DType::F32, 1, hd / 2);
-    Tensor att = f.t(DType::F32, 1, H * hd);
+    Tensor att = f.t(DType::F32, 1, H * hd), proj = f.t(DType::F32, 1, dim);
+    Tensor gate = f.t(DType::F32, 1, ffn), up = f.t(DType::F32, 1, ffn);
 
     f.be.begin();
     f.be.rms_norm(xn, x, wn, 1e-5f);
@@ -156,9 +159,14 @@ void test_fused_layer_barriers() {
     f.be.matmul_many(outs, ws, 3, xn);
     f.be.rope_kv_write(q, k, v, kc, vc, fr, pos, RopeKvParams{H, KV, hd, false});
     f.be.attention(att, q, kc, vc, pos, AttentionParams{H, KV, hd, 0.25f});
+    f.be.matmul_add(x, wo, att, proj);
+    f.be.rms_norm(xn, x, wn, 1e-5f);
+    f.be.matmul_swiglu(gate, wg, wu, xn, up);
+    f.be.matmul_add(x, wd, gate, proj);
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16 #";
+        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16 | mul_mv_q4_1 | "
+        "rms_norm_f32 | mul_mv_swiglu_q4_1 | mul_mv_q4_1 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 

@@ -85,6 +85,22 @@ public:
         run([&] { be_->matmul(Y, W, X); });
         return download(Y);
     }
+    // out + w x (the fused residual projection); out [n, rows] is a copy, not changed in place.
+    F32 matmul_add(const U8& w, int dtype, int64_t rows, int64_t cols, const F32& x, const F32& out) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        need(out.ndim() == 2 && out.shape(0) == x.shape(0) && out.shape(1) == rows, "out must be [n, rows]");
+        Tensor W = weight(w, dtype, rows, cols), X = f32(x), Y = f32(out), S = empty(DType::F32, X.rows, rows);
+        run([&] { be_->matmul_add(Y, W, X, S); });
+        return download(Y);
+    }
+    // silu(w_gate x) * (w_up x); both weights of one dtype and shape.
+    F32 matmul_swiglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        Tensor G = weight(w_gate, dtype, rows, cols), U = weight(w_up, dtype, rows, cols), X = f32(x);
+        Tensor Y = empty(DType::F32, X.rows, rows), S = empty(DType::F32, X.rows, rows);
+        run([&] { be_->matmul_swiglu(Y, G, U, X, S); });
+        return download(Y);
+    }
     F32 get_rows(const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
         for (py::ssize_t i = 0; i < ids.size(); i++)
             need(ids.data()[i] >= 0 && ids.data()[i] < rows, "id out of range");
@@ -196,6 +212,10 @@ void bind_ops(py::module_& m) {
         .def(py::init<const std::string&>(), py::arg("backend") = "cpu")
         .def_property_readonly("name", &Ops::name)
         .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"))
+        .def("matmul_add", &Ops::matmul_add, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
+             py::arg("x"), py::arg("out"))
+        .def("matmul_swiglu", &Ops::matmul_swiglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
+             py::arg("cols"), py::arg("x"))
         .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("ids"))
         .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))

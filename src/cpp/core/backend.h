@@ -70,6 +70,20 @@ public:
     virtual void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) {
         for (int i = 0; i < n; i++) matmul(outs[i], ws[i], x);
     }
+    // out += w x^T: a projection with the residual add fused in.  out [n, rows]; w [rows, cols]; x [n, cols]
+    // scratch [n, rows] may be overwritten: a backend without the fused form computes into it.
+    virtual void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) {
+        matmul(scratch, w, x);
+        add(out, out, scratch);
+    }
+    // out = silu(w_gate x^T) * (w_up x^T): the first half of a SwiGLU feed-forward.
+    // out, scratch [n, rows]; w_gate, w_up [rows, cols]; x [n, cols]; scratch may be overwritten.
+    virtual void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                               const Tensor& scratch) {
+        const Tensor outs[2] = {out, scratch}, ws[2] = {w_gate, w_up};
+        matmul_many(outs, ws, 2, x);
+        silu_mul(out, out, scratch);
+    }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
     // Rotate each head of token i at position pos0 + i by angles (pos * freqs[j]).

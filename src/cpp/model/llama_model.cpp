@@ -83,15 +83,11 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         }
         be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
-        be.matmul(proj, L.wo, att);
-        be.add(x, x, proj);
+        be.matmul_add(x, L.wo, att, proj);  // x += wo att
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
-        const Tensor ffn_out[2] = {gate, up}, ffn_w[2] = {L.w_gate, L.w_up};
-        be.matmul_many(ffn_out, ffn_w, 2, xn);
-        be.silu_mul(gate, gate, up);
-        be.matmul(proj, L.w_down, gate);
-        be.add(x, x, proj);
+        be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
+        be.matmul_add(x, L.w_down, gate, proj);             // x += w_down gate
         if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }

@@ -39,6 +39,9 @@ public:
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
+    void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
+    void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                       const Tensor& scratch) override;
     void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, int pos0, const RopeKvParams& p) override;
@@ -68,7 +71,9 @@ private:
     void encode(const std::string& kernel, const void* args, size_t args_bytes, const std::vector<Binding>& binds,
                 Size3 grid, Size3 threads, size_t threadgroup_bytes = 0);
     void flush();  // commit and wait for everything encoded so far
-    uint32_t thread_cap(const char* kernel);  // threads per threadgroup for kernels that loop
+    uint32_t thread_cap(const char* kernel);
+    // out = w x, or out += w x with accumulate (the GEMV or the GEMM by token count).
+    void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);  // threads per threadgroup for kernels that loop
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
 

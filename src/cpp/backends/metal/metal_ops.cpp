@@ -70,28 +70,40 @@ uint32_t MetalBackend::thread_cap(const char* kernel) {
     return (uint32_t)std::max(32, limit / 32 * 32);
 }
 
-void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
-    const char* sfx = weight_suffix(w.type);
-    need(sfx != nullptr, "matmul", std::string("unsupported weight type ") + dtype_name(w.type));
-    need(w.buf != nullptr, "matmul", "w has no buffer");
-    need(w.rows > 0 && w.cols > 0, "matmul", "empty weight");
-    need_whole_blocks(w, "matmul");
-    need_f32_rows(x, "matmul", "x", x.rows, w.cols);
-    need_f32_rows(out, "matmul", "out", x.rows, w.rows);
-    need(w.rows <= INT32_MAX && w.cols <= INT32_MAX, "matmul", "weight too large");
-    const int64_t n = x.rows;
+namespace {
 
+void need_matmul_shapes(const Tensor& out, const Tensor& w, const Tensor& x, const char* op) {
+    need(weight_suffix(w.type) != nullptr, op, std::string("unsupported weight type ") + dtype_name(w.type));
+    need(w.buf != nullptr, op, "w has no buffer");
+    need(w.rows > 0 && w.cols > 0, op, "empty weight");
+    need_whole_blocks(w, op);
+    need_f32_rows(x, op, "x", x.rows, w.cols);
+    need_f32_rows(out, op, "out", x.rows, w.rows);
+    need(w.rows <= INT32_MAX && w.cols <= INT32_MAX, op, "weight too large");
+}
+
+mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
+    mul_mv_args a{};
+    a.w_stride = w.stride;
+    a.x_stride = x.stride;
+    a.out_stride = out.stride;
+    a.rows = (int32_t)w.rows;
+    a.cols = (int32_t)w.cols;
+    a.x_vec4 = w.cols % 4 == 0 && aligned(x, 16);
+    const size_t elem = w.type == DType::F32 ? 4 : 2;
+    a.w_vec4 = w.cols % 4 == 0 && aligned(w, 4 * elem);
+    a.accumulate = accumulate ? 1 : 0;
+    return a;
+}
+
+}  // namespace
+
+void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
+    const int64_t n = x.rows;
+    const std::string sfx = weight_suffix(w.type);
     if (n < kMulMmMinTokens) {
-        mul_mv_args a{};
-        a.w_stride = w.stride;
-        a.x_stride = x.stride;
-        a.out_stride = out.stride;
-        a.rows = (int32_t)w.rows;
-        a.cols = (int32_t)w.cols;
-        a.x_vec4 = w.cols % 4 == 0 && aligned(x, 16);
-        const size_t elem = w.type == DType::F32 ? 4 : 2;
-        a.w_vec4 = w.cols % 4 == 0 && aligned(w, 4 * elem);
-        encode(std::string("mul_mv_") + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
+        const mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
+        encode("mul_mv_" + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
                {ceil_div(w.rows, FG_MV_ROWS_PER_TG), (uint32_t)n, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
     } else {
         mul_mm_args a{};
@@ -101,10 +113,38 @@ void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
         a.rows = (int32_t)w.rows;
         a.cols = (int32_t)w.cols;
         a.n_tokens = (int32_t)n;
-        encode(std::string("mul_mm_") + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
+        a.accumulate = accumulate ? 1 : 0;
+        encode("mul_mm_" + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
                {ceil_div(w.rows, FG_MM_TILE_ROWS), ceil_div(n, FG_MM_TILE_TOKENS), 1}, {FG_MM_THREADS, 1, 1},
                FG_MM_TG_BYTES(w.type == DType::F32 || w.type == DType::BF16 ? 4 : 2));
     }
+}
+
+void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
+    need_matmul_shapes(out, w, x, "matmul");
+    encode_matmul(out, w, x, false);
+}
+
+// The GEMV and GEMM add into out as they store it: no scratch, no separate add dispatch.
+void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor&) {
+    need_matmul_shapes(out, w, x, "matmul_add");
+    encode_matmul(out, w, x, true);
+}
+
+// Decode: one GEMV pass over x computes the gate and up rows together and stores
+// silu(gate) * up. Prefill keeps two GEMMs and the elementwise kernel.
+void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                 const Tensor& scratch) {
+    need_matmul_shapes(out, w_gate, x, "matmul_swiglu");
+    need_matmul_shapes(out, w_up, x, "matmul_swiglu");
+    // One args struct serves both weights: they must agree in type, stride and alignment.
+    const mul_mv_args a = make_mul_mv_args(out, w_gate, x, false);
+    const bool fused = x.rows < kMulMmMinTokens && w_gate.type == w_up.type && w_gate.stride == w_up.stride &&
+                       a.w_vec4 == make_mul_mv_args(out, w_up, x, false).w_vec4;
+    if (!fused) return Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+    encode(std::string("mul_mv_swiglu_") + weight_suffix(w_gate.type), &a, sizeof a,
+           {reads(w_gate), reads(x), writes(out), reads(w_up)},
+           {ceil_div(w_gate.rows, FG_MV_ROWS_PER_TG), (uint32_t)x.rows, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
 }
 
 void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
