@@ -3,9 +3,10 @@
 // The executing build erases them (msl.h), so a pointer passed into the wrong space
 // would compile there and only fail on Apple's compiler. Here each space is a clang
 // address_space qualifier, and clang, like the Metal compiler, rejects implicit
-// conversions between them. `thread` is the default space: in MSL a pointer or reference
-// parameter without a space is a `thread` one. Never code-generated: the numbers mean
-// nothing to the x86 back end.
+// conversions between them. `thread` is clang's default space, so `float*` and `thread float*`
+// are one type here; msl_lint.py checks separately that every pointer and reference level
+// names its space, as Metal requires. Never code-generated: the numbers mean nothing to the
+// x86 back end.
 #pragma once
 
 #include <type_traits>
