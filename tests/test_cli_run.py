@@ -121,6 +121,18 @@ def test_quantize_hf_dir_matches_reference_quantizers(tiny_models, tmp_path, spe
     assert g.metadata[f"{tm.spec.arch}.rope.freq_base"] == pytest.approx(tm.spec.rope_theta)
 
 
+@pytest.mark.parametrize("src,qtype", [("hf-F32", "f32"), ("hf-F16", "f16")])
+def test_quantize_to_the_checkpoint_type_still_permutes(tiny_models, tmp_path, src, qtype):
+    """Llama Q/K rows are permuted for GGUF even when the values keep their type (F16 -> f16)."""
+    tm = tiny_models("llama_tied")
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(tm.path(src)), str(out), "--type", qtype]) == 0
+    g = GGUFFile(out)
+    for name, w in mf.gguf_tensors(tm.model, tm.spec).items():   # llama Q/K permuted, f32
+        if w.ndim == 2:   # (1-D norms are stored f32 from the checkpoint's f16 values)
+            assert bytes(g.tensor_data(name)) == reference_bytes(w, qtype.upper()), name
+
+
 def test_quantized_hf_dir_runs_like_the_reference_gguf(tiny_models, tmp_path):
     import forgert
     tm = tiny_models("llama_tied")

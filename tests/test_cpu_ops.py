@@ -436,9 +436,10 @@ def test_kv_write_rejects_overflow(ops_for):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale):
+def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
     """Causal softmax attention in float64 with GQA: query i at position pos0 + i sees cache
-    rows 0..pos0 + i; query head h reads KV head h // (n_heads / n_kv_heads)."""
+    rows 0..pos0 + i (only the last `window` of them if window > 0); query head h reads KV
+    head h // (n_heads / n_kv_heads)."""
     n = q.shape[0]
     group = n_heads // n_kv_heads
     qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
@@ -447,12 +448,13 @@ def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim
     out = np.zeros((n, n_heads, head_dim))
     for i in range(n):
         t = pos0 + i + 1
+        first = max(0, t - window) if window else 0
         for h in range(n_heads):
             kv = h // group
-            s = k[:t, kv, :] @ qh[i, h] * scale          # [t]
+            s = k[first:t, kv, :] @ qh[i, h] * scale     # [t - first]
             p = np.exp(s - s.max())
             p /= p.sum()
-            out[i, h] = p @ v[:t, kv, :]
+            out[i, h] = p @ v[first:t, kv, :]
     return out.reshape(n, n_heads * head_dim)
 
 
@@ -483,6 +485,37 @@ def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_c
     # for the dot products (llama.cpp's flash attention does): relative error ~2^-11 on scores
     # of magnitude ~5 -> probability errors ~1e-3 relative -> nmse ~1e-7; bound 1e-6.
     assert nmse(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,pos0,window,n_ctx", [
+    (1, 40, 16, 64),     # decode: the window has moved past key 0
+    (1, 5, 16, 64),      # decode still inside the window
+    (20, 0, 8, 32),      # prefill from empty, longer than the window
+    (9, 30, 12, 48),     # prefill continuing a prefix, every query windowed
+    (3, 300, 130, 320),  # long window: flash-decoding splits the windowed keys
+])
+def test_attention_sliding_window(ops_for, backend, n, pos0, window, n_ctx):
+    n_heads, n_kv_heads, head_dim = 4, 2, 32
+    rng = rng_for("attn_window", n, pos0, window)
+    kv_dim = n_kv_heads * head_dim
+    q = randn(rng, n, n_heads * head_dim, scale=1.5)
+    k_cache = randn(rng, n_ctx, kv_dim, scale=1.5).astype(np.float16)
+    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
+    # Rows no query may see are poisoned: those past the last query, and those before the
+    # first query's window (later queries' windows start later still).
+    k_cache[pos0 + n:] = np.float16(60000.0)
+    v_cache[pos0 + n:] = np.float16(np.nan)
+    first = max(0, pos0 + 1 - window)
+    k_cache[:first] = np.float16(60000.0)
+    v_cache[:first] = np.float16(np.nan)
+    scale = 1.0 / np.sqrt(head_dim)
+    out = ops_for(backend).attention(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window)
+    ref = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window)
+    assert nmse(out, ref) < 1e-6
+    if pos0 + n > window:  # the window changes the answer (the test can tell)
+        full = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale)
+        assert not np.allclose(out, full, atol=1e-3, equal_nan=True)
 
 
 def test_attention_rejects_bad_heads(ops_for):

@@ -299,6 +299,32 @@ def test_attention(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim)
     assert nmse(got, want) < 1e-7
 
 
+@pytest.mark.parametrize("n,pos0,window", [
+    (1, 400, 300),   # decode: flash-decoding splits of a window that has left key 0
+    (2, 50, 20),     # two queries, windows starting at different keys
+    (16, 40, 24),    # the tiled prefill kernel, windowed
+    (12, 0, 5),      # prefill from empty, the window moves inside the chunk
+])
+def test_attention_sliding_window(metal, cpu, as_cache, n, pos0, window):
+    n_heads, n_kv_heads, head_dim = 4, 2, 64
+    r = rng("attention_window", n, pos0, window)
+    n_ctx = pos0 + n + 3
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = r.standard_normal((n_ctx, kv_dim)) * 2
+    v = r.standard_normal((n_ctx, kv_dim))
+    first = max(0, pos0 + 1 - window)
+    k[:first] = 60000.0  # keys before the first query's window must not be read
+    v[:first] = np.nan
+    k[pos0 + n:] = 60000.0
+    v[pos0 + n:] = np.nan
+    k, v = as_cache(k), as_cache(v)
+    scale = 1.0 / np.sqrt(head_dim)
+    got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window)
+    want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window)
+    assert nmse(got, want) < 1e-7
+
+
 # --------------------------------------------------------------------------- errors
 
 def test_attention_rejects_head_dim_above_limit(metal, as_cache):

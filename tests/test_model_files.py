@@ -338,16 +338,78 @@ def test_bad_model_arguments(forgert, base, kwargs):
     assert list(kwargs)[0] in str(info.value)
 
 
-def test_sliding_window_model_keeps_context_within_the_window(tiny_models, tmp_path, forgert):
-    """Mistral-style sliding-window attention equals full attention only while the context is
-    no longer than the window: the default n_ctx stays within it, a longer one is refused."""
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("metal", marks=pytest.mark.metal)])
+def test_sliding_window_attention_matches_transformers(tiny_models, tmp_path, forgert, backend):
+    """Mistral-style sliding-window attention: with a window of 8, a 40-token prompt gives
+    transformers' MistralForCausalLM logits at every position (the window matters from
+    position 8 on), through the batched prefill and through one-token decode steps."""
+    from conftest import metal_skip_reason
+    if backend == "metal" and metal_skip_reason():
+        pytest.skip(metal_skip_reason())
+    import torch
+    from transformers import LlamaForCausalLM, MistralForCausalLM
     tm = tiny_models("llama_tied")
     dst = tmp_path / "mistral_like"
     shutil.copytree(tm.path("hf-F32"), dst)
     cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(model_type="mistral", sliding_window=64, max_position_embeddings=256)
+    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=8,
+               max_position_embeddings=256)
     (dst / "config.json").write_text(json.dumps(cfg))
-    m = forgert.Model(str(dst), backend="cpu")
-    assert m.n_ctx == 64
-    with pytest.raises(ValueError, match="sliding-window attention over 64 tokens"):
-        forgert.Model(str(dst), backend="cpu", n_ctx=128)
+    ids = np.random.default_rng(7).integers(0, tm.vocab, 40).tolist()
+    ref = mf.reference_logits(mf.with_f16_kv(MistralForCausalLM.from_pretrained(str(dst), dtype=torch.float32)), ids)
+    full = mf.reference_logits(
+        mf.with_f16_kv(LlamaForCausalLM.from_pretrained(str(tm.path("hf-F32")), dtype=torch.float32)), ids)
+    scale = float(np.abs(ref).max())
+    # The window changes the answer past position 8 (the test can tell the two apart).
+    assert float(np.abs(full[8:] - ref[8:]).max()) / scale > 1e-2
+
+    m = forgert.Model(str(dst), backend=backend, n_ctx=64)
+    assert m.n_ctx == 64   # longer than the window
+    # F32 weights: the tiny-model bound of test_e2e_tiny (5e-4 of max|logit|).
+    assert float(np.abs(m.logits(ids) - ref).max()) / scale < 5e-4
+    eng = m._engine
+    steps = np.concatenate([np.asarray(eng.forward(np.asarray([t], np.int32), i)).reshape(1, -1)
+                            for i, t in enumerate(ids)])
+    assert float(np.abs(steps - ref).max()) / scale < 5e-4
+    if backend == "cpu":   # `forgert quantize` keeps the window in the GGUF it writes
+        from forgert.gguf_export import export_gguf
+        export_gguf(str(dst), str(tmp_path / "mistral_like.gguf"), "f32", log=lambda _msg: None)
+        g = forgert.Model(str(tmp_path / "mistral_like.gguf"), backend="cpu", n_ctx=64)
+        assert float(np.abs(g.logits(ids) - ref).max()) / scale < 5e-4
+
+
+def test_qwen2_windows_only_the_layers_from_max_window_layers(tiny_models, tmp_path, forgert):
+    """Qwen2 with use_sliding_window: layers >= max_window_layers attend over the window, the
+    ones before over everything, as transformers' Qwen2ForCausalLM (layer_types) does."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+    tm = tiny_models("qwen2_tied")
+    dst = tmp_path / "qwen2_window"
+    shutil.copytree(tm.path("hf-F32"), dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.pop("layer_types", None)   # recomputed by transformers from the three fields below
+    cfg.update(use_sliding_window=True, sliding_window=6, max_window_layers=1, max_position_embeddings=256)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    ids = np.random.default_rng(8).integers(0, tm.vocab, 30).tolist()
+    hf = Qwen2ForCausalLM.from_pretrained(str(dst), dtype=torch.float32)
+    assert hf.config.layer_types == ["full_attention", "sliding_attention"]
+    ref = mf.reference_logits(mf.with_f16_kv(hf), ids)
+    m = forgert.Model(str(dst), backend="cpu", n_ctx=64)
+    scale = float(np.abs(ref).max())
+    assert float(np.abs(m.logits(ids) - ref).max()) / scale < 5e-4
+    # every layer windowed is a different model: the test tells the two apart
+    cfg["max_window_layers"] = 0
+    (dst / "config.json").write_text(json.dumps(cfg))
+    all_windowed = forgert.Model(str(dst), backend="cpu", n_ctx=64).logits(ids)
+    assert float(np.abs(all_windowed - ref).max()) / scale > 1e-2
+
+
+def test_interleaved_sliding_window_layers_are_refused(tiny_models, tmp_path, forgert):
+    tm = tiny_models("llama3_untied")   # three layers
+    dst = tmp_path / "interleaved"
+    shutil.copytree(tm.path("hf-F32"), dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="interleaved"):
+        forgert.Model(str(dst), backend="cpu")

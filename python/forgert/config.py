@@ -33,10 +33,11 @@ class ModelConfig:
     rope_scaling: dict | None = None
     rope_freqs: np.ndarray = field(default=None, repr=False)   # float32 [head_dim // 2]
     tied_embeddings: bool = False
-    # Sliding-window attention span (Mistral 7B v0.1: 4096), None for full attention. forgert
-    # attends over the whole context, which equals sliding-window attention only while the
-    # context is no longer than the window: Model keeps n_ctx within it.
+    # Sliding-window attention (Mistral 7B v0.1: 4096): a token attends to itself and the
+    # sliding_window - 1 before it, in layers sliding_window_from.. (Qwen2's max_window_layers;
+    # every layer for Mistral). None: full causal attention.
     sliding_window: int | None = None
+    sliding_window_from: int = 0
 
     def core_dict(self, n_ctx: int) -> dict:
         return {
@@ -44,6 +45,7 @@ class ModelConfig:
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
             "rope_neox": bool(self.rope_neox), "rope_freqs": self.rope_freqs,
+            "sliding_window": int(self.sliding_window or 0), "sliding_window_from": int(self.sliding_window_from),
         }
 
 
@@ -160,6 +162,32 @@ def _hf_rope(hf: dict, source):
     _fail(source, f"unsupported RoPE scaling type '{kind}'")
 
 
+def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
+    """transformers 5 spells out which layers use the window ("layer_types"); when present it
+    decides. forgert windows a suffix of the layers (all of them, or Qwen2's from max_window_layers)."""
+    types = hf.get("layer_types")
+    if types is None:
+        return
+    if not isinstance(types, list) or len(types) != cfg.n_layers:
+        _fail(source, f"layer_types must list one entry per layer ({cfg.n_layers}), got {types!r}")
+    unknown = set(types) - {"full_attention", "sliding_attention"}
+    if unknown:
+        _fail(source, f"unsupported layer_types {sorted(map(str, unknown))}")
+    sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    if not sliding:
+        cfg.sliding_window, cfg.sliding_window_from = None, 0
+        return
+    if not cfg.sliding_window:
+        window = hf.get("sliding_window")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            _fail(source, f"layer_types has sliding_attention layers but sliding_window is {window!r}")
+        cfg.sliding_window = window
+    if sliding != list(range(sliding[0], cfg.n_layers)):
+        _fail(source, "sliding-window layers interleaved with full-attention ones are not supported "
+                      f"(layers {sliding})")
+    cfg.sliding_window_from = sliding[0]
+
+
 def config_from_hf(hf: dict, source: str) -> ModelConfig:
     """hf: the parsed config.json of a Llama / Mistral / Qwen2 model directory."""
     model_type = hf.get("model_type")
@@ -190,6 +218,9 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             _fail(source, f"sliding_window must be a positive integer, got {window!r}")
         cfg.sliding_window = window
+        if model_type == "qwen2":   # Qwen2 windows only the layers from max_window_layers on
+            cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
+    _hf_layer_types(hf, cfg, source)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
     _check_geometry(cfg, source)
     return cfg

@@ -122,6 +122,12 @@ def _write_hf_metadata(writer, loaded, gguf):
         writer.add_key_length(c.head_dim)
         writer.add_value_length(c.head_dim)
     writer.add_vocab_size(c.vocab)
+    if c.sliding_window:
+        # GGUF's key windows every layer; Qwen2's max_window_layers has no GGUF form.
+        if c.sliding_window_from:
+            raise ModelFormatError(f"{loaded.name}: sliding-window attention from layer {c.sliding_window_from} "
+                                   "on cannot be written to GGUF")
+        writer.add_sliding_window(c.sliding_window)
     kind = (c.rope_scaling or {}).get("type")
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -160,7 +166,9 @@ def export_gguf(src, dst, target: str, log=None) -> dict:
         if want in QUANTIZERS and cols % 32:
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
             want = F16
-        if w.type_id == want and heads is None:
+        # raw: data holds the tensor's bytes in the target type's layout (copied, or quantized)
+        raw = w.type_id == want and heads is None
+        if raw:
             data = np.asarray(w.data)
         else:
             if w.type_id in QUANTIZERS and not warned:
@@ -170,16 +178,17 @@ def export_gguf(src, dst, target: str, log=None) -> dict:
             x = dequantize(w.data, w.type_id, rows, cols)
             if heads is not None:
                 x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
-            if want in QUANTIZERS:
+            raw = want in QUANTIZERS
+            if raw:
                 data = QUANTIZERS[want](x)
             else:
                 data = x.astype(np.float32 if want == F32 else np.float16)
         shape_ne = [cols] if rows == 1 and _is_1d(name) else [cols, rows]
-        if want in QUANTIZERS or w.type_id == want:
+        if raw:
             # bytes shaped [rows, row bytes]: the writer turns that into the element shape
-            raw = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-            raw = raw if len(shape_ne) == 1 else raw.reshape(rows, -1)
-            writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType(want))
+            b = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+            b = b if len(shape_ne) == 1 else b.reshape(rows, -1)
+            writer.add_tensor(name, b, raw_shape=b.shape, raw_dtype=gguf.GGMLQuantizationType(want))
         else:
             writer.add_tensor(name, data.reshape(list(reversed(shape_ne))))
         counts[type_name(want)] = counts.get(type_name(want), 0) + 1

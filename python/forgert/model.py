@@ -85,11 +85,7 @@ class Model:
         self._model = load_model(self.path)
         cfg = self._model.config
         if n_ctx is None:
-            n_ctx = min(cfg.context_length, DEFAULT_N_CTX_CAP, cfg.sliding_window or cfg.context_length)
-        elif cfg.sliding_window and n_ctx > cfg.sliding_window:
-            raise ValueError(f"{self.path}: this model uses sliding-window attention over {cfg.sliding_window} "
-                             f"tokens, which forgert does not implement; pass n_ctx <= {cfg.sliding_window} "
-                             f"(got {n_ctx})")
+            n_ctx = min(cfg.context_length, DEFAULT_N_CTX_CAP)
         elif n_ctx > cfg.context_length:
             warnings.warn(f"n_ctx={n_ctx} is longer than the {cfg.context_length} tokens "
                           f"{self._model.name} was trained on; quality may drop past that", stacklevel=2)

@@ -1,6 +1,7 @@
 // Causal attention over the f16 KV cache, one kernel for decode and prefill.
 //
-// Query t (at position pos0 + t) attends to cache rows 0 .. pos0 + t. Those keys are cut
+// Query t (at position pos0 + t) attends to cache rows 0 .. pos0 + t (the last `window` of
+// them with sliding-window attention). Those keys are cut
 // into n_splits chunks (flash-decoding: a long context spreads over many threadgroups
 // even for a single query); one threadgroup handles one (split, head, query). Its
 // FG_ATTN_SIMDGROUPS simdgroups take every 4th key of the chunk, each keeping an online
@@ -34,7 +35,8 @@ kernel void attention_f16(
     const int hd = args.head_dim;
     const int kv_head = head / (args.n_heads / args.n_kv_heads);
     const int kv_len = args.pos0 + t + 1;
-    const int k_begin = split * args.split_len;
+    const int k_first = args.window > 0 ? max(0, kv_len - args.window) : 0;  // sliding window
+    const int k_begin = k_first + split * args.split_len;
     const int k_end = min(k_begin + args.split_len, kv_len);
 
     // This lane's slice of the query: elements tiisg + 32 j, pre-scaled.
@@ -107,7 +109,7 @@ kernel void attention_f16(
 
     if (args.n_splits == 1) {
         device float* o = (device float*)(out + t * args.out_stride) + head * hd;
-        const float inv_l = 1.0f / l_all;  // split 0 always holds key 0: l_all > 0
+        const float inv_l = 1.0f / l_all;  // split 0 always holds key k_first: l_all > 0
         for (int d = tiisg; d < hd; d += FG_SIMD_WIDTH) {
             float a = 0.0f;
             for (int g = 0; g < FG_ATTN_SIMDGROUPS; ++g) a += shmem[g * ATTN_ROW + 2 + d] * w[g];
@@ -184,8 +186,9 @@ kernel void attention_prefill_f16(
     const int tile = args.tile_keys;
     threadgroup half* kt = kv_tile;               // [tile][hd]
     threadgroup half* vt = kv_tile + tile * hd;   // [tile][hd]
-    // Keys 0 .. kv_end - 1 are needed by the block's last query.
+    // Keys kv_first .. kv_end - 1: from the first query's window start to the last query.
     const int kv_end = args.pos0 + min(q0 + FG_ATTN_BQ, args.n_queries);
+    const int kv_first = args.window > 0 ? max(0, args.pos0 + q0 + 1 - args.window) : 0;
 
     float qv[ATTN_QPS][ATTN_DPL];
     float acc[ATTN_QPS][ATTN_DPL];
@@ -203,7 +206,7 @@ kernel void attention_prefill_f16(
         l[j] = 0.0f;
     }
 
-    for (int k0 = 0; k0 < kv_end; k0 += tile) {
+    for (int k0 = kv_first; k0 < kv_end; k0 += tile) {
         const int n_keys = min(tile, kv_end - k0);
         for (int e = tiitg; e < n_keys * hd; e += FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH) {
             const int key = k0 + e / hd;
@@ -217,7 +220,9 @@ kernel void attention_prefill_f16(
             const int key = k0 + kk;
             for (int j = 0; j < ATTN_QPS; ++j) {
                 const int t = q0 + sgitg * ATTN_QPS + j;
-                if (t >= args.n_queries || key > args.pos0 + t) continue;  // causal; uniform per simdgroup
+                // causal, and within the window; uniform per simdgroup
+                if (t >= args.n_queries || key > args.pos0 + t) continue;
+                if (args.window > 0 && key <= args.pos0 + t - args.window) continue;
                 float partial = 0.0f;
                 for (int i = 0; i < ATTN_DPL; ++i) {
                     const int d = tiisg + FG_SIMD_WIDTH * i;
@@ -242,7 +247,7 @@ kernel void attention_prefill_f16(
         const int t = q0 + sgitg * ATTN_QPS + j;
         if (t >= args.n_queries) continue;
         device float* o = (device float*)(out + t * args.out_stride) + head * hd;
-        const float inv_l = 1.0f / l[j];  // key 0 is always attended: l > 0
+        const float inv_l = 1.0f / l[j];  // key pos0 + t is always attended: l > 0
         for (int i = 0; i < ATTN_DPL; ++i) {
             const int d = tiisg + FG_SIMD_WIDTH * i;
             if (d < hd) o[d] = acc[j][i] * inv_l;

@@ -119,8 +119,8 @@ typedef struct {
 FG_ARGS_ASSERT(sizeof(kv_write_args) == 24, "kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
-// The keys of query t (positions 0 .. pos0 + t) are cut into n_splits chunks of
-// split_len keys; one threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one
+// The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
+// into n_splits chunks of split_len keys; one threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one
 // (split, head, query) and keeps an online softmax. With n_splits == 1 it writes the
 // normalized result to out; otherwise it writes (max, sum, acc[head_dim]) partials that
 // attention_reduce combines.
@@ -142,7 +142,7 @@ typedef struct {
     int32_t n_splits;
     int32_t split_len;    // keys per split
     float scale;
-    int32_t pad0;
+    int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
 } attention_args;
 FG_ARGS_ASSERT(sizeof(attention_args) == 56, "attention_args layout");
 
@@ -168,7 +168,7 @@ typedef struct {
     int32_t pos0;
     int32_t tile_keys;
     float scale;
-    int32_t pad0;
+    int32_t window;       // as in attention_args
 } attention_prefill_args;
 FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 56, "attention_prefill_args layout");
 

@@ -37,6 +37,8 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.n_ctx = get<int>(d, "n_ctx");
     c.rms_eps = get<float>(d, "rms_eps");
     c.rope_neox = get<bool>(d, "rope_neox");
+    if (d.contains("sliding_window")) c.sliding_window = get<int>(d, "sliding_window");
+    if (d.contains("sliding_window_from")) c.sliding_window_from = get<int>(d, "sliding_window_from");
     auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(d["rope_freqs"]);
     if (!f) throw InputError("rope_freqs must be a float array");
     c.rope_freqs.assign(f.data(), f.data() + f.size());

@@ -167,8 +167,9 @@ public:
         return py::make_tuple(q_out, k_out, as_float16(kc_out), as_float16(vc_out));
     }
     F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
-                  int head_dim, float scale) {
+                  int head_dim, float scale, int window) {
         const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
+        need(window >= 0, "window must be >= 0 (0: no sliding window)");
         need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
         need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
         need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");
@@ -176,7 +177,7 @@ public:
         need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
         Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
                V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
-        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale}); });
+        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale, window}); });
         return download(Y);
     }
     F32 silu_mul(const F32& g, const F32& u) {
@@ -227,7 +228,7 @@ void bind_ops(py::module_& m) {
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("head_dim"), py::arg("neox"))
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
-             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"))
+             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0)
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
         .def("argmax", &Ops::argmax, py::arg("x"));

@@ -36,6 +36,8 @@ struct AttentionParams {
     int n_kv_heads = 0;    // n_heads % n_kv_heads == 0 (GQA)
     int head_dim = 0;
     float scale = 1.0f;    // usually 1/sqrt(head_dim)
+    int window = 0;        // > 0: sliding-window attention, the query at position p sees keys
+                           // p - window + 1 .. p (Mistral); 0: all keys 0 .. p
 };
 
 class Backend {
@@ -102,7 +104,8 @@ public:
         kv_write(k_cache, k, pos0);
         kv_write(v_cache, v, pos0);
     }
-    // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i.
+    // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i
+    // (the last p.window of them with a sliding window).
     // q, out [n, n_heads * head_dim]; k_cache, v_cache f16 [n_ctx, n_kv_heads * head_dim].
     virtual void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache,
                            const Tensor& v_cache, int pos0, const AttentionParams& p) = 0;

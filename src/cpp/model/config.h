@@ -19,6 +19,8 @@ struct ModelConfig {
     float rms_eps = 1e-5f;
     bool rope_neox = false; // see RopeParams::neox
     std::vector<float> rope_freqs;  // [head_dim / 2], scaling already applied
+    int sliding_window = 0;        // > 0: layers from sliding_window_from on attend to this many keys
+    int sliding_window_from = 0;   // first such layer (Qwen2's max_window_layers; 0 for Mistral)
 
     int q_dim() const { return n_heads * head_dim; }
     int kv_dim() const { return n_kv_heads * head_dim; }

@@ -69,7 +69,7 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
     const double t1 = profiling_ ? now_s() : 0;
 
     RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox};
-    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim)};
+    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim), 0};
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
         // attention block
@@ -82,6 +82,7 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
             be.add_bias(v, L.bv);
         }
         be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
+        ap.window = cfg_.sliding_window > 0 && l >= cfg_.sliding_window_from ? cfg_.sliding_window : 0;
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
         be.matmul_add(x, L.wo, att, proj);  // x += wo att
         // feed-forward block

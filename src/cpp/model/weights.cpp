@@ -22,6 +22,8 @@ void ModelConfig::validate() const {
     need(rms_eps > 0.0f, "rms_eps must be positive");
     need((int)rope_freqs.size() == head_dim / 2, "rope_freqs has " + std::to_string(rope_freqs.size()) +
                                                      " entries, expected head_dim / 2 = " + std::to_string(head_dim / 2));
+    need(sliding_window >= 0 && sliding_window_from >= 0,
+         "sliding_window = " + std::to_string(sliding_window) + ", from layer " + std::to_string(sliding_window_from));
 }
 
 namespace {

@@ -253,7 +253,10 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     // A work item is one KV head with a block of tokens: all the item's queries (the
     // group's heads x the block's tokens) share each K/V row converted to f32.
     const int heads_per_call = std::min(group, kMaxGroupQueries);
-    const int64_t tok_block = std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
+    // A call shares its K/V rows among its queries. With a sliding window that has moved
+    // past key 0, each token starts at another key: one token per call.
+    const bool windowed = p.window > 0 && pos0 + n > p.window;
+    const int64_t tok_block = windowed ? 1 : std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
     const int64_t n_blocks = (n + tok_block - 1) / tok_block;
     const int64_t items = n_blocks * p.n_kv_heads;
     for (auto& s : scratch_) {
@@ -269,9 +272,11 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         for (int64_t it = items - 1 - ith; it >= 0; it -= nth) {
             const int64_t blk = it / p.n_kv_heads;
             const int kvh = (int)(it % p.n_kv_heads);
-            const uint16_t* kp = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>()) + kvh * hd;
-            const uint16_t* vp = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>()) + kvh * hd;
             const int64_t t0 = blk * tok_block, t1 = std::min(n, t0 + tok_block);
+            // Keys first .. pos0 + t of every query here (first = 0 without a window).
+            const int64_t first = windowed ? std::max<int64_t>(0, pos0 + t0 + 1 - p.window) : 0;
+            const uint16_t* kp = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>()) + first * kv_stride + kvh * hd;
+            const uint16_t* vp = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>()) + first * kv_stride + kvh * hd;
             for (int h0 = 0; h0 < group; h0 += heads_per_call) {
                 int nq = 0;
                 for (int64_t t = t0; t < t1; t++) {
@@ -279,7 +284,7 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         const int head = kvh * group + h;
                         qs[nq] = row(q, t) + head * hd;
                         os[nq] = row(out, t) + head * hd;
-                        len[nq] = pos0 + t + 1;  // causal: positions 0..pos0 + t
+                        len[nq] = pos0 + t + 1 - first;  // causal: positions first..pos0 + t
                         nq++;
                     }
                 }

@@ -279,15 +279,18 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     need(pos0 >= 0 && pos0 + n <= k_cache.rows, "attention", "queries past the cache");
     if (n == 0) return;
 
-    // Split each query's keys so that (splits x heads x queries) fills the GPU.
+    need(p.window >= 0, "attention", "negative window");
+    // Split each query's keys so that (splits x heads x queries) fills the GPU. A query
+    // sees at most `span` keys (its window); the splits of shorter ones stay empty.
     const int64_t kv_max = pos0 + n;
+    const int64_t span = p.window > 0 ? std::min<int64_t>(kv_max, p.window) : kv_max;
     const int64_t groups = n * p.n_heads;
     int64_t n_splits = 1;
     if (groups < kAttnTargetThreadgroups)
-        n_splits = std::max<int64_t>(1, std::min(ceil_div(kv_max, kAttnMinSplitLen),
+        n_splits = std::max<int64_t>(1, std::min(ceil_div(span, kAttnMinSplitLen),
                                                  ceil_div(kAttnTargetThreadgroups, groups)));
-    const int64_t split_len = ceil_div(kv_max, n_splits);
-    n_splits = ceil_div(kv_max, split_len);
+    const int64_t split_len = ceil_div(span, n_splits);
+    n_splits = ceil_div(span, split_len);
 
     const Tensor keys = k_cache.slice_rows(0, kv_max), values = v_cache.slice_rows(0, kv_max);
 
@@ -304,6 +307,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         a.pos0 = pos0;
         a.tile_keys = std::min(64, FG_ATTN_TILE_HALFS / p.head_dim);
         a.scale = p.scale;
+        a.window = p.window;
         encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out)},
                {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
@@ -321,6 +325,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.n_splits = (int32_t)n_splits;
     a.split_len = (int32_t)split_len;
     a.scale = p.scale;
+    a.window = p.window;
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
