@@ -132,6 +132,7 @@ def test_serve_bad_flags(smollm2_gguf, tmp_path):
     assert_clean_failure(forgert("serve", "--model", tmp_path / "missing.gguf", "--port", free_port()),
                          "not found")
     assert_clean_failure(forgert("serve", "--host", "no-such-host.invalid"), "cannot listen")
+    assert_clean_failure(forgert("serve", "--prompt-cache-mb", "-1"), "--prompt-cache-mb")
     assert_clean_failure(forgert("serve", "--portt", 1), "unrecognized arguments")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -108,6 +108,23 @@ def test_follow_up_turn_reuses_the_cached_conversation(client):
     assert timings["prompt_tokens_evaluated"] + timings["cached_tokens"] == turn2.usage.prompt_tokens
 
 
+def test_conversations_taking_turns_keep_their_prefixes(model, client):
+    # `forgert serve` turns the prompt cache on; two clients alternate their conversations.
+    model.set_prompt_cache(64 << 20)
+    try:
+        a = [{"role": "user", "content": "List three rivers of Europe, with one fact about each."}]
+        b = [{"role": "user", "content": "Name three planets and say how far each is from the Sun."}]
+        first_a = client.chat.completions.create(model="x", messages=a, max_tokens=4, temperature=0)
+        client.chat.completions.create(model="x", messages=b, max_tokens=4, temperature=0)
+        again_a = client.chat.completions.create(model="x", messages=a, max_tokens=4, temperature=0)
+        timings = again_a.model_extra["timings"]
+        # a's whole prompt (but the token re-evaluated for fresh logits) came back from memory
+        assert timings["cached_tokens"] == first_a.usage.prompt_tokens - 1
+        assert again_a.choices[0].message.content == first_a.choices[0].message.content
+    finally:
+        model.set_prompt_cache(0)
+
+
 # ----------------------------------------------------------------------------- streaming
 
 def test_chat_stream_equals_the_whole_answer(client):

@@ -18,6 +18,7 @@ from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
 from .loader import load_model
+from .prompt_cache import ModelState, PromptCache
 from .sampling import Sampler, SamplingParams
 from .stop_strings import StopStringMatcher
 
@@ -96,6 +97,7 @@ class Model:
         self.tokenizer = self._model.tokenizer
         self._template = None
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
+        self._prompt_cache = None   # PromptCache of other sequences, when set_prompt_cache() is on
         self._busy = False
         self._profile = None        # per-stage seconds while set_profiling(True)
 
@@ -179,8 +181,11 @@ class Model:
 
     # -- evaluation --------------------------------------------------------------------------
     def reset(self):
-        """Forget the prompt cache (the next call evaluates its prompt from position 0)."""
+        """Forget the prompt cache, saved sequences included (the next call evaluates its
+        prompt from position 0)."""
         self._cache_tokens = []
+        if self._prompt_cache is not None:
+            self._prompt_cache = PromptCache(self._prompt_cache.max_bytes)
 
     def _eval(self, ids, pos, mode):
         """Run ids at positions pos..; mode "none" | "last" (logits row) | "argmax" | "all"."""
@@ -210,12 +215,51 @@ class Model:
             for stage, seconds in self._engine.last_profile().items():
                 self._profile[stage] += seconds
 
+    # -- saved states and the multi-sequence prompt cache ------------------------------------
+    def save_state(self) -> ModelState:
+        """A copy of the evaluated tokens' K/V cache; load_state(state) brings it back."""
+        tokens = tuple(self._cache_tokens)
+        return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))))
+
+    def load_state(self, state: ModelState) -> None:
+        """Makes `state` (from save_state of this model) the cached sequence."""
+        if not isinstance(state, ModelState):
+            raise TypeError(f"state must be a ModelState from save_state(), got {type(state).__name__}")
+        if state.kv.ndim != 4 or state.kv.shape[2] != len(state.tokens):
+            raise ValueError("state's K/V rows do not match its tokens")
+        self._engine.kv_load(state.kv)   # checks the shape against this model and context
+        self._cache_tokens = list(state.tokens)
+
+    def set_prompt_cache(self, max_bytes: int) -> None:
+        """Keep up to max_bytes of other sequences' K/V caches (0 turns it off). A prompt that
+        shares a longer prefix with one of them than with the live cache continues from it:
+        clients taking turns each keep their conversation's prefix."""
+        self._prompt_cache = PromptCache(max_bytes) if max_bytes else None
+
+    def _switch_to_best_saved(self, ids) -> None:
+        """Before ids overwrite the live sequence: save it if ids would drop much of it (another
+        conversation), and continue from a saved sequence that shares more of ids' prefix."""
+        cache = self._prompt_cache
+        if cache is None:
+            return
+        live = _common_prefix(self._cache_tokens, ids)
+        dropped = len(self._cache_tokens) - live
+        # A follow-up of the same conversation drops only its last few tokens (how the previous
+        # answer ended): not worth a copy of the whole sequence. Another one drops more.
+        if dropped * 8 > len(self._cache_tokens):
+            cache.put(self.save_state())
+        saved, n = cache.best(ids)
+        if saved is not None and n > live:
+            cache.take(saved)
+            self.load_state(saved)
+
     def _prefill(self, ids, mode):
         """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
 
         The last prompt token is always evaluated alone, by the same kernels as decoding: a
         prompt then gives the same first logits (and, with a seed, the same sampled text)
         whether its prefix came from the cache or was evaluated in a batch just now."""
+        self._switch_to_best_saved(ids)
         start = min(_common_prefix(self._cache_tokens, ids), len(ids) - 1)
         self._cache_tokens = self._cache_tokens[:start]
         for s in range(start, len(ids) - 1, PREFILL_CHUNK):
@@ -287,13 +331,13 @@ class Model:
         generated, history, pieces = [], list(prompt_ids), []
         n_sampled, finish = 0, "length"
         t0 = time.perf_counter()
-        n_cached = min(_common_prefix(self._cache_tokens, prompt_ids), len(prompt_ids) - 1)
         limit = params.max_tokens if params.max_tokens is not None else self.n_ctx
         if limit == 0:
             t1 = t0
-            n_eval = 0
+            n_eval = n_cached = 0
         else:
             result, n_eval = self._prefill(prompt_ids, "argmax" if use_argmax else "last")
+            n_cached = len(prompt_ids) - n_eval
             t1 = time.perf_counter()
             tok = result if use_argmax else sampler.sample(result, history)
             last_logits = result
@@ -330,7 +374,7 @@ class Model:
         return Completion(
             text="".join(pieces), tokens=generated, finish_reason=finish,
             usage=Usage(len(prompt_ids), n_sampled, len(prompt_ids) + n_sampled),
-            timings=Timings(n_eval, n_cached if limit else 0, t1 - t0, n_decode, t2 - t1))
+            timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1))
 
     def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, **sampling) -> TextStream:
         """Iterator of text pieces as they are produced; `.completion` is set once exhausted.

@@ -10,6 +10,7 @@ from .common import UserError, add_model_args, load_model
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_PROMPT_CACHE_MB = 512
 
 
 def add_parser(subparsers):
@@ -28,6 +29,10 @@ def add_parser(subparsers):
                         "(default: $FORGERT_API_KEY; none means no authentication)")
     p.add_argument("--model-id", help="the model name clients see in /v1/models "
                                       "(default: the model file name)")
+    p.add_argument("--prompt-cache-mb", type=int, default=DEFAULT_PROMPT_CACHE_MB,
+                   help="memory for the K/V caches of conversations other than the current one, so "
+                        "clients taking turns keep their prompt prefixes "
+                        f"(default {DEFAULT_PROMPT_CACHE_MB}; 0 turns it off)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -64,8 +69,11 @@ def run(args) -> int:
     except ImportError as e:
         raise UserError(f"forgert serve needs FastAPI and uvicorn ({e.name} is missing): "
                         "pip install fastapi uvicorn") from None
+    if args.prompt_cache_mb < 0:
+        raise UserError(f"--prompt-cache-mb must be >= 0, got {args.prompt_cache_mb}")
     _check_can_listen(args.host, args.port)
     model = load_model(args)
+    model.set_prompt_cache(args.prompt_cache_mb << 20)
     if not _is_loopback(args.host):
         exposure = ("with an API key" if args.api_key
                     else "WITHOUT an API key: anyone who can reach it may use it")

@@ -12,8 +12,10 @@ logprobs are the model's own log-probabilities of each sampled token (before tem
 penalties and truncation); when streaming they travel in the chunk with the text they produced.
 
 One model serves every client: requests wait their turn in arrival order on one worker thread.
-A client that disconnects cancels its request, queued or running. The prompt cache holds one
-sequence, so a conversation's follow-up reuses its prefix when no other request ran in between.
+A client that disconnects cancels its request, queued or running. The engine's cache holds one
+sequence; with Model.set_prompt_cache (`forgert serve --prompt-cache-mb`, on by default there)
+the K/V of the others are kept in memory too, so conversations taking turns each reuse their
+prefix (`timings.cached_tokens`).
 """
 from __future__ import annotations
 

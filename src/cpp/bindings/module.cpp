@@ -106,6 +106,29 @@ public:
         return model_->forward_argmax(src, n, pos);
     }
 
+    // uint16 (f16 bits) [n_layers, 2, n, kv_dim]: K and V rows of positions 0..n.
+    py::array_t<uint16_t> kv_save(int n) {
+        const ModelConfig& c = model_->config();
+        if (n < 0 || n > c.n_ctx) throw InputError("n must be in 0.." + std::to_string(c.n_ctx) + ", got " + std::to_string(n));
+        py::array_t<uint16_t> out(std::vector<py::ssize_t>{c.n_layers, 2, n, c.kv_dim()});
+        uint16_t* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        model_->kv_save(n, dst);
+        return out;
+    }
+
+    void kv_load(py::array_t<uint16_t, py::array::c_style | py::array::forcecast> kv) {
+        const ModelConfig& c = model_->config();
+        if (kv.ndim() != 4 || kv.shape(0) != c.n_layers || kv.shape(1) != 2 || kv.shape(3) != c.kv_dim() ||
+            kv.shape(2) > c.n_ctx)
+            throw InputError("kv state must be [" + std::to_string(c.n_layers) + ", 2, n <= " + std::to_string(c.n_ctx) +
+                             ", " + std::to_string(c.kv_dim()) + "] for this model and context");
+        const int n = (int)kv.shape(2);
+        const uint16_t* src = kv.data();
+        py::gil_scoped_release nogil;
+        model_->kv_load(n, src);
+    }
+
     LlamaModel& model() { return *model_; }
 
 private:
@@ -124,6 +147,9 @@ PYBIND11_MODULE(_core, m) {
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
         .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"),
              "evaluate tokens into the KV cache without computing logits")
+        .def("kv_save", &Engine::kv_save, py::arg("n"),
+             "f16 bits [n_layers, 2, n, kv_dim] of the K/V cache rows of positions 0..n")
+        .def("kv_load", &Engine::kv_load, py::arg("kv"), "restore rows 0..n saved by kv_save")
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })

@@ -154,4 +154,27 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     return 0;
 }
 
+void LlamaModel::kv_save(int n, uint16_t* dst) {
+    if (n < 0 || n > cfg_.n_ctx) throw InputError("kv_save: " + std::to_string(n) + " rows of a cache of " +
+                                                  std::to_string(cfg_.n_ctx));
+    const size_t rows = (size_t)n * cfg_.kv_dim();
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        if (n == 0) break;
+        be_->read(dst + (2 * l) * rows, kv_.k[l].slice_rows(0, n), rows * sizeof(uint16_t));
+        be_->read(dst + (2 * l + 1) * rows, kv_.v[l].slice_rows(0, n), rows * sizeof(uint16_t));
+    }
+}
+
+void LlamaModel::kv_load(int n, const uint16_t* src) {
+    if (n < 0 || n > cfg_.n_ctx) throw InputError("kv_load: " + std::to_string(n) + " rows of a cache of " +
+                                                  std::to_string(cfg_.n_ctx));
+    const size_t rows = (size_t)n * cfg_.kv_dim();
+    be_->wait();  // no pass in flight may still read the rows being replaced
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        if (n == 0) break;
+        be_->write(kv_.k[l].slice_rows(0, n), src + (2 * l) * rows, rows * sizeof(uint16_t));
+        be_->write(kv_.v[l].slice_rows(0, n), src + (2 * l + 1) * rows, rows * sizeof(uint16_t));
+    }
+}
+
 }  // namespace forgert

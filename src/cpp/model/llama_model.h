@@ -33,6 +33,12 @@ public:
     // The same, returning the argmax of the last token's logits computed on the device.
     int forward_argmax(const int32_t* tokens, int n, int pos);
 
+    // Copies of the KV cache rows 0..n (positions already evaluated), for prompt caches that
+    // keep several sequences: f16 bits [n_layers][2 (K, V)][n][kv_dim], layer-major.
+    size_t kv_bytes(int n) const { return (size_t)cfg_.n_layers * 2 * n * cfg_.kv_dim() * sizeof(uint16_t); }
+    void kv_save(int n, uint16_t* dst);
+    void kv_load(int n, const uint16_t* src);
+
     // Optional per-stage wall times of the last call (seconds), when profiling is on.
     struct Profile { double embed = 0, layers = 0, logits = 0; };
     void set_profiling(bool on) { profiling_ = on; }
