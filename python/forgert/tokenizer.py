@@ -46,7 +46,12 @@ class ModelTokenizer:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_gguf(cls, meta: dict, source: str) -> "ModelTokenizer":
-        tok = tokenizer_from_gguf(meta, source)
+        try:
+            tok = tokenizer_from_gguf(meta, source)
+        except ModelFormatError:
+            raise
+        except Exception as e:  # damaged tables: tokenizers raises a bare Exception, or values have odd types
+            raise ModelFormatError(f"{source}: the tokenizer tables are invalid ({type(e).__name__}: {e})") from None
         n = len(meta["tokenizer.ggml.tokens"])
 
         def special(key):
