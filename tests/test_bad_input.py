@@ -371,3 +371,19 @@ def test_interleaved_streams_are_refused(model):
         next(b)
     a.close()
     assert model.generate([5, 6, 7], max_tokens=2, temperature=0, ignore_eos=True).finish_reason == "length"
+
+
+def test_kv_cache_larger_than_memory_is_refused(tiny, monkeypatch):
+    """The KV cache is allocated up front: one that cannot fit is a ValueError with the
+    numbers, not an out-of-memory kill: one byte short of the hand-computed size is refused,
+    the exact size is accepted."""
+    import forgert
+    import forgert.model as fm
+    path = str(tiny.path("gguf-Q8_0"))
+    cfg = forgert.Model(path, backend="cpu", n_ctx=16).config
+    kv_bytes = cfg.n_layers * 2 * 4096 * cfg.n_kv_heads * cfg.head_dim * 2   # hand-computed size
+    monkeypatch.setattr(fm, "available_memory_bytes", lambda: kv_bytes - 1)
+    with pytest.raises(ValueError, match=r"n_ctx=4096 needs a .* KV cache .* pass n_ctx <= 4095"):
+        forgert.Model(path, backend="cpu", n_ctx=4096)
+    monkeypatch.setattr(fm, "available_memory_bytes", lambda: kv_bytes)
+    assert forgert.Model(path, backend="cpu", n_ctx=4096).n_ctx == 4096

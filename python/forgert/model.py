@@ -35,6 +35,32 @@ def _import_core():
     return _core
 
 
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can still get without swapping, or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # macOS: physical memory (unified with the GPU's)
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
+    """The f16 KV cache is allocated (and zeroed) up front: one too large for the machine would
+    get the process killed, so it is refused here with the numbers."""
+    kv_bytes = cfg.n_layers * 2 * n_ctx * cfg.n_kv_heads * cfg.head_dim * 2
+    avail = available_memory_bytes()
+    if avail is not None and kv_bytes > avail:
+        per_token = kv_bytes / n_ctx
+        raise ValueError(f"n_ctx={n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
+                         f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {int(avail // per_token)}")
+
+
 def _common_prefix(a, b) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -90,6 +116,7 @@ class Model:
         elif n_ctx > cfg.context_length:
             warnings.warn(f"n_ctx={n_ctx} is longer than the {cfg.context_length} tokens "
                           f"{self._model.name} was trained on; quality may drop past that", stacklevel=2)
+        _check_kv_cache_fits(cfg, n_ctx, self._model.name)
         core = _import_core()
         self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, threads or 0)
         self.n_ctx = int(self._engine.n_ctx)
