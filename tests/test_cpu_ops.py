@@ -466,6 +466,8 @@ def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim
     (7, 9, 8, 2, 32, 32),        # prefill continuing a cached prefix
     (33, 0, 2, 1, 128, 64),      # head_dim 128 (Llama), MQA
     (69, 50, 9, 3, 64, 128),     # 64 + 5 tokens after a 50-token prefix
+    (1, 700, 9, 3, 64, 1024),    # decode, long context: each KV head's keys split across threads
+    (1, 1000, 4, 1, 128, 1024),  # the same with one KV head (MQA)
 ])
 def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx):
     if backend == "metal" and n * (pos0 + n) > 2000:
@@ -494,6 +496,7 @@ def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_c
     (20, 0, 8, 32),      # prefill from empty, longer than the window
     (9, 30, 12, 48),     # prefill continuing a prefix, every query windowed
     (3, 300, 130, 320),  # long window: flash-decoding splits the windowed keys
+    (1, 900, 500, 960),  # decode, a long window split across threads
 ])
 def test_attention_sliding_window(ops_for, backend, n, pos0, window, n_ctx):
     n_heads, n_kv_heads, head_dim = 4, 2, 32

@@ -121,5 +121,25 @@ int main(int argc, char** argv) {
             keep.clear();
         }
     }
+    // Decode attention as in a model: 30 layers' caches, more than the CPU caches hold, so the
+    // K/V rows stream from memory (bytes: K and V of every position, every layer).
+    for (int ctx : {1024, 4096}) {
+        if (!std::strstr("attention", filter)) break;
+        const int H = 9, KV = 3, hd = 64, L = 30;
+        std::vector<Tensor> kcs, vcs;
+        for (int l = 0; l < L; l++) {
+            kcs.push_back(random_tensor(be, keep, DType::F16, ctx, KV * hd, rng));
+            vcs.push_back(random_tensor(be, keep, DType::F16, ctx, KV * hd, rng));
+        }
+        Tensor q = random_tensor(be, keep, DType::F32, 1, H * hd, rng);
+        keep.push_back(be.alloc((size_t)H * hd * 4));
+        Tensor o = make_tensor(keep.back().get(), 0, DType::F32, 1, H * hd);
+        const double sec = median_seconds([&] {
+            for (int l = 0; l < L; l++) be.attention(o, q, kcs[l], vcs[l], ctx - 1, {H, KV, hd, 0.125f});
+        }, 9);
+        const double gbs = 2.0 * L * ctx * KV * hd * 2 / sec / 1e9;
+        std::printf("%-28s %6d %6d %5d %10.1f %9.1f GB/s\n", "attention 30 layers decode", ctx, H * hd, 1, sec * 1e6, gbs);
+        keep.clear();
+    }
     return 0;
 }

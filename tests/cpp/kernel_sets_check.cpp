@@ -145,7 +145,8 @@ void check(const KernelSet* k, int cols) {
     for (auto& h : kc) h = f32_to_f16(normal(rng));
     for (auto& h : vc) h = f32_to_f16(normal(rng));
     for (int nq : {5, 11}) {
-        std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd));
+        std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd)), lse_a(nq),
+            lse_b(nq);
         for (auto& v : q) v = normal(rng);
         std::vector<const float*> qs(nq);
         std::vector<float*> oas(nq), obs(nq);
@@ -154,11 +155,15 @@ void check(const KernelSet* k, int cols) {
             qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
             len[i] = 1 + (i * 37) % ctx;
         }
-        g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
-        k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data());
+        g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data(),
+                           lse_a.data());
+        k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data(),
+                           lse_b.data());
         char what[64];
         std::snprintf(what, sizeof what, "attention_group nq=%d", nq);
         expect_close(k->name, what, oa, ob, 1e-5);
+        std::snprintf(what, sizeof what, "attention_group lse nq=%d", nq);
+        expect_close(k->name, what, lse_a, lse_b, 1e-5);
     }
     std::vector<float> gs(1000), us(1000), sa(1000), sb(1000);
     for (int i = 0; i < 1000; i++) gs[i] = 8 * normal(rng), us[i] = normal(rng);

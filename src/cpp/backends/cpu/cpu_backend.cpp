@@ -262,6 +262,16 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < attention_work_floats(hd)) s.resize(attention_work_floats(hd));
     }
+    if (n == 1 && group <= kMaxGroupQueries) {
+        // Decode: with fewer KV heads than twice the threads, split every head's keys so that
+        // each thread has work (ranges of at least kMinSplitKeys keys).
+        constexpr int64_t kMinSplitKeys = 128;
+        const int64_t first = p.window > 0 ? std::max<int64_t>(0, pos0 + 1 - p.window) : 0;
+        const int64_t n_keys = pos0 + 1 - first;
+        const int64_t want = (2 * pool_.size() + p.n_kv_heads - 1) / p.n_kv_heads;
+        const int n_splits = (int)std::min<int64_t>(want, n_keys / kMinSplitKeys);
+        if (n_splits > 1) return attention_split_keys(out, q, k_cache, v_cache, first, n_keys, n_splits, p);
+    }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     auto row = [](const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); };
     pool_.run([&](int ith, int nth) {
@@ -288,10 +298,65 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         nq++;
                     }
                 }
-                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data());
+                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), nullptr);
             }
         }
     });
+}
+
+void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                                      const Tensor& v_cache, int64_t first, int64_t n_keys, int n_splits,
+                                      const AttentionParams& p) {
+    const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+    const int64_t split_len = (n_keys + n_splits - 1) / n_splits;
+    split_out_.resize((size_t)n_splits * p.n_heads * hd);   // [split][head][hd]
+    split_lse_.resize((size_t)n_splits * p.n_heads);         // [split][head]
+    const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
+    const float* qrow = q.data<float>();
+    const int64_t items = (int64_t)p.n_kv_heads * n_splits;
+    pool_.run([&](int ith, int nth) {
+        const float* qs[kMaxGroupQueries];
+        float* os[kMaxGroupQueries];
+        int64_t len[kMaxGroupQueries];
+        for (int64_t it = ith; it < items; it += nth) {
+            const int kvh = (int)(it / n_splits), sp = (int)(it % n_splits);
+            const int64_t k0 = first + sp * split_len;
+            const int64_t nk = std::min(split_len, first + n_keys - k0);
+            float* lse = &split_lse_[(size_t)sp * p.n_heads + kvh * group];
+            if (nk <= 0) {  // an empty range weighs nothing in the merge
+                for (int h = 0; h < group; h++) lse[h] = -INFINITY;
+                continue;
+            }
+            for (int h = 0; h < group; h++) {
+                const int head = kvh * group + h;
+                qs[h] = qrow + head * hd;
+                os[h] = &split_out_[((size_t)sp * p.n_heads + head) * hd];
+                len[h] = nk;
+            }
+            const uint16_t* kp = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>()) + k0 * kv_stride + kvh * hd;
+            const uint16_t* vp = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>()) + k0 * kv_stride + kvh * hd;
+            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), lse);
+        }
+    });
+    // out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): the softmax over all
+    // keys, from the ranges' normalized results and their log-sum-exps.
+    float* o = out.data<float>();
+    for (int head = 0; head < p.n_heads; head++) {
+        float m = -INFINITY;
+        for (int sp = 0; sp < n_splits; sp++) m = std::max(m, split_lse_[(size_t)sp * p.n_heads + head]);
+        float wsum = 0.0f;
+        float* oh = o + head * hd;
+        std::fill(oh, oh + hd, 0.0f);
+        for (int sp = 0; sp < n_splits; sp++) {
+            const float w = std::exp(split_lse_[(size_t)sp * p.n_heads + head] - m);
+            if (w == 0.0f) continue;
+            wsum += w;
+            const float* part = &split_out_[((size_t)sp * p.n_heads + head) * hd];
+            for (int d = 0; d < hd; d++) oh[d] += w * part[d];
+        }
+        const float inv = 1.0f / wsum;
+        for (int d = 0; d < hd; d++) oh[d] *= inv;
+    }
 }
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {

@@ -38,6 +38,10 @@ public:
     void argmax(const Tensor& out, const Tensor& x) override;
 
 private:
+    // Decode attention with the keys of each KV head split into n_splits ranges (more work
+    // items than KV heads, so every thread gets some), merged by their log-sum-exps.
+    void attention_split_keys(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              int64_t first, int64_t n_keys, int n_splits, const AttentionParams& p);
     // Many tokens: f32 GEMM over dequantized weight panels (gemm_panel).
     void matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
     // x as the kernels read it: quantized blocks for quantized weights (in xq_), else dense f32.
@@ -47,6 +51,7 @@ private:
     const KernelSet& k_;
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
+    std::vector<float> split_out_, split_lse_;  // split-K decode attention partials
     std::vector<float> xt_;                    // activations transposed for gemm_panel
 };
 

@@ -53,9 +53,11 @@ struct KernelSet {
     // heads, for a block of tokens). Query i attends to keys 0..len[i]-1 of
     // k, v (f16, rows kv_stride elements apart, head_dim hd <= kMaxHeadDim) with an
     // online softmax over key chunks; `work` holds attention_work_floats(hd) floats.
+    // With lse != nullptr also lse[i] = log(sum of query i's exp-scores) (the log-sum-exp),
+    // so that results over disjoint key ranges can be merged (split-K decode).
     void (*attention_group)(const float* const* q, float* const* out, const int64_t* len, int nq,
                             const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
-                            float* work);
+                            float* work, float* lse);
     // y[i] = silu(g[i]) * u[i]
     void (*silu_mul_row)(const float* g, const float* u, float* y, int64_t n);
 };

@@ -146,7 +146,7 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
 // keys, rows kAttnChunk apart), exp_sub and weighted_sum.
 template <class Ops>
 void attention_group_impl(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work) {
+                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work, float* lse) {
     constexpr int QB = Ops::kQueryBlock;
     static_assert(QB <= kMaxQueryBlock, "attention work buffer");
     float* kf = work;                       // [kAttnChunk, hd], layout of Ops::load_keys
@@ -188,6 +188,7 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
     for (int i = 0; i < nq; i++) {
         const float inv = 1.0f / l_run[i];
         for (int d = 0; d < hd; d++) out[i][d] *= inv;
+        if (lse) lse[i] = m_run[i] + std::log(l_run[i]);
     }
 }
 
@@ -227,8 +228,8 @@ struct ScalarAttentionOps {
 
 inline void attention_group_scalar(const float* const* q, float* const* out, const int64_t* len, int nq,
                                    const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
-                                   float* work) {
-    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work);
+                                   float* work, float* lse) {
+    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work, lse);
 }
 
 }  // namespace
