@@ -10,6 +10,8 @@ so load changes on the machine hit both; medians and ratios go to bench/results/
 What is timed, for both, through their Python APIs:
   prefill: evaluate a 512-token prompt from an empty cache (logits of the last token)
   decode:  128 steps of "evaluate one token, take the argmax" after an 8-token prompt
+  decode after a long prompt: 64 such steps after a 2048-token prompt (--long-context), where
+           attention reads the whole KV cache (47 MB for SmolLM2 at 2048) every step
 """
 from __future__ import annotations
 
@@ -70,6 +72,14 @@ class Forgert:
         for i in range(n - 1):
             tok = self.eng.forward_argmax(np.asarray([tok], np.int32), len(prompt) + i)
 
+    def decode_after(self, prompt, n) -> float:
+        """Seconds for n greedy steps after the (untimed) prompt."""
+        tok = self.eng.forward_argmax(np.asarray(prompt, np.int32), 0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            tok = self.eng.forward_argmax(np.asarray([tok], np.int32), len(prompt) + i)
+        return time.perf_counter() - t0
+
 
 class LlamaCpp:
     def __init__(self, path, threads, n_ctx):
@@ -94,13 +104,25 @@ class LlamaCpp:
             self.llm.eval([tok])
             tok = int(np.argmax(self._as_array()))
 
+    def decode_after(self, prompt, n) -> float:
+        self.llm.reset()
+        self.llm.eval(list(prompt))
+        tok = int(np.argmax(self._as_array()))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.llm.eval([tok])
+            tok = int(np.argmax(self._as_array()))
+        return time.perf_counter() - t0
+
 
 ENGINES = ["forgert", "llama.cpp"]
+LONG_DECODE_STEPS = 64
 
 
 def worker(args):
     """One measurement in this process: warm up, then prefill and decode once; prints JSON."""
-    engine = (Forgert if args.worker == "forgert" else LlamaCpp)(args.model[0], args.threads, 1024)
+    n_ctx = max(1024, args.long_context + LONG_DECODE_STEPS + 8)
+    engine = (Forgert if args.worker == "forgert" else LlamaCpp)(args.model[0], args.threads, n_ctx)
     vocab = engine.m.vocab_size if args.worker == "forgert" else engine.n_vocab
     prompt_long = np.random.default_rng(0).integers(100, vocab - 100, args.prefill_tokens).tolist()
     prompt_short = prompt_long[:8]
@@ -112,7 +134,12 @@ def worker(args):
     t0 = time.perf_counter()
     engine.decode(prompt_short, args.decode_tokens)   # includes the 8-token prompt: <1% of the work
     decode = args.decode_tokens / (time.perf_counter() - t0)
-    print(json.dumps({"prefill": prefill, "decode": decode, "version": getattr(engine, "version", "")}))
+    long_decode = 0.0
+    if args.long_context:   # decode with a long history: attention reads the whole KV cache
+        prompt = np.random.default_rng(1).integers(100, vocab - 100, args.long_context).tolist()
+        long_decode = LONG_DECODE_STEPS / engine.decode_after(prompt, LONG_DECODE_STEPS)
+    print(json.dumps({"prefill": prefill, "decode": decode, "long_decode": long_decode,
+                      "version": getattr(engine, "version", "")}))
 
 
 def main():
@@ -123,6 +150,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--long-context", type=int, default=2048,
+                    help="also time decoding after a prompt this long (0: skip)")
     ap.add_argument("--out", default=str(RESULTS / "cpu_vs_llamacpp.md"))
     args = ap.parse_args()
     if args.worker:
@@ -137,25 +166,30 @@ def main():
 
     rows = []
     for path in models:
-        times = {(e, k): [] for e in ENGINES for k in ("prefill", "decode")}
+        times = {(e, k): [] for e in ENGINES for k in ("prefill", "decode", "long_decode")}
         for rep in range(args.reps):
             for name in (ENGINES if rep % 2 == 0 else ENGINES[::-1]):
                 out = subprocess.run([sys.executable, __file__, "--worker", name, "--model", str(path),
                                       "--threads", str(args.threads), "--decode-tokens", str(args.decode_tokens),
-                                      "--prefill-tokens", str(args.prefill_tokens)],
+                                      "--prefill-tokens", str(args.prefill_tokens),
+                                      "--long-context", str(args.long_context)],
                                      check=True, capture_output=True, text=True,
                                      env={**os.environ, "PYTHONPATH": str(ROOT / "python")}).stdout
                 result = json.loads(out.strip().splitlines()[-1])
                 times[(name, "prefill")].append(result["prefill"])
                 times[(name, "decode")].append(result["decode"])
+                times[(name, "long_decode")].append(result["long_decode"])
                 llama_version = result["version"] or llama_version
         med = {k: statistics.median(v) for k, v in times.items()}
         row = (path.name, med[("forgert", "decode")], med[("llama.cpp", "decode")],
-               med[("forgert", "prefill")], med[("llama.cpp", "prefill")], path.stat().st_size)
+               med[("forgert", "prefill")], med[("llama.cpp", "prefill")], path.stat().st_size,
+               med[("forgert", "long_decode")], med[("llama.cpp", "long_decode")])
         rows.append(row)
         print(f"{row[0]}: decode {row[1]:.1f} vs {row[2]:.1f} tok/s ({row[1] / row[2]:.2f}x), "
               f"prefill {row[3]:.1f} vs {row[4]:.1f} tok/s ({row[3] / row[4]:.2f}x)", flush=True)
 
+    if str(ROOT / "python") not in sys.path:   # the forgert the workers ran (PYTHONPATH above)
+        sys.path.insert(0, str(ROOT / "python"))
     from forgert import _core
     lines = [
         "# forgert vs llama.cpp on the CPU",
@@ -171,12 +205,14 @@ def main():
         "Weights GB/s: the model file read once per decoded token (decode's memory traffic).",
         "",
         "| model | decode forgert tok/s | decode llama.cpp tok/s | ratio | forgert weights GB/s "
-        "| prefill forgert tok/s | prefill llama.cpp tok/s | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| prefill forgert tok/s | prefill llama.cpp tok/s | ratio |"
+        + (f" decode after {args.long_context} tokens: forgert vs llama.cpp tok/s | ratio |" if args.long_context else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.long_context else ""),
     ]
-    for name, df, dl, pf, pl, size in rows:
+    for name, df, dl, pf, pl, size, lf, ll in rows:
         lines.append(f"| {name} | {df:.1f} | {dl:.1f} | {df / dl:.2f}x | {df * size / 1e9:.1f} "
-                     f"| {pf:.1f} | {pl:.1f} | {pf / pl:.2f}x |")
+                     f"| {pf:.1f} | {pl:.1f} | {pf / pl:.2f}x |"
+                     + (f" {lf:.1f} vs {ll:.1f} | {lf / ll:.2f}x |" if args.long_context else ""))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
