@@ -172,17 +172,27 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
             for (int i = i0; i < i0 + nb; i++) block_keys = std::max(block_keys, std::min<int64_t>(nj, len[i] - j0));
             if (block_keys <= 0) continue;
             Ops::scores(q + i0, nb, kf, block_keys, hd, scale, s);
+            float corrections[kMaxQueryBlock];
             for (int i = i0; i < i0 + nb; i++) {
                 const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
-                if (n_keys <= 0) continue;
                 float* si = s + (i - i0) * kAttnChunk;
+                corrections[i - i0] = 1.0f;
+                if (n_keys <= 0) {  // nothing for this query in this chunk: weights 0
+                    std::memset(si, 0, sizeof(float) * block_keys);
+                    continue;
+                }
                 const float m = std::max(m_run[i], Ops::max(si, n_keys));
                 const float correction = std::exp(m_run[i] - m);  // 0 on the first chunk
                 const float chunk_sum = Ops::exp_sub(si, n_keys, m);
                 l_run[i] = l_run[i] * correction + chunk_sum;
                 m_run[i] = m;
-                Ops::weighted_sum(si, vf, n_keys, hd, correction, out[i], acc);
+                corrections[i - i0] = correction;
+                // keys past this query's causal limit weigh 0 in the block's weighted sum
+                std::memset(si + n_keys, 0, sizeof(float) * (block_keys - n_keys));
             }
+            // out_i = out_i * correction_i + sum_j p_ij v_j for the block's queries at once: each
+            // V row is loaded once for all of them.
+            Ops::weighted_sum_block(s, nb, vf, block_keys, hd, corrections, out + i0, acc);
         }
     }
     for (int i = 0; i < nq; i++) {
@@ -192,8 +202,19 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
     }
 }
 
+// weighted_sum for each query of a block (p rows kAttnChunk apart), one after the other.
+template <class Ops>
+void weighted_sum_each(const float* p, int nq, const float* vf, int64_t nk, int hd, const float* corrections,
+                       float* const* out, float* acc) {
+    for (int i = 0; i < nq; i++) Ops::weighted_sum(p + i * kAttnChunk, vf, nk, hd, corrections[i], out[i], acc);
+}
+
 struct ScalarAttentionOps {
     static constexpr int kQueryBlock = 1;
+    static void weighted_sum_block(const float* p, int nq, const float* vf, int64_t nk, int hd,
+                                   const float* corrections, float* const* out, float* acc) {
+        weighted_sum_each<ScalarAttentionOps>(p, nq, vf, nk, hd, corrections, out, acc);
+    }
     static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row_scalar(x, y, n); }
     // kf[j * hd + c]: the chunk's keys as rows
     static void load_keys(const uint16_t* k, int64_t kv_stride, int64_t nj, int hd, float* kf) {
