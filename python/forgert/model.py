@@ -18,7 +18,7 @@ from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
 from .loader import load_model
-from .prompt_cache import ModelState, PromptCache
+from .prompt_cache import ModelState, PromptCache, common_prefix
 from .sampling import Sampler, SamplingParams
 from .stop_strings import StopStringMatcher
 
@@ -59,14 +59,6 @@ def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
         per_token = kv_bytes / n_ctx
         raise ValueError(f"n_ctx={n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
                          f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {int(avail // per_token)}")
-
-
-def _common_prefix(a, b) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class TextStream:
@@ -269,7 +261,7 @@ class Model:
         cache = self._prompt_cache
         if cache is None:
             return
-        live = _common_prefix(self._cache_tokens, ids)
+        live = common_prefix(self._cache_tokens, ids)
         dropped = len(self._cache_tokens) - live
         # A follow-up of the same conversation drops only its last few tokens (how the previous
         # answer ended): not worth a copy of the whole sequence. Another one drops more.
@@ -287,7 +279,7 @@ class Model:
         prompt then gives the same first logits (and, with a seed, the same sampled text)
         whether its prefix came from the cache or was evaluated in a batch just now."""
         self._switch_to_best_saved(ids)
-        start = min(_common_prefix(self._cache_tokens, ids), len(ids) - 1)
+        start = min(common_prefix(self._cache_tokens, ids), len(ids) - 1)
         self._cache_tokens = self._cache_tokens[:start]
         for s in range(start, len(ids) - 1, PREFILL_CHUNK):
             chunk = ids[s:min(s + PREFILL_CHUNK, len(ids) - 1)]
