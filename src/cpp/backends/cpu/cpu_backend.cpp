@@ -22,6 +22,10 @@ struct HostBuffer final : Buffer {
 // Elementwise ops are memory-bound; below this many elements threading costs more than it saves.
 constexpr int64_t kParallelElems = 1 << 15;
 
+// Row r of a row-major tensor.
+float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
+uint16_t* row_f16(const Tensor& t, int64_t r) { return reinterpret_cast<uint16_t*>(t.data<uint8_t>() + t.stride * r); }
+
 }  // namespace
 
 CpuBackend::CpuBackend(int n_threads) : pool_(n_threads), k_(select_kernels()) {
@@ -55,7 +59,7 @@ void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& 
     const int32_t* id = ids.data<int32_t>();
     for (int64_t i = 0; i < out.rows; i++) {
         const uint8_t* row = table.data<uint8_t>() + table.stride * id[i];
-        dequantize_row(table.type, row, reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * i), table.cols);
+        dequantize_row(table.type, row, row_f32(out, i), table.cols);
     }
 }
 
@@ -64,8 +68,8 @@ void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, f
     const float* wv = w.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) {
-            const float* xr = reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * r);
-            float* yr = reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * r);
+            const float* xr = row_f32(x, r);
+            float* yr = row_f32(out, r);
             double ss = 0.0;  // double: rows of thousands of squares stay exact enough for 1e-6 agreement
             for (int64_t c = 0; c < dim; c++) ss += (double)xr[c] * xr[c];
             const float scale = (float)(1.0 / std::sqrt(ss / dim + eps));
@@ -90,7 +94,7 @@ void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, co
             float* tile = xp + b * cols * tt;
             const int64_t nt = std::min(tt, n - b * tt);
             for (int64_t j = 0; j < nt; j++)
-                rows[j] = reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * (b * tt + j));
+                rows[j] = row_f32(x, b * tt + j);
             // contiguous writes; the tile's rows are read as parallel sequential streams
             for (int64_t c = 0; c < cols; c++) {
                 float* dst = tile + c * tt;
@@ -125,7 +129,7 @@ const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vect
         BlockQ8Act* xq = xq_.data();
         auto quantize = [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; t++)
-                k_.quantize_row_q8(reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * t), xq + t * nb, cols);
+                k_.quantize_row_q8(row_f32(x, t), xq + t * nb, cols);
         };
         if (n >= 4) pool_.parallel_for(n, 1, quantize); else quantize(0, n);
         return xq;
@@ -177,7 +181,7 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
 void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
     const float* bv = b.data<float>();
     for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = reinterpret_cast<float*>(x.data<uint8_t>() + x.stride * r);
+        float* xr = row_f32(x, r);
         for (int64_t c = 0; c < x.cols; c++) xr[c] += bv[c];
     }
 }
@@ -208,9 +212,6 @@ void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, c
         }
     }
 }
-
-float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
-uint16_t* row_f16(const Tensor& t, int64_t r) { return reinterpret_cast<uint16_t*>(t.data<uint8_t>() + t.stride * r); }
 
 }  // namespace
 
@@ -273,7 +274,6 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         if (n_splits > 1) return attention_split_keys(out, q, k_cache, v_cache, first, n_keys, n_splits, p);
     }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
-    auto row = [](const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); };
     pool_.run([&](int ith, int nth) {
         const float* qs[kMaxGroupQueries];
         float* os[kMaxGroupQueries];
@@ -285,15 +285,15 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
             const int64_t t0 = blk * tok_block, t1 = std::min(n, t0 + tok_block);
             // Keys first .. pos0 + t of every query here (first = 0 without a window).
             const int64_t first = windowed ? std::max<int64_t>(0, pos0 + t0 + 1 - p.window) : 0;
-            const uint16_t* kp = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>()) + first * kv_stride + kvh * hd;
-            const uint16_t* vp = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>()) + first * kv_stride + kvh * hd;
+            const uint16_t* kp = row_f16(k_cache, first) + kvh * hd;
+            const uint16_t* vp = row_f16(v_cache, first) + kvh * hd;
             for (int h0 = 0; h0 < group; h0 += heads_per_call) {
                 int nq = 0;
                 for (int64_t t = t0; t < t1; t++) {
                     for (int h = h0; h < std::min(group, h0 + heads_per_call); h++) {
                         const int head = kvh * group + h;
-                        qs[nq] = row(q, t) + head * hd;
-                        os[nq] = row(out, t) + head * hd;
+                        qs[nq] = row_f32(q, t) + head * hd;
+                        os[nq] = row_f32(out, t) + head * hd;
                         len[nq] = pos0 + t + 1 - first;  // causal: positions first..pos0 + t
                         nq++;
                     }
@@ -333,8 +333,8 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
                 os[h] = &split_out_[((size_t)sp * p.n_heads + head) * hd];
                 len[h] = nk;
             }
-            const uint16_t* kp = reinterpret_cast<const uint16_t*>(k_cache.data<uint8_t>()) + k0 * kv_stride + kvh * hd;
-            const uint16_t* vp = reinterpret_cast<const uint16_t*>(v_cache.data<uint8_t>()) + k0 * kv_stride + kvh * hd;
+            const uint16_t* kp = row_f16(k_cache, k0) + kvh * hd;
+            const uint16_t* vp = row_f16(v_cache, k0) + kvh * hd;
             k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), lse);
         }
     });
@@ -361,30 +361,29 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
     const int64_t cols = out.cols;
-    auto row = [](const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); };
     if (out.rows == 1) {  // decode: split the one row, if it is long enough to pay for the fork
         pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
-            k_.silu_mul_row(row(gate, 0) + c0, row(up, 0) + c0, row(out, 0) + c0, c1 - c0);
+            k_.silu_mul_row(row_f32(gate, 0) + c0, row_f32(up, 0) + c0, row_f32(out, 0) + c0, c1 - c0);
         });
         return;
     }
     pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) k_.silu_mul_row(row(gate, r), row(up, r), row(out, r), cols);
+        for (int64_t r = r0; r < r1; r++) k_.silu_mul_row(row_f32(gate, r), row_f32(up, r), row_f32(out, r), cols);
     });
 }
 
 void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     for (int64_t r = 0; r < out.rows; r++) {
-        const float* ar = reinterpret_cast<const float*>(a.data<uint8_t>() + a.stride * r);
-        const float* br = reinterpret_cast<const float*>(b.data<uint8_t>() + b.stride * r);
-        float* o = reinterpret_cast<float*>(out.data<uint8_t>() + out.stride * r);
+        const float* ar = row_f32(a, r);
+        const float* br = row_f32(b, r);
+        float* o = row_f32(out, r);
         for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
     }
 }
 
 void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
     for (int64_t r = 0; r < x.rows; r++) {
-        const float* xr = reinterpret_cast<const float*>(x.data<uint8_t>() + x.stride * r);
+        const float* xr = row_f32(x, r);
         int64_t best = 0;
         for (int64_t c = 1; c < x.cols; c++)
             if (xr[c] > xr[best]) best = c;
