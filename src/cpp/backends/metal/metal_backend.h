@@ -71,9 +71,12 @@ private:
     void encode(const std::string& kernel, const void* args, size_t args_bytes, const std::vector<Binding>& binds,
                 Size3 grid, Size3 threads, size_t threadgroup_bytes = 0);
     void flush();  // commit and wait for everything encoded so far
-    uint32_t thread_cap(const char* kernel);
+    uint32_t thread_cap(const char* kernel);  // threads per threadgroup for kernels that loop
     // out = w x, or out += w x with accumulate (the GEMV or the GEMM by token count).
-    void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);  // threads per threadgroup for kernels that loop
+    void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
+    // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32 or add_f32.
+    void encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name, const Tensor& out,
+                       const Tensor& a, const Tensor& b);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
 

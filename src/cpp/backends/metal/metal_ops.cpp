@@ -351,32 +351,27 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
            {FG_SIMD_WIDTH, 1, 1});
 }
 
-void MetalBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
-    need_f32_rows(gate, "silu_mul", "gate", gate.rows, gate.cols);
-    need_f32_rows(up, "silu_mul", "up", gate.rows, gate.cols);
-    need_f32_rows(out, "silu_mul", "out", gate.rows, gate.cols);
-    elementwise_args a{};
-    a.a_stride = gate.stride;
-    a.b_stride = up.stride;
-    a.out_stride = out.stride;
-    a.dim = (int32_t)gate.cols;
-    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(gate.cols));
-    encode("silu_mul_f32", &a, sizeof a, {reads(gate), reads(up), writes(out)},
-           {ceil_div(gate.cols, threads), (uint32_t)gate.rows, 1}, {threads, 1, 1});
+void MetalBackend::encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name,
+                                 const Tensor& out, const Tensor& a, const Tensor& b) {
+    need_f32_rows(a, op, a_name, a.rows, a.cols);
+    need_f32_rows(b, op, b_name, a.rows, a.cols);
+    need_f32_rows(out, op, "out", a.rows, a.cols);
+    elementwise_args args{};
+    args.a_stride = a.stride;
+    args.b_stride = b.stride;
+    args.out_stride = out.stride;
+    args.dim = (int32_t)a.cols;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(a.cols));
+    encode(kernel, &args, sizeof args, {reads(a), reads(b), writes(out)}, {ceil_div(a.cols, threads), (uint32_t)a.rows, 1},
+           {threads, 1, 1});
 }
 
-void MetalBackend::add(const Tensor& out, const Tensor& a_, const Tensor& b) {
-    need_f32_rows(a_, "add", "a", a_.rows, a_.cols);
-    need_f32_rows(b, "add", "b", a_.rows, a_.cols);
-    need_f32_rows(out, "add", "out", a_.rows, a_.cols);
-    elementwise_args a{};
-    a.a_stride = a_.stride;
-    a.b_stride = b.stride;
-    a.out_stride = out.stride;
-    a.dim = (int32_t)a_.cols;
-    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(a_.cols));
-    encode("add_f32", &a, sizeof a, {reads(a_), reads(b), writes(out)},
-           {ceil_div(a_.cols, threads), (uint32_t)a_.rows, 1}, {threads, 1, 1});
+void MetalBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    encode_binary("silu_mul_f32", "silu_mul", "gate", "up", out, gate, up);
+}
+
+void MetalBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
+    encode_binary("add_f32", "add", "a", "b", out, a, b);
 }
 
 void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
