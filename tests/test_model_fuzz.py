@@ -9,37 +9,15 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from conftest import subprocess_env
 
-N_MUTANTS = 300
-
-CHILD = textwrap.dedent("""
-    import os, random, sys, tempfile
-    import numpy as np
-    import forgert
-    src, n = sys.argv[1], int(sys.argv[2])
-    data = open(src, "rb").read()
-    rng = random.Random(1234)
-    # where the interesting bytes are: the header + metadata + tensor table come first
-    table_end = min(len(data), 1 << 16)
+# The child: `mutate(i)` (from one of the scripts below) writes mutant i and returns the path to
+# load; every mutant must load and run, or be refused with a ValueError.
+CHILD_LOOP = textwrap.dedent("""
     outcomes = {"loaded": 0, "refused": 0}
-    path = os.path.join(tempfile.mkdtemp(), "mutant.gguf")
     for i in range(n):
-        b = bytearray(data)
-        kind = i % 3
-        if kind == 0:            # flip a few bytes of the header / metadata / tensor table
-            for _ in range(rng.randint(1, 4)):
-                b[rng.randrange(table_end)] = rng.randrange(256)
-        elif kind == 1:          # write a random 8-byte integer (counts, lengths, offsets, dims)
-            at = rng.randrange(8, table_end - 8)
-            b[at:at + 8] = rng.choice([0, 1, 2**31, 2**32 - 1, 2**62, 2**64 - 1, rng.getrandbits(64)]).to_bytes(8, "little")
-        else:                    # cut the file short
-            b = b[:rng.randrange(len(b))]
-        with open(path, "wb") as f:
-            f.write(b)
-        print("mutant", i, kind, flush=True)
+        path = mutate(i)
+        print("mutant", i, i % KINDS, flush=True)
         try:
             m = forgert.Model(path, backend="cpu", n_ctx=16)
         except ValueError:
@@ -50,34 +28,48 @@ CHILD = textwrap.dedent("""
     print("outcomes", outcomes["loaded"], outcomes["refused"], flush=True)
 """)
 
+MUTATE_GGUF = textwrap.dedent("""
+    import os, random, sys, tempfile
+    import forgert
+    src, n = sys.argv[1], int(sys.argv[2])
+    data = open(src, "rb").read()
+    rng = random.Random(1234)
+    # where the interesting bytes are: the header + metadata + tensor table come first
+    table_end = min(len(data), 1 << 16)
+    out = os.path.join(tempfile.mkdtemp(), "mutant.gguf")
+    KINDS = 3
 
-def test_corrupted_gguf_never_crashes(tiny_models, tmp_path):
-    src = tiny_models("llama_tied").path("gguf-Q4_1")
-    script = tmp_path / "fuzz.py"
-    script.write_text(CHILD)
-    r = subprocess.run([sys.executable, str(script), str(src), str(N_MUTANTS)], capture_output=True, text=True,
-                       timeout=600, env=subprocess_env())
-    last = [l for l in r.stdout.splitlines() if l.startswith("mutant")][-1:] or ["before the first mutant"]
-    assert r.returncode == 0, f"crashed (exit {r.returncode}) at {last[0]}:\n{r.stderr[-3000:]}"
-    loaded, refused = map(int, r.stdout.splitlines()[-1].split()[1:])
-    assert loaded + refused == N_MUTANTS
-    assert refused > N_MUTANTS // 3   # most damage is noticed, not silently run
+    def mutate(i):
+        b = bytearray(data)
+        kind = i % KINDS
+        if kind == 0:            # flip a few bytes of the header / metadata / tensor table
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(table_end)] = rng.randrange(256)
+        elif kind == 1:          # write a random 8-byte integer (counts, lengths, offsets, dims)
+            at = rng.randrange(8, table_end - 8)
+            b[at:at + 8] = rng.choice([0, 1, 2**31, 2**32 - 1, 2**62, 2**64 - 1, rng.getrandbits(64)]).to_bytes(8, "little")
+        else:                    # cut the file short
+            b = b[:rng.randrange(len(b))]
+        with open(out, "wb") as f:
+            f.write(b)
+        return out
+""")
 
-
-CHILD_SAFETENSORS = textwrap.dedent("""
+MUTATE_SAFETENSORS = textwrap.dedent("""
     import os, random, shutil, sys, tempfile
     import forgert
     src, n = sys.argv[1], int(sys.argv[2])
     rng = random.Random(99)
     st = open(os.path.join(src, "model.safetensors"), "rb").read()
     cfg = open(os.path.join(src, "config.json"), "rb").read()
-    d = tempfile.mkdtemp()
+    out = tempfile.mkdtemp()
     for f in os.listdir(src):
-        shutil.copy(os.path.join(src, f), d)
+        shutil.copy(os.path.join(src, f), out)
     header_end = int.from_bytes(st[:8], "little") + 8
-    outcomes = {"loaded": 0, "refused": 0}
-    for i in range(n):
-        kind = i % 4
+    KINDS = 4
+
+    def mutate(i):
+        kind = i % KINDS
         b, c = bytearray(st), bytearray(cfg)
         if kind == 0:            # printable junk in the JSON header
             for _ in range(rng.randint(1, 3)):
@@ -89,28 +81,32 @@ CHILD_SAFETENSORS = textwrap.dedent("""
                 c[rng.randrange(len(c))] = rng.randrange(32, 127)
         else:                    # a random header length
             b[0:8] = rng.getrandbits(64).to_bytes(8, "little")
-        open(os.path.join(d, "model.safetensors"), "wb").write(b)
-        open(os.path.join(d, "config.json"), "wb").write(c)
-        print("mutant", i, kind, flush=True)
-        try:
-            m = forgert.Model(d, backend="cpu", n_ctx=16)
-        except ValueError:
-            outcomes["refused"] += 1
-            continue
-        m.logits([1, 2, 3])
-        outcomes["loaded"] += 1
-    print("outcomes", outcomes["loaded"], outcomes["refused"], flush=True)
+        open(os.path.join(out, "model.safetensors"), "wb").write(b)
+        open(os.path.join(out, "config.json"), "wb").write(c)
+        return out
 """)
 
 
-def test_corrupted_safetensors_dir_never_crashes(tiny_models, tmp_path):
-    src = tiny_models("llama_tied").path("hf-F32")
-    script = tmp_path / "fuzz_st.py"
-    script.write_text(CHILD_SAFETENSORS)
-    n = 200
+def run_mutants(mutate_script: str, src, n: int, tmp_path) -> tuple[int, int]:
+    """(loaded, refused) over n mutants of src, run in a child; fails naming the mutant that crashed."""
+    script = tmp_path / "fuzz.py"
+    script.write_text(mutate_script + CHILD_LOOP)
     r = subprocess.run([sys.executable, str(script), str(src), str(n)], capture_output=True, text=True,
                        timeout=600, env=subprocess_env())
     last = [l for l in r.stdout.splitlines() if l.startswith("mutant")][-1:] or ["before the first mutant"]
     assert r.returncode == 0, f"crashed (exit {r.returncode}) at {last[0]}:\n{r.stderr[-3000:]}"
     loaded, refused = map(int, r.stdout.splitlines()[-1].split()[1:])
-    assert loaded + refused == n and refused > n // 2
+    assert loaded + refused == n
+    return loaded, refused
+
+
+def test_corrupted_gguf_never_crashes(tiny_models, tmp_path):
+    n = 300
+    _, refused = run_mutants(MUTATE_GGUF, tiny_models("llama_tied").path("gguf-Q4_1"), n, tmp_path)
+    assert refused > n // 3   # most damage is noticed, not silently run
+
+
+def test_corrupted_safetensors_dir_never_crashes(tiny_models, tmp_path):
+    n = 200
+    _, refused = run_mutants(MUTATE_SAFETENSORS, tiny_models("llama_tied").path("hf-F32"), n, tmp_path)
+    assert refused > n // 2
