@@ -68,12 +68,10 @@ class Forgert:
         self.eng.forward(np.asarray(ids, np.int32), 0)
 
     def decode(self, prompt, n):
-        tok = self.eng.forward_argmax(np.asarray(prompt, np.int32), 0)
-        for i in range(n - 1):
-            tok = self.eng.forward_argmax(np.asarray([tok], np.int32), len(prompt) + i)
+        self.decode_after(prompt, n - 1)
 
     def decode_after(self, prompt, n) -> float:
-        """Seconds for n greedy steps after the (untimed) prompt."""
+        """Seconds for n greedy steps after the prompt (whose evaluation gives the first token)."""
         tok = self.eng.forward_argmax(np.asarray(prompt, np.int32), 0)
         t0 = time.perf_counter()
         for i in range(n):
@@ -97,12 +95,7 @@ class LlamaCpp:
         self.llm.eval(list(ids))
 
     def decode(self, prompt, n):
-        self.llm.reset()
-        self.llm.eval(list(prompt))
-        tok = int(np.argmax(self._as_array()))
-        for _ in range(n - 1):
-            self.llm.eval([tok])
-            tok = int(np.argmax(self._as_array()))
+        self.decode_after(prompt, n - 1)
 
     def decode_after(self, prompt, n) -> float:
         self.llm.reset()
