@@ -232,6 +232,25 @@ def test_hf_wrong_config_shape(tiny, tmp_path):
         load_model(d)
 
 
+def test_hf_head_count_beyond_bounds(tiny, tmp_path):
+    """2**22 + 1 heads of 1024 (the q_dim that wrapped to 1024 in the core's int arithmetic) is
+    refused by name before any size is computed from it."""
+    d = hf_copy(tiny, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(num_attention_heads=2**22 + 1, num_key_value_heads=1, head_dim=1024)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="n_heads = 4194305 exceeds forgert's limit of 4096"):
+        load_model(d)
+
+
+def test_gguf_layer_count_beyond_bounds(tiny, tmp_path):
+    def edit(m):
+        m["llama.block_count"] = 5000
+    p = _meta_variant(tiny, tmp_path / "m.gguf", edit)
+    with pytest.raises(ModelFormatError, match="n_layers = 5000 exceeds forgert's limit of 1024"):
+        load_model(p)
+
+
 def test_hf_missing_tensor(qwen, tmp_path):
     from safetensors.numpy import load_file, save_file
     d = hf_copy(qwen, tmp_path)

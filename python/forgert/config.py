@@ -72,6 +72,22 @@ def _get_float(meta, key, source, default=None, positive=True):
     return float(v)
 
 
+# The native core's bounds (ModelConfig::validate, src/cpp/model/weights.cpp), far above any
+# released model: a header past them is refused by name before any size is computed from it.
+_CORE_LIMITS = {"n_layers": 1024, "dim": 1 << 16, "n_heads": 1 << 12, "n_kv_heads": 1 << 12, "head_dim": 1024,
+                "ffn_dim": 1 << 20, "vocab": 1 << 24}
+_CORE_MAX_Q_DIM = 1 << 20
+
+
+def _check_bounds(cfg: ModelConfig, source):
+    for field, limit in _CORE_LIMITS.items():
+        if getattr(cfg, field) > limit:
+            _fail(source, f"{field} = {getattr(cfg, field)} exceeds forgert's limit of {limit}")
+    if cfg.n_heads * cfg.head_dim > _CORE_MAX_Q_DIM:
+        _fail(source, f"n_heads * head_dim = {cfg.n_heads} * {cfg.head_dim} exceeds forgert's limit of "
+                      f"{_CORE_MAX_Q_DIM}")
+
+
 def _check_geometry(cfg: ModelConfig, source):
     if cfg.n_heads % cfg.n_kv_heads:
         _fail(source, f"{cfg.n_heads} attention heads is not a multiple of {cfg.n_kv_heads} KV heads")
@@ -132,6 +148,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, rope_factors=None) -> 
         sliding_window=(_get_int(meta, p + "attention.sliding_window", source)
                         if meta.get(p + "attention.sliding_window") is not None else None),
     )
+    _check_bounds(cfg, source)
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
     _check_geometry(cfg, source)
     return cfg
@@ -221,6 +238,7 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         if model_type == "qwen2":   # Qwen2 windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
+    _check_bounds(cfg, source)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
     _check_geometry(cfg, source)
     return cfg

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <map>
+#include <memory>
+#include <mutex>
 
 #include "backends/cpu/cpu_kernels.h"
 #include "core/backend.h"
@@ -45,64 +47,105 @@ ModelConfig config_from_dict(const py::dict& d) {
     return c;
 }
 
-// A loaded model on one backend. Holds references to the Python buffers (views
-// of the mmap'd file) so the memory outlives the zero-copy tensors.
+// One buffer export (PyObject_GetBuffer) held until destruction: while it lives the exporter
+// cannot free or move the memory (closing an mmap raises BufferError), so the zero-copy
+// tensors stay valid. Requested C-contiguous: a strided buffer is refused, not misread.
+class HeldBuffer {
+public:
+    HeldBuffer(const py::handle& obj, const std::string& name) {
+        if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) != 0) {
+            PyErr_Clear();
+            throw InputError("tensor '" + name + "': data must be a C-contiguous buffer (bytes, mmap, memoryview, "
+                             "contiguous numpy array), got " + std::string(py::str(obj.get_type().attr("__name__"))));
+        }
+        held_ = true;
+    }
+    ~HeldBuffer() {
+        if (held_) PyBuffer_Release(&view_);  // destroyed with the GIL held (Engine's destructor)
+    }
+    HeldBuffer(const HeldBuffer&) = delete;
+    HeldBuffer& operator=(const HeldBuffer&) = delete;
+    const void* data() const { return view_.buf; }
+    size_t nbytes() const { return (size_t)view_.len; }
+
+private:
+    Py_buffer view_{};
+    bool held_ = false;
+};
+
+// A loaded model on one backend. Holds a buffer export of each weight buffer (views of the
+// mmap'd file) so the memory outlives the zero-copy tensors.
+//
+// Thread safety: every method that touches the model releases the GIL and then takes mu_, so
+// concurrent callers run one at a time, each as if alone (the KV cache, activations and the
+// backend's thread pool are shared state). The GIL is never held while waiting for mu_: a
+// thread holding mu_ may need the GIL back (it does not today), and a thread blocked on mu_
+// must not stall every other Python thread.
 class Engine {
 public:
     Engine(const py::dict& cfg_dict, const py::dict& tensors, const std::string& backend, int n_threads, int max_batch) {
-        if (max_batch <= 0) throw InputError("max_batch must be positive");
+        if (max_batch <= 0 || max_batch > kMaxBatch)
+            throw InputError("max_batch must be in 1.." + std::to_string(kMaxBatch) + ", got " + std::to_string(max_batch));
         ModelConfig cfg = config_from_dict(cfg_dict);
+        cfg.validate();  // before any size is computed from it
         std::map<std::string, HostTensor> host;
         for (auto item : tensors) {
             const std::string name = item.first.cast<std::string>();
             auto tup = item.second.cast<py::tuple>();
             if (tup.size() != 3) throw InputError("tensor '" + name + "': expected (buffer, dtype, shape)");
-            py::buffer buf = tup[0].cast<py::buffer>();
-            py::buffer_info info = buf.request();
             const int type = tup[1].cast<int>();
             if (!dtype_is_known(type) || type == FG_I32)
                 throw InputError("tensor '" + name + "' has unsupported type id " + std::to_string(type));
             auto shape = tup[2].cast<std::vector<int64_t>>();
             if (shape.size() != 2) throw InputError("tensor '" + name + "': shape must be (rows, cols)");
+            keep_alive_.push_back(std::make_unique<HeldBuffer>(tup[0], name));
             HostTensor t;
-            t.data = info.ptr;
-            t.nbytes = (size_t)(info.size * info.itemsize);
+            t.data = keep_alive_.back()->data();
+            t.nbytes = keep_alive_.back()->nbytes();
             t.type = (DType)type;
             t.rows = shape[0];
             t.cols = shape[1];
             host[name] = t;
-            keep_alive_.push_back(buf);
         }
         auto be = make_backend(backend, n_threads);
         ModelWeights w = load_weights(cfg, host, *be);
         model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch);
     }
 
+    ~Engine() {
+        // The model (and the backend's wrappers of the host memory) goes before the exports.
+        model_.reset();
+        keep_alive_.clear();
+    }
+
     py::array_t<float> forward(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos,
                                bool all_logits) {
-        const int n = (int)tokens.size();
+        const int n = checked_count(tokens);
         const int vocab = model_->config().vocab;
         py::array_t<float> out(std::vector<py::ssize_t>{all_logits ? n : 1, vocab});
         float* dst = out.mutable_data();
         const int32_t* src = tokens.data();
         {
             py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mu_);
             model_->forward(src, n, pos, all_logits, dst);
         }
         return out;
     }
 
     void prefill(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
-        const int n = (int)tokens.size();
+        const int n = checked_count(tokens);
         const int32_t* src = tokens.data();
         py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
         model_->forward(src, n, pos, false, nullptr);
     }
 
     int forward_argmax(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
-        const int n = (int)tokens.size();
+        const int n = checked_count(tokens);
         const int32_t* src = tokens.data();
         py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
         return model_->forward_argmax(src, n, pos);
     }
 
@@ -113,6 +156,7 @@ public:
         py::array_t<uint16_t> out(std::vector<py::ssize_t>{c.n_layers, 2, n, c.kv_dim()});
         uint16_t* dst = out.mutable_data();
         py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
         model_->kv_save(n, dst);
         return out;
     }
@@ -126,14 +170,40 @@ public:
         const int n = (int)kv.shape(2);
         const uint16_t* src = kv.data();
         py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
         model_->kv_load(n, src);
+    }
+
+    void set_profiling(bool on) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->set_profiling(on);
+    }
+
+    LlamaModel::Profile last_profile() {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        return model_->last_profile();
     }
 
     LlamaModel& model() { return *model_; }
 
 private:
-    std::vector<py::buffer> keep_alive_;
+    static constexpr int kMaxBatch = 1 << 16;
+
+    // More tokens than the context holds are refused before the count is narrowed to int or
+    // sizes an output array (positions are checked by the model).
+    int checked_count(const py::array& tokens) const {
+        const int n_ctx = model_->config().n_ctx;
+        if (tokens.size() > (py::ssize_t)n_ctx)
+            throw InputError("context overflow: " + std::to_string(tokens.size()) +
+                             " new tokens exceed the context length " + std::to_string(n_ctx));
+        return (int)tokens.size();
+    }
+
+    std::vector<std::unique_ptr<HeldBuffer>> keep_alive_;
     std::unique_ptr<LlamaModel> model_;
+    std::mutex mu_;  // one caller at a time in model_ (see the class comment)
 };
 
 }  // namespace
@@ -153,9 +223,9 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })
-        .def("set_profiling", [](Engine& e, bool on) { e.model().set_profiling(on); })
+        .def("set_profiling", &Engine::set_profiling, py::arg("on"))
         .def("last_profile", [](Engine& e) {
-            const auto& p = e.model().last_profile();
+            const LlamaModel::Profile p = e.last_profile();
             py::dict d;
             d["embed"] = p.embed;
             d["layers"] = p.layers;

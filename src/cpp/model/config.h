@@ -22,9 +22,12 @@ struct ModelConfig {
     int sliding_window = 0;        // > 0: layers from sliding_window_from on attend to this many keys
     int sliding_window_from = 0;   // first such layer (Qwen2's max_window_layers; 0 for Mistral)
 
+    // Valid (and int-sized) only after validate() has bounded the fields.
     int q_dim() const { return n_heads * head_dim; }
     int kv_dim() const { return n_kv_heads * head_dim; }
-    // Throws InputError naming the first inconsistent field.
+    // Throws InputError naming the first inconsistent or out-of-bounds field. Every field and
+    // product of fields (q_dim, the KV cache's bytes) is bounded so the size arithmetic that
+    // follows cannot overflow.
     void validate() const;
 };
 

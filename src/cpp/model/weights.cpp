@@ -5,23 +5,54 @@
 
 namespace forgert {
 
+namespace {
+// Bounds far above any released model, chosen so that every size derived from the header
+// (q_dim, cache and tensor bytes) fits int64 and the per-dimension ints: the checks below are
+// what make the int arithmetic of the forward pass safe.
+constexpr int64_t kMaxLayers = 1024, kMaxDim = 1 << 16, kMaxHeads = 1 << 12, kMaxHeadDim = 1024,
+                  kMaxQDim = 1 << 20, kMaxFfnDim = 1 << 20, kMaxVocab = 1 << 24, kMaxCtx = 1 << 24;
+constexpr int64_t kMaxKvCacheBytes = int64_t(1) << 48;  // 256 TiB: beyond any machine
+constexpr int64_t kMaxTensorExtent = int64_t(1) << 40;  // rows or cols of one weight tensor
+
+// a * b, or InputError naming `what` when it does not fit int64 (operands are >= 0).
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) throw InputError(what + " overflows 64-bit arithmetic");
+    return r;
+}
+}  // namespace
+
 void ModelConfig::validate() const {
     auto need = [](bool ok, const std::string& what) {
         if (!ok) throw InputError("invalid model config: " + what);
     };
+    auto in_range = [&](const char* field, int64_t v, int64_t lo, int64_t hi) {
+        need(v >= lo && v <= hi, std::string(field) + " = " + std::to_string(v) + " is outside " +
+                                     std::to_string(lo) + ".." + std::to_string(hi));
+    };
     need(arch == "llama" || arch == "qwen2", "unsupported architecture '" + arch + "' (supported: llama, qwen2)");
-    need(n_layers > 0 && n_layers <= 1024, "n_layers = " + std::to_string(n_layers));
-    need(dim > 0 && dim <= (1 << 16), "dim = " + std::to_string(dim));
-    need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-         "n_heads = " + std::to_string(n_heads) + " must be a positive multiple of n_kv_heads = " +
-             std::to_string(n_kv_heads));
-    need(head_dim > 0 && head_dim % 2 == 0 && head_dim <= 1024, "head_dim = " + std::to_string(head_dim));
-    need(ffn_dim > 0, "ffn_dim = " + std::to_string(ffn_dim));
-    need(vocab > 0, "vocab = " + std::to_string(vocab));
-    need(n_ctx > 0 && n_ctx <= (1 << 24), "n_ctx = " + std::to_string(n_ctx));
+    in_range("n_layers", n_layers, 1, kMaxLayers);
+    in_range("dim", dim, 1, kMaxDim);
+    in_range("n_heads", n_heads, 1, kMaxHeads);
+    in_range("n_kv_heads", n_kv_heads, 1, kMaxHeads);
+    need(n_heads % n_kv_heads == 0, "n_heads = " + std::to_string(n_heads) +
+                                        " must be a positive multiple of n_kv_heads = " + std::to_string(n_kv_heads));
+    in_range("head_dim", head_dim, 2, kMaxHeadDim);
+    need(head_dim % 2 == 0, "head_dim = " + std::to_string(head_dim) + " must be even for RoPE");
+    // Products in int64 (the fields are bounded, so these cannot overflow) before q_dim() /
+    // kv_dim() compute them in int.
+    in_range("q_dim (n_heads * head_dim)", (int64_t)n_heads * head_dim, 1, kMaxQDim);
+    in_range("ffn_dim", ffn_dim, 1, kMaxFfnDim);
+    in_range("vocab", vocab, 1, kMaxVocab);
+    in_range("n_ctx", n_ctx, 1, kMaxCtx);
+    const int64_t kv_cache = checked_mul(checked_mul(checked_mul(n_layers, 2 * 2, "KV cache bytes"), n_ctx,
+                                                     "KV cache bytes"),
+                                         (int64_t)n_kv_heads * head_dim, "KV cache bytes");
+    in_range("KV cache bytes (n_layers * 2 * n_ctx * kv_dim * 2)", kv_cache, 1, kMaxKvCacheBytes);
     need(rms_eps > 0.0f, "rms_eps must be positive");
-    need((int)rope_freqs.size() == head_dim / 2, "rope_freqs has " + std::to_string(rope_freqs.size()) +
-                                                     " entries, expected head_dim / 2 = " + std::to_string(head_dim / 2));
+    need((int64_t)rope_freqs.size() == head_dim / 2, "rope_freqs has " + std::to_string(rope_freqs.size()) +
+                                                         " entries, expected head_dim / 2 = " +
+                                                         std::to_string(head_dim / 2));
     need(sliding_window >= 0 && sliding_window_from >= 0,
          "sliding_window = " + std::to_string(sliding_window) + ", from layer " + std::to_string(sliding_window_from));
 }
@@ -79,11 +110,14 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         if (!is_weight_type(t.type))
             throw InputError("tensor '" + name + "' has unsupported type " + dtype_name(t.type));
         if (t.rows <= 0 || t.cols <= 0) throw InputError("tensor '" + name + "' has an empty shape");
+        if (t.rows > kMaxTensorExtent || t.cols > kMaxTensorExtent)
+            throw InputError("tensor '" + name + "' has shape " + shape_str(t.rows, t.cols) + ", beyond " +
+                             std::to_string(kMaxTensorExtent) + " rows or columns");
         if (t.cols % dtype_block_elems(t.type) != 0)
             throw InputError("tensor '" + name + "' of type " + dtype_name(t.type) + " has " + std::to_string(t.cols) +
                              " columns, not a multiple of the block size " +
                              std::to_string(dtype_block_elems(t.type)));
-        const int64_t expect = row_bytes(t.type, t.cols) * t.rows;
+        const int64_t expect = checked_mul(row_bytes(t.type, t.cols), t.rows, "tensor '" + name + "' byte size");
         if ((int64_t)t.nbytes != expect)
             throw InputError("tensor '" + name + "' has " + std::to_string(t.nbytes) + " bytes, expected " +
                              std::to_string(expect) + " for " + dtype_name(t.type) + " " + shape_str(t.rows, t.cols));
