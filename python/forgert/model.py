@@ -5,8 +5,10 @@ shares a prefix with them only runs the rest (at least its last token, to get fr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 import warnings
 
@@ -61,6 +63,39 @@ def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
                          f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {int(avail // per_token)}")
 
 
+class _ModelLock:
+    """The lock that makes a Model safe to share between threads: one caller at a time uses
+    the engine and the cache state. A stream holds it from its first step until it is exhausted,
+    closed or garbage-collected. The owning thread asking again (a second stream, logits() while
+    its own stream is open) cannot wait for itself: it gets a RuntimeError instead of a deadlock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner = None   # thread ident of the holder; only the holder sets it to its own id
+
+    def held_by_me(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def acquire(self, what: str) -> None:
+        if self.held_by_me():
+            raise RuntimeError(f"this Model is already generating in this thread; finish or close that "
+                               f"stream first (before {what})")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def __call__(self, what: str):
+        self.acquire(what)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class TextStream:
     """Iterator of text pieces; after it is exhausted, `.completion` holds the full Completion."""
 
@@ -91,6 +126,14 @@ class Model:
     n_ctx: context length (prompt + generated tokens). None uses the model's training context
         length capped at 8192 to bound KV-cache memory; a larger explicit value than the model
         was trained for is allowed with a warning.
+
+    Threads: a Model may be shared by threads. Calls that use the engine or its cache (generate,
+    chat, logits, save_state, load_state, reset, set_prompt_cache, set_profiling, and a stream
+    from its first step until it is exhausted, closed or garbage-collected) take turns: each
+    caller gets what the same calls made one after another give. A thread that starts a second
+    stream, or calls one of those methods, while its own stream is still open gets a
+    RuntimeError (it cannot wait for itself): finish or close the stream first. Threads do not
+    run in parallel on one Model; load one Model per thread for that.
     """
 
     def __init__(self, path=None, backend: str = "auto", threads: int | None = None, n_ctx: int | None = None):
@@ -117,7 +160,7 @@ class Model:
         self._template = None
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
         self._prompt_cache = None   # PromptCache of other sequences, when set_prompt_cache() is on
-        self._busy = False
+        self._lock = _ModelLock()   # see "Threads" above
         self._profile = None        # per-stage seconds while set_profiling(True)
 
     def _make_engine(self, core, cfg, backend, n_threads):
@@ -202,6 +245,10 @@ class Model:
     def reset(self):
         """Forget the prompt cache, saved sequences included (the next call evaluates its
         prompt from position 0)."""
+        with self._lock("reset()"):
+            self._reset()
+
+    def _reset(self):
         self._cache_tokens = []
         if self._prompt_cache is not None:
             self._prompt_cache = PromptCache(self._prompt_cache.max_bytes)
@@ -221,8 +268,9 @@ class Model:
     def set_profiling(self, on: bool = True):
         """Time the engine's stages (embedding, layers, logits) of every call while on; the
         sums since switching on are in `profile`. Costs a device sync per stage."""
-        self._engine.set_profiling(bool(on))
-        self._profile = {"embed": 0.0, "layers": 0.0, "logits": 0.0} if on else None
+        with self._lock("set_profiling()"):
+            self._engine.set_profiling(bool(on))
+            self._profile = {"embed": 0.0, "layers": 0.0, "logits": 0.0} if on else None
 
     @property
     def profile(self) -> dict | None:
@@ -237,11 +285,19 @@ class Model:
     # -- saved states and the multi-sequence prompt cache ------------------------------------
     def save_state(self) -> ModelState:
         """A copy of the evaluated tokens' K/V cache; load_state(state) brings it back."""
+        with self._lock("save_state()"):
+            return self._save_state()
+
+    def _save_state(self) -> ModelState:
         tokens = tuple(self._cache_tokens)
         return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))))
 
     def load_state(self, state: ModelState) -> None:
         """Makes `state` (from save_state of this model) the cached sequence."""
+        with self._lock("load_state()"):
+            self._load_state(state)
+
+    def _load_state(self, state: ModelState) -> None:
         if not isinstance(state, ModelState):
             raise TypeError(f"state must be a ModelState from save_state(), got {type(state).__name__}")
         if state.kv.ndim != 4 or state.kv.shape[2] != len(state.tokens):
@@ -253,7 +309,8 @@ class Model:
         """Keep up to max_bytes of other sequences' K/V caches (0 turns it off). A prompt that
         shares a longer prefix with one of them than with the live cache continues from it:
         clients taking turns each keep their conversation's prefix."""
-        self._prompt_cache = PromptCache(max_bytes) if max_bytes else None
+        with self._lock("set_prompt_cache()"):
+            self._prompt_cache = PromptCache(max_bytes) if max_bytes else None
 
     def _switch_to_best_saved(self, ids) -> None:
         """Before ids overwrite the live sequence: save it if ids would drop much of it (another
@@ -266,11 +323,11 @@ class Model:
         # A follow-up of the same conversation drops only its last few tokens (how the previous
         # answer ended): not worth a copy of the whole sequence. Another one drops more.
         if dropped * 8 > len(self._cache_tokens):
-            cache.put(self.save_state())
+            cache.put(self._save_state())
         saved, n = cache.best(ids)
         if saved is not None and n > live:
             cache.take(saved)
-            self.load_state(saved)
+            self._load_state(saved)
 
     def _prefill(self, ids, mode):
         """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
@@ -295,6 +352,10 @@ class Model:
         ids = self._check_ids(ids, "ids")
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens do not fit the context of {self.n_ctx}")
+        with self._lock("logits()"):
+            return self._logits(ids)
+
+    def _logits(self, ids) -> np.ndarray:
         self._cache_tokens = []
         rows = []
         for s in range(0, len(ids), PREFILL_CHUNK):
@@ -307,18 +368,18 @@ class Model:
     def _start(self, prompt_ids, params: SamplingParams, logprobs) -> TextStream:
         if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0):
             raise ValueError(f"logprobs must be None or an integer >= 0, got {logprobs!r}")
-        if self._busy:
-            raise RuntimeError("this Model is already generating; finish or close the other stream first")
+        if self._lock.held_by_me():   # this thread's own stream is open: fail now, not at the first step
+            self._lock.acquire("a new stream")
         return TextStream(self._run(prompt_ids, params, logprobs))
 
     def _run(self, prompt_ids, params: SamplingParams, logprobs):
-        if self._busy:    # two streams created up front and iterated in turn would share the cache
-            raise RuntimeError("this Model is already generating; finish or close the other stream first")
-        self._busy = True
+        # Held from the first step to the end: two streams created up front and iterated in turn
+        # would otherwise share the cache (same thread: RuntimeError; other threads: wait).
+        self._lock.acquire("a new stream")
         try:
             return (yield from self._decode_loop(prompt_ids, params, logprobs))
         finally:
-            self._busy = False
+            self._lock.release()
 
     def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
         x = np.asarray(logits, dtype=np.float64)

@@ -50,6 +50,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
         fn(0, 1);
         return;
     }
+    std::lock_guard<std::mutex> one_job(run_mu_);
     job_ = &fn;
     uint64_t e;
     {

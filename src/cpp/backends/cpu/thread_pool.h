@@ -28,7 +28,9 @@ public:
     int size() const { return n_threads_; }
 
     // Calls fn(ith, nth) once for each share ith in [0, nth = size()), on any threads,
-    // and returns when all are done.
+    // and returns when all are done. Callers on several threads take turns (run_mu_): the
+    // epoch/share protocol assumes one job at a time. A pool belongs to one backend, so this
+    // lock is uncontended unless a backend itself is shared.
     void run(const std::function<void(int ith, int nth)>& fn);
 
     // Splits [0, n) into contiguous chunks, each a multiple of `grain` (except the last).
@@ -60,6 +62,7 @@ private:
     // Per share: the epoch it was last claimed in and the epoch it last finished in.
     std::unique_ptr<std::atomic<uint64_t>[]> claimed_, finished_;
     std::atomic<bool> stop_{false};
+    std::mutex run_mu_;  // one run() at a time
     std::mutex mu_;
     std::condition_variable cv_;
     std::atomic<int> sleepers_{0};
