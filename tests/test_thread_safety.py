@@ -220,3 +220,22 @@ def test_other_threads_wait_for_an_open_stream(model):
     del dropped   # CPython finalizes the generator now: its finally releases the lock
     result = run_concurrently([lambda: model.logits(PROMPTS[1])])
     np.testing.assert_array_equal(result[0], want_logits)
+
+
+def test_thread_pool_shared_by_callers(tmp_path):
+    """ThreadPool::run from several threads on one pool (tests/cpp/thread_pool_check.cpp): each
+    call runs each share exactly once. It assumed one caller and hung or mixed up jobs; a pool
+    belongs to one backend today, so this is the pool's own guarantee, not the engine's lock."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("needs a C++ compiler")
+    root = Path(__file__).resolve().parent.parent
+    src = root / "src" / "cpp"
+    exe = tmp_path / "thread_pool_check"
+    subprocess.run([cxx, "-std=c++17", "-O2", "-pthread", f"-I{src}", str(root / "tests" / "cpp" / "thread_pool_check.cpp"),
+                    str(src / "backends" / "cpu" / "thread_pool.cpp"), "-o", str(exe)], check=True, timeout=DEADLINE_S)
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=DEADLINE_S)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr

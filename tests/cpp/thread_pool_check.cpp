@@ -1,0 +1,37 @@
+// Several threads calling run() on one ThreadPool at once: every call must run each of its
+// shares exactly once and return only after all of them. Prints "ok" or the first failure.
+// Built and run by tests/test_thread_safety.py (a hang there is a failure by timeout).
+#include <atomic>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "backends/cpu/thread_pool.h"
+
+int main() {
+    constexpr int kPoolThreads = 4, kCallers = 4, kCallsEach = 20000;
+    forgert::cpu::ThreadPool pool(kPoolThreads);
+    std::atomic<int> failures{0};
+    std::vector<std::thread> callers;
+    for (int c = 0; c < kCallers; c++) {
+        callers.emplace_back([&] {
+            for (int k = 0; k < kCallsEach && failures.load() == 0; k++) {
+                std::atomic<int> runs[kPoolThreads] = {};
+                pool.run([&](int ith, int nth) {
+                    if (nth != kPoolThreads || ith < 0 || ith >= nth) failures++;
+                    else runs[ith]++;
+                    for (volatile int spin = 0; spin < 200; spin = spin + 1) {}  // long enough to overlap
+                });
+                for (int i = 0; i < kPoolThreads; i++)
+                    if (runs[i].load() != 1) failures++;  // a share run twice, never, or after return
+            }
+        });
+    }
+    for (auto& t : callers) t.join();
+    if (failures.load()) {
+        std::printf("%d shares run other than exactly once\n", failures.load());
+        return 1;
+    }
+    std::printf("ok\n");
+    return 0;
+}
