@@ -31,11 +31,12 @@ def tiny(tiny_models):
     return tiny_models("llama_tied")
 
 
-@pytest.fixture
-def model(tiny):
-    """threads=2: the engine's thread pool is in play (two callers in it used to hang)."""
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def model(tiny, request):
+    """threads=2: the engine's thread pool is in play (two callers in it used to hang);
+    threads=1: no pool, and unlocked callers silently got each other's logits."""
     import forgert
-    m = forgert.Model(tiny.path("gguf-F32"), backend="cpu", threads=2, n_ctx=64)
+    m = forgert.Model(tiny.path("gguf-F32"), backend="cpu", threads=request.param, n_ctx=64)
     m._model.chat_template = CHAT_TEMPLATE   # the tiny model has none; chat() needs one
     return m
 
