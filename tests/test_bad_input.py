@@ -403,6 +403,14 @@ def test_tensor_layout_is_the_cores(qwen, core):
     assert layout["blk.1.attn_k.bias"][1] is False and layout["blk.1.attn_output.bias"] == ((1, cfg.dim), False)
 
 
+def test_tensor_layout_validates_the_config_first(qwen, core):
+    """_core.tensor_layout bounds n_layers (ModelConfig::validate) before it builds a list from it."""
+    cfg = load_model(qwen.path("gguf-F32")).config.core_dict(16)
+    cfg["n_layers"] = 2 ** 30
+    with pytest.raises(ValueError, match="n_layers = 1073741824"):
+        core.tensor_layout(cfg)
+
+
 def test_tensor_the_architecture_does_not_know_is_refused(qwen, tmp_path):
     """Qwen2 has no attention output bias: a file carrying one is refused by name, not run
     without it (which would compute another model than the file describes)."""

@@ -11,12 +11,15 @@ from .weights import WeightTensor, to_f32_tensor
 _SUPPORTED_NAMES = ", ".join(type_name(t) for t in SUPPORTED)
 
 
-def tensor_layout(cfg: ModelConfig) -> list:
+def tensor_layout(cfg: ModelConfig, source: str) -> list:
     """[(name, (rows, cols), required, f32_only)]: every tensor cfg's architecture knows, as the
     C++ core describes it (one description for both sides: a tensor the core uses is never one
-    Python drops, nor the other way round)."""
+    Python drops, nor the other way round). A config the core refuses is the file's problem."""
     from . import _core
-    return _core.tensor_layout(cfg.core_dict(n_ctx=1))
+    try:
+        return _core.tensor_layout(cfg.core_dict(n_ctx=1))
+    except ValueError as e:
+        raise ModelFormatError(f"{source}: {e}") from None
 
 
 def _as_f32(t: WeightTensor) -> WeightTensor:
@@ -35,7 +38,7 @@ def core_tensors(cfg: ModelConfig, tensors: dict, source: str, ignore=()) -> dic
     name -> (uint8 buffer, dtype id, (rows, cols)). Tensors named in `ignore` are skipped; a
     tied model's output.weight (a copy of token_embd) is dropped; any other tensor the
     architecture does not know is an error, as running without it would compute another model."""
-    layout = tensor_layout(cfg)
+    layout = tensor_layout(cfg, source)
     known = {name for name, _, _, _ in layout}
     for name in tensors:
         if name not in known and name not in ignore:

@@ -167,8 +167,10 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "tensor_layout",
         [](const py::dict& cfg) {
+            const ModelConfig c = config_from_dict(cfg);
+            c.validate();  // bounds n_layers before a list is built from it
             py::list out;
-            for (auto& s : tensor_layout(config_from_dict(cfg)))
+            for (auto& s : tensor_layout(c))
                 out.append(py::make_tuple(s.name, py::make_tuple(s.rows, s.cols), s.required, s.f32_only));
             return out;
         },
