@@ -54,6 +54,8 @@ class TinySpec:
     legacy_rope_config: bool = False
     init_range: float = 0.1       # large init: random models then give well-separated logits
     n_ctx: int = 256
+    attention_bias: bool = False  # Llama only: q/k/v/o biases (Qwen2 always has q/k/v biases)
+    bias_scale: float = 0.2       # std of the random biases
 
     @property
     def head_dim(self) -> int:
@@ -87,6 +89,14 @@ SPECS = {
         tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-6, seed=4,
     ),
 }
+
+# A Llama with attention_bias=True (q/k/v/o biases; llama.cpp loads them as optional tensors),
+# with large biases so a loader that drops any of them changes the logits by far more than the
+# bounds. Not in SPECS: only the bias tests build it (F32 files only).
+LLAMA_BIAS = TinySpec(
+    name="llama_bias", arch="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+    tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=5, attention_bias=True, bias_scale=1.0,
+)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -143,7 +153,7 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         common["rope_scaling"] = dict(spec.rope_scaling)
     torch.manual_seed(spec.seed)
     if spec.arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(head_dim=spec.head_dim, **common))
+        model = LlamaForCausalLM(LlamaConfig(head_dim=spec.head_dim, attention_bias=spec.attention_bias, **common))
     elif spec.arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
@@ -157,7 +167,7 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+                p.copy_(spec.bias_scale * torch.randn(p.shape, generator=gen))
     return model
 
 
@@ -258,6 +268,7 @@ def _gguf_name(hf_name: str) -> str:
         "self_attn.k_proj.bias": "attn_k.bias",
         "self_attn.v_proj.bias": "attn_v.bias",
         "self_attn.o_proj.weight": "attn_output.weight",
+        "self_attn.o_proj.bias": "attn_output.bias",
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
@@ -270,9 +281,10 @@ def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
     out = {}
     for hf_name, w in hf_state_numpy(model).items():
         name = _gguf_name(hf_name)
-        if spec.arch == "llama" and name.endswith("attn_q.weight"):
+        # The converter permutes Q/K biases with their weights (rows of the same projection).
+        if spec.arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
             w = permute_qk_for_gguf(w, spec.n_heads)
-        elif spec.arch == "llama" and name.endswith("attn_k.weight"):
+        elif spec.arch == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):
             w = permute_qk_for_gguf(w, spec.n_kv_heads)
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     if spec.rope_scaling is not None and spec.rope_scaling.get("rope_type") == "llama3":
@@ -363,15 +375,16 @@ class TinyModel:
         return self.hf_dirs[t] if kind == "hf" else self.gguf_files[t]
 
 
-def make_tiny_model(spec: TinySpec, root: Path, tok: Tokenizer | None = None) -> TinyModel:
+def make_tiny_model(spec: TinySpec, root: Path, tok: Tokenizer | None = None,
+                    hf_dtypes=HF_DTYPES, gguf_types=GGUF_TYPES) -> TinyModel:
     tok = tok or build_tokenizer()
     model = build_hf_model(spec, tok.get_vocab_size())
     root = Path(root) / spec.name
     root.mkdir(parents=True, exist_ok=True)
     tm = TinyModel(spec=spec, model=model, tokenizer=tok, root=root)
-    for dt in HF_DTYPES:
+    for dt in hf_dtypes:
         tm.hf_dirs[dt] = save_hf_dir(model, spec, tok, root / f"hf-{dt}", dt)
-    for t in GGUF_TYPES:
+    for t in gguf_types:
         tm.gguf_files[t] = write_gguf(model, spec, tok, root / f"{spec.name}-{t}.gguf", t)
     return tm
 

@@ -406,3 +406,50 @@ def test_kv_cache_larger_than_memory_is_refused(tiny, monkeypatch):
         forgert.Model(path, backend="cpu", n_ctx=4096)
     monkeypatch.setattr(fm, "available_memory_bytes", lambda: kv_bytes)
     assert forgert.Model(path, backend="cpu", n_ctx=4096).n_ctx == 4096
+
+
+# ------------------------------------------------------------------------------ tensor layout
+
+def test_tensor_layout_is_the_cores(qwen, core):
+    """Python's checker and the C++ loader share _core.tensor_layout: Qwen2's q/k/v biases are
+    required and it has no output bias; Llama's q/k/v/o biases are optional (llama.cpp's layout)."""
+    cfg = load_model(qwen.path("gguf-F32")).config
+    layout = {name: (tuple(shape), required) for name, shape, required, _ in core.tensor_layout(cfg.core_dict(16))}
+    assert layout["blk.1.attn_k.bias"] == ((1, cfg.n_kv_heads * cfg.head_dim), True)
+    assert "blk.0.attn_output.bias" not in layout
+    cfg.arch = "llama"
+    layout = {name: (tuple(shape), required) for name, shape, required, _ in core.tensor_layout(cfg.core_dict(16))}
+    assert layout["blk.1.attn_k.bias"][1] is False and layout["blk.1.attn_output.bias"] == ((1, cfg.dim), False)
+
+
+def test_tensor_layout_validates_the_config_first(qwen, core):
+    """_core.tensor_layout bounds n_layers (ModelConfig::validate) before it builds a list from it."""
+    cfg = load_model(qwen.path("gguf-F32")).config.core_dict(16)
+    cfg["n_layers"] = 2 ** 30
+    with pytest.raises(ValueError, match="n_layers = 1073741824"):
+        core.tensor_layout(cfg)
+
+
+def test_tensor_the_architecture_does_not_know_is_refused(qwen, tmp_path):
+    """Qwen2 has no attention output bias: a file carrying one is refused by name, not run
+    without it (which would compute another model than the file describes)."""
+    t = dict(mf.gguf_tensors(qwen.model, qwen.spec))
+    t["blk.0.attn_output.bias"] = np.ones(qwen.spec.hidden, np.float32)
+    p = gguf_variant(qwen, tmp_path / "m.gguf", tensors=t)
+    with pytest.raises(ModelFormatError, match=r"m\.gguf: unexpected tensor 'blk\.0\.attn_output\.bias' "
+                                               r"for a 2-layer qwen2 model"):
+        load_model(p)
+
+
+def test_core_refuses_unknown_and_missing_tensors(qwen, core):
+    """The C++ loader checks the same layout on its own (the _core contract has other callers
+    than the loader): an unknown tensor and a missing required bias are ValueErrors naming them."""
+    m = load_model(qwen.path("gguf-F32"))
+    cfg = m.config.core_dict(16)
+    extra = dict(m.core_tensors)
+    extra["blk.0.attn_output.bias"] = (np.ones(m.config.dim, np.float32).view(np.uint8), 0, (1, m.config.dim))
+    with pytest.raises(ValueError, match=r"unexpected tensor 'blk\.0\.attn_output\.bias' for a 2-layer qwen2"):
+        core.Engine(cfg, extra)
+    missing = {n: t for n, t in m.core_tensors.items() if n != "blk.1.attn_v.bias"}
+    with pytest.raises(ValueError, match=r"missing tensor 'blk\.1\.attn_v\.bias'"):
+        core.Engine(cfg, missing)

@@ -125,6 +125,107 @@ def test_absurd_tensor_dims(forgert, base):
     expect_error(forgert, p, r"absurd|truncat|corrupt|too (large|many)|exceed|shape|needs bytes")
 
 
+# A child loads one mutant under a 2 GiB address-space cap and prints what it raised: a count
+# the loader sized anything from (block_count = 2^32 - 1 once built 2^32 layers of expected
+# shapes: 5.9 GB, then a bare MemoryError) shows up as a MemoryError, not as a hang of pytest.
+CAPPED_LOAD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+import forgert
+try:
+    forgert.Model(sys.argv[1], backend="cpu", n_ctx=16)
+    print("RESULT loaded")
+except Exception as e:
+    print("RESULT", type(e).__name__, e)
+"""
+
+
+def _kv_value_offset(data: bytes, key: str) -> int:
+    """Byte offset of a metadata key's value type (the u32 after the key) in a GGUF."""
+    k = struct.pack("<Q", len(key)) + key.encode()
+    assert data.count(k) == 1, key
+    return data.index(k) + len(k)
+
+
+def _set_u32_kv(key, value):
+    def edit(data):
+        i = _kv_value_offset(data, key)
+        assert struct.unpack_from("<I", data, i)[0] == 4   # GGUF uint32, as the converter writes
+        struct.pack_into("<I", data, i + 4, value)
+    return edit
+
+
+def _without_kv(key):
+    """The key renamed in place (same length), so the loader sees it absent."""
+    def edit(data):
+        k = key.encode()
+        assert data.count(k) == 1
+        data[:] = data.replace(k, k[:-2] + b"__")
+    return edit
+
+
+def _both(*edits):
+    def edit(data):
+        for e in edits:
+            e(data)
+    return edit
+
+
+def _set_header_u64(offset, value):
+    def edit(data):
+        struct.pack_into("<Q", data, offset, value)
+    return edit
+
+
+def _set_token_count(value):
+    def edit(data):
+        i = _kv_value_offset(data, "tokenizer.ggml.tokens")
+        assert struct.unpack_from("<II", data, i) == (9, 8)   # array of strings
+        struct.pack_into("<Q", data, i + 8, value)
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set_u32_kv("llama.block_count", 0xFFFFFFFF), r"'llama\.block_count' = 4294967295 is more than the number of tensors"),
+    (_set_u32_kv("llama.block_count", 2 ** 31), r"'llama\.block_count' = 2147483648 is more than the number of tensors"),
+    (_set_u32_kv("llama.embedding_length", 0xFFFFFFFF), r"'llama\.embedding_length' = 4294967295 is more than the largest"),
+    # without rope.dimension_count, head_dim = embedding_length / heads sized the RoPE table
+    (_both(_set_u32_kv("llama.embedding_length", 0xFFFFFFFF), _without_kv("llama.rope.dimension_count")),
+     r"'llama\.embedding_length' = 4294967295 is more than the largest"),
+    (_set_u32_kv("llama.feed_forward_length", 2 ** 31), r"'llama\.feed_forward_length' = 2147483648 is more than the largest"),
+    (_set_u32_kv("llama.attention.head_count", 0xFFFFFFFF), r"'llama\.attention\.head_count' = 4294967295 is more"),
+    (_set_u32_kv("llama.attention.head_count_kv", 2 ** 31), r"'llama\.attention\.head_count_kv' = 2147483648 is more"),
+    (_set_header_u64(8, 2 ** 62), r"absurd tensor count 4611686018427387904"),
+    (_set_header_u64(16, 2 ** 62), r"absurd metadata count 4611686018427387904"),
+    (_set_token_count(2 ** 62), r"'tokenizer\.ggml\.tokens' claims 4611686018427387904 elements"),
+], ids=["block_count_2^32-1", "block_count_2^31", "embedding_length", "embedding_length_no_rope_dim", "ffn_length", "head_count", "head_count_kv",
+        "tensor_count", "kv_count", "token_array_length"])
+def test_header_counts_are_bounded_by_the_file(base, tmp_path, edit, message):
+    """Every count in a GGUF header is checked against what the file can hold before anything is
+    sized from it: under a 2 GiB cap the load ends in a ModelFormatError naming the file, the
+    field and the value (before: MemoryError with an empty message after 5.9 GB for block_count)."""
+    data = bytearray(base[4].read_bytes())
+    edit(data)
+    p = tmp_path / "mutant.gguf"
+    p.write_bytes(bytes(data))
+    result = capped_load(p, tmp_path)
+    assert result.startswith("RESULT ModelFormatError mutant.gguf: "), result
+    assert re.search(message, result), result
+
+
+def capped_load(path, tmp_path) -> str:
+    """The RESULT line of loading path in a child under the 2 GiB cap."""
+    import subprocess
+    import sys
+    from conftest import subprocess_env
+    script = tmp_path / "capped_load.py"
+    script.write_text(CAPPED_LOAD)
+    r = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300,
+                       env=subprocess_env())
+    result = [line for line in r.stdout.splitlines() if line.startswith("RESULT")]
+    assert r.returncode == 0 and result, f"child exited {r.returncode}:\n{r.stderr[-2000:]}"
+    return result[0]
+
 # ----------------------------------------------------------------------------- well-formed GGUF, wrong model
 
 def test_unsupported_tensor_type_q4_k(forgert, base):
@@ -255,6 +356,19 @@ def test_hf_bad_header_length(forgert, hf_dir):
 def test_hf_missing_config(forgert, hf_dir):
     (hf_dir / "config.json").unlink()
     expect_error(forgert, hf_dir, r"config\.json")
+
+
+@pytest.mark.parametrize("field,value", [("num_hidden_layers", 2 ** 31), ("hidden_size", 2 ** 40),
+                                         ("vocab_size", 2 ** 33)])
+def test_hf_config_counts_are_bounded_by_the_tensors(hf_dir, tmp_path, field, value):
+    """config.json's counts are bounded by the safetensors it sits with, before anything is sized
+    from them (num_hidden_layers = 2^31 once built 2^31 layers of expected shapes)."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg[field] = value
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    result = capped_load(hf_dir, tmp_path)
+    assert result.startswith(f"RESULT ModelFormatError {hf_dir.name}/config.json: metadata '{field}' = {value} "
+                             f"is more than"), result
 
 
 def test_hf_unsupported_model_type(forgert, hf_dir):

@@ -53,13 +53,37 @@ def _fail(source, problem):
     raise ModelFormatError(f"{source}: {problem}")
 
 
-def _get_int(meta, key, source, default=None, minimum=1):
+@dataclass(frozen=True)
+class TensorCensus:
+    """What a model's files hold, to bound every count their headers claim before anything is
+    sized from it (a block_count of 2**32 would otherwise build 2**32 layers of tensor specs)."""
+    n_tensors: int     # tensors in the file(s)
+    max_extent: int    # the largest dimension of any of them
+
+    @classmethod
+    def of(cls, shapes) -> "TensorCensus":
+        shapes = list(shapes)
+        return cls(len(shapes), max((int(d) for s in shapes for d in s), default=0))
+
+
+def _get_int(meta, key, source, default=None, minimum=1, maximum=None, held_by=""):
+    """An integer field; with `maximum`, one the file can hold (`held_by` says why it cannot be larger)."""
     v = meta.get(key, default)
     if v is None:
         _fail(source, f"missing metadata '{key}'")
     if isinstance(v, (bool, float)) or not isinstance(v, (int, np.integer)) or v < minimum:
         _fail(source, f"metadata '{key}' must be an integer >= {minimum}, got {v!r}")
+    if maximum is not None and v > maximum:
+        _fail(source, f"metadata '{key}' = {v} is more than {held_by} ({maximum})")
     return int(v)
+
+
+def _layer_bound(census: TensorCensus) -> dict:
+    return dict(maximum=census.n_tensors, held_by="the number of tensors in the file")
+
+
+def _extent_bound(census: TensorCensus) -> dict:
+    return dict(maximum=census.max_extent, held_by="the largest tensor dimension in the file")
 
 
 def _get_float(meta, key, source, default=None, positive=True):
@@ -88,28 +112,34 @@ def _check_bounds(cfg: ModelConfig, source):
                       f"{_CORE_MAX_Q_DIM}")
 
 
-def _check_geometry(cfg: ModelConfig, source):
+def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
+    q_dim = cfg.n_heads * cfg.head_dim
+    if q_dim > census.max_extent:
+        _fail(source, f"{cfg.n_heads} heads x head_dim {cfg.head_dim} = {q_dim} is more than the largest "
+                      f"tensor dimension in the file ({census.max_extent})")
     if cfg.n_heads % cfg.n_kv_heads:
         _fail(source, f"{cfg.n_heads} attention heads is not a multiple of {cfg.n_kv_heads} KV heads")
     if cfg.head_dim % 2:
         _fail(source, f"head_dim {cfg.head_dim} must be even for RoPE")
 
 
-def config_from_gguf(meta: dict, vocab: int, source: str, rope_factors=None) -> ModelConfig:
-    """meta: GGUF metadata; vocab: rows of token_embd.weight; rope_factors: rope_freqs.weight values or None."""
+def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, rope_factors=None) -> ModelConfig:
+    """meta: GGUF metadata; vocab: rows of token_embd.weight; census: the file's tensors;
+    rope_factors: rope_freqs.weight values or None."""
     arch = meta.get("general.architecture")
     if arch is None:
         _fail(source, "missing metadata 'general.architecture'")
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
     p = arch + "."
-    n_heads = _get_int(meta, p + "attention.head_count", source)
-    dim = _get_int(meta, p + "embedding_length", source)
-    head_dim = _get_int(meta, p + "attention.key_length", source, default=dim // n_heads)
+    extent = _extent_bound(census)
+    n_heads = _get_int(meta, p + "attention.head_count", source, **extent)
+    dim = _get_int(meta, p + "embedding_length", source, **extent)
+    head_dim = _get_int(meta, p + "attention.key_length", source, default=dim // n_heads, **extent)
     value_len = _get_int(meta, p + "attention.value_length", source, default=head_dim)
     if value_len != head_dim:
         _fail(source, f"attention.value_length {value_len} differs from key_length {head_dim}")
-    rope_dim = _get_int(meta, p + "rope.dimension_count", source, default=head_dim)
+    rope_dim = _get_int(meta, p + "rope.dimension_count", source, default=head_dim, **extent)
     if rope_dim != head_dim:
         _fail(source, f"partial RoPE (rope.dimension_count {rope_dim} < head_dim {head_dim}) is not supported")
     theta = _get_float(meta, p + "rope.freq_base", source, default=10000.0)
@@ -133,11 +163,11 @@ def config_from_gguf(meta: dict, vocab: int, source: str, rope_factors=None) -> 
 
     cfg = ModelConfig(
         arch=arch,
-        n_layers=_get_int(meta, p + "block_count", source),
+        n_layers=_get_int(meta, p + "block_count", source, **_layer_bound(census)),
         dim=dim, n_heads=n_heads,
-        n_kv_heads=_get_int(meta, p + "attention.head_count_kv", source, default=n_heads),
+        n_kv_heads=_get_int(meta, p + "attention.head_count_kv", source, default=n_heads, **extent),
         head_dim=head_dim,
-        ffn_dim=_get_int(meta, p + "feed_forward_length", source),
+        ffn_dim=_get_int(meta, p + "feed_forward_length", source, **extent),
         vocab=vocab,
         context_length=_get_int(meta, p + "context_length", source),
         rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
@@ -149,8 +179,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, rope_factors=None) -> 
                         if meta.get(p + "attention.sliding_window") is not None else None),
     )
     _check_bounds(cfg, source)
+    _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
-    _check_geometry(cfg, source)
     return cfg
 
 
@@ -205,24 +235,26 @@ def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
     cfg.sliding_window_from = sliding[0]
 
 
-def config_from_hf(hf: dict, source: str) -> ModelConfig:
-    """hf: the parsed config.json of a Llama / Mistral / Qwen2 model directory."""
+def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
+    """hf: the parsed config.json of a Llama / Mistral / Qwen2 model directory; census: its tensors."""
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
     if hf.get("mlp_bias"):
         _fail(source, "mlp_bias=true is not supported")
-    n_heads = _get_int(hf, "num_attention_heads", source)
-    dim = _get_int(hf, "hidden_size", source)
+    extent = _extent_bound(census)
+    n_heads = _get_int(hf, "num_attention_heads", source, **extent)
+    dim = _get_int(hf, "hidden_size", source, **extent)
     theta, scaling = _hf_rope(hf, source)
     cfg = ModelConfig(
         arch=HF_MODEL_TYPES[model_type],
-        n_layers=_get_int(hf, "num_hidden_layers", source),
+        n_layers=_get_int(hf, "num_hidden_layers", source, **_layer_bound(census)),
         dim=dim, n_heads=n_heads,
-        n_kv_heads=_get_int(hf, "num_key_value_heads", source, default=n_heads),
-        head_dim=_get_int(hf, "head_dim", source, default=dim // n_heads) if hf.get("head_dim") else dim // n_heads,
-        ffn_dim=_get_int(hf, "intermediate_size", source),
-        vocab=_get_int(hf, "vocab_size", source),
+        n_kv_heads=_get_int(hf, "num_key_value_heads", source, default=n_heads, **extent),
+        head_dim=(_get_int(hf, "head_dim", source, default=dim // n_heads, **extent) if hf.get("head_dim")
+                  else dim // n_heads),
+        ffn_dim=_get_int(hf, "intermediate_size", source, **extent),
+        vocab=_get_int(hf, "vocab_size", source, **extent),
         context_length=_get_int(hf, "max_position_embeddings", source),
         rms_eps=_get_float(hf, "rms_norm_eps", source, default=1e-6),
         rope_theta=theta,
@@ -239,6 +271,6 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
     _check_bounds(cfg, source)
+    _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
-    _check_geometry(cfg, source)
     return cfg

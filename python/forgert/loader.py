@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import ModelConfig, config_from_gguf, config_from_hf
+from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
 from .ggml_types import F32
 from .gguf import GGUFFile
@@ -68,7 +68,8 @@ def load_gguf(path) -> LoadedModel:
         if rf.type_id != F32:
             raise ModelFormatError(f"{g.name}: rope_freqs.weight must be F32, is {rf.type_name}")
         factors = rf.data.view(np.float32)
-    cfg = config_from_gguf(g.metadata, vocab=embd.shape[0], source=g.name, rope_factors=factors)
+    cfg = config_from_gguf(g.metadata, vocab=embd.shape[0], source=g.name,
+                           census=TensorCensus.of(w.shape for w in weights.values()), rope_factors=factors)
     cfg.tied_embeddings = "output.weight" not in weights
     tensors = core_tensors(cfg, weights, g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
@@ -95,7 +96,7 @@ def _hf_chat_template(d: HFModelDir):
 
 def load_hf_dir(path) -> LoadedModel:
     d = HFModelDir(path)
-    cfg = config_from_hf(d.config, f"{d.name}/config.json")
+    cfg = config_from_hf(d.config, f"{d.name}/config.json", TensorCensus.of(w.shape for w in d.tensors.values()))
     tensors = core_tensors(cfg, d.tensors, d.name)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors}

@@ -11,33 +11,15 @@ from .weights import WeightTensor, to_f32_tensor
 _SUPPORTED_NAMES = ", ".join(type_name(t) for t in SUPPORTED)
 
 
-def expected_shapes(cfg: ModelConfig, has_output: bool, has_qkv_bias: bool) -> dict:
-    """canonical name -> (rows, cols) every tensor must have."""
-    q_dim = cfg.n_heads * cfg.head_dim
-    kv_dim = cfg.n_kv_heads * cfg.head_dim
-    shapes = {
-        "token_embd.weight": (cfg.vocab, cfg.dim),
-        "output_norm.weight": (1, cfg.dim),
-    }
-    if has_output:
-        shapes["output.weight"] = (cfg.vocab, cfg.dim)
-    for i in range(cfg.n_layers):
-        b = f"blk.{i}."
-        shapes.update({
-            b + "attn_norm.weight": (1, cfg.dim),
-            b + "attn_q.weight": (q_dim, cfg.dim),
-            b + "attn_k.weight": (kv_dim, cfg.dim),
-            b + "attn_v.weight": (kv_dim, cfg.dim),
-            b + "attn_output.weight": (cfg.dim, q_dim),
-            b + "ffn_norm.weight": (1, cfg.dim),
-            b + "ffn_gate.weight": (cfg.ffn_dim, cfg.dim),
-            b + "ffn_up.weight": (cfg.ffn_dim, cfg.dim),
-            b + "ffn_down.weight": (cfg.dim, cfg.ffn_dim),
-        })
-        if has_qkv_bias:
-            shapes.update({b + "attn_q.bias": (1, q_dim), b + "attn_k.bias": (1, kv_dim),
-                           b + "attn_v.bias": (1, kv_dim)})
-    return shapes
+def tensor_layout(cfg: ModelConfig, source: str) -> list:
+    """[(name, (rows, cols), required, f32_only)]: every tensor cfg's architecture knows, as the
+    C++ core describes it (one description for both sides: a tensor the core uses is never one
+    Python drops, nor the other way round). A config the core refuses is the file's problem."""
+    from . import _core
+    try:
+        return _core.tensor_layout(cfg.core_dict(n_ctx=1))
+    except ValueError as e:
+        raise ModelFormatError(f"{source}: {e}") from None
 
 
 def _as_f32(t: WeightTensor) -> WeightTensor:
@@ -53,25 +35,30 @@ def _as_f32(t: WeightTensor) -> WeightTensor:
 
 def core_tensors(cfg: ModelConfig, tensors: dict, source: str, ignore=()) -> dict:
     """Validate `tensors` (canonical name -> WeightTensor) and return the `_core` dict
-    name -> (uint8 buffer, dtype id, (rows, cols)). Tensors named in `ignore` are skipped."""
-    has_output = "output.weight" in tensors and not cfg.tied_embeddings
-    has_bias = cfg.arch == "qwen2" or any(n.endswith("attn_q.bias") for n in tensors)
-    expected = expected_shapes(cfg, has_output, has_bias)
+    name -> (uint8 buffer, dtype id, (rows, cols)). Tensors named in `ignore` are skipped; a
+    tied model's output.weight (a copy of token_embd) is dropped; any other tensor the
+    architecture does not know is an error, as running without it would compute another model."""
+    layout = tensor_layout(cfg, source)
+    known = {name for name, _, _, _ in layout}
     for name in tensors:
-        if name not in expected and name not in ignore and name != "output.weight":
+        if name not in known and name not in ignore:
             raise ModelFormatError(f"{source}: unexpected tensor '{name}' for a {cfg.n_layers}-layer {cfg.arch} model")
     out = {}
-    for name, shape in expected.items():
+    for name, shape, required, f32_only in layout:
         t = tensors.get(name)
+        if name == "output.weight" and cfg.tied_embeddings:
+            t = None
         if t is None:
-            raise ModelFormatError(f"{source}: missing tensor '{name}'")
-        if tuple(t.shape) != shape:
-            raise ModelFormatError(f"{t.source}: tensor '{name}' has shape {tuple(t.shape)}, expected {shape} "
+            if required:
+                raise ModelFormatError(f"{source}: missing tensor '{name}'")
+            continue
+        if tuple(t.shape) != tuple(shape):
+            raise ModelFormatError(f"{t.source}: tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)} "
                                    f"(rows, cols) from the model config")
         if t.type_id not in SUPPORTED:
             raise ModelFormatError(f"{t.source}: tensor '{name}' has type {t.type_name}, which forgert does not "
                                    f"support (supported: {_SUPPORTED_NAMES})")
-        if shape[0] == 1:
+        if f32_only:
             t = _as_f32(t)
         out[name] = t.as_core_entry()
     return out

@@ -10,6 +10,7 @@
 #include "backends/cpu/cpu_kernels.h"
 #include "core/backend.h"
 #include "model/llama_model.h"
+#include "model/tensor_layout.h"
 #include "ops_binding.h"
 #if FORGERT_HAVE_METAL_EMULATOR
 #include "backends/metal/device_emulated.h"
@@ -233,6 +234,17 @@ PYBIND11_MODULE(_core, m) {
             return d;
         });
 
+    m.def(
+        "tensor_layout",
+        [](const py::dict& cfg) {
+            const ModelConfig c = config_from_dict(cfg);
+            c.validate();  // bounds n_layers before a list is built from it
+            py::list out;
+            for (auto& s : tensor_layout(c))
+                out.append(py::make_tuple(s.name, py::make_tuple(s.rows, s.cols), s.required, s.f32_only));
+            return out;
+        },
+        py::arg("config"), "[(name, (rows, cols), required, f32_only)]: every tensor the config's architecture knows");
     m.def("cpu_info", [] {
         py::dict d;
         d["kernels"] = cpu::select_kernels().name;

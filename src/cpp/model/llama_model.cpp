@@ -76,15 +76,15 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
         const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
         be.matmul_many(qkv_out, qkv_w, 3, xn);
-        if (L.bq.rows) {
-            be.add_bias(q, L.bq);
-            be.add_bias(k, L.bk);
-            be.add_bias(v, L.bv);
-        }
+        // Biases wherever the file has them (Qwen2 always, Llama with attention_bias).
+        if (L.bq.rows) be.add_bias(q, L.bq);
+        if (L.bk.rows) be.add_bias(k, L.bk);
+        if (L.bv.rows) be.add_bias(v, L.bv);
         be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
         ap.window = cfg_.sliding_window > 0 && l >= cfg_.sliding_window_from ? cfg_.sliding_window : 0;
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
         be.matmul_add(x, L.wo, att, proj);  // x += wo att
+        if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
         be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)

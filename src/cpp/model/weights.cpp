@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "tensor_layout.h"
+
 namespace forgert {
 
 namespace {
@@ -124,42 +126,59 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         if (!t.data) throw InputError("tensor '" + name + "' has no data");
     }
 
+    // Every tensor the architecture knows, checked and wrapped; a tensor it does not know is an
+    // error: running without it would compute a different model than the file describes.
+    const std::vector<TensorSpec> layout = tensor_layout(cfg);
+    std::map<std::string, const TensorSpec*> known;
+    for (auto& s : layout) known[s.name] = &s;
+    for (auto& [name, t] : tensors) {
+        if (!known.count(name))
+            throw InputError("unexpected tensor '" + name + "' for a " + std::to_string(cfg.n_layers) + "-layer " +
+                             cfg.arch + " model");
+    }
+
     ModelWeights w;
     Wrapper wrap(tensors, be, w);
-    auto get = [&](const std::string& name, int64_t rows, int64_t cols, bool f32_only) -> Tensor {
-        auto it = tensors.find(name);
-        if (it == tensors.end()) throw InputError("missing tensor '" + name + "'");
+    std::map<std::string, Tensor> views;  // the tensors present, by name
+    for (auto& s : layout) {
+        auto it = tensors.find(s.name);
+        if (it == tensors.end()) {
+            if (s.required) throw InputError("missing tensor '" + s.name + "'");
+            continue;
+        }
         const HostTensor& t = it->second;
-        if (t.rows != rows || t.cols != cols)
-            throw InputError("tensor '" + name + "' has shape " + shape_str(t.rows, t.cols) + ", expected " +
-                             shape_str(rows, cols));
-        if (f32_only && t.type != DType::F32)
-            throw InputError("tensor '" + name + "' must be F32 (norms and biases), got " + dtype_name(t.type));
-        return wrap.view(t);
+        if (t.rows != s.rows || t.cols != s.cols)
+            throw InputError("tensor '" + s.name + "' has shape " + shape_str(t.rows, t.cols) + ", expected " +
+                             shape_str(s.rows, s.cols));
+        if (s.f32_only && t.type != DType::F32)
+            throw InputError("tensor '" + s.name + "' must be F32 (norms and biases), got " + dtype_name(t.type));
+        views[s.name] = wrap.view(t);
+    }
+    // Absent optional tensors stay empty (rows == 0).
+    auto at = [&](const std::string& name) {
+        auto it = views.find(name);
+        return it == views.end() ? Tensor{} : it->second;
     };
-    auto has = [&](const std::string& name) { return tensors.count(name) != 0; };
 
-    w.token_embd = get("token_embd.weight", cfg.vocab, cfg.dim, false);
-    w.output_norm = get("output_norm.weight", 1, cfg.dim, true);
-    w.output = has("output.weight") ? get("output.weight", cfg.vocab, cfg.dim, false) : w.token_embd;
-    const bool qkv_bias = cfg.arch == "qwen2";
+    w.token_embd = at("token_embd.weight");
+    w.output_norm = at("output_norm.weight");
+    w.output = views.count("output.weight") ? at("output.weight") : w.token_embd;
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights L;
-        L.attn_norm = get(p + "attn_norm.weight", 1, cfg.dim, true);
-        L.wq = get(p + "attn_q.weight", cfg.q_dim(), cfg.dim, false);
-        L.wk = get(p + "attn_k.weight", cfg.kv_dim(), cfg.dim, false);
-        L.wv = get(p + "attn_v.weight", cfg.kv_dim(), cfg.dim, false);
-        if (qkv_bias) {
-            L.bq = get(p + "attn_q.bias", 1, cfg.q_dim(), true);
-            L.bk = get(p + "attn_k.bias", 1, cfg.kv_dim(), true);
-            L.bv = get(p + "attn_v.bias", 1, cfg.kv_dim(), true);
-        }
-        L.wo = get(p + "attn_output.weight", cfg.dim, cfg.q_dim(), false);
-        L.ffn_norm = get(p + "ffn_norm.weight", 1, cfg.dim, true);
-        L.w_gate = get(p + "ffn_gate.weight", cfg.ffn_dim, cfg.dim, false);
-        L.w_up = get(p + "ffn_up.weight", cfg.ffn_dim, cfg.dim, false);
-        L.w_down = get(p + "ffn_down.weight", cfg.dim, cfg.ffn_dim, false);
+        L.attn_norm = at(p + "attn_norm.weight");
+        L.wq = at(p + "attn_q.weight");
+        L.wk = at(p + "attn_k.weight");
+        L.wv = at(p + "attn_v.weight");
+        L.bq = at(p + "attn_q.bias");
+        L.bk = at(p + "attn_k.bias");
+        L.bv = at(p + "attn_v.bias");
+        L.wo = at(p + "attn_output.weight");
+        L.bo = at(p + "attn_output.bias");
+        L.ffn_norm = at(p + "ffn_norm.weight");
+        L.w_gate = at(p + "ffn_gate.weight");
+        L.w_up = at(p + "ffn_up.weight");
+        L.w_down = at(p + "ffn_down.weight");
         w.layers.push_back(L);
     }
     return w;

@@ -24,8 +24,9 @@ struct HostTensor {
 struct LayerWeights {
     Tensor attn_norm;          // f32 [dim]
     Tensor wq, wk, wv;         // [q_dim, dim], [kv_dim, dim], [kv_dim, dim]
-    Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent (Llama)
+    Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent
     Tensor wo;                 // [dim, q_dim]
+    Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
     Tensor ffn_norm;           // f32 [dim]
     Tensor w_gate, w_up;       // [ffn_dim, dim]
     Tensor w_down;             // [dim, ffn_dim]
@@ -39,8 +40,9 @@ struct ModelWeights {
     std::vector<std::unique_ptr<Buffer>> buffers;  // zero-copy views that the tensors point into
 };
 
-// Checks every tensor's presence, type and shape against the config and wraps
-// the host memory zero-copy. Throws InputError naming the tensor on a mismatch.
+// Checks every tensor's presence, type and shape against tensor_layout(cfg) and wraps
+// the host memory zero-copy. Throws InputError naming the tensor on a mismatch, a missing
+// required tensor or a tensor the architecture does not know.
 ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, HostTensor>& tensors, Backend& be);
 
 }  // namespace forgert

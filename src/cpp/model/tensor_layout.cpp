@@ -1,0 +1,33 @@
+#include "tensor_layout.h"
+
+namespace forgert {
+
+std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
+    const int64_t dim = cfg.dim, q = cfg.q_dim(), kv = cfg.kv_dim(), ffn = cfg.ffn_dim;
+    const bool qkv_bias_required = cfg.arch == "qwen2";
+    const bool out_bias_known = cfg.arch == "llama";
+    std::vector<TensorSpec> out = {
+        {"token_embd.weight", cfg.vocab, dim, true, false},
+        {"output_norm.weight", 1, dim, true, true},
+        {"output.weight", cfg.vocab, dim, false, false},  // absent: tied to token_embd
+    };
+    for (int l = 0; l < cfg.n_layers; l++) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        out.push_back({p + "attn_norm.weight", 1, dim, true, true});
+        out.push_back({p + "attn_q.weight", q, dim, true, false});
+        out.push_back({p + "attn_k.weight", kv, dim, true, false});
+        out.push_back({p + "attn_v.weight", kv, dim, true, false});
+        out.push_back({p + "attn_q.bias", 1, q, qkv_bias_required, true});
+        out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
+        out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
+        out.push_back({p + "attn_output.weight", dim, q, true, false});
+        if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, false, true});
+        out.push_back({p + "ffn_norm.weight", 1, dim, true, true});
+        out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
+        out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
+        out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
+    }
+    return out;
+}
+
+}  // namespace forgert

@@ -1,0 +1,27 @@
+// Every tensor each architecture knows, as functions of the config: the one description
+// the C++ loader checks against and Python's loader asks for (_core.tensor_layout), so a
+// tensor one side knows cannot be dropped by the other.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config.h"
+
+namespace forgert {
+
+struct TensorSpec {
+    std::string name;   // GGUF name, e.g. "blk.3.attn_q.bias"
+    int64_t rows = 0;   // 1 for vectors
+    int64_t cols = 0;
+    bool required = true;   // false: used when present (Llama's attention biases, an untied output)
+    bool f32_only = false;  // norms and biases: the core takes them as F32
+};
+
+// In load order: globals, then blk.0.., each layer's tensors in forward-pass order.
+// Llama's q/k/v/output biases are optional (llama.cpp loads them when present, and HF
+// Llama writes them with attention_bias=true); Qwen2's q/k/v biases are required.
+std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
+
+}  // namespace forgert
