@@ -45,6 +45,25 @@ ModelConfig config_from_dict(const py::dict& d) {
     return c;
 }
 
+// The allocation a tensor's buffer object views: for a NumPy view, the object at the end of
+// its .base chain (the mmap of the file, or the array that owns the memory). Ranges of
+// different allocations are never wrapped together (weights.cpp).
+void find_allocation(const py::buffer& buf, HostTensor* t) {
+    py::object root = buf;
+    while (py::isinstance<py::array>(root)) {
+        py::object base = root.attr("base");
+        if (base.is_none()) break;
+        root = base;
+    }
+    try {
+        py::buffer_info whole = py::reinterpret_borrow<py::buffer>(root).request();
+        t->alloc = whole.ptr;
+        t->alloc_bytes = (size_t)(whole.size * whole.itemsize);
+    } catch (const std::exception&) {  // no buffer protocol: the tensor is wrapped on its own
+        PyErr_Clear();
+    }
+}
+
 // A loaded model on one backend. Holds references to the Python buffers (views
 // of the mmap'd file) so the memory outlives the zero-copy tensors.
 class Engine {
@@ -70,11 +89,13 @@ public:
             t.type = (DType)type;
             t.rows = shape[0];
             t.cols = shape[1];
+            find_allocation(buf, &t);
             host[name] = t;
             keep_alive_.push_back(buf);
         }
         auto be = make_backend(backend, n_threads);
         ModelWeights w = load_weights(cfg, host, *be);
+        for (const auto& b : w.buffers) weight_buffers_.emplace_back((uintptr_t)b->host, b->size);
         model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch);
     }
 
@@ -130,9 +151,11 @@ public:
     }
 
     LlamaModel& model() { return *model_; }
+    const std::vector<std::pair<uintptr_t, size_t>>& weight_buffers() const { return weight_buffers_; }
 
 private:
     std::vector<py::buffer> keep_alive_;
+    std::vector<std::pair<uintptr_t, size_t>> weight_buffers_;  // (address, bytes) of each zero-copy wrap
     std::unique_ptr<LlamaModel> model_;
 };
 
@@ -153,6 +176,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })
+        .def("_weight_buffers", &Engine::weight_buffers,
+             "test-facing: (address, bytes) of each zero-copy buffer the weights were wrapped in")
         .def("set_profiling", [](Engine& e, bool on) { e.model().set_profiling(on); })
         .def("last_profile", [](Engine& e) {
             const auto& p = e.model().last_profile();
@@ -180,5 +205,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("schedule"), py::arg("seed") = 0);
     m.def("emulator_schedule", &forgert::metal::emulator_schedule);
     m.def("set_emulator_threads", &forgert::metal::set_emulator_threads);
+    // maxBufferLength for weights wrapped afterwards by emulated devices (0: none), to test weights split
+    // into overlapping buffer views as on a Mac.
+    m.def("set_emulator_max_buffer_length", &forgert::metal::set_emulator_max_buffer_length, py::arg("bytes"));
 #endif
 }
