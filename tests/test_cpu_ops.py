@@ -348,45 +348,21 @@ def rope_freqs(head_dim, theta=10000.0, scale_from=None):
     return f.astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("neox", [False, True], ids=["adjacent", "neox"])
-@pytest.mark.parametrize("n,pos0,n_heads,head_dim", [
-    (1, 0, 1, 16), (1, 37, 9, 64), (7, 5, 3, 32), (33, 0, 4, 128), (69, 1000, 2, 64),
-])
-def test_rope(ops_for, backend, neox, n, pos0, n_heads, head_dim):
-    rng = rng_for("rope", n, pos0, n_heads, head_dim)
-    x = randn(rng, n, n_heads * head_dim)
-    freqs = rope_freqs(head_dim, scale_from=head_dim // 4)
-    out = ops_for(backend).rope(x, freqs, pos0, n_heads, head_dim, neox)
-    ref = rope_reference(x, freqs, pos0, n_heads, head_dim, neox)
-    # An f32 angle pos * freq is off by up to |angle| * 2^-24 (~1e-4 rad at pos ~1000), so the
-    # rotated values by ~1e-4 relative -> nmse up to ~1e-8.
-    assert nmse(out, ref) < 3e-8
-    # the two layouts really differ (the test can tell them apart)
-    if n * head_dim > 16 and pos0 + n > 1:
-        other = rope_reference(x, freqs, pos0, n_heads, head_dim, not neox)
-        assert nmse(out, other) > 1e-3
-
-
-def test_rope_position_zero_is_identity(ops_for):
-    x = randn(rng_for("rope0"), 1, 64)
-    out = ops_for("cpu").rope(x, rope_freqs(32), 0, 2, 32, False)
-    np.testing.assert_allclose(out, x, rtol=1e-6, atol=1e-7)
-
-
 # ----------------------------------------------------------------------------- rope_kv_write
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("neox", [False, True], ids=["adjacent", "neox"])
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,n_ctx", [
-    (1, 0, 1, 1, 16, 4), (1, 37, 9, 3, 64, 40), (7, 5, 4, 2, 32, 16), (33, 1000, 8, 1, 128, 1040),
+    (1, 0, 1, 1, 16, 4), (1, 37, 9, 3, 64, 40), (7, 5, 4, 2, 32, 16), (7, 9, 3, 3, 64, 16),
+    (33, 1000, 8, 1, 128, 1040), (69, 1000, 2, 2, 64, 1100),
 ])
 def test_rope_kv_write(ops_for, backend, neox, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx):
     # The fused step = rope on q and k, then k and v into the f16 cache rows pos0..pos0 + n.
     rng = rng_for("rope_kv", n, pos0, n_heads, n_kv_heads, head_dim)
     q = randn(rng, n, n_heads * head_dim)
     k = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
-    v = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
+    v = randn(rng, n, n_kv_heads * head_dim, scale=10.0)
+    v[0, :4] = [1e-8, 70000.0, -0.0, 2049.0]   # f16 rounding: to zero, overflow to inf, sign, tie to even
     k_cache = randn(rng, n_ctx, n_kv_heads * head_dim).astype(np.float16)
     v_cache = randn(rng, n_ctx, n_kv_heads * head_dim).astype(np.float16)
     freqs = rope_freqs(head_dim, scale_from=head_dim // 4)
@@ -394,15 +370,31 @@ def test_rope_kv_write(ops_for, backend, neox, n, pos0, n_heads, n_kv_heads, hea
                                                           n_kv_heads, head_dim, neox)
     q_ref = rope_reference(q, freqs, pos0, n_heads, head_dim, neox)
     k_ref = rope_reference(k, freqs, pos0, n_kv_heads, head_dim, neox)
+    # An f32 angle pos * freq is off by up to |angle| * 2^-24 (~1e-4 rad at pos ~1000), so the
+    # rotated values by ~1e-4 relative -> nmse up to ~1e-8.
     assert nmse(q_out, q_ref) < 3e-8 and nmse(k_out, k_ref) < 3e-8
+    # the two layouts really differ (the test can tell them apart)
+    if n * head_dim > 16 and pos0 + n > 1:
+        assert nmse(q_out, rope_reference(q, freqs, pos0, n_heads, head_dim, not neox)) > 1e-3
     rows = slice(pos0, pos0 + n)
     # Cached keys: the rotated keys rounded to f16 (within f16's rounding of a ~1e-4 difference).
     np.testing.assert_allclose(kc[rows].astype(np.float32), k_ref, rtol=2e-3, atol=2e-3)
-    np.testing.assert_array_equal(vc[rows].view(np.uint16), v.astype(np.float16).view(np.uint16))
+    # Cached values: IEEE round-to-nearest-even, bit for bit.
+    with np.errstate(over="ignore"):   # 70000 -> inf on purpose
+        v_f16 = v.astype(np.float16)
+    np.testing.assert_array_equal(vc[rows].view(np.uint16), v_f16.view(np.uint16))
     # Every other row is untouched.
     for got, before in ((kc, k_cache), (vc, v_cache)):
         np.testing.assert_array_equal(np.delete(got, np.r_[rows], axis=0).view(np.uint16),
                                       np.delete(before, np.r_[rows], axis=0).view(np.uint16))
+
+
+def test_rope_kv_write_position_zero_is_identity(ops_for):
+    q, k = randn(rng_for("rope0"), 1, 64), randn(rng_for("rope0k"), 1, 32)
+    cache = np.zeros((2, 32), np.float16)
+    q_out, k_out, _, _ = ops_for("cpu").rope_kv_write(q, k, k, cache, cache, rope_freqs(32), 0, 2, 1, 32, False)
+    np.testing.assert_allclose(q_out, q, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(k_out, k, rtol=1e-6, atol=1e-7)
 
 
 def test_rope_kv_write_rejects_overflow(ops_for):
@@ -410,28 +402,6 @@ def test_rope_kv_write_rejects_overflow(ops_for):
     ones = np.ones((3, 32), np.float32)
     with pytest.raises(ValueError, match="past the cache"):
         ops_for("cpu").rope_kv_write(ones, ones, ones, cache, cache, rope_freqs(32), 6, 1, 1, 32, False)
-
-
-# ----------------------------------------------------------------------------- kv_write
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n,pos0,n_ctx,kv_dim", [(1, 0, 16, 64), (7, 9, 16, 192), (69, 30, 128, 128)])
-def test_kv_write(ops_for, backend, n, pos0, n_ctx, kv_dim):
-    rng = rng_for("kv", n, pos0)
-    cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
-    src = randn(rng, n, kv_dim, scale=10.0)
-    src[0, :4] = [1e-8, 70000.0, -0.0, 2049.0]   # subnormal-flush, overflow-to-inf, sign, tie-to-even
-    out = ops_for(backend).kv_write(cache, src, pos0)
-    ref = cache.copy()
-    ref[pos0:pos0 + n] = src.astype(np.float16)     # IEEE round-to-nearest-even
-    assert out.dtype == np.float16 and out.shape == cache.shape
-    np.testing.assert_array_equal(out.view(np.uint16), ref.view(np.uint16))
-
-
-def test_kv_write_rejects_overflow(ops_for):
-    cache = np.zeros((8, 32), np.float16)
-    with pytest.raises(ValueError):
-        ops_for("cpu").kv_write(cache, np.ones((3, 32), np.float32), 6)   # rows 6..8 past n_ctx 8
 
 
 # ----------------------------------------------------------------------------- attention

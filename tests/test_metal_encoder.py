@@ -3,7 +3,8 @@ tests/metal/encoder_test.cpp (MetalBackend over a recording Device) with the hos
 compiler and runs it. It asserts barrier placement (only on read-after-write,
 write-after-write and write-after-read hazards inside one command buffer), legal
 dispatch geometry for Apple GPUs on shapes around every tile size, and InputError on
-mismatched shapes, and the zero-copy view plan for weights past maxBufferLength."""
+mismatched shapes, the zero-copy view plan for weights past maxBufferLength, and that a
+decode step of the model commits no empty command buffer and waits once."""
 import os
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ SRC = ROOT / "src" / "cpp"
 METAL = SRC / "backends" / "metal"
 SOURCES = [ROOT / "tests" / "metal" / "encoder_test.cpp", METAL / "metal_backend.cpp", METAL / "metal_ops.cpp",
            METAL / "hazard_tracker.cpp", METAL / "buffer_views.cpp", METAL / "device_metal_unavailable.cpp",
-           METAL / "device_emulated_unavailable.cpp", SRC / "core" / "dtype.cpp"]
+           METAL / "device_emulated_unavailable.cpp", SRC / "core" / "dtype.cpp", SRC / "model" / "llama_model.cpp",
+           SRC / "model" / "weights.cpp"]
 
 
 def host_compiler():

@@ -94,7 +94,9 @@ def test_schedules_in_subprocesses(core):
 @pytest.fixture(scope="module")
 def as_cache(cpu):
     """f16 cache arrays in the form _core's binding takes: float16, or their raw uint16 bits."""
-    probe = cpu.kv_write(np.zeros((1, 1), np.float16), np.zeros((1, 1), np.float32), 0)
+    one = np.zeros((1, 2), np.float32)
+    cache = np.zeros((1, 2), np.float16)
+    probe = cpu.rope_kv_write(one, one, one, cache, cache, np.zeros(1, np.float32), 0, 1, 1, 2, False)[2]
     if probe.dtype == np.float16:
         return lambda a: a.astype(np.float16)
     return lambda a: a.astype(np.float16).view(np.uint16)
@@ -203,28 +205,16 @@ def test_rms_norm(metal, cpu, dim):
 
 
 @pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("head_dim", [8, 64, 128])
-@pytest.mark.parametrize("pos0", [0, 4093, 131000])
-def test_rope(metal, cpu, neox, head_dim, pos0):
-    r = rng("rope", neox, head_dim, pos0)
-    n_heads = 3
-    x = r.standard_normal((5, n_heads * head_dim), dtype=np.float32)
-    freqs = (10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)
-    got = metal.rope(x, freqs, pos0, n_heads, head_dim, neox)
-    want = cpu.rope(x, freqs, pos0, n_heads, head_dim, neox)
-    # The CPU forms the angle pos * freq in f64; Metal in f32 plus the product's exact
-    # rounding error (fma), so even at position 131000 the two agree to f32 precision.
-    assert nmse(got, want) < 1e-10
-
-
-@pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim", [(1, 131000, 9, 3, 64), (6, 3, 4, 4, 128), (3, 0, 2, 1, 8)])
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim", [
+    (1, 131000, 9, 3, 64), (5, 4093, 3, 3, 64), (6, 3, 4, 4, 128), (3, 0, 2, 1, 8),
+])
 def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads, head_dim):
     r = rng("rope_kv_write", neox, n, pos0, head_dim)
     kv_dim = n_kv_heads * head_dim
     q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
     k = r.standard_normal((n, kv_dim), dtype=np.float32) * 4
-    v = r.standard_normal((n, kv_dim), dtype=np.float32) * 4
+    v = r.standard_normal((n, kv_dim), dtype=np.float32) * 100
+    v[0, :4] = [1e-8, 70000.0, -0.0, 2049.0]   # f16 rounding: to zero, overflow to inf, sign, tie to even
     k_cache = as_cache(r.standard_normal((pos0 + n + 2, kv_dim)))
     v_cache = as_cache(r.standard_normal((pos0 + n + 2, kv_dim)))
     freqs = (10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)
@@ -234,13 +224,6 @@ def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads,
     # Cached keys agree to f16 rounding of rotations that agree to f32 precision.
     np.testing.assert_allclose(got[2].astype(np.float32), want[2].astype(np.float32), rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(got[3], want[3])
-
-
-def test_kv_write(metal, cpu, as_cache):
-    r = rng("kv_write")
-    cache = as_cache(r.standard_normal((11, 40)))
-    src = r.standard_normal((3, 40), dtype=np.float32) * 100
-    np.testing.assert_array_equal(metal.kv_write(cache, src, 6), cpu.kv_write(cache, src, 6))
 
 
 @pytest.mark.parametrize("dim", [5, 300])

@@ -138,9 +138,7 @@ int main(int argc, char** argv) {
         b.run("silu_mul 11008", 3.0 * ffn * 4, 4.0 * ffn, 200, [&] { b.be->silu_mul(s, g, u); });
         b.run("add 4096", 3.0 * dim * 4, dim, 200, [&] { b.be->add(y, x, w); });
         Tensor q = b.tensor(DType::F32, 1, H * hd), fr = b.tensor(DType::F32, 1, hd / 2);
-        b.run("rope 32x128", 2.0 * q.nbytes(), 6.0 * H * hd, 200, [&] { b.be->rope(q, fr, 100, RopeParams{H, hd, false}); });
         Tensor kc = b.tensor(DType::F16, 4096, KV * hd), k = b.tensor(DType::F32, 1, KV * hd);
-        b.run("kv_write 1024", 6.0 * KV * hd, 0, 200, [&] { b.be->kv_write(kc, k, 100); });
         Tensor v = b.tensor(DType::F32, 1, KV * hd), vc = b.tensor(DType::F16, 4096, KV * hd);
         b.run("rope_kv_write 32x128 8x128", 2.0 * q.nbytes() + 3.0 * k.nbytes() + k.nbytes() / 2 + 1.5 * v.nbytes(),
               6.0 * (H + KV) * hd, 200,

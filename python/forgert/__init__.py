@@ -1,4 +1,4 @@
-"""forgert: fast, trustworthy local LLM inference (Llama-family models on CPU / Metal / CUDA)."""
+"""forgert: fast, trustworthy local LLM inference (Llama-family models on CPU / Metal)."""
 from .chat import ChatTemplateError
 from .completion import Completion, Timings, Usage
 from .errors import ModelFormatError

@@ -24,7 +24,7 @@ from .prompt_cache import ModelState, PromptCache, common_prefix
 from .sampling import Sampler, SamplingParams
 from .stop_strings import StopStringMatcher
 
-BACKENDS = ("auto", "cpu", "metal")  # "cuda" joins when its backend lands
+BACKENDS = ("auto", "cpu", "metal")
 PREFILL_CHUNK = 512     # tokens per forward call during prefill: bounds activation memory
 
 
@@ -39,6 +39,12 @@ def _import_core():
 
 def available_memory_bytes() -> int | None:
     """Memory a new allocation can still get without swapping, or None where unknown."""
+    if sys.platform == "darwin":
+        try:
+            free, inactive = _macos_free_inactive_pages()
+        except (OSError, AttributeError):
+            return None
+        return (free + inactive) * os.sysconf("SC_PAGE_SIZE")
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -46,10 +52,25 @@ def available_memory_bytes() -> int | None:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    try:  # macOS: physical memory (unified with the GPU's)
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return None
+
+
+def _macos_free_inactive_pages() -> tuple:
+    """(free, inactive) page counts from the Mach kernel (host_statistics64, HOST_VM_INFO64):
+    what can be allocated without swapping (unified memory, the GPU's too), as psutil and
+    Activity Monitor count it. Raises OSError when the call fails."""
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mach_host_self.restype = ctypes.c_uint32
+    # struct vm_statistics64: free_count, active_count, inactive_count are its first three
+    # 32-bit fields; HOST_VM_INFO64_COUNT = sizeof(vm_statistics64_data_t) / 4 = 38.
+    info = (ctypes.c_uint32 * 38)()
+    count = ctypes.c_uint32(38)
+    rc = libc.host_statistics64(libc.mach_host_self(), 4, info, ctypes.byref(count))  # 4: HOST_VM_INFO64
+    if rc != 0:
+        raise OSError(f"host_statistics64 failed with kern_return_t {rc}")
+    return int(info[0]), int(info[2])
 
 
 def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
@@ -164,13 +185,22 @@ class Model:
         self._profile = None        # per-stage seconds while set_profiling(True)
 
     def _make_engine(self, core, cfg, backend, n_threads):
+        """backend "auto" (which FORGERT_BACKEND overrides) runs on Metal on macOS and, should
+        Metal fail there, warns with Metal's own message and runs on the CPU; "metal" asked for
+        explicitly raises that message instead."""
         tensors = self._model.core_tensors
+        if backend == "auto":
+            backend = os.environ.get("FORGERT_BACKEND", "").strip().lower() or "auto"
+            if backend not in BACKENDS:
+                raise ValueError(f"FORGERT_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "auto":
             if sys.platform == "darwin":
                 try:
                     return core.Engine(cfg, tensors, backend="metal", n_threads=n_threads)
-                except (RuntimeError, ValueError):
-                    pass
+                except (RuntimeError, ValueError) as e:
+                    warnings.warn(f"the Metal backend failed, running on the CPU instead: {e} (please report "
+                                  f"this; FORGERT_BACKEND=metal or backend=\"metal\" makes it an error)",
+                                  RuntimeWarning, stacklevel=3)
             backend = "cpu"
         return core.Engine(cfg, tensors, backend=backend, n_threads=n_threads)
 

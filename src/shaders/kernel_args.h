@@ -76,18 +76,6 @@ typedef struct {
 } rms_norm_args;
 FG_ARGS_ASSERT(sizeof(rms_norm_args) == 24, "rms_norm_args layout");
 
-// --- rope: rotate every head of token t by angles (pos0 + t) * freqs[j], in place ---
-// slots: 1 x f32 [n, n_heads * head_dim], 2 freqs f32 [head_dim / 2]
-// grid: (n_heads, n); threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
-typedef struct {
-    uint64_t x_stride;
-    int32_t n_heads;
-    int32_t head_dim;
-    int32_t pos0;
-    int32_t neox;  // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + head_dim/2])
-} rope_args;
-FG_ARGS_ASSERT(sizeof(rope_args) == 24, "rope_args layout");
-
 // --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
 // slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],
 //        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [head_dim / 2]
@@ -102,21 +90,10 @@ typedef struct {
     int32_t n_kv_heads;
     int32_t head_dim;
     int32_t pos0;
-    int32_t neox;
+    int32_t neox;  // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + head_dim/2])
     int32_t pad0;
 } rope_kv_write_args;
 FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 56, "rope_kv_write_args layout");
-
-// --- kv_write: cache[pos0 + t, c] = half(src[t, c]) ---
-// slots: 1 src f32 [n, kv_dim], 2 cache f16 rows pos0 .. pos0 + n (bound at row pos0)
-// grid: (ceil(kv_dim / 256), n); threads: 256
-typedef struct {
-    uint64_t src_stride;
-    uint64_t cache_stride;
-    int32_t kv_dim;
-    int32_t pad0;
-} kv_write_args;
-FG_ARGS_ASSERT(sizeof(kv_write_args) == 24, "kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut

@@ -37,20 +37,6 @@ static inline void rope_head(device float* xh, device half* cache_h, float pos, 
     }
 }
 
-// One threadgroup per (head, token), in place.
-kernel void rope_f32(
-        constant rope_args & args [[buffer(0)]],
-        device       char * x     [[buffer(1)]],
-        device const float * freqs [[buffer(2)]],
-        uint3  tgpig [[threadgroup_position_in_grid]],
-        ushort tiitg [[thread_index_in_threadgroup]],
-        ushort3 ntg  [[threads_per_threadgroup]]) {
-    const int head = tgpig.x;
-    const int t = tgpig.y;
-    device float* xh = (device float*)(x + t * args.x_stride) + head * args.head_dim;
-    rope_head(xh, nullptr, float(args.pos0 + t), freqs, args.head_dim, args.neox, tiitg, ntg.x);
-}
-
 // The step between the QKV projection and attention in one dispatch: threadgroup
 // (h, t) rotates query head h, or rotates key head h - n_heads and caches it, or caches
 // value head h - n_heads - n_kv_heads. The caches are bound at row pos0.

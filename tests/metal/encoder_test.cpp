@@ -1,7 +1,9 @@
 // Checks what MetalBackend encodes, without running a kernel: a recording Device logs
-// every dispatch and barrier. Verifies that barriers go exactly where a dispatch depends
-// on an earlier one of the same command buffer (and nowhere else), and that every
-// dispatch's geometry is legal on Apple GPUs. Built and run by tests/test_metal_encoder.py.
+// every dispatch, barrier and commit. Verifies that barriers go exactly where a dispatch
+// depends on an earlier one of the same command buffer (and nowhere else), that every
+// dispatch's geometry is legal on Apple GPUs, that every binding lies in one buffer view,
+// and that a decode step commits no empty command buffer and waits once. Built and run
+// by tests/test_metal_encoder.py.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +14,7 @@
 
 #include "backends/metal/buffer_views.h"
 #include "backends/metal/metal_backend.h"
+#include "model/llama_model.h"
 
 using namespace forgert;
 using namespace forgert::metal;
@@ -33,10 +36,12 @@ struct HostBuffer final : Buffer {
     ~HostBuffer() override { std::free(host); }
 };
 
-// Logs "kernel" per dispatch and "|" per barrier; checks geometry as it goes.
+// Logs "kernel" per dispatch, "|" per barrier and "#" per commit; counts waits; checks
+// geometry and bindings as it goes.
 class RecordingDevice final : public Device {
 public:
     std::string log;
+    int commits = 0, waits = 0;
     uint32_t last_threads = 0;
     std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
     std::string name() const override { return "recording"; }
@@ -46,20 +51,24 @@ public:
         b->size = bytes;
         return b;
     }
-    std::unique_ptr<Buffer> wrap_host(void* p, size_t bytes) override {
+    std::unique_ptr<Buffer> wrap_host(void* p, size_t bytes, size_t) override {
         auto b = std::make_unique<HostBuffer>();
         b->host = std::malloc(bytes);
         std::memcpy(b->host, p, bytes);
         b->size = bytes;
         return b;
     }
-    Pipeline* pipeline(const std::string& k, const std::vector<FunctionConstant>&) override {
+    Pipeline* pipeline(const std::string& k) override {
         auto& p = pipes_[k];
         p.key = k;
         if (thread_limits.count(k)) p.max_threads_per_threadgroup = thread_limits[k];
         return &p;
     }
-    void begin() override { open_ = true; }
+    void begin() override {
+        EXPECT(!open_, "begin() with a command buffer open");
+        open_ = true;
+        dispatches_ = 0;
+    }
     void set_pipeline(Pipeline* p) override {
         EXPECT(open_, "encoding outside a command buffer");
         cur_ = p->key;
@@ -70,9 +79,10 @@ public:
         EXPECT(slot == 0, "%s: bytes in slot %d (only the args struct goes there)", cur_.c_str(), slot);
         args_ = n;
     }
-    void set_buffer(const Buffer* b, size_t off, int slot) override {
+    void set_buffer(const Buffer* b, size_t off, size_t bytes, int slot) override {
         EXPECT(slot >= 1 && slot < 31, "%s: slot %d", cur_.c_str(), slot);
-        EXPECT(off <= b->size, "%s: offset %zu past buffer of %zu", cur_.c_str(), off, b->size);
+        EXPECT(off + bytes <= b->size, "%s: bytes %zu..%zu past buffer of %zu", cur_.c_str(), off, off + bytes,
+               b->size);
     }
     void set_threadgroup_memory(size_t n, int) override {
         EXPECT(n % 16 == 0, "%s: threadgroup memory %zu not a multiple of 16", cur_.c_str(), n);
@@ -87,16 +97,23 @@ public:
         EXPECT(tg_ <= 32768, "%s: %zu bytes of threadgroup memory", cur_.c_str(), tg_);
         EXPECT(g.x >= 1 && g.y >= 1 && g.z >= 1, "%s: empty grid", cur_.c_str());
         log += (log.empty() ? "" : " ") + cur_;
+        ++dispatches_;
     }
     void memory_barrier() override { log += " |"; }
-    void commit() override { open_ = false; log += " #"; }
-    void wait() override {}
+    void commit() override {
+        EXPECT(open_ && dispatches_ > 0, "commit of an empty command buffer (a round trip for nothing)");
+        open_ = false;
+        log += " #";
+        ++commits;
+    }
+    void wait() override { ++waits; }
 
 private:
     std::map<std::string, Pipeline> pipes_;
     std::string cur_;
     size_t args_ = 0, tg_ = 0;
     bool open_ = false;
+    int dispatches_ = 0;
 };
 
 struct Fixture {
@@ -126,16 +143,12 @@ void test_layer_barriers() {
     f.be.matmul(q, wq, xn);   // reads xn: barrier
     f.be.matmul(k, wk, xn);   // independent of q: none
     f.be.matmul(v, wv, xn);
-    f.be.rope(q, fr, pos, RopeParams{H, hd, false});   // q written above: barrier
-    f.be.rope(k, fr, pos, RopeParams{KV, hd, false});  // k's matmul is behind the last barrier: none
-    f.be.kv_write(kc, k, pos);   // reads k: barrier
-    f.be.kv_write(vc, v, pos);   // v is behind a barrier, other cache: none
+    f.be.rope_kv_write(q, k, v, kc, vc, fr, pos, RopeKvParams{H, KV, hd, false});  // q, k, v written above: barrier
     f.be.attention(att, q, kc, vc, pos, AttentionParams{H, KV, hd, 0.25f});  // reads the caches: barrier
     f.be.add(h, x, att);         // barrier
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_f32 rope_f32 | kv_write_f16 kv_write_f16 | "
-        "attention_f16 | add_f32 #";
+        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_kv_write_f32 | attention_f16 | add_f32 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -172,18 +185,21 @@ void test_fused_layer_barriers() {
 
 void test_write_after_read_and_disjoint_rows() {
     Fixture f;
-    Tensor a = f.t(DType::F32, 4, 64), b = f.t(DType::F32, 4, 64), w = f.t(DType::F32, 1, 64);
-    Tensor cache = f.t(DType::F16, 16, 64);
+    Tensor q = f.t(DType::F32, 4, 64), k = f.t(DType::F32, 4, 64), v = f.t(DType::F32, 4, 64);
+    Tensor b = f.t(DType::F32, 4, 64), w = f.t(DType::F32, 1, 64), fr = f.t(DType::F32, 1, 32);
+    Tensor kc = f.t(DType::F16, 16, 64), vc = f.t(DType::F16, 16, 64);
+    const RopeKvParams p{1, 1, 64, false};
+    auto rows = [](const Tensor& t, int64_t r0, int64_t n) { return t.slice_rows(r0, n); };
     f.be.begin();
-    f.be.kv_write(cache, a.slice_rows(0, 2), 0);     // rows 0..1
-    f.be.kv_write(cache, a.slice_rows(2, 2), 2);     // rows 2..3 of the same cache: disjoint, none
-    f.be.rms_norm(b, a, w, 1e-5f);                   // only reads a: none
-    f.be.rms_norm(a.slice_rows(3, 1), w, w, 1e-5f);  // overwrites a row read above: barrier
-    f.be.rms_norm(a.slice_rows(3, 1), w, w, 1e-5f);  // writes it again (write after write): barrier
-    f.be.kv_write(cache, b.slice_rows(0, 1), 5);     // b and the cache rows are behind a barrier: none
+    f.be.rope_kv_write(rows(q, 0, 2), rows(k, 0, 2), rows(v, 0, 2), kc, vc, fr, 0, p);  // cache rows 0..1
+    f.be.rope_kv_write(rows(q, 2, 2), rows(k, 2, 2), rows(v, 2, 2), kc, vc, fr, 2, p);  // rows 2..3: disjoint, none
+    f.be.rms_norm(b, v, w, 1e-5f);                   // only reads v: none
+    f.be.rms_norm(rows(v, 3, 1), w, w, 1e-5f);       // overwrites a row of v read above: barrier
+    f.be.rms_norm(rows(v, 3, 1), w, w, 1e-5f);       // writes it again (write after write): barrier
+    f.be.rope_kv_write(rows(q, 0, 1), rows(k, 0, 1), rows(b, 0, 1), kc, vc, fr, 5, p);  // all behind a barrier: none
     f.be.commit();
     const std::string want =
-        "kv_write_f16 kv_write_f16 rms_norm_f32 | rms_norm_f32 | rms_norm_f32 kv_write_f16 #";
+        "rope_kv_write_f32 rope_kv_write_f32 rms_norm_f32 | rms_norm_f32 | rms_norm_f32 rope_kv_write_f32 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -221,7 +237,6 @@ void test_geometry_over_shapes() {
     }
     for (int hd : {2, 64, 256}) {
         Tensor x = f.t(DType::F32, 9, 2 * hd), fr = f.t(DType::F32, 1, hd / 2);
-        f.be.rope(x, fr, 0, RopeParams{2, hd, true});
         Tensor k = f.t(DType::F32, 9, hd), c = f.t(DType::F16, 16, hd);
         f.be.rope_kv_write(x, k, k, c, c, fr, 7, RopeKvParams{2, 1, hd, false});
         Tensor kc = f.t(DType::F16, 4096, hd);
@@ -274,43 +289,132 @@ void test_bad_input_throws_input_error() {
 }
 
 // Zero-copy wrapping of a long host range: page-aligned views no longer than the device
-// allows, covering the whole range, and every range up to half a view inside one view.
+// allows, covering the whole range and overlapping so that any range up to the largest
+// tensor lies inside one view; a tensor that cannot be placed is refused by name of sizes.
 void test_buffer_views() {
     const size_t page = 16384;
     alignas(16384) static char area[1];  // only its address is used
     const char* base = area;
     {
-        ViewPlan p = plan_buffer_views(base + 100, 5000, page, 1 << 30);
+        ViewPlan p = plan_buffer_views(base + 100, 5000, 5000, page, 1 << 30);
         EXPECT(p.views.size() == 1 && p.shift == 100 && p.views[0].length == page, "small range: one page view");
     }
-    const size_t max_len = 4 * page + 123;  // not a page multiple
-    const size_t bytes = 10 * page + 777;
-    ViewPlan p = plan_buffer_views(base + 4000, bytes, page, max_len);
-    EXPECT(p.shift == 4000 && p.start == reinterpret_cast<uintptr_t>(base), "start/shift");
-    EXPECT(p.views.size() > 1, "split into views");
-    size_t covered = 0;
-    for (const BufferView& v : p.views) {
-        EXPECT(v.begin % page == 0 && v.length % page == 0, "views page-aligned");
-        EXPECT(v.length <= max_len, "view of %zu > max %zu", v.length, max_len);
-        EXPECT(v.begin <= covered, "gap before view at %zu", v.begin);
-        covered = std::max(covered, v.begin + v.length);
+    const size_t max_len = 6 * page + 123;  // not a page multiple: views of 6 pages
+    const size_t bytes = 20 * page + 777;
+    // Overlaps of 1, 1, 3 and 5 pages. Half a view (3 pages) would not hold a 5-page tensor
+    // starting 1.5 pages into a view.
+    for (size_t largest : {size_t(1), page, 2 * page + 5, 5 * page}) {
+        ViewPlan p = plan_buffer_views(base + 4000, bytes, largest, page, max_len);
+        EXPECT(p.shift == 4000 && p.start == reinterpret_cast<uintptr_t>(base), "start/shift");
+        EXPECT(p.views.size() > 1, "split into views");
+        size_t covered = 0;
+        for (const BufferView& v : p.views) {
+            EXPECT(v.begin % page == 0 && v.length % page == 0, "views page-aligned");
+            EXPECT(v.length <= max_len, "view of %zu > max %zu", v.length, max_len);
+            EXPECT(v.begin <= covered, "gap before view at %zu", v.begin);
+            covered = std::max(covered, v.begin + v.length);
+        }
+        EXPECT(covered >= p.shift + bytes, "views cover %zu of %zu", covered, p.shift + bytes);
+        for (size_t off = 0; off + largest <= bytes; off += page / 3 + 1) {
+            try {
+                const ViewBinding b = bind_range(p, off, largest);
+                EXPECT(p.start + p.views[b.view].begin + b.offset_in_view == reinterpret_cast<uintptr_t>(base + 4000 + off),
+                       "wrong address for offset %zu", off);
+                EXPECT(b.bytes_in_view >= largest, "view holds %zu of %zu bytes", b.bytes_in_view, largest);
+            } catch (const std::exception& e) {
+                EXPECT(false, "%zu bytes at %zu (largest %zu): %s", largest, off, largest, e.what());
+            }
+        }
     }
-    EXPECT(covered >= p.shift + bytes, "views cover %zu of %zu", covered, p.shift + bytes);
-    const size_t biggest = 2 * page;  // step: half the 4-page view
-    for (size_t off = 0; off + biggest <= bytes; off += page / 3) {
-        size_t in_view = 0;
-        const int v = locate_in_views(p, off, biggest, &in_view);
-        EXPECT(v >= 0, "range at %zu not inside one view", off);
-        if (v >= 0) EXPECT(p.views[v].begin + in_view == p.shift + off, "wrong offset in view");
+    bool refused = false;
+    try {
+        plan_buffer_views(base, bytes, 6 * page, page, max_len);  // as long as a whole view
+    } catch (const InputError& e) {
+        refused = std::strstr(e.what(), "maxBufferLength") != nullptr;
     }
-    size_t in_view = 0;
-    EXPECT(locate_in_views(p, 0, 5 * page, &in_view) < 0, "a range longer than any view is reported");
+    EXPECT(refused, "a tensor that fits no view must be refused naming maxBufferLength");
+    // Views made for 1-page tensors: a 3-page range across a view boundary is reported, and
+    // so is a range past the end.
+    ViewPlan p = plan_buffer_views(base, bytes, page, page, max_len);
+    for (auto [off, len] : {std::pair<size_t, size_t>{4 * page, 3 * page}, {bytes - 10, 20}}) {
+        bool threw = false;
+        try {
+            bind_range(p, off, len);
+        } catch (const std::runtime_error& e) {
+            threw = true;
+        }
+        EXPECT(threw, "bytes %zu..%zu bound without error", off, off + len);
+    }
+}
+
+// A decode step as the model runs it: the token upload goes into shared memory before
+// anything is encoded, so no empty command buffer is committed and nothing waits before
+// the step's end. A one-layer model commits once per step; from two layers on the model
+// commits its first layers early (the GPU starts on them while the rest is encoded).
+void test_decode_step_commits() {
+    for (int n_layers : {1, 3}) {
+        ModelConfig cfg;
+        cfg.arch = "llama";
+        cfg.n_layers = n_layers;
+        cfg.dim = 64;
+        cfg.n_heads = 2;
+        cfg.n_kv_heads = 1;
+        cfg.head_dim = 32;
+        cfg.ffn_dim = 96;
+        cfg.vocab = 128;
+        cfg.n_ctx = 16;
+        cfg.rope_freqs.assign(16, 0.1f);
+        std::vector<std::vector<float>> storage;
+        std::map<std::string, HostTensor> tensors;
+        auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
+            storage.emplace_back(rows * cols, 0.01f);
+            HostTensor t;
+            t.data = storage.back().data();
+            t.nbytes = (size_t)(rows * cols) * sizeof(float);
+            t.rows = rows;
+            t.cols = cols;
+            tensors[name] = t;
+        };
+        storage.reserve(64);
+        add("token_embd.weight", cfg.vocab, cfg.dim);
+        add("output_norm.weight", 1, cfg.dim);
+        for (int l = 0; l < n_layers; l++) {
+            const std::string b = "blk." + std::to_string(l) + ".";
+            add(b + "attn_norm.weight", 1, cfg.dim);
+            add(b + "attn_q.weight", cfg.q_dim(), cfg.dim);
+            add(b + "attn_k.weight", cfg.kv_dim(), cfg.dim);
+            add(b + "attn_v.weight", cfg.kv_dim(), cfg.dim);
+            add(b + "attn_output.weight", cfg.dim, cfg.q_dim());
+            add(b + "ffn_norm.weight", 1, cfg.dim);
+            add(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim);
+            add(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim);
+            add(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim);
+        }
+        auto* dev = new RecordingDevice;
+        auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
+        ModelWeights w = load_weights(cfg, tensors, *be);
+        LlamaModel model(cfg, std::move(w), std::move(be), 8);
+        const int want_commits = n_layers == 1 ? 1 : 2;
+        std::vector<float> logits(cfg.vocab);
+        for (int pos = 0; pos < 3; pos++) {
+            const int32_t token = 5 + pos;
+            dev->commits = dev->waits = 0;
+            if (pos % 2 == 0)
+                model.forward_argmax(&token, 1, pos);
+            else
+                model.forward(&token, 1, pos, false, logits.data());
+            EXPECT(dev->commits == want_commits && dev->waits == 1,
+                   "%d-layer decode step at %d: %d commits, %d waits (want %d and 1)", n_layers, pos, dev->commits,
+                   dev->waits, want_commits);
+        }
+    }
 }
 
 }  // namespace
 
 int main() {
     test_buffer_views();
+    test_decode_step_commits();
     test_layer_barriers();
     test_fused_layer_barriers();
     test_pipeline_thread_limit();

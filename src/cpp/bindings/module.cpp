@@ -74,6 +74,25 @@ private:
     bool held_ = false;
 };
 
+// The allocation a tensor's buffer object views: for a NumPy view, the object at the end of
+// its .base chain (the mmap of the file, or the array that owns the memory). Ranges of
+// different allocations are never wrapped together (weights.cpp).
+void find_allocation(const py::handle& buf, HostTensor* t) {
+    py::object root = py::reinterpret_borrow<py::object>(buf);
+    while (py::isinstance<py::array>(root)) {
+        py::object base = root.attr("base");
+        if (base.is_none()) break;
+        root = base;
+    }
+    try {
+        py::buffer_info whole = py::reinterpret_borrow<py::buffer>(root).request();
+        t->alloc = whole.ptr;
+        t->alloc_bytes = (size_t)(whole.size * whole.itemsize);
+    } catch (const std::exception&) {  // no buffer protocol: the tensor is wrapped on its own
+        PyErr_Clear();
+    }
+}
+
 // A loaded model on one backend. Holds a buffer export of each weight buffer (views of the
 // mmap'd file) so the memory outlives the zero-copy tensors.
 //
@@ -106,10 +125,12 @@ public:
             t.type = (DType)type;
             t.rows = shape[0];
             t.cols = shape[1];
+            find_allocation(tup[0], &t);
             host[name] = t;
         }
         auto be = make_backend(backend, n_threads);
         ModelWeights w = load_weights(cfg, host, *be);
+        for (const auto& b : w.buffers) weight_buffers_.emplace_back((uintptr_t)b->host, b->size);
         model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch);
     }
 
@@ -188,6 +209,7 @@ public:
     }
 
     LlamaModel& model() { return *model_; }
+    const std::vector<std::pair<uintptr_t, size_t>>& weight_buffers() const { return weight_buffers_; }
 
 private:
     static constexpr int kMaxBatch = 1 << 16;
@@ -203,6 +225,7 @@ private:
     }
 
     std::vector<std::unique_ptr<HeldBuffer>> keep_alive_;
+    std::vector<std::pair<uintptr_t, size_t>> weight_buffers_;  // (address, bytes) of each zero-copy wrap
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
 };
@@ -224,6 +247,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })
+        .def("_weight_buffers", &Engine::weight_buffers,
+             "test-facing: (address, bytes) of each zero-copy buffer the weights were wrapped in")
         .def("set_profiling", &Engine::set_profiling, py::arg("on"))
         .def("last_profile", [](Engine& e) {
             const LlamaModel::Profile p = e.last_profile();
@@ -262,5 +287,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("schedule"), py::arg("seed") = 0);
     m.def("emulator_schedule", &forgert::metal::emulator_schedule);
     m.def("set_emulator_threads", &forgert::metal::set_emulator_threads);
+    // maxBufferLength for weights wrapped afterwards by emulated devices (0: none), to test weights split
+    // into overlapping buffer views as on a Mac.
+    m.def("set_emulator_max_buffer_length", &forgert::metal::set_emulator_max_buffer_length, py::arg("bytes"));
 #endif
 }

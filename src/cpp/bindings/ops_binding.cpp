@@ -121,24 +121,6 @@ public:
         run([&] { be_->add_bias(X, B); });
         return download(X);
     }
-    F32 rope(const F32& x, const F32& freqs, int pos0, int n_heads, int head_dim, bool neox) {
-        need(cols_of(x) == (int64_t)n_heads * head_dim, "x must be [n, n_heads * head_dim]");
-        need(freqs.size() == head_dim / 2, "freqs must have head_dim / 2 entries");
-        Tensor X = f32(x), Fr = f32(freqs);
-        run([&] { be_->rope(X, Fr, pos0, RopeParams{n_heads, head_dim, neox}); });
-        return download(X);
-    }
-    py::array kv_write(const py::array& cache_in, const F32& src, int pos0) {
-        const U16 cache = f16_bits(cache_in, "cache");
-        need(cache.ndim() == 2 && cols_of(src) == cache.shape(1), "cache must be [n_ctx, kv_dim] like src");
-        need(pos0 >= 0 && pos0 + rows_of(src) <= cache.shape(0), "rows past the cache");
-        Tensor C = upload(cache.data(), DType::F16, cache.shape(0), cache.shape(1)), S = f32(src);
-        run([&] { be_->kv_write(C, S, pos0); });
-        U16 out(std::vector<py::ssize_t>{C.rows, C.cols});
-        be_->read(out.mutable_data(), C, C.nbytes());
-        bufs_.clear();
-        return as_float16(out);
-    }
     // Returns (q, k) rotated and the two caches after the write.
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
@@ -221,9 +203,6 @@ void bind_ops(py::module_& m) {
              py::arg("ids"))
         .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
         .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
-        .def("rope", &Ops::rope, py::arg("x"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"),
-             py::arg("head_dim"), py::arg("neox"))
-        .def("kv_write", &Ops::kv_write, py::arg("cache"), py::arg("src"), py::arg("pos0"))
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("head_dim"), py::arg("neox"))

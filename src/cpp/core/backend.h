@@ -17,18 +17,12 @@
 
 namespace forgert {
 
-struct RopeParams {
-    int n_heads = 0;       // heads in the tensor being rotated
-    int head_dim = 0;
-    bool neox = false;     // false: rotate adjacent pairs (x0,x1),(x2,x3)... (GGUF llama, permuted weights)
-                           // true: rotate (x[i], x[i + head_dim/2]) (HF checkpoints, Qwen2 GGUF)
-};
-
 struct RopeKvParams {
     int n_heads = 0;       // query heads
     int n_kv_heads = 0;    // key/value heads
     int head_dim = 0;
-    bool neox = false;     // as in RopeParams
+    bool neox = false;     // false: rotate adjacent pairs (x0,x1),(x2,x3)... (GGUF llama, permuted weights)
+                           // true: rotate (x[i], x[i + head_dim/2]) (HF checkpoints, Qwen2 GGUF)
 };
 
 struct AttentionParams {
@@ -47,8 +41,10 @@ public:
 
     // --- memory ---
     virtual std::unique_ptr<Buffer> alloc(size_t bytes) = 0;
-    // Zero-copy view of host memory that outlives the buffer (the mmap'd model).
-    virtual std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) = 0;
+    // Zero-copy view of host memory that outlives the buffer (the mmap'd model). `largest`:
+    // the bytes of the largest tensor that will be read from it (a GPU that must split the
+    // range into several buffers overlaps them by that much).
+    virtual std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) = 0;
     // Host <-> buffer copies; call between wait() and the next op.
     virtual void write(const Tensor& dst, const void* src, size_t bytes) = 0;
     virtual void read(void* dst, const Tensor& src, size_t bytes) = 0;
@@ -88,22 +84,13 @@ public:
     }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
-    // Rotate each head of token i at position pos0 + i by angles (pos * freqs[j]).
-    // x [n, n_heads * head_dim] in place; freqs f32 [head_dim / 2].
-    virtual void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) = 0;
-    // cache[pos0 + i, :] = f16(src[i, :])                 src [n, kv_dim]; cache f16 [n_ctx, kv_dim]
-    virtual void kv_write(const Tensor& cache, const Tensor& src, int pos0) = 0;
-    // Everything between the QKV projection and attention, fused: rotate q and k (in place)
-    // by RoPE at positions pos0 + i, then store k and v as f16 at cache rows pos0 + i.
-    // One dispatch on a GPU instead of four; one parallel region on the CPU.
+    // Everything between the QKV projection and attention, fused: rotate each head of q and
+    // k (in place) by RoPE, token i by angles ((pos0 + i) * freqs[j]), then store k and v as
+    // f16 at cache rows pos0 + i (k_cache[pos0 + i, :] = f16(k[i, :]) after the rotation).
+    // One dispatch on a GPU; one parallel region on the CPU.
     // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx, kv_dim]; freqs f32 [head_dim / 2]
     virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                               const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
-        rope(q, freqs, pos0, RopeParams{p.n_heads, p.head_dim, p.neox});
-        rope(k, freqs, pos0, RopeParams{p.n_kv_heads, p.head_dim, p.neox});
-        kv_write(k_cache, k, pos0);
-        kv_write(v_cache, v, pos0);
-    }
+                               const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) = 0;
     // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i
     // (the last p.window of them with a sliding window).
     // q, out [n, n_heads * head_dim]; k_cache, v_cache f16 [n_ctx, n_kv_heads * head_dim].

@@ -1,5 +1,5 @@
 // Weight types and quantization block layouts: the one source of truth for
-// C++ (CPU backend, loaders), Metal Shading Language kernels and CUDA kernels.
+// C++ (CPU backend, loaders) and the Metal Shading Language kernels.
 //
 // The numeric type ids match GGUF's ggml_type so a GGUF tensor's type field
 // can be used as is. Every block packs QK = 32 consecutive weights of a row.
@@ -10,12 +10,6 @@
 typedef half fg_half;            // IEEE binary16
 typedef ushort fg_bf16;          // upper 16 bits of an f32
 #define FG_STATIC_ASSERT(c, m)
-#elif defined(__CUDACC__)
-#include <cuda_fp16.h>
-#include <stdint.h>
-typedef __half fg_half;
-typedef uint16_t fg_bf16;
-#define FG_STATIC_ASSERT(c, m) static_assert(c, m)
 #else
 #include <stdint.h>
 typedef uint16_t fg_half;        // raw binary16 bits on the host

@@ -32,7 +32,7 @@ int64_t row_bytes(DType t, int64_t cols);
 
 // A buffer belongs to one backend. `host` is its CPU-visible address (always
 // set for the CPU backend and for shared-storage GPU buffers); `handle` is the
-// backend's own object (an MTLBuffer, a CUDA pointer), opaque to the core.
+// backend's own object (an MTLBuffer), opaque to the core.
 struct Buffer {
     void* host = nullptr;
     void* handle = nullptr;

@@ -17,7 +17,7 @@ struct ModelConfig {
     int vocab = 0;
     int n_ctx = 0;          // KV cache length: positions 0..n_ctx-1
     float rms_eps = 1e-5f;
-    bool rope_neox = false; // see RopeParams::neox
+    bool rope_neox = false; // see RopeKvParams::neox
     std::vector<float> rope_freqs;  // [head_dim / 2], scaling already applied
     int sliding_window = 0;        // > 0: layers from sliding_window_from on attend to this many keys
     int sliding_window_from = 0;   // first such layer (Qwen2's max_window_layers; 0 for Mistral)

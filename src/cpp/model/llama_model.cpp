@@ -130,28 +130,27 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
 int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     check_input(tokens, n, pos);
     profile_ = Profile{};
-    for (int done = 0; done < n; done += max_batch_) {
-        const int m = std::min(max_batch_, n - done);
+    int done = 0;
+    for (; n - done > max_batch_; done += max_batch_) {  // chunks before the last: KV cache only
         be_->begin();
-        run_layers(tokens + done, m, pos + done);
-        if (done + m < n) {
-            be_->commit();
-            be_->wait();
-            continue;
-        }
-        const double t0 = profiling_ ? now_s() : 0;
-        Tensor h = x_.slice_rows(m - 1, 1), hn = xn_.slice_rows(m - 1, 1), out = logits_.slice_rows(0, 1);
-        be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
-        be_->matmul(out, w_.output, hn);
-        be_->argmax(argmax_, out);
+        run_layers(tokens + done, max_batch_, pos + done);
         be_->commit();
         be_->wait();
-        int32_t best = 0;
-        be_->read(&best, argmax_, sizeof(best));
-        if (profiling_) profile_.logits += now_s() - t0;
-        return best;
     }
-    return 0;
+    const int m = n - done;
+    be_->begin();
+    run_layers(tokens + done, m, pos + done);
+    const double t0 = profiling_ ? now_s() : 0;
+    Tensor h = x_.slice_rows(m - 1, 1), hn = xn_.slice_rows(m - 1, 1), out = logits_.slice_rows(0, 1);
+    be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
+    be_->matmul(out, w_.output, hn);
+    be_->argmax(argmax_, out);
+    be_->commit();
+    be_->wait();
+    int32_t best = 0;
+    be_->read(&best, argmax_, sizeof(best));
+    if (profiling_) profile_.logits += now_s() - t0;
+    return best;
 }
 
 void LlamaModel::kv_save(int n, uint16_t* dst) {

@@ -70,38 +70,49 @@ std::string shape_str(int64_t rows, int64_t cols) {
     return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
 }
 
-// Groups the host ranges into as few zero-copy buffers as possible: tensors of
-// one mmap lie close together, so a GPU backend wraps each file once.
+// One zero-copy buffer per allocation (per mmap'd file): a GPU backend wraps each file
+// once. Ranges of different allocations are never merged, however close: the memory
+// between them may be unmapped, or another file's mapping.
 class Wrapper {
 public:
     Wrapper(const std::map<std::string, HostTensor>& tensors, Backend& be, ModelWeights& w) {
-        std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
-        for (auto& [name, t] : tensors) ranges.emplace_back((uintptr_t)t.data, (uintptr_t)t.data + t.nbytes);
-        std::sort(ranges.begin(), ranges.end());
-        constexpr uintptr_t kMaxGap = 64u << 20;  // farther apart: another file
-        for (auto& r : ranges) {
-            if (!regions_.empty() && r.first <= regions_.back().second + kMaxGap)
-                regions_.back().second = std::max(regions_.back().second, r.second);
-            else
-                regions_.push_back(r);
+        for (auto& [name, t] : tensors) {
+            const uintptr_t b = (uintptr_t)t.data, e = b + t.nbytes;
+            auto [it, added] = index_.emplace(allocation(t), regions_.size());
+            if (added) regions_.push_back({b, e, 0, {}});
+            Region& r = regions_[it->second];
+            r.begin = std::min(r.begin, b);
+            r.end = std::max(r.end, e);
+            if (t.nbytes > r.largest) r.largest = t.nbytes, r.largest_name = name;
         }
-        for (auto& r : regions_) {
-            w.buffers.push_back(be.wrap_host(reinterpret_cast<void*>(r.first), r.second - r.first));
+        for (const Region& r : regions_) {
+            try {
+                w.buffers.push_back(be.wrap_host(reinterpret_cast<void*>(r.begin), r.end - r.begin, r.largest));
+            } catch (const InputError& e) {
+                throw InputError("tensor '" + r.largest_name + "': " + e.what());
+            }
             bufs_.push_back(w.buffers.back().get());
         }
     }
     Tensor view(const HostTensor& t) const {
-        const uintptr_t p = (uintptr_t)t.data;
-        for (size_t i = 0; i < regions_.size(); i++) {
-            if (p >= regions_[i].first && p + t.nbytes <= regions_[i].second)
-                return make_tensor(bufs_[i], p - regions_[i].first, t.type, t.rows, t.cols);
-        }
-        throw std::logic_error("tensor outside the wrapped regions");
+        const size_t i = index_.at(allocation(t));
+        return make_tensor(bufs_[i], (uintptr_t)t.data - regions_[i].begin, t.type, t.rows, t.cols);
     }
 
 private:
-    std::vector<std::pair<uintptr_t, uintptr_t>> regions_;
+    struct Region {
+        uintptr_t begin, end;
+        size_t largest;  // bytes of its largest tensor: how far a GPU's buffer views must overlap
+        std::string largest_name;
+    };
+    // The allocation holding t, or t's own address when unknown (or when t lies outside it).
+    static uintptr_t allocation(const HostTensor& t) {
+        const uintptr_t a = (uintptr_t)t.alloc, p = (uintptr_t)t.data;
+        return t.alloc && p >= a && p + t.nbytes <= a + t.alloc_bytes ? a : p;
+    }
+    std::vector<Region> regions_;
     std::vector<Buffer*> bufs_;
+    std::map<uintptr_t, size_t> index_;
 };
 
 }  // namespace

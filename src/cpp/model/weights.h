@@ -19,6 +19,10 @@ struct HostTensor {
     DType type = DType::F32;
     int64_t rows = 0;   // 1 for vectors
     int64_t cols = 0;
+    // The allocation the bytes lie in (the mmap of the tensor's file, or the array that owns
+    // them); null when unknown, and then the tensor is wrapped on its own.
+    const void* alloc = nullptr;
+    size_t alloc_bytes = 0;
 };
 
 struct LayerWeights {

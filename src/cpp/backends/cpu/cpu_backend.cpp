@@ -45,7 +45,7 @@ std::unique_ptr<Buffer> CpuBackend::alloc(size_t bytes) {
     return b;
 }
 
-std::unique_ptr<Buffer> CpuBackend::wrap_host(void* ptr, size_t bytes) {
+std::unique_ptr<Buffer> CpuBackend::wrap_host(void* ptr, size_t bytes, size_t /*largest*/) {
     auto b = std::make_unique<HostBuffer>();
     b->host = ptr;
     b->size = bytes;
@@ -214,21 +214,6 @@ void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, c
 }
 
 }  // namespace
-
-void CpuBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) {
-    const int half = p.head_dim / 2;
-    pool_.parallel_for(x.rows, std::max<int64_t>(1, 64 / p.n_heads), [&](int64_t t0, int64_t t1) {
-        std::vector<float> cs(half), sn(half);
-        for (int64_t t = t0; t < t1; t++) {
-            rope_angles(pos0 + t, freqs.data<float>(), half, cs.data(), sn.data());
-            rope_row(row_f32(x, t), p.n_heads, p.head_dim, p.neox, cs.data(), sn.data());
-        }
-    });
-}
-
-void CpuBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
-    for (int64_t t = 0; t < src.rows; t++) k_.f32_to_f16_row(row_f32(src, t), row_f16(cache, pos0 + t), src.cols);
-}
 
 void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {

@@ -18,7 +18,7 @@ public:
     int n_threads() const { return pool_.size(); }
 
     std::unique_ptr<Buffer> alloc(size_t bytes) override;
-    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) override;
+    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) override;
     void write(const Tensor& dst, const void* src, size_t bytes) override;
     void read(void* dst, const Tensor& src, size_t bytes) override;
 
@@ -27,8 +27,6 @@ public:
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
     void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
-    void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
-    void kv_write(const Tensor& cache, const Tensor& src, int pos0) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, int pos0, const RopeKvParams& p) override;
     void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,

@@ -6,9 +6,11 @@
 #include "backends/metal/device_emulated.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "../../../emulator/runtime/emu_api.h"
+#include "backends/metal/buffer_views.h"
 
 namespace forgert::metal {
 
@@ -97,6 +100,7 @@ struct Settings {
     int32_t schedule = FG_EMU_FORWARD;
     uint64_t seed = 0;
     int32_t threads = 0;
+    size_t max_buffer_length = SIZE_MAX;
 };
 
 int32_t parse_schedule(const std::string& s, uint64_t* seed) {
@@ -126,6 +130,10 @@ Settings& settings() {
             }
         }
         if (const char* env = std::getenv("FORGERT_EMU_THREADS")) st->threads = std::max(0, std::atoi(env));
+        if (const char* env = std::getenv("FORGERT_EMU_MAX_BUFFER_LENGTH")) {
+            const unsigned long long n = std::strtoull(env, nullptr, 10);
+            if (n > 0) st->max_buffer_length = (size_t)n;
+        }
         return st;
     }();
     return *s;
@@ -143,8 +151,10 @@ fg_emu_options current_options() {
 }
 
 // ---- buffers and pipelines ----
+// Wrapped host memory is seen through views planned as on a real device (buffer_views.h).
 struct HostBuffer final : Buffer {
     bool owned = false;
+    ViewPlan plan;
     ~HostBuffer() override {
         if (owned) std::free(host);
     }
@@ -152,16 +162,12 @@ struct HostBuffer final : Buffer {
 
 struct EmulatedPipeline final : Pipeline {
     const fg_emu_kernel* kernel = nullptr;
-    std::vector<fg_emu_constant> constants;
 };
 
-std::string pipeline_key(const std::string& kernel, const std::vector<FunctionConstant>& constants) {
-    std::string key = kernel;
-    for (const FunctionConstant& c : constants) {
-        key += "|" + std::to_string(c.index) + "=";
-        key += c.kind == FunctionConstant::Float ? std::to_string(c.f) : std::to_string(c.i);
-    }
-    return key;
+size_t max_buffer_length() {
+    Settings& s = settings();
+    std::lock_guard<std::mutex> lock(s.mu);
+    return s.max_buffer_length;
 }
 
 // set_bytes copies the data at call time (as Metal does); 16-byte aligned.
@@ -193,37 +199,30 @@ public:
         std::memset(b->host, 0, rounded);
         b->size = bytes;
         b->owned = true;
+        b->plan = single_view(b->host, rounded);
         return b;
     }
 
-    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) override {
+    // The views a Mac with maxBufferLength = set_emulator_max_buffer_length() would make.
+    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) override {
         auto b = std::make_unique<HostBuffer>();
+        b->plan = plan_buffer_views(ptr, bytes, largest, (size_t)getpagesize(), max_buffer_length());
         b->host = ptr;
         b->size = bytes;
         return b;
     }
 
-    Pipeline* pipeline(const std::string& kernel, const std::vector<FunctionConstant>& constants) override {
-        const std::string key = pipeline_key(kernel, constants);
-        auto it = pipelines_.find(key);
+    Pipeline* pipeline(const std::string& kernel) override {
+        auto it = pipelines_.find(kernel);
         if (it != pipelines_.end()) return it->second.get();
         const fg_emu_kernel* k = lib_->find_kernel(kernel.c_str());
         if (!k) throw std::runtime_error(missing_kernel_message(kernel));
         auto p = std::make_unique<EmulatedPipeline>();
-        p->key = key;
+        p->key = kernel;
         p->kernel = k;
         p->handle = const_cast<fg_emu_kernel*>(k);
-        for (const FunctionConstant& c : constants) {
-            fg_emu_constant v{};
-            v.index = c.index;
-            v.kind = c.kind == FunctionConstant::Bool ? FG_EMU_BOOL
-                                                      : c.kind == FunctionConstant::Int ? FG_EMU_INT : FG_EMU_FLOAT;
-            v.i = c.i;
-            v.f = c.f;
-            p->constants.push_back(v);
-        }
         Pipeline* raw = p.get();
-        pipelines_[key] = std::move(p);
+        pipelines_[kernel] = std::move(p);
         return raw;
     }
 
@@ -242,14 +241,15 @@ public:
         slot_bytes_[slot] = std::move(bytes);
     }
 
-    void set_buffer(const Buffer* buf, size_t offset, int slot) override {
+    // As on a Mac: the kernel sees the one view that holds the bound range, from its offset in
+    // that view to the view's end.
+    void set_buffer(const Buffer* buf, size_t offset, size_t bytes, int slot) override {
         check_slot(slot, "set_buffer");
         if (!buf || !buf->host) throw std::invalid_argument("emulated Metal: set_buffer with no buffer");
-        if (offset > buf->size)
-            throw std::invalid_argument("emulated Metal: set_buffer offset " + std::to_string(offset) +
-                                        " past the end of a " + std::to_string(buf->size) + "-byte buffer");
-        state_.bindings.buffers[slot] = static_cast<char*>(buf->host) + offset;
-        state_.bindings.buffer_bytes[slot] = buf->size - offset;
+        const ViewPlan& plan = static_cast<const HostBuffer*>(buf)->plan;
+        const ViewBinding b = bind_range(plan, offset, bytes);
+        state_.bindings.buffers[slot] = reinterpret_cast<char*>(plan.start + plan.views[b.view].begin + b.offset_in_view);
+        state_.bindings.buffer_bytes[slot] = b.bytes_in_view;
         slot_bytes_[slot].reset();
     }
 
@@ -327,8 +327,7 @@ private:
     bool run(const Command& c, const fg_emu_options& opt) {
         char err[2048] = {};
         const EmulatedPipeline& p = *c.pipeline;
-        const int32_t rc = lib_->dispatch(p.kernel, p.constants.data(), int32_t(p.constants.size()), &c.bindings,
-                                          c.groups, c.threads, &opt, err, sizeof err);
+        const int32_t rc = lib_->dispatch(p.kernel, nullptr, 0, &c.bindings, c.groups, c.threads, &opt, err, sizeof err);
         if (rc != 0) error_ = err;
         return rc == 0;
     }
@@ -400,6 +399,12 @@ void set_emulator_threads(int n) {
     Settings& st = settings();
     std::lock_guard<std::mutex> lock(st.mu);
     st.threads = std::max(0, n);
+}
+
+void set_emulator_max_buffer_length(size_t bytes) {
+    Settings& st = settings();
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.max_buffer_length = bytes == 0 ? SIZE_MAX : bytes;
 }
 
 }  // namespace forgert::metal

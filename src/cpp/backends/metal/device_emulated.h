@@ -3,6 +3,7 @@
 // and built with clang, next to forgert/_core), loaded on first use.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,5 +25,11 @@ std::string emulator_schedule();  // "forward", "reverse" or "random:<seed>"
 
 // OS threads running threadgroups (0 = all cores); initial value from FORGERT_EMU_THREADS.
 void set_emulator_threads(int n);
+
+// The maxBufferLength emulated devices split wrapped host memory (model weights) by, as a
+// Mac does past its device's limit (0 = no limit, the default); initial value from
+// FORGERT_EMU_MAX_BUFFER_LENGTH. Applies to buffers wrapped afterwards. Tests set it tiny
+// so that a small model's weights span many overlapping views.
+void set_emulator_max_buffer_length(size_t bytes);
 
 }  // namespace forgert::metal

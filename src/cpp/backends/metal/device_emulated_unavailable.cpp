@@ -22,5 +22,6 @@ std::unique_ptr<Device> make_emulated_device_from(const std::string&, std::strin
 void set_emulator_schedule(const std::string&, uint64_t) { throw InputError(kNoEmulator); }
 std::string emulator_schedule() { return "none"; }
 void set_emulator_threads(int) {}
+void set_emulator_max_buffer_length(size_t) {}
 
 }  // namespace forgert::metal

@@ -70,8 +70,7 @@ public:
                                                  options:MTLResourceStorageModeShared];
             if (!mb)
                 throw std::runtime_error("Metal could not allocate a buffer of " + std::to_string(bytes) + " bytes");
-            b->plan.start = reinterpret_cast<uintptr_t>(mb.contents);
-            b->plan.views.push_back({0, (size_t)mb.length});
+            b->plan = single_view(mb.contents, (size_t)mb.length);
             b->views.push_back(mb);
             b->host = mb.contents;
             b->handle = (__bridge void*)mb;
@@ -80,10 +79,10 @@ public:
         }
     }
 
-    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) override {
+    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) override {
         @autoreleasepool {
             auto b = std::make_unique<MetalBuffer>();
-            b->plan = plan_buffer_views(ptr, bytes, (size_t)getpagesize(), (size_t)dev_.maxBufferLength);
+            b->plan = plan_buffer_views(ptr, bytes, largest, (size_t)getpagesize(), (size_t)dev_.maxBufferLength);
             for (const BufferView& v : b->plan.views) {
                 id<MTLBuffer> mb = [dev_ newBufferWithBytesNoCopy:reinterpret_cast<void*>(b->plan.start + v.begin)
                                                            length:v.length
@@ -101,50 +100,24 @@ public:
         }
     }
 
-    Pipeline* pipeline(const std::string& kernel, const std::vector<FunctionConstant>& constants) override {
-        std::string key = kernel;
-        for (const FunctionConstant& c : constants)
-            key += "|" + std::to_string(c.index) + "=" +
-                   (c.kind == FunctionConstant::Float ? std::to_string(c.f) : std::to_string(c.i));
-        auto it = pipelines_.find(key);
+    Pipeline* pipeline(const std::string& kernel) override {
+        auto it = pipelines_.find(kernel);
         if (it != pipelines_.end()) return it->second.get();
 
         @autoreleasepool {
             NSError* err = nil;
-            NSString* fname = [NSString stringWithUTF8String:kernel.c_str()];
-            id<MTLFunction> fn = nil;
-            if (constants.empty()) {
-                fn = [lib_ newFunctionWithName:fname];
-            } else {
-                MTLFunctionConstantValues* values = [MTLFunctionConstantValues new];
-                for (const FunctionConstant& c : constants) {
-                    const bool b = c.i != 0;
-                    switch (c.kind) {
-                        case FunctionConstant::Bool:
-                            [values setConstantValue:&b type:MTLDataTypeBool atIndex:c.index];
-                            break;
-                        case FunctionConstant::Int:
-                            [values setConstantValue:&c.i type:MTLDataTypeInt atIndex:c.index];
-                            break;
-                        case FunctionConstant::Float:
-                            [values setConstantValue:&c.f type:MTLDataTypeFloat atIndex:c.index];
-                            break;
-                    }
-                }
-                fn = [lib_ newFunctionWithName:fname constantValues:values error:&err];
-            }
-            if (!fn) throw std::runtime_error("Metal kernel '" + key + "' is not in the library: " + describe(err));
+            id<MTLFunction> fn = [lib_ newFunctionWithName:[NSString stringWithUTF8String:kernel.c_str()]];
+            if (!fn) throw std::runtime_error("Metal kernel '" + kernel + "' is not in the library");
             id<MTLComputePipelineState> pso = [dev_ newComputePipelineStateWithFunction:fn error:&err];
-            if (!pso) throw std::runtime_error("Metal pipeline '" + key + "' failed: " + describe(err));
+            if (!pso) throw std::runtime_error("Metal pipeline '" + kernel + "' failed: " + describe(err));
 
             auto p = std::make_unique<MetalPipeline>();
-            p->key = key;
+            p->key = kernel;
             p->pso = pso;
             p->handle = (__bridge void*)pso;
             p->max_threads_per_threadgroup = (int)pso.maxTotalThreadsPerThreadgroup;
-            p->thread_execution_width = (int)pso.threadExecutionWidth;
             Pipeline* raw = p.get();
-            pipelines_.emplace(key, std::move(p));
+            pipelines_.emplace(kernel, std::move(p));
             return raw;
         }
     }
@@ -166,12 +139,10 @@ public:
     void set_bytes(const void* data, size_t size, int slot) override {
         [enc_ setBytes:data length:size atIndex:(NSUInteger)slot];
     }
-    void set_buffer(const Buffer* buf, size_t offset, int slot) override {
+    void set_buffer(const Buffer* buf, size_t offset, size_t bytes, int slot) override {
         const MetalBuffer* mb = static_cast<const MetalBuffer*>(buf);
-        size_t in_view = 0;
-        const int v = locate_in_views(mb->plan, offset, 0, &in_view);
-        if (v < 0) throw std::runtime_error("offset " + std::to_string(offset) + " is outside the Metal buffer");
-        [enc_ setBuffer:mb->views[v] offset:in_view atIndex:(NSUInteger)slot];
+        const ViewBinding b = bind_range(mb->plan, offset, bytes);
+        [enc_ setBuffer:mb->views[b.view] offset:b.offset_in_view atIndex:(NSUInteger)slot];
     }
     void set_threadgroup_memory(size_t bytes, int slot) override {
         [enc_ setThreadgroupMemoryLength:bytes atIndex:(NSUInteger)slot];

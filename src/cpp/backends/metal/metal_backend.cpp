@@ -22,7 +22,7 @@ MetalBackend::MetalBackend(std::unique_ptr<Device> device) : dev_(std::move(devi
 MetalBackend::~MetalBackend() {
     // Queued work may still reference buffers the caller is about to free.
     try {
-        if (pending_ || open_) flush();
+        wait();
     } catch (...) {
     }
 }
@@ -31,33 +31,35 @@ std::unique_ptr<Buffer> MetalBackend::alloc(size_t bytes) {
     return dev_->new_buffer(bytes == 0 ? 16 : bytes);  // Metal rejects zero-length buffers
 }
 
-std::unique_ptr<Buffer> MetalBackend::wrap_host(void* ptr, size_t bytes) { return dev_->wrap_host(ptr, bytes); }
+std::unique_ptr<Buffer> MetalBackend::wrap_host(void* ptr, size_t bytes, size_t largest) {
+    return dev_->wrap_host(ptr, bytes, largest);
+}
 
 void MetalBackend::write(const Tensor& dst, const void* src, size_t bytes) {
     if (bytes > dst.nbytes()) throw InputError("write of " + std::to_string(bytes) + " bytes into a tensor of " +
                                                std::to_string(dst.nbytes()));
-    if (pending_ || open_) flush();  // the GPU may still read what we overwrite
+    if (pending_ || encoded_) wait();  // the GPU may still read what we overwrite
     std::memcpy(dst.data(), src, bytes);
 }
 
 void MetalBackend::read(void* dst, const Tensor& src, size_t bytes) {
     if (bytes > src.nbytes()) throw InputError("read of " + std::to_string(bytes) + " bytes from a tensor of " +
                                                std::to_string(src.nbytes()));
-    if (pending_ || open_) flush();
+    if (pending_ || encoded_) wait();  // the GPU may still write what we read
     std::memcpy(dst, src.data(), bytes);
 }
 
 void MetalBackend::begin() {
     if (open_) return;
-    dev_->begin();
     hazards_.clear();
     open_ = true;
 }
 
 void MetalBackend::commit() {
-    if (!open_) return;
-    dev_->commit();
     open_ = false;
+    if (!encoded_) return;
+    dev_->commit();
+    encoded_ = false;
     pending_ = true;
 }
 
@@ -68,8 +70,6 @@ void MetalBackend::wait() {
     dev_->wait();  // throws with the device's message if a command buffer failed
     retired_.clear();
 }
-
-void MetalBackend::flush() { wait(); }
 
 void MetalBackend::encode(const std::string& kernel, const void* args, size_t args_bytes,
                           const std::vector<Binding>& binds, Size3 grid, Size3 threads, size_t threadgroup_bytes) {
@@ -88,6 +88,10 @@ void MetalBackend::encode(const std::string& kernel, const void* args, size_t ar
     }
 
     begin();
+    if (!encoded_) {
+        dev_->begin();
+        encoded_ = true;
+    }
     if (hazards_.conflicts(rd, wr)) {
         dev_->memory_barrier();
         hazards_.clear();
@@ -98,7 +102,7 @@ void MetalBackend::encode(const std::string& kernel, const void* args, size_t ar
     dev_->set_pipeline(p);
     dev_->set_bytes(args, args_bytes, 0);
     for (size_t i = 0; i < binds.size(); i++)
-        if (binds[i].buf) dev_->set_buffer(binds[i].buf, binds[i].offset, (int)i + 1);
+        if (binds[i].buf) dev_->set_buffer(binds[i].buf, binds[i].offset, binds[i].bytes, (int)i + 1);
     if (threadgroup_bytes) dev_->set_threadgroup_memory((threadgroup_bytes + 15) & ~size_t(15), 0);
     dev_->dispatch_threadgroups(grid, threads);
     ++n_dispatches_;

@@ -27,7 +27,7 @@ public:
     Device& device() { return *dev_; }
 
     std::unique_ptr<Buffer> alloc(size_t bytes) override;
-    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) override;
+    std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) override;
     void write(const Tensor& dst, const void* src, size_t bytes) override;
     void read(void* dst, const Tensor& src, size_t bytes) override;
 
@@ -42,10 +42,8 @@ public:
     void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
     void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                        const Tensor& scratch) override;
-    void rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, int pos0, const RopeKvParams& p) override;
-    void kv_write(const Tensor& cache, const Tensor& src, int pos0) override;
     void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
                    const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
@@ -70,7 +68,6 @@ public:
 private:
     void encode(const std::string& kernel, const void* args, size_t args_bytes, const std::vector<Binding>& binds,
                 Size3 grid, Size3 threads, size_t threadgroup_bytes = 0);
-    void flush();  // commit and wait for everything encoded so far
     uint32_t thread_cap(const char* kernel);  // threads per threadgroup for kernels that loop
     // out = w x, or out += w x with accumulate (the GEMV or the GEMM by token count).
     void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
@@ -82,8 +79,12 @@ private:
 
     std::unique_ptr<Device> dev_;
     HazardTracker hazards_;
-    bool open_ = false;      // a command buffer is being encoded
-    bool pending_ = false;   // work committed or encoded that wait() has not seen finish
+    // begin() opens a command buffer only here; the device's starts with its first dispatch,
+    // so host writes between begin() and the first op (the decode step's token upload) need
+    // not wait for anything, and an empty command buffer is never committed.
+    bool open_ = false;      // between begin() and commit()
+    bool encoded_ = false;   // the device's command buffer holds dispatches not yet committed
+    bool pending_ = false;   // committed work that wait() has not seen finish
     std::unique_ptr<Buffer> scratch_;
     std::vector<std::unique_ptr<Buffer>> retired_;  // replaced scratch, in use by queued work
     int64_t n_dispatches_ = 0;

@@ -17,18 +17,9 @@
 
 namespace forgert::metal {
 
-// Function-constant values that specialise a kernel; part of the pipeline cache key.
-struct FunctionConstant {
-    int index = 0;
-    enum Kind { Bool, Int, Float } kind = Int;
-    int32_t i = 0;
-    float f = 0.0f;
-};
-
 struct Pipeline {
-    std::string key;                 // kernel name + function-constant values
+    std::string key;                 // kernel name
     int max_threads_per_threadgroup = 1024;
-    int thread_execution_width = 32; // simdgroup size
     void* handle = nullptr;          // MTLComputePipelineState / emulated kernel entry
     virtual ~Pipeline() = default;
 };
@@ -44,13 +35,14 @@ public:
 
     // Shared-storage buffer (CPU-visible `host`).
     virtual std::unique_ptr<Buffer> new_buffer(size_t bytes) = 0;
-    // Zero-copy view of host memory (newBufferWithBytesNoCopy; page-aligned,
-    // split into overlapping views past maxBufferLength by the implementation).
-    virtual std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes) = 0;
+    // Zero-copy view of host memory (newBufferWithBytesNoCopy; page-aligned, split
+    // into views that overlap by at least `largest` bytes past maxBufferLength:
+    // buffer_views.h). `largest`: the longest range that will be bound from it (its
+    // largest tensor). Throws InputError when such a range cannot fit one view.
+    virtual std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) = 0;
 
-    // Compiled on first use, cached by key; throws with the compiler's message.
-    virtual Pipeline* pipeline(const std::string& kernel,
-                               const std::vector<FunctionConstant>& constants = {}) = 0;
+    // Compiled on first use, cached by name; throws with the compiler's message.
+    virtual Pipeline* pipeline(const std::string& kernel) = 0;
 
     // Encoder primitives. Between begin() and commit() everything goes into one
     // command buffer; commit() may be called several times (a new command buffer
@@ -59,7 +51,9 @@ public:
     virtual void begin() = 0;
     virtual void set_pipeline(Pipeline* p) = 0;
     virtual void set_bytes(const void* data, size_t size, int slot) = 0;
-    virtual void set_buffer(const Buffer* buf, size_t offset, int slot) = 0;
+    // Binds bytes [offset, offset + bytes) of buf: the view of buf that holds the whole
+    // range (throws when none does).
+    virtual void set_buffer(const Buffer* buf, size_t offset, size_t bytes, int slot) = 0;
     virtual void set_threadgroup_memory(size_t bytes, int slot) = 0;
     virtual void dispatch_threadgroups(Size3 grid, Size3 threads_per_threadgroup) = 0;
     virtual void memory_barrier() = 0;

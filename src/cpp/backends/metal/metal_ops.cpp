@@ -194,22 +194,6 @@ void MetalBackend::add_bias(const Tensor& x, const Tensor& b) {
            {threads, 1, 1});
 }
 
-void MetalBackend::rope(const Tensor& x, const Tensor& freqs, int pos0, const RopeParams& p) {
-    need(p.n_heads > 0 && p.head_dim > 0 && p.head_dim % 2 == 0, "rope", "need n_heads > 0 and an even head_dim");
-    need(pos0 >= 0, "rope", "negative position");
-    need_f32_rows(x, "rope", "x", x.rows, (int64_t)p.n_heads * p.head_dim);
-    need_f32_rows(freqs, "rope", "freqs", 1, p.head_dim / 2);
-    rope_args a{};
-    a.x_stride = x.stride;
-    a.n_heads = p.n_heads;
-    a.head_dim = p.head_dim;
-    a.pos0 = pos0;
-    a.neox = p.neox ? 1 : 0;
-    const uint32_t threads = std::min<uint32_t>(thread_cap("rope_f32"), round_up_simd(p.head_dim / 2));
-    encode("rope_f32", &a, sizeof a, {writes(x), reads(freqs)}, {(uint32_t)p.n_heads, (uint32_t)x.rows, 1},
-           {threads, 1, 1});
-}
-
 void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                  const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
     const char* op = "rope_kv_write";
@@ -241,24 +225,6 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     const uint32_t threads = std::min<uint32_t>(thread_cap("rope_kv_write_f32"), round_up_simd(p.head_dim / 2));
     encode("rope_kv_write_f32", &a, sizeof a, {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs)},
            {(uint32_t)(p.n_heads + 2 * p.n_kv_heads), (uint32_t)n, 1}, {threads, 1, 1});
-}
-
-void MetalBackend::kv_write(const Tensor& cache, const Tensor& src, int pos0) {
-    need(cache.buf != nullptr && cache.type == DType::F16, "kv_write", "cache must be f16");
-    need_f32_rows(src, "kv_write", "src", src.rows, cache.cols);
-    need(pos0 >= 0 && pos0 + src.rows <= cache.rows, "kv_write",
-         "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + src.rows) + " past a cache of " +
-             std::to_string(cache.rows));
-    kv_write_args a{};
-    a.src_stride = src.stride;
-    a.cache_stride = cache.stride;
-    a.kv_dim = (int32_t)cache.cols;
-    // Bound from row pos0 on: the kernel writes rows 0..n of this view, and the hazard
-    // tracker sees exactly the rows written.
-    const Tensor dst = cache.slice_rows(pos0, src.rows);
-    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(cache.cols));
-    encode("kv_write_f16", &a, sizeof a, {reads(src), writes(dst)},
-           {ceil_div(cache.cols, threads), (uint32_t)src.rows, 1}, {threads, 1, 1});
 }
 
 void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
