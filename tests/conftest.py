@@ -81,6 +81,14 @@ def metal_reason():
     return metal_skip_reason()
 
 
+def cpu_uses_int8_activations(n_tokens: int) -> bool:
+    """Whether the CPU backend multiplies quantized weights by an n_tokens batch through its
+    decode kernels (two-part int8 activations) rather than the f32 panel GEMM: design.md
+    "Numerics" (panel from 16 tokens; the portable "generic" kernel set has no panel GEMM)."""
+    from forgert import _core
+    return n_tokens < 16 or _core.cpu_info()["kernels"] == "generic"
+
+
 def require_backend(name: str, metal_reason: str | None):
     if name == "metal" and metal_reason is not None:
         pytest.skip(metal_reason)
