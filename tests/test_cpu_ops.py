@@ -154,11 +154,14 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
 
 
 # (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
-# 1536 its FFN, 69 = 64 + 5 tokens, 1 token is the decode path.
+# 1536 its FFN, 69 = 64 + 5 tokens, 1 token is the decode path; 15 / 16 tokens straddle the
+# CPU's switch from the int8 decode kernels to the f32 panel GEMM.
 MATMUL_SHAPES = [
     (1, 32, 1),
     (7, 64, 3),
     (33, 576, 7),
+    (40, 96, 15),
+    (40, 96, 16),
     (100, 160, 33),
     (257, 576, 69),
     (67, 1536, 5),
