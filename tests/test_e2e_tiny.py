@@ -341,9 +341,9 @@ def test_restored_state_continuation_matches_transformers(tiny_models, reference
 @pytest.mark.parametrize("fmt", ["gguf-F32", "gguf-Q4_1"])
 @pytest.mark.parametrize("name", ["llama_tied", "qwen2_untied"])
 def test_metal_greedy_matches_cpu(tiny_models, reference_models, load, metal_reason, name, fmt):
-    """Metal gives the CPU's greedy tokens. The backends may round differently (the CPU
-    quantizes activations to Q8 for quantized weights), so the sequences may part only where
-    the reference itself has a near-tie between the two choices (within the format's bound)."""
+    """Metal gives the CPU's greedy tokens. The backends may round differently (the CPU rounds
+    decode activations to two int8 parts for quantized weights), so the sequences may part only
+    where the reference itself has a near-tie between the two choices (within the format's bound)."""
     if metal_reason is not None:
         pytest.skip(metal_reason)
     tm = tiny_models(name)
