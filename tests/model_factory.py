@@ -437,7 +437,8 @@ def _q8_0_round_trip(x: torch.Tensor) -> torch.Tensor:
 
 def with_q8_activations(model):
     """A copy of the model whose every nn.Linear sees its input rounded through Q8_0: the
-    rounding forgert may apply on quantized weights. Used to show the test bounds cover it."""
+    rounding llama.cpp applies on quantized weights (one int8 part; forgert's decode keeps two).
+    Used to show the test bounds reject it."""
     import copy
     m = copy.deepcopy(model)
     for mod in m.modules():

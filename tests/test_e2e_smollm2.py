@@ -54,27 +54,41 @@ def test_capital_of_france(model):
     assert "Paris" in c.text, f"greedy continuation was {c.text!r}"
 
 
-def test_teacher_forced_top1_agreement(model, reference):
+def teacher_forced(model, reference):
+    """(ids, reference logits [n, vocab]) over TEXT, transformers from an empty context."""
     import torch
     ids = model.tokenize(TEXT)
     assert 250 <= len(ids) <= 600, f"{len(ids)} tokens"
     assert model.vocab_size == reference.config.vocab_size
-    ours = model.logits(ids)                                   # [n, vocab]
     with torch.no_grad():
         ref = reference(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-    agree = float(np.mean(ours.argmax(1) == ref.argmax(1)))
-    # Q4_1 weights are identical on both sides; forgert quantizes activations to Q8 for integer
-    # dot products and keeps K/V in f16, which flips only near-tied argmaxes. The issue asks
-    # for >= 98%. (Measured on this text: the reference itself with llama.cpp-style Q8_0
-    # activations on every matmul agrees at 96.6%; with Q8 activations everywhere except one
-    # of attention / MLP / lm_head, at 98.1-98.8%.)
-    assert agree >= 0.98, f"top-1 agreement {agree:.3f} over {len(ids)} positions"
-    # and where they disagree it is a near-tie: the reference ranks forgert's choice within 2%
-    # of its logit range of its own best (emulating Q8 activations in the reference gave
-    # disagreements with top-2 gaps <= 0.17 logits, ~0.6% of the range)
-    picked = ref[np.arange(len(ids)), ours.argmax(1)]
-    shortfall = (ref.max(1) - picked) / (ref.max(1) - ref.min(1))
-    assert shortfall.max() < 0.02, f"worst disagreement: {shortfall.max():.4f} of the logit range"
+    return ids, ref
+
+
+def assert_full_top1_agreement(ours, ref, what):
+    # Q4_1 weights are identical on both sides; forgert keeps logits at f32 accuracy (two-part
+    # int8 activations in decode, an f32 GEMM in prefill), K/V in f16. Measured: 100% on both
+    # paths over these 320 positions, as README.md states. (The reference itself with
+    # llama.cpp-style single-part Q8_0 activations on every matmul agrees at 96.6%.)
+    agree = ours.argmax(1) == ref.argmax(1)
+    assert agree.all(), (f"{what}: top-1 agreement {agree.mean():.4f} over {len(agree)} positions; "
+                         f"disagreements at {np.nonzero(~agree)[0].tolist()}")
+
+
+def test_teacher_forced_top1_agreement(model, reference):
+    """Prefill: the whole text in one forward (the f32 GEMM)."""
+    ids, ref = teacher_forced(model, reference)
+    assert_full_top1_agreement(model.logits(ids), ref, "prefill")
+
+
+def test_teacher_forced_top1_agreement_decode(forgert, smollm2_gguf, model, reference):
+    """Decode: one token per forward with a growing cache (the two-part int8 activations).
+    Its own Model: driving the engine directly bypasses the shared model's prompt cache."""
+    ids, ref = teacher_forced(model, reference)
+    eng = forgert.Model(str(smollm2_gguf), backend="cpu")._engine
+    ours = np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
+                           for i in range(len(ids))])
+    assert_full_top1_agreement(ours, ref, "decode")
 
 
 def test_tokenizer_matches_reference_vocab(model, smollm2_gguf):
