@@ -107,13 +107,18 @@ class ChatMessage(_Strict):
 
 
 class ChatCompletionRequest(SamplingFields):
+    PROMPT_PARAM: ClassVar[str] = "messages"
+    DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = None  # until the end of the text or the context
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
-    def token_limit(self) -> Optional[int]:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+    def requested_tokens(self) -> tuple[Optional[int], str]:
+        """(the client's completion length or None, the field it came from)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self):
@@ -130,9 +135,11 @@ class CompletionRequest(SamplingFields):
     prompt: Union[str, list[int], list[str]]      # a str or token ids once validated
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
-    def token_limit(self) -> Optional[int]:
-        # The legacy endpoint's default is 16 tokens.
-        return self.max_tokens if self.max_tokens is not None else 16
+    PROMPT_PARAM: ClassVar[str] = "prompt"
+    DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = 16    # the legacy endpoint's default
+
+    def requested_tokens(self) -> tuple[Optional[int], str]:
+        return self.max_tokens, "max_tokens"
 
     @field_validator("prompt")
     @classmethod
