@@ -81,6 +81,10 @@ class LiveServer:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def connections(self) -> set:
+        """The connections uvicorn holds open now (its protocol objects)."""
+        return set(self._server.server_state.connections)
+
     def requests_in_flight(self) -> int:
         return self.app.state.forgert.worker.queued
 

@@ -42,8 +42,14 @@ def serve(model, *, host: str = "127.0.0.1", port: int = 8080,
     import uvicorn
 
     app = create_app(model, model_id or _model_id(model), api_key, max_tokens_limit=max_tokens_limit)
-    uvicorn.Server(uvicorn_config(app, limits, host=host, port=port, log_level=log_level,
-                                  timeout_graceful_shutdown=2)).run()
+    server = uvicorn.Server(uvicorn_config(app, limits, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=2))
+    try:
+        server.run()
+    except KeyboardInterrupt:   # uvicorn re-raises the Ctrl-C it shut down on: a normal stop
+        pass
+    if not server.started:      # as uvicorn.run: it logged why (e.g. the port is taken)
+        raise SystemExit(3)
 
 
 def _model_id(model) -> str:

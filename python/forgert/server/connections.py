@@ -4,10 +4,12 @@ uvicorn times out idle keep-alive connections but not a client that trickles its
 header byte per second keeps a "slowloris" connection open for ever), so the HTTP protocol here
 is uvicorn's h11 protocol with two read deadlines, both measured from the start of the phase,
 not from the last byte (a trickle must not extend them):
-  - header_timeout_s: from a request's first byte until its headers are complete;
+  - header_timeout_s: from the connection's opening (on a kept-alive connection, from the first
+    byte of its next request) until the request's headers are complete;
   - body_timeout_s: from the end of the headers until the body is complete.
 A connection past either deadline gets "408 Request Timeout" (when no response has started) and
-is closed. max_connections is uvicorn's limit_concurrency: requests beyond it get a 503.
+is closed. max_connections bounds the open connections (uvicorn's limit_concurrency): a request
+on a connection beyond it gets "503 Service Unavailable".
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def uvicorn_config(app, limits: ConnectionLimits, **config):
     import uvicorn
 
     protocol = type("DeadlineH11Protocol", (_DeadlineH11Protocol,), {"limits": limits})
-    return uvicorn.Config(app, http=protocol, limit_concurrency=limits.max_connections, **config)
+    # uvicorn counts the connection asking too, so N + 1 lets exactly N connections in.
+    return uvicorn.Config(app, http=protocol, limit_concurrency=limits.max_connections + 1, **config)
 
 
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
