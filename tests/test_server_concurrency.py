@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -167,16 +168,20 @@ def test_disconnect_mid_stream_stops_generation_and_frees_the_model(server, mode
 
 def test_disconnect_while_queued_skips_the_request(server, model, reference_answers):
     # Hold a first request on the model, queue a second and hang up on it, then release.
+    model.holding.clear()
     model.hold_after_first_piece = threading.Event()
     try:
         n_before = len(model.streams)
         with ThreadPoolExecutor(max_workers=1) as pool:
             holder = pool.submit(complete, server, PROMPTS[1])
             assert model.holding.wait(120), "the first request never reached the model"
-            with pytest.raises(httpx.ReadTimeout):
-                httpx.post(server.base_url + "/v1/completions",
-                           json={"prompt": "never generated", "max_tokens": 50}, timeout=0.5)
-            # The server has seen the hang-up once the queued request stops counting as in flight.
+            body = json.dumps({"prompt": "never generated", "max_tokens": 50}).encode()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as queued:
+                queued.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                               b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                               % (len(body), body))
+                wait_until(lambda: server.requests_in_flight() == 2, 60, "the second request to queue")
+            # Hung up. The server has seen it once the request stops counting as in flight.
             wait_until(lambda: server.requests_in_flight() == 1, 60, "the server to drop the request")
             model.hold_after_first_piece.set()
             assert holder.result() == reference_answers[PROMPTS[1]]
