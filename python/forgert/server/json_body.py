@@ -22,7 +22,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _OversizedInt:
-    """Stands in for an integer literal too long to convert, so the field can be named later."""
+    """Stands in for an integer literal too long to convert, so the field can be named."""
 
     def __init__(self, digits: int):
         self.digits = digits
@@ -36,7 +36,14 @@ def _parse_int(text: str):
 def decode_json(body: bytes):
     """The decoded body; any problem is an APIError(400) whose param names the field."""
     try:
-        data = json.loads(body, parse_int=_parse_int)
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:
+            # int() refused a literal of too many digits. Parse again (only on this rare path:
+            # the hook costs a Python call per integer), keeping such literals as markers.
+            data = json.loads(body, parse_int=_parse_int)
     except RecursionError:
         raise _too_deep() from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -58,30 +65,42 @@ def _field(path: tuple) -> str:
 
 
 def _check_values(data) -> None:
-    """Walks the decoded tree without recursion (it may be deep) and refuses the first bad value."""
-    stack = [(data, ())]
+    """Walks the decoded tree without recursion (it may be deep) and refuses the first bad value.
+    Scalars are checked in place, so a prompt of a million token ids costs one pass, no paths."""
+    _check_scalar(data, ())
+    stack = [(data, ())] if isinstance(data, (dict, list)) else []
     while stack:
         value, path = stack.pop()
-        if len(path) > MAX_DEPTH:
+        if len(path) >= MAX_DEPTH:
             raise _too_deep()
         if isinstance(value, dict):
             for key, item in value.items():
-                _check_string(key, path + (key,))
-                stack.append((item, path + (key,)))
-        elif isinstance(value, list):
-            stack.extend((item, path + (i,)) for i, item in enumerate(value))
-        elif isinstance(value, str):
-            _check_string(value, path)
-        elif isinstance(value, _OversizedInt):
-            name = _field(path)
-            raise APIError(400, f"Invalid value for '{name}': an integer of {value.digits} digits is "
-                                f"too large (at most {MAX_INT_DIGITS} digits)",
-                           param=name, code="invalid_value")
+                if _LONE_SURROGATE.search(key):
+                    raise _surrogate(path + (key,))
+                if isinstance(item, (dict, list)):
+                    stack.append((item, path + (key,)))
+                elif isinstance(item, (str, _OversizedInt)):
+                    _check_scalar(item, path + (key,))
+        else:
+            for i, item in enumerate(value):
+                if isinstance(item, (dict, list)):
+                    stack.append((item, path + (i,)))
+                elif isinstance(item, (str, _OversizedInt)):
+                    _check_scalar(item, path + (i,))
 
 
-def _check_string(text: str, path: tuple) -> None:
-    if _LONE_SURROGATE.search(text):
+def _check_scalar(value, path: tuple) -> None:
+    if isinstance(value, str) and _LONE_SURROGATE.search(value):
+        raise _surrogate(path)
+    if isinstance(value, _OversizedInt):
         name = _field(path)
-        raise APIError(400, f"Invalid value for '{name}': the string holds a lone UTF-16 surrogate "
-                            "(\\ud800-\\udfff), which is not valid Unicode text",
-                       param=name, code="invalid_value")
+        raise APIError(400, f"Invalid value for '{name}': an integer of {value.digits} digits is "
+                            f"too large (at most {MAX_INT_DIGITS} digits)",
+                       param=name if path else None, code="invalid_value")
+
+
+def _surrogate(path: tuple) -> APIError:
+    name = _field(path)
+    return APIError(400, f"Invalid value for '{name}': the string holds a lone UTF-16 surrogate "
+                         "(\\ud800-\\udfff), which is not valid Unicode text",
+                    param=name if path else None, code="invalid_value")
