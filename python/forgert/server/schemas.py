@@ -25,6 +25,11 @@ class StreamOptions(_Strict):
 class SamplingFields(_Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
+    # Set by each endpoint: the field holding the prompt, and max_tokens when the client sends
+    # none (None: the room left in the context).
+    PROMPT_PARAM: ClassVar[str]
+    DEFAULT_MAX_TOKENS: ClassVar[Optional[int]]
+
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
@@ -77,6 +82,10 @@ class SamplingFields(_Strict):
                            param="n", code="unsupported_value")
         return n
 
+    def requested_tokens(self) -> tuple[Optional[int], str]:
+        """(the client's completion length or None, the field it came from)."""
+        return self.max_tokens, "max_tokens"
+
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
@@ -115,7 +124,6 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
     def requested_tokens(self) -> tuple[Optional[int], str]:
-        """(the client's completion length or None, the field it came from)."""
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens, "max_completion_tokens"
         return self.max_tokens, "max_tokens"
@@ -132,14 +140,10 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Union[str, list[int], list[str]]      # a str or token ids once validated
-    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-
     PROMPT_PARAM: ClassVar[str] = "prompt"
     DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = 16    # the legacy endpoint's default
-
-    def requested_tokens(self) -> tuple[Optional[int], str]:
-        return self.max_tokens, "max_tokens"
+    prompt: Union[str, list[int], list[str]]      # a str or token ids once validated
+    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
     @field_validator("prompt")
     @classmethod
