@@ -42,11 +42,12 @@ def add_parser(subparsers):
                         "it caps the default when max_tokens is absent (default: no limit beyond the "
                         "context, which always bounds prompt + max_tokens)")
     p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="SECONDS",
-                   help="close a connection whose request headers are not complete this long after "
-                        f"they started, with a 408 (default {DEFAULT_HEADER_TIMEOUT_S:g})")
+                   help="close a connection, with a 408, whose request headers are not complete this "
+                        "long after it opened or after its next request began "
+                        f"(default {DEFAULT_HEADER_TIMEOUT_S:g})")
     p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
-                   help="close a connection whose request body is not complete this long after its "
-                        f"headers, with a 408 (default {DEFAULT_BODY_TIMEOUT_S:g})")
+                   help="close a connection, with a 408, whose request body is not complete this "
+                        f"long after its headers (default {DEFAULT_BODY_TIMEOUT_S:g})")
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                    help="open connections served at once; requests beyond get a 503 "
                         f"(default {DEFAULT_MAX_CONNECTIONS})")
