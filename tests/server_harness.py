@@ -27,28 +27,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """uvicorn running create_app(model) in a background thread."""
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.01):
+    """Poll `condition()` until it returns something truthy (returned) or fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(poll_s)
 
-    def __init__(self, model, model_id: str = "smollm2-test", api_key: str | None = API_KEY):
+
+class LiveServer:
+    """uvicorn running create_app(model) in a background thread, configured as `forgert serve`
+    configures it (the same protocol with its read deadlines and connection limit)."""
+
+    def __init__(self, model, model_id: str = "smollm2-test", api_key: str | None = API_KEY,
+                 limits=None, max_tokens_limit: int | None = None):
         import uvicorn
-        from forgert.server import create_app
+        from forgert.server import ConnectionLimits, create_app
+        from forgert.server.connections import uvicorn_config
 
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
-        config = uvicorn.Config(create_app(model, model_id, api_key), host="127.0.0.1",
+        self.app = create_app(model, model_id, api_key, max_tokens_limit=max_tokens_limit)
+        config = uvicorn_config(self.app, limits or ConnectionLimits(), host="127.0.0.1",
                                 port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
+        self._started = threading.Event()
+        started = self._started
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None):
+                try:
+                    await super().startup(sockets)
+                finally:    # listening, or given up (it may sys.exit)
+                    started.set()
+
+        self._server = Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def __enter__(self) -> "LiveServer":
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
+        if not self._started.wait(30) or not self._server.started:
+            raise RuntimeError("the test server did not start")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -58,6 +80,13 @@ class LiveServer:
     @property
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def connections(self) -> set:
+        """The connections uvicorn holds open now (its protocol objects)."""
+        return set(self._server.server_state.connections)
+
+    def requests_in_flight(self) -> int:
+        return self.app.state.forgert.worker.queued
 
     def openai_client(self, **kwargs):
         openai = pytest.importorskip("openai")

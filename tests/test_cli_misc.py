@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import httpx
 import pytest
 
 from conftest import subprocess_env
-from server_harness import free_port
+from server_harness import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -100,25 +99,27 @@ def test_serve_answers_then_stops_on_ctrl_c(smollm2_gguf):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "forgert", "serve", "--model", str(smollm2_gguf),
                              "--port", str(port), "--n-ctx", "256", "--api-key", "k",
-                             "--log-level", "warning"],
+                             "--log-level", "warning", "--max-tokens-limit", "3",
+                             "--header-timeout", "5", "--body-timeout", "5", "--max-connections", "8"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
+
+        def healthy() -> bool:
             assert proc.poll() is None, proc.stderr.read()
             try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    break
+                return httpx.get(base + "/health", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "forgert serve did not come up"
-            time.sleep(0.2)
+                return False
+
+        wait_until(healthy, 120, "forgert serve to come up", poll_s=0.2)
         client = openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0, timeout=300)
         assert [m.id for m in client.models.list()] == ["SmolLM2-135M-Instruct.Q4_1"]
         resp = client.completions.create(model="x", prompt="The capital of France is", max_tokens=3,
                                          temperature=0)
         assert "Paris" in resp.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="limit of 3 tokens"):
+            client.completions.create(model="x", prompt="Hi", max_tokens=4)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -133,6 +134,10 @@ def test_serve_bad_flags(smollm2_gguf, tmp_path):
                          "not found")
     assert_clean_failure(forgert("serve", "--host", "no-such-host.invalid"), "cannot listen")
     assert_clean_failure(forgert("serve", "--prompt-cache-mb", "-1"), "--prompt-cache-mb")
+    assert_clean_failure(forgert("serve", "--max-tokens-limit", "0"), "--max-tokens-limit")
+    assert_clean_failure(forgert("serve", "--header-timeout", "0"), "--header-timeout")
+    assert_clean_failure(forgert("serve", "--body-timeout", "nan"), "--body-timeout")
+    assert_clean_failure(forgert("serve", "--max-connections", "0"), "--max-connections")
     assert_clean_failure(forgert("serve", "--portt", 1), "unrecognized arguments")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -333,6 +333,40 @@ def test_overlong_prompt_is_400_with_the_numbers(server, model):
     assert str(TEST_N_CTX) in err["message"]
 
 
+def chat_prompt_leaving(hf_tokenizer, room: int) -> tuple[list, int]:
+    """Messages whose templated prompt leaves about `room` tokens of the context, and its length
+    as transformers counts it."""
+    words = TEST_N_CTX
+    while True:
+        messages = [{"role": "user", "content": "hello " * words}]
+        n_prompt = hf_chat_prompt_len(hf_tokenizer, messages)
+        if n_prompt <= TEST_N_CTX - room:
+            return messages, n_prompt
+        words -= 1
+
+
+def test_chat_without_max_tokens_fills_the_context_and_no_more(server, hf_tokenizer):
+    messages, n_prompt = chat_prompt_leaving(hf_tokenizer, 5)
+    r = post(server, "/v1/chat/completions", {"messages": messages, "temperature": 0, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": TEST_N_CTX - n_prompt,
+                                 "total_tokens": TEST_N_CTX}
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_chat_max_tokens_past_the_context_is_400(server, hf_tokenizer, field):
+    messages, n_prompt = chat_prompt_leaving(hf_tokenizer, 5)
+    asked = TEST_N_CTX - n_prompt + 1
+    err = assert_error(post(server, "/v1/chat/completions", {"messages": messages, field: asked}),
+                       400, "messages")
+    assert err["code"] == "context_length_exceeded"
+    assert err["message"] == (f"This model's maximum context length is {TEST_N_CTX} tokens. However, "
+                              f"you requested {TEST_N_CTX + 1} tokens ({n_prompt} in the messages, "
+                              f"{asked} in the completion). Please reduce the length of the messages "
+                              f"or completion.")
+
+
 def test_still_serving_after_errors(server, client):
     # Runs last in this module: every error above left the server healthy.
     post(server, "/v1/chat/completions", "{broken", raw=True)

@@ -11,6 +11,10 @@ from .common import UserError, add_model_args, load_model
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_PROMPT_CACHE_MB = 512
+# server.ConnectionLimits' defaults (not imported here: `forgert --help` must work without uvicorn).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+DEFAULT_MAX_CONNECTIONS = 64
 
 
 def add_parser(subparsers):
@@ -33,6 +37,20 @@ def add_parser(subparsers):
                    help="memory for the K/V caches of conversations other than the current one, so "
                         "clients taking turns keep their prompt prefixes "
                         f"(default {DEFAULT_PROMPT_CACHE_MB}; 0 turns it off)")
+    p.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
+                   help="the most tokens one completion may ask for: larger max_tokens get a 400, and "
+                        "it caps the default when max_tokens is absent (default: no limit beyond the "
+                        "context, which always bounds prompt + max_tokens)")
+    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="SECONDS",
+                   help="close a connection, with a 408, whose request headers are not complete this "
+                        "long after it opened or after its next request began "
+                        f"(default {DEFAULT_HEADER_TIMEOUT_S:g})")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
+                   help="close a connection, with a 408, whose request body is not complete this "
+                        f"long after its headers (default {DEFAULT_BODY_TIMEOUT_S:g})")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help="open connections served at once; requests beyond get a 503 "
+                        f"(default {DEFAULT_MAX_CONNECTIONS})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -65,12 +83,20 @@ def _is_loopback(host: str) -> bool:
 
 def run(args) -> int:
     try:
-        from ..server import serve
+        from ..server import ConnectionLimits, serve
     except ImportError as e:
         raise UserError(f"forgert serve needs FastAPI and uvicorn ({e.name} is missing): "
                         "pip install fastapi uvicorn") from None
     if args.prompt_cache_mb < 0:
         raise UserError(f"--prompt-cache-mb must be >= 0, got {args.prompt_cache_mb}")
+    if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
+        raise UserError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
+    for flag, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not value > 0:     # also refuses nan
+            raise UserError(f"{flag} must be a number of seconds > 0, got {value}")
+    if args.max_connections < 1:
+        raise UserError(f"--max-connections must be >= 1, got {args.max_connections}")
+    limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_connections)
     _check_can_listen(args.host, args.port)
     model = load_model(args)
     model.set_prompt_cache(args.prompt_cache_mb << 20)
@@ -82,5 +108,5 @@ def run(args) -> int:
     print(f"forgert: serving {model.info()['name']} ({model.backend}, n_ctx {model.n_ctx}) at "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(model, host=args.host, port=args.port, api_key=args.api_key, model_id=args.model_id,
-          log_level=args.log_level)
+          log_level=args.log_level, max_tokens_limit=args.max_tokens_limit, limits=limits)
     return 0

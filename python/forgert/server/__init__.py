@@ -16,22 +16,40 @@ A client that disconnects cancels its request, queued or running. The engine's c
 sequence; with Model.set_prompt_cache (`forgert serve --prompt-cache-mb`, on by default there)
 the K/V of the others are kept in memory too, so conversations taking turns each reuse their
 prefix (`timings.cached_tokens`).
+
+A request whose prompt + max_tokens does not fit the context is refused up front (400,
+context_length_exceeded), so usage.total_tokens never exceeds the context; the server may set a
+lower per-request maximum. Slow clients are cut off (header and body read deadlines) and the
+number of connections is bounded: see connections.py.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 from .app import create_app
+from .connections import ConnectionLimits, uvicorn_config
 
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8080,
           api_key: Optional[str] = None, model_id: Optional[str] = None,
-          log_level: str = "info") -> None:
-    """Serve `model` until interrupted (blocking). Loopback only unless `host` says otherwise."""
+          log_level: str = "info", max_tokens_limit: Optional[int] = None,
+          limits: ConnectionLimits = ConnectionLimits()) -> None:
+    """Serve `model` until interrupted (blocking). Loopback only unless `host` says otherwise.
+
+    max_tokens_limit: the most tokens one completion may ask for (None: the context's room).
+    limits: read deadlines for request headers and bodies, and the most connections served.
+    """
     import uvicorn
 
-    app = create_app(model, model_id or _model_id(model), api_key)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+    app = create_app(model, model_id or _model_id(model), api_key, max_tokens_limit=max_tokens_limit)
+    server = uvicorn.Server(uvicorn_config(app, limits, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=2))
+    try:
+        server.run()
+    except KeyboardInterrupt:   # uvicorn re-raises the Ctrl-C it shut down on: a normal stop
+        pass
+    if not server.started:      # as uvicorn.run: it logged why (e.g. the port is taken)
+        raise SystemExit(3)
 
 
 def _model_id(model) -> str:
@@ -40,4 +58,4 @@ def _model_id(model) -> str:
     return name.removesuffix(".gguf")
 
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ConnectionLimits", "create_app", "serve"]

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from typing import AsyncIterator, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
-from .errors import APIError, install_error_handlers
+from .errors import APIError, install_error_handlers, internal_error, log_unexpected
 from .generation import Finish, GenerationSpec, Piece, generation_job
+from .json_body import decode_json
 from .responses import ResponseHeader, sse
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_request
+from .token_budget import completion_budget
 from .worker import ModelWorker
 
 # Bodies above this are refused before parsing: no legitimate prompt for a local model is larger.
@@ -21,17 +23,26 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class ServerState:
-    def __init__(self, model, model_id: str, api_key: Optional[str]):
+    def __init__(self, model, model_id: str, api_key: Optional[str], max_tokens_limit: Optional[int]):
         self.model = model
         self.model_id = model_id
         self.api_key = api_key
+        self.max_tokens_limit = max_tokens_limit    # per completion; None: only the context bounds it
         self.worker = ModelWorker()
         self.started = int(time.time())
 
 
-def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None) -> FastAPI:
-    """An OpenAI-compatible app serving `model` (a forgert.Model) to any number of clients."""
-    state = ServerState(model, model_id, api_key)
+def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, *,
+               max_tokens_limit: Optional[int] = None) -> FastAPI:
+    """An OpenAI-compatible app serving `model` (a forgert.Model) to any number of clients.
+
+    max_tokens_limit: the most tokens one completion may ask for (larger requests get a 400;
+    it also caps the default when max_tokens is absent). None: the context is the only bound.
+    """
+    if max_tokens_limit is not None and (not isinstance(max_tokens_limit, int)
+                                         or isinstance(max_tokens_limit, bool) or max_tokens_limit < 1):
+        raise ValueError(f"max_tokens_limit must be None or an integer >= 1, got {max_tokens_limit!r}")
+    state = ServerState(model, model_id, api_key, max_tokens_limit)
     app = FastAPI(title="forgert", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.forgert = state
     install_error_handlers(app)
@@ -70,7 +81,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None) 
         req = parse_request(ChatCompletionRequest, await _read_json(request))
         messages = [m.as_template_message() for m in req.messages]
         ids = await _prompt_ids(state.model, "messages", messages)
-        spec = GenerationSpec(ids, _sampling_kwargs(req, req.token_limit(), state.model.n_ctx),
+        spec = GenerationSpec(ids, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                               req.top_logprobs_wanted())
         return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id))
 
@@ -78,7 +89,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None) 
     async def completions(request: Request):
         req = parse_request(CompletionRequest, await _read_json(request))
         ids = await _prompt_ids(state.model, "prompt", req.prompt)
-        spec = GenerationSpec(ids, _sampling_kwargs(req, req.token_limit(), state.model.n_ctx),
+        spec = GenerationSpec(ids, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                               req.top_logprobs_wanted())
         return await _complete(request, state, req, spec, ResponseHeader("text", state.model_id))
 
@@ -94,24 +105,32 @@ async def _read_json(request: Request):
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:   # refuse before reading it all
         raise APIError(413, f"Request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:    # gone (or cut off by the body read deadline): nobody to answer
+        raise APIError(400, "The client disconnected before sending the whole body") from None
     if len(body) > MAX_BODY_BYTES:
         raise APIError(413, f"Request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     if not body.strip():
         raise APIError(400, "The request body is empty; send a JSON object")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"We could not parse the JSON body of your request: {exc}",
-                       code="invalid_json") from None
+    # A 16 MB body takes a fraction of a second to decode: not on the loop that streams to others.
+    return await asyncio.to_thread(decode_json, body)
 
 
-def _sampling_kwargs(req: SamplingFields, max_tokens: Optional[int], n_ctx: int) -> dict:
+def _max_tokens(state: ServerState, req: SamplingFields, n_prompt: int) -> int:
+    requested, requested_param = req.requested_tokens()
+    return completion_budget(n_ctx=state.model.n_ctx, n_prompt=n_prompt,
+                             prompt_param=req.PROMPT_PARAM, requested=requested,
+                             requested_param=requested_param, default=req.DEFAULT_MAX_TOKENS,
+                             server_limit=state.max_tokens_limit)
+
+
+def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
     """Model.stream keyword arguments. Defaults follow OpenAI (temperature 1, top_p 1, no
     top-k/min-p/penalties), not the Model's own defaults, so clients get what they expect.
-    No max_tokens means "until the end of the text or of the context", as with OpenAI."""
+    max_tokens comes from completion_budget: prompt + completion always fit the context."""
     return {
-        "max_tokens": n_ctx if max_tokens is None else max_tokens,
+        "max_tokens": max_tokens,
         "temperature": 1.0 if req.temperature is None else req.temperature,
         "top_p": 1.0 if req.top_p is None else req.top_p,
         "top_k": req.top_k or 0,
@@ -136,18 +155,14 @@ async def _complete(request: Request, state: ServerState, req: SamplingFields,
 
 
 async def _prompt_ids(model, param: str, prompt) -> list[int]:
-    """Tokenize (chat template applied to messages) off the event loop, and check the prompt fits
-    the context, so a request that cannot run is refused before it waits in the queue."""
+    """Tokenize (chat template applied to messages) off the event loop. The caller checks that
+    prompt and completion fit the context, so a request that cannot run never waits in the queue."""
     try:
         ids = await asyncio.to_thread(model.prompt_tokens, prompt)
     except ValueError as exc:     # a token id out of range, a template that refuses the roles...
         raise APIError(400, str(exc), param=param) from None
     if not ids:
         raise APIError(400, f"The {param} is empty: there is nothing to complete", param=param)
-    if len(ids) > model.n_ctx:
-        raise APIError(400, f"This model's maximum context length is {model.n_ctx} tokens. However, "
-                       f"your {param} resulted in {len(ids)} tokens. Please reduce the length.",
-                       param=param, code="context_length_exceeded")
     return ids
 
 
@@ -216,5 +231,6 @@ async def _stream(events: AsyncIterator, header: ResponseHeader, include_usage: 
         # Headers are gone already: report in-band, the way OpenAI does mid-stream.
         yield sse(APIError(400, str(exc)).body())
     except Exception as exc:  # noqa: BLE001 - the stream must still end properly
-        yield sse(APIError(500, f"Internal server error: {type(exc).__name__}: {exc}").body())
+        log_unexpected(exc, "a streamed completion")
+        yield sse(internal_error().body())
     yield sse("[DONE]")

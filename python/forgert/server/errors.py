@@ -2,6 +2,8 @@
 
 Every failure the server reports goes through `APIError`, so clients (the official `openai`
 package included) see the same shape and the matching HTTP status whatever went wrong.
+An unexpected exception is a 500 with a fixed message: its text and traceback go to the server's
+log only, never to the client (they can hold paths, library internals or other requests' data).
 """
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ _TYPE_FOR_STATUS = {
     500: "server_error",
     503: "server_error",
 }
+
+
+INTERNAL_ERROR_MESSAGE = ("The server had an error while processing your request; "
+                          "the server log has the details")
 
 
 class APIError(Exception):
@@ -66,6 +72,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("internal error while serving %s %s", request.method, request.url.path)
-        return APIError(500, f"Internal server error: {type(exc).__name__}: {exc}",
-                        code="internal_error").response()
+        log_unexpected(exc, f"{request.method} {request.url.path}")
+        return internal_error().response()
+
+
+def internal_error() -> APIError:
+    return APIError(500, INTERNAL_ERROR_MESSAGE, code="internal_error")
+
+
+def log_unexpected(exc: BaseException, where: str) -> None:
+    log.error("internal error in %s", where, exc_info=(type(exc), exc, exc.__traceback__))

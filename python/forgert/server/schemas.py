@@ -25,6 +25,11 @@ class StreamOptions(_Strict):
 class SamplingFields(_Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
+    # Set by each endpoint: the field holding the prompt, and max_tokens when the client sends
+    # none (None: the room left in the context).
+    PROMPT_PARAM: ClassVar[str]
+    DEFAULT_MAX_TOKENS: ClassVar[Optional[int]]
+
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
@@ -77,6 +82,10 @@ class SamplingFields(_Strict):
                            param="n", code="unsupported_value")
         return n
 
+    def requested_tokens(self) -> tuple[Optional[int], str]:
+        """(the client's completion length or None, the field it came from)."""
+        return self.max_tokens, "max_tokens"
+
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
@@ -107,13 +116,17 @@ class ChatMessage(_Strict):
 
 
 class ChatCompletionRequest(SamplingFields):
+    PROMPT_PARAM: ClassVar[str] = "messages"
+    DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = None  # until the end of the text or the context
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
-    def token_limit(self) -> Optional[int]:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+    def requested_tokens(self) -> tuple[Optional[int], str]:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self):
@@ -127,12 +140,10 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
+    PROMPT_PARAM: ClassVar[str] = "prompt"
+    DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = 16    # the legacy endpoint's default
     prompt: Union[str, list[int], list[str]]      # a str or token ids once validated
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-
-    def token_limit(self) -> Optional[int]:
-        # The legacy endpoint's default is 16 tokens.
-        return self.max_tokens if self.max_tokens is not None else 16
 
     @field_validator("prompt")
     @classmethod

@@ -29,7 +29,7 @@ class ModelWorker:
         # One thread => one job at a time; the executor's queue is FIFO, which makes it fair.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forgert-model")
         self._lock = threading.Lock()
-        self.queued = 0    # jobs submitted and not finished, for /health
+        self.queued = 0    # jobs running or waiting for a client still there, for /health
 
     async def events(self, job: Job) -> AsyncIterator[object]:
         """Run `job` when its turn comes and yield its events as they are produced.
@@ -40,6 +40,7 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
+        started = False     # guarded by self._lock, like the cancellation of a job still queued
 
         def deliver(item) -> None:
             try:
@@ -48,9 +49,12 @@ class ModelWorker:
                 cancelled.set()
 
         def run() -> None:
-            try:
+            nonlocal started
+            with self._lock:
                 if cancelled.is_set():
-                    return
+                    return      # its client left while it waited; it was counted off then
+                started = True
+            try:
                 produced = job()
                 try:
                     for event in produced:
@@ -78,4 +82,7 @@ class ModelWorker:
                     raise item.error
                 yield item
         finally:
-            cancelled.set()
+            with self._lock:
+                cancelled.set()
+                if not started:
+                    self.queued -= 1    # skipped when its turn comes; no longer in flight

@@ -1,0 +1,198 @@
+"""Slow or greedy clients cannot hold the server: read deadlines and a connection limit.
+
+A raw socket plays the slow client ("slowloris"): it trickles its request one byte at a time
+and watches for the server closing the connection, within a generous deadline. No timing is
+asserted: only that the server closes the connection while the trickle is still going, with a
+408, and that a request held in generation longer than those deadlines is not cut off.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from server_harness import LiveServer, wait_until
+
+pytest.importorskip("uvicorn")
+
+SHORT = 0.5         # the read deadlines under test, in seconds
+GIVE_UP_S = 60      # the test fails if the server has not closed the connection by then
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_models):
+    import forgert
+    return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=64)
+
+
+class HeldModel:
+    """The real model whose generation waits, after its first piece, until released."""
+
+    def __init__(self, model):
+        self._model = model
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def stream(self, prompt, **sampling):
+        return HeldStream(self._model.stream(prompt, **sampling), self)
+
+
+class HeldStream:
+    def __init__(self, inner, model: HeldModel):
+        self._inner = inner
+        self._model = model
+        self._pieces = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._pieces == 1:
+            self._model.holding.set()
+            assert self._model.release.wait(120), "the test never released the generation"
+        self._pieces += 1
+        return next(self._inner)
+
+    def close(self):
+        self._inner.close()
+
+    @property
+    def completion(self):
+        return self._inner.completion
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return HeldModel(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    from forgert.server import ConnectionLimits
+    limits = ConnectionLimits(header_timeout_s=SHORT, body_timeout_s=SHORT, max_connections=3)
+    with LiveServer(model, api_key=None, limits=limits) as live:
+        yield live
+
+
+def connect(server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def trickle_until_closed(sock: socket.socket, data: bytes) -> bytes:
+    """Send `data` one byte per 50 ms until the server answers and closes; return its answer.
+    Fails if all of `data` went out first (the server waited for it) or after GIVE_UP_S."""
+    sock.settimeout(0.05)     # each recv() waits one trickle interval for the server
+    deadline = time.monotonic() + GIVE_UP_S
+    answer = b""
+    for i in range(len(data)):
+        assert time.monotonic() < deadline, "the server never closed the slow connection"
+        try:
+            sock.sendall(data[i:i + 1])
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        answer += chunk
+        break
+    else:
+        pytest.fail("the server read the whole slow request without closing the connection")
+    sock.settimeout(GIVE_UP_S)
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+# Long enough that trickling it at 50 ms a byte outlasts GIVE_UP_S.
+ENDLESS_HEADER = b"X-Slow: " + b"a" * 2000
+
+
+def test_slow_headers_are_cut_off_with_408(server):
+    with connect(server) as sock:
+        answer = trickle_until_closed(sock, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + ENDLESS_HEADER)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b"The request headers were not received in time")
+
+
+def test_a_silent_connection_is_closed(server):
+    with connect(server) as sock:
+        sock.settimeout(GIVE_UP_S)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_slow_body_is_cut_off_with_408(server):
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100000\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(head)
+        answer = trickle_until_closed(sock, b'{"prompt": "' + b"a" * 5000)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b"The request body was not received in time")
+
+
+def test_a_generation_outlasting_the_deadlines_is_not_cut_off(server, model):
+    # The request waits in generation while a slow connection, opened after it, is cut off by
+    # the same deadline: had the request's own deadline still been running, it would have
+    # expired first. Then a second request on the same kept-alive connection works too.
+    body = {"model": "x", "prompt": "hello", "max_tokens": 3, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    model.holding.clear()
+    model.release.clear()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            with http.stream("POST", "/v1/completions", json=body) as r:
+                lines = r.iter_lines()
+                assert model.holding.wait(120)
+                with connect(server) as slow:
+                    answer = trickle_until_closed(slow, b"GET /health HTTP/1.1\r\n" + ENDLESS_HEADER)
+                assert answer.startswith(b"HTTP/1.1 408 ")
+                model.release.set()
+                rest = [line for line in lines if line]
+            assert r.status_code == 200 and rest[-1] == "data: [DONE]"
+            assert not any('"error"' in line for line in rest), rest
+            assert '"finish_reason": "length"' in rest[-2]
+            assert http.get("/health").status_code == 200
+    finally:
+        model.release.set()
+
+
+def test_cli_defaults_are_the_servers():
+    from dataclasses import astuple
+
+    from forgert.cli import serve as cli
+    from forgert.server import ConnectionLimits
+    assert (cli.DEFAULT_HEADER_TIMEOUT_S, cli.DEFAULT_BODY_TIMEOUT_S,
+            cli.DEFAULT_MAX_CONNECTIONS) == astuple(ConnectionLimits())
+
+
+def test_connections_beyond_the_limit_get_503(server):
+    # max_connections=3: two idle connections plus this client's fill it; a fourth is refused.
+    def open_connections() -> int:
+        return len(server.connections())
+
+    wait_until(lambda: open_connections() == 0, GIVE_UP_S, "earlier connections to close")
+    with connect(server) as a, connect(server) as b, httpx.Client(base_url=server.base_url) as http:
+        a.sendall(b"GET /hea")      # part of a request: both stay open, waiting
+        b.sendall(b"GET /hea")
+        wait_until(lambda: open_connections() == 2, GIVE_UP_S, "the server to accept both")
+        assert http.get("/health").status_code == 200         # the third connection
+        with httpx.Client(base_url=server.base_url) as other:
+            r = other.get("/health")                          # the fourth
+        assert r.status_code == 503
+    wait_until(lambda: open_connections() == 0, GIVE_UP_S, "the connections to close")
+    assert httpx.get(server.base_url + "/health").status_code == 200
