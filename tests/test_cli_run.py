@@ -180,3 +180,71 @@ def test_quantize_bad_input(tmp_path, capsys):
     assert main(["quantize", str(bad), str(tmp_path / "o.gguf"), "--type", "q8_0"]) == 2
     assert "not a GGUF file" in capsys.readouterr().err
     assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.gguf.partial").exists()
+
+
+# A plain `pip install .` has no `gguf` package: quantize must not need it. The child process
+# makes `import gguf` fail; the file it writes is then read by the gguf package's own reader
+# (an independent parser) in this process.
+_WITHOUT_GGUF = ("import sys; sys.modules['gguf'] = None; from forgert.cli import main; "
+                 "sys.exit(main(sys.argv[1:]))")
+
+
+def quantize_without_gguf(*args):
+    return subprocess.run([sys.executable, "-c", _WITHOUT_GGUF, "quantize", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=subprocess_env())
+
+
+def gguf_reader_fields(path) -> dict:
+    """key -> value as the gguf package reads it (strings decoded, arrays as lists)."""
+    gguf = pytest.importorskip("gguf")
+    out = {}
+    for name, f in gguf.GGUFReader(path).fields.items():
+        if name.startswith("GGUF."):
+            continue
+        out[name] = f.contents()
+    return out
+
+
+@pytest.mark.parametrize("spec,qtype", [("llama3_untied", "q4_0"), ("qwen2_untied", "q8_0")])
+def test_quantize_hf_dir_without_the_gguf_package(tiny_models, tmp_path, spec, qtype):
+    gguf = pytest.importorskip("gguf")
+    tm = tiny_models(spec)
+    out = tmp_path / "out.gguf"
+    r = quantize_without_gguf(tm.path("hf-F32"), out, "--type", qtype)
+    assert r.returncode == 0, r.stderr
+    reader = gguf.GGUFReader(out)
+    ref = mf.gguf_tensors(tm.model, tm.spec)      # GGUF names, llama Q/K permuted, f32
+    tensors = {t.name: t for t in reader.tensors}
+    assert set(tensors) == set(ref)
+    assert f"{len(ref)}/{len(ref)} tensors" in r.stderr     # the per-tensor progress line
+    for name, w in ref.items():
+        t = tensors[name]
+        want = "F32" if w.ndim == 1 else qtype.upper()
+        assert t.tensor_type.name == want, name
+        assert [int(n) for n in t.shape] == list(reversed(w.shape)), name    # ne: innermost first
+        if name == "rope_freqs.weight":     # computed, not copied: equal to float32 rounding
+            np.testing.assert_allclose(np.asarray(t.data), w, rtol=1e-6)
+        else:
+            assert np.asarray(t.data).tobytes() == reference_bytes(w, want), name
+    fields = gguf_reader_fields(out)
+    arch, s = tm.spec.arch, tm.spec
+    assert fields["general.architecture"] == arch
+    assert fields[f"{arch}.block_count"] == s.n_layers
+    assert fields[f"{arch}.attention.head_count_kv"] == s.n_kv_heads
+    assert fields[f"{arch}.rope.freq_base"] == pytest.approx(s.rope_theta)
+    assert fields["general.file_type"] == {"q4_0": 2, "q8_0": 7}[qtype]
+    vocab = tm.tokenizer.get_vocab(with_added_tokens=True)
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert all(tokens[i] == piece for piece, i in vocab.items())
+    assert fields["tokenizer.ggml.bos_token_id"] == tm.tokenizer.token_to_id(mf.BOS_TOKEN)
+
+
+def test_quantize_gguf_without_the_gguf_package_copies_every_key(tiny_models, tmp_path):
+    tm = tiny_models("llama_tied")
+    src, out = tm.path("gguf-F32"), tmp_path / "out.gguf"
+    r = quantize_without_gguf(src, out, "--type", "q4_1")
+    assert r.returncode == 0, r.stderr
+    ours, theirs = gguf_reader_fields(out), gguf_reader_fields(src)
+    assert ours.pop("general.file_type") == 3
+    theirs.pop("general.file_type", None)
+    assert ours == theirs

@@ -22,13 +22,21 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from ..gguf_export import export_gguf
+    from .progress import ProgressBar
     if not os.path.exists(args.input):
         raise UserError(f"input not found: {args.input}")
     if os.path.exists(args.output) and not args.force:
         raise UserError(f"{args.output} exists; pass --force to overwrite it")
     tmp = args.output + ".partial"
+    bar = None
+
+    def progress(done, total):    # per tensor, on stderr
+        nonlocal bar
+        bar = bar or ProgressBar(f"quantizing to {args.type}", total)
+        bar.update(done, "tensors")
+
     try:
-        counts = export_gguf(args.input, tmp, args.type)
+        counts = export_gguf(args.input, tmp, args.type, progress=progress)
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):
