@@ -49,15 +49,55 @@ def test_run_chat_mode_with_stop(smollm2_gguf):
     assert text.strip() and "\n" not in text
 
 
-@pytest.mark.parametrize("args,message", [
-    (["run", "hi", "--temperature", "-1"], "temperature must be"),
-    (["run", "hi", "--top-p", "0"], "top_p must be"),
-    (["run", "hi", "--model", "/nonexistent/model.gguf"], "model not found"),
-])
-def test_run_user_errors(args, message, capsys):
-    assert main(args) == 2
+def test_run_missing_model_file(capsys):
+    assert main(["run", "hi", "--model", "/nonexistent/model.gguf"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("forgert: error: ") and message in err and "Traceback" not in err
+    assert err.startswith("forgert: error: ") and "model not found" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["run", "chat", "bench", "serve"])
+@pytest.mark.parametrize("flags,message", [
+    (["--temperature", "-1"], "argument --temperature/--temp: must be >= 0, got -1"),
+    (["--top-p", "0"], "argument --top-p: must be > 0 and <= 1, got 0"),
+    (["--max-tokens", "0"], "argument --max-tokens/-n: must be at least 1, got 0"),   # as the server
+    (["-n", "x"], "argument --max-tokens/-n: must be an integer, got 'x'"),
+    (["--threads", "0"], "argument --threads/-t: must be at least 1, got 0"),
+    (["--n-ctx", "-5"], "argument --n-ctx: must be at least 1, got -5"),
+])
+def test_bad_flags_are_named_in_cli_terms(command, flags, message, capsys):
+    """Flag errors name the flag (not a Python parameter), before any model is loaded."""
+    if command in ("bench", "serve") and flags[0] not in ("--threads", "--n-ctx"):
+        pytest.skip(f"{command} has no sampling flags")
+    args = [command, "hi", *flags] if command == "run" else [command, *flags]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "None" not in err
+
+
+def test_run_prompt_longer_than_the_context_names_the_flag(tiny_models, capsys):
+    tm = tiny_models("llama_tied")
+    prompt = "The quick brown fox jumps over the lazy dog. " * 20
+    n = len(tm.tokenizer.encode(prompt).ids)      # the reference tokenizer's count
+    assert main(["run", prompt, "--raw", "--model", str(tm.path("gguf-F32")), "--n-ctx", "32"]) == 2
+    err = capsys.readouterr().err
+    assert f"the prompt is {n} tokens but the context holds 32" in err and "--n-ctx" in err
+    assert "Model" not in err and "Traceback" not in err
+
+
+def test_help_shows_every_default(capsys):
+    """Every option of every command says its default in --help (flags that are off unless
+    given excepted)."""
+    from forgert.cli import build_parser
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue    # positionals, on/off flags, --help, required options
+            if name == "serve" and action.dest == "log_level":
+                continue    # serve's own flags are checked with the server's tests
+            assert action.help and "default" in action.help, f"forgert {name} {action.option_strings[0]}"
 
 
 def test_run_bad_model_file(tmp_path, capsys):
@@ -248,3 +288,40 @@ def test_quantize_gguf_without_the_gguf_package_copies_every_key(tiny_models, tm
     assert ours.pop("general.file_type") == 3
     theirs.pop("general.file_type", None)
     assert ours == theirs
+
+
+# ------------------------------------------------------------------------------ prefill progress
+
+LONG_TEXT = "The quick brown fox jumps over the lazy dog while the river runs past old stone walls. "
+
+
+@pytest.mark.filterwarnings("ignore:n_ctx=1200 is longer")
+def test_model_reports_prefill_progress_per_chunk(tiny_models):
+    import forgert
+    from forgert.model import PREFILL_CHUNK
+    tm = tiny_models("llama_tied")
+    ids = (tm.tokenizer.encode(LONG_TEXT * 60).ids * 2)[:1100]
+    m = forgert.Model(tm.path("gguf-F32"), n_ctx=1200)
+    calls = []
+    m.prefill_progress = lambda done, total: calls.append((done, total))
+    m.generate(ids, max_tokens=1, temperature=0)
+    # chunks of 512 over the first 1099 tokens, then the last token alone (hand-computed)
+    assert PREFILL_CHUNK == 512 and calls == [(512, 1100), (1024, 1100), (1099, 1100), (1100, 1100)]
+    calls.clear()
+    m.generate(ids[:1050], max_tokens=1, temperature=0)   # cached prefix: only the last token runs
+    assert calls == [(1, 1)]
+
+
+def test_run_shows_prefill_progress_for_long_prompts_only(tiny_models):
+    tm = tiny_models("llama_tied")
+    path = str(tm.path("gguf-F32"))
+    prompt = LONG_TEXT * 80
+    n = len(tm.tokenizer.encode(prompt).ids)     # the reference tokenizer's count
+    assert n >= 1024
+    r = forgert_cli("run", prompt, "--raw", "-m", path, "-n", "2", "--n-ctx", str(n + 8))
+    assert r.returncode == 0, r.stderr
+    assert f"prefill [{'#' * 24}] {n}/{n} prompt tokens" in r.stderr    # not a TTY: the final line only
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr
+    short = forgert_cli("run", LONG_TEXT, "--raw", "-m", path, "-n", "2", "--n-ctx", "64")
+    assert short.returncode == 0, short.stderr
+    assert "prefill [" not in short.stderr
