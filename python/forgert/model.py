@@ -126,6 +126,15 @@ class Model:
         # (tokens evaluated so far of those the prompt needs); e.g. a progress bar for long prompts
         self.prefill_progress = None
 
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str | None = None, *, revision: str | None = None,
+                        **model_kwargs) -> "Model":
+        """A model from the Hugging Face Hub (downloaded once into huggingface_hub's cache, which
+        HF_HUB_OFFLINE=1 uses alone): the GGUF `filename`, the repository's only GGUF, or its
+        safetensors checkpoint. model_kwargs go to Model (backend, threads, n_ctx)."""
+        from .hub import download
+        return cls(download(repo_id, filename, revision), **model_kwargs)
+
     @staticmethod
     def _choose_threads(threads):
         n_cpus = len(cpu_topology.allowed_cpus())

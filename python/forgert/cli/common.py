@@ -11,11 +11,12 @@ from ..chat import ChatTemplateError
 from ..cpu_topology import OversubscribedWarning, allowed_cpus, physical_cores
 from ..default_model import DefaultModelMissing, default_model_path
 from ..errors import ModelFormatError
+from ..hub import HubError
 from ..sampling import SamplingParams
 
 # Errors the user can fix: a message on stderr and exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ModelFormatError,
-               ChatTemplateError, DefaultModelMissing)
+               ChatTemplateError, DefaultModelMissing, HubError)
 
 
 class UserError(Exception):
@@ -98,7 +99,9 @@ def sampling_params(args) -> SamplingParams:
 
 
 def resolve_model_path(path) -> str:
-    return path if path else default_model_path()
+    """--model as given: a path, hf:ORG/NAME[/FILE] (fetched through huggingface_hub), or the default."""
+    from ..hub import resolve
+    return resolve(path) if path else default_model_path()
 
 
 def load_model(args):
