@@ -222,11 +222,12 @@ def test_quantize_bad_input(tmp_path, capsys):
     assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.gguf.partial").exists()
 
 
-# A plain `pip install .` has no `gguf` package: quantize must not need it. The child process
-# makes `import gguf` fail; the file it writes is then read by the gguf package's own reader
-# (an independent parser) in this process.
-_WITHOUT_GGUF = ("import sys; sys.modules['gguf'] = None; from forgert.cli import main; "
-                 "sys.exit(main(sys.argv[1:]))")
+# A plain `pip install .` has none of the [test] extras (pyproject.toml): quantize must not need
+# them. The child process makes importing any of them fail; the file it writes is then read by
+# the gguf package's own reader (an independent parser) in this process.
+TEST_ONLY_PACKAGES = ["gguf", "safetensors", "transformers", "accelerate", "torch", "openai", "httpx", "pexpect"]
+_WITHOUT_GGUF = (f"import sys; sys.modules.update(dict.fromkeys({TEST_ONLY_PACKAGES!r})); "
+                 "from forgert.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def quantize_without_gguf(*args):
