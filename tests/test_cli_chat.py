@@ -82,3 +82,15 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     child.close()
     assert child.exitstatus == 2
     assert "model not found" in child.before and "Traceback" not in child.before
+
+
+def test_conversation_past_the_context_names_the_flag(smollm2_gguf, monkeypatch, capsys):
+    """A turn that no longer fits is refused in CLI terms, and the session goes on."""
+    import io
+    from forgert.cli import main
+    monkeypatch.setattr(sys, "stdin", io.StringIO("tell me about " + "rivers and " * 40 + "\n/exit\n"))
+    assert main(["chat", "--model", str(smollm2_gguf), "--n-ctx", "48", "-n", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "but the context holds 48: shorten the prompt or raise --n-ctx" in err
+    assert "/reset starts a new conversation" in err
+    assert "Model" not in err and "Traceback" not in err

@@ -49,15 +49,55 @@ def test_run_chat_mode_with_stop(smollm2_gguf):
     assert text.strip() and "\n" not in text
 
 
-@pytest.mark.parametrize("args,message", [
-    (["run", "hi", "--temperature", "-1"], "temperature must be"),
-    (["run", "hi", "--top-p", "0"], "top_p must be"),
-    (["run", "hi", "--model", "/nonexistent/model.gguf"], "model not found"),
-])
-def test_run_user_errors(args, message, capsys):
-    assert main(args) == 2
+def test_run_missing_model_file(capsys):
+    assert main(["run", "hi", "--model", "/nonexistent/model.gguf"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("forgert: error: ") and message in err and "Traceback" not in err
+    assert err.startswith("forgert: error: ") and "model not found" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["run", "chat", "bench", "serve"])
+@pytest.mark.parametrize("flags,message", [
+    (["--temperature", "-1"], "argument --temperature/--temp: must be >= 0, got -1"),
+    (["--top-p", "0"], "argument --top-p: must be > 0 and <= 1, got 0"),
+    (["--max-tokens", "0"], "argument --max-tokens/-n: must be at least 1, got 0"),   # as the server
+    (["-n", "x"], "argument --max-tokens/-n: must be an integer, got 'x'"),
+    (["--threads", "0"], "argument --threads/-t: must be at least 1, got 0"),
+    (["--n-ctx", "-5"], "argument --n-ctx: must be at least 1, got -5"),
+])
+def test_bad_flags_are_named_in_cli_terms(command, flags, message, capsys):
+    """Flag errors name the flag (not a Python parameter), before any model is loaded."""
+    if command in ("bench", "serve") and flags[0] not in ("--threads", "--n-ctx"):
+        pytest.skip(f"{command} has no sampling flags")
+    args = [command, "hi", *flags] if command == "run" else [command, *flags]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "None" not in err
+
+
+def test_run_prompt_longer_than_the_context_names_the_flag(tiny_models, capsys):
+    tm = tiny_models("llama_tied")
+    prompt = "The quick brown fox jumps over the lazy dog. " * 20
+    n = len(tm.tokenizer.encode(prompt).ids)      # the reference tokenizer's count
+    assert main(["run", prompt, "--raw", "--model", str(tm.path("gguf-F32")), "--n-ctx", "32"]) == 2
+    err = capsys.readouterr().err
+    assert f"the prompt is {n} tokens but the context holds 32" in err and "--n-ctx" in err
+    assert "Model" not in err and "Traceback" not in err
+
+
+def test_help_shows_every_default(capsys):
+    """Every option of every command says its default in --help (flags that are off unless
+    given excepted)."""
+    from forgert.cli import build_parser
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue    # positionals, on/off flags, --help, required options
+            if name == "serve" and action.dest == "log_level":
+                continue    # serve's own flags are checked with the server's tests
+            assert action.help and "default" in action.help, f"forgert {name} {action.option_strings[0]}"
 
 
 def test_run_bad_model_file(tmp_path, capsys):
@@ -180,3 +220,109 @@ def test_quantize_bad_input(tmp_path, capsys):
     assert main(["quantize", str(bad), str(tmp_path / "o.gguf"), "--type", "q8_0"]) == 2
     assert "not a GGUF file" in capsys.readouterr().err
     assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.gguf.partial").exists()
+
+
+# A plain `pip install .` has none of the [test] extras (pyproject.toml): quantize must not need
+# them. The child process makes importing any of them fail; the file it writes is then read by
+# the gguf package's own reader (an independent parser) in this process.
+TEST_ONLY_PACKAGES = ["gguf", "safetensors", "transformers", "accelerate", "torch", "openai", "httpx", "pexpect"]
+_WITHOUT_GGUF = (f"import sys; sys.modules.update(dict.fromkeys({TEST_ONLY_PACKAGES!r})); "
+                 "from forgert.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def quantize_without_gguf(*args):
+    return subprocess.run([sys.executable, "-c", _WITHOUT_GGUF, "quantize", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=subprocess_env())
+
+
+def gguf_reader_fields(path) -> dict:
+    """key -> value as the gguf package reads it (strings decoded, arrays as lists)."""
+    gguf = pytest.importorskip("gguf")
+    out = {}
+    for name, f in gguf.GGUFReader(path).fields.items():
+        if name.startswith("GGUF."):
+            continue
+        out[name] = f.contents()
+    return out
+
+
+@pytest.mark.parametrize("spec,qtype", [("llama3_untied", "q4_0"), ("qwen2_untied", "q8_0")])
+def test_quantize_hf_dir_without_the_gguf_package(tiny_models, tmp_path, spec, qtype):
+    gguf = pytest.importorskip("gguf")
+    tm = tiny_models(spec)
+    out = tmp_path / "out.gguf"
+    r = quantize_without_gguf(tm.path("hf-F32"), out, "--type", qtype)
+    assert r.returncode == 0, r.stderr
+    reader = gguf.GGUFReader(out)
+    ref = mf.gguf_tensors(tm.model, tm.spec)      # GGUF names, llama Q/K permuted, f32
+    tensors = {t.name: t for t in reader.tensors}
+    assert set(tensors) == set(ref)
+    assert f"{len(ref)}/{len(ref)} tensors" in r.stderr     # the per-tensor progress line
+    for name, w in ref.items():
+        t = tensors[name]
+        want = "F32" if w.ndim == 1 else qtype.upper()
+        assert t.tensor_type.name == want, name
+        assert [int(n) for n in t.shape] == list(reversed(w.shape)), name    # ne: innermost first
+        if name == "rope_freqs.weight":     # computed, not copied: equal to float32 rounding
+            np.testing.assert_allclose(np.asarray(t.data), w, rtol=1e-6)
+        else:
+            assert np.asarray(t.data).tobytes() == reference_bytes(w, want), name
+    fields = gguf_reader_fields(out)
+    arch, s = tm.spec.arch, tm.spec
+    assert fields["general.architecture"] == arch
+    assert fields[f"{arch}.block_count"] == s.n_layers
+    assert fields[f"{arch}.attention.head_count_kv"] == s.n_kv_heads
+    assert fields[f"{arch}.rope.freq_base"] == pytest.approx(s.rope_theta)
+    assert fields["general.file_type"] == {"q4_0": 2, "q8_0": 7}[qtype]
+    vocab = tm.tokenizer.get_vocab(with_added_tokens=True)
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert all(tokens[i] == piece for piece, i in vocab.items())
+    assert fields["tokenizer.ggml.bos_token_id"] == tm.tokenizer.token_to_id(mf.BOS_TOKEN)
+
+
+def test_quantize_gguf_without_the_gguf_package_copies_every_key(tiny_models, tmp_path):
+    tm = tiny_models("llama_tied")
+    src, out = tm.path("gguf-F32"), tmp_path / "out.gguf"
+    r = quantize_without_gguf(src, out, "--type", "q4_1")
+    assert r.returncode == 0, r.stderr
+    ours, theirs = gguf_reader_fields(out), gguf_reader_fields(src)
+    assert ours.pop("general.file_type") == 3
+    theirs.pop("general.file_type", None)
+    assert ours == theirs
+
+
+# ------------------------------------------------------------------------------ prefill progress
+
+LONG_TEXT = "The quick brown fox jumps over the lazy dog while the river runs past old stone walls. "
+
+
+@pytest.mark.filterwarnings("ignore:n_ctx=1200 is longer")
+def test_model_reports_prefill_progress_per_chunk(tiny_models):
+    import forgert
+    from forgert.model import PREFILL_CHUNK
+    tm = tiny_models("llama_tied")
+    ids = (tm.tokenizer.encode(LONG_TEXT * 60).ids * 2)[:1100]
+    m = forgert.Model(tm.path("gguf-F32"), n_ctx=1200)
+    calls = []
+    m.prefill_progress = lambda done, total: calls.append((done, total))
+    m.generate(ids, max_tokens=1, temperature=0)
+    # chunks of 512 over the first 1099 tokens, then the last token alone (hand-computed)
+    assert PREFILL_CHUNK == 512 and calls == [(512, 1100), (1024, 1100), (1099, 1100), (1100, 1100)]
+    calls.clear()
+    m.generate(ids[:1050], max_tokens=1, temperature=0)   # cached prefix: only the last token runs
+    assert calls == [(1, 1)]
+
+
+def test_run_shows_prefill_progress_for_long_prompts_only(tiny_models):
+    tm = tiny_models("llama_tied")
+    path = str(tm.path("gguf-F32"))
+    prompt = LONG_TEXT * 80
+    n = len(tm.tokenizer.encode(prompt).ids)     # the reference tokenizer's count
+    assert n >= 1024
+    r = forgert_cli("run", prompt, "--raw", "-m", path, "-n", "2", "--n-ctx", str(n + 8))
+    assert r.returncode == 0, r.stderr
+    assert f"prefill [{'#' * 24}] {n}/{n} prompt tokens" in r.stderr    # not a TTY: the final line only
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr
+    short = forgert_cli("run", LONG_TEXT, "--raw", "-m", path, "-n", "2", "--n-ctx", "64")
+    assert short.returncode == 0, short.stderr
+    assert "prefill [" not in short.stderr

@@ -14,6 +14,8 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .ggml_types import F16, F32, Q4_0, Q4_1, Q8_0, type_name
+from .gguf import ARRAY, BOOL, INT32, STRING
+from .gguf_writer import GGUFWriter
 from .loader import load_model
 from .quants import QUANTIZERS, dequantize
 from .rope import base_inv_freqs, llama3_scaled
@@ -45,19 +47,14 @@ def _tensor_plan(loaded):
         yield name, w, heads
 
 
-def _copy_gguf_metadata(writer, g, gguf):
+def _copy_gguf_metadata(writer, g):
     for key, value in g.metadata.items():
         if key in _SKIP_KEYS:
             continue
         vtype = g.metadata_types[key]
-        if isinstance(vtype, tuple):
-            sub = gguf.GGUFValueType(vtype[1])
-            if sub == gguf.GGUFValueType.ARRAY:
-                raise ModelFormatError(f"{g.name}: nested array metadata '{key}' cannot be copied")
-            values = value.tolist() if isinstance(value, np.ndarray) else list(value)
-            writer.add_key_value(key, values, gguf.GGUFValueType.ARRAY, sub_type=sub)
-        else:
-            writer.add_key_value(key, value, gguf.GGUFValueType(vtype))
+        if isinstance(vtype, tuple) and vtype[1] == ARRAY:
+            raise ModelFormatError(f"{g.name}: nested array metadata '{key}' cannot be copied")
+        writer.add(key, vtype, value)
 
 
 def _pre_tokenizer_name(tok_json: dict, source: str) -> str:
@@ -92,59 +89,76 @@ def _write_hf_tokenizer(writer, loaded):
         if 0 <= i < n:
             types[i] = 3 if added.special else 4
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(tj, loaded.name))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
+    writer.add_str("tokenizer.ggml.model", "gpt2")
+    writer.add_str("tokenizer.ggml.pre", _pre_tokenizer_name(tj, loaded.name))
+    writer.add("tokenizer.ggml.tokens", (ARRAY, STRING), tokens)
+    writer.add("tokenizer.ggml.token_type", (ARRAY, INT32), types)
+    writer.add("tokenizer.ggml.merges", (ARRAY, STRING), merges)
     if tok.bos_id is not None:
-        writer.add_bos_token_id(tok.bos_id)
+        writer.add_u32("tokenizer.ggml.bos_token_id", tok.bos_id)
     if tok.eos_id is not None:
-        writer.add_eos_token_id(tok.eos_id)
-    writer.add_add_bos_token(tok.add_bos)
+        writer.add_u32("tokenizer.ggml.eos_token_id", tok.eos_id)
+    writer.add("tokenizer.ggml.add_bos_token", BOOL, bool(tok.add_bos))
     if loaded.chat_template:
-        writer.add_chat_template(loaded.chat_template)
+        writer.add_str("tokenizer.chat_template", loaded.chat_template)
 
 
-def _write_hf_metadata(writer, loaded, gguf):
-    c = loaded.config
-    writer.add_name(loaded.name)
-    writer.add_context_length(c.context_length)
-    writer.add_embedding_length(c.dim)
-    writer.add_block_count(c.n_layers)
-    writer.add_feed_forward_length(c.ffn_dim)
-    writer.add_head_count(c.n_heads)
-    writer.add_head_count_kv(c.n_kv_heads)
-    writer.add_rope_freq_base(c.rope_theta)
-    writer.add_layer_norm_rms_eps(c.rms_eps)
-    writer.add_rope_dimension_count(c.head_dim)
+def _write_hf_metadata(writer, loaded):
+    """llama.cpp's keys for an HF config; returns extra F32 tensors {name: values} (Llama 3's
+    rope_freqs.weight)."""
+    c, arch = loaded.config, loaded.config.arch
+    writer.add_str("general.name", loaded.name)
+    for key, value in (("context_length", c.context_length), ("embedding_length", c.dim),
+                       ("block_count", c.n_layers), ("feed_forward_length", c.ffn_dim),
+                       ("attention.head_count", c.n_heads), ("attention.head_count_kv", c.n_kv_heads)):
+        writer.add_u32(f"{arch}.{key}", value)
+    writer.add_f32(f"{arch}.rope.freq_base", c.rope_theta)
+    writer.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_eps)
+    writer.add_u32(f"{arch}.rope.dimension_count", c.head_dim)
     if c.head_dim != c.dim // c.n_heads:
-        writer.add_key_length(c.head_dim)
-        writer.add_value_length(c.head_dim)
-    writer.add_vocab_size(c.vocab)
+        writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
+        writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
+    writer.add_u32(f"{arch}.vocab_size", c.vocab)
     if c.sliding_window:
         # GGUF's key windows every layer; Qwen2's max_window_layers has no GGUF form.
         if c.sliding_window_from:
             raise ModelFormatError(f"{loaded.name}: sliding-window attention from layer {c.sliding_window_from} "
                                    "on cannot be written to GGUF")
-        writer.add_sliding_window(c.sliding_window)
+        writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
+    extra = {}
     kind = (c.rope_scaling or {}).get("type")
     if kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(c.rope_scaling["factor"])
+        writer.add_str(f"{arch}.rope.scaling.type", "linear")
+        writer.add_f32(f"{arch}.rope.scaling.factor", c.rope_scaling["factor"])
     elif kind == "llama3":
         # llama.cpp stores Llama 3 scaling as per-frequency divisors in rope_freqs.weight
         base = base_inv_freqs(c.rope_theta, c.head_dim)
         r = c.rope_scaling
         scaled = llama3_scaled(base, r["factor"], r["low_freq_factor"], r["high_freq_factor"],
                                r["original_max_position_embeddings"])
-        writer.add_tensor("rope_freqs.weight", (base / scaled).astype(np.float32))
+        extra["rope_freqs.weight"] = (base / scaled).astype(np.float32)
     _write_hf_tokenizer(writer, loaded)
+    return extra
 
 
-def export_gguf(src, dst, target: str, log=None) -> dict:
-    """Write `dst`; returns {tensor type name: count}. log(str) receives notes (default stderr)."""
-    import gguf
+def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
+    """The bytes of weight `w` in type `want` (copied, or dequantized and re-encoded)."""
+    rows, cols = w.shape
+    if w.type_id == want and heads is None:
+        return np.asarray(w.data)
+    if w.type_id in QUANTIZERS:
+        warn_requantize()
+    x = dequantize(w.data, w.type_id, rows, cols)
+    if heads is not None:
+        x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
+    if want in QUANTIZERS:
+        return QUANTIZERS[want](x)
+    return x.astype(np.float32 if want == F32 else np.float16)
+
+
+def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
+    """Write `dst`; returns {tensor type name: count}. log(str) receives notes (default stderr);
+    progress(done, total) is called after each tensor is written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if target not in TARGET_TYPES:
         raise ValueError(f"--type must be one of {', '.join(TARGET_TYPES)}, got {target!r}")
@@ -152,48 +166,36 @@ def export_gguf(src, dst, target: str, log=None) -> dict:
         raise ValueError("the output must be a different file from the input")
     target_id = TARGET_TYPES[target]
     loaded = load_model(src)
-    writer = gguf.GGUFWriter(os.fspath(dst), loaded.config.arch)
+    writer = GGUFWriter(loaded.config.arch)
     if loaded.format == "gguf":
-        _copy_gguf_metadata(writer, loaded.handle, gguf)
+        _copy_gguf_metadata(writer, loaded.handle)
+        extra = {}
     else:
-        _write_hf_metadata(writer, loaded, gguf)
-    writer.add_file_type(_FILE_TYPES[target_id])
+        extra = _write_hf_metadata(writer, loaded)
+    writer.add_u32("general.file_type", _FILE_TYPES[target_id])
 
-    counts, warned = {}, False
+    # producers[i]() -> bytes of the i-th tensor added to the writer
+    producers, counts = [], {}
+    for name, values in extra.items():
+        writer.add_tensor(name, [values.size], F32)
+        producers.append(lambda values=values: values)
+    warned = []
+
+    def warn_requantize():
+        if not warned:
+            log("note: re-quantizing quantized weights loses precision; "
+                "quantize from F32/F16/BF16 weights when you can")
+            warned.append(True)
+
     for name, w, heads in _tensor_plan(loaded):
         rows, cols = w.shape
         want = F32 if _is_1d(name) else target_id
         if want in QUANTIZERS and cols % 32:
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
             want = F16
-        # raw: data holds the tensor's bytes in the target type's layout (copied, or quantized)
-        raw = w.type_id == want and heads is None
-        if raw:
-            data = np.asarray(w.data)
-        else:
-            if w.type_id in QUANTIZERS and not warned:
-                log(f"note: re-quantizing {type_name(w.type_id)} weights loses precision; "
-                    f"quantize from F32/F16/BF16 weights when you can")
-                warned = True
-            x = dequantize(w.data, w.type_id, rows, cols)
-            if heads is not None:
-                x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
-            raw = want in QUANTIZERS
-            if raw:
-                data = QUANTIZERS[want](x)
-            else:
-                data = x.astype(np.float32 if want == F32 else np.float16)
-        shape_ne = [cols] if rows == 1 and _is_1d(name) else [cols, rows]
-        if raw:
-            # bytes shaped [rows, row bytes]: the writer turns that into the element shape
-            b = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-            b = b if len(shape_ne) == 1 else b.reshape(rows, -1)
-            writer.add_tensor(name, b, raw_shape=b.shape, raw_dtype=gguf.GGMLQuantizationType(want))
-        else:
-            writer.add_tensor(name, data.reshape(list(reversed(shape_ne))))
+        writer.add_tensor(name, [cols] if rows == 1 and _is_1d(name) else [cols, rows], want)
+        producers.append(lambda name=name, w=w, heads=heads, want=want:
+                         _tensor_bytes(name, w, heads, want, warn_requantize))
         counts[type_name(want)] = counts.get(type_name(want), 0) + 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    writer.write(dst, lambda i: producers[i](), progress)
     return counts

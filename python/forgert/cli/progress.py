@@ -71,3 +71,24 @@ class ProgressBar:
         elif done >= self.total:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+PREFILL_BAR_MIN_TOKENS = 1024   # shorter prompts evaluate in about a second or less: no bar
+
+
+def prefill_bar(stream=None, min_tokens: int = PREFILL_BAR_MIN_TOKENS):
+    """A Model.prefill_progress callback: a `prefill` bar on stderr for prompts that need at
+    least min_tokens evaluated (a long prompt would otherwise give seconds of silence)."""
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if total < min_tokens:
+            return
+        if bar is None:
+            bar = ProgressBar("prefill", total, stream)
+        bar.update(done, "prompt tokens")
+        if done >= total:
+            bar = None    # the next prompt gets a bar of its own
+
+    return update

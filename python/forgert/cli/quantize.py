@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import UserError
+from .common import UserError, resolve_model_path
 
 
 def add_parser(subparsers):
@@ -12,7 +12,7 @@ def add_parser(subparsers):
                               description="Convert a GGUF or an HF model directory (F32/F16/BF16 "
                                           "safetensors) into a GGUF of the chosen weight type. Norms "
                                           "and biases stay F32.")
-    p.add_argument("input", help="a .gguf file or an HF model directory")
+    p.add_argument("input", help="a .gguf file, an HF model directory, or hf:ORG/NAME[/FILE]")
     p.add_argument("output", help="the .gguf file to write")
     p.add_argument("--type", "-t", required=True, choices=["q8_0", "q4_0", "q4_1", "f16", "f32"],
                    type=str.lower)
@@ -22,13 +22,22 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from ..gguf_export import export_gguf
-    if not os.path.exists(args.input):
+    from .progress import ProgressBar
+    source = resolve_model_path(args.input)
+    if not os.path.exists(source):
         raise UserError(f"input not found: {args.input}")
     if os.path.exists(args.output) and not args.force:
         raise UserError(f"{args.output} exists; pass --force to overwrite it")
     tmp = args.output + ".partial"
+    bar = None
+
+    def progress(done, total):    # per tensor, on stderr
+        nonlocal bar
+        bar = bar or ProgressBar(f"quantizing to {args.type}", total)
+        bar.update(done, "tensors")
+
     try:
-        counts = export_gguf(args.input, tmp, args.type)
+        counts = export_gguf(source, tmp, args.type, progress=progress)
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):

@@ -3,20 +3,28 @@ from __future__ import annotations
 
 import sys
 
-from .common import UserError, add_model_args, add_sampling_args, load_model, sampling_params
+from .common import (UserError, add_model_args, add_sampling_args, check_fits_context, load_model,
+                     sampling_params)
 from .profiling import format_stages
+from .progress import prefill_bar
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("run", help="generate a completion for one prompt",
+    p = subparsers.add_parser("run", help="answer one prompt (chat template) or complete text (--raw)",
                               description="Stream the model's answer to PROMPT on stdout; prefill and "
-                                          "decode speeds go to stderr.")
+                                          "decode speeds go to stderr. By default PROMPT is sent as a "
+                                          "user message through the model's chat template and the "
+                                          "answer is sampled (temperature 0.8), so it differs from run "
+                                          "to run: --raw completes the text as is, --temperature 0 "
+                                          "always picks the most likely token.")
     p.add_argument("prompt", nargs="?", help="the prompt ('-' or nothing reads stdin)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--chat", dest="chat", action="store_true", default=None,
-                      help="wrap the prompt in the model's chat template (default when it has one)")
-    mode.add_argument("--raw", dest="chat", action="store_false", help="complete the prompt text as is")
-    p.add_argument("--system", help="system message (chat mode)")
+                      help="send the prompt as a user message through the model's chat template "
+                           "(default when the model has one)")
+    mode.add_argument("--raw", dest="chat", action="store_false",
+                      help="complete the prompt text as is, no template (default for models without one)")
+    p.add_argument("--system", help="system message (chat mode; default: none)")
     p.add_argument("--profile", action="store_true",
                    help="print per-stage times (embedding, layers, logits) to stderr")
     add_model_args(p)
@@ -43,9 +51,12 @@ def run(args) -> int:
         raise UserError("--system needs chat mode (the model has no chat template, or --raw was given)")
     if chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        stream = model.chat_stream(messages + [{"role": "user", "content": prompt}], params)
+        ids = model.prompt_tokens(messages + [{"role": "user", "content": prompt}])
     else:
-        stream = model.stream(prompt, params)
+        ids = model.prompt_tokens(prompt)
+    check_fits_context(model, len(ids))
+    model.prefill_progress = prefill_bar()
+    stream = model.stream(ids, params)
     out = sys.stdout
     for piece in stream:
         out.write(piece)

@@ -1,0 +1,94 @@
+"""Models from the Hugging Face Hub, through huggingface_hub (its cache, progress bars and
+offline mode: HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE=1, HF_TOKEN for gated repositories).
+
+A repository with one .gguf file gives that file; with several, the caller names one; with none,
+an HF checkpoint (config.json, tokenizer files, *.safetensors) is downloaded as a directory.
+"""
+from __future__ import annotations
+
+import os
+
+HF_PREFIX = "hf:"
+# What forgert reads from an HF checkpoint directory (safetensors_dir.py): configs, tokenizer,
+# weights, and chat templates that some repos keep in their own file.
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+class HubError(Exception):
+    """A model could not be had from the Hub: not found, not cached while offline, ambiguous."""
+
+
+def _hub():
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise HubError("models from the Hugging Face Hub need the huggingface_hub package: "
+                       "pip install huggingface_hub") from None
+    return huggingface_hub
+
+
+def parse_hf_uri(text: str):
+    """'hf:ORG/NAME' -> ('ORG/NAME', None); 'hf:ORG/NAME/dir/file.gguf' -> ('ORG/NAME', 'dir/file.gguf')."""
+    parts = text[len(HF_PREFIX):].strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise HubError(f"{text!r}: expected hf:ORG/NAME or hf:ORG/NAME/FILE.gguf")
+    return "/".join(parts[:2]), ("/".join(parts[2:]) or None)
+
+
+def _repo_files(hub, repo_id: str, revision) -> list:
+    """The repository's files: listed by the Hub, or, when it cannot be asked (HF_HUB_OFFLINE=1,
+    no network), those of the cached snapshot."""
+    try:
+        return hub.list_repo_files(repo_id, revision=revision)
+    except Exception as online_error:    # re-raised below unless the cache has the repository
+        try:
+            folder = hub.snapshot_download(repo_id, revision=revision, local_files_only=True)
+        except Exception:
+            raise online_error from None
+    return sorted(os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/")
+                  for d, _, files in os.walk(folder) for f in files)
+
+
+def _is_hub_error(e: Exception) -> bool:
+    """huggingface_hub's errors (OSError and ValueError kinds) and its HTTP clients' ones."""
+    return isinstance(e, (OSError, ValueError)) or type(e).__module__.split(".")[0] in (
+        "huggingface_hub", "httpx", "requests", "urllib3")
+
+
+def download(repo_id: str, filename: str | None = None, revision: str | None = None) -> str:
+    """A local path for the model in `repo_id` (downloaded, or from the cache): the .gguf file
+    `filename`, the repository's only .gguf, or its HF checkpoint directory."""
+    hub = _hub()
+    where = f"hf:{repo_id}" + (f"/{filename}" if filename else "")
+    try:
+        if filename is not None:
+            return hub.hf_hub_download(repo_id, filename, revision=revision)
+        files = _repo_files(hub, repo_id, revision)
+        ggufs = [f for f in files if f.endswith(".gguf")]
+        if len(ggufs) == 1:
+            return hub.hf_hub_download(repo_id, ggufs[0], revision=revision)
+        if len(ggufs) > 1:
+            listing = "\n  ".join(ggufs)
+            raise HubError(f"{repo_id} has {len(ggufs)} GGUF files; name one (hf:{repo_id}/FILE, or "
+                           f"Model.from_pretrained({repo_id!r}, filename=...)). forgert reads F32, F16, "
+                           f"BF16, Q8_0, Q4_0 and Q4_1 weights:\n  {listing}")
+        if "config.json" in files and any(f.endswith(".safetensors") for f in files):
+            return hub.snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_PATTERNS)
+        raise HubError(f"{repo_id} has no .gguf file and no config.json + *.safetensors checkpoint")
+    except HubError:
+        raise
+    except Exception as e:
+        if not _is_hub_error(e):
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = (" (HF_HUB_OFFLINE is set: only the local Hugging Face cache is used)" if offline else "")
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HubError(f"cannot get {where} from the Hugging Face Hub{hint}: {first_line}") from None
+
+
+def resolve(path) -> str:
+    """A model path as given by a user: 'hf:...' is fetched from the Hub, anything else is a path."""
+    text = os.fspath(path)
+    if isinstance(text, str) and text.startswith(HF_PREFIX):
+        return download(*parse_hf_uri(text))
+    return text
