@@ -239,7 +239,7 @@ def test_hf_head_count_beyond_bounds(tiny, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg.update(num_attention_heads=2**22 + 1, num_key_value_heads=1, head_dim=1024)
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelFormatError, match="n_heads = 4194305 exceeds forgert's limit of 4096"):
+    with pytest.raises(ModelFormatError, match="'num_attention_heads' = 4194305 is more than"):
         load_model(d)
 
 
@@ -247,8 +247,21 @@ def test_gguf_layer_count_beyond_bounds(tiny, tmp_path):
     def edit(m):
         m["llama.block_count"] = 5000
     p = _meta_variant(tiny, tmp_path / "m.gguf", edit)
-    with pytest.raises(ModelFormatError, match="n_layers = 5000 exceeds forgert's limit of 1024"):
+    with pytest.raises(ModelFormatError, match="'llama.block_count' = 5000 is more than the number of tensors"):
         load_model(p)
+
+
+@pytest.mark.parametrize("field, value, limit", [("n_layers", 1025, 1024), ("vocab", 2**24 + 1, 2**24),
+                                                 ("n_heads", 4097, 4096)])
+def test_config_beyond_the_cores_bounds(field, value, limit):
+    """A header the file could hold (a file of many GB) but the core refuses is refused by the
+    loader first, by name: the same bounds as ModelConfig::validate."""
+    from forgert.config import ModelConfig, _check_bounds
+    cfg = ModelConfig(arch="llama", n_layers=2, dim=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128,
+                      vocab=320, context_length=64, rms_eps=1e-5, rope_theta=1e4, rope_neox=False)
+    setattr(cfg, field, value)
+    with pytest.raises(ModelFormatError, match=f"{field} = {value} exceeds forgert's limit of {limit}"):
+        _check_bounds(cfg, "big.gguf")
 
 
 def test_hf_missing_tensor(qwen, tmp_path):
@@ -298,10 +311,10 @@ def test_generation_stops_when_the_context_is_full(model):
     prompt = list(range(2, 12))     # 10 of 16 positions
     c = model.generate(prompt, max_tokens=100, temperature=0, ignore_eos=True)
     assert c.finish_reason == "length"
-    # every generated token but the last was evaluated: 10 + 7 - 1 = 16 positions
-    assert len(c.tokens) == 7
+    # prompt + completion fill the context and no more: 10 + 6 = 16 (OpenAI's usage count)
+    assert len(c.tokens) == 6 and c.usage.total_tokens == 16
     c = model.generate(list(range(2, 18)), max_tokens=5, temperature=0, ignore_eos=True)
-    assert c.finish_reason == "length" and len(c.tokens) == 1
+    assert c.finish_reason == "length" and len(c.tokens) == 0
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -406,6 +419,20 @@ def test_kv_cache_larger_than_memory_is_refused(tiny, monkeypatch):
         forgert.Model(path, backend="cpu", n_ctx=4096)
     monkeypatch.setattr(fm, "available_memory_bytes", lambda: kv_bytes)
     assert forgert.Model(path, backend="cpu", n_ctx=4096).n_ctx == 4096
+
+
+def test_kv_cache_larger_than_memory_names_the_cli_flag(tiny, monkeypatch):
+    """The same refusal through the CLI's loader speaks in CLI terms: --n-ctx, not n_ctx=."""
+    import argparse
+    import forgert.model as fm
+    from forgert.cli.common import UserError, load_model
+    path = str(tiny.path("gguf-Q8_0"))
+    cfg = fm.Model(path, backend="cpu", n_ctx=16).config
+    kv_bytes = cfg.n_layers * 2 * 4096 * cfg.n_kv_heads * cfg.head_dim * 2
+    monkeypatch.setattr(fm, "available_memory_bytes", lambda: kv_bytes - 1)
+    args = argparse.Namespace(model=path, backend="cpu", threads=None, n_ctx=4096)
+    with pytest.raises(UserError, match=r"context of 4096 tokens .* pass --n-ctx 4095 or less"):
+        load_model(args)
 
 
 # ------------------------------------------------------------------------------ tensor layout

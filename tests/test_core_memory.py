@@ -4,6 +4,7 @@ before any size is computed from them. Each case used to crash or misread memory
 from __future__ import annotations
 
 import mmap
+import re
 
 import numpy as np
 import pytest
@@ -80,6 +81,18 @@ def test_q_dim_overflow_is_refused(core, loaded):
 ])
 def test_config_fields_are_bounded(core, loaded, field, value):
     with pytest.raises(ValueError, match=rf"{field} = {value} is outside"):
+        engine(core, loaded, **{field: value})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_layers", 2**31, "'n_layers' = 2147483648 is out of range"),        # past int: was pybind's cast error
+    ("vocab", 2**70, f"'vocab' = {2**70} is out of range"),
+    ("dim", -2**40, f"'dim' = {-2**40} is out of range"),
+    ("n_heads", 8.5, "'n_heads' must be an integer, got float"),         # not silently truncated
+    ("n_ctx", "64", "'n_ctx' must be an integer, got str"),
+])
+def test_config_integers_out_of_int_range_are_named(core, loaded, field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         engine(core, loaded, **{field: value})
 
 

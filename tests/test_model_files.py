@@ -432,7 +432,19 @@ def test_generation_stops_at_context(small_ctx_model):
         assert re.search(r"context", str(e)), str(e)
         return
     assert c.finish_reason == "length"
-    assert 1 <= len(c.tokens) and len(prompt) + len(c.tokens) <= m.n_ctx + 1   # last token needs no slot
+    assert len(prompt) + len(c.tokens) == m.n_ctx                              # 10 + 6 = 16, no more
+    assert c.usage.total_tokens == m.n_ctx
+
+
+@pytest.mark.parametrize("n_prompt, expected", [(10, 6), (15, 1), (16, 0)])
+def test_generation_without_max_tokens_fills_the_context(small_ctx_model, n_prompt, expected):
+    """max_tokens=None runs until the context (16) is full: prompt + completion == n_ctx,
+    as OpenAI counts usage (it used to sample one token more, total_tokens 17); a prompt that
+    fills the context gets no token and finish "length"."""
+    m = small_ctx_model
+    c = m.generate(list(range(2, 2 + n_prompt)), max_tokens=None, temperature=0.0, ignore_eos=True)
+    assert (len(c.tokens), c.finish_reason) == (expected, "length")
+    assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens == m.n_ctx
 
 
 def test_engine_rejects_positions_past_context(small_ctx_model):

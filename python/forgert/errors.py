@@ -7,3 +7,13 @@ class ModelFormatError(ValueError):
     The message always starts with the file name, then says what is wrong, e.g.
     "model.gguf: truncated: tensor 'blk.3.ffn_up.weight' needs bytes 1000..2000 but the file has 1500".
     """
+
+
+class KvCacheTooLargeError(ValueError):
+    """The KV cache for the asked context would not fit in the memory available; `n_ctx_that_fits`
+    is the largest context that would (the CLI names its --n-ctx flag with it)."""
+
+    def __init__(self, message: str, n_ctx: int, n_ctx_that_fits: int):
+        super().__init__(message)
+        self.n_ctx = n_ctx
+        self.n_ctx_that_fits = n_ctx_that_fits

@@ -20,6 +20,7 @@ from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
+from .errors import KvCacheTooLargeError
 from .loader import load_model
 from .prompt_cache import ModelState, PromptCache, common_prefix
 from .sampling import Sampler, SamplingParams
@@ -80,9 +81,10 @@ def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
     kv_bytes = cfg.n_layers * 2 * n_ctx * cfg.n_kv_heads * cfg.head_dim * 2
     avail = available_memory_bytes()
     if avail is not None and kv_bytes > avail:
-        per_token = kv_bytes / n_ctx
-        raise ValueError(f"n_ctx={n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
-                         f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {int(avail // per_token)}")
+        fits = int(avail // (kv_bytes / n_ctx))
+        raise KvCacheTooLargeError(
+            f"n_ctx={n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
+            f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {fits}", n_ctx, fits)
 
 
 class _ModelLock:
@@ -473,7 +475,10 @@ class Model:
         generated, history, pieces = [], list(prompt_ids), []
         n_sampled, finish = 0, "length"
         t0 = time.perf_counter()
-        limit = params.max_tokens if params.max_tokens is not None else self.n_ctx
+        # Prompt + completion never exceed the context (as OpenAI counts it): the last token
+        # sampled must fit the cache too, although it would need no slot to be printed.
+        room = self.n_ctx - len(prompt_ids)
+        limit = room if params.max_tokens is None else min(params.max_tokens, room)
         if limit == 0:
             t1 = t0
             n_eval = n_cached = 0
@@ -500,8 +505,8 @@ class Model:
             if stops.stopped:
                 finish = "stop"
                 break
-            if len(generated) >= limit or len(self._cache_tokens) >= self.n_ctx:
-                break   # finish "length": max_tokens reached or no room to evaluate tok
+            if len(generated) >= limit:
+                break   # finish "length": max_tokens reached or the context is full
             pos = len(self._cache_tokens)
             result = self._eval([tok], pos, "argmax" if use_argmax else "last")
             self._cache_tokens.append(tok)

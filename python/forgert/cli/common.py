@@ -10,7 +10,7 @@ import warnings
 from ..chat import ChatTemplateError
 from ..cpu_topology import OversubscribedWarning, allowed_cpus, physical_cores
 from ..default_model import DefaultModelMissing, default_model_path
-from ..errors import ModelFormatError
+from ..errors import KvCacheTooLargeError, ModelFormatError
 from ..hub import HubError
 from ..sampling import SamplingParams
 
@@ -116,7 +116,11 @@ def load_model(args):
               f"--threads out for one per physical core: {physical_cores()})", file=sys.stderr)
     with spinner(f"loading {path}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx)
+        try:
+            model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx)
+        except KvCacheTooLargeError as e:
+            raise UserError(f"a context of {e.n_ctx} tokens needs more memory for its KV cache than is "
+                            f"available ({e}); pass --n-ctx {e.n_ctx_that_fits} or less") from None
     for w in caught:    # Model's warnings as one visible line each, not Python's warning format
         if not issubclass(w.category, OversubscribedWarning):    # said above, in CLI terms
             print(f"forgert: warning: {w.message}", file=sys.stderr)

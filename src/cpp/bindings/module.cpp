@@ -24,7 +24,32 @@ namespace {
 template <class T>
 T get(const py::dict& d, const char* key) {
     if (!d.contains(key)) throw InputError(std::string("model config lacks '") + key + "'");
-    return d[key].cast<T>();
+    try {
+        return d[key].cast<T>();
+    } catch (const py::cast_error&) {
+        throw InputError(std::string("model config '") + key + "' has the wrong type: " +
+                         std::string(py::str(d[key].get_type().attr("__name__"))));
+    }
+}
+
+// Integers are read wide and range-checked here, so a value past int (2**31 from a large
+// header) is a ValueError naming the field, not pybind11's cast error; validate() bounds it.
+template <>
+int get<int>(const py::dict& d, const char* key) {
+    if (!d.contains(key)) throw InputError(std::string("model config lacks '") + key + "'");
+    py::object v = d[key];
+    PyObject* index = PyNumber_Index(v.ptr());  // ints and NumPy integers; not floats or strings
+    if (!index) {
+        PyErr_Clear();
+        throw InputError(std::string("model config '") + key + "' must be an integer, got " +
+                         std::string(py::str(v.get_type().attr("__name__"))));
+    }
+    int overflow = 0;
+    const long long x = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (overflow || x < INT32_MIN || x > INT32_MAX)
+        throw InputError(std::string("model config '") + key + "' = " + std::string(py::str(v)) + " is out of range");
+    return (int)x;
 }
 
 ModelConfig config_from_dict(const py::dict& d) {
