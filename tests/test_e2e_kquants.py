@@ -89,3 +89,21 @@ def test_metal_logits_match_transformers(forgert, kq, reference, metal_reason):
     for k, t in enumerate(toks):
         row = ref[len(prompt) - 1 + k]
         assert row[t] >= row.max() - tol, f"step {k}: chose {t}, reference argmax {int(row.argmax())}"
+
+
+def test_quantize_reads_k_quant_files(kq, tmp_path, capsys):
+    """`forgert quantize` takes a Q4_K_M file as input: every matrix is gguf's dequantization of
+    the source, re-encoded (f16 here: exact to f16 rounding), with the re-quantizing note."""
+    import gguf
+    from forgert.cli import main
+    from forgert.gguf import GGUFFile
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(kq.path(FMT)), str(out), "--type", "f16"]) == 0
+    assert "re-quantizing" in capsys.readouterr().err
+    src, dst = GGUFFile(kq.path(FMT)), GGUFFile(out)
+    for name, info in src.tensors.items():
+        if info.type_id not in (12, 14):
+            continue
+        want = gguf.quants.dequantize(np.asarray(src.tensor_data(name)), gguf.GGMLQuantizationType(info.type_id))
+        got = np.asarray(dst.tensor_data(name)).view(np.float16).reshape(want.shape)
+        np.testing.assert_array_equal(got, want.astype(np.float16), err_msg=name)
