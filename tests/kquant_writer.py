@@ -61,8 +61,9 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return out.reshape(rows, cols // 256 * 210)
 
 
-# llama.cpp's Q4_K_M: Q6_K for attn_v, ffn_down (it alternates by layer; here all of them) and
-# output.weight; Q4_K for everything else 2-D, token embeddings included.
+# llama.cpp's Q4_K_M (llama-quant.cpp): Q6_K for output.weight and for attn_v / ffn_down in the
+# layers its use_more_bits picks (here in every layer: both types in every layer's kernels);
+# Q4_K for everything else 2-D, token embeddings included.
 Q6_K_TENSORS = ("attn_v.weight", "ffn_down.weight", "output.weight")
 
 
