@@ -30,8 +30,8 @@ static inline float fg_q4_1_at(device const block_q4_1* b, int c) {
     return fg_f16_to_f32(b->d) * (c < 16 ? fg_lo4(q) : fg_hi4(q)) + fg_f16_to_f32(b->m);
 }
 
-// K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment,
-// read bytewise. Q4_K's 6-bit scale and min of sub-block j (of 32 weights).
+// K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
+// 6-bit scale and min of sub-block j (of 32 weights).
 static inline void fg_q4_K_scale_min(device const uint8_t* s, int j, thread float& sc, thread float& m) {
     if (j < 4) {
         sc = float(s[j] & 63u);
@@ -114,20 +114,35 @@ static inline void fg_dequant16_q4_1(device const char* row, int blk, int h, thr
 }
 
 // Sixteen consecutive weights [16 * h, 16 * h + 16) of 32-weight chunk `blk` of a K-quant
-// row: one half of a Q4_K sub-block, one whole Q6_K sub-block.
+// row: one half of a Q4_K sub-block, one whole Q6_K sub-block. Quants are read as ushorts
+// (blocks of 144 / 210 bytes, every quant run at an even offset: 2-byte aligned).
 static inline void fg_dequant16_q4_K(device const char* row, int blk, int h, thread float* out) {
     device const block_q4_K* b = (device const block_q4_K*)row + blk / 8;
-    const int c0 = 32 * (blk % 8) + 16 * h;
+    const int j = blk % 8;  // sub-block: nibble j % 2 of qs[32 (j / 2) ..]
     float sc, m;
-    fg_q4_K_scale_min(b->scales, blk % 8, sc, m);
+    fg_q4_K_scale_min(b->scales, j, sc, m);
     const float d = fg_f16_to_f32(b->d) * sc, dm = fg_f16_to_f32(b->dmin) * m;
-    for (int i = 0; i < 16; ++i) out[i] = d * fg_q4_K_quant(b, c0 + i) - dm;
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * h);
+    const uint shift = 4 * (j % 2);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = q2[i] >> shift;
+        out[2 * i] = d * float(q & 0xFu) - dm;
+        out[2 * i + 1] = d * float((q >> 8) & 0xFu) - dm;
+    }
 }
 static inline void fg_dequant16_q6_K(device const char* row, int blk, int h, thread float* out) {
     device const block_q6_K* b = (device const block_q6_K*)row + blk / 8;
-    const int c0 = 32 * (blk % 8) + 16 * h;
+    const int c0 = 32 * (blk % 8) + 16 * h;  // first weight
+    const int half = c0 / 128, quarter = (c0 % 128) / 32, l0 = c0 % 32;
     const float d = fg_f16_to_f32(b->d) * float(b->scales[c0 / 16]);
-    for (int i = 0; i < 16; ++i) out[i] = d * fg_q6_K_quant(b, c0 + i);
+    device const ushort* ql = (device const ushort*)(b->ql + 64 * half + 32 * (quarter & 1) + l0);
+    device const ushort* qh = (device const ushort*)(b->qh + 32 * half + l0);
+    const uint lshift = quarter < 2 ? 0u : 4u, hshift = 2u * uint(quarter);
+    for (int i = 0; i < 8; ++i) {
+        const uint l = uint(ql[i]) >> lshift, hb = uint(qh[i]) >> hshift;
+        out[2 * i] = d * (float((l & 0xFu) | ((hb & 3u) << 4)) - 32.0f);
+        out[2 * i + 1] = d * (float(((l >> 8) & 0xFu) | (((hb >> 8) & 3u) << 4)) - 32.0f);
+    }
 }
 
 #endif  // FORGERT_DEQUANT_H

@@ -92,11 +92,15 @@ struct q4_K_dot : q8_0_dot {
         const int j = blk % 8;
         float sc, m;
         fg_q4_K_scale_min(b->scales, j, sc, m);
-        // weights of sub-block j: nibble j % 2 of qs[32 (j / 2) ..], this half 16 bytes of it
-        device const uint8_t* qs = b->qs + 32 * (j / 2) + 16 * il;
+        // weights of sub-block j: nibble j % 2 of qs[32 (j / 2) ..], this half 16 bytes of it,
+        // read as 8 ushorts (qs is 2-byte aligned: blocks are 144 bytes, qs at offset 16)
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * il);
         const uint shift = 4 * (j % 2);
         float acc = 0.0f;
-        for (int i = 0; i < 16; ++i) acc += float((uint(qs[i]) >> shift) & 0xFu) * xv[i];
+        for (int i = 0; i < 8; ++i) {
+            const uint q = q2[i] >> shift;
+            acc += float(q & 0xFu) * xv[2 * i] + float((q >> 8) & 0xFu) * xv[2 * i + 1];
+        }
         return fg_f16_to_f32(b->d) * sc * acc - fg_f16_to_f32(b->dmin) * m * xsum;
     }
 };
@@ -106,13 +110,15 @@ struct q6_K_dot : q8_0_dot {
         device const block_q6_K* b = (device const block_q6_K*)row + blk / 8;
         const int c0 = 32 * (blk % 8) + 16 * il;  // first weight of the sub-block
         const int h = c0 / 128, quarter = (c0 % 128) / 32, l0 = c0 % 32;
-        device const uint8_t* ql = b->ql + 64 * h + 32 * (quarter & 1) + l0;
-        device const uint8_t* qh = b->qh + 32 * h + l0;
+        // 8 ushorts each of ql and qh (2-byte aligned: 210-byte blocks, even offsets)
+        device const ushort* ql = (device const ushort*)(b->ql + 64 * h + 32 * (quarter & 1) + l0);
+        device const ushort* qh = (device const ushort*)(b->qh + 32 * h + l0);
         const uint lshift = quarter < 2 ? 0u : 4u, hshift = 2u * uint(quarter);
         float acc = 0.0f;
-        for (int i = 0; i < 16; ++i) {
-            const uint q = ((uint(ql[i]) >> lshift) & 0xFu) | (((uint(qh[i]) >> hshift) & 3u) << 4);
-            acc += float(q) * xv[i];
+        for (int i = 0; i < 8; ++i) {
+            const uint l = uint(ql[i]) >> lshift, hb = uint(qh[i]) >> hshift;
+            acc += float((l & 0xFu) | ((hb & 3u) << 4)) * xv[2 * i];
+            acc += float(((l >> 8) & 0xFu) | (((hb >> 8) & 3u) << 4)) * xv[2 * i + 1];
         }
         return fg_f16_to_f32(b->d) * float(b->scales[c0 / 16]) * (acc - 32.0f * xsum);
     }
