@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
@@ -75,17 +76,37 @@ def test_unsupported_tensor_type(tiny, tmp_path, qtype, block_bytes):
     assert f"tensor 'blk.0.ffn_up.weight' has type {qtype}, which forgert does not support" in str(e.value)
 
 
-def test_k_quant_is_refused_by_name(tiny):
-    # The tiny model has no row of 256 weights (a Q4_K block), so retype a tensor after loading:
-    # the check that runs on every model tensor must name it and its type.
+def test_unread_k_quant_is_refused_by_name(tiny):
+    # Q4_K and Q6_K are read; the other K-quants are not. The tiny model has no row of 256
+    # weights (a K-quant block), so retype a tensor after loading: the check that runs on every
+    # model tensor must name it and its type.
     from dataclasses import replace
     from forgert.tensor_check import core_tensors
     m = load_model(tiny.path("gguf-F32"))
     weights = dict(m.weights)
-    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=12)
+    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=13)
     with pytest.raises(ModelFormatError,
-                       match=r"tensor 'blk\.1\.ffn_up\.weight' has type Q4_K, which forgert does not support"):
+                       match=r"tensor 'blk\.1\.ffn_up\.weight' has type Q5_K, which forgert does not support"):
         core_tensors(m.config, weights, m.name)
+
+
+def test_k_quant_rows_must_be_whole_super_blocks(tiny, tmp_path):
+    """A Q4_K tensor whose rows are not a multiple of 256 weights is refused by name. gguf's writer
+    cannot write one, so write a valid [rows, 256] tensor and patch its header to 128 columns."""
+    gguf = pytest.importorskip("gguf")
+    name = "blk.0.ffn_up.weight"
+    rows = tiny.spec.ffn
+    raw = np.zeros((rows, 144), np.uint8)
+    p = gguf_variant(tiny, tmp_path / "m.gguf", raw_overrides={name: (raw, gguf.GGMLQuantizationType.Q4_K)})
+    data = bytearray(p.read_bytes())
+    key = struct.pack("<Q", len(name)) + name.encode()
+    at = data.index(key) + len(key)           # then n_dims (u32), ne[0] (u64), ne[1] (u64)
+    assert struct.unpack_from("<IQ", data, at) == (2, 256)
+    struct.pack_into("<Q", data, at + 4, 128)
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match=rf"tensor '{re.escape(name)}' of type Q4_K has 128 columns, "
+                                               r"not a multiple of its block size 256"):
+        load_model(p)
 
 
 def _meta_variant(tm, path, edit):

@@ -20,10 +20,12 @@ import pytest
 
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
-F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
-DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", BF16: "BF16"}
-QUANTIZED = (Q8_0, Q4_0, Q4_1)
-BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20}
+F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 14, 30
+DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K",
+               BF16: "BF16"}
+K_QUANTS = (Q4_K, Q6_K)
+QUANTIZED = (Q8_0, Q4_0, Q4_1) + K_QUANTS
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q4_K: 144, Q6_K: 210}
 
 
 def nmse(out, ref) -> float:
@@ -38,12 +40,16 @@ def nmse(out, ref) -> float:
 
 def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
     """Raw bytes (flat uint8, rows * row_bytes) of an f32 matrix in a weight dtype. Quantized types
-    use gguf.quants (llama.cpp's reference quantizer ported to NumPy)."""
+    use gguf.quants (llama.cpp's reference quantizer ported to NumPy); K-quants
+    tests/kquant_writer.py (references decode the bytes, so any valid blocks do)."""
     w = np.ascontiguousarray(w, dtype=np.float32)
     if dtype_id == F32:
         b = w
     elif dtype_id == F16:
         b = w.astype(np.float16)
+    elif dtype_id in K_QUANTS:   # gguf-py has no K-quant quantizer: the test-side one
+        import kquant_writer
+        b = (kquant_writer.quantize_q4_k if dtype_id == Q4_K else kquant_writer.quantize_q6_k)(w)
     elif dtype_id == BF16:
         # round to nearest even on the upper 16 bits (what torch / llama.cpp do); NaN-free inputs
         u = w.view(np.uint32).astype(np.uint64)
@@ -51,6 +57,50 @@ def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
     else:
         b = gguf.quants.quantize(w, gguf.GGMLQuantizationType(dtype_id))
     return np.ascontiguousarray(b).view(np.uint8).reshape(-1)
+
+
+def random_kquant_weights(rng, dtype_id: int, rows: int, cols: int) -> np.ndarray:
+    """Raw bytes of a [rows, cols] K-quant matrix of random super-blocks (gguf-py has no K-quant
+    quantizer, and any bit pattern is a valid block): random quants and 6/8-bit scales, with
+    the f16 super-block scales set so that weights are of order 1."""
+    nbytes = BLOCK_BYTES[dtype_id]
+    blocks = rng.integers(0, 256, size=(rows * cols // 256, nbytes), dtype=np.uint8)
+    n = len(blocks)
+    if dtype_id == Q4_K:   # w = d * sc * q - dmin * m, sc, m < 64, q < 16
+        scales = np.stack([rng.uniform(0.5, 1.5, n) / (32 * 15), rng.uniform(0.5, 1.5, n) / (32 * 2)], axis=1)
+        blocks[:, 0:4] = scales.astype(np.float16).view(np.uint8)
+    else:                  # w = d * sc * (q - 32), |sc| <= 128, |q - 32| <= 32
+        blocks[:, 208:210] = (rng.uniform(0.5, 1.5, (n, 1)) / (64 * 32)).astype(np.float16).view(np.uint8)
+    return blocks.reshape(-1)
+
+
+def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
+    """float64 [n_super_blocks, 256] straight from the K-quant layouts (quant_blocks.h)."""
+    b = raw.reshape(-1, BLOCK_BYTES[dtype_id])
+    w = np.zeros((len(b), 256))
+    if dtype_id == Q4_K:
+        d, dmin = _f16_field(b, 0)[:, 0], _f16_field(b, 2)[:, 0]
+        s = b[:, 4:16].astype(np.int64)
+        for j in range(8):
+            if j < 4:
+                sc, m = s[:, j] & 63, s[:, j + 4] & 63
+            else:
+                sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
+                m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+            qs = b[:, 16 + 32 * (j // 2): 16 + 32 * (j // 2) + 32].astype(np.int64)
+            q = qs & 0xF if j % 2 == 0 else qs >> 4       # even sub-blocks: low nibbles
+            w[:, 32 * j: 32 * j + 32] = (d * sc)[:, None] * q - (dmin * m)[:, None]
+        return w
+    d = _f16_field(b, 208)[:, 0]
+    scales = b[:, 192:208].view(np.int8).astype(np.float64)
+    for i in range(256):
+        h, r = divmod(i, 128)             # half, index within it
+        quarter, l = divmod(r, 32)
+        ql = b[:, 64 * h + l + 32 * (quarter % 2)].astype(np.int64)
+        low = ql & 0xF if quarter < 2 else ql >> 4
+        high = (b[:, 128 + 32 * h + l].astype(np.int64) >> (2 * quarter)) & 3
+        w[:, i] = d * scales[:, i // 16] * ((low | (high << 4)) - 32)
+    return w
 
 
 def _f16_field(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -67,6 +117,8 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
     if dtype_id == BF16:
         bits = raw.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).astype(np.float64).reshape(rows, cols)
+    if dtype_id in K_QUANTS:
+        return decode_kquant(raw, dtype_id).reshape(rows, cols)
     blocks = raw.reshape(-1, BLOCK_BYTES[dtype_id])                    # [rows * cols / 32, bytes]
     d = _f16_field(blocks, 0)
     if dtype_id == Q8_0:
@@ -138,8 +190,13 @@ def randn(rng, *shape, scale=1.0) -> np.ndarray:
 # - Metal quantized GEMM (8+ tokens): weights dequantized into half tiles, each rounded by
 #   <= 2^-11 relative. Measured <= 4.3e-8 (Q8_0 45x160 x 33) -> 2e-7.
 # Against the *dequantized* weights: weight quantization error is not in it.
+# - CPU decode path with K-quant weights: the same rounding, but Q4_K's error scales with
+#   d * sc * q before its min is subtracted, and one output of 0.74 (1x256; typical |ref| ~ 5)
+#   makes nmse noisy. Measured 7.5e-8 (Q4_K 1x256 x 1, absolute error 2e-4), else <= 1.7e-9
+#   (generic and avx512-vnni) -> 3e-7.
 F32_EXACT_NMSE = 3e-12
 CPU_INT8_ACT_NMSE = 2e-8
+CPU_INT8_ACT_KQUANT_NMSE = 3e-7
 METAL_GEMV_NMSE = 2e-11
 METAL_HALF_TILE_NMSE = 2e-7
 
@@ -150,7 +207,9 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
         return F32_EXACT_NMSE
     if backend == "metal":
         return METAL_GEMV_NMSE if n < 8 else METAL_HALF_TILE_NMSE
-    return CPU_INT8_ACT_NMSE if cpu_uses_int8_activations(n) else F32_EXACT_NMSE
+    if not cpu_uses_int8_activations(n):
+        return F32_EXACT_NMSE
+    return CPU_INT8_ACT_KQUANT_NMSE if dtype_id in K_QUANTS else CPU_INT8_ACT_NMSE
 
 
 # (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
@@ -287,6 +346,118 @@ def test_get_rows_rejects_out_of_range_ids(ops_for, bad_id):
     table = encode_weights(np.ones((300, 64), np.float32), Q8_0)
     with pytest.raises(ValueError, match=r"(?i)id|range|token"):
         ops_for("cpu").get_rows(table, Q8_0, 300, 64, np.array([3, bad_id], np.int32))
+
+
+# ----------------------------------------------------------------------------- K-quants (Q4_K, Q6_K)
+
+def _f16_bytes(*values) -> np.ndarray:
+    return np.array(values, np.float16).view(np.uint8)
+
+
+def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
+    """Super-blocks at the edges of the format [n, block bytes]: all-zero; all quant and scale bits
+    set (the largest quants, 6-bit scales and mins) or random, under f16 super-block scales at the
+    largest finite / smallest normal / smallest subnormal / negative / zero values. (All bits set
+    everywhere would make d a NaN.)"""
+    nbytes = BLOCK_BYTES[dtype_id]
+    rng = np.random.default_rng(7)
+    out = [np.zeros(nbytes, np.uint8)]
+    scale_sets = [(65504.0, 65504.0), (2 ** -14, 2 ** -14), (2 ** -24, 2 ** -24), (-3.5, 2.0), (1.0, 0.0)]
+    for d, dmin in scale_sets:
+        for fill in ("max", "random"):
+            b = np.full(nbytes, 0xFF, np.uint8) if fill == "max" else rng.integers(0, 256, nbytes, dtype=np.uint8)
+            if dtype_id == Q4_K:
+                b[0:4] = _f16_bytes(d, dmin)
+            else:
+                b[208:210] = _f16_bytes(d)
+            out.append(b)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("blocks", ["random", "extreme"])
+def test_kquant_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
+    """Q4_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
+    CPU kernels (get_rows: the dequantize-row that the prefill panel GEMM also uses) all agree
+    with gguf.quants.dequantize."""
+    from forgert import quants
+    if blocks == "random":
+        raw = random_kquant_weights(rng_for("kq-dequant", dtype_id), dtype_id, 24, 512)
+    else:
+        raw = extreme_kquant_blocks(dtype_id).reshape(-1)
+    rows, cols = (24, 512) if blocks == "random" else (raw.size // BLOCK_BYTES[dtype_id], 256)
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(rows, cols)
+    assert np.all(np.isfinite(theirs))
+    np.testing.assert_array_equal(decode_weights(raw, dtype_id, rows, cols).astype(np.float32), theirs)
+    np.testing.assert_array_equal(quants.dequantize(raw, dtype_id, rows, cols), theirs)
+    # the CPU's f32 d * sc * q - dmin * m rounds as gguf's NumPy f32 does: bit-exact
+    out = ops_for("cpu").get_rows(raw, dtype_id, rows, cols, np.arange(rows, dtype=np.int32))
+    np.testing.assert_array_equal(out, theirs)
+
+
+# (rows, cols, n_tokens): K-quant rows are whole 256-weight super-blocks; the token counts
+# cover decode (1, 3, 5, 7), the 15 / 16 switch to the f32 panel GEMM, and prefill tiles.
+KQ_MATMUL_SHAPES = [(1, 256, 1), (7, 512, 3), (33, 256, 7), (40, 512, 15), (40, 512, 16), (100, 256, 33),
+                    (257, 1024, 69), (67, 1536, 5), (576, 1536, 1)]
+KQ_MATMUL_SHAPES_METAL = [(1, 256, 1), (7, 512, 3), (33, 256, 7), (45, 256, 33), (20, 512, 69)]
+KQ_MATMUL_CASES = [pytest.param("cpu", *s, id=f"cpu-{s[0]}x{s[1]}-n{s[2]}") for s in KQ_MATMUL_SHAPES] + [
+    pytest.param("metal", *s, id=f"metal-{s[0]}x{s[1]}-n{s[2]}", marks=pytest.mark.metal)
+    for s in KQ_MATMUL_SHAPES_METAL]
+
+
+@pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", KQ_MATMUL_CASES)
+def test_matmul_kquant(ops_for, backend, dtype_id, rows, cols, n):
+    ops = ops_for(backend)
+    rng = rng_for("matmul-kq", dtype_id, rows, cols, n, backend)
+    raw = random_kquant_weights(rng, dtype_id, rows, cols)
+    x = randn(rng, n, cols)
+    ref = np.asarray(x, np.float64) @ decode_weights(raw, dtype_id, rows, cols).T   # [n, rows]
+    out = ops.matmul(raw, dtype_id, rows, cols, x)
+    assert out.dtype == np.float32 and out.shape == (n, rows)
+    err = nmse(out, ref)
+    assert err < matmul_bound(backend, dtype_id, n), f"{DTYPE_NAMES[dtype_id]} [{rows}x{cols}] x {n}: nmse {err:.3g}"
+
+
+# The fused projections (residual add; SwiGLU's gate and up: one fused GEMV on Metal) with
+# K-quant weights, through the bodies of the tests above: decode and prefill shapes. Measured
+# (generic, avx512-vnni; emulated Metal): add <= 1.2e-8 (CPU decode Q4_K), 4.0e-8 (Metal GEMM);
+# swiglu <= 4.4e-9 (CPU), 1.4e-7 (Metal GEMM Q6_K, bound 4 x 2e-7), GEMV <= 2.4e-13.
+KQ_FUSED_CASES = [pytest.param("cpu", 33, 512, 1, id="cpu-decode"),
+                  pytest.param("cpu", 100, 256, 33, id="cpu-prefill")] + [
+    pytest.param("metal", *s, id=f"metal-{s[0]}x{s[1]}-n{s[2]}", marks=pytest.mark.metal)
+    for s in [(45, 256, 1), (20, 512, 3), (45, 256, 9)]]
+
+
+@pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", KQ_FUSED_CASES)
+def test_matmul_add_kquant(ops_for, backend, dtype_id, rows, cols, n):
+    test_matmul_add(ops_for, backend, dtype_id, rows, cols, n)
+
+
+@pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", KQ_FUSED_CASES)
+def test_matmul_swiglu_kquant(ops_for, backend, dtype_id, rows, cols, n):
+    test_matmul_swiglu(ops_for, backend, dtype_id, rows, cols, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
+def test_get_rows_kquant(ops_for, backend, dtype_id):
+    rows, cols = 300, 512
+    table = random_kquant_weights(rng_for("get_rows-kq", dtype_id), dtype_id, rows, cols)
+    ids = np.array([0, rows - 1, 5, 5, rows // 2, 1, 7], dtype=np.int32)
+    out = ops_for(backend).get_rows(table, dtype_id, rows, cols, ids)
+    ref = decode_weights(table, dtype_id, rows, cols)[ids]
+    # d * sc in f32 is exact (11-bit x 8-bit), times q exact; Q4_K's "- dmin * m" rounds twice.
+    np.testing.assert_allclose(out, ref, rtol=2 ** -22, atol=1e-7 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
+def test_kquant_rejects_partial_super_blocks(ops_for, dtype_id):
+    ops = ops_for("cpu")
+    with pytest.raises(ValueError, match="256"):     # 288 columns: not whole super-blocks
+        ops.matmul(np.zeros(4 * 2 * BLOCK_BYTES[dtype_id], np.uint8), dtype_id, 4, 288, np.ones((1, 288), np.float32))
 
 
 # ----------------------------------------------------------------------------- rms_norm, elementwise

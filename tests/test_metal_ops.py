@@ -25,8 +25,10 @@ import pytest
 
 from conftest import metal_skip_reason
 
-F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
-WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
+F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 14, 30
+WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q4_K": Q4_K,
+                "q6_K": Q6_K}
+K_QUANTS = (Q4_K, Q6_K)
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
 
@@ -116,6 +118,14 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
     if dtype == BF16:
         bits = r.standard_normal((rows, cols), dtype=np.float32).view(np.uint32) >> 16
         return bits.astype(np.uint16).view(np.uint8).reshape(-1)
+    if dtype in K_QUANTS:   # random quants and sub-block scales; super-block scales for |w| ~ 1
+        blocks = r.integers(0, 256, (rows * cols // 256, 144 if dtype == Q4_K else 210)).astype(np.uint8)
+        n = len(blocks)
+        if dtype == Q4_K:
+            blocks[:, 0:4] = r.uniform(0.0005, 0.002, (n, 2)).astype(np.float16).view(np.uint8)
+        else:
+            blocks[:, 208:210] = r.uniform(0.0002, 0.0006, (n, 1)).astype(np.float16).view(np.uint8)
+        return blocks.reshape(-1)
     nb = rows * cols // 32
     scale = r.uniform(0.002, 0.05, nb).astype(np.float16).view(np.uint8).reshape(nb, 2)
     if dtype == Q8_0:
@@ -139,6 +149,10 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
     if dtype == BF16:
         bits = raw.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).reshape(rows, cols).astype(np.float64)
+    if dtype in K_QUANTS:   # the gguf package's decoder (checked against the layouts in test_cpu_ops.py)
+        import gguf
+        w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype))
+        return np.asarray(w, np.float64).reshape(rows, cols)
     nb = rows * cols // 32
     head = 4 if dtype == Q4_1 else 2
     blocks = raw.reshape(nb, -1)
@@ -157,13 +171,14 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
 # --------------------------------------------------------------------------- matmul
 
 MATMUL_SHAPES = [(13, 64), (70, 96), (129, 160)]  # rows: partial 4-row groups, partial 64-row tiles
+KQ_MATMUL_SHAPES = [(13, 256), (70, 512)]          # K-quant rows: whole 256-weight super-blocks
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 8, 33])  # GEMV below 8 tokens, GEMM (32-token tiles) from 8
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_matmul(metal, cpu, wtype, n):
     dtype = WEIGHT_TYPES[wtype]
-    for rows, cols in MATMUL_SHAPES:
+    for rows, cols in KQ_MATMUL_SHAPES if dtype in K_QUANTS else MATMUL_SHAPES:
         if dtype in (F32, F16, BF16) and n in (3, 33):
             cols += 5  # float weights take any width: exercise the unaligned, scalar paths
         r = rng("matmul", wtype, n, rows, cols)
@@ -176,12 +191,14 @@ def test_matmul(metal, cpu, wtype, n):
         # <= 2^-11 relative); the CPU rounds activations for quantized weights below 16 tokens
         # into two int8 parts (~2^-16 of each block's max; one part, llama.cpp's Q8_0, would be
         # ~256x coarser, nmse ~3e-5, and fails here). Measured Metal vs CPU: quantized GEMV
-        # <= 4.7e-9 (q4_1), GEMM <= 5.2e-8 (q4_1); float weights <= 6.5e-14.
+        # <= 4.7e-9 (q4_1), GEMM <= 5.2e-8 (q4_1); float weights <= 6.5e-14. K-quants: GEMV
+        # <= 9.8e-10 (q4_K), GEMM <= 6.2e-8 (q4_K).
         half_tiles = n >= 8 and dtype not in (F32, F16, BF16)
         quantized = dtype not in (F32, F16, BF16)
         assert nmse(got, want) < (2e-7 if half_tiles else 2e-8 if quantized else 3e-13), (rows, cols)
         # ... and Metal is held to the exact product of the dequantized weights (f64 NumPy) on
-        # its own. Measured: GEMM half tiles <= 5.1e-8 (q4_1); everything else <= 6.2e-14.
+        # its own. Measured: GEMM half tiles <= 5.1e-8 (q4_1), 6.0e-8 (q4_K); everything else
+        # <= 6.8e-14 (q6_K GEMV).
         exact = x.astype(np.float64) @ dequantize(w, dtype, rows, cols).T
         assert nmse(got, exact) < (2e-7 if half_tiles else 3e-13), (rows, cols)
 
@@ -191,7 +208,7 @@ def test_matmul(metal, cpu, wtype, n):
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_get_rows(metal, cpu, wtype):
     dtype = WEIGHT_TYPES[wtype]
-    rows, cols = 37, 96 if dtype in (Q8_0, Q4_0, Q4_1) else 99
+    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1) else 99
     r = rng("get_rows", wtype)
     table = weight_bytes(r, dtype, rows, cols)
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)

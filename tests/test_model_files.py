@@ -18,7 +18,7 @@ import pytest
 
 import model_factory as mf
 
-# A llama spec whose FFN width (256) can hold a Q4_K tensor (256-element super-blocks).
+# A llama spec whose FFN width (256) can hold a K-quant tensor (256-element super-blocks).
 BAD_SPEC = dataclasses.replace(mf.SPECS["llama_tied"], name="bad_files", ffn=256, n_ctx=64)
 
 
@@ -228,15 +228,16 @@ def capped_load(path, tmp_path) -> str:
 
 # ----------------------------------------------------------------------------- well-formed GGUF, wrong model
 
-def test_unsupported_tensor_type_q4_k(forgert, base):
+def test_unsupported_tensor_type_q5_k(forgert, base):
+    # Q4_K and Q6_K are read (test_e2e_kquants.py); Q5_K is not yet.
     spec, model, tok, d, _ = base
     tensors = mf.gguf_tensors(model, spec)
     rows, cols = tensors["blk.0.ffn_down.weight"].shape          # [64, 256]
-    q4k_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K][1]   # 144 per 256 weights
-    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * q4k_bytes), dtype=np.uint8)
-    p = mf.write_gguf(model, spec, tok, d / "q4_k.gguf", "Q8_0", tensors=tensors,
-                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.Q4_K)})
-    msg = expect_error(forgert, p, r"Q4_K")
+    q5k_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q5_K][1]   # 176 per 256 weights
+    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * q5k_bytes), dtype=np.uint8)
+    p = mf.write_gguf(model, spec, tok, d / "q5_k.gguf", "Q8_0", tensors=tensors,
+                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.Q5_K)})
+    msg = expect_error(forgert, p, r"Q5_K")
     assert "blk.0.ffn_down.weight" in msg, msg
 
 

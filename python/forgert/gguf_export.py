@@ -1,4 +1,5 @@
-"""Write a GGUF (F32/F16/Q8_0/Q4_0/Q4_1) from a GGUF or an HF directory of F32/F16/BF16 weights.
+"""Write a GGUF (F32/F16/Q8_0/Q4_0/Q4_1) from a GGUF (of any type forgert reads, K-quants
+included) or an HF directory of F32/F16/BF16 weights.
 
 Matrices get the target type; norms, biases and other 1-D tensors stay F32. From HF directories
 the llama Q/K rows are permuted for GGUF's adjacent-pair RoPE (as llama.cpp's converter does), and
@@ -13,7 +14,7 @@ import sys
 import numpy as np
 
 from .errors import ModelFormatError
-from .ggml_types import F16, F32, Q4_0, Q4_1, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
@@ -146,7 +147,7 @@ def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
     rows, cols = w.shape
     if w.type_id == want and heads is None:
         return np.asarray(w.data)
-    if w.type_id in QUANTIZERS:
+    if w.type_id not in (F32, F16, BF16):   # any quantized source, K-quants included
         warn_requantize()
     x = dequantize(w.data, w.type_id, rows, cols)
     if heads is not None:

@@ -7,12 +7,13 @@ llama.cpp would write:
         q = min(15, trunc(x / d + 8.5))                                     w = d * (q - 8)
   Q4_1: d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5))       w = d * q + min
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
+Q4_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -97,9 +98,43 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         d = b[:, :2].copy().view("<f2").astype(np.float32)
         m = b[:, 2:4].copy().view("<f2").astype(np.float32)
         w = d * _unpack_nibbles(b[:, 4:]) + m
+    elif type_id == Q4_K:
+        w = _dequantize_q4_k(data.reshape(-1, 144))
+    elif type_id == Q6_K:
+        w = _dequantize_q6_k(data.reshape(-1, 210))
     else:
         raise ValueError(f"cannot dequantize type {type_name(type_id)}")
     return w.reshape(rows, cols)
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 2] -> float32 [n, 1]"""
+    return b.copy().view("<f2").astype(np.float32)
+
+
+def _dequantize_q4_k(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 144] -> float32 [n, 256]"""
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    s = b[:, 4:16].astype(np.int32)                                      # [n, 12]
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)  # [n, 8]
+    m = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    qs = b[:, 16:].reshape(-1, 4, 32)                                    # [n, 4 chunks, 32]
+    q = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)  # [n, sub-block, 32]
+    w = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
+    return w.reshape(-1, 256).astype(np.float32)
+
+
+def _dequantize_q6_k(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 210] -> float32 [n, 256]"""
+    ql = b[:, :128].reshape(-1, 2, 2, 32).astype(np.int32)              # [n, half, ql + 32 * k, l]
+    qh = b[:, 128:192].reshape(-1, 2, 1, 32).astype(np.int32)           # [n, half, 1, l]
+    scales = b[:, 192:208].view(np.int8).astype(np.float32)             # [n, 16]
+    d = _f16(b[:, 208:210])
+    low = np.concatenate([ql & 15, ql >> 4], axis=2)                    # [n, half, 4 quarters, 32]
+    high = (qh >> (2 * np.arange(4).reshape(1, 1, 4, 1))) & 3
+    q = (low | (high << 4)).astype(np.float32) - 32
+    w = (d * scales)[:, :, None] * q.reshape(-1, 16, 16)
+    return w.reshape(-1, 256).astype(np.float32)
 
 
 QUANTIZERS = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1}

@@ -30,6 +30,37 @@ static inline float fg_q4_1_at(device const block_q4_1* b, int c) {
     return fg_f16_to_f32(b->d) * (c < 16 ? fg_lo4(q) : fg_hi4(q)) + fg_f16_to_f32(b->m);
 }
 
+// K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
+// 6-bit scale and min of sub-block j (of 32 weights).
+static inline void fg_q4_K_scale_min(device const uint8_t* s, int j, thread float& sc, thread float& m) {
+    if (j < 4) {
+        sc = float(s[j] & 63u);
+        m = float(s[j + 4] & 63u);
+    } else {
+        sc = float((s[j + 4] & 0xFu) | ((s[j - 4] >> 6) << 4));
+        m = float((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+// Quant of weight c (0 <= c < 256): Q4_K 0..15; Q6_K minus its offset, -32..31.
+static inline float fg_q4_K_quant(device const block_q4_K* b, int c) {
+    const uint q = b->qs[32 * (c / 64) + c % 32];
+    return (c % 64) < 32 ? fg_lo4(q) : fg_hi4(q);
+}
+static inline float fg_q6_K_quant(device const block_q6_K* b, int c) {
+    const int h = c / 128, quarter = (c % 128) / 32, l = c % 32;
+    const uint ql = b->ql[64 * h + l + 32 * (quarter & 1)];
+    const uint qh = (b->qh[32 * h + l] >> (2 * quarter)) & 3u;
+    return float(((quarter < 2 ? ql & 0xFu : ql >> 4) | (qh << 4))) - 32.0f;
+}
+static inline float fg_q4_K_at(device const block_q4_K* b, int c) {
+    float sc, m;
+    fg_q4_K_scale_min(b->scales, c / 32, sc, m);
+    return fg_f16_to_f32(b->d) * sc * fg_q4_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
+}
+static inline float fg_q6_K_at(device const block_q6_K* b, int c) {
+    return fg_f16_to_f32(b->d) * float(b->scales[c / 16]) * fg_q6_K_quant(b, c);
+}
+
 // Element c of a row of weight type `type` (any c < cols).
 static inline float fg_weight_at(device const char* row, int type, int c) {
     switch (type) {
@@ -39,6 +70,8 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q8_0: return fg_q8_0_at((device const block_q8_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_0: return fg_q4_0_at((device const block_q4_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_1: return fg_q4_1_at((device const block_q4_1*)row + c / FG_QK, c % FG_QK);
+        case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
         default: return 0.0f;
     }
 }
@@ -77,6 +110,38 @@ static inline void fg_dequant16_q4_1(device const char* row, int blk, int h, thr
         const uint q = qs[i];
         out[2 * i] = d * float((q >> shift) & 0xFu) + m;
         out[2 * i + 1] = d * float((q >> (shift + 8)) & 0xFu) + m;
+    }
+}
+
+// Sixteen consecutive weights [16 * h, 16 * h + 16) of 32-weight chunk `blk` of a K-quant
+// row: one half of a Q4_K sub-block, one whole Q6_K sub-block. Quants are read as ushorts
+// (blocks of 144 / 210 bytes, every quant run at an even offset: 2-byte aligned).
+static inline void fg_dequant16_q4_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q4_K* b = (device const block_q4_K*)row + blk / 8;
+    const int j = blk % 8;  // sub-block: nibble j % 2 of qs[32 (j / 2) ..]
+    float sc, m;
+    fg_q4_K_scale_min(b->scales, j, sc, m);
+    const float d = fg_f16_to_f32(b->d) * sc, dm = fg_f16_to_f32(b->dmin) * m;
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * h);
+    const uint shift = 4 * (j % 2);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = q2[i] >> shift;
+        out[2 * i] = d * float(q & 0xFu) - dm;
+        out[2 * i + 1] = d * float((q >> 8) & 0xFu) - dm;
+    }
+}
+static inline void fg_dequant16_q6_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q6_K* b = (device const block_q6_K*)row + blk / 8;
+    const int c0 = 32 * (blk % 8) + 16 * h;  // first weight
+    const int half = c0 / 128, quarter = (c0 % 128) / 32, l0 = c0 % 32;
+    const float d = fg_f16_to_f32(b->d) * float(b->scales[c0 / 16]);
+    device const ushort* ql = (device const ushort*)(b->ql + 64 * half + 32 * (quarter & 1) + l0);
+    device const ushort* qh = (device const ushort*)(b->qh + 32 * half + l0);
+    const uint lshift = quarter < 2 ? 0u : 4u, hshift = 2u * uint(quarter);
+    for (int i = 0; i < 8; ++i) {
+        const uint l = uint(ql[i]) >> lshift, hb = uint(qh[i]) >> hshift;
+        out[2 * i] = d * (float((l & 0xFu) | ((hb & 3u) << 4)) - 32.0f);
+        out[2 * i + 1] = d * (float(((l >> 8) & 0xFu) | (((hb >> 8) & 3u) << 4)) - 32.0f);
     }
 }
 

@@ -83,6 +83,47 @@ struct q8_0_dot {
     }
 };
 
+// K-quants: `blk` is a 32-weight chunk of the row (super-block blk / 8) and half il
+// weights 16 il .. 16 il + 16 of it, as for Q8_0: one half of a Q4_K sub-block (scale
+// sc, min m: d sc q - dmin m, the min through xsum), one whole Q6_K sub-block.
+struct q4_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q4_K* b = (device const block_q4_K*)row + blk / 8;
+        const int j = blk % 8;
+        float sc, m;
+        fg_q4_K_scale_min(b->scales, j, sc, m);
+        // weights of sub-block j: nibble j % 2 of qs[32 (j / 2) ..], this half 16 bytes of it,
+        // read as 8 ushorts (qs is 2-byte aligned: blocks are 144 bytes, qs at offset 16)
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * il);
+        const uint shift = 4 * (j % 2);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = q2[i] >> shift;
+            acc += float(q & 0xFu) * xv[2 * i] + float((q >> 8) & 0xFu) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * sc * acc - fg_f16_to_f32(b->dmin) * m * xsum;
+    }
+};
+
+struct q6_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q6_K* b = (device const block_q6_K*)row + blk / 8;
+        const int c0 = 32 * (blk % 8) + 16 * il;  // first weight of the sub-block
+        const int h = c0 / 128, quarter = (c0 % 128) / 32, l0 = c0 % 32;
+        // 8 ushorts each of ql and qh (2-byte aligned: 210-byte blocks, even offsets)
+        device const ushort* ql = (device const ushort*)(b->ql + 64 * h + 32 * (quarter & 1) + l0);
+        device const ushort* qh = (device const ushort*)(b->qh + 32 * h + l0);
+        const uint lshift = quarter < 2 ? 0u : 4u, hshift = 2u * uint(quarter);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint l = uint(ql[i]) >> lshift, hb = uint(qh[i]) >> hshift;
+            acc += float((l & 0xFu) | ((hb & 3u) << 4)) * xv[2 * i];
+            acc += float(((l >> 8) & 0xFu) | (((hb >> 8) & 3u) << 4)) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * float(b->scales[c0 / 16]) * (acc - 32.0f * xsum);
+    }
+};
+
 // ---------------------------------------------------------------------------------
 // One body for every kernel: NW weight matrices (1, or 2 for gate and up) of the same
 // shape, MV_NR rows each, dotted with one x row; lane sums stay private until the end.
@@ -170,10 +211,14 @@ typedef decltype(mul_mv_quant<q8_0_dot>) mul_mv_quant_t;
 template [[host_name("mul_mv_q8_0")]] kernel mul_mv_quant_t mul_mv_quant<q8_0_dot>;
 template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_dot>;
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
+template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
+template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
+template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
+template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 
 // ---------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the

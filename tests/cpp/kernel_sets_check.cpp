@@ -4,6 +4,7 @@
 // compiler and qemu are installed, for arm64 NEON.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -46,6 +47,18 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
                 std::memcpy(row + b * bb, &d, 2);
                 if (t == DType::Q4_1) std::memcpy(row + b * bb + 2, &d, 2);
             }
+        } else if (t == DType::Q4_K || t == DType::Q6_K) {
+            // random quants and sub-block scales; super-block scales of order 1 / (max q * max sc)
+            const int64_t bb = dtype_block_bytes(t);
+            for (int b = 0; b < cols / FG_QK_K; b++) {
+                const uint16_t d = f32_to_f16(0.0005f + 0.0001f * (float)(rng() % 16));
+                if (t == DType::Q4_K) {
+                    std::memcpy(row + b * bb + offsetof(block_q4_K, d), &d, 2);
+                    std::memcpy(row + b * bb + offsetof(block_q4_K, dmin), &d, 2);
+                } else {
+                    std::memcpy(row + b * bb + offsetof(block_q6_K, d), &d, 2);
+                }
+            }
         } else {
             for (int c = 0; c < cols; c++) {
                 const float v = normal(rng);
@@ -60,6 +73,13 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
         }
     }
     return w;
+}
+
+// The weight types a row of `cols` weights can have (K-quants: whole 256-weight super-blocks).
+std::vector<DType> weight_types(int cols) {
+    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16, DType::F32};
+    if (cols % FG_QK_K == 0) ts.insert(ts.end(), {DType::Q4_K, DType::Q6_K});
+    return ts;
 }
 
 int failures = 0;
@@ -95,12 +115,12 @@ void check(const KernelSet* k, int cols) {
     if (!same) failures++;
     std::printf("%-12s %-28s %s\n", k->name, "quantize_row_q8 identical", same ? "ok" : "FAIL");
 
-    for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16, DType::F32}) {
+    for (DType t : weight_types(cols)) {
         auto w = random_weights(t, rows, cols);
         const int64_t rb = row_bytes(t, cols);
         for (int n : {1, ntok}) {
             std::vector<float> a(n * rows), b(n * rows);
-            if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) {
+            if (t != DType::F16 && t != DType::BF16 && t != DType::F32) {
                 g->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, a.data(), rows);
                 k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, b.data(), rows);
             } else {
@@ -120,7 +140,7 @@ void check(const KernelSet* k, int cols) {
         for (auto& v : xs) v = normal(rng);
         for (int t = 0; t < n; t++)
             for (int c = 0; c < cols; c++) xp[(size_t)(t / tt) * cols * tt + (size_t)c * tt + t % tt] = xs[t * cols + c];
-        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16, DType::F32}) {
+        for (DType t : weight_types(cols)) {
             auto w = random_weights(t, rows, cols);
             const int64_t rb = row_bytes(t, cols);
             std::vector<float> ref(n * rows), got(n * rows);
@@ -178,7 +198,7 @@ int main() {
     int checked = 0;
     for (const KernelSet* k : {kernels_avx2(), kernels_avx512(), kernels_neon()}) {
         if (!runs_here(k)) continue;
-        for (int cols : {96, 320, 352}) check(k, cols);
+        for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
         checked++;
     }
     std::printf("%d kernel sets checked, %d failures\n", checked, failures);

@@ -217,13 +217,15 @@ void test_commit_starts_fresh_tracking() {
 // Geometry of every kernel over shapes at and around its tile sizes.
 void test_geometry_over_shapes() {
     Fixture f;
-    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1};
+    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
+                           DType::Q4_K, DType::Q6_K};
     for (DType t : types)
         for (int n : {1, 7, 8, 33})
             for (int rows : {1, 63, 65}) {
-                Tensor w = f.t(t, rows, 64), x = f.t(DType::F32, n, 64), y = f.t(DType::F32, n, rows);
+                const int cols = dtype_block_elems(t) == FG_QK_K ? 256 : 64;  // whole K-quant super-blocks
+                Tensor w = f.t(t, rows, cols), x = f.t(DType::F32, n, cols), y = f.t(DType::F32, n, rows);
                 f.be.matmul(y, w, x);
-                Tensor ids = f.t(DType::I32, n, 1), e = f.t(DType::F32, n, 64);
+                Tensor ids = f.t(DType::I32, n, 1), e = f.t(DType::F32, n, cols);
                 f.be.get_rows(e, w, ids);
             }
     for (int dim : {1, 31, 2049}) {

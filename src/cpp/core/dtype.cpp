@@ -10,6 +10,8 @@ const char* dtype_name(DType t) {
         case DType::Q8_0: return "Q8_0";
         case DType::Q4_0: return "Q4_0";
         case DType::Q4_1: return "Q4_1";
+        case DType::Q4_K: return "Q4_K";
+        case DType::Q6_K: return "Q6_K";
         case DType::I32: return "I32";
     }
     return "unknown";
@@ -17,7 +19,8 @@ const char* dtype_name(DType t) {
 
 bool dtype_is_known(int id) {
     switch (id) {
-        case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_I32:
+        case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_Q4_K: case FG_Q6_K:
+        case FG_I32:
             return true;
     }
     return false;
@@ -26,6 +29,7 @@ bool dtype_is_known(int id) {
 int64_t dtype_block_elems(DType t) {
     switch (t) {
         case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: return FG_QK;
+        case DType::Q4_K: case DType::Q6_K: return FG_QK_K;
         default: return 1;
     }
 }
@@ -37,6 +41,8 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q8_0: return sizeof(block_q8_0);
         case DType::Q4_0: return sizeof(block_q4_0);
         case DType::Q4_1: return sizeof(block_q4_1);
+        case DType::Q4_K: return sizeof(block_q4_K);
+        case DType::Q6_K: return sizeof(block_q6_K);
     }
     return 0;
 }

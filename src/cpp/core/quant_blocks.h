@@ -18,6 +18,8 @@ typedef uint16_t fg_bf16;
 #endif
 
 #define FG_QK 32  // weights per quantization block
+#define FG_QK_K 256  // weights per K-quant super-block
+#define FG_K_SCALE_SIZE 12  // packed 6-bit scales and mins of Q4_K
 
 enum fg_dtype {
     FG_F32 = 0,
@@ -25,6 +27,8 @@ enum fg_dtype {
     FG_Q4_0 = 2,
     FG_Q4_1 = 3,
     FG_Q8_0 = 8,
+    FG_Q4_K = 12,
+    FG_Q6_K = 14,
     FG_I32 = 26,   // token ids, argmax results
     FG_BF16 = 30,
 };
@@ -50,5 +54,32 @@ typedef struct {
     uint8_t qs[FG_QK / 2];
 } block_q4_1;
 FG_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 is 20 bytes");
+
+// Q4_K: 8 sub-blocks of 32; sub-block j: w[i] = d * sc[j] * q[i] - dmin * m[j], q 4 bits,
+// sc and m 6 bits, packed in `scales`: for j < 4 sc[j] = scales[j] & 63 and
+// m[j] = scales[j + 4] & 63; for j >= 4 the low 4 bits come from scales[j + 4]
+// (sc: low nibble, m: high nibble) and the high 2 bits from the top bits of
+// scales[j - 4] (sc) and scales[j] (m). Weights 64k .. 64k + 31 are the low nibbles
+// of qs[32k .. 32k + 31] (sub-block 2k), weights 64k + 32 .. 64k + 63 their high nibbles.
+typedef struct {
+    fg_half d;
+    fg_half dmin;
+    uint8_t scales[FG_K_SCALE_SIZE];
+    uint8_t qs[FG_QK_K / 2];
+} block_q4_K;
+FG_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K is 144 bytes");
+
+// Q6_K: 16 sub-blocks of 16; sub-block j: w[i] = d * scales[j] * (q[i] - 32), q 6 bits:
+// low 4 bits in ql, high 2 bits in qh. In each half h (128 weights; ql + 64h, qh + 32h),
+// for l < 32: weight l is ql[l] low nibble | qh[l] bits 0-1, weight l + 32 ql[l + 32]
+// low | qh[l] bits 2-3, weight l + 64 ql[l] high | qh[l] bits 4-5, weight l + 96
+// ql[l + 32] high | qh[l] bits 6-7.
+typedef struct {
+    uint8_t ql[FG_QK_K / 2];
+    uint8_t qh[FG_QK_K / 4];
+    int8_t scales[FG_QK_K / 16];
+    fg_half d;
+} block_q6_K;
+FG_STATIC_ASSERT(sizeof(block_q6_K) == 210, "block_q6_K is 210 bytes");
 
 #endif  // FORGERT_QUANT_BLOCKS_H

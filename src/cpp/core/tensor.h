@@ -18,13 +18,15 @@ enum class DType : int {
     Q4_0 = FG_Q4_0,
     Q4_1 = FG_Q4_1,
     Q8_0 = FG_Q8_0,
+    Q4_K = FG_Q4_K,
+    Q6_K = FG_Q6_K,
     I32 = FG_I32,
     BF16 = FG_BF16,
 };
 
 const char* dtype_name(DType t);
 bool dtype_is_known(int id);
-// Elements per block (32 for quantized types, 1 otherwise) and bytes per block.
+// Elements per block (32 for quantized types, 256 for K-quants, 1 otherwise) and bytes per block.
 int64_t dtype_block_elems(DType t);
 int64_t dtype_block_bytes(DType t);
 // Bytes of one row of `cols` elements; cols must be a multiple of the block size.

@@ -81,9 +81,79 @@ void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, con
             gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
 }
 
+// K-quants (Q4_K, Q6_K): one super-block against its eight activation blocks; each sub-block's
+// quants (Q4_K 0..15, Q6_K q - 32) as signed bytes into sdot with the two int8 parts, scaled
+// per sub-block (a Q6_K sub-block is half an activation block). Q4_K's mins go to corr.
+inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
+}
+
+template <DType WT>
+inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, float32x4_t& acc, float& corr) {
+    const uint8x16_t nib = vdupq_n_u8(0x0f);
+    if constexpr (WT == DType::Q4_K) {
+        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+        const float d = f16(b->d), dmin = f16(b->dmin);
+        for (int k = 0; k < 4; k++) {  // sub-blocks 2k (low nibbles of qs[32k..]), 2k + 1 (high)
+            const uint8x16_t v0 = vld1q_u8(b->qs + 32 * k), v1 = vld1q_u8(b->qs + 32 * k + 16);
+            const int8x16_t q[2][2] = {
+                {vreinterpretq_s8_u8(vandq_u8(v0, nib)), vreinterpretq_s8_u8(vandq_u8(v1, nib))},
+                {vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(v1, 4))}};
+            for (int h = 0; h < 2; h++) {
+                const int j = 2 * k + h;
+                const BlockQ8Act& aj = a[j];
+                const int32x4_t dot = vaddq_s32(vshlq_n_s32(sdot_act(q[h][0], q[h][1], aj.hi), 8),
+                                                sdot_act(q[h][0], q[h][1], aj.lo));  // 256 hi + lo
+                int sc, m;
+                q4_K_scale_min(b->scales, j, sc, m);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * (float)sc * aj.d);
+                corr -= dmin * (float)m * aj.sum;
+            }
+        }
+    } else {
+        const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+        const float d = f16(b->d);
+        for (int j = 0; j < 8; j++) {  // activation block j: sub-blocks 2j (first 16), 2j + 1
+            const int h = j / 4, quarter = j % 4;
+            const uint8_t* ql = b->ql + 64 * h + 32 * (quarter & 1);
+            const int8x16_t down = vdupq_n_s8((int8_t)(-2 * quarter));  // vshl by a negative count: right
+            int8x16_t w[2];
+            for (int i = 0; i < 2; i++) {
+                const uint8x16_t l = vld1q_u8(ql + 16 * i), qh = vld1q_u8(b->qh + 32 * h + 16 * i);
+                const uint8x16_t low = quarter < 2 ? vandq_u8(l, nib) : vshrq_n_u8(l, 4);
+                const uint8x16_t high = vandq_u8(vshlq_u8(qh, down), vdupq_n_u8(3));
+                w[i] = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8(high, 4))), vdupq_n_s8(32));
+            }
+            const BlockQ8Act& aj = a[j];
+            const int32x4_t z = vdupq_n_s32(0);
+            for (int i = 0; i < 2; i++) {
+                const int32x4_t dot = vaddq_s32(vshlq_n_s32(vdotq_s32(z, w[i], vld1q_s8(aj.hi + 16 * i)), 8),
+                                                vdotq_s32(z, w[i], vld1q_s8(aj.lo + 16 * i)));
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * aj.d * (float)b->scales[2 * j + i]);
+            }
+        }
+    }
+}
+
+template <DType WT>
+void gemm_q_kquant(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
+                   int64_t n_tok, float* out, int64_t out_stride) {
+    constexpr int64_t BB = WT == DType::Q4_K ? sizeof(block_q4_K) : sizeof(block_q6_K);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            float32x4_t acc = vdupq_n_f32(0.0f);
+            float corr = 0.0f;
+            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++)
+                kquant_super_block_dot<WT>(w + r * w_stride + s * BB, x + t * nb + s * kActBlocksPerSuper, acc, corr);
+            out[t * out_stride + r] = vaddvq_f32(acc) + corr;
+        }
+}
+
 void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
             int64_t n_tok, float* out, int64_t out_stride) {
     switch (wt) {
+        case DType::Q4_K: return gemm_q_kquant<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q6_K: return gemm_q_kquant<DType::Q6_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_0: return gemm_q_typed<DType::Q4_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_1: return gemm_q_typed<DType::Q4_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);

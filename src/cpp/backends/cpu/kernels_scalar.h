@@ -8,6 +8,7 @@
 
 #include "core/fp16.h"
 #include "cpu_kernels.h"
+#include "kernels_kquant.h"
 
 namespace forgert::cpu {
 namespace {
@@ -79,6 +80,12 @@ inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t* row = w + r * w_stride;
             float acc = 0.0f;
+            if (is_kquant(wt)) {  // one super-block per kActBlocksPerSuper activation blocks
+                for (int64_t b = 0; b < nb / kActBlocksPerSuper; b++)
+                    acc += super_block_dot_scalar(wt, row + b * bb, x + t * nb + b * kActBlocksPerSuper);
+                out[t * out_stride + r] = acc;
+                continue;
+            }
             for (int64_t b = 0; b < nb; b++) acc += block_dot_scalar(wt, row + b * bb, x[t * nb + b]);
             out[t * out_stride + r] = acc;
         }
@@ -258,10 +265,15 @@ inline void attention_group_scalar(const float* const* q, float* const* out, con
 
 namespace forgert::cpu {
 namespace {  // internal: each ISA file compiles its own copy
-// One row of any weight type to f32 (embedding lookups; not a hot path).
+// One row of any weight type to f32 (embedding lookups, and the panel GEMM's K-quant rows).
 inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols) {
     if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1) {
         for (int64_t b = 0; b < cols / FG_QK; b++) dequantize_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK);
+        return;
+    }
+    if (is_kquant(wt)) {
+        for (int64_t b = 0; b < cols / FG_QK_K; b++)
+            dequantize_super_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK_K);
         return;
     }
     for (int64_t c = 0; c < cols; c++) y[c] = weight_to_f32(wt, row, c);

@@ -1,0 +1,116 @@
+// Portable K-quant (Q4_K, Q6_K) building blocks: unpacking a 256-weight super-block
+// into integer quants and per-sub-block scales, its f32 dequantization, and its dot
+// product with eight activation blocks (BlockQ8Act, 32 weights each). Sub-blocks are
+// 32 (Q4_K) or 16 (Q6_K) weights, so each lies inside one activation block and its
+// integer dot is exact. Included into each kernels_*.cpp (internal linkage).
+#pragma once
+
+#include <cstdint>
+
+#include "core/fp16.h"
+#include "cpu_kernels.h"
+
+namespace forgert::cpu {
+namespace {
+
+constexpr bool is_kquant(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+constexpr int kActBlocksPerSuper = FG_QK_K / FG_QK;  // 8
+
+// Q4_K's 6-bit scale sc[j] and min m[j] of sub-block j (quant_blocks.h).
+inline void q4_K_scale_min(const uint8_t* s, int j, int& sc, int& m) {
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+// Q4_K quants in weight order.                                       q [256], 0..15
+inline void q4_K_unpack(const block_q4_K* b, uint8_t* q) {
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 32; l++) {
+            q[64 * k + l] = b->qs[32 * k + l] & 0x0f;
+            q[64 * k + 32 + l] = b->qs[32 * k + l] >> 4;
+        }
+}
+
+// Q6_K quants in weight order, minus the offset 32.                  q [256], -32..31
+inline void q6_K_unpack(const block_q6_K* b, int8_t* q) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t* ql = b->ql + 64 * h;
+        const uint8_t* qh = b->qh + 32 * h;
+        int8_t* y = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            y[l] = (int8_t)(((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) - 32);
+            y[l + 32] = (int8_t)(((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            y[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            y[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
+// One super-block to f32.                                            y [256]
+inline void dequantize_super_block(DType wt, const uint8_t* blk, float* y) {
+    if (wt == DType::Q4_K) {
+        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+        uint8_t q[FG_QK_K];
+        q4_K_unpack(b, q);
+        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            q4_K_scale_min(b->scales, j, sc, m);
+            const float dj = d * (float)sc, mj = dmin * (float)m;
+            for (int i = 0; i < 32; i++) y[32 * j + i] = dj * q[32 * j + i] - mj;
+        }
+    } else {
+        const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+        int8_t q[FG_QK_K];
+        q6_K_unpack(b, q);
+        const float d = f16_to_f32(b->d);
+        for (int j = 0; j < 16; j++) {
+            const float dj = d * (float)b->scales[j];
+            for (int i = 0; i < 16; i++) y[16 * j + i] = dj * q[16 * j + i];
+        }
+    }
+}
+
+// Integer dot of n quants with one activation block's two parts, from element i0.
+template <class Q>
+inline int32_t act_dot(const Q* q, const BlockQ8Act& a, int i0, int n) {
+    int32_t s = 0;  // |q| <= 32, |256 hi + lo| < 2^15, n <= 32: |s| < 2^26
+    for (int i = 0; i < n; i++) s += (int32_t)q[i] * (256 * a.hi[i0 + i] + a.lo[i0 + i]);
+    return s;
+}
+
+// dot of one super-block with its eight activation blocks a[0..7].
+inline float super_block_dot_scalar(DType wt, const uint8_t* blk, const BlockQ8Act* a) {
+    float acc = 0.0f;
+    if (wt == DType::Q4_K) {
+        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+        uint8_t q[FG_QK_K];
+        q4_K_unpack(b, q);
+        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        for (int j = 0; j < 8; j++) {  // sub-block j is activation block j
+            int sc, m;
+            q4_K_scale_min(b->scales, j, sc, m);
+            acc += d * (float)sc * a[j].d * (float)act_dot(q + 32 * j, a[j], 0, 32) - dmin * (float)m * a[j].sum;
+        }
+    } else {
+        const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+        int8_t q[FG_QK_K];
+        q6_K_unpack(b, q);
+        for (int j = 0; j < 8; j++) {  // activation block j holds sub-blocks 2j, 2j + 1
+            // each act_dot < 2^24 in magnitude, times a scale up to 128: 64-bit sum
+            const int64_t s = (int64_t)b->scales[2 * j] * act_dot(q + 32 * j, a[j], 0, 16) +
+                              (int64_t)b->scales[2 * j + 1] * act_dot(q + 32 * j + 16, a[j], 16, 16);
+            acc += a[j].d * (float)s;
+        }
+        acc *= f16_to_f32(b->d);
+    }
+    return acc;
+}
+
+}  // namespace
+}  // namespace forgert::cpu

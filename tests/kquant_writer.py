@@ -1,0 +1,81 @@
+"""A test-side NumPy quantizer to Q4_K and Q6_K (the gguf package can only dequantize them),
+and a tiny Llama in llama.cpp's Q4_K_M mix. Simple per-sub-block min/max rounding, not
+llama.cpp's scale search: any valid blocks do, as the references run on the weights
+dequantized by gguf.quants.dequantize. Nothing here imports forgert.
+
+Layouts (ggml-common.h): Q4_K [d f16, dmin f16, scales 12 B, qs 128 B]: sub-block j (32
+weights) is d * sc[j] * q - dmin * m[j] with 6-bit sc, m packed in `scales`; Q6_K [ql 128 B,
+qh 64 B, scales 16 x int8, d f16]: sub-block j (16 weights) is d * scales[j] * (q - 32).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] (cols % 256 == 0) -> uint8 [rows, cols / 256 * 144]"""
+    rows, cols = x.shape
+    sb = np.asarray(x, np.float32).reshape(-1, 8, 32)                   # [super-blocks, sub-block, 32]
+    lo = np.minimum(sb.min(axis=2), 0.0)                                # w = scale * q - mn, q in 0..15
+    scale = (sb.max(axis=2) - lo) / 15.0
+    mn = -lo
+    d = _f16(scale.max(axis=1) / 63.0)                                  # [n]
+    dmin = _f16(mn.max(axis=1) / 63.0)
+    inv = lambda v: np.where(v > 0, 1.0 / np.maximum(v.astype(np.float32), 1e-30), 0.0)
+    sc = np.clip(np.rint(scale * inv(d)[:, None]), 0, 63).astype(np.uint8)    # [n, 8]
+    m = np.clip(np.rint(mn * inv(dmin)[:, None]), 0, 63).astype(np.uint8)
+    eff_d = d.astype(np.float32)[:, None] * sc                          # [n, 8]
+    eff_m = dmin.astype(np.float32)[:, None] * m
+    q = np.clip(np.rint((sb + eff_m[:, :, None]) * inv(eff_d)[:, :, None]), 0, 15).astype(np.uint8)
+    packed = np.zeros((len(sb), 12), np.uint8)
+    packed[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)
+    packed[:, 4:8] = m[:, 0:4] | ((m[:, 4:8] >> 4) << 6)
+    packed[:, 8:12] = (sc[:, 4:8] & 15) | ((m[:, 4:8] & 15) << 4)
+    q = q.reshape(-1, 4, 2, 32)                                         # [n, chunk of 64, half, 32]
+    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)
+    out = np.concatenate([d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2), packed, qs], axis=1)
+    return out.reshape(rows, cols // 256 * 144)
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] (cols % 256 == 0) -> uint8 [rows, cols / 256 * 210]"""
+    rows, cols = x.shape
+    sb = np.asarray(x, np.float32).reshape(-1, 16, 16)                  # [super-blocks, sub-block, 16]
+    scale = np.abs(sb).max(axis=2) / 31.0                               # q - 32 in -31..31
+    d = _f16(scale.max(axis=1) / 127.0)
+    inv = lambda v: np.where(v > 0, 1.0 / np.maximum(v.astype(np.float32), 1e-30), 0.0)
+    sc = np.clip(np.rint(scale * inv(d)[:, None]), 0, 127).astype(np.int8)   # [n, 16]
+    eff = d.astype(np.float32)[:, None] * sc
+    q = (np.clip(np.rint(sb * inv(eff)[:, :, None]), -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 4, 32)
+    # [n, half, quarter, l]: quarters 0/1 take the low nibbles of ql[l], ql[32 + l], quarters 2/3
+    # their high nibbles; qh[l] holds the top 2 bits of quarter k at bits 2k..2k+1.
+    ql = np.concatenate([(q[:, :, 0] & 15) | ((q[:, :, 2] & 15) << 4),
+                         (q[:, :, 1] & 15) | ((q[:, :, 3] & 15) << 4)], axis=2).reshape(-1, 128)
+    qh = ((q[:, :, 0] >> 4) | ((q[:, :, 1] >> 4) << 2) | ((q[:, :, 2] >> 4) << 4)
+          | ((q[:, :, 3] >> 4) << 6)).reshape(-1, 64)
+    out = np.concatenate([ql, qh, sc.view(np.uint8), d.view(np.uint8).reshape(-1, 2)], axis=1)
+    return out.reshape(rows, cols // 256 * 210)
+
+
+# llama.cpp's Q4_K_M (llama-quant.cpp): Q6_K for output.weight and for attn_v / ffn_down in the
+# layers its use_more_bits picks (here in every layer: both types in every layer's kernels);
+# Q4_K for everything else 2-D, token embeddings included.
+Q6_K_TENSORS = ("attn_v.weight", "ffn_down.weight", "output.weight")
+
+
+def q4_k_m_overrides(tensors: dict) -> dict:
+    """{name: (raw bytes, GGMLQuantizationType)} for model_factory.write_gguf's raw_overrides."""
+    import gguf
+    out = {}
+    for name, w in tensors.items():
+        if w.ndim != 2:
+            continue   # norms, biases, rope factors stay F32
+        if name.endswith(Q6_K_TENSORS):
+            out[name] = (quantize_q6_k(w), gguf.GGMLQuantizationType.Q6_K)
+        else:
+            out[name] = (quantize_q4_k(w), gguf.GGMLQuantizationType.Q4_K)
+    return out
