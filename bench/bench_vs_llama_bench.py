@@ -1,0 +1,117 @@
+"""forgert vs llama.cpp's C++ llama-bench on the CPU, over a thread sweep, on random-weight GGUFs
+of real shapes (bench/synthetic_gguf.py). Writes a markdown table that names the CPU.
+
+    python bench/bench_vs_llama_bench.py --presets llama32-1b --types Q4_0,Q8_0,Q4_K_M --threads 4,8,16
+
+Both engines read the same file with the same thread count, each in a fresh process, in
+alternating order, --repeats runs each (llama-bench's own -r; forgert bench's -r), and the
+figure of each is its own median (forgert) or mean (llama-bench's avg_ts) over those runs:
+  prefill: tokens/s over a --prompt-tokens prompt from an empty cache (llama-bench "pp")
+  decode:  tokens/s over --gen-tokens greedy steps (llama-bench "tg": from an empty context;
+           forgert bench: after the prompt, so its attention reads a longer cache)
+The peer is built by ../shared/peers/llama-bench.sh (native ISA, repacking and AMX on, as shipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import synthetic_gguf  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def llama_bench(peer: Path, model: Path, threads: int, a) -> dict:
+    out = subprocess.run(["bash", str(peer), "-m", str(model), "-t", str(threads), "-p", str(a.prompt_tokens),
+                          "-n", str(a.gen_tokens), "-r", str(a.repeats), "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out)
+    pp = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
+    tg = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
+    return {"prefill": pp["avg_ts"], "decode": tg["avg_ts"]}
+
+
+def forgert_bench(model: Path, threads: int, a) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if a.installed:
+        env.pop("PYTHONPATH")
+    out = subprocess.run([sys.executable, "-m", "forgert", "bench", "--model", str(model), "--threads", str(threads),
+                          "-p", str(a.prompt_tokens), "-g", str(a.gen_tokens), "-r", str(a.repeats),
+                          "--n-ctx", str(a.prompt_tokens + a.gen_tokens + 16), "--json"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    r = json.loads(out)
+    return {"prefill": r["prefill_tokens_per_s"], "decode": r["decode_tokens_per_s"], "backend": r["backend"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", default="llama32-1b")
+    ap.add_argument("--types", default="Q4_0,Q8_0,Q4_K_M")
+    ap.add_argument("--threads", default="4,8,16")
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peer", type=Path, default=ROOT.parent / "shared" / "peers" / "llama-bench.sh")
+    ap.add_argument("--models", type=Path, default=ROOT / "bench" / "models")
+    ap.add_argument("--installed", action="store_true", help="run the installed forgert, not python/ of this tree")
+    ap.add_argument("--out", type=Path, default=None, help="markdown file (default: print only)")
+    a = ap.parse_args()
+
+    a.models.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for preset in a.presets.split(","):
+        for ftype in a.types.split(","):
+            path = a.models / f"synthetic-{preset}-{ftype}.gguf"
+            if not path.exists():
+                t0 = time.perf_counter()
+                synthetic_gguf.write(path, preset, ftype)
+                print(f"wrote {path.name} ({path.stat().st_size / 2**30:.2f} GiB) in "
+                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            for threads in map(int, a.threads.split(",")):
+                # alternate which engine goes first, so a drift in machine load hits both
+                first_peer = len(rows) % 2 == 0
+                runs = {}
+                for who in (("peer", "forgert") if first_peer else ("forgert", "peer")):
+                    runs[who] = (llama_bench(a.peer, path, threads, a) if who == "peer"
+                                 else forgert_bench(path, threads, a))
+                f, p = runs["forgert"], runs["peer"]
+                rows.append((preset, ftype, threads, f, p))
+                print(f"{preset} {ftype} t={threads}: prefill {f['prefill']:.1f} vs {p['prefill']:.1f} "
+                      f"({f['prefill'] / p['prefill']:.2f}x), decode {f['decode']:.1f} vs {p['decode']:.1f} "
+                      f"({f['decode'] / p['decode']:.2f}x)", file=sys.stderr, flush=True)
+
+    lines = [f"# forgert vs llama-bench, CPU ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
+             f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; random-weight GGUFs of real shapes "
+             f"(bench/synthetic_gguf.py); prefill {a.prompt_tokens} tokens, decode {a.gen_tokens}, "
+             f"{a.repeats} runs each; forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}.", "",
+             "| model | type | threads | prefill forgert | prefill llama.cpp | ratio | decode forgert | "
+             "decode llama.cpp | ratio |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for preset, ftype, threads, f, p in rows:
+        lines.append(f"| {preset} | {ftype} | {threads} | {f['prefill']:.1f} | {p['prefill']:.1f} | "
+                     f"{f['prefill'] / p['prefill']:.2f}x | {f['decode']:.1f} | {p['decode']:.1f} | "
+                     f"{f['decode'] / p['decode']:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Random-weight Llama GGUFs of real shapes, for speed measurements only (their text is noise).
+
+    python bench/synthetic_gguf.py OUT.gguf --preset llama32-1b --type Q4_K_M
+
+Unlike ../shared/tools/make_synthetic_gguf.py (Q4_0, Q8_0, F16) this also writes the K-quant
+files users download: Q4_K_M mixes tensor types as llama.cpp's quantizer does (Q6_K for
+output.weight and for attn_v / ffn_down in the layers `_more_bits` picks, Q4_K elsewhere), so
+an engine does the same per-type work on it as on a real Q4_K_M file. Written with forgert's
+own streaming GGUF writer: no extra package, and an 8B model never sits in memory at once.
+Every block gets small f16 scales, so activations stay finite; the rest of its bytes are random.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from forgert import ggml_types as gt  # noqa: E402
+from forgert.gguf import ARRAY, FLOAT32, INT32, STRING  # noqa: E402
+from forgert.gguf_writer import GGUFWriter  # noqa: E402
+
+PRESETS = {  # name: (layers, hidden, ffn, heads, kv_heads, vocab, ctx)
+    "smollm2-135m": (30, 576, 1536, 9, 3, 49152, 8192),
+    "llama32-1b": (16, 2048, 8192, 32, 8, 128256, 8192),
+    "llama3-8b": (32, 4096, 14336, 32, 8, 128256, 8192),
+}
+T = {name: type_id for type_id, (name, _, _) in gt.GGML_TYPES.items()}   # "Q4_K" -> 12
+# Byte offsets of each block's f16 scale fields (set to SCALE; all other bytes random).
+SCALE_FIELDS = {T["Q4_0"]: (0,), T["Q5_0"]: (0,), T["Q8_0"]: (0,), T["Q4_K"]: (0, 2), T["Q6_K"]: (208,)}
+# llama.cpp's quantizer falls back to these where a row is not whole 256-weight super-blocks
+# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0.
+K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"]}
+SCALE = np.float16(0.0005)
+# general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
+FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """The layers llama.cpp's Q4_K_M gives 6-bit attn_v / ffn_down: the first and last eighth,
+    and every third one between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def tensor_type(name: str, layer: int, n_layers: int, ftype: str, cols: int) -> int:
+    t = _mix_type(name, layer, n_layers, ftype)
+    return K_FALLBACK[t] if t in K_FALLBACK and cols % 256 else t
+
+
+def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
+    if ftype != "Q4_K_M":
+        return {"Q4_0": T["Q4_0"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"]}[ftype]
+    if name == "output.weight":
+        return T["Q6_K"]
+    if name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(layer, n_layers):
+        return T["Q6_K"]
+    return T["Q4_K"]
+
+
+def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
+    """uint8 [rows, row_nbytes]: random quant blocks with small f16 scales."""
+    _, per_block, block_bytes = gt.GGML_TYPES[type_id]
+    raw = rng.integers(0, 256, size=(rows, cols // per_block, block_bytes), dtype=np.uint8)
+    for off in SCALE_FIELDS[type_id]:
+        raw[:, :, off:off + 2] = np.frombuffer(SCALE.tobytes(), dtype=np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
+    L, H, F, NH, NKV, V, CTX = PRESETS[preset]
+    kv = NKV * (H // NH)
+    w = GGUFWriter("llama")
+    w.add_str("general.name", f"synthetic-{preset}-{ftype}")
+    w.add_u32("general.file_type", FILE_TYPES[ftype])
+    for key, value in [("block_count", L), ("context_length", CTX), ("embedding_length", H),
+                       ("feed_forward_length", F), ("attention.head_count", NH),
+                       ("attention.head_count_kv", NKV), ("rope.dimension_count", H // NH),
+                       ("vocab_size", V)]:
+        w.add_u32(f"llama.{key}", value)
+    w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_f32("llama.rope.freq_base", 500000.0)
+    # A SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then plain pieces.
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tokens += [f"\u2581w{i}" for i in range(V - len(tokens))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (V - 259)     # UNKNOWN, CONTROL, BYTE, NORMAL
+    w.add_str("tokenizer.ggml.model", "llama")
+    w.add("tokenizer.ggml.tokens", (ARRAY, STRING), tokens)
+    w.add("tokenizer.ggml.scores", (ARRAY, FLOAT32), np.zeros(V, dtype=np.float32))
+    w.add("tokenizer.ggml.token_type", (ARRAY, INT32), np.asarray(types, dtype=np.int32))
+    w.add_u32("tokenizer.ggml.bos_token_id", 1)
+    w.add_u32("tokenizer.ggml.eos_token_id", 2)
+
+    makers = []   # one per tensor, in add_tensor order: () -> bytes
+
+    def matrix(name, rows, cols, layer=-1):
+        t = tensor_type(name, layer, L, ftype, cols)
+        w.add_tensor(name, (cols, rows), t)
+        makers.append(lambda: random_blocks(rng, rows, cols, t))
+
+    def norm(name):
+        w.add_tensor(name, (H,), T["F32"])
+        makers.append(lambda: np.ones(H, dtype=np.float32))
+
+    rng = np.random.default_rng(seed)
+    matrix("token_embd.weight", V, H)
+    for i in range(L):
+        p = f"blk.{i}."
+        norm(p + "attn_norm.weight")
+        norm(p + "ffn_norm.weight")
+        for name, rows, cols in [("attn_q", H, H), ("attn_k", kv, H), ("attn_v", kv, H), ("attn_output", H, H),
+                                 ("ffn_gate", F, H), ("ffn_up", F, H), ("ffn_down", H, F)]:
+            matrix(p + name + ".weight", rows, cols, i)
+    norm("output_norm.weight")
+    matrix("output.weight", V, H)
+    w.write(out, lambda i: makers[i]())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--preset", default="llama32-1b", choices=PRESETS)
+    ap.add_argument("--type", default="Q4_K_M", choices=FILE_TYPES)
+    a = ap.parse_args()
+    write(a.out, a.preset, a.type)
+
+
+if __name__ == "__main__":
+    main()
