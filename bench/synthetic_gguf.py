@@ -7,7 +7,7 @@ files users download: Q4_K_M mixes tensor types as llama.cpp's quantizer does (Q
 output.weight and for attn_v / ffn_down in the layers `_more_bits` picks, Q4_K elsewhere), so
 an engine does the same per-type work on it as on a real Q4_K_M file. Written with forgert's
 own streaming GGUF writer: no extra package, and an 8B model never sits in memory at once.
-Every block gets small f16 scales, so activations stay finite; the rest of its bytes are random.
+Every block gets fixed small scales (FIXED_BYTES), so activations stay finite; its quants are random.
 """
 from __future__ import annotations
 
@@ -28,12 +28,26 @@ PRESETS = {  # name: (layers, hidden, ffn, heads, kv_heads, vocab, ctx)
     "llama3-8b": (32, 4096, 14336, 32, 8, 128256, 8192),
 }
 T = {name: type_id for type_id, (name, _, _) in gt.GGML_TYPES.items()}   # "Q4_K" -> 12
-# Byte offsets of each block's f16 scale fields (set to SCALE; all other bytes random).
-SCALE_FIELDS = {T["Q4_0"]: (0,), T["Q5_0"]: (0,), T["Q8_0"]: (0,), T["Q4_K"]: (0, 2), T["Q6_K"]: (208,)}
+
+
+def _f16(x: float) -> bytes:
+    return np.float16(x).tobytes()
+
+
+# Fixed bytes of each block: the scale fields (the quants stay random). They make the weights
+# small and zero-mean, about as a real checkpoint's are, so activations stay finite and normal:
+# random Q4_K mins or Q6_K scales blow the residual stream up to inf/NaN within a few hundred
+# positions, and arithmetic on such values is not what an engine does on a real model.
+#   Q4_K: every sub-block scale and min 8 (bytes 0-7 = 8, bytes 8-11 = 0x88), dmin = 7.5 d,
+#         so w = 8 d (q - 7.5), |w| <= 0.03;  Q6_K: sub-block scales 1, w = d (q - 32).
+FIXED_BYTES = {
+    T["Q4_0"]: [(0, _f16(0.002))], T["Q5_0"]: [(0, _f16(0.001))], T["Q8_0"]: [(0, _f16(0.0002))],
+    T["Q4_K"]: [(0, _f16(0.0005) + _f16(0.00375) + bytes([8] * 8 + [0x88] * 4))],
+    T["Q6_K"]: [(192, bytes([1] * 16) + _f16(0.0005))],
+}
 # llama.cpp's quantizer falls back to these where a row is not whole 256-weight super-blocks
 # (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0.
 K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"]}
-SCALE = np.float16(0.0005)
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
 FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
 
@@ -60,11 +74,11 @@ def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
 
 
 def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
-    """uint8 [rows, row_nbytes]: random quant blocks with small f16 scales."""
+    """uint8 [rows, row_nbytes]: quant blocks of random quants and FIXED_BYTES scales."""
     _, per_block, block_bytes = gt.GGML_TYPES[type_id]
     raw = rng.integers(0, 256, size=(rows, cols // per_block, block_bytes), dtype=np.uint8)
-    for off in SCALE_FIELDS[type_id]:
-        raw[:, :, off:off + 2] = np.frombuffer(SCALE.tobytes(), dtype=np.uint8)
+    for off, fixed in FIXED_BYTES[type_id]:
+        raw[:, :, off:off + len(fixed)] = np.frombuffer(fixed, dtype=np.uint8)
     return raw.reshape(rows, -1)
 
 
