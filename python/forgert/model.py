@@ -23,7 +23,7 @@ from .detokenizer import StreamingDetokenizer
 from .errors import KvCacheTooLargeError
 from .loader import load_model
 from .prompt_cache import ModelState, PromptCache, common_prefix
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
 
 BACKENDS = ("auto", "cpu", "metal")
@@ -312,11 +312,14 @@ class Model:
         if self._prompt_cache is not None:
             self._prompt_cache = PromptCache(self._prompt_cache.max_bytes)
 
-    def _eval(self, ids, pos, mode):
-        """Run ids at positions pos..; mode "none" | "last" (logits row) | "argmax" | "all"."""
+    def _eval(self, ids, pos, mode, sampler=None):
+        """Run ids at positions pos..; mode "none" | "last" (logits row) | "argmax" | "all" |
+        "sample" (a token drawn in C++ by `sampler`, a _core.Sampler, from the last row)."""
         tokens = np.asarray(ids, dtype=np.int32)
         if mode == "argmax":
             result = int(np.asarray(self._engine.forward_argmax(tokens, pos)).reshape(-1)[-1])
+        elif mode == "sample":
+            result = self._engine.forward_sample(tokens, pos, sampler)
         else:
             logits = self._engine.forward(tokens, pos, all_logits=(mode == "all"))
             result = logits if mode == "all" else np.asarray(logits)[-1]
@@ -388,7 +391,7 @@ class Model:
             cache.take(saved)
             self._load_state(saved)
 
-    def _prefill(self, ids, mode):
+    def _prefill(self, ids, mode, sampler=None):
         """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
 
         The last prompt token is always evaluated alone, by the same kernels as decoding: a
@@ -405,7 +408,7 @@ class Model:
             self._cache_tokens = ids[:s + len(chunk)]
             if progress is not None:
                 progress(s + len(chunk) - start, total)
-        result = self._eval(ids[-1:], len(ids) - 1, mode)
+        result = self._eval(ids[-1:], len(ids) - 1, mode, sampler)
         self._cache_tokens = list(ids)
         if progress is not None:
             progress(total, total)
@@ -469,7 +472,11 @@ class Model:
             piece, pending_lp = StreamPiece(text, pending_lp), []
             return piece
 
-        sampler = Sampler(params)
+        # Sampling runs in C++ on the logits where the engine wrote them; the NumPy sampler (its
+        # reference) serves logprobs requests, which need the logits row anyway.
+        mode = "argmax" if use_argmax else "last" if logprobs is not None else "sample"
+        sampler = (Sampler(params) if mode == "last" else
+                   native_sampler(params, prompt_ids) if mode == "sample" else None)
         detok = StreamingDetokenizer(self.tokenizer, prompt_ids)
         stops = StopStringMatcher(params.stop)
         generated, history, pieces = [], list(prompt_ids), []
@@ -483,10 +490,10 @@ class Model:
             t1 = t0
             n_eval = n_cached = 0
         else:
-            result, n_eval = self._prefill(prompt_ids, "argmax" if use_argmax else "last")
+            result, n_eval = self._prefill(prompt_ids, mode, sampler)
             n_cached = len(prompt_ids) - n_eval
             t1 = time.perf_counter()
-            tok = result if use_argmax else sampler.sample(result, history)
+            tok = sampler.sample(result, history) if mode == "last" else result
             last_logits = result
         n_decode = 0
         while limit > 0:
@@ -495,7 +502,10 @@ class Model:
                 finish = "stop"
                 break
             generated.append(tok)
-            history.append(tok)
+            if mode == "last":
+                history.append(tok)
+            elif mode == "sample":
+                sampler.add_history(tok)
             if logprobs is not None:
                 pending_lp.append(self._token_logprob(last_logits, tok, logprobs))
             out = stops.feed(detok.push(tok))
@@ -508,10 +518,10 @@ class Model:
             if len(generated) >= limit:
                 break   # finish "length": max_tokens reached or the context is full
             pos = len(self._cache_tokens)
-            result = self._eval([tok], pos, "argmax" if use_argmax else "last")
+            result = self._eval([tok], pos, mode, sampler)
             self._cache_tokens.append(tok)
             n_decode += 1
-            tok = result if use_argmax else sampler.sample(result, history)
+            tok = sampler.sample(result, history) if mode == "last" else result
             last_logits = result
         tail = "" if stops.stopped else stops.feed(detok.flush()) + stops.flush()
         if tail or pending_lp:

@@ -154,10 +154,31 @@ def filter_logits(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     return out
 
 
+def _seed64(seed):
+    return None if seed is None else seed % 2**64   # any integer is a valid seed
+
+
+def native_sampler(params: SamplingParams, history=()):
+    """The C++ sampler (forgert._core.Sampler) for params, its penalty history set to history.
+
+    Same filters and order as Sampler below; its seeded RNG (mt19937_64) is not NumPy's, so a
+    seed gives other text than the NumPy sampler (and forgert before 0.x.y) did, reproducibly."""
+    from . import _core
+
+    s = _core.Sampler(params.temperature, params.top_k, params.top_p, params.min_p,
+                      params.repetition_penalty, params.presence_penalty, params.frequency_penalty,
+                      _seed64(params.seed))
+    s.reset_history(np.asarray(history, dtype=np.int32))
+    return s
+
+
 class Sampler:
+    """The NumPy sampler: the reference the C++ one (native_sampler) is tested against, and the
+    sampler of logprobs requests, which need the logits row in Python anyway."""
+
     def __init__(self, params: SamplingParams):
         self.params = params
-        self.rng = np.random.default_rng(params.seed)
+        self.rng = np.random.default_rng(_seed64(params.seed))
 
     def sample(self, logits: np.ndarray, history=()) -> int:
         """logits: float32 [vocab] for the next position; history: prompt + generated ids."""

@@ -12,6 +12,7 @@
 #include "model/llama_model.h"
 #include "model/tensor_layout.h"
 #include "ops_binding.h"
+#include "sampling/sampler.h"
 #if FORGERT_HAVE_METAL_EMULATOR
 #include "backends/metal/device_emulated.h"
 #endif
@@ -196,6 +197,21 @@ public:
         return model_->forward_argmax(src, n, pos);
     }
 
+    // Evaluates tokens (as forward) and samples the next token from the last row's logits in
+    // C++, into a scratch row that never becomes a NumPy array. The sampler's history is not
+    // changed (the caller adds the token it keeps).
+    int forward_sample(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos,
+                       Sampler& sampler) {
+        const int n = checked_count(tokens);
+        const int32_t* src = tokens.data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        const int vocab = model_->config().vocab;
+        logits_row_.resize(vocab);
+        model_->forward(src, n, pos, false, logits_row_.data());
+        return sampler.sample(logits_row_.data(), vocab);
+    }
+
     // uint16 (f16 bits) [n_layers, 2, n, kv_dim]: K and V rows of positions 0..n.
     py::array_t<uint16_t> kv_save(int n) {
         const ModelConfig& c = model_->config();
@@ -253,6 +269,7 @@ private:
     std::vector<std::pair<uintptr_t, size_t>> weight_buffers_;  // (address, bytes) of each zero-copy wrap
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
+    std::vector<float> logits_row_;  // [vocab]: forward_sample's logits, guarded by mu_
 };
 
 }  // namespace
@@ -264,6 +281,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0, py::arg("max_batch") = 512)
         .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
+        .def("forward_sample", &Engine::forward_sample, py::arg("tokens"), py::arg("pos"), py::arg("sampler"),
+             "evaluate tokens and sample the next one from the last logits row with a _core.Sampler")
         .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"),
              "evaluate tokens into the KV cache without computing logits")
         .def("kv_save", &Engine::kv_save, py::arg("n"),
@@ -283,6 +302,51 @@ PYBIND11_MODULE(_core, m) {
             d["logits"] = p.logits;
             return d;
         });
+
+    py::class_<Sampler>(m, "Sampler",
+                        "penalties -> temperature -> top-k -> top-p -> min-p -> draw, on float32 logits "
+                        "(the C++ twin of forgert.sampling.Sampler); seed None: unseeded, else 0..2**64-1")
+        .def(py::init([](double temperature, int top_k, double top_p, double min_p, double repetition_penalty,
+                         double presence_penalty, double frequency_penalty, std::optional<uint64_t> seed) {
+                 SamplerParams p;
+                 p.temperature = temperature;
+                 p.top_k = top_k;
+                 p.top_p = top_p;
+                 p.min_p = min_p;
+                 p.repetition_penalty = repetition_penalty;
+                 p.presence_penalty = presence_penalty;
+                 p.frequency_penalty = frequency_penalty;
+                 return Sampler(p, seed);
+             }),
+             py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
+             py::arg("repetition_penalty") = 1.0, py::arg("presence_penalty") = 0.0,
+             py::arg("frequency_penalty") = 0.0, py::arg("seed") = py::none())
+        .def(
+            "reset_history",
+            [](Sampler& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids) {
+                s.reset_history(ids.data(), (int)ids.size());
+            },
+            py::arg("ids"), "the tokens the penalties look at (prompt + generated so far)")
+        .def("add_history", &Sampler::add_history, py::arg("id"))
+        .def(
+            "sample",
+            [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, double u) {
+                std::vector<float> row(logits.data(), logits.data() + logits.size());  // not the caller's array
+                return s.sample(row.data(), (int)row.size(), u);
+            },
+            py::arg("logits"), py::arg("u") = -1.0,
+            "a token from logits [vocab]; u in [0, 1) is the uniform draw (default: the seeded RNG's next)")
+        .def(
+            "filter",
+            [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+                std::vector<float> row(logits.data(), logits.data() + logits.size());
+                std::vector<int32_t> ids;
+                std::vector<double> probs;
+                s.filter(row.data(), (int)row.size(), &ids, &probs);
+                return py::make_tuple(py::array_t<int32_t>(ids.size(), ids.data()),
+                                      py::array_t<double>(probs.size(), probs.data()));
+            },
+            py::arg("logits"), "(ids in increasing order, their renormalized probabilities) that survive the filters");
 
     m.def(
         "tensor_layout",

@@ -1,0 +1,104 @@
+"""Per-token cost of `Model.stream` with the full sampler against the engine's own greedy loop
+(`forward_argmax` per token, no Python sampling): the Python + sampling overhead of decoding.
+
+    python bench/sampling_overhead.py [--model PATH] [--threads 2] [--tokens 128] [--runs 5]
+
+Prints ms/token of both (median of --runs) and their ratio, naming the CPU. Timings only: the
+text is not checked (ignore_eos keeps every run at --tokens tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import forgert
+
+PROMPT = "Once upon a time"
+FULL = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.1, seed=1)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def raw_greedy(m, n):
+    """ms/token of the engine's argmax loop alone (the floor the sampler's cost is measured on)."""
+    eng = m._engine
+    ids = m.tokenize(PROMPT)
+    m.reset()
+    eng.prefill(np.asarray(ids[:-1], dtype=np.int32), 0)
+    tok = eng.forward_argmax(np.asarray(ids[-1:], dtype=np.int32), len(ids) - 1)
+    pos = len(ids)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tok = eng.forward_argmax(np.asarray([tok], dtype=np.int32), pos)
+        pos += 1
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def stream_sampled(m, n):
+    m.reset()
+    s = m.stream(PROMPT, max_tokens=n + 1, ignore_eos=True, **FULL)
+    for _ in s:
+        pass
+    c = s.completion
+    return c.timings.decode_s / c.timings.decode_tokens * 1e3   # from the first token sampled to the end
+
+
+def sampler_alone(vocab, n=200):
+    """us per token of each sampler on one logits row [vocab] with a 128-token history: the
+    part of the overhead that does not depend on the machine's load from one run to the next."""
+    from forgert.sampling import Sampler, SamplingParams, native_sampler
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal(vocab) * 3).astype(np.float32)
+    history = list(rng.integers(0, vocab, 128))
+    params = SamplingParams(**FULL)
+    py, cpp = Sampler(params), native_sampler(params, history)
+    out = []
+    for f in (lambda: py.sample(logits, history), lambda: cpp.sample(logits)):
+        t = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            t.append((time.perf_counter() - t0) / n * 1e6)
+        out.append(statistics.median(t))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    m = forgert.Model(a.model, threads=a.threads)
+    raw, samp = [], []
+    for _ in range(a.runs):   # interleaved, so drift on a shared machine hits both alike
+        raw.append(raw_greedy(m, a.tokens))
+        samp.append(stream_sampled(m, a.tokens))
+    r, s = statistics.median(raw), statistics.median(samp)
+    paired = statistics.median(b / a for a, b in zip(raw, samp))
+    t_py, t_cpp = sampler_alone(m._engine.vocab)
+    print(f"CPU: {cpu_name()}, threads={a.threads}, {a.tokens} tokens, median of {a.runs}")
+    print(f"greedy engine loop: {r:.3f} ms/token   runs {[round(x, 3) for x in raw]}")
+    print(f"stream, full sampler: {s:.3f} ms/token   runs {[round(x, 3) for x in samp]}")
+    print(f"overhead: {100 * (s / r - 1):+.1f}% (medians), {100 * (paired - 1):+.1f}% (median of paired runs)")
+    print(f"sampler alone, vocab {m._engine.vocab}: NumPy {t_py:.0f} us/token, C++ {t_cpp:.0f} us/token "
+          f"(C++ timed through its test entry point, which copies the row)")
+
+
+if __name__ == "__main__":
+    main()

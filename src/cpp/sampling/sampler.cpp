@@ -1,0 +1,209 @@
+#include "sampling/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+namespace forgert {
+namespace {
+
+// (logit, id), better first: higher logit, then the lower id.
+struct Scored {
+    float v;
+    int32_t id;
+};
+inline bool better(const Scored& a, const Scored& b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
+
+// The k best of logits [vocab] (0 < k < vocab), in no particular order. A heap of k for the
+// usual small k: one comparison per logit against the k-th best so far; nth_element otherwise.
+void top_k_ids(const float* logits, int vocab, int k, std::vector<int32_t>* out) {
+    out->clear();
+    if (k <= 1024) {
+        std::vector<Scored> heap;  // worst of the k best on top
+        heap.reserve(k);
+        for (int i = 0; i < k; ++i) heap.push_back({logits[i], i});
+        std::make_heap(heap.begin(), heap.end(), better);
+        for (int i = k; i < vocab; ++i) {
+            // A later id never beats an equal logit: strictly greater replaces the worst.
+            if (logits[i] > heap.front().v) {
+                std::pop_heap(heap.begin(), heap.end(), better);
+                heap.back() = {logits[i], i};
+                std::push_heap(heap.begin(), heap.end(), better);
+            }
+        }
+        for (const Scored& s : heap) out->push_back(s.id);
+        return;
+    }
+    std::vector<Scored> all(vocab);
+    for (int i = 0; i < vocab; ++i) all[i] = {logits[i], i};
+    std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), better);
+    for (int i = 0; i < k; ++i) out->push_back(all[i].id);
+}
+
+}  // namespace
+
+Sampler::Sampler(const SamplerParams& p, std::optional<uint64_t> seed) : p_(p) {
+    auto bad = [](const std::string& name, const std::string& need) {
+        throw std::invalid_argument(name + " must be " + need);
+    };
+    if (!std::isfinite(p.temperature) || p.temperature < 0) bad("temperature", "a finite number >= 0");
+    if (p.top_k < 0) bad("top_k", "an integer >= 0 (0 disables it)");
+    if (!(p.top_p > 0 && p.top_p <= 1)) bad("top_p", "a number in (0, 1]");
+    if (!(p.min_p >= 0 && p.min_p <= 1)) bad("min_p", "a number in [0, 1]");
+    if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty))
+        bad("repetition_penalty", "a number > 0 (1.0 disables it)");
+    if (!std::isfinite(p.presence_penalty) || !std::isfinite(p.frequency_penalty))
+        bad("presence_penalty and frequency_penalty", "finite");
+    if (seed) {
+        rng_.seed(*seed);
+    } else {
+        std::random_device rd;
+        rng_.seed(((uint64_t)rd() << 32) ^ rd());
+    }
+}
+
+void Sampler::reset_history(const int32_t* ids, int n) {
+    counts_.clear();
+    for (int i = 0; i < n; ++i) ++counts_[ids[i]];
+}
+
+// Mirrors the NumPy arithmetic: the repetition and presence steps in float32, the frequency
+// step in float64, the result rounded back to float32.
+void Sampler::apply_penalties(float* logits, int vocab) const {
+    const bool on = p_.repetition_penalty != 1.0 || p_.presence_penalty != 0.0 || p_.frequency_penalty != 0.0;
+    if (!on) return;
+    const float r = (float)p_.repetition_penalty, presence = (float)p_.presence_penalty;
+    for (const auto& [id, count] : counts_) {
+        if (id < 0 || id >= vocab)
+            throw std::invalid_argument("history token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                        std::to_string(vocab));
+        float v = logits[id];
+        if (p_.repetition_penalty != 1.0) v = v > 0 ? v / r : v * r;
+        v = v - presence;
+        logits[id] = (float)((double)v - p_.frequency_penalty * count);
+    }
+}
+
+void Sampler::candidates(const float* logits, int vocab) {
+    const double t = p_.temperature;
+    if (p_.top_k > 0 && p_.top_k < vocab) {
+        top_k_ids(logits, vocab, p_.top_k, &ids_);
+    } else {
+        ids_.resize(vocab);
+        std::iota(ids_.begin(), ids_.end(), 0);
+    }
+    const size_t n = ids_.size();
+    x_.resize(n);
+    e_.resize(n);
+    double xmax = -INFINITY;
+    for (size_t i = 0; i < n; ++i) {
+        x_[i] = (double)logits[ids_[i]] / t;
+        xmax = std::max(xmax, x_[i]);
+    }
+    // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
+    // survivors (as HF renormalizes), measured before min-p cuts.
+    double mass = 0;
+    const bool need_e = p_.min_p > 0 || p_.top_p < 1;
+    if (need_e) {
+        for (size_t i = 0; i < n; ++i) mass += (e_[i] = std::exp(x_[i] - xmax));
+    }
+    size_t kept = n;
+    if (p_.min_p > 0) {
+        kept = 0;
+        for (size_t i = 0; i < n; ++i) {
+            if (e_[i] >= p_.min_p) {
+                ids_[kept] = ids_[i];
+                x_[kept] = x_[i];
+                e_[kept] = e_[i];
+                ++kept;
+            }
+        }
+    }
+    if (p_.top_p < 1) {
+        // Sort only as many of the best as hold top_p of the mass: a growing partial sort.
+        std::vector<int32_t> order(kept);
+        std::iota(order.begin(), order.end(), 0);
+        auto best_first = [&](int32_t a, int32_t b) {
+            return x_[a] > x_[b] || (x_[a] == x_[b] && ids_[a] < ids_[b]);
+        };
+        const double target = p_.top_p * mass;
+        size_t m = std::min(kept, (size_t)256);
+        for (;;) {
+            std::partial_sort(order.begin(), order.begin() + m, order.end(), best_first);
+            double s = 0;
+            for (size_t j = 0; j < m; ++j) s += e_[order[j]];
+            if (m == kept || s >= target) break;
+            m = std::min(kept, m * 4);
+        }
+        // Keep a token while the mass before it is below top_p (the NumPy expression: (c - e) / mass).
+        size_t count = 0;
+        double c = 0;
+        for (size_t j = 0; j < m; ++j) {
+            const double ej = e_[order[j]];
+            c += ej;
+            if ((c - ej) / mass < p_.top_p) ++count;
+        }
+        count = std::max(count, (size_t)1);
+        std::vector<int32_t> ids(count);
+        std::vector<double> xs(count);
+        for (size_t j = 0; j < count; ++j) {
+            ids[j] = ids_[order[j]];
+            xs[j] = x_[order[j]];
+        }
+        ids_.assign(ids.begin(), ids.end());
+        x_.assign(xs.begin(), xs.end());
+        kept = count;
+    }
+    ids_.resize(kept);
+    x_.resize(kept);
+    // The draw runs over the survivors in id order (the order the tests' reference uses).
+    std::vector<int32_t> order(kept);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids_[a] < ids_[b]; });
+    std::vector<int32_t> ids(kept);
+    std::vector<double> xs(kept);
+    for (size_t j = 0; j < kept; ++j) {
+        ids[j] = ids_[order[j]];
+        xs[j] = x_[order[j]];
+    }
+    ids_.swap(ids);
+    x_.swap(xs);
+}
+
+void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs) {
+    if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
+    apply_penalties(logits, vocab);
+    if (p_.temperature == 0) {
+        *ids = {(int32_t)(std::max_element(logits, logits + vocab) - logits)};
+        *probs = {1.0};
+        return;
+    }
+    candidates(logits, vocab);
+    double xmax = -INFINITY, z = 0;
+    for (double x : x_) xmax = std::max(xmax, x);
+    probs->resize(x_.size());
+    for (size_t i = 0; i < x_.size(); ++i) z += ((*probs)[i] = std::exp(x_[i] - xmax));
+    for (double& q : *probs) q /= z;
+    *ids = ids_;
+}
+
+int Sampler::sample(float* logits, int vocab, double u) {
+    if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
+    if (u >= 1.0) throw std::invalid_argument("the uniform draw must be in [0, 1)");
+    apply_penalties(logits, vocab);
+    if (p_.temperature == 0) return (int)(std::max_element(logits, logits + vocab) - logits);
+    candidates(logits, vocab);
+    if (u < 0) u = (double)(rng_() >> 11) * 0x1.0p-53;  // 53 random bits in [0, 1)
+    double xmax = -INFINITY;
+    for (double x : x_) xmax = std::max(xmax, x);
+    // First survivor whose cumulative weight exceeds u * total (NumPy's searchsorted "right").
+    e_.resize(x_.size());
+    double c = 0;
+    for (size_t i = 0; i < x_.size(); ++i) e_[i] = (c += std::exp(x_[i] - xmax));
+    const size_t j = std::upper_bound(e_.begin(), e_.end(), u * c) - e_.begin();
+    return ids_[std::min(j, x_.size() - 1)];
+}
+
+}  // namespace forgert

@@ -1,0 +1,55 @@
+// Token sampling on one row of float32 logits, where the engine wrote them: penalties over the
+// token history -> temperature -> top-k -> top-p -> min-p -> a draw. The same order and
+// definitions as the NumPy sampler (python/forgert/sampling.py), which is the reference the
+// tests compare this one against.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+namespace forgert {
+
+struct SamplerParams {
+    double temperature = 0.8;  // 0: greedy (argmax after penalties)
+    int top_k = 40;            // 0 disables
+    double top_p = 0.95;       // 1.0 disables
+    double min_p = 0.05;       // 0.0 disables
+    double repetition_penalty = 1.0;
+    double presence_penalty = 0.0;
+    double frequency_penalty = 0.0;
+};
+
+// One generation's sampler: not shared between threads (Model holds its lock for the stream).
+class Sampler {
+public:
+    // No seed: seeded from std::random_device. Parameters are checked (std::invalid_argument).
+    Sampler(const SamplerParams& p, std::optional<uint64_t> seed);
+
+    // The token history the penalties look at (prompt + generated).
+    void reset_history(const int32_t* ids, int n);
+    void add_history(int32_t id) { ++counts_[id]; }
+
+    // Samples from logits [vocab], which it overwrites (penalties are applied in place). u in
+    // [0, 1) is the uniform draw; u < 0 takes the next one from the seeded RNG.
+    int sample(float* logits, int vocab, double u = -1.0);
+
+    // The filtered candidates of logits [vocab] (overwritten): ids best first (ties: lower id
+    // first) and their probabilities, renormalized. Greedy: the argmax alone.
+    void filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs);
+
+private:
+    void apply_penalties(float* logits, int vocab) const;
+    // Fills ids_ (best first) and x_ (tempered logits) with the survivors of top-k/top-p/min-p.
+    void candidates(const float* logits, int vocab);
+
+    SamplerParams p_;
+    std::mt19937_64 rng_;
+    std::unordered_map<int32_t, int> counts_;  // token id -> times seen in the history
+    std::vector<int32_t> ids_;                 // scratch, reused across tokens
+    std::vector<double> x_, e_;
+};
+
+}  // namespace forgert
