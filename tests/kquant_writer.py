@@ -63,7 +63,9 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
 
 # llama.cpp's Q4_K_M (llama-quant.cpp): Q6_K for output.weight and for attn_v / ffn_down in the
 # layers its use_more_bits picks (here in every layer: both types in every layer's kernels);
-# Q4_K for everything else 2-D, token embeddings included.
+# Q4_K for everything else 2-D, token embeddings included. A matrix whose rows are not whole
+# 256-weight super-blocks (SmolLM2's 576 columns) falls back as llama.cpp's does: Q4_K to Q5_0,
+# Q6_K to Q8_0 (gguf-py quantizes both).
 Q6_K_TENSORS = ("attn_v.weight", "ffn_down.weight", "output.weight")
 
 
@@ -74,7 +76,11 @@ def q4_k_m_overrides(tensors: dict) -> dict:
     for name, w in tensors.items():
         if w.ndim != 2:
             continue   # norms, biases, rope factors stay F32
-        if name.endswith(Q6_K_TENSORS):
+        q6 = name.endswith(Q6_K_TENSORS)
+        if w.shape[1] % 256:
+            qtype = gguf.GGMLQuantizationType.Q8_0 if q6 else gguf.GGMLQuantizationType.Q5_0
+            out[name] = (gguf.quants.quantize(np.ascontiguousarray(w, np.float32), qtype), qtype)
+        elif q6:
             out[name] = (quantize_q6_k(w), gguf.GGMLQuantizationType.Q6_K)
         else:
             out[name] = (quantize_q4_k(w), gguf.GGMLQuantizationType.Q4_K)

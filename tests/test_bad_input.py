@@ -64,7 +64,7 @@ def test_unexpected_tensor(tiny, tmp_path):
         load_model(p)
 
 
-@pytest.mark.parametrize("qtype,block_bytes", [("Q5_0", 22), ("Q8_1", 40)])
+@pytest.mark.parametrize("qtype,block_bytes", [("MXFP4", 17), ("Q8_1", 40)])
 def test_unsupported_tensor_type(tiny, tmp_path, qtype, block_bytes):
     gguf = pytest.importorskip("gguf")
     rows, cols = tiny.spec.ffn, tiny.spec.hidden

@@ -7,13 +7,14 @@ llama.cpp would write:
         q = min(15, trunc(x / d + 8.5))                                     w = d * (q - 8)
   Q4_1: d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5))       w = d * q + min
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
+Q5_0 (dequantized only): w = d * (q - 16), q's fifth bit i in qh (little-endian uint32).
 Q4_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -98,6 +99,9 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         d = b[:, :2].copy().view("<f2").astype(np.float32)
         m = b[:, 2:4].copy().view("<f2").astype(np.float32)
         w = d * _unpack_nibbles(b[:, 4:]) + m
+    elif type_id == Q5_0:
+        b = data.reshape(-1, 22)
+        w = _f16(b[:, :2]) * (_q5_quants(b[:, 2:6], b[:, 6:]) - 16)
     elif type_id == Q4_K:
         w = _dequantize_q4_k(data.reshape(-1, 144))
     elif type_id == Q6_K:
@@ -110,6 +114,12 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
 def _f16(b: np.ndarray) -> np.ndarray:
     """uint8 [n, 2] -> float32 [n, 1]"""
     return b.copy().view("<f2").astype(np.float32)
+
+
+def _q5_quants(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """uint8 qh [n, 4], qs [n, 16] -> float32 quants 0..31 [n, 32]"""
+    high = (qh.copy().view("<u4") >> np.arange(QK, dtype=np.uint32)) & 1      # [n, 32]
+    return (_unpack_nibbles(qs) + 16 * high).astype(np.float32)
 
 
 def _dequantize_q4_k(b: np.ndarray) -> np.ndarray:

@@ -65,6 +65,27 @@ struct q4_1_dot : q4_x_layout {
     }
 };
 
+// Q5_0: Q4_0's nibble layout (half il: bytes qs[8 il .. 8 il + 8), weights 8 il + j and
+// 16 + 8 il + j), each quant's fifth bit from qh; w = d (q - 16).
+struct q5_0_dot : q4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_0* b = (device const block_q5_0*)row + blk;
+        const uint qh = fg_q5_0_qh(b);
+        const uint hlo = qh >> (8 * il), hhi = qh >> (16 + 8 * il);  // bit j: weight 8 il + j / 16 + 8 il + j
+        device const ushort* q2 = (device const ushort*)(b->qs + 8 * il);
+        float acc = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            const uint q = q2[i];
+            const int j = 2 * i;
+            acc += float((q & 0xFu) | (((hlo >> j) & 1u) << 4)) * xv[j] +
+                   float(((q >> 8) & 0xFu) | (((hlo >> (j + 1)) & 1u) << 4)) * xv[j + 1];
+            acc += float(((q >> 4) & 0xFu) | (((hhi >> j) & 1u) << 4)) * xv[8 + j] +
+                   float(((q >> 12) & 0xFu) | (((hhi >> (j + 1)) & 1u) << 4)) * xv[8 + j + 1];
+        }
+        return fg_f16_to_f32(b->d) * (acc - 16.0f * xsum);
+    }
+};
+
 // Q8_0: half il = weights 16 il .. 16 il + 16.
 struct q8_0_dot {
     static void load_x(device const float* xb, int il, bool vec4, thread float* xv) {
@@ -211,12 +232,14 @@ typedef decltype(mul_mv_quant<q8_0_dot>) mul_mv_quant_t;
 template [[host_name("mul_mv_q8_0")]] kernel mul_mv_quant_t mul_mv_quant<q8_0_dot>;
 template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_dot>;
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
+template [[host_name("mul_mv_q5_0")]] kernel mul_mv_quant_t mul_mv_quant<q5_0_dot>;
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
+template [[host_name("mul_mv_swiglu_q5_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 

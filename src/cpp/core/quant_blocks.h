@@ -26,6 +26,7 @@ enum fg_dtype {
     FG_F16 = 1,
     FG_Q4_0 = 2,
     FG_Q4_1 = 3,
+    FG_Q5_0 = 6,
     FG_Q8_0 = 8,
     FG_Q4_K = 12,
     FG_Q6_K = 14,
@@ -54,6 +55,15 @@ typedef struct {
     uint8_t qs[FG_QK / 2];
 } block_q4_1;
 FG_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 is 20 bytes");
+
+// Q5_0: w[i] = d * (q[i] - 16), q 5 bits: the low 4 in nibbles as Q4_0 (qs[j] holds weights
+// j and j + 16), the fifth in bit i of qh read as a little-endian uint32.
+typedef struct {
+    fg_half d;
+    uint8_t qh[4];
+    uint8_t qs[FG_QK / 2];
+} block_q5_0;
+FG_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 is 22 bytes");
 
 // Q4_K: 8 sub-blocks of 32; sub-block j: w[i] = d * sc[j] * q[i] - dmin * m[j], q 4 bits,
 // sc and m 6 bits, packed in `scales`: for j < 4 sc[j] = scales[j] & 63 and

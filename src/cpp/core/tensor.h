@@ -17,6 +17,7 @@ enum class DType : int {
     F16 = FG_F16,
     Q4_0 = FG_Q4_0,
     Q4_1 = FG_Q4_1,
+    Q5_0 = FG_Q5_0,
     Q8_0 = FG_Q8_0,
     Q4_K = FG_Q4_K,
     Q6_K = FG_Q6_K,
