@@ -20,12 +20,12 @@ import pytest
 
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
-DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K",
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 14, 30
+DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K",
                BF16: "BF16"}
 K_QUANTS = (Q4_K, Q6_K)
-QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0) + K_QUANTS
-BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q4_K: 144, Q6_K: 210}
+QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) + K_QUANTS
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q4_K: 144, Q6_K: 210}
 
 
 def nmse(out, ref) -> float:
@@ -124,14 +124,16 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
     if dtype_id == Q8_0:
         q = blocks[:, 2:].view(np.int8).astype(np.float64)             # [nb, 32]
         w = d * q
-    elif dtype_id == Q5_0:
-        qs = blocks[:, 6:].astype(np.int64)                            # [nb, 16]
-        qh = blocks[:, 2:6].astype(np.int64) << np.array([0, 8, 16, 24])
+    elif dtype_id in (Q5_0, Q5_1):
+        head = 2 if dtype_id == Q5_0 else 4                            # Q5_1: m after d
+        qs = blocks[:, head + 4:].astype(np.int64)                     # [nb, 16]
+        qh = blocks[:, head:head + 4].astype(np.int64) << np.array([0, 8, 16, 24])
         qh = qh.sum(axis=1)                                             # [nb], little-endian uint32
         # element j: low nibble of qs[j] (j < 16) or high nibble of qs[j - 16], bit 4 = bit j of qh
         low = np.concatenate([qs & 0x0F, qs >> 4], axis=1)             # [nb, 32]
         high = (qh[:, None] >> np.arange(32)) & 1
-        w = d * ((low | (high << 4)) - 16.0)
+        q = (low | (high << 4)).astype(np.float64)
+        w = d * (q - 16.0) if dtype_id == Q5_0 else d * q + _f16_field(blocks, 2)
     else:
         qs = blocks[:, 4:] if dtype_id == Q4_1 else blocks[:, 2:]       # [nb, 16]
         # element j in the low nibble of qs[j], element j + 16 in the high nibble
@@ -140,7 +142,7 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
     return w.reshape(rows, cols)
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 def test_reference_decoder_matches_gguf_package(dtype_id):
     """The NumPy block decoder used as the reference agrees with gguf.quants.dequantize: the
     layouts in quant_blocks.h are the GGUF ones."""
@@ -152,7 +154,7 @@ def test_reference_decoder_matches_gguf_package(dtype_id):
     np.testing.assert_array_equal(mine.astype(np.float32), theirs.astype(np.float32))
     # and the encodings are faithful: ~1e-7 (f32), 2^-9 (f16), 2^-8 (bf16), coarse for 4-bit
     assert nmse(mine, w) < {F32: 1e-14, F16: 1e-6, BF16: 1e-4, Q8_0: 1e-4, Q4_0: 2e-2, Q4_1: 2e-2,
-                            Q5_0: 5e-3}[dtype_id]
+                            Q5_0: 5e-3, Q5_1: 5e-3}[dtype_id]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -206,9 +208,13 @@ def randn(rng, *shape, scale=1.0) -> np.ndarray:
 # - CPU decode path with Q5_0 weights: its unsigned quants (0..31, the -16 offset through the
 #   block sums) carry the activation rounding at twice Q4_0's scale. Measured <= 1.1e-8
 #   (7x64 x 3; generic, avx2, avx512-vnni alike) -> 5e-8. Metal: GEMV <= 6.3e-12, GEMM <= 3.5e-8.
+# - Q5_1 likewise (quants 0..31, the min through the sums), and as for Q4_K one small output
+#   makes nmse noisy: measured 2.1e-7 (1x32 x 1: an output of -0.60 against sum |x| |w| = 14.7,
+#   absolute error 2.7e-4), else <= 6.1e-9 -> 1e-6. Metal: GEMV <= 6.6e-14, GEMM <= 3.6e-8.
 F32_EXACT_NMSE = 3e-12
 CPU_INT8_ACT_NMSE = 2e-8
 CPU_INT8_ACT_Q5_NMSE = 5e-8
+CPU_INT8_ACT_Q5_1_NMSE = 1e-6
 CPU_INT8_ACT_KQUANT_NMSE = 3e-7
 METAL_GEMV_NMSE = 2e-11
 METAL_HALF_TILE_NMSE = 2e-7
@@ -224,7 +230,7 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
         return F32_EXACT_NMSE
     if dtype_id in K_QUANTS:
         return CPU_INT8_ACT_KQUANT_NMSE
-    return CPU_INT8_ACT_Q5_NMSE if dtype_id == Q5_0 else CPU_INT8_ACT_NMSE
+    return {Q5_0: CPU_INT8_ACT_Q5_NMSE, Q5_1: CPU_INT8_ACT_Q5_1_NMSE}.get(dtype_id, CPU_INT8_ACT_NMSE)
 
 
 # (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
@@ -262,7 +268,7 @@ MATMUL_CASES = [pytest.param("cpu", *s, id=f"cpu-{s[0]}x{s[1]}-n{s[2]}") for s i
     for s in MATMUL_SHAPES_METAL]
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("backend,rows,cols,n", MATMUL_CASES)
 def test_matmul(ops_for, backend, dtype_id, rows, cols, n):
     _matmul_case(ops_for(backend), dtype_id, rows, cols, n, backend)
@@ -274,7 +280,7 @@ FUSED_CASES = [pytest.param("cpu", 33, 576, 1, id="cpu-decode"), pytest.param("c
     for s in [(45, 160, 1), (20, 96, 3), (45, 160, 9)]]
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
 def test_matmul_add(ops_for, backend, dtype_id, rows, cols, n):
     # out += w x: the residual projection with the add fused in.
@@ -289,7 +295,7 @@ def test_matmul_add(ops_for, backend, dtype_id, rows, cols, n):
     np.testing.assert_allclose(out, residual + product, rtol=1e-5, atol=1e-2 * float(np.abs(product).max()))
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
 def test_matmul_swiglu(ops_for, backend, dtype_id, rows, cols, n):
     # silu(w_gate x) * (w_up x): SwiGLU's gate and up projections with SiLU * mul fused in.
@@ -326,7 +332,7 @@ def test_matmul_per_row_is_independent(ops_for):
         np.testing.assert_allclose(out, x[:, (np.arange(rows) * 7) % cols], rtol=1e-2 if dtype_id == BF16 else 1e-3)
 
 
-@pytest.mark.parametrize("dtype_id", [F32, Q8_0, Q4_0, Q4_1, Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 def test_matmul_rejects_bad_shapes(ops_for, dtype_id):
     ops = ops_for("cpu")
     w = encode_weights(np.ones((4, 64), np.float32), dtype_id)
@@ -343,7 +349,7 @@ def test_matmul_rejects_bad_shapes(ops_for, dtype_id):
 # ----------------------------------------------------------------------------- get_rows
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("rows,cols", [(300, 64), (1000, 576)])
 def test_get_rows(ops_for, backend, dtype_id, rows, cols):
     rng = rng_for("get_rows", dtype_id, rows, cols)
@@ -363,27 +369,29 @@ def test_get_rows_rejects_out_of_range_ids(ops_for, bad_id):
         ops_for("cpu").get_rows(table, Q8_0, 300, 64, np.array([3, bad_id], np.int32))
 
 
-# ----------------------------------------------------------------------------- Q5_0
+# ----------------------------------------------------------------------------- Q5_0, Q5_1
 
 def extreme_q5_blocks(dtype_id: int) -> np.ndarray:
-    """Q5_0 blocks at the edges of the format [n, 22]: all-zero; all quant bits set or random,
-    under f16 scales at the largest finite / smallest normal / smallest subnormal / negative /
-    zero values."""
+    """Q5_0 / Q5_1 blocks at the edges of the format [n, 22 / 24]: all-zero; all quant bits set
+    or random, under f16 scales (and Q5_1 mins) at the largest finite / smallest normal /
+    smallest subnormal / negative / zero values."""
     nbytes = BLOCK_BYTES[dtype_id]
     rng = np.random.default_rng(11)
     out = [np.zeros(nbytes, np.uint8)]
-    for d in (65504.0, 2 ** -14, 2 ** -24, -3.5, 0.0):
+    for d, m in ((65504.0, -65504.0), (2 ** -14, 2 ** -14), (2 ** -24, -(2 ** -24)), (-3.5, 2.0), (0.0, 1.0)):
         for fill in ("max", "random"):
             b = np.full(nbytes, 0xFF, np.uint8) if fill == "max" else rng.integers(0, 256, nbytes, dtype=np.uint8)
             b[0:2] = _f16_bytes(d)
+            if dtype_id == Q5_1:
+                b[2:4] = _f16_bytes(m)
             out.append(b)
     return np.stack(out)
 
 
-@pytest.mark.parametrize("dtype_id", [Q5_0], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("blocks", ["random", "extreme"])
 def test_q5_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
-    """Q5_0 decoded by the test's decoder, forgert.quants.dequantize and the CPU kernels
+    """Q5_0 / Q5_1 decoded by the test's decoder, forgert.quants.dequantize and the CPU kernels
     (get_rows: the dequantize-row the prefill panel GEMM also uses) all agree bit for bit with
     gguf.quants.dequantize, on random bytes (every bit pattern with a finite d is a block)."""
     from forgert import quants
@@ -391,6 +399,8 @@ def test_q5_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
         rng = rng_for("q5-dequant", dtype_id)
         b = rng.integers(0, 256, (24 * 512 // 32, BLOCK_BYTES[dtype_id]), dtype=np.uint8)
         b[:, 0:2] = (rng.uniform(-2, 2, (len(b), 1)) / 16).astype(np.float16).view(np.uint8)
+        if dtype_id == Q5_1:
+            b[:, 2:4] = rng.uniform(-2, 2, (len(b), 1)).astype(np.float16).view(np.uint8)
         raw, rows, cols = b.reshape(-1), 24, 512
     else:
         raw = extreme_q5_blocks(dtype_id).reshape(-1)

@@ -25,9 +25,9 @@ import pytest
 
 from conftest import metal_skip_reason
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 14, 30
 WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
-                "q4_K": Q4_K, "q6_K": Q6_K}
+                "q5_1": Q5_1, "q4_K": Q4_K, "q6_K": Q6_K}
 K_QUANTS = (Q4_K, Q6_K)
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
@@ -134,9 +134,9 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
     else:
         qs = r.integers(0, 256, (nb, 16)).astype(np.uint8)
         parts = [scale]
-        if dtype == Q4_1:
+        if dtype in (Q4_1, Q5_1):
             parts.append((-8 * r.uniform(0.002, 0.05, nb)).astype(np.float16).view(np.uint8).reshape(nb, 2))
-        if dtype == Q5_0:   # the fifth bits
+        if dtype in (Q5_0, Q5_1):   # the fifth bits
             parts.append(r.integers(0, 256, (nb, 4)).astype(np.uint8))
         blocks = np.concatenate(parts + [qs], axis=1)
     return np.ascontiguousarray(blocks).reshape(-1)
@@ -156,7 +156,7 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
         w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype))
         return np.asarray(w, np.float64).reshape(rows, cols)
     nb = rows * cols // 32
-    head = 4 if dtype == Q4_1 else 6 if dtype == Q5_0 else 2
+    head = {Q4_1: 4, Q5_0: 6, Q5_1: 8}.get(dtype, 2)
     blocks = raw.reshape(nb, -1)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)          # [nb, 1]
     if dtype == Q8_0:
@@ -166,9 +166,11 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)   # weights 0..15, 16..31
     if dtype == Q4_0:
         return (d * (q - 8)).reshape(rows, cols)
-    if dtype == Q5_0:   # bit i of qh (little-endian uint32) is weight i's fifth bit
-        qh = blocks[:, 2:6].copy().view("<u4").astype(np.int64)            # [nb, 1]
-        return (d * (q + 16 * ((qh >> np.arange(32)) & 1) - 16)).reshape(rows, cols)
+    if dtype in (Q5_0, Q5_1):   # bit i of qh (little-endian uint32) is weight i's fifth bit
+        qh = blocks[:, head - 4:head].copy().view("<u4").astype(np.int64)  # [nb, 1]
+        q = q + 16 * ((qh >> np.arange(32)) & 1)
+        if dtype == Q5_0:
+            return (d * (q - 16)).reshape(rows, cols)
     m = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
     return (d * q + m).reshape(rows, cols)
 
@@ -213,7 +215,7 @@ def test_matmul(metal, cpu, wtype, n):
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_get_rows(metal, cpu, wtype):
     dtype = WEIGHT_TYPES[wtype]
-    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0) else 99
+    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) else 99
     r = rng("get_rows", wtype)
     table = weight_bytes(r, dtype, rows, cols)
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)

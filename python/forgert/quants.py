@@ -7,14 +7,15 @@ llama.cpp would write:
         q = min(15, trunc(x / d + 8.5))                                     w = d * (q - 8)
   Q4_1: d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5))       w = d * q + min
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
-Q5_0 (dequantized only): w = d * (q - 16), q's fifth bit i in qh (little-endian uint32).
+Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
+uint32).
 Q4_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -102,6 +103,9 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
     elif type_id == Q5_0:
         b = data.reshape(-1, 22)
         w = _f16(b[:, :2]) * (_q5_quants(b[:, 2:6], b[:, 6:]) - 16)
+    elif type_id == Q5_1:
+        b = data.reshape(-1, 24)
+        w = _f16(b[:, :2]) * _q5_quants(b[:, 4:8], b[:, 8:]) + _f16(b[:, 2:4])
     elif type_id == Q4_K:
         w = _dequantize_q4_k(data.reshape(-1, 144))
     elif type_id == Q6_K:

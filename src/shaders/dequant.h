@@ -1,5 +1,5 @@
 // Weight decoding shared by the mul_mv, mul_mm and get_rows kernels.
-// Blocks are only 2-byte aligned inside a row (18, 20, 22 and 34 bytes), so quantized
+// Blocks are only 2-byte aligned inside a row (18, 20, 22, 24 and 34 bytes), so quantized
 // data is read through ushort loads, never wider.
 #ifndef FORGERT_DEQUANT_H
 #define FORGERT_DEQUANT_H
@@ -29,15 +29,22 @@ static inline float fg_q4_1_at(device const block_q4_1* b, int c) {
     const uint q = b->qs[c & 15];
     return fg_f16_to_f32(b->d) * (c < 16 ? fg_lo4(q) : fg_hi4(q)) + fg_f16_to_f32(b->m);
 }
-// Q5_0's high-bit word: qh as a little-endian uint32, read as two ushorts (qh at offset 2).
-static inline uint fg_q5_0_qh(device const block_q5_0* b) {
-    device const ushort* h = (device const ushort*)b->qh;
+// Q5_0 / Q5_1's high-bit word: qh as a little-endian uint32, read as two ushorts (qh at
+// offset 2 / 4), and quant c (0..31) of a block.
+static inline uint fg_q5_qh(device const uint8_t* qh) {
+    device const ushort* h = (device const ushort*)qh;
     return uint(h[0]) | (uint(h[1]) << 16);
 }
+static inline float fg_q5_quant(device const uint8_t* qh, device const uint8_t* qs, int c) {
+    const uint q = qs[c & 15];
+    const uint hb = (fg_q5_qh(qh) >> c) & 1u;
+    return float(((c < 16 ? q : q >> 4) & 0xFu) | (hb << 4));
+}
 static inline float fg_q5_0_at(device const block_q5_0* b, int c) {
-    const uint q = b->qs[c & 15];
-    const uint hb = (fg_q5_0_qh(b) >> c) & 1u;
-    return fg_f16_to_f32(b->d) * (float(((c < 16 ? q : q >> 4) & 0xFu) | (hb << 4)) - 16.0f);
+    return fg_f16_to_f32(b->d) * (fg_q5_quant(b->qh, b->qs, c) - 16.0f);
+}
+static inline float fg_q5_1_at(device const block_q5_1* b, int c) {
+    return fg_f16_to_f32(b->d) * fg_q5_quant(b->qh, b->qs, c) + fg_f16_to_f32(b->m);
 }
 
 // K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
@@ -81,6 +88,7 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q4_0: return fg_q4_0_at((device const block_q4_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_1: return fg_q4_1_at((device const block_q4_1*)row + c / FG_QK, c % FG_QK);
         case FG_Q5_0: return fg_q5_0_at((device const block_q5_0*)row + c / FG_QK, c % FG_QK);
+        case FG_Q5_1: return fg_q5_1_at((device const block_q5_1*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
         default: return 0.0f;
@@ -123,18 +131,27 @@ static inline void fg_dequant16_q4_1(device const char* row, int blk, int h, thr
         out[2 * i + 1] = d * float((q >> (shift + 8)) & 0xFu) + m;
     }
 }
-// Q5_0: half h is one nibble of every byte, its fifth bits qh bits 16 h .. 16 h + 15.
-static inline void fg_dequant16_q5_0(device const char* row, int blk, int h, thread float* out) {
-    device const block_q5_0* b = (device const block_q5_0*)row + blk;
-    const float d = fg_f16_to_f32(b->d);
-    const uint hb = fg_q5_0_qh(b) >> (16 * h);
-    device const ushort* qs = (device const ushort*)b->qs;
+// Q5_0 / Q5_1: half h is one nibble of every byte, its fifth bits qh bits 16 h .. 16 h + 15;
+// w = d q + m (Q5_0: m = -16 d).
+static inline void fg_dequant16_q5(device const uint8_t* qh, device const uint8_t* qs8, float d, float m, int h,
+                                   thread float* out) {
+    const uint hb = fg_q5_qh(qh) >> (16 * h);
+    device const ushort* qs = (device const ushort*)qs8;
     const uint shift = 4 * h;
     for (int i = 0; i < 8; ++i) {
         const uint q = qs[i];
-        out[2 * i] = d * (float(((q >> shift) & 0xFu) | (((hb >> (2 * i)) & 1u) << 4)) - 16.0f);
-        out[2 * i + 1] = d * (float(((q >> (shift + 8)) & 0xFu) | (((hb >> (2 * i + 1)) & 1u) << 4)) - 16.0f);
+        out[2 * i] = d * float(((q >> shift) & 0xFu) | (((hb >> (2 * i)) & 1u) << 4)) + m;
+        out[2 * i + 1] = d * float(((q >> (shift + 8)) & 0xFu) | (((hb >> (2 * i + 1)) & 1u) << 4)) + m;
     }
+}
+static inline void fg_dequant16_q5_0(device const char* row, int blk, int h, thread float* out) {
+    device const block_q5_0* b = (device const block_q5_0*)row + blk;
+    const float d = fg_f16_to_f32(b->d);
+    fg_dequant16_q5(b->qh, b->qs, d, -16.0f * d, h, out);
+}
+static inline void fg_dequant16_q5_1(device const char* row, int blk, int h, thread float* out) {
+    device const block_q5_1* b = (device const block_q5_1*)row + blk;
+    fg_dequant16_q5(b->qh, b->qs, fg_f16_to_f32(b->d), fg_f16_to_f32(b->m), h, out);
 }
 
 // Sixteen consecutive weights [16 * h, 16 * h + 16) of 32-weight chunk `blk` of a K-quant

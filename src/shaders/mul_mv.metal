@@ -65,14 +65,14 @@ struct q4_1_dot : q4_x_layout {
     }
 };
 
-// Q5_0: Q4_0's nibble layout (half il: bytes qs[8 il .. 8 il + 8), weights 8 il + j and
-// 16 + 8 il + j), each quant's fifth bit from qh; w = d (q - 16).
-struct q5_0_dot : q4_x_layout {
-    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
-        device const block_q5_0* b = (device const block_q5_0*)row + blk;
-        const uint qh = fg_q5_0_qh(b);
+// Q5_0 / Q5_1: Q4_0's nibble layout (half il: bytes qs[8 il .. 8 il + 8), weights 8 il + j
+// and 16 + 8 il + j), each quant's fifth bit from qh; w = d (q - 16) / d q + m.
+struct q5_x_layout : q4_x_layout {
+    // sum_j q_j * xv[j] over this half's 16 quants
+    static float quant_dot(device const uint8_t* qh8, device const uint8_t* qs, int il, thread const float* xv) {
+        const uint qh = fg_q5_qh(qh8);
         const uint hlo = qh >> (8 * il), hhi = qh >> (16 + 8 * il);  // bit j: weight 8 il + j / 16 + 8 il + j
-        device const ushort* q2 = (device const ushort*)(b->qs + 8 * il);
+        device const ushort* q2 = (device const ushort*)(qs + 8 * il);
         float acc = 0.0f;
         for (int i = 0; i < 4; ++i) {
             const uint q = q2[i];
@@ -82,7 +82,21 @@ struct q5_0_dot : q4_x_layout {
             acc += float(((q >> 4) & 0xFu) | (((hhi >> j) & 1u) << 4)) * xv[8 + j] +
                    float(((q >> 12) & 0xFu) | (((hhi >> (j + 1)) & 1u) << 4)) * xv[8 + j + 1];
         }
-        return fg_f16_to_f32(b->d) * (acc - 16.0f * xsum);
+        return acc;
+    }
+};
+
+struct q5_0_dot : q5_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_0* b = (device const block_q5_0*)row + blk;
+        return fg_f16_to_f32(b->d) * (quant_dot(b->qh, b->qs, il, xv) - 16.0f * xsum);
+    }
+};
+
+struct q5_1_dot : q5_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_1* b = (device const block_q5_1*)row + blk;
+        return fg_f16_to_f32(b->d) * quant_dot(b->qh, b->qs, il, xv) + fg_f16_to_f32(b->m) * xsum;
     }
 };
 
@@ -233,6 +247,7 @@ template [[host_name("mul_mv_q8_0")]] kernel mul_mv_quant_t mul_mv_quant<q8_0_do
 template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_dot>;
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
 template [[host_name("mul_mv_q5_0")]] kernel mul_mv_quant_t mul_mv_quant<q5_0_dot>;
+template [[host_name("mul_mv_q5_1")]] kernel mul_mv_quant_t mul_mv_quant<q5_1_dot>;
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
@@ -240,6 +255,7 @@ template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
 template [[host_name("mul_mv_swiglu_q5_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_0_dot>;
+template [[host_name("mul_mv_swiglu_q5_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_1_dot>;
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 

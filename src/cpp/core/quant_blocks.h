@@ -27,6 +27,7 @@ enum fg_dtype {
     FG_Q4_0 = 2,
     FG_Q4_1 = 3,
     FG_Q5_0 = 6,
+    FG_Q5_1 = 7,
     FG_Q8_0 = 8,
     FG_Q4_K = 12,
     FG_Q6_K = 14,
@@ -64,6 +65,15 @@ typedef struct {
     uint8_t qs[FG_QK / 2];
 } block_q5_0;
 FG_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 is 22 bytes");
+
+// Q5_1: w[i] = d * q[i] + m; q as in Q5_0.
+typedef struct {
+    fg_half d;
+    fg_half m;
+    uint8_t qh[4];
+    uint8_t qs[FG_QK / 2];
+} block_q5_1;
+FG_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 is 24 bytes");
 
 // Q4_K: 8 sub-blocks of 32; sub-block j: w[i] = d * sc[j] * q[i] - dmin * m[j], q 4 bits,
 // sc and m 6 bits, packed in `scales`: for j < 4 sc[j] = scales[j] & 63 and

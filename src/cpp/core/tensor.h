@@ -18,6 +18,7 @@ enum class DType : int {
     Q4_0 = FG_Q4_0,
     Q4_1 = FG_Q4_1,
     Q5_0 = FG_Q5_0,
+    Q5_1 = FG_Q5_1,
     Q8_0 = FG_Q8_0,
     Q4_K = FG_Q4_K,
     Q6_K = FG_Q6_K,
