@@ -20,12 +20,12 @@ import pytest
 
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 14, 30
-DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K",
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
+DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K",
                BF16: "BF16"}
-K_QUANTS = (Q4_K, Q6_K)
+K_QUANTS = (Q4_K, Q5_K, Q6_K)
 QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) + K_QUANTS
-BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q4_K: 144, Q6_K: 210}
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q4_K: 144, Q5_K: 176, Q6_K: 210}
 
 
 def nmse(out, ref) -> float:
@@ -49,7 +49,8 @@ def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
         b = w.astype(np.float16)
     elif dtype_id in K_QUANTS:   # gguf-py has no K-quant quantizer: the test-side one
         import kquant_writer
-        b = (kquant_writer.quantize_q4_k if dtype_id == Q4_K else kquant_writer.quantize_q6_k)(w)
+        b = {Q4_K: kquant_writer.quantize_q4_k, Q5_K: kquant_writer.quantize_q5_k,
+             Q6_K: kquant_writer.quantize_q6_k}[dtype_id](w)
     elif dtype_id == BF16:
         # round to nearest even on the upper 16 bits (what torch / llama.cpp do); NaN-free inputs
         u = w.view(np.uint32).astype(np.uint64)
@@ -66,8 +67,9 @@ def random_kquant_weights(rng, dtype_id: int, rows: int, cols: int) -> np.ndarra
     nbytes = BLOCK_BYTES[dtype_id]
     blocks = rng.integers(0, 256, size=(rows * cols // 256, nbytes), dtype=np.uint8)
     n = len(blocks)
-    if dtype_id == Q4_K:   # w = d * sc * q - dmin * m, sc, m < 64, q < 16
-        scales = np.stack([rng.uniform(0.5, 1.5, n) / (32 * 15), rng.uniform(0.5, 1.5, n) / (32 * 2)], axis=1)
+    if dtype_id in (Q4_K, Q5_K):   # w = d * sc * q - dmin * m, sc, m < 64, q < 16 (Q5_K: 32)
+        qmax = 15 if dtype_id == Q4_K else 31
+        scales = np.stack([rng.uniform(0.5, 1.5, n) / (32 * qmax), rng.uniform(0.5, 1.5, n) / (32 * 2)], axis=1)
         blocks[:, 0:4] = scales.astype(np.float16).view(np.uint8)
     else:                  # w = d * sc * (q - 32), |sc| <= 128, |q - 32| <= 32
         blocks[:, 208:210] = (rng.uniform(0.5, 1.5, (n, 1)) / (64 * 32)).astype(np.float16).view(np.uint8)
@@ -78,7 +80,8 @@ def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
     """float64 [n_super_blocks, 256] straight from the K-quant layouts (quant_blocks.h)."""
     b = raw.reshape(-1, BLOCK_BYTES[dtype_id])
     w = np.zeros((len(b), 256))
-    if dtype_id == Q4_K:
+    if dtype_id in (Q4_K, Q5_K):
+        qs0 = 16 if dtype_id == Q4_K else 48                           # Q5_K: qh [32] before qs
         d, dmin = _f16_field(b, 0)[:, 0], _f16_field(b, 2)[:, 0]
         s = b[:, 4:16].astype(np.int64)
         for j in range(8):
@@ -87,8 +90,10 @@ def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
             else:
                 sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
                 m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
-            qs = b[:, 16 + 32 * (j // 2): 16 + 32 * (j // 2) + 32].astype(np.int64)
+            qs = b[:, qs0 + 32 * (j // 2): qs0 + 32 * (j // 2) + 32].astype(np.int64)
             q = qs & 0xF if j % 2 == 0 else qs >> 4       # even sub-blocks: low nibbles
+            if dtype_id == Q5_K:                          # bit j of qh[l]: bit 4 of quant l
+                q = q | (((b[:, 16:48].astype(np.int64) >> j) & 1) << 4)
             w[:, 32 * j: 32 * j + 32] = (d * sc)[:, None] * q - (dmin * m)[:, None]
         return w
     d = _f16_field(b, 208)[:, 0]
@@ -431,7 +436,7 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
     for d, dmin in scale_sets:
         for fill in ("max", "random"):
             b = np.full(nbytes, 0xFF, np.uint8) if fill == "max" else rng.integers(0, 256, nbytes, dtype=np.uint8)
-            if dtype_id == Q4_K:
+            if dtype_id in (Q4_K, Q5_K):
                 b[0:4] = _f16_bytes(d, dmin)
             else:
                 b[208:210] = _f16_bytes(d)
@@ -442,7 +447,7 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("blocks", ["random", "extreme"])
 def test_kquant_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
-    """Q4_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
+    """Q4_K / Q5_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
     CPU kernels (get_rows: the dequantize-row that the prefill panel GEMM also uses) all agree
     with gguf.quants.dequantize."""
     from forgert import quants

@@ -9,13 +9,13 @@ llama.cpp would write:
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
 Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
 uint32).
-Q4_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
+Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -108,6 +108,8 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         w = _f16(b[:, :2]) * _q5_quants(b[:, 4:8], b[:, 8:]) + _f16(b[:, 2:4])
     elif type_id == Q4_K:
         w = _dequantize_q4_k(data.reshape(-1, 144))
+    elif type_id == Q5_K:
+        w = _dequantize_q4_k(data.reshape(-1, 176))
     elif type_id == Q6_K:
         w = _dequantize_q6_k(data.reshape(-1, 210))
     else:
@@ -127,13 +129,16 @@ def _q5_quants(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 
 def _dequantize_q4_k(b: np.ndarray) -> np.ndarray:
-    """uint8 [n, 144] -> float32 [n, 256]"""
+    """uint8 [n, 144] (Q4_K) or [n, 176] (Q5_K: qh [32] before qs) -> float32 [n, 256]"""
     d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
     s = b[:, 4:16].astype(np.int32)                                      # [n, 12]
     sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)  # [n, 8]
     m = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
-    qs = b[:, 16:].reshape(-1, 4, 32)                                    # [n, 4 chunks, 32]
+    qs = b[:, -128:].reshape(-1, 4, 32)                                  # [n, 4 chunks, 32]
     q = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)  # [n, sub-block, 32]
+    if b.shape[1] == 176:   # Q5_K: bit j of qh[l] is bit 4 of sub-block j's quant l
+        qh = b[:, 16:48].astype(np.int32)                                # [n, 32]
+        q += 16 * ((qh[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1).astype(np.float32)
     w = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
     return w.reshape(-1, 256).astype(np.float32)
 

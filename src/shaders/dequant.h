@@ -63,6 +63,11 @@ static inline float fg_q4_K_quant(device const block_q4_K* b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     return (c % 64) < 32 ? fg_lo4(q) : fg_hi4(q);
 }
+static inline float fg_q5_K_quant(device const block_q5_K* b, int c) {
+    const uint q = b->qs[32 * (c / 64) + c % 32];
+    const uint hb = (uint(b->qh[c % 32]) >> (c / 32)) & 1u;  // bit j of qh[l] for sub-block j
+    return ((c % 64) < 32 ? fg_lo4(q) : fg_hi4(q)) + 16.0f * float(hb);
+}
 static inline float fg_q6_K_quant(device const block_q6_K* b, int c) {
     const int h = c / 128, quarter = (c % 128) / 32, l = c % 32;
     const uint ql = b->ql[64 * h + l + 32 * (quarter & 1)];
@@ -73,6 +78,11 @@ static inline float fg_q4_K_at(device const block_q4_K* b, int c) {
     float sc, m;
     fg_q4_K_scale_min(b->scales, c / 32, sc, m);
     return fg_f16_to_f32(b->d) * sc * fg_q4_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
+}
+static inline float fg_q5_K_at(device const block_q5_K* b, int c) {
+    float sc, m;
+    fg_q4_K_scale_min(b->scales, c / 32, sc, m);
+    return fg_f16_to_f32(b->d) * sc * fg_q5_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
 }
 static inline float fg_q6_K_at(device const block_q6_K* b, int c) {
     return fg_f16_to_f32(b->d) * float(b->scales[c / 16]) * fg_q6_K_quant(b, c);
@@ -90,6 +100,7 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q5_0: return fg_q5_0_at((device const block_q5_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q5_1: return fg_q5_1_at((device const block_q5_1*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q5_K: return fg_q5_K_at((device const block_q5_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
         default: return 0.0f;
     }
@@ -169,6 +180,22 @@ static inline void fg_dequant16_q4_K(device const char* row, int blk, int h, thr
         const uint q = q2[i] >> shift;
         out[2 * i] = d * float(q & 0xFu) - dm;
         out[2 * i + 1] = d * float((q >> 8) & 0xFu) - dm;
+    }
+}
+// Q5_K: Q4_K's nibbles plus bit j of qh[l] (qh at offset 16, qs at 48: ushort reads).
+static inline void fg_dequant16_q5_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q5_K* b = (device const block_q5_K*)row + blk / 8;
+    const int j = blk % 8;
+    float sc, m;
+    fg_q4_K_scale_min(b->scales, j, sc, m);
+    const float d = fg_f16_to_f32(b->d) * sc, dm = fg_f16_to_f32(b->dmin) * m;
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * h);
+    device const ushort* h2 = (device const ushort*)(b->qh + 16 * h);
+    const uint shift = 4 * (j % 2);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = q2[i] >> shift, hb = uint(h2[i]) >> j;
+        out[2 * i] = d * float((q & 0xFu) | ((hb & 1u) << 4)) - dm;
+        out[2 * i + 1] = d * float(((q >> 8) & 0xFu) | (((hb >> 8) & 1u) << 4)) - dm;
     }
 }
 static inline void fg_dequant16_q6_K(device const char* row, int blk, int h, thread float* out) {

@@ -140,6 +140,26 @@ struct q4_K_dot : q8_0_dot {
     }
 };
 
+// Q5_K: Q4_K plus the fifth bit j of qh[l] (qh at offset 16: ushort reads).
+struct q5_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_K* b = (device const block_q5_K*)row + blk / 8;
+        const int j = blk % 8;
+        float sc, m;
+        fg_q4_K_scale_min(b->scales, j, sc, m);
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * il);
+        device const ushort* h2 = (device const ushort*)(b->qh + 16 * il);
+        const uint shift = 4 * (j % 2);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = q2[i] >> shift, hb = uint(h2[i]) >> j;
+            acc += float((q & 0xFu) | ((hb & 1u) << 4)) * xv[2 * i] +
+                   float(((q >> 8) & 0xFu) | (((hb >> 8) & 1u) << 4)) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * sc * acc - fg_f16_to_f32(b->dmin) * m * xsum;
+    }
+};
+
 struct q6_K_dot : q8_0_dot {
     static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
         device const block_q6_K* b = (device const block_q6_K*)row + blk / 8;
@@ -249,6 +269,7 @@ template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_do
 template [[host_name("mul_mv_q5_0")]] kernel mul_mv_quant_t mul_mv_quant<q5_0_dot>;
 template [[host_name("mul_mv_q5_1")]] kernel mul_mv_quant_t mul_mv_quant<q5_1_dot>;
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
+template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
@@ -257,6 +278,7 @@ template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q5_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_0_dot>;
 template [[host_name("mul_mv_swiglu_q5_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_1_dot>;
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
+template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 
 // ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ enum fg_dtype {
     FG_Q5_1 = 7,
     FG_Q8_0 = 8,
     FG_Q4_K = 12,
+    FG_Q5_K = 13,
     FG_Q6_K = 14,
     FG_I32 = 26,   // token ids, argmax results
     FG_BF16 = 30,
@@ -88,6 +89,17 @@ typedef struct {
     uint8_t qs[FG_QK_K / 2];
 } block_q4_K;
 FG_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K is 144 bytes");
+
+// Q5_K: Q4_K with a fifth quant bit, w[i] = d * sc[j] * q[i] - dmin * m[j], q 0..31: the low 4
+// bits as in Q4_K (sub-block j: nibble j % 2 of qs[32 (j / 2) + l]), bit 4 is bit j of qh[l].
+typedef struct {
+    fg_half d;
+    fg_half dmin;
+    uint8_t scales[FG_K_SCALE_SIZE];
+    uint8_t qh[FG_QK_K / 8];
+    uint8_t qs[FG_QK_K / 2];
+} block_q5_K;
+FG_STATIC_ASSERT(sizeof(block_q5_K) == 176, "block_q5_K is 176 bytes");
 
 // Q6_K: 16 sub-blocks of 16; sub-block j: w[i] = d * scales[j] * (q[i] - 32), q 6 bits:
 // low 4 bits in ql, high 2 bits in qh. In each half h (128 weights; ql + 64h, qh + 32h),

@@ -21,6 +21,7 @@ enum class DType : int {
     Q5_1 = FG_Q5_1,
     Q8_0 = FG_Q8_0,
     Q4_K = FG_Q4_K,
+    Q5_K = FG_Q5_K,
     Q6_K = FG_Q6_K,
     I32 = FG_I32,
     BF16 = FG_BF16,

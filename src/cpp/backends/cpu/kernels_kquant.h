@@ -1,7 +1,7 @@
-// Portable K-quant (Q4_K, Q6_K) building blocks: unpacking a 256-weight super-block
+// Portable K-quant (Q4_K, Q5_K, Q6_K) building blocks: unpacking a 256-weight super-block
 // into integer quants and per-sub-block scales, its f32 dequantization, and its dot
 // product with eight activation blocks (BlockQ8Act, 32 weights each). Sub-blocks are
-// 32 (Q4_K) or 16 (Q6_K) weights, so each lies inside one activation block and its
+// 32 (Q4_K, Q5_K) or 16 (Q6_K) weights, so each lies inside one activation block and its
 // integer dot is exact. Included into each kernels_*.cpp (internal linkage).
 #pragma once
 
@@ -13,7 +13,7 @@
 namespace forgert::cpu {
 namespace {
 
-constexpr bool is_kquant(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+constexpr bool is_kquant(DType t) { return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K; }
 constexpr int kActBlocksPerSuper = FG_QK_K / FG_QK;  // 8
 
 // Q4_K's 6-bit scale sc[j] and min m[j] of sub-block j (quant_blocks.h).
@@ -36,6 +36,15 @@ inline void q4_K_unpack(const block_q4_K* b, uint8_t* q) {
         }
 }
 
+// Q5_K quants in weight order: Q4_K's nibbles, bit j of qh[l] as bit 4.  q [256], 0..31
+inline void q5_K_unpack(const block_q5_K* b, uint8_t* q) {
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 32; l++) {
+            q[64 * k + l] = (uint8_t)((b->qs[32 * k + l] & 0x0f) | ((b->qh[l] >> (2 * k)) & 1) << 4);
+            q[64 * k + 32 + l] = (uint8_t)((b->qs[32 * k + l] >> 4) | ((b->qh[l] >> (2 * k + 1)) & 1) << 4);
+        }
+}
+
 // Q6_K quants in weight order, minus the offset 32.                  q [256], -32..31
 inline void q6_K_unpack(const block_q6_K* b, int8_t* q) {
     for (int h = 0; h < 2; h++) {
@@ -53,14 +62,21 @@ inline void q6_K_unpack(const block_q6_K* b, int8_t* q) {
 
 // One super-block to f32.                                            y [256]
 inline void dequantize_super_block(DType wt, const uint8_t* blk, float* y) {
-    if (wt == DType::Q4_K) {
-        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+    if (wt == DType::Q4_K || wt == DType::Q5_K) {  // same scales and mins; Q5_K's q has 5 bits
         uint8_t q[FG_QK_K];
-        q4_K_unpack(b, q);
-        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        const uint8_t* scales;
+        fg_half hd, hdmin;
+        if (wt == DType::Q4_K) {
+            const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+            q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        } else {
+            const auto* b = reinterpret_cast<const block_q5_K*>(blk);
+            q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        }
+        const float d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            q4_K_scale_min(b->scales, j, sc, m);
+            q4_K_scale_min(scales, j, sc, m);
             const float dj = d * (float)sc, mj = dmin * (float)m;
             for (int i = 0; i < 32; i++) y[32 * j + i] = dj * q[32 * j + i] - mj;
         }
@@ -87,14 +103,21 @@ inline int32_t act_dot(const Q* q, const BlockQ8Act& a, int i0, int n) {
 // dot of one super-block with its eight activation blocks a[0..7].
 inline float super_block_dot_scalar(DType wt, const uint8_t* blk, const BlockQ8Act* a) {
     float acc = 0.0f;
-    if (wt == DType::Q4_K) {
-        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+    if (wt == DType::Q4_K || wt == DType::Q5_K) {
         uint8_t q[FG_QK_K];
-        q4_K_unpack(b, q);
-        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        const uint8_t* scales;
+        fg_half hd, hdmin;
+        if (wt == DType::Q4_K) {
+            const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+            q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        } else {
+            const auto* b = reinterpret_cast<const block_q5_K*>(blk);
+            q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        }
+        const float d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
         for (int j = 0; j < 8; j++) {  // sub-block j is activation block j
             int sc, m;
-            q4_K_scale_min(b->scales, j, sc, m);
+            q4_K_scale_min(scales, j, sc, m);
             acc += d * (float)sc * a[j].d * (float)act_dot(q + 32 * j, a[j], 0, 32) - dmin * (float)m * a[j].sum;
         }
     } else {
