@@ -53,6 +53,34 @@ def _quantize_q4_k_q5_k(x: np.ndarray, qmax: int) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
+def quantize_q3_k(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] (cols % 256 == 0) -> uint8 [rows, cols / 256 * 110]: 16 sub-blocks of 16,
+    w = d * sc * q with sc 6-bit signed (stored + 32), q in -4..3 (stored + 4: 2 bits in qs, bit 2
+    in hmask)."""
+    rows, cols = x.shape
+    sb = np.asarray(x, np.float32).reshape(-1, 16, 16)                  # [n, sub-block, 16]
+    amax_i = np.abs(sb).argmax(axis=2)
+    vmax = np.take_along_axis(sb, amax_i[:, :, None], axis=2)[:, :, 0]   # signed value of largest |x|
+    scale = -vmax / 4.0                                                 # q = -4 at the extreme
+    imax = np.abs(scale).argmax(axis=1)
+    smax = np.take_along_axis(scale, imax[:, None], axis=1)[:, 0]
+    d = _f16(-smax / 32.0)                                              # sc = -32 at the largest scale
+    inv = lambda v: np.where(v != 0, 1.0 / np.where(v != 0, v, 1).astype(np.float32), 0.0)
+    sc = np.clip(np.rint(scale * inv(d)[:, None]), -32, 31).astype(np.int32)   # [n, 16]
+    eff = d.astype(np.float32)[:, None] * sc
+    q = (np.clip(np.rint(sb * inv(eff)[:, :, None]), -4, 3) + 4).astype(np.int32).reshape(-1, 2, 4, 32)  # [n, h, j, l]
+    qs = ((q & 3) << (2 * np.arange(4).reshape(1, 1, 4, 1))).sum(axis=2).astype(np.uint8).reshape(-1, 64)
+    hmask = (((q >> 2) & 1) << (4 * np.arange(2).reshape(1, 2, 1, 1) + np.arange(4).reshape(1, 1, 4, 1)))
+    hmask = hmask.sum(axis=(1, 2)).astype(np.uint8)                     # [n, 32]
+    u = (sc + 32).astype(np.uint8)                                      # [n, 16], 0..63
+    scales = np.zeros((len(sb), 12), np.uint8)
+    scales[:, 0:8] = (u[:, 0:8] & 15) | ((u[:, 8:16] & 15) << 4)
+    for k in range(4):
+        scales[:, 8 + k] = sum(((u[:, k + 4 * g] >> 4) & 3) << (2 * g) for g in range(4))
+    out = np.concatenate([hmask, qs, scales, d.view(np.uint8).reshape(-1, 2)], axis=1)
+    return out.reshape(rows, cols // 256 * 110)
+
+
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] (cols % 256 == 0) -> uint8 [rows, cols / 256 * 210]"""
     rows, cols = x.shape

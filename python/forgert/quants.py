@@ -9,13 +9,13 @@ llama.cpp would write:
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
 Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
 uint32).
-Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
+Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -108,6 +108,8 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         w = _f16(b[:, :2]) * _q5_quants(b[:, 4:8], b[:, 8:]) + _f16(b[:, 2:4])
     elif type_id == Q4_K:
         w = _dequantize_q4_k(data.reshape(-1, 144))
+    elif type_id == Q3_K:
+        w = _dequantize_q3_k(data.reshape(-1, 110))
     elif type_id == Q5_K:
         w = _dequantize_q4_k(data.reshape(-1, 176))
     elif type_id == Q6_K:
@@ -140,6 +142,23 @@ def _dequantize_q4_k(b: np.ndarray) -> np.ndarray:
         qh = b[:, 16:48].astype(np.int32)                                # [n, 32]
         q += 16 * ((qh[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1).astype(np.float32)
     w = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
+    return w.reshape(-1, 256).astype(np.float32)
+
+
+def _dequantize_q3_k(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 110] -> float32 [n, 256]"""
+    hmask = b[:, 0:32].astype(np.int32)                                 # [n, 32]
+    qs = b[:, 32:96].reshape(-1, 2, 1, 32).astype(np.int32)             # [n, half, 1, l]
+    s = b[:, 96:108].astype(np.int32)                                    # [n, 12]
+    low = np.concatenate([s[:, 0:8] & 15, s[:, 0:8] >> 4], axis=1)      # [n, 16]
+    i = np.arange(16)
+    sc = (low | (((s[:, 8 + i % 4] >> (2 * (i // 4))) & 3) << 4)) - 32
+    d = _f16(b[:, 108:110])
+    j = np.arange(4).reshape(1, 1, 4, 1)
+    q = (qs >> (2 * j)) & 3                                              # [n, half, j, l]
+    hb = (hmask[:, None, None, :] >> (4 * np.arange(2).reshape(1, 2, 1, 1) + j)) & 1
+    q = (q - 4 * (1 - hb)).astype(np.float32).reshape(-1, 16, 16)
+    w = (d * sc.astype(np.float32))[:, :, None] * q
     return w.reshape(-1, 256).astype(np.float32)
 
 

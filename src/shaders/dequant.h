@@ -63,6 +63,17 @@ static inline float fg_q4_K_quant(device const block_q4_K* b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     return (c % 64) < 32 ? fg_lo4(q) : fg_hi4(q);
 }
+// Q3_K: signed scale of sub-block i (of 16 weights), and quant c (0 <= c < 256), -4..3.
+static inline float fg_q3_K_scale(device const uint8_t* s, int i) {
+    const uint low = i < 8 ? (s[i] & 0xFu) : (s[i - 8] >> 4);
+    return float(int(low | (((s[8 + i % 4] >> (2 * (i / 4))) & 3u) << 4)) - 32);
+}
+static inline float fg_q3_K_quant(device const block_q3_K* b, int c) {
+    const int h = c / 128, j = (c % 128) / 32, l = c % 32;
+    const uint q = (uint(b->qs[32 * h + l]) >> (2 * j)) & 3u;
+    const uint hb = (uint(b->hmask[l]) >> (4 * h + j)) & 1u;
+    return float(q) - (hb != 0u ? 0.0f : 4.0f);
+}
 static inline float fg_q5_K_quant(device const block_q5_K* b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     const uint hb = (uint(b->qh[c % 32]) >> (c / 32)) & 1u;  // bit j of qh[l] for sub-block j
@@ -78,6 +89,9 @@ static inline float fg_q4_K_at(device const block_q4_K* b, int c) {
     float sc, m;
     fg_q4_K_scale_min(b->scales, c / 32, sc, m);
     return fg_f16_to_f32(b->d) * sc * fg_q4_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
+}
+static inline float fg_q3_K_at(device const block_q3_K* b, int c) {
+    return fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c / 16) * fg_q3_K_quant(b, c);
 }
 static inline float fg_q5_K_at(device const block_q5_K* b, int c) {
     float sc, m;
@@ -99,6 +113,7 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q4_1: return fg_q4_1_at((device const block_q4_1*)row + c / FG_QK, c % FG_QK);
         case FG_Q5_0: return fg_q5_0_at((device const block_q5_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q5_1: return fg_q5_1_at((device const block_q5_1*)row + c / FG_QK, c % FG_QK);
+        case FG_Q3_K: return fg_q3_K_at((device const block_q3_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q5_K: return fg_q5_K_at((device const block_q5_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
@@ -182,6 +197,23 @@ static inline void fg_dequant16_q4_K(device const char* row, int blk, int h, thr
         out[2 * i + 1] = d * float((q >> 8) & 0xFu) - dm;
     }
 }
+// Q3_K: chunk blk % 8 is (half, j), half h of it one sub-block of 16 (hmask at offset 0, qs
+// at 32: ushort reads).
+static inline void fg_dequant16_q3_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q3_K* b = (device const block_q3_K*)row + blk / 8;
+    const int c0 = 32 * (blk % 8) + 16 * h;  // first weight
+    const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+    const float d = fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c0 / 16);
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+    device const ushort* m2 = (device const ushort*)(b->hmask + l0);
+    const uint qshift = 2u * uint(j), hshift = uint(4 * half + j);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = uint(q2[i]) >> qshift, hb = uint(m2[i]) >> hshift;
+        out[2 * i] = d * (float(q & 3u) - ((hb & 1u) != 0u ? 0.0f : 4.0f));
+        out[2 * i + 1] = d * (float((q >> 8) & 3u) - (((hb >> 8) & 1u) != 0u ? 0.0f : 4.0f));
+    }
+}
+
 // Q5_K: Q4_K's nibbles plus bit j of qh[l] (qh at offset 16, qs at 48: ushort reads).
 static inline void fg_dequant16_q5_K(device const char* row, int blk, int h, thread float* out) {
     device const block_q5_K* b = (device const block_q5_K*)row + blk / 8;

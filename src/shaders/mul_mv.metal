@@ -140,6 +140,26 @@ struct q4_K_dot : q8_0_dot {
     }
 };
 
+// Q3_K: half il of chunk blk is one sub-block of 16 (as Q6_K): quants from qs (2 bits) and
+// hmask (bit 2), at even offsets: ushort reads.
+struct q3_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q3_K* b = (device const block_q3_K*)row + blk / 8;
+        const int c0 = 32 * (blk % 8) + 16 * il;
+        const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+        device const ushort* m2 = (device const ushort*)(b->hmask + l0);
+        const uint qshift = 2u * uint(j), hshift = uint(4 * half + j);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = uint(q2[i]) >> qshift, hb = uint(m2[i]) >> hshift;
+            acc += (float(q & 3u) - ((hb & 1u) != 0u ? 0.0f : 4.0f)) * xv[2 * i] +
+                   (float((q >> 8) & 3u) - (((hb >> 8) & 1u) != 0u ? 0.0f : 4.0f)) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c0 / 16) * acc;
+    }
+};
+
 // Q5_K: Q4_K plus the fifth bit j of qh[l] (qh at offset 16: ushort reads).
 struct q5_K_dot : q8_0_dot {
     static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
@@ -268,6 +288,7 @@ template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_do
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
 template [[host_name("mul_mv_q5_0")]] kernel mul_mv_quant_t mul_mv_quant<q5_0_dot>;
 template [[host_name("mul_mv_q5_1")]] kernel mul_mv_quant_t mul_mv_quant<q5_1_dot>;
+template [[host_name("mul_mv_q3_K")]] kernel mul_mv_quant_t mul_mv_quant<q3_K_dot>;
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
 template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
@@ -277,6 +298,7 @@ template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
 template [[host_name("mul_mv_swiglu_q5_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_0_dot>;
 template [[host_name("mul_mv_swiglu_q5_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_1_dot>;
+template [[host_name("mul_mv_swiglu_q3_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q3_K_dot>;
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
 template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;

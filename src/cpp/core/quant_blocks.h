@@ -29,6 +29,7 @@ enum fg_dtype {
     FG_Q5_0 = 6,
     FG_Q5_1 = 7,
     FG_Q8_0 = 8,
+    FG_Q3_K = 11,
     FG_Q4_K = 12,
     FG_Q5_K = 13,
     FG_Q6_K = 14,
@@ -75,6 +76,18 @@ typedef struct {
     uint8_t qs[FG_QK / 2];
 } block_q5_1;
 FG_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 is 24 bytes");
+
+// Q3_K: 16 sub-blocks of 16; sub-block i: w = d * (s[i] - 32) * (q - 4), s 6 bits (low 4 in
+// scales[i] (i < 8) or scales[i - 8] >> 4, high 2 in scales[8 + i % 4] >> 2 (i / 4)), q 3 bits.
+// In each half h (128 weights), weight 32 j + l (j < 4, l < 32) has bits 0-1 in qs[32 h + l]
+// >> 2 j and bit 2 in hmask[l] bit 4 h + j; it is sub-block 8 h + 2 j + l / 16.
+typedef struct {
+    uint8_t hmask[FG_QK_K / 8];
+    uint8_t qs[FG_QK_K / 4];
+    uint8_t scales[12];
+    fg_half d;
+} block_q3_K;
+FG_STATIC_ASSERT(sizeof(block_q3_K) == 110, "block_q3_K is 110 bytes");
 
 // Q4_K: 8 sub-blocks of 32; sub-block j: w[i] = d * sc[j] * q[i] - dmin * m[j], q 4 bits,
 // sc and m 6 bits, packed in `scales`: for j < 4 sc[j] = scales[j] & 63 and
