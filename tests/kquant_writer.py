@@ -53,6 +53,30 @@ def _quantize_q4_k_q5_k(x: np.ndarray, qmax: int) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
+def quantize_q2_k(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] (cols % 256 == 0) -> uint8 [rows, cols / 256 * 84]: 16 sub-blocks of 16,
+    w = d * sc * q - dmin * m with sc, m 4 bits (scales[i] = sc | m << 4), q 0..3 packed as Q3_K's
+    low bits."""
+    rows, cols = x.shape
+    sb = np.asarray(x, np.float32).reshape(-1, 16, 16)                  # [n, sub-block, 16]
+    lo = np.minimum(sb.min(axis=2), 0.0)
+    scale = (sb.max(axis=2) - lo) / 3.0
+    mn = -lo
+    d = _f16(scale.max(axis=1) / 15.0)
+    dmin = _f16(mn.max(axis=1) / 15.0)
+    inv = lambda v: np.where(v > 0, 1.0 / np.maximum(v.astype(np.float32), 1e-30), 0.0)
+    sc = np.clip(np.rint(scale * inv(d)[:, None]), 0, 15).astype(np.int32)     # [n, 16]
+    m = np.clip(np.rint(mn * inv(dmin)[:, None]), 0, 15).astype(np.int32)
+    eff_d = d.astype(np.float32)[:, None] * sc
+    eff_m = dmin.astype(np.float32)[:, None] * m
+    q = np.clip(np.rint((sb + eff_m[:, :, None]) * inv(eff_d)[:, :, None]), 0, 3).astype(np.int32)
+    q = q.reshape(-1, 2, 4, 32)                                         # [n, half, j, l]
+    qs = (q << (2 * np.arange(4).reshape(1, 1, 4, 1))).sum(axis=2).astype(np.uint8).reshape(-1, 64)
+    scales = (sc | (m << 4)).astype(np.uint8)
+    out = np.concatenate([scales, qs, d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2)], axis=1)
+    return out.reshape(rows, cols // 256 * 84)
+
+
 def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] (cols % 256 == 0) -> uint8 [rows, cols / 256 * 110]: 16 sub-blocks of 16,
     w = d * sc * q with sc 6-bit signed (stored + 32), q in -4..3 (stored + 4: 2 bits in qs, bit 2

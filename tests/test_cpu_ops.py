@@ -20,12 +20,12 @@ import pytest
 
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 11, 12, 13, 14, 30
-DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K",
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
+DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K",
                BF16: "BF16"}
-K_QUANTS = (Q3_K, Q4_K, Q5_K, Q6_K)
+K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) + K_QUANTS
-BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}
 
 
 def nmse(out, ref) -> float:
@@ -49,7 +49,7 @@ def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
         b = w.astype(np.float16)
     elif dtype_id in K_QUANTS:   # gguf-py has no K-quant quantizer: the test-side one
         import kquant_writer
-        b = {Q3_K: kquant_writer.quantize_q3_k, Q4_K: kquant_writer.quantize_q4_k, Q5_K: kquant_writer.quantize_q5_k,
+        b = {Q2_K: kquant_writer.quantize_q2_k, Q3_K: kquant_writer.quantize_q3_k, Q4_K: kquant_writer.quantize_q4_k, Q5_K: kquant_writer.quantize_q5_k,
              Q6_K: kquant_writer.quantize_q6_k}[dtype_id](w)
     elif dtype_id == BF16:
         # round to nearest even on the upper 16 bits (what torch / llama.cpp do); NaN-free inputs
@@ -71,6 +71,9 @@ def random_kquant_weights(rng, dtype_id: int, rows: int, cols: int) -> np.ndarra
         qmax = 15 if dtype_id == Q4_K else 31
         scales = np.stack([rng.uniform(0.5, 1.5, n) / (32 * qmax), rng.uniform(0.5, 1.5, n) / (32 * 2)], axis=1)
         blocks[:, 0:4] = scales.astype(np.float16).view(np.uint8)
+    elif dtype_id == Q2_K:   # w = d * sc * q - dmin * m, sc, m < 16, q < 4
+        scales = np.stack([rng.uniform(0.5, 1.5, n) / (16 * 3), rng.uniform(0.5, 1.5, n) / (16 * 2)], axis=1)
+        blocks[:, 80:84] = scales.astype(np.float16).view(np.uint8)
     elif dtype_id == Q3_K:   # w = d * sc * q, |sc| <= 32, |q| <= 4
         blocks[:, 108:110] = (rng.uniform(0.5, 1.5, (n, 1)) / (16 * 4)).astype(np.float16).view(np.uint8)
     else:                  # w = d * sc * (q - 32), |sc| <= 128, |q - 32| <= 32
@@ -97,6 +100,15 @@ def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
             if dtype_id == Q5_K:                          # bit j of qh[l]: bit 4 of quant l
                 q = q | (((b[:, 16:48].astype(np.int64) >> j) & 1) << 4)
             w[:, 32 * j: 32 * j + 32] = (d * sc)[:, None] * q - (dmin * m)[:, None]
+        return w
+    if dtype_id == Q2_K:
+        d, dmin = _f16_field(b, 80)[:, 0], _f16_field(b, 82)[:, 0]
+        for i in range(256):
+            h, r = divmod(i, 128)
+            j, l = divmod(r, 32)
+            s = b[:, i // 16].astype(np.int64)
+            q = (b[:, 16 + 32 * h + l].astype(np.int64) >> (2 * j)) & 3
+            w[:, i] = d * (s & 15) * q - dmin * (s >> 4)
         return w
     if dtype_id == Q3_K:
         d = _f16_field(b, 108)[:, 0]
@@ -455,6 +467,8 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
                 b[0:4] = _f16_bytes(d, dmin)
             elif dtype_id == Q3_K:
                 b[108:110] = _f16_bytes(d)
+            elif dtype_id == Q2_K:
+                b[80:84] = _f16_bytes(d, dmin)
             else:
                 b[208:210] = _f16_bytes(d)
             out.append(b)
@@ -464,7 +478,7 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("blocks", ["random", "extreme"])
 def test_kquant_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
-    """Q3_K / Q4_K / Q5_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
+    """Q2_K / Q3_K / Q4_K / Q5_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
     CPU kernels (get_rows: the dequantize-row that the prefill panel GEMM also uses) all agree
     with gguf.quants.dequantize."""
     from forgert import quants

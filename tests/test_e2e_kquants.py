@@ -72,10 +72,12 @@ def reference(kq, mix):
 
 def test_writer_blocks_decode_to_the_weights():
     """The test-side quantizer writes blocks that gguf's decoder reads back as the weights, to
-    within 3-bit / 4-bit / 5-bit / 6-bit rounding (measured nmse 2.4e-2 / 6.1e-3 / 1.5e-3 / 3.7e-4)."""
+    within 2-bit / 3-bit / 4-bit / 5-bit / 6-bit rounding (measured nmse 0.11 / 2.4e-2 / 6.1e-3 /
+    1.5e-3 / 3.7e-4)."""
     import gguf
     x = (np.random.default_rng(0).standard_normal((64, 512)) * 0.1).astype(np.float32)
-    for quantize, qtype, bound in ((kw.quantize_q3_k, gguf.GGMLQuantizationType.Q3_K, 6e-2),
+    for quantize, qtype, bound in ((kw.quantize_q2_k, gguf.GGMLQuantizationType.Q2_K, 0.25),
+                                   (kw.quantize_q3_k, gguf.GGMLQuantizationType.Q3_K, 6e-2),
                                    (kw.quantize_q4_k, gguf.GGMLQuantizationType.Q4_K, 2e-2),
                                    (kw.quantize_q5_k, gguf.GGMLQuantizationType.Q5_K, 5e-3),
                                    (kw.quantize_q6_k, gguf.GGMLQuantizationType.Q6_K, 1.5e-3)):

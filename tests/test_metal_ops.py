@@ -25,10 +25,10 @@ import pytest
 
 from conftest import metal_skip_reason
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 11, 12, 13, 14, 30
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
 WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
-                "q5_1": Q5_1, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
-K_QUANTS = (Q3_K, Q4_K, Q5_K, Q6_K)
+                "q5_1": Q5_1, "q2_K": Q2_K, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
+K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
 
@@ -119,10 +119,12 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
         bits = r.standard_normal((rows, cols), dtype=np.float32).view(np.uint32) >> 16
         return bits.astype(np.uint16).view(np.uint8).reshape(-1)
     if dtype in K_QUANTS:   # random quants and sub-block scales; super-block scales for |w| ~ 1
-        blocks = r.integers(0, 256, (rows * cols // 256, {Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}[dtype])).astype(np.uint8)
+        blocks = r.integers(0, 256, (rows * cols // 256, {Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}[dtype])).astype(np.uint8)
         n = len(blocks)
         if dtype in (Q4_K, Q5_K):
             blocks[:, 0:4] = r.uniform(0.0005, 0.002, (n, 2)).astype(np.float16).view(np.uint8)
+        elif dtype == Q2_K:
+            blocks[:, 80:84] = r.uniform(0.002, 0.02, (n, 2)).astype(np.float16).view(np.uint8)
         elif dtype == Q3_K:
             blocks[:, 108:110] = r.uniform(0.002, 0.006, (n, 1)).astype(np.float16).view(np.uint8)
         else:

@@ -9,13 +9,13 @@ llama.cpp would write:
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
 Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
 uint32).
-Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
+Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -108,6 +108,8 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         w = _f16(b[:, :2]) * _q5_quants(b[:, 4:8], b[:, 8:]) + _f16(b[:, 2:4])
     elif type_id == Q4_K:
         w = _dequantize_q4_k(data.reshape(-1, 144))
+    elif type_id == Q2_K:
+        w = _dequantize_q2_k(data.reshape(-1, 84))
     elif type_id == Q3_K:
         w = _dequantize_q3_k(data.reshape(-1, 110))
     elif type_id == Q5_K:
@@ -142,6 +144,16 @@ def _dequantize_q4_k(b: np.ndarray) -> np.ndarray:
         qh = b[:, 16:48].astype(np.int32)                                # [n, 32]
         q += 16 * ((qh[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1).astype(np.float32)
     w = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
+    return w.reshape(-1, 256).astype(np.float32)
+
+
+def _dequantize_q2_k(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 84] -> float32 [n, 256]"""
+    s = b[:, 0:16].astype(np.int32)                                      # [n, 16]
+    qs = b[:, 16:80].reshape(-1, 2, 1, 32).astype(np.int32)             # [n, half, 1, l]
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    q = ((qs >> (2 * np.arange(4).reshape(1, 1, 4, 1))) & 3).astype(np.float32).reshape(-1, 16, 16)
+    w = (d * (s & 15).astype(np.float32))[:, :, None] * q - (dmin * (s >> 4).astype(np.float32))[:, :, None]
     return w.reshape(-1, 256).astype(np.float32)
 
 

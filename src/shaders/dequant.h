@@ -63,6 +63,16 @@ static inline float fg_q4_K_quant(device const block_q4_K* b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     return (c % 64) < 32 ? fg_lo4(q) : fg_hi4(q);
 }
+// Q2_K: quant c (0 <= c < 256), 0..3; sub-block c / 16 has scale scales & 15, min scales >> 4.
+static inline float fg_q2_K_quant(device const block_q2_K* b, int c) {
+    const int h = c / 128, j = (c % 128) / 32, l = c % 32;
+    return float((uint(b->qs[32 * h + l]) >> (2 * j)) & 3u);
+}
+static inline float fg_q2_K_at(device const block_q2_K* b, int c) {
+    const uint s = b->scales[c / 16];
+    return fg_f16_to_f32(b->d) * float(s & 15u) * fg_q2_K_quant(b, c) - fg_f16_to_f32(b->dmin) * float(s >> 4);
+}
+
 // Q3_K: signed scale of sub-block i (of 16 weights), and quant c (0 <= c < 256), -4..3.
 static inline float fg_q3_K_scale(device const uint8_t* s, int i) {
     const uint low = i < 8 ? (s[i] & 0xFu) : (s[i - 8] >> 4);
@@ -113,6 +123,7 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q4_1: return fg_q4_1_at((device const block_q4_1*)row + c / FG_QK, c % FG_QK);
         case FG_Q5_0: return fg_q5_0_at((device const block_q5_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q5_1: return fg_q5_1_at((device const block_q5_1*)row + c / FG_QK, c % FG_QK);
+        case FG_Q2_K: return fg_q2_K_at((device const block_q2_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q3_K: return fg_q3_K_at((device const block_q3_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q5_K: return fg_q5_K_at((device const block_q5_K*)row + c / FG_QK_K, c % FG_QK_K);
@@ -197,6 +208,22 @@ static inline void fg_dequant16_q4_K(device const char* row, int blk, int h, thr
         out[2 * i + 1] = d * float((q >> 8) & 0xFu) - dm;
     }
 }
+// Q2_K: chunk blk % 8 is (half, j), half h of it one sub-block of 16 (qs at offset 16).
+static inline void fg_dequant16_q2_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q2_K* b = (device const block_q2_K*)row + blk / 8;
+    const int c0 = 32 * (blk % 8) + 16 * h;
+    const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+    const uint s = b->scales[c0 / 16];
+    const float d = fg_f16_to_f32(b->d) * float(s & 15u), dm = fg_f16_to_f32(b->dmin) * float(s >> 4);
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+    const uint shift = 2u * uint(j);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = uint(q2[i]) >> shift;
+        out[2 * i] = d * float(q & 3u) - dm;
+        out[2 * i + 1] = d * float((q >> 8) & 3u) - dm;
+    }
+}
+
 // Q3_K: chunk blk % 8 is (half, j), half h of it one sub-block of 16 (hmask at offset 0, qs
 // at 32: ushort reads).
 static inline void fg_dequant16_q3_K(device const char* row, int blk, int h, thread float* out) {

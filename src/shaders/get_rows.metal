@@ -32,6 +32,7 @@ template [[host_name("get_rows_q4_0")]] kernel get_rows_t get_rows<FG_Q4_0>;
 template [[host_name("get_rows_q4_1")]] kernel get_rows_t get_rows<FG_Q4_1>;
 template [[host_name("get_rows_q5_0")]] kernel get_rows_t get_rows<FG_Q5_0>;
 template [[host_name("get_rows_q5_1")]] kernel get_rows_t get_rows<FG_Q5_1>;
+template [[host_name("get_rows_q2_K")]] kernel get_rows_t get_rows<FG_Q2_K>;
 template [[host_name("get_rows_q3_K")]] kernel get_rows_t get_rows<FG_Q3_K>;
 template [[host_name("get_rows_q4_K")]] kernel get_rows_t get_rows<FG_Q4_K>;
 template [[host_name("get_rows_q5_K")]] kernel get_rows_t get_rows<FG_Q5_K>;

@@ -57,6 +57,12 @@ struct q4_K_tile {
         fg_dequant16_q4_K(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
+struct q2_K_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q2_K(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
 struct q3_K_tile {
     typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
@@ -172,6 +178,7 @@ template [[host_name("mul_mm_q4_0")]] kernel mul_mm_t mul_mm<q4_0_tile>;
 template [[host_name("mul_mm_q4_1")]] kernel mul_mm_t mul_mm<q4_1_tile>;
 template [[host_name("mul_mm_q5_0")]] kernel mul_mm_t mul_mm<q5_0_tile>;
 template [[host_name("mul_mm_q5_1")]] kernel mul_mm_t mul_mm<q5_1_tile>;
+template [[host_name("mul_mm_q2_K")]] kernel mul_mm_t mul_mm<q2_K_tile>;
 template [[host_name("mul_mm_q3_K")]] kernel mul_mm_t mul_mm<q3_K_tile>;
 template [[host_name("mul_mm_q4_K")]] kernel mul_mm_t mul_mm<q4_K_tile>;
 template [[host_name("mul_mm_q5_K")]] kernel mul_mm_t mul_mm<q5_K_tile>;

@@ -140,6 +140,24 @@ struct q4_K_dot : q8_0_dot {
     }
 };
 
+// Q2_K: half il of chunk blk is one sub-block of 16 (scale and min, the min through xsum).
+struct q2_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q2_K* b = (device const block_q2_K*)row + blk / 8;
+        const int c0 = 32 * (blk % 8) + 16 * il;
+        const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+        const uint shift = 2u * uint(j);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = uint(q2[i]) >> shift;
+            acc += float(q & 3u) * xv[2 * i] + float((q >> 8) & 3u) * xv[2 * i + 1];
+        }
+        const uint s = b->scales[c0 / 16];
+        return fg_f16_to_f32(b->d) * float(s & 15u) * acc - fg_f16_to_f32(b->dmin) * float(s >> 4) * xsum;
+    }
+};
+
 // Q3_K: half il of chunk blk is one sub-block of 16 (as Q6_K): quants from qs (2 bits) and
 // hmask (bit 2), at even offsets: ushort reads.
 struct q3_K_dot : q8_0_dot {
@@ -288,6 +306,7 @@ template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_do
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
 template [[host_name("mul_mv_q5_0")]] kernel mul_mv_quant_t mul_mv_quant<q5_0_dot>;
 template [[host_name("mul_mv_q5_1")]] kernel mul_mv_quant_t mul_mv_quant<q5_1_dot>;
+template [[host_name("mul_mv_q2_K")]] kernel mul_mv_quant_t mul_mv_quant<q2_K_dot>;
 template [[host_name("mul_mv_q3_K")]] kernel mul_mv_quant_t mul_mv_quant<q3_K_dot>;
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
 template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_dot>;
@@ -298,6 +317,7 @@ template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
 template [[host_name("mul_mv_swiglu_q5_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_0_dot>;
 template [[host_name("mul_mv_swiglu_q5_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_1_dot>;
+template [[host_name("mul_mv_swiglu_q2_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q2_K_dot>;
 template [[host_name("mul_mv_swiglu_q3_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q3_K_dot>;
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
 template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_K_dot>;

@@ -29,6 +29,7 @@ enum fg_dtype {
     FG_Q5_0 = 6,
     FG_Q5_1 = 7,
     FG_Q8_0 = 8,
+    FG_Q2_K = 10,
     FG_Q3_K = 11,
     FG_Q4_K = 12,
     FG_Q5_K = 13,
@@ -76,6 +77,17 @@ typedef struct {
     uint8_t qs[FG_QK / 2];
 } block_q5_1;
 FG_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 is 24 bytes");
+
+// Q2_K: 16 sub-blocks of 16; sub-block i: w = d * (scales[i] & 15) * q - dmin * (scales[i] >> 4),
+// q 2 bits: in each half h (128 weights), weight 32 j + l (j < 4, l < 32) is qs[32 h + l] >> 2 j,
+// sub-block 8 h + 2 j + l / 16 (as Q3_K).
+typedef struct {
+    uint8_t scales[FG_QK_K / 16];
+    uint8_t qs[FG_QK_K / 4];
+    fg_half d;
+    fg_half dmin;
+} block_q2_K;
+FG_STATIC_ASSERT(sizeof(block_q2_K) == 84, "block_q2_K is 84 bytes");
 
 // Q3_K: 16 sub-blocks of 16; sub-block i: w = d * (s[i] - 32) * (q - 4), s 6 bits (low 4 in
 // scales[i] (i < 8) or scales[i - 8] >> 4, high 2 in scales[8 + i % 4] >> 2 (i / 4)), q 3 bits.

@@ -20,6 +20,7 @@ enum class DType : int {
     Q5_0 = FG_Q5_0,
     Q5_1 = FG_Q5_1,
     Q8_0 = FG_Q8_0,
+    Q2_K = FG_Q2_K,
     Q3_K = FG_Q3_K,
     Q4_K = FG_Q4_K,
     Q5_K = FG_Q5_K,
