@@ -64,7 +64,7 @@ def test_unexpected_tensor(tiny, tmp_path):
         load_model(p)
 
 
-@pytest.mark.parametrize("qtype,block_bytes", [("Q5_0", 22), ("Q8_1", 40)])
+@pytest.mark.parametrize("qtype,block_bytes", [("MXFP4", 17), ("Q8_1", 40)])
 def test_unsupported_tensor_type(tiny, tmp_path, qtype, block_bytes):
     gguf = pytest.importorskip("gguf")
     rows, cols = tiny.spec.ffn, tiny.spec.hidden
@@ -77,16 +77,16 @@ def test_unsupported_tensor_type(tiny, tmp_path, qtype, block_bytes):
 
 
 def test_unread_k_quant_is_refused_by_name(tiny):
-    # Q4_K and Q6_K are read; the other K-quants are not. The tiny model has no row of 256
+    # The K-quants Q2_K .. Q6_K are read; the IQ types are not. The tiny model has no row of 256
     # weights (a K-quant block), so retype a tensor after loading: the check that runs on every
     # model tensor must name it and its type.
     from dataclasses import replace
     from forgert.tensor_check import core_tensors
     m = load_model(tiny.path("gguf-F32"))
     weights = dict(m.weights)
-    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=13)
+    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=16)
     with pytest.raises(ModelFormatError,
-                       match=r"tensor 'blk\.1\.ffn_up\.weight' has type Q5_K, which forgert does not support"):
+                       match=r"tensor 'blk\.1\.ffn_up\.weight' has type IQ2_XXS, which forgert does not support"):
         core_tensors(m.config, weights, m.name)
 
 

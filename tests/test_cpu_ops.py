@@ -20,12 +20,12 @@ import pytest
 
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
-F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 14, 30
-DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K",
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
+DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K",
                BF16: "BF16"}
-K_QUANTS = (Q4_K, Q6_K)
-QUANTIZED = (Q8_0, Q4_0, Q4_1) + K_QUANTS
-BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q4_K: 144, Q6_K: 210}
+K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) + K_QUANTS
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}
 
 
 def nmse(out, ref) -> float:
@@ -49,7 +49,8 @@ def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
         b = w.astype(np.float16)
     elif dtype_id in K_QUANTS:   # gguf-py has no K-quant quantizer: the test-side one
         import kquant_writer
-        b = (kquant_writer.quantize_q4_k if dtype_id == Q4_K else kquant_writer.quantize_q6_k)(w)
+        b = {Q2_K: kquant_writer.quantize_q2_k, Q3_K: kquant_writer.quantize_q3_k, Q4_K: kquant_writer.quantize_q4_k, Q5_K: kquant_writer.quantize_q5_k,
+             Q6_K: kquant_writer.quantize_q6_k}[dtype_id](w)
     elif dtype_id == BF16:
         # round to nearest even on the upper 16 bits (what torch / llama.cpp do); NaN-free inputs
         u = w.view(np.uint32).astype(np.uint64)
@@ -66,9 +67,15 @@ def random_kquant_weights(rng, dtype_id: int, rows: int, cols: int) -> np.ndarra
     nbytes = BLOCK_BYTES[dtype_id]
     blocks = rng.integers(0, 256, size=(rows * cols // 256, nbytes), dtype=np.uint8)
     n = len(blocks)
-    if dtype_id == Q4_K:   # w = d * sc * q - dmin * m, sc, m < 64, q < 16
-        scales = np.stack([rng.uniform(0.5, 1.5, n) / (32 * 15), rng.uniform(0.5, 1.5, n) / (32 * 2)], axis=1)
+    if dtype_id in (Q4_K, Q5_K):   # w = d * sc * q - dmin * m, sc, m < 64, q < 16 (Q5_K: 32)
+        qmax = 15 if dtype_id == Q4_K else 31
+        scales = np.stack([rng.uniform(0.5, 1.5, n) / (32 * qmax), rng.uniform(0.5, 1.5, n) / (32 * 2)], axis=1)
         blocks[:, 0:4] = scales.astype(np.float16).view(np.uint8)
+    elif dtype_id == Q2_K:   # w = d * sc * q - dmin * m, sc, m < 16, q < 4
+        scales = np.stack([rng.uniform(0.5, 1.5, n) / (16 * 3), rng.uniform(0.5, 1.5, n) / (16 * 2)], axis=1)
+        blocks[:, 80:84] = scales.astype(np.float16).view(np.uint8)
+    elif dtype_id == Q3_K:   # w = d * sc * q, |sc| <= 32, |q| <= 4
+        blocks[:, 108:110] = (rng.uniform(0.5, 1.5, (n, 1)) / (16 * 4)).astype(np.float16).view(np.uint8)
     else:                  # w = d * sc * (q - 32), |sc| <= 128, |q - 32| <= 32
         blocks[:, 208:210] = (rng.uniform(0.5, 1.5, (n, 1)) / (64 * 32)).astype(np.float16).view(np.uint8)
     return blocks.reshape(-1)
@@ -78,7 +85,8 @@ def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
     """float64 [n_super_blocks, 256] straight from the K-quant layouts (quant_blocks.h)."""
     b = raw.reshape(-1, BLOCK_BYTES[dtype_id])
     w = np.zeros((len(b), 256))
-    if dtype_id == Q4_K:
+    if dtype_id in (Q4_K, Q5_K):
+        qs0 = 16 if dtype_id == Q4_K else 48                           # Q5_K: qh [32] before qs
         d, dmin = _f16_field(b, 0)[:, 0], _f16_field(b, 2)[:, 0]
         s = b[:, 4:16].astype(np.int64)
         for j in range(8):
@@ -87,9 +95,33 @@ def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
             else:
                 sc = (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4)
                 m = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
-            qs = b[:, 16 + 32 * (j // 2): 16 + 32 * (j // 2) + 32].astype(np.int64)
+            qs = b[:, qs0 + 32 * (j // 2): qs0 + 32 * (j // 2) + 32].astype(np.int64)
             q = qs & 0xF if j % 2 == 0 else qs >> 4       # even sub-blocks: low nibbles
+            if dtype_id == Q5_K:                          # bit j of qh[l]: bit 4 of quant l
+                q = q | (((b[:, 16:48].astype(np.int64) >> j) & 1) << 4)
             w[:, 32 * j: 32 * j + 32] = (d * sc)[:, None] * q - (dmin * m)[:, None]
+        return w
+    if dtype_id == Q2_K:
+        d, dmin = _f16_field(b, 80)[:, 0], _f16_field(b, 82)[:, 0]
+        for i in range(256):
+            h, r = divmod(i, 128)
+            j, l = divmod(r, 32)
+            s = b[:, i // 16].astype(np.int64)
+            q = (b[:, 16 + 32 * h + l].astype(np.int64) >> (2 * j)) & 3
+            w[:, i] = d * (s & 15) * q - dmin * (s >> 4)
+        return w
+    if dtype_id == Q3_K:
+        d = _f16_field(b, 108)[:, 0]
+        s = b[:, 96:108].astype(np.int64)
+        for i in range(256):
+            h, r = divmod(i, 128)
+            j, l = divmod(r, 32)
+            sub = i // 16
+            low = s[:, sub] & 0xF if sub < 8 else s[:, sub - 8] >> 4
+            sc = (low | (((s[:, 8 + sub % 4] >> (2 * (sub // 4))) & 3) << 4)) - 32
+            q = (b[:, 32 + 32 * h + l].astype(np.int64) >> (2 * j)) & 3
+            hb = (b[:, l].astype(np.int64) >> (4 * h + j)) & 1
+            w[:, i] = d * sc * (q - 4 * (1 - hb))
         return w
     d = _f16_field(b, 208)[:, 0]
     scales = b[:, 192:208].view(np.int8).astype(np.float64)
@@ -124,6 +156,16 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
     if dtype_id == Q8_0:
         q = blocks[:, 2:].view(np.int8).astype(np.float64)             # [nb, 32]
         w = d * q
+    elif dtype_id in (Q5_0, Q5_1):
+        head = 2 if dtype_id == Q5_0 else 4                            # Q5_1: m after d
+        qs = blocks[:, head + 4:].astype(np.int64)                     # [nb, 16]
+        qh = blocks[:, head:head + 4].astype(np.int64) << np.array([0, 8, 16, 24])
+        qh = qh.sum(axis=1)                                             # [nb], little-endian uint32
+        # element j: low nibble of qs[j] (j < 16) or high nibble of qs[j - 16], bit 4 = bit j of qh
+        low = np.concatenate([qs & 0x0F, qs >> 4], axis=1)             # [nb, 32]
+        high = (qh[:, None] >> np.arange(32)) & 1
+        q = (low | (high << 4)).astype(np.float64)
+        w = d * (q - 16.0) if dtype_id == Q5_0 else d * q + _f16_field(blocks, 2)
     else:
         qs = blocks[:, 4:] if dtype_id == Q4_1 else blocks[:, 2:]       # [nb, 16]
         # element j in the low nibble of qs[j], element j + 16 in the high nibble
@@ -132,7 +174,7 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
     return w.reshape(rows, cols)
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 def test_reference_decoder_matches_gguf_package(dtype_id):
     """The NumPy block decoder used as the reference agrees with gguf.quants.dequantize: the
     layouts in quant_blocks.h are the GGUF ones."""
@@ -143,7 +185,8 @@ def test_reference_decoder_matches_gguf_package(dtype_id):
     theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(5, 96)
     np.testing.assert_array_equal(mine.astype(np.float32), theirs.astype(np.float32))
     # and the encodings are faithful: ~1e-7 (f32), 2^-9 (f16), 2^-8 (bf16), coarse for 4-bit
-    assert nmse(mine, w) < {F32: 1e-14, F16: 1e-6, BF16: 1e-4, Q8_0: 1e-4, Q4_0: 2e-2, Q4_1: 2e-2}[dtype_id]
+    assert nmse(mine, w) < {F32: 1e-14, F16: 1e-6, BF16: 1e-4, Q8_0: 1e-4, Q4_0: 2e-2, Q4_1: 2e-2,
+                            Q5_0: 5e-3, Q5_1: 5e-3}[dtype_id]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -194,8 +237,16 @@ def randn(rng, *shape, scale=1.0) -> np.ndarray:
 #   d * sc * q before its min is subtracted, and one output of 0.74 (1x256; typical |ref| ~ 5)
 #   makes nmse noisy. Measured 7.5e-8 (Q4_K 1x256 x 1, absolute error 2e-4), else <= 1.7e-9
 #   (generic and avx512-vnni) -> 3e-7.
+# - CPU decode path with Q5_0 weights: its unsigned quants (0..31, the -16 offset through the
+#   block sums) carry the activation rounding at twice Q4_0's scale. Measured <= 1.1e-8
+#   (7x64 x 3; generic, avx2, avx512-vnni alike) -> 5e-8. Metal: GEMV <= 6.3e-12, GEMM <= 3.5e-8.
+# - Q5_1 likewise (quants 0..31, the min through the sums), and as for Q4_K one small output
+#   makes nmse noisy: measured 2.1e-7 (1x32 x 1: an output of -0.60 against sum |x| |w| = 14.7,
+#   absolute error 2.7e-4), else <= 6.1e-9 -> 1e-6. Metal: GEMV <= 6.6e-14, GEMM <= 3.6e-8.
 F32_EXACT_NMSE = 3e-12
 CPU_INT8_ACT_NMSE = 2e-8
+CPU_INT8_ACT_Q5_NMSE = 5e-8
+CPU_INT8_ACT_Q5_1_NMSE = 1e-6
 CPU_INT8_ACT_KQUANT_NMSE = 3e-7
 METAL_GEMV_NMSE = 2e-11
 METAL_HALF_TILE_NMSE = 2e-7
@@ -209,7 +260,9 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
         return METAL_GEMV_NMSE if n < 8 else METAL_HALF_TILE_NMSE
     if not cpu_uses_int8_activations(n):
         return F32_EXACT_NMSE
-    return CPU_INT8_ACT_KQUANT_NMSE if dtype_id in K_QUANTS else CPU_INT8_ACT_NMSE
+    if dtype_id in K_QUANTS:
+        return CPU_INT8_ACT_KQUANT_NMSE
+    return {Q5_0: CPU_INT8_ACT_Q5_NMSE, Q5_1: CPU_INT8_ACT_Q5_1_NMSE}.get(dtype_id, CPU_INT8_ACT_NMSE)
 
 
 # (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
@@ -247,7 +300,7 @@ MATMUL_CASES = [pytest.param("cpu", *s, id=f"cpu-{s[0]}x{s[1]}-n{s[2]}") for s i
     for s in MATMUL_SHAPES_METAL]
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("backend,rows,cols,n", MATMUL_CASES)
 def test_matmul(ops_for, backend, dtype_id, rows, cols, n):
     _matmul_case(ops_for(backend), dtype_id, rows, cols, n, backend)
@@ -259,7 +312,7 @@ FUSED_CASES = [pytest.param("cpu", 33, 576, 1, id="cpu-decode"), pytest.param("c
     for s in [(45, 160, 1), (20, 96, 3), (45, 160, 9)]]
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
 def test_matmul_add(ops_for, backend, dtype_id, rows, cols, n):
     # out += w x: the residual projection with the add fused in.
@@ -274,7 +327,7 @@ def test_matmul_add(ops_for, backend, dtype_id, rows, cols, n):
     np.testing.assert_allclose(out, residual + product, rtol=1e-5, atol=1e-2 * float(np.abs(product).max()))
 
 
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
 def test_matmul_swiglu(ops_for, backend, dtype_id, rows, cols, n):
     # silu(w_gate x) * (w_up x): SwiGLU's gate and up projections with SiLU * mul fused in.
@@ -311,7 +364,7 @@ def test_matmul_per_row_is_independent(ops_for):
         np.testing.assert_allclose(out, x[:, (np.arange(rows) * 7) % cols], rtol=1e-2 if dtype_id == BF16 else 1e-3)
 
 
-@pytest.mark.parametrize("dtype_id", [F32, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 def test_matmul_rejects_bad_shapes(ops_for, dtype_id):
     ops = ops_for("cpu")
     w = encode_weights(np.ones((4, 64), np.float32), dtype_id)
@@ -328,7 +381,7 @@ def test_matmul_rejects_bad_shapes(ops_for, dtype_id):
 # ----------------------------------------------------------------------------- get_rows
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("rows,cols", [(300, 64), (1000, 576)])
 def test_get_rows(ops_for, backend, dtype_id, rows, cols):
     rng = rng_for("get_rows", dtype_id, rows, cols)
@@ -336,7 +389,7 @@ def test_get_rows(ops_for, backend, dtype_id, rows, cols):
     ids = np.array([0, rows - 1, 5, 5, rows // 2, 1, 7], dtype=np.int32)
     out = ops_for(backend).get_rows(table, dtype_id, rows, cols, ids)
     ref = decode_weights(table, dtype_id, rows, cols)[ids]
-    # A row lookup is a pure decode: d * q (+ m) in f32 is exact for F32/F16/BF16/Q8_0/Q4_0
+    # A row lookup is a pure decode: d * q (+ m) in f32 is exact for F32/F16/BF16/Q8_0/Q4_0/Q5_0
     # (an 11-bit mantissa times a <= 8-bit integer); Q4_1's "+ m" rounds once in f32.
     np.testing.assert_allclose(out, ref, rtol=2 ** -23, atol=1e-7 * float(np.abs(ref).max()))
 
@@ -346,6 +399,50 @@ def test_get_rows_rejects_out_of_range_ids(ops_for, bad_id):
     table = encode_weights(np.ones((300, 64), np.float32), Q8_0)
     with pytest.raises(ValueError, match=r"(?i)id|range|token"):
         ops_for("cpu").get_rows(table, Q8_0, 300, 64, np.array([3, bad_id], np.int32))
+
+
+# ----------------------------------------------------------------------------- Q5_0, Q5_1
+
+def extreme_q5_blocks(dtype_id: int) -> np.ndarray:
+    """Q5_0 / Q5_1 blocks at the edges of the format [n, 22 / 24]: all-zero; all quant bits set
+    or random, under f16 scales (and Q5_1 mins) at the largest finite / smallest normal /
+    smallest subnormal / negative / zero values."""
+    nbytes = BLOCK_BYTES[dtype_id]
+    rng = np.random.default_rng(11)
+    out = [np.zeros(nbytes, np.uint8)]
+    for d, m in ((65504.0, -65504.0), (2 ** -14, 2 ** -14), (2 ** -24, -(2 ** -24)), (-3.5, 2.0), (0.0, 1.0)):
+        for fill in ("max", "random"):
+            b = np.full(nbytes, 0xFF, np.uint8) if fill == "max" else rng.integers(0, 256, nbytes, dtype=np.uint8)
+            b[0:2] = _f16_bytes(d)
+            if dtype_id == Q5_1:
+                b[2:4] = _f16_bytes(m)
+            out.append(b)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("dtype_id", [Q5_0, Q5_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("blocks", ["random", "extreme"])
+def test_q5_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
+    """Q5_0 / Q5_1 decoded by the test's decoder, forgert.quants.dequantize and the CPU kernels
+    (get_rows: the dequantize-row the prefill panel GEMM also uses) all agree bit for bit with
+    gguf.quants.dequantize, on random bytes (every bit pattern with a finite d is a block)."""
+    from forgert import quants
+    if blocks == "random":
+        rng = rng_for("q5-dequant", dtype_id)
+        b = rng.integers(0, 256, (24 * 512 // 32, BLOCK_BYTES[dtype_id]), dtype=np.uint8)
+        b[:, 0:2] = (rng.uniform(-2, 2, (len(b), 1)) / 16).astype(np.float16).view(np.uint8)
+        if dtype_id == Q5_1:
+            b[:, 2:4] = rng.uniform(-2, 2, (len(b), 1)).astype(np.float16).view(np.uint8)
+        raw, rows, cols = b.reshape(-1), 24, 512
+    else:
+        raw = extreme_q5_blocks(dtype_id).reshape(-1)
+        rows, cols = raw.size // BLOCK_BYTES[dtype_id], 32
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(rows, cols)
+    assert np.all(np.isfinite(theirs))
+    np.testing.assert_array_equal(decode_weights(raw, dtype_id, rows, cols).astype(np.float32), theirs)
+    np.testing.assert_array_equal(quants.dequantize(raw, dtype_id, rows, cols), theirs)
+    out = ops_for("cpu").get_rows(raw, dtype_id, rows, cols, np.arange(rows, dtype=np.int32))
+    np.testing.assert_array_equal(out, theirs)
 
 
 # ----------------------------------------------------------------------------- K-quants (Q4_K, Q6_K)
@@ -366,8 +463,12 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
     for d, dmin in scale_sets:
         for fill in ("max", "random"):
             b = np.full(nbytes, 0xFF, np.uint8) if fill == "max" else rng.integers(0, 256, nbytes, dtype=np.uint8)
-            if dtype_id == Q4_K:
+            if dtype_id in (Q4_K, Q5_K):
                 b[0:4] = _f16_bytes(d, dmin)
+            elif dtype_id == Q3_K:
+                b[108:110] = _f16_bytes(d)
+            elif dtype_id == Q2_K:
+                b[80:84] = _f16_bytes(d, dmin)
             else:
                 b[208:210] = _f16_bytes(d)
             out.append(b)
@@ -377,7 +478,7 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype_id", K_QUANTS, ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("blocks", ["random", "extreme"])
 def test_kquant_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
-    """Q4_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
+    """Q2_K / Q3_K / Q4_K / Q5_K / Q6_K decoded by the test's reference decoder, by forgert.quants.dequantize and by the
     CPU kernels (get_rows: the dequantize-row that the prefill panel GEMM also uses) all agree
     with gguf.quants.dequantize."""
     from forgert import quants

@@ -25,10 +25,10 @@ import pytest
 
 from conftest import metal_skip_reason
 
-F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 14, 30
-WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q4_K": Q4_K,
-                "q6_K": Q6_K}
-K_QUANTS = (Q4_K, Q6_K)
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
+WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
+                "q5_1": Q5_1, "q2_K": Q2_K, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
+K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
 
@@ -119,10 +119,14 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
         bits = r.standard_normal((rows, cols), dtype=np.float32).view(np.uint32) >> 16
         return bits.astype(np.uint16).view(np.uint8).reshape(-1)
     if dtype in K_QUANTS:   # random quants and sub-block scales; super-block scales for |w| ~ 1
-        blocks = r.integers(0, 256, (rows * cols // 256, 144 if dtype == Q4_K else 210)).astype(np.uint8)
+        blocks = r.integers(0, 256, (rows * cols // 256, {Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}[dtype])).astype(np.uint8)
         n = len(blocks)
-        if dtype == Q4_K:
+        if dtype in (Q4_K, Q5_K):
             blocks[:, 0:4] = r.uniform(0.0005, 0.002, (n, 2)).astype(np.float16).view(np.uint8)
+        elif dtype == Q2_K:
+            blocks[:, 80:84] = r.uniform(0.002, 0.02, (n, 2)).astype(np.float16).view(np.uint8)
+        elif dtype == Q3_K:
+            blocks[:, 108:110] = r.uniform(0.002, 0.006, (n, 1)).astype(np.float16).view(np.uint8)
         else:
             blocks[:, 208:210] = r.uniform(0.0002, 0.0006, (n, 1)).astype(np.float16).view(np.uint8)
         return blocks.reshape(-1)
@@ -134,8 +138,10 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
     else:
         qs = r.integers(0, 256, (nb, 16)).astype(np.uint8)
         parts = [scale]
-        if dtype == Q4_1:
+        if dtype in (Q4_1, Q5_1):
             parts.append((-8 * r.uniform(0.002, 0.05, nb)).astype(np.float16).view(np.uint8).reshape(nb, 2))
+        if dtype in (Q5_0, Q5_1):   # the fifth bits
+            parts.append(r.integers(0, 256, (nb, 4)).astype(np.uint8))
         blocks = np.concatenate(parts + [qs], axis=1)
     return np.ascontiguousarray(blocks).reshape(-1)
 
@@ -154,7 +160,7 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
         w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype))
         return np.asarray(w, np.float64).reshape(rows, cols)
     nb = rows * cols // 32
-    head = 4 if dtype == Q4_1 else 2
+    head = {Q4_1: 4, Q5_0: 6, Q5_1: 8}.get(dtype, 2)
     blocks = raw.reshape(nb, -1)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)          # [nb, 1]
     if dtype == Q8_0:
@@ -164,6 +170,11 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)   # weights 0..15, 16..31
     if dtype == Q4_0:
         return (d * (q - 8)).reshape(rows, cols)
+    if dtype in (Q5_0, Q5_1):   # bit i of qh (little-endian uint32) is weight i's fifth bit
+        qh = blocks[:, head - 4:head].copy().view("<u4").astype(np.int64)  # [nb, 1]
+        q = q + 16 * ((qh >> np.arange(32)) & 1)
+        if dtype == Q5_0:
+            return (d * (q - 16)).reshape(rows, cols)
     m = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
     return (d * q + m).reshape(rows, cols)
 
@@ -208,7 +219,7 @@ def test_matmul(metal, cpu, wtype, n):
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_get_rows(metal, cpu, wtype):
     dtype = WEIGHT_TYPES[wtype]
-    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1) else 99
+    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) else 99
     r = rng("get_rows", wtype)
     table = weight_bytes(r, dtype, rows, cols)
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)

@@ -228,16 +228,16 @@ def capped_load(path, tmp_path) -> str:
 
 # ----------------------------------------------------------------------------- well-formed GGUF, wrong model
 
-def test_unsupported_tensor_type_q5_k(forgert, base):
-    # Q4_K and Q6_K are read (test_e2e_kquants.py); Q5_K is not yet.
+def test_unsupported_tensor_type_iq2_xxs(forgert, base):
+    # The K-quants Q2_K .. Q6_K are read (test_e2e_kquants.py, test_cpu_ops.py); the IQ types are not.
     spec, model, tok, d, _ = base
     tensors = mf.gguf_tensors(model, spec)
     rows, cols = tensors["blk.0.ffn_down.weight"].shape          # [64, 256]
-    q5k_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q5_K][1]   # 176 per 256 weights
-    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * q5k_bytes), dtype=np.uint8)
-    p = mf.write_gguf(model, spec, tok, d / "q5_k.gguf", "Q8_0", tensors=tensors,
-                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.Q5_K)})
-    msg = expect_error(forgert, p, r"Q5_K")
+    iq_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.IQ2_XXS][1]   # 66 per 256 weights
+    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * iq_bytes), dtype=np.uint8)
+    p = mf.write_gguf(model, spec, tok, d / "iq2_xxs.gguf", "Q8_0", tensors=tensors,
+                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.IQ2_XXS)})
+    msg = expect_error(forgert, p, r"IQ2_XXS")
     assert "blk.0.ffn_down.weight" in msg, msg
 
 

@@ -7,13 +7,15 @@ llama.cpp would write:
         q = min(15, trunc(x / d + 8.5))                                     w = d * (q - 8)
   Q4_1: d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5))       w = d * q + min
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
-Q4_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
+Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
+uint32).
+Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -98,8 +100,20 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         d = b[:, :2].copy().view("<f2").astype(np.float32)
         m = b[:, 2:4].copy().view("<f2").astype(np.float32)
         w = d * _unpack_nibbles(b[:, 4:]) + m
+    elif type_id == Q5_0:
+        b = data.reshape(-1, 22)
+        w = _f16(b[:, :2]) * (_q5_quants(b[:, 2:6], b[:, 6:]) - 16)
+    elif type_id == Q5_1:
+        b = data.reshape(-1, 24)
+        w = _f16(b[:, :2]) * _q5_quants(b[:, 4:8], b[:, 8:]) + _f16(b[:, 2:4])
     elif type_id == Q4_K:
         w = _dequantize_q4_k(data.reshape(-1, 144))
+    elif type_id == Q2_K:
+        w = _dequantize_q2_k(data.reshape(-1, 84))
+    elif type_id == Q3_K:
+        w = _dequantize_q3_k(data.reshape(-1, 110))
+    elif type_id == Q5_K:
+        w = _dequantize_q4_k(data.reshape(-1, 176))
     elif type_id == Q6_K:
         w = _dequantize_q6_k(data.reshape(-1, 210))
     else:
@@ -112,15 +126,51 @@ def _f16(b: np.ndarray) -> np.ndarray:
     return b.copy().view("<f2").astype(np.float32)
 
 
+def _q5_quants(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """uint8 qh [n, 4], qs [n, 16] -> float32 quants 0..31 [n, 32]"""
+    high = (qh.copy().view("<u4") >> np.arange(QK, dtype=np.uint32)) & 1      # [n, 32]
+    return (_unpack_nibbles(qs) + 16 * high).astype(np.float32)
+
+
 def _dequantize_q4_k(b: np.ndarray) -> np.ndarray:
-    """uint8 [n, 144] -> float32 [n, 256]"""
+    """uint8 [n, 144] (Q4_K) or [n, 176] (Q5_K: qh [32] before qs) -> float32 [n, 256]"""
     d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
     s = b[:, 4:16].astype(np.int32)                                      # [n, 12]
     sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)  # [n, 8]
     m = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
-    qs = b[:, 16:].reshape(-1, 4, 32)                                    # [n, 4 chunks, 32]
+    qs = b[:, -128:].reshape(-1, 4, 32)                                  # [n, 4 chunks, 32]
     q = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)  # [n, sub-block, 32]
+    if b.shape[1] == 176:   # Q5_K: bit j of qh[l] is bit 4 of sub-block j's quant l
+        qh = b[:, 16:48].astype(np.int32)                                # [n, 32]
+        q += 16 * ((qh[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1).astype(np.float32)
     w = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
+    return w.reshape(-1, 256).astype(np.float32)
+
+
+def _dequantize_q2_k(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 84] -> float32 [n, 256]"""
+    s = b[:, 0:16].astype(np.int32)                                      # [n, 16]
+    qs = b[:, 16:80].reshape(-1, 2, 1, 32).astype(np.int32)             # [n, half, 1, l]
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    q = ((qs >> (2 * np.arange(4).reshape(1, 1, 4, 1))) & 3).astype(np.float32).reshape(-1, 16, 16)
+    w = (d * (s & 15).astype(np.float32))[:, :, None] * q - (dmin * (s >> 4).astype(np.float32))[:, :, None]
+    return w.reshape(-1, 256).astype(np.float32)
+
+
+def _dequantize_q3_k(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 110] -> float32 [n, 256]"""
+    hmask = b[:, 0:32].astype(np.int32)                                 # [n, 32]
+    qs = b[:, 32:96].reshape(-1, 2, 1, 32).astype(np.int32)             # [n, half, 1, l]
+    s = b[:, 96:108].astype(np.int32)                                    # [n, 12]
+    low = np.concatenate([s[:, 0:8] & 15, s[:, 0:8] >> 4], axis=1)      # [n, 16]
+    i = np.arange(16)
+    sc = (low | (((s[:, 8 + i % 4] >> (2 * (i // 4))) & 3) << 4)) - 32
+    d = _f16(b[:, 108:110])
+    j = np.arange(4).reshape(1, 1, 4, 1)
+    q = (qs >> (2 * j)) & 3                                              # [n, half, j, l]
+    hb = (hmask[:, None, None, :] >> (4 * np.arange(2).reshape(1, 2, 1, 1) + j)) & 1
+    q = (q - 4 * (1 - hb)).astype(np.float32).reshape(-1, 16, 16)
+    w = (d * sc.astype(np.float32))[:, :, None] * q
     return w.reshape(-1, 256).astype(np.float32)
 
 

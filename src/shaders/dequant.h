@@ -1,5 +1,5 @@
 // Weight decoding shared by the mul_mv, mul_mm and get_rows kernels.
-// Blocks are only 2-byte aligned inside a row (18, 20 and 34 bytes), so quantized
+// Blocks are only 2-byte aligned inside a row (18, 20, 22, 24 and 34 bytes), so quantized
 // data is read through ushort loads, never wider.
 #ifndef FORGERT_DEQUANT_H
 #define FORGERT_DEQUANT_H
@@ -29,6 +29,23 @@ static inline float fg_q4_1_at(device const block_q4_1* b, int c) {
     const uint q = b->qs[c & 15];
     return fg_f16_to_f32(b->d) * (c < 16 ? fg_lo4(q) : fg_hi4(q)) + fg_f16_to_f32(b->m);
 }
+// Q5_0 / Q5_1's high-bit word: qh as a little-endian uint32, read as two ushorts (qh at
+// offset 2 / 4), and quant c (0..31) of a block.
+static inline uint fg_q5_qh(device const uint8_t* qh) {
+    device const ushort* h = (device const ushort*)qh;
+    return uint(h[0]) | (uint(h[1]) << 16);
+}
+static inline float fg_q5_quant(device const uint8_t* qh, device const uint8_t* qs, int c) {
+    const uint q = qs[c & 15];
+    const uint hb = (fg_q5_qh(qh) >> c) & 1u;
+    return float(((c < 16 ? q : q >> 4) & 0xFu) | (hb << 4));
+}
+static inline float fg_q5_0_at(device const block_q5_0* b, int c) {
+    return fg_f16_to_f32(b->d) * (fg_q5_quant(b->qh, b->qs, c) - 16.0f);
+}
+static inline float fg_q5_1_at(device const block_q5_1* b, int c) {
+    return fg_f16_to_f32(b->d) * fg_q5_quant(b->qh, b->qs, c) + fg_f16_to_f32(b->m);
+}
 
 // K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
 // 6-bit scale and min of sub-block j (of 32 weights).
@@ -46,6 +63,32 @@ static inline float fg_q4_K_quant(device const block_q4_K* b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     return (c % 64) < 32 ? fg_lo4(q) : fg_hi4(q);
 }
+// Q2_K: quant c (0 <= c < 256), 0..3; sub-block c / 16 has scale scales & 15, min scales >> 4.
+static inline float fg_q2_K_quant(device const block_q2_K* b, int c) {
+    const int h = c / 128, j = (c % 128) / 32, l = c % 32;
+    return float((uint(b->qs[32 * h + l]) >> (2 * j)) & 3u);
+}
+static inline float fg_q2_K_at(device const block_q2_K* b, int c) {
+    const uint s = b->scales[c / 16];
+    return fg_f16_to_f32(b->d) * float(s & 15u) * fg_q2_K_quant(b, c) - fg_f16_to_f32(b->dmin) * float(s >> 4);
+}
+
+// Q3_K: signed scale of sub-block i (of 16 weights), and quant c (0 <= c < 256), -4..3.
+static inline float fg_q3_K_scale(device const uint8_t* s, int i) {
+    const uint low = i < 8 ? (s[i] & 0xFu) : (s[i - 8] >> 4);
+    return float(int(low | (((s[8 + i % 4] >> (2 * (i / 4))) & 3u) << 4)) - 32);
+}
+static inline float fg_q3_K_quant(device const block_q3_K* b, int c) {
+    const int h = c / 128, j = (c % 128) / 32, l = c % 32;
+    const uint q = (uint(b->qs[32 * h + l]) >> (2 * j)) & 3u;
+    const uint hb = (uint(b->hmask[l]) >> (4 * h + j)) & 1u;
+    return float(q) - (hb != 0u ? 0.0f : 4.0f);
+}
+static inline float fg_q5_K_quant(device const block_q5_K* b, int c) {
+    const uint q = b->qs[32 * (c / 64) + c % 32];
+    const uint hb = (uint(b->qh[c % 32]) >> (c / 32)) & 1u;  // bit j of qh[l] for sub-block j
+    return ((c % 64) < 32 ? fg_lo4(q) : fg_hi4(q)) + 16.0f * float(hb);
+}
 static inline float fg_q6_K_quant(device const block_q6_K* b, int c) {
     const int h = c / 128, quarter = (c % 128) / 32, l = c % 32;
     const uint ql = b->ql[64 * h + l + 32 * (quarter & 1)];
@@ -56,6 +99,14 @@ static inline float fg_q4_K_at(device const block_q4_K* b, int c) {
     float sc, m;
     fg_q4_K_scale_min(b->scales, c / 32, sc, m);
     return fg_f16_to_f32(b->d) * sc * fg_q4_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
+}
+static inline float fg_q3_K_at(device const block_q3_K* b, int c) {
+    return fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c / 16) * fg_q3_K_quant(b, c);
+}
+static inline float fg_q5_K_at(device const block_q5_K* b, int c) {
+    float sc, m;
+    fg_q4_K_scale_min(b->scales, c / 32, sc, m);
+    return fg_f16_to_f32(b->d) * sc * fg_q5_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
 }
 static inline float fg_q6_K_at(device const block_q6_K* b, int c) {
     return fg_f16_to_f32(b->d) * float(b->scales[c / 16]) * fg_q6_K_quant(b, c);
@@ -70,7 +121,12 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q8_0: return fg_q8_0_at((device const block_q8_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_0: return fg_q4_0_at((device const block_q4_0*)row + c / FG_QK, c % FG_QK);
         case FG_Q4_1: return fg_q4_1_at((device const block_q4_1*)row + c / FG_QK, c % FG_QK);
+        case FG_Q5_0: return fg_q5_0_at((device const block_q5_0*)row + c / FG_QK, c % FG_QK);
+        case FG_Q5_1: return fg_q5_1_at((device const block_q5_1*)row + c / FG_QK, c % FG_QK);
+        case FG_Q2_K: return fg_q2_K_at((device const block_q2_K*)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q3_K: return fg_q3_K_at((device const block_q3_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q5_K: return fg_q5_K_at((device const block_q5_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
         default: return 0.0f;
     }
@@ -112,6 +168,28 @@ static inline void fg_dequant16_q4_1(device const char* row, int blk, int h, thr
         out[2 * i + 1] = d * float((q >> (shift + 8)) & 0xFu) + m;
     }
 }
+// Q5_0 / Q5_1: half h is one nibble of every byte, its fifth bits qh bits 16 h .. 16 h + 15;
+// w = d q + m (Q5_0: m = -16 d).
+static inline void fg_dequant16_q5(device const uint8_t* qh, device const uint8_t* qs8, float d, float m, int h,
+                                   thread float* out) {
+    const uint hb = fg_q5_qh(qh) >> (16 * h);
+    device const ushort* qs = (device const ushort*)qs8;
+    const uint shift = 4 * h;
+    for (int i = 0; i < 8; ++i) {
+        const uint q = qs[i];
+        out[2 * i] = d * float(((q >> shift) & 0xFu) | (((hb >> (2 * i)) & 1u) << 4)) + m;
+        out[2 * i + 1] = d * float(((q >> (shift + 8)) & 0xFu) | (((hb >> (2 * i + 1)) & 1u) << 4)) + m;
+    }
+}
+static inline void fg_dequant16_q5_0(device const char* row, int blk, int h, thread float* out) {
+    device const block_q5_0* b = (device const block_q5_0*)row + blk;
+    const float d = fg_f16_to_f32(b->d);
+    fg_dequant16_q5(b->qh, b->qs, d, -16.0f * d, h, out);
+}
+static inline void fg_dequant16_q5_1(device const char* row, int blk, int h, thread float* out) {
+    device const block_q5_1* b = (device const block_q5_1*)row + blk;
+    fg_dequant16_q5(b->qh, b->qs, fg_f16_to_f32(b->d), fg_f16_to_f32(b->m), h, out);
+}
 
 // Sixteen consecutive weights [16 * h, 16 * h + 16) of 32-weight chunk `blk` of a K-quant
 // row: one half of a Q4_K sub-block, one whole Q6_K sub-block. Quants are read as ushorts
@@ -128,6 +206,55 @@ static inline void fg_dequant16_q4_K(device const char* row, int blk, int h, thr
         const uint q = q2[i] >> shift;
         out[2 * i] = d * float(q & 0xFu) - dm;
         out[2 * i + 1] = d * float((q >> 8) & 0xFu) - dm;
+    }
+}
+// Q2_K: chunk blk % 8 is (half, j), half h of it one sub-block of 16 (qs at offset 16).
+static inline void fg_dequant16_q2_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q2_K* b = (device const block_q2_K*)row + blk / 8;
+    const int c0 = 32 * (blk % 8) + 16 * h;
+    const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+    const uint s = b->scales[c0 / 16];
+    const float d = fg_f16_to_f32(b->d) * float(s & 15u), dm = fg_f16_to_f32(b->dmin) * float(s >> 4);
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+    const uint shift = 2u * uint(j);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = uint(q2[i]) >> shift;
+        out[2 * i] = d * float(q & 3u) - dm;
+        out[2 * i + 1] = d * float((q >> 8) & 3u) - dm;
+    }
+}
+
+// Q3_K: chunk blk % 8 is (half, j), half h of it one sub-block of 16 (hmask at offset 0, qs
+// at 32: ushort reads).
+static inline void fg_dequant16_q3_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q3_K* b = (device const block_q3_K*)row + blk / 8;
+    const int c0 = 32 * (blk % 8) + 16 * h;  // first weight
+    const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+    const float d = fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c0 / 16);
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+    device const ushort* m2 = (device const ushort*)(b->hmask + l0);
+    const uint qshift = 2u * uint(j), hshift = uint(4 * half + j);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = uint(q2[i]) >> qshift, hb = uint(m2[i]) >> hshift;
+        out[2 * i] = d * (float(q & 3u) - ((hb & 1u) != 0u ? 0.0f : 4.0f));
+        out[2 * i + 1] = d * (float((q >> 8) & 3u) - (((hb >> 8) & 1u) != 0u ? 0.0f : 4.0f));
+    }
+}
+
+// Q5_K: Q4_K's nibbles plus bit j of qh[l] (qh at offset 16, qs at 48: ushort reads).
+static inline void fg_dequant16_q5_K(device const char* row, int blk, int h, thread float* out) {
+    device const block_q5_K* b = (device const block_q5_K*)row + blk / 8;
+    const int j = blk % 8;
+    float sc, m;
+    fg_q4_K_scale_min(b->scales, j, sc, m);
+    const float d = fg_f16_to_f32(b->d) * sc, dm = fg_f16_to_f32(b->dmin) * m;
+    device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * h);
+    device const ushort* h2 = (device const ushort*)(b->qh + 16 * h);
+    const uint shift = 4 * (j % 2);
+    for (int i = 0; i < 8; ++i) {
+        const uint q = q2[i] >> shift, hb = uint(h2[i]) >> j;
+        out[2 * i] = d * float((q & 0xFu) | ((hb & 1u) << 4)) - dm;
+        out[2 * i + 1] = d * float(((q >> 8) & 0xFu) | (((hb >> 8) & 1u) << 4)) - dm;
     }
 }
 static inline void fg_dequant16_q6_K(device const char* row, int blk, int h, thread float* out) {

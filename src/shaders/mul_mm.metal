@@ -38,11 +38,41 @@ struct q4_1_tile {
         fg_dequant16_q4_1(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
+struct q5_0_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q5_0(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct q5_1_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q5_1(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
 // K-quants: k names (32-weight chunk of the row, half), as for the 32-weight blocks.
 struct q4_K_tile {
     typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
         fg_dequant16_q4_K(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct q2_K_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q2_K(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct q3_K_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q3_K(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct q5_K_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_q5_K(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
 struct q6_K_tile {
@@ -146,7 +176,12 @@ typedef decltype(mul_mm<q8_0_tile>) mul_mm_t;
 template [[host_name("mul_mm_q8_0")]] kernel mul_mm_t mul_mm<q8_0_tile>;
 template [[host_name("mul_mm_q4_0")]] kernel mul_mm_t mul_mm<q4_0_tile>;
 template [[host_name("mul_mm_q4_1")]] kernel mul_mm_t mul_mm<q4_1_tile>;
+template [[host_name("mul_mm_q5_0")]] kernel mul_mm_t mul_mm<q5_0_tile>;
+template [[host_name("mul_mm_q5_1")]] kernel mul_mm_t mul_mm<q5_1_tile>;
+template [[host_name("mul_mm_q2_K")]] kernel mul_mm_t mul_mm<q2_K_tile>;
+template [[host_name("mul_mm_q3_K")]] kernel mul_mm_t mul_mm<q3_K_tile>;
 template [[host_name("mul_mm_q4_K")]] kernel mul_mm_t mul_mm<q4_K_tile>;
+template [[host_name("mul_mm_q5_K")]] kernel mul_mm_t mul_mm<q5_K_tile>;
 template [[host_name("mul_mm_q6_K")]] kernel mul_mm_t mul_mm<q6_K_tile>;
 template [[host_name("mul_mm_f32")]] kernel mul_mm_t mul_mm<f32_tile>;
 template [[host_name("mul_mm_f16")]] kernel mul_mm_t mul_mm<f16_tile>;

@@ -65,6 +65,41 @@ struct q4_1_dot : q4_x_layout {
     }
 };
 
+// Q5_0 / Q5_1: Q4_0's nibble layout (half il: bytes qs[8 il .. 8 il + 8), weights 8 il + j
+// and 16 + 8 il + j), each quant's fifth bit from qh; w = d (q - 16) / d q + m.
+struct q5_x_layout : q4_x_layout {
+    // sum_j q_j * xv[j] over this half's 16 quants
+    static float quant_dot(device const uint8_t* qh8, device const uint8_t* qs, int il, thread const float* xv) {
+        const uint qh = fg_q5_qh(qh8);
+        const uint hlo = qh >> (8 * il), hhi = qh >> (16 + 8 * il);  // bit j: weight 8 il + j / 16 + 8 il + j
+        device const ushort* q2 = (device const ushort*)(qs + 8 * il);
+        float acc = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            const uint q = q2[i];
+            const int j = 2 * i;
+            acc += float((q & 0xFu) | (((hlo >> j) & 1u) << 4)) * xv[j] +
+                   float(((q >> 8) & 0xFu) | (((hlo >> (j + 1)) & 1u) << 4)) * xv[j + 1];
+            acc += float(((q >> 4) & 0xFu) | (((hhi >> j) & 1u) << 4)) * xv[8 + j] +
+                   float(((q >> 12) & 0xFu) | (((hhi >> (j + 1)) & 1u) << 4)) * xv[8 + j + 1];
+        }
+        return acc;
+    }
+};
+
+struct q5_0_dot : q5_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_0* b = (device const block_q5_0*)row + blk;
+        return fg_f16_to_f32(b->d) * (quant_dot(b->qh, b->qs, il, xv) - 16.0f * xsum);
+    }
+};
+
+struct q5_1_dot : q5_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_1* b = (device const block_q5_1*)row + blk;
+        return fg_f16_to_f32(b->d) * quant_dot(b->qh, b->qs, il, xv) + fg_f16_to_f32(b->m) * xsum;
+    }
+};
+
 // Q8_0: half il = weights 16 il .. 16 il + 16.
 struct q8_0_dot {
     static void load_x(device const float* xb, int il, bool vec4, thread float* xv) {
@@ -100,6 +135,64 @@ struct q4_K_dot : q8_0_dot {
         for (int i = 0; i < 8; ++i) {
             const uint q = q2[i] >> shift;
             acc += float(q & 0xFu) * xv[2 * i] + float((q >> 8) & 0xFu) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * sc * acc - fg_f16_to_f32(b->dmin) * m * xsum;
+    }
+};
+
+// Q2_K: half il of chunk blk is one sub-block of 16 (scale and min, the min through xsum).
+struct q2_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q2_K* b = (device const block_q2_K*)row + blk / 8;
+        const int c0 = 32 * (blk % 8) + 16 * il;
+        const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+        const uint shift = 2u * uint(j);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = uint(q2[i]) >> shift;
+            acc += float(q & 3u) * xv[2 * i] + float((q >> 8) & 3u) * xv[2 * i + 1];
+        }
+        const uint s = b->scales[c0 / 16];
+        return fg_f16_to_f32(b->d) * float(s & 15u) * acc - fg_f16_to_f32(b->dmin) * float(s >> 4) * xsum;
+    }
+};
+
+// Q3_K: half il of chunk blk is one sub-block of 16 (as Q6_K): quants from qs (2 bits) and
+// hmask (bit 2), at even offsets: ushort reads.
+struct q3_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q3_K* b = (device const block_q3_K*)row + blk / 8;
+        const int c0 = 32 * (blk % 8) + 16 * il;
+        const int half = c0 / 128, j = (c0 % 128) / 32, l0 = c0 % 32;
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * half + l0);
+        device const ushort* m2 = (device const ushort*)(b->hmask + l0);
+        const uint qshift = 2u * uint(j), hshift = uint(4 * half + j);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = uint(q2[i]) >> qshift, hb = uint(m2[i]) >> hshift;
+            acc += (float(q & 3u) - ((hb & 1u) != 0u ? 0.0f : 4.0f)) * xv[2 * i] +
+                   (float((q >> 8) & 3u) - (((hb >> 8) & 1u) != 0u ? 0.0f : 4.0f)) * xv[2 * i + 1];
+        }
+        return fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c0 / 16) * acc;
+    }
+};
+
+// Q5_K: Q4_K plus the fifth bit j of qh[l] (qh at offset 16: ushort reads).
+struct q5_K_dot : q8_0_dot {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_q5_K* b = (device const block_q5_K*)row + blk / 8;
+        const int j = blk % 8;
+        float sc, m;
+        fg_q4_K_scale_min(b->scales, j, sc, m);
+        device const ushort* q2 = (device const ushort*)(b->qs + 32 * (j / 2) + 16 * il);
+        device const ushort* h2 = (device const ushort*)(b->qh + 16 * il);
+        const uint shift = 4 * (j % 2);
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = q2[i] >> shift, hb = uint(h2[i]) >> j;
+            acc += float((q & 0xFu) | ((hb & 1u) << 4)) * xv[2 * i] +
+                   float(((q >> 8) & 0xFu) | (((hb >> 8) & 1u) << 4)) * xv[2 * i + 1];
         }
         return fg_f16_to_f32(b->d) * sc * acc - fg_f16_to_f32(b->dmin) * m * xsum;
     }
@@ -211,13 +304,23 @@ typedef decltype(mul_mv_quant<q8_0_dot>) mul_mv_quant_t;
 template [[host_name("mul_mv_q8_0")]] kernel mul_mv_quant_t mul_mv_quant<q8_0_dot>;
 template [[host_name("mul_mv_q4_0")]] kernel mul_mv_quant_t mul_mv_quant<q4_0_dot>;
 template [[host_name("mul_mv_q4_1")]] kernel mul_mv_quant_t mul_mv_quant<q4_1_dot>;
+template [[host_name("mul_mv_q5_0")]] kernel mul_mv_quant_t mul_mv_quant<q5_0_dot>;
+template [[host_name("mul_mv_q5_1")]] kernel mul_mv_quant_t mul_mv_quant<q5_1_dot>;
+template [[host_name("mul_mv_q2_K")]] kernel mul_mv_quant_t mul_mv_quant<q2_K_dot>;
+template [[host_name("mul_mv_q3_K")]] kernel mul_mv_quant_t mul_mv_quant<q3_K_dot>;
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
+template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_1_dot>;
+template [[host_name("mul_mv_swiglu_q5_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_0_dot>;
+template [[host_name("mul_mv_swiglu_q5_1")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_1_dot>;
+template [[host_name("mul_mv_swiglu_q2_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q2_K_dot>;
+template [[host_name("mul_mv_swiglu_q3_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q3_K_dot>;
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
+template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 
 // ---------------------------------------------------------------------------------

@@ -40,21 +40,26 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     for (auto& b : w) b = (uint8_t)(rng() & 0xff);
     for (int r = 0; r < rows; r++) {
         uint8_t* row = &w[r * rb];
-        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) {
+        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1) {
             const int64_t bb = dtype_block_bytes(t);
             for (int b = 0; b < cols / FG_QK; b++) {
                 const uint16_t d = f32_to_f16(0.01f + 0.001f * (float)(rng() % 16));
                 std::memcpy(row + b * bb, &d, 2);
-                if (t == DType::Q4_1) std::memcpy(row + b * bb + 2, &d, 2);
+                if (t == DType::Q4_1 || t == DType::Q5_1) std::memcpy(row + b * bb + 2, &d, 2);
             }
-        } else if (t == DType::Q4_K || t == DType::Q6_K) {
+        } else if (t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K) {
             // random quants and sub-block scales; super-block scales of order 1 / (max q * max sc)
             const int64_t bb = dtype_block_bytes(t);
             for (int b = 0; b < cols / FG_QK_K; b++) {
                 const uint16_t d = f32_to_f16(0.0005f + 0.0001f * (float)(rng() % 16));
-                if (t == DType::Q4_K) {
+                if (t == DType::Q4_K || t == DType::Q5_K) {  // d and dmin lead both layouts
                     std::memcpy(row + b * bb + offsetof(block_q4_K, d), &d, 2);
                     std::memcpy(row + b * bb + offsetof(block_q4_K, dmin), &d, 2);
+                } else if (t == DType::Q2_K) {
+                    std::memcpy(row + b * bb + offsetof(block_q2_K, d), &d, 2);
+                    std::memcpy(row + b * bb + offsetof(block_q2_K, dmin), &d, 2);
+                } else if (t == DType::Q3_K) {
+                    std::memcpy(row + b * bb + offsetof(block_q3_K, d), &d, 2);
                 } else {
                     std::memcpy(row + b * bb + offsetof(block_q6_K, d), &d, 2);
                 }
@@ -77,8 +82,8 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
 
 // The weight types a row of `cols` weights can have (K-quants: whole 256-weight super-blocks).
 std::vector<DType> weight_types(int cols) {
-    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16, DType::F32};
-    if (cols % FG_QK_K == 0) ts.insert(ts.end(), {DType::Q4_K, DType::Q6_K});
+    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::F16, DType::BF16, DType::F32};
+    if (cols % FG_QK_K == 0) ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K});
     return ts;
 }
 

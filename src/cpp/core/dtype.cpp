@@ -10,7 +10,12 @@ const char* dtype_name(DType t) {
         case DType::Q8_0: return "Q8_0";
         case DType::Q4_0: return "Q4_0";
         case DType::Q4_1: return "Q4_1";
+        case DType::Q5_0: return "Q5_0";
+        case DType::Q5_1: return "Q5_1";
+        case DType::Q2_K: return "Q2_K";
+        case DType::Q3_K: return "Q3_K";
         case DType::Q4_K: return "Q4_K";
+        case DType::Q5_K: return "Q5_K";
         case DType::Q6_K: return "Q6_K";
         case DType::I32: return "I32";
     }
@@ -19,7 +24,7 @@ const char* dtype_name(DType t) {
 
 bool dtype_is_known(int id) {
     switch (id) {
-        case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_Q4_K: case FG_Q6_K:
+        case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_Q5_0: case FG_Q5_1: case FG_Q2_K: case FG_Q3_K: case FG_Q4_K: case FG_Q5_K: case FG_Q6_K:
         case FG_I32:
             return true;
     }
@@ -28,8 +33,9 @@ bool dtype_is_known(int id) {
 
 int64_t dtype_block_elems(DType t) {
     switch (t) {
-        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: return FG_QK;
-        case DType::Q4_K: case DType::Q6_K: return FG_QK_K;
+        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: return FG_QK;
+        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+            return FG_QK_K;
         default: return 1;
     }
 }
@@ -41,7 +47,12 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q8_0: return sizeof(block_q8_0);
         case DType::Q4_0: return sizeof(block_q4_0);
         case DType::Q4_1: return sizeof(block_q4_1);
+        case DType::Q5_0: return sizeof(block_q5_0);
+        case DType::Q5_1: return sizeof(block_q5_1);
+        case DType::Q2_K: return sizeof(block_q2_K);
+        case DType::Q3_K: return sizeof(block_q3_K);
         case DType::Q4_K: return sizeof(block_q4_K);
+        case DType::Q5_K: return sizeof(block_q5_K);
         case DType::Q6_K: return sizeof(block_q6_K);
     }
     return 0;

@@ -26,8 +26,13 @@ enum fg_dtype {
     FG_F16 = 1,
     FG_Q4_0 = 2,
     FG_Q4_1 = 3,
+    FG_Q5_0 = 6,
+    FG_Q5_1 = 7,
     FG_Q8_0 = 8,
+    FG_Q2_K = 10,
+    FG_Q3_K = 11,
     FG_Q4_K = 12,
+    FG_Q5_K = 13,
     FG_Q6_K = 14,
     FG_I32 = 26,   // token ids, argmax results
     FG_BF16 = 30,
@@ -55,6 +60,47 @@ typedef struct {
 } block_q4_1;
 FG_STATIC_ASSERT(sizeof(block_q4_1) == 20, "block_q4_1 is 20 bytes");
 
+// Q5_0: w[i] = d * (q[i] - 16), q 5 bits: the low 4 in nibbles as Q4_0 (qs[j] holds weights
+// j and j + 16), the fifth in bit i of qh read as a little-endian uint32.
+typedef struct {
+    fg_half d;
+    uint8_t qh[4];
+    uint8_t qs[FG_QK / 2];
+} block_q5_0;
+FG_STATIC_ASSERT(sizeof(block_q5_0) == 22, "block_q5_0 is 22 bytes");
+
+// Q5_1: w[i] = d * q[i] + m; q as in Q5_0.
+typedef struct {
+    fg_half d;
+    fg_half m;
+    uint8_t qh[4];
+    uint8_t qs[FG_QK / 2];
+} block_q5_1;
+FG_STATIC_ASSERT(sizeof(block_q5_1) == 24, "block_q5_1 is 24 bytes");
+
+// Q2_K: 16 sub-blocks of 16; sub-block i: w = d * (scales[i] & 15) * q - dmin * (scales[i] >> 4),
+// q 2 bits: in each half h (128 weights), weight 32 j + l (j < 4, l < 32) is qs[32 h + l] >> 2 j,
+// sub-block 8 h + 2 j + l / 16 (as Q3_K).
+typedef struct {
+    uint8_t scales[FG_QK_K / 16];
+    uint8_t qs[FG_QK_K / 4];
+    fg_half d;
+    fg_half dmin;
+} block_q2_K;
+FG_STATIC_ASSERT(sizeof(block_q2_K) == 84, "block_q2_K is 84 bytes");
+
+// Q3_K: 16 sub-blocks of 16; sub-block i: w = d * (s[i] - 32) * (q - 4), s 6 bits (low 4 in
+// scales[i] (i < 8) or scales[i - 8] >> 4, high 2 in scales[8 + i % 4] >> 2 (i / 4)), q 3 bits.
+// In each half h (128 weights), weight 32 j + l (j < 4, l < 32) has bits 0-1 in qs[32 h + l]
+// >> 2 j and bit 2 in hmask[l] bit 4 h + j; it is sub-block 8 h + 2 j + l / 16.
+typedef struct {
+    uint8_t hmask[FG_QK_K / 8];
+    uint8_t qs[FG_QK_K / 4];
+    uint8_t scales[12];
+    fg_half d;
+} block_q3_K;
+FG_STATIC_ASSERT(sizeof(block_q3_K) == 110, "block_q3_K is 110 bytes");
+
 // Q4_K: 8 sub-blocks of 32; sub-block j: w[i] = d * sc[j] * q[i] - dmin * m[j], q 4 bits,
 // sc and m 6 bits, packed in `scales`: for j < 4 sc[j] = scales[j] & 63 and
 // m[j] = scales[j + 4] & 63; for j >= 4 the low 4 bits come from scales[j + 4]
@@ -68,6 +114,17 @@ typedef struct {
     uint8_t qs[FG_QK_K / 2];
 } block_q4_K;
 FG_STATIC_ASSERT(sizeof(block_q4_K) == 144, "block_q4_K is 144 bytes");
+
+// Q5_K: Q4_K with a fifth quant bit, w[i] = d * sc[j] * q[i] - dmin * m[j], q 0..31: the low 4
+// bits as in Q4_K (sub-block j: nibble j % 2 of qs[32 (j / 2) + l]), bit 4 is bit j of qh[l].
+typedef struct {
+    fg_half d;
+    fg_half dmin;
+    uint8_t scales[FG_K_SCALE_SIZE];
+    uint8_t qh[FG_QK_K / 8];
+    uint8_t qs[FG_QK_K / 2];
+} block_q5_K;
+FG_STATIC_ASSERT(sizeof(block_q5_K) == 176, "block_q5_K is 176 bytes");
 
 // Q6_K: 16 sub-blocks of 16; sub-block j: w[i] = d * scales[j] * (q[i] - 32), q 6 bits:
 // low 4 bits in ql, high 2 bits in qh. In each half h (128 weights; ql + 64h, qh + 32h),

@@ -1,7 +1,7 @@
-// Portable K-quant (Q4_K, Q6_K) building blocks: unpacking a 256-weight super-block
+// Portable K-quant (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) building blocks: unpacking a 256-weight super-block
 // into integer quants and per-sub-block scales, its f32 dequantization, and its dot
 // product with eight activation blocks (BlockQ8Act, 32 weights each). Sub-blocks are
-// 32 (Q4_K) or 16 (Q6_K) weights, so each lies inside one activation block and its
+// 32 (Q4_K, Q5_K) or 16 (Q2_K, Q3_K, Q6_K) weights, so each lies inside one activation block and its
 // integer dot is exact. Included into each kernels_*.cpp (internal linkage).
 #pragma once
 
@@ -13,7 +13,9 @@
 namespace forgert::cpu {
 namespace {
 
-constexpr bool is_kquant(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+constexpr bool is_kquant(DType t) {
+    return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+}
 constexpr int kActBlocksPerSuper = FG_QK_K / FG_QK;  // 8
 
 // Q4_K's 6-bit scale sc[j] and min m[j] of sub-block j (quant_blocks.h).
@@ -36,6 +38,35 @@ inline void q4_K_unpack(const block_q4_K* b, uint8_t* q) {
         }
 }
 
+// Q5_K quants in weight order: Q4_K's nibbles, bit j of qh[l] as bit 4.  q [256], 0..31
+inline void q5_K_unpack(const block_q5_K* b, uint8_t* q) {
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 32; l++) {
+            q[64 * k + l] = (uint8_t)((b->qs[32 * k + l] & 0x0f) | ((b->qh[l] >> (2 * k)) & 1) << 4);
+            q[64 * k + 32 + l] = (uint8_t)((b->qs[32 * k + l] >> 4) | ((b->qh[l] >> (2 * k + 1)) & 1) << 4);
+        }
+}
+
+// Q2_K quants in weight order, 0..3.                                q [256]
+inline void q2_K_unpack(const block_q2_K* b, uint8_t* q) {
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) q[128 * h + 32 * j + l] = (b->qs[32 * h + l] >> (2 * j)) & 3;
+}
+
+// Q3_K quants in weight order, -4..3, and its 16 signed sub-block scales (-32..31).
+inline void q3_K_unpack(const block_q3_K* b, int8_t* q, int* sc) {
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++)
+                q[128 * h + 32 * j + l] = (int8_t)(((b->qs[32 * h + l] >> (2 * j)) & 3) -
+                                                   ((b->hmask[l] >> (4 * h + j)) & 1 ? 0 : 4));
+    for (int i = 0; i < 16; i++) {
+        const int low = i < 8 ? b->scales[i] & 0x0f : b->scales[i - 8] >> 4;
+        sc[i] = (low | ((b->scales[8 + i % 4] >> (2 * (i / 4))) & 3) << 4) - 32;
+    }
+}
+
 // Q6_K quants in weight order, minus the offset 32.                  q [256], -32..31
 inline void q6_K_unpack(const block_q6_K* b, int8_t* q) {
     for (int h = 0; h < 2; h++) {
@@ -53,16 +84,42 @@ inline void q6_K_unpack(const block_q6_K* b, int8_t* q) {
 
 // One super-block to f32.                                            y [256]
 inline void dequantize_super_block(DType wt, const uint8_t* blk, float* y) {
-    if (wt == DType::Q4_K) {
-        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+    if (wt == DType::Q4_K || wt == DType::Q5_K) {  // same scales and mins; Q5_K's q has 5 bits
         uint8_t q[FG_QK_K];
-        q4_K_unpack(b, q);
-        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        const uint8_t* scales;
+        fg_half hd, hdmin;
+        if (wt == DType::Q4_K) {
+            const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+            q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        } else {
+            const auto* b = reinterpret_cast<const block_q5_K*>(blk);
+            q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        }
+        const float d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            q4_K_scale_min(b->scales, j, sc, m);
+            q4_K_scale_min(scales, j, sc, m);
             const float dj = d * (float)sc, mj = dmin * (float)m;
             for (int i = 0; i < 32; i++) y[32 * j + i] = dj * q[32 * j + i] - mj;
+        }
+    } else if (wt == DType::Q2_K) {
+        const auto* b = reinterpret_cast<const block_q2_K*>(blk);
+        uint8_t q[FG_QK_K];
+        q2_K_unpack(b, q);
+        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        for (int j = 0; j < 16; j++) {  // as ggml: (d * sc) * q - dmin * m
+            const float dj = d * (float)(b->scales[j] & 15), mj = dmin * (float)(b->scales[j] >> 4);
+            for (int i = 0; i < 16; i++) y[16 * j + i] = dj * q[16 * j + i] - mj;
+        }
+    } else if (wt == DType::Q3_K) {
+        const auto* b = reinterpret_cast<const block_q3_K*>(blk);
+        int8_t q[FG_QK_K];
+        int sc[16];
+        q3_K_unpack(b, q, sc);
+        const float d = f16_to_f32(b->d);
+        for (int j = 0; j < 16; j++) {  // as ggml: (d * sc) * q
+            const float dj = d * (float)sc[j];
+            for (int i = 0; i < 16; i++) y[16 * j + i] = dj * q[16 * j + i];
         }
     } else {
         const auto* b = reinterpret_cast<const block_q6_K*>(blk);
@@ -87,16 +144,51 @@ inline int32_t act_dot(const Q* q, const BlockQ8Act& a, int i0, int n) {
 // dot of one super-block with its eight activation blocks a[0..7].
 inline float super_block_dot_scalar(DType wt, const uint8_t* blk, const BlockQ8Act* a) {
     float acc = 0.0f;
-    if (wt == DType::Q4_K) {
-        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+    if (wt == DType::Q4_K || wt == DType::Q5_K) {
         uint8_t q[FG_QK_K];
-        q4_K_unpack(b, q);
-        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        const uint8_t* scales;
+        fg_half hd, hdmin;
+        if (wt == DType::Q4_K) {
+            const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+            q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        } else {
+            const auto* b = reinterpret_cast<const block_q5_K*>(blk);
+            q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+        }
+        const float d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
         for (int j = 0; j < 8; j++) {  // sub-block j is activation block j
             int sc, m;
-            q4_K_scale_min(b->scales, j, sc, m);
+            q4_K_scale_min(scales, j, sc, m);
             acc += d * (float)sc * a[j].d * (float)act_dot(q + 32 * j, a[j], 0, 32) - dmin * (float)m * a[j].sum;
         }
+    } else if (wt == DType::Q2_K) {
+        // A sub-block is half an activation block, whose exact sum covers both halves: each
+        // half's min term uses its quantized activations' sum (the ones the dot also sees).
+        const auto* b = reinterpret_cast<const block_q2_K*>(blk);
+        uint8_t q[FG_QK_K];
+        q2_K_unpack(b, q);
+        const uint8_t ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        for (int j = 0; j < 8; j++) {  // activation block j holds sub-blocks 2j, 2j + 1
+            int64_t sj = 0, mj = 0;    // each act_dot < 2^22, scales < 16
+            for (int k = 0; k < 2; k++) {
+                const int sc = b->scales[2 * j + k];
+                sj += (int64_t)(sc & 15) * act_dot(q + 32 * j + 16 * k, a[j], 16 * k, 16);
+                mj += (int64_t)(sc >> 4) * act_dot(ones, a[j], 16 * k, 16);
+            }
+            acc += a[j].d * (d * (float)sj - dmin * (float)mj);
+        }
+    } else if (wt == DType::Q3_K) {
+        const auto* b = reinterpret_cast<const block_q3_K*>(blk);
+        int8_t q[FG_QK_K];
+        int sc[16];
+        q3_K_unpack(b, q, sc);
+        for (int j = 0; j < 8; j++) {  // activation block j holds sub-blocks 2j, 2j + 1
+            const int64_t s = (int64_t)sc[2 * j] * act_dot(q + 32 * j, a[j], 0, 16) +
+                              (int64_t)sc[2 * j + 1] * act_dot(q + 32 * j + 16, a[j], 16, 16);
+            acc += a[j].d * (float)s;
+        }
+        acc *= f16_to_f32(b->d);
     } else {
         const auto* b = reinterpret_cast<const block_q6_K*>(blk);
         int8_t q[FG_QK_K];

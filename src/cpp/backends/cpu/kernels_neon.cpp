@@ -22,6 +22,19 @@ inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& 
         hi = vld1q_s8(q->qs + 16);
         d = f16(q->d);
         m = 0.0f;
+    } else if constexpr (WT == DType::Q5_0 || WT == DType::Q5_1) {
+        uint8_t u[FG_QK];  // quants 0..31 (portable unpack: the fifth bits are scattered)
+        if constexpr (WT == DType::Q5_0) {
+            const auto* q = reinterpret_cast<const block_q5_0*>(blk);
+            q5_unpack(q->qh, q->qs, u);
+            d = f16(q->d), m = -16.0f * d;
+        } else {
+            const auto* q = reinterpret_cast<const block_q5_1*>(blk);
+            q5_unpack(q->qh, q->qs, u);
+            d = f16(q->d), m = f16(q->m);
+        }
+        lo = vreinterpretq_s8_u8(vld1q_u8(u));
+        hi = vreinterpretq_s8_u8(vld1q_u8(u + 16));
     } else {
         const uint8_t* qs;
         if constexpr (WT == DType::Q4_0) {
@@ -157,6 +170,8 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
         case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_0: return gemm_q_typed<DType::Q4_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_1: return gemm_q_typed<DType::Q4_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q5_0: return gemm_q_typed<DType::Q5_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q5_1: return gemm_q_typed<DType::Q5_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
     }
 }

@@ -16,7 +16,21 @@ namespace {
 // Bytes of one block of a quantized weight type, at compile time.
 template <DType WT>
 constexpr int64_t block_bytes() {
-    return WT == DType::Q8_0 ? sizeof(block_q8_0) : WT == DType::Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    return WT == DType::Q8_0   ? sizeof(block_q8_0)
+           : WT == DType::Q4_0 ? sizeof(block_q4_0)
+           : WT == DType::Q5_0 ? sizeof(block_q5_0)
+           : WT == DType::Q5_1 ? sizeof(block_q5_1)
+                               : sizeof(block_q4_1);
+}
+
+// Q5_0 / Q5_1's 32 quants (0..31, weight order): the nibbles of qs as Q4_0 plus bit i of
+// qh (4 bytes, little-endian) as bit 4.
+inline void q5_unpack(const uint8_t* qh4, const uint8_t* qs, uint8_t* q) {
+    const uint32_t qh = (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 | (uint32_t)qh4[3] << 24;
+    for (int i = 0; i < FG_QK / 2; i++) {
+        q[i] = (uint8_t)((qs[i] & 0x0f) | ((qh >> i) & 1) << 4);
+        q[i + FG_QK / 2] = (uint8_t)((qs[i] >> 4) | ((qh >> (i + FG_QK / 2)) & 1) << 4);
+    }
 }
 
 inline void quantize_row_q8_scalar(const float* x, BlockQ8Act* y, int64_t n) {
@@ -56,6 +70,18 @@ inline float block_dot_scalar(DType wt, const uint8_t* wb, const BlockQ8Act& a) 
         const auto* b = reinterpret_cast<const block_q8_0*>(wb);
         for (int i = 0; i < FG_QK; i++) s += (int32_t)b->qs[i] * (256 * a.hi[i] + a.lo[i]);
         d = f16_to_f32(b->d);
+    } else if (wt == DType::Q5_0 || wt == DType::Q5_1) {
+        uint8_t q[FG_QK];
+        if (wt == DType::Q5_0) {
+            const auto* b = reinterpret_cast<const block_q5_0*>(wb);
+            q5_unpack(b->qh, b->qs, q);
+            d = f16_to_f32(b->d), m = -16.0f * d;
+        } else {
+            const auto* b = reinterpret_cast<const block_q5_1*>(wb);
+            q5_unpack(b->qh, b->qs, q);
+            d = f16_to_f32(b->d), m = f16_to_f32(b->m);
+        }
+        for (int i = 0; i < FG_QK; i++) s += (int32_t)q[i] * (256 * a.hi[i] + a.lo[i]);
     } else {
         const uint8_t* qs;
         if (wt == DType::Q4_0) {
@@ -98,6 +124,22 @@ inline void dequantize_block(DType wt, const uint8_t* blk, float* y) {
         const auto* q = reinterpret_cast<const block_q8_0*>(blk);
         const float d = f16_to_f32(q->d);
         for (int i = 0; i < FG_QK; i++) y[i] = d * q->qs[i];
+        return;
+    }
+    if (wt == DType::Q5_0) {
+        const auto* b = reinterpret_cast<const block_q5_0*>(blk);
+        uint8_t q[FG_QK];
+        q5_unpack(b->qh, b->qs, q);
+        const float d = f16_to_f32(b->d);
+        for (int i = 0; i < FG_QK; i++) y[i] = d * (float)(q[i] - 16);  // as ggml: an exact product
+        return;
+    }
+    if (wt == DType::Q5_1) {
+        const auto* b = reinterpret_cast<const block_q5_1*>(blk);
+        uint8_t q[FG_QK];
+        q5_unpack(b->qh, b->qs, q);
+        const float d = f16_to_f32(b->d), m = f16_to_f32(b->m);
+        for (int i = 0; i < FG_QK; i++) y[i] = d * (float)q[i] + m;  // as ggml: one rounding, in the add
         return;
     }
     const uint8_t* qs;
@@ -267,7 +309,7 @@ namespace forgert::cpu {
 namespace {  // internal: each ISA file compiles its own copy
 // One row of any weight type to f32 (embedding lookups, and the panel GEMM's K-quant rows).
 inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols) {
-    if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1) {
+    if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1 || wt == DType::Q5_0 || wt == DType::Q5_1) {
         for (int64_t b = 0; b < cols / FG_QK; b++) dequantize_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK);
         return;
     }

@@ -28,7 +28,12 @@ const char* weight_suffix(DType t) {
         case DType::Q8_0: return "q8_0";
         case DType::Q4_0: return "q4_0";
         case DType::Q4_1: return "q4_1";
+        case DType::Q5_0: return "q5_0";
+        case DType::Q5_1: return "q5_1";
+        case DType::Q2_K: return "q2_K";
+        case DType::Q3_K: return "q3_K";
         case DType::Q4_K: return "q4_K";
+        case DType::Q5_K: return "q5_K";
         case DType::Q6_K: return "q6_K";
         default: return nullptr;
     }
