@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_name  # bench/machine.py (the script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MODELS = ROOT / "bench" / "models"   # derived GGUFs (gitignored)
@@ -47,15 +49,6 @@ def derived_model(src: Path, qtype: str) -> Path:
                        check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
     return out
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Forgert:

@@ -9,7 +9,6 @@ text is not checked (ignore_eos keeps every run at --tokens tokens).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -17,18 +16,11 @@ import numpy as np
 
 import forgert
 
+from machine import cpu_name  # bench/machine.py (the script's directory is on sys.path)
+
 PROMPT = "Once upon a time"
 FULL = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.1, seed=1)
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def raw_greedy(m, n):
