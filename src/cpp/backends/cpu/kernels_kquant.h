@@ -82,20 +82,27 @@ inline void q6_K_unpack(const block_q6_K* b, int8_t* q) {
     }
 }
 
+// Q4_K and Q5_K share their layout of scales and mins (Q5_K's quants have a fifth bit):
+// the quants of one super-block (0..15 or 0..31), its packed scales and its two f16 factors.
+inline void unpack_q45_K(DType wt, const uint8_t* blk, uint8_t* q, const uint8_t*& scales, float& d, float& dmin) {
+    fg_half hd, hdmin;
+    if (wt == DType::Q4_K) {
+        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+        q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+    } else {
+        const auto* b = reinterpret_cast<const block_q5_K*>(blk);
+        q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
+    }
+    d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
+}
+
 // One super-block to f32.                                            y [256]
 inline void dequantize_super_block(DType wt, const uint8_t* blk, float* y) {
     if (wt == DType::Q4_K || wt == DType::Q5_K) {  // same scales and mins; Q5_K's q has 5 bits
         uint8_t q[FG_QK_K];
         const uint8_t* scales;
-        fg_half hd, hdmin;
-        if (wt == DType::Q4_K) {
-            const auto* b = reinterpret_cast<const block_q4_K*>(blk);
-            q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
-        } else {
-            const auto* b = reinterpret_cast<const block_q5_K*>(blk);
-            q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
-        }
-        const float d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
+        float d, dmin;
+        unpack_q45_K(wt, blk, q, scales, d, dmin);
         for (int j = 0; j < 8; j++) {
             int sc, m;
             q4_K_scale_min(scales, j, sc, m);
@@ -147,15 +154,8 @@ inline float super_block_dot_scalar(DType wt, const uint8_t* blk, const BlockQ8A
     if (wt == DType::Q4_K || wt == DType::Q5_K) {
         uint8_t q[FG_QK_K];
         const uint8_t* scales;
-        fg_half hd, hdmin;
-        if (wt == DType::Q4_K) {
-            const auto* b = reinterpret_cast<const block_q4_K*>(blk);
-            q4_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
-        } else {
-            const auto* b = reinterpret_cast<const block_q5_K*>(blk);
-            q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
-        }
-        const float d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
+        float d, dmin;
+        unpack_q45_K(wt, blk, q, scales, d, dmin);
         for (int j = 0; j < 8; j++) {  // sub-block j is activation block j
             int sc, m;
             q4_K_scale_min(scales, j, sc, m);
