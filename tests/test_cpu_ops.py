@@ -420,6 +420,19 @@ def extreme_q5_blocks(dtype_id: int) -> np.ndarray:
     return np.stack(out)
 
 
+def assert_dequantizers_match_gguf(ops_for, raw, dtype_id, rows, cols):
+    """The test's decoder, forgert.quants and the CPU's get_rows all give gguf's dequantization
+    bit for bit (the CPU's f32 d * sc * q - dmin * m rounds as gguf's NumPy f32 does)."""
+    import gguf
+    from forgert import quants
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(rows, cols)
+    assert np.all(np.isfinite(theirs))
+    np.testing.assert_array_equal(decode_weights(raw, dtype_id, rows, cols).astype(np.float32), theirs)
+    np.testing.assert_array_equal(quants.dequantize(raw, dtype_id, rows, cols), theirs)
+    out = ops_for("cpu").get_rows(raw, dtype_id, rows, cols, np.arange(rows, dtype=np.int32))
+    np.testing.assert_array_equal(out, theirs)
+
+
 @pytest.mark.parametrize("dtype_id", [Q5_0, Q5_1], ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("blocks", ["random", "extreme"])
 def test_q5_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
@@ -437,12 +450,7 @@ def test_q5_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
     else:
         raw = extreme_q5_blocks(dtype_id).reshape(-1)
         rows, cols = raw.size // BLOCK_BYTES[dtype_id], 32
-    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(rows, cols)
-    assert np.all(np.isfinite(theirs))
-    np.testing.assert_array_equal(decode_weights(raw, dtype_id, rows, cols).astype(np.float32), theirs)
-    np.testing.assert_array_equal(quants.dequantize(raw, dtype_id, rows, cols), theirs)
-    out = ops_for("cpu").get_rows(raw, dtype_id, rows, cols, np.arange(rows, dtype=np.int32))
-    np.testing.assert_array_equal(out, theirs)
+    assert_dequantizers_match_gguf(ops_for, raw, dtype_id, rows, cols)
 
 
 # ----------------------------------------------------------------------------- K-quants (Q4_K, Q6_K)
@@ -487,13 +495,7 @@ def test_kquant_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
     else:
         raw = extreme_kquant_blocks(dtype_id).reshape(-1)
     rows, cols = (24, 512) if blocks == "random" else (raw.size // BLOCK_BYTES[dtype_id], 256)
-    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype_id)).reshape(rows, cols)
-    assert np.all(np.isfinite(theirs))
-    np.testing.assert_array_equal(decode_weights(raw, dtype_id, rows, cols).astype(np.float32), theirs)
-    np.testing.assert_array_equal(quants.dequantize(raw, dtype_id, rows, cols), theirs)
-    # the CPU's f32 d * sc * q - dmin * m rounds as gguf's NumPy f32 does: bit-exact
-    out = ops_for("cpu").get_rows(raw, dtype_id, rows, cols, np.arange(rows, dtype=np.int32))
-    np.testing.assert_array_equal(out, theirs)
+    assert_dequantizers_match_gguf(ops_for, raw, dtype_id, rows, cols)
 
 
 # (rows, cols, n_tokens): K-quant rows are whole 256-weight super-blocks; the token counts
