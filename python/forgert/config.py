@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ModelFormatError
-from .rope import rope_freqs
+from .rope import rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
+# converter permutes the others' Q/K rows for adjacent-pair rotation.
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3")
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -18,7 +21,7 @@ DEFAULT_N_CTX_CAP = 8192
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" | "qwen2"
+    arch: str                 # "llama" | "qwen2" | "qwen3"
     n_layers: int
     dim: int
     n_heads: int
@@ -32,6 +35,7 @@ class ModelConfig:
     rope_neox: bool           # False: adjacent pairs (GGUF llama, permuted weights); True: half split
     rope_scaling: dict | None = None
     rope_freqs: np.ndarray = field(default=None, repr=False)   # float32 [head_dim // 2]
+    rope_attn_factor: float = 1.0   # multiplies cos and sin (YaRN's attention factor)
     tied_embeddings: bool = False
     # Sliding-window attention (Mistral 7B v0.1: 4096): a token attends to itself and the
     # sliding_window - 1 before it, in layers sliding_window_from.. (Qwen2's max_window_layers;
@@ -39,12 +43,18 @@ class ModelConfig:
     sliding_window: int | None = None
     sliding_window_from: int = 0
 
+    def freqs_for(self, n_ctx: int) -> np.ndarray:
+        """rope_freqs for a context of n_ctx: dynamic NTK's base depends on it (rope.rope_freqs)."""
+        if (self.rope_scaling or {}).get("type") == "dynamic":
+            return rope_freqs(self.rope_theta, self.head_dim, self.rope_scaling, n_ctx)
+        return self.rope_freqs
+
     def core_dict(self, n_ctx: int) -> dict:
         return {
             "arch": self.arch, "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
-            "rope_neox": bool(self.rope_neox), "rope_freqs": self.rope_freqs,
+            "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
             "sliding_window": int(self.sliding_window or 0), "sliding_window_from": int(self.sliding_window_from),
         }
 
@@ -151,6 +161,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         factor = _get_float(meta, p + "rope.scaling.factor", source, default=legacy_linear)
         if factor != 1.0:
             scaling = {"type": "linear", "factor": factor}
+    elif kind == "yarn":
+        scaling = _gguf_yarn(meta, p, source)
     elif kind != "none":
         _fail(source, f"unsupported RoPE scaling type '{kind}'")
     if rope_factors is not None:
@@ -173,7 +185,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
         rope_theta=theta,
         # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
-        rope_neox=(arch == "qwen2"),
+        rope_neox=(arch in _GGUF_NEOX_ARCHS),
         rope_scaling=scaling,
         sliding_window=(_get_int(meta, p + "attention.sliding_window", source)
                         if meta.get(p + "attention.sliding_window") is not None else None),
@@ -181,7 +193,50 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
+    cfg.rope_attn_factor = (scaling or {}).get("attn_factor", 1.0)
     return cfg
+
+
+def _gguf_yarn(meta, p, source) -> dict:
+    """YaRN from the keys llama.cpp reads: rope.scaling.factor and .original_context_length, the
+    optional yarn_beta_fast / yarn_beta_slow / yarn_ext_factor (32, 1, 1 by default), and the
+    attention factor llama.cpp derives: 0.1 ln(factor) + 1, times rope.scaling.attn_factor."""
+    factor = _get_float(meta, p + "rope.scaling.factor", source)
+    if meta.get(p + "rope.scaling.yarn_log_multiplier", 0.0) not in (0, 0.0):
+        _fail(source, "YaRN with rope.scaling.yarn_log_multiplier (DeepSeek's mscale_all_dim) is not supported")
+    ext = meta.get(p + "rope.scaling.yarn_ext_factor", 1.0)
+    if isinstance(ext, bool) or not isinstance(ext, (int, float, np.number)) or not 0 <= ext <= 1:
+        _fail(source, f"metadata '{p}rope.scaling.yarn_ext_factor' must be in [0, 1], got {ext!r}")
+    if ext == 0:   # llama.cpp: no extrapolated share and no attention factor but attn_factor
+        return {"type": "linear", "factor": factor,
+                "attn_factor": _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0)}
+    return {
+        "type": "yarn", "factor": factor,
+        "original_max_position_embeddings": _get_int(meta, p + "rope.scaling.original_context_length", source,
+                                                     default=meta.get(p + "context_length")),
+        "beta_fast": _get_float(meta, p + "rope.scaling.yarn_beta_fast", source, default=32.0),
+        "beta_slow": _get_float(meta, p + "rope.scaling.yarn_beta_slow", source, default=1.0),
+        "ext_factor": float(ext),
+        "attn_factor": yarn_mscale(factor) * _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0),
+    }
+
+
+def _hf_yarn(scaling_in: dict, hf: dict, source) -> dict:
+    """transformers' _compute_yarn_parameters' inputs; attn_factor as it derives attention_factor."""
+    orig = int(scaling_in["original_max_position_embeddings"])
+    factor = scaling_in.get("factor")
+    factor = float(factor) if factor is not None else _get_int(hf, "max_position_embeddings", source) / orig
+    attn = scaling_in.get("attention_factor")
+    if attn is None:
+        mscale, mscale_all_dim = scaling_in.get("mscale"), scaling_in.get("mscale_all_dim")
+        attn = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim) if mscale and mscale_all_dim
+                else yarn_mscale(factor))
+    out = {"type": "yarn", "factor": factor, "original_max_position_embeddings": orig,
+           "beta_fast": float(scaling_in.get("beta_fast") or 32), "beta_slow": float(scaling_in.get("beta_slow") or 1),
+           "truncate": bool(scaling_in.get("truncate", True)), "attn_factor": float(attn)}
+    if not all(math.isfinite(v) and v > 0 for v in (factor, out["beta_fast"], out["beta_slow"], out["attn_factor"])):
+        _fail(source, f"rope scaling 'yarn' has a non-positive or non-finite parameter: {scaling_in!r}")
+    return out
 
 
 def _hf_rope(hf: dict, source):
@@ -197,6 +252,11 @@ def _hf_rope(hf: dict, source):
     try:
         if kind == "linear":
             return float(theta), {"type": "linear", "factor": float(scaling_in["factor"])}
+        if kind == "yarn":
+            return float(theta), _hf_yarn(scaling_in, hf, source)
+        if kind == "dynamic":
+            return float(theta), {"type": "dynamic", "factor": float(scaling_in["factor"]),
+                                  "max_position_embeddings": _get_int(hf, "max_position_embeddings", source)}
         if kind == "llama3":
             return float(theta), {
                 "type": "llama3", "factor": float(scaling_in["factor"]),
@@ -236,7 +296,7 @@ def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
 
 
 def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
-    """hf: the parsed config.json of a Llama / Mistral / Qwen2 model directory; census: its tensors."""
+    """hf: the parsed config.json of a Llama / Mistral / Qwen2 / Qwen3 model directory; census: its tensors."""
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
@@ -267,10 +327,11 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             _fail(source, f"sliding_window must be a positive integer, got {window!r}")
         cfg.sliding_window = window
-        if model_type == "qwen2":   # Qwen2 windows only the layers from max_window_layers on
+        if model_type in ("qwen2", "qwen3"):   # windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
+    cfg.rope_attn_factor = (scaling or {}).get("attn_factor", 1.0)
     return cfg

@@ -20,7 +20,7 @@ from .weights import WeightTensor
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
 _MAX_HEADER = 100 * 1024 * 1024
 
-# HF Llama/Mistral/Qwen2 names -> canonical GGUF names
+# HF Llama/Mistral/Qwen2/Qwen3/SmolLM3 names -> canonical GGUF names
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -36,6 +36,8 @@ _LAYER_NAMES = {
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
     "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",     # Qwen3: RMSNorm of each head of Q / K
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",

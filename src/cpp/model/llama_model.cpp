@@ -80,6 +80,8 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
         if (L.bv.rows) be.add_bias(v, L.bv);
+        if (L.q_norm.rows) be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);  // Qwen3: each head normalised before RoPE
+        if (L.k_norm.rows) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
         be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
         ap.window = cfg_.sliding_window > 0 && l >= cfg_.sliding_window_from ? cfg_.sliding_window : 0;
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);

@@ -1,0 +1,55 @@
+"""Shared checks of the issue-11 architectures (tests/test_arch_*.py, tests/test_rope_scaling.py):
+a tiny random model from a transformers config, saved as an HF directory and as GGUF in
+llama.cpp's layout, run by forgert on the CPU and the emulated Metal device against transformers.
+
+References (float32, forgert's f16 KV cache modelled by mf.with_f16_kv):
+  hf-<dtype>   the HF model with its weights rounded to the stored dtype
+  gguf-<type>  the HF model holding the file's weights as the `gguf` package dequantizes them
+               (transformers' own GGUF loader reads neither key_length nor smollm3 nor YaRN keys)
+Bounds are test_e2e_tiny's (the same kernels and paths; its docstring gives the measurements).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import model_factory as mf
+from test_e2e_tiny import bounds_for, compare_logits, token_ids  # noqa: F401  (re-exported)
+
+HF_DTYPES = ("F32", "F16")
+GGUF_TYPES = ("F32", "F16", "Q8_0")
+FORMATS = [f"hf-{t}" for t in HF_DTYPES] + [f"gguf-{t}" for t in GGUF_TYPES]
+
+
+def build(spec_name: str, root, tokenizer) -> mf.TinyModel:
+    return mf.make_tiny_model(mf.ARCH_SPECS[spec_name], root, tokenizer, hf_dtypes=HF_DTYPES, gguf_types=GGUF_TYPES)
+
+
+class References:
+    """reference(fmt) -> the f32 transformers model forgert's file of that format should match."""
+
+    def __init__(self, tm: mf.TinyModel):
+        self.tm = tm
+        self._cache = {}
+
+    def __call__(self, fmt: str):
+        if fmt not in self._cache:
+            kind, t = fmt.split("-", 1)
+            m = mf.storage_rounded_model(self.tm.model, t) if kind == "hf" else mf.gguf_dequantized_model(self.tm, t)
+            self._cache[fmt] = mf.with_f16_kv(m)
+        return self._cache[fmt]
+
+
+def decode_logits(model, ids) -> np.ndarray:
+    """Logits of each position evaluated one token at a time (the decode path, growing cache)."""
+    eng = model._engine
+    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
+                           for i in range(len(ids))])
+
+
+def reference_greedy(ref_model, prompt, n: int) -> list:
+    """transformers' greedy continuation of n tokens (its own generate loop and KV cache)."""
+    import torch
+    with torch.no_grad():
+        out = ref_model.generate(torch.tensor([list(prompt)]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 pad_token_id=0)
+    return out[0, len(prompt):].tolist()

@@ -1,0 +1,89 @@
+"""Qwen3 (dense): RMSNorm over each head of Q and K before RoPE, head_dim independent of the
+hidden size, no QKV bias. A tiny random Qwen3ForCausalLM as an HF directory and as GGUF
+(arch `qwen3`, blk.N.attn_q_norm / attn_k_norm, key_length) against transformers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import model_factory as mf
+from conftest import backend_params, require_backend
+
+SPEC = "qwen3_tied"
+
+
+@pytest.fixture(scope="module")
+def tm(tmp_path_factory, tiny_tokenizer):
+    return ae.build(SPEC, tmp_path_factory.mktemp("qwen3"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def reference(tm):
+    return ae.References(tm)
+
+
+def test_qk_norm_is_visible(tm):
+    """The test is only a test if dropping the QK-norm changes the logits far beyond the F32
+    bound (5e-4 of max|logit|)."""
+    import copy
+    import torch
+    plain = copy.deepcopy(tm.model)
+    for layer in plain.model.layers:
+        layer.self_attn.q_norm = torch.nn.Identity()
+        layer.self_attn.k_norm = torch.nn.Identity()
+    ids = ae.token_ids(tm, 24, 1)
+    a, b = mf.reference_logits(tm.model, ids), mf.reference_logits(plain, ids)
+    assert np.abs(a - b).max() / np.abs(a).max() > 100 * 5e-4
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", ae.FORMATS)
+def test_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
+    """Batched prefill of 64 positions (the CPU's f32 GEMM path; Metal's tiled GEMM)."""
+    require_backend(backend, metal_reason)
+    ids = ae.token_ids(tm, 64, 2)
+    m = forgert.Model(str(tm.path(fmt)), backend=backend)
+    assert m.info()["arch"] == "qwen3"
+    ae.compare_logits(m.logits(ids), mf.reference_logits(reference(fmt), ids), **ae.bounds_for(fmt, 64, backend),
+                   what=f"qwen3 {fmt} {backend}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", ae.FORMATS)
+def test_decode_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
+    """One token per forward (decode kernels, growing cache) at each of 24 positions."""
+    require_backend(backend, metal_reason)
+    ids = ae.token_ids(tm, 24, 3)
+    m = forgert.Model(str(tm.path(fmt)), backend=backend)
+    ae.compare_logits(ae.decode_logits(m, ids), mf.reference_logits(reference(fmt), ids),
+                      **ae.bounds_for(fmt, 1, backend), what=f"qwen3 {fmt} {backend} decode")
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+def test_greedy_32_tokens_equal_transformers(forgert, tm, reference, fmt):
+    prompt = ae.token_ids(tm, 8, 4)
+    c = forgert.Model(str(tm.path(fmt)), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0,
+                                                                 ignore_eos=True)
+    assert list(c.tokens) == ae.reference_greedy(reference(fmt), prompt, 32)
+
+
+def test_gguf_layout_is_the_converters(tm):
+    """The factory's GGUF is what convert_hf_to_gguf.py writes for Qwen3 (read by the gguf package)."""
+    import gguf
+    r = gguf.GGUFReader(str(tm.gguf_files["F32"]))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    assert arch == "qwen3"
+    names = {t.name for t in r.tensors}
+    assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= names
+    assert not any(n.endswith(".bias") for n in names)
+    assert int(r.fields["qwen3.attention.key_length"].parts[-1][0]) == tm.spec.head_dim
+
+
+def test_missing_qk_norm_is_refused(forgert, tm, tmp_path):
+    """A qwen3 GGUF without a layer's attn_k_norm is an error naming the tensor."""
+    tensors = mf.gguf_tensors(tm.model, tm.spec)
+    del tensors["blk.1.attn_k_norm.weight"]
+    path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "no_k_norm.gguf", "F32", tensors=tensors)
+    with pytest.raises(ValueError, match="blk.1.attn_k_norm.weight"):
+        forgert.Model(str(path), backend="cpu")
