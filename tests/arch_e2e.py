@@ -53,3 +53,28 @@ def reference_greedy(ref_model, prompt, n: int) -> list:
         out = ref_model.generate(torch.tensor([list(prompt)]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                  pad_token_id=0)
     return out[0, len(prompt):].tolist()
+
+
+def check_prefill_logits(forgert, tm, reference, backend: str, fmt: str, n: int, seed: int, n_ctx=None):
+    """Model(path).logits of n positions (batched prefill) against transformers."""
+    ids = token_ids(tm, n, seed)
+    m = forgert.Model(str(tm.path(fmt)), backend=backend, n_ctx=n_ctx)
+    assert m.info()["arch"] == tm.spec.arch
+    compare_logits(m.logits(ids), mf.reference_logits(reference(fmt), ids), **bounds_for(fmt, n, backend),
+                   what=f"{tm.spec.name} {fmt} {backend} prefill x{n}")
+
+
+def check_decode_logits(forgert, tm, reference, backend: str, fmt: str, n: int, seed: int, n_ctx=None):
+    """Logits one token per forward (decode kernels, growing cache) against transformers."""
+    ids = token_ids(tm, n, seed)
+    m = forgert.Model(str(tm.path(fmt)), backend=backend, n_ctx=n_ctx)
+    compare_logits(decode_logits(m, ids), mf.reference_logits(reference(fmt), ids), **bounds_for(fmt, 1, backend),
+                   what=f"{tm.spec.name} {fmt} {backend} decode x{n}")
+
+
+def check_greedy(forgert, tm, reference, fmt: str, n: int = 32, prompt_len: int = 8, seed: int = 4):
+    """forgert's greedy continuation of n tokens equals transformers' generate()."""
+    prompt = token_ids(tm, prompt_len, seed)
+    c = forgert.Model(str(tm.path(fmt)), backend="cpu").generate(prompt, max_tokens=n, temperature=0.0,
+                                                                 ignore_eos=True)
+    assert list(c.tokens) == reference_greedy(reference(fmt), prompt, n), f"{tm.spec.name} {fmt}"

@@ -108,6 +108,13 @@ ARCH_SPECS = {
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
         legacy_rope_config=True,
     ),
+    # Qwen2 with dynamic NTK scaling over a 32-token training context (HF only: llama.cpp has no
+    # dynamic scaling, and its converter writes none).
+    "qwen2_dynamic": TinySpec(
+        name="qwen2_dynamic", arch="qwen2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=14, n_ctx=32,
+        rope_scaling={"rope_type": "dynamic", "factor": 2.0}, legacy_rope_config=True,
+    ),
     # SmolLM3: Llama with no RoPE on every fourth layer (layer 3 of 0..4), tied.
     "smollm3_tied": TinySpec(
         name="smollm3_tied", arch="smollm3", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
@@ -189,7 +196,7 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
     elif spec.arch == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
-        model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), **common))
+        model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
     else:
         raise ValueError(f"unknown arch {spec.arch}")
     model = model.float().eval()

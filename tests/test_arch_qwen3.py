@@ -42,30 +42,20 @@ def test_qk_norm_is_visible(tm):
 def test_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
     """Batched prefill of 64 positions (the CPU's f32 GEMM path; Metal's tiled GEMM)."""
     require_backend(backend, metal_reason)
-    ids = ae.token_ids(tm, 64, 2)
-    m = forgert.Model(str(tm.path(fmt)), backend=backend)
-    assert m.info()["arch"] == "qwen3"
-    ae.compare_logits(m.logits(ids), mf.reference_logits(reference(fmt), ids), **ae.bounds_for(fmt, 64, backend),
-                   what=f"qwen3 {fmt} {backend}")
+    ae.check_prefill_logits(forgert, tm, reference, backend, fmt, 64, 2)
 
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("fmt", ae.FORMATS)
 def test_decode_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
-    """One token per forward (decode kernels, growing cache) at each of 24 positions."""
+    """One token per forward at each of 24 positions."""
     require_backend(backend, metal_reason)
-    ids = ae.token_ids(tm, 24, 3)
-    m = forgert.Model(str(tm.path(fmt)), backend=backend)
-    ae.compare_logits(ae.decode_logits(m, ids), mf.reference_logits(reference(fmt), ids),
-                      **ae.bounds_for(fmt, 1, backend), what=f"qwen3 {fmt} {backend} decode")
+    ae.check_decode_logits(forgert, tm, reference, backend, fmt, 24, 3)
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
 def test_greedy_32_tokens_equal_transformers(forgert, tm, reference, fmt):
-    prompt = ae.token_ids(tm, 8, 4)
-    c = forgert.Model(str(tm.path(fmt)), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0,
-                                                                 ignore_eos=True)
-    assert list(c.tokens) == ae.reference_greedy(reference(fmt), prompt, 32)
+    ae.check_greedy(forgert, tm, reference, fmt)
 
 
 def test_gguf_layout_is_the_converters(tm):

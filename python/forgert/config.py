@@ -9,8 +9,13 @@ import numpy as np
 from .errors import ModelFormatError
 from .rope import rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
+# The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope).
+_CORE_ARCH = {"smollm3": "llama"}
+# SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
+# the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
+SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3")
@@ -21,7 +26,7 @@ DEFAULT_N_CTX_CAP = 8192
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" | "qwen2" | "qwen3"
+    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" (the file's architecture)
     n_layers: int
     dim: int
     n_heads: int
@@ -65,7 +70,7 @@ class ModelConfig:
 
     def core_dict(self, n_ctx: int) -> dict:
         d = {
-            "arch": self.arch, "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
+            "arch": _CORE_ARCH.get(self.arch, self.arch), "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
             "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
@@ -210,9 +215,28 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     )
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
+    if arch == "smollm3":
+        cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
     cfg.rope_attn_factor = (scaling or {}).get("attn_factor", 1.0)
     return cfg
+
+
+def _no_rope_every(interval: int, n_layers: int) -> list:
+    """layer_rope with RoPE left out of layers interval-1, 2*interval-1, ... (-1: no RoPE)."""
+    return [-1 if (i + 1) % interval == 0 else 0 for i in range(n_layers)]
+
+
+def _hf_no_rope_layers(hf: dict, n_layers: int, source) -> list:
+    """SmolLM3's layer_rope: config no_rope_layers (1: RoPE, 0: none, per layer), or else every
+    no_rope_layer_interval-th layer without RoPE, as SmolLM3Config derives it."""
+    flags = hf.get("no_rope_layers")
+    if flags is None:
+        return _no_rope_every(_get_int(hf, "no_rope_layer_interval", source, default=SMOLLM3_NO_ROPE_INTERVAL),
+                              n_layers)
+    if not isinstance(flags, list) or len(flags) != n_layers or any(f not in (0, 1) for f in flags):
+        _fail(source, f"no_rope_layers must list 0 or 1 for each of the {n_layers} layers, got {flags!r}")
+    return [0 if f else -1 for f in flags]
 
 
 def _gguf_yarn(meta, p, source) -> dict:
@@ -348,6 +372,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         if model_type in ("qwen2", "qwen3"):   # windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
+    if model_type == "smollm3":
+        cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
