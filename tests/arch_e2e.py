@@ -78,3 +78,16 @@ def check_greedy(forgert, tm, reference, fmt: str, n: int = 32, prompt_len: int 
     c = forgert.Model(str(tm.path(fmt)), backend="cpu").generate(prompt, max_tokens=n, temperature=0.0,
                                                                  ignore_eos=True)
     assert list(c.tokens) == reference_greedy(reference(fmt), prompt, n), f"{tm.spec.name} {fmt}"
+
+
+def check_quantized_export(forgert, tm, reference, tmp_path, n: int = 48, seed: int = 6):
+    """`forgert quantize` of the HF directory to an F32 GGUF: the file runs as transformers does
+    (its metadata says everything the HF config said)."""
+    from forgert.gguf_export import export_gguf
+    out = tmp_path / f"{tm.spec.name}-exported.gguf"
+    export_gguf(str(tm.path("hf-F32")), str(out), "f32", log=lambda msg: None)
+    ids = token_ids(tm, n, seed)
+    m = forgert.Model(str(out), backend="cpu")
+    assert m.info()["arch"] == tm.spec.arch
+    compare_logits(m.logits(ids), mf.reference_logits(reference("hf-F32"), ids), **bounds_for("hf-F32", n),
+                   what=f"{tm.spec.name} exported")

@@ -77,3 +77,7 @@ def test_missing_qk_norm_is_refused(forgert, tm, tmp_path):
     path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "no_k_norm.gguf", "F32", tensors=tensors)
     with pytest.raises(ValueError, match="blk.1.attn_k_norm.weight"):
         forgert.Model(str(path), backend="cpu")
+
+
+def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
+    ae.check_quantized_export(forgert, tm, reference, tmp_path)

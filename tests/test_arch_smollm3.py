@@ -89,3 +89,7 @@ def test_bad_no_rope_layers_is_refused(forgert, tm, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no_rope_layers"):
         forgert.Model(str(d), backend="cpu")
+
+
+def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
+    ae.check_quantized_export(forgert, tm, reference, tmp_path)

@@ -193,3 +193,16 @@ def test_dynamic_ntk_forward_of_n_ctx_tokens(forgert, dynamic, metal_reason, bac
             short = forgert.Model(str(dynamic.path("hf-F32")), backend=backend, n_ctx=n_ctx + 40)
         err = np.abs(short.logits(ids) - ref).max() / np.abs(ref).max()
         assert err > 100 * 5e-4, f"a base computed for {n_ctx + 40} tokens is within {err:.3g} of the reference"
+
+
+def test_yarn_quantize_from_hf_dir(forgert, yarn, yarn_reference, tmp_path):
+    """`forgert quantize` writes llama.cpp's YaRN keys: the exported file runs past 32 tokens as
+    transformers does."""
+    ae.check_quantized_export(forgert, yarn, yarn_reference, tmp_path, n=90)
+
+
+def test_dynamic_has_no_gguf_form(dynamic, tmp_path):
+    from forgert.errors import ModelFormatError
+    from forgert.gguf_export import export_gguf
+    with pytest.raises(ModelFormatError, match="'dynamic' has no GGUF form"):
+        export_gguf(str(dynamic.path("hf-F32")), str(tmp_path / "d.gguf"), "f32", log=lambda msg: None)

@@ -19,7 +19,8 @@ from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
 from .quants import QUANTIZERS, dequantize
-from .rope import base_inv_freqs, llama3_scaled
+from .config import SMOLLM3_NO_ROPE_INTERVAL
+from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
 
 TARGET_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
 # llama.cpp's general.file_type (LLAMA_FTYPE_*) for each target
@@ -40,7 +41,7 @@ def _is_1d(name: str) -> bool:
 def _tensor_plan(loaded):
     """(name, WeightTensor, permute_heads or None) in a stable order."""
     cfg = loaded.config
-    permute = loaded.format == "safetensors" and cfg.arch == "llama"
+    permute = loaded.format == "safetensors" and cfg.arch in ("llama", "smollm3")   # llama.cpp's NORM rope type
     for name, w in loaded.weights.items():
         heads = None
         if permute and (".attn_q." in name or ".attn_k." in name):
@@ -116,6 +117,11 @@ def _write_hf_metadata(writer, loaded):
     writer.add_f32(f"{arch}.rope.freq_base", c.rope_theta)
     writer.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_eps)
     writer.add_u32(f"{arch}.rope.dimension_count", c.head_dim)
+    if arch == "smollm3":   # GGUF smollm3 has no key for its NoPE layers: llama.cpp fixes every fourth
+        fixed = [-1 if (i + 1) % SMOLLM3_NO_ROPE_INTERVAL == 0 else 0 for i in range(c.n_layers)]
+        if c.layer_rope != fixed:
+            raise ModelFormatError(f"{loaded.name}: NoPE layers {c.layer_rope} differ from every fourth layer, the "
+                                   f"only pattern a GGUF of architecture 'smollm3' can hold")
     if c.head_dim != c.dim // c.n_heads:
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
@@ -140,6 +146,24 @@ def _write_hf_metadata(writer, loaded):
         scaled = llama3_scaled(base, r["factor"], r["low_freq_factor"], r["high_freq_factor"],
                                r["original_max_position_embeddings"])
         extra["rope_freqs.weight"] = (base / scaled).astype(np.float32)
+    elif kind == "yarn":
+        # The keys llama.cpp reads; its attention factor is 0.1 ln(factor) + 1 times
+        # rope.scaling.attn_factor, so a config's own attention_factor is written as that ratio.
+        r = c.rope_scaling
+        if not r.get("truncate", True):
+            raise ModelFormatError(f"{loaded.name}: YaRN with truncate=false has no GGUF form (llama.cpp "
+                                   f"always truncates the correction range)")
+        writer.add_str(f"{arch}.rope.scaling.type", "yarn")
+        writer.add_f32(f"{arch}.rope.scaling.factor", r["factor"])
+        writer.add_u32(f"{arch}.rope.scaling.original_context_length", r["original_max_position_embeddings"])
+        writer.add_f32(f"{arch}.rope.scaling.yarn_beta_fast", r["beta_fast"])
+        writer.add_f32(f"{arch}.rope.scaling.yarn_beta_slow", r["beta_slow"])
+        ratio = c.rope_attn_factor / yarn_mscale(r["factor"])
+        if abs(ratio - 1.0) > 1e-7:
+            writer.add_f32(f"{arch}.rope.scaling.attn_factor", ratio)
+    elif kind is not None:
+        raise ModelFormatError(f"{loaded.name}: RoPE scaling '{kind}' has no GGUF form (llama.cpp has no "
+                               f"dynamic scaling); run the HF directory itself")
     _write_hf_tokenizer(writer, loaded)
     return extra
 
