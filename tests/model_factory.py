@@ -155,7 +155,7 @@ def tokenizer_tables(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
     tokens = [None] * len(vocab)
     for piece, idx in vocab.items():
         tokens[idx] = piece
-    special = {BOS_TOKEN, EOS_TOKEN}
+    special = {BOS_TOKEN, EOS_TOKEN} | {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
     # GGUF token types: 1 normal, 3 control.
     types = [3 if t in special else 1 for t in tokens]
     model_json = json.loads(tok.to_str())["model"]
@@ -355,9 +355,10 @@ def encode_tensor(w: np.ndarray, type_name: str, name: str):
 def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str,
                tensors: dict[str, np.ndarray] | None = None,
                raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
-               n_ctx: int | None = None) -> Path:
+               n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN) -> Path:
     """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
-    bad-file tests drop, reshape or retype tensors."""
+    bad-file tests drop, reshape or retype tensors; chat_template / eos_token are the
+    tokenizer_config.json values the converter's SpecialVocab copies."""
     arch = spec.arch
     tensors = gguf_tensors(model, spec) if tensors is None else tensors
     raw_overrides = raw_overrides or {}
@@ -391,8 +392,10 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_token_types(types)
     w.add_token_merges(merges)
     w.add_bos_token_id(tok.token_to_id(BOS_TOKEN))
-    w.add_eos_token_id(tok.token_to_id(EOS_TOKEN))
+    w.add_eos_token_id(tok.token_to_id(eos_token))
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     for name, t in tensors.items():
         if name in raw_overrides:

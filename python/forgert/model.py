@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from . import cpu_topology
-from .chat import ChatTemplate, no_template_error
+from .chat import ChatTemplate, check_template_kwargs, no_template_error
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
@@ -555,27 +555,32 @@ class Model:
         return s.completion
 
     # -- chat --------------------------------------------------------------------------------
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True,
+                            chat_template_kwargs: dict | None = None) -> str:
+        """chat_template_kwargs: extra template variables, e.g. {"enable_thinking": False} for
+        Qwen3 / SmolLM3 (as transformers' apply_chat_template takes them as keywords)."""
+        extra = check_template_kwargs(chat_template_kwargs)
         if self._template is None:
             if not self.chat_template:
                 raise no_template_error(self._model.name)
             self._template = ChatTemplate(self.chat_template, self.tokenizer.bos_token, self.tokenizer.eos_token)
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
 
-    def _chat_ids(self, messages, check_context: bool = True) -> list:
+    def _chat_ids(self, messages, check_context: bool = True, chat_template_kwargs: dict | None = None) -> list:
         # Like HF's apply_chat_template: the template writes any BOS itself.
-        return self._prompt_ids(self.tokenize(self.apply_chat_template(messages), add_bos=False), check_context)
+        text = self.apply_chat_template(messages, chat_template_kwargs=chat_template_kwargs)
+        return self._prompt_ids(self.tokenize(text, add_bos=False), check_context)
 
     def chat(self, messages, params: SamplingParams | None = None, **sampling) -> Completion:
-        s = self.chat_stream(messages, params, **sampling)
+        s = self.chat_stream(messages, params, **sampling)  # chat_template_kwargs= passes through
         for _ in s:
             pass
         return s.completion
 
     def chat_stream(self, messages, params: SamplingParams | None = None, *, logprobs=None,
-                    **sampling) -> TextStream:
+                    chat_template_kwargs: dict | None = None, **sampling) -> TextStream:
         params = SamplingParams.from_kwargs(params, **sampling)
-        return self._start(self._chat_ids(messages), params, logprobs)
+        return self._start(self._chat_ids(messages, chat_template_kwargs=chat_template_kwargs), params, logprobs)
 
     def __repr__(self):
         return f"Model({self._model.name!r}, arch={self.arch}, backend={self.backend}, n_ctx={self.n_ctx})"
