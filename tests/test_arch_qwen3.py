@@ -81,3 +81,23 @@ def test_missing_qk_norm_is_refused(forgert, tm, tmp_path):
 
 def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
     ae.check_quantized_export(forgert, tm, reference, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
+def test_info_names_the_architecture_and_qk_norm(tm, fmt):
+    from forgert.cli.info import describe
+    from forgert.loader import load_model
+    d = describe(load_model(str(tm.path(fmt))))
+    assert d["arch"] == "qwen3"
+    assert any(f.startswith("QK-norm") for f in d["features"])
+    assert "head_dim 32 (q width 128 != dim 64)" in d["features"]
+
+
+def test_unknown_architecture_is_refused_by_name(forgert, tm, tmp_path):
+    """A GGUF of an architecture forgert does not run: the error names general.architecture."""
+    import dataclasses
+    spec = dataclasses.replace(tm.spec, arch="rwkv7")
+    path = mf.write_gguf(tm.model, spec, tm.tokenizer, tmp_path / "rwkv7.gguf", "F32",
+                         tensors=mf.gguf_tensors(tm.model, tm.spec))
+    with pytest.raises(ValueError, match="unsupported architecture 'rwkv7'"):
+        forgert.Model(str(path), backend="cpu")

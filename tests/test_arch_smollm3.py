@@ -93,3 +93,12 @@ def test_bad_no_rope_layers_is_refused(forgert, tm, tmp_path):
 
 def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
     ae.check_quantized_export(forgert, tm, reference, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
+def test_info_names_the_nope_layers(tm, fmt):
+    from forgert.cli.info import describe
+    from forgert.loader import load_model
+    d = describe(load_model(str(tm.path(fmt))))
+    assert d["arch"] == "smollm3"
+    assert "no RoPE (NoPE) in layers 3" in d["features"]

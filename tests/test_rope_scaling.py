@@ -206,3 +206,11 @@ def test_dynamic_has_no_gguf_form(dynamic, tmp_path):
     from forgert.gguf_export import export_gguf
     with pytest.raises(ModelFormatError, match="'dynamic' has no GGUF form"):
         export_gguf(str(dynamic.path("hf-F32")), str(tmp_path / "d.gguf"), "f32", log=lambda msg: None)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+def test_info_names_the_yarn_factor(yarn, fmt):
+    from forgert.cli.info import describe
+    from forgert.loader import load_model
+    d = describe(load_model(str(yarn.path(fmt))))
+    assert "YaRN x4 over an original context of 32 (attention factor 1.139)" in d["features"]

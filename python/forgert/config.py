@@ -62,6 +62,33 @@ class ModelConfig:
         w = int(self.sliding_window or 0)
         return [w if i >= self.sliding_window_from else 0 for i in range(self.n_layers)]
 
+    def features(self) -> list[str]:
+        """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
+        out = []
+        if self.arch == "qwen2":
+            out.append("QKV bias")
+        if self.arch == "qwen3":
+            out.append("QK-norm (RMSNorm on each head of Q and K)")
+        if self.head_dim * self.n_heads != self.dim:
+            out.append(f"head_dim {self.head_dim} (q width {self.head_dim * self.n_heads} != dim {self.dim})")
+        s = self.rope_scaling or {}
+        if s.get("type") == "yarn":
+            out.append(f"YaRN x{s['factor']:g} over an original context of {s['original_max_position_embeddings']} "
+                       f"(attention factor {self.rope_attn_factor:.4g})")
+        elif s.get("type") == "dynamic":
+            out.append(f"dynamic NTK x{s['factor']:g} past {s['max_position_embeddings']} tokens (computed for n_ctx)")
+        elif s.get("type") in ("linear", "llama3"):
+            out.append(f"{s['type']} RoPE scaling x{s['factor']:g}")
+        nope = [i for i, t in enumerate(self.layer_rope or []) if t < 0]
+        if nope:
+            out.append(f"no RoPE (NoPE) in layers {', '.join(map(str, nope))}")
+        windows = self.windows()
+        if any(windows):
+            slid = [i for i, w in enumerate(windows) if w]
+            where = "every layer" if len(slid) == self.n_layers else f"layers {', '.join(map(str, slid))}"
+            out.append(f"sliding window {max(windows)} in {where}")
+        return out
+
     def freqs_for(self, n_ctx: int) -> np.ndarray:
         """rope_freqs for a context of n_ctx: dynamic NTK's base depends on it (rope.rope_freqs)."""
         if (self.rope_scaling or {}).get("type") == "dynamic":
