@@ -94,3 +94,22 @@ def test_chat_passes_template_kwargs(forgert, chat_models):
     off = m.tokenize(m.apply_chat_template(CONVERSATIONS[0], chat_template_kwargs={"enable_thinking": False}),
                      add_bos=False)
     assert c.usage.prompt_tokens == len(off)
+
+
+def test_server_passes_chat_template_kwargs(forgert, chat_models):
+    """/v1/chat/completions takes chat_template_kwargs (as vLLM and llama-server do): the prompt
+    it counts is the one the template renders with them; a reserved name is a 400."""
+    from fastapi.testclient import TestClient
+    from forgert.server import create_app
+    m = _model(forgert, chat_models, "qwen3_tied", "gguf")
+    msgs = CONVERSATIONS[0]
+    client = TestClient(create_app(m, "tiny-qwen3", None))
+    for kwargs in ({"enable_thinking": False}, {"enable_thinking": True}):
+        r = client.post("/v1/chat/completions", json={"model": "tiny-qwen3", "messages": msgs, "max_tokens": 1,
+                                                      "temperature": 0, "chat_template_kwargs": kwargs})
+        assert r.status_code == 200, r.text
+        want = m.tokenize(m.apply_chat_template(msgs, chat_template_kwargs=kwargs), add_bos=False)
+        assert r.json()["usage"]["prompt_tokens"] == len(want)
+    r = client.post("/v1/chat/completions", json={"model": "tiny-qwen3", "messages": msgs, "max_tokens": 1,
+                                                  "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert r.status_code == 400 and "add_generation_prompt" in r.text

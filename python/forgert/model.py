@@ -540,11 +540,12 @@ class Model:
         params = SamplingParams.from_kwargs(params, **sampling)
         return self._start(self._prompt_ids(prompt), params, logprobs)
 
-    def prompt_tokens(self, prompt) -> list:
-        """The token ids a prompt becomes: str, list of ids, or chat messages (template applied).
-        Ids are validated; the context length is not checked here (callers compare with n_ctx)."""
+    def prompt_tokens(self, prompt, chat_template_kwargs: dict | None = None) -> list:
+        """The token ids a prompt becomes: str, list of ids, or chat messages (template applied,
+        with chat_template_kwargs). Ids are validated; the context length is not checked here
+        (callers compare with n_ctx)."""
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
-            return self._chat_ids(prompt, check_context=False)
+            return self._chat_ids(prompt, check_context=False, chat_template_kwargs=chat_template_kwargs)
         return self._prompt_ids(prompt, check_context=False)
 
     def generate(self, prompt, params: SamplingParams | None = None, **sampling) -> Completion:

@@ -80,7 +80,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
     async def chat_completions(request: Request):
         req = parse_request(ChatCompletionRequest, await _read_json(request))
         messages = [m.as_template_message() for m in req.messages]
-        ids = await _prompt_ids(state.model, "messages", messages)
+        ids = await _prompt_ids(state.model, "messages", messages, req.chat_template_kwargs)
         spec = GenerationSpec(ids, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                               req.top_logprobs_wanted())
         return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id))
@@ -154,11 +154,11 @@ async def _complete(request: Request, state: ServerState, req: SamplingFields,
     return JSONResponse(await _collect_unless_disconnected(request, events, header))
 
 
-async def _prompt_ids(model, param: str, prompt) -> list[int]:
+async def _prompt_ids(model, param: str, prompt, chat_template_kwargs=None) -> list[int]:
     """Tokenize (chat template applied to messages) off the event loop. The caller checks that
     prompt and completion fit the context, so a request that cannot run never waits in the queue."""
     try:
-        ids = await asyncio.to_thread(model.prompt_tokens, prompt)
+        ids = await asyncio.to_thread(model.prompt_tokens, prompt, chat_template_kwargs)
     except ValueError as exc:     # a token id out of range, a template that refuses the roles...
         raise APIError(400, str(exc), param=param) from None
     if not ids:

@@ -119,6 +119,8 @@ class ChatCompletionRequest(SamplingFields):
     PROMPT_PARAM: ClassVar[str] = "messages"
     DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = None  # until the end of the text or the context
     messages: list[ChatMessage] = Field(min_length=1)
+    # Extra chat-template variables (vLLM's and llama-server's extension), e.g. enable_thinking.
+    chat_template_kwargs: Optional[dict] = None
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
