@@ -83,12 +83,18 @@ def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
     ae.check_quantized_export(forgert, tm, reference, tmp_path)
 
 
+def forgert_features(tm, fmt):
+    """Model.info()'s features: the same list `forgert info` prints."""
+    import forgert
+    return forgert.Model(str(tm.path(fmt)), backend="cpu").info()["features"]
+
+
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
 def test_info_names_the_architecture_and_qk_norm(tm, fmt):
     from forgert.cli.info import describe
     from forgert.loader import load_model
     d = describe(load_model(str(tm.path(fmt))))
-    assert d["arch"] == "qwen3"
+    assert d["arch"] == "qwen3" and d["features"] == forgert_features(tm, fmt)
     assert any(f.startswith("QK-norm") for f in d["features"])
     assert "head_dim 32 (q width 128 != dim 64)" in d["features"]
 

@@ -253,7 +253,7 @@ class Model:
     def info(self) -> dict:
         m, c = self._model, self._model.config
         return {
-            "name": m.name, "path": m.path, "format": m.format, "arch": c.arch,
+            "name": m.name, "path": m.path, "format": m.format, "arch": c.arch, "features": c.features(),
             "n_params": m.n_params, "size_bytes": m.size_bytes, "tensor_types": m.tensor_types,
             "n_layers": c.n_layers, "dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
             "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "vocab": c.vocab,
