@@ -214,3 +214,25 @@ def test_info_names_the_yarn_factor(yarn, fmt):
     from forgert.loader import load_model
     d = describe(load_model(str(yarn.path(fmt))))
     assert "YaRN x4 over an original context of 32 (attention factor 1.139)" in d["features"]
+
+
+@pytest.mark.parametrize("spelling", ["rope_parameters", "legacy_type"])
+def test_yarn_config_spellings(yarn, tmp_path, spelling):
+    """transformers 5's rope_parameters and the older rope_scaling {"type": "yarn"} (Qwen2.5's
+    configs) give what the Hub spelling rope_scaling {"rope_type": "yarn"} gives."""
+    import json
+    import shutil
+    from forgert.loader import load_model
+    d = tmp_path / spelling
+    shutil.copytree(yarn.path("hf-F32"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    rs = cfg.pop("rope_scaling")
+    theta = cfg.pop("rope_theta")
+    if spelling == "rope_parameters":
+        cfg["rope_parameters"] = {**rs, "rope_theta": theta}
+    else:
+        cfg.update(rope_theta=theta, rope_scaling={"type": rs.pop("rope_type"), **rs})
+    (d / "config.json").write_text(json.dumps(cfg))
+    want, got = load_model(str(yarn.path("hf-F32"))).config, load_model(str(d)).config
+    np.testing.assert_array_equal(got.rope_freqs, want.rope_freqs)
+    assert got.rope_attn_factor == want.rope_attn_factor == pytest.approx(0.1 * math.log(4.0) + 1)
