@@ -16,6 +16,8 @@ namespace {
 constexpr bool is_kquant(DType t) {
     return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
+// Types of 256-weight super-blocks: the K-quants and IQ4_XS (kernels_iq4.h).
+constexpr bool has_super_blocks(DType t) { return is_kquant(t) || t == DType::IQ4_XS; }
 constexpr int kActBlocksPerSuper = FG_QK_K / FG_QK;  // 8
 
 // Q4_K's 6-bit scale sc[j] and min m[j] of sub-block j (quant_blocks.h).

@@ -12,11 +12,26 @@ namespace {
 
 inline float f16(fg_half h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
 
-// 32 bytes of one block as two 16-byte vectors: Q8_0 signed values; Q4 nibbles 0..15
-// (low nibbles are elements 0..15, high ones 16..31).
+// IQ4_NL / IQ4_XS: 16 bytes of nibble indices -> the 32 int8 table values they name (a
+// table lookup per byte, vqtbl1q_s8), weights 0..15 in lo and 16..31 in hi.
+inline void iq4_values(const uint8_t* qs, int8x16_t& lo, int8x16_t& hi) {
+    static const int8_t table[16] = FG_IQ4_NL_VALUES;
+    const int8x16_t t = vld1q_s8(table);
+    const uint8x16_t v = vld1q_u8(qs);
+    lo = vqtbl1q_s8(t, vandq_u8(v, vdupq_n_u8(0x0f)));
+    hi = vqtbl1q_s8(t, vshrq_n_u8(v, 4));
+}
+
+// 32 bytes of one block as two 16-byte vectors: Q8_0 and IQ4_NL signed values; Q4 nibbles
+// 0..15 (low nibbles are elements 0..15, high ones 16..31).
 template <DType WT>
 inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& d, float& m) {
-    if constexpr (WT == DType::Q8_0) {
+    if constexpr (WT == DType::IQ4_NL) {
+        const auto* q = reinterpret_cast<const block_iq4_nl*>(blk);
+        iq4_values(q->qs, lo, hi);
+        d = f16(q->d);
+        m = 0.0f;
+    } else if constexpr (WT == DType::Q8_0) {
         const auto* q = reinterpret_cast<const block_q8_0*>(blk);
         lo = vld1q_s8(q->qs);
         hi = vld1q_s8(q->qs + 16);
@@ -70,7 +85,7 @@ void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t
                 const int32x4_t dl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], l0), wh[r], l1);
                 const int32x4_t dot = vaddq_s32(vshlq_n_s32(dh, 8), dl);  // 256 hi + lo
                 acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
-                if constexpr (WT != DType::Q8_0) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
+                if constexpr (WT != DType::Q8_0 && WT != DType::IQ4_NL) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
             }
         }
     }
@@ -148,16 +163,36 @@ inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, floa
     }
 }
 
+// IQ4_XS: one super-block against its eight activation blocks, a sub-block's table values
+// per activation block, scaled by d * (ls - 32).
+inline void iq4_xs_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, float32x4_t& acc) {
+    const auto* b = reinterpret_cast<const block_iq4_xs*>(blk);
+    const float d = f16(b->d);
+    for (int j = 0; j < 8; j++) {
+        int8x16_t w0, w1;
+        iq4_values(b->qs + 16 * j, w0, w1);
+        const BlockQ8Act& aj = a[j];
+        const int32x4_t dot = vaddq_s32(vshlq_n_s32(sdot_act(w0, w1, aj.hi), 8), sdot_act(w0, w1, aj.lo));  // 256 hi + lo
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * (float)iq4_xs_scale(b, j) * aj.d);
+    }
+}
+
 template <DType WT>
 void gemm_q_kquant(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
                    int64_t n_tok, float* out, int64_t out_stride) {
-    constexpr int64_t BB = WT == DType::Q4_K ? sizeof(block_q4_K) : sizeof(block_q6_K);
+    constexpr int64_t BB = WT == DType::Q4_K   ? sizeof(block_q4_K)
+                           : WT == DType::Q6_K ? sizeof(block_q6_K)
+                                               : sizeof(block_iq4_xs);
     for (int64_t t = 0; t < n_tok; t++)
         for (int64_t r = r0; r < r1; r++) {
             float32x4_t acc = vdupq_n_f32(0.0f);
             float corr = 0.0f;
-            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++)
-                kquant_super_block_dot<WT>(w + r * w_stride + s * BB, x + t * nb + s * kActBlocksPerSuper, acc, corr);
+            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++) {
+                const uint8_t* blk = w + r * w_stride + s * BB;
+                const BlockQ8Act* xs = x + t * nb + s * kActBlocksPerSuper;
+                if constexpr (WT == DType::IQ4_XS) iq4_xs_super_block_dot(blk, xs, acc);
+                else kquant_super_block_dot<WT>(blk, xs, acc, corr);
+            }
             out[t * out_stride + r] = vaddvq_f32(acc) + corr;
         }
 }
@@ -172,6 +207,8 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
         case DType::Q4_1: return gemm_q_typed<DType::Q4_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_0: return gemm_q_typed<DType::Q5_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_1: return gemm_q_typed<DType::Q5_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::IQ4_NL: return gemm_q_typed<DType::IQ4_NL>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::IQ4_XS: return gemm_q_kquant<DType::IQ4_XS>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
     }
 }
