@@ -67,8 +67,8 @@ def mix_overrides(tensors: dict, mix: str, n_heads: int, n_kv_heads: int) -> dic
     """{name: (raw bytes, GGMLQuantizationType)} in llama.cpp's IQ4_XS or IQ4_NL mix without an
     importance matrix (src/llama-quant.cpp): the output matrix (and tied token embeddings) Q6_K
     (Q8_0 for rows that are not whole super-blocks); attn_v Q5_K when 4+ query heads share a KV
-    head; ffn_down of the first n_layer / 8 layers Q5_K; every other matrix the mix's type, an
-    IQ4_XS row that is not whole super-blocks falling back to IQ4_NL."""
+    head; ffn_down of the first n_layer / 8 layers Q5_K; every other matrix the mix's type. Rows
+    that are not whole super-blocks fall back as llama.cpp's do: Q5_K to Q5_1, IQ4_XS to IQ4_NL."""
     import gguf
 
     import kquant_writer as kw
@@ -84,9 +84,9 @@ def mix_overrides(tensors: dict, mix: str, n_heads: int, n_kv_heads: int) -> dic
         layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
         if name in output_like:
             out[name] = (kw.quantize_q6_k(w), T.Q6_K) if whole else (gguf.quants.quantize(w, T.Q8_0), T.Q8_0)
-        elif whole and ((name.endswith("attn_v.weight") and n_heads // n_kv_heads >= 4)
-                        or (name.endswith("ffn_down.weight") and layer < n_layers // 8)):
-            out[name] = (kw.quantize_q5_k(w), T.Q5_K)
+        elif ((name.endswith("attn_v.weight") and n_heads // n_kv_heads >= 4)
+              or (name.endswith("ffn_down.weight") and layer < n_layers // 8)):
+            out[name] = (kw.quantize_q5_k(w), T.Q5_K) if whole else (gguf.quants.quantize(w, T.Q5_1), T.Q5_1)
         elif mix == "IQ4_XS" and whole:
             out[name] = (quantize_iq4_xs(w), T.IQ4_XS)
         else:
