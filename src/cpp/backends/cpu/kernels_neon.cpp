@@ -7,6 +7,8 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 
+#include <type_traits>
+
 namespace forgert::cpu {
 namespace {
 
@@ -109,9 +111,10 @@ void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, con
             gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
 }
 
-// K-quants (Q4_K, Q6_K): one super-block against its eight activation blocks; each sub-block's
-// quants (Q4_K 0..15, Q6_K q - 32) as signed bytes into sdot with the two int8 parts, scaled
-// per sub-block (a Q6_K sub-block is half an activation block). Q4_K's mins go to corr.
+// K-quants (Q4_K, Q5_K, Q6_K): one super-block against its eight activation blocks; each
+// sub-block's quants (Q4_K 0..15, Q5_K 0..31, Q6_K q - 32) as signed bytes into sdot with the two
+// int8 parts, scaled per sub-block (a Q6_K sub-block is half an activation block). Q4_K's and
+// Q5_K's mins go to corr.
 inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
 }
@@ -119,14 +122,23 @@ inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
 template <DType WT>
 inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, float32x4_t& acc, float& corr) {
     const uint8x16_t nib = vdupq_n_u8(0x0f);
-    if constexpr (WT == DType::Q4_K) {
-        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+    if constexpr (WT == DType::Q4_K || WT == DType::Q5_K) {
+        using Block = std::conditional_t<WT == DType::Q4_K, block_q4_K, block_q5_K>;
+        const auto* b = reinterpret_cast<const Block*>(blk);
         const float d = f16(b->d), dmin = f16(b->dmin);
+        uint8x16_t qh[2] = {vdupq_n_u8(0), vdupq_n_u8(0)};
+        if constexpr (WT == DType::Q5_K) qh[0] = vld1q_u8(b->qh), qh[1] = vld1q_u8(b->qh + 16);
         for (int k = 0; k < 4; k++) {  // sub-blocks 2k (low nibbles of qs[32k..]), 2k + 1 (high)
             const uint8x16_t v0 = vld1q_u8(b->qs + 32 * k), v1 = vld1q_u8(b->qs + 32 * k + 16);
-            const int8x16_t q[2][2] = {
-                {vreinterpretq_s8_u8(vandq_u8(v0, nib)), vreinterpretq_s8_u8(vandq_u8(v1, nib))},
-                {vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(v1, 4))}};
+            uint8x16_t u[2][2] = {{vandq_u8(v0, nib), vandq_u8(v1, nib)}, {vshrq_n_u8(v0, 4), vshrq_n_u8(v1, 4)}};
+            if constexpr (WT == DType::Q5_K)  // Q5_K: bit j of qh[l] is bit 4 of sub-block j's quant l
+                for (int h = 0; h < 2; h++)
+                    for (int i = 0; i < 2; i++) {
+                        const uint8x16_t bit = vandq_u8(vshlq_u8(qh[i], vdupq_n_s8((int8_t)-(2 * k + h))), vdupq_n_u8(1));
+                        u[h][i] = vorrq_u8(u[h][i], vshlq_n_u8(bit, 4));
+                    }
+            const int8x16_t q[2][2] = {{vreinterpretq_s8_u8(u[0][0]), vreinterpretq_s8_u8(u[0][1])},
+                                       {vreinterpretq_s8_u8(u[1][0]), vreinterpretq_s8_u8(u[1][1])}};
             for (int h = 0; h < 2; h++) {
                 const int j = 2 * k + h;
                 const BlockQ8Act& aj = a[j];
@@ -181,6 +193,7 @@ template <DType WT>
 void gemm_q_kquant(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
                    int64_t n_tok, float* out, int64_t out_stride) {
     constexpr int64_t BB = WT == DType::Q4_K   ? sizeof(block_q4_K)
+                           : WT == DType::Q5_K ? sizeof(block_q5_K)
                            : WT == DType::Q6_K ? sizeof(block_q6_K)
                                                : sizeof(block_iq4_xs);
     for (int64_t t = 0; t < n_tok; t++)
@@ -201,6 +214,7 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
             int64_t n_tok, float* out, int64_t out_stride) {
     switch (wt) {
         case DType::Q4_K: return gemm_q_kquant<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q5_K: return gemm_q_kquant<DType::Q5_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q6_K: return gemm_q_kquant<DType::Q6_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_0: return gemm_q_typed<DType::Q4_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
