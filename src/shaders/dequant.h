@@ -48,7 +48,7 @@ static inline float fg_q5_1_at(device const block_q5_1* b, int c) {
 }
 
 // IQ4_NL / IQ4_XS: nibbles index one table of non-linear values (quant_blocks.h).
-constant float fg_iq4_values[16] = FG_IQ4_NL_VALUES;
+static constant float fg_iq4_values[16] = FG_IQ4_NL_VALUES;  // static: one copy per .metal, no link clash
 static inline float fg_iq4_nl_at(device const block_iq4_nl* b, int c) {
     const uint q = b->qs[c & 15];
     return fg_f16_to_f32(b->d) * fg_iq4_values[c < 16 ? q & 0xFu : q >> 4];
