@@ -137,3 +137,23 @@ def test_metal_logits_and_greedy_tokens(forgert, iq, fmt, reference, metal_reaso
     for k, t in enumerate(toks):
         row = ref[len(prompt) - 1 + k]
         assert row[t] >= row.max() - tol, f"step {k}: chose {t}, reference argmax {int(row.argmax())}"
+
+
+def test_quantize_reads_iq4_files(iq, fmt, tmp_path, capsys):
+    """`forgert quantize` takes an IQ4_XS / IQ4_NL file as input: every IQ4 matrix is gguf's
+    dequantization of the source, re-encoded (f16 here: exact to f16 rounding)."""
+    import gguf
+    from forgert.cli import main
+    from forgert.gguf import GGUFFile
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(iq.path(fmt)), str(out), "--type", "f16"]) == 0
+    src, dst = GGUFFile(iq.path(fmt)), GGUFFile(out)
+    checked = 0
+    for name, info in src.tensors.items():
+        if info.type_id not in (IQ4_NL, IQ4_XS):
+            continue
+        want = gguf.quants.dequantize(np.asarray(src.tensor_data(name)), gguf.GGMLQuantizationType(info.type_id))
+        got = np.asarray(dst.tensor_data(name)).view(np.float16).reshape(want.shape)
+        np.testing.assert_array_equal(got, want.astype(np.float16), err_msg=name)
+        checked += 1
+    assert checked > 0
