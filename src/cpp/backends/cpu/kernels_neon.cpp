@@ -111,10 +111,10 @@ void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, con
             gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
 }
 
-// K-quants (Q4_K, Q5_K, Q6_K): one super-block against its eight activation blocks; each
-// sub-block's quants (Q4_K 0..15, Q5_K 0..31, Q6_K q - 32) as signed bytes into sdot with the two
-// int8 parts, scaled per sub-block (a Q6_K sub-block is half an activation block). Q4_K's and
-// Q5_K's mins go to corr.
+// K-quants: one super-block against its eight activation blocks; each sub-block's quants (Q2_K
+// 0..3, Q3_K -4..3, Q4_K 0..15, Q5_K 0..31, Q6_K q - 32) as signed bytes into sdot with the two
+// int8 parts, scaled per sub-block (a Q2_K / Q3_K / Q6_K sub-block is half an activation block).
+// Q4_K's and Q5_K's mins go to corr.
 inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
 }
@@ -148,6 +148,43 @@ inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, floa
                 q4_K_scale_min(b->scales, j, sc, m);
                 acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * (float)sc * aj.d);
                 corr -= dmin * (float)m * aj.sum;
+            }
+        }
+    } else if constexpr (WT == DType::Q2_K || WT == DType::Q3_K) {
+        // Sub-blocks of 16: activation block j holds 2j and 2j + 1, its quants bits 2 (j % 4) of
+        // qs[32 (j / 4) + l] (Q3_K: minus 4 where bit j of hmask[l] is clear). Q2_K's mins dot
+        // x's rounded parts with ones, as the portable kernel's min terms do.
+        using Block = std::conditional_t<WT == DType::Q2_K, block_q2_K, block_q3_K>;
+        const auto* b = reinterpret_cast<const Block*>(blk);
+        const float d = f16(b->d);
+        int sc[16], mn[16] = {0};
+        float dmin = 0.0f;
+        if constexpr (WT == DType::Q2_K) {
+            for (int i = 0; i < 16; i++) sc[i] = b->scales[i] & 15, mn[i] = b->scales[i] >> 4;
+            dmin = f16(b->dmin);
+        } else {
+            q3_K_scales(b, sc);
+        }
+        const int32x4_t z = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j++) {
+            const BlockQ8Act& aj = a[j];
+            const int8x16_t down = vdupq_n_s8((int8_t)(-2 * (j % 4)));  // vshl by a negative count: right
+            for (int i = 0; i < 2; i++) {
+                uint8x16_t q = vandq_u8(vshlq_u8(vld1q_u8(b->qs + 32 * (j / 4) + 16 * i), down), vdupq_n_u8(3));
+                if constexpr (WT == DType::Q3_K) {
+                    const uint8x16_t hb = vandq_u8(vshlq_u8(vld1q_u8(b->hmask + 16 * i), vdupq_n_s8((int8_t)-j)), vdupq_n_u8(1));
+                    q = vorrq_u8(q, vshlq_n_u8(hb, 2));
+                }
+                int8x16_t w = vreinterpretq_s8_u8(q);
+                if constexpr (WT == DType::Q3_K) w = vsubq_s8(w, vdupq_n_s8(4));
+                const int8x16_t xh = vld1q_s8(aj.hi + 16 * i), xl = vld1q_s8(aj.lo + 16 * i);
+                const int32x4_t dot = vaddq_s32(vshlq_n_s32(vdotq_s32(z, w, xh), 8), vdotq_s32(z, w, xl));
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * aj.d * (float)sc[2 * j + i]);
+                if constexpr (WT == DType::Q2_K) {
+                    const int8x16_t ones = vdupq_n_s8(1);
+                    const int32x4_t sx = vaddq_s32(vshlq_n_s32(vdotq_s32(z, ones, xh), 8), vdotq_s32(z, ones, xl));
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sx), -(dmin * aj.d * (float)mn[2 * j + i]));
+                }
             }
         }
     } else {
@@ -192,7 +229,9 @@ inline void iq4_xs_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, floa
 template <DType WT>
 void gemm_q_kquant(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
                    int64_t n_tok, float* out, int64_t out_stride) {
-    constexpr int64_t BB = WT == DType::Q4_K   ? sizeof(block_q4_K)
+    constexpr int64_t BB = WT == DType::Q2_K   ? sizeof(block_q2_K)
+                           : WT == DType::Q3_K ? sizeof(block_q3_K)
+                           : WT == DType::Q4_K ? sizeof(block_q4_K)
                            : WT == DType::Q5_K ? sizeof(block_q5_K)
                            : WT == DType::Q6_K ? sizeof(block_q6_K)
                                                : sizeof(block_iq4_xs);
@@ -214,6 +253,8 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
             int64_t n_tok, float* out, int64_t out_stride) {
     switch (wt) {
         case DType::Q4_K: return gemm_q_kquant<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q2_K: return gemm_q_kquant<DType::Q2_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q3_K: return gemm_q_kquant<DType::Q3_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_K: return gemm_q_kquant<DType::Q5_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q6_K: return gemm_q_kquant<DType::Q6_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
