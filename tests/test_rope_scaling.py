@@ -236,3 +236,24 @@ def test_yarn_config_spellings(yarn, tmp_path, spelling):
     want, got = load_model(str(yarn.path("hf-F32"))).config, load_model(str(d)).config
     np.testing.assert_array_equal(got.rope_freqs, want.rope_freqs)
     assert got.rope_attn_factor == want.rope_attn_factor == pytest.approx(0.1 * math.log(4.0) + 1)
+
+
+@pytest.mark.parametrize("rope_scaling,message", [
+    ({"rope_type": "yarn", "factor": 4.0}, "missing 'original_max_position_embeddings'"),
+    ({"rope_type": "yarn", "factor": -4.0, "original_max_position_embeddings": 32}, "non-positive"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": float("nan")},
+     "non-finite"),
+    ({"rope_type": "dynamic"}, "missing 'factor'"),
+])
+def test_bad_hf_rope_scaling_is_refused(rope_scaling, message):
+    from forgert.config import _hf_rope
+    from forgert.errors import ModelFormatError
+    hf = {"rope_theta": 10000.0, "max_position_embeddings": 128, "rope_scaling": rope_scaling}
+    with pytest.raises(ModelFormatError, match=message):
+        _hf_rope(hf, "config.json")
+
+
+def test_bad_gguf_yarn_ext_factor_is_refused():
+    from forgert.errors import ModelFormatError
+    with pytest.raises(ModelFormatError, match="yarn_ext_factor"):
+        _gguf_config(_gguf_meta(type="yarn", factor=4.0, original_context_length=4096, yarn_ext_factor=2.0))
