@@ -257,3 +257,24 @@ def test_bad_gguf_yarn_ext_factor_is_refused():
     from forgert.errors import ModelFormatError
     with pytest.raises(ModelFormatError, match="yarn_ext_factor"):
         _gguf_config(_gguf_meta(type="yarn", factor=4.0, original_context_length=4096, yarn_ext_factor=2.0))
+
+
+def test_yarn_attention_factor_survives_quantize(yarn, tmp_path):
+    """A config's own attention_factor (which replaces 0.1 ln(factor) + 1 in transformers) is
+    written as rope.scaling.attn_factor = attention_factor / (0.1 ln(factor) + 1), so llama.cpp's
+    product, and forgert reading the file, give it back; beta_fast / beta_slow travel as keys."""
+    import json
+    import shutil
+    from forgert.gguf_export import export_gguf
+    from forgert.loader import load_model
+    d = tmp_path / "attn"
+    shutil.copytree(yarn.path("hf-F32"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_scaling"].update(attention_factor=0.8, beta_fast=16, beta_slow=2)
+    (d / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "attn.gguf"
+    export_gguf(str(d), str(out), "f32", log=lambda msg: None)
+    src, back = load_model(str(d)).config, load_model(str(out)).config
+    assert src.rope_attn_factor == 0.8
+    assert back.rope_attn_factor == pytest.approx(0.8, rel=1e-6)     # f32 key: ~1e-7
+    np.testing.assert_array_equal(back.rope_freqs, src.rope_freqs)
