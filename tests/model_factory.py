@@ -120,6 +120,14 @@ ARCH_SPECS = {
         name="smollm3_tied", arch="smollm3", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=13, no_rope_layers=(1, 1, 1, 0, 1),
     ),
+    # SmolLM3's long-context setup: YaRN on its RoPE layers (NoPE layers take neither the
+    # frequencies nor the attention factor).
+    "smollm3_yarn": TinySpec(
+        name="smollm3_yarn", arch="smollm3", hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=15, n_ctx=128, no_rope_layers=(1, 1, 1, 0),
+        rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 48},
+        legacy_rope_config=True,
+    ),
 }
 ALL_SPECS = {**SPECS, **ARCH_SPECS}
 
@@ -378,7 +386,7 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     if spec.arch in PERMUTED_QK_ARCHS:       # LlamaModel writes the rotary width; Qwen2Model/Qwen3Model do not
         w.add_rope_dimension_count(spec.head_dim)
     rs = spec.rope_scaling or {}
-    if rs.get("rope_type") == "yarn":        # Qwen2Model's set_gguf_parameters: type, factor, original context
+    if rs.get("rope_type") == "yarn":        # the converter's YaRN keys: type, factor, original context
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(rs["factor"])
         w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])

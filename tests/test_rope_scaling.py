@@ -278,3 +278,20 @@ def test_yarn_attention_factor_survives_quantize(yarn, tmp_path):
     assert src.rope_attn_factor == 0.8
     assert back.rope_attn_factor == pytest.approx(0.8, rel=1e-6)     # f32 key: ~1e-7
     np.testing.assert_array_equal(back.rope_freqs, src.rope_freqs)
+
+
+@pytest.fixture(scope="module")
+def smollm3_yarn(tmp_path_factory, tiny_tokenizer):
+    tm = mf.make_tiny_model(mf.ARCH_SPECS["smollm3_yarn"], tmp_path_factory.mktemp("smollm3_yarn"), tiny_tokenizer,
+                            hf_dtypes=("F32",), gguf_types=("F32", "Q8_0"))
+    return tm, ae.References(tm)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32", "gguf-Q8_0"])
+def test_smollm3_with_yarn(forgert, smollm3_yarn, metal_reason, backend, fmt):
+    """SmolLM3's long-context form: YaRN on the RoPE layers, none on the NoPE layer, 100 tokens
+    past the original 48."""
+    require_backend(backend, metal_reason)
+    tm, reference = smollm3_yarn
+    ae.check_prefill_logits(forgert, tm, reference, backend, fmt, 100, 7)
