@@ -113,3 +113,19 @@ def test_server_passes_chat_template_kwargs(forgert, chat_models):
     r = client.post("/v1/chat/completions", json={"model": "tiny-qwen3", "messages": msgs, "max_tokens": 1,
                                                   "chat_template_kwargs": {"add_generation_prompt": False}})
     assert r.status_code == 400 and "add_generation_prompt" in r.text
+
+
+@pytest.mark.parametrize("no_think", [False, True])
+def test_cli_run_no_think(forgert, chat_models, capsys, no_think):
+    """`forgert run --no-think` renders the template with enable_thinking=false: the prompt it
+    evaluates is that rendering's tokens (and without the flag, the default rendering's)."""
+    import re
+    from forgert.cli import main
+    path = str(chat_models["qwen3_tied"][1])
+    args = ["run", "What is 2+2?", "--model", path, "--temperature", "0", "-n", "1", "--backend", "cpu"]
+    assert main(args + (["--no-think"] if no_think else [])) == 0
+    evaluated = int(re.search(r"prefill: (\d+) tokens", capsys.readouterr().err).group(1))
+    m = _model(forgert, chat_models, "qwen3_tied", "gguf")
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    kwargs = {"enable_thinking": False} if no_think else None
+    assert evaluated == len(m.tokenize(m.apply_chat_template(msgs, chat_template_kwargs=kwargs), add_bos=False))
