@@ -13,13 +13,13 @@ import sys
 
 import numpy as np
 
+from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
 from .quants import QUANTIZERS, dequantize
-from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
 
 TARGET_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
