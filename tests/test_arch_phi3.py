@@ -1,0 +1,283 @@
+"""Phi-3 / Phi-4 (HF Phi3ForCausalLM, GGUF arch phi3) end to end against transformers in float32:
+fused qkv / gate_up tensors split zero-copy, LongRoPE, partial rotary, a sliding window, the
+tokenizer's stop tokens and the chat templates (tests/phi3_factory.py builds the models).
+
+LongRoPE regimes. forgert picks the short or long factors once, by the configured context (n_ctx
+> original context: long), as llama.cpp does; transformers picks per forward by the sequence
+length (> original: long). They agree, and are compared, on
+  - short: n_ctx <= original, every sequence (they all fit in the original context);
+  - long: n_ctx > original, sequences longer than the original context.
+(A sequence shorter than the original context in a long n_ctx gets the long factors in forgert
+and the short ones in transformers: by design, not compared.)
+
+Bounds are test_e2e_tiny's (same kernels, same f16 KV cache model); the measured errors of these
+models are within them: F32/F16 <= 6e-5 max_rel (bound 5e-4), Q8_0 <= 1e-3 (cpu-decode bound 3e-3).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import model_factory as mf
+import phi3_factory as pf
+from conftest import require_backend
+from test_e2e_tiny import bounds_for, compare_logits
+
+SPEC_NAMES = list(pf.SPECS)
+LONGROPE_SPECS = [n for n, s in pf.SPECS.items() if s.longrope]
+FORMATS = ["hf-F32", "hf-F16", "gguf-F32", "gguf-F16", "gguf-Q8_0"]
+
+
+@pytest.fixture(scope="module")
+def phi_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phi_models")
+    tok = pf.build_tokenizer()
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = pf.make_tiny_model(pf.SPECS[name], root, tok)
+        return cache[name]
+    return get
+
+
+@pytest.fixture(scope="module")
+def phi_references(phi_models):
+    """get(name, fmt) -> f32 transformers model with forgert's f16 KV cache modelled."""
+    cache = {}
+
+    def get(name, fmt):
+        if (name, fmt) not in cache:
+            tm = phi_models(name)
+            kind, t = fmt.split("-", 1)
+            m = mf.storage_rounded_model(tm.model, t) if kind == "hf" else pf.gguf_reference_model(tm, t)
+            cache[name, fmt] = mf.with_f16_kv(m)
+        return cache[name, fmt]
+    return get
+
+
+def token_ids(tm, n, seed):
+    return np.random.default_rng(1000 * seed + n).integers(0, tm.vocab, n).tolist()
+
+
+def sequence_length(spec, regime: str) -> tuple[int | None, int]:
+    """(n_ctx for Model, tokens to compare) of a regime: "long" n_ctx (the model's whole
+    context) with more tokens than the original context; "short" n_ctx = the original context."""
+    if not spec.longrope:
+        return None, 96
+    if regime == "long":
+        return None, spec.original_ctx + 32
+    return spec.original_ctx, spec.original_ctx
+
+
+def decode_logits(m, ids):
+    eng = m._engine
+    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
+                           for i in range(len(ids))])
+
+
+# ----------------------------------------------------------------------------- the factory itself
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_factory_gguf_reproduces_hf_model(phi_models, name):
+    """transformers reading the factory's F32 GGUF (fused tensors, llama.cpp's names) gives the
+    HF model's logits: the file holds what the converter would write."""
+    tm = phi_models(name)
+    ids = token_ids(tm, 80, 0)
+    ref = mf.reference_logits(tm.model, ids)
+    np.testing.assert_allclose(mf.reference_logits(pf.gguf_reference_model(tm, "F32"), ids), ref,
+                               rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_longrope_and_partial_rotary_are_visible(phi_models):
+    """The LongRoPE factors, their choice and the rotary width each move the logits far beyond the
+    F32 bound (5e-4): a loader ignoring any of them fails."""
+    import copy
+
+    import torch
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+    tm = phi_models("phi4_mini_longrope")
+    ids = token_ids(tm, 80, 1)
+    ref = mf.reference_logits(tm.model, ids)
+
+    def with_rope(**changes):
+        m = copy.deepcopy(tm.model)
+        cfg = copy.deepcopy(m.config)
+        cfg.rope_parameters = dict(cfg.rope_parameters, **changes)
+        m.model.rotary_emb = Phi3RotaryEmbedding(cfg)
+        return m
+
+    short, long = pf.longrope_factor_lists(tm.spec)
+    pad = [1.0] * (tm.spec.head_dim // 2 - len(long))   # full rotary needs a factor per head-dim pair
+    variants = {"no scaling": with_rope(rope_type="default"),
+                "short factors on a long sequence": with_rope(long_factor=short),
+                "full rotary": with_rope(partial_rotary_factor=1.0, long_factor=long + pad, short_factor=short + pad),
+                "no attention factor": with_rope(attention_factor=1.0)}
+    for what, m in variants.items():
+        with torch.no_grad():
+            moved = np.abs(mf.reference_logits(m, ids) - ref).max() / np.abs(ref).max()
+        assert moved > 20 * 5e-4, f"{what}: logits moved only {moved:.3g}"
+
+
+# ----------------------------------------------------------------------------- logits
+
+@pytest.mark.parametrize("regime", ["long", "short"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_prefill_logits_match_transformers(phi_models, phi_references, name, fmt, regime, forgert):
+    spec = pf.SPECS[name]
+    if regime == "short" and not spec.longrope:
+        pytest.skip("no LongRoPE: one regime")
+    tm = phi_models(name)
+    n_ctx, n = sequence_length(spec, regime)
+    ids = token_ids(tm, n, 2)
+    m = forgert.Model(str(tm.path(fmt)), backend="cpu", n_ctx=n_ctx)
+    ref = mf.reference_logits(phi_references(name, fmt), ids)
+    compare_logits(m.logits(ids), ref, **bounds_for(fmt, n_tokens=n), what=f"{name} {fmt} {regime}")
+
+
+@pytest.mark.parametrize("regime", ["long", "short"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_decode_logits_match_transformers(phi_models, phi_references, name, fmt, regime, forgert):
+    """One token per forward (the decode kernels, the growing cache) at every position."""
+    spec = pf.SPECS[name]
+    if regime == "short" and not spec.longrope:
+        pytest.skip("no LongRoPE: one regime")
+    tm = phi_models(name)
+    n_ctx, n = sequence_length(spec, regime)
+    ids = token_ids(tm, n, 3)
+    m = forgert.Model(str(tm.path(fmt)), backend="cpu", n_ctx=n_ctx)
+    ref = mf.reference_logits(phi_references(name, fmt), ids)
+    compare_logits(decode_logits(m, ids), ref, **bounds_for(fmt, n_tokens=1), what=f"{name} {fmt} {regime} decode")
+
+
+@pytest.mark.metal
+@pytest.mark.parametrize("fmt", ["gguf-F32", "gguf-Q8_0", "hf-F16"])
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_metal_logits_match_transformers(phi_models, phi_references, metal_reason, name, fmt, forgert):
+    """The emulated Metal device, batched prefill (long regime) and a few decode steps after it."""
+    require_backend("metal", metal_reason)
+    spec = pf.SPECS[name]
+    tm = phi_models(name)
+    n_ctx, n = sequence_length(spec, "long")
+    ids = token_ids(tm, n + 4, 4)
+    m = forgert.Model(str(tm.path(fmt)), backend="metal", n_ctx=n_ctx)
+    assert m.backend == "metal"
+    ref = mf.reference_logits(phi_references(name, fmt), ids)
+    bounds = bounds_for(fmt, backend="metal")
+    compare_logits(m.logits(ids[:n]), ref[:n], **bounds, what=f"metal {name} {fmt} prefill")
+    eng = m._engine
+    steps = np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
+                            for i in range(n, n + 4)])
+    compare_logits(steps, ref[n:], **bounds, what=f"metal {name} {fmt} decode")
+
+
+# ----------------------------------------------------------------------------- greedy generation
+
+@pytest.mark.parametrize("regime", ["long", "short"])
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_greedy_32_tokens_equal_transformers(phi_models, phi_references, name, fmt, regime, forgert):
+    """32 greedy tokens equal transformers' generate() on the F32 files (long regime: the prompt
+    alone is longer than the original context; short: n_ctx = original context)."""
+    import torch
+    spec = pf.SPECS[name]
+    if regime == "short" and not spec.longrope:
+        pytest.skip("no LongRoPE: one regime")
+    tm = phi_models(name)
+    n_ctx, _ = sequence_length(spec, regime)
+    n_prompt = spec.original_ctx + 1 if (spec.longrope and regime == "long") else 8
+    prompt = token_ids(tm, n_prompt, 5)
+    m = forgert.Model(str(tm.path(fmt)), backend="cpu", n_ctx=n_ctx)
+    got = list(m.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True).tokens)
+    ref_model = phi_references(name, fmt)
+    with torch.no_grad():
+        out = ref_model.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+    assert got == out[0, len(prompt):].tolist()
+
+
+# ----------------------------------------------------------------------------- zero-copy split
+
+@pytest.mark.parametrize("fmt", ["gguf-Q8_0", "gguf-F16", "hf-F32"])
+def test_split_is_zero_copy(phi_models, forgert, fmt):
+    """The q/k/v and gate/up tensors the engine gets are row ranges of the fused tensors' mapped
+    bytes, and the engine wraps one buffer per file, inside that file's mapping: no weight copy."""
+    from forgert.ggml_types import row_nbytes
+    tm = phi_models("phi4_plain")
+    spec = tm.spec
+    m = forgert.Model(str(tm.path(fmt)), backend="cpu")
+    loaded = m._model
+    q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+    for i in range(spec.n_layers):
+        qkv, up = loaded.weights[f"blk.{i}.attn_qkv.weight"], loaded.weights[f"blk.{i}.ffn_up.weight"]
+        assert qkv.shape == (q + 2 * kv, spec.hidden) and up.shape == (2 * spec.ffn, spec.hidden)
+        for fused, parts in ((qkv, [("attn_q", 0), ("attn_k", q), ("attn_v", q + kv)]),
+                             (up, [("ffn_gate", 0), ("ffn_up", spec.ffn)])):
+            base = fused.data.ctypes.data
+            stride = row_nbytes(fused.type_id, spec.hidden)
+            for part, row in parts:
+                buf, type_id, shape = loaded.core_tensors[f"blk.{i}.{part}.weight"]
+                assert type_id == fused.type_id
+                assert buf.ctypes.data == base + row * stride, f"blk.{i}.{part}: not a view at row {row}"
+                assert buf.nbytes == shape[0] * stride and np.shares_memory(buf, fused.data)
+    files = loaded.handle.files if fmt.startswith("hf") else [loaded.handle]
+    spans = []
+    for f in files:
+        a = np.frombuffer(f._mm, dtype=np.uint8)
+        spans.append((a.ctypes.data, a.ctypes.data + a.size))
+    wraps = m._engine._weight_buffers()
+    assert len(wraps) == len(files)
+    for addr, n in wraps:
+        assert any(lo <= addr and addr + n <= hi for lo, hi in spans), "a weight buffer outside the file mappings"
+
+
+# ----------------------------------------------------------------------------- tokenizer and template
+
+MESSAGES = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "The capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And the quick brown fox?"}]
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+@pytest.mark.parametrize("name", ["phi4_plain", "phi4_mini_longrope"])
+def test_chat_template_matches_transformers(phi_models, forgert, name, fmt):
+    """Phi-4's <|im_start|>/<|im_sep|> template and Phi-3's <|user|>/<|end|> one render as
+    transformers' apply_chat_template does, and the prompt tokens match its tokenizer's."""
+    from transformers import AutoTokenizer
+    tm = phi_models(name)
+    ref = AutoTokenizer.from_pretrained(str(tm.hf_dirs["F32"]))
+    m = forgert.Model(str(tm.path(fmt)), backend="cpu")
+    for msgs in (MESSAGES, MESSAGES[1:2]):
+        for gen in (True, False):
+            want = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            assert m.apply_chat_template(msgs, add_generation_prompt=gen) == want
+    want_ids = ref.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert m.prompt_tokens(MESSAGES) == list(want_ids)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+@pytest.mark.parametrize("name", ["phi4_plain", "phi4_mini_longrope"])
+def test_end_of_turn_stops_generation(phi_models, forgert, name, fmt):
+    """The template's end-of-turn token (<|end|>, <|im_end|>) is a stop token: from
+    generation_config.json's eos_token_id list, and in a GGUF (which names only <|endoftext|> as
+    EOS) by its text, as llama.cpp finds it."""
+    tm = phi_models(name)
+    m = forgert.Model(str(tm.path(fmt)), backend="cpu")
+    tok = m._model.tokenizer
+    end = tm.tokenizer.token_to_id(tm.spec.end_of_turn)
+    assert end in tok.stop_ids
+    assert tok.eos_id == tm.tokenizer.token_to_id(pf.ENDOFTEXT)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
+def test_info_names_architecture_and_features(phi_models, forgert, fmt):
+    from forgert.cli.info import describe, format_text
+    tm = phi_models("phi4_mini_longrope")
+    d = describe(forgert.Model(str(tm.path(fmt)), backend="cpu")._model)
+    assert d["arch"] == "phi3" and d["rope_scaling"] == "longrope"
+    text = format_text(d, False, False)
+    for feature in ("fused qkv and gate_up", "longrope RoPE scaling", "partial rotary (24 of 32 dims)"):
+        assert feature in text, text
