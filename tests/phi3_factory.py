@@ -25,9 +25,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import model_factory as mf
 
 ENDOFTEXT = "<|endoftext|>"
-# Phi-3's turn markers, and Phi-4's ChatML-like ones
-SPECIAL_TOKENS = [ENDOFTEXT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-                  "<|im_start|>", "<|im_sep|>", "<|im_end|>"]
+# Each vocabulary's special tokens (ids from 0, in this order): Phi-3's turn markers, or Phi-4's
+# ChatML-like ones. <|endoftext|> is the EOS; the turn's end is a second stop token.
+PHI3_SPECIALS = (ENDOFTEXT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+PHI4_SPECIALS = (ENDOFTEXT, "<|im_start|>", "<|im_sep|>", "<|im_end|>")
 
 # Phi-3 / Phi-3.5 / Phi-4-mini style: "<|user|>\n...<|end|>\n"
 PHI3_TEMPLATE = (
@@ -60,6 +61,7 @@ class PhiSpec:
     seed: int
     template: str
     end_of_turn: str                    # the template's end-of-turn token (a stop token)
+    specials: tuple                     # the vocabulary's special tokens
     partial_rotary_factor: float = 1.0
     longrope: bool = False
     original_ctx: int | None = None     # LongRoPE's pre-extension context (None: n_ctx)
@@ -86,17 +88,18 @@ SPECS = {
     # Phi-4 (14B) style: no RoPE scaling, full rotary, theta 2.5e5, untied, GQA 4/2.
     "phi4_plain": PhiSpec(name="phi4_plain", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
                           tie_embeddings=False, rope_theta=250000.0, seed=11, template=PHI4_TEMPLATE,
-                          end_of_turn="<|im_end|>"),
+                          end_of_turn="<|im_end|>", specials=PHI4_SPECIALS),
     # Phi-4-mini style: LongRoPE (original context 64 of 256, so n_ctx 256 takes the long factors
     # and the cos/sin scale is sqrt(1 + ln 4 / ln 64)), partial rotary 0.75 (24 of 32 dims), tied.
     "phi4_mini_longrope": PhiSpec(name="phi4_mini_longrope", hidden=128, n_layers=3, n_heads=4, n_kv_heads=2,
                                   ffn=192, tie_embeddings=True, rope_theta=10000.0, seed=12,
-                                  template=PHI3_TEMPLATE, end_of_turn="<|end|>", partial_rotary_factor=0.75,
+                                  template=PHI3_TEMPLATE, end_of_turn="<|end|>", specials=PHI3_SPECIALS,
+                                  partial_rotary_factor=0.75,
                                   longrope=True, original_ctx=64),
     # Phi-3-mini style: LongRoPE on full rotary and a sliding window shorter than the test sequences.
     "phi3_window": PhiSpec(name="phi3_window", hidden=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn=128,
                            tie_embeddings=False, rope_theta=10000.0, seed=13, template=PHI3_TEMPLATE,
-                           end_of_turn="<|end|>", longrope=True, original_ctx=64, sliding_window=40),
+                           end_of_turn="<|end|>", specials=PHI3_SPECIALS, longrope=True, original_ctx=64, sliding_window=40),
 }
 
 
@@ -118,20 +121,20 @@ def attn_factor(spec: PhiSpec) -> float:
 
 # ----------------------------------------------------------------------------- tokenizer
 
-def build_tokenizer(vocab_size: int = 320) -> Tokenizer:
-    """The factory's byte-level BPE with Phi's special tokens added (each one id)."""
+def build_tokenizer(specials: tuple, vocab_size: int = 320) -> Tokenizer:
+    """The factory's byte-level BPE with a Phi vocabulary's special tokens (each one id)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([mf._TOKENIZER_CORPUS] * 4, trainer=trainer)
     return tok
 
 
-def tokenizer_tables(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
+def tokenizer_tables(tok: Tokenizer, specials: tuple) -> tuple[list[str], list[int], list[str]]:
     tokens, _, merges = mf.tokenizer_tables(tok)
-    types = [3 if t in SPECIAL_TOKENS else 1 for t in tokens]   # 3: control
+    types = [3 if t in specials else 1 for t in tokens]   # 3: control
     return tokens, types, merges
 
 
@@ -147,7 +150,7 @@ def hf_config(spec: PhiSpec, vocab_size: int):
         rope.update(rope_type="longrope", short_factor=short, long_factor=long,
                     original_max_position_embeddings=spec.original_ctx)
         extra["original_max_position_embeddings"] = spec.original_ctx
-    tok_ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}   # the trainer puts specials first
+    tok_ids = {t: i for i, t in enumerate(spec.specials)}   # the trainer puts specials first
     return Phi3Config(
         vocab_size=vocab_size, hidden_size=spec.hidden, intermediate_size=spec.ffn,
         num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads,
@@ -228,7 +231,7 @@ def write_gguf(model, spec: PhiSpec, tok: Tokenizer, path: Path, type_name: str,
     if spec.longrope:
         w.add_rope_scaling_attn_factors(attn_factor(spec))
 
-    tokens, types, merges = tokenizer_tables(tok)
+    tokens, types, merges = tokenizer_tables(tok, spec.specials)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -264,7 +267,7 @@ def gguf_reference_model(tm: mf.TinyModel, type_name: str):
 
 def make_tiny_model(spec: PhiSpec, root: Path, tok: Tokenizer | None = None, hf_dtypes=("F32", "F16"),
                     gguf_types=("F32", "F16", "Q8_0")) -> mf.TinyModel:
-    tok = tok or build_tokenizer()
+    tok = tok or build_tokenizer(spec.specials)
     model = build_hf_model(spec, tok.get_vocab_size())
     root = Path(root) / spec.name
     root.mkdir(parents=True, exist_ok=True)

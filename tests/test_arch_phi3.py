@@ -24,19 +24,19 @@ from conftest import require_backend
 from test_e2e_tiny import bounds_for, compare_logits
 
 SPEC_NAMES = list(pf.SPECS)
-LONGROPE_SPECS = [n for n, s in pf.SPECS.items() if s.longrope]
+# (spec, LongRoPE regime): both regimes where the spec has LongRoPE, else one
+CASES = [(n, "long") for n in SPEC_NAMES] + [(n, "short") for n, s in pf.SPECS.items() if s.longrope]
 FORMATS = ["hf-F32", "hf-F16", "gguf-F32", "gguf-F16", "gguf-Q8_0"]
 
 
 @pytest.fixture(scope="module")
 def phi_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("phi_models")
-    tok = pf.build_tokenizer()
     cache = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = pf.make_tiny_model(pf.SPECS[name], root, tok)
+            cache[name] = pf.make_tiny_model(pf.SPECS[name], root)
         return cache[name]
     return get
 
@@ -121,13 +121,10 @@ def test_longrope_and_partial_rotary_are_visible(phi_models):
 
 # ----------------------------------------------------------------------------- logits
 
-@pytest.mark.parametrize("regime", ["long", "short"])
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", SPEC_NAMES)
+@pytest.mark.parametrize("name,regime", CASES)
 def test_prefill_logits_match_transformers(phi_models, phi_references, name, fmt, regime, forgert):
     spec = pf.SPECS[name]
-    if regime == "short" and not spec.longrope:
-        pytest.skip("no LongRoPE: one regime")
     tm = phi_models(name)
     n_ctx, n = sequence_length(spec, regime)
     ids = token_ids(tm, n, 2)
@@ -136,14 +133,11 @@ def test_prefill_logits_match_transformers(phi_models, phi_references, name, fmt
     compare_logits(m.logits(ids), ref, **bounds_for(fmt, n_tokens=n), what=f"{name} {fmt} {regime}")
 
 
-@pytest.mark.parametrize("regime", ["long", "short"])
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", SPEC_NAMES)
+@pytest.mark.parametrize("name,regime", CASES)
 def test_decode_logits_match_transformers(phi_models, phi_references, name, fmt, regime, forgert):
     """One token per forward (the decode kernels, the growing cache) at every position."""
     spec = pf.SPECS[name]
-    if regime == "short" and not spec.longrope:
-        pytest.skip("no LongRoPE: one regime")
     tm = phi_models(name)
     n_ctx, n = sequence_length(spec, regime)
     ids = token_ids(tm, n, 3)
@@ -175,16 +169,13 @@ def test_metal_logits_match_transformers(phi_models, phi_references, metal_reaso
 
 # ----------------------------------------------------------------------------- greedy generation
 
-@pytest.mark.parametrize("regime", ["long", "short"])
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
-@pytest.mark.parametrize("name", SPEC_NAMES)
+@pytest.mark.parametrize("name,regime", CASES)
 def test_greedy_32_tokens_equal_transformers(phi_models, phi_references, name, fmt, regime, forgert):
     """32 greedy tokens equal transformers' generate() on the F32 files (long regime: the prompt
     alone is longer than the original context; short: n_ctx = original context)."""
     import torch
     spec = pf.SPECS[name]
-    if regime == "short" and not spec.longrope:
-        pytest.skip("no LongRoPE: one regime")
     tm = phi_models(name)
     n_ctx, _ = sequence_length(spec, regime)
     n_prompt = spec.original_ctx + 1 if (spec.longrope and regime == "long") else 8
@@ -193,8 +184,9 @@ def test_greedy_32_tokens_equal_transformers(phi_models, phi_references, name, f
     got = list(m.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True).tokens)
     ref_model = phi_references(name, fmt)
     with torch.no_grad():
-        out = ref_model.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)
+        ids = torch.tensor([prompt])   # an explicit mask: the prompt may hold the pad id
+        out = ref_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)
     assert got == out[0, len(prompt):].tolist()
 
 

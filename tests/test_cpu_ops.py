@@ -619,22 +619,26 @@ def test_elementwise_rejects_shape_mismatch(ops_for):
 
 # ----------------------------------------------------------------------------- rope
 
-def rope_reference(x, freqs, pos0, n_heads, head_dim, neox):
-    """float64 rotation. neox=False: pairs (2j, 2j+1); neox=True: pairs (j, j + head_dim/2)."""
+def rope_reference(x, freqs, pos0, n_heads, head_dim, neox, rope_dim=None, factor=1.0):
+    """float64 rotation of the first rope_dim (default: all) dims of each head, cos and sin
+    times `factor`. neox=False: pairs (2j, 2j+1); neox=True: pairs (j, j + rope_dim/2)."""
+    rope_dim = head_dim if rope_dim is None else rope_dim
     n = x.shape[0]
-    xh = x.astype(np.float64).reshape(n, n_heads, head_dim)
+    xh = x.astype(np.float64).reshape(n, n_heads, head_dim).copy()
     pos = (pos0 + np.arange(n, dtype=np.float64))[:, None, None]
-    ang = pos * freqs.astype(np.float64)[None, None, :]                    # [n, 1, hd/2]
-    c, s = np.cos(ang), np.sin(ang)
+    ang = pos * freqs.astype(np.float64)[None, None, :]                    # [n, 1, rope_dim/2]
+    c, s = np.cos(ang) * factor, np.sin(ang) * factor
+    xr = xh[..., :rope_dim]
     if neox:
-        a, b = xh[..., : head_dim // 2], xh[..., head_dim // 2:]
+        a, b = xr[..., : rope_dim // 2], xr[..., rope_dim // 2:]
         out = np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
     else:
-        a, b = xh[..., 0::2], xh[..., 1::2]
-        out = np.empty_like(xh)
+        a, b = xr[..., 0::2], xr[..., 1::2]
+        out = np.empty_like(xr)
         out[..., 0::2] = a * c - b * s
         out[..., 1::2] = a * s + b * c
-    return out.reshape(n, n_heads * head_dim)
+    xh[..., :rope_dim] = out
+    return xh.reshape(n, n_heads * head_dim)
 
 
 def rope_freqs(head_dim, theta=10000.0, scale_from=None):
@@ -683,6 +687,44 @@ def test_rope_kv_write(ops_for, backend, neox, n, pos0, n_heads, n_kv_heads, hea
     for got, before in ((kc, k_cache), (vc, v_cache)):
         np.testing.assert_array_equal(np.delete(got, np.r_[rows], axis=0).view(np.uint16),
                                       np.delete(before, np.r_[rows], axis=0).view(np.uint16))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("neox", [False, True], ids=["adjacent", "neox"])
+@pytest.mark.parametrize("rope_dim,factor", [(48, 1.0), (16, 1.3), (64, 0.8), (0, 1.0)],
+                         ids=["partial_0.75", "partial_0.25_factor", "factor", "nope"])
+def test_rope_kv_write_partial_and_scaled(ops_for, backend, neox, rope_dim, factor):
+    """Partial rotary (Phi-4-mini's 0.75: the first rope_dim dims turn, pairs taken within them),
+    the attention factor on cos and sin (YaRN, LongRoPE), and NoPE layers (rope_dim 0: nothing
+    turns, k and v are still cached)."""
+    n, pos0, n_heads, n_kv_heads, head_dim, n_ctx = 5, 300, 4, 2, 64, 310
+    rng = rng_for("rope_partial", neox, rope_dim, factor)
+    q = randn(rng, n, n_heads * head_dim)
+    k = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
+    v = randn(rng, n, n_kv_heads * head_dim)
+    cache = np.zeros((n_ctx, n_kv_heads * head_dim), np.float16)
+    freqs = rope_freqs(rope_dim) if rope_dim else np.zeros(1, np.float32)
+    q_out, k_out, kc, vc = ops_for(backend).rope_kv_write(q, k, v, cache, cache.copy(), freqs, pos0, n_heads,
+                                                          n_kv_heads, head_dim, neox, rope_dim=rope_dim,
+                                                          attn_factor=factor)
+    q_ref = rope_reference(q, freqs[:rope_dim // 2], pos0, n_heads, head_dim, neox, rope_dim, factor)
+    k_ref = rope_reference(k, freqs[:rope_dim // 2], pos0, n_kv_heads, head_dim, neox, rope_dim, factor)
+    # measured nmse ~1e-14 (pos ~300: the f32 angle's rounding); bound as test_rope_kv_write's
+    assert nmse(q_out, q_ref) < 3e-8 and nmse(k_out, k_ref) < 3e-8
+    if rope_dim < head_dim:   # the tail of each head passes through untouched, bit for bit
+        tail = (np.arange(n_heads * head_dim) % head_dim) >= rope_dim
+        np.testing.assert_array_equal(q_out[:, tail], q[:, tail])
+    rows = slice(pos0, pos0 + n)
+    np.testing.assert_allclose(kc[rows].astype(np.float32), k_ref, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(vc[rows], v.astype(np.float16))
+
+
+def test_rope_kv_write_rejects_bad_rope_dim(ops_for):
+    ones, cache = np.ones((1, 32), np.float32), np.zeros((2, 32), np.float16)
+    for rope_dim in (34, 7):
+        with pytest.raises(ValueError, match="rope_dim"):
+            ops_for("cpu").rope_kv_write(ones, ones, ones, cache, cache, rope_freqs(32), 0, 1, 1, 32, False,
+                                         rope_dim=rope_dim)
 
 
 def test_rope_kv_write_position_zero_is_identity(ops_for):

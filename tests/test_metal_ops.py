@@ -259,6 +259,26 @@ def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads,
     np.testing.assert_array_equal(got[3], want[3])
 
 
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("rope_dim,factor", [(24, 1.2), (0, 1.0)], ids=["partial_factor", "nope"])
+def test_rope_kv_write_partial_and_scaled(metal, cpu, as_cache, neox, rope_dim, factor):
+    """Partial rotary with an attention factor, and a NoPE layer, against the CPU backend
+    (which test_cpu_ops checks against NumPy)."""
+    n, pos0, n_heads, n_kv_heads, head_dim = 4, 77, 3, 1, 32
+    r = rng("rope_partial", neox, rope_dim)
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = r.standard_normal((n, n_kv_heads * head_dim), dtype=np.float32)
+    v = r.standard_normal((n, n_kv_heads * head_dim), dtype=np.float32)
+    cache = as_cache(r.standard_normal((pos0 + n, n_kv_heads * head_dim)))
+    freqs = (10000.0 ** (-np.arange(0, max(rope_dim, 2), 2) / max(rope_dim, 2))).astype(np.float32)
+    args = (q, k, v, cache, cache.copy(), freqs, pos0, n_heads, n_kv_heads, head_dim, neox)
+    got = metal.rope_kv_write(*args, rope_dim=rope_dim, attn_factor=factor)
+    want = cpu.rope_kv_write(*args, rope_dim=rope_dim, attn_factor=factor)
+    assert nmse(got[0], want[0]) < 1e-10 and nmse(got[1], want[1]) < 1e-10
+    np.testing.assert_allclose(got[2].astype(np.float32), want[2].astype(np.float32), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(got[3], want[3])
+
+
 @pytest.mark.parametrize("dim", [5, 300])
 def test_elementwise(metal, cpu, dim):
     r = rng("elementwise", dim)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,26 +34,39 @@ class ModelConfig:
     rope_theta: float
     rope_neox: bool           # False: adjacent pairs (GGUF llama, permuted weights); True: half split
     rope_scaling: dict | None = None
-    rope_dim: int | None = None   # partial rotary: the first rope_dim dims of each head rotate; None: all
+    # RoPE frequencies, scaling applied: float32 [rope_dim // 2], or [n_tables, rope_dim // 2]
+    # when layers differ (Gemma 3's local and global bases; layer_rope picks the row).
+    rope_freqs: np.ndarray = field(default=None, repr=False)
+    rope_dim: int | None = None      # rotated dims per head (partial rotary); None: all of head_dim
+    rope_attn_factor: float = 1.0    # multiplies cos and sin (YaRN's mscale, LongRoPE's factor)
+    layer_rope: list[int] | None = None   # [n_layers] RoPE table per layer, -1: no RoPE; None: table 0
     tied_embeddings: bool = False
     # Sliding-window attention (Mistral 7B v0.1: 4096): a token attends to itself and the
     # sliding_window - 1 before it, in layers sliding_window_from.. (Qwen2's max_window_layers;
     # every layer for Mistral). None: full causal attention.
     sliding_window: int | None = None
     sliding_window_from: int = 0
+    # Any other per-layer pattern (interleaved local and global layers): [n_layers] windows,
+    # 0 = full attention. When set it decides over sliding_window / sliding_window_from.
+    layer_window: list[int] | None = None
+
+    def windows(self) -> list[int]:
+        """The attention window of each layer (0: full causal attention)."""
+        if self.layer_window is not None:
+            return [int(w) for w in self.layer_window]
+        w = int(self.sliding_window or 0)
+        return [w if i >= self.sliding_window_from else 0 for i in range(self.n_layers)]
 
     @property
     def rotated_dims(self) -> int:
         return self.head_dim if self.rope_dim is None else self.rope_dim
 
-    @property
-    def rope_attn_factor(self) -> float:
-        """The scale of cos and sin (LongRoPE's attention factor; 1 otherwise)."""
-        return float((self.rope_scaling or {}).get("attn_factor", 1.0))
-
     def rope_freqs_for(self, n_ctx: int) -> np.ndarray:
-        """float32 [rotated_dims // 2] for a context of n_ctx tokens (LongRoPE picks its factors by it)."""
-        return rope_freqs(self.rope_theta, self.rotated_dims, self.rope_scaling, n_ctx)
+        """The frequency table(s) for a context of n_ctx tokens: rope_freqs, except under LongRoPE,
+        the one scaling whose table depends on the context (rope.longrope_factors)."""
+        if (self.rope_scaling or {}).get("type") == "longrope":
+            return rope_freqs(self.rope_theta, self.rotated_dims, self.rope_scaling, n_ctx)
+        return self.rope_freqs
 
     @property
     def features(self) -> list:
@@ -71,13 +84,17 @@ class ModelConfig:
         return out
 
     def core_dict(self, n_ctx: int) -> dict:
-        return {
+        d = {
             "arch": CORE_ARCHS[self.arch], "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
             "rope_neox": bool(self.rope_neox), "rope_freqs": self.rope_freqs_for(n_ctx),
-            "sliding_window": int(self.sliding_window or 0), "sliding_window_from": int(self.sliding_window_from),
+            "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
+            "layer_window": self.windows(),
         }
+        if self.layer_rope is not None:
+            d["layer_rope"] = [int(t) for t in self.layer_rope]
+        return d
 
 
 def _fail(source, problem):
@@ -144,10 +161,16 @@ def _check_bounds(cfg: ModelConfig, source):
 
 
 def _check_rope_dim(rope_dim: int, head_dim: int, source, what: str):
-    if rope_dim > head_dim or rope_dim % 2:
-        _fail(source, f"{what} {rope_dim} must be even and at most head_dim {head_dim}")
-    if rope_dim != head_dim:
-        _fail(source, f"partial RoPE ({what} {rope_dim} < head_dim {head_dim}) is not supported")
+    if not 2 <= rope_dim <= head_dim or rope_dim % 2:
+        _fail(source, f"{what} {rope_dim} must be even, from 2 to head_dim {head_dim}")
+
+
+def _set_rope_tables(cfg: ModelConfig):
+    """rope_freqs (for the model's whole context: LongRoPE's table is picked again per n_ctx by
+    rope_freqs_for) and the cos/sin scale."""
+    cfg.rope_freqs = rope_freqs(cfg.rope_theta, cfg.rotated_dims, cfg.rope_scaling, cfg.context_length)
+    if (cfg.rope_scaling or {}).get("type") == "longrope":
+        cfg.rope_attn_factor = float(cfg.rope_scaling["attn_factor"])
 
 
 def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
@@ -245,6 +268,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     )
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
+    _set_rope_tables(cfg)
     return cfg
 
 
@@ -318,7 +342,7 @@ def _hf_rope_dim(hf: dict, head_dim: int, source):
 
 def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
     """transformers 5 spells out which layers use the window ("layer_types"); when present it
-    decides. forgert windows a suffix of the layers (all of them, or Qwen2's from max_window_layers)."""
+    decides, in any pattern (a suffix of the layers, or local layers between global ones)."""
     types = hf.get("layer_types")
     if types is None:
         return
@@ -336,10 +360,10 @@ def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             _fail(source, f"layer_types has sliding_attention layers but sliding_window is {window!r}")
         cfg.sliding_window = window
-    if sliding != list(range(sliding[0], cfg.n_layers)):
-        _fail(source, "sliding-window layers interleaved with full-attention ones are not supported "
-                      f"(layers {sliding})")
-    cfg.sliding_window_from = sliding[0]
+    if sliding == list(range(sliding[0], cfg.n_layers)):   # a suffix: Mistral, Qwen2
+        cfg.sliding_window_from = sliding[0]
+    else:                                                  # interleaved local and global layers
+        cfg.layer_window = [cfg.sliding_window if t == "sliding_attention" else 0 for t in types]
 
 
 def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
@@ -385,4 +409,5 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     _hf_layer_types(hf, cfg, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
+    _set_rope_tables(cfg)
     return cfg

@@ -120,12 +120,14 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
-    if c.sliding_window:
-        # GGUF's key windows every layer; Qwen2's max_window_layers has no GGUF form.
-        if c.sliding_window_from:
-            raise ModelFormatError(f"{loaded.name}: sliding-window attention from layer {c.sliding_window_from} "
-                                   "on cannot be written to GGUF")
-        writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
+    windows = c.windows()
+    if any(windows):
+        # GGUF's llama/qwen2 key windows every layer; Qwen2's max_window_layers and interleaved
+        # local/global layers have no GGUF form there.
+        if len(set(windows)) > 1:
+            raise ModelFormatError(f"{loaded.name}: per-layer attention windows {windows} cannot be written to "
+                                   f"a GGUF of architecture '{arch}' (its sliding_window key windows every layer)")
+        writer.add_u32(f"{arch}.attention.sliding_window", windows[0])
     extra = {}
     kind = (c.rope_scaling or {}).get("type")
     if kind == "linear":

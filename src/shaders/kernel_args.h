@@ -78,7 +78,7 @@ FG_ARGS_ASSERT(sizeof(rms_norm_args) == 24, "rms_norm_args layout");
 
 // --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
 // slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],
-//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [head_dim / 2]
+//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [rope_dim / 2]
 // grid: (n_heads + 2 * n_kv_heads, n): q heads, then k heads, then v heads;
 // threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
 typedef struct {
@@ -90,10 +90,12 @@ typedef struct {
     int32_t n_kv_heads;
     int32_t head_dim;
     int32_t pos0;
-    int32_t neox;  // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + head_dim/2])
+    int32_t neox;      // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + rope_dim/2])
+    int32_t rope_dim;  // the first rope_dim dims of a head rotate (0: none, NoPE); the rest pass through
+    float attn_factor; // multiplies cos and sin (YaRN, LongRoPE)
     int32_t pad0;
 } rope_kv_write_args;
-FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 56, "rope_kv_write_args layout");
+FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut

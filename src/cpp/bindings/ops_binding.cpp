@@ -4,6 +4,9 @@
 
 #include <pybind11/numpy.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/backend.h"
 
 namespace py = pybind11;
@@ -124,7 +127,7 @@ public:
     // Returns (q, k) rotated and the two caches after the write.
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
-                            int head_dim, bool neox) {
+                            int head_dim, bool neox, int rope_dim, float attn_factor) {
         const U16 kc = f16_bits(k_cache_in, "k_cache"), vc = f16_bits(v_cache_in, "v_cache");
         need(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
              "need n_heads, n_kv_heads > 0 and an even head_dim");
@@ -134,11 +137,14 @@ public:
         need(rows_of(k) == rows_of(q) && rows_of(v) == rows_of(q), "q, k and v must have one row count");
         need(kc.ndim() == 2 && kc.shape(1) == kv_dim, "k_cache must be [n_ctx, kv_dim]");
         need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kv_dim, "v_cache must match k_cache");
-        need(freqs.size() == head_dim / 2, "freqs must have head_dim / 2 entries");
+        if (rope_dim < 0) rope_dim = head_dim;
+        need(rope_dim <= head_dim && rope_dim % 2 == 0, "rope_dim must be even and <= head_dim (0: no rotation)");
+        need(attn_factor > 0.0f && std::isfinite(attn_factor), "attn_factor must be a positive number");
+        need(freqs.size() == std::max(rope_dim / 2, 1), "freqs must have rope_dim / 2 entries");
         need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "rows past the cache");
         Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs);
         Tensor KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim), VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
-        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, pos0, RopeKvParams{n_heads, n_kv_heads, head_dim, neox}); });
+        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, pos0, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor}); });
         F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols}), k_out(std::vector<py::ssize_t>{K.rows, K.cols});
         U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
         be_->read(q_out.mutable_data(), Q, Q.nbytes());
@@ -205,7 +211,7 @@ void bind_ops(py::module_& m) {
         .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
-             py::arg("head_dim"), py::arg("neox"))
+             py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f)
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
              py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0)
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))

@@ -22,7 +22,14 @@ struct RopeKvParams {
     int n_kv_heads = 0;    // key/value heads
     int head_dim = 0;
     bool neox = false;     // false: rotate adjacent pairs (x0,x1),(x2,x3)... (GGUF llama, permuted weights)
-                           // true: rotate (x[i], x[i + head_dim/2]) (HF checkpoints, Qwen2 GGUF)
+                           // true: rotate (x[i], x[i + rope_dim/2]) (HF checkpoints, Qwen2 GGUF)
+    int rope_dim = 0;      // the first rope_dim dims of each head rotate, pairs as above taken within
+                           // them (partial rotary, llama.cpp's n_rot); the rest pass through.
+                           // 0: all of head_dim; even, <= head_dim
+    bool nope = false;     // no rotation at all (SmolLM3's NoPE layers): k and v are only cached
+    float attn_factor = 1.0f;  // multiplies cos and sin (YaRN's mscale, LongRoPE's scaling factor)
+
+    int rotated_dims() const { return nope ? 0 : (rope_dim > 0 ? rope_dim : head_dim); }
 };
 
 struct AttentionParams {
@@ -85,10 +92,12 @@ public:
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
     // Everything between the QKV projection and attention, fused: rotate each head of q and
-    // k (in place) by RoPE, token i by angles ((pos0 + i) * freqs[j]), then store k and v as
-    // f16 at cache rows pos0 + i (k_cache[pos0 + i, :] = f16(k[i, :]) after the rotation).
+    // k (in place) by RoPE, token i's pair j by angle ((pos0 + i) * freqs[j]) with cos and sin
+    // times p.attn_factor, then store k and v as f16 at cache rows pos0 + i
+    // (k_cache[pos0 + i, :] = f16(k[i, :]) after the rotation).
     // One dispatch on a GPU; one parallel region on the CPU.
-    // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx, kv_dim]; freqs f32 [head_dim / 2]
+    // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx, kv_dim];
+    // freqs f32 [p.rotated_dims() / 2] (unused when p.nope)
     virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) = 0;
     // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i

@@ -1,4 +1,5 @@
-// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2).
+// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2), with the
+// per-layer attention settings (window, RoPE table) later families vary.
 #pragma once
 
 #include <string>
@@ -18,9 +19,21 @@ struct ModelConfig {
     int n_ctx = 0;          // KV cache length: positions 0..n_ctx-1
     float rms_eps = 1e-5f;
     bool rope_neox = false; // see RopeKvParams::neox
-    std::vector<float> rope_freqs;  // [head_dim / 2], scaling already applied
-    int sliding_window = 0;        // > 0: layers from sliding_window_from on attend to this many keys
-    int sliding_window_from = 0;   // first such layer (Qwen2's max_window_layers; 0 for Mistral)
+    int rope_dim = 0;       // rotated dims per head (partial rotary); 0: all of head_dim
+    float rope_attn_factor = 1.0f;  // multiplies cos and sin (YaRN's mscale, LongRoPE)
+    // RoPE frequency tables, [n_tables][rope_dim / 2] flattened, scaling already applied;
+    // layer l uses table layer_rope[l], or no RoPE at all when it is -1 (SmolLM3's NoPE
+    // layers). Several tables: Gemma 3's local and global layers have different bases.
+    std::vector<float> rope_freqs;
+    std::vector<int> layer_rope;    // [n_layers]; empty: every layer uses table 0
+    // Attention window per layer: > 0: a token attends to itself and the window - 1 keys
+    // before it (Mistral, Qwen2's upper layers, Gemma's local layers); 0: full causal.
+    std::vector<int> layer_window;  // [n_layers]; empty: full attention everywhere
+
+    int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }
+    int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
+    int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }
+    int rope_table_of(int layer) const { return layer_rope.empty() ? 0 : layer_rope[layer]; }
 
     // Valid (and int-sized) only after validate() has bounded the fields.
     int q_dim() const { return n_heads * head_dim; }

@@ -1,5 +1,6 @@
 #include "llama_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -32,7 +33,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     up_ = tensor(DType::F32, B, cfg_.ffn_dim);
     logits_ = tensor(DType::F32, 1, cfg_.vocab);  // grown on demand for all_logits
     argmax_ = tensor(DType::I32, 1, 1);
-    freqs_ = tensor(DType::F32, 1, cfg_.head_dim / 2);
+    freqs_ = tensor(DType::F32, cfg_.n_rope_tables(), cfg_.rope_dims() / 2);  // one row per RoPE table
     be_->write(freqs_, cfg_.rope_freqs.data(), cfg_.rope_freqs.size() * sizeof(float));
     for (int l = 0; l < cfg_.n_layers; l++) {
         kv_.buffers.push_back(be_->alloc((size_t)cfg_.n_ctx * cfg_.kv_dim() * 2));
@@ -68,7 +69,8 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
     if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
     const double t1 = profiling_ ? now_s() : 0;
 
-    RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox};
+    RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox, cfg_.rope_dim, false,
+                    cfg_.rope_attn_factor};
     AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim), 0};
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
@@ -80,8 +82,10 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
         if (L.bv.rows) be.add_bias(v, L.bv);
-        be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
-        ap.window = cfg_.sliding_window > 0 && l >= cfg_.sliding_window_from ? cfg_.sliding_window : 0;
+        const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
+        rp.nope = table < 0;
+        be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_.slice_rows(std::max(table, 0), 1), pos, rp);
+        ap.window = cfg_.window_of(l);
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
         be.matmul_add(x, L.wo, att, proj);  // x += wo att
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)

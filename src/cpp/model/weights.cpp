@@ -1,6 +1,7 @@
 #include "weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "tensor_layout.h"
@@ -52,11 +53,26 @@ void ModelConfig::validate() const {
                                          (int64_t)n_kv_heads * head_dim, "KV cache bytes");
     in_range("KV cache bytes (n_layers * 2 * n_ctx * kv_dim * 2)", kv_cache, 1, kMaxKvCacheBytes);
     need(rms_eps > 0.0f, "rms_eps must be positive");
-    need((int64_t)rope_freqs.size() == head_dim / 2, "rope_freqs has " + std::to_string(rope_freqs.size()) +
-                                                         " entries, expected head_dim / 2 = " +
-                                                         std::to_string(head_dim / 2));
-    need(sliding_window >= 0 && sliding_window_from >= 0,
-         "sliding_window = " + std::to_string(sliding_window) + ", from layer " + std::to_string(sliding_window_from));
+    in_range("rope_dim", rope_dim, 0, head_dim);
+    need(rope_dim % 2 == 0, "rope_dim = " + std::to_string(rope_dim) + " must be even");
+    const int64_t half = rope_dims() / 2;
+    need(!rope_freqs.empty() && (int64_t)rope_freqs.size() % half == 0,
+         "rope_freqs has " + std::to_string(rope_freqs.size()) + " entries, expected a multiple of rope_dim / 2 = " +
+             std::to_string(half));
+    need(rope_attn_factor > 0.0f && std::isfinite(rope_attn_factor),
+         "rope_attn_factor = " + std::to_string(rope_attn_factor) + " must be a positive number");
+    need(layer_rope.empty() || (int64_t)layer_rope.size() == n_layers,
+         "layer_rope has " + std::to_string(layer_rope.size()) + " entries for " + std::to_string(n_layers) + " layers");
+    for (size_t l = 0; l < layer_rope.size(); l++)
+        need(layer_rope[l] >= -1 && layer_rope[l] < n_rope_tables(),
+             "layer_rope[" + std::to_string(l) + "] = " + std::to_string(layer_rope[l]) + " is not -1 or one of the " +
+                 std::to_string(n_rope_tables()) + " RoPE tables");
+    need(layer_window.empty() || (int64_t)layer_window.size() == n_layers,
+         "layer_window has " + std::to_string(layer_window.size()) + " entries for " + std::to_string(n_layers) +
+             " layers");
+    for (size_t l = 0; l < layer_window.size(); l++)
+        need(layer_window[l] >= 0, "layer_window[" + std::to_string(l) + "] = " + std::to_string(layer_window[l]) +
+                                       " must be >= 0 (0: full attention)");
 }
 
 namespace {

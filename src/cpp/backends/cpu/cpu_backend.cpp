@@ -191,18 +191,18 @@ void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
 namespace {
 
 // cos/sin of the RoPE angles of one position, in double: positions in the 100k range
-// keep full precision.                                           cs, sn [head_dim / 2]
-void rope_angles(int64_t pos, const float* freqs, int half, float* cs, float* sn) {
+// keep full precision; both times `factor` (YaRN / LongRoPE attention scaling).  cs, sn [half]
+void rope_angles(int64_t pos, const float* freqs, int half, float factor, float* cs, float* sn) {
     for (int j = 0; j < half; j++) {
         const double a = (double)pos * freqs[j];
-        cs[j] = (float)std::cos(a);
-        sn[j] = (float)std::sin(a);
+        cs[j] = (float)(std::cos(a) * factor);
+        sn[j] = (float)(std::sin(a) * factor);
     }
 }
 
-// Rotates every head of one token row in place.                  x [n_heads * head_dim]
-void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, const float* sn) {
-    const int half = head_dim / 2;
+// Rotates the first rope_dim dims of every head of one token row in place.  x [n_heads * head_dim]
+void rope_row(float* x, int n_heads, int head_dim, int rope_dim, bool neox, const float* cs, const float* sn) {
+    const int half = rope_dim / 2;
     for (int h = 0; h < n_heads; h++) {
         float* v = x + h * head_dim;
         for (int j = 0; j < half; j++) {
@@ -219,14 +219,16 @@ void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, c
 
 void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
-    const int half = p.head_dim / 2;
+    const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike.
     pool_.parallel_for(q.rows, std::max<int64_t>(1, 64 / (p.n_heads + p.n_kv_heads)), [&](int64_t t0, int64_t t1) {
         std::vector<float> cs(half), sn(half);
         for (int64_t t = t0; t < t1; t++) {
-            rope_angles(pos0 + t, freqs.data<float>(), half, cs.data(), sn.data());
-            rope_row(row_f32(q, t), p.n_heads, p.head_dim, p.neox, cs.data(), sn.data());
-            rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, p.neox, cs.data(), sn.data());
+            if (half > 0) {
+                rope_angles(pos0 + t, freqs.data<float>(), half, p.attn_factor, cs.data(), sn.data());
+                rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
+                rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
+            }
             k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, pos0 + t), k.cols);
             k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, pos0 + t), v.cols);
         }

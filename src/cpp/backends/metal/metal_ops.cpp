@@ -210,7 +210,9 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     need_f32_rows(q, op, "q", n, (int64_t)p.n_heads * p.head_dim);
     need_f32_rows(k, op, "k", n, kv_dim);
     need_f32_rows(v, op, "v", n, kv_dim);
-    need_f32_rows(freqs, op, "freqs", 1, p.head_dim / 2);
+    const int rot = p.rotated_dims();
+    need(rot >= 0 && rot <= p.head_dim && rot % 2 == 0, op, "rope_dim must be even and <= head_dim");
+    if (rot > 0) need_f32_rows(freqs, op, "freqs", 1, rot / 2);
     for (const Tensor* c : {&k_cache, &v_cache})
         need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
     need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
@@ -227,6 +229,8 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     a.head_dim = p.head_dim;
     a.pos0 = pos0;
     a.neox = p.neox ? 1 : 0;
+    a.rope_dim = rot;
+    a.attn_factor = p.attn_factor;
     // Bound from row pos0 on, so the hazard tracker sees exactly the rows written.
     const Tensor kc = k_cache.slice_rows(pos0, n), vc = v_cache.slice_rows(pos0, n);
     const uint32_t threads = std::min<uint32_t>(thread_cap("rope_kv_write_f32"), round_up_simd(p.head_dim / 2));
