@@ -255,11 +255,12 @@ def write_gguf(model, spec: PhiSpec, tok: Tokenizer, path: Path, type_name: str,
     return path
 
 
-def gguf_reference_model(tm: mf.TinyModel, type_name: str):
-    """transformers' own GGUF loader (dequantizing with the gguf package), f32. Its phi3 reader
-    skips rope.dimension_count and the LongRoPE tensors, so the original config is passed in."""
+def gguf_reference_model(tm: mf.TinyModel, type_name: str, path: Path | None = None):
+    """transformers' own GGUF loader (dequantizing with the gguf package), f32, of the factory's
+    file of that type (or of `path`). Its phi3 reader skips rope.dimension_count and the LongRoPE
+    tensors, so the original config is passed in."""
     from transformers import AutoModelForCausalLM
-    path = tm.gguf_files[type_name]
+    path = Path(path or tm.gguf_files[type_name])
     m = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                              config=tm.model.config)
     return m.eval()

@@ -31,9 +31,9 @@ def split_rows(t: WeightTensor, parts: list) -> dict:
 def split_fused(cfg: ModelConfig, tensors: dict) -> dict:
     """tensors (canonical name -> WeightTensor) with each Phi-3 fused tensor replaced by its parts:
     blk.N.attn_qkv.weight -> attn_{q,k,v} (rows q_dim, kv_dim, kv_dim) and blk.N.ffn_up.weight
-    of 2 * ffn_dim rows -> ffn_gate (the first half: transformers' chunk(2) and llama.cpp's swiglu
-    gate) and ffn_up. A file holding both a fused tensor and one of its parts is refused. Other
-    architectures' tensors pass through unchanged."""
+    (2 * ffn_dim rows; fused unless the layer also has an ffn_gate) -> ffn_gate (the first half:
+    transformers' chunk(2), llama.cpp's swiglu gate) and ffn_up. A file holding both a fused tensor
+    and one of its parts is refused. Other architectures' tensors pass through unchanged."""
     if cfg.arch != "phi3":
         return tensors
     q, kv, ffn = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
@@ -44,7 +44,7 @@ def split_fused(cfg: ModelConfig, tensors: dict) -> dict:
         if name.endswith(".attn_qkv.weight"):
             prefix = name[:-len("attn_qkv.weight")]
             parts = [(prefix + "attn_q.weight", q), (prefix + "attn_k.weight", kv), (prefix + "attn_v.weight", kv)]
-        elif name.endswith(".ffn_up.weight") and t.shape[0] == 2 * ffn:
+        elif name.endswith(".ffn_up.weight") and name[:-len("up.weight")] + "gate.weight" not in tensors:
             prefix = name[:-len("ffn_up.weight")]
             parts = [(prefix + "ffn_gate.weight", ffn), (prefix + "ffn_up.weight", ffn)]
         else:
