@@ -348,6 +348,7 @@ def _hf_copy(tm, tmp_path, **config_changes):
     import json
     import shutil
     d = tmp_path / "hf"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(tm.hf_dirs["F32"], d)
     cfg = json.loads((d / "config.json").read_text())
     for key, value in config_changes.items():
@@ -401,3 +402,25 @@ def test_bad_gguf_is_refused(phi_models, forgert, tmp_path, case, message):
     path = pf.write_gguf(tm.model, spec, tm.tokenizer, tmp_path / "bad.gguf", "F32", tensors=tensors)
     with pytest.raises(forgert.ModelFormatError, match=message):
         forgert.Model(str(path), backend="cpu")
+
+
+def test_hub_spelling_of_longrope_loads_the_same(phi_models, forgert, tmp_path):
+    """Phi-3 checkpoints on the Hub write rope_theta and partial_rotary_factor at the top level
+    and LongRoPE as rope_scaling {"type": "su" | "longrope", short_factor, long_factor}, with the
+    original context beside them: read the same as transformers 5's rope_parameters."""
+    import json
+    from forgert.loader import load_model
+    tm = phi_models("phi4_mini_longrope")
+    spec = tm.spec
+    want = load_model(str(tm.path("hf-F32"))).config.core_dict(spec.n_ctx)
+    for kind in ("su", "longrope"):
+        d = _hf_copy(tm, tmp_path / kind)
+        cfg = json.loads((d / "config.json").read_text())
+        rope = cfg.pop("rope_parameters")
+        cfg.update(rope_theta=rope["rope_theta"], partial_rotary_factor=rope["partial_rotary_factor"],
+                   rope_scaling={"type": kind, "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]})
+        (d / "config.json").write_text(json.dumps(cfg))
+        got = load_model(str(d)).config.core_dict(spec.n_ctx)
+        for key in ("rope_dim", "rope_attn_factor", "layer_window"):
+            assert got[key] == want[key], (kind, key)
+        np.testing.assert_array_equal(got["rope_freqs"], want["rope_freqs"])
