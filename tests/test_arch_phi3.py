@@ -424,3 +424,25 @@ def test_hub_spelling_of_longrope_loads_the_same(phi_models, forgert, tmp_path):
         for key in ("rope_dim", "rope_attn_factor", "layer_window"):
             assert got[key] == want[key], (kind, key)
         np.testing.assert_array_equal(got["rope_freqs"], want["rope_freqs"])
+
+
+@pytest.mark.parametrize("pre, text, pieces", [
+    # cl100k (Phi-4's GGUFs say "dbrx"): contractions apart, digits in threes, letters after one
+    # non-letter, punctuation runs with their newlines
+    ("dbrx", "Hello world's 12345!!\n\nOK", ["Hello", " world", "'s", " ", "123", "45", "!!\n\n", "OK"]),
+    # o200k (Phi-4-mini's GGUFs say "gpt-4o"): camel case split, contractions kept on the word
+    ("gpt-4o", "HelloWorld's 12345 ABCdef", ["Hello", "World's", " ", "123", "45", " ABCdef"]),
+])
+def test_phi4_gguf_pre_tokenizers(phi_models, pre, text, pieces):
+    """Real Phi-4 / Phi-4-mini GGUFs name their pre-tokenizer "dbrx" / "gpt-4o" (llama.cpp's names
+    for the cl100k and o200k split rules): forgert knows both, and splits as those rules do
+    (hand-worked pieces; byte-level shows a space as 'Ġ' and a newline as 'Ċ')."""
+    from forgert.tokenizer_build import tokenizer_from_gguf
+    tm = phi_models("phi4_plain")
+    tokens, types, merges = pf.tokenizer_tables(tm.tokenizer, tm.spec.specials)
+    tok = tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+                               "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                               "tokenizer.ggml.merges": merges}, "test")
+    got = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
+    assert got == [p.replace(" ", "Ġ").replace("\n", "Ċ") for p in pieces]
+    assert tok.decode(tok.encode(text).ids) == text
