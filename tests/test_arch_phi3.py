@@ -207,14 +207,16 @@ def test_greedy_32_tokens_equal_transformers(phi_models, phi_references, name, f
 
 # ----------------------------------------------------------------------------- zero-copy split
 
-@pytest.mark.parametrize("fmt", ["gguf-Q8_0", "gguf-F16", "hf-F32"])
-def test_split_is_zero_copy(phi_models, forgert, fmt):
+@pytest.mark.parametrize("fmt, backend", [("gguf-Q8_0", "cpu"), ("gguf-F16", "cpu"), ("hf-F32", "cpu"),
+                                          pytest.param("gguf-Q8_0", "metal", marks=pytest.mark.metal)])
+def test_split_is_zero_copy(phi_models, forgert, metal_reason, fmt, backend):
     """The q/k/v and gate/up tensors the engine gets are row ranges of the fused tensors' mapped
     bytes, and the engine wraps one buffer per file, inside that file's mapping: no weight copy."""
     from forgert.ggml_types import row_nbytes
+    require_backend(backend, metal_reason)
     tm = phi_models("phi4_plain")
     spec = tm.spec
-    m = forgert.Model(str(tm.path(fmt)), backend="cpu")
+    m = forgert.Model(str(tm.path(fmt)), backend=backend)
     loaded = m._model
     q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
     for i in range(spec.n_layers):
