@@ -27,8 +27,11 @@ from conftest import metal_skip_reason
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
 WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
-                "q5_1": Q5_1, "q2_K": Q2_K, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
+                "q5_1": Q5_1, "q2_K": Q2_K, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K,
+                "iq4_nl": 20, "iq4_xs": 23}
+IQ4_NL, IQ4_XS = 20, 23
 K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+SUPER_BLOCK_TYPES = K_QUANTS + (IQ4_XS,)   # rows of whole 256-weight super-blocks
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
 
@@ -130,6 +133,10 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
         else:
             blocks[:, 208:210] = r.uniform(0.0002, 0.0006, (n, 1)).astype(np.float16).view(np.uint8)
         return blocks.reshape(-1)
+    if dtype == IQ4_XS:   # random indices and 6-bit scales; w = d * (ls - 32) * value, |w| ~ 1
+        blocks = r.integers(0, 256, (rows * cols // 256, 136)).astype(np.uint8)
+        blocks[:, 0:2] = r.uniform(0.0002, 0.0006, (len(blocks), 1)).astype(np.float16).view(np.uint8)
+        return blocks.reshape(-1)
     nb = rows * cols // 32
     scale = r.uniform(0.002, 0.05, nb).astype(np.float16).view(np.uint8).reshape(nb, 2)
     if dtype == Q8_0:
@@ -155,7 +162,7 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
     if dtype == BF16:
         bits = raw.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).reshape(rows, cols).astype(np.float64)
-    if dtype in K_QUANTS:   # the gguf package's decoder (checked against the layouts in test_cpu_ops.py)
+    if dtype in SUPER_BLOCK_TYPES + (IQ4_NL,):   # the gguf package's decoder (checked against the layouts in test_cpu_ops.py)
         import gguf
         w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype))
         return np.asarray(w, np.float64).reshape(rows, cols)
@@ -189,7 +196,7 @@ KQ_MATMUL_SHAPES = [(13, 256), (70, 512)]          # K-quant rows: whole 256-wei
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_matmul(metal, cpu, wtype, n):
     dtype = WEIGHT_TYPES[wtype]
-    for rows, cols in KQ_MATMUL_SHAPES if dtype in K_QUANTS else MATMUL_SHAPES:
+    for rows, cols in KQ_MATMUL_SHAPES if dtype in SUPER_BLOCK_TYPES else MATMUL_SHAPES:
         if dtype in (F32, F16, BF16) and n in (3, 33):
             cols += 5  # float weights take any width: exercise the unaligned, scalar paths
         r = rng("matmul", wtype, n, rows, cols)
@@ -203,7 +210,8 @@ def test_matmul(metal, cpu, wtype, n):
         # into two int8 parts (~2^-16 of each block's max; one part, llama.cpp's Q8_0, would be
         # ~256x coarser, nmse ~3e-5, and fails here). Measured Metal vs CPU: quantized GEMV
         # <= 4.7e-9 (q4_1), GEMM <= 5.2e-8 (q4_1); float weights <= 6.5e-14. K-quants: GEMV
-        # <= 9.8e-10 (q4_K), GEMM <= 6.2e-8 (q4_K).
+        # <= 9.8e-10 (q4_K), GEMM <= 6.2e-8 (q4_K). IQ4_NL / IQ4_XS: GEMV <= 1.0e-9 / 2.2e-9, GEMM <= 5.3e-8 /
+        # 6.5e-8 (vs exact: GEMV <= 1.3e-14 / 2.6e-14, GEMM <= 5.2e-8 / 6.5e-8).
         half_tiles = n >= 8 and dtype not in (F32, F16, BF16)
         quantized = dtype not in (F32, F16, BF16)
         assert nmse(got, want) < (2e-7 if half_tiles else 2e-8 if quantized else 3e-13), (rows, cols)
@@ -219,7 +227,7 @@ def test_matmul(metal, cpu, wtype, n):
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_get_rows(metal, cpu, wtype):
     dtype = WEIGHT_TYPES[wtype]
-    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) else 99
+    rows, cols = 37, 256 if dtype in SUPER_BLOCK_TYPES else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) else 99
     r = rng("get_rows", wtype)
     table = weight_bytes(r, dtype, rows, cols)
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)

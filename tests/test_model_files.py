@@ -229,7 +229,8 @@ def capped_load(path, tmp_path) -> str:
 # ----------------------------------------------------------------------------- well-formed GGUF, wrong model
 
 def test_unsupported_tensor_type_iq2_xxs(forgert, base):
-    # The K-quants Q2_K .. Q6_K are read (test_e2e_kquants.py, test_cpu_ops.py); the IQ types are not.
+    # The K-quants Q2_K .. Q6_K, IQ4_NL and IQ4_XS are read (test_e2e_kquants.py, test_e2e_iq4.py,
+    # test_cpu_ops.py); the other IQ types are not.
     spec, model, tok, d, _ = base
     tensors = mf.gguf_tensors(model, spec)
     rows, cols = tensors["blk.0.ffn_down.weight"].shape          # [64, 256]

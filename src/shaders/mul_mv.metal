@@ -100,6 +100,37 @@ struct q5_1_dot : q5_x_layout {
     }
 };
 
+// IQ4_NL / IQ4_XS: Q4_0's nibble layout (half il: bytes qs[8 il .. 8 il + 8), read once as 4
+// ushorts), each nibble naming a table value.
+struct iq4_x_layout : q4_x_layout {
+    static float value_dot(device const uint8_t* qs, thread const float* xv) {
+        device const ushort* q2 = (device const ushort*)qs;
+        float acc = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            const uint q = q2[i];
+            acc += fg_iq4_values[q & 0xFu] * xv[2 * i] + fg_iq4_values[(q >> 8) & 0xFu] * xv[2 * i + 1];
+            acc += fg_iq4_values[(q >> 4) & 0xFu] * xv[8 + 2 * i] + fg_iq4_values[(q >> 12) & 0xFu] * xv[8 + 2 * i + 1];
+        }
+        return acc;
+    }
+};
+
+struct iq4_nl_dot : iq4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_iq4_nl* b = (device const block_iq4_nl*)row + blk;
+        return fg_f16_to_f32(b->d) * value_dot(b->qs + 8 * il, xv);
+    }
+};
+
+// IQ4_XS: chunk blk is sub-block blk % 8 of super-block blk / 8, laid out as an IQ4_NL block.
+struct iq4_xs_dot : iq4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_iq4_xs* b = (device const block_iq4_xs*)row + blk / 8;
+        const int j = blk % 8;
+        return fg_f16_to_f32(b->d) * fg_iq4_xs_scale(b, j) * value_dot(b->qs + 16 * j + 8 * il, xv);
+    }
+};
+
 // Q8_0: half il = weights 16 il .. 16 il + 16.
 struct q8_0_dot {
     static void load_x(device const float* xb, int il, bool vec4, thread float* xv) {
@@ -311,6 +342,8 @@ template [[host_name("mul_mv_q3_K")]] kernel mul_mv_quant_t mul_mv_quant<q3_K_do
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
 template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
+template [[host_name("mul_mv_iq4_nl")]] kernel mul_mv_quant_t mul_mv_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_iq4_xs")]] kernel mul_mv_quant_t mul_mv_quant<iq4_xs_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
@@ -322,6 +355,8 @@ template [[host_name("mul_mv_swiglu_q3_K")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
 template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
+template [[host_name("mul_mv_swiglu_iq4_nl")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_swiglu_iq4_xs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_xs_dot>;
 
 // ---------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the

@@ -40,7 +40,8 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     for (auto& b : w) b = (uint8_t)(rng() & 0xff);
     for (int r = 0; r < rows; r++) {
         uint8_t* row = &w[r * rb];
-        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1) {
+        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+            t == DType::IQ4_NL) {
             const int64_t bb = dtype_block_bytes(t);
             for (int b = 0; b < cols / FG_QK; b++) {
                 const uint16_t d = f32_to_f16(0.01f + 0.001f * (float)(rng() % 16));
@@ -64,6 +65,11 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
                     std::memcpy(row + b * bb + offsetof(block_q6_K, d), &d, 2);
                 }
             }
+        } else if (t == DType::IQ4_XS) {  // random indices and 6-bit scales; w ~ d * 32 * 127
+            for (int b = 0; b < cols / FG_QK_K; b++) {
+                const uint16_t d = f32_to_f16(0.0002f + 0.00002f * (float)(rng() % 16));
+                std::memcpy(row + b * sizeof(block_iq4_xs) + offsetof(block_iq4_xs, d), &d, 2);
+            }
         } else {
             for (int c = 0; c < cols; c++) {
                 const float v = normal(rng);
@@ -80,10 +86,13 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     return w;
 }
 
-// The weight types a row of `cols` weights can have (K-quants: whole 256-weight super-blocks).
+// The weight types a row of `cols` weights can have (K-quants and IQ4_XS: whole 256-weight
+// super-blocks).
 std::vector<DType> weight_types(int cols) {
-    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::F16, DType::BF16, DType::F32};
-    if (cols % FG_QK_K == 0) ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K});
+    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL,
+                             DType::F16, DType::BF16, DType::F32};
+    if (cols % FG_QK_K == 0)
+        ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
     return ts;
 }
 

@@ -35,6 +35,8 @@ const char* weight_suffix(DType t) {
         case DType::Q4_K: return "q4_K";
         case DType::Q5_K: return "q5_K";
         case DType::Q6_K: return "q6_K";
+        case DType::IQ4_NL: return "iq4_nl";
+        case DType::IQ4_XS: return "iq4_xs";
         default: return nullptr;
     }
 }
