@@ -15,8 +15,8 @@ f16 KV cache), worst over the specs, both regimes and all formats:
   F32 / F16 weights: measured <= 2.9e-4 max (phi4_mini_longrope hf-F16 decode), 1.2e-4 rms
     -> 1e-3 / 5e-4 (test_e2e_tiny's 5e-4 max would leave less than 2x: f16 K/V rounding flips).
   Q8_0: test_e2e_tiny's per-path bounds; measured cpu prefill <= 8.9e-5 / 4.8e-5 (1e-3 / 5e-4),
-    cpu decode <= 7.6e-4 / 4.5e-4 (3e-3 / 2e-3), emulated Metal <= 2.2e-3 / 1.4e-3 (5e-3 / 4e-3).
-  Argmax agreement: measured >= 0.99 -> 0.95.
+    cpu decode <= 7.6e-4 / 4.5e-4 (3e-3 / 2e-3), emulated Metal <= 2.2e-3 / 1.6e-3 (5e-3 / 4e-3).
+  Argmax agreement: measured >= 0.983 (emulated Metal Q8_0) -> 0.95.
 """
 from __future__ import annotations
 
@@ -163,13 +163,14 @@ def test_decode_logits_match_transformers(phi_models, phi_references, name, fmt,
 
 @pytest.mark.metal
 @pytest.mark.parametrize("fmt", ["gguf-F32", "gguf-Q8_0", "hf-F16"])
-@pytest.mark.parametrize("name", SPEC_NAMES)
-def test_metal_logits_match_transformers(phi_models, phi_references, metal_reason, name, fmt, forgert):
-    """The emulated Metal device, batched prefill (long regime) and a few decode steps after it."""
+@pytest.mark.parametrize("name,regime", CASES)
+def test_metal_logits_match_transformers(phi_models, phi_references, metal_reason, name, regime, fmt, forgert):
+    """The emulated Metal device: batched prefill, then a few decode steps after it."""
     require_backend("metal", metal_reason)
     spec = pf.SPECS[name]
     tm = phi_models(name)
-    n_ctx, n = sequence_length(spec, "long")
+    n_ctx, n = sequence_length(spec, regime)
+    n -= 4 if regime == "short" else 0   # the decode steps must fit the short regime's n_ctx
     ids = token_ids(tm, n + 4, 4)
     m = forgert.Model(str(tm.path(fmt)), backend="metal", n_ctx=n_ctx)
     assert m.backend == "metal"
