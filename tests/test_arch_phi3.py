@@ -368,6 +368,8 @@ def _hf_copy(tm, tmp_path, **config_changes):
     ({"rope.partial_rotary_factor": 0.71875}, "must be even"),
     ({"rope.long_factor": [1.0] * 16}, "rope scaling long_factor must hold 12 positive factors"),
     ({"rope.short_factor": "1.0"}, "short_factor must be a list of numbers"),
+    ({"original_max_position_embeddings": 1}, "'original_max_position_embeddings' must be an integer >= 2"),
+    ({"rope.attention_factor": -1.0}, "'rope_scaling.attention_factor' must be a positive number"),
 ])
 def test_bad_hf_config_is_refused(phi_models, forgert, tmp_path, changes, message):
     tm = phi_models("phi4_mini_longrope")

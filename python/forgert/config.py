@@ -195,7 +195,7 @@ def _gguf_longrope(meta, p, source, rope_dim, context_length, long_short) -> dic
     """LongRoPE as llama.cpp's converter writes it: rope_factors_long/short.weight, the original
     context in rope.scaling.original_context_length, the cos/sin scale in rope.scaling.attn_factor."""
     long_f, short_f = long_short
-    original = _get_int(meta, p + "rope.scaling.original_context_length", source, default=context_length)
+    original = _get_int(meta, p + "rope.scaling.original_context_length", source, default=context_length, minimum=2)
     return {"type": "longrope",
             "long_factor": _check_factors(long_f, rope_dim // 2, "rope_factors_long.weight", source),
             "short_factor": _check_factors(short_f, rope_dim // 2, "rope_factors_short.weight", source),
@@ -312,21 +312,22 @@ def _hf_longrope(hf: dict, scaling: dict, source) -> dict:
     """LongRoPE as transformers reads it (_compute_longrope_parameters): a top-level
     original_max_position_embeddings wins over the scaling dict's (Phi-3 writes it there), and the
     attention factor defaults to sqrt(1 + ln(s) / ln(original)), s = factor or max_pos / original."""
-    original = hf.get("original_max_position_embeddings", scaling.get("original_max_position_embeddings",
-                                                                       hf.get("max_position_embeddings")))
-    original = _get_int({"o": original}, "o", source)
+    key = "original_max_position_embeddings"
+    original = _get_int({key: hf.get(key, scaling.get(key, hf.get("max_position_embeddings")))}, key, source,
+                        minimum=2)
     attn = scaling.get("attention_factor")
     if attn is None:
         factor = scaling.get("factor")
         if factor is not None:
-            factor = _get_float({"f": factor}, "f", source)
+            factor = _get_float({"rope_scaling.factor": factor}, "rope_scaling.factor", source)
             attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
         else:
             attn = longrope_attn_factor(_get_int(hf, "max_position_embeddings", source), original)
     return {"type": "longrope", "long_factor": _hf_factor_list(scaling, "long_factor", source),
             "short_factor": _hf_factor_list(scaling, "short_factor", source),
             "original_max_position_embeddings": original,
-            "attn_factor": _get_float({"rope.scaling.attention_factor": attn}, "rope.scaling.attention_factor", source)}
+            "attn_factor": _get_float({"rope_scaling.attention_factor": attn}, "rope_scaling.attention_factor",
+                                      source)}
 
 
 def _hf_rope_dim(hf: dict, head_dim: int, source):
