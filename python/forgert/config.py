@@ -11,9 +11,12 @@ from .rope import longrope_attn_factor, rope_freqs
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "phi3")
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "phi3"}
-# The core's graph for each architecture: Phi-3 is Llama's once its fused qkv / gate_up tensors
-# are split into row ranges (fused_tensors.py).
-CORE_ARCHS = {"llama": "llama", "qwen2": "qwen2", "phi3": "llama"}
+# The core's forward pass for each architecture: Phi-3 is Llama once its fused qkv / gate_up
+# tensors are split into row ranges (fused_tensors.py).
+_CORE_ARCH = {"phi3": "llama"}
+# Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
+# converter permutes the others' Q/K rows for adjacent-pair rotation.
+_GGUF_NEOX_ARCHS = ("qwen2", "phi3")
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -61,34 +64,39 @@ class ModelConfig:
     def rotated_dims(self) -> int:
         return self.head_dim if self.rope_dim is None else self.rope_dim
 
-    def rope_freqs_for(self, n_ctx: int) -> np.ndarray:
-        """The frequency table(s) for a context of n_ctx tokens: rope_freqs, except under LongRoPE,
-        the one scaling whose table depends on the context (rope.longrope_factors)."""
+    def features(self) -> list[str]:
+        """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
+        out = []
+        if self.arch == "phi3":
+            out.append("fused qkv and gate_up (split zero-copy)")
+        s = self.rope_scaling or {}
+        if s.get("type") == "longrope":
+            out.append(f"longrope RoPE scaling over an original context of {s['original_max_position_embeddings']} "
+                       f"(attention factor {self.rope_attn_factor:.4g}; long factors when n_ctx exceeds it)")
+        elif s:
+            out.append(f"{s['type']} RoPE scaling")
+        if self.rope_dim is not None and self.rope_dim != self.head_dim:
+            out.append(f"partial rotary ({self.rope_dim} of {self.head_dim} dims)")
+        windows = self.windows()
+        if any(windows):
+            slid = [i for i, w in enumerate(windows) if w]
+            where = "every layer" if len(slid) == self.n_layers else f"layers {', '.join(map(str, slid))}"
+            out.append(f"sliding window {max(windows)} in {where}")
+        return out
+
+    def freqs_for(self, n_ctx: int) -> np.ndarray:
+        """rope_freqs for a context of n_ctx: LongRoPE's short or long factors depend on it
+        (rope.longrope_factors)."""
         if (self.rope_scaling or {}).get("type") == "longrope":
             return rope_freqs(self.rope_theta, self.rotated_dims, self.rope_scaling, n_ctx)
         return self.rope_freqs
 
-    @property
-    def features(self) -> list:
-        """What this model uses beyond a plain Llama block, for `forgert info`."""
-        out = []
-        if self.arch == "phi3":
-            out.append("fused qkv and gate_up (split zero-copy)")
-        if self.rope_scaling:
-            out.append(f"{self.rope_scaling['type']} RoPE scaling")
-        if self.rope_dim is not None and self.rope_dim != self.head_dim:
-            out.append(f"partial rotary ({self.rope_dim} of {self.head_dim} dims)")
-        if self.sliding_window:
-            out.append(f"sliding window {self.sliding_window}" +
-                       (f" from layer {self.sliding_window_from}" if self.sliding_window_from else ""))
-        return out
-
     def core_dict(self, n_ctx: int) -> dict:
         d = {
-            "arch": CORE_ARCHS[self.arch], "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
+            "arch": _CORE_ARCH.get(self.arch, self.arch), "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
-            "rope_neox": bool(self.rope_neox), "rope_freqs": self.rope_freqs_for(n_ctx),
+            "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
             "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
             "layer_window": self.windows(),
         }
@@ -167,10 +175,9 @@ def _check_rope_dim(rope_dim: int, head_dim: int, source, what: str):
 
 def _set_rope_tables(cfg: ModelConfig):
     """rope_freqs (for the model's whole context: LongRoPE's table is picked again per n_ctx by
-    rope_freqs_for) and the cos/sin scale."""
+    freqs_for) and the cos/sin scale."""
     cfg.rope_freqs = rope_freqs(cfg.rope_theta, cfg.rotated_dims, cfg.rope_scaling, cfg.context_length)
-    if (cfg.rope_scaling or {}).get("type") == "longrope":
-        cfg.rope_attn_factor = float(cfg.rope_scaling["attn_factor"])
+    cfg.rope_attn_factor = (cfg.rope_scaling or {}).get("attn_factor", 1.0)
 
 
 def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
@@ -257,9 +264,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         context_length=context_length,
         rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
         rope_theta=theta,
-        # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 and phi3
-        # keep HF's layout.
-        rope_neox=(arch != "llama"),
+        # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
+        rope_neox=(arch in _GGUF_NEOX_ARCHS),
         rope_scaling=scaling,
         rope_dim=None if rope_dim == head_dim else rope_dim,
         # phi3's converter writes 0 for "no window" (Phi-4)
