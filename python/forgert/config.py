@@ -7,18 +7,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ModelFormatError
-from .rope import rope_freqs, yarn_mscale
+from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3")
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
-# The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope).
-_CORE_ARCH = {"smollm3": "llama"}
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
+                  "phi3": "phi3"}
+# The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
+# Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
+_CORE_ARCH = {"smollm3": "llama", "phi3": "llama"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3")
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -26,7 +28,7 @@ DEFAULT_N_CTX_CAP = 8192
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" (the file's architecture)
+    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" (the file's architecture)
     n_layers: int
     dim: int
     n_heads: int
@@ -62,6 +64,10 @@ class ModelConfig:
         w = int(self.sliding_window or 0)
         return [w if i >= self.sliding_window_from else 0 for i in range(self.n_layers)]
 
+    @property
+    def rotated_dims(self) -> int:
+        return self.head_dim if self.rope_dim is None else self.rope_dim
+
     def features(self) -> list[str]:
         """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
         out = []
@@ -69,6 +75,8 @@ class ModelConfig:
             out.append("QKV bias")
         if self.arch == "qwen3":
             out.append("QK-norm (RMSNorm on each head of Q and K)")
+        if self.arch == "phi3":
+            out.append("fused qkv and gate_up (split zero-copy)")
         if self.head_dim * self.n_heads != self.dim:
             out.append(f"head_dim {self.head_dim} (q width {self.head_dim * self.n_heads} != dim {self.dim})")
         s = self.rope_scaling or {}
@@ -79,6 +87,13 @@ class ModelConfig:
             out.append(f"dynamic NTK x{s['factor']:g} past {s['max_position_embeddings']} tokens (computed for n_ctx)")
         elif s.get("type") in ("linear", "llama3"):
             out.append(f"{s['type']} RoPE scaling x{s['factor']:g}")
+        elif s.get("type") == "longrope":
+            out.append(f"longrope RoPE scaling over an original context of {s['original_max_position_embeddings']} "
+                       f"(attention factor {self.rope_attn_factor:.4g}; long factors when n_ctx exceeds it)")
+        elif s:
+            out.append(f"{s['type']} RoPE scaling")
+        if self.rope_dim is not None and self.rope_dim != self.head_dim:
+            out.append(f"partial rotary ({self.rope_dim} of {self.head_dim} dims)")
         nope = [i for i, t in enumerate(self.layer_rope or []) if t < 0]
         if nope:
             out.append(f"no RoPE (NoPE) in layers {', '.join(map(str, nope))}")
@@ -90,9 +105,10 @@ class ModelConfig:
         return out
 
     def freqs_for(self, n_ctx: int) -> np.ndarray:
-        """rope_freqs for a context of n_ctx: dynamic NTK's base depends on it (rope.rope_freqs)."""
-        if (self.rope_scaling or {}).get("type") == "dynamic":
-            return rope_freqs(self.rope_theta, self.rope_dim or self.head_dim, self.rope_scaling, n_ctx)
+        """rope_freqs for a context of n_ctx: dynamic NTK's base and LongRoPE's short or long
+        factors depend on it (rope.rope_freqs, rope.longrope_factors)."""
+        if (self.rope_scaling or {}).get("type") in ("dynamic", "longrope"):
+            return rope_freqs(self.rope_theta, self.rotated_dims, self.rope_scaling, n_ctx)
         return self.rope_freqs
 
     def core_dict(self, n_ctx: int) -> dict:
@@ -172,6 +188,18 @@ def _check_bounds(cfg: ModelConfig, source):
                       f"{_CORE_MAX_Q_DIM}")
 
 
+def _check_rope_dim(rope_dim: int, head_dim: int, source, what: str):
+    if not 2 <= rope_dim <= head_dim or rope_dim % 2:
+        _fail(source, f"{what} {rope_dim} must be even, from 2 to head_dim {head_dim}")
+
+
+def _set_rope_tables(cfg: ModelConfig):
+    """rope_freqs (for the model's whole context: LongRoPE's table is picked again per n_ctx by
+    freqs_for) and the cos/sin scale."""
+    cfg.rope_freqs = rope_freqs(cfg.rope_theta, cfg.rotated_dims, cfg.rope_scaling, cfg.context_length)
+    cfg.rope_attn_factor = (cfg.rope_scaling or {}).get("attn_factor", 1.0)
+
+
 def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
     q_dim = cfg.n_heads * cfg.head_dim
     if q_dim > census.max_extent:
@@ -183,9 +211,30 @@ def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
         _fail(source, f"head_dim {cfg.head_dim} must be even for RoPE")
 
 
-def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, rope_factors=None) -> ModelConfig:
+def _check_factors(values, n, what, source) -> np.ndarray:
+    factors = np.asarray(values, dtype=np.float64).reshape(-1)
+    if factors.shape != (n,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        _fail(source, f"{what} must hold {n} positive factors")
+    return factors
+
+
+def _gguf_longrope(meta, p, source, rope_dim, context_length, long_short) -> dict:
+    """LongRoPE as llama.cpp's converter writes it: rope_factors_long/short.weight, the original
+    context in rope.scaling.original_context_length, the cos/sin scale in rope.scaling.attn_factor."""
+    long_f, short_f = long_short
+    original = _get_int(meta, p + "rope.scaling.original_context_length", source, default=context_length, minimum=2)
+    return {"type": "longrope",
+            "long_factor": _check_factors(long_f, rope_dim // 2, "rope_factors_long.weight", source),
+            "short_factor": _check_factors(short_f, rope_dim // 2, "rope_factors_short.weight", source),
+            "original_max_position_embeddings": original,
+            "attn_factor": _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0)}
+
+
+def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, rope_factors=None,
+                     longrope_factors=None) -> ModelConfig:
     """meta: GGUF metadata; vocab: rows of token_embd.weight; census: the file's tensors;
-    rope_factors: rope_freqs.weight values or None."""
+    rope_factors: rope_freqs.weight values or None; longrope_factors: (rope_factors_long.weight,
+    rope_factors_short.weight) values or None."""
     arch = meta.get("general.architecture")
     if arch is None:
         _fail(source, "missing metadata 'general.architecture'")
@@ -200,8 +249,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if value_len != head_dim:
         _fail(source, f"attention.value_length {value_len} differs from key_length {head_dim}")
     rope_dim = _get_int(meta, p + "rope.dimension_count", source, default=head_dim, **extent)
-    if rope_dim != head_dim:
-        _fail(source, f"partial RoPE (rope.dimension_count {rope_dim} < head_dim {head_dim}) is not supported")
+    _check_rope_dim(rope_dim, head_dim, source, "rope.dimension_count")
+    context_length = _get_int(meta, p + "context_length", source)
     theta = _get_float(meta, p + "rope.freq_base", source, default=10000.0)
 
     scaling = None
@@ -218,10 +267,13 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if rope_factors is not None:
         if scaling is not None:
             _fail(source, "both rope_freqs.weight and rope.scaling are set")
-        factors = np.asarray(rope_factors, dtype=np.float64).reshape(-1)
-        if factors.shape != (head_dim // 2,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
-            _fail(source, f"rope_freqs.weight must hold {head_dim // 2} positive factors")
-        scaling = {"type": "factors", "factors": factors}
+        scaling = {"type": "factors", "factors": _check_factors(rope_factors, rope_dim // 2, "rope_freqs.weight",
+                                                                source)}
+    if longrope_factors is not None:
+        if scaling is not None:
+            _fail(source, "rope_factors_long/short.weight given with another RoPE scaling")
+        scaling = _gguf_longrope(meta, p, source, rope_dim, context_length, longrope_factors)
+    window = meta.get(p + "attention.sliding_window")
 
     cfg = ModelConfig(
         arch=arch,
@@ -231,21 +283,22 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         head_dim=head_dim,
         ffn_dim=_get_int(meta, p + "feed_forward_length", source, **extent),
         vocab=vocab,
-        context_length=_get_int(meta, p + "context_length", source),
+        context_length=context_length,
         rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
         rope_theta=theta,
         # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
         rope_neox=(arch in _GGUF_NEOX_ARCHS),
         rope_scaling=scaling,
-        sliding_window=(_get_int(meta, p + "attention.sliding_window", source)
-                        if meta.get(p + "attention.sliding_window") is not None else None),
+        rope_dim=None if rope_dim == head_dim else rope_dim,
+        # phi3's converter writes 0 for "no window" (Phi-4)
+        sliding_window=(_get_int(meta, p + "attention.sliding_window", source, minimum=0) or None
+                        if window is not None else None),
     )
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
-    cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
-    cfg.rope_attn_factor = (scaling or {}).get("attn_factor", 1.0)
+    _set_rope_tables(cfg)
     return cfg
 
 
@@ -316,9 +369,13 @@ def _hf_rope(hf: dict, source):
     if not isinstance(theta, (int, float)) or theta <= 0:
         _fail(source, f"rope_theta must be a positive number, got {theta!r}")
     kind = scaling_in.get("rope_type", scaling_in.get("type", "default")) if scaling_in else "default"
+    if kind == "su" or (kind == "yarn" and hf.get("model_type") == "phi3"):
+        kind = "longrope"   # Phi-3's legacy names for LongRoPE (transformers' Phi3Config renames them too)
     if kind == "default":
         return float(theta), None
     try:
+        if kind == "longrope":
+            return float(theta), _hf_longrope(hf, scaling_in, source)
         if kind == "linear":
             return float(theta), {"type": "linear", "factor": float(scaling_in["factor"])}
         if kind == "yarn":
@@ -336,6 +393,46 @@ def _hf_rope(hf: dict, source):
     except KeyError as e:
         _fail(source, f"rope scaling '{kind}' is missing {e.args[0]!r}")
     _fail(source, f"unsupported RoPE scaling type '{kind}'")
+
+
+def _hf_factor_list(scaling: dict, key: str, source) -> np.ndarray:
+    v = scaling[key]
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        _fail(source, f"rope scaling {key} must be a list of numbers")
+    return np.asarray(v, dtype=np.float64)
+
+
+def _hf_longrope(hf: dict, scaling: dict, source) -> dict:
+    """LongRoPE as transformers reads it (_compute_longrope_parameters): a top-level
+    original_max_position_embeddings wins over the scaling dict's (Phi-3 writes it there), and the
+    attention factor defaults to sqrt(1 + ln(s) / ln(original)), s = factor or max_pos / original."""
+    key = "original_max_position_embeddings"
+    original = _get_int({key: hf.get(key, scaling.get(key, hf.get("max_position_embeddings")))}, key, source,
+                        minimum=2)
+    attn = scaling.get("attention_factor")
+    if attn is None:
+        factor = scaling.get("factor")
+        if factor is not None:
+            factor = _get_float({"rope_scaling.factor": factor}, "rope_scaling.factor", source)
+            attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        else:
+            attn = longrope_attn_factor(_get_int(hf, "max_position_embeddings", source), original)
+    return {"type": "longrope", "long_factor": _hf_factor_list(scaling, "long_factor", source),
+            "short_factor": _hf_factor_list(scaling, "short_factor", source),
+            "original_max_position_embeddings": original,
+            "attn_factor": _get_float({"rope_scaling.attention_factor": attn}, "rope_scaling.attention_factor",
+                                      source)}
+
+
+def _hf_rope_dim(hf: dict, head_dim: int, source):
+    """partial_rotary_factor (top level, or in rope_parameters: transformers 5) -> rotated dims."""
+    factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    factor = _get_float({"partial_rotary_factor": factor}, "partial_rotary_factor", source)
+    if factor > 1.0:
+        _fail(source, f"partial_rotary_factor must be in (0, 1], got {factor}")
+    rope_dim = int(head_dim * factor)
+    _check_rope_dim(rope_dim, head_dim, source, "partial_rotary_factor * head_dim =")
+    return None if rope_dim == head_dim else rope_dim
 
 
 def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
@@ -365,7 +462,8 @@ def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
 
 
 def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
-    """hf: the parsed config.json of a Llama / Mistral / Qwen2 / Qwen3 model directory; census: its tensors."""
+    """hf: the parsed config.json of a Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Phi-3 model directory;
+    census: its tensors."""
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
@@ -375,13 +473,18 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     n_heads = _get_int(hf, "num_attention_heads", source, **extent)
     dim = _get_int(hf, "hidden_size", source, **extent)
     theta, scaling = _hf_rope(hf, source)
+    head_dim = (_get_int(hf, "head_dim", source, default=dim // n_heads, **extent) if hf.get("head_dim")
+                else dim // n_heads)
+    rope_dim = _hf_rope_dim(hf, head_dim, source)
+    if scaling is not None and scaling["type"] == "longrope":
+        for key in ("long_factor", "short_factor"):
+            _check_factors(scaling[key], (rope_dim or head_dim) // 2, f"rope scaling {key}", source)
     cfg = ModelConfig(
         arch=HF_MODEL_TYPES[model_type],
         n_layers=_get_int(hf, "num_hidden_layers", source, **_layer_bound(census)),
         dim=dim, n_heads=n_heads,
         n_kv_heads=_get_int(hf, "num_key_value_heads", source, default=n_heads, **extent),
-        head_dim=(_get_int(hf, "head_dim", source, default=dim // n_heads, **extent) if hf.get("head_dim")
-                  else dim // n_heads),
+        head_dim=head_dim,
         ffn_dim=_get_int(hf, "intermediate_size", source, **extent),
         vocab=_get_int(hf, "vocab_size", source, **extent),
         context_length=_get_int(hf, "max_position_embeddings", source),
@@ -389,6 +492,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         rope_theta=theta,
         rope_neox=True,   # HF checkpoints rotate the two halves of each head
         rope_scaling=scaling,
+        rope_dim=rope_dim,
         tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
     window = hf.get("sliding_window")
@@ -403,6 +507,5 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
-    cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
-    cfg.rope_attn_factor = (scaling or {}).get("attn_factor", 1.0)
+    _set_rope_tables(cfg)
     return cfg

@@ -34,8 +34,11 @@ def permute_for_adjacent_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_ROPE_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
 def _is_1d(name: str) -> bool:
-    return name.endswith("norm.weight") or name.endswith(".bias") or name == "rope_freqs.weight"
+    return name.endswith("norm.weight") or name.endswith(".bias") or name in _ROPE_FACTOR_TENSORS
 
 
 def _tensor_plan(loaded):
@@ -116,7 +119,7 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.{key}", value)
     writer.add_f32(f"{arch}.rope.freq_base", c.rope_theta)
     writer.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_eps)
-    writer.add_u32(f"{arch}.rope.dimension_count", c.head_dim)
+    writer.add_u32(f"{arch}.rope.dimension_count", c.rope_dim or c.head_dim)
     if arch == "smollm3":   # GGUF smollm3 has no key for its NoPE layers: llama.cpp fixes every fourth
         fixed = [-1 if (i + 1) % SMOLLM3_NO_ROPE_INTERVAL == 0 else 0 for i in range(c.n_layers)]
         if c.layer_rope != fixed:
@@ -134,6 +137,8 @@ def _write_hf_metadata(writer, loaded):
             raise ModelFormatError(f"{loaded.name}: per-layer attention windows {windows} cannot be written to "
                                    f"a GGUF of architecture '{arch}' (its sliding_window key windows every layer)")
         writer.add_u32(f"{arch}.attention.sliding_window", windows[0])
+    elif arch == "phi3":
+        writer.add_u32(f"{arch}.attention.sliding_window", 0)   # phi3's converter writes 0 for none
     extra = {}
     kind = (c.rope_scaling or {}).get("type")
     if kind == "linear":
@@ -161,9 +166,16 @@ def _write_hf_metadata(writer, loaded):
         ratio = c.rope_attn_factor / yarn_mscale(r["factor"])
         if abs(ratio - 1.0) > 1e-7:
             writer.add_f32(f"{arch}.rope.scaling.attn_factor", ratio)
+    elif kind == "longrope":
+        # llama.cpp's phi3 form: both divisor sets as tensors, the cos/sin scale and original context as keys
+        r = c.rope_scaling
+        writer.add_u32(f"{arch}.rope.scaling.original_context_length", r["original_max_position_embeddings"])
+        writer.add_f32(f"{arch}.rope.scaling.attn_factor", r["attn_factor"])
+        extra["rope_factors_long.weight"] = np.asarray(r["long_factor"], dtype=np.float32)
+        extra["rope_factors_short.weight"] = np.asarray(r["short_factor"], dtype=np.float32)
     elif kind is not None:
         raise ModelFormatError(f"{loaded.name}: RoPE scaling '{kind}' has no GGUF form (llama.cpp has no "
-                               f"dynamic scaling); run the HF directory itself")
+                               f"{kind} scaling); run the HF directory itself")
     _write_hf_tokenizer(writer, loaded)
     return extra
 

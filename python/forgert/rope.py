@@ -67,18 +67,41 @@ def dynamic_ntk_theta(theta: float, head_dim: int, factor: float, max_pos: int, 
     return theta * ((factor * seq_len / max_pos) - (factor - 1)) ** (head_dim / (head_dim - 2))
 
 
+def longrope_attn_factor(context_length: int, original_context_length: int) -> float:
+    """LongRoPE's default cos/sin scale, sqrt(1 + ln(s) / ln(original)) for the extension
+    s = context / original (1 when not extended): transformers' _compute_longrope_parameters and
+    llama.cpp's converter (which stores it as rope.scaling.attn_factor) agree on it."""
+    scale = context_length / original_context_length
+    if scale <= 1.0:
+        return 1.0
+    return math.sqrt(1.0 + math.log(scale) / math.log(original_context_length))
+
+
+def longrope_factors(scaling: dict, n_ctx: int) -> np.ndarray:
+    """The LongRoPE divisors for a context of n_ctx tokens: the long ones when n_ctx exceeds the
+    original (pre-extension) context, else the short ones. Decided once, by the configured
+    context, as llama.cpp does (llama_model::get_rope_factors); transformers switches by the
+    current sequence length instead, so the two agree when n_ctx <= original (short factors for
+    every sequence that fits) and, with n_ctx > original, on sequences longer than the original."""
+    key = "long_factor" if n_ctx > scaling["original_max_position_embeddings"] else "short_factor"
+    return np.asarray(scaling[key], dtype=np.float64)
+
+
 def rope_freqs(theta: float, head_dim: int, scaling: dict | None = None, n_ctx: int | None = None) -> np.ndarray:
-    """float32 [head_dim // 2] inverse frequencies with `scaling` applied.
+    """float32 [head_dim // 2] inverse frequencies with `scaling` applied. head_dim is the rotated
+    width (rope_dim: the whole head, or its first part under partial rotary).
 
     scaling: None, {"type": "linear", "factor": f}, {"type": "llama3", "factor", "low_freq_factor",
     "high_freq_factor", "original_max_position_embeddings"}, {"type": "factors", "factors": arr}
     (GGUF's rope_freqs.weight: each frequency is divided by its factor, as llama.cpp does),
     {"type": "yarn", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
-    "truncate", "ext_factor", "attn_factor"} (attn_factor multiplies cos and sin: rope_attn_factor)
-    or {"type": "dynamic", "factor", "max_position_embeddings"}: dynamic NTK, whose base depends on
+    "truncate", "ext_factor", "attn_factor"} (attn_factor multiplies cos and sin: rope_attn_factor),
+    {"type": "dynamic", "factor", "max_position_embeddings"}: dynamic NTK, whose base depends on
     the sequence length. transformers recomputes it as a sequence grows; forgert computes it once,
     for n_ctx (llama.cpp's way: its scaling is static), so the two agree on any sequence within
-    max_position_embeddings and on one of exactly n_ctx tokens.
+    max_position_embeddings and on one of exactly n_ctx tokens; or
+    {"type": "longrope", "short_factor", "long_factor", "original_max_position_embeddings",
+    "attn_factor"}: divisors picked by n_ctx (longrope_factors), which must then be given.
     """
     kind = (scaling or {}).get("type", "default")
     if kind == "dynamic":
@@ -98,6 +121,10 @@ def rope_freqs(theta: float, head_dim: int, scaling: dict | None = None, n_ctx: 
                             scaling["high_freq_factor"], scaling["original_max_position_embeddings"])
     elif kind == "factors":
         inv = inv / np.asarray(scaling["factors"], dtype=np.float64)
+    elif kind == "longrope":
+        if n_ctx is None:
+            raise ValueError("longrope frequencies depend on the context length: pass n_ctx")
+        inv = inv / longrope_factors(scaling, n_ctx)
     else:
         raise ValueError(f"unsupported RoPE scaling type {kind!r}")
     return inv.astype(np.float32)

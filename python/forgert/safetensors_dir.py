@@ -20,7 +20,7 @@ from .weights import WeightTensor
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
 _MAX_HEADER = 100 * 1024 * 1024
 
-# HF Llama/Mistral/Qwen2/Qwen3/SmolLM3 names -> canonical GGUF names
+# HF Llama/Mistral/Qwen2/Qwen3/SmolLM3/Phi-3 names -> canonical GGUF names
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -42,7 +42,11 @@ _LAYER_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # Phi-3's fused projections, named as llama.cpp's converter names them (fused_tensors.py splits them)
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
+_FUSED_HF_SUFFIXES = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # Buffers some checkpoints carry that hold nothing we need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -139,13 +143,14 @@ class HFModelDir:
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
         self.tensors = {}        # canonical name -> WeightTensor
+        self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
                 try:
                     name = canonical_name(hf_name)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Qwen2 model)") from None
+                                           f"(not part of a Llama/Mistral/Qwen2/Phi-3 model)") from None
                 if name is None:
                     continue
                 if name in self.tensors:
@@ -157,6 +162,8 @@ class HFModelDir:
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
                 self.tensors[name] = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+                if hf_name.endswith(_FUSED_HF_SUFFIXES):
+                    self.fused.add(name)
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")
