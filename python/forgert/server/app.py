@@ -137,7 +137,8 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             thinks, inside = thinking_mode(template, state.model.detokenize(ids[-4:]))
             mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
                               tool_style=template_style(template) if tools and forced is False else None)
-            choices = [ChoiceSpec(ids, _choice_seed(req.seed, j)) for j in range(req.n_choices)]
+            choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
+                       for j in range(req.n_choices)]
             spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                                   req.top_logprobs_wanted(), grammar)
             return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id),

@@ -55,6 +55,7 @@ class ChoiceOutput:
     _buffer: str = field(init=False, default="")
     _content_started: bool = field(init=False, default=False)
     _held_call: str | None = field(init=False, default=None)   # text from a tool call's start on
+    _after_think: bool = field(init=False, default=False)     # drop the blank lines after </think>
     content: str = field(init=False, default="")
     reasoning: str = field(init=False, default="")
     tool_calls: list = field(init=False, default_factory=list)
@@ -77,12 +78,16 @@ class ChoiceOutput:
             before, closed, after = self._buffer.partition(THINK_CLOSE)
             if closed:
                 delta.reasoning = before
-                self._stage, self._buffer = "content", after.lstrip()
+                self._stage, self._buffer, self._after_think = "content", after, True
             else:
                 keep = _partial_suffix(before, THINK_CLOSE)
                 delta.reasoning, self._buffer = before[:len(before) - keep], before[len(before) - keep:]
         if self._stage == "content":
-            delta.content = self._content(final=False)
+            if self._after_think:
+                self._buffer = self._buffer.lstrip()
+                self._after_think = not self._buffer
+            if not self._after_think:
+                delta.content = self._content(final=False)
         self.reasoning += delta.reasoning
         self.content += delta.content
         return delta

@@ -1,0 +1,190 @@
+"""A model's text split into OpenAI's fields: `reasoning_content` from <think>...</think>, and
+`tool_calls` parsed from the Qwen/Hermes, Llama 3.x and Mistral formats, whole and streamed.
+
+The parsers are checked on hand-written model outputs; end to end, a real (tiny) model whose
+generation is replaced by a scripted text, cut into pieces at awkward places, is served to the
+official `openai` client, which must get the hand-written reasoning, content and calls.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server_harness import LiveServer
+
+from forgert.completion import Completion, Usage
+from forgert.server.choice_output import ChoiceOutput, OutputMode
+from forgert.tool_calls import parse_tool_calls, template_style
+
+CALL_ARGS = {"city": "Paris", "unit": "celsius"}
+
+
+# ----------------------------------------------------------------------------- parsers
+
+@pytest.mark.parametrize("style, text, content, calls", [
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>',
+     "", [("get_weather", CALL_ARGS)]),
+    ("hermes", 'Let me check.\n<tool_call>{"name": "a", "arguments": {}}</tool_call>\n'
+               '<tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>',
+     "Let me check.", [("a", {}), ("b", {"x": 1})]),
+    ("hermes", "No tools needed: <tool_call> is just a tag here.", "No tools needed: <tool_call> is just a tag here.", []),
+    ("llama3", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}',
+     "", [("get_weather", CALL_ARGS)]),
+    ("llama3", '<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"x": 1}}',
+     "", [("a", {}), ("b", {"x": 1})]),
+    ("llama3", "{not json", "{not json", []),
+    ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]',
+     "", [("get_weather", CALL_ARGS)]),
+    ("mistral", '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "celsius"}',
+     "", [("get_weather", CALL_ARGS)]),
+    ("mistral", "Plain answer.", "Plain answer.", []),
+])
+def test_tool_call_formats(style, text, content, calls):
+    left, found = parse_tool_calls(text, style)
+    assert left == content
+    assert [(c.name, json.loads(c.arguments)) for c in found] == calls
+
+
+def test_template_style_follows_the_template():
+    assert template_style("{% if tools %}<tool_call>{% endif %}") == "hermes"
+    assert template_style("{{ '<|python_tag|>' }}{% if tools %}{% endif %}") == "llama3"
+    assert template_style("[TOOL_CALLS]") == "mistral"
+
+
+def feed_in_pieces(mode: OutputMode, text: str, size: int) -> tuple[str, str, list]:
+    out = ChoiceOutput(mode)
+    content, reasoning = "", ""
+    for i in range(0, len(text), size):
+        d = out.feed(text[i:i + size])
+        content, reasoning = content + d.content, reasoning + d.reasoning
+    d = out.finish()
+    return content + d.content, reasoning + d.reasoning, out.tool_calls
+
+
+THOUGHT = "<think>\nThe user asks about Paris; </ not the end yet.\n</think>\n\nParis is the capital."
+HERMES = 'Checking.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_streamed_pieces_split_like_the_whole_text(size):
+    content, reasoning, calls = feed_in_pieces(OutputMode(thinking=True), THOUGHT, size)
+    assert reasoning == "\nThe user asks about Paris; </ not the end yet.\n"
+    assert content == "Paris is the capital." and calls == []
+    content, reasoning, calls = feed_in_pieces(OutputMode(tool_style="hermes"), HERMES, size)
+    assert content == "Checking." and reasoning == ""
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", CALL_ARGS)]
+    # a prompt that opened <think> itself (Qwen3-style templates): the output starts inside it
+    content, reasoning, _ = feed_in_pieces(OutputMode(thinking=True, think_open=True),
+                                           "hmm, 2+2\n</think>\n4", size)
+    assert (reasoning, content) == ("hmm, 2+2\n", "4")
+    # no think tag at all: everything is content, held-back prefixes included
+    content, reasoning, _ = feed_in_pieces(OutputMode(thinking=True), "<thi is not a tag", size)
+    assert (reasoning, content) == ("", "<thi is not a tag")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+THINKING_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                     "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}"
+                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+                     "{# thinks: <think> ... </think>; calls: <tool_call> ... </tool_call> #}")
+
+
+class ScriptedModel:
+    """A real model (tokenizer, context, template machinery) whose generation is a fixed text,
+    streamed in 3-character pieces, so the parsing sees markers cut in every place."""
+
+    def __init__(self, model, script: str, template: str = THINKING_TEMPLATE):
+        self._model, self.script, self.chat_template = model, script, template
+        self.model._template = None     # the real model renders with our template
+        self.model._model.chat_template = template
+
+    @property
+    def model(self):
+        return self._model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def stream(self, prompt_ids, logprobs=None, response_format=None, **sampling):
+        from forgert.model import TextStream
+
+        def gen():
+            for i in range(0, len(self.script), 3):
+                yield self.script[i:i + 3]
+            n = len(self._model.tokenize(self.script, add_bos=False))
+            return Completion(self.script, [], "stop", Usage(len(prompt_ids), n, len(prompt_ids) + n))
+
+        return TextStream(gen())
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_models):
+    import forgert
+    return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=256)
+
+
+def serve_script(tiny_model, script):
+    return LiveServer(ScriptedModel(tiny_model, script), model_id="scripted")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_content_is_returned_apart(tiny_model, stream):
+    with serve_script(tiny_model, THOUGHT) as server:
+        client = server.openai_client()
+        kwargs = dict(model="scripted", messages=[{"role": "user", "content": "Capital of France?"}])
+        if stream:
+            content, reasoning = "", ""
+            for chunk in client.chat.completions.create(stream=True, **kwargs):
+                if chunk.choices:
+                    content += chunk.choices[0].delta.content or ""
+                    reasoning += (chunk.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        else:
+            msg = client.chat.completions.create(**kwargs).choices[0].message
+            content, reasoning = msg.content, msg.model_extra["reasoning_content"]
+    assert reasoning == "\nThe user asks about Paris; </ not the end yet.\n"
+    assert content == "Paris is the capital."
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_parsed_from_the_models_text(tiny_model, stream):
+    script = "<think>Need the weather.</think>" + HERMES
+    with serve_script(tiny_model, script) as server:
+        client = server.openai_client()
+        kwargs = dict(model="scripted", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                      tools=[WEATHER])
+        if stream:
+            content, reasoning, calls, reason = "", "", {}, None
+            for chunk in client.chat.completions.create(stream=True, **kwargs):
+                if not chunk.choices:
+                    continue
+                d = chunk.choices[0].delta
+                content += d.content or ""
+                reasoning += (d.model_extra or {}).get("reasoning_content") or ""
+                for tc in d.tool_calls or ():
+                    entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+                    entry["name"] += tc.function.name or ""
+                    entry["arguments"] += tc.function.arguments or ""
+                reason = chunk.choices[0].finish_reason or reason
+            calls = [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())]
+        else:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            content, reason = choice.message.content, choice.finish_reason
+            reasoning = choice.message.model_extra["reasoning_content"]
+            calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+    assert reason == "tool_calls"
+    assert reasoning == "Need the weather."
+    assert content == "Checking."
+    assert calls == [("get_weather", CALL_ARGS)]
+
+
+def test_without_tools_a_tool_call_tag_is_plain_content(tiny_model):
+    with serve_script(tiny_model, HERMES) as server:
+        msg = server.openai_client().chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "hi"}]).choices[0].message
+    assert msg.content == HERMES and msg.tool_calls is None
