@@ -290,6 +290,9 @@ def assert_error(r, status, param=None):
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "function", "function": {"name": "g"}},
       "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice.function.name"),
     ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 10}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required", "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3, "maximum": 1}}}]},
+     "tools"),
     ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools.0.function"),
     ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),

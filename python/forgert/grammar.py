@@ -85,8 +85,11 @@ class GrammarMatcher:
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """A copy of logits [vocab] with every disallowed token at -inf."""
+        allowed = self.mask()
+        if not allowed.any():   # llguidance's error state: say why instead of sampling from nothing
+            raise RuntimeError(f"the grammar allows no next token: {self._m.get_error()}")
         out = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
-        out[~self.mask()] = -np.inf
+        out[~allowed] = -np.inf
         return out
 
     def accept(self, token: int) -> None:

@@ -130,7 +130,8 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             if forced is not False:
                 schema = forced_call_schema(tools, forced)
                 grammar = await _grammar(state.model, {"type": "json_schema",
-                                                       "json_schema": {"name": "tool_call", "schema": schema}})
+                                                       "json_schema": {"name": "tool_call", "schema": schema}},
+                                         param="tools")
             else:
                 grammar = await _grammar(state.model, req.response_format_dict())
             template = state.model.chat_template
@@ -196,17 +197,20 @@ def _choice_seed(seed: Optional[int], j: int) -> Optional[int]:
     return None if seed is None else (seed + j) % 2**64     # any integer is a valid seed
 
 
-async def _grammar(model, response_format: Optional[dict]):
-    """The compiled constraint for a response_format (None: text), or a 400 naming the field."""
+async def _grammar(model, response_format: Optional[dict], param: str = "response_format"):
+    """The compiled constraint for a response_format (None: text), or a 400 naming the field
+    (`tools` when it is a forced call's schema: the function parameters are at fault)."""
     if response_format is None:
         return None
     try:
         return await asyncio.to_thread(model.compile_response_format, response_format)
     except ValueError as exc:
-        raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
+        reason = str(exc).removeprefix("response_format: ")
+        raise APIError(400, f"Invalid value for '{param}': {reason}", param=param,
+                       code="invalid_value") from None
     except ImportError as exc:
-        raise APIError(400, f"This server cannot enforce response_format: {exc}",
-                       param="response_format", code="unsupported_parameter") from None
+        raise APIError(400, f"This server cannot enforce '{param}': {exc}",
+                       param=param, code="unsupported_parameter") from None
 
 
 async def _read_json(request: Request):
