@@ -158,6 +158,19 @@ def test_n_streamed_equals_n_whole(client):
     assert finished == {c.index: c.finish_reason for c in whole.choices}
 
 
+def test_n_streamed_chat_choices(client, reference_model):
+    alone = reference_model.chat(USER, max_tokens=5, temperature=0).text
+    texts, roles, reasons = {}, {}, {}
+    for chunk in client.chat.completions.create(model="x", messages=USER, max_tokens=5, temperature=0, n=2,
+                                                stream=True):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            roles[c.index] = roles.get(c.index) or c.delta.role
+            reasons[c.index] = c.finish_reason or reasons.get(c.index)
+    assert texts == {0: alone, 1: alone}
+    assert roles == {0: "assistant", 1: "assistant"} and reasons == {0: "length", 1: "length"}
+
+
 def test_a_batch_of_prompts_gives_one_choice_each(client, reference_model):
     prompts = [PROMPT, "One, two, three,"]
     resp = client.completions.create(model="x", prompt=prompts, max_tokens=4, temperature=0)
@@ -314,7 +327,8 @@ def test_tool_choice_none_is_plain_chat(client, reference_model):
 
 # ----------------------------------------------------------------------------- OpenAI fields
 
-def test_stop_strings_beyond_four_cut_across_token_boundaries(client, reference_model):
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_strings_beyond_four_cut_across_token_boundaries(client, reference_model, stream):
     full = reference_model.generate(PROMPT, max_tokens=24, temperature=0)
     pieces = [reference_model.detokenize([t]) for t in full.tokens]
     # A stop string spanning the boundary between tokens 3 and 4 (its last 2 + first 2 chars).
@@ -323,10 +337,15 @@ def test_stop_strings_beyond_four_cut_across_token_boundaries(client, reference_
     stop = before[-2:] + pieces[k][:2]
     assert before[:-2].find(stop) < 0
     decoys = ["zzqx", "@@@", "\u2603", "qqqq", "#!#!"]
-    resp = client.completions.create(model="x", prompt=PROMPT, max_tokens=24, temperature=0,
-                                      stop=decoys + [stop])
-    assert resp.choices[0].text == before[:-2]
-    assert resp.choices[0].finish_reason == "stop"
+    kwargs = dict(model="x", prompt=PROMPT, max_tokens=24, temperature=0, stop=decoys + [stop])
+    if stream:
+        chunks = [c.choices[0] for c in client.completions.create(stream=True, **kwargs) if c.choices]
+        text, reason = "".join(c.text for c in chunks), chunks[-1].finish_reason
+    else:
+        choice = client.completions.create(**kwargs).choices[0]
+        text, reason = choice.text, choice.finish_reason
+    assert text == before[:-2]
+    assert reason == "stop"
 
 
 def test_max_completion_tokens_seed_and_user(client):
@@ -379,3 +398,17 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(server, client):
     assert (_metric(after, "forgert_time_to_first_token_seconds_count")
             == _metric(before, "forgert_time_to_first_token_seconds_count") + 1)
     assert _metric(after, "forgert_requests_in_flight") == 0
+
+
+def test_prompt_logprobs_keep_another_conversation_in_the_prompt_cache(reference_model):
+    """Scoring a prompt (echo) evaluates it from position 0: the conversation it displaces is
+    saved first, so its next turn still finds its prefix."""
+    reference_model.set_prompt_cache(64 * 2**20)
+    try:
+        conversation = reference_model.tokenize("Once upon a time, in a land far away, there lived a king who")
+        first = reference_model.generate(conversation, max_tokens=3, temperature=0)
+        reference_model.prompt_logprobs("An unrelated sentence to score.", 1)
+        follow_up = reference_model.generate(conversation + first.tokens, max_tokens=1, temperature=0)
+        assert follow_up.timings.cached_tokens >= len(conversation)
+    finally:
+        reference_model.set_prompt_cache(0)

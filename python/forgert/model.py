@@ -388,16 +388,22 @@ class Model:
         cache = self._prompt_cache
         if cache is None:
             return
-        live = common_prefix(self._cache_tokens, ids)
-        dropped = len(self._cache_tokens) - live
-        # A follow-up of the same conversation drops only its last few tokens (how the previous
-        # answer ended): not worth a copy of the whole sequence. Another one drops more.
-        if dropped * 8 > len(self._cache_tokens):
-            cache.put(self._save_state())
+        live = self._stash_live(ids)
         saved, n = cache.best(ids)
         if saved is not None and n > live:
             cache.take(saved)
             self._load_state(saved)
+
+    def _stash_live(self, ids) -> int:
+        """Before ids overwrite the live sequence, save it in the prompt cache if ids would drop
+        much of it; returns how many of its tokens ids share."""
+        live = common_prefix(self._cache_tokens, ids)
+        dropped = len(self._cache_tokens) - live
+        # A follow-up of the same conversation drops only its last few tokens (how the previous
+        # answer ended): not worth a copy of the whole sequence. Another one drops more.
+        if self._prompt_cache is not None and dropped * 8 > len(self._cache_tokens):
+            self._prompt_cache.put(self._save_state())
+        return live
 
     def _prefill(self, ids, mode, sampler=None):
         """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
@@ -446,6 +452,7 @@ class Model:
         _check_logprobs(top, "top")
         ids = self._prompt_ids(prompt)
         with self._lock("prompt_logprobs()"):
+            self._stash_live(ids)       # another conversation's K/V stays in the prompt cache
             logits = self._logits(ids)                                  # [len(ids), vocab]
         first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, [])
         return [first] + [self._token_logprob(logits[i - 1], ids[i], top) for i in range(1, len(ids))]
