@@ -188,3 +188,94 @@ def test_without_tools_a_tool_call_tag_is_plain_content(tiny_model):
         msg = server.openai_client().chat.completions.create(
             model="scripted", messages=[{"role": "user", "content": "hi"}]).choices[0].message
     assert msg.content == HERMES and msg.tool_calls is None
+
+
+# ----------------------------------------------------------------------------- tools in templates
+
+# The tool-calling part of Qwen2.5's chat template (Hermes format), as the model ships it.
+QWEN25_TOOLS_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+
+def test_a_template_that_knows_tools_renders_them_as_transformers_does():
+    """Tools and a previous call/answer round, through forgert's request schema and template
+    rendering, equal transformers' apply_chat_template of the same template."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models
+
+    from forgert.chat import ChatTemplate
+    from forgert.server.schemas import ChatCompletionRequest
+    from forgert.tool_calls import messages_with_tools
+
+    request = ChatCompletionRequest.model_validate({"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps(CALL_ARGS)}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "21 C"}]})
+    messages = [m.as_template_message() for m in request.messages]
+    rendered_messages, extra = messages_with_tools(QWEN25_TOOLS_TEMPLATE, messages, request.tool_dicts())
+    ours = ChatTemplate(QWEN25_TOOLS_TEMPLATE).render(rendered_messages, **extra)
+
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")))
+    hf_messages = [{"role": "user", "content": "Weather in Paris?"},
+                   {"role": "assistant", "content": "", "tool_calls": [
+                       {"type": "function", "function": {"name": "get_weather", "arguments": CALL_ARGS}}]},
+                   {"role": "tool", "content": "21 C"}]
+    expected = hf.apply_chat_template(hf_messages, tools=[WEATHER], chat_template=QWEN25_TOOLS_TEMPLATE,
+                                      add_generation_prompt=True, tokenize=False)
+    assert ours == expected
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}' in ours
+    assert template_style(QWEN25_TOOLS_TEMPLATE) == "hermes"
