@@ -117,6 +117,18 @@ def test_echo_returns_the_prompt_with_its_logprobs(client, reference_model):
     assert resp.usage.prompt_tokens == len(ids) and resp.usage.completion_tokens == 1
 
 
+def test_streamed_echo_equals_the_whole_response(client):
+    kwargs = dict(model="x", prompt=PROMPT, max_tokens=3, temperature=0, logprobs=1, echo=True)
+    whole = client.completions.create(**kwargs).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **kwargs) if c.choices]
+    assert "".join(c.text for c in chunks) == whole.text
+    streamed = [lp for c in chunks if c.logprobs for lp in c.logprobs.token_logprobs]
+    assert streamed[0] is None and whole.logprobs.token_logprobs[0] is None
+    assert streamed[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-6)
+    offsets = [o for c in chunks if c.logprobs for o in c.logprobs.text_offset]
+    assert offsets == whole.logprobs.text_offset
+
+
 def test_echo_without_logprobs_prefixes_the_prompt(client):
     resp = client.completions.create(model="x", prompt=PROMPT, max_tokens=3, temperature=0, echo=True)
     assert resp.choices[0].text.startswith(PROMPT) and len(resp.choices[0].text) > len(PROMPT)
