@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,20 +103,20 @@ class GrammarMatcher:
         return self._m.is_stopped()
 
 
-_TOKENIZERS: dict = {}
+# llguidance's view of each model tokenizer, per logits width: about a second to build, so once.
+# Weak keys: a tokenizer's entry goes when its model does.
+_TOKENIZERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
 
 
 def _ll_tokenizer(model_tokenizer, vocab: int):
-    """llguidance's view of the model's tokenizer (about a second to build: one per tokenizer)."""
-    key = (id(model_tokenizer), vocab)
     with _TOKENIZERS_LOCK:
-        if key not in _TOKENIZERS:
+        per_width = _TOKENIZERS.setdefault(model_tokenizer, {})
+        if vocab not in per_width:
             ll = _llguidance()
             stops = sorted(model_tokenizer.stop_ids) or None
-            _TOKENIZERS[key] = (model_tokenizer, ll.LLTokenizer(model_tokenizer.hf.to_str(), n_vocab=vocab,
-                                                                eos_token=stops))
-        return _TOKENIZERS[key][1]
+            per_width[vocab] = ll.LLTokenizer(model_tokenizer.hf.to_str(), n_vocab=vocab, eos_token=stops)
+        return per_width[vocab]
 
 
 def compile_response_format(response_format, model_tokenizer, vocab: int) -> Grammar | None:
