@@ -147,6 +147,19 @@ def test_n_greedy_choices_are_identical_and_usage_counts_the_prompt_once(client,
     assert resp.usage.completion_tokens == 3 * 6
 
 
+def test_later_choices_reuse_the_prompts_kv(reference_model):
+    """Each choice after the first finds the prompt in the cache and evaluates only its last
+    token again (the first logits must be fresh)."""
+    from forgert.server.generation import ChoiceSpec, Finish, GenerationSpec, generation_job
+    ids = reference_model.prompt_tokens(USER)
+    spec = GenerationSpec([ChoiceSpec(ids, seed=j, counts_prompt=j == 0) for j in range(3)],
+                          {"max_tokens": 4, "temperature": 1.0}, None)
+    finishes = [e for e in generation_job(reference_model, spec)() if isinstance(e, Finish)]
+    assert [f.index for f in finishes] == [0, 1, 2]
+    assert [f.timings["prompt_tokens_evaluated"] for f in finishes[1:]] == [1, 1]
+    assert [f.timings["cached_tokens"] for f in finishes[1:]] == [len(ids) - 1] * 2
+
+
 def test_n_seeded_choices_differ_and_repeat(client):
     kwargs = dict(model="x", messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=12,
                   temperature=1.0, seed=1234, n=3)
