@@ -4,21 +4,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import AsyncIterator, Optional
+from typing import Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
-
-from fastapi.responses import Response
 
 from ..tool_calls import forced_call_schema, template_style
 from .choice_output import ChoiceOutput, OutputMode, thinking_mode
-from .errors import APIError, install_error_handlers, internal_error, log_unexpected
-from .generation import ChoiceSpec, Finish, GenerationSpec, Piece, generation_job
+from .delivery import collect, collect_unless_disconnected, metered, stream
+from .errors import APIError, install_error_handlers
+from .generation import ChoiceSpec, GenerationSpec, generation_job
 from .json_body import decode_json
 from .metrics import RequestTimer, ServerMetrics
-from .responses import ResponseHeader, sse, usage
+from .responses import ResponseHeader
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
                       TokenizeRequest, parse_request)
 from .token_budget import completion_budget
@@ -259,22 +258,12 @@ def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
 async def _complete(request: Request, state: ServerState, req: SamplingFields,
                     spec: GenerationSpec, header: ResponseHeader, new_output, timer: RequestTimer):
     """new_output: () -> ChoiceOutput for chat (reasoning / tool calls split off); None for text."""
-    events = _metered(state.worker.events(generation_job(state.model, spec)), state, timer)
+    events = metered(state.worker.events(generation_job(state.model, spec)), state.metrics, timer)
     if req.stream:
-        return StreamingResponse(_stream(events, header, req.include_usage, new_output, len(spec.choices)),
+        return StreamingResponse(stream(events, header, req.include_usage, new_output, len(spec.choices)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return JSONResponse(await _collect_unless_disconnected(request, _collect(events, header, new_output)))
-
-
-async def _metered(events: AsyncIterator, state: ServerState, timer: RequestTimer) -> AsyncIterator:
-    async for event in events:
-        if isinstance(event, Piece):
-            timer.first_text()
-        else:
-            state.metrics.prompt_tokens.inc(event.prompt_tokens)
-            state.metrics.generation_tokens.inc(event.completion_tokens)
-        yield event
+    return JSONResponse(await collect_unless_disconnected(request, collect(events, header, new_output)))
 
 
 async def _prompt_ids(model, param: str, prompt, tools=None) -> list[int]:
@@ -287,120 +276,3 @@ async def _prompt_ids(model, param: str, prompt, tools=None) -> list[int]:
     if not ids:
         raise APIError(400, f"The {param} is empty: there is nothing to complete", param=param)
     return ids
-
-
-class _ChoiceText:
-    """What one choice of a whole (non-streamed) response has gathered."""
-
-    def __init__(self, output):
-        self.output = output        # ChoiceOutput (chat) or None (text)
-        self.pieces: list[str] = []
-        self.logprobs = None
-        self.finish: Optional[Finish] = None
-
-    def add(self, event: Piece) -> None:
-        if self.output is not None:
-            self.output.feed(event.text)
-        else:
-            self.pieces.append(event.text)
-        if event.logprobs is not None:
-            self.logprobs = (self.logprobs or []) + event.logprobs
-
-
-async def _collect(events: AsyncIterator, header: ResponseHeader, new_output) -> dict:
-    choices: dict[int, _ChoiceText] = {}
-    try:
-        async for event in events:
-            choice = choices.setdefault(event.index, _ChoiceText(new_output() if new_output else None))
-            if isinstance(event, Piece):
-                choice.add(event)
-            else:
-                choice.finish = event
-                if choice.output is not None:
-                    choice.output.finish()
-    except ValueError as exc:   # the model refused the request (e.g. bad token ids)
-        raise APIError(400, str(exc)) from None
-    finishes = [choices[i].finish for i in sorted(choices)]
-    if header.chat:
-        body = [header.chat_choice(i, c.output, c.logprobs, c.finish.finish_reason)
-                for i, c in sorted(choices.items())]
-    else:
-        body = [header.text_choice(i, "".join(c.pieces), c.logprobs, c.finish.finish_reason)
-                for i, c in sorted(choices.items())]
-    return header.response(body, usage(finishes), finishes[0].timings)
-
-
-async def _collect_unless_disconnected(request: Request, collect) -> dict:
-    """Awaits `collect`, but a client that hangs up cancels its generation (queued or running)."""
-    collecting = asyncio.ensure_future(collect)
-    watching = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-        if not collecting.done():
-            collecting.cancel()     # closes `events`, which cancels the job
-            await asyncio.gather(collecting, return_exceptions=True)
-    if collecting.cancelled():
-        return {}   # nobody is listening any more
-    return collecting.result()
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _stream(events: AsyncIterator, header: ResponseHeader, include_usage: bool, new_output,
-                  n_choices: int):
-    """SSE chunks, each sent as soon as the worker produces its tokens.
-
-    Starlette cancels this generator when the client disconnects; the cancellation closes
-    `events`, which stops the generation at its next token.
-    """
-    def chunk(index, **fields):
-        return sse(header.chunk(index, with_usage_field=include_usage, **fields))
-
-    outputs = {}
-    if header.chat:
-        for index in range(n_choices):
-            yield chunk(index, content="", role=True)
-            outputs[index] = new_output()
-    offsets = [0] * n_choices       # where each choice's next logprob token starts (legacy completions)
-    finishes = []
-    try:
-        async for event in events:
-            i = event.index
-            if isinstance(event, Piece):
-                if header.chat:
-                    delta = outputs[i].feed(event.text)
-                    if not delta and event.logprobs is None:
-                        continue
-                    yield chunk(i, content=delta.content if delta.content or not delta.reasoning else None,
-                                reasoning=delta.reasoning, logprobs=event.logprobs)
-                else:
-                    if not event.text and event.logprobs is None:
-                        continue
-                    yield chunk(i, content=event.text, logprobs=event.logprobs, text_offset=offsets[i])
-                    offsets[i] += sum(len(lp.token) for lp in event.logprobs or ())
-                continue
-            finishes.append(event)
-            reason = event.finish_reason
-            if header.chat:
-                out = outputs[i]
-                tail = out.finish()
-                if tail:
-                    yield chunk(i, content=tail.content or None, reasoning=tail.reasoning)
-                if out.tool_calls:
-                    yield chunk(i, tool_calls=out.tool_calls)
-                    reason = "tool_calls"
-            yield chunk(i, content=None if header.chat else "", finish_reason=reason)
-        if include_usage and finishes:
-            yield sse(header.usage_chunk(usage(finishes), finishes[0].timings))
-    except ValueError as exc:
-        # Headers are gone already: report in-band, the way OpenAI does mid-stream.
-        yield sse(APIError(400, str(exc)).body())
-    except Exception as exc:  # noqa: BLE001 - the stream must still end properly
-        log_unexpected(exc, "a streamed completion")
-        yield sse(internal_error().body())
-    yield sse("[DONE]")
