@@ -289,7 +289,10 @@ def assert_error(r, status, param=None):
       "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "function", "function": {"name": "g"}},
       "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice.function.name"),
-    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 10}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"999999999": 1}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": [1]}, "logit_bias"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required", "tools": [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3, "maximum": 1}}}]},
      "tools"),

@@ -266,6 +266,9 @@ def test_python_api_response_format(reference_model):
     City.model_validate_json(out.text)
     with pytest.raises(ValueError, match="response_format"):
         reference_model.generate("x", max_tokens=2, response_format={"type": "yaml"})
+    for bad in ({10**9: 1}, {"x": 1}, {5: 101}, [5]):
+        with pytest.raises(ValueError, match="logit_bias"):
+            reference_model.generate("x", max_tokens=2, logit_bias=bad)
 
 
 # ----------------------------------------------------------------------------- tools
@@ -371,6 +374,20 @@ def test_stop_strings_beyond_four_cut_across_token_boundaries(client, reference_
         text, reason = choice.text, choice.finish_reason
     assert text == before[:-2]
     assert reason == "stop"
+
+
+def test_logit_bias_moves_the_greedy_choice(client, reference_model):
+    """-100 on the most likely next token: greedy picks the second most likely (NumPy argsort of
+    the model's logits); +100 on an unlikely one: greedy picks it."""
+    ids = reference_model.tokenize(PROMPT)
+    order = np.argsort(-reference_model.logits(ids)[-1])
+    first, second, unlikely = int(order[0]), int(order[1]), int(order[1000])
+    banned = client.completions.create(model="x", prompt=PROMPT, max_tokens=1, temperature=0,
+                                       logit_bias={str(first): -100})
+    assert banned.choices[0].text == reference_model.detokenize([second])
+    forced = client.completions.create(model="x", prompt=PROMPT, max_tokens=1, temperature=0,
+                                       logit_bias={str(unlikely): 100})
+    assert forced.choices[0].text == reference_model.detokenize([unlikely])
 
 
 def test_max_completion_tokens_seed_and_user(client):

@@ -464,20 +464,38 @@ class Model:
         return compile_response_format(response_format, self.tokenizer, self.vocab_size)
 
     # -- generation --------------------------------------------------------------------------
-    def _start(self, prompt_ids, params: SamplingParams, logprobs, response_format=None) -> TextStream:
+    def _start(self, prompt_ids, params: SamplingParams, logprobs, response_format=None,
+               logit_bias=None) -> TextStream:
         _check_logprobs(logprobs, "logprobs", allow_none=True)
         grammar = (response_format if isinstance(response_format, Grammar)
                    else self.compile_response_format(response_format))
+        bias = self._bias_row(logit_bias)
         if self._lock.held_by_me():   # this thread's own stream is open: fail now, not at the first step
             self._lock.acquire("a new stream")
-        return TextStream(self._run(prompt_ids, params, logprobs, grammar))
+        return TextStream(self._run(prompt_ids, params, logprobs, grammar, bias))
 
-    def _run(self, prompt_ids, params: SamplingParams, logprobs, grammar):
+    def _bias_row(self, logit_bias):
+        """OpenAI's logit_bias {token id: bias in [-100, 100]} as float32 [vocab], or None."""
+        if not logit_bias:
+            return None
+        if not isinstance(logit_bias, dict):
+            raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {type(logit_bias).__name__}")
+        row = np.zeros(self.vocab_size, dtype=np.float32)
+        for key, bias in logit_bias.items():
+            tok = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
+            if isinstance(tok, bool) or not isinstance(tok, (int, np.integer)) or not 0 <= tok < self.vocab_size:
+                raise ValueError(f"logit_bias: {key!r} is not a token id (0..{self.vocab_size - 1})")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias[{key!r}] = {bias!r}: a bias is a number in [-100, 100]")
+            row[tok] = bias
+        return row
+
+    def _run(self, prompt_ids, params: SamplingParams, logprobs, grammar, bias):
         # Held from the first step to the end: two streams created up front and iterated in turn
         # would otherwise share the cache (same thread: RuntimeError; other threads: wait).
         self._lock.acquire("a new stream")
         try:
-            return (yield from self._decode_loop(prompt_ids, params, logprobs, grammar))
+            return (yield from self._decode_loop(prompt_ids, params, logprobs, grammar, bias))
         finally:
             self._lock.release()
 
@@ -492,12 +510,13 @@ class Model:
             top = [(self.tokenizer.decode([int(i)]), float(lp[i])) for i in idx]
         return TokenLogprob(self.tokenizer.decode([tok]), float(lp[tok]), top)
 
-    def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None, grammar=None):
+    def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None, grammar=None, bias=None):
         """Yields str pieces (StreamPiece when logprobs is not None); returns the Completion.
-        grammar: a Grammar whose token mask applies before each draw (the NumPy sampler's path)."""
+        grammar: a Grammar whose token mask applies before each draw; bias: float32 [vocab]
+        added to the logits first (logit_bias). Both take the NumPy sampler's path."""
         stop_ids = set() if params.ignore_eos else self.tokenizer.stop_ids
         matcher = grammar.matcher() if grammar is not None else None
-        constrained = logprobs is not None or matcher is not None
+        constrained = logprobs is not None or matcher is not None or bias is not None
         use_argmax = params.greedy and not params.has_penalties and not constrained
         pending_lp = []
 
@@ -517,7 +536,9 @@ class Model:
         stops = StopStringMatcher(params.stop)
         generated, history, pieces = [], list(prompt_ids), []
 
-        def pick(row):      # the NumPy sampler's draw, inside the grammar's mask when there is one
+        def pick(row):      # the NumPy sampler's draw: biased, then inside the grammar's mask
+            if bias is not None:
+                row = np.asarray(row, dtype=np.float32) + bias
             return sampler.sample(row if matcher is None else matcher.apply(row), history)
         n_sampled, finish = 0, "length"
         t0 = time.perf_counter()
@@ -575,14 +596,15 @@ class Model:
             timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1))
 
     def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, response_format=None,
-               **sampling) -> TextStream:
+               logit_bias=None, **sampling) -> TextStream:
         """Iterator of text pieces as they are produced; `.completion` is set once exhausted.
         With logprobs=N (N >= 0) the pieces are StreamPiece objects carrying each token's
         logprob and its N most likely alternatives. response_format: OpenAI's dict
         ({"type": "json_object"} / {"type": "json_schema", ...}) or compile_response_format()'s
-        Grammar: the text is then a JSON document that parses and validates."""
+        Grammar: the text is then a JSON document that parses and validates. logit_bias: OpenAI's
+        {token id: bias in [-100, 100]}, added to the logits before sampling."""
         params = SamplingParams.from_kwargs(params, **sampling)
-        return self._start(self._prompt_ids(prompt), params, logprobs, response_format)
+        return self._start(self._prompt_ids(prompt), params, logprobs, response_format, logit_bias)
 
     def prompt_tokens(self, prompt, tools=None) -> list:
         """The token ids a prompt becomes: str, list of ids, or chat messages (template applied,
@@ -625,9 +647,9 @@ class Model:
         return s.completion
 
     def chat_stream(self, messages, params: SamplingParams | None = None, *, logprobs=None,
-                    response_format=None, **sampling) -> TextStream:
+                    response_format=None, logit_bias=None, **sampling) -> TextStream:
         params = SamplingParams.from_kwargs(params, **sampling)
-        return self._start(self._chat_ids(messages), params, logprobs, response_format)
+        return self._start(self._chat_ids(messages), params, logprobs, response_format, logit_bias)
 
     def __repr__(self):
         return f"Model({self._model.name!r}, arch={self.arch}, backend={self.backend}, n_ctx={self.n_ctx})"

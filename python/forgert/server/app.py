@@ -140,7 +140,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
                        for j in range(req.n_choices)]
             spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
-                                  req.top_logprobs_wanted(), grammar)
+                                  req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
             return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id),
                                    lambda: ChoiceOutput(mode), timer)
 
@@ -161,7 +161,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
                 choices += [ChoiceSpec(ids, _choice_seed(req.seed, j), echo, counts_prompt=j == 0)
                             for j in range(req.n_choices)]
             spec = GenerationSpec(choices, _sampling_kwargs(req, max_tokens), req.top_logprobs_wanted(),
-                                  grammar)
+                                  grammar, _logit_bias(state.model, req))
             return await _complete(request, state, req, spec, ResponseHeader("text", state.model_id),
                                    None, timer)
 
@@ -189,6 +189,18 @@ def _model_card(state: ServerState) -> dict:
     return {"id": state.model_id, "object": "model", "created": state.started, "owned_by": "forgert",
             "max_model_len": state.model.n_ctx,     # vLLM's name for the context length
             "context_length": state.model.n_ctx}
+
+
+def _logit_bias(model, req: SamplingFields) -> Optional[dict]:
+    """{token id: bias}; a token id outside the vocabulary is a 400 before the request queues."""
+    if not req.logit_bias:
+        return None
+    bias = {int(key): value for key, value in req.logit_bias.items()}
+    bad = [key for key in bias if key >= model.vocab_size]
+    if bad:
+        raise APIError(400, f"Invalid value for 'logit_bias': token id {bad[0]} is out of range "
+                       f"(0..{model.vocab_size - 1})", param="logit_bias", code="invalid_value")
+    return bias
 
 
 def _choice_seed(seed: Optional[int], j: int) -> Optional[int]:

@@ -43,6 +43,7 @@ class GenerationSpec:
     sampling: dict                  # Model.stream keyword arguments (seed per choice)
     top_logprobs: Optional[int]     # None: no logprobs; k: the sampled token's + k alternatives
     response_format: object = None  # a compiled forgert.grammar.Grammar, or None
+    logit_bias: Optional[dict] = None   # {token id: bias}, checked against the vocabulary up front
 
 
 def generation_job(model, spec: GenerationSpec):
@@ -62,7 +63,7 @@ def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec):
             lps = model.prompt_logprobs(choice.prompt_ids, spec.top_logprobs)
         yield Piece(choice.echo, lps, index)
     stream = model.stream(choice.prompt_ids, logprobs=spec.top_logprobs,
-                          response_format=spec.response_format,
+                          response_format=spec.response_format, logit_bias=spec.logit_bias,
                           **dict(spec.sampling, seed=choice.seed))
     try:
         for piece in stream:    # str, or StreamPiece(text, logprobs) when logprobs were asked for

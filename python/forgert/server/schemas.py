@@ -77,13 +77,26 @@ class SamplingFields(_Strict):
     n: Optional[int] = Field(default=None, ge=1, le=16)
     user: Optional[str] = None
     response_format: Optional[ResponseFormat] = None
+    logit_bias: Optional[dict[str, float]] = None      # token id (as JSON keys are strings) -> bias
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, logit_bias):
+        for key, bias in (logit_bias or {}).items():
+            if not key.isdigit():
+                raise APIError(400, f"Invalid value for 'logit_bias': {key!r} is not a token id",
+                               param="logit_bias", code="invalid_value")
+            if not -100 <= bias <= 100:
+                raise APIError(400, f"Invalid value for 'logit_bias': {bias} for token {key} is outside "
+                               "[-100, 100]", param="logit_bias", code="invalid_value")
+        return logit_bias
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     ignore_eos: bool = False
 
     # Fields that change the answer and that forgert does not implement: refuse them when set.
     UNSUPPORTED_FIELDS: ClassVar[tuple[str, ...]] = (
-        "functions", "function_call", "logit_bias", "suffix", "best_of")
+        "functions", "function_call", "suffix", "best_of")
 
     @model_validator(mode="before")
     @classmethod
