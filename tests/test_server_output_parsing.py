@@ -183,6 +183,20 @@ def test_tool_calls_parsed_from_the_models_text(tiny_model, stream):
     assert calls == [("get_weather", CALL_ARGS)]
 
 
+def test_a_json_answer_after_an_opened_think_is_content(tiny_model):
+    """A template that opens <think> in the prompt, but response_format makes the output the
+    JSON document: it is the content, not reasoning."""
+    template = THINKING_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+    with LiveServer(ScriptedModel(tiny_model, '{"a": 1}', template), model_id="scripted") as server:
+        msg = server.openai_client().chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_object"}).choices[0].message
+        assert msg.content == '{"a": 1}' and not (msg.model_extra or {}).get("reasoning_content")
+        plain = server.openai_client().chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "hi"}]).choices[0].message
+        assert plain.content == "" and plain.model_extra["reasoning_content"] == '{"a": 1}'
+
+
 def test_without_tools_a_tool_call_tag_is_plain_content(tiny_model):
     with serve_script(tiny_model, HERMES) as server:
         msg = server.openai_client().chat.completions.create(

@@ -134,7 +134,10 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             else:
                 grammar = await _grammar(state.model, req.response_format_dict())
             template = state.model.chat_template
-            thinks, inside = thinking_mode(template, state.model.detokenize(ids[-4:]))
+            # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
+            thinks, inside = thinking_mode(template, state.model.detokenize(ids[-16:]))
+            if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
+                thinks = inside = False
             mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
                               tool_style=template_style(template) if tools and forced is False else None)
             choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
