@@ -46,6 +46,14 @@ def test_tool_call_formats(style, text, content, calls):
     assert [(c.name, json.loads(c.arguments)) for c in found] == calls
 
 
+def test_call_ids_suit_the_template():
+    """Mistral's templates raise on call ids that are not 9 alphanumerics when they come back."""
+    _, (call,) = parse_tool_calls('[TOOL_CALLS][{"name": "f", "arguments": {}}]', "mistral")
+    assert len(call.id) == 9 and call.id.isalnum()
+    _, (call,) = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}}</tool_call>', "hermes")
+    assert call.id.startswith("call_")
+
+
 def test_template_style_follows_the_template():
     assert template_style("{% if tools %}<tool_call>{% endif %}") == "hermes"
     assert template_style("{{ '<|python_tag|>' }}{% if tools %}{% endif %}") == "llama3"

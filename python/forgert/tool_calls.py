@@ -13,6 +13,8 @@ template teaches:
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +28,15 @@ class ToolCall:
     def __post_init__(self):
         if not self.id:
             self.id = "call_" + uuid.uuid4().hex[:24]
+
+    @classmethod
+    def for_style(cls, style: str, name: str, arguments: str) -> "ToolCall":
+        """Mistral's templates refuse call ids that are not 9 letters or digits when the calls
+        come back in the next request; other templates take OpenAI's call_... ids."""
+        if style == "mistral":
+            return cls(name, arguments, "".join(secrets.choice(string.ascii_letters + string.digits)
+                                                for _ in range(9)))
+        return cls(name, arguments)
 
     def as_openai(self, index: int | None = None) -> dict:
         out = {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
@@ -149,7 +160,7 @@ def parse_tool_calls(text: str, style: str) -> tuple[str, list[ToolCall]]:
                 if not found or None in found:
                     return text, []
                 calls.extend(found)
-        return before.strip(), calls
+        return before.strip(), [ToolCall.for_style("mistral", c.name, c.arguments) for c in calls]
     # llama3: the whole answer is the call(s)
     body = text.strip().removeprefix("<|python_tag|>").strip()
     if not body.startswith("{"):

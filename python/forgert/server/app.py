@@ -139,7 +139,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
                 thinks = inside = False
             mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
-                              tool_style=template_style(template) if tools and forced is False else None)
+                              tool_style=template_style(template) if tools else None)
             choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
                        for j in range(req.n_choices)]
             spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),

@@ -38,7 +38,7 @@ class OutputMode:
     """How a request's output is read."""
     thinking: bool = False          # the template thinks: split <think>...</think> off
     think_open: bool = False        # the prompt already opened <think> (the output starts inside it)
-    tool_style: str | None = None   # tools were offered (tool_choice auto): parse calls in this style
+    tool_style: str | None = None   # tools were offered: the template's call format (parsed unless forced)
     forced_call: bool = False       # tool_choice required / named: the whole output is one JSON call
 
 
@@ -150,5 +150,6 @@ class ChoiceOutput:
             obj = json.loads(text)
         except json.JSONDecodeError:
             return text
-        self.tool_calls = [ToolCall(obj["name"], json.dumps(obj["arguments"], ensure_ascii=False))]
+        self.tool_calls = [ToolCall.for_style(self.mode.tool_style, obj["name"],
+                                              json.dumps(obj["arguments"], ensure_ascii=False))]
         return ""
