@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import gemma
 from .errors import ModelFormatError
 from .rope import rope_freqs
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+SUPPORTED_ARCHS = ("llama", "qwen2") + gemma.GEMMA_ARCHS
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", **gemma.HF_GEMMA_MODEL_TYPES}
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -46,6 +47,13 @@ class ModelConfig:
     # Any other per-layer pattern (interleaved local and global layers): [n_layers] windows,
     # 0 = full attention. When set it decides over sliding_window / sliding_window_from.
     layer_window: list[int] | None = None
+    # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
+    ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
+    embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))
+    attn_scale: float | None = None  # attention score scale; None: 1 / sqrt(head_dim)
+    attn_softcap: float = 0.0        # > 0: scores become cap * tanh(s / cap)
+    final_softcap: float = 0.0       # > 0: logits soft-capped the same way
+    norm_shift: float = 0.0          # added to every RMSNorm weight on load (HF Gemma stores w for 1 + w)
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -65,6 +73,10 @@ class ModelConfig:
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
+        if self.arch in gemma.GEMMA_ARCHS:
+            d.update(ffn_act=self.ffn_act, embed_scale=float(self.embed_scale),
+                     attn_scale=float(self.attn_scale or 0.0), attn_softcap=float(self.attn_softcap),
+                     final_softcap=float(self.final_softcap))
         return d
 
 
@@ -200,6 +212,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
+    if arch in gemma.GEMMA_ARCHS:
+        gemma.apply_gguf(meta, cfg, source)
     return cfg
 
 
@@ -292,4 +306,6 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
+    if cfg.arch in gemma.GEMMA_ARCHS:
+        gemma.apply_hf(hf, cfg, source)
     return cfg

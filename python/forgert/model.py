@@ -17,6 +17,7 @@ import numpy as np
 from . import cpu_topology
 from .chat import ChatTemplate, no_template_error
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
+from .features import config_features
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
@@ -259,7 +260,7 @@ class Model:
             "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "vocab": c.vocab,
             "context_length": c.context_length, "n_ctx": self.n_ctx, "rope_theta": c.rope_theta,
             "rope_scaling": (c.rope_scaling or {}).get("type"), "rms_eps": c.rms_eps,
-            "tied_embeddings": c.tied_embeddings, "backend": self.backend,
+            "tied_embeddings": c.tied_embeddings, "features": config_features(c), "backend": self.backend,
             "bos_token_id": self.tokenizer.bos_id, "eos_token_id": self.tokenizer.eos_id,
             "stop_token_ids": sorted(self.tokenizer.stop_ids), "add_bos": self.tokenizer.add_bos,
             "chat_template": m.chat_template,

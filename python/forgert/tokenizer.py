@@ -14,6 +14,9 @@ from .errors import ModelFormatError
 from .tokenizer_build import tokenizer_from_gguf
 
 
+_GEMMA_EOT = "<end_of_turn>"   # llama.cpp's llama_vocab::load lists it among the end-of-generation texts
+
+
 def _token_content(v):
     """tokenizer_config.json writes a token as "str" or {"content": "str", ...}."""
     if isinstance(v, dict):
@@ -63,9 +66,12 @@ class ModelTokenizer:
             return v
 
         kind = meta.get("tokenizer.ggml.model")
+        eot_id = special("tokenizer.ggml.eot_token_id")
+        if eot_id is None:   # llama.cpp recognises Gemma's end-of-turn token by its text
+            eot_id = tok.token_to_id(_GEMMA_EOT)
         return cls(tok, bos_id=special("tokenizer.ggml.bos_token_id"),
                    eos_id=special("tokenizer.ggml.eos_token_id"),
-                   eot_id=special("tokenizer.ggml.eot_token_id"),
+                   eot_id=eot_id,
                    extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
                    # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise
                    add_bos=meta.get("tokenizer.ggml.add_bos_token", kind == "llama"),

@@ -122,8 +122,10 @@ typedef struct {
     int32_t split_len;    // keys per split
     float scale;
     int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
+    float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
+    int32_t pad0;
 } attention_args;
-FG_ARGS_ASSERT(sizeof(attention_args) == 56, "attention_args layout");
+FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
 
 // attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
 // queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head
@@ -148,8 +150,10 @@ typedef struct {
     int32_t tile_keys;
     float scale;
     int32_t window;       // as in attention_args
+    float softcap;        // as in attention_args
+    int32_t pad0;
 } attention_prefill_args;
-FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 56, "attention_prefill_args layout");
+FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
 
 // attention_reduce: slots 1 partials, 2 out; grid (H, n); threads: 32 * ceil(hd / 32)
 typedef struct {
@@ -173,6 +177,15 @@ typedef struct {
     int32_t pad0;
 } elementwise_args;
 FG_ARGS_ASSERT(sizeof(elementwise_args) == 32, "elementwise_args layout");
+
+// scale_f32: x *= value.  softcap_f32: x = value * tanh(x / value).  Both in place.
+// slots: 1 x f32 [n, dim]; grid: (ceil(dim / 256), n); threads: 256
+typedef struct {
+    uint64_t x_stride;
+    int32_t dim;
+    float value;
+} unary_args;
+FG_ARGS_ASSERT(sizeof(unary_args) == 16, "unary_args layout");
 
 // --- get_rows: out[t, :] = f32(table[ids[t], :]); an id outside [0, table_rows) gives zeros ---
 // slots: 1 table (any weight type), 2 ids i32 [n], 3 out f32 [n, cols]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..features import config_features
 from .common import resolve_model_path
 
 
@@ -29,7 +30,7 @@ def describe(loaded) -> dict:
         "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "vocab": c.vocab,
         "context_length": c.context_length, "rope_theta": c.rope_theta,
         "rope_scaling": (c.rope_scaling or {}).get("type"), "rms_eps": c.rms_eps,
-        "tied_embeddings": c.tied_embeddings,
+        "tied_embeddings": c.tied_embeddings, "features": config_features(c),
         "bos_token": _special(tok, tok.bos_id), "eos_token": _special(tok, tok.eos_id),
         "stop_token_ids": sorted(tok.stop_ids), "add_bos": tok.add_bos,
         "chat_template": loaded.chat_template,
@@ -83,6 +84,7 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
         ("rope", f"theta {d['rope_theta']:g}, scaling {d['rope_scaling'] or 'none'}"),
         ("rms eps", f"{d['rms_eps']:g}"),
         ("embeddings", "tied (output = token_embd)" if d["tied_embeddings"] else "separate output"),
+        *([("features", "; ".join(d["features"]))] if d["features"] else []),
         ("bos", token(d["bos_token"]) + (" (added to prompts)" if d["add_bos"] else "")),
         ("eos", token(d["eos_token"])),
         ("stop token ids", ", ".join(map(str, d["stop_token_ids"])) or "none"),

@@ -39,6 +39,8 @@ struct AttentionParams {
     float scale = 1.0f;    // usually 1/sqrt(head_dim)
     int window = 0;        // > 0: sliding-window attention, the query at position p sees keys
                            // p - window + 1 .. p (Mistral); 0: all keys 0 .. p
+    float softcap = 0.0f;  // > 0: each score s = scale * q.k becomes softcap * tanh(s / softcap)
+                           // before the softmax (Gemma 2's attention-logit soft-capping); 0: none
 };
 
 class Backend {
@@ -91,6 +93,12 @@ public:
     }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
+    // RMSNorm over each head of x, in place, before RoPE (Qwen3's QK-norm): x viewed as
+    // [n * heads, head_dim] rows, each row r of it x[r] / sqrt(mean(x[r]^2) + eps) * w.
+    // x f32 [n, heads * head_dim], rows contiguous; w f32 [head_dim]. The rows of a head are
+    // rms_norm's rows, so every backend's rms_norm serves (in place is safe there: a row is
+    // read whole before it is written); see docs/design.md for why it is not fused into RoPE.
+    void head_rms_norm(const Tensor& x, const Tensor& w, float eps);
     // Everything between the QKV projection and attention, fused: rotate each head of q and
     // k (in place) by RoPE, token i's pair j by angle ((pos0 + i) * freqs[j]) with cos and sin
     // times p.attn_factor, then store k and v as f16 at cache rows pos0 + i
@@ -109,6 +117,13 @@ public:
     virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
     // out = a + b, elementwise (out may alias a)                      all [n, dim]
     virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+    // out = gelu_tanh(gate) * up, elementwise (GeGLU: Gemma's feed-forward), with
+    // gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))        all [n, dim]
+    virtual void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+    // x *= s, in place (Gemma's embeddings times sqrt(dim))             x [n, dim]
+    virtual void scale(const Tensor& x, float s) = 0;
+    // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]
+    virtual void softcap(const Tensor& x, float cap) = 0;
     // out[i] = argmax_j x[i, j] (first index on ties)                 x [n, vocab]; out i32 [n]
     virtual void argmax(const Tensor& out, const Tensor& x) = 0;
 };

@@ -287,7 +287,8 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         nq++;
                     }
                 }
-                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), nullptr);
+                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
+                                   nullptr);
             }
         }
     });
@@ -324,7 +325,7 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
             }
             const uint16_t* kp = row_f16(k_cache, k0) + kvh * hd;
             const uint16_t* vp = row_f16(v_cache, k0) + kvh * hd;
-            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), lse);
+            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(), lse);
         }
     });
     // out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): the softmax over all
@@ -367,6 +368,48 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
         const float* br = row_f32(b, r);
         float* o = row_f32(out, r);
         for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
+    }
+}
+
+namespace {
+// tanh-approximated GELU, as transformers' gelu_pytorch_tanh and llama.cpp's ggml_gelu
+inline float gelu_tanh(float g) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    return 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g)));
+}
+}  // namespace
+
+void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    const int64_t cols = out.cols;
+    auto rows = [&](int64_t r, int64_t c0, int64_t c1) {
+        const float* g = row_f32(gate, r);
+        const float* u = row_f32(up, r);
+        float* o = row_f32(out, r);
+        for (int64_t c = c0; c < c1; c++) o[c] = gelu_tanh(g[c]) * u[c];
+    };
+    if (out.rows == 1) {  // decode: split the one row
+        pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) { rows(0, c0, c1); });
+        return;
+    }
+    pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) rows(r, 0, cols);
+    });
+}
+
+void CpuBackend::scale(const Tensor& x, float s) {
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
+    }
+}
+
+void CpuBackend::softcap(const Tensor& x, float cap) {
+    const float inv = 1.0f / cap;
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; c++) xr[c] = cap * std::tanh(xr[c] * inv);
+        });
     }
 }
 

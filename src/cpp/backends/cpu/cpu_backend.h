@@ -33,6 +33,9 @@ public:
                    const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+    void scale(const Tensor& x, float s) override;
+    void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
 private:

@@ -273,8 +273,9 @@ struct NeonAttentionOps : ScalarAttentionOps {
 };
 
 void attention_group(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work, float* lse) {
-    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work, lse);
+                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
+                     float* lse) {
+    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
 }
 
 }  // namespace

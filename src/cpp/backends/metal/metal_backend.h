@@ -48,6 +48,9 @@ public:
                    const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+    void scale(const Tensor& x, float s) override;
+    void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
     // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).
@@ -74,6 +77,8 @@ private:
     // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32 or add_f32.
     void encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name, const Tensor& out,
                        const Tensor& a, const Tensor& b);
+    // x = f(x, value) in place over [n, dim] rows: scale_f32 or softcap_f32.
+    void encode_unary(const char* kernel, const Tensor& x, float value);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
 

@@ -3,6 +3,7 @@
 // every Apple GPU allows: <= 1024 threads per threadgroup, simdgroups of 32,
 // <= 32 KB of threadgroup memory.
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "backends/metal/metal_backend.h"
@@ -257,6 +258,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     if (n == 0) return;
 
     need(p.window >= 0, "attention", "negative window");
+    need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
     // Split each query's keys so that (splits x heads x queries) fills the GPU. A query
     // sees at most `span` keys (its window); the splits of shorter ones stay empty.
     const int64_t kv_max = pos0 + n;
@@ -285,6 +287,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         a.tile_keys = std::min(64, FG_ATTN_TILE_HALFS / p.head_dim);
         a.scale = p.scale;
         a.window = p.window;
+        a.softcap = p.softcap;
         encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out)},
                {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
@@ -303,6 +306,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.split_len = (int32_t)split_len;
     a.scale = p.scale;
     a.window = p.window;
+    a.softcap = p.softcap;
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
@@ -349,6 +353,27 @@ void MetalBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor&
 
 void MetalBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     encode_binary("add_f32", "add", "a", "b", out, a, b);
+}
+
+void MetalBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    encode_binary("gelu_mul_f32", "gelu_mul", "gate", "up", out, gate, up);
+}
+
+void MetalBackend::encode_unary(const char* kernel, const Tensor& x, float value) {
+    need_f32_rows(x, kernel, "x", x.rows, x.cols);
+    unary_args a{};
+    a.x_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    a.value = value;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode(kernel, &a, sizeof a, {writes(x)}, {ceil_div(x.cols, threads), (uint32_t)x.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::scale(const Tensor& x, float s) { encode_unary("scale_f32", x, s); }
+
+void MetalBackend::softcap(const Tensor& x, float cap) {
+    need(cap > 0.0f && std::isfinite(cap), "softcap", "cap must be positive and finite");
+    encode_unary("softcap_f32", x, cap);
 }
 
 void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
