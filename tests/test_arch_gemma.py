@@ -289,3 +289,16 @@ def test_gguf_attention_scale_follows_llama_cpp(n_layers, head_scale):
     c = config_from_gguf(meta, 256000, "t", TensorCensus(10_000, 1 << 20))
     assert c.attn_scale == pytest.approx(head_scale ** -0.5)
     assert (c.attn_softcap, c.final_softcap) == (50.0, 30.0)     # llama.cpp's defaults
+
+
+@pytest.mark.parametrize("arch, dropped", [("gemma2", "blk.1.post_ffw_norm.weight"),
+                                           ("gemma2", "blk.0.post_attention_norm.weight"),
+                                           ("gemma3", "blk.5.attn_q_norm.weight")])
+def test_missing_gemma_tensor_is_refused(forgert, tiny, tmp_path, arch, dropped):
+    """A Gemma GGUF without one of its post-norms or QK-norms is an error naming the tensor."""
+    tm = tiny[arch]
+    tensors = gf.gguf_tensors(tm.model)
+    del tensors[dropped]
+    path = gf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "missing.gguf", "F32", tensors=tensors)
+    with pytest.raises(ValueError, match=dropped.replace(".", r"\.")):
+        forgert.Model(str(path), backend="cpu")

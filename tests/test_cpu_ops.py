@@ -998,3 +998,19 @@ def test_attention_rejects_negative_softcap(ops_for):
     cache = np.zeros((8, 4 * 16), np.float16)
     with pytest.raises(ValueError, match="softcap"):
         ops_for("cpu").attention(q, cache, cache, 0, 4, 4, 16, 0.25, 0, softcap=-1.0)
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q5_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
+def test_matmul_geglu(ops_for, backend, dtype_id, rows, cols, n):
+    """gelu_tanh(w_gate x) * (w_up x): GeGLU's gate and up projections (Metal decode: one fused
+    pass, as matmul_swiglu)."""
+    rng = rng_for("matmul_geglu", dtype_id, rows, cols, n, backend)
+    raw_g, raw_u = encode_weights(randn(rng, rows, cols), dtype_id), encode_weights(randn(rng, rows, cols), dtype_id)
+    x = randn(rng, n, cols, scale=0.3)
+    g = np.asarray(x, np.float64) @ decode_weights(raw_g, dtype_id, rows, cols).T
+    u = np.asarray(x, np.float64) @ decode_weights(raw_u, dtype_id, rows, cols).T
+    out = ops_for(backend).matmul_geglu(raw_g, raw_u, dtype_id, rows, cols, x)
+    assert out.shape == (n, rows)
+    # gelu' <= 1.13 as silu' <= 1.1: matmul_swiglu's bound
+    assert nmse(out, gelu_tanh_reference(g) * u) < 4 * matmul_bound(backend, dtype_id, n)

@@ -36,11 +36,12 @@ typedef struct {
     int32_t x_vec4;       // 1: x rows are 16-byte aligned and cols % 4 == 0 (float4 loads)
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
     int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
-    int32_t pad0;
+    int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
 } mul_mv_args;
 FG_ARGS_ASSERT(sizeof(mul_mv_args) == 48, "mul_mv_args layout");
 // mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
-// feed-forward's gate and up projections and SiLU * mul in one pass over x.
+// feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
+// SiLU with args.gelu: Gemma's GeGLU).
 // slots: 1 w (gate), 2 x, 3 out, 4 w_up (w's type and shape); args and grid as mul_mv
 
 // --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---

@@ -104,6 +104,13 @@ public:
         run([&] { be_->matmul_swiglu(Y, G, U, X, S); });
         return download(Y);
     }
+    F32 matmul_geglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        Tensor G = weight(w_gate, dtype, rows, cols), U = weight(w_up, dtype, rows, cols), X = f32(x);
+        Tensor Y = empty(DType::F32, X.rows, rows), S = empty(DType::F32, X.rows, rows);
+        run([&] { be_->matmul_geglu(Y, G, U, X, S); });
+        return download(Y);
+    }
     F32 get_rows(const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
         for (py::ssize_t i = 0; i < ids.size(); i++)
             need(ids.data()[i] >= 0 && ids.data()[i] < rows, "id out of range");
@@ -230,6 +237,8 @@ void bind_ops(py::module_& m) {
         .def("matmul_add", &Ops::matmul_add, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("x"), py::arg("out"))
         .def("matmul_swiglu", &Ops::matmul_swiglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
+             py::arg("cols"), py::arg("x"))
+        .def("matmul_geglu", &Ops::matmul_geglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
              py::arg("cols"), py::arg("x"))
         .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("ids"))

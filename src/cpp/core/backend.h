@@ -91,6 +91,14 @@ public:
         matmul_many(outs, ws, 2, x);
         silu_mul(out, out, scratch);
     }
+    // out = gelu_tanh(w_gate x^T) * (w_up x^T): the first half of a GeGLU feed-forward (Gemma).
+    // Shapes and scratch as matmul_swiglu.
+    virtual void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                              const Tensor& scratch) {
+        const Tensor outs[2] = {out, scratch}, ws[2] = {w_gate, w_up};
+        matmul_many(outs, ws, 2, x);
+        gelu_mul(out, out, scratch);
+    }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
     // RMSNorm over each head of x, in place, before RoPE (Qwen3's QK-norm): x viewed as

@@ -102,13 +102,10 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
-        if (cfg_.ffn_gelu) {  // gate = gelu_tanh(w_gate xn) * (w_up xn)
-            const Tensor outs[2] = {gate, up}, ws[2] = {L.w_gate, L.w_up};
-            be.matmul_many(outs, ws, 2, xn);
-            be.gelu_mul(gate, gate, up);
-        } else {
+        if (cfg_.ffn_gelu)
+            be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
+        else
             be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
-        }
         add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }

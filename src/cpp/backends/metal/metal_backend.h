@@ -42,6 +42,8 @@ public:
     void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
     void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                        const Tensor& scratch) override;
+    void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                      const Tensor& scratch) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, int pos0, const RopeKvParams& p) override;
     void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
@@ -77,6 +79,9 @@ private:
     // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32 or add_f32.
     void encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name, const Tensor& out,
                        const Tensor& a, const Tensor& b);
+    // Decode: the gate and up projections and the activation in one mul_mv_swiglu pass
+    // (gelu: GeGLU); false where that kernel does not apply (the caller falls back).
+    bool encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x, bool gelu);
     // x = f(x, value) in place over [n, dim] rows: scale_f32 or softcap_f32.
     void encode_unary(const char* kernel, const Tensor& x, float value);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().

@@ -141,18 +141,31 @@ void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& 
 
 // Decode: one GEMV pass over x computes the gate and up rows together and stores
 // silu(gate) * up. Prefill keeps two GEMMs and the elementwise kernel.
-void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                 const Tensor& scratch) {
-    need_matmul_shapes(out, w_gate, x, "matmul_swiglu");
-    need_matmul_shapes(out, w_up, x, "matmul_swiglu");
+bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                    bool gelu) {
+    const char* op = gelu ? "matmul_geglu" : "matmul_swiglu";
+    need_matmul_shapes(out, w_gate, x, op);
+    need_matmul_shapes(out, w_up, x, op);
     // One args struct serves both weights: they must agree in type, stride and alignment.
-    const mul_mv_args a = make_mul_mv_args(out, w_gate, x, false);
+    mul_mv_args a = make_mul_mv_args(out, w_gate, x, false);
     const bool fused = x.rows < kMulMmMinTokens && w_gate.type == w_up.type && w_gate.stride == w_up.stride &&
                        a.w_vec4 == make_mul_mv_args(out, w_up, x, false).w_vec4;
-    if (!fused) return Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+    if (!fused) return false;
+    a.gelu = gelu ? 1 : 0;
     encode(std::string("mul_mv_swiglu_") + weight_suffix(w_gate.type), &a, sizeof a,
            {reads(w_gate), reads(x), writes(out), reads(w_up)},
            {ceil_div(w_gate.rows, FG_MV_ROWS_PER_TG), (uint32_t)x.rows, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+    return true;
+}
+
+void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                 const Tensor& scratch) {
+    if (!encode_fused_glu(out, w_gate, w_up, x, false)) Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+}
+
+void MetalBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                const Tensor& scratch) {
+    if (!encode_fused_glu(out, w_gate, w_up, x, true)) Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
 }
 
 void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
