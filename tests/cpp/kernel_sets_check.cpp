@@ -196,6 +196,9 @@ void check(const KernelSet* k, int cols) {
     g->silu_mul_row(gs.data(), us.data(), sa.data(), 1000);
     k->silu_mul_row(gs.data(), us.data(), sb.data(), 1000);
     expect_close(k->name, "silu_mul_row", sa, sb, 1e-6);
+    g->gelu_mul_row(gs.data(), us.data(), sa.data(), 1000);
+    k->gelu_mul_row(gs.data(), us.data(), sb.data(), 1000);
+    expect_close(k->name, "gelu_mul_row", sa, sb, 1e-6);
 }
 
 }  // namespace

@@ -371,28 +371,16 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     }
 }
 
-namespace {
-// tanh-approximated GELU, as transformers' gelu_pytorch_tanh and llama.cpp's ggml_gelu
-inline float gelu_tanh(float g) {
-    constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    return 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g)));
-}
-}  // namespace
-
 void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
     const int64_t cols = out.cols;
-    auto rows = [&](int64_t r, int64_t c0, int64_t c1) {
-        const float* g = row_f32(gate, r);
-        const float* u = row_f32(up, r);
-        float* o = row_f32(out, r);
-        for (int64_t c = c0; c < c1; c++) o[c] = gelu_tanh(g[c]) * u[c];
-    };
-    if (out.rows == 1) {  // decode: split the one row
-        pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) { rows(0, c0, c1); });
+    if (out.rows == 1) {  // decode: split the one row, as silu_mul
+        pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
+            k_.gelu_mul_row(row_f32(gate, 0) + c0, row_f32(up, 0) + c0, row_f32(out, 0) + c0, c1 - c0);
+        });
         return;
     }
     pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) rows(r, 0, cols);
+        for (int64_t r = r0; r < r1; r++) k_.gelu_mul_row(row_f32(gate, r), row_f32(up, r), row_f32(out, r), cols);
     });
 }
 

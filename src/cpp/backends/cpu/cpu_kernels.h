@@ -61,6 +61,8 @@ struct KernelSet {
                             float softcap, float* work, float* lse);
     // y[i] = silu(g[i]) * u[i]
     void (*silu_mul_row)(const float* g, const float* u, float* y, int64_t n);
+    // y[i] = gelu_tanh(g[i]) * u[i] (GeGLU), gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+    void (*gelu_mul_row)(const float* g, const float* u, float* y, int64_t n);
 };
 
 constexpr int kMaxHeadDim = 256;

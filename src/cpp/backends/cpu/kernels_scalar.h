@@ -188,6 +188,12 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
     for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+inline void gelu_mul_row_scalar(const float* g, const float* u, float* y, int64_t n) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0.5f * g[i] * (1.0f + std::tanh(kSqrt2OverPi * (g[i] + 0.044715f * g[i] * g[i] * g[i]))) * u[i];
+}
+
 // s = cap * tanh(s / cap) over a block's scores (rows kAttnChunk apart), Gemma 2's soft-capping.
 inline void soft_cap_scores(float* s, int nq, int64_t nk, float cap) {
     const float inv = 1.0f / cap;
