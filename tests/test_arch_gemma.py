@@ -302,3 +302,53 @@ def test_missing_gemma_tensor_is_refused(forgert, tiny, tmp_path, arch, dropped)
     path = gf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "missing.gguf", "F32", tensors=tensors)
     with pytest.raises(ValueError, match=dropped.replace(".", r"\.")):
         forgert.Model(str(path), backend="cpu")
+
+
+# ----------------------------------------------------------------------------- Gemma's SentencePiece GGUF
+
+GEMMA_SPM_TEXTS = ["the cat sat on the mat", " the  cat", "ü 😀 is it", "hello\nworld",
+                   "<start_of_turn>user\nthe cat<end_of_turn>\n<start_of_turn>model\n", "mat"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sentencepiece_gguf_tokenizer_matches_transformers(tmp_path, arch):
+    """Real Gemma GGUFs carry a SentencePiece ("llama") vocabulary written by the converter's
+    _set_vocab_sentencepiece with add_space_prefix false, byte-fallback tokens and the turn
+    markers as control tokens: forgert's tokenizer against transformers' GGUF tokenizer loader,
+    and <end_of_turn> found as the EOT by its text (the file has no eot_token_id)."""
+    import gguf
+    from test_tokenizer import SPM_PIECES
+
+    from forgert.gguf import GGUFFile
+    from forgert.tokenizer import ModelTokenizer
+    transformers = pytest.importorskip("transformers")
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", gf.START_OF_TURN, gf.END_OF_TURN]
+    pieces = SPM_PIECES + ["▁▁", "\n", "▁\n"]
+    path = tmp_path / "gemma-spm.gguf"
+    w = gguf.GGUFWriter(str(path), arch)
+    for add in (w.add_context_length, w.add_embedding_length, w.add_block_count, w.add_feed_forward_length,
+                w.add_head_count):
+        add(64)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(specials + [f"<0x{b:02X}>" for b in range(256)] + pieces)
+    w.add_token_scores([0.0] * (len(specials) + 256) + [-float(i) for i in range(len(pieces))])
+    w.add_token_types([3, 3, 3, 2, 3, 3] + [6] * 256 + [1] * len(pieces))
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    ours = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
+    for text in GEMMA_SPM_TEXTS:
+        ids = ours.encode(text)
+        assert ids == ref.encode(text), text
+        assert ids[0] == 2
+        assert ours.decode(ids[1:]) == ref.decode(ids[1:])
+    assert ours.eot_id == 5 and ours.stop_ids == {1, 5}

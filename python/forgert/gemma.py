@@ -121,7 +121,9 @@ def apply_hf(hf: dict, cfg, source) -> None:
                           f"{cfg.n_layers} layers, got {types!r}")
         local = [t == "sliding_attention" for t in types]
     window = hf.get("sliding_window", 4096)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    if not any(local):
+        window = 0
+    elif isinstance(window, bool) or not isinstance(window, int) or window < 1:
         _fail(source, f"sliding_window must be a positive integer, got {window!r}")
 
     params = hf.get("rope_parameters") or {}
