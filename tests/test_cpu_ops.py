@@ -1015,3 +1015,16 @@ def test_matmul_geglu(ops_for, backend, dtype_id, rows, cols, n):
     assert out.shape == (n, rows)
     # gelu' <= 1.13 as silu' <= 1.1: matmul_swiglu's bound
     assert nmse(out, gelu_tanh_reference(g) * u) < 4 * matmul_bound(backend, dtype_id, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (7, 1152), (33, 2304)])
+def test_add_rms_norm(ops_for, backend, n, dim):
+    """x + rms_norm(y) * w: Gemma's post-attention / post-feed-forward norm with its residual add."""
+    rng = rng_for("add_rms_norm", n, dim)
+    x, y = randn(rng, n, dim, scale=10.0), randn(rng, n, dim, scale=3.0)
+    w = (1.0 + 0.3 * rng.standard_normal(dim)).astype(np.float32)
+    y64 = y.astype(np.float64)
+    ref = x + y64 / np.sqrt(np.mean(y64 ** 2, axis=1, keepdims=True) + 1e-6) * w
+    # f32 rounding of the norm and of the add (measured 7.0e-16 CPU, 8.1e-16 Metal)
+    assert nmse(ops_for(backend).add_rms_norm(x, y, w, 1e-6), ref) < 5e-15

@@ -418,6 +418,16 @@ def test_gemma_elementwise(metal, cpu, dim):
     np.testing.assert_allclose(metal.softcap(x, 30.0), cpu.softcap(x, 30.0), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [7, 1152, 2304])   # 2304 > 1024 threads: each thread loops
+def test_add_rms_norm(metal, cpu, dim):
+    """x += rms_norm(y) * w in one pass (Gemma's post-norms with their residual adds)."""
+    r = rng("add_rms_norm", dim)
+    x = r.standard_normal((3, dim), dtype=np.float32) * 10
+    y = r.standard_normal((3, dim), dtype=np.float32) * 4
+    w = r.standard_normal(dim, dtype=np.float32)
+    assert nmse(metal.add_rms_norm(x, y, w, 1e-6), cpu.add_rms_norm(x, y, w, 1e-6)) < 1e-12   # as test_rms_norm
+
+
 def test_head_rms_norm(metal, cpu):
     r = rng("head_rms_norm")
     x = r.standard_normal((5, 8 * 256), dtype=np.float32) * 3

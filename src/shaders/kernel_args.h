@@ -74,8 +74,10 @@ typedef struct {
     uint64_t out_stride;
     int32_t dim;
     float eps;
+    int32_t accumulate;   // 1: out += the normed row (a post-norm fused with its residual add); 0: out =
+    int32_t pad0;
 } rms_norm_args;
-FG_ARGS_ASSERT(sizeof(rms_norm_args) == 24, "rms_norm_args layout");
+FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 
 // --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
 // slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],

@@ -182,6 +182,12 @@ public:
         run([&] { be_->silu_mul(Y, G, U); });
         return download(Y);
     }
+    F32 add_rms_norm(const F32& x, const F32& y, const F32& w, float eps) {  // x + rms_norm(y) * w
+        need(x.size() == y.size() && w.size() == cols_of(y), "x and y must have one shape, w y's column count");
+        Tensor X = f32(x), Y = f32(y), W = f32(w);
+        run([&] { be_->add_rms_norm(X, Y, W, eps); });
+        return download(X);
+    }
     F32 gelu_mul(const F32& g, const F32& u) {
         need(g.size() == u.size(), "gate and up must have the same shape");
         Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
@@ -252,6 +258,7 @@ void bind_ops(py::module_& m) {
              py::arg("softcap") = 0.0f)
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
         .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
+        .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
         .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
         .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))
         .def("head_rms_norm", &Ops::head_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))

@@ -101,6 +101,12 @@ public:
     }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
+    // x += rms_norm(y) * w: a post-norm with its residual add (Gemma's sandwich norms), where the
+    // fused projection-and-add cannot go.  x, y [n, dim]; w f32 [dim]; y may be overwritten.
+    virtual void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+        rms_norm(y, y, w, eps);
+        add(x, x, y);
+    }
     // RMSNorm over each head of x, in place, before RoPE (Qwen3's QK-norm): x viewed as
     // [n * heads, head_dim] rows, each row r of it x[r] / sqrt(mean(x[r]^2) + eps) * w.
     // x f32 [n, heads * head_dim], rows contiguous; w f32 [head_dim]. The rows of a head are

@@ -74,12 +74,12 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
                     cfg_.rope_attn_factor};
     AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.attention_scale(), 0, cfg_.attn_softcap};
     // x += w in, through the fused projection-and-add; a post-norm (Gemma's sandwich) sits
-    // between the projection and the add, so there the projection goes to scratch first.
+    // between the projection and the add, so there the projection goes to scratch first and
+    // the norm carries the add.
     auto add_projection = [&](const Tensor& w, const Tensor& in, const Tensor& post_norm) {
         if (!post_norm.rows) return be.matmul_add(x, w, in, proj);
         be.matmul(proj, w, in);
-        be.rms_norm(proj, proj, post_norm, cfg_.rms_eps);
-        be.add(x, x, proj);
+        be.add_rms_norm(x, proj, post_norm, cfg_.rms_eps);  // x += rms_norm(proj) * post_norm
     };
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];

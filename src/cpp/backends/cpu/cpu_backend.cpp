@@ -64,6 +64,14 @@ void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& 
 }
 
 void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    rms_norm_rows(out, x, w, eps, false);
+}
+
+void CpuBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+    rms_norm_rows(x, y, w, eps, true);
+}
+
+void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
     const int64_t dim = x.cols;
     const float* wv = w.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
@@ -73,7 +81,10 @@ void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, f
             double ss = 0.0;  // double: rows of thousands of squares stay exact enough for 1e-6 agreement
             for (int64_t c = 0; c < dim; c++) ss += (double)xr[c] * xr[c];
             const float scale = (float)(1.0 / std::sqrt(ss / dim + eps));
-            for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
+            if (accumulate)
+                for (int64_t c = 0; c < dim; c++) yr[c] += xr[c] * scale * wv[c];
+            else
+                for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
         }
     });
 }

@@ -37,6 +37,7 @@ public:
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
@@ -82,6 +83,8 @@ private:
     // Decode: the gate and up projections and the activation in one mul_mv_swiglu pass
     // (gelu: GeGLU); false where that kernel does not apply (the caller falls back).
     bool encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x, bool gelu);
+    // out = rms_norm(x) * w, or out += it with accumulate: rms_norm_f32.
+    void encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
     // x = f(x, value) in place over [n, dim] rows: scale_f32 or softcap_f32.
     void encode_unary(const char* kernel, const Tensor& x, float value);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().

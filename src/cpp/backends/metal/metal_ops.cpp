@@ -188,6 +188,14 @@ void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor
 }
 
 void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    encode_rms_norm(out, x, w, eps, false);
+}
+
+void MetalBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+    encode_rms_norm(x, y, w, eps, true);
+}
+
+void MetalBackend::encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
     need(x.cols > 0, "rms_norm", "empty rows");
     need_f32_rows(x, "rms_norm", "x", x.rows, x.cols);
     need_f32_rows(out, "rms_norm", "out", x.rows, x.cols);
@@ -197,6 +205,7 @@ void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w,
     a.out_stride = out.stride;
     a.dim = (int32_t)x.cols;
     a.eps = eps;
+    a.accumulate = accumulate ? 1 : 0;
     const uint32_t threads = std::min<uint32_t>(thread_cap("rms_norm_f32"), round_up_simd(x.cols));
     encode("rms_norm_f32", &a, sizeof a, {reads(x), reads(w), writes(out)}, {(uint32_t)x.rows, 1, 1},
            {threads, 1, 1}, FG_SIMD_WIDTH * sizeof(float));
