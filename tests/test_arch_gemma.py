@@ -384,3 +384,19 @@ def test_head_dim_256_logits_match_transformers(forgert, tiny_hd256, metal_reaso
     ids = token_ids(tm, 12, 6)
     compare_logits(decode_logits(m, ids), mf.reference_logits(ref, ids), **bounds_for(fmt, 1, backend),
                    what=f"head_dim 256 {fmt} {backend} decode")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefill_after_cached_prefix_matches_transformers(forgert, tiny, refs, metal_reason, arch, backend):
+    """A prompt continuing a cached one (a chat's next turn): 30 positions, then 26 more at
+    pos 30 in one batch, every local layer's window (8) starting inside the new batch and in
+    the cached rows."""
+    require_backend(backend, metal_reason)
+    tm = tiny[arch]
+    ids = token_ids(tm, 56, 7)
+    eng = forgert.Model(str(tm.path("gguf-F32")), backend=backend)._engine
+    eng.forward(np.asarray(ids[:30], np.int32), 0)
+    out = np.asarray(eng.forward(np.asarray(ids[30:], np.int32), 30, all_logits=True))
+    ref = mf.reference_logits(refs(arch, "gguf-F32"), ids)[30:]
+    compare_logits(out, ref, **bounds_for("gguf-F32", 26, backend), what=f"{arch} {backend} cached prefix")
