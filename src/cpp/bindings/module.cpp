@@ -88,6 +88,16 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_freqs.assign(f.data(), f.data() + f.size());
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
+    if (d.contains("embed_scale")) c.embed_scale = get<float>(d, "embed_scale");
+    if (d.contains("attn_scale")) c.attn_scale = get<float>(d, "attn_scale");
+    if (d.contains("attn_softcap")) c.attn_softcap = get<float>(d, "attn_softcap");
+    if (d.contains("final_softcap")) c.final_softcap = get<float>(d, "final_softcap");
+    if (d.contains("ffn_act")) {
+        const std::string act = get<std::string>(d, "ffn_act");
+        if (act != "silu" && act != "gelu_tanh")
+            throw InputError("model config 'ffn_act' must be \"silu\" or \"gelu_tanh\", got \"" + act + "\"");
+        c.ffn_gelu = act == "gelu_tanh";
+    }
     return c;
 }
 
