@@ -104,14 +104,21 @@ def quantize_q5_1(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape[0], -1)
 
 
-def _by_row_chunks(quantize, max_weights: int = 1 << 20):
-    """quantize(x [r, cols]) -> bytes, run on chunks of rows (the searches hold a few float32
-    copies of their input) and returned as uint8 [rows, row bytes]."""
+def _by_row_chunks(quantize, max_weights: int = 1 << 16):
+    """quantize(x [r, cols]) -> bytes, run on chunks of rows on every allowed CPU (NumPy releases
+    the GIL; small chunks keep the searches' float32 temporaries in cache), returned as uint8
+    [rows, row bytes]."""
     def run(x: np.ndarray) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+        from .cpu_topology import allowed_cpus
         rows, cols = x.shape
         step = max(1, max_weights // max(cols, 1))
-        parts = [quantize(x[r:r + step]).reshape(min(step, rows - r), -1) for r in range(0, rows, step)]
-        return np.concatenate(parts, axis=0)
+        starts = range(0, rows, step)
+        one = lambda r: quantize(x[r:r + step]).reshape(min(step, rows - r), -1)   # noqa: E731
+        if len(starts) == 1:
+            return one(0)
+        with ThreadPoolExecutor(max_workers=min(len(starts), len(allowed_cpus()))) as pool:
+            return np.concatenate(list(pool.map(one, starts)), axis=0)
     return run
 
 

@@ -20,9 +20,13 @@ QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)   # a sub-block whose largest |x| is below this is all zero
 # IQ4_NL / IQ4_XS levels (ggml-common.h kvalues_iq4nl): a non-uniform 4-bit grid
 IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
-# Nearest level of v: levels strictly below the midpoints count; a tie goes to the upper
-# level, as ggml's best_index_int8.
+# Nearest level of v, a tie going to the upper level as ggml's best_index_int8 does. The
+# midpoints between levels are multiples of 1/2, so the index is constant on each cell
+# [k/2, (k+1)/2): a table over the cells (v clamped to +-136, past both end levels) replaces a
+# search.
 _IQ4_MIDPOINTS = (IQ4_LEVELS[1:] + IQ4_LEVELS[:-1]) / 2
+_IQ4_CELLS = 272
+_IQ4_INDEX_OF_CELL = np.searchsorted(_IQ4_MIDPOINTS, np.arange(-_IQ4_CELLS, _IQ4_CELLS) / 2, side="right")
 
 F32 = np.float32
 
@@ -56,10 +60,20 @@ def search_scale_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, us
     flat = hi == lo
     sum_w = w.sum(axis=1)
     sum_x = (w * x).sum(axis=1)
+    sum_w64, sum_x64 = sum_w.astype(np.float64), sum_x.astype(np.float64)
 
-    def error(scale, offset, q):
-        diff = scale[:, None] * q + offset[:, None] - x
-        return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=1)
+    sum_xx = (w * x * x).sum(axis=1, dtype=np.float64)
+
+    def error(scale, offset, q, sums=None):
+        if use_mad or sums is None:
+            diff = scale[:, None] * q + offset[:, None] - x
+            return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=1)
+        # sum w (s q + o - x)^2 expanded over the sums already taken; in float64, as the terms
+        # cancel to the small residual
+        sum_l, sum_l2, sum_xl = (v.astype(np.float64) for v in sums)
+        s, o = scale.astype(np.float64), offset.astype(np.float64)
+        return (s * s * sum_l2 + 2 * s * o * sum_l + o * o * sum_w64 - 2 * s * sum_xl - 2 * o * sum_x64
+                + sum_xx).astype(np.float32)
 
     def rounded(levels, offset):
         iscale = F32(levels) * _safe_inverse(hi - offset)
@@ -79,7 +93,7 @@ def search_scale_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, us
         positive = this_offset > 0          # the offset would lift every weight: fit the scale alone
         this_scale = np.where(positive, sum_xl * _safe_inverse(sum_l2), this_scale)
         this_offset = np.where(positive, F32(0), this_offset)
-        cur = error(this_scale, this_offset, q)
+        cur = error(this_scale, this_offset, q, (sum_l, sum_l2, sum_xl))
         better = ok & (cur < best)
         best = np.where(better, cur, best)
         scale = np.where(better, this_scale, scale)
@@ -145,7 +159,9 @@ def search_scale_q3(x, nmax: int = 4, passes: int = 5):
 
 
 def _iq4_index(v: np.ndarray) -> np.ndarray:
-    return np.searchsorted(_IQ4_MIDPOINTS, v, side="right")
+    """float32 [...] -> index of the nearest IQ4 level, int [...]"""
+    cell = np.clip(np.floor(v * F32(2)), -_IQ4_CELLS, _IQ4_CELLS - 1).astype(np.int32)
+    return _IQ4_INDEX_OF_CELL[cell + _IQ4_CELLS]
 
 
 def search_scale_iq4(x, tries: int = 7):
