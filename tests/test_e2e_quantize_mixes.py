@@ -3,12 +3,14 @@ hidden 256: whole K-quant super-blocks) written by forgert in llama.cpp's Q4_K_M
 Q3_K_M and Q2_K mixes, then run by forgert on the CPU (prefill and decode) and on emulated Metal,
 against transformers' own GGUF loader reading the same file (it dequantizes with the gguf
 package), in f32 with forgert's f16 KV cache modelled. Bounds: test_e2e_tiny.py's per kernel
-path (measured values beside each test). IQ4_NL / IQ4_XS files are checked for their types and
-blocks only (tests/test_quantize_kquants.py): forgert does not run IQ4 weights yet.
+path (measured values beside each test). The IQ4_XS and IQ4_NL mixes run the same tests where
+forgert runs IQ4 weights (ggml_types.SUPPORTED; branch iq4) and are skipped before that, their
+files then checked for types and blocks only (tests/test_quantize_kquants.py).
 
 Both models have 2 layers, so llama.cpp's use_more_bits picks layer 1: Q4_K_M gives its attn_v
 and ffn_down Q6_K and layer 0's Q4_K; Q3_K_M gives the first two attn_v Q5_K; Q2_K (GQA 2 and 4)
-gives attn_v Q3_K / Q4_K, ffn_down and attn_output Q3_K; output.weight is Q6_K throughout."""
+gives attn_v Q3_K / Q4_K, ffn_down and attn_output Q3_K; IQ4_XS / IQ4_NL give attn_v Q5_K at GQA 4
+(Qwen2); output.weight is Q6_K throughout."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +20,15 @@ import model_factory as mf
 from test_e2e_kquants import SPECS
 from test_e2e_tiny import bounds_for, compare_logits, token_ids
 
-MIXES = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K"]
-CASES = [(spec, mix) for spec in ("llama_kq", "qwen2_kq") for mix in MIXES]
+def _runs_iq4() -> bool:
+    from forgert.ggml_types import IQ4_NL, IQ4_XS, SUPPORTED
+    return IQ4_NL in SUPPORTED and IQ4_XS in SUPPORTED
+
+
+_IQ4 = pytest.mark.skipif(not _runs_iq4(), reason="forgert on this branch does not run IQ4 weights (branch iq4)")
+MIXES = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL"]
+CASES = [pytest.param((spec, mix), id=f"{spec}-{mix}", marks=[_IQ4] if mix.startswith("IQ4") else [])
+         for spec in ("llama_kq", "qwen2_kq") for mix in MIXES]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +43,7 @@ def checkpoints(tmp_path_factory, tiny_tokenizer):
     return get
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.fixture(scope="module", params=CASES)
 def case(request, checkpoints):
     """(TinyModel with gguf_files[mix] written by `forgert quantize`, mix, transformers reference)."""
     from forgert.cli import main
@@ -50,11 +59,14 @@ def test_file_has_the_k_quant_types(case):
     import gguf
     tm, mix, _ = case
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tm.gguf_files[mix]).tensors}
-    base = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K"}[mix]
+    gqa4 = tm.spec.n_heads // tm.spec.n_kv_heads >= 4
+    base = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K", "IQ4_XS": "IQ4_XS",
+            "IQ4_NL": "IQ4_NL"}[mix]
     assert types["output.weight"] == "Q6_K"
     assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_up.weight"] == base
     layer1_v = {"Q4_K_M": "Q6_K", "Q5_K_M": "Q6_K", "Q6_K": "Q6_K", "Q3_K_M": "Q5_K",
-                "Q2_K": "Q4_K" if tm.spec.n_heads // tm.spec.n_kv_heads >= 4 else "Q3_K"}[mix]
+                "Q2_K": "Q4_K" if gqa4 else "Q3_K", "IQ4_XS": "Q5_K" if gqa4 else "IQ4_XS",
+                "IQ4_NL": "Q5_K" if gqa4 else "IQ4_NL"}[mix]
     assert types["blk.1.attn_v.weight"] == layer1_v
 
 

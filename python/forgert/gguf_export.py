@@ -20,10 +20,12 @@ from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
 from .quant_mix import MIXES, MixPlanner
-from .quants import QUANTIZERS, dequantize
+from .quants import QUANTIZERS as BLOCK_QUANTIZERS, dequantize
+from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .rope import base_inv_freqs, llama3_scaled
 
 TARGET_TYPES = tuple(MIXES)
+QUANTIZERS = {**BLOCK_QUANTIZERS, **SEARCH_QUANTIZERS}    # ggml type id -> float32 [rows, cols] -> bytes
 _SKIP_KEYS = ("general.architecture", "general.file_type", "general.alignment")
 
 

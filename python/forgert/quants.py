@@ -7,19 +7,15 @@ llama.cpp would write:
         q = min(15, trunc(x / d + 8.5))                                     w = d * (q - 8)
   Q4_1: d = (max - min) / 15, q = min(15, trunc((x - min) / d + 0.5))       w = d * q + min
 Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
-  Q5_0: d = m / -16 (m as Q4_0), q = min(31, trunc(x / d + 16.5))         w = d * (q - 16)
-  Q5_1: d = (max - min) / 31, q = trunc((x - min) / d + 0.5)                w = d * q + min
-Q5 nibbles as Q4's; q's fifth bit i in qh (little-endian uint32).
-Q2_K..Q6_K (256-weight super-blocks, layouts in quant_blocks.h) and IQ4_NL / IQ4_XS are quantized
-by quants_k.py (llama.cpp's scale searches).
+Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
+uint32).
+Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import quants_k
-from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K,
-                         Q8_0, type_name)
+from .ggml_types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 
 QK = 32
 
@@ -76,50 +72,6 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     q = np.minimum(15, np.trunc(v)).astype(np.uint8)
     out = np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=1)
     return out.reshape(x.shape[0], -1)
-
-
-def _q5_high_bits(q: np.ndarray) -> np.ndarray:
-    """q uint8 [n, 32] in 0..31 -> qh uint8 [n, 4]: bit i of the little-endian uint32 is q[i]'s bit 4"""
-    bits = ((q.astype(np.uint32) >> 4) & 1) << np.arange(QK, dtype=np.uint32)
-    return bits.sum(axis=1, dtype=np.uint32).astype("<u4").view(np.uint8).reshape(-1, 4)
-
-
-def quantize_q5_0(x: np.ndarray) -> np.ndarray:
-    """float32 [rows, cols] -> uint8 [rows, cols/32 * 22]: [d f16, qh 4, qs 16]"""
-    b = _blocks(x)
-    m = b[np.arange(len(b)), np.argmax(np.abs(b), axis=1)]
-    d = (m / np.float32(-16)).astype(np.float32)
-    q = np.minimum(31, np.trunc(b * _inverse(d)[:, None] + np.float32(16.5))).astype(np.uint8)
-    out = np.concatenate([_f16_bytes(d), _q5_high_bits(q), _pack_nibbles(q & 15)], axis=1)
-    return out.reshape(x.shape[0], -1)
-
-
-def quantize_q5_1(x: np.ndarray) -> np.ndarray:
-    """float32 [rows, cols] -> uint8 [rows, cols/32 * 24]: [d f16, m f16, qh 4, qs 16]"""
-    b = _blocks(x)
-    lo, hi = b.min(axis=1), b.max(axis=1)
-    d = ((hi - lo) / np.float32(31)).astype(np.float32)
-    q = np.minimum(31, np.trunc((b - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5))).astype(np.uint8)
-    out = np.concatenate([_f16_bytes(d), _f16_bytes(lo), _q5_high_bits(q), _pack_nibbles(q & 15)], axis=1)
-    return out.reshape(x.shape[0], -1)
-
-
-def _by_row_chunks(quantize, max_weights: int = 1 << 16):
-    """quantize(x [r, cols]) -> bytes, run on chunks of rows on every allowed CPU (NumPy releases
-    the GIL; small chunks keep the searches' float32 temporaries in cache), returned as uint8
-    [rows, row bytes]."""
-    def run(x: np.ndarray) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
-        from .cpu_topology import allowed_cpus
-        rows, cols = x.shape
-        step = max(1, max_weights // max(cols, 1))
-        starts = range(0, rows, step)
-        one = lambda r: quantize(x[r:r + step]).reshape(min(step, rows - r), -1)   # noqa: E731
-        if len(starts) == 1:
-            return one(0)
-        with ThreadPoolExecutor(max_workers=min(len(starts), len(allowed_cpus()))) as pool:
-            return np.concatenate(list(pool.map(one, starts)), axis=0)
-    return run
 
 
 def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
@@ -235,9 +187,4 @@ def _dequantize_q6_k(b: np.ndarray) -> np.ndarray:
     return w.reshape(-1, 256).astype(np.float32)
 
 
-QUANTIZERS = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1, Q5_0: quantize_q5_0,
-              Q5_1: quantize_q5_1}
-QUANTIZERS.update({qtype: _by_row_chunks(fn) for qtype, fn in (
-    (Q2_K, quants_k.quantize_q2_k), (Q3_K, quants_k.quantize_q3_k), (Q4_K, quants_k.quantize_q4_k),
-    (Q5_K, quants_k.quantize_q5_k), (Q6_K, quants_k.quantize_q6_k), (IQ4_NL, quants_k.quantize_iq4_nl),
-    (IQ4_XS, quants_k.quantize_iq4_xs))})
+QUANTIZERS = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1}

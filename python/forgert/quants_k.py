@@ -1,6 +1,7 @@
-"""NumPy quantizers for the K-quants (Q2_K..Q6_K) and IQ4_NL / IQ4_XS, with llama.cpp's scale
-searches (ggml-quants.c, the paths `llama-quantize` takes without an importance matrix),
-vectorized over every sub-block of a chunk of rows at once.
+"""NumPy quantizers for the types `forgert quantize` writes beyond quants.py's Q8_0 / Q4_0 / Q4_1:
+Q5_0 / Q5_1 (ggml's reference rounding, no search), and the K-quants (Q2_K..Q6_K) and IQ4_NL /
+IQ4_XS with llama.cpp's scale searches (ggml-quants.c, the paths `llama-quantize` takes without an
+importance matrix), vectorized over every sub-block of a chunk of rows at once.
 
 Each type quantizes in two steps:
   1. per sub-block, search the scale (and min) that minimise a weighted squared (Q2_K: absolute)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+QK = 32
 QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)   # a sub-block whose largest |x| is below this is all zero
 # IQ4_NL / IQ4_XS levels (ggml-common.h kvalues_iq4nl): a non-uniform 4-bit grid
@@ -334,3 +336,71 @@ def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
     scales_l = ((u[:, 0::2] & 15) | ((u[:, 1::2] & 15) << 4)).astype(np.uint8)
     return np.concatenate([d_bytes, scales_h.astype("<u2").view(np.uint8).reshape(-1, 2), scales_l,
                            _pack_nibbles_in_halves(idx.reshape(len(sb), -1), 32)], axis=1)
+
+# ----------------------------------------------------------------------------- Q5_0 / Q5_1
+
+def _blocks_of_32(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> [rows * cols / 32, 32]"""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % QK:
+        raise ValueError(f"quantizing needs a 2-D array with a multiple of {QK} columns, got {x.shape}")
+    return x.reshape(-1, QK)
+
+
+def _q5_bytes(q: np.ndarray) -> tuple:
+    """q uint8 [n, 32] in 0..31 -> (qh uint8 [n, 4]: bit i of the little-endian uint32 is q[i]'s
+    bit 4, qs uint8 [n, 16]: byte j holds q[j] & 15 (low) and q[j + 16] & 15 (high))"""
+    bits = ((q.astype(np.uint32) >> 4) & 1) << np.arange(QK, dtype=np.uint32)
+    qh = bits.sum(axis=1, dtype=np.uint32).astype("<u4").view(np.uint8).reshape(-1, 4)
+    return qh, _pack_nibbles_in_halves(q & 15, QK)
+
+
+def quantize_q5_0(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> uint8 [rows * cols / 32, 22]: [d f16, qh 4, qs 16];
+    d = m / -16 (m the value of largest magnitude), q = min(31, trunc(x / d + 16.5)), w = d * (q - 16)"""
+    b = _blocks_of_32(x)
+    d = (_signed_absmax(b) / F32(-16)).astype(np.float32)
+    q = np.minimum(31, np.trunc(b * _safe_inverse(d)[:, None] + F32(16.5))).astype(np.uint8)
+    return np.concatenate([_f16(d)[1], *_q5_bytes(q)], axis=1)
+
+
+def quantize_q5_1(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> uint8 [rows * cols / 32, 24]: [d f16, m f16, qh 4, qs 16];
+    d = (max - min) / 31, q = trunc((x - min) / d + 0.5), w = d * q + min"""
+    b = _blocks_of_32(x)
+    lo, hi = b.min(axis=1), b.max(axis=1)
+    d = ((hi - lo) / F32(31)).astype(np.float32)
+    q = np.minimum(31, np.trunc((b - lo[:, None]) * _safe_inverse(d)[:, None] + F32(0.5))).astype(np.uint8)
+    return np.concatenate([_f16(d)[1], _f16(lo)[1], *_q5_bytes(q)], axis=1)
+
+
+# ----------------------------------------------------------------------------- by chunks of rows
+
+def by_row_chunks(quantize, max_weights: int = 1 << 16):
+    """quantize(x [r, cols]) -> bytes, run on chunks of rows on every allowed CPU (NumPy releases
+    the GIL; small chunks keep the searches' float32 temporaries in cache), returned as uint8
+    [rows, row bytes]."""
+    def run(x: np.ndarray) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+        from .cpu_topology import allowed_cpus
+        rows, cols = x.shape
+        step = max(1, max_weights // max(cols, 1))
+        starts = range(0, rows, step)
+        one = lambda r: quantize(x[r:r + step]).reshape(min(step, rows - r), -1)   # noqa: E731
+        if len(starts) == 1:
+            return one(0)
+        with ThreadPoolExecutor(max_workers=min(len(starts), len(allowed_cpus()))) as pool:
+            return np.concatenate(list(pool.map(one, starts)), axis=0)
+    return run
+
+
+def _quantizers() -> dict:
+    from .ggml_types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K
+    return {Q5_0: by_row_chunks(quantize_q5_0, 1 << 20), Q5_1: by_row_chunks(quantize_q5_1, 1 << 20),
+            **{qtype: by_row_chunks(fn) for qtype, fn in (
+                (Q2_K, quantize_q2_k), (Q3_K, quantize_q3_k), (Q4_K, quantize_q4_k), (Q5_K, quantize_q5_k),
+                (Q6_K, quantize_q6_k), (IQ4_NL, quantize_iq4_nl), (IQ4_XS, quantize_iq4_xs))}}
+
+
+# ggml type id -> quantize(float32 [rows, cols]) -> uint8 [rows, row bytes]
+QUANTIZERS = _quantizers()
