@@ -33,7 +33,7 @@ _IQ4_INDEX_OF_CELL = np.searchsorted(_IQ4_MIDPOINTS, np.arange(-_IQ4_CELLS, _IQ4
 F32 = np.float32
 
 
-def _f16(v: np.ndarray) -> np.ndarray:
+def _f16(v: np.ndarray) -> tuple:
     """The f16 rounding of v: (values as float32, bytes uint8 [n, 2])."""
     h = np.asarray(v, np.float32).astype("<f2")
     return h.astype(np.float32), h.view(np.uint8).reshape(-1, 2)
@@ -63,7 +63,6 @@ def search_scale_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, us
     sum_w = w.sum(axis=1)
     sum_x = (w * x).sum(axis=1)
     sum_w64, sum_x64 = sum_w.astype(np.float64), sum_x.astype(np.float64)
-
     sum_xx = (w * x * x).sum(axis=1, dtype=np.float64)
 
     def error(scale, offset, q, sums=None):
