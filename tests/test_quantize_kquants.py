@@ -161,17 +161,22 @@ def test_mix_rules_depend_on_gqa_ties_and_row_width():
     assert planned_types("q3_k_s", names, cols=576)["blk.1.ffn_up.weight"] == "Q4_0"
     # rows of 48: no block fits but F16's
     assert planned_types("q4_k_m", names, cols=48)["blk.1.ffn_up.weight"] == "F16"
-    # layers are counted in the order their tensors come (llama.cpp's i_ffn_down / i_attention_wv):
-    # a file listing layers 0, 1, 10, 11, 2, ..., 9 promotes the tensors at positions 0, 3, 6, 9, 10,
-    # 11 of 12 (use_more_bits(p, 12)), which are layers 0, 11, 4, 7, 8, 9
-    from forgert.quant_mix import MixPlanner
-    order = [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
-    names12 = [f"blk.{i}.{m}.weight" for i in order for m in LAYER_MATRICES] + ["output.weight"]
-    planner = MixPlanner("q4_k_m", names12, n_layers=12, n_gqa=4)
-    promoted = {i for i in order if planner.type_for(f"blk.{i}.ffn_down.weight", 256) == 14}   # Q6_K
-    assert promoted == {0, 11, 4, 7, 8, 9}
     # --pure: the type everywhere
     assert set(planned_types("q4_k_m", names, pure=True).values()) == {"Q4_K"}
+
+
+def test_tensors_are_planned_in_llamacpp_order():
+    """llama.cpp's loader sorts tensors by layer number, then name (weight_name_comparer), and
+    counts layers for its mixes in that order: a source listing blk.10 before blk.2 changes
+    nothing."""
+    from forgert.gguf_export import llamacpp_tensor_order
+    names = ["token_embd.weight", "blk.0.ffn_down.weight", "blk.1.attn_v.weight", "blk.10.attn_k.weight",
+             "blk.10.attn_norm.weight", "blk.2.ffn_up.weight", "output_norm.weight", "blk.0.attn_q.weight",
+             "rope_freqs.weight"]
+    assert sorted(names, key=llamacpp_tensor_order) == [
+        "output_norm.weight", "rope_freqs.weight", "token_embd.weight", "blk.0.attn_q.weight",
+        "blk.0.ffn_down.weight", "blk.1.attn_v.weight", "blk.2.ffn_up.weight", "blk.10.attn_k.weight",
+        "blk.10.attn_norm.weight"]
 
 
 # ----------------------------------------------------------------------------- files written

@@ -159,6 +159,15 @@ def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
     return x.astype(np.float32 if want == F32 else np.float16)
 
 
+def llamacpp_tensor_order(name: str) -> tuple:
+    """Sort key of llama.cpp's model loader (weight_name_comparer), the order llama-quantize
+    writes tensors and counts layers in for its mixes: by layer number (tensors outside the
+    layers first), then by name."""
+    parts = name.split(".")
+    layer = int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else -1
+    return layer, name
+
+
 def _is_llamacpp_70b(cfg) -> bool:
     """llama.cpp's LLM_TYPE_70B among the architectures forgert runs (its mixes give it more attn_v bits)."""
     return cfg.n_layers == 80 and (cfg.arch == "qwen2" or (cfg.arch == "llama" and cfg.n_heads != cfg.n_kv_heads))
@@ -195,7 +204,7 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
                 "quantize from F32/F16/BF16 weights when you can")
             warned.append(True)
 
-    plan = list(_tensor_plan(loaded))
+    plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
     cfg = loaded.config
     planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
                          large_70b=_is_llamacpp_70b(cfg), pure=pure)

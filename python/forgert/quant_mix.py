@@ -5,7 +5,7 @@ each matrix of a Llama-family model gets under each `forgert quantize --type`, a
 A mix has a default type for most matrices and promotes the sensitive ones: the output matrix
 (and tied token embeddings, which serve as it) to Q6_K, some layers' attn_v / ffn_down /
 attn_output to more bits. Layers are counted as llama.cpp counts them: attn_v and ffn_down
-tensors in the order they are written. A matrix whose rows are not whole blocks of its type
+tensors in the order they are planned, which gguf_export makes llama.cpp's (by layer number). A matrix whose rows are not whole blocks of its type
 falls back as llama.cpp's tensor_type_fallback does (Q4_K -> Q5_0, Q6_K -> Q8_0, IQ4_XS ->
 IQ4_NL, ...; F16 if even that does not fit). Only the dense-model rules are here: forgert runs no
 mixture-of-experts or Falcon models.
@@ -72,7 +72,7 @@ def _use_more_bits(i: int, n: int) -> bool:
 
 
 class MixPlanner:
-    """type_for(name, cols) for each matrix of a model, called in the order they are written.
+    """type_for(name, cols) for each matrix of a model, called in llama.cpp's order (by layer).
 
     names: every tensor name of the model (whether output.weight exists decides whether the
     token embeddings are tied). n_gqa: attention heads per KV head. large_70b: llama.cpp's
