@@ -13,6 +13,7 @@ whose bytes are identical.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "python")]
+sys.path.insert(0, str(REPO / "tests"))
+if importlib.util.find_spec("forgert") is None:     # an installed forgert wins, as in tests/conftest.py
+    sys.path.insert(0, str(REPO / "python"))
 
 STUBS = r"""
 #include <stdio.h>

@@ -94,6 +94,9 @@ def test_k_quants_refuse_partial_super_blocks():
 # "n" IQ4_NL, "40"/"41"/"50"/"51"/"80" Q4_0/Q4_1/Q5_0/Q5_1/Q8_0.
 # use_more_bits(i, 8) holds for layers 0, 3, 6, 7 (the first and last eighth, every third
 # between); n_layer/8 = 1 and n_layer/16 = 0.
+# Checked against llama.cpp itself: bench/llamacpp_quant_mixes.py (libllama built from the source in
+# shared/peers) writes SPEC_8 below in every mix with llama_model_quantize, and forgert's files
+# have the same type for every tensor, in the same order.
 MIX_TABLE_8_LAYERS = {
     #          attn_v             ffn_down           attn_output others output token_embd
     "q2_k":   ("4 4 4 4 4 4 4 4", "3 3 3 3 3 3 3 3", "3", "2", "6", "2"),
