@@ -73,7 +73,7 @@ def llamacpp_quantize(lib, name: str, x: np.ndarray) -> np.ndarray:
 def main() -> int:
     import gguf
     from forgert import ggml_types
-    from forgert.gguf_export import QUANTIZERS
+    from forgert.gguf_export import ALL_QUANTIZERS as QUANTIZERS
     from test_quantize_kquants import reference_tensor
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/llama.cpp")
     x = reference_tensor()

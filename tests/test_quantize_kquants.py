@@ -37,7 +37,7 @@ BITS_PER_WEIGHT = {"Q5_0": 5.5, "Q5_1": 6.0, "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_
 
 def quantize(name: str, x: np.ndarray) -> np.ndarray:
     from forgert import ggml_types
-    from forgert.gguf_export import QUANTIZERS
+    from forgert.gguf_export import ALL_QUANTIZERS as QUANTIZERS
     return QUANTIZERS[getattr(ggml_types, name)](x).reshape(x.shape[0], -1)
 
 

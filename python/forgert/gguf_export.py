@@ -20,12 +20,12 @@ from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
 from .quant_mix import MIXES, MixPlanner
-from .quants import QUANTIZERS as BLOCK_QUANTIZERS, dequantize
 from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
+from .quants import QUANTIZERS, dequantize
 from .rope import base_inv_freqs, llama3_scaled
 
 TARGET_TYPES = tuple(MIXES)
-QUANTIZERS = {**BLOCK_QUANTIZERS, **SEARCH_QUANTIZERS}    # ggml type id -> float32 [rows, cols] -> bytes
+ALL_QUANTIZERS = {**QUANTIZERS, **SEARCH_QUANTIZERS}    # ggml type id -> float32 [rows, cols] -> bytes
 _SKIP_KEYS = ("general.architecture", "general.file_type", "general.alignment")
 
 
@@ -154,8 +154,8 @@ def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
     x = dequantize(w.data, w.type_id, rows, cols)
     if heads is not None:
         x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
-    if want in QUANTIZERS:
-        return QUANTIZERS[want](x)
+    if want in ALL_QUANTIZERS:
+        return ALL_QUANTIZERS[want](x)
     return x.astype(np.float32 if want == F32 else np.float16)
 
 
