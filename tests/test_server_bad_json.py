@@ -96,7 +96,7 @@ class BrokenTokenizerModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def prompt_tokens(self, prompt, tools=None):
+    def prompt_tokens(self, prompt, chat_template_kwargs=None, tools=None):
         raise TypeError("TextInputSequence must be str")
 
 
