@@ -258,7 +258,7 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
         return F32_EXACT_NMSE
     if backend == "metal":
         return METAL_GEMV_NMSE if n < 8 else METAL_HALF_TILE_NMSE
-    if not cpu_uses_int8_activations(n):
+    if not cpu_uses_int8_activations(n, DTYPE_NAMES[dtype_id]):
         return F32_EXACT_NMSE
     if dtype_id in K_QUANTS:
         return CPU_INT8_ACT_KQUANT_NMSE

@@ -365,6 +365,14 @@ PYBIND11_MODULE(_core, m) {
         d["available"] = py::list();
         for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avx512(), cpu::kernels_neon()})
             if (k) d["available"].cast<py::list>().append(k->name);
+        // Weight types whose prefill (16+ tokens) runs the int8 GEMM, with FORGERT_CPU_PREFILL's
+        // activation parts (2 or 1; 0: f32 panels for every type).
+        const int parts = cpu::prefill_int8_parts();
+        d["prefill_int8_parts"] = parts;
+        d["prefill_int8_types"] = py::list();
+        for (DType t : {DType::Q8_0, DType::Q4_0})
+            if (parts && cpu::gemm_i8_takes(cpu::select_kernels(), t))
+                d["prefill_int8_types"].cast<py::list>().append(dtype_name(t));
         return d;
     });
     bind_ops(m);

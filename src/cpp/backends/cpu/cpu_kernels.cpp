@@ -69,6 +69,14 @@ const KernelSet* pick() {
 
 }  // namespace
 
+int prefill_int8_parts() {
+    const char* v = std::getenv("FORGERT_CPU_PREFILL");
+    if (!v || !*v || !std::strcmp(v, "int8x2")) return 2;
+    if (!std::strcmp(v, "int8")) return 1;
+    if (!std::strcmp(v, "f32")) return 0;
+    throw InputError(std::string("FORGERT_CPU_PREFILL=") + v + " is not a prefill mode (choose int8x2, int8, f32)");
+}
+
 const KernelSet& select_kernels() {
     static const KernelSet* chosen = pick();
     return *chosen;
