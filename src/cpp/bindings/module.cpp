@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/read_bandwidth.h"
 #include "core/backend.h"
 #include "model/llama_model.h"
 #include "model/tensor_layout.h"
@@ -375,6 +376,11 @@ PYBIND11_MODULE(_core, m) {
                 d["prefill_int8_types"].cast<py::list>().append(dtype_name(t));
         return d;
     });
+    // Memory read bandwidth, GB/s, with n_threads threads (0: all): the benches' reference for decode.
+    m.def("cpu_read_bandwidth_gbs", [](int n_threads, int mib) {
+        py::gil_scoped_release nogil;
+        return cpu::measure_read_bandwidth_gbs(n_threads, mib);
+    }, py::arg("n_threads") = 0, py::arg("mib") = 1024);
     bind_ops(m);
 #if FORGERT_HAVE_METAL_EMULATOR
     // Thread order of the emulated Metal device: "forward", "reverse" or "random" (races show
