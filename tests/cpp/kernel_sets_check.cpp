@@ -28,6 +28,7 @@ bool runs_here(const KernelSet* k) {
     if (!std::strcmp(k->name, "avx512-vnni"))
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    if (!std::strcmp(k->name, "avx512-amx")) return cpu_has_amx_int8();
 #endif
     return true;  // neon: the test only runs it under qemu -cpu max or on dotprod hardware
 }
@@ -256,7 +257,8 @@ void check(const KernelSet* k, int cols) {
 
 int main() {
     int checked = 0;
-    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avx512(), kernels_neon()}) {
+    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avx512(), kernels_amx(), kernels_neon()}) {
+        if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
         check_gemm_i8(k, 8192, {70});  // wide rows: the tokens go through the panels in several passes

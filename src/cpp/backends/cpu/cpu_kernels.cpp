@@ -7,6 +7,14 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#endif
 
 namespace forgert::cpu {
 
@@ -18,6 +26,10 @@ const KernelSet* kernels_avx512() { return nullptr; }
 #endif
 #if !FORGERT_HAVE_NEON
 const KernelSet* kernels_neon() { return nullptr; }
+#endif
+#if !FORGERT_HAVE_AMX
+const KernelSet* kernels_amx() { return nullptr; }
+void amx_probe() {}
 #endif
 
 namespace {
@@ -39,6 +51,41 @@ bool cpu_has_avx512_vnni() {
 #endif
 }
 
+}  // namespace
+
+bool cpu_has_amx_int8() {
+#if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
+    static const bool ok = [] {
+        if (!cpu_has_avx512_vnni()) return false;
+        unsigned a, b, c, d;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;  // AMX-TILE, -INT8
+        if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return false;  // OSXSAVE: xgetbv works
+        uint32_t xcr0, xcr0_hi;
+        __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));
+        if ((xcr0 & 0x60000) != 0x60000) return false;  // the OS manages XTILECFG and XTILEDATA
+        // Linux hands out the 8 KB tile state only on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+        if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return false;
+        // Some VMs pass all of the above and still fault on the first tile instruction: run one
+        // in a child (it only calls amx_probe and exits, so forking a threaded process is safe).
+        const pid_t pid = fork();
+        if (pid < 0) return false;
+        if (pid == 0) {
+            amx_probe();
+            _exit(0);
+        }
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0)
+            if (errno != EINTR) return false;
+        return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
+namespace {
+
 bool cpu_has_neon_dotprod() {
 #if defined(__aarch64__) && defined(__APPLE__)
     return true;  // every Apple arm64 chip has the dot-product extension
@@ -56,11 +103,13 @@ const KernelSet* pick() {
         if (!std::strcmp(want, "generic")) s = kernels_generic();
         else if (!std::strcmp(want, "avx2") && cpu_has_avx2()) s = kernels_avx2();
         else if (!std::strcmp(want, "avx512") && cpu_has_avx512_vnni()) s = kernels_avx512();
+        else if (!std::strcmp(want, "amx") && kernels_amx() && cpu_has_amx_int8()) s = kernels_amx();
         else if (!std::strcmp(want, "neon") && cpu_has_neon_dotprod()) s = kernels_neon();
         if (!s) throw InputError(std::string("FORGERT_CPU_ISA=") + want +
-                                 " is not available on this CPU or build (choose generic, avx2, avx512, neon)");
+                                 " is not available on this CPU or build (choose generic, avx2, avx512, amx, neon)");
         return s;
     }
+    if (kernels_amx() && cpu_has_amx_int8()) return kernels_amx();
     if (cpu_has_avx512_vnni() && kernels_avx512()) return kernels_avx512();
     if (cpu_has_avx2() && kernels_avx2()) return kernels_avx2();
     if (cpu_has_neon_dotprod() && kernels_neon()) return kernels_neon();

@@ -100,13 +100,19 @@ const KernelSet* kernels_generic();
 const KernelSet* kernels_avx2();
 const KernelSet* kernels_avx512();
 const KernelSet* kernels_neon();
+// AVX-512 VNNI with the prefill int8 GEMM on AMX tiles (kernels_amx.cpp).
+const KernelSet* kernels_amx();
+// Whether AMX-INT8 works here: the CPU has it, Linux granted the tile state to this process
+// (arch_prctl), and a tile instruction ran in a child process without faulting.
+bool cpu_has_amx_int8();
+void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 
 // Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" (default) 2,
 // decode's two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser:
 // design.md "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type.
 int prefill_int8_parts();
 
-// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx512|neon overrides.
+// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx512|amx|neon overrides.
 const KernelSet& select_kernels();
 
 }  // namespace forgert::cpu
