@@ -15,7 +15,7 @@ TESTS = Path(__file__).resolve().parent
 def runnable_sets():
     from forgert import _core
     chosen = _core.cpu_info()["kernels"]
-    names = {"generic": "generic", "avx2": "avx2", "avx512-vnni": "avx512", "avx512-amx": "amx", "neon-dotprod": "neon"}
+    names = {"generic": "generic", "avx2": "avx2", "avx2-vnni": "avx2vnni", "avx512-vnni": "avx512", "avx512-amx": "amx", "neon-dotprod": "neon"}
     sets = []
     for name in _core.cpu_info()["available"]:
         if name == chosen:

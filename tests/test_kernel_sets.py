@@ -44,13 +44,15 @@ def x86_check_output(tmp_path_factory):
     base = ["-mavx2", "-mfma", "-mf16c"]
     avx512 = base + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
     objs = []
-    for src, flags in [("kernels_avx2.cpp", base), ("kernels_avx512.cpp", avx512),
+    for src, flags in [("kernels_avx2.cpp", base), ("kernels_avxvnni.cpp", base + ["-mavxvnni"]),
+                       ("kernels_avx512.cpp", avx512),
                        ("kernels_amx.cpp", avx512 + ["-mamx-tile", "-mamx-int8"])]:
         obj = tmp_path / (src + ".o")
         subprocess.run([cxx, "-std=c++17", "-O2", f"-I{SRC}", *flags, "-c", str(CPU / src), "-o", str(obj)],
                        check=True, capture_output=True, text=True)
         objs.append(str(obj))
-    exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVX512=1", "-DFORGERT_HAVE_AMX=1",
+    exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVXVNNI=1", "-DFORGERT_HAVE_AVX512=1",
+                                "-DFORGERT_HAVE_AMX=1",
                                 str(CPU / "cpu_kernels.cpp"), *objs], "check_x86")
     return run_check([str(exe)])
 

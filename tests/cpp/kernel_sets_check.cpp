@@ -25,6 +25,7 @@ bool runs_here(const KernelSet* k) {
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (!std::strcmp(k->name, "avx2")) return avx2;
+    if (!std::strcmp(k->name, "avx2-vnni")) return avx2 && __builtin_cpu_supports("avxvnni");
     if (!std::strcmp(k->name, "avx512-vnni"))
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -257,7 +258,7 @@ void check(const KernelSet* k, int cols) {
 
 int main() {
     int checked = 0;
-    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avx512(), kernels_amx(), kernels_neon()}) {
+    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avxvnni(), kernels_avx512(), kernels_amx(), kernels_neon()}) {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks

@@ -364,7 +364,8 @@ PYBIND11_MODULE(_core, m) {
         py::dict d;
         d["kernels"] = cpu::select_kernels().name;
         d["available"] = py::list();
-        for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avx512(), cpu::kernels_amx(), cpu::kernels_neon()})
+        for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avxvnni(), cpu::kernels_avx512(), cpu::kernels_amx(),
+                        cpu::kernels_neon()})
             if (k) d["available"].cast<py::list>().append(k->name);
         // Weight types whose prefill (16+ tokens) runs the int8 GEMM, with FORGERT_CPU_PREFILL's
         // activation parts (2 or 1; 0: f32 panels for every type).

@@ -27,6 +27,9 @@ const KernelSet* kernels_avx512() { return nullptr; }
 #if !FORGERT_HAVE_NEON
 const KernelSet* kernels_neon() { return nullptr; }
 #endif
+#if !FORGERT_HAVE_AVXVNNI
+const KernelSet* kernels_avxvnni() { return nullptr; }
+#endif
 #if !FORGERT_HAVE_AMX
 const KernelSet* kernels_amx() { return nullptr; }
 void amx_probe() {}
@@ -37,6 +40,14 @@ namespace {
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(_M_X64)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_avx_vnni() {
+#if FORGERT_HAVE_AVXVNNI && (defined(__x86_64__) || defined(_M_X64))
+    return cpu_has_avx2() && __builtin_cpu_supports("avxvnni");
 #else
     return false;
 #endif
@@ -102,15 +113,17 @@ const KernelSet* pick() {
         const KernelSet* s = nullptr;
         if (!std::strcmp(want, "generic")) s = kernels_generic();
         else if (!std::strcmp(want, "avx2") && cpu_has_avx2()) s = kernels_avx2();
+        else if (!std::strcmp(want, "avx2vnni") && cpu_has_avx_vnni()) s = kernels_avxvnni();
         else if (!std::strcmp(want, "avx512") && cpu_has_avx512_vnni()) s = kernels_avx512();
         else if (!std::strcmp(want, "amx") && kernels_amx() && cpu_has_amx_int8()) s = kernels_amx();
         else if (!std::strcmp(want, "neon") && cpu_has_neon_dotprod()) s = kernels_neon();
         if (!s) throw InputError(std::string("FORGERT_CPU_ISA=") + want +
-                                 " is not available on this CPU or build (choose generic, avx2, avx512, amx, neon)");
+                                 " is not available on this CPU or build (choose generic, avx2, avx2vnni, avx512, amx, neon)");
         return s;
     }
     if (kernels_amx() && cpu_has_amx_int8()) return kernels_amx();
     if (cpu_has_avx512_vnni() && kernels_avx512()) return kernels_avx512();
+    if (cpu_has_avx_vnni() && kernels_avxvnni()) return kernels_avxvnni();
     if (cpu_has_avx2() && kernels_avx2()) return kernels_avx2();
     if (cpu_has_neon_dotprod() && kernels_neon()) return kernels_neon();
     return kernels_generic();

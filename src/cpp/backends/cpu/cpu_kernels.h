@@ -100,6 +100,8 @@ const KernelSet* kernels_generic();
 const KernelSet* kernels_avx2();
 const KernelSet* kernels_avx512();
 const KernelSet* kernels_neon();
+// AVX2 with the prefill int8 GEMM on AVX-VNNI (kernels_avxvnni.cpp).
+const KernelSet* kernels_avxvnni();
 // AVX-512 VNNI with the prefill int8 GEMM on AMX tiles (kernels_amx.cpp).
 const KernelSet* kernels_amx();
 // Whether AMX-INT8 works here: the CPU has it, Linux granted the tile state to this process
@@ -112,7 +114,7 @@ void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 // design.md "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type.
 int prefill_int8_parts();
 
-// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx512|amx|neon overrides.
+// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx2vnni|avx512|amx|neon overrides.
 const KernelSet& select_kernels();
 
 }  // namespace forgert::cpu
