@@ -9,6 +9,7 @@
 #endif
 #if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -81,6 +82,8 @@ bool cpu_has_amx_int8() {
         const pid_t pid = fork();
         if (pid < 0) return false;
         if (pid == 0) {
+            const struct rlimit no_core = {0, 0};  // a faulting probe leaves no core file behind
+            setrlimit(RLIMIT_CORE, &no_core);
             amx_probe();
             _exit(0);
         }
