@@ -36,6 +36,7 @@ void load_tile_config() {
 // Like i8_repack_panel_512, with signed quants (TDPBSSD is int8 x int8: no offsets).
 template <DType WT>
 void amx_repack_panel(const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
+    if constexpr (i8_is_kquant(WT)) return i8_repack_panel(WT, w, w_stride, r, nr, nb, wp);  // q >= 0, no offset
     i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, wp);
     const __m512i bias = _mm512_set1_epi8((char)i8_offset(WT));
     for (int64_t b = 0; b < nb; b++) {
@@ -46,8 +47,9 @@ void amx_repack_panel(const uint8_t* w, size_t w_stride, int64_t r, int nr, int6
 }
 
 // 16 tokens (x: the first one's blocks; rows nb blocks apart) through one signed panel.
-template <int PARTS>
-void amx_tile(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride, int nr) {
+template <DType WT, int PARTS>
+void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, float* out, int64_t out_stride,
+              int nr) {
     alignas(64) int32_t dh[kAmxTokens][16], dl[kAmxTokens][16];
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
@@ -72,6 +74,11 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, in
             const BlockQ8Act& a = x[t * nb + b];
             const float dx = PARTS == 2 ? a.d : a.d * 256.0f;
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[t]);
+            if constexpr (i8_is_kquant(WT)) {  // + min * dx * sum(x) (the mins are stored negated)
+                const int32_t* s = xs + (t * nb + b) * 2;
+                const int32_t isum = PARTS == 2 ? 256 * s[0] + s[1] : s[0];
+                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelMins), _mm512_set1_ps(dx * (float)isum), acc[t]);
+            }
         }
     }
     const __mmask16 m = (__mmask16)((1u << nr) - 1);
@@ -90,14 +97,15 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
             amx_repack_panel<WT>(w, w_stride, r, nr, nb, work);
             for (int64_t t = c0; t < c1; t += kAmxTokens)
-                amx_tile<PARTS>(work, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
+                amx_tile<WT, PARTS>(work, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride, nr);
         }
     }
     if (n_amx < n_tok) {
         const int64_t t = n_amx;
         for (int64_t r = r0; r < r1; r += kI8Rows) {
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
-            i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, work);
+            if constexpr (i8_is_kquant(WT)) i8_repack_panel(WT, w, w_stride, r, nr, nb, work);
+            else i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, work);
             int64_t u = t;
             for (; u + kI8TileTokens <= n_tok; u += kI8TileTokens)
                 i8_tile_512<WT, PARTS, kI8TileTokens>(work, x + u * nb, xs + u * nb * 2, nb, out + u * out_stride + r,
@@ -116,6 +124,12 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
     if (wt == DType::Q8_0)
         parts == 2 ? gemm_i8_amx_typed<DType::Q8_0, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
                    : gemm_i8_amx_typed<DType::Q8_0, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+    else if (wt == DType::Q4_K)
+        parts == 2 ? gemm_i8_amx_typed<DType::Q4_K, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<DType::Q4_K, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+    else if (wt == DType::Q5_K)
+        parts == 2 ? gemm_i8_amx_typed<DType::Q5_K, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<DType::Q5_K, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
     else if (wt == DType::Q4_0)
         parts == 2 ? gemm_i8_amx_typed<DType::Q4_0, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
                    : gemm_i8_amx_typed<DType::Q4_0, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
