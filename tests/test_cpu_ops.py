@@ -267,7 +267,8 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
 
 # (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
 # 1536 its FFN, 69 = 64 + 5 tokens, 1 token is the decode path; 15 / 16 tokens straddle the
-# CPU's switch from the int8 decode kernels to the f32 panel GEMM.
+# CPU's switch from the int8 decode kernels to the prefill GEMMs (int8 for the weight types
+# cpu_info()["prefill_int8_types"] lists, f32 panels for the others).
 MATMUL_SHAPES = [
     (1, 32, 1),
     (7, 64, 3),
