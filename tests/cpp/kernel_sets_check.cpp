@@ -25,7 +25,7 @@ bool runs_here(const KernelSet* k) {
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (!std::strcmp(k->name, "avx2")) return avx2;
-    if (!std::strcmp(k->name, "avx2-vnni")) return avx2 && __builtin_cpu_supports("avxvnni");
+    if (!std::strcmp(k->name, "avx2-vnni")) return cpu_has_avx_vnni();
     if (!std::strcmp(k->name, "avx512-vnni"))
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");

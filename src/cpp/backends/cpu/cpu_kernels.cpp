@@ -7,8 +7,10 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
-#if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
+#if (FORGERT_HAVE_AVXVNNI || FORGERT_HAVE_AMX) && defined(__x86_64__) && !defined(_MSC_VER)
 #include <cpuid.h>
+#endif
+#if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -46,14 +48,6 @@ bool cpu_has_avx2() {
 #endif
 }
 
-bool cpu_has_avx_vnni() {
-#if FORGERT_HAVE_AVXVNNI && (defined(__x86_64__) || defined(_M_X64))
-    return cpu_has_avx2() && __builtin_cpu_supports("avxvnni");
-#else
-    return false;
-#endif
-}
-
 bool cpu_has_avx512_vnni() {
 #if defined(__x86_64__) || defined(_M_X64)
     return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -64,6 +58,15 @@ bool cpu_has_avx512_vnni() {
 }
 
 }  // namespace
+
+bool cpu_has_avx_vnni() {
+#if FORGERT_HAVE_AVXVNNI && defined(__x86_64__) && !defined(_MSC_VER)
+    unsigned a, b, c, d;  // CPUID.(7, 1):EAX bit 4 (compilers disagree on a __builtin_cpu_supports name)
+    return cpu_has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 4) & 1);
+#else
+    return false;
+#endif
+}
 
 bool cpu_has_amx_int8() {
 #if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)

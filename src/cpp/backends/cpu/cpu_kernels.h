@@ -102,8 +102,9 @@ const KernelSet* kernels_generic();
 const KernelSet* kernels_avx2();
 const KernelSet* kernels_avx512();
 const KernelSet* kernels_neon();
-// AVX2 with the prefill int8 GEMM on AVX-VNNI (kernels_avxvnni.cpp).
+// AVX2 with the prefill int8 GEMM on AVX-VNNI (kernels_avxvnni.cpp), and whether the CPU has it.
 const KernelSet* kernels_avxvnni();
+bool cpu_has_avx_vnni();
 // AVX-512 VNNI with the prefill int8 GEMM on AMX tiles (kernels_amx.cpp).
 const KernelSet* kernels_amx();
 // Whether AMX-INT8 works here: the CPU has it, Linux granted the tile state to this process
