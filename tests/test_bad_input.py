@@ -76,17 +76,18 @@ def test_unsupported_tensor_type(tiny, tmp_path, qtype, block_bytes):
     assert f"tensor 'blk.0.ffn_up.weight' has type {qtype}, which forgert does not support" in str(e.value)
 
 
-def test_unread_k_quant_is_refused_by_name(tiny):
-    # The K-quants Q2_K .. Q6_K are read; the IQ types are not. The tiny model has no row of 256
-    # weights (a K-quant block), so retype a tensor after loading: the check that runs on every
-    # model tensor must name it and its type.
+@pytest.mark.parametrize("type_id,name", [(16, "IQ2_XXS"), (21, "IQ3_S"), (29, "IQ1_M"), (35, "TQ2_0"), (39, "MXFP4")])
+def test_unread_k_quant_is_refused_by_name(tiny, type_id, name):
+    # The K-quants Q2_K .. Q6_K, IQ4_NL and IQ4_XS are read; IQ1-IQ3, TQ and MXFP4 are not. The
+    # tiny model has no row of 256 weights (a K-quant block), so retype a tensor after loading:
+    # the check that runs on every model tensor must name it and its type.
     from dataclasses import replace
     from forgert.tensor_check import core_tensors
     m = load_model(tiny.path("gguf-F32"))
     weights = dict(m.weights)
-    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=16)
+    weights["blk.1.ffn_up.weight"] = replace(weights["blk.1.ffn_up.weight"], type_id=type_id)
     with pytest.raises(ModelFormatError,
-                       match=r"tensor 'blk\.1\.ffn_up\.weight' has type IQ2_XXS, which forgert does not support"):
+                       match=rf"tensor 'blk\.1\.ffn_up\.weight' has type {name}, which forgert does not support"):
         core_tensors(m.config, weights, m.name)
 
 

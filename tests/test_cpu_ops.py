@@ -21,11 +21,15 @@ import pytest
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
+IQ4_NL, IQ4_XS = 20, 23
 DTYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K",
-               BF16: "BF16"}
+               IQ4_NL: "IQ4_NL", IQ4_XS: "IQ4_XS", BF16: "BF16"}
 K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
-QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) + K_QUANTS
-BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}
+QUANTIZED = (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS) + K_QUANTS
+BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210,
+               IQ4_NL: 18, IQ4_XS: 136}
+# IQ4_NL / IQ4_XS quants index this table (ggml-common.h's kvalues_iq4nl).
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
 
 
 def nmse(out, ref) -> float:
@@ -51,6 +55,9 @@ def encode_weights(w: np.ndarray, dtype_id: int) -> np.ndarray:
         import kquant_writer
         b = {Q2_K: kquant_writer.quantize_q2_k, Q3_K: kquant_writer.quantize_q3_k, Q4_K: kquant_writer.quantize_q4_k, Q5_K: kquant_writer.quantize_q5_k,
              Q6_K: kquant_writer.quantize_q6_k}[dtype_id](w)
+    elif dtype_id in (IQ4_NL, IQ4_XS):   # gguf-py cannot quantize them either: the test-side one
+        import iq4_writer
+        b = (iq4_writer.quantize_iq4_nl if dtype_id == IQ4_NL else iq4_writer.quantize_iq4_xs)(w)
     elif dtype_id == BF16:
         # round to nearest even on the upper 16 bits (what torch / llama.cpp do); NaN-free inputs
         u = w.view(np.uint32).astype(np.uint64)
@@ -76,13 +83,19 @@ def random_kquant_weights(rng, dtype_id: int, rows: int, cols: int) -> np.ndarra
         blocks[:, 80:84] = scales.astype(np.float16).view(np.uint8)
     elif dtype_id == Q3_K:   # w = d * sc * q, |sc| <= 32, |q| <= 4
         blocks[:, 108:110] = (rng.uniform(0.5, 1.5, (n, 1)) / (16 * 4)).astype(np.float16).view(np.uint8)
+    elif dtype_id == IQ4_XS:   # w = d * (ls - 32) * value, |ls - 32| <= 32, |value| <= 127
+        blocks[:, 0:2] = (rng.uniform(0.5, 1.5, (n, 1)) / (16 * 64)).astype(np.float16).view(np.uint8)
     else:                  # w = d * sc * (q - 32), |sc| <= 128, |q - 32| <= 32
         blocks[:, 208:210] = (rng.uniform(0.5, 1.5, (n, 1)) / (64 * 32)).astype(np.float16).view(np.uint8)
     return blocks.reshape(-1)
 
 
+# Types of 256-weight super-blocks: the K-quants and IQ4_XS.
+SUPER_BLOCK_TYPES = K_QUANTS + (IQ4_XS,)
+
+
 def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
-    """float64 [n_super_blocks, 256] straight from the K-quant layouts (quant_blocks.h)."""
+    """float64 [n_super_blocks, 256] straight from the K-quant and IQ4_XS layouts (quant_blocks.h)."""
     b = raw.reshape(-1, BLOCK_BYTES[dtype_id])
     w = np.zeros((len(b), 256))
     if dtype_id in (Q4_K, Q5_K):
@@ -109,6 +122,15 @@ def decode_kquant(raw: np.ndarray, dtype_id: int) -> np.ndarray:
             s = b[:, i // 16].astype(np.int64)
             q = (b[:, 16 + 32 * h + l].astype(np.int64) >> (2 * j)) & 3
             w[:, i] = d * (s & 15) * q - dmin * (s >> 4)
+        return w
+    if dtype_id == IQ4_XS:
+        d = _f16_field(b, 0)[:, 0]
+        scales_h = b[:, 2].astype(np.int64) | (b[:, 3].astype(np.int64) << 8)   # little-endian uint16
+        for j in range(8):
+            ls = ((b[:, 4 + j // 2].astype(np.int64) >> (4 * (j % 2))) & 0xF) | (((scales_h >> (2 * j)) & 3) << 4)
+            qs = b[:, 8 + 16 * j: 8 + 16 * j + 16].astype(np.int64)
+            q = np.concatenate([qs & 0xF, qs >> 4], axis=1)                  # weight l: low nibble, l + 16 high
+            w[:, 32 * j: 32 * j + 32] = (d * (ls - 32))[:, None] * IQ4_VALUES[q]
         return w
     if dtype_id == Q3_K:
         d = _f16_field(b, 108)[:, 0]
@@ -149,7 +171,7 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
     if dtype_id == BF16:
         bits = raw.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).astype(np.float64).reshape(rows, cols)
-    if dtype_id in K_QUANTS:
+    if dtype_id in SUPER_BLOCK_TYPES:
         return decode_kquant(raw, dtype_id).reshape(rows, cols)
     blocks = raw.reshape(-1, BLOCK_BYTES[dtype_id])                    # [rows * cols / 32, bytes]
     d = _f16_field(blocks, 0)
@@ -166,6 +188,9 @@ def decode_weights(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.n
         high = (qh[:, None] >> np.arange(32)) & 1
         q = (low | (high << 4)).astype(np.float64)
         w = d * (q - 16.0) if dtype_id == Q5_0 else d * q + _f16_field(blocks, 2)
+    elif dtype_id == IQ4_NL:
+        qs = blocks[:, 2:].astype(np.int64)                            # [nb, 16]
+        w = d * IQ4_VALUES[np.concatenate([qs & 0x0F, qs >> 4], axis=1)]  # element j: qs[j] low, j + 16 high
     else:
         qs = blocks[:, 4:] if dtype_id == Q4_1 else blocks[:, 2:]       # [nb, 16]
         # element j in the low nibble of qs[j], element j + 16 in the high nibble
@@ -405,7 +430,7 @@ def test_get_rows_rejects_out_of_range_ids(ops_for, bad_id):
 # ----------------------------------------------------------------------------- Q5_0, Q5_1
 
 def extreme_q5_blocks(dtype_id: int) -> np.ndarray:
-    """Q5_0 / Q5_1 blocks at the edges of the format [n, 22 / 24]: all-zero; all quant bits set
+    """Q5_0 / Q5_1 (or IQ4_NL) blocks at the edges of the format [n, 22 / 24 / 18]: all-zero; all quant bits set
     or random, under f16 scales (and Q5_1 mins) at the largest finite / smallest normal /
     smallest subnormal / negative / zero values."""
     nbytes = BLOCK_BYTES[dtype_id]
@@ -474,6 +499,8 @@ def extreme_kquant_blocks(dtype_id: int) -> np.ndarray:
             b = np.full(nbytes, 0xFF, np.uint8) if fill == "max" else rng.integers(0, 256, nbytes, dtype=np.uint8)
             if dtype_id in (Q4_K, Q5_K):
                 b[0:4] = _f16_bytes(d, dmin)
+            elif dtype_id == IQ4_XS:
+                b[0:2] = _f16_bytes(d)
             elif dtype_id == Q3_K:
                 b[108:110] = _f16_bytes(d)
             elif dtype_id == Q2_K:
@@ -564,6 +591,78 @@ def test_kquant_rejects_partial_super_blocks(ops_for, dtype_id):
         ops.matmul(np.zeros(4 * 2 * BLOCK_BYTES[dtype_id], np.uint8), dtype_id, 4, 288, np.ones((1, 288), np.float32))
 
 
+# ----------------------------------------------------------------------------- IQ4_NL, IQ4_XS
+
+@pytest.mark.parametrize("dtype_id", [IQ4_NL, IQ4_XS], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("blocks", ["random", "extreme"])
+def test_iq4_dequantization_matches_gguf_package(ops_for, dtype_id, blocks):
+    """IQ4_NL / IQ4_XS decoded by the test's decoder, forgert.quants.dequantize and the CPU kernels
+    (get_rows: the dequantize-row of the prefill panel GEMM) all agree bit for bit with
+    gguf.quants.dequantize ((d * (ls - 32)) * value in f32: exact products, as ggml's), on random
+    bytes (any bit pattern with a finite d is a block) and on blocks with extreme scales."""
+    if blocks == "random":
+        rng = rng_for("iq4-dequant", dtype_id)
+        if dtype_id == IQ4_NL:
+            b = rng.integers(0, 256, (24 * 512 // 32, BLOCK_BYTES[dtype_id]), dtype=np.uint8)
+            b[:, 0:2] = (rng.uniform(-2, 2, (len(b), 1)) / 127).astype(np.float16).view(np.uint8)
+            raw = b.reshape(-1)
+        else:
+            raw = random_kquant_weights(rng, dtype_id, 24, 512)
+        rows, cols = 24, 512
+    elif dtype_id == IQ4_NL:
+        raw = extreme_q5_blocks(dtype_id).reshape(-1)
+        rows, cols = raw.size // BLOCK_BYTES[dtype_id], 32
+    else:
+        raw = extreme_kquant_blocks(dtype_id).reshape(-1)
+        rows, cols = raw.size // BLOCK_BYTES[dtype_id], 256
+    assert_dequantizers_match_gguf(ops_for, raw, dtype_id, rows, cols)
+
+
+# Measured nmse with IQ4_NL / IQ4_XS weights, all shapes (generic, avx2, avx512-vnni; emulated
+# Metal, every schedule): CPU int8 decode <= 5.9e-10 / 2.2e-9 (IQ4_XS 1x256 x 1), f32 panel
+# <= 1.9e-13 / 3.2e-13; Metal GEMV <= 1.9e-14 / 1.2e-14, GEMM <= 4.5e-8 / 4.6e-8: within the
+# bounds of the kernel paths above (signed table values, no zero-point term: Q8_0's rounding).
+@pytest.mark.parametrize("backend,rows,cols,n", MATMUL_CASES)
+def test_matmul_iq4_nl(ops_for, backend, rows, cols, n):
+    _matmul_case(ops_for(backend), IQ4_NL, rows, cols, n, backend)
+
+
+@pytest.mark.parametrize("backend,rows,cols,n", KQ_MATMUL_CASES)
+def test_matmul_iq4_xs(ops_for, backend, rows, cols, n):
+    test_matmul_kquant(ops_for, backend, IQ4_XS, rows, cols, n)
+
+
+@pytest.mark.parametrize("dtype_id", [IQ4_NL, IQ4_XS], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", KQ_FUSED_CASES)
+def test_matmul_add_iq4(ops_for, backend, dtype_id, rows, cols, n):
+    test_matmul_add(ops_for, backend, dtype_id, rows, cols, n)
+
+
+@pytest.mark.parametrize("dtype_id", [IQ4_NL, IQ4_XS], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", KQ_FUSED_CASES)
+def test_matmul_swiglu_iq4(ops_for, backend, dtype_id, rows, cols, n):
+    test_matmul_swiglu(ops_for, backend, dtype_id, rows, cols, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype_id", [IQ4_NL, IQ4_XS], ids=DTYPE_NAMES.get)
+def test_get_rows_iq4(ops_for, backend, dtype_id):
+    rows, cols = 300, 512
+    table = encode_weights(randn(rng_for("get_rows-iq4", dtype_id), rows, cols), dtype_id)
+    ids = np.array([0, rows - 1, 5, 5, rows // 2, 1, 7], dtype=np.int32)
+    out = ops_for(backend).get_rows(table, dtype_id, rows, cols, ids)
+    # d * value (IQ4_XS: (d * (ls - 32)) * value) is exact in f32: 11 x 6 x 7 bits
+    np.testing.assert_array_equal(out, decode_weights(table, dtype_id, rows, cols)[ids].astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype_id", [IQ4_NL, IQ4_XS], ids=DTYPE_NAMES.get)
+def test_iq4_rejects_partial_blocks(ops_for, dtype_id):
+    ops = ops_for("cpu")
+    cols = {IQ4_NL: 48, IQ4_XS: 288}[dtype_id]          # not whole blocks / super-blocks
+    with pytest.raises(ValueError, match=str({IQ4_NL: 32, IQ4_XS: 256}[dtype_id])):
+        ops.matmul(np.zeros(4 * 2 * BLOCK_BYTES[dtype_id], np.uint8), dtype_id, 4, cols, np.ones((1, cols), np.float32))
+
+
 # ----------------------------------------------------------------------------- rms_norm, elementwise
 
 TOKENS = [1, 3, 7, 33, 69]
@@ -582,6 +681,28 @@ def test_rms_norm(ops_for, backend, n, dim):
     out = ops_for(backend).rms_norm(x, w, eps)
     # f32 sum of squares over <= 576 values then one rsqrt: relative error ~1e-6 -> nmse ~1e-12
     assert nmse(out, ref) < 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [1, 7, 33])
+@pytest.mark.parametrize("heads,head_dim", [(1, 64), (4, 16), (16, 128)])
+def test_head_rms_norm(ops_for, backend, n, heads, head_dim):
+    """Qwen3's QK-norm: each head of each row normalised on its own, against NumPy."""
+    rng = rng_for("head_rms", n, heads, head_dim)
+    # heads of very different scales: a norm over the whole row instead of each head fails
+    x = randn(rng, n, heads * head_dim) * np.repeat(np.logspace(-2, 1, heads), head_dim).astype(np.float32)
+    w = (1.0 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
+    eps = 1e-6
+    h = x.astype(np.float64).reshape(n, heads, head_dim)
+    ref = (h / np.sqrt(np.mean(h ** 2, axis=2, keepdims=True) + eps) * w).reshape(n, heads * head_dim)
+    out = ops_for(backend).head_rms_norm(x, w, eps)
+    # as rms_norm: one f32 sum of squares per head (<= 128 values), measured nmse ~1e-14
+    assert nmse(out, ref) < 1e-10
+
+
+def test_head_rms_norm_rejects_a_width_that_is_not_whole_heads(ops_for):
+    with pytest.raises(ValueError, match="heads \\* head_dim"):
+        ops_for("cpu").head_rms_norm(np.ones((2, 70), np.float32), np.ones(16, np.float32), 1e-6)
 
 
 def test_rms_norm_eps_is_used(ops_for):
@@ -620,22 +741,26 @@ def test_elementwise_rejects_shape_mismatch(ops_for):
 
 # ----------------------------------------------------------------------------- rope
 
-def rope_reference(x, freqs, pos0, n_heads, head_dim, neox):
-    """float64 rotation. neox=False: pairs (2j, 2j+1); neox=True: pairs (j, j + head_dim/2)."""
+def rope_reference(x, freqs, pos0, n_heads, head_dim, neox, rope_dim=None, factor=1.0):
+    """float64 rotation of the first rope_dim (default: all) dims of each head, cos and sin
+    times `factor`. neox=False: pairs (2j, 2j+1); neox=True: pairs (j, j + rope_dim/2)."""
+    rope_dim = head_dim if rope_dim is None else rope_dim
     n = x.shape[0]
-    xh = x.astype(np.float64).reshape(n, n_heads, head_dim)
+    xh = x.astype(np.float64).reshape(n, n_heads, head_dim).copy()
     pos = (pos0 + np.arange(n, dtype=np.float64))[:, None, None]
-    ang = pos * freqs.astype(np.float64)[None, None, :]                    # [n, 1, hd/2]
-    c, s = np.cos(ang), np.sin(ang)
+    ang = pos * freqs.astype(np.float64)[None, None, :]                    # [n, 1, rope_dim/2]
+    c, s = np.cos(ang) * factor, np.sin(ang) * factor
+    xr = xh[..., :rope_dim]
     if neox:
-        a, b = xh[..., : head_dim // 2], xh[..., head_dim // 2:]
+        a, b = xr[..., : rope_dim // 2], xr[..., rope_dim // 2:]
         out = np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
     else:
-        a, b = xh[..., 0::2], xh[..., 1::2]
-        out = np.empty_like(xh)
+        a, b = xr[..., 0::2], xr[..., 1::2]
+        out = np.empty_like(xr)
         out[..., 0::2] = a * c - b * s
         out[..., 1::2] = a * s + b * c
-    return out.reshape(n, n_heads * head_dim)
+    xh[..., :rope_dim] = out
+    return xh.reshape(n, n_heads * head_dim)
 
 
 def rope_freqs(head_dim, theta=10000.0, scale_from=None):
@@ -686,6 +811,44 @@ def test_rope_kv_write(ops_for, backend, neox, n, pos0, n_heads, n_kv_heads, hea
                                       np.delete(before, np.r_[rows], axis=0).view(np.uint16))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("neox", [False, True], ids=["adjacent", "neox"])
+@pytest.mark.parametrize("rope_dim,factor", [(48, 1.0), (16, 1.3), (64, 0.8), (0, 1.0)],
+                         ids=["partial_0.75", "partial_0.25_factor", "factor", "nope"])
+def test_rope_kv_write_partial_and_scaled(ops_for, backend, neox, rope_dim, factor):
+    """Partial rotary (Phi-4-mini's 0.75: the first rope_dim dims turn, pairs taken within them),
+    the attention factor on cos and sin (YaRN, LongRoPE), and NoPE layers (rope_dim 0: nothing
+    turns, k and v are still cached)."""
+    n, pos0, n_heads, n_kv_heads, head_dim, n_ctx = 5, 300, 4, 2, 64, 310
+    rng = rng_for("rope_partial", neox, rope_dim, factor)
+    q = randn(rng, n, n_heads * head_dim)
+    k = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
+    v = randn(rng, n, n_kv_heads * head_dim)
+    cache = np.zeros((n_ctx, n_kv_heads * head_dim), np.float16)
+    freqs = rope_freqs(rope_dim) if rope_dim else np.zeros(1, np.float32)
+    q_out, k_out, kc, vc = ops_for(backend).rope_kv_write(q, k, v, cache, cache.copy(), freqs, pos0, n_heads,
+                                                          n_kv_heads, head_dim, neox, rope_dim=rope_dim,
+                                                          attn_factor=factor)
+    q_ref = rope_reference(q, freqs[:rope_dim // 2], pos0, n_heads, head_dim, neox, rope_dim, factor)
+    k_ref = rope_reference(k, freqs[:rope_dim // 2], pos0, n_kv_heads, head_dim, neox, rope_dim, factor)
+    # measured nmse ~1e-14 (pos ~300: the f32 angle's rounding); bound as test_rope_kv_write's
+    assert nmse(q_out, q_ref) < 3e-8 and nmse(k_out, k_ref) < 3e-8
+    if rope_dim < head_dim:   # the tail of each head passes through untouched, bit for bit
+        tail = (np.arange(n_heads * head_dim) % head_dim) >= rope_dim
+        np.testing.assert_array_equal(q_out[:, tail], q[:, tail])
+    rows = slice(pos0, pos0 + n)
+    np.testing.assert_allclose(kc[rows].astype(np.float32), k_ref, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(vc[rows], v.astype(np.float16))
+
+
+def test_rope_kv_write_rejects_bad_rope_dim(ops_for):
+    ones, cache = np.ones((1, 32), np.float32), np.zeros((2, 32), np.float16)
+    for rope_dim in (34, 7):
+        with pytest.raises(ValueError, match="rope_dim"):
+            ops_for("cpu").rope_kv_write(ones, ones, ones, cache, cache, rope_freqs(32), 0, 1, 1, 32, False,
+                                         rope_dim=rope_dim)
+
+
 def test_rope_kv_write_position_zero_is_identity(ops_for):
     q, k = randn(rng_for("rope0"), 1, 64), randn(rng_for("rope0k"), 1, 32)
     cache = np.zeros((2, 32), np.float16)
@@ -703,10 +866,10 @@ def test_rope_kv_write_rejects_overflow(ops_for):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
     """Causal softmax attention in float64 with GQA: query i at position pos0 + i sees cache
     rows 0..pos0 + i (only the last `window` of them if window > 0); query head h reads KV
-    head h // (n_heads / n_kv_heads)."""
+    head h // (n_heads / n_kv_heads). softcap > 0: scores s -> softcap * tanh(s / softcap)."""
     n = q.shape[0]
     group = n_heads // n_kv_heads
     qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
@@ -719,6 +882,8 @@ def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim
         for h in range(n_heads):
             kv = h // group
             s = k[first:t, kv, :] @ qh[i, h] * scale     # [t - first]
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             p = np.exp(s - s.max())
             p /= p.sum()
             out[i, h] = p @ v[first:t, kv, :]
@@ -858,3 +1023,130 @@ def test_attention_reference_matches_torch():
     mask = torch.arange(pos0 + n)[None, :] <= (pos0 + torch.arange(n))[:, None]                 # [n, t]
     out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=0.3)
     np.testing.assert_allclose(ref, out.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- Gemma's ops
+
+def gelu_tanh_reference(g):
+    g = g.astype(np.float64)
+    return 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+
+
+def test_gelu_tanh_reference_matches_torch():
+    import torch
+    g = np.linspace(-8, 8, 1001)
+    want = torch.nn.functional.gelu(torch.tensor(g), approximate="tanh").numpy()
+    np.testing.assert_allclose(gelu_tanh_reference(g), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (1, 40000), (7, 135), (69, 576)])
+def test_gelu_mul(ops_for, backend, n, dim):
+    """GeGLU's second half: tanh-GELU of the gate times up (Gemma's feed-forward)."""
+    rng = rng_for("gelu_mul", n, dim)
+    g, u = randn(rng, n, dim, scale=4.0), randn(rng, n, dim, scale=4.0)
+    out = ops_for(backend).gelu_mul(g, u)
+    # f32 tanh, or a SIMD sigmoid(2a) on the CPU: relative error ~2e-7 per element -> nmse ~1e-14
+    # (measured 1.4e-15 CPU avx512, 1.1e-15 Metal)
+    assert nmse(out, gelu_tanh_reference(g) * u) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (3, 49153), (9, 300)])
+def test_scale_and_softcap(ops_for, backend, n, dim):
+    """x * s (Gemma's embedding scale) and cap * tanh(x / cap) (its final-logit soft-capping),
+    in place; logits far beyond the cap saturate at +-cap."""
+    ops = ops_for(backend)
+    rng = rng_for("softcap", n, dim)
+    x = randn(rng, n, dim, scale=40.0)
+    x[0, :2] = [1e4, -1e30]
+    np.testing.assert_array_equal(ops.scale(x, 8.0), x * np.float32(8.0))   # exact: a power of two
+    np.testing.assert_allclose(ops.scale(x[:, :64], 55.5), x[:, :64].astype(np.float64) * 55.5, rtol=1e-7)
+    out = ops.softcap(x, 30.0)
+    ref = 30.0 * np.tanh(x.astype(np.float64) / 30.0)
+    # f32 tanh: a few ulp of 30 (measured 4.4e-6 absolute)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
+    assert out[0, 0] == np.float32(30.0) and out[0, 1] == np.float32(-30.0)
+
+
+def test_softcap_rejects_non_positive_cap(ops_for):
+    with pytest.raises(ValueError, match="cap"):
+        ops_for("cpu").softcap(np.ones((1, 4), np.float32), 0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,heads,head_dim", [(1, 4, 32), (5, 8, 256), (17, 2, 64)])
+def test_head_rms_norm_gemma_shapes(ops_for, backend, n, heads, head_dim):
+    """RMSNorm of each head of q / k (Gemma 3's QK-norm): rows of [n * heads, head_dim]."""
+    rng = rng_for("head_rms", n, heads, head_dim)
+    x = randn(rng, n, heads * head_dim, scale=3.0)
+    w = (1.0 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
+    x64 = x.astype(np.float64).reshape(n, heads, head_dim)
+    ref = (x64 / np.sqrt(np.mean(x64 ** 2, axis=2, keepdims=True) + 1e-6) * w).reshape(n, -1)
+    assert nmse(ops_for(backend).head_rms_norm(x, w, 1e-6), ref) < 1e-10   # as test_rms_norm
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,n_ctx", [
+    (1, 0, 4, 2, 32, 0, 16),        # first decode step
+    (1, 700, 4, 2, 64, 0, 1024),    # decode split across threads (merged by log-sum-exp)
+    (7, 9, 8, 4, 256, 0, 32),       # Gemma's head_dim 256, GQA 2:1
+    (20, 0, 4, 2, 32, 8, 32),       # prefill past an 8-key window (Gemma's local layers, shrunk)
+    (1, 40, 8, 4, 256, 16, 64),     # decode, windowed, head_dim 256
+])
+def test_attention_softcap(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, window, n_ctx):
+    """Gemma 2's attention-logit soft-capping: scores squashed by cap * tanh(s / cap) before
+    the softmax. Scores here reach ~10, well past the cap of 2, so capping changes the answer."""
+    if backend == "metal" and n * (pos0 + n) > 2000:
+        pytest.skip("kept small on the emulator")
+    rng = rng_for("attn_softcap", n, pos0, head_dim, window)
+    kv_dim = n_kv_heads * head_dim
+    q = randn(rng, n, n_heads * head_dim, scale=2.0)
+    k_cache = randn(rng, n_ctx, kv_dim, scale=2.0).astype(np.float16)
+    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
+    k_cache[pos0 + n:] = np.float16(60000.0)
+    v_cache[pos0 + n:] = np.float16(np.nan)
+    scale, cap = 1.0 / np.sqrt(head_dim), 2.0
+    out = ops_for(backend).attention(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window,
+                                     softcap=cap)
+    ref = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap=cap)
+    assert nmse(out, ref) < 1e-6     # as test_attention (measured 1.8e-13 CPU, 2.3e-14 Metal)
+    plain = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window)
+    if pos0 + n > 1:
+        assert nmse(plain, ref) > 1e-3   # the cap matters in these cases
+
+
+def test_attention_rejects_negative_softcap(ops_for):
+    q = np.ones((1, 4 * 16), np.float32)
+    cache = np.zeros((8, 4 * 16), np.float16)
+    with pytest.raises(ValueError, match="softcap"):
+        ops_for("cpu").attention(q, cache, cache, 0, 4, 4, 16, 0.25, 0, softcap=-1.0)
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q5_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
+def test_matmul_geglu(ops_for, backend, dtype_id, rows, cols, n):
+    """gelu_tanh(w_gate x) * (w_up x): GeGLU's gate and up projections (Metal decode: one fused
+    pass, as matmul_swiglu)."""
+    rng = rng_for("matmul_geglu", dtype_id, rows, cols, n, backend)
+    raw_g, raw_u = encode_weights(randn(rng, rows, cols), dtype_id), encode_weights(randn(rng, rows, cols), dtype_id)
+    x = randn(rng, n, cols, scale=0.3)
+    g = np.asarray(x, np.float64) @ decode_weights(raw_g, dtype_id, rows, cols).T
+    u = np.asarray(x, np.float64) @ decode_weights(raw_u, dtype_id, rows, cols).T
+    out = ops_for(backend).matmul_geglu(raw_g, raw_u, dtype_id, rows, cols, x)
+    assert out.shape == (n, rows)
+    # gelu' <= 1.13 as silu' <= 1.1: matmul_swiglu's bound
+    assert nmse(out, gelu_tanh_reference(g) * u) < 4 * matmul_bound(backend, dtype_id, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (7, 1152), (33, 2304)])
+def test_add_rms_norm(ops_for, backend, n, dim):
+    """x + rms_norm(y) * w: Gemma's post-attention / post-feed-forward norm with its residual add."""
+    rng = rng_for("add_rms_norm", n, dim)
+    x, y = randn(rng, n, dim, scale=10.0), randn(rng, n, dim, scale=3.0)
+    w = (1.0 + 0.3 * rng.standard_normal(dim)).astype(np.float32)
+    y64 = y.astype(np.float64)
+    ref = x + y64 / np.sqrt(np.mean(y64 ** 2, axis=1, keepdims=True) + 1e-6) * w
+    # f32 rounding of the norm and of the add (measured 7.0e-16 CPU, 8.1e-16 Metal)
+    assert nmse(ops_for(backend).add_rms_norm(x, y, w, 1e-6), ref) < 5e-15

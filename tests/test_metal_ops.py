@@ -27,8 +27,11 @@ from conftest import metal_skip_reason
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
 WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
-                "q5_1": Q5_1, "q2_K": Q2_K, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
+                "q5_1": Q5_1, "q2_K": Q2_K, "q3_K": Q3_K, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K,
+                "iq4_nl": 20, "iq4_xs": 23}
+IQ4_NL, IQ4_XS = 20, 23
 K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+SUPER_BLOCK_TYPES = K_QUANTS + (IQ4_XS,)   # rows of whole 256-weight super-blocks
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
 
@@ -130,6 +133,10 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
         else:
             blocks[:, 208:210] = r.uniform(0.0002, 0.0006, (n, 1)).astype(np.float16).view(np.uint8)
         return blocks.reshape(-1)
+    if dtype == IQ4_XS:   # random indices and 6-bit scales; w = d * (ls - 32) * value, |w| ~ 1
+        blocks = r.integers(0, 256, (rows * cols // 256, 136)).astype(np.uint8)
+        blocks[:, 0:2] = r.uniform(0.0002, 0.0006, (len(blocks), 1)).astype(np.float16).view(np.uint8)
+        return blocks.reshape(-1)
     nb = rows * cols // 32
     scale = r.uniform(0.002, 0.05, nb).astype(np.float16).view(np.uint8).reshape(nb, 2)
     if dtype == Q8_0:
@@ -155,7 +162,7 @@ def dequantize(raw: np.ndarray, dtype: int, rows: int, cols: int) -> np.ndarray:
     if dtype == BF16:
         bits = raw.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).reshape(rows, cols).astype(np.float64)
-    if dtype in K_QUANTS:   # the gguf package's decoder (checked against the layouts in test_cpu_ops.py)
+    if dtype in SUPER_BLOCK_TYPES + (IQ4_NL,):   # the gguf package's decoder (checked against the layouts in test_cpu_ops.py)
         import gguf
         w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(dtype))
         return np.asarray(w, np.float64).reshape(rows, cols)
@@ -189,7 +196,7 @@ KQ_MATMUL_SHAPES = [(13, 256), (70, 512)]          # K-quant rows: whole 256-wei
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_matmul(metal, cpu, wtype, n):
     dtype = WEIGHT_TYPES[wtype]
-    for rows, cols in KQ_MATMUL_SHAPES if dtype in K_QUANTS else MATMUL_SHAPES:
+    for rows, cols in KQ_MATMUL_SHAPES if dtype in SUPER_BLOCK_TYPES else MATMUL_SHAPES:
         if dtype in (F32, F16, BF16) and n in (3, 33):
             cols += 5  # float weights take any width: exercise the unaligned, scalar paths
         r = rng("matmul", wtype, n, rows, cols)
@@ -203,7 +210,8 @@ def test_matmul(metal, cpu, wtype, n):
         # into two int8 parts (~2^-16 of each block's max; one part, llama.cpp's Q8_0, would be
         # ~256x coarser, nmse ~3e-5, and fails here). Measured Metal vs CPU: quantized GEMV
         # <= 4.7e-9 (q4_1), GEMM <= 5.2e-8 (q4_1); float weights <= 6.5e-14. K-quants: GEMV
-        # <= 9.8e-10 (q4_K), GEMM <= 6.2e-8 (q4_K).
+        # <= 9.8e-10 (q4_K), GEMM <= 6.2e-8 (q4_K). IQ4_NL / IQ4_XS: GEMV <= 1.0e-9 / 2.2e-9, GEMM <= 5.3e-8 /
+        # 6.5e-8 (vs exact: GEMV <= 1.3e-14 / 2.6e-14, GEMM <= 5.2e-8 / 6.5e-8).
         half_tiles = n >= 8 and dtype not in (F32, F16, BF16)
         quantized = dtype not in (F32, F16, BF16)
         assert nmse(got, want) < (2e-7 if half_tiles else 2e-8 if quantized else 3e-13), (rows, cols)
@@ -219,7 +227,7 @@ def test_matmul(metal, cpu, wtype, n):
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 def test_get_rows(metal, cpu, wtype):
     dtype = WEIGHT_TYPES[wtype]
-    rows, cols = 37, 256 if dtype in K_QUANTS else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) else 99
+    rows, cols = 37, 256 if dtype in SUPER_BLOCK_TYPES else 96 if dtype in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) else 99
     r = rng("get_rows", wtype)
     table = weight_bytes(r, dtype, rows, cols)
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)
@@ -235,6 +243,18 @@ def test_rms_norm(metal, cpu, dim):
     x = r.standard_normal((3, dim), dtype=np.float32) * 4
     w = r.standard_normal(dim, dtype=np.float32)
     assert nmse(metal.rms_norm(x, w, 1e-5), cpu.rms_norm(x, w, 1e-5)) < 1e-10
+
+
+@pytest.mark.parametrize("n,heads,head_dim", [(1, 16, 128), (9, 4, 64), (3, 2, 256)])
+def test_head_rms_norm(metal, cpu, n, heads, head_dim):
+    """Qwen3's QK-norm in place on the device (rms_norm over [n * heads, head_dim] rows)."""
+    r = rng("head_rms_norm", n, heads, head_dim)
+    x = (r.standard_normal((n, heads * head_dim)) * 3).astype(np.float32)
+    w = (1 + 0.3 * r.standard_normal(head_dim)).astype(np.float32)
+    h = x.astype(np.float64).reshape(n, heads, head_dim)
+    ref = (h / np.sqrt((h ** 2).mean(2, keepdims=True) + 1e-6) * w).reshape(n, -1)
+    assert nmse(metal.head_rms_norm(x, w, 1e-6), ref) < 1e-10
+    assert nmse(metal.head_rms_norm(x, w, 1e-6), cpu.head_rms_norm(x, w, 1e-6)) < 1e-10
 
 
 @pytest.mark.parametrize("neox", [False, True])
@@ -255,6 +275,26 @@ def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads,
     got, want = metal.rope_kv_write(*args), cpu.rope_kv_write(*args)
     assert nmse(got[0], want[0]) < 1e-10 and nmse(got[1], want[1]) < 1e-10
     # Cached keys agree to f16 rounding of rotations that agree to f32 precision.
+    np.testing.assert_allclose(got[2].astype(np.float32), want[2].astype(np.float32), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(got[3], want[3])
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("rope_dim,factor", [(24, 1.2), (0, 1.0)], ids=["partial_factor", "nope"])
+def test_rope_kv_write_partial_and_scaled(metal, cpu, as_cache, neox, rope_dim, factor):
+    """Partial rotary with an attention factor, and a NoPE layer, against the CPU backend
+    (which test_cpu_ops checks against NumPy)."""
+    n, pos0, n_heads, n_kv_heads, head_dim = 4, 77, 3, 1, 32
+    r = rng("rope_partial", neox, rope_dim)
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = r.standard_normal((n, n_kv_heads * head_dim), dtype=np.float32)
+    v = r.standard_normal((n, n_kv_heads * head_dim), dtype=np.float32)
+    cache = as_cache(r.standard_normal((pos0 + n, n_kv_heads * head_dim)))
+    freqs = (10000.0 ** (-np.arange(0, max(rope_dim, 2), 2) / max(rope_dim, 2))).astype(np.float32)
+    args = (q, k, v, cache, cache.copy(), freqs, pos0, n_heads, n_kv_heads, head_dim, neox)
+    got = metal.rope_kv_write(*args, rope_dim=rope_dim, attn_factor=factor)
+    want = cpu.rope_kv_write(*args, rope_dim=rope_dim, attn_factor=factor)
+    assert nmse(got[0], want[0]) < 1e-10 and nmse(got[1], want[1]) < 1e-10
     np.testing.assert_allclose(got[2].astype(np.float32), want[2].astype(np.float32), rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(got[3], want[3])
 
@@ -339,6 +379,80 @@ def test_attention_sliding_window(metal, cpu, as_cache, n, pos0, window):
     got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window)
     want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window)
     assert nmse(got, want) < 1e-7
+
+
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window", [
+    (1, 300, 4, 2, 64, 0),     # decode: flash-decoding splits + reduce, capped scores
+    (1, 2, 4, 2, 256, 0),      # decode, Gemma's head_dim 256: the second key of a step past the end
+    (10, 20, 2, 1, 256, 0),    # the tiled prefill kernel at head_dim 256
+    (16, 40, 4, 2, 64, 24),    # tiled prefill, windowed (Gemma 2's local layers)
+])
+def test_attention_softcap(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim, window):
+    r = rng("attention_softcap", n, pos0, head_dim, window)
+    n_ctx = pos0 + n + 3
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32) * 2
+    k = r.standard_normal((n_ctx, kv_dim)) * 2
+    v = r.standard_normal((n_ctx, kv_dim))
+    k[pos0 + n:] = 60000.0
+    v[pos0 + n:] = np.nan
+    k, v = as_cache(k), as_cache(v)
+    scale = 1.0 / np.sqrt(head_dim)
+    got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap=2.0)
+    want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap=2.0)
+    assert nmse(got, want) < 1e-7    # as test_attention
+
+
+@pytest.mark.parametrize("wtype", ["f32", "f16", "q8_0", "q4_K"])
+@pytest.mark.parametrize("n", [1, 3, 9])
+def test_matmul_geglu(metal, cpu, wtype, n):
+    """GeGLU's gate and up projections: the fused decode kernel (n < 8) and the GEMM path."""
+    dtype = WEIGHT_TYPES[wtype]
+    r = rng("matmul_geglu", wtype, n)
+    rows, cols = 40, 256
+    g, u = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
+    x = r.standard_normal((n, cols), dtype=np.float32) * 0.3
+    got = metal.matmul_geglu(g, u, dtype, rows, cols, x)
+    want = cpu.matmul_geglu(g, u, dtype, rows, cols, x)
+    gx = x.astype(np.float64) @ dequantize(g, dtype, rows, cols).T
+    ux = x.astype(np.float64) @ dequantize(u, dtype, rows, cols).T
+    exact = 0.5 * gx * (1 + np.tanh(np.sqrt(2 / np.pi) * (gx + 0.044715 * gx ** 3))) * ux
+    # Measured over the three schedules, vs CPU / vs exact: GEMM half tiles 2.3e-7 / 2.2e-7;
+    # quantized GEMV 1.7e-9 (the CPU's two-part int8 activations) / 6.5e-14; float 1.8e-13 / 1.5e-13.
+    half_tiles = n >= 8 and dtype not in (F32, F16, BF16)
+    quantized = dtype not in (F32, F16, BF16)
+    assert nmse(got, want) < (8e-7 if half_tiles else 8e-9 if quantized else 1.2e-12)
+    assert nmse(got, exact) < (8e-7 if half_tiles else 1.2e-12)
+
+
+@pytest.mark.parametrize("dim", [5, 300, 49153])
+def test_gemma_elementwise(metal, cpu, dim):
+    """GeGLU's gelu_mul, the embedding scale and the final-logit soft-cap."""
+    r = rng("gemma_elementwise", dim)
+    a = r.standard_normal((3, dim), dtype=np.float32) * 4
+    b = r.standard_normal((3, dim), dtype=np.float32)
+    assert nmse(metal.gelu_mul(a, b), cpu.gelu_mul(a, b)) < 1e-12
+    np.testing.assert_array_equal(metal.scale(a, 8.0), cpu.scale(a, 8.0))
+    x = a * 20
+    x[0, 0] = 1e30
+    np.testing.assert_allclose(metal.softcap(x, 30.0), cpu.softcap(x, 30.0), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [7, 1152, 2304])   # 2304 > 1024 threads: each thread loops
+def test_add_rms_norm(metal, cpu, dim):
+    """x += rms_norm(y) * w in one pass (Gemma's post-norms with their residual adds)."""
+    r = rng("add_rms_norm", dim)
+    x = r.standard_normal((3, dim), dtype=np.float32) * 10
+    y = r.standard_normal((3, dim), dtype=np.float32) * 4
+    w = r.standard_normal(dim, dtype=np.float32)
+    assert nmse(metal.add_rms_norm(x, y, w, 1e-6), cpu.add_rms_norm(x, y, w, 1e-6)) < 1e-12   # as test_rms_norm
+
+
+def test_head_rms_norm_head_dim_256(metal, cpu):
+    r = rng("head_rms_norm")
+    x = r.standard_normal((5, 8 * 256), dtype=np.float32) * 3
+    w = r.standard_normal(256, dtype=np.float32)
+    assert nmse(metal.head_rms_norm(x, w, 1e-6), cpu.head_rms_norm(x, w, 1e-6)) < 1e-10
 
 
 # --------------------------------------------------------------------------- errors

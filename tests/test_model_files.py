@@ -229,7 +229,8 @@ def capped_load(path, tmp_path) -> str:
 # ----------------------------------------------------------------------------- well-formed GGUF, wrong model
 
 def test_unsupported_tensor_type_iq2_xxs(forgert, base):
-    # The K-quants Q2_K .. Q6_K are read (test_e2e_kquants.py, test_cpu_ops.py); the IQ types are not.
+    # The K-quants Q2_K .. Q6_K, IQ4_NL and IQ4_XS are read (test_e2e_kquants.py, test_e2e_iq4.py,
+    # test_cpu_ops.py); the other IQ types are not.
     spec, model, tok, d, _ = base
     tensors = mf.gguf_tensors(model, spec)
     rows, cols = tensors["blk.0.ffn_down.weight"].shape          # [64, 256]
@@ -531,12 +532,40 @@ def test_qwen2_windows_only_the_layers_from_max_window_layers(tiny_models, tmp_p
     assert float(np.abs(all_windowed - ref).max()) / scale > 1e-2
 
 
-def test_interleaved_sliding_window_layers_are_refused(tiny_models, tmp_path, forgert):
-    tm = tiny_models("llama3_untied")   # three layers
-    dst = tmp_path / "interleaved"
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("metal", marks=pytest.mark.metal)])
+def test_interleaved_sliding_window_layers_match_transformers(tiny_models, tmp_path, forgert, backend):
+    """layer_types in any pattern: here the window on layer 0 and full attention on layer 1
+    (not a suffix of the layers: the per-layer seam), as transformers' Qwen2ForCausalLM runs it."""
+    from conftest import metal_skip_reason
+    if backend == "metal" and metal_skip_reason():
+        pytest.skip(metal_skip_reason())
+    import torch
+    from transformers import Qwen2ForCausalLM
+    tm = tiny_models("qwen2_tied")
+    dst = tmp_path / "qwen2_interleaved"
     shutil.copytree(tm.path("hf-F32"), dst)
     cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    cfg.update(use_sliding_window=True, sliding_window=5, max_position_embeddings=256,
+               layer_types=["sliding_attention", "full_attention"])
     (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="interleaved"):
-        forgert.Model(str(dst), backend="cpu")
+    ids = np.random.default_rng(9).integers(0, tm.vocab, 30).tolist()
+    hf = Qwen2ForCausalLM.from_pretrained(str(dst), dtype=torch.float32)
+    assert hf.config.layer_types == ["sliding_attention", "full_attention"]
+    ref = mf.reference_logits(mf.with_f16_kv(hf), ids)
+    scale = float(np.abs(ref).max())
+    m = forgert.Model(str(dst), backend=backend, n_ctx=64)
+    # F32 weights: the tiny-model bound of test_e2e_tiny (5e-4 of max|logit|)
+    assert float(np.abs(m.logits(ids) - ref).max()) / scale < 5e-4
+    steps = np.concatenate([np.asarray(m._engine.forward(np.asarray([t], np.int32), i)).reshape(1, -1)
+                            for i, t in enumerate(ids)])
+    assert float(np.abs(steps - ref).max()) / scale < 5e-4
+    # the mirrored pattern is a different model: the test tells the two apart
+    cfg["layer_types"] = ["full_attention", "sliding_attention"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    mirrored = forgert.Model(str(dst), backend="cpu", n_ctx=64).logits(ids)
+    assert float(np.abs(mirrored - ref).max()) / scale > 1e-2
+    # GGUF's llama/qwen2 sliding_window key windows every layer: the export refuses by name
+    from forgert.errors import ModelFormatError
+    from forgert.gguf_export import export_gguf
+    with pytest.raises(ModelFormatError, match="per-layer attention windows"):
+        export_gguf(str(dst), str(tmp_path / "interleaved.gguf"), "f32", log=lambda _msg: None)

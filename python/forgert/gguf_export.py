@@ -1,7 +1,8 @@
-"""Write a GGUF (F32/F16/Q8_0/Q4_0/Q4_1) from a GGUF (of any type forgert reads, K-quants
-included) or an HF directory of F32/F16/BF16 weights.
+"""Write a GGUF in one of llama.cpp's weight mixes (quant_mix.py: F32, F16, Q8_0, Q4_0/1, Q5_0/1, the
+K-quant mixes Q2_K..Q6_K, IQ4_NL/XS) from a GGUF (of any type forgert reads, K-quants included) or
+an HF directory of F32/F16/BF16 weights.
 
-Matrices get the target type; norms, biases and other 1-D tensors stay F32. From HF directories
+Matrices get the mix's type for them; norms, biases and other 1-D tensors stay F32. From HF directories
 the llama Q/K rows are permuted for GGUF's adjacent-pair RoPE (as llama.cpp's converter does), and
 the metadata and tokenizer (byte-level BPE only) are written under llama.cpp's key names.
 """
@@ -13,17 +14,19 @@ import sys
 
 import numpy as np
 
+from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
+from .quant_mix import MIXES, MixPlanner
+from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .quants import QUANTIZERS, dequantize
-from .rope import base_inv_freqs, llama3_scaled
+from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
 
-TARGET_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
-# llama.cpp's general.file_type (LLAMA_FTYPE_*) for each target
-_FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7}
+TARGET_TYPES = tuple(MIXES)
+ALL_QUANTIZERS = {**QUANTIZERS, **SEARCH_QUANTIZERS}    # ggml type id -> float32 [rows, cols] -> bytes
 _SKIP_KEYS = ("general.architecture", "general.file_type", "general.alignment")
 
 
@@ -33,14 +36,17 @@ def permute_for_adjacent_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_ROPE_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
 def _is_1d(name: str) -> bool:
-    return name.endswith("norm.weight") or name.endswith(".bias") or name == "rope_freqs.weight"
+    return name.endswith("norm.weight") or name.endswith(".bias") or name in _ROPE_FACTOR_TENSORS
 
 
 def _tensor_plan(loaded):
     """(name, WeightTensor, permute_heads or None) in a stable order."""
     cfg = loaded.config
-    permute = loaded.format == "safetensors" and cfg.arch == "llama"
+    permute = loaded.format == "safetensors" and cfg.arch in ("llama", "smollm3")   # llama.cpp's NORM rope type
     for name, w in loaded.weights.items():
         heads = None
         if permute and (".attn_q." in name or ".attn_k." in name):
@@ -115,17 +121,26 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.{key}", value)
     writer.add_f32(f"{arch}.rope.freq_base", c.rope_theta)
     writer.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_eps)
-    writer.add_u32(f"{arch}.rope.dimension_count", c.head_dim)
+    writer.add_u32(f"{arch}.rope.dimension_count", c.rope_dim or c.head_dim)
+    if arch == "smollm3":   # GGUF smollm3 has no key for its NoPE layers: llama.cpp fixes every fourth
+        fixed = [-1 if (i + 1) % SMOLLM3_NO_ROPE_INTERVAL == 0 else 0 for i in range(c.n_layers)]
+        if c.layer_rope != fixed:
+            raise ModelFormatError(f"{loaded.name}: NoPE layers {c.layer_rope} differ from every fourth layer, the "
+                                   f"only pattern a GGUF of architecture 'smollm3' can hold")
     if c.head_dim != c.dim // c.n_heads:
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
-    if c.sliding_window:
-        # GGUF's key windows every layer; Qwen2's max_window_layers has no GGUF form.
-        if c.sliding_window_from:
-            raise ModelFormatError(f"{loaded.name}: sliding-window attention from layer {c.sliding_window_from} "
-                                   "on cannot be written to GGUF")
-        writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
+    windows = c.windows()
+    if any(windows):
+        # GGUF's llama/qwen2 key windows every layer; Qwen2's max_window_layers and interleaved
+        # local/global layers have no GGUF form there.
+        if len(set(windows)) > 1:
+            raise ModelFormatError(f"{loaded.name}: per-layer attention windows {windows} cannot be written to "
+                                   f"a GGUF of architecture '{arch}' (its sliding_window key windows every layer)")
+        writer.add_u32(f"{arch}.attention.sliding_window", windows[0])
+    elif arch == "phi3":
+        writer.add_u32(f"{arch}.attention.sliding_window", 0)   # phi3's converter writes 0 for none
     extra = {}
     kind = (c.rope_scaling or {}).get("type")
     if kind == "linear":
@@ -138,6 +153,31 @@ def _write_hf_metadata(writer, loaded):
         scaled = llama3_scaled(base, r["factor"], r["low_freq_factor"], r["high_freq_factor"],
                                r["original_max_position_embeddings"])
         extra["rope_freqs.weight"] = (base / scaled).astype(np.float32)
+    elif kind == "yarn":
+        # The keys llama.cpp reads; its attention factor is 0.1 ln(factor) + 1 times
+        # rope.scaling.attn_factor, so a config's own attention_factor is written as that ratio.
+        r = c.rope_scaling
+        if not r.get("truncate", True):
+            raise ModelFormatError(f"{loaded.name}: YaRN with truncate=false has no GGUF form (llama.cpp "
+                                   f"always truncates the correction range)")
+        writer.add_str(f"{arch}.rope.scaling.type", "yarn")
+        writer.add_f32(f"{arch}.rope.scaling.factor", r["factor"])
+        writer.add_u32(f"{arch}.rope.scaling.original_context_length", r["original_max_position_embeddings"])
+        writer.add_f32(f"{arch}.rope.scaling.yarn_beta_fast", r["beta_fast"])
+        writer.add_f32(f"{arch}.rope.scaling.yarn_beta_slow", r["beta_slow"])
+        ratio = c.rope_attn_factor / yarn_mscale(r["factor"])
+        if abs(ratio - 1.0) > 1e-7:
+            writer.add_f32(f"{arch}.rope.scaling.attn_factor", ratio)
+    elif kind == "longrope":
+        # llama.cpp's phi3 form: both divisor sets as tensors, the cos/sin scale and original context as keys
+        r = c.rope_scaling
+        writer.add_u32(f"{arch}.rope.scaling.original_context_length", r["original_max_position_embeddings"])
+        writer.add_f32(f"{arch}.rope.scaling.attn_factor", r["attn_factor"])
+        extra["rope_factors_long.weight"] = np.asarray(r["long_factor"], dtype=np.float32)
+        extra["rope_factors_short.weight"] = np.asarray(r["short_factor"], dtype=np.float32)
+    elif kind is not None:
+        raise ModelFormatError(f"{loaded.name}: RoPE scaling '{kind}' has no GGUF form (llama.cpp has no "
+                               f"{kind} scaling); run the HF directory itself")
     _write_hf_tokenizer(writer, loaded)
     return extra
 
@@ -152,20 +192,34 @@ def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
     x = dequantize(w.data, w.type_id, rows, cols)
     if heads is not None:
         x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
-    if want in QUANTIZERS:
-        return QUANTIZERS[want](x)
+    if want in ALL_QUANTIZERS:
+        return ALL_QUANTIZERS[want](x)
     return x.astype(np.float32 if want == F32 else np.float16)
 
 
-def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
-    """Write `dst`; returns {tensor type name: count}. log(str) receives notes (default stderr);
-    progress(done, total) is called after each tensor is written."""
+def llamacpp_tensor_order(name: str) -> tuple:
+    """Sort key of llama.cpp's model loader (weight_name_comparer), the order llama-quantize
+    writes tensors and counts layers in for its mixes: by layer number (tensors outside the
+    layers first), then by name."""
+    parts = name.split(".")
+    layer = int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else -1
+    return layer, name
+
+
+def _is_llamacpp_70b(cfg) -> bool:
+    """llama.cpp's LLM_TYPE_70B among the architectures forgert runs (its mixes give it more attn_v bits)."""
+    return cfg.n_layers == 80 and (cfg.arch == "qwen2" or (cfg.arch == "llama" and cfg.n_heads != cfg.n_kv_heads))
+
+
+def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = False) -> dict:
+    """Write `dst` in mix `target` (quant_mix.MIXES; pure: every matrix in the mix's default type,
+    as llama-quantize --pure); returns {tensor type name: count}. log(str) receives notes
+    (default stderr); progress(done, total) is called after each tensor is written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if target not in TARGET_TYPES:
         raise ValueError(f"--type must be one of {', '.join(TARGET_TYPES)}, got {target!r}")
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be a different file from the input")
-    target_id = TARGET_TYPES[target]
     loaded = load_model(src)
     writer = GGUFWriter(loaded.config.arch)
     if loaded.format == "gguf":
@@ -173,7 +227,7 @@ def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
         extra = {}
     else:
         extra = _write_hf_metadata(writer, loaded)
-    writer.add_u32("general.file_type", _FILE_TYPES[target_id])
+    writer.add_u32("general.file_type", MIXES[target].file_type)
 
     # producers[i]() -> bytes of the i-th tensor added to the writer
     producers, counts = [], {}
@@ -188,12 +242,15 @@ def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
                 "quantize from F32/F16/BF16 weights when you can")
             warned.append(True)
 
-    for name, w, heads in _tensor_plan(loaded):
+    plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
+    cfg = loaded.config
+    planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
+                         large_70b=_is_llamacpp_70b(cfg), pure=pure)
+    for name, w, heads in plan:
         rows, cols = w.shape
-        want = F32 if _is_1d(name) else target_id
-        if want in QUANTIZERS and cols % 32:
+        want = F32 if _is_1d(name) else planner.type_for(name, cols)
+        if want == F16 and MIXES[target].default != F16:
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
-            want = F16
         writer.add_tensor(name, [cols] if rows == 1 and _is_1d(name) else [cols, rows], want)
         producers.append(lambda name=name, w=w, heads=heads, want=want:
                          _tensor_bytes(name, w, heads, want, warn_requantize))

@@ -10,14 +10,18 @@ Nibbles: byte j holds q[j] (low) and q[j + 16] (high).
 Q5_0 / Q5_1 (dequantized only): w = d * (q - 16) / d * q + m, q's fifth bit i in qh (little-endian
 uint32).
 Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
+IQ4_NL / IQ4_XS (dequantized only): w = d * IQ4_VALUES[q] / (d * (ls - 32)) * IQ4_VALUES[q] per
+32-weight sub-block of a 256-weight super-block, nibbles as Q4_0's.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
+from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
+                         type_name)
 
 QK = 32
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 
 
 def _blocks(x: np.ndarray) -> np.ndarray:
@@ -116,6 +120,11 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         w = _dequantize_q4_k(data.reshape(-1, 176))
     elif type_id == Q6_K:
         w = _dequantize_q6_k(data.reshape(-1, 210))
+    elif type_id == IQ4_NL:
+        b = data.reshape(-1, 18)
+        w = _f16(b[:, :2]) * IQ4_VALUES[_unpack_nibbles(b[:, 2:]).astype(np.int64)]
+    elif type_id == IQ4_XS:
+        w = _dequantize_iq4_xs(data.reshape(-1, 136))
     else:
         raise ValueError(f"cannot dequantize type {type_name(type_id)}")
     return w.reshape(rows, cols)
@@ -184,6 +193,18 @@ def _dequantize_q6_k(b: np.ndarray) -> np.ndarray:
     high = (qh >> (2 * np.arange(4).reshape(1, 1, 4, 1))) & 3
     q = (low | (high << 4)).astype(np.float32) - 32
     w = (d * scales)[:, :, None] * q.reshape(-1, 16, 16)
+    return w.reshape(-1, 256).astype(np.float32)
+
+
+def _dequantize_iq4_xs(b: np.ndarray) -> np.ndarray:
+    """uint8 [n, 136] -> float32 [n, 256]"""
+    d = _f16(b[:, 0:2])                                                  # [n, 1]
+    scales_h = b[:, 2:4].copy().view("<u2").astype(np.int32)             # [n, 1]
+    scales_l = b[:, 4:8].astype(np.int32)                                # [n, 4]
+    j = np.arange(8)
+    ls = ((scales_l[:, j // 2] >> (4 * (j % 2))) & 15) | (((scales_h >> (2 * j)) & 3) << 4)  # [n, 8]
+    q = _unpack_nibbles(b[:, 8:].reshape(-1, 16)).astype(np.int64).reshape(-1, 8, 32)    # [n, sub-block, 32]
+    w = (d * (ls - 32).astype(np.float32))[:, :, None] * IQ4_VALUES[q]
     return w.reshape(-1, 256).astype(np.float32)
 
 

@@ -20,7 +20,7 @@ from .weights import WeightTensor
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
 _MAX_HEADER = 100 * 1024 * 1024
 
-# HF Llama/Mistral/Qwen2 names -> canonical GGUF names
+# HF Llama/Mistral/Qwen2/Qwen3/SmolLM3/Phi-3 names -> canonical GGUF names
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -36,25 +36,43 @@ _LAYER_NAMES = {
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
     "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",     # Qwen3: RMSNorm of each head of Q / K
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # Phi-3's fused projections, named as llama.cpp's converter names them (fused_tensors.py splits them)
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
+_FUSED_HF_SUFFIXES = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
+# Gemma 2 / 3 name their four norms differently: post_attention_layernorm is the norm of the
+# attention output (a post-norm), pre_feedforward_layernorm the one before the MLP.
+_GEMMA_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",     # Gemma 3: RMSNorm of each head of Q / K
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+}
+_LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # Buffers some checkpoints carry that hold nothing we need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def canonical_name(hf_name: str):
+def canonical_name(hf_name: str, model_type: str | None = None):
     """Canonical name for an HF tensor name; None for ignorable buffers; KeyError if unknown."""
     if hf_name.endswith(_IGNORED_SUFFIXES):
         return None
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
+    layer_names = _LAYER_NAMES_BY_MODEL_TYPE.get(model_type, _LAYER_NAMES)
     m = _LAYER_RE.match(hf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    if m and m.group(2) in layer_names:
+        return f"blk.{m.group(1)}.{layer_names[m.group(2)]}"
     raise KeyError(hf_name)
 
 
@@ -137,13 +155,15 @@ class HFModelDir:
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
         self.tensors = {}        # canonical name -> WeightTensor
+        self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
+        model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
                 try:
-                    name = canonical_name(hf_name)
+                    name = canonical_name(hf_name, model_type)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Qwen2 model)") from None
+                                           f"(not part of a Llama/Mistral/Qwen2/Qwen3/SmolLM3/Phi-3/Gemma model)") from None
                 if name is None:
                     continue
                 if name in self.tensors:
@@ -155,6 +175,8 @@ class HFModelDir:
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
                 self.tensors[name] = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+                if hf_name.endswith(_FUSED_HF_SUFFIXES):
+                    self.fused.add(name)
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")

@@ -47,6 +47,24 @@ static inline float fg_q5_1_at(device const block_q5_1* b, int c) {
     return fg_f16_to_f32(b->d) * fg_q5_quant(b->qh, b->qs, c) + fg_f16_to_f32(b->m);
 }
 
+// IQ4_NL / IQ4_XS: nibbles index one table of non-linear values (quant_blocks.h).
+static constant float fg_iq4_values[16] = FG_IQ4_NL_VALUES;  // static: one copy per .metal, no link clash
+static inline float fg_iq4_nl_at(device const block_iq4_nl* b, int c) {
+    const uint q = b->qs[c & 15];
+    return fg_f16_to_f32(b->d) * fg_iq4_values[c < 16 ? q & 0xFu : q >> 4];
+}
+// IQ4_XS's scale of sub-block j (of 32 weights), minus its offset: -32..31.
+static inline float fg_iq4_xs_scale(device const block_iq4_xs* b, int j) {
+    const uint low = (uint(b->scales_l[j / 2]) >> (4 * (j % 2))) & 0xFu;
+    const uint high = (uint(b->scales_h) >> (2 * j)) & 3u;
+    return float(int(low | (high << 4)) - 32);
+}
+static inline float fg_iq4_xs_at(device const block_iq4_xs* b, int c) {
+    const int j = c / 32, l = c % 32;
+    const uint q = b->qs[16 * j + (l & 15)];
+    return fg_f16_to_f32(b->d) * fg_iq4_xs_scale(b, j) * fg_iq4_values[l < 16 ? q & 0xFu : q >> 4];
+}
+
 // K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
 // 6-bit scale and min of sub-block j (of 32 weights).
 static inline void fg_q4_K_scale_min(device const uint8_t* s, int j, thread float& sc, thread float& m) {
@@ -128,6 +146,8 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q5_K: return fg_q5_K_at((device const block_q5_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_IQ4_NL: return fg_iq4_nl_at((device const block_iq4_nl*)row + c / FG_QK, c % FG_QK);
+        case FG_IQ4_XS: return fg_iq4_xs_at((device const block_iq4_xs*)row + c / FG_QK_K, c % FG_QK_K);
         default: return 0.0f;
     }
 }
@@ -189,6 +209,28 @@ static inline void fg_dequant16_q5_0(device const char* row, int blk, int h, thr
 static inline void fg_dequant16_q5_1(device const char* row, int blk, int h, thread float* out) {
     device const block_q5_1* b = (device const block_q5_1*)row + blk;
     fg_dequant16_q5(b->qh, b->qs, fg_f16_to_f32(b->d), fg_f16_to_f32(b->m), h, out);
+}
+
+// IQ4_NL / IQ4_XS: 16 bytes of nibble indices in Q4_0's order, half h one nibble of every
+// byte, times the block's (sub-block's) scale d.
+static inline void fg_dequant16_iq4(device const uint8_t* qs8, float d, int h, thread float* out) {
+    device const ushort* qs = (device const ushort*)qs8;
+    const uint shift = 4 * h;
+    for (int i = 0; i < 8; ++i) {
+        const uint q = qs[i];
+        out[2 * i] = d * fg_iq4_values[(q >> shift) & 0xFu];
+        out[2 * i + 1] = d * fg_iq4_values[(q >> (shift + 8)) & 0xFu];
+    }
+}
+static inline void fg_dequant16_iq4_nl(device const char* row, int blk, int h, thread float* out) {
+    device const block_iq4_nl* b = (device const block_iq4_nl*)row + blk;
+    fg_dequant16_iq4(b->qs, fg_f16_to_f32(b->d), h, out);
+}
+// IQ4_XS: chunk blk % 8 is sub-block j, its quants qs[16 j ..] (qs at offset 8: ushort reads).
+static inline void fg_dequant16_iq4_xs(device const char* row, int blk, int h, thread float* out) {
+    device const block_iq4_xs* b = (device const block_iq4_xs*)row + blk / 8;
+    const int j = blk % 8;
+    fg_dequant16_iq4(b->qs + 16 * j, fg_f16_to_f32(b->d) * fg_iq4_xs_scale(b, j), h, out);
 }
 
 // Sixteen consecutive weights [16 * h, 16 * h + 16) of 32-weight chunk `blk` of a K-quant

@@ -37,3 +37,5 @@ template [[host_name("get_rows_q3_K")]] kernel get_rows_t get_rows<FG_Q3_K>;
 template [[host_name("get_rows_q4_K")]] kernel get_rows_t get_rows<FG_Q4_K>;
 template [[host_name("get_rows_q5_K")]] kernel get_rows_t get_rows<FG_Q5_K>;
 template [[host_name("get_rows_q6_K")]] kernel get_rows_t get_rows<FG_Q6_K>;
+template [[host_name("get_rows_iq4_nl")]] kernel get_rows_t get_rows<FG_IQ4_NL>;
+template [[host_name("get_rows_iq4_xs")]] kernel get_rows_t get_rows<FG_IQ4_XS>;

@@ -36,11 +36,12 @@ typedef struct {
     int32_t x_vec4;       // 1: x rows are 16-byte aligned and cols % 4 == 0 (float4 loads)
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
     int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
-    int32_t pad0;
+    int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
 } mul_mv_args;
 FG_ARGS_ASSERT(sizeof(mul_mv_args) == 48, "mul_mv_args layout");
 // mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
-// feed-forward's gate and up projections and SiLU * mul in one pass over x.
+// feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
+// SiLU with args.gelu: Gemma's GeGLU).
 // slots: 1 w (gate), 2 x, 3 out, 4 w_up (w's type and shape); args and grid as mul_mv
 
 // --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---
@@ -73,12 +74,14 @@ typedef struct {
     uint64_t out_stride;
     int32_t dim;
     float eps;
+    int32_t accumulate;   // 1: out += the normed row (a post-norm fused with its residual add); 0: out =
+    int32_t pad0;
 } rms_norm_args;
-FG_ARGS_ASSERT(sizeof(rms_norm_args) == 24, "rms_norm_args layout");
+FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 
 // --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
 // slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],
-//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [head_dim / 2]
+//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [rope_dim / 2]
 // grid: (n_heads + 2 * n_kv_heads, n): q heads, then k heads, then v heads;
 // threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
 typedef struct {
@@ -90,10 +93,12 @@ typedef struct {
     int32_t n_kv_heads;
     int32_t head_dim;
     int32_t pos0;
-    int32_t neox;  // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + head_dim/2])
+    int32_t neox;      // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + rope_dim/2])
+    int32_t rope_dim;  // the first rope_dim dims of a head rotate (0: none, NoPE); the rest pass through
+    float attn_factor; // multiplies cos and sin (YaRN, LongRoPE)
     int32_t pad0;
 } rope_kv_write_args;
-FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 56, "rope_kv_write_args layout");
+FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
@@ -120,8 +125,10 @@ typedef struct {
     int32_t split_len;    // keys per split
     float scale;
     int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
+    float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
+    int32_t pad0;
 } attention_args;
-FG_ARGS_ASSERT(sizeof(attention_args) == 56, "attention_args layout");
+FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
 
 // attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
 // queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head
@@ -146,8 +153,10 @@ typedef struct {
     int32_t tile_keys;
     float scale;
     int32_t window;       // as in attention_args
+    float softcap;        // as in attention_args
+    int32_t pad0;
 } attention_prefill_args;
-FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 56, "attention_prefill_args layout");
+FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
 
 // attention_reduce: slots 1 partials, 2 out; grid (H, n); threads: 32 * ceil(hd / 32)
 typedef struct {
@@ -171,6 +180,15 @@ typedef struct {
     int32_t pad0;
 } elementwise_args;
 FG_ARGS_ASSERT(sizeof(elementwise_args) == 32, "elementwise_args layout");
+
+// scale_f32: x *= value.  softcap_f32: x = value * tanh(x / value).  Both in place.
+// slots: 1 x f32 [n, dim]; grid: (ceil(dim / 256), n); threads: 256
+typedef struct {
+    uint64_t x_stride;
+    int32_t dim;
+    float value;
+} unary_args;
+FG_ARGS_ASSERT(sizeof(unary_args) == 16, "unary_args layout");
 
 // --- get_rows: out[t, :] = f32(table[ids[t], :]); an id outside [0, table_rows) gives zeros ---
 // slots: 1 table (any weight type), 2 ids i32 [n], 3 out f32 [n, cols]

@@ -81,6 +81,18 @@ struct q6_K_tile {
         fg_dequant16_q6_K(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
+struct iq4_nl_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_iq4_nl(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+struct iq4_xs_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_iq4_xs(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
 struct f32_tile {
     typedef float T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
@@ -183,6 +195,8 @@ template [[host_name("mul_mm_q3_K")]] kernel mul_mm_t mul_mm<q3_K_tile>;
 template [[host_name("mul_mm_q4_K")]] kernel mul_mm_t mul_mm<q4_K_tile>;
 template [[host_name("mul_mm_q5_K")]] kernel mul_mm_t mul_mm<q5_K_tile>;
 template [[host_name("mul_mm_q6_K")]] kernel mul_mm_t mul_mm<q6_K_tile>;
+template [[host_name("mul_mm_iq4_nl")]] kernel mul_mm_t mul_mm<iq4_nl_tile>;
+template [[host_name("mul_mm_iq4_xs")]] kernel mul_mm_t mul_mm<iq4_xs_tile>;
 template [[host_name("mul_mm_f32")]] kernel mul_mm_t mul_mm<f32_tile>;
 template [[host_name("mul_mm_f16")]] kernel mul_mm_t mul_mm<f16_tile>;
 template [[host_name("mul_mm_bf16")]] kernel mul_mm_t mul_mm<bf16_tile>;

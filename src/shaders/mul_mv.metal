@@ -100,6 +100,37 @@ struct q5_1_dot : q5_x_layout {
     }
 };
 
+// IQ4_NL / IQ4_XS: Q4_0's nibble layout (half il: bytes qs[8 il .. 8 il + 8), read once as 4
+// ushorts), each nibble naming a table value.
+struct iq4_x_layout : q4_x_layout {
+    static float value_dot(device const uint8_t* qs, thread const float* xv) {
+        device const ushort* q2 = (device const ushort*)qs;
+        float acc = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            const uint q = q2[i];
+            acc += fg_iq4_values[q & 0xFu] * xv[2 * i] + fg_iq4_values[(q >> 8) & 0xFu] * xv[2 * i + 1];
+            acc += fg_iq4_values[(q >> 4) & 0xFu] * xv[8 + 2 * i] + fg_iq4_values[(q >> 12) & 0xFu] * xv[8 + 2 * i + 1];
+        }
+        return acc;
+    }
+};
+
+struct iq4_nl_dot : iq4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_iq4_nl* b = (device const block_iq4_nl*)row + blk;
+        return fg_f16_to_f32(b->d) * value_dot(b->qs + 8 * il, xv);
+    }
+};
+
+// IQ4_XS: chunk blk is sub-block blk % 8 of super-block blk / 8, laid out as an IQ4_NL block.
+struct iq4_xs_dot : iq4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_iq4_xs* b = (device const block_iq4_xs*)row + blk / 8;
+        const int j = blk % 8;
+        return fg_f16_to_f32(b->d) * fg_iq4_xs_scale(b, j) * value_dot(b->qs + 16 * j + 8 * il, xv);
+    }
+};
+
 // Q8_0: half il = weights 16 il .. 16 il + 16.
 struct q8_0_dot {
     static void load_x(device const float* xb, int il, bool vec4, thread float* xv) {
@@ -249,14 +280,17 @@ static inline void mv_quant_sums(constant mul_mv_args& args, device const char* 
 }
 
 // Reduces the lane sums and writes rows r0 .. r0 + MV_NR of token row o: w x (NW == 1,
-// added to o with accumulate) or silu(gate) * up (NW == 2).
+// added to o with accumulate) or silu(gate) * up (NW == 2; gelu_tanh(gate) * up with args.gelu).
 template <int NW>
 static inline void mv_store(constant mul_mv_args& args, thread float* sum, device float* o, int r0, ushort tiisg) {
     for (int r = 0; r < MV_NR; ++r) {
         const float s = simd_sum(sum[r]);
         if (NW == 2) {
             const float u = simd_sum(sum[MV_NR + r]);
-            if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s / (1.0f + exp(-s)) * u;
+            const float act = args.gelu != 0
+                ? 0.5f * s * (1.0f + precise::tanh(0.7978845608028654f * (s + 0.044715f * s * s * s)))
+                : s / (1.0f + exp(-s));
+            if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = act * u;
         } else if (tiisg == 0 && r0 + r < args.rows) {
             o[r0 + r] = args.accumulate != 0 ? o[r0 + r] + s : s;
         }
@@ -311,6 +345,8 @@ template [[host_name("mul_mv_q3_K")]] kernel mul_mv_quant_t mul_mv_quant<q3_K_do
 template [[host_name("mul_mv_q4_K")]] kernel mul_mv_quant_t mul_mv_quant<q4_K_dot>;
 template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_dot>;
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
+template [[host_name("mul_mv_iq4_nl")]] kernel mul_mv_quant_t mul_mv_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_iq4_xs")]] kernel mul_mv_quant_t mul_mv_quant<iq4_xs_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
@@ -322,6 +358,8 @@ template [[host_name("mul_mv_swiglu_q3_K")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q4_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_K_dot>;
 template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q5_K_dot>;
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
+template [[host_name("mul_mv_swiglu_iq4_nl")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_swiglu_iq4_xs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_xs_dot>;
 
 // ---------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the

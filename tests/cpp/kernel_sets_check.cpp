@@ -43,7 +43,8 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     for (auto& b : w) b = (uint8_t)(rng() & 0xff);
     for (int r = 0; r < rows; r++) {
         uint8_t* row = &w[r * rb];
-        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1) {
+        if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+            t == DType::IQ4_NL) {
             const int64_t bb = dtype_block_bytes(t);
             for (int b = 0; b < cols / FG_QK; b++) {
                 const uint16_t d = f32_to_f16(0.01f + 0.001f * (float)(rng() % 16));
@@ -67,6 +68,11 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
                     std::memcpy(row + b * bb + offsetof(block_q6_K, d), &d, 2);
                 }
             }
+        } else if (t == DType::IQ4_XS) {  // random indices and 6-bit scales; w ~ d * 32 * 127
+            for (int b = 0; b < cols / FG_QK_K; b++) {
+                const uint16_t d = f32_to_f16(0.0002f + 0.00002f * (float)(rng() % 16));
+                std::memcpy(row + b * sizeof(block_iq4_xs) + offsetof(block_iq4_xs, d), &d, 2);
+            }
         } else {
             for (int c = 0; c < cols; c++) {
                 const float v = normal(rng);
@@ -83,10 +89,13 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     return w;
 }
 
-// The weight types a row of `cols` weights can have (K-quants: whole 256-weight super-blocks).
+// The weight types a row of `cols` weights can have (K-quants and IQ4_XS: whole 256-weight
+// super-blocks).
 std::vector<DType> weight_types(int cols) {
-    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::F16, DType::BF16, DType::F32};
-    if (cols % FG_QK_K == 0) ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K});
+    std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL,
+                             DType::F16, DType::BF16, DType::F32};
+    if (cols % FG_QK_K == 0)
+        ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
     return ts;
 }
 
@@ -237,10 +246,11 @@ void check(const KernelSet* k, int cols) {
             qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
             len[i] = 1 + (i * 37) % ctx;
         }
-        g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data(),
-                           lse_a.data());
-        k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, work.data(),
-                           lse_b.data());
+        const float softcap = nq % 2 ? 0.0f : 1.5f;  // soft-capped scores (Gemma 2) on every other size
+        g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
+                           work.data(), lse_a.data());
+        k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
+                           work.data(), lse_b.data());
         char what[64];
         std::snprintf(what, sizeof what, "attention_group nq=%d", nq);
         expect_close(k->name, what, oa, ob, 1e-5);
@@ -252,6 +262,9 @@ void check(const KernelSet* k, int cols) {
     g->silu_mul_row(gs.data(), us.data(), sa.data(), 1000);
     k->silu_mul_row(gs.data(), us.data(), sb.data(), 1000);
     expect_close(k->name, "silu_mul_row", sa, sb, 1e-6);
+    g->gelu_mul_row(gs.data(), us.data(), sa.data(), 1000);
+    k->gelu_mul_row(gs.data(), us.data(), sb.data(), 1000);
+    expect_close(k->name, "gelu_mul_row", sa, sb, 1e-6);
 }
 
 }  // namespace

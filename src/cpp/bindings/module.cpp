@@ -36,22 +36,37 @@ T get(const py::dict& d, const char* key) {
 
 // Integers are read wide and range-checked here, so a value past int (2**31 from a large
 // header) is a ValueError naming the field, not pybind11's cast error; validate() bounds it.
-template <>
-int get<int>(const py::dict& d, const char* key) {
-    if (!d.contains(key)) throw InputError(std::string("model config lacks '") + key + "'");
-    py::object v = d[key];
+int as_int(const py::handle& v, const std::string& what) {
     PyObject* index = PyNumber_Index(v.ptr());  // ints and NumPy integers; not floats or strings
     if (!index) {
         PyErr_Clear();
-        throw InputError(std::string("model config '") + key + "' must be an integer, got " +
+        throw InputError("model config " + what + " must be an integer, got " +
                          std::string(py::str(v.get_type().attr("__name__"))));
     }
     int overflow = 0;
     const long long x = PyLong_AsLongLongAndOverflow(index, &overflow);
     Py_DECREF(index);
     if (overflow || x < INT32_MIN || x > INT32_MAX)
-        throw InputError(std::string("model config '") + key + "' = " + std::string(py::str(v)) + " is out of range");
+        throw InputError("model config " + what + " = " + std::string(py::str(v)) + " is out of range");
     return (int)x;
+}
+
+template <>
+int get<int>(const py::dict& d, const char* key) {
+    if (!d.contains(key)) throw InputError(std::string("model config lacks '") + key + "'");
+    return as_int(d[key], std::string("'") + key + "'");
+}
+
+// A per-layer list of integers (layer_window, layer_rope): a list, tuple or 1-D array.
+std::vector<int> get_int_list(const py::dict& d, const char* key) {
+    py::object v = d[key];
+    if (!py::isinstance<py::sequence>(v) || py::isinstance<py::str>(v))
+        throw InputError(std::string("model config '") + key + "' must be a list of integers, got " +
+                         std::string(py::str(v.get_type().attr("__name__"))));
+    std::vector<int> out;
+    for (const py::handle& item : v)
+        out.push_back(as_int(item, std::string("'") + key + "[" + std::to_string(out.size()) + "]'"));
+    return out;
 }
 
 ModelConfig config_from_dict(const py::dict& d) {
@@ -67,11 +82,23 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.n_ctx = get<int>(d, "n_ctx");
     c.rms_eps = get<float>(d, "rms_eps");
     c.rope_neox = get<bool>(d, "rope_neox");
-    if (d.contains("sliding_window")) c.sliding_window = get<int>(d, "sliding_window");
-    if (d.contains("sliding_window_from")) c.sliding_window_from = get<int>(d, "sliding_window_from");
+    c.rope_dim = d.contains("rope_dim") ? get<int>(d, "rope_dim") : c.head_dim;
+    if (d.contains("rope_attn_factor")) c.rope_attn_factor = get<float>(d, "rope_attn_factor");
     auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(d["rope_freqs"]);
     if (!f) throw InputError("rope_freqs must be a float array");
     c.rope_freqs.assign(f.data(), f.data() + f.size());
+    if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
+    if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
+    if (d.contains("embed_scale")) c.embed_scale = get<float>(d, "embed_scale");
+    if (d.contains("attn_scale")) c.attn_scale = get<float>(d, "attn_scale");
+    if (d.contains("attn_softcap")) c.attn_softcap = get<float>(d, "attn_softcap");
+    if (d.contains("final_softcap")) c.final_softcap = get<float>(d, "final_softcap");
+    if (d.contains("ffn_act")) {
+        const std::string act = get<std::string>(d, "ffn_act");
+        if (act != "silu" && act != "gelu_tanh")
+            throw InputError("model config 'ffn_act' must be \"silu\" or \"gelu_tanh\", got \"" + act + "\"");
+        c.ffn_gelu = act == "gelu_tanh";
+    }
     return c;
 }
 

@@ -4,6 +4,9 @@
 
 #include <pybind11/numpy.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/backend.h"
 
 namespace py = pybind11;
@@ -101,6 +104,13 @@ public:
         run([&] { be_->matmul_swiglu(Y, G, U, X, S); });
         return download(Y);
     }
+    F32 matmul_geglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        Tensor G = weight(w_gate, dtype, rows, cols), U = weight(w_up, dtype, rows, cols), X = f32(x);
+        Tensor Y = empty(DType::F32, X.rows, rows), S = empty(DType::F32, X.rows, rows);
+        run([&] { be_->matmul_geglu(Y, G, U, X, S); });
+        return download(Y);
+    }
     F32 get_rows(const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
         for (py::ssize_t i = 0; i < ids.size(); i++)
             need(ids.data()[i] >= 0 && ids.data()[i] < rows, "id out of range");
@@ -115,6 +125,14 @@ public:
         run([&] { be_->rms_norm(Y, X, W, eps); });
         return download(Y);
     }
+    // x [n, heads * head_dim] with each head RMS-normalised by w [head_dim] (in place on the device).
+    F32 head_rms_norm(const F32& x, const F32& w, float eps) {
+        need(x.ndim() == 2 && w.ndim() == 1 && w.size() > 0 && cols_of(x) % w.size() == 0,
+             "x must be [n, heads * head_dim] and w [head_dim]");
+        Tensor X = f32(x), W = f32(w);
+        run([&] { be_->head_rms_norm(X, W, eps); });
+        return download(X);
+    }
     F32 add_bias(const F32& x, const F32& b) {
         need(b.size() == cols_of(x), "b must have x's column count");
         Tensor X = f32(x), B = f32(b);
@@ -124,7 +142,7 @@ public:
     // Returns (q, k) rotated and the two caches after the write.
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
-                            int head_dim, bool neox) {
+                            int head_dim, bool neox, int rope_dim, float attn_factor) {
         const U16 kc = f16_bits(k_cache_in, "k_cache"), vc = f16_bits(v_cache_in, "v_cache");
         need(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
              "need n_heads, n_kv_heads > 0 and an even head_dim");
@@ -134,11 +152,14 @@ public:
         need(rows_of(k) == rows_of(q) && rows_of(v) == rows_of(q), "q, k and v must have one row count");
         need(kc.ndim() == 2 && kc.shape(1) == kv_dim, "k_cache must be [n_ctx, kv_dim]");
         need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kv_dim, "v_cache must match k_cache");
-        need(freqs.size() == head_dim / 2, "freqs must have head_dim / 2 entries");
+        if (rope_dim < 0) rope_dim = head_dim;
+        need(rope_dim <= head_dim && rope_dim % 2 == 0, "rope_dim must be even and <= head_dim (0: no rotation)");
+        need(attn_factor > 0.0f && std::isfinite(attn_factor), "attn_factor must be a positive number");
+        need(freqs.size() == std::max(rope_dim / 2, 1), "freqs must have rope_dim / 2 entries");
         need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "rows past the cache");
         Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs);
         Tensor KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim), VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
-        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, pos0, RopeKvParams{n_heads, n_kv_heads, head_dim, neox}); });
+        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, pos0, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor}); });
         F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols}), k_out(std::vector<py::ssize_t>{K.rows, K.cols});
         U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
         be_->read(q_out.mutable_data(), Q, Q.nbytes());
@@ -149,9 +170,10 @@ public:
         return py::make_tuple(q_out, k_out, as_float16(kc_out), as_float16(vc_out));
     }
     F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
-                  int head_dim, float scale, int window) {
+                  int head_dim, float scale, int window, float softcap) {
         const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
         need(window >= 0, "window must be >= 0 (0: no sliding window)");
+        need(softcap >= 0.0f && std::isfinite(softcap), "softcap must be >= 0 and finite (0: none)");
         need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
         need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
         need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");
@@ -159,7 +181,7 @@ public:
         need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
         Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
                V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
-        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale, window}); });
+        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale, window, softcap}); });
         return download(Y);
     }
     F32 silu_mul(const F32& g, const F32& u) {
@@ -167,6 +189,29 @@ public:
         Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
         run([&] { be_->silu_mul(Y, G, U); });
         return download(Y);
+    }
+    F32 add_rms_norm(const F32& x, const F32& y, const F32& w, float eps) {  // x + rms_norm(y) * w
+        need(x.size() == y.size() && w.size() == cols_of(y), "x and y must have one shape, w y's column count");
+        Tensor X = f32(x), Y = f32(y), W = f32(w);
+        run([&] { be_->add_rms_norm(X, Y, W, eps); });
+        return download(X);
+    }
+    F32 gelu_mul(const F32& g, const F32& u) {
+        need(g.size() == u.size(), "gate and up must have the same shape");
+        Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
+        run([&] { be_->gelu_mul(Y, G, U); });
+        return download(Y);
+    }
+    F32 scale(const F32& x, float s) {  // x * s (in place on the device)
+        Tensor X = f32(x);
+        run([&] { be_->scale(X, s); });
+        return download(X);
+    }
+    F32 softcap(const F32& x, float cap) {  // cap * tanh(x / cap) (in place on the device)
+        need(cap > 0.0f && std::isfinite(cap), "cap must be positive and finite");
+        Tensor X = f32(x);
+        run([&] { be_->softcap(X, cap); });
+        return download(X);
     }
     F32 add(const F32& a, const F32& b) {
         need(a.size() == b.size(), "a and b must have the same shape");
@@ -199,16 +244,24 @@ void bind_ops(py::module_& m) {
              py::arg("x"), py::arg("out"))
         .def("matmul_swiglu", &Ops::matmul_swiglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
              py::arg("cols"), py::arg("x"))
+        .def("matmul_geglu", &Ops::matmul_geglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
+             py::arg("cols"), py::arg("x"))
         .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("ids"))
         .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
+        .def("head_rms_norm", &Ops::head_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
         .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
-             py::arg("head_dim"), py::arg("neox"))
+             py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f)
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
-             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0)
+             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
+             py::arg("softcap") = 0.0f)
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
+        .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
+        .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
+        .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
+        .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
         .def("argmax", &Ops::argmax, py::arg("x"));
 }

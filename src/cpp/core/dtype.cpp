@@ -17,6 +17,8 @@ const char* dtype_name(DType t) {
         case DType::Q4_K: return "Q4_K";
         case DType::Q5_K: return "Q5_K";
         case DType::Q6_K: return "Q6_K";
+        case DType::IQ4_NL: return "IQ4_NL";
+        case DType::IQ4_XS: return "IQ4_XS";
         case DType::I32: return "I32";
     }
     return "unknown";
@@ -25,6 +27,7 @@ const char* dtype_name(DType t) {
 bool dtype_is_known(int id) {
     switch (id) {
         case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_Q5_0: case FG_Q5_1: case FG_Q2_K: case FG_Q3_K: case FG_Q4_K: case FG_Q5_K: case FG_Q6_K:
+        case FG_IQ4_NL: case FG_IQ4_XS:
         case FG_I32:
             return true;
     }
@@ -33,8 +36,8 @@ bool dtype_is_known(int id) {
 
 int64_t dtype_block_elems(DType t) {
     switch (t) {
-        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: return FG_QK;
-        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: return FG_QK;
+        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::IQ4_XS:
             return FG_QK_K;
         default: return 1;
     }
@@ -54,6 +57,8 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q4_K: return sizeof(block_q4_K);
         case DType::Q5_K: return sizeof(block_q5_K);
         case DType::Q6_K: return sizeof(block_q6_K);
+        case DType::IQ4_NL: return sizeof(block_iq4_nl);
+        case DType::IQ4_XS: return sizeof(block_iq4_xs);
     }
     return 0;
 }

@@ -34,6 +34,8 @@ enum fg_dtype {
     FG_Q4_K = 12,
     FG_Q5_K = 13,
     FG_Q6_K = 14,
+    FG_IQ4_NL = 20,
+    FG_IQ4_XS = 23,
     FG_I32 = 26,   // token ids, argmax results
     FG_BF16 = 30,
 };
@@ -138,5 +140,27 @@ typedef struct {
     fg_half d;
 } block_q6_K;
 FG_STATIC_ASSERT(sizeof(block_q6_K) == 210, "block_q6_K is 210 bytes");
+
+// IQ4_NL and IQ4_XS quants are 4-bit indices into one non-linear table of int8 values (denser
+// near zero, where most weights lie). Each side declares its own array from this list.
+#define FG_IQ4_NL_VALUES {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+
+// IQ4_NL: w[i] = d * values[q[i]]; q's nibble order as Q4_0 (qs[j]: q[j] low, q[j + 16] high).
+typedef struct {
+    fg_half d;
+    uint8_t qs[FG_QK / 2];
+} block_iq4_nl;
+FG_STATIC_ASSERT(sizeof(block_iq4_nl) == 18, "block_iq4_nl is 18 bytes");
+
+// IQ4_XS: 8 sub-blocks of 32; sub-block j: w[i] = d * (ls[j] - 32) * values[q[i]], ls 6 bits:
+// low 4 in scales_l[j / 2] >> 4 (j % 2), high 2 in scales_h >> 2 j. Sub-block j's quants are
+// qs[16 j .. 16 j + 16) in IQ4_NL's (Q4_0's) nibble order.
+typedef struct {
+    fg_half d;
+    uint16_t scales_h;
+    uint8_t scales_l[FG_QK_K / 64];
+    uint8_t qs[FG_QK_K / 2];
+} block_iq4_xs;
+FG_STATIC_ASSERT(sizeof(block_iq4_xs) == 136, "block_iq4_xs is 136 bytes");
 
 #endif  // FORGERT_QUANT_BLOCKS_H

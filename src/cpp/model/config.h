@@ -1,13 +1,16 @@
-// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2).
+// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2/3, Mistral, Qwen2, Qwen3), with the
+// per-layer attention settings (window, RoPE table) later families vary.
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <vector>
 
 namespace forgert {
 
 struct ModelConfig {
-    std::string arch;       // "llama" or "qwen2" (QKV bias)
+    std::string arch;       // "llama", "qwen2" (QKV bias), "qwen3" (QK-norm), "gemma2" / "gemma3" (post-norms;
+                            // gemma3: QK-norm)
     int n_layers = 0;
     int dim = 0;            // residual stream width
     int n_heads = 0;
@@ -18,9 +21,30 @@ struct ModelConfig {
     int n_ctx = 0;          // KV cache length: positions 0..n_ctx-1
     float rms_eps = 1e-5f;
     bool rope_neox = false; // see RopeKvParams::neox
-    std::vector<float> rope_freqs;  // [head_dim / 2], scaling already applied
-    int sliding_window = 0;        // > 0: layers from sliding_window_from on attend to this many keys
-    int sliding_window_from = 0;   // first such layer (Qwen2's max_window_layers; 0 for Mistral)
+    int rope_dim = 0;       // rotated dims per head (partial rotary); 0: all of head_dim
+    float rope_attn_factor = 1.0f;  // multiplies cos and sin (YaRN's mscale, LongRoPE)
+    // RoPE frequency tables, [n_tables][rope_dim / 2] flattened, scaling already applied;
+    // layer l uses table layer_rope[l], or no RoPE at all when it is -1 (SmolLM3's NoPE
+    // layers). Several tables: Gemma 3's local and global layers have different bases.
+    std::vector<float> rope_freqs;
+    std::vector<int> layer_rope;    // [n_layers]; empty: every layer uses table 0
+    // Attention window per layer: > 0: a token attends to itself and the window - 1 keys
+    // before it (Mistral, Qwen2's upper layers, Gemma's local layers); 0: full causal.
+    std::vector<int> layer_window;  // [n_layers]; empty: full attention everywhere
+
+    int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }
+    int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
+    int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }
+    int rope_table_of(int layer) const { return layer_rope.empty() ? 0 : layer_rope[layer]; }
+
+    // Gemma 2 / 3 (arch "gemma2", "gemma3"): the settings Llama leaves at their defaults.
+    float embed_scale = 1.0f;     // embeddings times this (Gemma: sqrt(dim), in the embedding dtype)
+    float attn_scale = 0.0f;      // attention score scale; 0: 1 / sqrt(head_dim) (Gemma: query_pre_attn_scalar^-0.5)
+    float attn_softcap = 0.0f;    // > 0: scores soft-capped, cap * tanh(s / cap) (Gemma 2: 50)
+    float final_softcap = 0.0f;   // > 0: logits soft-capped the same way (Gemma 2: 30)
+    bool ffn_gelu = false;        // feed-forward gate activation: tanh-GELU (GeGLU) instead of SiLU
+    bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }
+    float attention_scale() const { return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt((float)head_dim); }
 
     // Valid (and int-sized) only after validate() has bounded the fields.
     int q_dim() const { return n_heads * head_dim; }

@@ -1,5 +1,6 @@
 #include "llama_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -32,7 +33,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     up_ = tensor(DType::F32, B, cfg_.ffn_dim);
     logits_ = tensor(DType::F32, 1, cfg_.vocab);  // grown on demand for all_logits
     argmax_ = tensor(DType::I32, 1, 1);
-    freqs_ = tensor(DType::F32, 1, cfg_.head_dim / 2);
+    freqs_ = tensor(DType::F32, cfg_.n_rope_tables(), cfg_.rope_dims() / 2);  // one row per RoPE table
     be_->write(freqs_, cfg_.rope_freqs.data(), cfg_.rope_freqs.size() * sizeof(float));
     for (int l = 0; l < cfg_.n_layers; l++) {
         kv_.buffers.push_back(be_->alloc((size_t)cfg_.n_ctx * cfg_.kv_dim() * 2));
@@ -65,11 +66,21 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
            gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
 
     be.get_rows(x, w_.token_embd, ids);
+    if (cfg_.embed_scale != 1.0f) be.scale(x, cfg_.embed_scale);  // Gemma: embeddings times sqrt(dim)
     if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
     const double t1 = profiling_ ? now_s() : 0;
 
-    RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox};
-    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim), 0};
+    RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox, cfg_.rope_dim, false,
+                    cfg_.rope_attn_factor};
+    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.attention_scale(), 0, cfg_.attn_softcap};
+    // x += w in, through the fused projection-and-add; a post-norm (Gemma's sandwich) sits
+    // between the projection and the add, so there the projection goes to scratch first and
+    // the norm carries the add.
+    auto add_projection = [&](const Tensor& w, const Tensor& in, const Tensor& post_norm) {
+        if (!post_norm.rows) return be.matmul_add(x, w, in, proj);
+        be.matmul(proj, w, in);
+        be.add_rms_norm(x, proj, post_norm, cfg_.rms_eps);  // x += rms_norm(proj) * post_norm
+    };
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
         // attention block
@@ -80,15 +91,22 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
         if (L.bv.rows) be.add_bias(v, L.bv);
-        be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_, pos, rp);
-        ap.window = cfg_.sliding_window > 0 && l >= cfg_.sliding_window_from ? cfg_.sliding_window : 0;
+        if (L.q_norm.rows) be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);  // QK-norm: each head normalised before RoPE
+        if (L.k_norm.rows) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
+        const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
+        rp.nope = table < 0;
+        be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_.slice_rows(std::max(table, 0), 1), pos, rp);
+        ap.window = cfg_.window_of(l);
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
-        be.matmul_add(x, L.wo, att, proj);  // x += wo att
+        add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
-        be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
-        be.matmul_add(x, L.w_down, gate, proj);             // x += w_down gate
+        if (cfg_.ffn_gelu)
+            be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
+        else
+            be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
+        add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
@@ -120,6 +138,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         Tensor out = logits_.slice_rows(0, nr);
         be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
         be_->matmul(out, w_.output, hn);
+        if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
         be_->commit();
         be_->wait();
         be_->read(logits + (all_logits ? (size_t)done * cfg_.vocab : 0), out, (size_t)nr * cfg_.vocab * sizeof(float));
@@ -144,6 +163,7 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     Tensor h = x_.slice_rows(m - 1, 1), hn = xn_.slice_rows(m - 1, 1), out = logits_.slice_rows(0, 1);
     be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
     be_->matmul(out, w_.output, hn);
+    if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
     be_->argmax(argmax_, out);
     be_->commit();
     be_->wait();

@@ -1,6 +1,7 @@
 #include "weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "tensor_layout.h"
@@ -32,7 +33,8 @@ void ModelConfig::validate() const {
         need(v >= lo && v <= hi, std::string(field) + " = " + std::to_string(v) + " is outside " +
                                      std::to_string(lo) + ".." + std::to_string(hi));
     };
-    need(arch == "llama" || arch == "qwen2", "unsupported architecture '" + arch + "' (supported: llama, qwen2)");
+    need(arch == "llama" || arch == "qwen2" || arch == "qwen3" || is_gemma(),
+         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3, gemma2, gemma3)");
     in_range("n_layers", n_layers, 1, kMaxLayers);
     in_range("dim", dim, 1, kMaxDim);
     in_range("n_heads", n_heads, 1, kMaxHeads);
@@ -52,18 +54,42 @@ void ModelConfig::validate() const {
                                          (int64_t)n_kv_heads * head_dim, "KV cache bytes");
     in_range("KV cache bytes (n_layers * 2 * n_ctx * kv_dim * 2)", kv_cache, 1, kMaxKvCacheBytes);
     need(rms_eps > 0.0f, "rms_eps must be positive");
-    need((int64_t)rope_freqs.size() == head_dim / 2, "rope_freqs has " + std::to_string(rope_freqs.size()) +
-                                                         " entries, expected head_dim / 2 = " +
-                                                         std::to_string(head_dim / 2));
-    need(sliding_window >= 0 && sliding_window_from >= 0,
-         "sliding_window = " + std::to_string(sliding_window) + ", from layer " + std::to_string(sliding_window_from));
+    in_range("rope_dim", rope_dim, 0, head_dim);
+    need(rope_dim % 2 == 0, "rope_dim = " + std::to_string(rope_dim) + " must be even");
+    const int64_t half = rope_dims() / 2;
+    need(!rope_freqs.empty() && (int64_t)rope_freqs.size() % half == 0,
+         "rope_freqs has " + std::to_string(rope_freqs.size()) + " entries, expected a multiple of rope_dim / 2 = " +
+             std::to_string(half));
+    need(rope_attn_factor > 0.0f && std::isfinite(rope_attn_factor),
+         "rope_attn_factor = " + std::to_string(rope_attn_factor) + " must be a positive number");
+    need(layer_rope.empty() || (int64_t)layer_rope.size() == n_layers,
+         "layer_rope has " + std::to_string(layer_rope.size()) + " entries for " + std::to_string(n_layers) + " layers");
+    for (size_t l = 0; l < layer_rope.size(); l++)
+        need(layer_rope[l] >= -1 && layer_rope[l] < n_rope_tables(),
+             "layer_rope[" + std::to_string(l) + "] = " + std::to_string(layer_rope[l]) + " is not -1 or one of the " +
+                 std::to_string(n_rope_tables()) + " RoPE tables");
+    need(layer_window.empty() || (int64_t)layer_window.size() == n_layers,
+         "layer_window has " + std::to_string(layer_window.size()) + " entries for " + std::to_string(n_layers) +
+             " layers");
+    auto finite_at_least = [&](const char* field, float v, float lo) {
+        need(std::isfinite(v) && v >= lo, std::string(field) + " = " + std::to_string(v) + " must be a finite number >= " +
+                                              std::to_string(lo));
+    };
+    finite_at_least("embed_scale", embed_scale, 0.0f);
+    finite_at_least("attn_scale", attn_scale, 0.0f);
+    finite_at_least("attn_softcap", attn_softcap, 0.0f);
+    finite_at_least("final_softcap", final_softcap, 0.0f);
+    for (size_t l = 0; l < layer_window.size(); l++)
+        need(layer_window[l] >= 0, "layer_window[" + std::to_string(l) + "] = " + std::to_string(layer_window[l]) +
+                                       " must be >= 0 (0: full attention)");
 }
 
 namespace {
 
 bool is_weight_type(DType t) {
     return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
-           t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+           t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+           t == DType::IQ4_NL || t == DType::IQ4_XS;
 }
 
 std::string shape_str(int64_t rows, int64_t cols) {
@@ -184,9 +210,13 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.bq = at(p + "attn_q.bias");
         L.bk = at(p + "attn_k.bias");
         L.bv = at(p + "attn_v.bias");
+        L.q_norm = at(p + "attn_q_norm.weight");
+        L.k_norm = at(p + "attn_k_norm.weight");
         L.wo = at(p + "attn_output.weight");
         L.bo = at(p + "attn_output.bias");
+        L.attn_post_norm = at(p + "post_attention_norm.weight");
         L.ffn_norm = at(p + "ffn_norm.weight");
+        L.ffn_post_norm = at(p + "post_ffw_norm.weight");
         L.w_gate = at(p + "ffn_gate.weight");
         L.w_up = at(p + "ffn_up.weight");
         L.w_down = at(p + "ffn_down.weight");

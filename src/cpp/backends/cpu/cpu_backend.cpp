@@ -64,6 +64,14 @@ void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& 
 }
 
 void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    rms_norm_rows(out, x, w, eps, false);
+}
+
+void CpuBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+    rms_norm_rows(x, y, w, eps, true);
+}
+
+void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
     const int64_t dim = x.cols;
     const float* wv = w.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
@@ -73,14 +81,18 @@ void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, f
             double ss = 0.0;  // double: rows of thousands of squares stay exact enough for 1e-6 agreement
             for (int64_t c = 0; c < dim; c++) ss += (double)xr[c] * xr[c];
             const float scale = (float)(1.0 / std::sqrt(ss / dim + eps));
-            for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
+            if (accumulate)
+                for (int64_t c = 0; c < dim; c++) yr[c] += xr[c] * scale * wv[c];
+            else
+                for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
         }
     });
 }
 
 namespace {
 bool is_quantized(DType t) {
-    return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+    return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+           t == DType::IQ4_NL || t == DType::IQ4_XS;
 }
 }  // namespace
 
@@ -234,18 +246,18 @@ void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
 namespace {
 
 // cos/sin of the RoPE angles of one position, in double: positions in the 100k range
-// keep full precision.                                           cs, sn [head_dim / 2]
-void rope_angles(int64_t pos, const float* freqs, int half, float* cs, float* sn) {
+// keep full precision; both times `factor` (YaRN / LongRoPE attention scaling).  cs, sn [half]
+void rope_angles(int64_t pos, const float* freqs, int half, float factor, float* cs, float* sn) {
     for (int j = 0; j < half; j++) {
         const double a = (double)pos * freqs[j];
-        cs[j] = (float)std::cos(a);
-        sn[j] = (float)std::sin(a);
+        cs[j] = (float)(std::cos(a) * factor);
+        sn[j] = (float)(std::sin(a) * factor);
     }
 }
 
-// Rotates every head of one token row in place.                  x [n_heads * head_dim]
-void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, const float* sn) {
-    const int half = head_dim / 2;
+// Rotates the first rope_dim dims of every head of one token row in place.  x [n_heads * head_dim]
+void rope_row(float* x, int n_heads, int head_dim, int rope_dim, bool neox, const float* cs, const float* sn) {
+    const int half = rope_dim / 2;
     for (int h = 0; h < n_heads; h++) {
         float* v = x + h * head_dim;
         for (int j = 0; j < half; j++) {
@@ -262,14 +274,16 @@ void rope_row(float* x, int n_heads, int head_dim, bool neox, const float* cs, c
 
 void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
-    const int half = p.head_dim / 2;
+    const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike.
     pool_.parallel_for(q.rows, std::max<int64_t>(1, 64 / (p.n_heads + p.n_kv_heads)), [&](int64_t t0, int64_t t1) {
         std::vector<float> cs(half), sn(half);
         for (int64_t t = t0; t < t1; t++) {
-            rope_angles(pos0 + t, freqs.data<float>(), half, cs.data(), sn.data());
-            rope_row(row_f32(q, t), p.n_heads, p.head_dim, p.neox, cs.data(), sn.data());
-            rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, p.neox, cs.data(), sn.data());
+            if (half > 0) {
+                rope_angles(pos0 + t, freqs.data<float>(), half, p.attn_factor, cs.data(), sn.data());
+                rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
+                rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
+            }
             k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, pos0 + t), k.cols);
             k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, pos0 + t), v.cols);
         }
@@ -328,7 +342,8 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         nq++;
                     }
                 }
-                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), nullptr);
+                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
+                                   nullptr);
             }
         }
     });
@@ -365,7 +380,7 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
             }
             const uint16_t* kp = row_f16(k_cache, k0) + kvh * hd;
             const uint16_t* vp = row_f16(v_cache, k0) + kvh * hd;
-            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), lse);
+            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(), lse);
         }
     });
     // out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): the softmax over all
@@ -408,6 +423,36 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
         const float* br = row_f32(b, r);
         float* o = row_f32(out, r);
         for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
+    }
+}
+
+void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    const int64_t cols = out.cols;
+    if (out.rows == 1) {  // decode: split the one row, as silu_mul
+        pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
+            k_.gelu_mul_row(row_f32(gate, 0) + c0, row_f32(up, 0) + c0, row_f32(out, 0) + c0, c1 - c0);
+        });
+        return;
+    }
+    pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) k_.gelu_mul_row(row_f32(gate, r), row_f32(up, r), row_f32(out, r), cols);
+    });
+}
+
+void CpuBackend::scale(const Tensor& x, float s) {
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
+    }
+}
+
+void CpuBackend::softcap(const Tensor& x, float cap) {
+    const float inv = 1.0f / cap;
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; c++) xr[c] = cap * std::tanh(xr[c] * inv);
+        });
     }
 }
 

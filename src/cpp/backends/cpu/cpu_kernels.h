@@ -55,11 +55,14 @@ struct KernelSet {
     // online softmax over key chunks; `work` holds attention_work_floats(hd) floats.
     // With lse != nullptr also lse[i] = log(sum of query i's exp-scores) (the log-sum-exp),
     // so that results over disjoint key ranges can be merged (split-K decode).
+    // softcap > 0: each score s becomes softcap * tanh(s / softcap) before the softmax (Gemma 2).
     void (*attention_group)(const float* const* q, float* const* out, const int64_t* len, int nq,
                             const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
-                            float* work, float* lse);
+                            float softcap, float* work, float* lse);
     // y[i] = silu(g[i]) * u[i]
     void (*silu_mul_row)(const float* g, const float* u, float* y, int64_t n);
+    // y[i] = gelu_tanh(g[i]) * u[i] (GeGLU), gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+    void (*gelu_mul_row)(const float* g, const float* u, float* y, int64_t n);
     // Prefill int8 GEMM for the weight types in gemm_i8_types (gemm_i8_takes): out[t * out_stride + r] for
     // r in [r0, r1), t in [0, n_tok), with integer dots of the weights' quants against x's
     // int8 parts: parts = 2 takes hi and lo (decode's ~16-bit activations), parts = 1 hi alone

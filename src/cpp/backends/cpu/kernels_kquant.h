@@ -16,6 +16,8 @@ namespace {
 constexpr bool is_kquant(DType t) {
     return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
+// Types of 256-weight super-blocks: the K-quants and IQ4_XS (kernels_iq4.h).
+constexpr bool has_super_blocks(DType t) { return is_kquant(t) || t == DType::IQ4_XS; }
 constexpr int kActBlocksPerSuper = FG_QK_K / FG_QK;  // 8
 
 // Q4_K's 6-bit scale sc[j] and min m[j] of sub-block j (quant_blocks.h).
@@ -54,6 +56,14 @@ inline void q2_K_unpack(const block_q2_K* b, uint8_t* q) {
             for (int l = 0; l < 32; l++) q[128 * h + 32 * j + l] = (b->qs[32 * h + l] >> (2 * j)) & 3;
 }
 
+// Q3_K's 16 signed sub-block scales (-32..31).
+inline void q3_K_scales(const block_q3_K* b, int* sc) {
+    for (int i = 0; i < 16; i++) {
+        const int low = i < 8 ? b->scales[i] & 0x0f : b->scales[i - 8] >> 4;
+        sc[i] = (low | ((b->scales[8 + i % 4] >> (2 * (i / 4))) & 3) << 4) - 32;
+    }
+}
+
 // Q3_K quants in weight order, -4..3, and its 16 signed sub-block scales (-32..31).
 inline void q3_K_unpack(const block_q3_K* b, int8_t* q, int* sc) {
     for (int h = 0; h < 2; h++)
@@ -61,10 +71,7 @@ inline void q3_K_unpack(const block_q3_K* b, int8_t* q, int* sc) {
             for (int l = 0; l < 32; l++)
                 q[128 * h + 32 * j + l] = (int8_t)(((b->qs[32 * h + l] >> (2 * j)) & 3) -
                                                    ((b->hmask[l] >> (4 * h + j)) & 1 ? 0 : 4));
-    for (int i = 0; i < 16; i++) {
-        const int low = i < 8 ? b->scales[i] & 0x0f : b->scales[i - 8] >> 4;
-        sc[i] = (low | ((b->scales[8 + i % 4] >> (2 * (i / 4))) & 3) << 4) - 32;
-    }
+    q3_K_scales(b, sc);
 }
 
 // Q6_K quants in weight order, minus the offset 32.                  q [256], -32..31

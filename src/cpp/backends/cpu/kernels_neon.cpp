@@ -7,16 +7,33 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 
+#include <type_traits>
+
 namespace forgert::cpu {
 namespace {
 
 inline float f16(fg_half h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
 
-// 32 bytes of one block as two 16-byte vectors: Q8_0 signed values; Q4 nibbles 0..15
-// (low nibbles are elements 0..15, high ones 16..31).
+// IQ4_NL / IQ4_XS: 16 bytes of nibble indices -> the 32 int8 table values they name (a
+// table lookup per byte, vqtbl1q_s8), weights 0..15 in lo and 16..31 in hi.
+inline void iq4_values(const uint8_t* qs, int8x16_t& lo, int8x16_t& hi) {
+    static const int8_t table[16] = FG_IQ4_NL_VALUES;
+    const int8x16_t t = vld1q_s8(table);
+    const uint8x16_t v = vld1q_u8(qs);
+    lo = vqtbl1q_s8(t, vandq_u8(v, vdupq_n_u8(0x0f)));
+    hi = vqtbl1q_s8(t, vshrq_n_u8(v, 4));
+}
+
+// 32 bytes of one block as two 16-byte vectors: Q8_0 and IQ4_NL signed values; Q4 nibbles
+// 0..15 (low nibbles are elements 0..15, high ones 16..31).
 template <DType WT>
 inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& d, float& m) {
-    if constexpr (WT == DType::Q8_0) {
+    if constexpr (WT == DType::IQ4_NL) {
+        const auto* q = reinterpret_cast<const block_iq4_nl*>(blk);
+        iq4_values(q->qs, lo, hi);
+        d = f16(q->d);
+        m = 0.0f;
+    } else if constexpr (WT == DType::Q8_0) {
         const auto* q = reinterpret_cast<const block_q8_0*>(blk);
         lo = vld1q_s8(q->qs);
         hi = vld1q_s8(q->qs + 16);
@@ -70,7 +87,7 @@ void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t
                 const int32x4_t dl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], l0), wh[r], l1);
                 const int32x4_t dot = vaddq_s32(vshlq_n_s32(dh, 8), dl);  // 256 hi + lo
                 acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
-                if constexpr (WT != DType::Q8_0) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
+                if constexpr (WT != DType::Q8_0 && WT != DType::IQ4_NL) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
             }
         }
     }
@@ -94,9 +111,10 @@ void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, con
             gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
 }
 
-// K-quants (Q4_K, Q6_K): one super-block against its eight activation blocks; each sub-block's
-// quants (Q4_K 0..15, Q6_K q - 32) as signed bytes into sdot with the two int8 parts, scaled
-// per sub-block (a Q6_K sub-block is half an activation block). Q4_K's mins go to corr.
+// K-quants: one super-block against its eight activation blocks; each sub-block's quants (Q2_K
+// 0..3, Q3_K -4..3, Q4_K 0..15, Q5_K 0..31, Q6_K q - 32) as signed bytes into sdot with the two
+// int8 parts, scaled per sub-block (a Q2_K / Q3_K / Q6_K sub-block is half an activation block).
+// Q4_K's and Q5_K's mins go to corr.
 inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
 }
@@ -104,14 +122,23 @@ inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
 template <DType WT>
 inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, float32x4_t& acc, float& corr) {
     const uint8x16_t nib = vdupq_n_u8(0x0f);
-    if constexpr (WT == DType::Q4_K) {
-        const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+    if constexpr (WT == DType::Q4_K || WT == DType::Q5_K) {
+        using Block = std::conditional_t<WT == DType::Q4_K, block_q4_K, block_q5_K>;
+        const auto* b = reinterpret_cast<const Block*>(blk);
         const float d = f16(b->d), dmin = f16(b->dmin);
+        uint8x16_t qh[2] = {vdupq_n_u8(0), vdupq_n_u8(0)};
+        if constexpr (WT == DType::Q5_K) qh[0] = vld1q_u8(b->qh), qh[1] = vld1q_u8(b->qh + 16);
         for (int k = 0; k < 4; k++) {  // sub-blocks 2k (low nibbles of qs[32k..]), 2k + 1 (high)
             const uint8x16_t v0 = vld1q_u8(b->qs + 32 * k), v1 = vld1q_u8(b->qs + 32 * k + 16);
-            const int8x16_t q[2][2] = {
-                {vreinterpretq_s8_u8(vandq_u8(v0, nib)), vreinterpretq_s8_u8(vandq_u8(v1, nib))},
-                {vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(v1, 4))}};
+            uint8x16_t u[2][2] = {{vandq_u8(v0, nib), vandq_u8(v1, nib)}, {vshrq_n_u8(v0, 4), vshrq_n_u8(v1, 4)}};
+            if constexpr (WT == DType::Q5_K)  // Q5_K: bit j of qh[l] is bit 4 of sub-block j's quant l
+                for (int h = 0; h < 2; h++)
+                    for (int i = 0; i < 2; i++) {
+                        const uint8x16_t bit = vandq_u8(vshlq_u8(qh[i], vdupq_n_s8((int8_t)-(2 * k + h))), vdupq_n_u8(1));
+                        u[h][i] = vorrq_u8(u[h][i], vshlq_n_u8(bit, 4));
+                    }
+            const int8x16_t q[2][2] = {{vreinterpretq_s8_u8(u[0][0]), vreinterpretq_s8_u8(u[0][1])},
+                                       {vreinterpretq_s8_u8(u[1][0]), vreinterpretq_s8_u8(u[1][1])}};
             for (int h = 0; h < 2; h++) {
                 const int j = 2 * k + h;
                 const BlockQ8Act& aj = a[j];
@@ -121,6 +148,43 @@ inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, floa
                 q4_K_scale_min(b->scales, j, sc, m);
                 acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * (float)sc * aj.d);
                 corr -= dmin * (float)m * aj.sum;
+            }
+        }
+    } else if constexpr (WT == DType::Q2_K || WT == DType::Q3_K) {
+        // Sub-blocks of 16: activation block j holds 2j and 2j + 1, its quants bits 2 (j % 4) of
+        // qs[32 (j / 4) + l] (Q3_K: minus 4 where bit j of hmask[l] is clear). Q2_K's mins dot
+        // x's rounded parts with ones, as the portable kernel's min terms do.
+        using Block = std::conditional_t<WT == DType::Q2_K, block_q2_K, block_q3_K>;
+        const auto* b = reinterpret_cast<const Block*>(blk);
+        const float d = f16(b->d);
+        int sc[16], mn[16] = {0};
+        float dmin = 0.0f;
+        if constexpr (WT == DType::Q2_K) {
+            for (int i = 0; i < 16; i++) sc[i] = b->scales[i] & 15, mn[i] = b->scales[i] >> 4;
+            dmin = f16(b->dmin);
+        } else {
+            q3_K_scales(b, sc);
+        }
+        const int32x4_t z = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j++) {
+            const BlockQ8Act& aj = a[j];
+            const int8x16_t down = vdupq_n_s8((int8_t)(-2 * (j % 4)));  // vshl by a negative count: right
+            for (int i = 0; i < 2; i++) {
+                uint8x16_t q = vandq_u8(vshlq_u8(vld1q_u8(b->qs + 32 * (j / 4) + 16 * i), down), vdupq_n_u8(3));
+                if constexpr (WT == DType::Q3_K) {
+                    const uint8x16_t hb = vandq_u8(vshlq_u8(vld1q_u8(b->hmask + 16 * i), vdupq_n_s8((int8_t)-j)), vdupq_n_u8(1));
+                    q = vorrq_u8(q, vshlq_n_u8(hb, 2));
+                }
+                int8x16_t w = vreinterpretq_s8_u8(q);
+                if constexpr (WT == DType::Q3_K) w = vsubq_s8(w, vdupq_n_s8(4));
+                const int8x16_t xh = vld1q_s8(aj.hi + 16 * i), xl = vld1q_s8(aj.lo + 16 * i);
+                const int32x4_t dot = vaddq_s32(vshlq_n_s32(vdotq_s32(z, w, xh), 8), vdotq_s32(z, w, xl));
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * aj.d * (float)sc[2 * j + i]);
+                if constexpr (WT == DType::Q2_K) {
+                    const int8x16_t ones = vdupq_n_s8(1);
+                    const int32x4_t sx = vaddq_s32(vshlq_n_s32(vdotq_s32(z, ones, xh), 8), vdotq_s32(z, ones, xl));
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sx), -(dmin * aj.d * (float)mn[2 * j + i]));
+                }
             }
         }
     } else {
@@ -148,16 +212,39 @@ inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, floa
     }
 }
 
+// IQ4_XS: one super-block against its eight activation blocks, a sub-block's table values
+// per activation block, scaled by d * (ls - 32).
+inline void iq4_xs_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, float32x4_t& acc) {
+    const auto* b = reinterpret_cast<const block_iq4_xs*>(blk);
+    const float d = f16(b->d);
+    for (int j = 0; j < 8; j++) {
+        int8x16_t w0, w1;
+        iq4_values(b->qs + 16 * j, w0, w1);
+        const BlockQ8Act& aj = a[j];
+        const int32x4_t dot = vaddq_s32(vshlq_n_s32(sdot_act(w0, w1, aj.hi), 8), sdot_act(w0, w1, aj.lo));  // 256 hi + lo
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * (float)iq4_xs_scale(b, j) * aj.d);
+    }
+}
+
 template <DType WT>
 void gemm_q_kquant(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
                    int64_t n_tok, float* out, int64_t out_stride) {
-    constexpr int64_t BB = WT == DType::Q4_K ? sizeof(block_q4_K) : sizeof(block_q6_K);
+    constexpr int64_t BB = WT == DType::Q2_K   ? sizeof(block_q2_K)
+                           : WT == DType::Q3_K ? sizeof(block_q3_K)
+                           : WT == DType::Q4_K ? sizeof(block_q4_K)
+                           : WT == DType::Q5_K ? sizeof(block_q5_K)
+                           : WT == DType::Q6_K ? sizeof(block_q6_K)
+                                               : sizeof(block_iq4_xs);
     for (int64_t t = 0; t < n_tok; t++)
         for (int64_t r = r0; r < r1; r++) {
             float32x4_t acc = vdupq_n_f32(0.0f);
             float corr = 0.0f;
-            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++)
-                kquant_super_block_dot<WT>(w + r * w_stride + s * BB, x + t * nb + s * kActBlocksPerSuper, acc, corr);
+            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++) {
+                const uint8_t* blk = w + r * w_stride + s * BB;
+                const BlockQ8Act* xs = x + t * nb + s * kActBlocksPerSuper;
+                if constexpr (WT == DType::IQ4_XS) iq4_xs_super_block_dot(blk, xs, acc);
+                else kquant_super_block_dot<WT>(blk, xs, acc, corr);
+            }
             out[t * out_stride + r] = vaddvq_f32(acc) + corr;
         }
 }
@@ -166,12 +253,17 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
             int64_t n_tok, float* out, int64_t out_stride) {
     switch (wt) {
         case DType::Q4_K: return gemm_q_kquant<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q2_K: return gemm_q_kquant<DType::Q2_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q3_K: return gemm_q_kquant<DType::Q3_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q5_K: return gemm_q_kquant<DType::Q5_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q6_K: return gemm_q_kquant<DType::Q6_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_0: return gemm_q_typed<DType::Q4_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_1: return gemm_q_typed<DType::Q4_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_0: return gemm_q_typed<DType::Q5_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_1: return gemm_q_typed<DType::Q5_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::IQ4_NL: return gemm_q_typed<DType::IQ4_NL>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::IQ4_XS: return gemm_q_kquant<DType::IQ4_XS>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
     }
 }
@@ -273,8 +365,9 @@ struct NeonAttentionOps : ScalarAttentionOps {
 };
 
 void attention_group(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work, float* lse) {
-    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work, lse);
+                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
+                     float* lse) {
+    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
 }
 
 }  // namespace
@@ -287,7 +380,7 @@ namespace forgert::cpu {
 const KernelSet* kernels_neon() {
     static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
-                                  attention_group,    silu_mul_row_scalar,
+                                  attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar,
                                   gemm_i8_neon,       i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0)};
     return &set;
 }

@@ -8,6 +8,7 @@
 
 #include "core/fp16.h"
 #include "cpu_kernels.h"
+#include "kernels_iq4.h"
 #include "kernels_kquant.h"
 
 namespace forgert::cpu {
@@ -20,6 +21,7 @@ constexpr int64_t block_bytes() {
            : WT == DType::Q4_0 ? sizeof(block_q4_0)
            : WT == DType::Q5_0 ? sizeof(block_q5_0)
            : WT == DType::Q5_1 ? sizeof(block_q5_1)
+           : WT == DType::IQ4_NL ? sizeof(block_iq4_nl)
                                : sizeof(block_q4_1);
 }
 
@@ -64,6 +66,7 @@ inline float weight_to_f32(DType wt, const uint8_t* row, int64_t c) {
 
 // dot of one quantized weight block with one activation block.
 inline float block_dot_scalar(DType wt, const uint8_t* wb, const BlockQ8Act& a) {
+    if (wt == DType::IQ4_NL) return iq4_nl_block_dot(wb, a);
     int32_t s = 0;  // sum of q[i] * (256 hi[i] + lo[i]); |s| < 2^28
     float d, m = 0.0f;
     if (wt == DType::Q8_0) {
@@ -106,9 +109,12 @@ inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t* row = w + r * w_stride;
             float acc = 0.0f;
-            if (is_kquant(wt)) {  // one super-block per kActBlocksPerSuper activation blocks
-                for (int64_t b = 0; b < nb / kActBlocksPerSuper; b++)
-                    acc += super_block_dot_scalar(wt, row + b * bb, x + t * nb + b * kActBlocksPerSuper);
+            if (has_super_blocks(wt)) {  // one super-block per kActBlocksPerSuper activation blocks
+                for (int64_t b = 0; b < nb / kActBlocksPerSuper; b++) {
+                    const BlockQ8Act* xb = x + t * nb + b * kActBlocksPerSuper;
+                    acc += wt == DType::IQ4_XS ? iq4_xs_super_block_dot(row + b * bb, xb)
+                                               : super_block_dot_scalar(wt, row + b * bb, xb);
+                }
                 out[t * out_stride + r] = acc;
                 continue;
             }
@@ -120,6 +126,7 @@ inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r
 
 // Dequantize one 32-weight block to f32.
 inline void dequantize_block(DType wt, const uint8_t* blk, float* y) {
+    if (wt == DType::IQ4_NL) return iq4_nl_dequantize_block(blk, y);
     if (wt == DType::Q8_0) {
         const auto* q = reinterpret_cast<const block_q8_0*>(blk);
         const float d = f16_to_f32(q->d);
@@ -188,6 +195,19 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
     for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+inline void gelu_mul_row_scalar(const float* g, const float* u, float* y, int64_t n) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0.5f * g[i] * (1.0f + std::tanh(kSqrt2OverPi * (g[i] + 0.044715f * g[i] * g[i] * g[i]))) * u[i];
+}
+
+// s = cap * tanh(s / cap) over a block's scores (rows kAttnChunk apart), Gemma 2's soft-capping.
+inline void soft_cap_scores(float* s, int nq, int64_t nk, float cap) {
+    const float inv = 1.0f / cap;
+    for (int i = 0; i < nq; i++)
+        for (int64_t j = 0; j < nk; j++) s[i * kAttnChunk + j] = cap * std::tanh(s[i * kAttnChunk + j] * inv);
+}
+
 // Online-softmax attention shared by every kernel set: `Ops` supplies the
 // inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
 // Ops supplies: kQueryBlock (queries scored together), load_keys (a chunk of K rows to
@@ -195,7 +215,8 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
 // keys, rows kAttnChunk apart), exp_sub and weighted_sum.
 template <class Ops>
 void attention_group_impl(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work, float* lse) {
+                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
+                          float* lse) {
     constexpr int QB = Ops::kQueryBlock;
     static_assert(QB <= kMaxQueryBlock, "attention work buffer");
     float* kf = work;                       // [kAttnChunk, hd], layout of Ops::load_keys
@@ -221,6 +242,7 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
             for (int i = i0; i < i0 + nb; i++) block_keys = std::max(block_keys, std::min<int64_t>(nj, len[i] - j0));
             if (block_keys <= 0) continue;
             Ops::scores(q + i0, nb, kf, block_keys, hd, scale, s);
+            if (softcap > 0.0f) soft_cap_scores(s, nb, block_keys, softcap);
             float corrections[kMaxQueryBlock];
             for (int i = i0; i < i0 + nb; i++) {
                 const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
@@ -298,8 +320,8 @@ struct ScalarAttentionOps {
 
 inline void attention_group_scalar(const float* const* q, float* const* out, const int64_t* len, int nq,
                                    const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
-                                   float* work, float* lse) {
-    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work, lse);
+                                   float softcap, float* work, float* lse) {
+    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
 }
 
 }  // namespace
@@ -309,13 +331,17 @@ namespace forgert::cpu {
 namespace {  // internal: each ISA file compiles its own copy
 // One row of any weight type to f32 (embedding lookups, and the panel GEMM's K-quant rows).
 inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols) {
-    if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1 || wt == DType::Q5_0 || wt == DType::Q5_1) {
+    if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1 || wt == DType::Q5_0 || wt == DType::Q5_1 ||
+        wt == DType::IQ4_NL) {
         for (int64_t b = 0; b < cols / FG_QK; b++) dequantize_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK);
         return;
     }
-    if (is_kquant(wt)) {
-        for (int64_t b = 0; b < cols / FG_QK_K; b++)
-            dequantize_super_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK_K);
+    if (has_super_blocks(wt)) {
+        for (int64_t b = 0; b < cols / FG_QK_K; b++) {
+            const uint8_t* blk = row + b * dtype_block_bytes(wt);
+            if (wt == DType::IQ4_XS) iq4_xs_dequantize_super_block(blk, y + b * FG_QK_K);
+            else dequantize_super_block(wt, blk, y + b * FG_QK_K);
+        }
         return;
     }
     for (int64_t c = 0; c < cols; c++) y[c] = weight_to_f32(wt, row, c);
