@@ -38,10 +38,22 @@ def llama_bench(peer: Path, model: Path, threads: int, a) -> dict:
     return {"prefill": pp["avg_ts"], "decode": tg["avg_ts"]}
 
 
-def forgert_bench(model: Path, threads: int, a) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def forgert_env(a, **extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
     if a.installed:
         env.pop("PYTHONPATH")
+    return env
+
+
+def read_bandwidth_gbs(a) -> float:
+    """The machine's memory read bandwidth with all cores (forgert's C++ probe), GB/s."""
+    out = subprocess.run([sys.executable, "-c", "from forgert import _core; print(_core.cpu_read_bandwidth_gbs(0))"],
+                         capture_output=True, text=True, check=True, env=forgert_env(a)).stdout
+    return float(out)
+
+
+def forgert_bench(model: Path, threads: int, a, prefill_mode: str | None = None) -> dict:
+    env = forgert_env(a, **({"FORGERT_CPU_PREFILL": prefill_mode} if prefill_mode else {}))
     out = subprocess.run([sys.executable, "-m", "forgert", "bench", "--model", str(model), "--threads", str(threads),
                           "-p", str(a.prompt_tokens), "-g", str(a.gen_tokens), "-r", str(a.repeats),
                           "--n-ctx", str(a.prompt_tokens + a.gen_tokens + 16), "--json"],
@@ -62,9 +74,12 @@ def main():
     ap.add_argument("--models", type=Path, default=ROOT / "bench" / "models")
     ap.add_argument("--installed", action="store_true", help="run the installed forgert, not python/ of this tree")
     ap.add_argument("--out", type=Path, default=None, help="markdown file (default: print only)")
+    ap.add_argument("--int8", action="store_true", help="also time prefill with one int8 activation part")
     a = ap.parse_args()
 
     a.models.mkdir(parents=True, exist_ok=True)
+    bw = read_bandwidth_gbs(a)
+    print(f"read bandwidth (all {os.cpu_count()} CPUs): {bw:.1f} GB/s", file=sys.stderr, flush=True)
     rows = []
     for preset in a.presets.split(","):
         for ftype in a.types.split(","):
@@ -82,6 +97,10 @@ def main():
                     runs[who] = (llama_bench(a.peer, path, threads, a) if who == "peer"
                                  else forgert_bench(path, threads, a))
                 f, p = runs["forgert"], runs["peer"]
+                # one int8 part per activation (FORGERT_CPU_PREFILL=int8: faster, coarser prefill)
+                f["prefill_int8"] = forgert_bench(path, threads, a, "int8")["prefill"] if a.int8 else float("nan")
+                # decode streams (about) the whole file per token: that over the read bandwidth
+                f["bw_pct"] = 100.0 * f["decode"] * path.stat().st_size / 1e9 / bw
                 rows.append((preset, ftype, threads, f, p))
                 print(f"{preset} {ftype} t={threads}: prefill {f['prefill']:.1f} vs {p['prefill']:.1f} "
                       f"({f['prefill'] / p['prefill']:.2f}x), decode {f['decode']:.1f} vs {p['decode']:.1f} "
@@ -90,13 +109,16 @@ def main():
     lines = [f"# forgert vs llama-bench, CPU ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
              f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; random-weight GGUFs of real shapes "
              f"(bench/synthetic_gguf.py); prefill {a.prompt_tokens} tokens, decode {a.gen_tokens}, "
-             f"{a.repeats} runs each; forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}.", "",
-             "| model | type | threads | prefill forgert | prefill llama.cpp | ratio | decode forgert | "
-             "decode llama.cpp | ratio |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{a.repeats} runs each; forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}; "
+             f"read bandwidth {bw:.1f} GB/s (all CPUs).", "",
+             "Prefill int8: forgert with `FORGERT_CPU_PREFILL=int8` (one int8 part per activation, as llama.cpp; "
+             "the default uses two). Decode % bw: forgert's decode tokens/s x file size / read bandwidth.", "",
+             "| model | type | threads | prefill forgert | prefill int8 | prefill llama.cpp | ratio | decode forgert | "
+             "decode llama.cpp | ratio | decode % bw |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for preset, ftype, threads, f, p in rows:
-        lines.append(f"| {preset} | {ftype} | {threads} | {f['prefill']:.1f} | {p['prefill']:.1f} | "
-                     f"{f['prefill'] / p['prefill']:.2f}x | {f['decode']:.1f} | {p['decode']:.1f} | "
-                     f"{f['decode'] / p['decode']:.2f}x |")
+        lines.append(f"| {preset} | {ftype} | {threads} | {f['prefill']:.1f} | {f['prefill_int8']:.1f} | "
+                     f"{p['prefill']:.1f} | {f['prefill'] / p['prefill']:.2f}x | {f['decode']:.1f} | {p['decode']:.1f} | "
+                     f"{f['decode'] / p['decode']:.2f}x | {f['bw_pct']:.0f}% |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

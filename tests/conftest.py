@@ -81,12 +81,16 @@ def metal_reason():
     return metal_skip_reason()
 
 
-def cpu_uses_int8_activations(n_tokens: int) -> bool:
-    """Whether the CPU backend multiplies quantized weights by an n_tokens batch through its
-    decode kernels (two-part int8 activations) rather than the f32 panel GEMM: design.md
-    "Numerics" (panel from 16 tokens; the portable "generic" kernel set has no panel GEMM)."""
+def cpu_uses_int8_activations(n_tokens: int, weight_type: str | None = None) -> bool:
+    """Whether the CPU backend multiplies weight_type weights (a name: "Q4_0") by an n_tokens
+    batch with two-part int8 activations: the decode kernels (fewer than 16 tokens; every count
+    on the portable "generic" set, which has no panel GEMM) or the prefill int8 GEMM (the
+    types cpu_info() lists) rather than the f32 panel GEMM: design.md "Numerics"."""
     from forgert import _core
-    return n_tokens < 16 or _core.cpu_info()["kernels"] == "generic"
+    info = _core.cpu_info()
+    if n_tokens < 16 or info["kernels"] == "generic":
+        return True
+    return weight_type in info["prefill_int8_types"]
 
 
 def require_backend(name: str, metal_reason: str | None):

@@ -283,7 +283,7 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
         return F32_EXACT_NMSE
     if backend == "metal":
         return METAL_GEMV_NMSE if n < 8 else METAL_HALF_TILE_NMSE
-    if not cpu_uses_int8_activations(n):
+    if not cpu_uses_int8_activations(n, DTYPE_NAMES[dtype_id]):
         return F32_EXACT_NMSE
     if dtype_id in K_QUANTS:
         return CPU_INT8_ACT_KQUANT_NMSE
@@ -292,7 +292,8 @@ def matmul_bound(backend: str, dtype_id: int, n: int) -> float:
 
 # (rows, cols, n_tokens): rows/cols/n not multiples of any tile; 576 is SmolLM2's width,
 # 1536 its FFN, 69 = 64 + 5 tokens, 1 token is the decode path; 15 / 16 tokens straddle the
-# CPU's switch from the int8 decode kernels to the f32 panel GEMM.
+# CPU's switch from the int8 decode kernels to the prefill GEMMs (int8 for the weight types
+# cpu_info()["prefill_int8_types"] lists, f32 panels for the others).
 MATMUL_SHAPES = [
     (1, 32, 1),
     (7, 64, 3),

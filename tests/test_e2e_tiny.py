@@ -54,7 +54,7 @@ def bounds_for(fmt: str, n_tokens: int = N_LOGIT_POSITIONS, backend: str = "cpu"
         return FLOAT_BOUNDS
     if backend == "metal":
         return QUANT_BOUNDS["metal"]
-    return QUANT_BOUNDS["cpu-decode" if cpu_uses_int8_activations(n_tokens) else "cpu-prefill"]
+    return QUANT_BOUNDS["cpu-decode" if cpu_uses_int8_activations(n_tokens, fmt.split("-", 1)[1]) else "cpu-prefill"]
 
 
 def logit_errors(out: np.ndarray, ref: np.ndarray) -> dict:

@@ -1,6 +1,6 @@
 """Every SIMD kernel set against the portable one, through tests/cpp/kernel_sets_check.cpp.
 
-x86-64 sets run natively; the arm64 NEON set is cross-compiled and run under qemu where
+x86-64 sets run natively (AMX-INT8 where the CPU and OS allow tile instructions); the arm64 NEON set is cross-compiled and run under qemu where
 `aarch64-linux-gnu-g++` and `qemu-aarch64` are installed (.ci/run installs them).
 """
 import platform
@@ -24,27 +24,51 @@ def build(tmp_path, cxx, flags, name):
     return exe
 
 
-def run_check(cmd):
+def run_check(cmd) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failures" in proc.stdout
+    return proc.stdout
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 kernel sets need an x86-64 host")
-def test_x86_kernel_sets_match_generic(tmp_path):
+X86_ONLY = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                              reason="x86-64 kernel sets need an x86-64 host")
+
+
+@pytest.fixture(scope="module")
+def x86_check_output(tmp_path_factory):
+    """The check program over every x86 set this CPU runs, built and run once per module."""
+    tmp_path = tmp_path_factory.mktemp("x86")
     cxx = shutil.which("g++") or shutil.which("clang++")
+    base = ["-mavx2", "-mfma", "-mf16c"]
+    avx512 = base + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
     objs = []
-    for src, flags in [("kernels_avx2.cpp", ["-mavx2", "-mfma", "-mf16c"]),
-                       ("kernels_avx512.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
-                                               "-mavx512vl", "-mavx512vnni"])]:
+    for src, flags in [("kernels_avx2.cpp", base), ("kernels_avxvnni.cpp", base + ["-mavxvnni"]),
+                       ("kernels_avx512.cpp", avx512),
+                       ("kernels_amx.cpp", avx512 + ["-mamx-tile", "-mamx-int8"])]:
         obj = tmp_path / (src + ".o")
         subprocess.run([cxx, "-std=c++17", "-O2", f"-I{SRC}", *flags, "-c", str(CPU / src), "-o", str(obj)],
                        check=True, capture_output=True, text=True)
         objs.append(str(obj))
-    exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVX512=1", str(CPU / "cpu_kernels.cpp"),
-                                *objs], "check_x86")
-    run_check([str(exe)])
+    exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVXVNNI=1", "-DFORGERT_HAVE_AVX512=1",
+                                "-DFORGERT_HAVE_AMX=1",
+                                str(CPU / "cpu_kernels.cpp"), *objs], "check_x86")
+    return run_check([str(exe)])
+
+
+@X86_ONLY
+def test_x86_kernel_sets_match_generic(x86_check_output):
+    assert "0 failures" in x86_check_output
+
+
+@X86_ONLY
+def test_amx_kernel_set_matches_generic(x86_check_output):
+    """The AMX-INT8 set (prefill int8 GEMM on tiles), where this CPU and OS run tile instructions."""
+    if "avx512-amx: not run" in x86_check_output:
+        pytest.skip("no usable AMX-INT8 here (CPU, OS tile permission or the probe's tile instruction)")
+    lines = [ln for ln in x86_check_output.splitlines() if ln.startswith("avx512-amx") and "gemm_i8" in ln]
+    assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
 
 
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/read_bandwidth.h"
 #include "core/backend.h"
 #include "model/llama_model.h"
 #include "model/tensor_layout.h"
@@ -390,10 +391,24 @@ PYBIND11_MODULE(_core, m) {
         py::dict d;
         d["kernels"] = cpu::select_kernels().name;
         d["available"] = py::list();
-        for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avx512(), cpu::kernels_neon()})
+        for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avxvnni(), cpu::kernels_avx512(), cpu::kernels_amx(),
+                        cpu::kernels_neon()})
             if (k) d["available"].cast<py::list>().append(k->name);
+        // Weight types whose prefill (16+ tokens) runs the int8 GEMM, with FORGERT_CPU_PREFILL's
+        // activation parts (2 or 1; 0: f32 panels for every type).
+        const int parts = cpu::prefill_int8_parts();
+        d["prefill_int8_parts"] = parts;
+        d["prefill_int8_types"] = py::list();
+        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K})
+            if (parts && cpu::gemm_i8_takes(cpu::select_kernels(), t))
+                d["prefill_int8_types"].cast<py::list>().append(dtype_name(t));
         return d;
     });
+    // Memory read bandwidth, GB/s, with n_threads threads (0: all): the benches' reference for decode.
+    m.def("cpu_read_bandwidth_gbs", [](int n_threads, int mib) {
+        py::gil_scoped_release nogil;
+        return cpu::measure_read_bandwidth_gbs(n_threads, mib);
+    }, py::arg("n_threads") = 0, py::arg("mib") = 1024);
     bind_ops(m);
 #if FORGERT_HAVE_METAL_EMULATOR
     // Thread order of the emulated Metal device: "forward", "reverse" or "random" (races show

@@ -28,7 +28,7 @@ uint16_t* row_f16(const Tensor& t, int64_t r) { return reinterpret_cast<uint16_t
 
 }  // namespace
 
-CpuBackend::CpuBackend(int n_threads) : pool_(n_threads), k_(select_kernels()) {
+CpuBackend::CpuBackend(int n_threads) : pool_(n_threads), k_(select_kernels()), prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
 }
 
@@ -135,6 +135,44 @@ void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, co
     });
 }
 
+void CpuBackend::matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
+    const int64_t n = x.rows, cols = x.cols, nb = cols / FG_QK;
+    if ((int64_t)xq_.size() < n * nb) xq_.resize(n * nb);
+    if ((int64_t)xs_.size() < 2 * n * nb) xs_.resize(2 * n * nb);
+    BlockQ8Act* xq = xq_.data();
+    int32_t* xs = xs_.data();
+    pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; t++) {
+            k_.quantize_row_q8(row_f32(x, t), xq + t * nb, cols);
+            for (int64_t b = t * nb; b < (t + 1) * nb; b++) {
+                int32_t sh = 0, sl = 0;
+                for (int i = 0; i < FG_QK; i++) sh += xq[b].hi[i], sl += xq[b].lo[i];
+                xs[2 * b] = sh, xs[2 * b + 1] = sl;
+            }
+        }
+    });
+    const int64_t work_floats = (gemm_i8_work_bytes(cols) + 3) / 4;
+    for (auto& s : scratch_) {
+        if ((int64_t)s.size() < work_floats) s.resize(work_floats);
+    }
+    // Contiguous runs of kI8Rows-row panels over all the weights, one run per thread.
+    int64_t start[9] = {0};
+    if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
+    for (int i = 0; i < n_mm; i++) start[i + 1] = start[i] + (ws[i].rows + kI8Rows - 1) / kI8Rows;
+    pool_.run([&](int ith, int nth) {
+        const int64_t total = start[n_mm], p0 = total * ith / nth, p1 = total * (ith + 1) / nth;
+        for (int i = 0; i < n_mm; i++) {
+            const int64_t b = std::max(p0, start[i]), e = std::min(p1, start[i + 1]);
+            if (b >= e) continue;
+            const Tensor& w = ws[i];
+            const int64_t r0 = (b - start[i]) * kI8Rows, r1 = std::min(w.rows, (e - start[i]) * kI8Rows);
+            k_.gemm_i8(w.type, w.data<uint8_t>(), w.stride, r0, r1, xq, xs, nb, n, prefill_parts_,
+                       outs[i].data<float>(), (int64_t)(outs[i].stride / sizeof(float)),
+                       reinterpret_cast<uint8_t*>(scratch_[ith].data()));
+        }
+    });
+}
+
 const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense) {
     const int64_t n = x.rows, cols = x.cols;
     if (quantized) {
@@ -165,7 +203,12 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
         }
     }
     const int64_t n = x.rows, cols = x.cols;
-    if (k_.gemm_panel && n >= kPanelMinTokens) return matmul_panel(outs, ws, n_mm, x);
+    if (n >= kPanelMinTokens) {
+        bool i8 = prefill_parts_ > 0;
+        for (int i = 0; i < n_mm; i++) i8 = i8 && gemm_i8_takes(k_, ws[i].type);
+        if (i8) return matmul_i8(outs, ws, n_mm, x);
+        if (k_.gemm_panel) return matmul_panel(outs, ws, n_mm, x);
+    }
     const bool quantized = is_quantized(ws[0].type);
     std::vector<float> dense;
     const void* xin = prepare_input(x, quantized, dense);

@@ -48,11 +48,15 @@ private:
                               int64_t first, int64_t n_keys, int n_splits, const AttentionParams& p);
     // Many tokens: f32 GEMM over dequantized weight panels (gemm_panel).
     void matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
+    // Many tokens, Q8_0 / Q4_0 weights: int8 GEMM (gemm_i8) on prefill_parts_ activation parts.
+    void matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
     // x as the kernels read it: quantized blocks for quantized weights (in xq_), else dense f32.
     const void* prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense);
 
     ThreadPool pool_;
     const KernelSet& k_;
+    int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
+    std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials

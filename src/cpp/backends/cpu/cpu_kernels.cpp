@@ -7,6 +7,17 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if (FORGERT_HAVE_AVXVNNI || FORGERT_HAVE_AMX) && defined(__x86_64__) && !defined(_MSC_VER)
+#include <cpuid.h>
+#endif
+#if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#endif
 
 namespace forgert::cpu {
 
@@ -18,6 +29,13 @@ const KernelSet* kernels_avx512() { return nullptr; }
 #endif
 #if !FORGERT_HAVE_NEON
 const KernelSet* kernels_neon() { return nullptr; }
+#endif
+#if !FORGERT_HAVE_AVXVNNI
+const KernelSet* kernels_avxvnni() { return nullptr; }
+#endif
+#if !FORGERT_HAVE_AMX
+const KernelSet* kernels_amx() { return nullptr; }
+void amx_probe() {}
 #endif
 
 namespace {
@@ -39,6 +57,52 @@ bool cpu_has_avx512_vnni() {
 #endif
 }
 
+}  // namespace
+
+bool cpu_has_avx_vnni() {
+#if FORGERT_HAVE_AVXVNNI && defined(__x86_64__) && !defined(_MSC_VER)
+    unsigned a, b, c, d;  // CPUID.(7, 1):EAX bit 4 (compilers disagree on a __builtin_cpu_supports name)
+    return cpu_has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 4) & 1);
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_amx_int8() {
+#if FORGERT_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
+    static const bool ok = [] {
+        if (!cpu_has_avx512_vnni()) return false;
+        unsigned a, b, c, d;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;  // AMX-TILE, -INT8
+        if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return false;  // OSXSAVE: xgetbv works
+        uint32_t xcr0, xcr0_hi;
+        __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));
+        if ((xcr0 & 0x60000) != 0x60000) return false;  // the OS manages XTILECFG and XTILEDATA
+        // Linux hands out the 8 KB tile state only on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+        if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return false;
+        // Some VMs pass all of the above and still fault on the first tile instruction: run one
+        // in a child (it only calls amx_probe and exits, so forking a threaded process is safe).
+        const pid_t pid = fork();
+        if (pid < 0) return false;
+        if (pid == 0) {
+            const struct rlimit no_core = {0, 0};  // a faulting probe leaves no core file behind
+            setrlimit(RLIMIT_CORE, &no_core);
+            amx_probe();
+            _exit(0);
+        }
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0)
+            if (errno != EINTR) return false;
+        return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
+namespace {
+
 bool cpu_has_neon_dotprod() {
 #if defined(__aarch64__) && defined(__APPLE__)
     return true;  // every Apple arm64 chip has the dot-product extension
@@ -55,19 +119,31 @@ const KernelSet* pick() {
         const KernelSet* s = nullptr;
         if (!std::strcmp(want, "generic")) s = kernels_generic();
         else if (!std::strcmp(want, "avx2") && cpu_has_avx2()) s = kernels_avx2();
+        else if (!std::strcmp(want, "avx2vnni") && cpu_has_avx_vnni()) s = kernels_avxvnni();
         else if (!std::strcmp(want, "avx512") && cpu_has_avx512_vnni()) s = kernels_avx512();
+        else if (!std::strcmp(want, "amx") && kernels_amx() && cpu_has_amx_int8()) s = kernels_amx();
         else if (!std::strcmp(want, "neon") && cpu_has_neon_dotprod()) s = kernels_neon();
         if (!s) throw InputError(std::string("FORGERT_CPU_ISA=") + want +
-                                 " is not available on this CPU or build (choose generic, avx2, avx512, neon)");
+                                 " is not available on this CPU or build (choose generic, avx2, avx2vnni, avx512, amx, neon)");
         return s;
     }
+    if (kernels_amx() && cpu_has_amx_int8()) return kernels_amx();
     if (cpu_has_avx512_vnni() && kernels_avx512()) return kernels_avx512();
+    if (cpu_has_avx_vnni() && kernels_avxvnni()) return kernels_avxvnni();
     if (cpu_has_avx2() && kernels_avx2()) return kernels_avx2();
     if (cpu_has_neon_dotprod() && kernels_neon()) return kernels_neon();
     return kernels_generic();
 }
 
 }  // namespace
+
+int prefill_int8_parts() {
+    const char* v = std::getenv("FORGERT_CPU_PREFILL");
+    if (!v || !*v || !std::strcmp(v, "int8x2")) return 2;
+    if (!std::strcmp(v, "int8")) return 1;
+    if (!std::strcmp(v, "f32")) return 0;
+    throw InputError(std::string("FORGERT_CPU_PREFILL=") + v + " is not a prefill mode (choose int8x2, int8, f32)");
+}
 
 const KernelSet& select_kernels() {
     static const KernelSet* chosen = pick();

@@ -63,7 +63,30 @@ struct KernelSet {
     void (*silu_mul_row)(const float* g, const float* u, float* y, int64_t n);
     // y[i] = gelu_tanh(g[i]) * u[i] (GeGLU), gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
     void (*gelu_mul_row)(const float* g, const float* u, float* y, int64_t n);
+    // Prefill int8 GEMM for the weight types in gemm_i8_types (gemm_i8_takes): out[t * out_stride + r] for
+    // r in [r0, r1), t in [0, n_tok), with integer dots of the weights' quants against x's
+    // int8 parts: parts = 2 takes hi and lo (decode's ~16-bit activations), parts = 1 hi alone
+    // (one int8 per value, as llama.cpp). xs[(t * nb + b) * 2 + p] is the integer sum of part p
+    // of token t's block b (zero-point terms). Per row and token the blocks are accumulated in
+    // order, acc = fma((float)idot, dw * dx, acc): every set gives the same bits.
+    // The SIMD sets repack kI8Rows weight rows at a time into `work` (gemm_i8_work_bytes),
+    // interleaved for their dot instruction, and reuse each panel for all n_tok tokens.
+    // nullptr where the set has none.
+    void (*gemm_i8)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
+                    const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
+                    uint8_t* work);
+    uint32_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K at most)
 };
+
+inline bool gemm_i8_takes(const KernelSet& k, DType t) { return k.gemm_i8 && ((k.gemm_i8_types >> (int)t) & 1); }
+constexpr uint32_t i8_type_bit(DType t) { return 1u << (int)t; }
+// gemm_i8's repacked panel: per 32-weight block, kI8Rows x 32 quants as unsigned bytes
+// ([4-quant group][row][4]: one 512-bit vpdpbusd operand per group), kI8Rows f32 scales and
+// kI8Rows f32 mins (K-quants: w = scale * q + min per 32-weight sub-block; 0 otherwise).
+constexpr int kI8Rows = 16;
+constexpr int64_t kI8PanelScales = kI8Rows * FG_QK, kI8PanelMins = kI8PanelScales + kI8Rows * 4;
+constexpr int64_t kI8PanelBlockBytes = kI8PanelMins + kI8Rows * 4;
+constexpr int64_t gemm_i8_work_bytes(int64_t cols) { return cols / FG_QK * kI8PanelBlockBytes; }
 
 constexpr int kMaxHeadDim = 256;
 constexpr int kPanelRows = 12;   // weight rows per gemm_panel tile (12 x 2 vector accumulators)
@@ -82,8 +105,22 @@ const KernelSet* kernels_generic();
 const KernelSet* kernels_avx2();
 const KernelSet* kernels_avx512();
 const KernelSet* kernels_neon();
+// AVX2 with the prefill int8 GEMM on AVX-VNNI (kernels_avxvnni.cpp), and whether the CPU has it.
+const KernelSet* kernels_avxvnni();
+bool cpu_has_avx_vnni();
+// AVX-512 VNNI with the prefill int8 GEMM on AMX tiles (kernels_amx.cpp).
+const KernelSet* kernels_amx();
+// Whether AMX-INT8 works here: the CPU has it, Linux granted the tile state to this process
+// (arch_prctl), and a tile instruction ran in a child process without faulting.
+bool cpu_has_amx_int8();
+void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 
-// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx512|neon overrides.
+// Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" (default) 2,
+// decode's two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser:
+// design.md "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type.
+int prefill_int8_parts();
+
+// The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx2vnni|avx512|amx|neon overrides.
 const KernelSet& select_kernels();
 
 }  // namespace forgert::cpu

@@ -371,11 +371,17 @@ void attention_group(const float* const* q, float* const* out, const int64_t* le
 }
 
 }  // namespace
+}  // namespace forgert::cpu
+
+#include "kernels_neon_int8.inc"
+
+namespace forgert::cpu {
 
 const KernelSet* kernels_neon() {
     static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
-                                  attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar};
+                                  attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar,
+                                  gemm_i8_neon,       i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0)};
     return &set;
 }
 

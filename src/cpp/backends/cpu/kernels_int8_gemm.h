@@ -1,0 +1,135 @@
+// The prefill int8 GEMM (KernelSet::gemm_i8) in portable C++: the reference the SIMD sets
+// match bit for bit, and the portable repacking of weight rows into kI8Rows-row panels.
+// Included into each kernels_*.cpp (internal linkage).
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "cpu_kernels.h"
+#include "kernels_scalar.h"
+
+namespace forgert::cpu {
+namespace {
+
+constexpr bool i8_is_kquant(DType wt) { return wt == DType::Q4_K || wt == DType::Q5_K; }
+
+// Quant i of one Q8_0 / Q4_0 block as a signed integer (Q4_0: nibble - 8).
+inline int i8_quant(DType wt, const uint8_t* blk, int i) {
+    if (wt == DType::Q8_0) return reinterpret_cast<const block_q8_0*>(blk)->qs[i];
+    const uint8_t b = reinterpret_cast<const block_q4_0*>(blk)->qs[i % 16];
+    return (i < 16 ? b & 15 : b >> 4) - 8;
+}
+
+inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    return f16_to_f32(h);
+}
+
+// One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
+// 0..31), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0). K-quant blocks are the
+// sub-blocks of a 256-weight super-block: the caller passes b, this decodes super-block b / 8.
+struct I8RowBlocks {
+    DType wt;
+    const uint8_t* row;
+    int64_t sb = -1;  // super-block held in q256
+    uint8_t q256[FG_QK_K];
+    const uint8_t* scales = nullptr;
+    float d = 0, dmin = 0;
+
+    // The same quants + i8_offset(wt) as bytes (the panel's form), without per-quant arithmetic
+    // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants.
+    void block_u8(int64_t b, uint8_t* qo, float& scale, float& min) {
+        if (i8_is_kquant(wt)) {
+            scale_min(b, scale, min);
+            std::memcpy(qo, q256 + (b % 8) * FG_QK, FG_QK);
+            return;
+        }
+        const uint8_t* blk = row + b * dtype_block_bytes(wt);
+        scale = i8_block_scale(blk), min = 0.0f;
+        if (wt == DType::Q8_0) {
+            for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)(blk[2 + i] ^ 0x80);  // q + 128
+        } else {
+            for (int i = 0; i < 16; i++) qo[i] = blk[2 + i] & 15, qo[i + 16] = blk[2 + i] >> 4;
+        }
+    }
+
+    // K-quants: decodes super-block b / 8 (once per 8 blocks) and sub-block b % 8's factors.
+    void scale_min(int64_t b, float& scale, float& min) {
+        if (b / 8 != sb) {
+            sb = b / 8;
+            unpack_q45_K(wt, row + sb * dtype_block_bytes(wt), q256, scales, d, dmin);
+        }
+        int sc, m;
+        q4_K_scale_min(scales, (int)(b % 8), sc, m);
+        scale = d * (float)sc, min = -(dmin * (float)m);
+    }
+
+    void block(int64_t b, int* q, float& scale, float& min) {
+        if (i8_is_kquant(wt)) {
+            scale_min(b, scale, min);
+            for (int i = 0; i < FG_QK; i++) q[i] = q256[(b % 8) * FG_QK + i];
+        } else {
+            const uint8_t* blk = row + b * dtype_block_bytes(wt);
+            for (int i = 0; i < FG_QK; i++) q[i] = i8_quant(wt, blk, i);
+            scale = i8_block_scale(blk), min = 0.0f;
+        }
+    }
+};
+
+// The activation scale of one block for `parts`: hi alone stands for x / (256 d).
+inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? a.d : a.d * 256.0f; }
+
+// Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants
+// acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
+void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
+                    const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
+                    uint8_t* /*work*/) {
+    if (wt != DType::Q8_0 && wt != DType::Q4_0 && !i8_is_kquant(wt))
+        throw std::logic_error("gemm_i8: unsupported weight type");
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t t = 0; t < n_tok; t++) {
+            I8RowBlocks rb{wt, w + r * w_stride};
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int q[FG_QK];
+                float scale, min;
+                rb.block(b, q, scale, min);
+                const BlockQ8Act& a = x[t * nb + b];
+                int32_t hi = 0, lo = 0, shi = 0, slo = 0;
+                for (int i = 0; i < FG_QK; i++) {
+                    hi += q[i] * a.hi[i], lo += q[i] * a.lo[i];
+                    shi += a.hi[i], slo += a.lo[i];
+                }
+                const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
+                const int32_t isum = parts == 2 ? 256 * shi + slo : shi;
+                const float dx = i8_act_scale(a, parts);
+                acc = std::fma((float)idot, scale * dx, acc);
+                if (i8_is_kquant(wt)) acc = std::fma(min, dx * (float)isum, acc);
+            }
+            out[t * out_stride + r] = acc;
+        }
+    }
+}
+
+// Rows [r, r + nr) of w (nr <= kI8Rows; missing rows repeat row r) into one panel
+// (layout: kI8PanelBlockBytes per block, see cpu_kernels.h). Quants are stored unsigned,
+// q + o with o = i8_offset(wt); the kernels subtract o * sum(x) through xs.
+constexpr int i8_offset(DType wt) { return wt == DType::Q8_0 ? 128 : wt == DType::Q4_0 ? 8 : 0; }
+
+void i8_repack_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
+    for (int i = 0; i < kI8Rows; i++) {
+        I8RowBlocks rb{wt, w + (r + (i < nr ? i : 0)) * w_stride};
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t* pb = wp + b * kI8PanelBlockBytes;
+            uint8_t qo[FG_QK];
+            rb.block_u8(b, qo, reinterpret_cast<float*>(pb + kI8PanelScales)[i], reinterpret_cast<float*>(pb + kI8PanelMins)[i]);
+            for (int g = 0; g < FG_QK / 4; g++) std::memcpy(pb + g * kI8Rows * 4 + i * 4, qo + 4 * g, 4);
+        }
+    }
+}
+
+}  // namespace
+}  // namespace forgert::cpu
