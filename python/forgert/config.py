@@ -10,7 +10,7 @@ from .errors import ModelFormatError
 from .rope import rope_freqs
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "mixtral": "llama"}
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -46,6 +46,15 @@ class ModelConfig:
     # Any other per-layer pattern (interleaved local and global layers): [n_layers] windows,
     # 0 = full attention. When set it decides over sliding_window / sliding_window_from.
     layer_window: list[int] | None = None
+    # Mixture of experts (Mixtral; llama.cpp writes it as arch "llama" with expert_count):
+    # n_expert > 0 routes each token to n_expert_used SwiGLU experts of width expert_ffn_dim,
+    # weighted by the router's softmax, renormalised over the selected experts when
+    # expert_norm_topk; shared_ffn_dim > 0 adds a sigmoid-gated shared expert (Qwen2-MoE).
+    n_expert: int = 0
+    n_expert_used: int = 0
+    expert_ffn_dim: int = 0
+    expert_norm_topk: bool = True
+    shared_ffn_dim: int = 0
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -65,6 +74,9 @@ class ModelConfig:
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
+        if self.n_expert:
+            d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
+                     expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)
         return d
 
 
@@ -197,10 +209,53 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         sliding_window=(_get_int(meta, p + "attention.sliding_window", source)
                         if meta.get(p + "attention.sliding_window") is not None else None),
     )
+    _gguf_experts(meta, p, cfg, source, census)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
     return cfg
+
+
+def _check_experts(cfg: ModelConfig, source):
+    if cfg.n_expert_used > cfg.n_expert:
+        _fail(source, f"{cfg.n_expert_used} experts used per token of only {cfg.n_expert}")
+
+
+def _gguf_experts(meta, p, cfg: ModelConfig, source, census: TensorCensus):
+    """llama.cpp's MoE keys: expert_count, expert_used_count, expert_feed_forward_length (the
+    experts' width where it differs from feed_forward_length), expert_shared_feed_forward_length,
+    expert_weights_norm (llama.cpp renormalises the selected weights for llama and qwen3moe)."""
+    n_expert = meta.get(p + "expert_count", 0)
+    if not n_expert:
+        return
+    extent = _extent_bound(census)
+    cfg.n_expert = _get_int(meta, p + "expert_count", source, **extent)
+    cfg.n_expert_used = _get_int(meta, p + "expert_used_count", source, **extent)
+    cfg.expert_ffn_dim = _get_int(meta, p + "expert_feed_forward_length", source, default=cfg.ffn_dim, **extent)
+    cfg.shared_ffn_dim = _get_int(meta, p + "expert_shared_feed_forward_length", source, default=0, minimum=0,
+                                  **extent)
+    norm = meta.get(p + "expert_weights_norm", True)
+    if not isinstance(norm, (bool, np.bool_)):
+        _fail(source, f"metadata '{p}expert_weights_norm' must be a bool, got {norm!r}")
+    cfg.expert_norm_topk = bool(norm)
+    _check_experts(cfg, source)
+
+
+def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
+    """Mixtral (num_local_experts; the selected weights always renormalised) and Qwen-MoE
+    (num_experts, moe_intermediate_size, norm_topk_prob) routers."""
+    key = "num_local_experts" if "num_local_experts" in hf else "num_experts"
+    if not hf.get(key):
+        return
+    extent = _extent_bound(census)
+    cfg.n_expert = _get_int(hf, key, source, **extent)
+    cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
+    cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, default=cfg.ffn_dim, **extent)
+    cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
+    cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True)) if hf.get("model_type") != "mixtral" else True
+    if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
+        _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
+    _check_experts(cfg, source)
 
 
 def _hf_rope(hf: dict, source):
@@ -289,6 +344,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         if model_type == "qwen2":   # Qwen2 windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
+    _hf_experts(hf, cfg, source, census)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
-from .weights import WeightTensor
+from .weights import ExpertList, WeightTensor
 
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
 _MAX_HEADER = 100 * 1024 * 1024
@@ -40,14 +40,27 @@ _LAYER_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # mixture of experts: the router, and Qwen2-MoE's shared expert with its gate
+    "block_sparse_moe.gate.weight": "ffn_gate_inp.weight",
+    "mlp.gate.weight": "ffn_gate_inp.weight",
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
 }
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
+_EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+_EXPERT_STACKS = {"w1": "ffn_gate_exps.weight", "gate_proj": "ffn_gate_exps.weight",
+                  "w3": "ffn_up_exps.weight", "up_proj": "ffn_up_exps.weight",
+                  "w2": "ffn_down_exps.weight", "down_proj": "ffn_down_exps.weight"}
 # Buffers some checkpoints carry that hold nothing we need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def canonical_name(hf_name: str):
-    """Canonical name for an HF tensor name; None for ignorable buffers; KeyError if unknown."""
+    """Canonical name for an HF tensor name; (stack name, expert index) for one expert's matrix;
+    None for ignorable buffers; KeyError if unknown."""
     if hf_name.endswith(_IGNORED_SUFFIXES):
         return None
     if hf_name in _GLOBAL_NAMES:
@@ -55,6 +68,9 @@ def canonical_name(hf_name: str):
     m = _LAYER_RE.match(hf_name)
     if m and m.group(2) in _LAYER_NAMES:
         return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    e = _EXPERT_RE.match(m.group(2)) if m else None
+    if e:
+        return f"blk.{m.group(1)}.{_EXPERT_STACKS[e.group(2)]}", int(e.group(1))
     raise KeyError(hf_name)
 
 
@@ -136,7 +152,8 @@ class HFModelDir:
         self.name = os.path.basename(os.path.normpath(self.path))
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
-        self.tensors = {}        # canonical name -> WeightTensor
+        self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
+        experts = {}             # stack name -> {expert index: WeightTensor}
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
                 try:
@@ -146,7 +163,10 @@ class HFModelDir:
                                            f"(not part of a Llama/Mistral/Qwen2 model)") from None
                 if name is None:
                     continue
-                if name in self.tensors:
+                index = None
+                if isinstance(name, tuple):   # one expert of a stack
+                    name, index = name
+                if (name in self.tensors if index is None else index in experts.get(name, {})):
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' appears in more than one file")
                 if len(shape) == 1:
                     shape2 = (1, shape[0])
@@ -154,7 +174,19 @@ class HFModelDir:
                     shape2 = tuple(shape)
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
-                self.tensors[name] = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+                t = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+                if index is None:
+                    self.tensors[name] = t
+                else:
+                    experts.setdefault(name, {})[index] = t
+        for name, parts in experts.items():
+            if sorted(parts) != list(range(len(parts))):
+                missing = sorted(set(range(max(parts) + 1)) - set(parts))
+                raise ModelFormatError(f"{self.name}: '{name}' lacks experts {missing}")
+            shapes = {tuple(p.shape) for p in parts.values()}
+            if len(shapes) != 1:
+                raise ModelFormatError(f"{self.name}: the experts of '{name}' differ in shape {sorted(shapes)}")
+            self.tensors[name] = ExpertList(name, [parts[i] for i in range(len(parts))], parts[0].source)
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")

@@ -35,6 +35,13 @@ public:
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
+    // Mixture of experts (cpu_moe.cpp).
+    bool has_moe_ops() const override { return true; }
+    void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
+    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
+    void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
+    void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
+
 private:
     // Decode attention with the keys of each KV head split into n_splits ranges (more work
     // items than KV heads, so every thread gets some), merged by their log-sum-exps.
@@ -51,6 +58,7 @@ private:
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials
     std::vector<float> xt_;                    // activations transposed for gemm_panel
+    std::unique_ptr<Buffer> gathered_x_, gathered_y_;  // matmul_id: one expert's rows, in and out
 };
 
 }  // namespace forgert::cpu
