@@ -50,6 +50,13 @@ public:
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
+    // Mixture of experts: router top-k, expert GEMV and weighted sum, all on the device.
+    bool has_moe_ops() const override { return true; }
+    void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
+    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
+    void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
+    void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
+
     // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).
     int64_t dispatch_count() const { return n_dispatches_; }
     int64_t barrier_count() const { return n_barriers_; }
