@@ -1,4 +1,5 @@
-"""Tiny random Llama / Qwen2 models for end-to-end tests, written the way real checkpoints are.
+"""Tiny random Llama / Qwen2 / Qwen3 / SmolLM3 models for end-to-end tests, written the way real
+checkpoints are.
 
 Each TinySpec becomes a `transformers` model with random (seeded) weights, saved as
   - an HF directory: config.json + model.safetensors (F32, F16 or BF16) + tokenizer.json
@@ -37,7 +38,7 @@ _TOKENIZER_CORPUS = (
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    arch: str                      # "llama" | "qwen2"
+    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3"
     hidden: int
     n_layers: int
     n_heads: int
@@ -56,10 +57,12 @@ class TinySpec:
     n_ctx: int = 256
     attention_bias: bool = False  # Llama only: q/k/v/o biases (Qwen2 always has q/k/v biases)
     bias_scale: float = 0.2       # std of the random biases
+    explicit_head_dim: int | None = None   # config.head_dim when it is not hidden // n_heads (Qwen3)
+    no_rope_layers: tuple | None = None    # SmolLM3: 1 = RoPE, 0 = none, per layer
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.n_heads
+        return self.explicit_head_dim or self.hidden // self.n_heads
 
 
 SPECS = {
@@ -89,6 +92,44 @@ SPECS = {
         tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-6, seed=4,
     ),
 }
+
+# The architectures of issue 11, kept apart from SPECS (which test_e2e_tiny runs in every format).
+ARCH_SPECS = {
+    # Qwen3: QK-norm, head_dim 32 with hidden 64 (q_dim 128 != hidden, as in Qwen3-0.6B), tied.
+    "qwen3_tied": TinySpec(
+        name="qwen3_tied", arch="qwen3", hidden=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=1000000.0, rms_eps=1e-6, seed=11, explicit_head_dim=32,
+    ),
+    # Qwen3 with YaRN (factor 4 over an original context of 32: the long-context Qwen3 setup,
+    # shrunk) so sequences past 32 tokens use the blended frequencies and the attention factor.
+    "qwen3_yarn": TinySpec(
+        name="qwen3_yarn", arch="qwen3", hidden=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=192,
+        tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-6, seed=12, n_ctx=128,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        legacy_rope_config=True,
+    ),
+    # Qwen2 with dynamic NTK scaling over a 32-token training context (HF only: llama.cpp has no
+    # dynamic scaling, and its converter writes none).
+    "qwen2_dynamic": TinySpec(
+        name="qwen2_dynamic", arch="qwen2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=14, n_ctx=32,
+        rope_scaling={"rope_type": "dynamic", "factor": 2.0}, legacy_rope_config=True,
+    ),
+    # SmolLM3: Llama with no RoPE on every fourth layer (layer 3 of 0..4), tied.
+    "smollm3_tied": TinySpec(
+        name="smollm3_tied", arch="smollm3", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=13, no_rope_layers=(1, 1, 1, 0, 1),
+    ),
+    # SmolLM3's long-context setup: YaRN on its RoPE layers (NoPE layers take neither the
+    # frequencies nor the attention factor).
+    "smollm3_yarn": TinySpec(
+        name="smollm3_yarn", arch="smollm3", hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=15, n_ctx=128, no_rope_layers=(1, 1, 1, 0),
+        rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 48},
+        legacy_rope_config=True,
+    ),
+}
+ALL_SPECS = {**SPECS, **ARCH_SPECS}
 
 # A Llama with attention_bias=True (q/k/v/o biases; llama.cpp loads them as optional tensors),
 # with large biases so a loader that drops any of them changes the logits by far more than the
@@ -122,7 +163,7 @@ def tokenizer_tables(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
     tokens = [None] * len(vocab)
     for piece, idx in vocab.items():
         tokens[idx] = piece
-    special = {BOS_TOKEN, EOS_TOKEN}
+    special = {BOS_TOKEN, EOS_TOKEN} | {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
     # GGUF token types: 1 normal, 3 control.
     types = [3 if t in special else 1 for t in tokens]
     model_json = json.loads(tok.to_str())["model"]
@@ -139,6 +180,10 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         LlamaForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        SmolLM3Config,
+        SmolLM3ForCausalLM,
     )
 
     common = dict(
@@ -156,6 +201,10 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = LlamaForCausalLM(LlamaConfig(head_dim=spec.head_dim, attention_bias=spec.attention_bias, **common))
     elif spec.arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif spec.arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
+    elif spec.arch == "smollm3":
+        model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
     else:
         raise ValueError(f"unknown arch {spec.arch}")
     model = model.float().eval()
@@ -269,6 +318,8 @@ def _gguf_name(hf_name: str) -> str:
         "self_attn.v_proj.bias": "attn_v.bias",
         "self_attn.o_proj.weight": "attn_output.weight",
         "self_attn.o_proj.bias": "attn_output.bias",
+        "self_attn.q_norm.weight": "attn_q_norm.weight",
+        "self_attn.k_norm.weight": "attn_k_norm.weight",
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
@@ -276,15 +327,21 @@ def _gguf_name(hf_name: str) -> str:
     return f"blk.{i}.{sub}"
 
 
+# Architectures whose converter (LlamaModel and its subclasses) permutes Q/K for llama.cpp's
+# adjacent-pair RoPE; Qwen2/Qwen3 keep HF's half-split layout (llama.cpp's NEOX rope type).
+PERMUTED_QK_ARCHS = ("llama", "smollm3")
+
+
 def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
     """GGUF-named float32 tensors (llama Q/K permuted), in HF order."""
     out = {}
+    permuted = spec.arch in PERMUTED_QK_ARCHS
     for hf_name, w in hf_state_numpy(model).items():
         name = _gguf_name(hf_name)
         # The converter permutes Q/K biases with their weights (rows of the same projection).
-        if spec.arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
+        if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
             w = permute_qk_for_gguf(w, spec.n_heads)
-        elif spec.arch == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):
+        elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
             w = permute_qk_for_gguf(w, spec.n_kv_heads)
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     if spec.rope_scaling is not None and spec.rope_scaling.get("rope_type") == "llama3":
@@ -306,9 +363,10 @@ def encode_tensor(w: np.ndarray, type_name: str, name: str):
 def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str,
                tensors: dict[str, np.ndarray] | None = None,
                raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
-               n_ctx: int | None = None) -> Path:
+               n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN) -> Path:
     """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
-    bad-file tests drop, reshape or retype tensors."""
+    bad-file tests drop, reshape or retype tensors; chat_template / eos_token are the
+    tokenizer_config.json values the converter's SpecialVocab copies."""
     arch = spec.arch
     tensors = gguf_tensors(model, spec) if tensors is None else tensors
     raw_overrides = raw_overrides or {}
@@ -322,7 +380,16 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_head_count_kv(spec.n_kv_heads)
     w.add_rope_freq_base(spec.rope_theta)
     w.add_layer_norm_rms_eps(spec.rms_eps)
-    w.add_rope_dimension_count(spec.head_dim)
+    if spec.explicit_head_dim is not None:   # the converter writes config.head_dim as key/value lengths
+        w.add_key_length(spec.head_dim)
+        w.add_value_length(spec.head_dim)
+    if spec.arch in PERMUTED_QK_ARCHS:       # LlamaModel writes the rotary width; Qwen2Model/Qwen3Model do not
+        w.add_rope_dimension_count(spec.head_dim)
+    rs = spec.rope_scaling or {}
+    if rs.get("rope_type") == "yarn":        # the converter's YaRN keys: type, factor, original context
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rs["factor"])
+        w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}[type_name])
 
@@ -333,8 +400,10 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_token_types(types)
     w.add_token_merges(merges)
     w.add_bos_token_id(tok.token_to_id(BOS_TOKEN))
-    w.add_eos_token_id(tok.token_to_id(EOS_TOKEN))
+    w.add_eos_token_id(tok.token_to_id(eos_token))
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     for name, t in tensors.items():
         if name in raw_overrides:
@@ -465,6 +534,46 @@ def storage_rounded_model(model, dtype: str):
         for p in m.parameters():
             p.copy_(p.to(tdtype).to(torch.float32))
     return m
+
+
+def gguf_dequantized_model(tm: TinyModel, type_name: str):
+    """The HF model holding the weights of the GGUF file as the `gguf` package reads and
+    dequantizes them (Q/K permutation undone), computing in f32: the reference for files
+    transformers' GGUF loader cannot read (smollm3, yarn metadata)."""
+    import copy
+    from gguf.quants import dequantize
+    reverse = {}
+    for hf_name in tm.model.state_dict():
+        try:
+            reverse[_gguf_name(hf_name)] = hf_name
+        except (KeyError, IndexError):
+            continue
+    m = copy.deepcopy(tm.model).eval()
+    params = dict(m.named_parameters())
+    reader = gguf.GGUFReader(str(tm.gguf_files[type_name]))
+    seen = set()
+    with torch.no_grad():
+        for t in reader.tensors:
+            if t.name not in reverse:
+                continue
+            shape = [int(d) for d in reversed(t.shape.tolist())]   # GGUF lists ne0 first
+            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+            if tm.spec.arch in PERMUTED_QK_ARCHS and t.name.endswith(("attn_q.weight", "attn_k.weight")):
+                n = tm.spec.n_heads if "attn_q" in t.name else tm.spec.n_kv_heads
+                w = unpermute_qk_from_gguf(w, n)
+            params[reverse[t.name]].copy_(torch.from_numpy(w.copy()))
+            seen.add(reverse[t.name])
+    missing = set(params) - seen - {"lm_head.weight"}
+    assert not missing, f"GGUF {type_name} lacks {sorted(missing)}"
+    return m
+
+
+def unpermute_qk_from_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of permute_qk_for_gguf: adjacent pairs back to HF's half split."""
+    head_dim = w.shape[0] // n_head
+    return (w.reshape(n_head, head_dim // 2, 2, *w.shape[1:])
+             .swapaxes(1, 2)
+             .reshape(w.shape))
 
 
 def gguf_reference_model(tm: TinyModel, type_name: str):

@@ -50,6 +50,18 @@ def build_mixtral(vocab: int, hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ff
     return _randomise(MixtralForCausalLM(cfg), seed, router_scale)
 
 
+def build_qwen3_moe(vocab: int, hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, ffn=128, moe_ffn=64,
+                    n_expert=8, top_k=2, norm_topk_prob=True, seed=21, router_scale=0.5):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    torch.manual_seed(seed)
+    cfg = Qwen3MoeConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, moe_intermediate_size=moe_ffn,
+                         num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                         head_dim=head_dim, num_experts=n_expert, num_experts_per_tok=top_k,
+                         norm_topk_prob=norm_topk_prob, max_position_embeddings=256, rms_norm_eps=1e-6,
+                         initializer_range=0.1, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    return _randomise(Qwen3MoeForCausalLM(cfg), seed, router_scale)
+
+
 def _randomise(model, seed, router_scale):
     """Norm weights around 1 (a dropped or swapped norm shows) and a router with well-separated
     logits (so f32 summation order cannot flip a near-tie of the k-th and k+1-th expert)."""
@@ -111,6 +123,11 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
     w.add_feed_forward_length(c.intermediate_size)
+    if getattr(c, "moe_intermediate_size", None):
+        w.add_expert_feed_forward_length(c.moe_intermediate_size)
+    if getattr(c, "head_dim", None):
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     rope = getattr(c, "rope_parameters", None) or {}
@@ -118,7 +135,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
     # extra_meta: GGUFWriter method name -> value, added or replacing these defaults.
-    meta = {"add_expert_count": c.num_local_experts if hasattr(c, "num_local_experts") else c.num_experts,
+    meta = {"add_expert_count": getattr(c, "num_local_experts", None) or c.num_experts,
             "add_expert_used_count": c.num_experts_per_tok, **(extra_meta or {})}
     for key, value in meta.items():
         getattr(w, key)(value)

@@ -1,16 +1,19 @@
-"""Mixture-of-experts models end to end: tiny random Mixtral models from transformers, as HF
+"""Mixture-of-experts models end to end: tiny random Mixtral and Qwen3-MoE models from transformers, as HF
 directories (per-expert tensors) and GGUFs in llama.cpp's layout (3-D expert stacks), F32 and
 Q8_0, their logits against transformers through prefill and decode on CPU and emulated Metal.
 
 Bounds, as fractions of max|reference logit| (max_rel) and of ||reference|| (rms_rel), a few
-times the largest error measured over both models (64-token prefill: experts see groups of ~16-40
-rows, the GEMM path; decode: one GEMV per selected expert):
-  F32 (HF and GGUF), prefill and decode: measured <= 3.6e-5 max, 1.3e-5 rms -> 1.5e-4 / 6e-5.
-  Q8_0 prefill (f32 GEMM over dequantized panels): measured <= 6.7e-5 max, 2.6e-5 rms -> 3e-4 / 1e-4.
-  Q8_0 decode (two-part int8 activations): measured <= 3.1e-4 max, 2.6e-4 rms -> 1.2e-3 / 1e-3.
-  Emulated Metal: F32 measured <= 4.0e-5 max, 2.0e-5 rms (F32 bounds above); Q8_0 decode
-    <= 1.4e-4 max, prefill (attention projections through the GEMM's half tiles, experts through
-    the per-slot GEMV) <= 1.9e-3 max, 1.05e-3 rms -> test_e2e_tiny's Metal bounds 5e-3 / 4e-3.
+times the largest error measured over the four models (64-token prefill: experts see groups of
+~10-40 rows, the CPU's GEMM path; decode: one GEMV per selected expert):
+  F32 (HF and GGUF), CPU and emulated Metal: measured <= 1.65e-4 max (qwen3moe-8x-top2 prefill:
+    f16 K/V roundings flipped by summation order, as test_e2e_tiny notes), 6.6e-5 rms
+    -> test_e2e_tiny's 5e-4 / 2.5e-4.
+  Q8_0, CPU prefill (f32 GEMM over dequantized panels): measured <= 6.7e-5 max, 3.1e-5 rms -> 3e-4 / 1e-4.
+  Q8_0, CPU decode (two-part int8 activations): measured <= 7.0e-4 max, 3.4e-4 rms
+    -> test_e2e_tiny's 3e-3 / 2e-3.
+  Q8_0, emulated Metal: decode <= 1.4e-4 max; prefill (attention projections through the GEMM's
+    half tiles, experts through the per-slot GEMV) <= 1.9e-3 max, 1.05e-3 rms
+    -> test_e2e_tiny's Metal bounds 5e-3 / 4e-3.
 Argmax agreement measured 1.0 everywhere -> 0.95 (test_e2e_tiny's).
 """
 from __future__ import annotations
@@ -27,26 +30,38 @@ MIXTRALS = {  # name -> build_mixtral arguments
     "mixtral-4x-top2": dict(n_expert=4, top_k=2, seed=11),
     "mixtral-8x-top4": dict(n_expert=8, top_k=4, seed=12, n_layers=3),
 }
+# Qwen3-MoE: Qwen3 attention (QK-norm, head_dim 32 != hidden / heads), a softmax router over all
+# experts, norm_topk_prob on (Qwen3-30B-A3B) and off (the selected weights then sum to < 1; the
+# GGUF says so with expert_weights_norm = false).
+QWEN3_MOES = {
+    "qwen3moe-8x-top2": dict(n_expert=8, top_k=2, norm_topk_prob=True, seed=21),
+    "qwen3moe-4x-top3-unnormed": dict(n_expert=4, top_k=3, norm_topk_prob=False, seed=22, n_layers=3),
+}
+MODELS = list(MIXTRALS) + list(QWEN3_MOES)
 FORMATS = ["hf-F32", "gguf-F32", "gguf-Q8_0"]
 BACKENDS = backend_params()
 
 
 @pytest.fixture(scope="module")
 def mixtral(tmp_path_factory, tiny_tokenizer):
-    """get(name) -> (files by format, reference models by format)."""
+    """get(name) -> (files by format, reference models by format, vocab), for every MoE model."""
     root = tmp_path_factory.mktemp("moe")
     cache = {}
 
     def get(name):
         if name not in cache:
             vocab = tiny_tokenizer.get_vocab_size()
-            model = moe.build_mixtral(vocab, **MIXTRALS[name])
+            if name in MIXTRALS:
+                model, arch, meta = moe.build_mixtral(vocab, **MIXTRALS[name]), "llama", {}
+            else:
+                model, arch = moe.build_qwen3_moe(vocab, **QWEN3_MOES[name]), "qwen3moe"
+                meta = {"add_expert_weights_norm": bool(QWEN3_MOES[name]["norm_topk_prob"])}
             hf_dir = moe.save_hf(model, tiny_tokenizer, root / name / "hf")
             files = {"hf-F32": hf_dir}
             refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model)}
             for t in ("F32", "Q8_0"):
-                files[f"gguf-{t}"] = moe.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, "llama", model.config,
-                                                    tiny_tokenizer)
+                files[f"gguf-{t}"] = moe.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, arch, model.config,
+                                                    tiny_tokenizer, extra_meta=meta)
             refs["gguf-Q8_0"] = mf.with_f16_kv(moe.quantized_reference(model, hf_dir, "Q8_0", root / name / "q8"))
             cache[name] = (files, refs, vocab)
         return cache[name]
@@ -54,9 +69,9 @@ def mixtral(tmp_path_factory, tiny_tokenizer):
     return get
 
 
-F32_BOUNDS = dict(max_rel=1.5e-4, rms_rel=6e-5, argmax=0.95)
+F32_BOUNDS = dict(max_rel=5e-4, rms_rel=2.5e-4, argmax=0.95)
 Q8_BOUNDS = {"prefill": dict(max_rel=3e-4, rms_rel=1e-4, argmax=0.95),
-             "decode": dict(max_rel=1.2e-3, rms_rel=1e-3, argmax=0.95),
+             "decode": dict(max_rel=3e-3, rms_rel=2e-3, argmax=0.95),
              "metal": dict(max_rel=5e-3, rms_rel=4e-3, argmax=0.95)}
 
 
@@ -77,8 +92,8 @@ def engine(forgert, path, backend, metal_reason):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", list(MIXTRALS))
-def test_mixtral_prefill_logits_match_transformers(forgert, mixtral, metal_reason, name, fmt, backend):
+@pytest.mark.parametrize("name", MODELS)
+def test_moe_prefill_logits_match_transformers(forgert, mixtral, metal_reason, name, fmt, backend):
     files, refs, vocab = mixtral(name)
     ids = ids_for(vocab, 64, 1)
     out = np.asarray(engine(forgert, files[fmt], backend, metal_reason).forward(ids, 0, True))
@@ -88,8 +103,8 @@ def test_mixtral_prefill_logits_match_transformers(forgert, mixtral, metal_reaso
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", list(MIXTRALS))
-def test_mixtral_decode_logits_match_transformers(forgert, mixtral, metal_reason, name, fmt, backend):
+@pytest.mark.parametrize("name", MODELS)
+def test_moe_decode_logits_match_transformers(forgert, mixtral, metal_reason, name, fmt, backend):
     files, refs, vocab = mixtral(name)
     ids = ids_for(vocab, 24, 2)
     eng = engine(forgert, files[fmt], backend, metal_reason)

@@ -682,6 +682,28 @@ def test_rms_norm(ops_for, backend, n, dim):
     assert nmse(out, ref) < 1e-10
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [1, 7, 33])
+@pytest.mark.parametrize("heads,head_dim", [(1, 64), (4, 16), (16, 128)])
+def test_head_rms_norm(ops_for, backend, n, heads, head_dim):
+    """Qwen3's QK-norm: each head of each row normalised on its own, against NumPy."""
+    rng = rng_for("head_rms", n, heads, head_dim)
+    # heads of very different scales: a norm over the whole row instead of each head fails
+    x = randn(rng, n, heads * head_dim) * np.repeat(np.logspace(-2, 1, heads), head_dim).astype(np.float32)
+    w = (1.0 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
+    eps = 1e-6
+    h = x.astype(np.float64).reshape(n, heads, head_dim)
+    ref = (h / np.sqrt(np.mean(h ** 2, axis=2, keepdims=True) + eps) * w).reshape(n, heads * head_dim)
+    out = ops_for(backend).head_rms_norm(x, w, eps)
+    # as rms_norm: one f32 sum of squares per head (<= 128 values), measured nmse ~1e-14
+    assert nmse(out, ref) < 1e-10
+
+
+def test_head_rms_norm_rejects_a_width_that_is_not_whole_heads(ops_for):
+    with pytest.raises(ValueError, match="heads \\* head_dim"):
+        ops_for("cpu").head_rms_norm(np.ones((2, 70), np.float32), np.ones(16, np.float32), 1e-6)
+
+
 def test_rms_norm_eps_is_used(ops_for):
     """eps matters for tiny rows: x = 1e-3 everywhere with eps 1e-5 gives 1e-3/sqrt(1e-6+1e-5)."""
     x = np.full((1, 64), 1e-3, np.float32)

@@ -245,6 +245,18 @@ def test_rms_norm(metal, cpu, dim):
     assert nmse(metal.rms_norm(x, w, 1e-5), cpu.rms_norm(x, w, 1e-5)) < 1e-10
 
 
+@pytest.mark.parametrize("n,heads,head_dim", [(1, 16, 128), (9, 4, 64), (3, 2, 256)])
+def test_head_rms_norm(metal, cpu, n, heads, head_dim):
+    """Qwen3's QK-norm in place on the device (rms_norm over [n * heads, head_dim] rows)."""
+    r = rng("head_rms_norm", n, heads, head_dim)
+    x = (r.standard_normal((n, heads * head_dim)) * 3).astype(np.float32)
+    w = (1 + 0.3 * r.standard_normal(head_dim)).astype(np.float32)
+    h = x.astype(np.float64).reshape(n, heads, head_dim)
+    ref = (h / np.sqrt((h ** 2).mean(2, keepdims=True) + 1e-6) * w).reshape(n, -1)
+    assert nmse(metal.head_rms_norm(x, w, 1e-6), ref) < 1e-10
+    assert nmse(metal.head_rms_norm(x, w, 1e-6), cpu.head_rms_norm(x, w, 1e-6)) < 1e-10
+
+
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim", [
     (1, 131000, 9, 3, 64), (5, 4093, 3, 3, 64), (6, 3, 4, 4, 128), (3, 0, 2, 1, 8),

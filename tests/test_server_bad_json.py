@@ -96,7 +96,7 @@ class BrokenTokenizerModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def prompt_tokens(self, prompt):
+    def prompt_tokens(self, prompt, tools=None):
         raise TypeError("TextInputSequence must be str")
 
 

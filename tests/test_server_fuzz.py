@@ -13,11 +13,15 @@ pytest.importorskip("fastapi")
 VALUES = [None, True, False, 0, -1, 1, 2 ** 70, 1.5, -1e300, float("nan"), "", "x", "\u0000", [], [1], ["a"], {},
           {"a": 1}, [{"role": "user", "content": "hi"}], [{"role": "bogus"}],
           [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], [{"role": "user", "content": None}],
-          "a" * 3000, [[1, 2]], [1, -5], [10 ** 9]]
+          "a" * 3000, [[1, 2]], [1, -5], [10 ** 9], "required", "auto",
+          {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}},
+          {"type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": [1, 2]}}},
+          [{"type": "function", "function": {"name": "f"}}], {"type": "function", "function": {"name": "f"}},
+          [{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3, "maximum": 1}}}]]
 FIELDS = ["model", "messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stop",
           "stream", "seed", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
           "repetition_penalty", "stream_options", "ignore_eos", "echo", "logit_bias", "tools", "response_format",
-          "user", "max_completion_tokens"]
+          "user", "max_completion_tokens", "tool_choice", "parallel_tool_calls"]
 
 
 def test_random_request_bodies_get_no_server_error(tiny_models):
@@ -28,7 +32,7 @@ def test_random_request_bodies_get_no_server_error(tiny_models):
     client = TestClient(create_app(model, "tiny", None), raise_server_exceptions=False)
     rng = random.Random(5)
     statuses = set()
-    for _ in range(300):
+    for _ in range(400):
         route = rng.choice(["/v1/chat/completions", "/v1/completions"])
         body = {"model": "tiny", "max_tokens": 2}
         if route == "/v1/chat/completions":

@@ -121,6 +121,32 @@ int main(int argc, char** argv) {
             keep.clear();
         }
     }
+    // Qwen3's QK-norm (two head_rms_norm calls) against the fused RoPE + cache-write step it
+    // precedes and one layer's Q projection, Qwen3-0.6B geometry (16 heads, 8 KV heads, head_dim
+    // 128, dim 1024, Q8_0 weights): what fusing the norm into rope_kv_write could save.
+    for (int n : {1, 512}) {
+        if (!std::strstr("qk_norm", filter)) break;
+        const int H = 16, KV = 8, hd = 128, dim = 1024, ctx = 1024;
+        Tensor q = random_tensor(be, keep, DType::F32, n, H * hd, rng);
+        Tensor k = random_tensor(be, keep, DType::F32, n, KV * hd, rng);
+        Tensor v = random_tensor(be, keep, DType::F32, n, KV * hd, rng);
+        Tensor w = random_tensor(be, keep, DType::F32, 1, hd, rng);
+        // Ones: the norm runs in place, call after call; weights below 1 would shrink some
+        // elements into denormals (slow) over the repetitions.
+        std::fill(w.data<float>(), w.data<float>() + hd, 1.0f);
+        Tensor kc = random_tensor(be, keep, DType::F16, ctx, KV * hd, rng);
+        Tensor vc = random_tensor(be, keep, DType::F16, ctx, KV * hd, rng);
+        Tensor fr = random_tensor(be, keep, DType::F32, 1, hd / 2, rng);
+        Tensor wq = random_tensor(be, keep, DType::Q8_0, H * hd, dim, rng);
+        Tensor x = random_tensor(be, keep, DType::F32, n, dim, rng);
+        const double norm = median_seconds([&] { be.head_rms_norm(q, w, 1e-6f); be.head_rms_norm(k, w, 1e-6f); }, 200);
+        RopeKvParams rp{H, KV, hd, true};
+        const double rope = median_seconds([&] { be.rope_kv_write(q, k, v, kc, vc, fr, 0, rp); }, 200);
+        const double proj = median_seconds([&] { be.matmul(q, wq, x); }, n == 1 ? 200 : 5);
+        std::printf("%-28s %6d %6d %5d %10.1f us; rope_kv_write %.1f us; q projection (Q8_0) %.1f us\n",
+                    "qk_norm qwen3-0.6B", H + KV, hd, n, norm * 1e6, rope * 1e6, proj * 1e6);
+        keep.clear();
+    }
     // Decode attention as in a model: 30 layers' caches, more than the CPU caches hold, so the
     // K/V rows stream from memory (bytes: K and V of every position, every layer).
     for (int ctx : {1024, 4096}) {

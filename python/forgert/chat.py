@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, nodes
+from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -23,6 +24,34 @@ def _strftime_now(fmt):
 def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
     # transformers' tojson: unlike jinja2's own, it does not HTML-escape
     return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+
+class GenerationBlocks(Extension):
+    """`{% generation %}...{% endgeneration %}` (SmolLM3's template): transformers marks the
+    assistant's tokens with it for training masks; rendering a prompt writes the body as is."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
+# Names the renderer sets itself; chat_template_kwargs may not replace them.
+_RESERVED = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+
+
+def check_template_kwargs(kwargs) -> dict:
+    """chat_template_kwargs: extra variables for the template (Qwen3's and SmolLM3's
+    enable_thinking), as transformers' apply_chat_template takes them."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise ValueError(f"chat_template_kwargs must be a dict of variable names to values, got {kwargs!r}")
+    taken = sorted(set(kwargs) & set(_RESERVED))
+    if taken:
+        raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)}")
+    return dict(kwargs)
 
 
 def normalize_messages(messages) -> list:
@@ -55,7 +84,7 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+                                            extensions=["jinja2.ext.loopcontrols", GenerationBlocks])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now

@@ -7,10 +7,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ModelFormatError
-from .rope import rope_freqs
+from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "mixtral": "llama"}
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
+                  "phi3": "phi3",
+                  "mixtral": "llama", "qwen3_moe": "qwen3moe"}
+# The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
+# Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
+_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3"}
+# SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
+# the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
+SMOLLM3_NO_ROPE_INTERVAL = 4
+# Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
+# converter permutes the others' Q/K rows for adjacent-pair rotation.
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe")
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -18,7 +29,7 @@ DEFAULT_N_CTX_CAP = 8192
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" | "qwen2"
+    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "qwen3moe" (the file's architecture)
     n_layers: int
     dim: int
     n_heads: int
@@ -63,12 +74,63 @@ class ModelConfig:
         w = int(self.sliding_window or 0)
         return [w if i >= self.sliding_window_from else 0 for i in range(self.n_layers)]
 
+    @property
+    def rotated_dims(self) -> int:
+        return self.head_dim if self.rope_dim is None else self.rope_dim
+
+    def features(self) -> list[str]:
+        """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
+        out = []
+        if self.arch == "qwen2":
+            out.append("QKV bias")
+        if self.arch in ("qwen3", "qwen3moe"):
+            out.append("QK-norm (RMSNorm on each head of Q and K)")
+        if self.n_expert:
+            out.append(f"mixture of experts: {self.n_expert_used} of {self.n_expert} experts per token (width "
+                       f"{self.expert_ffn_dim}{', renormalised' if self.expert_norm_topk else ''})"
+                       + (f", a shared expert of width {self.shared_ffn_dim}" if self.shared_ffn_dim else ""))
+        if self.arch == "phi3":
+            out.append("fused qkv and gate_up (split zero-copy)")
+        if self.head_dim * self.n_heads != self.dim:
+            out.append(f"head_dim {self.head_dim} (q width {self.head_dim * self.n_heads} != dim {self.dim})")
+        s = self.rope_scaling or {}
+        if s.get("type") == "yarn":
+            out.append(f"YaRN x{s['factor']:g} over an original context of {s['original_max_position_embeddings']} "
+                       f"(attention factor {self.rope_attn_factor:.4g})")
+        elif s.get("type") == "dynamic":
+            out.append(f"dynamic NTK x{s['factor']:g} past {s['max_position_embeddings']} tokens (computed for n_ctx)")
+        elif s.get("type") in ("linear", "llama3"):
+            out.append(f"{s['type']} RoPE scaling x{s['factor']:g}")
+        elif s.get("type") == "longrope":
+            out.append(f"longrope RoPE scaling over an original context of {s['original_max_position_embeddings']} "
+                       f"(attention factor {self.rope_attn_factor:.4g}; long factors when n_ctx exceeds it)")
+        elif s:
+            out.append(f"{s['type']} RoPE scaling")
+        if self.rope_dim is not None and self.rope_dim != self.head_dim:
+            out.append(f"partial rotary ({self.rope_dim} of {self.head_dim} dims)")
+        nope = [i for i, t in enumerate(self.layer_rope or []) if t < 0]
+        if nope:
+            out.append(f"no RoPE (NoPE) in layers {', '.join(map(str, nope))}")
+        windows = self.windows()
+        if any(windows):
+            slid = [i for i, w in enumerate(windows) if w]
+            where = "every layer" if len(slid) == self.n_layers else f"layers {', '.join(map(str, slid))}"
+            out.append(f"sliding window {max(windows)} in {where}")
+        return out
+
+    def freqs_for(self, n_ctx: int) -> np.ndarray:
+        """rope_freqs for a context of n_ctx: dynamic NTK's base and LongRoPE's short or long
+        factors depend on it (rope.rope_freqs, rope.longrope_factors)."""
+        if (self.rope_scaling or {}).get("type") in ("dynamic", "longrope"):
+            return rope_freqs(self.rope_theta, self.rotated_dims, self.rope_scaling, n_ctx)
+        return self.rope_freqs
+
     def core_dict(self, n_ctx: int) -> dict:
         d = {
-            "arch": self.arch, "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
+            "arch": _CORE_ARCH.get(self.arch, self.arch), "n_layers": self.n_layers, "dim": self.dim, "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
-            "rope_neox": bool(self.rope_neox), "rope_freqs": self.rope_freqs,
+            "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
             "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
             "layer_window": self.windows(),
         }
@@ -143,6 +205,18 @@ def _check_bounds(cfg: ModelConfig, source):
                       f"{_CORE_MAX_Q_DIM}")
 
 
+def _check_rope_dim(rope_dim: int, head_dim: int, source, what: str):
+    if not 2 <= rope_dim <= head_dim or rope_dim % 2:
+        _fail(source, f"{what} {rope_dim} must be even, from 2 to head_dim {head_dim}")
+
+
+def _set_rope_tables(cfg: ModelConfig):
+    """rope_freqs (for the model's whole context: LongRoPE's table is picked again per n_ctx by
+    freqs_for) and the cos/sin scale."""
+    cfg.rope_freqs = rope_freqs(cfg.rope_theta, cfg.rotated_dims, cfg.rope_scaling, cfg.context_length)
+    cfg.rope_attn_factor = (cfg.rope_scaling or {}).get("attn_factor", 1.0)
+
+
 def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
     q_dim = cfg.n_heads * cfg.head_dim
     if q_dim > census.max_extent:
@@ -154,9 +228,30 @@ def _check_geometry(cfg: ModelConfig, source, census: TensorCensus):
         _fail(source, f"head_dim {cfg.head_dim} must be even for RoPE")
 
 
-def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, rope_factors=None) -> ModelConfig:
+def _check_factors(values, n, what, source) -> np.ndarray:
+    factors = np.asarray(values, dtype=np.float64).reshape(-1)
+    if factors.shape != (n,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        _fail(source, f"{what} must hold {n} positive factors")
+    return factors
+
+
+def _gguf_longrope(meta, p, source, rope_dim, context_length, long_short) -> dict:
+    """LongRoPE as llama.cpp's converter writes it: rope_factors_long/short.weight, the original
+    context in rope.scaling.original_context_length, the cos/sin scale in rope.scaling.attn_factor."""
+    long_f, short_f = long_short
+    original = _get_int(meta, p + "rope.scaling.original_context_length", source, default=context_length, minimum=2)
+    return {"type": "longrope",
+            "long_factor": _check_factors(long_f, rope_dim // 2, "rope_factors_long.weight", source),
+            "short_factor": _check_factors(short_f, rope_dim // 2, "rope_factors_short.weight", source),
+            "original_max_position_embeddings": original,
+            "attn_factor": _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0)}
+
+
+def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, rope_factors=None,
+                     longrope_factors=None) -> ModelConfig:
     """meta: GGUF metadata; vocab: rows of token_embd.weight; census: the file's tensors;
-    rope_factors: rope_freqs.weight values or None."""
+    rope_factors: rope_freqs.weight values or None; longrope_factors: (rope_factors_long.weight,
+    rope_factors_short.weight) values or None."""
     arch = meta.get("general.architecture")
     if arch is None:
         _fail(source, "missing metadata 'general.architecture'")
@@ -171,8 +266,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if value_len != head_dim:
         _fail(source, f"attention.value_length {value_len} differs from key_length {head_dim}")
     rope_dim = _get_int(meta, p + "rope.dimension_count", source, default=head_dim, **extent)
-    if rope_dim != head_dim:
-        _fail(source, f"partial RoPE (rope.dimension_count {rope_dim} < head_dim {head_dim}) is not supported")
+    _check_rope_dim(rope_dim, head_dim, source, "rope.dimension_count")
+    context_length = _get_int(meta, p + "context_length", source)
     theta = _get_float(meta, p + "rope.freq_base", source, default=10000.0)
 
     scaling = None
@@ -182,15 +277,20 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         factor = _get_float(meta, p + "rope.scaling.factor", source, default=legacy_linear)
         if factor != 1.0:
             scaling = {"type": "linear", "factor": factor}
+    elif kind == "yarn":
+        scaling = _gguf_yarn(meta, p, source)
     elif kind != "none":
         _fail(source, f"unsupported RoPE scaling type '{kind}'")
     if rope_factors is not None:
         if scaling is not None:
             _fail(source, "both rope_freqs.weight and rope.scaling are set")
-        factors = np.asarray(rope_factors, dtype=np.float64).reshape(-1)
-        if factors.shape != (head_dim // 2,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
-            _fail(source, f"rope_freqs.weight must hold {head_dim // 2} positive factors")
-        scaling = {"type": "factors", "factors": factors}
+        scaling = {"type": "factors", "factors": _check_factors(rope_factors, rope_dim // 2, "rope_freqs.weight",
+                                                                source)}
+    if longrope_factors is not None:
+        if scaling is not None:
+            _fail(source, "rope_factors_long/short.weight given with another RoPE scaling")
+        scaling = _gguf_longrope(meta, p, source, rope_dim, context_length, longrope_factors)
+    window = meta.get(p + "attention.sliding_window")
 
     cfg = ModelConfig(
         arch=arch,
@@ -200,19 +300,23 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         head_dim=head_dim,
         ffn_dim=_get_int(meta, p + "feed_forward_length", source, **extent),
         vocab=vocab,
-        context_length=_get_int(meta, p + "context_length", source),
+        context_length=context_length,
         rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
         rope_theta=theta,
         # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
-        rope_neox=(arch == "qwen2"),
+        rope_neox=(arch in _GGUF_NEOX_ARCHS),
         rope_scaling=scaling,
-        sliding_window=(_get_int(meta, p + "attention.sliding_window", source)
-                        if meta.get(p + "attention.sliding_window") is not None else None),
+        rope_dim=None if rope_dim == head_dim else rope_dim,
+        # phi3's converter writes 0 for "no window" (Phi-4)
+        sliding_window=(_get_int(meta, p + "attention.sliding_window", source, minimum=0) or None
+                        if window is not None else None),
     )
     _gguf_experts(meta, p, cfg, source, census)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
-    cfg.rope_freqs = rope_freqs(theta, head_dim, scaling)
+    if arch == "smollm3":
+        cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
+    _set_rope_tables(cfg)
     return cfg
 
 
@@ -252,10 +356,70 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
     cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, default=cfg.ffn_dim, **extent)
     cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
-    cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True)) if hf.get("model_type") != "mixtral" else True
+    # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
+    cfg.expert_norm_topk = True if hf.get("model_type") == "mixtral" else bool(hf.get("norm_topk_prob", False))
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)
+
+
+def _no_rope_every(interval: int, n_layers: int) -> list:
+    """layer_rope with RoPE left out of layers interval-1, 2*interval-1, ... (-1: no RoPE)."""
+    return [-1 if (i + 1) % interval == 0 else 0 for i in range(n_layers)]
+
+
+def _hf_no_rope_layers(hf: dict, n_layers: int, source) -> list:
+    """SmolLM3's layer_rope: config no_rope_layers (1: RoPE, 0: none, per layer), or else every
+    no_rope_layer_interval-th layer without RoPE, as SmolLM3Config derives it."""
+    flags = hf.get("no_rope_layers")
+    if flags is None:
+        return _no_rope_every(_get_int(hf, "no_rope_layer_interval", source, default=SMOLLM3_NO_ROPE_INTERVAL),
+                              n_layers)
+    if not isinstance(flags, list) or len(flags) != n_layers or any(f not in (0, 1) for f in flags):
+        _fail(source, f"no_rope_layers must list 0 or 1 for each of the {n_layers} layers, got {flags!r}")
+    return [0 if f else -1 for f in flags]
+
+
+def _gguf_yarn(meta, p, source) -> dict:
+    """YaRN from the keys llama.cpp reads: rope.scaling.factor and .original_context_length, the
+    optional yarn_beta_fast / yarn_beta_slow / yarn_ext_factor (32, 1, 1 by default), and the
+    attention factor llama.cpp derives: 0.1 ln(factor) + 1, times rope.scaling.attn_factor."""
+    factor = _get_float(meta, p + "rope.scaling.factor", source)
+    if meta.get(p + "rope.scaling.yarn_log_multiplier", 0.0) not in (0, 0.0):
+        _fail(source, "YaRN with rope.scaling.yarn_log_multiplier (DeepSeek's mscale_all_dim) is not supported")
+    ext = meta.get(p + "rope.scaling.yarn_ext_factor", 1.0)
+    if isinstance(ext, bool) or not isinstance(ext, (int, float, np.number)) or not 0 <= ext <= 1:
+        _fail(source, f"metadata '{p}rope.scaling.yarn_ext_factor' must be in [0, 1], got {ext!r}")
+    if ext == 0:   # llama.cpp: no extrapolated share and no attention factor but attn_factor
+        return {"type": "linear", "factor": factor,
+                "attn_factor": _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0)}
+    return {
+        "type": "yarn", "factor": factor,
+        "original_max_position_embeddings": _get_int(meta, p + "rope.scaling.original_context_length", source,
+                                                     default=meta.get(p + "context_length")),
+        "beta_fast": _get_float(meta, p + "rope.scaling.yarn_beta_fast", source, default=32.0),
+        "beta_slow": _get_float(meta, p + "rope.scaling.yarn_beta_slow", source, default=1.0),
+        "ext_factor": float(ext),
+        "attn_factor": yarn_mscale(factor) * _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0),
+    }
+
+
+def _hf_yarn(scaling_in: dict, hf: dict, source) -> dict:
+    """transformers' _compute_yarn_parameters' inputs; attn_factor as it derives attention_factor."""
+    orig = int(scaling_in["original_max_position_embeddings"])
+    factor = scaling_in.get("factor")
+    factor = float(factor) if factor is not None else _get_int(hf, "max_position_embeddings", source) / orig
+    attn = scaling_in.get("attention_factor")
+    if attn is None:
+        mscale, mscale_all_dim = scaling_in.get("mscale"), scaling_in.get("mscale_all_dim")
+        attn = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim) if mscale and mscale_all_dim
+                else yarn_mscale(factor))
+    out = {"type": "yarn", "factor": factor, "original_max_position_embeddings": orig,
+           "beta_fast": float(scaling_in.get("beta_fast") or 32), "beta_slow": float(scaling_in.get("beta_slow") or 1),
+           "truncate": bool(scaling_in.get("truncate", True)), "attn_factor": float(attn)}
+    if not all(math.isfinite(v) and v > 0 for v in (factor, out["beta_fast"], out["beta_slow"], out["attn_factor"])):
+        _fail(source, f"rope scaling 'yarn' has a non-positive or non-finite parameter: {scaling_in!r}")
+    return out
 
 
 def _hf_rope(hf: dict, source):
@@ -266,11 +430,20 @@ def _hf_rope(hf: dict, source):
     if not isinstance(theta, (int, float)) or theta <= 0:
         _fail(source, f"rope_theta must be a positive number, got {theta!r}")
     kind = scaling_in.get("rope_type", scaling_in.get("type", "default")) if scaling_in else "default"
+    if kind == "su" or (kind == "yarn" and hf.get("model_type") == "phi3"):
+        kind = "longrope"   # Phi-3's legacy names for LongRoPE (transformers' Phi3Config renames them too)
     if kind == "default":
         return float(theta), None
     try:
+        if kind == "longrope":
+            return float(theta), _hf_longrope(hf, scaling_in, source)
         if kind == "linear":
             return float(theta), {"type": "linear", "factor": float(scaling_in["factor"])}
+        if kind == "yarn":
+            return float(theta), _hf_yarn(scaling_in, hf, source)
+        if kind == "dynamic":
+            return float(theta), {"type": "dynamic", "factor": float(scaling_in["factor"]),
+                                  "max_position_embeddings": _get_int(hf, "max_position_embeddings", source)}
         if kind == "llama3":
             return float(theta), {
                 "type": "llama3", "factor": float(scaling_in["factor"]),
@@ -281,6 +454,46 @@ def _hf_rope(hf: dict, source):
     except KeyError as e:
         _fail(source, f"rope scaling '{kind}' is missing {e.args[0]!r}")
     _fail(source, f"unsupported RoPE scaling type '{kind}'")
+
+
+def _hf_factor_list(scaling: dict, key: str, source) -> np.ndarray:
+    v = scaling[key]
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        _fail(source, f"rope scaling {key} must be a list of numbers")
+    return np.asarray(v, dtype=np.float64)
+
+
+def _hf_longrope(hf: dict, scaling: dict, source) -> dict:
+    """LongRoPE as transformers reads it (_compute_longrope_parameters): a top-level
+    original_max_position_embeddings wins over the scaling dict's (Phi-3 writes it there), and the
+    attention factor defaults to sqrt(1 + ln(s) / ln(original)), s = factor or max_pos / original."""
+    key = "original_max_position_embeddings"
+    original = _get_int({key: hf.get(key, scaling.get(key, hf.get("max_position_embeddings")))}, key, source,
+                        minimum=2)
+    attn = scaling.get("attention_factor")
+    if attn is None:
+        factor = scaling.get("factor")
+        if factor is not None:
+            factor = _get_float({"rope_scaling.factor": factor}, "rope_scaling.factor", source)
+            attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        else:
+            attn = longrope_attn_factor(_get_int(hf, "max_position_embeddings", source), original)
+    return {"type": "longrope", "long_factor": _hf_factor_list(scaling, "long_factor", source),
+            "short_factor": _hf_factor_list(scaling, "short_factor", source),
+            "original_max_position_embeddings": original,
+            "attn_factor": _get_float({"rope_scaling.attention_factor": attn}, "rope_scaling.attention_factor",
+                                      source)}
+
+
+def _hf_rope_dim(hf: dict, head_dim: int, source):
+    """partial_rotary_factor (top level, or in rope_parameters: transformers 5) -> rotated dims."""
+    factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    factor = _get_float({"partial_rotary_factor": factor}, "partial_rotary_factor", source)
+    if factor > 1.0:
+        _fail(source, f"partial_rotary_factor must be in (0, 1], got {factor}")
+    rope_dim = int(head_dim * factor)
+    _check_rope_dim(rope_dim, head_dim, source, "partial_rotary_factor * head_dim =")
+    return None if rope_dim == head_dim else rope_dim
 
 
 def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
@@ -310,7 +523,8 @@ def _hf_layer_types(hf: dict, cfg: ModelConfig, source) -> None:
 
 
 def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
-    """hf: the parsed config.json of a Llama / Mistral / Qwen2 model directory; census: its tensors."""
+    """hf: the parsed config.json of a Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Phi-3 model directory;
+    census: its tensors."""
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
@@ -320,13 +534,18 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     n_heads = _get_int(hf, "num_attention_heads", source, **extent)
     dim = _get_int(hf, "hidden_size", source, **extent)
     theta, scaling = _hf_rope(hf, source)
+    head_dim = (_get_int(hf, "head_dim", source, default=dim // n_heads, **extent) if hf.get("head_dim")
+                else dim // n_heads)
+    rope_dim = _hf_rope_dim(hf, head_dim, source)
+    if scaling is not None and scaling["type"] == "longrope":
+        for key in ("long_factor", "short_factor"):
+            _check_factors(scaling[key], (rope_dim or head_dim) // 2, f"rope scaling {key}", source)
     cfg = ModelConfig(
         arch=HF_MODEL_TYPES[model_type],
         n_layers=_get_int(hf, "num_hidden_layers", source, **_layer_bound(census)),
         dim=dim, n_heads=n_heads,
         n_kv_heads=_get_int(hf, "num_key_value_heads", source, default=n_heads, **extent),
-        head_dim=(_get_int(hf, "head_dim", source, default=dim // n_heads, **extent) if hf.get("head_dim")
-                  else dim // n_heads),
+        head_dim=head_dim,
         ffn_dim=_get_int(hf, "intermediate_size", source, **extent),
         vocab=_get_int(hf, "vocab_size", source, **extent),
         context_length=_get_int(hf, "max_position_embeddings", source),
@@ -334,6 +553,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         rope_theta=theta,
         rope_neox=True,   # HF checkpoints rotate the two halves of each head
         rope_scaling=scaling,
+        rope_dim=rope_dim,
         tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
     window = hf.get("sliding_window")
@@ -341,11 +561,13 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             _fail(source, f"sliding_window must be a positive integer, got {window!r}")
         cfg.sliding_window = window
-        if model_type == "qwen2":   # Qwen2 windows only the layers from max_window_layers on
+        if model_type in ("qwen2", "qwen3", "qwen3_moe"):   # windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
+    if model_type == "smollm3":
+        cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
-    cfg.rope_freqs = rope_freqs(theta, cfg.head_dim, scaling)
+    _set_rope_tables(cfg)
     return cfg

@@ -13,13 +13,14 @@ import sys
 
 import numpy as np
 
+from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
 from .quants import QUANTIZERS, dequantize
-from .rope import base_inv_freqs, llama3_scaled
+from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
 
 TARGET_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
 # llama.cpp's general.file_type (LLAMA_FTYPE_*) for each target
@@ -33,14 +34,17 @@ def permute_for_adjacent_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_ROPE_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
 def _is_1d(name: str) -> bool:
-    return name.endswith("norm.weight") or name.endswith(".bias") or name == "rope_freqs.weight"
+    return name.endswith("norm.weight") or name.endswith(".bias") or name in _ROPE_FACTOR_TENSORS
 
 
 def _tensor_plan(loaded):
     """(name, WeightTensor, permute_heads or None) in a stable order."""
     cfg = loaded.config
-    permute = loaded.format == "safetensors" and cfg.arch == "llama"
+    permute = loaded.format == "safetensors" and cfg.arch in ("llama", "smollm3")   # llama.cpp's NORM rope type
     for name, w in loaded.weights.items():
         heads = None
         if permute and (".attn_q." in name or ".attn_k." in name):
@@ -115,7 +119,12 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.{key}", value)
     writer.add_f32(f"{arch}.rope.freq_base", c.rope_theta)
     writer.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_eps)
-    writer.add_u32(f"{arch}.rope.dimension_count", c.head_dim)
+    writer.add_u32(f"{arch}.rope.dimension_count", c.rope_dim or c.head_dim)
+    if arch == "smollm3":   # GGUF smollm3 has no key for its NoPE layers: llama.cpp fixes every fourth
+        fixed = [-1 if (i + 1) % SMOLLM3_NO_ROPE_INTERVAL == 0 else 0 for i in range(c.n_layers)]
+        if c.layer_rope != fixed:
+            raise ModelFormatError(f"{loaded.name}: NoPE layers {c.layer_rope} differ from every fourth layer, the "
+                                   f"only pattern a GGUF of architecture 'smollm3' can hold")
     if c.head_dim != c.dim // c.n_heads:
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
@@ -128,6 +137,8 @@ def _write_hf_metadata(writer, loaded):
             raise ModelFormatError(f"{loaded.name}: per-layer attention windows {windows} cannot be written to "
                                    f"a GGUF of architecture '{arch}' (its sliding_window key windows every layer)")
         writer.add_u32(f"{arch}.attention.sliding_window", windows[0])
+    elif arch == "phi3":
+        writer.add_u32(f"{arch}.attention.sliding_window", 0)   # phi3's converter writes 0 for none
     extra = {}
     kind = (c.rope_scaling or {}).get("type")
     if kind == "linear":
@@ -140,6 +151,31 @@ def _write_hf_metadata(writer, loaded):
         scaled = llama3_scaled(base, r["factor"], r["low_freq_factor"], r["high_freq_factor"],
                                r["original_max_position_embeddings"])
         extra["rope_freqs.weight"] = (base / scaled).astype(np.float32)
+    elif kind == "yarn":
+        # The keys llama.cpp reads; its attention factor is 0.1 ln(factor) + 1 times
+        # rope.scaling.attn_factor, so a config's own attention_factor is written as that ratio.
+        r = c.rope_scaling
+        if not r.get("truncate", True):
+            raise ModelFormatError(f"{loaded.name}: YaRN with truncate=false has no GGUF form (llama.cpp "
+                                   f"always truncates the correction range)")
+        writer.add_str(f"{arch}.rope.scaling.type", "yarn")
+        writer.add_f32(f"{arch}.rope.scaling.factor", r["factor"])
+        writer.add_u32(f"{arch}.rope.scaling.original_context_length", r["original_max_position_embeddings"])
+        writer.add_f32(f"{arch}.rope.scaling.yarn_beta_fast", r["beta_fast"])
+        writer.add_f32(f"{arch}.rope.scaling.yarn_beta_slow", r["beta_slow"])
+        ratio = c.rope_attn_factor / yarn_mscale(r["factor"])
+        if abs(ratio - 1.0) > 1e-7:
+            writer.add_f32(f"{arch}.rope.scaling.attn_factor", ratio)
+    elif kind == "longrope":
+        # llama.cpp's phi3 form: both divisor sets as tensors, the cos/sin scale and original context as keys
+        r = c.rope_scaling
+        writer.add_u32(f"{arch}.rope.scaling.original_context_length", r["original_max_position_embeddings"])
+        writer.add_f32(f"{arch}.rope.scaling.attn_factor", r["attn_factor"])
+        extra["rope_factors_long.weight"] = np.asarray(r["long_factor"], dtype=np.float32)
+        extra["rope_factors_short.weight"] = np.asarray(r["short_factor"], dtype=np.float32)
+    elif kind is not None:
+        raise ModelFormatError(f"{loaded.name}: RoPE scaling '{kind}' has no GGUF form (llama.cpp has no "
+                               f"{kind} scaling); run the HF directory itself")
     _write_hf_tokenizer(writer, loaded)
     return extra
 

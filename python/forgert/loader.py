@@ -9,6 +9,7 @@ import numpy as np
 
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
+from .fused_tensors import split_fused
 from .ggml_types import F32
 from .gguf import GGUFFile
 from .safetensors_dir import HFModelDir
@@ -16,7 +17,8 @@ from .tensor_check import core_tensors
 from .tokenizer import ModelTokenizer
 from .weights import WeightTensor
 
-_GGUF_EXTRA_TENSORS = ("rope_freqs.weight",)   # consumed by the config, not the core
+# Consumed by the config, not the core: RoPE divisors (llama3's, LongRoPE's long and short sets).
+_GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
 
 @dataclass
@@ -64,16 +66,22 @@ def load_gguf(path) -> LoadedModel:
     embd = weights.get("token_embd.weight")
     if embd is None:
         raise ModelFormatError(f"{g.name}: missing tensor 'token_embd.weight'")
-    factors = None
-    if "rope_freqs.weight" in weights:
-        rf = weights["rope_freqs.weight"]
-        if rf.type_id != F32:
-            raise ModelFormatError(f"{g.name}: rope_freqs.weight must be F32, is {rf.type_name}")
-        factors = rf.data.view(np.float32)
+    def factors(name):
+        rf = weights.get(name)
+        if rf is not None and rf.type_id != F32:
+            raise ModelFormatError(f"{g.name}: {name} must be F32, is {rf.type_name}")
+        return None if rf is None else rf.data.view(np.float32)
+
+    longrope = factors("rope_factors_long.weight"), factors("rope_factors_short.weight")
+    if (longrope[0] is None) != (longrope[1] is None):
+        raise ModelFormatError(f"{g.name}: rope_factors_long.weight and rope_factors_short.weight come as a pair; "
+                               f"the file has only one")
     cfg = config_from_gguf(g.metadata, vocab=embd.shape[0], source=g.name,
-                           census=TensorCensus.of(w.shape for w in weights.values()), rope_factors=factors)
+                           census=TensorCensus.of(w.shape for w in weights.values()),
+                           rope_factors=factors("rope_freqs.weight"),
+                           longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
-    tensors = core_tensors(cfg, weights, g.name, ignore=_GGUF_EXTRA_TENSORS)
+    tensors = core_tensors(cfg, split_fused(cfg, weights), g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok,
@@ -99,9 +107,9 @@ def _hf_chat_template(d: HFModelDir):
 def load_hf_dir(path) -> LoadedModel:
     d = HFModelDir(path)
     cfg = config_from_hf(d.config, f"{d.name}/config.json", TensorCensus.of(w.shape for w in d.tensors.values()))
-    tensors = core_tensors(cfg, d.tensors, d.name)
+    tensors = core_tensors(cfg, split_fused(cfg, d.tensors), d.name)
     tok = ModelTokenizer.from_hf_dir(d)
-    weights = {n: w for n, w in d.tensors.items() if n in tensors}
+    weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused}
     return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok,
                        _hf_chat_template(d), d.config, d)
 

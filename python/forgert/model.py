@@ -15,12 +15,13 @@ import warnings
 import numpy as np
 
 from . import cpu_topology
-from .chat import ChatTemplate, no_template_error
+from .chat import ChatTemplate, check_template_kwargs, no_template_error
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
 from .errors import KvCacheTooLargeError
+from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .prompt_cache import ModelState, PromptCache, common_prefix
 from .sampling import Sampler, SamplingParams, native_sampler
@@ -85,6 +86,13 @@ def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
         raise KvCacheTooLargeError(
             f"n_ctx={n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
             f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {fits}", n_ctx, fits)
+
+
+def _check_logprobs(value, name: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}an integer >= 0, got {value!r}")
 
 
 class _ModelLock:
@@ -253,7 +261,7 @@ class Model:
     def info(self) -> dict:
         m, c = self._model, self._model.config
         return {
-            "name": m.name, "path": m.path, "format": m.format, "arch": c.arch,
+            "name": m.name, "path": m.path, "format": m.format, "arch": c.arch, "features": c.features(),
             "n_params": m.n_params, "size_bytes": m.size_bytes, "tensor_types": m.tensor_types,
             "n_layers": c.n_layers, "dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
             "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "vocab": c.vocab,
@@ -380,16 +388,22 @@ class Model:
         cache = self._prompt_cache
         if cache is None:
             return
-        live = common_prefix(self._cache_tokens, ids)
-        dropped = len(self._cache_tokens) - live
-        # A follow-up of the same conversation drops only its last few tokens (how the previous
-        # answer ended): not worth a copy of the whole sequence. Another one drops more.
-        if dropped * 8 > len(self._cache_tokens):
-            cache.put(self._save_state())
+        live = self._stash_live(ids)
         saved, n = cache.best(ids)
         if saved is not None and n > live:
             cache.take(saved)
             self._load_state(saved)
+
+    def _stash_live(self, ids) -> int:
+        """Before ids overwrite the live sequence, save it in the prompt cache if ids would drop
+        much of it; returns how many of its tokens ids share."""
+        live = common_prefix(self._cache_tokens, ids)
+        dropped = len(self._cache_tokens) - live
+        # A follow-up of the same conversation drops only its last few tokens (how the previous
+        # answer ended): not worth a copy of the whole sequence. Another one drops more.
+        if self._prompt_cache is not None and dropped * 8 > len(self._cache_tokens):
+            self._prompt_cache.put(self._save_state())
+        return live
 
     def _prefill(self, ids, mode, sampler=None):
         """Bring the cache to `ids`, reusing the shared prefix; returns the last token's result.
@@ -431,20 +445,57 @@ class Model:
             self._cache_tokens = ids[:s + len(chunk)]
         return np.concatenate(rows, axis=0)
 
+    def prompt_logprobs(self, prompt, top: int = 0) -> list:
+        """[TokenLogprob] of each prompt token given the ones before it (what lm-eval's
+        log-likelihood tasks score); the first token has no context: its logprob is None.
+        top: how many most likely alternatives each entry lists."""
+        _check_logprobs(top, "top")
+        ids = self._prompt_ids(prompt)
+        with self._lock("prompt_logprobs()"):
+            self._stash_live(ids)       # another conversation's K/V stays in the prompt cache
+            logits = self._logits(ids)                                  # [len(ids), vocab]
+        first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, [])
+        return [first] + [self._token_logprob(logits[i - 1], ids[i], top) for i in range(1, len(ids))]
+
+    def compile_response_format(self, response_format) -> Grammar | None:
+        """The constraint for an OpenAI response_format dict ({"type": "json_object"} or
+        {"type": "json_schema", "json_schema": {"schema": {...}}}); None for plain text.
+        ValueError for a schema that cannot be enforced. Reusable across generations."""
+        return compile_response_format(response_format, self.tokenizer, self.vocab_size)
+
     # -- generation --------------------------------------------------------------------------
-    def _start(self, prompt_ids, params: SamplingParams, logprobs) -> TextStream:
-        if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0):
-            raise ValueError(f"logprobs must be None or an integer >= 0, got {logprobs!r}")
+    def _start(self, prompt_ids, params: SamplingParams, logprobs, response_format=None,
+               logit_bias=None) -> TextStream:
+        _check_logprobs(logprobs, "logprobs", allow_none=True)
+        grammar = (response_format if isinstance(response_format, Grammar)
+                   else self.compile_response_format(response_format))
+        bias = self._bias_row(logit_bias)
         if self._lock.held_by_me():   # this thread's own stream is open: fail now, not at the first step
             self._lock.acquire("a new stream")
-        return TextStream(self._run(prompt_ids, params, logprobs))
+        return TextStream(self._run(prompt_ids, params, logprobs, grammar, bias))
 
-    def _run(self, prompt_ids, params: SamplingParams, logprobs):
+    def _bias_row(self, logit_bias):
+        """OpenAI's logit_bias {token id: bias in [-100, 100]} as float32 [vocab], or None."""
+        if not logit_bias:
+            return None
+        if not isinstance(logit_bias, dict):
+            raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {type(logit_bias).__name__}")
+        row = np.zeros(self.vocab_size, dtype=np.float32)
+        for key, bias in logit_bias.items():
+            tok = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
+            if isinstance(tok, bool) or not isinstance(tok, (int, np.integer)) or not 0 <= tok < self.vocab_size:
+                raise ValueError(f"logit_bias: {key!r} is not a token id (0..{self.vocab_size - 1})")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias[{key!r}] = {bias!r}: a bias is a number in [-100, 100]")
+            row[tok] = bias
+        return row
+
+    def _run(self, prompt_ids, params: SamplingParams, logprobs, grammar, bias):
         # Held from the first step to the end: two streams created up front and iterated in turn
         # would otherwise share the cache (same thread: RuntimeError; other threads: wait).
         self._lock.acquire("a new stream")
         try:
-            return (yield from self._decode_loop(prompt_ids, params, logprobs))
+            return (yield from self._decode_loop(prompt_ids, params, logprobs, grammar, bias))
         finally:
             self._lock.release()
 
@@ -459,10 +510,14 @@ class Model:
             top = [(self.tokenizer.decode([int(i)]), float(lp[i])) for i in idx]
         return TokenLogprob(self.tokenizer.decode([tok]), float(lp[tok]), top)
 
-    def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None):
-        """Yields str pieces (StreamPiece when logprobs is not None); returns the Completion."""
+    def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None, grammar=None, bias=None):
+        """Yields str pieces (StreamPiece when logprobs is not None); returns the Completion.
+        grammar: a Grammar whose token mask applies before each draw; bias: float32 [vocab]
+        added to the logits first (logit_bias). Both take the NumPy sampler's path."""
         stop_ids = set() if params.ignore_eos else self.tokenizer.stop_ids
-        use_argmax = params.greedy and not params.has_penalties and logprobs is None
+        matcher = grammar.matcher() if grammar is not None else None
+        constrained = logprobs is not None or matcher is not None or bias is not None
+        use_argmax = params.greedy and not params.has_penalties and not constrained
         pending_lp = []
 
         def emit(text):
@@ -474,12 +529,17 @@ class Model:
 
         # Sampling runs in C++ on the logits where the engine wrote them; the NumPy sampler (its
         # reference) serves logprobs requests, which need the logits row anyway.
-        mode = "argmax" if use_argmax else "last" if logprobs is not None else "sample"
+        mode = "argmax" if use_argmax else "last" if constrained else "sample"
         sampler = (Sampler(params) if mode == "last" else
                    native_sampler(params, prompt_ids) if mode == "sample" else None)
         detok = StreamingDetokenizer(self.tokenizer, prompt_ids)
         stops = StopStringMatcher(params.stop)
         generated, history, pieces = [], list(prompt_ids), []
+
+        def pick(row):      # the NumPy sampler's draw: biased, then inside the grammar's mask
+            if bias is not None:
+                row = np.asarray(row, dtype=np.float32) + bias
+            return sampler.sample(row if matcher is None else matcher.apply(row), history)
         n_sampled, finish = 0, "length"
         t0 = time.perf_counter()
         # Prompt + completion never exceed the context (as OpenAI counts it): the last token
@@ -493,7 +553,7 @@ class Model:
             result, n_eval = self._prefill(prompt_ids, mode, sampler)
             n_cached = len(prompt_ids) - n_eval
             t1 = time.perf_counter()
-            tok = sampler.sample(result, history) if mode == "last" else result
+            tok = pick(result) if mode == "last" else result
             last_logits = result
         n_decode = 0
         while limit > 0:
@@ -502,6 +562,8 @@ class Model:
                 finish = "stop"
                 break
             generated.append(tok)
+            if matcher is not None:
+                matcher.accept(tok)
             if mode == "last":
                 history.append(tok)
             elif mode == "sample":
@@ -512,8 +574,8 @@ class Model:
             if out:
                 pieces.append(out)
                 yield emit(out)
-            if stops.stopped:
-                finish = "stop"
+            if stops.stopped or (matcher is not None and matcher.done):
+                finish = "stop"     # a stop string, or the document is complete (only EOS may follow)
                 break
             if len(generated) >= limit:
                 break   # finish "length": max_tokens reached or the context is full
@@ -521,7 +583,7 @@ class Model:
             result = self._eval([tok], pos, mode, sampler)
             self._cache_tokens.append(tok)
             n_decode += 1
-            tok = sampler.sample(result, history) if mode == "last" else result
+            tok = pick(result) if mode == "last" else result
             last_logits = result
         tail = "" if stops.stopped else stops.feed(detok.flush()) + stops.flush()
         if tail or pending_lp:
@@ -533,18 +595,24 @@ class Model:
             usage=Usage(len(prompt_ids), n_sampled, len(prompt_ids) + n_sampled),
             timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1))
 
-    def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, **sampling) -> TextStream:
+    def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, response_format=None,
+               logit_bias=None, **sampling) -> TextStream:
         """Iterator of text pieces as they are produced; `.completion` is set once exhausted.
         With logprobs=N (N >= 0) the pieces are StreamPiece objects carrying each token's
-        logprob and its N most likely alternatives."""
+        logprob and its N most likely alternatives. response_format: OpenAI's dict
+        ({"type": "json_object"} / {"type": "json_schema", ...}) or compile_response_format()'s
+        Grammar: the text is then a JSON document that parses and validates. logit_bias: OpenAI's
+        {token id: bias in [-100, 100]}, added to the logits before sampling."""
         params = SamplingParams.from_kwargs(params, **sampling)
-        return self._start(self._prompt_ids(prompt), params, logprobs)
+        return self._start(self._prompt_ids(prompt), params, logprobs, response_format, logit_bias)
 
-    def prompt_tokens(self, prompt) -> list:
-        """The token ids a prompt becomes: str, list of ids, or chat messages (template applied).
-        Ids are validated; the context length is not checked here (callers compare with n_ctx)."""
+    def prompt_tokens(self, prompt, chat_template_kwargs: dict | None = None, tools=None) -> list:
+        """The token ids a prompt becomes: str, list of ids, or chat messages (template applied,
+        with chat_template_kwargs and `tools` when given). Ids are validated; the context length is
+        not checked here (callers compare with n_ctx)."""
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
-            return self._chat_ids(prompt, check_context=False)
+            return self._chat_ids(prompt, check_context=False, chat_template_kwargs=chat_template_kwargs,
+                                  tools=tools)
         return self._prompt_ids(prompt, check_context=False)
 
     def generate(self, prompt, params: SamplingParams | None = None, **sampling) -> Completion:
@@ -555,27 +623,41 @@ class Model:
         return s.completion
 
     # -- chat --------------------------------------------------------------------------------
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True,
+                            chat_template_kwargs: dict | None = None, tools=None) -> str:
+        """chat_template_kwargs: extra template variables, e.g. {"enable_thinking": False} for
+        Qwen3 / SmolLM3 (as transformers' apply_chat_template takes them as keywords).
+        tools: OpenAI tool definitions, handed to the template as `tools` (HF's convention);
+        a template that ignores them gets them in a system message instead (tool_calls.py)."""
+        extra = check_template_kwargs(chat_template_kwargs)
         if self._template is None:
             if not self.chat_template:
                 raise no_template_error(self._model.name)
             self._template = ChatTemplate(self.chat_template, self.tokenizer.bos_token, self.tokenizer.eos_token)
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+        if tools:
+            from .tool_calls import messages_with_tools
+            messages, tool_vars = messages_with_tools(self.chat_template, messages, tools)
+            extra = {**extra, **tool_vars}
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
 
-    def _chat_ids(self, messages, check_context: bool = True) -> list:
+    def _chat_ids(self, messages, check_context: bool = True, chat_template_kwargs: dict | None = None,
+                  tools=None) -> list:
         # Like HF's apply_chat_template: the template writes any BOS itself.
-        return self._prompt_ids(self.tokenize(self.apply_chat_template(messages), add_bos=False), check_context)
+        text = self.apply_chat_template(messages, chat_template_kwargs=chat_template_kwargs, tools=tools)
+        return self._prompt_ids(self.tokenize(text, add_bos=False), check_context)
 
     def chat(self, messages, params: SamplingParams | None = None, **sampling) -> Completion:
-        s = self.chat_stream(messages, params, **sampling)
+        s = self.chat_stream(messages, params, **sampling)  # chat_template_kwargs= passes through
         for _ in s:
             pass
         return s.completion
 
     def chat_stream(self, messages, params: SamplingParams | None = None, *, logprobs=None,
+                    chat_template_kwargs: dict | None = None, response_format=None, logit_bias=None,
                     **sampling) -> TextStream:
         params = SamplingParams.from_kwargs(params, **sampling)
-        return self._start(self._chat_ids(messages), params, logprobs)
+        return self._start(self._chat_ids(messages, chat_template_kwargs=chat_template_kwargs), params, logprobs,
+                           response_format, logit_bias)
 
     def __repr__(self):
         return f"Model({self._model.name!r}, arch={self.arch}, backend={self.backend}, n_ctx={self.n_ctx})"

@@ -20,7 +20,7 @@ from .weights import ExpertList, WeightTensor
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
 _MAX_HEADER = 100 * 1024 * 1024
 
-# HF Llama/Mistral/Qwen2 names -> canonical GGUF names
+# HF Llama/Mistral/Qwen2/Qwen3/SmolLM3/Phi-3 names -> canonical GGUF names
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -36,6 +36,8 @@ _LAYER_NAMES = {
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
     "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",     # Qwen3: RMSNorm of each head of Q / K
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
@@ -47,7 +49,11 @@ _LAYER_NAMES = {
     "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
     "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+    # Phi-3's fused projections, named as llama.cpp's converter names them (fused_tensors.py splits them)
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
+_FUSED_HF_SUFFIXES = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
 _EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
@@ -153,6 +159,7 @@ class HFModelDir:
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
         self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
+        self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
         experts = {}             # stack name -> {expert index: WeightTensor}
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
@@ -160,7 +167,7 @@ class HFModelDir:
                     name = canonical_name(hf_name)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Qwen2 model)") from None
+                                           f"(not part of a Llama/Mistral/Qwen2/Phi-3 model)") from None
                 if name is None:
                     continue
                 index = None
@@ -177,6 +184,8 @@ class HFModelDir:
                 t = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
                 if index is None:
                     self.tensors[name] = t
+                    if hf_name.endswith(_FUSED_HF_SUFFIXES):
+                        self.fused.add(name)
                 else:
                     experts.setdefault(name, {})[index] = t
         for name, parts in experts.items():

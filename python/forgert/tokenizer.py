@@ -21,6 +21,18 @@ def _token_content(v):
     return v if isinstance(v, str) else None
 
 
+# End-of-turn tokens llama.cpp recognises by their text when a GGUF names no eot_token_id
+# (llama_vocab::load: "<|end|>" of Phi-3, whose converter writes only <|endoftext|> as EOS). Where a
+# vocabulary has several, the first of this order is taken (llama.cpp takes whichever its hash map
+# yields first).
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>")
+
+
+def _eot_by_text(tokens) -> int | None:
+    index = {t: i for i, t in enumerate(tokens) if t in _EOT_TEXTS}
+    return next((index[t] for t in _EOT_TEXTS if t in index), None)
+
+
 def _ids(v) -> list:
     if v is None:
         return []
@@ -65,7 +77,8 @@ class ModelTokenizer:
         kind = meta.get("tokenizer.ggml.model")
         return cls(tok, bos_id=special("tokenizer.ggml.bos_token_id"),
                    eos_id=special("tokenizer.ggml.eos_token_id"),
-                   eot_id=special("tokenizer.ggml.eot_token_id"),
+                   eot_id=(special("tokenizer.ggml.eot_token_id") if "tokenizer.ggml.eot_token_id" in meta
+                           else _eot_by_text(meta["tokenizer.ggml.tokens"])),
                    extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
                    # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise
                    add_bos=meta.get("tokenizer.ggml.add_bos_token", kind == "llama"),

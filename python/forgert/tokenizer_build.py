@@ -14,6 +14,10 @@ from .errors import ModelFormatError
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# o200k (GPT-4o; Phi-4-mini): case-aware words with their contractions, digits in threes
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -30,9 +34,12 @@ PRE_TOKENIZER_SPLITS = {
     "llama3": [_LLAMA3_SPLIT],
     "llama-v3": [_LLAMA3_SPLIT],
     "smaug-bpe": [_LLAMA3_SPLIT],
+    "dbrx": [_LLAMA3_SPLIT],          # cl100k vocabularies: DBRX, Phi-4
+    "gpt-4o": [_GPT4O_SPLIT],         # o200k vocabularies: Phi-4-mini
     "qwen2": [_QWEN2_SPLIT],
     "deepseek-r1-qwen": [_QWEN2_SPLIT],
 }
+_IGNORE_MERGES = ("llama-bpe", "llama3", "llama-v3")
 # ggml token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -75,8 +82,9 @@ def _byte_level(meta, source) -> Tokenizer:
     if pre not in PRE_TOKENIZER_SPLITS:
         raise ModelFormatError(f"{source}: unsupported tokenizer pre-tokenizer '{pre}' "
                                f"(known: {', '.join(sorted(PRE_TOKENIZER_SPLITS))})")
-    # Llama 3 style vocabularies look whole words up before merging.
-    ignore_merges = PRE_TOKENIZER_SPLITS[pre] == [_LLAMA3_SPLIT]
+    # Llama 3 vocabularies look whole words up before merging (llama.cpp: ignore_merges for these
+    # names only; smaug-bpe, dbrx and gpt-4o share or resemble the regex but merge every word).
+    ignore_merges = pre in _IGNORE_MERGES
     tok = Tokenizer(models.BPE(_vocab(tokens), merges, ignore_merges=ignore_merges))
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_SPLITS[pre]]
     tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (UserError, add_model_args, add_sampling_args, check_fits_context, load_model,
-                     sampling_params)
+from .common import (UserError, add_model_args, add_sampling_args, add_template_args, check_fits_context,
+                     load_model, sampling_params, template_kwargs)
 from .profiling import format_stages, profiling_engine
 from .progress import prefill_bar
 
@@ -17,6 +17,7 @@ def add_parser(subparsers):
                               description="Interactive chat using the model's chat template; answers "
                                           "stream as they are generated. " + HELP)
     p.add_argument("--system", help="system message for the conversation (default: none)")
+    add_template_args(p)
     p.add_argument("--stats", action="store_true", help="print prefill/decode speed after each answer")
     p.add_argument("--profile", action="store_true",
                    help="print the engine's per-stage times (embedding, layers, logits) of the "
@@ -30,8 +31,8 @@ class ChatSession:
     """The conversation so far; each turn's prompt extends the last, so the model's prompt cache
     only evaluates the new messages."""
 
-    def __init__(self, model, params, system: str | None):
-        self.model, self.params = model, params
+    def __init__(self, model, params, system: str | None, chat_template_kwargs: dict | None = None):
+        self.model, self.params, self.template_kwargs = model, params, chat_template_kwargs
         self.system = [{"role": "system", "content": system}] if system else []
         self.messages = list(self.system)
 
@@ -42,7 +43,7 @@ class ChatSession:
     def answer(self, user_text: str, out) -> object:
         """Stream the reply to `out`; returns the Completion, or None when interrupted."""
         turn = self.messages + [{"role": "user", "content": user_text}]
-        ids = self.model.prompt_tokens(turn)
+        ids = self.model.prompt_tokens(turn, self.template_kwargs)
         check_fits_context(self.model, len(ids))    # UserError once the conversation outgrows it
         stream = self.model.stream(ids, self.params)
         try:
@@ -83,7 +84,7 @@ def run(args) -> int:
     if args.profile and engine is None:
         print("forgert: this engine has no per-stage timers; --profile shows nothing", file=sys.stderr)
     model.prefill_progress = prefill_bar()
-    session = ChatSession(model, params, args.system)
+    session = ChatSession(model, params, args.system, template_kwargs(args))
     out = sys.stdout
     while True:
         try:

@@ -64,6 +64,17 @@ def add_model_args(p):
                         "(default: the model's, at most 8192)")
 
 
+def add_template_args(p):
+    p.add_argument("--no-think", dest="no_think", action="store_true",
+                   help="chat mode: render the chat template with enable_thinking=false (Qwen3, SmolLM3: "
+                        "answer without a reasoning block; templates without the switch ignore it)")
+
+
+def template_kwargs(args):
+    """chat_template_kwargs from the template flags, or None."""
+    return {"enable_thinking": False} if getattr(args, "no_think", False) else None
+
+
 def add_sampling_args(p, max_tokens=256):
     d = SamplingParams()
     g = p.add_argument_group("sampling")

@@ -23,6 +23,7 @@ def describe(loaded) -> dict:
     c, tok = loaded.config, loaded.tokenizer
     return {
         "name": loaded.name, "path": loaded.path, "format": loaded.format, "arch": c.arch,
+        "features": c.features(),
         "n_params": loaded.n_params, "size_bytes": loaded.size_bytes,
         "tensor_types": loaded.tensor_types,
         "n_layers": c.n_layers, "dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
@@ -71,7 +72,7 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
     template = d["chat_template"]
     rows = [
         ("format", d["format"]),
-        ("architecture", d["arch"]),
+        ("architecture", d["arch"] + "".join(f"\n{'':18}{f}" for f in d["features"])),
         ("parameters", _count(d["n_params"])),
         ("tensor data", _bytes(d["size_bytes"])),
         ("tensor types", types),

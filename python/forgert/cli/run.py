@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (UserError, add_model_args, add_sampling_args, check_fits_context, load_model,
-                     sampling_params)
+from .common import (UserError, add_model_args, add_sampling_args, add_template_args, check_fits_context,
+                     load_model, sampling_params, template_kwargs)
 from .profiling import format_stages
 from .progress import prefill_bar
 
@@ -25,6 +25,7 @@ def add_parser(subparsers):
     mode.add_argument("--raw", dest="chat", action="store_false",
                       help="complete the prompt text as is, no template (default for models without one)")
     p.add_argument("--system", help="system message (chat mode; default: none)")
+    add_template_args(p)
     p.add_argument("--profile", action="store_true",
                    help="print per-stage times (embedding, layers, logits) to stderr")
     add_model_args(p)
@@ -51,7 +52,7 @@ def run(args) -> int:
         raise UserError("--system needs chat mode (the model has no chat template, or --raw was given)")
     if chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        ids = model.prompt_tokens(messages + [{"role": "user", "content": prompt}])
+        ids = model.prompt_tokens(messages + [{"role": "user", "content": prompt}], template_kwargs(args))
     else:
         ids = model.prompt_tokens(prompt)
     check_fits_context(model, len(ids))

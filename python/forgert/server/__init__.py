@@ -1,7 +1,14 @@
 """OpenAI-compatible HTTP server over one forgert.Model: `forgert serve` or `serve(model)`.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both also streaming as SSE, ending with
-`data: [DONE]`), GET /v1/models, GET /v1/models/{id}, GET /health (never needs the API key).
+`data: [DONE]`), GET /v1/models, GET /v1/models/{id}, POST /tokenize, POST /detokenize,
+GET /tokenizer_info (vLLM's shapes), GET /health and GET /metrics (Prometheus; neither needs the
+API key).
+
+Beyond plain text: n choices, echo with prompt logprobs and batched prompts (completions),
+response_format (a JSON schema enforced while sampling: forgert.grammar), tools (rendered by the
+chat template, calls parsed from the model's format: forgert.tool_calls; forced by tool_choice
+through the same grammar), reasoning_content split off <think>...</think> (choice_output.py).
 
 Beyond OpenAI's fields, requests may set top_k, min_p, repetition_penalty and ignore_eos, and
 responses carry `timings` (prefill/decode tokens and tokens/s; cached_tokens says how much of the

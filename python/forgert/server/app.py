@@ -4,17 +4,22 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import AsyncIterator, Optional
+from typing import Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from .errors import APIError, install_error_handlers, internal_error, log_unexpected
-from .generation import Finish, GenerationSpec, Piece, generation_job
+from ..tool_calls import forced_call_schema, template_style
+from .choice_output import ChoiceOutput, OutputMode, thinking_mode
+from .delivery import collect, collect_unless_disconnected, metered, stream
+from .errors import APIError, install_error_handlers
+from .generation import ChoiceSpec, GenerationSpec, generation_job
 from .json_body import decode_json
-from .responses import ResponseHeader, sse
-from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_request
+from .metrics import RequestTimer, ServerMetrics
+from .responses import ResponseHeader
+from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
+                      TokenizeRequest, parse_request)
 from .token_budget import completion_budget
 from .worker import ModelWorker
 
@@ -29,6 +34,7 @@ class ServerState:
         self.api_key = api_key
         self.max_tokens_limit = max_tokens_limit    # per completion; None: only the context bounds it
         self.worker = ModelWorker()
+        self.metrics = ServerMetrics(lambda: self.worker.queued)
         self.started = int(time.time())
 
 
@@ -60,10 +66,16 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    root = APIRouter(dependencies=[Depends(require_key)])    # vLLM's tokenizer routes
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": state.model_id, "requests_in_flight": state.worker.queued}
+
+    @app.get("/metrics")
+    async def metrics():
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
 
     @v1.get("/models")
     async def list_models():
@@ -76,29 +88,143 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
                            f"'{state.model_id}'", param="model", code="model_not_found")
         return _model_card(state)
 
+    @root.post("/tokenize")
+    async def tokenize(request: Request):
+        req = parse_request(TokenizeRequest, await _read_json(request))
+        if req.messages is not None:
+            messages = [m.as_template_message() for m in req.messages]
+            ids = await _prompt_ids(state.model, "messages", messages)
+        else:
+            text = req.prompt if req.prompt is not None else req.content
+            ids = await asyncio.to_thread(state.model.tokenize, text,
+                                          None if req.add_special_tokens else False)
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.model.n_ctx}
+
+    @root.post("/detokenize")
+    async def detokenize(request: Request):
+        req = parse_request(DetokenizeRequest, await _read_json(request))
+        try:
+            text = await asyncio.to_thread(state.model.detokenize, req.tokens)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="tokens") from None
+        return {"prompt": text, "content": text}    # vLLM's key, llama-server's key
+
+    @root.get("/tokenizer_info")
+    async def tokenizer_info():
+        tok = state.model.tokenizer
+        return {"tokenizer_class": "forgert", "bos_token": tok.bos_token or None,
+                "eos_token": tok.eos_token or None, "pad_token": None,
+                "chat_template": state.model.chat_template, "model_max_length": state.model.n_ctx,
+                "add_bos_token": tok.add_bos}
+
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
-        req = parse_request(ChatCompletionRequest, await _read_json(request))
-        messages = [m.as_template_message() for m in req.messages]
-        ids = await _prompt_ids(state.model, "messages", messages)
-        spec = GenerationSpec(ids, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
-                              req.top_logprobs_wanted())
-        return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id))
+        with _counted(state, "chat"):
+            timer = RequestTimer(state.metrics)
+            req = parse_request(ChatCompletionRequest, await _read_json(request))
+            messages = [m.as_template_message() for m in req.messages]
+            tools = req.tool_dicts()
+            ids = await _prompt_ids(state.model, "messages", messages, req.chat_template_kwargs, tools)
+            forced = req.forced_tool()
+            if forced is not False:
+                schema = forced_call_schema(tools, forced)
+                grammar = await _grammar(state.model, {"type": "json_schema",
+                                                       "json_schema": {"name": "tool_call", "schema": schema}},
+                                         param="tools")
+            else:
+                grammar = await _grammar(state.model, req.response_format_dict())
+            template = state.model.chat_template
+            # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
+            thinks, inside = thinking_mode(template, state.model.detokenize(ids[-16:]))
+            if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
+                thinks = inside = False
+            mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
+                              tool_style=template_style(template) if tools else None)
+            choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
+                       for j in range(req.n_choices)]
+            spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
+                                  req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
+            return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id),
+                                   lambda: ChoiceOutput(mode), timer)
 
     @v1.post("/completions")
     async def completions(request: Request):
-        req = parse_request(CompletionRequest, await _read_json(request))
-        ids = await _prompt_ids(state.model, "prompt", req.prompt)
-        spec = GenerationSpec(ids, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
-                              req.top_logprobs_wanted())
-        return await _complete(request, state, req, spec, ResponseHeader("text", state.model_id))
+        with _counted(state, "completions"):
+            timer = RequestTimer(state.metrics)
+            req = parse_request(CompletionRequest, await _read_json(request))
+            prompts = req.prompts()
+            id_lists = [await _prompt_ids(state.model, "prompt", p) for p in prompts]
+            grammar = await _grammar(state.model, req.response_format_dict())
+            max_tokens = _max_tokens(state, req, max(len(ids) for ids in id_lists))
+            choices = []
+            for prompt, ids in zip(prompts, id_lists):
+                echo = None
+                if req.echo:
+                    echo = prompt if isinstance(prompt, str) else state.model.detokenize(ids)
+                choices += [ChoiceSpec(ids, _choice_seed(req.seed, j), echo, counts_prompt=j == 0)
+                            for j in range(req.n_choices)]
+            spec = GenerationSpec(choices, _sampling_kwargs(req, max_tokens), req.top_logprobs_wanted(),
+                                  grammar, _logit_bias(state.model, req))
+            return await _complete(request, state, req, spec, ResponseHeader("text", state.model_id),
+                                   None, timer)
 
     app.include_router(v1)
+    app.include_router(root)
     return app
 
 
+class _counted:
+    """Counts a request by route and final status in the metrics (errors included)."""
+
+    def __init__(self, state: ServerState, route: str):
+        self.state, self.route = state, route
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        status = 200 if exc is None else exc.status if isinstance(exc, APIError) else 500
+        self.state.metrics.requests.labels(self.route, str(status)).inc()
+        return False
+
+
 def _model_card(state: ServerState) -> dict:
-    return {"id": state.model_id, "object": "model", "created": state.started, "owned_by": "forgert"}
+    return {"id": state.model_id, "object": "model", "created": state.started, "owned_by": "forgert",
+            "max_model_len": state.model.n_ctx,     # vLLM's name for the context length
+            "context_length": state.model.n_ctx}
+
+
+def _logit_bias(model, req: SamplingFields) -> Optional[dict]:
+    """{token id: bias}; a token id outside the vocabulary is a 400 before the request queues."""
+    if not req.logit_bias:
+        return None
+    bias = {int(key): value for key, value in req.logit_bias.items()}
+    bad = [key for key in bias if key >= model.vocab_size]
+    if bad:
+        raise APIError(400, f"Invalid value for 'logit_bias': token id {bad[0]} is out of range "
+                       f"(0..{model.vocab_size - 1})", param="logit_bias", code="invalid_value")
+    return bias
+
+
+def _choice_seed(seed: Optional[int], j: int) -> Optional[int]:
+    """Choice j's seed: n choices of one seeded request differ, and repeat together."""
+    return None if seed is None else (seed + j) % 2**64     # any integer is a valid seed
+
+
+async def _grammar(model, response_format: Optional[dict], param: str = "response_format"):
+    """The compiled constraint for a response_format (None: text), or a 400 naming the field
+    (`tools` when it is a forced call's schema: the function parameters are at fault)."""
+    if response_format is None:
+        return None
+    try:
+        return await asyncio.to_thread(model.compile_response_format, response_format)
+    except ValueError as exc:
+        reason = str(exc).removeprefix("response_format: ")
+        raise APIError(400, f"Invalid value for '{param}': {reason}", param=param,
+                       code="invalid_value") from None
+    except ImportError as exc:
+        raise APIError(400, f"This server cannot enforce '{param}': {exc}",
+                       param=param, code="unsupported_parameter") from None
 
 
 async def _read_json(request: Request):
@@ -126,9 +252,10 @@ def _max_tokens(state: ServerState, req: SamplingFields, n_prompt: int) -> int:
 
 
 def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
-    """Model.stream keyword arguments. Defaults follow OpenAI (temperature 1, top_p 1, no
-    top-k/min-p/penalties), not the Model's own defaults, so clients get what they expect.
-    max_tokens comes from completion_budget: prompt + completion always fit the context."""
+    """Model.stream keyword arguments (the seed is set per choice). Defaults follow OpenAI
+    (temperature 1, top_p 1, no top-k/min-p/penalties), not the Model's own defaults, so clients
+    get what they expect. max_tokens comes from completion_budget: prompt + completion always
+    fit the context."""
     return {
         "max_tokens": max_tokens,
         "temperature": 1.0 if req.temperature is None else req.temperature,
@@ -138,99 +265,29 @@ def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
         "presence_penalty": req.presence_penalty or 0.0,
         "frequency_penalty": req.frequency_penalty or 0.0,
         "repetition_penalty": 1.0 if req.repetition_penalty is None else req.repetition_penalty,
-        "seed": None if req.seed is None else req.seed % 2**64,   # any integer is a valid seed
         "stop": req.stop_list(),
         "ignore_eos": req.ignore_eos,
     }
 
 
 async def _complete(request: Request, state: ServerState, req: SamplingFields,
-                    spec: GenerationSpec, header: ResponseHeader):
-    events = state.worker.events(generation_job(state.model, spec))
+                    spec: GenerationSpec, header: ResponseHeader, new_output, timer: RequestTimer):
+    """new_output: () -> ChoiceOutput for chat (reasoning / tool calls split off); None for text."""
+    events = metered(state.worker.events(generation_job(state.model, spec)), state.metrics, timer)
     if req.stream:
-        return StreamingResponse(_stream(events, header, req.include_usage),
+        return StreamingResponse(stream(events, header, req.include_usage, new_output, len(spec.choices)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return JSONResponse(await _collect_unless_disconnected(request, events, header))
+    return JSONResponse(await collect_unless_disconnected(request, collect(events, header, new_output)))
 
 
-async def _prompt_ids(model, param: str, prompt) -> list[int]:
+async def _prompt_ids(model, param: str, prompt, chat_template_kwargs=None, tools=None) -> list[int]:
     """Tokenize (chat template applied to messages) off the event loop. The caller checks that
     prompt and completion fit the context, so a request that cannot run never waits in the queue."""
     try:
-        ids = await asyncio.to_thread(model.prompt_tokens, prompt)
+        ids = await asyncio.to_thread(model.prompt_tokens, prompt, chat_template_kwargs, tools)
     except ValueError as exc:     # a token id out of range, a template that refuses the roles...
         raise APIError(400, str(exc), param=param) from None
     if not ids:
         raise APIError(400, f"The {param} is empty: there is nothing to complete", param=param)
     return ids
-
-
-async def _collect(events: AsyncIterator, header: ResponseHeader) -> dict:
-    pieces: list[str] = []
-    logprobs = None
-    finish: Optional[Finish] = None
-    try:
-        async for event in events:
-            if isinstance(event, Piece):
-                pieces.append(event.text)
-                if event.logprobs is not None:
-                    logprobs = (logprobs or []) + event.logprobs
-            else:
-                finish = event
-    except ValueError as exc:   # the model refused the request (e.g. bad token ids)
-        raise APIError(400, str(exc)) from None
-    return header.response("".join(pieces), logprobs, finish)
-
-
-async def _collect_unless_disconnected(request: Request, events: AsyncIterator,
-                                       header: ResponseHeader) -> dict:
-    """Like _collect, but a client that hangs up cancels its generation (queued or running)."""
-    collecting = asyncio.ensure_future(_collect(events, header))
-    watching = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-        if not collecting.done():
-            collecting.cancel()     # closes `events`, which cancels the job
-            await asyncio.gather(collecting, return_exceptions=True)
-    if collecting.cancelled():
-        return {}   # nobody is listening any more
-    return collecting.result()
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _stream(events: AsyncIterator, header: ResponseHeader, include_usage: bool):
-    """SSE chunks, each sent as soon as the worker produces its tokens.
-
-    Starlette cancels this generator when the client disconnects; the cancellation closes
-    `events`, which stops the generation at its next token.
-    """
-    if header.chat:
-        yield sse(header.chunk("", role=True, with_usage_field=include_usage))
-    logprob_offset = 0      # where the next logprob token starts in the text (legacy completions)
-    try:
-        async for event in events:
-            if isinstance(event, Piece):
-                if not event.text and event.logprobs is None:
-                    continue
-                yield sse(header.chunk(event.text, event.logprobs, text_offset=logprob_offset,
-                                       with_usage_field=include_usage))
-                logprob_offset += sum(len(lp.token) for lp in event.logprobs or ())
-            else:
-                yield sse(header.chunk(None if header.chat else "", finish_reason=event.finish_reason,
-                                       with_usage_field=include_usage))
-                if include_usage:
-                    yield sse(header.usage_chunk(event))
-    except ValueError as exc:
-        # Headers are gone already: report in-band, the way OpenAI does mid-stream.
-        yield sse(APIError(400, str(exc)).body())
-    except Exception as exc:  # noqa: BLE001 - the stream must still end properly
-        log_unexpected(exc, "a streamed completion")
-        yield sse(internal_error().body())
-    yield sse("[DONE]")

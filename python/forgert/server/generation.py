@@ -1,7 +1,9 @@
 """One request's generation as a stream of events, run on the model worker thread.
 
-Events: `Piece` (text as the model produces it, with its tokens' logprobs when asked for), then
-exactly one `Finish` (finish_reason, token counts, timings).
+Events, for each choice in turn (n > 1, or several prompts on /v1/completions): `Piece`s (text as
+the model produces it, with its tokens' logprobs when asked for), then exactly one `Finish`
+(finish_reason, token counts, timings). Choices of one prompt run one after the other: the
+second finds the prompt's K/V in the cache and evaluates only its last token again.
 """
 from __future__ import annotations
 
@@ -15,40 +17,65 @@ from ..completion import TokenLogprob
 class Piece:
     text: str
     logprobs: Optional[list[TokenLogprob]] = None   # one per token behind `text`, when asked for
+    index: int = 0                                  # the choice it belongs to
 
 
 @dataclass
 class Finish:
     finish_reason: str              # "stop" | "length"
-    prompt_tokens: int
+    prompt_tokens: int              # 0 for the second and later choices of one prompt (counted once)
     completion_tokens: int          # sampled tokens, a final EOS included (as the Model counts)
     timings: dict
+    index: int = 0
+
+
+@dataclass
+class ChoiceSpec:
+    prompt_ids: list[int]           # the prompt as the model sees it (chat template applied)
+    seed: Optional[int] = None
+    echo: Optional[str] = None      # completions' echo: the prompt text, sent before the completion
+    counts_prompt: bool = True      # the first choice of its prompt: usage counts the prompt once
 
 
 @dataclass
 class GenerationSpec:
-    prompt_ids: list[int]           # the prompt as the model sees it (chat template applied)
-    sampling: dict                  # Model.stream keyword arguments
+    choices: list[ChoiceSpec]       # run one after another; the prompt cache serves repeats
+    sampling: dict                  # Model.stream keyword arguments (seed per choice)
     top_logprobs: Optional[int]     # None: no logprobs; k: the sampled token's + k alternatives
+    response_format: object = None  # a compiled forgert.grammar.Grammar, or None
+    logit_bias: Optional[dict] = None   # {token id: bias}, checked against the vocabulary up front
 
 
 def generation_job(model, spec: GenerationSpec):
-    """A ModelWorker job generating `spec` with `model`."""
+    """A ModelWorker job generating every choice of `spec` with `model`."""
 
     def job() -> Iterator[Union[Piece, Finish]]:
-        stream = model.stream(spec.prompt_ids, logprobs=spec.top_logprobs, **spec.sampling)
-        try:
-            for piece in stream:    # str, or StreamPiece(text, logprobs) when logprobs were asked for
-                yield Piece(piece) if isinstance(piece, str) else Piece(piece.text, piece.logprobs)
-        finally:
-            stream.close()      # when the worker closes us early (the client left), the model stops
-        completion = stream.completion
-        yield Finish(finish_reason=completion.finish_reason,
-                     prompt_tokens=completion.usage.prompt_tokens,
-                     completion_tokens=completion.usage.completion_tokens,
-                     timings=timings_dict(completion.timings))
+        for index, choice in enumerate(spec.choices):
+            yield from _one_choice(model, spec, index, choice)
 
     return job
+
+
+def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec):
+    if choice.echo is not None:
+        lps = None
+        if spec.top_logprobs is not None:
+            lps = model.prompt_logprobs(choice.prompt_ids, spec.top_logprobs)
+        yield Piece(choice.echo, lps, index)
+    stream = model.stream(choice.prompt_ids, logprobs=spec.top_logprobs,
+                          response_format=spec.response_format, logit_bias=spec.logit_bias,
+                          **dict(spec.sampling, seed=choice.seed))
+    try:
+        for piece in stream:    # str, or StreamPiece(text, logprobs) when logprobs were asked for
+            yield (Piece(piece, None, index) if isinstance(piece, str)
+                   else Piece(piece.text, piece.logprobs, index))
+    finally:
+        stream.close()      # when the worker closes us early (the client left), the model stops
+    completion = stream.completion
+    yield Finish(finish_reason=completion.finish_reason,
+                 prompt_tokens=completion.usage.prompt_tokens if choice.counts_prompt else 0,
+                 completion_tokens=completion.usage.completion_tokens,
+                 timings=timings_dict(completion.timings), index=index)
 
 
 def timings_dict(timings) -> dict:

@@ -20,10 +20,11 @@ def sse(payload: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def usage(finish: Finish) -> dict:
-    return {"prompt_tokens": finish.prompt_tokens,
-            "completion_tokens": finish.completion_tokens,
-            "total_tokens": finish.prompt_tokens + finish.completion_tokens}
+def usage(finishes: list[Finish]) -> dict:
+    """Totals over the choices: each prompt counted once, every choice's completion."""
+    prompt = sum(f.prompt_tokens for f in finishes)
+    completion = sum(f.completion_tokens for f in finishes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class ResponseHeader:
@@ -45,22 +46,35 @@ class ResponseHeader:
 
     # -- whole responses ---------------------------------------------------------------------
 
-    def response(self, text: str, logprobs: Optional[list[TokenLogprob]], finish: Finish) -> dict:
+    def response(self, choices: list[dict], usage: dict, timings: dict) -> dict:
         body = self._envelope(streaming=False)
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": chat_logprobs(logprobs), "finish_reason": finish.finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": completion_logprobs(logprobs),
-                      "finish_reason": finish.finish_reason}
-        body["choices"] = [choice]
-        body["usage"] = usage(finish)
-        body["timings"] = finish.timings
+        body["choices"] = choices
+        body["usage"] = usage
+        body["timings"] = timings
         return body
+
+    @staticmethod
+    def chat_choice(index: int, output, logprobs: Optional[list[TokenLogprob]], finish_reason: str) -> dict:
+        """output: the choice's ChoiceOutput (content, reasoning, tool calls)."""
+        message = {"role": "assistant", "content": output.content}
+        if output.reasoning:
+            message["reasoning_content"] = output.reasoning
+        if output.tool_calls:
+            message["content"] = output.content or None
+            message["tool_calls"] = [c.as_openai() for c in output.tool_calls]
+            finish_reason = "tool_calls"
+        return {"index": index, "message": message, "logprobs": chat_logprobs(logprobs),
+                "finish_reason": finish_reason}
+
+    @staticmethod
+    def text_choice(index: int, text: str, logprobs: Optional[list[TokenLogprob]], finish_reason: str) -> dict:
+        return {"index": index, "text": text, "logprobs": completion_logprobs(logprobs),
+                "finish_reason": finish_reason}
 
     # -- stream chunks -----------------------------------------------------------------------
 
-    def chunk(self, text: Optional[str], logprobs: Optional[list[TokenLogprob]] = None, *,
+    def chunk(self, index: int = 0, *, content: Optional[str] = None, reasoning: Optional[str] = None,
+              tool_calls: Optional[list] = None, logprobs: Optional[list[TokenLogprob]] = None,
               finish_reason: Optional[str] = None, role: bool = False,
               with_usage_field: bool = False, text_offset: int = 0) -> dict:
         body = self._envelope(streaming=True)
@@ -68,12 +82,16 @@ class ResponseHeader:
             delta = {}
             if role:
                 delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": chat_logprobs(logprobs),
+            if content is not None:
+                delta["content"] = content
+            if reasoning:
+                delta["reasoning_content"] = reasoning
+            if tool_calls:
+                delta["tool_calls"] = [c.as_openai(i) for i, c in enumerate(tool_calls)]
+            choice = {"index": index, "delta": delta, "logprobs": chat_logprobs(logprobs),
                       "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "",
+            choice = {"index": index, "text": content or "",
                       "logprobs": completion_logprobs(logprobs, text_offset),
                       "finish_reason": finish_reason}
         body["choices"] = [choice]
@@ -81,11 +99,11 @@ class ResponseHeader:
             body["usage"] = None    # OpenAI sends usage: null on every chunk but the last
         return body
 
-    def usage_chunk(self, finish: Finish) -> dict:
+    def usage_chunk(self, usage: dict, timings: dict) -> dict:
         body = self._envelope(streaming=True)
         body["choices"] = []
-        body["usage"] = usage(finish)
-        body["timings"] = finish.timings
+        body["usage"] = usage
+        body["timings"] = timings
         return body
 
 
@@ -110,7 +128,8 @@ def completion_logprobs(logprobs: Optional[list[TokenLogprob]], text_offset: int
     for lp in logprobs:
         offsets.append(text_offset)
         text_offset += len(lp.token)
+    # An echoed prompt's first token has no logprob (nothing before it): null, as OpenAI sends it.
     return {"tokens": [lp.token for lp in logprobs],
             "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [dict(lp.top) for lp in logprobs],
+            "top_logprobs": [None if lp.logprob is None else dict(lp.top) for lp in logprobs],
             "text_offset": offsets}

@@ -7,7 +7,9 @@ honour: those are refused so nobody gets a silently wrong response.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
+
+import json
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,6 +22,37 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JsonSchemaSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: Optional[str] = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaSpec] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise APIError(400, "response_format.json_schema is required when type is 'json_schema'",
+                           param="response_format.json_schema")
+        return self
+
+    def as_dict(self) -> Optional[dict]:
+        """forgert.grammar's input (None: plain text)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": self.json_schema.name,
+                                                       "schema": self.json_schema.schema_}}
+
+
+MAX_STOP_STRINGS = 64   # OpenAI allows 4; more cost nothing here, but not without bound
 
 
 class SamplingFields(_Strict):
@@ -41,15 +74,29 @@ class SamplingFields(_Strict):
     repetition_penalty: Optional[float] = Field(default=None, gt=0.0)
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
-    n: Optional[int] = None
+    n: Optional[int] = Field(default=None, ge=1, le=16)
+    user: Optional[str] = None
+    response_format: Optional[ResponseFormat] = None
+    logit_bias: Optional[dict[str, float]] = None      # token id (as JSON keys are strings) -> bias
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, logit_bias):
+        for key, bias in (logit_bias or {}).items():
+            if not key.isdigit():
+                raise APIError(400, f"Invalid value for 'logit_bias': {key!r} is not a token id",
+                               param="logit_bias", code="invalid_value")
+            if not -100 <= bias <= 100:
+                raise APIError(400, f"Invalid value for 'logit_bias': {bias} for token {key} is outside "
+                               "[-100, 100]", param="logit_bias", code="invalid_value")
+        return logit_bias
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     ignore_eos: bool = False
 
     # Fields that change the answer and that forgert does not implement: refuse them when set.
     UNSUPPORTED_FIELDS: ClassVar[tuple[str, ...]] = (
-        "tools", "tool_choice", "functions", "function_call", "logit_bias", "response_format",
-        "suffix", "best_of", "echo")
+        "functions", "function_call", "suffix", "best_of")
 
     @model_validator(mode="before")
     @classmethod
@@ -72,15 +119,17 @@ class SamplingFields(_Strict):
     def _no_empty_stop(cls, stop):
         if stop == "" or (isinstance(stop, list) and "" in stop):
             raise APIError(400, "stop strings must not be empty", param="stop")
+        if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+            raise APIError(400, f"Invalid value for 'stop': {len(stop)} strings; at most "
+                           f"{MAX_STOP_STRINGS} are accepted", param="stop", code="invalid_value")
         return stop
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n):
-        if n not in (None, 1):
-            raise APIError(400, f"n={n} is not supported: this server returns one choice (n=1)",
-                           param="n", code="unsupported_value")
-        return n
+    @property
+    def n_choices(self) -> int:
+        return self.n or 1
+
+    def response_format_dict(self) -> Optional[dict]:
+        return self.response_format.as_dict() if self.response_format else None
 
     def requested_tokens(self) -> tuple[Optional[int], str]:
         """(the client's completion length or None, the field it came from)."""
@@ -99,29 +148,126 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str      # JSON text
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCallIn]] = None       # an assistant's earlier calls
+    tool_call_id: Optional[str] = None                  # a tool's answer to one of them
+    reasoning_content: Optional[str] = None             # dropped: templates leave old reasoning out
 
     def as_template_message(self) -> dict:
-        """The plain {"role", "content"} dict chat templates expect."""
+        """The dict chat templates expect: role, content, and HF's tool-calling fields (tool
+        call arguments as a dict, as the templates print them with tojson)."""
         if isinstance(self.content, list):
             content = "".join(part.text for part in self.content)
         else:
             content = self.content or ""
         # Templates know "system"; OpenAI's newer "developer" role means the same thing.
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content}
+        out = {"role": role, "content": content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name,
+                                               "arguments": _arguments_value(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+def _arguments_value(arguments: str):
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+    def as_dict(self) -> dict:
+        fn = {"name": self.function.name}
+        if self.function.description is not None:
+            fn["description"] = self.function.description
+        fn["parameters"] = self.function.parameters or {"type": "object", "properties": {}}
+        return {"type": "function", "function": fn}
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
     PROMPT_PARAM: ClassVar[str] = "messages"
     DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = None  # until the end of the text or the context
     messages: list[ChatMessage] = Field(min_length=1)
+    # Extra chat-template variables (vLLM's and llama-server's extension), e.g. enable_thinking.
+    chat_template_kwargs: Optional[dict] = None
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    tools: Optional[list[Tool]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[bool] = None
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self):
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise APIError(400, "tool_choice needs 'tools' to choose from", param="tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in [t.function.name for t in self.tools]:
+                raise APIError(400, f"tool_choice names '{name}', which is not in 'tools'",
+                               param="tool_choice.function.name")
+        if self.response_format is not None and self.response_format.type != "text" \
+                and self.forced_tool() is not False:
+            raise APIError(400, "response_format cannot be combined with a forced tool_choice",
+                           param="response_format")
+        return self
+
+    def tool_dicts(self) -> Optional[list[dict]]:
+        """The tools offered to the model (None: none, or tool_choice "none")."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [t.as_dict() for t in self.tools]
+
+    def forced_tool(self):
+        """False: the model may answer freely; None: it must call one of the tools ("required");
+        a name: it must call that one."""
+        if not self.tools:
+            return False
+        if self.tool_choice == "required":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return False
 
     def requested_tokens(self) -> tuple[Optional[int], str]:
         if self.max_completion_tokens is not None:
@@ -142,21 +288,27 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     PROMPT_PARAM: ClassVar[str] = "prompt"
     DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = 16    # the legacy endpoint's default
-    prompt: Union[str, list[int], list[str]]      # a str or token ids once validated
+    prompt: Union[str, list[int], list[str], list[list[int]]]
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    echo: bool = False
+
+    MAX_PROMPTS: ClassVar[int] = 64
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt):
-        """A list of strings is a batch: only a batch of one is served (as that one string)."""
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise APIError(400, f"prompt holds {len(prompt)} strings: this server completes one "
-                               "prompt per request", param="prompt", code="unsupported_value")
-            prompt = prompt[0]
+    def _some_prompt(cls, prompt):
         if isinstance(prompt, list) and not prompt:
-            raise APIError(400, "prompt is an empty list of tokens", param="prompt")
+            raise APIError(400, "prompt is an empty list", param="prompt")
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) and len(prompt) > cls.MAX_PROMPTS:
+            raise APIError(400, f"prompt holds {len(prompt)} prompts; at most {cls.MAX_PROMPTS} per "
+                           "request", param="prompt", code="invalid_value")
         return prompt
+
+    def prompts(self) -> list:
+        """The batch: each a str or a list of token ids (choices are numbered prompt by prompt)."""
+        if isinstance(self.prompt, list) and isinstance(self.prompt[0], (str, list)):
+            return list(self.prompt)
+        return [self.prompt]
 
     def top_logprobs_wanted(self) -> Optional[int]:
         return self.logprobs
@@ -205,3 +357,25 @@ def parse_request(model_cls: type[_Strict], data) -> _Strict:
         raise APIError(400, message, param=param,
                        code="missing_required_parameter" if first["type"] == "missing"
                        else "invalid_value") from None
+
+
+class TokenizeRequest(_Strict):
+    """POST /tokenize (vLLM's shape; llama-server's `content` is accepted for `prompt`)."""
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    content: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = Field(default=None, min_length=1)
+    add_special_tokens: bool = True     # the model's BOS rule; False: no BOS
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        given = [name for name in ("prompt", "content", "messages") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise APIError(400, "Send exactly one of 'prompt' (or 'content') and 'messages'",
+                           param="prompt")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    model: Optional[str] = None
+    tokens: list[int]

@@ -118,6 +118,14 @@ public:
         run([&] { be_->rms_norm(Y, X, W, eps); });
         return download(Y);
     }
+    // x [n, heads * head_dim] with each head RMS-normalised by w [head_dim] (in place on the device).
+    F32 head_rms_norm(const F32& x, const F32& w, float eps) {
+        need(x.ndim() == 2 && w.ndim() == 1 && w.size() > 0 && cols_of(x) % w.size() == 0,
+             "x must be [n, heads * head_dim] and w [head_dim]");
+        Tensor X = f32(x), W = f32(w);
+        run([&] { be_->head_rms_norm(X, W, eps); });
+        return download(X);
+    }
     F32 add_bias(const F32& x, const F32& b) {
         need(b.size() == cols_of(x), "b must have x's column count");
         Tensor X = f32(x), B = f32(b);
@@ -253,6 +261,7 @@ void bind_ops(py::module_& m) {
         .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("ids"))
         .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
+        .def("head_rms_norm", &Ops::head_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
         .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),

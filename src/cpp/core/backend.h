@@ -91,6 +91,13 @@ public:
     }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
+    // RMSNorm over each head of x, in place, before RoPE (Qwen3's QK-norm): x viewed as
+    // [n * heads, head_dim] rows, each row r of it x[r] / sqrt(mean(x[r]^2) + eps) * w.
+    // x f32 [n, heads * head_dim], rows contiguous; w f32 [head_dim]. The rows of a head are
+    // rms_norm's rows, so every backend's rms_norm serves (in place is safe there: a row is
+    // read whole before it is written); see docs/design.md for why it is not fused into RoPE.
+    void head_rms_norm(const Tensor& x, const Tensor& w, float eps);
+
     // Everything between the QKV projection and attention, fused: rotate each head of q and
     // k (in place) by RoPE, token i's pair j by angle ((pos0 + i) * freqs[j]) with cos and sin
     // times p.attn_factor, then store k and v as f16 at cache rows pos0 + i

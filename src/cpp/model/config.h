@@ -1,4 +1,4 @@
-// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2), with the
+// Hyperparameters of a Llama-family decoder (Llama 2/3, SmolLM2/3, Mistral, Qwen2, Qwen3), with the
 // per-layer attention settings (window, RoPE table) later families vary.
 #pragma once
 
@@ -8,7 +8,7 @@
 namespace forgert {
 
 struct ModelConfig {
-    std::string arch;       // "llama" or "qwen2" (QKV bias)
+    std::string arch;       // "llama", "qwen2" (QKV bias) or "qwen3" (RMSNorm on each head of Q and K)
     int n_layers = 0;
     int dim = 0;            // residual stream width
     int n_heads = 0;

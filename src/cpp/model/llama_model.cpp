@@ -93,6 +93,8 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
         if (L.bv.rows) be.add_bias(v, L.bv);
+        if (L.q_norm.rows) be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);  // Qwen3: each head normalised before RoPE
+        if (L.k_norm.rows) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
         const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
         rp.nope = table < 0;
         be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_.slice_rows(std::max(table, 0), 1), pos, rp);

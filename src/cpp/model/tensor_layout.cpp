@@ -4,8 +4,10 @@ namespace forgert {
 
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     const int64_t dim = cfg.dim, q = cfg.q_dim(), kv = cfg.kv_dim(), ffn = cfg.ffn_dim;
+    const int64_t hd = cfg.head_dim;
     const bool qkv_bias_required = cfg.arch == "qwen2";
-    const bool out_bias_known = cfg.arch == "llama";
+    const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3";  // attention_bias=true checkpoints
+    const bool qk_norm = cfg.arch == "qwen3";
     std::vector<TensorSpec> out = {
         {"token_embd.weight", cfg.vocab, dim, true, false},
         {"output_norm.weight", 1, dim, true, true},
@@ -20,6 +22,10 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         out.push_back({p + "attn_q.bias", 1, q, qkv_bias_required, true});
         out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
         out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
+        if (qk_norm) {
+            out.push_back({p + "attn_q_norm.weight", 1, hd, true, true});
+            out.push_back({p + "attn_k_norm.weight", 1, hd, true, true});
+        }
         out.push_back({p + "attn_output.weight", dim, q, true, false});
         if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, false, true});
         out.push_back({p + "ffn_norm.weight", 1, dim, true, true});

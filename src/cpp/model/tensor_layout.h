@@ -22,8 +22,9 @@ struct TensorSpec {
 };
 
 // In load order: globals, then blk.0.., each layer's tensors in forward-pass order.
-// Llama's q/k/v/output biases are optional (llama.cpp loads them when present, and HF
-// Llama writes them with attention_bias=true); Qwen2's q/k/v biases are required.
+// Llama's and Qwen3's q/k/v/output biases are optional (llama.cpp loads them when present, and
+// HF writes them with attention_bias=true); Qwen2's q/k/v biases are required; Qwen3's per-head
+// Q and K norm weights (attn_q_norm, attn_k_norm: [head_dim]) are required.
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
 
 }  // namespace forgert

@@ -34,7 +34,8 @@ void ModelConfig::validate() const {
         need(v >= lo && v <= hi, std::string(field) + " = " + std::to_string(v) + " is outside " +
                                      std::to_string(lo) + ".." + std::to_string(hi));
     };
-    need(arch == "llama" || arch == "qwen2", "unsupported architecture '" + arch + "' (supported: llama, qwen2)");
+    need(arch == "llama" || arch == "qwen2" || arch == "qwen3",
+         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3)");
     in_range("n_layers", n_layers, 1, kMaxLayers);
     in_range("dim", dim, 1, kMaxDim);
     in_range("n_heads", n_heads, 1, kMaxHeads);
@@ -270,6 +271,8 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.bq = at(p + "attn_q.bias");
         L.bk = at(p + "attn_k.bias");
         L.bv = at(p + "attn_v.bias");
+        L.q_norm = at(p + "attn_q_norm.weight");
+        L.k_norm = at(p + "attn_k_norm.weight");
         L.wo = at(p + "attn_output.weight");
         L.bo = at(p + "attn_output.bias");
         L.ffn_norm = at(p + "ffn_norm.weight");

@@ -34,6 +34,7 @@ struct LayerWeights {
     Tensor attn_norm;          // f32 [dim]
     Tensor wq, wk, wv;         // [q_dim, dim], [kv_dim, dim], [kv_dim, dim]
     Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent
+    Tensor q_norm, k_norm;     // f32 [head_dim]: RMSNorm of each head before RoPE (Qwen3); rows == 0 when absent
     Tensor wo;                 // [dim, q_dim]
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
     Tensor ffn_norm;           // f32 [dim]

@@ -1,0 +1,141 @@
+"""Structured output: a JSON schema enforced token by token while sampling (llguidance).
+
+`response_format` takes OpenAI's shapes: {"type": "text"} (no constraint), {"type":
+"json_object"} (any JSON object), {"type": "json_schema", "json_schema": {"name": ..., "schema":
+{...}, "strict": true}}. Each step the matcher gives the set of tokens that keep the output a
+prefix of a valid document; every other token's logit becomes -inf before sampling, and once the
+document is complete only the end-of-text tokens remain. So the text always parses and validates
+(unless max_tokens or the context cut it short: finish_reason "length").
+
+llguidance was chosen over xgrammar by measurement (bench/grammar_mask_cost.py: per-token mask
+cost on SmolLM2's 49k vocabulary, both correct) and because it needs no torch at run time.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+# Compact JSON, one space after ',' and ':' as json.dumps writes it: flexible whitespace lets a
+# small model emit newlines for ever instead of closing the object.
+_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def _llguidance():
+    try:
+        import llguidance
+    except ImportError:
+        raise ImportError("response_format needs llguidance: pip install 'forgert[server]' "
+                          "(or pip install llguidance)") from None
+    return llguidance
+
+
+def schema_of(response_format) -> dict | None:
+    """The JSON schema a response_format asks for (None: plain text). ValueError names the field."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise ValueError(f"response_format must be a dict such as {{'type': 'json_object'}}, "
+                         f"got {type(response_format).__name__}")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise ValueError("response_format.json_schema must be an object with a 'schema'")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise ValueError("response_format.json_schema.schema must be a JSON schema object")
+        return schema
+    raise ValueError(f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A compiled constraint for one model's tokenizer; matcher() starts one generation."""
+    source: str                 # llguidance's grammar (from the JSON schema)
+    tokenizer: object           # llguidance.LLTokenizer
+    vocab: int                  # the model's logits width (may exceed the tokenizer's)
+
+    def matcher(self) -> "GrammarMatcher":
+        return GrammarMatcher(self)
+
+
+class GrammarMatcher:
+    """One generation's parser state: allowed(logits) masks a row, accept(tok) advances."""
+
+    def __init__(self, grammar: Grammar):
+        ll = _llguidance()
+        self._m = ll.LLMatcher(grammar.tokenizer, grammar.source, log_level=0)
+        if self._m.is_error():
+            raise ValueError(f"response_format: {self._m.get_error()}")
+        self._vocab = grammar.vocab
+        self._words = np.zeros((grammar.vocab + 31) // 32, dtype=np.int32)     # bitmask [ceil(vocab/32)]
+
+    def mask(self) -> np.ndarray:
+        """bool [vocab]: the tokens allowed next."""
+        self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.size * 4)
+        bits = np.unpackbits(self._words.view(np.uint8), bitorder="little")
+        return bits[:self._vocab].astype(bool)
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of logits [vocab] with every disallowed token at -inf."""
+        allowed = self.mask()
+        if not allowed.any():   # llguidance's error state: say why instead of sampling from nothing
+            raise RuntimeError(f"the grammar allows no next token: {self._m.get_error()}")
+        out = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
+        out[~allowed] = -np.inf
+        return out
+
+    def accept(self, token: int) -> None:
+        if not self._m.consume_token(int(token)):
+            raise RuntimeError(f"the grammar refused token {token}: {self._m.get_error()}")
+
+    @property
+    def done(self) -> bool:
+        """The document is complete and nothing more may follow (only end-of-text is allowed)."""
+        return self._m.is_stopped()
+
+
+# llguidance's view of each model tokenizer, per logits width: about a second to build, so once.
+# Weak keys: a tokenizer's entry goes when its model does.
+_TOKENIZERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _ll_tokenizer(model_tokenizer, vocab: int):
+    with _TOKENIZERS_LOCK:
+        per_width = _TOKENIZERS.setdefault(model_tokenizer, {})
+        if vocab not in per_width:
+            ll = _llguidance()
+            stops = sorted(model_tokenizer.stop_ids) or None
+            per_width[vocab] = ll.LLTokenizer(model_tokenizer.hf.to_str(), n_vocab=vocab, eos_token=stops)
+        return per_width[vocab]
+
+
+def compile_response_format(response_format, model_tokenizer, vocab: int) -> Grammar | None:
+    """The Grammar for an OpenAI response_format (None for text). ValueError for a schema
+    llguidance cannot compile, with its reason."""
+    schema = schema_of(response_format)
+    if schema is None:
+        return None
+    return compile_schema(schema, model_tokenizer, vocab)
+
+
+def compile_schema(schema: dict, model_tokenizer, vocab: int) -> Grammar:
+    ll = _llguidance()
+    try:
+        source = ll.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=_JSON_OPTIONS)
+    except ValueError as e:
+        raise ValueError(f"response_format: invalid JSON schema ({e})") from None
+    tokenizer = _ll_tokenizer(model_tokenizer, vocab)
+    is_error, messages = ll.LLMatcher.validate_grammar_with_warnings(source, tokenizer)
+    if is_error:
+        raise ValueError(f"response_format: the JSON schema cannot be enforced: {messages[0]}")
+    return Grammar(source, tokenizer, vocab)

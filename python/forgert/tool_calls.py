@@ -1,0 +1,185 @@
+"""Tool calling: tools into the prompt through the model's template, tool calls out of its text.
+
+Chat templates that know tools (Qwen2.5/3, Hermes, Llama 3.1+, Mistral) take a `tools` variable
+and describe them in the model's own words. A template that ignores `tools` (SmolLM2's) gets them
+in a system message asking for the Hermes format. The model's answer is parsed in the format its
+template teaches:
+
+  hermes   <tool_call>{"name": ..., "arguments": {...}}</tool_call> (one block per call; Qwen, Hermes)
+  llama3   {"name": ..., "parameters": {...}} as the whole answer, optionally after <|python_tag|>,
+           several separated by ';'
+  mistral  [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]  or  [TOOL_CALLS]name[ARGS]{...}
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import string
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str          # JSON text, as OpenAI sends it
+    id: str = ""
+
+    def __post_init__(self):
+        if not self.id:
+            self.id = "call_" + uuid.uuid4().hex[:24]
+
+    @classmethod
+    def for_style(cls, style: str, name: str, arguments: str) -> "ToolCall":
+        """Mistral's templates refuse call ids that are not 9 letters or digits when the calls
+        come back in the next request; other templates take OpenAI's call_... ids."""
+        if style == "mistral":
+            return cls(name, arguments, "".join(secrets.choice(string.ascii_letters + string.digits)
+                                                for _ in range(9)))
+        return cls(name, arguments)
+
+    def as_openai(self, index: int | None = None) -> dict:
+        out = {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        if index is not None:
+            out["index"] = index
+        return out
+
+
+def template_style(template: str | None) -> str:
+    """Which output format the chat template teaches: "hermes" | "llama3" | "mistral"."""
+    t = template or ""
+    if "[TOOL_CALLS]" in t:
+        return "mistral"
+    if "<tool_call>" in t:
+        return "hermes"
+    if "<|python_tag|>" in t or "ipython" in t:
+        return "llama3"
+    return "hermes"
+
+
+def _template_knows_tools(template: str | None) -> bool:
+    return bool(template) and "tools" in template
+
+
+def _fallback_system_text(tools) -> str:
+    listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    return ("You may call one or more functions to assist with the user query. The functions:\n"
+            f"<tools>\n{listing}\n</tools>\n"
+            "To call a function, answer with a JSON object with its name and arguments inside "
+            "<tool_call></tool_call> tags:\n"
+            '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def messages_with_tools(template: str | None, messages, tools) -> tuple[list, dict]:
+    """(messages, extra template variables) that put `tools` in the prompt."""
+    if _template_knows_tools(template):
+        return list(messages), {"tools": list(tools)}
+    text = _fallback_system_text(tools)
+    messages = list(messages)
+    if messages and messages[0].get("role") == "system":
+        messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}
+    else:
+        messages.insert(0, {"role": "system", "content": text})
+    return messages, {}
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+# Text that, at the start of a tool call in each style, ends the plain content.
+CALL_MARKERS = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{")}
+
+
+def _arguments_text(value) -> str:
+    if isinstance(value, str):     # some models write the arguments as a JSON string
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return json.dumps(value if value is not None else {}, ensure_ascii=False)
+
+
+def _call_from_object(obj) -> ToolCall | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    return ToolCall(obj["name"], _arguments_text(args))
+
+
+def _json_values(text: str) -> list:
+    """Consecutive JSON values in text (separated by whitespace, ';' or ','); [] if any is broken."""
+    decoder, values, i = json.JSONDecoder(), [], 0
+    while True:
+        while i < len(text) and text[i] in " \t\r\n;,":
+            i += 1
+        if i >= len(text):
+            return values
+        try:
+            value, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return []
+        values.append(value)
+
+
+def _flatten(values) -> list:
+    out = []
+    for v in values:
+        out.extend(v if isinstance(v, list) else [v])
+    return out
+
+
+def parse_tool_calls(text: str, style: str) -> tuple[str, list[ToolCall]]:
+    """(content left, tool calls) from a whole answer. Text that does not parse as calls stays
+    content: a model that meant to answer in prose is not turned into a broken call."""
+    if style == "hermes":
+        content, calls, rest = [], [], text
+        while "<tool_call>" in rest:
+            before, _, after = rest.partition("<tool_call>")
+            body, closed, rest = after.partition("</tool_call>")
+            found = [_call_from_object(v) for v in _flatten(_json_values(body.strip()))]
+            if not found or None in found:
+                content.append(before + "<tool_call>" + body + ("</tool_call>" if closed else ""))
+                continue
+            content.append(before)
+            calls.extend(found)
+        content.append(rest)
+        return "".join(content).strip() if calls else text, calls
+    if style == "mistral":
+        before, marker, after = text.partition("[TOOL_CALLS]")
+        if not marker:
+            return text, []
+        calls = []
+        for part in after.split("[TOOL_CALLS]"):
+            name, args_marker, args = part.partition("[ARGS]")
+            if args_marker:                 # v11+: [TOOL_CALLS]name[ARGS]{...}
+                values = _json_values(args.strip())
+                if len(values) != 1:
+                    return text, []
+                calls.append(ToolCall(name.strip(), _arguments_text(values[0])))
+            else:
+                found = [_call_from_object(v) for v in _flatten(_json_values(part.strip()))]
+                if not found or None in found:
+                    return text, []
+                calls.extend(found)
+        return before.strip(), [ToolCall.for_style("mistral", c.name, c.arguments) for c in calls]
+    # llama3: the whole answer is the call(s)
+    body = text.strip().removeprefix("<|python_tag|>").strip()
+    if not body.startswith("{"):
+        return text, []
+    found = [_call_from_object(v) for v in _flatten(_json_values(body))]
+    if not found or None in found:
+        return text, []
+    return "", found
+
+
+def forced_call_schema(tools, name: str | None) -> dict:
+    """The JSON schema of a call a forced tool_choice must produce: {"name", "arguments"}, for
+    the named function or any of them ("required")."""
+    def one(tool):
+        fn = tool["function"]
+        return {"type": "object",
+                "properties": {"name": {"const": fn["name"]},
+                               "arguments": fn.get("parameters") or {"type": "object"}},
+                "required": ["name", "arguments"], "additionalProperties": False}
+
+    chosen = [t for t in tools if name is None or t["function"]["name"] == name]
+    return one(chosen[0]) if len(chosen) == 1 else {"anyOf": [one(t) for t in chosen]}

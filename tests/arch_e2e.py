@@ -1,0 +1,97 @@
+"""Shared checks of the issue-11 architectures (tests/test_arch_*.py, tests/test_rope_scaling.py):
+a tiny random model from a transformers config, saved as an HF directory and as GGUF in
+llama.cpp's layout, run by forgert on the CPU and the emulated Metal device against transformers.
+
+References (float32, forgert's f16 KV cache modelled by mf.with_f16_kv):
+  hf-<dtype>   the HF model with its weights rounded to the stored dtype
+  gguf-<type>  the HF model holding the file's weights as the `gguf` package dequantizes them
+               (transformers' own GGUF loader reads neither key_length nor smollm3 nor YaRN keys)
+Bounds are test_e2e_tiny's (the same kernels and paths). Measured here, worst over qwen3_tied,
+smollm3_tied and qwen3_yarn (64 / 64 / 100 prefill positions, 24 decode), max_rel / rms_rel:
+  float weights, CPU and Metal, prefill and decode: <= 1.7e-4 / 1.2e-4 (bounds 5e-4 / 2.5e-4)
+  Q8_0, CPU prefill: 1.7e-4 / 8.4e-5 (bounds 1e-3 / 5e-4); CPU decode: 4.8e-4 / 3.8e-4 (3e-3 / 2e-3)
+  Q8_0, Metal: 1.5e-3 / 1.2e-3 (qwen3_tied prefill; bounds 5e-3 / 4e-3); argmax agreement >= 0.99
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import model_factory as mf
+from test_e2e_tiny import bounds_for, compare_logits, token_ids  # noqa: F401  (re-exported)
+
+HF_DTYPES = ("F32", "F16")
+GGUF_TYPES = ("F32", "F16", "Q8_0")
+FORMATS = [f"hf-{t}" for t in HF_DTYPES] + [f"gguf-{t}" for t in GGUF_TYPES]
+
+
+def build(spec_name: str, root, tokenizer) -> mf.TinyModel:
+    return mf.make_tiny_model(mf.ARCH_SPECS[spec_name], root, tokenizer, hf_dtypes=HF_DTYPES, gguf_types=GGUF_TYPES)
+
+
+class References:
+    """reference(fmt) -> the f32 transformers model forgert's file of that format should match."""
+
+    def __init__(self, tm: mf.TinyModel):
+        self.tm = tm
+        self._cache = {}
+
+    def __call__(self, fmt: str):
+        if fmt not in self._cache:
+            kind, t = fmt.split("-", 1)
+            m = mf.storage_rounded_model(self.tm.model, t) if kind == "hf" else mf.gguf_dequantized_model(self.tm, t)
+            self._cache[fmt] = mf.with_f16_kv(m)
+        return self._cache[fmt]
+
+
+def decode_logits(model, ids) -> np.ndarray:
+    """Logits of each position evaluated one token at a time (the decode path, growing cache)."""
+    eng = model._engine
+    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
+                           for i in range(len(ids))])
+
+
+def reference_greedy(ref_model, prompt, n: int) -> list:
+    """transformers' greedy continuation of n tokens (its own generate loop and KV cache)."""
+    import torch
+    with torch.no_grad():
+        out = ref_model.generate(torch.tensor([list(prompt)]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def check_prefill_logits(forgert, tm, reference, backend: str, fmt: str, n: int, seed: int, n_ctx=None):
+    """Model(path).logits of n positions (batched prefill) against transformers."""
+    ids = token_ids(tm, n, seed)
+    m = forgert.Model(str(tm.path(fmt)), backend=backend, n_ctx=n_ctx)
+    assert m.info()["arch"] == tm.spec.arch
+    compare_logits(m.logits(ids), mf.reference_logits(reference(fmt), ids), **bounds_for(fmt, n, backend),
+                   what=f"{tm.spec.name} {fmt} {backend} prefill x{n}")
+
+
+def check_decode_logits(forgert, tm, reference, backend: str, fmt: str, n: int, seed: int, n_ctx=None):
+    """Logits one token per forward (decode kernels, growing cache) against transformers."""
+    ids = token_ids(tm, n, seed)
+    m = forgert.Model(str(tm.path(fmt)), backend=backend, n_ctx=n_ctx)
+    compare_logits(decode_logits(m, ids), mf.reference_logits(reference(fmt), ids), **bounds_for(fmt, 1, backend),
+                   what=f"{tm.spec.name} {fmt} {backend} decode x{n}")
+
+
+def check_greedy(forgert, tm, reference, fmt: str, n: int = 32, prompt_len: int = 8, seed: int = 4):
+    """forgert's greedy continuation of n tokens equals transformers' generate()."""
+    prompt = token_ids(tm, prompt_len, seed)
+    c = forgert.Model(str(tm.path(fmt)), backend="cpu").generate(prompt, max_tokens=n, temperature=0.0,
+                                                                 ignore_eos=True)
+    assert list(c.tokens) == reference_greedy(reference(fmt), prompt, n), f"{tm.spec.name} {fmt}"
+
+
+def check_quantized_export(forgert, tm, reference, tmp_path, n: int = 48, seed: int = 6):
+    """`forgert quantize` of the HF directory to an F32 GGUF: the file runs as transformers does
+    (its metadata says everything the HF config said)."""
+    from forgert.gguf_export import export_gguf
+    out = tmp_path / f"{tm.spec.name}-exported.gguf"
+    export_gguf(str(tm.path("hf-F32")), str(out), "f32", log=lambda msg: None)
+    ids = token_ids(tm, n, seed)
+    m = forgert.Model(str(out), backend="cpu")
+    assert m.info()["arch"] == tm.spec.arch
+    compare_logits(m.logits(ids), mf.reference_logits(reference("hf-F32"), ids), **bounds_for("hf-F32", n),
+                   what=f"{tm.spec.name} exported")

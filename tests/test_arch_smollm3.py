@@ -1,0 +1,104 @@
+"""SmolLM3: Llama with no RoPE on every fourth layer. A tiny random SmolLM3ForCausalLM (five
+layers, layer 3 without RoPE) as an HF directory (no_rope_layers) and as GGUF arch `smollm3`
+(Q/K permuted as the converter's LlamaModel does; llama.cpp fixes the NoPE step at 4) against
+transformers. The per-layer RoPE seam itself is tests/test_layer_seam.py's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import model_factory as mf
+from conftest import backend_params, require_backend
+
+SPEC = "smollm3_tied"
+
+
+@pytest.fixture(scope="module")
+def tm(tmp_path_factory, tiny_tokenizer):
+    return ae.build(SPEC, tmp_path_factory.mktemp("smollm3"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def reference(tm):
+    return ae.References(tm)
+
+
+def test_nope_layer_is_visible(tm):
+    """The NoPE layer must matter: the same weights with RoPE on every layer give logits far
+    beyond the F32 bound (5e-4 of max|logit|)."""
+    import copy
+    from transformers import SmolLM3ForCausalLM
+    cfg = copy.deepcopy(tm.model.config)
+    cfg.no_rope_layers = [1] * cfg.num_hidden_layers
+    all_rope = SmolLM3ForCausalLM(cfg).eval()
+    all_rope.load_state_dict(tm.model.state_dict())
+    ids = ae.token_ids(tm, 32, 1)
+    a, b = mf.reference_logits(tm.model, ids), mf.reference_logits(all_rope, ids)
+    assert np.abs(a - b).max() / np.abs(a).max() > 100 * 5e-4
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", ae.FORMATS)
+def test_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
+    require_backend(backend, metal_reason)
+    ae.check_prefill_logits(forgert, tm, reference, backend, fmt, 64, 2)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", ae.FORMATS)
+def test_decode_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
+    require_backend(backend, metal_reason)
+    ae.check_decode_logits(forgert, tm, reference, backend, fmt, 24, 3)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+def test_greedy_32_tokens_equal_transformers(forgert, tm, reference, fmt):
+    ae.check_greedy(forgert, tm, reference, fmt)
+
+
+def test_layer_rope_from_both_forms(tm):
+    """HF no_rope_layers and GGUF's fixed step give the same per-layer RoPE tables."""
+    from forgert.loader import load_model
+    expect = [0 if f else -1 for f in tm.spec.no_rope_layers]
+    assert load_model(str(tm.path("hf-F32"))).config.layer_rope == expect
+    assert load_model(str(tm.path("gguf-F32"))).config.layer_rope == expect
+
+
+def test_no_rope_layer_interval_without_the_list(tm, tmp_path):
+    """A config with only no_rope_layer_interval (SmolLM3Config's own default rule)."""
+    import json
+    import shutil
+    from forgert.loader import load_model
+    d = tmp_path / "interval"
+    shutil.copytree(tm.path("hf-F32"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("no_rope_layers", None)
+    cfg["no_rope_layer_interval"] = 2
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert load_model(str(d)).config.layer_rope == [0, -1, 0, -1, 0]
+
+
+def test_bad_no_rope_layers_is_refused(forgert, tm, tmp_path):
+    import json
+    import shutil
+    d = tmp_path / "bad"
+    shutil.copytree(tm.path("hf-F32"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["no_rope_layers"] = [1, 1]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no_rope_layers"):
+        forgert.Model(str(d), backend="cpu")
+
+
+def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
+    ae.check_quantized_export(forgert, tm, reference, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
+def test_info_names_the_nope_layers(tm, fmt):
+    from forgert.cli.info import describe
+    from forgert.loader import load_model
+    d = describe(load_model(str(tm.path(fmt))))
+    assert d["arch"] == "smollm3"
+    assert "no RoPE (NoPE) in layers 3" in d["features"]
