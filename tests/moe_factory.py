@@ -30,8 +30,15 @@ _LAYER = {
     "self_attn.o_proj.weight": "attn_output.weight",
     "self_attn.q_norm.weight": "attn_q_norm.weight",
     "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
     "block_sparse_moe.gate.weight": "ffn_gate_inp.weight",
     "mlp.gate.weight": "ffn_gate_inp.weight",
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
 }
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight$")
 _STACK = {"w1": "ffn_gate_exps", "gate_proj": "ffn_gate_exps", "w3": "ffn_up_exps", "up_proj": "ffn_up_exps",
@@ -60,6 +67,26 @@ def build_qwen3_moe(vocab: int, hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, 
                          norm_topk_prob=norm_topk_prob, max_position_embeddings=256, rms_norm_eps=1e-6,
                          initializer_range=0.1, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
     return _randomise(Qwen3MoeForCausalLM(cfg), seed, router_scale)
+
+
+def build_qwen2_moe(vocab: int, hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, moe_ffn=64, shared_ffn=96,
+                    n_expert=4, top_k=2, seed=31, router_scale=0.5):
+    """Qwen2-MoE: Qwen2 attention (QKV biases), unnormalised top-k, a sigmoid-gated shared expert."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+    torch.manual_seed(seed)
+    cfg = Qwen2MoeConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, moe_intermediate_size=moe_ffn,
+                         shared_expert_intermediate_size=shared_ffn, num_hidden_layers=n_layers,
+                         num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, num_experts=n_expert,
+                         num_experts_per_tok=top_k, norm_topk_prob=False, max_position_embeddings=256,
+                         rms_norm_eps=1e-6, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+                         tie_word_embeddings=False)
+    model = _randomise(Qwen2MoeForCausalLM(cfg), seed, router_scale)
+    gen = torch.Generator().manual_seed(seed + 2000)
+    with torch.no_grad():   # biases and the shared expert's gate away from 0 (zeros would hide a dropped one)
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or name.endswith("shared_expert_gate.weight"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    return model
 
 
 def _randomise(model, seed, router_scale):
@@ -111,7 +138,7 @@ def gguf_tensors(hf_dir: Path, arch: str, n_heads: int, n_kv_heads: int) -> dict
 
 def _keeps_f32(name: str, w: np.ndarray) -> bool:
     # 1-D tensors, and the router (convert_hf_to_gguf keeps FFN_GATE_INP in F32).
-    return w.ndim == 1 or name.endswith("ffn_gate_inp.weight")
+    return w.ndim == 1 or name.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
 
 
 def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, tok, extra_meta=None) -> Path:
@@ -125,6 +152,8 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
     w.add_feed_forward_length(c.intermediate_size)
     if getattr(c, "moe_intermediate_size", None):
         w.add_expert_feed_forward_length(c.moe_intermediate_size)
+    if getattr(c, "shared_expert_intermediate_size", None):
+        w.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
     if getattr(c, "head_dim", None):
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
@@ -170,7 +199,7 @@ def quantized_reference(model, hf_dir: Path, type_name: str, out_dir: Path):
     sd = hf_tensors(hf_dir)
     rounded = {}
     for name, w in sd.items():
-        router = name.endswith(("block_sparse_moe.gate.weight", "mlp.gate.weight"))
+        router = name.endswith(("block_sparse_moe.gate.weight", "mlp.gate.weight", "shared_expert_gate.weight"))
         if w.ndim == 2 and not router:
             w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
         rounded[name] = np.ascontiguousarray(w, dtype=np.float32)

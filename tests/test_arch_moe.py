@@ -1,9 +1,9 @@
-"""Mixture-of-experts models end to end: tiny random Mixtral and Qwen3-MoE models from transformers, as HF
+"""Mixture-of-experts models end to end: tiny random Mixtral, Qwen3-MoE and Qwen2-MoE models from transformers, as HF
 directories (per-expert tensors) and GGUFs in llama.cpp's layout (3-D expert stacks), F32 and
 Q8_0, their logits against transformers through prefill and decode on CPU and emulated Metal.
 
 Bounds, as fractions of max|reference logit| (max_rel) and of ||reference|| (rms_rel), a few
-times the largest error measured over the four models (64-token prefill: experts see groups of
+times the largest error measured over the five models (64-token prefill: experts see groups of
 ~10-40 rows, the CPU's GEMM path; decode: one GEMV per selected expert):
   F32 (HF and GGUF), CPU and emulated Metal: measured <= 1.65e-4 max (qwen3moe-8x-top2 prefill:
     f16 K/V roundings flipped by summation order, as test_e2e_tiny notes), 6.6e-5 rms
@@ -37,7 +37,9 @@ QWEN3_MOES = {
     "qwen3moe-8x-top2": dict(n_expert=8, top_k=2, norm_topk_prob=True, seed=21),
     "qwen3moe-4x-top3-unnormed": dict(n_expert=4, top_k=3, norm_topk_prob=False, seed=22, n_layers=3),
 }
-MODELS = list(MIXTRALS) + list(QWEN3_MOES)
+# Qwen2-MoE: Qwen2 attention (QKV biases), unnormalised top-2 of 4, a sigmoid-gated shared expert.
+QWEN2_MOES = {"qwen2moe-4x-top2-shared": dict(seed=31)}
+MODELS = list(MIXTRALS) + list(QWEN3_MOES) + list(QWEN2_MOES)
 FORMATS = ["hf-F32", "gguf-F32", "gguf-Q8_0"]
 BACKENDS = backend_params()
 
@@ -53,9 +55,11 @@ def mixtral(tmp_path_factory, tiny_tokenizer):
             vocab = tiny_tokenizer.get_vocab_size()
             if name in MIXTRALS:
                 model, arch, meta = moe.build_mixtral(vocab, **MIXTRALS[name]), "llama", {}
-            else:
+            elif name in QWEN3_MOES:
                 model, arch = moe.build_qwen3_moe(vocab, **QWEN3_MOES[name]), "qwen3moe"
                 meta = {"add_expert_weights_norm": bool(QWEN3_MOES[name]["norm_topk_prob"])}
+            else:   # llama.cpp's qwen2moe does not renormalise: the file needs no key
+                model, arch, meta = moe.build_qwen2_moe(vocab, **QWEN2_MOES[name]), "qwen2moe", {}
             hf_dir = moe.save_hf(model, tiny_tokenizer, root / name / "hf")
             files = {"hf-F32": hf_dir}
             refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model)}

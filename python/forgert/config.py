@@ -9,19 +9,22 @@ import numpy as np
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe")
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3",
-                  "mixtral": "llama", "qwen3_moe": "qwen3moe"}
+                  "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe"}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
-_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3"}
+_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe")
+# Whether GGUF MoE weights are renormalised over the selected experts when the file has no
+# expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
+_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False}
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -29,7 +32,7 @@ DEFAULT_N_CTX_CAP = 8192
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "qwen3moe" (the file's architecture)
+    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "qwen3moe" | "qwen2moe" (the file's)
     n_layers: int
     dim: int
     n_heads: int
@@ -81,7 +84,7 @@ class ModelConfig:
     def features(self) -> list[str]:
         """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
         out = []
-        if self.arch == "qwen2":
+        if self.arch in ("qwen2", "qwen2moe"):
             out.append("QKV bias")
         if self.arch in ("qwen3", "qwen3moe"):
             out.append("QK-norm (RMSNorm on each head of Q and K)")
@@ -338,7 +341,7 @@ def _gguf_experts(meta, p, cfg: ModelConfig, source, census: TensorCensus):
     cfg.expert_ffn_dim = _get_int(meta, p + "expert_feed_forward_length", source, default=cfg.ffn_dim, **extent)
     cfg.shared_ffn_dim = _get_int(meta, p + "expert_shared_feed_forward_length", source, default=0, minimum=0,
                                   **extent)
-    norm = meta.get(p + "expert_weights_norm", True)
+    norm = meta.get(p + "expert_weights_norm", _GGUF_MOE_NORM_DEFAULT.get(p[:-1], True))
     if not isinstance(norm, (bool, np.bool_)):
         _fail(source, f"metadata '{p}expert_weights_norm' must be a bool, got {norm!r}")
     cfg.expert_norm_topk = bool(norm)
@@ -561,7 +564,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             _fail(source, f"sliding_window must be a positive integer, got {window!r}")
         cfg.sliding_window = window
-        if model_type in ("qwen2", "qwen3", "qwen3_moe"):   # windows only the layers from max_window_layers on
+        if model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):   # windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
