@@ -110,7 +110,7 @@ def matmul_id_reference(experts: np.ndarray, x: np.ndarray, ids: np.ndarray) -> 
 @pytest.mark.parametrize("n", [1, 5, 40])
 @pytest.mark.parametrize("dtype_id", MOE_DTYPES, ids=DTYPE_NAMES.get)
 def test_matmul_id_matches_numpy(ops, dtype_id, n, per_slot):
-    n_expert, k, rows, cols = 8, 3, 40, 256
+    n_expert, k, rows, cols = 8, 3, 72, 256   # 72 rows: two of Metal's 64-row GEMM tiles
     rng = rng_for("matmul_id", dtype_id, n, per_slot)
     raws = [encode_weights(randn(rng, rows, cols), dtype_id) for _ in range(n_expert)]
     raw = np.concatenate(raws)   # GGUF's 3-D layout: the experts' matrices one after the other
@@ -119,9 +119,11 @@ def test_matmul_id_matches_numpy(ops, dtype_id, n, per_slot):
     for name, ids in routings(n, k, n_expert, rng).items():
         out = ops.matmul_id(raw, dtype_id, n_expert, rows, cols, x, ids)
         assert out.shape == (n * k, rows)
-        # Measured nmse <= 0.24 x the decode matmul bound (CPU Q4_0; <= 0.03 x for F32/F16/BF16/Q8_0);
-        # Metal (the GEMV for every slot): <= 0.008 x its GEMV bound.
-        assert nmse(out, matmul_id_reference(experts, x, ids)) < matmul_bound(backend_of(ops), dtype_id, 1), name
+        # CPU: measured nmse <= 0.2 x the decode matmul bound (Q4_0; <= 0.03 x for the other types).
+        # Metal: decode (n < 8, a GEMV per slot) and prefill (mul_mm_id: half weight tiles over the
+        # slots grouped per expert) against matmul's bound for n tokens: measured <= 0.22 x.
+        bound = matmul_bound("cpu", dtype_id, 1) if backend_of(ops) == "cpu" else matmul_bound("metal", dtype_id, n)
+        assert nmse(out, matmul_id_reference(experts, x, ids)) < bound, name
 
 
 @pytest.mark.parametrize("n", [1, 24])

@@ -226,6 +226,32 @@ typedef struct {
 } mul_mv_id_args;
 FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 80, "mul_mv_id_args layout");
 
+// moe_group_i32: the slots grouped by expert on the device, for mul_mm_id. groups i32:
+// [n_expert] counts, then [n_expert][n_slots] each expert's slots in increasing order.
+// slots: 1 ids i32 [n, k], 2 groups; grid: (ceil(n_expert / 32)); threads: 32 (one expert each)
+typedef struct {
+    uint64_t ids_stride;
+    int32_t n;
+    int32_t k;
+    int32_t n_expert;
+    int32_t pad0;
+} moe_group_args;
+FG_ARGS_ASSERT(sizeof(moe_group_args) == 24, "moe_group_args layout");
+
+// mul_mm_id_<type>: mul_mm over the slots moe_group gathered per expert (prefill).
+// slots: 1 w (expert 0), 2 x, 3 out, 4 groups (moe_group's)
+// grid: (ceil(rows / FG_MM_TILE_ROWS), ceil(n_slots / FG_MM_TILE_TOKENS), n_expert); threads and
+// threadgroup memory as mul_mm. Threadgroups past an expert's count return at once.
+typedef struct {
+    mul_mm_args mm;          // one expert's matrix; n_tokens unused (the expert's count), accumulate 0
+    uint64_t expert_stride;
+    int32_t n_slots;         // n * k
+    int32_t k;
+    int32_t x_per_slot;
+    int32_t n_expert;
+} mul_mm_id_args;
+FG_ARGS_ASSERT(sizeof(mul_mm_id_args) == 64, "mul_mm_id_args layout");
+
 // moe_sum_add_f32: out[i, c] += sum_j weights[i, j] * y[i*k + j, c]
 // slots: 1 y f32 [n*k, dim], 2 weights f32 [n, k], 3 out f32 [n, dim]
 // grid: (ceil(dim / threads), n); threads: min(256, dim rounded to 32)

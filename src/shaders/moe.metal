@@ -48,6 +48,27 @@ kernel void moe_route_f32(
     for (int j = 0; j < args.k; ++j) w[j] = w[j] / denom;
 }
 
+// One expert per thread scans the slots in order: each expert's list comes out sorted, the same
+// on every schedule.
+kernel void moe_group_i32(
+        constant moe_group_args & args [[buffer(0)]],
+        device const char * ids    [[buffer(1)]],
+        device       char * groups [[buffer(2)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int e = tgpig.x * ntg.x + tptg.x;
+    if (e >= args.n_expert) return;
+    const int n_slots = args.n * args.k;
+    device int* counts = (device int*)groups;
+    device int* slots = counts + args.n_expert + e * n_slots;
+    int c = 0;
+    for (int s = 0; s < n_slots; ++s) {
+        if (((device const int*)(ids + (s / args.k) * args.ids_stride))[s % args.k] == e) slots[c++] = s;
+    }
+    counts[e] = c;
+}
+
 kernel void moe_sum_add_f32(
         constant moe_sum_args & args [[buffer(0)]],
         device const char * y       [[buffer(1)]],

@@ -83,6 +83,9 @@ private:
                        const Tensor& a, const Tensor& b);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
+    // The same for matmul_id's slots grouped by expert (moe_group_i32's output).
+    Buffer* moe_groups_scratch(size_t bytes);
+    Buffer* grow_scratch(std::unique_ptr<Buffer>& slot, size_t bytes);
 
     std::unique_ptr<Device> dev_;
     HazardTracker hazards_;
@@ -93,6 +96,7 @@ private:
     bool encoded_ = false;   // the device's command buffer holds dispatches not yet committed
     bool pending_ = false;   // committed work that wait() has not seen finish
     std::unique_ptr<Buffer> scratch_;
+    std::unique_ptr<Buffer> moe_groups_;
     std::vector<std::unique_ptr<Buffer>> retired_;  // replaced scratch, in use by queued work
     int64_t n_dispatches_ = 0;
     int64_t n_barriers_ = 0;

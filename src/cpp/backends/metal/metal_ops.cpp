@@ -413,16 +413,50 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
                  we.stride == w0.stride && we.offset == w0.offset + e * expert_stride,
              "matmul_id", "the experts must be matrices of one type and shape at one stride in one buffer");
     }
-    mul_mv_id_args a{};
-    a.mv = make_mul_mv_args(out, w0, x, false);
-    a.expert_stride = expert_stride;
-    a.ids_stride = ids.stride;
-    a.k = (int32_t)k;
-    a.x_per_slot = x.rows == n * k && k > 1 ? 1 : 0;
-    a.n_expert = n_expert;
     const Binding stack{w0.buf, w0.offset, (n_expert - 1) * expert_stride + w0.nbytes(), false};
-    encode(std::string("mul_mv_id_") + weight_suffix(w0.type), &a, sizeof a, {stack, reads(x), writes(out), reads(ids)},
-           {ceil_div(w0.rows, FG_MV_ROWS_PER_TG), (uint32_t)(n * k), 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+    const int64_t n_slots = n * k;
+    const int32_t x_per_slot = x.rows == n_slots && k > 1 ? 1 : 0;
+    if (n < kMulMmMinTokens) {  // decode: a GEMV per slot over its expert's rows
+        mul_mv_id_args a{};
+        a.mv = make_mul_mv_args(out, w0, x, false);
+        a.expert_stride = expert_stride;
+        a.ids_stride = ids.stride;
+        a.k = (int32_t)k;
+        a.x_per_slot = x_per_slot;
+        a.n_expert = n_expert;
+        encode(std::string("mul_mv_id_") + weight_suffix(w0.type), &a, sizeof a,
+               {stack, reads(x), writes(out), reads(ids)}, {ceil_div(w0.rows, FG_MV_ROWS_PER_TG), (uint32_t)n_slots, 1},
+               {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+        return;
+    }
+    // Prefill: the slots grouped by expert on the device, then one GEMM per expert over its slots.
+    need(n_slots <= INT32_MAX / std::max(n_expert, 1), "matmul_id", "too many slots");
+    const size_t group_bytes = (size_t)(n_expert + (int64_t)n_expert * n_slots) * sizeof(int32_t);
+    const Buffer* groups = moe_groups_scratch(group_bytes);
+    moe_group_args g{};
+    g.ids_stride = ids.stride;
+    g.n = (int32_t)n;
+    g.k = (int32_t)k;
+    g.n_expert = n_expert;
+    encode("moe_group_i32", &g, sizeof g, {reads(ids), Binding{groups, 0, group_bytes, true}},
+           {ceil_div(n_expert, 32), 1, 1}, {32, 1, 1});
+    mul_mm_id_args a{};
+    a.mm.w_stride = w0.stride;
+    a.mm.x_stride = x.stride;
+    a.mm.out_stride = out.stride;
+    a.mm.rows = (int32_t)w0.rows;
+    a.mm.cols = (int32_t)w0.cols;
+    a.mm.n_tokens = (int32_t)n_slots;
+    a.mm.accumulate = 0;
+    a.expert_stride = expert_stride;
+    a.n_slots = (int32_t)n_slots;
+    a.k = (int32_t)k;
+    a.x_per_slot = x_per_slot;
+    a.n_expert = n_expert;
+    encode(std::string("mul_mm_id_") + weight_suffix(w0.type), &a, sizeof a,
+           {stack, reads(x), writes(out), Binding{groups, 0, group_bytes, false}},
+           {ceil_div(w0.rows, FG_MM_TILE_ROWS), ceil_div(n_slots, FG_MM_TILE_TOKENS), (uint32_t)n_expert},
+           {FG_MM_THREADS, 1, 1}, FG_MM_TG_BYTES(w0.type == DType::F32 || w0.type == DType::BF16 ? 4 : 2));
 }
 
 void MetalBackend::moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) {
