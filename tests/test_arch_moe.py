@@ -165,3 +165,13 @@ def test_quantize_refuses_moe_models(forgert, mixtral, tmp_path):
         with pytest.raises(forgert.ModelFormatError, match="mixture-of-experts models is not supported"):
             export_gguf(str(files[fmt]), str(out), "q8_0")
         assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
+def test_info_describes_experts(forgert, mixtral, fmt):
+    from forgert.cli.info import describe
+    from forgert.loader import load_model
+    files, _, _ = mixtral("qwen3moe-8x-top2")
+    d = describe(load_model(str(files[fmt])))
+    assert d["tensors"]["blk.1.ffn_down_exps.weight"]["shape"] == [8, 64, 64]   # [n_expert, dim, moe_ffn]
+    assert "mixture of experts: 2 of 8 experts per token (width 64, renormalised)" in d["features"]
