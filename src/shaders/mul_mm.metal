@@ -87,6 +87,12 @@ struct iq4_nl_tile {
         fg_dequant16_iq4_nl(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
+struct mxfp4_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_mxfp4(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
 struct iq4_xs_tile {
     typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
@@ -252,6 +258,7 @@ template [[host_name("mul_mm_q5_K")]] kernel mul_mm_t mul_mm<q5_K_tile>;
 template [[host_name("mul_mm_q6_K")]] kernel mul_mm_t mul_mm<q6_K_tile>;
 template [[host_name("mul_mm_iq4_nl")]] kernel mul_mm_t mul_mm<iq4_nl_tile>;
 template [[host_name("mul_mm_iq4_xs")]] kernel mul_mm_t mul_mm<iq4_xs_tile>;
+template [[host_name("mul_mm_mxfp4")]] kernel mul_mm_t mul_mm<mxfp4_tile>;
 template [[host_name("mul_mm_f32")]] kernel mul_mm_t mul_mm<f32_tile>;
 template [[host_name("mul_mm_f16")]] kernel mul_mm_t mul_mm<f16_tile>;
 template [[host_name("mul_mm_bf16")]] kernel mul_mm_t mul_mm<bf16_tile>;
@@ -268,6 +275,7 @@ template [[host_name("mul_mm_id_q5_K")]] kernel mul_mm_id_t mul_mm_id<q5_K_tile>
 template [[host_name("mul_mm_id_q6_K")]] kernel mul_mm_id_t mul_mm_id<q6_K_tile>;
 template [[host_name("mul_mm_id_iq4_nl")]] kernel mul_mm_id_t mul_mm_id<iq4_nl_tile>;
 template [[host_name("mul_mm_id_iq4_xs")]] kernel mul_mm_id_t mul_mm_id<iq4_xs_tile>;
+template [[host_name("mul_mm_id_mxfp4")]] kernel mul_mm_id_t mul_mm_id<mxfp4_tile>;
 template [[host_name("mul_mm_id_f32")]] kernel mul_mm_id_t mul_mm_id<f32_tile>;
 template [[host_name("mul_mm_id_f16")]] kernel mul_mm_id_t mul_mm_id<f16_tile>;
 template [[host_name("mul_mm_id_bf16")]] kernel mul_mm_id_t mul_mm_id<bf16_tile>;

@@ -122,6 +122,20 @@ struct iq4_nl_dot : iq4_x_layout {
     }
 };
 
+// MXFP4: IQ4_NL's layout with the E2M1 table and a power-of-two scale (17-byte blocks: byte reads).
+struct mxfp4_dot : q4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_mxfp4* b = (device const block_mxfp4*)row + blk;
+        device const uint8_t* qs = b->qs + 8 * il;
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = qs[i];
+            acc += fg_mxfp4_values[q & 0xFu] * xv[i] + fg_mxfp4_values[q >> 4] * xv[8 + i];
+        }
+        return fg_mxfp4_half_scale(b->e) * acc;
+    }
+};
+
 // IQ4_XS: chunk blk is sub-block blk % 8 of super-block blk / 8, laid out as an IQ4_NL block.
 struct iq4_xs_dot : iq4_x_layout {
     static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
@@ -344,6 +358,7 @@ template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_do
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 template [[host_name("mul_mv_iq4_nl")]] kernel mul_mv_quant_t mul_mv_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_iq4_xs")]] kernel mul_mv_quant_t mul_mv_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_mxfp4")]] kernel mul_mv_quant_t mul_mv_quant<mxfp4_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
@@ -357,6 +372,7 @@ template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 template [[host_name("mul_mv_swiglu_iq4_nl")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_swiglu_iq4_xs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_swiglu_mxfp4")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<mxfp4_dot>;
 
 // ---------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the
@@ -525,3 +541,4 @@ template [[host_name("mul_mv_id_q5_K")]] kernel mul_mv_id_quant_t mul_mv_id_quan
 template [[host_name("mul_mv_id_q6_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q6_K_dot>;
 template [[host_name("mul_mv_id_iq4_nl")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_id_iq4_xs")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_id_mxfp4")]] kernel mul_mv_id_quant_t mul_mv_id_quant<mxfp4_dot>;

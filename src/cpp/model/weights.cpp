@@ -91,7 +91,7 @@ namespace {
 bool is_weight_type(DType t) {
     return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
            t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-           t == DType::IQ4_NL || t == DType::IQ4_XS;
+           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
 }
 
 std::string shape_str(int64_t rows, int64_t cols) {

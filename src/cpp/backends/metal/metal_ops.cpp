@@ -37,6 +37,7 @@ const char* weight_suffix(DType t) {
         case DType::Q6_K: return "q6_K";
         case DType::IQ4_NL: return "iq4_nl";
         case DType::IQ4_XS: return "iq4_xs";
+        case DType::MXFP4: return "mxfp4";
         default: return nullptr;
     }
 }
