@@ -865,10 +865,10 @@ def test_rope_kv_write_rejects_overflow(ops_for):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
     """Causal softmax attention in float64 with GQA: query i at position pos0 + i sees cache
     rows 0..pos0 + i (only the last `window` of them if window > 0); query head h reads KV
-    head h // (n_heads / n_kv_heads)."""
+    head h // (n_heads / n_kv_heads). softcap > 0: scores s -> softcap * tanh(s / softcap)."""
     n = q.shape[0]
     group = n_heads // n_kv_heads
     qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
@@ -881,6 +881,8 @@ def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim
         for h in range(n_heads):
             kv = h // group
             s = k[first:t, kv, :] @ qh[i, h] * scale     # [t - first]
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             p = np.exp(s - s.max())
             p /= p.sum()
             out[i, h] = p @ v[first:t, kv, :]
@@ -1020,3 +1022,130 @@ def test_attention_reference_matches_torch():
     mask = torch.arange(pos0 + n)[None, :] <= (pos0 + torch.arange(n))[:, None]                 # [n, t]
     out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=0.3)
     np.testing.assert_allclose(ref, out.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- Gemma's ops
+
+def gelu_tanh_reference(g):
+    g = g.astype(np.float64)
+    return 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+
+
+def test_gelu_tanh_reference_matches_torch():
+    import torch
+    g = np.linspace(-8, 8, 1001)
+    want = torch.nn.functional.gelu(torch.tensor(g), approximate="tanh").numpy()
+    np.testing.assert_allclose(gelu_tanh_reference(g), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (1, 40000), (7, 135), (69, 576)])
+def test_gelu_mul(ops_for, backend, n, dim):
+    """GeGLU's second half: tanh-GELU of the gate times up (Gemma's feed-forward)."""
+    rng = rng_for("gelu_mul", n, dim)
+    g, u = randn(rng, n, dim, scale=4.0), randn(rng, n, dim, scale=4.0)
+    out = ops_for(backend).gelu_mul(g, u)
+    # f32 tanh, or a SIMD sigmoid(2a) on the CPU: relative error ~2e-7 per element -> nmse ~1e-14
+    # (measured 1.4e-15 CPU avx512, 1.1e-15 Metal)
+    assert nmse(out, gelu_tanh_reference(g) * u) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (3, 49153), (9, 300)])
+def test_scale_and_softcap(ops_for, backend, n, dim):
+    """x * s (Gemma's embedding scale) and cap * tanh(x / cap) (its final-logit soft-capping),
+    in place; logits far beyond the cap saturate at +-cap."""
+    ops = ops_for(backend)
+    rng = rng_for("softcap", n, dim)
+    x = randn(rng, n, dim, scale=40.0)
+    x[0, :2] = [1e4, -1e30]
+    np.testing.assert_array_equal(ops.scale(x, 8.0), x * np.float32(8.0))   # exact: a power of two
+    np.testing.assert_allclose(ops.scale(x[:, :64], 55.5), x[:, :64].astype(np.float64) * 55.5, rtol=1e-7)
+    out = ops.softcap(x, 30.0)
+    ref = 30.0 * np.tanh(x.astype(np.float64) / 30.0)
+    # f32 tanh: a few ulp of 30 (measured 4.4e-6 absolute)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
+    assert out[0, 0] == np.float32(30.0) and out[0, 1] == np.float32(-30.0)
+
+
+def test_softcap_rejects_non_positive_cap(ops_for):
+    with pytest.raises(ValueError, match="cap"):
+        ops_for("cpu").softcap(np.ones((1, 4), np.float32), 0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,heads,head_dim", [(1, 4, 32), (5, 8, 256), (17, 2, 64)])
+def test_head_rms_norm_gemma_shapes(ops_for, backend, n, heads, head_dim):
+    """RMSNorm of each head of q / k (Gemma 3's QK-norm): rows of [n * heads, head_dim]."""
+    rng = rng_for("head_rms", n, heads, head_dim)
+    x = randn(rng, n, heads * head_dim, scale=3.0)
+    w = (1.0 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
+    x64 = x.astype(np.float64).reshape(n, heads, head_dim)
+    ref = (x64 / np.sqrt(np.mean(x64 ** 2, axis=2, keepdims=True) + 1e-6) * w).reshape(n, -1)
+    assert nmse(ops_for(backend).head_rms_norm(x, w, 1e-6), ref) < 1e-10   # as test_rms_norm
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,n_ctx", [
+    (1, 0, 4, 2, 32, 0, 16),        # first decode step
+    (1, 700, 4, 2, 64, 0, 1024),    # decode split across threads (merged by log-sum-exp)
+    (7, 9, 8, 4, 256, 0, 32),       # Gemma's head_dim 256, GQA 2:1
+    (20, 0, 4, 2, 32, 8, 32),       # prefill past an 8-key window (Gemma's local layers, shrunk)
+    (1, 40, 8, 4, 256, 16, 64),     # decode, windowed, head_dim 256
+])
+def test_attention_softcap(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, window, n_ctx):
+    """Gemma 2's attention-logit soft-capping: scores squashed by cap * tanh(s / cap) before
+    the softmax. Scores here reach ~10, well past the cap of 2, so capping changes the answer."""
+    if backend == "metal" and n * (pos0 + n) > 2000:
+        pytest.skip("kept small on the emulator")
+    rng = rng_for("attn_softcap", n, pos0, head_dim, window)
+    kv_dim = n_kv_heads * head_dim
+    q = randn(rng, n, n_heads * head_dim, scale=2.0)
+    k_cache = randn(rng, n_ctx, kv_dim, scale=2.0).astype(np.float16)
+    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
+    k_cache[pos0 + n:] = np.float16(60000.0)
+    v_cache[pos0 + n:] = np.float16(np.nan)
+    scale, cap = 1.0 / np.sqrt(head_dim), 2.0
+    out = ops_for(backend).attention(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window,
+                                     softcap=cap)
+    ref = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap=cap)
+    assert nmse(out, ref) < 1e-6     # as test_attention (measured 1.8e-13 CPU, 2.3e-14 Metal)
+    plain = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window)
+    if pos0 + n > 1:
+        assert nmse(plain, ref) > 1e-3   # the cap matters in these cases
+
+
+def test_attention_rejects_negative_softcap(ops_for):
+    q = np.ones((1, 4 * 16), np.float32)
+    cache = np.zeros((8, 4 * 16), np.float16)
+    with pytest.raises(ValueError, match="softcap"):
+        ops_for("cpu").attention(q, cache, cache, 0, 4, 4, 16, 0.25, 0, softcap=-1.0)
+
+
+@pytest.mark.parametrize("dtype_id", [F32, F16, BF16, Q8_0, Q4_0, Q5_1], ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("backend,rows,cols,n", FUSED_CASES)
+def test_matmul_geglu(ops_for, backend, dtype_id, rows, cols, n):
+    """gelu_tanh(w_gate x) * (w_up x): GeGLU's gate and up projections (Metal decode: one fused
+    pass, as matmul_swiglu)."""
+    rng = rng_for("matmul_geglu", dtype_id, rows, cols, n, backend)
+    raw_g, raw_u = encode_weights(randn(rng, rows, cols), dtype_id), encode_weights(randn(rng, rows, cols), dtype_id)
+    x = randn(rng, n, cols, scale=0.3)
+    g = np.asarray(x, np.float64) @ decode_weights(raw_g, dtype_id, rows, cols).T
+    u = np.asarray(x, np.float64) @ decode_weights(raw_u, dtype_id, rows, cols).T
+    out = ops_for(backend).matmul_geglu(raw_g, raw_u, dtype_id, rows, cols, x)
+    assert out.shape == (n, rows)
+    # gelu' <= 1.13 as silu' <= 1.1: matmul_swiglu's bound
+    assert nmse(out, gelu_tanh_reference(g) * u) < 4 * matmul_bound(backend, dtype_id, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (7, 1152), (33, 2304)])
+def test_add_rms_norm(ops_for, backend, n, dim):
+    """x + rms_norm(y) * w: Gemma's post-attention / post-feed-forward norm with its residual add."""
+    rng = rng_for("add_rms_norm", n, dim)
+    x, y = randn(rng, n, dim, scale=10.0), randn(rng, n, dim, scale=3.0)
+    w = (1.0 + 0.3 * rng.standard_normal(dim)).astype(np.float32)
+    y64 = y.astype(np.float64)
+    ref = x + y64 / np.sqrt(np.mean(y64 ** 2, axis=1, keepdims=True) + 1e-6) * w
+    # f32 rounding of the norm and of the add (measured 7.0e-16 CPU, 8.1e-16 Metal)
+    assert nmse(ops_for(backend).add_rms_norm(x, y, w, 1e-6), ref) < 5e-15

@@ -381,6 +381,80 @@ def test_attention_sliding_window(metal, cpu, as_cache, n, pos0, window):
     assert nmse(got, want) < 1e-7
 
 
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window", [
+    (1, 300, 4, 2, 64, 0),     # decode: flash-decoding splits + reduce, capped scores
+    (1, 2, 4, 2, 256, 0),      # decode, Gemma's head_dim 256: the second key of a step past the end
+    (10, 20, 2, 1, 256, 0),    # the tiled prefill kernel at head_dim 256
+    (16, 40, 4, 2, 64, 24),    # tiled prefill, windowed (Gemma 2's local layers)
+])
+def test_attention_softcap(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim, window):
+    r = rng("attention_softcap", n, pos0, head_dim, window)
+    n_ctx = pos0 + n + 3
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32) * 2
+    k = r.standard_normal((n_ctx, kv_dim)) * 2
+    v = r.standard_normal((n_ctx, kv_dim))
+    k[pos0 + n:] = 60000.0
+    v[pos0 + n:] = np.nan
+    k, v = as_cache(k), as_cache(v)
+    scale = 1.0 / np.sqrt(head_dim)
+    got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap=2.0)
+    want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap=2.0)
+    assert nmse(got, want) < 1e-7    # as test_attention
+
+
+@pytest.mark.parametrize("wtype", ["f32", "f16", "q8_0", "q4_K"])
+@pytest.mark.parametrize("n", [1, 3, 9])
+def test_matmul_geglu(metal, cpu, wtype, n):
+    """GeGLU's gate and up projections: the fused decode kernel (n < 8) and the GEMM path."""
+    dtype = WEIGHT_TYPES[wtype]
+    r = rng("matmul_geglu", wtype, n)
+    rows, cols = 40, 256
+    g, u = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
+    x = r.standard_normal((n, cols), dtype=np.float32) * 0.3
+    got = metal.matmul_geglu(g, u, dtype, rows, cols, x)
+    want = cpu.matmul_geglu(g, u, dtype, rows, cols, x)
+    gx = x.astype(np.float64) @ dequantize(g, dtype, rows, cols).T
+    ux = x.astype(np.float64) @ dequantize(u, dtype, rows, cols).T
+    exact = 0.5 * gx * (1 + np.tanh(np.sqrt(2 / np.pi) * (gx + 0.044715 * gx ** 3))) * ux
+    # Measured over the three schedules, vs CPU / vs exact: GEMM half tiles 2.3e-7 / 2.2e-7;
+    # quantized GEMV 1.7e-9 (the CPU's two-part int8 activations) / 6.5e-14; float 1.8e-13 / 1.5e-13.
+    half_tiles = n >= 8 and dtype not in (F32, F16, BF16)
+    quantized = dtype not in (F32, F16, BF16)
+    assert nmse(got, want) < (8e-7 if half_tiles else 8e-9 if quantized else 1.2e-12)
+    assert nmse(got, exact) < (8e-7 if half_tiles else 1.2e-12)
+
+
+@pytest.mark.parametrize("dim", [5, 300, 49153])
+def test_gemma_elementwise(metal, cpu, dim):
+    """GeGLU's gelu_mul, the embedding scale and the final-logit soft-cap."""
+    r = rng("gemma_elementwise", dim)
+    a = r.standard_normal((3, dim), dtype=np.float32) * 4
+    b = r.standard_normal((3, dim), dtype=np.float32)
+    assert nmse(metal.gelu_mul(a, b), cpu.gelu_mul(a, b)) < 1e-12
+    np.testing.assert_array_equal(metal.scale(a, 8.0), cpu.scale(a, 8.0))
+    x = a * 20
+    x[0, 0] = 1e30
+    np.testing.assert_allclose(metal.softcap(x, 30.0), cpu.softcap(x, 30.0), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [7, 1152, 2304])   # 2304 > 1024 threads: each thread loops
+def test_add_rms_norm(metal, cpu, dim):
+    """x += rms_norm(y) * w in one pass (Gemma's post-norms with their residual adds)."""
+    r = rng("add_rms_norm", dim)
+    x = r.standard_normal((3, dim), dtype=np.float32) * 10
+    y = r.standard_normal((3, dim), dtype=np.float32) * 4
+    w = r.standard_normal(dim, dtype=np.float32)
+    assert nmse(metal.add_rms_norm(x, y, w, 1e-6), cpu.add_rms_norm(x, y, w, 1e-6)) < 1e-12   # as test_rms_norm
+
+
+def test_head_rms_norm_head_dim_256(metal, cpu):
+    r = rng("head_rms_norm")
+    x = r.standard_normal((5, 8 * 256), dtype=np.float32) * 3
+    w = r.standard_normal(256, dtype=np.float32)
+    assert nmse(metal.head_rms_norm(x, w, 1e-6), cpu.head_rms_norm(x, w, 1e-6)) < 1e-10
+
+
 # --------------------------------------------------------------------------- errors
 
 def test_attention_rejects_head_dim_above_limit(metal, as_cache):

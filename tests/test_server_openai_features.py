@@ -339,7 +339,7 @@ def test_tools_reach_the_prompt_and_tool_results_are_accepted_back(server, clien
                         json={"messages": conversation}).json()["tokens"]
     text = model.detokenize(tokens)
     assert "21 degrees, sunny" in text and "<|im_start|>tool\n" in text
-    with_tools = model.detokenize(model.prompt_tokens(ASK_WEATHER, [WEATHER]))
+    with_tools = model.detokenize(model.prompt_tokens(ASK_WEATHER, tools=[WEATHER]))
     assert "<tools>" in with_tools and '"get_weather"' in with_tools and "<tool_call>" in with_tools
     resp = client.chat.completions.create(model="x", messages=conversation, tools=[WEATHER], max_tokens=5,
                                           temperature=0)

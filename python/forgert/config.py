@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
-                  "phi3": "phi3",
-                  "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe"}
+                  "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
+                  **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2"}
@@ -69,6 +70,13 @@ class ModelConfig:
     expert_ffn_dim: int = 0
     expert_norm_topk: bool = True
     shared_ffn_dim: int = 0
+    # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
+    ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
+    embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))
+    attn_scale: float | None = None  # attention score scale; None: 1 / sqrt(head_dim)
+    attn_softcap: float = 0.0        # > 0: scores become cap * tanh(s / cap)
+    final_softcap: float = 0.0       # > 0: logits soft-capped the same way
+    norm_shift: float = 0.0          # added to every RMSNorm weight on load (HF Gemma stores w for 1 + w)
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -114,6 +122,22 @@ class ModelConfig:
         nope = [i for i, t in enumerate(self.layer_rope or []) if t < 0]
         if nope:
             out.append(f"no RoPE (NoPE) in layers {', '.join(map(str, nope))}")
+        if self.layer_rope is not None and self.rope_freqs is not None and self.rope_freqs.ndim == 2:
+            out.append(f"{self.rope_freqs.shape[0]} RoPE tables (local / global layers)")
+        if self.ffn_act == "gelu_tanh":
+            out.append("GeGLU feed-forward (tanh GELU)")
+        if self.embed_scale != 1.0:
+            out.append(f"embeddings scaled by {self.embed_scale:g}")
+        if self.attn_scale:
+            out.append(f"attention scale {self.attn_scale:.6g}")
+        if self.attn_softcap:
+            out.append(f"attention-logit soft-capping {self.attn_softcap:g}")
+        if self.final_softcap:
+            out.append(f"final-logit soft-capping {self.final_softcap:g}")
+        if self.arch in gemma.GEMMA_ARCHS:
+            out.append("post-attention and post-feed-forward norms")
+        if self.arch == "gemma3":
+            out.append("QK-norm (RMSNorm on each head of Q and K)")
         windows = self.windows()
         if any(windows):
             slid = [i for i, w in enumerate(windows) if w]
@@ -142,6 +166,10 @@ class ModelConfig:
         if self.n_expert:
             d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
                      expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)
+        if self.arch in gemma.GEMMA_ARCHS:
+            d.update(ffn_act=self.ffn_act, embed_scale=float(self.embed_scale),
+                     attn_scale=float(self.attn_scale or 0.0), attn_softcap=float(self.attn_softcap),
+                     final_softcap=float(self.final_softcap))
         return d
 
 
@@ -320,6 +348,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
     _set_rope_tables(cfg)
+    if arch in gemma.GEMMA_ARCHS:
+        gemma.apply_gguf(meta, cfg, source)
     return cfg
 
 
@@ -573,4 +603,6 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     _set_rope_tables(cfg)
+    if cfg.arch in gemma.GEMMA_ARCHS:
+        gemma.apply_hf(hf, cfg, source)
     return cfg

@@ -1,7 +1,8 @@
-"""Write a GGUF (F32/F16/Q8_0/Q4_0/Q4_1) from a GGUF (of any type forgert reads, K-quants
-included) or an HF directory of F32/F16/BF16 weights.
+"""Write a GGUF in one of llama.cpp's weight mixes (quant_mix.py: F32, F16, Q8_0, Q4_0/1, Q5_0/1, the
+K-quant mixes Q2_K..Q6_K, IQ4_NL/XS) from a GGUF (of any type forgert reads, K-quants included) or
+an HF directory of F32/F16/BF16 weights.
 
-Matrices get the target type; norms, biases and other 1-D tensors stay F32. From HF directories
+Matrices get the mix's type for them; norms, biases and other 1-D tensors stay F32. From HF directories
 the llama Q/K rows are permuted for GGUF's adjacent-pair RoPE (as llama.cpp's converter does), and
 the metadata and tokenizer (byte-level BPE only) are written under llama.cpp's key names.
 """
@@ -15,16 +16,17 @@ import numpy as np
 
 from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
-from .ggml_types import BF16, F16, F32, Q4_0, Q4_1, Q8_0, type_name
+from .ggml_types import BF16, F16, F32, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
+from .quant_mix import MIXES, MixPlanner
+from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .quants import QUANTIZERS, dequantize
 from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
 
-TARGET_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1}
-# llama.cpp's general.file_type (LLAMA_FTYPE_*) for each target
-_FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7}
+TARGET_TYPES = tuple(MIXES)
+ALL_QUANTIZERS = {**QUANTIZERS, **SEARCH_QUANTIZERS}    # ggml type id -> float32 [rows, cols] -> bytes
 _SKIP_KEYS = ("general.architecture", "general.file_type", "general.alignment")
 
 
@@ -190,20 +192,34 @@ def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
     x = dequantize(w.data, w.type_id, rows, cols)
     if heads is not None:
         x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
-    if want in QUANTIZERS:
-        return QUANTIZERS[want](x)
+    if want in ALL_QUANTIZERS:
+        return ALL_QUANTIZERS[want](x)
     return x.astype(np.float32 if want == F32 else np.float16)
 
 
-def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
-    """Write `dst`; returns {tensor type name: count}. log(str) receives notes (default stderr);
-    progress(done, total) is called after each tensor is written."""
+def llamacpp_tensor_order(name: str) -> tuple:
+    """Sort key of llama.cpp's model loader (weight_name_comparer), the order llama-quantize
+    writes tensors and counts layers in for its mixes: by layer number (tensors outside the
+    layers first), then by name."""
+    parts = name.split(".")
+    layer = int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else -1
+    return layer, name
+
+
+def _is_llamacpp_70b(cfg) -> bool:
+    """llama.cpp's LLM_TYPE_70B among the architectures forgert runs (its mixes give it more attn_v bits)."""
+    return cfg.n_layers == 80 and (cfg.arch == "qwen2" or (cfg.arch == "llama" and cfg.n_heads != cfg.n_kv_heads))
+
+
+def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = False) -> dict:
+    """Write `dst` in mix `target` (quant_mix.MIXES; pure: every matrix in the mix's default type,
+    as llama-quantize --pure); returns {tensor type name: count}. log(str) receives notes
+    (default stderr); progress(done, total) is called after each tensor is written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if target not in TARGET_TYPES:
         raise ValueError(f"--type must be one of {', '.join(TARGET_TYPES)}, got {target!r}")
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be a different file from the input")
-    target_id = TARGET_TYPES[target]
     loaded = load_model(src)
     if loaded.config.n_expert:   # expert stacks and their metadata are not written yet: refuse, not half-write
         raise ModelFormatError(f"{loaded.name}: quantizing mixture-of-experts models is not supported yet")
@@ -213,7 +229,7 @@ def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
         extra = {}
     else:
         extra = _write_hf_metadata(writer, loaded)
-    writer.add_u32("general.file_type", _FILE_TYPES[target_id])
+    writer.add_u32("general.file_type", MIXES[target].file_type)
 
     # producers[i]() -> bytes of the i-th tensor added to the writer
     producers, counts = [], {}
@@ -228,12 +244,15 @@ def export_gguf(src, dst, target: str, log=None, progress=None) -> dict:
                 "quantize from F32/F16/BF16 weights when you can")
             warned.append(True)
 
-    for name, w, heads in _tensor_plan(loaded):
+    plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
+    cfg = loaded.config
+    planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
+                         large_70b=_is_llamacpp_70b(cfg), pure=pure)
+    for name, w, heads in plan:
         rows, cols = w.shape
-        want = F32 if _is_1d(name) else target_id
-        if want in QUANTIZERS and cols % 32:
+        want = F32 if _is_1d(name) else planner.type_for(name, cols)
+        if want == F16 and MIXES[target].default != F16:
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
-            want = F16
         writer.add_tensor(name, [cols] if rows == 1 and _is_1d(name) else [cols, rows], want)
         producers.append(lambda name=name, w=w, heads=heads, want=want:
                          _tensor_bytes(name, w, heads, want, warn_requantize))

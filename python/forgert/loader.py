@@ -13,7 +13,8 @@ from .fused_tensors import split_fused
 from .ggml_types import F32
 from .gguf import GGUFFile
 from .safetensors_dir import HFModelDir
-from .tensor_check import core_tensors
+from .gemma import GEMMA_ARCHS, embedding_scale
+from .tensor_check import core_tensors, shift_norms
 from .tokenizer import ModelTokenizer
 from .weights import WeightTensor
 
@@ -107,6 +108,10 @@ def _hf_chat_template(d: HFModelDir):
 def load_hf_dir(path) -> LoadedModel:
     d = HFModelDir(path)
     cfg = config_from_hf(d.config, f"{d.name}/config.json", TensorCensus.of(w.shape for w in d.tensors.values()))
+    if cfg.arch in GEMMA_ARCHS and "token_embd.weight" in d.tensors:
+        cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
+    if cfg.norm_shift:
+        d.tensors = shift_norms(d.tensors, cfg.norm_shift)
     tensors = core_tensors(cfg, split_fused(cfg, d.tensors), d.name)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused}

@@ -54,6 +54,17 @@ _LAYER_NAMES = {
     "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
 _FUSED_HF_SUFFIXES = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
+# Gemma 2 / 3 name their four norms differently: post_attention_layernorm is the norm of the
+# attention output (a post-norm), pre_feedforward_layernorm the one before the MLP.
+_GEMMA_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",     # Gemma 3: RMSNorm of each head of Q / K
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+}
+_LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
 _EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
@@ -64,16 +75,17 @@ _EXPERT_STACKS = {"w1": "ffn_gate_exps.weight", "gate_proj": "ffn_gate_exps.weig
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def canonical_name(hf_name: str):
+def canonical_name(hf_name: str, model_type: str | None = None):
     """Canonical name for an HF tensor name; (stack name, expert index) for one expert's matrix;
     None for ignorable buffers; KeyError if unknown."""
     if hf_name.endswith(_IGNORED_SUFFIXES):
         return None
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
+    layer_names = _LAYER_NAMES_BY_MODEL_TYPE.get(model_type, _LAYER_NAMES)
     m = _LAYER_RE.match(hf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    if m and m.group(2) in layer_names:
+        return f"blk.{m.group(1)}.{layer_names[m.group(2)]}"
     e = _EXPERT_RE.match(m.group(2)) if m else None
     if e:
         return f"blk.{m.group(1)}.{_EXPERT_STACKS[e.group(2)]}", int(e.group(1))
@@ -161,13 +173,14 @@ class HFModelDir:
         self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
         self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
         experts = {}             # stack name -> {expert index: WeightTensor}
+        model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
                 try:
-                    name = canonical_name(hf_name)
+                    name = canonical_name(hf_name, model_type)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Qwen2/Phi-3 model)") from None
+                                           f"(not part of a Llama/Mistral/Mixtral/Qwen2/Qwen3/Qwen-MoE/SmolLM3/Phi-3/Gemma model)") from None
                 if name is None:
                     continue
                 index = None

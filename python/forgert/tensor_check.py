@@ -63,3 +63,14 @@ def core_tensors(cfg: ModelConfig, tensors: dict, source: str, ignore=()) -> dic
             t = _as_f32(t)
         out[name] = t.as_core_entry()
     return out
+
+
+def shift_norms(tensors: dict, shift: float) -> dict:
+    """tensors with shift added to every RMSNorm weight (as F32 copies): HF Gemma checkpoints
+    store w and compute x * (1 + w), which the core computes as x * w'."""
+    out = dict(tensors)
+    for name, t in tensors.items():
+        if name.endswith("norm.weight"):
+            f = _as_f32(t)
+            out[name] = to_f32_tensor(t, f.data.view(np.float32) + np.float32(shift))
+    return out

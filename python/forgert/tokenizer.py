@@ -14,6 +14,8 @@ from .errors import ModelFormatError
 from .tokenizer_build import tokenizer_from_gguf
 
 
+
+
 def _token_content(v):
     """tokenizer_config.json writes a token as "str" or {"content": "str", ...}."""
     if isinstance(v, dict):

@@ -69,8 +69,13 @@ kernel void attention_f16(
                 partial2 += qv[j] * float(kr2[d]);
             }
         }
-        const float s1 = simd_sum(partial1);
-        const float s2 = has2 ? simd_sum(partial2) : ATTN_NEG_BIG;
+        float s1 = simd_sum(partial1);
+        float s2 = simd_sum(partial2);
+        if (args.softcap > 0.0f) {  // Gemma 2: scores squashed into (-softcap, softcap)
+            s1 = args.softcap * precise::tanh(s1 / args.softcap);
+            s2 = args.softcap * precise::tanh(s2 / args.softcap);
+        }
+        s2 = has2 ? s2 : ATTN_NEG_BIG;
         const float m_new = max(m, max(s1, s2));
         const float corr = exp(m - m_new);
         const float p1 = exp(s1 - m_new);
@@ -228,7 +233,8 @@ kernel void attention_prefill_f16(
                     const int d = tiisg + FG_SIMD_WIDTH * i;
                     if (d < hd) partial += qv[j][i] * float(kt[kk * hd + d]);
                 }
-                const float s = simd_sum(partial);
+                float s = simd_sum(partial);
+                if (args.softcap > 0.0f) s = args.softcap * precise::tanh(s / args.softcap);  // Gemma 2
                 const float m_new = max(m[j], s);
                 const float corr = exp(m[j] - m_new);
                 const float p = exp(s - m_new);

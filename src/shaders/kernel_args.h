@@ -36,11 +36,12 @@ typedef struct {
     int32_t x_vec4;       // 1: x rows are 16-byte aligned and cols % 4 == 0 (float4 loads)
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
     int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
-    int32_t pad0;
+    int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
 } mul_mv_args;
 FG_ARGS_ASSERT(sizeof(mul_mv_args) == 48, "mul_mv_args layout");
 // mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
-// feed-forward's gate and up projections and SiLU * mul in one pass over x.
+// feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
+// SiLU with args.gelu: Gemma's GeGLU).
 // slots: 1 w (gate), 2 x, 3 out, 4 w_up (w's type and shape); args and grid as mul_mv
 
 // --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---
@@ -73,8 +74,10 @@ typedef struct {
     uint64_t out_stride;
     int32_t dim;
     float eps;
+    int32_t accumulate;   // 1: out += the normed row (a post-norm fused with its residual add); 0: out =
+    int32_t pad0;
 } rms_norm_args;
-FG_ARGS_ASSERT(sizeof(rms_norm_args) == 24, "rms_norm_args layout");
+FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 
 // --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
 // slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],
@@ -122,8 +125,10 @@ typedef struct {
     int32_t split_len;    // keys per split
     float scale;
     int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
+    float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
+    int32_t pad0;
 } attention_args;
-FG_ARGS_ASSERT(sizeof(attention_args) == 56, "attention_args layout");
+FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
 
 // attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
 // queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head
@@ -148,8 +153,10 @@ typedef struct {
     int32_t tile_keys;
     float scale;
     int32_t window;       // as in attention_args
+    float softcap;        // as in attention_args
+    int32_t pad0;
 } attention_prefill_args;
-FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 56, "attention_prefill_args layout");
+FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
 
 // attention_reduce: slots 1 partials, 2 out; grid (H, n); threads: 32 * ceil(hd / 32)
 typedef struct {
@@ -173,6 +180,15 @@ typedef struct {
     int32_t pad0;
 } elementwise_args;
 FG_ARGS_ASSERT(sizeof(elementwise_args) == 32, "elementwise_args layout");
+
+// scale_f32: x *= value.  softcap_f32: x = value * tanh(x / value).  Both in place.
+// slots: 1 x f32 [n, dim]; grid: (ceil(dim / 256), n); threads: 256
+typedef struct {
+    uint64_t x_stride;
+    int32_t dim;
+    float value;
+} unary_args;
+FG_ARGS_ASSERT(sizeof(unary_args) == 16, "unary_args layout");
 
 // --- get_rows: out[t, :] = f32(table[ids[t], :]); an id outside [0, table_rows) gives zeros ---
 // slots: 1 table (any weight type), 2 ids i32 [n], 3 out f32 [n, cols]

@@ -294,14 +294,17 @@ static inline void mv_quant_sums(constant mul_mv_args& args, device const char* 
 }
 
 // Reduces the lane sums and writes rows r0 .. r0 + MV_NR of token row o: w x (NW == 1,
-// added to o with accumulate) or silu(gate) * up (NW == 2).
+// added to o with accumulate) or silu(gate) * up (NW == 2; gelu_tanh(gate) * up with args.gelu).
 template <int NW>
 static inline void mv_store(constant mul_mv_args& args, thread float* sum, device float* o, int r0, ushort tiisg) {
     for (int r = 0; r < MV_NR; ++r) {
         const float s = simd_sum(sum[r]);
         if (NW == 2) {
             const float u = simd_sum(sum[MV_NR + r]);
-            if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = s / (1.0f + exp(-s)) * u;
+            const float act = args.gelu != 0
+                ? 0.5f * s * (1.0f + precise::tanh(0.7978845608028654f * (s + 0.044715f * s * s * s)))
+                : s / (1.0f + exp(-s));
+            if (tiisg == 0 && r0 + r < args.rows) o[r0 + r] = act * u;
         } else if (tiisg == 0 && r0 + r < args.rows) {
             o[r0 + r] = args.accumulate != 0 ? o[r0 + r] + s : s;
         }

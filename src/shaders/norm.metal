@@ -1,4 +1,5 @@
-// RMSNorm: out[t, :] = x[t, :] * rsqrt(mean(x[t, :]^2) + eps) * w. One threadgroup per row.
+// RMSNorm: out[t, :] = x[t, :] * rsqrt(mean(x[t, :]^2) + eps) * w, or out[t, :] += that with
+// args.accumulate (Gemma's post-norms and their residual adds). One threadgroup per row.
 #include <metal_stdlib>
 using namespace metal;
 
@@ -28,5 +29,5 @@ kernel void rms_norm_f32(
     sumsq = simd_sum(tiisg < nsg ? partial[tiisg] : 0.0f);
 
     const float scale = rsqrt(sumsq / float(args.dim) + args.eps);
-    for (int i = tiitg; i < args.dim; i += ntg.x) o[i] = xr[i] * scale * w[i];
+    for (int i = tiitg; i < args.dim; i += ntg.x) o[i] = (args.accumulate != 0 ? o[i] : 0.0f) + xr[i] * scale * w[i];
 }

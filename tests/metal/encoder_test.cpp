@@ -412,11 +412,104 @@ void test_decode_step_commits() {
     }
 }
 
+int count_kernel(const std::string& log, const std::string& kernel) {
+    int n = 0;
+    for (size_t at = log.find(kernel); at != std::string::npos; at = log.find(kernel, at + 1)) {
+        const size_t end = at + kernel.size();
+        if ((at == 0 || log[at - 1] == ' ') && (end == log.size() || log[end] == ' ')) n++;
+    }
+    return n;
+}
+
+// A Gemma decode step's dispatches: GeGLU fused into the gate/up GEMV (mul_mv_swiglu with
+// args.gelu, no separate gelu_mul), each post-norm carrying its residual add (no add_f32), the
+// embedding scale and Gemma 2's final soft-cap once per step, Gemma 3's QK-norm as two norms.
+// Per layer: Llama's dispatches plus the two post-norms (plus two QK-norms for Gemma 3).
+// Measured for 2 layers: llama 23, gemma2 29, gemma3 32; with the adds and GeGLU unfused (norm +
+// add, gate and up GEMVs + gelu_mul) Gemma 2 would take 37.
+void test_gemma_decode_dispatches() {
+    for (const char* arch : {"llama", "gemma2", "gemma3"}) {
+        const bool gemma = std::string(arch) != "llama", gemma3 = std::string(arch) == "gemma3";
+        ModelConfig cfg;
+        cfg.arch = arch;
+        cfg.n_layers = 2;
+        cfg.dim = 64;
+        cfg.n_heads = 2;
+        cfg.n_kv_heads = 1;
+        cfg.head_dim = 32;
+        cfg.ffn_dim = 96;
+        cfg.vocab = 128;
+        cfg.n_ctx = 16;
+        cfg.rope_freqs.assign(16, 0.1f);
+        if (gemma) {
+            cfg.ffn_gelu = true;
+            cfg.embed_scale = 8.0f;
+            cfg.layer_window = {4, 0};
+        }
+        if (std::string(arch) == "gemma2") cfg.attn_softcap = 50.0f, cfg.final_softcap = 30.0f;
+        std::vector<std::vector<float>> storage;
+        storage.reserve(64);
+        std::map<std::string, HostTensor> tensors;
+        auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
+            storage.emplace_back(rows * cols, 0.01f);
+            HostTensor t;
+            t.data = storage.back().data();
+            t.nbytes = (size_t)(rows * cols) * sizeof(float);
+            t.rows = rows;
+            t.cols = cols;
+            tensors[name] = t;
+        };
+        add("token_embd.weight", cfg.vocab, cfg.dim);
+        add("output_norm.weight", 1, cfg.dim);
+        for (int l = 0; l < cfg.n_layers; l++) {
+            const std::string b = "blk." + std::to_string(l) + ".";
+            for (const char* norm : {"attn_norm", "ffn_norm"}) add(b + norm + ".weight", 1, cfg.dim);
+            if (gemma)
+                for (const char* norm : {"post_attention_norm", "post_ffw_norm"}) add(b + norm + ".weight", 1, cfg.dim);
+            if (gemma3)
+                for (const char* norm : {"attn_q_norm", "attn_k_norm"}) add(b + norm + ".weight", 1, cfg.head_dim);
+            add(b + "attn_q.weight", cfg.q_dim(), cfg.dim);
+            add(b + "attn_k.weight", cfg.kv_dim(), cfg.dim);
+            add(b + "attn_v.weight", cfg.kv_dim(), cfg.dim);
+            add(b + "attn_output.weight", cfg.dim, cfg.q_dim());
+            add(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim);
+            add(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim);
+            add(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim);
+        }
+        auto* dev = new RecordingDevice;
+        auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
+        ModelWeights w = load_weights(cfg, tensors, *be);
+        LlamaModel model(cfg, std::move(w), std::move(be), 8);
+        std::vector<float> logits(cfg.vocab);
+        const int32_t token = 5;
+        dev->log.clear();
+        model.forward(&token, 1, 0, false, logits.data());
+        const std::string& log = dev->log;
+        const int L = cfg.n_layers;
+        auto expect_count = [&](const char* kernel, int want) {
+            const int got = count_kernel(log, kernel);
+            EXPECT(got == want, "%s decode step: %d x %s, want %d\n  %s", arch, got, kernel, want, log.c_str());
+        };
+        expect_count("mul_mv_swiglu_f32", L);
+        expect_count("gelu_mul_f32", 0);
+        expect_count("silu_mul_f32", 0);
+        expect_count("add_f32", 0);
+        expect_count("rms_norm_f32", L * (2 + (gemma ? 2 : 0) + (gemma3 ? 2 : 0)) + 1);
+        expect_count("scale_f32", gemma ? 1 : 0);
+        expect_count("softcap_f32", std::string(arch) == "gemma2" ? 1 : 0);
+        int dispatches = 0;
+        for (size_t i = 0; i < log.size(); i++)
+            if ((i == 0 || log[i - 1] == ' ') && log[i] != '|' && log[i] != '#') dispatches++;
+        std::printf("%s: %d dispatches per decode step of %d layers\n", arch, dispatches, L);
+    }
+}
+
 }  // namespace
 
 int main() {
     test_buffer_views();
     test_decode_step_commits();
+    test_gemma_decode_dispatches();
     test_layer_barriers();
     test_fused_layer_barriers();
     test_pipeline_thread_limit();

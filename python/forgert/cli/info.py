@@ -87,6 +87,7 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
         ("rope", f"theta {d['rope_theta']:g}, scaling {d['rope_scaling'] or 'none'}"),
         ("rms eps", f"{d['rms_eps']:g}"),
         ("embeddings", "tied (output = token_embd)" if d["tied_embeddings"] else "separate output"),
+        *([("features", "; ".join(d["features"]))] if d["features"] else []),
         ("bos", token(d["bos_token"]) + (" (added to prompts)" if d["add_bos"] else "")),
         ("eos", token(d["eos_token"])),
         ("stop token ids", ", ".join(map(str, d["stop_token_ids"])) or "none"),

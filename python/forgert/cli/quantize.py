@@ -1,21 +1,46 @@
-"""`forgert quantize IN OUT --type q8_0|q4_0|q4_1|f16|f32`: write a GGUF of another weight type."""
+"""`forgert quantize IN OUT --type MIX`: write a GGUF in one of llama.cpp's weight mixes."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
+from ..quant_mix import MIXES
 from .common import UserError, resolve_model_path
+
+# Types llama.cpp writes that forgert does not, and why (a clear refusal, not argparse's list).
+REFUSED = {
+    **dict.fromkeys(("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m"),
+                    "the IQ1-IQ3 types need an importance matrix and lattice codebooks that forgert "
+                    "neither computes nor runs"),
+    **dict.fromkeys(("tq1_0", "tq2_0"), "the ternary types are for ternary-trained models (BitNet), which "
+                                        "forgert does not run"),
+    "mxfp4_moe": "MXFP4 is for mixture-of-experts weights; forgert runs no MoE models yet",
+    "q2_k_s": "Q2_K_S needs an importance matrix",
+}
+
+
+def mix_name(text: str) -> str:
+    name = text.lower()
+    if name in REFUSED:
+        raise argparse.ArgumentTypeError(f"{text} is not written by forgert: {REFUSED[name]}")
+    if name not in MIXES:
+        raise argparse.ArgumentTypeError(f"unknown type {text!r}; one of {', '.join(MIXES)}")
+    return name
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("quantize", help="write a GGUF with Q8_0/Q4_0/Q4_1/F16/F32 weights",
+    p = subparsers.add_parser("quantize", help="write a GGUF in one of llama.cpp's weight mixes (Q4_K_M, Q8_0, ...)",
                               description="Convert a GGUF or an HF model directory (F32/F16/BF16 "
-                                          "safetensors) into a GGUF of the chosen weight type. Norms "
-                                          "and biases stay F32.")
+                                          "safetensors) into a GGUF of the chosen weight mix, with "
+                                          "llama.cpp's rules for which tensors get more bits (output, "
+                                          "some attn_v / ffn_down layers). Norms and biases stay F32.")
     p.add_argument("input", help="a .gguf file, an HF model directory, or hf:ORG/NAME[/FILE]")
     p.add_argument("output", help="the .gguf file to write")
-    p.add_argument("--type", "-t", required=True, choices=["q8_0", "q4_0", "q4_1", "f16", "f32"],
-                   type=str.lower)
+    p.add_argument("--type", "-t", required=True, type=mix_name, metavar="TYPE",
+                   help=f"one of {', '.join(MIXES)}")
+    p.add_argument("--pure", action="store_true",
+                   help="every matrix in the type itself: no promoted tensors (llama-quantize --pure)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite OUTPUT if it exists")
     return p
 
@@ -37,7 +62,7 @@ def run(args) -> int:
         bar.update(done, "tensors")
 
     try:
-        counts = export_gguf(source, tmp, args.type, progress=progress)
+        counts = export_gguf(source, tmp, args.type, progress=progress, pure=args.pure)
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):

@@ -95,6 +95,16 @@ ModelConfig config_from_dict(const py::dict& d) {
         if (d.contains("expert_norm_topk")) c.expert_norm_topk = get<bool>(d, "expert_norm_topk");
         if (d.contains("shared_ffn_dim")) c.shared_ffn_dim = get<int>(d, "shared_ffn_dim");
     }
+    if (d.contains("embed_scale")) c.embed_scale = get<float>(d, "embed_scale");
+    if (d.contains("attn_scale")) c.attn_scale = get<float>(d, "attn_scale");
+    if (d.contains("attn_softcap")) c.attn_softcap = get<float>(d, "attn_softcap");
+    if (d.contains("final_softcap")) c.final_softcap = get<float>(d, "final_softcap");
+    if (d.contains("ffn_act")) {
+        const std::string act = get<std::string>(d, "ffn_act");
+        if (act != "silu" && act != "gelu_tanh")
+            throw InputError("model config 'ffn_act' must be \"silu\" or \"gelu_tanh\", got \"" + act + "\"");
+        c.ffn_gelu = act == "gelu_tanh";
+    }
     return c;
 }
 

@@ -104,6 +104,13 @@ public:
         run([&] { be_->matmul_swiglu(Y, G, U, X, S); });
         return download(Y);
     }
+    F32 matmul_geglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        Tensor G = weight(w_gate, dtype, rows, cols), U = weight(w_up, dtype, rows, cols), X = f32(x);
+        Tensor Y = empty(DType::F32, X.rows, rows), S = empty(DType::F32, X.rows, rows);
+        run([&] { be_->matmul_geglu(Y, G, U, X, S); });
+        return download(Y);
+    }
     F32 get_rows(const U8& table, int dtype, int64_t rows, int64_t cols, const I32& ids) {
         for (py::ssize_t i = 0; i < ids.size(); i++)
             need(ids.data()[i] >= 0 && ids.data()[i] < rows, "id out of range");
@@ -163,9 +170,10 @@ public:
         return py::make_tuple(q_out, k_out, as_float16(kc_out), as_float16(vc_out));
     }
     F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
-                  int head_dim, float scale, int window) {
+                  int head_dim, float scale, int window, float softcap) {
         const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
         need(window >= 0, "window must be >= 0 (0: no sliding window)");
+        need(softcap >= 0.0f && std::isfinite(softcap), "softcap must be >= 0 and finite (0: none)");
         need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
         need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
         need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");
@@ -173,7 +181,7 @@ public:
         need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
         Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
                V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
-        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale, window}); });
+        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale, window, softcap}); });
         return download(Y);
     }
     F32 silu_mul(const F32& g, const F32& u) {
@@ -181,6 +189,29 @@ public:
         Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
         run([&] { be_->silu_mul(Y, G, U); });
         return download(Y);
+    }
+    F32 add_rms_norm(const F32& x, const F32& y, const F32& w, float eps) {  // x + rms_norm(y) * w
+        need(x.size() == y.size() && w.size() == cols_of(y), "x and y must have one shape, w y's column count");
+        Tensor X = f32(x), Y = f32(y), W = f32(w);
+        run([&] { be_->add_rms_norm(X, Y, W, eps); });
+        return download(X);
+    }
+    F32 gelu_mul(const F32& g, const F32& u) {
+        need(g.size() == u.size(), "gate and up must have the same shape");
+        Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
+        run([&] { be_->gelu_mul(Y, G, U); });
+        return download(Y);
+    }
+    F32 scale(const F32& x, float s) {  // x * s (in place on the device)
+        Tensor X = f32(x);
+        run([&] { be_->scale(X, s); });
+        return download(X);
+    }
+    F32 softcap(const F32& x, float cap) {  // cap * tanh(x / cap) (in place on the device)
+        need(cap > 0.0f && std::isfinite(cap), "cap must be positive and finite");
+        Tensor X = f32(x);
+        run([&] { be_->softcap(X, cap); });
+        return download(X);
     }
     F32 add(const F32& a, const F32& b) {
         need(a.size() == b.size(), "a and b must have the same shape");
@@ -258,6 +289,8 @@ void bind_ops(py::module_& m) {
              py::arg("x"), py::arg("out"))
         .def("matmul_swiglu", &Ops::matmul_swiglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
              py::arg("cols"), py::arg("x"))
+        .def("matmul_geglu", &Ops::matmul_geglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
+             py::arg("cols"), py::arg("x"))
         .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("ids"))
         .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
@@ -267,8 +300,13 @@ void bind_ops(py::module_& m) {
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f)
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
-             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0)
+             py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
+             py::arg("softcap") = 0.0f)
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
+        .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
+        .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
+        .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
+        .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
         .def("argmax", &Ops::argmax, py::arg("x"))
         .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))

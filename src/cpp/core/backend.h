@@ -39,6 +39,8 @@ struct AttentionParams {
     float scale = 1.0f;    // usually 1/sqrt(head_dim)
     int window = 0;        // > 0: sliding-window attention, the query at position p sees keys
                            // p - window + 1 .. p (Mistral); 0: all keys 0 .. p
+    float softcap = 0.0f;  // > 0: each score s = scale * q.k becomes softcap * tanh(s / softcap)
+                           // before the softmax (Gemma 2's attention-logit soft-capping); 0: none
 };
 
 class Backend {
@@ -89,8 +91,22 @@ public:
         matmul_many(outs, ws, 2, x);
         silu_mul(out, out, scratch);
     }
+    // out = gelu_tanh(w_gate x^T) * (w_up x^T): the first half of a GeGLU feed-forward (Gemma).
+    // Shapes and scratch as matmul_swiglu.
+    virtual void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                              const Tensor& scratch) {
+        const Tensor outs[2] = {out, scratch}, ws[2] = {w_gate, w_up};
+        matmul_many(outs, ws, 2, x);
+        gelu_mul(out, out, scratch);
+    }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
     virtual void add_bias(const Tensor& x, const Tensor& b) = 0;
+    // x += rms_norm(y) * w: a post-norm with its residual add (Gemma's sandwich norms), where the
+    // fused projection-and-add cannot go.  x, y [n, dim]; w f32 [dim]; y may be overwritten.
+    virtual void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+        rms_norm(y, y, w, eps);
+        add(x, x, y);
+    }
     // RMSNorm over each head of x, in place, before RoPE (Qwen3's QK-norm): x viewed as
     // [n * heads, head_dim] rows, each row r of it x[r] / sqrt(mean(x[r]^2) + eps) * w.
     // x f32 [n, heads * head_dim], rows contiguous; w f32 [head_dim]. The rows of a head are
@@ -116,6 +132,13 @@ public:
     virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
     // out = a + b, elementwise (out may alias a)                      all [n, dim]
     virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+    // out = gelu_tanh(gate) * up, elementwise (GeGLU: Gemma's feed-forward), with
+    // gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))        all [n, dim]
+    virtual void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+    // x *= s, in place (Gemma's embeddings times sqrt(dim))             x [n, dim]
+    virtual void scale(const Tensor& x, float s) = 0;
+    // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]
+    virtual void softcap(const Tensor& x, float cap) = 0;
     // out[i] = argmax_j x[i, j] (first index on ties)                 x [n, vocab]; out i32 [n]
     virtual void argmax(const Tensor& out, const Tensor& x) = 0;
 

@@ -2,13 +2,15 @@
 // per-layer attention settings (window, RoPE table) later families vary.
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <vector>
 
 namespace forgert {
 
 struct ModelConfig {
-    std::string arch;       // "llama", "qwen2" (QKV bias) or "qwen3" (RMSNorm on each head of Q and K)
+    std::string arch;       // "llama", "qwen2" (QKV bias), "qwen3" (QK-norm), "gemma2" / "gemma3" (post-norms;
+                            // gemma3: QK-norm)
     int n_layers = 0;
     int dim = 0;            // residual stream width
     int n_heads = 0;
@@ -45,6 +47,15 @@ struct ModelConfig {
     int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
     int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }
     int rope_table_of(int layer) const { return layer_rope.empty() ? 0 : layer_rope[layer]; }
+
+    // Gemma 2 / 3 (arch "gemma2", "gemma3"): the settings Llama leaves at their defaults.
+    float embed_scale = 1.0f;     // embeddings times this (Gemma: sqrt(dim), in the embedding dtype)
+    float attn_scale = 0.0f;      // attention score scale; 0: 1 / sqrt(head_dim) (Gemma: query_pre_attn_scalar^-0.5)
+    float attn_softcap = 0.0f;    // > 0: scores soft-capped, cap * tanh(s / cap) (Gemma 2: 50)
+    float final_softcap = 0.0f;   // > 0: logits soft-capped the same way (Gemma 2: 30)
+    bool ffn_gelu = false;        // feed-forward gate activation: tanh-GELU (GeGLU) instead of SiLU
+    bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }
+    float attention_scale() const { return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt((float)head_dim); }
 
     // Valid (and int-sized) only after validate() has bounded the fields.
     int q_dim() const { return n_heads * head_dim; }

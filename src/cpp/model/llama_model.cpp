@@ -74,15 +74,25 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
     const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
     be.write(ids, tokens, (size_t)n * sizeof(int32_t));
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
-           v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n);
+           v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
+           gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
 
     be.get_rows(x, w_.token_embd, ids);
+    if (cfg_.embed_scale != 1.0f) be.scale(x, cfg_.embed_scale);  // Gemma: embeddings times sqrt(dim)
     if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
     const double t1 = profiling_ ? now_s() : 0;
 
     RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox, cfg_.rope_dim, false,
                     cfg_.rope_attn_factor};
-    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, 1.0f / std::sqrt((float)cfg_.head_dim), 0};
+    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.attention_scale(), 0, cfg_.attn_softcap};
+    // x += w in, through the fused projection-and-add; a post-norm (Gemma's sandwich) sits
+    // between the projection and the add, so there the projection goes to scratch first and
+    // the norm carries the add.
+    auto add_projection = [&](const Tensor& w, const Tensor& in, const Tensor& post_norm) {
+        if (!post_norm.rows) return be.matmul_add(x, w, in, proj);
+        be.matmul(proj, w, in);
+        be.add_rms_norm(x, proj, post_norm, cfg_.rms_eps);  // x += rms_norm(proj) * post_norm
+    };
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
         // attention block
@@ -93,31 +103,32 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
         if (L.bv.rows) be.add_bias(v, L.bv);
-        if (L.q_norm.rows) be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);  // Qwen3: each head normalised before RoPE
+        if (L.q_norm.rows) be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);  // QK-norm: each head normalised before RoPE
         if (L.k_norm.rows) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
         const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
         rp.nope = table < 0;
         be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_.slice_rows(std::max(table, 0), 1), pos, rp);
         ap.window = cfg_.window_of(l);
         be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
-        be.matmul_add(x, L.wo, att, proj);  // x += wo att
+        add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
-        feed_forward(L, x, xn, n);
+        if (cfg_.is_moe())
+            moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
+        else if (cfg_.ffn_gelu)
+            be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
+        else
+            be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
+        if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
 }
 
-void LlamaModel::feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n) {
+void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n) {
     Backend& be = *be_;
     const Tensor gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n), proj = proj_.slice_rows(0, n);
-    if (!cfg_.is_moe()) {
-        be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
-        be.matmul_add(x, L.w_down, gate, proj);             // x += w_down gate
-        return;
-    }
     const int k = cfg_.n_expert_used, ne = cfg_.n_expert;
     const Tensor logits = router_logits_.slice_rows(0, n), ids = route_ids_.slice_rows(0, n),
                  w = route_w_.slice_rows(0, n), eg = exp_gate_.slice_rows(0, (int64_t)n * k),
@@ -165,6 +176,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         Tensor out = logits_.slice_rows(0, nr);
         be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
         be_->matmul(out, w_.output, hn);
+        if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
         be_->commit();
         be_->wait();
         be_->read(logits + (all_logits ? (size_t)done * cfg_.vocab : 0), out, (size_t)nr * cfg_.vocab * sizeof(float));
@@ -189,6 +201,7 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     Tensor h = x_.slice_rows(m - 1, 1), hn = xn_.slice_rows(m - 1, 1), out = logits_.slice_rows(0, 1);
     be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
     be_->matmul(out, w_.output, hn);
+    if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
     be_->argmax(argmax_, out);
     be_->commit();
     be_->wait();

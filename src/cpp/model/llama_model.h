@@ -48,8 +48,9 @@ private:
     void check_input(const int32_t* tokens, int n, int pos) const;
     // One pass of n <= max_batch tokens; leaves the final hidden states in xn_.
     void run_layers(const int32_t* tokens, int n, int pos);
-    // x += the feed-forward of xn: dense SwiGLU, or routed experts (plus a shared one).  x, xn [n, dim]
-    void feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
+    // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
+    // shared expert where the config has one.                                          x, xn [n, dim]
+    void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
 
     ModelConfig cfg_;
     std::unique_ptr<Backend> be_;  // declared before everything it allocated: destroyed last

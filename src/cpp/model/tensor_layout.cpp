@@ -7,7 +7,8 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     const int64_t hd = cfg.head_dim;
     const bool qkv_bias_required = cfg.arch == "qwen2";
     const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3";  // attention_bias=true checkpoints
-    const bool qk_norm = cfg.arch == "qwen3";
+    const bool post_norms = cfg.is_gemma();       // sandwich norms around attention and feed-forward
+    const bool qk_norm = cfg.arch == "qwen3" || cfg.arch == "gemma3";  // RMSNorm of each head of Q and K
     std::vector<TensorSpec> out = {
         {"token_embd.weight", cfg.vocab, dim, true, false},
         {"output_norm.weight", 1, dim, true, true},
@@ -28,11 +29,13 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         }
         out.push_back({p + "attn_output.weight", dim, q, true, false});
         if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, false, true});
+        if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
         out.push_back({p + "ffn_norm.weight", 1, dim, true, true});
         if (!cfg.is_moe()) {
             out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
+            if (post_norms) out.push_back({p + "post_ffw_norm.weight", 1, dim, true, true});
             continue;
         }
         const int64_t ne = cfg.n_expert, eff = cfg.expert_ffn_dim, sh = cfg.shared_ffn_dim;

@@ -34,8 +34,8 @@ void ModelConfig::validate() const {
         need(v >= lo && v <= hi, std::string(field) + " = " + std::to_string(v) + " is outside " +
                                      std::to_string(lo) + ".." + std::to_string(hi));
     };
-    need(arch == "llama" || arch == "qwen2" || arch == "qwen3",
-         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3)");
+    need(arch == "llama" || arch == "qwen2" || arch == "qwen3" || is_gemma(),
+         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3, gemma2, gemma3)");
     in_range("n_layers", n_layers, 1, kMaxLayers);
     in_range("dim", dim, 1, kMaxDim);
     in_range("n_heads", n_heads, 1, kMaxHeads);
@@ -81,6 +81,14 @@ void ModelConfig::validate() const {
     need(layer_window.empty() || (int64_t)layer_window.size() == n_layers,
          "layer_window has " + std::to_string(layer_window.size()) + " entries for " + std::to_string(n_layers) +
              " layers");
+    auto finite_at_least = [&](const char* field, float v, float lo) {
+        need(std::isfinite(v) && v >= lo, std::string(field) + " = " + std::to_string(v) + " must be a finite number >= " +
+                                              std::to_string(lo));
+    };
+    finite_at_least("embed_scale", embed_scale, 0.0f);
+    finite_at_least("attn_scale", attn_scale, 0.0f);
+    finite_at_least("attn_softcap", attn_softcap, 0.0f);
+    finite_at_least("final_softcap", final_softcap, 0.0f);
     for (size_t l = 0; l < layer_window.size(); l++)
         need(layer_window[l] >= 0, "layer_window[" + std::to_string(l) + "] = " + std::to_string(layer_window[l]) +
                                        " must be >= 0 (0: full attention)");
@@ -275,7 +283,9 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.k_norm = at(p + "attn_k_norm.weight");
         L.wo = at(p + "attn_output.weight");
         L.bo = at(p + "attn_output.bias");
+        L.attn_post_norm = at(p + "post_attention_norm.weight");
         L.ffn_norm = at(p + "ffn_norm.weight");
+        L.ffn_post_norm = at(p + "post_ffw_norm.weight");
         L.w_gate = at(p + "ffn_gate.weight");
         L.w_up = at(p + "ffn_up.weight");
         L.w_down = at(p + "ffn_down.weight");

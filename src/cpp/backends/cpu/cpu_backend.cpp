@@ -64,6 +64,14 @@ void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& 
 }
 
 void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    rms_norm_rows(out, x, w, eps, false);
+}
+
+void CpuBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+    rms_norm_rows(x, y, w, eps, true);
+}
+
+void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
     const int64_t dim = x.cols;
     const float* wv = w.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
@@ -73,7 +81,10 @@ void CpuBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, f
             double ss = 0.0;  // double: rows of thousands of squares stay exact enough for 1e-6 agreement
             for (int64_t c = 0; c < dim; c++) ss += (double)xr[c] * xr[c];
             const float scale = (float)(1.0 / std::sqrt(ss / dim + eps));
-            for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
+            if (accumulate)
+                for (int64_t c = 0; c < dim; c++) yr[c] += xr[c] * scale * wv[c];
+            else
+                for (int64_t c = 0; c < dim; c++) yr[c] = xr[c] * scale * wv[c];
         }
     });
 }
@@ -288,7 +299,8 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         nq++;
                     }
                 }
-                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), nullptr);
+                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
+                                   nullptr);
             }
         }
     });
@@ -325,7 +337,7 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
             }
             const uint16_t* kp = row_f16(k_cache, k0) + kvh * hd;
             const uint16_t* vp = row_f16(v_cache, k0) + kvh * hd;
-            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, scratch_[ith].data(), lse);
+            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(), lse);
         }
     });
     // out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): the softmax over all
@@ -368,6 +380,36 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
         const float* br = row_f32(b, r);
         float* o = row_f32(out, r);
         for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
+    }
+}
+
+void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    const int64_t cols = out.cols;
+    if (out.rows == 1) {  // decode: split the one row, as silu_mul
+        pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
+            k_.gelu_mul_row(row_f32(gate, 0) + c0, row_f32(up, 0) + c0, row_f32(out, 0) + c0, c1 - c0);
+        });
+        return;
+    }
+    pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) k_.gelu_mul_row(row_f32(gate, r), row_f32(up, r), row_f32(out, r), cols);
+    });
+}
+
+void CpuBackend::scale(const Tensor& x, float s) {
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
+    }
+}
+
+void CpuBackend::softcap(const Tensor& x, float cap) {
+    const float inv = 1.0f / cap;
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; c++) xr[c] = cap * std::tanh(xr[c] * inv);
+        });
     }
 }
 

@@ -24,6 +24,7 @@ public:
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
     void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
@@ -33,6 +34,9 @@ public:
                    const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+    void scale(const Tensor& x, float s) override;
+    void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
     // Mixture of experts (cpu_moe.cpp).
@@ -43,6 +47,8 @@ public:
     void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
 
 private:
+    // out = rms_norm(x) * w, or out += it with accumulate.
+    void rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
     // Decode attention with the keys of each KV head split into n_splits ranges (more work
     // items than KV heads, so every thread gets some), merged by their log-sum-exps.
     void attention_split_keys(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

@@ -55,11 +55,14 @@ struct KernelSet {
     // online softmax over key chunks; `work` holds attention_work_floats(hd) floats.
     // With lse != nullptr also lse[i] = log(sum of query i's exp-scores) (the log-sum-exp),
     // so that results over disjoint key ranges can be merged (split-K decode).
+    // softcap > 0: each score s becomes softcap * tanh(s / softcap) before the softmax (Gemma 2).
     void (*attention_group)(const float* const* q, float* const* out, const int64_t* len, int nq,
                             const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
-                            float* work, float* lse);
+                            float softcap, float* work, float* lse);
     // y[i] = silu(g[i]) * u[i]
     void (*silu_mul_row)(const float* g, const float* u, float* y, int64_t n);
+    // y[i] = gelu_tanh(g[i]) * u[i] (GeGLU), gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+    void (*gelu_mul_row)(const float* g, const float* u, float* y, int64_t n);
 };
 
 constexpr int kMaxHeadDim = 256;

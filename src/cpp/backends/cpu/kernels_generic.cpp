@@ -8,7 +8,7 @@ const KernelSet* kernels_generic() {
     static const KernelSet set = {
         "generic", quantize_row_q8_scalar, gemm_q_scalar, gemm_f_scalar, nullptr, 0,
         f16_to_f32_row_scalar, f32_to_f16_row_scalar, dot_f32_f16_scalar, axpy_f16_scalar,
-        attention_group_scalar, silu_mul_row_scalar,
+        attention_group_scalar, silu_mul_row_scalar, gelu_mul_row_scalar,
     };
     return &set;
 }

@@ -365,8 +365,9 @@ struct NeonAttentionOps : ScalarAttentionOps {
 };
 
 void attention_group(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work, float* lse) {
-    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work, lse);
+                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
+                     float* lse) {
+    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
 }
 
 }  // namespace
@@ -374,7 +375,7 @@ void attention_group(const float* const* q, float* const* out, const int64_t* le
 const KernelSet* kernels_neon() {
     static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
-                                  attention_group,    silu_mul_row_scalar};
+                                  attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar};
     return &set;
 }
 

@@ -197,6 +197,19 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
     for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+inline void gelu_mul_row_scalar(const float* g, const float* u, float* y, int64_t n) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0.5f * g[i] * (1.0f + std::tanh(kSqrt2OverPi * (g[i] + 0.044715f * g[i] * g[i] * g[i]))) * u[i];
+}
+
+// s = cap * tanh(s / cap) over a block's scores (rows kAttnChunk apart), Gemma 2's soft-capping.
+inline void soft_cap_scores(float* s, int nq, int64_t nk, float cap) {
+    const float inv = 1.0f / cap;
+    for (int i = 0; i < nq; i++)
+        for (int64_t j = 0; j < nk; j++) s[i * kAttnChunk + j] = cap * std::tanh(s[i * kAttnChunk + j] * inv);
+}
+
 // Online-softmax attention shared by every kernel set: `Ops` supplies the
 // inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
 // Ops supplies: kQueryBlock (queries scored together), load_keys (a chunk of K rows to
@@ -204,7 +217,8 @@ inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_
 // keys, rows kAttnChunk apart), exp_sub and weighted_sum.
 template <class Ops>
 void attention_group_impl(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float* work, float* lse) {
+                          const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
+                          float* lse) {
     constexpr int QB = Ops::kQueryBlock;
     static_assert(QB <= kMaxQueryBlock, "attention work buffer");
     float* kf = work;                       // [kAttnChunk, hd], layout of Ops::load_keys
@@ -230,6 +244,7 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
             for (int i = i0; i < i0 + nb; i++) block_keys = std::max(block_keys, std::min<int64_t>(nj, len[i] - j0));
             if (block_keys <= 0) continue;
             Ops::scores(q + i0, nb, kf, block_keys, hd, scale, s);
+            if (softcap > 0.0f) soft_cap_scores(s, nb, block_keys, softcap);
             float corrections[kMaxQueryBlock];
             for (int i = i0; i < i0 + nb; i++) {
                 const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
@@ -307,8 +322,8 @@ struct ScalarAttentionOps {
 
 inline void attention_group_scalar(const float* const* q, float* const* out, const int64_t* len, int nq,
                                    const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
-                                   float* work, float* lse) {
-    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, work, lse);
+                                   float softcap, float* work, float* lse) {
+    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
 }
 
 }  // namespace

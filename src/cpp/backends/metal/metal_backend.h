@@ -37,17 +37,23 @@ public:
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
     void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                        const Tensor& scratch) override;
+    void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                      const Tensor& scratch) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, int pos0, const RopeKvParams& p) override;
     void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
                    const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+    void scale(const Tensor& x, float s) override;
+    void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
     // Mixture of experts: router top-k, expert GEMV and weighted sum, all on the device.
@@ -81,6 +87,13 @@ private:
     // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32 or add_f32.
     void encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name, const Tensor& out,
                        const Tensor& a, const Tensor& b);
+    // Decode: the gate and up projections and the activation in one mul_mv_swiglu pass
+    // (gelu: GeGLU); false where that kernel does not apply (the caller falls back).
+    bool encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x, bool gelu);
+    // out = rms_norm(x) * w, or out += it with accumulate: rms_norm_f32.
+    void encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
+    // x = f(x, value) in place over [n, dim] rows: scale_f32 or softcap_f32.
+    void encode_unary(const char* kernel, const Tensor& x, float value);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
     // The same for matmul_id's slots grouped by expert (moe_group_i32's output).

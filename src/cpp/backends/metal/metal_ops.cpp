@@ -3,6 +3,7 @@
 // every Apple GPU allows: <= 1024 threads per threadgroup, simdgroups of 32,
 // <= 32 KB of threadgroup memory.
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "backends/metal/metal_backend.h"
@@ -143,18 +144,31 @@ void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& 
 
 // Decode: one GEMV pass over x computes the gate and up rows together and stores
 // silu(gate) * up. Prefill keeps two GEMMs and the elementwise kernel.
-void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                 const Tensor& scratch) {
-    need_matmul_shapes(out, w_gate, x, "matmul_swiglu");
-    need_matmul_shapes(out, w_up, x, "matmul_swiglu");
+bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                    bool gelu) {
+    const char* op = gelu ? "matmul_geglu" : "matmul_swiglu";
+    need_matmul_shapes(out, w_gate, x, op);
+    need_matmul_shapes(out, w_up, x, op);
     // One args struct serves both weights: they must agree in type, stride and alignment.
-    const mul_mv_args a = make_mul_mv_args(out, w_gate, x, false);
+    mul_mv_args a = make_mul_mv_args(out, w_gate, x, false);
     const bool fused = x.rows < kMulMmMinTokens && w_gate.type == w_up.type && w_gate.stride == w_up.stride &&
                        a.w_vec4 == make_mul_mv_args(out, w_up, x, false).w_vec4;
-    if (!fused) return Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+    if (!fused) return false;
+    a.gelu = gelu ? 1 : 0;
     encode(std::string("mul_mv_swiglu_") + weight_suffix(w_gate.type), &a, sizeof a,
            {reads(w_gate), reads(x), writes(out), reads(w_up)},
            {ceil_div(w_gate.rows, FG_MV_ROWS_PER_TG), (uint32_t)x.rows, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+    return true;
+}
+
+void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                 const Tensor& scratch) {
+    if (!encode_fused_glu(out, w_gate, w_up, x, false)) Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+}
+
+void MetalBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                const Tensor& scratch) {
+    if (!encode_fused_glu(out, w_gate, w_up, x, true)) Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
 }
 
 void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
@@ -177,6 +191,14 @@ void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor
 }
 
 void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    encode_rms_norm(out, x, w, eps, false);
+}
+
+void MetalBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
+    encode_rms_norm(x, y, w, eps, true);
+}
+
+void MetalBackend::encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
     need(x.cols > 0, "rms_norm", "empty rows");
     need_f32_rows(x, "rms_norm", "x", x.rows, x.cols);
     need_f32_rows(out, "rms_norm", "out", x.rows, x.cols);
@@ -186,6 +208,7 @@ void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w,
     a.out_stride = out.stride;
     a.dim = (int32_t)x.cols;
     a.eps = eps;
+    a.accumulate = accumulate ? 1 : 0;
     const uint32_t threads = std::min<uint32_t>(thread_cap("rms_norm_f32"), round_up_simd(x.cols));
     encode("rms_norm_f32", &a, sizeof a, {reads(x), reads(w), writes(out)}, {(uint32_t)x.rows, 1, 1},
            {threads, 1, 1}, FG_SIMD_WIDTH * sizeof(float));
@@ -260,6 +283,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     if (n == 0) return;
 
     need(p.window >= 0, "attention", "negative window");
+    need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
     // Split each query's keys so that (splits x heads x queries) fills the GPU. A query
     // sees at most `span` keys (its window); the splits of shorter ones stay empty.
     const int64_t kv_max = pos0 + n;
@@ -288,6 +312,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         a.tile_keys = std::min(64, FG_ATTN_TILE_HALFS / p.head_dim);
         a.scale = p.scale;
         a.window = p.window;
+        a.softcap = p.softcap;
         encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out)},
                {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
@@ -306,6 +331,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.split_len = (int32_t)split_len;
     a.scale = p.scale;
     a.window = p.window;
+    a.softcap = p.softcap;
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
@@ -352,6 +378,27 @@ void MetalBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor&
 
 void MetalBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     encode_binary("add_f32", "add", "a", "b", out, a, b);
+}
+
+void MetalBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    encode_binary("gelu_mul_f32", "gelu_mul", "gate", "up", out, gate, up);
+}
+
+void MetalBackend::encode_unary(const char* kernel, const Tensor& x, float value) {
+    need_f32_rows(x, kernel, "x", x.rows, x.cols);
+    unary_args a{};
+    a.x_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    a.value = value;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode(kernel, &a, sizeof a, {writes(x)}, {ceil_div(x.cols, threads), (uint32_t)x.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::scale(const Tensor& x, float s) { encode_unary("scale_f32", x, s); }
+
+void MetalBackend::softcap(const Tensor& x, float cap) {
+    need(cap > 0.0f && std::isfinite(cap), "softcap", "cap must be positive and finite");
+    encode_unary("softcap_f32", x, cap);
 }
 
 void MetalBackend::argmax(const Tensor& out, const Tensor& x) {

@@ -1,0 +1,141 @@
+"""llama.cpp's quantization mixes (src/llama-quant.cpp, llama_tensor_get_type): which weight type
+each matrix of a Llama-family model gets under each `forgert quantize --type`, and the file's
+`general.file_type` (LLAMA_FTYPE_*), so a file has the size and quality llama.cpp's would.
+
+A mix has a default type for most matrices and promotes the sensitive ones: the output matrix
+(and tied token embeddings, which serve as it) to Q6_K, some layers' attn_v / ffn_down /
+attn_output to more bits. Layers are counted as llama.cpp counts them: attn_v and ffn_down
+tensors in the order they are planned, which gguf_export makes llama.cpp's (by layer number). A matrix whose rows are not whole blocks of its type
+falls back as llama.cpp's tensor_type_fallback does (Q4_K -> Q5_0, Q6_K -> Q8_0, IQ4_XS ->
+IQ4_NL, ...; F16 if even that does not fit). Only the dense-model rules are here: forgert runs no
+mixture-of-experts or Falcon models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ggml_types import (F16, F32, GGML_TYPES, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,
+                         Q6_K, Q8_0)
+
+
+@dataclass(frozen=True)
+class Mix:
+    file_type: int      # general.file_type (llama.h LLAMA_FTYPE_MOSTLY_*)
+    default: int        # the ggml type of matrices no rule promotes
+
+
+MIXES = {
+    "f32": Mix(0, F32), "f16": Mix(1, F16), "q4_0": Mix(2, Q4_0), "q4_1": Mix(3, Q4_1), "q8_0": Mix(7, Q8_0),
+    "q5_0": Mix(8, Q5_0), "q5_1": Mix(9, Q5_1), "q2_k": Mix(10, Q2_K), "q3_k_s": Mix(11, Q3_K),
+    "q3_k_m": Mix(12, Q3_K), "q3_k_l": Mix(13, Q3_K), "q4_k_s": Mix(14, Q4_K), "q4_k_m": Mix(15, Q4_K),
+    "q5_k_s": Mix(16, Q5_K), "q5_k_m": Mix(17, Q5_K), "q6_k": Mix(18, Q6_K), "iq4_nl": Mix(25, IQ4_NL),
+    "iq4_xs": Mix(30, IQ4_XS),
+}
+
+# tensor_type_fallback: a type whose blocks do not divide the row -> one with 32-weight blocks
+_FALLBACK = {Q2_K: Q4_0, Q3_K: Q4_0, Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0, IQ4_XS: IQ4_NL}
+
+
+def block_size(type_id: int) -> int:
+    return GGML_TYPES[type_id][1]
+
+
+def fits(type_id: int, cols: int) -> bool:
+    return cols % block_size(type_id) == 0
+
+
+def fallback(type_id: int, cols: int) -> int:
+    """The type llama.cpp writes when rows of `cols` weights are not whole blocks of type_id."""
+    if fits(type_id, cols):
+        return type_id
+    smaller = _FALLBACK.get(type_id, type_id)
+    return smaller if fits(smaller, cols) else F16
+
+
+def category(name: str) -> str:
+    """llama.cpp's tensor_get_category, for the tensor names of dense models."""
+    if name == "output.weight":
+        return "output"
+    if name == "token_embd.weight":
+        return "token_embd"
+    for part, cat in (("attn_qkv.weight", "attn_v"), ("attn_v.weight", "attn_v"), ("attn_k.weight", "attn_k"),
+                      ("attn_q.weight", "attn_q"), ("attn_output.weight", "attn_output"), ("ffn_up", "ffn_up"),
+                      ("ffn_gate", "ffn_gate"), ("ffn_down", "ffn_down")):
+        if part in name:
+            return cat
+    return "other"
+
+
+def _use_more_bits(i: int, n: int) -> bool:
+    """The first and last eighth of the layers, and every third one between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+class MixPlanner:
+    """type_for(name, cols) for each matrix of a model, called in llama.cpp's order (by layer).
+
+    names: every tensor name of the model (whether output.weight exists decides whether the
+    token embeddings are tied). n_gqa: attention heads per KV head. large_70b: llama.cpp's
+    LLM_TYPE_70B (its 80-layer Llama 2/3 and Qwen2), whose attn_v gets Q5_K over Q3_K / Q4_K."""
+
+    def __init__(self, mix: str, names, n_layers: int, n_gqa: int, large_70b: bool = False, pure: bool = False):
+        if mix not in MIXES:
+            raise ValueError(f"unknown mix {mix!r}; one of {', '.join(MIXES)}")
+        self.mix, self.default = mix, MIXES[mix].default
+        self.n_layers, self.n_gqa, self.large_70b, self.pure = n_layers, n_gqa, large_70b, pure
+        names = list(names)
+        self.tied = "output.weight" not in names
+        self.n_attn_v = sum(category(n) == "attn_v" for n in names)
+        self.i_attn_v = self.i_ffn_down = 0
+
+    def type_for(self, name: str, cols: int) -> int:
+        if self.default in (F32, F16):
+            return self.default
+        t = self.default if self.pure else self._rule(name, cols)
+        return fallback(t, cols)
+
+    def _rule(self, name: str, cols: int) -> int:
+        mix, t, cat = self.mix, self.default, category(name)
+        if cat == "output" or (self.tied and cat == "token_embd"):
+            if not fits(t, cols):
+                return Q8_0
+            return Q6_K if t != Q8_0 else Q8_0
+        if cat == "attn_v":
+            i, n = self.i_attn_v, self.n_attn_v
+            self.i_attn_v += 1
+            if mix == "q2_k":
+                t = Q4_K if self.n_gqa >= 4 else Q3_K
+            elif mix == "q3_k_m":
+                t = Q5_K if i < 2 else Q4_K
+            elif mix == "q3_k_l":
+                t = Q5_K
+            elif mix in ("iq4_nl", "iq4_xs") and self.n_gqa >= 4:
+                t = Q5_K
+            elif mix in ("q4_k_m", "q5_k_m") and _use_more_bits(i, n):
+                t = Q6_K
+            elif mix == "q4_k_s" and i < 4:
+                t = Q5_K
+            if self.large_70b and t in (Q3_K, Q4_K):
+                t = Q5_K
+            return t
+        if cat == "ffn_down":
+            i, n = self.i_ffn_down, self.n_layers
+            self.i_ffn_down += 1
+            if mix == "q2_k":
+                return Q3_K
+            if mix == "q3_k_m":
+                return Q5_K if i < n // 16 else Q4_K
+            if mix == "q3_k_l":
+                return Q5_K
+            if mix == "q4_k_m":
+                return Q6_K if _use_more_bits(i, n) else t
+            if mix in ("iq4_nl", "iq4_xs"):     # no importance matrix
+                return Q5_K if i < n // 8 else t
+            if mix == "q5_k_m":
+                return Q6_K if _use_more_bits(i, n) else t
+            if mix == "q4_k_s":
+                return Q5_K if i < n // 8 else t
+            return t
+        if cat == "attn_output":
+            return {"q2_k": Q3_K, "q3_k_m": Q4_K, "q3_k_l": Q5_K}.get(mix, t)
+        return t
