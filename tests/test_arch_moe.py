@@ -205,3 +205,32 @@ def test_greedy_tokens_equal_on_cpu_and_metal(forgert, mixtral, metal_reason):
                                                                         ignore_eos=True).tokens
               for b in ("cpu", "metal")]
     assert tokens[0] == tokens[1]
+
+
+def test_experts_split_across_shards(forgert, mixtral, metal_reason, tmp_path):
+    """HF shards may split one layer's experts across files: the CPU reads them as they lie
+    (logits equal to the one-file directory's); Metal, whose kernels find expert e at one stride
+    from expert 0, refuses the model by name when it is opened."""
+    import json
+    import shutil
+    from safetensors.numpy import save_file
+    files, _, vocab = mixtral("mixtral-4x-top2")
+    d = tmp_path / "sharded"
+    shutil.copytree(files["hf-F32"], d)
+    (d / "model.safetensors").unlink()
+    sd = moe.hf_tensors(files["hf-F32"])
+    late = {k for k in sd if ".experts.2." in k or ".experts.3." in k}
+    shards = {"model-00001-of-00002.safetensors": {k: v for k, v in sd.items() if k not in late},
+              "model-00002-of-00002.safetensors": {k: v for k, v in sd.items() if k in late}}
+    for name, part in shards.items():
+        save_file(part, str(d / name), metadata={"format": "pt"})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, part in shards.items() for k in part}}))
+    ids = ids_for(vocab, 20, 6)
+    whole = np.asarray(forgert.Model(str(files["hf-F32"]), backend="cpu")._engine.forward(ids, 0, True))
+    split = np.asarray(forgert.Model(str(d), backend="cpu")._engine.forward(ids, 0, True))
+    np.testing.assert_array_equal(split, whole)   # the same weights through the same kernels
+    require_backend("metal", metal_reason)
+    with pytest.raises(ValueError, match=r"metal backend cannot read blk\.0\.ffn_gate_exps\.weight: expert 2 lies in "
+                                         r"another file than expert 0"):
+        forgert.Model(str(d), backend="metal")

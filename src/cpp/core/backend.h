@@ -144,6 +144,8 @@ public:
 
     // --- mixture of experts (a backend without them refuses MoE models by name) ---
     virtual bool has_moe_ops() const { return false; }
+    // Why matmul_id cannot read this expert stack, or "" when it can (checked once at load).
+    virtual std::string expert_stack_problem(const Tensor* experts, int n_expert) const { return ""; }
     // The router after its matmul: per token i, p = softmax(logits[i, :]); ids[i, :] = the
     // k = ids.cols experts of largest p, largest first (the lower id first on ties);
     // weights[i, j] = p[ids[i, j]], divided by the k weights' sum when renormalize (which is

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 namespace forgert {
 
@@ -34,6 +35,18 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     up_ = tensor(DType::F32, B, dense_ffn);
     if (cfg_.is_moe()) {
         if (!be_->has_moe_ops()) throw InputError("the " + be_->name() + " backend cannot run mixture-of-experts models yet");
+        for (int l = 0; l < cfg_.n_layers; l++) {
+            const LayerWeights& L = w_.layers[l];
+            const std::pair<const char*, const std::vector<Tensor>*> stacks[3] = {
+                {"ffn_gate_exps", &L.gate_exps}, {"ffn_up_exps", &L.up_exps}, {"ffn_down_exps", &L.down_exps}};
+            for (auto& [name, s] : stacks) {
+                const std::string why = be_->expert_stack_problem(s->data(), (int)s->size());
+                if (!why.empty())
+                    throw InputError("the " + be_->name() + " backend cannot read blk." + std::to_string(l) + "." + name +
+                                     ".weight: " + why + " (it needs each stack's experts at one stride in one file; "
+                                     "the cpu backend has no such need)");
+            }
+        }
         const int k = cfg_.n_expert_used;
         router_logits_ = tensor(DType::F32, B, cfg_.n_expert);
         route_ids_ = tensor(DType::I32, B, k);

@@ -445,6 +445,20 @@ void MetalBackend::moe_route(const Tensor& weights, const Tensor& ids, const Ten
 // The experts must lie at one stride in one buffer (GGUF's 3-D stacks; HF's per-expert tensors
 // as safetensors stores them, interleaved with the other stacks' experts): the kernel finds
 // expert e at w + e * expert_stride.
+std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expert) const {
+    const Tensor& w0 = experts[0];
+    const size_t stride = n_expert > 1 ? experts[1].offset - w0.offset : 0;
+    for (int e = 1; e < n_expert; e++) {
+        const Tensor& we = experts[e];
+        if (we.buf != w0.buf) return "expert " + std::to_string(e) + " lies in another file than expert 0";
+        if (we.type != w0.type || we.rows != w0.rows || we.cols != w0.cols || we.stride != w0.stride)
+            return "expert " + std::to_string(e) + " differs from expert 0 in type or shape";
+        if (we.offset <= w0.offset || we.offset != w0.offset + e * stride)
+            return "the experts are not evenly spaced in their file";
+    }
+    return "";
+}
+
 void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
                              const Tensor& ids) {
     need(n_expert >= 1 && experts != nullptr, "matmul_id", "no experts");
@@ -455,12 +469,8 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
     need_f32_rows(out, "matmul_id", "out", n * k, w0.rows);
     need_i32_rows(ids, "matmul_id", "ids", n, k);
     const size_t expert_stride = n_expert > 1 ? experts[1].offset - w0.offset : 0;
-    for (int e = 0; e < n_expert; e++) {
-        const Tensor& we = experts[e];
-        need(we.buf == w0.buf && we.type == w0.type && we.rows == w0.rows && we.cols == w0.cols &&
-                 we.stride == w0.stride && we.offset == w0.offset + e * expert_stride,
-             "matmul_id", "the experts must be matrices of one type and shape at one stride in one buffer");
-    }
+    const std::string why = expert_stack_problem(experts, n_expert);
+    need(why.empty(), "matmul_id", why);
     const Binding stack{w0.buf, w0.offset, (n_expert - 1) * expert_stride + w0.nbytes(), false};
     const int64_t n_slots = n * k;
     const int32_t x_per_slot = x.rows == n_slots && k > 1 ? 1 : 0;
