@@ -10,18 +10,22 @@ from . import gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3") + gemma.GEMMA_ARCHS
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
-                  "phi3": "phi3", **gemma.HF_GEMMA_MODEL_TYPES}
+                  "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
+                  **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
-_CORE_ARCH = {"smollm3": "llama", "phi3": "llama"}
+_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe")
+# Whether GGUF MoE weights are renormalised over the selected experts when the file has no
+# expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
+_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False}
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -29,7 +33,7 @@ DEFAULT_N_CTX_CAP = 8192
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" (the file's architecture)
+    arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "qwen3moe" | "qwen2moe" (the file's)
     n_layers: int
     dim: int
     n_heads: int
@@ -57,6 +61,15 @@ class ModelConfig:
     # Any other per-layer pattern (interleaved local and global layers): [n_layers] windows,
     # 0 = full attention. When set it decides over sliding_window / sliding_window_from.
     layer_window: list[int] | None = None
+    # Mixture of experts (Mixtral; llama.cpp writes it as arch "llama" with expert_count):
+    # n_expert > 0 routes each token to n_expert_used SwiGLU experts of width expert_ffn_dim,
+    # weighted by the router's softmax, renormalised over the selected experts when
+    # expert_norm_topk; shared_ffn_dim > 0 adds a sigmoid-gated shared expert (Qwen2-MoE).
+    n_expert: int = 0
+    n_expert_used: int = 0
+    expert_ffn_dim: int = 0
+    expert_norm_topk: bool = True
+    shared_ffn_dim: int = 0
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
     embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))
@@ -79,10 +92,14 @@ class ModelConfig:
     def features(self) -> list[str]:
         """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
         out = []
-        if self.arch == "qwen2":
+        if self.arch in ("qwen2", "qwen2moe"):
             out.append("QKV bias")
-        if self.arch == "qwen3":
+        if self.arch in ("qwen3", "qwen3moe"):
             out.append("QK-norm (RMSNorm on each head of Q and K)")
+        if self.n_expert:
+            out.append(f"mixture of experts: {self.n_expert_used} of {self.n_expert} experts per token (width "
+                       f"{self.expert_ffn_dim}{', renormalised' if self.expert_norm_topk else ''})"
+                       + (f", a shared expert of width {self.shared_ffn_dim}" if self.shared_ffn_dim else ""))
         if self.arch == "phi3":
             out.append("fused qkv and gate_up (split zero-copy)")
         if self.head_dim * self.n_heads != self.dim:
@@ -146,6 +163,9 @@ class ModelConfig:
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
+        if self.n_expert:
+            d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
+                     expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)
         if self.arch in gemma.GEMMA_ARCHS:
             d.update(ffn_act=self.ffn_act, embed_scale=float(self.embed_scale),
                      attn_scale=float(self.attn_scale or 0.0), attn_softcap=float(self.attn_softcap),
@@ -322,6 +342,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         sliding_window=(_get_int(meta, p + "attention.sliding_window", source, minimum=0) or None
                         if window is not None else None),
     )
+    _gguf_experts(meta, p, cfg, source, census)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
@@ -330,6 +351,49 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch in gemma.GEMMA_ARCHS:
         gemma.apply_gguf(meta, cfg, source)
     return cfg
+
+
+def _check_experts(cfg: ModelConfig, source):
+    if cfg.n_expert_used > cfg.n_expert:
+        _fail(source, f"{cfg.n_expert_used} experts used per token of only {cfg.n_expert}")
+
+
+def _gguf_experts(meta, p, cfg: ModelConfig, source, census: TensorCensus):
+    """llama.cpp's MoE keys: expert_count, expert_used_count, expert_feed_forward_length (the
+    experts' width where it differs from feed_forward_length), expert_shared_feed_forward_length,
+    expert_weights_norm (llama.cpp renormalises the selected weights for llama and qwen3moe)."""
+    n_expert = meta.get(p + "expert_count", 0)
+    if not n_expert:
+        return
+    extent = _extent_bound(census)
+    cfg.n_expert = _get_int(meta, p + "expert_count", source, **extent)
+    cfg.n_expert_used = _get_int(meta, p + "expert_used_count", source, **extent)
+    cfg.expert_ffn_dim = _get_int(meta, p + "expert_feed_forward_length", source, default=cfg.ffn_dim, **extent)
+    cfg.shared_ffn_dim = _get_int(meta, p + "expert_shared_feed_forward_length", source, default=0, minimum=0,
+                                  **extent)
+    norm = meta.get(p + "expert_weights_norm", _GGUF_MOE_NORM_DEFAULT.get(p[:-1], True))
+    if not isinstance(norm, (bool, np.bool_)):
+        _fail(source, f"metadata '{p}expert_weights_norm' must be a bool, got {norm!r}")
+    cfg.expert_norm_topk = bool(norm)
+    _check_experts(cfg, source)
+
+
+def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
+    """Mixtral (num_local_experts; the selected weights always renormalised) and Qwen-MoE
+    (num_experts, moe_intermediate_size, norm_topk_prob) routers."""
+    key = "num_local_experts" if "num_local_experts" in hf else "num_experts"
+    if not hf.get(key):
+        return
+    extent = _extent_bound(census)
+    cfg.n_expert = _get_int(hf, key, source, **extent)
+    cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
+    cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, default=cfg.ffn_dim, **extent)
+    cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
+    # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
+    cfg.expert_norm_topk = True if hf.get("model_type") == "mixtral" else bool(hf.get("norm_topk_prob", False))
+    if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
+        _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
+    _check_experts(cfg, source)
 
 
 def _no_rope_every(interval: int, n_layers: int) -> list:
@@ -530,9 +594,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             _fail(source, f"sliding_window must be a positive integer, got {window!r}")
         cfg.sliding_window = window
-        if model_type in ("qwen2", "qwen3"):   # windows only the layers from max_window_layers on
+        if model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):   # windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
+    _hf_experts(hf, cfg, source, census)
     if model_type == "smollm3":
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
     _check_bounds(cfg, source)

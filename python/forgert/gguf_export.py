@@ -221,6 +221,8 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be a different file from the input")
     loaded = load_model(src)
+    if loaded.config.n_expert:   # expert stacks and their metadata are not written yet: refuse, not half-write
+        raise ModelFormatError(f"{loaded.name}: quantizing mixture-of-experts models is not supported yet")
     writer = GGUFWriter(loaded.config.arch)
     if loaded.format == "gguf":
         _copy_gguf_metadata(writer, loaded.handle)

@@ -41,7 +41,7 @@ class LoadedModel:
 
     @property
     def size_bytes(self) -> int:
-        return sum(int(w.data.nbytes) for w in self.weights.values())
+        return sum(w.nbytes for w in self.weights.values())
 
     @property
     def tensor_types(self) -> dict:
@@ -52,10 +52,12 @@ class LoadedModel:
 def _gguf_weights(g: GGUFFile) -> dict:
     out = {}
     for name, info in g.tensors.items():
-        if len(info.ne) > 2:
+        # 3-D: an expert stack (ffn_*_exps), (n_expert, rows, cols); any other 3-D tensor is
+        # refused by name where the architecture's layout does not expect that shape.
+        if len(info.ne) > 3:
             raise ModelFormatError(f"{g.name}: tensor '{name}' has {len(info.ne)} dimensions {list(info.ne)}")
-        rows = info.ne[1] if len(info.ne) == 2 else 1
-        out[name] = WeightTensor(name, g.tensor_data(name), info.type_id, (rows, info.ne[0]), g.name)
+        shape = (1, info.ne[0]) if len(info.ne) == 1 else tuple(reversed(info.ne))
+        out[name] = WeightTensor(name, g.tensor_data(name), info.type_id, shape, g.name)
     return out
 
 

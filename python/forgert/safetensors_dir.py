@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
-from .weights import WeightTensor
+from .weights import ExpertList, WeightTensor
 
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
 _MAX_HEADER = 100 * 1024 * 1024
@@ -42,6 +42,13 @@ _LAYER_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # mixture of experts: the router, and Qwen2-MoE's shared expert with its gate
+    "block_sparse_moe.gate.weight": "ffn_gate_inp.weight",
+    "mlp.gate.weight": "ffn_gate_inp.weight",
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
     # Phi-3's fused projections, named as llama.cpp's converter names them (fused_tensors.py splits them)
     "self_attn.qkv_proj.weight": "attn_qkv.weight",
     "mlp.gate_up_proj.weight": "ffn_up.weight",
@@ -59,12 +66,18 @@ _GEMMA_LAYER_NAMES = {
 }
 _LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
+_EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+_EXPERT_STACKS = {"w1": "ffn_gate_exps.weight", "gate_proj": "ffn_gate_exps.weight",
+                  "w3": "ffn_up_exps.weight", "up_proj": "ffn_up_exps.weight",
+                  "w2": "ffn_down_exps.weight", "down_proj": "ffn_down_exps.weight"}
 # Buffers some checkpoints carry that hold nothing we need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def canonical_name(hf_name: str, model_type: str | None = None):
-    """Canonical name for an HF tensor name; None for ignorable buffers; KeyError if unknown."""
+    """Canonical name for an HF tensor name; (stack name, expert index) for one expert's matrix;
+    None for ignorable buffers; KeyError if unknown."""
     if hf_name.endswith(_IGNORED_SUFFIXES):
         return None
     if hf_name in _GLOBAL_NAMES:
@@ -73,6 +86,9 @@ def canonical_name(hf_name: str, model_type: str | None = None):
     m = _LAYER_RE.match(hf_name)
     if m and m.group(2) in layer_names:
         return f"blk.{m.group(1)}.{layer_names[m.group(2)]}"
+    e = _EXPERT_RE.match(m.group(2)) if m else None
+    if e:
+        return f"blk.{m.group(1)}.{_EXPERT_STACKS[e.group(2)]}", int(e.group(1))
     raise KeyError(hf_name)
 
 
@@ -154,8 +170,9 @@ class HFModelDir:
         self.name = os.path.basename(os.path.normpath(self.path))
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
-        self.tensors = {}        # canonical name -> WeightTensor
+        self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
         self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
+        experts = {}             # stack name -> {expert index: WeightTensor}
         model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
@@ -163,10 +180,13 @@ class HFModelDir:
                     name = canonical_name(hf_name, model_type)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Qwen2/Qwen3/SmolLM3/Phi-3/Gemma model)") from None
+                                           f"(not part of a Llama/Mistral/Mixtral/Qwen2/Qwen3/Qwen-MoE/SmolLM3/Phi-3/Gemma model)") from None
                 if name is None:
                     continue
-                if name in self.tensors:
+                index = None
+                if isinstance(name, tuple):   # one expert of a stack
+                    name, index = name
+                if (name in self.tensors if index is None else index in experts.get(name, {})):
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' appears in more than one file")
                 if len(shape) == 1:
                     shape2 = (1, shape[0])
@@ -174,9 +194,21 @@ class HFModelDir:
                     shape2 = tuple(shape)
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
-                self.tensors[name] = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
-                if hf_name.endswith(_FUSED_HF_SUFFIXES):
-                    self.fused.add(name)
+                t = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+                if index is None:
+                    self.tensors[name] = t
+                    if hf_name.endswith(_FUSED_HF_SUFFIXES):
+                        self.fused.add(name)
+                else:
+                    experts.setdefault(name, {})[index] = t
+        for name, parts in experts.items():
+            if sorted(parts) != list(range(len(parts))):
+                missing = sorted(set(range(max(parts) + 1)) - set(parts))
+                raise ModelFormatError(f"{self.name}: '{name}' lacks experts {missing}")
+            shapes = {tuple(p.shape) for p in parts.values()}
+            if len(shapes) != 1:
+                raise ModelFormatError(f"{self.name}: the experts of '{name}' differ in shape {sorted(shapes)}")
+            self.tensors[name] = ExpertList(name, [parts[i] for i in range(len(parts))], parts[0].source)
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")

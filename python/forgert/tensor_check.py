@@ -12,7 +12,8 @@ _SUPPORTED_NAMES = ", ".join(type_name(t) for t in SUPPORTED)
 
 
 def tensor_layout(cfg: ModelConfig, source: str) -> list:
-    """[(name, (rows, cols), required, f32_only)]: every tensor cfg's architecture knows, as the
+    """[(name, shape, required, f32_only)] with shape (rows, cols), or (n_expert, rows, cols) for an
+    expert stack: every tensor cfg's architecture knows, as the
     C++ core describes it (one description for both sides: a tensor the core uses is never one
     Python drops, nor the other way round). A config the core refuses is the file's problem."""
     from . import _core

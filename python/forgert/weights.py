@@ -15,10 +15,15 @@ class WeightTensor:
     type_id: int         # ggml type id
     shape: tuple         # (rows, cols); 1-D tensors are (1, n)
     source: str          # where it came from, for error messages ("model.gguf", "model-00001.safetensors")
+    # shape is (n_expert, rows, cols) for a GGUF expert stack (ffn_*_exps): n_expert blocks of rows
 
     @property
     def type_name(self) -> str:
         return type_name(self.type_id)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
 
     def as_core_entry(self):
         """The (buffer, dtype_id, (rows, cols)) triple the _core contract expects."""
@@ -29,3 +34,31 @@ def to_f32_tensor(t: WeightTensor, values: np.ndarray) -> WeightTensor:
     """A small F32 copy of a tensor (used for norms and biases, which the core wants in F32)."""
     flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     return WeightTensor(t.name, flat.view(np.uint8), F32, t.shape, t.source)
+
+
+@dataclass
+class ExpertList:
+    """An expert stack stored one tensor per expert (HF's mlp.experts.E.*), kept as the list of
+    those zero-copy tensors: the core takes it as n_expert matrices, as it takes a 3-D GGUF stack."""
+    name: str            # canonical name of the stack, e.g. "blk.0.ffn_gate_exps.weight"
+    experts: list        # [WeightTensor] in expert order, each (rows, cols)
+    source: str
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.experts),) + tuple(self.experts[0].shape)
+
+    @property
+    def type_id(self) -> int:
+        return self.experts[0].type_id
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.type_id)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.experts)
+
+    def as_core_entry(self):
+        return [e.as_core_entry() for e in self.experts]

@@ -65,6 +65,18 @@ static inline float fg_iq4_xs_at(device const block_iq4_xs* b, int c) {
     return fg_f16_to_f32(b->d) * fg_iq4_xs_scale(b, j) * fg_iq4_values[l < 16 ? q & 0xFu : q >> 4];
 }
 
+// MXFP4: nibbles index the doubled E2M1 values; the E8M0 scale halved, 2^(e - 128), exactly
+// (bit patterns as ggml's GGML_E8M0_TO_FP32_HALF: the two smallest are subnormal).
+static constant float fg_mxfp4_values[16] = FG_MXFP4_VALUES;
+static inline float fg_mxfp4_half_scale(uint8_t e) {
+    const uint bits = e < 2 ? 0x00200000u << e : uint(e - 1) << 23;
+    return as_type<float>(bits);
+}
+static inline float fg_mxfp4_at(device const block_mxfp4* b, int c) {
+    const uint q = b->qs[c & 15];
+    return fg_mxfp4_half_scale(b->e) * fg_mxfp4_values[c < 16 ? q & 0xFu : q >> 4];
+}
+
 // K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
 // 6-bit scale and min of sub-block j (of 32 weights).
 static inline void fg_q4_K_scale_min(device const uint8_t* s, int j, thread float& sc, thread float& m) {
@@ -148,6 +160,7 @@ static inline float fg_weight_at(device const char* row, int type, int c) {
         case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
         case FG_IQ4_NL: return fg_iq4_nl_at((device const block_iq4_nl*)row + c / FG_QK, c % FG_QK);
         case FG_IQ4_XS: return fg_iq4_xs_at((device const block_iq4_xs*)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_MXFP4: return fg_mxfp4_at((device const block_mxfp4*)row + c / FG_QK, c % FG_QK);
         default: return 0.0f;
     }
 }
@@ -225,6 +238,12 @@ static inline void fg_dequant16_iq4(device const uint8_t* qs8, float d, int h, t
 static inline void fg_dequant16_iq4_nl(device const char* row, int blk, int h, thread float* out) {
     device const block_iq4_nl* b = (device const block_iq4_nl*)row + blk;
     fg_dequant16_iq4(b->qs, fg_f16_to_f32(b->d), h, out);
+}
+// MXFP4 (17-byte blocks: byte reads only).
+static inline void fg_dequant16_mxfp4(device const char* row, int blk, int h, thread float* out) {
+    device const block_mxfp4* b = (device const block_mxfp4*)row + blk;
+    const float d = fg_mxfp4_half_scale(b->e);
+    for (int i = 0; i < 16; ++i) out[i] = d * fg_mxfp4_values[h == 0 ? b->qs[i] & 0xFu : b->qs[i] >> 4];
 }
 // IQ4_XS: chunk blk % 8 is sub-block j, its quants qs[16 j ..] (qs at offset 8: ushort reads).
 static inline void fg_dequant16_iq4_xs(device const char* row, int blk, int h, thread float* out) {

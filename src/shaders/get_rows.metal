@@ -39,3 +39,4 @@ template [[host_name("get_rows_q5_K")]] kernel get_rows_t get_rows<FG_Q5_K>;
 template [[host_name("get_rows_q6_K")]] kernel get_rows_t get_rows<FG_Q6_K>;
 template [[host_name("get_rows_iq4_nl")]] kernel get_rows_t get_rows<FG_IQ4_NL>;
 template [[host_name("get_rows_iq4_xs")]] kernel get_rows_t get_rows<FG_IQ4_XS>;
+template [[host_name("get_rows_mxfp4")]] kernel get_rows_t get_rows<FG_MXFP4>;

@@ -211,4 +211,74 @@ typedef struct {
 } argmax_args;
 FG_ARGS_ASSERT(sizeof(argmax_args) == 16, "argmax_args layout");
 
+// --- mixture of experts (moe.metal; mul_mv_id_* in mul_mv.metal) ---
+// moe_route_f32: per token, softmax over the logits, the k largest (lower id first on ties),
+// their weights renormalised over the k when `renormalize`.
+// slots: 1 logits f32 [n, n_expert], 2 weights f32 [n, k], 3 ids i32 [n, k]
+// grid: (ceil(n / 32)); threads: 32 (one token per thread)
+typedef struct {
+    uint64_t logits_stride;
+    uint64_t weights_stride;
+    uint64_t ids_stride;
+    int32_t n;
+    int32_t n_expert;
+    int32_t k;
+    int32_t renormalize;
+} moe_route_args;
+FG_ARGS_ASSERT(sizeof(moe_route_args) == 40, "moe_route_args layout");
+
+// mul_mv_id_<type>: out[s, r] = sum_c w_e[r, c] x[t, c] for slot s = i*k + j, e = ids[i, j],
+// w_e = w + e * expert_stride, t = s (x_per_slot) or i. The decode GEMV reading only the
+// selected experts' rows. slots: 1 w (expert 0), 2 x, 3 out, 4 ids i32 [n, k]
+// grid: (ceil(rows / FG_MV_ROWS_PER_TG), n * k); threads as mul_mv
+typedef struct {
+    mul_mv_args mv;          // one expert's matrix; accumulate 0
+    uint64_t expert_stride;  // bytes between the experts' matrices
+    uint64_t ids_stride;     // bytes between the rows of ids
+    int32_t k;
+    int32_t x_per_slot;
+    int32_t n_expert;
+    int32_t pad0;
+} mul_mv_id_args;
+FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 80, "mul_mv_id_args layout");
+
+// moe_group_i32: the slots grouped by expert on the device, for mul_mm_id. groups i32:
+// [n_expert] counts, then [n_expert][n_slots] each expert's slots in increasing order.
+// slots: 1 ids i32 [n, k], 2 groups; grid: (ceil(n_expert / 32)); threads: 32 (one expert each)
+typedef struct {
+    uint64_t ids_stride;
+    int32_t n;
+    int32_t k;
+    int32_t n_expert;
+    int32_t pad0;
+} moe_group_args;
+FG_ARGS_ASSERT(sizeof(moe_group_args) == 24, "moe_group_args layout");
+
+// mul_mm_id_<type>: mul_mm over the slots moe_group gathered per expert (prefill).
+// slots: 1 w (expert 0), 2 x, 3 out, 4 groups (moe_group's)
+// grid: (ceil(rows / FG_MM_TILE_ROWS), ceil(n_slots / FG_MM_TILE_TOKENS), n_expert); threads and
+// threadgroup memory as mul_mm. Threadgroups past an expert's count return at once.
+typedef struct {
+    mul_mm_args mm;          // one expert's matrix; n_tokens unused (the expert's count), accumulate 0
+    uint64_t expert_stride;
+    int32_t n_slots;         // n * k
+    int32_t k;
+    int32_t x_per_slot;
+    int32_t n_expert;
+} mul_mm_id_args;
+FG_ARGS_ASSERT(sizeof(mul_mm_id_args) == 64, "mul_mm_id_args layout");
+
+// moe_sum_add_f32: out[i, c] += sum_j weights[i, j] * y[i*k + j, c]
+// slots: 1 y f32 [n*k, dim], 2 weights f32 [n, k], 3 out f32 [n, dim]
+// grid: (ceil(dim / threads), n); threads: min(256, dim rounded to 32)
+// scale_sigmoid_f32: out[i, c] *= sigmoid(weights[i, 0]) (k = 1, y unused: slot 1 binds weights)
+typedef struct {
+    uint64_t y_stride;
+    uint64_t weights_stride;
+    uint64_t out_stride;
+    int32_t dim;
+    int32_t k;
+} moe_sum_args;
+FG_ARGS_ASSERT(sizeof(moe_sum_args) == 32, "moe_sum_args layout");
+
 #endif  // FORGERT_KERNEL_ARGS_H

@@ -87,6 +87,12 @@ struct iq4_nl_tile {
         fg_dequant16_iq4_nl(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
+struct mxfp4_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_mxfp4(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
 struct iq4_xs_tile {
     typedef half T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
@@ -115,21 +121,30 @@ struct bf16_tile {
     }
 };
 
+// Which x row token t of the product reads and which out row it writes: t itself (mul_mm), or
+// for mul_mm_id the t-th slot s gathered for the expert (x row s, or s / k when x has one row
+// per token; out row s).
+struct mm_rows {
+    device const int* slots;
+    int k;
+    int x_per_slot;
+    int gathered;
+};
+static inline int mm_x_row(mm_rows m, int t) {
+    if (m.gathered == 0) return t;
+    const int s = m.slots[t];
+    return m.x_per_slot != 0 ? s : s / m.k;
+}
+static inline int mm_out_row(mm_rows m, int t) { return m.gathered != 0 ? m.slots[t] : t; }
+
+// The GEMM of one threadgroup: weight rows row0.. of w times tokens tok0.. of n_tokens.
 template <typename D>
-kernel void mul_mm(
-        constant mul_mm_args & args  [[buffer(0)]],
-        device const char * w        [[buffer(1)]],
-        device const char * x        [[buffer(2)]],
-        device       char * out      [[buffer(3)]],
-        threadgroup float * shmem    [[threadgroup(0)]],
-        uint3  tgpig [[threadgroup_position_in_grid]],
-        ushort tiitg [[thread_index_in_threadgroup]],
-        ushort sgitg [[simdgroup_index_in_threadgroup]]) {
+static inline void mul_mm_tile(constant mul_mm_args& args, device const char* w, device const char* x,
+                               device char* out, threadgroup float* shmem, int row0, int tok0, int n_tokens,
+                               mm_rows m, ushort tiitg, ushort sgitg) {
     typedef typename D::T T;
     threadgroup T* sw = (threadgroup T*)shmem;                          // [MM_BR][MM_BK]: sw[r * MM_BK + k]
     threadgroup float* sx = (threadgroup float*)(sw + MM_BR * MM_BK);  // [MM_BT][MM_BK]: sx[t * MM_BK + k]
-    const int row0 = int(tgpig.x) * MM_BR;
-    const int tok0 = int(tgpig.y) * MM_BT;
 
     // Loader roles: 128 threads = 64 weight rows x 2 halves, and 32 tokens x 4 runs of 8.
     // Rows/tokens past the end load a clamped (valid) row; their results are never stored.
@@ -138,7 +153,8 @@ kernel void mul_mm(
     device const char* wrow = w + min(row0 + lw_row, args.rows - 1) * args.w_stride;
     const int lx_tok = tiitg / 4;
     const int lx_k = (tiitg % 4) * 8;
-    device const float* xrow = (device const float*)(x + min(tok0 + lx_tok, args.n_tokens - 1) * args.x_stride);
+    device const float* xrow =
+        (device const float*)(x + mm_x_row(m, min(tok0 + lx_tok, n_tokens - 1)) * args.x_stride);
 
     // Simdgroup s computes tokens [16 (s / 2), +16) x rows [32 (s % 2), +32) of the tile.
     const int st = (sgitg / 2) * 16;
@@ -177,11 +193,56 @@ kernel void mul_mm(
     for (int e = tiitg; e < MM_BT * MM_BR; e += FG_MM_THREADS) {
         const int t = tok0 + e / MM_BR;
         const int r = row0 + e % MM_BR;
-        if (t < args.n_tokens && r < args.rows) {
-            device float* o = (device float*)(out + t * args.out_stride) + r;
+        if (t < n_tokens && r < args.rows) {
+            device float* o = (device float*)(out + mm_out_row(m, t) * args.out_stride) + r;
             *o = args.accumulate != 0 ? *o + shmem[e] : shmem[e];
         }
     }
+}
+
+template <typename D>
+kernel void mul_mm(
+        constant mul_mm_args & args  [[buffer(0)]],
+        device const char * w        [[buffer(1)]],
+        device const char * x        [[buffer(2)]],
+        device       char * out      [[buffer(3)]],
+        threadgroup float * shmem    [[threadgroup(0)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tiitg [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]]) {
+    mm_rows m;
+    m.slots = (device const int*)x;  // unused
+    m.k = 1;
+    m.x_per_slot = 1;
+    m.gathered = 0;
+    mul_mm_tile<D>(args, w, x, out, shmem, int(tgpig.x) * MM_BR, int(tgpig.y) * MM_BT, args.n_tokens, m, tiitg, sgitg);
+}
+
+// Mixture of experts, prefill: threadgroup (rows tile, slot tile, expert e) multiplies expert e's
+// matrix by the x rows of the slots moe_group gathered for it (count e, then their slot ids), so
+// each used expert runs one GEMM over its tokens and its weights are read once per 32 of them.
+template <typename D>
+kernel void mul_mm_id(
+        constant mul_mm_id_args & args [[buffer(0)]],
+        device const char * w        [[buffer(1)]],
+        device const char * x        [[buffer(2)]],
+        device       char * out      [[buffer(3)]],
+        device const char * groups   [[buffer(4)]],
+        threadgroup float * shmem    [[threadgroup(0)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tiitg [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]]) {
+    const int e = tgpig.z;
+    const int count = ((device const int*)groups)[e];
+    const int tok0 = int(tgpig.y) * MM_BT;
+    if (tok0 >= count) return;  // the whole threadgroup: this expert has fewer slots
+    mm_rows m;
+    m.slots = (device const int*)groups + args.n_expert + e * args.n_slots;
+    m.k = args.k;
+    m.x_per_slot = args.x_per_slot;
+    m.gathered = 1;
+    mul_mm_tile<D>(args.mm, w + (uint64_t)e * args.expert_stride, x, out, shmem, int(tgpig.x) * MM_BR, tok0, count, m,
+                   tiitg, sgitg);
 }
 
 typedef decltype(mul_mm<q8_0_tile>) mul_mm_t;
@@ -197,6 +258,24 @@ template [[host_name("mul_mm_q5_K")]] kernel mul_mm_t mul_mm<q5_K_tile>;
 template [[host_name("mul_mm_q6_K")]] kernel mul_mm_t mul_mm<q6_K_tile>;
 template [[host_name("mul_mm_iq4_nl")]] kernel mul_mm_t mul_mm<iq4_nl_tile>;
 template [[host_name("mul_mm_iq4_xs")]] kernel mul_mm_t mul_mm<iq4_xs_tile>;
+template [[host_name("mul_mm_mxfp4")]] kernel mul_mm_t mul_mm<mxfp4_tile>;
 template [[host_name("mul_mm_f32")]] kernel mul_mm_t mul_mm<f32_tile>;
 template [[host_name("mul_mm_f16")]] kernel mul_mm_t mul_mm<f16_tile>;
 template [[host_name("mul_mm_bf16")]] kernel mul_mm_t mul_mm<bf16_tile>;
+typedef decltype(mul_mm_id<q8_0_tile>) mul_mm_id_t;
+template [[host_name("mul_mm_id_q8_0")]] kernel mul_mm_id_t mul_mm_id<q8_0_tile>;
+template [[host_name("mul_mm_id_q4_0")]] kernel mul_mm_id_t mul_mm_id<q4_0_tile>;
+template [[host_name("mul_mm_id_q4_1")]] kernel mul_mm_id_t mul_mm_id<q4_1_tile>;
+template [[host_name("mul_mm_id_q5_0")]] kernel mul_mm_id_t mul_mm_id<q5_0_tile>;
+template [[host_name("mul_mm_id_q5_1")]] kernel mul_mm_id_t mul_mm_id<q5_1_tile>;
+template [[host_name("mul_mm_id_q2_K")]] kernel mul_mm_id_t mul_mm_id<q2_K_tile>;
+template [[host_name("mul_mm_id_q3_K")]] kernel mul_mm_id_t mul_mm_id<q3_K_tile>;
+template [[host_name("mul_mm_id_q4_K")]] kernel mul_mm_id_t mul_mm_id<q4_K_tile>;
+template [[host_name("mul_mm_id_q5_K")]] kernel mul_mm_id_t mul_mm_id<q5_K_tile>;
+template [[host_name("mul_mm_id_q6_K")]] kernel mul_mm_id_t mul_mm_id<q6_K_tile>;
+template [[host_name("mul_mm_id_iq4_nl")]] kernel mul_mm_id_t mul_mm_id<iq4_nl_tile>;
+template [[host_name("mul_mm_id_iq4_xs")]] kernel mul_mm_id_t mul_mm_id<iq4_xs_tile>;
+template [[host_name("mul_mm_id_mxfp4")]] kernel mul_mm_id_t mul_mm_id<mxfp4_tile>;
+template [[host_name("mul_mm_id_f32")]] kernel mul_mm_id_t mul_mm_id<f32_tile>;
+template [[host_name("mul_mm_id_f16")]] kernel mul_mm_id_t mul_mm_id<f16_tile>;
+template [[host_name("mul_mm_id_bf16")]] kernel mul_mm_id_t mul_mm_id<bf16_tile>;

@@ -122,6 +122,20 @@ struct iq4_nl_dot : iq4_x_layout {
     }
 };
 
+// MXFP4: IQ4_NL's layout with the E2M1 table and a power-of-two scale (17-byte blocks: byte reads).
+struct mxfp4_dot : q4_x_layout {
+    static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
+        device const block_mxfp4* b = (device const block_mxfp4*)row + blk;
+        device const uint8_t* qs = b->qs + 8 * il;
+        float acc = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const uint q = qs[i];
+            acc += fg_mxfp4_values[q & 0xFu] * xv[i] + fg_mxfp4_values[q >> 4] * xv[8 + i];
+        }
+        return fg_mxfp4_half_scale(b->e) * acc;
+    }
+};
+
 // IQ4_XS: chunk blk is sub-block blk % 8 of super-block blk / 8, laid out as an IQ4_NL block.
 struct iq4_xs_dot : iq4_x_layout {
     static float dot(device const char* row, int blk, int il, thread const float* xv, float xsum) {
@@ -347,6 +361,7 @@ template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_do
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 template [[host_name("mul_mv_iq4_nl")]] kernel mul_mv_quant_t mul_mv_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_iq4_xs")]] kernel mul_mv_quant_t mul_mv_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_mxfp4")]] kernel mul_mv_quant_t mul_mv_quant<mxfp4_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
 template [[host_name("mul_mv_swiglu_q4_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q4_0_dot>;
@@ -360,6 +375,7 @@ template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 template [[host_name("mul_mv_swiglu_iq4_nl")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_swiglu_iq4_xs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_swiglu_mxfp4")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<mxfp4_dot>;
 
 // ---------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the
@@ -442,3 +458,90 @@ typedef decltype(mul_mv_swiglu_float<f32_row>) mul_mv_swiglu_float_t;
 template [[host_name("mul_mv_swiglu_f32")]] kernel mul_mv_swiglu_float_t mul_mv_swiglu_float<f32_row>;
 template [[host_name("mul_mv_swiglu_f16")]] kernel mul_mv_swiglu_float_t mul_mv_swiglu_float<f16_row>;
 template [[host_name("mul_mv_swiglu_bf16")]] kernel mul_mv_swiglu_float_t mul_mv_swiglu_float<bf16_row>;
+
+// ---------------------------------------------------------------------------------
+// mul_mv_id: the GEMV over each token's selected experts (mixture of experts). Slot
+// tgpig.y = i*k + j reads expert ids[i, j]'s rows only.
+// ---------------------------------------------------------------------------------
+
+// The selected expert's matrix and the slot's x and out rows; valid false for an id out of
+// range (nothing is read: the slot's outputs are zeros).
+struct mv_id_rows {
+    device const char* w;
+    device const float* x;
+    device float* o;
+    bool valid;
+};
+
+static inline mv_id_rows mv_id_slot(constant mul_mv_id_args& args, device const char* w, device const char* x,
+                                    device char* out, device const char* ids, int slot) {
+    const int i = slot / args.k, j = slot % args.k;
+    const int e = ((device const int*)(ids + i * args.ids_stride))[j];
+    mv_id_rows r;
+    r.x = (device const float*)(x + (args.x_per_slot != 0 ? slot : i) * args.mv.x_stride);
+    r.o = (device float*)(out + slot * args.mv.out_stride);
+    r.w = w + (uint64_t)max(e, 0) * args.expert_stride;
+    r.valid = e >= 0 && e < args.n_expert;
+    return r;
+}
+
+template <typename Q>
+kernel void mul_mv_id_quant(
+        constant mul_mv_id_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * ids     [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
+    const mv_id_rows s = mv_id_slot(args, w, x, out, ids, tgpig.y);
+    float sum[MV_NR] = {0.0f};
+    if (s.valid) {
+        device const char* wrow[MV_NR];
+        mv_row_pointers<1>(args.mv, s.w, s.w, r0, wrow);
+        mv_quant_sums<Q, 1>(args.mv, wrow, s.x, tiisg, sum);
+    }
+    mv_store<1>(args.mv, sum, s.o, r0, tiisg);
+}
+
+template <typename R>
+kernel void mul_mv_id_float(
+        constant mul_mv_id_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * ids     [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = (int(tgpig.x) * FG_MV_SIMDGROUPS + sgitg) * MV_NR;
+    const mv_id_rows s = mv_id_slot(args, w, x, out, ids, tgpig.y);
+    float sum[MV_NR] = {0.0f};
+    if (s.valid) {
+        device const char* wrow[MV_NR];
+        mv_row_pointers<1>(args.mv, s.w, s.w, r0, wrow);
+        mv_float_sums<R, 1>(args.mv, wrow, s.x, tiisg, sum);
+    }
+    mv_store<1>(args.mv, sum, s.o, r0, tiisg);
+}
+
+typedef decltype(mul_mv_id_float<f32_row>) mul_mv_id_float_t;
+template [[host_name("mul_mv_id_f32")]] kernel mul_mv_id_float_t mul_mv_id_float<f32_row>;
+template [[host_name("mul_mv_id_f16")]] kernel mul_mv_id_float_t mul_mv_id_float<f16_row>;
+template [[host_name("mul_mv_id_bf16")]] kernel mul_mv_id_float_t mul_mv_id_float<bf16_row>;
+typedef decltype(mul_mv_id_quant<q8_0_dot>) mul_mv_id_quant_t;
+template [[host_name("mul_mv_id_q8_0")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q8_0_dot>;
+template [[host_name("mul_mv_id_q4_0")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q4_0_dot>;
+template [[host_name("mul_mv_id_q4_1")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q4_1_dot>;
+template [[host_name("mul_mv_id_q5_0")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q5_0_dot>;
+template [[host_name("mul_mv_id_q5_1")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q5_1_dot>;
+template [[host_name("mul_mv_id_q2_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q2_K_dot>;
+template [[host_name("mul_mv_id_q3_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q3_K_dot>;
+template [[host_name("mul_mv_id_q4_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q4_K_dot>;
+template [[host_name("mul_mv_id_q5_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q5_K_dot>;
+template [[host_name("mul_mv_id_q6_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q6_K_dot>;
+template [[host_name("mul_mv_id_iq4_nl")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_id_iq4_xs")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_id_mxfp4")]] kernel mul_mv_id_quant_t mul_mv_id_quant<mxfp4_dot>;

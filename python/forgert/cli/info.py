@@ -40,7 +40,10 @@ def describe(loaded) -> dict:
 
 
 def _shape(shape) -> list:
-    """[rows, cols], or [cols] for vectors (the loader stores those as one row)."""
+    """[rows, cols], or [cols] for vectors (the loader stores those as one row), or
+    [n_expert, rows, cols] for an expert stack."""
+    if len(shape) == 3:
+        return list(shape)
     rows, cols = shape
     return [cols] if rows == 1 else [rows, cols]
 

@@ -89,6 +89,13 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_freqs.assign(f.data(), f.data() + f.size());
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
+    if (d.contains("n_expert")) {  // mixture of experts
+        c.n_expert = get<int>(d, "n_expert");
+        c.n_expert_used = get<int>(d, "n_expert_used");
+        c.expert_ffn_dim = get<int>(d, "expert_ffn_dim");
+        if (d.contains("expert_norm_topk")) c.expert_norm_topk = get<bool>(d, "expert_norm_topk");
+        if (d.contains("shared_ffn_dim")) c.shared_ffn_dim = get<int>(d, "shared_ffn_dim");
+    }
     if (d.contains("embed_scale")) c.embed_scale = get<float>(d, "embed_scale");
     if (d.contains("attn_scale")) c.attn_scale = get<float>(d, "attn_scale");
     if (d.contains("attn_softcap")) c.attn_softcap = get<float>(d, "attn_softcap");
@@ -147,6 +154,14 @@ void find_allocation(const py::handle& buf, HostTensor* t) {
     }
 }
 
+// A list of (buffer, dtype, shape) tuples: an expert stack given per expert.
+bool is_expert_list(const py::handle& v) {
+    if (!py::isinstance<py::list>(v)) return false;
+    for (auto e : v.cast<py::list>())
+        if (!py::isinstance<py::tuple>(e)) return false;
+    return true;
+}
+
 // A loaded model on one backend. Holds a buffer export of each weight buffer (views of the
 // mmap'd file) so the memory outlives the zero-copy tensors.
 //
@@ -165,27 +180,45 @@ public:
         std::map<std::string, HostTensor> host;
         for (auto item : tensors) {
             const std::string name = item.first.cast<std::string>();
-            auto tup = item.second.cast<py::tuple>();
-            if (tup.size() != 3) throw InputError("tensor '" + name + "': expected (buffer, dtype, shape)");
-            const int type = tup[1].cast<int>();
-            if (!dtype_is_known(type) || type == FG_I32)
-                throw InputError("tensor '" + name + "' has unsupported type id " + std::to_string(type));
-            auto shape = tup[2].cast<std::vector<int64_t>>();
-            if (shape.size() != 2) throw InputError("tensor '" + name + "': shape must be (rows, cols)");
-            keep_alive_.push_back(std::make_unique<HeldBuffer>(tup[0], name));
+            // (buffer, dtype, shape): a matrix (rows, cols) or a 3-D expert stack (n_expert,
+            // rows, cols); or a list of (buffer, dtype, (rows, cols)), one per expert.
             HostTensor t;
-            t.data = keep_alive_.back()->data();
-            t.nbytes = keep_alive_.back()->nbytes();
-            t.type = (DType)type;
-            t.rows = shape[0];
-            t.cols = shape[1];
-            find_allocation(tup[0], &t);
+            if (is_expert_list(item.second)) {
+                for (auto e : item.second.cast<py::list>()) t.experts.push_back(host_tensor(name, e, false));
+                if (t.experts.empty()) throw InputError("tensor '" + name + "': an empty list of experts");
+            } else {
+                t = host_tensor(name, item.second, true);
+            }
             host[name] = t;
         }
         auto be = make_backend(backend, n_threads);
         ModelWeights w = load_weights(cfg, host, *be);
         for (const auto& b : w.buffers) weight_buffers_.emplace_back((uintptr_t)b->host, b->size);
         model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch);
+    }
+
+    // One (buffer, dtype, shape) entry; a 3-D shape only where allowed (not inside a list of experts).
+    HostTensor host_tensor(const std::string& name, const py::handle& entry, bool allow_3d) {
+        auto tup = entry.cast<py::tuple>();
+        if (tup.size() != 3) throw InputError("tensor '" + name + "': expected (buffer, dtype, shape)");
+        const int type = tup[1].cast<int>();
+        if (!dtype_is_known(type) || type == FG_I32)
+            throw InputError("tensor '" + name + "' has unsupported type id " + std::to_string(type));
+        auto shape = tup[2].cast<std::vector<int64_t>>();
+        if (shape.size() != 2 && !(allow_3d && shape.size() == 3))
+            throw InputError("tensor '" + name + "': shape must be (rows, cols)" +
+                             std::string(allow_3d ? " or (n_expert, rows, cols)" : ""));
+        keep_alive_.push_back(std::make_unique<HeldBuffer>(tup[0], name));
+        HostTensor t;
+        t.data = keep_alive_.back()->data();
+        t.nbytes = keep_alive_.back()->nbytes();
+        t.type = (DType)type;
+        t.n_expert = shape.size() == 3 ? shape[0] : 0;
+        if (shape.size() == 3 && t.n_expert <= 0) throw InputError("tensor '" + name + "' has no experts");
+        t.rows = shape[shape.size() - 2];
+        t.cols = shape[shape.size() - 1];
+        find_allocation(tup[0], &t);
+        return t;
     }
 
     ~Engine() {
@@ -382,11 +415,15 @@ PYBIND11_MODULE(_core, m) {
             const ModelConfig c = config_from_dict(cfg);
             c.validate();  // bounds n_layers before a list is built from it
             py::list out;
-            for (auto& s : tensor_layout(c))
-                out.append(py::make_tuple(s.name, py::make_tuple(s.rows, s.cols), s.required, s.f32_only));
+            for (auto& s : tensor_layout(c)) {
+                py::tuple shape = s.n_expert ? py::tuple(py::make_tuple(s.n_expert, s.rows, s.cols))
+                                             : py::tuple(py::make_tuple(s.rows, s.cols));
+                out.append(py::make_tuple(s.name, shape, s.required, s.f32_only));
+            }
             return out;
         },
-        py::arg("config"), "[(name, (rows, cols), required, f32_only)]: every tensor the config's architecture knows");
+        py::arg("config"), "[(name, shape, required, f32_only)]: every tensor the config's architecture knows; shape is "
+        "(rows, cols), or (n_expert, rows, cols) for an expert stack");
     m.def("cpu_info", [] {
         py::dict d;
         d["kernels"] = cpu::select_kernels().name;

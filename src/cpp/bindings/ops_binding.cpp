@@ -228,6 +228,51 @@ public:
         return out;
     }
 
+    // (weights [n, k], ids i32 [n, k]) of the router over logits [n, n_expert].
+    py::tuple moe_route(const F32& logits, int k, bool renormalize) {
+        need(logits.ndim() == 2 && logits.shape(1) > 0, "logits must be [n, n_expert]");
+        need(k >= 1 && k <= logits.shape(1), "k must be in 1..n_expert");
+        Tensor L = f32(logits), W = empty(DType::F32, L.rows, k), I = empty(DType::I32, L.rows, k);
+        run([&] { be_->moe_route(W, I, L, renormalize); });
+        F32 w(std::vector<py::ssize_t>{L.rows, k});
+        I32 ids(std::vector<py::ssize_t>{L.rows, k});
+        be_->read(w.mutable_data(), W, W.nbytes());
+        be_->read(ids.mutable_data(), I, I.nbytes());
+        bufs_.clear();
+        return py::make_tuple(w, ids);
+    }
+    // out [n*k, rows]: row i*k + j = expert ids[i, j] times x's row i (x [n, cols]) or row i*k + j
+    // (x [n*k, cols]). w: the n_expert [rows, cols] matrices' bytes one after the other (GGUF's
+    // 3-D layout); each expert becomes its own tensor, as HF's per-expert tensors do.
+    F32 matmul_id(const U8& w, int dtype, int n_expert, int64_t rows, int64_t cols, const F32& x, const I32& ids) {
+        need(dtype_is_known(dtype) && dtype != FG_I32, "unsupported weight dtype " + std::to_string(dtype));
+        need(n_expert > 0 && rows > 0 && cols > 0, "n_expert, rows and cols must be positive");
+        need(ids.ndim() == 2 && ids.shape(1) >= 1, "ids must be [n, k]");
+        const int64_t n = ids.shape(0), k = ids.shape(1);
+        need(x.ndim() == 2 && x.shape(1) == cols && (x.shape(0) == n || x.shape(0) == n * k),
+             "x must be [n, cols] or [n*k, cols]");
+        for (py::ssize_t i = 0; i < ids.size(); i++)
+            need(ids.data()[i] >= 0 && ids.data()[i] < n_expert, "expert id out of range");
+        const int64_t one = row_bytes((DType)dtype, cols) * rows;
+        need((int64_t)w.size() == one * n_expert, "w has " + std::to_string(w.size()) + " bytes, expected " +
+                                                      std::to_string(one * n_expert));
+        const Tensor all = upload(w.data(), (DType)dtype, rows * n_expert, cols);
+        std::vector<Tensor> experts;
+        for (int e = 0; e < n_expert; e++) experts.push_back(all.slice_rows(e * rows, rows));
+        Tensor X = f32(x), I = upload(ids.data(), DType::I32, n, k), Y = empty(DType::F32, n * k, rows);
+        run([&] { be_->matmul_id(Y, experts.data(), n_expert, X, I); });
+        return download(Y);
+    }
+    // out + sum_j weights[:, j] y[i*k + j] (a copy of out, not changed in place).
+    F32 moe_sum_add(const F32& out, const F32& y, const F32& weights) {
+        need(out.ndim() == 2 && weights.ndim() == 2 && y.ndim() == 2 && weights.shape(0) == out.shape(0),
+             "out [n, dim], y [n*k, dim], weights [n, k]");
+        need(y.shape(0) == weights.shape(0) * weights.shape(1) && y.shape(1) == out.shape(1), "y must be [n*k, dim]");
+        Tensor O = f32(out), Y = f32(y), W = f32(weights);
+        run([&] { be_->moe_sum_add(O, Y, W); });
+        return download(O);
+    }
+
 private:
     std::unique_ptr<Backend> be_;
     std::vector<std::unique_ptr<Buffer>> bufs_;
@@ -263,5 +308,9 @@ void bind_ops(py::module_& m) {
         .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
         .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
-        .def("argmax", &Ops::argmax, py::arg("x"));
+        .def("argmax", &Ops::argmax, py::arg("x"))
+        .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
+        .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
+             py::arg("cols"), py::arg("x"), py::arg("ids"))
+        .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"));
 }

@@ -141,6 +141,38 @@ public:
     virtual void softcap(const Tensor& x, float cap) = 0;
     // out[i] = argmax_j x[i, j] (first index on ties)                 x [n, vocab]; out i32 [n]
     virtual void argmax(const Tensor& out, const Tensor& x) = 0;
+
+    // --- mixture of experts (a backend without them refuses MoE models by name) ---
+    virtual bool has_moe_ops() const { return false; }
+    // Why matmul_id cannot read this expert stack, or "" when it can (checked once at load).
+    virtual std::string expert_stack_problem(const Tensor* experts, int n_expert) const { return ""; }
+    // The router after its matmul: per token i, p = softmax(logits[i, :]); ids[i, :] = the
+    // k = ids.cols experts of largest p, largest first (the lower id first on ties);
+    // weights[i, j] = p[ids[i, j]], divided by the k weights' sum when renormalize (which is
+    // Mixtral's softmax over the selected logits).
+    // logits f32 [n, n_expert]; ids i32 [n, k]; weights f32 [n, k]; k <= n_expert
+    virtual void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
+        no_moe();
+    }
+    // A matmul per selected expert: out[i*k + j, :] = experts[ids[i, j]] x[r, :]^T with r = i
+    // when x has n rows (gate, up: each selected expert reads the token's row) and r = i*k + j
+    // when x has n*k rows (down: each slot reads its own row). Reads only the selected experts'
+    // weights; many tokens are grouped by expert, one matmul per used expert over the gathered rows.
+    // experts: n_expert tensors [rows, cols] of one type; ids i32 [n, k] (each in 0..n_expert);
+    // x f32 [n or n*k, cols]; out f32 [n*k, rows]
+    virtual void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                           const Tensor& ids) {
+        no_moe();
+    }
+    // out[i, :] += sum_j weights[i, j] * y[i*k + j, :]      out [n, dim]; y [n*k, dim]; weights [n, k]
+    virtual void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) { no_moe(); }
+    // x[i, :] *= sigmoid(gate[i, 0])                         x [n, dim]; gate [n, 1] (Qwen2-MoE's shared expert)
+    virtual void scale_sigmoid(const Tensor& x, const Tensor& gate) { no_moe(); }
+
+private:
+    [[noreturn]] void no_moe() const {
+        throw InputError("the " + name() + " backend has no mixture-of-experts ops");
+    }
 };
 
 // Creates a backend by name ("cpu", "metal"); n_threads <= 0 means all cores.

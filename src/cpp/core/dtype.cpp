@@ -19,6 +19,7 @@ const char* dtype_name(DType t) {
         case DType::Q6_K: return "Q6_K";
         case DType::IQ4_NL: return "IQ4_NL";
         case DType::IQ4_XS: return "IQ4_XS";
+        case DType::MXFP4: return "MXFP4";
         case DType::I32: return "I32";
     }
     return "unknown";
@@ -27,7 +28,7 @@ const char* dtype_name(DType t) {
 bool dtype_is_known(int id) {
     switch (id) {
         case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_Q5_0: case FG_Q5_1: case FG_Q2_K: case FG_Q3_K: case FG_Q4_K: case FG_Q5_K: case FG_Q6_K:
-        case FG_IQ4_NL: case FG_IQ4_XS:
+        case FG_IQ4_NL: case FG_IQ4_XS: case FG_MXFP4:
         case FG_I32:
             return true;
     }
@@ -36,7 +37,7 @@ bool dtype_is_known(int id) {
 
 int64_t dtype_block_elems(DType t) {
     switch (t) {
-        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: return FG_QK;
+        case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: case DType::MXFP4: return FG_QK;
         case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::IQ4_XS:
             return FG_QK_K;
         default: return 1;
@@ -59,6 +60,7 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q6_K: return sizeof(block_q6_K);
         case DType::IQ4_NL: return sizeof(block_iq4_nl);
         case DType::IQ4_XS: return sizeof(block_iq4_xs);
+        case DType::MXFP4: return sizeof(block_mxfp4);
     }
     return 0;
 }

@@ -38,6 +38,7 @@ enum fg_dtype {
     FG_IQ4_XS = 23,
     FG_I32 = 26,   // token ids, argmax results
     FG_BF16 = 30,
+    FG_MXFP4 = 39,
 };
 
 // Q8_0: w[i] = d * qs[i]
@@ -162,5 +163,15 @@ typedef struct {
     uint8_t qs[FG_QK_K / 2];
 } block_iq4_xs;
 FG_STATIC_ASSERT(sizeof(block_iq4_xs) == 136, "block_iq4_xs is 136 bytes");
+
+// MXFP4 (OCP microscaling, gpt-oss's experts): w[i] = 2^(e - 127) * fp4(q[i]), fp4 an E2M1 value.
+// Stored as llama.cpp does: values doubled to integers and the scale halved,
+// w[i] = values[q[i]] * 2^(e - 128), q's nibble order as Q4_0 (qs[j]: q[j] low, q[j + 16] high).
+#define FG_MXFP4_VALUES {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
+typedef struct {
+    uint8_t e;   // E8M0: a power of two, no sign or mantissa
+    uint8_t qs[FG_QK / 2];
+} block_mxfp4;
+FG_STATIC_ASSERT(sizeof(block_mxfp4) == 17, "block_mxfp4 is 17 bytes");
 
 #endif  // FORGERT_QUANT_BLOCKS_H

@@ -29,11 +29,12 @@ enum class DType : int {
     IQ4_XS = FG_IQ4_XS,
     I32 = FG_I32,
     BF16 = FG_BF16,
+    MXFP4 = FG_MXFP4,
 };
 
 const char* dtype_name(DType t);
 bool dtype_is_known(int id);
-// Elements per block (32 for quantized types, 256 for K-quants and IQ4_XS, 1 otherwise) and bytes per block.
+// Elements per block (32 for quantized types and MXFP4, 256 for K-quants and IQ4_XS, 1 otherwise) and bytes per block.
 int64_t dtype_block_elems(DType t);
 int64_t dtype_block_bytes(DType t);
 // Bytes of one row of `cols` elements; cols must be a multiple of the block size.

@@ -31,7 +31,18 @@ struct ModelConfig {
     // Attention window per layer: > 0: a token attends to itself and the window - 1 keys
     // before it (Mistral, Qwen2's upper layers, Gemma's local layers); 0: full causal.
     std::vector<int> layer_window;  // [n_layers]; empty: full attention everywhere
+    // Mixture of experts (Mixtral, Qwen3-MoE): n_expert > 0 makes every layer's feed-forward a
+    // router over n_expert SwiGLU experts of width expert_ffn_dim, n_expert_used of them per
+    // token, their outputs summed weighted by the router's softmax over all experts (renormalised
+    // over the selected ones when expert_norm_topk). shared_ffn_dim > 0 adds a shared SwiGLU
+    // expert every token runs, scaled by sigmoid(w_shared_gate x) (Qwen2-MoE). ffn_dim is then unused.
+    int n_expert = 0;
+    int n_expert_used = 0;
+    int expert_ffn_dim = 0;
+    bool expert_norm_topk = true;
+    int shared_ffn_dim = 0;
 
+    bool is_moe() const { return n_expert > 0; }
     int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }
     int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
     int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }

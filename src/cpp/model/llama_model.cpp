@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 namespace forgert {
 
@@ -29,8 +30,32 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     v_ = tensor(DType::F32, B, cfg_.kv_dim());
     att_ = tensor(DType::F32, B, cfg_.q_dim());
     proj_ = tensor(DType::F32, B, cfg_.dim);
-    gate_ = tensor(DType::F32, B, cfg_.ffn_dim);
-    up_ = tensor(DType::F32, B, cfg_.ffn_dim);
+    const int dense_ffn = cfg_.is_moe() ? std::max(cfg_.shared_ffn_dim, 1) : cfg_.ffn_dim;
+    gate_ = tensor(DType::F32, B, dense_ffn);
+    up_ = tensor(DType::F32, B, dense_ffn);
+    if (cfg_.is_moe()) {
+        if (!be_->has_moe_ops()) throw InputError("the " + be_->name() + " backend cannot run mixture-of-experts models yet");
+        for (int l = 0; l < cfg_.n_layers; l++) {
+            const LayerWeights& L = w_.layers[l];
+            const std::pair<const char*, const std::vector<Tensor>*> stacks[3] = {
+                {"ffn_gate_exps", &L.gate_exps}, {"ffn_up_exps", &L.up_exps}, {"ffn_down_exps", &L.down_exps}};
+            for (auto& [name, s] : stacks) {
+                const std::string why = be_->expert_stack_problem(s->data(), (int)s->size());
+                if (!why.empty())
+                    throw InputError("the " + be_->name() + " backend cannot read blk." + std::to_string(l) + "." + name +
+                                     ".weight: " + why + " (it needs each stack's experts at one stride in one file; "
+                                     "the cpu backend has no such need)");
+            }
+        }
+        const int k = cfg_.n_expert_used;
+        router_logits_ = tensor(DType::F32, B, cfg_.n_expert);
+        route_ids_ = tensor(DType::I32, B, k);
+        route_w_ = tensor(DType::F32, B, k);
+        exp_gate_ = tensor(DType::F32, (int64_t)B * k, cfg_.expert_ffn_dim);
+        exp_up_ = tensor(DType::F32, (int64_t)B * k, cfg_.expert_ffn_dim);
+        exp_out_ = tensor(DType::F32, (int64_t)B * k, cfg_.dim);
+        shared_scale_ = tensor(DType::F32, B, 1);
+    }
     logits_ = tensor(DType::F32, 1, cfg_.vocab);  // grown on demand for all_logits
     argmax_ = tensor(DType::I32, 1, 1);
     freqs_ = tensor(DType::F32, cfg_.n_rope_tables(), cfg_.rope_dims() / 2);  // one row per RoPE table
@@ -102,14 +127,40 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
         be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
-        if (cfg_.ffn_gelu)
+        if (cfg_.is_moe())
+            moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
+        else if (cfg_.ffn_gelu)
             be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else
             be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
-        add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
+        if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
+}
+
+void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n) {
+    Backend& be = *be_;
+    const Tensor gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n), proj = proj_.slice_rows(0, n);
+    const int k = cfg_.n_expert_used, ne = cfg_.n_expert;
+    const Tensor logits = router_logits_.slice_rows(0, n), ids = route_ids_.slice_rows(0, n),
+                 w = route_w_.slice_rows(0, n), eg = exp_gate_.slice_rows(0, (int64_t)n * k),
+                 eu = exp_up_.slice_rows(0, (int64_t)n * k), ey = exp_out_.slice_rows(0, (int64_t)n * k);
+    be.matmul(logits, L.router, xn);                     // [n, n_expert]
+    be.moe_route(w, ids, logits, cfg_.expert_norm_topk);  // top-k ids and weights, on the device
+    be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids);   // [n*k, expert_ffn_dim]
+    be.matmul_id(eu, L.up_exps.data(), ne, xn, ids);
+    be.silu_mul(eg, eg, eu);
+    be.matmul_id(ey, L.down_exps.data(), ne, eg, ids);   // [n*k, dim]
+    be.moe_sum_add(x, ey, w);                            // x += sum_j w[:, j] expert_j
+    if (cfg_.shared_ffn_dim > 0) {                       // x += sigmoid(g xn) * shared(xn)
+        const Tensor scale = shared_scale_.slice_rows(0, n);
+        be.matmul_swiglu(gate, L.shared_gate, L.shared_up, xn, up);
+        be.matmul(proj, L.shared_down, gate);
+        be.matmul(scale, L.shared_gate_inp, xn);
+        be.scale_sigmoid(proj, scale);
+        be.add(x, x, proj);
+    }
 }
 
 void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits) {

@@ -48,6 +48,9 @@ private:
     void check_input(const int32_t* tokens, int n, int pos) const;
     // One pass of n <= max_batch tokens; leaves the final hidden states in xn_.
     void run_layers(const int32_t* tokens, int n, int pos);
+    // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
+    // shared expert where the config has one.                                          x, xn [n, dim]
+    void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
 
     ModelConfig cfg_;
     std::unique_ptr<Backend> be_;  // declared before everything it allocated: destroyed last
@@ -58,6 +61,10 @@ private:
     // Activations for up to max_batch tokens (rows = tokens).
     std::vector<std::unique_ptr<Buffer>> bufs_;
     Tensor ids_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;
+    // Mixture of experts: router logits [B, n_expert], the chosen experts i32 [B, k] and their
+    // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up
+    // [B*k, expert_ffn_dim] and outputs [B*k, dim]; the shared expert's gate logit [B, 1].
+    Tensor router_logits_, route_ids_, route_w_, exp_gate_, exp_up_, exp_out_, shared_scale_;
     bool profiling_ = false;
     Profile profile_;
 };

@@ -31,10 +31,24 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, false, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
         out.push_back({p + "ffn_norm.weight", 1, dim, true, true});
-        out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
-        out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
-        out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
-        if (post_norms) out.push_back({p + "post_ffw_norm.weight", 1, dim, true, true});
+        if (!cfg.is_moe()) {
+            out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
+            out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
+            out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
+            if (post_norms) out.push_back({p + "post_ffw_norm.weight", 1, dim, true, true});
+            continue;
+        }
+        const int64_t ne = cfg.n_expert, eff = cfg.expert_ffn_dim, sh = cfg.shared_ffn_dim;
+        out.push_back({p + "ffn_gate_inp.weight", ne, dim, true, false});  // the router
+        out.push_back({p + "ffn_gate_exps.weight", eff, dim, true, false, ne});
+        out.push_back({p + "ffn_up_exps.weight", eff, dim, true, false, ne});
+        out.push_back({p + "ffn_down_exps.weight", dim, eff, true, false, ne});
+        if (sh > 0) {
+            out.push_back({p + "ffn_gate_inp_shexp.weight", 1, dim, true, false});
+            out.push_back({p + "ffn_gate_shexp.weight", sh, dim, true, false});
+            out.push_back({p + "ffn_up_shexp.weight", sh, dim, true, false});
+            out.push_back({p + "ffn_down_shexp.weight", dim, sh, true, false});
+        }
     }
     return out;
 }

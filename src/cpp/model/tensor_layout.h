@@ -17,6 +17,8 @@ struct TensorSpec {
     int64_t cols = 0;
     bool required = true;   // false: used when present (Llama's attention biases, an untied output)
     bool f32_only = false;  // norms and biases: the core takes them as F32
+    int64_t n_expert = 0;   // > 0: a stack of n_expert [rows, cols] matrices, one per expert (GGUF's
+                            // 3-D ffn_*_exps tensors, or HF's per-expert tensors listed in order)
 };
 
 // In load order: globals, then blk.0.., each layer's tensors in forward-pass order.

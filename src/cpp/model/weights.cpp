@@ -13,7 +13,8 @@ namespace {
 // (q_dim, cache and tensor bytes) fits int64 and the per-dimension ints: the checks below are
 // what make the int arithmetic of the forward pass safe.
 constexpr int64_t kMaxLayers = 1024, kMaxDim = 1 << 16, kMaxHeads = 1 << 12, kMaxHeadDim = 1024,
-                  kMaxQDim = 1 << 20, kMaxFfnDim = 1 << 20, kMaxVocab = 1 << 24, kMaxCtx = 1 << 24;
+                  kMaxQDim = 1 << 20, kMaxFfnDim = 1 << 20, kMaxVocab = 1 << 24, kMaxCtx = 1 << 24,
+                  kMaxExperts = 1 << 12;
 constexpr int64_t kMaxKvCacheBytes = int64_t(1) << 48;  // 256 TiB: beyond any machine
 constexpr int64_t kMaxTensorExtent = int64_t(1) << 40;  // rows or cols of one weight tensor
 
@@ -47,6 +48,15 @@ void ModelConfig::validate() const {
     // kv_dim() compute them in int.
     in_range("q_dim (n_heads * head_dim)", (int64_t)n_heads * head_dim, 1, kMaxQDim);
     in_range("ffn_dim", ffn_dim, 1, kMaxFfnDim);
+    in_range("n_expert", n_expert, 0, kMaxExperts);
+    if (is_moe()) {
+        in_range("n_expert_used", n_expert_used, 1, n_expert);
+        in_range("expert_ffn_dim", expert_ffn_dim, 1, kMaxFfnDim);
+        in_range("shared_ffn_dim", shared_ffn_dim, 0, kMaxFfnDim);
+    } else {
+        need(n_expert_used == 0 && shared_ffn_dim == 0,
+             "n_expert_used and shared_ffn_dim need experts (n_expert = 0)");
+    }
     in_range("vocab", vocab, 1, kMaxVocab);
     in_range("n_ctx", n_ctx, 1, kMaxCtx);
     const int64_t kv_cache = checked_mul(checked_mul(checked_mul(n_layers, 2 * 2, "KV cache bytes"), n_ctx,
@@ -89,11 +99,38 @@ namespace {
 bool is_weight_type(DType t) {
     return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
            t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-           t == DType::IQ4_NL || t == DType::IQ4_XS;
+           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
 }
 
 std::string shape_str(int64_t rows, int64_t cols) {
     return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+}
+
+// A 2-D tensor, or a 3-D expert stack (n_expert blocks of [rows, cols]).
+void check_host_tensor(const std::string& name, const HostTensor& t) {
+    if (!is_weight_type(t.type)) throw InputError("tensor '" + name + "' has unsupported type " + dtype_name(t.type));
+    if (t.rows <= 0 || t.cols <= 0 || t.n_expert < 0) throw InputError("tensor '" + name + "' has an empty shape");
+    if (t.rows > kMaxTensorExtent || t.cols > kMaxTensorExtent || t.n_expert > kMaxExperts)
+        throw InputError("tensor '" + name + "' has shape " + shape_str(t.rows, t.cols) + ", beyond " +
+                         std::to_string(kMaxTensorExtent) + " rows or columns");
+    if (t.cols % dtype_block_elems(t.type) != 0)
+        throw InputError("tensor '" + name + "' of type " + dtype_name(t.type) + " has " + std::to_string(t.cols) +
+                         " columns, not a multiple of the block size " + std::to_string(dtype_block_elems(t.type)));
+    const int64_t expect = checked_mul(checked_mul(row_bytes(t.type, t.cols), t.rows, "tensor '" + name + "' byte size"),
+                                       std::max<int64_t>(t.n_expert, 1), "tensor '" + name + "' byte size");
+    if ((int64_t)t.nbytes != expect)
+        throw InputError("tensor '" + name + "' has " + std::to_string(t.nbytes) + " bytes, expected " +
+                         std::to_string(expect) + " for " + dtype_name(t.type) + " " + shape_str(t.rows, t.cols) +
+                         (t.n_expert ? " x " + std::to_string(t.n_expert) + " experts" : ""));
+    if (!t.data) throw InputError("tensor '" + name + "' has no data");
+}
+
+// The 2-D pieces of a host tensor: itself, or each expert of a per-expert list.
+std::vector<const HostTensor*> pieces(const HostTensor& t) {
+    std::vector<const HostTensor*> out;
+    if (t.experts.empty()) out.push_back(&t);
+    for (const HostTensor& e : t.experts) out.push_back(&e);
+    return out;
 }
 
 // One zero-copy buffer per allocation (per mmap'd file): a GPU backend wraps each file
@@ -102,7 +139,8 @@ std::string shape_str(int64_t rows, int64_t cols) {
 class Wrapper {
 public:
     Wrapper(const std::map<std::string, HostTensor>& tensors, Backend& be, ModelWeights& w) {
-        for (auto& [name, t] : tensors) {
+        for (auto& [name, whole] : tensors) for (const HostTensor* piece : pieces(whole)) {
+            const HostTensor& t = *piece;
             const uintptr_t b = (uintptr_t)t.data, e = b + t.nbytes;
             auto [it, added] = index_.emplace(allocation(t), regions_.size());
             if (added) regions_.push_back({b, e, 0, {}});
@@ -122,7 +160,8 @@ public:
     }
     Tensor view(const HostTensor& t) const {
         const size_t i = index_.at(allocation(t));
-        return make_tensor(bufs_[i], (uintptr_t)t.data - regions_[i].begin, t.type, t.rows, t.cols);
+        return make_tensor(bufs_[i], (uintptr_t)t.data - regions_[i].begin, t.type, t.rows * std::max<int64_t>(t.n_expert, 1),
+                           t.cols);
     }
 
 private:
@@ -141,26 +180,49 @@ private:
     std::map<uintptr_t, size_t> index_;
 };
 
+// The n_expert [rows, cols] views of an expert stack: row ranges of a 3-D tensor, or the
+// per-expert tensors as listed.
+std::vector<Tensor> expert_stack(const TensorSpec& s, const HostTensor& t, const Wrapper& wrap) {
+    const std::string want = std::to_string(s.n_expert) + " x " + shape_str(s.rows, s.cols);
+    std::vector<Tensor> out;
+    if (t.experts.empty()) {
+        if (t.n_expert != s.n_expert || t.rows != s.rows || t.cols != s.cols)
+            throw InputError("tensor '" + s.name + "' has shape " + std::to_string(t.n_expert) + " x " +
+                             shape_str(t.rows, t.cols) + ", expected " + want + " (experts x [rows, cols])");
+        const Tensor whole = wrap.view(t);  // [n_expert * rows, cols]
+        for (int64_t e = 0; e < s.n_expert; e++) out.push_back(whole.slice_rows(e * s.rows, s.rows));
+        return out;
+    }
+    if ((int64_t)t.experts.size() != s.n_expert)
+        throw InputError("tensor '" + s.name + "' lists " + std::to_string(t.experts.size()) + " experts, expected " +
+                         std::to_string(s.n_expert));
+    for (size_t e = 0; e < t.experts.size(); e++) {
+        const HostTensor& x = t.experts[e];
+        if (x.rows != s.rows || x.cols != s.cols)
+            throw InputError("tensor '" + s.name + "' expert " + std::to_string(e) + " has shape " +
+                             shape_str(x.rows, x.cols) + ", expected " + shape_str(s.rows, s.cols));
+        out.push_back(wrap.view(x));
+    }
+    return out;
+}
+
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, HostTensor>& tensors, Backend& be) {
     cfg.validate();
     for (auto& [name, t] : tensors) {
-        if (!is_weight_type(t.type))
-            throw InputError("tensor '" + name + "' has unsupported type " + dtype_name(t.type));
-        if (t.rows <= 0 || t.cols <= 0) throw InputError("tensor '" + name + "' has an empty shape");
-        if (t.rows > kMaxTensorExtent || t.cols > kMaxTensorExtent)
-            throw InputError("tensor '" + name + "' has shape " + shape_str(t.rows, t.cols) + ", beyond " +
-                             std::to_string(kMaxTensorExtent) + " rows or columns");
-        if (t.cols % dtype_block_elems(t.type) != 0)
-            throw InputError("tensor '" + name + "' of type " + dtype_name(t.type) + " has " + std::to_string(t.cols) +
-                             " columns, not a multiple of the block size " +
-                             std::to_string(dtype_block_elems(t.type)));
-        const int64_t expect = checked_mul(row_bytes(t.type, t.cols), t.rows, "tensor '" + name + "' byte size");
-        if ((int64_t)t.nbytes != expect)
-            throw InputError("tensor '" + name + "' has " + std::to_string(t.nbytes) + " bytes, expected " +
-                             std::to_string(expect) + " for " + dtype_name(t.type) + " " + shape_str(t.rows, t.cols));
-        if (!t.data) throw InputError("tensor '" + name + "' has no data");
+        if (t.experts.empty()) {
+            check_host_tensor(name, t);
+            continue;
+        }
+        for (size_t e = 0; e < t.experts.size(); e++) {
+            const HostTensor& x = t.experts[e];
+            if (!x.experts.empty() || x.n_expert) throw InputError("tensor '" + name + "': an expert's tensor is 2-D");
+            check_host_tensor(name + "' expert '" + std::to_string(e), x);
+            if (x.type != t.experts[0].type)
+                throw InputError("tensor '" + name + "': expert " + std::to_string(e) + " is " + dtype_name(x.type) +
+                                 ", expert 0 is " + dtype_name(t.experts[0].type) + " (one type per expert stack)");
+        }
     }
 
     // Every tensor the architecture knows, checked and wrapped; a tensor it does not know is an
@@ -177,6 +239,7 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
     ModelWeights w;
     Wrapper wrap(tensors, be, w);
     std::map<std::string, Tensor> views;  // the tensors present, by name
+    std::map<std::string, std::vector<Tensor>> stacks;  // expert stacks, one view per expert
     for (auto& s : layout) {
         auto it = tensors.find(s.name);
         if (it == tensors.end()) {
@@ -184,6 +247,12 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
             continue;
         }
         const HostTensor& t = it->second;
+        if (s.n_expert > 0) {
+            stacks[s.name] = expert_stack(s, t, wrap);
+            continue;
+        }
+        if (t.n_expert || !t.experts.empty())
+            throw InputError("tensor '" + s.name + "' is an expert stack, expected one matrix " + shape_str(s.rows, s.cols));
         if (t.rows != s.rows || t.cols != s.cols)
             throw InputError("tensor '" + s.name + "' has shape " + shape_str(t.rows, t.cols) + ", expected " +
                              shape_str(s.rows, s.cols));
@@ -220,6 +289,14 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.w_gate = at(p + "ffn_gate.weight");
         L.w_up = at(p + "ffn_up.weight");
         L.w_down = at(p + "ffn_down.weight");
+        L.router = at(p + "ffn_gate_inp.weight");
+        L.gate_exps = stacks[p + "ffn_gate_exps.weight"];
+        L.up_exps = stacks[p + "ffn_up_exps.weight"];
+        L.down_exps = stacks[p + "ffn_down_exps.weight"];
+        L.shared_gate_inp = at(p + "ffn_gate_inp_shexp.weight");
+        L.shared_gate = at(p + "ffn_gate_shexp.weight");
+        L.shared_up = at(p + "ffn_up_shexp.weight");
+        L.shared_down = at(p + "ffn_down_shexp.weight");
         w.layers.push_back(L);
     }
     return w;

@@ -23,6 +23,11 @@ struct HostTensor {
     // them); null when unknown, and then the tensor is wrapped on its own.
     const void* alloc = nullptr;
     size_t alloc_bytes = 0;
+    // Expert stacks come in two forms: one 3-D tensor (GGUF: n_expert > 0, the bytes hold
+    // n_expert blocks of [rows, cols] one after the other), or a list of 2-D tensors, one per
+    // expert (HF's mlp.experts.E.*: `experts` non-empty, this tensor's own fields unused).
+    int64_t n_expert = 0;
+    std::vector<HostTensor> experts;
 };
 
 struct LayerWeights {
@@ -37,6 +42,13 @@ struct LayerWeights {
     Tensor ffn_post_norm;      // f32 [dim]: RMSNorm of the feed-forward output before the add (Gemma)
     Tensor w_gate, w_up;       // [ffn_dim, dim]
     Tensor w_down;             // [dim, ffn_dim]
+    // Mixture of experts (cfg.is_moe(); the dense w_gate/w_up/w_down are then empty).
+    Tensor router;             // [n_expert, dim]
+    std::vector<Tensor> gate_exps, up_exps;  // n_expert x [expert_ffn_dim, dim]
+    std::vector<Tensor> down_exps;           // n_expert x [dim, expert_ffn_dim]
+    Tensor shared_gate_inp;    // [1, dim]: the shared expert's scale is sigmoid(shared_gate_inp x)
+    Tensor shared_gate, shared_up;  // [shared_ffn_dim, dim]; rows == 0 without a shared expert
+    Tensor shared_down;        // [dim, shared_ffn_dim]
 };
 
 struct ModelWeights {

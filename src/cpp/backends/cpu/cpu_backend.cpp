@@ -92,7 +92,7 @@ void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor&
 namespace {
 bool is_quantized(DType t) {
     return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-           t == DType::IQ4_NL || t == DType::IQ4_XS;
+           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
 }
 }  // namespace
 

@@ -39,6 +39,13 @@ public:
     void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
+    // Mixture of experts (cpu_moe.cpp).
+    bool has_moe_ops() const override { return true; }
+    void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
+    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
+    void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
+    void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
+
 private:
     // out = rms_norm(x) * w, or out += it with accumulate.
     void rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
@@ -61,6 +68,7 @@ private:
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials
     std::vector<float> xt_;                    // activations transposed for gemm_panel
+    std::unique_ptr<Buffer> gathered_x_, gathered_y_;  // matmul_id: one expert's rows, in and out
 };
 
 }  // namespace forgert::cpu

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "core/fp16.h"
 #include "cpu_kernels.h"
@@ -42,6 +43,38 @@ inline float iq4_nl_block_dot(const uint8_t* blk, const BlockQ8Act& a) {
     int8_t q[FG_QK];
     iq4_values32(b->qs, q);
     return f16_to_f32(b->d) * a.d * (float)iq4_act_dot(q, a);
+}
+
+// MXFP4's E8M0 scale halved (its values are stored doubled): 2^(e - 128), exact for every e
+// (the two smallest are subnormal), as ggml's GGML_E8M0_TO_FP32_HALF.
+inline float mxfp4_half_scale(uint8_t e) {
+    const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+constexpr int8_t kMxfp4Values[16] = FG_MXFP4_VALUES;
+
+// One MXFP4 block dotted with one activation block.
+inline float mxfp4_block_dot(const uint8_t* blk, const BlockQ8Act& a) {
+    const auto* b = reinterpret_cast<const block_mxfp4*>(blk);
+    int32_t s = 0;  // |s| < 2^24
+    for (int i = 0; i < FG_QK / 2; i++) {
+        s += kMxfp4Values[b->qs[i] & 0x0f] * (256 * a.hi[i] + a.lo[i]);
+        s += kMxfp4Values[b->qs[i] >> 4] * (256 * a.hi[i + FG_QK / 2] + a.lo[i + FG_QK / 2]);
+    }
+    return mxfp4_half_scale(b->e) * a.d * (float)s;
+}
+
+// One MXFP4 block to f32.                                            y [32]
+inline void mxfp4_dequantize_block(const uint8_t* blk, float* y) {
+    const auto* b = reinterpret_cast<const block_mxfp4*>(blk);
+    const float d = mxfp4_half_scale(b->e);
+    for (int i = 0; i < FG_QK / 2; i++) {
+        y[i] = d * kMxfp4Values[b->qs[i] & 0x0f];
+        y[i + FG_QK / 2] = d * kMxfp4Values[b->qs[i] >> 4];
+    }
 }
 
 // One IQ4_NL block to f32.                                           y [32]

@@ -67,6 +67,7 @@ inline float weight_to_f32(DType wt, const uint8_t* row, int64_t c) {
 // dot of one quantized weight block with one activation block.
 inline float block_dot_scalar(DType wt, const uint8_t* wb, const BlockQ8Act& a) {
     if (wt == DType::IQ4_NL) return iq4_nl_block_dot(wb, a);
+    if (wt == DType::MXFP4) return mxfp4_block_dot(wb, a);
     int32_t s = 0;  // sum of q[i] * (256 hi[i] + lo[i]); |s| < 2^28
     float d, m = 0.0f;
     if (wt == DType::Q8_0) {
@@ -127,6 +128,7 @@ inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r
 // Dequantize one 32-weight block to f32.
 inline void dequantize_block(DType wt, const uint8_t* blk, float* y) {
     if (wt == DType::IQ4_NL) return iq4_nl_dequantize_block(blk, y);
+    if (wt == DType::MXFP4) return mxfp4_dequantize_block(blk, y);
     if (wt == DType::Q8_0) {
         const auto* q = reinterpret_cast<const block_q8_0*>(blk);
         const float d = f16_to_f32(q->d);
@@ -332,7 +334,7 @@ namespace {  // internal: each ISA file compiles its own copy
 // One row of any weight type to f32 (embedding lookups, and the panel GEMM's K-quant rows).
 inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols) {
     if (wt == DType::Q8_0 || wt == DType::Q4_0 || wt == DType::Q4_1 || wt == DType::Q5_0 || wt == DType::Q5_1 ||
-        wt == DType::IQ4_NL) {
+        wt == DType::IQ4_NL || wt == DType::MXFP4) {
         for (int64_t b = 0; b < cols / FG_QK; b++) dequantize_block(wt, row + b * dtype_block_bytes(wt), y + b * FG_QK);
         return;
     }

@@ -108,13 +108,16 @@ void MetalBackend::encode(const std::string& kernel, const void* args, size_t ar
     ++n_dispatches_;
 }
 
-Buffer* MetalBackend::attention_scratch(size_t bytes) {
-    if (!scratch_ || scratch_->size < bytes) {
+Buffer* MetalBackend::attention_scratch(size_t bytes) { return grow_scratch(scratch_, bytes); }
+Buffer* MetalBackend::moe_groups_scratch(size_t bytes) { return grow_scratch(moe_groups_, bytes); }
+
+Buffer* MetalBackend::grow_scratch(std::unique_ptr<Buffer>& slot, size_t bytes) {
+    if (!slot || slot->size < bytes) {
         // The old buffer may be bound by dispatches not yet finished: keep it until wait().
-        if (scratch_) retired_.push_back(std::move(scratch_));
-        scratch_ = dev_->new_buffer(bytes + bytes / 2);
+        if (slot) retired_.push_back(std::move(slot));
+        slot = dev_->new_buffer(bytes + bytes / 2);
     }
-    return scratch_.get();
+    return slot.get();
 }
 
 }  // namespace forgert::metal

@@ -56,6 +56,14 @@ public:
     void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
+    // Mixture of experts: router top-k, expert GEMV and weighted sum, all on the device.
+    bool has_moe_ops() const override { return true; }
+    std::string expert_stack_problem(const Tensor* experts, int n_expert) const override;
+    void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
+    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
+    void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
+    void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
+
     // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).
     int64_t dispatch_count() const { return n_dispatches_; }
     int64_t barrier_count() const { return n_barriers_; }
@@ -89,6 +97,9 @@ private:
     void encode_unary(const char* kernel, const Tensor& x, float value);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().
     Buffer* attention_scratch(size_t bytes);
+    // The same for matmul_id's slots grouped by expert (moe_group_i32's output).
+    Buffer* moe_groups_scratch(size_t bytes);
+    Buffer* grow_scratch(std::unique_ptr<Buffer>& slot, size_t bytes);
 
     std::unique_ptr<Device> dev_;
     HazardTracker hazards_;
@@ -99,6 +110,7 @@ private:
     bool encoded_ = false;   // the device's command buffer holds dispatches not yet committed
     bool pending_ = false;   // committed work that wait() has not seen finish
     std::unique_ptr<Buffer> scratch_;
+    std::unique_ptr<Buffer> moe_groups_;
     std::vector<std::unique_ptr<Buffer>> retired_;  // replaced scratch, in use by queued work
     int64_t n_dispatches_ = 0;
     int64_t n_barriers_ = 0;

@@ -38,6 +38,7 @@ const char* weight_suffix(DType t) {
         case DType::Q6_K: return "q6_K";
         case DType::IQ4_NL: return "iq4_nl";
         case DType::IQ4_XS: return "iq4_xs";
+        case DType::MXFP4: return "mxfp4";
         default: return nullptr;
     }
 }
@@ -412,6 +413,137 @@ void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
     const uint32_t threads = std::min<uint32_t>(thread_cap("argmax_f32"), round_up_simd(x.cols));
     encode("argmax_f32", &a, sizeof a, {reads(x), writes(out)}, {(uint32_t)x.rows, 1, 1}, {threads, 1, 1},
            2 * FG_SIMD_WIDTH * sizeof(float));
+}
+
+// --- mixture of experts ---
+
+namespace {
+void need_i32_rows(const Tensor& t, const char* op, const char* name, int64_t rows, int64_t cols) {
+    need(t.buf != nullptr && t.type == DType::I32 && t.rows == rows && t.cols == cols, op,
+         std::string(name) + " must be i32 [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+}
+}  // namespace
+
+void MetalBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
+    const int64_t n = logits.rows, k = ids.cols;
+    need(logits.cols > 0 && k >= 1 && k <= logits.cols, "moe_route", "need 1 <= k <= n_expert");
+    need_f32_rows(logits, "moe_route", "logits", n, logits.cols);
+    need_f32_rows(weights, "moe_route", "weights", n, k);
+    need_i32_rows(ids, "moe_route", "ids", n, k);
+    moe_route_args a{};
+    a.logits_stride = logits.stride;
+    a.weights_stride = weights.stride;
+    a.ids_stride = ids.stride;
+    a.n = (int32_t)n;
+    a.n_expert = (int32_t)logits.cols;
+    a.k = (int32_t)k;
+    a.renormalize = renormalize ? 1 : 0;
+    encode("moe_route_f32", &a, sizeof a, {reads(logits), writes(weights), writes(ids)}, {ceil_div(n, 32), 1, 1},
+           {32, 1, 1});
+}
+
+// The experts must lie at one stride in one buffer (GGUF's 3-D stacks; HF's per-expert tensors
+// as safetensors stores them, interleaved with the other stacks' experts): the kernel finds
+// expert e at w + e * expert_stride.
+std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expert) const {
+    const Tensor& w0 = experts[0];
+    const size_t stride = n_expert > 1 ? experts[1].offset - w0.offset : 0;
+    for (int e = 1; e < n_expert; e++) {
+        const Tensor& we = experts[e];
+        if (we.buf != w0.buf) return "expert " + std::to_string(e) + " lies in another file than expert 0";
+        if (we.type != w0.type || we.rows != w0.rows || we.cols != w0.cols || we.stride != w0.stride)
+            return "expert " + std::to_string(e) + " differs from expert 0 in type or shape";
+        if (we.offset <= w0.offset || we.offset != w0.offset + e * stride)
+            return "the experts are not evenly spaced in their file";
+    }
+    return "";
+}
+
+void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                             const Tensor& ids) {
+    need(n_expert >= 1 && experts != nullptr, "matmul_id", "no experts");
+    const Tensor& w0 = experts[0];
+    const int64_t n = ids.rows, k = ids.cols;
+    need_matmul_shapes(out.slice_rows(0, x.rows), w0, x, "matmul_id");
+    need(x.rows == n || x.rows == n * k, "matmul_id", "x must have n or n*k rows");
+    need_f32_rows(out, "matmul_id", "out", n * k, w0.rows);
+    need_i32_rows(ids, "matmul_id", "ids", n, k);
+    const size_t expert_stride = n_expert > 1 ? experts[1].offset - w0.offset : 0;
+    const std::string why = expert_stack_problem(experts, n_expert);
+    need(why.empty(), "matmul_id", why);
+    const Binding stack{w0.buf, w0.offset, (n_expert - 1) * expert_stride + w0.nbytes(), false};
+    const int64_t n_slots = n * k;
+    const int32_t x_per_slot = x.rows == n_slots && k > 1 ? 1 : 0;
+    if (n < kMulMmMinTokens) {  // decode: a GEMV per slot over its expert's rows
+        mul_mv_id_args a{};
+        a.mv = make_mul_mv_args(out, w0, x, false);
+        a.expert_stride = expert_stride;
+        a.ids_stride = ids.stride;
+        a.k = (int32_t)k;
+        a.x_per_slot = x_per_slot;
+        a.n_expert = n_expert;
+        encode(std::string("mul_mv_id_") + weight_suffix(w0.type), &a, sizeof a,
+               {stack, reads(x), writes(out), reads(ids)}, {ceil_div(w0.rows, FG_MV_ROWS_PER_TG), (uint32_t)n_slots, 1},
+               {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+        return;
+    }
+    // Prefill: the slots grouped by expert on the device, then one GEMM per expert over its slots.
+    need(n_slots <= INT32_MAX / std::max(n_expert, 1), "matmul_id", "too many slots");
+    const size_t group_bytes = (size_t)(n_expert + (int64_t)n_expert * n_slots) * sizeof(int32_t);
+    const Buffer* groups = moe_groups_scratch(group_bytes);
+    moe_group_args g{};
+    g.ids_stride = ids.stride;
+    g.n = (int32_t)n;
+    g.k = (int32_t)k;
+    g.n_expert = n_expert;
+    encode("moe_group_i32", &g, sizeof g, {reads(ids), Binding{groups, 0, group_bytes, true}},
+           {ceil_div(n_expert, 32), 1, 1}, {32, 1, 1});
+    mul_mm_id_args a{};
+    a.mm.w_stride = w0.stride;
+    a.mm.x_stride = x.stride;
+    a.mm.out_stride = out.stride;
+    a.mm.rows = (int32_t)w0.rows;
+    a.mm.cols = (int32_t)w0.cols;
+    a.mm.n_tokens = (int32_t)n_slots;
+    a.mm.accumulate = 0;
+    a.expert_stride = expert_stride;
+    a.n_slots = (int32_t)n_slots;
+    a.k = (int32_t)k;
+    a.x_per_slot = x_per_slot;
+    a.n_expert = n_expert;
+    encode(std::string("mul_mm_id_") + weight_suffix(w0.type), &a, sizeof a,
+           {stack, reads(x), writes(out), Binding{groups, 0, group_bytes, false}},
+           {ceil_div(w0.rows, FG_MM_TILE_ROWS), ceil_div(n_slots, FG_MM_TILE_TOKENS), (uint32_t)n_expert},
+           {FG_MM_THREADS, 1, 1}, FG_MM_TG_BYTES(w0.type == DType::F32 || w0.type == DType::BF16 ? 4 : 2));
+}
+
+void MetalBackend::moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) {
+    const int64_t n = out.rows, k = weights.cols;
+    need_f32_rows(out, "moe_sum_add", "out", n, out.cols);
+    need_f32_rows(weights, "moe_sum_add", "weights", n, k);
+    need_f32_rows(y, "moe_sum_add", "y", n * k, out.cols);
+    moe_sum_args a{};
+    a.y_stride = y.stride;
+    a.weights_stride = weights.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)out.cols;
+    a.k = (int32_t)k;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(out.cols));
+    encode("moe_sum_add_f32", &a, sizeof a, {reads(y), reads(weights), writes(out)},
+           {ceil_div(out.cols, threads), (uint32_t)n, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
+    need_f32_rows(x, "scale_sigmoid", "x", x.rows, x.cols);
+    need_f32_rows(gate, "scale_sigmoid", "gate", x.rows, 1);
+    moe_sum_args a{};
+    a.weights_stride = gate.stride;
+    a.out_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    a.k = 1;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode("scale_sigmoid_f32", &a, sizeof a, {reads(gate), writes(x)}, {ceil_div(x.cols, threads), (uint32_t)x.rows, 1},
+           {threads, 1, 1});
 }
 
 }  // namespace forgert::metal

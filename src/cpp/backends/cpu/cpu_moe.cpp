@@ -1,0 +1,111 @@
+// Mixture-of-experts ops of the CPU backend: the router's top-k, the matmul over selected
+// experts (grouped by expert, so each used expert's weights are read once per pass), and the
+// weighted sum of the experts' outputs.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu_backend.h"
+
+namespace forgert::cpu {
+
+namespace {
+float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
+const int32_t* row_i32(const Tensor& t, int64_t r) {
+    return reinterpret_cast<const int32_t*>(t.data<uint8_t>() + t.stride * r);
+}
+}  // namespace
+
+void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
+    const int64_t n_expert = logits.cols, k = ids.cols;
+    pool_.parallel_for(logits.rows, 16, [&](int64_t r0, int64_t r1) {
+        std::vector<float> p(n_expert);
+        std::vector<int32_t> order(n_expert);
+        for (int64_t i = r0; i < r1; i++) {
+            const float* l = row_f32(logits, i);
+            const float mx = *std::max_element(l, l + n_expert);
+            float sum = 0;
+            for (int64_t e = 0; e < n_expert; e++) sum += (p[e] = std::exp(l[e] - mx));
+            for (int64_t e = 0; e < n_expert; e++) order[e] = (int32_t)e;
+            // Largest first, the lower id first on ties (stable over the ascending ids).
+            std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                              [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+            float picked = 0;
+            for (int64_t j = 0; j < k; j++) picked += p[order[j]];
+            const float denom = renormalize ? picked : sum;
+            int32_t* id = reinterpret_cast<int32_t*>(ids.data<uint8_t>() + ids.stride * i);
+            float* w = row_f32(weights, i);
+            for (int64_t j = 0; j < k; j++) {
+                id[j] = order[j];
+                w[j] = p[order[j]] / denom;
+            }
+        }
+    });
+}
+
+void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                           const Tensor& ids) {
+    const int64_t n = ids.rows, k = ids.cols, n_slots = n * k, cols = x.cols, rows = out.cols;
+    const bool per_slot = x.rows == n_slots;  // down: slot s reads x row s; gate/up: row s / k
+    // Slots grouped by expert (a counting sort): slots of expert e are order[start[e]..start[e+1]).
+    std::vector<int64_t> start(n_expert + 1, 0), order(n_slots);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t j = 0; j < k; j++) {
+            const int32_t e = row_i32(ids, i)[j];
+            if (e < 0 || e >= n_expert)
+                throw InputError("matmul_id: expert id " + std::to_string(e) + " outside 0.." +
+                                 std::to_string(n_expert - 1));
+            start[e + 1]++;
+        }
+    }
+    for (int e = 0; e < n_expert; e++) start[e + 1] += start[e];
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t s = 0; s < n_slots; s++) order[fill[row_i32(ids, s / k)[s % k]]++] = s;
+
+    auto grow = [&](std::unique_ptr<Buffer>& b, size_t bytes) {
+        if (!b || b->size < bytes) b = alloc(bytes);
+        return b.get();
+    };
+    for (int e = 0; e < n_expert; e++) {
+        const int64_t c = start[e + 1] - start[e];
+        if (c == 0) continue;  // an expert no token chose: its weights are not read
+        const int64_t* slots = &order[start[e]];
+        if (c == 1) {  // decode: one GEMV straight into the slot's row
+            const int64_t s = slots[0];
+            matmul(out.slice_rows(s, 1), experts[e], x.slice_rows(per_slot ? s : s / k, 1));
+            continue;
+        }
+        // Gather the expert's input rows, one GEMM over them, scatter the outputs to their slots.
+        const Tensor xg = make_tensor(grow(gathered_x_, (size_t)c * cols * sizeof(float)), 0, DType::F32, c, cols);
+        const Tensor yg = make_tensor(grow(gathered_y_, (size_t)c * rows * sizeof(float)), 0, DType::F32, c, rows);
+        for (int64_t r = 0; r < c; r++)
+            std::memcpy(row_f32(xg, r), row_f32(x, per_slot ? slots[r] : slots[r] / k), cols * sizeof(float));
+        matmul(yg, experts[e], xg);
+        for (int64_t r = 0; r < c; r++) std::memcpy(row_f32(out, slots[r]), row_f32(yg, r), rows * sizeof(float));
+    }
+}
+
+void CpuBackend::moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) {
+    const int64_t k = weights.cols, dim = out.cols;
+    pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t i = r0; i < r1; i++) {
+            float* o = row_f32(out, i);
+            const float* w = row_f32(weights, i);
+            for (int64_t j = 0; j < k; j++) {
+                const float* yr = row_f32(y, i * k + j);
+                for (int64_t c = 0; c < dim; c++) o[c] += w[j] * yr[c];
+            }
+        }
+    });
+}
+
+void CpuBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
+    for (int64_t i = 0; i < x.rows; i++) {
+        const float s = 1.0f / (1.0f + std::exp(-row_f32(gate, i)[0]));
+        float* xr = row_f32(x, i);
+        for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
+    }
+}
+
+}  // namespace forgert::cpu

@@ -1,0 +1,214 @@
+"""Mixture-of-experts ops of _core.Ops against NumPy: the router's top-k (moe_route), the matmul
+over each token's selected experts (matmul_id: GEMVs in decode, one GEMM per used expert over
+the gathered rows in prefill) and the weighted sum of the experts' outputs (moe_sum_add), with
+skewed routings (one expert takes every token; experts that take none).
+
+Weights go through the same kernels as matmul, so matmul_id's bound is test_cpu_ops'
+matmul_bound of the decode path (the larger of the two paths a group of rows can take).
+Metal runs on the emulated device under its three thread orders (as tests/test_metal_ops.py).
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from conftest import metal_skip_reason
+from test_cpu_ops import (BF16, DTYPE_NAMES, F16, F32, Q4_0, Q4_K, Q6_K, Q8_0, decode_weights, encode_weights,
+                          matmul_bound, nmse, randn, rng_for)
+from test_metal_ops import SCHEDULES, select_schedule
+
+MXFP4 = 39
+MOE_DTYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, MXFP4]
+BACKENDS = ["cpu"] + [pytest.param(f"metal-{s}", marks=pytest.mark.metal) for s in SCHEDULES]
+
+
+@pytest.fixture(params=BACKENDS)
+def ops(request, core):
+    """An Ops of the CPU, or of the (emulated) Metal device running threads in one order."""
+    if request.param == "cpu":
+        yield core.Ops("cpu")
+        return
+    reason = metal_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    schedule = request.param.split("-", 1)[1]
+    if not select_schedule(core, schedule):
+        pytest.skip(f"schedule {schedule}: this _core cannot switch schedules in-process")
+    yield core.Ops("metal")
+    select_schedule(core, "forward")
+
+
+def backend_of(ops) -> str:
+    return "metal" if ops.name == "metal" else "cpu"
+
+
+def encode(w: np.ndarray, dtype_id: int) -> np.ndarray:
+    if dtype_id == MXFP4:   # gguf-py's MXFP4 quantizer (test_cpu_ops' encoder predates the type)
+        return gguf.quants.quantize(np.ascontiguousarray(w, np.float32), gguf.GGMLQuantizationType.MXFP4).reshape(-1)
+    return encode_weights(w, dtype_id)
+
+
+def decode(raw: np.ndarray, dtype_id: int, rows: int, cols: int) -> np.ndarray:
+    if dtype_id == MXFP4:
+        return gguf.quants.dequantize(raw.reshape(rows, -1), gguf.GGMLQuantizationType.MXFP4).astype(np.float64)
+    return decode_weights(raw, dtype_id, rows, cols)
+
+
+def bound_for(backend: str, dtype_id: int, n: int) -> float:
+    """matmul's nmse bound; MXFP4 takes Q4_0's (a 4-bit type through the same activation paths)."""
+    return matmul_bound(backend, Q4_0 if dtype_id == MXFP4 else dtype_id, n)
+
+
+# ----------------------------------------------------------------------------- router
+
+def route_reference(logits: np.ndarray, k: int, renormalize: bool):
+    """(weights [n, k], ids [n, k]): softmax over all experts, the k largest (lower id first on
+    ties), renormalised over the k when asked (Mixtral's softmax over the selected logits)."""
+    l64 = np.asarray(logits, np.float64)
+    p = np.exp(l64 - l64.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ids = np.stack([sorted(range(p.shape[1]), key=lambda e: (-p[i, e], e))[:k] for i in range(len(p))])
+    w = np.take_along_axis(p, ids, 1)
+    if renormalize:
+        w /= w.sum(1, keepdims=True)
+    return w, ids.astype(np.int32)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("n_expert,k", [(4, 1), (8, 2), (8, 4), (16, 8)])
+def test_moe_route_matches_numpy(ops, n_expert, k, renormalize):
+    logits = randn(rng_for("route", n_expert, k), 37, n_expert, scale=2.0)
+    w, ids = ops.moe_route(logits, k, renormalize)
+    w_ref, ids_ref = route_reference(logits, k, renormalize)
+    np.testing.assert_array_equal(ids, ids_ref)
+    # f32 exp and sums against f64: measured max 7.7e-8 -> 3e-7.
+    np.testing.assert_allclose(w, w_ref, rtol=0, atol=3e-7)
+    if renormalize:
+        np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
+
+
+def test_moe_route_ties_pick_the_lower_id(ops):
+    # Equal logits everywhere: experts 0..k-1, each weight 1/k (renormalised) or 1/n_expert.
+    logits = np.zeros((3, 8), np.float32)
+    logits[1, [2, 5, 6]] = 1.0   # three equal leaders: 2 and 5 are taken
+    w, ids = ops.moe_route(logits, 2, True)
+    np.testing.assert_array_equal(ids, [[0, 1], [2, 5], [0, 1]])
+    np.testing.assert_allclose(w, 0.5, atol=1e-7)
+    w, _ = ops.moe_route(logits[:1], 2, False)
+    np.testing.assert_allclose(w, 1 / 8, atol=1e-7)
+
+
+def test_moe_route_rejects_bad_k(ops):
+    with pytest.raises(ValueError, match="k must be"):
+        ops.moe_route(np.zeros((2, 4), np.float32), 5, True)
+
+
+# ----------------------------------------------------------------------------- matmul_id
+
+def routings(n: int, k: int, n_expert: int, rng) -> dict:
+    """ids [n, k] (distinct per row) for the routings a model can produce."""
+    random = np.stack([rng.permutation(n_expert)[:k] for _ in range(n)]).astype(np.int32)
+    # Expert 3 is in every token's selection (first slot), the other slots spread over 0..2:
+    # 3 takes every token, experts 4.. take none.
+    skewed = np.stack([[3] + list((i + np.arange(k - 1)) % 3) for i in range(n)]).astype(np.int32)
+    # Only the last experts are ever chosen: the first n_expert - k take none.
+    tail = np.tile(np.arange(n_expert - k, n_expert, dtype=np.int32)[::-1], (n, 1))
+    return {"random": random, "one-expert-takes-all": skewed, "experts-take-none": tail}
+
+
+def matmul_id_reference(experts: np.ndarray, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """experts f64 [n_expert, rows, cols]; x [n or n*k, cols]; ids [n, k] -> [n*k, rows]."""
+    n, k = ids.shape
+    rows = [experts[ids[i, j]] @ np.asarray(x[i if len(x) == n else i * k + j], np.float64)
+            for i in range(n) for j in range(k)]
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("per_slot", [False, True], ids=["x-per-token", "x-per-slot"])
+@pytest.mark.parametrize("n", [1, 5, 40])
+@pytest.mark.parametrize("dtype_id", MOE_DTYPES, ids=DTYPE_NAMES.get)
+def test_matmul_id_matches_numpy(ops, dtype_id, n, per_slot):
+    n_expert, k, rows, cols = 8, 3, 72, 256   # 72 rows: two of Metal's 64-row GEMM tiles
+    rng = rng_for("matmul_id", dtype_id, n, per_slot)
+    raws = [encode(randn(rng, rows, cols), dtype_id) for _ in range(n_expert)]
+    raw = np.concatenate(raws)   # GGUF's 3-D layout: the experts' matrices one after the other
+    experts = np.stack([decode(r, dtype_id, rows, cols) for r in raws]).astype(np.float64)
+    x = randn(rng, n * k if per_slot else n, cols)
+    for name, ids in routings(n, k, n_expert, rng).items():
+        out = ops.matmul_id(raw, dtype_id, n_expert, rows, cols, x, ids)
+        assert out.shape == (n * k, rows)
+        # CPU: measured nmse <= 0.2 x the decode matmul bound (Q4_0; <= 0.03 x for the other types).
+        # Metal: decode (n < 8, a GEMV per slot) and prefill (mul_mm_id: half weight tiles over the
+        # slots grouped per expert) against matmul's bound for n tokens: measured <= 0.22 x.
+        bound = bound_for("cpu", dtype_id, 1) if backend_of(ops) == "cpu" else bound_for("metal", dtype_id, n)
+        assert nmse(out, matmul_id_reference(experts, x, ids)) < bound, name
+
+
+@pytest.mark.parametrize("n", [1, 24])
+def test_matmul_id_reads_only_the_selected_experts(ops, n):
+    """Experts no token chose are never read: their weights are NaN, the output stays finite."""
+    n_expert, k, rows, cols = 6, 2, 16, 64
+    rng = rng_for("matmul_id_nan", n)
+    experts = randn(rng, n_expert, rows, cols)
+    experts[[0, 2, 5]] = np.nan
+    ids = np.tile(np.array([[4, 1]], np.int32), (n, 1))
+    ids[::2] = [3, 1]
+    x = randn(rng, n, cols)
+    out = ops.matmul_id(experts.reshape(-1).view(np.uint8), F32, n_expert, rows, cols, x, ids)
+    assert np.all(np.isfinite(out))
+    assert nmse(out, matmul_id_reference(experts.astype(np.float64), x, ids)) < 1e-12   # measured ~1e-15
+
+
+def test_matmul_id_rejects_bad_ids(ops):
+    w = np.zeros(4 * 8 * 32, np.float32).view(np.uint8)
+    with pytest.raises(ValueError, match="expert id out of range"):
+        ops.matmul_id(w, F32, 4, 8, 32, np.zeros((1, 32), np.float32), np.array([[4]], np.int32))
+
+
+# ----------------------------------------------------------------------------- weighted sum
+
+@pytest.mark.parametrize("n,k", [(1, 2), (9, 4)])
+def test_moe_sum_add_matches_numpy(ops, n, k):
+    rng = rng_for("moe_sum", n, k)
+    out, y, w = randn(rng, n, 48), randn(rng, n * k, 48), np.abs(randn(rng, n, k))
+    ref = np.asarray(out, np.float64) + np.einsum("nk,nkd->nd", w.astype(np.float64), y.reshape(n, k, 48))
+    np.testing.assert_allclose(ops.moe_sum_add(out, y, w), ref, rtol=1e-6, atol=1e-5)  # f32 sums, measured ~5e-7
+
+
+# ----------------------------------------------------------------------------- MXFP4
+
+def mxfp4_block(e: int, nibbles) -> bytes:
+    """One MXFP4 block: the E8M0 byte, then 16 bytes of nibbles (weight j low, j + 16 high)."""
+    q = np.asarray(nibbles, np.uint8)
+    return bytes([e]) + bytes((q[:16] | (q[16:] << 4)).tolist())
+
+
+@pytest.mark.parametrize("n", [1, 3, 20])
+def test_mxfp4_matmul_matches_gguf_dequantize(ops, n):
+    """gpt-oss's expert type: 32 E2M1 values and an E8M0 scale per block, against gguf.quants'
+    dequantization; rows of tiny and large scales too."""
+    rows, cols = 40, 256
+    rng = rng_for("mxfp4", n)
+    w = randn(rng, rows, cols)
+    w[3] *= 1e-3   # rows of other E8M0 exponents (the range's ends: test_mxfp4_get_rows_is_exact)
+    w[5] *= 30.0
+    raw = encode(w, MXFP4)
+    x = randn(rng, n, cols)
+    out = ops.matmul(raw, MXFP4, rows, cols, x)
+    ref = np.asarray(x, np.float64) @ decode(raw, MXFP4, rows, cols).T
+    # Measured nmse: CPU 4.3e-9 (n = 1, int8 activations; bound 2e-8), 3.0e-14 (n = 20, f32 panel;
+    # 3e-12); Metal 1.2e-13 (GEMV; 2e-11), 2.5e-14 (half tiles; 2e-7). Bounds are Q4_0's.
+    assert nmse(out, ref) < bound_for(backend_of(ops), MXFP4, n)
+
+
+def test_mxfp4_get_rows_is_exact(ops):
+    """Every E8M0 scale class (2^-128 and 2^-127 subnormal, 1, the largest) and every nibble,
+    dequantized bit for bit as gguf.quants does."""
+    nibbles = np.arange(32) % 16
+    raw = np.frombuffer(b"".join(mxfp4_block(e, nibbles) for e in (0, 1, 127, 128, 200, 250)), np.uint8)
+    rows = 6
+    table = np.frombuffer(raw.tobytes(), np.uint8).reshape(rows, 17)   # one block per row
+    ref = gguf.quants.dequantize(table, gguf.GGMLQuantizationType.MXFP4).astype(np.float32)
+    out = ops.get_rows(raw, MXFP4, rows, 32, np.arange(rows, dtype=np.int32))
+    np.testing.assert_array_equal(out, ref)
