@@ -8,7 +8,9 @@ times the largest error measured over the five models (64-token prefill: experts
   F32 (HF and GGUF), CPU and emulated Metal: measured <= 1.65e-4 max (qwen3moe-8x-top2 prefill:
     f16 K/V roundings flipped by summation order, as test_e2e_tiny notes), 6.6e-5 rms
     -> test_e2e_tiny's 5e-4 / 2.5e-4.
-  Q8_0, CPU prefill (f32 GEMM over dequantized panels): measured <= 6.7e-5 max, 3.1e-5 rms -> 3e-4 / 1e-4.
+  Q8_0, CPU prefill (the int8 GEMM on decode's two-part activations since issue 9's int8 path):
+    measured <= 7.6e-4 max, 2.9e-4 rms (6.7e-5 / 3.1e-5 on the former f32 panels) -> the decode
+    bounds below.
   Q8_0, CPU decode (two-part int8 activations): measured <= 7.0e-4 max, 3.4e-4 rms
     -> test_e2e_tiny's 3e-3 / 2e-3.
   Q8_0, emulated Metal: decode <= 1.4e-4 max; prefill (half weight tiles: the GEMM for the
@@ -74,7 +76,7 @@ def mixtral(tmp_path_factory, tiny_tokenizer):
 
 
 F32_BOUNDS = dict(max_rel=5e-4, rms_rel=2.5e-4, argmax=0.95)
-Q8_BOUNDS = {"prefill": dict(max_rel=3e-4, rms_rel=1e-4, argmax=0.95),
+Q8_BOUNDS = {"prefill": dict(max_rel=3e-3, rms_rel=2e-3, argmax=0.95),
              "decode": dict(max_rel=3e-3, rms_rel=2e-3, argmax=0.95),
              "metal": dict(max_rel=5e-3, rms_rel=4e-3, argmax=0.95)}
 
