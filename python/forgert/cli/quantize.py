@@ -15,7 +15,7 @@ REFUSED = {
                     "neither computes nor runs"),
     **dict.fromkeys(("tq1_0", "tq2_0"), "the ternary types are for ternary-trained models (BitNet), which "
                                         "forgert does not run"),
-    "mxfp4_moe": "MXFP4 is for mixture-of-experts weights; forgert runs no MoE models yet",
+    "mxfp4_moe": "MXFP4 is for mixture-of-experts weights, and forgert quantize does not write MoE models yet",
     "q2_k_s": "Q2_K_S needs an importance matrix",
 }
 
