@@ -111,3 +111,25 @@ def test_bad_batch_arguments(tiny_models, load):
         m.generate([[1], []])
     with pytest.raises(ValueError, match="parallel"):
         load(tm, parallel=0)
+
+
+def test_scheduler_cancel_frees_the_slot_for_the_next(tiny_models, load):
+    """A sequence cancelled mid-batch (its client left): the others' output is unchanged and
+    the queued prompt takes its slot."""
+    from forgert.batch import BatchScheduler
+    tm = tiny_models("llama3_untied")
+    prompts = skewed_prompts(tm.vocab)[:3]
+    m = load(tm, parallel=2)
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    sched = BatchScheduler(m._engine, m.tokenizer, prefill_chunk=16)
+    seqs = [sched.add(p, greedy) for p in prompts]
+    for _ in range(3):
+        sched.step()
+    assert seqs[2].slot == -1 and not seqs[2].done      # queued: both slots taken
+    sched.cancel(seqs[0])
+    while sched.busy:
+        sched.step()
+    assert seqs[0].result is None and seqs[0].done
+    single = load(tm)
+    for p, s in zip(prompts[1:], seqs[1:]):
+        assert s.result.tokens == single.generate(p, greedy).tokens

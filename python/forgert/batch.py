@@ -43,6 +43,7 @@ class _Sequence:
         self.generated, self.pieces = [], []
         self.n_sampled, self.n_decode, self.finish = 0, 0, "length"
         self.t_start = self.t_first = None
+        self.done, self.result = False, None    # result: the Completion, once finished
 
     @property
     def decoding(self) -> bool:
@@ -78,31 +79,54 @@ class _Sequence:
                             (self.t_first or t_end) - self.t_start, self.n_decode, t_end - (self.t_first or t_end)))
 
 
-def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
-    """Generator of (prompt index, text piece); returns the Completions in prompt order.
+class BatchScheduler:
+    """Continuous batching over an engine's KV slots: add() queues a prompt (first come, first
+    served), step() runs one engine pass for everything running and reports what it produced,
+    cancel() drops a sequence (its slot is free for the next step). Not thread-safe: one thread
+    owns it (and the engine) while it runs."""
 
-    engine: a _core.Engine (its n_slots sequences at a time); prompts: lists of token ids, each
-    shorter than the context; params_list: one SamplingParams per prompt."""
-    n_ctx, n_slots, max_batch = engine.n_ctx, engine.n_slots, engine.max_batch
-    waiting = deque(_Sequence(i, p, params_list[i], tokenizer, n_ctx) for i, p in enumerate(prompts))
-    done, running = {}, []
-    free_slots = list(range(n_slots - 1, -1, -1))
-    t0 = time.perf_counter()
-    for seq in list(waiting):
-        seq.t_start = t0
-        if seq.limit == 0:          # no room for a single token: finished before it starts
-            waiting.remove(seq)
-            done[seq.index] = seq.completion(t0)
-    while waiting or running:
-        while waiting and free_slots:
-            seq = waiting.popleft()
-            seq.slot = free_slots.pop()
-            running.append(seq)
-        decoding = [s for s in running if s.decoding]
+    def __init__(self, engine, tokenizer, prefill_chunk):
+        self.engine, self.tokenizer, self.prefill_chunk = engine, tokenizer, prefill_chunk
+        self.waiting, self.running = deque(), []
+        self.free_slots = list(range(engine.n_slots - 1, -1, -1))
+        self._count = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, prompt_ids, params) -> _Sequence:
+        """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
+        the returned sequence once finished."""
+        seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx)
+        self._count += 1
+        seq.t_start = time.perf_counter()
+        seq.done = seq.limit == 0       # no room for a single token: finished before it starts
+        seq.result = seq.completion(seq.t_start) if seq.done else None
+        if not seq.done:
+            self.waiting.append(seq)
+        return seq
+
+    def cancel(self, seq) -> None:
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+            self.free_slots.append(seq.slot)
+        seq.done = True
+
+    def step(self) -> list:
+        """One engine pass; returns [(sequence, text piece, finished)] for the rows it sampled."""
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            seq.slot = self.free_slots.pop()
+            self.running.append(seq)
+        if not self.running:
+            return []
         # Each admitted prompt first prefills its prefix (all but the last token), one chunk per
         # step beside the decoding rows; then its last token joins them as a decode row.
         entries, rows = [], []
-        for s in running:
+        for s in self.running:
             if s.decoding:
                 entries.append((s.slot, np.array([s.next_token], np.int32), len(s.prompt) + len(s.generated) - 1))
                 rows.append(s)
@@ -110,23 +134,24 @@ def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
                 entries.append((s.slot, np.array(s.prompt[-1:], np.int32), s.n_prefilled))
                 rows.append(s)
         prefill = None
-        room = max_batch - len(entries)
-        for s in running:
+        room = self.engine.max_batch - len(entries)
+        for s in self.running:
             if not s.decoding and s.n_prefilled < len(s.prompt) - 1 and room > 0:
-                n = min(prefill_chunk, room, len(s.prompt) - 1 - s.n_prefilled)
+                n = min(self.prefill_chunk, room, len(s.prompt) - 1 - s.n_prefilled)
                 entries.append((s.slot, np.array(s.prompt[s.n_prefilled:s.n_prefilled + n], np.int32), s.n_prefilled))
                 prefill = (s, n)
                 break
         if all(s.greedy for s in rows):
-            chosen = engine.forward_batch_argmax(entries)
+            chosen = self.engine.forward_batch_argmax(entries)
         else:
             samplers = [s.sampler if s.sampler is not None else _greedy_sampler() for s in rows]
             if prefill is not None:
                 samplers.append(_greedy_sampler())    # its row is not used
-            chosen = engine.forward_batch_sample(entries, samplers)
+            chosen = self.engine.forward_batch_sample(entries, samplers)
         if prefill is not None:
             prefill[0].n_prefilled += prefill[1]
         now = time.perf_counter()
+        out = []
         for s, tok in zip(rows, chosen):
             if not s.decoding:
                 s.n_prefilled = len(s.prompt)
@@ -139,12 +164,27 @@ def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
                 s.next_token = None
             if piece:
                 s.pieces.append(piece)
-                yield s.index, piece
             if finished:
-                running.remove(s)
-                free_slots.append(s.slot)
-                done[s.index] = s.completion(now)
-    return [done[i] for i in range(len(prompts))]
+                self.running.remove(s)
+                self.free_slots.append(s.slot)
+                s.done, s.result = True, s.completion(now)
+            out.append((s, piece, finished))
+        return out
+
+
+def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
+    """Generator of (prompt index, text piece); returns the Completions in prompt order.
+
+    engine: a _core.Engine (its n_slots sequences at a time); prompts: lists of token ids, each
+    shorter than the context; params_list: one SamplingParams per prompt."""
+    sched = BatchScheduler(engine, tokenizer, prefill_chunk)
+    seqs = [sched.add(p, params_list[i]) for i, p in enumerate(prompts)]
+    index = {id(s): i for i, s in enumerate(seqs)}
+    while sched.busy:
+        for s, piece, _ in sched.step():
+            if piece:
+                yield index[id(s)], piece
+    return [s.result for s in seqs]
 
 
 def _greedy_sampler():
