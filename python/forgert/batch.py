@@ -85,10 +85,11 @@ class BatchScheduler:
     cancel() drops a sequence (its slot is free for the next step). Not thread-safe: one thread
     owns it (and the engine) while it runs."""
 
-    def __init__(self, engine, tokenizer, prefill_chunk):
+    def __init__(self, engine, tokenizer, prefill_chunk, slots=None):
+        """slots: the KV slots it may use (default all of the engine's)."""
         self.engine, self.tokenizer, self.prefill_chunk = engine, tokenizer, prefill_chunk
         self.waiting, self.running = deque(), []
-        self.free_slots = list(range(engine.n_slots - 1, -1, -1))
+        self.free_slots = sorted(range(engine.n_slots) if slots is None else slots, reverse=True)
         self._count = 0
 
     @property
