@@ -1,7 +1,7 @@
 """Offline batch generation: several prompts decoded together, one engine pass per step.
 
 Each prompt gets a KV slot of the engine. A step evaluates every decoding sequence's next token
-(one row each) plus, while slots are free, one prefill chunk of a newly admitted prompt, in one
+(one row each) plus prefill chunks of newly admitted prompts (up to prefill_chunk tokens), in one
 _core.Engine.forward_batch* call: the projections become a GEMM over the batch instead of a
 GEMV per sequence. A finished sequence frees its slot for the next waiting prompt (continuous
 batching), so more prompts than slots is fine.
@@ -134,23 +134,24 @@ class BatchScheduler:
             elif s.n_prefilled == len(s.prompt) - 1:
                 entries.append((s.slot, np.array(s.prompt[-1:], np.int32), s.n_prefilled))
                 rows.append(s)
-        prefill = None
-        room = self.engine.max_batch - len(entries)
+        # Prefill chunks of admitted prompts, up to prefill_chunk tokens in all per step (so a
+        # long prompt does not stall the decoding rows for long), in admission order.
+        prefills = []
+        budget = min(self.prefill_chunk, self.engine.max_batch - len(entries))
         for s in self.running:
-            if not s.decoding and s.n_prefilled < len(s.prompt) - 1 and room > 0:
-                n = min(self.prefill_chunk, room, len(s.prompt) - 1 - s.n_prefilled)
+            if not s.decoding and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
+                n = min(budget, len(s.prompt) - 1 - s.n_prefilled)
                 entries.append((s.slot, np.array(s.prompt[s.n_prefilled:s.n_prefilled + n], np.int32), s.n_prefilled))
-                prefill = (s, n)
-                break
+                prefills.append((s, n))
+                budget -= n
         if all(s.greedy for s in rows):
             chosen = self.engine.forward_batch_argmax(entries)
         else:
             samplers = [s.sampler if s.sampler is not None else _greedy_sampler() for s in rows]
-            if prefill is not None:
-                samplers.append(_greedy_sampler())    # its row is not used
+            samplers += [_greedy_sampler() for _ in prefills]    # their rows are not used
             chosen = self.engine.forward_batch_sample(entries, samplers)
-        if prefill is not None:
-            prefill[0].n_prefilled += prefill[1]
+        for s, n in prefills:
+            s.n_prefilled += n
         now = time.perf_counter()
         out = []
         for s, tok in zip(rows, chosen):
