@@ -8,12 +8,15 @@ a prefill chunk beside sequences decoding one token each, slots used out of orde
 
 Bound: the batch runs the projections as one GEMM over all rows where a lone decode step runs a
 GEMV, so f32 sums are ordered differently and an f16 K/V rounding may flip by one ulp (as in
-test_e2e_tiny.py's F32/F16 bound). Measured max |batched - alone| / max|alone| <= 1.8e-5 on the
-CPU (AVX2) and the emulated Metal device, f32 weights (most cases < 1e-6) -> 1e-4.
+test_e2e_tiny.py's F32/F16 bound). Measured max |batched - alone| / max|alone| on the CPU (AVX2)
+and the emulated Metal device, f32 weights: <= 1.8e-5 on the Llama/Qwen specs (most < 1e-6), 7.7e-5
+on Gemma 3 (a 2-token prompt whose K/V came from a 36-row pass in the batch, a 2-row one alone)
+-> 3e-4 (a slot or window mix-up moves logits by > 1e-2).
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,13 +25,14 @@ import model_factory as mf
 from conftest import metal_skip_reason
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
-MAX_REL = 1e-4  # measured <= 1.8e-5 (see the module docstring)
+MAX_REL = 3e-4  # measured <= 7.7e-5 (see the module docstring)
 
 
 def make_engine(tiny, backend, n_slots, max_batch=512):
+    """tiny: a model_factory TinyModel, or a GGUF path."""
     from forgert import _core
     from forgert.loader import load_model
-    model = load_model(str(tiny.path("gguf-F32")))
+    model = load_model(str(tiny if isinstance(tiny, (str, Path)) else tiny.path("gguf-F32")))
     return _core.Engine(model.config.core_dict(64), model.core_tensors, backend=backend, n_threads=1,
                         max_batch=max_batch, n_slots=n_slots)
 
@@ -96,6 +100,38 @@ def test_skewed_batch_equals_each_sequence_alone(tiny_models, backend, spec):
             pos[slot] = p + len(toks)
         if step == 0:
             assert ids.shape == (3,)
+
+
+@pytest.fixture(scope="module")
+def gemma_paths(tmp_path_factory):
+    import gemma_factory as gf
+    root = tmp_path_factory.mktemp("gemma_batch")
+    return {name: gf.make_tiny_gemma(spec, root, hf_dtypes=(), gguf_types=("F32",)).path("gguf-F32")
+            for name, spec in gf.SPECS.items()}
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_sliding_window_and_softcap_per_slot(gemma_paths, backend, arch):
+    """Gemma's local layers (window 8, far shorter than the prompts) and Gemma 2's score and
+    logit soft-capping, per slot: sequences past the window beside short ones and a decode at
+    position 0's neighbour, each against the same calls on it alone."""
+    path = gemma_paths[arch]
+    batch = make_engine(path, backend, n_slots=3)
+    alone = make_engine(path, backend, n_slots=1)
+    vocab = batch.vocab
+    a, b, c = prompts(vocab, [23, 2, 11], seed=3)
+    entries = [(2, a, 0), (0, b, 0), (1, c, 0)]
+    got = batch.forward_batch(entries)
+    for row, (slot, toks, p) in enumerate(entries):
+        assert_close(got[row], alone.forward(toks, p)[-1], f"{arch} prompt of slot {slot}")
+    nxt = [int(np.argmax(r)) for r in got]
+    steps = [(2, np.array([nxt[0]], np.int32), 23), (0, np.array([nxt[1]], np.int32), 2),
+             (1, np.array([nxt[2]], np.int32), 11)]
+    got = batch.forward_batch(steps)
+    for row, (slot, toks, p) in enumerate(steps):
+        alone.forward({2: a, 0: b, 1: c}[slot], 0)     # the same calls, one sequence at a time
+        ref = alone.forward(toks, p)[-1]
+        assert_close(got[row], ref, f"{arch} decode of slot {slot}")
 
 
 def test_single_slot_forward_is_slot_zero_of_a_batch(tiny_models):
