@@ -87,6 +87,12 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries) {
     const int n = (int)ids_host_.size();
     const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
     be.write(ids, ids_host_.data(), (size_t)n * sizeof(int32_t));
+    // Each entry's last row, for last_row_logits: written now, before anything is encoded (a
+    // write to a device buffer waits for the work in flight).
+    last_rows_host_.clear();
+    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) last_rows_host_.push_back(r0 + entries[e].n - 1);
+    be.write(make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1), last_rows_host_.data(),
+             (size_t)n_entries * sizeof(int32_t));
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
@@ -198,18 +204,17 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
 }
 
 Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
-    // Gather each entry's last hidden row (x_ as an f32 table) into xn_ rows 0..n_entries.
-    last_rows_host_.clear();
-    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) last_rows_host_.push_back(r0 + entries[e].n - 1);
-    const Tensor rows = make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1);  // [n_entries] as a column
-    be_->write(rows, last_rows_host_.data(), (size_t)n_entries * sizeof(int32_t));
     if (logits_.rows < n_entries) {
         bufs_.push_back(be_->alloc((size_t)n_entries * cfg_.vocab * sizeof(float)));
         logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, n_entries, cfg_.vocab);
     }
     Tensor hn = xn_.slice_rows(0, n_entries), out = logits_.slice_rows(0, n_entries);
-    be_->get_rows(hn, x_, rows);
-    be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
+    if (n_entries == 1) {  // one sequence: its last row is already a row of x
+        be_->rms_norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm, cfg_.rms_eps);
+    } else {  // gather each entry's last hidden row (x_ as an f32 table; indices staged by run_layers)
+        be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
+        be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
+    }
     be_->matmul(out, w_.output, hn);
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
     return out;
