@@ -133,3 +133,27 @@ def test_scheduler_cancel_frees_the_slot_for_the_next(tiny_models, load):
     single = load(tm)
     for p, s in zip(prompts[1:], seqs[1:]):
         assert s.result.tokens == single.generate(p, greedy).tokens
+
+
+def test_a_slot_keeps_its_prefix_for_the_next_turn(tiny_models, load):
+    """A conversation's next turn (its previous prompt + answer + more) is admitted into the slot
+    that holds its history and prefills only the new tokens; its output equals the turn run
+    alone from scratch."""
+    from forgert.batch import BatchScheduler
+    tm = tiny_models("qwen2_untied")
+    first, other = skewed_prompts(tm.vocab)[2:4]
+    m = load(tm, parallel=2)
+    greedy = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    sched = BatchScheduler(m._engine, m.tokenizer, prefill_chunk=16)
+    a, b = sched.add(first, greedy), sched.add(other, greedy)
+    while sched.busy:
+        sched.step()
+    turn = first + a.result.tokens + token_ids(tm.vocab, 6, 99)
+    c = sched.add(turn, greedy)
+    while sched.busy:
+        sched.step()
+    assert c.slot == a.slot
+    # The history in the slot: the prompt and the answer tokens that were evaluated (the last
+    # one sampled never was).
+    assert c.result.timings.cached_tokens == len(first) + len(a.result.tokens) - 1
+    assert c.result.tokens == load(tm).generate(turn, greedy).tokens

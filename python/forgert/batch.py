@@ -19,6 +19,7 @@ import numpy as np
 
 from .completion import Completion, Timings, Usage
 from .detokenizer import StreamingDetokenizer
+from .prompt_cache import common_prefix
 from .sampling import native_sampler
 from .stop_strings import StopStringMatcher
 
@@ -39,6 +40,7 @@ class _Sequence:
         self.limit = room if params.max_tokens is None else min(params.max_tokens, room)
         self.slot = -1
         self.n_prefilled = 0            # prompt tokens already in the slot's cache
+        self.n_cached = 0               # of those, found there from an earlier sequence (its prefix)
         self.next_token = None          # the token to evaluate next (decoding)
         self.generated, self.pieces = [], []
         self.n_sampled, self.n_decode, self.finish = 0, 0, "length"
@@ -67,6 +69,10 @@ class _Sequence:
         self.next_token = tok
         return out, False
 
+    def cached_tokens(self) -> list:
+        """The tokens whose K/V this sequence left in its slot (positions 0..)."""
+        return self.prompt[:self.n_prefilled] + self.generated[:self.n_decode]
+
     def flush(self) -> str:
         return "" if self.stops.stopped else self.stops.feed(self.detok.flush()) + self.stops.flush()
 
@@ -75,7 +81,7 @@ class _Sequence:
         return Completion(
             text="".join(self.pieces), tokens=self.generated, finish_reason=self.finish,
             usage=Usage(n_prompt, self.n_sampled, n_prompt + self.n_sampled),
-            timings=Timings(n_prompt if self.t_first is not None else 0, 0,
+            timings=Timings(n_prompt - self.n_cached if self.t_first is not None else 0, self.n_cached,
                             (self.t_first or t_end) - self.t_start, self.n_decode, t_end - (self.t_first or t_end)))
 
 
@@ -90,6 +96,7 @@ class BatchScheduler:
         self.engine, self.tokenizer, self.prefill_chunk = engine, tokenizer, prefill_chunk
         self.waiting, self.running = deque(), []
         self.free_slots = sorted(range(engine.n_slots) if slots is None else slots, reverse=True)
+        self.slot_tokens = {slot: [] for slot in self.free_slots}   # what each free slot's cache holds
         self._count = 0
 
     @property
@@ -113,15 +120,27 @@ class BatchScheduler:
             self.waiting.remove(seq)
         if seq in self.running:
             self.running.remove(seq)
-            self.free_slots.append(seq.slot)
+            self._release(seq)
         seq.done = True
+
+    def _admit(self, seq) -> None:
+        """Into the free slot whose cache shares the longest prefix with the prompt (a
+        conversation taking its turn finds its history); prefill starts after that prefix."""
+        shared = {slot: common_prefix(self.slot_tokens[slot], seq.prompt) for slot in self.free_slots}
+        slot = max(self.free_slots, key=lambda sl: (shared[sl], -sl))
+        self.free_slots.remove(slot)
+        seq.slot = slot
+        seq.n_prefilled = seq.n_cached = min(shared[slot], len(seq.prompt) - 1)
+        self.running.append(seq)
+
+    def _release(self, seq) -> None:
+        self.slot_tokens[seq.slot] = seq.cached_tokens()
+        self.free_slots.append(seq.slot)
 
     def step(self) -> list:
         """One engine pass; returns [(sequence, text piece, finished)] for the rows it sampled."""
         while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
-            seq.slot = self.free_slots.pop()
-            self.running.append(seq)
+            self._admit(self.waiting.popleft())
         if not self.running:
             return []
         # Each admitted prompt first prefills its prefix (all but the last token), one chunk per
@@ -168,7 +187,7 @@ class BatchScheduler:
                 s.pieces.append(piece)
             if finished:
                 self.running.remove(s)
-                self.free_slots.append(s.slot)
+                self._release(s)
                 s.done, s.result = True, s.completion(now)
             out.append((s, piece, finished))
         return out
