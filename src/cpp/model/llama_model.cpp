@@ -67,8 +67,8 @@ void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
     for (int e = 0; e < n_entries; e++) {
         const BatchEntry& b = entries[e];
         if (b.slot < 0 || b.slot >= n_slots_)
-            throw InputError("slot " + std::to_string(b.slot) + " of entry " + std::to_string(e) + " is out of range [0, " +
-                             std::to_string(n_slots_) + ")");
+            throw InputError("slot " + std::to_string(b.slot) + " of entry " + std::to_string(e) +
+                             " is out of range [0, " + std::to_string(n_slots_) + ")");
         // Two entries of one slot would write and read the same cache rows in one pass.
         if (seen[b.slot]) throw InputError("slot " + std::to_string(b.slot) + " appears twice in one batch");
         seen[b.slot] = true;
@@ -76,14 +76,16 @@ void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
         total += b.n;
     }
     if (total > max_batch_)
-        throw InputError("batch of " + std::to_string(total) + " tokens exceeds max_batch " + std::to_string(max_batch_));
+        throw InputError("batch of " + std::to_string(total) + " tokens exceeds max_batch " +
+                         std::to_string(max_batch_));
 }
 
 void LlamaModel::run_layers(const BatchEntry* entries, int n_entries) {
     Backend& be = *be_;
     const double t0 = profiling_ ? now_s() : 0;
     ids_host_.clear();
-    for (int e = 0; e < n_entries; e++) ids_host_.insert(ids_host_.end(), entries[e].tokens, entries[e].tokens + entries[e].n);
+    for (int e = 0; e < n_entries; e++)
+        ids_host_.insert(ids_host_.end(), entries[e].tokens, entries[e].tokens + entries[e].n);  // rows in entry order
     const int n = (int)ids_host_.size();
     const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
     be.write(ids, ids_host_.data(), (size_t)n * sizeof(int32_t));
