@@ -4,7 +4,10 @@ concurrent clients, written to bench/results/load_test.md.
 Bounded: a fixed number of requests per level, small max_tokens, a deadline per level; the server
 listens on 127.0.0.1 only and is stopped at the end.
 
-    python bench/load_test.py [--model PATH] [--levels 1,4,16] [--max-tokens 16]
+    python bench/load_test.py [--model PATH] [--levels 1,4,16] [--max-tokens 16] [--parallel N]
+
+--parallel N serves with continuous batching (`forgert serve --parallel N`); the table's
+completion tok/s is then the aggregate decode rate of all clients together.
 """
 from __future__ import annotations
 
@@ -54,11 +57,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, model: str | None, n_ctx: int, threads: int | None):
+    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int = 1):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "forgert", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--n-ctx", str(n_ctx), "--log-level", "warning"]
+               "--n-ctx", str(n_ctx), "--log-level", "warning", "--parallel", str(parallel)]
         if model:
             cmd += ["--model", model]
         if threads:
@@ -143,15 +146,17 @@ def write_markdown(rows: list[dict], args, health: dict) -> str:
         "# forgert serve load test",
         "",
         f"- machine: {machine()}",
-        f"- model: {health.get('model')}, n_ctx {args.n_ctx}, threads {args.threads or 'all'}",
+        f"- model: {health.get('model')}, n_ctx {args.n_ctx}, threads {args.threads or 'all'}, "
+        f"--parallel {args.parallel}",
         f"- requests: streaming chat completions, max_tokens {args.max_tokens}, temperature 0, "
         f"{args.requests_per_client} requests per client (at least {args.min_requests} per level), "
         "over loopback (127.0.0.1)",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average "
         f"before / after: {args.load_before:.1f} / {os.getloadavg()[0]:.1f} (other work on the machine "
         "skews every figure)",
-        "- one model serves all clients: requests queue FIFO, so latency grows with the queue while "
-        "throughput stays that of one generation at a time",
+        ("- one model serves all clients: requests queue FIFO, so latency grows with the queue while "
+         "throughput stays that of one generation at a time" if args.parallel == 1 else
+         f"- continuous batching: up to {args.parallel} requests decode together, the rest queue FIFO"),
         "",
         "| clients | requests | errors | req/s | completion tok/s | latency p50 (s) | p90 | p99 "
         "| first token p50 (s) | p90 |",
@@ -179,13 +184,14 @@ def main(argv=None) -> int:
     p.add_argument("--min-requests", type=int, default=16)
     p.add_argument("--n-ctx", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--parallel", type=int, default=1, help="forgert serve --parallel N (continuous batching)")
     p.add_argument("--deadline", type=float, default=600, help="seconds allowed per level")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     args.load_before = os.getloadavg()[0]
 
-    server = Server(args.model, args.n_ctx, args.threads)
+    server = Server(args.model, args.n_ctx, args.threads, args.parallel)
     try:
         health = server.wait_ready()
         asyncio.run(run_level(server.base, 1, 1, 2, args.deadline))     # warm-up, not reported

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import cpu_topology
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
+from .batch import run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
@@ -76,15 +77,16 @@ def _macos_free_inactive_pages() -> tuple:
     return int(info[0]), int(info[2])
 
 
-def _check_kv_cache_fits(cfg, n_ctx: int, name: str) -> None:
-    """The f16 KV cache is allocated (and zeroed) up front: one too large for the machine would
-    get the process killed, so it is refused here with the numbers."""
-    kv_bytes = cfg.n_layers * 2 * n_ctx * cfg.n_kv_heads * cfg.head_dim * 2
+def _check_kv_cache_fits(cfg, n_ctx: int, name: str, parallel: int = 1) -> None:
+    """The f16 KV cache (of `parallel` sequences) is allocated (and zeroed) up front: one too
+    large for the machine would get the process killed, so it is refused here with the numbers."""
+    kv_bytes = cfg.n_layers * 2 * n_ctx * cfg.n_kv_heads * cfg.head_dim * 2 * parallel
     avail = available_memory_bytes()
     if avail is not None and kv_bytes > avail:
         fits = int(avail // (kv_bytes / n_ctx))
         raise KvCacheTooLargeError(
-            f"n_ctx={n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
+            f"n_ctx={n_ctx}{f' x parallel={parallel}' if parallel > 1 else ''} needs a "
+            f"{kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
             f"{avail / 2**30:.1f} GiB of memory is available; pass n_ctx <= {fits}", n_ctx, fits)
 
 
@@ -128,6 +130,12 @@ class _ModelLock:
             self.release()
 
 
+def _is_prompt_list(prompt) -> bool:
+    """A list of prompts (str or token-id sequences), not one prompt of token ids or chat messages."""
+    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
+            and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
+
+
 class TextStream:
     """Iterator of text pieces; after it is exhausted, `.completion` holds the full Completion."""
 
@@ -159,6 +167,8 @@ class Model:
     n_ctx: context length (prompt + generated tokens). None uses the model's training context
         length capped at 8192 to bound KV-cache memory; a larger explicit value than the model
         was trained for is allowed with a warning.
+    parallel: sequences decoded together when generate/stream get a list of prompts (KV slots:
+        the KV cache takes `parallel` times the memory of one n_ctx sequence).
 
     Threads: a Model may be shared by threads. Calls that use the engine or its cache (generate,
     chat, logits, save_state, load_state, reset, set_prompt_cache, set_profiling, and a stream
@@ -169,13 +179,16 @@ class Model:
     run in parallel on one Model; load one Model per thread for that.
     """
 
-    def __init__(self, path=None, backend: str = "auto", threads: int | None = None, n_ctx: int | None = None):
+    def __init__(self, path=None, backend: str = "auto", threads: int | None = None, n_ctx: int | None = None,
+                 parallel: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
         if n_ctx is not None and (not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1):
             raise ValueError(f"n_ctx must be an integer >= 1 or None, got {n_ctx!r}")
+        if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+            raise ValueError(f"parallel must be an integer >= 1, got {parallel!r}")
         self.path = os.fspath(path) if path is not None else default_model_path()
         self._model = load_model(self.path)
         cfg = self._model.config
@@ -184,8 +197,9 @@ class Model:
         elif n_ctx > cfg.context_length:
             warnings.warn(f"n_ctx={n_ctx} is longer than the {cfg.context_length} tokens "
                           f"{self._model.name} was trained on; quality may drop past that", stacklevel=2)
-        _check_kv_cache_fits(cfg, n_ctx, self._model.name)
+        _check_kv_cache_fits(cfg, n_ctx, self._model.name, parallel)
         self.threads = self._choose_threads(threads)
+        self.parallel = parallel
         core = _import_core()
         self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, self.threads)
         self.n_ctx = int(self._engine.n_ctx)
@@ -233,13 +247,13 @@ class Model:
         if backend == "auto":
             if sys.platform == "darwin":
                 try:
-                    return core.Engine(cfg, tensors, backend="metal", n_threads=n_threads)
+                    return core.Engine(cfg, tensors, backend="metal", n_threads=n_threads, n_slots=self.parallel)
                 except (RuntimeError, ValueError) as e:
                     warnings.warn(f"the Metal backend failed, running on the CPU instead: {e} (please report "
                                   f"this; FORGERT_BACKEND=metal or backend=\"metal\" makes it an error)",
                                   RuntimeWarning, stacklevel=3)
             backend = "cpu"
-        return core.Engine(cfg, tensors, backend=backend, n_threads=n_threads)
+        return core.Engine(cfg, tensors, backend=backend, n_threads=n_threads, n_slots=self.parallel)
 
     # -- information -------------------------------------------------------------------------
     @property
@@ -602,7 +616,15 @@ class Model:
         logprob and its N most likely alternatives. response_format: OpenAI's dict
         ({"type": "json_object"} / {"type": "json_schema", ...}) or compile_response_format()'s
         Grammar: the text is then a JSON document that parses and validates. logit_bias: OpenAI's
-        {token id: bias in [-100, 100]}, added to the logits before sampling."""
+        {token id: bias in [-100, 100]}, added to the logits before sampling.
+
+        A list of prompts (str or token-id lists) runs as one batch, `parallel` sequences at a
+        time: the stream yields (prompt index, text piece) and `.completion` is then the list of
+        Completions in prompt order. params may then be a list, one SamplingParams per prompt."""
+        if _is_prompt_list(prompt):
+            if logprobs is not None or response_format is not None or logit_bias is not None:
+                raise ValueError("logprobs, response_format and logit_bias are not supported with a list of prompts")
+            return self._start_batch(prompt, params, sampling)
         params = SamplingParams.from_kwargs(params, **sampling)
         return self._start(self._prompt_ids(prompt), params, logprobs, response_format, logit_bias)
 
@@ -615,8 +637,30 @@ class Model:
                                   tools=tools)
         return self._prompt_ids(prompt, check_context=False)
 
+    def _start_batch(self, prompts, params, sampling) -> TextStream:
+        if isinstance(params, (list, tuple)):
+            if len(params) != len(prompts):
+                raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
+            params_list = [SamplingParams.from_kwargs(p, **sampling) for p in params]
+        else:
+            params_list = [SamplingParams.from_kwargs(params, **sampling)] * len(prompts)
+        ids = [self._prompt_ids(p) for p in prompts]
+        if self._lock.held_by_me():
+            self._lock.acquire("a new stream")
+        return TextStream(self._run_batch(ids, params_list))
+
+    def _run_batch(self, ids, params_list):
+        self._lock.acquire("a new stream")
+        try:
+            self._cache_tokens = []     # the batch overwrites slot 0, the single-sequence cache
+            return (yield from run_batch(self._engine, self.tokenizer, ids, params_list, PREFILL_CHUNK))
+        finally:
+            self._cache_tokens = []
+            self._lock.release()
+
     def generate(self, prompt, params: SamplingParams | None = None, **sampling) -> Completion:
-        """prompt: str (tokenized with the model's BOS rule) or a list of token ids."""
+        """prompt: str (tokenized with the model's BOS rule) or a list of token ids; a list of
+        such prompts runs as one batch (see stream) and gives a list of Completions."""
         s = self.stream(prompt, params, **sampling)
         for _ in s:
             pass

@@ -128,7 +128,8 @@ def load_model(args):
     with spinner(f"loading {path}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx)
+            model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx,
+                          parallel=getattr(args, "kv_slots", 1))
         except KvCacheTooLargeError as e:
             raise UserError(f"a context of {e.n_ctx} tokens needs more memory for its KV cache than is "
                             f"available ({e}); pass --n-ctx {e.n_ctx_that_fits} or less") from None

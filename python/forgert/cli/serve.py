@@ -51,6 +51,10 @@ def add_parser(subparsers):
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                    help="open connections served at once; requests beyond get a 503 "
                         f"(default {DEFAULT_MAX_CONNECTIONS})")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="requests decoded together in one running batch (continuous batching; each "
+                        "holds its own KV cache of --n-ctx tokens); requests with logprobs, "
+                        "response_format, logit_bias or n > 1 take turns beside it (default 1: all take turns)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -97,7 +101,11 @@ def run(args) -> int:
     if args.max_connections < 1:
         raise UserError(f"--max-connections must be >= 1, got {args.max_connections}")
     limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_connections)
+    if args.parallel < 1:
+        raise UserError(f"--parallel must be >= 1, got {args.parallel}")
     _check_can_listen(args.host, args.port)
+    # The batch takes KV slots 1..N; slot 0 stays the turn-taking path's (with its prompt cache).
+    args.kv_slots = args.parallel + 1 if args.parallel > 1 else 1
     model = load_model(args)
     model.set_prompt_cache(args.prompt_cache_mb << 20)
     if not _is_loopback(args.host):

@@ -21,6 +21,7 @@ from .responses import ResponseHeader
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
                       TokenizeRequest, parse_request)
 from .token_budget import completion_budget
+from .batch_worker import BatchWorker, batchable
 from .worker import ModelWorker
 
 # Bodies above this are refused before parsing: no legitimate prompt for a local model is larger.
@@ -34,8 +35,13 @@ class ServerState:
         self.api_key = api_key
         self.max_tokens_limit = max_tokens_limit    # per completion; None: only the context bounds it
         self.worker = ModelWorker()
-        self.metrics = ServerMetrics(lambda: self.worker.queued)
+        # parallel >= 2: plain requests join one running batch (slots 1..), the rest take turns
+        self.batch_worker = BatchWorker(model) if getattr(model, "parallel", 1) >= 2 else None
+        self.metrics = ServerMetrics(self.in_flight)
         self.started = int(time.time())
+
+    def in_flight(self) -> int:
+        return self.worker.queued + (self.batch_worker.queued if self.batch_worker else 0)
 
 
 def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, *,
@@ -70,7 +76,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": state.model_id, "requests_in_flight": state.worker.queued}
+        return {"status": "ok", "model": state.model_id, "requests_in_flight": state.in_flight()}
 
     @app.get("/metrics")
     async def metrics():
@@ -273,7 +279,11 @@ def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
 async def _complete(request: Request, state: ServerState, req: SamplingFields,
                     spec: GenerationSpec, header: ResponseHeader, new_output, timer: RequestTimer):
     """new_output: () -> ChoiceOutput for chat (reasoning / tool calls split off); None for text."""
-    events = metered(state.worker.events(generation_job(state.model, spec)), state.metrics, timer)
+    if state.batch_worker is not None and batchable(spec):
+        source = state.batch_worker.events(spec)
+    else:
+        source = state.worker.events(generation_job(state.model, spec))
+    events = metered(source, state.metrics, timer)
     if req.stream:
         return StreamingResponse(stream(events, header, req.include_usage, new_output, len(spec.choices)),
                                  media_type="text/event-stream",

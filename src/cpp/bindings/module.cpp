@@ -172,9 +172,12 @@ bool is_expert_list(const py::handle& v) {
 // must not stall every other Python thread.
 class Engine {
 public:
-    Engine(const py::dict& cfg_dict, const py::dict& tensors, const std::string& backend, int n_threads, int max_batch) {
+    Engine(const py::dict& cfg_dict, const py::dict& tensors, const std::string& backend, int n_threads, int max_batch,
+           int n_slots) {
         if (max_batch <= 0 || max_batch > kMaxBatch)
             throw InputError("max_batch must be in 1.." + std::to_string(kMaxBatch) + ", got " + std::to_string(max_batch));
+        if (n_slots <= 0 || n_slots > kMaxSlots)
+            throw InputError("n_slots must be in 1.." + std::to_string(kMaxSlots) + ", got " + std::to_string(n_slots));
         ModelConfig cfg = config_from_dict(cfg_dict);
         cfg.validate();  // before any size is computed from it
         std::map<std::string, HostTensor> host;
@@ -194,7 +197,7 @@ public:
         auto be = make_backend(backend, n_threads);
         ModelWeights w = load_weights(cfg, host, *be);
         for (const auto& b : w.buffers) weight_buffers_.emplace_back((uintptr_t)b->host, b->size);
-        model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch);
+        model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch, n_slots);
     }
 
     // One (buffer, dtype, shape) entry; a 3-D shape only where allowed (not inside a list of experts).
@@ -273,6 +276,52 @@ public:
         return sampler.sample(logits_row_.data(), vocab);
     }
 
+    // One batched pass over several sequences: entries is a list of (slot, tokens, pos).
+    // Returns the last token's logits of each entry, f32 [n_entries, vocab].
+    py::array_t<float> forward_batch(const py::list& entries) {
+        BatchInput in = batch_input(entries);
+        const int n = (int)in.entries.size();
+        py::array_t<float> out(std::vector<py::ssize_t>{n, model_->config().vocab});
+        float* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->forward_batch(in.entries.data(), n, dst);
+        return out;
+    }
+
+    // The same, returning each entry's greedy next token (argmax on the device), i32 [n_entries].
+    py::array_t<int32_t> forward_batch_argmax(const py::list& entries) {
+        BatchInput in = batch_input(entries);
+        const int n = (int)in.entries.size();
+        py::array_t<int32_t> out(n);
+        int32_t* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->forward_batch_argmax(in.entries.data(), n, dst);
+        return out;
+    }
+
+    // The same, sampling each entry's next token with its own sampler (parameters, seed and
+    // history), as forward_sample does for one sequence. i32 [n_entries].
+    py::array_t<int32_t> forward_batch_sample(const py::list& entries, const std::vector<Sampler*>& samplers) {
+        BatchInput in = batch_input(entries);
+        const int n = (int)in.entries.size();
+        if ((int)samplers.size() != n)
+            throw InputError("forward_batch_sample: " + std::to_string(samplers.size()) + " samplers for " +
+                             std::to_string(n) + " entries");
+        for (int e = 0; e < n; e++)
+            if (!samplers[e]) throw InputError("forward_batch_sample: sampler " + std::to_string(e) + " is None");
+        py::array_t<int32_t> out(n);
+        int32_t* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        const int vocab = model_->config().vocab;
+        batch_logits_.resize((size_t)n * vocab);
+        model_->forward_batch(in.entries.data(), n, batch_logits_.data());
+        for (int e = 0; e < n; e++) dst[e] = samplers[e]->sample(batch_logits_.data() + (size_t)e * vocab, vocab);
+        return out;
+    }
+
     // uint16 (f16 bits) [n_layers, 2, n, kv_dim]: K and V rows of positions 0..n.
     py::array_t<uint16_t> kv_save(int n) {
         const ModelConfig& c = model_->config();
@@ -315,6 +364,34 @@ public:
 
 private:
     static constexpr int kMaxBatch = 1 << 16;
+    static constexpr int kMaxSlots = 1 << 10;
+
+    // A batch's entries with their token arrays kept alive (the model checks slots and positions).
+    struct BatchInput {
+        std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> tokens;
+        std::vector<BatchEntry> entries;
+    };
+    BatchInput batch_input(const py::list& entries) const {
+        BatchInput in;
+        in.tokens.reserve(entries.size());
+        for (size_t e = 0; e < entries.size(); e++) {
+            auto t = py::reinterpret_borrow<py::object>(entries[e]);
+            if (!py::isinstance<py::tuple>(t) && !py::isinstance<py::list>(t))
+                throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos)");
+            auto tup = t.cast<py::sequence>();
+            if (tup.size() != 3) throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos)");
+            in.tokens.push_back(
+                py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(tup[1]));
+            if (!in.tokens.back()) throw InputError("batch entry " + std::to_string(e) + ": tokens must be integers");
+            BatchEntry b;
+            b.slot = tup[0].cast<int>();
+            b.tokens = in.tokens.back().data();
+            b.n = checked_count(in.tokens.back());
+            b.pos = tup[2].cast<int>();
+            in.entries.push_back(b);
+        }
+        return in;
+    }
 
     // More tokens than the context holds are refused before the count is narrowed to int or
     // sizes an output array (positions are checked by the model).
@@ -331,6 +408,7 @@ private:
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
     std::vector<float> logits_row_;  // [vocab]: forward_sample's logits, guarded by mu_
+    std::vector<float> batch_logits_;  // [n_entries, vocab]: forward_batch_sample's logits, guarded by mu_
 };
 
 }  // namespace
@@ -338,14 +416,23 @@ private:
 PYBIND11_MODULE(_core, m) {
     m.doc() = "forgert native runtime";
     py::class_<Engine>(m, "Engine")
-        .def(py::init<const py::dict&, const py::dict&, const std::string&, int, int>(), py::arg("config"),
-             py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0, py::arg("max_batch") = 512)
+        .def(py::init<const py::dict&, const py::dict&, const std::string&, int, int, int>(), py::arg("config"),
+             py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0, py::arg("max_batch") = 512,
+             py::arg("n_slots") = 1)
         .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
         .def("forward_sample", &Engine::forward_sample, py::arg("tokens"), py::arg("pos"), py::arg("sampler"),
              "evaluate tokens and sample the next one from the last logits row with a _core.Sampler")
         .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"),
              "evaluate tokens into the KV cache without computing logits")
+        .def("forward_batch", &Engine::forward_batch, py::arg("entries"),
+             "one pass over [(slot, tokens, pos), ...]: each entry's last-token logits [n_entries, vocab]")
+        .def("forward_batch_argmax", &Engine::forward_batch_argmax, py::arg("entries"),
+             "as forward_batch, each entry's argmax next token [n_entries]")
+        .def("forward_batch_sample", &Engine::forward_batch_sample, py::arg("entries"), py::arg("samplers"),
+             "as forward_batch, each entry's next token drawn by its own sampler [n_entries]")
+        .def_property_readonly("n_slots", [](Engine& e) { return e.model().n_slots(); })
+        .def_property_readonly("max_batch", [](Engine& e) { return e.model().max_batch(); })
         .def("kv_save", &Engine::kv_save, py::arg("n"),
              "f16 bits [n_layers, 2, n, kv_dim] of the K/V cache rows of positions 0..n")
         .def("kv_load", &Engine::kv_load, py::arg("kv"), "restore rows 0..n saved by kv_save")

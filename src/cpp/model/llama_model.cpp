@@ -14,15 +14,18 @@ double now_s() {
 }
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch)
-    : cfg_(cfg), be_(std::move(backend)), w_(std::move(weights)), max_batch_(max_batch) {
+LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch,
+                       int n_slots)
+    : cfg_(cfg), be_(std::move(backend)), w_(std::move(weights)), max_batch_(max_batch), n_slots_(n_slots) {
     cfg_.validate();
+    if (n_slots_ < 1) throw InputError("n_slots must be >= 1, got " + std::to_string(n_slots_));
     auto tensor = [&](DType t, int64_t rows, int64_t cols) {
         bufs_.push_back(be_->alloc((size_t)row_bytes(t, cols) * rows));
         return make_tensor(bufs_.back().get(), 0, t, rows, cols);
     };
     const int B = max_batch_;
     ids_ = tensor(DType::I32, 1, B);
+    last_rows_ = tensor(DType::I32, 1, B);
     x_ = tensor(DType::F32, B, cfg_.dim);
     xn_ = tensor(DType::F32, B, cfg_.dim);
     q_ = tensor(DType::F32, B, cfg_.q_dim());
@@ -57,14 +60,15 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         shared_scale_ = tensor(DType::F32, B, 1);
     }
     logits_ = tensor(DType::F32, 1, cfg_.vocab);  // grown on demand for all_logits
-    argmax_ = tensor(DType::I32, 1, 1);
+    argmax_ = tensor(DType::I32, 1, B);
     freqs_ = tensor(DType::F32, cfg_.n_rope_tables(), cfg_.rope_dims() / 2);  // one row per RoPE table
     be_->write(freqs_, cfg_.rope_freqs.data(), cfg_.rope_freqs.size() * sizeof(float));
+    const int64_t kv_rows = (int64_t)n_slots_ * cfg_.n_ctx;
     for (int l = 0; l < cfg_.n_layers; l++) {
-        kv_.buffers.push_back(be_->alloc((size_t)cfg_.n_ctx * cfg_.kv_dim() * 2));
-        kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, cfg_.n_ctx, cfg_.kv_dim()));
-        kv_.buffers.push_back(be_->alloc((size_t)cfg_.n_ctx * cfg_.kv_dim() * 2));
-        kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, cfg_.n_ctx, cfg_.kv_dim()));
+        kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
+        kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, cfg_.kv_dim()));
+        kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
+        kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, cfg_.kv_dim()));
     }
 }
 
@@ -81,11 +85,41 @@ void LlamaModel::check_input(const int32_t* tokens, int n, int pos) const {
     }
 }
 
-void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
+void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
+    if (n_entries <= 0) throw InputError("no sequences to evaluate");
+    int64_t total = 0;
+    std::vector<bool> seen(n_slots_, false);
+    for (int e = 0; e < n_entries; e++) {
+        const BatchEntry& b = entries[e];
+        if (b.slot < 0 || b.slot >= n_slots_)
+            throw InputError("slot " + std::to_string(b.slot) + " of entry " + std::to_string(e) +
+                             " is out of range [0, " + std::to_string(n_slots_) + ")");
+        // Two entries of one slot would write and read the same cache rows in one pass.
+        if (seen[b.slot]) throw InputError("slot " + std::to_string(b.slot) + " appears twice in one batch");
+        seen[b.slot] = true;
+        check_input(b.tokens, b.n, b.pos);
+        total += b.n;
+    }
+    if (total > max_batch_)
+        throw InputError("batch of " + std::to_string(total) + " tokens exceeds max_batch " +
+                         std::to_string(max_batch_));
+}
+
+void LlamaModel::run_layers(const BatchEntry* entries, int n_entries) {
     Backend& be = *be_;
     const double t0 = profiling_ ? now_s() : 0;
+    ids_host_.clear();
+    for (int e = 0; e < n_entries; e++)
+        ids_host_.insert(ids_host_.end(), entries[e].tokens, entries[e].tokens + entries[e].n);  // rows in entry order
+    const int n = (int)ids_host_.size();
     const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
-    be.write(ids, tokens, (size_t)n * sizeof(int32_t));
+    be.write(ids, ids_host_.data(), (size_t)n * sizeof(int32_t));
+    // Each entry's last row, for last_row_logits: written now, before anything is encoded (a
+    // write to a device buffer waits for the work in flight).
+    last_rows_host_.clear();
+    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) last_rows_host_.push_back(r0 + entries[e].n - 1);
+    be.write(make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1), last_rows_host_.data(),
+             (size_t)n_entries * sizeof(int32_t));
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
@@ -120,9 +154,16 @@ void LlamaModel::run_layers(const int32_t* tokens, int n, int pos) {
         if (L.k_norm.rows) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
         const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
         rp.nope = table < 0;
-        be.rope_kv_write(q, k, v, kv_.k[l], kv_.v[l], freqs_.slice_rows(std::max(table, 0), 1), pos, rp);
         ap.window = cfg_.window_of(l);
-        be.attention(att, q, kv_.k[l], kv_.v[l], pos, ap);
+        // RoPE, the cache write and attention per sequence, on its rows and its slot's cache.
+        for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) {
+            const BatchEntry& b = entries[e];
+            const Tensor kc = slot_rows(kv_.k[l], b.slot), vc = slot_rows(kv_.v[l], b.slot);
+            const Tensor qe = q.slice_rows(r0, b.n);
+            be.rope_kv_write(qe, k.slice_rows(r0, b.n), v.slice_rows(r0, b.n), kc, vc,
+                             freqs_.slice_rows(std::max(table, 0), 1), b.pos, rp);
+            be.attention(att.slice_rows(r0, b.n), qe, kc, vc, b.pos, ap);
+        }
         add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
@@ -169,15 +210,16 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
     for (int done = 0; done < n; done += max_batch_) {
         const int m = std::min(max_batch_, n - done);
         const bool last_chunk = done + m == n;
+        const BatchEntry chunk{0, tokens + done, m, pos + done};
         if (!logits || (!all_logits && !last_chunk)) {  // only the KV cache of this chunk is needed
             be_->begin();
-            run_layers(tokens + done, m, pos + done);
+            run_layers(&chunk, 1);
             be_->commit();
             be_->wait();
             continue;
         }
         be_->begin();
-        run_layers(tokens + done, m, pos + done);
+        run_layers(&chunk, 1);
         const double t0 = profiling_ ? now_s() : 0;
         // Logits of every row of this chunk, or of its last row only.
         const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
@@ -202,26 +244,61 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     profile_ = Profile{};
     int done = 0;
     for (; n - done > max_batch_; done += max_batch_) {  // chunks before the last: KV cache only
+        const BatchEntry chunk{0, tokens + done, max_batch_, pos + done};
         be_->begin();
-        run_layers(tokens + done, max_batch_, pos + done);
+        run_layers(&chunk, 1);
         be_->commit();
         be_->wait();
     }
-    const int m = n - done;
-    be_->begin();
-    run_layers(tokens + done, m, pos + done);
-    const double t0 = profiling_ ? now_s() : 0;
-    Tensor h = x_.slice_rows(m - 1, 1), hn = xn_.slice_rows(m - 1, 1), out = logits_.slice_rows(0, 1);
-    be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
+    const BatchEntry last{0, tokens + done, n - done, pos + done};
+    int32_t best = 0;
+    forward_batch_argmax(&last, 1, &best);
+    return best;
+}
+
+Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
+    if (logits_.rows < n_entries) {
+        bufs_.push_back(be_->alloc((size_t)n_entries * cfg_.vocab * sizeof(float)));
+        logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, n_entries, cfg_.vocab);
+    }
+    Tensor hn = xn_.slice_rows(0, n_entries), out = logits_.slice_rows(0, n_entries);
+    if (n_entries == 1) {  // one sequence: its last row is already a row of x
+        be_->rms_norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm, cfg_.rms_eps);
+    } else {  // gather each entry's last hidden row (x_ as an f32 table; indices staged by run_layers)
+        be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
+        be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
+    }
     be_->matmul(out, w_.output, hn);
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
-    be_->argmax(argmax_, out);
+    return out;
+}
+
+void LlamaModel::forward_batch(const BatchEntry* entries, int n_entries, float* logits) {
+    check_batch(entries, n_entries);
+    profile_ = Profile{};
+    be_->begin();
+    run_layers(entries, n_entries);
+    const double t0 = profiling_ ? now_s() : 0;
+    const Tensor out = last_row_logits(entries, n_entries);
     be_->commit();
     be_->wait();
-    int32_t best = 0;
-    be_->read(&best, argmax_, sizeof(best));
+    be_->read(logits, out, (size_t)n_entries * cfg_.vocab * sizeof(float));
     if (profiling_) profile_.logits += now_s() - t0;
-    return best;
+}
+
+void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best) {
+    check_batch(entries, n_entries);
+    profile_ = Profile{};
+    be_->begin();
+    run_layers(entries, n_entries);
+    const double t0 = profiling_ ? now_s() : 0;
+    const Tensor out = last_row_logits(entries, n_entries);
+    const Tensor best_ids = make_tensor(argmax_.buf, 0, DType::I32, n_entries, 1);  // [n_entries] as a column
+    be_->argmax(best_ids, out);
+    be_->commit();
+    be_->wait();
+    be_->read(best, best_ids, (size_t)n_entries * sizeof(int32_t));
+    if (profiling_) profile_.logits += now_s() - t0;
 }
 
 void LlamaModel::kv_save(int n, uint16_t* dst) {

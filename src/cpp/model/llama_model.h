@@ -11,16 +11,28 @@
 
 namespace forgert {
 
-// f16 key and value caches, one pair per layer.
+// f16 key and value caches, one pair per layer, of n_slots sequences: slot s owns rows
+// s * n_ctx .. (s + 1) * n_ctx - 1, its position p at row s * n_ctx + p.
 struct KvCache {
     std::vector<std::unique_ptr<Buffer>> buffers;
-    std::vector<Tensor> k, v;  // per layer: f16 [n_ctx, kv_dim]
+    std::vector<Tensor> k, v;  // per layer: f16 [n_slots * n_ctx, kv_dim]
+};
+
+// One sequence's share of a batched pass: its n tokens at positions pos .. pos + n - 1 of
+// KV slot `slot` (a decoding sequence: n = 1; a prefill chunk: n > 1).
+struct BatchEntry {
+    int slot = 0;
+    const int32_t* tokens = nullptr;  // [n]
+    int n = 0;
+    int pos = 0;
 };
 
 class LlamaModel {
 public:
     // max_batch: tokens evaluated per pass; longer inputs are split into passes.
-    LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch = 512);
+    // n_slots: sequences the KV cache holds at once (n_ctx positions each).
+    LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch = 512,
+               int n_slots = 1);
 
     const ModelConfig& config() const { return cfg_; }
     Backend& backend() { return *be_; }
@@ -32,6 +44,16 @@ public:
     void forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits);
     // The same, returning the argmax of the last token's logits computed on the device.
     int forward_argmax(const int32_t* tokens, int n, int pos);
+
+    // One pass over several sequences, each in its own KV slot (distinct slots, at most
+    // max_batch tokens in all): the projections and feed-forward run once over every entry's
+    // rows, RoPE and attention per entry on its slot. Writes the logits of each entry's last
+    // token, [n_entries, vocab]. forward() is this with the single entry {slot 0}.
+    void forward_batch(const BatchEntry* entries, int n_entries, float* logits);
+    // The same, writing the argmax of each entry's last-token logits ([n_entries]).
+    void forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best);
+    int n_slots() const { return n_slots_; }
+    int max_batch() const { return max_batch_; }
 
     // Copies of the KV cache rows 0..n (positions already evaluated), for prompt caches that
     // keep several sequences: f16 bits [n_layers][2 (K, V)][n][kv_dim], layer-major.
@@ -46,8 +68,15 @@ public:
 
 private:
     void check_input(const int32_t* tokens, int n, int pos) const;
-    // One pass of n <= max_batch tokens; leaves the final hidden states in xn_.
-    void run_layers(const int32_t* tokens, int n, int pos);
+    void check_batch(const BatchEntry* entries, int n_entries) const;
+    // One pass over the entries (<= max_batch tokens in all, their rows in entry order);
+    // leaves the final hidden states in x_.
+    void run_layers(const BatchEntry* entries, int n_entries);
+    // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
+    Tensor last_row_logits(const BatchEntry* entries, int n_entries);
+    Tensor slot_rows(const Tensor& cache, int slot) const {  // f16 [n_ctx, kv_dim] of one slot
+        return cache.slice_rows((int64_t)slot * cfg_.n_ctx, cfg_.n_ctx);
+    }
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
     // shared expert where the config has one.                                          x, xn [n, dim]
     void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
@@ -56,11 +85,13 @@ private:
     std::unique_ptr<Backend> be_;  // declared before everything it allocated: destroyed last
     ModelWeights w_;
     int max_batch_;
+    int n_slots_;
     KvCache kv_;
     Tensor freqs_;  // f32 [head_dim / 2]
     // Activations for up to max_batch tokens (rows = tokens).
     std::vector<std::unique_ptr<Buffer>> bufs_;
-    Tensor ids_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;
+    std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
+    Tensor ids_, last_rows_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;  // logits_ [>= n_entries, vocab]; argmax_ i32 [max_batch]
     // Mixture of experts: router logits [B, n_expert], the chosen experts i32 [B, k] and their
     // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up
     // [B*k, expert_ffn_dim] and outputs [B*k, dim]; the shared expert's gate logit [B, 1].

@@ -1,0 +1,185 @@
+"""The batched step of the engine (_core.Engine.forward_batch*): several sequences, each in its
+own KV slot, evaluated in one pass, against each sequence evaluated alone in a one-slot engine
+(the single-sequence path, itself tested against transformers in test_e2e_tiny.py).
+
+Batches are skewed on purpose: one sequence long, others short, one admitted at position 0 as
+a prefill chunk beside sequences decoding one token each, slots used out of order. On Metal
+(the emulated device on Linux) every case runs under the emulator's three thread orders.
+
+Bound: the batch runs the projections as one GEMM over all rows where a lone decode step runs a
+GEMV, so f32 sums are ordered differently and an f16 K/V rounding may flip by one ulp (as in
+test_e2e_tiny.py's F32/F16 bound). Measured max |batched - alone| / max|alone| on the CPU (AVX2)
+and the emulated Metal device, f32 weights: <= 1.8e-5 on the Llama/Qwen specs (most < 1e-6), 7.7e-5
+on Gemma 3 (a 2-token prompt whose K/V came from a 36-row pass in the batch, a 2-row one alone)
+-> 3e-4 (a slot or window mix-up moves logits by > 1e-2).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import model_factory as mf
+from conftest import metal_skip_reason
+
+SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
+MAX_REL = 3e-4  # measured <= 7.7e-5 (see the module docstring)
+
+
+def make_engine(tiny, backend, n_slots, max_batch=512):
+    """tiny: a model_factory TinyModel, or a GGUF path."""
+    from forgert import _core
+    from forgert.loader import load_model
+    model = load_model(str(tiny if isinstance(tiny, (str, Path)) else tiny.path("gguf-F32")))
+    return _core.Engine(model.config.core_dict(64), model.core_tensors, backend=backend, n_threads=1,
+                        max_batch=max_batch, n_slots=n_slots)
+
+
+def prompts(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, size=n).astype(np.int32) for n in lengths]
+
+
+def assert_close(batched, alone, what):
+    err = np.max(np.abs(batched - alone)) / np.max(np.abs(alone))
+    assert err <= MAX_REL, f"{what}: max rel err {err:.2e}"
+
+
+@pytest.fixture(params=["cpu"] + [f"metal-{s}" for s in SCHEDULES])
+def backend(request):
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    reason = metal_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from forgert import _core
+    schedule = request.param.split("-", 1)[1]
+    _core.set_emulator_schedule(schedule, 7)
+    yield "metal"
+    _core.set_emulator_schedule("forward", 0)
+
+
+@pytest.mark.parametrize("spec", ["llama3_untied", "qwen2_tied"])
+def test_skewed_batch_equals_each_sequence_alone(tiny_models, backend, spec):
+    """Slot 3: a long prompt; slot 0: a short one; slot 2 admitted later at position 0 as a
+    prefill chunk beside the others decoding; then every sequence decodes together."""
+    tiny = tiny_models(spec)
+    batch = make_engine(tiny, backend, n_slots=4)
+    alone = {s: make_engine(tiny, backend, n_slots=1) for s in (0, 2, 3)}
+    long_p, short_p, late_p = prompts(tiny.vocab, [37, 3, 6])
+    seqs = {3: list(long_p), 0: list(short_p)}
+    pos = {3: 0, 0: 0}
+
+    # Step 1: two prompts of very different lengths in one pass.
+    entries = [(3, long_p, 0), (0, short_p, 0)]
+    got = batch.forward_batch(entries)
+    assert got.shape == (2, tiny.vocab)
+    for row, (slot, toks, p) in enumerate(entries):
+        assert_close(got[row], alone[slot].forward(toks, p)[-1], f"prompt of slot {slot}")
+    pos = {3: len(long_p), 0: len(short_p)}
+
+    # Step 2 on: decoding sequences (one token each) beside a prefill chunk at position 0, then
+    # all three decoding; greedy tokens through forward_batch_argmax.
+    nxt = {3: int(np.argmax(got[0])), 0: int(np.argmax(got[1]))}
+    for step in range(5):
+        entries = [(s, np.array([nxt[s]], np.int32), pos[s]) for s in sorted(nxt)]
+        if step == 0:
+            entries.insert(1, (2, late_p, 0))
+        ids = batch.forward_batch_argmax(entries)
+        logits = batch.forward_batch(entries) if step == 0 else None  # re-evaluated: same rows, same cache
+        for row, (slot, toks, p) in enumerate(entries):
+            ref = alone[slot].forward(toks, p)[-1]
+            if logits is not None:
+                assert_close(logits[row], ref, f"step {step} slot {slot}")
+            # A near-tie may flip: the batched choice must be within the bound of the best logit.
+            assert ref[ids[row]] >= ref.max() - MAX_REL * np.max(np.abs(ref)), f"step {step} slot {slot}"
+            nxt[slot] = int(ids[row])
+            pos[slot] = p + len(toks)
+        if step == 0:
+            assert ids.shape == (3,)
+
+
+@pytest.fixture(scope="module")
+def gemma_paths(tmp_path_factory):
+    import gemma_factory as gf
+    root = tmp_path_factory.mktemp("gemma_batch")
+    return {name: gf.make_tiny_gemma(spec, root, hf_dtypes=(), gguf_types=("F32",)).path("gguf-F32")
+            for name, spec in gf.SPECS.items()}
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_sliding_window_and_softcap_per_slot(gemma_paths, backend, arch):
+    """Gemma's local layers (window 8, far shorter than the prompts) and Gemma 2's score and
+    logit soft-capping, per slot: sequences past the window beside short ones and a decode at
+    position 0's neighbour, each against the same calls on it alone."""
+    path = gemma_paths[arch]
+    batch = make_engine(path, backend, n_slots=3)
+    alone = make_engine(path, backend, n_slots=1)
+    vocab = batch.vocab
+    a, b, c = prompts(vocab, [23, 2, 11], seed=3)
+    entries = [(2, a, 0), (0, b, 0), (1, c, 0)]
+    got = batch.forward_batch(entries)
+    for row, (slot, toks, p) in enumerate(entries):
+        assert_close(got[row], alone.forward(toks, p)[-1], f"{arch} prompt of slot {slot}")
+    nxt = [int(np.argmax(r)) for r in got]
+    steps = [(2, np.array([nxt[0]], np.int32), 23), (0, np.array([nxt[1]], np.int32), 2),
+             (1, np.array([nxt[2]], np.int32), 11)]
+    got = batch.forward_batch(steps)
+    for row, (slot, toks, p) in enumerate(steps):
+        alone.forward({2: a, 0: b, 1: c}[slot], 0)     # the same calls, one sequence at a time
+        ref = alone.forward(toks, p)[-1]
+        assert_close(got[row], ref, f"{arch} decode of slot {slot}")
+
+
+def test_single_slot_forward_is_slot_zero_of_a_batch(tiny_models):
+    """forward() on a many-slot engine uses slot 0: the prompt-cache state (kv_save) is slot 0's."""
+    tiny = tiny_models("llama_tied")
+    batch = make_engine(tiny, "cpu", n_slots=3)
+    p0, p1 = prompts(tiny.vocab, [9, 5], seed=1)
+    batch.forward_batch([(1, p1, 0)])           # another slot's rows must not touch slot 0
+    a = batch.forward(p0, 0)[-1]
+    b = batch.forward_batch([(0, p0[-1:], len(p0) - 1), (1, p1[-1:], len(p1) - 1)])[0]
+    assert_close(b, a, "slot 0 through forward_batch")
+    alone = make_engine(tiny, "cpu", n_slots=1)
+    alone.forward(p0, 0)
+    np.testing.assert_array_equal(batch.kv_save(len(p0)), alone.kv_save(len(p0)))
+
+
+def test_per_sequence_samplers(tiny_models):
+    """forward_batch_sample draws each entry's token with its own sampler: the same draws as
+    forward_sample with a like-seeded sampler on each sequence alone."""
+    from forgert import _core
+    tiny = tiny_models("llama_tied")
+    batch = make_engine(tiny, "cpu", n_slots=2)
+    alone = make_engine(tiny, "cpu", n_slots=1)
+    p0, p1 = prompts(tiny.vocab, [7, 4], seed=2)
+    params = [dict(temperature=1.3, top_k=0, top_p=1.0, min_p=0.0, seed=11),
+              dict(temperature=0.7, top_k=5, top_p=0.9, min_p=0.0, seed=12)]
+    got = batch.forward_batch_sample([(0, p0, 0), (1, p1, 0)], [_core.Sampler(**params[0]), _core.Sampler(**params[1])])
+    for prompt, kw, tok in zip((p0, p1), params, got):
+        assert alone.forward_sample(prompt, 0, _core.Sampler(**kw)) == tok
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([], "no sequences"),
+    ([(4, [1, 2], 0)], "slot 4"),
+    ([(-1, [1], 0)], "slot -1"),
+    ([(0, [1], 0), (0, [2], 1)], "appears twice"),
+    ([(0, [1], 64)], "context overflow"),
+    ([(1, [10**6], 0)], "out of range"),
+    ([(0, [1] * 9, 0), (1, [1] * 8, 0)], "max_batch"),
+    ([(0, [1])], "(slot, tokens, pos)"),
+])
+def test_bad_batches_raise(tiny_models, entries, message):
+    tiny = tiny_models("llama_tied")
+    eng = make_engine(tiny, "cpu", n_slots=4, max_batch=16)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        eng.forward_batch(entries)
+
+
+def test_n_slots_must_be_positive(tiny_models):
+    with pytest.raises(ValueError, match="n_slots"):
+        make_engine(tiny_models("llama_tied"), "cpu", n_slots=0)

@@ -1,0 +1,125 @@
+"""The server with continuous batching (a Model with parallel >= 2: server/batch_worker.py) on a
+tiny model: concurrent requests decode in one running batch, and each request's temperature-0
+output equals that prompt generated alone by a one-slot Model (its reference)."""
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from server_harness import LiveServer, wait_until
+
+MAX_TOKENS = 12
+PROMPTS = [f"request {i}: " + "abc def " * (1 + 5 * i % 7) for i in range(8)]   # skewed lengths
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tiny_models):
+    return str(tiny_models("llama3_untied").path("gguf-F32"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_path):
+    import forgert
+    model = forgert.Model(tiny_path, backend="cpu", threads=1, n_ctx=128, parallel=9)   # 8 batch slots
+    with LiveServer(model, api_key=None) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_path):
+    import forgert
+    alone = forgert.Model(tiny_path, backend="cpu", threads=1, n_ctx=128)
+    return {p: alone.generate(p, max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True).text for p in PROMPTS}
+
+
+def body(prompt, stream):
+    return {"model": "x", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": stream,
+            "ignore_eos": True}
+
+
+def complete(server, prompt, stream=False, stop_after_chunks=None):
+    with httpx.Client(timeout=600) as http:
+        if not stream:
+            r = http.post(server.base_url + "/v1/completions", json=body(prompt, False))
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+        with http.stream("POST", server.base_url + "/v1/completions", json=body(prompt, True)) as r:
+            assert r.status_code == 200
+            text, chunks = "", 0
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunk = json.loads(line[6:])
+                    text += chunk["choices"][0]["text"] if chunk["choices"] else ""
+                    chunks += 1
+                    if stop_after_chunks is not None and chunks >= stop_after_chunks:
+                        return None     # leaves mid-stream: the connection closes
+            return text
+
+
+def run_concurrently(fn, args_list):
+    results = [None] * len(args_list)
+
+    def one(i):
+        results[i] = fn(*args_list[i])
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(args_list))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_eight_concurrent_streams_equal_each_alone(server, reference):
+    sched = server.app.state.forgert.batch_worker.scheduler
+    rows, step = [], sched.step
+
+    def counting_step():        # how many sequences each engine pass carried
+        rows.append(len(sched.running) + min(len(sched.waiting), len(sched.free_slots)))
+        return step()
+    sched.step = counting_step
+    try:
+        got = run_concurrently(complete, [(server, p, True) for p in PROMPTS])
+    finally:
+        del sched.step
+    assert got == [reference[p] for p in PROMPTS]
+    assert max(rows) >= 4, f"sequences per step: {rows}"   # they ran together, not in turn
+
+
+def test_concurrent_and_sequential_requests_agree(server, reference):
+    got = run_concurrently(complete, [(server, p, False) for p in PROMPTS])
+    assert got == [reference[p] for p in PROMPTS]
+    assert [complete(server, p) for p in PROMPTS[:3]] == [reference[p] for p in PROMPTS[:3]]
+
+
+def test_client_leaving_mid_batch_does_not_disturb_the_others(server, reference):
+    args = [(server, p, True, 2 if i % 3 == 0 else None) for i, p in enumerate(PROMPTS)]
+    got = run_concurrently(complete, args)
+    for i, p in enumerate(PROMPTS):
+        assert got[i] == (None if i % 3 == 0 else reference[p])
+    with httpx.Client(timeout=60) as http:
+        wait_until(lambda: http.get(server.base_url + "/health").json()["requests_in_flight"] == 0, 60,
+                   "the cancelled requests to leave the batch")
+
+
+def test_unbatchable_request_runs_beside_the_batch(server, reference):
+    """logprobs takes the turn-taking path (slot 0) between batch steps."""
+    def with_logprobs():
+        with httpx.Client(timeout=600) as http:
+            r = http.post(server.base_url + "/v1/completions", json=dict(body(PROMPTS[0], False), logprobs=2))
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+    args = [(server, p, True) for p in PROMPTS[1:4]]
+    got = run_concurrently(lambda *a: complete(*a) if a else with_logprobs(), args + [()])
+    assert got == [reference[p] for p in PROMPTS[1:4]] + [reference[PROMPTS[0]]]
+
+
+def test_serve_refuses_a_parallel_below_one(tiny_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "forgert", "serve", "--model", tiny_path, "--parallel", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "--parallel must be >= 1" in r.stderr, r.stderr
