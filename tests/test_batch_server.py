@@ -73,10 +73,14 @@ def run_concurrently(fn, args_list):
 
 
 def test_eight_concurrent_streams_equal_each_alone(server, reference):
-    sched = server.app.state.forgert.batch_worker.scheduler
+    worker = server.app.state.forgert.batch_worker
+    sched = worker.scheduler
     rows, step = [], sched.step
 
     def counting_step():        # how many sequences each engine pass carried
+        if not rows:            # the first step waits for every client, so that on a loaded machine
+            # the first requests cannot finish before the last ones arrive (they would run in turn)
+            wait_until(lambda: worker.queued >= len(PROMPTS), 60, "all eight requests to arrive")
         rows.append(len(sched.running) + min(len(sched.waiting), len(sched.free_slots)))
         return step()
     sched.step = counting_step
