@@ -16,7 +16,9 @@ FIELDS = ["read_requested", "read_needed", "write_requested", "write_needed", "l
 
 class Traffic(ctypes.Structure):
     _fields_ = [(f, ctypes.c_uint64) for f in FIELDS] + [("threads_per_threadgroup", ctypes.c_uint32),
-                                                         ("threadgroups", ctypes.c_uint32)]
+                                                         ("threadgroups", ctypes.c_uint32),
+                                                         ("slot_read_requested", ctypes.c_uint64 * 31),
+                                                         ("slot_read_needed", ctypes.c_uint64 * 31)]
 
 
 class TrafficLibrary(KernelLibrary):
@@ -30,7 +32,7 @@ class TrafficLibrary(KernelLibrary):
         self.run(kernel, buffers, groups, threads, traffic=True, **kw)
         t = Traffic()
         assert self.lib.fg_emu_last_traffic(ctypes.byref(t)) == 0
-        return {f: getattr(t, f) for f, _ in Traffic._fields_}
+        return {f: (list(getattr(t, f)) if f.startswith("slot_") else getattr(t, f)) for f, _ in Traffic._fields_}
 
 
 def aligned(a):
@@ -77,6 +79,7 @@ def test_strided_copy(tlib, stride, lines64, lines128):
     # per simdgroup: 32 floats, 4 * stride bytes apart
     assert t["loads"] == 2
     assert t["read_requested"] == t["read_needed"] == 4 * n  # the argument struct is not device memory
+    assert t["slot_read_needed"][1] == 4 * n and t["slot_read_needed"][0] == 0
     assert t["load_lines64"] == 2 * lines64 and t["load_lines128"] == 2 * lines128
     assert t["load_lines64_min"] == 2 * 2 and t["load_lines128_min"] == 2 * 1
     assert t["store_lines64"] == t["store_lines64_min"] == 2 * 2
@@ -88,7 +91,10 @@ def test_broadcast_read(tlib):
     out = aligned(np.zeros(n, np.float32))
     t = tlib.traffic("traffic_broadcast", [x, out], (1,), (n,))
     np.testing.assert_array_equal(out, 5.0 + np.arange(n))
-    assert t["read_requested"] == 4 * n and t["read_needed"] == 4
+    # 32 lanes reading one float make one 4-byte request per simdgroup; 4 bytes are needed once
+    assert t["read_requested"] == 4 * 4 and t["read_needed"] == 4
+    assert t["slot_read_requested"][0] == 16 and t["slot_read_needed"][0] == 4
+    assert t["lane_accesses"] == 2 * n
     assert t["loads"] == 4 and t["load_lines64"] == t["load_lines64_min"] == 4
 
 

@@ -162,7 +162,7 @@ int32_t dispatch(const KernelInfo* k, const fg_emu_constant* constants, int32_t 
             if (p.kind != kBuffer || p.bytes) continue;
             const uintptr_t begin = uintptr_t(bindings->buffers[p.slot]);
             const size_t n = bindings->buffer_bytes[p.slot] ? bindings->buffer_bytes[p.slot] : (size_t(1) << 40);
-            traffic.device_ranges.push_back({begin, begin + n});
+            traffic.device_ranges.push_back({begin, begin + n, uint8_t(p.slot)});
         }
         traffic.set_shape(uint32_t(n_threads), uint32_t(n_groups));
         plan.traffic = &traffic;

@@ -51,14 +51,14 @@ typedef struct {
 
 /* What one dispatch moved (fg_emu_last_traffic). A simdgroup access is the lanes of one
  * simdgroup executing the same load or store instruction for the same time (k-th
- * execution by each lane); its line counts are the distinct 64/128-byte lines its bytes
+ * execution by each lane): lanes reading the same bytes make one request; its line counts are the distinct 64/128-byte lines its bytes
  * fall in, against the fewest that could hold its distinct bytes. Device memory is what
  * the kernel's pointer parameters point to ([[buffer(n)]] `constant T&` argument structs
  * are not counted); threadgroup memory is split into 32 banks of 4 bytes, and a
  * simdgroup access takes as many wavefronts as the most distinct words in one bank. */
 typedef struct {
-    uint64_t read_requested;    /* device bytes loaded, summed over lanes */
-    uint64_t read_needed;       /* distinct device bytes loaded (first touch per byte) */
+    uint64_t read_requested;    /* device bytes loaded: the distinct bytes of each simdgroup access, summed */
+    uint64_t read_needed;       /* distinct device bytes loaded by the dispatch (first touch per byte) */
     uint64_t write_requested;
     uint64_t write_needed;
     uint64_t loads, stores;     /* simdgroup accesses to device memory */
@@ -71,6 +71,9 @@ typedef struct {
     uint64_t threadgroup_memory; /* bytes per threadgroup ([[threadgroup]] slots and locals) */
     uint32_t threads_per_threadgroup;
     uint32_t threadgroups;
+    /* read_requested / read_needed by [[buffer(n)]] slot: which operand is re-read */
+    uint64_t slot_read_requested[FG_EMU_MAX_SLOTS];
+    uint64_t slot_read_needed[FG_EMU_MAX_SLOTS];
 } fg_emu_traffic;
 
 uint32_t fg_emu_abi_version(void);

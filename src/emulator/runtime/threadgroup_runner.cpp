@@ -228,18 +228,21 @@ void ThreadgroupRunner::record_access(uintptr_t addr, uint32_t bytes, bool write
     TrafficRecorder* t = plan_ ? plan_->traffic : nullptr;
     if (!t || !current_) return;
     AccessKind kind;
+    uint8_t device_slot = 0;
     const uintptr_t arena = uintptr_t(arena_.data());
     if (addr >= arena && addr < arena + arena_.size()) {
         kind = write ? kThreadgroupWrite : kThreadgroupRead;
     } else {
-        bool device = false;
-        for (const auto& r : t->device_ranges) device |= addr >= r.first && addr < r.second;
-        if (!device) return;  // the lane's stack, runtime state, argument structs
+        int slot = -1;
+        for (const auto& r : t->device_ranges)
+            if (addr >= r.begin && addr < r.end) slot = r.slot;
+        if (slot < 0) return;  // the lane's stack, runtime state, argument structs
         kind = write ? kDeviceWrite : kDeviceRead;
+        device_slot = uint8_t(slot);
     }
     Lane& l = *current_;
     const uint32_t visit = l.visits[pc]++;
-    accesses_.push_back(Access{l.ids.simdgroup_index_in_threadgroup, visit, pc, addr, bytes, kind});
+    accesses_.push_back(Access{l.ids.simdgroup_index_in_threadgroup, visit, pc, addr, bytes, kind, device_slot});
 }
 
 // For every simdgroup with lanes at a collective: release the lanes waiting at the

@@ -68,13 +68,17 @@ void TrafficRecorder::fold(std::vector<Access>& acc, uint64_t threadgroup_memory
             const bool w = kind == kDeviceWrite;
             const uint64_t unique = distinct_bytes(b, e);
             (w ? t_.stores : t_.loads) += 1;
+            (w ? t_.write_requested : t_.read_requested) += unique;
+            if (!w) t_.slot_read_requested[b->slot] += unique;
             (w ? t_.store_lines64 : t_.load_lines64) += distinct_lines(b, e, 64, &scratch);
             (w ? t_.store_lines128 : t_.load_lines128) += distinct_lines(b, e, 128, &scratch);
             (w ? t_.store_lines64_min : t_.load_lines64_min) += ceil_div(unique, 64);
             (w ? t_.store_lines128_min : t_.load_lines128_min) += ceil_div(unique, 128);
             for (const Access* a = b; a != e; ++a) {
-                (w ? t_.write_requested : t_.read_requested) += a->bytes;
-                mark(w ? write_bytes_ : read_bytes_, a->addr, a->bytes, w ? &t_.write_needed : &t_.read_needed);
+                uint64_t* needed = w ? &t_.write_needed : &t_.slot_read_needed[a->slot];
+                const uint64_t before = *needed;
+                mark(w ? write_bytes_ : read_bytes_, a->addr, a->bytes, needed);
+                if (!w) t_.read_needed += *needed - before;
             }
             t_.lane_accesses += uint64_t(e - b);
         } else {

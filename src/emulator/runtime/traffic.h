@@ -26,13 +26,18 @@ struct Access {
     uintptr_t addr;
     uint32_t bytes;
     AccessKind kind;
+    uint8_t slot;     // device memory: the [[buffer(n)]] slot
 };
 
 // A dispatch's totals; threadgroups add theirs in fold() (under a lock: workers may share it).
 class TrafficRecorder {
 public:
-    // Device memory: the ranges the kernel's pointer parameters see.
-    std::vector<std::pair<uintptr_t, uintptr_t>> device_ranges;
+    // Device memory: the ranges the kernel's pointer parameters see, and their slots.
+    struct Range {
+        uintptr_t begin, end;
+        uint8_t slot;
+    };
+    std::vector<Range> device_ranges;
 
     // Sorts `accesses` and adds them to the totals; clears it.
     void fold(std::vector<Access>& accesses, uint64_t threadgroup_memory);
