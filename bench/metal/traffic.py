@@ -62,7 +62,6 @@ def by_kernel(step: list[dict], scale=lambda name: 1.0) -> dict[str, collections
 def weights_read(path: str) -> tuple[int, int]:
     """(bytes of weights one decode step reads: every tensor but the embedding table, of which one
     row, unless the output layer is tied to it; file size)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
     from forgert.gguf import GGUFFile
     g = GGUFFile(path)
     tensors = {t.name: t for t in (g.tensors.values() if isinstance(g.tensors, dict) else g.tensors)}
@@ -127,6 +126,7 @@ def main() -> int:
 
     lines = []
     if a.preset:
+        import forgert  # noqa: F401  the installed package (with _core), before synthetic_gguf adds ../python
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         import synthetic_gguf as sg
         layers, *rest = sg.PRESETS[a.preset]
