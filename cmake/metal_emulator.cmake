@@ -43,5 +43,6 @@ target_sources(forgert_core PRIVATE ${FORGERT_SRC}/backends/metal/device_emulate
 # The bindings expose device_emulated.h's schedule setters where this is set.
 target_compile_definitions(forgert_core PUBLIC FORGERT_HAVE_METAL_EMULATOR=1)
 add_dependencies(forgert_core forgert_msl_emulator)
-install(FILES ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels.so ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels_traffic.so
-        DESTINATION forgert)
+install(FILES ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels.so DESTINATION forgert)
+# The traffic build of the kernels (src/emulator/README.md), where clang can instrument loads.
+install(FILES ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels_traffic.so DESTINATION forgert OPTIONAL)
