@@ -37,10 +37,12 @@ ExternalProject_Add(forgert_msl_emulator
   BUILD_COMMAND ${CMAKE_COMMAND} --build <BINARY_DIR> --parallel ${FG_EMU_JOBS}
   BUILD_ALWAYS ON  # the sub-project tracks its own .metal and header dependencies
   INSTALL_COMMAND ""
-  BUILD_BYPRODUCTS ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels.so)
+  BUILD_BYPRODUCTS ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels.so ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels_traffic.so)
 
 target_sources(forgert_core PRIVATE ${FORGERT_SRC}/backends/metal/device_emulated.cpp)
 # The bindings expose device_emulated.h's schedule setters where this is set.
 target_compile_definitions(forgert_core PUBLIC FORGERT_HAVE_METAL_EMULATOR=1)
 add_dependencies(forgert_core forgert_msl_emulator)
 install(FILES ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels.so DESTINATION forgert)
+# The traffic build of the kernels (src/emulator/README.md), where clang can instrument loads.
+install(FILES ${FG_EMU_OUTPUT_DIR}/libforgert_msl_kernels_traffic.so DESTINATION forgert OPTIONAL)

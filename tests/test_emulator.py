@@ -63,7 +63,7 @@ class Constant(ctypes.Structure):
 
 class Options(ctypes.Structure):
     _fields_ = [("schedule", ctypes.c_int32), ("workers", ctypes.c_int32), ("seed", ctypes.c_uint64),
-                ("poison_threadgroup_memory", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+                ("poison_threadgroup_memory", ctypes.c_int32), ("traffic", ctypes.c_int32)]
 
 
 class EmuError(Exception):
@@ -89,7 +89,7 @@ class KernelLibrary:
         return {self.lib.fg_emu_kernel_name(i).decode() for i in range(self.lib.fg_emu_kernel_count())}
 
     def run(self, kernel, buffers, groups, threads, threadgroup=None, constants=(), schedule="forward", seed=1,
-            workers=2):
+            workers=2, traffic=False):
         """Dispatch `kernel` with buffers[i] (NumPy arrays, updated in place) in slot i."""
         k = self.lib.fg_emu_find_kernel(kernel.encode())
         assert k, "no kernel %s" % kernel
@@ -112,7 +112,7 @@ class KernelLibrary:
                 consts[i].f = value
             else:
                 consts[i].i = int(value)
-        opt = Options(SCHEDULE_IDS[schedule], workers, seed, 1, 0)
+        opt = Options(SCHEDULE_IDS[schedule], workers, seed, 1, int(traffic))
         err = ctypes.create_string_buffer(4096)
         pad = lambda v: Size3(*(list(v) + [1, 1])[:3])
         rc = self.lib.fg_emu_dispatch(k, consts, len(constants), ctypes.byref(b), pad(groups), pad(threads),

@@ -545,5 +545,32 @@ PYBIND11_MODULE(_core, m) {
     // maxBufferLength for weights wrapped afterwards by emulated devices (0: none), to test weights split
     // into overlapping buffer views as on a Mac.
     m.def("set_emulator_max_buffer_length", &forgert::metal::set_emulator_max_buffer_length, py::arg("bytes"));
+    // Memory-traffic counting for emulated devices created afterwards (src/emulator/runtime/traffic.h).
+    m.def("set_emulator_traffic", &forgert::metal::set_emulator_traffic, py::arg("on"));
+    m.def("emulator_traffic", [] {
+        py::list out;
+        for (const auto& d : forgert::metal::take_emulator_traffic()) {
+            const fg_emu_traffic& t = d.totals;
+            py::dict r;
+            r["kernel"] = d.kernel;
+#define FG_FIELD(f) r[#f] = t.f;
+            FG_FIELD(read_requested) FG_FIELD(read_needed) FG_FIELD(write_requested) FG_FIELD(write_needed)
+            FG_FIELD(loads) FG_FIELD(stores) FG_FIELD(load_lines64) FG_FIELD(load_lines64_min)
+            FG_FIELD(load_lines128) FG_FIELD(load_lines128_min) FG_FIELD(store_lines64) FG_FIELD(store_lines64_min)
+            FG_FIELD(store_lines128) FG_FIELD(store_lines128_min) FG_FIELD(tg_accesses) FG_FIELD(tg_wavefronts)
+            FG_FIELD(tg_wavefronts_min) FG_FIELD(lane_accesses) FG_FIELD(threadgroup_memory)
+            FG_FIELD(threads_per_threadgroup) FG_FIELD(threadgroups)
+#undef FG_FIELD
+            py::list req, need;
+            for (int i = 0; i < FG_EMU_MAX_SLOTS; ++i) {
+                req.append(t.slot_read_requested[i]);
+                need.append(t.slot_read_needed[i]);
+            }
+            r["slot_read_requested"] = req;
+            r["slot_read_needed"] = need;
+            out.append(r);
+        }
+        return out;
+    }, "[{kernel, read_requested, read_needed, ...}]: the dispatches counted since the last call (emu_api.h fg_emu_traffic)");
 #endif
 }

@@ -73,6 +73,19 @@ bool check_bindings(const KernelInfo& k, const fg_emu_bindings& b, std::string* 
     return true;
 }
 
+#ifndef FGEMU_TRAFFIC_BUILD
+#define FGEMU_TRAFFIC_BUILD 0
+#endif
+
+struct LastTraffic {
+    bool valid = false;
+    fg_emu_traffic totals{};
+};
+LastTraffic& last_traffic() {
+    static LastTraffic t;
+    return t;
+}
+
 unsigned default_workers() {
     const unsigned hw = std::thread::hardware_concurrency();
     return hw ? hw : 1;
@@ -136,9 +149,28 @@ int32_t dispatch(const KernelInfo* k, const fg_emu_constant* constants, int32_t 
     plan.schedule = o.schedule;
     plan.seed = o.seed;
     plan.poison = o.poison_threadgroup_memory != 0;
+    TrafficRecorder traffic;
+    if (o.traffic) {
+        if (!FGEMU_TRAFFIC_BUILD) {
+            *error = "kernel '" + std::string(k->name) + "': traffic counting needs the traffic build of the "
+                     "kernel library (*_traffic.so)";
+            return 1;
+        }
+        // Device memory: what pointer parameters see; `constant T&` argument structs are left out.
+        for (int i = 0; i < k->n_params; ++i) {
+            const ParamSpec& p = k->params[i];
+            if (p.kind != kBuffer || p.bytes) continue;
+            const uintptr_t begin = uintptr_t(bindings->buffers[p.slot]);
+            const size_t n = bindings->buffer_bytes[p.slot] ? bindings->buffer_bytes[p.slot] : (size_t(1) << 40);
+            traffic.device_ranges.push_back({begin, begin + n, uint8_t(p.slot)});
+        }
+        traffic.set_shape(uint32_t(n_threads), uint32_t(n_groups));
+        plan.traffic = &traffic;
+    }
 
-    const unsigned workers =
-        unsigned(std::min<uint64_t>(n_groups, o.workers > 0 ? unsigned(o.workers) : default_workers()));
+    // Traffic counting runs on one worker: its hooks are the bulk of the time anyway.
+    const unsigned workers = o.traffic ? 1u
+        : unsigned(std::min<uint64_t>(n_groups, o.workers > 0 ? unsigned(o.workers) : default_workers()));
     std::atomic<uint64_t> next{0};
     std::mutex error_mu;
     std::string first_error;
@@ -169,6 +201,7 @@ int32_t dispatch(const KernelInfo* k, const fg_emu_constant* constants, int32_t 
     static std::mutex dispatch_mu;
     std::lock_guard<std::mutex> lock(dispatch_mu);
     WorkerPool::instance().run(workers, job);
+    if (o.traffic) last_traffic() = {true, traffic.totals()};
     if (!first_error.empty()) {
         *error = first_error;
         return 1;
@@ -194,6 +227,15 @@ FG_EMU_EXPORT const fg_emu_kernel* fg_emu_find_kernel(const char* name) {
     const auto& by_name = fgemu::kernel_table().by_name;
     auto it = by_name.find(name);
     return it == by_name.end() ? nullptr : reinterpret_cast<const fg_emu_kernel*>(it->second);
+}
+
+FG_EMU_EXPORT int32_t fg_emu_traffic_supported(void) { return FGEMU_TRAFFIC_BUILD; }
+
+FG_EMU_EXPORT int32_t fg_emu_last_traffic(fg_emu_traffic* out) {
+    const fgemu::LastTraffic& t = fgemu::last_traffic();
+    if (!t.valid || !out) return 1;
+    *out = t.totals;
+    return 0;
 }
 
 FG_EMU_EXPORT const char* fg_emu_library_error(void) { return fgemu::kernel_table().error.c_str(); }

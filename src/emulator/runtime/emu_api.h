@@ -46,8 +46,35 @@ typedef struct {
     int32_t workers;                   /* OS threads running threadgroups; <= 0: all cores */
     uint64_t seed;                     /* FG_EMU_RANDOM */
     int32_t poison_threadgroup_memory; /* fill threadgroup memory with 0xFF (NaN, -1) */
-    int32_t reserved;
+    int32_t traffic;                   /* count memory traffic (a traffic build only; one worker) */
 } fg_emu_options;
+
+/* What one dispatch moved (fg_emu_last_traffic). A simdgroup access is the lanes of one
+ * simdgroup executing the same load or store instruction for the same time (k-th
+ * execution by each lane): lanes reading the same bytes make one request; its line counts are the distinct 64/128-byte lines its bytes
+ * fall in, against the fewest that could hold its distinct bytes. Device memory is what
+ * the kernel's pointer parameters point to ([[buffer(n)]] `constant T&` argument structs
+ * are not counted); threadgroup memory is split into 32 banks of 4 bytes, and a
+ * simdgroup access takes as many wavefronts as the most distinct words in one bank. */
+typedef struct {
+    uint64_t read_requested;    /* device bytes loaded: the distinct bytes of each simdgroup access, summed */
+    uint64_t read_needed;       /* distinct device bytes loaded by the dispatch (first touch per byte) */
+    uint64_t write_requested;
+    uint64_t write_needed;
+    uint64_t loads, stores;     /* simdgroup accesses to device memory */
+    uint64_t load_lines64, load_lines64_min, load_lines128, load_lines128_min;
+    uint64_t store_lines64, store_lines64_min, store_lines128, store_lines128_min;
+    uint64_t tg_accesses;       /* simdgroup accesses to threadgroup memory */
+    uint64_t tg_wavefronts;     /* sum of the most distinct words in one bank */
+    uint64_t tg_wavefronts_min; /* sum of ceil(distinct words / 32) */
+    uint64_t lane_accesses;     /* device loads and stores of single lanes */
+    uint64_t threadgroup_memory; /* bytes per threadgroup ([[threadgroup]] slots and locals) */
+    uint32_t threads_per_threadgroup;
+    uint32_t threadgroups;
+    /* read_requested / read_needed by [[buffer(n)]] slot: which operand is re-read */
+    uint64_t slot_read_requested[FG_EMU_MAX_SLOTS];
+    uint64_t slot_read_needed[FG_EMU_MAX_SLOTS];
+} fg_emu_traffic;
 
 uint32_t fg_emu_abi_version(void);
 int32_t fg_emu_kernel_count(void);
@@ -64,6 +91,12 @@ int32_t fg_emu_dispatch(const fg_emu_kernel* kernel, const fg_emu_constant* cons
                         int32_t n_constants, const fg_emu_bindings* bindings, fg_emu_size3 groups,
                         fg_emu_size3 threads, const fg_emu_options* options, char* error,
                         size_t error_bytes);
+
+/* 1 when the library's kernels are instrumented for traffic counting (the
+ * *_traffic.so build), 0 otherwise. */
+int32_t fg_emu_traffic_supported(void);
+/* The traffic of the last dispatch run with options->traffic set; 0, or 1 when none. */
+int32_t fg_emu_last_traffic(fg_emu_traffic* out);
 
 #ifdef __cplusplus
 }

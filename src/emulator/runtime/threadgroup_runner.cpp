@@ -152,6 +152,7 @@ bool ThreadgroupRunner::run(const DispatchPlan& plan, U3 group, std::string* err
         l.spins = 0;
         l.epoch = start_epoch;
         l.memo_index = 0;
+        if (plan.traffic) l.visits.clear();
         // Stacks are 132 KB apart, so their tops would all fall into the same cache sets;
         // shifting each by a different multiple of 64 bytes spreads them over a page.
         const size_t color = ((i * 37) % 64) * 64;
@@ -219,7 +220,29 @@ bool ThreadgroupRunner::run(const DispatchPlan& plan, U3 group, std::string* err
         }
     }
     t_active = outer;
+    if (plan.traffic) plan.traffic->fold(accesses_, arena_used_);
     return ok;
+}
+
+void ThreadgroupRunner::record_access(uintptr_t addr, uint32_t bytes, bool write, uintptr_t pc) {
+    TrafficRecorder* t = plan_ ? plan_->traffic : nullptr;
+    if (!t || !current_) return;
+    AccessKind kind;
+    uint8_t device_slot = 0;
+    const uintptr_t arena = uintptr_t(arena_.data());
+    if (addr >= arena && addr < arena + arena_.size()) {
+        kind = write ? kThreadgroupWrite : kThreadgroupRead;
+    } else {
+        int slot = -1;
+        for (const auto& r : t->device_ranges)
+            if (addr >= r.begin && addr < r.end) slot = r.slot;
+        if (slot < 0) return;  // the lane's stack, runtime state, argument structs
+        kind = write ? kDeviceWrite : kDeviceRead;
+        device_slot = uint8_t(slot);
+    }
+    Lane& l = *current_;
+    const uint32_t visit = l.visits[pc]++;
+    accesses_.push_back(Access{l.ids.simdgroup_index_in_threadgroup, visit, pc, addr, bytes, kind, device_slot});
 }
 
 // For every simdgroup with lanes at a collective: release the lanes waiting at the

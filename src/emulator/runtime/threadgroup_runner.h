@@ -9,10 +9,12 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../include/msl/kernel_abi.h"
 #include "fiber.h"
+#include "traffic.h"
 
 namespace fgemu {
 
@@ -26,6 +28,7 @@ struct DispatchPlan {
     int schedule = FG_EMU_FORWARD;
     uint64_t seed = 0;
     bool poison = true;
+    TrafficRecorder* traffic = nullptr;  // counting memory traffic (traffic builds)
 };
 
 enum class LaneState : uint8_t { Ready, AtBarrier, AtSimd, Spinning, Done };
@@ -40,6 +43,7 @@ struct Lane {
     uint32_t memo_index = 0;  // matrix operations since its last rendezvous
     uint64_t epoch = 0;       // names its last rendezvous; lanes released together share it
     ThreadIds ids{};
+    std::unordered_map<uintptr_t, uint32_t> visits;  // traffic: executions per instruction
     alignas(16) unsigned char deposit[kLaneBytes];
 };
 
@@ -92,6 +96,8 @@ public:
     unsigned char* matrix_data(uint64_t handle, Site s);
     void matrix_retain(uint64_t handle);
     void matrix_release(uint64_t handle);
+    // A load or store of kernel code (traffic builds); kept if it is device or threadgroup memory.
+    void record_access(uintptr_t addr, uint32_t bytes, bool write, uintptr_t pc);
 
 private:
     static void lane_main(void* self);
@@ -134,6 +140,7 @@ private:
         void* ptr;
     };
     std::vector<Local> locals_;
+    std::vector<Access> accesses_;  // traffic of the running threadgroup
 };
 
 }  // namespace fgemu

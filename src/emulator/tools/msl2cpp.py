@@ -349,7 +349,9 @@ class Translator:
                 at_statement_start = not prev or prev[-1] in ";{}"
                 semi = self.masked.find(";", s)
                 body = self.masked[m.end():semi]
-                if at_statement_start and not re.search(r"[*&=(]", body):
+                # `threadgroup T* p = ...` is a pointer; `threadgroup T a[32 * 32];` an array
+                # (its dimensions may hold a `*`)
+                if at_statement_start and not re.search(r"[*&=(]", re.sub(r"\[[^\]]*\]", "[]", body)):
                     count += 1
                     self.edit(s, semi + 1, keep_lines(self.src[s:semi + 1],
                                                       self.threadgroup_local(body, count, s)))

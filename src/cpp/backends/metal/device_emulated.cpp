@@ -27,6 +27,7 @@ namespace forgert::metal {
 namespace {
 
 constexpr const char* kLibraryName = "libforgert_msl_kernels.so";
+constexpr const char* kTrafficLibraryName = "libforgert_msl_kernels_traffic.so";
 constexpr const char* kHowToEnable = "install clang (apt-get install clang) and reinstall forgert";
 
 // ---- the kernel library's C interface ----
@@ -39,6 +40,7 @@ struct KernelLibrary {
     const char* (*library_error)();
     int32_t (*dispatch)(const fg_emu_kernel*, const fg_emu_constant*, int32_t, const fg_emu_bindings*, fg_emu_size3,
                         fg_emu_size3, const fg_emu_options*, char*, size_t);
+    int32_t (*last_traffic)(fg_emu_traffic*);  // null: a library without traffic counting
 };
 
 template <class F> bool load_symbol(void* dl, const char* name, F* out) {
@@ -68,6 +70,10 @@ const KernelLibrary* open_library(const std::string& path, std::string* why) {
                     load_symbol(dl, "fg_emu_find_kernel", &lib->find_kernel) &&
                     load_symbol(dl, "fg_emu_library_error", &lib->library_error) &&
                     load_symbol(dl, "fg_emu_dispatch", &lib->dispatch);
+    load_symbol(dl, "fg_emu_last_traffic", &lib->last_traffic);
+    int32_t (*traffic_supported)() = nullptr;
+    if (!load_symbol(dl, "fg_emu_traffic_supported", &traffic_supported) || !traffic_supported())
+        lib->last_traffic = nullptr;
     if (!ok || lib->abi_version() != FG_EMU_ABI_VERSION) {
         *why = path + " is not an MSL kernel library of this forgert version; " + kHowToEnable;
         delete lib;
@@ -82,16 +88,18 @@ const KernelLibrary* open_library(const std::string& path, std::string* why) {
     return lib;
 }
 
-// The library next to the module that contains this code (forgert/_core*.so).
-std::string default_library_path() {
-    if (const char* env = std::getenv("FORGERT_MSL_KERNELS")) return env;
+// The library next to the module that contains this code (forgert/_core*.so); the traffic
+// build of it when counting traffic.
+std::string default_library_path(bool traffic) {
+    if (const char* env = std::getenv(traffic ? "FORGERT_MSL_KERNELS_TRAFFIC" : "FORGERT_MSL_KERNELS")) return env;
+    const char* name = traffic ? kTrafficLibraryName : kLibraryName;
     Dl_info info{};
     if (dladdr(reinterpret_cast<void*>(&default_library_path), &info) && info.dli_fname) {
         std::string self = info.dli_fname;
         const size_t slash = self.rfind('/');
-        return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/" + kLibraryName;
+        return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/" + name;
     }
-    return kLibraryName;
+    return name;
 }
 
 // ---- process-wide emulator settings ----
@@ -101,6 +109,8 @@ struct Settings {
     uint64_t seed = 0;
     int32_t threads = 0;
     size_t max_buffer_length = SIZE_MAX;
+    bool traffic = false;
+    std::vector<DispatchTraffic> traffic_log;
 };
 
 int32_t parse_schedule(const std::string& s, uint64_t* seed) {
@@ -130,6 +140,7 @@ Settings& settings() {
             }
         }
         if (const char* env = std::getenv("FORGERT_EMU_THREADS")) st->threads = std::max(0, std::atoi(env));
+        if (const char* env = std::getenv("FORGERT_EMU_TRAFFIC")) st->traffic = std::atoi(env) != 0;
         if (const char* env = std::getenv("FORGERT_EMU_MAX_BUFFER_LENGTH")) {
             const unsigned long long n = std::strtoull(env, nullptr, 10);
             if (n > 0) st->max_buffer_length = (size_t)n;
@@ -327,8 +338,19 @@ private:
     bool run(const Command& c, const fg_emu_options& opt) {
         char err[2048] = {};
         const EmulatedPipeline& p = *c.pipeline;
-        const int32_t rc = lib_->dispatch(p.kernel, nullptr, 0, &c.bindings, c.groups, c.threads, &opt, err, sizeof err);
+        fg_emu_options o = opt;
+        o.traffic = lib_->last_traffic ? 1 : 0;  // devices made while counting was on count
+        const int32_t rc = lib_->dispatch(p.kernel, nullptr, 0, &c.bindings, c.groups, c.threads, &o, err, sizeof err);
         if (rc != 0) error_ = err;
+        if (rc == 0 && o.traffic) {
+            DispatchTraffic d;
+            d.kernel = p.key;
+            if (lib_->last_traffic(&d.totals) == 0) {
+                Settings& s = settings();
+                std::lock_guard<std::mutex> lock(s.mu);
+                s.traffic_log.push_back(std::move(d));
+            }
+        }
         return rc == 0;
     }
 
@@ -372,7 +394,33 @@ std::unique_ptr<Device> make_emulated_device_from(const std::string& library_pat
 }
 
 std::unique_ptr<Device> make_emulated_device(std::string* why) {
-    return make_emulated_device_from(default_library_path(), why);
+    bool traffic;
+    {
+        Settings& s = settings();
+        std::lock_guard<std::mutex> lock(s.mu);
+        traffic = s.traffic;
+    }
+    return make_emulated_device_from(default_library_path(traffic), why);
+}
+
+void set_emulator_traffic(bool on) {
+    Settings& st = settings();
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.traffic = on;
+}
+
+bool emulator_traffic() {
+    Settings& st = settings();
+    std::lock_guard<std::mutex> lock(st.mu);
+    return st.traffic;
+}
+
+std::vector<DispatchTraffic> take_emulator_traffic() {
+    Settings& st = settings();
+    std::lock_guard<std::mutex> lock(st.mu);
+    std::vector<DispatchTraffic> out;
+    out.swap(st.traffic_log);
+    return out;
 }
 
 void set_emulator_schedule(const std::string& schedule, uint64_t seed) {

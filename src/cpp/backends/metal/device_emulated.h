@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "../../../emulator/runtime/emu_api.h"
 
 #include "backends/metal/metal_device.h"
 
@@ -31,5 +34,18 @@ void set_emulator_threads(int n);
 // FORGERT_EMU_MAX_BUFFER_LENGTH. Applies to buffers wrapped afterwards. Tests set it tiny
 // so that a small model's weights span many overlapping views.
 void set_emulator_max_buffer_length(size_t bytes);
+
+// Traffic counting (src/emulator/runtime/traffic.h): emulated devices created while it is on
+// run the traffic build of the kernel library (libforgert_msl_kernels_traffic.so, one worker,
+// about 17x the CPU time) and log every dispatch's traffic for their whole life; devices
+// created while it is off run as before. Initial value from FORGERT_EMU_TRAFFIC=1.
+struct DispatchTraffic {
+    std::string kernel;     // the pipeline's name
+    fg_emu_traffic totals;  // emu_api.h
+};
+void set_emulator_traffic(bool on);
+bool emulator_traffic();
+// The dispatches counted since the last call, in the order they ran.
+std::vector<DispatchTraffic> take_emulator_traffic();
 
 }  // namespace forgert::metal

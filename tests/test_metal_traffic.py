@@ -1,0 +1,163 @@
+"""What our decode kernels move, counted by the emulator's traffic build (src/emulator/runtime/
+traffic.h) through the ops layer: exact needed bytes against hand counts (every weight byte
+read once, the activations, the output), and lower bounds on line efficiency (the fewest
+64-byte lines a simdgroup access's bytes fit in / the lines it touches) and upper bounds on
+re-reads, set a little beyond the values measured at these shapes (written beside them), so
+that a change that breaks coalescing or adds re-reads fails here.
+
+Measured at one token, 64 rows x 512 columns; the low GEMV line efficiencies are the
+block-strided loads of the quantized GEMVs (each lane reads a field of its own block: a
+simdgroup load spans many lines; the lines are re-used by the next loads from cache), and
+attention re-reads K/V once per query head of a GQA group; both are reported, not fixed here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import metal_skip_reason
+import test_metal_ops as ops
+
+pytestmark = pytest.mark.metal
+
+ROWS, COLS = 64, 512
+
+# GEMV (mul_mv_*, one token): 64-byte line efficiency of loads, measured
+GEMV_LINES = {"f32": 1.0, "f16": 1.0, "bf16": 0.333, "q8_0": 0.151, "q4_0": 0.317, "q4_1": 0.304,
+              "q5_0": 0.259, "q5_1": 0.250, "q2_K": 0.302, "q3_K": 0.318, "q4_K": 0.267, "q5_K": 0.282,
+              "q6_K": 0.240, "iq4_nl": 0.317, "iq4_xs": 0.357}
+# weight bytes requested / needed (K-quants re-read super-block scales), measured
+GEMV_WEIGHT_REREAD = {"q3_K": 1.073, "q4_K": 1.056, "q5_K": 1.045}
+# get_rows_*: line efficiency and weight re-reads, measured
+GET_ROWS_LINES = {"f32": 1.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.857, "q4_0": 0.923, "q4_1": 0.955,
+                  "q5_0": 0.976, "q5_1": 0.980, "q2_K": 0.909, "q3_K": 0.889, "q4_K": 0.963, "q5_K": 0.909,
+                  "q6_K": 0.833, "iq4_nl": 0.923, "iq4_xs": 0.976}
+GET_ROWS_REREAD = {"q2_K": 3.62, "q3_K": 5.09, "q4_K": 2.14, "q5_K": 3.20, "q6_K": 2.59, "iq4_xs": 1.235}
+
+
+@pytest.fixture(scope="module")
+def core():
+    reason = metal_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from forgert import _core
+    if not hasattr(_core, "set_emulator_traffic"):
+        pytest.skip("this _core has no emulator traffic counting")
+    if not (Path(_core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
+        pytest.skip("no traffic build of the kernels (clang cannot instrument loads)")
+    return _core
+
+
+@pytest.fixture
+def metal(core):
+    """A Metal Ops over the traffic build of the kernel library."""
+    core.set_emulator_traffic(True)
+    try:
+        m = core.Ops("metal")
+    finally:
+        core.set_emulator_traffic(False)
+    core.emulator_traffic()  # drop what earlier tests logged
+    return m
+
+
+def one(core, kernel_prefix):
+    log = core.emulator_traffic()
+    assert len(log) == 1 and log[0]["kernel"].startswith(kernel_prefix), [d["kernel"] for d in log]
+    return log[0]
+
+
+def lines(d, op="load"):
+    return d[op + "_lines64_min"] / d[op + "_lines64"]
+
+
+def weight_slot(d, nbytes):
+    """The [[buffer(n)]] slot whose needed bytes are the weights'."""
+    slots = [i for i, n in enumerate(d["slot_read_needed"]) if n == nbytes]
+    assert slots, (nbytes, d["slot_read_needed"])
+    return slots[0]
+
+
+@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+def test_gemv_traffic(core, metal, wtype):
+    dtype = ops.WEIGHT_TYPES[wtype]
+    r = np.random.default_rng(0)
+    w = ops.weight_bytes(r, dtype, ROWS, COLS)
+    x = r.standard_normal((1, COLS), dtype=np.float32)
+    metal.matmul(w, dtype, ROWS, COLS, x)
+    d = one(core, "mul_mv_")
+    # needed: every weight byte and the activation row once; the output row written once
+    assert d["read_needed"] == w.nbytes + 4 * COLS
+    assert d["write_needed"] == d["write_requested"] == 4 * ROWS
+    s = weight_slot(d, w.nbytes)
+    assert d["slot_read_requested"][s] / w.nbytes <= 1.0 + 1.5 * (GEMV_WEIGHT_REREAD.get(wtype, 1.0) - 1.0) + 1e-9
+    assert lines(d) >= 0.9 * GEMV_LINES[wtype]
+    assert lines(d, "store") == 1.0
+
+
+@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+def test_get_rows_traffic(core, metal, wtype):
+    dtype = ops.WEIGHT_TYPES[wtype]
+    r = np.random.default_rng(1)
+    w = ops.weight_bytes(r, dtype, ROWS, COLS)
+    metal.get_rows(w, dtype, ROWS, COLS, np.array([3, 7], np.int32))
+    d = one(core, "get_rows_")
+    row_bytes = w.nbytes // ROWS
+    assert d["read_needed"] == 2 * row_bytes + 2 * 4   # two rows and two ids
+    assert d["write_needed"] == 2 * COLS * 4
+    s = weight_slot(d, 2 * row_bytes)
+    assert d["slot_read_requested"][s] / (2 * row_bytes) <= 1.05 * GET_ROWS_REREAD.get(wtype, 1.0)
+    assert lines(d) >= 0.9 * GET_ROWS_LINES[wtype]
+
+
+def test_rms_norm_traffic(core, metal):
+    r = np.random.default_rng(2)
+    x = r.standard_normal((1, 576), dtype=np.float32)
+    metal.rms_norm(x, r.standard_normal(576, dtype=np.float32), 1e-5)
+    d = one(core, "rms_norm")
+    assert d["read_needed"] == 2 * 576 * 4 and d["write_needed"] == 576 * 4
+    assert lines(d) == 1.0 and lines(d, "store") == 1.0  # measured 1.0
+    assert d["tg_wavefronts"] == d["tg_wavefronts_min"]  # no bank conflicts (measured)
+    # x is read twice (sum of squares, then the scaling): measured 6912 of 4608 needed
+    assert d["read_requested"] <= 1.5 * d["read_needed"]
+
+
+def rope_attention_inputs(r):
+    n, pos0, nh, nkv, hd = 1, 300, 9, 3, 64  # SmolLM2's heads: GQA 3:1
+    q = r.standard_normal((n, nh * hd), dtype=np.float32)
+    k = r.standard_normal((n, nkv * hd), dtype=np.float32)
+    cache = r.standard_normal((pos0 + n + 2, nkv * hd)).astype(np.float16)
+    freqs = (10000.0 ** (-np.arange(0, hd, 2) / hd)).astype(np.float32)
+    return q, k, cache, freqs, (n, pos0, nh, nkv, hd)
+
+
+def test_rope_kv_write_traffic(core, metal):
+    q, k, cache, freqs, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(3))
+    metal.rope_kv_write(q, k, k.copy(), cache, cache.copy(), freqs, pos0, nh, nkv, hd, False)
+    d = one(core, "rope_kv_write")
+    # q, k, v and the frequencies are read once; q and k rotated in place, k and v cached as f16
+    assert d["read_needed"] == 4 * (nh * hd + 2 * nkv * hd + hd // 2)
+    assert d["write_needed"] == 4 * (nh * hd + nkv * hd) + 2 * 2 * nkv * hd
+    assert lines(d) >= 0.57 and lines(d, "store") >= 0.47  # measured 0.636 and 0.526
+
+
+def test_attention_traffic(core, metal):
+    q, _, cache, _, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(4))
+    metal.attention(q, cache, cache.copy(), pos0, nh, nkv, hd, 0.125)
+    log = core.emulator_traffic()
+    d = next(e for e in log if e["kernel"] == "attention_f16")
+    kv_bytes = (pos0 + n) * nkv * hd * 2  # the K (or V) rows up to the query's position, f16
+    assert sorted(d["slot_read_needed"])[-2:] == [kv_bytes, kv_bytes]
+    assert lines(d) >= 0.95  # measured 1.0
+    # Each query head re-reads its K/V head: 3.09x at GQA 3:1 (measured 357120 of 115584)
+    kv_slot = d["slot_read_needed"].index(kv_bytes)
+    assert d["slot_read_requested"][kv_slot] <= 1.05 * 3.09 * kv_bytes
+    assert d["tg_wavefronts"] == d["tg_wavefronts_min"]  # measured: no bank conflicts
+
+
+def test_counting_is_off_by_default(core):
+    core.emulator_traffic()
+    m = core.Ops("metal")
+    m.rms_norm(np.ones((1, 64), np.float32), np.ones(64, np.float32), 1e-5)
+    assert core.emulator_traffic() == []
