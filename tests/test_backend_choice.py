@@ -24,7 +24,7 @@ class FakeCore:
     def __init__(self):
         self.asked = []
 
-    def Engine(self, cfg, tensors, backend, n_threads):
+    def Engine(self, cfg, tensors, backend, n_threads, n_slots=1):
         self.asked.append(backend)
         if backend == "metal":
             raise RuntimeError(METAL_MESSAGE)
@@ -38,7 +38,7 @@ def make_engine(backend, monkeypatch, platform="darwin", env=None):
     else:
         monkeypatch.setenv("FORGERT_BACKEND", env)
     core = FakeCore()
-    owner = types.SimpleNamespace(_model=types.SimpleNamespace(core_tensors={}))
+    owner = types.SimpleNamespace(_model=types.SimpleNamespace(core_tensors={}), parallel=1)
     engine = fm.Model._make_engine(owner, core, {}, backend, 0)
     return engine, core.asked
 
