@@ -41,6 +41,8 @@ struct AttentionParams {
                            // p - window + 1 .. p (Mistral); 0: all keys 0 .. p
     float softcap = 0.0f;  // > 0: each score s = scale * q.k becomes softcap * tanh(s / softcap)
                            // before the softmax (Gemma 2's attention-logit soft-capping); 0: none
+    const Tensor* sinks = nullptr;  // f32 [n_heads] or null: a learned logit per head that joins
+                                    // the softmax denominator only (gpt-oss's attention sinks)
 };
 
 class Backend {
