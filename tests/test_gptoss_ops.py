@@ -79,3 +79,52 @@ def test_attention_sinks_reject_wrong_count(ops):
     cache = np.zeros((8, 2 * 16), np.float16)
     with pytest.raises(ValueError, match="one value per head"):
         ops.attention(q, cache, cache, 0, 4, 2, 16, 0.25, 0, sinks=np.zeros(3, np.float32))
+
+
+# ----------------------------------------------------------------------------- clamped SwiGLU
+
+def swiglu_oai_reference(gate, up, alpha, limit):
+    """transformers' GptOssExperts._apply_gate in float64 (gate and up already split)."""
+    g = np.minimum(gate.astype(np.float64), limit)
+    u = np.clip(up.astype(np.float64), -limit, limit)
+    return (u + 1.0) * g / (1.0 + np.exp(-alpha * g))
+
+
+@pytest.mark.parametrize("n,dim", [(1, 40), (5, 300), (9, 33)])
+def test_swiglu_oai_matches_numpy(ops, n, dim):
+    """Values spread over +-20 so that both clamps act (gate above 7, up outside +-7)."""
+    rng = rng_for("swiglu_oai", n, dim)
+    gate = rng.uniform(-20.0, 20.0, (n, dim)).astype(np.float32)
+    up = rng.uniform(-20.0, 20.0, (n, dim)).astype(np.float32)
+    out = ops.swiglu_oai(gate, up, 1.702, 7.0)
+    ref = swiglu_oai_reference(gate, up, 1.702, 7.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-5)   # float32 exp: measured <= 2.3e-6 rel, 5.9e-6 abs
+    # the clamps matter: the unclamped form differs
+    assert np.abs(ref - swiglu_oai_reference(gate, up, 1.702, 1e9)).max() > 1.0
+
+
+def test_swiglu_oai_rejects_bad_limit(ops):
+    x = np.ones((1, 8), np.float32)
+    with pytest.raises(ValueError, match="positive"):
+        ops.swiglu_oai(x, x, 1.702, 0.0)
+
+
+# ----------------------------------------------------------------------------- expert biases
+
+@pytest.mark.parametrize("n,k,n_expert,dim", [(1, 4, 8, 40), (6, 2, 4, 300), (5, 4, 8, 17)])
+def test_add_bias_id_matches_numpy(ops, n, k, n_expert, dim):
+    """Each slot i*k + j gets the bias row of its expert ids[i, j]; skewed routings: every token
+    picks expert 0 first, experts past k + 1 are never chosen."""
+    rng = rng_for("add_bias_id", n, k, n_expert, dim)
+    x = randn(rng, n * k, dim)
+    b = randn(rng, n_expert, dim)
+    ids = np.stack([np.concatenate([[0], rng.permutation(np.arange(1, k + 1))[:k - 1]]) for _ in range(n)])
+    ids = ids.astype(np.int32)
+    out = ops.add_bias_id(x, b, ids)
+    ref = x.astype(np.float64) + b.astype(np.float64)[ids.reshape(-1)]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)   # one float32 add: exact up to rounding
+
+
+def test_add_bias_id_rejects_bad_id(ops):
+    with pytest.raises(ValueError, match="out of range"):
+        ops.add_bias_id(np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32), np.array([[0, 3]], np.int32))

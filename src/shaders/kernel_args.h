@@ -281,4 +281,31 @@ typedef struct {
 } moe_sum_args;
 FG_ARGS_ASSERT(sizeof(moe_sum_args) == 32, "moe_sum_args layout");
 
+// swiglu_oai_f32 (gpt-oss): g = min(gate, limit), u = clamp(up, -limit, limit),
+// out = (u + 1) * g * sigmoid(alpha * g).
+// slots: 1 gate, 2 up, 3 out, all f32 [n, dim] (out may alias either)
+// grid: (ceil(dim / threads), n); threads: min(256, dim rounded to 32)
+typedef struct {
+    uint64_t gate_stride;
+    uint64_t up_stride;
+    uint64_t out_stride;
+    int32_t dim;
+    float alpha;
+    float limit;
+    int32_t pad0;
+} swiglu_oai_args;
+FG_ARGS_ASSERT(sizeof(swiglu_oai_args) == 40, "swiglu_oai_args layout");
+
+// add_bias_id_f32: x[s, c] += b[ids[s / k, s % k], c] (each slot's expert bias, gpt-oss)
+// slots: 1 b f32 [n_expert, dim], 2 ids i32 [n, k], 3 x f32 [n*k, dim] (in place)
+// grid: (ceil(dim / threads), n*k); threads: min(256, dim rounded to 32)
+typedef struct {
+    uint64_t b_stride;
+    uint64_t ids_stride;
+    uint64_t x_stride;
+    int32_t dim;
+    int32_t k;
+} add_bias_id_args;
+FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
+
 #endif  // FORGERT_KERNEL_ARGS_H

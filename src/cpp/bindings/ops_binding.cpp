@@ -279,6 +279,24 @@ public:
         return download(O);
     }
 
+    F32 swiglu_oai(const F32& g, const F32& u, float alpha, float limit) {
+        need(g.ndim() == 2 && u.ndim() == 2 && g.shape(0) == u.shape(0) && g.shape(1) == u.shape(1),
+             "gate and up must have the same 2-D shape");
+        Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
+        run([&] { be_->swiglu_oai(Y, G, U, alpha, limit); });
+        return download(Y);
+    }
+    // x + b[ids] per slot (a copy of x): x [n*k, dim], b [n_expert, dim], ids [n, k].
+    F32 add_bias_id(const F32& x, const F32& b, const I32& ids) {
+        need(ids.ndim() == 2 && x.ndim() == 2 && b.ndim() == 2, "x [n*k, dim], b [n_expert, dim], ids [n, k]");
+        need(x.shape(0) == ids.shape(0) * ids.shape(1) && b.shape(1) == x.shape(1), "x [n*k, dim], b [n_expert, dim], ids [n, k]");
+        for (py::ssize_t i = 0; i < ids.size(); i++)
+            need(ids.data()[i] >= 0 && ids.data()[i] < b.shape(0), "expert id out of range");
+        Tensor X = f32(x), B = f32(b), I = upload(ids.data(), DType::I32, ids.shape(0), ids.shape(1));
+        run([&] { be_->add_bias_id(X, B, I); });
+        return download(X);
+    }
+
 private:
     std::unique_ptr<Backend> be_;
     std::vector<std::unique_ptr<Buffer>> bufs_;
@@ -318,5 +336,7 @@ void bind_ops(py::module_& m) {
         .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
              py::arg("cols"), py::arg("x"), py::arg("ids"))
-        .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"));
+        .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))
+        .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
+        .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"));
 }

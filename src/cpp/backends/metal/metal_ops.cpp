@@ -554,4 +554,40 @@ void MetalBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
            {threads, 1, 1});
 }
 
+void MetalBackend::swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) {
+    need_f32_rows(out, "swiglu_oai", "out", out.rows, out.cols);
+    need_f32_rows(gate, "swiglu_oai", "gate", out.rows, out.cols);
+    need_f32_rows(up, "swiglu_oai", "up", out.rows, out.cols);
+    need(alpha > 0.0f && limit > 0.0f && std::isfinite(alpha) && std::isfinite(limit), "swiglu_oai",
+         "alpha and limit must be positive and finite");
+    if (out.rows == 0) return;
+    swiglu_oai_args a{};
+    a.gate_stride = gate.stride;
+    a.up_stride = up.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)out.cols;
+    a.alpha = alpha;
+    a.limit = limit;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(out.cols));
+    encode("swiglu_oai_f32", &a, sizeof a, {reads(gate), reads(up), writes(out)},
+           {ceil_div(out.cols, threads), (uint32_t)out.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) {
+    const int64_t n = ids.rows, k = ids.cols;
+    need(ids.buf && ids.type == DType::I32, "add_bias_id", "ids must be i32 [n, k]");
+    need_f32_rows(x, "add_bias_id", "x", n * k, x.cols);
+    need_f32_rows(b, "add_bias_id", "b", b.rows, x.cols);
+    if (n * k == 0) return;
+    add_bias_id_args a{};
+    a.b_stride = b.stride;
+    a.ids_stride = ids.stride;
+    a.x_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    a.k = (int32_t)k;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode("add_bias_id_f32", &a, sizeof a, {reads(b), reads(ids), writes(x)},
+           {ceil_div(x.cols, threads), (uint32_t)(n * k), 1}, {threads, 1, 1});
+}
+
 }  // namespace forgert::metal
