@@ -34,8 +34,8 @@ void ModelConfig::validate() const {
         need(v >= lo && v <= hi, std::string(field) + " = " + std::to_string(v) + " is outside " +
                                      std::to_string(lo) + ".." + std::to_string(hi));
     };
-    need(arch == "llama" || arch == "qwen2" || arch == "qwen3" || is_gemma(),
-         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3, gemma2, gemma3)");
+    need(arch == "llama" || arch == "qwen2" || arch == "qwen3" || is_gemma() || is_gpt_oss(),
+         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3, gemma2, gemma3, gpt-oss)");
     in_range("n_layers", n_layers, 1, kMaxLayers);
     in_range("dim", dim, 1, kMaxDim);
     in_range("n_heads", n_heads, 1, kMaxHeads);
