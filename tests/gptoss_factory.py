@@ -29,8 +29,8 @@ _LAYER = {
 WINDOW = 8   # shorter than the tests' sequences
 
 
-def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn=48, n_expert=8,
-                  top_k=4, seed=41):
+def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn=64, n_expert=8,
+                  top_k=4, seed=41, router_scale=0.3):
     """Layers alternate sliding (window WINDOW) and full attention; YaRN x32 over 4096 as gpt-oss
     (truncate on: llama.cpp always rounds the correction range to whole pairs). Weights large
     enough that both SwiGLU clamps act, every bias and sink away from 0."""
@@ -52,7 +52,7 @@ def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, he
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith("router.weight"):   # well-separated router logits (no near-ties)
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+                p.copy_(router_scale * torch.randn(p.shape, generator=gen))
             elif name.endswith("gate_up_proj"):    # |gate| and |up| past 7 at times: the clamps act
                 p.copy_(0.6 * torch.randn(p.shape, generator=gen))
             elif name.endswith("down_proj"):
@@ -108,7 +108,13 @@ def _keeps_f32(name: str, w: np.ndarray) -> bool:
     return w.ndim == 1 or name.endswith((".bias", "ffn_gate_inp.weight", "attn_sinks.weight"))
 
 
-def write_gguf(model, path: Path, type_name: str, tok) -> Path:
+def _quant_type(name: str, type_name: str, expert_type: str | None):
+    return gguf.GGMLQuantizationType[expert_type if expert_type and "_exps.weight" in name else type_name]
+
+
+def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None) -> Path:
+    """type_name for every matrix but the F32 ones (_keeps_f32); expert_type, when given, for the
+    expert stacks instead (gpt-oss ships MXFP4 experts)."""
     c = model.config
     w = gguf.GGUFWriter(str(path), "gpt-oss")
     w.add_name("tiny-gpt-oss")
@@ -140,8 +146,8 @@ def write_gguf(model, path: Path, type_name: str, tok) -> Path:
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
-    qtype = gguf.GGMLQuantizationType[type_name]
     for name, t in gguf_tensors(model).items():
+        qtype = _quant_type(name, type_name, expert_type)
         if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, t)
         else:
@@ -152,3 +158,34 @@ def write_gguf(model, path: Path, type_name: str, tok) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def quantized_reference(model, type_name: str, expert_type: str | None = None):
+    """A copy of the model whose every matrix the GGUF quantizes holds gguf.quants' dequantization
+    of the bytes written (the experts mapped back to HF's fused, interleaved, transposed layout)."""
+    import copy
+    ref = copy.deepcopy(model)
+    rounded = {}
+    for name, t in gguf_tensors(model).items():
+        qtype = _quant_type(name, type_name, expert_type)
+        if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
+            continue
+        rounded[name] = gguf.quants.dequantize(gguf.quants.quantize(t, qtype), qtype).reshape(t.shape)
+    sd = ref.state_dict()
+    put = lambda hf, w: sd[hf].copy_(torch.from_numpy(np.ascontiguousarray(w, np.float32)))
+    with torch.no_grad():
+        for hf, g in (("model.embed_tokens.weight", "token_embd.weight"), ("lm_head.weight", "output.weight")):
+            if g in rounded:
+                put(hf, rounded[g])
+        for l in range(model.config.num_hidden_layers):
+            p, b = f"model.layers.{l}.", f"blk.{l}."
+            for hf, g in _LAYER.items():
+                if b + g in rounded:
+                    put(p + hf, rounded[b + g])
+            gu = sd[p + "mlp.experts.gate_up_proj"].numpy().copy()
+            if b + "ffn_gate_exps.weight" in rounded:
+                gu[:, :, 0::2] = rounded[b + "ffn_gate_exps.weight"].transpose(0, 2, 1)
+                gu[:, :, 1::2] = rounded[b + "ffn_up_exps.weight"].transpose(0, 2, 1)
+                put(p + "mlp.experts.gate_up_proj", gu)
+                put(p + "mlp.experts.down_proj", rounded[b + "ffn_down_exps.weight"].transpose(0, 2, 1))
+    return ref
