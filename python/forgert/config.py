@@ -10,7 +10,7 @@ from . import gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe") + gemma.GEMMA_ARCHS
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   **gemma.HF_GEMMA_MODEL_TYPES}
@@ -22,7 +22,11 @@ _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2mo
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss")
+# gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
+# key) and its window pattern (every second layer full attention, from layer 1; no GGUF key either).
+GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
+GPT_OSS_SWA_PATTERN = 2
 # Whether GGUF MoE weights are renormalised over the selected experts when the file has no
 # expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
 _GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False}
@@ -69,6 +73,10 @@ class ModelConfig:
     n_expert_used: int = 0
     expert_ffn_dim: int = 0
     expert_norm_topk: bool = True
+    # gpt-oss's clamped SwiGLU experts: limit > 0 clamps (gate <= limit, |up| <= limit) and
+    # uses (up + 1) * gate * sigmoid(alpha * gate); 0: silu(gate) * up.
+    swiglu_limit: float = 0.0
+    swiglu_alpha: float = GPT_OSS_SWIGLU_ALPHA
     shared_ffn_dim: int = 0
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
@@ -166,6 +174,8 @@ class ModelConfig:
         if self.n_expert:
             d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
                      expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)
+        if self.swiglu_limit:
+            d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.arch in gemma.GEMMA_ARCHS:
             d.update(ffn_act=self.ffn_act, embed_scale=float(self.embed_scale),
                      attn_scale=float(self.attn_scale or 0.0), attn_softcap=float(self.attn_softcap),
@@ -347,10 +357,25 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
+    if arch == "gpt-oss":
+        _gpt_oss_gguf(cfg, source)
     _set_rope_tables(cfg)
     if arch in gemma.GEMMA_ARCHS:
         gemma.apply_gguf(meta, cfg, source)
     return cfg
+
+
+def _gpt_oss_gguf(cfg: ModelConfig, source):
+    """What llama.cpp's gpt-oss loader fixes rather than reads: the clamped SwiGLU and the
+    window on every layer but each GPT_OSS_SWA_PATTERN-th (layers 0, 2, .. sliding, as HF's
+    layer_types alternate sliding_attention / full_attention)."""
+    if not cfg.n_expert:
+        _fail(source, "gpt-oss without expert_count")
+    if not cfg.sliding_window:
+        _fail(source, "gpt-oss without attention.sliding_window")
+    cfg.swiglu_limit, cfg.swiglu_alpha = GPT_OSS_SWIGLU_LIMIT, GPT_OSS_SWIGLU_ALPHA
+    cfg.layer_window = [cfg.sliding_window if i % GPT_OSS_SWA_PATTERN < GPT_OSS_SWA_PATTERN - 1 else 0
+                        for i in range(cfg.n_layers)]
 
 
 def _check_experts(cfg: ModelConfig, source):

@@ -25,6 +25,7 @@ kernel void attention_f16(
         device const char * v_cache    [[buffer(3)]],
         device       char * out        [[buffer(4)]],
         device      float * partials   [[buffer(5)]],
+        device const float * sinks     [[buffer(6)]],
         threadgroup float * shmem      [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
@@ -114,6 +115,7 @@ kernel void attention_f16(
 
     if (args.n_splits == 1) {
         device float* o = (device float*)(out + t * args.out_stride) + head * hd;
+        if (args.has_sinks) l_all += exp(sinks[head] - m_all);  // in the denominator only (gpt-oss)
         const float inv_l = 1.0f / l_all;  // split 0 always holds key k_first: l_all > 0
         for (int d = tiisg; d < hd; d += FG_SIMD_WIDTH) {
             float a = 0.0f;
@@ -139,6 +141,7 @@ kernel void attention_reduce(
         constant attention_reduce_args & args [[buffer(0)]],
         device const float * partials [[buffer(1)]],
         device       char  * out      [[buffer(2)]],
+        device const float * sinks    [[buffer(3)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiisg [[thread_index_in_simdgroup]]) {
     const int head = tgpig.x;
@@ -155,6 +158,7 @@ kernel void attention_reduce(
         const float ls = pr[s * row + 1];
         if (ls > 0.0f) l_all += ls * exp(pr[s * row] - m_all);
     }
+    if (args.has_sinks) l_all += exp(sinks[head] - m_all);  // in the denominator only (gpt-oss)
     const float inv_l = 1.0f / l_all;
 
     device float* o = (device float*)(out + t * args.out_stride) + head * hd;
@@ -179,6 +183,7 @@ kernel void attention_prefill_f16(
         device const char * k_cache    [[buffer(2)]],
         device const char * v_cache    [[buffer(3)]],
         device       char * out        [[buffer(4)]],
+        device const float * sinks     [[buffer(5)]],
         threadgroup half  * kv_tile    [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiitg [[thread_index_in_threadgroup]],
@@ -253,7 +258,8 @@ kernel void attention_prefill_f16(
         const int t = q0 + sgitg * ATTN_QPS + j;
         if (t >= args.n_queries) continue;
         device float* o = (device float*)(out + t * args.out_stride) + head * hd;
-        const float inv_l = 1.0f / l[j];  // key pos0 + t is always attended: l > 0
+        // key pos0 + t is always attended: l > 0; a sink joins the denominator only (gpt-oss)
+        const float inv_l = 1.0f / (l[j] + (args.has_sinks ? exp(sinks[head] - m[j]) : 0.0f));
         for (int i = 0; i < ATTN_DPL; ++i) {
             const int d = tiisg + FG_SIMD_WIDTH * i;
             if (d < hd) o[d] = acc[j][i] * inv_l;

@@ -107,7 +107,7 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 // normalized result to out; otherwise it writes (max, sum, acc[head_dim]) partials that
 // attention_reduce combines.
 // slots: 1 q f32 [n, H * hd], 2 k_cache f16, 3 v_cache f16 [n_ctx, KV * hd],
-//        4 out f32 [n, H * hd], 5 partials f32 [n, H, n_splits, hd + 2]
+//        4 out f32 [n, H * hd], 5 partials f32 [n, H, n_splits, hd + 2], 6 sinks f32 [H] (or unused)
 // grid: (n_splits, H, n); threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) floats
 #define FG_ATTN_SIMDGROUPS 4
@@ -126,7 +126,7 @@ typedef struct {
     float scale;
     int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
     float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
-    int32_t pad0;
+    int32_t has_sinks;    // 1: slot 6 holds f32 [H] logits that join the softmax denominator (gpt-oss)
 } attention_args;
 FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
 
@@ -135,7 +135,7 @@ FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
 // (FG_ATTN_BQ / FG_ATTN_SIMDGROUPS per simdgroup) and streams the keys they need through
 // threadgroup memory in tiles of tile_keys rows of K and V, so each cache row is read from
 // memory once per FG_ATTN_BQ queries instead of once per query.
-// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16)
+// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16), 5 sinks f32 [H] (or unused)
 // grid: (ceil(n / FG_ATTN_BQ), H); threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: 2 * tile_keys * head_dim halfs (<= FG_ATTN_TILE_HALFS * 2 * 2 bytes)
 #define FG_ATTN_PREFILL_MIN_TOKENS 8
@@ -154,17 +154,17 @@ typedef struct {
     float scale;
     int32_t window;       // as in attention_args
     float softcap;        // as in attention_args
-    int32_t pad0;
+    int32_t has_sinks;    // 1: slot 5 holds the sinks f32 [H]
 } attention_prefill_args;
 FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
 
-// attention_reduce: slots 1 partials, 2 out; grid (H, n); threads: 32 * ceil(hd / 32)
+// attention_reduce: slots 1 partials, 2 out, 3 sinks f32 [H] (or unused); grid (H, n); threads: 32 * ceil(hd / 32)
 typedef struct {
     uint64_t out_stride;
     int32_t n_heads;
     int32_t head_dim;
     int32_t n_splits;
-    int32_t pad0;
+    int32_t has_sinks;    // 1: slot 3 holds the sinks f32 [H]
 } attention_reduce_args;
 FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 24, "attention_reduce_args layout");
 
@@ -280,5 +280,32 @@ typedef struct {
     int32_t k;
 } moe_sum_args;
 FG_ARGS_ASSERT(sizeof(moe_sum_args) == 32, "moe_sum_args layout");
+
+// swiglu_oai_f32 (gpt-oss): g = min(gate, limit), u = clamp(up, -limit, limit),
+// out = (u + 1) * g * sigmoid(alpha * g).
+// slots: 1 gate, 2 up, 3 out, all f32 [n, dim] (out may alias either)
+// grid: (ceil(dim / threads), n); threads: min(256, dim rounded to 32)
+typedef struct {
+    uint64_t gate_stride;
+    uint64_t up_stride;
+    uint64_t out_stride;
+    int32_t dim;
+    float alpha;
+    float limit;
+    int32_t pad0;
+} swiglu_oai_args;
+FG_ARGS_ASSERT(sizeof(swiglu_oai_args) == 40, "swiglu_oai_args layout");
+
+// add_bias_id_f32: x[s, c] += b[ids[s / k, s % k], c] (each slot's expert bias, gpt-oss)
+// slots: 1 b f32 [n_expert, dim], 2 ids i32 [n, k], 3 x f32 [n*k, dim] (in place)
+// grid: (ceil(dim / threads), n*k); threads: min(256, dim rounded to 32)
+typedef struct {
+    uint64_t b_stride;
+    uint64_t ids_stride;
+    uint64_t x_stride;
+    int32_t dim;
+    int32_t k;
+} add_bias_id_args;
+FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
 
 #endif  // FORGERT_KERNEL_ARGS_H

@@ -101,3 +101,35 @@ kernel void scale_sigmoid_f32(
     device float* o = (device float*)(out + i * args.out_stride);
     o[c] = o[c] / (1.0f + exp(-g));
 }
+
+kernel void swiglu_oai_f32(
+        constant swiglu_oai_args & args [[buffer(0)]],
+        device const char * gate [[buffer(1)]],
+        device const char * up   [[buffer(2)]],
+        device       char * out  [[buffer(3)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int c = tgpig.x * ntg.x + tptg.x;
+    const int i = tgpig.y;
+    if (c >= args.dim) return;
+    const float g = min(((device const float*)(gate + i * args.gate_stride))[c], args.limit);
+    const float u = clamp(((device const float*)(up + i * args.up_stride))[c], -args.limit, args.limit);
+    ((device float*)(out + i * args.out_stride))[c] = (u + 1.0f) * g / (1.0f + exp(-args.alpha * g));
+}
+
+kernel void add_bias_id_f32(
+        constant add_bias_id_args & args [[buffer(0)]],
+        device const char * b   [[buffer(1)]],
+        device const char * ids [[buffer(2)]],
+        device       char * x   [[buffer(3)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int c = tgpig.x * ntg.x + tptg.x;
+    const int s = tgpig.y;
+    if (c >= args.dim) return;
+    const int e = ((device const int*)(ids + (s / args.k) * args.ids_stride))[s % args.k];
+    device float* xr = (device float*)(x + s * args.x_stride);
+    xr[c] = xr[c] + ((device const float*)(b + e * args.b_stride))[c];
+}

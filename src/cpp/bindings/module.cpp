@@ -95,6 +95,8 @@ ModelConfig config_from_dict(const py::dict& d) {
         c.expert_ffn_dim = get<int>(d, "expert_ffn_dim");
         if (d.contains("expert_norm_topk")) c.expert_norm_topk = get<bool>(d, "expert_norm_topk");
         if (d.contains("shared_ffn_dim")) c.shared_ffn_dim = get<int>(d, "shared_ffn_dim");
+        if (d.contains("swiglu_limit")) c.swiglu_limit = get<float>(d, "swiglu_limit");
+        if (d.contains("swiglu_alpha")) c.swiglu_alpha = get<float>(d, "swiglu_alpha");
     }
     if (d.contains("embed_scale")) c.embed_scale = get<float>(d, "embed_scale");
     if (d.contains("attn_scale")) c.attn_scale = get<float>(d, "attn_scale");

@@ -3,9 +3,11 @@
 #include "ops_binding.h"
 
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "core/backend.h"
 
@@ -170,7 +172,7 @@ public:
         return py::make_tuple(q_out, k_out, as_float16(kc_out), as_float16(vc_out));
     }
     F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
-                  int head_dim, float scale, int window, float softcap) {
+                  int head_dim, float scale, int window, float softcap, const std::optional<F32>& sinks) {
         const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
         need(window >= 0, "window must be >= 0 (0: no sliding window)");
         need(softcap >= 0.0f && std::isfinite(softcap), "softcap must be >= 0 and finite (0: none)");
@@ -179,9 +181,13 @@ public:
         need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");
         need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kc.shape(1), "v_cache must match k_cache");
         need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
+        need(!sinks || sinks->size() == n_heads, "sinks must hold one value per head");
+        Tensor S = sinks ? f32(*sinks) : Tensor{};
         Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
                V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
-        run([&] { be_->attention(Y, Q, K, V, pos0, AttentionParams{n_heads, n_kv_heads, head_dim, scale, window, softcap}); });
+        AttentionParams ap{n_heads, n_kv_heads, head_dim, scale, window, softcap};
+        if (sinks) ap.sinks = &S;
+        run([&] { be_->attention(Y, Q, K, V, pos0, ap); });
         return download(Y);
     }
     F32 silu_mul(const F32& g, const F32& u) {
@@ -273,6 +279,24 @@ public:
         return download(O);
     }
 
+    F32 swiglu_oai(const F32& g, const F32& u, float alpha, float limit) {
+        need(g.ndim() == 2 && u.ndim() == 2 && g.shape(0) == u.shape(0) && g.shape(1) == u.shape(1),
+             "gate and up must have the same 2-D shape");
+        Tensor G = f32(g), U = f32(u), Y = empty(DType::F32, G.rows, G.cols);
+        run([&] { be_->swiglu_oai(Y, G, U, alpha, limit); });
+        return download(Y);
+    }
+    // x + b[ids] per slot (a copy of x): x [n*k, dim], b [n_expert, dim], ids [n, k].
+    F32 add_bias_id(const F32& x, const F32& b, const I32& ids) {
+        need(ids.ndim() == 2 && x.ndim() == 2 && b.ndim() == 2, "x [n*k, dim], b [n_expert, dim], ids [n, k]");
+        need(x.shape(0) == ids.shape(0) * ids.shape(1) && b.shape(1) == x.shape(1), "x [n*k, dim], b [n_expert, dim], ids [n, k]");
+        for (py::ssize_t i = 0; i < ids.size(); i++)
+            need(ids.data()[i] >= 0 && ids.data()[i] < b.shape(0), "expert id out of range");
+        Tensor X = f32(x), B = f32(b), I = upload(ids.data(), DType::I32, ids.shape(0), ids.shape(1));
+        run([&] { be_->add_bias_id(X, B, I); });
+        return download(X);
+    }
+
 private:
     std::unique_ptr<Backend> be_;
     std::vector<std::unique_ptr<Buffer>> bufs_;
@@ -301,7 +325,7 @@ void bind_ops(py::module_& m) {
              py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f)
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
              py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
-             py::arg("softcap") = 0.0f)
+             py::arg("softcap") = 0.0f, py::arg("sinks") = py::none())
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
         .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
         .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
@@ -312,5 +336,7 @@ void bind_ops(py::module_& m) {
         .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
              py::arg("cols"), py::arg("x"), py::arg("ids"))
-        .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"));
+        .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))
+        .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
+        .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"));
 }

@@ -41,6 +41,8 @@ struct AttentionParams {
                            // p - window + 1 .. p (Mistral); 0: all keys 0 .. p
     float softcap = 0.0f;  // > 0: each score s = scale * q.k becomes softcap * tanh(s / softcap)
                            // before the softmax (Gemma 2's attention-logit soft-capping); 0: none
+    const Tensor* sinks = nullptr;  // f32 [n_heads] or null: a learned logit per head that joins
+                                    // the softmax denominator only (gpt-oss's attention sinks)
 };
 
 class Backend {
@@ -168,6 +170,14 @@ public:
     virtual void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) { no_moe(); }
     // x[i, :] *= sigmoid(gate[i, 0])                         x [n, dim]; gate [n, 1] (Qwen2-MoE's shared expert)
     virtual void scale_sigmoid(const Tensor& x, const Tensor& gate) { no_moe(); }
+    // gpt-oss's clamped SwiGLU (transformers' GptOssExperts._apply_gate), elementwise:
+    // g = min(gate, limit), u = clamp(up, -limit, limit), out = (u + 1) * g * sigmoid(alpha * g).
+    // all f32 [n, dim]; out may alias gate or up
+    virtual void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) {
+        no_moe();
+    }
+    // Each slot's expert bias: x[i*k + j, :] += b[ids[i, j], :]    x f32 [n*k, dim]; b f32 [n_expert, dim]; ids i32 [n, k]
+    virtual void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) { no_moe(); }
 
 private:
     [[noreturn]] void no_moe() const {

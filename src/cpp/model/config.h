@@ -41,6 +41,10 @@ struct ModelConfig {
     int expert_ffn_dim = 0;
     bool expert_norm_topk = true;
     int shared_ffn_dim = 0;
+    // gpt-oss's clamped SwiGLU experts: swiglu_limit > 0 makes each expert
+    // (clamp(up, +-limit) + 1) * g * sigmoid(alpha * g) with g = min(gate, limit); 0: silu(gate) * up.
+    float swiglu_limit = 0.0f;
+    float swiglu_alpha = 1.702f;
 
     bool is_moe() const { return n_expert > 0; }
     int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }
@@ -55,6 +59,9 @@ struct ModelConfig {
     float final_softcap = 0.0f;   // > 0: logits soft-capped the same way (Gemma 2: 30)
     bool ffn_gelu = false;        // feed-forward gate activation: tanh-GELU (GeGLU) instead of SiLU
     bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }
+    // gpt-oss (llama.cpp's arch "gpt-oss"): attention sinks, biases everywhere (q/k/v/o, the
+    // router, each expert), its feed-forward norm named post_attention_norm.
+    bool is_gpt_oss() const { return arch == "gpt-oss"; }
     float attention_scale() const { return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt((float)head_dim); }
 
     // Valid (and int-sized) only after validate() has bounded the fields.

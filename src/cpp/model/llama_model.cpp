@@ -155,6 +155,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries) {
         const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
         rp.nope = table < 0;
         ap.window = cfg_.window_of(l);
+        ap.sinks = L.attn_sinks.rows ? &L.attn_sinks : nullptr;  // gpt-oss
         // RoPE, the cache write and attention per sequence, on its rows and its slot's cache.
         for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) {
             const BatchEntry& b = entries[e];
@@ -188,11 +189,18 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
                  w = route_w_.slice_rows(0, n), eg = exp_gate_.slice_rows(0, (int64_t)n * k),
                  eu = exp_up_.slice_rows(0, (int64_t)n * k), ey = exp_out_.slice_rows(0, (int64_t)n * k);
     be.matmul(logits, L.router, xn);                     // [n, n_expert]
+    if (L.router_b.rows) be.add_bias(logits, L.router_b);
     be.moe_route(w, ids, logits, cfg_.expert_norm_topk);  // top-k ids and weights, on the device
     be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids);   // [n*k, expert_ffn_dim]
     be.matmul_id(eu, L.up_exps.data(), ne, xn, ids);
-    be.silu_mul(eg, eg, eu);
+    if (L.gate_exps_b.rows) be.add_bias_id(eg, L.gate_exps_b, ids);  // each slot's expert's bias (gpt-oss)
+    if (L.up_exps_b.rows) be.add_bias_id(eu, L.up_exps_b, ids);
+    if (cfg_.swiglu_limit > 0.0f)
+        be.swiglu_oai(eg, eg, eu, cfg_.swiglu_alpha, cfg_.swiglu_limit);  // gpt-oss's clamped SwiGLU
+    else
+        be.silu_mul(eg, eg, eu);
     be.matmul_id(ey, L.down_exps.data(), ne, eg, ids);   // [n*k, dim]
+    if (L.down_exps_b.rows) be.add_bias_id(ey, L.down_exps_b, ids);
     be.moe_sum_add(x, ey, w);                            // x += sum_j w[:, j] expert_j
     if (cfg_.shared_ffn_dim > 0) {                       // x += sigmoid(g xn) * shared(xn)
         const Tensor scale = shared_scale_.slice_rows(0, n);

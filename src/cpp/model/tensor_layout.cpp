@@ -2,11 +2,16 @@
 
 namespace forgert {
 
+std::string ffn_norm_name(const ModelConfig& cfg) {
+    return cfg.is_gpt_oss() ? "post_attention_norm.weight" : "ffn_norm.weight";
+}
+
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     const int64_t dim = cfg.dim, q = cfg.q_dim(), kv = cfg.kv_dim(), ffn = cfg.ffn_dim;
     const int64_t hd = cfg.head_dim;
-    const bool qkv_bias_required = cfg.arch == "qwen2";
-    const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3";  // attention_bias=true checkpoints
+    const bool gpt_oss = cfg.is_gpt_oss();           // sinks, and biases on every projection
+    const bool qkv_bias_required = cfg.arch == "qwen2" || gpt_oss;
+    const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3" || gpt_oss;  // attention_bias=true checkpoints
     const bool post_norms = cfg.is_gemma();       // sandwich norms around attention and feed-forward
     const bool qk_norm = cfg.arch == "qwen3" || cfg.arch == "gemma3";  // RMSNorm of each head of Q and K
     std::vector<TensorSpec> out = {
@@ -28,9 +33,10 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             out.push_back({p + "attn_k_norm.weight", 1, hd, true, true});
         }
         out.push_back({p + "attn_output.weight", dim, q, true, false});
-        if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, false, true});
+        if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
+        if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
-        out.push_back({p + "ffn_norm.weight", 1, dim, true, true});
+        out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
         if (!cfg.is_moe()) {
             out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
@@ -43,6 +49,12 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         out.push_back({p + "ffn_gate_exps.weight", eff, dim, true, false, ne});
         out.push_back({p + "ffn_up_exps.weight", eff, dim, true, false, ne});
         out.push_back({p + "ffn_down_exps.weight", dim, eff, true, false, ne});
+        if (gpt_oss) {  // the router's bias and each expert's biases, one row per expert
+            out.push_back({p + "ffn_gate_inp.bias", 1, ne, true, true});
+            out.push_back({p + "ffn_gate_exps.bias", ne, eff, true, true});
+            out.push_back({p + "ffn_up_exps.bias", ne, eff, true, true});
+            out.push_back({p + "ffn_down_exps.bias", ne, dim, true, true});
+        }
         if (sh > 0) {
             out.push_back({p + "ffn_gate_inp_shexp.weight", 1, dim, true, false});
             out.push_back({p + "ffn_gate_shexp.weight", sh, dim, true, false});

@@ -27,4 +27,8 @@ struct TensorSpec {
 // Q and K norm weights (attn_q_norm, attn_k_norm: [head_dim]) are required.
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
 
+// The RMSNorm weight before each feed-forward, without "blk.N.": "ffn_norm.weight", or
+// "post_attention_norm.weight" for gpt-oss (llama.cpp's name for the same norm there).
+std::string ffn_norm_name(const ModelConfig& cfg);
+
 }  // namespace forgert

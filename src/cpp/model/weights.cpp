@@ -34,8 +34,8 @@ void ModelConfig::validate() const {
         need(v >= lo && v <= hi, std::string(field) + " = " + std::to_string(v) + " is outside " +
                                      std::to_string(lo) + ".." + std::to_string(hi));
     };
-    need(arch == "llama" || arch == "qwen2" || arch == "qwen3" || is_gemma(),
-         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3, gemma2, gemma3)");
+    need(arch == "llama" || arch == "qwen2" || arch == "qwen3" || is_gemma() || is_gpt_oss(),
+         "unsupported architecture '" + arch + "' (supported: llama, qwen2, qwen3, gemma2, gemma3, gpt-oss)");
     in_range("n_layers", n_layers, 1, kMaxLayers);
     in_range("dim", dim, 1, kMaxDim);
     in_range("n_heads", n_heads, 1, kMaxHeads);
@@ -89,6 +89,8 @@ void ModelConfig::validate() const {
     finite_at_least("attn_scale", attn_scale, 0.0f);
     finite_at_least("attn_softcap", attn_softcap, 0.0f);
     finite_at_least("final_softcap", final_softcap, 0.0f);
+    finite_at_least("swiglu_limit", swiglu_limit, 0.0f);
+    finite_at_least("swiglu_alpha", swiglu_alpha, 0.0f);
     for (size_t l = 0; l < layer_window.size(); l++)
         need(layer_window[l] >= 0, "layer_window[" + std::to_string(l) + "] = " + std::to_string(layer_window[l]) +
                                        " must be >= 0 (0: full attention)");
@@ -283,8 +285,13 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.k_norm = at(p + "attn_k_norm.weight");
         L.wo = at(p + "attn_output.weight");
         L.bo = at(p + "attn_output.bias");
-        L.attn_post_norm = at(p + "post_attention_norm.weight");
-        L.ffn_norm = at(p + "ffn_norm.weight");
+        if (!cfg.is_gpt_oss()) L.attn_post_norm = at(p + "post_attention_norm.weight");  // gpt-oss: its ffn_norm
+        L.attn_sinks = at(p + "attn_sinks.weight");
+        L.router_b = at(p + "ffn_gate_inp.bias");
+        L.gate_exps_b = at(p + "ffn_gate_exps.bias");
+        L.up_exps_b = at(p + "ffn_up_exps.bias");
+        L.down_exps_b = at(p + "ffn_down_exps.bias");
+        L.ffn_norm = at(p + ffn_norm_name(cfg));
         L.ffn_post_norm = at(p + "post_ffw_norm.weight");
         L.w_gate = at(p + "ffn_gate.weight");
         L.w_up = at(p + "ffn_up.weight");

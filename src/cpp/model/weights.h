@@ -49,6 +49,11 @@ struct LayerWeights {
     Tensor shared_gate_inp;    // [1, dim]: the shared expert's scale is sigmoid(shared_gate_inp x)
     Tensor shared_gate, shared_up;  // [shared_ffn_dim, dim]; rows == 0 without a shared expert
     Tensor shared_down;        // [dim, shared_ffn_dim]
+    // gpt-oss (rows == 0 elsewhere)
+    Tensor attn_sinks;         // f32 [n_heads]: a logit per head in the attention softmax's denominator
+    Tensor router_b;           // f32 [n_expert]
+    Tensor gate_exps_b, up_exps_b;  // f32 [n_expert, expert_ffn_dim]: row e is expert e's bias
+    Tensor down_exps_b;        // f32 [n_expert, dim]
 };
 
 struct ModelWeights {

@@ -295,6 +295,8 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     const int64_t n = q.rows;
     const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
     if (hd > kMaxHeadDim) throw InputError("head_dim " + std::to_string(hd) + " exceeds " + std::to_string(kMaxHeadDim));
+    if (p.sinks && (p.sinks->type != DType::F32 || p.sinks->rows * p.sinks->cols != p.n_heads))
+        throw InputError("attention sinks must be f32 with one value per head (" + std::to_string(p.n_heads) + ")");
     // A work item is one KV head with a block of tokens: all the item's queries (the
     // group's heads x the block's tokens) share each K/V row converted to f32.
     const int heads_per_call = std::min(group, kMaxGroupQueries);
@@ -318,10 +320,13 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         if (n_splits > 1) return attention_split_keys(out, q, k_cache, v_cache, first, n_keys, n_splits, p);
     }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
+    const float* sinks = p.sinks ? p.sinks->data<float>() : nullptr;
     pool_.run([&](int ith, int nth) {
         const float* qs[kMaxGroupQueries];
         float* os[kMaxGroupQueries];
         int64_t len[kMaxGroupQueries];
+        int heads[kMaxGroupQueries];
+        float lse[kMaxGroupQueries];
         // Later token blocks have longer rows: hand items out from the end, interleaved.
         for (int64_t it = items - 1 - ith; it >= 0; it -= nth) {
             const int64_t blk = it / p.n_kv_heads;
@@ -339,11 +344,18 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         qs[nq] = row_f32(q, t) + head * hd;
                         os[nq] = row_f32(out, t) + head * hd;
                         len[nq] = pos0 + t + 1 - first;  // causal: positions first..pos0 + t
+                        heads[nq] = head;
                         nq++;
                     }
                 }
                 k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
-                                   nullptr);
+                                   sinks ? lse : nullptr);
+                // A sink adds exp(sink) to the denominator exp(lse): out *= exp(lse) / (exp(lse) + exp(sink)).
+                if (sinks)
+                    for (int i = 0; i < nq; i++) {
+                        const float keep = 1.0f / (1.0f + std::exp(sinks[heads[i]] - lse[i]));
+                        for (int d = 0; d < hd; d++) os[i][d] *= keep;
+                    }
             }
         }
     });
@@ -389,7 +401,8 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
     for (int head = 0; head < p.n_heads; head++) {
         float m = -INFINITY;
         for (int sp = 0; sp < n_splits; sp++) m = std::max(m, split_lse_[(size_t)sp * p.n_heads + head]);
-        float wsum = 0.0f;
+        // The sink joins the denominator only (weighs no value row).
+        float wsum = p.sinks ? std::exp(p.sinks->data<float>()[head] - m) : 0.0f;
         float* oh = o + head * hd;
         std::fill(oh, oh + hd, 0.0f);
         for (int sp = 0; sp < n_splits; sp++) {

@@ -108,4 +108,41 @@ void CpuBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
     }
 }
 
+void CpuBackend::swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) {
+    if (gate.rows != out.rows || up.rows != out.rows || gate.cols != out.cols || up.cols != out.cols)
+        throw InputError("swiglu_oai: gate, up and out must have one shape");
+    if (!(alpha > 0.0f) || !(limit > 0.0f) || !std::isfinite(alpha) || !std::isfinite(limit))
+        throw InputError("swiglu_oai: alpha and limit must be positive and finite");
+    const int64_t cols = out.cols;
+    pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            const float* g = row_f32(gate, r);
+            const float* u = row_f32(up, r);
+            float* y = row_f32(out, r);
+            for (int64_t c = 0; c < cols; c++) {
+                const float gc = std::min(g[c], limit);
+                const float uc = std::min(std::max(u[c], -limit), limit);
+                y[c] = (uc + 1.0f) * gc / (1.0f + std::exp(-alpha * gc));
+            }
+        }
+    });
+}
+
+void CpuBackend::add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) {
+    const int64_t n = ids.rows, k = ids.cols;
+    if (ids.type != DType::I32 || x.rows != n * k || b.cols != x.cols || b.type != DType::F32)
+        throw InputError("add_bias_id: x must be f32 [n*k, dim], b f32 [n_expert, dim], ids i32 [n, k]");
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < k; j++)
+            if (row_i32(ids, i)[j] < 0 || row_i32(ids, i)[j] >= b.rows)
+                throw InputError("add_bias_id: expert id out of range");
+    pool_.parallel_for(n * k, 1, [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; s++) {
+            const float* br = row_f32(b, row_i32(ids, s / k)[s % k]);
+            float* xr = row_f32(x, s);
+            for (int64_t c = 0; c < x.cols; c++) xr[c] += br[c];
+        }
+    });
+}
+
 }  // namespace forgert::cpu

@@ -63,6 +63,8 @@ public:
     void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
     void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
     void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
+    void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) override;
+    void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) override;
 
     // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).
     int64_t dispatch_count() const { return n_dispatches_; }

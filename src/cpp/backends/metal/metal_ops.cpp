@@ -284,6 +284,11 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
 
     need(p.window >= 0, "attention", "negative window");
     need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
+    need(!p.sinks || (p.sinks->buf && p.sinks->type == DType::F32 && p.sinks->rows * p.sinks->cols == p.n_heads),
+         "attention", "sinks must be f32 with one value per head");
+    // Without sinks the slot is bound to out, zero bytes tracked: Metal's validation wants every slot bound.
+    const Binding sinks = p.sinks ? reads(*p.sinks) : Binding{out.buf, out.offset, 0, false};
+    const int32_t has_sinks = p.sinks ? 1 : 0;
     // Split each query's keys so that (splits x heads x queries) fills the GPU. A query
     // sees at most `span` keys (its window); the splits of shorter ones stay empty.
     const int64_t kv_max = pos0 + n;
@@ -313,7 +318,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         a.scale = p.scale;
         a.window = p.window;
         a.softcap = p.softcap;
-        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out)},
+        a.has_sinks = has_sinks;
+        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), sinks},
                {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
         return;
@@ -332,19 +338,20 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.scale = p.scale;
     a.window = p.window;
     a.softcap = p.softcap;
+    a.has_sinks = has_sinks;
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
         // zero bytes tracked) only because Metal's validation wants every slot bound.
         const Binding unused{out.buf, out.offset, 0, false};
-        encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused},
+        encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks},
                {1, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, FG_ATTN_TG_BYTES);
         return;
     }
     const size_t partial_bytes = (size_t)groups * n_splits * (p.head_dim + 2) * sizeof(float);
     Buffer* scratch = attention_scratch(partial_bytes);
     Binding partials{scratch, 0, partial_bytes, true};
-    encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials},
+    encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks},
            {(uint32_t)n_splits, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
            FG_ATTN_TG_BYTES);
     attention_reduce_args r{};
@@ -352,8 +359,9 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     r.n_heads = p.n_heads;
     r.head_dim = p.head_dim;
     r.n_splits = (int32_t)n_splits;
+    r.has_sinks = has_sinks;
     Binding partials_in{scratch, 0, partial_bytes, false};
-    encode("attention_reduce", &r, sizeof r, {partials_in, writes(out)}, {(uint32_t)p.n_heads, (uint32_t)n, 1},
+    encode("attention_reduce", &r, sizeof r, {partials_in, writes(out), sinks}, {(uint32_t)p.n_heads, (uint32_t)n, 1},
            {FG_SIMD_WIDTH, 1, 1});
 }
 
@@ -544,6 +552,42 @@ void MetalBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
     const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
     encode("scale_sigmoid_f32", &a, sizeof a, {reads(gate), writes(x)}, {ceil_div(x.cols, threads), (uint32_t)x.rows, 1},
            {threads, 1, 1});
+}
+
+void MetalBackend::swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) {
+    need_f32_rows(out, "swiglu_oai", "out", out.rows, out.cols);
+    need_f32_rows(gate, "swiglu_oai", "gate", out.rows, out.cols);
+    need_f32_rows(up, "swiglu_oai", "up", out.rows, out.cols);
+    need(alpha > 0.0f && limit > 0.0f && std::isfinite(alpha) && std::isfinite(limit), "swiglu_oai",
+         "alpha and limit must be positive and finite");
+    if (out.rows == 0) return;
+    swiglu_oai_args a{};
+    a.gate_stride = gate.stride;
+    a.up_stride = up.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)out.cols;
+    a.alpha = alpha;
+    a.limit = limit;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(out.cols));
+    encode("swiglu_oai_f32", &a, sizeof a, {reads(gate), reads(up), writes(out)},
+           {ceil_div(out.cols, threads), (uint32_t)out.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) {
+    const int64_t n = ids.rows, k = ids.cols;
+    need(ids.buf && ids.type == DType::I32, "add_bias_id", "ids must be i32 [n, k]");
+    need_f32_rows(x, "add_bias_id", "x", n * k, x.cols);
+    need_f32_rows(b, "add_bias_id", "b", b.rows, x.cols);
+    if (n * k == 0) return;
+    add_bias_id_args a{};
+    a.b_stride = b.stride;
+    a.ids_stride = ids.stride;
+    a.x_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    a.k = (int32_t)k;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode("add_bias_id_f32", &a, sizeof a, {reads(b), reads(ids), writes(x)},
+           {ceil_div(x.cols, threads), (uint32_t)(n * k), 1}, {threads, 1, 1});
 }
 
 }  // namespace forgert::metal

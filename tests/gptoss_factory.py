@@ -1,0 +1,191 @@
+"""A tiny random gpt-oss (transformers' GptOssForCausalLM, eager attention) and its GGUF in
+llama.cpp's layout for arch "gpt-oss" (convert_hf_to_gguf.py's GptOssModel): the fused HF expert
+tensors mlp.experts.gate_up_proj [E, hidden, 2 * ffn] (gate in the even columns, up in the odd:
+GptOssExperts._apply_gate) split and transposed into ffn_gate_exps / ffn_up_exps [E, ffn, hidden],
+down_proj [E, ffn, hidden] transposed into ffn_down_exps [E, hidden, ffn], their biases split
+the same way; self_attn.sinks -> attn_sinks.weight; post_attention_layernorm -> post_attention_norm
+(the feed-forward's input norm); Q/K rows not permuted (NEOX RoPE). Nothing here imports forgert.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+import model_factory as mf
+
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight", "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.sinks": "attn_sinks.weight",
+    "mlp.router.weight": "ffn_gate_inp.weight", "mlp.router.bias": "ffn_gate_inp.bias",
+}
+WINDOW = 8   # shorter than the tests' sequences
+
+
+def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn=64, n_expert=8,
+                  top_k=4, seed=41, router_scale=0.3):
+    """Layers alternate sliding (window WINDOW) and full attention; YaRN x32 over 4096 as gpt-oss
+    (truncate on: llama.cpp always rounds the correction range to whole pairs). Weights large
+    enough that both SwiGLU clamps act, every bias and sink away from 0."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+    torch.manual_seed(seed)
+    cfg = GptOssConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=n_layers,
+                       num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=head_dim,
+                       num_local_experts=n_expert, num_experts_per_tok=top_k, sliding_window=WINDOW,
+                       max_position_embeddings=131072, rms_norm_eps=1e-5, initializer_range=0.1,
+                       bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False,
+                       rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                        "truncate": True, "original_max_position_embeddings": 4096,
+                                        "rope_theta": 150000.0},
+                       attn_implementation="eager")
+    model = GptOssForCausalLM(cfg).float().eval()
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("router.weight"):   # well-separated router logits (no near-ties)
+                p.copy_(router_scale * torch.randn(p.shape, generator=gen))
+            elif name.endswith("gate_up_proj"):    # |gate| and |up| past 7 at times: the clamps act
+                p.copy_(0.6 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("down_proj"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(("bias", "sinks")):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+_F16_KV_SINKS = "forgert_f16_kv_sinks"
+
+
+def with_f16_kv(model):
+    """The model switched to gpt-oss's own eager attention (sinks included) over K and V rounded
+    to float16, as forgert's KV cache holds them (model_factory.with_f16_kv's Llama eager
+    attention would drop the sinks)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    if _F16_KV_SINKS not in ALL_MASK_ATTENTION_FUNCTIONS:
+        def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
+            key = key.to(torch.float16).to(query.dtype)
+            value = value.to(torch.float16).to(query.dtype)
+            return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+        AttentionInterface.register(_F16_KV_SINKS, f16_kv_attention)
+        AttentionMaskInterface.register(_F16_KV_SINKS, eager_mask)
+    model.set_attn_implementation(_F16_KV_SINKS)
+    return model
+
+
+def gguf_tensors(model) -> dict:
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    out = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"],
+           "output.weight": sd["lm_head.weight"]}
+    for l in range(model.config.num_hidden_layers):
+        p, b = f"model.layers.{l}.", f"blk.{l}."
+        for hf, g in _LAYER.items():
+            out[b + g] = sd[p + hf]
+        gu, gub = sd[p + "mlp.experts.gate_up_proj"], sd[p + "mlp.experts.gate_up_proj_bias"]
+        out[b + "ffn_gate_exps.weight"] = gu[:, :, 0::2].transpose(0, 2, 1)   # [E, ffn, hidden]
+        out[b + "ffn_up_exps.weight"] = gu[:, :, 1::2].transpose(0, 2, 1)
+        out[b + "ffn_gate_exps.bias"] = gub[:, 0::2]                          # [E, ffn]
+        out[b + "ffn_up_exps.bias"] = gub[:, 1::2]
+        out[b + "ffn_down_exps.weight"] = sd[p + "mlp.experts.down_proj"].transpose(0, 2, 1)  # [E, hidden, ffn]
+        out[b + "ffn_down_exps.bias"] = sd[p + "mlp.experts.down_proj_bias"]  # [E, hidden]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _keeps_f32(name: str, w: np.ndarray) -> bool:
+    # 1-D tensors, biases (2-D expert biases too), the router and the sinks stay F32 (convert_hf_to_gguf).
+    return w.ndim == 1 or name.endswith((".bias", "ffn_gate_inp.weight", "attn_sinks.weight"))
+
+
+def _quant_type(name: str, type_name: str, expert_type: str | None):
+    return gguf.GGMLQuantizationType[expert_type if expert_type and "_exps.weight" in name else type_name]
+
+
+def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None) -> Path:
+    """type_name for every matrix but the F32 ones (_keeps_f32); expert_type, when given, for the
+    expert stacks instead (gpt-oss ships MXFP4 experts)."""
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_name("tiny-gpt-oss")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_expert_feed_forward_length(c.intermediate_size)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    rope = c.rope_parameters
+    w.add_rope_freq_base(float(rope["rope_theta"]))
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(float(rope["factor"]))
+    w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+    w.add_sliding_window(c.sliding_window)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_expert_count(c.num_local_experts)
+    w.add_expert_used_count(c.num_experts_per_tok)
+    tokens, types, merges = mf.tokenizer_tables(tok)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_add_bos_token(False)
+    for name, t in gguf_tensors(model).items():
+        qtype = _quant_type(name, type_name, expert_type)
+        if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, t)
+        else:
+            data = gguf.quants.quantize(t, qtype)
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def quantized_reference(model, type_name: str, expert_type: str | None = None):
+    """A copy of the model whose every matrix the GGUF quantizes holds gguf.quants' dequantization
+    of the bytes written (the experts mapped back to HF's fused, interleaved, transposed layout)."""
+    import copy
+    ref = copy.deepcopy(model)
+    rounded = {}
+    for name, t in gguf_tensors(model).items():
+        qtype = _quant_type(name, type_name, expert_type)
+        if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
+            continue
+        rounded[name] = gguf.quants.dequantize(gguf.quants.quantize(t, qtype), qtype).reshape(t.shape)
+    sd = ref.state_dict()
+    put = lambda hf, w: sd[hf].copy_(torch.from_numpy(np.ascontiguousarray(w, np.float32)))
+    with torch.no_grad():
+        for hf, g in (("model.embed_tokens.weight", "token_embd.weight"), ("lm_head.weight", "output.weight")):
+            if g in rounded:
+                put(hf, rounded[g])
+        for l in range(model.config.num_hidden_layers):
+            p, b = f"model.layers.{l}.", f"blk.{l}."
+            for hf, g in _LAYER.items():
+                if b + g in rounded:
+                    put(p + hf, rounded[b + g])
+            gu = sd[p + "mlp.experts.gate_up_proj"].numpy().copy()
+            if b + "ffn_gate_exps.weight" in rounded:
+                gu[:, :, 0::2] = rounded[b + "ffn_gate_exps.weight"].transpose(0, 2, 1)
+                gu[:, :, 1::2] = rounded[b + "ffn_up_exps.weight"].transpose(0, 2, 1)
+                put(p + "mlp.experts.gate_up_proj", gu)
+                put(p + "mlp.experts.down_proj", rounded[b + "ffn_down_exps.weight"].transpose(0, 2, 1))
+    return ref
