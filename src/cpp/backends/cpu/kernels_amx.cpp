@@ -87,7 +87,7 @@ void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* 
 template <DType WT>
 void amx_repack_panel(const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
     if constexpr (i8_is_kquant(WT) || i8_is_halves(WT))
-        return i8_repack_panel(WT, w, w_stride, r, nr, nb, wp);  // K-quants: q >= 0, Q6_K signed: no offset
+        return i8_repack_panel_kq_512<WT>(w, w_stride, r, nr, nb, wp);  // K-quants: q >= 0, Q6_K signed: no offset
     i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, wp);
     const __m512i bias = _mm512_set1_epi8((char)i8_offset(WT));
     for (int64_t b = 0; b < nb; b++) {
@@ -158,7 +158,7 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
         const int64_t t = n_amx;
         for (int64_t r = r0; r < r1; r += kI8Rows) {
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
-            if constexpr (i8_is_kquant(WT) || i8_is_halves(WT)) i8_repack_panel(WT, w, w_stride, r, nr, nb, work);
+            if constexpr (i8_is_kquant(WT) || i8_is_halves(WT)) i8_repack_panel_kq_512<WT>(w, w_stride, r, nr, nb, work);
             else i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, work);
             int64_t u = t;
             for (; u + kI8TileTokens <= n_tok; u += kI8TileTokens)
