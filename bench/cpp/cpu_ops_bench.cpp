@@ -49,6 +49,14 @@ Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DT
             std::memcpy(p + i * bb, &d, 2);
             if (t == DType::Q4_1) std::memcpy(p + i * bb + 2, &d, 2);
         }
+    } else if (t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K) {
+        // K-quant super-blocks: d (and Q4_K / Q5_K's dmin) lead the block, Q6_K's d ends it.
+        const int64_t bb = dtype_block_bytes(t), nblk = (int64_t)bytes / bb;
+        const uint16_t d = 0x1800;  // ~0.002: times 6-bit scales, ~0.1
+        for (int64_t i = 0; i < nblk; i++) {
+            if (t == DType::Q6_K) std::memcpy(p + i * bb + bb - 2, &d, 2);
+            else std::memcpy(p + i * bb, &d, 2), std::memcpy(p + i * bb + 2, &d, 2);
+        }
     } else if (t == DType::F16 || t == DType::BF16 || t == DType::F32) {
         // Real values (random bytes would include denormals, which stall the FPU).
         std::normal_distribution<float> nd(0.0f, 0.5f);
@@ -83,7 +91,8 @@ int main(int argc, char** argv) {
     const Shape shapes[] = {{"smollm2 ffn_up", 1536, 576},  {"smollm2 ffn_down", 576, 1536},
                             {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
                             {"1B ffn_down", 2048, 8192}};
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16, DType::BF16, DType::F32}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F16,
+                    DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 512}) {
                 char name[64];

@@ -75,17 +75,21 @@ struct KernelSet {
     void (*gemm_i8)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
-    uint32_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K at most)
+    uint32_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
 };
 
 inline bool gemm_i8_takes(const KernelSet& k, DType t) { return k.gemm_i8 && ((k.gemm_i8_types >> (int)t) & 1); }
 constexpr uint32_t i8_type_bit(DType t) { return 1u << (int)t; }
 // gemm_i8's repacked panel: per 32-weight block, kI8Rows x 32 quants as unsigned bytes
 // ([4-quant group][row][4]: one 512-bit vpdpbusd operand per group), kI8Rows f32 scales and
-// kI8Rows f32 mins (K-quants: w = scale * q + min per 32-weight sub-block; 0 otherwise).
+// kI8Rows f32 mins (K-quants: w = scale * q + min per 32-weight sub-block; 0 otherwise), then
+// kI8Rows int32 "half terms". Q6_K, whose 16-weight sub-blocks have a scale each, stores
+// signed quants, the first half's scale in scales, the second half's in mins, and in the
+// half terms -128 * sum(q) of each half ([half][row] int32: x86 dots them with x + 128).
 constexpr int kI8Rows = 16;
 constexpr int64_t kI8PanelScales = kI8Rows * FG_QK, kI8PanelMins = kI8PanelScales + kI8Rows * 4;
-constexpr int64_t kI8PanelBlockBytes = kI8PanelMins + kI8Rows * 4;
+constexpr int64_t kI8PanelHalfTerms = kI8PanelMins + kI8Rows * 4;
+constexpr int64_t kI8PanelBlockBytes = kI8PanelHalfTerms + kI8Rows * 2 * 4;
 constexpr int64_t gemm_i8_work_bytes(int64_t cols) { return cols / FG_QK * kI8PanelBlockBytes; }
 
 constexpr int kMaxHeadDim = 256;

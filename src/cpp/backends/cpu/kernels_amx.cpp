@@ -24,19 +24,70 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {};
 };
 
-// Tiles: 0, 1 dots (hi, lo), 2, 3 activations (hi, lo), 4 weights.
-void load_tile_config() {
+// Tiles: 0, 1 dots (hi, lo), 2, 3 activations (hi, lo), 4 weights. halves (Q6_K): each
+// block's two 16-weight halves apart: 0, 1 the halves' dots, 2, 3 their activations (16
+// bytes), 4, 5 their weights (4 groups).
+void load_tile_config(bool halves = false) {
     TileConfig c;
+    const int k = halves ? FG_QK / 2 : FG_QK;
     c.rows[0] = c.rows[1] = kAmxTokens, c.colsb[0] = c.colsb[1] = 64;
-    c.rows[2] = c.rows[3] = kAmxTokens, c.colsb[2] = c.colsb[3] = FG_QK;
-    c.rows[4] = FG_QK / 4, c.colsb[4] = 64;
+    c.rows[2] = c.rows[3] = kAmxTokens, c.colsb[2] = c.colsb[3] = (uint16_t)k;
+    c.rows[4] = c.rows[5] = (uint8_t)(k / 4), c.colsb[4] = c.colsb[5] = 64;
     _tile_loadconfig(&c);
+}
+
+// amx_tile for Q6_K (tiles as load_tile_config(true)): per block and part, one TDPBSSD per
+// half, each half's int32 dots scaled by its own factor (scales, then mins in the panel).
+template <int PARTS>
+void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride, int nr) {
+    alignas(64) int32_t dh[2][kAmxTokens][16], dl[2][kAmxTokens][16];
+    __m512 acc[kAmxTokens];
+    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
+    const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* pb = wp + b * kI8PanelBlockBytes;
+        _tile_loadd(4, pb, 64);
+        _tile_loadd(5, pb + 4 * 64, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_loadd(2, x[b].hi, x_stride);
+        _tile_loadd(3, x[b].hi + 16, x_stride);
+        _tile_dpbssd(0, 2, 4);
+        _tile_dpbssd(1, 3, 5);
+        _tile_stored(0, dh[0], 64);
+        _tile_stored(1, dh[1], 64);
+        if constexpr (PARTS == 2) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_loadd(2, x[b].lo, x_stride);
+            _tile_loadd(3, x[b].lo + 16, x_stride);
+            _tile_dpbssd(0, 2, 4);
+            _tile_dpbssd(1, 3, 5);
+            _tile_stored(0, dl[0], 64);
+            _tile_stored(1, dl[1], 64);
+        }
+        const __m512 dw0 = _mm512_loadu_ps(pb + kI8PanelScales), dw1 = _mm512_loadu_ps(pb + kI8PanelMins);
+        FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
+            __m512i d0 = _mm512_load_si512(dh[0][t]), d1 = _mm512_load_si512(dh[1][t]);
+            if constexpr (PARTS == 2) {
+                d0 = _mm512_add_epi32(_mm512_slli_epi32(d0, 8), _mm512_load_si512(dl[0][t]));
+                d1 = _mm512_add_epi32(_mm512_slli_epi32(d1, 8), _mm512_load_si512(dl[1][t]));
+            }
+            const BlockQ8Act& a = x[t * nb + b];
+            const __m512 vdx = _mm512_set1_ps(PARTS == 2 ? a.d : a.d * 256.0f);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(dw0, vdx), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(dw1, vdx), acc[t]);
+        }
+    }
+    const __mmask16 m = (__mmask16)((1u << nr) - 1);
+    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
 // Like i8_repack_panel_512, with signed quants (TDPBSSD is int8 x int8: no offsets).
 template <DType WT>
 void amx_repack_panel(const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
-    if constexpr (i8_is_kquant(WT)) return i8_repack_panel(WT, w, w_stride, r, nr, nb, wp);  // q >= 0, no offset
+    if constexpr (i8_is_kquant(WT) || i8_is_halves(WT))
+        return i8_repack_panel_kq_512<WT>(w, w_stride, r, nr, nb, wp);  // K-quants: q >= 0, Q6_K signed: no offset
     i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, wp);
     const __m512i bias = _mm512_set1_epi8((char)i8_offset(WT));
     for (int64_t b = 0; b < nb; b++) {
@@ -97,14 +148,17 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
             amx_repack_panel<WT>(w, w_stride, r, nr, nb, work);
             for (int64_t t = c0; t < c1; t += kAmxTokens)
-                amx_tile<WT, PARTS>(work, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride, nr);
+                if constexpr (i8_is_halves(WT))
+                    amx_tile_halves<PARTS>(work, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
+                else
+                    amx_tile<WT, PARTS>(work, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride, nr);
         }
     }
     if (n_amx < n_tok) {
         const int64_t t = n_amx;
         for (int64_t r = r0; r < r1; r += kI8Rows) {
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
-            if constexpr (i8_is_kquant(WT)) i8_repack_panel(WT, w, w_stride, r, nr, nb, work);
+            if constexpr (i8_is_kquant(WT) || i8_is_halves(WT)) i8_repack_panel_kq_512<WT>(w, w_stride, r, nr, nb, work);
             else i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, work);
             int64_t u = t;
             for (; u + kI8TileTokens <= n_tok; u += kI8TileTokens)
@@ -120,8 +174,11 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
 void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                  const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                  uint8_t* work) {
-    load_tile_config();  // tile state is per thread: configured on every call
-    if (wt == DType::Q8_0)
+    load_tile_config(wt == DType::Q6_K);  // tile state is per thread: configured on every call
+    if (wt == DType::Q6_K)
+        parts == 2 ? gemm_i8_amx_typed<DType::Q6_K, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<DType::Q6_K, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+    else if (wt == DType::Q8_0)
         parts == 2 ? gemm_i8_amx_typed<DType::Q8_0, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
                    : gemm_i8_amx_typed<DType::Q8_0, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
     else if (wt == DType::Q4_K)

@@ -14,6 +14,9 @@ namespace forgert::cpu {
 namespace {
 
 constexpr bool i8_is_kquant(DType wt) { return wt == DType::Q4_K || wt == DType::Q5_K; }
+// Q6_K: a 32-weight block is two 16-weight sub-blocks with a scale each (no mins); its
+// integer dot is taken per half, and each half scaled by its own factor.
+constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K; }
 
 // Quant i of one Q8_0 / Q4_0 block as a signed integer (Q4_0: nibble - 8).
 inline int i8_quant(DType wt, const uint8_t* blk, int i) {
@@ -42,7 +45,7 @@ struct I8RowBlocks {
     // The same quants + i8_offset(wt) as bytes (the panel's form), without per-quant arithmetic
     // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants.
     void block_u8(int64_t b, uint8_t* qo, float& scale, float& min) {
-        if (i8_is_kquant(wt)) {
+        if (i8_is_kquant(wt) || i8_is_halves(wt)) {  // Q6_K: signed quants as their bytes
             scale_min(b, scale, min);
             std::memcpy(qo, q256 + (b % 8) * FG_QK, FG_QK);
             return;
@@ -56,11 +59,24 @@ struct I8RowBlocks {
         }
     }
 
-    // K-quants: decodes super-block b / 8 (once per 8 blocks) and sub-block b % 8's factors.
+    // K-quants: decodes super-block b / 8 (once per 8 blocks) and sub-block b % 8's factors
+    // (Q6_K: the two halves' scales, as scale and min).
     void scale_min(int64_t b, float& scale, float& min) {
         if (b / 8 != sb) {
             sb = b / 8;
-            unpack_q45_K(wt, row + sb * dtype_block_bytes(wt), q256, scales, d, dmin);
+            const uint8_t* blk = row + sb * dtype_block_bytes(wt);
+            if (i8_is_halves(wt)) {
+                const auto* q6 = reinterpret_cast<const block_q6_K*>(blk);
+                q6_K_unpack(q6, reinterpret_cast<int8_t*>(q256));
+                scales = reinterpret_cast<const uint8_t*>(q6->scales), d = f16_to_f32(q6->d);
+            } else {
+                unpack_q45_K(wt, blk, q256, scales, d, dmin);
+            }
+        }
+        if (i8_is_halves(wt)) {
+            const int8_t* sc = reinterpret_cast<const int8_t*>(scales) + 2 * (b % 8);
+            scale = d * (float)sc[0], min = d * (float)sc[1];
+            return;
         }
         int sc, m;
         q4_K_scale_min(scales, (int)(b % 8), sc, m);
@@ -68,7 +84,10 @@ struct I8RowBlocks {
     }
 
     void block(int64_t b, int* q, float& scale, float& min) {
-        if (i8_is_kquant(wt)) {
+        if (i8_is_halves(wt)) {
+            scale_min(b, scale, min);
+            for (int i = 0; i < FG_QK; i++) q[i] = reinterpret_cast<const int8_t*>(q256)[(b % 8) * FG_QK + i];
+        } else if (i8_is_kquant(wt)) {
             scale_min(b, scale, min);
             for (int i = 0; i < FG_QK; i++) q[i] = q256[(b % 8) * FG_QK + i];
         } else {
@@ -84,10 +103,11 @@ inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? 
 
 // Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants
 // acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
+// Q6_K: acc = fma((float)idot0, scale0 * dx, acc), then the same for the second half.
 void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* /*work*/) {
-    if (wt != DType::Q8_0 && wt != DType::Q4_0 && !i8_is_kquant(wt))
+    if (wt != DType::Q8_0 && wt != DType::Q4_0 && !i8_is_kquant(wt) && !i8_is_halves(wt))
         throw std::logic_error("gemm_i8: unsupported weight type");
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t t = 0; t < n_tok; t++) {
@@ -98,6 +118,16 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                 float scale, min;
                 rb.block(b, q, scale, min);
                 const BlockQ8Act& a = x[t * nb + b];
+                const float dx = i8_act_scale(a, parts);
+                if (i8_is_halves(wt)) {  // scale: first half's factor, min: the second's
+                    for (int h = 0; h < 2; h++) {
+                        int32_t hi = 0, lo = 0;
+                        for (int i = 16 * h; i < 16 * h + 16; i++) hi += q[i] * a.hi[i], lo += q[i] * a.lo[i];
+                        const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
+                        acc = std::fma((float)idot, (h ? min : scale) * dx, acc);
+                    }
+                    continue;
+                }
                 int32_t hi = 0, lo = 0, shi = 0, slo = 0;
                 for (int i = 0; i < FG_QK; i++) {
                     hi += q[i] * a.hi[i], lo += q[i] * a.lo[i];
@@ -105,7 +135,6 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                 }
                 const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
                 const int32_t isum = parts == 2 ? 256 * shi + slo : shi;
-                const float dx = i8_act_scale(a, parts);
                 acc = std::fma((float)idot, scale * dx, acc);
                 if (i8_is_kquant(wt)) acc = std::fma(min, dx * (float)isum, acc);
             }
@@ -127,6 +156,12 @@ void i8_repack_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r, int
             uint8_t qo[FG_QK];
             rb.block_u8(b, qo, reinterpret_cast<float*>(pb + kI8PanelScales)[i], reinterpret_cast<float*>(pb + kI8PanelMins)[i]);
             for (int g = 0; g < FG_QK / 4; g++) std::memcpy(pb + g * kI8Rows * 4 + i * 4, qo + 4 * g, 4);
+            if (i8_is_halves(wt))
+                for (int h = 0; h < 2; h++) {
+                    int32_t s = 0;
+                    for (int c = 16 * h; c < 16 * h + 16; c++) s += (int8_t)qo[c];
+                    reinterpret_cast<int32_t*>(pb + kI8PanelHalfTerms)[h * kI8Rows + i] = -128 * s;
+                }
         }
     }
 }
