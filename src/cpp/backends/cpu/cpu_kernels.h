@@ -75,11 +75,15 @@ struct KernelSet {
     void (*gemm_i8)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
-    uint32_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
+    uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
 };
 
-inline bool gemm_i8_takes(const KernelSet& k, DType t) { return k.gemm_i8 && ((k.gemm_i8_types >> (int)t) & 1); }
-constexpr uint32_t i8_type_bit(DType t) { return 1u << (int)t; }
+// 64 bits: GGUF type ids reach 39 (MXFP4); a 32-bit shift by them is undefined (UBSan caught
+// it), and on x86 would wrap to another type's bit.
+inline bool gemm_i8_takes(const KernelSet& k, DType t) {
+    return k.gemm_i8 && (int)t >= 0 && (int)t < 64 && ((k.gemm_i8_types >> (int)t) & 1);
+}
+constexpr uint64_t i8_type_bit(DType t) { return uint64_t(1) << (int)t; }
 // gemm_i8's repacked panel: per 32-weight block, kI8Rows x 32 quants as unsigned bytes
 // ([4-quant group][row][4]: one 512-bit vpdpbusd operand per group), kI8Rows f32 scales and
 // kI8Rows f32 mins (K-quants: w = scale * q + min per 32-weight sub-block; 0 otherwise), then
