@@ -20,15 +20,8 @@ import model_factory as mf
 from test_e2e_kquants import SPECS
 from test_e2e_tiny import bounds_for, compare_logits, token_ids
 
-def _runs_iq4() -> bool:
-    from forgert.ggml_types import IQ4_NL, IQ4_XS, SUPPORTED
-    return IQ4_NL in SUPPORTED and IQ4_XS in SUPPORTED
-
-
-_IQ4 = pytest.mark.skipif(not _runs_iq4(), reason="forgert on this branch does not run IQ4 weights (branch iq4)")
 MIXES = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL"]
-CASES = [pytest.param((spec, mix), id=f"{spec}-{mix}", marks=[_IQ4] if mix.startswith("IQ4") else [])
-         for spec in ("llama_kq", "qwen2_kq") for mix in MIXES]
+CASES = [pytest.param((spec, mix), id=f"{spec}-{mix}") for spec in ("llama_kq", "qwen2_kq") for mix in MIXES]
 
 
 @pytest.fixture(scope="module")
