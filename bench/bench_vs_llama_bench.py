@@ -99,8 +99,9 @@ def main():
                 f, p = runs["forgert"], runs["peer"]
                 # one int8 part per activation (FORGERT_CPU_PREFILL=int8: faster, coarser prefill)
                 f["prefill_int8"] = forgert_bench(path, threads, a, "int8")["prefill"] if a.int8 else float("nan")
-                # decode streams (about) the whole file per token: that over the read bandwidth
-                f["bw_pct"] = 100.0 * f["decode"] * path.stat().st_size / 1e9 / bw
+                # decode streams the weights one token reads (an MoE: the used experts' share) over the
+                # read bandwidth
+                f["bw_pct"] = 100.0 * f["decode"] * synthetic_gguf.bytes_per_token(path) / 1e9 / bw
                 rows.append((preset, ftype, threads, f, p))
                 print(f"{preset} {ftype} t={threads}: prefill {f['prefill']:.1f} vs {p['prefill']:.1f} "
                       f"({f['prefill'] / p['prefill']:.2f}x), decode {f['decode']:.1f} vs {p['decode']:.1f} "
@@ -112,7 +113,8 @@ def main():
              f"{a.repeats} runs each; forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}; "
              f"read bandwidth {bw:.1f} GB/s (all CPUs).", "",
              "Prefill int8: forgert with `FORGERT_CPU_PREFILL=int8` (one int8 part per activation, as llama.cpp; "
-             "the default uses two). Decode % bw: forgert's decode tokens/s x file size / read bandwidth.", "",
+             "the default uses two). Decode % bw: forgert's decode tokens/s x the weight bytes a token reads "
+             "(the file less the embedding table; of expert stacks only the used share) / read bandwidth.", "",
              "| model | type | threads | prefill forgert | prefill int8 | prefill llama.cpp | ratio | decode forgert | "
              "decode llama.cpp | ratio | decode % bw |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for preset, ftype, threads, f, p in rows:

@@ -27,6 +27,11 @@ PRESETS = {  # name: (layers, hidden, ffn, heads, kv_heads, vocab, ctx)
     "llama32-1b": (16, 2048, 8192, 32, 8, 128256, 8192),
     "llama3-8b": (32, 4096, 14336, 32, 8, 128256, 8192),
 }
+# Mixture-of-experts shapes (arch qwen3moe): name: (layers, hidden, expert ffn, heads, kv_heads,
+# head_dim, experts, experts used, vocab, ctx). Qwen3-30B-A3B: 48 layers of 128 experts, 8 used.
+MOE_PRESETS = {
+    "qwen3-30b-a3b": (48, 2048, 768, 32, 4, 128, 128, 8, 151936, 8192),
+}
 T = {name: type_id for type_id, (name, _, _) in gt.GGML_TYPES.items()}   # "Q4_K" -> 12
 
 
@@ -68,7 +73,7 @@ def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
         return {"Q4_0": T["Q4_0"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"]}[ftype]
     if name == "output.weight":
         return T["Q6_K"]
-    if name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(layer, n_layers):
+    if name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_down_exps.weight")) and _more_bits(layer, n_layers):
         return T["Q6_K"]
     return T["Q4_K"]
 
@@ -83,6 +88,8 @@ def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
 
 
 def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
+    if preset in MOE_PRESETS:
+        return write_moe(out, preset, ftype, seed)
     L, H, F, NH, NKV, V, CTX = PRESETS[preset]
     kv = NKV * (H // NH)
     w = GGUFWriter("llama")
@@ -95,16 +102,7 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
         w.add_u32(f"llama.{key}", value)
     w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_f32("llama.rope.freq_base", 500000.0)
-    # A SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then plain pieces.
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tokens += [f"\u2581w{i}" for i in range(V - len(tokens))]
-    types = [2, 3, 3] + [6] * 256 + [1] * (V - 259)     # UNKNOWN, CONTROL, BYTE, NORMAL
-    w.add_str("tokenizer.ggml.model", "llama")
-    w.add("tokenizer.ggml.tokens", (ARRAY, STRING), tokens)
-    w.add("tokenizer.ggml.scores", (ARRAY, FLOAT32), np.zeros(V, dtype=np.float32))
-    w.add("tokenizer.ggml.token_type", (ARRAY, INT32), np.asarray(types, dtype=np.int32))
-    w.add_u32("tokenizer.ggml.bos_token_id", 1)
-    w.add_u32("tokenizer.ggml.eos_token_id", 2)
+    add_vocab(w, V)
 
     makers = []   # one per tensor, in add_tensor order: () -> bytes
 
@@ -131,10 +129,91 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.write(out, lambda i: makers[i]())
 
 
+def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
+    """A Qwen3-MoE file in llama.cpp's layout: 3-D expert stacks ffn_{gate,up,down}_exps
+    [experts, rows, cols], an F32 router ffn_gate_inp, per-head q/k norms. The router's weights
+    are random, so every expert gets tokens, as in a trained model's spread."""
+    L, H, F, NH, NKV, D, E, K, V, CTX = MOE_PRESETS[preset]
+    arch = "qwen3moe"
+    w = GGUFWriter(arch)
+    w.add_str("general.name", f"synthetic-{preset}-{ftype}")
+    w.add_u32("general.file_type", FILE_TYPES[ftype])
+    for key, value in [("block_count", L), ("context_length", CTX), ("embedding_length", H),
+                       ("feed_forward_length", F), ("expert_feed_forward_length", F),
+                       ("expert_count", E), ("expert_used_count", K), ("attention.head_count", NH),
+                       ("attention.head_count_kv", NKV), ("attention.key_length", D),
+                       ("attention.value_length", D), ("rope.dimension_count", D), ("vocab_size", V)]:
+        w.add_u32(f"{arch}.{key}", value)
+    w.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_f32(f"{arch}.rope.freq_base", 1000000.0)
+    add_vocab(w, V)
+    makers = []
+    rng = np.random.default_rng(seed)
+
+    def matrix(name, rows, cols, layer=-1, experts=0):
+        t = tensor_type(name, layer, L, ftype, cols)
+        w.add_tensor(name, (cols, rows, experts) if experts else (cols, rows), t)
+        makers.append(lambda: random_blocks(rng, rows * max(experts, 1), cols, t))
+
+    def f32(name, shape, make):
+        w.add_tensor(name, shape, T["F32"])
+        makers.append(make)
+
+    matrix("token_embd.weight", V, H)
+    for i in range(L):
+        p = f"blk.{i}."
+        f32(p + "attn_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
+        f32(p + "ffn_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
+        f32(p + "attn_q_norm.weight", (D,), lambda: np.ones(D, dtype=np.float32))
+        f32(p + "attn_k_norm.weight", (D,), lambda: np.ones(D, dtype=np.float32))
+        for name, rows, cols in [("attn_q", NH * D, H), ("attn_k", NKV * D, H), ("attn_v", NKV * D, H),
+                                 ("attn_output", H, NH * D)]:
+            matrix(p + name + ".weight", rows, cols, i)
+        f32(p + "ffn_gate_inp.weight", (H, E),
+            lambda: rng.standard_normal((E, H), dtype=np.float32) * np.float32(0.02))
+        matrix(p + "ffn_gate_exps.weight", F, H, i, E)
+        matrix(p + "ffn_up_exps.weight", F, H, i, E)
+        matrix(p + "ffn_down_exps.weight", H, F, i, E)
+    f32("output_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
+    matrix("output.weight", V, H)
+    w.write(out, lambda i: makers[i]())
+
+
+def add_vocab(w: GGUFWriter, V: int) -> None:
+    # A SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then plain pieces.
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tokens += [f"\u2581w{i}" for i in range(V - len(tokens))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (V - 259)     # UNKNOWN, CONTROL, BYTE, NORMAL
+    w.add_str("tokenizer.ggml.model", "llama")
+    w.add("tokenizer.ggml.tokens", (ARRAY, STRING), tokens)
+    w.add("tokenizer.ggml.scores", (ARRAY, FLOAT32), np.zeros(V, dtype=np.float32))
+    w.add("tokenizer.ggml.token_type", (ARRAY, INT32), np.asarray(types, dtype=np.int32))
+    w.add_u32("tokenizer.ggml.bos_token_id", 1)
+    w.add_u32("tokenizer.ggml.eos_token_id", 2)
+
+
+def bytes_per_token(path: Path) -> int:
+    """Weight bytes one decode token reads: every tensor but the embedding table (one row of
+    it), and of each expert stack only the used experts' share (expert_used_count / expert_count)."""
+    from forgert.gguf import GGUFFile
+    with GGUFFile(path) as g:
+        arch = g.get("general.architecture")
+        used, count = g.get(f"{arch}.expert_used_count", 1), g.get(f"{arch}.expert_count", 1)
+        total = 0
+        for t in g.tensors.values():
+            if t.name == "token_embd.weight":
+                total += t.nbytes // t.shape[-1]
+            elif "_exps." in t.name:
+                total += t.nbytes * used // count
+            else:
+                total += t.nbytes
+        return total
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--preset", default="llama32-1b", choices=PRESETS)
+    ap.add_argument("--preset", default="llama32-1b", choices=[*PRESETS, *MOE_PRESETS])
     ap.add_argument("--type", default="Q4_K_M", choices=FILE_TYPES)
     a = ap.parse_args()
     write(a.out, a.preset, a.type)
