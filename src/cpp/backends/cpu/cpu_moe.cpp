@@ -67,16 +67,69 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
         if (!b || b->size < bytes) b = alloc(bytes);
         return b.get();
     };
+    // Experts with few slots (all of them in decode: one token, k experts) run together in ONE
+    // parallel region over their rows, each expert's weights read once for its slots. One region
+    // per expert instead costs a fork-join per expert: with 8 experts of 768 rows each, 16
+    // threads got 48-row slices and the joins dominated (1B-A3B decode 0.8x llama.cpp).
+    // Inputs are gathered (quantized once) in slot order, so expert e's slots are the rows
+    // [start[e], start[e + 1]) of xg and of the gathered output yg.
+    // (Experts of one stack share a type; per-expert HF tensors of another type than the first
+    // small expert's run alone below.)
+    std::vector<int> small;  // experts run in the shared region
+    std::vector<char> shared(n_expert, 0);
     for (int e = 0; e < n_expert; e++) {
         const int64_t c = start[e + 1] - start[e];
-        if (c == 0) continue;  // an expert no token chose: its weights are not read
-        const int64_t* slots = &order[start[e]];
-        if (c == 1) {  // decode: one GEMV straight into the slot's row
-            const int64_t s = slots[0];
-            matmul(out.slice_rows(s, 1), experts[e], x.slice_rows(per_slot ? s : s / k, 1));
-            continue;
+        if (c > 0 && c < kPanelMinTokens && (small.empty() || experts[e].type == experts[small[0]].type)) {
+            small.push_back(e);
+            shared[e] = 1;
         }
-        // Gather the expert's input rows, one GEMM over them, scatter the outputs to their slots.
+    }
+    if (!small.empty()) {
+        const DType wt = experts[small[0]].type;
+        const bool quantized = !(wt == DType::F32 || wt == DType::F16 || wt == DType::BF16);
+        const int64_t nb = cols / FG_QK;
+        const Tensor yg = make_tensor(grow(gathered_y_, (size_t)n_slots * rows * sizeof(float)), 0, DType::F32,
+                                      n_slots, rows);
+        const Tensor xg = quantized ? Tensor{}
+                                    : make_tensor(grow(gathered_x_, (size_t)n_slots * cols * sizeof(float)), 0,
+                                                  DType::F32, n_slots, cols);
+        if (quantized && (int64_t)xq_.size() < n_slots * nb) xq_.resize(n_slots * nb);
+        for (int e : small) {
+            for (int64_t pos = start[e]; pos < start[e + 1]; pos++) {
+                const int64_t s = order[pos];
+                const float* xr = row_f32(x, per_slot ? s : s / k);
+                if (quantized) k_.quantize_row_q8(xr, xq_.data() + pos * nb, cols);
+                else std::memcpy(row_f32(xg, pos), xr, cols * sizeof(float));
+            }
+        }
+        // Work items: 16-row chunks of every small expert, split contiguously over the threads.
+        constexpr int64_t kChunk = 16;
+        std::vector<int64_t> chunk_start(small.size() + 1, 0);
+        for (size_t i = 0; i < small.size(); i++) chunk_start[i + 1] = chunk_start[i] + (rows + kChunk - 1) / kChunk;
+        pool_.parallel_for(chunk_start.back(), 1, [&](int64_t c0, int64_t c1) {
+            for (size_t i = 0; i < small.size(); i++) {
+                const int64_t b = std::max(c0, chunk_start[i]), end = std::min(c1, chunk_start[i + 1]);
+                if (b >= end) continue;
+                const int e = small[i];
+                const Tensor& w = experts[e];
+                const int64_t r0 = (b - chunk_start[i]) * kChunk, r1 = std::min(rows, (end - chunk_start[i]) * kChunk);
+                const int64_t c = start[e + 1] - start[e], out_stride = (int64_t)(yg.stride / sizeof(float));
+                float* y = row_f32(yg, start[e]);
+                if (quantized)
+                    k_.gemm_q(wt, w.data<uint8_t>(), w.stride, r0, r1, xq_.data() + start[e] * nb, nb, c, y, out_stride);
+                else
+                    k_.gemm_f(wt, w.data<uint8_t>(), w.stride, r0, r1, row_f32(xg, start[e]), cols, c, y, out_stride);
+            }
+        });
+        for (int e : small)
+            for (int64_t pos = start[e]; pos < start[e + 1]; pos++)
+                std::memcpy(row_f32(out, order[pos]), row_f32(yg, pos), rows * sizeof(float));
+    }
+    // Experts with many slots (prefill): gather their input rows, one GEMM, scatter the outputs.
+    for (int e = 0; e < n_expert; e++) {
+        const int64_t c = start[e + 1] - start[e];
+        if (c == 0 || shared[e]) continue;  // not read (no token chose it), or run above
+        const int64_t* slots = &order[start[e]];
         const Tensor xg = make_tensor(grow(gathered_x_, (size_t)c * cols * sizeof(float)), 0, DType::F32, c, cols);
         const Tensor yg = make_tensor(grow(gathered_y_, (size_t)c * rows * sizeof(float)), 0, DType::F32, c, rows);
         for (int64_t r = 0; r < c; r++)
