@@ -32,4 +32,12 @@ elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$")
     set_source_files_properties(${FG_CPU}/kernels_neon.cpp PROPERTIES COMPILE_OPTIONS "-march=armv8.2-a+dotprod+fp16")
   endif()
   target_compile_definitions(forgert_core PRIVATE FORGERT_HAVE_NEON=1)
+  # FEAT_I8MM (SMMLA) for the prefill int8 GEMM, used only where the CPU reports it at run time.
+  check_cxx_compiler_flag("-march=armv8.2-a+dotprod+fp16+i8mm" FG_CXX_HAS_I8MM)
+  if(FG_CXX_HAS_I8MM)
+    target_sources(forgert_core PRIVATE ${FG_CPU}/kernels_neon_i8mm.cpp)
+    set_source_files_properties(${FG_CPU}/kernels_neon_i8mm.cpp PROPERTIES COMPILE_OPTIONS
+      "-march=armv8.2-a+dotprod+fp16+i8mm")
+    target_compile_definitions(forgert_core PRIVATE FORGERT_HAVE_I8MM=1)
+  endif()
 endif()

@@ -74,7 +74,11 @@ def test_amx_kernel_set_matches_generic(x86_check_output):
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
                     reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user)")
 def test_neon_kernel_set_matches_generic(tmp_path):
+    """neon-dotprod, and neon-i8mm (SMMLA prefill GEMM): qemu's `max` CPU has both extensions."""
     exe = build(tmp_path, "aarch64-linux-gnu-g++",
-                ["-static", "-march=armv8.2-a+dotprod+fp16", "-DFORGERT_HAVE_NEON=1",
-                 str(CPU / "cpu_kernels.cpp"), str(CPU / "kernels_neon.cpp")], "check_neon")
-    run_check(["qemu-aarch64", "-cpu", "max", str(exe)])
+                ["-static", "-march=armv8.2-a+dotprod+fp16+i8mm", "-DFORGERT_HAVE_NEON=1", "-DFORGERT_HAVE_I8MM=1",
+                 str(CPU / "cpu_kernels.cpp"), str(CPU / "kernels_neon.cpp"), str(CPU / "kernels_neon_i8mm.cpp")],
+                "check_neon")
+    out = run_check(["qemu-aarch64", "-cpu", "max", str(exe)])
+    i8mm = [ln for ln in out.splitlines() if ln.startswith("neon-i8mm") and "gemm_i8" in ln]
+    assert i8mm and all(ln.endswith("ok") for ln in i8mm), "\n".join(i8mm) or out

@@ -31,7 +31,7 @@ bool runs_here(const KernelSet* k) {
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     if (!std::strcmp(k->name, "avx512-amx")) return cpu_has_amx_int8();
 #endif
-    return true;  // neon: the test only runs it under qemu -cpu max or on dotprod hardware
+    return true;  // neon, neon-i8mm: the test only runs them under qemu -cpu max (dotprod and i8mm)
 }
 
 std::mt19937 rng(7);
@@ -271,7 +271,8 @@ void check(const KernelSet* k, int cols) {
 
 int main() {
     int checked = 0;
-    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avxvnni(), kernels_avx512(), kernels_amx(), kernels_neon()}) {
+    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avxvnni(), kernels_avx512(), kernels_amx(), kernels_neon(),
+                               kernels_neon_i8mm()}) {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks

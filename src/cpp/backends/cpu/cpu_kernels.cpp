@@ -7,6 +7,9 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 #if (FORGERT_HAVE_AVXVNNI || FORGERT_HAVE_AMX) && defined(__x86_64__) && !defined(_MSC_VER)
 #include <cpuid.h>
 #endif
@@ -29,6 +32,9 @@ const KernelSet* kernels_avx512() { return nullptr; }
 #endif
 #if !FORGERT_HAVE_NEON
 const KernelSet* kernels_neon() { return nullptr; }
+#endif
+#if !FORGERT_HAVE_I8MM
+const KernelSet* kernels_neon_i8mm() { return nullptr; }
 #endif
 #if !FORGERT_HAVE_AVXVNNI
 const KernelSet* kernels_avxvnni() { return nullptr; }
@@ -113,6 +119,19 @@ bool cpu_has_neon_dotprod() {
 #endif
 }
 
+bool cpu_has_neon_i8mm() {
+#if defined(__aarch64__) && defined(__APPLE__)
+    int v = 0;  // M2 and later
+    size_t len = sizeof(v);
+    return cpu_has_neon_dotprod() && sysctlbyname("hw.optional.arm.FEAT_I8MM", &v, &len, nullptr, 0) == 0 && v;
+#elif defined(__aarch64__) && defined(__linux__)
+    constexpr unsigned long kHwcap2I8mm = 1UL << 13;  // HWCAP2_I8MM (older headers lack the name)
+    return cpu_has_neon_dotprod() && (getauxval(AT_HWCAP2) & kHwcap2I8mm) != 0;
+#else
+    return false;
+#endif
+}
+
 const KernelSet* pick() {
     const char* want = std::getenv("FORGERT_CPU_ISA");
     if (want && *want) {
@@ -123,14 +142,16 @@ const KernelSet* pick() {
         else if (!std::strcmp(want, "avx512") && cpu_has_avx512_vnni()) s = kernels_avx512();
         else if (!std::strcmp(want, "amx") && kernels_amx() && cpu_has_amx_int8()) s = kernels_amx();
         else if (!std::strcmp(want, "neon") && cpu_has_neon_dotprod()) s = kernels_neon();
+        else if (!std::strcmp(want, "i8mm") && cpu_has_neon_i8mm()) s = kernels_neon_i8mm();
         if (!s) throw InputError(std::string("FORGERT_CPU_ISA=") + want +
-                                 " is not available on this CPU or build (choose generic, avx2, avx2vnni, avx512, amx, neon)");
+                                 " is not available on this CPU or build (choose generic, avx2, avx2vnni, avx512, amx, neon, i8mm)");
         return s;
     }
     if (kernels_amx() && cpu_has_amx_int8()) return kernels_amx();
     if (cpu_has_avx512_vnni() && kernels_avx512()) return kernels_avx512();
     if (cpu_has_avx_vnni() && kernels_avxvnni()) return kernels_avxvnni();
     if (cpu_has_avx2() && kernels_avx2()) return kernels_avx2();
+    if (cpu_has_neon_i8mm() && kernels_neon_i8mm()) return kernels_neon_i8mm();
     if (cpu_has_neon_dotprod() && kernels_neon()) return kernels_neon();
     return kernels_generic();
 }

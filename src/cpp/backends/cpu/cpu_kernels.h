@@ -113,6 +113,7 @@ const KernelSet* kernels_generic();
 const KernelSet* kernels_avx2();
 const KernelSet* kernels_avx512();
 const KernelSet* kernels_neon();
+const KernelSet* kernels_neon_i8mm();  // neon-dotprod with gemm_i8 on SMMLA (FEAT_I8MM)
 // AVX2 with the prefill int8 GEMM on AVX-VNNI (kernels_avxvnni.cpp), and whether the CPU has it.
 const KernelSet* kernels_avxvnni();
 bool cpu_has_avx_vnni();
