@@ -37,11 +37,17 @@ struct HostBuffer final : Buffer {
 };
 
 // Logs "kernel" per dispatch, "|" per barrier and "#" per commit; counts waits; checks
-// geometry and bindings as it goes.
+// geometry and bindings as it goes. `events` records the command stream as the host drives
+// it: "E<n>" the first dispatch encoded into command buffer n, "C<n>" its commit, "W<n>" wait_until(n), "W*" wait(), "R<k>" k buffers
+// made resident. A command buffer "completes" only when waited for: then, and not before, its
+// argmax dispatches write 100 + n into their output (as a GPU's result appears in shared
+// memory only once the work ran), so a host read before the wait sees no token.
 class RecordingDevice final : public Device {
 public:
-    std::string log;
+    std::string log, events;
     int commits = 0, waits = 0;
+    std::vector<size_t> resident_calls;    // buffers per make_resident call
+    std::vector<int32_t> committed_ids;    // each command buffer's get_rows id, read at its commit
     uint32_t last_threads = 0;
     std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
     std::string name() const override { return "recording"; }
@@ -81,6 +87,7 @@ public:
     }
     void set_buffer(const Buffer* b, size_t off, size_t bytes, int slot) override {
         EXPECT(slot >= 1 && slot < 31, "%s: slot %d", cur_.c_str(), slot);
+        if (slot >= 1 && slot < 31) bound_[slot] = static_cast<char*>(b->host) + off;
         EXPECT(off + bytes <= b->size, "%s: bytes %zu..%zu past buffer of %zu", cur_.c_str(), off, off + bytes,
                b->size);
     }
@@ -98,6 +105,10 @@ public:
         EXPECT(g.x >= 1 && g.y >= 1 && g.z >= 1, "%s: empty grid", cur_.c_str());
         log += (log.empty() ? "" : " ") + cur_;
         ++dispatches_;
+        const uint64_t serial = (uint64_t)commits + 1;  // the command buffer being encoded
+        if (dispatches_ == 1) events += " E" + std::to_string(serial);
+        if (cur_ == "argmax_f32") results_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
+        if (cur_.rfind("get_rows_", 0) == 0) ids_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
     }
     void memory_barrier() override { log += " |"; }
     void commit() override {
@@ -105,11 +116,38 @@ public:
         open_ = false;
         log += " #";
         ++commits;
+        events += " C" + std::to_string(commits);
+        for (auto& [serial, ids] : ids_)
+            if (serial == (uint64_t)commits) committed_ids.push_back(*ids);  // what the GPU will read
     }
-    void wait() override { ++waits; }
+    void wait() override {
+        ++waits;
+        events += " W*";
+        complete((uint64_t)commits);
+    }
+    void wait_until(uint64_t n) override {
+        EXPECT(n <= (uint64_t)commits, "wait_until(%llu) with %d committed", (unsigned long long)n, commits);
+        events += " W" + std::to_string(n);
+        complete(n);
+    }
+    void make_resident(const Buffer* const*, size_t n) override {
+        resident_calls.push_back(n);
+        events += " R" + std::to_string(n);
+    }
 
 private:
+    void complete(uint64_t n) {  // command buffers 1..n have run
+        for (size_t i = 0; i < results_.size();)
+            if (results_[i].first <= n) {
+                *results_[i].second = (int32_t)(100 + results_[i].first);
+                results_.erase(results_.begin() + i);
+            } else {
+                i++;
+            }
+    }
     std::map<std::string, Pipeline> pipes_;
+    char* bound_[31] = {};
+    std::vector<std::pair<uint64_t, int32_t*>> results_, ids_;  // (command buffer, argmax out / get_rows ids)
     std::string cur_;
     size_t args_ = 0, tg_ = 0;
     bool open_ = false;
@@ -504,6 +542,149 @@ void test_gemma_decode_dispatches() {
     }
 }
 
+
+// A tiny Llama over the recording device (weights 0.01 everywhere: the device runs nothing).
+struct TinyModel {
+    RecordingDevice* dev = new RecordingDevice;
+    std::unique_ptr<LlamaModel> model;
+    size_t n_weight_buffers = 0;
+    explicit TinyModel(int n_layers) {
+        ModelConfig cfg;
+        cfg.arch = "llama";
+        cfg.n_layers = n_layers;
+        cfg.dim = 64;
+        cfg.n_heads = 2;
+        cfg.n_kv_heads = 1;
+        cfg.head_dim = 32;
+        cfg.ffn_dim = 96;
+        cfg.vocab = 128;
+        cfg.n_ctx = 16;
+        cfg.rope_freqs.assign(16, 0.1f);
+        std::vector<std::vector<float>> storage;
+        storage.reserve(64);
+        std::map<std::string, HostTensor> tensors;
+        auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
+            storage.emplace_back(rows * cols, 0.01f);
+            HostTensor t;
+            t.data = storage.back().data();
+            t.nbytes = (size_t)(rows * cols) * sizeof(float);
+            t.rows = rows;
+            t.cols = cols;
+            tensors[name] = t;
+        };
+        add("token_embd.weight", cfg.vocab, cfg.dim);
+        add("output_norm.weight", 1, cfg.dim);
+        for (int l = 0; l < n_layers; l++) {
+            const std::string b = "blk." + std::to_string(l) + ".";
+            for (const char* norm : {"attn_norm", "ffn_norm"}) add(b + norm + ".weight", 1, cfg.dim);
+            add(b + "attn_q.weight", cfg.q_dim(), cfg.dim);
+            add(b + "attn_k.weight", cfg.kv_dim(), cfg.dim);
+            add(b + "attn_v.weight", cfg.kv_dim(), cfg.dim);
+            add(b + "attn_output.weight", cfg.dim, cfg.q_dim());
+            add(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim);
+            add(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim);
+            add(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim);
+        }
+        auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
+        ModelWeights w = load_weights(cfg, tensors, *be);
+        n_weight_buffers = w.buffers.size();
+        model = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), 8);
+    }
+};
+
+// Greedy pipelined decode (3 layers: two command buffers per step, the first layers committed
+// early). Step t+1 is committed before the host waits for step t, the host waits only for step
+// t (never for everything), and each token it returns is the one step t's argmax wrote, which
+// the recording device makes visible only at that wait: a read before it would see no token.
+void test_greedy_pipeline_ordering() {
+    TinyModel t(3);
+    RecordingDevice& dev = *t.dev;
+    dev.events.clear();
+    const int32_t first = 5;
+    t.model->decode_begin(first, 4, true);  // step 0: command buffers 1, 2 (argmax in 2)
+    std::vector<int32_t> got;
+    for (int i = 0; i < 4; i++) got.push_back(t.model->decode_next(true));
+    got.push_back(t.model->decode_next(false));  // the last token: no step after it
+    t.model->decode_end();
+    // step s: command buffers 2s+1, 2s+2; the host's wait for step s-1 (cb 2s) comes after both
+    std::string want = " E1 C1 E2 C2";
+    for (int s = 1; s <= 4; s++)
+        want += " E" + std::to_string(2 * s + 1) + " C" + std::to_string(2 * s + 1) + " E" + std::to_string(2 * s + 2) +
+                " C" + std::to_string(2 * s + 2) + " W" + std::to_string(2 * s);
+    want += " W*";  // decode_next(false): the last step is all that is in flight
+    EXPECT(dev.events == want, "greedy pipeline\n  got  %s\n  want %s", dev.events.c_str(), want.c_str());
+    const std::vector<int32_t> want_tokens = {102, 104, 106, 108, 110};
+    got.insert(got.begin(), 0);  // (decode_begin returns nothing; align the lists)
+    for (size_t i = 1; i < got.size(); i++)
+        EXPECT(got[i] == want_tokens[i - 1], "token %zu: %d, want %d (step %zu's argmax, read after its wait)", i,
+               got[i], want_tokens[i - 1], i - 1);
+    EXPECT(!t.model->decode_active(), "pipeline still active after decode_next(false)");
+}
+
+// A stop found late: decode_end waits for the speculative step and nothing else is left.
+void test_greedy_pipeline_end_waits_for_speculative_step() {
+    TinyModel t(1);
+    t.dev->events.clear();
+    t.model->decode_begin(3, 0, true);
+    const int32_t tok = t.model->decode_next(true);  // step 1 launched, then the caller stops
+    t.model->decode_end();
+    EXPECT(tok == 101, "token %d, want 101", tok);
+    EXPECT(t.dev->events == " E1 C1 E2 C2 W1 W*", "got %s", t.dev->events.c_str());
+    bool threw = false;
+    try {
+        t.model->decode_next(true);
+    } catch (const InputError& e) {
+        threw = std::strstr(e.what(), "decode_begin") != nullptr;
+    }
+    EXPECT(threw, "decode_next after decode_end must throw InputError naming decode_begin");
+}
+
+// Sampled on the host: step t+1 is encoded (all its dispatches) before the host waits for step
+// t, and committed after the drawn token is in its input - the id get_rows reads at commit.
+void test_sampled_pipeline_ordering() {
+    TinyModel t(1);
+    RecordingDevice& dev = *t.dev;
+    t.model->decode_begin(9, 0, false);
+    dev.events.clear();
+    dev.log.clear();
+    dev.committed_ids.clear();
+    int draws = 0;
+    auto sample = [&](float*, int vocab) {
+        EXPECT(vocab == 128, "vocab %d", vocab);
+        return (int32_t)(40 + draws++);
+    };
+    const int32_t a = t.model->decode_next(true, sample);
+    const int32_t b = t.model->decode_next(true, sample);
+    const int32_t c = t.model->decode_next(false, sample);
+    EXPECT(a == 40 && b == 41 && c == 42, "tokens %d %d %d", a, b, c);
+    // Step 1 (cb 2) is encoded before the wait for step 0 and committed after it; with one
+    // layer a step is one command buffer, so that wait is for everything committed (W*).
+    EXPECT(dev.events == " E2 W* C2 E3 W* C3 W*", "sampled pipeline events %s", dev.events.c_str());
+    EXPECT(dev.committed_ids == std::vector<int32_t>({40, 41}), "ids at commit: %zu of them, first %d",
+           dev.committed_ids.size(), dev.committed_ids.empty() ? -1 : dev.committed_ids[0]);
+    EXPECT(dev.log.find("argmax") == std::string::npos, "a sampled step computes no argmax: %s", dev.log.c_str());
+}
+
+// Weights, KV cache and activations are made resident once, when the model is built: never
+// again by decode steps, pipelined or not.
+void test_residency_once() {
+    TinyModel t(2);
+    RecordingDevice& dev = *t.dev;
+    EXPECT(dev.resident_calls.size() == 1, "%zu make_resident calls at load, want 1", dev.resident_calls.size());
+    // every weight buffer, 2 KV buffers per layer and the activations
+    EXPECT(!dev.resident_calls.empty() && dev.resident_calls[0] > t.n_weight_buffers + 4,
+           "made resident %zu buffers; the weights alone are %zu", dev.resident_calls.empty() ? 0 : dev.resident_calls[0],
+           t.n_weight_buffers);
+    std::vector<float> logits(128);
+    const int32_t tok = 7;
+    t.model->forward(&tok, 1, 0, false, logits.data());
+    t.model->forward_argmax(&tok, 1, 1);
+    t.model->decode_begin(tok, 2, true);
+    for (int i = 0; i < 3; i++) t.model->decode_next(true);
+    t.model->decode_end();
+    EXPECT(dev.resident_calls.size() == 1, "%zu make_resident calls after decoding, want 1",
+           dev.resident_calls.size());
+}
 }  // namespace
 
 int main() {
@@ -517,6 +698,10 @@ int main() {
     test_commit_starts_fresh_tracking();
     test_geometry_over_shapes();
     test_bad_input_throws_input_error();
+    test_greedy_pipeline_ordering();
+    test_greedy_pipeline_end_waits_for_speculative_step();
+    test_sampled_pipeline_ordering();
+    test_residency_once();
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;
 }
