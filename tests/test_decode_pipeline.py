@@ -151,6 +151,25 @@ def test_pipelined_sampling_equals_step_by_step(tiny_models, metal_model):
 
 
 @pytest.mark.metal
+def test_profiling_decodes_step_by_step(tiny_models, metal_model):
+    """Profiling syncs the device per stage of every call: it takes the step-by-step path, and
+    its profile counts every decode step."""
+    name, fmt = "llama_tied", "gguf-F32"
+    m = metal_model(name, fmt)
+    prompt = token_ids(tiny_models(name), 6, 9)
+    spy = spied(m)
+    m.set_profiling(True)
+    try:
+        c = m.generate(list(prompt), max_tokens=4, temperature=0.0, ignore_eos=True)
+        assert "decode_next" not in spy.calls and spy.calls.get("forward_argmax") == 4, spy.calls
+        assert m.profile["layers"] > 0
+    finally:
+        m.set_profiling(False)
+        m._engine = spy._engine
+    assert c.tokens == generate(m, prompt, 4, pipelined=False).tokens
+
+
+@pytest.mark.metal
 def test_stream_closed_with_a_step_in_flight(tiny_models, metal_model):
     """Closing a stream mid-pipeline finishes the step in flight; the model is then free and the
     next generation gives the step-by-step tokens."""

@@ -577,7 +577,8 @@ class Model:
         # Pipelined (see __init__): the step evaluating tok is in flight while tok is streamed and
         # checked; it is launched only while the length limit leaves room for the token after tok.
         # A stop found late leaves one step past it, whose K/V row _cache_tokens does not count.
-        pipelined = self._pipelined_decode and mode in ("argmax", "sample")
+        # Profiling times each call's stages with a device sync per stage: step by step then.
+        pipelined = self._pipelined_decode and mode in ("argmax", "sample") and self._profile is None
         in_flight = False
         try:
             while limit > 0:
