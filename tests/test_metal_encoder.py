@@ -3,8 +3,10 @@ tests/metal/encoder_test.cpp (MetalBackend over a recording Device) with the hos
 compiler and runs it. It asserts barrier placement (only on read-after-write,
 write-after-write and write-after-read hazards inside one command buffer), legal
 dispatch geometry for Apple GPUs on shapes around every tile size, and InputError on
-mismatched shapes, the zero-copy view plan for weights past maxBufferLength, and that a
-decode step of the model commits no empty command buffer and waits once."""
+mismatched shapes, the zero-copy view plan for weights past maxBufferLength, that a
+decode step of the model commits no empty command buffer and waits once, and the pipelined
+decode's command stream (commit of step t+1 before the wait for step t), residency once and
+buffer lifetimes under unretained command buffers."""
 import os
 import shutil
 import subprocess

@@ -2,8 +2,11 @@
 // every dispatch, barrier and commit. Verifies that barriers go exactly where a dispatch
 // depends on an earlier one of the same command buffer (and nowhere else), that every
 // dispatch's geometry is legal on Apple GPUs, that every binding lies in one buffer view,
-// and that a decode step commits no empty command buffer and waits once. Built and run
-// by tests/test_metal_encoder.py.
+// and that a decode step commits no empty command buffer and waits once. Pipelined decoding:
+// step t+1 committed before the wait for step t alone, each token read only after that wait,
+// the model's buffers made resident once, and no buffer freed while a command buffer that
+// binds it may run (command buffers hold unretained references). Built and run by
+// tests/test_metal_encoder.py.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -32,8 +35,10 @@ int failures = 0;
         }                                                             \
     } while (0)
 
+class RecordingDevice;
 struct HostBuffer final : Buffer {
-    ~HostBuffer() override { std::free(host); }
+    RecordingDevice* owner = nullptr;
+    ~HostBuffer() override;
 };
 
 // Logs "kernel" per dispatch, "|" per barrier and "#" per commit; counts waits; checks
@@ -48,17 +53,30 @@ public:
     int commits = 0, waits = 0;
     std::vector<size_t> resident_calls;    // buffers per make_resident call
     std::vector<int32_t> committed_ids;    // each command buffer's get_rows id, read at its commit
+    // Unretained references: a buffer freed before the last command buffer binding it is done
+    // is a failure (checked when on; the barrier tests leave work unwaited on purpose).
+    bool check_lifetimes = false;
+    void on_free(const void* host) {
+        auto it = last_bound_.find(host);
+        if (it == last_bound_.end()) return;
+        EXPECT(!check_lifetimes || it->second <= completed_,
+               "a buffer bound by command buffer %llu was freed with only %llu done",
+               (unsigned long long)it->second, (unsigned long long)completed_);
+        last_bound_.erase(it);
+    }
     uint32_t last_threads = 0;
     std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
     std::string name() const override { return "recording"; }
     std::unique_ptr<Buffer> new_buffer(size_t bytes) override {
         auto b = std::make_unique<HostBuffer>();
+        b->owner = this;
         b->host = std::calloc(1, bytes);
         b->size = bytes;
         return b;
     }
     std::unique_ptr<Buffer> wrap_host(void* p, size_t bytes, size_t) override {
         auto b = std::make_unique<HostBuffer>();
+        b->owner = this;
         b->host = std::malloc(bytes);
         std::memcpy(b->host, p, bytes);
         b->size = bytes;
@@ -88,6 +106,7 @@ public:
     void set_buffer(const Buffer* b, size_t off, size_t bytes, int slot) override {
         EXPECT(slot >= 1 && slot < 31, "%s: slot %d", cur_.c_str(), slot);
         if (slot >= 1 && slot < 31) bound_[slot] = static_cast<char*>(b->host) + off;
+        last_bound_[b->host] = (uint64_t)commits + 1;
         EXPECT(off + bytes <= b->size, "%s: bytes %zu..%zu past buffer of %zu", cur_.c_str(), off, off + bytes,
                b->size);
     }
@@ -137,6 +156,7 @@ public:
 
 private:
     void complete(uint64_t n) {  // command buffers 1..n have run
+        completed_ = std::max(completed_, n);
         for (size_t i = 0; i < results_.size();)
             if (results_[i].first <= n) {
                 *results_[i].second = (int32_t)(100 + results_[i].first);
@@ -147,12 +167,19 @@ private:
     }
     std::map<std::string, Pipeline> pipes_;
     char* bound_[31] = {};
+    std::map<const void*, uint64_t> last_bound_;  // buffer -> last command buffer that binds it
+    uint64_t completed_ = 0;
     std::vector<std::pair<uint64_t, int32_t*>> results_, ids_;  // (command buffer, argmax out / get_rows ids)
     std::string cur_;
     size_t args_ = 0, tg_ = 0;
     bool open_ = false;
     int dispatches_ = 0;
 };
+
+HostBuffer::~HostBuffer() {
+    if (owner) owner->on_free(host);
+    std::free(host);
+}
 
 struct Fixture {
     RecordingDevice* dev;
@@ -685,6 +712,37 @@ void test_residency_once() {
     EXPECT(dev.resident_calls.size() == 1, "%zu make_resident calls after decoding, want 1",
            dev.resident_calls.size());
 }
+
+// Command buffers do not retain their buffers: the model frees nothing while a step is in
+// flight (here a pipelined step, committed and never waited for by the caller), and scratch
+// replaced while the command buffer that binds it runs is kept until that one is done, also
+// across waits for earlier command buffers only.
+void test_unretained_lifetimes() {
+    {
+        TinyModel t(2);
+        t.dev->check_lifetimes = true;
+        t.model->decode_begin(3, 0, true);
+        t.model->decode_next(true);  // step 1 in flight; the model goes with it
+    }
+    Fixture f;
+    f.dev->check_lifetimes = true;
+    const int hd = 64;
+    Tensor kc = f.t(DType::F16, 4096, hd), q = f.t(DType::F32, 1, 2 * hd), o = f.t(DType::F32, 1, 2 * hd);
+    Tensor x = f.t(DType::F32, 1, 64), w = f.t(DType::F32, 1, 64), am = f.t(DType::I32, 1, 1);
+    const AttentionParams p{2, 1, hd, 1.0f};
+    f.be.rms_norm(x, x, w, 1e-5f);
+    f.be.commit();                            // cb 1
+    const uint64_t first = f.be.committed();
+    f.be.attention(o, q, kc, kc, 300, p);     // split: scratch A, bound by cb 2
+    f.be.commit();
+    f.be.attention(o, q, kc, kc, 4000, p);    // more splits: scratch B; A retired (cb 2 runs)
+    f.be.argmax(am, x);
+    f.be.commit();                            // cb 3
+    int32_t best = 0;
+    f.be.read_after(first, &best, am, 0);     // waits for cb 1 alone: A must survive
+    EXPECT(f.dev->events.find(" W1") != std::string::npos, "no wait for cb 1 alone: %s", f.dev->events.c_str());
+    f.be.wait();
+}
 }  // namespace
 
 int main() {
@@ -702,6 +760,7 @@ int main() {
     test_greedy_pipeline_end_waits_for_speculative_step();
     test_sampled_pipeline_ordering();
     test_residency_once();
+    test_unretained_lifetimes();
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;
 }
