@@ -2,6 +2,7 @@
 // (the ops themselves are in metal_ops.cpp).
 #include "backends/metal/metal_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -93,10 +94,9 @@ void MetalBackend::wait_for(uint64_t ticket) {
         dev_->wait();  // throws with the device's message if a command buffer failed
     else
         dev_->wait_until(ticket);
-    size_t kept = 0;
-    for (Retired& r : retired_)
-        if (r.last_use > completed_) retired_[kept++] = std::move(r);
-    retired_.resize(kept);
+    retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                  [&](const Retired& r) { return r.last_use <= completed_; }),
+                   retired_.end());
 }
 
 void MetalBackend::encode(const std::string& kernel, const void* args, size_t args_bytes,
