@@ -3,8 +3,8 @@
 #pragma once
 #import <Foundation/Foundation.h>
 
-// The SDK's API_AVAILABLE(macos(15.0), ios(18.0)): (ignored when compiling for Linux).
-#define FG_API_AVAILABLE_MACOS_15 __attribute__((availability(macos, introduced = 15.0)))
+// The SDK's API_AVAILABLE(macos(15.0), ios(18.0)) (ignored when compiling for Linux).
+#define FG_API_AVAILABLE_MACOS_15 __attribute__((availability(macos, introduced = 15.0), availability(ios, introduced = 18.0)))
 
 typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
     MTLResourceStorageModeShared = 0,

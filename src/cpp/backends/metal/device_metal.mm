@@ -200,7 +200,7 @@ public:
             std::vector<id<MTLBuffer>> added;
             for (size_t i = 0; i < n; i++)
                 for (id<MTLBuffer> v : static_cast<const MetalBuffer*>(bufs[i])->views) added.push_back(v);
-            if (@available(macOS 15.0, *)) {
+            if (@available(macOS 15.0, iOS 18.0, *)) {  // iOS: the Mac Catalyst SDK check
                 if (!residency_) {
                     NSError* err = nil;
                     MTLResidencySetDescriptor* desc = [MTLResidencySetDescriptor new];
