@@ -210,6 +210,33 @@ def test_cpu_pipeline_greedy_equals_forward_argmax(cpu_engine):
     assert got == want
 
 
+def test_cpu_pipeline_sampled_equals_forward_sample(cpu_engine, core):
+    """Sampled, on a backend that runs ops as called: the drawn token is uploaded before its step
+    runs (nothing can be encoded ahead), and a seed gives forward_sample's tokens."""
+    tm, eng = cpu_engine
+    prompt = np.asarray(token_ids(tm, 6, 4), dtype=np.int32)
+
+    def sampler():
+        return core.Sampler(1.5, 40, 1.0, 0.0, seed=5)
+    s1 = sampler()
+    first = tok = eng.forward_sample(prompt, 0, s1)
+    want = []
+    for i in range(5):
+        s1.add_history(tok)
+        tok = eng.forward_sample(np.asarray([tok], dtype=np.int32), len(prompt) + i, s1)
+        want.append(tok)
+    s2 = sampler()
+    assert eng.forward_sample(prompt, 0, s2) == first
+    eng.decode_begin(first, len(prompt), False)
+    got, tok = [], first
+    for i in range(5):
+        s2.add_history(tok)
+        tok = eng.decode_next(i < 4, s2)
+        got.append(tok)
+    eng.decode_end()
+    assert got == want and len(set(want)) > 1
+
+
 def test_pipeline_bad_input(cpu_engine, core):
     tm, eng = cpu_engine
     eng.decode_end()
