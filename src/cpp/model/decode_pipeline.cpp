@@ -61,7 +61,8 @@ int32_t LlamaModel::decode_next(bool launch, const SampleFn& sample) {
             // reads its token from ids_ only once committed), so only the read-back, the draw and
             // the commit stand between the two steps.
             const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, 1, 1);
-            const bool ahead = launch && be_->encodes_ahead();
+            // (Profiling syncs inside the pass, which would commit the step before its token is in.)
+            const bool ahead = launch && be_->encodes_ahead() && !profiling_;
             if (ahead) encode_decode_step(ids, nullptr, next_pos, false);
             pipe_.row.resize(cfg_.vocab);
             be_->read_after(pipe_.ticket, pipe_.row.data(), logits_.slice_rows(0, 1), (size_t)cfg_.vocab * sizeof(float));
