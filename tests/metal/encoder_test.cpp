@@ -414,12 +414,12 @@ void test_buffer_views() {
     }
 }
 
-// A decode step as the model runs it: the token upload goes into shared memory before
-// anything is encoded, so no empty command buffer is committed and nothing waits before
-// the step's end. A one-layer model commits once per step; from two layers on the model
-// commits its first layers early (the GPU starts on them while the rest is encoded).
-void test_decode_step_commits() {
-    for (int n_layers : {1, 3}) {
+// A tiny Llama over the recording device (weights 0.01 everywhere: the device runs nothing).
+struct TinyModel {
+    RecordingDevice* dev = new RecordingDevice;
+    std::unique_ptr<LlamaModel> model;
+    size_t n_weight_buffers = 0;
+    explicit TinyModel(int n_layers) {
         ModelConfig cfg;
         cfg.arch = "llama";
         cfg.n_layers = n_layers;
@@ -432,6 +432,7 @@ void test_decode_step_commits() {
         cfg.n_ctx = 16;
         cfg.rope_freqs.assign(16, 0.1f);
         std::vector<std::vector<float>> storage;
+        storage.reserve(64);
         std::map<std::string, HostTensor> tensors;
         auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
             storage.emplace_back(rows * cols, 0.01f);
@@ -442,27 +443,37 @@ void test_decode_step_commits() {
             t.cols = cols;
             tensors[name] = t;
         };
-        storage.reserve(64);
         add("token_embd.weight", cfg.vocab, cfg.dim);
         add("output_norm.weight", 1, cfg.dim);
         for (int l = 0; l < n_layers; l++) {
             const std::string b = "blk." + std::to_string(l) + ".";
-            add(b + "attn_norm.weight", 1, cfg.dim);
+            for (const char* norm : {"attn_norm", "ffn_norm"}) add(b + norm + ".weight", 1, cfg.dim);
             add(b + "attn_q.weight", cfg.q_dim(), cfg.dim);
             add(b + "attn_k.weight", cfg.kv_dim(), cfg.dim);
             add(b + "attn_v.weight", cfg.kv_dim(), cfg.dim);
             add(b + "attn_output.weight", cfg.dim, cfg.q_dim());
-            add(b + "ffn_norm.weight", 1, cfg.dim);
             add(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim);
             add(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim);
             add(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim);
         }
-        auto* dev = new RecordingDevice;
         auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
         ModelWeights w = load_weights(cfg, tensors, *be);
-        LlamaModel model(cfg, std::move(w), std::move(be), 8);
+        n_weight_buffers = w.buffers.size();
+        model = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), 8);
+    }
+};
+
+// A decode step as the model runs it: the token upload goes into shared memory before
+// anything is encoded, so no empty command buffer is committed and nothing waits before
+// the step's end. A one-layer model commits once per step; from two layers on the model
+// commits its first layers early (the GPU starts on them while the rest is encoded).
+void test_decode_step_commits() {
+    for (int n_layers : {1, 3}) {
+        TinyModel t(n_layers);
+        RecordingDevice* dev = t.dev;
+        LlamaModel& model = *t.model;
         const int want_commits = n_layers == 1 ? 1 : 2;
-        std::vector<float> logits(cfg.vocab);
+        std::vector<float> logits(model.config().vocab);
         for (int pos = 0; pos < 3; pos++) {
             const int32_t token = 5 + pos;
             dev->commits = dev->waits = 0;
@@ -569,55 +580,6 @@ void test_gemma_decode_dispatches() {
     }
 }
 
-
-// A tiny Llama over the recording device (weights 0.01 everywhere: the device runs nothing).
-struct TinyModel {
-    RecordingDevice* dev = new RecordingDevice;
-    std::unique_ptr<LlamaModel> model;
-    size_t n_weight_buffers = 0;
-    explicit TinyModel(int n_layers) {
-        ModelConfig cfg;
-        cfg.arch = "llama";
-        cfg.n_layers = n_layers;
-        cfg.dim = 64;
-        cfg.n_heads = 2;
-        cfg.n_kv_heads = 1;
-        cfg.head_dim = 32;
-        cfg.ffn_dim = 96;
-        cfg.vocab = 128;
-        cfg.n_ctx = 16;
-        cfg.rope_freqs.assign(16, 0.1f);
-        std::vector<std::vector<float>> storage;
-        storage.reserve(64);
-        std::map<std::string, HostTensor> tensors;
-        auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
-            storage.emplace_back(rows * cols, 0.01f);
-            HostTensor t;
-            t.data = storage.back().data();
-            t.nbytes = (size_t)(rows * cols) * sizeof(float);
-            t.rows = rows;
-            t.cols = cols;
-            tensors[name] = t;
-        };
-        add("token_embd.weight", cfg.vocab, cfg.dim);
-        add("output_norm.weight", 1, cfg.dim);
-        for (int l = 0; l < n_layers; l++) {
-            const std::string b = "blk." + std::to_string(l) + ".";
-            for (const char* norm : {"attn_norm", "ffn_norm"}) add(b + norm + ".weight", 1, cfg.dim);
-            add(b + "attn_q.weight", cfg.q_dim(), cfg.dim);
-            add(b + "attn_k.weight", cfg.kv_dim(), cfg.dim);
-            add(b + "attn_v.weight", cfg.kv_dim(), cfg.dim);
-            add(b + "attn_output.weight", cfg.dim, cfg.q_dim());
-            add(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim);
-            add(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim);
-            add(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim);
-        }
-        auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
-        ModelWeights w = load_weights(cfg, tensors, *be);
-        n_weight_buffers = w.buffers.size();
-        model = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), 8);
-    }
-};
 
 // Greedy pipelined decode (3 layers: two command buffers per step, the first layers committed
 // early). Step t+1 is committed before the host waits for step t, the host waits only for step
