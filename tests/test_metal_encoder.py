@@ -3,8 +3,10 @@ tests/metal/encoder_test.cpp (MetalBackend over a recording Device) with the hos
 compiler and runs it. It asserts barrier placement (only on read-after-write,
 write-after-write and write-after-read hazards inside one command buffer), legal
 dispatch geometry for Apple GPUs on shapes around every tile size, and InputError on
-mismatched shapes, the zero-copy view plan for weights past maxBufferLength, and that a
-decode step of the model commits no empty command buffer and waits once."""
+mismatched shapes, the zero-copy view plan for weights past maxBufferLength, that a
+decode step of the model commits no empty command buffer and waits once, and the pipelined
+decode's command stream (commit of step t+1 before the wait for step t), residency once and
+buffer lifetimes under unretained command buffers."""
 import os
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ METAL = SRC / "backends" / "metal"
 SOURCES = [ROOT / "tests" / "metal" / "encoder_test.cpp", METAL / "metal_backend.cpp", METAL / "metal_ops.cpp",
            METAL / "hazard_tracker.cpp", METAL / "buffer_views.cpp", METAL / "device_metal_unavailable.cpp",
            METAL / "device_emulated_unavailable.cpp", SRC / "core" / "dtype.cpp", SRC / "model" / "llama_model.cpp",
+           SRC / "model" / "decode_pipeline.cpp",
            SRC / "model" / "weights.cpp", SRC / "model" / "tensor_layout.cpp", SRC / "core" / "backend.cpp"]
 
 

@@ -204,6 +204,10 @@ class Model:
         self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, self.threads)
         self.n_ctx = int(self._engine.n_ctx)
         self.backend = self._engine.backend_name
+        # Greedy and C++-sampled decoding pipelined on the GPU (Engine.decode_begin/next/end):
+        # the next step is encoded, and for greedy committed, before the host waits for the last
+        # one. Not on the CPU, where a step past a stop would be computed for nothing.
+        self._pipelined_decode = self.backend == "metal"
         self.tokenizer = self._model.tokenizer
         self._template = None
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
@@ -570,35 +574,52 @@ class Model:
             tok = pick(result) if mode == "last" else result
             last_logits = result
         n_decode = 0
-        while limit > 0:
-            n_sampled += 1
-            if tok in stop_ids:
-                finish = "stop"
-                break
-            generated.append(tok)
-            if matcher is not None:
-                matcher.accept(tok)
-            if mode == "last":
-                history.append(tok)
-            elif mode == "sample":
-                sampler.add_history(tok)
-            if logprobs is not None:
-                pending_lp.append(self._token_logprob(last_logits, tok, logprobs))
-            out = stops.feed(detok.push(tok))
-            if out:
-                pieces.append(out)
-                yield emit(out)
-            if stops.stopped or (matcher is not None and matcher.done):
-                finish = "stop"     # a stop string, or the document is complete (only EOS may follow)
-                break
-            if len(generated) >= limit:
-                break   # finish "length": max_tokens reached or the context is full
-            pos = len(self._cache_tokens)
-            result = self._eval([tok], pos, mode, sampler)
-            self._cache_tokens.append(tok)
-            n_decode += 1
-            tok = pick(result) if mode == "last" else result
-            last_logits = result
+        # Pipelined (see __init__): the step evaluating tok is in flight while tok is streamed and
+        # checked; it is launched only while the length limit leaves room for the token after tok.
+        # A stop found late leaves one step past it, whose K/V row _cache_tokens does not count.
+        # Profiling times each call's stages with a device sync per stage: step by step then.
+        pipelined = self._pipelined_decode and mode in ("argmax", "sample") and self._profile is None
+        in_flight = False
+        try:
+            while limit > 0:
+                if pipelined and not in_flight and tok not in stop_ids and len(generated) + 1 < limit:
+                    self._engine.decode_begin(tok, len(self._cache_tokens), mode == "argmax")
+                    in_flight = True
+                n_sampled += 1
+                if tok in stop_ids:
+                    finish = "stop"
+                    break
+                generated.append(tok)
+                if matcher is not None:
+                    matcher.accept(tok)
+                if mode == "last":
+                    history.append(tok)
+                elif mode == "sample":
+                    sampler.add_history(tok)
+                if logprobs is not None:
+                    pending_lp.append(self._token_logprob(last_logits, tok, logprobs))
+                out = stops.feed(detok.push(tok))
+                if out:
+                    pieces.append(out)
+                    yield emit(out)
+                if stops.stopped or (matcher is not None and matcher.done):
+                    finish = "stop"     # a stop string, or the document is complete (only EOS may follow)
+                    break
+                if len(generated) >= limit:
+                    break   # finish "length": max_tokens reached or the context is full
+                pos = len(self._cache_tokens)
+                if in_flight:   # the token of tok's step; first launches the step of that token
+                    result = self._engine.decode_next(len(generated) + 1 < limit,
+                                                      sampler if mode == "sample" else None)
+                else:
+                    result = self._eval([tok], pos, mode, sampler)
+                self._cache_tokens.append(tok)
+                n_decode += 1
+                tok = pick(result) if mode == "last" else result
+                last_logits = result
+        finally:
+            if in_flight:
+                self._engine.decode_end()   # a step launched past a stop finishes; nothing of it is kept
         tail = "" if stops.stopped else stops.feed(detok.flush()) + stops.flush()
         if tail or pending_lp:
             pieces.append(tail)

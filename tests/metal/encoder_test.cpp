@@ -2,8 +2,11 @@
 // every dispatch, barrier and commit. Verifies that barriers go exactly where a dispatch
 // depends on an earlier one of the same command buffer (and nowhere else), that every
 // dispatch's geometry is legal on Apple GPUs, that every binding lies in one buffer view,
-// and that a decode step commits no empty command buffer and waits once. Built and run
-// by tests/test_metal_encoder.py.
+// and that a decode step commits no empty command buffer and waits once. Pipelined decoding:
+// step t+1 committed before the wait for step t alone, each token read only after that wait,
+// the model's buffers made resident once, and no buffer freed while a command buffer that
+// binds it may run (command buffers hold unretained references). Built and run by
+// tests/test_metal_encoder.py.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -32,27 +35,48 @@ int failures = 0;
         }                                                             \
     } while (0)
 
+class RecordingDevice;
 struct HostBuffer final : Buffer {
-    ~HostBuffer() override { std::free(host); }
+    RecordingDevice* owner = nullptr;
+    ~HostBuffer() override;
 };
 
 // Logs "kernel" per dispatch, "|" per barrier and "#" per commit; counts waits; checks
-// geometry and bindings as it goes.
+// geometry and bindings as it goes. `events` records the command stream as the host drives
+// it: "E<n>" the first dispatch encoded into command buffer n, "C<n>" its commit, "W<n>" wait_until(n), "W*" wait(), "R<k>" k buffers
+// made resident. A command buffer "completes" only when waited for: then, and not before, its
+// argmax dispatches write 100 + n into their output (as a GPU's result appears in shared
+// memory only once the work ran), so a host read before the wait sees no token.
 class RecordingDevice final : public Device {
 public:
-    std::string log;
+    std::string log, events;
     int commits = 0, waits = 0;
+    std::vector<size_t> resident_calls;    // buffers per make_resident call
+    std::vector<int32_t> committed_ids;    // each command buffer's get_rows id, read at its commit
+    // Unretained references: a buffer freed before the last command buffer binding it is done
+    // is a failure (checked when on; the barrier tests leave work unwaited on purpose).
+    bool check_lifetimes = false;
+    void on_free(const void* host) {
+        auto it = last_bound_.find(host);
+        if (it == last_bound_.end()) return;
+        EXPECT(!check_lifetimes || it->second <= completed_,
+               "a buffer bound by command buffer %llu was freed with only %llu done",
+               (unsigned long long)it->second, (unsigned long long)completed_);
+        last_bound_.erase(it);
+    }
     uint32_t last_threads = 0;
     std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
     std::string name() const override { return "recording"; }
     std::unique_ptr<Buffer> new_buffer(size_t bytes) override {
         auto b = std::make_unique<HostBuffer>();
+        b->owner = this;
         b->host = std::calloc(1, bytes);
         b->size = bytes;
         return b;
     }
     std::unique_ptr<Buffer> wrap_host(void* p, size_t bytes, size_t) override {
         auto b = std::make_unique<HostBuffer>();
+        b->owner = this;
         b->host = std::malloc(bytes);
         std::memcpy(b->host, p, bytes);
         b->size = bytes;
@@ -81,6 +105,8 @@ public:
     }
     void set_buffer(const Buffer* b, size_t off, size_t bytes, int slot) override {
         EXPECT(slot >= 1 && slot < 31, "%s: slot %d", cur_.c_str(), slot);
+        if (slot >= 1 && slot < 31) bound_[slot] = static_cast<char*>(b->host) + off;
+        last_bound_[b->host] = (uint64_t)commits + 1;
         EXPECT(off + bytes <= b->size, "%s: bytes %zu..%zu past buffer of %zu", cur_.c_str(), off, off + bytes,
                b->size);
     }
@@ -98,6 +124,10 @@ public:
         EXPECT(g.x >= 1 && g.y >= 1 && g.z >= 1, "%s: empty grid", cur_.c_str());
         log += (log.empty() ? "" : " ") + cur_;
         ++dispatches_;
+        const uint64_t serial = (uint64_t)commits + 1;  // the command buffer being encoded
+        if (dispatches_ == 1) events += " E" + std::to_string(serial);
+        if (cur_ == "argmax_f32") results_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
+        if (cur_.rfind("get_rows_", 0) == 0) ids_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
     }
     void memory_barrier() override { log += " |"; }
     void commit() override {
@@ -105,16 +135,51 @@ public:
         open_ = false;
         log += " #";
         ++commits;
+        events += " C" + std::to_string(commits);
+        for (auto& [serial, ids] : ids_)
+            if (serial == (uint64_t)commits) committed_ids.push_back(*ids);  // what the GPU will read
     }
-    void wait() override { ++waits; }
+    void wait() override {
+        ++waits;
+        events += " W*";
+        complete((uint64_t)commits);
+    }
+    void wait_until(uint64_t n) override {
+        EXPECT(n <= (uint64_t)commits, "wait_until(%llu) with %d committed", (unsigned long long)n, commits);
+        events += " W" + std::to_string(n);
+        complete(n);
+    }
+    void make_resident(const Buffer* const*, size_t n) override {
+        resident_calls.push_back(n);
+        events += " R" + std::to_string(n);
+    }
 
 private:
+    void complete(uint64_t n) {  // command buffers 1..n have run
+        completed_ = std::max(completed_, n);
+        for (size_t i = 0; i < results_.size();)
+            if (results_[i].first <= n) {
+                *results_[i].second = (int32_t)(100 + results_[i].first);
+                results_.erase(results_.begin() + i);
+            } else {
+                i++;
+            }
+    }
     std::map<std::string, Pipeline> pipes_;
+    char* bound_[31] = {};
+    std::map<const void*, uint64_t> last_bound_;  // buffer -> last command buffer that binds it
+    uint64_t completed_ = 0;
+    std::vector<std::pair<uint64_t, int32_t*>> results_, ids_;  // (command buffer, argmax out / get_rows ids)
     std::string cur_;
     size_t args_ = 0, tg_ = 0;
     bool open_ = false;
     int dispatches_ = 0;
 };
+
+HostBuffer::~HostBuffer() {
+    if (owner) owner->on_free(host);
+    std::free(host);
+}
 
 struct Fixture {
     RecordingDevice* dev;
@@ -349,12 +414,12 @@ void test_buffer_views() {
     }
 }
 
-// A decode step as the model runs it: the token upload goes into shared memory before
-// anything is encoded, so no empty command buffer is committed and nothing waits before
-// the step's end. A one-layer model commits once per step; from two layers on the model
-// commits its first layers early (the GPU starts on them while the rest is encoded).
-void test_decode_step_commits() {
-    for (int n_layers : {1, 3}) {
+// A tiny Llama over the recording device (weights 0.01 everywhere: the device runs nothing).
+struct TinyModel {
+    RecordingDevice* dev = new RecordingDevice;
+    std::unique_ptr<LlamaModel> model;
+    size_t n_weight_buffers = 0;
+    explicit TinyModel(int n_layers) {
         ModelConfig cfg;
         cfg.arch = "llama";
         cfg.n_layers = n_layers;
@@ -367,6 +432,7 @@ void test_decode_step_commits() {
         cfg.n_ctx = 16;
         cfg.rope_freqs.assign(16, 0.1f);
         std::vector<std::vector<float>> storage;
+        storage.reserve(64);
         std::map<std::string, HostTensor> tensors;
         auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
             storage.emplace_back(rows * cols, 0.01f);
@@ -377,27 +443,37 @@ void test_decode_step_commits() {
             t.cols = cols;
             tensors[name] = t;
         };
-        storage.reserve(64);
         add("token_embd.weight", cfg.vocab, cfg.dim);
         add("output_norm.weight", 1, cfg.dim);
         for (int l = 0; l < n_layers; l++) {
             const std::string b = "blk." + std::to_string(l) + ".";
-            add(b + "attn_norm.weight", 1, cfg.dim);
+            for (const char* norm : {"attn_norm", "ffn_norm"}) add(b + norm + ".weight", 1, cfg.dim);
             add(b + "attn_q.weight", cfg.q_dim(), cfg.dim);
             add(b + "attn_k.weight", cfg.kv_dim(), cfg.dim);
             add(b + "attn_v.weight", cfg.kv_dim(), cfg.dim);
             add(b + "attn_output.weight", cfg.dim, cfg.q_dim());
-            add(b + "ffn_norm.weight", 1, cfg.dim);
             add(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim);
             add(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim);
             add(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim);
         }
-        auto* dev = new RecordingDevice;
         auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
         ModelWeights w = load_weights(cfg, tensors, *be);
-        LlamaModel model(cfg, std::move(w), std::move(be), 8);
+        n_weight_buffers = w.buffers.size();
+        model = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), 8);
+    }
+};
+
+// A decode step as the model runs it: the token upload goes into shared memory before
+// anything is encoded, so no empty command buffer is committed and nothing waits before
+// the step's end. A one-layer model commits once per step; from two layers on the model
+// commits its first layers early (the GPU starts on them while the rest is encoded).
+void test_decode_step_commits() {
+    for (int n_layers : {1, 3}) {
+        TinyModel t(n_layers);
+        RecordingDevice* dev = t.dev;
+        LlamaModel& model = *t.model;
         const int want_commits = n_layers == 1 ? 1 : 2;
-        std::vector<float> logits(cfg.vocab);
+        std::vector<float> logits(model.config().vocab);
         for (int pos = 0; pos < 3; pos++) {
             const int32_t token = 5 + pos;
             dev->commits = dev->waits = 0;
@@ -504,6 +580,131 @@ void test_gemma_decode_dispatches() {
     }
 }
 
+
+// Greedy pipelined decode (3 layers: two command buffers per step, the first layers committed
+// early). Step t+1 is committed before the host waits for step t, the host waits only for step
+// t (never for everything), and each token it returns is the one step t's argmax wrote, which
+// the recording device makes visible only at that wait: a read before it would see no token.
+void test_greedy_pipeline_ordering() {
+    TinyModel t(3);
+    RecordingDevice& dev = *t.dev;
+    dev.events.clear();
+    const int32_t first = 5;
+    t.model->decode_begin(first, 4, true);  // step 0: command buffers 1, 2 (argmax in 2)
+    std::vector<int32_t> got;
+    for (int i = 0; i < 4; i++) got.push_back(t.model->decode_next(true));
+    got.push_back(t.model->decode_next(false));  // the last token: no step after it
+    t.model->decode_end();
+    // step s: command buffers 2s+1, 2s+2; the host's wait for step s-1 (cb 2s) comes after both
+    std::string want = " E1 C1 E2 C2";
+    for (int s = 1; s <= 4; s++)
+        want += " E" + std::to_string(2 * s + 1) + " C" + std::to_string(2 * s + 1) + " E" + std::to_string(2 * s + 2) +
+                " C" + std::to_string(2 * s + 2) + " W" + std::to_string(2 * s);
+    want += " W*";  // decode_next(false): the last step is all that is in flight
+    EXPECT(dev.events == want, "greedy pipeline\n  got  %s\n  want %s", dev.events.c_str(), want.c_str());
+    const std::vector<int32_t> want_tokens = {102, 104, 106, 108, 110};
+    got.insert(got.begin(), 0);  // (decode_begin returns nothing; align the lists)
+    for (size_t i = 1; i < got.size(); i++)
+        EXPECT(got[i] == want_tokens[i - 1], "token %zu: %d, want %d (step %zu's argmax, read after its wait)", i,
+               got[i], want_tokens[i - 1], i - 1);
+    EXPECT(!t.model->decode_active(), "pipeline still active after decode_next(false)");
+}
+
+// A stop found late: decode_end waits for the speculative step and nothing else is left.
+void test_greedy_pipeline_end_waits_for_speculative_step() {
+    TinyModel t(1);
+    t.dev->events.clear();
+    t.model->decode_begin(3, 0, true);
+    const int32_t tok = t.model->decode_next(true);  // step 1 launched, then the caller stops
+    t.model->decode_end();
+    EXPECT(tok == 101, "token %d, want 101", tok);
+    EXPECT(t.dev->events == " E1 C1 E2 C2 W1 W*", "got %s", t.dev->events.c_str());
+    bool threw = false;
+    try {
+        t.model->decode_next(true);
+    } catch (const InputError& e) {
+        threw = std::strstr(e.what(), "decode_begin") != nullptr;
+    }
+    EXPECT(threw, "decode_next after decode_end must throw InputError naming decode_begin");
+}
+
+// Sampled on the host: step t+1 is encoded (all its dispatches) before the host waits for step
+// t, and committed after the drawn token is in its input - the id get_rows reads at commit.
+void test_sampled_pipeline_ordering() {
+    TinyModel t(1);
+    RecordingDevice& dev = *t.dev;
+    t.model->decode_begin(9, 0, false);
+    dev.events.clear();
+    dev.log.clear();
+    dev.committed_ids.clear();
+    int draws = 0;
+    auto sample = [&](float*, int vocab) {
+        EXPECT(vocab == 128, "vocab %d", vocab);
+        return (int32_t)(40 + draws++);
+    };
+    const int32_t a = t.model->decode_next(true, sample);
+    const int32_t b = t.model->decode_next(true, sample);
+    const int32_t c = t.model->decode_next(false, sample);
+    EXPECT(a == 40 && b == 41 && c == 42, "tokens %d %d %d", a, b, c);
+    // Step 1 (cb 2) is encoded before the wait for step 0 and committed after it; with one
+    // layer a step is one command buffer, so that wait is for everything committed (W*).
+    EXPECT(dev.events == " E2 W* C2 E3 W* C3 W*", "sampled pipeline events %s", dev.events.c_str());
+    EXPECT(dev.committed_ids == std::vector<int32_t>({40, 41}), "ids at commit: %zu of them, first %d",
+           dev.committed_ids.size(), dev.committed_ids.empty() ? -1 : dev.committed_ids[0]);
+    EXPECT(dev.log.find("argmax") == std::string::npos, "a sampled step computes no argmax: %s", dev.log.c_str());
+}
+
+// Weights, KV cache and activations are made resident once, when the model is built: never
+// again by decode steps, pipelined or not.
+void test_residency_once() {
+    TinyModel t(2);
+    RecordingDevice& dev = *t.dev;
+    EXPECT(dev.resident_calls.size() == 1, "%zu make_resident calls at load, want 1", dev.resident_calls.size());
+    // every weight buffer, 2 KV buffers per layer and the activations
+    EXPECT(!dev.resident_calls.empty() && dev.resident_calls[0] > t.n_weight_buffers + 4,
+           "made resident %zu buffers; the weights alone are %zu", dev.resident_calls.empty() ? 0 : dev.resident_calls[0],
+           t.n_weight_buffers);
+    std::vector<float> logits(128);
+    const int32_t tok = 7;
+    t.model->forward(&tok, 1, 0, false, logits.data());
+    t.model->forward_argmax(&tok, 1, 1);
+    t.model->decode_begin(tok, 2, true);
+    for (int i = 0; i < 3; i++) t.model->decode_next(true);
+    t.model->decode_end();
+    EXPECT(dev.resident_calls.size() == 1, "%zu make_resident calls after decoding, want 1",
+           dev.resident_calls.size());
+}
+
+// Command buffers do not retain their buffers: the model frees nothing while a step is in
+// flight (here a pipelined step, committed and never waited for by the caller), and scratch
+// replaced while the command buffer that binds it runs is kept until that one is done, also
+// across waits for earlier command buffers only.
+void test_unretained_lifetimes() {
+    {
+        TinyModel t(2);
+        t.dev->check_lifetimes = true;
+        t.model->decode_begin(3, 0, true);
+        t.model->decode_next(true);  // step 1 in flight; the model goes with it
+    }
+    Fixture f;
+    f.dev->check_lifetimes = true;
+    const int hd = 64;
+    Tensor kc = f.t(DType::F16, 4096, hd), q = f.t(DType::F32, 1, 2 * hd), o = f.t(DType::F32, 1, 2 * hd);
+    Tensor x = f.t(DType::F32, 1, 64), w = f.t(DType::F32, 1, 64), am = f.t(DType::I32, 1, 1);
+    const AttentionParams p{2, 1, hd, 1.0f};
+    f.be.rms_norm(x, x, w, 1e-5f);
+    f.be.commit();                            // cb 1
+    const uint64_t first = f.be.committed();
+    f.be.attention(o, q, kc, kc, 300, p);     // split: scratch A, bound by cb 2
+    f.be.commit();
+    f.be.attention(o, q, kc, kc, 4000, p);    // more splits: scratch B; A retired (cb 2 runs)
+    f.be.argmax(am, x);
+    f.be.commit();                            // cb 3
+    int32_t best = 0;
+    f.be.read_after(first, &best, am, 0);     // waits for cb 1 alone: A must survive
+    EXPECT(f.dev->events.find(" W1") != std::string::npos, "no wait for cb 1 alone: %s", f.dev->events.c_str());
+    f.be.wait();
+}
 }  // namespace
 
 int main() {
@@ -517,6 +718,11 @@ int main() {
     test_commit_starts_fresh_tracking();
     test_geometry_over_shapes();
     test_bad_input_throws_input_error();
+    test_greedy_pipeline_ordering();
+    test_greedy_pipeline_end_waits_for_speculative_step();
+    test_sampled_pipeline_ordering();
+    test_residency_once();
+    test_unretained_lifetimes();
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;
 }

@@ -278,6 +278,31 @@ public:
         return sampler.sample(logits_row_.data(), vocab);
     }
 
+    // Pipelined decoding of slot 0 (LlamaModel::decode_begin/next/end): the step that evaluates
+    // `token` at pos is committed; decode_next returns the token after it (argmax on the device
+    // when the pipeline is greedy, else drawn by `sampler`, whose history is not changed), having
+    // first committed the step that evaluates it when `launch`.
+    void decode_begin(int32_t token, int pos, bool greedy) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->decode_begin(token, pos, greedy);
+    }
+
+    int decode_next(bool launch, Sampler* sampler) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!sampler) return model_->decode_next(launch);
+        return model_->decode_next(launch, [sampler](float* logits, int vocab) {
+            return (int32_t)sampler->sample(logits, vocab);
+        });
+    }
+
+    void decode_end() {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->decode_end();
+    }
+
     // One batched pass over several sequences: entries is a list of (slot, tokens, pos).
     // Returns the last token's logits of each entry, f32 [n_entries, vocab].
     py::array_t<float> forward_batch(const py::list& entries) {
@@ -425,6 +450,11 @@ PYBIND11_MODULE(_core, m) {
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
         .def("forward_sample", &Engine::forward_sample, py::arg("tokens"), py::arg("pos"), py::arg("sampler"),
              "evaluate tokens and sample the next one from the last logits row with a _core.Sampler")
+        .def("decode_begin", &Engine::decode_begin, py::arg("token"), py::arg("pos"), py::arg("greedy"),
+             "commit the step that evaluates token at pos (pipelined decoding of slot 0); no wait")
+        .def("decode_next", &Engine::decode_next, py::arg("launch"), py::arg("sampler") = nullptr,
+             "the next token (argmax on the device, or drawn by sampler); first commits its own step when launch")
+        .def("decode_end", &Engine::decode_end, "wait for the pipelined step in flight and end the pipeline")
         .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"),
              "evaluate tokens into the KV cache without computing logits")
         .def("forward_batch", &Engine::forward_batch, py::arg("entries"),

@@ -65,6 +65,28 @@ public:
     virtual void commit() {}   // may be called several times: lets a GPU start early
     virtual void wait() {}
 
+    // --- pipelining (a GPU encodes the next step while the last one runs) ---
+    // True when ops are only recorded until commit (a GPU): an input written after its ops
+    // were encoded but before commit is what they read. False: each op runs when called.
+    virtual bool encodes_ahead() const { return false; }
+    // A ticket for the work committed so far (0 on a backend that runs ops at once).
+    virtual uint64_t committed() const { return 0; }
+    // Copies src once the work up to `ticket` is done, without waiting for work committed
+    // after it (or committing what is encoded): the caller promises that no later work
+    // writes src.
+    virtual void read_after(uint64_t ticket, void* dst, const Tensor& src, size_t bytes) {
+        (void)ticket;
+        read(dst, src, bytes);
+    }
+    // Writes dst for work encoded but not yet committed (which reads dst only once it is
+    // committed), without committing it: the caller promises that no committed work still
+    // reads or writes dst. This is how a token sampled on the host reaches a step encoded
+    // before it was known.
+    virtual void write_before_commit(const Tensor& dst, const void* src, size_t bytes) { write(dst, src, bytes); }
+    // Buffers that live as long as the model and serve every pass (weights, KV cache,
+    // activations): a GPU makes them resident once rather than per command buffer.
+    virtual void make_resident(const Buffer* const* bufs, size_t n) { (void)bufs, (void)n; }
+
     // --- ops ---
     // out[i, :] = f32(table[ids[i], :]); table of any weight dtype.            out [n, dim]
     virtual void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;

@@ -70,6 +70,19 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
         kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, cfg_.kv_dim()));
     }
+    // Weights, KV cache and activations serve every pass for the model's whole life: resident
+    // once, here (a GPU would otherwise redo that work for every command buffer).
+    std::vector<const Buffer*> resident;
+    for (const auto* list : {&w_.buffers, &kv_.buffers, &bufs_})
+        for (const auto& b : *list) resident.push_back(b.get());
+    be_->make_resident(resident.data(), resident.size());
+}
+
+LlamaModel::~LlamaModel() {
+    try {
+        be_->wait();
+    } catch (...) {
+    }
 }
 
 void LlamaModel::check_input(const int32_t* tokens, int n, int pos) const {
@@ -105,21 +118,27 @@ void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
                          std::to_string(max_batch_));
 }
 
-void LlamaModel::run_layers(const BatchEntry* entries, int n_entries) {
+void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tensor* device_ids, bool commit_early) {
     Backend& be = *be_;
     const double t0 = profiling_ ? now_s() : 0;
-    ids_host_.clear();
-    for (int e = 0; e < n_entries; e++)
-        ids_host_.insert(ids_host_.end(), entries[e].tokens, entries[e].tokens + entries[e].n);  // rows in entry order
-    const int n = (int)ids_host_.size();
-    const Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
-    be.write(ids, ids_host_.data(), (size_t)n * sizeof(int32_t));
-    // Each entry's last row, for last_row_logits: written now, before anything is encoded (a
-    // write to a device buffer waits for the work in flight).
-    last_rows_host_.clear();
-    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) last_rows_host_.push_back(r0 + entries[e].n - 1);
-    be.write(make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1), last_rows_host_.data(),
-             (size_t)n_entries * sizeof(int32_t));
+    ++passes_;
+    int n = 0;
+    for (int e = 0; e < n_entries; e++) n += entries[e].n;
+    Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
+    if (device_ids) {
+        ids = *device_ids;  // a pipelined decode step: one entry, its id already on the device
+    } else {
+        ids_host_.clear();
+        for (int e = 0; e < n_entries; e++)
+            ids_host_.insert(ids_host_.end(), entries[e].tokens, entries[e].tokens + entries[e].n);  // rows in entry order
+        be.write(ids, ids_host_.data(), (size_t)n * sizeof(int32_t));
+        // Each entry's last row, for last_row_logits: written now, before anything is encoded (a
+        // write to a device buffer waits for the work in flight).
+        last_rows_host_.clear();
+        for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) last_rows_host_.push_back(r0 + entries[e].n - 1);
+        be.write(make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1), last_rows_host_.data(),
+                 (size_t)n_entries * sizeof(int32_t));
+    }
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
@@ -176,7 +195,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries) {
         else
             be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
         if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
-        if (l == 1) be.commit();  // a GPU starts on the first layers while the rest is encoded
+        if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
 }

@@ -2,6 +2,7 @@
 // it serves decode (one token) and batched prefill (many tokens) alike.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,8 @@ public:
     // n_slots: sequences the KV cache holds at once (n_ctx positions each).
     LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique_ptr<Backend> backend, int max_batch = 512,
                int n_slots = 1);
+    // Waits for the work in flight first: command buffers do not keep the buffers they bind alive.
+    ~LlamaModel();
 
     const ModelConfig& config() const { return cfg_; }
     Backend& backend() { return *be_; }
@@ -55,6 +58,25 @@ public:
     int n_slots() const { return n_slots_; }
     int max_batch() const { return max_batch_; }
 
+    // Pipelined decoding of slot 0 (decode_pipeline.cpp; docs/design.md "Pipelined decoding"):
+    // the host never leaves the device idle while it waits for a step, streams its token and
+    // checks for a stop.
+    //   decode_begin(token, pos, greedy): commits the step that evaluates `token` at pos; no wait.
+    //   decode_next(launch, sample): returns the next token (of the step in flight), having first
+    //     committed, when `launch`, the step that evaluates that token at the next position.
+    //     greedy: the token is the step's argmax, computed on the device and read as step t+1's
+    //     input there, so step t+1 is committed before the host waits for step t. Otherwise
+    //     sample(logits [vocab], vocab) draws it on the host: step t+1 is encoded before the wait
+    //     for step t and committed once the token is written into its input.
+    //   decode_end(): waits for the step in flight (a speculative one past a stop) and ends.
+    // A step launched past a stop wrote K/V at a position the caller does not count as cached:
+    // it is overwritten by the next evaluation there. Any other pass ends the pipeline.
+    using SampleFn = std::function<int32_t(float* logits, int vocab)>;  // may overwrite logits
+    void decode_begin(int32_t token, int pos, bool greedy);
+    int32_t decode_next(bool launch, const SampleFn& sample = nullptr);
+    void decode_end();
+    bool decode_active() const { return pipe_.active; }
+
     // Copies of the KV cache rows 0..n (positions already evaluated), for prompt caches that
     // keep several sequences: f16 bits [n_layers][2 (K, V)][n][kv_dim], layer-major.
     size_t kv_bytes(int n) const { return (size_t)cfg_.n_layers * 2 * n * cfg_.kv_dim() * sizeof(uint16_t); }
@@ -70,8 +92,14 @@ private:
     void check_input(const int32_t* tokens, int n, int pos) const;
     void check_batch(const BatchEntry* entries, int n_entries) const;
     // One pass over the entries (<= max_batch tokens in all, their rows in entry order);
-    // leaves the final hidden states in x_.
-    void run_layers(const BatchEntry* entries, int n_entries);
+    // leaves the final hidden states in x_. device_ids: i32 [n, 1] token ids already on the
+    // device (the entries' tokens are then unused; a single entry); commit_early: commit the
+    // first layers while the rest is encoded (not when the ids are written just before commit).
+    void run_layers(const BatchEntry* entries, int n_entries, const Tensor* device_ids = nullptr,
+                    bool commit_early = true);
+    // decode_pipeline.cpp: encodes the decode step of the token in `ids` at pos (and its argmax
+    // into `best` when greedy).
+    void encode_decode_step(const Tensor& ids, const Tensor* best, int pos, bool commit_early);
     // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
     Tensor last_row_logits(const BatchEntry* entries, int n_entries);
     Tensor slot_rows(const Tensor& cache, int slot) const {  // f16 [n_ctx, kv_dim] of one slot
@@ -98,6 +126,16 @@ private:
     Tensor router_logits_, route_ids_, route_w_, exp_gate_, exp_up_, exp_out_, shared_scale_;
     bool profiling_ = false;
     Profile profile_;
+    uint64_t passes_ = 0;  // run_layers calls: a pipeline notices a pass that was not its own
+    struct Pipeline {
+        bool active = false, greedy = false;
+        int pos = 0;             // position of the step in flight
+        uint64_t ticket = 0;     // backend ticket of the step in flight
+        uint64_t passes = 0;     // passes_ after that step was encoded
+        int cur = 0;             // greedy: ring row the step in flight writes its argmax to
+        Tensor ring;             // greedy: i32 [2, 1], steps alternate rows
+        std::vector<float> row;  // sampled: the logits row read back [vocab]
+    } pipe_;
 };
 
 }  // namespace forgert

@@ -3,6 +3,9 @@
 #pragma once
 #import <Foundation/Foundation.h>
 
+// The SDK's API_AVAILABLE(macos(15.0), ios(18.0)) (ignored when compiling for Linux).
+#define FG_API_AVAILABLE_MACOS_15 __attribute__((availability(macos, introduced = 15.0), availability(ios, introduced = 18.0)))
+
 typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
     MTLResourceStorageModeShared = 0,
     MTLResourceStorageModePrivate = 2UL << 4,
@@ -18,6 +21,10 @@ typedef NS_ENUM(NSUInteger, MTLCommandBufferStatus) {
 typedef NS_ENUM(NSUInteger, MTLDispatchType) {
     MTLDispatchTypeSerial = 0,
     MTLDispatchTypeConcurrent = 1,
+};
+typedef NS_OPTIONS(NSUInteger, MTLResourceUsage) {
+    MTLResourceUsageRead = 1 << 0,
+    MTLResourceUsageWrite = 1 << 1,
 };
 typedef NS_OPTIONS(NSUInteger, MTLBarrierScope) {
     MTLBarrierScopeBuffers = 1 << 0,
@@ -41,7 +48,12 @@ static inline MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUIntege
 @protocol MTLDevice;
 @protocol MTLCommandBuffer;
 
-@protocol MTLResource <NSObject>
+// macOS 15 put MTLAllocation (residency sets hold allocations) under MTLResource.
+@protocol MTLAllocation <NSObject>
+@property(readonly) NSUInteger allocatedSize;
+@end
+
+@protocol MTLResource <MTLAllocation>
 @end
 
 @protocol MTLBuffer <MTLResource>
@@ -79,7 +91,25 @@ static inline MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUIntege
 - (void)setThreadgroupMemoryLength:(NSUInteger)length atIndex:(NSUInteger)index;
 - (void)dispatchThreadgroups:(MTLSize)threadgroupsPerGrid threadsPerThreadgroup:(MTLSize)threadsPerThreadgroup;
 - (void)memoryBarrierWithScope:(MTLBarrierScope)scope;
+- (void)useResources:(const id<MTLResource>[])resources
+               count:(NSUInteger)count
+               usage:(MTLResourceUsage)usage;
 - (void)endEncoding;
+@end
+
+FG_API_AVAILABLE_MACOS_15
+@interface MTLResidencySetDescriptor : NSObject
+@property(copy, nonatomic) NSString* label;
+@property(nonatomic) NSUInteger initialCapacity;
+@end
+
+FG_API_AVAILABLE_MACOS_15
+@protocol MTLResidencySet <NSObject>
+- (void)requestResidency;
+- (void)endResidency;
+- (void)addAllocation:(id<MTLAllocation>)allocation;
+- (void)removeAllocation:(id<MTLAllocation>)allocation;
+- (void)commit;
 @end
 
 @protocol MTLCommandBuffer <NSObject>
@@ -93,6 +123,9 @@ static inline MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUIntege
 
 @protocol MTLCommandQueue <NSObject>
 - (id<MTLCommandBuffer>)commandBuffer;
+- (id<MTLCommandBuffer>)commandBufferWithUnretainedReferences;
+- (void)addResidencySet:(id<MTLResidencySet>)residencySet FG_API_AVAILABLE_MACOS_15;
+- (void)removeResidencySet:(id<MTLResidencySet>)residencySet FG_API_AVAILABLE_MACOS_15;
 @end
 
 @protocol MTLDevice <NSObject>
@@ -109,6 +142,8 @@ static inline MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUIntege
 - (id<MTLLibrary>)newLibraryWithSource:(NSString*)source options:(MTLCompileOptions*)options error:(NSError**)error;
 - (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)computeFunction
                                                              error:(NSError**)error;
+- (id<MTLResidencySet>)newResidencySetWithDescriptor:(MTLResidencySetDescriptor*)desc
+                                               error:(NSError**)error FG_API_AVAILABLE_MACOS_15;
 @end
 
 #ifdef __cplusplus

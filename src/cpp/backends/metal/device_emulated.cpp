@@ -17,6 +17,7 @@
 #include <random>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "../../../emulator/runtime/emu_api.h"
@@ -292,13 +293,14 @@ public:
         std::vector<Command> commands;
         commands.swap(encoding_);
         reset_bindings();
+        ++command_buffers_;
         if (!error_.empty()) return;
         const fg_emu_options opt = current_options();
         if (opt.schedule < 0) {
             error_ = "FORGERT_EMU_SCHEDULE is not forward, reverse or random[:seed]";
             return;
         }
-        std::mt19937_64 rng(opt.seed + 0x51ED270B27u * ++command_buffers_);
+        std::mt19937_64 rng(opt.seed + 0x51ED270B27u * command_buffers_);
         size_t begin = 0;
         while (begin < commands.size() && error_.empty()) {
             size_t end = begin;
@@ -320,6 +322,25 @@ public:
         std::string e;
         e.swap(error_);
         throw std::runtime_error("emulated Metal command buffer failed: " + e);
+    }
+
+    // Command buffers run at commit, in order: the first n are done; a failure is reported
+    // by the first wait after it, as on a Mac by the wait on that command buffer or a later one.
+    void wait_until(uint64_t n) override {
+        if (n > command_buffers_)
+            throw std::logic_error("emulated Metal: wait_until(" + std::to_string(n) + ") with " +
+                                   std::to_string(command_buffers_) + " command buffers committed");
+        wait();
+    }
+
+    // Nothing to map on the CPU; checks the contract a residency set relies on (each buffer
+    // once, a buffer of this kind).
+    void make_resident(const Buffer* const* bufs, size_t n) override {
+        for (size_t i = 0; i < n; i++) {
+            if (!bufs[i] || !bufs[i]->host) throw std::invalid_argument("emulated Metal: make_resident of no buffer");
+            if (!resident_.insert(bufs[i]).second)
+                throw std::logic_error("emulated Metal: a buffer made resident twice");
+        }
     }
 
 private:
@@ -374,7 +395,8 @@ private:
     Bytes slot_bytes_[FG_EMU_MAX_SLOTS];
     std::vector<Command> encoding_;
     std::string error_;
-    uint64_t command_buffers_ = 0;
+    uint64_t command_buffers_ = 0;  // committed so far
+    std::unordered_set<const Buffer*> resident_;
 };
 
 }  // namespace

@@ -1,6 +1,11 @@
 // metal::Device over a real MTLDevice (macOS, Objective-C++ with ARC). Only the
 // Metal objects live here; which kernel runs with what geometry is decided by the
 // C++ ops layer (metal_ops.cpp).
+//
+// Command buffers are made with unretained references: Metal does not retain the buffers
+// they bind (no reference counting per binding per step); the C++ layer keeps them alive
+// until the command buffer is done (metal_device.h). The model's long-lived buffers are
+// made resident once (make_resident).
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 
@@ -8,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -125,9 +131,15 @@ public:
     void begin() override {
         if (enc_) return;
         @autoreleasepool {
-            cb_ = [queue_ commandBuffer];
+            // Unretained: whatever it binds is kept alive by the C++ layer until it completes.
+            cb_ = [queue_ commandBufferWithUnretainedReferences];
             // Concurrent: dispatches may overlap; the ops layer inserts barriers on hazards.
             enc_ = [cb_ computeCommandEncoderWithDispatchType:MTLDispatchTypeConcurrent];
+            // Before macOS 15 there is no residency set: the encoder is told instead.
+            if (enc_ && !resident_.empty())
+                [enc_ useResources:resident_.data()
+                             count:resident_.size()
+                             usage:(MTLResourceUsage)(MTLResourceUsageRead | MTLResourceUsageWrite)];
         }
         if (!enc_) throw std::runtime_error("cannot create a Metal compute encoder");
     }
@@ -158,22 +170,56 @@ public:
         @autoreleasepool {
             [enc_ endEncoding];
             [cb_ commit];
-            in_flight_.push_back(cb_);
+            in_flight_.push_back({++n_committed_, cb_});
             enc_ = nil;
             cb_ = nil;
         }
     }
 
-    void wait() override {
+    void wait() override { wait_until(n_committed_); }
+
+    void wait_until(uint64_t n) override {
         @autoreleasepool {
             std::string failure;
-            for (id<MTLCommandBuffer> cb : in_flight_) {
+            while (!in_flight_.empty() && in_flight_.front().serial <= n) {
+                id<MTLCommandBuffer> cb = in_flight_.front().cb;
+                in_flight_.pop_front();
                 [cb waitUntilCompleted];
                 if (cb.status == MTLCommandBufferStatusError && failure.empty())
                     failure = "Metal command buffer failed: " + describe(cb.error);
             }
-            in_flight_.clear();
             if (!failure.empty()) throw std::runtime_error(failure);
+        }
+    }
+
+    // macOS 15+: one residency set, attached to the queue, holds every view of these
+    // buffers: resident from now on for every command buffer, with no per-step cost. Before
+    // that (or should the set fail), each new encoder declares them with useResources.
+    void make_resident(const Buffer* const* bufs, size_t n) override {
+        @autoreleasepool {
+            std::vector<id<MTLBuffer>> added;
+            for (size_t i = 0; i < n; i++)
+                for (id<MTLBuffer> v : static_cast<const MetalBuffer*>(bufs[i])->views) added.push_back(v);
+            if (@available(macOS 15.0, iOS 18.0, *)) {  // iOS: the Mac Catalyst SDK check
+                if (!residency_) {
+                    NSError* err = nil;
+                    MTLResidencySetDescriptor* desc = [MTLResidencySetDescriptor new];
+                    desc.initialCapacity = added.size();
+                    id<MTLResidencySet> set = [dev_ newResidencySetWithDescriptor:desc error:&err];
+                    if (set) {
+                        [queue_ addResidencySet:set];
+                        residency_ = set;
+                    }
+                }
+                if (residency_) {
+                    id<MTLResidencySet> set = residency_;
+                    for (id<MTLBuffer> v : added) [set addAllocation:v];
+                    [set commit];
+                    [set requestResidency];
+                    return;
+                }
+            }
+            for (id<MTLBuffer> v : added) resident_.push_back(v);
         }
     }
 
@@ -213,7 +259,14 @@ private:
     id<MTLLibrary> lib_;
     id<MTLCommandBuffer> cb_;
     id<MTLComputeCommandEncoder> enc_;
-    std::vector<id<MTLCommandBuffer>> in_flight_;  // committed, not yet waited for
+    struct InFlight {
+        uint64_t serial;  // 1 for the first command buffer committed
+        id<MTLCommandBuffer> cb;
+    };
+    std::deque<InFlight> in_flight_;  // committed, not yet waited for, in commit order
+    uint64_t n_committed_ = 0;
+    id residency_ = nil;  // id<MTLResidencySet> on macOS 15+ (typed there: the protocol is 15+ only)
+    std::vector<id<MTLResource>> resident_;  // before macOS 15: declared to each encoder
     std::unordered_map<std::string, std::unique_ptr<MetalPipeline>> pipelines_;
 };
 

@@ -2,6 +2,7 @@
 // (the ops themselves are in metal_ops.cpp).
 #include "backends/metal/metal_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -38,16 +39,34 @@ std::unique_ptr<Buffer> MetalBackend::wrap_host(void* ptr, size_t bytes, size_t 
 void MetalBackend::write(const Tensor& dst, const void* src, size_t bytes) {
     if (bytes > dst.nbytes()) throw InputError("write of " + std::to_string(bytes) + " bytes into a tensor of " +
                                                std::to_string(dst.nbytes()));
-    if (pending_ || encoded_) wait();  // the GPU may still read what we overwrite
+    if (committed_ > completed_ || encoded_) wait();  // the GPU may still read what we overwrite
     std::memcpy(dst.data(), src, bytes);
+}
+
+void MetalBackend::write_before_commit(const Tensor& dst, const void* src, size_t bytes) {
+    if (bytes > dst.nbytes()) throw InputError("write of " + std::to_string(bytes) + " bytes into a tensor of " +
+                                               std::to_string(dst.nbytes()));
+    std::memcpy(dst.data(), src, bytes);  // shared storage: seen by the GPU once committed
 }
 
 void MetalBackend::read(void* dst, const Tensor& src, size_t bytes) {
     if (bytes > src.nbytes()) throw InputError("read of " + std::to_string(bytes) + " bytes from a tensor of " +
                                                std::to_string(src.nbytes()));
-    if (pending_ || encoded_) wait();  // the GPU may still write what we read
+    if (committed_ > completed_ || encoded_) wait();  // the GPU may still write what we read
     std::memcpy(dst, src.data(), bytes);
 }
+
+void MetalBackend::read_after(uint64_t ticket, void* dst, const Tensor& src, size_t bytes) {
+    if (bytes > src.nbytes()) throw InputError("read of " + std::to_string(bytes) + " bytes from a tensor of " +
+                                               std::to_string(src.nbytes()));
+    if (ticket > committed_)
+        throw std::logic_error("read_after ticket " + std::to_string(ticket) + " of " + std::to_string(committed_) +
+                               " committed command buffers");
+    wait_for(ticket);  // later command buffers keep running
+    std::memcpy(dst, src.data(), bytes);
+}
+
+void MetalBackend::make_resident(const Buffer* const* bufs, size_t n) { dev_->make_resident(bufs, n); }
 
 void MetalBackend::begin() {
     if (open_) return;
@@ -60,15 +79,24 @@ void MetalBackend::commit() {
     if (!encoded_) return;
     dev_->commit();
     encoded_ = false;
-    pending_ = true;
+    ++committed_;
 }
 
 void MetalBackend::wait() {
     commit();
-    if (!pending_) return;
-    pending_ = false;
-    dev_->wait();  // throws with the device's message if a command buffer failed
-    retired_.clear();
+    wait_for(committed_);
+}
+
+void MetalBackend::wait_for(uint64_t ticket) {
+    if (ticket <= completed_) return;
+    completed_ = ticket;  // also when the device throws: a failed command buffer is over
+    if (ticket == committed_)
+        dev_->wait();  // throws with the device's message if a command buffer failed
+    else
+        dev_->wait_until(ticket);
+    retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                  [&](const Retired& r) { return r.last_use <= completed_; }),
+                   retired_.end());
 }
 
 void MetalBackend::encode(const std::string& kernel, const void* args, size_t args_bytes,
@@ -113,8 +141,9 @@ Buffer* MetalBackend::moe_groups_scratch(size_t bytes) { return grow_scratch(moe
 
 Buffer* MetalBackend::grow_scratch(std::unique_ptr<Buffer>& slot, size_t bytes) {
     if (!slot || slot->size < bytes) {
-        // The old buffer may be bound by dispatches not yet finished: keep it until wait().
-        if (slot) retired_.push_back(std::move(slot));
+        // The old buffer may be bound by dispatches not yet finished, up to the open command
+        // buffer's: keep it until that one is done.
+        if (slot) retired_.push_back({committed_ + 1, std::move(slot)});
         slot = dev_->new_buffer(bytes + bytes / 2);
     }
     return slot.get();

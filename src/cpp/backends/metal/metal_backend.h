@@ -34,6 +34,11 @@ public:
     void begin() override;
     void commit() override;
     void wait() override;
+    bool encodes_ahead() const override { return true; }
+    uint64_t committed() const override { return committed_; }
+    void read_after(uint64_t ticket, void* dst, const Tensor& src, size_t bytes) override;
+    void write_before_commit(const Tensor& dst, const void* src, size_t bytes) override;
+    void make_resident(const Buffer* const* bufs, size_t n) override;
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
@@ -102,6 +107,8 @@ private:
     // The same for matmul_id's slots grouped by expert (moe_group_i32's output).
     Buffer* moe_groups_scratch(size_t bytes);
     Buffer* grow_scratch(std::unique_ptr<Buffer>& slot, size_t bytes);
+    // Blocks until the command buffers up to `ticket` are done; frees the scratch they used.
+    void wait_for(uint64_t ticket);
 
     std::unique_ptr<Device> dev_;
     HazardTracker hazards_;
@@ -110,10 +117,20 @@ private:
     // not wait for anything, and an empty command buffer is never committed.
     bool open_ = false;      // between begin() and commit()
     bool encoded_ = false;   // the device's command buffer holds dispatches not yet committed
-    bool pending_ = false;   // committed work that wait() has not seen finish
+    // Command buffers committed so far, and how many of them are known to be done (the
+    // device's commits are counted the same way: wait_until takes this number).
+    uint64_t committed_ = 0, completed_ = 0;
+    // Lifetimes (the device's command buffers do not retain their buffers): the model owns
+    // every buffer it binds for its whole life and waits before freeing them; scratch owned
+    // here is replaced only by retiring the old buffer until the last command buffer that can
+    // bind it (the open one: committed_ + 1) is done.
     std::unique_ptr<Buffer> scratch_;
     std::unique_ptr<Buffer> moe_groups_;
-    std::vector<std::unique_ptr<Buffer>> retired_;  // replaced scratch, in use by queued work
+    struct Retired {
+        uint64_t last_use;  // ticket of the last command buffer that may bind it
+        std::unique_ptr<Buffer> buf;
+    };
+    std::vector<Retired> retired_;
     int64_t n_dispatches_ = 0;
     int64_t n_barriers_ = 0;
 };

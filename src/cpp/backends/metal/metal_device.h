@@ -47,7 +47,14 @@ public:
     // Encoder primitives. Between begin() and commit() everything goes into one
     // command buffer; commit() may be called several times (a new command buffer
     // starts after each), wait() blocks until all committed work is done and
-    // throws with Metal's message if a command buffer failed.
+    // throws with Metal's message if a command buffer failed. Command buffers run in
+    // the order committed, each seeing the memory writes of those before it.
+    //
+    // Lifetime: command buffers do not retain what they bind (Metal's unretained
+    // references: no reference counting per binding on the hot path). Every Buffer
+    // bound by set_buffer must stay alive until the command buffer that binds it has
+    // completed (wait() / wait_until() returned), and until then also while it is
+    // still being encoded. MetalBackend keeps that promise (metal_backend.h).
     virtual void begin() = 0;
     virtual void set_pipeline(Pipeline* p) = 0;
     virtual void set_bytes(const void* data, size_t size, int slot) = 0;
@@ -59,6 +66,18 @@ public:
     virtual void memory_barrier() = 0;
     virtual void commit() = 0;
     virtual void wait() = 0;
+    // Blocks until the first n command buffers committed on this device (counted from 1)
+    // are done; those committed later may still run. Throws as wait(). The default waits
+    // for everything, which is correct, only slower.
+    virtual void wait_until(uint64_t n) { (void)n; wait(); }
+
+    // Buffers that live as long as the device and are used by most command buffers (the
+    // model's weights, KV cache and activations): made resident once, not per command
+    // buffer - an MTLResidencySet added to the queue on macOS 15+, useResources on each
+    // encoder before. Buffers bound by set_buffer are resident during their command buffer
+    // regardless; this saves the per-command-buffer work. Each buffer at most once; it must
+    // outlive the device's last command buffer (it is never removed).
+    virtual void make_resident(const Buffer* const* bufs, size_t n) { (void)bufs, (void)n; }
 };
 
 // Real Metal on macOS builds with FORGERT_METAL; the emulator where FORGERT_METAL_EMULATOR
