@@ -89,13 +89,6 @@ void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor&
     });
 }
 
-namespace {
-bool is_quantized(DType t) {
-    return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
-}
-}  // namespace
-
 void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
     const int64_t n = x.rows, cols = x.cols;
     const int64_t tt = k_.panel_tokens, n_pad = (n + tt - 1) / tt * tt;

@@ -78,6 +78,14 @@ struct KernelSet {
     uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
 };
 
+// Weight types whose matmuls take q8-quantized activations (KernelSet::gemm_q); the float
+// types (F32/F16/BF16) take f32 activations (gemm_f).
+inline bool is_quantized(DType t) {
+    return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+           t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
+}
+
 // 64 bits: GGUF type ids reach 39 (MXFP4); a 32-bit shift by them is undefined (UBSan caught
 // it), and on x86 would wrap to another type's bit.
 inline bool gemm_i8_takes(const KernelSet& k, DType t) {

@@ -70,7 +70,7 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
     // Experts with few slots (all of them in decode: one token, k experts) run together in ONE
     // parallel region over their rows, each expert's weights read once for its slots. One region
     // per expert instead costs a fork-join per expert: with 8 experts of 768 rows each, 16
-    // threads got 48-row slices and the joins dominated (1B-A3B decode 0.8x llama.cpp).
+    // threads got 48-row slices and the joins dominated (Qwen3-30B-A3B shape: decode 0.8x llama.cpp).
     // Inputs are gathered (quantized once) in slot order, so expert e's slots are the rows
     // [start[e], start[e + 1]) of xg and of the gathered output yg.
     // (Experts of one stack share a type; per-expert HF tensors of another type than the first
@@ -86,7 +86,7 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
     }
     if (!small.empty()) {
         const DType wt = experts[small[0]].type;
-        const bool quantized = !(wt == DType::F32 || wt == DType::F16 || wt == DType::BF16);
+        const bool quantized = is_quantized(wt);
         const int64_t nb = cols / FG_QK;
         const Tensor yg = make_tensor(grow(gathered_y_, (size_t)n_slots * rows * sizeof(float)), 0, DType::F32,
                                       n_slots, rows);
