@@ -41,7 +41,7 @@ int64_t cols_of(const py::array& a) { return a.shape(a.ndim() - 1); }
 
 class Ops {
 public:
-    explicit Ops(const std::string& backend) : be_(make_backend(backend, 0)) {}
+    Ops(const std::string& backend, int threads) : be_(make_backend(backend, threads)) {}
 
     std::string name() const { return be_->name(); }
 
@@ -306,7 +306,7 @@ private:
 
 void bind_ops(py::module_& m) {
     py::class_<Ops>(m, "Ops")
-        .def(py::init<const std::string&>(), py::arg("backend") = "cpu")
+        .def(py::init<const std::string&, int>(), py::arg("backend") = "cpu", py::arg("threads") = 0)
         .def_property_readonly("name", &Ops::name)
         .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"))
         .def("matmul_add", &Ops::matmul_add, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
