@@ -205,3 +205,47 @@ def test_attention_on_every_split(ops_with, n, pos0, n_heads, n_kv_heads, head_d
                                                           scale) for s in SPLITS)
         np.testing.assert_array_equal(dynamic, static)
         assert nmse(dynamic, ref) < 1e-6    # test_cpu_ops' bound (f16 cache)
+
+
+# ----------------------------------------------------------------------------- forgert bench --profile
+
+def _bench(smollm2_gguf, split: str, *extra):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    return subprocess.run([sys.executable, "-m", "forgert", "bench", "--model", str(smollm2_gguf), "--threads", "2",
+                           "-p", "8", "-g", "3", "-r", "1", "--n-ctx", "32", *extra],
+                          env=subprocess_env(FORGERT_CPU_SPLIT=split), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", SPLITS)
+def test_bench_profile_counts_ops_and_regions(smollm2_gguf, split):
+    import json
+    result = _bench(smollm2_gguf, split, "--profile", "--json")
+    assert result.returncode == 0, result.stderr
+    cpu = json.loads(result.stdout)["profile"]["cpu"]
+    assert cpu["threads"] == 2 and cpu["split"] == split
+    # SmolLM2 (30 layers) per decoded token, from the layer's structure: 2 norms a layer + the
+    # final one; one fused gate/up region a layer; wo and down each a fused projection + add.
+    ops = cpu["ops"]
+    assert ops["rms_norm"]["calls_per_token"] == 61
+    assert ops["matmul_glu"]["calls_per_token"] == 30
+    assert ops["matmul_add"]["calls_per_token"] == 60
+    assert ops["matmul"]["calls_per_token"] == 31        # q/k/v (one call a layer) and the logits
+    assert ops["argmax"]["calls_per_token"] == 1
+    # Regions: q/k/v, attention, wo, gate/up, down a layer, then logits and argmax (49152 = 6
+    # blocks); the one-row norms, RoPE and the embedding run inline.
+    assert cpu["regions_per_token"] == 5 * 30 + 2
+    assert 0 < cpu["busyness"] <= 1.0001
+    assert sum(o["share"] for o in ops.values()) == pytest.approx(1.0)
+    text = _bench(smollm2_gguf, split, "--profile")
+    assert "152.0 parallel regions" in text.stdout and "matmul_glu" in text.stdout
+
+
+@pytest.mark.slow
+def test_bench_refuses_an_unknown_split(smollm2_gguf):
+    result = _bench(smollm2_gguf, "round-robin")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "FORGERT_CPU_SPLIT must be 'static' or 'dynamic'" in result.stderr
