@@ -152,17 +152,22 @@ def test_matmuls_equal_one_thread_on_every_split(ops_with, dtype_id, rows, cols,
             np.testing.assert_array_equal(b, a, err_msg=f"{name} with {threads} threads, {split}")
 
 
-@pytest.mark.parametrize("n,dim", [(1, 2048), (5, 96), (40, 576)])
+@pytest.mark.parametrize("n,dim", [(1, 2048), (5, 96), (40, 576), (101, 2048)])   # the last: 7 row chunks
 def test_norms_and_elementwise_equal_one_thread(ops_with, n, dim):
     rng = rng_for("pool_elementwise", n, dim)
     x, w, g, u = randn(rng, n, dim), randn(rng, dim), randn(rng, n, dim), randn(rng, n, dim)
-    one = ops_with(1, "dynamic")
-    ref = [one.rms_norm(x, w, 1e-5), one.silu_mul(g, u), one.gelu_mul(g, u), one.add(g, u)]
-    np.testing.assert_allclose(ref[3], g + u)
+
+    def all_ops(ops):
+        return [ops.rms_norm(x, w, 1e-5), ops.silu_mul(g, u), ops.gelu_mul(g, u), ops.add(g, u),
+                ops.add_bias(g, w), ops.scale(g, 0.37)]
+
+    ref = all_ops(ops_with(1, "dynamic"))
+    np.testing.assert_array_equal(ref[3], g + u)            # f32 adds and products are exact IEEE ops
+    np.testing.assert_array_equal(ref[4], g + w)
+    np.testing.assert_array_equal(ref[5], g * np.float32(0.37))
     for threads, split in CONFIGS:
-        ops = ops_with(threads, split)
-        for a, b in zip(ref, [ops.rms_norm(x, w, 1e-5), ops.silu_mul(g, u), ops.gelu_mul(g, u), ops.add(g, u)]):
-            np.testing.assert_array_equal(b, a)
+        for a, b in zip(ref, all_ops(ops_with(threads, split))):
+            np.testing.assert_array_equal(b, a, err_msg=f"{threads} threads, {split}")
 
 
 @pytest.mark.parametrize("n,vocab", [(1, 128256), (1, 49152), (2, 40000), (1, 100)])

@@ -310,10 +310,12 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
 void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
     CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
     const float* bv = b.data<float>();
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        for (int64_t c = 0; c < x.cols; c++) xr[c] += bv[c];
-    }
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            float* xr = row_f32(x, r);
+            for (int64_t c = 0; c < x.cols; c++) xr[c] += bv[c];
+        }
+    });
 }
 
 namespace {
@@ -518,12 +520,15 @@ void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 
 void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
-    for (int64_t r = 0; r < out.rows; r++) {
-        const float* ar = row_f32(a, r);
-        const float* br = row_f32(b, r);
-        float* o = row_f32(out, r);
-        for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
-    }
+    // Rows in parallel once there are enough elements (prefill's residual adds).
+    pool_.parallel_for(out.rows, std::max<int64_t>(1, kParallelElems / out.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            const float* ar = row_f32(a, r);
+            const float* br = row_f32(b, r);
+            float* o = row_f32(out, r);
+            for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
+        }
+    });
 }
 
 void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
@@ -542,10 +547,12 @@ void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 
 void CpuBackend::scale(const Tensor& x, float s) {
     CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
-    }
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            float* xr = row_f32(x, r);
+            for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
+        }
+    });
 }
 
 void CpuBackend::softcap(const Tensor& x, float cap) {
