@@ -139,3 +139,33 @@ def test_gpt_oss_decode_error_is_the_f16_cache(forgert, gpt_oss, metal_reason, b
     # epsilon; a random entry would sit up to half an f16 step, 2^-12 relative, away).
     off_midpoint = np.abs(exact[flipped] - (mine[flipped] + rounded[flipped]) / 2)
     assert off_midpoint.max() < 5e-7 * np.abs(exact).max(), f"a flipped entry sits {off_midpoint.max():.2g} off a midpoint"
+
+
+def test_hf_mxfp4_experts_load_as_llama_cpp_writes_them(gpt_oss):
+    """The HF MXFP4 directory's expert stacks are, byte for byte, ggml's MXFP4 blocks of the
+    split gate / up / down matrices (what write_gguf, after convert_hf_to_gguf, stores)."""
+    from forgert.loader import load_model
+    files, _, _ = gpt_oss
+    hf, gg = load_model(str(files["hf-MXFP4"])), load_model(str(files["gguf-Q8_0-MXFP4"]))
+    for name in ("blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight", "blk.3.ffn_down_exps.weight"):
+        (a, ta, sa), (b, tb, sb) = hf.core_tensors[name], gg.core_tensors[name]
+        assert (ta, tuple(sa)) == (tb, tuple(sb)) == (39, (8, 64, 64))   # MXFP4, [E, rows, cols]: hidden = ffn = 64
+        assert np.array_equal(np.asarray(a), np.asarray(b)), name
+
+
+def test_hf_mxfp4_without_scales_is_named(forgert, gpt_oss, tmp_path):
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    files, _, _ = gpt_oss
+    d = tmp_path / "hf"
+    shutil.copytree(files["hf-MXFP4"], d)
+    sd = load_file(str(d / "model.safetensors"))
+    del sd["model.layers.2.mlp.experts.down_proj_scales"]
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(forgert.ModelFormatError, match=r"blk\.2\.: mlp\.experts\.down_proj needs both _blocks and _scales"):
+        forgert.Model(str(d), backend="cpu")
+    sd["model.layers.2.mlp.experts.down_proj_scales"] = sd["model.layers.2.mlp.experts.down_proj_blocks"][..., 0]
+    sd["model.layers.2.mlp.router.weight"] = sd["model.layers.2.mlp.router.weight"].view(np.uint8)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(forgert.ModelFormatError, match=r"'model\.layers\.2\.mlp\.router\.weight' has dtype U8"):
+        forgert.Model(str(d), backend="cpu")
