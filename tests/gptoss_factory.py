@@ -151,7 +151,8 @@ def _quant_type(name: str, type_name: str, expert_type: str | None):
     return gguf.GGMLQuantizationType[expert_type if expert_type and "_exps.weight" in name else type_name]
 
 
-def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None) -> Path:
+def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None,
+               chat_template: str | None = None) -> Path:
     """type_name for every matrix but the F32 ones (_keeps_f32); expert_type, when given, for the
     expert stacks instead (gpt-oss ships MXFP4 experts)."""
     c = model.config
@@ -185,6 +186,8 @@ def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None =
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     for name, t in gguf_tensors(model).items():
         qtype = _quant_type(name, type_name, expert_type)
         if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
