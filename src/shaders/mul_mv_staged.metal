@@ -1,0 +1,249 @@
+// The decode GEMV of quantized weights with every device load covering whole cache lines
+// (issue 14): mul_mv.metal's lanes each read a field of their own block, so one simdgroup load
+// touches many lines for a few bytes of each. Here each simdgroup first copies a window of
+// FG_MV_WINDOW_BLOCKS blocks of one of its rows into threadgroup memory: 16-byte pieces from the
+// row's first 64-byte boundary (a load: 32 lanes x 16 bytes, whole lines), bytes before it and
+// after the last whole piece (each within one line); then the lanes dot that copy exactly as
+// mul_mv's do. The threadgroup loads x's window once for all its simdgroups, so x is requested
+// once per threadgroup of FG_MV_STAGED_ROWS_PER_TG rows rather than per simdgroup of 4.
+//
+// The direct kernels stay (FORGERT_METAL_GEMV=direct): whether the extra threadgroup traffic
+// and barriers cost more than the scattered loads on an Apple GPU (whose L1 absorbs re-reads
+// of a line) is a question for a Mac; llama.cpp's GEMVs load directly.
+#include <metal_stdlib>
+using namespace metal;
+
+#include "mul_mv.h"
+
+// (here, not in dequant.h: the emulator's translator rewrites `threadgroup` in .metal files only)
+struct fg_threadgroup_space {
+    template <typename T> using ptr = threadgroup const T*;
+};
+
+// x's window in threadgroup memory: 32-float blocks MV_X_PITCH floats apart, so the float4 loads
+// of 16 lane pairs (one block each) and the stores spread over all 32 banks.
+#define MV_X_PITCH 36
+#define MV_X_STAGE (FG_MV_WINDOW_BLOCKS * MV_X_PITCH)
+
+// Copies elements [0, n) from src to dst, thread `id` of `count` (a simdgroup's lanes, or a
+// threadgroup). Every thread loads the same number of times, those past n the last element again
+// (and store it again: the same value), so that the threads' k-th loads stay one simdgroup access
+// of consecutive elements (a store under a condition would let the compiler sink the load into it);
+// simdgroups wholly past n stop.
+template <typename T, typename D>
+static inline void mv_copy(device const T* src, D dst, int n, ushort id, ushort count) {
+    for (int i0 = 0; i0 < n; i0 += count) {
+        if (i0 + (int(id) & ~(FG_SIMD_WIDTH - 1)) >= n) break;  // the whole simdgroup is past n
+        const int i = min(i0 + int(id), n - 1);
+        dst(i, src[i]);
+    }
+}
+
+struct mv_to_bytes {
+    threadgroup char* out;
+    void operator()(int i, char v) const { out[i] = v; }
+};
+struct mv_to_pieces {
+    threadgroup uint4* out;
+    void operator()(int i, uint4 v) const { out[i] = v; }
+};
+
+// Bytes [0, n) at src into dst (threadgroup, 16-byte aligned) from dst + (address of src) % 16,
+// so that the copy's blocks keep their alignment; `align`: src's address % 64. Returns the copy.
+static inline threadgroup const char* mv_stage_bytes(device const char* src, int n, int align,
+                                                     threadgroup uint4* dst, ushort lane) {
+    threadgroup char* out = (threadgroup char*)dst + align % 16;
+    const int head = min(n, (64 - align) % 64);        // up to the first line boundary
+    const int pieces = (n - head) / 16;                // whole 16-byte pieces from there
+    const int tail = head + 16 * pieces;
+    mv_copy(src, mv_to_bytes{out}, head, lane, FG_SIMD_WIDTH);
+    mv_copy((device const uint4*)(src + head), mv_to_pieces{(threadgroup uint4*)(out + head)}, pieces, lane,
+            FG_SIMD_WIDTH);
+    mv_copy(src + tail, mv_to_bytes{out + tail}, n - tail, lane, FG_SIMD_WIDTH);
+    return out;
+}
+
+struct mv_x4_to_stage {
+    threadgroup float* xs;
+    void operator()(int i, float4 v) const { *((threadgroup float4*)(xs + (i / 8) * MV_X_PITCH + 4 * (i % 8))) = v; }
+};
+struct mv_x_to_stage {
+    threadgroup float* xs;
+    void operator()(int i, float v) const { xs[(i / 32) * MV_X_PITCH + i % 32] = v; }
+};
+
+// Columns [c0, c0 + n) of the token's x row into xs (MV_X_PITCH layout), by the whole threadgroup.
+static inline void mv_stage_x(constant mul_mv_args& args, device const float* xr, int c0, int n,
+                              threadgroup float* xs, ushort tid, ushort nthreads) {
+    if (args.x_vec4 != 0) {
+        mv_copy((device const float4*)(xr + c0), mv_x4_to_stage{xs}, n / 4, tid, nthreads);
+    } else {
+        mv_copy(xr + c0, mv_x_to_stage{xs}, n, tid, nthreads);
+    }
+}
+
+// The lane sums of NW * MV_NR rows (wrow, each at address % 64 walign; the first nrows of each
+// matrix exist) with x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time: lane pair ix
+// dots chunk ix of the window.
+template <typename Q, int NW>
+static inline void mv_staged_sums(constant mul_mv_args& args, device const char* thread* wrow,
+                                  thread const int* walign, device const float* xr, threadgroup float* xs,
+                                  threadgroup uint4* stage, int nrows, ushort tid, ushort tiisg, thread float* sum) {
+    const int nb = args.cols / FG_QK;
+    const int ix = tiisg / 2;
+    const int il = tiisg % 2;
+    float xv[16];
+    for (int c0 = 0; c0 < nb; c0 += FG_MV_WINDOW_BLOCKS) {
+        const int nbw = min(FG_MV_WINDOW_BLOCKS, nb - c0);
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // every simdgroup is done with the last window's x
+        mv_stage_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid, FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH);
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        float xsum = 0.0f;
+        if (ix < nbw) {
+            Q::template load_x<fg_threadgroup_space>(xs + ix * MV_X_PITCH, il, true, xv);
+            for (int i = 0; i < 16; ++i) xsum += xv[i];
+        }
+        // window bytes: whole blocks (K-quants: FG_MV_WINDOW_BLOCKS / 8 super-blocks)
+        const int off = c0 / FG_MV_WINDOW_BLOCKS * Q::window_bytes;
+        const int n = nbw * Q::window_bytes / FG_MV_WINDOW_BLOCKS;
+        for (int r = 0; r < NW * MV_NR; ++r) {
+            if (r % MV_NR >= nrows) continue;  // past the last row (uniform in the simdgroup)
+            simdgroup_barrier(mem_flags::mem_threadgroup);  // the lanes are done with the last copy
+            threadgroup const char* row = mv_stage_bytes(wrow[r] + off, n, (walign[r] + off) % 64, stage, tiisg);
+            simdgroup_barrier(mem_flags::mem_threadgroup);
+            if (ix < nbw) sum[r] += Q::template dot<fg_threadgroup_space>(row, ix, il, xv, xsum);
+        }
+    }
+}
+
+// Address % 64 of each row mv_row_pointers gives, from the address % 64 of w (w2).
+template <int NW>
+static inline void mv_row_aligns(constant mul_mv_args& args, int w_align, int w2_align, int r0, thread int* walign) {
+    for (int r = 0; r < MV_NR; ++r) {
+        const ulong row = ulong(min(r0 + r, args.rows - 1)) * args.w_stride;
+        walign[r] = int((ulong(w_align) + row) % 64);
+        if (NW == 2) walign[MV_NR + r] = int((ulong(w2_align) + row) % 64);
+    }
+}
+
+// A simdgroup's copy buffer: a window of one row, plus the alignment offset and a partial piece.
+#define MV_STAGE_PIECES(Q) (Q::window_bytes / 16 + 2)
+
+template <typename Q>
+kernel void mul_mv_staged_quant(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    threadgroup float xs[MV_X_STAGE];
+    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
+    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const char* wrow[MV_NR];
+    int walign[MV_NR];
+    mv_row_pointers<1>(args, w, w, r0, wrow);
+    mv_row_aligns<1>(args, args.w_align, args.w_align, r0, walign);
+    float sum[MV_NR] = {0.0f};
+    mv_staged_sums<Q, 1>(args, wrow, walign, (device const float*)(x + t * args.x_stride), xs, stage[sgitg],
+                         args.rows - r0, tid, tiisg, sum);
+    mv_store<1>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+}
+
+template <typename Q>
+kernel void mul_mv_swiglu_staged_quant(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * w_up    [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    threadgroup float xs[MV_X_STAGE];
+    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
+    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const char* wrow[2 * MV_NR];
+    int walign[2 * MV_NR];
+    mv_row_pointers<2>(args, w, w_up, r0, wrow);
+    mv_row_aligns<2>(args, args.w_align, args.w_up_align, r0, walign);
+    float sum[2 * MV_NR] = {0.0f};
+    mv_staged_sums<Q, 2>(args, wrow, walign, (device const float*)(x + t * args.x_stride), xs, stage[sgitg],
+                         args.rows - r0, tid, tiisg, sum);
+    mv_store<2>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+}
+
+template <typename Q>
+kernel void mul_mv_id_staged_quant(
+        constant mul_mv_id_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * ids     [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    threadgroup float xs[MV_X_STAGE];
+    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
+    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const mv_id_rows s = mv_id_slot(args, w, x, out, ids, tgpig.y);
+    float sum[MV_NR] = {0.0f};
+    if (s.valid) {  // uniform across the threadgroup: its barriers are all reached or none
+        device const char* wrow[MV_NR];
+        int walign[MV_NR];
+        const int a = int((ulong(args.mv.w_align) + s.w_offset) % 64);
+        mv_row_pointers<1>(args.mv, s.w, s.w, r0, wrow);
+        mv_row_aligns<1>(args.mv, a, a, r0, walign);
+        mv_staged_sums<Q, 1>(args.mv, wrow, walign, s.x, xs, stage[sgitg], args.mv.rows - r0, tid, tiisg, sum);
+    }
+    mv_store<1>(args.mv, sum, s.o, r0, tiisg);
+}
+
+typedef decltype(mul_mv_staged_quant<q8_0_dot>) mul_mv_staged_t;
+template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged_quant<q8_0_dot>;
+template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged_quant<q4_0_dot>;
+template [[host_name("mul_mv_staged_q4_1")]] kernel mul_mv_staged_t mul_mv_staged_quant<q4_1_dot>;
+template [[host_name("mul_mv_staged_q5_0")]] kernel mul_mv_staged_t mul_mv_staged_quant<q5_0_dot>;
+template [[host_name("mul_mv_staged_q5_1")]] kernel mul_mv_staged_t mul_mv_staged_quant<q5_1_dot>;
+template [[host_name("mul_mv_staged_q2_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q2_K_dot>;
+template [[host_name("mul_mv_staged_q3_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q3_K_dot>;
+template [[host_name("mul_mv_staged_q4_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q4_K_dot>;
+template [[host_name("mul_mv_staged_q5_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q5_K_dot>;
+template [[host_name("mul_mv_staged_q6_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q6_K_dot>;
+template [[host_name("mul_mv_staged_iq4_nl")]] kernel mul_mv_staged_t mul_mv_staged_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_staged_iq4_xs")]] kernel mul_mv_staged_t mul_mv_staged_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_staged_mxfp4")]] kernel mul_mv_staged_t mul_mv_staged_quant<mxfp4_dot>;
+typedef decltype(mul_mv_swiglu_staged_quant<q8_0_dot>) mul_mv_swiglu_staged_t;
+template [[host_name("mul_mv_swiglu_staged_q8_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q8_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q4_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q4_1_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q5_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q5_1_dot>;
+template [[host_name("mul_mv_swiglu_staged_q2_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q2_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q3_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q3_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q4_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q5_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q6_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q6_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_iq4_nl")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_swiglu_staged_iq4_xs")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_swiglu_staged_mxfp4")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<mxfp4_dot>;
+typedef decltype(mul_mv_id_staged_quant<q8_0_dot>) mul_mv_id_staged_t;
+template [[host_name("mul_mv_id_staged_q8_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q8_0_dot>;
+template [[host_name("mul_mv_id_staged_q4_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q4_0_dot>;
+template [[host_name("mul_mv_id_staged_q4_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q4_1_dot>;
+template [[host_name("mul_mv_id_staged_q5_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q5_0_dot>;
+template [[host_name("mul_mv_id_staged_q5_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q5_1_dot>;
+template [[host_name("mul_mv_id_staged_q2_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q2_K_dot>;
+template [[host_name("mul_mv_id_staged_q3_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q3_K_dot>;
+template [[host_name("mul_mv_id_staged_q4_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q4_K_dot>;
+template [[host_name("mul_mv_id_staged_q5_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q5_K_dot>;
+template [[host_name("mul_mv_id_staged_q6_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q6_K_dot>;
+template [[host_name("mul_mv_id_staged_iq4_nl")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<iq4_nl_dot>;
+template [[host_name("mul_mv_id_staged_iq4_xs")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<mxfp4_dot>;
