@@ -223,15 +223,16 @@ def test_matmul(metal, cpu, wtype, n):
 
 
 @pytest.mark.parametrize("gemv", ["staged", "direct"])
-@pytest.mark.parametrize("wtype", [t for t, d in WEIGHT_TYPES.items() if d not in (F32, F16, BF16)])
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES) + ["f32-unaligned", "f16-unaligned"])
 def test_matmul_gemv_kernels(metal, monkeypatch, wtype, gemv):
-    """Both decode GEMVs of quantized weights: mul_mv_staged_* (the default: whole-line loads of
-    16-block windows through threadgroup memory) and mul_mv_* (direct loads, FORGERT_METAL_GEMV=
-    direct), against the exact product over several windows, the last one partial, 37 rows (not
-    a multiple of the 32 a staged threadgroup owns), rows starting at many alignments mod 64."""
+    """Both decode GEMVs: mul_mv_staged_* (the default: x and quantized weights through
+    threadgroup memory a 512-column window at a time, whole-line loads) and mul_mv_* (direct
+    loads, FORGERT_METAL_GEMV=direct), against the exact product over several windows, the last
+    one partial, 37 rows (not a multiple of the 32 a staged threadgroup owns), rows starting at
+    many alignments mod 64; float weights also 1605 wide (the scalar paths)."""
     monkeypatch.setenv("FORGERT_METAL_GEMV", gemv)
-    dtype = WEIGHT_TYPES[wtype]
-    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1600)  # 2.5 / 3.1 windows
+    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
+    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
     r = rng("matmul_gemv_kernels", wtype)
     w, w_up = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
     x = r.standard_normal((3, cols), dtype=np.float32)

@@ -30,9 +30,15 @@ static inline void load_x8(fg_ptr<S, float> p, bool vec4, thread float* xv) {
 // kernels' copy); `window_bytes`: the bytes of FG_MV_WINDOW_BLOCKS 32-weight chunks.
 // ---------------------------------------------------------------------------------
 
+// What a weight type's reader is, for the kernels that take both: 32-weight blocks (the dot
+// structs below), or float rows (f32_row, f16_row, bf16_row).
+struct mv_block_layout {};
+struct mv_float_layout {};
+
 // Q4_0 / Q4_1: half il = bytes qs[8 il .. 8 il + 8): low nibbles are weights 8 il + j,
 // high nibbles weights 16 + 8 il + j.
 struct q4_x_layout {
+    typedef mv_block_layout layout;
     template <typename S>
     static void load_x(fg_ptr<S, float> xb, int il, bool vec4, thread float* xv) {
         load_x8<S>(xb + 8 * il, vec4, xv);
@@ -164,6 +170,7 @@ struct iq4_xs_dot : iq4_x_layout {
 
 // Q8_0: half il = weights 16 il .. 16 il + 16.
 struct q8_0_dot {
+    typedef mv_block_layout layout;
     enum { window_bytes = FG_MV_WINDOW_BLOCKS * sizeof(block_q8_0) };
     template <typename S>
     static void load_x(fg_ptr<S, float> xb, int il, bool vec4, thread float* xv) {
@@ -290,6 +297,32 @@ struct q6_K_dot : q8_0_dot {
         }
         return fg_f16_to_f32(b->d) * float(b->scales[c0 / 16]) * (acc - 32.0f * xsum);
     }
+};
+
+// Float weights (F32, F16, BF16): element c of a row, and 4 from c (4-wide loads: aligned rows).
+struct f32_row {
+    typedef mv_float_layout layout;
+    enum { window_bytes = 0 };
+    static float4 load4(device const char* r, int c) { return *((device const float4*)(r + 4 * c)); }
+    static float load1(device const char* r, int c) { return ((device const float*)r)[c]; }
+};
+struct f16_row {
+    typedef mv_float_layout layout;
+    enum { window_bytes = 0 };
+    static float4 load4(device const char* r, int c) { return float4(*((device const half4*)(r + 2 * c))); }
+    static float load1(device const char* r, int c) { return float(((device const half*)r)[c]); }
+};
+struct bf16_row {
+    typedef mv_float_layout layout;
+    enum { window_bytes = 0 };
+    // one 8-byte load (a ushort4 load compiled to four 2-byte ones: each a quarter of its lines)
+    static float4 load4(device const char* r, int c) {
+        const ulong u = *((device const ulong*)(r + 2 * c));
+        const uint lo = uint(u), hi = uint(u >> 32);
+        return float4(as_type<float>(lo << 16), as_type<float>(lo & 0xFFFF0000u),
+                      as_type<float>(hi << 16), as_type<float>(hi & 0xFFFF0000u));
+    }
+    static float load1(device const char* r, int c) { return fg_bf16_to_f32(((device const ushort*)r)[c]); }
 };
 
 // ---------------------------------------------------------------------------------

@@ -93,28 +93,9 @@ template [[host_name("mul_mv_swiglu_iq4_xs")]] kernel mul_mv_swiglu_quant_t mul_
 template [[host_name("mul_mv_swiglu_mxfp4")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<mxfp4_dot>;
 
 // ---------------------------------------------------------------------------------
-// Float weights (F32, F16, BF16): lanes take 4 consecutive columns per step when the
-// rows allow 4-wide loads, single columns otherwise.
+// Float weights (F32, F16, BF16; mul_mv.h's readers): lanes take 4 consecutive columns
+// per step when the rows allow 4-wide loads, single columns otherwise.
 // ---------------------------------------------------------------------------------
-struct f32_row {
-    static float4 load4(device const char* r, int c) { return *((device const float4*)(r + 4 * c)); }
-    static float load1(device const char* r, int c) { return ((device const float*)r)[c]; }
-};
-struct f16_row {
-    static float4 load4(device const char* r, int c) { return float4(*((device const half4*)(r + 2 * c))); }
-    static float load1(device const char* r, int c) { return float(((device const half*)r)[c]); }
-};
-struct bf16_row {
-    // one 8-byte load (a ushort4 load compiled to four 2-byte ones: each a quarter of its lines)
-    static float4 load4(device const char* r, int c) {
-        const ulong u = *((device const ulong*)(r + 2 * c));
-        const uint lo = uint(u), hi = uint(u >> 32);
-        return float4(as_type<float>(lo << 16), as_type<float>(lo & 0xFFFF0000u),
-                      as_type<float>(hi << 16), as_type<float>(hi & 0xFFFF0000u));
-    }
-    static float load1(device const char* r, int c) { return fg_bf16_to_f32(((device const ushort*)r)[c]); }
-};
-
 template <typename R, int NW>
 static inline void mv_float_sums(constant mul_mv_args& args, device const char* thread* wrow,
                                  device const float* xr, ushort tiisg, thread float* sum) {

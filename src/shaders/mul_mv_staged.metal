@@ -1,11 +1,13 @@
-// The decode GEMV of quantized weights with every device load covering whole cache lines
-// (issue 14): mul_mv.metal's lanes each read a field of their own block, so one simdgroup load
-// touches many lines for a few bytes of each. Here each simdgroup first copies a window of
+// The decode GEMV with every device load covering whole cache lines, and x read once per
+// threadgroup (issue 14). Quantized weights: mul_mv.metal's lanes each read a field of their own
+// block, so one simdgroup load touches many lines for a few bytes of each. Here each simdgroup
+// first copies a window of
 // FG_MV_WINDOW_BLOCKS blocks of one of its rows into threadgroup memory: 16-byte pieces from the
 // row's first 64-byte boundary (a load: 32 lanes x 16 bytes, whole lines), bytes before it and
 // after the last whole piece (each within one line); then the lanes dot that copy exactly as
 // mul_mv's do. The threadgroup loads x's window once for all its simdgroups, so x is requested
-// once per threadgroup of FG_MV_STAGED_ROWS_PER_TG rows rather than per simdgroup of 4.
+// once per threadgroup of FG_MV_STAGED_ROWS_PER_TG rows rather than per simdgroup of 4. Float
+// weights load whole lines directly; only their x is staged.
 //
 // The direct kernels stay (FORGERT_METAL_GEMV=direct): whether the extra threadgroup traffic
 // and barriers cost more than the scattered loads on an Apple GPU (whose L1 absorbs re-reads
@@ -82,11 +84,19 @@ static inline void mv_stage_x(constant mul_mv_args& args, device const float* xr
     }
 }
 
+// x's window of columns [c0, c0 + n) into xs, once the threadgroup is done with the last one.
+static inline void mv_window_x(constant mul_mv_args& args, device const float* xr, int c0, int n,
+                               threadgroup float* xs, ushort tid) {
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    mv_stage_x(args, xr, c0, n, xs, tid, FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+}
+
 // The lane sums of NW * MV_NR rows (wrow, each at address % 64 walign; the first nrows of each
 // matrix exist) with x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time: lane pair ix
-// dots chunk ix of the window.
+// dots chunk ix of the window. Quantized weights: each row's window copied to `stage` first.
 template <typename Q, int NW>
-static inline void mv_staged_sums(constant mul_mv_args& args, device const char* thread* wrow,
+static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, device const char* thread* wrow,
                                   thread const int* walign, device const float* xr, threadgroup float* xs,
                                   threadgroup uint4* stage, int nrows, ushort tid, ushort tiisg, thread float* sum) {
     const int nb = args.cols / FG_QK;
@@ -95,9 +105,7 @@ static inline void mv_staged_sums(constant mul_mv_args& args, device const char*
     float xv[16];
     for (int c0 = 0; c0 < nb; c0 += FG_MV_WINDOW_BLOCKS) {
         const int nbw = min(FG_MV_WINDOW_BLOCKS, nb - c0);
-        threadgroup_barrier(mem_flags::mem_threadgroup);  // every simdgroup is done with the last window's x
-        mv_stage_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid, FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH);
-        threadgroup_barrier(mem_flags::mem_threadgroup);
+        mv_window_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid);
         float xsum = 0.0f;
         if (ix < nbw) {
             Q::template load_x<fg_threadgroup_space>(xs + ix * MV_X_PITCH, il, true, xv);
@@ -116,6 +124,32 @@ static inline void mv_staged_sums(constant mul_mv_args& args, device const char*
     }
 }
 
+// Float weights: the rows load whole lines directly (a lane 4 consecutive columns: a simdgroup
+// load 128 of them); only x goes through threadgroup memory.
+template <typename R, int NW>
+static inline void mv_staged_sums(mv_float_layout, constant mul_mv_args& args, device const char* thread* wrow,
+                                  thread const int*, device const float* xr, threadgroup float* xs,
+                                  threadgroup uint4*, int nrows, ushort tid, ushort tiisg, thread float* sum) {
+    const bool vec4 = args.w_vec4 != 0 && args.x_vec4 != 0;
+    for (int c0 = 0; c0 < args.cols; c0 += FG_MV_WINDOW_BLOCKS * FG_QK) {
+        const int n = min(FG_MV_WINDOW_BLOCKS * FG_QK, args.cols - c0);
+        mv_window_x(args, xr, c0, n, xs, tid);
+        if (vec4) {
+            for (int c = 4 * tiisg; c < n; c += 4 * FG_SIMD_WIDTH) {
+                const float4 xv = *((threadgroup const float4*)(xs + (c / 32) * MV_X_PITCH + c % 32));
+                for (int r = 0; r < NW * MV_NR; ++r)
+                    if (r % MV_NR < nrows) sum[r] += dot(R::load4(wrow[r], c0 + c), xv);
+            }
+        } else {
+            for (int c = tiisg; c < n; c += FG_SIMD_WIDTH) {
+                const float xv = xs[(c / 32) * MV_X_PITCH + c % 32];
+                for (int r = 0; r < NW * MV_NR; ++r)
+                    if (r % MV_NR < nrows) sum[r] += R::load1(wrow[r], c0 + c) * xv;
+            }
+        }
+    }
+}
+
 // Address % 64 of each row mv_row_pointers gives, from the address % 64 of w (w2).
 template <int NW>
 static inline void mv_row_aligns(constant mul_mv_args& args, int w_align, int w2_align, int r0, thread int* walign) {
@@ -126,11 +160,12 @@ static inline void mv_row_aligns(constant mul_mv_args& args, int w_align, int w2
     }
 }
 
-// A simdgroup's copy buffer: a window of one row, plus the alignment offset and a partial piece.
+// A simdgroup's copy buffer: a window of one row, plus the alignment offset and a partial piece
+// (float weights: unused).
 #define MV_STAGE_PIECES(Q) (Q::window_bytes / 16 + 2)
 
 template <typename Q>
-kernel void mul_mv_staged_quant(
+kernel void mul_mv_staged(
         constant mul_mv_args & args [[buffer(0)]],
         device const char * w       [[buffer(1)]],
         device const char * x       [[buffer(2)]],
@@ -148,13 +183,13 @@ kernel void mul_mv_staged_quant(
     mv_row_pointers<1>(args, w, w, r0, wrow);
     mv_row_aligns<1>(args, args.w_align, args.w_align, r0, walign);
     float sum[MV_NR] = {0.0f};
-    mv_staged_sums<Q, 1>(args, wrow, walign, (device const float*)(x + t * args.x_stride), xs, stage[sgitg],
-                         args.rows - r0, tid, tiisg, sum);
+    mv_staged_sums<Q, 1>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride), xs,
+                         stage[sgitg], args.rows - r0, tid, tiisg, sum);
     mv_store<1>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
 }
 
 template <typename Q>
-kernel void mul_mv_swiglu_staged_quant(
+kernel void mul_mv_swiglu_staged(
         constant mul_mv_args & args [[buffer(0)]],
         device const char * w       [[buffer(1)]],
         device const char * x       [[buffer(2)]],
@@ -173,13 +208,13 @@ kernel void mul_mv_swiglu_staged_quant(
     mv_row_pointers<2>(args, w, w_up, r0, wrow);
     mv_row_aligns<2>(args, args.w_align, args.w_up_align, r0, walign);
     float sum[2 * MV_NR] = {0.0f};
-    mv_staged_sums<Q, 2>(args, wrow, walign, (device const float*)(x + t * args.x_stride), xs, stage[sgitg],
-                         args.rows - r0, tid, tiisg, sum);
+    mv_staged_sums<Q, 2>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride), xs,
+                         stage[sgitg], args.rows - r0, tid, tiisg, sum);
     mv_store<2>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
 }
 
 template <typename Q>
-kernel void mul_mv_id_staged_quant(
+kernel void mul_mv_id_staged(
         constant mul_mv_id_args & args [[buffer(0)]],
         device const char * w       [[buffer(1)]],
         device const char * x       [[buffer(2)]],
@@ -200,50 +235,60 @@ kernel void mul_mv_id_staged_quant(
         const int a = int((ulong(args.mv.w_align) + s.w_offset) % 64);
         mv_row_pointers<1>(args.mv, s.w, s.w, r0, wrow);
         mv_row_aligns<1>(args.mv, a, a, r0, walign);
-        mv_staged_sums<Q, 1>(args.mv, wrow, walign, s.x, xs, stage[sgitg], args.mv.rows - r0, tid, tiisg, sum);
+        mv_staged_sums<Q, 1>(typename Q::layout(), args.mv, wrow, walign, s.x, xs, stage[sgitg], args.mv.rows - r0,
+                             tid, tiisg, sum);
     }
     mv_store<1>(args.mv, sum, s.o, r0, tiisg);
 }
 
-typedef decltype(mul_mv_staged_quant<q8_0_dot>) mul_mv_staged_t;
-template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged_quant<q8_0_dot>;
-template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged_quant<q4_0_dot>;
-template [[host_name("mul_mv_staged_q4_1")]] kernel mul_mv_staged_t mul_mv_staged_quant<q4_1_dot>;
-template [[host_name("mul_mv_staged_q5_0")]] kernel mul_mv_staged_t mul_mv_staged_quant<q5_0_dot>;
-template [[host_name("mul_mv_staged_q5_1")]] kernel mul_mv_staged_t mul_mv_staged_quant<q5_1_dot>;
-template [[host_name("mul_mv_staged_q2_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q2_K_dot>;
-template [[host_name("mul_mv_staged_q3_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q3_K_dot>;
-template [[host_name("mul_mv_staged_q4_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q4_K_dot>;
-template [[host_name("mul_mv_staged_q5_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q5_K_dot>;
-template [[host_name("mul_mv_staged_q6_K")]] kernel mul_mv_staged_t mul_mv_staged_quant<q6_K_dot>;
-template [[host_name("mul_mv_staged_iq4_nl")]] kernel mul_mv_staged_t mul_mv_staged_quant<iq4_nl_dot>;
-template [[host_name("mul_mv_staged_iq4_xs")]] kernel mul_mv_staged_t mul_mv_staged_quant<iq4_xs_dot>;
-template [[host_name("mul_mv_staged_mxfp4")]] kernel mul_mv_staged_t mul_mv_staged_quant<mxfp4_dot>;
-typedef decltype(mul_mv_swiglu_staged_quant<q8_0_dot>) mul_mv_swiglu_staged_t;
-template [[host_name("mul_mv_swiglu_staged_q8_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q8_0_dot>;
-template [[host_name("mul_mv_swiglu_staged_q4_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q4_0_dot>;
-template [[host_name("mul_mv_swiglu_staged_q4_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q4_1_dot>;
-template [[host_name("mul_mv_swiglu_staged_q5_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q5_0_dot>;
-template [[host_name("mul_mv_swiglu_staged_q5_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q5_1_dot>;
-template [[host_name("mul_mv_swiglu_staged_q2_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q2_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q3_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q3_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q4_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q4_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q5_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q5_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q6_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<q6_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_iq4_nl")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<iq4_nl_dot>;
-template [[host_name("mul_mv_swiglu_staged_iq4_xs")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<iq4_xs_dot>;
-template [[host_name("mul_mv_swiglu_staged_mxfp4")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged_quant<mxfp4_dot>;
-typedef decltype(mul_mv_id_staged_quant<q8_0_dot>) mul_mv_id_staged_t;
-template [[host_name("mul_mv_id_staged_q8_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q8_0_dot>;
-template [[host_name("mul_mv_id_staged_q4_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q4_0_dot>;
-template [[host_name("mul_mv_id_staged_q4_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q4_1_dot>;
-template [[host_name("mul_mv_id_staged_q5_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q5_0_dot>;
-template [[host_name("mul_mv_id_staged_q5_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q5_1_dot>;
-template [[host_name("mul_mv_id_staged_q2_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q2_K_dot>;
-template [[host_name("mul_mv_id_staged_q3_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q3_K_dot>;
-template [[host_name("mul_mv_id_staged_q4_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q4_K_dot>;
-template [[host_name("mul_mv_id_staged_q5_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q5_K_dot>;
-template [[host_name("mul_mv_id_staged_q6_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<q6_K_dot>;
-template [[host_name("mul_mv_id_staged_iq4_nl")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<iq4_nl_dot>;
-template [[host_name("mul_mv_id_staged_iq4_xs")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<iq4_xs_dot>;
-template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_mv_id_staged_quant<mxfp4_dot>;
+typedef decltype(mul_mv_staged<q8_0_dot>) mul_mv_staged_t;
+template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged<q8_0_dot>;
+template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged<q4_0_dot>;
+template [[host_name("mul_mv_staged_q4_1")]] kernel mul_mv_staged_t mul_mv_staged<q4_1_dot>;
+template [[host_name("mul_mv_staged_q5_0")]] kernel mul_mv_staged_t mul_mv_staged<q5_0_dot>;
+template [[host_name("mul_mv_staged_q5_1")]] kernel mul_mv_staged_t mul_mv_staged<q5_1_dot>;
+template [[host_name("mul_mv_staged_q2_K")]] kernel mul_mv_staged_t mul_mv_staged<q2_K_dot>;
+template [[host_name("mul_mv_staged_q3_K")]] kernel mul_mv_staged_t mul_mv_staged<q3_K_dot>;
+template [[host_name("mul_mv_staged_q4_K")]] kernel mul_mv_staged_t mul_mv_staged<q4_K_dot>;
+template [[host_name("mul_mv_staged_q5_K")]] kernel mul_mv_staged_t mul_mv_staged<q5_K_dot>;
+template [[host_name("mul_mv_staged_q6_K")]] kernel mul_mv_staged_t mul_mv_staged<q6_K_dot>;
+template [[host_name("mul_mv_staged_iq4_nl")]] kernel mul_mv_staged_t mul_mv_staged<iq4_nl_dot>;
+template [[host_name("mul_mv_staged_iq4_xs")]] kernel mul_mv_staged_t mul_mv_staged<iq4_xs_dot>;
+template [[host_name("mul_mv_staged_mxfp4")]] kernel mul_mv_staged_t mul_mv_staged<mxfp4_dot>;
+template [[host_name("mul_mv_staged_f32")]] kernel mul_mv_staged_t mul_mv_staged<f32_row>;
+template [[host_name("mul_mv_staged_f16")]] kernel mul_mv_staged_t mul_mv_staged<f16_row>;
+template [[host_name("mul_mv_staged_bf16")]] kernel mul_mv_staged_t mul_mv_staged<bf16_row>;
+typedef decltype(mul_mv_swiglu_staged<q8_0_dot>) mul_mv_swiglu_staged_t;
+template [[host_name("mul_mv_swiglu_staged_q8_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q8_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_1_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_1_dot>;
+template [[host_name("mul_mv_swiglu_staged_q2_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q2_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q3_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q3_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q6_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q6_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_iq4_nl")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_nl_dot>;
+template [[host_name("mul_mv_swiglu_staged_iq4_xs")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_xs_dot>;
+template [[host_name("mul_mv_swiglu_staged_mxfp4")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<mxfp4_dot>;
+template [[host_name("mul_mv_swiglu_staged_f32")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<f32_row>;
+template [[host_name("mul_mv_swiglu_staged_f16")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<f16_row>;
+template [[host_name("mul_mv_swiglu_staged_bf16")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<bf16_row>;
+typedef decltype(mul_mv_id_staged<q8_0_dot>) mul_mv_id_staged_t;
+template [[host_name("mul_mv_id_staged_q8_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q8_0_dot>;
+template [[host_name("mul_mv_id_staged_q4_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_0_dot>;
+template [[host_name("mul_mv_id_staged_q4_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_1_dot>;
+template [[host_name("mul_mv_id_staged_q5_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_0_dot>;
+template [[host_name("mul_mv_id_staged_q5_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_1_dot>;
+template [[host_name("mul_mv_id_staged_q2_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q2_K_dot>;
+template [[host_name("mul_mv_id_staged_q3_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q3_K_dot>;
+template [[host_name("mul_mv_id_staged_q4_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_K_dot>;
+template [[host_name("mul_mv_id_staged_q5_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_K_dot>;
+template [[host_name("mul_mv_id_staged_q6_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q6_K_dot>;
+template [[host_name("mul_mv_id_staged_iq4_nl")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_nl_dot>;
+template [[host_name("mul_mv_id_staged_iq4_xs")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_xs_dot>;
+template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_mv_id_staged<mxfp4_dot>;
+template [[host_name("mul_mv_id_staged_f32")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f32_row>;
+template [[host_name("mul_mv_id_staged_f16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f16_row>;
+template [[host_name("mul_mv_id_staged_bf16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<bf16_row>;

@@ -95,11 +95,10 @@ void need_matmul_shapes(const Tensor& out, const Tensor& w, const Tensor& x, con
     need(w.rows <= INT32_MAX && w.cols <= INT32_MAX, op, "weight too large");
 }
 
-// A decode GEMV's kernel (family "mul_mv_", "mul_mv_swiglu_" or "mul_mv_id_") and launch shape.
-// Quantized weights take the staged kernels (mul_mv_staged.metal: every device load whole
-// lines, x once per threadgroup) unless FORGERT_METAL_GEMV=direct picks mul_mv.metal's direct
-// loads, which a real GPU may prefer (llama.cpp's choice; unmeasured here). Float weights
-// load whole lines directly.
+// A decode GEMV's kernel (family "mul_mv_", "mul_mv_swiglu_" or "mul_mv_id_") and launch shape:
+// the staged kernels (mul_mv_staged.metal: every device load whole lines, x once per threadgroup)
+// unless FORGERT_METAL_GEMV=direct picks mul_mv.metal's direct loads, which a real GPU may
+// prefer (llama.cpp's choice; unmeasured here).
 struct GemvKernel {
     std::string name;
     uint32_t rows_per_tg;
@@ -108,9 +107,7 @@ struct GemvKernel {
 
 GemvKernel gemv_kernel(const char* family, DType type) {
     const char* env = std::getenv("FORGERT_METAL_GEMV");
-    const bool direct = (env != nullptr && std::strcmp(env, "direct") == 0) || type == DType::F32 ||
-                        type == DType::F16 || type == DType::BF16;
-    if (direct) return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH};
+    if (env != nullptr && std::strcmp(env, "direct") == 0) return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH};
     return {std::string(family) + "staged_" + weight_suffix(type), FG_MV_STAGED_ROWS_PER_TG,
             FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH};
 }
