@@ -44,7 +44,8 @@ static inline void rope_head(device float* xh, device half* cache_h, float pos, 
 
 // The step between the QKV projection and attention in one dispatch: threadgroup
 // (h, t) rotates query head h, or rotates key head h - n_heads and caches it, or caches
-// value head h - n_heads - n_kv_heads. The caches are bound at row pos0.
+// value head h - n_heads - n_kv_heads. The caches are bound at row pos0, or with a row table
+// (a batch of sequences) at row 0, row t going to its sequence's base + its position.
 kernel void rope_kv_write_f32(
         constant rope_kv_write_args & args [[buffer(0)]],
         device       char * q        [[buffer(1)]],
@@ -53,24 +54,27 @@ kernel void rope_kv_write_f32(
         device       char * k_cache  [[buffer(4)]],
         device       char * v_cache  [[buffer(5)]],
         device const float * freqs   [[buffer(6)]],
+        device const int   * rows    [[buffer(7)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiitg [[thread_index_in_threadgroup]],
         ushort3 ntg  [[threads_per_threadgroup]]) {
     const int h = tgpig.x;
     const int t = tgpig.y;
-    const float pos = float(args.pos0 + t);
+    const int p = args.has_rows != 0 ? rows[2 * t] : args.pos0 + t;
+    const int cache_row = args.has_rows != 0 ? rows[2 * t + 1] + p : t;
+    const float pos = float(p);
     if (h < args.n_heads) {
         device float* qh = (device float*)(q + t * args.q_stride) + h * args.head_dim;
         rope_head(qh, nullptr, pos, freqs, args.head_dim, args.rope_dim, args.attn_factor, args.neox, tiitg, ntg.x);
     } else if (h < args.n_heads + args.n_kv_heads) {
         const int kh = h - args.n_heads;
         device float* kr = (device float*)(k + t * args.k_stride) + kh * args.head_dim;
-        device half* cr = (device half*)(k_cache + t * args.cache_stride) + kh * args.head_dim;
+        device half* cr = (device half*)(k_cache + cache_row * args.cache_stride) + kh * args.head_dim;
         rope_head(kr, cr, pos, freqs, args.head_dim, args.rope_dim, args.attn_factor, args.neox, tiitg, ntg.x);
     } else {
         const int vh = h - args.n_heads - args.n_kv_heads;
         device const float* vr = (device const float*)(v + t * args.v_stride) + vh * args.head_dim;
-        device half* cr = (device half*)(v_cache + t * args.cache_stride) + vh * args.head_dim;
+        device half* cr = (device half*)(v_cache + cache_row * args.cache_stride) + vh * args.head_dim;
         for (int i = tiitg; i < args.head_dim; i += ntg.x) cr[i] = half(vr[i]);
     }
 }
