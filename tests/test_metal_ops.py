@@ -356,10 +356,11 @@ def test_attention(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim)
 
 
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,softcap", [
-    (1, 300, 16, 2, 256, 0, 0.0),    # GQA 8:1 at head_dim 256: two blocks of 4 heads per KV head, splits
+    (1, 300, 16, 2, 256, 0, 0.0),    # GQA 8:1 at head_dim 256: four blocks of 2 heads per KV head, splits
     (1, 5, 8, 1, 64, 0, 0.0),        # GQA 8:1, one block of 8 heads, one split
-    (1, 200, 10, 2, 96, 0, 0.0),     # a block of 5 heads (prime group), head_dim 96
-    (2, 130, 12, 4, 128, 100, 2.0),  # GQA 3:1, two queries, windowed and soft-capped
+    (1, 200, 10, 2, 48, 0, 0.0),     # a block of 5 heads (prime group), head_dim 48
+    (1, 90, 10, 2, 96, 0, 0.0),      # the same group at head_dim 96: 5 blocks of 1 head (at most 4 fit)
+    (2, 130, 12, 4, 128, 100, 2.0),  # GQA 3:1 at head_dim 128, two queries, windowed and soft-capped
 ])
 def test_attention_gqa_blocks(metal, as_cache, n, pos0, n_heads, n_kv_heads, head_dim, window, softcap):
     """Decode attention serving a block of query heads from each K/V row it loads, against the

@@ -159,7 +159,7 @@ def test_attention_traffic(core, metal, nh, nkv, hd):
     q, _, cache, _, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(4), nh, nkv, hd)
     metal.attention(q, cache, cache.copy(), pos0, nh, nkv, hd, 0.125)
     log = core.emulator_traffic()
-    d = next(e for e in log if e["kernel"] == "attention_f16")
+    d = next(e for e in log if e["kernel"].startswith("attention_f16_d"))
     kv_bytes = (pos0 + n) * nkv * hd * 2  # the K (or V) rows up to the query's position, f16
     assert sorted(d["slot_read_needed"])[-2:] == [kv_bytes, kv_bytes]
     assert lines(d) >= 0.95  # measured 1.0

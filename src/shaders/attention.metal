@@ -9,17 +9,19 @@
 // once per query head. Its FG_ATTN_SIMDGROUPS simdgroups take every 4th key of the chunk,
 // each keeping an online softmax per head (running max m, running sum l, weighted sum of V
 // rows acc), then merge in threadgroup memory. There is no length cap: the loop runs over
-// the keys in place.
+// the keys in place. Instantiated per head-size class (DPL elements per lane), so registers
+// hold just the lanes' slices: a block has at most FG_ATTN_QREGS / DPL heads (8 at head_dim
+// 64, 4 at 128, 2 at 256), which keeps query and accumulator registers at 2 x 16 per lane.
 #include <metal_stdlib>
 using namespace metal;
 
 #include "kernel_args.h"
 
-#define ATTN_DPL (FG_ATTN_MAX_HEAD_DIM / FG_SIMD_WIDTH)  // head elements per lane, at most
-#define ATTN_GROUP FG_ATTN_MAX_GROUP_HEADS                // query heads per threadgroup, at most
+#define ATTN_DPL (FG_ATTN_MAX_HEAD_DIM / FG_SIMD_WIDTH)  // head elements per lane, at most (prefill)
 // Finite "minus infinity": stays well defined when the compiler assumes no infinities.
 #define ATTN_NEG_BIG (-1.0e30f)
 
+template <int DPL>  // head elements per lane: head_dim <= 32 * DPL
 kernel void attention_f16(
         constant attention_args & args [[buffer(0)]],
         device const char * q          [[buffer(1)]],
@@ -33,11 +35,12 @@ kernel void attention_f16(
         uint3  tgpg  [[threadgroups_per_grid]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
         ushort tiisg [[thread_index_in_simdgroup]]) {
+    constexpr int GROUP = FG_ATTN_QREGS / DPL;  // query heads per threadgroup, at most
     const int split = tgpig.x;
     const int t = tgpig.z;
     const int hd = args.head_dim;
     // grid.y blocks of n_heads / grid.y consecutive query heads, all of one KV head (the
-    // host makes the block size divide the GQA group and at most ATTN_GROUP).
+    // host makes the block size divide the GQA group and at most GROUP).
     const int n_qh = args.n_heads / int(tgpg.y);
     const int head0 = tgpig.y * n_qh;
     const int kv_head = head0 / (args.n_heads / args.n_kv_heads);
@@ -53,12 +56,12 @@ kernel void attention_f16(
         shmem[i] = qb[i];
     threadgroup_barrier(mem_flags::mem_threadgroup);
     // This lane's slice of each query head: elements tiisg + 32 j, pre-scaled.
-    float qv[ATTN_GROUP][ATTN_DPL];
-    float acc[ATTN_GROUP][ATTN_DPL];
-    float m[ATTN_GROUP];
-    float l[ATTN_GROUP];
-    for (int g = 0; g < ATTN_GROUP; ++g) {
-        for (int j = 0; j < ATTN_DPL; ++j) {
+    float qv[GROUP][DPL];
+    float acc[GROUP][DPL];
+    float m[GROUP];
+    float l[GROUP];
+    for (int g = 0; g < GROUP; ++g) {
+        for (int j = 0; j < DPL; ++j) {
             const int d = tiisg + FG_SIMD_WIDTH * j;
             qv[g][j] = g < n_qh && d < hd ? shmem[g * hd + d] * args.scale : 0.0f;
             acc[g][j] = 0.0f;
@@ -78,8 +81,8 @@ kernel void attention_f16(
         device const half* kr2 = (device const half*)(k_cache + k2 * args.kv_stride) + kv_head * hd;
         device const half* vr1 = (device const half*)(v_cache + k * args.kv_stride) + kv_head * hd;
         device const half* vr2 = (device const half*)(v_cache + k2 * args.kv_stride) + kv_head * hd;
-        float k1v[ATTN_DPL], k2v[ATTN_DPL], v1v[ATTN_DPL], v2v[ATTN_DPL];
-        for (int j = 0; j < ATTN_DPL; ++j) {
+        float k1v[DPL], k2v[DPL], v1v[DPL], v2v[DPL];
+        for (int j = 0; j < DPL; ++j) {
             const int d = tiisg + FG_SIMD_WIDTH * j;
             const bool in = d < hd;
             k1v[j] = in ? float(kr1[d]) : 0.0f;
@@ -87,11 +90,11 @@ kernel void attention_f16(
             v1v[j] = in ? float(vr1[d]) : 0.0f;
             v2v[j] = in && has2 ? float(vr2[d]) : 0.0f;
         }
-        for (int g = 0; g < ATTN_GROUP; ++g) {
+        for (int g = 0; g < GROUP; ++g) {
             if (g >= n_qh) break;  // uniform over the threadgroup
             float partial1 = 0.0f;
             float partial2 = 0.0f;
-            for (int j = 0; j < ATTN_DPL; ++j) {
+            for (int j = 0; j < DPL; ++j) {
                 partial1 += qv[g][j] * k1v[j];
                 partial2 += qv[g][j] * k2v[j];
             }
@@ -107,7 +110,7 @@ kernel void attention_f16(
             const float p1 = exp(s1 - m_new);
             const float p2 = has2 ? exp(s2 - m_new) : 0.0f;
             l[g] = l[g] * corr + p1 + p2;
-            for (int j = 0; j < ATTN_DPL; ++j) acc[g][j] = acc[g][j] * corr + p1 * v1v[j] + p2 * v2v[j];
+            for (int j = 0; j < DPL; ++j) acc[g][j] = acc[g][j] * corr + p1 * v1v[j] + p2 * v2v[j];
             m[g] = m_new;
         }
     }
@@ -121,7 +124,7 @@ kernel void attention_f16(
             mine[0] = m[g];
             mine[1] = l[g];
         }
-        for (int j = 0; j < ATTN_DPL; ++j) {
+        for (int j = 0; j < DPL; ++j) {
             const int d = tiisg + FG_SIMD_WIDTH * j;
             if (d < hd) mine[2 + d] = acc[g][j];
         }
@@ -165,6 +168,11 @@ kernel void attention_f16(
         }
     }
 }
+
+typedef decltype(attention_f16<2>) attention_f16_t;
+template [[host_name("attention_f16_d64")]] kernel attention_f16_t attention_f16<2>;
+template [[host_name("attention_f16_d128")]] kernel attention_f16_t attention_f16<4>;
+template [[host_name("attention_f16_d256")]] kernel attention_f16_t attention_f16<8>;
 
 // Combines the n_splits partial states of one (head, query): one simdgroup per pair. Lane s
 // takes the (max, sum) of splits s, s + 32, ...; the splits' weights go through threadgroup

@@ -114,12 +114,14 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 //        4 out f32 [n, H * hd], 6 sinks f32 [H] (or unused),
 //        5 partials f32: acc [n, H, n_splits, hd], then (max, sum) [n, H, n_splits, 2] from float
 //          FG_ATTN_STATS_AT(n * H * n_splits, hd) (8-byte aligned)
+// kernels: attention_f16_d64 / _d128 / _d256 for head_dim up to 64 / 128 / 256 (DPL = 2 / 4 / 8
+//          elements per lane)
 // grid: (n_splits, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
-//       FG_ATTN_MAX_GROUP_HEADS; the kernel reads G from the grid); threads: FG_ATTN_SIMDGROUPS * 32
+//       FG_ATTN_QREGS / DPL; the kernel reads G from the grid); threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
 #define FG_ATTN_SIMDGROUPS 4
 #define FG_ATTN_MAX_HEAD_DIM 256
-#define FG_ATTN_MAX_GROUP_HEADS 8
+#define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most
 #define FG_ATTN_TG_FLOATS(g, hd) ((g) * FG_ATTN_SIMDGROUPS * ((hd) + 2))
 #define FG_ATTN_MAX_TG_BYTES 32768
 #define FG_ATTN_STATS_AT(n_partials, hd) (((n_partials) * (hd) + 1) / 2 * 2)

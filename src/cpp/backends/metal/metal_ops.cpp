@@ -72,11 +72,14 @@ constexpr int64_t kMulMmMinTokens = 8;
 constexpr int64_t kAttnTargetThreadgroups = 128;
 constexpr int64_t kAttnMinSplitLen = 128;
 
+// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256 variants).
+int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8; }
+
 // Query heads per decode-attention threadgroup: the largest divisor of the GQA group that fits
-// the kernel's registers (FG_ATTN_MAX_GROUP_HEADS) and its merge state in threadgroup memory.
-// Each K/V row a threadgroup loads serves all of them.
+// the kernel's registers (FG_ATTN_QREGS / elements per lane) and its merge state in threadgroup
+// memory. Each K/V row a threadgroup loads serves all of them.
 int attention_head_block(int group, int head_dim) {
-    for (int g = std::min(group, FG_ATTN_MAX_GROUP_HEADS); g > 1; --g)
+    for (int g = std::min(group, FG_ATTN_QREGS / attention_lane_elems(head_dim)); g > 1; --g)
         if (group % g == 0 && FG_ATTN_TG_FLOATS(g, head_dim) * sizeof(float) <= FG_ATTN_MAX_TG_BYTES) return g;
     return 1;
 }
@@ -354,12 +357,13 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.softcap = p.softcap;
     a.has_sinks = has_sinks;
     const size_t tg_bytes = FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
+    const std::string kernel = "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
         // zero bytes tracked) only because Metal's validation wants every slot bound.
         const Binding unused{out.buf, out.offset, 0, false};
-        encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks},
+        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks},
                {1, (uint32_t)(p.n_heads / head_block), (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                tg_bytes);
         return;
@@ -368,7 +372,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
                                  sizeof(float);  // acc rows, then (max, sum) pairs
     Buffer* scratch = attention_scratch(partial_bytes);
     Binding partials{scratch, 0, partial_bytes, true};
-    encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks},
+    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks},
            {(uint32_t)n_splits, (uint32_t)(p.n_heads / head_block), (uint32_t)n},
            {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
     attention_reduce_args r{};
