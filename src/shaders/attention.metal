@@ -1,7 +1,8 @@
 // Causal attention over the f16 KV cache, one kernel for decode and prefill.
 //
 // Query t (at position pos0 + t) attends to cache rows 0 .. pos0 + t (the last `window` of
-// them with sliding-window attention). Those keys are cut
+// them with sliding-window attention); with a row table (a batch of sequences), query t at
+// position rows[t][0] attends to its sequence's rows from rows[t][1] on. Those keys are cut
 // into n_splits chunks (flash-decoding: a long context spreads over many threadgroups
 // even for a single query). GQA: query head h reads kv head h / (n_heads / n_kv_heads), so
 // one threadgroup serves several query heads of one KV head (split, head block, query): each
@@ -30,6 +31,7 @@ kernel void attention_f16(
         device       char * out        [[buffer(4)]],
         device      float * partials   [[buffer(5)]],
         device const float * sinks     [[buffer(6)]],
+        device const int   * rows      [[buffer(7)]],
         threadgroup float * shmem      [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         uint3  tgpg  [[threadgroups_per_grid]],
@@ -44,7 +46,11 @@ kernel void attention_f16(
     const int n_qh = args.n_heads / int(tgpg.y);
     const int head0 = tgpig.y * n_qh;
     const int kv_head = head0 / (args.n_heads / args.n_kv_heads);
-    const int kv_len = args.pos0 + t + 1;
+    const int kv_len = (args.has_rows != 0 ? rows[2 * t] : args.pos0 + t) + 1;
+    // This query's sequence's cache rows (all of the bound cache without a row table).
+    const uint64_t seq_base = args.has_rows != 0 ? uint64_t(rows[2 * t + 1]) * args.kv_stride : 0;
+    device const char* keys = k_cache + seq_base;
+    device const char* values = v_cache + seq_base;
     const int k_first = args.window > 0 ? max(0, kv_len - args.window) : 0;  // sliding window
     const int k_begin = k_first + split * args.split_len;
     const int k_end = min(k_begin + args.split_len, kv_len);
@@ -77,10 +83,10 @@ kernel void attention_f16(
     for (int k = k_begin + sgitg; k < k_end; k += 2 * FG_ATTN_SIMDGROUPS) {
         const bool has2 = k + FG_ATTN_SIMDGROUPS < k_end;
         const int k2 = has2 ? k + FG_ATTN_SIMDGROUPS : k;
-        device const half* kr1 = (device const half*)(k_cache + k * args.kv_stride) + kv_head * hd;
-        device const half* kr2 = (device const half*)(k_cache + k2 * args.kv_stride) + kv_head * hd;
-        device const half* vr1 = (device const half*)(v_cache + k * args.kv_stride) + kv_head * hd;
-        device const half* vr2 = (device const half*)(v_cache + k2 * args.kv_stride) + kv_head * hd;
+        device const half* kr1 = (device const half*)(keys + k * args.kv_stride) + kv_head * hd;
+        device const half* kr2 = (device const half*)(keys + k2 * args.kv_stride) + kv_head * hd;
+        device const half* vr1 = (device const half*)(values + k * args.kv_stride) + kv_head * hd;
+        device const half* vr2 = (device const half*)(values + k2 * args.kv_stride) + kv_head * hd;
         float k1v[DPL], k2v[DPL], v1v[DPL], v2v[DPL];
         for (int j = 0; j < DPL; ++j) {
             const int d = tiisg + FG_SIMD_WIDTH * j;

@@ -81,7 +81,9 @@ FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 
 // --- rope_kv_write: rope on q and k (in place), then k and v into the f16 caches ---
 // slots: 1 q f32 [n, n_heads * head_dim], 2 k f32 [n, kv_dim], 3 v f32 [n, kv_dim],
-//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0), 6 freqs f32 [rope_dim / 2]
+//        4 k_cache f16, 5 v_cache f16 (both bound at row pos0; at row 0 with has_rows),
+//        6 freqs f32 [rope_dim / 2], 7 rows i32 [n, 2] (or unused): with has_rows, row t sits at
+//        position rows[t][0] and goes to cache row rows[t][1] + rows[t][0] (a batch of sequences)
 // grid: (1, n); threads: a multiple of FG_ROPE_LANES(head_dim) (threads per head; fewer if
 // the pipeline allows fewer), one slot of lanes per head up to n_heads + 2 * n_kv_heads
 // (q heads, then k heads, then v heads; slots loop over them)
@@ -99,7 +101,7 @@ typedef struct {
     int32_t neox;      // 0: pairs (x[2j], x[2j+1]); 1: pairs (x[j], x[j + rope_dim/2])
     int32_t rope_dim;  // the first rope_dim dims of a head rotate (0: none, NoPE); the rest pass through
     float attn_factor; // multiplies cos and sin (YaRN, LongRoPE)
-    int32_t pad0;
+    int32_t has_rows;  // 1: slot 7 holds each row's (position, first cache row); pos0 unused
 } rope_kv_write_args;
 FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 
@@ -114,6 +116,8 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 //        4 out f32 [n, H * hd], 6 sinks f32 [H] (or unused),
 //        5 partials f32: acc [n, H, n_splits, hd], then (max, sum) [n, H, n_splits, 2] from float
 //          FG_ATTN_STATS_AT(n * H * n_splits, hd) (8-byte aligned)
+//        7 rows i32 [n, 2] (or unused): with has_rows, query t sits at position rows[t][0] of the
+//        sequence whose cache rows start at rows[t][1] (a batch of sequences in one dispatch)
 // kernels: attention_f16_d64 / _d128 / _d256 for head_dim up to 64 / 128 / 256 (DPL = 2 / 4 / 8
 //          elements per lane)
 // grid: (n_splits, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
@@ -139,8 +143,10 @@ typedef struct {
     int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
     float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
     int32_t has_sinks;    // 1: slot 6 holds f32 [H] logits that join the softmax denominator (gpt-oss)
+    int32_t has_rows;     // 1: slot 7 holds each query's (position, first cache row); pos0 unused
+    int32_t pad0;
 } attention_args;
-FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
+FG_ARGS_ASSERT(sizeof(attention_args) == 72, "attention_args layout");
 
 // attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
 // queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head

@@ -44,7 +44,8 @@ static inline void rope_head(device float* xh, device half* cache_h, threadgroup
 // The step between the QKV projection and attention in one dispatch; threadgroup t takes
 // token t: it computes the (cos, sin) of each pair once into threadgroup memory, then its
 // head slots (lanes-per-head threads each) walk the heads: query heads rotated, key heads
-// rotated and cached, value heads cached. The caches are bound at row pos0.
+// rotated and cached, value heads cached. The caches are bound at row pos0, or with a row
+// table (a batch of sequences) at row 0, row t going to its sequence's base + its position.
 kernel void rope_kv_write_f32(
         constant rope_kv_write_args & args [[buffer(0)]],
         device       char * q        [[buffer(1)]],
@@ -53,12 +54,15 @@ kernel void rope_kv_write_f32(
         device       char * k_cache  [[buffer(4)]],
         device       char * v_cache  [[buffer(5)]],
         device const float * freqs   [[buffer(6)]],
+        device const int   * rows    [[buffer(7)]],
         threadgroup float2 * cs      [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiitg [[thread_index_in_threadgroup]],
         ushort3 ntg  [[threads_per_threadgroup]]) {
     const int t = tgpig.y;
-    const float pos = float(args.pos0 + t);
+    const int p = args.has_rows != 0 ? rows[2 * t] : args.pos0 + t;
+    const int cache_row = args.has_rows != 0 ? rows[2 * t + 1] + p : t;
+    const float pos = float(p);
     const int half_rot = args.rope_dim / 2;
     for (int j = tiitg; j < half_rot; j += ntg.x) {
         // Positions reach 1e5+: the f32 product pos * freq is then off by up to ~4e-3 rad.
@@ -83,12 +87,12 @@ kernel void rope_kv_write_f32(
         } else if (h < args.n_heads + args.n_kv_heads) {
             const int kh = h - args.n_heads;
             device float* kr = (device float*)(k + t * args.k_stride) + kh * args.head_dim;
-            device half* cr = (device half*)(k_cache + t * args.cache_stride) + kh * args.head_dim;
+            device half* cr = (device half*)(k_cache + cache_row * args.cache_stride) + kh * args.head_dim;
             rope_head(kr, cr, cs, args.head_dim, args.rope_dim, args.neox, lane, lanes);
         } else {
             const int vh = h - args.n_heads - args.n_kv_heads;
             device const float* vr = (device const float*)(v + t * args.v_stride) + vh * args.head_dim;
-            device half* cr = (device half*)(v_cache + t * args.cache_stride) + vh * args.head_dim;
+            device half* cr = (device half*)(v_cache + cache_row * args.cache_stride) + vh * args.head_dim;
             for (int i = lane; i < args.head_dim; i += lanes) cr[i] = half(vr[i]);
         }
     }

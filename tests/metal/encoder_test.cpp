@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -213,7 +214,7 @@ void test_layer_barriers() {
     f.be.add(h, x, att);         // barrier
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_kv_write_f32 | attention_f16 | add_f32 #";
+        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_kv_write_f32 | attention_f16_d64 | add_f32 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -243,7 +244,7 @@ void test_fused_layer_barriers() {
     f.be.matmul_add(x, wd, gate, proj);
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16 | mul_mv_q4_1 | "
+        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16_d64 | mul_mv_q4_1 | "
         "rms_norm_f32 | mul_mv_swiglu_q4_1 | mul_mv_q4_1 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
@@ -414,12 +415,14 @@ void test_buffer_views() {
     }
 }
 
+int count_kernel(const std::string& log, const std::string& kernel);
+
 // A tiny Llama over the recording device (weights 0.01 everywhere: the device runs nothing).
 struct TinyModel {
     RecordingDevice* dev = new RecordingDevice;
     std::unique_ptr<LlamaModel> model;
     size_t n_weight_buffers = 0;
-    explicit TinyModel(int n_layers) {
+    explicit TinyModel(int n_layers, int n_slots = 1) {
         ModelConfig cfg;
         cfg.arch = "llama";
         cfg.n_layers = n_layers;
@@ -459,9 +462,32 @@ struct TinyModel {
         auto be = std::make_unique<MetalBackend>(std::unique_ptr<Device>(dev));
         ModelWeights w = load_weights(cfg, tensors, *be);
         n_weight_buffers = w.buffers.size();
-        model = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), 8);
+        model = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), 16, n_slots);
     }
 };
+
+// A batch step runs RoPE + the cache write and attention once per layer for all its
+// sequences (their rows, positions and slots in one row table), not once per sequence:
+// decode rows of four slots, and a mix of a prompt chunk (which alone would take the tiled
+// prefill kernel) with decode rows.
+void test_batch_step_one_attention_per_layer() {
+    const int n_layers = 3;
+    TinyModel t(n_layers, 4);
+    const int32_t toks[9] = {5, 6, 7, 8, 9, 10, 11, 12, 13};
+    const BatchEntry decode[4] = {{2, toks, 1, 3}, {0, toks + 1, 1, 7}, {3, toks + 2, 1, 0}, {1, toks + 3, 1, 5}};
+    const BatchEntry mixed[3] = {{1, toks, 9, 0}, {0, toks, 1, 8}, {3, toks, 1, 2}};
+    for (auto [entries, n] : {std::pair{decode, 4}, std::pair{mixed, 3}}) {
+        t.dev->log.clear();
+        int32_t best[4] = {};
+        t.model->forward_batch_argmax(entries, n, best);
+        const std::string& log = t.dev->log;
+        EXPECT(count_kernel(log, "rope_kv_write_f32") == n_layers, "%d rope_kv_write dispatches for %d layers: %s",
+               count_kernel(log, "rope_kv_write_f32"), n_layers, log.c_str());
+        EXPECT(count_kernel(log, "attention_f16_d64") == n_layers && count_kernel(log, "attention_prefill_f16") == 0,
+               "%d attention_f16_d64 + %d attention_prefill_f16 dispatches for %d layers: %s",
+               count_kernel(log, "attention_f16_d64"), count_kernel(log, "attention_prefill_f16"), n_layers, log.c_str());
+    }
+}
 
 // A decode step as the model runs it: the token upload goes into shared memory before
 // anything is encoded, so no empty command buffer is committed and nothing waits before
@@ -710,6 +736,7 @@ void test_unretained_lifetimes() {
 int main() {
     test_buffer_views();
     test_decode_step_commits();
+    test_batch_step_one_attention_per_layer();
     test_gemma_decode_dispatches();
     test_layer_barriers();
     test_fused_layer_barriers();

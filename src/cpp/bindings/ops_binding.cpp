@@ -39,6 +39,18 @@ py::array as_float16(const U16& bits) { return bits.attr("view")("float16"); }
 int64_t rows_of(const py::array& a) { return a.ndim() == 1 ? 1 : a.shape(0); }
 int64_t cols_of(const py::array& a) { return a.shape(a.ndim() - 1); }
 
+// A batch's row table (i32 [n, 2]: each query row's position and its sequence's first cache
+// row), checked against the cache here so that a bad one is an error, not a stray write.
+void check_row_table(const I32& rows, int64_t n, int64_t n_ctx) {
+    need(rows.ndim() == 2 && rows.shape(0) == n && rows.shape(1) == 2, "rows must be i32 [n, 2] (position, cache base)");
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t pos = rows.at(i, 0), base = rows.at(i, 1);
+        need(pos >= 0 && base >= 0 && base + pos < n_ctx,
+             "row " + std::to_string(i) + " (position " + std::to_string(pos) + ", cache base " + std::to_string(base) +
+                 ") is past the cache");
+    }
+}
+
 class Ops {
 public:
     explicit Ops(const std::string& backend) : be_(make_backend(backend, 0)) {}
@@ -56,6 +68,14 @@ public:
     Tensor empty(DType t, int64_t rows, int64_t cols) {
         bufs_.push_back(be_->alloc((size_t)row_bytes(t, cols) * rows));
         return make_tensor(bufs_.back().get(), 0, t, rows, cols);
+    }
+    // The RowPositions of a call: pos0 alone, or the uploaded table (kept in `table`).
+    RowPositions positions(int pos0, const std::optional<I32>& rows, Tensor& table) {
+        if (!rows) return RowPositions(pos0);
+        int max_len = 0;
+        for (int64_t i = 0; i < rows->shape(0); i++) max_len = std::max(max_len, rows->at(i, 0) + 1);
+        table = upload(rows->data(), DType::I32, rows->shape(0), 2);
+        return RowPositions(table, max_len);
     }
     Tensor f32(const F32& a) {
         need(a.ndim() == 1 || a.ndim() == 2, "expected a 1-D or 2-D float32 array");
@@ -144,7 +164,7 @@ public:
     // Returns (q, k) rotated and the two caches after the write.
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
-                            int head_dim, bool neox, int rope_dim, float attn_factor) {
+                            int head_dim, bool neox, int rope_dim, float attn_factor, const std::optional<I32>& rows) {
         const U16 kc = f16_bits(k_cache_in, "k_cache"), vc = f16_bits(v_cache_in, "v_cache");
         need(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
              "need n_heads, n_kv_heads > 0 and an even head_dim");
@@ -158,10 +178,14 @@ public:
         need(rope_dim <= head_dim && rope_dim % 2 == 0, "rope_dim must be even and <= head_dim (0: no rotation)");
         need(attn_factor > 0.0f && std::isfinite(attn_factor), "attn_factor must be a positive number");
         need(freqs.size() == std::max(rope_dim / 2, 1), "freqs must have rope_dim / 2 entries");
-        need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "rows past the cache");
-        Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs);
+        if (rows)
+            check_row_table(*rows, rows_of(q), kc.shape(0));
+        else
+            need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "rows past the cache");
+        Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs), T;
         Tensor KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim), VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
-        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, pos0, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor}); });
+        const RowPositions at = positions(pos0, rows, T);
+        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, at, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor}); });
         F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols}), k_out(std::vector<py::ssize_t>{K.rows, K.cols});
         U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
         be_->read(q_out.mutable_data(), Q, Q.nbytes());
@@ -172,7 +196,8 @@ public:
         return py::make_tuple(q_out, k_out, as_float16(kc_out), as_float16(vc_out));
     }
     F32 attention(const F32& q, const py::array& k_in, const py::array& v_in, int pos0, int n_heads, int n_kv_heads,
-                  int head_dim, float scale, int window, float softcap, const std::optional<F32>& sinks) {
+                  int head_dim, float scale, int window, float softcap, const std::optional<F32>& sinks,
+                  const std::optional<I32>& rows) {
         const U16 kc = f16_bits(k_in, "k_cache"), vc = f16_bits(v_in, "v_cache");
         need(window >= 0, "window must be >= 0 (0: no sliding window)");
         need(softcap >= 0.0f && std::isfinite(softcap), "softcap must be >= 0 and finite (0: none)");
@@ -180,14 +205,19 @@ public:
         need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
         need(kc.ndim() == 2 && kc.shape(1) == (int64_t)n_kv_heads * head_dim, "k_cache must be [n_ctx, kv_dim]");
         need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kc.shape(1), "v_cache must match k_cache");
-        need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
+        if (rows)
+            check_row_table(*rows, rows_of(q), kc.shape(0));
+        else
+            need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
         need(!sinks || sinks->size() == n_heads, "sinks must hold one value per head");
         Tensor S = sinks ? f32(*sinks) : Tensor{};
         Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
                V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
         AttentionParams ap{n_heads, n_kv_heads, head_dim, scale, window, softcap};
         if (sinks) ap.sinks = &S;
-        run([&] { be_->attention(Y, Q, K, V, pos0, ap); });
+        Tensor T;
+        const RowPositions at = positions(pos0, rows, T);
+        run([&] { be_->attention(Y, Q, K, V, at, ap); });
         return download(Y);
     }
     F32 silu_mul(const F32& g, const F32& u) {
@@ -322,10 +352,11 @@ void bind_ops(py::module_& m) {
         .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
-             py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f)
+             py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f,
+             py::arg("rows") = py::none())
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
              py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
-             py::arg("softcap") = 0.0f, py::arg("sinks") = py::none())
+             py::arg("softcap") = 0.0f, py::arg("sinks") = py::none(), py::arg("rows") = py::none())
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
         .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
         .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))

@@ -45,6 +45,22 @@ struct AttentionParams {
                                     // the softmax denominator only (gpt-oss's attention sinks)
 };
 
+// Where each query row of a pass sits: its position in its sequence and the first cache row
+// of its sequence (its KV slot). rope_kv_write and attention take it, so one call serves the
+// rows of every sequence in a batch, each row seeing only its own sequence's cache rows.
+// One sequence is the degenerate table: rows at pos0, pos0 + 1, ... from cache row 0, no
+// table at all (an int converts to it).
+struct RowPositions {
+    RowPositions(int pos0 = 0) : pos0(pos0) {}  // NOLINT: one sequence at pos0
+    RowPositions(const Tensor& table, int max_len) : table(&table), max_len(max_len) {}
+
+    int pos0 = 0;                   // without a table: row i at position pos0 + i, cache base 0
+    const Tensor* table = nullptr;  // i32 [n, 2]: row i's (position, first cache row of its sequence);
+                                    // query row i sees cache rows base .. base + position (causal in
+                                    // its sequence) and its k, v go to row base + position
+    int max_len = 0;                // with a table: 1 + its largest position (sizes work on a GPU)
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -139,19 +155,21 @@ public:
     void head_rms_norm(const Tensor& x, const Tensor& w, float eps);
 
     // Everything between the QKV projection and attention, fused: rotate each head of q and
-    // k (in place) by RoPE, token i's pair j by angle ((pos0 + i) * freqs[j]) with cos and sin
-    // times p.attn_factor, then store k and v as f16 at cache rows pos0 + i
-    // (k_cache[pos0 + i, :] = f16(k[i, :]) after the rotation).
-    // One dispatch on a GPU; one parallel region on the CPU.
-    // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx, kv_dim];
+    // k (in place) by RoPE, row i's pair j by angle (pos_i * freqs[j]) with cos and sin
+    // times p.attn_factor, then store k and v as f16 at cache row base_i + pos_i
+    // (k_cache[base_i + pos_i, :] = f16(k[i, :]) after the rotation); pos_i, base_i from `at`.
+    // One dispatch on a GPU; one parallel region on the CPU, for all the sequences of a batch.
+    // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx (x slots), kv_dim];
     // freqs f32 [p.rotated_dims() / 2] (unused when p.nope)
     virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                               const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) = 0;
-    // Causal attention: query i (at position pos0 + i) attends to cache rows 0..pos0 + i
-    // (the last p.window of them with a sliding window).
-    // q, out [n, n_heads * head_dim]; k_cache, v_cache f16 [n_ctx, n_kv_heads * head_dim].
+                               const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
+                               const RopeKvParams& p) = 0;
+    // Causal attention: query i (at position pos_i of the sequence whose cache rows start at
+    // base_i) attends to cache rows base_i + 0 .. base_i + pos_i (the last p.window of them
+    // with a sliding window).
+    // q, out [n, n_heads * head_dim]; k_cache, v_cache f16 [n_ctx (x slots), n_kv_heads * head_dim].
     virtual void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache,
-                           const Tensor& v_cache, int pos0, const AttentionParams& p) = 0;
+                           const Tensor& v_cache, const RowPositions& at, const AttentionParams& p) = 0;
     // out = silu(gate) * up, elementwise                              all [n, dim]
     virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
     // out = a + b, elementwise (out may alias a)                      all [n, dim]

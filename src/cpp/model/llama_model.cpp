@@ -26,6 +26,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     const int B = max_batch_;
     ids_ = tensor(DType::I32, 1, B);
     last_rows_ = tensor(DType::I32, 1, B);
+    row_pos_ = tensor(DType::I32, B, 2);
     x_ = tensor(DType::F32, B, cfg_.dim);
     xn_ = tensor(DType::F32, B, cfg_.dim);
     q_ = tensor(DType::F32, B, cfg_.q_dim());
@@ -139,6 +140,25 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         be.write(make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1), last_rows_host_.data(),
                  (size_t)n_entries * sizeof(int32_t));
     }
+    // Where each row sits, for RoPE and attention: a single sequence at its position, or
+    // (a batch) a table of (position, first cache row of its slot) per row.
+    const bool batched = n_entries > 1;
+    const Tensor row_table = row_pos_.slice_rows(0, n);
+    RowPositions at(entries[0].pos);
+    if (batched) {
+        row_pos_host_.clear();
+        int max_len = 0;
+        for (int e = 0; e < n_entries; e++) {
+            const BatchEntry& b = entries[e];
+            for (int i = 0; i < b.n; i++) {
+                row_pos_host_.push_back(b.pos + i);
+                row_pos_host_.push_back(b.slot * cfg_.n_ctx);
+            }
+            max_len = std::max(max_len, b.pos + b.n);
+        }
+        be.write(row_table, row_pos_host_.data(), row_pos_host_.size() * sizeof(int32_t));
+        at = RowPositions(row_table, max_len);
+    }
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
@@ -175,15 +195,13 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         rp.nope = table < 0;
         ap.window = cfg_.window_of(l);
         ap.sinks = L.attn_sinks.rows ? &L.attn_sinks : nullptr;  // gpt-oss
-        // RoPE, the cache write and attention per sequence, on its rows and its slot's cache.
-        for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) {
-            const BatchEntry& b = entries[e];
-            const Tensor kc = slot_rows(kv_.k[l], b.slot), vc = slot_rows(kv_.v[l], b.slot);
-            const Tensor qe = q.slice_rows(r0, b.n);
-            be.rope_kv_write(qe, k.slice_rows(r0, b.n), v.slice_rows(r0, b.n), kc, vc,
-                             freqs_.slice_rows(std::max(table, 0), 1), b.pos, rp);
-            be.attention(att.slice_rows(r0, b.n), qe, kc, vc, b.pos, ap);
-        }
+        // RoPE, the cache write and attention: one call each for every sequence's rows. One
+        // sequence reads its slot's cache from its position; several, the whole layer's cache
+        // through the row table (each row's position and its slot's first cache row).
+        const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot),
+                     vc = batched ? kv_.v[l] : slot_rows(kv_.v[l], entries[0].slot);
+        be.rope_kv_write(q, k, v, kc, vc, freqs_.slice_rows(std::max(table, 0), 1), at, rp);
+        be.attention(att, q, kc, vc, at, ap);
         add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block

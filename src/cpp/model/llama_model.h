@@ -119,6 +119,8 @@ private:
     // Activations for up to max_batch tokens (rows = tokens).
     std::vector<std::unique_ptr<Buffer>> bufs_;
     std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
+    std::vector<int32_t> row_pos_host_;  // a batch's row table: (position, slot's first cache row) per row
+    Tensor row_pos_;                     // i32 [max_batch, 2]: the same on the device (RowPositions)
     Tensor ids_, last_rows_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;  // logits_ [>= n_entries, vocab]; argmax_ i32 [max_batch]
     // Mixture of experts: router logits [B, n_expert], the chosen experts i32 [B, k] and their
     // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up

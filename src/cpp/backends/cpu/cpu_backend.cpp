@@ -265,40 +265,87 @@ void rope_row(float* x, int n_heads, int head_dim, int rope_dim, bool neox, cons
 
 }  // namespace
 
+namespace {
+
+// Row i's position and its sequence's first cache row, from a RowPositions read on the host
+// (a CPU buffer is host memory). Checked once per call: every row's keys inside the cache.
+struct HostRowPositions {
+    const int32_t* table = nullptr;  // [n][2] (position, base), rows `stride` ints apart; null: pos0 + i, base 0
+    int64_t stride = 2;
+    int64_t pos0 = 0;
+
+    HostRowPositions(const RowPositions& at, int64_t n, int64_t cache_rows, const char* op) : pos0(at.pos0) {
+        if (!at.table) {
+            if (at.pos0 < 0 || at.pos0 + n > cache_rows)
+                throw InputError(std::string(op) + ": rows " + std::to_string(at.pos0) + ".." +
+                                 std::to_string(at.pos0 + n) + " past a cache of " + std::to_string(cache_rows));
+            return;
+        }
+        const Tensor& t = *at.table;
+        if (t.type != DType::I32 || t.rows != n || t.cols != 2)
+            throw InputError(std::string(op) + ": the row table must be i32 [" + std::to_string(n) + ", 2]");
+        table = t.data<int32_t>();
+        stride = (int64_t)(t.stride / sizeof(int32_t));
+        for (int64_t i = 0; i < n; i++)
+            if (pos(i) < 0 || base(i) < 0 || base(i) + pos(i) >= cache_rows)
+                throw InputError(std::string(op) + ": row " + std::to_string(i) + " (position " +
+                                 std::to_string(pos(i)) + ", cache base " + std::to_string(base(i)) +
+                                 ") is past a cache of " + std::to_string(cache_rows) + " rows");
+    }
+    int64_t pos(int64_t i) const { return table ? table[i * stride] : pos0 + i; }
+    int64_t base(int64_t i) const { return table ? table[i * stride + 1] : 0; }
+    // Row i + 1 continues row i's sequence at the next position (they can share key reads).
+    bool continues(int64_t i) const { return base(i + 1) == base(i) && pos(i + 1) == pos(i) + 1; }
+};
+
+}  // namespace
+
 void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                               const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
+                               const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
+                               const RopeKvParams& p) {
+    const HostRowPositions rows(at, q.rows, std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
     const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike.
     pool_.parallel_for(q.rows, std::max<int64_t>(1, 64 / (p.n_heads + p.n_kv_heads)), [&](int64_t t0, int64_t t1) {
         std::vector<float> cs(half), sn(half);
         for (int64_t t = t0; t < t1; t++) {
+            const int64_t pos = rows.pos(t), cache_row = rows.base(t) + pos;
             if (half > 0) {
-                rope_angles(pos0 + t, freqs.data<float>(), half, p.attn_factor, cs.data(), sn.data());
+                rope_angles(pos, freqs.data<float>(), half, p.attn_factor, cs.data(), sn.data());
                 rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
                 rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
             }
-            k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, pos0 + t), k.cols);
-            k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, pos0 + t), v.cols);
+            k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, cache_row), k.cols);
+            k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, cache_row), v.cols);
         }
     });
 }
 
-void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
-                           const AttentionParams& p) {
+void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                           const RowPositions& at, const AttentionParams& p) {
     const int64_t n = q.rows;
     const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
     if (hd > kMaxHeadDim) throw InputError("head_dim " + std::to_string(hd) + " exceeds " + std::to_string(kMaxHeadDim));
     if (p.sinks && (p.sinks->type != DType::F32 || p.sinks->rows * p.sinks->cols != p.n_heads))
         throw InputError("attention sinks must be f32 with one value per head (" + std::to_string(p.n_heads) + ")");
-    // A work item is one KV head with a block of tokens: all the item's queries (the
-    // group's heads x the block's tokens) share each K/V row converted to f32.
+    const HostRowPositions rows(at, n, std::min(k_cache.rows, v_cache.rows), "attention");
+    if (n == 0) return;
+    // A work item is one KV head with a block of rows of one sequence: all the item's queries
+    // (the group's heads x the block's rows) share each K/V row converted to f32.
     const int heads_per_call = std::min(group, kMaxGroupQueries);
-    // A call shares its K/V rows among its queries. With a sliding window that has moved
-    // past key 0, each token starts at another key: one token per call.
-    const bool windowed = p.window > 0 && pos0 + n > p.window;
-    const int64_t tok_block = windowed ? 1 : std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
-    const int64_t n_blocks = (n + tok_block - 1) / tok_block;
-    const int64_t items = n_blocks * p.n_kv_heads;
+    const int64_t max_block = std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
+    // Blocks: runs of rows that continue one sequence, cut into max_block rows. With a sliding
+    // window that has moved past key 0, each row starts at another key: one row per block.
+    blocks_.clear();
+    for (int64_t r0 = 0; r0 < n;) {
+        int64_t r1 = r0 + 1;
+        while (r1 < n && rows.continues(r1 - 1)) r1++;
+        const bool windowed = p.window > 0 && rows.pos(r1 - 1) + 1 > p.window;
+        const int64_t blk = windowed ? 1 : max_block;
+        for (int64_t t = r0; t < r1; t += blk) blocks_.push_back({t, std::min(r1, t + blk)});
+        r0 = r1;
+    }
+    const int64_t items = (int64_t)blocks_.size() * p.n_kv_heads;
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < attention_work_floats(hd)) s.resize(attention_work_floats(hd));
     }
@@ -306,11 +353,14 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         // Decode: with fewer KV heads than twice the threads, split every head's keys so that
         // each thread has work (ranges of at least kMinSplitKeys keys).
         constexpr int64_t kMinSplitKeys = 128;
-        const int64_t first = p.window > 0 ? std::max<int64_t>(0, pos0 + 1 - p.window) : 0;
-        const int64_t n_keys = pos0 + 1 - first;
+        const int64_t pos = rows.pos(0);
+        const int64_t first = p.window > 0 ? std::max<int64_t>(0, pos + 1 - p.window) : 0;
+        const int64_t n_keys = pos + 1 - first;
         const int64_t want = (2 * pool_.size() + p.n_kv_heads - 1) / p.n_kv_heads;
         const int n_splits = (int)std::min<int64_t>(want, n_keys / kMinSplitKeys);
-        if (n_splits > 1) return attention_split_keys(out, q, k_cache, v_cache, first, n_keys, n_splits, p);
+        if (n_splits > 1)
+            return attention_split_keys(out, q, k_cache.slice_rows(rows.base(0), pos + 1),
+                                        v_cache.slice_rows(rows.base(0), pos + 1), first, n_keys, n_splits, p);
     }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* sinks = p.sinks ? p.sinks->data<float>() : nullptr;
@@ -320,15 +370,15 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         int64_t len[kMaxGroupQueries];
         int heads[kMaxGroupQueries];
         float lse[kMaxGroupQueries];
-        // Later token blocks have longer rows: hand items out from the end, interleaved.
+        // Later blocks of a sequence have longer rows: hand items out from the end, interleaved.
         for (int64_t it = items - 1 - ith; it >= 0; it -= nth) {
-            const int64_t blk = it / p.n_kv_heads;
+            const auto [t0, t1] = blocks_[it / p.n_kv_heads];
             const int kvh = (int)(it % p.n_kv_heads);
-            const int64_t t0 = blk * tok_block, t1 = std::min(n, t0 + tok_block);
-            // Keys first .. pos0 + t of every query here (first = 0 without a window).
-            const int64_t first = windowed ? std::max<int64_t>(0, pos0 + t0 + 1 - p.window) : 0;
-            const uint16_t* kp = row_f16(k_cache, first) + kvh * hd;
-            const uint16_t* vp = row_f16(v_cache, first) + kvh * hd;
+            // Keys first .. pos(t) of every query here (first = 0 without a window), from the
+            // sequence's cache rows.
+            const int64_t first = p.window > 0 ? std::max<int64_t>(0, rows.pos(t0) + 1 - p.window) : 0;
+            const uint16_t* kp = row_f16(k_cache, rows.base(t0) + first) + kvh * hd;
+            const uint16_t* vp = row_f16(v_cache, rows.base(t0) + first) + kvh * hd;
             for (int h0 = 0; h0 < group; h0 += heads_per_call) {
                 int nq = 0;
                 for (int64_t t = t0; t < t1; t++) {
@@ -336,7 +386,7 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         const int head = kvh * group + h;
                         qs[nq] = row_f32(q, t) + head * hd;
                         os[nq] = row_f32(out, t) + head * hd;
-                        len[nq] = pos0 + t + 1 - first;  // causal: positions first..pos0 + t
+                        len[nq] = rows.pos(t) + 1 - first;  // causal: positions first..pos(t)
                         heads[nq] = head;
                         nq++;
                     }

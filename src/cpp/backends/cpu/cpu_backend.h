@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -29,9 +30,9 @@ public:
     void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
-                       const Tensor& freqs, int pos0, const RopeKvParams& p) override;
-    void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
-                   const AttentionParams& p) override;
+                       const Tensor& freqs, const RowPositions& at, const RopeKvParams& p) override;
+    void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                   const RowPositions& at, const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
     void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
@@ -69,6 +70,7 @@ private:
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials
+    std::vector<std::pair<int64_t, int64_t>> blocks_;  // attention's row blocks [t0, t1), one sequence each
     std::vector<float> xt_;                    // activations transposed for gemm_panel
     std::unique_ptr<Buffer> gathered_x_, gathered_y_;  // matmul_id: one expert's rows, in and out
 };

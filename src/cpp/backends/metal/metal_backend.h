@@ -51,9 +51,9 @@ public:
     void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                       const Tensor& scratch) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
-                       const Tensor& freqs, int pos0, const RopeKvParams& p) override;
-    void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int pos0,
-                   const AttentionParams& p) override;
+                       const Tensor& freqs, const RowPositions& at, const RopeKvParams& p) override;
+    void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                   const RowPositions& at, const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
     void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;

@@ -63,6 +63,16 @@ void need_f32_rows(const Tensor& t, const char* op, const char* name, int64_t ro
              std::to_string(rows) + ", " + std::to_string(cols) + "]");
 }
 
+// A batch's row table (RowPositions): its shape, and a key range inside the cache. The rows'
+// values live on the device; the caller (the model, the Ops binding) checked them on the host.
+void need_row_table(const Tensor& t, int64_t n, int64_t max_len, int64_t cache_rows, const char* op) {
+    need(t.buf != nullptr && t.type == DType::I32 && t.rows == n && t.cols == 2 && t.stride == 2 * sizeof(int32_t), op,
+         "the row table must be a contiguous i32 [" + std::to_string(n) + ", 2]");
+    need(max_len > 0 && max_len <= cache_rows, op,
+         "the row table's longest key range " + std::to_string(max_len) + " is not within a cache of " +
+             std::to_string(cache_rows) + " rows");
+}
+
 // Decode batches below this size use the matrix-vector kernels; larger ones the
 // simdgroup-matrix GEMM, whose 32-token tiles would mostly idle on fewer tokens.
 constexpr int64_t kMulMmMinTokens = 8;
@@ -240,8 +250,10 @@ void MetalBackend::add_bias(const Tensor& x, const Tensor& b) {
 }
 
 void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
-                                 const Tensor& v_cache, const Tensor& freqs, int pos0, const RopeKvParams& p) {
+                                 const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
+                                 const RopeKvParams& p) {
     const char* op = "rope_kv_write";
+    const int pos0 = at.pos0;
     need(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0 && p.head_dim % 2 == 0, op,
          "need n_heads, n_kv_heads > 0 and an even head_dim");
     const int64_t n = q.rows, kv_dim = (int64_t)p.n_kv_heads * p.head_dim;
@@ -254,9 +266,12 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     for (const Tensor* c : {&k_cache, &v_cache})
         need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
     need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
-    need(pos0 >= 0 && pos0 + n <= k_cache.rows, op,
-         "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) + " past a cache of " +
-             std::to_string(k_cache.rows));
+    if (at.table)
+        need_row_table(*at.table, n, at.max_len, k_cache.rows, op);
+    else
+        need(pos0 >= 0 && pos0 + n <= k_cache.rows, op,
+             "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) + " past a cache of " +
+                 std::to_string(k_cache.rows));
     rope_kv_write_args a{};
     a.q_stride = q.stride;
     a.k_stride = k.stride;
@@ -269,18 +284,24 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     a.neox = p.neox ? 1 : 0;
     a.rope_dim = rot;
     a.attn_factor = p.attn_factor;
-    // Bound from row pos0 on, so the hazard tracker sees exactly the rows written.
-    const Tensor kc = k_cache.slice_rows(pos0, n), vc = v_cache.slice_rows(pos0, n);
+    a.has_rows = at.table ? 1 : 0;
+    // Bound from row pos0 on, so the hazard tracker sees exactly the rows written; a batch's
+    // rows land anywhere in the caches (the table says where), so they are bound whole.
+    const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
+                 vc = at.table ? v_cache : v_cache.slice_rows(pos0, n);
+    const Binding rows = at.table ? reads(*at.table) : Binding{q.buf, q.offset, 0, false};  // unused: any buffer
     // One threadgroup per token: its (cos, sin) table computed once, shared by all its heads.
     const uint32_t cap = thread_cap("rope_kv_write_f32");
     const uint32_t lanes = std::min<uint32_t>(cap, FG_ROPE_LANES(p.head_dim));
     const uint32_t slots = std::min<uint32_t>(cap / lanes, p.n_heads + 2 * p.n_kv_heads);
-    encode("rope_kv_write_f32", &a, sizeof a, {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs)},
+    encode("rope_kv_write_f32", &a, sizeof a,
+           {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs), rows},
            {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
 }
 
 void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                             int pos0, const AttentionParams& p) {
+                             const RowPositions& at, const AttentionParams& p) {
+    const int pos0 = at.pos0;
     need(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0, "attention",
          "n_heads must be a positive multiple of n_kv_heads");
     need(p.head_dim > 0 && p.head_dim <= FG_ATTN_MAX_HEAD_DIM, "attention",
@@ -294,7 +315,10 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     need(k_cache.cols == kv_dim && v_cache.cols == kv_dim && k_cache.rows == v_cache.rows &&
              k_cache.stride == v_cache.stride,
          "attention", "k_cache and v_cache must both be [n_ctx, n_kv_heads * head_dim] with one row stride");
-    need(pos0 >= 0 && pos0 + n <= k_cache.rows, "attention", "queries past the cache");
+    if (at.table)
+        need_row_table(*at.table, n, at.max_len, k_cache.rows, "attention");
+    else
+        need(pos0 >= 0 && pos0 + n <= k_cache.rows, "attention", "queries past the cache");
     if (n == 0) return;
 
     need(p.window >= 0, "attention", "negative window");
@@ -306,7 +330,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     const int32_t has_sinks = p.sinks ? 1 : 0;
     // Split each query's keys so that (splits x heads x queries) fills the GPU. A query
     // sees at most `span` keys (its window); the splits of shorter ones stay empty.
-    const int64_t kv_max = pos0 + n;
+    // The longest key range of a query: the table's (its sequences' cache rows, bound whole), or pos0 + n.
+    const int64_t kv_max = at.table ? at.max_len : pos0 + n;
     const int64_t span = p.window > 0 ? std::min<int64_t>(kv_max, p.window) : kv_max;
     const int64_t groups = n * p.n_heads;
     const int head_block = attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
@@ -318,9 +343,13 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     const int64_t split_len = ceil_div(span, n_splits);
     n_splits = ceil_div(span, split_len);
 
-    const Tensor keys = k_cache.slice_rows(0, kv_max), values = v_cache.slice_rows(0, kv_max);
+    const Tensor keys = at.table ? k_cache : k_cache.slice_rows(0, kv_max),
+                 values = at.table ? v_cache : v_cache.slice_rows(0, kv_max);
+    const Binding rows = at.table ? reads(*at.table) : Binding{out.buf, out.offset, 0, false};  // unused: any buffer
 
-    if (n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
+    // The tiled prefill takes one sequence's consecutive queries; a batch's rows (each with its
+    // own sequence) go through attention_f16_d*, one threadgroup per (split, head block, query).
+    if (!at.table && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
         // A chunk of queries whose keys need no split: blocks of 8 queries share K/V tiles.
         attention_prefill_args a{};
         a.q_stride = q.stride;
@@ -356,6 +385,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.window = p.window;
     a.softcap = p.softcap;
     a.has_sinks = has_sinks;
+    a.has_rows = at.table ? 1 : 0;
     const size_t tg_bytes = FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
     const std::string kernel = "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
 
@@ -363,7 +393,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         // One split writes out directly and never touches slot 5; it is bound (to out,
         // zero bytes tracked) only because Metal's validation wants every slot bound.
         const Binding unused{out.buf, out.offset, 0, false};
-        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks},
+        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows},
                {1, (uint32_t)(p.n_heads / head_block), (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                tg_bytes);
         return;
@@ -372,7 +402,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
                                  sizeof(float);  // acc rows, then (max, sum) pairs
     Buffer* scratch = attention_scratch(partial_bytes);
     Binding partials{scratch, 0, partial_bytes, true};
-    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks},
+    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows},
            {(uint32_t)n_splits, (uint32_t)(p.n_heads / head_block), (uint32_t)n},
            {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
     attention_reduce_args r{};

@@ -1,0 +1,86 @@
+"""Engine decode throughput for 1 sequence vs N sequences in one batch step (continuous batching).
+
+    python bench/batch_decode.py --model smollm2.gguf --seqs 1,4,8 --steps 32 --threads 2
+    python bench/batch_decode.py --preset smollm2-135m --type Q8_0 --seqs 1,8   # a synthetic GGUF
+
+Each sequence gets a --prompt-tokens prompt in its own KV slot (prefilled first, not timed);
+then --steps greedy batch steps run, each one forward_batch_argmax over all N sequences' next
+tokens (the step the server's BatchScheduler runs). Tokens/s = N * steps / wall time. The
+configurations alternate over --repeats rounds and each figure is its median; the ratio column
+is N sequences' tokens/s over 1 sequence's, measured in this one run on this one machine.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import cpu_name  # noqa: E402
+
+
+def decode_rate(engine, n_seqs: int, prompt_tokens: int, steps: int, vocab: int) -> float:
+    """Tokens/s of `steps` batch steps over n_seqs sequences (slots 0..n_seqs-1) after their prompts."""
+    rng = np.random.default_rng(n_seqs)
+    nxt = []
+    for s in range(n_seqs):
+        prompt = rng.integers(1, vocab, prompt_tokens).astype(np.int32)
+        nxt.append(int(engine.forward_batch_argmax([(s, prompt, 0)])[0]))
+    pos = prompt_tokens
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        entries = [(s, np.array([nxt[s]], np.int32), pos) for s in range(n_seqs)]
+        nxt = [int(t) for t in engine.forward_batch_argmax(entries)]
+        pos += 1
+    return n_seqs * steps / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, help="a GGUF (default: a synthetic one of --preset / --type)")
+    ap.add_argument("--preset", default="smollm2-135m")
+    ap.add_argument("--type", default="Q8_0")
+    ap.add_argument("--seqs", default="1,8", help="sequence counts, comma-separated (1 is always run)")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", default="cpu")
+    a = ap.parse_args()
+    counts = sorted({1, *(int(c) for c in a.seqs.split(","))})
+
+    import forgert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = a.model
+        if path is None:
+            import synthetic_gguf
+            path = Path(tmp) / f"{a.preset}-{a.type}.gguf"
+            synthetic_gguf.write(path, a.preset, a.type)
+        n_ctx = a.prompt_tokens + a.repeats * (a.steps + 1) + 8
+        model = forgert.Model(path, backend=a.backend, threads=a.threads, n_ctx=n_ctx, parallel=max(counts))
+        engine, vocab = model._engine, int(model._engine.vocab)
+        rates = {n: [] for n in counts}
+        for _ in range(a.repeats):
+            for n in counts:
+                rates[n].append(decode_rate(engine, n, a.prompt_tokens, a.steps, vocab))
+
+    print(f"machine: {cpu_name()}; backend {model.backend}, {model.threads} threads; model {Path(path).name}; "
+          f"forgert from {Path(forgert.__file__).parent}")
+    print(f"{a.steps} greedy batch steps after {a.prompt_tokens}-token prompts, median of {a.repeats}")
+    print("| sequences | tokens/s | vs 1 sequence |")
+    print("|---:|---:|---:|")
+    base = statistics.median(rates[1])
+    for n in counts:
+        r = statistics.median(rates[n])
+        print(f"| {n} | {r:.1f} | {r / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
