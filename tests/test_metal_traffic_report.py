@@ -1,6 +1,6 @@
 """bench/metal/traffic.py's arithmetic, on hand-made counts (no emulator): the layer scaling
-(one + (layers - 1) x (two - one)), the bandwidth-bound times and the llama.cpp columns, and that
---load prints what --save stored."""
+(one + (layers - 1) x (two - one)) and the vocabulary scaling, the bandwidth-bound times and the
+llama.cpp columns, and that --load prints what --save stored."""
 from __future__ import annotations
 
 import collections
@@ -38,6 +38,18 @@ def test_scaled_layers():
     assert s["mv"]["load_lines64"] == 100 and s["mv"]["load_lines64_min"] == 50
     assert s["mv"]["tg_memory"] == 64  # a maximum, not scaled
     assert s["head"]["dispatches"] == 1 and s["head"]["read_needed"] == 7
+
+
+def test_vocabulary_scaling():
+    """The output layer measured at two small vocabularies, extrapolated to the model's: what
+    grows with the vocabulary (the output GEMV's bytes, argmax) grows by the factor; the rest not."""
+    t = load_traffic()
+    base = {"out": counts(dispatches=1, read_needed=1000), "norm": counts(dispatches=2, read_needed=50)}
+    v1 = {"out": counts(dispatches=1, read_needed=300), "norm": counts(dispatches=2, read_needed=50)}
+    v2 = {"out": counts(dispatches=1, read_needed=500), "norm": counts(dispatches=2, read_needed=50)}
+    s = t.combined(base, [(62.5, v1, v2)])   # a factor (V - V1) / (V2 - V1) of 62.5
+    assert s["out"]["read_needed"] == 1000 + 62.5 * 200 and s["out"]["dispatches"] == 1
+    assert s["norm"]["read_needed"] == 50 and s["norm"]["dispatches"] == 2
 
 
 def test_report_bounds_and_llamacpp_columns():

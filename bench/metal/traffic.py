@@ -8,6 +8,7 @@ bank conflicts, and the step's bandwidth-bound time on Apple chips.
     python bench/metal/traffic.py --preset llama32-1b     # synthetic 1B shapes: 1- and 2-layer
                                                           # models, scaled up to all layers
     python bench/metal/traffic.py --preset llama32-1b llama3-8b --type Q4_0 --save t.json
+    python bench/metal/traffic.py --preset llama3-8b --vocabs 2048 4096   # small vocabularies, scaled
     python bench/metal/traffic.py --load t.json           # the saved tables again, no emulator
     python bench/metal/traffic.py model.gguf --prompt-tokens 4
 
@@ -127,25 +128,53 @@ def scaled(one: dict, two: dict, layers: int) -> dict:
     return out
 
 
-def measure_preset(preset: str, wtype: str, prompt_tokens: int) -> dict:
+def combined(base: dict, parts: list[tuple[float, dict, dict]]) -> dict:
+    """base + sum of f x (b - a) over parts (f, a, b), kernel by kernel; maxima stay maxima."""
+    out = {name: collections.Counter(c) for name, c in base.items()}
+    for f, a, b in parts:
+        for name in set(a) | set(b):
+            c = out.setdefault(name, collections.Counter())
+            ca, cb = a.get(name, collections.Counter()), b.get(name, collections.Counter())
+            for k in set(ca) | set(cb):
+                if k in ("tg_memory", "threads"):
+                    c[k] = max(c[k], ca[k], cb[k])
+                else:
+                    c[k] += f * (cb[k] - ca[k])
+    return out
+
+
+def measure_preset(preset: str, wtype: str, prompt_tokens: int, vocabs: list[int] | None = None) -> dict:
     """One decode step of a synthetic model of all `preset`'s layers: measured on 1- and 2-layer
-    models (the emulator is too slow for all layers), scaled as one + (layers - 1) x (two - one)."""
+    models (the emulator is too slow for all layers), scaled as one + (layers - 1) x (two - one).
+    With vocabs (V1, V2), the models have those small vocabularies and the output layer, argmax
+    and logits are scaled to the preset's: + (V - V1) / (V2 - V1) x (1 layer at V2 - 1 layer at V1),
+    exact for what grows linearly with the vocabulary (every count here does)."""
     import forgert  # noqa: F401  the installed package (with _core), before synthetic_gguf adds ../python
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import synthetic_gguf as sg
-    layers, *rest = sg.PRESETS[preset]
-    steps, sizes = [], []
+    layers, hidden, ffn, heads, kv_heads, vocab, ctx = sg.PRESETS[preset]
+    v1, v2 = vocabs or (vocab, vocab)
+
+    def run(n_layers, n_vocab, tmp):
+        name = f"{preset}-{n_layers}l-v{n_vocab}"
+        sg.PRESETS[name] = (n_layers, hidden, ffn, heads, kv_heads, n_vocab, ctx)
+        path = os.path.join(tmp, name + ".gguf")
+        sg.write(Path(path), name, wtype)
+        return by_kernel(decode_step(path, prompt_tokens)), weights_read(path)[0]
+
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (1, 2):
-            sg.PRESETS[f"{preset}-{n}l"] = (n, *rest)
-            path = os.path.join(tmp, f"{preset}-{n}l.gguf")
-            sg.write(Path(path), f"{preset}-{n}l", wtype)
-            steps.append(by_kernel(decode_step(path, prompt_tokens)))
-            sizes.append(weights_read(path))
-    return {"title": f"{preset} {wtype} (synthetic; {layers} layers scaled from measured 1- and 2-layer "
-                     f"models), decode step after {prompt_tokens} prompt tokens",
-            "rows": scaled(steps[0], steps[1], layers),
-            "weights": sizes[0][0] + (layers - 1) * (sizes[1][0] - sizes[0][0])}
+        (one, w_one), (two, w_two) = run(1, v1, tmp), run(2, v1, tmp)
+        rows = scaled(one, two, layers)
+        weights = w_one + (layers - 1) * (w_two - w_one)
+        how = f"{layers} layers scaled from measured 1- and 2-layer models"
+        if v1 != vocab:
+            wide, w_wide = run(1, v2, tmp)
+            f = (vocab - v1) / (v2 - v1)
+            rows = combined(rows, [(f, one, wide)])
+            weights += f * (w_wide - w_one)
+            how += f", vocabulary {vocab} scaled from measured {v1} and {v2}"
+    return {"title": f"{preset} {wtype} (synthetic; {how}), decode step after {prompt_tokens} prompt tokens",
+            "rows": rows, "weights": weights}
 
 
 def measure_model(path: str | None, prompt_tokens: int) -> dict:
@@ -184,6 +213,9 @@ def main() -> int:
                     help="synthetic shapes of bench/synthetic_gguf.py (llama32-1b, llama3-8b, ...)")
     ap.add_argument("--type", default="Q4_K_M", help="weight type of the synthetic models")
     ap.add_argument("--prompt-tokens", type=int, default=4)
+    ap.add_argument("--vocabs", type=int, nargs=2, default=None, metavar=("V1", "V2"),
+                    help="measure the presets at these two small vocabularies and scale to theirs "
+                         "(the output layer dominates the emulator's time)")
     ap.add_argument("--save", default=None, help="write the measured steps to this JSON file")
     ap.add_argument("--load", default=None, help="report the steps of a JSON file of --save (no emulator)")
     a = ap.parse_args()
@@ -191,7 +223,7 @@ def main() -> int:
     if a.load:
         steps = json.loads(Path(a.load).read_text())
     elif a.preset:
-        steps = [measure_preset(p, a.type, a.prompt_tokens) for p in a.preset]
+        steps = [measure_preset(p, a.type, a.prompt_tokens, a.vocabs) for p in a.preset]
     else:
         steps = [measure_model(a.model, a.prompt_tokens)]
     if a.save:
