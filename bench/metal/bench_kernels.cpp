@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
         b.be->write(rows, table.data(), table.size() * sizeof(int32_t));
         const double bytes = 2.0 * n_seq * ctx * KV * hd * 2, flops = 4.0 * n_seq * ctx * H * hd;
         b.run("attention batch 8 seqs ctx=512, one call", bytes, flops, 50,
-              [&] { b.be->attention(o, q, kc, vc, RowPositions(rows, ctx), AttentionParams{H, KV, hd, 0.088f}); });
+              [&] { b.be->attention(o, q, kc, vc, RowPositions(rows, ctx, 1), AttentionParams{H, KV, hd, 0.088f}); });
         b.run("attention batch 8 seqs ctx=512, per seq", bytes, flops, 50, [&] {
             for (int s = 0; s < n_seq; s++)
                 b.be->attention(o.slice_rows(s, 1), q.slice_rows(s, 1), kc.slice_rows(s * ctx, ctx),
