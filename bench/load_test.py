@@ -1,18 +1,20 @@
-"""Load test of `forgert serve` on loopback: requests/s and latency percentiles at 1, 4 and 16
-concurrent clients, written to bench/results/load_test.md.
+"""Load test of `forgert serve`: N concurrent streaming clients against 1, on one server it starts.
 
-Bounded: a fixed number of requests per level, small max_tokens, a deadline per level; the server
-listens on 127.0.0.1 only and is stopped at the end.
+Reports, per level, the aggregate completion tokens/s of all clients together (every request
+generates exactly --max-tokens tokens: ignore_eos), its ratio to one client's, and the time to
+first token (p50 / p95) while the batch is busy. Standard library only (http.client, threads).
 
-    python bench/load_test.py [--model PATH] [--levels 1,4,16] [--max-tokens 16] [--parallel N]
+    python bench/load_test.py [--model PATH] [--clients 8] [--parallel 8] [--max-tokens 64]
+                              [--requests-per-client 3] [--out bench/results/load_test.md]
 
---parallel N serves with continuous batching (`forgert serve --parallel N`); the table's
-completion tok/s is then the aggregate decode rate of all clients together.
+The server runs with `--parallel P` (continuous batching; default: as many as the clients), on
+127.0.0.1 only, and is stopped at the end. A noisy machine (other work on it) skews every figure:
+the 1-minute load average before and after is written with the table.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import json
 import os
 import platform
@@ -20,10 +22,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "load_test.md"
@@ -32,24 +36,20 @@ PROMPTS = ["Write a haiku about the sea.", "What is the capital of Italy?", "Nam
            "What is 12 times 12?", "Describe a cat in one sentence."]
 
 
+def machine() -> str:
+    return f"{platform.node()}: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}"
-
-
 def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (NumPy's default)."""
+    """Linear interpolation between closest ranks (NumPy's default); nan when empty."""
+    if not values:
+        return float("nan")
     s = sorted(values)
     k = (len(s) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(s) - 1)
@@ -57,9 +57,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int = 1):
+    """`python -m forgert serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int):
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "forgert", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--n-ctx", str(n_ctx), "--log-level", "warning", "--parallel", str(parallel)]
         if model:
@@ -69,14 +70,22 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
 
-    def wait_ready(self, timeout: float = 120) -> dict:
+    def get(self, path: str) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"forgert serve exited: {self.proc.stderr.read()}")
             try:
-                return httpx.get(self.base + "/health", timeout=2).json()
-            except httpx.TransportError:
+                return self.get("/health")
+            except OSError:
                 time.sleep(0.2)
         raise SystemExit("forgert serve did not come up")
 
@@ -88,87 +97,95 @@ class Server:
             self.proc.kill()
 
 
-async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> dict:
-    """A streaming chat request; returns latency, time to first token and tokens, or the error."""
-    body = {"model": "x", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+def one_request(port: int, prompt: str, max_tokens: int, timeout: float) -> dict:
+    """A streaming chat request: {"latency", "ttft", "tokens"} or {"error"}."""
+    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": prompt}],
+                       "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     start = time.perf_counter()
-    first = None
-    tokens = 0
+    first, tokens = None, 0
     try:
-        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    return {"error": chunk["error"]["message"]}
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    first = time.perf_counter() - start
-    except httpx.HTTPError as e:
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        if r.status != 200:
+            return {"error": f"HTTP {r.status}: {r.read()[:200]!r}"}
+        for raw in r:       # SSE lines as they arrive (http.client undoes the chunked encoding)
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return {"error": chunk["error"]["message"]}
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - start
+    except OSError as e:
         return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        conn.close()
     return {"latency": time.perf_counter() - start, "ttft": first, "tokens": tokens}
 
 
-async def run_level(base: str, clients: int, n_requests: int, max_tokens: int, deadline_s: float) -> dict:
-    queue: asyncio.Queue = asyncio.Queue()
-    for i in range(n_requests):
-        queue.put_nowait(PROMPTS[i % len(PROMPTS)])
+def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int, timeout: float) -> dict:
+    """`clients` threads, each sending its requests one after another; all start together."""
     results: list[dict] = []
+    lock = threading.Lock()
+    go = threading.Barrier(clients + 1)
 
-    async def client(http):
-        while not queue.empty():
-            results.append(await one_request(http, queue.get_nowait(), max_tokens))
+    def client(c: int) -> None:
+        go.wait()
+        for i in range(requests_per_client):
+            r = one_request(port, PROMPTS[(c + i * clients) % len(PROMPTS)], max_tokens, timeout)
+            with lock:
+                results.append(r)
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=deadline_s, limits=limits) as http:
-        start = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(client(http) for _ in range(clients))), deadline_s)
-        wall = time.perf_counter() - start
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
     ok = [r for r in results if "error" not in r]
-    latencies = [r["latency"] for r in ok]
     ttfts = [r["ttft"] for r in ok if r["ttft"] is not None]
-    return {
-        "clients": clients, "requests": len(results), "errors": [r["error"] for r in results if "error" in r],
-        "wall_s": wall, "requests_per_s": len(ok) / wall,
-        "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
-        "latency": {q: percentile(latencies, q) for q in (0.5, 0.9, 0.99)} if latencies else {},
-        "ttft": {q: percentile(ttfts, q) for q in (0.5, 0.9, 0.99)} if ttfts else {},
-    }
+    latencies = [r["latency"] for r in ok]
+    # one client's decode rate: tokens after the first over the time after the first
+    per_client = [(r["tokens"] - 1) / (r["latency"] - r["ttft"]) for r in ok
+                  if r["ttft"] is not None and r["tokens"] > 1 and r["latency"] > r["ttft"]]
+    return {"clients": clients, "requests": len(results), "errors": [r["error"] for r in results if "error" in r],
+            "wall_s": wall, "tokens": sum(r["tokens"] for r in ok),
+            "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "per_client_decode": percentile(per_client, 0.5),
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95),
+            "latency_p50": percentile(latencies, 0.5)}
 
 
-def write_markdown(rows: list[dict], args, health: dict) -> str:
+def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> str:
+    base = rows[0]["tokens_per_s"]
     lines = [
         "# forgert serve load test",
         "",
         f"- machine: {machine()}",
         f"- model: {health.get('model')}, n_ctx {args.n_ctx}, threads {args.threads or 'all'}, "
-        f"--parallel {args.parallel}",
-        f"- requests: streaming chat completions, max_tokens {args.max_tokens}, temperature 0, "
-        f"{args.requests_per_client} requests per client (at least {args.min_requests} per level), "
-        "over loopback (127.0.0.1)",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average "
-        f"before / after: {args.load_before:.1f} / {os.getloadavg()[0]:.1f} (other work on the machine "
-        "skews every figure)",
-        ("- one model serves all clients: requests queue FIFO, so latency grows with the queue while "
-         "throughput stays that of one generation at a time" if args.parallel == 1 else
-         f"- continuous batching: up to {args.parallel} requests decode together, the rest queue FIFO"),
+        f"`forgert serve --parallel {args.parallel}` (continuous batching)",
+        f"- requests: streaming chat completions over loopback, {args.max_tokens} tokens each (ignore_eos), "
+        f"temperature 0, {args.requests_per_client} per client, clients start together",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average before / after: "
+        f"{args.load_before:.1f} / {load_after:.1f} (other work on the machine skews every figure)",
+        "- aggregate tok/s: completion tokens of all clients / wall time of the level (prefill included); "
+        "per-client decode: median of (tokens - 1) / (latency - first token)",
         "",
-        "| clients | requests | errors | req/s | completion tok/s | latency p50 (s) | p90 | p99 "
-        "| first token p50 (s) | p90 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | requests | errors | aggregate tok/s | vs 1 client | per-client decode tok/s "
+        "| first token p50 (s) | p95 (s) | latency p50 (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lat, ttft = r["latency"], r["ttft"]
-        lines.append(
-            f"| {r['clients']} | {r['requests']} | {len(r['errors'])} | {r['requests_per_s']:.2f} "
-            f"| {r['tokens_per_s']:.1f} | {lat.get(0.5, float('nan')):.2f} | {lat.get(0.9, float('nan')):.2f} "
-            f"| {lat.get(0.99, float('nan')):.2f} | {ttft.get(0.5, float('nan')):.2f} "
-            f"| {ttft.get(0.9, float('nan')):.2f} |")
+        lines.append(f"| {r['clients']} | {r['requests']} | {len(r['errors'])} | {r['tokens_per_s']:.1f} "
+                     f"| {r['tokens_per_s'] / base:.2f}x | {r['per_client_decode']:.1f} | {r['ttft_p50']:.3f} "
+                     f"| {r['ttft_p95']:.3f} | {r['latency_p50']:.2f} |")
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         lines += ["", "Errors:", *[f"- {e}" for e in errors[:20]]]
@@ -178,36 +195,37 @@ def write_markdown(rows: list[dict], args, health: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model path (default: forgert's default SmolLM2 model)")
-    p.add_argument("--levels", default="1,4,16", help="comma-separated client counts")
-    p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--requests-per-client", type=int, default=2)
-    p.add_argument("--min-requests", type=int, default=16)
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients of the loaded level")
+    p.add_argument("--parallel", type=int, default=None, help="forgert serve --parallel (default: --clients)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--requests-per-client", type=int, default=3)
     p.add_argument("--n-ctx", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--parallel", type=int, default=1, help="forgert serve --parallel N (continuous batching)")
-    p.add_argument("--deadline", type=float, default=600, help="seconds allowed per level")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
+    p.add_argument("--out", type=Path, default=RESULTS, help="markdown table written here")
     args = p.parse_args(argv)
-    levels = [int(x) for x in args.levels.split(",")]
+    if args.clients < 1 or args.max_tokens < 2 or args.requests_per_client < 1:
+        p.error("--clients and --requests-per-client must be >= 1, --max-tokens >= 2")
+    args.parallel = args.parallel or args.clients
     args.load_before = os.getloadavg()[0]
 
     server = Server(args.model, args.n_ctx, args.threads, args.parallel)
     try:
         health = server.wait_ready()
-        asyncio.run(run_level(server.base, 1, 1, 2, args.deadline))     # warm-up, not reported
+        run_level(server.port, 1, 1, 4, args.timeout)     # warm-up, not reported
         rows = []
-        for clients in levels:
-            n = max(args.min_requests, clients * args.requests_per_client)
-            row = asyncio.run(run_level(server.base, clients, n, args.max_tokens, args.deadline))
+        for clients in sorted({1, args.clients}):
+            row = run_level(server.port, clients, args.requests_per_client, args.max_tokens, args.timeout)
             rows.append(row)
             print(f"{clients:>3} clients: {row['requests']} requests, {len(row['errors'])} errors, "
-                  f"{row['requests_per_s']:.2f} req/s, p50 {row['latency'].get(0.5, float('nan')):.2f}s, "
-                  f"p99 {row['latency'].get(0.99, float('nan')):.2f}s", flush=True)
+                  f"{row['tokens_per_s']:.1f} tok/s aggregate, first token p50 {row['ttft_p50']:.3f}s "
+                  f"p95 {row['ttft_p95']:.3f}s", flush=True)
     finally:
         server.stop()
-    report = write_markdown(rows, args, health)
+    report = write_markdown(rows, args, health, os.getloadavg()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
+    print(report)
     print(f"wrote {args.out}")
     return 1 if any(r["errors"] for r in rows) else 0
 

@@ -68,21 +68,60 @@ _F16_KV_SINKS = "forgert_f16_kv_sinks"
 def with_f16_kv(model):
     """The model switched to gpt-oss's own eager attention (sinks included) over K and V rounded
     to float16, as forgert's KV cache holds them (model_factory.with_f16_kv's Llama eager
-    attention would drop the sinks)."""
+    attention would drop the sinks). An attention module with `given_kv` set attends over those
+    (K, V) instead of its own; one with `seen_kv` (a list) appends its f32 (K, V) before rounding."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
     from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
     if _F16_KV_SINKS not in ALL_MASK_ATTENTION_FUNCTIONS:
         def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
-            key = key.to(torch.float16).to(query.dtype)
-            value = value.to(torch.float16).to(query.dtype)
+            # key, value: [batch, n_kv_heads, n, head_dim], after RoPE
+            if getattr(module, "seen_kv", None) is not None:
+                module.seen_kv.append((key.detach().clone(), value.detach().clone()))
+            if getattr(module, "given_kv", None) is not None:
+                key, value = module.given_kv
+            else:
+                key = key.to(torch.float16).to(query.dtype)
+                value = value.to(torch.float16).to(query.dtype)
             return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
         AttentionInterface.register(_F16_KV_SINKS, f16_kv_attention)
         AttentionMaskInterface.register(_F16_KV_SINKS, eager_mask)
     model.set_attn_implementation(_F16_KV_SINKS)
     return model
+
+
+def _attentions(model):
+    return [layer.self_attn for layer in model.model.layers]
+
+
+def reference_kv(model, ids) -> np.ndarray:
+    """f32 [n_layers, 2 (K, V), len(ids), n_kv_heads * head_dim]: what a with_f16_kv model's
+    layers compute for K (after RoPE) and V before rounding them, in Engine.kv_save's layout."""
+    for a in _attentions(model):
+        a.seen_kv = []
+    try:
+        mf.reference_logits(model, ids)
+        kv = [[t[0].transpose(0, 1).reshape(len(ids), -1).numpy() for t in a.seen_kv[0]] for a in _attentions(model)]
+    finally:
+        for a in _attentions(model):
+            a.seen_kv = None
+    return np.asarray(kv, np.float32)
+
+
+def logits_over_cache(model, ids, kv: np.ndarray) -> np.ndarray:
+    """Logits of a with_f16_kv model whose every layer attends over the given cache instead of
+    its own K/V: kv is f16 [n_layers, 2, len(ids), n_kv_heads * head_dim] (Engine.kv_save's)."""
+    heads, head_dim = model.config.num_key_value_heads, model.config.head_dim
+    as_heads = lambda rows: torch.from_numpy(rows.astype(np.float32)).reshape(len(ids), heads, head_dim).transpose(0, 1)[None]
+    for a, layer_kv in zip(_attentions(model), kv):
+        a.given_kv = (as_heads(layer_kv[0]), as_heads(layer_kv[1]))
+    try:
+        return mf.reference_logits(model, ids)
+    finally:
+        for a in _attentions(model):
+            a.given_kv = None
 
 
 def gguf_tensors(model) -> dict:

@@ -108,8 +108,8 @@ def test_client_leaving_mid_batch_does_not_disturb_the_others(server, reference)
                    "the cancelled requests to leave the batch")
 
 
-def test_unbatchable_request_runs_beside_the_batch(server, reference):
-    """logprobs takes the turn-taking path (slot 0) between batch steps."""
+def test_logprobs_request_runs_in_the_batch(server, reference):
+    """logprobs (the logits row in Python) joins the running batch beside plain requests."""
     def with_logprobs():
         with httpx.Client(timeout=600) as http:
             r = http.post(server.base_url + "/v1/completions", json=dict(body(PROMPTS[0], False), logprobs=2))

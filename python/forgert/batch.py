@@ -9,30 +9,70 @@ batching), so more prompts than slots is fine.
 As in Model's single-sequence path, a prompt's last token is evaluated alone as a decode row,
 after its prefix was prefilled in chunks: at temperature 0 a prompt gives the same tokens in a
 batch as alone (up to near-ties in f32 summation order, see tests/test_batch_generate.py).
+
+Sequences that need their logits row in Python (LogitsOptions: logprobs, logit_bias, a grammar)
+run in the same step: the step then asks the engine for every row's logits (forward_batch) and
+samples the other rows from them as the engine would have (argmax, or their C++ sampler). A
+grammar's token mask for the next token is computed on a worker thread while the engine
+evaluates the step (both release the GIL), so it costs the batch only what exceeds the pass.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .completion import Completion, Timings, Usage
 from .detokenizer import StreamingDetokenizer
+from .grammar import Grammar
+from .logprobs import token_logprob
 from .prompt_cache import common_prefix
-from .sampling import native_sampler
+from .sampling import Sampler, native_sampler
 from .stop_strings import StopStringMatcher
+
+
+@dataclass(frozen=True)
+class LogitsOptions:
+    """What a sequence does with its logits row in Python, as Model.stream does for one sequence:
+    logit_bias added, then the grammar's mask, then the NumPy sampler (seeded as Model's)."""
+    top_logprobs: Optional[int] = None      # each sampled token's logprob and k alternatives
+    bias: Optional[np.ndarray] = None       # float32 [vocab] added to the logits (logit_bias)
+    grammar: Optional[Grammar] = None       # every token inside its mask (response_format)
+
+    @property
+    def needs_row(self) -> bool:
+        return self.top_logprobs is not None or self.bias is not None or self.grammar is not None
+
+
+class StepOutput(NamedTuple):
+    """What one sequence produced in a step."""
+    sequence: "_Sequence"
+    text: str                   # the text its token completed ("" when none yet)
+    logprobs: Optional[list]    # [TokenLogprob] of the tokens behind text (top_logprobs set), else None
+    finished: bool              # its last step (sequence.error says if it failed)
 
 
 class _Sequence:
     """One prompt's generation state in the batch."""
 
-    def __init__(self, index, prompt_ids, params, tokenizer, n_ctx):
+    def __init__(self, index, prompt_ids, params, tokenizer, n_ctx, options: LogitsOptions):
         self.index = index
         self.prompt = list(prompt_ids)
         self.params = params
-        self.greedy = params.greedy and not params.has_penalties
-        self.sampler = None if self.greedy else native_sampler(params, prompt_ids)
+        self.options = options
+        self.tokenizer = tokenizer
+        # Python rows: the grammar's parser, the NumPy sampler and its penalty history
+        self.matcher = options.grammar.matcher() if options.grammar is not None else None
+        self.row_sampler = Sampler(params) if options.needs_row else None
+        self.history = list(prompt_ids) if options.needs_row else None
+        self.pending_logprobs = []      # of tokens whose text is not out yet
+        self.greedy = params.greedy and not params.has_penalties and not options.needs_row
+        self.sampler = None if self.greedy or options.needs_row else native_sampler(params, prompt_ids)
         self.stop_ids = set() if params.ignore_eos else tokenizer.stop_ids
         self.detok = StreamingDetokenizer(tokenizer, prompt_ids)
         self.stops = StopStringMatcher(params.stop)
@@ -46,13 +86,23 @@ class _Sequence:
         self.n_sampled, self.n_decode, self.finish = 0, 0, "length"
         self.t_start = self.t_first = None
         self.done, self.result = False, None    # result: the Completion, once finished
+        self.error = None               # the exception that ended it (its grammar refused a token)
 
     @property
     def decoding(self) -> bool:
         return self.next_token is not None
 
-    def accept(self, tok):
-        """Takes a sampled token; returns (text piece, done)."""
+    def pick(self, logits, allowed=None) -> int:
+        """The next token from its logits row [vocab]: biased, inside the grammar's mask (allowed:
+        this step's, computed beside the engine pass), drawn by the NumPy sampler."""
+        row = logits if self.options.bias is None else np.asarray(logits, dtype=np.float32) + self.options.bias
+        if self.matcher is not None:
+            row = self.matcher.apply(row, allowed)
+        return self.row_sampler.sample(row, self.history)
+
+    def accept(self, tok, logits=None):
+        """Takes a sampled token (logits: the raw row it came from, for its logprob); returns
+        (text piece, done)."""
         self.n_sampled += 1
         if tok in self.stop_ids:
             self.finish = "stop"
@@ -60,9 +110,15 @@ class _Sequence:
         self.generated.append(tok)
         if self.sampler is not None:
             self.sampler.add_history(tok)
+        if self.history is not None:
+            self.history.append(tok)
+        if self.matcher is not None:
+            self.matcher.accept(tok)
+        if self.options.top_logprobs is not None:
+            self.pending_logprobs.append(token_logprob(logits, tok, self.options.top_logprobs, self.tokenizer))
         out = self.stops.feed(self.detok.push(tok))
-        if self.stops.stopped:
-            self.finish = "stop"
+        if self.stops.stopped or (self.matcher is not None and self.matcher.done):
+            self.finish = "stop"    # a stop string, or the document is complete (only EOS may follow)
             return out, True
         if len(self.generated) >= self.limit:
             return out, True
@@ -72,6 +128,14 @@ class _Sequence:
     def cached_tokens(self) -> list:
         """The tokens whose K/V this sequence left in its slot (positions 0..)."""
         return self.prompt[:self.n_prefilled] + self.generated[:self.n_decode]
+
+    def take_logprobs(self, text: str, finished: bool) -> Optional[list]:
+        """The logprobs to send with `text`: those gathered so far, once text is out (or at the
+        end); None for a sequence that did not ask for them."""
+        if self.options.top_logprobs is None or not (text or (finished and self.pending_logprobs)):
+            return None
+        out, self.pending_logprobs = self.pending_logprobs, []
+        return out
 
     def flush(self) -> str:
         return "" if self.stops.stopped else self.stops.feed(self.detok.flush()) + self.stops.flush()
@@ -98,15 +162,16 @@ class BatchScheduler:
         self.free_slots = sorted(range(engine.n_slots) if slots is None else slots, reverse=True)
         self.slot_tokens = {slot: [] for slot in self.free_slots}   # what each free slot's cache holds
         self._count = 0
+        self._mask_pool = None      # threads computing grammar masks beside the engine pass
 
     @property
     def busy(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def add(self, prompt_ids, params) -> _Sequence:
+    def add(self, prompt_ids, params, options: LogitsOptions = LogitsOptions()) -> _Sequence:
         """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
-        the returned sequence once finished."""
-        seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx)
+        the returned sequence once finished. ValueError for a grammar that cannot start."""
+        seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx, options)
         self._count += 1
         seq.t_start = time.perf_counter()
         seq.done = seq.limit == 0       # no room for a single token: finished before it starts
@@ -137,8 +202,8 @@ class BatchScheduler:
         self.slot_tokens[seq.slot] = seq.cached_tokens()
         self.free_slots.append(seq.slot)
 
-    def step(self) -> list:
-        """One engine pass; returns [(sequence, text piece, finished)] for the rows it sampled."""
+    def step(self) -> list[StepOutput]:
+        """One engine pass; returns a StepOutput for each row it sampled."""
         while self.waiting and self.free_slots:
             self._admit(self.waiting.popleft())
         if not self.running:
@@ -163,34 +228,69 @@ class BatchScheduler:
                 entries.append((s.slot, np.array(s.prompt[s.n_prefilled:s.n_prefilled + n], np.int32), s.n_prefilled))
                 prefills.append((s, n))
                 budget -= n
-        if all(s.greedy for s in rows):
-            chosen = self.engine.forward_batch_argmax(entries)
-        else:
-            samplers = [s.sampler if s.sampler is not None else _greedy_sampler() for s in rows]
-            samplers += [_greedy_sampler() for _ in prefills]    # their rows are not used
-            chosen = self.engine.forward_batch_sample(entries, samplers)
+        chosen, logits = self._evaluate(entries, rows, len(prefills))
         for s, n in prefills:
             s.n_prefilled += n
         now = time.perf_counter()
         out = []
-        for s, tok in zip(rows, chosen):
+        for i, (s, tok) in enumerate(zip(rows, chosen)):
             if not s.decoding:
                 s.n_prefilled = len(s.prompt)
                 s.t_first = now
             else:
                 s.n_decode += 1
-            piece, finished = s.accept(int(tok))
+            try:
+                if isinstance(tok, BaseException):
+                    raise tok
+                piece, finished = s.accept(tok, None if logits is None else logits[i])
+            except Exception as error:  # noqa: BLE001 - this sequence fails, the batch goes on
+                s.error, piece, finished = error, "", True
             if finished:
-                piece += s.flush()
+                piece += s.flush() if s.error is None else ""
                 s.next_token = None
             if piece:
                 s.pieces.append(piece)
+            lps = s.take_logprobs(piece, finished)
             if finished:
                 self.running.remove(s)
                 self._release(s)
                 s.done, s.result = True, s.completion(now)
-            out.append((s, piece, finished))
+            out.append(StepOutput(s, piece, lps, finished))
         return out
+
+    def _evaluate(self, entries, rows, n_prefills):
+        """Runs the pass; returns (each row's next token, or the exception that stopped it;
+        the logits f32 [n_entries, vocab] when Python rows asked for them, else None)."""
+        python_rows = [s for s in rows if s.options.needs_row]
+        if not python_rows:     # everything is sampled in C++ on the logits where the engine wrote them
+            if all(s.greedy for s in rows):
+                return [int(t) for t in self.engine.forward_batch_argmax(entries)], None
+            samplers = [s.sampler if s.sampler is not None else _greedy_sampler() for s in rows]
+            samplers += [_greedy_sampler() for _ in range(n_prefills)]     # their rows are not used
+            return [int(t) for t in self.engine.forward_batch_sample(entries, samplers)], None
+        # The grammar masks of this step's tokens depend only on the tokens accepted so far:
+        # computed while the engine evaluates the pass.
+        masks = {id(s): self._masks().submit(s.matcher.mask) for s in python_rows if s.matcher is not None}
+        logits = self.engine.forward_batch(entries)     # f32 [n_entries, vocab]; rows come first
+        chosen = []
+        for s, row in zip(rows, logits):
+            try:
+                if s.options.needs_row:
+                    mask = masks[id(s)].result() if s.matcher is not None else None
+                    chosen.append(s.pick(row, mask))
+                elif s.greedy:
+                    chosen.append(int(np.argmax(row)))      # as the engine's argmax: the first maximum
+                else:
+                    chosen.append(int(s.sampler.sample(row)))
+            except Exception as error:  # noqa: BLE001 - reported by step() for this sequence alone
+                chosen.append(error)
+        return chosen, logits
+
+    def _masks(self) -> ThreadPoolExecutor:
+        if self._mask_pool is None:
+            self._mask_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                 thread_name_prefix="forgert-grammar")
+        return self._mask_pool
 
 
 def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
@@ -202,9 +302,11 @@ def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
     seqs = [sched.add(p, params_list[i]) for i, p in enumerate(prompts)]
     index = {id(s): i for i, s in enumerate(seqs)}
     while sched.busy:
-        for s, piece, _ in sched.step():
-            if piece:
-                yield index[id(s)], piece
+        for out in sched.step():
+            if out.sequence.error is not None:
+                raise out.sequence.error
+            if out.text:
+                yield index[id(out.sequence)], out.text
     return [s.result for s in seqs]
 
 

@@ -84,9 +84,10 @@ class GrammarMatcher:
         bits = np.unpackbits(self._words.view(np.uint8), bitorder="little")
         return bits[:self._vocab].astype(bool)
 
-    def apply(self, logits: np.ndarray) -> np.ndarray:
-        """A copy of logits [vocab] with every disallowed token at -inf."""
-        allowed = self.mask()
+    def apply(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """A copy of logits [vocab] with every disallowed token at -inf. allowed: this step's
+        mask() when already computed (the batch computes it while the engine runs)."""
+        allowed = self.mask() if allowed is None else allowed
         if not allowed.any():   # llguidance's error state: say why instead of sampling from nothing
             raise RuntimeError(f"the grammar allows no next token: {self._m.get_error()}")
         out = np.array(logits, dtype=np.float32, copy=True).reshape(-1)

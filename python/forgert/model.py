@@ -24,6 +24,7 @@ from .detokenizer import StreamingDetokenizer
 from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
+from .logprobs import token_logprob
 from .prompt_cache import ModelState, PromptCache, common_prefix
 from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
@@ -518,15 +519,7 @@ class Model:
             self._lock.release()
 
     def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
-        x = np.asarray(logits, dtype=np.float64)
-        lp = x - x.max()
-        lp -= np.log(np.exp(lp).sum())
-        top = []
-        if n_top:
-            idx = np.argpartition(-lp, n_top - 1)[:n_top]
-            idx = idx[np.argsort(-lp[idx], kind="stable")]
-            top = [(self.tokenizer.decode([int(i)]), float(lp[i])) for i in idx]
-        return TokenLogprob(self.tokenizer.decode([tok]), float(lp[tok]), top)
+        return token_logprob(logits, tok, n_top, self.tokenizer)
 
     def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None, grammar=None, bias=None):
         """Yields str pieces (StreamPiece when logprobs is not None); returns the Completion.

@@ -18,9 +18,10 @@ min-p; no max_tokens means "until the end of the text or of the context" (16 on 
 logprobs are the model's own log-probabilities of each sampled token (before temperature,
 penalties and truncation); when streaming they travel in the chunk with the text they produced.
 
-One model serves every client: requests wait their turn in arrival order on one worker thread.
-A client that disconnects cancels its request, queued or running. The engine's cache holds one
-sequence; with Model.set_prompt_cache (`forgert serve --prompt-cache-mb`, on by default there)
+One model serves every client. With `forgert serve --parallel N` (N >= 2) requests join one
+running batch (continuous batching, batch_worker.py), every feature above included; otherwise
+they wait their turn in arrival order on one worker thread. A client that disconnects cancels
+its request, queued or running. The single-sequence engine cache holds one sequence; with Model.set_prompt_cache (`forgert serve --prompt-cache-mb`, on by default there)
 the K/V of the others are kept in memory too, so conversations taking turns each reuse their
 prefix (`timings.cached_tokens`).
 

@@ -21,7 +21,7 @@ from .responses import ResponseHeader
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
                       TokenizeRequest, parse_request)
 from .token_budget import completion_budget
-from .batch_worker import BatchWorker, batchable
+from .batch_worker import BatchWorker
 from .worker import ModelWorker
 
 # Bodies above this are refused before parsing: no legitimate prompt for a local model is larger.
@@ -35,7 +35,7 @@ class ServerState:
         self.api_key = api_key
         self.max_tokens_limit = max_tokens_limit    # per completion; None: only the context bounds it
         self.worker = ModelWorker()
-        # parallel >= 2: plain requests join one running batch (slots 1..), the rest take turns
+        # parallel >= 2: requests join one running batch (slots 1..); else they take turns
         self.batch_worker = BatchWorker(model) if getattr(model, "parallel", 1) >= 2 else None
         self.metrics = ServerMetrics(self.in_flight)
         self.started = int(time.time())
@@ -279,7 +279,7 @@ def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
 async def _complete(request: Request, state: ServerState, req: SamplingFields,
                     spec: GenerationSpec, header: ResponseHeader, new_output, timer: RequestTimer):
     """new_output: () -> ChoiceOutput for chat (reasoning / tool calls split off); None for text."""
-    if state.batch_worker is not None and batchable(spec):
+    if state.batch_worker is not None:     # every request batches (batch_worker.py)
         source = state.batch_worker.events(spec)
     else:
         source = state.worker.events(generation_job(state.model, spec))

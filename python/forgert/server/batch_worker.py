@@ -1,12 +1,17 @@
 """Continuous batching for the server: one thread steps a BatchScheduler over the model's KV
 slots, admitting requests into the running batch as slots free up (first come, first served).
 
-Each engine step decodes one token of every running request (and a prefill chunk of a newly
-admitted one) and delivers the pieces to each request's asyncio queue. A request whose client
-leaves is cancelled before the next step: its slot goes to the next request in line. The step
-holds the Model's lock, so requests that cannot batch (logprobs, response_format, logit_bias,
-several choices) still run through ModelWorker on slot 0, between steps; the scheduler uses
-slots 1.. so the single-sequence prompt cache on slot 0 stays valid.
+Each engine step decodes one token of every running sequence (and a prefill chunk of a newly
+admitted one) and delivers the pieces to each request's asyncio queue. Every request batches:
+each of its choices (n > 1, several prompts on /v1/completions) is a sequence of its own, and
+logprobs, logit_bias and response_format are applied per sequence in the step (batch.py). A
+request whose client leaves is cancelled before the next step: its slots go to the next in line.
+
+Two things are not batched, and run on this thread between steps, holding the model: echo's
+prompt logprobs (every position's logits; the batched pass returns each entry's last row only),
+through Model.prompt_logprobs on slot 0, which the scheduler leaves to the single-sequence path
+(slots 1..); and the prompt's prefill, once per choice: the engine cannot copy a slot's K/V, so
+n choices of one prompt each prefill their own slot (in the same steps, as one GEMM).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import threading
 from collections import deque
 from typing import AsyncIterator
 
-from ..batch import BatchScheduler
+from ..batch import BatchScheduler, LogitsOptions
 from ..model import PREFILL_CHUNK
 from ..sampling import SamplingParams
 from .generation import Finish, GenerationSpec, Piece, timings_dict
@@ -28,17 +33,12 @@ class _Failure:
         self.error = error
 
 
-def batchable(spec: GenerationSpec) -> bool:
-    """A request the batch can run: one choice, sampled in C++ (no logprobs, grammar or bias)."""
-    return (len(spec.choices) == 1 and spec.top_logprobs is None and spec.response_format is None
-            and not spec.logit_bias)
-
-
 class _Request:
     def __init__(self, spec, deliver):
         self.spec, self.deliver = spec, deliver
         self.cancelled = threading.Event()
-        self.seq = None
+        self.seqs = []          # one per choice, in choice order
+        self.left = 0           # choices not finished yet
 
 
 class BatchWorker:
@@ -51,13 +51,14 @@ class BatchWorker:
         self._cv = threading.Condition()
         self._new = deque()
         self._active = []       # admitted requests, in the scheduler (running or waiting)
+        self._owner = {}        # id(sequence) -> (request, choice index)
         self.queued = 0         # requests in flight (waiting or running), for /health and /metrics
         self._thread = threading.Thread(target=self._loop, name="forgert-batch", daemon=True)
         self._thread.start()
 
     async def events(self, spec: GenerationSpec) -> AsyncIterator[object]:
         """The request's Piece and Finish events as the batch produces them; leaving the
-        iteration early cancels it (its slot is freed before the next step)."""
+        iteration early cancels it (its slots are freed before the next step)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -92,20 +93,43 @@ class BatchWorker:
         with self._cv:
             self.queued -= 1
 
+    def _drop(self, req, item=None) -> None:
+        """Ends a request early (its client left, or it failed): its sequences leave the batch."""
+        for seq in req.seqs:
+            self.scheduler.cancel(seq)
+            self._owner.pop(id(seq), None)
+        if req in self._active:
+            self._active.remove(req)
+        self._finish(req, item)
+
     def _admit(self, req) -> None:
-        choice = req.spec.choices[0]
+        spec = req.spec
         try:
-            params = SamplingParams.from_kwargs(None, **dict(req.spec.sampling, seed=choice.seed))
-            if choice.echo is not None:
-                req.deliver(Piece(choice.echo, None, 0))
-            req.seq = self.scheduler.add(choice.prompt_ids, params)
+            options = LogitsOptions(spec.top_logprobs, self.model._bias_row(spec.logit_bias),
+                                    spec.response_format)
+            for index, choice in enumerate(spec.choices):
+                params = SamplingParams.from_kwargs(None, **dict(spec.sampling, seed=choice.seed))
+                if choice.echo is not None:
+                    lps = None
+                    if spec.top_logprobs is not None:   # not batched: see the module docstring
+                        lps = self.model.prompt_logprobs(choice.prompt_ids, spec.top_logprobs)
+                    req.deliver(Piece(choice.echo, lps, index))
+                seq = self.scheduler.add(choice.prompt_ids, params, options)
+                req.seqs.append(seq)
+                self._owner[id(seq)] = (req, index)
         except BaseException as error:  # noqa: BLE001 - handed to the awaiting request
-            self._finish(req, _Failure(error))
+            self._drop(req, _Failure(error))
             return
-        if req.seq.done:    # no room for a single token: finished at once
-            self._finish(req, self._finish_event(req))
-            return
-        self._active.append(req)
+        req.left = len(req.seqs)
+        for index, seq in enumerate(req.seqs):
+            if seq.done:    # no room for a single token: finished at once
+                self._owner.pop(id(seq))
+                req.left -= 1
+                req.deliver(self._finish_event(req, index))
+        if req.left == 0:
+            self._finish(req)
+        else:
+            self._active.append(req)
 
     def _loop(self) -> None:
         while True:
@@ -120,9 +144,7 @@ class BatchWorker:
                 else:
                     self._admit(req)
             for req in [r for r in self._active if r.cancelled.is_set()]:
-                self.scheduler.cancel(req.seq)
-                self._active.remove(req)
-                self._finish(req)
+                self._drop(req)
             if not self.scheduler.busy:
                 continue
             try:
@@ -130,21 +152,29 @@ class BatchWorker:
                     produced = self.scheduler.step()
             except BaseException as error:  # noqa: BLE001 - every running request is told
                 for req in list(self._active):
-                    self.scheduler.cancel(req.seq)
-                    self._active.remove(req)
-                    self._finish(req, _Failure(error))
+                    self._drop(req, _Failure(error))
                 continue
-            owner = {id(r.seq): r for r in self._active}
-            for seq, piece, finished in produced:
-                req = owner[id(seq)]
-                if piece:
-                    req.deliver(Piece(piece, None, 0))
-                if finished:
-                    self._active.remove(req)
-                    self._finish(req, self._finish_event(req))
+            for out in produced:
+                owner = self._owner.get(id(out.sequence))
+                if owner is None:
+                    continue    # its request failed earlier in this step's results
+                req, index = owner
+                if out.sequence.error is not None:
+                    self._drop(req, _Failure(out.sequence.error))
+                    continue
+                if out.text or out.logprobs:
+                    req.deliver(Piece(out.text, out.logprobs, index))
+                if out.finished:
+                    del self._owner[id(out.sequence)]
+                    req.deliver(self._finish_event(req, index))
+                    req.left -= 1
+                    if req.left == 0:
+                        self._active.remove(req)
+                        self._finish(req)
 
     @staticmethod
-    def _finish_event(req) -> Finish:
-        c = req.seq.result
-        return Finish(finish_reason=c.finish_reason, prompt_tokens=c.usage.prompt_tokens,
-                      completion_tokens=c.usage.completion_tokens, timings=timings_dict(c.timings), index=0)
+    def _finish_event(req, index) -> Finish:
+        c = req.seqs[index].result
+        return Finish(finish_reason=c.finish_reason,
+                      prompt_tokens=c.usage.prompt_tokens if req.spec.choices[index].counts_prompt else 0,
+                      completion_tokens=c.usage.completion_tokens, timings=timings_dict(c.timings), index=index)
