@@ -1,6 +1,7 @@
 #include "cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -364,14 +365,18 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* sinks = p.sinks ? p.sinks->data<float>() : nullptr;
-    pool_.run([&](int ith, int nth) {
+    // Items go to whichever thread asks next, so a preempted thread holds up one item rather
+    // than a fixed share (a batch's rows differ in length too); later blocks of a sequence have
+    // longer rows, so items go out from the end.
+    std::atomic<int64_t> next_item{0};
+    pool_.run([&](int ith, int) {
         const float* qs[kMaxGroupQueries];
         float* os[kMaxGroupQueries];
         int64_t len[kMaxGroupQueries];
         int heads[kMaxGroupQueries];
         float lse[kMaxGroupQueries];
-        // Later blocks of a sequence have longer rows: hand items out from the end, interleaved.
-        for (int64_t it = items - 1 - ith; it >= 0; it -= nth) {
+        for (int64_t claimed = next_item++; claimed < items; claimed = next_item++) {
+            const int64_t it = items - 1 - claimed;
             const auto [t0, t1] = blocks_[it / p.n_kv_heads];
             const int kvh = (int)(it % p.n_kv_heads);
             // Keys first .. pos(t) of every query here (first = 0 without a window), from the
