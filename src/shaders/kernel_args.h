@@ -27,6 +27,14 @@
 #define FG_MV_ROWS_PER_SIMDGROUP 4
 #define FG_MV_SIMDGROUPS 2
 #define FG_MV_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_SIMDGROUPS)
+// mul_mv_staged_<type> (quantized weights; mul_mv_swiglu_staged_, mul_mv_id_staged_ alike): the
+// same product with every device load covering whole lines: each simdgroup copies its rows a
+// window of FG_MV_WINDOW_BLOCKS 32-weight blocks at a time into threadgroup memory (16-byte
+// pieces from 64-byte boundaries), the threadgroup x's window once; then as mul_mv from there.
+// grid: (ceil(rows / FG_MV_STAGED_ROWS_PER_TG), n_tokens); threads: FG_MV_STAGED_SIMDGROUPS * 32
+#define FG_MV_WINDOW_BLOCKS 16
+#define FG_MV_STAGED_SIMDGROUPS 8
+#define FG_MV_STAGED_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_STAGED_SIMDGROUPS)
 typedef struct {
     uint64_t w_stride;    // bytes between weight rows
     uint64_t x_stride;    // bytes between token rows of x
@@ -37,8 +45,10 @@ typedef struct {
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
     int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
     int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
+    int32_t w_align;      // staged kernels: address of w's first byte % 64 (where its lines start)
+    int32_t w_up_align;   // the same for mul_mv_swiglu's w_up
 } mul_mv_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_args) == 48, "mul_mv_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_args) == 56, "mul_mv_args layout");
 // mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
 // feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
 // SiLU with args.gelu: Gemma's GeGLU).
@@ -252,7 +262,7 @@ typedef struct {
     int32_t n_expert;
     int32_t pad0;
 } mul_mv_id_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 80, "mul_mv_id_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 88, "mul_mv_id_args layout");
 
 // moe_group_i32: the slots grouped by expert on the device, for mul_mm_id. groups i32:
 // [n_expert] counts, then [n_expert][n_slots] each expert's slots in increasing order.

@@ -215,7 +215,7 @@ void test_layer_barriers() {
     f.be.add(h, x, att);         // barrier
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_kv_write_f32 | attention_f16 | add_f32 #";
+        "rms_norm_f32 | mul_mv_staged_q4_0 mul_mv_staged_q8_0 mul_mv_staged_f16 | rope_kv_write_f32 | attention_f16 | add_f32 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -245,8 +245,8 @@ void test_fused_layer_barriers() {
     f.be.matmul_add(x, wd, gate, proj);
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16 | mul_mv_q4_1 | "
-        "rms_norm_f32 | mul_mv_swiglu_q4_1 | mul_mv_q4_1 #";
+        "rms_norm_f32 | mul_mv_staged_q4_1 mul_mv_staged_q4_1 mul_mv_staged_q4_1 | rope_kv_write_f32 | attention_f16 | "
+        "mul_mv_staged_q4_1 | rms_norm_f32 | mul_mv_swiglu_staged_q4_1 | mul_mv_staged_q4_1 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -595,7 +595,7 @@ void test_gemma_decode_dispatches() {
             const int got = count_kernel(log, kernel);
             EXPECT(got == want, "%s decode step: %d x %s, want %d\n  %s", arch, got, kernel, want, log.c_str());
         };
-        expect_count("mul_mv_swiglu_f32", L);
+        expect_count("mul_mv_swiglu_staged_f32", L);
         expect_count("gelu_mul_f32", 0);
         expect_count("silu_mul_f32", 0);
         expect_count("add_f32", 0);

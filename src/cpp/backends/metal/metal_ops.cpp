@@ -4,6 +4,8 @@
 // <= 32 KB of threadgroup memory.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "backends/metal/metal_backend.h"
@@ -106,6 +108,25 @@ void need_matmul_shapes(const Tensor& out, const Tensor& w, const Tensor& x, con
     need(w.rows <= INT32_MAX && w.cols <= INT32_MAX, op, "weight too large");
 }
 
+// A decode GEMV's kernel (family "mul_mv_", "mul_mv_swiglu_" or "mul_mv_id_") and launch shape:
+// the staged kernels (mul_mv_staged.metal: every device load whole lines, x once per threadgroup)
+// unless FORGERT_METAL_GEMV=direct picks mul_mv.metal's direct loads, which a real GPU may
+// prefer (llama.cpp's choice; unmeasured here).
+struct GemvKernel {
+    std::string name;
+    uint32_t rows_per_tg;
+    uint32_t threads;
+};
+
+GemvKernel gemv_kernel(const char* family, DType type) {
+    const char* env = std::getenv("FORGERT_METAL_GEMV");
+    if (env != nullptr && std::strcmp(env, "direct") == 0) return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH};
+    return {std::string(family) + "staged_" + weight_suffix(type), FG_MV_STAGED_ROWS_PER_TG,
+            FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH};
+}
+
+int32_t line_offset(const Tensor& t) { return (int32_t)(reinterpret_cast<uintptr_t>(t.data()) % 64); }
+
 mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
     mul_mv_args a{};
     a.w_stride = w.stride;
@@ -117,6 +138,7 @@ mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x
     const size_t elem = w.type == DType::F32 ? 4 : 2;
     a.w_vec4 = w.cols % 4 == 0 && aligned(w, 4 * elem);
     a.accumulate = accumulate ? 1 : 0;
+    a.w_align = line_offset(w);
     return a;
 }
 
@@ -127,8 +149,9 @@ void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tenso
     const std::string sfx = weight_suffix(w.type);
     if (n < kMulMmMinTokens) {
         const mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
-        encode("mul_mv_" + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
-               {ceil_div(w.rows, FG_MV_ROWS_PER_TG), (uint32_t)n, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+        const GemvKernel k = gemv_kernel("mul_mv_", w.type);
+        encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(out)},
+               {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1}, {k.threads, 1, 1});
     } else {
         mul_mm_args a{};
         a.w_stride = w.stride;
@@ -168,9 +191,10 @@ bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, con
                        a.w_vec4 == make_mul_mv_args(out, w_up, x, false).w_vec4;
     if (!fused) return false;
     a.gelu = gelu ? 1 : 0;
-    encode(std::string("mul_mv_swiglu_") + weight_suffix(w_gate.type), &a, sizeof a,
-           {reads(w_gate), reads(x), writes(out), reads(w_up)},
-           {ceil_div(w_gate.rows, FG_MV_ROWS_PER_TG), (uint32_t)x.rows, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+    a.w_up_align = line_offset(w_up);
+    const GemvKernel k = gemv_kernel("mul_mv_swiglu_", w_gate.type);
+    encode(k.name, &a, sizeof a, {reads(w_gate), reads(x), writes(out), reads(w_up)},
+           {ceil_div(w_gate.rows, k.rows_per_tg), (uint32_t)x.rows, 1}, {k.threads, 1, 1});
     return true;
 }
 
@@ -526,9 +550,9 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
         a.k = (int32_t)k;
         a.x_per_slot = x_per_slot;
         a.n_expert = n_expert;
-        encode(std::string("mul_mv_id_") + weight_suffix(w0.type), &a, sizeof a,
-               {stack, reads(x), writes(out), reads(ids)}, {ceil_div(w0.rows, FG_MV_ROWS_PER_TG), (uint32_t)n_slots, 1},
-               {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+        const GemvKernel kern = gemv_kernel("mul_mv_id_", w0.type);
+        encode(kern.name, &a, sizeof a, {stack, reads(x), writes(out), reads(ids)},
+               {ceil_div(w0.rows, kern.rows_per_tg), (uint32_t)n_slots, 1}, {kern.threads, 1, 1});
         return;
     }
     // Prefill: the slots grouped by expert on the device, then one GEMM per expert over its slots.
