@@ -15,6 +15,7 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/read_bandwidth.h"
 #include "core/fp16.h"
+#include "core/quant_blocks.h"
 
 using namespace forgert;
 using Clock = std::chrono::steady_clock;
@@ -57,6 +58,8 @@ Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DT
             if (t == DType::Q6_K) std::memcpy(p + i * bb + bb - 2, &d, 2);
             else std::memcpy(p + i * bb, &d, 2), std::memcpy(p + i * bb + 2, &d, 2);
         }
+    } else if (t == DType::MXFP4) {  // E8M0 scales 2^(e - 128) near 2^-6: weights ~0.1
+        for (size_t i = 0; i < bytes; i += sizeof(block_mxfp4)) p[i] = 122;
     } else if (t == DType::F16 || t == DType::BF16 || t == DType::F32) {
         // Real values (random bytes would include denormals, which stall the FPU).
         std::normal_distribution<float> nd(0.0f, 0.5f);
@@ -91,8 +94,8 @@ int main(int argc, char** argv) {
     const Shape shapes[] = {{"smollm2 ffn_up", 1536, 576},  {"smollm2 ffn_down", 576, 1536},
                             {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
                             {"1B ffn_down", 2048, 8192}};
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F16,
-                    DType::BF16, DType::F32}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4,
+                    DType::F16, DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 512}) {
                 char name[64];
