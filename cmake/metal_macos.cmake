@@ -9,7 +9,8 @@ file(GLOB FG_METAL_SOURCES CONFIGURE_DEPENDS ${FG_SHADER_DIR}/*.metal)
 set(FG_METAL_HEADERS
   ${FORGERT_SRC}/core/quant_blocks.h
   ${FG_SHADER_DIR}/kernel_args.h
-  ${FG_SHADER_DIR}/dequant.h)
+  ${FG_SHADER_DIR}/dequant.h
+  ${FG_SHADER_DIR}/mul_mv.h)
 set(FG_METAL_OUT ${CMAKE_CURRENT_BINARY_DIR}/metal)
 file(MAKE_DIRECTORY ${FG_METAL_OUT})
 

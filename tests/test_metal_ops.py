@@ -222,6 +222,31 @@ def test_matmul(metal, cpu, wtype, n):
         assert nmse(got, exact) < (2e-7 if half_tiles else 3e-13), (rows, cols)
 
 
+@pytest.mark.parametrize("gemv", ["staged", "direct"])
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES) + ["f32-unaligned", "f16-unaligned"])
+def test_matmul_gemv_kernels(metal, monkeypatch, wtype, gemv):
+    """Both decode GEMVs: mul_mv_staged_* (the default: x and quantized weights through
+    threadgroup memory a 512-column window at a time, whole-line loads) and mul_mv_* (direct
+    loads, FORGERT_METAL_GEMV=direct), against the exact product over several windows, the last
+    one partial, 37 rows (not a multiple of the 32 a staged threadgroup owns), rows starting at
+    many alignments mod 64; float weights also 1605 wide (the scalar paths)."""
+    monkeypatch.setenv("FORGERT_METAL_GEMV", gemv)
+    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
+    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
+    r = rng("matmul_gemv_kernels", wtype)
+    w, w_up = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
+    x = r.standard_normal((3, cols), dtype=np.float32)
+    wd, ud = dequantize(w, dtype, rows, cols), dequantize(w_up, dtype, rows, cols)
+    for n in (1, 3):
+        exact = x[:n].astype(np.float64) @ wd.T
+        # measured <= 6.6e-14 (both kernels, every schedule): f32 sums of exact products
+        assert nmse(metal.matmul(w, dtype, rows, cols, x[:n]), exact) < 3e-13, n
+        g, u = exact, x[:n].astype(np.float64) @ ud.T
+        got = metal.matmul_swiglu(w, w_up, dtype, rows, cols, x[:n])
+        # measured <= 5.8e-13: the f32 SiLU on top
+        assert nmse(got, g / (1 + np.exp(-g)) * u) < 3e-12, n
+
+
 # --------------------------------------------------------------------------- get_rows
 
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
@@ -237,7 +262,7 @@ def test_get_rows(metal, cpu, wtype):
 
 # --------------------------------------------------------------------------- norms, rope, elementwise
 
-@pytest.mark.parametrize("dim", [7, 64, 576, 1100])  # 1100 > 1024 threads: each thread loops
+@pytest.mark.parametrize("dim", [7, 64, 576, 1100, 9000])  # 1100: > 1024 threads; 9000: past the registers (8 x 1024)
 def test_rms_norm(metal, cpu, dim):
     r = rng("rms_norm", dim)
     x = r.standard_normal((3, dim), dtype=np.float32) * 4
@@ -353,6 +378,29 @@ def test_attention(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim)
     got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale)
     want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale)
     assert nmse(got, want) < 1e-7
+
+
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,softcap", [
+    (1, 300, 16, 2, 256, 0, 0.0),    # GQA 8:1 at head_dim 256: four blocks of 2 heads per KV head, splits
+    (1, 5, 8, 1, 64, 0, 0.0),        # GQA 8:1, one block of 8 heads, one split
+    (1, 200, 10, 2, 48, 0, 0.0),     # a block of 5 heads (prime group), head_dim 48
+    (1, 90, 10, 2, 96, 0, 0.0),      # the same group at head_dim 96: 5 blocks of 1 head (at most 4 fit)
+    (2, 130, 12, 4, 128, 100, 2.0),  # GQA 3:1 at head_dim 128, two queries, windowed and soft-capped
+])
+def test_attention_gqa_blocks(metal, as_cache, n, pos0, n_heads, n_kv_heads, head_dim, window, softcap):
+    """Decode attention serving a block of query heads from each K/V row it loads, against the
+    float64 NumPy reference."""
+    from test_cpu_ops import attention_reference
+    r = rng("attention_gqa", n, pos0, n_heads, n_kv_heads, head_dim)
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = (r.standard_normal((pos0 + n + 3, kv_dim)) * 2).astype(np.float16)
+    v = r.standard_normal((pos0 + n + 3, kv_dim)).astype(np.float16)
+    scale = 1.0 / np.sqrt(head_dim)
+    got = metal.attention(q, as_cache(k), as_cache(v), pos0, n_heads, n_kv_heads, head_dim, scale, window,
+                          softcap=softcap)
+    want = attention_reference(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap)
+    assert nmse(got, want) < 1e-7    # as test_attention
 
 
 @pytest.mark.parametrize("n,pos0,window", [

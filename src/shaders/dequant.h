@@ -11,6 +11,14 @@
 static inline float fg_f16_to_f32(half h) { return float(h); }
 static inline float fg_f16_to_f32(ushort bits) { return float(as_type<half>(bits)); }
 
+// The address space a decoder reads its blocks from, as a type: the weights where they lie, or
+// (mul_mv_staged.metal's fg_threadgroup_space) a copy in threadgroup memory. fg_ptr<S, T>: a
+// const T* in S.
+struct fg_device_space {
+    template <typename T> using ptr = device const T*;
+};
+template <typename S, typename T> using fg_ptr = typename S::template ptr<T>;
+
 static inline float fg_bf16_to_f32(ushort bits) { return as_type<float>(uint(bits) << 16); }
 
 // Low and high nibble of a byte as floats.
@@ -31,8 +39,9 @@ static inline float fg_q4_1_at(device const block_q4_1* b, int c) {
 }
 // Q5_0 / Q5_1's high-bit word: qh as a little-endian uint32, read as two ushorts (qh at
 // offset 2 / 4), and quant c (0..31) of a block.
-static inline uint fg_q5_qh(device const uint8_t* qh) {
-    device const ushort* h = (device const ushort*)qh;
+template <typename S = fg_device_space>
+static inline uint fg_q5_qh(fg_ptr<S, uint8_t> qh) {
+    fg_ptr<S, ushort> h = (fg_ptr<S, ushort>)qh;
     return uint(h[0]) | (uint(h[1]) << 16);
 }
 static inline float fg_q5_quant(device const uint8_t* qh, device const uint8_t* qs, int c) {
@@ -54,7 +63,8 @@ static inline float fg_iq4_nl_at(device const block_iq4_nl* b, int c) {
     return fg_f16_to_f32(b->d) * fg_iq4_values[c < 16 ? q & 0xFu : q >> 4];
 }
 // IQ4_XS's scale of sub-block j (of 32 weights), minus its offset: -32..31.
-static inline float fg_iq4_xs_scale(device const block_iq4_xs* b, int j) {
+template <typename P>  // a block_iq4_xs pointer, any address space
+static inline float fg_iq4_xs_scale(P b, int j) {
     const uint low = (uint(b->scales_l[j / 2]) >> (4 * (j % 2))) & 0xFu;
     const uint high = (uint(b->scales_h) >> (2 * j)) & 3u;
     return float(int(low | (high << 4)) - 32);
@@ -79,7 +89,8 @@ static inline float fg_mxfp4_at(device const block_mxfp4* b, int c) {
 
 // K-quants (layouts in quant_blocks.h): 256-weight super-blocks of 2-byte alignment. Q4_K's
 // 6-bit scale and min of sub-block j (of 32 weights).
-static inline void fg_q4_K_scale_min(device const uint8_t* s, int j, thread float& sc, thread float& m) {
+template <typename P>  // a uint8_t pointer, any address space
+static inline void fg_q4_K_scale_min(P s, int j, thread float& sc, thread float& m) {
     if (j < 4) {
         sc = float(s[j] & 63u);
         m = float(s[j + 4] & 63u);
@@ -104,7 +115,8 @@ static inline float fg_q2_K_at(device const block_q2_K* b, int c) {
 }
 
 // Q3_K: signed scale of sub-block i (of 16 weights), and quant c (0 <= c < 256), -4..3.
-static inline float fg_q3_K_scale(device const uint8_t* s, int i) {
+template <typename P>  // a uint8_t pointer, any address space
+static inline float fg_q3_K_scale(P s, int i) {
     const uint low = i < 8 ? (s[i] & 0xFu) : (s[i - 8] >> 4);
     return float(int(low | (((s[8 + i % 4] >> (2 * (i / 4))) & 3u) << 4)) - 32);
 }

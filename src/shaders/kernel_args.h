@@ -27,6 +27,14 @@
 #define FG_MV_ROWS_PER_SIMDGROUP 4
 #define FG_MV_SIMDGROUPS 2
 #define FG_MV_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_SIMDGROUPS)
+// mul_mv_staged_<type> (quantized weights; mul_mv_swiglu_staged_, mul_mv_id_staged_ alike): the
+// same product with every device load covering whole lines: each simdgroup copies its rows a
+// window of FG_MV_WINDOW_BLOCKS 32-weight blocks at a time into threadgroup memory (16-byte
+// pieces from 64-byte boundaries), the threadgroup x's window once; then as mul_mv from there.
+// grid: (ceil(rows / FG_MV_STAGED_ROWS_PER_TG), n_tokens); threads: FG_MV_STAGED_SIMDGROUPS * 32
+#define FG_MV_WINDOW_BLOCKS 16
+#define FG_MV_STAGED_SIMDGROUPS 8
+#define FG_MV_STAGED_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_STAGED_SIMDGROUPS)
 typedef struct {
     uint64_t w_stride;    // bytes between weight rows
     uint64_t x_stride;    // bytes between token rows of x
@@ -37,8 +45,10 @@ typedef struct {
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
     int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
     int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
+    int32_t w_align;      // staged kernels: address of w's first byte % 64 (where its lines start)
+    int32_t w_up_align;   // the same for mul_mv_swiglu's w_up
 } mul_mv_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_args) == 48, "mul_mv_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_args) == 56, "mul_mv_args layout");
 // mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
 // feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
 // SiLU with args.gelu: Gemma's GeGLU).
@@ -84,8 +94,11 @@ FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 //        4 k_cache f16, 5 v_cache f16 (both bound at row pos0; at row 0 with has_rows),
 //        6 freqs f32 [rope_dim / 2], 7 rows i32 [n, 2] (or unused): with has_rows, row t sits at
 //        position rows[t][0] and goes to cache row rows[t][1] + rows[t][0] (a batch of sequences)
-// grid: (n_heads + 2 * n_kv_heads, n): q heads, then k heads, then v heads;
-// threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
+// grid: (1, n); threads: a multiple of FG_ROPE_LANES(head_dim) (threads per head; fewer if
+// the pipeline allows fewer), one slot of lanes per head up to n_heads + 2 * n_kv_heads
+// (q heads, then k heads, then v heads; slots loop over them)
+// threadgroup memory 0: rope_dim / 2 float2 (cos, sin) per pair
+#define FG_ROPE_LANES(head_dim) ((head_dim) / 2 > 32 ? ((head_dim) / 2 + 31) / 32 * 32 : 32)
 typedef struct {
     uint64_t q_stride;
     uint64_t k_stride;
@@ -105,18 +118,27 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
 // into n_splits chunks of split_len keys; one threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one
-// (split, head, query) and keeps an online softmax. With n_splits == 1 it writes the
-// normalized result to out; otherwise it writes (max, sum, acc[head_dim]) partials that
-// attention_reduce combines.
+// (split, block of query heads sharing one KV head, query) and keeps an online softmax per head.
+// With n_splits == 1 it writes the normalized result to out; otherwise it writes
+// partials that attention_reduce combines: acc rows, then the (max, sum) pairs (rows of hd floats
+// stay line-aligned).
 // slots: 1 q f32 [n, H * hd], 2 k_cache f16, 3 v_cache f16 [n_ctx, KV * hd],
-//        4 out f32 [n, H * hd], 5 partials f32 [n, H, n_splits, hd + 2], 6 sinks f32 [H] (or unused),
+//        4 out f32 [n, H * hd], 6 sinks f32 [H] (or unused),
+//        5 partials f32: acc [n, H, n_splits, hd], then (max, sum) [n, H, n_splits, 2] from float
+//          FG_ATTN_STATS_AT(n * H * n_splits, hd) (8-byte aligned)
 //        7 rows i32 [n, 2] (or unused): with has_rows, query t sits at position rows[t][0] of the
 //        sequence whose cache rows start at rows[t][1] (a batch of sequences in one dispatch)
-// grid: (n_splits, H, n); threads: FG_ATTN_SIMDGROUPS * 32
-// threadgroup memory 0: FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) floats
+// kernels: attention_f16_d64 / _d128 / _d256 for head_dim up to 64 / 128 / 256 (DPL = 2 / 4 / 8
+//          elements per lane)
+// grid: (n_splits, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
+//       FG_ATTN_QREGS / DPL; the kernel reads G from the grid); threads: FG_ATTN_SIMDGROUPS * 32
+// threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
 #define FG_ATTN_SIMDGROUPS 4
 #define FG_ATTN_MAX_HEAD_DIM 256
-#define FG_ATTN_TG_BYTES (FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) * 4)
+#define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most
+#define FG_ATTN_TG_FLOATS(g, hd) ((g) * FG_ATTN_SIMDGROUPS * ((hd) + 2))
+#define FG_ATTN_MAX_TG_BYTES 32768
+#define FG_ATTN_STATS_AT(n_partials, hd) (((n_partials) * (hd) + 1) / 2 * 2)
 typedef struct {
     uint64_t q_stride;
     uint64_t kv_stride;   // bytes between cache rows (k and v)
@@ -164,7 +186,8 @@ typedef struct {
 } attention_prefill_args;
 FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
 
-// attention_reduce: slots 1 partials, 2 out, 3 sinks f32 [H] (or unused); grid (H, n); threads: 32 * ceil(hd / 32)
+// attention_reduce: slots 1 partials (as attention_f16's), 2 out, 3 sinks f32 [H] (or unused);
+// grid (H, n); threads: 32; threadgroup memory 0: n_splits floats
 typedef struct {
     uint64_t out_stride;
     int32_t n_heads;
@@ -246,7 +269,7 @@ typedef struct {
     int32_t n_expert;
     int32_t pad0;
 } mul_mv_id_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 80, "mul_mv_id_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 88, "mul_mv_id_args layout");
 
 // moe_group_i32: the slots grouped by expert on the device, for mul_mm_id. groups i32:
 // [n_expert] counts, then [n_expert][n_slots] each expert's slots in increasing order.

@@ -214,7 +214,8 @@ void test_layer_barriers() {
     f.be.add(h, x, att);         // barrier
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_0 mul_mv_q8_0 mul_mv_f16 | rope_kv_write_f32 | attention_f16 | add_f32 #";
+        "rms_norm_f32 | mul_mv_staged_q4_0 mul_mv_staged_q8_0 mul_mv_staged_f16 | rope_kv_write_f32 | attention_f16_d64 | "
+        "add_f32 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -244,8 +245,8 @@ void test_fused_layer_barriers() {
     f.be.matmul_add(x, wd, gate, proj);
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_q4_1 mul_mv_q4_1 mul_mv_q4_1 | rope_kv_write_f32 | attention_f16 | mul_mv_q4_1 | "
-        "rms_norm_f32 | mul_mv_swiglu_q4_1 | mul_mv_q4_1 #";
+        "rms_norm_f32 | mul_mv_staged_q4_1 mul_mv_staged_q4_1 mul_mv_staged_q4_1 | rope_kv_write_f32 | attention_f16_d64 | "
+        "mul_mv_staged_q4_1 | rms_norm_f32 | mul_mv_swiglu_staged_q4_1 | mul_mv_staged_q4_1 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -483,9 +484,9 @@ void test_batch_step_one_attention_per_layer() {
         const std::string& log = t.dev->log;
         EXPECT(count_kernel(log, "rope_kv_write_f32") == n_layers, "%d rope_kv_write dispatches for %d layers: %s",
                count_kernel(log, "rope_kv_write_f32"), n_layers, log.c_str());
-        EXPECT(count_kernel(log, "attention_f16") == n_layers && count_kernel(log, "attention_prefill_f16") == 0,
-               "%d attention_f16 + %d attention_prefill_f16 dispatches for %d layers: %s",
-               count_kernel(log, "attention_f16"), count_kernel(log, "attention_prefill_f16"), n_layers, log.c_str());
+        EXPECT(count_kernel(log, "attention_f16_d64") == n_layers && count_kernel(log, "attention_prefill_f16") == 0,
+               "%d attention_f16_d64 + %d attention_prefill_f16 dispatches for %d layers: %s",
+               count_kernel(log, "attention_f16_d64"), count_kernel(log, "attention_prefill_f16"), n_layers, log.c_str());
     }
 }
 
@@ -592,7 +593,7 @@ void test_gemma_decode_dispatches() {
             const int got = count_kernel(log, kernel);
             EXPECT(got == want, "%s decode step: %d x %s, want %d\n  %s", arch, got, kernel, want, log.c_str());
         };
-        expect_count("mul_mv_swiglu_f32", L);
+        expect_count("mul_mv_swiglu_staged_f32", L);
         expect_count("gelu_mul_f32", 0);
         expect_count("silu_mul_f32", 0);
         expect_count("add_f32", 0);

@@ -53,7 +53,7 @@ void check_row_table(const I32& rows, int64_t n, int64_t n_ctx) {
 
 class Ops {
 public:
-    explicit Ops(const std::string& backend) : be_(make_backend(backend, 0)) {}
+    Ops(const std::string& backend, int threads) : be_(make_backend(backend, threads)) {}
 
     std::string name() const { return be_->name(); }
 
@@ -336,7 +336,7 @@ private:
 
 void bind_ops(py::module_& m) {
     py::class_<Ops>(m, "Ops")
-        .def(py::init<const std::string&>(), py::arg("backend") = "cpu")
+        .def(py::init<const std::string&, int>(), py::arg("backend") = "cpu", py::arg("threads") = 0)
         .def_property_readonly("name", &Ops::name)
         .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"))
         .def("matmul_add", &Ops::matmul_add, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),

@@ -4,6 +4,8 @@
 // <= 32 KB of threadgroup memory.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "backends/metal/metal_backend.h"
@@ -82,6 +84,18 @@ constexpr int64_t kMulMmMinTokens = 8;
 constexpr int64_t kAttnTargetThreadgroups = 128;
 constexpr int64_t kAttnMinSplitLen = 128;
 
+// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256 variants).
+int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8; }
+
+// Query heads per decode-attention threadgroup: the largest divisor of the GQA group that fits
+// the kernel's registers (FG_ATTN_QREGS / elements per lane) and its merge state in threadgroup
+// memory. Each K/V row a threadgroup loads serves all of them.
+int attention_head_block(int group, int head_dim) {
+    for (int g = std::min(group, FG_ATTN_QREGS / attention_lane_elems(head_dim)); g > 1; --g)
+        if (group % g == 0 && FG_ATTN_TG_FLOATS(g, head_dim) * sizeof(float) <= FG_ATTN_MAX_TG_BYTES) return g;
+    return 1;
+}
+
 }  // namespace
 
 // Kernels that loop over their row take up to 1024 threads, or fewer where the compiled
@@ -103,6 +117,25 @@ void need_matmul_shapes(const Tensor& out, const Tensor& w, const Tensor& x, con
     need(w.rows <= INT32_MAX && w.cols <= INT32_MAX, op, "weight too large");
 }
 
+// A decode GEMV's kernel (family "mul_mv_", "mul_mv_swiglu_" or "mul_mv_id_") and launch shape:
+// the staged kernels (mul_mv_staged.metal: every device load whole lines, x once per threadgroup)
+// unless FORGERT_METAL_GEMV=direct picks mul_mv.metal's direct loads, which a real GPU may
+// prefer (llama.cpp's choice; unmeasured here).
+struct GemvKernel {
+    std::string name;
+    uint32_t rows_per_tg;
+    uint32_t threads;
+};
+
+GemvKernel gemv_kernel(const char* family, DType type) {
+    const char* env = std::getenv("FORGERT_METAL_GEMV");
+    if (env != nullptr && std::strcmp(env, "direct") == 0) return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH};
+    return {std::string(family) + "staged_" + weight_suffix(type), FG_MV_STAGED_ROWS_PER_TG,
+            FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH};
+}
+
+int32_t line_offset(const Tensor& t) { return (int32_t)(reinterpret_cast<uintptr_t>(t.data()) % 64); }
+
 mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
     mul_mv_args a{};
     a.w_stride = w.stride;
@@ -114,6 +147,7 @@ mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x
     const size_t elem = w.type == DType::F32 ? 4 : 2;
     a.w_vec4 = w.cols % 4 == 0 && aligned(w, 4 * elem);
     a.accumulate = accumulate ? 1 : 0;
+    a.w_align = line_offset(w);
     return a;
 }
 
@@ -124,8 +158,9 @@ void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tenso
     const std::string sfx = weight_suffix(w.type);
     if (n < kMulMmMinTokens) {
         const mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
-        encode("mul_mv_" + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
-               {ceil_div(w.rows, FG_MV_ROWS_PER_TG), (uint32_t)n, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+        const GemvKernel k = gemv_kernel("mul_mv_", w.type);
+        encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(out)},
+               {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1}, {k.threads, 1, 1});
     } else {
         mul_mm_args a{};
         a.w_stride = w.stride;
@@ -165,9 +200,10 @@ bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, con
                        a.w_vec4 == make_mul_mv_args(out, w_up, x, false).w_vec4;
     if (!fused) return false;
     a.gelu = gelu ? 1 : 0;
-    encode(std::string("mul_mv_swiglu_") + weight_suffix(w_gate.type), &a, sizeof a,
-           {reads(w_gate), reads(x), writes(out), reads(w_up)},
-           {ceil_div(w_gate.rows, FG_MV_ROWS_PER_TG), (uint32_t)x.rows, 1}, {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+    a.w_up_align = line_offset(w_up);
+    const GemvKernel k = gemv_kernel("mul_mv_swiglu_", w_gate.type);
+    encode(k.name, &a, sizeof a, {reads(w_gate), reads(x), writes(out), reads(w_up)},
+           {ceil_div(w_gate.rows, k.rows_per_tg), (uint32_t)x.rows, 1}, {k.threads, 1, 1});
     return true;
 }
 
@@ -278,10 +314,13 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
                  vc = at.table ? v_cache : v_cache.slice_rows(pos0, n);
     const Binding rows = at.table ? reads(*at.table) : Binding{q.buf, q.offset, 0, false};  // unused: any buffer
-    const uint32_t threads = std::min<uint32_t>(thread_cap("rope_kv_write_f32"), round_up_simd(p.head_dim / 2));
+    // One threadgroup per token: its (cos, sin) table computed once, shared by all its heads.
+    const uint32_t cap = thread_cap("rope_kv_write_f32");
+    const uint32_t lanes = std::min<uint32_t>(cap, FG_ROPE_LANES(p.head_dim));
+    const uint32_t slots = std::min<uint32_t>(cap / lanes, p.n_heads + 2 * p.n_kv_heads);
     encode("rope_kv_write_f32", &a, sizeof a,
            {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs), rows},
-           {(uint32_t)(p.n_heads + 2 * p.n_kv_heads), (uint32_t)n, 1}, {threads, 1, 1});
+           {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
 }
 
 void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -319,10 +358,12 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     const int64_t kv_max = at.table ? at.max_len : pos0 + n;
     const int64_t span = p.window > 0 ? std::min<int64_t>(kv_max, p.window) : kv_max;
     const int64_t groups = n * p.n_heads;
+    const int head_block = attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
+    const int64_t blocks = n * (p.n_heads / head_block);  // decode threadgroups per split
     int64_t n_splits = 1;
-    if (groups < kAttnTargetThreadgroups)
+    if (blocks < kAttnTargetThreadgroups)
         n_splits = std::max<int64_t>(1, std::min(ceil_div(span, kAttnMinSplitLen),
-                                                 ceil_div(kAttnTargetThreadgroups, groups)));
+                                                 ceil_div(kAttnTargetThreadgroups, blocks)));
     const int64_t split_len = ceil_div(span, n_splits);
     n_splits = ceil_div(span, split_len);
 
@@ -331,7 +372,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     const Binding rows = at.table ? reads(*at.table) : Binding{out.buf, out.offset, 0, false};  // unused: any buffer
 
     // The tiled prefill takes one sequence's consecutive queries; a batch's rows (each with its
-    // own sequence) go through attention_f16, one threadgroup per (split, head, query).
+    // own sequence) go through attention_f16_d*, one threadgroup per (split, head block, query).
     if (!at.table && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
         // A chunk of queries whose keys need no split: blocks of 8 queries share K/V tiles.
         attention_prefill_args a{};
@@ -369,21 +410,25 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.softcap = p.softcap;
     a.has_sinks = has_sinks;
     a.has_rows = at.table ? 1 : 0;
+    const size_t tg_bytes = FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
+    const std::string kernel = "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
         // zero bytes tracked) only because Metal's validation wants every slot bound.
         const Binding unused{out.buf, out.offset, 0, false};
-        encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows},
-               {1, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, FG_ATTN_TG_BYTES);
+        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows},
+               {1, (uint32_t)(p.n_heads / head_block), (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
+               tg_bytes);
         return;
     }
-    const size_t partial_bytes = (size_t)groups * n_splits * (p.head_dim + 2) * sizeof(float);
+    const size_t partial_bytes = (FG_ATTN_STATS_AT((size_t)groups * n_splits, p.head_dim) + 2 * groups * n_splits) *
+                                 sizeof(float);  // acc rows, then (max, sum) pairs
     Buffer* scratch = attention_scratch(partial_bytes);
     Binding partials{scratch, 0, partial_bytes, true};
-    encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows},
-           {(uint32_t)n_splits, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
-           FG_ATTN_TG_BYTES);
+    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows},
+           {(uint32_t)n_splits, (uint32_t)(p.n_heads / head_block), (uint32_t)n},
+           {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
     attention_reduce_args r{};
     r.out_stride = out.stride;
     r.n_heads = p.n_heads;
@@ -392,7 +437,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     r.has_sinks = has_sinks;
     Binding partials_in{scratch, 0, partial_bytes, false};
     encode("attention_reduce", &r, sizeof r, {partials_in, writes(out), sinks}, {(uint32_t)p.n_heads, (uint32_t)n, 1},
-           {FG_SIMD_WIDTH, 1, 1});
+           {FG_SIMD_WIDTH, 1, 1}, n_splits * sizeof(float));
 }
 
 void MetalBackend::encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name,
@@ -520,9 +565,9 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
         a.k = (int32_t)k;
         a.x_per_slot = x_per_slot;
         a.n_expert = n_expert;
-        encode(std::string("mul_mv_id_") + weight_suffix(w0.type), &a, sizeof a,
-               {stack, reads(x), writes(out), reads(ids)}, {ceil_div(w0.rows, FG_MV_ROWS_PER_TG), (uint32_t)n_slots, 1},
-               {FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1});
+        const GemvKernel kern = gemv_kernel("mul_mv_id_", w0.type);
+        encode(kern.name, &a, sizeof a, {stack, reads(x), writes(out), reads(ids)},
+               {ceil_div(w0.rows, kern.rows_per_tg), (uint32_t)n_slots, 1}, {kern.threads, 1, 1});
         return;
     }
     // Prefill: the slots grouped by expert on the device, then one GEMM per expert over its slots.

@@ -1,0 +1,294 @@
+// The decode GEMV with every device load covering whole cache lines, and x read once per
+// threadgroup (issue 14). Quantized weights: mul_mv.metal's lanes each read a field of their own
+// block, so one simdgroup load touches many lines for a few bytes of each. Here each simdgroup
+// first copies a window of
+// FG_MV_WINDOW_BLOCKS blocks of one of its rows into threadgroup memory: 16-byte pieces from the
+// row's first 64-byte boundary (a load: 32 lanes x 16 bytes, whole lines), bytes before it and
+// after the last whole piece (each within one line); then the lanes dot that copy exactly as
+// mul_mv's do. The threadgroup loads x's window once for all its simdgroups, so x is requested
+// once per threadgroup of FG_MV_STAGED_ROWS_PER_TG rows rather than per simdgroup of 4. Float
+// weights load whole lines directly; only their x is staged.
+//
+// The direct kernels stay (FORGERT_METAL_GEMV=direct): whether the extra threadgroup traffic
+// and barriers cost more than the scattered loads on an Apple GPU (whose L1 absorbs re-reads
+// of a line) is a question for a Mac; llama.cpp's GEMVs load directly.
+#include <metal_stdlib>
+using namespace metal;
+
+#include "mul_mv.h"
+
+// (here, not in dequant.h: the emulator's translator rewrites `threadgroup` in .metal files only)
+struct fg_threadgroup_space {
+    template <typename T> using ptr = threadgroup const T*;
+};
+
+// x's window in threadgroup memory: 32-float blocks MV_X_PITCH floats apart, so the float4 loads
+// of 16 lane pairs (one block each) and the stores spread over all 32 banks.
+#define MV_X_PITCH 36
+#define MV_X_STAGE (FG_MV_WINDOW_BLOCKS * MV_X_PITCH)
+
+// Copies elements [0, n) from src to dst, thread `id` of `count` (a simdgroup's lanes, or a
+// threadgroup). Every thread loads the same number of times, those past n the last element again
+// (and store it again: the same value), so that the threads' k-th loads stay one simdgroup access
+// of consecutive elements (a store under a condition would let the compiler sink the load into it);
+// simdgroups wholly past n stop.
+template <typename T, typename D>
+static inline void mv_copy(device const T* src, D dst, int n, ushort id, ushort count) {
+    for (int i0 = 0; i0 < n; i0 += count) {
+        if (i0 + (int(id) & ~(FG_SIMD_WIDTH - 1)) >= n) break;  // the whole simdgroup is past n
+        const int i = min(i0 + int(id), n - 1);
+        dst(i, src[i]);
+    }
+}
+
+struct mv_to_bytes {
+    threadgroup char* out;
+    void operator()(int i, char v) const { out[i] = v; }
+};
+struct mv_to_pieces {
+    threadgroup uint4* out;
+    void operator()(int i, uint4 v) const { out[i] = v; }
+};
+
+// Bytes [0, n) at src into dst (threadgroup, 16-byte aligned) from dst + (address of src) % 16,
+// so that the copy's blocks keep their alignment; `align`: src's address % 64. Returns the copy.
+static inline threadgroup const char* mv_stage_bytes(device const char* src, int n, int align,
+                                                     threadgroup uint4* dst, ushort lane) {
+    threadgroup char* out = (threadgroup char*)dst + align % 16;
+    const int head = min(n, (64 - align) % 64);        // up to the first line boundary
+    const int pieces = (n - head) / 16;                // whole 16-byte pieces from there
+    const int tail = head + 16 * pieces;
+    mv_copy(src, mv_to_bytes{out}, head, lane, FG_SIMD_WIDTH);
+    mv_copy((device const uint4*)(src + head), mv_to_pieces{(threadgroup uint4*)(out + head)}, pieces, lane,
+            FG_SIMD_WIDTH);
+    mv_copy(src + tail, mv_to_bytes{out + tail}, n - tail, lane, FG_SIMD_WIDTH);
+    return out;
+}
+
+struct mv_x4_to_stage {
+    threadgroup float* xs;
+    void operator()(int i, float4 v) const { *((threadgroup float4*)(xs + (i / 8) * MV_X_PITCH + 4 * (i % 8))) = v; }
+};
+struct mv_x_to_stage {
+    threadgroup float* xs;
+    void operator()(int i, float v) const { xs[(i / 32) * MV_X_PITCH + i % 32] = v; }
+};
+
+// Columns [c0, c0 + n) of the token's x row into xs (MV_X_PITCH layout), by the whole threadgroup.
+static inline void mv_stage_x(constant mul_mv_args& args, device const float* xr, int c0, int n,
+                              threadgroup float* xs, ushort tid, ushort nthreads) {
+    if (args.x_vec4 != 0) {
+        mv_copy((device const float4*)(xr + c0), mv_x4_to_stage{xs}, n / 4, tid, nthreads);
+    } else {
+        mv_copy(xr + c0, mv_x_to_stage{xs}, n, tid, nthreads);
+    }
+}
+
+// x's window of columns [c0, c0 + n) into xs, once the threadgroup is done with the last one.
+static inline void mv_window_x(constant mul_mv_args& args, device const float* xr, int c0, int n,
+                               threadgroup float* xs, ushort tid) {
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    mv_stage_x(args, xr, c0, n, xs, tid, FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+}
+
+// The lane sums of NW * MV_NR rows (wrow, each at address % 64 walign; the first nrows of each
+// matrix exist) with x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time: lane pair ix
+// dots chunk ix of the window. Quantized weights: each row's window copied to `stage` first.
+template <typename Q, int NW>
+static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, device const char* thread* wrow,
+                                  thread const int* walign, device const float* xr, threadgroup float* xs,
+                                  threadgroup uint4* stage, int nrows, ushort tid, ushort tiisg, thread float* sum) {
+    const int nb = args.cols / FG_QK;
+    const int ix = tiisg / 2;
+    const int il = tiisg % 2;
+    float xv[16];
+    for (int c0 = 0; c0 < nb; c0 += FG_MV_WINDOW_BLOCKS) {
+        const int nbw = min(FG_MV_WINDOW_BLOCKS, nb - c0);
+        mv_window_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid);
+        float xsum = 0.0f;
+        if (ix < nbw) {
+            Q::template load_x<fg_threadgroup_space>(xs + ix * MV_X_PITCH, il, true, xv);
+            for (int i = 0; i < 16; ++i) xsum += xv[i];
+        }
+        // window bytes: whole blocks (K-quants: FG_MV_WINDOW_BLOCKS / 8 super-blocks)
+        const int off = c0 / FG_MV_WINDOW_BLOCKS * Q::window_bytes;
+        const int n = nbw * Q::window_bytes / FG_MV_WINDOW_BLOCKS;
+        for (int r = 0; r < NW * MV_NR; ++r) {
+            if (r % MV_NR >= nrows) continue;  // past the last row (uniform in the simdgroup)
+            simdgroup_barrier(mem_flags::mem_threadgroup);  // the lanes are done with the last copy
+            threadgroup const char* row = mv_stage_bytes(wrow[r] + off, n, (walign[r] + off) % 64, stage, tiisg);
+            simdgroup_barrier(mem_flags::mem_threadgroup);
+            if (ix < nbw) sum[r] += Q::template dot<fg_threadgroup_space>(row, ix, il, xv, xsum);
+        }
+    }
+}
+
+// Float weights: the rows load whole lines directly (a lane 4 consecutive columns: a simdgroup
+// load 128 of them); only x goes through threadgroup memory.
+template <typename R, int NW>
+static inline void mv_staged_sums(mv_float_layout, constant mul_mv_args& args, device const char* thread* wrow,
+                                  thread const int*, device const float* xr, threadgroup float* xs,
+                                  threadgroup uint4*, int nrows, ushort tid, ushort tiisg, thread float* sum) {
+    const bool vec4 = args.w_vec4 != 0 && args.x_vec4 != 0;
+    for (int c0 = 0; c0 < args.cols; c0 += FG_MV_WINDOW_BLOCKS * FG_QK) {
+        const int n = min(FG_MV_WINDOW_BLOCKS * FG_QK, args.cols - c0);
+        mv_window_x(args, xr, c0, n, xs, tid);
+        if (vec4) {
+            for (int c = 4 * tiisg; c < n; c += 4 * FG_SIMD_WIDTH) {
+                const float4 xv = *((threadgroup const float4*)(xs + (c / 32) * MV_X_PITCH + c % 32));
+                for (int r = 0; r < NW * MV_NR; ++r)
+                    if (r % MV_NR < nrows) sum[r] += dot(R::load4(wrow[r], c0 + c), xv);
+            }
+        } else {
+            for (int c = tiisg; c < n; c += FG_SIMD_WIDTH) {
+                const float xv = xs[(c / 32) * MV_X_PITCH + c % 32];
+                for (int r = 0; r < NW * MV_NR; ++r)
+                    if (r % MV_NR < nrows) sum[r] += R::load1(wrow[r], c0 + c) * xv;
+            }
+        }
+    }
+}
+
+// Address % 64 of each row mv_row_pointers gives, from the address % 64 of w (w2).
+template <int NW>
+static inline void mv_row_aligns(constant mul_mv_args& args, int w_align, int w2_align, int r0, thread int* walign) {
+    for (int r = 0; r < MV_NR; ++r) {
+        const ulong row = ulong(min(r0 + r, args.rows - 1)) * args.w_stride;
+        walign[r] = int((ulong(w_align) + row) % 64);
+        if (NW == 2) walign[MV_NR + r] = int((ulong(w2_align) + row) % 64);
+    }
+}
+
+// A simdgroup's copy buffer: a window of one row, plus the alignment offset and a partial piece
+// (float weights: unused).
+#define MV_STAGE_PIECES(Q) (Q::window_bytes / 16 + 2)
+
+template <typename Q>
+kernel void mul_mv_staged(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    threadgroup float xs[MV_X_STAGE];
+    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
+    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const char* wrow[MV_NR];
+    int walign[MV_NR];
+    mv_row_pointers<1>(args, w, w, r0, wrow);
+    mv_row_aligns<1>(args, args.w_align, args.w_align, r0, walign);
+    float sum[MV_NR] = {0.0f};
+    mv_staged_sums<Q, 1>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride), xs,
+                         stage[sgitg], args.rows - r0, tid, tiisg, sum);
+    mv_store<1>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+}
+
+template <typename Q>
+kernel void mul_mv_swiglu_staged(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * w_up    [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    threadgroup float xs[MV_X_STAGE];
+    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
+    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int t = tgpig.y;
+    device const char* wrow[2 * MV_NR];
+    int walign[2 * MV_NR];
+    mv_row_pointers<2>(args, w, w_up, r0, wrow);
+    mv_row_aligns<2>(args, args.w_align, args.w_up_align, r0, walign);
+    float sum[2 * MV_NR] = {0.0f};
+    mv_staged_sums<Q, 2>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride), xs,
+                         stage[sgitg], args.rows - r0, tid, tiisg, sum);
+    mv_store<2>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+}
+
+template <typename Q>
+kernel void mul_mv_id_staged(
+        constant mul_mv_id_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * out     [[buffer(3)]],
+        device const char * ids     [[buffer(4)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    threadgroup float xs[MV_X_STAGE];
+    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
+    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const mv_id_rows s = mv_id_slot(args, w, x, out, ids, tgpig.y);
+    float sum[MV_NR] = {0.0f};
+    if (s.valid) {  // uniform across the threadgroup: its barriers are all reached or none
+        device const char* wrow[MV_NR];
+        int walign[MV_NR];
+        const int a = int((ulong(args.mv.w_align) + s.w_offset) % 64);
+        mv_row_pointers<1>(args.mv, s.w, s.w, r0, wrow);
+        mv_row_aligns<1>(args.mv, a, a, r0, walign);
+        mv_staged_sums<Q, 1>(typename Q::layout(), args.mv, wrow, walign, s.x, xs, stage[sgitg], args.mv.rows - r0,
+                             tid, tiisg, sum);
+    }
+    mv_store<1>(args.mv, sum, s.o, r0, tiisg);
+}
+
+typedef decltype(mul_mv_staged<q8_0_dot>) mul_mv_staged_t;
+template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged<q8_0_dot>;
+template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged<q4_0_dot>;
+template [[host_name("mul_mv_staged_q4_1")]] kernel mul_mv_staged_t mul_mv_staged<q4_1_dot>;
+template [[host_name("mul_mv_staged_q5_0")]] kernel mul_mv_staged_t mul_mv_staged<q5_0_dot>;
+template [[host_name("mul_mv_staged_q5_1")]] kernel mul_mv_staged_t mul_mv_staged<q5_1_dot>;
+template [[host_name("mul_mv_staged_q2_K")]] kernel mul_mv_staged_t mul_mv_staged<q2_K_dot>;
+template [[host_name("mul_mv_staged_q3_K")]] kernel mul_mv_staged_t mul_mv_staged<q3_K_dot>;
+template [[host_name("mul_mv_staged_q4_K")]] kernel mul_mv_staged_t mul_mv_staged<q4_K_dot>;
+template [[host_name("mul_mv_staged_q5_K")]] kernel mul_mv_staged_t mul_mv_staged<q5_K_dot>;
+template [[host_name("mul_mv_staged_q6_K")]] kernel mul_mv_staged_t mul_mv_staged<q6_K_dot>;
+template [[host_name("mul_mv_staged_iq4_nl")]] kernel mul_mv_staged_t mul_mv_staged<iq4_nl_dot>;
+template [[host_name("mul_mv_staged_iq4_xs")]] kernel mul_mv_staged_t mul_mv_staged<iq4_xs_dot>;
+template [[host_name("mul_mv_staged_mxfp4")]] kernel mul_mv_staged_t mul_mv_staged<mxfp4_dot>;
+template [[host_name("mul_mv_staged_f32")]] kernel mul_mv_staged_t mul_mv_staged<f32_row>;
+template [[host_name("mul_mv_staged_f16")]] kernel mul_mv_staged_t mul_mv_staged<f16_row>;
+template [[host_name("mul_mv_staged_bf16")]] kernel mul_mv_staged_t mul_mv_staged<bf16_row>;
+typedef decltype(mul_mv_swiglu_staged<q8_0_dot>) mul_mv_swiglu_staged_t;
+template [[host_name("mul_mv_swiglu_staged_q8_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q8_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_1_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_0_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_1_dot>;
+template [[host_name("mul_mv_swiglu_staged_q2_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q2_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q3_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q3_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q4_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q5_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_q6_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q6_K_dot>;
+template [[host_name("mul_mv_swiglu_staged_iq4_nl")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_nl_dot>;
+template [[host_name("mul_mv_swiglu_staged_iq4_xs")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_xs_dot>;
+template [[host_name("mul_mv_swiglu_staged_mxfp4")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<mxfp4_dot>;
+template [[host_name("mul_mv_swiglu_staged_f32")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<f32_row>;
+template [[host_name("mul_mv_swiglu_staged_f16")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<f16_row>;
+template [[host_name("mul_mv_swiglu_staged_bf16")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<bf16_row>;
+typedef decltype(mul_mv_id_staged<q8_0_dot>) mul_mv_id_staged_t;
+template [[host_name("mul_mv_id_staged_q8_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q8_0_dot>;
+template [[host_name("mul_mv_id_staged_q4_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_0_dot>;
+template [[host_name("mul_mv_id_staged_q4_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_1_dot>;
+template [[host_name("mul_mv_id_staged_q5_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_0_dot>;
+template [[host_name("mul_mv_id_staged_q5_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_1_dot>;
+template [[host_name("mul_mv_id_staged_q2_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q2_K_dot>;
+template [[host_name("mul_mv_id_staged_q3_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q3_K_dot>;
+template [[host_name("mul_mv_id_staged_q4_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_K_dot>;
+template [[host_name("mul_mv_id_staged_q5_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_K_dot>;
+template [[host_name("mul_mv_id_staged_q6_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q6_K_dot>;
+template [[host_name("mul_mv_id_staged_iq4_nl")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_nl_dot>;
+template [[host_name("mul_mv_id_staged_iq4_xs")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_xs_dot>;
+template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_mv_id_staged<mxfp4_dot>;
+template [[host_name("mul_mv_id_staged_f32")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f32_row>;
+template [[host_name("mul_mv_id_staged_f16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f16_row>;
+template [[host_name("mul_mv_id_staged_bf16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<bf16_row>;
