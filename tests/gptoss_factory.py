@@ -151,7 +151,8 @@ def _quant_type(name: str, type_name: str, expert_type: str | None):
     return gguf.GGMLQuantizationType[expert_type if expert_type and "_exps.weight" in name else type_name]
 
 
-def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None) -> Path:
+def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None,
+               chat_template: str | None = None) -> Path:
     """type_name for every matrix but the F32 ones (_keeps_f32); expert_type, when given, for the
     expert stacks instead (gpt-oss ships MXFP4 experts)."""
     c = model.config
@@ -185,6 +186,8 @@ def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None =
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     for name, t in gguf_tensors(model).items():
         qtype = _quant_type(name, type_name, expert_type)
         if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
@@ -228,3 +231,82 @@ def quantized_reference(model, type_name: str, expert_type: str | None = None):
                 put(p + "mlp.experts.gate_up_proj", gu)
                 put(p + "mlp.experts.down_proj", rounded[b + "ffn_down_exps.weight"].transpose(0, 2, 1))
     return ref
+
+
+def save_hf(model, tok, out_dir: Path, dtype: str = "F32") -> Path:
+    """The model as GptOssForCausalLM.save_pretrained writes it (fused interleaved gate_up_proj,
+    per-expert biases, sinks), every tensor in dtype (F32, F16 or BF16)."""
+    spec = type("Spec", (), {"legacy_rope_config": False})()
+    return mf.save_hf_dir(model, spec, tok, out_dir, dtype)
+
+
+def _hf_mxfp4(w: np.ndarray):
+    """w f32 [E, rows, cols] -> HF MXFP4 (blocks uint8 [E, rows, cols / 32, 16], scales uint8
+    [E, rows, cols / 32]): ggml's MXFP4 quantization (gguf.quants) with its codes re-packed as
+    HF's (code 2i in byte i's low nibble, 2i + 1 in its high; ggml puts code j and j + 16 in byte j)."""
+    e, rows, cols = w.shape
+    q = gguf.quants.quantize(w, gguf.GGMLQuantizationType.MXFP4).reshape(e, rows, cols // 32, 17)
+    scales, qs = q[..., 0], q[..., 1:]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)                 # [E, rows, G, 32] in order
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return np.ascontiguousarray(blocks), np.ascontiguousarray(scales)
+
+
+def save_hf_mxfp4(model, tok, out_dir: Path) -> Path:
+    """An F32 save_hf directory whose expert matrices are replaced by MXFP4 _blocks / _scales
+    in the form OpenAI ships gpt-oss (quantization_config quant_method mxfp4): rows are the
+    outputs, gate_up_proj's gate rows even and up rows odd."""
+    import json
+    from safetensors.numpy import load_file, save_file
+    save_hf(model, tok, out_dir, "F32")
+    sd = load_file(str(out_dir / "model.safetensors"))
+    for l in range(model.config.num_hidden_layers):
+        p = f"model.layers.{l}.mlp.experts."
+        for part in ("gate_up_proj", "down_proj"):
+            w = sd.pop(p + part)                                          # [E, in, out]
+            sd[p + part + "_blocks"], sd[p + part + "_scales"] = _hf_mxfp4(np.ascontiguousarray(w.transpose(0, 2, 1)))
+    save_file(sd, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn",
+                                                                                      "model.layers.*.mlp.router",
+                                                                                      "model.embed_tokens", "lm_head"]}
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out_dir
+
+
+def mxfp4_hf_reference(model, hf_dir: Path):
+    """A copy of the model whose expert matrices are transformers' own dequantization
+    (integrations.mxfp4.convert_moe_packed_tensors) of the directory's _blocks / _scales."""
+    import copy
+    from safetensors.numpy import load_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    ref, sd = copy.deepcopy(model), load_file(str(hf_dir / "model.safetensors"))
+    params = ref.state_dict()
+    with torch.no_grad():
+        for l in range(model.config.num_hidden_layers):
+            p = f"model.layers.{l}.mlp.experts."
+            for part in ("gate_up_proj", "down_proj"):
+                w = convert_moe_packed_tensors(torch.from_numpy(sd[p + part + "_blocks"]),
+                                               torch.from_numpy(sd[p + part + "_scales"]), dtype=torch.float32)
+                params[p + part].copy_(w)                                 # [E, in, out]
+    return ref
+
+
+def router_margins(model, ids) -> np.ndarray:
+    """f32 [len(ids)]: each token's smallest gap, over the layers, between its top_k-th and
+    (top_k + 1)-th router logit in the model: how far its expert choice is from a tie."""
+    k, gaps = model.config.num_experts_per_tok, []
+
+    def record(router, inputs, _):
+        x = inputs[0].reshape(-1, inputs[0].shape[-1])
+        top = torch.nn.functional.linear(x, router.weight, router.bias).sort(-1, descending=True).values
+        gaps.append((top[:, k - 1] - top[:, k]).detach().numpy())
+
+    hooks = [layer.mlp.router.register_forward_hook(record) for layer in model.model.layers]
+    try:
+        mf.reference_logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return np.min(gaps, axis=0)

@@ -99,10 +99,13 @@ def _logprob_entries(kind, logprobs) -> list:
 
 
 def run(client, kind, fields, stream=False, leave_after=None):
-    """{choice index: {"text", "finish", "logprobs"}} of one request (streamed chunks gathered),
-    or None when it left after `leave_after` chunks."""
+    """{choice index: {"text", "finish", "logprobs"}, "usage": (prompt, completion tokens)} of one
+    request (streamed chunks gathered), or None when it left after `leave_after` chunks."""
     create = client.completions.create if kind == "text" else client.chat.completions.create
     choices = {}
+
+    def with_usage(usage):
+        return {**choices, "usage": (usage["prompt_tokens"], usage["completion_tokens"])}
 
     def gather(c, delta):
         acc = choices.setdefault(c["index"], {"text": "", "finish": None, "logprobs": []})
@@ -112,23 +115,28 @@ def run(client, kind, fields, stream=False, leave_after=None):
         acc["logprobs"] += _logprob_entries(kind, c.get("logprobs"))
 
     if not stream:
-        for c in create(model="x", **fields).model_dump()["choices"]:
+        resp = create(model="x", **fields).model_dump()
+        for c in resp["choices"]:
             gather(c, False)
-        return choices
-    with create(model="x", stream=True, **fields) as chunks:
+        return with_usage(resp["usage"])
+    usage = None
+    with create(model="x", stream=True, stream_options={"include_usage": True}, **fields) as chunks:
         for n, chunk in enumerate(chunks, 1):
-            for c in chunk.model_dump()["choices"]:
+            chunk = chunk.model_dump()
+            for c in chunk["choices"]:
                 gather(c, True)
+            usage = chunk.get("usage") or usage
             if leave_after is not None and n >= leave_after:
                 return None     # leaves mid-stream: the connection closes
-    return choices
+    return with_usage(usage)
 
 
 def assert_same(got, want) -> float:
-    """Identical text, finish reasons and tokens; returns the largest logprob difference."""
-    assert sorted(got) == sorted(want)
+    """Identical text, finish reasons, tokens and usage; returns the largest logprob difference."""
+    assert sorted(got, key=str) == sorted(want, key=str)
+    assert got["usage"] == want["usage"]
     worst = 0.0
-    for i in want:
+    for i in (k for k in want if k != "usage"):
         g, w = got[i], want[i]
         assert (g["text"], g["finish"]) == (w["text"], w["finish"]), f"choice {i}"
         assert [e[0] for e in g["logprobs"]] == [e[0] for e in w["logprobs"]], f"choice {i}"

@@ -3,8 +3,10 @@
 // with the machine's read bandwidth (measured with the backend's threads) for reference.
 //
 //   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
-//   build/bench/cpu_ops_bench [threads]
+//   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only]
 #include <algorithm>
+#include <cstddef>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +17,7 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/read_bandwidth.h"
 #include "core/fp16.h"
+#include "core/quant_blocks.h"
 
 using namespace forgert;
 using Clock = std::chrono::steady_clock;
@@ -42,20 +45,28 @@ Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DT
     std::uniform_int_distribution<int> u(0, 255);
     for (size_t i = 0; i < bytes; i++) p[i] = (uint8_t)u(rng);
     // Keep scales finite and small: every block starts with an f16 scale.
-    if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1) {
+    if (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+        t == DType::IQ4_NL) {
         const int64_t bb = dtype_block_bytes(t), nblk = (int64_t)bytes / bb;
         for (int64_t i = 0; i < nblk; i++) {
             uint16_t d = 0x2000;  // ~0.0078
             std::memcpy(p + i * bb, &d, 2);
-            if (t == DType::Q4_1) std::memcpy(p + i * bb + 2, &d, 2);
+            if (t == DType::Q4_1 || t == DType::Q5_1) std::memcpy(p + i * bb + 2, &d, 2);
         }
-    } else if (t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K) {
-        // K-quant super-blocks: d (and Q4_K / Q5_K's dmin) lead the block, Q6_K's d ends it.
+    } else if (t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+               t == DType::IQ4_XS) {
+        // K-quant super-blocks: the f16 factors d (and dmin) at their offsets in each layout.
         const int64_t bb = dtype_block_bytes(t), nblk = (int64_t)bytes / bb;
         const uint16_t d = 0x1800;  // ~0.002: times 6-bit scales, ~0.1
+        size_t d_at = 0, dmin_at = SIZE_MAX;
+        if (t == DType::Q2_K) d_at = offsetof(block_q2_K, d), dmin_at = offsetof(block_q2_K, dmin);
+        else if (t == DType::Q3_K) d_at = offsetof(block_q3_K, d);
+        else if (t == DType::Q4_K || t == DType::Q5_K) d_at = offsetof(block_q4_K, d), dmin_at = offsetof(block_q4_K, dmin);
+        else if (t == DType::Q6_K) d_at = offsetof(block_q6_K, d);
+        else d_at = offsetof(block_iq4_xs, d);
         for (int64_t i = 0; i < nblk; i++) {
-            if (t == DType::Q6_K) std::memcpy(p + i * bb + bb - 2, &d, 2);
-            else std::memcpy(p + i * bb, &d, 2), std::memcpy(p + i * bb + 2, &d, 2);
+            std::memcpy(p + i * bb + d_at, &d, 2);
+            if (dmin_at != SIZE_MAX) std::memcpy(p + i * bb + dmin_at, &d, 2);
         }
     } else if (t == DType::F16 || t == DType::BF16 || t == DType::F32) {
         // Real values (random bytes would include denormals, which stall the FPU).
@@ -77,6 +88,7 @@ Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DT
 int main(int argc, char** argv) {
     const int threads = argc > 1 ? std::atoi(argv[1]) : 0;
     const char* filter = argc > 2 ? argv[2] : "";  // run only ops whose name contains this
+    const int64_t max_n = argc > 3 ? std::atoll(argv[3]) : 512;  // 1: decode matmuls only
     cpu::CpuBackend be(threads);
     std::mt19937 rng(1);
     std::vector<std::unique_ptr<Buffer>> keep;
@@ -91,10 +103,12 @@ int main(int argc, char** argv) {
     const Shape shapes[] = {{"smollm2 ffn_up", 1536, 576},  {"smollm2 ffn_down", 576, 1536},
                             {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
                             {"1B ffn_down", 2048, 8192}};
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F16,
-                    DType::BF16, DType::F32}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL, DType::Q2_K,
+                    DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::F16, DType::BF16,
+                    DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 512}) {
+                if (n > max_n) continue;
                 char name[64];
                 std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
                 if (!std::strstr(name, filter)) continue;

@@ -13,6 +13,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
+                  "gpt_oss": "gpt-oss",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -374,8 +375,30 @@ def _gpt_oss_gguf(cfg: ModelConfig, source):
     if not cfg.sliding_window:
         _fail(source, "gpt-oss without attention.sliding_window")
     cfg.swiglu_limit, cfg.swiglu_alpha = GPT_OSS_SWIGLU_LIMIT, GPT_OSS_SWIGLU_ALPHA
-    cfg.layer_window = [cfg.sliding_window if i % GPT_OSS_SWA_PATTERN < GPT_OSS_SWA_PATTERN - 1 else 0
-                        for i in range(cfg.n_layers)]
+    cfg.layer_window = _gpt_oss_windows(cfg)
+
+
+def _gpt_oss_windows(cfg: ModelConfig) -> list:
+    return [cfg.sliding_window if i % GPT_OSS_SWA_PATTERN < GPT_OSS_SWA_PATTERN - 1 else 0
+            for i in range(cfg.n_layers)]
+
+
+def _gpt_oss_hf(hf: dict, cfg: ModelConfig, source):
+    """transformers' GptOss: a softmax over the selected router logits (the same as renormalising
+    over them), SwiGLU clamped at swiglu_limit (GptOssExperts fixes alpha at 1.702), the windows
+    from layer_types (llama.cpp's alternation where a config lacks them)."""
+    if not cfg.n_expert:
+        _fail(source, "gpt_oss without num_local_experts")
+    if not cfg.sliding_window:
+        _fail(source, "gpt_oss without sliding_window")
+    quant = hf.get("quantization_config")
+    if quant is not None and (not isinstance(quant, dict) or quant.get("quant_method") != "mxfp4"):
+        _fail(source, f"quantization_config {quant!r} is not supported (gpt-oss: quant_method mxfp4 only)")
+    cfg.expert_norm_topk = True
+    cfg.swiglu_limit = _get_float(hf, "swiglu_limit", source, default=GPT_OSS_SWIGLU_LIMIT)
+    cfg.swiglu_alpha = GPT_OSS_SWIGLU_ALPHA
+    if cfg.layer_window is None:
+        cfg.layer_window = _gpt_oss_windows(cfg)
 
 
 def _check_experts(cfg: ModelConfig, source):
@@ -623,6 +646,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
+    if model_type == "gpt_oss":
+        _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
     _check_bounds(cfg, source)

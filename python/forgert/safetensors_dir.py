@@ -1,7 +1,8 @@
 """Hugging Face model directories: config.json + *.safetensors (maybe sharded) + tokenizer files.
 
 We parse safetensors headers ourselves (8-byte little-endian header length, then JSON) and expose
-each tensor zero-copy as a uint8 view of the mmap'd shard. Only F32, F16 and BF16 are accepted.
+each tensor zero-copy as a uint8 view of the mmap'd shard. Only F32, F16 and BF16 are accepted, and
+U8 for gpt-oss's MXFP4 expert blocks and scales (gpt_oss_experts.py repacks those).
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
+from .gpt_oss_experts import FUSED_EXPERT_RE, expert_stacks
 from .weights import ExpertList, WeightTensor
 
-_DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2)}
+U8 = None   # a raw-bytes tensor: no engine type of its own (gpt-oss's MXFP4 _blocks / _scales)
+_DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2), "U8": (U8, 1)}
 _MAX_HEADER = 100 * 1024 * 1024
 
 # HF Llama/Mistral/Qwen2/Qwen3/SmolLM3/Phi-3 names -> canonical GGUF names
@@ -64,7 +67,17 @@ _GEMMA_LAYER_NAMES = {
     "self_attn.q_norm.weight": "attn_q_norm.weight",     # Gemma 3: RMSNorm of each head of Q / K
     "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
-_LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES}
+# gpt-oss: post_attention_layernorm is the feed-forward's input norm under llama.cpp's name; its
+# experts (mlp.experts.*, fused) go to gpt_oss_experts.py.
+_GPT_OSS_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "self_attn.sinks": "attn_sinks.weight",
+    "mlp.router.weight": "ffn_gate_inp.weight",
+    "mlp.router.bias": "ffn_gate_inp.bias",
+}
+_LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
+                              "gpt_oss": _GPT_OSS_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
 _EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
@@ -133,7 +146,8 @@ class SafetensorsFile:
             except (TypeError, KeyError, ValueError):
                 self._fail(f"tensor '{name}' has a malformed header entry")
             if dtype not in _DTYPES:
-                self._fail(f"tensor '{name}' has dtype {dtype}; forgert reads F32, F16 and BF16 safetensors")
+                self._fail(f"tensor '{name}' has dtype {dtype}; forgert reads F32, F16 and BF16 safetensors "
+                           f"(and U8 MXFP4 blocks of gpt-oss experts)")
             if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
                 self._fail(f"tensor '{name}' has a malformed shape {shape!r}")
             type_id, itemsize = _DTYPES[dtype]
@@ -173,14 +187,30 @@ class HFModelDir:
         self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
         self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
         experts = {}             # stack name -> {expert index: WeightTensor}
+        fused_experts = {}       # gpt-oss: layer -> {mlp.experts part: WeightTensor, or (uint8, shape)}
         model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         for sf in self.files:
             for hf_name, (type_id, shape, _, _) in sf.tensors.items():
+                fused = FUSED_EXPERT_RE.match(hf_name) if model_type == "gpt_oss" else None
+                if fused:
+                    layer_parts = fused_experts.setdefault(int(fused.group(1)), {})
+                    if fused.group(2) in layer_parts:
+                        raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' appears in more than one file")
+                    is_raw = fused.group(2).endswith(("_blocks", "_scales"))
+                    if is_raw != (type_id is U8):
+                        raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' must be "
+                                               f"{'U8' if is_raw else 'F32, F16 or BF16'}")
+                    layer_parts[fused.group(2)] = ((sf.view(hf_name), tuple(shape)) if is_raw else
+                                                   WeightTensor(hf_name, sf.view(hf_name), type_id, tuple(shape), sf.name))
+                    continue
+                if type_id is U8:
+                    raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has dtype U8; forgert reads F32, F16 and "
+                                           f"BF16 safetensors (and U8 MXFP4 blocks of gpt-oss experts)")
                 try:
                     name = canonical_name(hf_name, model_type)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Mixtral/Qwen2/Qwen3/Qwen-MoE/SmolLM3/Phi-3/Gemma model)") from None
+                                           f"(not part of a Llama/Mistral/Mixtral/Qwen2/Qwen3/Qwen-MoE/SmolLM3/Phi-3/Gemma/gpt-oss model)") from None
                 if name is None:
                     continue
                 index = None
@@ -209,6 +239,8 @@ class HFModelDir:
             if len(shapes) != 1:
                 raise ModelFormatError(f"{self.name}: the experts of '{name}' differ in shape {sorted(shapes)}")
             self.tensors[name] = ExpertList(name, [parts[i] for i in range(len(parts))], parts[0].source)
+        for layer, parts in fused_experts.items():
+            self.tensors.update(expert_stacks(layer, parts, self.name))
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")

@@ -30,6 +30,20 @@ def _token_content(v):
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>")
 
 
+# gpt-oss's harmony format: <|end|> closes a message, <|return|> (an answer) or <|call|> (a tool call)
+# the assistant's turn. Generation stops at those two and never at <|end|>, which closes the
+# analysis message before the final one (llama.cpp's llama_vocab::load drops <|end|> from its
+# end-of-generation set when a vocabulary has both). Recognised by the tokens' text, not ids.
+HARMONY_STOPS, HARMONY_END = ("<|return|>", "<|call|>"), "<|end|>"
+
+
+def _harmony_stops(tokenizer: Tokenizer, stop_ids: set) -> set:
+    ids = [tokenizer.token_to_id(t) for t in HARMONY_STOPS]
+    if None in ids:
+        return stop_ids
+    return (stop_ids - {tokenizer.token_to_id(HARMONY_END)}) | set(ids)
+
+
 def _eot_by_text(tokens) -> int | None:
     index = {t: i for i, t in enumerate(tokens) if t in _EOT_TEXTS}
     return next((index[t] for t in _EOT_TEXTS if t in index), None)
@@ -55,7 +69,8 @@ class ModelTokenizer:
         self.add_bos = bool(add_bos) and bos_id is not None
         self.source = source
         self.n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-        self.stop_ids = frozenset(i for i in [eos_id, eot_id, *extra_stop_ids] if i is not None)
+        self.stop_ids = frozenset(_harmony_stops(tokenizer, {i for i in [eos_id, eot_id, *extra_stop_ids]
+                                                             if i is not None}))
 
     # -- construction ------------------------------------------------------------------------
     @classmethod

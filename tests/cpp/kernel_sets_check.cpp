@@ -166,6 +166,120 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
     }
 }
 
+// The f16 factors of a quantized weight type: where d and (if it has one) the min factor lie in its
+// blocks; min_at < 0 when there is none.
+void factor_offsets(DType t, int64_t& d_at, int64_t& min_at) {
+    min_at = -1;
+    switch (t) {
+        case DType::Q2_K: d_at = offsetof(block_q2_K, d), min_at = offsetof(block_q2_K, dmin); break;
+        case DType::Q3_K: d_at = offsetof(block_q3_K, d); break;
+        case DType::Q4_K: d_at = offsetof(block_q4_K, d), min_at = offsetof(block_q4_K, dmin); break;
+        case DType::Q5_K: d_at = offsetof(block_q5_K, d), min_at = offsetof(block_q5_K, dmin); break;
+        case DType::Q6_K: d_at = offsetof(block_q6_K, d); break;
+        case DType::IQ4_XS: d_at = offsetof(block_iq4_xs, d); break;
+        case DType::Q4_1: case DType::Q5_1: d_at = 0, min_at = 2; break;
+        default: d_at = 0;  // Q8_0, Q4_0, Q5_0, IQ4_NL: d leads the block
+    }
+}
+
+// Decode GEMV (one token and a few) of the quantized types against an f64 product of the
+// portable dequantizer's weights and the exact activations, on random weights and on extreme
+// ones: every quant and sub-block scale at its largest (all bytes 0xff) or at 0x80, factors at
+// f16's largest and subnormal; activations normal, large, and one outlier per block (the rest
+// falls to the int8 low parts). The activations' two int8 parts err by at most a.d per element
+// (the low part's rounding, or its clamp at 127), so |got - ref| <= sum |w_scale| a.d, where
+// w_scale is the weight without its min term (Q4_K's mins see the exact sums; Q2_K's the
+// quantized ones, so its bound counts them), plus f32 rounding, 1e-5 of sum |w x|: measured
+// |diff| <= 0.14 of that bound; against the generic set <= 4.6e-7 of sum |w x| (x86 and NEON
+// under qemu), bound 1e-5.
+void check_gemv_reference(const KernelSet* k, int cols) {
+    const int rows = 13, nb = cols / FG_QK;  // 13: passes of 4 rows and a remainder of 1
+    const std::vector<DType> types = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+                                      DType::Q5_0, DType::Q5_1, DType::IQ4_XS, DType::IQ4_NL};
+    const char* wkinds[] = {"random", "bytes ff", "bytes 80"};
+    const float factors[] = {0.0f, 65504.0f, 6e-8f};  // 0: random_weights' own factors
+    const char* xkinds[] = {"normal", "large", "outliers"};
+    const int n = 3;
+    for (DType t : types) {
+        double worst = 0, worst_gen = 0;  // |diff| / bound against f64; |diff| / sum|w x| against generic
+        if (cols % dtype_block_elems(t)) continue;
+        const int64_t rb = row_bytes(t, cols), bb = dtype_block_bytes(t);
+        int64_t d_at, min_at;
+        factor_offsets(t, d_at, min_at);
+        for (int wk = 0; wk < 3; wk++)
+            for (float factor : factors) {
+                if (wk == 0 && factor != 0.0f) continue;
+                if (wk > 0 && factor == 0.0f) continue;
+                std::vector<uint8_t> w = random_weights(t, rows, cols);
+                if (wk > 0) {
+                    std::fill(w.begin(), w.end(), wk == 1 ? 0xff : 0x80);
+                    const uint16_t h = f32_to_f16(factor);
+                    for (int64_t b = 0; b < (int64_t)w.size() / bb; b++) {
+                        std::memcpy(&w[b * bb + d_at], &h, 2);
+                        if (min_at >= 0) std::memcpy(&w[b * bb + min_at], &h, 2);
+                    }
+                }
+                // the weights, and their scale parts (the min factor zeroed)
+                std::vector<float> wdq((size_t)rows * cols), wsc((size_t)rows * cols);
+                std::vector<uint8_t> w0 = w;
+                if (min_at >= 0)
+                    for (int64_t b = 0; b < (int64_t)w0.size() / bb; b++) std::memset(&w0[b * bb + min_at], 0, 2);
+                for (int r = 0; r < rows; r++) {
+                    dequantize_row(t, w.data() + r * rb, wdq.data() + (size_t)r * cols, cols);
+                    dequantize_row(t, w0.data() + r * rb, wsc.data() + (size_t)r * cols, cols);
+                }
+                for (int xk = 0; xk < 3; xk++) {
+                    std::vector<float> x((size_t)n * cols);
+                    for (int i = 0; i < n * cols; i++) {
+                        const float v = normal(rng);
+                        x[i] = xk == 0 ? v : xk == 1 ? 3e4f * v : (i % FG_QK == 5 ? 1000.0f * v : 1e-3f * v);
+                    }
+                    std::vector<BlockQ8Act> xq((size_t)n * nb);
+                    for (int tk = 0; tk < n; tk++) k->quantize_row_q8(&x[tk * cols], &xq[tk * nb], cols);
+                    std::vector<float> got(n * rows), gen(n * rows), ref(n * rows);
+                    for (int nt : {1, n}) {  // one token (decode), then a few
+                        k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, nt, got.data(), rows);
+                        if (k != kernels_generic())
+                            kernels_generic()->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, nt, gen.data(), rows);
+                        for (int tk = 0; tk < nt; tk++)
+                            for (int r = 0; r < rows; r++) {
+                                double acc = 0, mag = 0, xerr = 0;
+                                for (int c = 0; c < cols; c++) {
+                                    const double wv = wdq[(size_t)r * cols + c], xv = x[tk * cols + c];
+                                    acc += wv * xv, mag += std::fabs(wv * xv);
+                                    // Q2_K's mins see the quantized sums too (as its quants do)
+                                    const double wq = std::fabs((double)wsc[(size_t)r * cols + c]) +
+                                                      (t == DType::Q2_K ? std::fabs(wv - wsc[(size_t)r * cols + c]) : 0.0);
+                                    xerr += wq * xq[tk * nb + c / FG_QK].d;
+                                }
+                                const double diff = std::fabs(got[tk * rows + r] - acc);
+                                worst = std::max(worst, diff / (xerr + 1e-5 * mag));
+                                const bool ok = std::isfinite(got[tk * rows + r]) && diff <= xerr + 1e-5 * mag;
+                                bool same_as_generic = true;
+                                if (k != kernels_generic()) {
+                                    const double g = gen[tk * rows + r];
+                                    same_as_generic = std::fabs(got[tk * rows + r] - g) <= 1e-5 * mag;
+                                    worst_gen = std::max(worst_gen, std::fabs(got[tk * rows + r] - g) / std::max(mag, 1e-30));
+                                }
+                                if (!ok || !same_as_generic) {
+                                    failures++;
+                                    std::printf("%-12s gemv %s %s d=%g x %s n=%d row %d: got %.9g ref %.9g generic %.9g "
+                                                "(bound %.3g) FAIL\n",
+                                                k->name, dtype_name(t), wkinds[wk], factor, xkinds[xk], nt, r,
+                                                got[tk * rows + r], acc, gen[tk * rows + r], xerr + 1e-5 * mag);
+                                    return;
+                                }
+                            }
+                    }
+                }
+            }
+        char what[64];
+        std::snprintf(what, sizeof what, "gemv %s vs f64 %d cols", dtype_name(t), cols);
+        std::printf("%-12s %-28s |diff| <= %.3g of the bound, vs generic %.3g of sum|w x|  ok\n", k->name, what, worst,
+                    worst_gen);
+    }
+}
+
 void check(const KernelSet* k, int cols) {
     const KernelSet* g = kernels_generic();
     // Shapes that are not multiples of any register tile; 3, 10 and 11 blocks per row
@@ -276,6 +390,7 @@ int main() {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
+        for (int cols : {256, 768}) check_gemv_reference(k, cols);
         check_gemm_i8(k, 8192, {70});  // wide rows: the tokens go through the panels in several passes
         checked++;
     }

@@ -5,7 +5,7 @@ import json
 import statistics
 
 from .common import UserError, add_model_args, load_model
-from .profiling import STAGES, profiling_engine
+from .profiling import STAGES, cpu_per_token, format_cpu_table, profiling_engine
 from .progress import ProgressBar
 
 # Plain prose: any tokenizer turns it into ordinary tokens, none of them special.
@@ -23,7 +23,9 @@ def add_parser(subparsers):
     p.add_argument("--gen-tokens", "-g", type=int, default=64, help="tokens to decode (default 64)")
     p.add_argument("--repeats", "-r", type=int, default=3, help="runs to take the median of (default 3)")
     p.add_argument("--profile", action="store_true",
-                   help="also time the engine's stages (embedding, layers, logits) per forward pass")
+                   help="also time the engine's stages (embedding, layers, logits) per forward pass and, "
+                        "on the CPU, each op kind per decoded token with the parallel regions and thread "
+                        "busyness (the split is FORGERT_CPU_SPLIT's)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     return p
 
@@ -60,7 +62,8 @@ def measure(model, prompt: list[int], gen_tokens: int, label: str) -> dict:
 
 def profile_stages(model, prompt: list[int], gen_tokens: int):
     """Seconds spent in embedding / layers / logits for one prefill and per decoded token, from
-    the engine's own timers; None when the engine has none."""
+    the engine's own timers, and on the CPU the per-op profile of the decode (cpu_per_token);
+    None when the engine has none."""
     engine = profiling_engine(model)
     if engine is None:
         return None
@@ -71,15 +74,19 @@ def profile_stages(model, prompt: list[int], gen_tokens: int):
         next_token = int(np.asarray(engine.forward_argmax(tokens, 0)).reshape(-1)[-1])
         prefill = dict(engine.last_profile())
         decode = dict.fromkeys(STAGES, 0.0)
+        cpu_profile = getattr(engine, "cpu_profile", None)
+        if cpu_profile:
+            cpu_profile(reset=True)     # the decode's alone
         for i in range(gen_tokens):
             next_token = int(np.asarray(engine.forward_argmax(np.asarray([next_token], np.int32),
                                                                len(prompt) + i)).reshape(-1)[-1])
             for stage in STAGES:
                 decode[stage] += engine.last_profile()[stage]
+        cpu = cpu_per_token(cpu_profile(), gen_tokens) if cpu_profile else None
     finally:
         engine.set_profiling(False)
         model.reset()    # the cache now holds tokens the model's prompt cache does not know about
-    return {"prefill": prefill, "decode_per_token": {k: v / gen_tokens for k, v in decode.items()}}
+    return {"prefill": prefill, "decode_per_token": {k: v / gen_tokens for k, v in decode.items()}, "cpu": cpu}
 
 
 def run(args) -> int:
@@ -123,4 +130,6 @@ def format_text(r: dict) -> str:
             for stage in STAGES:
                 lines.append(f"  {stage:<10} {p['prefill'][stage] * 1e3:12.2f}   "
                              f"{p['decode_per_token'][stage] * 1e3:17.3f}")
+            if p.get("cpu"):
+                lines += format_cpu_table(p["cpu"])
     return "\n".join(lines)

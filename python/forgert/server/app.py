@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from ..tool_calls import forced_call_schema, template_style
 from .choice_output import ChoiceOutput, OutputMode, thinking_mode
+from .harmony_output import HarmonyOutput, is_harmony
 from .delivery import collect, collect_unless_disconnected, metered, stream
 from .errors import APIError, install_error_handlers
 from .generation import ChoiceSpec, GenerationSpec, generation_job
@@ -146,12 +147,14 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
                 thinks = inside = False
             mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
                               tool_style=template_style(template) if tools else None)
+            # gpt-oss (harmony): channels, not <think>, separate the reasoning; a grammar's JSON is content
+            harmony = is_harmony(template) and grammar is None
             choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
                        for j in range(req.n_choices)]
             spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                                   req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
             return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id),
-                                   lambda: ChoiceOutput(mode), timer)
+                                   HarmonyOutput if harmony else (lambda: ChoiceOutput(mode)), timer)
 
     @v1.post("/completions")
     async def completions(request: Request):

@@ -7,12 +7,14 @@
 #include <memory>
 #include <mutex>
 
+#include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/read_bandwidth.h"
 #include "core/backend.h"
 #include "model/llama_model.h"
 #include "model/tensor_layout.h"
 #include "ops_binding.h"
+#include "pool_binding.h"
 #include "sampling/sampler.h"
 #if FORGERT_HAVE_METAL_EMULATOR
 #include "backends/metal/device_emulated.h"
@@ -374,10 +376,46 @@ public:
         model_->kv_load(n, src);
     }
 
+    // Also the CPU backend's per-op profile (regions, busyness), cleared here.
     void set_profiling(bool on) {
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
         model_->set_profiling(on);
+        if (auto* cpu = cpu_backend()) {
+            cpu->set_profiling(on);
+            cpu->reset_profile();
+        }
+    }
+
+    // The CPU backend's profile since set_profiling / the last reset, or None on another backend:
+    // per op kind its calls, seconds, and the regions it forked with their busy and capacity seconds.
+    py::object cpu_profile(bool reset) {
+        auto* cpu = cpu_backend();
+        if (!cpu) return py::none();
+        std::lock_guard<std::mutex> lock(mu_);
+        const cpu::CpuOpProfile& ops = cpu->op_profile();
+        py::dict op_d;
+        for (int i = 0; i < (int)cpu::CpuOp::kCount; i++) {
+            if (!ops.calls[i]) continue;
+            py::dict o;
+            o["calls"] = ops.calls[i];
+            o["seconds"] = ops.seconds[i];
+            o["regions"] = ops.regions[i].regions;
+            o["busy_s"] = ops.regions[i].busy_s;
+            o["capacity_s"] = ops.regions[i].capacity_s;
+            op_d[cpu::cpu_op_name((cpu::CpuOp)i)] = o;
+        }
+        const cpu::PoolStats s = cpu->pool_stats();
+        py::dict d;
+        d["threads"] = cpu->n_threads();
+        d["split"] = cpu::work_split_name(cpu->work_split());
+        d["ops"] = op_d;
+        d["regions"] = s.regions;
+        d["region_wall_s"] = s.wall_s;
+        d["busy_s"] = s.busy_s;
+        d["capacity_s"] = s.capacity_s;
+        if (reset) cpu->reset_profile();
+        return d;
     }
 
     LlamaModel::Profile last_profile() {
@@ -387,6 +425,7 @@ public:
     }
 
     LlamaModel& model() { return *model_; }
+    cpu::CpuBackend* cpu_backend() { return dynamic_cast<cpu::CpuBackend*>(&model_->backend()); }
     const std::vector<std::pair<uintptr_t, size_t>>& weight_buffers() const { return weight_buffers_; }
 
 private:
@@ -474,6 +513,9 @@ PYBIND11_MODULE(_core, m) {
         .def("_weight_buffers", &Engine::weight_buffers,
              "test-facing: (address, bytes) of each zero-copy buffer the weights were wrapped in")
         .def("set_profiling", &Engine::set_profiling, py::arg("on"))
+        .def("cpu_profile", &Engine::cpu_profile, py::arg("reset") = false,
+             "the CPU backend's per-op seconds and calls, parallel regions and thread busyness since "
+             "set_profiling (or the last reset); None on another backend")
         .def("last_profile", [](Engine& e) {
             const LlamaModel::Profile p = e.last_profile();
             py::dict d;
@@ -566,6 +608,7 @@ PYBIND11_MODULE(_core, m) {
         return cpu::measure_read_bandwidth_gbs(n_threads, mib);
     }, py::arg("n_threads") = 0, py::arg("mib") = 1024);
     bind_ops(m);
+    bind_pool(m);
 #if FORGERT_HAVE_METAL_EMULATOR
     // Thread order of the emulated Metal device: "forward", "reverse" or "random" (races show
     // up as schedule-dependent results).

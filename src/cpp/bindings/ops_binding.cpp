@@ -53,7 +53,7 @@ void check_row_table(const I32& rows, int64_t n, int64_t n_ctx) {
 
 class Ops {
 public:
-    explicit Ops(const std::string& backend) : be_(make_backend(backend, 0)) {}
+    Ops(const std::string& backend, int threads) : be_(make_backend(backend, threads)) {}
 
     std::string name() const { return be_->name(); }
 
@@ -72,10 +72,15 @@ public:
     // The RowPositions of a call: pos0 alone, or the uploaded table (kept in `table`).
     RowPositions positions(int pos0, const std::optional<I32>& rows, Tensor& table) {
         if (!rows) return RowPositions(pos0);
-        int max_len = 0;
-        for (int64_t i = 0; i < rows->shape(0); i++) max_len = std::max(max_len, rows->at(i, 0) + 1);
+        int max_len = 0, max_run = 0;
+        for (int64_t i = 0, run = 0; i < rows->shape(0); i++) {
+            max_len = std::max(max_len, rows->at(i, 0) + 1);
+            const bool continues = i > 0 && rows->at(i, 1) == rows->at(i - 1, 1) && rows->at(i, 0) == rows->at(i - 1, 0) + 1;
+            run = continues ? run + 1 : 1;
+            max_run = std::max(max_run, (int)run);
+        }
         table = upload(rows->data(), DType::I32, rows->shape(0), 2);
-        return RowPositions(table, max_len);
+        return RowPositions(table, max_len, max_run);
     }
     Tensor f32(const F32& a) {
         need(a.ndim() == 1 || a.ndim() == 2, "expected a 1-D or 2-D float32 array");
@@ -336,7 +341,7 @@ private:
 
 void bind_ops(py::module_& m) {
     py::class_<Ops>(m, "Ops")
-        .def(py::init<const std::string&>(), py::arg("backend") = "cpu")
+        .def(py::init<const std::string&, int>(), py::arg("backend") = "cpu", py::arg("threads") = 0)
         .def_property_readonly("name", &Ops::name)
         .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"))
         .def("matmul_add", &Ops::matmul_add, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),

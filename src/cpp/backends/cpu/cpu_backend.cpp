@@ -26,10 +26,31 @@ constexpr int64_t kParallelElems = 1 << 15;
 float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
 uint16_t* row_f16(const Tensor& t, int64_t r) { return reinterpret_cast<uint16_t*>(t.data<uint8_t>() + t.stride * r); }
 
+// FORGERT_CPU_PROFILE: "1" on, unset / "" / "0" off.
+bool profile_from_env() {
+    const char* v = std::getenv("FORGERT_CPU_PROFILE");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "0") return false;
+    if (s == "1") return true;
+    throw InputError("FORGERT_CPU_PROFILE must be '0' or '1', got '" + s + "'");
+}
+
 }  // namespace
 
-CpuBackend::CpuBackend(int n_threads) : pool_(n_threads), k_(select_kernels()), prefill_parts_(prefill_int8_parts()) {
+CpuBackend::CpuBackend(int n_threads)
+    : pool_(n_threads, work_split_from_env()), k_(select_kernels()), prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
+    set_profiling(profile_from_env());
+}
+
+void CpuBackend::set_profiling(bool on) {
+    profiling_ = on;
+    pool_.set_profiling(on);
+}
+
+void CpuBackend::reset_profile() {
+    ops_ = CpuOpProfile{};
+    pool_.reset_stats();
 }
 
 std::string CpuBackend::name() const { return std::string("cpu (") + k_.name + ")"; }
@@ -56,6 +77,7 @@ void CpuBackend::write(const Tensor& dst, const void* src, size_t bytes) { std::
 void CpuBackend::read(void* dst, const Tensor& src, size_t bytes) { std::memcpy(dst, src.data(), bytes); }
 
 void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::GetRows);
     const int32_t* id = ids.data<int32_t>();
     for (int64_t i = 0; i < out.rows; i++) {
         const uint8_t* row = table.data<uint8_t>() + table.stride * id[i];
@@ -72,6 +94,7 @@ void CpuBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w,
 }
 
 void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RmsNorm);
     const int64_t dim = x.cols;
     const float* wv = w.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
@@ -115,8 +138,7 @@ void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, co
     }
     int64_t start[9] = {0};
     for (int i = 0; i < n_mm; i++) start[i + 1] = start[i] + (ws[i].rows + kPanelRows - 1) / kPanelRows;
-    pool_.run([&](int ith, int nth) {
-        const int64_t total = start[n_mm], p0 = total * ith / nth, p1 = total * (ith + 1) / nth;
+    pool_.parallel_for_ith(start[n_mm], 1, [&](int ith, int64_t p0, int64_t p1) {
         for (int i = 0; i < n_mm; i++) {
             const int64_t b = std::max(p0, start[i]), e = std::min(p1, start[i + 1]);
             if (b >= e) continue;
@@ -148,12 +170,11 @@ void CpuBackend::matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < work_floats) s.resize(work_floats);
     }
-    // Contiguous runs of kI8Rows-row panels over all the weights, one run per thread.
+    // Contiguous runs of kI8Rows-row panels over all the weights.
     int64_t start[9] = {0};
     if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
     for (int i = 0; i < n_mm; i++) start[i + 1] = start[i] + (ws[i].rows + kI8Rows - 1) / kI8Rows;
-    pool_.run([&](int ith, int nth) {
-        const int64_t total = start[n_mm], p0 = total * ith / nth, p1 = total * (ith + 1) / nth;
+    pool_.parallel_for_ith(start[n_mm], 1, [&](int ith, int64_t p0, int64_t p1) {
         for (int i = 0; i < n_mm; i++) {
             const int64_t b = std::max(p0, start[i]), e = std::min(p1, start[i + 1]);
             if (b >= e) continue;
@@ -187,7 +208,74 @@ const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vect
 
 void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) { matmul_many(&out, &w, 1, x); }
 
+bool CpuBackend::takes_gemv(const Tensor& x) const { return x.rows < kPanelMinTokens; }
+
+void CpuBackend::gemv_rows(const Tensor& out, const Tensor& w, const void* xin, bool quantized, const Tensor& x,
+                           int64_t r0, int64_t r1) {
+    const int64_t out_stride = (int64_t)(out.stride / sizeof(float));
+    if (quantized)
+        k_.gemm_q(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const BlockQ8Act*>(xin), x.cols / FG_QK,
+                  x.rows, out.data<float>(), out_stride);
+    else
+        k_.gemm_f(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const float*>(xin), x.cols, x.rows,
+                  out.data<float>(), out_stride);
+}
+
+// GEMV regions cut the rows into chunks of this many: multiples of the kernels' register
+// tiles and of the elementwise kernels' vectors, so a fused region's row functions see the
+// same vector/tail boundaries as they would over whole rows (identical results).
+constexpr int64_t kGemvChunk = 16;
+
+void CpuBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::MatmulAdd);
+    if (!takes_gemv(x)) return Backend::matmul_add(out, w, x, scratch);
+    // One region: each chunk of rows is computed into scratch and added to out at once.
+    const bool quantized = is_quantized(w.type);
+    std::vector<float> dense;
+    const void* xin = prepare_input(x, quantized, dense);
+    pool_.parallel_for(w.rows, kGemvChunk, [&](int64_t r0, int64_t r1) {
+        gemv_rows(scratch, w, xin, quantized, x, r0, r1);
+        for (int64_t t = 0; t < x.rows; t++) {
+            float* o = row_f32(out, t);
+            const float* p = row_f32(scratch, t);
+            for (int64_t r = r0; r < r1; r++) o[r] += p[r];
+        }
+    });
+}
+
+void CpuBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                               const Tensor& scratch) {
+    matmul_glu(out, w_gate, w_up, x, scratch, false);
+}
+
+void CpuBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                              const Tensor& scratch) {
+    matmul_glu(out, w_gate, w_up, x, scratch, true);
+}
+
+void CpuBackend::matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                            const Tensor& scratch, bool gelu) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::MatmulGlu);
+    const bool quantized = is_quantized(w_gate.type);
+    if (!takes_gemv(x) || is_quantized(w_up.type) != quantized) {
+        if (gelu) return Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
+        return Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+    }
+    // One region: each chunk computes its gate rows (into out) and up rows (into scratch),
+    // then their product, while both are in cache.
+    std::vector<float> dense;
+    const void* xin = prepare_input(x, quantized, dense);
+    const auto act = gelu ? k_.gelu_mul_row : k_.silu_mul_row;
+    pool_.parallel_for(w_gate.rows, kGemvChunk, [&](int64_t r0, int64_t r1) {
+        gemv_rows(out, w_gate, xin, quantized, x, r0, r1);
+        gemv_rows(scratch, w_up, xin, quantized, x, r0, r1);
+        for (int64_t t = 0; t < x.rows; t++)
+            act(row_f32(out, t) + r0, row_f32(scratch, t) + r0, row_f32(out, t) + r0, r1 - r0);
+    });
+}
+
 void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Matmul);
     // Weights of one type share one prepared input; mixed types (rare) go one by one.
     for (int i = 1; i < n_mm; i++) {
         if (is_quantized(ws[i].type) != is_quantized(ws[0].type)) {
@@ -195,8 +283,7 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
             return;
         }
     }
-    const int64_t n = x.rows, cols = x.cols;
-    if (n >= kPanelMinTokens) {
+    if (!takes_gemv(x)) {
         bool i8 = prefill_parts_ > 0;
         for (int i = 0; i < n_mm; i++) i8 = i8 && gemm_i8_takes(k_, ws[i].type);
         if (i8) return matmul_i8(outs, ws, n_mm, x);
@@ -205,35 +292,30 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
     const bool quantized = is_quantized(ws[0].type);
     std::vector<float> dense;
     const void* xin = prepare_input(x, quantized, dense);
-    // One parallel region over the rows of all the weights, in chunks of 16 rows
-    // (multiples of the kernels' register tiles).
-    constexpr int64_t kChunk = 16;
+    // One parallel region over the rows of all the weights, in chunks of kGemvChunk rows.
     int64_t chunk_start[8 + 1] = {0};
     if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
-    for (int i = 0; i < n_mm; i++) chunk_start[i + 1] = chunk_start[i] + (ws[i].rows + kChunk - 1) / kChunk;
+    for (int i = 0; i < n_mm; i++) chunk_start[i + 1] = chunk_start[i] + (ws[i].rows + kGemvChunk - 1) / kGemvChunk;
     pool_.parallel_for(chunk_start[n_mm], 1, [&](int64_t c0, int64_t c1) {
         for (int i = 0; i < n_mm; i++) {
             const int64_t b = std::max(c0, chunk_start[i]), e = std::min(c1, chunk_start[i + 1]);
             if (b >= e) continue;
-            const Tensor& w = ws[i];
-            const int64_t r0 = (b - chunk_start[i]) * kChunk, r1 = std::min(w.rows, (e - chunk_start[i]) * kChunk);
-            const int64_t out_stride = (int64_t)(outs[i].stride / sizeof(float));
-            if (quantized)
-                k_.gemm_q(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const BlockQ8Act*>(xin),
-                          cols / FG_QK, n, outs[i].data<float>(), out_stride);
-            else
-                k_.gemm_f(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const float*>(xin), cols, n,
-                          outs[i].data<float>(), out_stride);
+            const int64_t r0 = (b - chunk_start[i]) * kGemvChunk;
+            const int64_t r1 = std::min(ws[i].rows, (e - chunk_start[i]) * kGemvChunk);
+            gemv_rows(outs[i], ws[i], xin, quantized, x, r0, r1);
         }
     });
 }
 
 void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float* bv = b.data<float>();
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        for (int64_t c = 0; c < x.cols; c++) xr[c] += bv[c];
-    }
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            float* xr = row_f32(x, r);
+            for (int64_t c = 0; c < x.cols; c++) xr[c] += bv[c];
+        }
+    });
 }
 
 namespace {
@@ -303,6 +385,7 @@ struct HostRowPositions {
 void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
                                const RopeKvParams& p) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RopeKvWrite);
     const HostRowPositions rows(at, q.rows, std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
     const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike.
@@ -323,6 +406,7 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
 
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                            const RowPositions& at, const AttentionParams& p) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Attention);
     const int64_t n = q.rows;
     const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
     if (hd > kMaxHeadDim) throw InputError("head_dim " + std::to_string(hd) + " exceeds " + std::to_string(kMaxHeadDim));
@@ -364,14 +448,13 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* sinks = p.sinks ? p.sinks->data<float>() : nullptr;
-    pool_.run([&](int ith, int nth) {
+    auto run_item = [&](int ith, int64_t it) {
         const float* qs[kMaxGroupQueries];
         float* os[kMaxGroupQueries];
         int64_t len[kMaxGroupQueries];
         int heads[kMaxGroupQueries];
         float lse[kMaxGroupQueries];
-        // Later blocks of a sequence have longer rows: hand items out from the end, interleaved.
-        for (int64_t it = items - 1 - ith; it >= 0; it -= nth) {
+        {
             const auto [t0, t1] = blocks_[it / p.n_kv_heads];
             const int kvh = (int)(it % p.n_kv_heads);
             // Keys first .. pos(t) of every query here (first = 0 without a window), from the
@@ -401,7 +484,18 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                     }
             }
         }
-    });
+    };
+    // Later blocks of a sequence have longer rows: items go out from the end, interleaved over
+    // the threads (static) or claimed in that order (dynamic).
+    if (pool_.split() == WorkSplit::Static) {
+        pool_.run([&](int ith, int nth) {
+            for (int64_t it = items - 1 - ith; it >= 0; it -= nth) run_item(ith, it);
+        });
+    } else {
+        pool_.parallel_for_ith(items, 1, [&](int ith, int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; i++) run_item(ith, items - 1 - i);
+        });
+    }
 }
 
 void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const Tensor& k_cache,
@@ -414,11 +508,11 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* qrow = q.data<float>();
     const int64_t items = (int64_t)p.n_kv_heads * n_splits;
-    pool_.run([&](int ith, int nth) {
+    pool_.parallel_for_ith(items, 1, [&](int ith, int64_t i0, int64_t i1) {
         const float* qs[kMaxGroupQueries];
         float* os[kMaxGroupQueries];
         int64_t len[kMaxGroupQueries];
-        for (int64_t it = ith; it < items; it += nth) {
+        for (int64_t it = i0; it < i1; it++) {
             const int kvh = (int)(it / n_splits), sp = (int)(it % n_splits);
             const int64_t k0 = first + sp * split_len;
             const int64_t nk = std::min(split_len, first + n_keys - k0);
@@ -461,6 +555,7 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
 }
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const int64_t cols = out.cols;
     if (out.rows == 1) {  // decode: split the one row, if it is long enough to pay for the fork
         pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
@@ -474,15 +569,20 @@ void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 }
 
 void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
-    for (int64_t r = 0; r < out.rows; r++) {
-        const float* ar = row_f32(a, r);
-        const float* br = row_f32(b, r);
-        float* o = row_f32(out, r);
-        for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
-    }
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
+    // Rows in parallel once there are enough elements (prefill's residual adds).
+    pool_.parallel_for(out.rows, std::max<int64_t>(1, kParallelElems / out.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            const float* ar = row_f32(a, r);
+            const float* br = row_f32(b, r);
+            float* o = row_f32(out, r);
+            for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] + br[c];
+        }
+    });
 }
 
 void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const int64_t cols = out.cols;
     if (out.rows == 1) {  // decode: split the one row, as silu_mul
         pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
@@ -496,13 +596,17 @@ void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 }
 
 void CpuBackend::scale(const Tensor& x, float s) {
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
-    }
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            float* xr = row_f32(x, r);
+            for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
+        }
+    });
 }
 
 void CpuBackend::softcap(const Tensor& x, float cap) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float inv = 1.0f / cap;
     for (int64_t r = 0; r < x.rows; r++) {
         float* xr = row_f32(x, r);
@@ -513,11 +617,29 @@ void CpuBackend::softcap(const Tensor& x, float cap) {
 }
 
 void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Argmax);
+    // Fixed blocks of a row (as many whatever the threads or split), each scanned for its
+    // first largest value, then merged in order: the serial scan's answer, first index on ties.
+    constexpr int64_t kBlock = 1 << 13;
+    const int64_t n_blocks = (x.cols + kBlock - 1) / kBlock;
+    std::vector<float> block_max(n_blocks);
+    std::vector<int64_t> block_at(n_blocks);
     for (int64_t r = 0; r < x.rows; r++) {
         const float* xr = row_f32(x, r);
+        pool_.parallel_for(n_blocks, 1, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; b++) {
+                // -inf / -1: NaNs never win (as x[c] > best is false for them); -1 if none is > -inf
+                float m = -INFINITY;
+                int64_t at = -1;
+                for (int64_t c = b * kBlock, e = std::min(x.cols, c + kBlock); c < e; c++)
+                    if (xr[c] > m) m = xr[c], at = c;
+                block_max[b] = m, block_at[b] = at;
+            }
+        });
+        // As the serial scan from x[0]: a block's candidate wins only if strictly larger.
         int64_t best = 0;
-        for (int64_t c = 1; c < x.cols; c++)
-            if (xr[c] > xr[best]) best = c;
+        for (int64_t b = 0; b < n_blocks; b++)
+            if (block_at[b] >= 0 && block_max[b] > xr[best]) best = block_at[b];
         out.data<int32_t>()[r] = (int32_t)best;
     }
 }

@@ -8,15 +8,26 @@
 
 #include "core/backend.h"
 #include "cpu_kernels.h"
+#include "cpu_profile.h"
 #include "thread_pool.h"
 
 namespace forgert::cpu {
 
 class CpuBackend final : public Backend {
 public:
+    // The work split comes from FORGERT_CPU_SPLIT and profiling from FORGERT_CPU_PROFILE
+    // (see thread_pool.h, cpu_profile.h); a bad value of either throws InputError.
     explicit CpuBackend(int n_threads);
     std::string name() const override;
     int n_threads() const { return pool_.size(); }
+    WorkSplit work_split() const { return pool_.split(); }
+
+    // Per-op times and the pool's regions and busyness, accumulated while profiling is on.
+    void set_profiling(bool on);
+    bool profiling() const { return profiling_; }
+    void reset_profile();
+    const CpuOpProfile& op_profile() const { return ops_; }
+    PoolStats pool_stats() const { return pool_.stats(); }
 
     std::unique_ptr<Buffer> alloc(size_t bytes) override;
     std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) override;
@@ -28,6 +39,11 @@ public:
     void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
     void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) override;
+    void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
+    void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                       const Tensor& scratch) override;
+    void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                      const Tensor& scratch) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, const RowPositions& at, const RopeKvParams& p) override;
@@ -50,6 +66,14 @@ public:
     void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) override;
 
 private:
+    // The GEMV / few-token path: rows [r0, r1) of w times x as prepared by prepare_input.
+    void gemv_rows(const Tensor& out, const Tensor& w, const void* xin, bool quantized, const Tensor& x, int64_t r0,
+                   int64_t r1);
+    // True when matmuls of x take the GEMV path (gemv_rows) rather than a prefill GEMM.
+    bool takes_gemv(const Tensor& x) const;
+    // matmul_swiglu / matmul_geglu: gate and up rows and their product in one region.
+    void matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                    const Tensor& scratch, bool gelu);
     // out = rms_norm(x) * w, or out += it with accumulate.
     void rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
     // Decode attention with the keys of each KV head split into n_splits ranges (more work
@@ -64,6 +88,8 @@ private:
     const void* prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense);
 
     ThreadPool pool_;
+    bool profiling_ = false;
+    CpuOpProfile ops_;
     const KernelSet& k_;
     int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
     std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "core/fp16.h"
 #include "cpu_kernels.h"
@@ -101,6 +103,56 @@ inline void unpack_q45_K(DType wt, const uint8_t* blk, uint8_t* q, const uint8_t
         q5_K_unpack(b, q), scales = b->scales, hd = b->d, hdmin = b->dmin;
     }
     d = f16_to_f32(hd), dmin = f16_to_f32(hdmin);
+}
+
+// ---- shared by the SIMD decode GEMVs (R rows per pass) ----
+// What every row's pass shares, per activation block of one token.
+struct KquantActs {
+    std::vector<float> d, sum;    // [nb]: a[j].d, a[j].sum
+    std::vector<float> d2;        // [2 nb]: a[i / 2].d, the factor of 16-weight sub-block i
+    std::vector<float> dhalf;     // [2 nb]: a[i / 2].d * (exact sum of half i): Q2_K's min terms
+    std::vector<int32_t> half;    // [8 nb]: {sum of half 0, 0, 0, 0, sum of half 1, 0, 0, 0} per block
+};
+
+inline void kquant_acts(const BlockQ8Act* a, int64_t nb, KquantActs& s) {
+    s.d.resize(nb), s.sum.resize(nb), s.d2.resize(2 * nb), s.dhalf.resize(2 * nb), s.half.assign(8 * nb, 0);
+    for (int64_t j = 0; j < nb; j++) {
+        int32_t h[2] = {0, 0};  // |256 hi + lo| < 2^15, 16 of them: < 2^19
+        for (int i = 0; i < FG_QK; i++) h[i / 16] += 256 * a[j].hi[i] + a[j].lo[i];
+        s.d[j] = a[j].d, s.sum[j] = a[j].sum;
+        for (int k = 0; k < 2; k++) {
+            s.d2[2 * j + k] = a[j].d;
+            s.dhalf[2 * j + k] = a[j].d * (float)h[k];
+            s.half[8 * j + 4 * k] = h[k];
+        }
+    }
+}
+
+// Q4_K / Q5_K's 8 scales and 8 mins (6 bits each, packed in 12 bytes) as bytes: sm[0..7] the
+// scales, sm[8..15] the mins (ggml's unpacking, q4_K_scale_min for all j at once).
+inline void q4_K_scales_mins(const uint8_t* packed, uint8_t* sm) {
+    constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    uint32_t u[3], o[4];
+    std::memcpy(u, packed, 12);
+    o[0] = u[0] & k6;                                       // scales 0..3
+    o[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);         // scales 4..7
+    o[2] = u[1] & k6;                                       // mins 0..3
+    o[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // mins 4..7
+    std::memcpy(sm, o, 16);
+}
+
+// Q3_K's 16 scales (6 bits, packed in 12 bytes) minus 32, as bytes (q3_K_scales for all at once).
+inline void q3_K_scales8(const uint8_t* packed, int8_t* sc) {
+    constexpr uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    uint32_t u[3], o[4];
+    std::memcpy(u, packed, 12);
+    o[0] = (u[0] & k4) | ((u[2] & k2) << 4);
+    o[1] = (u[1] & k4) | (((u[2] >> 2) & k2) << 4);
+    o[2] = ((u[0] >> 4) & k4) | (((u[2] >> 4) & k2) << 4);
+    o[3] = ((u[1] >> 4) & k4) | (((u[2] >> 6) & k2) << 4);
+    uint8_t u8[16];
+    std::memcpy(u8, o, 16);
+    for (int i = 0; i < 16; i++) sc[i] = (int8_t)(u8[i] - 32);  // 0..63 -> -32..31
 }
 
 // One super-block to f32.                                            y [256]

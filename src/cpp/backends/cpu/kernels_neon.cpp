@@ -111,105 +111,8 @@ void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, con
             gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
 }
 
-// K-quants: one super-block against its eight activation blocks; each sub-block's quants (Q2_K
-// 0..3, Q3_K -4..3, Q4_K 0..15, Q5_K 0..31, Q6_K q - 32) as signed bytes into sdot with the two
-// int8 parts, scaled per sub-block (a Q2_K / Q3_K / Q6_K sub-block is half an activation block).
-// Q4_K's and Q5_K's mins go to corr.
 inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
-}
-
-template <DType WT>
-inline void kquant_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, float32x4_t& acc, float& corr) {
-    const uint8x16_t nib = vdupq_n_u8(0x0f);
-    if constexpr (WT == DType::Q4_K || WT == DType::Q5_K) {
-        using Block = std::conditional_t<WT == DType::Q4_K, block_q4_K, block_q5_K>;
-        const auto* b = reinterpret_cast<const Block*>(blk);
-        const float d = f16(b->d), dmin = f16(b->dmin);
-        uint8x16_t qh[2] = {vdupq_n_u8(0), vdupq_n_u8(0)};
-        if constexpr (WT == DType::Q5_K) qh[0] = vld1q_u8(b->qh), qh[1] = vld1q_u8(b->qh + 16);
-        for (int k = 0; k < 4; k++) {  // sub-blocks 2k (low nibbles of qs[32k..]), 2k + 1 (high)
-            const uint8x16_t v0 = vld1q_u8(b->qs + 32 * k), v1 = vld1q_u8(b->qs + 32 * k + 16);
-            uint8x16_t u[2][2] = {{vandq_u8(v0, nib), vandq_u8(v1, nib)}, {vshrq_n_u8(v0, 4), vshrq_n_u8(v1, 4)}};
-            if constexpr (WT == DType::Q5_K)  // Q5_K: bit j of qh[l] is bit 4 of sub-block j's quant l
-                for (int h = 0; h < 2; h++)
-                    for (int i = 0; i < 2; i++) {
-                        const uint8x16_t bit = vandq_u8(vshlq_u8(qh[i], vdupq_n_s8((int8_t)-(2 * k + h))), vdupq_n_u8(1));
-                        u[h][i] = vorrq_u8(u[h][i], vshlq_n_u8(bit, 4));
-                    }
-            const int8x16_t q[2][2] = {{vreinterpretq_s8_u8(u[0][0]), vreinterpretq_s8_u8(u[0][1])},
-                                       {vreinterpretq_s8_u8(u[1][0]), vreinterpretq_s8_u8(u[1][1])}};
-            for (int h = 0; h < 2; h++) {
-                const int j = 2 * k + h;
-                const BlockQ8Act& aj = a[j];
-                const int32x4_t dot = vaddq_s32(vshlq_n_s32(sdot_act(q[h][0], q[h][1], aj.hi), 8),
-                                                sdot_act(q[h][0], q[h][1], aj.lo));  // 256 hi + lo
-                int sc, m;
-                q4_K_scale_min(b->scales, j, sc, m);
-                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * (float)sc * aj.d);
-                corr -= dmin * (float)m * aj.sum;
-            }
-        }
-    } else if constexpr (WT == DType::Q2_K || WT == DType::Q3_K) {
-        // Sub-blocks of 16: activation block j holds 2j and 2j + 1, its quants bits 2 (j % 4) of
-        // qs[32 (j / 4) + l] (Q3_K: minus 4 where bit j of hmask[l] is clear). Q2_K's mins dot
-        // x's rounded parts with ones, as the portable kernel's min terms do.
-        using Block = std::conditional_t<WT == DType::Q2_K, block_q2_K, block_q3_K>;
-        const auto* b = reinterpret_cast<const Block*>(blk);
-        const float d = f16(b->d);
-        int sc[16], mn[16] = {0};
-        float dmin = 0.0f;
-        if constexpr (WT == DType::Q2_K) {
-            for (int i = 0; i < 16; i++) sc[i] = b->scales[i] & 15, mn[i] = b->scales[i] >> 4;
-            dmin = f16(b->dmin);
-        } else {
-            q3_K_scales(b, sc);
-        }
-        const int32x4_t z = vdupq_n_s32(0);
-        for (int j = 0; j < 8; j++) {
-            const BlockQ8Act& aj = a[j];
-            const int8x16_t down = vdupq_n_s8((int8_t)(-2 * (j % 4)));  // vshl by a negative count: right
-            for (int i = 0; i < 2; i++) {
-                uint8x16_t q = vandq_u8(vshlq_u8(vld1q_u8(b->qs + 32 * (j / 4) + 16 * i), down), vdupq_n_u8(3));
-                if constexpr (WT == DType::Q3_K) {
-                    const uint8x16_t hb = vandq_u8(vshlq_u8(vld1q_u8(b->hmask + 16 * i), vdupq_n_s8((int8_t)-j)), vdupq_n_u8(1));
-                    q = vorrq_u8(q, vshlq_n_u8(hb, 2));
-                }
-                int8x16_t w = vreinterpretq_s8_u8(q);
-                if constexpr (WT == DType::Q3_K) w = vsubq_s8(w, vdupq_n_s8(4));
-                const int8x16_t xh = vld1q_s8(aj.hi + 16 * i), xl = vld1q_s8(aj.lo + 16 * i);
-                const int32x4_t dot = vaddq_s32(vshlq_n_s32(vdotq_s32(z, w, xh), 8), vdotq_s32(z, w, xl));
-                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * aj.d * (float)sc[2 * j + i]);
-                if constexpr (WT == DType::Q2_K) {
-                    const int8x16_t ones = vdupq_n_s8(1);
-                    const int32x4_t sx = vaddq_s32(vshlq_n_s32(vdotq_s32(z, ones, xh), 8), vdotq_s32(z, ones, xl));
-                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sx), -(dmin * aj.d * (float)mn[2 * j + i]));
-                }
-            }
-        }
-    } else {
-        const auto* b = reinterpret_cast<const block_q6_K*>(blk);
-        const float d = f16(b->d);
-        for (int j = 0; j < 8; j++) {  // activation block j: sub-blocks 2j (first 16), 2j + 1
-            const int h = j / 4, quarter = j % 4;
-            const uint8_t* ql = b->ql + 64 * h + 32 * (quarter & 1);
-            const int8x16_t down = vdupq_n_s8((int8_t)(-2 * quarter));  // vshl by a negative count: right
-            int8x16_t w[2];
-            for (int i = 0; i < 2; i++) {
-                const uint8x16_t l = vld1q_u8(ql + 16 * i), qh = vld1q_u8(b->qh + 32 * h + 16 * i);
-                const uint8x16_t low = quarter < 2 ? vandq_u8(l, nib) : vshrq_n_u8(l, 4);
-                const uint8x16_t high = vandq_u8(vshlq_u8(qh, down), vdupq_n_u8(3));
-                w[i] = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8(high, 4))), vdupq_n_s8(32));
-            }
-            const BlockQ8Act& aj = a[j];
-            const int32x4_t z = vdupq_n_s32(0);
-            for (int i = 0; i < 2; i++) {
-                const int32x4_t dot = vaddq_s32(vshlq_n_s32(vdotq_s32(z, w[i], vld1q_s8(aj.hi + 16 * i)), 8),
-                                                vdotq_s32(z, w[i], vld1q_s8(aj.lo + 16 * i)));
-                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), d * aj.d * (float)b->scales[2 * j + i]);
-            }
-        }
-    }
 }
 
 // IQ4_XS: one super-block against its eight activation blocks, a sub-block's table values
@@ -226,44 +129,186 @@ inline void iq4_xs_super_block_dot(const uint8_t* blk, const BlockQ8Act* a, floa
     }
 }
 
-template <DType WT>
-void gemm_q_kquant(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
+void gemm_q_iq4_xs(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
                    int64_t n_tok, float* out, int64_t out_stride) {
-    constexpr int64_t BB = WT == DType::Q2_K   ? sizeof(block_q2_K)
-                           : WT == DType::Q3_K ? sizeof(block_q3_K)
-                           : WT == DType::Q4_K ? sizeof(block_q4_K)
-                           : WT == DType::Q5_K ? sizeof(block_q5_K)
-                           : WT == DType::Q6_K ? sizeof(block_q6_K)
-                                               : sizeof(block_iq4_xs);
     for (int64_t t = 0; t < n_tok; t++)
         for (int64_t r = r0; r < r1; r++) {
             float32x4_t acc = vdupq_n_f32(0.0f);
-            float corr = 0.0f;
-            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++) {
-                const uint8_t* blk = w + r * w_stride + s * BB;
-                const BlockQ8Act* xs = x + t * nb + s * kActBlocksPerSuper;
-                if constexpr (WT == DType::IQ4_XS) iq4_xs_super_block_dot(blk, xs, acc);
-                else kquant_super_block_dot<WT>(blk, xs, acc, corr);
-            }
-            out[t * out_stride + r] = vaddvq_f32(acc) + corr;
+            for (int64_t s = 0; s < nb / kActBlocksPerSuper; s++)
+                iq4_xs_super_block_dot(w + r * w_stride + s * sizeof(block_iq4_xs), x + t * nb + s * kActBlocksPerSuper, acc);
+            out[t * out_stride + r] = vaddvq_f32(acc);
         }
+}
+
+// ---- K-quant decode GEMV: R rows per pass (as kernels_x86_kquant.inc) ----
+// Each activation block is loaded once for R rows; sdot takes the signed quants as they are,
+// 16 weights (a 16-weight sub-block, or half of a 32-weight one) per instruction. Per row and
+// super-block the sub-block factors d * sc * a.d go to f32 as whole vectors, and the min
+// terms (Q4_K / Q5_K against the activation sums, Q2_K against its halves' exact sums) go
+// straight into the accumulator.
+
+// 8 bytes -> two f32 vectors (lanes 0-3, 4-7).
+inline void u8x8_to_f32(uint8x8_t v, float32x4_t* f) {
+    const uint16x8_t w = vmovl_u8(v);
+    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(w))), f[1] = vcvtq_f32_u32(vmovl_high_u16(w));
+}
+inline void s8x8_to_f32(int8x8_t v, float32x4_t* f) {
+    const int16x8_t w = vmovl_s8(v);
+    f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), f[1] = vcvtq_f32_s32(vmovl_high_s16(w));
+}
+
+// Signed quants of weights 32 j + 16 i .. 32 j + 16 i + 15 of a super-block.
+template <DType WT>
+inline int8x16_t kquant_quants16(const uint8_t* blk, int j, int i) {
+    const uint8x16_t nib = vdupq_n_u8(0x0f);
+    if constexpr (WT == DType::Q4_K || WT == DType::Q5_K) {
+        using Block = std::conditional_t<WT == DType::Q4_K, block_q4_K, block_q5_K>;
+        const auto* b = reinterpret_cast<const Block*>(blk);
+        const uint8x16_t v = vld1q_u8(b->qs + 32 * (j / 2) + 16 * i);
+        uint8x16_t u = j % 2 ? vshrq_n_u8(v, 4) : vandq_u8(v, nib);
+        if constexpr (WT == DType::Q5_K) {  // bit j of qh[l] is bit 4 of sub-block j's quant l
+            const uint8x16_t bit = vandq_u8(vshlq_u8(vld1q_u8(b->qh + 16 * i), vdupq_n_s8((int8_t)-j)), vdupq_n_u8(1));
+            u = vorrq_u8(u, vshlq_n_u8(bit, 4));
+        }
+        return vreinterpretq_s8_u8(u);
+    } else if constexpr (WT == DType::Q2_K || WT == DType::Q3_K) {
+        using Block = std::conditional_t<WT == DType::Q2_K, block_q2_K, block_q3_K>;
+        const auto* b = reinterpret_cast<const Block*>(blk);
+        const int8x16_t down = vdupq_n_s8((int8_t)(-2 * (j % 4)));  // vshl by a negative count: right
+        uint8x16_t q = vandq_u8(vshlq_u8(vld1q_u8(b->qs + 32 * (j / 4) + 16 * i), down), vdupq_n_u8(3));
+        if constexpr (WT == DType::Q2_K) {
+            return vreinterpretq_s8_u8(q);
+        } else {  // Q3_K: minus 4 where bit j of hmask[l] is clear
+            const uint8x16_t hb = vandq_u8(vshlq_u8(vld1q_u8(b->hmask + 16 * i), vdupq_n_s8((int8_t)-j)), vdupq_n_u8(1));
+            return vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(q, vshlq_n_u8(hb, 2))), vdupq_n_s8(4));
+        }
+    } else {
+        const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+        const int h = j / 4, quarter = j % 4;
+        const uint8x16_t l = vld1q_u8(b->ql + 64 * h + 32 * (quarter & 1) + 16 * i);
+        const uint8x16_t qh = vld1q_u8(b->qh + 32 * h + 16 * i);
+        const uint8x16_t low = quarter < 2 ? vandq_u8(l, nib) : vshrq_n_u8(l, 4);
+        const uint8x16_t high = vandq_u8(vshlq_u8(qh, vdupq_n_s8((int8_t)(-2 * quarter))), vdupq_n_u8(3));
+        return vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8(high, 4))), vdupq_n_s8(32));
+    }
+}
+
+template <DType WT>
+constexpr int64_t kquant_block_bytes() {
+    return WT == DType::Q2_K   ? sizeof(block_q2_K)
+           : WT == DType::Q3_K ? sizeof(block_q3_K)
+           : WT == DType::Q4_K ? sizeof(block_q4_K)
+           : WT == DType::Q5_K ? sizeof(block_q5_K)
+                               : sizeof(block_q6_K);
+}
+
+// out[r] = row r . x for R rows (one token).
+template <DType WT, int R>
+void kquant_gemv_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, const KquantActs& xs, int64_t ns,
+                      float* out) {
+    constexpr int64_t BB = kquant_block_bytes<WT>();
+    constexpr bool kSub32 = WT == DType::Q4_K || WT == DType::Q5_K;  // 32-weight sub-blocks
+    float32x4_t acc[R];
+    for (int r = 0; r < R; r++) acc[r] = vdupq_n_f32(0.0f);
+    for (int64_t s = 0; s < ns; s++) {
+        const BlockQ8Act* a = x + s * kActBlocksPerSuper;
+        float scale[R][16];  // per row: the factor of each sub-block, d * sc * a.d
+        for (int r = 0; r < R; r++) {
+            const uint8_t* blk = w + r * w_stride + s * BB;
+            float32x4_t sc[4], mn[4];
+            if constexpr (kSub32) {
+                const auto* b = reinterpret_cast<const block_q4_K*>(blk);  // Q5_K: same head (d, dmin, scales)
+                uint8_t sm[16];
+                q4_K_scales_mins(b->scales, sm);
+                const uint8x16_t v = vld1q_u8(sm);
+                u8x8_to_f32(vget_low_u8(v), sc), u8x8_to_f32(vget_high_u8(v), mn);
+                const float d = f16(b->d), dmin = f16(b->dmin);
+                for (int k = 0; k < 2; k++) {
+                    vst1q_f32(scale[r] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs.d[8 * s + 4 * k]), d)));
+                    acc[r] = vfmsq_f32(acc[r], vmulq_n_f32(mn[k], dmin), vld1q_f32(&xs.sum[8 * s + 4 * k]));
+                }
+                continue;
+            }
+            float d;
+            if constexpr (WT == DType::Q2_K) {
+                const auto* b = reinterpret_cast<const block_q2_K*>(blk);
+                const uint8x16_t v = vld1q_u8(b->scales);
+                const uint8x16_t scv = vandq_u8(v, vdupq_n_u8(0x0f)), mv = vshrq_n_u8(v, 4);
+                u8x8_to_f32(vget_low_u8(scv), sc), u8x8_to_f32(vget_high_u8(scv), sc + 2);
+                u8x8_to_f32(vget_low_u8(mv), mn), u8x8_to_f32(vget_high_u8(mv), mn + 2);
+                d = f16(b->d);
+                const float dmin = f16(b->dmin);
+                for (int k = 0; k < 4; k++)
+                    acc[r] = vfmsq_f32(acc[r], vmulq_n_f32(mn[k], dmin), vld1q_f32(&xs.dhalf[16 * s + 4 * k]));
+            } else {
+                int8_t sc8[16];
+                if constexpr (WT == DType::Q3_K) {
+                    const auto* b = reinterpret_cast<const block_q3_K*>(blk);
+                    q3_K_scales8(b->scales, sc8), d = f16(b->d);
+                } else {
+                    const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+                    std::memcpy(sc8, b->scales, 16), d = f16(b->d);
+                }
+                const int8x16_t v = vld1q_s8(sc8);
+                s8x8_to_f32(vget_low_s8(v), sc), s8x8_to_f32(vget_high_s8(v), sc + 2);
+            }
+            for (int k = 0; k < 4; k++)
+                vst1q_f32(scale[r] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs.d2[16 * s + 4 * k]), d)));
+        }
+        for (int j = 0; j < kActBlocksPerSuper; j++) {
+            const int8x16_t xh[2] = {vld1q_s8(a[j].hi), vld1q_s8(a[j].hi + 16)};
+            const int8x16_t xl[2] = {vld1q_s8(a[j].lo), vld1q_s8(a[j].lo + 16)};
+            const int32x4_t z = vdupq_n_s32(0);
+            for (int r = 0; r < R; r++) {
+                const uint8_t* blk = w + r * w_stride + s * BB;
+                const int8x16_t q[2] = {kquant_quants16<WT>(blk, j, 0), kquant_quants16<WT>(blk, j, 1)};
+                if constexpr (kSub32) {  // 256 hi + lo over the whole block
+                    const int32x4_t hi = vdotq_s32(vdotq_s32(z, q[0], xh[0]), q[1], xh[1]);
+                    const int32x4_t dot = vdotq_s32(vdotq_s32(vshlq_n_s32(hi, 8), q[0], xl[0]), q[1], xl[1]);
+                    acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), scale[r][j]);
+                } else {  // per 16-weight sub-block
+                    for (int i = 0; i < 2; i++) {
+                        const int32x4_t dot = vdotq_s32(vshlq_n_s32(vdotq_s32(z, q[i], xh[i]), 8), q[i], xl[i]);
+                        acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), scale[r][2 * j + i]);
+                    }
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = vaddvq_f32(acc[r]);
+}
+
+template <DType WT>
+void gemm_q_kquant_rows(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
+                        int64_t n_tok, float* out, int64_t out_stride) {
+    constexpr int R = 4;
+    thread_local KquantActs acts;
+    const int64_t ns = nb / kActBlocksPerSuper;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const BlockQ8Act* xt = x + t * nb;
+        kquant_acts(xt, nb, acts);
+        float* o = out + t * out_stride;
+        int64_t r = r0;
+        for (; r + R <= r1; r += R) kquant_gemv_rows<WT, R>(w + r * w_stride, w_stride, xt, acts, ns, o + r);
+        for (; r < r1; r++) kquant_gemv_rows<WT, 1>(w + r * w_stride, w_stride, xt, acts, ns, o + r);
+    }
 }
 
 void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
             int64_t n_tok, float* out, int64_t out_stride) {
     switch (wt) {
-        case DType::Q4_K: return gemm_q_kquant<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
-        case DType::Q2_K: return gemm_q_kquant<DType::Q2_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
-        case DType::Q3_K: return gemm_q_kquant<DType::Q3_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
-        case DType::Q5_K: return gemm_q_kquant<DType::Q5_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
-        case DType::Q6_K: return gemm_q_kquant<DType::Q6_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q4_K: return gemm_q_kquant_rows<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q2_K: return gemm_q_kquant_rows<DType::Q2_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q3_K: return gemm_q_kquant_rows<DType::Q3_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q5_K: return gemm_q_kquant_rows<DType::Q5_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::Q6_K: return gemm_q_kquant_rows<DType::Q6_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q8_0: return gemm_q_typed<DType::Q8_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_0: return gemm_q_typed<DType::Q4_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q4_1: return gemm_q_typed<DType::Q4_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_0: return gemm_q_typed<DType::Q5_0>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q5_1: return gemm_q_typed<DType::Q5_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::IQ4_NL: return gemm_q_typed<DType::IQ4_NL>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
-        case DType::IQ4_XS: return gemm_q_kquant<DType::IQ4_XS>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::IQ4_XS: return gemm_q_iq4_xs(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
     }
 }

@@ -1,6 +1,9 @@
 #include "thread_pool.h"
 
-#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+
+#include "core/tensor.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -19,9 +22,32 @@ namespace {
 constexpr int kSpinRounds = 1 << 16;
 // Rounds the caller spins for stragglers before yielding its core.
 constexpr int kJoinSpinRounds = 1 << 12;
+
+// The pool whose share this thread is running, and which share: a region forked from
+// inside one runs inline instead of waiting on the pool it occupies.
+thread_local const ThreadPool* tl_pool = nullptr;
+thread_local int tl_ith = 0;
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) {
+WorkSplit parse_work_split(const std::string& name) {
+    if (name.empty() || name == "dynamic") return WorkSplit::Dynamic;
+    if (name == "static") return WorkSplit::Static;
+    throw InputError("FORGERT_CPU_SPLIT must be 'static' or 'dynamic', got '" + name + "'");
+}
+
+WorkSplit work_split_from_env() {
+    const char* v = std::getenv("FORGERT_CPU_SPLIT");
+    return parse_work_split(v ? v : "");
+}
+
+const char* work_split_name(WorkSplit s) { return s == WorkSplit::Static ? "static" : "dynamic"; }
+
+ThreadPool::ThreadPool(int n_threads, WorkSplit split) : split_(split) {
     if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     n_threads_ = n_threads;
     claimed_.reset(new std::atomic<uint64_t>[n_threads_]);
@@ -40,9 +66,39 @@ ThreadPool::~ThreadPool() {
     for (auto& t : threads_) t.join();
 }
 
+bool ThreadPool::nested() const { return tl_pool == this; }
+int ThreadPool::inline_ith() const { return tl_pool == this ? tl_ith : 0; }
+
+PoolStats ThreadPool::stats() const {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return stats_;
+}
+
+void ThreadPool::reset_stats() {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_ = PoolStats{};
+}
+
 bool ThreadPool::claim(int i, uint64_t e) {
     uint64_t old = claimed_[i].load(std::memory_order_acquire);
     return old < e && claimed_[i].compare_exchange_strong(old, e, std::memory_order_acq_rel);
+}
+
+void ThreadPool::run_share(int ith, uint64_t e) {
+    const ThreadPool* outer_pool = tl_pool;
+    const int outer_ith = tl_ith;
+    tl_pool = this, tl_ith = ith;
+    const int64_t t0 = job_profiled_ ? now_ns() : 0;
+    try {
+        (*job_)(ith, n_threads_);
+    } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu_);
+        if (!error_) error_ = std::current_exception();
+        has_error_.store(true, std::memory_order_relaxed);
+    }
+    if (job_profiled_) job_busy_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    tl_pool = outer_pool, tl_ith = outer_ith;
+    finished_[ith].store(e, std::memory_order_release);  // publishes the busy time and any error
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
@@ -50,8 +106,15 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
         fn(0, 1);
         return;
     }
+    if (nested()) {  // this thread holds a share of the running job: the workers are busy with it
+        for (int i = 0; i < n_threads_; i++) fn(i, n_threads_);
+        return;
+    }
     std::lock_guard<std::mutex> one_job(run_mu_);
     job_ = &fn;
+    job_profiled_ = profiling();
+    job_busy_ns_.store(0, std::memory_order_relaxed);
+    const int64_t t0 = job_profiled_ ? now_ns() : 0;
     uint64_t e;
     {
         // Publishing under the lock pairs with the sleepers' predicate check.
@@ -62,10 +125,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     // Our own share first, then every share that no worker has claimed yet.
     for (int i = 0; i < n_threads_; i++) {
         const int share = i == 0 ? 0 : n_threads_ - i;  // workers start from their own index
-        if (claim(share, e)) {
-            fn(share, n_threads_);
-            finished_[share].store(e, std::memory_order_release);
-        }
+        if (claim(share, e)) run_share(share, e);
     }
     // Shares claimed by workers: wait for them, yielding if a worker was preempted.
     for (int i = 0; i < n_threads_; i++) {
@@ -75,6 +135,23 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
         }
     }
     job_ = nullptr;
+    if (job_profiled_) {
+        const double wall = (now_ns() - t0) * 1e-9;
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        stats_.regions++;
+        stats_.wall_s += wall;
+        stats_.busy_s += job_busy_ns_.load(std::memory_order_relaxed) * 1e-9;
+        stats_.capacity_s += wall * n_threads_;
+    }
+    if (has_error_.load(std::memory_order_relaxed)) {
+        std::exception_ptr err;
+        {
+            std::lock_guard<std::mutex> lock(error_mu_);
+            std::swap(err, error_);
+            has_error_.store(false, std::memory_order_relaxed);
+        }
+        std::rethrow_exception(err);
+    }
 }
 
 void ThreadPool::worker(int ith) {
@@ -96,10 +173,7 @@ void ThreadPool::worker(int ith) {
         if (stop_.load()) return;
         // job_ is stable while share ith of epoch e is claimed and unfinished: run()
         // cannot return before it is finished.
-        if (claim(ith, e)) {
-            (*job_)(ith, n_threads_);
-            finished_[ith].store(e, std::memory_order_release);
-        }
+        if (claim(ith, e)) run_share(ith, e);
     }
 }
 
