@@ -240,6 +240,7 @@ kernel void attention_prefill_f16(
         device const char * v_cache    [[buffer(3)]],
         device       char * out        [[buffer(4)]],
         device const float * sinks     [[buffer(5)]],
+        device const int   * rows      [[buffer(6)]],
         threadgroup half  * kv_tile    [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiitg [[thread_index_in_threadgroup]],
@@ -252,9 +253,7 @@ kernel void attention_prefill_f16(
     const int tile = args.tile_keys;
     threadgroup half* kt = kv_tile;               // [tile][hd]
     threadgroup half* vt = kv_tile + tile * hd;   // [tile][hd]
-    // Keys kv_first .. kv_end - 1: from the first query's window start to the last query.
-    const int kv_end = args.pos0 + min(q0 + FG_ATTN_BQ, args.n_queries);
-    const int kv_first = args.window > 0 ? max(0, args.pos0 + q0 + 1 - args.window) : 0;
+    const int q_end = min(q0 + FG_ATTN_BQ, args.n_queries);
 
     float qv[ATTN_QPS][ATTN_DPL];
     float acc[ATTN_QPS][ATTN_DPL];
@@ -272,42 +271,59 @@ kernel void attention_prefill_f16(
         l[j] = 0.0f;
     }
 
-    for (int k0 = kv_first; k0 < kv_end; k0 += tile) {
-        const int n_keys = min(tile, kv_end - k0);
-        for (int e = tiitg; e < n_keys * hd; e += FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH) {
-            const int key = k0 + e / hd;
-            const int d = e % hd;
-            kt[e] = ((device const half*)(k_cache + key * args.kv_stride))[kv_head * hd + d];
-            vt[e] = ((device const half*)(v_cache + key * args.kv_stride))[kv_head * hd + d];
-        }
-        threadgroup_barrier(mem_flags::mem_threadgroup);
+    // Runs of queries r_begin .. r_end - 1 of one sequence at consecutive positions (query t at
+    // run_pos0 + t, its keys from cache row `base` on): the whole block without a row table.
+    // Every thread finds the same runs, so the barriers below stay uniform.
+    for (int r_begin = q0; r_begin < q_end;) {
+        const int base = args.has_rows != 0 ? rows[2 * r_begin + 1] : 0;
+        const int run_pos0 = (args.has_rows != 0 ? rows[2 * r_begin] : args.pos0 + r_begin) - r_begin;
+        int r_end = r_begin + 1;
+        if (args.has_rows == 0) r_end = q_end;
+        while (r_end < q_end && rows[2 * r_end + 1] == base && rows[2 * r_end] == run_pos0 + r_end) ++r_end;
+        device const char* keys = k_cache + uint64_t(base) * args.kv_stride;
+        device const char* values = v_cache + uint64_t(base) * args.kv_stride;
+        // Keys kv_first .. kv_end - 1: from the run's first query's window start to its last query.
+        const int kv_end = run_pos0 + r_end;
+        const int kv_first = args.window > 0 ? max(0, run_pos0 + r_begin + 1 - args.window) : 0;
 
-        for (int kk = 0; kk < n_keys; ++kk) {
-            const int key = k0 + kk;
-            for (int j = 0; j < ATTN_QPS; ++j) {
-                const int t = q0 + sgitg * ATTN_QPS + j;
-                // causal, and within the window; uniform per simdgroup
-                if (t >= args.n_queries || key > args.pos0 + t) continue;
-                if (args.window > 0 && key <= args.pos0 + t - args.window) continue;
-                float partial = 0.0f;
-                for (int i = 0; i < ATTN_DPL; ++i) {
-                    const int d = tiisg + FG_SIMD_WIDTH * i;
-                    if (d < hd) partial += qv[j][i] * float(kt[kk * hd + d]);
-                }
-                float s = simd_sum(partial);
-                if (args.softcap > 0.0f) s = args.softcap * precise::tanh(s / args.softcap);  // Gemma 2
-                const float m_new = max(m[j], s);
-                const float corr = exp(m[j] - m_new);
-                const float p = exp(s - m_new);
-                l[j] = l[j] * corr + p;
-                for (int i = 0; i < ATTN_DPL; ++i) {
-                    const int d = tiisg + FG_SIMD_WIDTH * i;
-                    acc[j][i] = acc[j][i] * corr + (d < hd ? p * float(vt[kk * hd + d]) : 0.0f);
-                }
-                m[j] = m_new;
+        for (int k0 = kv_first; k0 < kv_end; k0 += tile) {
+            const int n_keys = min(tile, kv_end - k0);
+            for (int e = tiitg; e < n_keys * hd; e += FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH) {
+                const int key = k0 + e / hd;
+                const int d = e % hd;
+                kt[e] = ((device const half*)(keys + key * args.kv_stride))[kv_head * hd + d];
+                vt[e] = ((device const half*)(values + key * args.kv_stride))[kv_head * hd + d];
             }
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+
+            for (int kk = 0; kk < n_keys; ++kk) {
+                const int key = k0 + kk;
+                for (int j = 0; j < ATTN_QPS; ++j) {
+                    const int t = q0 + sgitg * ATTN_QPS + j;
+                    // in this run, causal, and within the window; uniform per simdgroup
+                    if (t < r_begin || t >= r_end || key > run_pos0 + t) continue;
+                    if (args.window > 0 && key <= run_pos0 + t - args.window) continue;
+                    float partial = 0.0f;
+                    for (int i = 0; i < ATTN_DPL; ++i) {
+                        const int d = tiisg + FG_SIMD_WIDTH * i;
+                        if (d < hd) partial += qv[j][i] * float(kt[kk * hd + d]);
+                    }
+                    float s = simd_sum(partial);
+                    if (args.softcap > 0.0f) s = args.softcap * precise::tanh(s / args.softcap);  // Gemma 2
+                    const float m_new = max(m[j], s);
+                    const float corr = exp(m[j] - m_new);
+                    const float p = exp(s - m_new);
+                    l[j] = l[j] * corr + p;
+                    for (int i = 0; i < ATTN_DPL; ++i) {
+                        const int d = tiisg + FG_SIMD_WIDTH * i;
+                        acc[j][i] = acc[j][i] * corr + (d < hd ? p * float(vt[kk * hd + d]) : 0.0f);
+                    }
+                    m[j] = m_new;
+                }
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);  // the tile is overwritten next
         }
-        threadgroup_barrier(mem_flags::mem_threadgroup);  // the tile is overwritten next
+        r_begin = r_end;
     }
 
     for (int j = 0; j < ATTN_QPS; ++j) {

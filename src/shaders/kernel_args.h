@@ -163,7 +163,11 @@ FG_ARGS_ASSERT(sizeof(attention_args) == 72, "attention_args layout");
 // (FG_ATTN_BQ / FG_ATTN_SIMDGROUPS per simdgroup) and streams the keys they need through
 // threadgroup memory in tiles of tile_keys rows of K and V, so each cache row is read from
 // memory once per FG_ATTN_BQ queries instead of once per query.
-// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16), 5 sinks f32 [H] (or unused)
+// With has_rows (a batch of sequences), a block's queries go in runs of one sequence's
+// consecutive positions, each run streaming its own sequence's keys (a block inside one
+// prompt chunk is one run).
+// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16), 5 sinks f32 [H] (or unused),
+//        6 rows i32 [n, 2] (or unused; as attention_f16's slot 7)
 // grid: (ceil(n / FG_ATTN_BQ), H); threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: 2 * tile_keys * head_dim halfs (<= FG_ATTN_TILE_HALFS * 2 * 2 bytes)
 #define FG_ATTN_PREFILL_MIN_TOKENS 8
@@ -183,8 +187,10 @@ typedef struct {
     int32_t window;       // as in attention_args
     float softcap;        // as in attention_args
     int32_t has_sinks;    // 1: slot 5 holds the sinks f32 [H]
+    int32_t has_rows;     // 1: slot 6 holds each query's (position, first cache row); pos0 unused
+    int32_t pad0;
 } attention_prefill_args;
-FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
+FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 72, "attention_prefill_args layout");
 
 // attention_reduce: slots 1 partials (as attention_f16's), 2 out, 3 sinks f32 [H] (or unused);
 // grid (H, n); threads: 32; threadgroup memory 0: n_splits floats

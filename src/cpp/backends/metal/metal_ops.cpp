@@ -67,7 +67,10 @@ void need_f32_rows(const Tensor& t, const char* op, const char* name, int64_t ro
 
 // A batch's row table (RowPositions): its shape, and a key range inside the cache. The rows'
 // values live on the device; the caller (the model, the Ops binding) checked them on the host.
-void need_row_table(const Tensor& t, int64_t n, int64_t max_len, int64_t cache_rows, const char* op) {
+void need_row_table(const RowPositions& at, int64_t n, int64_t cache_rows, const char* op) {
+    const Tensor& t = *at.table;
+    const int64_t max_len = at.max_len;
+    need(at.max_run >= 1 && at.max_run <= n, op, "the row table's longest run must be in 1..n");
     need(t.buf != nullptr && t.type == DType::I32 && t.rows == n && t.cols == 2 && t.stride == 2 * sizeof(int32_t), op,
          "the row table must be a contiguous i32 [" + std::to_string(n) + ", 2]");
     need(max_len > 0 && max_len <= cache_rows, op,
@@ -291,7 +294,7 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
         need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
     need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
     if (at.table)
-        need_row_table(*at.table, n, at.max_len, k_cache.rows, op);
+        need_row_table(at, n, k_cache.rows, op);
     else
         need(pos0 >= 0 && pos0 + n <= k_cache.rows, op,
              "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) + " past a cache of " +
@@ -340,7 +343,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
              k_cache.stride == v_cache.stride,
          "attention", "k_cache and v_cache must both be [n_ctx, n_kv_heads * head_dim] with one row stride");
     if (at.table)
-        need_row_table(*at.table, n, at.max_len, k_cache.rows, "attention");
+        need_row_table(at, n, k_cache.rows, "attention");
     else
         need(pos0 >= 0 && pos0 + n <= k_cache.rows, "attention", "queries past the cache");
     if (n == 0) return;
@@ -371,9 +374,11 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
                  values = at.table ? v_cache : v_cache.slice_rows(0, kv_max);
     const Binding rows = at.table ? reads(*at.table) : Binding{out.buf, out.offset, 0, false};  // unused: any buffer
 
-    // The tiled prefill takes one sequence's consecutive queries; a batch's rows (each with its
-    // own sequence) go through attention_f16_d*, one threadgroup per (split, head block, query).
-    if (!at.table && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
+    // The tiled prefill shares K/V tiles among a block's queries of one sequence: for a batch,
+    // when it holds a prompt chunk; decode rows of many sequences (runs of one) share nothing,
+    // and take attention_f16_d*, one threadgroup per (split, head block, query).
+    const bool runs = !at.table || at.max_run >= FG_ATTN_PREFILL_MIN_TOKENS;
+    if (runs && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
         // A chunk of queries whose keys need no split: blocks of 8 queries share K/V tiles.
         attention_prefill_args a{};
         a.q_stride = q.stride;
@@ -389,7 +394,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         a.window = p.window;
         a.softcap = p.softcap;
         a.has_sinks = has_sinks;
-        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), sinks},
+        a.has_rows = at.table ? 1 : 0;
+        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), sinks, rows},
                {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
         return;
