@@ -100,7 +100,7 @@ def main(argv=None) -> int:
              f"{load_before:.1f} / {os.getloadavg()[0]:.1f} (other work on the machine skews every figure)",
              f"- model: {model.info()['name']}, {args.batch} sequences decoding, {args.rounds} alternating rounds "
              f"of {args.steps} steps per configuration, threads {args.threads or 'all'}",
-             "- grammar: a JSON schema (one string field); its mask is computed while the engine runs", "",
+             "- grammar: a JSON schema (one string field); its mask is computed while the engine runs",
              "- host: the step's time outside the engine call (admission, sampling on the host, "
              "logprobs, masks not ready when the pass ends, detokenizing)", "",
              "| rows | decode steps | median step (ms) | vs all plain | median host (ms) |",

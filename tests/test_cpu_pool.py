@@ -243,6 +243,11 @@ def test_bench_profile_counts_ops_and_regions(smollm2_gguf, split):
     # Regions: q/k/v, attention, wo, gate/up, down a layer, then logits and argmax (49152 = 6
     # blocks); the one-row norms, RoPE and the embedding run inline.
     assert cpu["regions_per_token"] == 5 * 30 + 2
+    # ... and per kind: each fused projection forks one region a call, argmax one a token
+    for name in ("matmul", "matmul_add", "matmul_glu", "attention", "argmax"):
+        assert ops[name]["regions_per_token"] == ops[name]["calls_per_token"], name
+        assert 0 < ops[name]["busyness"] <= 1.0001
+    assert ops["rms_norm"]["regions_per_token"] == 0 and ops["rms_norm"]["busyness"] is None
     assert 0 < cpu["busyness"] <= 1.0001
     assert sum(o["share"] for o in ops.values()) == pytest.approx(1.0)
     text = _bench(smollm2_gguf, split, "--profile")

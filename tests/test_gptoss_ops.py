@@ -37,6 +37,7 @@ def attention_sinks_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, he
     (1, 0, 4, 2, 32, 0, 16),        # first decode step: one key against the sink
     (1, 700, 4, 2, 64, 0, 1024),    # decode with the keys split across threads / threadgroups (merged)
     (1, 40, 8, 2, 64, 16, 64),      # decode in a 16-key window (gpt-oss's sliding layers, shrunk)
+    (1, 300, 16, 2, 64, 0, 320),    # gpt-oss's GQA 8:1: one Metal threadgroup serves 8 heads, splits
     (7, 9, 8, 4, 64, 0, 32),        # short prefill after a prefix (Metal: one threadgroup per query)
     (20, 0, 4, 2, 64, 8, 32),       # prefill past an 8-key window (Metal: the tiled prefill kernel)
     (33, 5, 8, 2, 64, 0, 64),       # tiled prefill, full attention

@@ -262,7 +262,7 @@ def test_get_rows(metal, cpu, wtype):
 
 # --------------------------------------------------------------------------- norms, rope, elementwise
 
-@pytest.mark.parametrize("dim", [7, 64, 576, 1100])  # 1100 > 1024 threads: each thread loops
+@pytest.mark.parametrize("dim", [7, 64, 576, 1100, 9000])  # 1100: > 1024 threads; 9000: past the registers (8 x 1024)
 def test_rms_norm(metal, cpu, dim):
     r = rng("rms_norm", dim)
     x = r.standard_normal((3, dim), dtype=np.float32) * 4
@@ -378,6 +378,29 @@ def test_attention(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim)
     got = metal.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale)
     want = cpu.attention(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale)
     assert nmse(got, want) < 1e-7
+
+
+@pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,softcap", [
+    (1, 300, 16, 2, 256, 0, 0.0),    # GQA 8:1 at head_dim 256: four blocks of 2 heads per KV head, splits
+    (1, 5, 8, 1, 64, 0, 0.0),        # GQA 8:1, one block of 8 heads, one split
+    (1, 200, 10, 2, 48, 0, 0.0),     # a block of 5 heads (prime group), head_dim 48
+    (1, 90, 10, 2, 96, 0, 0.0),      # the same group at head_dim 96: 5 blocks of 1 head (at most 4 fit)
+    (2, 130, 12, 4, 128, 100, 2.0),  # GQA 3:1 at head_dim 128, two queries, windowed and soft-capped
+])
+def test_attention_gqa_blocks(metal, as_cache, n, pos0, n_heads, n_kv_heads, head_dim, window, softcap):
+    """Decode attention serving a block of query heads from each K/V row it loads, against the
+    float64 NumPy reference."""
+    from test_cpu_ops import attention_reference
+    r = rng("attention_gqa", n, pos0, n_heads, n_kv_heads, head_dim)
+    kv_dim = n_kv_heads * head_dim
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = (r.standard_normal((pos0 + n + 3, kv_dim)) * 2).astype(np.float16)
+    v = r.standard_normal((pos0 + n + 3, kv_dim)).astype(np.float16)
+    scale = 1.0 / np.sqrt(head_dim)
+    got = metal.attention(q, as_cache(k), as_cache(v), pos0, n_heads, n_kv_heads, head_dim, scale, window,
+                          softcap=softcap)
+    want = attention_reference(q, k, v, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap)
+    assert nmse(got, want) < 1e-7    # as test_attention
 
 
 @pytest.mark.parametrize("n,pos0,window", [

@@ -5,12 +5,13 @@ read once, the activations, the output), and lower bounds on line efficiency (th
 re-reads, set a little beyond the values measured at these shapes (written beside them), so
 that a change that breaks coalescing or adds re-reads fails here.
 
-Measured at one token, 64 rows x 512 columns. The GEMVs run mul_mv_staged_* (whole lines: 100%,
-every weight byte requested once, x once per threadgroup of 32 rows); the direct kernels
-(FORGERT_METAL_GEMV=direct) keep their block-strided loads (each lane reads a field of its own
-block: a simdgroup load spans many lines; the lines are re-used by the next loads from cache),
-guarded at their measured figures. Attention re-reads K/V once per query head of a GQA group
-(reported, not fixed here).
+Measured at one token, 64 rows x 512 columns for GEMV and get_rows. The GEMVs run mul_mv_staged_*
+(whole lines: 100%, every weight byte requested once, x once per threadgroup of 32 rows); the
+direct kernels (FORGERT_METAL_GEMV=direct) keep their block-strided loads (each lane reads a field
+of its own block: a simdgroup load spans many lines; the lines are re-used by the next loads from
+cache), guarded at their measured figures. The other decode kernels (rms_norm, rope_kv_write,
+attention) meet the goals of issue 14: >= 95% line efficiency and requested <= 1.05x needed
+bytes, at SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths and head shapes.
 """
 from __future__ import annotations
 
@@ -159,20 +160,21 @@ def test_get_rows_traffic(core, metal, wtype):
     assert lines(d) >= 0.9 * GET_ROWS_LINES[wtype]
 
 
-def test_rms_norm_traffic(core, metal):
+@pytest.mark.parametrize("dim", [576, 2048, 4096])  # SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths
+def test_rms_norm_traffic(core, metal, dim):
     r = np.random.default_rng(2)
-    x = r.standard_normal((1, 576), dtype=np.float32)
-    metal.rms_norm(x, r.standard_normal(576, dtype=np.float32), 1e-5)
+    x = r.standard_normal((1, dim), dtype=np.float32)
+    metal.rms_norm(x, r.standard_normal(dim, dtype=np.float32), 1e-5)
     d = one(core, "rms_norm")
-    assert d["read_needed"] == 2 * 576 * 4 and d["write_needed"] == 576 * 4
+    assert d["read_needed"] == 2 * dim * 4 and d["write_needed"] == dim * 4
     assert lines(d) == 1.0 and lines(d, "store") == 1.0  # measured 1.0
     assert d["tg_wavefronts"] == d["tg_wavefronts_min"]  # no bank conflicts (measured)
-    # x is read twice (sum of squares, then the scaling): measured 6912 of 4608 needed
-    assert d["read_requested"] <= 1.5 * d["read_needed"]
+    # x is read once (kept in registers for the scaling pass): measured requested == needed
+    assert d["read_requested"] <= 1.05 * d["read_needed"]
 
 
-def rope_attention_inputs(r):
-    n, pos0, nh, nkv, hd = 1, 300, 9, 3, 64  # SmolLM2's heads: GQA 3:1
+def rope_attention_inputs(r, nh=9, nkv=3, hd=64):
+    n, pos0 = 1, 300  # default: SmolLM2's heads, GQA 3:1
     q = r.standard_normal((n, nh * hd), dtype=np.float32)
     k = r.standard_normal((n, nkv * hd), dtype=np.float32)
     cache = r.standard_normal((pos0 + n + 2, nkv * hd)).astype(np.float16)
@@ -180,28 +182,47 @@ def rope_attention_inputs(r):
     return q, k, cache, freqs, (n, pos0, nh, nkv, hd)
 
 
-def test_rope_kv_write_traffic(core, metal):
-    q, k, cache, freqs, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(3))
-    metal.rope_kv_write(q, k, k.copy(), cache, cache.copy(), freqs, pos0, nh, nkv, hd, False)
+# (n_heads, n_kv_heads, head_dim): SmolLM2, Llama 3.2 1B, Llama 3 8B
+HEAD_SHAPES = [(9, 3, 64), (32, 8, 64), (32, 8, 128)]
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("nh,nkv,hd", HEAD_SHAPES)
+def test_rope_kv_write_traffic(core, metal, neox, nh, nkv, hd):
+    q, k, cache, freqs, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(3), nh, nkv, hd)
+    metal.rope_kv_write(q, k, k.copy(), cache, cache.copy(), freqs, pos0, nh, nkv, hd, neox)
     d = one(core, "rope_kv_write")
     # q, k, v and the frequencies are read once; q and k rotated in place, k and v cached as f16
     assert d["read_needed"] == 4 * (nh * hd + 2 * nkv * hd + hd // 2)
     assert d["write_needed"] == 4 * (nh * hd + nkv * hd) + 2 * 2 * nkv * hd
-    assert lines(d) >= 0.57 and lines(d, "store") >= 0.47  # measured 0.636 and 0.526
+    # pairs move as float2 / half2, whole lines per simdgroup access: measured 1.0 and 1.0
+    assert lines(d) >= 0.95 and lines(d, "store") >= 0.95
+    # the (cos, sin) table is computed once per token, so every byte is requested once: measured 1.0
+    assert d["read_requested"] + d["write_requested"] <= 1.05 * (d["read_needed"] + d["write_needed"])
 
 
-def test_attention_traffic(core, metal):
-    q, _, cache, _, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(4))
+@pytest.mark.parametrize("nh,nkv,hd", HEAD_SHAPES)
+def test_attention_traffic(core, metal, nh, nkv, hd):
+    q, _, cache, _, (n, pos0, nh, nkv, hd) = rope_attention_inputs(np.random.default_rng(4), nh, nkv, hd)
     metal.attention(q, cache, cache.copy(), pos0, nh, nkv, hd, 0.125)
     log = core.emulator_traffic()
-    d = next(e for e in log if e["kernel"] == "attention_f16")
+    d = next(e for e in log if e["kernel"].startswith("attention_f16_d"))
     kv_bytes = (pos0 + n) * nkv * hd * 2  # the K (or V) rows up to the query's position, f16
     assert sorted(d["slot_read_needed"])[-2:] == [kv_bytes, kv_bytes]
     assert lines(d) >= 0.95  # measured 1.0
-    # Each query head re-reads its K/V head: 3.09x at GQA 3:1 (measured 357120 of 115584)
-    kv_slot = d["slot_read_needed"].index(kv_bytes)
-    assert d["slot_read_requested"][kv_slot] <= 1.05 * 3.09 * kv_bytes
+    # A threadgroup serves the whole GQA group from each K/V row it loads: each row is
+    # requested once (measured 1.0 of needed; it was 3.09x at 3:1 with a threadgroup per head)
+    for slot in (2, 3):
+        assert d["slot_read_needed"][slot] == kv_bytes
+        assert d["slot_read_requested"][slot] <= 1.05 * kv_bytes
+    # q is re-read once per split (3 here): measured 1.019 (SmolLM2), 1.025 (Llama) of needed
+    assert d["read_requested"] + d["write_requested"] <= 1.05 * (d["read_needed"] + d["write_needed"])
+    assert lines(d, "store") >= 0.95  # partials' acc rows line-aligned, (max, sum) apart: measured 1.0
     assert d["tg_wavefronts"] == d["tg_wavefronts_min"]  # measured: no bank conflicts
+    # The split merge reads each partial once: measured 1.0 of needed, loads 0.981-0.990 line-efficient
+    r = next(e for e in log if e["kernel"] == "attention_reduce")
+    assert r["read_requested"] + r["write_requested"] <= 1.05 * (r["read_needed"] + r["write_needed"])
+    assert lines(r) >= 0.95 and lines(r, "store") >= 0.95
 
 
 def test_counting_is_off_by_default(core):

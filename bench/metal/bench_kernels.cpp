@@ -123,6 +123,26 @@ int main(int argc, char** argv) {
         b.run("attention decode ctx=" + std::to_string(ctx), 2.0 * ctx * KV * hd * 2, 4.0 * ctx * H * hd, 50,
               [&] { b.be->attention(o, q, kc, vc, ctx - 1, AttentionParams{H, KV, hd, 0.088f}); });
     }
+    // A batch step's attention: 8 sequences' decode rows, each at position ctx - 1 of its own KV
+    // slot, in one dispatch through the row table vs one dispatch per sequence (as a batch step
+    // ran before the table).
+    {
+        const int n_seq = 8, ctx = 512;
+        Tensor q = b.tensor(DType::F32, n_seq, H * hd), o = b.tensor(DType::F32, n_seq, H * hd);
+        Tensor kc = b.tensor(DType::F16, n_seq * ctx, KV * hd), vc = b.tensor(DType::F16, n_seq * ctx, KV * hd);
+        Tensor rows = b.tensor(DType::I32, n_seq, 2);
+        std::vector<int32_t> table;  // (position, slot's first cache row) per row
+        for (int s = 0; s < n_seq; s++) table.insert(table.end(), {ctx - 1, s * ctx});
+        b.be->write(rows, table.data(), table.size() * sizeof(int32_t));
+        const double bytes = 2.0 * n_seq * ctx * KV * hd * 2, flops = 4.0 * n_seq * ctx * H * hd;
+        b.run("attention batch 8 seqs ctx=512, one call", bytes, flops, 50,
+              [&] { b.be->attention(o, q, kc, vc, RowPositions(rows, ctx, 1), AttentionParams{H, KV, hd, 0.088f}); });
+        b.run("attention batch 8 seqs ctx=512, per seq", bytes, flops, 50, [&] {
+            for (int s = 0; s < n_seq; s++)
+                b.be->attention(o.slice_rows(s, 1), q.slice_rows(s, 1), kc.slice_rows(s * ctx, ctx),
+                                vc.slice_rows(s * ctx, ctx), ctx - 1, AttentionParams{H, KV, hd, 0.088f});
+        });
+    }
     {
         const int n = 512;
         Tensor q = b.tensor(DType::F32, n, H * hd), o = b.tensor(DType::F32, n, H * hd);

@@ -11,6 +11,7 @@ and mul_mv_id_<type> at one shape, with
 
     python bench/metal/gemv_traffic.py                    # 512 x 2048, every type
     python bench/metal/gemv_traffic.py --rows 576 --cols 1536 --types q4_0 q8_0
+    FORGERT_METAL_GEMV=direct python bench/metal/gemv_traffic.py    # mul_mv.metal's direct loads
 
 Goal (issue 14): >= 95% line efficiency, requested <= 1.05x needed. The counts are of the CPU
 build of each kernel (per instruction as clang emits it), not of Apple's compiler and caches.

@@ -7,7 +7,14 @@ bank conflicts, and the step's bandwidth-bound time on Apple chips.
     python bench/metal/traffic.py                         # SmolLM2 (the default model), whole model
     python bench/metal/traffic.py --preset llama32-1b     # synthetic 1B shapes: 1- and 2-layer
                                                           # models, scaled up to all layers
+    python bench/metal/traffic.py --preset llama32-1b llama3-8b --type Q4_0 --save t.json
+    python bench/metal/traffic.py --preset llama3-8b --vocabs 2048 4096   # small vocabularies, scaled
+    python bench/metal/traffic.py --load t.json           # the saved tables again, no emulator
     python bench/metal/traffic.py model.gguf --prompt-tokens 4
+
+Beside each step's bandwidth-bound times stand llama.cpp's published Apple-silicon decode
+speeds (LLAMACPP_TG128) and the bandwidth they imply, so the bound can be read against what
+a mature Metal backend reaches on each chip.
 
 The step measured is the first decode step after a short prompt (the GEMV path; a long prompt
 would take the emulator minutes). The emulator counts what the CPU build of each kernel loads
@@ -17,12 +24,17 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 CHIPS = {"M1": 68.25, "M2": 100.0, "M3 Max": 400.0, "M4 Max": 546.0}  # GB/s
+# llama.cpp's decode tokens/s on these chips (tg128, LLaMA 7B Q4_0, whose weights are 3.56 GiB),
+# as published in its Apple-silicon performance discussion (github.com/ggml-org/llama.cpp/discussions/4167).
+LLAMACPP_TG128 = {"M1": 14.15, "M2": 21.91, "M3 Max": 66.3, "M4 Max": 83.06}
+LLAMACPP_7B_Q4_0_BYTES = 3.56 * 2**30
 FIELDS = ("read_needed", "write_needed", "read_requested", "write_requested", "load_lines64",
           "load_lines64_min", "store_lines64", "store_lines64_min", "load_lines128", "load_lines128_min",
           "tg_wavefronts", "tg_wavefronts_min")
@@ -76,7 +88,7 @@ def ratio(a, b):
     return a / b if b else 1.0
 
 
-def table(rows: dict[str, collections.Counter], title: str) -> list[str]:
+def table(rows: dict[str, collections.Counter], title: str) -> tuple[list[str], int, int]:
     out = [f"### {title}", "",
            "| kernel | dispatches | needed MB | requested MB | req/need | load lines 64 B | load lines 128 B "
            "| store lines 64 B | tg conflicts | tg mem B | threads |",
@@ -116,53 +128,108 @@ def scaled(one: dict, two: dict, layers: int) -> dict:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default=None, help="GGUF file (default: forgert's default model)")
-    ap.add_argument("--preset", default=None, help="synthetic shapes of bench/synthetic_gguf.py (llama32-1b, ...)")
-    ap.add_argument("--type", default="Q4_K_M", help="weight type of the synthetic model")
-    ap.add_argument("--prompt-tokens", type=int, default=4)
-    a = ap.parse_args()
+def combined(base: dict, parts: list[tuple[float, dict, dict]]) -> dict:
+    """base + sum of f x (b - a) over parts (f, a, b), kernel by kernel; maxima stay maxima."""
+    out = {name: collections.Counter(c) for name, c in base.items()}
+    for f, a, b in parts:
+        for name in set(a) | set(b):
+            c = out.setdefault(name, collections.Counter())
+            ca, cb = a.get(name, collections.Counter()), b.get(name, collections.Counter())
+            for k in set(ca) | set(cb):
+                if k in ("tg_memory", "threads"):
+                    c[k] = max(c[k], ca[k], cb[k])
+                else:
+                    c[k] += f * (cb[k] - ca[k])
+    return out
 
-    lines = []
-    if a.preset:
-        import forgert  # noqa: F401  the installed package (with _core), before synthetic_gguf adds ../python
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import synthetic_gguf as sg
-        layers, *rest = sg.PRESETS[a.preset]
-        steps, sizes = [], []
-        with tempfile.TemporaryDirectory() as tmp:
-            for n in (1, 2):
-                sg.PRESETS[f"{a.preset}-{n}l"] = (n, *rest)
-                path = os.path.join(tmp, f"{a.preset}-{n}l.gguf")
-                sg.write(Path(path), f"{a.preset}-{n}l", a.type)
-                steps.append(by_kernel(decode_step(path, a.prompt_tokens)))
-                sizes.append(weights_read(path))
-        rows = scaled(steps[0], steps[1], layers)
-        weights = sizes[0][0] + (layers - 1) * (sizes[1][0] - sizes[0][0])
-        title = (f"{a.preset} {a.type} (synthetic; {layers} layers scaled from 1- and 2-layer models), "
-                 f"decode step after {a.prompt_tokens} prompt tokens")
-        hidden, kv_heads, heads = rest[0], rest[3], rest[2]
-        kv_dim = hidden // heads * kv_heads
-    else:
-        import forgert
-        path = a.model or forgert.Model(None, backend="cpu").path
-        rows = by_kernel(decode_step(path, a.prompt_tokens))
-        weights = weights_read(path)[0]
-        title = f"{os.path.basename(path)}, decode step after {a.prompt_tokens} prompt tokens"
-        layers = kv_dim = None
-    text, need, req = table(rows, title)
-    lines += text
+
+def measure_preset(preset: str, wtype: str, prompt_tokens: int, vocabs: list[int] | None = None) -> dict:
+    """One decode step of a synthetic model of all `preset`'s layers: measured on 1- and 2-layer
+    models (the emulator is too slow for all layers), scaled as one + (layers - 1) x (two - one).
+    With vocabs (V1, V2), the models have those small vocabularies and the output layer, argmax
+    and logits are scaled to the preset's: + (V - V1) / (V2 - V1) x (1 layer at V2 - 1 layer at V1),
+    exact for what grows linearly with the vocabulary (every count here does)."""
+    import forgert  # noqa: F401  the installed package (with _core), before synthetic_gguf adds ../python
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import synthetic_gguf as sg
+    layers, hidden, ffn, heads, kv_heads, vocab, ctx = sg.PRESETS[preset]
+    v1, v2 = vocabs or (vocab, vocab)
+
+    def run(n_layers, n_vocab, tmp):
+        name = f"{preset}-{n_layers}l-v{n_vocab}"
+        sg.PRESETS[name] = (n_layers, hidden, ffn, heads, kv_heads, n_vocab, ctx)
+        path = os.path.join(tmp, name + ".gguf")
+        sg.write(Path(path), name, wtype)
+        return by_kernel(decode_step(path, prompt_tokens)), weights_read(path)[0]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (one, w_one), (two, w_two) = run(1, v1, tmp), run(2, v1, tmp)
+        rows = scaled(one, two, layers)
+        weights = w_one + (layers - 1) * (w_two - w_one)
+        how = f"{layers} layers scaled from measured 1- and 2-layer models"
+        if v1 != vocab:
+            wide, w_wide = run(1, v2, tmp)
+            f = (vocab - v1) / (v2 - v1)
+            rows = combined(rows, [(f, one, wide)])
+            weights += f * (w_wide - w_one)
+            how += f", vocabulary {vocab} scaled from measured {v1} and {v2}"
+    return {"title": f"{preset} {wtype} (synthetic; {how}), decode step after {prompt_tokens} prompt tokens",
+            "rows": rows, "weights": weights}
+
+
+def measure_model(path: str | None, prompt_tokens: int) -> dict:
+    import forgert
+    path = path or forgert.Model(None, backend="cpu").path
+    return {"title": f"{os.path.basename(path)}, decode step after {prompt_tokens} prompt tokens",
+            "rows": by_kernel(decode_step(path, prompt_tokens)), "weights": weights_read(path)[0]}
+
+
+def report(step: dict) -> list[str]:
+    rows = {name: collections.Counter(c) for name, c in step["rows"].items()}
+    lines, need, req = table(rows, step["title"])
+    weights = step["weights"]
     lines.append(f"Weights one step must read: {weights / 1e6:.3f} MB; the step needs {need / 1e6:.3f} MB "
                  f"({100 * (need / weights - 1):+.2f}%: KV cache, activations, logits) and requests "
                  f"{req / 1e6:.3f} MB.")
-    lines += ["", "| chip | GB/s | bound by needed bytes | tokens/s | bound by requested bytes | tokens/s |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| chip | GB/s | bound by needed bytes | tokens/s | bound by requested bytes | tokens/s "
+              "| llama.cpp 7B Q4_0 tg128 tokens/s | its GB/s (share of peak) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for chip, gbs in CHIPS.items():
         t_need, t_req = need / (gbs * 1e9), req / (gbs * 1e9)
-        lines.append(f"| {chip} | {gbs:g} | {1e3 * t_need:.3f} ms | {1 / t_need:.0f} | {1e3 * t_req:.3f} ms "
-                     f"| {1 / t_req:.0f} |")
-    print("\n".join(lines))
+        lc = LLAMACPP_TG128[chip]
+        lc_gbs = lc * LLAMACPP_7B_Q4_0_BYTES / 1e9
+        lines.append(f"| {chip} | {gbs:g} | {1e3 * t_need:.3f} ms | {1 / t_need:.1f} | {1e3 * t_req:.3f} ms "
+                     f"| {1 / t_req:.1f} | {lc:g} | {lc_gbs:.1f} ({100 * lc_gbs / gbs:.0f}%) |")
+    lines += ["", "Bounds: bytes / bandwidth, nothing else (no compute, no launch gaps). llama.cpp's figures "
+              "are measured on the chips (published, a 7B Q4_0 model: a different model from this one); "
+              "its GB/s = tokens/s x 3.56 GiB of weights.", ""]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default=None, help="GGUF file (default: forgert's default model)")
+    ap.add_argument("--preset", nargs="+", default=None,
+                    help="synthetic shapes of bench/synthetic_gguf.py (llama32-1b, llama3-8b, ...)")
+    ap.add_argument("--type", default="Q4_K_M", help="weight type of the synthetic models")
+    ap.add_argument("--prompt-tokens", type=int, default=4)
+    ap.add_argument("--vocabs", type=int, nargs=2, default=None, metavar=("V1", "V2"),
+                    help="measure the presets at these two small vocabularies and scale to theirs "
+                         "(the output layer dominates the emulator's time)")
+    ap.add_argument("--save", default=None, help="write the measured steps to this JSON file")
+    ap.add_argument("--load", default=None, help="report the steps of a JSON file of --save (no emulator)")
+    a = ap.parse_args()
+
+    if a.load:
+        steps = json.loads(Path(a.load).read_text())
+    elif a.preset:
+        steps = [measure_preset(p, a.type, a.prompt_tokens, a.vocabs) for p in a.preset]
+    else:
+        steps = [measure_model(a.model, a.prompt_tokens)]
+    if a.save:
+        Path(a.save).write_text(json.dumps(steps, indent=1) + "\n")
+    for step in steps:
+        print("\n".join(report(step)))
     return 0
 
 

@@ -14,7 +14,8 @@ Sequences that need their logits row in Python (LogitsOptions: logprobs, logit_b
 run in the same step: the step then asks the engine for every row's logits (forward_batch) and
 samples the other rows from them as the engine would have (argmax, or their C++ sampler). A
 grammar's token mask for the next token is computed on a worker thread while the engine
-evaluates the step (both release the GIL), so it costs the batch only what exceeds the pass.
+evaluates the step (the engine call releases the GIL), so it costs the batch only what
+exceeds the pass (bench/batch_logits_rows.py measures the host time such rows add).
 """
 from __future__ import annotations
 

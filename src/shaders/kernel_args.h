@@ -94,8 +94,11 @@ FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 //        4 k_cache f16, 5 v_cache f16 (both bound at row pos0; at row 0 with has_rows),
 //        6 freqs f32 [rope_dim / 2], 7 rows i32 [n, 2] (or unused): with has_rows, row t sits at
 //        position rows[t][0] and goes to cache row rows[t][1] + rows[t][0] (a batch of sequences)
-// grid: (n_heads + 2 * n_kv_heads, n): q heads, then k heads, then v heads;
-// threads: 32 * ceil(head_dim / 2 / 32), capped at 1024 (loop inside)
+// grid: (1, n); threads: a multiple of FG_ROPE_LANES(head_dim) (threads per head; fewer if
+// the pipeline allows fewer), one slot of lanes per head up to n_heads + 2 * n_kv_heads
+// (q heads, then k heads, then v heads; slots loop over them)
+// threadgroup memory 0: rope_dim / 2 float2 (cos, sin) per pair
+#define FG_ROPE_LANES(head_dim) ((head_dim) / 2 > 32 ? ((head_dim) / 2 + 31) / 32 * 32 : 32)
 typedef struct {
     uint64_t q_stride;
     uint64_t k_stride;
@@ -115,18 +118,27 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
 // into n_splits chunks of split_len keys; one threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one
-// (split, head, query) and keeps an online softmax. With n_splits == 1 it writes the
-// normalized result to out; otherwise it writes (max, sum, acc[head_dim]) partials that
-// attention_reduce combines.
+// (split, block of query heads sharing one KV head, query) and keeps an online softmax per head.
+// With n_splits == 1 it writes the normalized result to out; otherwise it writes
+// partials that attention_reduce combines: acc rows, then the (max, sum) pairs (rows of hd floats
+// stay line-aligned).
 // slots: 1 q f32 [n, H * hd], 2 k_cache f16, 3 v_cache f16 [n_ctx, KV * hd],
-//        4 out f32 [n, H * hd], 5 partials f32 [n, H, n_splits, hd + 2], 6 sinks f32 [H] (or unused),
+//        4 out f32 [n, H * hd], 6 sinks f32 [H] (or unused),
+//        5 partials f32: acc [n, H, n_splits, hd], then (max, sum) [n, H, n_splits, 2] from float
+//          FG_ATTN_STATS_AT(n * H * n_splits, hd) (8-byte aligned)
 //        7 rows i32 [n, 2] (or unused): with has_rows, query t sits at position rows[t][0] of the
 //        sequence whose cache rows start at rows[t][1] (a batch of sequences in one dispatch)
-// grid: (n_splits, H, n); threads: FG_ATTN_SIMDGROUPS * 32
-// threadgroup memory 0: FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) floats
+// kernels: attention_f16_d64 / _d128 / _d256 for head_dim up to 64 / 128 / 256 (DPL = 2 / 4 / 8
+//          elements per lane)
+// grid: (n_splits, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
+//       FG_ATTN_QREGS / DPL; the kernel reads G from the grid); threads: FG_ATTN_SIMDGROUPS * 32
+// threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
 #define FG_ATTN_SIMDGROUPS 4
 #define FG_ATTN_MAX_HEAD_DIM 256
-#define FG_ATTN_TG_BYTES (FG_ATTN_SIMDGROUPS * (FG_ATTN_MAX_HEAD_DIM + 2) * 4)
+#define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most
+#define FG_ATTN_TG_FLOATS(g, hd) ((g) * FG_ATTN_SIMDGROUPS * ((hd) + 2))
+#define FG_ATTN_MAX_TG_BYTES 32768
+#define FG_ATTN_STATS_AT(n_partials, hd) (((n_partials) * (hd) + 1) / 2 * 2)
 typedef struct {
     uint64_t q_stride;
     uint64_t kv_stride;   // bytes between cache rows (k and v)
@@ -151,7 +163,11 @@ FG_ARGS_ASSERT(sizeof(attention_args) == 72, "attention_args layout");
 // (FG_ATTN_BQ / FG_ATTN_SIMDGROUPS per simdgroup) and streams the keys they need through
 // threadgroup memory in tiles of tile_keys rows of K and V, so each cache row is read from
 // memory once per FG_ATTN_BQ queries instead of once per query.
-// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16), 5 sinks f32 [H] (or unused)
+// With has_rows (a batch of sequences), a block's queries go in runs of one sequence's
+// consecutive positions, each run streaming its own sequence's keys (a block inside one
+// prompt chunk is one run).
+// slots: 1 q, 2 k_cache, 3 v_cache, 4 out (as attention_f16), 5 sinks f32 [H] (or unused),
+//        6 rows i32 [n, 2] (or unused; as attention_f16's slot 7)
 // grid: (ceil(n / FG_ATTN_BQ), H); threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: 2 * tile_keys * head_dim halfs (<= FG_ATTN_TILE_HALFS * 2 * 2 bytes)
 #define FG_ATTN_PREFILL_MIN_TOKENS 8
@@ -171,10 +187,13 @@ typedef struct {
     int32_t window;       // as in attention_args
     float softcap;        // as in attention_args
     int32_t has_sinks;    // 1: slot 5 holds the sinks f32 [H]
+    int32_t has_rows;     // 1: slot 6 holds each query's (position, first cache row); pos0 unused
+    int32_t pad0;
 } attention_prefill_args;
-FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 64, "attention_prefill_args layout");
+FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 72, "attention_prefill_args layout");
 
-// attention_reduce: slots 1 partials, 2 out, 3 sinks f32 [H] (or unused); grid (H, n); threads: 32 * ceil(hd / 32)
+// attention_reduce: slots 1 partials (as attention_f16's), 2 out, 3 sinks f32 [H] (or unused);
+// grid (H, n); threads: 32; threadgroup memory 0: n_splits floats
 typedef struct {
     uint64_t out_stride;
     int32_t n_heads;

@@ -5,6 +5,8 @@ using namespace metal;
 
 #include "kernel_args.h"
 
+#define RMS_REGS 8  // row elements per thread held in registers
+
 kernel void rms_norm_f32(
         constant rms_norm_args & args [[buffer(0)]],
         device const char * x         [[buffer(1)]],
@@ -20,8 +22,17 @@ kernel void rms_norm_f32(
     device float* o = (device float*)(out + tgpig.x * args.out_stride);
     const int nsg = (ntg.x + FG_SIMD_WIDTH - 1) / FG_SIMD_WIDTH;
 
+    // The row is read once: each thread keeps its elements (i = tiitg + r * ntg.x) in
+    // registers for the scaling pass. Rows past RMS_REGS x threads (8192 at 1024 threads)
+    // re-read their tail.
+    float xv[RMS_REGS];
     float sumsq = 0.0f;
-    for (int i = tiitg; i < args.dim; i += ntg.x) sumsq += xr[i] * xr[i];
+    for (int r = 0; r < RMS_REGS; ++r) {
+        const int i = tiitg + r * ntg.x;
+        xv[r] = i < args.dim ? xr[i] : 0.0f;
+        sumsq += xv[r] * xv[r];
+    }
+    for (int i = tiitg + RMS_REGS * ntg.x; i < args.dim; i += ntg.x) sumsq += xr[i] * xr[i];
     sumsq = simd_sum(sumsq);
     if (tiisg == 0) partial[sgitg] = sumsq;
     threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -29,5 +40,10 @@ kernel void rms_norm_f32(
     sumsq = simd_sum(tiisg < nsg ? partial[tiisg] : 0.0f);
 
     const float scale = rsqrt(sumsq / float(args.dim) + args.eps);
-    for (int i = tiitg; i < args.dim; i += ntg.x) o[i] = (args.accumulate != 0 ? o[i] : 0.0f) + xr[i] * scale * w[i];
+    for (int r = 0; r < RMS_REGS; ++r) {
+        const int i = tiitg + r * ntg.x;
+        if (i < args.dim) o[i] = (args.accumulate != 0 ? o[i] : 0.0f) + xv[r] * scale * w[i];
+    }
+    for (int i = tiitg + RMS_REGS * ntg.x; i < args.dim; i += ntg.x)
+        o[i] = (args.accumulate != 0 ? o[i] : 0.0f) + xr[i] * scale * w[i];
 }

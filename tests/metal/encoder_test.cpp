@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <string>
 #include <vector>
@@ -214,7 +215,8 @@ void test_layer_barriers() {
     f.be.add(h, x, att);         // barrier
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_staged_q4_0 mul_mv_staged_q8_0 mul_mv_staged_f16 | rope_kv_write_f32 | attention_f16 | add_f32 #";
+        "rms_norm_f32 | mul_mv_staged_q4_0 mul_mv_staged_q8_0 mul_mv_staged_f16 | rope_kv_write_f32 | attention_f16_d64 | "
+        "add_f32 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
 
@@ -244,7 +246,7 @@ void test_fused_layer_barriers() {
     f.be.matmul_add(x, wd, gate, proj);
     f.be.commit();
     const std::string want =
-        "rms_norm_f32 | mul_mv_staged_q4_1 mul_mv_staged_q4_1 mul_mv_staged_q4_1 | rope_kv_write_f32 | attention_f16 | "
+        "rms_norm_f32 | mul_mv_staged_q4_1 mul_mv_staged_q4_1 mul_mv_staged_q4_1 | rope_kv_write_f32 | attention_f16_d64 | "
         "mul_mv_staged_q4_1 | rms_norm_f32 | mul_mv_swiglu_staged_q4_1 | mul_mv_staged_q4_1 #";
     EXPECT(f.dev->log == want, "\n  got  %s\n  want %s", f.dev->log.c_str(), want.c_str());
 }
@@ -468,24 +470,26 @@ struct TinyModel {
 
 // A batch step runs RoPE + the cache write and attention once per layer for all its
 // sequences (their rows, positions and slots in one row table), not once per sequence:
-// decode rows of four slots, and a mix of a prompt chunk (which alone would take the tiled
-// prefill kernel) with decode rows.
+// decode rows of four slots (attention_f16_d64), and a prompt chunk of 9 rows beside decode rows
+// (the tiled prefill kernel, its blocks in runs of one sequence).
 void test_batch_step_one_attention_per_layer() {
     const int n_layers = 3;
     TinyModel t(n_layers, 4);
     const int32_t toks[9] = {5, 6, 7, 8, 9, 10, 11, 12, 13};
     const BatchEntry decode[4] = {{2, toks, 1, 3}, {0, toks + 1, 1, 7}, {3, toks + 2, 1, 0}, {1, toks + 3, 1, 5}};
     const BatchEntry mixed[3] = {{1, toks, 9, 0}, {0, toks, 1, 8}, {3, toks, 1, 2}};
-    for (auto [entries, n] : {std::pair{decode, 4}, std::pair{mixed, 3}}) {
+    for (auto [entries, n, kernel] :
+         {std::tuple{decode, 4, "attention_f16_d64"}, std::tuple{mixed, 3, "attention_prefill_f16"}}) {
         t.dev->log.clear();
         int32_t best[4] = {};
         t.model->forward_batch_argmax(entries, n, best);
         const std::string& log = t.dev->log;
         EXPECT(count_kernel(log, "rope_kv_write_f32") == n_layers, "%d rope_kv_write dispatches for %d layers: %s",
                count_kernel(log, "rope_kv_write_f32"), n_layers, log.c_str());
-        EXPECT(count_kernel(log, "attention_f16") == n_layers && count_kernel(log, "attention_prefill_f16") == 0,
-               "%d attention_f16 + %d attention_prefill_f16 dispatches for %d layers: %s",
-               count_kernel(log, "attention_f16"), count_kernel(log, "attention_prefill_f16"), n_layers, log.c_str());
+        const int attn = count_kernel(log, "attention_f16_d64") + count_kernel(log, "attention_prefill_f16");
+        EXPECT(count_kernel(log, kernel) == n_layers && attn == n_layers,
+               "%d %s of %d attention dispatches for %d layers: %s", count_kernel(log, kernel), kernel, attn, n_layers,
+               log.c_str());
     }
 }
 

@@ -387,7 +387,8 @@ public:
         }
     }
 
-    // The CPU backend's profile since set_profiling / the last reset, or None on another backend.
+    // The CPU backend's profile since set_profiling / the last reset, or None on another backend:
+    // per op kind its calls, seconds, and the regions it forked with their busy and capacity seconds.
     py::object cpu_profile(bool reset) {
         auto* cpu = cpu_backend();
         if (!cpu) return py::none();
@@ -399,6 +400,9 @@ public:
             py::dict o;
             o["calls"] = ops.calls[i];
             o["seconds"] = ops.seconds[i];
+            o["regions"] = ops.regions[i].regions;
+            o["busy_s"] = ops.regions[i].busy_s;
+            o["capacity_s"] = ops.regions[i].capacity_s;
             op_d[cpu::cpu_op_name((cpu::CpuOp)i)] = o;
         }
         const cpu::PoolStats s = cpu->pool_stats();

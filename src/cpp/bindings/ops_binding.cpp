@@ -72,10 +72,15 @@ public:
     // The RowPositions of a call: pos0 alone, or the uploaded table (kept in `table`).
     RowPositions positions(int pos0, const std::optional<I32>& rows, Tensor& table) {
         if (!rows) return RowPositions(pos0);
-        int max_len = 0;
-        for (int64_t i = 0; i < rows->shape(0); i++) max_len = std::max(max_len, rows->at(i, 0) + 1);
+        int max_len = 0, max_run = 0;
+        for (int64_t i = 0, run = 0; i < rows->shape(0); i++) {
+            max_len = std::max(max_len, rows->at(i, 0) + 1);
+            const bool continues = i > 0 && rows->at(i, 1) == rows->at(i - 1, 1) && rows->at(i, 0) == rows->at(i - 1, 0) + 1;
+            run = continues ? run + 1 : 1;
+            max_run = std::max(max_run, (int)run);
+        }
         table = upload(rows->data(), DType::I32, rows->shape(0), 2);
-        return RowPositions(table, max_len);
+        return RowPositions(table, max_len, max_run);
     }
     Tensor f32(const F32& a) {
         need(a.ndim() == 1 || a.ndim() == 2, "expected a 1-D or 2-D float32 array");

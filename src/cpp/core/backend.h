@@ -52,13 +52,16 @@ struct AttentionParams {
 // table at all (an int converts to it).
 struct RowPositions {
     RowPositions(int pos0 = 0) : pos0(pos0) {}  // NOLINT: one sequence at pos0
-    RowPositions(const Tensor& table, int max_len) : table(&table), max_len(max_len) {}
+    RowPositions(const Tensor& table, int max_len, int max_run)
+        : table(&table), max_len(max_len), max_run(max_run) {}
 
     int pos0 = 0;                   // without a table: row i at position pos0 + i, cache base 0
     const Tensor* table = nullptr;  // i32 [n, 2]: row i's (position, first cache row of its sequence);
                                     // query row i sees cache rows base .. base + position (causal in
                                     // its sequence) and its k, v go to row base + position
     int max_len = 0;                // with a table: 1 + its largest position (sizes work on a GPU)
+    int max_run = 0;                // with a table: the most consecutive rows of one sequence at
+                                    // consecutive positions (a prompt chunk; a GPU picks kernels by it)
 };
 
 class Backend {

@@ -147,7 +147,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     RowPositions at(entries[0].pos);
     if (batched) {
         row_pos_host_.clear();
-        int max_len = 0;
+        int max_len = 0, max_run = 0;
         for (int e = 0; e < n_entries; e++) {
             const BatchEntry& b = entries[e];
             for (int i = 0; i < b.n; i++) {
@@ -155,9 +155,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                 row_pos_host_.push_back(b.slot * cfg_.n_ctx);
             }
             max_len = std::max(max_len, b.pos + b.n);
+            max_run = std::max(max_run, b.n);  // entries are distinct slots: a run is at most one entry
         }
         be.write(row_table, row_pos_host_.data(), row_pos_host_.size() * sizeof(int32_t));
-        at = RowPositions(row_table, max_len);
+        at = RowPositions(row_table, max_len, max_run);
     }
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),

@@ -77,7 +77,7 @@ void CpuBackend::write(const Tensor& dst, const void* src, size_t bytes) { std::
 void CpuBackend::read(void* dst, const Tensor& src, size_t bytes) { std::memcpy(dst, src.data(), bytes); }
 
 void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::GetRows);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::GetRows);
     const int32_t* id = ids.data<int32_t>();
     for (int64_t i = 0; i < out.rows; i++) {
         const uint8_t* row = table.data<uint8_t>() + table.stride * id[i];
@@ -94,7 +94,7 @@ void CpuBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w,
 }
 
 void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::RmsNorm);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RmsNorm);
     const int64_t dim = x.cols;
     const float* wv = w.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
@@ -227,7 +227,7 @@ void CpuBackend::gemv_rows(const Tensor& out, const Tensor& w, const void* xin, 
 constexpr int64_t kGemvChunk = 16;
 
 void CpuBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::MatmulAdd);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::MatmulAdd);
     if (!takes_gemv(x)) return Backend::matmul_add(out, w, x, scratch);
     // One region: each chunk of rows is computed into scratch and added to out at once.
     const bool quantized = is_quantized(w.type);
@@ -255,7 +255,7 @@ void CpuBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Ten
 
 void CpuBackend::matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                             const Tensor& scratch, bool gelu) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::MatmulGlu);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::MatmulGlu);
     const bool quantized = is_quantized(w_gate.type);
     if (!takes_gemv(x) || is_quantized(w_up.type) != quantized) {
         if (gelu) return Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
@@ -275,7 +275,7 @@ void CpuBackend::matmul_glu(const Tensor& out, const Tensor& w_gate, const Tenso
 }
 
 void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Matmul);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Matmul);
     // Weights of one type share one prepared input; mixed types (rare) go one by one.
     for (int i = 1; i < n_mm; i++) {
         if (is_quantized(ws[i].type) != is_quantized(ws[0].type)) {
@@ -308,7 +308,7 @@ void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, con
 }
 
 void CpuBackend::add_bias(const Tensor& x, const Tensor& b) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float* bv = b.data<float>();
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) {
@@ -385,7 +385,7 @@ struct HostRowPositions {
 void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
                                const RopeKvParams& p) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::RopeKvWrite);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RopeKvWrite);
     const HostRowPositions rows(at, q.rows, std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
     const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike.
@@ -406,7 +406,7 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
 
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                            const RowPositions& at, const AttentionParams& p) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Attention);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Attention);
     const int64_t n = q.rows;
     const int group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
     if (hd > kMaxHeadDim) throw InputError("head_dim " + std::to_string(hd) + " exceeds " + std::to_string(kMaxHeadDim));
@@ -555,7 +555,7 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
 }
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const int64_t cols = out.cols;
     if (out.rows == 1) {  // decode: split the one row, if it is long enough to pay for the fork
         pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
@@ -569,7 +569,7 @@ void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 }
 
 void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     // Rows in parallel once there are enough elements (prefill's residual adds).
     pool_.parallel_for(out.rows, std::max<int64_t>(1, kParallelElems / out.cols), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) {
@@ -582,7 +582,7 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
 }
 
 void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const int64_t cols = out.cols;
     if (out.rows == 1) {  // decode: split the one row, as silu_mul
         pool_.parallel_for(cols, kParallelElems / 2, [&](int64_t c0, int64_t c1) {
@@ -596,7 +596,7 @@ void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 }
 
 void CpuBackend::scale(const Tensor& x, float s) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) {
             float* xr = row_f32(x, r);
@@ -606,7 +606,7 @@ void CpuBackend::scale(const Tensor& x, float s) {
 }
 
 void CpuBackend::softcap(const Tensor& x, float cap) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Elementwise);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float inv = 1.0f / cap;
     for (int64_t r = 0; r < x.rows; r++) {
         float* xr = row_f32(x, r);
@@ -617,7 +617,7 @@ void CpuBackend::softcap(const Tensor& x, float cap) {
 }
 
 void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Argmax);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Argmax);
     // Fixed blocks of a row (as many whatever the threads or split), each scanned for its
     // first largest value, then merged in order: the serial scan's answer, first index on ties.
     constexpr int64_t kBlock = 1 << 13;

@@ -18,7 +18,7 @@ const int32_t* row_i32(const Tensor& t, int64_t r) {
 }  // namespace
 
 void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Moe);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     const int64_t n_expert = logits.cols, k = ids.cols;
     pool_.parallel_for(logits.rows, 16, [&](int64_t r0, int64_t r1) {
         std::vector<float> p(n_expert);
@@ -47,7 +47,7 @@ void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tenso
 
 void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
                            const Tensor& ids) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Moe);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     const int64_t n = ids.rows, k = ids.cols, n_slots = n * k, cols = x.cols, rows = out.cols;
     const bool per_slot = x.rows == n_slots;  // down: slot s reads x row s; gate/up: row s / k
     // Slots grouped by expert (a counting sort): slots of expert e are order[start[e]..start[e+1]).
@@ -142,7 +142,7 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
 }
 
 void CpuBackend::moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Moe);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     const int64_t k = weights.cols, dim = out.cols;
     pool_.parallel_for(out.rows, 1, [&](int64_t r0, int64_t r1) {
         for (int64_t i = r0; i < r1; i++) {
@@ -157,7 +157,7 @@ void CpuBackend::moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& w
 }
 
 void CpuBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Moe);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     for (int64_t i = 0; i < x.rows; i++) {
         const float s = 1.0f / (1.0f + std::exp(-row_f32(gate, i)[0]));
         float* xr = row_f32(x, i);
@@ -166,7 +166,7 @@ void CpuBackend::scale_sigmoid(const Tensor& x, const Tensor& gate) {
 }
 
 void CpuBackend::swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Moe);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     if (gate.rows != out.rows || up.rows != out.rows || gate.cols != out.cols || up.cols != out.cols)
         throw InputError("swiglu_oai: gate, up and out must have one shape");
     if (!(alpha > 0.0f) || !(limit > 0.0f) || !std::isfinite(alpha) || !std::isfinite(limit))
@@ -187,7 +187,7 @@ void CpuBackend::swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor&
 }
 
 void CpuBackend::add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) {
-    CpuOpTimer timer(profiling_, ops_, CpuOp::Moe);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     const int64_t n = ids.rows, k = ids.cols;
     if (ids.type != DType::I32 || x.rows != n * k || b.cols != x.cols || b.type != DType::F32)
         throw InputError("add_bias_id: x must be f32 [n*k, dim], b f32 [n_expert, dim], ids i32 [n, k]");

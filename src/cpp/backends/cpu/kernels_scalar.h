@@ -106,9 +106,11 @@ inline float block_dot_scalar(DType wt, const uint8_t* wb, const BlockQ8Act& a) 
 inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
                           const BlockQ8Act* x, int64_t nb, int64_t n_tok, float* out, int64_t out_stride) {
     const int64_t bb = dtype_block_bytes(wt);
-    for (int64_t t = 0; t < n_tok; t++) {
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t* row = w + r * w_stride;
+    // Rows outer, tokens inner: a batch's decode rows (2-15 tokens) read each weight row once
+    // from memory, the later tokens from L1.
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t* row = w + r * w_stride;
+        for (int64_t t = 0; t < n_tok; t++) {
             float acc = 0.0f;
             if (has_super_blocks(wt)) {  // one super-block per kActBlocksPerSuper activation blocks
                 for (int64_t b = 0; b < nb / kActBlocksPerSuper; b++) {

@@ -67,7 +67,10 @@ void need_f32_rows(const Tensor& t, const char* op, const char* name, int64_t ro
 
 // A batch's row table (RowPositions): its shape, and a key range inside the cache. The rows'
 // values live on the device; the caller (the model, the Ops binding) checked them on the host.
-void need_row_table(const Tensor& t, int64_t n, int64_t max_len, int64_t cache_rows, const char* op) {
+void need_row_table(const RowPositions& at, int64_t n, int64_t cache_rows, const char* op) {
+    const Tensor& t = *at.table;
+    const int64_t max_len = at.max_len;
+    need(at.max_run >= 1 && at.max_run <= n, op, "the row table's longest run must be in 1..n");
     need(t.buf != nullptr && t.type == DType::I32 && t.rows == n && t.cols == 2 && t.stride == 2 * sizeof(int32_t), op,
          "the row table must be a contiguous i32 [" + std::to_string(n) + ", 2]");
     need(max_len > 0 && max_len <= cache_rows, op,
@@ -83,6 +86,18 @@ constexpr int64_t kMulMmMinTokens = 8;
 // head keeps every GPU core busy on a long context, with at least this many keys each.
 constexpr int64_t kAttnTargetThreadgroups = 128;
 constexpr int64_t kAttnMinSplitLen = 128;
+
+// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256 variants).
+int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8; }
+
+// Query heads per decode-attention threadgroup: the largest divisor of the GQA group that fits
+// the kernel's registers (FG_ATTN_QREGS / elements per lane) and its merge state in threadgroup
+// memory. Each K/V row a threadgroup loads serves all of them.
+int attention_head_block(int group, int head_dim) {
+    for (int g = std::min(group, FG_ATTN_QREGS / attention_lane_elems(head_dim)); g > 1; --g)
+        if (group % g == 0 && FG_ATTN_TG_FLOATS(g, head_dim) * sizeof(float) <= FG_ATTN_MAX_TG_BYTES) return g;
+    return 1;
+}
 
 }  // namespace
 
@@ -279,7 +294,7 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
         need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
     need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
     if (at.table)
-        need_row_table(*at.table, n, at.max_len, k_cache.rows, op);
+        need_row_table(at, n, k_cache.rows, op);
     else
         need(pos0 >= 0 && pos0 + n <= k_cache.rows, op,
              "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) + " past a cache of " +
@@ -302,10 +317,13 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
                  vc = at.table ? v_cache : v_cache.slice_rows(pos0, n);
     const Binding rows = at.table ? reads(*at.table) : Binding{q.buf, q.offset, 0, false};  // unused: any buffer
-    const uint32_t threads = std::min<uint32_t>(thread_cap("rope_kv_write_f32"), round_up_simd(p.head_dim / 2));
+    // One threadgroup per token: its (cos, sin) table computed once, shared by all its heads.
+    const uint32_t cap = thread_cap("rope_kv_write_f32");
+    const uint32_t lanes = std::min<uint32_t>(cap, FG_ROPE_LANES(p.head_dim));
+    const uint32_t slots = std::min<uint32_t>(cap / lanes, p.n_heads + 2 * p.n_kv_heads);
     encode("rope_kv_write_f32", &a, sizeof a,
            {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs), rows},
-           {(uint32_t)(p.n_heads + 2 * p.n_kv_heads), (uint32_t)n, 1}, {threads, 1, 1});
+           {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
 }
 
 void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -325,7 +343,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
              k_cache.stride == v_cache.stride,
          "attention", "k_cache and v_cache must both be [n_ctx, n_kv_heads * head_dim] with one row stride");
     if (at.table)
-        need_row_table(*at.table, n, at.max_len, k_cache.rows, "attention");
+        need_row_table(at, n, k_cache.rows, "attention");
     else
         need(pos0 >= 0 && pos0 + n <= k_cache.rows, "attention", "queries past the cache");
     if (n == 0) return;
@@ -343,10 +361,12 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     const int64_t kv_max = at.table ? at.max_len : pos0 + n;
     const int64_t span = p.window > 0 ? std::min<int64_t>(kv_max, p.window) : kv_max;
     const int64_t groups = n * p.n_heads;
+    const int head_block = attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
+    const int64_t blocks = n * (p.n_heads / head_block);  // decode threadgroups per split
     int64_t n_splits = 1;
-    if (groups < kAttnTargetThreadgroups)
+    if (blocks < kAttnTargetThreadgroups)
         n_splits = std::max<int64_t>(1, std::min(ceil_div(span, kAttnMinSplitLen),
-                                                 ceil_div(kAttnTargetThreadgroups, groups)));
+                                                 ceil_div(kAttnTargetThreadgroups, blocks)));
     const int64_t split_len = ceil_div(span, n_splits);
     n_splits = ceil_div(span, split_len);
 
@@ -354,9 +374,11 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
                  values = at.table ? v_cache : v_cache.slice_rows(0, kv_max);
     const Binding rows = at.table ? reads(*at.table) : Binding{out.buf, out.offset, 0, false};  // unused: any buffer
 
-    // The tiled prefill takes one sequence's consecutive queries; a batch's rows (each with its
-    // own sequence) go through attention_f16, one threadgroup per (split, head, query).
-    if (!at.table && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
+    // The tiled prefill shares K/V tiles among a block's queries of one sequence: for a batch,
+    // when it holds a prompt chunk; decode rows of many sequences (runs of one) share nothing,
+    // and take attention_f16_d*, one threadgroup per (split, head block, query).
+    const bool runs = !at.table || at.max_run >= FG_ATTN_PREFILL_MIN_TOKENS;
+    if (runs && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
         // A chunk of queries whose keys need no split: blocks of 8 queries share K/V tiles.
         attention_prefill_args a{};
         a.q_stride = q.stride;
@@ -372,7 +394,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         a.window = p.window;
         a.softcap = p.softcap;
         a.has_sinks = has_sinks;
-        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), sinks},
+        a.has_rows = at.table ? 1 : 0;
+        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), sinks, rows},
                {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
                2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
         return;
@@ -393,21 +416,25 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.softcap = p.softcap;
     a.has_sinks = has_sinks;
     a.has_rows = at.table ? 1 : 0;
+    const size_t tg_bytes = FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
+    const std::string kernel = "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
 
     if (n_splits == 1) {
         // One split writes out directly and never touches slot 5; it is bound (to out,
         // zero bytes tracked) only because Metal's validation wants every slot bound.
         const Binding unused{out.buf, out.offset, 0, false};
-        encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows},
-               {1, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, FG_ATTN_TG_BYTES);
+        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows},
+               {1, (uint32_t)(p.n_heads / head_block), (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
+               tg_bytes);
         return;
     }
-    const size_t partial_bytes = (size_t)groups * n_splits * (p.head_dim + 2) * sizeof(float);
+    const size_t partial_bytes = (FG_ATTN_STATS_AT((size_t)groups * n_splits, p.head_dim) + 2 * groups * n_splits) *
+                                 sizeof(float);  // acc rows, then (max, sum) pairs
     Buffer* scratch = attention_scratch(partial_bytes);
     Binding partials{scratch, 0, partial_bytes, true};
-    encode("attention_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows},
-           {(uint32_t)n_splits, (uint32_t)p.n_heads, (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
-           FG_ATTN_TG_BYTES);
+    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows},
+           {(uint32_t)n_splits, (uint32_t)(p.n_heads / head_block), (uint32_t)n},
+           {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
     attention_reduce_args r{};
     r.out_stride = out.stride;
     r.n_heads = p.n_heads;
@@ -416,7 +443,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     r.has_sinks = has_sinks;
     Binding partials_in{scratch, 0, partial_bytes, false};
     encode("attention_reduce", &r, sizeof r, {partials_in, writes(out), sinks}, {(uint32_t)p.n_heads, (uint32_t)n, 1},
-           {FG_SIMD_WIDTH, 1, 1});
+           {FG_SIMD_WIDTH, 1, 1}, n_splits * sizeof(float));
 }
 
 void MetalBackend::encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name,
