@@ -108,7 +108,7 @@ def test_logprobs_per_prompt_equal_each_prompt_alone(tiny_models, reference_mode
 
 def test_response_format_output_validates_and_equals_alone(tiny_models, load):
     """A schema for every prompt (compiled once), then per prompt: schema, plain text,
-    json_object, schema. Constrained texts parse and validate; every completion equals the
+    json_object, the schema compiled by compile_response_format. Constrained texts parse and validate; every completion equals the
     prompt run alone with its format."""
     tm = tiny_models("qwen2_tied")
     greedy = dict(max_tokens=40, temperature=0.0)
@@ -117,7 +117,7 @@ def test_response_format_output_validates_and_equals_alone(tiny_models, load):
     for c in shared:
         assert c.finish_reason == "stop"
         Colour.model_validate_json(c.text)      # pydantic: parses and validates against the schema
-    formats = [COLOUR_FORMAT, None, {"type": "json_object"}, COLOUR_FORMAT]
+    formats = [COLOUR_FORMAT, None, {"type": "json_object"}, m.compile_response_format(COLOUR_FORMAT)]
     mixed = m.generate(PROMPTS, response_format=formats, **greedy)
     Colour.model_validate_json(mixed[0].text)
     Colour.model_validate_json(mixed[3].text)
@@ -198,6 +198,10 @@ def test_bad_batch_options_are_named(tiny_models, load):
         m.stream(prompts, response_format={"type": "yaml"})
     with pytest.raises(ValueError, match=r"logit_bias\[5\] = 101.*\(prompt 2\)"):
         m.stream(prompts, logit_bias=[None, {}, {5: 101}])
+    bad = SamplingParams()
+    bad.temperature = -1        # checked again when the batch merges the keyword overrides
+    with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0, got -1 \(prompt 1\)"):
+        m.generate(prompts, [None, bad, None], max_tokens=2)
     with pytest.raises(ValueError, match=r"logit_bias: 'x' is not a token id"):
         m.stream(prompts, logit_bias={"x": 1})
     # Nothing started: the model still generates, and equals a fresh one.

@@ -665,16 +665,16 @@ class Model:
         """Checks every argument before the batch starts (a bad one is a ValueError naming the
         prompt it belongs to); a response_format shared by the prompts is compiled once."""
         n = len(prompts)
-        params_list = [SamplingParams.from_kwargs(p, **sampling)
-                       for p in _per_prompt(params, n, "params", "SamplingParams")]
+        params_each = _per_prompt(params, n, "params", "SamplingParams")
         top = _per_prompt(logprobs, n, "logprobs")
         formats = _per_prompt(response_format, n, "response_format")
         biases = _per_prompt(logit_bias, n, "logit_bias")
         grammars = {}   # id(response_format) -> Grammar
-        options = []
+        params_list, options = [], []
         for i in range(n):
             where = f" (prompt {i})" if n > 1 else ""
             try:
+                params_list.append(SamplingParams.from_kwargs(params_each[i], **sampling))
                 _check_logprobs(top[i], "logprobs", allow_none=True)
                 fmt = formats[i]
                 if id(fmt) not in grammars:
