@@ -152,6 +152,9 @@ def test_n_choices_prefill_the_prompt_once(tiny_models, load, name):
     assert counting.tokens == (len(prompt) - 1) + 3 * 1 + 3 * 5
     lead = counting.copies[0][0]
     assert sorted(counting.copies) == [(lead, s, len(prompt) - 1) for s in sorted({0, 1, 2} - {lead})]
+    # Timings say so too: the copied prefix counts as cached, as a prompt-cache hit does.
+    assert [c.timings.prompt_tokens_evaluated for c in batch] == [len(prompt), 1, 1]
+    assert [c.timings.cached_tokens for c in batch] == [0, len(prompt) - 1, len(prompt) - 1]
 
 
 def test_followers_prefill_themselves_when_the_leader_is_cancelled(tiny_models, load):
