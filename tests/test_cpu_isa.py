@@ -37,6 +37,17 @@ def test_cpu_ops_under_kernel_set(isa):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("isa", runnable_sets())
+def test_mxfp4_ops_under_kernel_set(isa):
+    """MXFP4's matmul and matmul_id (decode GEMV, grouped prefill) against NumPy on gguf-py's
+    dequantization, under every other kernel set (each has its own MXFP4 decode kernel)."""
+    env = subprocess_env(FORGERT_CPU_ISA=isa)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not metal",
+                           "-k", "(mxfp4 or MXFP4) and not metal", str(TESTS / "test_moe_ops.py")], env=env,
+                          capture_output=True, text=True, cwd=TESTS.parent, timeout=900)
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
 # A Q4_0 prefill (32 tokens: the int8 GEMM of every set that has one) under each
 # FORGERT_CPU_PREFILL mode, against NumPy on the dequantized weights; prints the nmse.
 PREFILL_NMSE = """

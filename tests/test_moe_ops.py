@@ -127,7 +127,7 @@ def matmul_id_reference(experts: np.ndarray, x: np.ndarray, ids: np.ndarray) -> 
 
 @pytest.mark.parametrize("per_slot", [False, True], ids=["x-per-token", "x-per-slot"])
 @pytest.mark.parametrize("n", [1, 5, 40])
-@pytest.mark.parametrize("dtype_id", MOE_DTYPES, ids=DTYPE_NAMES.get)
+@pytest.mark.parametrize("dtype_id", MOE_DTYPES, ids={**DTYPE_NAMES, MXFP4: "MXFP4"}.get)
 def test_matmul_id_matches_numpy(ops, dtype_id, n, per_slot):
     n_expert, k, rows, cols = 8, 3, 72, 256   # 72 rows: two of Metal's 64-row GEMM tiles
     rng = rng_for("matmul_id", dtype_id, n, per_slot)

@@ -68,6 +68,8 @@ Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DT
             std::memcpy(p + i * bb + d_at, &d, 2);
             if (dmin_at != SIZE_MAX) std::memcpy(p + i * bb + dmin_at, &d, 2);
         }
+    } else if (t == DType::MXFP4) {  // E8M0 scales 2^(e - 128) near 2^-6: weights ~0.1
+        for (size_t i = 0; i < bytes; i += sizeof(block_mxfp4)) p[i] = 122;
     } else if (t == DType::F16 || t == DType::BF16 || t == DType::F32) {
         // Real values (random bytes would include denormals, which stall the FPU).
         std::normal_distribution<float> nd(0.0f, 0.5f);
@@ -104,11 +106,11 @@ int main(int argc, char** argv) {
                             {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
                             {"1B ffn_down", 2048, 8192}};
     for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL, DType::Q2_K,
-                    DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::F16, DType::BF16,
-                    DType::F32}) {
+                    DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::MXFP4, DType::F16,
+                    DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 512}) {
-                if (n > max_n) continue;
+                if (n > max_n || s.cols % dtype_block_elems(t)) continue;  // K-quants: whole super-blocks
                 char name[64];
                 std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
                 if (!std::strstr(name, filter)) continue;

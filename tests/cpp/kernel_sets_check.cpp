@@ -68,6 +68,8 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
                     std::memcpy(row + b * bb + offsetof(block_q6_K, d), &d, 2);
                 }
             }
+        } else if (t == DType::MXFP4) {  // random codes, E8M0 scales 2^(e - 128) of 2^-7..2^-4 (w ~ 0.1)
+            for (int b = 0; b < cols / FG_QK; b++) row[b * sizeof(block_mxfp4)] = (uint8_t)(121 + rng() % 4);
         } else if (t == DType::IQ4_XS) {  // random indices and 6-bit scales; w ~ d * 32 * 127
             for (int b = 0; b < cols / FG_QK_K; b++) {
                 const uint16_t d = f32_to_f16(0.0002f + 0.00002f * (float)(rng() % 16));
@@ -93,7 +95,7 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
 // super-blocks).
 std::vector<DType> weight_types(int cols) {
     std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL,
-                             DType::F16, DType::BF16, DType::F32};
+                             DType::MXFP4, DType::F16, DType::BF16, DType::F32};
     if (cols % FG_QK_K == 0)
         ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
     return ts;

@@ -244,7 +244,8 @@ void kquant_gemv_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, co
                 int8_t sc8[16];
                 if constexpr (WT == DType::Q3_K) {
                     const auto* b = reinterpret_cast<const block_q3_K*>(blk);
-                    q3_K_scales8(b->scales, sc8), d = f16(b->d);
+                    q3_K_scales_biased(b->scales, reinterpret_cast<uint8_t*>(sc8)), d = f16(b->d);
+                    vst1q_s8(sc8, vsubq_s8(vld1q_s8(sc8), vdupq_n_s8(32)));
                 } else {
                     const auto* b = reinterpret_cast<const block_q6_K*>(blk);
                     std::memcpy(sc8, b->scales, 16), d = f16(b->d);
@@ -294,6 +295,8 @@ void gemm_q_kquant_rows(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r
     }
 }
 
+#include "kernels_neon_mxfp4.inc"
+
 void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
             int64_t n_tok, float* out, int64_t out_stride) {
     switch (wt) {
@@ -309,6 +312,7 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
         case DType::Q5_1: return gemm_q_typed<DType::Q5_1>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::IQ4_NL: return gemm_q_typed<DType::IQ4_NL>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::IQ4_XS: return gemm_q_iq4_xs(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        case DType::MXFP4: return gemm_q_mxfp4(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
     }
 }
