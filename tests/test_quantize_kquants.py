@@ -234,7 +234,7 @@ def test_quantize_pure_and_refusals(llama_8l, tmp_path, capsys):
     types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors if len(t.shape) == 2}
     assert types == {"Q4_K"}
     capsys.readouterr()
-    for refused, why in (("iq2_xs", "importance matrix"), ("tq1_0", "ternary"), ("mxfp4_moe", "mixture-of-experts")):
+    for refused, why in (("iq2_xs", "importance matrix"), ("tq1_0", "ternary"), ("mxfp4_moe", "no MXFP4 quantizer")):
         with pytest.raises(SystemExit):
             main(["quantize", str(llama_8l.path("hf-F32")), str(tmp_path / "no.gguf"), "--type", refused])
         assert why in capsys.readouterr().err

@@ -15,7 +15,8 @@ REFUSED = {
                     "neither computes nor runs"),
     **dict.fromkeys(("tq1_0", "tq2_0"), "the ternary types are for ternary-trained models (BitNet), which "
                                         "forgert does not run"),
-    "mxfp4_moe": "MXFP4 is for mixture-of-experts weights, and forgert quantize does not write MoE models yet",
+    "mxfp4_moe": "forgert has no MXFP4 quantizer (a gpt-oss GGUF's MXFP4 experts are kept as they are by "
+                 "every other type)",
     "q2_k_s": "Q2_K_S needs an importance matrix",
 }
 
