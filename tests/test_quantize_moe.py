@@ -1,5 +1,5 @@
-"""`forgert quantize` on mixture-of-experts models: tiny random Qwen3-MoE (8 experts) and Mixtral
-(4 experts, GQA 4) from transformers, hidden and expert width 256 (whole K-quant super-blocks),
+"""`forgert quantize` on mixture-of-experts models: tiny random Qwen3-MoE (8 experts), Mixtral
+(4 experts, GQA 4) and Qwen2-MoE (4 experts and a shared one) from transformers, hidden and expert width 256 (whole K-quant super-blocks),
 2 layers, quantized from their HF directories (per-expert tensors) and from llama.cpp-layout F32
 GGUFs (3-D expert stacks) to Q4_K_M and Q8_0.
 
@@ -29,6 +29,10 @@ MODELS = {   # name -> (builder, arguments, GGUF arch, extra GGUF metadata)
                     {"add_expert_weights_norm": True}),
     "mixtral-4x": (moe.build_mixtral, dict(hidden=256, n_heads=4, n_kv_heads=1, ffn=256, n_expert=4, top_k=2,
                                            seed=42), "llama", {}),
+    # Qwen2-MoE: QKV biases and a sigmoid-gated shared expert, whose 1-row gate ffn_gate_inp_shexp
+    # llama.cpp quantizes (it is not the router) as an ffn_gate
+    "qwen2moe-4x-shared": (moe.build_qwen2_moe, dict(hidden=256, n_heads=4, n_kv_heads=2, ffn=256, moe_ffn=256,
+                                                     shared_ffn=256, n_expert=4, seed=43), "qwen2moe", {}),
 }
 SOURCES = ["hf", "gguf"]
 MIXES = ["q4_k_m", "q8_0"]
@@ -39,18 +43,24 @@ def expected_types(name: str, mix: str) -> dict:
     out = {"token_embd.weight": "Q8_0", "output.weight": "Q8_0", "output_norm.weight": "F32"}
     if mix == "q4_k_m":
         out.update({"token_embd.weight": "Q4_K", "output.weight": "Q6_K"})
-    eight = name == "qwen3moe-8x"
+    eight, shared = name == "qwen3moe-8x", name == "qwen2moe-4x-shared"
     for layer in (0, 1):
         p = f"blk.{layer}."
         out.update({p + n: "F32" for n in ("attn_norm.weight", "ffn_norm.weight", "ffn_gate_inp.weight")})
         if eight:
             out.update({p + "attn_q_norm.weight": "F32", p + "attn_k_norm.weight": "F32"})
+        if shared:
+            out.update({p + f"attn_{x}.bias": "F32" for x in "qkv"})
+        more = "Q6_K" if layer == 1 else "Q4_K"
+        if shared:
+            out.update({p + n: "Q8_0" if mix == "q8_0" else "Q4_K"
+                        for n in ("ffn_gate_inp_shexp.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight")})
+            out[p + "ffn_down_shexp.weight"] = "Q8_0" if mix == "q8_0" else more
         if mix == "q8_0":
             out.update({p + n: "Q8_0" for n in ("attn_q.weight", "attn_k.weight", "attn_v.weight",
                                                  "attn_output.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight",
                                                  "ffn_down_exps.weight")})
             continue
-        more = "Q6_K" if layer == 1 else "Q4_K"
         out.update({p + "attn_q.weight": "Q4_K", p + "ffn_gate_exps.weight": "Q4_K", p + "ffn_up_exps.weight": "Q4_K",
                     p + "ffn_down_exps.weight": more,
                     p + "attn_k.weight": "Q8_0" if eight else "Q4_K",
@@ -126,7 +136,8 @@ def test_q8_0_expert_stacks_are_the_gguf_packages_quantization(quantized, source
 # within 2.4e-4, the float bound, so the file is right). Measured (avx512 VM; max_rel / rms_rel,
 # prefill of 64, decode of 24): qwen3moe-8x Q4_K_M 2.9e-3 / 8.4e-4, 1.5e-3 / 8.2e-4; Q8_0
 # 1.3e-3 / 5.6e-4, 3.3e-3 / 1.0e-3. mixtral-4x Q4_K_M 4.2e-3 / 9.0e-4, 1.2e-3 / 8.4e-4; Q8_0
-# 2.7e-3 / 7.9e-4, 1.2e-3 / 6.1e-4. Argmax agreement 1.0 everywhere.
+# 2.7e-3 / 7.9e-4, 1.2e-3 / 6.1e-4. qwen2moe-4x-shared Q4_K_M 1.3e-3 / 5.5e-4, 1.7e-3 / 9.2e-4;
+# Q8_0 1.5e-3 / 5.9e-4, 1.1e-3 / 5.2e-4. Argmax agreement 1.0 everywhere.
 BOUNDS = dict(max_rel=1e-2, rms_rel=2e-3, argmax=0.95)
 
 
