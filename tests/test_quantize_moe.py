@@ -6,8 +6,9 @@ GGUFs (3-D expert stacks) to Q4_K_M and Q8_0.
 Checked against independent references: the gguf package reads the file (3-D stacks
 [n_expert, rows, cols], the types below, listed by hand from llama.cpp's llama_tensor_get_type),
 its Q8_0 stacks equal gguf.quants.quantize of the f32 experts byte for byte, and forgert's logits
-match transformers running the gguf package's dequantization of the file's bytes, at the Q8_0
-rms bound test_arch_moe uses for llama.cpp-written files (2e-3; max_rel: see BOUNDS).
+(CPU and emulated Metal, prefill and decode) match transformers running the gguf package's
+dequantization of the file's bytes: on the CPU at the Q8_0 rms bound test_arch_moe uses for
+llama.cpp-written files (2e-3); max_rel, and Metal's bounds, are wider at hidden 256: see BOUNDS.
 
 Q4_K_M with 2 layers: use_more_bits picks layer 1, so ffn_down_exps is Q4_K in layer 0 and Q6_K
 in layer 1; attn_v likewise in the 4-expert Mixtral. Exactly 8 experts (Qwen3-MoE here) raise
@@ -21,6 +22,7 @@ import pytest
 
 import model_factory as mf
 import moe_factory as moe
+from conftest import backend_params, require_backend
 from test_e2e_tiny import compare_logits
 
 MODELS = {   # name -> (builder, arguments, GGUF arch, extra GGUF metadata)
@@ -138,24 +140,33 @@ def test_q8_0_expert_stacks_are_the_gguf_packages_quantization(quantized, source
 # 1.3e-3 / 5.6e-4, 3.3e-3 / 1.0e-3. mixtral-4x Q4_K_M 4.2e-3 / 9.0e-4, 1.2e-3 / 8.4e-4; Q8_0
 # 2.7e-3 / 7.9e-4, 1.2e-3 / 6.1e-4. qwen2moe-4x-shared Q4_K_M 1.3e-3 / 5.5e-4, 1.7e-3 / 9.2e-4;
 # Q8_0 1.5e-3 / 5.9e-4, 1.1e-3 / 5.2e-4. Argmax agreement 1.0 everywhere.
-BOUNDS = dict(max_rel=1e-2, rms_rel=2e-3, argmax=0.95)
+BOUNDS = {"cpu": dict(max_rel=1e-2, rms_rel=2e-3, argmax=0.95),
+          # emulated Metal: its prefill GEMMs round weight tiles to half, which at hidden 256 reaches
+          # past test_arch_moe's 5e-3 / 4e-3. Measured prefill (max_rel / rms_rel; Q4_K_M, Q8_0):
+          # qwen3moe-8x 5.7e-3 / 2.0e-3, 5.0e-3 / 2.5e-3; mixtral-4x 6.6e-3 / 2.9e-3, 4.4e-3 / 2.2e-3;
+          # qwen2moe-4x-shared 3.4e-3 / 1.9e-3, 5.0e-3 / 1.9e-3; decode <= 3.4e-4 / 1.5e-4;
+          # argmax >= 0.984 (one near-tie of 64)
+          "metal": dict(max_rel=2e-2, rms_rel=8e-3, argmax=0.95)}
 
 
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("mix", MIXES)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_logits_match_transformers(forgert, quantized, sources, tmp_path, name, mix):
+def test_logits_match_transformers(forgert, quantized, sources, metal_reason, tmp_path, name, mix, backend):
+    require_backend(backend, metal_reason)
     model, hf_dir, _, arch = sources(name)
     path = quantized(name, "hf", mix)
     ref = mf.with_f16_kv(moe.dequantized_reference(hf_dir, path, arch, model.config, tmp_path / "ref"))
+    bounds = BOUNDS[backend]
     vocab = model.config.vocab_size
-    eng = forgert.Model(str(path), backend="cpu")._engine
+    eng = forgert.Model(str(path), backend=backend, n_ctx=128)._engine
     ids = np.random.default_rng(1).integers(0, vocab, 64).astype(np.int32)
     out = np.asarray(eng.forward(ids, 0, True))
-    compare_logits(out, mf.reference_logits(ref, ids), **BOUNDS, what=f"{name} {mix} prefill")
-    eng = forgert.Model(str(path), backend="cpu")._engine
+    compare_logits(out, mf.reference_logits(ref, ids), **bounds, what=f"{name} {mix} {backend} prefill")
+    eng = forgert.Model(str(path), backend=backend, n_ctx=128)._engine
     ids = np.random.default_rng(2).integers(0, vocab, 24).astype(np.int32)
     out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
-    compare_logits(out, mf.reference_logits(ref, ids), **BOUNDS, what=f"{name} {mix} decode")
+    compare_logits(out, mf.reference_logits(ref, ids), **bounds, what=f"{name} {mix} {backend} decode")
 
 
 def test_hf_and_gguf_sources_write_the_same_tensors(quantized):
