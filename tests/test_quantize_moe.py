@@ -251,3 +251,21 @@ def test_requantized_expert_stacks(quantized, sources, tmp_path):
         y = gguf.quants.dequantize(np.asarray(got[name].data), got[name].tensor_type).reshape(src[name].shape)
         x = src[name]
         assert ((y - x) ** 2).sum() / (x ** 2).sum() < 1.6e-2, name
+
+
+def test_gpt_oss_to_f16_decodes_mxfp4(gpt_oss, tmp_path):
+    """--type f16 asks for F16 experts: the MXFP4 stacks decoded (to the gguf package's values,
+    which F16 holds exactly: E2M1 times a power of two) and written [n_expert, rows, cols]."""
+    from forgert.cli import main
+    _, src, _ = gpt_oss
+    out = tmp_path / "f16.gguf"
+    assert main(["quantize", str(src), str(out), "--type", "f16"]) == 0
+    before = {t.name: t for t in gguf.GGUFReader(src).tensors}
+    after = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    stacks = [n for n in after if n.endswith("_exps.weight")]
+    assert stacks
+    for name in stacks:
+        b = before[name]
+        assert after[name].tensor_type.name == "F16" and after[name].shape.tolist() == b.shape.tolist()
+        want = gguf.quants.dequantize(np.asarray(b.data), b.tensor_type).reshape(-1)
+        assert np.array_equal(np.asarray(after[name].data).reshape(-1).astype(np.float32), want), name
