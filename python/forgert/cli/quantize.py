@@ -35,7 +35,9 @@ def add_parser(subparsers):
                               description="Convert a GGUF or an HF model directory (F32/F16/BF16 "
                                           "safetensors) into a GGUF of the chosen weight mix, with "
                                           "llama.cpp's rules for which tensors get more bits (output, "
-                                          "some attn_v / ffn_down layers). Norms and biases stay F32.")
+                                          "some attn_v / ffn_down layers). Norms, biases and MoE routers stay F32; "
+                                          "expert stacks are quantized expert by expert (gpt-oss's MXFP4 "
+                                          "experts are kept).")
     p.add_argument("input", help="a .gguf file, an HF model directory, or hf:ORG/NAME[/FILE]")
     p.add_argument("output", help="the .gguf file to write")
     p.add_argument("--type", "-t", required=True, type=mix_name, metavar="TYPE",
