@@ -97,16 +97,19 @@ class Server:
             self.proc.kill()
 
 
-def one_request(port: int, prompt: str, max_tokens: int, timeout: float) -> dict:
-    """A streaming chat request: {"latency", "ttft", "tokens"} or {"error"}."""
-    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": prompt}],
+def one_request(port: int, prompt: str, max_tokens: int, timeout: float, route: str = "chat") -> dict:
+    """A streaming chat (or plain completions) request: {"latency", "ttft", "tokens"} or {"error"}."""
+    # completions: for models without a chat template (the random-weight GGUFs of bench/synthetic_gguf.py)
+    text_field = {"messages": [{"role": "user", "content": prompt}]} if route == "chat" else {"prompt": prompt}
+    body = json.dumps({"model": "x", **text_field,
                        "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
                        "stream_options": {"include_usage": True}})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     start = time.perf_counter()
     first, tokens = None, 0
     try:
-        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
         r = conn.getresponse()
         if r.status != 200:
             return {"error": f"HTTP {r.status}: {r.read()[:200]!r}"}
@@ -119,7 +122,8 @@ def one_request(port: int, prompt: str, max_tokens: int, timeout: float) -> dict
                 return {"error": chunk["error"]["message"]}
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            elif first is None and chunk["choices"] and (chunk["choices"][0].get("delta", {}).get("content")
+                                                         or chunk["choices"][0].get("text")):
                 first = time.perf_counter() - start
     except OSError as e:
         return {"error": f"{type(e).__name__}: {e}"}
@@ -128,7 +132,8 @@ def one_request(port: int, prompt: str, max_tokens: int, timeout: float) -> dict
     return {"latency": time.perf_counter() - start, "ttft": first, "tokens": tokens}
 
 
-def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int, timeout: float) -> dict:
+def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int, timeout: float,
+              route: str = "chat") -> dict:
     """`clients` threads, each sending its requests one after another; all start together."""
     results: list[dict] = []
     lock = threading.Lock()
@@ -137,7 +142,7 @@ def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int
     def client(c: int) -> None:
         go.wait()
         for i in range(requests_per_client):
-            r = one_request(port, PROMPTS[(c + i * clients) % len(PROMPTS)], max_tokens, timeout)
+            r = one_request(port, PROMPTS[(c + i * clients) % len(PROMPTS)], max_tokens, timeout, route)
             with lock:
                 results.append(r)
 
@@ -171,7 +176,8 @@ def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> s
         f"- machine: {machine()}",
         f"- model: {health.get('model')}, n_ctx {args.n_ctx}, threads {args.threads or 'all'}, "
         f"`forgert serve --parallel {args.parallel}` (continuous batching)",
-        f"- requests: streaming chat completions over loopback, {args.max_tokens} tokens each (ignore_eos), "
+        f"- requests: streaming {'chat completions' if args.route == 'chat' else 'completions'} over loopback, "
+        f"{args.max_tokens} tokens each (ignore_eos), "
         f"temperature 0, {args.requests_per_client} per client, clients start together",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average before / after: "
         f"{args.load_before:.1f} / {load_after:.1f} (other work on the machine skews every figure)",
@@ -203,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown table written here")
+    p.add_argument("--route", choices=("chat", "completions"), default="chat",
+                   help="completions for a model without a chat template (bench/synthetic_gguf.py's)")
     args = p.parse_args(argv)
     if args.clients < 1 or args.max_tokens < 2 or args.requests_per_client < 1:
         p.error("--clients and --requests-per-client must be >= 1, --max-tokens >= 2")
@@ -212,10 +220,13 @@ def main(argv=None) -> int:
     server = Server(args.model, args.n_ctx, args.threads, args.parallel)
     try:
         health = server.wait_ready()
-        run_level(server.port, 1, 1, 4, args.timeout)     # warm-up, not reported
+        warm = run_level(server.port, 1, 1, 4, args.timeout, args.route)     # warm-up, not reported
+        if warm["errors"]:
+            raise SystemExit(f"the warm-up request failed: {warm['errors'][0]}")
         rows = []
         for clients in sorted({1, args.clients}):
-            row = run_level(server.port, clients, args.requests_per_client, args.max_tokens, args.timeout)
+            row = run_level(server.port, clients, args.requests_per_client, args.max_tokens, args.timeout,
+                            args.route)
             rows.append(row)
             print(f"{clients:>3} clients: {row['requests']} requests, {len(row['errors'])} errors, "
                   f"{row['tokens_per_s']:.1f} tok/s aggregate, first token p50 {row['ttft_p50']:.3f}s "

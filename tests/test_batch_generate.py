@@ -105,8 +105,6 @@ def test_bad_batch_arguments(tiny_models, load):
     m = load(tm, parallel=2)
     with pytest.raises(ValueError, match="2 SamplingParams for 3 prompts"):
         m.generate([[1], [2], [3]], [SamplingParams(), SamplingParams()])
-    with pytest.raises(ValueError, match="not supported with a list of prompts"):
-        m.stream([[1], [2]], logprobs=2)
     with pytest.raises(ValueError, match="prompt is empty"):
         m.generate([[1], []])
     with pytest.raises(ValueError, match="parallel"):

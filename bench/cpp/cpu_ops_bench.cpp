@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
                     DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 512}) {
-                if (n > max_n) continue;
+                if (n > max_n || s.cols % dtype_block_elems(t)) continue;  // K-quants: whole super-blocks
                 char name[64];
                 std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
                 if (!std::strstr(name, filter)) continue;

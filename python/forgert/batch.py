@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .completion import Completion, Timings, Usage
+from .completion import Completion, StreamPiece, Timings, Usage
 from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
 from .logprobs import token_logprob
@@ -287,6 +287,12 @@ class BatchScheduler:
                 chosen.append(error)
         return chosen, logits
 
+    def close(self) -> None:
+        """Ends the grammar-mask threads (a scheduler used for one batch, as run_batch's)."""
+        if self._mask_pool is not None:
+            self._mask_pool.shutdown(wait=False)
+            self._mask_pool = None
+
     def _masks(self) -> ThreadPoolExecutor:
         if self._mask_pool is None:
             self._mask_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
@@ -294,20 +300,29 @@ class BatchScheduler:
         return self._mask_pool
 
 
-def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk):
+def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk, options_list=None):
     """Generator of (prompt index, text piece); returns the Completions in prompt order.
 
     engine: a _core.Engine (its n_slots sequences at a time); prompts: lists of token ids, each
-    shorter than the context; params_list: one SamplingParams per prompt."""
+    shorter than the context; params_list: one SamplingParams per prompt; options_list: one
+    LogitsOptions per prompt, or None for none. A prompt asking for logprobs gets StreamPiece
+    pieces (as Model.stream gives for one prompt), its last one possibly of empty text.
+    The first sequence that fails (its grammar refused a token) raises its error."""
     sched = BatchScheduler(engine, tokenizer, prefill_chunk)
-    seqs = [sched.add(p, params_list[i]) for i, p in enumerate(prompts)]
+    options_list = options_list or [LogitsOptions()] * len(prompts)
+    seqs = [sched.add(p, params_list[i], options_list[i]) for i, p in enumerate(prompts)]
     index = {id(s): i for i, s in enumerate(seqs)}
-    while sched.busy:
-        for out in sched.step():
-            if out.sequence.error is not None:
-                raise out.sequence.error
-            if out.text:
-                yield index[id(out.sequence)], out.text
+    try:
+        while sched.busy:
+            for out in sched.step():
+                if out.sequence.error is not None:
+                    raise out.sequence.error
+                if out.logprobs is not None:
+                    yield index[id(out.sequence)], StreamPiece(out.text, out.logprobs)
+                elif out.text:
+                    yield index[id(out.sequence)], out.text
+    finally:
+        sched.close()
     return [s.result for s in seqs]
 
 

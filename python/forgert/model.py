@@ -16,7 +16,7 @@ import numpy as np
 
 from . import cpu_topology
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
-from .batch import run_batch
+from .batch import LogitsOptions, run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
@@ -135,6 +135,16 @@ def _is_prompt_list(prompt) -> bool:
     """A list of prompts (str or token-id sequences), not one prompt of token ids or chat messages."""
     return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
             and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
+
+
+def _per_prompt(value, n: int, name: str, what: str = "values") -> list:
+    """One batch argument as a list of n: a list/tuple gives one entry per prompt (its length
+    must be n), anything else applies to every prompt."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name}: {len(value)} {what} for {n} prompts (one per prompt, or one value for all)")
+        return list(value)
+    return [value] * n
 
 
 class TextStream:
@@ -634,11 +644,11 @@ class Model:
 
         A list of prompts (str or token-id lists) runs as one batch, `parallel` sequences at a
         time: the stream yields (prompt index, text piece) and `.completion` is then the list of
-        Completions in prompt order. params may then be a list, one SamplingParams per prompt."""
+        Completions in prompt order. params, logprobs, response_format and logit_bias then apply
+        to every prompt, or each may be a list with one entry per prompt (None: not for it); a
+        prompt with logprobs yields (prompt index, StreamPiece)."""
         if _is_prompt_list(prompt):
-            if logprobs is not None or response_format is not None or logit_bias is not None:
-                raise ValueError("logprobs, response_format and logit_bias are not supported with a list of prompts")
-            return self._start_batch(prompt, params, sampling)
+            return self._start_batch(prompt, params, sampling, logprobs, response_format, logit_bias)
         params = SamplingParams.from_kwargs(params, **sampling)
         return self._start(self._prompt_ids(prompt), params, logprobs, response_format, logit_bias)
 
@@ -651,23 +661,37 @@ class Model:
                                   tools=tools)
         return self._prompt_ids(prompt, check_context=False)
 
-    def _start_batch(self, prompts, params, sampling) -> TextStream:
-        if isinstance(params, (list, tuple)):
-            if len(params) != len(prompts):
-                raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-            params_list = [SamplingParams.from_kwargs(p, **sampling) for p in params]
-        else:
-            params_list = [SamplingParams.from_kwargs(params, **sampling)] * len(prompts)
+    def _start_batch(self, prompts, params, sampling, logprobs, response_format, logit_bias) -> TextStream:
+        """Checks every argument before the batch starts (a bad one is a ValueError naming the
+        prompt it belongs to); a response_format shared by the prompts is compiled once."""
+        n = len(prompts)
+        params_each = _per_prompt(params, n, "params", "SamplingParams")
+        top = _per_prompt(logprobs, n, "logprobs")
+        formats = _per_prompt(response_format, n, "response_format")
+        biases = _per_prompt(logit_bias, n, "logit_bias")
+        grammars = {}   # id(response_format) -> Grammar
+        params_list, options = [], []
+        for i in range(n):
+            where = f" (prompt {i})" if n > 1 else ""
+            try:
+                params_list.append(SamplingParams.from_kwargs(params_each[i], **sampling))
+                _check_logprobs(top[i], "logprobs", allow_none=True)
+                fmt = formats[i]
+                if id(fmt) not in grammars:
+                    grammars[id(fmt)] = fmt if isinstance(fmt, Grammar) else self.compile_response_format(fmt)
+                options.append(LogitsOptions(top[i], self._bias_row(biases[i]), grammars[id(fmt)]))
+            except ValueError as e:
+                raise ValueError(f"{e}{where}") from None
         ids = [self._prompt_ids(p) for p in prompts]
         if self._lock.held_by_me():
             self._lock.acquire("a new stream")
-        return TextStream(self._run_batch(ids, params_list))
+        return TextStream(self._run_batch(ids, params_list, options))
 
-    def _run_batch(self, ids, params_list):
+    def _run_batch(self, ids, params_list, options):
         self._lock.acquire("a new stream")
         try:
             self._cache_tokens = []     # the batch overwrites slot 0, the single-sequence cache
-            return (yield from run_batch(self._engine, self.tokenizer, ids, params_list, PREFILL_CHUNK))
+            return (yield from run_batch(self._engine, self.tokenizer, ids, params_list, PREFILL_CHUNK, options))
         finally:
             self._cache_tokens = []
             self._lock.release()

@@ -141,8 +141,9 @@ inline void q4_K_scales_mins(const uint8_t* packed, uint8_t* sm) {
     std::memcpy(sm, o, 16);
 }
 
-// Q3_K's 16 scales (6 bits, packed in 12 bytes) minus 32, as bytes (q3_K_scales for all at once).
-inline void q3_K_scales8(const uint8_t* packed, int8_t* sc) {
+// Q3_K's 16 scales (6 bits, packed in 12 bytes) plus 32, as bytes 0..63 (q3_K_scales for all at
+// once; the caller takes the 32 off as a vector).
+inline void q3_K_scales_biased(const uint8_t* packed, uint8_t* sc) {
     constexpr uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
     uint32_t u[3], o[4];
     std::memcpy(u, packed, 12);
@@ -150,9 +151,7 @@ inline void q3_K_scales8(const uint8_t* packed, int8_t* sc) {
     o[1] = (u[1] & k4) | (((u[2] >> 2) & k2) << 4);
     o[2] = ((u[0] >> 4) & k4) | (((u[2] >> 4) & k2) << 4);
     o[3] = ((u[1] >> 4) & k4) | (((u[2] >> 6) & k2) << 4);
-    uint8_t u8[16];
-    std::memcpy(u8, o, 16);
-    for (int i = 0; i < 16; i++) sc[i] = (int8_t)(u8[i] - 32);  // 0..63 -> -32..31
+    std::memcpy(sc, o, 16);
 }
 
 // One super-block to f32.                                            y [256]

@@ -244,7 +244,8 @@ void kquant_gemv_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, co
                 int8_t sc8[16];
                 if constexpr (WT == DType::Q3_K) {
                     const auto* b = reinterpret_cast<const block_q3_K*>(blk);
-                    q3_K_scales8(b->scales, sc8), d = f16(b->d);
+                    q3_K_scales_biased(b->scales, reinterpret_cast<uint8_t*>(sc8)), d = f16(b->d);
+                    vst1q_s8(sc8, vsubq_s8(vld1q_s8(sc8), vdupq_n_s8(32)));
                 } else {
                     const auto* b = reinterpret_cast<const block_q6_K*>(blk);
                     std::memcpy(sc8, b->scales, 16), d = f16(b->d);
