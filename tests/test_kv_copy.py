@@ -47,16 +47,27 @@ def test_copy_rows_against_numpy(ops, rows, cols, src, dst, n):
     cache = f16_cache(rows, cols, seed=rows + src)
     expect = cache.copy()
     expect[dst:dst + n] = cache[src:src + n]
-    got = ops.copy_rows(cache, src, dst, n)
+    got = ops.copy_rows(cache, [(src, dst, n)])
     assert got.dtype == np.float16 and got.shape == cache.shape
+    np.testing.assert_array_equal(got.view(np.uint16), expect.view(np.uint16))
+
+
+def test_chained_copies_in_one_command_buffer(ops):
+    """Slot 0 -> 1, then slot 1 -> 2 and slot 0 -> 3 (reads of what the first wrote, and of what
+    it read), in one command buffer: each copy sees the ones before it (the encoder's hazards)."""
+    cache = f16_cache(4 * 16, 32, seed=9)
+    expect = cache.copy()
+    for src, dst, n in [(0, 16, 12), (16, 32, 12), (0, 48, 16)]:
+        expect[dst:dst + n] = expect[src:src + n]
+    got = ops.copy_rows(cache, [(0, 16, 12), (16, 32, 12), (0, 48, 16)])
     np.testing.assert_array_equal(got.view(np.uint16), expect.view(np.uint16))
 
 
 def test_copy_rows_refuses_overlap(ops):
     with pytest.raises(ValueError, match="overlap"):
-        ops.copy_rows(f16_cache(16, 8, 0), 0, 4, 8)
+        ops.copy_rows(f16_cache(16, 8, 0), [(0, 4, 8)])
     with pytest.raises(ValueError, match="past the cache"):
-        ops.copy_rows(f16_cache(16, 8, 0), 0, 12, 8)
+        ops.copy_rows(f16_cache(16, 8, 0), [(0, 12, 8)])
 
 
 def make_engine(tiny, n_slots, backend="cpu"):
