@@ -6,7 +6,8 @@ tests/test_e2e_smollm2_quantized.py were checked with it.
     cmake -S LLAMA -B LLAMA/build -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TOOLS=OFF \\
           -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
           -DLLAMA_BUILD_SERVER=OFF && cmake --build LLAMA/build --target llama
-    python bench/llamacpp_quant_mixes.py LLAMA [model.gguf ...]    # default: tiny 8-layer Llamas, tied and untied
+    python bench/llamacpp_quant_mixes.py LLAMA [model.gguf ...]    # default: tiny 8-layer Llamas, tied and untied,
+                                                                   # and tiny MoEs: Mixtral 8 experts, Qwen3-MoE 4
 
 Source models must be GGUFs (llama.cpp quantizes only those); quantized ones are re-quantized
 (allow_requantize).
@@ -55,8 +56,27 @@ def tiny_sources(out_dir: Path) -> list:
     from test_quantize_kquants import SPEC_8
     tied = mf.TinySpec(name="llama_8l_tied", arch="llama", hidden=256, n_layers=8, n_heads=4, n_kv_heads=2, ffn=256,
                        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-5, seed=22)
-    return [mf.make_tiny_model(spec, out_dir, hf_dtypes=(), gguf_types=("F32",)).path("gguf-F32")
-            for spec in (SPEC_8, tied)]
+    dense = [mf.make_tiny_model(spec, out_dir, hf_dtypes=(), gguf_types=("F32",)).path("gguf-F32")
+             for spec in (SPEC_8, tied)]
+    return dense + moe_sources(out_dir)
+
+
+def moe_sources(out_dir: Path) -> list:
+    """8-layer MoEs with whole K-quant super-blocks: 8 experts (llama.cpp's 8-expert attn_v / attn_k /
+    attn_output rules) and 4, expert stacks in llama.cpp's 3-D layout."""
+    import model_factory as mf
+    import moe_factory as moe
+    tok = mf.build_tokenizer()
+    out = []
+    for name, model, arch, meta in (
+            ("mixtral_8x", moe.build_mixtral(tok.get_vocab_size(), hidden=256, n_layers=8, n_heads=4, n_kv_heads=1,
+                                             ffn=256, n_expert=8), "llama", {}),
+            ("qwen3moe_4x", moe.build_qwen3_moe(tok.get_vocab_size(), hidden=256, n_layers=8, head_dim=64, ffn=256,
+                                                moe_ffn=256, n_expert=4), "qwen3moe",
+             {"add_expert_weights_norm": True})):
+        hf_dir = moe.save_hf(model, tok, out_dir / name / "hf")
+        out.append(moe.write_gguf(hf_dir, out_dir / f"{name}.gguf", "F32", arch, model.config, tok, extra_meta=meta))
+    return out
 
 
 def main() -> int:

@@ -207,3 +207,52 @@ def quantized_reference(model, hf_dir: Path, type_name: str, out_dir: Path):
     save_file(rounded, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text((hf_dir / "config.json").read_text())
     return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()
+
+
+def hf_name_of(gguf_name: str, n_expert: int) -> list:
+    """The HF tensor names a GGUF tensor holds: one, or for an expert stack one per expert
+    (Qwen-MoE's mlp.experts.E.*_proj; Mixtral's are asked for with its own names by the caller)."""
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+    if gguf_name in top:
+        return [top[gguf_name]]
+    _, layer, rest = gguf_name.split(".", 2)
+    stack = rest[:-len(".weight")]
+    if stack in _STACK.values():
+        return [(f"model.layers.{layer}", e, stack) for e in range(n_expert)]
+    return [f"model.layers.{layer}.{hf}" for hf, g in _LAYER.items() if g == rest]
+
+
+def dequantized_reference(hf_dir: Path, gguf_path: Path, arch: str, model_cfg, out_dir: Path):
+    """The HF model whose every tensor is the gguf package's dequantization of the GGUF's bytes
+    (its own reader and dequantizers), llama's Q/K rows permuted back: what a runtime reading the
+    file exactly would compute."""
+    from transformers import AutoModelForCausalLM
+    sd = hf_tensors(hf_dir)
+    mixtral = any(".block_sparse_moe." in n for n in sd)
+    n_expert = getattr(model_cfg, "num_local_experts", None) or model_cfg.num_experts
+    out = {}
+    for t in gguf.GGUFReader(str(gguf_path)).tensors:
+        w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+        w = w.reshape(tuple(int(d) for d in reversed(t.shape.tolist()))) if w.ndim > 1 else w
+        for hf in hf_name_of(t.name, n_expert):
+            if isinstance(hf, tuple):     # one expert of a stack
+                prefix, e, stack = hf
+                part = [k for k, v in _STACK.items() if v == stack and (k.startswith("w") == mixtral)][0]
+                block = "block_sparse_moe" if mixtral else "mlp"
+                out[f"{prefix}.{block}.experts.{e}.{part}.weight"] = w[e]
+                continue
+            if hf not in sd:
+                continue
+            v = w.reshape(sd[hf].shape)
+            if arch == "llama" and hf.endswith("q_proj.weight"):
+                v = mf.unpermute_qk_from_gguf(v, model_cfg.num_attention_heads)
+            elif arch == "llama" and hf.endswith("k_proj.weight"):
+                v = mf.unpermute_qk_from_gguf(v, model_cfg.num_key_value_heads)
+            out[hf] = np.ascontiguousarray(v, dtype=np.float32)
+    missing = set(sd) - set(out)
+    assert not missing, f"{gguf_path.name} lacks {sorted(missing)}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text((hf_dir / "config.json").read_text())
+    return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()

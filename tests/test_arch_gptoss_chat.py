@@ -113,3 +113,174 @@ def test_server_returns_analysis_as_reasoning_content(forgert, harmony, stream):
             msg = client.chat.completions.create(model="scripted", messages=messages).choices[0].message
             content, reasoning = msg.content, msg.model_extra["reasoning_content"]
     assert (content, reasoning) == (ANSWER, REASONING)
+
+
+# ----------------------------------------------------------------------------- tool calls
+
+# The tool-calling parts of gpt-oss's own template, written for these tests (the real one also
+# renders the tools as TypeScript and needs strftime_now): tools in a developer message, an
+# earlier call as `<|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>ARGS<|call|>`,
+# a tool's answer as `<|start|>functions.NAME to=assistant<|channel|>commentary<|message|>"..."<|end|>`.
+HARMONY_TOOLS_TEMPLATE = (
+    "{%- if tools -%}<|start|>developer<|message|># Tools\n\nnamespace functions {\n"
+    "{%- for t in tools %}\ntype {{ t.function.name }} = (_: {{ t.function.parameters | tojson }}) => any;{% endfor %}\n"
+    "} // namespace functions<|end|>{%- endif -%}"
+    "{%- set last = namespace(name=none) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'assistant' and m.tool_calls -%}"
+    "{%- set call = m.tool_calls[0].function -%}"
+    "<|start|>assistant to=functions.{{ call.name }}<|channel|>commentary json<|message|>{{ call.arguments | tojson }}<|call|>"
+    "{%- set last.name = call.name -%}"
+    "{%- elif m.role == 'assistant' -%}<|start|>assistant<|channel|>final<|message|>{{ m.content }}<|end|>"
+    "{%- elif m.role == 'tool' -%}"
+    "{%- if last.name is none -%}{{ raise_exception('a tool message with no call before it') }}{%- endif -%}"
+    "<|start|>functions.{{ last.name }} to=assistant<|channel|>commentary<|message|>{{ m.content | tojson }}<|end|>"
+    "{%- else -%}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}")
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+ANALYSIS = "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant"
+CALL_AFTER_CHANNEL = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
+CALL_BEFORE_CHANNEL = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city":"Paris"}'
+
+
+def feed_calls(text: str, size: int, parse_calls: bool = True):
+    out, content, reasoning = HarmonyOutput(parse_calls=parse_calls), "", ""
+    for i in range(0, len(text), size):
+        d = out.feed(text[i:i + size])
+        content, reasoning = content + d.content, reasoning + d.reasoning
+    d = out.finish()
+    assert (out.content, out.reasoning) == (content + d.content, reasoning + d.reasoning)
+    return content + d.content, reasoning + d.reasoning, [(c.name, json.loads(c.arguments)) for c in out.tool_calls]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_tool_calls_split_in_any_pieces(size):
+    paris = [("get_weather", {"city": "Paris"})]
+    # the recipient after the channel (as gpt-oss writes it) or before (as its template does)
+    assert feed_calls(ANALYSIS + CALL_AFTER_CHANNEL, size) == ("", "Need the weather.", paris)
+    assert feed_calls(CALL_BEFORE_CHANNEL, size) == ("", "", paris)
+    # a commentary preamble without a recipient is content; <|call|> ends the body (ignore_eos)
+    assert feed_calls("<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant"
+                      + CALL_AFTER_CHANNEL + "<|call|>", size) == ("Checking.", "", paris)
+    # arguments that are not JSON (or cut off by max_tokens): the body stays content, no call
+    broken = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Par'
+    assert feed_calls(broken, size) == ('{"city": "Par', "", [])
+    # no tools offered: a call's body is content, as before; a built-in tool's message is no call
+    assert feed_calls(CALL_AFTER_CHANNEL, size, parse_calls=False) == ('{"city": "Paris"}', "", [])
+    assert feed_calls("<|channel|>analysis to=browser.search<|message|>{}", size) == ("", "{}", [])
+    # plain text that starts like a recipient is still text
+    assert feed_calls("to", size) == ("to", "", [])
+    assert feed_calls("today", size) == ("today", "", [])
+
+
+def test_harmony_template_is_the_harmony_tool_style():
+    from forgert.tool_calls import template_style
+    assert template_style(HARMONY_TOOLS_TEMPLATE) == "harmony" and template_style(HARMONY_TEMPLATE) == "harmony"
+
+
+TOOL_ROUND = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "21 C"}]
+
+
+def test_tools_and_tool_messages_render_as_transformers_does():
+    """Tools and a call/answer round through forgert's request schema and template rendering
+    equal transformers' apply_chat_template of the same template."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models
+
+    from forgert.chat import ChatTemplate
+    from forgert.server.schemas import ChatCompletionRequest
+    from forgert.tool_calls import messages_with_tools
+
+    request = ChatCompletionRequest.model_validate({"tools": [WEATHER], "messages": TOOL_ROUND})
+    messages = [m.as_template_message() for m in request.messages]
+    rendered, extra = messages_with_tools(HARMONY_TOOLS_TEMPLATE, messages, request.tool_dicts())
+    ours = ChatTemplate(HARMONY_TOOLS_TEMPLATE).render(rendered, **extra)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")))
+    hf_messages = [TOOL_ROUND[0], {"role": "assistant", "content": "", "tool_calls": [
+                       {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                   {"role": "tool", "content": "21 C"}]
+    assert ours == hf.apply_chat_template(hf_messages, tools=[WEATHER], chat_template=HARMONY_TOOLS_TEMPLATE,
+                                          add_generation_prompt=True, tokenize=False)
+    assert ('<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+            '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"21 C"<|end|>'
+            '<|start|>assistant') in ours
+    assert "type get_weather = (_: {" in ours
+
+
+def collect_choice(client, stream: bool, **kwargs):
+    """(content, reasoning, [(name, arguments dict)], finish_reason) of one chat completion."""
+    if not stream:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or ()]
+        return (choice.message.content, (choice.message.model_extra or {}).get("reasoning_content"),
+                calls, choice.finish_reason)
+    content, reasoning, calls, reason = "", "", {}, None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        reasoning += (d.model_extra or {}).get("reasoning_content") or ""
+        for tc in d.tool_calls or ():
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+        reason = chunk.choices[0].finish_reason or reason
+    return (content or None, reasoning or None,
+            [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())], reason)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_server_returns_harmony_calls_as_tool_calls(forgert, harmony, stream):
+    gguf_path, _, _ = harmony
+    m = forgert.Model(str(gguf_path), backend="cpu", n_ctx=512)
+    script = ANALYSIS + CALL_AFTER_CHANNEL      # generation stopped at <|call|>
+    with LiveServer(ScriptedModel(m, script, HARMONY_TOOLS_TEMPLATE), model_id="scripted") as srv:
+        client = srv.openai_client()
+        got = collect_choice(client, stream, model="scripted", messages=TOOL_ROUND[:1], tools=[WEATHER])
+        assert got == (None, "Need the weather.", [("get_weather", {"city": "Paris"})], "tool_calls")
+        # the call and the tool's answer go back in the next request (OpenAI's message shapes)
+        got = collect_choice(client, stream, model="scripted", messages=TOOL_ROUND, tools=[WEATHER])
+        assert got[3] == "tool_calls"
+        # without tools the same text is no call: its body is content
+        got = collect_choice(client, stream, model="scripted", messages=TOOL_ROUND[:1])
+        assert got == ('{"city": "Paris"}', "Need the weather.", [], "stop")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_server_keeps_malformed_harmony_arguments_as_content(forgert, harmony, stream):
+    gguf_path, _, _ = harmony
+    m = forgert.Model(str(gguf_path), backend="cpu", n_ctx=512)
+    script = ANALYSIS + '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": Paris}'
+    with LiveServer(ScriptedModel(m, script, HARMONY_TOOLS_TEMPLATE), model_id="scripted") as srv:
+        got = collect_choice(srv.openai_client(), stream, model="scripted", messages=TOOL_ROUND[:1], tools=[WEATHER])
+    assert got == ('{"city": Paris}', "Need the weather.", [], "stop")
+
+
+def test_tool_message_without_a_call_is_a_400(forgert, harmony):
+    import openai
+    gguf_path, _, _ = harmony
+    m = forgert.Model(str(gguf_path), backend="cpu", n_ctx=512)
+    with LiveServer(ScriptedModel(m, "", HARMONY_TOOLS_TEMPLATE), model_id="scripted") as srv:
+        with pytest.raises(openai.BadRequestError, match="no call before it"):
+            srv.openai_client().chat.completions.create(
+                model="scripted", tools=[WEATHER], messages=[TOOL_ROUND[0], TOOL_ROUND[2]])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_forced_tool_choice_on_harmony_is_a_call(forgert, harmony, stream):
+    """tool_choice required: the grammar makes the output one {"name", "arguments"} object (the
+    scripted text stands for what it lets through), read as in the other formats."""
+    gguf_path, _, _ = harmony
+    m = forgert.Model(str(gguf_path), backend="cpu", n_ctx=512)
+    script = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    with LiveServer(ScriptedModel(m, script, HARMONY_TOOLS_TEMPLATE), model_id="scripted") as srv:
+        got = collect_choice(srv.openai_client(), stream, model="scripted", messages=TOOL_ROUND[:1],
+                             tools=[WEATHER], tool_choice="required")
+    assert got == (None, None, [("get_weather", {"city": "Paris"})], "tool_calls")

@@ -158,17 +158,6 @@ def test_more_experts_used_than_exist_is_refused(forgert, mixtral, tmp_path, tin
         forgert.Model(str(path), backend="cpu")
 
 
-def test_quantize_refuses_moe_models(forgert, mixtral, tmp_path):
-    """forgert quantize does not write expert stacks yet: a clear error, no half-written file."""
-    from forgert.gguf_export import export_gguf
-    files, _, _ = mixtral("qwen3moe-8x-top2")
-    for fmt in ("hf-F32", "gguf-F32"):
-        out = tmp_path / f"{fmt}.gguf"
-        with pytest.raises(forgert.ModelFormatError, match="mixture-of-experts models is not supported"):
-            export_gguf(str(files[fmt]), str(out), "q8_0")
-        assert not out.exists()
-
-
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
 def test_info_describes_experts(forgert, mixtral, fmt):
     from forgert.cli.info import describe

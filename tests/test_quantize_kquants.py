@@ -168,6 +168,47 @@ def test_mix_rules_depend_on_gqa_ties_and_row_width():
     assert set(planned_types("q4_k_m", names, pure=True).values()) == {"Q4_K"}
 
 
+# Mixture-of-experts models (llama_tensor_get_type with n_expert > 1): the expert stacks take the
+# dense rules of their category (ffn_down_exps the ffn_down column, its layer read from the name),
+# the router ffn_gate_inp is not quantized. Exactly 8 experts: attn_v and attn_k Q8_0 in every
+# mix, attn_output this column (Q5_K in the listed low-bit mixes, the mix's type elsewhere).
+MOE8_ATTN_OUTPUT = {"q2_k": "5", "q3_k_s": "5", "q3_k_m": "5", "q3_k_l": "3", "q4_k_s": "5", "q4_k_m": "5",
+                    "q5_k_s": "5", "q5_k_m": "5", "q6_k": "6", "iq4_xs": "5", "iq4_nl": "5", "q4_0": "40",
+                    "q4_1": "41", "q5_0": "50", "q5_1": "51", "q8_0": "80"}
+MOE_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps",
+                "ffn_down_exps")
+
+
+@pytest.mark.parametrize("n_expert", [4, 8])
+@pytest.mark.parametrize("mix", list(MIX_TABLE_8_LAYERS))
+def test_moe_mix_rules_match_llamacpp(mix, n_expert):
+    from forgert.ggml_types import F16, MXFP4, type_name
+    from forgert.quant_mix import MixPlanner
+    attn_v, ffn_down, attn_output, other, output, token_embd = MIX_TABLE_8_LAYERS[mix]
+    # ffn_down_exps planned last layer first: its layer is the name's, not its place in the order
+    names = ["token_embd.weight", "output.weight"] + [f"blk.{i}.{m}.weight" for i in range(8) for m in MOE_MATRICES
+                                                      if m != "ffn_down_exps"]
+    names += [f"blk.{i}.ffn_down_exps.weight" for i in reversed(range(8))]
+    planner = MixPlanner(mix, names, n_layers=8, n_gqa=4, n_expert=n_expert)
+    got = {n: type_name(planner.type_for(n, 256)) for n in names}
+    want = {"output.weight": CODES[output], "token_embd.weight": CODES[token_embd]}
+    for i in range(8):
+        p = f"blk.{i}."
+        want.update({p + "attn_q.weight": CODES[other], p + "ffn_gate_exps.weight": CODES[other],
+                     p + "ffn_up_exps.weight": CODES[other], p + "ffn_gate_inp.weight": "F32",
+                     p + "ffn_down_exps.weight": CODES[ffn_down.split()[i]]})
+        if n_expert == 8:
+            want.update({p + "attn_k.weight": "Q8_0", p + "attn_v.weight": "Q8_0",
+                         p + "attn_output.weight": CODES[MOE8_ATTN_OUTPUT[mix]]})
+        else:
+            want.update({p + "attn_k.weight": CODES[other], p + "attn_v.weight": CODES[attn_v.split()[i]],
+                         p + "attn_output.weight": CODES[attn_output]})
+    assert got == want
+    # MXFP4 expert stacks (gpt-oss) are kept; an F16 router stays F16
+    assert planner.type_for("blk.0.ffn_up_exps.weight", 256, source_type=MXFP4) == MXFP4
+    assert planner.type_for("blk.0.ffn_gate_inp.weight", 256, source_type=F16) == F16
+
+
 def test_tensors_are_planned_in_llamacpp_order():
     """llama.cpp's loader sorts tensors by layer number, then name (weight_name_comparer), and
     counts layers for its mixes in that order: a source listing blk.10 before blk.2 changes
@@ -234,7 +275,7 @@ def test_quantize_pure_and_refusals(llama_8l, tmp_path, capsys):
     types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors if len(t.shape) == 2}
     assert types == {"Q4_K"}
     capsys.readouterr()
-    for refused, why in (("iq2_xs", "importance matrix"), ("tq1_0", "ternary"), ("mxfp4_moe", "mixture-of-experts")):
+    for refused, why in (("iq2_xs", "importance matrix"), ("tq1_0", "ternary"), ("mxfp4_moe", "no MXFP4 quantizer")):
         with pytest.raises(SystemExit):
             main(["quantize", str(llama_8l.path("hf-F32")), str(tmp_path / "no.gguf"), "--type", refused])
         assert why in capsys.readouterr().err

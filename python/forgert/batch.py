@@ -6,6 +6,11 @@ _core.Engine.forward_batch* call: the projections become a GEMM over the batch i
 GEMV per sequence. A finished sequence frees its slot for the next waiting prompt (continuous
 batching), so more prompts than slots is fine.
 
+Sequences of one prompt admitted together (the n > 1 choices of a request) prefill it once: the
+first becomes the others' leader, they wait while it prefills the prefix, then its slot's K/V rows
+are copied into theirs (_core.Engine.kv_copy) and each evaluates the last token as its own decode
+row, so every choice samples from the same logits as if it had prefilled alone.
+
 As in Model's single-sequence path, a prompt's last token is evaluated alone as a decode row,
 after its prefix was prefilled in chunks: at temperature 0 a prompt gives the same tokens in a
 batch as alone (up to near-ties in f32 summation order, see tests/test_batch_generate.py).
@@ -82,6 +87,8 @@ class _Sequence:
         self.slot = -1
         self.n_prefilled = 0            # prompt tokens already in the slot's cache
         self.n_cached = 0               # of those, found there from an earlier sequence (its prefix)
+                                        # or copied from its leader's slot
+        self.leader = None              # the running sequence of the same prompt whose prefix it copies
         self.next_token = None          # the token to evaluate next (decoding)
         self.generated, self.pieces = [], []
         self.n_sampled, self.n_decode, self.finish = 0, 0, "length"
@@ -197,7 +204,27 @@ class BatchScheduler:
         self.free_slots.remove(slot)
         seq.slot = slot
         seq.n_prefilled = seq.n_cached = min(shared[slot], len(seq.prompt) - 1)
+        if seq.n_prefilled < len(seq.prompt) - 1:
+            seq.leader = self._leader_for(seq)
         self.running.append(seq)
+
+    def _leader_for(self, seq):
+        """A running sequence of the same prompt still prefilling it (and following no one), or None."""
+        return next((s for s in self.running if s is not seq and s.leader is None and not s.decoding
+                     and s.prompt == seq.prompt), None)
+
+    def _copy_from_leaders(self) -> None:
+        """Followers whose leader has prefilled the prefix take a copy of its K/V rows. Those whose
+        leader was cancelled follow the first of them, which prefills the prompt itself."""
+        for s in self.running:
+            if s.leader is not None and s.leader not in self.running:
+                s.leader = self._leader_for(s)
+            lead = s.leader
+            if lead is not None and lead.n_prefilled >= len(s.prompt) - 1:
+                n = len(s.prompt) - 1     # the prefix; each evaluates the last token itself
+                self.engine.kv_copy(lead.slot, s.slot, n)
+                s.n_prefilled = s.n_cached = n
+                s.leader = None
 
     def _release(self, seq) -> None:
         self.slot_tokens[seq.slot] = seq.cached_tokens()
@@ -209,6 +236,7 @@ class BatchScheduler:
             self._admit(self.waiting.popleft())
         if not self.running:
             return []
+        self._copy_from_leaders()
         # Each admitted prompt first prefills its prefix (all but the last token), one chunk per
         # step beside the decoding rows; then its last token joins them as a decode row.
         entries, rows = [], []
@@ -224,7 +252,7 @@ class BatchScheduler:
         prefills = []
         budget = min(self.prefill_chunk, self.engine.max_batch - len(entries))
         for s in self.running:
-            if not s.decoding and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
+            if not s.decoding and s.leader is None and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
                 n = min(budget, len(s.prompt) - 1 - s.n_prefilled)
                 entries.append((s.slot, np.array(s.prompt[s.n_prefilled:s.n_prefilled + n], np.int32), s.n_prefilled))
                 prefills.append((s, n))

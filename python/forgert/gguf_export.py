@@ -2,7 +2,9 @@
 K-quant mixes Q2_K..Q6_K, IQ4_NL/XS) from a GGUF (of any type forgert reads, K-quants included) or
 an HF directory of F32/F16/BF16 weights.
 
-Matrices get the mix's type for them; norms, biases and other 1-D tensors stay F32. From HF directories
+Matrices get the mix's type for them; norms, biases and other 1-D tensors stay F32. Mixture-of-experts
+expert stacks [n_expert, rows, cols] are quantized expert by expert, each as a 2-D matrix, and
+written as one 3-D tensor, as llama.cpp writes them. From HF directories
 the llama Q/K rows are permuted for GGUF's adjacent-pair RoPE (as llama.cpp's converter does), and
 the metadata and tokenizer (byte-level BPE only) are written under llama.cpp's key names.
 """
@@ -16,7 +18,7 @@ import numpy as np
 
 from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
-from .ggml_types import BF16, F16, F32, type_name
+from .ggml_types import BF16, F16, F32, MXFP4, row_nbytes, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
@@ -24,6 +26,7 @@ from .quant_mix import MIXES, MixPlanner
 from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .quants import QUANTIZERS, dequantize
 from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
+from .weights import ExpertList
 
 TARGET_TYPES = tuple(MIXES)
 ALL_QUANTIZERS = {**QUANTIZERS, **SEARCH_QUANTIZERS}    # ggml type id -> float32 [rows, cols] -> bytes
@@ -40,7 +43,8 @@ _ROPE_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_f
 
 
 def _is_1d(name: str) -> bool:
-    return name.endswith("norm.weight") or name.endswith(".bias") or name in _ROPE_FACTOR_TENSORS
+    """Vectors (and gpt-oss's per-expert bias rows), which stay F32."""
+    return (name.endswith(("norm.weight", ".bias", ".attn_sinks.weight")) or name in _ROPE_FACTOR_TENSORS)
 
 
 def _tensor_plan(loaded):
@@ -110,6 +114,22 @@ def _write_hf_tokenizer(writer, loaded):
         writer.add_str("tokenizer.chat_template", loaded.chat_template)
 
 
+def _write_hf_expert_metadata(writer, c):
+    """convert_hf_to_gguf's MoE keys. Mixtral is arch llama, whose experts are as wide as
+    feed_forward_length and always renormalised; the Qwen MoEs say both."""
+    arch = c.arch
+    writer.add_u32(f"{arch}.expert_count", c.n_expert)
+    writer.add_u32(f"{arch}.expert_used_count", c.n_expert_used)
+    if arch != "llama" or c.expert_ffn_dim != c.ffn_dim:
+        writer.add_u32(f"{arch}.expert_feed_forward_length", c.expert_ffn_dim)
+    if c.shared_ffn_dim:
+        writer.add_u32(f"{arch}.expert_shared_feed_forward_length", c.shared_ffn_dim)
+    if arch != "llama":
+        writer.add(f"{arch}.expert_weights_norm", BOOL, bool(c.expert_norm_topk))
+    elif not c.expert_norm_topk:
+        raise ModelFormatError(f"{arch}: experts without renormalisation have no GGUF form for architecture llama")
+
+
 def _write_hf_metadata(writer, loaded):
     """llama.cpp's keys for an HF config; returns extra F32 tensors {name: values} (Llama 3's
     rope_freqs.weight)."""
@@ -131,6 +151,8 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
+    if c.n_expert:
+        _write_hf_expert_metadata(writer, c)
     windows = c.windows()
     if any(windows):
         # GGUF's llama/qwen2 key windows every layer; Qwen2's max_window_layers and interleaved
@@ -182,14 +204,32 @@ def _write_hf_metadata(writer, loaded):
     return extra
 
 
+def _expert_matrices(w):
+    """An expert stack (a 3-D GGUF tensor or HF's per-expert ExpertList) -> [(bytes, rows, cols)]
+    per expert, in expert order."""
+    if isinstance(w, ExpertList):
+        return [(e.data, e.shape[0], e.shape[1]) for e in w.experts]
+    n_expert, rows, cols = w.shape
+    size = row_nbytes(w.type_id, cols) * rows     # one expert's bytes
+    data = np.asarray(w.data).reshape(-1)
+    return [(data[e * size:(e + 1) * size], rows, cols) for e in range(n_expert)]
+
+
 def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
     """The bytes of weight `w` in type `want` (copied, or dequantized and re-encoded)."""
+    if len(w.shape) == 3:   # expert by expert: ggml quantizes whole rows, so a stack is its experts' bytes in order
+        return np.concatenate([_matrix_bytes(data, w.type_id, rows, cols, None, want, warn_requantize)
+                               for data, rows, cols in _expert_matrices(w)])
     rows, cols = w.shape
-    if w.type_id == want and heads is None:
-        return np.asarray(w.data)
-    if w.type_id not in (F32, F16, BF16):   # any quantized source, K-quants included
+    return _matrix_bytes(w.data, w.type_id, rows, cols, heads, want, warn_requantize)
+
+
+def _matrix_bytes(data, type_id, rows, cols, heads, want, warn_requantize) -> np.ndarray:
+    if type_id == want and heads is None:
+        return np.asarray(data).reshape(-1)
+    if type_id not in (F32, F16, BF16):   # any quantized source, K-quants included
         warn_requantize()
-    x = dequantize(w.data, w.type_id, rows, cols)
+    x = dequantize(data, type_id, rows, cols)
     if heads is not None:
         x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
     if want in ALL_QUANTIZERS:
@@ -221,8 +261,9 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output must be a different file from the input")
     loaded = load_model(src)
-    if loaded.config.n_expert:   # expert stacks and their metadata are not written yet: refuse, not half-write
-        raise ModelFormatError(f"{loaded.name}: quantizing mixture-of-experts models is not supported yet")
+    if loaded.config.arch == "gpt-oss" and loaded.format != "gguf":
+        raise ModelFormatError(f"{loaded.name}: gpt-oss HF directories cannot be quantized (their GGUF metadata "
+                               f"and attention sinks are not written); quantize a GGUF of gpt-oss instead")
     writer = GGUFWriter(loaded.config.arch)
     if loaded.format == "gguf":
         _copy_gguf_metadata(writer, loaded.handle)
@@ -247,13 +288,16 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
     plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
     cfg = loaded.config
     planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
-                         large_70b=_is_llamacpp_70b(cfg), pure=pure)
+                         large_70b=_is_llamacpp_70b(cfg), pure=pure, n_expert=cfg.n_expert)
     for name, w, heads in plan:
-        rows, cols = w.shape
-        want = F32 if _is_1d(name) else planner.type_for(name, cols)
+        rows, cols = w.shape[-2:]
+        # an HF source's router and experts are converted to F32 first, as convert_hf_to_gguf writes them
+        source_type = w.type_id if loaded.format == "gguf" else F32
+        want = F32 if _is_1d(name) else planner.type_for(name, cols, source_type)
         if want == F16 and MIXES[target].default != F16:
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
-        writer.add_tensor(name, [cols] if rows == 1 and _is_1d(name) else [cols, rows], want)
+        ne = [cols] if rows == 1 and _is_1d(name) else [cols, rows] + ([w.shape[0]] if len(w.shape) == 3 else [])
+        writer.add_tensor(name, ne, want)
         producers.append(lambda name=name, w=w, heads=heads, want=want:
                          _tensor_bytes(name, w, heads, want, warn_requantize))
         counts[type_name(want)] = counts.get(type_name(want), 0) + 1

@@ -7,15 +7,21 @@ A mix has a default type for most matrices and promotes the sensitive ones: the 
 attn_output to more bits. Layers are counted as llama.cpp counts them: attn_v and ffn_down
 tensors in the order they are planned, which gguf_export makes llama.cpp's (by layer number). A matrix whose rows are not whole blocks of its type
 falls back as llama.cpp's tensor_type_fallback does (Q4_K -> Q5_0, Q6_K -> Q8_0, IQ4_XS ->
-IQ4_NL, ...; F16 if even that does not fit). Only the dense-model rules are here: forgert runs no
-mixture-of-experts or Falcon models.
+IQ4_NL, ...; F16 if even that does not fit).
+
+Mixture-of-experts models: an expert stack ffn_*_exps [n_expert, rows, cols] is planned as one
+matrix of `cols` columns (each expert's rows are quantized as a 2-D matrix's); its layer is read
+from its name, not counted. The router (ffn_gate_inp) is never quantized. Models of exactly 8
+experts (Mixtral 8x7B's count) give attn_v and attn_k Q8_0 and, in the lower-bit mixes,
+attn_output Q5_K. Expert stacks already in MXFP4 (gpt-oss) stay as they are. Falcon's rules are
+not here: forgert runs no Falcon models.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ggml_types import (F16, F32, GGML_TYPES, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,
-                         Q6_K, Q8_0)
+from .ggml_types import (F16, F32, GGML_TYPES, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1,
+                         Q5_K, Q6_K, Q8_0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,23 @@ def category(name: str) -> str:
     return "other"
 
 
+def is_router(name: str) -> bool:
+    """The MoE router, which llama.cpp never quantizes (Qwen2-MoE's ffn_gate_inp_shexp is not it)."""
+    return name.endswith("ffn_gate_inp.weight")
+
+
+def layer_of(name: str) -> int:
+    """N of a blk.N.* tensor name."""
+    parts = name.split(".")
+    if len(parts) < 3 or parts[0] != "blk" or not parts[1].isdigit():
+        raise ValueError(f"cannot tell the layer of tensor '{name}'")
+    return int(parts[1])
+
+
+# Mixes whose attn_output llama.cpp raises to Q5_K in 8-expert models.
+_MOE8_ATTN_OUTPUT_Q5_K = ("q2_k", "q3_k_s", "q3_k_m", "q4_k_s", "q4_k_m", "iq4_nl", "iq4_xs")
+
+
 def _use_more_bits(i: int, n: int) -> bool:
     """The first and last eighth of the layers, and every third one between."""
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
@@ -76,21 +99,29 @@ class MixPlanner:
 
     names: every tensor name of the model (whether output.weight exists decides whether the
     token embeddings are tied). n_gqa: attention heads per KV head. large_70b: llama.cpp's
-    LLM_TYPE_70B (its 80-layer Llama 2/3 and Qwen2), whose attn_v gets Q5_K over Q3_K / Q4_K."""
+    LLM_TYPE_70B (its 80-layer Llama 2/3 and Qwen2), whose attn_v gets Q5_K over Q3_K / Q4_K.
+    n_expert: experts per MoE layer (0 for dense models)."""
 
-    def __init__(self, mix: str, names, n_layers: int, n_gqa: int, large_70b: bool = False, pure: bool = False):
+    def __init__(self, mix: str, names, n_layers: int, n_gqa: int, large_70b: bool = False, pure: bool = False,
+                 n_expert: int = 0):
         if mix not in MIXES:
             raise ValueError(f"unknown mix {mix!r}; one of {', '.join(MIXES)}")
         self.mix, self.default = mix, MIXES[mix].default
         self.n_layers, self.n_gqa, self.large_70b, self.pure = n_layers, n_gqa, large_70b, pure
+        self.n_expert = n_expert
         names = list(names)
         self.tied = "output.weight" not in names
         self.n_attn_v = sum(category(n) == "attn_v" for n in names)
         self.i_attn_v = self.i_ffn_down = 0
 
-    def type_for(self, name: str, cols: int) -> int:
+    def type_for(self, name: str, cols: int, source_type: int = F32) -> int:
+        """source_type: the tensor's type in the input (the router and MXFP4 expert stacks keep it)."""
+        if is_router(name):
+            return source_type
         if self.default in (F32, F16):
             return self.default
+        if source_type == MXFP4 and "_exps." in name:    # gpt-oss's 4-bit experts: not re-rounded
+            return MXFP4
         t = self.default if self.pure else self._rule(name, cols)
         return fallback(t, cols)
 
@@ -117,9 +148,12 @@ class MixPlanner:
                 t = Q5_K
             if self.large_70b and t in (Q3_K, Q4_K):
                 t = Q5_K
-            return t
+            return Q8_0 if self.n_expert == 8 else t
+        if cat == "attn_k":
+            return Q8_0 if self.n_expert == 8 else t
         if cat == "ffn_down":
-            i, n = self.i_ffn_down, self.n_layers
+            # MoE files need not hold a layer's tensors together, so the layer comes from the name
+            i, n = (layer_of(name) if self.n_expert > 1 else self.i_ffn_down), self.n_layers
             self.i_ffn_down += 1
             if mix == "q2_k":
                 return Q3_K
@@ -137,5 +171,7 @@ class MixPlanner:
                 return Q5_K if i < n // 8 else t
             return t
         if cat == "attn_output":
+            if self.n_expert == 8:
+                return Q5_K if mix in _MOE8_ATTN_OUTPUT_Q5_K else t
             return {"q2_k": Q3_K, "q3_k_m": Q4_K, "q3_k_l": Q5_K}.get(mix, t)
         return t

@@ -12,16 +12,19 @@ uint32).
 Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 IQ4_NL / IQ4_XS (dequantized only): w = d * IQ4_VALUES[q] / (d * (ls - 32)) * IQ4_VALUES[q] per
 32-weight sub-block of a 256-weight super-block, nibbles as Q4_0's.
+MXFP4 (dequantized only; gpt-oss's experts): a scale byte e, then 16 bytes of E2M1 codes, nibbles
+as Q4_0's: w = 2^(e - 128) * MXFP4_VALUES[q] (the table holds twice the E2M1 values).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
+from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
                          type_name)
 
 QK = 32
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+MXFP4_VALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
 
 
 def _blocks(x: np.ndarray) -> np.ndarray:
@@ -125,6 +128,10 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         w = _f16(b[:, :2]) * IQ4_VALUES[_unpack_nibbles(b[:, 2:]).astype(np.int64)]
     elif type_id == IQ4_XS:
         w = _dequantize_iq4_xs(data.reshape(-1, 136))
+    elif type_id == MXFP4:
+        b = data.reshape(-1, 17)
+        scale = np.ldexp(np.float32(1), b[:, :1].astype(np.int32) - 128).astype(np.float32)
+        w = scale * MXFP4_VALUES[_unpack_nibbles(b[:, 1:]).astype(np.int64)]
     else:
         raise ValueError(f"cannot dequantize type {type_name(type_id)}")
     return w.reshape(rows, cols)

@@ -9,6 +9,9 @@ template teaches:
   llama3   {"name": ..., "parameters": {...}} as the whole answer, optionally after <|python_tag|>,
            several separated by ';'
   mistral  [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]  or  [TOOL_CALLS]name[ARGS]{...}
+  harmony  gpt-oss: a commentary message whose header names the recipient, the body the arguments:
+           <|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}  (the header
+           is split off by server/harmony_output.py; harmony_call reads one such message)
 """
 from __future__ import annotations
 
@@ -46,8 +49,10 @@ class ToolCall:
 
 
 def template_style(template: str | None) -> str:
-    """Which output format the chat template teaches: "hermes" | "llama3" | "mistral"."""
+    """Which output format the chat template teaches: "hermes" | "llama3" | "mistral" | "harmony"."""
     t = template or ""
+    if "<|channel|>" in t and "<|message|>" in t:
+        return "harmony"
     if "[TOOL_CALLS]" in t:
         return "mistral"
     if "<tool_call>" in t:
@@ -86,7 +91,9 @@ def messages_with_tools(template: str | None, messages, tools) -> tuple[list, di
 # -- parsing ---------------------------------------------------------------------------------
 
 # Text that, at the start of a tool call in each style, ends the plain content.
-CALL_MARKERS = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{")}
+# Harmony has none in the text: its calls are told apart by their message headers (harmony_call).
+CALL_MARKERS = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{"),
+                "harmony": ()}
 
 
 def _arguments_text(value) -> str:
@@ -169,6 +176,26 @@ def parse_tool_calls(text: str, style: str) -> tuple[str, list[ToolCall]]:
     if not found or None in found:
         return text, []
     return "", found
+
+
+HARMONY_FUNCTIONS = "functions."     # the namespace gpt-oss's template puts the request's tools in
+
+
+def harmony_function(header: str) -> str | None:
+    """The function a harmony message header sends its body to ('to=functions.get_weather',
+    before or after its <|channel|>); None when it names no recipient or one outside the
+    request's functions (a built-in tool such as browser.search, which this server does not run)."""
+    for word in header.replace("<|", " <|").split():
+        if word.startswith("to=" + HARMONY_FUNCTIONS):
+            return word[len("to=" + HARMONY_FUNCTIONS):] or None
+    return None
+
+
+def harmony_call(name: str, body: str) -> ToolCall | None:
+    """The call a harmony message body to function `name` makes; None when the body is not one
+    JSON value: that message stays content, as a broken call does in the other formats."""
+    values = _json_values(body.strip())
+    return ToolCall(name, _arguments_text(values[0])) if len(values) == 1 else None
 
 
 def forced_call_schema(tools, name: str | None) -> dict:

@@ -71,6 +71,18 @@ kernel void gelu_mul_f32(
     ((device float*)(out + t * args.out_stride))[i] = gelu * u;
 }
 
+kernel void copy_u32(
+        constant copy_args & args [[buffer(0)]],
+        device const char * src [[buffer(1)]],
+        device       char * dst [[buffer(2)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    if (i >= args.words) return;
+    ((device uint*)(dst + tgpig.y * args.dst_stride))[i] = ((device const uint*)(src + tgpig.y * args.src_stride))[i];
+}
+
 kernel void scale_f32(
         constant unary_args & args [[buffer(0)]],
         device char * x [[buffer(1)]],

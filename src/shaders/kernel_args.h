@@ -216,6 +216,16 @@ typedef struct {
 } elementwise_args;
 FG_ARGS_ASSERT(sizeof(elementwise_args) == 32, "elementwise_args layout");
 
+// --- copy_u32: dst[t, :] = src[t, :] as 32-bit words, any dtype (a KV slot's rows to another) ---
+// slots: 1 src, 2 dst; grid: (ceil(words / 256), n); threads: 256
+typedef struct {
+    uint64_t src_stride;
+    uint64_t dst_stride;
+    int32_t words;        // 32-bit words per row (row bytes / 4)
+    int32_t pad0;
+} copy_args;
+FG_ARGS_ASSERT(sizeof(copy_args) == 24, "copy_args layout");
+
 // scale_f32: x *= value.  softcap_f32: x = value * tanh(x / value).  Both in place.
 // slots: 1 x f32 [n, dim]; grid: (ceil(dim / 256), n); threads: 256
 typedef struct {

@@ -197,7 +197,8 @@ void factor_offsets(DType t, int64_t& d_at, int64_t& min_at) {
 void check_gemv_reference(const KernelSet* k, int cols) {
     const int rows = 13, nb = cols / FG_QK;  // 13: passes of 4 rows and a remainder of 1
     const std::vector<DType> types = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
-                                      DType::Q5_0, DType::Q5_1, DType::IQ4_XS, DType::IQ4_NL};
+                                      DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+                                      DType::IQ4_XS, DType::IQ4_NL};
     const char* wkinds[] = {"random", "bytes ff", "bytes 80"};
     const float factors[] = {0.0f, 65504.0f, 6e-8f};  // 0: random_weights' own factors
     const char* xkinds[] = {"normal", "large", "outliers"};
@@ -279,6 +280,35 @@ void check_gemv_reference(const KernelSet* k, int cols) {
         std::snprintf(what, sizeof what, "gemv %s vs f64 %d cols", dtype_name(t), cols);
         std::printf("%-12s %-28s |diff| <= %.3g of the bound, vs generic %.3g of sum|w x|  ok\n", k->name, what, worst,
                     worst_gen);
+    }
+}
+
+// Continuous batching: a token's GEMV result must not depend on the tokens beside it, so
+// that a request's greedy output is the same alone and in a batch. The AVX-512 sets' few-token
+// kernels for these types run the one-token kernel's operations for every token: each row of
+// an n-token product is bit-identical to that token's product alone, for every token count
+// up to the prefill GEMM's (1..15), over every register tile and remainder.
+void check_batch_invariance(const KernelSet* k, int cols) {
+    if (std::strncmp(k->name, "avx512", 6)) return;  // other sets: close (check()), not bit-identical
+    const int rows = 37, nb = cols / FG_QK, ntok = 15;
+    std::vector<float> x(ntok * cols);
+    for (auto& v : x) v = normal(rng);
+    std::vector<BlockQ8Act> xq(ntok * nb);
+    for (int t = 0; t < ntok; t++) k->quantize_row_q8(&x[t * cols], &xq[t * nb], cols);
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL}) {
+        auto w = random_weights(t, rows, cols);
+        const int64_t rb = row_bytes(t, cols);
+        std::vector<float> alone(ntok * rows), many(ntok * rows);
+        for (int tk = 0; tk < ntok; tk++) k->gemm_q(t, w.data(), rb, 0, rows, &xq[tk * nb], nb, 1, &alone[tk * rows], rows);
+        bool same = true;
+        for (int n = 2; n <= ntok; n++) {
+            k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, many.data(), rows);
+            same &= !std::memcmp(many.data(), alone.data(), (size_t)n * rows * sizeof(float));
+        }
+        if (!same) failures++;
+        char what[64];
+        std::snprintf(what, sizeof what, "gemm %s n=2..15 %d cols", dtype_name(t), cols);
+        std::printf("%-12s %-28s bit-identical to n=1 %s\n", k->name, what, same ? "ok" : "FAIL");
     }
 }
 
@@ -392,6 +422,7 @@ int main() {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
+        for (int cols : {96, 320, 352}) check_batch_invariance(k, cols);  // quads + a pair + a block, etc.
         for (int cols : {256, 768}) check_gemv_reference(k, cols);
         check_gemm_i8(k, 8192, {70});  // wide rows: the tokens go through the panels in several passes
         checked++;

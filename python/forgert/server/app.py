@@ -147,14 +147,16 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
                 thinks = inside = False
             mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
                               tool_style=template_style(template) if tools else None)
-            # gpt-oss (harmony): channels, not <think>, separate the reasoning; a grammar's JSON is content
+            # gpt-oss (harmony): channels, not <think>, separate the reasoning and the tool calls;
+            # a grammar's JSON (a response_format, a forced call) is read as ChoiceOutput reads it
             harmony = is_harmony(template) and grammar is None
             choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
                        for j in range(req.n_choices)]
             spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                                   req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
             return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id),
-                                   HarmonyOutput if harmony else (lambda: ChoiceOutput(mode)), timer)
+                                   (lambda: HarmonyOutput(parse_calls=bool(tools))) if harmony
+                                   else (lambda: ChoiceOutput(mode)), timer)
 
     @v1.post("/completions")
     async def completions(request: Request):

@@ -7,11 +7,11 @@ each of its choices (n > 1, several prompts on /v1/completions) is a sequence of
 logprobs, logit_bias and response_format are applied per sequence in the step (batch.py). A
 request whose client leaves is cancelled before the next step: its slots go to the next in line.
 
-Two things are not batched, and run on this thread between steps, holding the model: echo's
+One thing is not batched, and runs on this thread between steps, holding the model: echo's
 prompt logprobs (every position's logits; the batched pass returns each entry's last row only),
 through Model.prompt_logprobs on slot 0, which the scheduler leaves to the single-sequence path
-(slots 1..); and the prompt's prefill, once per choice: the engine cannot copy a slot's K/V, so
-n choices of one prompt each prefill their own slot (in the same steps, as one GEMM).
+(slots 1..). The n choices of one prompt prefill it once: the scheduler copies the first
+choice's K/V rows into the others' slots (batch.py).
 """
 from __future__ import annotations
 

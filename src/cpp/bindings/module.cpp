@@ -376,6 +376,12 @@ public:
         model_->kv_load(n, src);
     }
 
+    void kv_copy(int src, int dst, int n) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->kv_copy(src, dst, n);
+    }
+
     // Also the CPU backend's per-op profile (regions, busyness), cleared here.
     void set_profiling(bool on) {
         py::gil_scoped_release nogil;
@@ -507,6 +513,8 @@ PYBIND11_MODULE(_core, m) {
         .def("kv_save", &Engine::kv_save, py::arg("n"),
              "f16 bits [n_layers, 2, n, kv_dim] of the K/V cache rows of positions 0..n")
         .def("kv_load", &Engine::kv_load, py::arg("kv"), "restore rows 0..n saved by kv_save")
+        .def("kv_copy", &Engine::kv_copy, py::arg("src"), py::arg("dst"), py::arg("n"),
+            "copy K/V cache rows 0..n (every layer) of slot src into slot dst")
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })

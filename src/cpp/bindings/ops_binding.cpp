@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "core/backend.h"
 
@@ -167,6 +168,25 @@ public:
         return download(X);
     }
     // Returns (q, k) rotated and the two caches after the write.
+    // Copies within one f16 cache [rows, cols] (KV slots of one buffer), in order in one command
+    // buffer: each (src, dst, n) puts rows [src, src + n) onto rows [dst, dst + n). Returns the
+    // whole cache after them.
+    py::array copy_rows(const py::array& cache_in, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& copies) {
+        const U16 c = f16_bits(cache_in, "cache");
+        need(c.ndim() == 2, "cache must be [rows, cols]");
+        for (const auto& [src, dst, n] : copies)
+            need(n >= 0 && src >= 0 && dst >= 0 && src + n <= c.shape(0) && dst + n <= c.shape(0),
+                 "rows past the cache");
+        Tensor C = upload(c.data(), DType::F16, c.shape(0), c.shape(1));
+        run([&] {
+            for (const auto& [src, dst, n] : copies) be_->copy(C.slice_rows(dst, n), C.slice_rows(src, n));
+        });
+        U16 out(std::vector<py::ssize_t>{C.rows, C.cols});
+        be_->read(out.mutable_data(), C, C.nbytes());
+        bufs_.clear();
+        return as_float16(out);
+    }
+
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
                             int head_dim, bool neox, int rope_dim, float attn_factor, const std::optional<I32>& rows) {
@@ -368,6 +388,7 @@ void bind_ops(py::module_& m) {
         .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
         .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
+        .def("copy_rows", &Ops::copy_rows, py::arg("cache"), py::arg("copies"))
         .def("argmax", &Ops::argmax, py::arg("x"))
         .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),

@@ -18,4 +18,14 @@ void Backend::head_rms_norm(const Tensor& x, const Tensor& w, float eps) {
     rms_norm(heads, heads, w, eps);
 }
 
+void check_copy(const Tensor& dst, const Tensor& src) {
+    if (dst.type != src.type || dst.rows != src.rows || dst.cols != src.cols)
+        throw InputError(std::string("copy: dst and src must have the same dtype and shape, got ") + dtype_name(dst.type) + " [" +
+                         std::to_string(dst.rows) + ", " + std::to_string(dst.cols) + "] and " +
+                         dtype_name(src.type) + " [" + std::to_string(src.rows) + ", " + std::to_string(src.cols) + "]");
+    const bool overlap = dst.buf == src.buf && dst.offset < src.offset + src.nbytes() &&
+                         src.offset < dst.offset + dst.nbytes() && dst.rows > 0;
+    if (overlap) throw InputError("copy: dst and src overlap");
+}
+
 }  // namespace forgert

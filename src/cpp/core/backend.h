@@ -107,6 +107,9 @@ public:
     virtual void make_resident(const Buffer* const* bufs, size_t n) { (void)bufs, (void)n; }
 
     // --- ops ---
+    // dst[i, :] = src[i, :], bytes as they are (any dtype, both the same type and shape; the
+    // two may not overlap). A KV slot's rows copied to another (n > 1 choices of one prompt).
+    virtual void copy(const Tensor& dst, const Tensor& src) = 0;
     // out[i, :] = f32(table[ids[i], :]); table of any weight dtype.            out [n, dim]
     virtual void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;
     // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w                     x, out [n, dim]; w [dim]
@@ -227,6 +230,9 @@ private:
         throw InputError("the " + name() + " backend has no mixture-of-experts ops");
     }
 };
+
+// Throws InputError unless copy(dst, src) applies: the same dtype and shape, no overlap.
+void check_copy(const Tensor& dst, const Tensor& src);
 
 // Creates a backend by name ("cpu", "metal"); n_threads <= 0 means all cores.
 // Throws InputError naming the available backends for an unknown name.

@@ -370,4 +370,22 @@ void LlamaModel::kv_load(int n, const uint16_t* src) {
     }
 }
 
+void LlamaModel::kv_copy(int src, int dst, int n) {
+    auto bad_slot = [&](int s) { return s < 0 || s >= n_slots_; };
+    if (bad_slot(src) || bad_slot(dst) || src == dst)
+        throw InputError("kv_copy: slots must be distinct and in 0.." + std::to_string(n_slots_ - 1) + ", got " +
+                         std::to_string(src) + " -> " + std::to_string(dst));
+    if (n < 0 || n > cfg_.n_ctx)
+        throw InputError("kv_copy: " + std::to_string(n) + " rows of a cache of " + std::to_string(cfg_.n_ctx));
+    if (n == 0) return;
+    // Its own command buffer, after the passes committed before it (which wrote src's rows)
+    // and before the next (which reads dst's): no wait.
+    be_->begin();
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        be_->copy(slot_rows(kv_.k[l], dst).slice_rows(0, n), slot_rows(kv_.k[l], src).slice_rows(0, n));
+        be_->copy(slot_rows(kv_.v[l], dst).slice_rows(0, n), slot_rows(kv_.v[l], src).slice_rows(0, n));
+    }
+    be_->commit();
+}
+
 }  // namespace forgert

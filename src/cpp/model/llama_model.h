@@ -82,6 +82,9 @@ public:
     size_t kv_bytes(int n) const { return (size_t)cfg_.n_layers * 2 * n * cfg_.kv_dim() * sizeof(uint16_t); }
     void kv_save(int n, uint16_t* dst);
     void kv_load(int n, const uint16_t* src);
+    // Rows 0..n of slot src's K and V caches (every layer) into slot dst, on the device: the
+    // n > 1 choices of one prompt share its prefill. Throws InputError on bad slots or n.
+    void kv_copy(int src, int dst, int n);
 
     // Optional per-stage wall times of the last call (seconds), when profiling is on.
     struct Profile { double embed = 0, layers = 0, logits = 0; };

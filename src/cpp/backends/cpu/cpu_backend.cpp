@@ -581,6 +581,22 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     });
 }
 
+void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
+    check_copy(dst, src);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
+    const size_t bytes = (size_t)row_bytes(src.type, src.cols);
+    // A long prompt's KV rows are megabytes per layer: rows in parallel past kParallelElems bytes.
+    pool_.parallel_for(src.rows, std::max<int64_t>(1, kParallelElems / (int64_t)bytes), [&](int64_t r0, int64_t r1) {
+        const bool contiguous = dst.stride == bytes && src.stride == bytes;
+        if (contiguous) {
+            std::memcpy(dst.data<uint8_t>() + r0 * bytes, src.data<uint8_t>() + r0 * bytes, (r1 - r0) * bytes);
+            return;
+        }
+        for (int64_t r = r0; r < r1; r++)
+            std::memcpy(dst.data<uint8_t>() + r * dst.stride, src.data<uint8_t>() + r * src.stride, bytes);
+    });
+}
+
 void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const int64_t cols = out.cols;

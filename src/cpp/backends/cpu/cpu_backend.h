@@ -51,6 +51,7 @@ public:
                    const RowPositions& at, const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void copy(const Tensor& dst, const Tensor& src) override;
     void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void scale(const Tensor& x, float s) override;
     void softcap(const Tensor& x, float cap) override;

@@ -469,6 +469,23 @@ void MetalBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     encode_binary("add_f32", "add", "a", "b", out, a, b);
 }
 
+void MetalBackend::copy(const Tensor& dst, const Tensor& src) {
+    check_copy(dst, src);
+    if (src.rows == 0) return;
+    // A copy kernel rather than a blit: the encoder's hazard tracking sees its reads and
+    // writes like any dispatch's, and one compute encoder serves the whole pass.
+    const size_t bytes = (size_t)row_bytes(src.type, src.cols);
+    need(bytes % 4 == 0 && src.stride % 4 == 0 && dst.stride % 4 == 0 && src.offset % 4 == 0 && dst.offset % 4 == 0,
+         "copy", "rows, strides and offsets must be whole 32-bit words");
+    copy_args a{};
+    a.src_stride = src.stride;
+    a.dst_stride = dst.stride;
+    a.words = (int32_t)(bytes / 4);
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(a.words));
+    encode("copy_u32", &a, sizeof a, {reads(src), writes(dst)}, {ceil_div(a.words, threads), (uint32_t)src.rows, 1},
+           {threads, 1, 1});
+}
+
 void MetalBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
     encode_binary("gelu_mul_f32", "gelu_mul", "gate", "up", out, gate, up);
 }
