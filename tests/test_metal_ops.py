@@ -260,6 +260,19 @@ def test_get_rows(metal, cpu, wtype):
                                   cpu.get_rows(table, dtype, rows, cols, ids))
 
 
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
+def test_get_rows_matches_numpy(metal, wtype):
+    """Rows of 2560 columns: quantized tables go through two windows of 2048 (get_rows.metal),
+    the second partial; every row equals NumPy's (gguf's) dequantization."""
+    dtype = WEIGHT_TYPES[wtype]
+    rows, cols = 9, 2560
+    table = weight_bytes(rng("get_rows_numpy", wtype), dtype, rows, cols)
+    ids = np.array([8, 0, 3, 3], dtype=np.int32)
+    # measured: equal, as NumPy also decodes in f32 (f64 here, then exact in f32)
+    np.testing.assert_array_equal(metal.get_rows(table, dtype, rows, cols, ids),
+                                  dequantize(table, dtype, rows, cols)[ids].astype(np.float32))
+
+
 # --------------------------------------------------------------------------- norms, rope, elementwise
 
 @pytest.mark.parametrize("dim", [7, 64, 576, 1100, 9000])  # 1100: > 1024 threads; 9000: past the registers (8 x 1024)

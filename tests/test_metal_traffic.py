@@ -5,12 +5,12 @@ read once, the activations, the output), and lower bounds on line efficiency (th
 re-reads, set a little beyond the values measured at these shapes (written beside them), so
 that a change that breaks coalescing or adds re-reads fails here.
 
-Measured at one token, 64 rows x 512 columns for GEMV and get_rows. The GEMVs run mul_mv_staged_*
-(whole lines: 100%, every weight byte requested once, x once per threadgroup of 32 rows); the
-direct kernels (FORGERT_METAL_GEMV=direct) keep their block-strided loads (each lane reads a field
-of its own block: a simdgroup load spans many lines; the lines are re-used by the next loads from
-cache), guarded at their measured figures. The other decode kernels (rms_norm, rope_kv_write,
-attention) meet the goals of issue 14: >= 95% line efficiency and requested <= 1.05x needed
+Measured at one token, 64 rows x 512 columns for GEMV and get_rows (get_rows also at 2560).
+The GEMVs run mul_mv_staged_* (whole lines: 100%, every weight byte requested once, x once per
+threadgroup of 32 rows); the direct kernels (FORGERT_METAL_GEMV=direct) keep their block-strided
+loads (each lane reads a field of its own block: a simdgroup load spans many lines; the lines are
+re-used by the next loads from cache), guarded at their measured figures. The other decode kernels
+(get_rows, rms_norm, rope_kv_write, attention) meet the goals of issue 14: >= 95% line efficiency and requested <= 1.05x needed
 bytes, at SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths and head shapes.
 """
 from __future__ import annotations
@@ -36,11 +36,6 @@ DIRECT_GEMV_LINES = {"f32": 1.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.151, "q4_0":
                      "iq4_xs": 0.357}
 # weight bytes requested / needed of the direct kernels (K-quants re-read super-block scales), measured
 DIRECT_GEMV_WEIGHT_REREAD = {"q3_K": 1.073, "q4_K": 1.056, "q5_K": 1.045}
-# get_rows_*: line efficiency and weight re-reads, measured
-GET_ROWS_LINES = {"f32": 1.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.857, "q4_0": 0.923, "q4_1": 0.955,
-                  "q5_0": 0.976, "q5_1": 0.980, "q2_K": 0.909, "q3_K": 0.889, "q4_K": 0.963, "q5_K": 0.909,
-                  "q6_K": 0.833, "iq4_nl": 0.923, "iq4_xs": 0.976}
-GET_ROWS_REREAD = {"q2_K": 3.62, "q3_K": 5.09, "q4_K": 2.14, "q5_K": 3.20, "q6_K": 2.59, "iq4_xs": 1.235}
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +140,23 @@ def test_gemv_id_traffic(core, metal, wtype):
     assert d["slot_read_needed"][2] == 4 * COLS and d["slot_read_requested"][2] == 2 * (ROWS // 32) * 4 * COLS
 
 
+@pytest.mark.parametrize("cols", [COLS, 2560])   # one window of a row; two, the second partial
 @pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
-def test_get_rows_traffic(core, metal, wtype):
+def test_get_rows_traffic(core, metal, wtype, cols):
     dtype = ops.WEIGHT_TYPES[wtype]
     r = np.random.default_rng(1)
-    w = ops.weight_bytes(r, dtype, ROWS, COLS)
-    metal.get_rows(w, dtype, ROWS, COLS, np.array([3, 7], np.int32))
+    w = ops.weight_bytes(r, dtype, ROWS, cols)
+    metal.get_rows(w, dtype, ROWS, cols, np.array([3, 7], np.int32))
     d = one(core, "get_rows_")
     row_bytes = w.nbytes // ROWS
     assert d["read_needed"] == 2 * row_bytes + 2 * 4   # two rows and two ids
-    assert d["write_needed"] == 2 * COLS * 4
+    assert d["write_needed"] == 2 * cols * 4
     s = weight_slot(d, 2 * row_bytes)
-    assert d["slot_read_requested"][s] / (2 * row_bytes) <= 1.05 * GET_ROWS_REREAD.get(wtype, 1.0)
-    assert lines(d) >= 0.9 * GET_ROWS_LINES[wtype]
+    # quantized rows staged in threadgroup memory in whole lines (get_rows.metal)
+    assert d["slot_read_requested"][s] == 2 * row_bytes  # measured: exactly
+    # measured 1.0 at 512 columns, 1.0004-1.0047 at 2560 (each window re-reads the id)
+    assert d["read_requested"] <= 1.05 * d["read_needed"]
+    assert lines(d) >= 0.95 and lines(d, "store") >= 0.95  # measured 1.0 and 1.0
 
 
 @pytest.mark.parametrize("dim", [576, 2048, 4096])  # SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths

@@ -12,7 +12,7 @@ static inline float fg_f16_to_f32(half h) { return float(h); }
 static inline float fg_f16_to_f32(ushort bits) { return float(as_type<half>(bits)); }
 
 // The address space a decoder reads its blocks from, as a type: the weights where they lie, or
-// (mul_mv_staged.metal's fg_threadgroup_space) a copy in threadgroup memory. fg_ptr<S, T>: a
+// (stage_bytes.h's fg_threadgroup_space) a copy in threadgroup memory. fg_ptr<S, T>: a
 // const T* in S.
 struct fg_device_space {
     template <typename T> using ptr = device const T*;
@@ -26,14 +26,17 @@ static inline float fg_lo4(uint b) { return float(b & 0xFu); }
 static inline float fg_hi4(uint b) { return float((b >> 4) & 0xFu); }
 
 // Weight c (0 <= c < 32) of a quantized block, and element c of a float row.
-static inline float fg_q8_0_at(device const block_q8_0* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q8_0_at(fg_ptr<S, block_q8_0> b, int c) {
     return fg_f16_to_f32(b->d) * float(b->qs[c]);
 }
-static inline float fg_q4_0_at(device const block_q4_0* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q4_0_at(fg_ptr<S, block_q4_0> b, int c) {
     const uint q = b->qs[c & 15];
     return fg_f16_to_f32(b->d) * ((c < 16 ? fg_lo4(q) : fg_hi4(q)) - 8.0f);
 }
-static inline float fg_q4_1_at(device const block_q4_1* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q4_1_at(fg_ptr<S, block_q4_1> b, int c) {
     const uint q = b->qs[c & 15];
     return fg_f16_to_f32(b->d) * (c < 16 ? fg_lo4(q) : fg_hi4(q)) + fg_f16_to_f32(b->m);
 }
@@ -44,21 +47,25 @@ static inline uint fg_q5_qh(fg_ptr<S, uint8_t> qh) {
     fg_ptr<S, ushort> h = (fg_ptr<S, ushort>)qh;
     return uint(h[0]) | (uint(h[1]) << 16);
 }
-static inline float fg_q5_quant(device const uint8_t* qh, device const uint8_t* qs, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q5_quant(fg_ptr<S, uint8_t> qh, fg_ptr<S, uint8_t> qs, int c) {
     const uint q = qs[c & 15];
-    const uint hb = (fg_q5_qh(qh) >> c) & 1u;
+    const uint hb = (fg_q5_qh<S>(qh) >> c) & 1u;
     return float(((c < 16 ? q : q >> 4) & 0xFu) | (hb << 4));
 }
-static inline float fg_q5_0_at(device const block_q5_0* b, int c) {
-    return fg_f16_to_f32(b->d) * (fg_q5_quant(b->qh, b->qs, c) - 16.0f);
+template <typename S = fg_device_space>
+static inline float fg_q5_0_at(fg_ptr<S, block_q5_0> b, int c) {
+    return fg_f16_to_f32(b->d) * (fg_q5_quant<S>(b->qh, b->qs, c) - 16.0f);
 }
-static inline float fg_q5_1_at(device const block_q5_1* b, int c) {
-    return fg_f16_to_f32(b->d) * fg_q5_quant(b->qh, b->qs, c) + fg_f16_to_f32(b->m);
+template <typename S = fg_device_space>
+static inline float fg_q5_1_at(fg_ptr<S, block_q5_1> b, int c) {
+    return fg_f16_to_f32(b->d) * fg_q5_quant<S>(b->qh, b->qs, c) + fg_f16_to_f32(b->m);
 }
 
 // IQ4_NL / IQ4_XS: nibbles index one table of non-linear values (quant_blocks.h).
 static constant float fg_iq4_values[16] = FG_IQ4_NL_VALUES;  // static: one copy per .metal, no link clash
-static inline float fg_iq4_nl_at(device const block_iq4_nl* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_iq4_nl_at(fg_ptr<S, block_iq4_nl> b, int c) {
     const uint q = b->qs[c & 15];
     return fg_f16_to_f32(b->d) * fg_iq4_values[c < 16 ? q & 0xFu : q >> 4];
 }
@@ -69,7 +76,8 @@ static inline float fg_iq4_xs_scale(P b, int j) {
     const uint high = (uint(b->scales_h) >> (2 * j)) & 3u;
     return float(int(low | (high << 4)) - 32);
 }
-static inline float fg_iq4_xs_at(device const block_iq4_xs* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_iq4_xs_at(fg_ptr<S, block_iq4_xs> b, int c) {
     const int j = c / 32, l = c % 32;
     const uint q = b->qs[16 * j + (l & 15)];
     return fg_f16_to_f32(b->d) * fg_iq4_xs_scale(b, j) * fg_iq4_values[l < 16 ? q & 0xFu : q >> 4];
@@ -82,7 +90,8 @@ static inline float fg_mxfp4_half_scale(uint8_t e) {
     const uint bits = e < 2 ? 0x00200000u << e : uint(e - 1) << 23;
     return as_type<float>(bits);
 }
-static inline float fg_mxfp4_at(device const block_mxfp4* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_mxfp4_at(fg_ptr<S, block_mxfp4> b, int c) {
     const uint q = b->qs[c & 15];
     return fg_mxfp4_half_scale(b->e) * fg_mxfp4_values[c < 16 ? q & 0xFu : q >> 4];
 }
@@ -100,18 +109,21 @@ static inline void fg_q4_K_scale_min(P s, int j, thread float& sc, thread float&
     }
 }
 // Quant of weight c (0 <= c < 256): Q4_K 0..15; Q6_K minus its offset, -32..31.
-static inline float fg_q4_K_quant(device const block_q4_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q4_K_quant(fg_ptr<S, block_q4_K> b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     return (c % 64) < 32 ? fg_lo4(q) : fg_hi4(q);
 }
 // Q2_K: quant c (0 <= c < 256), 0..3; sub-block c / 16 has scale scales & 15, min scales >> 4.
-static inline float fg_q2_K_quant(device const block_q2_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q2_K_quant(fg_ptr<S, block_q2_K> b, int c) {
     const int h = c / 128, j = (c % 128) / 32, l = c % 32;
     return float((uint(b->qs[32 * h + l]) >> (2 * j)) & 3u);
 }
-static inline float fg_q2_K_at(device const block_q2_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q2_K_at(fg_ptr<S, block_q2_K> b, int c) {
     const uint s = b->scales[c / 16];
-    return fg_f16_to_f32(b->d) * float(s & 15u) * fg_q2_K_quant(b, c) - fg_f16_to_f32(b->dmin) * float(s >> 4);
+    return fg_f16_to_f32(b->d) * float(s & 15u) * fg_q2_K_quant<S>(b, c) - fg_f16_to_f32(b->dmin) * float(s >> 4);
 }
 
 // Q3_K: signed scale of sub-block i (of 16 weights), and quant c (0 <= c < 256), -4..3.
@@ -120,59 +132,67 @@ static inline float fg_q3_K_scale(P s, int i) {
     const uint low = i < 8 ? (s[i] & 0xFu) : (s[i - 8] >> 4);
     return float(int(low | (((s[8 + i % 4] >> (2 * (i / 4))) & 3u) << 4)) - 32);
 }
-static inline float fg_q3_K_quant(device const block_q3_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q3_K_quant(fg_ptr<S, block_q3_K> b, int c) {
     const int h = c / 128, j = (c % 128) / 32, l = c % 32;
     const uint q = (uint(b->qs[32 * h + l]) >> (2 * j)) & 3u;
     const uint hb = (uint(b->hmask[l]) >> (4 * h + j)) & 1u;
     return float(q) - (hb != 0u ? 0.0f : 4.0f);
 }
-static inline float fg_q5_K_quant(device const block_q5_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q5_K_quant(fg_ptr<S, block_q5_K> b, int c) {
     const uint q = b->qs[32 * (c / 64) + c % 32];
     const uint hb = (uint(b->qh[c % 32]) >> (c / 32)) & 1u;  // bit j of qh[l] for sub-block j
     return ((c % 64) < 32 ? fg_lo4(q) : fg_hi4(q)) + 16.0f * float(hb);
 }
-static inline float fg_q6_K_quant(device const block_q6_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q6_K_quant(fg_ptr<S, block_q6_K> b, int c) {
     const int h = c / 128, quarter = (c % 128) / 32, l = c % 32;
     const uint ql = b->ql[64 * h + l + 32 * (quarter & 1)];
     const uint qh = (b->qh[32 * h + l] >> (2 * quarter)) & 3u;
     return float(((quarter < 2 ? ql & 0xFu : ql >> 4) | (qh << 4))) - 32.0f;
 }
-static inline float fg_q4_K_at(device const block_q4_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q4_K_at(fg_ptr<S, block_q4_K> b, int c) {
     float sc, m;
     fg_q4_K_scale_min(b->scales, c / 32, sc, m);
-    return fg_f16_to_f32(b->d) * sc * fg_q4_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
+    return fg_f16_to_f32(b->d) * sc * fg_q4_K_quant<S>(b, c) - fg_f16_to_f32(b->dmin) * m;
 }
-static inline float fg_q3_K_at(device const block_q3_K* b, int c) {
-    return fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c / 16) * fg_q3_K_quant(b, c);
+template <typename S = fg_device_space>
+static inline float fg_q3_K_at(fg_ptr<S, block_q3_K> b, int c) {
+    return fg_f16_to_f32(b->d) * fg_q3_K_scale(b->scales, c / 16) * fg_q3_K_quant<S>(b, c);
 }
-static inline float fg_q5_K_at(device const block_q5_K* b, int c) {
+template <typename S = fg_device_space>
+static inline float fg_q5_K_at(fg_ptr<S, block_q5_K> b, int c) {
     float sc, m;
     fg_q4_K_scale_min(b->scales, c / 32, sc, m);
-    return fg_f16_to_f32(b->d) * sc * fg_q5_K_quant(b, c) - fg_f16_to_f32(b->dmin) * m;
+    return fg_f16_to_f32(b->d) * sc * fg_q5_K_quant<S>(b, c) - fg_f16_to_f32(b->dmin) * m;
 }
-static inline float fg_q6_K_at(device const block_q6_K* b, int c) {
-    return fg_f16_to_f32(b->d) * float(b->scales[c / 16]) * fg_q6_K_quant(b, c);
+template <typename S = fg_device_space>
+static inline float fg_q6_K_at(fg_ptr<S, block_q6_K> b, int c) {
+    return fg_f16_to_f32(b->d) * float(b->scales[c / 16]) * fg_q6_K_quant<S>(b, c);
 }
 
-// Element c of a row of weight type `type` (any c < cols).
-static inline float fg_weight_at(device const char* row, int type, int c) {
+// Element c of a row of weight type `type` (any c < cols), read from address space S.
+template <typename S = fg_device_space>
+static inline float fg_weight_at(fg_ptr<S, char> row, int type, int c) {
     switch (type) {
-        case FG_F32: return ((device const float*)row)[c];
-        case FG_F16: return float(((device const half*)row)[c]);
-        case FG_BF16: return fg_bf16_to_f32(((device const ushort*)row)[c]);
-        case FG_Q8_0: return fg_q8_0_at((device const block_q8_0*)row + c / FG_QK, c % FG_QK);
-        case FG_Q4_0: return fg_q4_0_at((device const block_q4_0*)row + c / FG_QK, c % FG_QK);
-        case FG_Q4_1: return fg_q4_1_at((device const block_q4_1*)row + c / FG_QK, c % FG_QK);
-        case FG_Q5_0: return fg_q5_0_at((device const block_q5_0*)row + c / FG_QK, c % FG_QK);
-        case FG_Q5_1: return fg_q5_1_at((device const block_q5_1*)row + c / FG_QK, c % FG_QK);
-        case FG_Q2_K: return fg_q2_K_at((device const block_q2_K*)row + c / FG_QK_K, c % FG_QK_K);
-        case FG_Q3_K: return fg_q3_K_at((device const block_q3_K*)row + c / FG_QK_K, c % FG_QK_K);
-        case FG_Q4_K: return fg_q4_K_at((device const block_q4_K*)row + c / FG_QK_K, c % FG_QK_K);
-        case FG_Q5_K: return fg_q5_K_at((device const block_q5_K*)row + c / FG_QK_K, c % FG_QK_K);
-        case FG_Q6_K: return fg_q6_K_at((device const block_q6_K*)row + c / FG_QK_K, c % FG_QK_K);
-        case FG_IQ4_NL: return fg_iq4_nl_at((device const block_iq4_nl*)row + c / FG_QK, c % FG_QK);
-        case FG_IQ4_XS: return fg_iq4_xs_at((device const block_iq4_xs*)row + c / FG_QK_K, c % FG_QK_K);
-        case FG_MXFP4: return fg_mxfp4_at((device const block_mxfp4*)row + c / FG_QK, c % FG_QK);
+        case FG_F32: return ((fg_ptr<S, float>)row)[c];
+        case FG_F16: return float(((fg_ptr<S, half>)row)[c]);
+        case FG_BF16: return fg_bf16_to_f32(((fg_ptr<S, ushort>)row)[c]);
+        case FG_Q8_0: return fg_q8_0_at<S>((fg_ptr<S, block_q8_0>)row + c / FG_QK, c % FG_QK);
+        case FG_Q4_0: return fg_q4_0_at<S>((fg_ptr<S, block_q4_0>)row + c / FG_QK, c % FG_QK);
+        case FG_Q4_1: return fg_q4_1_at<S>((fg_ptr<S, block_q4_1>)row + c / FG_QK, c % FG_QK);
+        case FG_Q5_0: return fg_q5_0_at<S>((fg_ptr<S, block_q5_0>)row + c / FG_QK, c % FG_QK);
+        case FG_Q5_1: return fg_q5_1_at<S>((fg_ptr<S, block_q5_1>)row + c / FG_QK, c % FG_QK);
+        case FG_Q2_K: return fg_q2_K_at<S>((fg_ptr<S, block_q2_K>)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q3_K: return fg_q3_K_at<S>((fg_ptr<S, block_q3_K>)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q4_K: return fg_q4_K_at<S>((fg_ptr<S, block_q4_K>)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q5_K: return fg_q5_K_at<S>((fg_ptr<S, block_q5_K>)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_Q6_K: return fg_q6_K_at<S>((fg_ptr<S, block_q6_K>)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_IQ4_NL: return fg_iq4_nl_at<S>((fg_ptr<S, block_iq4_nl>)row + c / FG_QK, c % FG_QK);
+        case FG_IQ4_XS: return fg_iq4_xs_at<S>((fg_ptr<S, block_iq4_xs>)row + c / FG_QK_K, c % FG_QK_K);
+        case FG_MXFP4: return fg_mxfp4_at<S>((fg_ptr<S, block_mxfp4>)row + c / FG_QK, c % FG_QK);
         default: return 0.0f;
     }
 }

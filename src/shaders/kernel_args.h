@@ -237,14 +237,19 @@ FG_ARGS_ASSERT(sizeof(unary_args) == 16, "unary_args layout");
 
 // --- get_rows: out[t, :] = f32(table[ids[t], :]); an id outside [0, table_rows) gives zeros ---
 // slots: 1 table (any weight type), 2 ids i32 [n], 3 out f32 [n, cols]
-// grid: (ceil(cols / 256), n); threads: 256
+// grid: (ceil(cols / FG_GET_ROWS_WINDOW), n); threads: FG_SIMD_WIDTH (one window of a row each)
+#define FG_GET_ROWS_WINDOW 2048  // columns: whole blocks of every type (a multiple of 256)
 typedef struct {
     uint64_t table_stride;
     uint64_t out_stride;
     int32_t table_rows;
     int32_t cols;
+    int32_t table_align;  // the table's address % 64 (quantized tables)
+    int32_t block_cols;   // weights per block (quantized tables)
+    int32_t block_bytes;  // bytes per block (quantized tables)
+    int32_t pad0;
 } get_rows_args;
-FG_ARGS_ASSERT(sizeof(get_rows_args) == 24, "get_rows_args layout");
+FG_ARGS_ASSERT(sizeof(get_rows_args) == 40, "get_rows_args layout");
 
 // --- argmax: out[t] = first index of the maximum of x[t, :] (NaNs are skipped) ---
 // slots: 1 x f32 [n, cols], 2 out i32 [n]

@@ -16,54 +16,12 @@
 using namespace metal;
 
 #include "mul_mv.h"
-
-// (here, not in dequant.h: the emulator's translator rewrites `threadgroup` in .metal files only)
-struct fg_threadgroup_space {
-    template <typename T> using ptr = threadgroup const T*;
-};
+#include "stage_bytes.h"
 
 // x's window in threadgroup memory: 32-float blocks MV_X_PITCH floats apart, so the float4 loads
 // of 16 lane pairs (one block each) and the stores spread over all 32 banks.
 #define MV_X_PITCH 36
 #define MV_X_STAGE (FG_MV_WINDOW_BLOCKS * MV_X_PITCH)
-
-// Copies elements [0, n) from src to dst, thread `id` of `count` (a simdgroup's lanes, or a
-// threadgroup). Every thread loads the same number of times, those past n the last element again
-// (and store it again: the same value), so that the threads' k-th loads stay one simdgroup access
-// of consecutive elements (a store under a condition would let the compiler sink the load into it);
-// simdgroups wholly past n stop.
-template <typename T, typename D>
-static inline void mv_copy(device const T* src, D dst, int n, ushort id, ushort count) {
-    for (int i0 = 0; i0 < n; i0 += count) {
-        if (i0 + (int(id) & ~(FG_SIMD_WIDTH - 1)) >= n) break;  // the whole simdgroup is past n
-        const int i = min(i0 + int(id), n - 1);
-        dst(i, src[i]);
-    }
-}
-
-struct mv_to_bytes {
-    threadgroup char* out;
-    void operator()(int i, char v) const { out[i] = v; }
-};
-struct mv_to_pieces {
-    threadgroup uint4* out;
-    void operator()(int i, uint4 v) const { out[i] = v; }
-};
-
-// Bytes [0, n) at src into dst (threadgroup, 16-byte aligned) from dst + (address of src) % 16,
-// so that the copy's blocks keep their alignment; `align`: src's address % 64. Returns the copy.
-static inline threadgroup const char* mv_stage_bytes(device const char* src, int n, int align,
-                                                     threadgroup uint4* dst, ushort lane) {
-    threadgroup char* out = (threadgroup char*)dst + align % 16;
-    const int head = min(n, (64 - align) % 64);        // up to the first line boundary
-    const int pieces = (n - head) / 16;                // whole 16-byte pieces from there
-    const int tail = head + 16 * pieces;
-    mv_copy(src, mv_to_bytes{out}, head, lane, FG_SIMD_WIDTH);
-    mv_copy((device const uint4*)(src + head), mv_to_pieces{(threadgroup uint4*)(out + head)}, pieces, lane,
-            FG_SIMD_WIDTH);
-    mv_copy(src + tail, mv_to_bytes{out + tail}, n - tail, lane, FG_SIMD_WIDTH);
-    return out;
-}
 
 struct mv_x4_to_stage {
     threadgroup float* xs;

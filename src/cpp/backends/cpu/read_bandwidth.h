@@ -5,7 +5,10 @@
 
 namespace forgert::cpu {
 
-// GB/s (1e9 bytes) read, the median of a few passes over `mib` MiB; n_threads <= 0: all cores.
-double measure_read_bandwidth_gbs(int n_threads, int mib = 1024);
+// GB/s (1e9 bytes) read, the best of several timed passes over `mib` MiB after an untimed
+// warm-up pass. n_threads == 0: all cores; mib == 0: 16x the L3 cache, at least 1 GiB,
+// at most 4 GiB and a quarter of the available memory. Throws std::invalid_argument for
+// a negative n_threads or mib, or a buffer larger than half the available memory.
+double measure_read_bandwidth_gbs(int n_threads, int mib = 0);
 
 }  // namespace forgert::cpu

@@ -234,9 +234,11 @@ void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor
     a.out_stride = out.stride;
     a.table_rows = (int32_t)table.rows;
     a.cols = (int32_t)table.cols;
-    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(table.cols));
+    a.table_align = line_offset(table);
+    a.block_cols = (int32_t)dtype_block_elems(table.type);
+    a.block_bytes = (int32_t)dtype_block_bytes(table.type);
     encode(std::string("get_rows_") + sfx, &a, sizeof a, {reads(table), reads(ids), writes(out)},
-           {ceil_div(table.cols, threads), (uint32_t)n, 1}, {threads, 1, 1});
+           {ceil_div(table.cols, FG_GET_ROWS_WINDOW), (uint32_t)n, 1}, {FG_SIMD_WIDTH, 1, 1});
 }
 
 void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {

@@ -29,10 +29,11 @@
 #endif
 #define FORGERT_MSL_EMULATOR 1
 
-// Address spaces and function qualifiers. `threadgroup` is rewritten by the translator
-// (locals become threadgroup-shared storage), so it has no macro, except in the
-// address-space lint (msl2cpp.py --strict-address-spaces), where every space is a
-// distinct type (address_spaces.h).
+// Address spaces and function qualifiers. `threadgroup` in a .metal file is rewritten by the
+// translator (locals become threadgroup-shared storage); what is left of it, in the headers
+// the .metal files include (pointer types only), is dropped like `device`. In the
+// address-space lint (msl2cpp.py --strict-address-spaces) every space is a distinct type
+// (address_spaces.h).
 #define kernel
 #ifdef FGEMU_STRICT_ADDRESS_SPACES
 #include "address_spaces.h"
@@ -42,6 +43,7 @@
 #else
 #define device
 #define constant const
+#define threadgroup
 #endif
 #define thread
 #define ray_data
