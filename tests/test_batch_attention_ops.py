@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_cpu_ops import nmse, randn, rng_for
+from test_cpu_ops import batch_attention_reference, nmse, randn, rng_for
 from test_moe_ops import ops  # noqa: F401  (the fixture: CPU and Metal under three orders)
 
 N_CTX = 48  # cache rows per slot
@@ -21,32 +21,6 @@ def row_table(entries, n_ctx=N_CTX):
     """entries: (slot, pos, n) per sequence, in batch order -> i32 [rows, 2] of (position, base)."""
     rows = [(pos + i, slot * n_ctx) for slot, pos, n in entries for i in range(n)]
     return np.array(rows, dtype=np.int32).reshape(-1, 2)
-
-
-def batch_attention_reference(q, k_cache, v_cache, rows, n_heads, n_kv_heads, head_dim, scale, window=0,
-                              softcap=0.0, sinks=None):
-    """float64 causal GQA attention, query i over cache rows base_i + first .. base_i + pos_i
-    (first = pos_i + 1 - window with a window); softcap squashes scores; a sink joins each head's
-    softmax denominator only."""
-    n = q.shape[0]
-    group = n_heads // n_kv_heads
-    qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
-    k = k_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
-    v = v_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
-    out = np.zeros((n, n_heads, head_dim))
-    for i, (pos, base) in enumerate(rows):
-        first = max(0, pos + 1 - window) if window else 0
-        keys = slice(base + first, base + pos + 1)
-        for h in range(n_heads):
-            s = k[keys, h // group] @ qh[i, h] * scale
-            if softcap:
-                s = softcap * np.tanh(s / softcap)
-            if sinks is not None:
-                s = np.append(s, float(sinks[h]))
-            p = np.exp(s - s.max())
-            p /= p.sum()
-            out[i, h] = p[: pos + 1 - first] @ v[keys, h // group]
-    return out.reshape(n, n_heads * head_dim)
 
 
 def poisoned_caches(rng, n_slots, kv_dim, readable):

@@ -867,28 +867,40 @@ def test_rope_kv_write_rejects_overflow(ops_for):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
-    """Causal softmax attention in float64 with GQA: query i at position pos0 + i sees cache
-    rows 0..pos0 + i (only the last `window` of them if window > 0); query head h reads KV
-    head h // (n_heads / n_kv_heads). softcap > 0: scores s -> softcap * tanh(s / softcap)."""
+def batch_attention_reference(q, k_cache, v_cache, rows, n_heads, n_kv_heads, head_dim, scale, window=0,
+                              softcap=0.0, sinks=None):
+    """float64 causal GQA attention, query i over cache rows base_i + first .. base_i + pos_i
+    (first = pos_i + 1 - window with a window; rows: (pos_i, base_i) per query); query head h
+    reads KV head h // (n_heads / n_kv_heads); softcap > 0 squashes scores s -> softcap *
+    tanh(s / softcap); a sink joins each head's softmax denominator only."""
     n = q.shape[0]
     group = n_heads // n_kv_heads
     qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
     k = k_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
     v = v_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
     out = np.zeros((n, n_heads, head_dim))
-    for i in range(n):
-        t = pos0 + i + 1
-        first = max(0, t - window) if window else 0
+    for i, (pos, base) in enumerate(rows):
+        first = max(0, pos + 1 - window) if window else 0
+        keys = slice(base + first, base + pos + 1)
         for h in range(n_heads):
-            kv = h // group
-            s = k[first:t, kv, :] @ qh[i, h] * scale     # [t - first]
+            s = k[keys, h // group] @ qh[i, h] * scale     # [pos + 1 - first]
             if softcap:
                 s = softcap * np.tanh(s / softcap)
+            if sinks is not None:
+                s = np.append(s, float(sinks[h]))
             p = np.exp(s - s.max())
             p /= p.sum()
-            out[i, h] = p @ v[first:t, kv, :]
+            out[i, h] = p[: pos + 1 - first] @ v[keys, h // group]
     return out.reshape(n, n_heads * head_dim)
+
+
+def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0,
+                        sinks=None):
+    """One sequence from cache row 0: query i at position pos0 + i sees cache rows 0..pos0 + i
+    (only the last `window` of them if window > 0)."""
+    rows = [(pos0 + i, 0) for i in range(q.shape[0])]
+    return batch_attention_reference(q, k_cache, v_cache, rows, n_heads, n_kv_heads, head_dim, scale, window,
+                                     softcap, sinks)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

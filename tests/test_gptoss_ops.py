@@ -16,21 +16,8 @@ from test_moe_ops import ops  # noqa: F401  (the fixture: CPU and Metal under th
 def attention_sinks_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window, sinks):
     """float64 causal GQA attention whose softmax over each query's keys has one more term,
     exp(sinks[h]), in its denominator: softmax([scores, sink])[:-1] @ V."""
-    n = q.shape[0]
-    group = n_heads // n_kv_heads
-    qh = q.astype(np.float64).reshape(n, n_heads, head_dim)
-    k = k_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
-    v = v_cache.astype(np.float64).reshape(-1, n_kv_heads, head_dim)
-    out = np.zeros((n, n_heads, head_dim))
-    for i in range(n):
-        t = pos0 + i + 1
-        first = max(0, t - window) if window else 0
-        for h in range(n_heads):
-            s = np.append(k[first:t, h // group] @ qh[i, h] * scale, float(sinks[h]))
-            p = np.exp(s - s.max())
-            p /= p.sum()
-            out[i, h] = p[:-1] @ v[first:t, h // group]
-    return out.reshape(n, n_heads * head_dim)
+    return attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window,
+                               sinks=sinks)
 
 
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,n_ctx", [
