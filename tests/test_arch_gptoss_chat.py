@@ -17,7 +17,7 @@ import pytest
 import gptoss_factory as gf
 import model_factory as mf
 from server_harness import LiveServer
-from test_server_output_parsing import ScriptedModel
+from test_server_output_parsing import ScriptedModel, collect_choice
 
 from forgert.server.harmony_output import HarmonyOutput, is_harmony
 
@@ -211,29 +211,6 @@ def test_tools_and_tool_messages_render_as_transformers_does():
             '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"21 C"<|end|>'
             '<|start|>assistant') in ours
     assert "type get_weather = (_: {" in ours
-
-
-def collect_choice(client, stream: bool, **kwargs):
-    """(content, reasoning, [(name, arguments dict)], finish_reason) of one chat completion."""
-    if not stream:
-        choice = client.chat.completions.create(**kwargs).choices[0]
-        calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or ()]
-        return (choice.message.content, (choice.message.model_extra or {}).get("reasoning_content"),
-                calls, choice.finish_reason)
-    content, reasoning, calls, reason = "", "", {}, None
-    for chunk in client.chat.completions.create(stream=True, **kwargs):
-        if not chunk.choices:
-            continue
-        d = chunk.choices[0].delta
-        content += d.content or ""
-        reasoning += (d.model_extra or {}).get("reasoning_content") or ""
-        for tc in d.tool_calls or ():
-            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
-            entry["name"] += tc.function.name or ""
-            entry["arguments"] += tc.function.arguments or ""
-        reason = chunk.choices[0].finish_reason or reason
-    return (content or None, reasoning or None,
-            [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())], reason)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -159,6 +159,29 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}}}}
 
 
+def collect_choice(client, stream: bool, **kwargs):
+    """(content, reasoning, [(name, arguments dict)], finish_reason) of one chat completion."""
+    if not stream:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or ()]
+        return (choice.message.content, (choice.message.model_extra or {}).get("reasoning_content"),
+                calls, choice.finish_reason)
+    content, reasoning, calls, reason = "", "", {}, None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        reasoning += (d.model_extra or {}).get("reasoning_content") or ""
+        for tc in d.tool_calls or ():
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+        reason = chunk.choices[0].finish_reason or reason
+    return (content or None, reasoning or None,
+            [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())], reason)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_calls_parsed_from_the_models_text(tiny_model, stream):
     script = "<think>Need the weather.</think>" + HERMES
@@ -166,25 +189,7 @@ def test_tool_calls_parsed_from_the_models_text(tiny_model, stream):
         client = server.openai_client()
         kwargs = dict(model="scripted", messages=[{"role": "user", "content": "Weather in Paris?"}],
                       tools=[WEATHER])
-        if stream:
-            content, reasoning, calls, reason = "", "", {}, None
-            for chunk in client.chat.completions.create(stream=True, **kwargs):
-                if not chunk.choices:
-                    continue
-                d = chunk.choices[0].delta
-                content += d.content or ""
-                reasoning += (d.model_extra or {}).get("reasoning_content") or ""
-                for tc in d.tool_calls or ():
-                    entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
-                    entry["name"] += tc.function.name or ""
-                    entry["arguments"] += tc.function.arguments or ""
-                reason = chunk.choices[0].finish_reason or reason
-            calls = [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())]
-        else:
-            choice = client.chat.completions.create(**kwargs).choices[0]
-            content, reason = choice.message.content, choice.finish_reason
-            reasoning = choice.message.model_extra["reasoning_content"]
-            calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+        content, reasoning, calls, reason = collect_choice(client, stream, **kwargs)
     assert reason == "tool_calls"
     assert reasoning == "Need the weather."
     assert content == "Checking."
