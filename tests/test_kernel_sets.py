@@ -62,13 +62,31 @@ def test_x86_kernel_sets_match_generic(x86_check_output):
     assert "0 failures" in x86_check_output
 
 
+def set_lines(output, name, *words):
+    """The check's result lines of kernel set `name` that contain all of `words`."""
+    return [ln for ln in output.splitlines() if ln.split()[:1] == [name] and all(w in ln for w in words)]
+
+
 @X86_ONLY
 def test_amx_kernel_set_matches_generic(x86_check_output):
-    """The AMX-INT8 set (prefill int8 GEMM on tiles), where this CPU and OS run tile instructions."""
+    """The AMX-INT8 set (prefill int8 GEMM and few-token decode on tiles), where this CPU and OS run
+    tile instructions."""
     if "avx512-amx: not run" in x86_check_output:
         pytest.skip("no usable AMX-INT8 here (CPU, OS tile permission or the probe's tile instruction)")
-    lines = [ln for ln in x86_check_output.splitlines() if ln.startswith("avx512-amx") and "gemm_i8" in ln]
-    assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
+    for words in (["gemm_i8"], ["bit-identical to n=1"]):
+        lines = set_lines(x86_check_output, "avx512-amx", *words)
+        assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
+
+
+@X86_ONLY
+def test_amx_decode_on_emulated_tiles(x86_check_output):
+    """The AMX few-token decode's layouts and finishing, on tiles emulated by loops (any AVX-512
+    VNNI CPU): bit-identical to one-token decode for 2..15 tokens, and close to generic."""
+    if "avx512-vnni" not in x86_check_output:
+        pytest.skip("needs AVX-512 VNNI")
+    for words in (["bit-identical to n=1"], ["gemm Q4_0", "n=6"], ["gemv Q5_1 vs f64"]):
+        lines = set_lines(x86_check_output, "avx512-amx-emulated", *words)
+        assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
 
 
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
