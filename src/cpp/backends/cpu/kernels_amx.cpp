@@ -11,6 +11,11 @@
 // dw * dx per block and accumulates in f32 exactly as the other sets do (same bits).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
+
 #define FG_PANEL_512 1
 #include "kernels_x86_int8.inc"
 
