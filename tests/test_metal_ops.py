@@ -530,6 +530,14 @@ def test_attention_rejects_head_dim_above_limit(metal, as_cache):
         metal.attention(q, kv, kv, 0, 1, 1, 512, 1.0)
 
 
+@pytest.mark.parametrize("value", ["48", "512", "many"])
+def test_gemv_threadgroup_rows_override_rejects_bad_values(metal, monkeypatch, value):
+    """FORGERT_METAL_GEMV_TG_ROWS takes the staged GEMVs' threadgroup sizes only, and says so."""
+    monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", value)
+    with pytest.raises(ValueError, match="FORGERT_METAL_GEMV_TG_ROWS must be 32, 64, 128 or 256"):
+        metal.matmul(np.zeros(64 * 64, dtype=np.float32).view(np.uint8), F32, 64, 64, np.ones((1, 64), np.float32))
+
+
 def test_matmul_rejects_quantized_width_not_multiple_of_32(metal):
     with pytest.raises(ValueError):
         metal.matmul(np.zeros(18 * 3, dtype=np.uint8), Q4_0, 3, 48, np.zeros((1, 48), dtype=np.float32))
