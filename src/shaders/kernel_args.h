@@ -32,7 +32,7 @@
 // window of FG_MV_WINDOW_BLOCKS 32-weight blocks at a time into threadgroup memory (16-byte
 // pieces from 64-byte boundaries), the threadgroup x's window once; then as mul_mv from there.
 // x is requested once per threadgroup, so a threadgroup takes as many rows as the matrix allows
-// while still filling the GPU (the rule and why: metal_ops.cpp, gemv_kernel): args.sg_rows rows
+// while still filling the GPU (the rule and why: metal_ops.cpp, gemv_tg_rows): args.sg_rows rows
 // per simdgroup (FG_MV_ROWS_PER_SIMDGROUP or FG_MV_STAGED_MAX_SG_ROWS), up to 32 simdgroups.
 // grid: (ceil(rows / (sg_rows * simdgroups)), n_tokens); threads: simdgroups * 32
 // threadgroup memory 0: FG_MV_STAGED_TG_BYTES(window bytes of the type, simdgroups)

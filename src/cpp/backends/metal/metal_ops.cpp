@@ -169,7 +169,8 @@ GemvKernel gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_t
     k.name = std::string(family) + "staged_" + weight_suffix(type);
     const int64_t tg_rows = gemv_tg_rows(rows, n_tokens);
     k.sg_rows = tg_rows > 128 ? FG_MV_STAGED_MAX_SG_ROWS : FG_MV_ROWS_PER_SIMDGROUP;
-    const uint32_t simdgroups = std::min<uint32_t>((uint32_t)(tg_rows / k.sg_rows), cap(k.name.c_str()) / FG_SIMD_WIDTH);
+    const uint32_t simdgroups =
+        std::min<uint32_t>((uint32_t)(tg_rows / k.sg_rows), cap(k.name.c_str()) / FG_SIMD_WIDTH);
     k.rows_per_tg = simdgroups * (uint32_t)k.sg_rows;
     k.threads = simdgroups * FG_SIMD_WIDTH;
     // a window of FG_MV_WINDOW_BLOCKS 32-weight chunks of a row; float rows are not copied
