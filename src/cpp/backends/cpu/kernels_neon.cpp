@@ -7,7 +7,9 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 
+#include <array>
 #include <type_traits>
+#include <utility>
 
 namespace forgert::cpu {
 namespace {
@@ -24,92 +26,7 @@ inline void iq4_values(const uint8_t* qs, int8x16_t& lo, int8x16_t& hi) {
     hi = vqtbl1q_s8(t, vshrq_n_u8(v, 4));
 }
 
-// 32 bytes of one block as two 16-byte vectors: Q8_0 and IQ4_NL signed values; Q4 nibbles
-// 0..15 (low nibbles are elements 0..15, high ones 16..31).
-template <DType WT>
-inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& d, float& m) {
-    if constexpr (WT == DType::IQ4_NL) {
-        const auto* q = reinterpret_cast<const block_iq4_nl*>(blk);
-        iq4_values(q->qs, lo, hi);
-        d = f16(q->d);
-        m = 0.0f;
-    } else if constexpr (WT == DType::Q8_0) {
-        const auto* q = reinterpret_cast<const block_q8_0*>(blk);
-        lo = vld1q_s8(q->qs);
-        hi = vld1q_s8(q->qs + 16);
-        d = f16(q->d);
-        m = 0.0f;
-    } else if constexpr (WT == DType::Q5_0 || WT == DType::Q5_1) {
-        uint8_t u[FG_QK];  // quants 0..31 (portable unpack: the fifth bits are scattered)
-        if constexpr (WT == DType::Q5_0) {
-            const auto* q = reinterpret_cast<const block_q5_0*>(blk);
-            q5_unpack(q->qh, q->qs, u);
-            d = f16(q->d), m = -16.0f * d;
-        } else {
-            const auto* q = reinterpret_cast<const block_q5_1*>(blk);
-            q5_unpack(q->qh, q->qs, u);
-            d = f16(q->d), m = f16(q->m);
-        }
-        lo = vreinterpretq_s8_u8(vld1q_u8(u));
-        hi = vreinterpretq_s8_u8(vld1q_u8(u + 16));
-    } else {
-        const uint8_t* qs;
-        if constexpr (WT == DType::Q4_0) {
-            const auto* q = reinterpret_cast<const block_q4_0*>(blk);
-            qs = q->qs, d = f16(q->d), m = -8.0f * d;
-        } else {
-            const auto* q = reinterpret_cast<const block_q4_1*>(blk);
-            qs = q->qs, d = f16(q->d), m = f16(q->m);
-        }
-        const uint8x16_t v = vld1q_u8(qs);
-        lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
-        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-    }
-}
-
-template <DType WT, int R, int T>
-void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride) {
-    constexpr int64_t BB = block_bytes<WT>();
-    float32x4_t acc[R][T];
-    float corr[R][T];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) { acc[r][t] = vdupq_n_f32(0.0f); corr[r][t] = 0.0f; }
-    for (int64_t b = 0; b < nb; b++) {
-        int8x16_t wl[R], wh[R];
-        float dw[R], mw[R];
-        for (int r = 0; r < R; r++) load_block<WT>(w + r * w_stride + b * BB, wl[r], wh[r], dw[r], mw[r]);
-        for (int t = 0; t < T; t++) {
-            const BlockQ8Act& a = x[t * nb + b];
-            const int8x16_t h0 = vld1q_s8(a.hi), h1 = vld1q_s8(a.hi + 16);
-            const int8x16_t l0 = vld1q_s8(a.lo), l1 = vld1q_s8(a.lo + 16);
-            for (int r = 0; r < R; r++) {
-                const int32x4_t dh = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], h0), wh[r], h1);
-                const int32x4_t dl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], l0), wh[r], l1);
-                const int32x4_t dot = vaddq_s32(vshlq_n_s32(dh, 8), dl);  // 256 hi + lo
-                acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
-                if constexpr (WT != DType::Q8_0 && WT != DType::IQ4_NL) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
-            }
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) out[t * out_stride + r] = vaddvq_f32(acc[r][t]) + corr[r][t];
-}
-
-template <DType WT>
-void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
-                  int64_t n_tok, float* out, int64_t out_stride) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        int64_t t = 0;
-        for (; t + 4 <= n_tok; t += 4)
-            gemm_q_tile<WT, 4, 4>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
-        for (; t < n_tok; t++)
-            gemm_q_tile<WT, 4, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
-    }
-    for (; r < r1; r++)
-        for (int64_t t = 0; t < n_tok; t++)
-            gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
-}
+#include "kernels_neon_q.inc"
 
 inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
