@@ -57,8 +57,9 @@ void gemm_q_iq4_xs(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, co
         }
 }
 
-// ---- K-quant decode GEMV: R rows per pass (as kernels_x86_kquant.inc) ----
-// Each activation block is loaded once for R rows; sdot takes the signed quants as they are,
+// ---- K-quant decode: R rows x T tokens per pass ----
+// Each sub-block's quants are unpacked once for T tokens, each token's activation block loaded
+// once for R rows; sdot takes the signed quants as they are,
 // 16 weights (a 16-weight sub-block, or half of a 32-weight one) per instruction. Per row and
 // super-block the sub-block factors d * sc * a.d go to f32 as whole vectors, and the min
 // terms (Q4_K / Q5_K against the activation sums, Q2_K against its halves' exact sums) go
