@@ -187,6 +187,7 @@ void kquant_gemm_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* const
                 q[r][0] = kquant_quants16<WT>(blk, j, 0), q[r][1] = kquant_quants16<WT>(blk, j, 1);
             }
             const int32x4_t z = vdupq_n_s32(0);
+#pragma GCC unroll 4  // clang keeps acc[][] in memory behind a runtime token loop otherwise
             for (int t = 0; t < T; t++) {
                 const BlockQ8Act& a = x[t][s * kActBlocksPerSuper + j];
                 const int8x16_t xh[2] = {vld1q_s8(a.hi), vld1q_s8(a.hi + 16)};
