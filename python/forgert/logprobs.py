@@ -1,5 +1,7 @@
 """A sampled token's log-probability (and the most likely alternatives) from its logits row:
-shared by the single-sequence path (Model) and the batch (batch.py), so both report the same."""
+shared by the single-sequence path (Model) and the batch (batch.py), so both report the same.
+A prompt's tokens are scored in C++ by the engine pass itself (_core.RowScores, the same
+reduction): scored_logprobs turns its arrays into the same TokenLogprob entries."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,3 +34,11 @@ def _largest(x: np.ndarray, n: int) -> np.ndarray:
     if len(candidates) > n:
         candidates = candidates[np.argpartition(-x[candidates], n - 1)[:n]]
     return candidates[np.argsort(-x[candidates], kind="stable")]
+
+
+def scored_logprobs(scores, tokenizer) -> list[TokenLogprob]:
+    """[TokenLogprob] of each target of a _core.RowScores the engine filled: the token after each
+    evaluated row, with its row's top_k alternatives (ties to the lower id, as _largest)."""
+    return [TokenLogprob(tokenizer.decode([int(tok)]), float(lp),
+                         [(tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, vals)])
+            for tok, lp, ids, vals in zip(scores.targets, scores.logprob, scores.top_ids, scores.top_logprob)]

@@ -112,6 +112,19 @@ void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
         if (seen[b.slot]) throw InputError("slot " + std::to_string(b.slot) + " appears twice in one batch");
         seen[b.slot] = true;
         check_input(b.tokens, b.n, b.pos);
+        if (b.scores) {
+            const RowScores& sc = *b.scores;
+            if (!sc.targets || !sc.logprob || (sc.top_k > 0 && (!sc.top_ids || !sc.top_logprob)))
+                throw InputError("entry " + std::to_string(e) + ": scores without targets or outputs");
+            if (sc.top_k < 0 || sc.top_k > std::min(kMaxScoreTop, cfg_.vocab))
+                throw InputError("entry " + std::to_string(e) + ": top_k " + std::to_string(sc.top_k) +
+                                 " is outside 0.." + std::to_string(std::min(kMaxScoreTop, cfg_.vocab)));
+            for (int i = 0; i < b.n; i++)
+                if (sc.targets[i] < 0 || sc.targets[i] >= cfg_.vocab)
+                    throw InputError("entry " + std::to_string(e) + ": target token id " + std::to_string(sc.targets[i]) +
+                                     " at index " + std::to_string(i) + " is out of range [0, " +
+                                     std::to_string(cfg_.vocab) + ")");
+        }
         total += b.n;
     }
     if (total > max_batch_)
@@ -325,11 +338,37 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int n_entries, float* 
     be_->begin();
     run_layers(entries, n_entries);
     const double t0 = profiling_ ? now_s() : 0;
-    const Tensor out = last_row_logits(entries, n_entries);
+    const Tensor out = logits ? last_row_logits(entries, n_entries) : Tensor{};
     be_->commit();
     be_->wait();
-    be_->read(logits, out, (size_t)n_entries * cfg_.vocab * sizeof(float));
+    if (logits) be_->read(logits, out, (size_t)n_entries * cfg_.vocab * sizeof(float));
+    score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
+}
+
+void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
+    const int vocab = cfg_.vocab;
+    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) {
+        const BatchEntry& b = entries[e];
+        if (!b.scores) continue;
+        if (!score_logits_.buf) {
+            bufs_.push_back(be_->alloc((size_t)kScoreBlock * vocab * sizeof(float)));
+            score_logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, kScoreBlock, vocab);
+            score_host_.resize((size_t)kScoreBlock * vocab);
+        }
+        for (int done = 0; done < b.n; done += kScoreBlock) {
+            const int m = std::min(kScoreBlock, b.n - done);
+            const Tensor hn = xn_.slice_rows(0, m), out = score_logits_.slice_rows(0, m);
+            be_->begin();  // the pass's final hidden states stay in x_, rows in entry order
+            be_->rms_norm(hn, x_.slice_rows(r0 + done, m), w_.output_norm, cfg_.rms_eps);
+            be_->matmul(out, w_.output, hn);
+            if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
+            be_->commit();
+            be_->wait();
+            be_->read(score_host_.data(), out, (size_t)m * vocab * sizeof(float));
+            score_rows(score_host_.data(), m, vocab, *b.scores, done);
+        }
+    }
 }
 
 void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best) {
@@ -344,6 +383,7 @@ void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, 
     be_->commit();
     be_->wait();
     be_->read(best, best_ids, (size_t)n_entries * sizeof(int32_t));
+    score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
 }
 
