@@ -70,7 +70,8 @@ def token_prompt(n, seed):
 
 
 # 8 echo requests: token-id and text prompts, 0 to 5 alternatives, streamed or not, one with
-# n = 2 (the second choice copies the first's K/V rows and prompt logprobs), one of 2 prompts.
+# n = 2 (the second choice copies the first's K/V rows and prompt logprobs), one of 2 prompts
+# (the second a single token: nothing to score, its logprob None).
 ECHOES = [
     dict(prompt=token_prompt(40, 1), max_tokens=1, temperature=0, logprobs=1, echo=True),
     dict(prompt=token_prompt(57, 2), max_tokens=3, temperature=0, logprobs=2, echo=True),
@@ -78,14 +79,15 @@ ECHOES = [
     dict(prompt=token_prompt(90, 4), max_tokens=1, temperature=0, logprobs=5, echo=True),
     dict(prompt="abc def ghi jkl mno pqr abc def " * 4, max_tokens=4, temperature=0, logprobs=3, echo=True),
     dict(prompt=token_prompt(33, 6), max_tokens=3, temperature=0.8, seed=9, logprobs=1, echo=True, n=2),
-    dict(prompt=[token_prompt(64, 7), token_prompt(18, 8)], max_tokens=1, temperature=0, logprobs=2,
+    dict(prompt=[token_prompt(64, 7), token_prompt(1, 8)], max_tokens=1, temperature=0, logprobs=2,
          echo=True),
     # lm-eval's continuations share their context: scored from position 0 all the same
     dict(prompt=token_prompt(57, 2)[:30] + token_prompt(20, 10), max_tokens=2, temperature=0, logprobs=1,
          echo=True),
 ]
-CHATS = [dict(messages=[{"role": "user", "content": "abc def " * (i + 1)}], max_tokens=40, temperature=0)
-         for i in range(3)]
+# streaming chats, one sampled (seeded): its steps draw in C++ beside the scored prefill rows
+CHATS = [dict(messages=[{"role": "user", "content": "abc def " * (i + 1)}], max_tokens=40,
+              temperature=0.9 if i == 2 else 0, seed=5) for i in range(3)]
 
 
 @pytest.fixture(scope="module")
