@@ -604,6 +604,21 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("top_logprob", &PyRowScores::top_logprob)
         .def_property_readonly_static("max_top_k", [](py::object) { return LlamaModel::kMaxScoreTop; });
 
+    m.def(
+        "score_logits",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> logits, PyRowScores& scores) {
+            if (logits.ndim() != 2 || logits.shape(0) != scores.targets.size() || logits.shape(1) < 1)
+                throw InputError("score_logits: logits must be [n targets, vocab]");
+            const int n = (int)logits.shape(0), vocab = (int)logits.shape(1);
+            if (scores.top_k > vocab) throw InputError("score_logits: top_k exceeds the vocabulary");
+            for (int i = 0; i < n; i++)
+                if (scores.targets.data()[i] < 0 || scores.targets.data()[i] >= vocab)
+                    throw InputError("score_logits: target out of range");
+            score_rows(logits.data(), n, vocab, scores.view(), 0);
+        },
+        py::arg("logits"), py::arg("scores"),
+        "test-facing: the host reduction a scored pass applies to its rows' logits [n, vocab], into scores");
+
     py::class_<Sampler>(m, "Sampler",
                         "penalties -> temperature -> top-k -> top-p -> min-p -> draw, on float32 logits "
                         "(the C++ twin of forgert.sampling.Sampler); seed None: unseeded, else 0..2**64-1")
