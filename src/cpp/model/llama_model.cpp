@@ -347,28 +347,43 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int n_entries, float* 
 }
 
 void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
+    struct Block {
+        const RowScores* scores;
+        int x_row, first, m;  // rows x_row .. x_row + m - 1 of x_ score rows first .. of the entry
+    };
+    std::vector<Block> blocks;
+    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++)
+        for (int done = 0; entries[e].scores && done < entries[e].n; done += kScoreBlock)
+            blocks.push_back({entries[e].scores, r0 + done, done, std::min(kScoreBlock, entries[e].n - done)});
+    if (blocks.empty()) return;
     const int vocab = cfg_.vocab;
-    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) {
-        const BatchEntry& b = entries[e];
-        if (!b.scores) continue;
-        if (!score_logits_.buf) {
-            bufs_.push_back(be_->alloc((size_t)kScoreBlock * vocab * sizeof(float)));
-            score_logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, kScoreBlock, vocab);
-            score_host_.resize((size_t)kScoreBlock * vocab);
-        }
-        for (int done = 0; done < b.n; done += kScoreBlock) {
-            const int m = std::min(kScoreBlock, b.n - done);
-            const Tensor hn = xn_.slice_rows(0, m), out = score_logits_.slice_rows(0, m);
-            be_->begin();  // the pass's final hidden states stay in x_, rows in entry order
-            be_->rms_norm(hn, x_.slice_rows(r0 + done, m), w_.output_norm, cfg_.rms_eps);
-            be_->matmul(out, w_.output, hn);
-            if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
-            be_->commit();
-            be_->wait();
-            be_->read(score_host_.data(), out, (size_t)m * vocab * sizeof(float));
-            score_rows(score_host_.data(), m, vocab, *b.scores, done);
-        }
+    if (!score_logits_.buf) {  // two blocks' logits: the device computes one while the host scores the other
+        bufs_.push_back(be_->alloc((size_t)2 * kScoreBlock * vocab * sizeof(float)));
+        score_logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, 2 * kScoreBlock, vocab);
+        score_host_.resize((size_t)kScoreBlock * vocab);
     }
+    // Block b's logits go to half b % 2; its normed rows to its own rows of xn_ (free once the
+    // pass's outputs were read), so two blocks in flight share no scratch.
+    auto encode = [&](size_t b) {
+        const Block& k = blocks[b];
+        const Tensor hn = xn_.slice_rows(k.x_row, k.m), out = score_logits_.slice_rows((b % 2) * kScoreBlock, k.m);
+        be_->begin();
+        be_->rms_norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm, cfg_.rms_eps);
+        be_->matmul(out, w_.output, hn);
+        if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
+        be_->commit();
+        return be_->committed();
+    };
+    uint64_t ticket = encode(0);
+    for (size_t b = 0; b < blocks.size(); b++) {
+        const uint64_t next = b + 1 < blocks.size() ? encode(b + 1) : 0;  // block b + 1 runs on
+        const Block& k = blocks[b];
+        be_->read_after(ticket, score_host_.data(), score_logits_.slice_rows((b % 2) * kScoreBlock, k.m),
+                        (size_t)k.m * vocab * sizeof(float));
+        score_rows(score_host_.data(), k.m, vocab, *k.scores, k.first);
+        ticket = next;
+    }
+    be_->wait();
 }
 
 void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best) {

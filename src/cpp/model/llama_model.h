@@ -113,7 +113,8 @@ private:
     // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
     Tensor last_row_logits(const BatchEntry* entries, int n_entries);
     // After the pass has been waited on: every row of the entries with scores through the final
-    // norm and output projection, a block of rows at a time, each block scored on the host.
+    // norm and output projection, kScoreBlock rows at a time, each block scored on the host while
+    // the device computes the next.
     void score_entries(const BatchEntry* entries, int n_entries);
     Tensor slot_rows(const Tensor& cache, int slot) const {  // f16 [n_ctx, kv_dim] of one slot
         return cache.slice_rows((int64_t)slot * cfg_.n_ctx, cfg_.n_ctx);
@@ -133,8 +134,8 @@ private:
     std::vector<std::unique_ptr<Buffer>> bufs_;
     std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
     std::vector<int32_t> row_pos_host_;  // a batch's row table: (position, slot's first cache row) per row
-    Tensor score_logits_;                // f32 [kScoreBlock, vocab], allocated on first use
-    std::vector<float> score_host_;      // the same, read back for scoring
+    Tensor score_logits_;                // f32 [2 * kScoreBlock, vocab]: two blocks, allocated on first use
+    std::vector<float> score_host_;      // f32 [kScoreBlock, vocab]: a block read back for scoring
     Tensor row_pos_;                     // i32 [max_batch, 2]: the same on the device (RowPositions)
     Tensor ids_, last_rows_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;  // logits_ [>= n_entries, vocab]; argmax_ i32 [max_batch]
     // Mixture of experts: router logits [B, n_expert], the chosen experts i32 [B, k] and their
