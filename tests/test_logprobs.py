@@ -71,14 +71,15 @@ def test_cpp_row_scores_equal_token_logprob(vocab, ties):
         assert abs(scores.logprob[row] - log_softmax(x[row])[tok]) < 1e-6    # and NumPy's f64
 
 
-@pytest.mark.parametrize("chunk", [512, 64])
-def test_prompt_logprobs_are_the_log_softmax_of_model_logits(tiny_models, monkeypatch, chunk):
-    """A 150-token prompt (three 64-row score blocks; with 64-token prefill chunks, three passes):
-    each token's logprob and top 3 from NumPy's log-softmax of Model.logits; the first has none."""
+@pytest.mark.parametrize("chunk, threads", [(512, 1), (64, 2)])
+def test_prompt_logprobs_are_the_log_softmax_of_model_logits(tiny_models, monkeypatch, chunk, threads):
+    """A 150-token prompt (three 64-row score blocks; with 64-token prefill chunks, three passes;
+    with 2 threads, each block's rows scored on the CPU pool's threads): each token's logprob and
+    top 3 from NumPy's log-softmax of Model.logits; the first has none."""
     import forgert
     monkeypatch.setattr(forgert.model, "PREFILL_CHUNK", chunk)
     path = tiny_models("llama3_untied").path("gguf-F32")
-    model = forgert.Model(path, backend="cpu", threads=1, n_ctx=256)
+    model = forgert.Model(path, backend="cpu", threads=threads, n_ctx=256)
     ids = np.random.default_rng(5).integers(20, 300, size=150).tolist()
     x = model.logits(ids)
     got = model.prompt_logprobs(ids, 3)

@@ -380,7 +380,9 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
         const Block& k = blocks[b];
         be_->read_after(ticket, score_host_.data(), score_logits_.slice_rows((b % 2) * kScoreBlock, k.m),
                         (size_t)k.m * vocab * sizeof(float));
-        score_rows(score_host_.data(), k.m, vocab, *k.scores, k.first);
+        be_->host_parallel_for(k.m, [&](int64_t r0, int64_t r1) {  // rows split over the host's threads
+            score_rows(score_host_.data() + r0 * vocab, (int)(r1 - r0), vocab, *k.scores, k.first + (int)r0);
+        });
         ticket = next;
     }
     be_->wait();
