@@ -286,20 +286,22 @@ void check_gemv_reference(const KernelSet* k, int cols) {
 // Continuous batching: a token's GEMV result must not depend on the tokens beside it, so
 // that a request's greedy output is the same alone and in a batch. The x86 sets' few-token
 // kernels run the one-token kernel's operations for every token: each row of an n-token
-// product is bit-identical to that token's product alone, for every token count up to the
-// prefill GEMM's (1..15), over every register tile and remainder. Rows of whole super-blocks
-// check the K-quants (one, two and three of them), the others the 32-weight block types.
+// product is bit-identical to that token's product alone, for every token count up to the prefill GEMM's (1..15), over
+// every register tile and remainder. The NEON sets too: their integer block dots are exact and
+// every tile runs the same float steps. Every quantized type (K-quants and IQ4_XS where the
+// row holds whole super-blocks: one, two and three of them).
 void check_batch_invariance(const KernelSet* k, int cols) {
-    if (std::strncmp(k->name, "avx", 3)) return;  // x86 sets; others: close (check()), not bit-identical
+    // x86 and NEON sets; generic: close (check()), not bit-identical
+    if (std::strncmp(k->name, "avx", 3) && std::strncmp(k->name, "neon", 4)) return;
     const int rows = 37, nb = cols / FG_QK, ntok = 15;
     std::vector<float> x(ntok * cols);
     for (auto& v : x) v = normal(rng);
     std::vector<BlockQ8Act> xq(ntok * nb);
     for (int t = 0; t < ntok; t++) k->quantize_row_q8(&x[t * cols], &xq[t * nb], cols);
-    const bool super = cols % FG_QK_K == 0;
-    const std::vector<DType> types =
-        super ? std::vector<DType>{DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}
-              : std::vector<DType>{DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL};
+    std::vector<DType> types = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
+                                DType::MXFP4};
+    if (cols % FG_QK_K == 0)  // K-quants and IQ4_XS: whole super-blocks
+        types.insert(types.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
     for (DType t : types) {
         auto w = random_weights(t, rows, cols);
         const int64_t rb = row_bytes(t, cols);
