@@ -118,6 +118,33 @@ def test_decode_logits_match_transformers(forgert, kq, fmt, reference):
     compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt, n_tokens=1), what=f"{fmt} decode")
 
 
+def test_batched_decode_equals_each_sequence_alone(forgert, kq, fmt):
+    """Continuous batching: five sequences decoding together (the x86 sets' few-token K-quant
+    kernels: a tile of 4 tokens and one of 1) give each one the logits it gets decoding alone, bit for
+    bit (each (row, token) runs the one-token kernel's float operations in its order). Each
+    prompt is prefilled in its own pass, in the batch engine and alone, so the caches match."""
+    from forgert import _core
+    from forgert.loader import load_model
+    model = load_model(str(kq.path(fmt)))
+    engine = lambda n_slots: _core.Engine(model.config.core_dict(64), model.core_tensors, backend="cpu",  # noqa: E731
+                                          n_threads=1, max_batch=64, n_slots=n_slots)
+    batch, alone = engine(5), {s: engine(1) for s in range(5)}
+    pos = {}
+    for s, n in enumerate([9, 2, 5, 7, 3]):
+        ids = np.asarray(token_ids(kq, n, 10 + s), np.int32)
+        batch.forward_batch([(s, ids, 0)])
+        alone[s].forward(ids, 0)
+        pos[s] = n
+    nxt = {s: int(t) for s, t in enumerate(token_ids(kq, 5, 20))}
+    for step in range(4):
+        entries = [(s, np.array([nxt[s]], np.int32), pos[s]) for s in range(5)]
+        got = batch.forward_batch(entries)
+        for row, (s, toks, p) in enumerate(entries):
+            ref = np.asarray(alone[s].forward(toks, p)).reshape(-1)
+            assert np.array_equal(got[row], ref), f"step {step} slot {s}: max |diff| {np.abs(got[row] - ref).max()}"
+            nxt[s], pos[s] = int(np.argmax(ref)), p + 1
+
+
 @pytest.mark.metal
 def test_metal_logits_match_transformers(forgert, kq, fmt, reference, metal_reason):
     """Emulated Metal: prefill (simdgroup GEMM on half tiles), then greedy decode steps (GEMV).

@@ -3,7 +3,7 @@
 // with the machine's read bandwidth (measured with the backend's threads) for reference.
 //
 //   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
-//   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only]
+//   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only, 8 = and batched decode]
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -24,16 +25,29 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+double process_cpu_seconds() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Median wall time of f over reps calls, and (if cpu) the median process CPU time: on a shared,
+// oversubscribed VM a call of a few ms is often preempted, which inflates its wall time but
+// not its CPU time (one thread: the CPU time is the kernel's own).
 template <class F>
-double median_seconds(F&& f, int reps) {
-    std::vector<double> t;
+double median_seconds(F&& f, int reps, double* cpu = nullptr) {
+    std::vector<double> t, c;
     f();  // warm-up
     for (int i = 0; i < reps; i++) {
+        const double c0 = process_cpu_seconds();
         const auto a = Clock::now();
         f();
         t.push_back(std::chrono::duration<double>(Clock::now() - a).count());
+        c.push_back(process_cpu_seconds() - c0);
     }
     std::sort(t.begin(), t.end());
+    std::sort(c.begin(), c.end());
+    if (cpu) *cpu = c[c.size() / 2];
     return t[t.size() / 2];
 }
 
@@ -99,7 +113,8 @@ int main(int argc, char** argv) {
     const double bw = cpu::measure_read_bandwidth_gbs(be.n_threads());
     std::printf("backend: %s, threads: %d, read bandwidth (%d threads): %.1f GB/s\n", be.name().c_str(), be.n_threads(),
                 be.n_threads(), bw);
-    std::printf("%-28s %6s %6s %5s %10s %9s %9s %7s\n", "op", "rows", "cols", "n", "time_us", "GB/s", "GFLOP/s", "%bw");
+    std::printf("%-28s %6s %6s %5s %10s %9s %9s %7s %10s\n", "op", "rows", "cols", "n", "time_us", "GB/s", "GFLOP/s", "%bw",
+                "cpu_us");
 
     struct Shape { const char* what; int64_t rows, cols; };
     const Shape shapes[] = {{"smollm2 ffn_up", 1536, 576},  {"smollm2 ffn_down", 576, 1536},
@@ -109,7 +124,7 @@ int main(int argc, char** argv) {
                     DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::MXFP4, DType::F16,
                     DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
-            for (int64_t n : {1, 512}) {
+            for (int64_t n : {1, 4, 8, 512}) {  // decode, batched decode of 4 and 8 sequences, prefill
                 if (n > max_n || s.cols % dtype_block_elems(t)) continue;  // K-quants: whole super-blocks
                 char name[64];
                 std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
@@ -118,11 +133,12 @@ int main(int argc, char** argv) {
                 Tensor x = random_tensor(be, keep, DType::F32, n, s.cols, rng);
                 keep.push_back(be.alloc((size_t)n * s.rows * 4));
                 Tensor y = make_tensor(keep.back().get(), 0, DType::F32, n, s.rows);
-                const double sec = median_seconds([&] { be.matmul(y, w, x); }, n == 1 ? 50 : 5);
+                double cpu = 0;
+                const double sec = median_seconds([&] { be.matmul(y, w, x); }, n <= 8 ? 50 : 5, &cpu);
                 const double gbs = (double)w.nbytes() / sec / 1e9;  // weights streamed once per call
                 const double gflops = 2.0 * s.rows * s.cols * n / sec / 1e9;
-                std::printf("%-28s %6lld %6lld %5lld %10.1f %9.1f %9.1f %6.0f%%\n", name, (long long)s.rows,
-                            (long long)s.cols, (long long)n, sec * 1e6, gbs, gflops, 100.0 * gbs / bw);
+                std::printf("%-28s %6lld %6lld %5lld %10.1f %9.1f %9.1f %6.0f%% %10.1f\n", name, (long long)s.rows,
+                            (long long)s.cols, (long long)n, sec * 1e6, gbs, gflops, 100.0 * gbs / bw, cpu * 1e6);
                 keep.clear();
             }
         }

@@ -128,29 +128,40 @@ inline void kquant_acts(const BlockQ8Act* a, int64_t nb, KquantActs& s) {
     }
 }
 
-// Q4_K / Q5_K's 8 scales and 8 mins (6 bits each, packed in 12 bytes) as bytes: sm[0..7] the
-// scales, sm[8..15] the mins (ggml's unpacking, q4_K_scale_min for all j at once).
-inline void q4_K_scales_mins(const uint8_t* packed, uint8_t* sm) {
+// Q4_K / Q5_K's 8 scales and 8 mins (6 bits each, packed in 12 bytes) as bytes, four to a
+// little-endian word: o[0..1] the scales, o[2..3] the mins (ggml's unpacking, q4_K_scale_min for
+// all j at once). Words, so SIMD code can put them in a register without a store and reload.
+inline void q4_K_scale_min_words(const uint8_t* packed, uint32_t* o) {
     constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    uint32_t u[3], o[4];
+    uint32_t u[3];
     std::memcpy(u, packed, 12);
     o[0] = u[0] & k6;                                       // scales 0..3
     o[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);         // scales 4..7
     o[2] = u[1] & k6;                                       // mins 0..3
     o[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // mins 4..7
+}
+// The same as bytes: sm[0..7] the scales, sm[8..15] the mins.
+inline void q4_K_scales_mins(const uint8_t* packed, uint8_t* sm) {
+    uint32_t o[4];
+    q4_K_scale_min_words(packed, o);
     std::memcpy(sm, o, 16);
 }
 
-// Q3_K's 16 scales (6 bits, packed in 12 bytes) plus 32, as bytes 0..63 (q3_K_scales for all at
-// once; the caller takes the 32 off as a vector).
-inline void q3_K_scales_biased(const uint8_t* packed, uint8_t* sc) {
+// Q3_K's 16 scales (6 bits, packed in 12 bytes) plus 32, as bytes 0..63 four to a little-endian
+// word (q3_K_scales for all at once; the caller takes the 32 off as a vector).
+inline void q3_K_scale_words_biased(const uint8_t* packed, uint32_t* o) {
     constexpr uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    uint32_t u[3], o[4];
+    uint32_t u[3];
     std::memcpy(u, packed, 12);
     o[0] = (u[0] & k4) | ((u[2] & k2) << 4);
     o[1] = (u[1] & k4) | (((u[2] >> 2) & k2) << 4);
     o[2] = ((u[0] >> 4) & k4) | (((u[2] >> 4) & k2) << 4);
     o[3] = ((u[1] >> 4) & k4) | (((u[2] >> 6) & k2) << 4);
+}
+// The same as bytes sc[0..15].
+inline void q3_K_scales_biased(const uint8_t* packed, uint8_t* sc) {
+    uint32_t o[4];
+    q3_K_scale_words_biased(packed, o);
     std::memcpy(sc, o, 16);
 }
 
