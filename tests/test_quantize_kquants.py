@@ -62,6 +62,17 @@ def test_q5_blocks_equal_the_gguf_package_reference(name):
     np.testing.assert_array_equal(quantize(name, x).reshape(-1), gguf.quants.quantize(x, T[name]).reshape(-1))
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3, 1e-20])
+def test_mxfp4_blocks_equal_the_gguf_package_reference(scale):
+    """MXFP4 (mxfp4_moe's expert type) has no search either: ggml's quantize_row_mxfp4_ref, as
+    gguf-py writes it, at scales whose exponent bytes span small, large and subnormal values, and
+    with all-zero blocks."""
+    x = reference_tensor()[:64] * np.float32(scale)
+    x[3] = 0.0
+    x[5, 40:72] = 0.0
+    np.testing.assert_array_equal(quantize("MXFP4", x).reshape(-1), gguf.quants.quantize(x, T.MXFP4).reshape(-1))
+
+
 @pytest.mark.parametrize("name", list(LLAMACPP_RMS))
 def test_degenerate_blocks(name):
     """All-zero, constant, one-spike and denormal-scale rows decode without NaN, zeros exactly."""
@@ -137,7 +148,7 @@ def planned_types(mix: str, names, cols: int = 256, n_gqa: int = 4, pure: bool =
     from forgert.ggml_types import type_name
     from forgert.quant_mix import MixPlanner
     planner = MixPlanner(mix, names, n_layers=8, n_gqa=n_gqa, pure=pure)
-    return {n: type_name(planner.type_for(n, cols)) for n in names}
+    return {n: type_name(planner.type_for(n, (256, cols))) for n in names}
 
 
 @pytest.mark.parametrize("mix", list(MIX_TABLE_8_LAYERS))
@@ -182,6 +193,7 @@ MOE_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_inp", "ff
 @pytest.mark.parametrize("n_expert", [4, 8])
 @pytest.mark.parametrize("mix", list(MIX_TABLE_8_LAYERS))
 def test_moe_mix_rules_match_llamacpp(mix, n_expert):
+    from forgert import ggml_types
     from forgert.ggml_types import F16, MXFP4, type_name
     from forgert.quant_mix import MixPlanner
     attn_v, ffn_down, attn_output, other, output, token_embd = MIX_TABLE_8_LAYERS[mix]
@@ -190,7 +202,7 @@ def test_moe_mix_rules_match_llamacpp(mix, n_expert):
                                                       if m != "ffn_down_exps"]
     names += [f"blk.{i}.ffn_down_exps.weight" for i in reversed(range(8))]
     planner = MixPlanner(mix, names, n_layers=8, n_gqa=4, n_expert=n_expert)
-    got = {n: type_name(planner.type_for(n, 256)) for n in names}
+    got = {n: type_name(planner.type_for(n, (n_expert, 256, 256) if "_exps." in n else (256, 256))) for n in names}
     want = {"output.weight": CODES[output], "token_embd.weight": CODES[token_embd]}
     for i in range(8):
         p = f"blk.{i}."
@@ -204,9 +216,13 @@ def test_moe_mix_rules_match_llamacpp(mix, n_expert):
             want.update({p + "attn_k.weight": CODES[other], p + "attn_v.weight": CODES[attn_v.split()[i]],
                          p + "attn_output.weight": CODES[attn_output]})
     assert got == want
-    # MXFP4 expert stacks (gpt-oss) are kept; an F16 router stays F16
-    assert planner.type_for("blk.0.ffn_up_exps.weight", 256, source_type=MXFP4) == MXFP4
-    assert planner.type_for("blk.0.ffn_gate_inp.weight", 256, source_type=F16) == F16
+    # MXFP4 expert stacks (gpt-oss) are re-quantized like any others, as llama.cpp does with
+    # allow_requantize; an F16 router, and a one-row matrix (Qwen2-MoE's shared-expert gate, a
+    # vector to ggml), keep their type
+    assert planner.type_for("blk.0.ffn_up_exps.weight", (n_expert, 256, 256), source_type=MXFP4) == \
+        getattr(ggml_types, CODES[other])
+    assert planner.type_for("blk.0.ffn_gate_inp.weight", (n_expert, 256), source_type=F16) == F16
+    assert planner.type_for("blk.0.ffn_gate_inp_shexp.weight", (1, 256), source_type=F16) == F16
 
 
 def test_tensors_are_planned_in_llamacpp_order():
@@ -275,7 +291,7 @@ def test_quantize_pure_and_refusals(llama_8l, tmp_path, capsys):
     types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors if len(t.shape) == 2}
     assert types == {"Q4_K"}
     capsys.readouterr()
-    for refused, why in (("iq2_xs", "importance matrix"), ("tq1_0", "ternary"), ("mxfp4_moe", "no MXFP4 quantizer")):
+    for refused, why in (("iq2_xs", "importance matrix"), ("tq1_0", "ternary"), ("q2_k_s", "importance matrix")):
         with pytest.raises(SystemExit):
             main(["quantize", str(llama_8l.path("hf-F32")), str(tmp_path / "no.gguf"), "--type", refused])
         assert why in capsys.readouterr().err
