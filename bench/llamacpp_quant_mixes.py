@@ -118,10 +118,13 @@ def run_forgert(src: Path, dst: Path, mix: str):
     return lines[-1] if lines else f"exit {rc}"
 
 
-def compare(theirs: Path, ours: Path):
-    """(same types and order, fraction of tensors byte-identical, [difference lines])."""
+def compare(theirs: Path, ours: Path, src: Path) -> dict:
+    """same: same types and order; tensors / blocks: the fractions of tensors, and of the quantized
+    tensors' blocks, that are byte-identical; err_ratio: forgert's rms error over llama.cpp's, both
+    against the source's values, over the quantized tensors; diffs: difference lines."""
     import gguf
     a, b = gguf.GGUFReader(theirs).tensors, gguf.GGUFReader(ours).tensors
+    source = {t.name: t for t in gguf.GGUFReader(src).tensors}
     types_a = [(t.name, t.tensor_type.name) for t in a]
     types_b = [(t.name, t.tensor_type.name) for t in b]
     diffs = []
@@ -130,9 +133,26 @@ def compare(theirs: Path, ours: Path):
                      f"forgert {[n for n, _ in types_b][:4]}...")
     tb = dict(types_b)
     diffs += [f"{n}: llama.cpp {t}, forgert {tb.get(n, 'absent')}" for n, t in types_a if tb.get(n) != t]
-    same = [np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8))
-            for x, y in zip(a, b)] if len(a) == len(b) else [False]
-    return types_a == types_b, float(np.mean(same)), diffs
+    if len(a) != len(b):
+        return dict(same=False, tensors=0.0, blocks=None, err_ratio=None, diffs=diffs)
+    same_tensors, same_blocks, n_blocks, sse = [], 0, 0, np.zeros(2)
+    for x, y in zip(a, b):
+        bx, by = np.asarray(x.data).view(np.uint8).reshape(-1), np.asarray(y.data).view(np.uint8).reshape(-1)
+        if x.shape.tolist() != y.shape.tolist():
+            diffs.append(f"{x.name}: llama.cpp shape {x.shape.tolist()}, forgert {y.shape.tolist()}")
+        same_tensors.append(x.shape.tolist() == y.shape.tolist() and np.array_equal(bx, by))
+        if x.tensor_type != y.tensor_type or x.tensor_type.name in ("F32", "F16", "BF16") or bx.size != by.size:
+            continue
+        block_bytes = gguf.GGML_QUANT_SIZES[x.tensor_type][1]
+        same_blocks += int(np.all(bx.reshape(-1, block_bytes) == by.reshape(-1, block_bytes), axis=1).sum())
+        n_blocks += bx.size // block_bytes
+        s = source[x.name]
+        ref = gguf.quants.dequantize(np.asarray(s.data), s.tensor_type).reshape(-1).astype(np.float64)
+        for i, t in enumerate((x, y)):
+            sse[i] += np.sum((gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(-1) - ref) ** 2)
+    return dict(same=not diffs, tensors=float(np.mean(same_tensors)),
+                blocks=same_blocks / n_blocks if n_blocks else None,
+                err_ratio=float(np.sqrt(sse[1] / sse[0])) if sse[0] > 0 else None, diffs=diffs)
 
 
 def main() -> int:
@@ -159,17 +179,19 @@ def main() -> int:
                 if why_not_theirs or why_not_ours:
                     verdict = ("both refuse" if why_not_theirs and why_not_ours else
                                "DIFFER: only llama.cpp refuses" if why_not_theirs else "DIFFER: only forgert refuses")
-                    same_bytes = ""
+                    figures = ("-", "-", "-")
                     details.append((src.name, mix, [f"llama.cpp: {why_not_theirs or 'writes it'}",
                                                     f"forgert: {why_not_ours or 'writes it'}"]))
                 else:
-                    same, frac, diffs = compare(theirs, ours)
-                    verdict = "same types and order" if same else f"DIFFER in {len(diffs)} tensors"
-                    same_bytes = f"{frac:.0%}"
-                    if diffs:
-                        details.append((src.name, mix, diffs))
-                rows.append((src.name, mix, verdict, same_bytes))
-                print(f"{src.name} {mix:9} {verdict}; {same_bytes or '-'} of tensors byte-identical", flush=True)
+                    c = compare(theirs, ours, src)
+                    verdict = "same types, order and shapes" if c["same"] else f"DIFFER in {len(c['diffs'])} tensors"
+                    figures = (f"{c['tensors']:.0%}", "-" if c["blocks"] is None else f"{c['blocks']:.1%}",
+                                  "-" if c["err_ratio"] is None else f"{c['err_ratio']:.4f}")
+                    if c["diffs"]:
+                        details.append((src.name, mix, c["diffs"]))
+                rows.append((src.name, mix, verdict, figures))
+                print(f"{src.name} {mix:9} {verdict}; byte-identical: tensors {figures[0]}, blocks "
+                      f"{figures[1]}; error ratio {figures[2]}", flush=True)
     for name, mix, lines in details:
         print(f"\n{name} {mix}:\n  " + "\n  ".join(lines[:40]))
     if args.out:
@@ -178,21 +200,27 @@ def main() -> int:
 
 
 def write_report(path: Path, args, rows, details):
-    import gguf
-    import forgert
+    from importlib.metadata import version
+    agree = sum(r[2].startswith("same") for r in rows)
     text = ["# `forgert quantize` vs llama.cpp's quantizer, tensor by tensor", "",
-            f"llama.cpp: {args.version or args.llama} (libllama built with -DGGML_NATIVE=OFF, "
-            f"llama_model_quantize, allow_requantize, no importance matrix). forgert {forgert.__version__}, "
-            f"gguf {gguf.__version__ if hasattr(gguf, '__version__') else ''}. Machine: {platform.machine()} "
-            f"{platform.system()}, {os.cpu_count()} CPUs. Written by `bench/llamacpp_quant_mixes.py` on "
-            f"{datetime.date.today()}.", "",
-            "Each source is quantized by both to every mix forgert offers; *same types and order* means "
-            "every tensor has llama.cpp's type and the files list the tensors in the same order. "
-            "Byte-identical: the share of tensors whose bytes are equal (the K-quant and IQ4 searches "
-            "sum floats in another order than ggml's C, which flips a few blocks' choices, so their "
-            "share is below 100% where the types agree).", "",
-            "| source | mix | verdict | tensors byte-identical |", "|---|---|---|---:|"]
-    text += [f"| {s} | {m} | {v} | {b or '-'} |" for s, m, v, b in rows]
+            f"llama.cpp: {args.version or args.llama}; libllama built with -DGGML_NATIVE=OFF and called through "
+            f"llama_model_quantize (allow_requantize, no importance matrix). forgert {version('forgert')}, gguf "
+            f"{version('gguf')}. Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs. Written "
+            f"by `bench/llamacpp_quant_mixes.py` on {datetime.date.today()}.", "",
+            f"**{agree} of {len(rows)} (source, mix) pairs: every tensor of llama.cpp's type and shape, in "
+            f"llama.cpp's order.**", "",
+            "Each source is quantized by both to every mix forgert offers; *same types, order and shapes* means "
+            "every tensor has llama.cpp's type and shape and the files list the tensors in the same order. "
+            "Byte-identical tensors: the share of all tensors (F32 ones included) whose bytes and shape are "
+            "equal; blocks: the share of the quantized tensors' blocks that are byte-identical; error ratio: "
+            "forgert's rms error against the source's values over llama.cpp's, over the quantized tensors. "
+            "Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / MXFP4 round without a search and match bit for bit; the "
+            "K-quant and IQ4 scale searches sum floats in another order than ggml's C, which flips a few "
+            "blocks' choice of scale (so most such tensors have a block or two that differ) at the same "
+            "error. The 99% of the Q4_0 / Q4_1 / Q5_0 / Q5_1 files is their output.weight, Q6_K.", "",
+            "| source | mix | verdict | tensors byte-identical | blocks byte-identical | error ratio forgert / llama.cpp |",
+            "|---|---|---|---:|---:|---:|"]
+    text += [f"| {s} | {m} | {v} | {b[0]} | {b[1]} | {b[2]} |" for s, m, v, b in rows]
     if details:
         text += ["", "## Refusals and differences", ""]
         for name, mix, lines in details:

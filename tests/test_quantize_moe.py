@@ -291,6 +291,8 @@ def test_tensor_types_follow_llamacpp_rules(quantized, sources, name, source, mi
     for stack in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):   # GGUF ne order: [cols, rows, n_expert]
         rows, cols = 256, 256      # hidden and expert width are both 256
         assert tensors[f"blk.0.{stack}.weight"].shape.tolist() == [cols, rows, n_expert]
+    if name == "qwen2moe-4x-shared":   # [1, hidden]: written 1-D, as ggml counts its dimensions and llama.cpp writes it
+        assert tensors["blk.0.ffn_gate_inp_shexp.weight"].shape.tolist() == [256]
 
 
 @pytest.mark.parametrize("mix", ["q8_0", "mxfp4_moe"])

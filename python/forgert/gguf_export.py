@@ -301,10 +301,12 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
             warned.append(True)
 
     for name, w, heads, want in plan_types(loaded, target, pure):
-        rows, cols = w.shape[-2:]
+        cols = w.shape[-1]
         if want == F16 and MIXES[target].default != F16 and quantizable(name, w.shape):
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
-        ne = [cols] if rows == 1 and _is_1d(name) else [cols, rows] + ([w.shape[0]] if len(w.shape) == 3 else [])
+        ne = [int(n) for n in reversed(w.shape)]    # GGUF order: columns first
+        while len(ne) > 1 and ne[-1] == 1:          # as ggml_n_dims counts them (llama.cpp writes [cols] for [1, cols])
+            ne.pop()
         writer.add_tensor(name, ne, want)
         producers.append(lambda name=name, w=w, heads=heads, want=want:
                          _tensor_bytes(name, w, heads, want, warn_requantize))
