@@ -29,7 +29,7 @@ def reference_tensor() -> np.ndarray:
 # and decoded its blocks with gguf.quants.dequantize. forgert's figures (its searches add and
 # divide in ggml's order; against ggml_quantize_chunk of libggml-base built from that source):
 # ratio to llama.cpp's 1.0000 for every type; blocks byte-identical 100% (Q5_0, Q5_1, Q2_K,
-# Q4_K, Q5_K, Q6_K), 99.9% (Q3_K), 99.7% (IQ4_NL), 99.0% (IQ4_XS).
+# Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS), 99.9% (Q3_K).
 LLAMACPP_RMS = {"Q5_0": 0.048013, "Q5_1": 0.039895, "Q2_K": 0.306027, "Q3_K": 0.159922, "Q4_K": 0.075455,
                 "Q5_K": 0.038132, "Q6_K": 0.019483, "IQ4_NL": 0.082722, "IQ4_XS": 0.083622}
 BITS_PER_WEIGHT = {"Q5_0": 5.5, "Q5_1": 6.0, "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5,

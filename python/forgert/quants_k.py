@@ -178,22 +178,24 @@ def search_scale_iq4(x, tries: int = 7):
     least-squares scale is kept if it fits better."""
     mx = _signed_absmax(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
-    inv_mx = _safe_inverse(np.where(zero, F32(0), mx))
+    mx = np.where(zero, F32(1), mx)
     w = x * x
 
     def fit(inv_scale):
         lv = IQ4_LEVELS[_iq4_index(inv_scale[:, None] * x)]
         wl = w * lv
-        return (wl * x).sum(axis=1), (wl * lv).sum(axis=1)
+        return _sequential_sum(wl * x), _sequential_sum(wl * lv)
 
-    sumqx, sumq2 = fit(F32(-IQ4_LEVELS[0]) * inv_mx)      # d = max / 127
-    scale = sumqx * _safe_inverse(sumq2)
-    best = scale * sumqx
-    for t in range(-tries, tries + 1):
-        sumqx, sumq2 = fit(F32(t + IQ4_LEVELS[0]) * inv_mx)
-        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-        scale = np.where(better, sumqx * _safe_inverse(sumq2), scale)
-        best = np.where(better, scale * sumqx, best)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (-mx / IQ4_LEVELS[0]).astype(np.float32)                    # d = max / 127
+        sumqx, sumq2 = fit((F32(1) / d).astype(np.float32))
+        scale = np.where(sumq2 > 0, sumqx / sumq2, F32(0)).astype(np.float32)
+        best = scale * sumqx
+        for t in range(-tries, tries + 1):
+            sumqx, sumq2 = fit((F32(t + IQ4_LEVELS[0]) / mx).astype(np.float32))
+            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            scale = np.where(better, sumqx / sumq2, scale).astype(np.float32)
+            best = np.where(better, scale * sumqx, best)
     return np.where(zero, F32(0), scale).astype(np.float32)
 
 
