@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name, forgert_env  # noqa: E402
 
 
 
@@ -38,22 +38,15 @@ def llama_bench(peer: Path, model: Path, threads: int, a) -> dict:
     return {"prefill": pp["avg_ts"], "decode": tg["avg_ts"]}
 
 
-def forgert_env(a, **extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
-    if a.installed:
-        env.pop("PYTHONPATH")
-    return env
-
-
 def read_bandwidth_gbs(a) -> float:
     """The machine's memory read bandwidth with all cores (forgert's C++ probe), GB/s."""
     out = subprocess.run([sys.executable, "-c", "from forgert import _core; print(_core.cpu_read_bandwidth_gbs(0))"],
-                         capture_output=True, text=True, check=True, env=forgert_env(a)).stdout
+                         capture_output=True, text=True, check=True, env=forgert_env(a.installed)).stdout
     return float(out)
 
 
 def forgert_bench(model: Path, threads: int, a, prefill_mode: str | None = None) -> dict:
-    env = forgert_env(a, **({"FORGERT_CPU_PREFILL": prefill_mode} if prefill_mode else {}))
+    env = forgert_env(a.installed, **({"FORGERT_CPU_PREFILL": prefill_mode} if prefill_mode else {}))
     out = subprocess.run([sys.executable, "-m", "forgert", "bench", "--model", str(model), "--threads", str(threads),
                           "-p", str(a.prompt_tokens), "-g", str(a.gen_tokens), "-r", str(a.repeats),
                           "--n-ctx", str(a.prompt_tokens + a.gen_tokens + 16), "--json"],

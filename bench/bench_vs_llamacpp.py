@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import cpu_name  # bench/machine.py (the script's directory is on sys.path)
+from machine import cpu_name, forgert_env  # bench/machine.py (the script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -47,7 +47,7 @@ def derived_model(src: Path, qtype: str) -> Path:
     if not out.exists():
         MODELS.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "forgert", "quantize", str(src), str(out), "--type", qtype, "--pure"],
-                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+                       check=True, env=forgert_env())
     return out
 
 
@@ -161,7 +161,7 @@ def main():
                                       "--prefill-tokens", str(args.prefill_tokens),
                                       "--long-context", str(args.long_context)],
                                      check=True, capture_output=True, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT / "python")}).stdout
+                                     env=forgert_env()).stdout
                 result = json.loads(out.strip().splitlines()[-1])
                 times[(name, "prefill")].append(result["prefill"])
                 times[(name, "decode")].append(result["decode"])

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name, forgert_env  # noqa: E402
 
 SPLITS = ("static", "dynamic")
 
@@ -36,18 +36,11 @@ def default_threads() -> list[int]:
     return sweep + [n]
 
 
-def forgert_env(a, split: str) -> dict:
-    env = dict(os.environ, FORGERT_CPU_SPLIT=split)
-    if not a.installed:
-        env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return env
-
-
 def forgert_decode(model: Path, threads: int, split: str, a) -> dict:
     out = subprocess.run([sys.executable, "-m", "forgert", "bench", "--model", str(model), "--threads", str(threads),
                           "-p", str(a.prompt_tokens), "-g", str(a.gen_tokens), "-r", str(a.repeats),
                           "--n-ctx", str(a.prompt_tokens + a.gen_tokens + 16), "--profile", "--json"],
-                         capture_output=True, text=True, check=True, env=forgert_env(a, split)).stdout
+                         capture_output=True, text=True, check=True, env=forgert_env(a.installed, FORGERT_CPU_SPLIT=split)).stdout
     r = json.loads(out)
     cpu = (r.get("profile") or {}).get("cpu") or {}
     return {"decode": r["decode_tokens_per_s"], "busyness": cpu.get("busyness"),
