@@ -222,15 +222,20 @@ def test_matmul(metal, cpu, wtype, n):
         assert nmse(got, exact) < (2e-7 if half_tiles else 3e-13), (rows, cols)
 
 
-@pytest.mark.parametrize("gemv", ["staged", "direct"])
+# The staged GEMVs at each threadgroup size the host picks (metal_ops.cpp, gemv_tg_rows: 32 rows
+# at these sizes, 64 / 128 / 256 for large matrices; 256 takes 8 rows per simdgroup), forced.
+@pytest.mark.parametrize("gemv", ["staged", "staged-64", "staged-128", "staged-256", "direct"])
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES) + ["f32-unaligned", "f16-unaligned"])
 def test_matmul_gemv_kernels(metal, monkeypatch, wtype, gemv):
     """Both decode GEMVs: mul_mv_staged_* (the default: x and quantized weights through
     threadgroup memory a 512-column window at a time, whole-line loads) and mul_mv_* (direct
     loads, FORGERT_METAL_GEMV=direct), against the exact product over several windows, the last
-    one partial, 37 rows (not a multiple of the 32 a staged threadgroup owns), rows starting at
-    many alignments mod 64; float weights also 1605 wide (the scalar paths)."""
-    monkeypatch.setenv("FORGERT_METAL_GEMV", gemv)
+    one partial, 37 rows (not a multiple of the 32-256 a staged threadgroup owns, nor of the 8 rows
+    of a simdgroup at 256), rows starting at many alignments mod 64; float weights also 1605 wide
+    (the scalar paths)."""
+    monkeypatch.setenv("FORGERT_METAL_GEMV", gemv.split("-")[0])
+    if "-" in gemv:
+        monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", gemv.split("-")[1])
     dtype = WEIGHT_TYPES[wtype.split("-")[0]]
     rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
     r = rng("matmul_gemv_kernels", wtype)
@@ -523,6 +528,14 @@ def test_attention_rejects_head_dim_above_limit(metal, as_cache):
     kv = as_cache(np.zeros((4, 512)))
     with pytest.raises(ValueError, match="head_dim"):
         metal.attention(q, kv, kv, 0, 1, 1, 512, 1.0)
+
+
+@pytest.mark.parametrize("value", ["48", "512", "many"])
+def test_gemv_threadgroup_rows_override_rejects_bad_values(metal, monkeypatch, value):
+    """FORGERT_METAL_GEMV_TG_ROWS takes the staged GEMVs' threadgroup sizes only, and says so."""
+    monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", value)
+    with pytest.raises(ValueError, match="FORGERT_METAL_GEMV_TG_ROWS must be 32, 64, 128 or 256"):
+        metal.matmul(np.zeros(64 * 64, dtype=np.float32).view(np.uint8), F32, 64, 64, np.ones((1, 64), np.float32))
 
 
 def test_matmul_rejects_quantized_width_not_multiple_of_32(metal):

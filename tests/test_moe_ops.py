@@ -145,6 +145,25 @@ def test_matmul_id_matches_numpy(ops, dtype_id, n, per_slot):
         assert nmse(out, matmul_id_reference(experts, x, ids)) < bound, name
 
 
+@pytest.mark.parametrize("tg_rows", ["64", "128", "256"])
+@pytest.mark.parametrize("dtype_id", MOE_DTYPES, ids={**DTYPE_NAMES, MXFP4: "MXFP4"}.get)
+def test_matmul_id_staged_threadgroup_sizes(ops, monkeypatch, dtype_id, tg_rows):
+    """Metal's decode GEMV per slot (mul_mv_id_staged_*) at the larger threadgroups the host picks
+    for large matrices (metal_ops.cpp, gemv_tg_rows; forced here): 72 rows, a partial threadgroup."""
+    if backend_of(ops) != "metal":
+        pytest.skip("a Metal launch shape")
+    monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", tg_rows)
+    n_expert, k, rows, cols, n = 8, 3, 72, 256, 2
+    rng = rng_for("matmul_id_tg_rows", dtype_id, tg_rows)
+    raws = [encode(randn(rng, rows, cols), dtype_id) for _ in range(n_expert)]
+    experts = np.stack([decode(r, dtype_id, rows, cols) for r in raws]).astype(np.float64)
+    x = randn(rng, n, cols)
+    for name, ids in routings(n, k, n_expert, rng).items():
+        out = ops.matmul_id(np.concatenate(raws), dtype_id, n_expert, rows, cols, x, ids)
+        # the bound of test_matmul_id_matches_numpy (the same kernels at 32-row threadgroups)
+        assert nmse(out, matmul_id_reference(experts, x, ids)) < bound_for("metal", dtype_id, n), name
+
+
 @pytest.mark.parametrize("n", [1, 24])
 def test_matmul_id_reads_only_the_selected_experts(ops, n):
     """Experts no token chose are never read: their weights are NaN, the output stays finite."""

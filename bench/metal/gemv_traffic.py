@@ -11,7 +11,12 @@ and mul_mv_id_<type> at one shape, with
 
     python bench/metal/gemv_traffic.py                    # 512 x 2048, every type
     python bench/metal/gemv_traffic.py --rows 576 --cols 1536 --types q4_0 q8_0
+    python bench/metal/gemv_traffic.py --rows 20480 --cols 512   # 256-row threadgroups (the host's rule)
     FORGERT_METAL_GEMV=direct python bench/metal/gemv_traffic.py    # mul_mv.metal's direct loads
+    FORGERT_METAL_GEMV_TG_ROWS=256 python bench/metal/gemv_traffic.py  # force the staged threadgroup rows
+
+The staged kernels' rows per threadgroup follow the host's rule (metal_ops.cpp, gemv_tg_rows: 32
+until the matrix makes 80 threadgroups of more); the "tg rows" column is what the dispatch took.
 
 Goal (issue 14): >= 95% line efficiency, requested <= 1.05x needed. The counts are of the CPU
 build of each kernel (per instruction as clang emits it), not of Apple's compiler and caches.
@@ -69,6 +74,7 @@ def measure(core, m, kernel, dtype, rows, cols, n_expert=4):
         "tg_conflicts": d["tg_wavefronts"] / d["tg_wavefronts_min"] if d["tg_wavefronts_min"] else None,
         "tg_memory": d["threadgroup_memory"],
         "threads": d["threads_per_threadgroup"],
+        "tg_rows": -(-rows // (d["threadgroups"] // (2 if kernel == "mul_mv_id" else 1))),
     }
 
 
@@ -88,8 +94,8 @@ def main() -> int:
         _core.set_emulator_traffic(False)
     print(f"### Decode GEMV traffic, one token, {a.rows} rows x {a.cols} columns (MSL emulator)\n")
     print("| kernel | load lines 64 B | 128 B | weights req/need | x req/need | all req/need "
-          "| tg conflicts | tg mem B | threads |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| tg conflicts | tg mem B | threads | tg rows |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kernel in a.kernels:
         for t in a.types:
             if kernel == "mul_mv_swiglu" and t == "mxfp4":
@@ -97,12 +103,12 @@ def main() -> int:
             try:
                 s = measure(_core, m, kernel, TYPES[t], a.rows, a.cols)
             except Exception as e:  # noqa: BLE001  a type an op does not take: say so, go on
-                print(f"| {kernel}_{t} | {type(e).__name__}: {str(e)[:60]} | | | | | | | |")
+                print(f"| {kernel}_{t} | {type(e).__name__}: {str(e)[:60]} | | | | | | | | |")
                 continue
             conf = "-" if s["tg_conflicts"] is None else f"{s['tg_conflicts']:.2f}x"
             print(f"| {s['kernel']} | {100 * s['lines64']:.1f}% | {100 * s['lines128']:.1f}% "
                   f"| {s['w_reread']:.3f} | {s['x_reread']:.2f} | {s['all_reread']:.3f} | {conf} "
-                  f"| {s['tg_memory']} | {s['threads']} |", flush=True)
+                  f"| {s['tg_memory']} | {s['threads']} | {s['tg_rows']} |", flush=True)
     return 0
 
 

@@ -27,14 +27,24 @@
 #define FG_MV_ROWS_PER_SIMDGROUP 4
 #define FG_MV_SIMDGROUPS 2
 #define FG_MV_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_SIMDGROUPS)
-// mul_mv_staged_<type> (quantized weights; mul_mv_swiglu_staged_, mul_mv_id_staged_ alike): the
+// mul_mv_staged_<type> (every weight type; mul_mv_swiglu_staged_, mul_mv_id_staged_ alike): the
 // same product with every device load covering whole lines: each simdgroup copies its rows a
 // window of FG_MV_WINDOW_BLOCKS 32-weight blocks at a time into threadgroup memory (16-byte
 // pieces from 64-byte boundaries), the threadgroup x's window once; then as mul_mv from there.
-// grid: (ceil(rows / FG_MV_STAGED_ROWS_PER_TG), n_tokens); threads: FG_MV_STAGED_SIMDGROUPS * 32
+// x is requested once per threadgroup, so a threadgroup takes as many rows as the matrix allows
+// while still filling the GPU (the rule and why: metal_ops.cpp, gemv_tg_rows): args.sg_rows rows
+// per simdgroup (FG_MV_ROWS_PER_SIMDGROUP or FG_MV_STAGED_MAX_SG_ROWS), up to 32 simdgroups.
+// grid: (ceil(rows / (sg_rows * simdgroups)), n_tokens); threads: simdgroups * 32
+// threadgroup memory 0: FG_MV_STAGED_TG_BYTES(window bytes of the type, simdgroups)
 #define FG_MV_WINDOW_BLOCKS 16
-#define FG_MV_STAGED_SIMDGROUPS 8
-#define FG_MV_STAGED_ROWS_PER_TG (FG_MV_ROWS_PER_SIMDGROUP * FG_MV_STAGED_SIMDGROUPS)
+#define FG_MV_STAGED_MAX_SG_ROWS 8
+// x's window: 32-float blocks FG_MV_X_PITCH floats apart (the float4 accesses of 16 lane pairs,
+// a block each, spread over all 32 banks)
+#define FG_MV_X_PITCH 36
+// x's window, then per simdgroup a window of one row (window_bytes: FG_MV_WINDOW_BLOCKS blocks of
+// the type; 0 for float weights, which load directly) plus its alignment offset and a partial piece
+#define FG_MV_STAGED_TG_BYTES(window_bytes, simdgroups) \
+    (FG_MV_WINDOW_BLOCKS * FG_MV_X_PITCH * 4 + ((window_bytes) ? (simdgroups) * ((window_bytes) / 16 + 2) * 16 : 0))
 typedef struct {
     uint64_t w_stride;    // bytes between weight rows
     uint64_t x_stride;    // bytes between token rows of x
@@ -47,8 +57,10 @@ typedef struct {
     int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
     int32_t w_align;      // staged kernels: address of w's first byte % 64 (where its lines start)
     int32_t w_up_align;   // the same for mul_mv_swiglu's w_up
+    int32_t sg_rows;      // staged kernels: rows per simdgroup (<= FG_MV_STAGED_MAX_SG_ROWS)
+    int32_t pad0;
 } mul_mv_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_args) == 56, "mul_mv_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_args) == 64, "mul_mv_args layout");
 // mul_mv_swiglu_<type>: out[t, r] = silu(sum_c w[r, c] x[t, c]) * sum_c w_up[r, c] x[t, c], the
 // feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
 // SiLU with args.gelu: Gemma's GeGLU).
@@ -280,7 +292,7 @@ FG_ARGS_ASSERT(sizeof(moe_route_args) == 40, "moe_route_args layout");
 // mul_mv_id_<type>: out[s, r] = sum_c w_e[r, c] x[t, c] for slot s = i*k + j, e = ids[i, j],
 // w_e = w + e * expert_stride, t = s (x_per_slot) or i. The decode GEMV reading only the
 // selected experts' rows. slots: 1 w (expert 0), 2 x, 3 out, 4 ids i32 [n, k]
-// grid: (ceil(rows / FG_MV_ROWS_PER_TG), n * k); threads as mul_mv
+// grid: (ceil(rows / FG_MV_ROWS_PER_TG), n * k); threads as mul_mv (the staged kernel: as mul_mv_staged)
 typedef struct {
     mul_mv_args mv;          // one expert's matrix; accumulate 0
     uint64_t expert_stride;  // bytes between the experts' matrices
@@ -290,7 +302,7 @@ typedef struct {
     int32_t n_expert;
     int32_t pad0;
 } mul_mv_id_args;
-FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 88, "mul_mv_id_args layout");
+FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 96, "mul_mv_id_args layout");
 
 // moe_group_i32: the slots grouped by expert on the device, for mul_mm_id. groups i32:
 // [n_expert] counts, then [n_expert][n_slots] each expert's slots in increasing order.

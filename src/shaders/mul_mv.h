@@ -330,25 +330,28 @@ struct bf16_row {
 // shape, MV_NR rows each, dotted with one x row; lane sums stay private until the end.
 // ---------------------------------------------------------------------------------
 
-// Rows past the end repeat the last row (valid memory); their sums are dropped.
-template <int NW>
+// Rows past the end repeat the last row (valid memory); their sums are dropped. NR rows of each
+// matrix: wrow[r] of w, wrow[NR + r] of w2 (NW == 2).
+template <int NW, int NR = MV_NR>
 static inline void mv_row_pointers(constant mul_mv_args& args, device const char* w, device const char* w2, int r0,
                                    device const char* thread* wrow) {
-    for (int r = 0; r < MV_NR; ++r) {
+    for (int r = 0; r < NR; ++r) {
         const int row = min(r0 + r, args.rows - 1);
         wrow[r] = w + row * args.w_stride;
-        if (NW == 2) wrow[MV_NR + r] = w2 + row * args.w_stride;
+        if (NW == 2) wrow[NR + r] = w2 + row * args.w_stride;
     }
 }
 
-// Reduces the lane sums and writes rows r0 .. r0 + MV_NR of token row o: w x (NW == 1,
+// Reduces the lane sums and writes rows r0 .. r0 + nr (nr <= NR) of token row o: w x (NW == 1,
 // added to o with accumulate) or silu(gate) * up (NW == 2; gelu_tanh(gate) * up with args.gelu).
-template <int NW>
-static inline void mv_store(constant mul_mv_args& args, thread float* sum, device float* o, int r0, ushort tiisg) {
-    for (int r = 0; r < MV_NR; ++r) {
+template <int NW, int NR = MV_NR>
+static inline void mv_store(constant mul_mv_args& args, thread float* sum, device float* o, int r0, ushort tiisg,
+                            int nr = NR) {
+    for (int r = 0; r < NR; ++r) {
+        if (r >= nr) break;  // uniform in the simdgroup
         const float s = simd_sum(sum[r]);
         if (NW == 2) {
-            const float u = simd_sum(sum[MV_NR + r]);
+            const float u = simd_sum(sum[NR + r]);
             const float act = args.gelu != 0
                 ? 0.5f * s * (1.0f + precise::tanh(0.7978845608028654f * (s + 0.044715f * s * s * s)))
                 : s / (1.0f + exp(-s));

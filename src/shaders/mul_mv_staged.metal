@@ -6,8 +6,10 @@
 // row's first 64-byte boundary (a load: 32 lanes x 16 bytes, whole lines), bytes before it and
 // after the last whole piece (each within one line); then the lanes dot that copy exactly as
 // mul_mv's do. The threadgroup loads x's window once for all its simdgroups, so x is requested
-// once per threadgroup of FG_MV_STAGED_ROWS_PER_TG rows rather than per simdgroup of 4. Float
-// weights load whole lines directly; only their x is staged.
+// once per threadgroup (32 to 256 rows: the host picks how many simdgroups and args.sg_rows rows
+// each, by the matrix's rows, metal_ops.cpp) rather than per simdgroup of 4. Float weights load
+// whole lines directly; only their x is staged. Threadgroup memory is sized by the host
+// (FG_MV_STAGED_TG_BYTES), for the simdgroups it launches.
 //
 // The direct kernels stay (FORGERT_METAL_GEMV=direct): whether the extra threadgroup traffic
 // and barriers cost more than the scattered loads on an Apple GPU (whose L1 absorbs re-reads
@@ -20,8 +22,10 @@ using namespace metal;
 
 // x's window in threadgroup memory: 32-float blocks MV_X_PITCH floats apart, so the float4 loads
 // of 16 lane pairs (one block each) and the stores spread over all 32 banks.
-#define MV_X_PITCH 36
+#define MV_X_PITCH FG_MV_X_PITCH
 #define MV_X_STAGE (FG_MV_WINDOW_BLOCKS * MV_X_PITCH)
+// Rows per simdgroup the kernels hold sums for (args.sg_rows of them are used).
+#define MV_SG_ROWS FG_MV_STAGED_MAX_SG_ROWS
 
 struct mv_x4_to_stage {
     threadgroup float* xs;
@@ -44,26 +48,28 @@ static inline void mv_stage_x(constant mul_mv_args& args, device const float* xr
 
 // x's window of columns [c0, c0 + n) into xs, once the threadgroup is done with the last one.
 static inline void mv_window_x(constant mul_mv_args& args, device const float* xr, int c0, int n,
-                               threadgroup float* xs, ushort tid) {
+                               threadgroup float* xs, ushort tid, ushort nthreads) {
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    mv_stage_x(args, xr, c0, n, xs, tid, FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH);
+    mv_stage_x(args, xr, c0, n, xs, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
 }
 
-// The lane sums of NW * MV_NR rows (wrow, each at address % 64 walign; the first nrows of each
-// matrix exist) with x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time: lane pair ix
-// dots chunk ix of the window. Quantized weights: each row's window copied to `stage` first.
+// The lane sums of NW * MV_SG_ROWS rows (wrow, each at address % 64 walign; the first nrows of
+// each matrix are the simdgroup's: nrows <= args.sg_rows, past the matrix's last row excluded) with
+// x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time: lane pair ix dots chunk ix of the
+// window. Quantized weights: each row's window copied to `stage` first. nthreads: the threadgroup's.
 template <typename Q, int NW>
 static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, device const char* thread* wrow,
                                   thread const int* walign, device const float* xr, threadgroup float* xs,
-                                  threadgroup uint4* stage, int nrows, ushort tid, ushort tiisg, thread float* sum) {
+                                  threadgroup uint4* stage, int nrows, ushort tid, ushort nthreads, ushort tiisg,
+                                  thread float* sum) {
     const int nb = args.cols / FG_QK;
     const int ix = tiisg / 2;
     const int il = tiisg % 2;
     float xv[16];
     for (int c0 = 0; c0 < nb; c0 += FG_MV_WINDOW_BLOCKS) {
         const int nbw = min(FG_MV_WINDOW_BLOCKS, nb - c0);
-        mv_window_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid);
+        mv_window_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid, nthreads);
         float xsum = 0.0f;
         if (ix < nbw) {
             Q::template load_x<fg_threadgroup_space>(xs + ix * MV_X_PITCH, il, true, xv);
@@ -72,8 +78,8 @@ static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, d
         // window bytes: whole blocks (K-quants: FG_MV_WINDOW_BLOCKS / 8 super-blocks)
         const int off = c0 / FG_MV_WINDOW_BLOCKS * Q::window_bytes;
         const int n = nbw * Q::window_bytes / FG_MV_WINDOW_BLOCKS;
-        for (int r = 0; r < NW * MV_NR; ++r) {
-            if (r % MV_NR >= nrows) continue;  // past the last row (uniform in the simdgroup)
+        for (int r = 0; r < NW * MV_SG_ROWS; ++r) {
+            if (r % MV_SG_ROWS >= nrows) continue;  // not this simdgroup's row (uniform in it)
             simdgroup_barrier(mem_flags::mem_threadgroup);  // the lanes are done with the last copy
             threadgroup const char* row = mv_stage_bytes(wrow[r] + off, n, (walign[r] + off) % 64, stage, tiisg);
             simdgroup_barrier(mem_flags::mem_threadgroup);
@@ -87,22 +93,23 @@ static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, d
 template <typename R, int NW>
 static inline void mv_staged_sums(mv_float_layout, constant mul_mv_args& args, device const char* thread* wrow,
                                   thread const int*, device const float* xr, threadgroup float* xs,
-                                  threadgroup uint4*, int nrows, ushort tid, ushort tiisg, thread float* sum) {
+                                  threadgroup uint4*, int nrows, ushort tid, ushort nthreads, ushort tiisg,
+                                  thread float* sum) {
     const bool vec4 = args.w_vec4 != 0 && args.x_vec4 != 0;
     for (int c0 = 0; c0 < args.cols; c0 += FG_MV_WINDOW_BLOCKS * FG_QK) {
         const int n = min(FG_MV_WINDOW_BLOCKS * FG_QK, args.cols - c0);
-        mv_window_x(args, xr, c0, n, xs, tid);
+        mv_window_x(args, xr, c0, n, xs, tid, nthreads);
         if (vec4) {
             for (int c = 4 * tiisg; c < n; c += 4 * FG_SIMD_WIDTH) {
                 const float4 xv = *((threadgroup const float4*)(xs + (c / 32) * MV_X_PITCH + c % 32));
-                for (int r = 0; r < NW * MV_NR; ++r)
-                    if (r % MV_NR < nrows) sum[r] += dot(R::load4(wrow[r], c0 + c), xv);
+                for (int r = 0; r < NW * MV_SG_ROWS; ++r)
+                    if (r % MV_SG_ROWS < nrows) sum[r] += dot(R::load4(wrow[r], c0 + c), xv);
             }
         } else {
             for (int c = tiisg; c < n; c += FG_SIMD_WIDTH) {
                 const float xv = xs[(c / 32) * MV_X_PITCH + c % 32];
-                for (int r = 0; r < NW * MV_NR; ++r)
-                    if (r % MV_NR < nrows) sum[r] += R::load1(wrow[r], c0 + c) * xv;
+                for (int r = 0; r < NW * MV_SG_ROWS; ++r)
+                    if (r % MV_SG_ROWS < nrows) sum[r] += R::load1(wrow[r], c0 + c) * xv;
             }
         }
     }
@@ -111,16 +118,27 @@ static inline void mv_staged_sums(mv_float_layout, constant mul_mv_args& args, d
 // Address % 64 of each row mv_row_pointers gives, from the address % 64 of w (w2).
 template <int NW>
 static inline void mv_row_aligns(constant mul_mv_args& args, int w_align, int w2_align, int r0, thread int* walign) {
-    for (int r = 0; r < MV_NR; ++r) {
+    for (int r = 0; r < MV_SG_ROWS; ++r) {
         const ulong row = ulong(min(r0 + r, args.rows - 1)) * args.w_stride;
         walign[r] = int((ulong(w_align) + row) % 64);
-        if (NW == 2) walign[MV_NR + r] = int((ulong(w2_align) + row) % 64);
+        if (NW == 2) walign[MV_SG_ROWS + r] = int((ulong(w2_align) + row) % 64);
     }
 }
 
-// A simdgroup's copy buffer: a window of one row, plus the alignment offset and a partial piece
-// (float weights: unused).
+// Where a simdgroup's rows start and how many of them exist.
+static inline int mv_first_row(constant mul_mv_args& args, uint tg, ushort sgitg, ushort nsg) {
+    return (int(tg) * nsg + sgitg) * args.sg_rows;
+}
+static inline int mv_own_rows(constant mul_mv_args& args, int r0) { return min(args.sg_rows, args.rows - r0); }
+
+// The threadgroup memory (FG_MV_STAGED_TG_BYTES): x's window, then each simdgroup's copy buffer (a
+// window of one row, plus the alignment offset and a partial piece; float weights: none).
 #define MV_STAGE_PIECES(Q) (Q::window_bytes / 16 + 2)
+static inline threadgroup float* mv_x_stage(threadgroup uint4* shmem) { return (threadgroup float*)shmem; }
+template <typename Q>
+static inline threadgroup uint4* mv_row_stage(threadgroup uint4* shmem, ushort sgitg) {
+    return shmem + MV_X_STAGE / 4 + sgitg * MV_STAGE_PIECES(Q);
+}
 
 template <typename Q>
 kernel void mul_mv_staged(
@@ -128,22 +146,23 @@ kernel void mul_mv_staged(
         device const char * w       [[buffer(1)]],
         device const char * x       [[buffer(2)]],
         device       char * out     [[buffer(3)]],
+        threadgroup uint4 * shmem   [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tid   [[thread_index_in_threadgroup]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort nsg   [[simdgroups_per_threadgroup]],
         ushort tiisg [[thread_index_in_simdgroup]]) {
-    threadgroup float xs[MV_X_STAGE];
-    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
-    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int r0 = mv_first_row(args, tgpig.x, sgitg, nsg);
     const int t = tgpig.y;
-    device const char* wrow[MV_NR];
-    int walign[MV_NR];
-    mv_row_pointers<1>(args, w, w, r0, wrow);
+    device const char* wrow[MV_SG_ROWS];
+    int walign[MV_SG_ROWS];
+    mv_row_pointers<1, MV_SG_ROWS>(args, w, w, r0, wrow);
     mv_row_aligns<1>(args, args.w_align, args.w_align, r0, walign);
-    float sum[MV_NR] = {0.0f};
-    mv_staged_sums<Q, 1>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride), xs,
-                         stage[sgitg], args.rows - r0, tid, tiisg, sum);
-    mv_store<1>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+    float sum[MV_SG_ROWS] = {0.0f};
+    mv_staged_sums<Q, 1>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride),
+                         mv_x_stage(shmem), mv_row_stage<Q>(shmem, sgitg), mv_own_rows(args, r0), tid,
+                         nsg * FG_SIMD_WIDTH, tiisg, sum);
+    mv_store<1, MV_SG_ROWS>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg, args.sg_rows);
 }
 
 template <typename Q>
@@ -153,22 +172,23 @@ kernel void mul_mv_swiglu_staged(
         device const char * x       [[buffer(2)]],
         device       char * out     [[buffer(3)]],
         device const char * w_up    [[buffer(4)]],
+        threadgroup uint4 * shmem   [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tid   [[thread_index_in_threadgroup]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort nsg   [[simdgroups_per_threadgroup]],
         ushort tiisg [[thread_index_in_simdgroup]]) {
-    threadgroup float xs[MV_X_STAGE];
-    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
-    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int r0 = mv_first_row(args, tgpig.x, sgitg, nsg);
     const int t = tgpig.y;
-    device const char* wrow[2 * MV_NR];
-    int walign[2 * MV_NR];
-    mv_row_pointers<2>(args, w, w_up, r0, wrow);
+    device const char* wrow[2 * MV_SG_ROWS];
+    int walign[2 * MV_SG_ROWS];
+    mv_row_pointers<2, MV_SG_ROWS>(args, w, w_up, r0, wrow);
     mv_row_aligns<2>(args, args.w_align, args.w_up_align, r0, walign);
-    float sum[2 * MV_NR] = {0.0f};
-    mv_staged_sums<Q, 2>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride), xs,
-                         stage[sgitg], args.rows - r0, tid, tiisg, sum);
-    mv_store<2>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg);
+    float sum[2 * MV_SG_ROWS] = {0.0f};
+    mv_staged_sums<Q, 2>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride),
+                         mv_x_stage(shmem), mv_row_stage<Q>(shmem, sgitg), mv_own_rows(args, r0), tid,
+                         nsg * FG_SIMD_WIDTH, tiisg, sum);
+    mv_store<2, MV_SG_ROWS>(args, sum, (device float*)(out + t * args.out_stride), r0, tiisg, args.sg_rows);
 }
 
 template <typename Q>
@@ -178,25 +198,26 @@ kernel void mul_mv_id_staged(
         device const char * x       [[buffer(2)]],
         device       char * out     [[buffer(3)]],
         device const char * ids     [[buffer(4)]],
+        threadgroup uint4 * shmem   [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tid   [[thread_index_in_threadgroup]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort nsg   [[simdgroups_per_threadgroup]],
         ushort tiisg [[thread_index_in_simdgroup]]) {
-    threadgroup float xs[MV_X_STAGE];
-    threadgroup uint4 stage[FG_MV_STAGED_SIMDGROUPS][MV_STAGE_PIECES(Q)];
-    const int r0 = (int(tgpig.x) * FG_MV_STAGED_SIMDGROUPS + sgitg) * MV_NR;
+    const int r0 = mv_first_row(args.mv, tgpig.x, sgitg, nsg);
     const mv_id_rows s = mv_id_slot(args, w, x, out, ids, tgpig.y);
-    float sum[MV_NR] = {0.0f};
+    float sum[MV_SG_ROWS] = {0.0f};
     if (s.valid) {  // uniform across the threadgroup: its barriers are all reached or none
-        device const char* wrow[MV_NR];
-        int walign[MV_NR];
+        device const char* wrow[MV_SG_ROWS];
+        int walign[MV_SG_ROWS];
         const int a = int((ulong(args.mv.w_align) + s.w_offset) % 64);
-        mv_row_pointers<1>(args.mv, s.w, s.w, r0, wrow);
+        mv_row_pointers<1, MV_SG_ROWS>(args.mv, s.w, s.w, r0, wrow);
         mv_row_aligns<1>(args.mv, a, a, r0, walign);
-        mv_staged_sums<Q, 1>(typename Q::layout(), args.mv, wrow, walign, s.x, xs, stage[sgitg], args.mv.rows - r0,
-                             tid, tiisg, sum);
+        mv_staged_sums<Q, 1>(typename Q::layout(), args.mv, wrow, walign, s.x, mv_x_stage(shmem),
+                             mv_row_stage<Q>(shmem, sgitg), mv_own_rows(args.mv, r0), tid, nsg * FG_SIMD_WIDTH, tiisg,
+                             sum);
     }
-    mv_store<1>(args.mv, sum, s.o, r0, tiisg);
+    mv_store<1, MV_SG_ROWS>(args.mv, sum, s.o, r0, tiisg, args.mv.sg_rows);
 }
 
 typedef decltype(mul_mv_staged<q8_0_dot>) mul_mv_staged_t;

@@ -287,15 +287,22 @@ void check_gemv_reference(const KernelSet* k, int cols) {
 // that a request's greedy output is the same alone and in a batch. The AVX-512 sets' few-token
 // kernels for these types run the one-token kernel's operations for every token: each row of
 // an n-token product is bit-identical to that token's product alone, for every token count
-// up to the prefill GEMM's (1..15), over every register tile and remainder.
+// up to the prefill GEMM's (1..15), over every register tile and remainder. The NEON sets too:
+// their integer block dots are exact and every tile runs the same float steps. Every quantized
+// type (K-quants and IQ4_XS where the row holds whole super-blocks).
 void check_batch_invariance(const KernelSet* k, int cols) {
-    if (std::strncmp(k->name, "avx", 3)) return;  // x86 sets; others: close (check()), not bit-identical
+    // x86 and NEON sets; generic: close (check()), not bit-identical
+    if (std::strncmp(k->name, "avx", 3) && std::strncmp(k->name, "neon", 4)) return;
     const int rows = 37, nb = cols / FG_QK, ntok = 15;
     std::vector<float> x(ntok * cols);
     for (auto& v : x) v = normal(rng);
     std::vector<BlockQ8Act> xq(ntok * nb);
     for (int t = 0; t < ntok; t++) k->quantize_row_q8(&x[t * cols], &xq[t * nb], cols);
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL}) {
+    std::vector<DType> types = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
+                                DType::MXFP4};
+    if (cols % FG_QK_K == 0)  // K-quants and IQ4_XS: whole super-blocks
+        types.insert(types.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
+    for (DType t : types) {
         auto w = random_weights(t, rows, cols);
         const int64_t rb = row_bytes(t, cols);
         std::vector<float> alone(ntok * rows), many(ntok * rows);
@@ -422,7 +429,7 @@ int main() {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
-        for (int cols : {96, 320, 352}) check_batch_invariance(k, cols);  // quads + a pair + a block, etc.
+        for (int cols : {96, 320, 352, 512}) check_batch_invariance(k, cols);  // quads + a pair + a block, etc.
         for (int cols : {256, 768}) check_gemv_reference(k, cols);
         check_gemm_i8(k, 8192, {70});  // wide rows: the tokens go through the panels in several passes
         checked++;

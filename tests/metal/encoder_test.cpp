@@ -19,6 +19,7 @@
 
 #include "backends/metal/buffer_views.h"
 #include "backends/metal/metal_backend.h"
+#include "../../src/shaders/kernel_args.h"
 #include "model/llama_model.h"
 
 using namespace forgert;
@@ -67,6 +68,9 @@ public:
         last_bound_.erase(it);
     }
     uint32_t last_threads = 0;
+    Size3 last_grid{};
+    size_t last_tg_bytes = 0;
+    std::vector<char> last_args;  // the argument struct of the last dispatch
     std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
     std::string name() const override { return "recording"; }
     std::unique_ptr<Buffer> new_buffer(size_t bytes) override {
@@ -101,9 +105,10 @@ public:
         args_ = 0;
         tg_ = 0;
     }
-    void set_bytes(const void*, size_t n, int slot) override {
+    void set_bytes(const void* p, size_t n, int slot) override {
         EXPECT(slot == 0, "%s: bytes in slot %d (only the args struct goes there)", cur_.c_str(), slot);
         args_ = n;
+        last_args.assign(static_cast<const char*>(p), static_cast<const char*>(p) + n);
     }
     void set_buffer(const Buffer* b, size_t off, size_t bytes, int slot) override {
         EXPECT(slot >= 1 && slot < 31, "%s: slot %d", cur_.c_str(), slot);
@@ -119,6 +124,8 @@ public:
     void dispatch_threadgroups(Size3 g, Size3 t) override {
         const uint32_t threads = t.x * t.y * t.z;
         last_threads = threads;
+        last_grid = g;
+        last_tg_bytes = tg_;
         EXPECT(args_ > 0, "%s: no argument struct", cur_.c_str());
         EXPECT(threads >= 1 && threads <= 1024, "%s: %u threads per threadgroup", cur_.c_str(), threads);
         EXPECT(threads % 32 == 0, "%s: %u threads: not whole simdgroups", cur_.c_str(), threads);
@@ -333,6 +340,56 @@ void test_pipeline_thread_limit() {
     f.be.rms_norm(x, x, w, 1e-5f);
     f.be.wait();
     EXPECT(f.dev->last_threads == 192, "rms_norm ran %u threads under a limit of 200", f.dev->last_threads);
+}
+
+// The staged GEMVs' rows per threadgroup (metal_ops.cpp, gemv_tg_rows): 32 until the matrix
+// still makes 80 threadgroups of twice that, up to 256 (8 rows per simdgroup from there); the
+// grid covers the rows, the threadgroup memory is x's window plus a row window per simdgroup, and
+// a pipeline limit below 1024 threads takes fewer simdgroups.
+void test_gemv_threadgroup_rows() {
+    struct Case {
+        const char* family;
+        int rows, n, limit;
+        uint32_t tg_rows, threads;
+        int sg_rows;
+    };
+    const Case cases[] = {
+        {"mul_mv_", 512, 1, 0, 32, 256, 4},          {"mul_mv_", 5056, 1, 0, 32, 256, 4},
+        {"mul_mv_", 5120, 1, 0, 64, 512, 4},         {"mul_mv_", 10240, 1, 0, 128, 1024, 4},
+        {"mul_mv_", 20480, 1, 0, 256, 1024, 8},      {"mul_mv_", 2560, 4, 0, 128, 1024, 4},  // 4 tokens
+        {"mul_mv_", 20480, 1, 512, 128, 512, 8},     {"mul_mv_swiglu_", 10240, 1, 0, 128, 1024, 4},
+        {"mul_mv_id_", 10240, 2, 0, 256, 1024, 8},   // 2 slots
+    };
+    for (const Case& c : cases) {
+        Fixture f;
+        const int cols = 256;
+        const std::string kernel = std::string(c.family) + "staged_q4_0";
+        if (c.limit) f.dev->thread_limits[kernel] = c.limit;
+        Tensor w = f.t(DType::Q4_0, c.rows, cols), x = f.t(DType::F32, c.n, cols);
+        if (std::strcmp(c.family, "mul_mv_id_") == 0) {
+            Tensor ids = f.t(DType::I32, 1, c.n), y = f.t(DType::F32, c.n, c.rows);
+            f.be.matmul_id(y, &w, 1, x.slice_rows(0, 1), ids);
+        } else if (std::strcmp(c.family, "mul_mv_swiglu_") == 0) {
+            Tensor u = f.t(DType::Q4_0, c.rows, cols), y = f.t(DType::F32, c.n, c.rows), s = f.t(DType::F32, c.n, c.rows);
+            f.be.matmul_swiglu(y, w, u, x, s);
+        } else {
+            Tensor y = f.t(DType::F32, c.n, c.rows);
+            f.be.matmul(y, w, x);
+        }
+        f.be.wait();
+        EXPECT(f.dev->log.find(kernel) != std::string::npos, "%s not dispatched: %s", kernel.c_str(),
+               f.dev->log.c_str());
+        mul_mv_args a{};
+        std::memcpy(&a, f.dev->last_args.data(), sizeof a);
+        EXPECT(f.dev->last_threads == c.threads && a.sg_rows == c.sg_rows, "%s %d rows: %u threads, %d rows each",
+               c.family, c.rows, f.dev->last_threads, a.sg_rows);
+        EXPECT(f.dev->last_grid.x == (c.rows + c.tg_rows - 1) / c.tg_rows && f.dev->last_grid.y == (uint32_t)c.n,
+               "%s %d rows: grid %u x %u", c.family, c.rows, f.dev->last_grid.x, f.dev->last_grid.y);
+        const size_t window = FG_MV_WINDOW_BLOCKS * sizeof(block_q4_0);
+        const size_t tg = FG_MV_STAGED_TG_BYTES(window, c.threads / 32);
+        EXPECT(f.dev->last_tg_bytes == tg, "%s: %zu bytes of threadgroup memory, expected %zu", c.family,
+               f.dev->last_tg_bytes, tg);
+    }
 }
 
 void test_bad_input_throws_input_error() {
@@ -745,6 +802,7 @@ int main() {
     test_layer_barriers();
     test_fused_layer_barriers();
     test_pipeline_thread_limit();
+    test_gemv_threadgroup_rows();
     test_write_after_read_and_disjoint_rows();
     test_commit_starts_fresh_tracking();
     test_geometry_over_shapes();

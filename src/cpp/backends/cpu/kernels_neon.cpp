@@ -7,7 +7,9 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 
+#include <array>
 #include <type_traits>
+#include <utility>
 
 namespace forgert::cpu {
 namespace {
@@ -24,92 +26,7 @@ inline void iq4_values(const uint8_t* qs, int8x16_t& lo, int8x16_t& hi) {
     hi = vqtbl1q_s8(t, vshrq_n_u8(v, 4));
 }
 
-// 32 bytes of one block as two 16-byte vectors: Q8_0 and IQ4_NL signed values; Q4 nibbles
-// 0..15 (low nibbles are elements 0..15, high ones 16..31).
-template <DType WT>
-inline void load_block(const uint8_t* blk, int8x16_t& lo, int8x16_t& hi, float& d, float& m) {
-    if constexpr (WT == DType::IQ4_NL) {
-        const auto* q = reinterpret_cast<const block_iq4_nl*>(blk);
-        iq4_values(q->qs, lo, hi);
-        d = f16(q->d);
-        m = 0.0f;
-    } else if constexpr (WT == DType::Q8_0) {
-        const auto* q = reinterpret_cast<const block_q8_0*>(blk);
-        lo = vld1q_s8(q->qs);
-        hi = vld1q_s8(q->qs + 16);
-        d = f16(q->d);
-        m = 0.0f;
-    } else if constexpr (WT == DType::Q5_0 || WT == DType::Q5_1) {
-        uint8_t u[FG_QK];  // quants 0..31 (portable unpack: the fifth bits are scattered)
-        if constexpr (WT == DType::Q5_0) {
-            const auto* q = reinterpret_cast<const block_q5_0*>(blk);
-            q5_unpack(q->qh, q->qs, u);
-            d = f16(q->d), m = -16.0f * d;
-        } else {
-            const auto* q = reinterpret_cast<const block_q5_1*>(blk);
-            q5_unpack(q->qh, q->qs, u);
-            d = f16(q->d), m = f16(q->m);
-        }
-        lo = vreinterpretq_s8_u8(vld1q_u8(u));
-        hi = vreinterpretq_s8_u8(vld1q_u8(u + 16));
-    } else {
-        const uint8_t* qs;
-        if constexpr (WT == DType::Q4_0) {
-            const auto* q = reinterpret_cast<const block_q4_0*>(blk);
-            qs = q->qs, d = f16(q->d), m = -8.0f * d;
-        } else {
-            const auto* q = reinterpret_cast<const block_q4_1*>(blk);
-            qs = q->qs, d = f16(q->d), m = f16(q->m);
-        }
-        const uint8x16_t v = vld1q_u8(qs);
-        lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
-        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-    }
-}
-
-template <DType WT, int R, int T>
-void gemm_q_tile(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride) {
-    constexpr int64_t BB = block_bytes<WT>();
-    float32x4_t acc[R][T];
-    float corr[R][T];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) { acc[r][t] = vdupq_n_f32(0.0f); corr[r][t] = 0.0f; }
-    for (int64_t b = 0; b < nb; b++) {
-        int8x16_t wl[R], wh[R];
-        float dw[R], mw[R];
-        for (int r = 0; r < R; r++) load_block<WT>(w + r * w_stride + b * BB, wl[r], wh[r], dw[r], mw[r]);
-        for (int t = 0; t < T; t++) {
-            const BlockQ8Act& a = x[t * nb + b];
-            const int8x16_t h0 = vld1q_s8(a.hi), h1 = vld1q_s8(a.hi + 16);
-            const int8x16_t l0 = vld1q_s8(a.lo), l1 = vld1q_s8(a.lo + 16);
-            for (int r = 0; r < R; r++) {
-                const int32x4_t dh = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], h0), wh[r], h1);
-                const int32x4_t dl = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wl[r], l0), wh[r], l1);
-                const int32x4_t dot = vaddq_s32(vshlq_n_s32(dh, 8), dl);  // 256 hi + lo
-                acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), dw[r] * a.d);
-                if constexpr (WT != DType::Q8_0 && WT != DType::IQ4_NL) corr[r][t] = std::fma(mw[r], a.sum, corr[r][t]);
-            }
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) out[t * out_stride + r] = vaddvq_f32(acc[r][t]) + corr[r][t];
-}
-
-template <DType WT>
-void gemm_q_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
-                  int64_t n_tok, float* out, int64_t out_stride) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        int64_t t = 0;
-        for (; t + 4 <= n_tok; t += 4)
-            gemm_q_tile<WT, 4, 4>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
-        for (; t < n_tok; t++)
-            gemm_q_tile<WT, 4, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
-    }
-    for (; r < r1; r++)
-        for (int64_t t = 0; t < n_tok; t++)
-            gemm_q_tile<WT, 1, 1>(w + r * w_stride, w_stride, x + t * nb, nb, out + t * out_stride + r, out_stride);
-}
+#include "kernels_neon_q.inc"
 
 inline int32x4_t sdot_act(int8x16_t w0, int8x16_t w1, const int8_t* p) {
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(p)), w1, vld1q_s8(p + 16));
@@ -140,8 +57,9 @@ void gemm_q_iq4_xs(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, co
         }
 }
 
-// ---- K-quant decode GEMV: R rows per pass (as kernels_x86_kquant.inc) ----
-// Each activation block is loaded once for R rows; sdot takes the signed quants as they are,
+// ---- K-quant decode: R rows x T tokens per pass ----
+// Each sub-block's quants are unpacked once for T tokens, each token's activation block loaded
+// once for R rows; sdot takes the signed quants as they are,
 // 16 weights (a 16-weight sub-block, or half of a 32-weight one) per instruction. Per row and
 // super-block the sub-block factors d * sc * a.d go to f32 as whole vectors, and the min
 // terms (Q4_K / Q5_K against the activation sums, Q2_K against its halves' exact sums) go
@@ -202,17 +120,20 @@ constexpr int64_t kquant_block_bytes() {
                                : sizeof(block_q6_K);
 }
 
-// out[r] = row r . x for R rows (one token).
-template <DType WT, int R>
-void kquant_gemv_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, const KquantActs& xs, int64_t ns,
-                      float* out) {
+// out[t * out_stride + r] = row r . x_t for R rows and T tokens (x[t]: token t's blocks, xs[t]
+// what its rows share). Each sub-block's quants are unpacked once for the T tokens; every (row,
+// token) runs the one-token pass's operations in its order, so a token's result is bit-identical
+// alone or in a batch.
+template <DType WT, int R, int T>
+void kquant_gemm_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* const* x, const KquantActs* const* xs,
+                      int64_t ns, float* out, int64_t out_stride) {
     constexpr int64_t BB = kquant_block_bytes<WT>();
     constexpr bool kSub32 = WT == DType::Q4_K || WT == DType::Q5_K;  // 32-weight sub-blocks
-    float32x4_t acc[R];
-    for (int r = 0; r < R; r++) acc[r] = vdupq_n_f32(0.0f);
+    float32x4_t acc[R][T];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
     for (int64_t s = 0; s < ns; s++) {
-        const BlockQ8Act* a = x + s * kActBlocksPerSuper;
-        float scale[R][16];  // per row: the factor of each sub-block, d * sc * a.d
+        float scale[R][T][16];  // per row and token: the factor of each sub-block, d * sc * a.d
         for (int r = 0; r < R; r++) {
             const uint8_t* blk = w + r * w_stride + s * BB;
             float32x4_t sc[4], mn[4];
@@ -223,75 +144,104 @@ void kquant_gemv_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* x, co
                 const uint8x16_t v = vld1q_u8(sm);
                 u8x8_to_f32(vget_low_u8(v), sc), u8x8_to_f32(vget_high_u8(v), mn);
                 const float d = f16(b->d), dmin = f16(b->dmin);
-                for (int k = 0; k < 2; k++) {
-                    vst1q_f32(scale[r] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs.d[8 * s + 4 * k]), d)));
-                    acc[r] = vfmsq_f32(acc[r], vmulq_n_f32(mn[k], dmin), vld1q_f32(&xs.sum[8 * s + 4 * k]));
-                }
-                continue;
-            }
-            float d;
-            if constexpr (WT == DType::Q2_K) {
-                const auto* b = reinterpret_cast<const block_q2_K*>(blk);
-                const uint8x16_t v = vld1q_u8(b->scales);
-                const uint8x16_t scv = vandq_u8(v, vdupq_n_u8(0x0f)), mv = vshrq_n_u8(v, 4);
-                u8x8_to_f32(vget_low_u8(scv), sc), u8x8_to_f32(vget_high_u8(scv), sc + 2);
-                u8x8_to_f32(vget_low_u8(mv), mn), u8x8_to_f32(vget_high_u8(mv), mn + 2);
-                d = f16(b->d);
-                const float dmin = f16(b->dmin);
-                for (int k = 0; k < 4; k++)
-                    acc[r] = vfmsq_f32(acc[r], vmulq_n_f32(mn[k], dmin), vld1q_f32(&xs.dhalf[16 * s + 4 * k]));
+                for (int t = 0; t < T; t++)
+                    for (int k = 0; k < 2; k++) {
+                        vst1q_f32(scale[r][t] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs[t]->d[8 * s + 4 * k]), d)));
+                        acc[r][t] = vfmsq_f32(acc[r][t], vmulq_n_f32(mn[k], dmin), vld1q_f32(&xs[t]->sum[8 * s + 4 * k]));
+                    }
             } else {
-                int8_t sc8[16];
-                if constexpr (WT == DType::Q3_K) {
-                    const auto* b = reinterpret_cast<const block_q3_K*>(blk);
-                    q3_K_scales_biased(b->scales, reinterpret_cast<uint8_t*>(sc8)), d = f16(b->d);
-                    vst1q_s8(sc8, vsubq_s8(vld1q_s8(sc8), vdupq_n_s8(32)));
+                float d;
+                if constexpr (WT == DType::Q2_K) {
+                    const auto* b = reinterpret_cast<const block_q2_K*>(blk);
+                    const uint8x16_t v = vld1q_u8(b->scales);
+                    const uint8x16_t scv = vandq_u8(v, vdupq_n_u8(0x0f)), mv = vshrq_n_u8(v, 4);
+                    u8x8_to_f32(vget_low_u8(scv), sc), u8x8_to_f32(vget_high_u8(scv), sc + 2);
+                    u8x8_to_f32(vget_low_u8(mv), mn), u8x8_to_f32(vget_high_u8(mv), mn + 2);
+                    d = f16(b->d);
+                    const float dmin = f16(b->dmin);
+                    for (int t = 0; t < T; t++)
+                        for (int k = 0; k < 4; k++)
+                            acc[r][t] = vfmsq_f32(acc[r][t], vmulq_n_f32(mn[k], dmin), vld1q_f32(&xs[t]->dhalf[16 * s + 4 * k]));
                 } else {
-                    const auto* b = reinterpret_cast<const block_q6_K*>(blk);
-                    std::memcpy(sc8, b->scales, 16), d = f16(b->d);
+                    int8_t sc8[16];
+                    if constexpr (WT == DType::Q3_K) {
+                        const auto* b = reinterpret_cast<const block_q3_K*>(blk);
+                        q3_K_scales_biased(b->scales, reinterpret_cast<uint8_t*>(sc8)), d = f16(b->d);
+                        vst1q_s8(sc8, vsubq_s8(vld1q_s8(sc8), vdupq_n_s8(32)));
+                    } else {
+                        const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+                        std::memcpy(sc8, b->scales, 16), d = f16(b->d);
+                    }
+                    const int8x16_t v = vld1q_s8(sc8);
+                    s8x8_to_f32(vget_low_s8(v), sc), s8x8_to_f32(vget_high_s8(v), sc + 2);
                 }
-                const int8x16_t v = vld1q_s8(sc8);
-                s8x8_to_f32(vget_low_s8(v), sc), s8x8_to_f32(vget_high_s8(v), sc + 2);
+                for (int t = 0; t < T; t++)
+                    for (int k = 0; k < 4; k++)
+                        vst1q_f32(scale[r][t] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs[t]->d2[16 * s + 4 * k]), d)));
             }
-            for (int k = 0; k < 4; k++)
-                vst1q_f32(scale[r] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs.d2[16 * s + 4 * k]), d)));
         }
         for (int j = 0; j < kActBlocksPerSuper; j++) {
-            const int8x16_t xh[2] = {vld1q_s8(a[j].hi), vld1q_s8(a[j].hi + 16)};
-            const int8x16_t xl[2] = {vld1q_s8(a[j].lo), vld1q_s8(a[j].lo + 16)};
-            const int32x4_t z = vdupq_n_s32(0);
+            int8x16_t q[R][2];  // each row's quants of sub-block j, for every token
             for (int r = 0; r < R; r++) {
                 const uint8_t* blk = w + r * w_stride + s * BB;
-                const int8x16_t q[2] = {kquant_quants16<WT>(blk, j, 0), kquant_quants16<WT>(blk, j, 1)};
-                if constexpr (kSub32) {  // 256 hi + lo over the whole block
-                    const int32x4_t hi = vdotq_s32(vdotq_s32(z, q[0], xh[0]), q[1], xh[1]);
-                    const int32x4_t dot = vdotq_s32(vdotq_s32(vshlq_n_s32(hi, 8), q[0], xl[0]), q[1], xl[1]);
-                    acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), scale[r][j]);
-                } else {  // per 16-weight sub-block
-                    for (int i = 0; i < 2; i++) {
-                        const int32x4_t dot = vdotq_s32(vshlq_n_s32(vdotq_s32(z, q[i], xh[i]), 8), q[i], xl[i]);
-                        acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), scale[r][2 * j + i]);
+                q[r][0] = kquant_quants16<WT>(blk, j, 0), q[r][1] = kquant_quants16<WT>(blk, j, 1);
+            }
+            const int32x4_t z = vdupq_n_s32(0);
+#pragma GCC unroll 4  // clang keeps acc[][] in memory behind a runtime token loop otherwise
+            for (int t = 0; t < T; t++) {
+                const BlockQ8Act& a = x[t][s * kActBlocksPerSuper + j];
+                const int8x16_t xh[2] = {vld1q_s8(a.hi), vld1q_s8(a.hi + 16)};
+                const int8x16_t xl[2] = {vld1q_s8(a.lo), vld1q_s8(a.lo + 16)};
+                for (int r = 0; r < R; r++) {
+                    if constexpr (kSub32) {  // 256 hi + lo over the whole block
+                        const int32x4_t hi = vdotq_s32(vdotq_s32(z, q[r][0], xh[0]), q[r][1], xh[1]);
+                        const int32x4_t dot = vdotq_s32(vdotq_s32(vshlq_n_s32(hi, 8), q[r][0], xl[0]), q[r][1], xl[1]);
+                        acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), scale[r][t][j]);
+                    } else {  // per 16-weight sub-block
+                        for (int i = 0; i < 2; i++) {
+                            const int32x4_t dot = vdotq_s32(vshlq_n_s32(vdotq_s32(z, q[r][i], xh[i]), 8), q[r][i], xl[i]);
+                            acc[r][t] = vfmaq_n_f32(acc[r][t], vcvtq_f32_s32(dot), scale[r][t][2 * j + i]);
+                        }
                     }
                 }
             }
         }
     }
-    for (int r = 0; r < R; r++) out[r] = vaddvq_f32(acc[r]);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) out[t * out_stride + r] = vaddvq_f32(acc[r][t]);
 }
 
+using KquantRows = void (*)(const uint8_t*, size_t, const BlockQ8Act* const*, const KquantActs* const*, int64_t,
+                            float*, int64_t);
+
+template <DType WT, int R, int... T>
+constexpr std::array<KquantRows, sizeof...(T)> kquant_tiles(std::integer_sequence<int, T...>) {
+    return {kquant_gemm_rows<WT, R, T + 1>...};
+}
+
+// K-quant decode, one token or a few: every token's shared terms made once per call; then per
+// 4 rows (the rest one at a time), the tokens in tiles of up to 4 (16 accumulators) while the
+// rows' super-blocks stay in L1.
 template <DType WT>
 void gemm_q_kquant_rows(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
                         int64_t n_tok, float* out, int64_t out_stride) {
-    constexpr int R = 4;
-    thread_local KquantActs acts;
+    constexpr int R = 4, TT = 4;
+    static constexpr auto tiles = kquant_tiles<WT, R>(std::make_integer_sequence<int, TT>());
+    static constexpr auto tiles1 = kquant_tiles<WT, 1>(std::make_integer_sequence<int, TT>());
+    thread_local std::vector<KquantActs> acts;
+    if ((int64_t)acts.size() < n_tok) acts.resize(n_tok);
+    for (int64_t t = 0; t < n_tok; t++) kquant_acts(x + t * nb, nb, acts[t]);
     const int64_t ns = nb / kActBlocksPerSuper;
-    for (int64_t t = 0; t < n_tok; t++) {
-        const BlockQ8Act* xt = x + t * nb;
-        kquant_acts(xt, nb, acts);
-        float* o = out + t * out_stride;
-        int64_t r = r0;
-        for (; r + R <= r1; r += R) kquant_gemv_rows<WT, R>(w + r * w_stride, w_stride, xt, acts, ns, o + r);
-        for (; r < r1; r++) kquant_gemv_rows<WT, 1>(w + r * w_stride, w_stride, xt, acts, ns, o + r);
+    for (int64_t r = r0; r < r1;) {
+        const int rn = r + R <= r1 ? R : 1;
+        for (int64_t t = 0; t < n_tok; t += TT) {
+            const int tn = (int)std::min<int64_t>(TT, n_tok - t);
+            const BlockQ8Act* xt[TT];
+            const KquantActs* st[TT];
+            for (int k = 0; k < tn; k++) xt[k] = x + (t + k) * nb, st[k] = &acts[t + k];
+            (rn == R ? tiles : tiles1)[tn - 1](w + r * w_stride, w_stride, xt, st, ns, out + t * out_stride + r, out_stride);
+        }
+        r += rn;
     }
 }
 

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <stdexcept>
 #include <string>
 
 #include "backends/metal/metal_backend.h"
@@ -128,13 +130,55 @@ struct GemvKernel {
     std::string name;
     uint32_t rows_per_tg;
     uint32_t threads;
+    size_t tg_bytes;   // threadgroup memory 0
+    int32_t sg_rows;   // rows per simdgroup (mul_mv_args.sg_rows)
 };
 
-GemvKernel gemv_kernel(const char* family, DType type) {
+// Rows per threadgroup of the staged GEMVs. x (4 bytes a column) is requested once per
+// threadgroup, which adds 4 / (R b) to a matrix of b bytes a weight in threadgroups of R rows:
+// 22% to a 4-bit matrix (b = 0.56) at R = 32, 2.8% at 256 (Q2_K, b = 0.33: 38% and 4.8%). Fewer,
+// larger threadgroups must still fill the GPU: an M1 has 7-8 cores, an M4 Max 40, and each core
+// wants more than one threadgroup (one waiting at a barrier leaves another to run; the last wave
+// is short). So R doubles from 32 up to 256 only while the dispatch keeps kGemvMinThreadgroups
+// (2 per core of a 40-core GPU): at one token 64 rows from 5120 rows (Llama 3.2 1B's 8192-row
+// FFN), 128 from 10240 (Llama 3 8B's 14336), 256 from 20480 (output projections over a vocabulary,
+// 49152-152064 rows; MoE slots count as tokens). The total simdgroups stay rows / 4 up to R = 128
+// (256, 512, 1024 threads); R = 256 takes 8 rows per simdgroup (1024 threads, the most a
+// threadgroup has). FORGERT_METAL_GEMV_TG_ROWS=32|64|128|256 forces R (tests, bench/metal).
+constexpr int64_t kGemvMinThreadgroups = 80;
+
+int64_t gemv_tg_rows(int64_t rows, int64_t n_tokens) {
+    if (const char* env = std::getenv("FORGERT_METAL_GEMV_TG_ROWS")) {
+        const std::string v = env;
+        if (v == "32" || v == "64" || v == "128" || v == "256") return std::stoi(v);
+        throw std::invalid_argument("FORGERT_METAL_GEMV_TG_ROWS must be 32, 64, 128 or 256, not '" + v + "'");
+    }
+    int64_t r = 32;
+    while (r < 256 && ceil_div(rows, 2 * r) * n_tokens >= kGemvMinThreadgroups) r *= 2;
+    return r;
+}
+
+// cap: the pipeline's threads per threadgroup (thread_cap); a lower cap takes fewer simdgroups.
+GemvKernel gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_tokens,
+                       const std::function<uint32_t(const char*)>& cap) {
     const char* env = std::getenv("FORGERT_METAL_GEMV");
-    if (env != nullptr && std::strcmp(env, "direct") == 0) return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH};
-    return {std::string(family) + "staged_" + weight_suffix(type), FG_MV_STAGED_ROWS_PER_TG,
-            FG_MV_STAGED_SIMDGROUPS * FG_SIMD_WIDTH};
+    if (env != nullptr && std::strcmp(env, "direct") == 0)
+        return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 0,
+                FG_MV_ROWS_PER_SIMDGROUP};
+    GemvKernel k;
+    k.name = std::string(family) + "staged_" + weight_suffix(type);
+    const int64_t tg_rows = gemv_tg_rows(rows, n_tokens);
+    k.sg_rows = tg_rows > 128 ? FG_MV_STAGED_MAX_SG_ROWS : FG_MV_ROWS_PER_SIMDGROUP;
+    const uint32_t simdgroups =
+        std::min<uint32_t>((uint32_t)(tg_rows / k.sg_rows), cap(k.name.c_str()) / FG_SIMD_WIDTH);
+    k.rows_per_tg = simdgroups * (uint32_t)k.sg_rows;
+    k.threads = simdgroups * FG_SIMD_WIDTH;
+    // a window of FG_MV_WINDOW_BLOCKS 32-weight chunks of a row; float rows are not copied
+    const bool is_float = type == DType::F32 || type == DType::F16 || type == DType::BF16;
+    const int64_t window_bytes =
+        is_float ? 0 : FG_MV_WINDOW_BLOCKS * FG_QK / dtype_block_elems(type) * dtype_block_bytes(type);
+    k.tg_bytes = FG_MV_STAGED_TG_BYTES(window_bytes, (int64_t)simdgroups);
+    return k;
 }
 
 int32_t line_offset(const Tensor& t) { return (int32_t)(reinterpret_cast<uintptr_t>(t.data()) % 64); }
@@ -160,10 +204,12 @@ void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tenso
     const int64_t n = x.rows;
     const std::string sfx = weight_suffix(w.type);
     if (n < kMulMmMinTokens) {
-        const mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
-        const GemvKernel k = gemv_kernel("mul_mv_", w.type);
+        const GemvKernel k =
+            gemv_kernel("mul_mv_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
+        mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
+        a.sg_rows = k.sg_rows;
         encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(out)},
-               {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1}, {k.threads, 1, 1});
+               {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1}, {k.threads, 1, 1}, k.tg_bytes);
     } else {
         mul_mm_args a{};
         a.w_stride = w.stride;
@@ -204,9 +250,11 @@ bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, con
     if (!fused) return false;
     a.gelu = gelu ? 1 : 0;
     a.w_up_align = line_offset(w_up);
-    const GemvKernel k = gemv_kernel("mul_mv_swiglu_", w_gate.type);
+    const GemvKernel k = gemv_kernel("mul_mv_swiglu_", w_gate.type, w_gate.rows, x.rows,
+                                     [this](const char* name) { return thread_cap(name); });
+    a.sg_rows = k.sg_rows;
     encode(k.name, &a, sizeof a, {reads(w_gate), reads(x), writes(out), reads(w_up)},
-           {ceil_div(w_gate.rows, k.rows_per_tg), (uint32_t)x.rows, 1}, {k.threads, 1, 1});
+           {ceil_div(w_gate.rows, k.rows_per_tg), (uint32_t)x.rows, 1}, {k.threads, 1, 1}, k.tg_bytes);
     return true;
 }
 
@@ -590,9 +638,11 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
         a.k = (int32_t)k;
         a.x_per_slot = x_per_slot;
         a.n_expert = n_expert;
-        const GemvKernel kern = gemv_kernel("mul_mv_id_", w0.type);
+        const GemvKernel kern = gemv_kernel("mul_mv_id_", w0.type, w0.rows, n_slots,
+                                            [this](const char* name) { return thread_cap(name); });
+        a.mv.sg_rows = kern.sg_rows;
         encode(kern.name, &a, sizeof a, {stack, reads(x), writes(out), reads(ids)},
-               {ceil_div(w0.rows, kern.rows_per_tg), (uint32_t)n_slots, 1}, {kern.threads, 1, 1});
+               {ceil_div(w0.rows, kern.rows_per_tg), (uint32_t)n_slots, 1}, {kern.threads, 1, 1}, kern.tg_bytes);
         return;
     }
     // Prefill: the slots grouped by expert on the device, then one GEMM per expert over its slots.
