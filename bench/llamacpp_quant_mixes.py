@@ -163,7 +163,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="write a markdown report here")
     ap.add_argument("--version", default="", help="the llama.cpp source's version, for the report")
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated mixes (default: all of forgert's)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     rows, details = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
