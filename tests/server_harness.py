@@ -11,14 +11,15 @@ API_KEY = "test-key-123"
 TEST_N_CTX = 512    # small context: quick to allocate, and over-long prompts are cheap to build
 
 
-def load_model(path, n_ctx: int = TEST_N_CTX):
-    """The model under test (conftest's smollm2_gguf path), or a skip naming what is missing."""
+def load_model(path, n_ctx: int = TEST_N_CTX, parallel: int = 1):
+    """The model under test (conftest's smollm2_gguf path), or a skip naming what is missing.
+    parallel >= 2: a server over it batches its requests (slots 1..parallel-1)."""
     import forgert
     try:
         from forgert import _core  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"forgert._core is not built: {exc}")
-    return forgert.Model(path, n_ctx=n_ctx)
+    return forgert.Model(path, n_ctx=n_ctx, parallel=parallel)
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 x86-64 sets run natively (AMX-INT8 where the CPU and OS allow tile instructions); the arm64 NEON set is cross-compiled and run under qemu where
 `aarch64-linux-gnu-g++` and `qemu-aarch64` are installed (.ci/run installs them).
 """
+import os
 import platform
 import shutil
 import subprocess
@@ -24,8 +25,8 @@ def build(tmp_path, cxx, flags, name):
     return exe
 
 
-def run_check(cmd) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def run_check(cmd, env=None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failures" in proc.stdout
@@ -54,7 +55,8 @@ def x86_check_output(tmp_path_factory):
     exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVXVNNI=1", "-DFORGERT_HAVE_AVX512=1",
                                 "-DFORGERT_HAVE_AMX=1",
                                 str(CPU / "cpu_kernels.cpp"), *objs], "check_x86")
-    return run_check([str(exe)])
+    # The AMX set's few-token decode on tiles for every count from 2 (its default may leave it off)
+    return run_check([str(exe)], env={**os.environ, "FORGERT_AMX_DECODE_MIN_TOKENS": "2"})
 
 
 @X86_ONLY
@@ -62,13 +64,31 @@ def test_x86_kernel_sets_match_generic(x86_check_output):
     assert "0 failures" in x86_check_output
 
 
+def set_lines(output, name, *words):
+    """The check's result lines of kernel set `name` that contain all of `words`."""
+    return [ln for ln in output.splitlines() if ln.split()[:1] == [name] and all(w in ln for w in words)]
+
+
 @X86_ONLY
 def test_amx_kernel_set_matches_generic(x86_check_output):
-    """The AMX-INT8 set (prefill int8 GEMM on tiles), where this CPU and OS run tile instructions."""
+    """The AMX-INT8 set (prefill int8 GEMM and few-token decode on tiles), where this CPU and OS run
+    tile instructions."""
     if "avx512-amx: not run" in x86_check_output:
         pytest.skip("no usable AMX-INT8 here (CPU, OS tile permission or the probe's tile instruction)")
-    lines = [ln for ln in x86_check_output.splitlines() if ln.startswith("avx512-amx") and "gemm_i8" in ln]
-    assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
+    for words in (["gemm_i8"], ["bit-identical to n=1"]):
+        lines = set_lines(x86_check_output, "avx512-amx", *words)
+        assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
+
+
+@X86_ONLY
+def test_amx_decode_on_emulated_tiles(x86_check_output):
+    """The AMX few-token decode's layouts and finishing, on tiles emulated by loops (any AVX-512
+    VNNI CPU): bit-identical to one-token decode for 2..15 tokens, and close to generic."""
+    if "avx512-vnni" not in x86_check_output:
+        pytest.skip("needs AVX-512 VNNI")
+    for words in (["bit-identical to n=1"], ["gemm Q4_0", "n=6"], ["gemv Q5_1 vs f64"]):
+        lines = set_lines(x86_check_output, "avx512-amx-emulated", *words)
+        assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
 
 
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),

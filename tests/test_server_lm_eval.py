@@ -1,6 +1,7 @@
 """lm-evaluation-harness against the server: its `local-completions` model scores a small
 multiple-choice task (a local JSON file: no hub) by log-likelihood, which needs echo + prompt
-logprobs. Reference: the same task scored here with NumPy log-softmax over `Model.logits` of a
+logprobs; once on the single-sequence path (a one-slot Model) and once in the running batch
+(parallel: lm-eval's concurrent requests prefilled and scored together, batch.py). Reference: the same task scored here with NumPy log-softmax over `Model.logits` of a
 second Model, each choice's continuation tokens summed; lm-eval's per-choice log-likelihoods
 and its accuracy must equal it. lm-eval tokenizes through the server (/tokenizer_info, /tokenize).
 """
@@ -26,6 +27,14 @@ QUESTIONS = [
     ("The opposite of hot is", ["warm", "cold", "red"], 1),
 ]
 
+# Alone: one teacher-forced pass over the same tokens as Model.logits, measured difference 0.
+# Batched: the prompt's rows share passes with other prompts' rows, and the Q4_1 matmuls take
+# another kernel from 16 rows per pass on (measured: a 5-row prompt's scores move by 5.4e-3
+# when 11 more rows join its pass; as decode vs prefill, test_server_openai_features'
+# DECODE_TOL): measured 3.6e-3 on a continuation's summed logprobs.
+ALONE_TOL = 1e-4
+BATCHED_TOL = 1.5e-2
+
 TASK_YAML = """task: forgert_mc
 dataset_path: json
 dataset_kwargs:
@@ -41,9 +50,14 @@ metric_list:
 """
 
 
-@pytest.fixture(scope="module")
-def model(smollm2_gguf):
-    return load_model(smollm2_gguf)
+@pytest.fixture(scope="module", params=[1, 4], ids=["alone", "batched"])
+def model(smollm2_gguf, request):
+    model = load_model(smollm2_gguf, parallel=request.param)
+    if request.param > 1:
+        def not_batched(*args, **kwargs):
+            raise AssertionError("echo's prompt logprobs left the batch for the single-sequence path")
+        model.prompt_logprobs = not_batched
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +93,19 @@ def test_lm_eval_multiple_choice_matches_model_logits(model, reference_model, tm
             model="local-completions",
             model_args={"base_url": server.base_url + "/v1/completions", "model": "smollm2-test",
                         "tokenizer_backend": "remote", "tokenized_requests": True,
-                        "num_concurrent": 1, "max_retries": 1},
+                        "num_concurrent": model.parallel, "max_retries": 1},
             tasks=["forgert_mc"], task_manager=TaskManager(include_path=str(tmp_path)),
             log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
             fewshot_random_seed=0)
 
     samples = sorted(results["samples"]["forgert_mc"], key=lambda s: s["doc_id"])
-    correct = 0
+    correct, worst = 0, 0.0
     for sample, (question, choices, answer) in zip(samples, QUESTIONS):
         expected = [reference_loglikelihood(reference_model, question, " " + c) for c in choices]
         got = [resp[0] for resp in sample["filtered_resps"]]
-        # Both are one batched teacher-forced pass over the same tokens: measured difference 0.
-        assert got == pytest.approx(expected, abs=1e-4)
+        worst = max([worst] + [abs(g - e) for g, e in zip(got, expected)])
         correct += int(np.argmax(expected) == answer)
+    print(f"largest log-likelihood difference ({'batched' if model.parallel > 1 else 'alone'}): {worst:.3g}")
+    assert worst <= (BATCHED_TOL if model.parallel > 1 else ALONE_TOL)
     assert len(samples) == len(QUESTIONS)
     assert results["results"]["forgert_mc"]["acc,none"] == pytest.approx(correct / len(QUESTIONS))

@@ -21,6 +21,12 @@ samples the other rows from them as the engine would have (argmax, or their C++ 
 grammar's token mask for the next token is computed on a worker thread while the engine
 evaluates the step (the engine call releases the GIL), so it costs the batch only what
 exceeds the pass (bench/batch_logits_rows.py measures the host time such rows add).
+
+A sequence that asks for its prompt's logprobs (LogitsOptions.prompt_logprobs: completions'
+echo, what lm-eval's log-likelihood tasks send) prefills from position 0 in the same steps as
+everything else, each of its chunks passed with a _core.RowScores: the engine scores every row
+against the prompt token after it in C++ (logprob and top alternatives), so no [n, vocab]
+logits reach Python. Its first StepOutput carries the whole prompt's logprobs.
 """
 from __future__ import annotations
 
@@ -33,10 +39,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .completion import Completion, StreamPiece, Timings, Usage
+from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
-from .logprobs import token_logprob
+from .logprobs import scored_logprobs, token_logprob
 from .prompt_cache import common_prefix
 from .sampling import Sampler, native_sampler
 from .stop_strings import StopStringMatcher
@@ -49,6 +55,7 @@ class LogitsOptions:
     top_logprobs: Optional[int] = None      # each sampled token's logprob and k alternatives
     bias: Optional[np.ndarray] = None       # float32 [vocab] added to the logits (logit_bias)
     grammar: Optional[Grammar] = None       # every token inside its mask (response_format)
+    prompt_logprobs: bool = False           # the prompt's logprobs too (top_logprobs alternatives each)
 
     @property
     def needs_row(self) -> bool:
@@ -61,6 +68,8 @@ class StepOutput(NamedTuple):
     text: str                   # the text its token completed ("" when none yet)
     logprobs: Optional[list]    # [TokenLogprob] of the tokens behind text (top_logprobs set), else None
     finished: bool              # its last step (sequence.error says if it failed)
+    prompt_logprobs: Optional[list] = None  # [TokenLogprob] of every prompt token (the first's
+                                            # logprob None), on its first output when asked for
 
 
 class _Sequence:
@@ -77,6 +86,10 @@ class _Sequence:
         self.row_sampler = Sampler(params) if options.needs_row else None
         self.history = list(prompt_ids) if options.needs_row else None
         self.pending_logprobs = []      # of tokens whose text is not out yet
+        # the prompt's logprobs, filled chunk by chunk as its prefill rows are scored (it then
+        # prefills from position 0: a cached prefix has no logits)
+        self.prompt_logprobs = ([TokenLogprob(tokenizer.decode([self.prompt[0]]), None, [])]
+                                if options.prompt_logprobs else None)
         self.greedy = params.greedy and not params.has_penalties and not options.needs_row
         self.sampler = None if self.greedy or options.needs_row else native_sampler(params, prompt_ids)
         self.stop_ids = set() if params.ignore_eos else tokenizer.stop_ids
@@ -180,6 +193,9 @@ class BatchScheduler:
         """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
         the returned sequence once finished. ValueError for a grammar that cannot start."""
         seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx, options)
+        if options.prompt_logprobs and seq.limit == 0:
+            raise ValueError("prompt logprobs are scored on the way to the first token: "
+                             "the prompt must leave room for one (max_tokens >= 1)")
         self._count += 1
         seq.t_start = time.perf_counter()
         seq.done = seq.limit == 0       # no room for a single token: finished before it starts
@@ -198,9 +214,14 @@ class BatchScheduler:
 
     def _admit(self, seq) -> None:
         """Into the free slot whose cache shares the longest prefix with the prompt (a
-        conversation taking its turn finds its history); prefill starts after that prefix."""
+        conversation taking its turn finds its history); prefill starts after that prefix.
+        A sequence scoring its prompt prefills it all, in the slot whose cache loses least."""
         shared = {slot: common_prefix(self.slot_tokens[slot], seq.prompt) for slot in self.free_slots}
-        slot = max(self.free_slots, key=lambda sl: (shared[sl], -sl))
+        if seq.prompt_logprobs is None:
+            slot = max(self.free_slots, key=lambda sl: (shared[sl], -sl))
+        else:   # scored from position 0: into the slot whose cache loses the fewest tokens
+            slot = min(self.free_slots, key=lambda sl: (len(self.slot_tokens[sl]) - shared[sl], sl))
+            shared[slot] = 0
         self.free_slots.remove(slot)
         seq.slot = slot
         seq.n_prefilled = seq.n_cached = min(shared[slot], len(seq.prompt) - 1)
@@ -209,9 +230,14 @@ class BatchScheduler:
         self.running.append(seq)
 
     def _leader_for(self, seq):
-        """A running sequence of the same prompt still prefilling it (and following no one), or None."""
+        """A running sequence of the same prompt still prefilling it (and following no one), or None.
+        One that wants the prompt's logprobs follows only a leader scoring them with as many
+        alternatives (it copies them with the K/V rows)."""
+        def scores_for(s):
+            return seq.prompt_logprobs is None or (s.prompt_logprobs is not None and
+                                                    s.options.top_logprobs == seq.options.top_logprobs)
         return next((s for s in self.running if s is not seq and s.leader is None and not s.decoding
-                     and s.prompt == seq.prompt), None)
+                     and s.prompt == seq.prompt and scores_for(s)), None)
 
     def _copy_from_leaders(self) -> None:
         """Followers whose leader has prefilled the prefix take a copy of its K/V rows. Those whose
@@ -224,6 +250,8 @@ class BatchScheduler:
                 n = len(s.prompt) - 1     # the prefix; each evaluates the last token itself
                 self.engine.kv_copy(lead.slot, s.slot, n)
                 s.n_prefilled = s.n_cached = n
+                if s.prompt_logprobs is not None:
+                    s.prompt_logprobs = list(lead.prompt_logprobs)
                 s.leader = None
 
     def _release(self, seq) -> None:
@@ -253,17 +281,24 @@ class BatchScheduler:
         budget = min(self.prefill_chunk, self.engine.max_batch - len(entries))
         for s in self.running:
             if not s.decoding and s.leader is None and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
-                n = min(budget, len(s.prompt) - 1 - s.n_prefilled)
-                entries.append((s.slot, np.array(s.prompt[s.n_prefilled:s.n_prefilled + n], np.int32), s.n_prefilled))
-                prefills.append((s, n))
+                a, n = s.n_prefilled, min(budget, len(s.prompt) - 1 - s.n_prefilled)
+                entry, scores = (s.slot, np.array(s.prompt[a:a + n], np.int32), a), None
+                if s.prompt_logprobs is not None:   # rows a..a+n-1 score prompt tokens a+1..a+n
+                    scores = _row_scores(s.prompt[a + 1:a + n + 1], s.options.top_logprobs or 0)
+                    entry += (scores,)
+                entries.append(entry)
+                prefills.append((s, n, scores))
                 budget -= n
         chosen, logits = self._evaluate(entries, rows, len(prefills))
-        for s, n in prefills:
+        for s, n, scores in prefills:
             s.n_prefilled += n
+            if scores is not None:
+                s.prompt_logprobs += scored_logprobs(scores, self.tokenizer)
         now = time.perf_counter()
         out = []
         for i, (s, tok) in enumerate(zip(rows, chosen)):
-            if not s.decoding:
+            first = not s.decoding      # its prompt's last token: the sequence's first output
+            if first:
                 s.n_prefilled = len(s.prompt)
                 s.t_first = now
             else:
@@ -284,7 +319,7 @@ class BatchScheduler:
                 self.running.remove(s)
                 self._release(s)
                 s.done, s.result = True, s.completion(now)
-            out.append(StepOutput(s, piece, lps, finished))
+            out.append(StepOutput(s, piece, lps, finished, s.prompt_logprobs if first else None))
         return out
 
     def _evaluate(self, entries, rows, n_prefills):
@@ -352,6 +387,12 @@ def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk, options_li
     finally:
         sched.close()
     return [s.result for s in seqs]
+
+
+def _row_scores(targets, top_k):
+    """A _core.RowScores: a prefill chunk's rows scored against the prompt tokens after them."""
+    from . import _core
+    return _core.RowScores(np.array(targets, np.int32), top_k)
 
 
 def _greedy_sampler():

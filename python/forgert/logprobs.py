@@ -1,5 +1,7 @@
 """A sampled token's log-probability (and the most likely alternatives) from its logits row:
-shared by the single-sequence path (Model) and the batch (batch.py), so both report the same."""
+shared by the single-sequence path (Model) and the batch (batch.py), so both report the same.
+A prompt's tokens are scored in C++ by the engine pass itself (_core.RowScores, the same
+reduction): scored_logprobs turns its arrays into the same TokenLogprob entries."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,14 +23,25 @@ def token_logprob(logits, tok: int, n_top: int, tokenizer) -> TokenLogprob:
 
 
 def _largest(x: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n largest entries of x [vocab], largest first. The n-th largest of a
-    1-in-64 sample is at most the n-th largest of x, so the entries at or above it hold the top
-    n: a select over a few hundred candidates instead of the whole row (10x faster at 49k)."""
+    """Indices of the n largest entries of x [vocab], largest first, ties to the lower index.
+    The n-th largest of a 1-in-64 sample is at most the n-th largest of x, so the entries at or
+    above it hold the top n: a select over a few hundred candidates instead of the whole row
+    (10x faster at 49k)."""
     if len(x) >= 64 * n:
         cut = np.partition(x[::64], -n)[-n]
         candidates = np.flatnonzero(x >= cut)
     else:
         candidates = np.arange(len(x))
-    if len(candidates) > n:
-        candidates = candidates[np.argpartition(-x[candidates], n - 1)[:n]]
-    return candidates[np.argsort(-x[candidates], kind="stable")]
+    if len(candidates) > n:     # those at or above the n-th largest (all of a tie across the cut)
+        c = x[candidates]
+        candidates = candidates[c >= np.partition(c, len(c) - n)[len(c) - n]]
+    # candidates are in increasing index order: a tie goes to the lower id (as row_scores.cpp)
+    return candidates[np.argsort(-x[candidates], kind="stable")[:n]]
+
+
+def scored_logprobs(scores, tokenizer) -> list[TokenLogprob]:
+    """[TokenLogprob] of each target of a _core.RowScores the engine filled: the token after each
+    evaluated row, with its row's top_k alternatives (ties to the lower id, as _largest)."""
+    return [TokenLogprob(tokenizer.decode([int(tok)]), float(lp),
+                         [(tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, vals)])
+            for tok, lp, ids, vals in zip(scores.targets, scores.logprob, scores.top_ids, scores.top_logprob)]

@@ -24,7 +24,7 @@ from .detokenizer import StreamingDetokenizer
 from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
-from .logprobs import token_logprob
+from .logprobs import scored_logprobs, token_logprob
 from .prompt_cache import ModelState, PromptCache, common_prefix
 from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
@@ -477,14 +477,28 @@ class Model:
     def prompt_logprobs(self, prompt, top: int = 0) -> list:
         """[TokenLogprob] of each prompt token given the ones before it (what lm-eval's
         log-likelihood tasks score); the first token has no context: its logprob is None.
-        top: how many most likely alternatives each entry lists."""
+        top: how many most likely alternatives each entry lists (at most 64)."""
         _check_logprobs(top, "top")
+        core = _import_core()
+        if top > core.RowScores.max_top_k:
+            raise ValueError(f"top must be at most {core.RowScores.max_top_k}, got {top}")
         ids = self._prompt_ids(prompt)
+        scored = []
         with self._lock("prompt_logprobs()"):
             self._stash_live(ids)       # another conversation's K/V stays in the prompt cache
-            logits = self._logits(ids)                                  # [len(ids), vocab]
+            # Rows 0..n-2 score tokens 1..n-1, reduced in C++ as the engine evaluates them (no
+            # [n, vocab] logits here); the last token is left to a generation that follows.
+            self._cache_tokens = []
+            step = min(PREFILL_CHUNK, self._engine.max_batch)
+            for s in range(0, len(ids) - 1, step):
+                chunk = np.asarray(ids[s:min(s + step, len(ids) - 1)], dtype=np.int32)
+                scores = core.RowScores(np.asarray(ids[s + 1:s + 1 + len(chunk)], dtype=np.int32), top)
+                self._engine.prefill(chunk, s, scores)
+                self._add_profile()
+                self._cache_tokens = ids[:s + len(chunk)]
+                scored.append(scores)
         first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, [])
-        return [first] + [self._token_logprob(logits[i - 1], ids[i], top) for i in range(1, len(ids))]
+        return [first] + [lp for scores in scored for lp in scored_logprobs(scores, self.tokenizer)]
 
     def compile_response_format(self, response_format) -> Grammar | None:
         """The constraint for an OpenAI response_format dict ({"type": "json_object"} or

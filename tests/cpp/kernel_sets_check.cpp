@@ -26,7 +26,7 @@ bool runs_here(const KernelSet* k) {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (!std::strcmp(k->name, "avx2")) return avx2;
     if (!std::strcmp(k->name, "avx2-vnni")) return cpu_has_avx_vnni();
-    if (!std::strcmp(k->name, "avx512-vnni"))
+    if (!std::strcmp(k->name, "avx512-vnni") || !std::strcmp(k->name, "avx512-amx-emulated"))
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     if (!std::strcmp(k->name, "avx512-amx")) return cpu_has_amx_int8();
@@ -284,12 +284,12 @@ void check_gemv_reference(const KernelSet* k, int cols) {
 }
 
 // Continuous batching: a token's GEMV result must not depend on the tokens beside it, so
-// that a request's greedy output is the same alone and in a batch. The AVX-512 sets' few-token
-// kernels for these types run the one-token kernel's operations for every token: each row of
-// an n-token product is bit-identical to that token's product alone, for every token count
-// up to the prefill GEMM's (1..15), over every register tile and remainder. The NEON sets too:
-// their integer block dots are exact and every tile runs the same float steps. Every quantized
-// type (K-quants and IQ4_XS where the row holds whole super-blocks).
+// that a request's greedy output is the same alone and in a batch. The x86 sets' few-token
+// kernels for these types (AVX-512: VNNI or AMX tiles) follow the one-token kernel's definition
+// of the result: each row of an n-token product is bit-identical to that token's product alone,
+// for every token count up to the prefill GEMM's (1..15), over every register tile and remainder.
+// The NEON sets too: their integer block dots are exact and every tile runs the same float
+// steps. Every quantized type (K-quants and IQ4_XS where the row holds whole super-blocks).
 void check_batch_invariance(const KernelSet* k, int cols) {
     // x86 and NEON sets; generic: close (check()), not bit-identical
     if (std::strncmp(k->name, "avx", 3) && std::strncmp(k->name, "neon", 4)) return;
@@ -424,8 +424,10 @@ void check(const KernelSet* k, int cols) {
 
 int main() {
     int checked = 0;
-    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avxvnni(), kernels_avx512(), kernels_amx(), kernels_neon(),
-                               kernels_neon_i8mm()}) {
+    // avx512-amx-emulated: the AMX set's few-token decode on tiles emulated by loops (its
+    // layouts and finishing checked here; only the instruction mapping needs an AMX CPU).
+    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avxvnni(), kernels_avx512(), kernels_amx(),
+                               kernels_amx_emulated(), kernels_neon(), kernels_neon_i8mm()}) {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks

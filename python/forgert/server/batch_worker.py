@@ -7,17 +7,19 @@ each of its choices (n > 1, several prompts on /v1/completions) is a sequence of
 logprobs, logit_bias and response_format are applied per sequence in the step (batch.py). A
 request whose client leaves is cancelled before the next step: its slots go to the next in line.
 
-One thing is not batched, and runs on this thread between steps, holding the model: echo's
-prompt logprobs (every position's logits; the batched pass returns each entry's last row only),
-through Model.prompt_logprobs on slot 0, which the scheduler leaves to the single-sequence path
-(slots 1..). The n choices of one prompt prefill it once: the scheduler copies the first
-choice's K/V rows into the others' slots (batch.py).
+Echo with logprobs (prompt logprobs, what lm-eval's log-likelihood tasks send) batches too: the
+sequence prefills its prompt from position 0 in the running steps, the engine scoring each
+prefill row against the next prompt token in C++ (batch.py), and the echoed prompt goes out with
+its logprobs just before the first generated token. The n choices of one prompt prefill it once:
+the scheduler copies the first choice's K/V rows (and prompt logprobs) into the others' slots.
+Slot 0 stays the single-sequence path's (Model's own calls), the batch takes slots 1...
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import deque
+from dataclasses import replace
 from typing import AsyncIterator
 
 from ..batch import BatchScheduler, LogitsOptions
@@ -107,14 +109,13 @@ class BatchWorker:
         try:
             options = LogitsOptions(spec.top_logprobs, self.model._bias_row(spec.logit_bias),
                                     spec.response_format)
+            scored = replace(options, prompt_logprobs=True)    # echo with logprobs: the prompt's too
             for index, choice in enumerate(spec.choices):
                 params = SamplingParams.from_kwargs(None, **dict(spec.sampling, seed=choice.seed))
-                if choice.echo is not None:
-                    lps = None
-                    if spec.top_logprobs is not None:   # not batched: see the module docstring
-                        lps = self.model.prompt_logprobs(choice.prompt_ids, spec.top_logprobs)
-                    req.deliver(Piece(choice.echo, lps, index))
-                seq = self.scheduler.add(choice.prompt_ids, params, options)
+                scores_prompt = choice.echo is not None and spec.top_logprobs is not None
+                if choice.echo is not None and not scores_prompt:
+                    req.deliver(Piece(choice.echo, None, index))    # nothing to compute: out at once
+                seq = self.scheduler.add(choice.prompt_ids, params, scored if scores_prompt else options)
                 req.seqs.append(seq)
                 self._owner[id(seq)] = (req, index)
         except BaseException as error:  # noqa: BLE001 - handed to the awaiting request
@@ -162,6 +163,8 @@ class BatchWorker:
                 if out.sequence.error is not None:
                     self._drop(req, _Failure(out.sequence.error))
                     continue
+                if out.prompt_logprobs is not None:     # the echoed prompt, scored by its prefill
+                    req.deliver(Piece(req.spec.choices[index].echo, out.prompt_logprobs, index))
                 if out.text or out.logprobs:
                     req.deliver(Piece(out.text, out.logprobs, index))
                 if out.finished:

@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -166,6 +168,34 @@ bool is_expert_list(const py::handle& v) {
     return true;
 }
 
+// _core.RowScores: a batch entry's scoring request (targets, top_k) and, once the pass ran, its
+// result, as NumPy arrays the pass writes into (prompt logprobs without [n, vocab] logits).
+struct PyRowScores {
+    PyRowScores(py::array_t<int32_t, py::array::c_style | py::array::forcecast> t, int k)
+        : targets(std::move(t)), top_k(k) {
+        if (targets.ndim() != 1) throw InputError("RowScores: targets must be a 1-D array of token ids");
+        if (k < 0 || k > LlamaModel::kMaxScoreTop)
+            throw InputError("RowScores: top_k must be in 0.." + std::to_string(LlamaModel::kMaxScoreTop) +
+                             ", got " + std::to_string(k));
+        const py::ssize_t n = targets.size();
+        logprob = py::array_t<double>(n);
+        top_ids = py::array_t<int32_t>(std::vector<py::ssize_t>{n, k});
+        top_logprob = py::array_t<double>(std::vector<py::ssize_t>{n, k});
+        std::fill_n(logprob.mutable_data(), n, std::nan(""));  // not scored yet
+        std::fill_n(top_ids.mutable_data(), n * k, -1);
+        std::fill_n(top_logprob.mutable_data(), n * k, std::nan(""));
+    }
+    RowScores view() {
+        return RowScores{targets.data(), top_k, logprob.mutable_data(), top_ids.mutable_data(),
+                         top_logprob.mutable_data()};
+    }
+    py::array_t<int32_t, py::array::c_style | py::array::forcecast> targets;  // [n]
+    int top_k;
+    py::array_t<double> logprob;      // [n]
+    py::array_t<int32_t> top_ids;     // [n, top_k]
+    py::array_t<double> top_logprob;  // [n, top_k]
+};
+
 // A loaded model on one backend. Holds a buffer export of each weight buffer (views of the
 // mmap'd file) so the memory outlives the zero-copy tensors.
 //
@@ -249,12 +279,21 @@ public:
         return out;
     }
 
-    void prefill(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
+    // scores: each row scored against its target (one pass of at most max_batch tokens, slot 0).
+    void prefill(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos,
+                 PyRowScores* scores) {
         const int n = checked_count(tokens);
         const int32_t* src = tokens.data();
+        RowScores view;
+        if (scores) {
+            check_scores(*scores, n, "prefill");
+            view = scores->view();
+        }
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
-        model_->forward(src, n, pos, false, nullptr);
+        if (!scores) return model_->forward(src, n, pos, false, nullptr);
+        BatchEntry entry{0, src, n, pos, &view};
+        model_->forward_batch(&entry, 1, nullptr);
     }
 
     int forward_argmax(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos) {
@@ -305,7 +344,8 @@ public:
         model_->decode_end();
     }
 
-    // One batched pass over several sequences: entries is a list of (slot, tokens, pos).
+    // One batched pass over several sequences: entries is a list of (slot, tokens, pos) or
+    // (slot, tokens, pos, RowScores): that entry's rows are scored too, into the RowScores.
     // Returns the last token's logits of each entry, f32 [n_entries, vocab].
     py::array_t<float> forward_batch(const py::list& entries) {
         BatchInput in = batch_input(entries);
@@ -441,17 +481,26 @@ private:
     // A batch's entries with their token arrays kept alive (the model checks slots and positions).
     struct BatchInput {
         std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> tokens;
+        std::vector<RowScores> scores;  // one per entry (those without: unused)
         std::vector<BatchEntry> entries;
     };
+    void check_scores(const PyRowScores& s, int n, const std::string& what) const {
+        if (s.targets.size() != n)
+            throw InputError(what + ": RowScores of " + std::to_string(s.targets.size()) + " targets for " +
+                             std::to_string(n) + " tokens (one target per token: the token after it)");
+    }
     BatchInput batch_input(const py::list& entries) const {
         BatchInput in;
         in.tokens.reserve(entries.size());
+        in.scores.resize(entries.size());
         for (size_t e = 0; e < entries.size(); e++) {
             auto t = py::reinterpret_borrow<py::object>(entries[e]);
             if (!py::isinstance<py::tuple>(t) && !py::isinstance<py::list>(t))
                 throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos)");
             auto tup = t.cast<py::sequence>();
-            if (tup.size() != 3) throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos)");
+            if (tup.size() != 3 && tup.size() != 4)
+                throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos) or "
+                                 "(slot, tokens, pos, RowScores)");
             in.tokens.push_back(
                 py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(tup[1]));
             if (!in.tokens.back()) throw InputError("batch entry " + std::to_string(e) + ": tokens must be integers");
@@ -460,6 +509,14 @@ private:
             b.tokens = in.tokens.back().data();
             b.n = checked_count(in.tokens.back());
             b.pos = tup[2].cast<int>();
+            if (tup.size() == 4 && !tup[3].is_none()) {
+                if (!py::isinstance<PyRowScores>(tup[3]))
+                    throw InputError("batch entry " + std::to_string(e) + ": the fourth item must be a RowScores");
+                PyRowScores& s = tup[3].cast<PyRowScores&>();
+                check_scores(s, b.n, "batch entry " + std::to_string(e));
+                in.scores[e] = s.view();
+                b.scores = &in.scores[e];
+            }
             in.entries.push_back(b);
         }
         return in;
@@ -500,8 +557,9 @@ PYBIND11_MODULE(_core, m) {
         .def("decode_next", &Engine::decode_next, py::arg("launch"), py::arg("sampler") = nullptr,
              "the next token (argmax on the device, or drawn by sampler); first commits its own step when launch")
         .def("decode_end", &Engine::decode_end, "wait for the pipelined step in flight and end the pipeline")
-        .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"),
-             "evaluate tokens into the KV cache without computing logits")
+        .def("prefill", &Engine::prefill, py::arg("tokens"), py::arg("pos"), py::arg("scores") = nullptr,
+             "evaluate tokens into the KV cache without computing logits; with a RowScores (at most "
+             "max_batch tokens), each row's logits also score its target")
         .def("forward_batch", &Engine::forward_batch, py::arg("entries"),
              "one pass over [(slot, tokens, pos), ...]: each entry's last-token logits [n_entries, vocab]")
         .def("forward_batch_argmax", &Engine::forward_batch_argmax, py::arg("entries"),
@@ -532,6 +590,34 @@ PYBIND11_MODULE(_core, m) {
             d["logits"] = p.logits;
             return d;
         });
+
+    py::class_<PyRowScores>(m, "RowScores",
+                            "scoring of a batch entry's rows: row i's logits judge targets[i] (the token "
+                            "after it); the pass fills logprob [n], top_ids [n, top_k] and top_logprob "
+                            "[n, top_k] (most likely first, ties to the lower id), NaN / -1 until then")
+        .def(py::init<py::array_t<int32_t, py::array::c_style | py::array::forcecast>, int>(), py::arg("targets"),
+             py::arg("top_k") = 0)
+        .def_readonly("targets", &PyRowScores::targets)
+        .def_readonly("top_k", &PyRowScores::top_k)
+        .def_readonly("logprob", &PyRowScores::logprob)
+        .def_readonly("top_ids", &PyRowScores::top_ids)
+        .def_readonly("top_logprob", &PyRowScores::top_logprob)
+        .def_property_readonly_static("max_top_k", [](py::object) { return LlamaModel::kMaxScoreTop; });
+
+    m.def(
+        "score_logits",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> logits, PyRowScores& scores) {
+            if (logits.ndim() != 2 || logits.shape(0) != scores.targets.size() || logits.shape(1) < 1)
+                throw InputError("score_logits: logits must be [n targets, vocab]");
+            const int n = (int)logits.shape(0), vocab = (int)logits.shape(1);
+            if (scores.top_k > vocab) throw InputError("score_logits: top_k exceeds the vocabulary");
+            for (int i = 0; i < n; i++)
+                if (scores.targets.data()[i] < 0 || scores.targets.data()[i] >= vocab)
+                    throw InputError("score_logits: target out of range");
+            score_rows(logits.data(), n, vocab, scores.view(), 0);
+        },
+        py::arg("logits"), py::arg("scores"),
+        "test-facing: the host reduction a scored pass applies to its rows' logits [n, vocab], into scores");
 
     py::class_<Sampler>(m, "Sampler",
                         "penalties -> temperature -> top-k -> top-p -> min-p -> draw, on float32 logits "

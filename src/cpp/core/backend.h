@@ -10,6 +10,8 @@
 // [n_ctx, n_kv_heads * head_dim] per layer; token ids and argmax results are i32.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -83,6 +85,14 @@ public:
     virtual void begin() {}
     virtual void commit() {}   // may be called several times: lets a GPU start early
     virtual void wait() {}
+
+    // --- host work beside the device ---
+    // Calls fn(begin, end) for ranges covering [0, n), on the backend's host threads where it has
+    // them (the CPU backend's pool), else once on this thread: host reductions of results read
+    // back (a scored prompt's rows). Not a device op: it runs now.
+    virtual void host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+        if (n > 0) fn(0, n);
+    }
 
     // --- pipelining (a GPU encodes the next step while the last one runs) ---
     // True when ops are only recorded until commit (a GPU): an input written after its ops

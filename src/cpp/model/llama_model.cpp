@@ -112,6 +112,19 @@ void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
         if (seen[b.slot]) throw InputError("slot " + std::to_string(b.slot) + " appears twice in one batch");
         seen[b.slot] = true;
         check_input(b.tokens, b.n, b.pos);
+        if (b.scores) {
+            const RowScores& sc = *b.scores;
+            if (!sc.targets || !sc.logprob || (sc.top_k > 0 && (!sc.top_ids || !sc.top_logprob)))
+                throw InputError("entry " + std::to_string(e) + ": scores without targets or outputs");
+            if (sc.top_k < 0 || sc.top_k > std::min(kMaxScoreTop, cfg_.vocab))
+                throw InputError("entry " + std::to_string(e) + ": top_k " + std::to_string(sc.top_k) +
+                                 " is outside 0.." + std::to_string(std::min(kMaxScoreTop, cfg_.vocab)));
+            for (int i = 0; i < b.n; i++)
+                if (sc.targets[i] < 0 || sc.targets[i] >= cfg_.vocab)
+                    throw InputError("entry " + std::to_string(e) + ": target token id " + std::to_string(sc.targets[i]) +
+                                     " at index " + std::to_string(i) + " is out of range [0, " +
+                                     std::to_string(cfg_.vocab) + ")");
+        }
         total += b.n;
     }
     if (total > max_batch_)
@@ -325,11 +338,54 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int n_entries, float* 
     be_->begin();
     run_layers(entries, n_entries);
     const double t0 = profiling_ ? now_s() : 0;
-    const Tensor out = last_row_logits(entries, n_entries);
+    const Tensor out = logits ? last_row_logits(entries, n_entries) : Tensor{};
     be_->commit();
     be_->wait();
-    be_->read(logits, out, (size_t)n_entries * cfg_.vocab * sizeof(float));
+    if (logits) be_->read(logits, out, (size_t)n_entries * cfg_.vocab * sizeof(float));
+    score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
+}
+
+void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
+    struct Block {
+        const RowScores* scores;
+        int x_row, first, m;  // rows x_row .. x_row + m - 1 of x_ score rows first .. of the entry
+    };
+    std::vector<Block> blocks;
+    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++)
+        for (int done = 0; entries[e].scores && done < entries[e].n; done += kScoreBlock)
+            blocks.push_back({entries[e].scores, r0 + done, done, std::min(kScoreBlock, entries[e].n - done)});
+    if (blocks.empty()) return;
+    const int vocab = cfg_.vocab;
+    if (!score_logits_.buf) {  // two blocks' logits: the device computes one while the host scores the other
+        bufs_.push_back(be_->alloc((size_t)2 * kScoreBlock * vocab * sizeof(float)));
+        score_logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, 2 * kScoreBlock, vocab);
+        score_host_.resize((size_t)kScoreBlock * vocab);
+    }
+    // Block b's logits go to half b % 2; its normed rows to its own rows of xn_ (free once the
+    // pass's outputs were read), so two blocks in flight share no scratch.
+    auto encode = [&](size_t b) {
+        const Block& k = blocks[b];
+        const Tensor hn = xn_.slice_rows(k.x_row, k.m), out = score_logits_.slice_rows((b % 2) * kScoreBlock, k.m);
+        be_->begin();
+        be_->rms_norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm, cfg_.rms_eps);
+        be_->matmul(out, w_.output, hn);
+        if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
+        be_->commit();
+        return be_->committed();
+    };
+    uint64_t ticket = encode(0);
+    for (size_t b = 0; b < blocks.size(); b++) {
+        const uint64_t next = b + 1 < blocks.size() ? encode(b + 1) : 0;  // block b + 1 runs on
+        const Block& k = blocks[b];
+        be_->read_after(ticket, score_host_.data(), score_logits_.slice_rows((b % 2) * kScoreBlock, k.m),
+                        (size_t)k.m * vocab * sizeof(float));
+        be_->host_parallel_for(k.m, [&](int64_t r0, int64_t r1) {  // rows split over the host's threads
+            score_rows(score_host_.data() + r0 * vocab, (int)(r1 - r0), vocab, *k.scores, k.first + (int)r0);
+        });
+        ticket = next;
+    }
+    be_->wait();
 }
 
 void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best) {
@@ -344,6 +400,7 @@ void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, 
     be_->commit();
     be_->wait();
     be_->read(best, best_ids, (size_t)n_entries * sizeof(int32_t));
+    score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
 }
 

@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "core/backend.h"
+#include "row_scores.h"
 #include "weights.h"
 
 namespace forgert {
@@ -26,6 +27,8 @@ struct BatchEntry {
     const int32_t* tokens = nullptr;  // [n]
     int n = 0;
     int pos = 0;
+    RowScores* scores = nullptr;  // or null: every row's logits score the token after it (a prompt's
+                                  // logprobs), filled by the pass beside its other outputs
 };
 
 class LlamaModel {
@@ -51,10 +54,14 @@ public:
     // One pass over several sequences, each in its own KV slot (distinct slots, at most
     // max_batch tokens in all): the projections and feed-forward run once over every entry's
     // rows, RoPE and attention per entry on its slot. Writes the logits of each entry's last
-    // token, [n_entries, vocab]. forward() is this with the single entry {slot 0}.
+    // token, [n_entries, vocab] (none when logits is null). forward() is this with the single
+    // entry {slot 0}. Entries with scores get their rows scored too (kScoreBlock rows at a time:
+    // the logits of a whole prompt chunk never exist at once).
     void forward_batch(const BatchEntry* entries, int n_entries, float* logits);
     // The same, writing the argmax of each entry's last-token logits ([n_entries]).
     void forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best);
+    static constexpr int kScoreBlock = 64;  // rows whose logits are scored per output projection
+    static constexpr int kMaxScoreTop = 64;  // the most alternatives a scored row lists
     int n_slots() const { return n_slots_; }
     int max_batch() const { return max_batch_; }
 
@@ -105,6 +112,10 @@ private:
     void encode_decode_step(const Tensor& ids, const Tensor* best, int pos, bool commit_early);
     // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
     Tensor last_row_logits(const BatchEntry* entries, int n_entries);
+    // After the pass has been waited on: every row of the entries with scores through the final
+    // norm and output projection, kScoreBlock rows at a time, each block scored on the host while
+    // the device computes the next.
+    void score_entries(const BatchEntry* entries, int n_entries);
     Tensor slot_rows(const Tensor& cache, int slot) const {  // f16 [n_ctx, kv_dim] of one slot
         return cache.slice_rows((int64_t)slot * cfg_.n_ctx, cfg_.n_ctx);
     }
@@ -123,6 +134,8 @@ private:
     std::vector<std::unique_ptr<Buffer>> bufs_;
     std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
     std::vector<int32_t> row_pos_host_;  // a batch's row table: (position, slot's first cache row) per row
+    Tensor score_logits_;                // f32 [2 * kScoreBlock, vocab]: two blocks, allocated on first use
+    std::vector<float> score_host_;      // f32 [kScoreBlock, vocab]: a block read back for scoring
     Tensor row_pos_;                     // i32 [max_batch, 2]: the same on the device (RowPositions)
     Tensor ids_, last_rows_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;  // logits_ [>= n_entries, vocab]; argmax_ i32 [max_batch]
     // Mixture of experts: router logits [B, n_expert], the chosen experts i32 [B, k] and their

@@ -58,6 +58,9 @@ public:
     void argmax(const Tensor& out, const Tensor& x) override;
 
     // Mixture of experts (cpu_moe.cpp).
+    void host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override {
+        pool_.parallel_for(n, 1, fn);
+    }
     bool has_moe_ops() const override { return true; }
     void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
     void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;

@@ -41,6 +41,7 @@ const KernelSet* kernels_avxvnni() { return nullptr; }
 #endif
 #if !FORGERT_HAVE_AMX
 const KernelSet* kernels_amx() { return nullptr; }
+const KernelSet* kernels_amx_emulated() { return nullptr; }
 void amx_probe() {}
 #endif
 

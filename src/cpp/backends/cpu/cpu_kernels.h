@@ -127,6 +127,9 @@ const KernelSet* kernels_avxvnni();
 bool cpu_has_avx_vnni();
 // AVX-512 VNNI with the prefill int8 GEMM on AMX tiles (kernels_amx.cpp).
 const KernelSet* kernels_amx();
+// avx512-vnni with kernels_amx's few-token decode run on emulated tiles (loops): that path's
+// test on CPUs without AMX (tests/cpp/kernel_sets_check.cpp); never chosen to run a model.
+const KernelSet* kernels_amx_emulated();
 // Whether AMX-INT8 works here: the CPU has it, Linux granted the tile state to this process
 // (arch_prctl), and a tile instruction ran in a child process without faulting.
 bool cpu_has_amx_int8();

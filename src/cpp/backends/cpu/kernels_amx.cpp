@@ -1,5 +1,6 @@
 // AMX-INT8 kernel set (Sapphire Rapids and later): the AVX-512 VNNI set with the prefill int8
-// GEMM on tile instructions. Built with the AVX-512 flags plus -mamx-tile -mamx-int8; chosen
+// GEMM and the few-token decode of the small-block types (kernels_amx_decode.inc) on tile
+// instructions. Built with the AVX-512 flags plus -mamx-tile -mamx-int8; chosen
 // only after cpu_kernels.cpp has asked Linux for the tile state and run a tile instruction in
 // a child process (some VMs advertise AMX and fault on it).
 //
@@ -9,6 +10,11 @@
 // does the activations' lo parts. The dots go through memory to AVX-512, which scales them by
 // dw * dx per block and accumulates in f32 exactly as the other sets do (same bits).
 #include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
 
 #define FG_PANEL_512 1
 #include "kernels_x86_int8.inc"
@@ -197,6 +203,8 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
     _tile_release();
 }
 
+#include "kernels_amx_decode.inc"
+
 }  // namespace
 
 // One tile instruction of each kind the kernels use; run by cpu_kernels.cpp's probe in a
@@ -220,6 +228,17 @@ const KernelSet* kernels_amx() {
         s.name = "avx512-amx";
         s.gemm_i8 = gemm_i8_amx;
         s.gemm_i8_types = kGemmI8Types;
+        s.gemm_q = amx_decode::gemm_q<amx_decode::AmxTiles>;
+        return s;
+    }();
+    return &set;
+}
+
+const KernelSet* kernels_amx_emulated() {
+    static const KernelSet set = [] {
+        KernelSet s = *kernels_avx512();
+        s.name = "avx512-amx-emulated";
+        s.gemm_q = amx_decode::gemm_q<amx_decode::EmuTiles>;
         return s;
     }();
     return &set;
