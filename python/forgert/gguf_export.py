@@ -18,11 +18,11 @@ import numpy as np
 
 from .config import SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
-from .ggml_types import BF16, F16, F32, MXFP4, row_nbytes, type_name
+from .ggml_types import BF16, F16, F32, row_nbytes, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
 from .loader import load_model
-from .quant_mix import MIXES, MixPlanner
+from .quant_mix import MIXES, MixPlanner, quantizable
 from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .quants import QUANTIZERS, dequantize
 from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
@@ -251,6 +251,21 @@ def _is_llamacpp_70b(cfg) -> bool:
     return cfg.n_layers == 80 and (cfg.arch == "qwen2" or (cfg.arch == "llama" and cfg.n_heads != cfg.n_kv_heads))
 
 
+def plan_types(loaded, target: str, pure: bool = False) -> list:
+    """[(name, WeightTensor, permute heads or None, ggml type id)]: the tensors export_gguf writes
+    for mix `target`, in llama.cpp's order (by layer, then name), each with its type."""
+    plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
+    cfg = loaded.config
+    planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
+                         large_70b=_is_llamacpp_70b(cfg), pure=pure, n_expert=cfg.n_expert)
+    out = []
+    for name, w, heads in plan:
+        # an HF source's router and experts are converted to F32 first, as convert_hf_to_gguf writes them
+        source_type = w.type_id if loaded.format == "gguf" else F32
+        out.append((name, w, heads, F32 if _is_1d(name) else planner.type_for(name, tuple(w.shape), source_type)))
+    return out
+
+
 def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = False) -> dict:
     """Write `dst` in mix `target` (quant_mix.MIXES; pure: every matrix in the mix's default type,
     as llama-quantize --pure); returns {tensor type name: count}. log(str) receives notes
@@ -285,18 +300,13 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
                 "quantize from F32/F16/BF16 weights when you can")
             warned.append(True)
 
-    plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
-    cfg = loaded.config
-    planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
-                         large_70b=_is_llamacpp_70b(cfg), pure=pure, n_expert=cfg.n_expert)
-    for name, w, heads in plan:
-        rows, cols = w.shape[-2:]
-        # an HF source's router and experts are converted to F32 first, as convert_hf_to_gguf writes them
-        source_type = w.type_id if loaded.format == "gguf" else F32
-        want = F32 if _is_1d(name) else planner.type_for(name, cols, source_type)
-        if want == F16 and MIXES[target].default != F16:
+    for name, w, heads, want in plan_types(loaded, target, pure):
+        cols = w.shape[-1]
+        if want == F16 and MIXES[target].default != F16 and quantizable(name, w.shape):
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
-        ne = [cols] if rows == 1 and _is_1d(name) else [cols, rows] + ([w.shape[0]] if len(w.shape) == 3 else [])
+        ne = [int(n) for n in reversed(w.shape)]    # GGUF order: columns first
+        while len(ne) > 1 and ne[-1] == 1:          # as ggml_n_dims counts them (llama.cpp writes [cols] for [1, cols])
+            ne.pop()
         writer.add_tensor(name, ne, want)
         producers.append(lambda name=name, w=w, heads=heads, want=want:
                          _tensor_bytes(name, w, heads, want, warn_requantize))

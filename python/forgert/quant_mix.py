@@ -9,12 +9,20 @@ tensors in the order they are planned, which gguf_export makes llama.cpp's (by l
 falls back as llama.cpp's tensor_type_fallback does (Q4_K -> Q5_0, Q6_K -> Q8_0, IQ4_XS ->
 IQ4_NL, ...; F16 if even that does not fit).
 
+What llama.cpp never quantizes keeps its type (tensor_allows_quantization): the MoE router
+ffn_gate_inp, and any matrix of one row (ggml counts its dimensions up to the last one above 1,
+so Qwen2-MoE's shared-expert gate ffn_gate_inp_shexp [1, hidden] is a vector to it).
+
 Mixture-of-experts models: an expert stack ffn_*_exps [n_expert, rows, cols] is planned as one
 matrix of `cols` columns (each expert's rows are quantized as a 2-D matrix's); its layer is read
-from its name, not counted. The router (ffn_gate_inp) is never quantized. Models of exactly 8
-experts (Mixtral 8x7B's count) give attn_v and attn_k Q8_0 and, in the lower-bit mixes,
-attn_output Q5_K. Expert stacks already in MXFP4 (gpt-oss) stay as they are. Falcon's rules are
-not here: forgert runs no Falcon models.
+from its name, not counted. Models of exactly 8 experts (Mixtral 8x7B's count) give attn_v and
+attn_k Q8_0 and, in the lower-bit mixes, attn_output Q5_K. Expert stacks already in MXFP4
+(gpt-oss) are re-quantized to the mix's type like any other, as llama.cpp does; mxfp4_moe
+(LLAMA_FTYPE_MOSTLY_MXFP4_MOE) writes every expert stack MXFP4 and every other matrix Q8_0.
+Falcon's rules are not here: forgert runs no Falcon models.
+
+Checked tensor by tensor against llama.cpp's own quantizer by bench/llamacpp_quant_mixes.py
+(results in bench/results/llamacpp_quant_mixes.md).
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ MIXES = {
     "q5_0": Mix(8, Q5_0), "q5_1": Mix(9, Q5_1), "q2_k": Mix(10, Q2_K), "q3_k_s": Mix(11, Q3_K),
     "q3_k_m": Mix(12, Q3_K), "q3_k_l": Mix(13, Q3_K), "q4_k_s": Mix(14, Q4_K), "q4_k_m": Mix(15, Q4_K),
     "q5_k_s": Mix(16, Q5_K), "q5_k_m": Mix(17, Q5_K), "q6_k": Mix(18, Q6_K), "iq4_nl": Mix(25, IQ4_NL),
-    "iq4_xs": Mix(30, IQ4_XS),
+    "iq4_xs": Mix(30, IQ4_XS), "mxfp4_moe": Mix(38, MXFP4),
 }
 
 # tensor_type_fallback: a type whose blocks do not divide the row -> one with 32-weight blocks
@@ -73,8 +81,18 @@ def category(name: str) -> str:
 
 
 def is_router(name: str) -> bool:
-    """The MoE router, which llama.cpp never quantizes (Qwen2-MoE's ffn_gate_inp_shexp is not it)."""
+    """The MoE router, which llama.cpp never quantizes (by name; Qwen2-MoE's ffn_gate_inp_shexp
+    is not it, but is one row wide: see quantizable)."""
     return name.endswith("ffn_gate_inp.weight")
+
+
+def quantizable(name: str, shape) -> bool:
+    """llama.cpp's tensor_allows_quantization for the tensors of the models forgert runs: weights
+    (not biases, not norms, not the router) of at least two dimensions as ggml counts them (up to
+    the last one above 1: [1, cols] and [1, 1, cols] are vectors). shape: (rows, cols) or
+    (n_expert, rows, cols)."""
+    n_dims = max((i + 1 for i, n in enumerate(reversed(tuple(shape))) if n > 1), default=1)
+    return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name and not is_router(name))
 
 
 def layer_of(name: str) -> int:
@@ -95,7 +113,7 @@ def _use_more_bits(i: int, n: int) -> bool:
 
 
 class MixPlanner:
-    """type_for(name, cols) for each matrix of a model, called in llama.cpp's order (by layer).
+    """type_for(name, shape) for each matrix of a model, called in llama.cpp's order (by layer).
 
     names: every tensor name of the model (whether output.weight exists decides whether the
     token embeddings are tied). n_gqa: attention heads per KV head. large_70b: llama.cpp's
@@ -114,23 +132,25 @@ class MixPlanner:
         self.n_attn_v = sum(category(n) == "attn_v" for n in names)
         self.i_attn_v = self.i_ffn_down = 0
 
-    def type_for(self, name: str, cols: int, source_type: int = F32) -> int:
-        """source_type: the tensor's type in the input (the router and MXFP4 expert stacks keep it)."""
-        if is_router(name):
+    def type_for(self, name: str, shape, source_type: int = F32) -> int:
+        """shape: (rows, cols), or (n_expert, rows, cols) for an expert stack. source_type: the
+        tensor's type in the input, which what llama.cpp does not quantize keeps."""
+        if not quantizable(name, shape):
             return source_type
+        cols = shape[-1]
         if self.default in (F32, F16):
             return self.default
-        if source_type == MXFP4 and "_exps." in name:    # gpt-oss's 4-bit experts: not re-rounded
-            return MXFP4
-        t = self.default if self.pure else self._rule(name, cols)
+        t = self.default if self.pure else self._rule(name, cols, is_expert_stack=len(shape) == 3 and shape[0] > 1)
         return fallback(t, cols)
 
-    def _rule(self, name: str, cols: int) -> int:
+    def _rule(self, name: str, cols: int, is_expert_stack: bool) -> int:
         mix, t, cat = self.mix, self.default, category(name)
         if cat == "output" or (self.tied and cat == "token_embd"):
-            if not fits(t, cols):
+            if mix == "mxfp4_moe" or not fits(t, cols):
                 return Q8_0
             return Q6_K if t != Q8_0 else Q8_0
+        if mix == "mxfp4_moe":      # experts MXFP4, every other matrix Q8_0
+            return MXFP4 if is_expert_stack else Q8_0
         if cat == "attn_v":
             i, n = self.i_attn_v, self.n_attn_v
             self.i_attn_v += 1

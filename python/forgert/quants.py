@@ -12,8 +12,10 @@ uint32).
 Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 IQ4_NL / IQ4_XS (dequantized only): w = d * IQ4_VALUES[q] / (d * (ls - 32)) * IQ4_VALUES[q] per
 32-weight sub-block of a 256-weight super-block, nibbles as Q4_0's.
-MXFP4 (dequantized only; gpt-oss's experts): a scale byte e, then 16 bytes of E2M1 codes, nibbles
-as Q4_0's: w = 2^(e - 128) * MXFP4_VALUES[q] (the table holds twice the E2M1 values).
+MXFP4 (gpt-oss's experts; `forgert quantize --type mxfp4_moe`): a scale byte e, then 16 bytes of
+E2M1 codes, nibbles as Q4_0's: w = 2^(e - 128) * MXFP4_VALUES[q] (the table holds twice the E2M1
+values). Quantized as ggml's quantize_row_mxfp4_ref: e = floor(log2 amax) - 2 + 127 (0 for an
+all-zero block), q the nearest level, the first in table order on a tie.
 """
 from __future__ import annotations
 
@@ -78,6 +80,33 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     v = (b - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)
     q = np.minimum(15, np.trunc(v)).astype(np.uint8)
     out = np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=1)
+    return out.reshape(x.shape[0], -1)
+
+
+def _e8m0_half(e: np.ndarray) -> np.ndarray:
+    """MXFP4 scale byte -> 2^(e - 128) as float32 (ggml_e8m0_to_fp32_half; e < 2 are subnormal)."""
+    e = e.astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23)).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> uint8 [rows, cols/32 * 17]"""
+    b = _blocks(x)
+    amax = np.abs(b).max(axis=1)
+    with np.errstate(divide="ignore"):
+        e = np.where(amax > 0, np.floor(np.log2(amax)) - np.float32(2) + np.float32(127), 0)
+    # C casts the float to uint8; a block below 2^-125 has no defined byte there, 0 here
+    e = np.clip(e, 0, 255).astype(np.uint8)
+    d = _e8m0_half(e)[:, None]                                         # [n, 1]
+    # best_index_mxfp4: levels in table order, a later one taken only when strictly closer
+    q = np.zeros(b.shape, np.uint8)
+    best = np.abs(MXFP4_VALUES[0] * d - b)
+    for i in range(1, len(MXFP4_VALUES)):
+        err = np.abs(MXFP4_VALUES[i] * d - b)
+        closer = err < best
+        q[closer], best = i, np.where(closer, err, best)
+    out = np.concatenate([e[:, None], _pack_nibbles(q)], axis=1)
     return out.reshape(x.shape[0], -1)
 
 
@@ -215,4 +244,4 @@ def _dequantize_iq4_xs(b: np.ndarray) -> np.ndarray:
     return w.reshape(-1, 256).astype(np.float32)
 
 
-QUANTIZERS = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1}
+QUANTIZERS = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1, MXFP4: quantize_mxfp4}

@@ -10,7 +10,9 @@ Each type quantizes in two steps:
      for each candidate's rounding, keep the best;
   2. per 256-weight super-block, quantize those scales to 4/6/8 bits against one f16 factor
      (d = largest scale / levels), then round every weight again with its quantized scale.
-Rounding is ties-to-even in float32, as ggml's nearest_int. Layouts: ggml-common.h (and
+Rounding is ties-to-even in float32, as ggml's nearest_int; sums run left to right and scales
+are divided, not multiplied by an inverse, in ggml's order of float32 operations, so nearly every
+block is byte for byte llama.cpp's (bench/results/llamacpp_quant_mixes.md). Layouts: ggml-common.h (and
 src/cpp/core/quant_blocks.h); the gguf package's dequantizers read them back in the tests.
 """
 from __future__ import annotations
@@ -51,54 +53,56 @@ def _signed_absmax(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- scale searches
 
+def _sequential_sum(a: np.ndarray) -> np.ndarray:
+    """[S, n] -> [S]: the float32 sum of each row taken left to right, as ggml's C loops add (NumPy's
+    own sum adds pairwise, which rounds differently and flips a few blocks' choices)."""
+    acc = a[:, 0].astype(np.float32)
+    for j in range(1, a.shape[1]):
+        acc = acc + a[:, j]
+    return acc
+
+
 def search_scale_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool):
     """Asymmetric search (ggml's make_qkx2_quants): x, w float32 [S, n] -> (scale [S], min [S]),
     x ~ scale * q - min with q in 0..nmax and min >= 0. Tries nstep + 1 scales
     (nmax + rmin + rdelta * i) / (max - lo), lo the best fit's offset so far (at first min(x, 0));
     for each rounding, the weighted least-squares scale and offset (clamped to <= 0); keeps the
-    lowest weighted error (|e| if use_mad)."""
+    lowest weighted error (|e| if use_mad). Every float32 operation in ggml's order, sums left to
+    right, so that the same blocks come out."""
     hi = x.max(axis=1)
     lo = np.minimum(x.min(axis=1), F32(0))
     flat = hi == lo
-    sum_w = w.sum(axis=1)
-    sum_x = (w * x).sum(axis=1)
-    sum_w64, sum_x64 = sum_w.astype(np.float64), sum_x.astype(np.float64)
-    sum_xx = (w * x * x).sum(axis=1, dtype=np.float64)
+    sum_w = _sequential_sum(w)
+    sum_x = _sequential_sum(w * x)
 
-    def error(scale, offset, q, sums=None):
-        if use_mad or sums is None:
-            diff = scale[:, None] * q + offset[:, None] - x
-            return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=1)
-        # sum w (s q + o - x)^2 expanded over the sums already taken; in float64, as the terms
-        # cancel to the small residual
-        sum_l, sum_l2, sum_xl = (v.astype(np.float64) for v in sums)
-        s, o = scale.astype(np.float64), offset.astype(np.float64)
-        return (s * s * sum_l2 + 2 * s * o * sum_l + o * o * sum_w64 - 2 * s * sum_xl - 2 * o * sum_x64
-                + sum_xx).astype(np.float32)
+    def error(scale, offset, q):
+        diff = scale[:, None] * q + offset[:, None] - x
+        return _sequential_sum(w * (np.abs(diff) if use_mad else diff * diff))
 
-    def rounded(levels, offset):
-        iscale = F32(levels) * _safe_inverse(hi - offset)
+    def rounded(iscale, offset):
         return np.clip(np.rint(iscale[:, None] * (x - offset[:, None])), 0, nmax)
 
-    scale, offset = (hi - lo) / F32(nmax), lo
-    best = error(scale, offset, rounded(nmax, offset))
-    for i in range(nstep + 1):
-        q = rounded(rmin + rdelta * i + nmax, offset)
-        wq = w * q
-        sum_l, sum_l2, sum_xl = wq.sum(axis=1), (wq * q).sum(axis=1), (wq * x).sum(axis=1)
-        det = sum_w * sum_l2 - sum_l * sum_l
-        ok = det > 0
-        inv_det = _safe_inverse(np.where(ok, det, F32(0)))
-        this_scale = (sum_w * sum_xl - sum_x * sum_l) * inv_det
-        this_offset = (sum_l2 * sum_x - sum_l * sum_xl) * inv_det
-        positive = this_offset > 0          # the offset would lift every weight: fit the scale alone
-        this_scale = np.where(positive, sum_xl * _safe_inverse(sum_l2), this_scale)
-        this_offset = np.where(positive, F32(0), this_offset)
-        cur = error(this_scale, this_offset, q, (sum_l, sum_l2, sum_xl))
-        better = ok & (cur < best)
-        best = np.where(better, cur, best)
-        scale = np.where(better, this_scale, scale)
-        offset = np.where(better, this_offset, offset)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = F32(nmax) / (hi - lo)
+        scale, offset = (F32(1) / iscale).astype(np.float32), lo
+        best = error(scale, offset, rounded(iscale, offset))
+        for i in range(nstep + 1):
+            levels = F32(rmin) + F32(rdelta) * F32(i) + F32(nmax)
+            q = rounded((levels / (hi - offset)).astype(np.float32), offset)
+            wq = w * q
+            sum_l, sum_l2, sum_xl = _sequential_sum(wq), _sequential_sum(wq * q), _sequential_sum(wq * x)
+            det = sum_w * sum_l2 - sum_l * sum_l
+            ok = det > 0
+            this_scale = ((sum_w * sum_xl - sum_x * sum_l) / det).astype(np.float32)
+            this_offset = ((sum_l2 * sum_x - sum_l * sum_xl) / det).astype(np.float32)
+            positive = this_offset > 0          # the offset would lift every weight: fit the scale alone
+            this_scale = np.where(positive, sum_xl / sum_l2, this_scale).astype(np.float32)
+            this_offset = np.where(positive, F32(0), this_offset)
+            cur = error(this_scale, this_offset, q)
+            better = ok & (cur < best)
+            best = np.where(better, cur, best)
+            scale = np.where(better, this_scale, scale)
+            offset = np.where(better, this_offset, offset)
     scale = np.where(flat, F32(0), scale)
     return scale.astype(np.float32), (-np.where(flat, lo, offset)).astype(np.float32)
 
@@ -106,27 +110,29 @@ def search_scale_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, us
 def search_scale_symmetric(x, nmax: int):
     """Symmetric search (ggml's make_qx_quants, weights x^2): x float32 [S, n] -> scale [S],
     x ~ scale * q with q in -nmax..nmax-1. Tries 19 scales around -nmax / (signed absmax) and
-    keeps the one whose least-squares fit explains most of x (largest sum(w q x)^2 / sum(w q^2))."""
+    keeps the one whose least-squares fit explains most of x (largest sum(w q x)^2 / sum(w q^2)).
+    ggml's float32 operations in its order, sums left to right."""
     mx = _signed_absmax(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
-    inv_mx = _safe_inverse(np.where(zero, F32(0), mx))
+    mx = np.where(zero, F32(1), mx)
     w = x * x
 
-    def fit(step):
-        q = np.clip(np.rint(F32(-(nmax + step)) * inv_mx[:, None] * x), -nmax, nmax - 1)
-        wq = w * q
-        return (wq * x).sum(axis=1), (wq * q).sum(axis=1)
+    def fit(levels):
+        iscale = (-levels / mx).astype(np.float32)
+        q = np.clip(np.rint(iscale[:, None] * x), -nmax, nmax - 1)
+        return _sequential_sum(w * x * q), _sequential_sum(w * q * q)
 
-    sumlx, suml2 = fit(0.0)
-    scale = sumlx * _safe_inverse(suml2)
-    best = scale * sumlx
-    for i in range(-9, 10):
-        if i == 0:
-            continue
-        sumlx, suml2 = fit(0.1 * i)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        scale = np.where(better, sumlx * _safe_inverse(suml2), scale)
-        best = np.where(better, scale * sumlx, best)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sumlx, suml2 = fit(F32(nmax))
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(np.float32)
+        best = scale * sumlx
+        for i in range(-9, 10):
+            if i == 0:
+                continue
+            sumlx, suml2 = fit(F32(nmax) + F32(0.1) * F32(i))
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            scale = np.where(better, sumlx / suml2, scale).astype(np.float32)
+            best = np.where(better, scale * sumlx, best)
     return np.where(zero, F32(0), scale).astype(np.float32)
 
 
@@ -172,22 +178,24 @@ def search_scale_iq4(x, tries: int = 7):
     least-squares scale is kept if it fits better."""
     mx = _signed_absmax(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
-    inv_mx = _safe_inverse(np.where(zero, F32(0), mx))
+    mx = np.where(zero, F32(1), mx)
     w = x * x
 
     def fit(inv_scale):
         lv = IQ4_LEVELS[_iq4_index(inv_scale[:, None] * x)]
         wl = w * lv
-        return (wl * x).sum(axis=1), (wl * lv).sum(axis=1)
+        return _sequential_sum(wl * x), _sequential_sum(wl * lv)
 
-    sumqx, sumq2 = fit(F32(-IQ4_LEVELS[0]) * inv_mx)      # d = max / 127
-    scale = sumqx * _safe_inverse(sumq2)
-    best = scale * sumqx
-    for t in range(-tries, tries + 1):
-        sumqx, sumq2 = fit(F32(t + IQ4_LEVELS[0]) * inv_mx)
-        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-        scale = np.where(better, sumqx * _safe_inverse(sumq2), scale)
-        best = np.where(better, scale * sumqx, best)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (-mx / IQ4_LEVELS[0]).astype(np.float32)                    # d = max / 127
+        sumqx, sumq2 = fit((F32(1) / d).astype(np.float32))
+        scale = np.where(sumq2 > 0, sumqx / sumq2, F32(0)).astype(np.float32)
+        best = scale * sumqx
+        for t in range(-tries, tries + 1):
+            sumqx, sumq2 = fit((F32(t + IQ4_LEVELS[0]) / mx).astype(np.float32))
+            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            scale = np.where(better, sumqx / sumq2, scale).astype(np.float32)
+            best = np.where(better, scale * sumqx, best)
     return np.where(zero, F32(0), scale).astype(np.float32)
 
 
@@ -219,18 +227,22 @@ def _super_blocks(x: np.ndarray, sub: int) -> np.ndarray:
 def _quantize_q4_k_q5_k(x: np.ndarray, nmax: int, rmin: float, nstep: int) -> np.ndarray:
     sb = _super_blocks(x, 32)                                           # [n, 8, 32]
     flat = sb.reshape(-1, 32)
-    weights = np.sqrt((flat * flat).mean(axis=1))[:, None] + np.abs(flat)   # rms + |x|
+    weights = np.sqrt(_sequential_sum(flat * flat) / F32(32))[:, None] + np.abs(flat)   # rms + |x|
     scale, mn = search_scale_min(flat, weights, nmax, rmin, 0.1, nstep, use_mad=False)
     scale, mn = scale.reshape(-1, 8), mn.reshape(-1, 8)
     max_scale = np.maximum(scale.max(axis=1), F32(0))
     max_min = np.maximum(mn.max(axis=1), F32(0))
-    sc = np.clip(np.rint(scale * (F32(63) * _safe_inverse(max_scale))[:, None]), 0, 63).astype(np.uint8)  # [n, 8]
-    m = np.clip(np.rint(mn * (F32(63) * _safe_inverse(max_min))[:, None]), 0, 63).astype(np.uint8)
-    d, d_bytes = _f16(max_scale / F32(63))
-    dmin, dmin_bytes = _f16(max_min / F32(63))
-    eff_d = d[:, None] * sc                                             # [n, 8]
-    eff_m = dmin[:, None] * m
-    q = np.clip(np.rint((sb + eff_m[:, :, None]) * _safe_inverse(eff_d)[:, :, None]), 0, nmax).astype(np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(np.float32)
+        inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(np.float32)
+        sc = np.clip(np.rint(scale * inv_scale[:, None]), 0, 63).astype(np.uint8)  # [n, 8]
+        m = np.clip(np.rint(mn * inv_min[:, None]), 0, 63).astype(np.uint8)
+        d, d_bytes = _f16(max_scale / F32(63))
+        dmin, dmin_bytes = _f16(max_min / F32(63))
+        eff_d = d[:, None] * sc                                             # [n, 8]
+        eff_m = dmin[:, None] * m
+        q = np.clip(np.rint((sb + eff_m[:, :, None]) / eff_d[:, :, None]), 0, nmax)
+    q = np.where(eff_d[:, :, None] != 0, q, 0).astype(np.uint8)          # ggml leaves a zero-scale sub-block 0
     packed = np.empty((len(sb), 12), np.uint8)                          # 6-bit sc, m (get_scale_min_k4)
     packed[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)
     packed[:, 4:8] = m[:, 0:4] | ((m[:, 4:8] >> 4) << 6)
@@ -297,10 +309,13 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     scale = search_scale_symmetric(sb.reshape(-1, 16), 32).reshape(-1, 16)
     max_scale = _signed_absmax(scale)
     zero = np.abs(max_scale) < GROUP_MAX_EPS
-    inv = F32(-128) * _safe_inverse(np.where(zero, F32(0), max_scale))  # the largest scale -> -128
-    sc = np.minimum(127, np.rint(scale * inv[:, None])).astype(np.int8)
-    d, d_bytes = _f16(_safe_inverse(inv))
-    q = np.clip(np.rint(sb * _safe_inverse(d[:, None] * sc)[:, :, None]), -32, 31).astype(np.int32) + 32
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = (F32(-128) / np.where(zero, F32(1), max_scale)).astype(np.float32)  # the largest scale -> -128
+        sc = np.minimum(127, np.rint(scale * inv[:, None])).astype(np.int8)
+        d, d_bytes = _f16(F32(1) / inv)
+        eff_d = d[:, None] * sc                                             # [n, 16]
+        q = np.clip(np.rint(sb / eff_d[:, :, None]), -32, 31)
+    q = np.where(eff_d[:, :, None] != 0, q, -32).astype(np.int32) + 32    # a zero-scale sub-block: 0s, as ggml's all-zero one
     q = np.where(zero[:, None, None], 0, q).astype(np.uint8).reshape(-1, 2, 4, 32)   # [n, half, quarter, l]
     ql = np.concatenate([(q[:, :, 0] & 15) | ((q[:, :, 2] & 15) << 4),
                          (q[:, :, 1] & 15) | ((q[:, :, 3] & 15) << 4)], axis=2).reshape(-1, 128)

@@ -15,8 +15,6 @@ REFUSED = {
                     "neither computes nor runs"),
     **dict.fromkeys(("tq1_0", "tq2_0"), "the ternary types are for ternary-trained models (BitNet), which "
                                         "forgert does not run"),
-    "mxfp4_moe": "forgert has no MXFP4 quantizer (a gpt-oss GGUF's MXFP4 experts are kept as they are by "
-                 "every other type)",
     "q2_k_s": "Q2_K_S needs an importance matrix",
 }
 
@@ -36,8 +34,8 @@ def add_parser(subparsers):
                                           "safetensors) into a GGUF of the chosen weight mix, with "
                                           "llama.cpp's rules for which tensors get more bits (output, "
                                           "some attn_v / ffn_down layers). Norms, biases and MoE routers stay F32; "
-                                          "expert stacks are quantized expert by expert (gpt-oss's MXFP4 "
-                                          "experts are kept).")
+                                          "expert stacks are quantized expert by expert (mxfp4_moe: "
+                                          "experts MXFP4, every other matrix Q8_0).")
     p.add_argument("input", help="a .gguf file, an HF model directory, or hf:ORG/NAME[/FILE]")
     p.add_argument("output", help="the .gguf file to write")
     p.add_argument("--type", "-t", required=True, type=mix_name, metavar="TYPE",
