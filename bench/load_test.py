@@ -59,7 +59,7 @@ def percentile(values: list[float], q: float) -> float:
 class Server:
     """`python -m forgert serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int):
+    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int, installed: bool = False):
         self.port = free_port()
         cmd = [sys.executable, "-m", "forgert", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--n-ctx", str(n_ctx), "--log-level", "warning", "--parallel", str(parallel)]
@@ -67,7 +67,7 @@ class Server:
             cmd += ["--model", model]
         if threads:
             cmd += ["--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, env=forgert_env(), stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, env=forgert_env(installed), stderr=subprocess.PIPE, text=True)
 
     def get(self, path: str) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests-per-client", type=int, default=3)
     p.add_argument("--n-ctx", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--installed", action="store_true", help="serve with the installed forgert, not python/ of this tree")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown table written here")
     p.add_argument("--route", choices=("chat", "completions"), default="chat",
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     args.parallel = args.parallel or args.clients
     args.load_before = os.getloadavg()[0]
 
-    server = Server(args.model, args.n_ctx, args.threads, args.parallel)
+    server = Server(args.model, args.n_ctx, args.threads, args.parallel, args.installed)
     try:
         health = server.wait_ready()
         warm = run_level(server.port, 1, 1, 4, args.timeout, args.route)     # warm-up, not reported
