@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from server_harness import LiveServer, wait_until
-from test_batch_server_features import TEMPLATE, assert_same, in_flight, run, run_concurrently
+from test_batch_server_features import (assert_same, chat_gguf, in_flight, run,  # noqa: F401 (chat_gguf: a fixture)
+                                         run_concurrently)
 
 N_CTX = 256
 PREFILL_CHUNK = 16      # small: every echo prompt takes several steps, beside the decoding chats
@@ -26,14 +27,6 @@ PREFILL_CHUNK = 16      # small: every echo prompt takes several steps, beside t
 # chunks beside other rows vs one pass over the prompt sum in other orders, measured max
 # |difference| 6.3e-5 (as test_batch_server_features' batched vs one-row logprobs).
 NUMPY_TOL = 3e-4
-
-
-@pytest.fixture(scope="module")
-def chat_gguf(tiny_models, tmp_path_factory):
-    import model_factory as mf
-    tm = tiny_models("llama3_untied")
-    path = tmp_path_factory.mktemp("echo_tiny") / "tiny-chat.gguf"
-    return str(mf.write_gguf(tm.model, tm.spec, tm.tokenizer, path, "F32", chat_template=TEMPLATE))
 
 
 @pytest.fixture(scope="module")

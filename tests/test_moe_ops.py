@@ -151,7 +151,7 @@ def test_matmul_id_staged_threadgroup_sizes(ops, monkeypatch, dtype_id, tg_rows)
     """Metal's decode GEMV per slot (mul_mv_id_staged_*) at the larger threadgroups the host picks
     for large matrices (metal_ops.cpp, gemv_tg_rows; forced here): 72 rows, a partial threadgroup."""
     if backend_of(ops) != "metal":
-        pytest.skip("a Metal launch shape")
+        pytest.skip("rows per threadgroup are a Metal launch setting: the CPU backend has no threadgroups to size")
     monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", tg_rows)
     n_expert, k, rows, cols, n = 8, 3, 72, 256, 2
     rng = rng_for("matmul_id_tg_rows", dtype_id, tg_rows)
