@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +56,15 @@ def forgert_bench(model: Path, threads: int, a, prefill_mode: str | None = None)
     return {"prefill": r["prefill_tokens_per_s"], "decode": r["decode_tokens_per_s"], "backend": r["backend"]}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Each numeric figure's median over the rounds (the rest from the first run)."""
+    out = dict(runs[0])
+    for k, v in out.items():
+        if isinstance(v, float):
+            out[k] = statistics.median(r[k] for r in runs)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default="llama32-1b")
@@ -63,6 +73,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="pairs of runs (peer, forgert) per row; medians")
     ap.add_argument("--peer", type=Path, default=ROOT.parent / "shared" / "peers" / "llama-bench.sh")
     ap.add_argument("--models", type=Path, default=ROOT / "bench" / "models")
     ap.add_argument("--installed", action="store_true", help="run the installed forgert, not python/ of this tree")
@@ -83,13 +94,15 @@ def main():
                 print(f"wrote {path.name} ({path.stat().st_size / 2**30:.2f} GiB) in "
                       f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
             for threads in map(int, a.threads.split(",")):
-                # alternate which engine goes first, so a drift in machine load hits both
-                first_peer = len(rows) % 2 == 0
-                runs = {}
-                for who in (("peer", "forgert") if first_peer else ("forgert", "peer")):
-                    runs[who] = (llama_bench(a.peer, path, threads, a) if who == "peer"
-                                 else forgert_bench(path, threads, a))
-                f, p = runs["forgert"], runs["peer"]
+                # --rounds pairs of runs, alternating which engine goes first, so a drift in machine
+                # load hits both; each figure is the median over the rounds
+                runs = {"peer": [], "forgert": []}
+                for r in range(a.rounds):
+                    first_peer = (len(rows) + r) % 2 == 0
+                    for who in (("peer", "forgert") if first_peer else ("forgert", "peer")):
+                        runs[who].append(llama_bench(a.peer, path, threads, a) if who == "peer"
+                                         else forgert_bench(path, threads, a))
+                f, p = median_run(runs["forgert"]), median_run(runs["peer"])
                 # one int8 part per activation (FORGERT_CPU_PREFILL=int8: faster, coarser prefill)
                 f["prefill_int8"] = forgert_bench(path, threads, a, "int8")["prefill"] if a.int8 else float("nan")
                 # decode streams the weights one token reads (an MoE: the used experts' share) over the
@@ -103,7 +116,7 @@ def main():
     lines = [f"# forgert vs llama-bench, CPU ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
              f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; random-weight GGUFs of real shapes "
              f"(bench/synthetic_gguf.py); prefill {a.prompt_tokens} tokens, decode {a.gen_tokens}, "
-             f"{a.repeats} runs each; forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}; "
+             f"{a.rounds} alternating rounds of {a.repeats} runs each (median of the rounds); forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}; "
              f"read bandwidth {bw:.1f} GB/s (all CPUs).", "",
              "Prefill int8: forgert with `FORGERT_CPU_PREFILL=int8` (one int8 part per activation, as llama.cpp; "
              "the default uses two). Decode % bw: forgert's decode tokens/s x the weight bytes a token reads "
