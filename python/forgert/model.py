@@ -300,6 +300,8 @@ class Model:
             "bos_token_id": self.tokenizer.bos_id, "eos_token_id": self.tokenizer.eos_id,
             "stop_token_ids": sorted(self.tokenizer.stop_ids), "add_bos": self.tokenizer.add_bos,
             "chat_template": m.chat_template,
+            # seconds of the load spent repacking Q4_0 / Q8_0 weights for the CPU kernels (0: none)
+            "repack_s": self._engine.repack_s,
         }
 
     # -- tokens ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/kernels_scalar.h"  // the portable dequantizer (reference)
+#include "backends/cpu/weight_panels.h"
 #include "core/fp16.h"
 
 using namespace forgert;
@@ -421,6 +422,116 @@ void check(const KernelSet* k, int cols) {
     expect_close(k->name, "gelu_mul_row", sa, sb, 1e-6);
 }
 
+// The decode definition of the small-block types (kernels_x86_quads.inc), written out in
+// scalar code for Q4_0 / Q8_0 rows in the file's layout: per block the exact integer
+// I_b = sum q_i (256 hi_i + lo_i), slot s = b % 4, acc_s = fma((float)I_b, dw * dx, acc_s),
+// Q4_0's zero point acc_s = fma(-8 dw, x.sum, acc_s), result (acc_0 + acc_1) + (acc_2 + acc_3).
+float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t nb) {
+    const int64_t bb = dtype_block_bytes(t);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = row + b * bb;
+        uint16_t h;
+        std::memcpy(&h, blk, 2);
+        const float d = f16_to_f32(h);
+        int32_t I = 0;
+        for (int i = 0; i < FG_QK; i++) {
+            const int q = t == DType::Q8_0 ? (int)(int8_t)blk[2 + i] : i < 16 ? blk[2 + i] & 15 : blk[2 + i - 16] >> 4;
+            I += q * (256 * x[b].hi[i] + x[b].lo[i]);
+        }
+        float& a = acc[b % 4];
+        a = std::fma((float)I, d * x[b].d, a);
+        if (t == DType::Q4_0) a = std::fma(-8.0f * d, x[b].sum, a);
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// Weights repacked into 16-row panels (DType::Q4_0x16 / Q8_0x16), on the sets that read them:
+// every kernel that meets them gives the definition's bits (decode, 1-15 tokens, also from a
+// panel boundary inside the matrix), the same set's file-layout kernel's bits, and the prefill
+// paths (gemm_i8, gemm_panel) the file layout's bits. Rows not a multiple of 16; rows of
+// 1 to 128 blocks, odd block counts among them.
+void check_panel16(const KernelSet* k) {
+    for (DType t : {DType::Q4_0, DType::Q8_0}) {
+        const DType pt = packed_type(*k, t);
+        if (pt == t) continue;
+        for (int rows : {37, 5, 16}) {
+            for (int cols : {32, 96, 352, 1056, 4096}) {
+                const int nb = cols / FG_QK, ntok = 15;
+                auto w = random_weights(t, rows, cols);
+                const int64_t rb = row_bytes(t, cols), panels = (rows + 15) / 16;
+                std::vector<uint8_t> p((size_t)panels * 16 * rb + 64);
+                pack_panels16(t, w.data(), rb, rows, cols, 0, panels, p.data());
+                std::vector<float> x((size_t)ntok * cols);
+                for (auto& v : x) v = normal(rng);
+                std::vector<BlockQ8Act> xq((size_t)ntok * nb);
+                for (int tk = 0; tk < ntok; tk++) k->quantize_row_q8(&x[tk * cols], &xq[tk * nb], cols);
+                std::vector<float> def((size_t)ntok * rows), file(ntok * rows), got(ntok * rows);
+                for (int tk = 0; tk < ntok; tk++)
+                    for (int r = 0; r < rows; r++) def[tk * rows + r] = definition_dot(t, w.data() + r * rb, &xq[tk * nb], nb);
+                bool same = true, file_same = true;
+                for (int n = 1; n <= ntok; n++) {
+                    std::fill(got.begin(), got.end(), -1.0f);
+                    if (rows > 16) {  // two calls that meet at a panel boundary, as the backend's row chunks
+                        k->gemm_q(pt, p.data(), rb, 16, rows, xq.data(), nb, n, got.data(), rows);
+                        k->gemm_q(pt, p.data(), rb, 0, 16, xq.data(), nb, n, got.data(), rows);
+                    } else {
+                        k->gemm_q(pt, p.data(), rb, 0, rows, xq.data(), nb, n, got.data(), rows);
+                    }
+                    k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, file.data(), rows);
+                    same &= !std::memcmp(got.data(), def.data(), (size_t)n * rows * sizeof(float));
+                    file_same &= !std::memcmp(got.data(), file.data(), (size_t)n * rows * sizeof(float));
+                }
+                char what[64];
+                std::snprintf(what, sizeof what, "gemm %s %dx%d n=1..15", dtype_name(pt), rows, cols);
+                if (!same || !file_same) failures++;
+                std::printf("%-12s %-28s bit-identical to the definition %s, to %s %s\n", k->name, what,
+                            same ? "ok" : "FAIL", dtype_name(t), file_same ? "ok" : "FAIL");
+                // One row back (get_rows of a packed embedding): the file's dequantization.
+                std::vector<float> a(cols), b(cols);
+                bool rows_same = true;
+                for (int r = 0; r < rows; r++) {
+                    dequantize_row(t, w.data() + r * rb, a.data(), cols);
+                    dequantize_panel16_row(pt, p.data(), rb, r, b.data(), cols);
+                    rows_same &= !std::memcmp(a.data(), b.data(), cols * sizeof(float));
+                }
+                if (!rows_same) failures++;
+                std::snprintf(what, sizeof what, "rows of %s %dx%d", dtype_name(pt), rows, cols);
+                std::printf("%-12s %-28s equal to %s's dequantized rows %s\n", k->name, what, dtype_name(t),
+                            rows_same ? "ok" : "FAIL");
+                if (cols > 1056) continue;  // the prefill paths: the shapes above suffice
+                const int n = 21, tt = k->panel_tokens, n_pad = (n + tt - 1) / tt * tt;
+                std::vector<float> xs((size_t)n * cols), xp((size_t)n_pad * cols, 0.0f), work(gemm_panel_work_floats(cols));
+                for (auto& v : xs) v = normal(rng);
+                for (int tk = 0; tk < n; tk++)
+                    for (int c = 0; c < cols; c++) xp[(size_t)(tk / tt) * cols * tt + (size_t)c * tt + tk % tt] = xs[tk * cols + c];
+                std::vector<float> pa(n * rows), pb(n * rows);
+                k->gemm_panel(t, w.data(), rb, 0, rows, xp.data(), cols, n, pa.data(), rows, work.data());
+                k->gemm_panel(pt, p.data(), rb, 0, rows, xp.data(), cols, n, pb.data(), rows, work.data());
+                const bool panel_same = !std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float));
+                if (!panel_same) failures++;
+                std::snprintf(what, sizeof what, "gemm_panel %s %dx%d", dtype_name(pt), rows, cols);
+                std::printf("%-12s %-28s bit-identical to %s %s\n", k->name, what, dtype_name(t), panel_same ? "ok" : "FAIL");
+                if (!gemm_i8_takes(*k, pt)) continue;
+                std::vector<BlockQ8Act> xa((size_t)n * nb);
+                std::vector<int32_t> sums((size_t)2 * n * nb);
+                for (int tk = 0; tk < n; tk++) k->quantize_row_q8(&xs[tk * cols], &xa[tk * nb], cols);
+                for (int i = 0; i < n * nb; i++)
+                    for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+                std::vector<uint8_t> wk(gemm_i8_work_bytes(cols));
+                for (int parts : {1, 2}) {
+                    k->gemm_i8(t, w.data(), rb, 0, rows, xa.data(), sums.data(), nb, n, parts, pa.data(), rows, wk.data());
+                    k->gemm_i8(pt, p.data(), rb, 0, rows, xa.data(), sums.data(), nb, n, parts, pb.data(), rows, wk.data());
+                    const bool i8_same = !std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float));
+                    if (!i8_same) failures++;
+                    std::snprintf(what, sizeof what, "gemm_i8 %s x%d %dx%d", dtype_name(pt), parts, rows, cols);
+                    std::printf("%-12s %-28s bit-identical to %s %s\n", k->name, what, dtype_name(t), i8_same ? "ok" : "FAIL");
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -436,6 +547,7 @@ int main() {
         for (int cols : {256, 512, 768}) check_batch_invariance(k, cols);  // K-quant super-blocks
         for (int cols : {256, 768}) check_gemv_reference(k, cols);
         check_gemm_i8(k, 8192, {70});  // wide rows: the tokens go through the panels in several passes
+        check_panel16(k);
         checked++;
     }
     std::printf("%d kernel sets checked, %d failures\n", checked, failures);

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/weight_panels.h"
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/read_bandwidth.h"
 #include "core/backend.h"
@@ -576,6 +577,10 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })
+        .def_property_readonly("repack_s", [](Engine& e) {
+            auto* cpu = e.cpu_backend();
+            return cpu ? cpu->repack_seconds() : 0.0;
+        }, "seconds the load spent repacking weights for the CPU kernels (FORGERT_CPU_REPACK)")
         .def("_weight_buffers", &Engine::weight_buffers,
              "test-facing: (address, bytes) of each zero-copy buffer the weights were wrapped in")
         .def("set_profiling", &Engine::set_profiling, py::arg("on"))
@@ -694,6 +699,12 @@ PYBIND11_MODULE(_core, m) {
         for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
             if (parts && cpu::gemm_i8_takes(cpu::select_kernels(), t))
                 d["prefill_int8_types"].cast<py::list>().append(dtype_name(t));
+        // Weight types a model's load repacks into the kernel set's panels (none with
+        // FORGERT_CPU_REPACK=0, or where the set reads the file's layout).
+        d["repacked_types"] = py::list();
+        for (DType t : {DType::Q8_0, DType::Q4_0})
+            if (cpu::repack_from_env() && cpu::packed_type(cpu::select_kernels(), t) != t)
+                d["repacked_types"].cast<py::list>().append(dtype_name(t));
         return d;
     });
     // Memory read bandwidth, GB/s, with n_threads threads (0: all) over mib MiB (0: many times

@@ -107,7 +107,8 @@ public:
         const int64_t expect = row_bytes((DType)dtype, cols) * rows;
         need(bytes.size() == expect, "weight has " + std::to_string(bytes.size()) + " bytes, expected " +
                                          std::to_string(expect));
-        return upload(bytes.data(), (DType)dtype, rows, cols);
+        // As a model's load leaves it: the CPU backend's repacked panels (FORGERT_CPU_REPACK).
+        return be_->prepare_weight(upload(bytes.data(), (DType)dtype, rows, cols), bufs_);
     }
 
     F32 matmul(const U8& w, int dtype, int64_t rows, int64_t cols, const F32& x) {

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tensor.h"
 
@@ -115,6 +116,14 @@ public:
     // Buffers that live as long as the model and serve every pass (weights, KV cache,
     // activations): a GPU makes them resident once rather than per command buffer.
     virtual void make_resident(const Buffer* const* bufs, size_t n) { (void)bufs, (void)n; }
+    // A 2-D weight as this backend's kernels read it best, called once per weight at load:
+    // w itself (the default, and for types the backend reads as the file lays them out), or a
+    // repacked copy in a buffer appended to `owned` (then w's bytes are never read again, and
+    // the backend may release their pages). Every op of the backend reads the returned tensor.
+    virtual Tensor prepare_weight(const Tensor& w, std::vector<std::unique_ptr<Buffer>>& owned) {
+        (void)owned;
+        return w;
+    }
 
     // --- ops ---
     // dst[i, :] = src[i, :], bytes as they are (any dtype, both the same type and shape; the

@@ -30,7 +30,22 @@ enum class DType : int {
     I32 = FG_I32,
     BF16 = FG_BF16,
     MXFP4 = FG_MXFP4,
+    // Internal layouts, never in a file (dtype_is_known rejects them): a CPU kernel set's
+    // repacking of a Q4_0 / Q8_0 matrix into panels of kPanel16Rows rows (docs/design.md,
+    // "Repacked weights"). 1000 + the file type's id.
+    Q4_0x16 = 1000 + FG_Q4_0,
+    Q8_0x16 = 1000 + FG_Q8_0,
 };
+
+// Rows per panel of the x16 layouts. Per panel and 32-weight block b (rows r0..r0+15): the 16
+// rows' f16 scales (32 bytes), then the quants as [4-byte group][row][4]: Q8_0 group k holds
+// quants 4k..4k+3 (8 groups), Q4_0 group g the nibble bytes 4g..4g+3 (low nibble: quant
+// 4g + i, high: 16 + 4g + i; 4 groups). A panel's block is 16 file blocks' bytes, so a panel is
+// 16 file rows' bytes; the last panel is padded with zero rows (scale 0).
+constexpr int64_t kPanel16Rows = 16;
+constexpr bool is_panel16(DType t) { return t == DType::Q4_0x16 || t == DType::Q8_0x16; }
+// The file type a layout holds (t itself for file types).
+constexpr DType file_type(DType t) { return is_panel16(t) ? static_cast<DType>(static_cast<int>(t) - 1000) : t; }
 
 const char* dtype_name(DType t);
 bool dtype_is_known(int id);
@@ -64,8 +79,13 @@ struct Tensor {
     T* data() const {
         return reinterpret_cast<T*>(static_cast<char*>(buf->host) + offset);
     }
-    size_t nbytes() const { return rows == 0 ? 0 : stride * (rows - 1) + row_bytes(type, cols); }
-    // Rows [r0, r0 + n) of this tensor.
+    // Panel layouts: whole panels (stride stays a file row's bytes: panel p at 16 p stride).
+    size_t nbytes() const {
+        if (rows == 0) return 0;
+        if (is_panel16(type)) return stride * (size_t)((rows + kPanel16Rows - 1) / kPanel16Rows * kPanel16Rows);
+        return stride * (rows - 1) + row_bytes(type, cols);
+    }
+    // Rows [r0, r0 + n) of this tensor (panel layouts: r0 a multiple of kPanel16Rows).
     Tensor slice_rows(int64_t r0, int64_t n) const {
         Tensor t = *this;
         t.offset += stride * r0;

@@ -262,6 +262,9 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
             throw InputError("tensor '" + s.name + "' must be F32 (norms and biases), got " + dtype_name(t.type));
         views[s.name] = wrap.view(t);
     }
+    // Each matrix as the backend reads it (a repacked copy where it repacks; the file's view
+    // otherwise). A tied embedding is one tensor, so the output matmul reads the same copy.
+    for (auto& [name, t] : views) t = be.prepare_weight(t, w.prepared);
     // Absent optional tensors stay empty (rows == 0).
     auto at = [&](const std::string& name) {
         auto it = views.find(name);

@@ -62,10 +62,12 @@ struct ModelWeights {
     Tensor output;             // [vocab, dim]; the same as token_embd when embeddings are tied
     std::vector<LayerWeights> layers;
     std::vector<std::unique_ptr<Buffer>> buffers;  // zero-copy views that the tensors point into
+    std::vector<std::unique_ptr<Buffer>> prepared;  // the backend's copies of weights (Backend::prepare_weight)
 };
 
 // Checks every tensor's presence, type and shape against tensor_layout(cfg) and wraps
-// the host memory zero-copy. Throws InputError naming the tensor on a mismatch, a missing
+// the host memory zero-copy; each 2-D matrix then goes through be.prepare_weight (the CPU
+// backend's repacking). Throws InputError naming the tensor on a mismatch, a missing
 // required tensor or a tensor the architecture does not know.
 ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, HostTensor>& tensors, Backend& be);
 

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "kernels_scalar.h"
+#include "weight_panels.h"
 
 namespace forgert::cpu {
 
@@ -38,7 +39,8 @@ bool profile_from_env() {
 }  // namespace
 
 CpuBackend::CpuBackend(int n_threads)
-    : pool_(n_threads, work_split_from_env()), k_(select_kernels()), prefill_parts_(prefill_int8_parts()) {
+    : pool_(n_threads, work_split_from_env()), k_(select_kernels()), repack_(repack_from_env()),
+      prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
     set_profiling(profile_from_env());
 }
@@ -80,6 +82,10 @@ void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& 
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::GetRows);
     const int32_t* id = ids.data<int32_t>();
     for (int64_t i = 0; i < out.rows; i++) {
+        if (is_panel16(table.type)) {  // a repacked tied embedding (the output matrix too)
+            dequantize_panel16_row(table.type, table.data<uint8_t>(), table.stride, id[i], row_f32(out, i), table.cols);
+            continue;
+        }
         const uint8_t* row = table.data<uint8_t>() + table.stride * id[i];
         dequantize_row(table.type, row, row_f32(out, i), table.cols);
     }

@@ -31,6 +31,10 @@ public:
 
     std::unique_ptr<Buffer> alloc(size_t bytes) override;
     std::unique_ptr<Buffer> wrap_host(void* ptr, size_t bytes, size_t largest) override;
+    // Q4_0 / Q8_0 weights repacked into the kernel set's panels (cpu_weight_prep.cpp), unless
+    // FORGERT_CPU_REPACK=0 or the set reads the file's layout.
+    Tensor prepare_weight(const Tensor& w, std::vector<std::unique_ptr<Buffer>>& owned) override;
+    double repack_seconds() const { return repack_s_; }  // summed over prepare_weight calls
     void write(const Tensor& dst, const void* src, size_t bytes) override;
     void read(void* dst, const Tensor& src, size_t bytes) override;
 
@@ -95,6 +99,8 @@ private:
     bool profiling_ = false;
     CpuOpProfile ops_;
     const KernelSet& k_;
+    bool repack_;        // FORGERT_CPU_REPACK (default 1): prepare_weight repacks
+    double repack_s_ = 0;
     int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
     std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul

@@ -76,12 +76,16 @@ struct KernelSet {
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
     uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
+    // Bit (int)t set: this set reads file type t (Q4_0, Q8_0) repacked into 16-row panels
+    // (DType::Q4_0x16 / Q8_0x16) in every kernel (gemm_q, gemm_i8, gemm_panel), so the backend
+    // repacks such weights at load (CpuBackend::prepare_weight). 0: the file's layout throughout.
+    uint64_t panel16_types = 0;
 };
 
 // Weight types whose matmuls take q8-quantized activations (KernelSet::gemm_q); the float
 // types (F32/F16/BF16) take f32 activations (gemm_f).
 inline bool is_quantized(DType t) {
-    return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+    return is_panel16(t) || t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
            t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
            t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
 }
@@ -89,9 +93,15 @@ inline bool is_quantized(DType t) {
 // 64 bits: GGUF type ids reach 39 (MXFP4); a 32-bit shift by them is undefined (UBSan caught
 // it), and on x86 would wrap to another type's bit.
 inline bool gemm_i8_takes(const KernelSet& k, DType t) {
+    if (is_panel16(t)) t = file_type(t);  // a set packs only types its kernels all read
     return k.gemm_i8 && (int)t >= 0 && (int)t < 64 && ((k.gemm_i8_types >> (int)t) & 1);
 }
 constexpr uint64_t i8_type_bit(DType t) { return uint64_t(1) << (int)t; }
+// The layout in which set k reads weights of file type t: its panel layout, or t itself.
+inline DType packed_type(const KernelSet& k, DType t) {
+    if ((int)t < 0 || (int)t >= 64 || !((k.panel16_types >> (int)t) & 1)) return t;
+    return t == DType::Q4_0 ? DType::Q4_0x16 : t == DType::Q8_0 ? DType::Q8_0x16 : t;
+}
 // gemm_i8's repacked panel: per 32-weight block, kI8Rows x 32 quants as unsigned bytes
 // ([4-quant group][row][4]: one 512-bit vpdpbusd operand per group), kI8Rows f32 scales and
 // kI8Rows f32 mins (K-quants: w = scale * q + min per 32-weight sub-block; 0 otherwise), then

@@ -92,10 +92,9 @@ void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* 
 // Like i8_repack_panel_512, with signed quants (TDPBSSD is int8 x int8: no offsets).
 template <DType WT>
 void amx_repack_panel(const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
-    if constexpr (i8_is_kquant(WT) || i8_is_halves(WT))
-        return i8_repack_panel_kq_512<WT>(w, w_stride, r, nr, nb, wp);  // K-quants: q >= 0, Q6_K signed: no offset
-    i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, wp);
-    const __m512i bias = _mm512_set1_epi8((char)i8_offset(WT));
+    i8_repack_any_512<WT>(w, w_stride, r, nr, nb, wp);
+    if constexpr (i8_is_kquant(WT) || i8_is_halves(WT)) return;  // K-quants: q >= 0, Q6_K signed: no offset
+    const __m512i bias = _mm512_set1_epi8((char)i8_offset(file_type(WT)));
     for (int64_t b = 0; b < nb; b++) {
         uint8_t* pb = wp + b * kI8PanelBlockBytes;
         for (int k = 0; k < 8; k++)
@@ -145,6 +144,7 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
 template <DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
+    constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
     const int64_t chunk = i8_token_chunk(nb, kAmxTokens);
     // The last n_tok % 16 tokens take the VNNI tile on the offset panel (repacked once more).
     const int64_t n_amx = n_tok / kAmxTokens * kAmxTokens;
@@ -157,21 +157,20 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
                 if constexpr (i8_is_halves(WT))
                     amx_tile_halves<PARTS>(work, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
                 else
-                    amx_tile<WT, PARTS>(work, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride, nr);
+                    amx_tile<FT, PARTS>(work, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride, nr);
         }
     }
     if (n_amx < n_tok) {
         const int64_t t = n_amx;
         for (int64_t r = r0; r < r1; r += kI8Rows) {
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
-            if constexpr (i8_is_kquant(WT) || i8_is_halves(WT)) i8_repack_panel_kq_512<WT>(w, w_stride, r, nr, nb, work);
-            else i8_repack_panel_512<WT>(w, w_stride, r, nr, nb, work);
+            i8_repack_any_512<WT>(w, w_stride, r, nr, nb, work);
             int64_t u = t;
             for (; u + kI8TileTokens <= n_tok; u += kI8TileTokens)
-                i8_tile_512<WT, PARTS, kI8TileTokens>(work, x + u * nb, xs + u * nb * 2, nb, out + u * out_stride + r,
+                i8_tile_512<FT, PARTS, kI8TileTokens>(work, x + u * nb, xs + u * nb * 2, nb, out + u * out_stride + r,
                                                       out_stride, nr);
             if (u < n_tok)
-                i8_tail_512<WT, PARTS, kI8TileTokens - 1>(work, x + u * nb, xs + u * nb * 2, nb, (int)(n_tok - u),
+                i8_tail_512<FT, PARTS, kI8TileTokens - 1>(work, x + u * nb, xs + u * nb * 2, nb, (int)(n_tok - u),
                                                           out + u * out_stride + r, out_stride, nr);
         }
     }
@@ -196,6 +195,12 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
     else if (wt == DType::Q4_0)
         parts == 2 ? gemm_i8_amx_typed<DType::Q4_0, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
                    : gemm_i8_amx_typed<DType::Q4_0, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+    else if (wt == DType::Q4_0x16)
+        parts == 2 ? gemm_i8_amx_typed<DType::Q4_0x16, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<DType::Q4_0x16, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+    else if (wt == DType::Q8_0x16)
+        parts == 2 ? gemm_i8_amx_typed<DType::Q8_0x16, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<DType::Q8_0x16, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
     else {
         _tile_release();
         throw std::logic_error("gemm_i8: unsupported weight type");

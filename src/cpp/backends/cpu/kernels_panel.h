@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "cpu_kernels.h"
+#include "weight_panels.h"
 
 namespace forgert::cpu {
 namespace {
@@ -45,7 +46,10 @@ void gemm_panel_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
     float* tmp = work + R * cols;     // [R, TT] one output tile, transposed on the way out
     for (int64_t r = r0; r < r1; r += R) {
         const int nr = (int)std::min<int64_t>(R, r1 - r);
-        for (int i = 0; i < nr; i++) P::template dequantize_row<WT>(w + (r + i) * w_stride, wp + i * cols, cols);
+        for (int i = 0; i < nr; i++) {
+            if constexpr (is_panel16(WT)) dequantize_panel16_row(WT, w, w_stride, r + i, wp + i * cols, cols);
+            else P::template dequantize_row<WT>(w + (r + i) * w_stride, wp + i * cols, cols);
+        }
         for (int i = nr; i < R; i++) std::memset(wp + i * cols, 0, sizeof(float) * cols);
         for (int64_t t0 = 0; t0 < n_tok; t0 += TT) {
             for (int i0 = 0; i0 < R; i0 += P::kTileRows)
@@ -66,7 +70,7 @@ void gemm_panel_any(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
             return gemm_panel_typed<P, DType::T>(w, w_stride, r0, r1, xp, cols, n_tok, out, out_stride, work);
         FG_PANEL_CASE(F32) FG_PANEL_CASE(F16) FG_PANEL_CASE(BF16) FG_PANEL_CASE(Q8_0) FG_PANEL_CASE(Q4_0)
         FG_PANEL_CASE(Q4_1) FG_PANEL_CASE(Q5_0) FG_PANEL_CASE(Q5_1) FG_PANEL_CASE(Q2_K) FG_PANEL_CASE(Q3_K) FG_PANEL_CASE(Q4_K) FG_PANEL_CASE(Q5_K) FG_PANEL_CASE(Q6_K)
-        FG_PANEL_CASE(IQ4_NL) FG_PANEL_CASE(IQ4_XS) FG_PANEL_CASE(MXFP4)
+        FG_PANEL_CASE(IQ4_NL) FG_PANEL_CASE(IQ4_XS) FG_PANEL_CASE(MXFP4) FG_PANEL_CASE(Q4_0x16) FG_PANEL_CASE(Q8_0x16)
 #undef FG_PANEL_CASE
         default: throw std::logic_error("gemm_panel: unsupported weight type");
     }

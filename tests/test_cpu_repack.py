@@ -1,0 +1,142 @@
+"""Q4_0 / Q8_0 weights repacked at load into the CPU kernel set's 16-row panels (design.md,
+"Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's layout). The panels change where the
+bytes lie, never the arithmetic: logits and tokens are bit-identical with and without the
+repack, in every path that reads a weight (decode, 2-15 tokens, the prefill int8 GEMM, the f32
+panel GEMM, get_rows of a tied embedding); a row read back equals the gguf package's
+dequantization; and the copy does not sit beside the file's pages (peak RSS).
+
+The kernels themselves are checked bit for bit against a scalar statement of the decode
+definition by tests/cpp/kernel_sets_check.cpp (check_panel16, via tests/test_kernel_sets.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import subprocess_env
+
+IDS = [1, 17, 4, 99, 23, 5, 250, 8, 61, 3, 77, 140, 9, 12, 200, 31, 44, 7, 18, 120]  # 20: a prefill GEMM
+
+
+def repacked_types() -> list:
+    from forgert import _core
+    return _core.cpu_info()["repacked_types"]
+
+
+needs_repack = pytest.mark.skipif(not repacked_types(), reason="this CPU's kernel set reads the file's layout "
+                                  "(only the AVX-512 sets repack)")
+
+
+def run_model(forgert, path, monkeypatch, repack: str, prefill: str | None = None):
+    """Logits of every path on one model: a 20-token prompt (prefill GEMM), one-token decode
+    steps, a 5-token step (the few-token kernels) and greedy tokens; plus Model.info()'s repack_s."""
+    monkeypatch.setenv("FORGERT_CPU_REPACK", repack)
+    if prefill:
+        monkeypatch.setenv("FORGERT_CPU_PREFILL", prefill)
+    m = forgert.Model(str(path), backend="cpu", threads=2, n_ctx=64)
+    e = m._engine
+    out = {"prefill": np.asarray(e.forward(np.array(IDS, np.int32), 0, all_logits=True))}
+    for i, tok in enumerate([5, 9, 13]):
+        out[f"decode{i}"] = np.asarray(e.forward(np.array([tok], np.int32), len(IDS) + i, all_logits=True))
+    out["few"] = np.asarray(e.forward(np.array([2, 3, 4, 5, 6], np.int32), len(IDS) + 3, all_logits=True))
+    out["tokens"] = np.array(m.generate(IDS[:6], max_tokens=8, temperature=0.0).tokens)
+    return out, m.info()["repack_s"]
+
+
+@needs_repack
+@pytest.mark.parametrize("name", ["llama_tied", "llama3_untied"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("prefill", [None, "f32"])
+def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, name, qtype, prefill):
+    """llama_tied's token_embd is Q4_0 / Q8_0 and also the output matrix: get_rows and the logits
+    matmul read the one packed copy. prefill f32: the f32 panel GEMM reads the panels too."""
+    path = tiny_models(name).path(f"gguf-{qtype}")
+    packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
+    file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
+    assert s_packed > 0 and s_file == 0
+    for k in file:
+        assert np.array_equal(packed[k], file[k]), k
+
+
+@needs_repack
+def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
+    """Rows looked up in a packed table (37 rows: the last panel short; 160 columns: 5 blocks)
+    equal gguf.quants.dequantize of the file's bytes (a lookup is a pure decode, exact in f32)."""
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(9)
+    rows, cols = 37, 160
+    ops = core.Ops("cpu", 1)
+    for t in ("Q4_0", "Q8_0"):
+        qt = gguf.GGMLQuantizationType[t]
+        raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qt)
+        ids = np.array([0, 36, 15, 16, 17, 31, 32, 5, 5], np.int32)
+        got = ops.get_rows(np.ascontiguousarray(raw).reshape(-1), int(qt), rows, cols, ids)
+        ref = gguf.quants.dequantize(raw, qt).reshape(rows, cols)[ids]
+        assert np.array_equal(got, ref.astype(np.float32)), t
+
+
+def quantized_smollm2(smollm2_gguf, root, qtype):
+    from forgert.cli import main
+    out = root / f"SmolLM2-135M-Instruct.{qtype}.gguf"
+    if not out.exists():
+        assert main(["quantize", str(smollm2_gguf), str(out), "--type", qtype.lower(), "--pure"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm2_pure(smollm2_gguf, tmp_path_factory):
+    """The default model (Q4_1, which stays in the file's layout) converted to pure Q4_0 and Q8_0."""
+    root = tmp_path_factory.mktemp("smollm2_pure")
+    return {t: quantized_smollm2(smollm2_gguf, root, t) for t in ("Q4_0", "Q8_0")}
+
+
+@needs_repack
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+def test_repacked_smollm2_gives_the_files_bits(forgert, smollm2_pure, monkeypatch, qtype):
+    packed, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "1")
+    file, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "0")
+    for k in file:
+        assert np.array_equal(packed[k], file[k]), k
+
+
+PEAK_RSS = r"""
+import json, sys
+import numpy as np
+import forgert
+def status_kb(key):  # VmHWM: this address space's peak (ru_maxrss would count the forked parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+before = status_kb("VmRSS")
+m = forgert.Model(sys.argv[1], backend="cpu", threads=2, n_ctx=256)
+m._engine.forward(np.array([1, 2, 3], np.int32), 0, False)
+print(json.dumps({"before_kb": before, "peak_kb": status_kb("VmHWM"), "now_kb": status_kb("VmRSS"),
+                  "repack_s": m.info()["repack_s"]}))
+"""
+
+
+@needs_repack
+@pytest.mark.slow
+def test_peak_rss_stays_within_file_kv_and_64mb(smollm2_pure):
+    """Issue 9's memory rule: peak RSS <= model file + KV cache + 64 MB, over the process's RSS
+    before the load (the interpreter, NumPy, forgert). Without releasing each repacked tensor's
+    file pages the file's ~150 MB (Q8_0) would stay resident beside the copy. The peak is the
+    process's, so it also bounds anything that was resident before the load."""
+    path = smollm2_pure["Q8_0"]
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=600,
+                         env=subprocess_env())
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    n_layers, kv_dim, n_ctx = 30, 3 * 64, 256  # SmolLM2-135M: 30 layers, 3 KV heads x 64
+    kv_bytes = n_layers * 2 * n_ctx * kv_dim * 2
+    budget = os.path.getsize(path) + kv_bytes + 64 * 2 ** 20
+    grown = (r["peak_kb"] - r["before_kb"]) * 1024
+    print(f"file {os.path.getsize(path) / 2**20:.1f} MiB, grown {grown / 2**20:.1f} MiB, "
+          f"budget {budget / 2**20:.1f} MiB, repack {r['repack_s']:.3f} s")
+    assert r["repack_s"] > 0
+    assert grown <= budget
