@@ -35,8 +35,12 @@ inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64
             for (int64_t m = 0; m < kPanel16Rows && p * kPanel16Rows + m < rows; m++) {
                 const uint8_t* blk = src + (p * kPanel16Rows + m) * src_stride + b * bb;
                 std::memcpy(pb + 2 * m, blk, 2);  // d
-                for (int g = 0; g < qbytes / 4; g++)
-                    std::memcpy(pb + kPanel16ScaleBytes + (g * kPanel16Rows + m) * 4, blk + 2 + 4 * g, 4);
+                for (int g = 0; g < qbytes / 4; g++) {
+                    uint8_t* q = pb + kPanel16ScaleBytes + (g * kPanel16Rows + m) * 4;
+                    std::memcpy(q, blk + 2 + 4 * g, 4);
+                    if (ft == DType::Q8_0)
+                        for (int i = 0; i < 4; i++) q[i] ^= 0x80;  // q + 128: unsigned
+                }
             }
         }
     }
@@ -56,7 +60,7 @@ inline void dequantize_panel16_row(DType t, const uint8_t* base, size_t stride, 
         const uint8_t* q = pb + kPanel16ScaleBytes;
         float* yb = y + b * FG_QK;
         if (ft == DType::Q8_0) {
-            for (int i = 0; i < FG_QK; i++) yb[i] = d * (float)(int8_t)q[(i / 4 * kPanel16Rows + m) * 4 + i % 4];
+            for (int i = 0; i < FG_QK; i++) yb[i] = d * (float)((int)q[(i / 4 * kPanel16Rows + m) * 4 + i % 4] - 128);
         } else {
             for (int j = 0; j < FG_QK / 2; j++) {
                 const uint8_t v = q[(j / 4 * kPanel16Rows + m) * 4 + j % 4];
