@@ -7,8 +7,9 @@ that a change that breaks coalescing or adds re-reads fails here.
 
 Measured at one token, 64 rows x 512 columns for GEMV and get_rows (get_rows also at 2560), and
 the GEMVs at 20480 rows, where the host's rule takes 256-row threadgroups (metal_ops.cpp,
-gemv_tg_rows). The GEMVs run mul_mv_staged_* (whole lines: 100%, every weight byte requested once,
-x once per threadgroup: within 1.05x of the needed bytes at 20480 rows); the direct kernels (FORGERT_METAL_GEMV=direct) keep their block-strided
+gemv_tg_rows). The GEMVs run mul_mv_staged_* (whole 64- and 128-byte lines: 100%, every weight byte
+requested once, x once per threadgroup: within 1.05x of the needed bytes at 20480 rows; threadgroup
+reads free of bank conflicts); the direct kernels (FORGERT_METAL_GEMV=direct) keep their block-strided
 loads (each lane reads a field of its own block: a simdgroup load spans many lines; the lines are
 re-used by the next loads from cache), guarded at their measured figures. The other decode kernels
 (get_rows, rms_norm, rope_kv_write, attention) meet the goals of issue 14: >= 95% line efficiency and requested <= 1.05x needed

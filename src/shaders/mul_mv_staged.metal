@@ -90,10 +90,11 @@ static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, d
             simdgroup_barrier(mem_flags::mem_threadgroup);  // the lanes are done with the last copy
             threadgroup const char* row = mv_stage_bytes(wrow[r] + off, n, (walign[r] + off) % 128, stage, tiisg);
             simdgroup_barrier(mem_flags::mem_threadgroup);
+            const bool a4 = (walign[r] + off) % 4 == 0;  // the copy keeps the row's address % 16
             for (int s = 0; s < steps; ++s) {
                 const int c = s * chunks + g;
                 if (c >= nbw) break;
-                sum[r] += Q::dot(row, c, part, xv + s * nx, xsum[s]);
+                sum[r] += Q::dot(row, c, part, xv + s * nx, xsum[s], a4);
             }
         }
     }
