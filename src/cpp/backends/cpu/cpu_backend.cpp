@@ -101,8 +101,16 @@ void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor&
         for (int64_t r = r0; r < r1; r++) {
             const float* xr = row_f32(x, r);
             float* yr = row_f32(out, r);
-            double ss = 0.0;  // double: rows of thousands of squares stay exact enough for 1e-6 agreement
-            for (int64_t c = 0; c < dim; c++) ss += (double)xr[c] * xr[c];
+            // double: rows of thousands of squares stay exact enough for 1e-6 agreement. Eight
+            // partial sums (element c into lane c % 8), added pairwise at the end: one chain of
+            // dependent double adds cost ~4 cycles an element (2.5 us a 2048-wide row, 1% of a 1B
+            // decode token and 3% of an 8-sequence batch step on the 16-core host); eight vectorise.
+            double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int64_t c = 0;
+            for (; c + 8 <= dim; c += 8)
+                for (int l = 0; l < 8; l++) part[l] += (double)xr[c + l] * xr[c + l];
+            for (; c < dim; c++) part[c % 8] += (double)xr[c] * xr[c];
+            const double ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
             const float scale = (float)(1.0 / std::sqrt(ss / dim + eps));
             if (accumulate)
                 for (int64_t c = 0; c < dim; c++) yr[c] += xr[c] * scale * wv[c];
