@@ -5,10 +5,11 @@
 // (stage_bytes.h: 16-byte pieces from the row's first 128-byte boundary, a load of 32 lanes x 16
 // bytes covering 4 whole lines; the bytes before it and after the last whole piece within their
 // lines); then 8 lanes (Q8_0: 16) share each 32-weight chunk of the copy, so that each read
-// instruction stays within 128 bytes, one word per bank (mul_mv_parts.h). The threadgroup loads x's window once for all its simdgroups, so x is requested
-// once per threadgroup (32 to 256 rows: the host picks how many simdgroups and args.sg_rows rows
-// each, by the matrix's rows, metal_ops.cpp) rather than per simdgroup of 4. Float weights load
-// whole lines directly; only their x is staged. Threadgroup memory is sized by the host
+// instruction stays within 128 bytes, one word per bank (mul_mv_parts.h). The threadgroup loads
+// x's window once for all its simdgroups, so x is requested once per threadgroup (32 to 256
+// rows: the host picks how many simdgroups and args.sg_rows rows each, by the matrix's rows,
+// metal_ops.cpp) rather than per simdgroup of 4. Float weights load whole lines directly; only
+// their x is staged. Threadgroup memory is sized by the host
 // (FG_MV_STAGED_TG_BYTES), for the simdgroups it launches.
 //
 // The direct kernels stay (FORGERT_METAL_GEMV=direct): whether the extra threadgroup traffic
