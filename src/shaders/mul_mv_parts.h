@@ -11,7 +11,9 @@
 // Blocks whose size is a multiple of 4 bytes (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K, IQ4_XS) lie 4-byte
 // aligned in a copy whose row starts so (a4: the device row's address % 4 == 0, which the copy
 // keeps); there a lane reads adjacent 2-byte fields (d and m, dmin or scales_h) and 4 quant bytes
-// as one uint, else as ushorts: fewer read instructions, each one wavefront.
+// as one uint, else as ushorts (mv_read4's path for Q3_K and Q6_K, whose super-blocks are 2-byte
+// aligned; for these types only a weight buffer at an address 2 mod 4 takes it): fewer read
+// instructions, each one wavefront.
 //
 // Parts: the 4-bit block types' lane p takes qs bytes 2p, 2p + 1 (weights 2p, 2p + 1 from the low
 // nibbles, 16 + 2p, 17 + 2p from the high); Q8_0's lane p weights 2p, 2p + 1; the K-quants' lane p
