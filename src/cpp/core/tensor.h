@@ -40,8 +40,9 @@ enum class DType : int {
 // Rows per panel of the x16 layouts. Per panel and 32-weight block b (rows r0..r0+15): the 16
 // rows' f16 scales (32 bytes), then the quants as [4-byte group][row][4]: Q8_0 group k holds
 // quants 4k..4k+3 + 128 as unsigned bytes (8 groups: vpdpbusd's unsigned operand as stored),
-// Q4_0 group g the nibble bytes 4g..4g+3 (low nibble: quant 4g + i, high: 16 + 4g + i; 4 groups). A panel's block is 16 file blocks' bytes, so a panel is
-// 16 file rows' bytes; the last panel is padded with zero rows (scale 0).
+// Q4_0 group g the nibble bytes 4g..4g+3 (low nibble: quant 4g + i, high: 16 + 4g + i; 4
+// groups). A panel's block is 16 file blocks' bytes, so a panel is 16 file rows' bytes; the
+// last panel is padded with zero bytes (scale 0: rows computed, never stored or looked up).
 constexpr int64_t kPanel16Rows = 16;
 constexpr bool is_panel16(DType t) { return t == DType::Q4_0x16 || t == DType::Q8_0x16; }
 // The file type a layout holds (t itself for file types).
