@@ -29,6 +29,13 @@ struct BatchEntry {
     int pos = 0;
     RowScores* scores = nullptr;  // or null: every row's logits score the token after it (a prompt's
                                   // logprobs), filled by the pass beside its other outputs
+    bool prompt_prefix = false;   // a chunk of a prompt's prefix (K/V for later tokens) even when n == 1
+
+    // Its row class (core/backend.h RowClasses): one token is a decode row (a sequence's next
+    // token, or a prompt's last), unless it is a one-token prefix chunk; several tokens are a
+    // prefix chunk. Decode rows take the few-token kernels (bits as alone), prefix rows the GEMM
+    // (K/V bits independent of how the prompt was cut into chunks).
+    bool decode_row() const { return n == 1 && !prompt_prefix; }
 };
 
 class LlamaModel {
@@ -53,7 +60,8 @@ public:
 
     // One pass over several sequences, each in its own KV slot (distinct slots, at most
     // max_batch tokens in all): the projections and feed-forward run once over every entry's
-    // rows, RoPE and attention per entry on its slot. Writes the logits of each entry's last
+    // rows, RoPE and attention per entry on its slot. Decode rows run first whatever the entries'
+    // order (BatchEntry::decode_row); outputs stay in entry order. Writes the logits of each entry's last
     // token, [n_entries, vocab] (none when logits is null). forward() is this with the single
     // entry {slot 0}. Entries with scores get their rows scored too (kScoreBlock rows at a time:
     // the logits of a whole prompt chunk never exist at once).
@@ -105,8 +113,12 @@ private:
     // leaves the final hidden states in x_. device_ids: i32 [n, 1] token ids already on the
     // device (the entries' tokens are then unused; a single entry); commit_early: commit the
     // first layers while the rest is encoded (not when the ids are written just before commit).
+    // The entries' decode rows must lead (decode_first).
     void run_layers(const BatchEntry* entries, int n_entries, const Tensor* device_ids = nullptr,
                     bool commit_early = true);
+    // The entries reordered with the decode entries first (stable), into ordered_; returns
+    // ordered_ and fills given_ (given_[i]: the caller's index of ordered entry i).
+    const BatchEntry* decode_first(const BatchEntry* entries, int n_entries);
     // decode_pipeline.cpp: encodes the decode step of the token in `ids` at pos (and its argmax
     // into `best` when greedy).
     void encode_decode_step(const Tensor& ids, const Tensor* best, int pos, bool commit_early);
@@ -134,6 +146,10 @@ private:
     std::vector<std::unique_ptr<Buffer>> bufs_;
     std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
     std::vector<int32_t> row_pos_host_;  // a batch's row table: (position, slot's first cache row) per row
+    std::vector<BatchEntry> ordered_;    // decode_first's entries, decode entries first
+    std::vector<int> given_;             // ordered_[i] is the caller's entry given_[i]
+    std::vector<float> logits_host_;     // forward_batch's logits in ordered_ order, when it differs
+    RowClasses rows_;                    // the pass's row classes (run_layers)
     Tensor score_logits_;                // f32 [2 * kScoreBlock, vocab]: two blocks, allocated on first use
     std::vector<float> score_host_;      // f32 [kScoreBlock, vocab]: a block read back for scoring
     Tensor row_pos_;                     // i32 [max_batch, 2]: the same on the device (RowPositions)
