@@ -266,3 +266,10 @@ def test_server_streams_unchanged_by_a_long_prompt_arriving_mid_decode(model_fil
         assert got[p][0] == reference[p][0]
         assert got[p][1] == reference[p][1]    # the logprobs, exactly (floats through JSON round-trip)
         assert len(got[p][1]) == max_tokens
+
+
+def test_smollm2_decode_rows_alone_equal_batched_with_prefill(smollm2_gguf, engine):
+    """The real SmolLM2-135M Q4_1 (its prefix rows take the f32 panel GEMM, Q4_1 having no int8
+    GEMM): the same bit-identity, a 70-token prompt arriving mid-decode in 33-token chunks."""
+    eng = engine(smollm2_gguf, threads=2, n_ctx=N_CTX)
+    check_invariant(eng, 49152, chunk=33)

@@ -288,7 +288,8 @@ class BatchScheduler:
                 if s.prompt_logprobs is not None:   # rows a..a+n-1 score prompt tokens a+1..a+n
                     scores = _row_scores(s.prompt[a + 1:a + n + 1], s.options.top_logprobs or 0)
                 # marked a prefix chunk (even of one token): the engine runs it through the prefill
-                # GEMM, the decode rows through the decode kernels, so neither depends on the other
+                # GEMM (past position 15), the decode rows through the decode kernels, so neither
+                # depends on the other
                 entries.append((s.slot, np.array(s.prompt[a:a + n], np.int32), a, scores, True))
                 prefills.append((s, n, scores))
                 budget -= n

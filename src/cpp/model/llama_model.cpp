@@ -140,9 +140,11 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     // Row classes: the leading decode entries' rows are decode rows, the rest prefix rows.
     int n = 0, n_decode = 0;
     for (int e = 0; e < n_entries; e++) {
-        if (entries[e].decode_row() && n_decode < n) throw std::logic_error("run_layers: decode rows must lead");
+        const int d = entries[e].decode_rows();
+        if ((d != 0 && d != entries[e].n) || (d > 0 && n_decode < n))
+            throw std::logic_error("run_layers: entries of one class each, decode entries first");
         n += entries[e].n;
-        if (entries[e].decode_row()) n_decode = n;
+        if (d > 0) n_decode = n;
     }
     rows_ = RowClasses::decode(n_decode);
     const RowClasses rc = rows_;
@@ -281,15 +283,19 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         const bool last_chunk = done + m == n;
         BatchEntry chunk{0, tokens + done, m, pos + done};
         chunk.prompt_prefix = !logits;  // K/V only: a prefix chunk even of one token
+        // Its decode rows (positions below kMaxDecodeRun) and prefix rows as two entries; the rows
+        // stay in position order.
+        const BatchEntry* parts = decode_first(&chunk, 1);
+        const int n_parts = n_ordered_;
         if (!logits || (!all_logits && !last_chunk)) {  // only the KV cache of this chunk is needed
             be_->begin();
-            run_layers(&chunk, 1);
+            run_layers(parts, n_parts);
             be_->commit();
             be_->wait();
             continue;
         }
         be_->begin();
-        run_layers(&chunk, 1);
+        run_layers(parts, n_parts);
         const double t0 = profiling_ ? now_s() : 0;
         // Logits of every row of this chunk, or of its last row only.
         const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
@@ -300,7 +306,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         }
         Tensor out = logits_.slice_rows(0, nr);
         be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
-        be_->matmul(out, w_.output, hn, chunk.decode_row() ? RowClasses::decode(nr) : RowClasses::prefix());
+        be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
         if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
         be_->commit();
         be_->wait();
@@ -339,7 +345,7 @@ Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
         be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
     }
     int n_decode = 0;  // entries whose last row is a decode row: they lead (run_layers)
-    while (n_decode < n_entries && entries[n_decode].decode_row()) n_decode++;
+    while (n_decode < n_entries && entries[n_decode].decode_rows() > 0) n_decode++;
     be_->matmul(out, w_.output, hn, RowClasses::decode(n_decode));
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
     return out;
@@ -347,21 +353,37 @@ Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
 
 const BatchEntry* LlamaModel::decode_first(const BatchEntry* entries, int n_entries) {
     ordered_.clear();
-    given_.clear();
-    for (int pass = 0; pass < 2; pass++)  // decode entries, then the others, each in the given order
-        for (int e = 0; e < n_entries; e++)
-            if (entries[e].decode_row() == (pass == 0)) {
-                ordered_.push_back(entries[e]);
-                given_.push_back(e);
-            }
+    last_of_.assign(n_entries, -1);
+    for (int e = 0; e < n_entries; e++) {  // decode entries and decode parts, in the given order
+        const int d = entries[e].decode_rows();
+        if (d == 0) continue;
+        BatchEntry part = entries[e];
+        part.n = d;
+        ordered_.push_back(part);
+        if (d == entries[e].n) last_of_[e] = (int)ordered_.size() - 1;
+    }
+    for (int e = 0; e < n_entries; e++) {  // then the prefix entries and parts
+        const BatchEntry& b = entries[e];
+        const int d = b.decode_rows();
+        if (d == b.n) continue;
+        BatchEntry part = b;
+        part.tokens = b.tokens ? b.tokens + d : nullptr;
+        part.n = b.n - d;
+        part.pos = b.pos + d;
+        part.scores_from = b.scores_from + d;
+        ordered_.push_back(part);
+        last_of_[e] = (int)ordered_.size() - 1;
+    }
+    n_ordered_ = (int)ordered_.size();
     return ordered_.data();
 }
 
-void LlamaModel::forward_batch(const BatchEntry* given, int n_entries, float* logits) {
-    check_batch(given, n_entries);
-    const BatchEntry* entries = decode_first(given, n_entries);
-    bool reordered = false;
-    for (int e = 0; e < n_entries; e++) reordered = reordered || given_[e] != e;
+void LlamaModel::forward_batch(const BatchEntry* given, int n_given, float* logits) {
+    check_batch(given, n_given);
+    const BatchEntry* entries = decode_first(given, n_given);
+    const int n_entries = n_ordered_;
+    bool reordered = n_entries != n_given;
+    for (int e = 0; e < n_given; e++) reordered = reordered || last_of_[e] != e;
     profile_ = Profile{};
     be_->begin();
     run_layers(entries, n_entries);
@@ -371,11 +393,11 @@ void LlamaModel::forward_batch(const BatchEntry* given, int n_entries, float* lo
     be_->wait();
     const size_t vocab = cfg_.vocab;
     if (logits && !reordered) be_->read(logits, out, n_entries * vocab * sizeof(float));
-    if (logits && reordered) {  // rows back to the caller's entry order
+    if (logits && reordered) {  // each caller entry's last row, in the caller's order
         logits_host_.resize(n_entries * vocab);
         be_->read(logits_host_.data(), out, n_entries * vocab * sizeof(float));
-        for (int e = 0; e < n_entries; e++)
-            std::memcpy(logits + given_[e] * vocab, &logits_host_[e * vocab], vocab * sizeof(float));
+        for (int e = 0; e < n_given; e++)
+            std::memcpy(logits + e * vocab, &logits_host_[last_of_[e] * vocab], vocab * sizeof(float));
     }
     score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
@@ -390,8 +412,8 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
     std::vector<Block> blocks;
     for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++)
         for (int done = 0; entries[e].scores && done < entries[e].n; done += kScoreBlock)
-            blocks.push_back({entries[e].scores, r0 + done, done, std::min(kScoreBlock, entries[e].n - done),
-                              entries[e].decode_row()});
+            blocks.push_back({entries[e].scores, r0 + done, entries[e].scores_from + done,
+                              std::min(kScoreBlock, entries[e].n - done), entries[e].decode_rows() > 0});
     if (blocks.empty()) return;
     const int vocab = cfg_.vocab;
     if (!score_logits_.buf) {  // two blocks' logits: the device computes one while the host scores the other
@@ -425,9 +447,10 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
     be_->wait();
 }
 
-void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_entries, int32_t* best) {
-    check_batch(given, n_entries);
-    const BatchEntry* entries = decode_first(given, n_entries);
+void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_given, int32_t* best) {
+    check_batch(given, n_given);
+    const BatchEntry* entries = decode_first(given, n_given);
+    const int n_entries = n_ordered_;
     profile_ = Profile{};
     be_->begin();
     run_layers(entries, n_entries);
@@ -439,7 +462,7 @@ void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_entries, in
     be_->wait();
     std::vector<int32_t> ordered_best(n_entries);
     be_->read(ordered_best.data(), best_ids, (size_t)n_entries * sizeof(int32_t));
-    for (int e = 0; e < n_entries; e++) best[given_[e]] = ordered_best[e];
+    for (int e = 0; e < n_given; e++) best[e] = ordered_best[last_of_[e]];
     score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
 }

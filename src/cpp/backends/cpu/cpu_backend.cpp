@@ -514,23 +514,28 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     const int64_t max_block = std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
     // Blocks: runs of rows that continue one sequence, cut into max_block rows. With a sliding
     // window that has moved past key 0, each row starts at another key: one row per block.
+    // Row classes: decode rows, and every row at a position below kMaxDecodeRun, are blocks of
+    // their own (as alone; a decode row takes the key splits it takes alone); a prefix block is
+    // padded to kPrefixMinQueries queries. A row's attention then depends only on its class and
+    // position, not on the rows beside it.
+    const bool classed = !at.classes.by_row_count();
+    auto is_prefix = [&](int64_t t) { return classed && t >= at.classes.n_decode; };
     blocks_.clear();
     for (int64_t r0 = 0; r0 < n;) {
         int64_t r1 = r0 + 1;
         while (r1 < n && rows.continues(r1 - 1)) r1++;
         const bool windowed = p.window > 0 && rows.pos(r1 - 1) + 1 > p.window;
         const int64_t blk = windowed ? 1 : max_block;
-        for (int64_t t = r0; t < r1; t += blk) blocks_.push_back({t, std::min(r1, t + blk)});
+        int64_t t = r0;
+        if (classed)
+            for (; t < r1 && (!is_prefix(t) || rows.pos(t) < kMaxDecodeRun); t++) blocks_.push_back({t, t + 1});
+        for (; t < r1; t += blk) blocks_.push_back({t, std::min(r1, t + blk)});
         r0 = r1;
     }
     const int64_t items = (int64_t)blocks_.size() * p.n_kv_heads;
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < attention_work_floats(hd)) s.resize(attention_work_floats(hd));
     }
-    // Row classes: a prefix row's query is padded to kPrefixMinQueries; a decode row (a block of
-    // its own) takes the key splits it takes alone, here or in a batch.
-    const bool classed = !at.classes.by_row_count();
-    auto is_prefix = [&](int64_t t) { return classed && t >= at.classes.n_decode; };
     auto key_range = [&](int64_t t, int64_t* first) {  // keys first .. pos(t) of row t
         *first = p.window > 0 ? std::max<int64_t>(0, rows.pos(t) + 1 - p.window) : 0;
         return rows.pos(t) + 1 - *first;
