@@ -7,8 +7,8 @@ Both engines read the same file with the same thread count, each in a fresh proc
 alternating order, --repeats runs each (llama-bench's own -r; forgert bench's -r), and the
 figure of each is its own median (forgert) or mean (llama-bench's avg_ts) over those runs:
   prefill: tokens/s over a --prompt-tokens prompt from an empty cache (llama-bench "pp")
-  decode:  tokens/s over --gen-tokens greedy steps (llama-bench "tg": from an empty context;
-           forgert bench: after the prompt, so its attention reads a longer cache)
+  decode:  tokens/s over --gen-tokens greedy steps (forgert bench: after the prompt; llama-bench
+           "tg": from an empty context, or with --same-depth after as many tokens, its -d)
 The peer is built by ../shared/peers/llama-bench.sh (native ISA, repacking and AMX on, as shipped).
 """
 from __future__ import annotations
@@ -30,12 +30,17 @@ from machine import cpu_name, forgert_env  # noqa: E402
 
 
 def llama_bench(peer: Path, model: Path, threads: int, a) -> dict:
-    out = subprocess.run(["bash", str(peer), "-m", str(model), "-t", str(threads), "-p", str(a.prompt_tokens),
-                          "-n", str(a.gen_tokens), "-r", str(a.repeats), "-o", "json"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = json.loads(out)
-    pp = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
-    tg = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
+    def rows(*args):
+        out = subprocess.run(["bash", str(peer), "-m", str(model), "-t", str(threads), "-r", str(a.repeats),
+                              "-o", "json", *args], capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+    if a.same_depth:   # decode after prompt-tokens of context, as forgert bench decodes after its prompt
+        pp = rows("-p", str(a.prompt_tokens), "-n", "0")[0]
+        tg = rows("-p", "0", "-n", str(a.gen_tokens), "-d", str(a.prompt_tokens))[0]
+    else:
+        both = rows("-p", str(a.prompt_tokens), "-n", str(a.gen_tokens))
+        pp = next(r for r in both if r["n_prompt"] > 0 and r["n_gen"] == 0)
+        tg = next(r for r in both if r["n_gen"] > 0 and r["n_prompt"] == 0)
     return {"prefill": pp["avg_ts"], "decode": tg["avg_ts"]}
 
 
@@ -73,6 +78,9 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--same-depth", action="store_true",
+                    help="llama-bench decodes after --prompt-tokens of context (-d), as forgert bench does; "
+                         "default: llama-bench's tg from an empty context")
     ap.add_argument("--rounds", type=int, default=1, help="pairs of runs (peer, forgert) per row; medians")
     ap.add_argument("--peer", type=Path, default=ROOT.parent / "shared" / "peers" / "llama-bench.sh")
     ap.add_argument("--models", type=Path, default=ROOT / "bench" / "models")
@@ -116,6 +124,7 @@ def main():
     lines = [f"# forgert vs llama-bench, CPU ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
              f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; random-weight GGUFs of real shapes "
              f"(bench/synthetic_gguf.py); prefill {a.prompt_tokens} tokens, decode {a.gen_tokens}, "
+             f"llama.cpp decodes {'after the prompt (-d)' if a.same_depth else 'from an empty context'}, forgert after the prompt; "
              f"{a.rounds} alternating rounds of {a.repeats} runs each (median of the rounds); forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}; "
              f"read bandwidth {bw:.1f} GB/s (all CPUs).", "",
              "Prefill int8: forgert with `FORGERT_CPU_PREFILL=int8` (one int8 part per activation, as llama.cpp; "

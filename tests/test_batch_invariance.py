@@ -161,11 +161,12 @@ def test_more_decode_rows_than_one_kernel_run(model_files, engine, tiny_tokenize
     check_invariant(eng, tiny_tokenizer.get_vocab_size(), chunk=16, n_decoders=18)
 
 
-@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("threads", [1, 2, 4])
 def test_decode_rows_past_the_key_split(model_files, engine, tiny_tokenizer, threads):
     """Contexts past 256 and 512 keys: a lone decode step splits each KV head's keys into ranges
-    (2 KV heads: 2 ranges with 2 threads from 256 keys, up to 4 with 4 threads from 512), merged
-    by log-sum-exp; a decode row in a batch takes the same ranges and merge, so its bits match."""
+    (2 KV heads: 2 ranges with 2 threads from 256 keys, up to 4 with 4 threads from 512; with one
+    thread, ranges of at most 512 keys), merged by log-sum-exp; a decode row in a batch takes the
+    same ranges and merge, so its bits match."""
     eng = engine(model_files("llama-Q4_0"), threads=threads, n_ctx=LONG_CTX)
     check_invariant(eng, tiny_tokenizer.get_vocab_size(), chunk=48, lengths=(300, 530, 40), late_len=200)
 

@@ -212,6 +212,14 @@ inline void soft_cap_scores(float* s, int nq, int64_t nk, float cap) {
         for (int64_t j = 0; j < nk; j++) s[i * kAttnChunk + j] = cap * std::tanh(s[i * kAttnChunk + j] * inv);
 }
 
+// Asks for one K row and one V row of hd f16 values (every 64-byte line of each) ahead of use.
+inline void prefetch_row(const uint16_t* k, const uint16_t* v, int hd) {
+    for (int c = 0; c < hd; c += 32) {
+        __builtin_prefetch(k + c);
+        __builtin_prefetch(v + c);
+    }
+}
+
 // Online-softmax attention shared by every kernel set: `Ops` supplies the
 // inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
 // Ops supplies: kQueryBlock (queries scored together), load_keys (a chunk of K rows to
@@ -239,7 +247,15 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
     for (int64_t j0 = 0; j0 < max_len; j0 += kAttnChunk) {
         const int64_t nj = std::min<int64_t>(kAttnChunk, max_len - j0);
         Ops::load_keys(k + j0 * kv_stride, kv_stride, nj, hd, kf);
-        for (int64_t j = 0; j < nj; j++) Ops::to_f32(v + (j0 + j) * kv_stride, vf + j * hd, hd);
+        // The next chunk's K and V rows are fetched while this chunk's V rows are converted: a
+        // head's rows lie kv_stride apart (every KV head of a position is one cache row), too
+        // sparse for the hardware prefetchers, and decode attention streams them from DRAM once
+        // the caches of all layers outgrow the CPU's caches (SmolLM2 at 2048 tokens: 47 MB).
+        const int64_t next = std::min<int64_t>(kAttnChunk, max_len - j0 - nj);
+        for (int64_t j = 0; j < nj; j++) {
+            if (j < next) prefetch_row(k + (j0 + nj + j) * kv_stride, v + (j0 + nj + j) * kv_stride, hd);
+            Ops::to_f32(v + (j0 + j) * kv_stride, vf + j * hd, hd);
+        }
         for (int i0 = 0; i0 < nq; i0 += QB) {
             const int nb = std::min(QB, nq - i0);
             int64_t block_keys = 0;  // keys any query of the block sees in this chunk
