@@ -274,3 +274,12 @@ def test_smollm2_decode_rows_alone_equal_batched_with_prefill(smollm2_gguf, engi
     GEMM): the same bit-identity, a 70-token prompt arriving mid-decode in 33-token chunks."""
     eng = engine(smollm2_gguf, threads=2, n_ctx=N_CTX)
     check_invariant(eng, 49152, chunk=33)
+
+
+def test_bad_prefix_marker_is_refused(model_files, engine):
+    """The fifth item of a batch entry (the prefix marker) must be a bool: a clear ValueError."""
+    eng = engine(model_files("llama-Q4_0"))
+    with pytest.raises(ValueError, match="fifth item"):
+        eng.forward_batch([(0, np.asarray([1, 2, 3], np.int32), 0, None, "yes")])
+    with pytest.raises(ValueError, match="slot, tokens, pos"):
+        eng.forward_batch([(0, np.asarray([1, 2], np.int32), 0, None, True, 7)])
