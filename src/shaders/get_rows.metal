@@ -6,7 +6,7 @@
 // window). Float tables: a lane per column, a simdgroup's load whole lines. Quantized
 // tables (issue 14): their blocks are only 2-byte aligned inside a row, so lanes reading
 // fields of their block straddle lines and re-read scales; instead a simdgroup copies a
-// window of the row into threadgroup memory in whole 16-byte pieces from its first 64-byte
+// window of the row into threadgroup memory in whole 16-byte pieces from its first 128-byte
 // boundary (stage_bytes.h, as the staged GEMVs do) and decodes the copy.
 #include <metal_stdlib>
 using namespace metal;
@@ -58,7 +58,7 @@ kernel void get_rows_staged(
     }
     const ulong off = ulong(id) * args.table_stride + ulong(c0 / args.block_cols) * ulong(args.block_bytes);
     threadgroup const char* row = mv_stage_bytes(table + off, n / args.block_cols * args.block_bytes,
-                                                 int((ulong(args.table_align) + off) % 64), stage, tiisg);
+                                                 int((ulong(args.table_align) + off) % 128), stage, tiisg);
     simdgroup_barrier(mem_flags::mem_threadgroup);
     for (int c = tiisg; c < n; c += FG_SIMD_WIDTH) o[c] = fg_weight_at<fg_threadgroup_space>(row, TYPE, c);
 }

@@ -30,7 +30,7 @@
 // mul_mv_staged_<type> (every weight type; mul_mv_swiglu_staged_, mul_mv_id_staged_ alike): the
 // same product with every device load covering whole lines: each simdgroup copies its rows a
 // window of FG_MV_WINDOW_BLOCKS 32-weight blocks at a time into threadgroup memory (16-byte
-// pieces from 64-byte boundaries), the threadgroup x's window once; then as mul_mv from there.
+// pieces from 128-byte boundaries), the threadgroup x's window once; then dots it, 8 lanes a block.
 // x is requested once per threadgroup, so a threadgroup takes as many rows as the matrix allows
 // while still filling the GPU (the rule and why: metal_ops.cpp, gemv_tg_rows): args.sg_rows rows
 // per simdgroup (FG_MV_ROWS_PER_SIMDGROUP or FG_MV_STAGED_MAX_SG_ROWS), up to 32 simdgroups.
@@ -38,9 +38,10 @@
 // threadgroup memory 0: FG_MV_STAGED_TG_BYTES(window bytes of the type, simdgroups)
 #define FG_MV_WINDOW_BLOCKS 16
 #define FG_MV_STAGED_MAX_SG_ROWS 8
-// x's window: 32-float blocks FG_MV_X_PITCH floats apart (the float4 accesses of 16 lane pairs,
-// a block each, spread over all 32 banks)
-#define FG_MV_X_PITCH 36
+// x's window: 32-float blocks FG_MV_X_PITCH floats apart, 16 banks (of 4 bytes) from one block to
+// the next: the 4-bit types' lanes read float2s of 4 chunks at once (mul_mv_parts.h), 16 words of
+// each, and chunks c and c + 1 take the two halves of the 32 banks
+#define FG_MV_X_PITCH 48
 // x's window, then per simdgroup a window of one row (window_bytes: FG_MV_WINDOW_BLOCKS blocks of
 // the type; 0 for float weights, which load directly) plus its alignment offset and a partial piece
 #define FG_MV_STAGED_TG_BYTES(window_bytes, simdgroups) \
@@ -55,7 +56,7 @@ typedef struct {
     int32_t w_vec4;       // 1: float weight rows allow 4-wide loads (cols % 4 == 0, aligned)
     int32_t accumulate;   // 1: out += w x (the residual add fused in); 0: out = w x
     int32_t gelu;         // mul_mv_swiglu only: 1: the gate's activation is tanh-GELU (GeGLU), 0: SiLU
-    int32_t w_align;      // staged kernels: address of w's first byte % 64 (where its lines start)
+    int32_t w_align;      // staged kernels: address of w's first byte % 128 (where its lines start)
     int32_t w_up_align;   // the same for mul_mv_swiglu's w_up
     int32_t sg_rows;      // staged kernels: rows per simdgroup (<= FG_MV_STAGED_MAX_SG_ROWS)
     int32_t pad0;
@@ -256,7 +257,7 @@ typedef struct {
     uint64_t out_stride;
     int32_t table_rows;
     int32_t cols;
-    int32_t table_align;  // the table's address % 64 (quantized tables)
+    int32_t table_align;  // the table's address % 128 (quantized tables)
     int32_t block_cols;   // weights per block (quantized tables)
     int32_t block_bytes;  // bytes per block (quantized tables)
     int32_t pad0;

@@ -1,7 +1,8 @@
-// The decode GEMV's parts shared by mul_mv.metal (direct loads) and mul_mv_staged.metal
-// (weights and x through threadgroup memory): each weight type's dot product over half a
-// 32-weight block, the rows a simdgroup owns, the final reduction and store, and a mixture-of-
-// experts slot's rows. One simdgroup owns MV_NR rows; lanes pair up on a block.
+// The decode GEMV's parts: each weight type's dot product over half a 32-weight block
+// (mul_mv.metal's direct loads: lanes pair up on a block), and, shared with mul_mv_staged.metal
+// (weights and x through threadgroup memory; its dots: mul_mv_parts.h), the rows a simdgroup
+// owns, the final reduction and store, and a mixture-of-experts slot's rows. One simdgroup of
+// mul_mv.metal owns MV_NR rows.
 #ifndef FORGERT_MUL_MV_H
 #define FORGERT_MUL_MV_H
 
@@ -26,8 +27,8 @@ static inline void load_x8(fg_ptr<S, float> p, bool vec4, thread float* xv) {
 // Quantized weights. Lanes work in pairs on one block: lane parity `il` picks half
 // of the block, so a simdgroup covers 16 blocks (512 weights) of a row per step.
 // Each type says which 16 x values its half needs (load_x) and how to dot them, reading
-// its blocks from address space S (fg_device_space, or fg_threadgroup_space: the staged
-// kernels' copy); `window_bytes`: the bytes of FG_MV_WINDOW_BLOCKS 32-weight chunks.
+// its blocks from address space S (fg_device_space); `window_bytes`: the bytes of
+// FG_MV_WINDOW_BLOCKS 32-weight chunks (also the staged kernels' copy, mul_mv_parts.h).
 // ---------------------------------------------------------------------------------
 
 // What a weight type's reader is, for the kernels that take both: 32-weight blocks (the dot

@@ -1,14 +1,15 @@
 // The decode GEMV with every device load covering whole cache lines, and x read once per
 // threadgroup (issue 14). Quantized weights: mul_mv.metal's lanes each read a field of their own
 // block, so one simdgroup load touches many lines for a few bytes of each. Here each simdgroup
-// first copies a window of
-// FG_MV_WINDOW_BLOCKS blocks of one of its rows into threadgroup memory: 16-byte pieces from the
-// row's first 64-byte boundary (a load: 32 lanes x 16 bytes, whole lines), bytes before it and
-// after the last whole piece (each within one line); then the lanes dot that copy exactly as
-// mul_mv's do. The threadgroup loads x's window once for all its simdgroups, so x is requested
-// once per threadgroup (32 to 256 rows: the host picks how many simdgroups and args.sg_rows rows
-// each, by the matrix's rows, metal_ops.cpp) rather than per simdgroup of 4. Float weights load
-// whole lines directly; only their x is staged. Threadgroup memory is sized by the host
+// first copies a window of FG_MV_WINDOW_BLOCKS blocks of one of its rows into threadgroup memory
+// (stage_bytes.h: 16-byte pieces from the row's first 128-byte boundary, a load of 32 lanes x 16
+// bytes covering 4 whole lines; the bytes before it and after the last whole piece within their
+// lines); then 8 lanes (Q8_0: 16) share each 32-weight chunk of the copy, so that each read
+// instruction stays within 128 bytes, one word per bank (mul_mv_parts.h). The threadgroup loads
+// x's window once for all its simdgroups, so x is requested once per threadgroup (32 to 256
+// rows: the host picks how many simdgroups and args.sg_rows rows each, by the matrix's rows,
+// metal_ops.cpp) rather than per simdgroup of 4. Float weights load whole lines directly; only
+// their x is staged. Threadgroup memory is sized by the host
 // (FG_MV_STAGED_TG_BYTES), for the simdgroups it launches.
 //
 // The direct kernels stay (FORGERT_METAL_GEMV=direct): whether the extra threadgroup traffic
@@ -17,11 +18,10 @@
 #include <metal_stdlib>
 using namespace metal;
 
-#include "mul_mv.h"
-#include "stage_bytes.h"
+#include "mul_mv_parts.h"
 
-// x's window in threadgroup memory: 32-float blocks MV_X_PITCH floats apart, so the float4 loads
-// of 16 lane pairs (one block each) and the stores spread over all 32 banks.
+// x's window in threadgroup memory: 32-float blocks MV_X_PITCH floats apart (kernel_args.h), so the
+// parts' x loads (mul_mv_parts.h) and the stores spread over all 32 banks.
 #define MV_X_PITCH FG_MV_X_PITCH
 #define MV_X_STAGE (FG_MV_WINDOW_BLOCKS * MV_X_PITCH)
 // Rows per simdgroup the kernels hold sums for (args.sg_rows of them are used).
@@ -54,26 +54,34 @@ static inline void mv_window_x(constant mul_mv_args& args, device const float* x
     threadgroup_barrier(mem_flags::mem_threadgroup);
 }
 
-// The lane sums of NW * MV_SG_ROWS rows (wrow, each at address % 64 walign; the first nrows of
+// The lane sums of NW * MV_SG_ROWS rows (wrow, each at address % 128 walign; the first nrows of
 // each matrix are the simdgroup's: nrows <= args.sg_rows, past the matrix's last row excluded) with
-// x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time: lane pair ix dots chunk ix of the
-// window. Quantized weights: each row's window copied to `stage` first. nthreads: the threadgroup's.
+// x row xr, a window of FG_MV_WINDOW_BLOCKS chunks at a time, each row's window copied to `stage`
+// first. Q::lanes lanes share a chunk (mul_mv_parts.h): lane tiisg takes part tiisg % lanes of
+// chunks g, g + chunks, ... (g = tiisg / lanes), so each read instruction covers `chunks`
+// consecutive chunks. nthreads: the threadgroup's.
 template <typename Q, int NW>
 static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, device const char* thread* wrow,
                                   thread const int* walign, device const float* xr, threadgroup float* xs,
                                   threadgroup uint4* stage, int nrows, ushort tid, ushort nthreads, ushort tiisg,
                                   thread float* sum) {
+    const int chunks = FG_SIMD_WIDTH / Q::lanes;       // per read instruction: 4 (Q8_0: 2)
+    const int steps = FG_MV_WINDOW_BLOCKS / chunks;    // per window: 4 (8)
+    const int nx = FG_QK / Q::lanes;                   // x values of a lane's part: 4 (2)
     const int nb = args.cols / FG_QK;
-    const int ix = tiisg / 2;
-    const int il = tiisg % 2;
-    float xv[16];
+    const int g = tiisg / Q::lanes;
+    const int part = tiisg % Q::lanes;
+    float xv[16];   // [steps][nx]
+    float xsum[8];  // [steps]
     for (int c0 = 0; c0 < nb; c0 += FG_MV_WINDOW_BLOCKS) {
         const int nbw = min(FG_MV_WINDOW_BLOCKS, nb - c0);
         mv_window_x(args, xr, c0 * FG_QK, nbw * FG_QK, xs, tid, nthreads);
-        float xsum = 0.0f;
-        if (ix < nbw) {
-            Q::template load_x<fg_threadgroup_space>(xs + ix * MV_X_PITCH, il, true, xv);
-            for (int i = 0; i < 16; ++i) xsum += xv[i];
+        for (int s = 0; s < steps; ++s) {
+            const int c = s * chunks + g;
+            xsum[s] = 0.0f;
+            if (c >= nbw) break;
+            Q::load_x(xs + c * MV_X_PITCH, part, xv + s * nx);
+            for (int i = 0; i < nx; ++i) xsum[s] += xv[s * nx + i];
         }
         // window bytes: whole blocks (K-quants: FG_MV_WINDOW_BLOCKS / 8 super-blocks)
         const int off = c0 / FG_MV_WINDOW_BLOCKS * Q::window_bytes;
@@ -81,9 +89,14 @@ static inline void mv_staged_sums(mv_block_layout, constant mul_mv_args& args, d
         for (int r = 0; r < NW * MV_SG_ROWS; ++r) {
             if (r % MV_SG_ROWS >= nrows) continue;  // not this simdgroup's row (uniform in it)
             simdgroup_barrier(mem_flags::mem_threadgroup);  // the lanes are done with the last copy
-            threadgroup const char* row = mv_stage_bytes(wrow[r] + off, n, (walign[r] + off) % 64, stage, tiisg);
+            threadgroup const char* row = mv_stage_bytes(wrow[r] + off, n, (walign[r] + off) % 128, stage, tiisg);
             simdgroup_barrier(mem_flags::mem_threadgroup);
-            if (ix < nbw) sum[r] += Q::template dot<fg_threadgroup_space>(row, ix, il, xv, xsum);
+            const bool a4 = (walign[r] + off) % 4 == 0;  // the copy keeps the row's address % 16
+            for (int s = 0; s < steps; ++s) {
+                const int c = s * chunks + g;
+                if (c >= nbw) break;
+                sum[r] += Q::dot(row, c, part, xv + s * nx, xsum[s], a4);
+            }
         }
     }
 }
@@ -115,13 +128,13 @@ static inline void mv_staged_sums(mv_float_layout, constant mul_mv_args& args, d
     }
 }
 
-// Address % 64 of each row mv_row_pointers gives, from the address % 64 of w (w2).
+// Address % 128 of each row mv_row_pointers gives, from the address % 128 of w (w2).
 template <int NW>
 static inline void mv_row_aligns(constant mul_mv_args& args, int w_align, int w2_align, int r0, thread int* walign) {
     for (int r = 0; r < MV_SG_ROWS; ++r) {
         const ulong row = ulong(min(r0 + r, args.rows - 1)) * args.w_stride;
-        walign[r] = int((ulong(w_align) + row) % 64);
-        if (NW == 2) walign[MV_SG_ROWS + r] = int((ulong(w2_align) + row) % 64);
+        walign[r] = int((ulong(w_align) + row) % 128);
+        if (NW == 2) walign[MV_SG_ROWS + r] = int((ulong(w2_align) + row) % 128);
     }
 }
 
@@ -210,7 +223,7 @@ kernel void mul_mv_id_staged(
     if (s.valid) {  // uniform across the threadgroup: its barriers are all reached or none
         device const char* wrow[MV_SG_ROWS];
         int walign[MV_SG_ROWS];
-        const int a = int((ulong(args.mv.w_align) + s.w_offset) % 64);
+        const int a = int((ulong(args.mv.w_align) + s.w_offset) % 128);
         mv_row_pointers<1, MV_SG_ROWS>(args.mv, s.w, s.w, r0, wrow);
         mv_row_aligns<1>(args.mv, a, a, r0, walign);
         mv_staged_sums<Q, 1>(typename Q::layout(), args.mv, wrow, walign, s.x, mv_x_stage(shmem),
@@ -220,54 +233,54 @@ kernel void mul_mv_id_staged(
     mv_store<1, MV_SG_ROWS>(args.mv, sum, s.o, r0, tiisg, args.mv.sg_rows);
 }
 
-typedef decltype(mul_mv_staged<q8_0_dot>) mul_mv_staged_t;
-template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged<q8_0_dot>;
-template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged<q4_0_dot>;
-template [[host_name("mul_mv_staged_q4_1")]] kernel mul_mv_staged_t mul_mv_staged<q4_1_dot>;
-template [[host_name("mul_mv_staged_q5_0")]] kernel mul_mv_staged_t mul_mv_staged<q5_0_dot>;
-template [[host_name("mul_mv_staged_q5_1")]] kernel mul_mv_staged_t mul_mv_staged<q5_1_dot>;
-template [[host_name("mul_mv_staged_q2_K")]] kernel mul_mv_staged_t mul_mv_staged<q2_K_dot>;
-template [[host_name("mul_mv_staged_q3_K")]] kernel mul_mv_staged_t mul_mv_staged<q3_K_dot>;
-template [[host_name("mul_mv_staged_q4_K")]] kernel mul_mv_staged_t mul_mv_staged<q4_K_dot>;
-template [[host_name("mul_mv_staged_q5_K")]] kernel mul_mv_staged_t mul_mv_staged<q5_K_dot>;
-template [[host_name("mul_mv_staged_q6_K")]] kernel mul_mv_staged_t mul_mv_staged<q6_K_dot>;
-template [[host_name("mul_mv_staged_iq4_nl")]] kernel mul_mv_staged_t mul_mv_staged<iq4_nl_dot>;
-template [[host_name("mul_mv_staged_iq4_xs")]] kernel mul_mv_staged_t mul_mv_staged<iq4_xs_dot>;
-template [[host_name("mul_mv_staged_mxfp4")]] kernel mul_mv_staged_t mul_mv_staged<mxfp4_dot>;
+typedef decltype(mul_mv_staged<q8_0_part>) mul_mv_staged_t;
+template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged<q8_0_part>;
+template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged<q4_0_part>;
+template [[host_name("mul_mv_staged_q4_1")]] kernel mul_mv_staged_t mul_mv_staged<q4_1_part>;
+template [[host_name("mul_mv_staged_q5_0")]] kernel mul_mv_staged_t mul_mv_staged<q5_0_part>;
+template [[host_name("mul_mv_staged_q5_1")]] kernel mul_mv_staged_t mul_mv_staged<q5_1_part>;
+template [[host_name("mul_mv_staged_q2_K")]] kernel mul_mv_staged_t mul_mv_staged<q2_K_part>;
+template [[host_name("mul_mv_staged_q3_K")]] kernel mul_mv_staged_t mul_mv_staged<q3_K_part>;
+template [[host_name("mul_mv_staged_q4_K")]] kernel mul_mv_staged_t mul_mv_staged<q4_K_part>;
+template [[host_name("mul_mv_staged_q5_K")]] kernel mul_mv_staged_t mul_mv_staged<q5_K_part>;
+template [[host_name("mul_mv_staged_q6_K")]] kernel mul_mv_staged_t mul_mv_staged<q6_K_part>;
+template [[host_name("mul_mv_staged_iq4_nl")]] kernel mul_mv_staged_t mul_mv_staged<iq4_nl_part>;
+template [[host_name("mul_mv_staged_iq4_xs")]] kernel mul_mv_staged_t mul_mv_staged<iq4_xs_part>;
+template [[host_name("mul_mv_staged_mxfp4")]] kernel mul_mv_staged_t mul_mv_staged<mxfp4_part>;
 template [[host_name("mul_mv_staged_f32")]] kernel mul_mv_staged_t mul_mv_staged<f32_row>;
 template [[host_name("mul_mv_staged_f16")]] kernel mul_mv_staged_t mul_mv_staged<f16_row>;
 template [[host_name("mul_mv_staged_bf16")]] kernel mul_mv_staged_t mul_mv_staged<bf16_row>;
-typedef decltype(mul_mv_swiglu_staged<q8_0_dot>) mul_mv_swiglu_staged_t;
-template [[host_name("mul_mv_swiglu_staged_q8_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q8_0_dot>;
-template [[host_name("mul_mv_swiglu_staged_q4_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_0_dot>;
-template [[host_name("mul_mv_swiglu_staged_q4_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_1_dot>;
-template [[host_name("mul_mv_swiglu_staged_q5_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_0_dot>;
-template [[host_name("mul_mv_swiglu_staged_q5_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_1_dot>;
-template [[host_name("mul_mv_swiglu_staged_q2_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q2_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q3_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q3_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q4_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q5_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_q6_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q6_K_dot>;
-template [[host_name("mul_mv_swiglu_staged_iq4_nl")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_nl_dot>;
-template [[host_name("mul_mv_swiglu_staged_iq4_xs")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_xs_dot>;
-template [[host_name("mul_mv_swiglu_staged_mxfp4")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<mxfp4_dot>;
+typedef decltype(mul_mv_swiglu_staged<q8_0_part>) mul_mv_swiglu_staged_t;
+template [[host_name("mul_mv_swiglu_staged_q8_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q8_0_part>;
+template [[host_name("mul_mv_swiglu_staged_q4_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_0_part>;
+template [[host_name("mul_mv_swiglu_staged_q4_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_1_part>;
+template [[host_name("mul_mv_swiglu_staged_q5_0")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_0_part>;
+template [[host_name("mul_mv_swiglu_staged_q5_1")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_1_part>;
+template [[host_name("mul_mv_swiglu_staged_q2_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q2_K_part>;
+template [[host_name("mul_mv_swiglu_staged_q3_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q3_K_part>;
+template [[host_name("mul_mv_swiglu_staged_q4_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q4_K_part>;
+template [[host_name("mul_mv_swiglu_staged_q5_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q5_K_part>;
+template [[host_name("mul_mv_swiglu_staged_q6_K")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<q6_K_part>;
+template [[host_name("mul_mv_swiglu_staged_iq4_nl")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_nl_part>;
+template [[host_name("mul_mv_swiglu_staged_iq4_xs")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<iq4_xs_part>;
+template [[host_name("mul_mv_swiglu_staged_mxfp4")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<mxfp4_part>;
 template [[host_name("mul_mv_swiglu_staged_f32")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<f32_row>;
 template [[host_name("mul_mv_swiglu_staged_f16")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<f16_row>;
 template [[host_name("mul_mv_swiglu_staged_bf16")]] kernel mul_mv_swiglu_staged_t mul_mv_swiglu_staged<bf16_row>;
-typedef decltype(mul_mv_id_staged<q8_0_dot>) mul_mv_id_staged_t;
-template [[host_name("mul_mv_id_staged_q8_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q8_0_dot>;
-template [[host_name("mul_mv_id_staged_q4_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_0_dot>;
-template [[host_name("mul_mv_id_staged_q4_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_1_dot>;
-template [[host_name("mul_mv_id_staged_q5_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_0_dot>;
-template [[host_name("mul_mv_id_staged_q5_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_1_dot>;
-template [[host_name("mul_mv_id_staged_q2_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q2_K_dot>;
-template [[host_name("mul_mv_id_staged_q3_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q3_K_dot>;
-template [[host_name("mul_mv_id_staged_q4_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_K_dot>;
-template [[host_name("mul_mv_id_staged_q5_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_K_dot>;
-template [[host_name("mul_mv_id_staged_q6_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q6_K_dot>;
-template [[host_name("mul_mv_id_staged_iq4_nl")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_nl_dot>;
-template [[host_name("mul_mv_id_staged_iq4_xs")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_xs_dot>;
-template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_mv_id_staged<mxfp4_dot>;
+typedef decltype(mul_mv_id_staged<q8_0_part>) mul_mv_id_staged_t;
+template [[host_name("mul_mv_id_staged_q8_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q8_0_part>;
+template [[host_name("mul_mv_id_staged_q4_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_0_part>;
+template [[host_name("mul_mv_id_staged_q4_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_1_part>;
+template [[host_name("mul_mv_id_staged_q5_0")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_0_part>;
+template [[host_name("mul_mv_id_staged_q5_1")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_1_part>;
+template [[host_name("mul_mv_id_staged_q2_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q2_K_part>;
+template [[host_name("mul_mv_id_staged_q3_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q3_K_part>;
+template [[host_name("mul_mv_id_staged_q4_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q4_K_part>;
+template [[host_name("mul_mv_id_staged_q5_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q5_K_part>;
+template [[host_name("mul_mv_id_staged_q6_K")]] kernel mul_mv_id_staged_t mul_mv_id_staged<q6_K_part>;
+template [[host_name("mul_mv_id_staged_iq4_nl")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_nl_part>;
+template [[host_name("mul_mv_id_staged_iq4_xs")]] kernel mul_mv_id_staged_t mul_mv_id_staged<iq4_xs_part>;
+template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_mv_id_staged<mxfp4_part>;
 template [[host_name("mul_mv_id_staged_f32")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f32_row>;
 template [[host_name("mul_mv_id_staged_f16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f16_row>;
 template [[host_name("mul_mv_id_staged_bf16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<bf16_row>;

@@ -34,16 +34,23 @@ struct mv_to_pieces {
 };
 
 // Bytes [0, n) at src into dst (threadgroup, 16-byte aligned) from dst + (address of src) % 16,
-// so that the copy's blocks keep their alignment; `align`: src's address % 64. Returns the copy.
+// so that the copy's blocks keep their alignment; `align`: src's address % 128. Returns the copy.
+// Loads: the bytes before the first 64-byte boundary, then (where that boundary is not a 128-byte
+// one) the 4 pieces up to the next, then 16-byte pieces from a 128-byte boundary (32 lanes: 4
+// whole 128-byte lines), then the bytes after the last whole piece: each load within whole 64-
+// and 128-byte lines but the first and last partial ones.
 static inline threadgroup const char* mv_stage_bytes(device const char* src, int n, int align,
                                                      threadgroup uint4* dst, ushort lane) {
     threadgroup char* out = (threadgroup char*)dst + align % 16;
-    const int head = min(n, (64 - align) % 64);        // up to the first line boundary
-    const int pieces = (n - head) / 16;                // whole 16-byte pieces from there
+    const int head = min(n, (64 - align % 64) % 64);          // up to the first 64-byte boundary
+    const int pieces = (n - head) / 16;                       // whole 16-byte pieces from there
+    const int lead = min(pieces, (128 - (align + head) % 128) % 128 / 16);  // to a 128-byte one: 0 or 4
     const int tail = head + 16 * pieces;
+    device const uint4* src_pieces = (device const uint4*)(src + head);
+    threadgroup uint4* out_pieces = (threadgroup uint4*)(out + head);
     mv_copy(src, mv_to_bytes{out}, head, lane, FG_SIMD_WIDTH);
-    mv_copy((device const uint4*)(src + head), mv_to_pieces{(threadgroup uint4*)(out + head)}, pieces, lane,
-            FG_SIMD_WIDTH);
+    mv_copy(src_pieces, mv_to_pieces{out_pieces}, lead, lane, FG_SIMD_WIDTH);
+    mv_copy(src_pieces + lead, mv_to_pieces{out_pieces + lead}, pieces - lead, lane, FG_SIMD_WIDTH);
     mv_copy(src + tail, mv_to_bytes{out + tail}, n - tail, lane, FG_SIMD_WIDTH);
     return out;
 }

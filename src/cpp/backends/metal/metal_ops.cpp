@@ -181,7 +181,8 @@ GemvKernel gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_t
     return k;
 }
 
-int32_t line_offset(const Tensor& t) { return (int32_t)(reinterpret_cast<uintptr_t>(t.data()) % 64); }
+// Where a tensor's 128-byte lines start: its address % 128 (the staged copies load whole lines).
+int32_t line_offset(const Tensor& t) { return (int32_t)(reinterpret_cast<uintptr_t>(t.data()) % 128); }
 
 mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
     mul_mv_args a{};
