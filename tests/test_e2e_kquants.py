@@ -97,14 +97,20 @@ def test_file_has_the_mix(kq, mix, fmt):
 
 
 def test_logits_match_transformers(forgert, kq, fmt, reference):
-    """Prefill of 128 tokens (CPU: f32 GEMM over dequantized K-quant panels). Measured max_rel
+    """Prefill of 128 tokens. Every row through the f32 GEMM over dequantized K-quant panels (before
+    the row classes) measured max_rel
     9.3e-5 / 5.1e-5 / 1.1e-4 / 2.4e-4 / 8.8e-5, rms_rel 3.8e-5 / 1.5e-5 / 4.8e-5 / 5.5e-5 / 2.2e-5
     (avx512-vnni; the generic set's int8 path: max_rel 1.4e-3 / 1.1e-3 / 1.1e-3 / 1.0e-3 / 7.8e-4,
-    rms_rel 7.2e-4 / 6.5e-4 / 5.5e-4 / 6.0e-4 / 4.5e-4, bound 3e-3 / 2e-3), argmax 1.0."""
+    rms_rel 7.2e-4 / 6.5e-4 / 5.5e-4 / 6.0e-4 / 4.5e-4, bound 3e-3 / 2e-3), argmax 1.0. Since the
+    row classes (docs/design.md "Batch invariance") the rows at positions below 15 take the decode
+    kernels whatever the chunk, and every later row attends to their K/V: the whole prompt is held
+    to the decode path's bounds (avx512-vnni measured max_rel 7.8e-4 / 1.0e-3 / 7.1e-4 / 6.8e-4 /
+    4.7e-4, rms_rel 5.4e-4 / 5.7e-4 / 3.1e-4 / 5.2e-4 / 2.6e-4: the decode path's error, where the
+    all-GEMM prefill had the figures above)."""
     ids = token_ids(kq, 128, 2)
     m = forgert.Model(str(kq.path(fmt)), backend="cpu")
     out = m.logits(ids)
-    compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt), what=f"{fmt} prefill")
+    compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt, n_tokens=1), what=f"{fmt} prefill")
 
 
 def test_decode_logits_match_transformers(forgert, kq, fmt, reference):

@@ -116,7 +116,7 @@ class CountingEngine:
         return getattr(self._engine, name)
 
     def _count(self, entries):
-        self.tokens += sum(len(tokens) for _, tokens, _ in entries)
+        self.tokens += sum(len(entry[1]) for entry in entries)   # (slot, tokens, pos, ...)
 
     def forward_batch(self, entries):
         self._count(entries)

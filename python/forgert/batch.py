@@ -12,8 +12,10 @@ are copied into theirs (_core.Engine.kv_copy) and each evaluates the last token 
 row, so every choice samples from the same logits as if it had prefilled alone.
 
 As in Model's single-sequence path, a prompt's last token is evaluated alone as a decode row,
-after its prefix was prefilled in chunks: at temperature 0 a prompt gives the same tokens in a
-batch as alone (up to near-ties in f32 summation order, see tests/test_batch_generate.py).
+after its prefix was prefilled in chunks. On the CPU the engine runs every decode row through the
+decode kernels and every prefix row through the prefill GEMM, whatever else shares the step, so a
+sequence's temperature-0 tokens and logits are bit-identical alone and in any batch, prompts
+arriving mid-decode included (README "Identical results"; tests/test_batch_invariance.py).
 
 Sequences that need their logits row in Python (LogitsOptions: logprobs, logit_bias, a grammar)
 run in the same step: the step then asks the engine for every row's logits (forward_batch) and
@@ -282,11 +284,13 @@ class BatchScheduler:
         for s in self.running:
             if not s.decoding and s.leader is None and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
                 a, n = s.n_prefilled, min(budget, len(s.prompt) - 1 - s.n_prefilled)
-                entry, scores = (s.slot, np.array(s.prompt[a:a + n], np.int32), a), None
+                scores = None
                 if s.prompt_logprobs is not None:   # rows a..a+n-1 score prompt tokens a+1..a+n
                     scores = _row_scores(s.prompt[a + 1:a + n + 1], s.options.top_logprobs or 0)
-                    entry += (scores,)
-                entries.append(entry)
+                # marked a prefix chunk (even of one token): the engine runs it through the prefill
+                # GEMM (past position 15), the decode rows through the decode kernels, so neither
+                # depends on the other
+                entries.append((s.slot, np.array(s.prompt[a:a + n], np.int32), a, scores, True))
                 prefills.append((s, n, scores))
                 budget -= n
         chosen, logits = self._evaluate(entries, rows, len(prefills))

@@ -294,6 +294,7 @@ public:
         std::lock_guard<std::mutex> lock(mu_);
         if (!scores) return model_->forward(src, n, pos, false, nullptr);
         BatchEntry entry{0, src, n, pos, &view};
+        entry.prompt_prefix = true;
         model_->forward_batch(&entry, 1, nullptr);
     }
 
@@ -346,7 +347,9 @@ public:
     }
 
     // One batched pass over several sequences: entries is a list of (slot, tokens, pos) or
-    // (slot, tokens, pos, RowScores): that entry's rows are scored too, into the RowScores.
+    // (slot, tokens, pos, RowScores or None[, prefix]): that entry's rows are scored too, into the
+    // RowScores; prefix True marks a chunk of a prompt's prefix (BatchEntry::prompt_prefix: one
+    // token of it is not a decode row).
     // Returns the last token's logits of each entry, f32 [n_entries, vocab].
     py::array_t<float> forward_batch(const py::list& entries) {
         BatchInput in = batch_input(entries);
@@ -499,9 +502,9 @@ private:
             if (!py::isinstance<py::tuple>(t) && !py::isinstance<py::list>(t))
                 throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos)");
             auto tup = t.cast<py::sequence>();
-            if (tup.size() != 3 && tup.size() != 4)
+            if (tup.size() < 3 || tup.size() > 5)
                 throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos) or "
-                                 "(slot, tokens, pos, RowScores)");
+                                 "(slot, tokens, pos, RowScores or None[, prefix])");
             in.tokens.push_back(
                 py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(tup[1]));
             if (!in.tokens.back()) throw InputError("batch entry " + std::to_string(e) + ": tokens must be integers");
@@ -510,13 +513,18 @@ private:
             b.tokens = in.tokens.back().data();
             b.n = checked_count(in.tokens.back());
             b.pos = tup[2].cast<int>();
-            if (tup.size() == 4 && !tup[3].is_none()) {
+            if (tup.size() >= 4 && !tup[3].is_none()) {
                 if (!py::isinstance<PyRowScores>(tup[3]))
                     throw InputError("batch entry " + std::to_string(e) + ": the fourth item must be a RowScores");
                 PyRowScores& s = tup[3].cast<PyRowScores&>();
                 check_scores(s, b.n, "batch entry " + std::to_string(e));
                 in.scores[e] = s.view();
                 b.scores = &in.scores[e];
+            }
+            if (tup.size() == 5) {
+                if (!py::isinstance<py::bool_>(tup[4]))
+                    throw InputError("batch entry " + std::to_string(e) + ": the fifth item (prefix) must be a bool");
+                b.prompt_prefix = tup[4].cast<bool>();
             }
             in.entries.push_back(b);
         }

@@ -48,6 +48,28 @@ struct AttentionParams {
                                     // the softmax denominator only (gpt-oss's attention sinks)
 };
 
+// Which kernels the rows of a pass take (the matmul ops' input rows, attention's query rows),
+// so that a row's result does not depend on the other rows of its pass (docs/design.md "Batch
+// invariance"). Rows [0, n_decode) are decode rows (a sequence's next token, or a prompt's last
+// token, evaluated as a decode step); the others are prompt-prefix rows (K/V for later tokens;
+// their logits are not sampled). matmul_id counts
+// tokens (rows of ids), so slots i*k + j with i < n_decode are decode slots.
+// The CPU backend runs decode rows through its few-token kernels, in runs of at most
+// kMaxDecodeRun rows (each row's bits those of the row alone), and prefix rows through its
+// prefill GEMM whatever their number (each row's bits independent of the chunk it came in);
+// its attention gives a prefix row's query the same kernel whatever its block of rows.
+// By count (n_decode < 0, the default): the backend picks kernels by the number of rows alone.
+// The Metal backend always picks by count: it does not promise batch invariance.
+struct RowClasses {
+    int64_t n_decode = -1;  // < 0: by count
+
+    static RowClasses by_count() { return {}; }
+    static RowClasses decode(int64_t n) { return {n}; }  // rows [0, n) decode, the rest prefix
+    static RowClasses prefix() { return {0}; }           // every row a prompt-prefix row
+    bool by_row_count() const { return n_decode < 0; }
+};
+constexpr int64_t kMaxDecodeRun = 15;  // decode rows per few-token kernel call (the GEMM starts at 16)
+
 // Where each query row of a pass sits: its position in its sequence and the first cache row
 // of its sequence (its KV slot). rope_kv_write and attention take it, so one call serves the
 // rows of every sequence in a batch, each row seeing only its own sequence's cache rows.
@@ -65,6 +87,7 @@ struct RowPositions {
     int max_len = 0;                // with a table: 1 + its largest position (sizes work on a GPU)
     int max_run = 0;                // with a table: the most consecutive rows of one sequence at
                                     // consecutive positions (a prompt chunk; a GPU picks kernels by it)
+    RowClasses classes;             // which rows are decode rows (by count by default)
 };
 
 class Backend {
@@ -136,32 +159,34 @@ public:
     // out[i, r] = sum_c w[r, c] * x[i, c]                    w [rows, cols]; x [n, cols]; out [n, rows]
     // Accuracy: as with f32 activations (a backend that rounds x for integer dot
     // products must keep ~16 bits of it, see cpu_kernels.h BlockQ8Act).
-    virtual void matmul(const Tensor& out, const Tensor& w, const Tensor& x) = 0;
+    // rc: which rows are decode rows (RowClasses above); every matmul op below takes one.
+    virtual void matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses rc = {}) = 0;
     // Several matmuls of one input (Q, K and V; gate and up): outs[i] = ws[i] x^T.
     // A backend may share the input's preparation and one parallel region among them.
-    virtual void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) {
-        for (int i = 0; i < n; i++) matmul(outs[i], ws[i], x);
+    virtual void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x, RowClasses rc = {}) {
+        for (int i = 0; i < n; i++) matmul(outs[i], ws[i], x, rc);
     }
     // out += w x^T: a projection with the residual add fused in.  out [n, rows]; w [rows, cols]; x [n, cols]
     // scratch [n, rows] may be overwritten: a backend without the fused form computes into it.
-    virtual void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) {
-        matmul(scratch, w, x);
+    virtual void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch,
+                            RowClasses rc = {}) {
+        matmul(scratch, w, x, rc);
         add(out, out, scratch);
     }
     // out = silu(w_gate x^T) * (w_up x^T): the first half of a SwiGLU feed-forward.
     // out, scratch [n, rows]; w_gate, w_up [rows, cols]; x [n, cols]; scratch may be overwritten.
     virtual void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                               const Tensor& scratch) {
+                               const Tensor& scratch, RowClasses rc = {}) {
         const Tensor outs[2] = {out, scratch}, ws[2] = {w_gate, w_up};
-        matmul_many(outs, ws, 2, x);
+        matmul_many(outs, ws, 2, x, rc);
         silu_mul(out, out, scratch);
     }
     // out = gelu_tanh(w_gate x^T) * (w_up x^T): the first half of a GeGLU feed-forward (Gemma).
     // Shapes and scratch as matmul_swiglu.
     virtual void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                              const Tensor& scratch) {
+                              const Tensor& scratch, RowClasses rc = {}) {
         const Tensor outs[2] = {out, scratch}, ws[2] = {w_gate, w_up};
-        matmul_many(outs, ws, 2, x);
+        matmul_many(outs, ws, 2, x, rc);
         gelu_mul(out, out, scratch);
     }
     // x[i, :] += b                                                              x [n, dim]; b f32 [dim]
@@ -228,7 +253,7 @@ public:
     // experts: n_expert tensors [rows, cols] of one type; ids i32 [n, k] (each in 0..n_expert);
     // x f32 [n or n*k, cols]; out f32 [n*k, rows]
     virtual void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
-                           const Tensor& ids) {
+                           const Tensor& ids, RowClasses rc = {}) {
         no_moe();
     }
     // out[i, :] += sum_j weights[i, j] * y[i*k + j, :]      out [n, dim]; y [n*k, dim]; weights [n, k]

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <utility>
 
 namespace forgert {
@@ -136,8 +137,17 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     Backend& be = *be_;
     const double t0 = profiling_ ? now_s() : 0;
     ++passes_;
-    int n = 0;
-    for (int e = 0; e < n_entries; e++) n += entries[e].n;
+    // Row classes: the leading decode entries' rows are decode rows, the rest prefix rows.
+    int n = 0, n_decode = 0;
+    for (int e = 0; e < n_entries; e++) {
+        const int d = entries[e].decode_rows();
+        if ((d != 0 && d != entries[e].n) || (d > 0 && n_decode < n))
+            throw std::logic_error("run_layers: entries of one class each, decode entries first");
+        n += entries[e].n;
+        if (d > 0) n_decode = n;
+    }
+    rows_ = RowClasses::decode(n_decode);
+    const RowClasses rc = rows_;
     Tensor ids = make_tensor(ids_.buf, 0, DType::I32, n, 1);  // [n] as a column
     if (device_ids) {
         ids = *device_ids;  // a pipelined decode step: one entry, its id already on the device
@@ -173,6 +183,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         be.write(row_table, row_pos_host_.data(), row_pos_host_.size() * sizeof(int32_t));
         at = RowPositions(row_table, max_len, max_run);
     }
+    at.classes = rc;  // attention's query rows: decode rows alone, prefix rows whatever their block
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
@@ -189,8 +200,8 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     // between the projection and the add, so there the projection goes to scratch first and
     // the norm carries the add.
     auto add_projection = [&](const Tensor& w, const Tensor& in, const Tensor& post_norm) {
-        if (!post_norm.rows) return be.matmul_add(x, w, in, proj);
-        be.matmul(proj, w, in);
+        if (!post_norm.rows) return be.matmul_add(x, w, in, proj, rc);
+        be.matmul(proj, w, in, rc);
         be.add_rms_norm(x, proj, post_norm, cfg_.rms_eps);  // x += rms_norm(proj) * post_norm
     };
     for (int l = 0; l < cfg_.n_layers; l++) {
@@ -198,7 +209,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         // attention block
         be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
         const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
-        be.matmul_many(qkv_out, qkv_w, 3, xn);
+        be.matmul_many(qkv_out, qkv_w, 3, xn, rc);
         // Biases wherever the file has them (Qwen2 always, Llama with attention_bias).
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
@@ -223,9 +234,9 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         if (cfg_.is_moe())
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
         else if (cfg_.ffn_gelu)
-            be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
+            be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else
-            be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up);  // gate = silu(w_gate xn) * (w_up xn)
+            be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
         if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
@@ -239,25 +250,26 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
     const Tensor logits = router_logits_.slice_rows(0, n), ids = route_ids_.slice_rows(0, n),
                  w = route_w_.slice_rows(0, n), eg = exp_gate_.slice_rows(0, (int64_t)n * k),
                  eu = exp_up_.slice_rows(0, (int64_t)n * k), ey = exp_out_.slice_rows(0, (int64_t)n * k);
-    be.matmul(logits, L.router, xn);                     // [n, n_expert]
+    const RowClasses rc = rows_;
+    be.matmul(logits, L.router, xn, rc);                 // [n, n_expert]
     if (L.router_b.rows) be.add_bias(logits, L.router_b);
     be.moe_route(w, ids, logits, cfg_.expert_norm_topk);  // top-k ids and weights, on the device
-    be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids);   // [n*k, expert_ffn_dim]
-    be.matmul_id(eu, L.up_exps.data(), ne, xn, ids);
+    be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids, rc);  // [n*k, expert_ffn_dim]
+    be.matmul_id(eu, L.up_exps.data(), ne, xn, ids, rc);
     if (L.gate_exps_b.rows) be.add_bias_id(eg, L.gate_exps_b, ids);  // each slot's expert's bias (gpt-oss)
     if (L.up_exps_b.rows) be.add_bias_id(eu, L.up_exps_b, ids);
     if (cfg_.swiglu_limit > 0.0f)
         be.swiglu_oai(eg, eg, eu, cfg_.swiglu_alpha, cfg_.swiglu_limit);  // gpt-oss's clamped SwiGLU
     else
         be.silu_mul(eg, eg, eu);
-    be.matmul_id(ey, L.down_exps.data(), ne, eg, ids);   // [n*k, dim]
+    be.matmul_id(ey, L.down_exps.data(), ne, eg, ids, rc);  // [n*k, dim]
     if (L.down_exps_b.rows) be.add_bias_id(ey, L.down_exps_b, ids);
     be.moe_sum_add(x, ey, w);                            // x += sum_j w[:, j] expert_j
     if (cfg_.shared_ffn_dim > 0) {                       // x += sigmoid(g xn) * shared(xn)
         const Tensor scale = shared_scale_.slice_rows(0, n);
-        be.matmul_swiglu(gate, L.shared_gate, L.shared_up, xn, up);
-        be.matmul(proj, L.shared_down, gate);
-        be.matmul(scale, L.shared_gate_inp, xn);
+        be.matmul_swiglu(gate, L.shared_gate, L.shared_up, xn, up, rc);
+        be.matmul(proj, L.shared_down, gate, rc);
+        be.matmul(scale, L.shared_gate_inp, xn, rc);
         be.scale_sigmoid(proj, scale);
         be.add(x, x, proj);
     }
@@ -269,16 +281,21 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
     for (int done = 0; done < n; done += max_batch_) {
         const int m = std::min(max_batch_, n - done);
         const bool last_chunk = done + m == n;
-        const BatchEntry chunk{0, tokens + done, m, pos + done};
+        BatchEntry chunk{0, tokens + done, m, pos + done};
+        chunk.prompt_prefix = !logits;  // K/V only: a prefix chunk even of one token
+        // Its decode rows (positions below kMaxDecodeRun) and prefix rows as two entries; the rows
+        // stay in position order.
+        const BatchEntry* parts = decode_first(&chunk, 1);
+        const int n_parts = n_ordered_;
         if (!logits || (!all_logits && !last_chunk)) {  // only the KV cache of this chunk is needed
             be_->begin();
-            run_layers(&chunk, 1);
+            run_layers(parts, n_parts);
             be_->commit();
             be_->wait();
             continue;
         }
         be_->begin();
-        run_layers(&chunk, 1);
+        run_layers(parts, n_parts);
         const double t0 = profiling_ ? now_s() : 0;
         // Logits of every row of this chunk, or of its last row only.
         const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
@@ -289,7 +306,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         }
         Tensor out = logits_.slice_rows(0, nr);
         be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
-        be_->matmul(out, w_.output, hn);
+        be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
         if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
         be_->commit();
         be_->wait();
@@ -327,13 +344,46 @@ Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
         be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
         be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
     }
-    be_->matmul(out, w_.output, hn);
+    int n_decode = 0;  // entries whose last row is a decode row: they lead (run_layers)
+    while (n_decode < n_entries && entries[n_decode].decode_rows() > 0) n_decode++;
+    be_->matmul(out, w_.output, hn, RowClasses::decode(n_decode));
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
     return out;
 }
 
-void LlamaModel::forward_batch(const BatchEntry* entries, int n_entries, float* logits) {
-    check_batch(entries, n_entries);
+const BatchEntry* LlamaModel::decode_first(const BatchEntry* entries, int n_entries) {
+    ordered_.clear();
+    last_of_.assign(n_entries, -1);
+    for (int e = 0; e < n_entries; e++) {  // decode entries and decode parts, in the given order
+        const int d = entries[e].decode_rows();
+        if (d == 0) continue;
+        BatchEntry part = entries[e];
+        part.n = d;
+        ordered_.push_back(part);
+        if (d == entries[e].n) last_of_[e] = (int)ordered_.size() - 1;
+    }
+    for (int e = 0; e < n_entries; e++) {  // then the prefix entries and parts
+        const BatchEntry& b = entries[e];
+        const int d = b.decode_rows();
+        if (d == b.n) continue;
+        BatchEntry part = b;
+        part.tokens = b.tokens ? b.tokens + d : nullptr;
+        part.n = b.n - d;
+        part.pos = b.pos + d;
+        part.scores_from = b.scores_from + d;
+        ordered_.push_back(part);
+        last_of_[e] = (int)ordered_.size() - 1;
+    }
+    n_ordered_ = (int)ordered_.size();
+    return ordered_.data();
+}
+
+void LlamaModel::forward_batch(const BatchEntry* given, int n_given, float* logits) {
+    check_batch(given, n_given);
+    const BatchEntry* entries = decode_first(given, n_given);
+    const int n_entries = n_ordered_;
+    bool reordered = n_entries != n_given;
+    for (int e = 0; e < n_given; e++) reordered = reordered || last_of_[e] != e;
     profile_ = Profile{};
     be_->begin();
     run_layers(entries, n_entries);
@@ -341,7 +391,14 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int n_entries, float* 
     const Tensor out = logits ? last_row_logits(entries, n_entries) : Tensor{};
     be_->commit();
     be_->wait();
-    if (logits) be_->read(logits, out, (size_t)n_entries * cfg_.vocab * sizeof(float));
+    const size_t vocab = cfg_.vocab;
+    if (logits && !reordered) be_->read(logits, out, n_entries * vocab * sizeof(float));
+    if (logits && reordered) {  // each caller entry's last row, in the caller's order
+        logits_host_.resize(n_entries * vocab);
+        be_->read(logits_host_.data(), out, n_entries * vocab * sizeof(float));
+        for (int e = 0; e < n_given; e++)
+            std::memcpy(logits + e * vocab, &logits_host_[last_of_[e] * vocab], vocab * sizeof(float));
+    }
     score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
 }
@@ -350,11 +407,13 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
     struct Block {
         const RowScores* scores;
         int x_row, first, m;  // rows x_row .. x_row + m - 1 of x_ score rows first .. of the entry
+        bool decode;          // the entry's row class
     };
     std::vector<Block> blocks;
     for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++)
         for (int done = 0; entries[e].scores && done < entries[e].n; done += kScoreBlock)
-            blocks.push_back({entries[e].scores, r0 + done, done, std::min(kScoreBlock, entries[e].n - done)});
+            blocks.push_back({entries[e].scores, r0 + done, entries[e].scores_from + done,
+                              std::min(kScoreBlock, entries[e].n - done), entries[e].decode_rows() > 0});
     if (blocks.empty()) return;
     const int vocab = cfg_.vocab;
     if (!score_logits_.buf) {  // two blocks' logits: the device computes one while the host scores the other
@@ -369,7 +428,7 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
         const Tensor hn = xn_.slice_rows(k.x_row, k.m), out = score_logits_.slice_rows((b % 2) * kScoreBlock, k.m);
         be_->begin();
         be_->rms_norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm, cfg_.rms_eps);
-        be_->matmul(out, w_.output, hn);
+        be_->matmul(out, w_.output, hn, k.decode ? RowClasses::decode(k.m) : RowClasses::prefix());
         if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
         be_->commit();
         return be_->committed();
@@ -388,8 +447,10 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
     be_->wait();
 }
 
-void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best) {
-    check_batch(entries, n_entries);
+void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_given, int32_t* best) {
+    check_batch(given, n_given);
+    const BatchEntry* entries = decode_first(given, n_given);
+    const int n_entries = n_ordered_;
     profile_ = Profile{};
     be_->begin();
     run_layers(entries, n_entries);
@@ -399,7 +460,9 @@ void LlamaModel::forward_batch_argmax(const BatchEntry* entries, int n_entries, 
     be_->argmax(best_ids, out);
     be_->commit();
     be_->wait();
-    be_->read(best, best_ids, (size_t)n_entries * sizeof(int32_t));
+    std::vector<int32_t> ordered_best(n_entries);
+    be_->read(ordered_best.data(), best_ids, (size_t)n_entries * sizeof(int32_t));
+    for (int e = 0; e < n_given; e++) best[e] = ordered_best[last_of_[e]];
     score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
 }

@@ -2,6 +2,7 @@
 // it serves decode (one token) and batched prefill (many tokens) alike.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -29,6 +30,21 @@ struct BatchEntry {
     int pos = 0;
     RowScores* scores = nullptr;  // or null: every row's logits score the token after it (a prompt's
                                   // logprobs), filled by the pass beside its other outputs
+    bool prompt_prefix = false;   // a chunk of a prompt's prefix (K/V for later tokens) even when n == 1
+    int scores_from = 0;          // the row of `scores` that this entry's first row is (a split entry's)
+
+    // How many of its leading rows are decode rows (core/backend.h RowClasses; docs/design.md
+    // "Batch invariance"), the rest prefix rows. One token is a decode row (a sequence's next
+    // token, or a prompt's last), unless it is a one-token prefix chunk; several tokens are a
+    // prefix chunk, except its rows at positions below kMaxDecodeRun, which are decode rows as
+    // well: a row's kernels depend only on its class and position, so a short prompt's prefix
+    // keeps the decode kernels (the GEMM costs far more for a few rows) and K/V do not depend on
+    // how a prompt was cut into chunks. Decode rows take the few-token kernels (bits as alone),
+    // prefix rows the GEMM.
+    int decode_rows() const {
+        if (n == 1 && !prompt_prefix) return 1;
+        return (int)std::min<int64_t>(n, std::max<int64_t>(0, kMaxDecodeRun - pos));
+    }
 };
 
 class LlamaModel {
@@ -53,7 +69,8 @@ public:
 
     // One pass over several sequences, each in its own KV slot (distinct slots, at most
     // max_batch tokens in all): the projections and feed-forward run once over every entry's
-    // rows, RoPE and attention per entry on its slot. Writes the logits of each entry's last
+    // rows, RoPE and attention per entry on its slot. Decode rows run first whatever the entries'
+    // order (BatchEntry::decode_rows); outputs stay in entry order. Writes the logits of each entry's last
     // token, [n_entries, vocab] (none when logits is null). forward() is this with the single
     // entry {slot 0}. Entries with scores get their rows scored too (kScoreBlock rows at a time:
     // the logits of a whole prompt chunk never exist at once).
@@ -105,8 +122,13 @@ private:
     // leaves the final hidden states in x_. device_ids: i32 [n, 1] token ids already on the
     // device (the entries' tokens are then unused; a single entry); commit_early: commit the
     // first layers while the rest is encoded (not when the ids are written just before commit).
+    // Each entry all decode rows or all prefix rows, the decode entries first (decode_first).
     void run_layers(const BatchEntry* entries, int n_entries, const Tensor* device_ids = nullptr,
                     bool commit_early = true);
+    // The entries as run_layers takes them, into ordered_ (returned; n_ordered_ of them): an entry
+    // with both classes of rows split in two, the decode entries first (stable). last_of_[e]: the
+    // ordered entry holding caller entry e's last row.
+    const BatchEntry* decode_first(const BatchEntry* entries, int n_entries);
     // decode_pipeline.cpp: encodes the decode step of the token in `ids` at pos (and its argmax
     // into `best` when greedy).
     void encode_decode_step(const Tensor& ids, const Tensor* best, int pos, bool commit_early);
@@ -134,6 +156,11 @@ private:
     std::vector<std::unique_ptr<Buffer>> bufs_;
     std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
     std::vector<int32_t> row_pos_host_;  // a batch's row table: (position, slot's first cache row) per row
+    std::vector<BatchEntry> ordered_;    // decode_first's entries, decode entries first
+    int n_ordered_ = 0;
+    std::vector<int> last_of_;           // caller entry e's last row is ordered_[last_of_[e]]'s last
+    std::vector<float> logits_host_;     // forward_batch's logits of the ordered entries
+    RowClasses rows_;                    // the pass's row classes (run_layers)
     Tensor score_logits_;                // f32 [2 * kScoreBlock, vocab]: two blocks, allocated on first use
     std::vector<float> score_host_;      // f32 [kScoreBlock, vocab]: a block read back for scoring
     Tensor row_pos_;                     // i32 [max_batch, 2]: the same on the device (RowPositions)

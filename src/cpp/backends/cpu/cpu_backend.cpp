@@ -220,9 +220,25 @@ const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vect
     return dense.data();
 }
 
-void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) { matmul_many(&out, &w, 1, x); }
+void CpuBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses rc) {
+    matmul_many(&out, &w, 1, x, rc);
+}
 
-bool CpuBackend::takes_gemv(const Tensor& x) const { return x.rows < kPanelMinTokens; }
+static_assert(kMaxDecodeRun < kPanelMinTokens, "a decode run must fit the few-token kernels");
+
+int64_t CpuBackend::decode_rows(const Tensor& x, RowClasses rc) const {
+    if (rc.by_row_count()) return x.rows < kPanelMinTokens ? x.rows : 0;
+    return std::min<int64_t>(rc.n_decode, x.rows);
+}
+
+// Calls run(r0, m) for the decode rows of x in runs of at most kMaxDecodeRun (the few-token
+// kernels give each row the bits it gets alone, whatever run it is in), then prefix(r0, m) once
+// for the prefix rows, if any.
+template <class Run, class Prefix>
+static void by_row_class(int64_t n, int64_t n_decode, Run&& run, Prefix&& prefix) {
+    for (int64_t r0 = 0; r0 < n_decode; r0 += kMaxDecodeRun) run(r0, std::min(kMaxDecodeRun, n_decode - r0));
+    if (n_decode < n) prefix(n_decode, n - n_decode);
+}
 
 void CpuBackend::gemv_rows(const Tensor& out, const Tensor& w, const void* xin, bool quantized, const Tensor& x,
                            int64_t r0, int64_t r1) {
@@ -240,43 +256,70 @@ void CpuBackend::gemv_rows(const Tensor& out, const Tensor& w, const void* xin, 
 // same vector/tail boundaries as they would over whole rows (identical results).
 constexpr int64_t kGemvChunk = 16;
 
-void CpuBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) {
+void CpuBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch,
+                            RowClasses rc) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::MatmulAdd);
-    if (!takes_gemv(x)) return Backend::matmul_add(out, w, x, scratch);
-    // One region: each chunk of rows is computed into scratch and added to out at once.
     const bool quantized = is_quantized(w.type);
-    std::vector<float> dense;
-    const void* xin = prepare_input(x, quantized, dense);
-    pool_.parallel_for(w.rows, kGemvChunk, [&](int64_t r0, int64_t r1) {
-        gemv_rows(scratch, w, xin, quantized, x, r0, r1);
-        for (int64_t t = 0; t < x.rows; t++) {
-            float* o = row_f32(out, t);
-            const float* p = row_f32(scratch, t);
-            for (int64_t r = r0; r < r1; r++) o[r] += p[r];
-        }
-    });
+    by_row_class(
+        x.rows, decode_rows(x, rc),
+        [&](int64_t t0, int64_t m) {
+            // One region: each chunk of weight rows is computed into scratch and added to out at once.
+            const Tensor xr = x.slice_rows(t0, m), outr = out.slice_rows(t0, m), sr = scratch.slice_rows(t0, m);
+            std::vector<float> dense;
+            const void* xin = prepare_input(xr, quantized, dense);
+            pool_.parallel_for(w.rows, kGemvChunk, [&](int64_t r0, int64_t r1) {
+                gemv_rows(sr, w, xin, quantized, xr, r0, r1);
+                for (int64_t t = 0; t < m; t++) {
+                    float* o = row_f32(outr, t);
+                    const float* p = row_f32(sr, t);
+                    for (int64_t r = r0; r < r1; r++) o[r] += p[r];
+                }
+            });
+        },
+        [&](int64_t t0, int64_t m) {
+            const Tensor outr = out.slice_rows(t0, m), sr = scratch.slice_rows(t0, m);
+            gemm_many(&sr, &w, 1, x.slice_rows(t0, m));
+            add(outr, outr, sr);
+        });
 }
 
 void CpuBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                               const Tensor& scratch) {
-    matmul_glu(out, w_gate, w_up, x, scratch, false);
+                               const Tensor& scratch, RowClasses rc) {
+    matmul_glu(out, w_gate, w_up, x, scratch, false, rc);
 }
 
 void CpuBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                              const Tensor& scratch) {
-    matmul_glu(out, w_gate, w_up, x, scratch, true);
+                              const Tensor& scratch, RowClasses rc) {
+    matmul_glu(out, w_gate, w_up, x, scratch, true, rc);
 }
 
 void CpuBackend::matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                            const Tensor& scratch, bool gelu) {
+                            const Tensor& scratch, bool gelu, RowClasses rc) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::MatmulGlu);
-    const bool quantized = is_quantized(w_gate.type);
-    if (!takes_gemv(x) || is_quantized(w_up.type) != quantized) {
-        if (gelu) return Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
-        return Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
-    }
+    const bool same_kind = is_quantized(w_up.type) == is_quantized(w_gate.type);
+    by_row_class(
+        x.rows, decode_rows(x, rc),
+        [&](int64_t t0, int64_t m) {
+            const Tensor o = out.slice_rows(t0, m), xr = x.slice_rows(t0, m), sr = scratch.slice_rows(t0, m);
+            if (same_kind) return gemv_glu(o, w_gate, w_up, xr, sr, gelu);
+            const Tensor outs[2] = {o, sr}, ws[2] = {w_gate, w_up};
+            for (int i = 0; i < 2; i++) gemv_many(&outs[i], &ws[i], 1, xr);  // mixed types (rare): one by one
+            gelu ? gelu_mul(o, o, sr) : silu_mul(o, o, sr);
+        },
+        [&](int64_t t0, int64_t m) {
+            const Tensor o = out.slice_rows(t0, m), xr = x.slice_rows(t0, m), sr = scratch.slice_rows(t0, m);
+            const Tensor outs[2] = {o, sr}, ws[2] = {w_gate, w_up};
+            if (same_kind) gemm_many(outs, ws, 2, xr);
+            else for (int i = 0; i < 2; i++) gemm_many(&outs[i], &ws[i], 1, xr);
+            gelu ? gelu_mul(o, o, sr) : silu_mul(o, o, sr);
+        });
+}
+
+void CpuBackend::gemv_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                          const Tensor& scratch, bool gelu) {
     // One region: each chunk computes its gate rows (into out) and up rows (into scratch),
     // then their product, while both are in cache.
+    const bool quantized = is_quantized(w_gate.type);
     std::vector<float> dense;
     const void* xin = prepare_input(x, quantized, dense);
     const auto act = gelu ? k_.gelu_mul_row : k_.silu_mul_row;
@@ -288,27 +331,40 @@ void CpuBackend::matmul_glu(const Tensor& out, const Tensor& w_gate, const Tenso
     });
 }
 
-void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
+void CpuBackend::matmul_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x, RowClasses rc) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Matmul);
+    if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
     // Weights of one type share one prepared input; mixed types (rare) go one by one.
     for (int i = 1; i < n_mm; i++) {
         if (is_quantized(ws[i].type) != is_quantized(ws[0].type)) {
-            for (int j = 0; j < n_mm; j++) matmul_many(&outs[j], &ws[j], 1, x);
+            for (int j = 0; j < n_mm; j++) matmul_many(&outs[j], &ws[j], 1, x, rc);
             return;
         }
     }
-    if (!takes_gemv(x)) {
-        bool i8 = prefill_parts_ > 0;
-        for (int i = 0; i < n_mm; i++) i8 = i8 && gemm_i8_takes(k_, ws[i].type);
-        if (i8) return matmul_i8(outs, ws, n_mm, x);
-        if (k_.gemm_panel) return matmul_panel(outs, ws, n_mm, x);
-    }
+    Tensor part[8];
+    auto rows_of = [&](int64_t t0, int64_t m) {
+        for (int i = 0; i < n_mm; i++) part[i] = outs[i].slice_rows(t0, m);
+        return x.slice_rows(t0, m);
+    };
+    by_row_class(
+        x.rows, decode_rows(x, rc), [&](int64_t t0, int64_t m) { gemv_many(part, ws, n_mm, rows_of(t0, m)); },
+        [&](int64_t t0, int64_t m) { gemm_many(part, ws, n_mm, rows_of(t0, m)); });
+}
+
+void CpuBackend::gemm_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
+    bool i8 = prefill_parts_ > 0;
+    for (int i = 0; i < n_mm; i++) i8 = i8 && gemm_i8_takes(k_, ws[i].type);
+    if (i8) return matmul_i8(outs, ws, n_mm, x);
+    if (k_.gemm_panel) return matmul_panel(outs, ws, n_mm, x);
+    gemv_many(outs, ws, n_mm, x);
+}
+
+void CpuBackend::gemv_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
     const bool quantized = is_quantized(ws[0].type);
     std::vector<float> dense;
     const void* xin = prepare_input(x, quantized, dense);
     // One parallel region over the rows of all the weights, in chunks of kGemvChunk rows.
     int64_t chunk_start[8 + 1] = {0};
-    if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
     for (int i = 0; i < n_mm; i++) chunk_start[i + 1] = chunk_start[i] + (ws[i].rows + kGemvChunk - 1) / kGemvChunk;
     pool_.parallel_for(chunk_start[n_mm], 1, [&](int64_t c0, int64_t c1) {
         for (int i = 0; i < n_mm; i++) {
@@ -418,6 +474,50 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
     });
 }
 
+namespace {
+
+// attention_group picks its kernels by its number of queries (kernels_x86.inc: fewer than 8
+// take the row kernels, whose scores sum in another order); each query's bits depend on nothing
+// else in the call. A prefix block with fewer queries is padded to this many with copies of its
+// first query, so that a prefix row's attention has the same bits whatever block it came in.
+constexpr int kPrefixMinQueries = 8;
+
+// Decode attention split into key ranges: how many for n_keys keys (1: none). Ranges of at least
+// kMinSplitKeys keys, so that each thread has work with fewer KV heads than twice the threads, and
+// so that no range is longer than kCacheSplitKeys: a lone decode step runs the ranges range-major,
+// all KV heads of one range together, so the range's cache rows (every head of a position is one
+// row) are read from memory once, in order, instead of once per head, a third or an eighth of each
+// row at a time (1 thread, SmolLM2 at 4096 keys: 3.0-4.7 GB/s of K/V before, see cpu_ops_bench
+// "attention 30 layers decode").
+int decode_key_splits(int64_t n_keys, int n_kv_heads, int n_threads) {
+    constexpr int64_t kMinSplitKeys = 128, kCacheSplitKeys = 512;
+    const int64_t want = std::max<int64_t>((2 * n_threads + n_kv_heads - 1) / n_kv_heads,
+                                           (n_keys + kCacheSplitKeys - 1) / kCacheSplitKeys);
+    return (int)std::max<int64_t>(1, std::min<int64_t>(want, n_keys / kMinSplitKeys));
+}
+
+// One head's output from its key ranges' normalized outputs and log-sum-exps: out = sum_s w_s
+// out_s / sum_s w_s with w_s = exp(lse_s - max lse), the softmax over all keys. A sink joins the
+// denominator only (it weighs no value row).                 parts[s * part_stride + d], lse[s * lse_stride]
+void merge_key_splits(float* oh, int hd, int n_splits, const float* parts, size_t part_stride, const float* lse,
+                      size_t lse_stride, const float* sink) {
+    float m = -INFINITY;
+    for (int sp = 0; sp < n_splits; sp++) m = std::max(m, lse[sp * lse_stride]);
+    float wsum = sink ? std::exp(*sink - m) : 0.0f;
+    std::fill(oh, oh + hd, 0.0f);
+    for (int sp = 0; sp < n_splits; sp++) {
+        const float w = std::exp(lse[sp * lse_stride] - m);
+        if (w == 0.0f) continue;
+        wsum += w;
+        const float* part = parts + sp * part_stride;
+        for (int d = 0; d < hd; d++) oh[d] += w * part[d];
+    }
+    const float inv = 1.0f / wsum;
+    for (int d = 0; d < hd; d++) oh[d] *= inv;
+}
+
+}  // namespace
+
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                            const RowPositions& at, const AttentionParams& p) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Attention);
@@ -434,37 +534,54 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
     const int64_t max_block = std::max(1, std::min<int>(8, kMaxGroupQueries / heads_per_call));
     // Blocks: runs of rows that continue one sequence, cut into max_block rows. With a sliding
     // window that has moved past key 0, each row starts at another key: one row per block.
+    // Row classes: decode rows, and every row at a position below kMaxDecodeRun, are blocks of
+    // their own (as alone; a decode row takes the key splits it takes alone); a prefix block is
+    // padded to kPrefixMinQueries queries. A row's attention then depends only on its class and
+    // position, not on the rows beside it.
+    const bool classed = !at.classes.by_row_count();
+    auto is_prefix = [&](int64_t t) { return classed && t >= at.classes.n_decode; };
     blocks_.clear();
     for (int64_t r0 = 0; r0 < n;) {
         int64_t r1 = r0 + 1;
         while (r1 < n && rows.continues(r1 - 1)) r1++;
         const bool windowed = p.window > 0 && rows.pos(r1 - 1) + 1 > p.window;
         const int64_t blk = windowed ? 1 : max_block;
-        for (int64_t t = r0; t < r1; t += blk) blocks_.push_back({t, std::min(r1, t + blk)});
+        int64_t t = r0;
+        if (classed)
+            for (; t < r1 && (!is_prefix(t) || rows.pos(t) < kMaxDecodeRun); t++) blocks_.push_back({t, t + 1});
+        for (; t < r1; t += blk) blocks_.push_back({t, std::min(r1, t + blk)});
         r0 = r1;
     }
     const int64_t items = (int64_t)blocks_.size() * p.n_kv_heads;
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < attention_work_floats(hd)) s.resize(attention_work_floats(hd));
     }
-    if (n == 1 && group <= kMaxGroupQueries) {
-        // Decode: split every head's keys into ranges (of at least kMinSplitKeys keys) so that
-        // each thread has work with fewer KV heads than twice the threads, and so that no range
-        // is longer than kCacheSplitKeys: the ranges run range-major, all KV heads of one range
-        // together, so the range's cache rows (every head of a position is one row) are read
-        // from memory once, in order, instead of once per head, a third or an eighth of each row
-        // at a time (1 thread, SmolLM2 at 4096 keys: 3.0-4.7 GB/s of K/V before, see
-        // cpu_ops_bench "attention 30 layers decode").
-        constexpr int64_t kMinSplitKeys = 128, kCacheSplitKeys = 512;
-        const int64_t pos = rows.pos(0);
-        const int64_t first = p.window > 0 ? std::max<int64_t>(0, pos + 1 - p.window) : 0;
-        const int64_t n_keys = pos + 1 - first;
-        const int64_t want = std::max<int64_t>((2 * pool_.size() + p.n_kv_heads - 1) / p.n_kv_heads,
-                                      (n_keys + kCacheSplitKeys - 1) / kCacheSplitKeys);
-        const int n_splits = (int)std::min<int64_t>(want, n_keys / kMinSplitKeys);
-        if (n_splits > 1)
-            return attention_split_keys(out, q, k_cache.slice_rows(rows.base(0), pos + 1),
-                                        v_cache.slice_rows(rows.base(0), pos + 1), first, n_keys, n_splits, p);
+    auto key_range = [&](int64_t t, int64_t* first) {  // keys first .. pos(t) of row t
+        *first = p.window > 0 ? std::max<int64_t>(0, rows.pos(t) + 1 - p.window) : 0;
+        return rows.pos(t) + 1 - *first;
+    };
+    auto splits_of = [&](int64_t t0, int64_t t1) {  // a decode row's key ranges (1: none)
+        if (t1 - t0 != 1 || is_prefix(t0) || group > kMaxGroupQueries || (!classed && n != 1)) return 1;
+        int64_t first;
+        return decode_key_splits(key_range(t0, &first), p.n_kv_heads, pool_.size());
+    };
+    if (n == 1 && splits_of(0, 1) > 1) {  // decode alone: the ranges spread over the threads
+        int64_t first;
+        const int64_t n_keys = key_range(0, &first), pos = rows.pos(0);
+        return attention_split_keys(out, q, k_cache.slice_rows(rows.base(0), pos + 1),
+                                    v_cache.slice_rows(rows.base(0), pos + 1), first, n_keys, splits_of(0, 1), p);
+    }
+    if (classed) {  // room for the most key ranges of the pass's decode rows (they lead), outputs and lse
+        int64_t max_splits = 1;
+        for (int64_t t = 0; t < std::min<int64_t>(n, at.classes.n_decode); t++) {
+            int64_t first;
+            max_splits = std::max<int64_t>(max_splits, decode_key_splits(key_range(t, &first), p.n_kv_heads,
+                                                                         pool_.size()));
+        }
+        const size_t split_floats = (size_t)max_splits * group * (hd + 1);
+        for (auto& s : split_work_)
+            if (s.size() < split_floats) s.resize(split_floats);
+        if (split_work_.size() < (size_t)pool_.size()) split_work_.resize(pool_.size(), std::vector<float>(split_floats));
     }
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* sinks = p.sinks ? p.sinks->data<float>() : nullptr;
@@ -474,9 +591,39 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         int64_t len[kMaxGroupQueries];
         int heads[kMaxGroupQueries];
         float lse[kMaxGroupQueries];
+        alignas(64) float pad_out[kPrefixMinQueries][kMaxHeadDim];  // padding queries' outputs, unused
         {
             const auto [t0, t1] = blocks_[it / p.n_kv_heads];
             const int kvh = (int)(it % p.n_kv_heads);
+            const int n_splits = splits_of(t0, t1);
+            if (n_splits > 1) {  // a decode row in a batch: its ranges one after the other, merged as alone
+                int64_t first;
+                const int64_t n_keys = key_range(t0, &first), split_len = (n_keys + n_splits - 1) / n_splits;
+                float* parts = split_work_[ith].data();                     // [split][head in group][hd]
+                float* lses = parts + (size_t)n_splits * group * hd;        // [split][head in group]
+                for (int sp = 0; sp < n_splits; sp++) {
+                    const int64_t k0 = first + sp * split_len, nk = std::min(split_len, first + n_keys - k0);
+                    float* ls = lses + sp * group;
+                    if (nk <= 0) {
+                        for (int h = 0; h < group; h++) ls[h] = -INFINITY;
+                        continue;
+                    }
+                    for (int h = 0; h < group; h++) {
+                        qs[h] = row_f32(q, t0) + (kvh * group + h) * hd;
+                        os[h] = parts + ((size_t)sp * group + h) * hd;
+                        len[h] = nk;
+                    }
+                    k_.attention_group(qs, os, len, group, row_f16(k_cache, rows.base(t0) + k0) + kvh * hd,
+                                       row_f16(v_cache, rows.base(t0) + k0) + kvh * hd, kv_stride, hd, p.scale,
+                                       p.softcap, scratch_[ith].data(), ls);
+                }
+                for (int h = 0; h < group; h++) {
+                    const int head = kvh * group + h;
+                    merge_key_splits(row_f32(out, t0) + head * hd, hd, n_splits, parts + (size_t)h * hd,
+                                     (size_t)group * hd, lses + h, group, sinks ? &sinks[head] : nullptr);
+                }
+                return;
+            }
             // Keys first .. pos(t) of every query here (first = 0 without a window), from the
             // sequence's cache rows.
             const int64_t first = p.window > 0 ? std::max<int64_t>(0, rows.pos(t0) + 1 - p.window) : 0;
@@ -494,11 +641,15 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         nq++;
                     }
                 }
+                const int n_real = nq;
+                if (is_prefix(t0))
+                    for (; nq < kPrefixMinQueries; nq++)
+                        qs[nq] = qs[0], os[nq] = pad_out[nq], len[nq] = len[0], heads[nq] = heads[0];
                 k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
                                    sinks ? lse : nullptr);
                 // A sink adds exp(sink) to the denominator exp(lse): out *= exp(lse) / (exp(lse) + exp(sink)).
                 if (sinks)
-                    for (int i = 0; i < nq; i++) {
+                    for (int i = 0; i < n_real; i++) {
                         const float keep = 1.0f / (1.0f + std::exp(sinks[heads[i]] - lse[i]));
                         for (int d = 0; d < hd; d++) os[i][d] *= keep;
                     }
@@ -552,26 +703,10 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
             k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(), lse);
         }
     });
-    // out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): the softmax over all
-    // keys, from the ranges' normalized results and their log-sum-exps.
     float* o = out.data<float>();
-    for (int head = 0; head < p.n_heads; head++) {
-        float m = -INFINITY;
-        for (int sp = 0; sp < n_splits; sp++) m = std::max(m, split_lse_[(size_t)sp * p.n_heads + head]);
-        // The sink joins the denominator only (weighs no value row).
-        float wsum = p.sinks ? std::exp(p.sinks->data<float>()[head] - m) : 0.0f;
-        float* oh = o + head * hd;
-        std::fill(oh, oh + hd, 0.0f);
-        for (int sp = 0; sp < n_splits; sp++) {
-            const float w = std::exp(split_lse_[(size_t)sp * p.n_heads + head] - m);
-            if (w == 0.0f) continue;
-            wsum += w;
-            const float* part = &split_out_[((size_t)sp * p.n_heads + head) * hd];
-            for (int d = 0; d < hd; d++) oh[d] += w * part[d];
-        }
-        const float inv = 1.0f / wsum;
-        for (int d = 0; d < hd; d++) oh[d] *= inv;
-    }
+    for (int head = 0; head < p.n_heads; head++)
+        merge_key_splits(o + head * hd, hd, n_splits, &split_out_[(size_t)head * hd], (size_t)p.n_heads * hd,
+                         &split_lse_[head], p.n_heads, p.sinks ? &p.sinks->data<float>()[head] : nullptr);
 }
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {

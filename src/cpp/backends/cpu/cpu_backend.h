@@ -41,13 +41,16 @@ public:
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
-    void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
-    void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x) override;
-    void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
+    // The matmul ops run x's decode rows (RowClasses) through the few-token kernels in runs of
+    // at most kMaxDecodeRun rows and its prefix rows through the prefill GEMM.
+    void matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses rc = {}) override;
+    void matmul_many(const Tensor* outs, const Tensor* ws, int n, const Tensor& x, RowClasses rc = {}) override;
+    void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch,
+                    RowClasses rc = {}) override;
     void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                       const Tensor& scratch) override;
+                       const Tensor& scratch, RowClasses rc = {}) override;
     void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                      const Tensor& scratch) override;
+                      const Tensor& scratch, RowClasses rc = {}) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, const RowPositions& at, const RopeKvParams& p) override;
@@ -67,7 +70,8 @@ public:
     }
     bool has_moe_ops() const override { return true; }
     void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
-    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
+    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids,
+                   RowClasses rc = {}) override;
     void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
     void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
     void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) override;
@@ -77,11 +81,18 @@ private:
     // The GEMV / few-token path: rows [r0, r1) of w times x as prepared by prepare_input.
     void gemv_rows(const Tensor& out, const Tensor& w, const void* xin, bool quantized, const Tensor& x, int64_t r0,
                    int64_t r1);
-    // True when matmuls of x take the GEMV path (gemv_rows) rather than a prefill GEMM.
-    bool takes_gemv(const Tensor& x) const;
-    // matmul_swiglu / matmul_geglu: gate and up rows and their product in one region.
+    // How many leading rows of x take the few-token kernels (gemv_rows); the rest take the GEMM.
+    // By count: all of them below kPanelMinTokens rows, else none.
+    int64_t decode_rows(const Tensor& x, RowClasses rc) const;
+    // Few-token rows (x.rows <= kMaxDecodeRun): one parallel region over the rows of all the weights.
+    void gemv_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
+    // Prefix rows: the int8 GEMM or the f32 panel GEMM (the GEMV where the set has neither).
+    void gemm_many(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
+    // matmul_swiglu / matmul_geglu: for few-token rows, gate and up rows and their product in one region.
     void matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                    const Tensor& scratch, bool gelu);
+                    const Tensor& scratch, bool gelu, RowClasses rc);
+    void gemv_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                  const Tensor& scratch, bool gelu);
     // out = rms_norm(x) * w, or out += it with accumulate.
     void rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
     // Decode attention with the keys of each KV head split into n_splits ranges (more work
@@ -106,6 +117,7 @@ private:
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials
+    std::vector<std::vector<float>> split_work_;  // per thread: a batch's decode row's key-range partials
     std::vector<std::pair<int64_t, int64_t>> blocks_;  // attention's row blocks [t0, t1), one sequence each
     std::vector<float> xt_;                    // activations transposed for gemm_panel
     std::unique_ptr<Buffer> gathered_x_, gathered_y_;  // matmul_id: one expert's rows, in and out

@@ -46,11 +46,12 @@ void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tenso
 }
 
 void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
-                           const Tensor& ids) {
+                           const Tensor& ids, RowClasses rc) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
     const int64_t n = ids.rows, k = ids.cols, n_slots = n * k, cols = x.cols, rows = out.cols;
     const bool per_slot = x.rows == n_slots;  // down: slot s reads x row s; gate/up: row s / k
-    // Slots grouped by expert (a counting sort): slots of expert e are order[start[e]..start[e+1]).
+    // Slots grouped by expert (a counting sort): slots of expert e are order[start[e]..start[e+1]),
+    // in slot order, so an expert's decode slots (tokens below rc.n_decode) come first.
     std::vector<int64_t> start(n_expert + 1, 0), order(n_slots);
     for (int64_t i = 0; i < n; i++) {
         for (int64_t j = 0; j < k; j++) {
@@ -64,30 +65,43 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
     for (int e = 0; e < n_expert; e++) start[e + 1] += start[e];
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t s = 0; s < n_slots; s++) order[fill[row_i32(ids, s / k)[s % k]]++] = s;
+    // n_few[e]: expert e's leading slots that take the few-token kernels. Decode slots with row
+    // classes (each token's bits then those it gets alone); by count, all of an expert's slots
+    // when it has fewer than kPanelMinTokens (decode: one token, k experts), else none.
+    std::vector<int64_t> n_few(n_expert, 0);
+    for (int e = 0; e < n_expert; e++) {
+        const int64_t c = start[e + 1] - start[e];
+        if (rc.by_row_count()) n_few[e] = c < kPanelMinTokens ? c : 0;
+        else
+            while (n_few[e] < c && order[start[e] + n_few[e]] / k < rc.n_decode) n_few[e]++;
+    }
 
     auto grow = [&](std::unique_ptr<Buffer>& b, size_t bytes) {
         if (!b || b->size < bytes) b = alloc(bytes);
         return b.get();
     };
-    // Experts with few slots (all of them in decode: one token, k experts) run together in ONE
-    // parallel region over their rows, each expert's weights read once for its slots. One region
-    // per expert instead costs a fork-join per expert: with 8 experts of 768 rows each, 16
-    // threads got 48-row slices and the joins dominated (Qwen3-30B-A3B shape: decode 0.8x llama.cpp).
-    // Inputs are gathered (quantized once) in slot order, so expert e's slots are the rows
-    // [start[e], start[e + 1]) of xg and of the gathered output yg.
+    // Experts' few-token slots (all of them in decode: one token, k experts) run together in ONE
+    // parallel region over their rows, each expert's weights read once per run of at most
+    // kMaxDecodeRun slots. One region per expert instead costs a fork-join per expert: with 8
+    // experts of 768 rows each, 16 threads got 48-row slices and the joins dominated (Qwen3-30B-A3B
+    // shape: decode 0.8x llama.cpp). Inputs are gathered (quantized once) in slot order, so a run's
+    // slots are consecutive rows of xg and of the gathered output yg.
     // (Experts of one stack share a type; per-expert HF tensors of another type than the first
-    // small expert's run alone below.)
-    std::vector<int> small;  // experts run in the shared region
-    std::vector<char> shared(n_expert, 0);
+    // expert's run alone below.)
+    struct Run {
+        int e;
+        int64_t first, count;  // slots order[first .. first + count)
+    };
+    std::vector<Run> runs;
+    std::vector<int64_t> shared_few(n_expert, 0);  // of n_few[e], those run in the shared region
     for (int e = 0; e < n_expert; e++) {
-        const int64_t c = start[e + 1] - start[e];
-        if (c > 0 && c < kPanelMinTokens && (small.empty() || experts[e].type == experts[small[0]].type)) {
-            small.push_back(e);
-            shared[e] = 1;
-        }
+        if (n_few[e] == 0 || (!runs.empty() && experts[e].type != experts[runs[0].e].type)) continue;
+        for (int64_t r = 0; r < n_few[e]; r += kMaxDecodeRun)
+            runs.push_back({e, start[e] + r, std::min(kMaxDecodeRun, n_few[e] - r)});
+        shared_few[e] = n_few[e];
     }
-    if (!small.empty()) {
-        const DType wt = experts[small[0]].type;
+    if (!runs.empty()) {
+        const DType wt = experts[runs[0].e].type;
         const bool quantized = is_quantized(wt);
         const int64_t nb = cols / FG_QK;
         const Tensor yg = make_tensor(grow(gathered_y_, (size_t)n_slots * rows * sizeof(float)), 0, DType::F32,
@@ -96,47 +110,50 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
                                     : make_tensor(grow(gathered_x_, (size_t)n_slots * cols * sizeof(float)), 0,
                                                   DType::F32, n_slots, cols);
         if (quantized && (int64_t)xq_.size() < n_slots * nb) xq_.resize(n_slots * nb);
-        for (int e : small) {
-            for (int64_t pos = start[e]; pos < start[e + 1]; pos++) {
+        for (const Run& run : runs) {
+            for (int64_t pos = run.first; pos < run.first + run.count; pos++) {
                 const int64_t s = order[pos];
                 const float* xr = row_f32(x, per_slot ? s : s / k);
                 if (quantized) k_.quantize_row_q8(xr, xq_.data() + pos * nb, cols);
                 else std::memcpy(row_f32(xg, pos), xr, cols * sizeof(float));
             }
         }
-        // Work items: 16-row chunks of every small expert, split contiguously over the threads.
+        // Work items: 16-row chunks of every run's expert, split contiguously over the threads.
         constexpr int64_t kChunk = 16;
-        std::vector<int64_t> chunk_start(small.size() + 1, 0);
-        for (size_t i = 0; i < small.size(); i++) chunk_start[i + 1] = chunk_start[i] + (rows + kChunk - 1) / kChunk;
+        std::vector<int64_t> chunk_start(runs.size() + 1, 0);
+        for (size_t i = 0; i < runs.size(); i++) chunk_start[i + 1] = chunk_start[i] + (rows + kChunk - 1) / kChunk;
         pool_.parallel_for(chunk_start.back(), 1, [&](int64_t c0, int64_t c1) {
-            for (size_t i = 0; i < small.size(); i++) {
+            for (size_t i = 0; i < runs.size(); i++) {
                 const int64_t b = std::max(c0, chunk_start[i]), end = std::min(c1, chunk_start[i + 1]);
                 if (b >= end) continue;
-                const int e = small[i];
-                const Tensor& w = experts[e];
+                const Run& run = runs[i];
+                const Tensor& w = experts[run.e];
                 const int64_t r0 = (b - chunk_start[i]) * kChunk, r1 = std::min(rows, (end - chunk_start[i]) * kChunk);
-                const int64_t c = start[e + 1] - start[e], out_stride = (int64_t)(yg.stride / sizeof(float));
-                float* y = row_f32(yg, start[e]);
+                const int64_t out_stride = (int64_t)(yg.stride / sizeof(float));
+                float* y = row_f32(yg, run.first);
                 if (quantized)
-                    k_.gemm_q(wt, w.data<uint8_t>(), w.stride, r0, r1, xq_.data() + start[e] * nb, nb, c, y, out_stride);
+                    k_.gemm_q(wt, w.data<uint8_t>(), w.stride, r0, r1, xq_.data() + run.first * nb, nb, run.count, y,
+                              out_stride);
                 else
-                    k_.gemm_f(wt, w.data<uint8_t>(), w.stride, r0, r1, row_f32(xg, start[e]), cols, c, y, out_stride);
+                    k_.gemm_f(wt, w.data<uint8_t>(), w.stride, r0, r1, row_f32(xg, run.first), cols, run.count, y,
+                              out_stride);
             }
         });
-        for (int e : small)
-            for (int64_t pos = start[e]; pos < start[e + 1]; pos++)
+        for (const Run& run : runs)
+            for (int64_t pos = run.first; pos < run.first + run.count; pos++)
                 std::memcpy(row_f32(out, order[pos]), row_f32(yg, pos), rows * sizeof(float));
     }
-    // Experts with many slots (prefill): gather their input rows, one GEMM, scatter the outputs.
+    // The other slots of each expert (prefill): gather their input rows, one matmul (its few-token
+    // rows first, if any were left out above, then the GEMM), scatter the outputs.
     for (int e = 0; e < n_expert; e++) {
-        const int64_t c = start[e + 1] - start[e];
-        if (c == 0 || shared[e]) continue;  // not read (no token chose it), or run above
-        const int64_t* slots = &order[start[e]];
+        const int64_t c = start[e + 1] - start[e] - shared_few[e];
+        if (c == 0) continue;  // not read (no token chose it), or run above
+        const int64_t* slots = &order[start[e] + shared_few[e]];
         const Tensor xg = make_tensor(grow(gathered_x_, (size_t)c * cols * sizeof(float)), 0, DType::F32, c, cols);
         const Tensor yg = make_tensor(grow(gathered_y_, (size_t)c * rows * sizeof(float)), 0, DType::F32, c, rows);
         for (int64_t r = 0; r < c; r++)
             std::memcpy(row_f32(xg, r), row_f32(x, per_slot ? slots[r] : slots[r] / k), cols * sizeof(float));
-        matmul(yg, experts[e], xg);
+        matmul(yg, experts[e], xg, RowClasses::decode(n_few[e] - shared_few[e]));
         for (int64_t r = 0; r < c; r++) std::memcpy(row_f32(out, slots[r]), row_f32(yg, r), rows * sizeof(float));
     }
 }

@@ -43,13 +43,16 @@ public:
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
-    void matmul(const Tensor& out, const Tensor& w, const Tensor& x) override;
+    // The matmul ops pick kernels by row count: RowClasses are taken and ignored (Metal makes no
+    // batch-invariance promise; core/backend.h RowClasses).
+    void matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses rc = {}) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
-    void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch) override;
+    void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch,
+                    RowClasses rc = {}) override;
     void matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                       const Tensor& scratch) override;
+                       const Tensor& scratch, RowClasses rc = {}) override;
     void matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                      const Tensor& scratch) override;
+                      const Tensor& scratch, RowClasses rc = {}) override;
     void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache, const Tensor& v_cache,
                        const Tensor& freqs, const RowPositions& at, const RopeKvParams& p) override;
     void attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -66,7 +69,8 @@ public:
     bool has_moe_ops() const override { return true; }
     std::string expert_stack_problem(const Tensor* experts, int n_expert) const override;
     void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
-    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids) override;
+    void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids,
+                   RowClasses rc = {}) override;
     void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;
     void scale_sigmoid(const Tensor& x, const Tensor& gate) override;
     void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) override;

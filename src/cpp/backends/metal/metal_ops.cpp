@@ -226,13 +226,13 @@ void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tenso
     }
 }
 
-void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x) {
+void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses) {
     need_matmul_shapes(out, w, x, "matmul");
     encode_matmul(out, w, x, false);
 }
 
 // The GEMV and GEMM add into out as they store it: no scratch, no separate add dispatch.
-void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor&) {
+void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor&, RowClasses) {
     need_matmul_shapes(out, w, x, "matmul_add");
     encode_matmul(out, w, x, true);
 }
@@ -260,12 +260,12 @@ bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, con
 }
 
 void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                 const Tensor& scratch) {
+                                 const Tensor& scratch, RowClasses) {
     if (!encode_fused_glu(out, w_gate, w_up, x, false)) Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
 }
 
 void MetalBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                const Tensor& scratch) {
+                                const Tensor& scratch, RowClasses) {
     if (!encode_fused_glu(out, w_gate, w_up, x, true)) Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
 }
 
@@ -617,7 +617,7 @@ std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expe
 }
 
 void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
-                             const Tensor& ids) {
+                             const Tensor& ids, RowClasses) {
     need(n_expert >= 1 && experts != nullptr, "matmul_id", "no experts");
     const Tensor& w0 = experts[0];
     const int64_t n = ids.rows, k = ids.cols;
