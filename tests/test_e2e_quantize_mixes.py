@@ -67,12 +67,17 @@ def test_logits_match_transformers(forgert, case):
     """Prefill of 128 tokens (CPU: f32 GEMM over dequantized panels; bound 1e-3 / 5e-4). Measured
     max_rel (avx512-vnni; Llama then Qwen2, each Q4_K_M, Q5_K_M, Q6_K, Q3_K_M, Q2_K): 6.6e-5 1.8e-4
     1.1e-4 1.3e-4 3.7e-4 / 7.5e-5 5.4e-5 3.1e-5 1.4e-4 8.2e-5; IQ4_XS, IQ4_NL (merged with branch iq4):
-    8.4e-5 1.3e-4 / 4.0e-5 5.2e-5; rms_rel <= 8.4e-5; argmax 1.0."""
+    8.4e-5 1.3e-4 / 4.0e-5 5.2e-5; rms_rel <= 8.4e-5; argmax 1.0. Those are all-GEMM figures: since the
+    row classes (docs/design.md "Batch invariance") the rows at positions below 15 take the decode
+    kernels, and every later row attends to their K/V, so the prompt is held to the decode path's
+    bounds (3e-3 / 2e-3; measured on avx512-vnni: Llama Q4_K_M max_rel 1.02e-3, rms_rel 5.4e-4, the
+    largest; the test below measures the decode path alone at 4.3e-4 - 7.4e-4)."""
     tm, mix, reference = case
     fmt = f"gguf-{mix}"
     ids = token_ids(tm, 128, 2)
     out = forgert.Model(str(tm.path(fmt)), backend="cpu").logits(ids)
-    compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt), what=f"{tm.spec.name} {mix} prefill")
+    compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt, n_tokens=1),
+                   what=f"{tm.spec.name} {mix} prefill")
 
 
 def test_decode_logits_match_transformers(forgert, case):
