@@ -70,9 +70,14 @@ Tensor CpuBackend::prepare_weight(const Tensor& w, std::vector<std::unique_ptr<B
     p.offset = 0;
     p.stride = (size_t)row_bytes(w.type, w.cols);
     auto buf = std::make_unique<PanelBuffer>();
+    // 2 MB aligned and advised as huge pages (fewer TLB misses while decode streams it); the
+    // size is not rounded up, so a partial last 2 MB stays in small pages (no memory wasted).
+    // Every byte is written by the packing.
+    constexpr size_t kHuge = size_t(2) << 20;
     buf->size = (p.nbytes() + 63) & ~size_t(63);
-    buf->host = std::aligned_alloc(64, buf->size);  // every byte written by the packing
-    if (!buf->host) throw std::bad_alloc();
+    const bool huge = buf->size >= kHuge;
+    if (posix_memalign(&buf->host, huge ? kHuge : 64, buf->size) != 0) throw std::bad_alloc();
+    if (huge) madvise(buf->host, buf->size / kHuge * kHuge, MADV_HUGEPAGE);  // advice only: fine if refused
     p.buf = buf.get();
     owned.push_back(std::move(buf));
     const int64_t panels = (w.rows + kPanel16Rows - 1) / kPanel16Rows;
