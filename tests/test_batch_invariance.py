@@ -283,3 +283,21 @@ def test_bad_prefix_marker_is_refused(model_files, engine):
         eng.forward_batch([(0, np.asarray([1, 2, 3], np.int32), 0, None, "yes")])
     with pytest.raises(ValueError, match="slot, tokens, pos"):
         eng.forward_batch([(0, np.asarray([1, 2], np.int32), 0, None, True, 7)])
+
+
+@pytest.mark.parametrize("start, remaining, budget, full_budget, expected", [
+    (0, 299, 64, 64, 64),      # a whole budget: 64 GEMM rows
+    (256, 43, 64, 64, 43),     # the rest of the prefix, whatever its size
+    (192, 70, 64, 64, 54),     # 64 would leave 6 rows past position 15: leave 16 instead
+    (100, 50, 8, 64, 0),       # 8 GEMM rows now: wait for a step with room for 16
+    (0, 50, 8, 64, 8),         # rows 0..7 take the decode kernels: no GEMM to fill
+    (100, 50, 8, 8, 8),        # no step will have room for 16 (prefill_chunk 8): go on
+    (0, 20, 12, 64, 12),       # leaving 16 rows would cut this chunk to 4: keep 12
+    (2, 30, 20, 64, 20),       # a 10-row tail at positions 22..31 stays: 20 - 6 < 16
+])
+def test_prefix_chunk_length_avoids_short_gemm_chunks(start, remaining, budget, full_budget, expected):
+    """The scheduler's cut of a prompt's prefix (hand-computed cases): a chunk past position 15 of
+    fewer than 16 rows costs a GEMM pass of 16, so it is avoided where the budget allows."""
+    from forgert.batch import prefix_chunk_length
+
+    assert prefix_chunk_length(start, remaining, budget, full_budget) == expected

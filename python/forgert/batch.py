@@ -280,10 +280,13 @@ class BatchScheduler:
         # Prefill chunks of admitted prompts, up to prefill_chunk tokens in all per step (so a
         # long prompt does not stall the decoding rows for long), in admission order.
         prefills = []
-        budget = min(self.prefill_chunk, self.engine.max_batch - len(entries))
+        budget = full_budget = min(self.prefill_chunk, self.engine.max_batch - len(entries))
         for s in self.running:
             if not s.decoding and s.leader is None and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
-                a, n = s.n_prefilled, min(budget, len(s.prompt) - 1 - s.n_prefilled)
+                a = s.n_prefilled
+                n = prefix_chunk_length(a, len(s.prompt) - 1 - a, budget, full_budget)
+                if n == 0:
+                    continue
                 scores = None
                 if s.prompt_logprobs is not None:   # rows a..a+n-1 score prompt tokens a+1..a+n
                     scores = _row_scores(s.prompt[a + 1:a + n + 1], s.options.top_logprobs or 0)
@@ -365,6 +368,33 @@ class BatchScheduler:
             self._mask_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                                  thread_name_prefix="forgert-grammar")
         return self._mask_pool
+
+
+# A prompt-prefix row at position 15 or later runs the engine's prefill GEMM (rows before it take
+# the decode kernels), and a GEMM pass over fewer than 16 rows costs about as much as one of 16.
+_GEMM_MIN_ROWS = 16
+_FIRST_GEMM_POSITION = 15
+
+
+def prefix_chunk_length(start: int, remaining: int, budget: int, full_budget: int) -> int:
+    """Rows of a prompt's prefix to prefill in this step: [start, start + n) of the `remaining`
+    rows left, with `budget` rows still free in the step and `full_budget` free in a step that
+    carries no other prefill. A cut that would make a chunk of fewer than 16 GEMM rows is moved:
+    a short tail is left at 16 rows instead, and a step with room for only a few such rows waits
+    (returns 0) when a later step can take 16. Only the speed depends on the cut: a row's bits do
+    not (docs/design.md "Batch invariance")."""
+    def past(first, count):   # does a chunk of rows first.. reach the GEMM's positions?
+        return first + count - 1 >= _FIRST_GEMM_POSITION
+
+    n = min(budget, remaining)
+    if n == remaining:
+        return n
+    if n < _GEMM_MIN_ROWS and past(start, n) and full_budget >= _GEMM_MIN_ROWS:
+        return 0
+    tail = remaining - n
+    if tail < _GEMM_MIN_ROWS and past(start + n, tail) and n - (_GEMM_MIN_ROWS - tail) >= _GEMM_MIN_ROWS:
+        n -= _GEMM_MIN_ROWS - tail
+    return n
 
 
 def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk, options_list=None):
