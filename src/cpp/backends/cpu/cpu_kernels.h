@@ -5,10 +5,15 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/tensor.h"
 
 namespace forgert::cpu {
+
+// A weight type as a type: lets one generic lambda instantiate a kernel template per DType.
+template <DType T>
+using DTypeTag = std::integral_constant<DType, T>;
 
 // Activations quantized for integer dot products against quantized weights, in
 // two int8 parts: x[i] ~= d * (256 * hi[i] + lo[i]), where hi is x rounded to 8

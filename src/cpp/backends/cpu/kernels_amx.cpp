@@ -180,27 +180,25 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
                  const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                  uint8_t* work) {
     load_tile_config(wt == DType::Q6_K);  // tile state is per thread: configured on every call
+    auto run = [&](auto tag) {  // gemm_i8_amx_typed of the tag's type, one or two activation parts
+        constexpr DType WT = decltype(tag)::value;
+        parts == 2 ? gemm_i8_amx_typed<WT, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<WT, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+    };
     if (wt == DType::Q6_K)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q6_K, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q6_K, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q6_K>{});
     else if (wt == DType::Q8_0)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q8_0, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q8_0, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q8_0>{});
     else if (wt == DType::Q4_K)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q4_K, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q4_K, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q4_K>{});
     else if (wt == DType::Q5_K)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q5_K, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q5_K, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q5_K>{});
     else if (wt == DType::Q4_0)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q4_0, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q4_0, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q4_0>{});
     else if (wt == DType::Q4_0x16)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q4_0x16, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q4_0x16, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q4_0x16>{});
     else if (wt == DType::Q8_0x16)
-        parts == 2 ? gemm_i8_amx_typed<DType::Q8_0x16, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<DType::Q8_0x16, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        run(DTypeTag<DType::Q8_0x16>{});
     else {
         _tile_release();
         throw std::logic_error("gemm_i8: unsupported weight type");
