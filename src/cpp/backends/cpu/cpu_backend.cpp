@@ -476,11 +476,11 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
 
 namespace {
 
-// attention_group picks its kernels by its number of queries (kernels_x86.inc: fewer than 8
-// take the row kernels, whose scores sum in another order); each query's bits depend on nothing
-// else in the call. A prefix block with fewer queries is padded to this many with copies of its
-// first query, so that a prefix row's attention has the same bits whatever block it came in.
-constexpr int kPrefixMinQueries = 8;
+// attention_group picks its kernels by its number of queries (kAttnBlockMinQueries); each
+// query's bits depend on nothing else in the call. A prefix block with fewer queries is padded to
+// this many with copies of its first query, so that a prefix row's attention has the same bits
+// whatever block it came in.
+constexpr int kPrefixMinQueries = kAttnBlockMinQueries;
 
 // Decode attention split into key ranges: how many for n_keys keys (1: none). Ranges of at least
 // kMinSplitKeys keys, so that each thread has work with fewer KV heads than twice the threads, and

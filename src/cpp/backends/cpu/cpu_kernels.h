@@ -127,6 +127,9 @@ constexpr int64_t gemm_panel_work_floats(int64_t cols) { return kPanelRows * col
 constexpr int kAttnChunk = 64;  // keys converted to f32 at a time
 constexpr int kMaxGroupQueries = 64;  // nq bound of attention_group
 constexpr int kMaxQueryBlock = 4;  // queries scored together against one key chunk
+// attention_group on x86: calls of fewer queries take the row kernels (whose scores sum in
+// another order), calls of this many or more the query-block kernels.
+constexpr int kAttnBlockMinQueries = 8;
 constexpr int64_t attention_work_floats(int hd) {
     return 2 * (int64_t)kAttnChunk * hd + kMaxQueryBlock * kAttnChunk + 2 * kMaxHeadDim;
 }
