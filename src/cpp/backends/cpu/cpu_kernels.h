@@ -117,7 +117,16 @@ constexpr int kI8Rows = 16;
 constexpr int64_t kI8PanelScales = kI8Rows * FG_QK, kI8PanelMins = kI8PanelScales + kI8Rows * 4;
 constexpr int64_t kI8PanelHalfTerms = kI8PanelMins + kI8Rows * 4;
 constexpr int64_t kI8PanelBlockBytes = kI8PanelHalfTerms + kI8Rows * 2 * 4;
-constexpr int64_t gemm_i8_work_bytes(int64_t cols) { return cols / FG_QK * kI8PanelBlockBytes; }
+// gemm_i8 converts a thread's weight rows in groups of panels, each panel once per call, and
+// runs the tokens through a group in passes (kernels_x86_int8.inc): a group is at most
+// kI8GroupBytes of panels (at least one), so `work` holds one group.
+constexpr int64_t kI8GroupBytes = 1 << 19;
+constexpr int64_t i8_group_panels(int64_t nb) {
+    return kI8GroupBytes / (nb * kI8PanelBlockBytes) > 1 ? kI8GroupBytes / (nb * kI8PanelBlockBytes) : 1;
+}
+constexpr int64_t gemm_i8_work_bytes(int64_t cols) {
+    return i8_group_panels(cols / FG_QK) * (cols / FG_QK) * kI8PanelBlockBytes;
+}
 
 constexpr int kMaxHeadDim = 256;
 constexpr int kPanelRows = 12;   // weight rows per gemm_panel tile (12 x 2 vector accumulators)

@@ -4,11 +4,12 @@
 // only after cpu_kernels.cpp has asked Linux for the tile state and run a tile instruction in
 // a child process (some VMs advertise AMX and fault on it).
 //
-// Per 32-weight block, one TDPBSSD multiplies 16 tokens' int8 activations (A: 16 x 32 bytes,
-// read in place from BlockQ8Act rows) by a 16-row weight panel (B: 8 x 64 bytes, the panel
-// layout of kernels_x86_int8.inc with signed quants) into 16 x 16 int32 dots; a second one
-// does the activations' lo parts. The dots go through memory to AVX-512, which scales them by
-// dw * dx per block and accumulates in f32 exactly as the other sets do (same bits).
+// Per 32-weight block, one TDPBSUD multiplies 16 tokens' int8 activations (A: 16 x 32 bytes,
+// read in place from BlockQ8Act rows) by a 16-row weight panel (B: 8 x 64 bytes, the VNNI
+// set's panel of kernels_x86_int8.inc, unsigned quants + offset; Q6_K: TDPBSSD on its signed
+// panel per half) into 16 x 16 int32 dots; a second one does the activations' lo parts. The
+// dots go through memory to AVX-512, which takes the offset out, scales them by dw * dx per
+// block and accumulates in f32 exactly as the other sets do (same bits).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -33,45 +34,135 @@ struct alignas(64) TileConfig {
 // Tiles: 0, 1 dots (hi, lo), 2, 3 activations (hi, lo), 4 weights. halves (Q6_K): each
 // block's two 16-weight halves apart: 0, 1 the halves' dots, 2, 3 their activations (16
 // bytes), 4, 5 their weights (4 groups).
-void load_tile_config(bool halves = false) {
+TileConfig gemm_tile_config(bool halves) {
     TileConfig c;
     const int k = halves ? FG_QK / 2 : FG_QK;
     c.rows[0] = c.rows[1] = kAmxTokens, c.colsb[0] = c.colsb[1] = 64;
     c.rows[2] = c.rows[3] = kAmxTokens, c.colsb[2] = c.colsb[3] = (uint16_t)k;
     c.rows[4] = c.rows[5] = (uint8_t)(k / 4), c.colsb[4] = c.colsb[5] = 64;
+    return c;
+}
+void load_tile_config(bool halves = false) {
+    const TileConfig c = gemm_tile_config(halves);
     _tile_loadconfig(&c);
 }
 
-// amx_tile for Q6_K (tiles as load_tile_config(true)): per block and part, one TDPBSSD per
+#include "kernels_amx_decode.inc"
+
+// C tiles of one block as the GEMM stores them: [token][row] int32.
+using GemmDots = int32_t[kAmxTokens][16];
+
+// The GEMM's tile work per 32-weight block, as a policy: AmxGemmTiles issues the
+// instructions; EmuGemmTiles runs the same tile semantics as amx_decode::EmuTiles' loops
+// (set avx512-amx-emulated), so kernel_sets_check covers this path's panels, offsets and
+// finish without AMX hardware. block: ch / cl[token][row] = dot(x hi / lo of the token,
+// row's quants) with the panel's quants unsigned (TDPBSUD: signed A, unsigned B, so the
+// VNNI set's panel, offsets included, is the B tile). halves (Q6_K, signed panel, TDPBSSD):
+// the same per 16-weight half, ch[h] / cl[h].
+struct AmxGemmTiles {
+    static void begin(bool halves) { load_tile_config(halves); }
+    static void end() { _tile_release(); }
+    template <int PARTS>
+    static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots& ch, GemmDots& cl) {
+        _tile_loadd(4, wb, 64);
+        _tile_zero(0);
+        _tile_loadd(2, xh, x_stride);
+        _tile_dpbsud(0, 2, 4);
+        _tile_stored(0, ch, 64);
+        if constexpr (PARTS == 2) {
+            _tile_zero(1);
+            _tile_loadd(3, xl, x_stride);
+            _tile_dpbsud(1, 3, 4);
+            _tile_stored(1, cl, 64);
+        }
+    }
+    template <int PARTS>
+    static void halves(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots* ch,
+                       GemmDots* cl) {
+        _tile_loadd(4, wb, 64);
+        _tile_loadd(5, wb + 4 * 64, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_loadd(2, xh, x_stride);
+        _tile_loadd(3, xh + 16, x_stride);
+        _tile_dpbssd(0, 2, 4);
+        _tile_dpbssd(1, 3, 5);
+        _tile_stored(0, ch[0], 64);
+        _tile_stored(1, ch[1], 64);
+        if constexpr (PARTS == 2) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_loadd(2, xl, x_stride);
+            _tile_loadd(3, xl + 16, x_stride);
+            _tile_dpbssd(0, 2, 4);
+            _tile_dpbssd(1, 3, 5);
+            _tile_stored(0, cl[0], 64);
+            _tile_stored(1, cl[1], 64);
+        }
+    }
+};
+
+struct EmuGemmTiles {
+    using E = amx_decode::EmuTiles;
+    static void begin(bool halves) { E::begin(gemm_tile_config(halves)); }
+    static void end() {}
+    // TDPBSUD (Intel SDM): C[m][n] += sum over k < A.colsb / 4, i < 4 of int8 A[m][4k + i] * uint8 B[k][4n + i].
+    static void dpbsud(int ci, int ai, int bi) {
+        E::Tile &c = E::tiles()[ci], &a = E::tiles()[ai], &b = E::tiles()[bi];
+        for (int m = 0; m < c.rows; m++)
+            for (int n = 0; n < c.colsb / 4; n++) {
+                int32_t acc;
+                std::memcpy(&acc, &c.data[m][4 * n], 4);
+                for (int k = 0; k < a.colsb / 4; k++)
+                    for (int i = 0; i < 4; i++) acc += (int8_t)a.data[m][4 * k + i] * (int)b.data[k][4 * n + i];
+                std::memcpy(&c.data[m][4 * n], &acc, 4);
+            }
+    }
+    template <int PARTS>
+    static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots& ch, GemmDots& cl) {
+        E::load(4, wb, 64);
+        E::zero(0);
+        E::load(2, xh, x_stride);
+        dpbsud(0, 2, 4);
+        E::store(0, ch, 64);
+        if constexpr (PARTS == 2) {
+            E::zero(1);
+            E::load(3, xl, x_stride);
+            dpbsud(1, 3, 4);
+            E::store(1, cl, 64);
+        }
+    }
+    template <int PARTS>
+    static void halves(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots* ch,
+                       GemmDots* cl) {
+        E::load(4, wb, 64);
+        E::load(5, wb + 4 * 64, 64);
+        for (int part = 0; part < PARTS; part++) {
+            const int8_t* x = part ? xl : xh;
+            GemmDots* c = part ? cl : ch;
+            E::zero(0);
+            E::zero(1);
+            E::load(2, x, x_stride);
+            E::load(3, x + 16, x_stride);
+            E::dpbssd(0, 2, 4);
+            E::dpbssd(1, 3, 5);
+            E::store(0, c[0], 64);
+            E::store(1, c[1], 64);
+        }
+    }
+};
+
+// amx_tile for Q6_K (tiles as gemm_tile_config(true)): per block and part, one TDPBSSD per
 // half, each half's int32 dots scaled by its own factor (scales, then mins in the panel).
-template <int PARTS>
+template <class Tiles, int PARTS>
 void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride, int nr) {
-    alignas(64) int32_t dh[2][kAmxTokens][16], dl[2][kAmxTokens][16];
+    alignas(64) GemmDots dh[2], dl[2];
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
     const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        _tile_loadd(4, pb, 64);
-        _tile_loadd(5, pb + 4 * 64, 64);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_loadd(2, x[b].hi, x_stride);
-        _tile_loadd(3, x[b].hi + 16, x_stride);
-        _tile_dpbssd(0, 2, 4);
-        _tile_dpbssd(1, 3, 5);
-        _tile_stored(0, dh[0], 64);
-        _tile_stored(1, dh[1], 64);
-        if constexpr (PARTS == 2) {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_loadd(2, x[b].lo, x_stride);
-            _tile_loadd(3, x[b].lo + 16, x_stride);
-            _tile_dpbssd(0, 2, 4);
-            _tile_dpbssd(1, 3, 5);
-            _tile_stored(0, dl[0], 64);
-            _tile_stored(1, dl[1], 64);
-        }
+        Tiles::template halves<PARTS>(pb, x[b].hi, x[b].lo, x_stride, dh, dl);
         const __m512 dw0 = _mm512_loadu_ps(pb + kI8PanelScales), dw1 = _mm512_loadu_ps(pb + kI8PanelMins);
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
             __m512i d0 = _mm512_load_si512(dh[0][t]), d1 = _mm512_load_si512(dh[1][t]);
@@ -89,51 +180,37 @@ void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* 
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
-// Like i8_repack_panel_512, with signed quants (TDPBSSD is int8 x int8: no offsets).
-template <DType WT>
-void amx_repack_panel(const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
-    i8_repack_any_512<WT>(w, w_stride, r, nr, nb, wp);
-    if constexpr (i8_is_kquant(WT) || i8_is_halves(WT)) return;  // K-quants: q >= 0, Q6_K signed: no offset
-    const __m512i bias = _mm512_set1_epi8((char)i8_offset(file_type(WT)));
-    for (int64_t b = 0; b < nb; b++) {
-        uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        for (int k = 0; k < 8; k++)
-            _mm512_storeu_si512(pb + 64 * k, _mm512_sub_epi8(_mm512_loadu_si512(pb + 64 * k), bias));
-    }
-}
-
-// 16 tokens (x: the first one's blocks; rows nb blocks apart) through one signed panel.
-template <DType WT, int PARTS>
+// 16 tokens (x: the first one's blocks; rows nb blocks apart) through one panel of the VNNI
+// set's (PT as i8_panel_quants'): the tile dots dot(x, q + O), less O sum(x) from the blocks'
+// activation sums, are the VNNI tiles' exact integers dot(x, q).
+template <class Tiles, DType PT, int PARTS>
 void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, float* out, int64_t out_stride,
               int nr) {
-    alignas(64) int32_t dh[kAmxTokens][16], dl[kAmxTokens][16];
+    constexpr DType WT = file_type(PT);
+    constexpr int O = i8_offset(WT);
+    alignas(64) GemmDots dh, dl;
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
     const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        _tile_loadd(4, pb, 64);
-        _tile_zero(0);
-        _tile_loadd(2, x[b].hi, x_stride);
-        _tile_dpbssd(0, 2, 4);
-        _tile_stored(0, dh, 64);
-        if constexpr (PARTS == 2) {
-            _tile_zero(1);
-            _tile_loadd(3, x[b].lo, x_stride);
-            _tile_dpbssd(1, 3, 4);
-            _tile_stored(1, dl, 64);
-        }
-        const __m512 dw = _mm512_loadu_ps(pb + kI8Rows * FG_QK);
+        Tiles::template block<PARTS>(i8_panel_quants<PT>(wp, b), x[b].hi, x[b].lo, x_stride, dh, dl);
+        const __m512 dw = i8_panel_scales<PT>(wp, b);
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
+            const int32_t* s = xs + (t * nb + b) * 2;
             __m512i d = _mm512_load_si512(dh[t]);
-            if constexpr (PARTS == 2) d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), _mm512_load_si512(dl[t]));
+            if constexpr (O != 0) d = _mm512_sub_epi32(d, _mm512_set1_epi32(O * s[0]));
+            if constexpr (PARTS == 2) {
+                __m512i l = _mm512_load_si512(dl[t]);
+                if constexpr (O != 0) l = _mm512_sub_epi32(l, _mm512_set1_epi32(O * s[1]));
+                d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), l);
+            }
             const BlockQ8Act& a = x[t * nb + b];
             const float dx = PARTS == 2 ? a.d : a.d * 256.0f;
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[t]);
             if constexpr (i8_is_kquant(WT)) {  // + min * dx * sum(x) (the mins are stored negated)
-                const int32_t* s = xs + (t * nb + b) * 2;
                 const int32_t isum = PARTS == 2 ? 256 * s[0] + s[1] : s[0];
-                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelMins), _mm512_set1_ps(dx * (float)isum), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(wp + b * kI8PanelBlockBytes + kI8PanelMins),
+                                         _mm512_set1_ps(dx * (float)isum), acc[t]);
             }
         }
     }
@@ -141,49 +218,48 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
-template <DType WT, int PARTS>
+// The VNNI set's gemm_i8_typed with 16-token tiles on AMX: the same panels (converted once
+// per call in i8_for_groups' groups; Q8_0x16 read in place), and the last n_tok % 16 tokens
+// through the VNNI tiles on them.
+template <class Tiles, DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
-    constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
-    const int64_t chunk = i8_token_chunk(nb, kAmxTokens);
-    // The last n_tok % 16 tokens take the VNNI tile on the offset panel (repacked once more).
-    const int64_t n_amx = n_tok / kAmxTokens * kAmxTokens;
-    for (int64_t c0 = 0; c0 < n_amx; c0 += chunk) {
-        const int64_t c1 = std::min(n_amx, c0 + chunk);
-        for (int64_t r = r0; r < r1; r += kI8Rows) {
-            const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
-            amx_repack_panel<WT>(w, w_stride, r, nr, nb, work);
-            for (int64_t t = c0; t < c1; t += kAmxTokens)
+    constexpr bool kInPlace = WT == DType::Q8_0x16;
+    constexpr DType PT = kInPlace ? WT : file_type(WT);  // the panel the tiles read
+    constexpr int TT = kI8TileTokens;
+    i8_for_groups(
+        r0, r1, kInPlace ? r1 - r0 : i8_group_panels(nb) * kI8Rows, nb * kI8PanelBlockBytes, n_tok,
+        i8_token_chunk(nb, kAmxTokens), work,
+        [&](int64_t r, int nr, uint8_t* panel) {
+            if constexpr (!kInPlace) i8_repack_any_512<WT>(w, w_stride, r, nr, nb, panel);
+        },
+        [&](const uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1) {
+            if constexpr (kInPlace) panel = w + r * w_stride;
+            int64_t t = c0;
+            for (; t + kAmxTokens <= c1; t += kAmxTokens)
                 if constexpr (i8_is_halves(WT))
-                    amx_tile_halves<PARTS>(work, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
+                    amx_tile_halves<Tiles, PARTS>(panel, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
                 else
-                    amx_tile<FT, PARTS>(work, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride, nr);
-        }
-    }
-    if (n_amx < n_tok) {
-        const int64_t t = n_amx;
-        for (int64_t r = r0; r < r1; r += kI8Rows) {
-            const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
-            i8_repack_any_512<WT>(w, w_stride, r, nr, nb, work);
-            int64_t u = t;
-            for (; u + kI8TileTokens <= n_tok; u += kI8TileTokens)
-                i8_tile_512<FT, PARTS, kI8TileTokens>(work, x + u * nb, xs + u * nb * 2, nb, out + u * out_stride + r,
-                                                      out_stride, nr);
-            if (u < n_tok)
-                i8_tail_512<FT, PARTS, kI8TileTokens - 1>(work, x + u * nb, xs + u * nb * 2, nb, (int)(n_tok - u),
-                                                          out + u * out_stride + r, out_stride, nr);
-        }
-    }
+                    amx_tile<Tiles, PT, PARTS>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r,
+                                               out_stride, nr);
+            for (; t + TT <= c1; t += TT)
+                i8_tile_512<PT, PARTS, TT>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride,
+                                           nr);
+            if (t < c1)
+                i8_tail_512<PT, PARTS, TT - 1>(panel, x + t * nb, xs + t * nb * 2, nb, (int)(c1 - t),
+                                               out + t * out_stride + r, out_stride, nr);
+        });
 }
 
+template <class Tiles>
 void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                  const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                  uint8_t* work) {
-    load_tile_config(wt == DType::Q6_K);  // tile state is per thread: configured on every call
+    Tiles::begin(wt == DType::Q6_K);  // tile state is per thread: configured on every call
     auto run = [&](auto tag) {  // gemm_i8_amx_typed of the tag's type, one or two activation parts
         constexpr DType WT = decltype(tag)::value;
-        parts == 2 ? gemm_i8_amx_typed<WT, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
-                   : gemm_i8_amx_typed<WT, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
+        parts == 2 ? gemm_i8_amx_typed<Tiles, WT, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
+                   : gemm_i8_amx_typed<Tiles, WT, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
     };
     if (wt == DType::Q6_K)
         run(DTypeTag<DType::Q6_K>{});
@@ -200,13 +276,12 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
     else if (wt == DType::Q8_0x16)
         run(DTypeTag<DType::Q8_0x16>{});
     else {
-        _tile_release();
+        Tiles::end();
         throw std::logic_error("gemm_i8: unsupported weight type");
     }
-    _tile_release();
+    Tiles::end();
 }
 
-#include "kernels_amx_decode.inc"
 
 }  // namespace
 
@@ -229,7 +304,7 @@ const KernelSet* kernels_amx() {
     static const KernelSet set = [] {
         KernelSet s = *kernels_avx512();
         s.name = "avx512-amx";
-        s.gemm_i8 = gemm_i8_amx;
+        s.gemm_i8 = gemm_i8_amx<AmxGemmTiles>;
         s.gemm_i8_types = kGemmI8Types;
         s.gemm_q = amx_decode::gemm_q<amx_decode::AmxTiles>;
         return s;
@@ -241,6 +316,7 @@ const KernelSet* kernels_amx_emulated() {
     static const KernelSet set = [] {
         KernelSet s = *kernels_avx512();
         s.name = "avx512-amx-emulated";
+        s.gemm_i8 = gemm_i8_amx<EmuGemmTiles>;
         s.gemm_q = amx_decode::gemm_q<amx_decode::EmuTiles>;
         return s;
     }();
