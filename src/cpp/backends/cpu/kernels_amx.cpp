@@ -4,12 +4,13 @@
 // only after cpu_kernels.cpp has asked Linux for the tile state and run a tile instruction in
 // a child process (some VMs advertise AMX and fault on it).
 //
-// Per 32-weight block, one TDPBSUD multiplies 16 tokens' int8 activations (A: 16 x 32 bytes,
-// read in place from BlockQ8Act rows) by a 16-row weight panel (B: 8 x 64 bytes, the VNNI
-// set's panel of kernels_x86_int8.inc, unsigned quants + offset; Q6_K: TDPBSSD on its signed
-// panel per half) into 16 x 16 int32 dots; a second one does the activations' lo parts. The
-// dots go through memory to AVX-512, which takes the offset out, scales them by dw * dx per
-// block and accumulates in f32 exactly as the other sets do (same bits).
+// Per 32-weight block, one TDPBSSD multiplies 16 tokens' int8 activations (A: 16 x 32 bytes,
+// read in place from BlockQ8Act rows) by a 16-row weight panel (B: 8 x 64 bytes, the panel
+// layout of kernels_x86_int8.inc with signed quants) into 16 x 16 int32 dots; a second one
+// does the activations' lo parts. The dots go through memory to AVX-512, which scales them by
+// dw * dx per block and accumulates in f32 exactly as the other sets do (same bits).
+// (TDPBSUD on the VNNI set's unsigned panel would need no signed copy, but taking the offset
+// out of every (token, block) dot costs more than converting each panel once per call.)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -54,11 +55,9 @@ using GemmDots = int32_t[kAmxTokens][16];
 
 // The GEMM's tile work per 32-weight block, as a policy: AmxGemmTiles issues the
 // instructions; EmuGemmTiles runs the same tile semantics as amx_decode::EmuTiles' loops
-// (set avx512-amx-emulated), so kernel_sets_check covers this path's panels, offsets and
-// finish without AMX hardware. block: ch / cl[token][row] = dot(x hi / lo of the token,
-// row's quants) with the panel's quants unsigned (TDPBSUD: signed A, unsigned B, so the
-// VNNI set's panel, offsets included, is the B tile). halves (Q6_K, signed panel, TDPBSSD):
-// the same per 16-weight half, ch[h] / cl[h].
+// (set avx512-amx-emulated), so kernel_sets_check covers this path's panels and finish
+// without AMX hardware. block: ch / cl[token][row] = dot(x hi / lo of the token, row's signed
+// quants); halves (Q6_K): the same per 16-weight half, ch[h] / cl[h].
 struct AmxGemmTiles {
     static void begin(bool halves) { load_tile_config(halves); }
     static void end() { _tile_release(); }
@@ -67,12 +66,12 @@ struct AmxGemmTiles {
         _tile_loadd(4, wb, 64);
         _tile_zero(0);
         _tile_loadd(2, xh, x_stride);
-        _tile_dpbsud(0, 2, 4);
+        _tile_dpbssd(0, 2, 4);
         _tile_stored(0, ch, 64);
         if constexpr (PARTS == 2) {
             _tile_zero(1);
             _tile_loadd(3, xl, x_stride);
-            _tile_dpbsud(1, 3, 4);
+            _tile_dpbssd(1, 3, 4);
             _tile_stored(1, cl, 64);
         }
     }
@@ -106,29 +105,17 @@ struct EmuGemmTiles {
     using E = amx_decode::EmuTiles;
     static void begin(bool halves) { E::begin(gemm_tile_config(halves)); }
     static void end() {}
-    // TDPBSUD (Intel SDM): C[m][n] += sum over k < A.colsb / 4, i < 4 of int8 A[m][4k + i] * uint8 B[k][4n + i].
-    static void dpbsud(int ci, int ai, int bi) {
-        E::Tile &c = E::tiles()[ci], &a = E::tiles()[ai], &b = E::tiles()[bi];
-        for (int m = 0; m < c.rows; m++)
-            for (int n = 0; n < c.colsb / 4; n++) {
-                int32_t acc;
-                std::memcpy(&acc, &c.data[m][4 * n], 4);
-                for (int k = 0; k < a.colsb / 4; k++)
-                    for (int i = 0; i < 4; i++) acc += (int8_t)a.data[m][4 * k + i] * (int)b.data[k][4 * n + i];
-                std::memcpy(&c.data[m][4 * n], &acc, 4);
-            }
-    }
     template <int PARTS>
     static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots& ch, GemmDots& cl) {
         E::load(4, wb, 64);
         E::zero(0);
         E::load(2, xh, x_stride);
-        dpbsud(0, 2, 4);
+        E::dpbssd(0, 2, 4);
         E::store(0, ch, 64);
         if constexpr (PARTS == 2) {
             E::zero(1);
             E::load(3, xl, x_stride);
-            dpbsud(1, 3, 4);
+            E::dpbssd(1, 3, 4);
             E::store(1, cl, 64);
         }
     }
@@ -180,37 +167,44 @@ void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* 
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
-// 16 tokens (x: the first one's blocks; rows nb blocks apart) through one panel of the VNNI
-// set's (PT as i8_panel_quants'): the tile dots dot(x, q + O), less O sum(x) from the blocks'
-// activation sums, are the VNNI tiles' exact integers dot(x, q).
-template <class Tiles, DType PT, int PARTS>
+// A converted panel (i8_repack_any_512) with signed quants for TDPBSSD: Q8_0's and Q4_0's
+// offsets taken out (K-quants' 0..31 and Q6_K's signed quants serve as they are); sign = -1
+// puts them back (the VNNI tiles' unsigned panel).
+template <DType WT>
+void amx_panel_sign(uint8_t* wp, int64_t nb, int sign) {
+    constexpr int O = i8_offset(file_type(WT));
+    if constexpr (O != 0) {
+        const __m512i bias = _mm512_set1_epi8((char)(sign * O));
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t* pb = wp + b * kI8PanelBlockBytes;
+            for (int k = 0; k < 8; k++)
+                _mm512_storeu_si512(pb + 64 * k, _mm512_sub_epi8(_mm512_loadu_si512(pb + 64 * k), bias));
+        }
+    }
+}
+
+// 16 tokens (x: the first one's blocks; rows nb blocks apart) through one signed panel.
+template <class Tiles, DType WT, int PARTS>
 void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, float* out, int64_t out_stride,
               int nr) {
-    constexpr DType WT = file_type(PT);
-    constexpr int O = i8_offset(WT);
     alignas(64) GemmDots dh, dl;
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
     const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
     for (int64_t b = 0; b < nb; b++) {
-        Tiles::template block<PARTS>(i8_panel_quants<PT>(wp, b), x[b].hi, x[b].lo, x_stride, dh, dl);
-        const __m512 dw = i8_panel_scales<PT>(wp, b);
+        const uint8_t* pb = wp + b * kI8PanelBlockBytes;
+        Tiles::template block<PARTS>(pb, x[b].hi, x[b].lo, x_stride, dh, dl);
+        const __m512 dw = _mm512_loadu_ps(pb + kI8PanelScales);
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
-            const int32_t* s = xs + (t * nb + b) * 2;
             __m512i d = _mm512_load_si512(dh[t]);
-            if constexpr (O != 0) d = _mm512_sub_epi32(d, _mm512_set1_epi32(O * s[0]));
-            if constexpr (PARTS == 2) {
-                __m512i l = _mm512_load_si512(dl[t]);
-                if constexpr (O != 0) l = _mm512_sub_epi32(l, _mm512_set1_epi32(O * s[1]));
-                d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), l);
-            }
+            if constexpr (PARTS == 2) d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), _mm512_load_si512(dl[t]));
             const BlockQ8Act& a = x[t * nb + b];
             const float dx = PARTS == 2 ? a.d : a.d * 256.0f;
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[t]);
             if constexpr (i8_is_kquant(WT)) {  // + min * dx * sum(x) (the mins are stored negated)
+                const int32_t* s = xs + (t * nb + b) * 2;
                 const int32_t isum = PARTS == 2 ? 256 * s[0] + s[1] : s[0];
-                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(wp + b * kI8PanelBlockBytes + kI8PanelMins),
-                                         _mm512_set1_ps(dx * (float)isum), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelMins), _mm512_set1_ps(dx * (float)isum), acc[t]);
             }
         }
     }
@@ -218,35 +212,36 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
-// The VNNI set's gemm_i8_typed with 16-token tiles on AMX: the same panels (converted once
-// per call in i8_for_groups' groups; Q8_0x16 read in place), and the last n_tok % 16 tokens
-// through the VNNI tiles on them.
+// The VNNI set's gemm_i8_typed with 16-token tiles on AMX: panels converted once per call in
+// i8_for_groups' groups (Q8_0x16 too: its quants are copied to be made signed), and the last
+// n_tok % 16 tokens, in the last token pass, through the VNNI tiles after each panel's
+// offsets are put back.
 template <class Tiles, DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
-    constexpr bool kInPlace = WT == DType::Q8_0x16;
-    constexpr DType PT = kInPlace ? WT : file_type(WT);  // the panel the tiles read
+    constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
     constexpr int TT = kI8TileTokens;
     i8_for_groups(
-        r0, r1, kInPlace ? r1 - r0 : i8_group_panels(nb) * kI8Rows, nb * kI8PanelBlockBytes, n_tok,
-        i8_token_chunk(nb, kAmxTokens), work,
+        r0, r1, i8_group_panels(nb) * kI8Rows, nb * kI8PanelBlockBytes, n_tok, i8_token_chunk(nb, kAmxTokens), work,
         [&](int64_t r, int nr, uint8_t* panel) {
-            if constexpr (!kInPlace) i8_repack_any_512<WT>(w, w_stride, r, nr, nb, panel);
+            i8_repack_any_512<WT>(w, w_stride, r, nr, nb, panel);
+            amx_panel_sign<WT>(panel, nb, 1);
         },
-        [&](const uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1) {
-            if constexpr (kInPlace) panel = w + r * w_stride;
+        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1) {
             int64_t t = c0;
             for (; t + kAmxTokens <= c1; t += kAmxTokens)
                 if constexpr (i8_is_halves(WT))
                     amx_tile_halves<Tiles, PARTS>(panel, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
                 else
-                    amx_tile<Tiles, PT, PARTS>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r,
+                    amx_tile<Tiles, FT, PARTS>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r,
                                                out_stride, nr);
+            if (t == c1) return;
+            amx_panel_sign<WT>(panel, nb, -1);  // the last pass: AMX reads this panel no more
             for (; t + TT <= c1; t += TT)
-                i8_tile_512<PT, PARTS, TT>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride,
+                i8_tile_512<FT, PARTS, TT>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride,
                                            nr);
             if (t < c1)
-                i8_tail_512<PT, PARTS, TT - 1>(panel, x + t * nb, xs + t * nb * 2, nb, (int)(c1 - t),
+                i8_tail_512<FT, PARTS, TT - 1>(panel, x + t * nb, xs + t * nb * 2, nb, (int)(c1 - t),
                                                out + t * out_stride + r, out_stride, nr);
         });
 }
