@@ -6,7 +6,10 @@ Reports, per level (every request generates exactly --max-tokens tokens: ignore_
   one client's: the issue's "aggregate decode tokens/s";
 - aggregate tok/s: all completion tokens over the level's wall time (prefill, admission and first
   token latency included), and its ratio;
-- time to first token (p50 / p95) while the batch is busy.
+- time to first token (p50 / p95) while the batch is busy;
+- the server's batch steps over the level (its /metrics counters): milliseconds per step of the
+  batch thread at work against those of the engine pass alone; the difference is the server's
+  own time per step (scheduling, detokenization, hand-offs to the event loop).
 Standard library only (http.client, threads).
 
     python bench/load_test.py [--model PATH] [--clients 8] [--parallel 8] [--max-tokens 128]
@@ -77,12 +80,24 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=forgert_env(installed), stderr=subprocess.PIPE, text=True)
 
     def get(self, path: str) -> dict:
+        return json.loads(self.get_text(path))
+
+    def get_text(self, path: str) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
             conn.request("GET", path)
-            return json.loads(conn.getresponse().read())
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
+
+    def batch_counters(self) -> dict:
+        """The batch's counters from /metrics (forgert_batch_*_total; empty without --parallel)."""
+        out = {}
+        for line in self.get_text("/metrics").splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("forgert_batch_") and name.endswith("_total"):
+                out[name.removeprefix("forgert_batch_").removesuffix("_total")] = float(value)
+        return out
 
     def wait_ready(self, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
@@ -181,6 +196,16 @@ def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int
             "latency_p50": percentile(latencies, 0.5)}
 
 
+def step_costs(before: dict, after: dict) -> dict:
+    """Milliseconds per batch step over a level: the batch thread at work and the engine pass
+    alone (nan without the batch's counters)."""
+    steps = after.get("steps", 0) - before.get("steps", 0)
+    if steps <= 0:
+        return {"steps": 0, "step_ms": float("nan"), "pass_ms": float("nan")}
+    per = lambda key: 1e3 * (after[key] - before[key]) / steps     # noqa: E731
+    return {"steps": int(steps), "step_ms": per("busy_seconds"), "pass_ms": per("engine_seconds")}
+
+
 def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> str:
     base, base_decode = rows[0]["tokens_per_s"], rows[0]["decode_per_s"]
     lines = [
@@ -203,18 +228,22 @@ def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> s
         "- aggregate tok/s (wall): completion tokens of all clients / wall time of the level (prefill, "
         "admission and first-token latency included); per-client decode: median of (tokens - 1) / "
         "(latency - first token)",
+        "- server ms/step: the batch thread's time at work per engine step over the level (its /metrics "
+        "counters), beside the engine pass's own; the difference is the server's time per step "
+        "(scheduling, detokenization, hand-offs to the event loop)",
         "",
         "| clients | requests | errors | aggregate decode tok/s | vs 1 client | decode window (s) "
         "| aggregate tok/s (wall) | wall vs 1 client | per-client decode tok/s "
-        "| first token p50 (s) | p95 (s) | latency p50 (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| first token p50 (s) | p95 (s) | latency p50 (s) | steps | server ms/step | engine pass ms/step |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['clients']} | {r['requests']} | {len(r['errors'])} | {r['decode_per_s']:.1f} "
                      f"| {r['decode_per_s'] / base_decode:.2f}x | {r['decode_window_s']:.2f} "
                      f"| {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f}x "
                      f"| {r['per_client_decode']:.1f} | {r['ttft_p50']:.3f} "
-                     f"| {r['ttft_p95']:.3f} | {r['latency_p50']:.2f} |")
+                     f"| {r['ttft_p95']:.3f} | {r['latency_p50']:.2f} | {r['steps']} "
+                     f"| {r['step_ms']:.2f} | {r['pass_ms']:.2f} |")
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         lines += ["", "Errors:", *[f"- {e}" for e in errors[:20]]]
@@ -250,13 +279,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"the warm-up request failed: {warm['errors'][0]}")
         rows = []
         for clients in sorted({1, args.clients}):
+            before = server.batch_counters()
             row = run_level(server.port, clients, args.requests_per_client, args.max_tokens, args.timeout,
                             args.route)
+            row.update(step_costs(before, server.batch_counters()))
             rows.append(row)
             print(f"{clients:>3} clients: {row['requests']} requests, {len(row['errors'])} errors, "
                   f"{row['decode_per_s']:.1f} decode tok/s aggregate ({row['decode_window_s']:.2f}s window), "
                   f"{row['tokens_per_s']:.1f} tok/s over the wall, first token p50 {row['ttft_p50']:.3f}s "
-                  f"p95 {row['ttft_p95']:.3f}s", flush=True)
+                  f"p95 {row['ttft_p95']:.3f}s; {row['steps']} steps, {row['step_ms']:.2f} ms each "
+                  f"(engine pass {row['pass_ms']:.2f})", flush=True)
     finally:
         server.stop()
     report = write_markdown(rows, args, health, os.getloadavg()[0])
