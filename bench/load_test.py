@@ -10,10 +10,14 @@ Reports, per level (every request generates exactly --max-tokens tokens: ignore_
 - the server's batch steps over the level (its /metrics counters): milliseconds per step of the
   batch thread at work against those of the engine pass alone; the difference is the server's
   own time per step (scheduling, detokenization, hand-offs to the event loop).
+With --rounds R the levels run R times, alternating (1, N, 1, N, ...), each ratio taken against
+the same round's one client, and the median ratio over the rounds is given: on a machine shared
+with other work, one round's ratio swings with the load of the moment.
 Standard library only (http.client, threads).
 
     python bench/load_test.py [--model PATH] [--clients 8] [--parallel 8] [--max-tokens 128]
                               [--requests-per-client 2] [--route chat|completions] [--threads N]
+                              [--rounds 1]
                               [--out bench/results/load_test.md]
 
 The server runs with `--parallel P` (continuous batching; default: as many as the clients), on
@@ -29,6 +33,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -206,8 +211,15 @@ def step_costs(before: dict, after: dict) -> dict:
     return {"steps": int(steps), "step_ms": per("busy_seconds"), "pass_ms": per("engine_seconds")}
 
 
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's decode and wall ratios to the one-client row of its round."""
+    one = {r["round"]: r for r in rows if r["clients"] == 1}
+    return [dict(r, decode_ratio=r["decode_per_s"] / one[r["round"]]["decode_per_s"],
+                 wall_ratio=r["tokens_per_s"] / one[r["round"]]["tokens_per_s"]) for r in rows]
+
+
 def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> str:
-    base, base_decode = rows[0]["tokens_per_s"], rows[0]["decode_per_s"]
+    rows = with_ratios(rows)
     lines = [
         "# forgert serve load test",
         "",
@@ -232,18 +244,23 @@ def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> s
         "counters), beside the engine pass's own; the difference is the server's time per step "
         "(scheduling, detokenization, hand-offs to the event loop)",
         "",
-        "| clients | requests | errors | aggregate decode tok/s | vs 1 client | decode window (s) "
+        "| round | clients | requests | errors | aggregate decode tok/s | vs 1 client | decode window (s) "
         "| aggregate tok/s (wall) | wall vs 1 client | per-client decode tok/s "
         "| first token p50 (s) | p95 (s) | latency p50 (s) | steps | server ms/step | engine pass ms/step |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['requests']} | {len(r['errors'])} | {r['decode_per_s']:.1f} "
-                     f"| {r['decode_per_s'] / base_decode:.2f}x | {r['decode_window_s']:.2f} "
-                     f"| {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f}x "
+        lines.append(f"| {r['round'] + 1} | {r['clients']} | {r['requests']} | {len(r['errors'])} "
+                     f"| {r['decode_per_s']:.1f} | {r['decode_ratio']:.2f}x | {r['decode_window_s']:.2f} "
+                     f"| {r['tokens_per_s']:.1f} | {r['wall_ratio']:.2f}x "
                      f"| {r['per_client_decode']:.1f} | {r['ttft_p50']:.3f} "
                      f"| {r['ttft_p95']:.3f} | {r['latency_p50']:.2f} | {r['steps']} "
                      f"| {r['step_ms']:.2f} | {r['pass_ms']:.2f} |")
+    loaded = [r for r in rows if r["clients"] == args.clients]
+    if args.rounds > 1 and args.clients > 1:
+        lines += ["", f"{args.clients} clients against one, median over the {args.rounds} rounds: aggregate decode "
+                  f"{statistics.median(r['decode_ratio'] for r in loaded):.2f}x, over the wall "
+                  f"{statistics.median(r['wall_ratio'] for r in loaded):.2f}x"]
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         lines += ["", "Errors:", *[f"- {e}" for e in errors[:20]]]
@@ -259,6 +276,8 @@ def main(argv=None) -> int:
                    help="tokens per request (more make the steady decode state dominate)")
     p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--n-ctx", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the levels this many times, alternating (median ratio over the rounds)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--installed", action="store_true", help="serve with the installed forgert, not python/ of this tree")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
@@ -266,8 +285,8 @@ def main(argv=None) -> int:
     p.add_argument("--route", choices=("chat", "completions"), default="chat",
                    help="completions for a model without a chat template (bench/synthetic_gguf.py's)")
     args = p.parse_args(argv)
-    if args.clients < 1 or args.max_tokens < 2 or args.requests_per_client < 1:
-        p.error("--clients and --requests-per-client must be >= 1, --max-tokens >= 2")
+    if args.clients < 1 or args.max_tokens < 2 or args.requests_per_client < 1 or args.rounds < 1:
+        p.error("--clients, --requests-per-client and --rounds must be >= 1, --max-tokens >= 2")
     args.parallel = args.parallel or args.clients
     args.load_before = os.getloadavg()[0]
 
@@ -278,11 +297,12 @@ def main(argv=None) -> int:
         if warm["errors"]:
             raise SystemExit(f"the warm-up request failed: {warm['errors'][0]}")
         rows = []
-        for clients in sorted({1, args.clients}):
+        levels = [(rnd, clients) for rnd in range(args.rounds) for clients in sorted({1, args.clients})]
+        for rnd, clients in levels:
             before = server.batch_counters()
             row = run_level(server.port, clients, args.requests_per_client, args.max_tokens, args.timeout,
                             args.route)
-            row.update(step_costs(before, server.batch_counters()))
+            row.update(step_costs(before, server.batch_counters()), round=rnd)
             rows.append(row)
             print(f"{clients:>3} clients: {row['requests']} requests, {len(row['errors'])} errors, "
                   f"{row['decode_per_s']:.1f} decode tok/s aggregate ({row['decode_window_s']:.2f}s window), "

@@ -67,3 +67,15 @@ def test_no_concurrent_window_and_single_token_requests():
     w = dw.concurrent_decode([dw.DecodeSpan(0, 4, 8), dw.DecodeSpan(1, 1, 0)], clients=2)
     assert w.seconds == 0
     assert math.isnan(dw.concurrent_decode([], clients=1).tokens_per_s)
+
+
+def test_ratios_are_taken_against_the_same_rounds_one_client():
+    spec = importlib.util.spec_from_file_location("load_test", SCRIPT.parent / "load_test.py")
+    lt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lt)
+    rows = [{"round": 0, "clients": 1, "decode_per_s": 10.0, "tokens_per_s": 8.0},
+            {"round": 0, "clients": 8, "decode_per_s": 30.0, "tokens_per_s": 20.0},
+            {"round": 1, "clients": 1, "decode_per_s": 20.0, "tokens_per_s": 10.0},
+            {"round": 1, "clients": 8, "decode_per_s": 50.0, "tokens_per_s": 35.0}]
+    got = [(r["decode_ratio"], r["wall_ratio"]) for r in lt.with_ratios(rows)]
+    assert got == [(1.0, 1.0), (3.0, 2.5), (1.0, 1.0), (2.5, 3.5)]
