@@ -7,8 +7,9 @@ Both engines read the same file with the same thread count, each in a fresh proc
 alternating order, --repeats runs each (llama-bench's own -r; forgert bench's -r), and the
 figure of each is its own median (forgert) or mean (llama-bench's avg_ts) over those runs:
   prefill: tokens/s over a --prompt-tokens prompt from an empty cache (llama-bench "pp")
-  decode:  tokens/s over --gen-tokens greedy steps (forgert bench: after the prompt; llama-bench
-           "tg": from an empty context, or with --same-depth after as many tokens, its -d)
+  decode:  tokens/s over --gen-tokens greedy steps, both engines at the same depth: from an empty
+           context (llama-bench "tg"; forgert bench -d 0), or with --same-depth after --prompt-tokens
+           of context (llama-bench -d; forgert bench decoding right after its prompt)
 The peer is built by ../shared/peers/llama-bench.sh (native ISA, repacking and AMX on, as shipped).
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ def forgert_bench(model: Path, threads: int, a, prefill_mode: str | None = None)
     env = forgert_env(a.installed, **({"FORGERT_CPU_PREFILL": prefill_mode} if prefill_mode else {}))
     out = subprocess.run([sys.executable, "-m", "forgert", "bench", "--model", str(model), "--threads", str(threads),
                           "-p", str(a.prompt_tokens), "-g", str(a.gen_tokens), "-r", str(a.repeats),
+                          *(() if a.same_depth else ("--decode-depth", "0")),
                           "--n-ctx", str(a.prompt_tokens + a.gen_tokens + 16), "--json"],
                          capture_output=True, text=True, check=True, env=env).stdout
     r = json.loads(out)
@@ -79,8 +81,8 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--same-depth", action="store_true",
-                    help="llama-bench decodes after --prompt-tokens of context (-d), as forgert bench does; "
-                         "default: llama-bench's tg from an empty context")
+                    help="both decode after --prompt-tokens of context (llama-bench -d); "
+                         "default: both from an empty context (llama-bench's tg)")
     ap.add_argument("--rounds", type=int, default=1, help="pairs of runs (peer, forgert) per row; medians")
     ap.add_argument("--peer", type=Path, default=ROOT.parent / "shared" / "peers" / "llama-bench.sh")
     ap.add_argument("--models", type=Path, default=ROOT / "bench" / "models")
@@ -124,7 +126,7 @@ def main():
     lines = [f"# forgert vs llama-bench, CPU ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
              f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; random-weight GGUFs of real shapes "
              f"(bench/synthetic_gguf.py); prefill {a.prompt_tokens} tokens, decode {a.gen_tokens}, "
-             f"llama.cpp decodes {'after the prompt (-d)' if a.same_depth else 'from an empty context'}, forgert after the prompt; "
+             f"both decode {'after the prompt (llama-bench -d)' if a.same_depth else 'from an empty context'}; "
              f"{a.rounds} alternating rounds of {a.repeats} runs each (median of the rounds); forgert's kernel set: {rows[0][3]['backend'] if rows else '-'}; "
              f"read bandwidth {bw:.1f} GB/s (all CPUs).", "",
              "Prefill int8: forgert with `FORGERT_CPU_PREFILL=int8` (one int8 part per activation, as llama.cpp; "

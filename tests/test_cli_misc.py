@@ -83,6 +83,16 @@ def test_bench_reports_speeds(smollm2_gguf):
     assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
     assert set(r["profile"]["prefill"]) == {"embed", "layers", "logits"}
     assert "run 1/1" in result.stderr      # the progress display
+    assert r["decode_depth"] == 16         # by default the decode follows the prompt
+
+
+def test_bench_decodes_from_an_empty_context(smollm2_gguf):
+    # llama-bench's tg decodes from an empty context: -d 0 times the decode after one token
+    result = forgert("bench", "--model", smollm2_gguf, "-p", 16, "-g", 4, "-r", 1, "-d", 0, "--n-ctx", 64, "--json")
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["decode_depth"] == 1 and r["prompt_tokens"] == 16
+    assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
 
 
 def test_bench_bad_flags(smollm2_gguf):
@@ -90,6 +100,9 @@ def test_bench_bad_flags(smollm2_gguf):
     assert_clean_failure(forgert("bench", "--model", smollm2_gguf, "-p", 60, "-g", 10, "--n-ctx", 64),
                          "context")
     assert_clean_failure(forgert("bench", "--repeats", "many"), "invalid int")
+    assert_clean_failure(forgert("bench", "--model", smollm2_gguf, "-d", -1), "--decode-depth")
+    assert_clean_failure(forgert("bench", "--model", smollm2_gguf, "-p", 8, "-d", 60, "-g", 10, "--n-ctx", 64),
+                         "--decode-depth 60")
 
 
 # ----------------------------------------------------------------------------- serve

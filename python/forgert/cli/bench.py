@@ -22,6 +22,9 @@ def add_parser(subparsers):
     p.add_argument("--prompt-tokens", "-p", type=int, default=128, help="prompt length (default 128)")
     p.add_argument("--gen-tokens", "-g", type=int, default=64, help="tokens to decode (default 64)")
     p.add_argument("--repeats", "-r", type=int, default=3, help="runs to take the median of (default 3)")
+    p.add_argument("--decode-depth", "-d", type=int, default=None,
+                   help="tokens in the cache when the timed decode starts (default: the prompt's, decoding "
+                        "right after it; 0 decodes after a lone first token, as llama-bench's tg does)")
     p.add_argument("--profile", action="store_true",
                    help="also time the engine's stages (embedding, layers, logits) per forward pass and, "
                         "on the CPU, each op kind per decoded token with the parallel regions and thread "
@@ -43,21 +46,31 @@ def _check_args(args) -> None:
     for name in ("prompt_tokens", "gen_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.decode_depth is not None and args.decode_depth < 0:
+        raise UserError(f"--decode-depth must be at least 0, got {args.decode_depth}")
 
 
-def measure(model, prompt: list[int], gen_tokens: int, label: str) -> dict:
-    """One cold run: prefill `prompt` from an empty cache, then decode `gen_tokens` greedily."""
-    model.reset()
+def measure(model, prompt: list[int], gen_tokens: int, label: str, decode_prompt: list[int] | None = None) -> dict:
+    """One cold run: prefill `prompt` from an empty cache, then decode `gen_tokens` greedily.
+    With `decode_prompt` the decode is timed in a second cold run after that prompt instead
+    (the first run then stops at its first token)."""
     bar = ProgressBar(label, gen_tokens)
-    stream = model.stream(prompt, max_tokens=gen_tokens, temperature=0, ignore_eos=True)
-    for n, _ in enumerate(stream, start=1):
-        # pieces ~ tokens: fine for a progress display; the bar completes once timings are known
-        bar.update(min(n, gen_tokens - 1), "decoding")
-    t = stream.completion.timings
-    bar.update(gen_tokens, f"prefill {t.prefill_tokens_per_s:.1f} tok/s, "
+
+    def cold(tokens: list[int], max_tokens: int):
+        model.reset()
+        stream = model.stream(tokens, max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        for n, _ in enumerate(stream, start=1):
+            # pieces ~ tokens: fine for a progress display; the bar completes once timings are known
+            bar.update(min(n, gen_tokens - 1), "decoding")
+        return stream.completion.timings
+
+    t = p = cold(prompt, 1 if decode_prompt is not None else gen_tokens)
+    if decode_prompt is not None:
+        t = cold(decode_prompt, gen_tokens)
+    bar.update(gen_tokens, f"prefill {p.prefill_tokens_per_s:.1f} tok/s, "
                            f"decode {t.decode_tokens_per_s:.1f} tok/s")
-    return {"prefill_tokens_per_s": t.prefill_tokens_per_s, "decode_tokens_per_s": t.decode_tokens_per_s,
-            "prefill_s": t.prefill_s, "decode_s": t.decode_s}
+    return {"prefill_tokens_per_s": p.prefill_tokens_per_s, "decode_tokens_per_s": t.decode_tokens_per_s,
+            "prefill_s": p.prefill_s, "decode_s": t.decode_s}
 
 
 def profile_stages(model, prompt: list[int], gen_tokens: int):
@@ -95,13 +108,20 @@ def run(args) -> int:
     if args.prompt_tokens + args.gen_tokens > model.n_ctx:
         raise UserError(f"--prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} do not "
                         f"fit the context of {model.n_ctx} tokens (raise --n-ctx)")
+    depth = args.prompt_tokens if args.decode_depth is None else args.decode_depth
+    if depth + args.gen_tokens > model.n_ctx:
+        raise UserError(f"--decode-depth {depth} + --gen-tokens {args.gen_tokens} do not fit the context "
+                        f"of {model.n_ctx} tokens (raise --n-ctx)")
     prompt = prompt_of_length(model, args.prompt_tokens)
+    # The decode's own prompt: `depth` tokens, at least one (a first token to decode from).
+    decode_prompt = None if depth == args.prompt_tokens else prompt_of_length(model, max(depth, 1))
     model.generate(prompt[:8], max_tokens=2, temperature=0)     # warm-up: first-touch of the weights
-    runs = [measure(model, prompt, args.gen_tokens, f"run {i + 1}/{args.repeats}")
+    runs = [measure(model, prompt, args.gen_tokens, f"run {i + 1}/{args.repeats}", decode_prompt)
             for i in range(args.repeats)]
     result = {
         "model": model.info()["name"], "backend": model.backend, "threads": model.threads,
         "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "repeats": args.repeats,
+        "decode_depth": len(decode_prompt) if decode_prompt is not None else depth,
         "prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] for r in runs),
         "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
         "runs": runs,
