@@ -277,7 +277,6 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
     Tiles::end();
 }
 
-
 }  // namespace
 
 // One tile instruction of each kind the kernels use; run by cpu_kernels.cpp's probe in a
