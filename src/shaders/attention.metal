@@ -3,8 +3,9 @@
 // Query t (at position pos0 + t) attends to cache rows 0 .. pos0 + t (the last `window` of
 // them with sliding-window attention); with a row table (a batch of sequences), query t at
 // position rows[t][0] attends to its sequence's rows from rows[t][1] on. Those keys are cut
-// into n_splits chunks (flash-decoding: a long context spreads over many threadgroups
-// even for a single query). GQA: query head h reads kv head h / (n_heads / n_kv_heads), so
+// into chunks (flash-decoding: a long context spreads over many threadgroups even for a single
+// query), each query by its own key count (kernel_args.h fg_attn_splits), so a query's bits do
+// not depend on the other queries of the dispatch. GQA: query head h reads kv head h / (n_heads / n_kv_heads), so
 // one threadgroup serves several query heads of one KV head (split, head block, query): each
 // K/V row it loads is used by all of them, and the cache is read once per query rather than
 // once per query head. Its FG_ATTN_SIMDGROUPS simdgroups take every 4th key of the chunk,
@@ -51,9 +52,12 @@ kernel void attention_f16(
     const uint64_t seq_base = args.has_rows != 0 ? uint64_t(rows[2 * t + 1]) * args.kv_stride : 0;
     device const char* keys = k_cache + seq_base;
     device const char* values = v_cache + seq_base;
-    const int k_first = args.window > 0 ? max(0, kv_len - args.window) : 0;  // sliding window
-    const int k_begin = k_first + split * args.split_len;
-    const int k_end = min(k_begin + args.split_len, kv_len);
+    const int span = fg_attn_span(kv_len, args.window);  // the keys it sees: kv_len - span .. kv_len - 1
+    const int n_splits = fg_attn_splits(span, args.max_splits);
+    if (split >= n_splits) return;  // the grid has the longest query's splits (the whole threadgroup returns)
+    const int split_len = fg_attn_split_len(span, n_splits);
+    const int k_begin = kv_len - span + split * split_len;
+    const int k_end = min(k_begin + split_len, kv_len);
 
     // The block's query heads (n_qh x hd contiguous floats) go through threadgroup memory,
     // read from device memory once rather than once per simdgroup.
@@ -152,7 +156,7 @@ kernel void attention_f16(
             l_all += ls * w[s];
         }
 
-        if (args.n_splits == 1) {
+        if (n_splits == 1) {
             device float* o = (device float*)(out + t * args.out_stride) + head * hd;
             if (args.has_sinks) l_all += exp(sinks[head] - m_all);  // in the denominator only (gpt-oss)
             const float inv_l = 1.0f / l_all;  // split 0 always holds key k_first: l_all > 0
@@ -162,9 +166,9 @@ kernel void attention_f16(
                 o[d] = a * inv_l;
             }
         } else {
-            const int pidx = (t * args.n_heads + head) * args.n_splits + split;
+            const int pidx = (t * args.n_heads + head) * int(tgpg.x) + split;
             device float* pr = partials + pidx * hd;
-            device float2* stats = (device float2*)(partials + FG_ATTN_STATS_AT(int(tgpg.z) * args.n_heads * args.n_splits, hd));
+            device float2* stats = (device float2*)(partials + FG_ATTN_STATS_AT(int(tgpg.z) * args.n_heads * int(tgpg.x), hd));
             if (tiisg == 0) stats[pidx] = float2(m_all, l_all);
             for (int d = tiisg; d < hd; d += FG_SIMD_WIDTH) {
                 float a = 0.0f;
@@ -180,14 +184,16 @@ template [[host_name("attention_f16_d64")]] kernel attention_f16_t attention_f16
 template [[host_name("attention_f16_d128")]] kernel attention_f16_t attention_f16<4>;
 template [[host_name("attention_f16_d256")]] kernel attention_f16_t attention_f16<8>;
 
-// Combines the n_splits partial states of one (head, query): one simdgroup per pair. Lane s
-// takes the (max, sum) of splits s, s + 32, ...; the splits' weights go through threadgroup
-// memory, so every partial is read once.
+// Combines the partial states of one (head, query), its own splits (as attention_f16 cut its
+// keys): one simdgroup per pair. Lane s takes the (max, sum) of splits s, s + 32, ...; the splits'
+// weights go through threadgroup memory, so every partial is read once. A query of one split
+// was written whole by attention_f16.
 kernel void attention_reduce(
         constant attention_reduce_args & args [[buffer(0)]],
         device const float * partials [[buffer(1)]],
         device       char  * out      [[buffer(2)]],
         device const float * sinks    [[buffer(3)]],
+        device const int   * rows     [[buffer(4)]],
         threadgroup float * weights   [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         uint3  tgpg  [[threadgroups_per_grid]],
@@ -195,10 +201,12 @@ kernel void attention_reduce(
     const int head = tgpig.x;
     const int t = tgpig.y;
     const int hd = args.head_dim;
-    const int ns = args.n_splits;
-    const int pidx = (t * args.n_heads + head) * ns;
+    const int kv_len = (args.has_rows != 0 ? rows[2 * t] : args.pos0 + t) + 1;
+    const int ns = fg_attn_splits(fg_attn_span(kv_len, args.window), args.max_splits);
+    if (ns == 1) return;  // uniform: the threadgroup is one simdgroup
+    const int pidx = (t * args.n_heads + head) * args.n_splits;
     device const float* acc = partials + pidx * hd;  // [ns][hd]
-    device const float2* stats = (device const float2*)(partials + FG_ATTN_STATS_AT(int(tgpg.y) * args.n_heads * ns, hd)) + pidx;
+    device const float2* stats = (device const float2*)(partials + FG_ATTN_STATS_AT(int(tgpg.y) * args.n_heads * args.n_splits, hd)) + pidx;
 
     // This lane's splits merged online (an empty split, sum 0, weighs nothing), then across lanes.
     float m_lane = ATTN_NEG_BIG;

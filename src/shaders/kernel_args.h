@@ -129,22 +129,27 @@ typedef struct {
 FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
-// The keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
-// into n_splits chunks of split_len keys; one threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one
-// (split, block of query heads sharing one KV head, query) and keeps an online softmax per head.
-// With n_splits == 1 it writes the normalized result to out; otherwise it writes
-// partials that attention_reduce combines: acc rows, then the (max, sum) pairs (rows of hd floats
-// stay line-aligned).
+// The span keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
+// into fg_attn_splits(span, max_splits) chunks of fg_attn_split_len keys: each query its own
+// cut, from its own key count, so that its bits do not depend on the other queries of the
+// dispatch (a decode row gives the bits it gives alone: docs/design.md "Batch invariance").
+// One threadgroup of FG_ATTN_SIMDGROUPS simdgroups handles one (split, block of query heads
+// sharing one KV head, query) and keeps an online softmax per head; the grid has the splits
+// of the longest query, and a threadgroup past its query's splits does nothing. A query of
+// one split writes the normalized result to out; one of several writes partials that
+// attention_reduce combines: acc rows, then the (max, sum) pairs (rows of hd floats stay
+// line-aligned).
 // slots: 1 q f32 [n, H * hd], 2 k_cache f16, 3 v_cache f16 [n_ctx, KV * hd],
 //        4 out f32 [n, H * hd], 6 sinks f32 [H] (or unused),
-//        5 partials f32: acc [n, H, n_splits, hd], then (max, sum) [n, H, n_splits, 2] from float
-//          FG_ATTN_STATS_AT(n * H * n_splits, hd) (8-byte aligned)
+//        5 partials f32: acc [n, H, S, hd], then (max, sum) [n, H, S, 2] from float
+//          FG_ATTN_STATS_AT(n * H * S, hd) (8-byte aligned), S = the grid's splits
 //        7 rows i32 [n, 2] (or unused): with has_rows, query t sits at position rows[t][0] of the
 //        sequence whose cache rows start at rows[t][1] (a batch of sequences in one dispatch)
 // kernels: attention_f16_d64 / _d128 / _d256 for head_dim up to 64 / 128 / 256 (DPL = 2 / 4 / 8
 //          elements per lane)
-// grid: (n_splits, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
-//       FG_ATTN_QREGS / DPL; the kernel reads G from the grid); threads: FG_ATTN_SIMDGROUPS * 32
+// grid: (S, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
+//       FG_ATTN_QREGS / DPL; the kernel reads G from the grid), S = fg_attn_splits of the
+//       longest span; threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
 #define FG_ATTN_SIMDGROUPS 4
 #define FG_ATTN_MAX_HEAD_DIM 256
@@ -152,6 +157,19 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
 #define FG_ATTN_TG_FLOATS(g, hd) ((g) * FG_ATTN_SIMDGROUPS * ((hd) + 2))
 #define FG_ATTN_MAX_TG_BYTES 32768
 #define FG_ATTN_STATS_AT(n_partials, hd) (((n_partials) * (hd) + 1) / 2 * 2)
+#define FG_ATTN_MIN_SPLIT_LEN 128  // keys per split, at least (while the span allows)
+// The keys a query at kv_len keys sees: all of them, or its window's.
+static inline int32_t fg_attn_span(int32_t kv_len, int32_t window) {
+    return window > 0 && window < kv_len ? window : kv_len;
+}
+// How many chunks a query's span keys are cut into: one per FG_ATTN_MIN_SPLIT_LEN keys, at
+// most max_splits (>= 1), and the chunks' length. Monotonic in span, so the longest query's
+// count bounds every query's (the grid's splits).
+static inline int32_t fg_attn_splits(int32_t span, int32_t max_splits) {
+    const int32_t n = (span + FG_ATTN_MIN_SPLIT_LEN - 1) / FG_ATTN_MIN_SPLIT_LEN;
+    return n < 1 ? 1 : n < max_splits ? n : max_splits;
+}
+static inline int32_t fg_attn_split_len(int32_t span, int32_t splits) { return (span + splits - 1) / splits; }
 typedef struct {
     uint64_t q_stride;
     uint64_t kv_stride;   // bytes between cache rows (k and v)
@@ -160,16 +178,14 @@ typedef struct {
     int32_t n_kv_heads;
     int32_t head_dim;
     int32_t pos0;
-    int32_t n_splits;
-    int32_t split_len;    // keys per split
+    int32_t max_splits;   // a query's splits, at most (fg_attn_splits); the host's choice
     float scale;
     int32_t window;       // > 0: query t sees only keys pos0 + t - window + 1 .. pos0 + t
     float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
     int32_t has_sinks;    // 1: slot 6 holds f32 [H] logits that join the softmax denominator (gpt-oss)
     int32_t has_rows;     // 1: slot 7 holds each query's (position, first cache row); pos0 unused
-    int32_t pad0;
 } attention_args;
-FG_ARGS_ASSERT(sizeof(attention_args) == 72, "attention_args layout");
+FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
 
 // attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
 // queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head
@@ -205,16 +221,22 @@ typedef struct {
 } attention_prefill_args;
 FG_ARGS_ASSERT(sizeof(attention_prefill_args) == 72, "attention_prefill_args layout");
 
-// attention_reduce: slots 1 partials (as attention_f16's), 2 out, 3 sinks f32 [H] (or unused);
+// attention_reduce: slots 1 partials (as attention_f16's), 2 out, 3 sinks f32 [H] (or unused),
+// 4 rows i32 [n, 2] (or unused; as attention_f16's slot 7). Query t's own splits (from its span,
+// as attention_f16 cut them) are merged; a query of one split was written by attention_f16.
 // grid (H, n); threads: 32; threadgroup memory 0: n_splits floats
 typedef struct {
     uint64_t out_stride;
     int32_t n_heads;
     int32_t head_dim;
-    int32_t n_splits;
+    int32_t n_splits;     // the attention grid's splits (the partials' layout)
+    int32_t max_splits;   // as attention_args
+    int32_t pos0;         // as attention_args: where query t's keys end
+    int32_t window;
     int32_t has_sinks;    // 1: slot 3 holds the sinks f32 [H]
+    int32_t has_rows;     // 1: slot 4 holds each query's (position, first cache row); pos0 unused
 } attention_reduce_args;
-FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 24, "attention_reduce_args layout");
+FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 40, "attention_reduce_args layout");
 
 // --- elementwise over [n, dim] rows ---
 // silu_mul: slots 1 gate, 2 up, 3 out.   add: slots 1 a, 2 b, 3 out (out may alias a).

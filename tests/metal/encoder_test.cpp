@@ -481,7 +481,7 @@ struct TinyModel {
     RecordingDevice* dev = new RecordingDevice;
     std::unique_ptr<LlamaModel> model;
     size_t n_weight_buffers = 0;
-    explicit TinyModel(int n_layers, int n_slots = 1) {
+    explicit TinyModel(int n_layers, int n_slots = 1, int n_ctx = 16) {
         ModelConfig cfg;
         cfg.arch = "llama";
         cfg.n_layers = n_layers;
@@ -491,7 +491,7 @@ struct TinyModel {
         cfg.head_dim = 32;
         cfg.ffn_dim = 96;
         cfg.vocab = 128;
-        cfg.n_ctx = 16;
+        cfg.n_ctx = n_ctx;
         cfg.rope_freqs.assign(16, 0.1f);
         std::vector<std::vector<float>> storage;
         storage.reserve(64);
@@ -525,28 +525,32 @@ struct TinyModel {
     }
 };
 
-// A batch step runs RoPE + the cache write and attention once per layer for all its
-// sequences (their rows, positions and slots in one row table), not once per sequence:
-// decode rows of four slots (attention_f16_d64), and a prompt chunk of 9 rows beside decode rows
-// (the tiled prefill kernel, its blocks in runs of one sequence).
+// A batch step runs RoPE + the cache write once per layer for all its sequences (their rows,
+// positions and slots in one row table), and attention once per layer per row class (RowClasses),
+// not once per sequence: decode rows of four slots (attention_f16_d64); a prompt chunk of 9 prefix
+// rows (positions 15..23) beside decode rows: the decode rows' attention_f16_d64 and the chunk's
+// tiled prefill kernel; a chunk at positions 0..8 is decode rows (below kMaxDecodeRun), one dispatch.
 void test_batch_step_one_attention_per_layer() {
     const int n_layers = 3;
-    TinyModel t(n_layers, 4);
+    TinyModel t(n_layers, 4, 32);
     const int32_t toks[9] = {5, 6, 7, 8, 9, 10, 11, 12, 13};
     const BatchEntry decode[4] = {{2, toks, 1, 3}, {0, toks + 1, 1, 7}, {3, toks + 2, 1, 0}, {1, toks + 3, 1, 5}};
-    const BatchEntry mixed[3] = {{1, toks, 9, 0}, {0, toks, 1, 8}, {3, toks, 1, 2}};
-    for (auto [entries, n, kernel] :
-         {std::tuple{decode, 4, "attention_f16_d64"}, std::tuple{mixed, 3, "attention_prefill_f16"}}) {
+    const BatchEntry mixed[3] = {{1, toks, 9, 15}, {0, toks, 1, 8}, {3, toks, 1, 2}};
+    const BatchEntry early[3] = {{1, toks, 9, 0}, {0, toks, 1, 8}, {3, toks, 1, 2}};
+    for (auto [entries, n, decode_dispatches, prefill_dispatches] :
+         {std::tuple{decode, 4, n_layers, 0}, std::tuple{mixed, 3, n_layers, n_layers},
+          std::tuple{early, 3, n_layers, 0}}) {
         t.dev->log.clear();
         int32_t best[4] = {};
         t.model->forward_batch_argmax(entries, n, best);
         const std::string& log = t.dev->log;
         EXPECT(count_kernel(log, "rope_kv_write_f32") == n_layers, "%d rope_kv_write dispatches for %d layers: %s",
                count_kernel(log, "rope_kv_write_f32"), n_layers, log.c_str());
-        const int attn = count_kernel(log, "attention_f16_d64") + count_kernel(log, "attention_prefill_f16");
-        EXPECT(count_kernel(log, kernel) == n_layers && attn == n_layers,
-               "%d %s of %d attention dispatches for %d layers: %s", count_kernel(log, kernel), kernel, attn, n_layers,
-               log.c_str());
+        EXPECT(count_kernel(log, "attention_f16_d64") == decode_dispatches &&
+                   count_kernel(log, "attention_prefill_f16") == prefill_dispatches,
+               "%d attention_f16_d64 and %d attention_prefill_f16 dispatches for %d layers, expected %d and %d: %s",
+               count_kernel(log, "attention_f16_d64"), count_kernel(log, "attention_prefill_f16"), n_layers,
+               decode_dispatches, prefill_dispatches, log.c_str());
     }
 }
 

@@ -58,8 +58,9 @@ struct AttentionParams {
 // kMaxDecodeRun rows (each row's bits those of the row alone), and prefix rows through its
 // prefill GEMM whatever their number (each row's bits independent of the chunk it came in);
 // its attention gives a prefix row's query the same kernel whatever its block of rows.
+// The Metal backend runs decode rows through its GEMV and its decode attention kernel cut as for
+// one query, prefix rows through its GEMM and its prefill attention kernel, whatever their number.
 // By count (n_decode < 0, the default): the backend picks kernels by the number of rows alone.
-// The Metal backend always picks by count: it does not promise batch invariance.
 struct RowClasses {
     int64_t n_decode = -1;  // < 0: by count
 

@@ -43,8 +43,10 @@ public:
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
-    // The matmul ops pick kernels by row count: RowClasses are taken and ignored (Metal makes no
-    // batch-invariance promise; core/backend.h RowClasses).
+    // The matmul ops and attention take RowClasses (core/backend.h): decode rows through the GEMV
+    // and the decode attention kernel cut as for one query, prefix rows through the GEMM and the
+    // prefill attention kernel, so a row's bits do not depend on the other rows of its pass
+    // (docs/design.md "Batch invariance"); by count, the kernels are picked by the number of rows.
     void matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses rc = {}) override;
     void add_bias(const Tensor& x, const Tensor& b) override;
     void matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& scratch,
@@ -95,12 +97,29 @@ private:
     void encode(const std::string& kernel, const void* args, size_t args_bytes, const std::vector<Binding>& binds,
                 Size3 grid, Size3 threads, size_t threadgroup_bytes = 0);
     uint32_t thread_cap(const char* kernel);  // threads per threadgroup for kernels that loop
-    // out = w x, or out += w x with accumulate (the GEMV or the GEMM by token count).
-    void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
+    // out = w x, or out += w x with accumulate: the GEMV rows (gemv_rows in metal_ops.cpp) through
+    // encode_gemv, the rest through encode_gemm.
+    void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate, RowClasses rc);
+    void encode_gemv(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
+    void encode_gemm(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
+    // matmul_swiglu (gelu false) and matmul_geglu.
+    void matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                    const Tensor& scratch, RowClasses rc, bool gelu);
+    // matmul_id's GEMV tokens (a GEMV per slot) and GEMM tokens (slots grouped by expert, a GEMM each).
+    void encode_matmul_id_gemv(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                               const Tensor& ids);
+    void encode_matmul_id_gemm(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                               const Tensor& ids);
+    // attention's two kernels over rows `at` (q, out: those rows): the decode kernel, each query's
+    // keys cut into at most max_splits splits (kernel_args.h fg_attn_splits), and the prefill kernel.
+    void encode_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                 const RowPositions& at, const AttentionParams& p, int32_t max_splits);
+    void encode_attention_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                  const RowPositions& at, const AttentionParams& p);
     // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32 or add_f32.
     void encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name, const Tensor& out,
                        const Tensor& a, const Tensor& b);
-    // Decode: the gate and up projections and the activation in one mul_mv_swiglu pass
+    // GEMV rows: the gate and up projections and the activation in one mul_mv_swiglu pass
     // (gelu: GeGLU); false where that kernel does not apply (the caller falls back).
     bool encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x, bool gelu);
     // out = rms_norm(x) * w, or out += it with accumulate: rms_norm_f32.

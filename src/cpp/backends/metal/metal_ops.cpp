@@ -80,14 +80,27 @@ void need_row_table(const RowPositions& at, int64_t n, int64_t cache_rows, const
              std::to_string(cache_rows) + " rows");
 }
 
-// Decode batches below this size use the matrix-vector kernels; larger ones the
-// simdgroup-matrix GEMM, whose 32-token tiles would mostly idle on fewer tokens.
+// By row count (RowClasses::by_count), batches below this size use the matrix-vector kernels;
+// larger ones the simdgroup-matrix GEMM, whose 32-token tiles would mostly idle on fewer tokens.
 constexpr int64_t kMulMmMinTokens = 8;
 
+// How many of a pass's leading rows take the GEMV (decode rows, each row's bits those of the row
+// alone: a GEMV threadgroup serves one row, and a row's sums do not depend on the threadgroup's
+// shape), the others the GEMM (whose per-(row, token) order does not depend on the token count or
+// tile either): by row count, all rows or none.
+int64_t gemv_rows(RowClasses rc, int64_t n) {
+    if (rc.by_row_count()) return n < kMulMmMinTokens ? n : 0;
+    return std::min(rc.n_decode, n);
+}
+
 // Flash-decoding: aim for this many threadgroups in flight so that even one query
-// head keeps every GPU core busy on a long context, with at least this many keys each.
+// head keeps every GPU core busy on a long context (each split at least
+// FG_ATTN_MIN_SPLIT_LEN keys).
 constexpr int64_t kAttnTargetThreadgroups = 128;
-constexpr int64_t kAttnMinSplitLen = 128;
+
+// The most splits a decode-attention query takes when the dispatch has `blocks` threadgroups per
+// split (queries x head blocks).
+int32_t attention_max_splits(int64_t blocks) { return (int32_t)ceil_div(kAttnTargetThreadgroups, blocks); }
 
 // Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256 variants).
 int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8; }
@@ -201,52 +214,76 @@ mul_mv_args make_mul_mv_args(const Tensor& out, const Tensor& w, const Tensor& x
 
 }  // namespace
 
-void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
-    const int64_t n = x.rows;
-    const std::string sfx = weight_suffix(w.type);
-    if (n < kMulMmMinTokens) {
-        const GemvKernel k =
-            gemv_kernel("mul_mv_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
-        mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
-        a.sg_rows = k.sg_rows;
-        encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(out)},
-               {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1}, {k.threads, 1, 1}, k.tg_bytes);
-    } else {
-        mul_mm_args a{};
-        a.w_stride = w.stride;
-        a.x_stride = x.stride;
-        a.out_stride = out.stride;
-        a.rows = (int32_t)w.rows;
-        a.cols = (int32_t)w.cols;
-        a.n_tokens = (int32_t)n;
-        a.accumulate = accumulate ? 1 : 0;
-        encode("mul_mm_" + sfx, &a, sizeof a, {reads(w), reads(x), writes(out)},
-               {ceil_div(w.rows, FG_MM_TILE_ROWS), ceil_div(n, FG_MM_TILE_TOKENS), 1}, {FG_MM_THREADS, 1, 1},
-               FG_MM_TG_BYTES(w.type == DType::F32 || w.type == DType::BF16 ? 4 : 2));
-    }
+void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate,
+                                 RowClasses rc) {
+    const int64_t n = x.rows, g = gemv_rows(rc, n);
+    if (g > 0) encode_gemv(out.slice_rows(0, g), w, x.slice_rows(0, g), accumulate);
+    if (g < n) encode_gemm(out.slice_rows(g, n - g), w, x.slice_rows(g, n - g), accumulate);
 }
 
-void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses) {
+void MetalBackend::encode_gemv(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
+    const int64_t n = x.rows;
+    const GemvKernel k = gemv_kernel("mul_mv_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
+    mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
+    a.sg_rows = k.sg_rows;
+    encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(out)}, {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1},
+           {k.threads, 1, 1}, k.tg_bytes);
+}
+
+void MetalBackend::encode_gemm(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
+    const int64_t n = x.rows;
+    mul_mm_args a{};
+    a.w_stride = w.stride;
+    a.x_stride = x.stride;
+    a.out_stride = out.stride;
+    a.rows = (int32_t)w.rows;
+    a.cols = (int32_t)w.cols;
+    a.n_tokens = (int32_t)n;
+    a.accumulate = accumulate ? 1 : 0;
+    encode(std::string("mul_mm_") + weight_suffix(w.type), &a, sizeof a, {reads(w), reads(x), writes(out)},
+           {ceil_div(w.rows, FG_MM_TILE_ROWS), ceil_div(n, FG_MM_TILE_TOKENS), 1}, {FG_MM_THREADS, 1, 1},
+           FG_MM_TG_BYTES(w.type == DType::F32 || w.type == DType::BF16 ? 4 : 2));
+}
+
+void MetalBackend::matmul(const Tensor& out, const Tensor& w, const Tensor& x, RowClasses rc) {
     need_matmul_shapes(out, w, x, "matmul");
-    encode_matmul(out, w, x, false);
+    encode_matmul(out, w, x, false, rc);
 }
 
 // The GEMV and GEMM add into out as they store it: no scratch, no separate add dispatch.
-void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor&, RowClasses) {
+void MetalBackend::matmul_add(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor&, RowClasses rc) {
     need_matmul_shapes(out, w, x, "matmul_add");
-    encode_matmul(out, w, x, true);
+    encode_matmul(out, w, x, true, rc);
 }
 
-// Decode: one GEMV pass over x computes the gate and up rows together and stores
-// silu(gate) * up. Prefill keeps two GEMMs and the elementwise kernel.
-bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                    bool gelu) {
+// GEMV rows: one pass over x computes the gate and up rows together and stores act(gate) * up
+// (mul_mv_swiglu), where the two weights allow it, else two GEMVs and the elementwise kernel;
+// GEMM rows: two GEMMs and the elementwise kernel.
+void MetalBackend::matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                              const Tensor& scratch, RowClasses rc, bool gelu) {
     const char* op = gelu ? "matmul_geglu" : "matmul_swiglu";
     need_matmul_shapes(out, w_gate, x, op);
     need_matmul_shapes(out, w_up, x, op);
+    auto unfused = [&](int64_t r0, int64_t m, RowClasses part) {
+        need_f32_rows(scratch, op, "scratch", x.rows, w_up.rows);
+        const Tensor o = out.slice_rows(r0, m), xs = x.slice_rows(r0, m), sc = scratch.slice_rows(r0, m);
+        if (gelu)
+            Backend::matmul_geglu(o, w_gate, w_up, xs, sc, part);
+        else
+            Backend::matmul_swiglu(o, w_gate, w_up, xs, sc, part);
+    };
+    const int64_t n = x.rows, g = gemv_rows(rc, n);
+    if (g > 0 && !encode_fused_glu(out.slice_rows(0, g), w_gate, w_up, x.slice_rows(0, g), gelu))
+        unfused(0, g, RowClasses::decode(g));
+    if (g < n) unfused(g, n - g, RowClasses::prefix());
+}
+
+// False where mul_mv_swiglu cannot take the two weights (the caller falls back).
+bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
+                                    bool gelu) {
     // One args struct serves both weights: they must agree in type, stride and alignment.
     mul_mv_args a = make_mul_mv_args(out, w_gate, x, false);
-    const bool fused = x.rows < kMulMmMinTokens && w_gate.type == w_up.type && w_gate.stride == w_up.stride &&
+    const bool fused = w_gate.type == w_up.type && w_gate.stride == w_up.stride &&
                        a.w_vec4 == make_mul_mv_args(out, w_up, x, false).w_vec4;
     if (!fused) return false;
     a.gelu = gelu ? 1 : 0;
@@ -260,13 +297,13 @@ bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, con
 }
 
 void MetalBackend::matmul_swiglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                 const Tensor& scratch, RowClasses) {
-    if (!encode_fused_glu(out, w_gate, w_up, x, false)) Backend::matmul_swiglu(out, w_gate, w_up, x, scratch);
+                                 const Tensor& scratch, RowClasses rc) {
+    matmul_glu(out, w_gate, w_up, x, scratch, rc, false);
 }
 
 void MetalBackend::matmul_geglu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
-                                const Tensor& scratch, RowClasses) {
-    if (!encode_fused_glu(out, w_gate, w_up, x, true)) Backend::matmul_geglu(out, w_gate, w_up, x, scratch);
+                                const Tensor& scratch, RowClasses rc) {
+    matmul_glu(out, w_gate, w_up, x, scratch, rc, true);
 }
 
 void MetalBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) {
@@ -403,55 +440,84 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
     need(!p.sinks || (p.sinks->buf && p.sinks->type == DType::F32 && p.sinks->rows * p.sinks->cols == p.n_heads),
          "attention", "sinks must be f32 with one value per head");
-    // Without sinks the slot is bound to out, zero bytes tracked: Metal's validation wants every slot bound.
-    const Binding sinks = p.sinks ? reads(*p.sinks) : Binding{out.buf, out.offset, 0, false};
-    const int32_t has_sinks = p.sinks ? 1 : 0;
-    // Split each query's keys so that (splits x heads x queries) fills the GPU. A query
-    // sees at most `span` keys (its window); the splits of shorter ones stay empty.
-    // The longest key range of a query: the table's (its sequences' cache rows, bound whole), or pos0 + n.
-    const int64_t kv_max = at.table ? at.max_len : pos0 + n;
-    const int64_t span = p.window > 0 ? std::min<int64_t>(kv_max, p.window) : kv_max;
-    const int64_t groups = n * p.n_heads;
-    const int head_block = attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
-    const int64_t blocks = n * (p.n_heads / head_block);  // decode threadgroups per split
-    int64_t n_splits = 1;
-    if (blocks < kAttnTargetThreadgroups)
-        n_splits = std::max<int64_t>(1, std::min(ceil_div(span, kAttnMinSplitLen),
-                                                 ceil_div(kAttnTargetThreadgroups, blocks)));
-    const int64_t split_len = ceil_div(span, n_splits);
-    n_splits = ceil_div(span, split_len);
-
-    const Tensor keys = at.table ? k_cache : k_cache.slice_rows(0, kv_max),
-                 values = at.table ? v_cache : v_cache.slice_rows(0, kv_max);
-    const Binding rows = at.table ? reads(*at.table) : Binding{out.buf, out.offset, 0, false};  // unused: any buffer
-
-    // The tiled prefill shares K/V tiles among a block's queries of one sequence: for a batch,
-    // when it holds a prompt chunk; decode rows of many sequences (runs of one) share nothing,
-    // and take attention_f16_d*, one threadgroup per (split, head block, query).
-    const bool runs = !at.table || at.max_run >= FG_ATTN_PREFILL_MIN_TOKENS;
-    if (runs && n >= FG_ATTN_PREFILL_MIN_TOKENS && n_splits == 1) {
-        // A chunk of queries whose keys need no split: blocks of 8 queries share K/V tiles.
-        attention_prefill_args a{};
-        a.q_stride = q.stride;
-        a.kv_stride = k_cache.stride;
-        a.out_stride = out.stride;
-        a.n_queries = (int32_t)n;
-        a.n_heads = p.n_heads;
-        a.n_kv_heads = p.n_kv_heads;
-        a.head_dim = p.head_dim;
-        a.pos0 = pos0;
-        a.tile_keys = std::min(64, FG_ATTN_TILE_HALFS / p.head_dim);
-        a.scale = p.scale;
-        a.window = p.window;
-        a.softcap = p.softcap;
-        a.has_sinks = has_sinks;
-        a.has_rows = at.table ? 1 : 0;
-        encode("attention_prefill_f16", &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), sinks, rows},
-               {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
-               2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
+    const int64_t head_blocks = p.n_heads / attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
+    if (at.classes.by_row_count()) {
+        // By count: a chunk whose keys need no split shares K/V tiles in the prefill kernel (for
+        // a batch, when it holds a prompt chunk: decode rows of many sequences, runs of one, share
+        // nothing); otherwise the decode kernel, its splits filling the GPU for n queries.
+        const int32_t max_splits = attention_max_splits(n * head_blocks);
+        const int64_t kv_max = at.table ? at.max_len : pos0 + n;
+        const bool runs = !at.table || at.max_run >= FG_ATTN_PREFILL_MIN_TOKENS;
+        if (runs && n >= FG_ATTN_PREFILL_MIN_TOKENS &&
+            fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits) == 1)
+            encode_attention_prefill(out, q, k_cache, v_cache, at, p);
+        else
+            encode_attention_decode(out, q, k_cache, v_cache, at, p, max_splits);
         return;
     }
+    // By class: decode rows through the decode kernel with the splits a lone decode step's one
+    // query takes, prefix rows through the prefill kernel, whatever else the pass holds (in both
+    // kernels a query's bits depend only on its own keys: attention.metal).
+    const int64_t n_decode = std::min(at.classes.n_decode, n);
+    auto rows_of = [&](int64_t r0, int64_t m, Tensor& table_part) {
+        if (!at.table) return RowPositions(pos0 + (int)r0);
+        table_part = at.table->slice_rows(r0, m);
+        return RowPositions(table_part, at.max_len, (int)std::min<int64_t>(at.max_run, m));
+    };
+    Tensor table_part;
+    if (n_decode > 0)
+        encode_attention_decode(out.slice_rows(0, n_decode), q.slice_rows(0, n_decode), k_cache, v_cache,
+                                rows_of(0, n_decode, table_part), p, attention_max_splits(head_blocks));
+    if (n_decode < n)
+        encode_attention_prefill(out.slice_rows(n_decode, n - n_decode), q.slice_rows(n_decode, n - n_decode), k_cache,
+                                 v_cache, rows_of(n_decode, n - n_decode, table_part), p);
+}
 
+namespace {
+// The cache rows a dispatch may read: a batch's whole cache (its rows land anywhere: the table
+// says where), or one sequence's first kv_max rows.
+Tensor bound_cache(const Tensor& cache, const RowPositions& at, int64_t n) {
+    return at.table ? cache : cache.slice_rows(0, at.pos0 + n);
+}
+}  // namespace
+
+void MetalBackend::encode_attention_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                                            const Tensor& v_cache, const RowPositions& at, const AttentionParams& p) {
+    const int64_t n = q.rows;
+    // Blocks of 8 queries share K/V tiles; a query's online softmax takes its keys one by one in order.
+    attention_prefill_args a{};
+    a.q_stride = q.stride;
+    a.kv_stride = k_cache.stride;
+    a.out_stride = out.stride;
+    a.n_queries = (int32_t)n;
+    a.n_heads = p.n_heads;
+    a.n_kv_heads = p.n_kv_heads;
+    a.head_dim = p.head_dim;
+    a.pos0 = at.pos0;
+    a.tile_keys = std::min(64, FG_ATTN_TILE_HALFS / p.head_dim);
+    a.scale = p.scale;
+    a.window = p.window;
+    a.softcap = p.softcap;
+    a.has_sinks = p.sinks ? 1 : 0;
+    a.has_rows = at.table ? 1 : 0;
+    // Without sinks or a table their slots are bound to out, zero bytes tracked: Metal's validation
+    // wants every slot bound.
+    const Binding unused{out.buf, out.offset, 0, false};
+    encode("attention_prefill_f16", &a, sizeof a,
+           {reads(q), reads(bound_cache(k_cache, at, n)), reads(bound_cache(v_cache, at, n)), writes(out),
+            p.sinks ? reads(*p.sinks) : unused, at.table ? reads(*at.table) : unused},
+           {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
+           2 * sizeof(uint16_t) * a.tile_keys * p.head_dim);
+}
+
+void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
+                                           const Tensor& v_cache, const RowPositions& at, const AttentionParams& p,
+                                           int32_t max_splits) {
+    const int64_t n = q.rows;
+    // Each query cuts its own keys (fg_attn_splits); the grid has the longest query's splits.
+    const int64_t kv_max = at.table ? at.max_len : at.pos0 + n;
+    const int64_t splits = fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits);
+    const int head_block = attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
     attention_args a{};
     a.q_stride = q.stride;
     a.kv_stride = k_cache.stride;
@@ -459,42 +525,46 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     a.n_heads = p.n_heads;
     a.n_kv_heads = p.n_kv_heads;
     a.head_dim = p.head_dim;
-    a.pos0 = pos0;
-    a.n_splits = (int32_t)n_splits;
-    a.split_len = (int32_t)split_len;
+    a.pos0 = at.pos0;
+    a.max_splits = max_splits;
     a.scale = p.scale;
     a.window = p.window;
     a.softcap = p.softcap;
-    a.has_sinks = has_sinks;
+    a.has_sinks = p.sinks ? 1 : 0;
     a.has_rows = at.table ? 1 : 0;
     const size_t tg_bytes = FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
     const std::string kernel = "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
+    const Binding unused{out.buf, out.offset, 0, false};  // see encode_attention_prefill
+    const Binding sinks = p.sinks ? reads(*p.sinks) : unused, rows = at.table ? reads(*at.table) : unused;
+    const Tensor keys = bound_cache(k_cache, at, n), values = bound_cache(v_cache, at, n);
+    const Size3 grid{(uint32_t)splits, (uint32_t)(p.n_heads / head_block), (uint32_t)n};
 
-    if (n_splits == 1) {
-        // One split writes out directly and never touches slot 5; it is bound (to out,
-        // zero bytes tracked) only because Metal's validation wants every slot bound.
-        const Binding unused{out.buf, out.offset, 0, false};
-        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows},
-               {1, (uint32_t)(p.n_heads / head_block), (uint32_t)n}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
-               tg_bytes);
+    if (splits == 1) {  // every query writes out directly; slot 5 is never touched
+        encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows}, grid,
+               {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
         return;
     }
-    const size_t partial_bytes = (FG_ATTN_STATS_AT((size_t)groups * n_splits, p.head_dim) + 2 * groups * n_splits) *
+    const int64_t groups = n * p.n_heads;
+    const size_t partial_bytes = (FG_ATTN_STATS_AT((size_t)groups * splits, p.head_dim) + 2 * groups * splits) *
                                  sizeof(float);  // acc rows, then (max, sum) pairs
     Buffer* scratch = attention_scratch(partial_bytes);
     Binding partials{scratch, 0, partial_bytes, true};
-    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows},
-           {(uint32_t)n_splits, (uint32_t)(p.n_heads / head_block), (uint32_t)n},
+    // Queries of one split write out here, the others their partials: out is written by both dispatches.
+    encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows}, grid,
            {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
     attention_reduce_args r{};
     r.out_stride = out.stride;
     r.n_heads = p.n_heads;
     r.head_dim = p.head_dim;
-    r.n_splits = (int32_t)n_splits;
-    r.has_sinks = has_sinks;
+    r.n_splits = (int32_t)splits;
+    r.max_splits = max_splits;
+    r.pos0 = at.pos0;
+    r.window = p.window;
+    r.has_sinks = a.has_sinks;
+    r.has_rows = a.has_rows;
     Binding partials_in{scratch, 0, partial_bytes, false};
-    encode("attention_reduce", &r, sizeof r, {partials_in, writes(out), sinks}, {(uint32_t)p.n_heads, (uint32_t)n, 1},
-           {FG_SIMD_WIDTH, 1, 1}, n_splits * sizeof(float));
+    encode("attention_reduce", &r, sizeof r, {partials_in, writes(out), sinks, rows},
+           {(uint32_t)p.n_heads, (uint32_t)n, 1}, {FG_SIMD_WIDTH, 1, 1}, splits * sizeof(float));
 }
 
 void MetalBackend::encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name,
@@ -617,7 +687,7 @@ std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expe
 }
 
 void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
-                             const Tensor& ids, RowClasses) {
+                             const Tensor& ids, RowClasses rc) {
     need(n_expert >= 1 && experts != nullptr, "matmul_id", "no experts");
     const Tensor& w0 = experts[0];
     const int64_t n = ids.rows, k = ids.cols;
@@ -625,29 +695,60 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
     need(x.rows == n || x.rows == n * k, "matmul_id", "x must have n or n*k rows");
     need_f32_rows(out, "matmul_id", "out", n * k, w0.rows);
     need_i32_rows(ids, "matmul_id", "ids", n, k);
-    const size_t expert_stride = n_expert > 1 ? experts[1].offset - w0.offset : 0;
     const std::string why = expert_stack_problem(experts, n_expert);
     need(why.empty(), "matmul_id", why);
-    const Binding stack{w0.buf, w0.offset, (n_expert - 1) * expert_stride + w0.nbytes(), false};
-    const int64_t n_slots = n * k;
-    const int32_t x_per_slot = x.rows == n_slots && k > 1 ? 1 : 0;
-    if (n < kMulMmMinTokens) {  // decode: a GEMV per slot over its expert's rows
-        mul_mv_id_args a{};
-        a.mv = make_mul_mv_args(out, w0, x, false);
-        a.expert_stride = expert_stride;
-        a.ids_stride = ids.stride;
-        a.k = (int32_t)k;
-        a.x_per_slot = x_per_slot;
-        a.n_expert = n_expert;
-        const GemvKernel kern = gemv_kernel("mul_mv_id_", w0.type, w0.rows, n_slots,
-                                            [this](const char* name) { return thread_cap(name); });
-        a.mv.sg_rows = kern.sg_rows;
-        encode(kern.name, &a, sizeof a, {stack, reads(x), writes(out), reads(ids)},
-               {ceil_div(w0.rows, kern.rows_per_tg), (uint32_t)n_slots, 1}, {kern.threads, 1, 1}, kern.tg_bytes);
-        return;
-    }
-    // Prefill: the slots grouped by expert on the device, then one GEMM per expert over its slots.
-    need(n_slots <= INT32_MAX / std::max(n_expert, 1), "matmul_id", "too many slots");
+    need(n * k <= INT32_MAX / std::max(n_expert, 1), "matmul_id", "too many slots");
+    // GEMV tokens first (their slots i*k + j lead), then GEMM tokens: each token's x rows (its own
+    // row, or its k slots' rows) and out rows go with it.
+    const int64_t g = gemv_rows(rc, n), x_rows_per_token = x.rows == n ? 1 : k;
+    auto tokens = [&](int64_t i0, int64_t m, bool gemv) {
+        const Tensor o = out.slice_rows(i0 * k, m * k), xs = x.slice_rows(i0 * x_rows_per_token, m * x_rows_per_token),
+                     id = ids.slice_rows(i0, m);
+        if (gemv)
+            encode_matmul_id_gemv(o, experts, n_expert, xs, id);
+        else
+            encode_matmul_id_gemm(o, experts, n_expert, xs, id);
+    };
+    if (g > 0) tokens(0, g, true);
+    if (g < n) tokens(g, n - g, false);
+}
+
+namespace {
+// Where the experts lie (expert e at w0 + e * stride; expert_stack_problem checked it) and the
+// binding that covers them all.
+size_t expert_stride(const Tensor* experts, int n_expert) {
+    return n_expert > 1 ? experts[1].offset - experts[0].offset : 0;
+}
+MetalBackend::Binding expert_stack(const Tensor* experts, int n_expert) {
+    const Tensor& w0 = experts[0];
+    return {w0.buf, w0.offset, (n_expert - 1) * expert_stride(experts, n_expert) + w0.nbytes(), false};
+}
+}  // namespace
+
+// A GEMV per slot over its expert's rows.
+void MetalBackend::encode_matmul_id_gemv(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                                         const Tensor& ids) {
+    const Tensor& w0 = experts[0];
+    const int64_t n_slots = ids.rows * ids.cols;
+    mul_mv_id_args a{};
+    a.mv = make_mul_mv_args(out, w0, x, false);
+    a.expert_stride = expert_stride(experts, n_expert);
+    a.ids_stride = ids.stride;
+    a.k = (int32_t)ids.cols;
+    a.x_per_slot = x.rows == n_slots && ids.cols > 1 ? 1 : 0;
+    a.n_expert = n_expert;
+    const GemvKernel kern =
+        gemv_kernel("mul_mv_id_", w0.type, w0.rows, n_slots, [this](const char* name) { return thread_cap(name); });
+    a.mv.sg_rows = kern.sg_rows;
+    encode(kern.name, &a, sizeof a, {expert_stack(experts, n_expert), reads(x), writes(out), reads(ids)},
+           {ceil_div(w0.rows, kern.rows_per_tg), (uint32_t)n_slots, 1}, {kern.threads, 1, 1}, kern.tg_bytes);
+}
+
+// The slots grouped by expert on the device, then one GEMM per expert over its slots.
+void MetalBackend::encode_matmul_id_gemm(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
+                                         const Tensor& ids) {
+    const Tensor& w0 = experts[0];
+    const int64_t n = ids.rows, k = ids.cols, n_slots = n * k;
     const size_t group_bytes = (size_t)(n_expert + (int64_t)n_expert * n_slots) * sizeof(int32_t);
     const Buffer* groups = moe_groups_scratch(group_bytes);
     moe_group_args g{};
@@ -665,13 +766,13 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
     a.mm.cols = (int32_t)w0.cols;
     a.mm.n_tokens = (int32_t)n_slots;
     a.mm.accumulate = 0;
-    a.expert_stride = expert_stride;
+    a.expert_stride = expert_stride(experts, n_expert);
     a.n_slots = (int32_t)n_slots;
     a.k = (int32_t)k;
-    a.x_per_slot = x_per_slot;
+    a.x_per_slot = x.rows == n_slots && k > 1 ? 1 : 0;
     a.n_expert = n_expert;
     encode(std::string("mul_mm_id_") + weight_suffix(w0.type), &a, sizeof a,
-           {stack, reads(x), writes(out), Binding{groups, 0, group_bytes, false}},
+           {expert_stack(experts, n_expert), reads(x), writes(out), Binding{groups, 0, group_bytes, false}},
            {ceil_div(w0.rows, FG_MM_TILE_ROWS), ceil_div(n_slots, FG_MM_TILE_TOKENS), (uint32_t)n_expert},
            {FG_MM_THREADS, 1, 1}, FG_MM_TG_BYTES(w0.type == DType::F32 || w0.type == DType::BF16 ? 4 : 2));
 }
