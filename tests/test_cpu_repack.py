@@ -42,10 +42,11 @@ def decode_is_the_definition() -> bool:
 
 
 # max |packed - file| / max |file| of the 256-bit sets' logits: two summation orders of the
-# decode rows (a prompt's first 15 rows are decode rows too), grown through the tiny random
-# models' layers. Measured on avx2: 2.4e-4 (llama_tied Q4_0), as far as the avx2 and avx512-vnni
-# sets' file-layout logits lie apart (2.4e-4); the packed avx2 Q4_0 logits equal avx512-vnni's.
-LOGITS_REL = 1e-3
+# decode rows (a prompt's first 15 rows are decode rows too), grown through the layers. Measured
+# on avx2: tiny models <= 2.4e-4, SmolLM2 <= 1.5e-3 (Q4_0's prompt logits), each time as far as
+# the avx2 and avx512-vnni sets' file-layout logits lie apart (the same 1.5e-3); avx2's packed
+# Q4_0 logits equal avx512-vnni's bit for bit there, both following one definition.
+LOGITS_REL = 5e-3
 
 
 def assert_files_bits(packed, file):
