@@ -26,6 +26,10 @@ bool runs_here(const KernelSet* k) {
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (!std::strcmp(k->name, "avx2")) return avx2;
+#if FG_CHECK_AVXVNNI_AS_EVEX  // kernels_avxvnni.cpp built with EVEX vpdpbusd for VEX's (test_kernel_sets.py)
+    if (!std::strcmp(k->name, "avx2-vnni"))
+        return avx2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
     if (!std::strcmp(k->name, "avx2-vnni")) return cpu_has_avx_vnni();
     if (!std::strcmp(k->name, "avx512-vnni") || !std::strcmp(k->name, "avx512-amx-emulated"))
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
