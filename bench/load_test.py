@@ -1,11 +1,24 @@
 """Load test of `forgert serve`: N concurrent streaming clients against 1, on one server it starts.
 
-Reports, per level, the aggregate completion tokens/s of all clients together (every request
-generates exactly --max-tokens tokens: ignore_eos), its ratio to one client's, and the time to
-first token (p50 / p95) while the batch is busy. Standard library only (http.client, threads).
+Reports, per level (every request generates exactly --max-tokens tokens: ignore_eos):
+- aggregate decode tok/s: the rate at which tokens reach the clients while all of them decode at
+  once (bench/decode_window.py: each request's time to first token excluded), and its ratio to
+  one client's: the issue's "aggregate decode tokens/s";
+- aggregate tok/s: all completion tokens over the level's wall time (prefill, admission and first
+  token latency included), and its ratio;
+- time to first token (p50 / p95) while the batch is busy;
+- the server's batch steps over the level (its /metrics counters): milliseconds per step of the
+  batch thread at work against those of the engine pass alone; the difference is the server's
+  own time per step (scheduling, detokenization, hand-offs to the event loop).
+With --rounds R the levels run R times, alternating (1, N, 1, N, ...), each ratio taken against
+the same round's one client, and the median ratio over the rounds is given: on a machine shared
+with other work, one round's ratio swings with the load of the moment.
+Standard library only (http.client, threads).
 
-    python bench/load_test.py [--model PATH] [--clients 8] [--parallel 8] [--max-tokens 64]
-                              [--requests-per-client 3] [--out bench/results/load_test.md]
+    python bench/load_test.py [--model PATH] [--clients 8] [--parallel 8] [--max-tokens 128]
+                              [--requests-per-client 2] [--route chat|completions] [--threads N]
+                              [--rounds 1]
+                              [--out bench/results/load_test.md]
 
 The server runs with `--parallel P` (continuous batching; default: as many as the clients), on
 127.0.0.1 only, and is stopped at the end. A noisy machine (other work on it) skews every figure:
@@ -20,6 +33,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -27,6 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_window import DecodeSpan, concurrent_decode  # noqa: E402
 from machine import cpu_name, forgert_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +85,24 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=forgert_env(installed), stderr=subprocess.PIPE, text=True)
 
     def get(self, path: str) -> dict:
+        return json.loads(self.get_text(path))
+
+    def get_text(self, path: str) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
             conn.request("GET", path)
-            return json.loads(conn.getresponse().read())
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
+
+    def batch_counters(self) -> dict:
+        """The batch's counters from /metrics (forgert_batch_*_total; empty without --parallel)."""
+        out = {}
+        for line in self.get_text("/metrics").splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("forgert_batch_") and name.endswith("_total"):
+                out[name.removeprefix("forgert_batch_").removesuffix("_total")] = float(value)
+        return out
 
     def wait_ready(self, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
@@ -97,7 +124,8 @@ class Server:
 
 
 def one_request(port: int, prompt: str, max_tokens: int, timeout: float, route: str = "chat") -> dict:
-    """A streaming chat (or plain completions) request: {"latency", "ttft", "tokens"} or {"error"}."""
+    """A streaming chat (or plain completions) request: {"latency", "ttft", "tokens", "first_at",
+    "last_at"} (the first and last token's arrival, perf_counter seconds) or {"error"}."""
     # completions: for models without a chat template (the random-weight GGUFs of bench/synthetic_gguf.py)
     text_field = {"messages": [{"role": "user", "content": prompt}]} if route == "chat" else {"prompt": prompt}
     body = json.dumps({"model": "x", **text_field,
@@ -105,7 +133,8 @@ def one_request(port: int, prompt: str, max_tokens: int, timeout: float, route: 
                        "stream_options": {"include_usage": True}})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     start = time.perf_counter()
-    first, tokens = None, 0
+    first = last = None
+    tokens = 0
     try:
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
         conn.request("POST", path, body, {"Content-Type": "application/json"})
@@ -121,14 +150,16 @@ def one_request(port: int, prompt: str, max_tokens: int, timeout: float, route: 
                 return {"error": chunk["error"]["message"]}
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and (chunk["choices"][0].get("delta", {}).get("content")
-                                                         or chunk["choices"][0].get("text")):
-                first = time.perf_counter() - start
+            elif chunk["choices"] and (chunk["choices"][0].get("delta", {}).get("content")
+                                       or chunk["choices"][0].get("text")):
+                last = time.perf_counter()
+                first = last if first is None else first
     except OSError as e:
         return {"error": f"{type(e).__name__}: {e}"}
     finally:
         conn.close()
-    return {"latency": time.perf_counter() - start, "ttft": first, "tokens": tokens}
+    return {"latency": time.perf_counter() - start, "ttft": None if first is None else first - start,
+            "tokens": tokens, "first_at": first, "last_at": last}
 
 
 def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int, timeout: float,
@@ -159,16 +190,36 @@ def run_level(port: int, clients: int, requests_per_client: int, max_tokens: int
     # one client's decode rate: tokens after the first over the time after the first
     per_client = [(r["tokens"] - 1) / (r["latency"] - r["ttft"]) for r in ok
                   if r["ttft"] is not None and r["tokens"] > 1 and r["latency"] > r["ttft"]]
+    window = concurrent_decode([DecodeSpan(r["first_at"], r["last_at"], r["tokens"] - 1)
+                                for r in ok if r["first_at"] is not None], clients)
     return {"clients": clients, "requests": len(results), "errors": [r["error"] for r in results if "error" in r],
             "wall_s": wall, "tokens": sum(r["tokens"] for r in ok),
             "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "decode_per_s": window.tokens_per_s, "decode_window_s": window.seconds,
             "per_client_decode": percentile(per_client, 0.5),
             "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95),
             "latency_p50": percentile(latencies, 0.5)}
 
 
+def step_costs(before: dict, after: dict) -> dict:
+    """Milliseconds per batch step over a level: the batch thread at work and the engine pass
+    alone (nan without the batch's counters)."""
+    steps = after.get("steps", 0) - before.get("steps", 0)
+    if steps <= 0:
+        return {"steps": 0, "step_ms": float("nan"), "pass_ms": float("nan")}
+    per = lambda key: 1e3 * (after[key] - before[key]) / steps     # noqa: E731
+    return {"steps": int(steps), "step_ms": per("busy_seconds"), "pass_ms": per("engine_seconds")}
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's decode and wall ratios to the one-client row of its round."""
+    one = {r["round"]: r for r in rows if r["clients"] == 1}
+    return [dict(r, decode_ratio=r["decode_per_s"] / one[r["round"]]["decode_per_s"],
+                 wall_ratio=r["tokens_per_s"] / one[r["round"]]["tokens_per_s"]) for r in rows]
+
+
 def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> str:
-    base = rows[0]["tokens_per_s"]
+    rows = with_ratios(rows)
     lines = [
         "# forgert serve load test",
         "",
@@ -180,17 +231,36 @@ def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> s
         f"temperature 0, {args.requests_per_client} per client, clients start together",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average before / after: "
         f"{args.load_before:.1f} / {load_after:.1f} (other work on the machine skews every figure)",
-        "- aggregate tok/s: completion tokens of all clients / wall time of the level (prefill included); "
-        "per-client decode: median of (tokens - 1) / (latency - first token)",
+        "- aggregate decode tok/s: tokens reaching the clients per second while all of the level's clients "
+        "decode at once, each request's time to first token excluded: the level's time is cut at every "
+        "request's first and last token; over the pieces where every client has a request between its first "
+        "and last token (the decode window), the sum of those requests' decode rates ((tokens - 1) / (last "
+        "token - first token), taken as even over the request) weighted by the piece's length, / the window's "
+        "length (`bench/decode_window.py`); vs 1 client is this figure's ratio",
+        "- aggregate tok/s (wall): completion tokens of all clients / wall time of the level (prefill, "
+        "admission and first-token latency included); per-client decode: median of (tokens - 1) / "
+        "(latency - first token)",
+        "- server ms/step: the batch thread's time at work per engine step over the level (its /metrics "
+        "counters), beside the engine pass's own; the difference is the server's time per step "
+        "(scheduling, detokenization, hand-offs to the event loop)",
         "",
-        "| clients | requests | errors | aggregate tok/s | vs 1 client | per-client decode tok/s "
-        "| first token p50 (s) | p95 (s) | latency p50 (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | clients | requests | errors | aggregate decode tok/s | vs 1 client | decode window (s) "
+        "| aggregate tok/s (wall) | wall vs 1 client | per-client decode tok/s "
+        "| first token p50 (s) | p95 (s) | latency p50 (s) | steps | server ms/step | engine pass ms/step |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['requests']} | {len(r['errors'])} | {r['tokens_per_s']:.1f} "
-                     f"| {r['tokens_per_s'] / base:.2f}x | {r['per_client_decode']:.1f} | {r['ttft_p50']:.3f} "
-                     f"| {r['ttft_p95']:.3f} | {r['latency_p50']:.2f} |")
+        lines.append(f"| {r['round'] + 1} | {r['clients']} | {r['requests']} | {len(r['errors'])} "
+                     f"| {r['decode_per_s']:.1f} | {r['decode_ratio']:.2f}x | {r['decode_window_s']:.2f} "
+                     f"| {r['tokens_per_s']:.1f} | {r['wall_ratio']:.2f}x "
+                     f"| {r['per_client_decode']:.1f} | {r['ttft_p50']:.3f} "
+                     f"| {r['ttft_p95']:.3f} | {r['latency_p50']:.2f} | {r['steps']} "
+                     f"| {r['step_ms']:.2f} | {r['pass_ms']:.2f} |")
+    loaded = [r for r in rows if r["clients"] == args.clients]
+    if args.rounds > 1 and args.clients > 1:
+        lines += ["", f"{args.clients} clients against one, median over the {args.rounds} rounds: aggregate decode "
+                  f"{statistics.median(r['decode_ratio'] for r in loaded):.2f}x, over the wall "
+                  f"{statistics.median(r['wall_ratio'] for r in loaded):.2f}x"]
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         lines += ["", "Errors:", *[f"- {e}" for e in errors[:20]]]
@@ -202,9 +272,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="model path (default: forgert's default SmolLM2 model)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients of the loaded level")
     p.add_argument("--parallel", type=int, default=None, help="forgert serve --parallel (default: --clients)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--requests-per-client", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=128,
+                   help="tokens per request (more make the steady decode state dominate)")
+    p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--n-ctx", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the levels this many times, alternating (median ratio over the rounds)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--installed", action="store_true", help="serve with the installed forgert, not python/ of this tree")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
@@ -212,8 +285,8 @@ def main(argv=None) -> int:
     p.add_argument("--route", choices=("chat", "completions"), default="chat",
                    help="completions for a model without a chat template (bench/synthetic_gguf.py's)")
     args = p.parse_args(argv)
-    if args.clients < 1 or args.max_tokens < 2 or args.requests_per_client < 1:
-        p.error("--clients and --requests-per-client must be >= 1, --max-tokens >= 2")
+    if args.clients < 1 or args.max_tokens < 2 or args.requests_per_client < 1 or args.rounds < 1:
+        p.error("--clients, --requests-per-client and --rounds must be >= 1, --max-tokens >= 2")
     args.parallel = args.parallel or args.clients
     args.load_before = os.getloadavg()[0]
 
@@ -224,13 +297,18 @@ def main(argv=None) -> int:
         if warm["errors"]:
             raise SystemExit(f"the warm-up request failed: {warm['errors'][0]}")
         rows = []
-        for clients in sorted({1, args.clients}):
+        levels = [(rnd, clients) for rnd in range(args.rounds) for clients in sorted({1, args.clients})]
+        for rnd, clients in levels:
+            before = server.batch_counters()
             row = run_level(server.port, clients, args.requests_per_client, args.max_tokens, args.timeout,
                             args.route)
+            row.update(step_costs(before, server.batch_counters()), round=rnd)
             rows.append(row)
             print(f"{clients:>3} clients: {row['requests']} requests, {len(row['errors'])} errors, "
-                  f"{row['tokens_per_s']:.1f} tok/s aggregate, first token p50 {row['ttft_p50']:.3f}s "
-                  f"p95 {row['ttft_p95']:.3f}s", flush=True)
+                  f"{row['decode_per_s']:.1f} decode tok/s aggregate ({row['decode_window_s']:.2f}s window), "
+                  f"{row['tokens_per_s']:.1f} tok/s over the wall, first token p50 {row['ttft_p50']:.3f}s "
+                  f"p95 {row['ttft_p95']:.3f}s; {row['steps']} steps, {row['step_ms']:.2f} ms each "
+                  f"(engine pass {row['pass_ms']:.2f})", flush=True)
     finally:
         server.stop()
     report = write_markdown(rows, args, health, os.getloadavg()[0])

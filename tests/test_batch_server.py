@@ -4,6 +4,7 @@ output equals that prompt generated alone by a one-slot Model (its reference).""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import httpx
@@ -118,6 +119,34 @@ def test_logprobs_request_runs_in_the_batch(server, reference):
     args = [(server, p, True) for p in PROMPTS[1:4]]
     got = run_concurrently(lambda *a: complete(*a) if a else with_logprobs(), args + [()])
     assert got == [reference[p] for p in PROMPTS[1:4]] + [reference[PROMPTS[0]]]
+
+
+def _metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+def test_metrics_count_the_batch_steps(server):
+    """/metrics counts the batch's steps and the tokens they sampled: a 12-token request (EOS
+    ignored) is 12 sampled rows over at least 12 steps; the engine passes' seconds are part of the
+    batch thread's busy seconds."""
+    names = ("forgert_batch_steps_total", "forgert_batch_sampled_tokens_total",
+             "forgert_batch_engine_seconds_total", "forgert_batch_busy_seconds_total")
+    with httpx.Client(timeout=60) as http:
+        def scrape():
+            text = http.get(server.base_url + "/metrics").text
+            return {name: _metric(text, name) for name in names}
+        wait_until(lambda: http.get(server.base_url + "/health").json()["requests_in_flight"] == 0, 60,
+                   "earlier requests to leave the batch")
+        before = scrape()
+        complete(server, PROMPTS[5])
+        after = scrape()
+        assert after["forgert_batch_sampled_tokens_total"] - before["forgert_batch_sampled_tokens_total"] == MAX_TOKENS
+        assert after["forgert_batch_steps_total"] - before["forgert_batch_steps_total"] >= MAX_TOKENS
+        assert after["forgert_batch_engine_seconds_total"] > before["forgert_batch_engine_seconds_total"]
+        # the busy time of a step is added once its events are handed over (maybe after the reply)
+        wait_until(lambda: (lambda m: m["forgert_batch_busy_seconds_total"]
+                            >= m["forgert_batch_engine_seconds_total"])(scrape()), 60,
+                   "the batch thread's busy seconds to cover its engine passes")
 
 
 def test_serve_refuses_a_parallel_below_one(tiny_path):

@@ -186,6 +186,13 @@ class BatchScheduler:
         self.slot_tokens = {slot: [] for slot in self.free_slots}   # what each free slot's cache holds
         self._count = 0
         self._mask_pool = None      # threads computing grammar masks beside the engine pass
+        # what the steps cost, for the server's /metrics: steps run, tokens sampled, and seconds
+        # in the engine pass (with the sampling of rows that need their logits in Python)
+        self.steps = self.sampled_rows = 0
+        self.pass_seconds = 0.0
+        # called right before each engine pass: the server hands the previous step's events to
+        # its event loop there, so that the loop's work runs beside the pass, not between passes
+        self.before_pass = None
 
     @property
     def busy(self) -> bool:
@@ -296,7 +303,13 @@ class BatchScheduler:
                 entries.append((s.slot, np.array(s.prompt[a:a + n], np.int32), a, scores, True))
                 prefills.append((s, n, scores))
                 budget -= n
+        if self.before_pass is not None:
+            self.before_pass()
+        started = time.perf_counter()
         chosen, logits = self._evaluate(entries, rows, len(prefills))
+        self.pass_seconds += time.perf_counter() - started
+        self.steps += 1
+        self.sampled_rows += len(rows)
         for s, n, scores in prefills:
             s.n_prefilled += n
             if scores is not None:

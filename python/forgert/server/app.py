@@ -38,7 +38,8 @@ class ServerState:
         self.worker = ModelWorker()
         # parallel >= 2: requests join one running batch (slots 1..); else they take turns
         self.batch_worker = BatchWorker(model) if getattr(model, "parallel", 1) >= 2 else None
-        self.metrics = ServerMetrics(self.in_flight)
+        self.metrics = ServerMetrics(self.in_flight,
+                                     self.batch_worker.stats if self.batch_worker is not None else None)
         self.started = int(time.time())
 
     def in_flight(self) -> int:

@@ -1,4 +1,5 @@
-"""Prometheus metrics (`GET /metrics`): requests, tokens, queue length, time to first token.
+"""Prometheus metrics (`GET /metrics`): requests, tokens, queue length, time to first token, and
+with --parallel the batch's steps and where their time went (engine pass vs the server's own).
 
 Each app has its own registry, so several servers in one process (the tests) count apart.
 """
@@ -8,8 +9,9 @@ import time
 
 
 class ServerMetrics:
-    def __init__(self, queue_length):
-        """queue_length: () -> requests running or waiting (the worker's count)."""
+    def __init__(self, queue_length, batch_stats=None):
+        """queue_length: () -> requests running or waiting (the worker's count); batch_stats:
+        () -> BatchWorker.stats(), or None without a batch."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = CollectorRegistry()
         self.requests = Counter("forgert_requests", "Completion requests answered, by route and status",
@@ -24,10 +26,33 @@ class ServerMetrics:
                               "From the request's arrival to its first generated text",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                               registry=self.registry)
+        if batch_stats is not None:
+            self.registry.register(_BatchCollector(batch_stats))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _BatchCollector:
+    """The batch worker's counters, read when /metrics is scraped."""
+
+    FAMILIES = (("steps", "forgert_batch_steps", "Engine steps run by the batch"),
+                ("sampled_rows", "forgert_batch_sampled_tokens", "Tokens sampled by the batch's steps"),
+                ("pass_seconds", "forgert_batch_engine_seconds",
+                 "Seconds in the batch's engine passes (with the sampling of rows that need logits in Python)"),
+                ("busy_seconds", "forgert_batch_busy_seconds",
+                 "Seconds the batch thread was at work: the engine passes plus the server's own "
+                 "scheduling, detokenization and hand-offs"))
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+        values = self.stats()
+        for key, name, doc in self.FAMILIES:
+            yield CounterMetricFamily(name, doc, value=values[key])
 
 
 class RequestTimer:
