@@ -105,6 +105,42 @@ def test_amx_prefill_gemm_on_emulated_tiles(x86_check_output):
         assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
 
 
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@X86_ONLY
+def test_avxvnni_set_through_evex(tmp_path):
+    """The avx2-vnni set's kernels on a CPU with AVX-512 VNNI but no AVX-VNNI (Zen 4, Ice Lake, ...),
+    where the fixture above skips it: kernels_avxvnni.cpp built with the EVEX form of 256-bit
+    vpdpbusd (AVX-512 VL + VNNI: the same operation) in place of the VEX one it ships with."""
+    flags = cpu_flags()
+    if "avx_vnni" in flags:
+        pytest.skip("this CPU runs the avx2-vnni set itself (test_x86_kernel_sets_match_generic)")
+    if not {"avx512vl", "avx512_vnni"} <= flags:
+        pytest.skip("needs AVX-512 VL and VNNI")
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    base = ["-mavx2", "-mfma", "-mf16c"]
+    objs = []
+    for src, flags_ in [("kernels_avx2.cpp", base),
+                        ("kernels_avxvnni.cpp", base + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
+                                                        "-D_mm256_dpbusd_avx_epi32=_mm256_dpbusd_epi32"])]:
+        obj = tmp_path / (src + ".o")
+        subprocess.run([cxx, "-std=c++17", "-O2", f"-I{SRC}", *flags_, "-c", str(CPU / src), "-o", str(obj)],
+                       check=True, capture_output=True, text=True)
+        objs.append(str(obj))
+    exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVXVNNI=1", "-DFG_CHECK_AVXVNNI_AS_EVEX=1",
+                                str(CPU / "cpu_kernels.cpp"), *objs], "check_avxvnni_evex")
+    out = run_check([str(exe)])
+    for words in (["x16", "definition"], ["gemm_i8", "Q8_0x16"], ["bit-identical to n=1"]):
+        lines = set_lines(out, "avx2-vnni", *words)
+        assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines) or out
+
+
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
                     reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user)")
 def test_neon_kernel_set_matches_generic(tmp_path):

@@ -2,7 +2,7 @@
 #define FG_TILE_ROWS 2
 #define FG_TILE_TOKENS 4
 #define FG_HAVE_VNNI 0
-#define FG_PANEL_512 0
+#define FG_PANEL_512 0  // Q4_0 / Q8_0 panels: kernels_x86_panels16_256.inc
 #include "kernels_x86.inc"
 #include "kernels_x86_int8.inc"
 
@@ -12,7 +12,8 @@ const KernelSet* kernels_avx2() {
                                   gemm_panel, 2 * PanelVec::W,
                                   f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16,
                                   attention_group, silu_mul_row, gelu_mul_row,
-                                  gemm_i8, kGemmI8Types};
+                                  gemm_i8, kGemmI8Types,
+                                  i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q8_0)};
     return &set;
 }
 }  // namespace forgert::cpu

@@ -1,10 +1,11 @@
 // AVX2 + AVX-VNNI kernel set (Alder Lake and later client chips, Zen 5: AVX-VNNI without
 // AVX-512): the AVX2 set, with the prefill int8 GEMM on VEX vpdpbusd, which also takes Q8_0
-// (vpmaddubsw would saturate). Built with -mavx2 -mfma -mf16c -mavxvnni.
+// (vpmaddubsw would saturate), and the Q4_0 / Q8_0 panel decode on it too
+// (kernels_x86_panels16_256.inc). Built with -mavx2 -mfma -mf16c -mavxvnni.
 #define FG_TILE_ROWS 2
 #define FG_TILE_TOKENS 4
-#define FG_HAVE_VNNI 0  // the decode kernels stay AVX2's (their vpdpbusd form needs AVX-512 VL)
-#define FG_PANEL_512 0
+#define FG_HAVE_VNNI 0  // the file-layout decode kernels stay AVX2's (their vpdpbusd form needs AVX-512 VL)
+#define FG_PANEL_512 0  // Q4_0 / Q8_0 panels: kernels_x86_panels16_256.inc
 #define FG_AVX_VNNI 1
 #include "kernels_x86.inc"
 #include "kernels_x86_int8.inc"
@@ -15,7 +16,8 @@ const KernelSet* kernels_avxvnni() {
                                   gemm_panel, 2 * PanelVec::W,
                                   f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16,
                                   attention_group, silu_mul_row, gelu_mul_row,
-                                  gemm_i8, kGemmI8Types};
+                                  gemm_i8, kGemmI8Types,
+                                  i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q8_0)};
     return &set;
 }
 }  // namespace forgert::cpu
