@@ -167,6 +167,44 @@ def test_peak_rss_stays_within_file_kv_and_64mb(smollm2_pure):
     assert grown <= budget
 
 
+PREFETCH_LOGITS = """
+import json, sys
+import numpy as np
+import forgert
+from forgert import _core
+m = forgert.Model(sys.argv[1], backend="cpu", threads=2, n_ctx=64)
+e, ids = m._engine, np.array(json.loads(sys.argv[2]), np.int32)
+out = [np.asarray(e.forward(ids, 0, all_logits=True)).tolist()]
+for i, tok in enumerate([5, 9, 13]):
+    out.append(np.asarray(e.forward(np.array([tok], np.int32), len(ids) + i, all_logits=True)).tolist())
+out.append(np.asarray(e.forward(np.array([2, 3, 4, 5, 6], np.int32), len(ids) + 3, all_logits=True)).tolist())
+print(json.dumps({"mode": _core.cpu_info()["panel_prefetch"], "logits": out}))
+"""
+
+
+@needs_repack
+def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
+    """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch (far on Intel, near
+    elsewhere: cpu_kernels.h). A prefetch moves no data the kernels compute with, so the two give
+    the same logits bit for bit, one token and few; a bad value is refused, naming the variable."""
+    path = tiny_models("llama_tied").path("gguf-Q4_0")
+    logits = {}
+    for mode in ("far", "near"):
+        proc = subprocess.run([sys.executable, "-c", PREFETCH_LOGITS, str(path), json.dumps(IDS)], capture_output=True,
+                              text=True, timeout=300, env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH=mode))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        r = json.loads(proc.stdout)
+        assert r["mode"] == mode
+        logits[mode] = [np.array(x, np.float32) for x in r["logits"]]
+    for far, near in zip(logits["far"], logits["near"]):
+        assert np.array_equal(far, near)
+    bad = subprocess.run([sys.executable, "-c", f"import forgert; forgert.Model({str(path)!r}, backend='cpu')"],
+                         capture_output=True, text=True, timeout=300,
+                         env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH="sideways"))
+    assert bad.returncode != 0
+    assert "FORGERT_CPU_PANEL_PREFETCH must be 'far' or 'near', got 'sideways'" in bad.stderr
+
+
 @pytest.mark.skipif(os.environ.get("FORGERT_CPU_ISA") == "avx2", reason="this is the run under avx2")
 def test_repack_under_avx2():
     """The tests above (not the slow ones) once more under the AVX2 set, whose 256-bit panel kernels

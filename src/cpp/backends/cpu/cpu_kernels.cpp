@@ -159,6 +159,22 @@ const KernelSet* pick() {
 
 }  // namespace
 
+bool panel_prefetch_far() {
+    static const bool far = [] {
+        const char* v = std::getenv("FORGERT_CPU_PANEL_PREFETCH");
+        const std::string s = v ? v : "";
+        if (s == "far") return true;
+        if (s == "near") return false;
+        if (!s.empty()) throw InputError("FORGERT_CPU_PANEL_PREFETCH must be 'far' or 'near', got '" + s + "'");
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        return (bool)__builtin_cpu_is("intel");
+#else
+        return false;
+#endif
+    }();
+    return far;
+}
+
 int prefill_int8_parts() {
     const char* v = std::getenv("FORGERT_CPU_PREFILL");
     if (!v || !*v || !std::strcmp(v, "int8x2")) return 2;
