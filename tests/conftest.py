@@ -70,6 +70,17 @@ def metal_skip_reason() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def metal_core():
+    """_core where the Metal backend (real or emulated) runs; skips with metal_skip_reason()'s
+    explanation elsewhere. Modules whose every test needs Metal override `core` with it."""
+    reason = metal_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from forgert import _core
+    return _core
+
+
 def backend_params(metal_mark=pytest.mark.metal):
     """["cpu", "metal"] as pytest params; metal cases carry the `metal` mark (select with -m metal,
     deselect with -m 'not metal')."""

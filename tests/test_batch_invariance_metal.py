@@ -18,7 +18,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import metal_skip_reason
 from test_batch_invariance import alone, batched, model_files, token_ids  # noqa: F401  (model_files: the fixture)
 
 pytestmark = pytest.mark.metal
@@ -29,12 +28,8 @@ LONG_CTX = 352      # past 128 and 256 keys: a lone decode step splits its keys 
 
 
 @pytest.fixture(scope="module")
-def core():
-    reason = metal_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    from forgert import _core
-    return _core
+def core(metal_core):
+    return metal_core
 
 
 @pytest.fixture

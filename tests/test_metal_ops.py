@@ -23,7 +23,6 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import metal_skip_reason
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
 WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
@@ -47,12 +46,8 @@ def nmse(out, ref) -> float:
 
 
 @pytest.fixture(scope="module")
-def core():
-    reason = metal_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    from forgert import _core
-    return _core
+def core(metal_core):
+    return metal_core
 
 
 @pytest.fixture(scope="module")

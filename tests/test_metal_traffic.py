@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import metal_skip_reason
 import test_metal_ops as ops
 
 pytestmark = pytest.mark.metal
@@ -41,11 +40,8 @@ DIRECT_GEMV_WEIGHT_REREAD = {"q3_K": 1.073, "q4_K": 1.056, "q5_K": 1.045}
 
 
 @pytest.fixture(scope="module")
-def core():
-    reason = metal_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    from forgert import _core
+def core(metal_core):
+    _core = metal_core
     if not hasattr(_core, "set_emulator_traffic"):
         pytest.skip("this _core has no emulator traffic counting")
     if not (Path(_core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
