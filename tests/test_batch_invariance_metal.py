@@ -117,6 +117,17 @@ def test_many_decode_rows(model_files, engine, tiny_tokenizer, schedule, order):
                     late_len=40, steps=4)
 
 
+@pytest.mark.parametrize("order", ["forward"])
+def test_decode_rows_in_several_token_groups(model_files, engine, tiny_tokenizer, schedule, order):
+    """Seventeen decoding sequences of a model of mixed weight types (Q4_K_M: Q4_K and Q6_K
+    matrices, F32 norms) beside a prefill: the multi-token GEMV (mul_mv_tokens.metal) takes 8 decode
+    rows per threadgroup, so a step's 17 rows come in token groups of 8, 8 and 1, each row's bits
+    still those of its sequence alone (a lone step takes the one-token kernel)."""
+    eng = engine(model_files("llama-Q4_K_M"), slots=18)
+    lengths = (9, 3, 21, 5, 13, 2, 7, 4, 11, 6, 8, 10, 12, 14, 15, 16, 17)
+    check_invariant(eng, tiny_tokenizer.get_vocab_size(), chunk=16, lengths=lengths, late_len=40, steps=3)
+
+
 @pytest.mark.parametrize("order", ["random"])
 def test_direct_gemv_kernels(model_files, engine, tiny_tokenizer, schedule, order, monkeypatch):
     """FORGERT_METAL_GEMV=direct (mul_mv.metal's kernels instead of the staged ones): the same

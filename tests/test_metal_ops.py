@@ -247,6 +247,54 @@ def test_matmul_gemv_kernels(metal, monkeypatch, wtype, gemv):
         assert nmse(got, g / (1 + np.exp(-g)) * u) < 3e-12, n
 
 
+# The multi-token GEMVs (mul_mv_tokens.metal): a batch's decode rows (decode_rows=n, any number),
+# up to 8 tokens per threadgroup sharing each weight window; 9 and 17 rows take two and three token
+# groups, the last partial. Against the exact product, and each token's row bit for bit that of the
+# one-token kernel on the token alone (the batch-invariance promise, docs/design.md).
+@pytest.mark.parametrize("gemv", ["staged", "staged-256"])
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES) + ["f32-unaligned", "f16-unaligned"])
+def test_matmul_gemv_tokens(metal, monkeypatch, wtype, gemv):
+    if "-" in gemv:
+        monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", gemv.split("-")[1])
+    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
+    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
+    r = rng("matmul_gemv_tokens", wtype)
+    w, w_up = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
+    x = r.standard_normal((17, cols), dtype=np.float32)
+    wd, ud = dequantize(w, dtype, rows, cols), dequantize(w_up, dtype, rows, cols)
+    alone = np.concatenate([metal.matmul(w, dtype, rows, cols, x[i:i + 1]) for i in range(len(x))])
+    alone_glu = np.concatenate([metal.matmul_swiglu(w, w_up, dtype, rows, cols, x[i:i + 1]) for i in range(len(x))])
+    for n in (2, 8, 9, 17):
+        got = metal.matmul(w, dtype, rows, cols, x[:n], decode_rows=n)
+        exact = x[:n].astype(np.float64) @ wd.T
+        # measured <= 6.6e-14 (every type and schedule): f32 sums of exact products, as one token
+        assert nmse(got, exact) < 3e-13, n
+        assert np.array_equal(got, alone[:n]), (n, np.abs(got - alone[:n]).max())
+        got = metal.matmul_swiglu(w, w_up, dtype, rows, cols, x[:n], decode_rows=n)
+        g, u = exact, x[:n].astype(np.float64) @ ud.T
+        assert nmse(got, g / (1 + np.exp(-g)) * u) < 3e-12, n  # measured <= 5.8e-13
+        assert np.array_equal(got, alone_glu[:n]), n
+    # the fused residual add (3 rows: by row count the GEMV): out + w x, the f32 add of the lone row's
+    base = r.standard_normal((3, rows), dtype=np.float32)
+    assert np.array_equal(metal.matmul_add(w, dtype, rows, cols, x[:3], base), base + alone[:3])
+
+
+def test_matmul_decode_rows_beside_prefix_rows(metal):
+    """decode_rows=3 of 12: three rows through the multi-token GEMV, nine through the GEMM; the
+    decode rows' bits are their lone GEMV's."""
+    r = rng("decode_rows_beside_prefix")
+    rows, cols = 70, 96
+    w = weight_bytes(r, Q4_0, rows, cols)
+    x = r.standard_normal((12, cols), dtype=np.float32)
+    got = metal.matmul(w, Q4_0, rows, cols, x, decode_rows=3)
+    exact = x.astype(np.float64) @ dequantize(w, Q4_0, rows, cols).T
+    assert nmse(got, exact) < 2e-7  # the GEMM's half tiles, as test_matmul
+    for i in range(3):
+        assert np.array_equal(got[i], metal.matmul(w, Q4_0, rows, cols, x[i:i + 1])[0]), i
+    with pytest.raises(ValueError, match="decode_rows 13 exceeds"):
+        metal.matmul(w, Q4_0, rows, cols, x, decode_rows=13)
+
+
 # --------------------------------------------------------------------------- get_rows
 
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))

@@ -203,6 +203,48 @@ def test_gemv_variants_traffic_large_matrix(core, metal, wtype, kernel):
     assert d["tg_wavefronts"] <= 1.02 * d["tg_wavefronts_min"]  # measured 1.000
 
 
+# A batch's 8 decode rows through the multi-token GEMV (mul_mv_tokens.metal: the 8 tokens share
+# each weight window) against one row's GEMV (mul_mv_staged_*), at a SmolLM2-135M projection's shape
+# (576 x 1536, the FFN's down projection; the fused gate/up at the same shape). Before it, each of
+# the 8 rows took its own threadgroups and requested every weight byte again: 8x. Measured
+# requested bytes of the 8 rows / those of one row (mul_mv, mul_mv_swiglu):
+# (the 8 rows also need 8 x rows and 8 output rows: 1.087x for Q4_0 is 8% of the weights' bytes)
+TOKENS_OVER_ONE = {"q4_0": (1.087, 1.048), "q8_0": (1.050, 1.027), "q4_K": (1.087, 1.048), "q6_K": (1.063, 1.034),
+                   "f16": (1.028, 1.015)}
+TOKENS_ROWS, TOKENS_COLS = 576, 1536
+
+
+@pytest.mark.parametrize("kernel", ["mul_mv_", "mul_mv_swiglu_"])
+@pytest.mark.parametrize("wtype", list(TOKENS_OVER_ONE))
+def test_gemv_tokens_traffic(core, metal, wtype, kernel):
+    dtype = ops.WEIGHT_TYPES[wtype]
+    r = np.random.default_rng(9)
+    w, u = (ops.weight_bytes(r, dtype, TOKENS_ROWS, TOKENS_COLS) for _ in range(2))
+    x = r.standard_normal((8, TOKENS_COLS), dtype=np.float32)
+
+    def rows(n):
+        if kernel == "mul_mv_swiglu_":
+            metal.matmul_swiglu(w, u, dtype, TOKENS_ROWS, TOKENS_COLS, x[:n], decode_rows=n)
+        else:
+            metal.matmul(w, dtype, TOKENS_ROWS, TOKENS_COLS, x[:n], decode_rows=n)
+
+    rows(1)
+    lone = one(core, kernel + "staged_" + wtype)
+    rows(8)
+    d = one(core, kernel + "tokens_" + wtype)
+    # every weight byte requested once for the 8 tokens (measured: exactly)
+    for s in [1, 4][:2 if kernel == "mul_mv_swiglu_" else 1]:
+        assert d["slot_read_needed"][s] == d["slot_read_requested"][s] == w.nbytes
+    # x: each token's row once per threadgroup (3 of 192 rows: the host's rule, metal_ops.cpp)
+    assert d["threadgroups"] == 3
+    assert d["slot_read_requested"][2] == 3 * 8 * 4 * TOKENS_COLS
+    ratio = (d["read_requested"] + d["write_requested"]) / (lone["read_requested"] + lone["write_requested"])
+    assert ratio <= 1.1 and ratio <= TOKENS_OVER_ONE[wtype][kernel == "mul_mv_swiglu_"] + 0.002
+    assert lines(d) >= 0.95 and lines128(d) >= 0.95  # measured 1.0 and 1.0
+    assert lines(d, "store") == 1.0
+    assert d["tg_wavefronts"] <= 1.02 * d["tg_wavefronts_min"]  # measured 1.000
+
+
 @pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
 def test_gemv_direct_traffic(core, metal, monkeypatch, wtype):
     """FORGERT_METAL_GEMV=direct selects mul_mv.metal's direct loads (kept for a Mac to compare)."""

@@ -164,6 +164,30 @@ def test_matmul_id_staged_threadgroup_sizes(ops, monkeypatch, dtype_id, tg_rows)
         assert nmse(out, matmul_id_reference(experts, x, ids)) < bound_for("metal", dtype_id, n), name
 
 
+@pytest.mark.parametrize("dtype_id", MOE_DTYPES, ids={**DTYPE_NAMES, MXFP4: "MXFP4"}.get)
+def test_matmul_id_decode_tokens_equal_each_token_alone(ops, dtype_id):
+    """17 decode tokens (decode_rows: every token a decode row) take Metal's multi-token expert
+    GEMV (mul_mv_id_tokens_*: each expert's slots, up to 8 a threadgroup, share its weight windows);
+    each slot's row is bit for bit the one-token kernel's for the token alone, under every routing
+    (an expert taking all 17 tokens: three token groups)."""
+    if backend_of(ops) != "metal":
+        pytest.skip("the token groups are Metal's decode GEMV")
+    n_expert, k, rows, cols, n = 8, 3, 72, 256, 17
+    rng = rng_for("matmul_id_tokens", dtype_id)
+    raws = [encode(randn(rng, rows, cols), dtype_id) for _ in range(n_expert)]
+    raw = np.concatenate(raws)
+    experts = np.stack([decode(r, dtype_id, rows, cols) for r in raws]).astype(np.float64)
+    for per_slot in (False, True):
+        x = randn(rng, n * k if per_slot else n, cols)
+        for name, ids in routings(n, k, n_expert, rng).items():
+            out = ops.matmul_id(raw, dtype_id, n_expert, rows, cols, x, ids, decode_rows=n)
+            assert nmse(out, matmul_id_reference(experts, x, ids)) < bound_for("metal", dtype_id, 1), name
+            for i in range(n):
+                xi = x[i * k:(i + 1) * k] if per_slot else x[i:i + 1]
+                alone = ops.matmul_id(raw, dtype_id, n_expert, rows, cols, xi, ids[i:i + 1])
+                assert np.array_equal(out[i * k:(i + 1) * k], alone), (name, per_slot, i)
+
+
 @pytest.mark.parametrize("n", [1, 24])
 def test_matmul_id_reads_only_the_selected_experts(ops, n):
     """Experts no token chose are never read: their weights are NaN, the output stays finite."""

@@ -4,9 +4,10 @@ distinct device bytes the matmul kernels need and the bytes their simdgroup acce
 re-reads a GPU's caches must absorb, else DRAM traffic), and the step's totals.
 
 Batch invariance (docs/design.md "Batch invariance (Metal)") runs every decode row through the
-GEMV, one threadgroup per row, whatever the row count; by row count a step of 8 or more rows took
-the GEMM (weights requested once per 32 rows). This shows what that costs per step, and what a
-mixed step (decode rows beside a prompt chunk) dispatches:
+GEMV whatever the row count (several rows: the multi-token GEMV, up to 8 rows sharing each weight
+window); by row count a step of 8 or more rows took the GEMM (weights requested once per 32 rows).
+This shows what that costs per step, and what a mixed step (decode rows beside a prompt chunk)
+dispatches:
 
     python bench/metal/batch_step_traffic.py                  # this build (PYTHONPATH=python for in place)
     python bench/metal/batch_step_traffic.py --rows 1 8 16    # decoding sequences per step

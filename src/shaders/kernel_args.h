@@ -66,6 +66,30 @@ FG_ARGS_ASSERT(sizeof(mul_mv_args) == 64, "mul_mv_args layout");
 // feed-forward's gate and up projections and SiLU * mul in one pass over x (tanh-GELU instead of
 // SiLU with args.gelu: Gemma's GeGLU).
 // slots: 1 w (gate), 2 x, 3 out, 4 w_up (w's type and shape); args and grid as mul_mv
+// mul_mv_tokens_<type> (mul_mv_swiglu_tokens_<type> alike): mul_mv_staged's product for several
+// decode rows (tokens), up to FG_MV_TOKENS of them per threadgroup: each row window of the weights
+// is copied into threadgroup memory once and dotted with every token's x, each token's sums computed
+// as mul_mv_staged computes them for the token alone (the same lane parts, chunk order, float
+// operations and reduction: its bits do not depend on the other tokens), so the weights are
+// requested once per FG_MV_TOKENS tokens instead of once per token. A window is
+// FG_MV_TOKENS_WINDOW_BLOCKS blocks (x's windows of all the tokens and the simdgroups' copies fit in
+// 32 KB; a lane's chunks come in the same order whatever the window).
+// slots as mul_mv; grid: (ceil(rows / (sg_rows * simdgroups)), ceil(n_tokens / FG_MV_TOKENS));
+// threads: simdgroups * 32; threadgroup memory 0: FG_MV_TOKENS_TG_BYTES(window bytes of the type,
+// min(n_tokens, FG_MV_TOKENS), simdgroups)
+#define FG_MV_TOKENS 8
+#define FG_MV_TOKENS_WINDOW_BLOCKS 8
+#define FG_MV_TOKENS_TG_BYTES(window_bytes, tokens, simdgroups)               \
+    ((tokens) * FG_MV_TOKENS_WINDOW_BLOCKS * FG_MV_X_PITCH * 4 +                \
+     ((window_bytes) ? (simdgroups) * ((window_bytes) / 16 + 2) * 16 : 0))
+typedef struct {
+    mul_mv_args mv;    // the matrix and strides as for mul_mv_staged
+    int32_t n_tokens;  // rows of x and out
+    int32_t pad0;
+    int32_t pad1;
+    int32_t pad2;
+} mul_mv_tokens_args;
+FG_ARGS_ASSERT(sizeof(mul_mv_tokens_args) == 80, "mul_mv_tokens_args layout");
 
 // --- mul_mm: the same product for many tokens (prefill), on 8x8 simdgroup matrices ---
 // slots: 1 w, 2 x, 3 out (as mul_mv)
@@ -326,6 +350,19 @@ typedef struct {
     int32_t pad0;
 } mul_mv_id_args;
 FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 96, "mul_mv_id_args layout");
+// mul_mv_id_tokens_<type>: mul_mv_id for several decode tokens, the slots of each expert (as
+// moe_group_i32 lists them) up to FG_MV_TOKENS per threadgroup sharing each weight window, each
+// slot's bits those of mul_mv_id_staged alone. slots: 1-4 as mul_mv_id, 5 groups (moe_group_i32's)
+// grid: (row tiles as mul_mv_tokens, ceil(n_slots / FG_MV_TOKENS), n_expert + 1: the last the
+// out-of-range ids' zero rows); threads and threadgroup memory as mul_mv_tokens for min(n_slots, 8) tokens
+typedef struct {
+    mul_mv_id_args id;
+    int32_t n_slots;  // n * k
+    int32_t pad0;
+    int32_t pad1;
+    int32_t pad2;
+} mul_mv_id_tokens_args;
+FG_ARGS_ASSERT(sizeof(mul_mv_id_tokens_args) == 112, "mul_mv_id_tokens_args layout");
 
 // moe_group_i32: the slots grouped by expert on the device, for mul_mm_id. groups i32:
 // [n_expert] counts, then [n_expert][n_slots] each expert's slots in increasing order.

@@ -356,7 +356,7 @@ void test_gemv_threadgroup_rows() {
     const Case cases[] = {
         {"mul_mv_", 512, 1, 0, 32, 256, 4},          {"mul_mv_", 5056, 1, 0, 32, 256, 4},
         {"mul_mv_", 5120, 1, 0, 64, 512, 4},         {"mul_mv_", 10240, 1, 0, 128, 1024, 4},
-        {"mul_mv_", 20480, 1, 0, 256, 1024, 8},      {"mul_mv_", 2560, 4, 0, 128, 1024, 4},  // 4 tokens
+        {"mul_mv_", 20480, 1, 0, 256, 1024, 8},  // several tokens: test_gemv_tokens_threadgroup_rows
         {"mul_mv_", 20480, 1, 512, 128, 512, 8},     {"mul_mv_swiglu_", 10240, 1, 0, 128, 1024, 4},
         {"mul_mv_id_", 10240, 2, 0, 256, 1024, 8},   // 2 slots
     };
@@ -389,6 +389,65 @@ void test_gemv_threadgroup_rows() {
         const size_t tg = FG_MV_STAGED_TG_BYTES(window, c.threads / 32);
         EXPECT(f.dev->last_tg_bytes == tg, "%s: %zu bytes of threadgroup memory, expected %zu", c.family,
                f.dev->last_tg_bytes, tg);
+    }
+}
+
+// Several decode rows take the multi-token GEMVs (mul_mv_tokens.metal; metal_ops.cpp,
+// gemv_tokens_tg_rows): up to 8 tokens per threadgroup (grid y: token groups; mul_mv_id_: grid z the
+// experts and the zero-row pass), 8 times the one-token rule's rows for 8 tokens (as many times as
+// the tokens for fewer), up to 256, spread evenly over the threadgroups; the threadgroup memory holds
+// each of the threadgroup's tokens' x window and a window of 8 blocks per simdgroup.
+void test_gemv_tokens_threadgroup_rows() {
+    struct Case {
+        const char* family;
+        int rows, n, limit;
+        uint32_t tg_rows, threads;
+        int sg_rows;
+    };
+    const Case cases[] = {
+        {"mul_mv_", 2560, 4, 0, 128, 1024, 4},       // 32 rows for one token, 4 tokens: 128
+        {"mul_mv_", 576, 8, 0, 192, 768, 8},         // 256 spread over 3 threadgroups: 192
+        {"mul_mv_", 576, 17, 0, 192, 768, 8},        // token groups of 8, 8, 1
+        {"mul_mv_", 20480, 8, 512, 128, 512, 8},     // a pipeline limit of 512 threads
+        {"mul_mv_swiglu_", 20480, 8, 0, 256, 1024, 8},
+        {"mul_mv_id_", 10240, 2, 0, 256, 1024, 8},   // 2 tokens of 2 slots: 4 slots, 128 rows x 4 -> 256
+    };
+    for (const Case& c : cases) {
+        Fixture f;
+        const int cols = 256;
+        const std::string kernel = std::string(c.family) + "tokens_q4_0";
+        if (c.limit) f.dev->thread_limits[kernel] = c.limit;
+        Tensor w = f.t(DType::Q4_0, c.rows, cols), x = f.t(DType::F32, c.n, cols);
+        int64_t tokens = c.n;
+        uint32_t grid_z = 1;
+        if (std::strcmp(c.family, "mul_mv_id_") == 0) {
+            Tensor ids = f.t(DType::I32, c.n, 2), y = f.t(DType::F32, 2 * c.n, c.rows);
+            f.be.matmul_id(y, &w, 1, x, ids, RowClasses::decode(c.n));
+            tokens = 2 * c.n;
+            grid_z = 2;  // one expert and the zero rows
+        } else if (std::strcmp(c.family, "mul_mv_swiglu_") == 0) {
+            Tensor u = f.t(DType::Q4_0, c.rows, cols), y = f.t(DType::F32, c.n, c.rows), s = f.t(DType::F32, c.n, c.rows);
+            f.be.matmul_swiglu(y, w, u, x, s, RowClasses::decode(c.n));
+        } else {
+            Tensor y = f.t(DType::F32, c.n, c.rows);
+            f.be.matmul(y, w, x, RowClasses::decode(c.n));
+        }
+        f.be.wait();
+        EXPECT(f.dev->log.find(kernel) != std::string::npos, "%s not dispatched: %s", kernel.c_str(),
+               f.dev->log.c_str());
+        mul_mv_args a{};
+        std::memcpy(&a, f.dev->last_args.data(), sizeof a);
+        EXPECT(f.dev->last_threads == c.threads && a.sg_rows == c.sg_rows, "%s %d rows x %d: %u threads, %d rows each",
+               c.family, c.rows, c.n, f.dev->last_threads, a.sg_rows);
+        const uint32_t groups = (uint32_t)((tokens + FG_MV_TOKENS - 1) / FG_MV_TOKENS);
+        EXPECT(f.dev->last_grid.x == (c.rows + c.tg_rows - 1) / c.tg_rows && f.dev->last_grid.y == groups &&
+                   f.dev->last_grid.z == grid_z,
+               "%s %d rows x %d: grid %u x %u x %u", c.family, c.rows, c.n, f.dev->last_grid.x, f.dev->last_grid.y,
+               f.dev->last_grid.z);
+        const size_t window = FG_MV_TOKENS_WINDOW_BLOCKS * sizeof(block_q4_0);
+        const size_t tg = FG_MV_TOKENS_TG_BYTES(window, std::min<int64_t>(tokens, FG_MV_TOKENS), c.threads / 32);
+        EXPECT(f.dev->last_tg_bytes == tg && tg <= 32768, "%s: %zu bytes of threadgroup memory, expected %zu",
+               c.family, f.dev->last_tg_bytes, tg);
     }
 }
 
@@ -807,6 +866,7 @@ int main() {
     test_fused_layer_barriers();
     test_pipeline_thread_limit();
     test_gemv_threadgroup_rows();
+    test_gemv_tokens_threadgroup_rows();
     test_write_after_read_and_disjoint_rows();
     test_commit_starts_fresh_tracking();
     test_geometry_over_shapes();

@@ -26,6 +26,13 @@ void need(bool ok, const std::string& msg) {
     if (!ok) throw InputError(msg);
 }
 
+// decode_rows < 0: kernels by row count (RowClasses::by_count); else rows [0, decode_rows) of x's
+// n are decode rows (the GEMV on Metal), the rest prompt-prefix rows.
+RowClasses row_classes(int64_t decode_rows, int64_t n) {
+    need(decode_rows <= n, "decode_rows " + std::to_string(decode_rows) + " exceeds x's " + std::to_string(n) + " rows");
+    return decode_rows < 0 ? RowClasses::by_count() : RowClasses::decode(decode_rows);
+}
+
 // f16 tensors travel as numpy float16 arrays (raw uint16 bits are accepted too);
 // any other dtype would be converted by value, silently wrong, so it is refused.
 U16 f16_bits(const py::array& a, const char* what) {
@@ -111,10 +118,11 @@ public:
         return be_->prepare_weight(upload(bytes.data(), (DType)dtype, rows, cols), bufs_);
     }
 
-    F32 matmul(const U8& w, int dtype, int64_t rows, int64_t cols, const F32& x) {
+    F32 matmul(const U8& w, int dtype, int64_t rows, int64_t cols, const F32& x, int64_t decode_rows) {
         need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        const RowClasses rc = row_classes(decode_rows, x.shape(0));
         Tensor W = weight(w, dtype, rows, cols), X = f32(x), Y = empty(DType::F32, X.rows, rows);
-        run([&] { be_->matmul(Y, W, X); });
+        run([&] { be_->matmul(Y, W, X, rc); });
         return download(Y);
     }
     // out + w x (the fused residual projection); out [n, rows] is a copy, not changed in place.
@@ -126,11 +134,13 @@ public:
         return download(Y);
     }
     // silu(w_gate x) * (w_up x); both weights of one dtype and shape.
-    F32 matmul_swiglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x) {
+    F32 matmul_swiglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x,
+                      int64_t decode_rows) {
         need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        const RowClasses rc = row_classes(decode_rows, x.shape(0));
         Tensor G = weight(w_gate, dtype, rows, cols), U = weight(w_up, dtype, rows, cols), X = f32(x);
         Tensor Y = empty(DType::F32, X.rows, rows), S = empty(DType::F32, X.rows, rows);
-        run([&] { be_->matmul_swiglu(Y, G, U, X, S); });
+        run([&] { be_->matmul_swiglu(Y, G, U, X, S, rc); });
         return download(Y);
     }
     F32 matmul_geglu(const U8& w_gate, const U8& w_up, int dtype, int64_t rows, int64_t cols, const F32& x) {
@@ -306,7 +316,8 @@ public:
     // out [n*k, rows]: row i*k + j = expert ids[i, j] times x's row i (x [n, cols]) or row i*k + j
     // (x [n*k, cols]). w: the n_expert [rows, cols] matrices' bytes one after the other (GGUF's
     // 3-D layout); each expert becomes its own tensor, as HF's per-expert tensors do.
-    F32 matmul_id(const U8& w, int dtype, int n_expert, int64_t rows, int64_t cols, const F32& x, const I32& ids) {
+    F32 matmul_id(const U8& w, int dtype, int n_expert, int64_t rows, int64_t cols, const F32& x, const I32& ids,
+                  int64_t decode_rows) {
         need(dtype_is_known(dtype) && dtype != FG_I32, "unsupported weight dtype " + std::to_string(dtype));
         need(n_expert > 0 && rows > 0 && cols > 0, "n_expert, rows and cols must be positive");
         need(ids.ndim() == 2 && ids.shape(1) >= 1, "ids must be [n, k]");
@@ -322,7 +333,8 @@ public:
         std::vector<Tensor> experts;
         for (int e = 0; e < n_expert; e++) experts.push_back(all.slice_rows(e * rows, rows));
         Tensor X = f32(x), I = upload(ids.data(), DType::I32, n, k), Y = empty(DType::F32, n * k, rows);
-        run([&] { be_->matmul_id(Y, experts.data(), n_expert, X, I); });
+        const RowClasses rc = row_classes(decode_rows, n);
+        run([&] { be_->matmul_id(Y, experts.data(), n_expert, X, I, rc); });
         return download(Y);
     }
     // out + sum_j weights[:, j] y[i*k + j] (a copy of out, not changed in place).
@@ -364,11 +376,12 @@ void bind_ops(py::module_& m) {
     py::class_<Ops>(m, "Ops")
         .def(py::init<const std::string&, int>(), py::arg("backend") = "cpu", py::arg("threads") = 0)
         .def_property_readonly("name", &Ops::name)
-        .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"))
+        .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+             py::arg("decode_rows") = -1)
         .def("matmul_add", &Ops::matmul_add, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("x"), py::arg("out"))
         .def("matmul_swiglu", &Ops::matmul_swiglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
-             py::arg("cols"), py::arg("x"))
+             py::arg("cols"), py::arg("x"), py::arg("decode_rows") = -1)
         .def("matmul_geglu", &Ops::matmul_geglu, py::arg("w_gate"), py::arg("w_up"), py::arg("dtype"), py::arg("rows"),
              py::arg("cols"), py::arg("x"))
         .def("get_rows", &Ops::get_rows, py::arg("table"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
@@ -393,7 +406,7 @@ void bind_ops(py::module_& m) {
         .def("argmax", &Ops::argmax, py::arg("x"))
         .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
-             py::arg("cols"), py::arg("x"), py::arg("ids"))
+             py::arg("cols"), py::arg("x"), py::arg("ids"), py::arg("decode_rows") = -1)
         .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))
         .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
         .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"));

@@ -110,6 +110,8 @@ private:
                                const Tensor& ids);
     void encode_matmul_id_gemm(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
                                const Tensor& ids);
+    // moe_group_i32 over ids into the groups scratch; the binding of the groups for the kernels that read them.
+    Binding encode_moe_groups(const Tensor& ids, int n_expert);
     // attention's two kernels over rows `at` (q, out: those rows): the decode kernel, each query's
     // keys cut into at most max_splits splits (kernel_args.h fg_attn_splits), and the prefill kernel.
     void encode_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

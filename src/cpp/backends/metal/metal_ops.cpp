@@ -145,6 +145,7 @@ struct GemvKernel {
     uint32_t threads;
     size_t tg_bytes;   // threadgroup memory 0
     int32_t sg_rows;   // rows per simdgroup (mul_mv_args.sg_rows)
+    bool tokens = false;  // mul_mv_tokens.metal: up to FG_MV_TOKENS tokens per threadgroup (mul_mv_tokens_args)
 };
 
 // Rows per threadgroup of the staged GEMVs. x (4 bytes a column) is requested once per
@@ -194,6 +195,72 @@ GemvKernel gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_t
     return k;
 }
 
+// Rows per threadgroup of the multi-token GEMVs (mul_mv_tokens.metal). x is requested once per
+// threadgroup for each of its T tokens: 4 T / (R b) of a matrix of b bytes a weight in threadgroups
+// of R rows, so a threadgroup of T tokens takes T times the rows gemv_tg_rows gives one token (for
+// its dispatch's token groups), up to 256: x's share of the requests stays the one-token kernel's
+// (8 tokens: 256 rows), while every weight byte is requested once per T tokens rather than once per
+// token. The price: T times fewer threadgroups than one token per threadgroup at the same rows, each
+// doing T tokens' work (fewer, longer threadgroups on a GPU's cores: for a Mac to weigh against the
+// requests). The rows are then spread evenly over that many threadgroups (in multiples of 32), so
+// that no threadgroup runs simdgroups past the matrix's end: 576 rows take 3 of 192.
+// FORGERT_METAL_GEMV_TG_ROWS forces R as for one token.
+int64_t gemv_tokens_tg_rows(int64_t rows, int64_t n_tokens) {
+    const int64_t groups = ceil_div(n_tokens, FG_MV_TOKENS), per_tg = std::min<int64_t>(n_tokens, FG_MV_TOKENS);
+    if (std::getenv("FORGERT_METAL_GEMV_TG_ROWS") != nullptr) return gemv_tg_rows(rows, groups);
+    const int64_t most = std::min<int64_t>(256, gemv_tg_rows(rows, groups) * per_tg);
+    return std::min<int64_t>(most, (int64_t)ceil_div(ceil_div(rows, ceil_div(rows, most)), 32) * 32);
+}
+
+// The multi-token kernel of a family ("mul_mv_" or "mul_mv_swiglu_") for n_tokens >= 2 decode rows.
+GemvKernel gemv_tokens_kernel(const char* family, DType type, int64_t rows, int64_t n_tokens,
+                              const std::function<uint32_t(const char*)>& cap) {
+    GemvKernel k;
+    k.tokens = true;
+    k.name = std::string(family) + "tokens_" + weight_suffix(type);
+    const int64_t tg_rows = gemv_tokens_tg_rows(rows, n_tokens);
+    k.sg_rows = tg_rows > 128 ? FG_MV_STAGED_MAX_SG_ROWS : FG_MV_ROWS_PER_SIMDGROUP;
+    const uint32_t simdgroups =
+        std::min<uint32_t>((uint32_t)ceil_div(tg_rows, k.sg_rows), cap(k.name.c_str()) / FG_SIMD_WIDTH);
+    k.rows_per_tg = simdgroups * (uint32_t)k.sg_rows;
+    k.threads = simdgroups * FG_SIMD_WIDTH;
+    const bool is_float = type == DType::F32 || type == DType::F16 || type == DType::BF16;
+    const int64_t window_bytes =
+        is_float ? 0 : FG_MV_TOKENS_WINDOW_BLOCKS * FG_QK / dtype_block_elems(type) * dtype_block_bytes(type);
+    k.tg_bytes = FG_MV_TOKENS_TG_BYTES(window_bytes, std::min<int64_t>(n_tokens, FG_MV_TOKENS), (int64_t)simdgroups);
+    return k;
+}
+
+// A decode GEMV of n tokens: the one-token staged or direct kernel for one token or
+// FORGERT_METAL_GEMV=direct, else the multi-token kernel (which gives each token the one-token
+// kernel's bits: mul_mv_tokens.metal).
+bool gemv_direct() {
+    const char* env = std::getenv("FORGERT_METAL_GEMV");
+    return env != nullptr && std::strcmp(env, "direct") == 0;
+}
+GemvKernel decode_gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_tokens,
+                              const std::function<uint32_t(const char*)>& cap) {
+    if (n_tokens < 2 || gemv_direct()) return gemv_kernel(family, type, rows, n_tokens, cap);
+    return gemv_tokens_kernel(family, type, rows, n_tokens, cap);
+}
+
+// The argument struct and grid of a GEMV dispatch of n tokens over `rows` weight rows (a
+// mul_mv_tokens_args starts with its mul_mv_args: the one-token kernels get that prefix).
+struct GemvLaunch {
+    mul_mv_tokens_args args;
+    size_t args_bytes;
+    Size3 grid;
+};
+GemvLaunch gemv_launch(const GemvKernel& k, const mul_mv_args& a, int64_t rows, int64_t n) {
+    GemvLaunch l{};
+    l.args.mv = a;
+    l.args.mv.sg_rows = k.sg_rows;
+    l.args.n_tokens = (int32_t)n;
+    l.args_bytes = k.tokens ? sizeof(mul_mv_tokens_args) : sizeof(mul_mv_args);
+    l.grid = {ceil_div(rows, k.rows_per_tg), k.tokens ? ceil_div(n, FG_MV_TOKENS) : (uint32_t)n, 1};
+    return l;
+}
+
 // Where a tensor's 128-byte lines start: its address % 128 (the staged copies load whole lines).
 int32_t line_offset(const Tensor& t) { return (int32_t)(reinterpret_cast<uintptr_t>(t.data()) % 128); }
 
@@ -223,11 +290,10 @@ void MetalBackend::encode_matmul(const Tensor& out, const Tensor& w, const Tenso
 
 void MetalBackend::encode_gemv(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
     const int64_t n = x.rows;
-    const GemvKernel k = gemv_kernel("mul_mv_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
-    mul_mv_args a = make_mul_mv_args(out, w, x, accumulate);
-    a.sg_rows = k.sg_rows;
-    encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(out)}, {ceil_div(w.rows, k.rows_per_tg), (uint32_t)n, 1},
-           {k.threads, 1, 1}, k.tg_bytes);
+    const GemvKernel k =
+        decode_gemv_kernel("mul_mv_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
+    const GemvLaunch l = gemv_launch(k, make_mul_mv_args(out, w, x, accumulate), w.rows, n);
+    encode(k.name, &l.args, l.args_bytes, {reads(w), reads(x), writes(out)}, l.grid, {k.threads, 1, 1}, k.tg_bytes);
 }
 
 void MetalBackend::encode_gemm(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate) {
@@ -288,11 +354,11 @@ bool MetalBackend::encode_fused_glu(const Tensor& out, const Tensor& w_gate, con
     if (!fused) return false;
     a.gelu = gelu ? 1 : 0;
     a.w_up_align = line_offset(w_up);
-    const GemvKernel k = gemv_kernel("mul_mv_swiglu_", w_gate.type, w_gate.rows, x.rows,
-                                     [this](const char* name) { return thread_cap(name); });
-    a.sg_rows = k.sg_rows;
-    encode(k.name, &a, sizeof a, {reads(w_gate), reads(x), writes(out), reads(w_up)},
-           {ceil_div(w_gate.rows, k.rows_per_tg), (uint32_t)x.rows, 1}, {k.threads, 1, 1}, k.tg_bytes);
+    const GemvKernel k = decode_gemv_kernel("mul_mv_swiglu_", w_gate.type, w_gate.rows, x.rows,
+                                            [this](const char* name) { return thread_cap(name); });
+    const GemvLaunch l = gemv_launch(k, a, w_gate.rows, x.rows);
+    encode(k.name, &l.args, l.args_bytes, {reads(w_gate), reads(x), writes(out), reads(w_up)}, l.grid,
+           {k.threads, 1, 1}, k.tg_bytes);
     return true;
 }
 
@@ -725,11 +791,48 @@ MetalBackend::Binding expert_stack(const Tensor* experts, int n_expert) {
 }
 }  // namespace
 
-// A GEMV per slot over its expert's rows.
+// The slots grouped by expert on the device (moe_group_i32): [n_expert] counts, then
+// [n_expert][n_slots] each expert's slots in increasing order; the binding that reads them.
+MetalBackend::Binding MetalBackend::encode_moe_groups(const Tensor& ids, int n_expert) {
+    const int64_t n = ids.rows, k = ids.cols;
+    const size_t group_bytes = (size_t)(n_expert + (int64_t)n_expert * n * k) * sizeof(int32_t);
+    const Buffer* groups = moe_groups_scratch(group_bytes);
+    moe_group_args g{};
+    g.ids_stride = ids.stride;
+    g.n = (int32_t)n;
+    g.k = (int32_t)k;
+    g.n_expert = n_expert;
+    encode("moe_group_i32", &g, sizeof g, {reads(ids), Binding{groups, 0, group_bytes, true}},
+           {ceil_div(n_expert, 32), 1, 1}, {32, 1, 1});
+    return Binding{groups, 0, group_bytes, false};
+}
+
+// A GEMV per slot over its expert's rows: one token's slots through the one-token kernel (each
+// slot its own threadgroups), several tokens' through the multi-token kernel over the slots
+// grouped by expert (the slots of one expert share its weight windows, up to FG_MV_TOKENS a
+// threadgroup; each slot's bits those of the one-token kernel).
 void MetalBackend::encode_matmul_id_gemv(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
                                          const Tensor& ids) {
     const Tensor& w0 = experts[0];
     const int64_t n_slots = ids.rows * ids.cols;
+    if (ids.rows >= 2 && !gemv_direct()) {
+        const Binding groups = encode_moe_groups(ids, n_expert);
+        mul_mv_id_tokens_args a{};
+        a.id.mv = make_mul_mv_args(out, w0, x, false);
+        a.id.expert_stride = expert_stride(experts, n_expert);
+        a.id.ids_stride = ids.stride;
+        a.id.k = (int32_t)ids.cols;
+        a.id.x_per_slot = x.rows == n_slots && ids.cols > 1 ? 1 : 0;
+        a.id.n_expert = n_expert;
+        a.n_slots = (int32_t)n_slots;
+        const GemvKernel kern = gemv_tokens_kernel("mul_mv_id_", w0.type, w0.rows, n_slots,
+                                                   [this](const char* name) { return thread_cap(name); });
+        a.id.mv.sg_rows = kern.sg_rows;
+        encode(kern.name, &a, sizeof a, {expert_stack(experts, n_expert), reads(x), writes(out), reads(ids), groups},
+               {ceil_div(w0.rows, kern.rows_per_tg), ceil_div(n_slots, FG_MV_TOKENS), (uint32_t)n_expert + 1},
+               {kern.threads, 1, 1}, kern.tg_bytes);
+        return;
+    }
     mul_mv_id_args a{};
     a.mv = make_mul_mv_args(out, w0, x, false);
     a.expert_stride = expert_stride(experts, n_expert);
@@ -749,15 +852,7 @@ void MetalBackend::encode_matmul_id_gemm(const Tensor& out, const Tensor* expert
                                          const Tensor& ids) {
     const Tensor& w0 = experts[0];
     const int64_t n = ids.rows, k = ids.cols, n_slots = n * k;
-    const size_t group_bytes = (size_t)(n_expert + (int64_t)n_expert * n_slots) * sizeof(int32_t);
-    const Buffer* groups = moe_groups_scratch(group_bytes);
-    moe_group_args g{};
-    g.ids_stride = ids.stride;
-    g.n = (int32_t)n;
-    g.k = (int32_t)k;
-    g.n_expert = n_expert;
-    encode("moe_group_i32", &g, sizeof g, {reads(ids), Binding{groups, 0, group_bytes, true}},
-           {ceil_div(n_expert, 32), 1, 1}, {32, 1, 1});
+    const Binding groups = encode_moe_groups(ids, n_expert);
     mul_mm_id_args a{};
     a.mm.w_stride = w0.stride;
     a.mm.x_stride = x.stride;
@@ -772,7 +867,7 @@ void MetalBackend::encode_matmul_id_gemm(const Tensor& out, const Tensor* expert
     a.x_per_slot = x.rows == n_slots && k > 1 ? 1 : 0;
     a.n_expert = n_expert;
     encode(std::string("mul_mm_id_") + weight_suffix(w0.type), &a, sizeof a,
-           {expert_stack(experts, n_expert), reads(x), writes(out), Binding{groups, 0, group_bytes, false}},
+           {expert_stack(experts, n_expert), reads(x), writes(out), groups},
            {ceil_div(w0.rows, FG_MM_TILE_ROWS), ceil_div(n_slots, FG_MM_TILE_TOKENS), (uint32_t)n_expert},
            {FG_MM_THREADS, 1, 1}, FG_MM_TG_BYTES(w0.type == DType::F32 || w0.type == DType::BF16 ? 4 : 2));
 }
