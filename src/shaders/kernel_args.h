@@ -72,8 +72,11 @@ FG_ARGS_ASSERT(sizeof(mul_mv_args) == 64, "mul_mv_args layout");
 // as mul_mv_staged computes them for the token alone (the same lane parts, chunk order, float
 // operations and reduction: its bits do not depend on the other tokens), so the weights are
 // requested once per FG_MV_TOKENS tokens instead of once per token. A window is
-// FG_MV_TOKENS_WINDOW_BLOCKS blocks (x's windows of all the tokens and the simdgroups' copies fit in
-// 32 KB; a lane's chunks come in the same order whatever the window).
+// FG_MV_TOKENS_WINDOW_BLOCKS blocks (a lane's chunks come in the same order whatever the window).
+// 8 tokens and 8-block windows: the most tokens whose x windows fit beside 32 simdgroups' copies in
+// 32 KB for every type (Q8_0: 22016 bytes; 16 tokens would take 34304, 8 tokens of 16-block
+// windows 43008); 8 decode rows then request 1.01-1.13x one row's bytes at SmolLM2's 576 x 1536
+// (tests/test_metal_traffic.py, test_gemv_tokens_traffic), a ninth row's group the weights again.
 // slots as mul_mv; grid: (ceil(rows / (sg_rows * simdgroups)), ceil(n_tokens / FG_MV_TOKENS));
 // threads: simdgroups * 32; threadgroup memory 0: FG_MV_TOKENS_TG_BYTES(window bytes of the type,
 // min(n_tokens, FG_MV_TOKENS), simdgroups)
