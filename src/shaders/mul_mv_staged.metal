@@ -18,6 +18,7 @@
 #include <metal_stdlib>
 using namespace metal;
 
+#include "mul_mv_parts.h"
 #include "mul_mv_staged.h"
 
 // x's window: FG_MV_WINDOW_BLOCKS 32-float blocks (mul_mv_staged.h: MV_X_PITCH).

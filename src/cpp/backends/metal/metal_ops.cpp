@@ -172,11 +172,16 @@ int64_t gemv_tg_rows(int64_t rows, int64_t n_tokens) {
     return r;
 }
 
+// FORGERT_METAL_GEMV=direct: mul_mv.metal's kernels rather than the staged ones.
+bool gemv_direct() {
+    const char* env = std::getenv("FORGERT_METAL_GEMV");
+    return env != nullptr && std::strcmp(env, "direct") == 0;
+}
+
 // cap: the pipeline's threads per threadgroup (thread_cap); a lower cap takes fewer simdgroups.
 GemvKernel gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_tokens,
                        const std::function<uint32_t(const char*)>& cap) {
-    const char* env = std::getenv("FORGERT_METAL_GEMV");
-    if (env != nullptr && std::strcmp(env, "direct") == 0)
+    if (gemv_direct())
         return {std::string(family) + weight_suffix(type), FG_MV_ROWS_PER_TG, FG_MV_SIMDGROUPS * FG_SIMD_WIDTH, 0,
                 FG_MV_ROWS_PER_SIMDGROUP};
     GemvKernel k;
@@ -234,10 +239,6 @@ GemvKernel gemv_tokens_kernel(const char* family, DType type, int64_t rows, int6
 // A decode GEMV of n tokens: the one-token staged or direct kernel for one token or
 // FORGERT_METAL_GEMV=direct, else the multi-token kernel (which gives each token the one-token
 // kernel's bits: mul_mv_tokens.metal).
-bool gemv_direct() {
-    const char* env = std::getenv("FORGERT_METAL_GEMV");
-    return env != nullptr && std::strcmp(env, "direct") == 0;
-}
 GemvKernel decode_gemv_kernel(const char* family, DType type, int64_t rows, int64_t n_tokens,
                               const std::function<uint32_t(const char*)>& cap) {
     if (n_tokens < 2 || gemv_direct()) return gemv_kernel(family, type, rows, n_tokens, cap);
