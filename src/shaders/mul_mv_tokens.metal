@@ -14,8 +14,10 @@
 //
 // Threadgroup memory (FG_MV_TOKENS_TG_BYTES): x's window of every token (FG_MV_TOKENS_WINDOW_BLOCKS
 // 32-float blocks, MV_X_PITCH apart, per token), then each simdgroup's copy of one row's window.
-// Each lane reads its x values for a token from threadgroup memory as it dots a row (the one-token
-// kernel keeps one token's in registers across its rows: 8 tokens' would be 192 registers).
+// Registers: a lane holds every token's x values of the window (8 a token, the one-token kernel's
+// 16 over a 16-block window) and sums for 8 tokens x 8 rows (x 2 for gate and up), so that x is read
+// from threadgroup memory once per window as in the one-token kernel; whether that many registers
+// cost an Apple GPU occupancy is for a Mac to show.
 #include <metal_stdlib>
 using namespace metal;
 
@@ -41,8 +43,10 @@ static inline void mv_t_window_x(constant mul_mv_args& args, device const float*
 }
 
 // The lane sums of NW * MV_SG_ROWS rows (as mul_mv_staged's mv_staged_sums) with each of nt tokens'
-// x rows xr[t]: sum[t * NW * MV_SG_ROWS + r] is token t's sum of row r. Per window, each row's window is
-// copied into `stage` once and dotted with every token's x.
+// x rows xr[t]: sum[t * NW * MV_SG_ROWS + r] is token t's sum of row r. Per window, each lane
+// loads its x values and their sums for every token once (the one-token kernel's xv and xsum, per
+// token: MV_T_WINDOW values and up to 4 sums), then each row's window is copied into `stage` once
+// and dotted with every token's.
 template <typename Q, int NW>
 static inline void mv_tokens_sums(mv_block_layout, constant mul_mv_args& args, device const char* thread* wrow,
                                   thread const int* walign, device const float* thread* xr, int nt, threadgroup float* xs,
@@ -54,9 +58,21 @@ static inline void mv_tokens_sums(mv_block_layout, constant mul_mv_args& args, d
     const int nb = args.cols / FG_QK;
     const int g = tiisg / Q::lanes;
     const int part = tiisg % Q::lanes;
+    float xv[FG_MV_TOKENS * MV_T_WINDOW];  // [token][steps][nx]: steps * nx == MV_T_WINDOW for every type
+    float xsum[FG_MV_TOKENS * 4];          // [token][steps]
     for (int c0 = 0; c0 < nb; c0 += MV_T_WINDOW) {
         const int nbw = min(MV_T_WINDOW, nb - c0);
         mv_t_window_x(args, xr, nt, c0 * FG_QK, nbw * FG_QK, xs, tid, nthreads);
+        for (int t = 0; t < nt; ++t) {
+            for (int s = 0; s < steps; ++s) {
+                const int c = s * chunks + g;
+                xsum[4 * t + s] = 0.0f;
+                if (c >= nbw) break;
+                thread float* v = xv + MV_T_WINDOW * t + s * nx;
+                Q::load_x(xs + t * MV_T_X_STAGE + c * MV_X_PITCH, part, v);
+                for (int i = 0; i < nx; ++i) xsum[4 * t + s] += v[i];
+            }
+        }
         const int off = c0 / MV_T_WINDOW * mv_t_window<Q>::bytes;
         const int n = nbw * mv_t_window<Q>::bytes / MV_T_WINDOW;
         for (int r = 0; r < NW * MV_SG_ROWS; ++r) {
@@ -69,18 +85,16 @@ static inline void mv_tokens_sums(mv_block_layout, constant mul_mv_args& args, d
                 for (int s = 0; s < steps; ++s) {
                     const int c = s * chunks + g;
                     if (c >= nbw) break;
-                    float xv[4];  // [nx]
-                    Q::load_x(xs + t * MV_T_X_STAGE + c * MV_X_PITCH, part, xv);
-                    float xsum = 0.0f;
-                    for (int i = 0; i < nx; ++i) xsum += xv[i];
-                    sum[t * NW * MV_SG_ROWS + r] += Q::dot(row, c, part, xv, xsum, a4);
+                    sum[t * NW * MV_SG_ROWS + r] +=
+                        Q::dot(row, c, part, xv + MV_T_WINDOW * t + s * nx, xsum[4 * t + s], a4);
                 }
             }
         }
     }
 }
 
-// Float weights: each weight load (whole lines, as mul_mv_staged's) serves every token.
+// Float weights: each lane loads its 4 (or 1) columns of every row once (whole lines, as
+// mul_mv_staged's), then each token's x values once, and dots them with every row.
 template <typename R, int NW>
 static inline void mv_tokens_sums(mv_float_layout, constant mul_mv_args& args, device const char* thread* wrow,
                                   thread const int*, device const float* thread* xr, int nt, threadgroup float* xs,
@@ -92,23 +106,25 @@ static inline void mv_tokens_sums(mv_float_layout, constant mul_mv_args& args, d
         mv_t_window_x(args, xr, nt, c0, n, xs, tid, nthreads);
         if (vec4) {
             for (int c = 4 * tiisg; c < n; c += 4 * FG_SIMD_WIDTH) {
-                for (int r = 0; r < NW * MV_SG_ROWS; ++r) {
-                    if (r % MV_SG_ROWS >= nrows) continue;
-                    const float4 w4 = R::load4(wrow[r], c0 + c);
-                    for (int t = 0; t < nt; ++t) {
-                        const float4 xv =
-                            *((threadgroup const float4*)(xs + t * MV_T_X_STAGE + (c / 32) * MV_X_PITCH + c % 32));
-                        sum[t * NW * MV_SG_ROWS + r] += dot(w4, xv);
-                    }
+                float4 w4[NW * MV_SG_ROWS];
+                for (int r = 0; r < NW * MV_SG_ROWS; ++r)
+                    if (r % MV_SG_ROWS < nrows) w4[r] = R::load4(wrow[r], c0 + c);
+                for (int t = 0; t < nt; ++t) {
+                    const float4 xv =
+                        *((threadgroup const float4*)(xs + t * MV_T_X_STAGE + (c / 32) * MV_X_PITCH + c % 32));
+                    for (int r = 0; r < NW * MV_SG_ROWS; ++r)
+                        if (r % MV_SG_ROWS < nrows) sum[t * NW * MV_SG_ROWS + r] += dot(w4[r], xv);
                 }
             }
         } else {
             for (int c = tiisg; c < n; c += FG_SIMD_WIDTH) {
-                for (int r = 0; r < NW * MV_SG_ROWS; ++r) {
-                    if (r % MV_SG_ROWS >= nrows) continue;
-                    const float w1 = R::load1(wrow[r], c0 + c);
-                    for (int t = 0; t < nt; ++t)
-                        sum[t * NW * MV_SG_ROWS + r] += w1 * xs[t * MV_T_X_STAGE + (c / 32) * MV_X_PITCH + c % 32];
+                float w1[NW * MV_SG_ROWS];
+                for (int r = 0; r < NW * MV_SG_ROWS; ++r)
+                    if (r % MV_SG_ROWS < nrows) w1[r] = R::load1(wrow[r], c0 + c);
+                for (int t = 0; t < nt; ++t) {
+                    const float xv = xs[t * MV_T_X_STAGE + (c / 32) * MV_X_PITCH + c % 32];
+                    for (int r = 0; r < NW * MV_SG_ROWS; ++r)
+                        if (r % MV_SG_ROWS < nrows) sum[t * NW * MV_SG_ROWS + r] += w1[r] * xv;
                 }
             }
         }
