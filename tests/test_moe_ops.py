@@ -245,6 +245,22 @@ def test_mxfp4_matmul_matches_gguf_dequantize(ops, n):
     assert nmse(out, ref) < bound_for(backend_of(ops), MXFP4, n)
 
 
+def test_mxfp4_decode_rows_equal_each_row_alone(ops):
+    """9 decode rows (decode_rows: Metal's multi-token GEMV, token groups of 8 and 1) of MXFP4
+    weights: each row bit for bit the one-row GEMV's on the row alone, and the exact product's bound."""
+    if backend_of(ops) != "metal":
+        pytest.skip("the token groups are Metal's decode GEMV")
+    rows, cols, n = 40, 544, 9   # 17 blocks a row: 17-byte blocks at every alignment, a partial window
+    rng = rng_for("mxfp4_tokens")
+    raw = encode(randn(rng, rows, cols), MXFP4)
+    x = randn(rng, n, cols)
+    out = ops.matmul(raw, MXFP4, rows, cols, x, decode_rows=n)
+    ref = np.asarray(x, np.float64) @ decode(raw, MXFP4, rows, cols).T
+    assert nmse(out, ref) < bound_for("metal", MXFP4, 1)
+    for i in range(n):
+        assert np.array_equal(out[i], ops.matmul(raw, MXFP4, rows, cols, x[i:i + 1])[0]), i
+
+
 def test_mxfp4_get_rows_is_exact(ops):
     """Every E8M0 scale class (2^-128 and 2^-127 subnormal, 1, the largest) and every nibble,
     dequantized bit for bit as gguf.quants does."""
