@@ -356,8 +356,9 @@ FG_ARGS_ASSERT(sizeof(mul_mv_id_args) == 96, "mul_mv_id_args layout");
 // mul_mv_id_tokens_<type>: mul_mv_id for several decode tokens, the slots of each expert (as
 // moe_group_i32 lists them) up to FG_MV_TOKENS per threadgroup sharing each weight window, each
 // slot's bits those of mul_mv_id_staged alone. slots: 1-4 as mul_mv_id, 5 groups (moe_group_i32's)
-// grid: (row tiles as mul_mv_tokens, ceil(n_slots / FG_MV_TOKENS), n_expert + 1: the last the
-// out-of-range ids' zero rows); threads and threadgroup memory as mul_mv_tokens for min(n_slots, 8) tokens
+// grid: (row tiles as mul_mv_tokens, ceil(n / FG_MV_TOKENS): an expert's token groups when a token
+// names it once, the kernel looping over any more; n_expert + 1: the last the out-of-range ids'
+// zero rows); threads and threadgroup memory as mul_mv_tokens for min(n_slots, 8) tokens
 typedef struct {
     mul_mv_id_args id;
     int32_t n_slots;  // n * k

@@ -213,8 +213,8 @@ kernel void mul_mv_swiglu_tokens(
                                 (device float*)(out + (tk.t0 + t) * args.mv.out_stride), r0, tiisg, args.mv.sg_rows);
 }
 
-// Mixture of experts: threadgroup (x, y, e) serves token group y of the slots moe_group_i32 listed
-// for expert e (groups: [n_expert] counts, then [n_expert][n_slots] slots), each slot's sums those
+// Mixture of experts: threadgroup (x, y, e) serves token groups y, y + grid.y, ... of the slots
+// moe_group_i32 listed for expert e (groups: [n_expert] counts, then [n_expert][n_slots] slots), each slot's sums those
 // of mul_mv_id_staged for the slot alone; grid z = n_expert writes the zero rows of the slots whose
 // id is out of range (mul_mv_id_staged's answer for them), token group 0 only.
 template <typename Q>
@@ -227,6 +227,7 @@ kernel void mul_mv_id_tokens(
         device const int  * groups  [[buffer(5)]],
         threadgroup uint4 * shmem   [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
+        uint3  tgpg  [[threadgroups_per_grid]],
         ushort tid   [[thread_index_in_threadgroup]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
         ushort nsg   [[simdgroups_per_threadgroup]],
@@ -242,28 +243,29 @@ kernel void mul_mv_id_tokens(
         }
         return;
     }
-    mv_t_tokens tk;
-    tk.t0 = int(tgpig.y) * FG_MV_TOKENS;
-    tk.nt = min(FG_MV_TOKENS, groups[e] - tk.t0);
-    tk.tg_tokens = min(FG_MV_TOKENS, args.n_slots);
-    if (tk.nt <= 0) return;  // uniform across the threadgroup, before any barrier
-    device const int* slots = groups + id.n_expert + e * args.n_slots + tk.t0;
-    device const float* xr[FG_MV_TOKENS];
-    for (int t = 0; t < tk.nt; ++t)
-        xr[t] = (device const float*)(x + (id.x_per_slot != 0 ? slots[t] : slots[t] / id.k) * id.mv.x_stride);
     const ulong w_offset = ulong(e) * id.expert_stride;
     const int a = int((ulong(id.mv.w_align) + w_offset) % 128);
     device const char* wrow[MV_SG_ROWS];
     int walign[MV_SG_ROWS];
     mv_row_pointers<1, MV_SG_ROWS>(id.mv, w + w_offset, w + w_offset, r0, wrow);
     mv_row_aligns<1>(id.mv, a, a, r0, walign);
-    float sum[FG_MV_TOKENS * MV_SG_ROWS] = {0.0f};  // [token][row]
-    mv_tokens_sums<Q, 1>(typename Q::layout(), id.mv, wrow, walign, xr, tk.nt, (threadgroup float*)shmem,
-                         mv_t_row_stage<Q>(shmem, tk.tg_tokens, sgitg), mv_own_rows(id.mv, r0), tid,
-                         nsg * FG_SIMD_WIDTH, tiisg, sum);
-    for (int t = 0; t < tk.nt; ++t)
-        mv_store<1, MV_SG_ROWS>(id.mv, sum + t * MV_SG_ROWS, (device float*)(out + slots[t] * id.mv.out_stride), r0,
-                                tiisg, id.mv.sg_rows);
+    // Token groups tgpig.y, tgpig.y + tgpg.y, ... of the expert's slots (the host sizes the grid for
+    // one slot per token; a token naming an expert twice makes more): uniform across the threadgroup.
+    const int count = groups[e];
+    for (int t0 = int(tgpig.y) * FG_MV_TOKENS; t0 < count; t0 += int(tgpg.y) * FG_MV_TOKENS) {
+        const int nt = min(FG_MV_TOKENS, count - t0);
+        device const int* slots = groups + id.n_expert + e * args.n_slots + t0;
+        device const float* xr[FG_MV_TOKENS];
+        for (int t = 0; t < nt; ++t)
+            xr[t] = (device const float*)(x + (id.x_per_slot != 0 ? slots[t] : slots[t] / id.k) * id.mv.x_stride);
+        float sum[FG_MV_TOKENS * MV_SG_ROWS] = {0.0f};  // [token][row]
+        mv_tokens_sums<Q, 1>(typename Q::layout(), id.mv, wrow, walign, xr, nt, (threadgroup float*)shmem,
+                             mv_t_row_stage<Q>(shmem, min(FG_MV_TOKENS, args.n_slots), sgitg), mv_own_rows(id.mv, r0),
+                             tid, nsg * FG_SIMD_WIDTH, tiisg, sum);
+        for (int t = 0; t < nt; ++t)
+            mv_store<1, MV_SG_ROWS>(id.mv, sum + t * MV_SG_ROWS, (device float*)(out + slots[t] * id.mv.out_stride), r0,
+                                    tiisg, id.mv.sg_rows);
+    }
 }
 
 typedef decltype(mul_mv_tokens<q8_0_part>) mul_mv_tokens_t;

@@ -411,6 +411,7 @@ void test_gemv_tokens_threadgroup_rows() {
         {"mul_mv_", 20480, 8, 512, 128, 512, 8},     // a pipeline limit of 512 threads
         {"mul_mv_swiglu_", 20480, 8, 0, 256, 1024, 8},
         {"mul_mv_id_", 10240, 2, 0, 256, 1024, 8},   // 2 tokens of 2 slots: 4 slots, 128 rows x 4 -> 256
+        {"mul_mv_id_", 576, 9, 0, 192, 768, 8},      // 9 tokens of 2 slots: 2 groups per expert
     };
     for (const Case& c : cases) {
         Fixture f;
@@ -439,7 +440,7 @@ void test_gemv_tokens_threadgroup_rows() {
         std::memcpy(&a, f.dev->last_args.data(), sizeof a);
         EXPECT(f.dev->last_threads == c.threads && a.sg_rows == c.sg_rows, "%s %d rows x %d: %u threads, %d rows each",
                c.family, c.rows, c.n, f.dev->last_threads, a.sg_rows);
-        const uint32_t groups = (uint32_t)((tokens + FG_MV_TOKENS - 1) / FG_MV_TOKENS);
+        const uint32_t groups = (uint32_t)((c.n + FG_MV_TOKENS - 1) / FG_MV_TOKENS);  // mul_mv_id_: per expert
         EXPECT(f.dev->last_grid.x == (c.rows + c.tg_rows - 1) / c.tg_rows && f.dev->last_grid.y == groups &&
                    f.dev->last_grid.z == grid_z,
                "%s %d rows x %d: grid %u x %u x %u", c.family, c.rows, c.n, f.dev->last_grid.x, f.dev->last_grid.y,

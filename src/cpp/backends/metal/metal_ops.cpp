@@ -826,11 +826,13 @@ void MetalBackend::encode_matmul_id_gemv(const Tensor& out, const Tensor* expert
         a.id.x_per_slot = x.rows == n_slots && ids.cols > 1 ? 1 : 0;
         a.id.n_expert = n_expert;
         a.n_slots = (int32_t)n_slots;
+        // grid y: an expert's token groups when each token names it at most once (moe_route's ids
+        // are distinct); the kernel loops over any more
         const GemvKernel kern = gemv_tokens_kernel("mul_mv_id_", w0.type, w0.rows, n_slots,
                                                    [this](const char* name) { return thread_cap(name); });
         a.id.mv.sg_rows = kern.sg_rows;
         encode(kern.name, &a, sizeof a, {expert_stack(experts, n_expert), reads(x), writes(out), reads(ids), groups},
-               {ceil_div(w0.rows, kern.rows_per_tg), ceil_div(n_slots, FG_MV_TOKENS), (uint32_t)n_expert + 1},
+               {ceil_div(w0.rows, kern.rows_per_tg), ceil_div(ids.rows, FG_MV_TOKENS), (uint32_t)n_expert + 1},
                {kern.threads, 1, 1}, kern.tg_bytes);
         return;
     }
