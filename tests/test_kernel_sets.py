@@ -96,11 +96,12 @@ def test_amx_prefill_gemm_on_emulated_tiles(x86_check_output):
     """The AMX prefill int8 GEMM (16-token tiles on signed panels converted once per call, the
     last n % 16 tokens through the VNNI tiles after the offsets are put back), on tiles emulated
     by loops: bit-identical to the generic set and close to an f64 product for every weight
-    type, Q8_0x16 / Q4_0x16 bit-identical to the file layout."""
+    type, Q8_0x16 / Q4_0x16 / Q4_1x16 bit-identical to the file layout."""
     if "avx512-vnni" not in x86_check_output:
         pytest.skip("needs AVX-512 VNNI")
     for words in (["gemm_i8 Q8_0", "n=21"], ["gemm_i8 Q4_0", "n=70"], ["gemm_i8 Q4_K", "n=21"],
-                  ["gemm_i8 Q5_K", "n=70"], ["gemm_i8 Q6_K", "n=70"], ["gemm_i8 Q8_0x16"], ["gemm_i8 Q4_0x16"]):
+                  ["gemm_i8 Q5_K", "n=70"], ["gemm_i8 Q6_K", "n=70"], ["gemm_i8 Q4_1", "n=70"], ["gemm_i8 Q8_0x16"],
+                  ["gemm_i8 Q4_0x16"], ["gemm_i8 Q4_1x16"]):
         lines = set_lines(x86_check_output, "avx512-amx-emulated", *words)
         assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
 
