@@ -116,7 +116,7 @@ def quantized_smollm2(smollm2_gguf, root, qtype):
 
 @pytest.fixture(scope="module")
 def smollm2_pure(smollm2_gguf, tmp_path_factory):
-    """The default model (Q4_1, which stays in the file's layout) converted to pure Q4_0 and Q8_0."""
+    """The default model (Q4_1) converted to pure Q4_0 and Q8_0."""
     root = tmp_path_factory.mktemp("smollm2_pure")
     return {t: quantized_smollm2(smollm2_gguf, root, t) for t in ("Q4_0", "Q8_0")}
 
