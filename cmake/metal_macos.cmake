@@ -10,7 +10,10 @@ set(FG_METAL_HEADERS
   ${FORGERT_SRC}/core/quant_blocks.h
   ${FG_SHADER_DIR}/kernel_args.h
   ${FG_SHADER_DIR}/dequant.h
-  ${FG_SHADER_DIR}/mul_mv.h)
+  ${FG_SHADER_DIR}/mul_mv.h
+  ${FG_SHADER_DIR}/stage_bytes.h
+  ${FG_SHADER_DIR}/mul_mv_parts.h
+  ${FG_SHADER_DIR}/argmax.h)
 set(FG_METAL_OUT ${CMAKE_CURRENT_BINARY_DIR}/metal)
 file(MAKE_DIRECTORY ${FG_METAL_OUT})
 
