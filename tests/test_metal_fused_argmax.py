@@ -41,7 +41,7 @@ def make_nan_row(w_rows: np.ndarray, dtype: int, row: int) -> None:
         w_rows[row, SCALE_OFFSET[dtype]:SCALE_OFFSET[dtype] + 2] = F16_NAN
 
 
-ROWS = 600  # 19 threadgroups of 32 rows (4 a simdgroup), or 3 of 256 (8 a simdgroup), the last partial
+ROWS = 601  # 19 threadgroups of 32 rows (4 a simdgroup), or 3 of 256 (8 a simdgroup), the last partial; odd: token rows 4 mod 8 apart
 TIES = [5, 6, 13, 290, 599]  # a copy of the best row: a simdgroup's neighbours, another simdgroup,
                              # another threadgroup at both sizes, the partial last threadgroup
 
@@ -219,6 +219,49 @@ def test_batch_argmax_is_numpy_argmax_of_the_logits(forgert, output_type_models,
 
 
 # --------------------------------------------------------------------------- traffic
+
+@pytest.fixture
+def traffic_ops(metal_core):
+    """A Metal Ops over the traffic build of the kernel library (test_metal_traffic.py's)."""
+    from pathlib import Path
+    if not hasattr(metal_core, "set_emulator_traffic"):
+        pytest.skip("this _core has no emulator traffic counting")
+    if not (Path(metal_core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
+        pytest.skip("no traffic build of the kernels")
+    metal_core.set_emulator_traffic(True)
+    try:
+        m = metal_core.Ops("metal")
+    finally:
+        metal_core.set_emulator_traffic(False)
+    metal_core.emulator_traffic()
+    return m
+
+
+@pytest.mark.parametrize("wtype", ["q8_0", "q6_K", "q4_K", "q4_1", "f16"])
+def test_fused_gemv_reads_what_the_gemv_reads(metal_core, traffic_ops, wtype):
+    """An output projection of 20480 rows (80 threadgroups of 256 rows, as at any vocabulary of
+    20480 or more) at one token: the fused kernel makes the unfused GEMV's loads, byte for byte and
+    line for line, and stores 8 B per threadgroup (640 B) where the GEMV stored 4 B per row (80 KB);
+    argmax_partials reads those 640 B (argmax_f32 would read the 80 KB)."""
+    dtype = WEIGHT_TYPES[wtype]
+    rows, cols = 20480, 256
+    r = np.random.default_rng(3)
+    w = weight_bytes(r, dtype, rows, cols)
+    x = r.standard_normal((1, cols), dtype=np.float32)
+    traffic_ops.matmul(w, dtype, rows, cols, x)
+    (plain,) = metal_core.emulator_traffic()
+    traffic_ops.matmul_argmax(w, dtype, rows, cols, x)
+    fused, pick = metal_core.emulator_traffic()
+    assert (plain["kernel"], fused["kernel"], pick["kernel"]) == (
+        "mul_mv_staged_" + wtype, "mul_mv_argmax_staged_" + wtype, "argmax_partials")
+    assert fused["threadgroups"] == 80 and fused["threads_per_threadgroup"] == 1024
+    for f in ("read_needed", "read_requested", "load_lines64", "load_lines64_min", "load_lines128",
+              "load_lines128_min"):
+        assert fused[f] == plain[f], f
+    assert plain["write_needed"] == 4 * rows and fused["write_needed"] == fused["write_requested"] == 8 * 80
+    assert (pick["read_needed"], pick["write_needed"]) == (8 * 80, 4)
+    assert fused["tg_wavefronts"] <= 1.02 * fused["tg_wavefronts_min"]  # measured 1.000 (as the GEMV)
+
 
 def greedy_steps(core, m, prompt):
     """The dispatches of a greedy prefill and of the decode step after it (each ends in an argmax

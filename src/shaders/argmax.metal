@@ -39,7 +39,8 @@ kernel void argmax_partials(
         ushort sgitg [[simdgroup_index_in_threadgroup]],
         ushort tiisg [[thread_index_in_simdgroup]],
         ushort3 ntg  [[threads_per_threadgroup]]) {
-    device const fg_argmax_partial* p = (device const fg_argmax_partial*)(partials + tgpig.x * args.x_stride);
+    device const float* values = (device const float*)(partials + tgpig.x * args.x_stride);  // [cols]
+    device const int* indices = (device const int*)(values + args.cols);                      // [cols]
     const int nsg = (ntg.x + FG_SIMD_WIDTH - 1) / FG_SIMD_WIDTH;
     float best = -FLT_MAX;
     int best_i = INT_MAX;
@@ -47,8 +48,8 @@ kernel void argmax_partials(
     // ascending j, strict > keeps the lowest index. A threadgroup without one (none above -inf)
     // offers nothing.
     for (int j = tiitg; j < args.cols; j += ntg.x) {
-        const float v = p[j].value;
-        const int i = p[j].index;
+        const float v = values[j];
+        const int i = indices[j];
         if (i != INT_MAX && (v > best || best_i == INT_MAX)) {
             best = v;
             best_i = i;

@@ -298,14 +298,10 @@ FG_ARGS_ASSERT(sizeof(argmax_args) == 16, "argmax_args layout");
 // Greedy tokens whose logits nobody reads (decode), without writing them: mul_mv_argmax_staged_<type>
 // (mul_mv_staged.metal) computes mul_mv_staged_<type>'s rows, the same bits (args, slots 1 w,
 // 2 x, grid, threads and threadgroup memory as it), and writes instead each threadgroup's
-// candidate (argmax.h's rule over its rows) into slot 3, candidates [n_tokens, grid.x] of
-// fg_argmax_partial, token rows out_stride bytes apart. Then argmax_partials (argmax.metal, as
-// argmax_f32 with x = the candidates: x_stride = out_stride, cols = grid.x) picks each token's.
-typedef struct {
-    float value;
-    int32_t index;  // INT32_MAX: none (no row above -inf)
-} fg_argmax_partial;
-FG_ARGS_ASSERT(sizeof(fg_argmax_partial) == 8, "fg_argmax_partial layout");
+// candidate (argmax.h's rule over its rows) into slot 3: per token row (out_stride bytes apart)
+// grid.x values f32, then their grid.x indices i32 (INT32_MAX: no row above -inf), so that every
+// load is of 4 bytes at any row alignment. Then argmax_partials (argmax.metal; argmax_args with
+// x_stride = out_stride, cols = grid.x; as argmax_f32) picks each token's.
 
 // --- mixture of experts (moe.metal; mul_mv_id_* in mul_mv.metal) ---
 // moe_route_f32: per token, softmax over the logits, the k largest (lower id first on ties),

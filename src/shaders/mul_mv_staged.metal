@@ -245,6 +245,7 @@ kernel void mul_mv_argmax_staged(
         device       char * partials [[buffer(3)]],
         threadgroup uint4 * shmem   [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
+        uint3  tgpg  [[threadgroups_per_grid]],
         ushort tid   [[thread_index_in_threadgroup]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
         ushort nsg   [[simdgroups_per_threadgroup]],
@@ -268,10 +269,10 @@ kernel void mul_mv_argmax_staged(
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every simdgroup is done with its copies: shmem is free
     fg_threadgroup_argmax(best, best_i, (threadgroup float*)shmem, sgitg, tiisg, nsg);
-    if (sgitg == 0 && tiisg == 0) {
-        device fg_argmax_partial* p = (device fg_argmax_partial*)(partials + t * args.out_stride) + tgpig.x;
-        p->value = best;
-        p->index = best_i;
+    if (sgitg == 0 && tiisg == 0) {  // candidate tgpig.x of tgpg.x (kernel_args.h: values, then indices)
+        device float* values = (device float*)(partials + t * args.out_stride);
+        values[tgpig.x] = best;
+        ((device int*)(values + tgpg.x))[tgpig.x] = best_i;
     }
 }
 

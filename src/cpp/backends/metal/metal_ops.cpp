@@ -679,7 +679,7 @@ void MetalBackend::encode_gemv_argmax(const Tensor& out, const Tensor& w, const 
     const GemvKernel k =
         gemv_kernel("mul_mv_argmax_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
     const uint32_t n_tg = ceil_div(w.rows, k.rows_per_tg);
-    // Each token's candidates in the first bytes of its logits row.
+    // Each token's candidates (n_tg values, n_tg indices) in the first words of its logits row.
     Tensor cand = make_tensor(partials.buf, partials.offset, DType::F32, n, 2 * (int64_t)n_tg);  // [n, 2 n_tg]
     cand.stride = partials.stride;
     mul_mv_args a = make_mul_mv_args(partials, w, x, false);
