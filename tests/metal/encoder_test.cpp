@@ -669,6 +669,14 @@ void test_gemma_decode_dispatches() {
         for (size_t i = 0; i < log.size(); i++)
             if ((i == 0 || log[i - 1] == ' ') && log[i] != '|' && log[i] != '#') dispatches++;
         std::printf("%s: %d dispatches per decode step of %d layers\n", arch, dispatches, L);
+        // Greedy: the fused output GEMV, except under Gemma 2's final soft-cap (the argmax of the
+        // capped logits, whose tanh can tie values the raw logits order).
+        dev->log.clear();
+        model.forward_argmax(&token, 1, 1);
+        const bool capped = std::string(arch) == "gemma2";
+        EXPECT(count_kernel(dev->log, "argmax_f32") == (capped ? 1 : 0) &&
+                   count_kernel(dev->log, "argmax_partials") == (capped ? 0 : 1),
+               "%s greedy step: %s", arch, dev->log.c_str());
     }
 }
 
