@@ -995,6 +995,23 @@ def test_argmax(ops_for, backend, n, vocab):
     np.testing.assert_array_equal(out, np.argmax(x, axis=1))   # NumPy also takes the first maximum
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("vocab", [40, 9000])   # 9000: more than one of the CPU's 8192-column blocks
+def test_argmax_nan_counts_as_minus_inf(ops_for, backend, vocab):
+    """NaN never wins, not even at index 0 (the CPU's merge compared with x[0] and kept a NaN
+    there); a row with nothing above -inf gives index 0 (core/backend.h)."""
+    x = randn(rng_for("argmax_nan", vocab), 4, vocab)
+    x[0, 0] = np.nan
+    x[1, :] = np.nan
+    x[2, :] = -np.inf
+    x[2, [0, vocab // 2]] = np.nan
+    x[3, vocab - 1] = np.nan
+    x[3, vocab // 2] = 9.0
+    want = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    assert want.tolist()[1:] == [0, 0, vocab // 2]
+    np.testing.assert_array_equal(ops_for(backend).argmax(x), want)
+
+
 # ----------------------------------------------------------------------------- the references themselves
 
 def test_rope_reference_matches_transformers():
