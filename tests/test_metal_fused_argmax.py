@@ -3,7 +3,7 @@ argmax fused on (mul_mv_argmax_staged_<type>: each threadgroup leaves one (value
 argmax_partials picks each token's), so the output projection's logits are never written nor read
 back. Held here against NumPy's argmax of the unfused logits (metal.matmul: the same kernel's row
 sums, so engineered ties are exact ties and NaN rows are NaN), for every weight type the staged GEMV
-serves, at 32- and 256-row threadgroups (several threadgroups, a partial last one), with ties
+serves (MXFP4 too), at 32- and 256-row threadgroups (several threadgroups, a partial last one), with ties
 across lanes, simdgroups and threadgroups and with NaN rows, under the emulator's three thread
 orders; the fallbacks (GEMM rows, FORGERT_METAL_FUSED_ARGMAX=0, the direct GEMVs) likewise.
 
@@ -31,6 +31,15 @@ def reference_argmax(logits: np.ndarray) -> np.ndarray:
     return np.argmax(np.where(np.isnan(logits), -np.inf, logits), axis=-1).astype(np.int32)
 
 
+MXFP4 = 39  # blocks of 32: an E8M0 scale byte (every value finite: no NaN row), 16 bytes of nibbles
+
+
+def mxfp4_bytes(r: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    blocks = r.integers(0, 256, (rows * cols // 32, 17)).astype(np.uint8)
+    blocks[:, 0] = r.integers(118, 123, len(blocks))  # scales 2^-10 .. 2^-6: |w| < 0.1
+    return blocks.reshape(-1)
+
+
 def make_nan_row(w_rows: np.ndarray, dtype: int, row: int) -> None:
     """Row `row` of the raw weights (uint8 [rows, row bytes]) gives a NaN logit."""
     if dtype == F32:
@@ -47,13 +56,13 @@ TIES = [5, 6, 13, 290, 599]  # a copy of the best row: a simdgroup's neighbours,
 
 
 @pytest.mark.parametrize("tg_rows", ["32", "256"])
-@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES) + ["f32-unaligned"])
+@pytest.mark.parametrize("wtype", list(WEIGHT_TYPES) + ["mxfp4", "f32-unaligned"])
 def test_fused_argmax_matches_numpy_on_unfused_logits(metal, monkeypatch, wtype, tg_rows):
     monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", tg_rows)
-    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
+    dtype = MXFP4 if wtype == "mxfp4" else WEIGHT_TYPES[wtype.split("-")[0]]
     cols = 256 if dtype in SUPER_BLOCK_TYPES else 131 if "unaligned" in wtype else 128
     r = rng("fused_argmax", wtype)
-    w = weight_bytes(r, dtype, ROWS, cols).copy()
+    w = mxfp4_bytes(r, ROWS, cols) if dtype == MXFP4 else weight_bytes(r, dtype, ROWS, cols).copy()
     w_rows = w.reshape(ROWS, -1)
     x = r.standard_normal((3, cols), dtype=np.float32)
 
@@ -71,14 +80,16 @@ def test_fused_argmax_matches_numpy_on_unfused_logits(metal, monkeypatch, wtype,
     assert np.all(logits[0, TIES] == logits[0, best]), "the copied rows are not exact ties"
     assert got[0] == min(TIES + [best])
 
-    # NaN rows never win, at index 0 neither: token 0's first two tied rows and row 0 NaN; token 2's
-    # x all NaN (every logit NaN: index 0).
-    for row in (0, TIES[0], TIES[1]):
+    # NaN rows never win, at index 0 neither: token 0's first two tied rows and row 0 NaN (MXFP4
+    # has no NaN weights); token 2's x all NaN (every logit NaN: index 0).
+    nan_rows = [] if dtype == MXFP4 else [0, TIES[0], TIES[1]]
+    for row in nan_rows:
         make_nan_row(w_rows, dtype, row)
     x[2] = np.nan
     logits, got = check("nan")
-    assert np.isnan(logits[0, [0, TIES[0], TIES[1]]]).all() and np.isnan(logits[2]).all()
-    assert got[0] == min(TIES[2:] + [best]) and got[2] == 0
+    assert np.isnan(logits[0, nan_rows]).all() and np.isnan(logits[2]).all()
+    live_ties = TIES[2:] if nan_rows else TIES
+    assert got[0] == min(live_ties + [best]) and got[2] == 0
 
 
 @pytest.mark.parametrize("path", ["gemm", "fusion-off", "direct"])
