@@ -177,29 +177,14 @@ def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None =
     w.add_vocab_size(c.vocab_size)
     w.add_expert_count(c.num_local_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
-    tokens, types, merges = mf.tokenizer_tables(tok)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1, chat_template=chat_template)
     for name, t in gguf_tensors(model).items():
         qtype = _quant_type(name, type_name, expert_type)
         if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, t)
         else:
-            data = gguf.quants.quantize(t, qtype)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    return mf.write_and_close(w, path)
 
 
 def quantized_reference(model, type_name: str, expert_type: str | None = None):

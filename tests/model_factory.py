@@ -349,9 +349,36 @@ def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
     return out
 
 
+def add_bpe_vocab(w: gguf.GGUFWriter, tables: tuple[list[str], list[int], list[str]], bos_id: int, eos_id: int,
+                  add_bos: bool = False, chat_template: str | None = None) -> None:
+    """The tokenizer keys convert_hf_to_gguf.py writes for a GPT-2 style BPE vocab; `tables` is
+    tokenizer_tables()'s (tokens, types, merges), or a factory's variant of it."""
+    tokens, types, merges = tables
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(bos_id)
+    w.add_eos_token_id(eos_id)
+    w.add_add_bos_token(add_bos)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+
+
+def write_and_close(w: gguf.GGUFWriter, path: Path) -> Path:
+    """Header, metadata and tensors to `path` (the writer's file); returns path."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def encode_tensor(w: np.ndarray, type_name: str, name: str):
-    """(data, raw_dtype) for GGUFWriter.add_tensor. Norms, biases and rope factors (1-D) stay
-    F32 like llama.cpp; 2-D weights take the requested type."""
+    """(data, raw_dtype) for GGUFWriter.add_tensor (raw_dtype None: data's own float dtype).
+    Norms, biases and rope factors (1-D) stay F32 like llama.cpp; 2-D weights take the
+    requested type."""
     qtype = gguf.GGMLQuantizationType[type_name]
     if w.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
         return w.astype(np.float32), None
@@ -393,33 +420,13 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}[type_name])
 
-    tokens, types, merges = tokenizer_tables(tok)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tok.token_to_id(BOS_TOKEN))
-    w.add_eos_token_id(tok.token_to_id(eos_token))
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    add_bpe_vocab(w, tokenizer_tables(tok), tok.token_to_id(BOS_TOKEN), tok.token_to_id(eos_token),
+                  chat_template=chat_template)
 
     for name, t in tensors.items():
-        if name in raw_overrides:
-            data, qtype = raw_overrides[name]
-            w.add_tensor(name, data, raw_dtype=qtype)
-            continue
-        data, qtype = encode_tensor(t, type_name, name)
-        if qtype is None:
-            w.add_tensor(name, data)
-        else:
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        data, qtype = raw_overrides[name] if name in raw_overrides else encode_tensor(t, type_name, name)
+        w.add_tensor(name, data, raw_dtype=qtype)
+    return write_and_close(w, path)
 
 
 # ----------------------------------------------------------------------------- bundle
