@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 import model_factory as mf
-from test_e2e_tiny import bounds_for, compare_logits, token_ids  # noqa: F401  (re-exported)
+from test_e2e_tiny import bounds_for, compare_logits, decode_logits, token_ids  # noqa: F401  (re-exported)
 
 HF_DTYPES = ("F32", "F16")
 GGUF_TYPES = ("F32", "F16", "Q8_0")
@@ -41,13 +41,6 @@ class References:
             m = mf.storage_rounded_model(self.tm.model, t) if kind == "hf" else mf.gguf_dequantized_model(self.tm, t)
             self._cache[fmt] = mf.with_f16_kv(m)
         return self._cache[fmt]
-
-
-def decode_logits(model, ids) -> np.ndarray:
-    """Logits of each position evaluated one token at a time (the decode path, growing cache)."""
-    eng = model._engine
-    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                           for i in range(len(ids))])
 
 
 def reference_greedy(ref_model, prompt, n: int) -> list:

@@ -465,6 +465,17 @@ def make_tiny_model(spec: TinySpec, root: Path, tok: Tokenizer | None = None,
     return tm
 
 
+def make_mix_model(spec: TinySpec, root: Path, tok: Tokenizer, mix: str, mix_overrides) -> TinyModel:
+    """A TinyModel with one GGUF, gguf_files[mix], in a llama.cpp quantization mix:
+    mix_overrides(tensors) -> write_gguf's raw_overrides (a test-side writer's blocks)."""
+    tm = make_tiny_model(spec, root, tok, hf_dtypes=(), gguf_types=())
+    tensors = gguf_tensors(tm.model, spec)
+    path = tm.root / f"{spec.name}-{mix}.gguf"
+    tm.gguf_files[mix] = write_gguf(tm.model, spec, tm.tokenizer, path, "F32", tensors=tensors,
+                                    raw_overrides=mix_overrides(tensors))
+    return tm
+
+
 # ----------------------------------------------------------------------------- references
 
 _F16_KV_ATTENTION = "forgert_f16_kv"
