@@ -19,7 +19,7 @@ import pytest
 
 import model_factory as mf
 from conftest import backend_params, require_backend
-from test_e2e_tiny import bounds_for, compare_logits, decode_logits, token_ids  # noqa: F401  (re-exported)
+from test_e2e_tiny import assert_visible, bounds_for, compare_logits, decode_logits, token_ids  # noqa: F401  (re-exported)
 
 HF_DTYPES = ("F32", "F16")
 GGUF_TYPES = ("F32", "F16", "Q8_0")

@@ -90,6 +90,13 @@ def decode_logits(model, ids, start: int = 0) -> np.ndarray:
                            for i in range(start, len(ids))])
 
 
+def assert_visible(model, without, ids):
+    """The feature a test checks matters: the f32 reference `without` it moves the logits of ids
+    by more than 100x the float bound (FLOAT_BOUNDS' max_rel of max|logit|) from `model`'s."""
+    a, b = mf.reference_logits(model, ids), mf.reference_logits(without, ids)
+    assert np.abs(a - b).max() / np.abs(a).max() > 100 * FLOAT_BOUNDS["max_rel"]
+
+
 def assert_follows_reference(ref: np.ndarray, prompt_len: int, toks, tol: float, what: str = ""):
     """Each generated token toks[k] is the reference's argmax given its history, up to near-ties
     within tol; ref: the reference's teacher-forced logits of prompt + toks."""
@@ -401,8 +408,7 @@ def test_llama_biases_are_visible(llama_bias):
         for name, p in plain.named_parameters():
             if name.endswith(".bias"):
                 p.zero_()
-    a, b = mf.reference_logits(llama_bias.model, ids), mf.reference_logits(plain, ids)
-    assert np.abs(a - b).max() / np.abs(a).max() > 100 * 5e-4
+    assert_visible(llama_bias.model, plain, ids)
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
