@@ -272,25 +272,11 @@ def make_tiny_gemma(spec: GemmaSpec, root: Path, hf_dtypes=("F32", "F16"), gguf_
 
 # ----------------------------------------------------------------------------- references
 
-_F16_KV_GEMMA = "forgert_f16_kv_gemma"
-
-
 def with_f16_kv(model):
     """Gemma's eager attention (soft-capping applies there) with K and V rounded to f16, as
     forgert's KV cache stores them; everything else f32."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
-
-    def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
-        key = key.to(torch.float16).to(query.dtype)
-        value = value.to(torch.float16).to(query.dtype)
-        return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register(_F16_KV_GEMMA, f16_kv_attention)
-    AttentionMaskInterface.register(_F16_KV_GEMMA, eager_mask)
-    model.set_attn_implementation(_F16_KV_GEMMA)
-    return model
+    return mf.use_attention(model, "forgert_f16_kv_gemma", mf.f16_kv(eager_attention_forward))
 
 
 def gguf_dequantized_model(tm: TinyGemma, type_name: str):

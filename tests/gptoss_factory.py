@@ -62,34 +62,23 @@ def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, he
     return model
 
 
-_F16_KV_SINKS = "forgert_f16_kv_sinks"
-
-
 def with_f16_kv(model):
     """The model switched to gpt-oss's own eager attention (sinks included) over K and V rounded
     to float16, as forgert's KV cache holds them (model_factory.with_f16_kv's Llama eager
     attention would drop the sinks). An attention module with `given_kv` set attends over those
     (K, V) instead of its own; one with `seen_kv` (a list) appends its f32 (K, V) before rounding."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
     from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+    rounded = mf.f16_kv(eager_attention_forward)
 
-    if _F16_KV_SINKS not in ALL_MASK_ATTENTION_FUNCTIONS:
-        def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
-            # key, value: [batch, n_kv_heads, n, head_dim], after RoPE
-            if getattr(module, "seen_kv", None) is not None:
-                module.seen_kv.append((key.detach().clone(), value.detach().clone()))
-            if getattr(module, "given_kv", None) is not None:
-                key, value = module.given_kv
-            else:
-                key = key.to(torch.float16).to(query.dtype)
-                value = value.to(torch.float16).to(query.dtype)
-            return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        # key, value: [batch, n_kv_heads, n, head_dim], after RoPE
+        if getattr(module, "seen_kv", None) is not None:
+            module.seen_kv.append((key.detach().clone(), value.detach().clone()))
+        if getattr(module, "given_kv", None) is not None:
+            return eager_attention_forward(module, query, *module.given_kv, attention_mask, **kwargs)
+        return rounded(module, query, key, value, attention_mask, **kwargs)
 
-        AttentionInterface.register(_F16_KV_SINKS, f16_kv_attention)
-        AttentionMaskInterface.register(_F16_KV_SINKS, eager_mask)
-    model.set_attn_implementation(_F16_KV_SINKS)
-    return model
+    return mf.use_attention(model, "forgert_f16_kv_sinks", attention)
 
 
 def _attentions(model):

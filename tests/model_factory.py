@@ -478,39 +478,33 @@ def make_mix_model(spec: TinySpec, root: Path, tok: Tokenizer, mix: str, mix_ove
 
 # ----------------------------------------------------------------------------- references
 
-_F16_KV_ATTENTION = "forgert_f16_kv"
-
-
-def _register_f16_kv_attention() -> str:
-    """An attention implementation that rounds K and V to float16 before attending, modelling
-    forgert's documented f16 KV cache (design.md). Everything else stays f32, so with it the
-    reference differs from forgert only by f32 summation order on F32 weights."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import (
-        ALL_MASK_ATTENTION_FUNCTIONS,
-        AttentionMaskInterface,
-        eager_mask,
-    )
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
-    if _F16_KV_ATTENTION in ALL_MASK_ATTENTION_FUNCTIONS:
-        return _F16_KV_ATTENTION
-
-    def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
+def f16_kv(eager_attention_forward):
+    """An architecture's eager attention (transformers' attention signature) over K and V rounded
+    to float16, modelling forgert's documented f16 KV cache (design.md). Everything else stays
+    f32, so with it the reference differs from forgert only by f32 summation order on F32 weights."""
+    def attention(module, query, key, value, attention_mask, **kwargs):
         key = key.to(torch.float16).to(query.dtype)
         value = value.to(torch.float16).to(query.dtype)
         return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return attention
 
-    AttentionInterface.register(_F16_KV_ATTENTION, f16_kv_attention)
+
+def use_attention(model, name: str, attention):
+    """The same model object, switched to `attention` registered under `name` (returns it for
+    chaining). Registering again under a name replaces the function: callers pass the same one."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    AttentionInterface.register(name, attention)
     # A custom attention name needs its mask builder registered too, or no causal mask is made.
-    AttentionMaskInterface.register(_F16_KV_ATTENTION, eager_mask)
-    return _F16_KV_ATTENTION
+    AttentionMaskInterface.register(name, eager_mask)
+    model.set_attn_implementation(name)
+    return model
 
 
 def with_f16_kv(model):
-    """The same model object, switched to the f16-KV attention (returns it for chaining)."""
-    model.set_attn_implementation(_register_f16_kv_attention())
-    return model
+    """The same model object, switched to Llama's eager attention over f16 K and V (f16_kv)."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+    return use_attention(model, "forgert_f16_kv", f16_kv(eager_attention_forward))
 
 
 def _q8_0_round_trip(x: torch.Tensor) -> torch.Tensor:
