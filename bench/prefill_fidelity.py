@@ -1,9 +1,9 @@
 """Teacher-forced top-1 agreement with transformers of forgert's prefill under each
 FORGERT_CPU_PREFILL mode (int8x2: two-part int8 activations, the default; int8: one part, as
 llama.cpp; f32: the f32 GEMM over dequantized panels), on the default model re-quantized to
-Q8_0 and Q4_0 (the types the int8 prefill GEMM takes). Same text as tests/test_e2e_smollm2.py.
+Q8_0, Q4_0 and Q4_1 (the types the int8 prefill GEMM takes on x86). Same text as tests/test_e2e_smollm2.py.
 
-    python bench/prefill_fidelity.py [--types q8_0,q4_0] [--work /tmp/fidelity]
+    python bench/prefill_fidelity.py [--types q8_0,q4_0,q4_1] [--work /tmp/fidelity]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ np.save(sys.argv[3], m.logits([int(i) for i in sys.argv[2].split(",")]))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--types", default="q8_0,q4_0")
+    ap.add_argument("--types", default="q8_0,q4_0,q4_1")
     ap.add_argument("--modes", default="int8x2,int8,f32")
     ap.add_argument("--work", type=Path, default=Path("/tmp/forgert-fidelity"))
     a = ap.parse_args()

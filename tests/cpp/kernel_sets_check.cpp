@@ -124,7 +124,7 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
     // Prefill int8 GEMM: bit for bit the generic set's (the same integer dots, the same f32
     // accumulation order), and within f32 rounding of an f64 product of the dequantized
     // weights and the activations' int8 parts (measured <= 2.3e-7 relative at 512 columns,
-    // 5.4e-7 at 8192; K-quants, whose mins cancel part of the sum, 9.4e-7 -> 3e-6).
+    // 5.4e-7 at 8192; K-quants, whose mins cancel part of the sum, 9.4e-7 -> 3e-6; Q4_1 9.6e-7).
     if (!k->gemm_i8) return;
     const KernelSet* g = kernels_generic();
     const int rows = 37, nb = cols / FG_QK;
@@ -138,7 +138,7 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
             for (int i = 0; i < n * nb; i++)
                 for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
             std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
                 if (!gemm_i8_takes(*k, t) || cols % dtype_block_elems(t)) continue;
                 auto w = random_weights(t, rows, cols);
                 const int64_t rb = row_bytes(t, cols);
@@ -427,9 +427,10 @@ void check(const KernelSet* k, int cols) {
 }
 
 // The decode definition of the small-block types (kernels_x86_quads.inc), written out in
-// scalar code for Q4_0 / Q8_0 rows in the file's layout: per block the exact integer
+// scalar code for Q4_0 / Q4_1 / Q8_0 rows in the file's layout: per block the exact integer
 // I_b = sum q_i (256 hi_i + lo_i), slot s = b % 4, acc_s = fma((float)I_b, dw * dx, acc_s),
-// Q4_0's zero point acc_s = fma(-8 dw, x.sum, acc_s), result (acc_0 + acc_1) + (acc_2 + acc_3).
+// the zero point acc_s = fma(mw, x.sum, acc_s) (mw = -8 dw for Q4_0, the block's m for Q4_1),
+// result (acc_0 + acc_1) + (acc_2 + acc_3).
 float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t nb) {
     const int64_t bb = dtype_block_bytes(t);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -438,19 +439,23 @@ float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t n
         uint16_t h;
         std::memcpy(&h, blk, 2);
         const float d = f16_to_f32(h);
+        std::memcpy(&h, blk + 2, 2);  // Q4_1: m follows d
+        const float m = f16_to_f32(h);
+        const uint8_t* qs = blk + (t == DType::Q4_1 ? 4 : 2);
         int32_t I = 0;
         for (int i = 0; i < FG_QK; i++) {
-            const int q = t == DType::Q8_0 ? (int)(int8_t)blk[2 + i] : i < 16 ? blk[2 + i] & 15 : blk[2 + i - 16] >> 4;
+            const int q = t == DType::Q8_0 ? (int)(int8_t)qs[i] : i < 16 ? qs[i] & 15 : qs[i - 16] >> 4;
             I += q * (256 * x[b].hi[i] + x[b].lo[i]);
         }
         float& a = acc[b % 4];
         a = std::fma((float)I, d * x[b].d, a);
         if (t == DType::Q4_0) a = std::fma(-8.0f * d, x[b].sum, a);
+        if (t == DType::Q4_1) a = std::fma(m, x[b].sum, a);
     }
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-// Weights repacked into 16-row panels (DType::Q4_0x16 / Q8_0x16), on the sets that read them:
+// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q8_0x16), on the sets that read them:
 // every kernel that meets them gives the definition's bits (decode, 1-15 tokens, also from a
 // panel boundary inside the matrix; so every set's panels give the same bits), and the prefill
 // paths (gemm_i8, gemm_panel) the file layout's bits. The AVX-512 sets' file-layout decode
@@ -459,7 +464,7 @@ float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t n
 // f32 rounding of it (measured <= 8.4e-7 of the largest result, bound 3e-6). Rows not a multiple of 16;
 // rows of 1 to 128 blocks, odd block counts among them.
 void check_panel16(const KernelSet* k) {
-    for (DType t : {DType::Q4_0, DType::Q8_0}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
         const DType pt = packed_type(*k, t);
         if (pt == t) continue;
         for (int rows : {37, 5, 16}) {
@@ -467,6 +472,11 @@ void check_panel16(const KernelSet* k) {
                 const int nb = cols / FG_QK, ntok = 15;
                 auto w = random_weights(t, rows, cols);
                 const int64_t rb = row_bytes(t, cols), panels = (rows + 15) / 16;
+                if (t == DType::Q4_1)  // mins unlike the scales (random_weights makes m = d): a swap would show
+                    for (int64_t i = 0; i < rows * rb; i += sizeof(block_q4_1)) {
+                        const uint16_t m = f32_to_f16(-0.08f - 0.01f * (float)(rng() % 16));
+                        std::memcpy(&w[i + 2], &m, 2);
+                    }
                 std::vector<uint8_t> p((size_t)panels * 16 * rb + 64);
                 pack_panels16(t, w.data(), rb, rows, cols, 0, panels, p.data());
                 std::vector<float> x((size_t)ntok * cols);

@@ -201,7 +201,7 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
             const BlockQ8Act& a = x[t * nb + b];
             const float dx = PARTS == 2 ? a.d : a.d * 256.0f;
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[t]);
-            if constexpr (i8_is_kquant(WT)) {  // + min * dx * sum(x) (the mins are stored negated)
+            if constexpr (i8_has_min(WT)) {  // + min * dx * sum(x) (K-quants' mins are stored negated)
                 const int32_t* s = xs + (t * nb + b) * 2;
                 const int32_t isum = PARTS == 2 ? 256 * s[0] + s[1] : s[0];
                 acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelMins), _mm512_set1_ps(dx * (float)isum), acc[t]);
@@ -266,8 +266,12 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
         run(DTypeTag<DType::Q5_K>{});
     else if (wt == DType::Q4_0)
         run(DTypeTag<DType::Q4_0>{});
+    else if (wt == DType::Q4_1)
+        run(DTypeTag<DType::Q4_1>{});
     else if (wt == DType::Q4_0x16)
         run(DTypeTag<DType::Q4_0x16>{});
+    else if (wt == DType::Q4_1x16)
+        run(DTypeTag<DType::Q4_1x16>{});
     else if (wt == DType::Q8_0x16)
         run(DTypeTag<DType::Q8_0x16>{});
     else {

@@ -14,6 +14,9 @@ namespace forgert::cpu {
 namespace {
 
 constexpr bool i8_is_kquant(DType wt) { return wt == DType::Q4_K || wt == DType::Q5_K; }
+// Types whose weights are scale * q + min with a min of their own (Q4_1: the block's m; Q4_K /
+// Q5_K: the sub-block's -dmin * m): the kernels add min * dx * isum per block.
+constexpr bool i8_has_min(DType wt) { return i8_is_kquant(wt) || wt == DType::Q4_1; }
 // Q6_K: a 32-weight block is two 16-weight sub-blocks with a scale each (no mins); its
 // integer dot is taken per half, and each half scaled by its own factor.
 constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K; }
@@ -32,7 +35,7 @@ inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
 }
 
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
-// 0..31), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0). K-quant blocks are the
+// 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0). K-quant blocks are the
 // sub-blocks of a 256-weight super-block: the caller passes b, this decodes super-block b / 8.
 struct I8RowBlocks {
     DType wt;
@@ -51,11 +54,12 @@ struct I8RowBlocks {
             return;
         }
         const uint8_t* blk = row + b * dtype_block_bytes(wt);
-        scale = i8_block_scale(blk), min = 0.0f;
+        scale = i8_block_scale(blk), min = wt == DType::Q4_1 ? i8_block_scale(blk + 2) : 0.0f;
         if (wt == DType::Q8_0) {
             for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)(blk[2 + i] ^ 0x80);  // q + 128
         } else {
-            for (int i = 0; i < 16; i++) qo[i] = blk[2 + i] & 15, qo[i + 16] = blk[2 + i] >> 4;
+            const uint8_t* qs = blk + (wt == DType::Q4_1 ? 4 : 2);  // Q4_1: d, m, then the nibbles
+            for (int i = 0; i < 16; i++) qo[i] = qs[i] & 15, qo[i + 16] = qs[i] >> 4;
         }
     }
 
@@ -90,6 +94,10 @@ struct I8RowBlocks {
         } else if (i8_is_kquant(wt)) {
             scale_min(b, scale, min);
             for (int i = 0; i < FG_QK; i++) q[i] = q256[(b % 8) * FG_QK + i];
+        } else if (wt == DType::Q4_1) {
+            uint8_t qo[FG_QK];
+            block_u8(b, qo, scale, min);
+            for (int i = 0; i < FG_QK; i++) q[i] = qo[i];
         } else {
             const uint8_t* blk = row + b * dtype_block_bytes(wt);
             for (int i = 0; i < FG_QK; i++) q[i] = i8_quant(wt, blk, i);
@@ -101,13 +109,13 @@ struct I8RowBlocks {
 // The activation scale of one block for `parts`: hi alone stands for x / (256 d).
 inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? a.d : a.d * 256.0f; }
 
-// Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants
+// Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants and Q4_1
 // acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
 // Q6_K: acc = fma((float)idot0, scale0 * dx, acc), then the same for the second half.
 void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* /*work*/) {
-    if (wt != DType::Q8_0 && wt != DType::Q4_0 && !i8_is_kquant(wt) && !i8_is_halves(wt))
+    if (wt != DType::Q8_0 && wt != DType::Q4_0 && !i8_has_min(wt) && !i8_is_halves(wt))
         throw std::logic_error("gemm_i8: unsupported weight type");
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t t = 0; t < n_tok; t++) {
@@ -136,7 +144,7 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                 const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
                 const int32_t isum = parts == 2 ? 256 * shi + slo : shi;
                 acc = std::fma((float)idot, scale * dx, acc);
-                if (i8_is_kquant(wt)) acc = std::fma(min, dx * (float)isum, acc);
+                if (i8_has_min(wt)) acc = std::fma(min, dx * (float)isum, acc);
             }
             out[t * out_stride + r] = acc;
         }
