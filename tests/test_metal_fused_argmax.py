@@ -171,13 +171,14 @@ def output_type_models(tiny_models, tiny_tokenizer, tmp_path_factory):
             if name in mf.SPECS:
                 made[case] = tiny_models(name).path(f"gguf-{out_type}")
             else:
-                tm = mf.make_tiny_model(KQ_SPECS[name], root, tiny_tokenizer, hf_dtypes=(), gguf_types=())
-                tensors = mf.gguf_tensors(tm.model, tm.spec)
-                over = kw.mix_overrides(tensors, "Q4_K_M")
-                if out_type == "Q4_K":
-                    over["output.weight"] = (kw.quantize_q4_k(tensors["output.weight"]), gguf.GGMLQuantizationType.Q4_K)
-                made[case] = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, root / f"{case}.gguf", "F32",
-                                           tensors=tensors, raw_overrides=over)
+                def overrides(tensors):  # the Q4_K_M mix (output Q6_K), or with a Q4_K output
+                    over = kw.mix_overrides(tensors, "Q4_K_M")
+                    if out_type == "Q4_K":
+                        over["output.weight"] = (kw.quantize_q4_k(tensors["output.weight"]),
+                                                 gguf.GGMLQuantizationType.Q4_K)
+                    return over
+                made[case] = mf.make_mix_model(KQ_SPECS[name], root / out_type, tiny_tokenizer, case,
+                                               overrides).path(f"gguf-{case}")
         return made[case]
 
     return get
