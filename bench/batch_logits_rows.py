@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
+from report import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
@@ -109,10 +110,7 @@ def main(argv=None) -> int:
         med = statistics.median(t for t, _ in ts)
         host = statistics.median(t - e for t, e in ts)
         lines.append(f"| {name} | {len(ts)} | {med * 1e3:.1f} | {med / base:.2f}x | {host * 1e3:.2f} |")
-    report = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -20,13 +20,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
 from machine import cpu_name, forgert_env  # noqa: E402
+from report import publish  # noqa: E402
 
 
 
@@ -91,18 +91,12 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also time prefill with one int8 activation part")
     a = ap.parse_args()
 
-    a.models.mkdir(parents=True, exist_ok=True)
     bw = read_bandwidth_gbs(a)
     print(f"read bandwidth (all {os.cpu_count()} CPUs): {bw:.1f} GB/s", file=sys.stderr, flush=True)
     rows = []
     for preset in a.presets.split(","):
         for ftype in a.types.split(","):
-            path = a.models / f"synthetic-{preset}-{ftype}.gguf"
-            if not path.exists():
-                t0 = time.perf_counter()
-                synthetic_gguf.write(path, preset, ftype)
-                print(f"wrote {path.name} ({path.stat().st_size / 2**30:.2f} GiB) in "
-                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            path = synthetic_gguf.cached(a.models, preset, ftype)
             for threads in map(int, a.threads.split(",")):
                 # --rounds pairs of runs, alternating which engine goes first, so a drift in machine
                 # load hits both; each figure is the median over the rounds
@@ -138,11 +132,7 @@ def main():
         lines.append(f"| {preset} | {ftype} | {threads} | {f['prefill']:.1f} | {f['prefill_int8']:.1f} | "
                      f"{p['prefill']:.1f} | {f['prefill'] / p['prefill']:.2f}x | {f['decode']:.1f} | {p['decode']:.1f} | "
                      f"{f['decode'] / p['decode']:.2f}x | {f['bw_pct']:.0f}% |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
+    publish("\n".join(lines) + "\n", a.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
 from machine import cpu_name, forgert_env  # noqa: E402
+from report import publish  # noqa: E402
 
 SPLITS = ("static", "dynamic")
 
@@ -80,12 +81,7 @@ def main():
     for s in splits:
         if s not in SPLITS:
             ap.error(f"--splits: unknown split {s!r} (use {', '.join(SPLITS)})")
-    model = a.model
-    if model is None:
-        a.models.mkdir(parents=True, exist_ok=True)
-        model = a.models / f"synthetic-{a.preset}-{a.type}.gguf"
-        if not model.exists():
-            synthetic_gguf.write(model, a.preset, a.type)
+    model = a.model or synthetic_gguf.cached(a.models, a.preset, a.type)
 
     rows, backend = [], "-"
     for i, t in enumerate(threads):
@@ -127,11 +123,7 @@ def main():
             peer = r["llama-bench"]
             cells += [f"{peer:.1f}"] + [f"{r[s]['decode'] / peer:.2f}x" for s in splits]
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
+    publish("\n".join(lines) + "\n", a.out)
 
 
 if __name__ == "__main__":

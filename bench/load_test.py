@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_window import DecodeSpan, concurrent_decode  # noqa: E402
 from machine import cpu_name, forgert_env  # noqa: E402
+from report import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "load_test.md"
@@ -311,10 +312,7 @@ def main(argv=None) -> int:
                   f"(engine pass {row['pass_ms']:.2f})", flush=True)
     finally:
         server.stop()
-    report = write_markdown(rows, args, health, os.getloadavg()[0])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
+    publish(write_markdown(rows, args, health, os.getloadavg()[0]), args.out)
     print(f"wrote {args.out}")
     return 1 if any(r["errors"] for r in rows) else 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,18 @@ def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
     for off, fixed in FIXED_BYTES[type_id]:
         raw[:, :, off:off + len(fixed)] = np.frombuffer(fixed, dtype=np.uint8)
     return raw.reshape(rows, -1)
+
+
+def cached(models: Path, preset: str, ftype: str) -> Path:
+    """models/synthetic-<preset>-<ftype>.gguf, written on first use (an 8B file takes minutes)."""
+    path = models / f"synthetic-{preset}-{ftype}.gguf"
+    if not path.exists():
+        models.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        write(path, preset, ftype)
+        print(f"wrote {path.name} ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
+    return path
 
 
 def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:

@@ -13,7 +13,8 @@ set(FG_METAL_HEADERS
   ${FG_SHADER_DIR}/mul_mv.h
   ${FG_SHADER_DIR}/stage_bytes.h
   ${FG_SHADER_DIR}/mul_mv_parts.h
-  ${FG_SHADER_DIR}/mul_mv_staged.h)
+  ${FG_SHADER_DIR}/mul_mv_staged.h
+  ${FG_SHADER_DIR}/argmax.h)
 set(FG_METAL_OUT ${CMAKE_CURRENT_BINARY_DIR}/metal)
 file(MAKE_DIRECTORY ${FG_METAL_OUT})
 

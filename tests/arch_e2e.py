@@ -15,9 +15,11 @@ smollm3_tied and qwen3_yarn (64 / 64 / 100 prefill positions, 24 decode), max_re
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import model_factory as mf
-from test_e2e_tiny import bounds_for, compare_logits, token_ids  # noqa: F401  (re-exported)
+from conftest import backend_params, require_backend
+from test_e2e_tiny import assert_visible, bounds_for, compare_logits, decode_logits, token_ids  # noqa: F401  (re-exported)
 
 HF_DTYPES = ("F32", "F16")
 GGUF_TYPES = ("F32", "F16", "Q8_0")
@@ -43,11 +45,18 @@ class References:
         return self._cache[fmt]
 
 
-def decode_logits(model, ids) -> np.ndarray:
-    """Logits of each position evaluated one token at a time (the decode path, growing cache)."""
-    eng = model._engine
-    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                           for i in range(len(ids))])
+def model_fixtures(spec_name: str):
+    """(tm, reference): module-scoped fixtures of a test module, the tiny model of spec_name
+    (build()) and its References; the module binds them as `tm, reference = model_fixtures(...)`."""
+    @pytest.fixture(scope="module")
+    def tm(tmp_path_factory, tiny_tokenizer):
+        return build(spec_name, tmp_path_factory.mktemp(spec_name), tiny_tokenizer)
+
+    @pytest.fixture(scope="module")
+    def reference(tm):
+        return References(tm)
+
+    return tm, reference
 
 
 def reference_greedy(ref_model, prompt, n: int) -> list:
@@ -95,3 +104,31 @@ def check_quantized_export(forgert, tm, reference, tmp_path, n: int = 48, seed: 
     assert m.info()["arch"] == tm.spec.arch
     compare_logits(m.logits(ids), mf.reference_logits(reference("hf-F32"), ids), **bounds_for("hf-F32", n),
                    what=f"{tm.spec.name} exported")
+
+
+class AgreesWithTransformers:
+    """The checks a dense architecture's tiny model passes against transformers: prefill and
+    decode logits in every format on the CPU and Metal, greedy tokens, and the quantized export.
+    A test module subclasses it as `TestAgreesWithTransformers`, beside model_fixtures()'s `tm`
+    and `reference`."""
+
+    @pytest.mark.parametrize("backend", backend_params())
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_logits_match_transformers(self, forgert, tm, reference, metal_reason, backend, fmt):
+        """Batched prefill of 64 positions (the CPU's f32 GEMM path; Metal's tiled GEMM)."""
+        require_backend(backend, metal_reason)
+        check_prefill_logits(forgert, tm, reference, backend, fmt, 64, 2)
+
+    @pytest.mark.parametrize("backend", backend_params())
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_decode_logits_match_transformers(self, forgert, tm, reference, metal_reason, backend, fmt):
+        """One token per forward at each of 24 positions."""
+        require_backend(backend, metal_reason)
+        check_decode_logits(forgert, tm, reference, backend, fmt, 24, 3)
+
+    @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+    def test_greedy_32_tokens_equal_transformers(self, forgert, tm, reference, fmt):
+        check_greedy(forgert, tm, reference, fmt)
+
+    def test_quantize_from_hf_dir(self, forgert, tm, reference, tmp_path):
+        check_quantized_export(forgert, tm, reference, tmp_path)

@@ -239,27 +239,12 @@ def write_gguf(model, spec: GemmaSpec, tok: Tokenizer, path: Path, type_name: st
         if spec.rope_scaling and spec.rope_scaling["rope_type"] == "linear":   # global layers only
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(spec.rope_scaling["factor"])
-    tokens, types, merges = tokenizer_tables(tok)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tok.token_to_id(mf.BOS_TOKEN))
-    w.add_eos_token_id(tok.token_to_id(mf.EOS_TOKEN))
-    w.add_add_bos_token(True)
-    w.add_chat_template(spec.template)
+    mf.add_bpe_vocab(w, tokenizer_tables(tok), tok.token_to_id(mf.BOS_TOKEN), tok.token_to_id(mf.EOS_TOKEN),
+                     add_bos=True, chat_template=spec.template)
     for name, t in tensors.items():
         data, qtype = mf.encode_tensor(t, type_name, name)
-        if qtype is None:
-            w.add_tensor(name, data)
-        else:
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        w.add_tensor(name, data, raw_dtype=qtype)
+    return mf.write_and_close(w, path)
 
 
 @dataclass
@@ -287,25 +272,11 @@ def make_tiny_gemma(spec: GemmaSpec, root: Path, hf_dtypes=("F32", "F16"), gguf_
 
 # ----------------------------------------------------------------------------- references
 
-_F16_KV_GEMMA = "forgert_f16_kv_gemma"
-
-
 def with_f16_kv(model):
     """Gemma's eager attention (soft-capping applies there) with K and V rounded to f16, as
     forgert's KV cache stores them; everything else f32."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
-
-    def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
-        key = key.to(torch.float16).to(query.dtype)
-        value = value.to(torch.float16).to(query.dtype)
-        return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register(_F16_KV_GEMMA, f16_kv_attention)
-    AttentionMaskInterface.register(_F16_KV_GEMMA, eager_mask)
-    model.set_attn_implementation(_F16_KV_GEMMA)
-    return model
+    return mf.use_attention(model, "forgert_f16_kv_gemma", mf.f16_kv(eager_attention_forward))
 
 
 def gguf_dequantized_model(tm: TinyGemma, type_name: str):

@@ -62,34 +62,23 @@ def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, he
     return model
 
 
-_F16_KV_SINKS = "forgert_f16_kv_sinks"
-
-
 def with_f16_kv(model):
     """The model switched to gpt-oss's own eager attention (sinks included) over K and V rounded
     to float16, as forgert's KV cache holds them (model_factory.with_f16_kv's Llama eager
     attention would drop the sinks). An attention module with `given_kv` set attends over those
     (K, V) instead of its own; one with `seen_kv` (a list) appends its f32 (K, V) before rounding."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
     from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+    rounded = mf.f16_kv(eager_attention_forward)
 
-    if _F16_KV_SINKS not in ALL_MASK_ATTENTION_FUNCTIONS:
-        def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
-            # key, value: [batch, n_kv_heads, n, head_dim], after RoPE
-            if getattr(module, "seen_kv", None) is not None:
-                module.seen_kv.append((key.detach().clone(), value.detach().clone()))
-            if getattr(module, "given_kv", None) is not None:
-                key, value = module.given_kv
-            else:
-                key = key.to(torch.float16).to(query.dtype)
-                value = value.to(torch.float16).to(query.dtype)
-            return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        # key, value: [batch, n_kv_heads, n, head_dim], after RoPE
+        if getattr(module, "seen_kv", None) is not None:
+            module.seen_kv.append((key.detach().clone(), value.detach().clone()))
+        if getattr(module, "given_kv", None) is not None:
+            return eager_attention_forward(module, query, *module.given_kv, attention_mask, **kwargs)
+        return rounded(module, query, key, value, attention_mask, **kwargs)
 
-        AttentionInterface.register(_F16_KV_SINKS, f16_kv_attention)
-        AttentionMaskInterface.register(_F16_KV_SINKS, eager_mask)
-    model.set_attn_implementation(_F16_KV_SINKS)
-    return model
+    return mf.use_attention(model, "forgert_f16_kv_sinks", attention)
 
 
 def _attentions(model):
@@ -177,29 +166,14 @@ def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None =
     w.add_vocab_size(c.vocab_size)
     w.add_expert_count(c.num_local_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
-    tokens, types, merges = mf.tokenizer_tables(tok)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1, chat_template=chat_template)
     for name, t in gguf_tensors(model).items():
         qtype = _quant_type(name, type_name, expert_type)
         if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, t)
         else:
-            data = gguf.quants.quantize(t, qtype)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    return mf.write_and_close(w, path)
 
 
 def quantized_reference(model, type_name: str, expert_type: str | None = None):

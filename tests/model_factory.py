@@ -349,9 +349,36 @@ def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
     return out
 
 
+def add_bpe_vocab(w: gguf.GGUFWriter, tables: tuple[list[str], list[int], list[str]], bos_id: int, eos_id: int,
+                  add_bos: bool = False, chat_template: str | None = None) -> None:
+    """The tokenizer keys convert_hf_to_gguf.py writes for a GPT-2 style BPE vocab; `tables` is
+    tokenizer_tables()'s (tokens, types, merges), or a factory's variant of it."""
+    tokens, types, merges = tables
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(bos_id)
+    w.add_eos_token_id(eos_id)
+    w.add_add_bos_token(add_bos)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+
+
+def write_and_close(w: gguf.GGUFWriter, path: Path) -> Path:
+    """Header, metadata and tensors to `path` (the writer's file); returns path."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def encode_tensor(w: np.ndarray, type_name: str, name: str):
-    """(data, raw_dtype) for GGUFWriter.add_tensor. Norms, biases and rope factors (1-D) stay
-    F32 like llama.cpp; 2-D weights take the requested type."""
+    """(data, raw_dtype) for GGUFWriter.add_tensor (raw_dtype None: data's own float dtype).
+    Norms, biases and rope factors (1-D) stay F32 like llama.cpp; 2-D weights take the
+    requested type."""
     qtype = gguf.GGMLQuantizationType[type_name]
     if w.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
         return w.astype(np.float32), None
@@ -393,33 +420,13 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}[type_name])
 
-    tokens, types, merges = tokenizer_tables(tok)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tok.token_to_id(BOS_TOKEN))
-    w.add_eos_token_id(tok.token_to_id(eos_token))
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    add_bpe_vocab(w, tokenizer_tables(tok), tok.token_to_id(BOS_TOKEN), tok.token_to_id(eos_token),
+                  chat_template=chat_template)
 
     for name, t in tensors.items():
-        if name in raw_overrides:
-            data, qtype = raw_overrides[name]
-            w.add_tensor(name, data, raw_dtype=qtype)
-            continue
-        data, qtype = encode_tensor(t, type_name, name)
-        if qtype is None:
-            w.add_tensor(name, data)
-        else:
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        data, qtype = raw_overrides[name] if name in raw_overrides else encode_tensor(t, type_name, name)
+        w.add_tensor(name, data, raw_dtype=qtype)
+    return write_and_close(w, path)
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -458,41 +465,46 @@ def make_tiny_model(spec: TinySpec, root: Path, tok: Tokenizer | None = None,
     return tm
 
 
+def make_mix_model(spec: TinySpec, root: Path, tok: Tokenizer, mix: str, mix_overrides) -> TinyModel:
+    """A TinyModel with one GGUF, gguf_files[mix], in a llama.cpp quantization mix:
+    mix_overrides(tensors) -> write_gguf's raw_overrides (a test-side writer's blocks)."""
+    tm = make_tiny_model(spec, root, tok, hf_dtypes=(), gguf_types=())
+    tensors = gguf_tensors(tm.model, spec)
+    path = tm.root / f"{spec.name}-{mix}.gguf"
+    tm.gguf_files[mix] = write_gguf(tm.model, spec, tm.tokenizer, path, "F32", tensors=tensors,
+                                    raw_overrides=mix_overrides(tensors))
+    return tm
+
+
 # ----------------------------------------------------------------------------- references
 
-_F16_KV_ATTENTION = "forgert_f16_kv"
-
-
-def _register_f16_kv_attention() -> str:
-    """An attention implementation that rounds K and V to float16 before attending, modelling
-    forgert's documented f16 KV cache (design.md). Everything else stays f32, so with it the
-    reference differs from forgert only by f32 summation order on F32 weights."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import (
-        ALL_MASK_ATTENTION_FUNCTIONS,
-        AttentionMaskInterface,
-        eager_mask,
-    )
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
-    if _F16_KV_ATTENTION in ALL_MASK_ATTENTION_FUNCTIONS:
-        return _F16_KV_ATTENTION
-
-    def f16_kv_attention(module, query, key, value, attention_mask, **kwargs):
+def f16_kv(eager_attention_forward):
+    """An architecture's eager attention (transformers' attention signature) over K and V rounded
+    to float16, modelling forgert's documented f16 KV cache (design.md). Everything else stays
+    f32, so with it the reference differs from forgert only by f32 summation order on F32 weights."""
+    def attention(module, query, key, value, attention_mask, **kwargs):
         key = key.to(torch.float16).to(query.dtype)
         value = value.to(torch.float16).to(query.dtype)
         return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return attention
 
-    AttentionInterface.register(_F16_KV_ATTENTION, f16_kv_attention)
+
+def use_attention(model, name: str, attention):
+    """The same model object, switched to `attention` registered under `name` (returns it for
+    chaining). Registering again under a name replaces the function: callers pass the same one."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    AttentionInterface.register(name, attention)
     # A custom attention name needs its mask builder registered too, or no causal mask is made.
-    AttentionMaskInterface.register(_F16_KV_ATTENTION, eager_mask)
-    return _F16_KV_ATTENTION
+    AttentionMaskInterface.register(name, eager_mask)
+    model.set_attn_implementation(name)
+    return model
 
 
 def with_f16_kv(model):
-    """The same model object, switched to the f16-KV attention (returns it for chaining)."""
-    model.set_attn_implementation(_register_f16_kv_attention())
-    return model
+    """The same model object, switched to Llama's eager attention over f16 K and V (f16_kv)."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+    return use_attention(model, "forgert_f16_kv", f16_kv(eager_attention_forward))
 
 
 def _q8_0_round_trip(x: torch.Tensor) -> torch.Tensor:

@@ -168,27 +168,14 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
             "add_expert_used_count": c.num_experts_per_tok, **(extra_meta or {})}
     for key, value in meta.items():
         getattr(w, key)(value)
-    tokens, types, merges = mf.tokenizer_tables(tok)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    w.add_add_bos_token(False)
+    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
     qtype = gguf.GGMLQuantizationType[type_name]
     for name, t in tensors.items():
         if _keeps_f32(name, t) or qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, t)
         else:
-            data = gguf.quants.quantize(t, qtype)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    return mf.write_and_close(w, path)
 
 
 def quantized_reference(model, hf_dir: Path, type_name: str, out_dir: Path):

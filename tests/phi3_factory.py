@@ -231,28 +231,13 @@ def write_gguf(model, spec: PhiSpec, tok: Tokenizer, path: Path, type_name: str,
     if spec.longrope:
         w.add_rope_scaling_attn_factors(attn_factor(spec))
 
-    tokens, types, merges = tokenizer_tables(tok, spec.specials)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tok.token_to_id(ENDOFTEXT))
-    w.add_eos_token_id(tok.token_to_id(ENDOFTEXT))
-    w.add_add_bos_token(False)
-    w.add_chat_template(spec.template)
+    mf.add_bpe_vocab(w, tokenizer_tables(tok, spec.specials), tok.token_to_id(ENDOFTEXT), tok.token_to_id(ENDOFTEXT),
+                     chat_template=spec.template)
 
     for name, t in tensors.items():
         data, qtype = mf.encode_tensor(t, type_name, name)
-        if qtype is None:
-            w.add_tensor(name, data)
-        else:
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        w.add_tensor(name, data, raw_dtype=qtype)
+    return mf.write_and_close(w, path)
 
 
 def gguf_reference_model(tm: mf.TinyModel, type_name: str, path: Path | None = None):

@@ -25,7 +25,7 @@ import torch
 import gemma_factory as gf
 import model_factory as mf
 from conftest import backend_params, require_backend
-from test_e2e_tiny import bounds_for, compare_logits
+from test_e2e_tiny import bounds_for, compare_logits, decode_logits
 
 ARCHS = list(gf.SPECS)
 FORMATS = ["hf-F32", "hf-F16", "gguf-F32", "gguf-F16", "gguf-Q8_0"]
@@ -51,13 +51,6 @@ def refs(tiny):
 def token_ids(tm, n: int, seed: int) -> list:
     rng = np.random.default_rng(1000 * seed + n)
     return rng.integers(0, tm.model.config.vocab_size, n).tolist()
-
-
-def decode_logits(model, ids) -> np.ndarray:
-    """Logits of each position evaluated one token at a time (decode path, growing cache)."""
-    eng = model._engine
-    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                           for i in range(len(ids))])
 
 
 # ----------------------------------------------------------------------------- the tests see the features

@@ -27,7 +27,7 @@ import model_factory as mf
 import phi3_factory as pf
 from conftest import require_backend
 from test_e2e_tiny import bounds_for as e2e_bounds
-from test_e2e_tiny import compare_logits
+from test_e2e_tiny import compare_logits, decode_logits
 
 SPEC_NAMES = list(pf.SPECS)
 # (spec, LongRoPE regime): both regimes where the spec has LongRoPE, else one
@@ -83,12 +83,6 @@ def sequence_length(spec, regime: str) -> tuple[int | None, int]:
     if regime == "long":
         return None, spec.original_ctx + 32
     return spec.original_ctx, spec.original_ctx
-
-
-def decode_logits(m, ids):
-    eng = m._engine
-    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                           for i in range(len(ids))])
 
 
 # ----------------------------------------------------------------------------- the factory itself
@@ -177,10 +171,7 @@ def test_metal_logits_match_transformers(phi_models, phi_references, metal_reaso
     ref = mf.reference_logits(phi_references(name, fmt), ids)
     bounds = bounds_for(fmt, backend="metal")
     compare_logits(m.logits(ids[:n]), ref[:n], **bounds, what=f"metal {name} {fmt} prefill")
-    eng = m._engine
-    steps = np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                            for i in range(n, n + 4)])
-    compare_logits(steps, ref[n:], **bounds, what=f"metal {name} {fmt} decode")
+    compare_logits(decode_logits(m, ids, start=n), ref[n:], **bounds, what=f"metal {name} {fmt} decode")
 
 
 # ----------------------------------------------------------------------------- greedy generation

@@ -3,24 +3,12 @@ hidden size, no QKV bias. A tiny random Qwen3ForCausalLM as an HF directory and 
 (arch `qwen3`, blk.N.attn_q_norm / attn_k_norm, key_length) against transformers."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import arch_e2e as ae
 import model_factory as mf
-from conftest import backend_params, require_backend
 
-SPEC = "qwen3_tied"
-
-
-@pytest.fixture(scope="module")
-def tm(tmp_path_factory, tiny_tokenizer):
-    return ae.build(SPEC, tmp_path_factory.mktemp("qwen3"), tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def reference(tm):
-    return ae.References(tm)
+tm, reference = ae.model_fixtures("qwen3_tied")
 
 
 def test_qk_norm_is_visible(tm):
@@ -32,30 +20,11 @@ def test_qk_norm_is_visible(tm):
     for layer in plain.model.layers:
         layer.self_attn.q_norm = torch.nn.Identity()
         layer.self_attn.k_norm = torch.nn.Identity()
-    ids = ae.token_ids(tm, 24, 1)
-    a, b = mf.reference_logits(tm.model, ids), mf.reference_logits(plain, ids)
-    assert np.abs(a - b).max() / np.abs(a).max() > 100 * 5e-4
+    ae.assert_visible(tm.model, plain, ae.token_ids(tm, 24, 1))
 
 
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("fmt", ae.FORMATS)
-def test_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
-    """Batched prefill of 64 positions (the CPU's f32 GEMM path; Metal's tiled GEMM)."""
-    require_backend(backend, metal_reason)
-    ae.check_prefill_logits(forgert, tm, reference, backend, fmt, 64, 2)
-
-
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("fmt", ae.FORMATS)
-def test_decode_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
-    """One token per forward at each of 24 positions."""
-    require_backend(backend, metal_reason)
-    ae.check_decode_logits(forgert, tm, reference, backend, fmt, 24, 3)
-
-
-@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
-def test_greedy_32_tokens_equal_transformers(forgert, tm, reference, fmt):
-    ae.check_greedy(forgert, tm, reference, fmt)
+class TestAgreesWithTransformers(ae.AgreesWithTransformers):
+    pass
 
 
 def test_gguf_layout_is_the_converters(tm):
@@ -77,10 +46,6 @@ def test_missing_qk_norm_is_refused(forgert, tm, tmp_path):
     path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "no_k_norm.gguf", "F32", tensors=tensors)
     with pytest.raises(ValueError, match="blk.1.attn_k_norm.weight"):
         forgert.Model(str(path), backend="cpu")
-
-
-def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
-    ae.check_quantized_export(forgert, tm, reference, tmp_path)
 
 
 def forgert_features(tm, fmt):

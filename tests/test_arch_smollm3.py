@@ -4,24 +4,11 @@ layers, layer 3 without RoPE) as an HF directory (no_rope_layers) and as GGUF ar
 transformers. The per-layer RoPE seam itself is tests/test_layer_seam.py's."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import arch_e2e as ae
-import model_factory as mf
-from conftest import backend_params, require_backend
 
-SPEC = "smollm3_tied"
-
-
-@pytest.fixture(scope="module")
-def tm(tmp_path_factory, tiny_tokenizer):
-    return ae.build(SPEC, tmp_path_factory.mktemp("smollm3"), tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def reference(tm):
-    return ae.References(tm)
+tm, reference = ae.model_fixtures("smollm3_tied")
 
 
 def test_nope_layer_is_visible(tm):
@@ -33,28 +20,11 @@ def test_nope_layer_is_visible(tm):
     cfg.no_rope_layers = [1] * cfg.num_hidden_layers
     all_rope = SmolLM3ForCausalLM(cfg).eval()
     all_rope.load_state_dict(tm.model.state_dict())
-    ids = ae.token_ids(tm, 32, 1)
-    a, b = mf.reference_logits(tm.model, ids), mf.reference_logits(all_rope, ids)
-    assert np.abs(a - b).max() / np.abs(a).max() > 100 * 5e-4
+    ae.assert_visible(tm.model, all_rope, ae.token_ids(tm, 32, 1))
 
 
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("fmt", ae.FORMATS)
-def test_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
-    require_backend(backend, metal_reason)
-    ae.check_prefill_logits(forgert, tm, reference, backend, fmt, 64, 2)
-
-
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("fmt", ae.FORMATS)
-def test_decode_logits_match_transformers(forgert, tm, reference, metal_reason, backend, fmt):
-    require_backend(backend, metal_reason)
-    ae.check_decode_logits(forgert, tm, reference, backend, fmt, 24, 3)
-
-
-@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
-def test_greedy_32_tokens_equal_transformers(forgert, tm, reference, fmt):
-    ae.check_greedy(forgert, tm, reference, fmt)
+class TestAgreesWithTransformers(ae.AgreesWithTransformers):
+    pass
 
 
 def test_layer_rope_from_both_forms(tm):
@@ -89,10 +59,6 @@ def test_bad_no_rope_layers_is_refused(forgert, tm, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no_rope_layers"):
         forgert.Model(str(d), backend="cpu")
-
-
-def test_quantize_from_hf_dir(forgert, tm, reference, tmp_path):
-    ae.check_quantized_export(forgert, tm, reference, tmp_path)
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])

@@ -129,11 +129,7 @@ def _meta_variant(tm, path, edit):
     for name, info in src.tensors.items():
         data = src.tensor_data(name).view(np.float32).reshape(info.shape)
         w.add_tensor(name, np.array(data))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return mf.write_and_close(w, path)
 
 
 def test_unsupported_architecture(tiny, tmp_path):

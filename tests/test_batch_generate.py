@@ -14,6 +14,7 @@ import pytest
 
 import model_factory as mf
 from forgert.sampling import SamplingParams
+from test_e2e_tiny import assert_follows_reference
 
 FMT = "gguf-F32"
 REF_MAX_REL = 5e-4   # test_e2e_tiny.py's F32 bound (measured there <= 1.3e-4)
@@ -54,10 +55,8 @@ def test_greedy_batch_follows_transformers(tiny_models, reference_models, load, 
     ref_model = reference_models(name, FMT)
     for prompt, c in zip(prompts, batch):
         ref = mf.reference_logits(ref_model, prompt + c.tokens)   # teacher-forced
-        tol = REF_MAX_REL * np.abs(ref).max()
-        for k, t in enumerate(c.tokens):
-            row = ref[len(prompt) - 1 + k]
-            assert row[t] >= row.max() - tol, f"{name}: prompt of {len(prompt)}, step {k} chose {t}"
+        assert_follows_reference(ref, len(prompt), c.tokens, REF_MAX_REL * np.abs(ref).max(),
+                                 f"{name}: prompt of {len(prompt)}")
 
 
 def test_per_sequence_params_and_seeds(tiny_models, load):

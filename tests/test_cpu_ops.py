@@ -903,6 +903,19 @@ def attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim
                                      softcap, sinks)
 
 
+def attention_inputs(rng, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx, scale=1.0):
+    """q [n, n_heads * head_dim] f32 and the K / V caches [n_ctx, n_kv_heads * head_dim] f16 (q and
+    K scaled by `scale`), their rows past the last query (pos0 + n - 1) poisoned: no query may
+    read them."""
+    kv_dim = n_kv_heads * head_dim
+    q = randn(rng, n, n_heads * head_dim, scale=scale)
+    k_cache = randn(rng, n_ctx, kv_dim, scale=scale).astype(np.float16)
+    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
+    k_cache[pos0 + n:] = np.float16(60000.0)
+    v_cache[pos0 + n:] = np.float16(np.nan)
+    return q, k_cache, v_cache
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,n_ctx", [
     (1, 0, 4, 2, 16, 16),        # first decode step: one key
@@ -918,13 +931,7 @@ def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_c
     if backend == "metal" and n * (pos0 + n) > 2000:
         pytest.skip("kept small on the emulator")
     rng = rng_for("attn", n, pos0, n_heads, head_dim)
-    kv_dim = n_kv_heads * head_dim
-    q = randn(rng, n, n_heads * head_dim, scale=1.5)
-    k_cache = randn(rng, n_ctx, kv_dim, scale=1.5).astype(np.float16)
-    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
-    # rows past pos0 + n - 1 must be ignored: poison them
-    k_cache[pos0 + n:] = np.float16(60000.0)
-    v_cache[pos0 + n:] = np.float16(np.nan)
+    q, k_cache, v_cache = attention_inputs(rng, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx, scale=1.5)
     scale = 1.0 / np.sqrt(head_dim)
     out = ops_for(backend).attention(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale)
     ref = attention_reference(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale)
@@ -946,14 +953,8 @@ def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_c
 def test_attention_sliding_window(ops_for, backend, n, pos0, window, n_ctx):
     n_heads, n_kv_heads, head_dim = 4, 2, 32
     rng = rng_for("attn_window", n, pos0, window)
-    kv_dim = n_kv_heads * head_dim
-    q = randn(rng, n, n_heads * head_dim, scale=1.5)
-    k_cache = randn(rng, n_ctx, kv_dim, scale=1.5).astype(np.float16)
-    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
-    # Rows no query may see are poisoned: those past the last query, and those before the
-    # first query's window (later queries' windows start later still).
-    k_cache[pos0 + n:] = np.float16(60000.0)
-    v_cache[pos0 + n:] = np.float16(np.nan)
+    q, k_cache, v_cache = attention_inputs(rng, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx, scale=1.5)
+    # Also poisoned: the rows before the first query's window (later queries' windows start later still).
     first = max(0, pos0 + 1 - window)
     k_cache[:first] = np.float16(60000.0)
     v_cache[:first] = np.float16(np.nan)
@@ -993,6 +994,23 @@ def test_argmax(ops_for, backend, n, vocab):
     out = ops_for(backend).argmax(x)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, np.argmax(x, axis=1))   # NumPy also takes the first maximum
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("vocab", [40, 9000])   # 9000: more than one of the CPU's 8192-column blocks
+def test_argmax_nan_counts_as_minus_inf(ops_for, backend, vocab):
+    """NaN never wins, not even at index 0 (the CPU's merge compared with x[0] and kept a NaN
+    there); a row with nothing above -inf gives index 0 (core/backend.h)."""
+    x = randn(rng_for("argmax_nan", vocab), 4, vocab)
+    x[0, 0] = np.nan
+    x[1, :] = np.nan
+    x[2, :] = -np.inf
+    x[2, [0, vocab // 2]] = np.nan
+    x[3, vocab - 1] = np.nan
+    x[3, vocab // 2] = 9.0
+    want = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    assert want.tolist()[1:] == [0, 0, vocab // 2]
+    np.testing.assert_array_equal(ops_for(backend).argmax(x), want)
 
 
 # ----------------------------------------------------------------------------- the references themselves
@@ -1113,12 +1131,7 @@ def test_attention_softcap(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_
     if backend == "metal" and n * (pos0 + n) > 2000:
         pytest.skip("kept small on the emulator")
     rng = rng_for("attn_softcap", n, pos0, head_dim, window)
-    kv_dim = n_kv_heads * head_dim
-    q = randn(rng, n, n_heads * head_dim, scale=2.0)
-    k_cache = randn(rng, n_ctx, kv_dim, scale=2.0).astype(np.float16)
-    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
-    k_cache[pos0 + n:] = np.float16(60000.0)
-    v_cache[pos0 + n:] = np.float16(np.nan)
+    q, k_cache, v_cache = attention_inputs(rng, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx, scale=2.0)
     scale, cap = 1.0 / np.sqrt(head_dim), 2.0
     out = ops_for(backend).attention(q, k_cache, v_cache, pos0, n_heads, n_kv_heads, head_dim, scale, window,
                                      softcap=cap)

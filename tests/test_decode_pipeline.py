@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import model_factory as mf
+from test_e2e_tiny import assert_follows_reference
 
 # Metal's bound for quantized weights and the float one (test_e2e_tiny.py's QUANT_BOUNDS["metal"]
 # and FLOAT_BOUNDS max_rel: measured <= 1.1e-3 and 1.3e-4 of max|logit| there).
@@ -54,12 +55,7 @@ def generate(m, prompt, n, pipelined: bool, **kw):
 
 def check_follows_reference(ref_model, prompt, toks, max_rel, what):
     ref = mf.reference_logits(ref_model, list(prompt) + list(toks))  # teacher-forced
-    tol = max_rel * np.abs(ref).max()
-    for k, t in enumerate(toks):
-        row = ref[len(prompt) - 1 + k]
-        assert row[t] >= row.max() - tol, (
-            f"{what}: step {k} chose {t} (ref logit {row[t]:.4f}); reference argmax {int(row.argmax())} "
-            f"({row.max():.4f}); tolerance {tol:.4f}")
+    assert_follows_reference(ref, len(prompt), toks, max_rel * np.abs(ref).max(), what)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 import iq4_writer
 import model_factory as mf
-from test_e2e_tiny import bounds_for, compare_logits, token_ids
+from test_e2e_tiny import assert_follows_reference, bounds_for, compare_logits, decode_logits, token_ids
 
 IQ4_NL, IQ4_XS, Q5_1, Q5_K, Q6_K, Q8_0 = 20, 23, 7, 13, 14, 8
 
@@ -29,20 +29,12 @@ SPECS = {
 CASES = [("llama_iq4", "IQ4_XS"), ("llama_iq4", "IQ4_NL"), ("llama_iq4_192", "IQ4_XS")]
 
 
-def make_mix_model(spec, root, tok, mix):
-    tm = mf.make_tiny_model(spec, root, tok, hf_dtypes=(), gguf_types=())
-    tensors = mf.gguf_tensors(tm.model, spec)
-    path = tm.root / f"{spec.name}-{mix}.gguf"
-    tm.gguf_files[mix] = mf.write_gguf(tm.model, spec, tm.tokenizer, path, "F32", tensors=tensors,
-                                       raw_overrides=iq4_writer.mix_overrides(tensors, mix, spec.n_heads,
-                                                                              spec.n_kv_heads))
-    return tm
-
-
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 def iq_case(request, tmp_path_factory, tiny_tokenizer):
-    spec, mix = request.param
-    return make_mix_model(SPECS[spec], tmp_path_factory.mktemp("iq4"), tiny_tokenizer, mix), mix
+    spec, mix = SPECS[request.param[0]], request.param[1]
+    tm = mf.make_mix_model(spec, tmp_path_factory.mktemp("iq4"), tiny_tokenizer, mix,
+                           lambda tensors: iq4_writer.mix_overrides(tensors, mix, spec.n_heads, spec.n_kv_heads))
+    return tm, mix
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +101,7 @@ def test_decode_logits_match_transformers(forgert, iq, fmt, reference):
     activations). Measured max_rel 5.6e-4 / 1.0e-3 / 4.8e-4, rms_rel 4.1e-4 / 4.4e-4 / 3.7e-4,
     argmax 1.0 (bound 3e-3 / 2e-3)."""
     ids = token_ids(iq, 48, 2)
-    eng = forgert.Model(str(iq.path(fmt)), backend="cpu")._engine
-    out = np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                          for i in range(len(ids))])
+    out = decode_logits(forgert.Model(str(iq.path(fmt)), backend="cpu"), ids)
     compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt, n_tokens=1), what=f"{fmt} decode")
 
 
@@ -132,11 +122,8 @@ def test_metal_logits_and_greedy_tokens(forgert, iq, fmt, reference, metal_reaso
     ids = prompt + toks
     ref = mf.reference_logits(reference, ids)
     compare_logits(m.logits(ids), ref, **bounds_for(fmt, backend="metal"), what=f"{fmt} metal")
-    # each generated token is the reference's argmax given its history, up to near-ties
     tol = bounds_for(fmt, backend="metal")["max_rel"] * np.abs(ref).max()
-    for k, t in enumerate(toks):
-        row = ref[len(prompt) - 1 + k]
-        assert row[t] >= row.max() - tol, f"step {k}: chose {t}, reference argmax {int(row.argmax())}"
+    assert_follows_reference(ref, len(prompt), toks, tol, f"{fmt} metal")
 
 
 def test_quantize_reads_iq4_files(iq, fmt, tmp_path, capsys):

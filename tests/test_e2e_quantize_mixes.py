@@ -18,7 +18,7 @@ import pytest
 
 import model_factory as mf
 from test_e2e_kquants import SPECS
-from test_e2e_tiny import bounds_for, compare_logits, token_ids
+from test_e2e_tiny import assert_follows_reference, bounds_for, compare_logits, decode_logits, token_ids
 
 MIXES = ["Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL"]
 CASES = [pytest.param((spec, mix), id=f"{spec}-{mix}") for spec in ("llama_kq", "qwen2_kq") for mix in MIXES]
@@ -87,9 +87,7 @@ def test_decode_logits_match_transformers(forgert, case):
     tm, mix, reference = case
     fmt = f"gguf-{mix}"
     ids = token_ids(tm, 32, 3)
-    eng = forgert.Model(str(tm.path(fmt)), backend="cpu")._engine
-    out = np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                          for i in range(len(ids))])
+    out = decode_logits(forgert.Model(str(tm.path(fmt)), backend="cpu"), ids)
     compare_logits(out, mf.reference_logits(reference, ids), **bounds_for(fmt, n_tokens=1),
                    what=f"{tm.spec.name} {mix} decode")
 
@@ -111,6 +109,4 @@ def test_metal_greedy_matches_cpu_and_transformers(forgert, case, metal_reason):
     assert toks == list(cpu)
     ref = mf.reference_logits(reference, prompt + toks)
     tol = bounds_for(fmt, backend="metal")["max_rel"] * np.abs(ref).max()
-    for k, t in enumerate(toks):
-        row = ref[len(prompt) - 1 + k]
-        assert row[t] >= row.max() - tol, f"step {k}: chose {t}, reference argmax {int(row.argmax())}"
+    assert_follows_reference(ref, len(prompt), toks, tol, f"{tm.spec.name} {mix} metal")

@@ -82,6 +82,31 @@ def token_ids(tm, n: int, seed: int) -> list:
     return rng.integers(0, tm.vocab, n).tolist()
 
 
+def decode_logits(model, ids, start: int = 0) -> np.ndarray:
+    """[len(ids) - start, vocab]: the logits of positions start.. evaluated one token per forward
+    (the decode path, growing cache); positions before `start` are already in model's cache."""
+    eng = model._engine
+    return np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
+                           for i in range(start, len(ids))])
+
+
+def assert_visible(model, without, ids):
+    """The feature a test checks matters: the f32 reference `without` it moves the logits of ids
+    by more than 100x the float bound (FLOAT_BOUNDS' max_rel of max|logit|) from `model`'s."""
+    a, b = mf.reference_logits(model, ids), mf.reference_logits(without, ids)
+    assert np.abs(a - b).max() / np.abs(a).max() > 100 * FLOAT_BOUNDS["max_rel"]
+
+
+def assert_follows_reference(ref: np.ndarray, prompt_len: int, toks, tol: float, what: str = ""):
+    """Each generated token toks[k] is the reference's argmax given its history, up to near-ties
+    within tol; ref: the reference's teacher-forced logits of prompt + toks."""
+    for k, t in enumerate(toks):
+        row = ref[prompt_len - 1 + k]
+        assert row[t] >= row.max() - tol, (
+            f"{what}: step {k} chose {t} (ref logit {row[t]:.4f}); reference argmax {int(row.argmax())} "
+            f"({row.max():.4f}); tolerance {tol:.4f}")
+
+
 @pytest.fixture(scope="module")
 def load(forgert):
     """load(tm, fmt, **kw) -> forgert.Model on the CPU backend."""
@@ -181,11 +206,8 @@ def test_decode_logits_match_transformers(tiny_models, reference_models, load, n
     quantized weights) against the reference at each of 48 positions."""
     tm = tiny_models(name)
     ids = token_ids(tm, 48, 2)
-    eng = engine_of(load(tm, fmt))
-    out = np.concatenate([np.asarray(eng.forward(np.asarray(ids[i:i + 1], np.int32), i)).reshape(1, -1)
-                          for i in range(len(ids))])
     ref = mf.reference_logits(reference_models(name, fmt), ids)
-    compare_logits(out, ref, **bounds_for(fmt, n_tokens=1), what=f"{name} {fmt} decode")
+    compare_logits(decode_logits(load(tm, fmt), ids), ref, **bounds_for(fmt, n_tokens=1), what=f"{name} {fmt} decode")
 
 
 # ----------------------------------------------------------------------------- decode
@@ -205,13 +227,8 @@ def test_greedy_decode_follows_reference(tiny_models, reference_models, load, na
     prompt = token_ids(tm, 8, 4)
     toks = greedy(load(tm, fmt), prompt, 16)
     ref = mf.reference_logits(reference_models(name, fmt), prompt + toks)   # teacher-forced
-    scale = np.abs(ref).max()
-    tol = bounds_for(fmt, n_tokens=1)["max_rel"] * scale
-    for k, t in enumerate(toks):
-        row = ref[len(prompt) - 1 + k]
-        assert row[t] >= row.max() - tol, (
-            f"{name} {fmt}: step {k} chose {t} (ref logit {row[t]:.4f}); reference argmax "
-            f"{int(row.argmax())} ({row.max():.4f}); tolerance {tol:.4f}")
+    tol = bounds_for(fmt, n_tokens=1)["max_rel"] * np.abs(ref).max()
+    assert_follows_reference(ref, len(prompt), toks, tol, f"{name} {fmt}")
 
 
 @pytest.mark.parametrize("fmt", ["gguf-F32", "hf-BF16", "gguf-Q4_1"])
@@ -391,8 +408,7 @@ def test_llama_biases_are_visible(llama_bias):
         for name, p in plain.named_parameters():
             if name.endswith(".bias"):
                 p.zero_()
-    a, b = mf.reference_logits(llama_bias.model, ids), mf.reference_logits(plain, ids)
-    assert np.abs(a - b).max() / np.abs(a).max() > 100 * 5e-4
+    assert_visible(llama_bias.model, plain, ids)
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])

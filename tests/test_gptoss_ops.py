@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_cpu_ops import attention_reference, nmse, randn, rng_for
+from test_cpu_ops import attention_inputs, attention_reference, nmse, randn, rng_for
 from test_moe_ops import ops  # noqa: F401  (the fixture: CPU and Metal under three orders)
 
 
@@ -33,12 +33,7 @@ def test_attention_sinks_match_numpy(ops, n, pos0, n_heads, n_kv_heads, head_dim
     if ops.name == "metal" and n * (pos0 + n) > 2000 and pos0 < 500:
         pytest.skip("kept small on the emulator")
     rng = rng_for("attn_sinks", n, pos0, head_dim, window)
-    kv_dim = n_kv_heads * head_dim
-    q = randn(rng, n, n_heads * head_dim)
-    k_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
-    v_cache = randn(rng, n_ctx, kv_dim).astype(np.float16)
-    k_cache[pos0 + n:] = np.float16(60000.0)   # rows past the queries are never read
-    v_cache[pos0 + n:] = np.float16(np.nan)
+    q, k_cache, v_cache = attention_inputs(rng, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx)
     # Sinks around the scores' scale, one far above them (its head's output nearly vanishes)
     # and one far below (no effect): gpt-oss's trained sinks span about -5 .. 5.
     sinks = rng.uniform(-2.0, 3.0, n_heads).astype(np.float32)

@@ -276,10 +276,7 @@ def test_unsupported_architecture(forgert, tmp_path):
     w = gguf.GGUFWriter(str(p), "gpt2")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    mf.write_and_close(w, p)
     expect_error(forgert, p, r"gpt2")
 
 

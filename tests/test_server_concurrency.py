@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from instrumented_model import InstrumentedModel
 from server_harness import LiveServer, load_model, wait_until
 
 pytestmark = pytest.mark.slow
@@ -23,64 +24,6 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "My favourite colour is", "Water boils at",
            "The opposite of hot is", "Monday, Tuesday,", "Python is a programming", "A B C D"]
 MAX_TOKENS = 5
-
-
-class InstrumentedModel:
-    """Delegates to a real Model; records every stream it hands out."""
-
-    def __init__(self, model):
-        self._model = model
-        self.streams: list[RecordedStream] = []
-        self.hold_after_first_piece: threading.Event | None = None
-        self.holding = threading.Event()        # set while a generation waits to be released
-        self.fail_after_first_piece = False     # simulate an engine failure mid-generation
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def stream(self, prompt, **sampling):
-        recorded = RecordedStream(self._model.stream(prompt, **sampling), self.hold_after_first_piece,
-                                  self.holding, self.fail_after_first_piece)
-        self.streams.append(recorded)
-        return recorded
-
-
-class RecordedStream:
-    def __init__(self, inner, hold: threading.Event | None, holding: threading.Event, fail: bool):
-        self._inner = inner
-        self._hold = hold
-        self._holding = holding
-        self._fail = fail
-        self.pieces = 0
-        self.closed_early = False
-        self.exhausted = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.pieces == 1 and self._hold is not None:
-            # The first piece is out; produce nothing more until the test says so.
-            self._holding.set()
-            assert self._hold.wait(120), "the test never released the held generation"
-            self._holding.clear()
-        if self.pieces == 1 and self._fail:
-            raise RuntimeError("simulated engine failure")
-        try:
-            piece = next(self._inner)
-        except StopIteration:
-            self.exhausted = True
-            raise
-        self.pieces += 1
-        return piece
-
-    def close(self):
-        self.closed_early = not self.exhausted
-        self._inner.close()
-
-    @property
-    def completion(self):
-        return self._inner.completion
 
 
 @pytest.fixture(scope="module")

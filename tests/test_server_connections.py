@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from instrumented_model import InstrumentedModel
 from server_harness import LiveServer, wait_until
 
 pytest.importorskip("uvicorn")
@@ -28,48 +29,9 @@ def tiny_model(tiny_models):
     return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=64)
 
 
-class HeldModel:
-    """The real model whose generation waits, after its first piece, until released."""
-
-    def __init__(self, model):
-        self._model = model
-        self.holding = threading.Event()
-        self.release = threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def stream(self, prompt, **sampling):
-        return HeldStream(self._model.stream(prompt, **sampling), self)
-
-
-class HeldStream:
-    def __init__(self, inner, model: HeldModel):
-        self._inner = inner
-        self._model = model
-        self._pieces = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._pieces == 1:
-            self._model.holding.set()
-            assert self._model.release.wait(120), "the test never released the generation"
-        self._pieces += 1
-        return next(self._inner)
-
-    def close(self):
-        self._inner.close()
-
-    @property
-    def completion(self):
-        return self._inner.completion
-
-
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    return HeldModel(tiny_model)
+    return InstrumentedModel(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +114,7 @@ def test_a_generation_outlasting_the_deadlines_is_not_cut_off(server, model):
     body = {"model": "x", "prompt": "hello", "max_tokens": 3, "temperature": 0, "stream": True,
             "ignore_eos": True}
     model.holding.clear()
-    model.release.clear()
+    model.hold_after_first_piece = threading.Event()
     try:
         with httpx.Client(base_url=server.base_url, timeout=120) as http:
             with http.stream("POST", "/v1/completions", json=body) as r:
@@ -161,14 +123,15 @@ def test_a_generation_outlasting_the_deadlines_is_not_cut_off(server, model):
                 with connect(server) as slow:
                     answer = trickle_until_closed(slow, b"GET /health HTTP/1.1\r\n" + ENDLESS_HEADER)
                 assert answer.startswith(b"HTTP/1.1 408 ")
-                model.release.set()
+                model.hold_after_first_piece.set()
                 rest = [line for line in lines if line]
             assert r.status_code == 200 and rest[-1] == "data: [DONE]"
             assert not any('"error"' in line for line in rest), rest
             assert '"finish_reason": "length"' in rest[-2]
             assert http.get("/health").status_code == 200
     finally:
-        model.release.set()
+        model.hold_after_first_piece.set()
+        model.hold_after_first_piece = None
 
 
 def test_cli_defaults_are_the_servers():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from server_harness import LiveServer, load_model
+from smollm2_server_fixtures import model, server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +17,6 @@ class Person(pydantic.BaseModel):
     name: str = pydantic.Field(max_length=40)
     age: int = pydantic.Field(ge=0, le=150)
     hobbies: list[str] = pydantic.Field(max_length=3)
-
-
-@pytest.fixture(scope="module")
-def server(smollm2_gguf):
-    with LiveServer(load_model(smollm2_gguf)) as live:
-        yield live
 
 
 @pytest.mark.parametrize("mode", ["JSON_SCHEMA", "TOOLS"])

@@ -18,39 +18,12 @@ import numpy as np
 import pydantic
 import pytest
 
-from server_harness import LiveServer, load_model
+from smollm2_server_fixtures import client, hf_tokenizer, model, reference_model, server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_gguf):
-    return load_model(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def reference_model(smollm2_gguf):
-    return load_model(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    with LiveServer(model) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.openai_client()
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(smollm2_gguf):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

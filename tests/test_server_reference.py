@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server_harness import LiveServer, load_model
+from smollm2_server_fixtures import client, model, server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +19,6 @@ USER = [{"role": "user", "content": "How many days are in a week?"}]
 @pytest.fixture(scope="module")
 def hf(smollm2_reference):
     return smollm2_reference
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_gguf):
-    return load_model(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    with LiveServer(model) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.openai_client()
 
 
 RAW_PROMPTS = ["The largest ocean on Earth is the", "One, two, three, four,"]

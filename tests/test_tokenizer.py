@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import model_factory as mf
 from forgert.detokenizer import StreamingDetokenizer
 from forgert.gguf import GGUFFile
 from forgert.tokenizer import ModelTokenizer
@@ -97,11 +98,7 @@ def spm_gguf(tmp_path_factory):
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return mf.write_and_close(w, path)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +180,6 @@ PRE_TEXTS = ["I'LL be there at 12:30, won't you?\n\n  Numbers 1234567 and 3.14",
 def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
     """The tests' tiny byte-level BPE vocabulary written as GGUF with several pre-tokenizer names."""
     gguf = pytest.importorskip("gguf")
-    import model_factory as mf
     tokens, types, merges = mf.tokenizer_tables(tiny_tokenizer)
     root = tmp_path_factory.mktemp("pre")
 
@@ -197,11 +193,7 @@ def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
         w.add_token_merges(merges)
         w.add_bos_token_id(0)
         w.add_eos_token_id(1)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        return path
+        return mf.write_and_close(w, path)
     return write
 
 

@@ -25,11 +25,12 @@ from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q4_0
                          type_name)
 
 QK = 32
+# IQ4_NL / IQ4_XS levels (ggml-common.h kvalues_iq4nl): a non-uniform 4-bit grid
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 MXFP4_VALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
 
 
-def _blocks(x: np.ndarray) -> np.ndarray:
+def blocks_of_32(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> [rows * cols/32, 32]"""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] % QK:
@@ -53,7 +54,7 @@ def _pack_nibbles(q: np.ndarray) -> np.ndarray:
 
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> uint8 [rows, cols/32 * 34]"""
-    b = _blocks(x)
+    b = blocks_of_32(x)
     d = (np.abs(b).max(axis=1) / np.float32(127)).astype(np.float32)
     v = b * _inverse(d)[:, None]
     q = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)
@@ -63,7 +64,7 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> uint8 [rows, cols/32 * 18]"""
-    b = _blocks(x)
+    b = blocks_of_32(x)
     m = b[np.arange(len(b)), np.argmax(np.abs(b), axis=1)]   # first value of largest magnitude
     d = (m / np.float32(-8)).astype(np.float32)
     v = b * _inverse(d)[:, None] + np.float32(8.5)
@@ -74,7 +75,7 @@ def quantize_q4_0(x: np.ndarray) -> np.ndarray:
 
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> uint8 [rows, cols/32 * 20]"""
-    b = _blocks(x)
+    b = blocks_of_32(x)
     lo, hi = b.min(axis=1), b.max(axis=1)
     d = ((hi - lo) / np.float32(15)).astype(np.float32)
     v = (b - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)
@@ -92,7 +93,7 @@ def _e8m0_half(e: np.ndarray) -> np.ndarray:
 
 def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> uint8 [rows, cols/32 * 17]"""
-    b = _blocks(x)
+    b = blocks_of_32(x)
     amax = np.abs(b).max(axis=1)
     with np.errstate(divide="ignore"):
         e = np.where(amax > 0, np.floor(np.log2(amax)) - np.float32(2) + np.float32(127), 0)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-QK = 32
+from .quants import IQ4_VALUES as IQ4_LEVELS
+from .quants import QK, blocks_of_32
+
 QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)   # a sub-block whose largest |x| is below this is all zero
-# IQ4_NL / IQ4_XS levels (ggml-common.h kvalues_iq4nl): a non-uniform 4-bit grid
-IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
 # Nearest level of v, a tie going to the upper level as ggml's best_index_int8 does. The
 # midpoints between levels are multiples of 1/2, so the index is constant on each cell
 # [k/2, (k+1)/2): a table over the cells (v clamped to +-136, past both end levels) replaces a
@@ -353,14 +353,6 @@ def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- Q5_0 / Q5_1
 
-def _blocks_of_32(x: np.ndarray) -> np.ndarray:
-    """float32 [rows, cols] -> [rows * cols / 32, 32]"""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] % QK:
-        raise ValueError(f"quantizing needs a 2-D array with a multiple of {QK} columns, got {x.shape}")
-    return x.reshape(-1, QK)
-
-
 def _q5_bytes(q: np.ndarray) -> tuple:
     """q uint8 [n, 32] in 0..31 -> (qh uint8 [n, 4]: bit i of the little-endian uint32 is q[i]'s
     bit 4, qs uint8 [n, 16]: byte j holds q[j] & 15 (low) and q[j + 16] & 15 (high))"""
@@ -372,7 +364,7 @@ def _q5_bytes(q: np.ndarray) -> tuple:
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> uint8 [rows * cols / 32, 22]: [d f16, qh 4, qs 16];
     d = m / -16 (m the value of largest magnitude), q = min(31, trunc(x / d + 16.5)), w = d * (q - 16)"""
-    b = _blocks_of_32(x)
+    b = blocks_of_32(x)
     d = (_signed_absmax(b) / F32(-16)).astype(np.float32)
     q = np.minimum(31, np.trunc(b * _safe_inverse(d)[:, None] + F32(16.5))).astype(np.uint8)
     return np.concatenate([_f16(d)[1], *_q5_bytes(q)], axis=1)
@@ -381,7 +373,7 @@ def quantize_q5_0(x: np.ndarray) -> np.ndarray:
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
     """float32 [rows, cols] -> uint8 [rows * cols / 32, 24]: [d f16, m f16, qh 4, qs 16];
     d = (max - min) / 31, q = trunc((x - min) / d + 0.5), w = d * q + min"""
-    b = _blocks_of_32(x)
+    b = blocks_of_32(x)
     lo, hi = b.min(axis=1), b.max(axis=1)
     d = ((hi - lo) / F32(31)).astype(np.float32)
     q = np.minimum(31, np.trunc((b - lo[:, None]) * _safe_inverse(d)[:, None] + F32(0.5))).astype(np.uint8)

@@ -313,7 +313,7 @@ typedef struct {
 } get_rows_args;
 FG_ARGS_ASSERT(sizeof(get_rows_args) == 40, "get_rows_args layout");
 
-// --- argmax: out[t] = first index of the maximum of x[t, :] (NaNs are skipped) ---
+// --- argmax: out[t] = first index of the maximum of x[t, :] (NaN counting as -inf: argmax.h) ---
 // slots: 1 x f32 [n, cols], 2 out i32 [n]
 // grid: (n); threads: 1024 (fewer for short rows); threadgroup memory 0: 2 * 32 * 4 bytes
 typedef struct {
@@ -322,6 +322,13 @@ typedef struct {
     int32_t pad0;
 } argmax_args;
 FG_ARGS_ASSERT(sizeof(argmax_args) == 16, "argmax_args layout");
+// Greedy tokens whose logits nobody reads (decode), without writing them: mul_mv_argmax_staged_<type>
+// (mul_mv_staged.metal) computes mul_mv_staged_<type>'s rows, the same bits (args, slots 1 w,
+// 2 x, grid, threads and threadgroup memory as it), and writes instead each threadgroup's
+// candidate (argmax.h's rule over its rows) into slot 3: per token row (out_stride bytes apart)
+// grid.x values f32, then their grid.x indices i32 (INT32_MAX: no row above -inf), so that every
+// load is of 4 bytes at any row alignment. Then argmax_partials (argmax.metal; argmax_args with
+// x_stride = out_stride, cols = grid.x; as argmax_f32) picks each token's.
 
 // --- mixture of experts (moe.metal; mul_mv_id_* in mul_mv.metal) ---
 // moe_route_f32: per token, softmax over the logits, the k largest (lower id first on ties),

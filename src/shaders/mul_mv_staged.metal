@@ -18,6 +18,7 @@
 #include <metal_stdlib>
 using namespace metal;
 
+#include "argmax.h"
 #include "mul_mv_parts.h"
 #include "mul_mv_staged.h"
 
@@ -195,6 +196,48 @@ kernel void mul_mv_id_staged(
     mv_store<1, MV_SG_ROWS>(args.mv, sum, s.o, r0, tiisg, args.mv.sg_rows);
 }
 
+// mul_mv_staged with argmax_f32 fused on (greedy decode, kernel_args.h): the same row sums,
+// reduced as mv_store reduces them (the bits the unfused logits have), never stored; the
+// threadgroup's candidate over its rows goes to partials[t, tgpig.x] for argmax_partials.
+template <typename Q>
+kernel void mul_mv_argmax_staged(
+        constant mul_mv_args & args [[buffer(0)]],
+        device const char * w       [[buffer(1)]],
+        device const char * x       [[buffer(2)]],
+        device       char * partials [[buffer(3)]],
+        threadgroup uint4 * shmem   [[threadgroup(0)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        uint3  tgpg  [[threadgroups_per_grid]],
+        ushort tid   [[thread_index_in_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort nsg   [[simdgroups_per_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    const int r0 = mv_first_row(args, tgpig.x, sgitg, nsg);
+    const int t = tgpig.y;
+    device const char* wrow[MV_SG_ROWS];
+    int walign[MV_SG_ROWS];
+    mv_row_pointers<1, MV_SG_ROWS>(args, w, w, r0, wrow);
+    mv_row_aligns<1>(args, args.w_align, args.w_align, r0, walign);
+    float sum[MV_SG_ROWS] = {0.0f};
+    const int nrows = mv_own_rows(args, r0);
+    mv_staged_sums<Q, 1>(typename Q::layout(), args, wrow, walign, (device const float*)(x + t * args.x_stride),
+                         mv_x_stage(shmem), mv_row_stage<Q>(shmem, sgitg), nrows, tid, nsg * FG_SIMD_WIDTH, tiisg,
+                         sum);
+    float best = -FLT_MAX;
+    int best_i = INT_MAX;
+    for (int r = 0; r < MV_SG_ROWS; ++r) {
+        if (r >= nrows) break;  // uniform in the simdgroup
+        fg_argmax_offer(best, best_i, simd_sum(sum[r]), r0 + r);  // rows ascending
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);  // every simdgroup is done with its copies: shmem is free
+    fg_threadgroup_argmax(best, best_i, (threadgroup float*)shmem, sgitg, tiisg, nsg);
+    if (sgitg == 0 && tiisg == 0) {  // candidate tgpig.x of tgpg.x (kernel_args.h: values, then indices)
+        device float* values = (device float*)(partials + t * args.out_stride);
+        values[tgpig.x] = best;
+        ((device int*)(values + tgpg.x))[tgpig.x] = best_i;
+    }
+}
+
 typedef decltype(mul_mv_staged<q8_0_part>) mul_mv_staged_t;
 template [[host_name("mul_mv_staged_q8_0")]] kernel mul_mv_staged_t mul_mv_staged<q8_0_part>;
 template [[host_name("mul_mv_staged_q4_0")]] kernel mul_mv_staged_t mul_mv_staged<q4_0_part>;
@@ -246,3 +289,20 @@ template [[host_name("mul_mv_id_staged_mxfp4")]] kernel mul_mv_id_staged_t mul_m
 template [[host_name("mul_mv_id_staged_f32")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f32_row>;
 template [[host_name("mul_mv_id_staged_f16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<f16_row>;
 template [[host_name("mul_mv_id_staged_bf16")]] kernel mul_mv_id_staged_t mul_mv_id_staged<bf16_row>;
+typedef decltype(mul_mv_argmax_staged<q8_0_part>) mul_mv_argmax_staged_t;
+template [[host_name("mul_mv_argmax_staged_q8_0")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q8_0_part>;
+template [[host_name("mul_mv_argmax_staged_q4_0")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q4_0_part>;
+template [[host_name("mul_mv_argmax_staged_q4_1")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q4_1_part>;
+template [[host_name("mul_mv_argmax_staged_q5_0")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q5_0_part>;
+template [[host_name("mul_mv_argmax_staged_q5_1")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q5_1_part>;
+template [[host_name("mul_mv_argmax_staged_q2_K")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q2_K_part>;
+template [[host_name("mul_mv_argmax_staged_q3_K")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q3_K_part>;
+template [[host_name("mul_mv_argmax_staged_q4_K")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q4_K_part>;
+template [[host_name("mul_mv_argmax_staged_q5_K")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q5_K_part>;
+template [[host_name("mul_mv_argmax_staged_q6_K")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<q6_K_part>;
+template [[host_name("mul_mv_argmax_staged_iq4_nl")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<iq4_nl_part>;
+template [[host_name("mul_mv_argmax_staged_iq4_xs")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<iq4_xs_part>;
+template [[host_name("mul_mv_argmax_staged_mxfp4")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<mxfp4_part>;
+template [[host_name("mul_mv_argmax_staged_f32")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<f32_row>;
+template [[host_name("mul_mv_argmax_staged_f16")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<f16_row>;
+template [[host_name("mul_mv_argmax_staged_bf16")]] kernel mul_mv_argmax_staged_t mul_mv_argmax_staged<bf16_row>;

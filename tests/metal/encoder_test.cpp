@@ -135,7 +135,8 @@ public:
         ++dispatches_;
         const uint64_t serial = (uint64_t)commits + 1;  // the command buffer being encoded
         if (dispatches_ == 1) events += " E" + std::to_string(serial);
-        if (cur_ == "argmax_f32") results_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
+        if (cur_ == "argmax_f32" || cur_ == "argmax_partials")  // greedy's last dispatch, fused or not
+            results_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
         if (cur_.rfind("get_rows_", 0) == 0) ids_.push_back({serial, reinterpret_cast<int32_t*>(bound_[2])});
     }
     void memory_barrier() override { log += " |"; }
@@ -728,6 +729,14 @@ void test_gemma_decode_dispatches() {
         for (size_t i = 0; i < log.size(); i++)
             if ((i == 0 || log[i - 1] == ' ') && log[i] != '|' && log[i] != '#') dispatches++;
         std::printf("%s: %d dispatches per decode step of %d layers\n", arch, dispatches, L);
+        // Greedy: the fused output GEMV, except under Gemma 2's final soft-cap (the argmax of the
+        // capped logits, whose tanh can tie values the raw logits order).
+        dev->log.clear();
+        model.forward_argmax(&token, 1, 1);
+        const bool capped = std::string(arch) == "gemma2";
+        EXPECT(count_kernel(dev->log, "argmax_f32") == (capped ? 1 : 0) &&
+                   count_kernel(dev->log, "argmax_partials") == (capped ? 0 : 1),
+               "%s greedy step: %s", arch, dev->log.c_str());
     }
 }
 
@@ -759,6 +768,42 @@ void test_greedy_pipeline_ordering() {
         EXPECT(got[i] == want_tokens[i - 1], "token %zu: %d, want %d (step %zu's argmax, read after its wait)", i,
                got[i], want_tokens[i - 1], i - 1);
     EXPECT(!t.model->decode_active(), "pipeline still active after decode_next(false)");
+}
+
+// Greedy steps whose logits nobody reads take the fused output GEMV (mul_mv_argmax_staged_*, a
+// barrier, argmax_partials: no logits written); a pass whose last row is a prefix row keeps the
+// GEMM and argmax_f32 for it; FORGERT_METAL_FUSED_ARGMAX=0 and logits requests take the old path.
+void test_greedy_steps_fuse_the_argmax() {
+    TinyModel t(1, 2, 32);
+    const int32_t toks[3] = {5, 6, 7};
+    const std::string fused = "mul_mv_argmax_staged_f32 | argmax_partials";
+    t.dev->log.clear();
+    t.model->forward_argmax(toks, 1, 0);
+    EXPECT(t.dev->log.find(fused) != std::string::npos && count_kernel(t.dev->log, "argmax_f32") == 0,
+           "greedy step: %s", t.dev->log.c_str());
+    t.dev->log.clear();
+    t.model->decode_begin(toks[1], 1, true);
+    t.model->decode_next(false);
+    t.model->decode_end();
+    EXPECT(t.dev->log.find(fused) != std::string::npos && count_kernel(t.dev->log, "argmax_f32") == 0,
+           "pipelined greedy step: %s", t.dev->log.c_str());
+    const BatchEntry mixed[2] = {{0, toks, 3, 15}, {1, toks, 1, 3}};  // slot 0's rows: positions 15..17, prefix rows
+    int32_t best[2] = {};
+    t.dev->log.clear();
+    t.model->forward_batch_argmax(mixed, 2, best);
+    EXPECT(count_kernel(t.dev->log, "mul_mv_argmax_staged_f32") == 1 && count_kernel(t.dev->log, "argmax_f32") == 1,
+           "decode and prefix last rows: %s", t.dev->log.c_str());
+    setenv("FORGERT_METAL_FUSED_ARGMAX", "0", 1);
+    t.dev->log.clear();
+    t.model->forward_argmax(toks, 1, 0);
+    unsetenv("FORGERT_METAL_FUSED_ARGMAX");
+    EXPECT(count_kernel(t.dev->log, "argmax_partials") == 0 && count_kernel(t.dev->log, "argmax_f32") == 1,
+           "fusion off: %s", t.dev->log.c_str());
+    std::vector<float> logits(t.model->config().vocab);
+    t.dev->log.clear();
+    t.model->forward(toks, 1, 0, false, logits.data());
+    EXPECT(t.dev->log.find("argmax") == std::string::npos && count_kernel(t.dev->log, "mul_mv_staged_f32") > 0,
+           "logits requested: %s", t.dev->log.c_str());
 }
 
 // A stop found late: decode_end waits for the speculative step and nothing else is left.
@@ -874,6 +919,7 @@ int main() {
     test_bad_input_throws_input_error();
     test_greedy_pipeline_ordering();
     test_greedy_pipeline_end_waits_for_speculative_step();
+    test_greedy_steps_fuse_the_argmax();
     test_sampled_pipeline_ordering();
     test_residency_once();
     test_unretained_lifetimes();

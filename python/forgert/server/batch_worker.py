@@ -31,14 +31,8 @@ from typing import AsyncIterator
 from ..batch import BatchScheduler, LogitsOptions
 from ..model import PREFILL_CHUNK
 from ..sampling import SamplingParams
+from .event_queue import END, Failure, events_until_end
 from .generation import Finish, GenerationSpec, Piece, timings_dict
-
-_END = object()
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
 
 
 class _Request:
@@ -78,12 +72,7 @@ class BatchWorker:
             self._new.append(req)
             self._cv.notify()
         try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
+            async for item in events_until_end(queue):
                 yield item
         finally:
             req.cancelled.set()
@@ -108,7 +97,7 @@ class BatchWorker:
     def _finish(self, req, item=None) -> None:
         if item is not None:
             self._deliver(req, item)
-        self._deliver(req, _END)
+        self._deliver(req, END)
         with self._cv:
             self.queued -= 1
 
@@ -136,7 +125,7 @@ class BatchWorker:
                 req.seqs.append(seq)
                 self._owner[id(seq)] = (req, index)
         except BaseException as error:  # noqa: BLE001 - handed to the awaiting request
-            self._drop(req, _Failure(error))
+            self._drop(req, Failure(error))
             return
         req.left = len(req.seqs)
         for index, seq in enumerate(req.seqs):
@@ -186,7 +175,7 @@ class BatchWorker:
                 produced = self.scheduler.step()
         except BaseException as error:  # noqa: BLE001 - every running request is told
             for req in list(self._active):
-                self._drop(req, _Failure(error))
+                self._drop(req, Failure(error))
             return
         for out in produced:
             owner = self._owner.get(id(out.sequence))
@@ -194,7 +183,7 @@ class BatchWorker:
                 continue    # its request failed earlier in this step's results
             req, index = owner
             if out.sequence.error is not None:
-                self._drop(req, _Failure(out.sequence.error))
+                self._drop(req, Failure(out.sequence.error))
                 continue
             if out.prompt_logprobs is not None:     # the echoed prompt, scored by its prefill
                 self._deliver(req, Piece(req.spec.choices[index].echo, out.prompt_logprobs, index))

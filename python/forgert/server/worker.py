@@ -12,17 +12,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Generator
 
+from .event_queue import END, Failure, events_until_end
+
 # A job yields events until done; it runs on the worker thread, which stops iterating (and
 # closes the iterator) as soon as the request is cancelled.
 Job = Callable[[], Generator[object, None, None]]
-
-_END = object()
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
-
 
 class ModelWorker:
     def __init__(self):
@@ -64,22 +58,17 @@ class ModelWorker:
                 finally:
                     produced.close()    # stops the generator mid-way: the model generates nothing more
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting request
-                deliver(_Failure(error))
+                deliver(Failure(error))
             finally:
                 with self._lock:
                     self.queued -= 1
-                deliver(_END)
+                deliver(END)
 
         with self._lock:
             self.queued += 1
         loop.run_in_executor(self._executor, run)
         try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
+            async for item in events_until_end(queue):
                 yield item
         finally:
             with self._lock:

@@ -300,6 +300,18 @@ public:
         return out;
     }
 
+    // argmax(w x^T) row by row, i32 [n] (Backend::matmul_argmax: rows by count, as matmul).
+    I32 matmul_argmax(const U8& w, int dtype, int64_t rows, int64_t cols, const F32& x) {
+        need(x.ndim() == 2 && x.shape(1) == cols, "x must be [n, cols]");
+        Tensor W = weight(w, dtype, rows, cols), X = f32(x), L = empty(DType::F32, X.rows, rows),
+               Y = empty(DType::I32, X.rows, 1);
+        run([&] { be_->matmul_argmax(Y, W, X, L); });
+        I32 out(X.rows);
+        be_->read(out.mutable_data(), Y, (size_t)X.rows * 4);
+        bufs_.clear();
+        return out;
+    }
+
     // (weights [n, k], ids i32 [n, k]) of the router over logits [n, n_expert].
     py::tuple moe_route(const F32& logits, int k, bool renormalize) {
         need(logits.ndim() == 2 && logits.shape(1) > 0, "logits must be [n, n_expert]");
@@ -404,6 +416,8 @@ void bind_ops(py::module_& m) {
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
         .def("copy_rows", &Ops::copy_rows, py::arg("cache"), py::arg("copies"))
         .def("argmax", &Ops::argmax, py::arg("x"))
+        .def("matmul_argmax", &Ops::matmul_argmax, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
+             py::arg("x"))
         .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
              py::arg("cols"), py::arg("x"), py::arg("ids"), py::arg("decode_rows") = -1)

@@ -232,8 +232,17 @@ public:
     virtual void scale(const Tensor& x, float s) = 0;
     // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]
     virtual void softcap(const Tensor& x, float cap) = 0;
-    // out[i] = argmax_j x[i, j] (first index on ties)                 x [n, vocab]; out i32 [n]
+    // out[i] = argmax_j x[i, j]: the first index of the largest, NaN counting as -inf (so NaN and
+    // -inf never win; index 0 when nothing is above -inf)          x [n, vocab]; out i32 [n]
     virtual void argmax(const Tensor& out, const Tensor& x) = 0;
+    // out = argmax(w x^T) row by row: greedy tokens whose logits nobody reads. A backend may fuse
+    // the two and never write the logits (Metal's decode rows); logits is scratch either way (its
+    // contents after the call unspecified).   out i32 [n, 1]; w [vocab, dim]; x f32 [n, dim]; logits f32 [n, vocab]
+    virtual void matmul_argmax(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& logits,
+                               RowClasses rc = {}) {
+        matmul(logits, w, x, rc);
+        argmax(out, logits);
+    }
 
     // --- mixture of experts (a backend without them refuses MoE models by name) ---
     virtual bool has_moe_ops() const { return false; }

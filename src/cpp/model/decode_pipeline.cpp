@@ -11,8 +11,11 @@ void LlamaModel::encode_decode_step(const Tensor& ids, const Tensor* best, int p
     const BatchEntry step{0, nullptr, 1, pos};  // its token is read from `ids` on the device
     be_->begin();
     run_layers(&step, 1, &ids, commit_early);
-    const Tensor logits = last_row_logits(&step, 1);  // logits_ row 0
-    if (best) be_->argmax(*best, logits);
+    if (best) {
+        last_row_argmax(&step, 1, *best);  // greedy: the token alone (logits_ row 0 as scratch)
+    } else {
+        last_row_logits(&step, 1);  // logits_ row 0, read back for the host's draw
+    }
 }
 
 void LlamaModel::decode_begin(int32_t token, int pos, bool greedy) {

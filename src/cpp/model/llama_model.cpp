@@ -300,11 +300,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         // Logits of every row of this chunk, or of its last row only.
         const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
         Tensor h = x_.slice_rows(r0, nr), hn = xn_.slice_rows(r0, nr);
-        if (logits_.rows < nr) {
-            bufs_.push_back(be_->alloc((size_t)nr * cfg_.vocab * sizeof(float)));
-            logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, nr, cfg_.vocab);
-        }
-        Tensor out = logits_.slice_rows(0, nr);
+        const Tensor out = logits_rows(nr);
         be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
         be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
         if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
@@ -332,23 +328,45 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     return best;
 }
 
-Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
-    if (logits_.rows < n_entries) {
-        bufs_.push_back(be_->alloc((size_t)n_entries * cfg_.vocab * sizeof(float)));
-        logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, n_entries, cfg_.vocab);
+Tensor LlamaModel::logits_rows(int n) {
+    if (logits_.rows < n) {
+        bufs_.push_back(be_->alloc((size_t)n * cfg_.vocab * sizeof(float)));
+        logits_ = make_tensor(bufs_.back().get(), 0, DType::F32, n, cfg_.vocab);
     }
-    Tensor hn = xn_.slice_rows(0, n_entries), out = logits_.slice_rows(0, n_entries);
+    return logits_.slice_rows(0, n);
+}
+
+Tensor LlamaModel::last_rows_normed(const BatchEntry* entries, int n_entries) {
+    Tensor hn = xn_.slice_rows(0, n_entries);
     if (n_entries == 1) {  // one sequence: its last row is already a row of x
         be_->rms_norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm, cfg_.rms_eps);
     } else {  // gather each entry's last hidden row (x_ as an f32 table; indices staged by run_layers)
         be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
         be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
     }
+    return hn;
+}
+
+RowClasses LlamaModel::last_row_classes(const BatchEntry* entries, int n_entries) {
     int n_decode = 0;  // entries whose last row is a decode row: they lead (run_layers)
     while (n_decode < n_entries && entries[n_decode].decode_rows() > 0) n_decode++;
-    be_->matmul(out, w_.output, hn, RowClasses::decode(n_decode));
+    return RowClasses::decode(n_decode);
+}
+
+Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
+    const Tensor hn = last_rows_normed(entries, n_entries), out = logits_rows(n_entries);
+    be_->matmul(out, w_.output, hn, last_row_classes(entries, n_entries));
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
     return out;
+}
+
+void LlamaModel::last_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best) {
+    if (cfg_.final_softcap > 0.0f) {  // the argmax of the capped logits (tanh can merge near values into ties)
+        be_->argmax(best, last_row_logits(entries, n_entries));
+        return;
+    }
+    const Tensor hn = last_rows_normed(entries, n_entries);
+    be_->matmul_argmax(best, w_.output, hn, logits_rows(n_entries), last_row_classes(entries, n_entries));
 }
 
 const BatchEntry* LlamaModel::decode_first(const BatchEntry* entries, int n_entries) {
@@ -455,9 +473,8 @@ void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_given, int3
     be_->begin();
     run_layers(entries, n_entries);
     const double t0 = profiling_ ? now_s() : 0;
-    const Tensor out = last_row_logits(entries, n_entries);
     const Tensor best_ids = make_tensor(argmax_.buf, 0, DType::I32, n_entries, 1);  // [n_entries] as a column
-    be_->argmax(best_ids, out);
+    last_row_argmax(entries, n_entries, best_ids);
     be_->commit();
     be_->wait();
     std::vector<int32_t> ordered_best(n_entries);

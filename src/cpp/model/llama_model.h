@@ -134,6 +134,15 @@ private:
     void encode_decode_step(const Tensor& ids, const Tensor* best, int pos, bool commit_early);
     // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
     Tensor last_row_logits(const BatchEntry* entries, int n_entries);
+    // The same rows' greedy tokens into best (i32 [n_entries, 1]), where nobody reads their logits:
+    // Backend::matmul_argmax, which may never write them (logits_ rows are its scratch).
+    void last_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best);
+    // The final norm of each entry's last row: xn_ rows 0..n_entries.
+    Tensor last_rows_normed(const BatchEntry* entries, int n_entries);
+    // logits_ rows 0..n, the buffer grown first where it holds fewer.
+    Tensor logits_rows(int n);
+    // Their row classes: the entries whose last row is a decode row lead.
+    static RowClasses last_row_classes(const BatchEntry* entries, int n_entries);
     // After the pass has been waited on: every row of the entries with scores through the final
     // norm and output projection, kScoreBlock rows at a time, each block scored on the host while
     // the device computes the next.

@@ -808,10 +808,12 @@ void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
                 block_max[b] = m, block_at[b] = at;
             }
         });
-        // As the serial scan from x[0]: a block's candidate wins only if strictly larger.
+        // As the serial scan: a block's candidate wins only if strictly larger; index 0 when no
+        // value is above -inf (core/backend.h's rule: NaN counts as -inf, even at x[0]).
         int64_t best = 0;
+        float best_v = -INFINITY;
         for (int64_t b = 0; b < n_blocks; b++)
-            if (block_at[b] >= 0 && block_max[b] > xr[best]) best = block_at[b];
+            if (block_at[b] >= 0 && block_max[b] > best_v) best = block_at[b], best_v = block_max[b];
         out.data<int32_t>()[r] = (int32_t)best;
     }
 }

@@ -66,6 +66,11 @@ public:
     void scale(const Tensor& x, float s) override;
     void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;
+    // Decode rows: the staged GEMV with the argmax fused on (mul_mv_argmax_staged_*, then
+    // argmax_partials; the logits are never written), unless FORGERT_METAL_FUSED_ARGMAX=0 or the
+    // direct GEMVs are chosen; prefix rows: matmul, then argmax.
+    void matmul_argmax(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& logits,
+                       RowClasses rc = {}) override;
 
     // Mixture of experts: router top-k, expert GEMV and weighted sum, all on the device.
     bool has_moe_ops() const override { return true; }
@@ -102,6 +107,9 @@ private:
     void encode_matmul(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate, RowClasses rc);
     void encode_gemv(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
     void encode_gemm(const Tensor& out, const Tensor& w, const Tensor& x, bool accumulate);
+    // out = argmax(w x^T) by the fused GEMV, its candidates in `partials` (f32 rows of at least
+    // 2 words per threadgroup: the logits' rows serve).
+    void encode_gemv_argmax(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& partials);
     // matmul_swiglu (gelu false) and matmul_geglu.
     void matmul_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                     const Tensor& scratch, RowClasses rc, bool gelu);

@@ -709,6 +709,53 @@ void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
            2 * FG_SIMD_WIDTH * sizeof(float));
 }
 
+namespace {
+// FORGERT_METAL_FUSED_ARGMAX=0 turns the fused greedy GEMV off: matmul, then argmax (the tests
+// compare the two paths).
+bool fused_argmax_on() {
+    const char* env = std::getenv("FORGERT_METAL_FUSED_ARGMAX");
+    if (env == nullptr || std::strcmp(env, "1") == 0) return true;
+    if (std::strcmp(env, "0") == 0) return false;
+    throw std::invalid_argument("FORGERT_METAL_FUSED_ARGMAX must be 0 or 1, not '" + std::string(env) + "'");
+}
+}  // namespace
+
+void MetalBackend::matmul_argmax(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& logits,
+                                 RowClasses rc) {
+    need_matmul_shapes(logits, w, x, "matmul_argmax");
+    need(out.buf != nullptr && out.type == DType::I32 && out.rows == x.rows && out.cols == 1 &&
+             (out.rows == 1 || out.stride == sizeof(int32_t)),
+         "matmul_argmax", "out must be a contiguous i32 [n, 1]");
+    // Only the staged GEMV has the fused form; the GEMM rows (prefix rows) keep their logits. Its
+    // candidates (8 bytes per threadgroup of >= 4 rows) fit in the logits rows from 2 rows on.
+    const bool fused = !gemv_direct() && fused_argmax_on() && w.rows >= 2;
+    const int64_t n = x.rows, g = fused ? gemv_rows(rc, n) : 0;
+    if (g > 0) encode_gemv_argmax(out.slice_rows(0, g), w, x.slice_rows(0, g), logits.slice_rows(0, g));
+    if (g < n)
+        Backend::matmul_argmax(out.slice_rows(g, n - g), w, x.slice_rows(g, n - g), logits.slice_rows(g, n - g),
+                               g > 0 ? RowClasses::prefix() : rc);
+}
+
+void MetalBackend::encode_gemv_argmax(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& partials) {
+    const int64_t n = x.rows;
+    const GemvKernel k =
+        gemv_kernel("mul_mv_argmax_", w.type, w.rows, n, [this](const char* name) { return thread_cap(name); });
+    const uint32_t n_tg = ceil_div(w.rows, k.rows_per_tg);
+    // Each token's candidates (n_tg values, n_tg indices) in the first words of its logits row.
+    Tensor cand = make_tensor(partials.buf, partials.offset, DType::F32, n, 2 * (int64_t)n_tg);  // [n, 2 n_tg]
+    cand.stride = partials.stride;
+    mul_mv_args a = make_mul_mv_args(partials, w, x, false);
+    a.sg_rows = k.sg_rows;
+    encode(k.name, &a, sizeof a, {reads(w), reads(x), writes(cand)}, {n_tg, (uint32_t)n, 1}, {k.threads, 1, 1},
+           k.tg_bytes);
+    argmax_args b{};
+    b.x_stride = cand.stride;
+    b.cols = (int32_t)n_tg;
+    const uint32_t threads = std::min<uint32_t>(thread_cap("argmax_partials"), round_up_simd(n_tg));
+    encode("argmax_partials", &b, sizeof b, {reads(cand), writes(out)}, {(uint32_t)n, 1, 1}, {threads, 1, 1},
+           2 * FG_SIMD_WIDTH * sizeof(float));
+}
+
 // --- mixture of experts ---
 
 namespace {
