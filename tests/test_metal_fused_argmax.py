@@ -67,9 +67,12 @@ def test_fused_argmax_matches_numpy_on_unfused_logits(metal, monkeypatch, wtype,
     x = r.standard_normal((3, cols), dtype=np.float32)
 
     def check(what):
+        # Each token alone takes the fused kernel; the three together the multi-token GEMV and
+        # argmax_f32 (the fused kernel serves lone decode rows only): both follow the rule.
         logits = metal.matmul(w, dtype, ROWS, cols, x)
-        got = metal.matmul_argmax(w, dtype, ROWS, cols, x)
+        got = np.concatenate([metal.matmul_argmax(w, dtype, ROWS, cols, x[i:i + 1]) for i in range(len(x))])
         np.testing.assert_array_equal(got, reference_argmax(logits), err_msg=what)
+        np.testing.assert_array_equal(metal.matmul_argmax(w, dtype, ROWS, cols, x), got, err_msg=what)
         return logits, got
 
     # Ties: token 0's best row copied into TIES (rows on both sides of it, in every position a
@@ -273,6 +276,25 @@ def test_fused_gemv_reads_what_the_gemv_reads(metal_core, traffic_ops, wtype):
     assert plain["write_needed"] == 4 * rows and fused["write_needed"] == fused["write_requested"] == 8 * 80
     assert (pick["read_needed"], pick["write_needed"]) == (8 * 80, 4)
     assert fused["tg_wavefronts"] <= 1.02 * fused["tg_wavefronts_min"]  # measured 1.000 (as the GEMV)
+
+
+def test_several_decode_rows_take_the_multi_token_gemv(metal_core, traffic_ops):
+    """Several decode rows skip the fused kernel (one token per threadgroup: each row would request
+    the output matrix again) for the multi-token GEMV, then argmax_f32 over the written logits:
+    the weights are requested about once for the 4 rows (measured 1.043x one row's fused GEMV; a
+    kernel per row would be ~4x), the logits written and read once each."""
+    rows, cols, n = 20480, 256, 4
+    r = np.random.default_rng(5)
+    w = weight_bytes(r, WEIGHT_TYPES["q8_0"], rows, cols)
+    x = r.standard_normal((n, cols), dtype=np.float32)
+    traffic_ops.matmul_argmax(w, WEIGHT_TYPES["q8_0"], rows, cols, x[:1])
+    one, _ = metal_core.emulator_traffic()
+    traffic_ops.matmul_argmax(w, WEIGHT_TYPES["q8_0"], rows, cols, x)
+    gemv, pick = metal_core.emulator_traffic()
+    assert (one["kernel"], gemv["kernel"], pick["kernel"]) == (
+        "mul_mv_argmax_staged_q8_0", "mul_mv_tokens_q8_0", "argmax_f32")
+    assert gemv["read_requested"] <= 1.1 * one["read_requested"], gemv["read_requested"] / one["read_requested"]
+    assert gemv["write_needed"] == 4 * rows * n and pick["read_needed"] == 4 * rows * n
 
 
 def greedy_steps(core, m, prompt):

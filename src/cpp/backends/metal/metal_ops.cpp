@@ -728,8 +728,13 @@ void MetalBackend::matmul_argmax(const Tensor& out, const Tensor& w, const Tenso
          "matmul_argmax", "out must be a contiguous i32 [n, 1]");
     // Only the staged GEMV has the fused form; the GEMM rows (prefix rows) keep their logits. Its
     // candidates (8 bytes per threadgroup of >= 4 rows) fit in the logits rows from 2 rows on.
+    // The fused kernel serves one token per threadgroup, so it takes a lone decode row only:
+    // several decode rows go through the multi-token GEMV (the output matrix requested once per
+    // 8 rows, not once per row) and then argmax, writing and re-reading 8 vocab floats a row
+    // instead (SmolLM2, 8 rows: 3.1 MB against 7 more requests of its 30 MB output matrix). The
+    // tokens are the same: both paths give the logits' bits and follow argmax.h's rule.
     const bool fused = !gemv_direct() && fused_argmax_on() && w.rows >= 2;
-    const int64_t n = x.rows, g = fused ? gemv_rows(rc, n) : 0;
+    const int64_t n = x.rows, g = fused && gemv_rows(rc, n) == 1 ? 1 : 0;
     if (g > 0) encode_gemv_argmax(out.slice_rows(0, g), w, x.slice_rows(0, g), logits.slice_rows(0, g));
     if (g < n)
         Backend::matmul_argmax(out.slice_rows(g, n - g), w, x.slice_rows(g, n - g), logits.slice_rows(g, n - g),
