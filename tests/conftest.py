@@ -81,6 +81,30 @@ def metal_core():
     return _core
 
 
+@pytest.fixture(scope="session")
+def traffic_core(metal_core):
+    """metal_core with the emulator's traffic counting and the traffic build of the kernels
+    (tests/test_metal_traffic.py, test_metal_fused_argmax.py); skips naming the one missing."""
+    from pathlib import Path
+    if not hasattr(metal_core, "set_emulator_traffic"):
+        pytest.skip("this _core has no emulator traffic counting")
+    if not (Path(metal_core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
+        pytest.skip("no traffic build of the kernels (clang cannot instrument loads)")
+    return metal_core
+
+
+@pytest.fixture
+def traffic_ops(traffic_core):
+    """A Metal Ops over the traffic build of the kernel library, with earlier tests' log dropped."""
+    traffic_core.set_emulator_traffic(True)
+    try:
+        m = traffic_core.Ops("metal")
+    finally:
+        traffic_core.set_emulator_traffic(False)
+    traffic_core.emulator_traffic()
+    return m
+
+
 def backend_params(metal_mark=pytest.mark.metal):
     """["cpu", "metal"] as pytest params; metal cases carry the `metal` mark (select with -m metal,
     deselect with -m 'not metal')."""

@@ -235,25 +235,8 @@ def test_batch_argmax_is_numpy_argmax_of_the_logits(forgert, output_type_models,
 
 # --------------------------------------------------------------------------- traffic
 
-@pytest.fixture
-def traffic_ops(metal_core):
-    """A Metal Ops over the traffic build of the kernel library (test_metal_traffic.py's)."""
-    from pathlib import Path
-    if not hasattr(metal_core, "set_emulator_traffic"):
-        pytest.skip("this _core has no emulator traffic counting")
-    if not (Path(metal_core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
-        pytest.skip("no traffic build of the kernels")
-    metal_core.set_emulator_traffic(True)
-    try:
-        m = metal_core.Ops("metal")
-    finally:
-        metal_core.set_emulator_traffic(False)
-    metal_core.emulator_traffic()
-    return m
-
-
 @pytest.mark.parametrize("wtype", ["q8_0", "q6_K", "q4_K", "q4_1", "f16"])
-def test_fused_gemv_reads_what_the_gemv_reads(metal_core, traffic_ops, wtype):
+def test_fused_gemv_reads_what_the_gemv_reads(traffic_core, traffic_ops, wtype):
     """An output projection of 20480 rows (80 threadgroups of 256 rows, as at any vocabulary of
     20480 or more) at one token: the fused kernel makes the unfused GEMV's loads, byte for byte and
     line for line, and stores 8 B per threadgroup (640 B) where the GEMV stored 4 B per row (80 KB);
@@ -264,9 +247,9 @@ def test_fused_gemv_reads_what_the_gemv_reads(metal_core, traffic_ops, wtype):
     w = weight_bytes(r, dtype, rows, cols)
     x = r.standard_normal((1, cols), dtype=np.float32)
     traffic_ops.matmul(w, dtype, rows, cols, x)
-    (plain,) = metal_core.emulator_traffic()
+    (plain,) = traffic_core.emulator_traffic()
     traffic_ops.matmul_argmax(w, dtype, rows, cols, x)
-    fused, pick = metal_core.emulator_traffic()
+    fused, pick = traffic_core.emulator_traffic()
     assert (plain["kernel"], fused["kernel"], pick["kernel"]) == (
         "mul_mv_staged_" + wtype, "mul_mv_argmax_staged_" + wtype, "argmax_partials")
     assert fused["threadgroups"] == 80 and fused["threads_per_threadgroup"] == 1024
@@ -278,7 +261,7 @@ def test_fused_gemv_reads_what_the_gemv_reads(metal_core, traffic_ops, wtype):
     assert fused["tg_wavefronts"] <= 1.02 * fused["tg_wavefronts_min"]  # measured 1.000 (as the GEMV)
 
 
-def test_several_decode_rows_take_the_multi_token_gemv(metal_core, traffic_ops):
+def test_several_decode_rows_take_the_multi_token_gemv(traffic_core, traffic_ops):
     """Several decode rows skip the fused kernel (one token per threadgroup: each row would request
     the output matrix again) for the multi-token GEMV, then argmax_f32 over the written logits:
     the weights are requested about once for the 4 rows (measured 1.043x one row's fused GEMV; a
@@ -288,9 +271,9 @@ def test_several_decode_rows_take_the_multi_token_gemv(metal_core, traffic_ops):
     w = weight_bytes(r, WEIGHT_TYPES["q8_0"], rows, cols)
     x = r.standard_normal((n, cols), dtype=np.float32)
     traffic_ops.matmul_argmax(w, WEIGHT_TYPES["q8_0"], rows, cols, x[:1])
-    one, _ = metal_core.emulator_traffic()
+    one, _ = traffic_core.emulator_traffic()
     traffic_ops.matmul_argmax(w, WEIGHT_TYPES["q8_0"], rows, cols, x)
-    gemv, pick = metal_core.emulator_traffic()
+    gemv, pick = traffic_core.emulator_traffic()
     assert (one["kernel"], gemv["kernel"], pick["kernel"]) == (
         "mul_mv_argmax_staged_q8_0", "mul_mv_tokens_q8_0", "argmax_f32")
     assert gemv["read_requested"] <= 1.1 * one["read_requested"], gemv["read_requested"] / one["read_requested"]
@@ -313,18 +296,13 @@ def needed(step):
     return sum(d["read_needed"] + d["write_needed"] for d in step)
 
 
-def test_greedy_step_no_longer_moves_the_logits(forgert, output_type_models, monkeypatch, metal_core):
+def test_greedy_step_no_longer_moves_the_logits(forgert, output_type_models, monkeypatch, traffic_core):
     """A greedy decode step of the tied-Q8_0 Llama (vocab 320: ten 32-row threadgroups in the output
     GEMV) with and without fusion: the same dispatches but for the last two, which no longer write
     the logits (4 B a row) nor read them back; they write and read a candidate per threadgroup
     (8 B) instead. Needed bytes drop by exactly 2 x 4 x 320 - 2 x 8 x 10 = 2400 B (hand count;
     measured the same); everything else in the step moves the same bytes."""
-    core = metal_core
-    if not hasattr(core, "set_emulator_traffic"):
-        pytest.skip("this _core has no emulator traffic counting")
-    from pathlib import Path
-    if not (Path(core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
-        pytest.skip("no traffic build of the kernels")
+    core = traffic_core
     core.set_emulator_traffic(True)
     try:
         m = forgert.Model(str(output_type_models("llama_tied-Q8_0")), backend="metal")

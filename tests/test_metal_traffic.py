@@ -17,7 +17,6 @@ bytes, at SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths and head shapes.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,25 +39,14 @@ DIRECT_GEMV_WEIGHT_REREAD = {"q3_K": 1.073, "q4_K": 1.056, "q5_K": 1.045}
 
 
 @pytest.fixture(scope="module")
-def core(metal_core):
-    _core = metal_core
-    if not hasattr(_core, "set_emulator_traffic"):
-        pytest.skip("this _core has no emulator traffic counting")
-    if not (Path(_core.__file__).parent / "libforgert_msl_kernels_traffic.so").exists():
-        pytest.skip("no traffic build of the kernels (clang cannot instrument loads)")
-    return _core
+def core(traffic_core):
+    return traffic_core
 
 
 @pytest.fixture
-def metal(core):
-    """A Metal Ops over the traffic build of the kernel library."""
-    core.set_emulator_traffic(True)
-    try:
-        m = core.Ops("metal")
-    finally:
-        core.set_emulator_traffic(False)
-    core.emulator_traffic()  # drop what earlier tests logged
-    return m
+def metal(traffic_ops):
+    """A Metal Ops over the traffic build of the kernel library (conftest's traffic_ops)."""
+    return traffic_ops
 
 
 def one(core, kernel_prefix):
