@@ -217,6 +217,19 @@ def test_matmul(metal, cpu, wtype, n):
         assert nmse(got, exact) < (2e-7 if half_tiles else 3e-13), (rows, cols)
 
 
+def gemv_case(wtype: str, name: str, n_tokens: int):
+    """The GEMV tests' operands: 37 rows (not a multiple of the 32-256 a staged threadgroup owns,
+    nor of the 8 rows of a simdgroup at 256) x several 512-column windows, the last partial (float
+    weights also 1605 wide: "-unaligned"); weights w and w_up of wtype, x of n_tokens rows, and the
+    weights dequantized. -> dtype, rows, cols, w, w_up, x [n_tokens, cols], wd, ud [rows, cols]"""
+    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
+    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
+    r = rng(name, wtype)
+    w, w_up = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
+    x = r.standard_normal((n_tokens, cols), dtype=np.float32)
+    return dtype, rows, cols, w, w_up, x, dequantize(w, dtype, rows, cols), dequantize(w_up, dtype, rows, cols)
+
+
 # The staged GEMVs at each threadgroup size the host picks (metal_ops.cpp, gemv_tg_rows: 32 rows
 # at these sizes, 64 / 128 / 256 for large matrices; 256 takes 8 rows per simdgroup), forced.
 @pytest.mark.parametrize("gemv", ["staged", "staged-64", "staged-128", "staged-256", "direct"])
@@ -231,12 +244,7 @@ def test_matmul_gemv_kernels(metal, monkeypatch, wtype, gemv):
     monkeypatch.setenv("FORGERT_METAL_GEMV", gemv.split("-")[0])
     if "-" in gemv:
         monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", gemv.split("-")[1])
-    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
-    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
-    r = rng("matmul_gemv_kernels", wtype)
-    w, w_up = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
-    x = r.standard_normal((3, cols), dtype=np.float32)
-    wd, ud = dequantize(w, dtype, rows, cols), dequantize(w_up, dtype, rows, cols)
+    dtype, rows, cols, w, w_up, x, wd, ud = gemv_case(wtype, "matmul_gemv_kernels", 3)
     for n in (1, 3):
         exact = x[:n].astype(np.float64) @ wd.T
         # measured <= 6.6e-14 (both kernels, every schedule): f32 sums of exact products
@@ -256,12 +264,7 @@ def test_matmul_gemv_kernels(metal, monkeypatch, wtype, gemv):
 def test_matmul_gemv_tokens(metal, monkeypatch, wtype, gemv):
     if "-" in gemv:
         monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", gemv.split("-")[1])
-    dtype = WEIGHT_TYPES[wtype.split("-")[0]]
-    rows, cols = (37, 1280) if dtype in SUPER_BLOCK_TYPES else (37, 1605 if "unaligned" in wtype else 1600)
-    r = rng("matmul_gemv_tokens", wtype)
-    w, w_up = weight_bytes(r, dtype, rows, cols), weight_bytes(r, dtype, rows, cols)
-    x = r.standard_normal((17, cols), dtype=np.float32)
-    wd, ud = dequantize(w, dtype, rows, cols), dequantize(w_up, dtype, rows, cols)
+    dtype, rows, cols, w, w_up, x, wd, ud = gemv_case(wtype, "matmul_gemv_tokens", 17)
     alone = np.concatenate([metal.matmul(w, dtype, rows, cols, x[i:i + 1]) for i in range(len(x))])
     alone_glu = np.concatenate([metal.matmul_swiglu(w, w_up, dtype, rows, cols, x[i:i + 1]) for i in range(len(x))])
     for n in (2, 8, 9, 17):
@@ -275,7 +278,7 @@ def test_matmul_gemv_tokens(metal, monkeypatch, wtype, gemv):
         assert nmse(got, g / (1 + np.exp(-g)) * u) < 3e-12, n  # measured <= 5.8e-13
         assert np.array_equal(got, alone_glu[:n]), n
     # the fused residual add (3 rows: by row count the GEMV): out + w x, the f32 add of the lone row's
-    base = r.standard_normal((3, rows), dtype=np.float32)
+    base = rng("matmul_gemv_tokens_base", wtype).standard_normal((3, rows), dtype=np.float32)
     assert np.array_equal(metal.matmul_add(w, dtype, rows, cols, x[:3], base), base + alone[:3])
 
 
