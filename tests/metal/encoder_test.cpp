@@ -343,25 +343,29 @@ void test_pipeline_thread_limit() {
     EXPECT(f.dev->last_threads == 192, "rms_norm ran %u threads under a limit of 200", f.dev->last_threads);
 }
 
+// A GEMV launch the host should pick: kernel family ("mul_mv_", "mul_mv_swiglu_", "mul_mv_id_"), a
+// matrix of `rows` x 256 for n tokens under a pipeline thread limit (0: none), and the expected
+// rows per threadgroup, threads and rows per simdgroup.
+struct GemvLaunchCase {
+    const char* family;
+    int rows, n, limit;
+    uint32_t tg_rows, threads;
+    int sg_rows;
+};
+
 // The staged GEMVs' rows per threadgroup (metal_ops.cpp, gemv_tg_rows): 32 until the matrix
 // still makes 80 threadgroups of twice that, up to 256 (8 rows per simdgroup from there); the
 // grid covers the rows, the threadgroup memory is x's window plus a row window per simdgroup, and
 // a pipeline limit below 1024 threads takes fewer simdgroups.
 void test_gemv_threadgroup_rows() {
-    struct Case {
-        const char* family;
-        int rows, n, limit;
-        uint32_t tg_rows, threads;
-        int sg_rows;
-    };
-    const Case cases[] = {
+    const GemvLaunchCase cases[] = {
         {"mul_mv_", 512, 1, 0, 32, 256, 4},          {"mul_mv_", 5056, 1, 0, 32, 256, 4},
         {"mul_mv_", 5120, 1, 0, 64, 512, 4},         {"mul_mv_", 10240, 1, 0, 128, 1024, 4},
         {"mul_mv_", 20480, 1, 0, 256, 1024, 8},  // several tokens: test_gemv_tokens_threadgroup_rows
         {"mul_mv_", 20480, 1, 512, 128, 512, 8},     {"mul_mv_swiglu_", 10240, 1, 0, 128, 1024, 4},
         {"mul_mv_id_", 10240, 2, 0, 256, 1024, 8},   // 2 slots
     };
-    for (const Case& c : cases) {
+    for (const GemvLaunchCase& c : cases) {
         Fixture f;
         const int cols = 256;
         const std::string kernel = std::string(c.family) + "staged_q4_0";
@@ -399,13 +403,7 @@ void test_gemv_threadgroup_rows() {
 // the tokens for fewer), up to 256, spread evenly over the threadgroups; the threadgroup memory holds
 // each of the threadgroup's tokens' x window and a window of 8 blocks per simdgroup.
 void test_gemv_tokens_threadgroup_rows() {
-    struct Case {
-        const char* family;
-        int rows, n, limit;
-        uint32_t tg_rows, threads;
-        int sg_rows;
-    };
-    const Case cases[] = {
+    const GemvLaunchCase cases[] = {
         {"mul_mv_", 2560, 4, 0, 128, 1024, 4},       // 32 rows for one token, 4 tokens: 128
         {"mul_mv_", 576, 8, 0, 192, 768, 8},         // 256 spread over 3 threadgroups: 192
         {"mul_mv_", 576, 17, 0, 192, 768, 8},        // token groups of 8, 8, 1
@@ -414,7 +412,7 @@ void test_gemv_tokens_threadgroup_rows() {
         {"mul_mv_id_", 10240, 2, 0, 256, 1024, 8},   // 2 tokens of 2 slots: 4 slots, 128 rows x 4 -> 256
         {"mul_mv_id_", 576, 9, 0, 192, 768, 8},      // 9 tokens of 2 slots: 2 groups per expert
     };
-    for (const Case& c : cases) {
+    for (const GemvLaunchCase& c : cases) {
         Fixture f;
         const int cols = 256;
         const std::string kernel = std::string(c.family) + "tokens_q4_0";
