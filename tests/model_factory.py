@@ -418,7 +418,7 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_rope_scaling_factor(rs["factor"])
         w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
     w.add_vocab_size(model.config.vocab_size)
-    w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}[type_name])
+    w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8}[type_name])
 
     add_bpe_vocab(w, tokenizer_tables(tok), tok.token_to_id(BOS_TOKEN), tok.token_to_id(eos_token),
                   chat_template=chat_template)

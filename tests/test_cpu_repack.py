@@ -1,4 +1,4 @@
-"""Q4_0 / Q4_1 / Q8_0 weights repacked at load into the CPU kernel set's 16-row panels (design.md,
+"""Q4_0 / Q4_1 / Q5_0 / Q8_0 weights repacked at load into the CPU kernel set's 16-row panels (design.md,
 "Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's layout). On the AVX-512 sets the panels
 change where the bytes lie, never the arithmetic: logits and tokens are bit-identical with and
 without the repack, in every path that reads a weight (decode, 2-15 tokens, the prefill int8
@@ -74,15 +74,24 @@ def run_model(forgert, path, monkeypatch, repack: str, prefill: str | None = Non
     return out, m.info()["repack_s"]
 
 
+def tiny_gguf(tiny_models, name: str, qtype: str):
+    """A tiny model's GGUF in qtype; Q5_0 (not among model_factory's GGUF_TYPES) written on first use."""
+    tm = tiny_models(name)
+    if qtype not in tm.gguf_files:
+        import model_factory as mf
+        tm.gguf_files[qtype] = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tm.root / f"{name}-{qtype}.gguf", qtype)
+    return tm.path(f"gguf-{qtype}")
+
+
 @needs_repack
 @pytest.mark.parametrize("name", ["llama_tied", "llama3_untied"])
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, name, qtype, prefill):
-    """llama_tied's token_embd is Q4_0 / Q4_1 / Q8_0 and also the output matrix: get_rows and the
-    logits matmul read the one packed copy. prefill f32: the f32 panel GEMM reads the panels too
-    (Q4_1's prefill takes it either way: the int8 GEMM has no Q4_1)."""
-    path = tiny_models(name).path(f"gguf-{qtype}")
+    """llama_tied's token_embd is Q4_0 / Q4_1 / Q5_0 / Q8_0 and also the output matrix: get_rows
+    and the logits matmul read the one packed copy. prefill f32: the f32 panel GEMM reads the
+    panels too (Q5_0's prefill takes it either way: the int8 GEMM has no Q5_0)."""
+    path = tiny_gguf(tiny_models, name, qtype)
     packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
     file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
     assert s_packed > 0 and s_file == 0
@@ -97,7 +106,7 @@ def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
     rng = np.random.default_rng(9)
     rows, cols = 37, 160
     ops = core.Ops("cpu", 1)
-    for t in ("Q4_0", "Q4_1", "Q8_0"):
+    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0"):
         qt = gguf.GGMLQuantizationType[t]
         raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qt)
         ids = np.array([0, 36, 15, 16, 17, 31, 32, 5, 5], np.int32)

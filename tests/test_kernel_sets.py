@@ -108,14 +108,14 @@ def test_amx_prefill_gemm_on_emulated_tiles(x86_check_output):
 
 @X86_ONLY
 def test_panel_layouts_on_every_x86_set(x86_check_output):
-    """Q4_0 / Q4_1 / Q8_0 weights repacked into 16-row panels (Q4_0x16 / Q4_1x16 / Q8_0x16), on each
+    """Q4_0 / Q4_1 / Q5_0 / Q8_0 weights repacked into 16-row panels (Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16), on each
     x86 set that ran here: decode of 1..15 tokens bit-identical to the scalar definition, rows read
     back equal to the file's dequantization, the f32 panel GEMM bit-identical to the file layout."""
     sets = [name for name in ("avx2", "avx2-vnni", "avx512-vnni", "avx512-amx", "avx512-amx-emulated")
             if set_lines(x86_check_output, name)]
     assert "avx2" in sets
     for name in sets:
-        for pt in ("Q4_0x16", "Q4_1x16", "Q8_0x16"):
+        for pt in ("Q4_0x16", "Q4_1x16", "Q5_0x16", "Q8_0x16"):
             for words in ([pt, "definition"], ["rows of", pt], ["gemm_panel", pt]):
                 lines = set_lines(x86_check_output, name, *words)
                 assert lines and all(ln.endswith("ok") for ln in lines), (name, words, "\n".join(lines))
@@ -152,7 +152,8 @@ def test_avxvnni_set_through_evex(tmp_path):
     exe = build(tmp_path, cxx, ["-DFORGERT_HAVE_AVX2=1", "-DFORGERT_HAVE_AVXVNNI=1", "-DFG_CHECK_AVXVNNI_AS_EVEX=1",
                                 str(CPU / "cpu_kernels.cpp"), *objs], "check_avxvnni_evex")
     out = run_check([str(exe)])
-    for words in (["x16", "definition"], ["Q4_1x16", "definition"], ["gemm_i8", "Q8_0x16"], ["bit-identical to n=1"]):
+    for words in (["x16", "definition"], ["Q4_1x16", "definition"], ["Q5_0x16", "definition"], ["gemm_i8", "Q8_0x16"],
+                  ["bit-identical to n=1"]):
         lines = set_lines(out, "avx2-vnni", *words)
         assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines) or out
 

@@ -427,9 +427,10 @@ void check(const KernelSet* k, int cols) {
 }
 
 // The decode definition of the small-block types (kernels_x86_quads.inc), written out in
-// scalar code for Q4_0 / Q4_1 / Q8_0 rows in the file's layout: per block the exact integer
+// scalar code for Q4_0 / Q4_1 / Q5_0 / Q8_0 rows in the file's layout: per block the exact integer
 // I_b = sum q_i (256 hi_i + lo_i), slot s = b % 4, acc_s = fma((float)I_b, dw * dx, acc_s),
-// the zero point acc_s = fma(mw, x.sum, acc_s) (mw = -8 dw for Q4_0, the block's m for Q4_1),
+// the zero point acc_s = fma(mw, x.sum, acc_s) (mw = -8 dw for Q4_0, -16 dw for Q5_0, the
+// block's m for Q4_1),
 // result (acc_0 + acc_1) + (acc_2 + acc_3).
 float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t nb) {
     const int64_t bb = dtype_block_bytes(t);
@@ -441,21 +442,25 @@ float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t n
         const float d = f16_to_f32(h);
         std::memcpy(&h, blk + 2, 2);  // Q4_1: m follows d
         const float m = f16_to_f32(h);
-        const uint8_t* qs = blk + (t == DType::Q4_1 ? 4 : 2);
+        uint32_t qh;  // Q5_0: bit i is quant i's bit 4
+        std::memcpy(&qh, blk + 2, 4);
+        const uint8_t* qs = blk + (t == DType::Q4_1 ? 4 : t == DType::Q5_0 ? 6 : 2);
         int32_t I = 0;
         for (int i = 0; i < FG_QK; i++) {
-            const int q = t == DType::Q8_0 ? (int)(int8_t)qs[i] : i < 16 ? qs[i] & 15 : qs[i - 16] >> 4;
+            int q = t == DType::Q8_0 ? (int)(int8_t)qs[i] : i < 16 ? qs[i] & 15 : qs[i - 16] >> 4;
+            if (t == DType::Q5_0) q |= (int)((qh >> i) & 1) << 4;
             I += q * (256 * x[b].hi[i] + x[b].lo[i]);
         }
         float& a = acc[b % 4];
         a = std::fma((float)I, d * x[b].d, a);
         if (t == DType::Q4_0) a = std::fma(-8.0f * d, x[b].sum, a);
+        if (t == DType::Q5_0) a = std::fma(-16.0f * d, x[b].sum, a);
         if (t == DType::Q4_1) a = std::fma(m, x[b].sum, a);
     }
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q8_0x16), on the sets that read them:
+// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16), on the sets that read them:
 // every kernel that meets them gives the definition's bits (decode, 1-15 tokens, also from a
 // panel boundary inside the matrix; so every set's panels give the same bits), and the prefill
 // paths (gemm_i8, gemm_panel) the file layout's bits. The AVX-512 sets' file-layout decode
@@ -464,7 +469,7 @@ float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t n
 // f32 rounding of it (measured <= 8.4e-7 of the largest result, bound 3e-6). Rows not a multiple of 16;
 // rows of 1 to 128 blocks, odd block counts among them.
 void check_panel16(const KernelSet* k) {
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0}) {
         const DType pt = packed_type(*k, t);
         if (pt == t) continue;
         for (int rows : {37, 5, 16}) {

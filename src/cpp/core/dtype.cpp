@@ -23,6 +23,7 @@ const char* dtype_name(DType t) {
         case DType::I32: return "I32";
         case DType::Q4_0x16: return "Q4_0x16";
         case DType::Q4_1x16: return "Q4_1x16";
+        case DType::Q5_0x16: return "Q5_0x16";
         case DType::Q8_0x16: return "Q8_0x16";
     }
     return "unknown";
@@ -41,7 +42,7 @@ bool dtype_is_known(int id) {
 int64_t dtype_block_elems(DType t) {
     switch (t) {
         case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: case DType::MXFP4:
-        case DType::Q4_0x16: case DType::Q4_1x16: case DType::Q8_0x16: return FG_QK;
+        case DType::Q4_0x16: case DType::Q4_1x16: case DType::Q5_0x16: case DType::Q8_0x16: return FG_QK;
         case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::IQ4_XS:
             return FG_QK_K;
         default: return 1;
@@ -55,7 +56,7 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q8_0: case DType::Q8_0x16: return sizeof(block_q8_0);  // x16: per row, on average
         case DType::Q4_0: case DType::Q4_0x16: return sizeof(block_q4_0);
         case DType::Q4_1: case DType::Q4_1x16: return sizeof(block_q4_1);
-        case DType::Q5_0: return sizeof(block_q5_0);
+        case DType::Q5_0: case DType::Q5_0x16: return sizeof(block_q5_0);
         case DType::Q5_1: return sizeof(block_q5_1);
         case DType::Q2_K: return sizeof(block_q2_K);
         case DType::Q3_K: return sizeof(block_q3_K);

@@ -31,22 +31,28 @@ enum class DType : int {
     BF16 = FG_BF16,
     MXFP4 = FG_MXFP4,
     // Internal layouts, never in a file (dtype_is_known rejects them): a CPU kernel set's
-    // repacking of a Q4_0 / Q4_1 / Q8_0 matrix into panels of kPanel16Rows rows (docs/design.md,
+    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 matrix into panels of kPanel16Rows rows (docs/design.md,
     // "Repacked weights"). 1000 + the file type's id.
     Q4_0x16 = 1000 + FG_Q4_0,
     Q4_1x16 = 1000 + FG_Q4_1,
+    Q5_0x16 = 1000 + FG_Q5_0,
     Q8_0x16 = 1000 + FG_Q8_0,
 };
 
 // Rows per panel of the x16 layouts. Per panel and 32-weight block b (rows r0..r0+15): the 16
-// rows' f16 scales (32 bytes; Q4_1: then the 16 rows' f16 mins, 32 more), then the quants as
-// [4-byte group][row][4]: Q8_0 group k holds quants 4k..4k+3 + 128 as unsigned bytes (8
-// groups: vpdpbusd's unsigned operand as stored), Q4_0 / Q4_1 group g the nibble bytes
-// 4g..4g+3 (low nibble: quant 4g + i, high: 16 + 4g + i; 4 groups). A panel's block is 16 file
+// rows' f16 scales (32 bytes; Q4_1: then the 16 rows' f16 mins, 32 more; Q5_0: then 8 64-bit
+// masks of the quants' bit 4, 64 more), then the quants as [4-byte group][row][4]: Q8_0 group k
+// holds quants 4k..4k+3 + 128 as unsigned bytes (8 groups: vpdpbusd's unsigned operand as
+// stored), Q4_0 / Q4_1 / Q5_0 group g the nibble bytes 4g..4g+3 (low nibble: quant 4g + i,
+// high: 16 + 4g + i; 4 groups). Q5_0's mask j (little-endian u64) has bit 4m + i set where
+// quant 4j + i of row m has bit 4 (the file's qh bit 4j + i): masks 0-3 go with the groups'
+// low nibbles, 4-7 with their high ones, one mask bit per byte of a 64-byte group. A panel's block is 16 file
 // blocks' bytes, so a panel is 16 file rows' bytes; the last panel is padded with zero bytes
 // (scale and min 0: rows computed, never stored or looked up).
 constexpr int64_t kPanel16Rows = 16;
-constexpr bool is_panel16(DType t) { return t == DType::Q4_0x16 || t == DType::Q4_1x16 || t == DType::Q8_0x16; }
+constexpr bool is_panel16(DType t) {
+    return t == DType::Q4_0x16 || t == DType::Q4_1x16 || t == DType::Q5_0x16 || t == DType::Q8_0x16;
+}
 // The file type a layout holds (t itself for file types).
 constexpr DType file_type(DType t) { return is_panel16(t) ? static_cast<DType>(static_cast<int>(t) - 1000) : t; }
 

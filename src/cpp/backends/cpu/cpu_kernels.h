@@ -81,8 +81,8 @@ struct KernelSet {
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
     uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
-    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q8_0) repacked into 16-row panels
-    // (DType::Q4_0x16 / Q4_1x16 / Q8_0x16) in every kernel (gemm_q, gemm_i8, gemm_panel), so the backend
+    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0) repacked into 16-row panels
+    // (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16) in every kernel (gemm_q, gemm_i8, gemm_panel), so the backend
     // repacks such weights at load (CpuBackend::prepare_weight). 0: the file's layout throughout.
     uint64_t panel16_types = 0;
 };
@@ -105,7 +105,13 @@ constexpr uint64_t i8_type_bit(DType t) { return uint64_t(1) << (int)t; }
 // The layout in which set k reads weights of file type t: its panel layout, or t itself.
 inline DType packed_type(const KernelSet& k, DType t) {
     if ((int)t < 0 || (int)t >= 64 || !((k.panel16_types >> (int)t) & 1)) return t;
-    return t == DType::Q4_0 ? DType::Q4_0x16 : t == DType::Q4_1 ? DType::Q4_1x16 : t == DType::Q8_0 ? DType::Q8_0x16 : t;
+    switch (t) {
+        case DType::Q4_0: return DType::Q4_0x16;
+        case DType::Q4_1: return DType::Q4_1x16;
+        case DType::Q5_0: return DType::Q5_0x16;
+        case DType::Q8_0: return DType::Q8_0x16;
+        default: return t;
+    }
 }
 // gemm_i8's repacked panel: per 32-weight block, kI8Rows x 32 quants as unsigned bytes
 // ([4-quant group][row][4]: one 512-bit vpdpbusd operand per group), kI8Rows f32 scales and

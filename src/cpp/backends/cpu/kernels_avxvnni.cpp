@@ -17,7 +17,8 @@ const KernelSet* kernels_avxvnni() {
                                   f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16,
                                   attention_group, silu_mul_row, gelu_mul_row,
                                   gemm_i8, kGemmI8Types,
-                                  i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q4_1) | i8_type_bit(DType::Q8_0)};
+                                  i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q4_1) | i8_type_bit(DType::Q5_0) |
+                                      i8_type_bit(DType::Q8_0)};
     return &set;
 }
 }  // namespace forgert::cpu

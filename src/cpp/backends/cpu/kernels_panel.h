@@ -71,7 +71,7 @@ void gemm_panel_any(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
         FG_PANEL_CASE(F32) FG_PANEL_CASE(F16) FG_PANEL_CASE(BF16) FG_PANEL_CASE(Q8_0) FG_PANEL_CASE(Q4_0)
         FG_PANEL_CASE(Q4_1) FG_PANEL_CASE(Q5_0) FG_PANEL_CASE(Q5_1) FG_PANEL_CASE(Q2_K) FG_PANEL_CASE(Q3_K) FG_PANEL_CASE(Q4_K) FG_PANEL_CASE(Q5_K) FG_PANEL_CASE(Q6_K)
         FG_PANEL_CASE(IQ4_NL) FG_PANEL_CASE(IQ4_XS) FG_PANEL_CASE(MXFP4) FG_PANEL_CASE(Q4_0x16) FG_PANEL_CASE(Q4_1x16)
-        FG_PANEL_CASE(Q8_0x16)
+        FG_PANEL_CASE(Q5_0x16) FG_PANEL_CASE(Q8_0x16)
 #undef FG_PANEL_CASE
         default: throw std::logic_error("gemm_panel: unsupported weight type");
     }

@@ -1,4 +1,4 @@
-// The x16 panel layouts of Q4_0 / Q4_1 / Q8_0 weights (core/tensor.h states the layout): packing from
+// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 weights (core/tensor.h states the layout): packing from
 // the file's rows, and reading one row back. Portable code, shared by every kernel set and
 // the backend (load-time repack, get_rows of packed tied embeddings, the f32 prefill panels).
 #pragma once
@@ -15,16 +15,25 @@ namespace forgert::cpu {
 // "0" keep the file's layout (cpu_weight_prep.cpp).
 bool repack_from_env();
 
-// Bytes of one panel's 32-weight block: 16 f16 scales (Q4_1: and 16 f16 mins), then 16 rows' quants.
+// Bytes of one panel's 32-weight block: 16 f16 scales (Q4_1: and 16 f16 mins; Q5_0: and 8 masks
+// of bit 4), then 16 rows' quants: 16 file blocks' bytes.
 constexpr int64_t panel16_block_bytes(DType t) {
-    const DType ft = file_type(t);
-    return kPanel16Rows * (int64_t)(ft == DType::Q8_0 ? sizeof(block_q8_0) : ft == DType::Q4_1 ? sizeof(block_q4_1)
-                                                                                                 : sizeof(block_q4_0));
+    switch (file_type(t)) {
+        case DType::Q8_0: return kPanel16Rows * (int64_t)sizeof(block_q8_0);
+        case DType::Q4_1: return kPanel16Rows * (int64_t)sizeof(block_q4_1);
+        case DType::Q5_0: return kPanel16Rows * (int64_t)sizeof(block_q5_0);
+        default: return kPanel16Rows * (int64_t)sizeof(block_q4_0);
+    }
 }
 constexpr int64_t kPanel16ScaleBytes = kPanel16Rows * 2;
-// Offset of a panel block's quants: past the scales (Q4_1: and the mins, which follow the scales).
+// Q5_0x16: the 8 masks of the quants' bit 4 follow the scales (core/tensor.h).
+constexpr int64_t kPanel16Q5MaskBytes = 8 * 8;
+// Offset of a panel block's quants: past the scales (Q4_1: and the mins, which follow the
+// scales; Q5_0: and the bit-4 masks).
 constexpr int64_t panel16_quants_offset(DType t) {
-    return file_type(t) == DType::Q4_1 ? 2 * kPanel16ScaleBytes : kPanel16ScaleBytes;
+    return file_type(t) == DType::Q4_1   ? 2 * kPanel16ScaleBytes
+           : file_type(t) == DType::Q5_0 ? kPanel16ScaleBytes + kPanel16Q5MaskBytes
+                                         : kPanel16ScaleBytes;
 }
 
 // Panels [p0, p1) of a matrix of `rows` rows (file type ft, rows src_stride bytes apart) into
@@ -32,18 +41,24 @@ constexpr int64_t panel16_quants_offset(DType t) {
 inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
                           int64_t p1, uint8_t* dst) {
     const int64_t nb = cols / FG_QK, bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
-    const int qbytes = ft == DType::Q8_0 ? FG_QK : FG_QK / 2;  // quant bytes per row and block
-    const int head = ft == DType::Q4_1 ? 4 : 2;                // the file block's d (Q4_1: d, m) before its quants
+    const int qbytes = ft == DType::Q8_0 ? FG_QK : FG_QK / 2;                     // quant bytes per row and block
+    const int head = ft == DType::Q4_1 ? 4 : ft == DType::Q5_0 ? 6 : 2;  // the file block's d (Q4_1: d, m; Q5_0: d, qh)
     const int64_t qoff = panel16_quants_offset(ft);
     for (int64_t p = p0; p < p1; p++) {
         uint8_t* panel = dst + p * kPanel16Rows * (size_t)(nb * bb);
         for (int64_t b = 0; b < nb; b++) {
             uint8_t* pb = panel + b * pbb;
             std::memset(pb, 0, pbb);
+            uint64_t masks[8] = {};  // Q5_0: bit 4m + i of mask j = qh bit 4j + i of row m
             for (int64_t m = 0; m < kPanel16Rows && p * kPanel16Rows + m < rows; m++) {
                 const uint8_t* blk = src + (p * kPanel16Rows + m) * src_stride + b * bb;
-                std::memcpy(pb + 2 * m, blk, 2);                                              // d
+                std::memcpy(pb + 2 * m, blk, 2);                                                  // d
                 if (ft == DType::Q4_1) std::memcpy(pb + kPanel16ScaleBytes + 2 * m, blk + 2, 2);  // m
+                if (ft == DType::Q5_0) {
+                    uint32_t qh;
+                    std::memcpy(&qh, blk + 2, 4);
+                    for (int j = 0; j < 8; j++) masks[j] |= (uint64_t)((qh >> (4 * j)) & 0xf) << (4 * m);
+                }
                 for (int g = 0; g < qbytes / 4; g++) {
                     uint8_t* q = pb + qoff + (g * kPanel16Rows + m) * 4;
                     std::memcpy(q, blk + head + 4 * g, 4);
@@ -51,12 +66,22 @@ inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64
                         for (int i = 0; i < 4; i++) q[i] ^= 0x80;  // q + 128: unsigned
                 }
             }
+            if (ft == DType::Q5_0)
+                for (int j = 0; j < 8; j++)
+                    for (int i = 0; i < 8; i++) pb[kPanel16ScaleBytes + 8 * j + i] = (uint8_t)(masks[j] >> (8 * i));
         }
     }
 }
 
+// Q5_0x16: bit 4 of quant e (0..31) of row m in a panel block (0 or 1).
+inline int panel16_q5_bit(const uint8_t* pb, int64_t m, int e) {
+    const uint8_t* mask = pb + kPanel16ScaleBytes + 8 * (e / 4);  // mask e / 4, bit 4m + e % 4
+    const int64_t bit = 4 * m + e % 4;
+    return (mask[bit / 8] >> (bit % 8)) & 1;
+}
+
 // Row `row` of a packed matrix (base: its first byte, stride: a file row's bytes) as f32, as
-// the file's dequantization gives it (Q4_0: d * (q - 8); Q4_1: d * q + m; Q8_0: d * q).  y [cols]
+// the file's dequantization gives it (Q4_0: d * (q - 8); Q4_1: d * q + m; Q5_0: d * (q - 16); Q8_0: d * q).  y [cols]
 inline void dequantize_panel16_row(DType t, const uint8_t* base, size_t stride, int64_t row, float* y, int64_t cols) {
     const DType ft = file_type(t);
     const int64_t nb = cols / FG_QK, pbb = panel16_block_bytes(t), m = row % kPanel16Rows;
@@ -70,6 +95,12 @@ inline void dequantize_panel16_row(DType t, const uint8_t* base, size_t stride, 
         float* yb = y + b * FG_QK;
         if (ft == DType::Q8_0) {
             for (int i = 0; i < FG_QK; i++) yb[i] = d * (float)((int)q[(i / 4 * kPanel16Rows + m) * 4 + i % 4] - 128);
+        } else if (ft == DType::Q5_0) {
+            for (int j = 0; j < FG_QK / 2; j++) {  // as the file's dequantization: d (q - 16)
+                const uint8_t v = q[(j / 4 * kPanel16Rows + m) * 4 + j % 4];
+                yb[j] = d * (float)((int)((v & 0x0f) | panel16_q5_bit(pb, m, j) << 4) - 16);
+                yb[j + FG_QK / 2] = d * (float)((int)((v >> 4) | panel16_q5_bit(pb, m, j + 16) << 4) - 16);
+            }
         } else {
             float mw = -8.0f * d;  // as the file's dequantization: d q + m
             if (ft == DType::Q4_1) {
