@@ -89,8 +89,8 @@ def tiny_gguf(tiny_models, name: str, qtype: str):
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, name, qtype, prefill):
     """llama_tied's token_embd is Q4_0 / Q4_1 / Q5_0 / Q8_0 and also the output matrix: get_rows
-    and the logits matmul read the one packed copy. prefill f32: the f32 panel GEMM reads the
-    panels too (Q5_0's prefill takes it either way: the int8 GEMM has no Q5_0)."""
+    and the logits matmul read the one packed copy. The prompt runs the int8 GEMM (every type
+    here) over the panels; prefill f32: the f32 panel GEMM reads them."""
     path = tiny_gguf(tiny_models, name, qtype)
     packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
     file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
@@ -115,24 +115,26 @@ def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
         assert np.array_equal(got, ref.astype(np.float32)), t
 
 
-def quantized_smollm2(smollm2_gguf, root, qtype):
+def quantized_smollm2(smollm2_gguf, root, qtype, pure=True):
     from forgert.cli import main
     out = root / f"SmolLM2-135M-Instruct.{qtype}.gguf"
     if not out.exists():
-        assert main(["quantize", str(smollm2_gguf), str(out), "--type", qtype.lower(), "--pure"]) == 0
+        assert main(["quantize", str(smollm2_gguf), str(out), "--type", qtype.lower()] + ["--pure"] * pure) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def smollm2_pure(smollm2_gguf, tmp_path_factory):
-    """The default model (Q4_1) converted to pure Q4_0 and Q8_0."""
+    """The default model (Q4_1) converted to pure Q4_0 and Q8_0, and to llama.cpp's Q4_K_M mix
+    (its 576-column matrices fall back to Q5_0, repacked; ffn_down Q4_K / Q6_K, not)."""
     root = tmp_path_factory.mktemp("smollm2_pure")
-    return {t: quantized_smollm2(smollm2_gguf, root, t) for t in ("Q4_0", "Q8_0")}
+    return {**{t: quantized_smollm2(smollm2_gguf, root, t) for t in ("Q4_0", "Q8_0")},
+            "Q4_K_M": quantized_smollm2(smollm2_gguf, root, "Q4_K_M", pure=False)}
 
 
 @needs_repack
 @pytest.mark.slow
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K_M"])
 def test_repacked_smollm2_gives_the_files_bits(forgert, smollm2_pure, monkeypatch, qtype):
     packed, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "1")
     file, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "0")
@@ -167,14 +169,15 @@ print(json.dumps({"before_kb": before, "peak_kb": status_kb("VmHWM"), "now_kb": 
 
 @needs_repack
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["Q8_0", "default Q4_1"])
+@pytest.mark.parametrize("model", ["Q8_0", "Q4_K_M", "default Q4_1"])
 def test_peak_rss_stays_within_file_kv_and_64mb(request, smollm2_gguf, model):
     """Issue 9's memory rule: peak RSS <= model file + KV cache + 64 MB, over the process's RSS
     before the load (the interpreter, NumPy, forgert). Without releasing each repacked tensor's
     file pages the file's ~150 MB (Q8_0) would stay resident beside the copy. The peak is the
-    process's, so it also bounds anything that was resident before the load. The default model
-    (Q4_1, repacked too) as shipped."""
-    path = request.getfixturevalue("smollm2_pure")["Q8_0"] if model == "Q8_0" else smollm2_gguf
+    process's, so it also bounds anything that was resident before the load. Q4_K_M: its Q5_0
+    matrices repacked, the K-quants read in place. The default model (Q4_1, repacked too) as
+    shipped."""
+    path = smollm2_gguf if model == "default Q4_1" else request.getfixturevalue("smollm2_pure")[model]
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=600,
                          env=subprocess_env())
     assert out.returncode == 0, out.stderr

@@ -138,7 +138,7 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
             for (int i = 0; i < n * nb; i++)
                 for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
             std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
                 if (!gemm_i8_takes(*k, t) || cols % dtype_block_elems(t)) continue;
                 auto w = random_weights(t, rows, cols);
                 const int64_t rb = row_bytes(t, cols);

@@ -167,7 +167,7 @@ void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* 
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
-// A converted panel (i8_repack_any_512) with signed quants for TDPBSSD: Q8_0's and Q4_0's
+// A converted panel (i8_repack_any_512) with signed quants for TDPBSSD: Q8_0's, Q4_0's and Q5_0's
 // offsets taken out (K-quants' 0..31 and Q6_K's signed quants serve as they are); sign = -1
 // puts them back (the VNNI tiles' unsigned panel).
 template <DType WT>
@@ -272,6 +272,10 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
         run(DTypeTag<DType::Q4_0x16>{});
     else if (wt == DType::Q4_1x16)
         run(DTypeTag<DType::Q4_1x16>{});
+    else if (wt == DType::Q5_0)
+        run(DTypeTag<DType::Q5_0>{});
+    else if (wt == DType::Q5_0x16)
+        run(DTypeTag<DType::Q5_0x16>{});
     else if (wt == DType::Q8_0x16)
         run(DTypeTag<DType::Q8_0x16>{});
     else {

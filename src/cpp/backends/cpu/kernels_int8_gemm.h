@@ -21,9 +21,19 @@ constexpr bool i8_has_min(DType wt) { return i8_is_kquant(wt) || wt == DType::Q4
 // integer dot is taken per half, and each half scaled by its own factor.
 constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K; }
 
-// Quant i of one Q8_0 / Q4_0 block as a signed integer (Q4_0: nibble - 8).
+// Q5_0's quant i as stored: the nibble plus bit i of qh as bit 4 (0..31).
+inline int i8_q5_0_u(const uint8_t* blk, int i) {
+    const auto* q = reinterpret_cast<const block_q5_0*>(blk);
+    uint32_t qh;
+    std::memcpy(&qh, q->qh, 4);
+    return (i < 16 ? q->qs[i] & 15 : q->qs[i - 16] >> 4) | (int)((qh >> i) & 1) << 4;
+}
+
+// Quant i of one Q8_0 / Q4_0 / Q5_0 block as a signed integer (Q4_0: nibble - 8; Q5_0: its
+// 5-bit quant - 16).
 inline int i8_quant(DType wt, const uint8_t* blk, int i) {
     if (wt == DType::Q8_0) return reinterpret_cast<const block_q8_0*>(blk)->qs[i];
+    if (wt == DType::Q5_0) return i8_q5_0_u(blk, i) - 16;
     const uint8_t b = reinterpret_cast<const block_q4_0*>(blk)->qs[i % 16];
     return (i < 16 ? b & 15 : b >> 4) - 8;
 }
@@ -35,7 +45,7 @@ inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
 }
 
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
-// 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0). K-quant blocks are the
+// 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0). K-quant blocks are the
 // sub-blocks of a 256-weight super-block: the caller passes b, this decodes super-block b / 8.
 struct I8RowBlocks {
     DType wt;
@@ -46,7 +56,8 @@ struct I8RowBlocks {
     float d = 0, dmin = 0;
 
     // The same quants + i8_offset(wt) as bytes (the panel's form), without per-quant arithmetic
-    // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants.
+    // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants (Q5_0:
+    // its 5-bit quants).
     void block_u8(int64_t b, uint8_t* qo, float& scale, float& min) {
         if (i8_is_kquant(wt) || i8_is_halves(wt)) {  // Q6_K: signed quants as their bytes
             scale_min(b, scale, min);
@@ -57,6 +68,8 @@ struct I8RowBlocks {
         scale = i8_block_scale(blk), min = wt == DType::Q4_1 ? i8_block_scale(blk + 2) : 0.0f;
         if (wt == DType::Q8_0) {
             for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)(blk[2 + i] ^ 0x80);  // q + 128
+        } else if (wt == DType::Q5_0) {
+            for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)i8_q5_0_u(blk, i);  // q + 16
         } else {
             const uint8_t* qs = blk + (wt == DType::Q4_1 ? 4 : 2);  // Q4_1: d, m, then the nibbles
             for (int i = 0; i < 16; i++) qo[i] = qs[i] & 15, qo[i + 16] = qs[i] >> 4;
@@ -115,7 +128,7 @@ inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? 
 void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* /*work*/) {
-    if (wt != DType::Q8_0 && wt != DType::Q4_0 && !i8_has_min(wt) && !i8_is_halves(wt))
+    if (wt != DType::Q8_0 && wt != DType::Q4_0 && wt != DType::Q5_0 && !i8_has_min(wt) && !i8_is_halves(wt))
         throw std::logic_error("gemm_i8: unsupported weight type");
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t t = 0; t < n_tok; t++) {
@@ -154,7 +167,9 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
 // Rows [r, r + nr) of w (nr <= kI8Rows; missing rows repeat row r) into one panel
 // (layout: kI8PanelBlockBytes per block, see cpu_kernels.h). Quants are stored unsigned,
 // q + o with o = i8_offset(wt); the kernels subtract o * sum(x) through xs.
-constexpr int i8_offset(DType wt) { return wt == DType::Q8_0 ? 128 : wt == DType::Q4_0 ? 8 : 0; }
+constexpr int i8_offset(DType wt) {
+    return wt == DType::Q8_0 ? 128 : wt == DType::Q4_0 ? 8 : wt == DType::Q5_0 ? 16 : 0;
+}
 
 void i8_repack_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
     for (int i = 0; i < kI8Rows; i++) {

@@ -73,11 +73,16 @@ inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64
     }
 }
 
-// Q5_0x16: bit 4 of quant e (0..31) of row m in a panel block (0 or 1).
-inline int panel16_q5_bit(const uint8_t* pb, int64_t m, int e) {
-    const uint8_t* mask = pb + kPanel16ScaleBytes + 8 * (e / 4);  // mask e / 4, bit 4m + e % 4
-    const int64_t bit = 4 * m + e % 4;
-    return (mask[bit / 8] >> (bit % 8)) & 1;
+// Q5_0x16: row m's qh (the file's: bit e is quant e's bit 4) from a panel block's 8 masks
+// (mask j's bits 4m..4m+3 are qh's bits 4j..4j+3).
+inline uint32_t panel16_q5_qh(const uint8_t* pb, int64_t m) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 8; j++) {
+        uint64_t mask;
+        std::memcpy(&mask, pb + kPanel16ScaleBytes + 8 * j, 8);
+        qh |= (uint32_t)((mask >> (4 * m)) & 0xf) << (4 * j);
+    }
+    return qh;
 }
 
 // Row `row` of a packed matrix (base: its first byte, stride: a file row's bytes) as f32, as
@@ -96,10 +101,11 @@ inline void dequantize_panel16_row(DType t, const uint8_t* base, size_t stride, 
         if (ft == DType::Q8_0) {
             for (int i = 0; i < FG_QK; i++) yb[i] = d * (float)((int)q[(i / 4 * kPanel16Rows + m) * 4 + i % 4] - 128);
         } else if (ft == DType::Q5_0) {
+            const uint32_t qh = panel16_q5_qh(pb, m);
             for (int j = 0; j < FG_QK / 2; j++) {  // as the file's dequantization: d (q - 16)
                 const uint8_t v = q[(j / 4 * kPanel16Rows + m) * 4 + j % 4];
-                yb[j] = d * (float)((int)((v & 0x0f) | panel16_q5_bit(pb, m, j) << 4) - 16);
-                yb[j + FG_QK / 2] = d * (float)((int)((v >> 4) | panel16_q5_bit(pb, m, j + 16) << 4) - 16);
+                yb[j] = d * (float)((int)((v & 0x0f) | ((qh >> j) & 1) << 4) - 16);
+                yb[j + FG_QK / 2] = d * (float)((int)((v >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16);
             }
         } else {
             float mw = -8.0f * d;  // as the file's dequantization: d q + m
