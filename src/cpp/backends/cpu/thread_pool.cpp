@@ -50,9 +50,7 @@ const char* work_split_name(WorkSplit s) { return s == WorkSplit::Static ? "stat
 ThreadPool::ThreadPool(int n_threads, WorkSplit split) : split_(split) {
     if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     n_threads_ = n_threads;
-    claimed_.reset(new std::atomic<uint64_t>[n_threads_]);
-    finished_.reset(new std::atomic<uint64_t>[n_threads_]);
-    for (int i = 0; i < n_threads_; i++) claimed_[i] = finished_[i] = 0;
+    shares_.reset(new Share[n_threads_]);
     for (int i = 1; i < n_threads_; i++) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -60,7 +58,7 @@ ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lock(mu_);
         stop_.store(true);
-        epoch_.fetch_add(1);
+        job_.epoch.fetch_add(1);
     }
     cv_.notify_all();
     for (auto& t : threads_) t.join();
@@ -80,48 +78,60 @@ void ThreadPool::reset_stats() {
 }
 
 bool ThreadPool::claim(int i, uint64_t e) {
-    uint64_t old = claimed_[i].load(std::memory_order_acquire);
-    return old < e && claimed_[i].compare_exchange_strong(old, e, std::memory_order_acq_rel);
+    uint64_t old = shares_[i].claimed.load(std::memory_order_acquire);
+    return old < e && shares_[i].claimed.compare_exchange_strong(old, e, std::memory_order_acq_rel);
+}
+
+int64_t ThreadPool::claim_unit(int& from) {
+    for (int k = 0; k < n_threads_; k++) {
+        Share& s = shares_[from];
+        // Load first: a taken range is skipped without writing to its owner's line.
+        if (s.next_unit.load(std::memory_order_relaxed) < s.end_unit) {
+            const int64_t u = s.next_unit.fetch_add(1, std::memory_order_relaxed);
+            if (u < s.end_unit) return u;
+        }
+        from = from + 1 == n_threads_ ? 0 : from + 1;
+    }
+    return -1;
 }
 
 void ThreadPool::run_share(int ith, uint64_t e) {
     const ThreadPool* outer_pool = tl_pool;
     const int outer_ith = tl_ith;
     tl_pool = this, tl_ith = ith;
-    const int64_t t0 = job_profiled_ ? now_ns() : 0;
+    const bool profiled = job_.profiled;
+    const int64_t t0 = profiled ? now_ns() : 0;
     try {
-        (*job_)(ith, n_threads_);
+        job_.fn(job_.ctx, ith, n_threads_);
     } catch (...) {
         std::lock_guard<std::mutex> lock(error_mu_);
         if (!error_) error_ = std::current_exception();
         has_error_.store(true, std::memory_order_relaxed);
     }
-    if (job_profiled_) job_busy_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    if (profiled) job_busy_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     tl_pool = outer_pool, tl_ith = outer_ith;
-    finished_[ith].store(e, std::memory_order_release);  // publishes the busy time and any error
+    shares_[ith].finished.store(e, std::memory_order_release);  // publishes the busy time and any error
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
-    if (n_threads_ == 1) {
-        fn(0, 1);
-        return;
-    }
-    if (nested()) {  // this thread holds a share of the running job: the workers are busy with it
-        for (int i = 0; i < n_threads_; i++) fn(i, n_threads_);
-        return;
-    }
+void ThreadPool::run_job(JobFn fn, void* ctx, int64_t units) {
     std::lock_guard<std::mutex> one_job(run_mu_);
-    job_ = &fn;
-    job_profiled_ = profiling();
-    job_busy_ns_.store(0, std::memory_order_relaxed);
-    const int64_t t0 = job_profiled_ ? now_ns() : 0;
-    uint64_t e;
-    {
-        // Publishing under the lock pairs with the sleepers' predicate check.
-        std::lock_guard<std::mutex> lock(mu_);
-        e = epoch_.fetch_add(1, std::memory_order_acq_rel) + 1;
+    job_.fn = fn;
+    job_.ctx = ctx;
+    job_.profiled = profiling();
+    for (int i = 0; units > 0 && i < n_threads_; i++) {
+        shares_[i].next_unit.store(units * i / n_threads_, std::memory_order_relaxed);
+        shares_[i].end_unit = units * (i + 1) / n_threads_;
     }
-    if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
+    if (job_.profiled) job_busy_ns_.store(0, std::memory_order_relaxed);
+    const int64_t t0 = job_.profiled ? now_ns() : 0;
+    // Publish (releasing the job and the unit ranges), then wake any sleeper. Both this store and
+    // the sleepers' count are sequentially consistent: either we see a worker's increment and
+    // notify it, or its predicate check (after the increment) sees the new epoch.
+    const uint64_t e = job_.epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+        { std::lock_guard<std::mutex> lock(mu_); }  // a sleeper between its check and its wait holds mu_
+        cv_.notify_all();
+    }
     // Our own share first, then every share that no worker has claimed yet.
     for (int i = 0; i < n_threads_; i++) {
         const int share = i == 0 ? 0 : n_threads_ - i;  // workers start from their own index
@@ -129,13 +139,12 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     }
     // Shares claimed by workers: wait for them, yielding if a worker was preempted.
     for (int i = 0; i < n_threads_; i++) {
-        for (int spin = 0; finished_[i].load(std::memory_order_acquire) != e; spin++) {
+        for (int spin = 0; shares_[i].finished.load(std::memory_order_acquire) != e; spin++) {
             if (spin < kJoinSpinRounds) FG_CPU_RELAX();
             else std::this_thread::yield();
         }
     }
-    job_ = nullptr;
-    if (job_profiled_) {
+    if (job_.profiled) {
         const double wall = (now_ns() - t0) * 1e-9;
         std::lock_guard<std::mutex> lock(stats_mu_);
         stats_.regions++;
@@ -157,21 +166,21 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 void ThreadPool::worker(int ith) {
     uint64_t seen = 0;
     for (;;) {
-        uint64_t e = epoch_.load(std::memory_order_acquire);
+        uint64_t e = job_.epoch.load(std::memory_order_acquire);
         for (int spin = 0; e == seen && spin < kSpinRounds; spin++) {
             FG_CPU_RELAX();
-            e = epoch_.load(std::memory_order_acquire);
+            e = job_.epoch.load(std::memory_order_acquire);
         }
         if (e == seen) {
             std::unique_lock<std::mutex> lock(mu_);
-            sleepers_.fetch_add(1);
-            cv_.wait(lock, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
-            sleepers_.fetch_sub(1);
-            e = epoch_.load(std::memory_order_acquire);
+            sleepers_.fetch_add(1, std::memory_order_seq_cst);
+            cv_.wait(lock, [&] { return job_.epoch.load(std::memory_order_seq_cst) != seen; });
+            sleepers_.fetch_sub(1, std::memory_order_relaxed);
+            e = job_.epoch.load(std::memory_order_acquire);
         }
         seen = e;
         if (stop_.load()) return;
-        // job_ is stable while share ith of epoch e is claimed and unfinished: run()
+        // The job is stable while share ith of epoch e is claimed and unfinished: run_job()
         // cannot return before it is finished.
         if (claim(ith, e)) run_share(ith, e);
     }
