@@ -17,11 +17,17 @@
 namespace forgert::cpu {
 
 namespace {
-// Spin this many rounds waiting for work before sleeping on the condition variable:
-// long enough to bridge the gap between consecutive ops of one forward pass.
-constexpr int kSpinRounds = 1 << 16;
-// Rounds the caller spins for stragglers before yielding its core.
-constexpr int kJoinSpinRounds = 1 << 12;
+// How long a worker spins waiting for the next region before sleeping, and the caller for a
+// share a worker is running before sleeping until it finishes. Long enough to bridge the serial
+// work between two regions of a decode step (a norm, RoPE: a few us), short enough that a
+// thread whose core is wanted elsewhere gives it up: a VM's vCPUs may share host cores, and a
+// spinning vCPU then takes time from the one doing the work (on the 2-vCPU VM, busy with
+// other work, a worker spinning 2.6 ms made a SmolLM2 decode token take ~24 ms at 2 threads,
+// ~14-18 ms with 10-20 us spins; 1 thread: ~9-12 ms).
+constexpr int64_t kSpinNs = 30000;
+constexpr int64_t kJoinSpinNs = 30000;
+// Pause rounds between clock reads while spinning.
+constexpr int kRoundsPerClockRead = 16;
 
 // The pool whose share this thread is running, and which share: a region forked from
 // inside one runs inline instead of waiting on the pool it occupies.
@@ -110,7 +116,11 @@ void ThreadPool::run_share(int ith, uint64_t e) {
     }
     if (profiled) job_busy_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     tl_pool = outer_pool, tl_ith = outer_ith;
-    shares_[ith].finished.store(e, std::memory_order_release);  // publishes the busy time and any error
+    shares_[ith].finished.store(e, std::memory_order_seq_cst);  // publishes the busy time and any error
+    if (joiner_sleeps_.load(std::memory_order_seq_cst)) {
+        { std::lock_guard<std::mutex> lock(mu_); }  // the caller between its check and its wait holds mu_
+        join_cv_.notify_all();
+    }
 }
 
 void ThreadPool::run_job(JobFn fn, void* ctx, int64_t units) {
@@ -137,11 +147,21 @@ void ThreadPool::run_job(JobFn fn, void* ctx, int64_t units) {
         const int share = i == 0 ? 0 : n_threads_ - i;  // workers start from their own index
         if (claim(share, e)) run_share(share, e);
     }
-    // Shares claimed by workers: wait for them, yielding if a worker was preempted.
+    // Shares claimed by workers: wait for them, sleeping if one takes long (a preempted worker).
+    int64_t spin_until = 0;
     for (int i = 0; i < n_threads_; i++) {
-        for (int spin = 0; shares_[i].finished.load(std::memory_order_acquire) != e; spin++) {
-            if (spin < kJoinSpinRounds) FG_CPU_RELAX();
-            else std::this_thread::yield();
+        for (int spin = 1; shares_[i].finished.load(std::memory_order_acquire) != e; spin++) {
+            FG_CPU_RELAX();
+            if (spin % kRoundsPerClockRead) continue;
+            const int64_t now = now_ns();
+            if (!spin_until) spin_until = now + kJoinSpinNs;
+            if (now < spin_until) continue;
+            // As the workers' sleep: our flag and their `finished` are both sequentially
+            // consistent, so either the worker sees the flag and notifies, or we see `finished`.
+            std::unique_lock<std::mutex> lock(mu_);
+            joiner_sleeps_.store(true, std::memory_order_seq_cst);
+            join_cv_.wait(lock, [&] { return shares_[i].finished.load(std::memory_order_seq_cst) == e; });
+            joiner_sleeps_.store(false, std::memory_order_relaxed);
         }
     }
     if (job_.profiled) {
@@ -167,9 +187,11 @@ void ThreadPool::worker(int ith) {
     uint64_t seen = 0;
     for (;;) {
         uint64_t e = job_.epoch.load(std::memory_order_acquire);
-        for (int spin = 0; e == seen && spin < kSpinRounds; spin++) {
+        const int64_t spin_until = e == seen ? now_ns() + kSpinNs : 0;
+        for (int spin = 1; e == seen; spin++) {
             FG_CPU_RELAX();
             e = job_.epoch.load(std::memory_order_acquire);
+            if (spin % kRoundsPerClockRead == 0 && now_ns() >= spin_until) break;
         }
         if (e == seen) {
             std::unique_lock<std::mutex> lock(mu_);

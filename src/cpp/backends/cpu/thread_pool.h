@@ -170,9 +170,11 @@ private:
     std::unique_ptr<Share[]> shares_;
     std::atomic<bool> stop_{false};
     std::mutex run_mu_;  // one run() at a time
-    std::mutex mu_;      // the sleepers' condition variable
-    std::condition_variable cv_;
+    std::mutex mu_;      // the sleepers' condition variables
+    std::condition_variable cv_;       // workers waiting for a region
     std::atomic<int> sleepers_{0};
+    std::condition_variable join_cv_;  // the caller waiting for a worker's share
+    std::atomic<bool> joiner_sleeps_{false};
 
     // The current job's first exception (error_mu_ guards it; has_error_ makes the check cheap).
     std::mutex error_mu_;
