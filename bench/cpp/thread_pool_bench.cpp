@@ -6,6 +6,12 @@
 //   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target thread_pool_bench
 //   build/bench/thread_pool_bench [threads (default 2)] [rounds (default 15)]
 //
+// First it checks what the machine gives: one dependent multiply chain per thread, each thread
+// pinned to its own CPU, on CPU 0 alone and on CPUs 0..N-1 at once. N real cores (or SMT
+// siblings: a dependent chain leaves a core's units idle) run N chains in the time of one; a
+// VM whose vCPUs share host time, or a machine busy with other work, does not, and then no
+// N-thread figure below can beat the 1-thread one by more than that ratio.
+//
 // GEMVs run "hot" (one matrix, called again and again: it stays in L2/L3) and "cold" (the
 // call walks 96 copies, more than the last-level cache holds, as a decode token walks its
 // layers' weights). Each line gives the median and the minimum over the rounds of the
@@ -19,7 +25,13 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/thread_pool.h"
@@ -75,6 +87,24 @@ void spin_work(int n) {
     sink = x;
 }
 
+// Chain steps per ns summed over `cpus` threads, each pinned to one of them (Linux).
+double chain_rate(int cpus, int64_t steps) {
+    std::vector<std::thread> th;
+    const auto a = Clock::now();
+    for (int c = 0; c < cpus; c++)
+        th.emplace_back([c, steps] {
+#if defined(__linux__)
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(c, &set);
+            pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+#endif
+            spin_work((int)steps);
+        });
+    for (auto& t : th) t.join();
+    return (double)steps * cpus / seconds_since(a) / 1e9;
+}
+
 // One variant: a name, the threads it runs at, and a call to time (calls_per_round times a round).
 struct Variant {
     std::string name;
@@ -92,6 +122,14 @@ int main(int argc, char** argv) {
     if (nt < 2 || rounds < 1) {
         std::fprintf(stderr, "usage: thread_pool_bench [threads >= 2] [rounds >= 1]\n");
         return 2;
+    }
+    {
+        std::vector<double> one, all;
+        for (int r = 0; r < 5; r++) one.push_back(chain_rate(1, 200000000)), all.push_back(chain_rate(nt, 200000000));
+        std::sort(one.begin(), one.end());
+        std::sort(all.begin(), all.end());
+        std::printf("machine: a dependent chain on CPU 0: %.3f steps/ns; on CPUs 0..%d at once: %.3f steps/ns (%.2fx; "
+                    "%d real cores: %dx)\n", one[2], nt - 1, all[2], all[2] / one[2], nt, nt);
     }
     cpu::CpuBackend be1(1), ben(nt);
     cpu::CpuBackend* bes[2] = {&be1, &ben};
