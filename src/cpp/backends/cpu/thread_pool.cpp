@@ -143,18 +143,21 @@ void ThreadPool::run_job(JobFn fn, void* ctx, int64_t units) {
         cv_.notify_all();
     }
     // Our own share first, then every share that no worker has claimed yet.
+    const int64_t work_start = now_ns();
     for (int i = 0; i < n_threads_; i++) {
         const int share = i == 0 ? 0 : n_threads_ - i;  // workers start from their own index
         if (claim(share, e)) run_share(share, e);
     }
-    // Shares claimed by workers: wait for them, sleeping if one takes long (a preempted worker).
+    // Shares claimed by workers: wait for them, sleeping if one takes long (a preempted worker):
+    // longer than kJoinSpinNs and than our own shares took (a long region's shares end unevenly
+    // by more than a short one's; waking from a sleep costs microseconds, more on a VM).
     int64_t spin_until = 0;
     for (int i = 0; i < n_threads_; i++) {
         for (int spin = 1; shares_[i].finished.load(std::memory_order_acquire) != e; spin++) {
             FG_CPU_RELAX();
             if (spin % kRoundsPerClockRead) continue;
             const int64_t now = now_ns();
-            if (!spin_until) spin_until = now + kJoinSpinNs;
+            if (!spin_until) spin_until = now + std::max(kJoinSpinNs, now - work_start);
             if (now < spin_until) continue;
             // As the workers' sleep: our flag and their `finished` are both sequentially
             // consistent, so either the worker sees the flag and notifies, or we see `finished`.
