@@ -15,7 +15,8 @@
 // GEMVs run "hot" (one matrix, called again and again: it stays in L2/L3) and "cold" (the
 // call walks 96 copies, more than the last-level cache holds, as a decode token walks its
 // layers' weights). Each line gives the median and the minimum over the rounds of the
-// per-call time, and at N threads the 1-thread median over the N-thread median.
+// per-call time, the GEMVs' weight GB/s at the median (beside the machine's read bandwidth at
+// 1 and N threads), and at N threads the 1-thread median over the N-thread median.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -34,6 +35,7 @@
 #endif
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/read_bandwidth.h"
 #include "backends/cpu/thread_pool.h"
 #include "core/quant_blocks.h"
 
@@ -112,6 +114,7 @@ struct Variant {
     int calls_per_round;
     std::function<void()> call;
     Stat stat;
+    double bytes = 0;  // weight bytes one call reads (GEMVs), for GB/s
 };
 
 }  // namespace
@@ -185,7 +188,8 @@ int main(int argc, char** argv) {
                     };
                     const std::string name = std::string(dtype_name(type)) + " " + s.what + (cold ? " cold" : " hot");
                     const int calls = cold ? 3 : (copies == 1 && s.rows > 10000 ? 20 : 300);
-                    vs.push_back({name, be->n_threads(), calls, call, {}});
+                    double bytes = (double)(*ws)[0].nbytes() * (s.glu ? 2 : 1);
+                    vs.push_back({name, be->n_threads(), calls, call, {}, bytes * n});
                 }
             }
         }
@@ -200,17 +204,19 @@ int main(int argc, char** argv) {
             v.stat.per_call_s.push_back(seconds_since(a) / v.calls_per_round);
         }
     }
-    std::printf("%-32s %7s %12s %12s %8s\n", "what", "threads", "median_us", "min_us", "1t/Nt");
+    std::printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s\n", cpu::measure_read_bandwidth_gbs(1),
+                nt, cpu::measure_read_bandwidth_gbs(nt));
+    std::printf("%-32s %7s %12s %12s %8s %8s\n", "what", "threads", "median_us", "min_us", "GB/s", "1t/Nt");
     double one_thread_median = 0;
     for (Variant& v : vs) {
         const double med = v.stat.median(), mn = v.stat.min();
         if (v.threads == 1) one_thread_median = med;
         const double per = v.name.find("cold") != std::string::npos ? 1.0 / kCold : 1.0;
-        if (v.threads == 1)
-            std::printf("%-32s %7d %12.2f %12.2f\n", v.name.c_str(), v.threads, med * 1e6 * per, mn * 1e6 * per);
-        else
-            std::printf("%-32s %7d %12.2f %12.2f %7.2fx\n", v.name.c_str(), v.threads, med * 1e6 * per, mn * 1e6 * per,
-                        one_thread_median / med);
+        char gbs[16] = "";
+        if (v.bytes > 0) std::snprintf(gbs, sizeof gbs, "%.1f", v.bytes / med / 1e9);
+        std::printf("%-32s %7d %12.2f %12.2f %8s", v.name.c_str(), v.threads, med * 1e6 * per, mn * 1e6 * per, gbs);
+        if (v.threads == 1) std::printf("\n");
+        else std::printf(" %7.2fx\n", one_thread_median / med);
     }
     return 0;
 }
