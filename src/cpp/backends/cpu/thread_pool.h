@@ -1,7 +1,8 @@
 // A fork-join pool for the CPU backend's ops. One decode token of a small model runs
 // ~150 short parallel regions (SmolLM2-135M: ~40 us apiece on one core), so a region's fork
-// and join must cost well under a microsecond: workers spin briefly on the job's cache line
-// before sleeping, the calling thread does a share of the work, and every counter a region
+// and join must cost well under a microsecond: workers spin briefly (tens of us) on the job's
+// cache line before sleeping, the calling thread does a share of the work and spins as briefly
+// for the workers' shares before sleeping until they finish, and every counter a region
 // touches sits on a cache line of its own (the job line, written by the caller and read by the
 // workers; one line per share, written by the thread running that share).
 //
@@ -25,11 +26,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <type_traits>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace forgert::cpu {
@@ -68,7 +69,10 @@ public:
     // regions (nested) runs every share in turn on the calling thread.
     template <class F>
     void run(F&& fn) {
-        if (n_threads_ == 1) return fn(0, 1);
+        if (n_threads_ == 1) {
+            fn(0, 1);
+            return;
+        }
         if (nested()) {  // this thread holds a share of the running job: the workers are busy with it
             for (int i = 0; i < n_threads_; i++) fn(i, n_threads_);
             return;
