@@ -17,15 +17,13 @@
 namespace forgert::cpu {
 
 namespace {
-// How long a worker spins waiting for the next region before sleeping, and the caller for a
-// share a worker is running before sleeping until it finishes. Long enough to bridge the serial
-// work between two regions of a decode step (a norm, RoPE: a few us), short enough that a
-// thread whose core is wanted elsewhere gives it up: a VM's vCPUs may share host cores, and a
-// spinning vCPU then takes time from the one doing the work (on the 2-vCPU VM, busy with
-// other work, a worker spinning 2.6 ms made a SmolLM2 decode token take ~24 ms at 2 threads,
-// ~14-18 ms with 10-20 us spins; 1 thread: ~9-12 ms).
-constexpr int64_t kSpinNs = 30000;
-constexpr int64_t kJoinSpinNs = 30000;
+// Threads spin spin_ns_ (FORGERT_CPU_SPIN_US, default kDefaultSpinUs) waiting for a region, or
+// the caller for a worker's share, before sleeping: long enough to bridge the serial work between
+// two regions of a decode step (a norm, RoPE: a few us), short enough that a thread whose core is
+// wanted elsewhere gives it up. A VM's vCPUs may share host cores, and a spinning vCPU then takes
+// time from the one doing the work: on the 2-vCPU VM, busy with other work, a worker spinning
+// 2.6 ms (65536 pauses) made a SmolLM2 decode token take ~24 ms at 2 threads, ~14-18 ms with
+// 10-20 us spins; 1 thread: ~9-12 ms.
 // Pause rounds between clock reads while spinning.
 constexpr int kRoundsPerClockRead = 16;
 
@@ -51,9 +49,20 @@ WorkSplit work_split_from_env() {
     return parse_work_split(v ? v : "");
 }
 
+int64_t spin_us_from_env() {
+    const char* v = std::getenv("FORGERT_CPU_SPIN_US");
+    const std::string s = v ? v : "";
+    if (s.empty()) return kDefaultSpinUs;
+    const bool digits = s.size() <= 7 && s.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || std::stoll(s) > 1000000)
+        throw InputError("FORGERT_CPU_SPIN_US must be a whole number of microseconds from 0 to 1000000, got '" + s +
+                         "'");
+    return std::stoll(s);
+}
+
 const char* work_split_name(WorkSplit s) { return s == WorkSplit::Static ? "static" : "dynamic"; }
 
-ThreadPool::ThreadPool(int n_threads, WorkSplit split) : split_(split) {
+ThreadPool::ThreadPool(int n_threads, WorkSplit split, int64_t spin_us) : split_(split), spin_ns_(spin_us * 1000) {
     if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     n_threads_ = n_threads;
     shares_.reset(new Share[n_threads_]);
@@ -149,7 +158,7 @@ void ThreadPool::run_job(JobFn fn, void* ctx, int64_t units) {
         if (claim(share, e)) run_share(share, e);
     }
     // Shares claimed by workers: wait for them, sleeping if one takes long (a preempted worker):
-    // longer than kJoinSpinNs and than our own shares took (a long region's shares end unevenly
+    // longer than spin_ns_ and than our own shares took (a long region's shares end unevenly
     // by more than a short one's; waking from a sleep costs microseconds, more on a VM).
     int64_t spin_until = 0;
     for (int i = 0; i < n_threads_; i++) {
@@ -157,7 +166,7 @@ void ThreadPool::run_job(JobFn fn, void* ctx, int64_t units) {
             FG_CPU_RELAX();
             if (spin % kRoundsPerClockRead) continue;
             const int64_t now = now_ns();
-            if (!spin_until) spin_until = now + std::max(kJoinSpinNs, now - work_start);
+            if (!spin_until) spin_until = now + std::max(spin_ns_, now - work_start);
             if (now < spin_until) continue;
             // As the workers' sleep: our flag and their `finished` are both sequentially
             // consistent, so either the worker sees the flag and notifies, or we see `finished`.
@@ -190,7 +199,7 @@ void ThreadPool::worker(int ith) {
     uint64_t seen = 0;
     for (;;) {
         uint64_t e = job_.epoch.load(std::memory_order_acquire);
-        const int64_t spin_until = e == seen ? now_ns() + kSpinNs : 0;
+        const int64_t spin_until = e == seen ? now_ns() + spin_ns_ : 0;
         for (int spin = 1; e == seen; spin++) {
             FG_CPU_RELAX();
             e = job_.epoch.load(std::memory_order_acquire);

@@ -40,6 +40,10 @@ enum class WorkSplit { Static, Dynamic };
 // FORGERT_CPU_SPLIT: "static" or "dynamic"; unset or empty: dynamic. Any other value throws
 // InputError naming the accepted ones.
 WorkSplit work_split_from_env();
+// FORGERT_CPU_SPIN_US: how long pool threads spin waiting before they sleep, in whole
+// microseconds from 0 to 1000000; unset or empty: kDefaultSpinUs. Another value throws InputError.
+constexpr int64_t kDefaultSpinUs = 30;
+int64_t spin_us_from_env();
 WorkSplit parse_work_split(const std::string& name);
 const char* work_split_name(WorkSplit s);
 
@@ -53,8 +57,9 @@ struct PoolStats {
 
 class ThreadPool {
 public:
-    // n_threads <= 0: hardware concurrency.
-    explicit ThreadPool(int n_threads, WorkSplit split = WorkSplit::Dynamic);
+    // n_threads <= 0: hardware concurrency. spin_us: how long a worker spins for the next region,
+    // and the caller (at least) for the workers' shares, before sleeping.
+    explicit ThreadPool(int n_threads, WorkSplit split = WorkSplit::Dynamic, int64_t spin_us = kDefaultSpinUs);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
@@ -169,6 +174,7 @@ private:
 
     int n_threads_;
     WorkSplit split_;
+    int64_t spin_ns_;
     std::vector<std::thread> threads_;
     Job job_;
     std::unique_ptr<Share[]> shares_;
