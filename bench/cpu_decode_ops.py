@@ -5,6 +5,7 @@ median and the minimum over the rounds of its milliseconds per token, the parall
 per token, and the load average before and after.
 
     python bench/cpu_decode_ops.py --model /tmp/mvm_bench/synthetic-smollm2-135m-Q8_0.gguf --threads 1,2
+    python bench/cpu_decode_ops.py --model ... --threads 2 --spin-us 0,30,2600   # FORGERT_CPU_SPIN_US variants
 
 Each round: a 16-token prompt, then --tokens greedy steps of one token (forward_argmax), timed
 with the backend's per-op profile on (FORGERT_CPU_PROFILE's counters: an op's wall time,
@@ -58,11 +59,28 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--tokens", type=int, default=48, help="decode steps per round (n_ctx is 16 + this)")
+    ap.add_argument("--spin-us", default="", help="comma-separated FORGERT_CPU_SPIN_US values, each a variant "
+                    "at every thread count above 1 (default: the environment's)")
     a = ap.parse_args()
     import forgert
 
-    counts = [int(t) for t in a.threads.split(",")]
-    models = {t: forgert.Model(str(a.model), threads=t, n_ctx=16 + a.tokens) for t in counts}
+    spins = [s for s in a.spin_us.split(",") if s] or [None]
+    counts = []  # variant names: "2t" or "2t spin 30"
+    models = {}
+    for t in (int(t) for t in a.threads.split(",")):
+        for spin in (spins if t > 1 else [None]):
+            name = f"{t}t" + (f" spin {spin}" if spin is not None else "")
+            saved = os.environ.get("FORGERT_CPU_SPIN_US")
+            if spin is not None:
+                os.environ["FORGERT_CPU_SPIN_US"] = spin  # read when the backend is made
+            try:
+                models[name] = forgert.Model(str(a.model), threads=t, n_ctx=16 + a.tokens)
+            finally:
+                if saved is None:
+                    os.environ.pop("FORGERT_CPU_SPIN_US", None)
+                else:
+                    os.environ["FORGERT_CPU_SPIN_US"] = saved
+            counts.append(name)
     before = load_average()
     rows: dict[tuple[int, str], list[float]] = defaultdict(list)
     for _ in range(a.rounds):
@@ -74,7 +92,8 @@ def main() -> None:
     print(f"{a.rounds} rounds x {a.tokens} tokens; load average {before} before, {after} after")
     names = sorted({k for _, k in rows}, key=lambda k: (k not in ("token", "regions", "busy %"),
                                                        -float(np.median(rows[(counts[0], k)]))))
-    head = " ".join(f"{f'{t}t med':>9s} {f'{t}t min':>9s}" for t in counts)
+    print("columns: " + ", ".join(counts) + " (median, then minimum)")
+    head = " ".join(f"{'med':>9s} {'min':>9s}" for _ in counts)
     print(f"| {'ms / token':14s} | " + head + " |")
     for k in names:
         cells = " ".join(f"{np.median(rows[(t, k)]):9.3f} {min(rows[(t, k)]):9.3f}" for t in counts)
