@@ -141,18 +141,19 @@ int main(int argc, char** argv) {
     std::vector<Variant> vs;
 
     // Empty regions: run() of a no-op, and a parallel_for over 96 units of no work (the
-    // number of 16-row chunks of a 1536-row GEMV).
+    // number of 16-row chunks of a 1536-row GEMV). The caller often runs every share before a
+    // worker arrives, so these time the caller's side of a fork and join.
     cpu::ThreadPool pool1(1), pooln(nt);
     for (cpu::ThreadPool* pool : {&pool1, &pooln})
         vs.push_back({"empty run()", pool->size(), 2000, [pool] { pool->run([](int, int) {}); }, {}});
     for (cpu::ThreadPool* pool : {&pool1, &pooln})
         vs.push_back({"empty parallel_for(96)", pool->size(), 2000,
                       [pool] { pool->parallel_for(96, 1, [](int64_t, int64_t) {}); }, {}});
-    // 96 units of ~0.1 us of arithmetic each (~10 us at one thread, a small GEMV's time
-    // without its memory traffic): the N-thread time less the 1-thread time / N is the cost of
-    // forking, claiming and joining.
+    // 96 units of ~0.4 us of arithmetic each (~35 us at one thread on the Zen 4 VM, a small
+    // GEMV region's time without its memory traffic): the N-thread time less the 1-thread
+    // time / N is the cost of forking, claiming and joining.
     for (cpu::ThreadPool* pool : {&pool1, &pooln})
-        vs.push_back({"parallel_for(96 x ~0.1 us)", pool->size(), 500, [pool] {
+        vs.push_back({"parallel_for(96 x ~0.4 us)", pool->size(), 500, [pool] {
                           pool->parallel_for(96, 1, [](int64_t b, int64_t e) {
                               for (int64_t i = b; i < e; i++) spin_work(300);
                           });
