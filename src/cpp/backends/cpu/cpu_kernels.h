@@ -80,7 +80,7 @@ struct KernelSet {
     void (*gemm_i8)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
-    uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K at most)
+    uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K at most)
     // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0) repacked into 16-row panels
     // (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16) in every kernel (gemm_q, gemm_i8, gemm_panel), so the backend
     // repacks such weights at load (CpuBackend::prepare_weight). 0: the file's layout throughout.
@@ -168,7 +168,7 @@ const KernelSet* kernels_amx_emulated();
 bool cpu_has_amx_int8();
 void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 
-// How the panel GEMVs (Q4_0x16 / Q4_1x16 / Q8_0x16 decode, kernels_x86_panels16*.inc) prefetch their
+// How the panel GEMVs (Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 decode, kernels_x86_panels16*.inc) prefetch their
 // weight stream: far, every line 8 KB ahead into L2 (Intel: 1B Q4_0 decode 1.25-1.45x on the
 // lent Xeon, whose fill buffers alone did not cover DRAM latency), or near, one line ~1 KB ahead
 // into L1 (AMD Zen 4: the far form measured 8-10% slower at one thread; its own prefetchers keep
