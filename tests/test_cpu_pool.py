@@ -92,7 +92,10 @@ def test_bad_split_name_is_refused(core):
 
 
 @pytest.mark.parametrize("var,value,match", [("FORGERT_CPU_SPLIT", "guided", "FORGERT_CPU_SPLIT must be"),
-                                              ("FORGERT_CPU_PROFILE", "yes", "FORGERT_CPU_PROFILE must be")])
+                                              ("FORGERT_CPU_PROFILE", "yes", "FORGERT_CPU_PROFILE must be"),
+                                              ("FORGERT_CPU_SPIN_US", "-5", "FORGERT_CPU_SPIN_US must be"),
+                                              ("FORGERT_CPU_SPIN_US", "30us", "whole number of microseconds"),
+                                              ("FORGERT_CPU_SPIN_US", "1000001", "from 0 to 1000000")])
 def test_bad_environment_values_are_refused(core, monkeypatch, var, value, match):
     monkeypatch.setenv(var, value)
     with pytest.raises(ValueError, match=match):
@@ -150,6 +153,23 @@ def test_matmuls_equal_one_thread_on_every_split(ops_with, dtype_id, rows, cols,
         for name, a, b in zip(("matmul", "matmul_add", "matmul_swiglu", "matmul_geglu"), one,
                               all_ops(ops_with(threads, split))):
             np.testing.assert_array_equal(b, a, err_msg=f"{name} with {threads} threads, {split}")
+
+
+@pytest.mark.parametrize("spin_us", ["0", "1000"])
+def test_matmuls_equal_one_thread_whether_threads_sleep_or_spin(ops_with, monkeypatch, spin_us):
+    """FORGERT_CPU_SPIN_US=0: every wait sleeps at once (the workers between regions, the caller
+    for the workers' shares); 1000: the waits spin. Each region's every row is still computed
+    once: the same bits as one thread, region after region."""
+    from forgert import _core
+    monkeypatch.setenv("FORGERT_CPU_SPIN_US", spin_us)
+    ops = _core.Ops("cpu", threads=3)
+    rng = rng_for("pool_spin", spin_us)
+    rows, cols = 1001, 96
+    raw = encode_weights(randn(rng, rows, cols), Q8_0)
+    for n in (1, 1, 3, 1, 33):
+        x = randn(rng, n, cols, scale=0.3)
+        np.testing.assert_array_equal(ops.matmul(raw, Q8_0, rows, cols, x),
+                                      ops_with(1, "dynamic").matmul(raw, Q8_0, rows, cols, x))
 
 
 @pytest.mark.parametrize("n,dim", [(1, 2048), (5, 96), (40, 576), (101, 2048)])   # the last: 7 row chunks

@@ -1,7 +1,11 @@
 // Several threads calling run() on one ThreadPool at once: every call must run each of its
-// shares exactly once and return only after all of them. Prints "ok" or the first failure.
-// Built and run by tests/test_thread_safety.py (a hang there is a failure by timeout).
+// shares exactly once and return only after all of them. Then the pool's sleeping paths: the
+// workers asleep between regions further apart than their spin, and the caller asleep in the
+// join while a worker's share runs longer than the caller spins. Prints "ok" or the first
+// failure. Built and run by tests/test_thread_safety.py (a hang there, a lost wake-up, is a
+// failure by timeout).
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <thread>
 #include <vector>
@@ -28,6 +32,19 @@ int main() {
         });
     }
     for (auto& t : callers) t.join();
+    // One caller; regions 1 ms apart (the workers sleep between them), and in every other one
+    // share 0 takes 0.2 ms (time for the woken workers to claim theirs) and the others 2 ms
+    // (the caller, done with share 0, sleeps in the join).
+    for (int k = 0; k < 40 && failures.load() == 0; k++) {
+        std::atomic<int> runs[kPoolThreads] = {};
+        pool.run([&](int ith, int) {
+            runs[ith]++;
+            if (k % 2) std::this_thread::sleep_for(std::chrono::microseconds(ith == 0 ? 200 : 2000));
+        });
+        for (int i = 0; i < kPoolThreads; i++)
+            if (runs[i].load() != 1) failures++;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     if (failures.load()) {
         std::printf("%d shares run other than exactly once\n", failures.load());
         return 1;

@@ -15,8 +15,9 @@ namespace forgert::cpu {
 
 class CpuBackend final : public Backend {
 public:
-    // The work split comes from FORGERT_CPU_SPLIT and profiling from FORGERT_CPU_PROFILE
-    // (see thread_pool.h, cpu_profile.h); a bad value of either throws InputError.
+    // The work split comes from FORGERT_CPU_SPLIT, the pool's spin from FORGERT_CPU_SPIN_US and
+    // profiling from FORGERT_CPU_PROFILE (see thread_pool.h, cpu_profile.h); a bad value of any
+    // throws InputError.
     explicit CpuBackend(int n_threads);
     std::string name() const override;
     int n_threads() const { return pool_.size(); }

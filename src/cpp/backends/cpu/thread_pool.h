@@ -1,17 +1,24 @@
-// A fork-join pool for the CPU backend's ops. One forward pass of a small model
-// runs hundreds of short parallel regions, so workers spin briefly on an epoch
-// counter before sleeping, and the calling thread does a share of the work.
+// A fork-join pool for the CPU backend's ops. One decode token of a small model runs
+// ~150 short parallel regions (SmolLM2-135M: ~40 us apiece on one core), so a region's fork
+// and join must cost well under a microsecond: workers spin briefly (tens of us) on the job's
+// cache line before sleeping, the calling thread does a share of the work and spins as briefly
+// for the workers' shares before sleeping until they finish, and every counter a region
+// touches sits on a cache line of its own (the job line, written by the caller and read by the
+// workers; one line per share, written by the thread running that share).
 //
-// Each region splits into size() shares that any thread may claim: the caller runs
-// its own share, then claims every share no worker has started. A worker that is
-// asleep or preempted (more runnable threads than cores) thus never stalls the
-// caller; it only waits for shares a worker is running.
+// Each region splits into size() shares that any thread may claim: the caller runs its own
+// share, then claims every share no worker has started. A worker that is asleep or preempted
+// (more runnable threads than cores) thus never stalls the caller; it only waits for shares a
+// worker is running.
 //
 // parallel_for divides a range of rows among the shares in one of two ways (WorkSplit):
 //   static:  share i takes the i-th contiguous 1/n of the rows;
-//   dynamic: the rows are cut into contiguous units, several per thread, that the threads
-//            claim from an atomic counter. On a shared host whose cores run unevenly a
-//            slow core then takes fewer units instead of holding up the region.
+//   dynamic: the rows are cut into contiguous units, several per thread; share i owns the i-th
+//            contiguous 1/n of the units and takes them in order from a counter on its own
+//            line, then takes units left in the other shares' ranges. On a shared host whose
+//            cores run unevenly a slow core thus takes fewer units instead of holding up the
+//            region, while on an even one each thread reads one contiguous block of rows and
+//            claims without contention.
 #pragma once
 
 #include <algorithm>
@@ -19,11 +26,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace forgert::cpu {
@@ -33,6 +40,10 @@ enum class WorkSplit { Static, Dynamic };
 // FORGERT_CPU_SPLIT: "static" or "dynamic"; unset or empty: dynamic. Any other value throws
 // InputError naming the accepted ones.
 WorkSplit work_split_from_env();
+// FORGERT_CPU_SPIN_US: how long pool threads spin waiting before they sleep, in whole
+// microseconds from 0 to 1000000; unset or empty: kDefaultSpinUs. Another value throws InputError.
+constexpr int64_t kDefaultSpinUs = 30;
+int64_t spin_us_from_env();
 WorkSplit parse_work_split(const std::string& name);
 const char* work_split_name(WorkSplit s);
 
@@ -46,8 +57,9 @@ struct PoolStats {
 
 class ThreadPool {
 public:
-    // n_threads <= 0: hardware concurrency.
-    explicit ThreadPool(int n_threads, WorkSplit split = WorkSplit::Dynamic);
+    // n_threads <= 0: hardware concurrency. spin_us: how long a worker spins for the next region,
+    // and the caller (at least) for the workers' shares, before sleeping.
+    explicit ThreadPool(int n_threads, WorkSplit split = WorkSplit::Dynamic, int64_t spin_us = kDefaultSpinUs);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
@@ -60,7 +72,18 @@ public:
     // after every share has finished. Callers on several threads take turns (run_mu_): the
     // epoch/share protocol assumes one job at a time. A call from inside one of this pool's
     // regions (nested) runs every share in turn on the calling thread.
-    void run(const std::function<void(int ith, int nth)>& fn);
+    template <class F>
+    void run(F&& fn) {
+        if (n_threads_ == 1) {
+            fn(0, 1);
+            return;
+        }
+        if (nested()) {  // this thread holds a share of the running job: the workers are busy with it
+            for (int i = 0; i < n_threads_; i++) fn(i, n_threads_);
+            return;
+        }
+        run_job(&call_job<std::remove_reference_t<F>>, const_cast<void*>(static_cast<const void*>(&fn)), 0);
+    }
 
     // Splits [0, n) into contiguous ranges, each a multiple of `grain` long (except the last),
     // by split(), and calls fn(ith, b, e) for each, ith being the running share (an index for
@@ -87,14 +110,14 @@ public:
         // take a slow one's share, few enough that a unit stays long next to the claim.
         const int64_t per_unit = std::max<int64_t>(1, chunks / ((int64_t)n_threads_ * kUnitsPerThread));
         const int64_t units = (chunks + per_unit - 1) / per_unit;
-        std::atomic<int64_t> next{0};
-        run([&](int ith, int) {
-            for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < units;
-                 u = next.fetch_add(1, std::memory_order_relaxed)) {
+        auto share = [&](int ith, int) {
+            int from = ith;  // the share whose range this thread takes units from
+            for (int64_t u = claim_unit(from); u >= 0; u = claim_unit(from)) {
                 const int64_t b = u * per_unit * grain, e = std::min(n, (u + 1) * per_unit * grain);
                 fn(ith, b, e);
             }
-        });
+        };
+        run_job(&call_job<decltype(share)>, &share, units);
     }
 
     // parallel_for_ith for work that needs no per-thread scratch: fn(b, e).
@@ -112,6 +135,15 @@ public:
     static constexpr int64_t kUnitsPerThread = 4;
 
 private:
+    using JobFn = void (*)(void* ctx, int ith, int nth);
+    template <class F>
+    static void call_job(void* ctx, int ith, int nth) { (*static_cast<F*>(ctx))(ith, nth); }
+    // Runs fn(ctx, ith, nth) for every share, as run() says. units > 0: first gives share i
+    // the units [units * i / n, units * (i + 1) / n) for claim_unit.
+    void run_job(JobFn fn, void* ctx, int64_t units);
+    // The next unit of the running region for a thread taking units from share `from`'s range:
+    // that range's next unit, else (moving `from` on) the next range's; -1 when all are taken.
+    int64_t claim_unit(int& from);
     void worker(int ith);
     // Runs share ith of the current job on this thread, catching what it throws.
     void run_share(int ith, uint64_t e);
@@ -120,21 +152,39 @@ private:
     // The share index of this thread inside a region of this pool (nested calls), else 0.
     int inline_ith() const;
 
-    int n_threads_;
-    WorkSplit split_;
-    std::vector<std::thread> threads_;
     // Claims share i for epoch e (compare-and-swap from an older epoch); false if taken.
     bool claim(int i, uint64_t e);
 
-    const std::function<void(int, int)>* job_ = nullptr;
-    std::atomic<uint64_t> epoch_{0};
-    // Per share: the epoch it was last claimed in and the epoch it last finished in.
-    std::unique_ptr<std::atomic<uint64_t>[]> claimed_, finished_;
+    // The current job: written by the caller before it publishes the epoch, read by the
+    // workers after they see it; the workers spin on this line between regions.
+    struct alignas(64) Job {
+        std::atomic<uint64_t> epoch{0};
+        JobFn fn = nullptr;
+        void* ctx = nullptr;
+        bool profiled = false;  // profiling_ as the job began
+    };
+    // One cache line per share, written by the thread running it (the caller also resets
+    // the unit counter before each dynamic region and reads `finished` to join).
+    struct alignas(64) Share {
+        std::atomic<uint64_t> claimed{0};   // the epoch it was last claimed in
+        std::atomic<uint64_t> finished{0};  // the epoch it last finished in
+        std::atomic<int64_t> next_unit{0};  // dynamic split: the next unit of its range to take
+        int64_t end_unit = 0;               // and the end of its range
+    };
+
+    int n_threads_;
+    WorkSplit split_;
+    int64_t spin_ns_;
+    std::vector<std::thread> threads_;
+    Job job_;
+    std::unique_ptr<Share[]> shares_;
     std::atomic<bool> stop_{false};
     std::mutex run_mu_;  // one run() at a time
-    std::mutex mu_;
-    std::condition_variable cv_;
+    std::mutex mu_;      // the sleepers' condition variables
+    std::condition_variable cv_;       // workers waiting for a region
     std::atomic<int> sleepers_{0};
+    std::condition_variable join_cv_;  // the caller waiting for a worker's share
+    std::atomic<bool> joiner_sleeps_{false};
 
     // The current job's first exception (error_mu_ guards it; has_error_ makes the check cheap).
     std::mutex error_mu_;
@@ -142,7 +192,6 @@ private:
     std::atomic<bool> has_error_{false};
 
     std::atomic<bool> profiling_{false};
-    bool job_profiled_ = false;            // profiling_ as the current job began
     std::atomic<int64_t> job_busy_ns_{0};  // the current job's busy time, when profiling
     mutable std::mutex stats_mu_;
     PoolStats stats_;
