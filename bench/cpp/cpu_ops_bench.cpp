@@ -149,6 +149,27 @@ int main(int argc, char** argv) {
             }
         }
     }
+    // Decode GEMV as in a model: one token through 48 distinct matrices of SmolLM2's ffn_down
+    // shape, more than L3 holds, so the weights stream from memory (the L2-resident figures
+    // above time the kernel alone; a model's decode reads each matrix once per token).
+    for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q5_0, DType::Q8_0}) {
+        char name[64];
+        std::snprintf(name, sizeof name, "stream %s smollm2 ffn_down", dtype_name(t));
+        if (!std::strstr(name, filter)) continue;
+        const int L = 48;
+        const int64_t rows = 576, cols = 1536;
+        std::vector<Tensor> ws;
+        for (int l = 0; l < L; l++) ws.push_back(be.prepare_weight(random_tensor(be, keep, t, rows, cols, rng), keep));
+        Tensor x = random_tensor(be, keep, DType::F32, 1, cols, rng);
+        keep.push_back(be.alloc((size_t)rows * 4));
+        Tensor y = make_tensor(keep.back().get(), 0, DType::F32, 1, rows);
+        double cpu = 0;
+        const double sec = median_seconds([&] { for (const Tensor& w : ws) be.matmul(y, w, x); }, 21, &cpu) / L;
+        const double gbs = (double)ws[0].nbytes() / sec / 1e9;
+        std::printf("%-28s %6lld %6lld %5d %10.1f %9.1f %9s %6.0f%% %10.1f  (%s, per matrix)\n", name, (long long)rows,
+                    (long long)cols, 1, sec * 1e6, gbs, "", 100.0 * gbs / bw, cpu / L * 1e6, dtype_name(ws[0].type));
+        keep.clear();
+    }
     // Attention: SmolLM2 geometry (9 heads, 3 KV heads, head_dim 64).
     for (int ctx : {128, 512, 2048}) {
         if (!std::strstr("attention", filter)) break;
