@@ -322,6 +322,19 @@ void check_batch_invariance(const KernelSet* k, int cols) {
         char what[64];
         std::snprintf(what, sizeof what, "gemm %s n=2..15 %d cols", dtype_name(t), cols);
         std::printf("%-12s %-28s bit-identical to n=1 %s\n", k->name, what, same ? "ok" : "FAIL");
+        // One token over row ranges as threads take them (the K-quant GEMV reads a range as 4
+        // streams a quarter of it apart, so where a row falls moves): each row as over all rows.
+        bool split_same = true;
+        std::vector<float> part(rows);
+        for (int tk = 0; tk < ntok; tk++) {
+            const int cuts[] = {0, 3, 8, 24, rows};
+            for (int c = 0; c + 1 < 5; c++)
+                k->gemm_q(t, w.data(), rb, cuts[c], cuts[c + 1], &xq[tk * nb], nb, 1, part.data(), rows);
+            split_same &= !std::memcmp(part.data(), &alone[tk * rows], rows * sizeof(float));
+        }
+        if (!split_same) failures++;
+        std::snprintf(what, sizeof what, "gemv %s rows in 4 ranges %d cols", dtype_name(t), cols);
+        std::printf("%-12s %-28s bit-identical to all rows %s\n", k->name, what, split_same ? "ok" : "FAIL");
     }
 }
 
