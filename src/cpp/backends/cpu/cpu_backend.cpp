@@ -43,7 +43,7 @@ CpuBackend::CpuBackend(int n_threads)
       prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
     set_profiling(profile_from_env());
-    panel_prefetch_far();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
+    panel_prefetch();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
 }
 
 void CpuBackend::set_profiling(bool on) {

@@ -10,6 +10,7 @@
 #include "cpu_kernels.h"
 #include "cpu_profile.h"
 #include "thread_pool.h"
+#include "weight_arena.h"
 
 namespace forgert::cpu {
 
@@ -113,6 +114,7 @@ private:
     const KernelSet& k_;
     bool repack_;        // FORGERT_CPU_REPACK (default 1): prepare_weight repacks
     double repack_s_ = 0;
+    WeightArena arena_;  // the repacked weights' memory
     int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
     std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
