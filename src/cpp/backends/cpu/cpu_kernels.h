@@ -172,9 +172,10 @@ void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 // weight stream: far, every line 8 KB ahead into L2 (Intel: 1B Q4_0 decode 1.25-1.45x on the
 // lent Xeon, whose fill buffers alone did not cover DRAM latency); near, one line ~1 KB ahead
 // into L1; or off, the hardware's prefetchers alone (AMD: on the Zen 4 VM, with the weights in
-// huge pages, near cost ~10-25% of a one-thread panel stream and far more). Chosen by CPU
-// vendor once (far on Intel, off elsewhere); FORGERT_CPU_PANEL_PREFETCH=far|near|off
-// overrides, for measuring. docs/design.md "Repacked weights".
+// huge pages, near cost ~20% of a one-thread panel stream, and both near and far 5-25% of
+// SmolLM2 decode). Chosen by CPU vendor once (far on Intel, off elsewhere);
+// FORGERT_CPU_PANEL_PREFETCH=far|near|off overrides, for measuring. docs/design.md "Repacked
+// weights".
 enum class PanelPrefetch { Off, Near, Far };
 PanelPrefetch panel_prefetch();
 const char* panel_prefetch_name(PanelPrefetch p);
