@@ -842,6 +842,30 @@ def test_rope_kv_write_partial_and_scaled(ops_for, backend, neox, rope_dim, fact
     np.testing.assert_array_equal(vc[rows], v.astype(np.float16))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rope_kv_write_one_row_after_another(ops_for, backend):
+    """A decode row's angles are kept for the next call at the same position (a token's layers
+    share them, cpu_backend.h RopeAngleCache): one backend, one-row calls in turn at the same
+    position with other frequencies, another attention factor, then the next position and the
+    first frequencies again; each call must rotate by its own angles."""
+    n_heads, n_kv_heads, head_dim, n_ctx = 3, 1, 32, 64
+    ops = ops_for(backend)
+    rng = rng_for("rope_one_row_after_another")
+    f_a = rope_freqs(head_dim)
+    f_b = (f_a * np.float32(1.5)).astype(np.float32)
+    cache = np.zeros((n_ctx, n_kv_heads * head_dim), np.float16)
+    for pos, freqs, factor in ((40, f_a, 1.0), (40, f_a, 1.0), (40, f_b, 1.0), (40, f_b, 0.5), (41, f_b, 0.5),
+                               (41, f_a, 0.5), (40, f_a, 1.0)):
+        q = randn(rng, 1, n_heads * head_dim)
+        k = randn(rng, 1, n_kv_heads * head_dim)
+        q_out, k_out, _, _ = ops.rope_kv_write(q, k, k.copy(), cache, cache.copy(), freqs, pos, n_heads, n_kv_heads,
+                                               head_dim, True, rope_dim=head_dim, attn_factor=factor)
+        q_ref = rope_reference(q, freqs, pos, n_heads, head_dim, True, head_dim, factor)
+        k_ref = rope_reference(k, freqs, pos, n_kv_heads, head_dim, True, head_dim, factor)
+        # bound as test_rope_kv_write's; stale angles (another frequency or factor) are off by far more
+        assert nmse(q_out, q_ref) < 3e-8 and nmse(k_out, k_ref) < 3e-8, (pos, factor)
+
+
 def test_rope_kv_write_rejects_bad_rope_dim(ops_for):
     ones, cache = np.ones((1, 32), np.float32), np.zeros((2, 32), np.float16)
     for rope_dim in (34, 7):

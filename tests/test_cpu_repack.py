@@ -209,25 +209,27 @@ print(json.dumps({"mode": _core.cpu_info()["panel_prefetch"], "logits": out}))
 
 @needs_repack
 def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
-    """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch (far on Intel, near
-    elsewhere: cpu_kernels.h). A prefetch moves no data the kernels compute with, so the two give
-    the same logits bit for bit, one token and few; a bad value is refused, naming the variable."""
+    """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch (far on Intel, off
+    elsewhere, near on request: cpu_kernels.h). A prefetch moves no data the kernels compute with,
+    so the three give the same logits bit for bit, one token and few; a bad value is refused,
+    naming the variable."""
     path = tiny_models("llama_tied").path("gguf-Q4_0")
     logits = {}
-    for mode in ("far", "near"):
+    for mode in ("far", "near", "off"):
         proc = subprocess.run([sys.executable, "-c", PREFETCH_LOGITS, str(path), json.dumps(IDS)], capture_output=True,
                               text=True, timeout=300, env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH=mode))
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout)
         assert r["mode"] == mode
         logits[mode] = [np.array(x, np.float32) for x in r["logits"]]
-    for far, near in zip(logits["far"], logits["near"]):
+    for far, near, off in zip(logits["far"], logits["near"], logits["off"]):
         assert np.array_equal(far, near)
+        assert np.array_equal(far, off)
     bad = subprocess.run([sys.executable, "-c", f"import forgert; forgert.Model({str(path)!r}, backend='cpu')"],
                          capture_output=True, text=True, timeout=300,
                          env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH="sideways"))
     assert bad.returncode != 0
-    assert "FORGERT_CPU_PANEL_PREFETCH must be 'far' or 'near', got 'sideways'" in bad.stderr
+    assert "FORGERT_CPU_PANEL_PREFETCH must be 'far', 'near' or 'off', got 'sideways'" in bad.stderr
 
 
 @pytest.mark.skipif(os.environ.get("FORGERT_CPU_ISA") == "avx2", reason="this is the run under avx2")

@@ -170,8 +170,8 @@ int main(int argc, char** argv) {
                     (long long)cols, 1, sec * 1e6, gbs, "", 100.0 * gbs / bw, cpu / L * 1e6, dtype_name(ws[0].type));
         keep.clear();
     }
-    // Attention: SmolLM2 geometry (9 heads, 3 KV heads, head_dim 64).
-    for (int ctx : {128, 512, 2048}) {
+    // Attention: SmolLM2 geometry (9 heads, 3 KV heads, head_dim 64); 32 and 64: a short decode's.
+    for (int ctx : {32, 64, 128, 512, 2048}) {
         if (!std::strstr("attention", filter)) break;
         for (int n : {1, 512}) {
             if (n > ctx) continue;
@@ -181,7 +181,8 @@ int main(int argc, char** argv) {
             Tensor vc = random_tensor(be, keep, DType::F16, ctx, KV * hd, rng);
             keep.push_back(be.alloc((size_t)n * H * hd * 4));
             Tensor o = make_tensor(keep.back().get(), 0, DType::F32, n, H * hd);
-            const double sec = median_seconds([&] { be.attention(o, q, kc, vc, ctx - n, {H, KV, hd, 0.125f}); }, 5);
+            const double sec = median_seconds([&] { be.attention(o, q, kc, vc, ctx - n, {H, KV, hd, 0.125f}); },
+                                              n == 1 ? 200 : 5);
             std::printf("%-28s %6d %6d %5d %10.1f\n", "attention smollm2 ctx", ctx, H * hd, n, sec * 1e6);
             keep.clear();
         }

@@ -713,9 +713,9 @@ PYBIND11_MODULE(_core, m) {
         for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0})
             if (cpu::repack_from_env() && cpu::packed_type(cpu::select_kernels(), t) != t)
                 d["repacked_types"].cast<py::list>().append(dtype_name(t));
-        // How the panel GEMVs prefetch their weight stream ("far" on Intel, "near" elsewhere;
+        // How the panel GEMVs prefetch their weight stream ("far" on Intel, "off" elsewhere;
         // FORGERT_CPU_PANEL_PREFETCH overrides).
-        d["panel_prefetch"] = cpu::panel_prefetch_far() ? "far" : "near";
+        d["panel_prefetch"] = cpu::panel_prefetch_name(cpu::panel_prefetch());
         return d;
     });
     // Memory read bandwidth, GB/s, with n_threads threads (0: all) over mib MiB (0: many times

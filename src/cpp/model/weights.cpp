@@ -241,6 +241,7 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
     ModelWeights w;
     Wrapper wrap(tensors, be, w);
     std::map<std::string, Tensor> views;  // the tensors present, by name
+    std::vector<std::string> in_order;    // their names in the layout's order, a decode's
     std::map<std::string, std::vector<Tensor>> stacks;  // expert stacks, one view per expert
     for (auto& s : layout) {
         auto it = tensors.find(s.name);
@@ -261,10 +262,12 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         if (s.f32_only && t.type != DType::F32)
             throw InputError("tensor '" + s.name + "' must be F32 (norms and biases), got " + dtype_name(t.type));
         views[s.name] = wrap.view(t);
+        in_order.push_back(s.name);
     }
     // Each matrix as the backend reads it (a repacked copy where it repacks; the file's view
     // otherwise). A tied embedding is one tensor, so the output matmul reads the same copy.
-    for (auto& [name, t] : views) t = be.prepare_weight(t, w.prepared);
+    // Prepared in the order a decode reads them: the copies of one layer then lie side by side.
+    for (const std::string& name : in_order) views[name] = be.prepare_weight(views[name], w.prepared);
     // Absent optional tensors stay empty (rows == 0).
     auto at = [&](const std::string& name) {
         auto it = views.find(name);

@@ -43,7 +43,7 @@ CpuBackend::CpuBackend(int n_threads)
       prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
     set_profiling(profile_from_env());
-    panel_prefetch_far();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
+    panel_prefetch();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
 }
 
 void CpuBackend::set_profiling(bool on) {
@@ -418,6 +418,17 @@ void rope_row(float* x, int n_heads, int head_dim, int rope_dim, bool neox, cons
 
 }  // namespace
 
+void RopeAngleCache::fill(int64_t p, const float* f, int h, float factor_) {
+    // The same bits (a -0 frequency gives sin -0): the angles are then the ones rope_angles gives.
+    if (p == pos && h == (int)freqs.size() && !std::memcmp(&factor_, &factor, sizeof factor) &&
+        !std::memcmp(f, freqs.data(), h * sizeof(float)))
+        return;
+    pos = p, factor = factor_;
+    freqs.assign(f, f + h);
+    cs.resize(h), sn.resize(h);
+    rope_angles(p, f, h, factor_, cs.data(), sn.data());
+}
+
 namespace {
 
 // Row i's position and its sequence's first cache row, from a RowPositions read on the host
@@ -459,12 +470,18 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RopeKvWrite);
     const HostRowPositions rows(at, q.rows, std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
     const int rot = p.rotated_dims(), half = rot / 2;
-    // One token's angles serve its query and key heads alike.
+    // One token's angles serve its query and key heads alike; a decode row's, every layer of the
+    // token (rope_angles_ keeps the last: the same cos / sin, computed once instead of per layer).
+    const bool one = q.rows == 1 && half > 0;
+    if (one) rope_angles_.fill(rows.pos(0), freqs.data<float>(), half, p.attn_factor);
     pool_.parallel_for(q.rows, std::max<int64_t>(1, 64 / (p.n_heads + p.n_kv_heads)), [&](int64_t t0, int64_t t1) {
-        std::vector<float> cs(half), sn(half);
+        std::vector<float> cs(one ? 0 : half), sn(one ? 0 : half);
         for (int64_t t = t0; t < t1; t++) {
             const int64_t pos = rows.pos(t), cache_row = rows.base(t) + pos;
-            if (half > 0) {
+            if (one) {
+                rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, rope_angles_.cs.data(), rope_angles_.sn.data());
+                rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, rope_angles_.cs.data(), rope_angles_.sn.data());
+            } else if (half > 0) {
                 rope_angles(pos, freqs.data<float>(), half, p.attn_factor, cs.data(), sn.data());
                 rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
                 rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
@@ -800,11 +817,30 @@ void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
         const float* xr = row_f32(x, r);
         pool_.parallel_for(n_blocks, 1, [&](int64_t b0, int64_t b1) {
             for (int64_t b = b0; b < b1; b++) {
-                // -inf / -1: NaNs never win (as x[c] > best is false for them); -1 if none is > -inf
+                // -inf / -1: NaNs never win (as x[c] > best is false for them); -1 if none is > -inf.
+                // Two passes, the serial scan's answer: the largest value, in 4 x 4 lanes (vector
+                // selects: maxps / fmax; which lane holds it changes only the sign of a zero), then
+                // the first index that equals it (-0 == +0). One scan with the index in it stays
+                // scalar: ~40 us of a SmolLM2 decode token (49152 logits), one thread.
+                const int64_t c0 = b * kBlock, e = std::min(x.cols, c0 + kBlock);
+                typedef float f32x4 __attribute__((vector_size(16)));
+                const f32x4 ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+                f32x4 lane[4] = {ninf, ninf, ninf, ninf};
+                int64_t c = c0;
+                for (; c + 16 <= e; c += 16)
+                    for (int a = 0; a < 4; a++) {
+                        f32x4 v;
+                        std::memcpy(&v, xr + c + 4 * a, sizeof v);
+                        lane[a] = v > lane[a] ? v : lane[a];
+                    }
                 float m = -INFINITY;
+                for (; c < e; c++) m = xr[c] > m ? xr[c] : m;
+                for (int a = 0; a < 4; a++)
+                    for (int l = 0; l < 4; l++) m = lane[a][l] > m ? lane[a][l] : m;
                 int64_t at = -1;
-                for (int64_t c = b * kBlock, e = std::min(x.cols, c + kBlock); c < e; c++)
-                    if (xr[c] > m) m = xr[c], at = c;
+                if (m > -INFINITY)
+                    for (int64_t i = c0; i < e && at < 0; i++)
+                        if (xr[i] == m) at = i;
                 block_max[b] = m, block_at[b] = at;
             }
         });

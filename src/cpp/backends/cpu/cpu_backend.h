@@ -10,8 +10,18 @@
 #include "cpu_kernels.h"
 #include "cpu_profile.h"
 #include "thread_pool.h"
+#include "weight_arena.h"
 
 namespace forgert::cpu {
+
+// The RoPE cos / sin of one position (rope_angles, cpu_backend.cpp), kept while the position, the
+// frequencies and the factor stay the same: a decode token's layers share them.
+struct RopeAngleCache {
+    int64_t pos = -1;
+    float factor = 0;
+    std::vector<float> freqs, cs, sn;  // [half] each
+    void fill(int64_t pos, const float* freqs, int half, float factor);
+};
 
 class CpuBackend final : public Backend {
 public:
@@ -113,11 +123,13 @@ private:
     const KernelSet& k_;
     bool repack_;        // FORGERT_CPU_REPACK (default 1): prepare_weight repacks
     double repack_s_ = 0;
+    WeightArena arena_;  // the repacked weights' memory
     int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
     std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials
+    RopeAngleCache rope_angles_;                // a decode row's RoPE angles, shared by a token's layers
     std::vector<std::vector<float>> split_work_;  // per thread: a batch's decode row's key-range partials
     std::vector<std::pair<int64_t, int64_t>> blocks_;  // attention's row blocks [t0, t1), one sequence each
     std::vector<float> xt_;                    // activations transposed for gemm_panel

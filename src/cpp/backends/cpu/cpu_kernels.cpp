@@ -159,20 +159,29 @@ const KernelSet* pick() {
 
 }  // namespace
 
-bool panel_prefetch_far() {
-    static const bool far = [] {
+PanelPrefetch panel_prefetch() {
+    static const PanelPrefetch chosen = [] {
         const char* v = std::getenv("FORGERT_CPU_PANEL_PREFETCH");
         const std::string s = v ? v : "";
-        if (s == "far") return true;
-        if (s == "near") return false;
-        if (!s.empty()) throw InputError("FORGERT_CPU_PANEL_PREFETCH must be 'far' or 'near', got '" + s + "'");
+        for (PanelPrefetch p : {PanelPrefetch::Off, PanelPrefetch::Near, PanelPrefetch::Far})
+            if (s == panel_prefetch_name(p)) return p;
+        if (!s.empty())
+            throw InputError("FORGERT_CPU_PANEL_PREFETCH must be 'far', 'near' or 'off', got '" + s + "'");
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        return (bool)__builtin_cpu_is("intel");
+        return __builtin_cpu_is("intel") ? PanelPrefetch::Far : PanelPrefetch::Off;
 #else
-        return false;
+        return PanelPrefetch::Off;
 #endif
     }();
-    return far;
+    return chosen;
+}
+
+const char* panel_prefetch_name(PanelPrefetch p) {
+    switch (p) {
+        case PanelPrefetch::Far: return "far";
+        case PanelPrefetch::Near: return "near";
+        default: return "off";
+    }
 }
 
 int prefill_int8_parts() {

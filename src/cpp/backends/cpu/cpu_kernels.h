@@ -170,11 +170,15 @@ void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 
 // How the panel GEMVs (Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 decode, kernels_x86_panels16*.inc) prefetch their
 // weight stream: far, every line 8 KB ahead into L2 (Intel: 1B Q4_0 decode 1.25-1.45x on the
-// lent Xeon, whose fill buffers alone did not cover DRAM latency), or near, one line ~1 KB ahead
-// into L1 (AMD Zen 4: the far form measured 8-10% slower at one thread; its own prefetchers keep
-// up). Chosen by CPU vendor once (near where not Intel, untested there);
-// FORGERT_CPU_PANEL_PREFETCH=far|near overrides, for measuring. docs/design.md "Repacked weights".
-bool panel_prefetch_far();
+// lent Xeon, whose fill buffers alone did not cover DRAM latency); near, one line ~1 KB ahead
+// into L1; or off, the hardware's prefetchers alone (AMD: on the Zen 4 VM, with the weights in
+// huge pages, near cost ~20% of a one-thread panel stream, and both near and far 5-25% of
+// SmolLM2 decode). Chosen by CPU vendor once (far on Intel, off elsewhere);
+// FORGERT_CPU_PANEL_PREFETCH=far|near|off overrides, for measuring. docs/design.md "Repacked
+// weights".
+enum class PanelPrefetch { Off, Near, Far };
+PanelPrefetch panel_prefetch();
+const char* panel_prefetch_name(PanelPrefetch p);
 
 // Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" (default) 2,
 // decode's two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser:

@@ -1,6 +1,7 @@
 // CpuBackend::prepare_weight: Q4_0 / Q8_0 matrices repacked at load into the kernel set's
-// 16-row panels (weight_panels.h), in parallel, with the file's pages of each repacked matrix
-// released so that the copy does not sit beside them in memory.
+// 16-row panels (weight_panels.h), in parallel, into huge pages (weight_arena.h), with the
+// file's pages of each repacked matrix released so that the copy does not sit beside them in
+// memory.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -24,10 +25,6 @@ bool repack_from_env() {
 }
 
 namespace {
-
-struct PanelBuffer final : Buffer {
-    ~PanelBuffer() override { std::free(host); }
-};
 
 // Whether [begin, end) lies in one shared mapping of a file (/proc/self/maps: the mmap of a
 // model file, which Python maps shared and read-only). Only there does MADV_DONTNEED merely
@@ -69,15 +66,9 @@ Tensor CpuBackend::prepare_weight(const Tensor& w, std::vector<std::unique_ptr<B
     p.type = pt;
     p.offset = 0;
     p.stride = (size_t)row_bytes(w.type, w.cols);
-    auto buf = std::make_unique<PanelBuffer>();
-    // 2 MB aligned and advised as huge pages (fewer TLB misses while decode streams it); the
-    // size is not rounded up, so a partial last 2 MB stays in small pages (no memory wasted).
-    // Every byte is written by the packing.
-    constexpr size_t kHuge = size_t(2) << 20;
-    buf->size = (p.nbytes() + 63) & ~size_t(63);
-    const bool huge = buf->size >= kHuge;
-    if (posix_memalign(&buf->host, huge ? kHuge : 64, buf->size) != 0) throw std::bad_alloc();
-    if (huge) madvise(buf->host, buf->size / kHuge * kHuge, MADV_HUGEPAGE);  // advice only: fine if refused
+    // In huge pages, beside the other repacked matrices (weight_arena.h). Every byte is written
+    // by the packing.
+    auto buf = arena_.alloc(p.nbytes());
     p.buf = buf.get();
     owned.push_back(std::move(buf));
     const int64_t panels = (w.rows + kPanel16Rows - 1) / kPanel16Rows;
