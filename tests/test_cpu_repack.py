@@ -192,6 +192,27 @@ def test_peak_rss_stays_within_file_kv_and_64mb(request, smollm2_gguf, model):
     assert grown <= budget
 
 
+@needs_repack
+@pytest.mark.parametrize("name", ["llama3_untied", "llama_tied"])
+def test_untied_embedding_is_not_copied(tiny_models, name):
+    """The load repacks every matrix of a repacked type that a GEMV or GEMM reads. An untied
+    token embedding is read only by get_rows, a few rows a token, from the file's layout: a copy
+    would add its whole size to memory (282 MiB in a Llama 3 8B Q4_0). Tied, it is the output
+    matrix and is repacked. The count of repacked bytes against the gguf package's tensor list
+    (each copy 64-byte aligned)."""
+    import gguf
+    import forgert
+    path = tiny_models(name).path("gguf-Q4_0")
+    tied = name.endswith("_tied")
+    kinds = set(repacked_types())
+    tensors = gguf.GGUFReader(str(path)).tensors
+    assert any(t.name == "output.weight" for t in tensors) != tied
+    expected = sum((int(t.n_bytes) + 63) // 64 * 64 for t in tensors
+                   if t.tensor_type.name in kinds and len(t.shape) == 2 and (tied or t.name != "token_embd.weight"))
+    m = forgert.Model(str(path), backend="cpu", threads=2, n_ctx=64)
+    assert m._engine._prepared_bytes == expected
+
+
 PREFETCH_LOGITS = """
 import json, sys
 import numpy as np

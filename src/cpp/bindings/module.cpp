@@ -232,6 +232,7 @@ public:
         auto be = make_backend(backend, n_threads);
         ModelWeights w = load_weights(cfg, host, *be);
         for (const auto& b : w.buffers) weight_buffers_.emplace_back((uintptr_t)b->host, b->size);
+        for (const auto& b : w.prepared) prepared_bytes_ += b->size;
         model_ = std::make_unique<LlamaModel>(cfg, std::move(w), std::move(be), max_batch, n_slots);
     }
 
@@ -477,6 +478,7 @@ public:
     LlamaModel& model() { return *model_; }
     cpu::CpuBackend* cpu_backend() { return dynamic_cast<cpu::CpuBackend*>(&model_->backend()); }
     const std::vector<std::pair<uintptr_t, size_t>>& weight_buffers() const { return weight_buffers_; }
+    size_t prepared_bytes() const { return prepared_bytes_; }
 
 private:
     static constexpr int kMaxBatch = 1 << 16;
@@ -543,6 +545,7 @@ private:
 
     std::vector<std::unique_ptr<HeldBuffer>> keep_alive_;
     std::vector<std::pair<uintptr_t, size_t>> weight_buffers_;  // (address, bytes) of each zero-copy wrap
+    size_t prepared_bytes_ = 0;  // bytes of the backend's copies of weights (repacked panels)
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
     std::vector<float> logits_row_;  // [vocab]: forward_sample's logits, guarded by mu_
@@ -589,6 +592,8 @@ PYBIND11_MODULE(_core, m) {
             auto* cpu = e.cpu_backend();
             return cpu ? cpu->repack_seconds() : 0.0;
         }, "seconds the load spent repacking weights for the CPU kernels (FORGERT_CPU_REPACK)")
+        .def_property_readonly("_prepared_bytes", &Engine::prepared_bytes,
+                               "test-facing: bytes of the backend's copies of weights (the CPU's repacked panels)")
         .def("_weight_buffers", &Engine::weight_buffers,
              "test-facing: (address, bytes) of each zero-copy buffer the weights were wrapped in")
         .def("set_profiling", &Engine::set_profiling, py::arg("on"))
