@@ -1,8 +1,10 @@
-"""Q4_0 / Q4_1 / Q5_0 / Q8_0 weights repacked at load into the CPU kernel set's 16-row panels (design.md,
-"Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's layout). On the AVX-512 sets the panels
-change where the bytes lie, never the arithmetic: logits and tokens are bit-identical with and
-without the repack, in every path that reads a weight (decode, 2-15 tokens, the prefill int8
-GEMM, the f32 panel GEMM, get_rows of a tied embedding). The 256-bit sets' panel decode follows
+"""Q4_0 / Q4_1 / Q5_0 / Q8_0 weights (the AVX-512 sets: Q4_K / Q6_K too) repacked at load into the CPU
+kernel set's 16-row panels (design.md, "Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's
+layout). On the AVX-512 sets the small-block panels change where the bytes lie, never the
+arithmetic: logits and tokens are bit-identical with and without the repack, in every path that
+reads a weight (decode, 2-15 tokens, the prefill int8 GEMM, the f32 panel GEMM, get_rows of a tied
+embedding). The K-quant panels' decode sums in another order than the file layout's K-quant
+decode (kernels_x86_panels16_kquant.inc): tokens identical, logits within rounding (LOGITS_REL). The 256-bit sets' panel decode follows
 the AVX-512 sets' definition, their file-layout decode its own summation order: there the
 tokens are identical and the logits within rounding (LOGITS_REL). A row read
 back equals the gguf package's dequantization; and the copy does not sit beside the file's
@@ -49,9 +51,10 @@ def decode_is_the_definition() -> bool:
 LOGITS_REL = 5e-3
 
 
-def assert_files_bits(packed, file):
+def assert_files_bits(packed, file, kquants: bool = False):
+    """kquants: the model has Q4_K / Q6_K matrices, whose panels' decode order is not the file layout's."""
     for k in file:
-        if decode_is_the_definition() or k == "tokens":
+        if (decode_is_the_definition() and not kquants) or k == "tokens":
             assert np.array_equal(packed[k], file[k]), k
         else:
             err = np.abs(packed[k].astype(np.float64) - file[k]).max() / np.abs(file[k]).max()
@@ -98,17 +101,51 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
     assert_files_bits(packed, file)
 
 
+def kquants_repacked() -> bool:
+    return "Q4_K" in repacked_types()
+
+
+@pytest.mark.skipif(not kquants_repacked(), reason="this CPU's kernel set reads K-quants in the file's layout "
+                    "(only the AVX-512 sets repack them)")
+@pytest.mark.parametrize("prefill", [None, "f32"])
+def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, prefill):
+    """A tiny Llama of hidden 256 in llama.cpp's Q4_K_M mix (Q4_K, with Q6_K for attn_v, ffn_down
+    and output: tests/kquant_writer.py), every matrix repacked into Q4_Kx16 / Q6_Kx16: the greedy
+    tokens equal the file layout's, the logits within rounding (the panels' decode sums in
+    another order; the prompt's first 15 rows are decode rows). Prefill f32: the f32 panel GEMM
+    reads the panels back."""
+    import kquant_writer as kw
+    import model_factory as mf
+    from test_e2e_kquants import SPECS
+    tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, "Q4_K_M",
+                           lambda tensors: kw.mix_overrides(tensors, "Q4_K_M"))
+    path = tm.path("gguf-Q4_K_M")
+    packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
+    file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
+    assert s_packed > 0 and s_file == 0
+    assert_files_bits(packed, file, kquants=True)
+
+
 @needs_repack
 def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
     """Rows looked up in a packed table (37 rows: the last panel short; 160 columns: 5 blocks)
     equal gguf.quants.dequantize of the file's bytes (a lookup is a pure decode, exact in f32)."""
     gguf = pytest.importorskip("gguf")
     rng = np.random.default_rng(9)
-    rows, cols = 37, 160
+    rows = 37
     ops = core.Ops("cpu", 1)
-    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0"):
+    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"):
         qt = gguf.GGMLQuantizationType[t]
-        raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qt)
+        cols = 512 if t.endswith("_K") else 160  # K-quants: two super-blocks
+        if t.endswith("_K"):  # random blocks (the gguf package quantizes no K-quant): f16 factors set small
+            raw = rng.integers(0, 256, (rows, cols // 256 * (144 if t == "Q4_K" else 210)), dtype=np.uint8)
+            blocks = raw.reshape(rows, cols // 256, -1)
+            if t == "Q4_K":  # d, dmin lead the block
+                blocks[..., 0:4] = np.array([0.001, 0.002], np.float16).view(np.uint8)
+            else:  # d ends it
+                blocks[..., 208:210] = np.array([0.001], np.float16).view(np.uint8)
+        else:
+            raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qt)
         ids = np.array([0, 36, 15, 16, 17, 31, 32, 5, 5], np.int32)
         got = ops.get_rows(np.ascontiguousarray(raw).reshape(-1), int(qt), rows, cols, ids)
         ref = gguf.quants.dequantize(raw, qt).reshape(rows, cols)[ids]
@@ -138,7 +175,7 @@ def smollm2_pure(smollm2_gguf, tmp_path_factory):
 def test_repacked_smollm2_gives_the_files_bits(forgert, smollm2_pure, monkeypatch, qtype):
     packed, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "1")
     file, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "0")
-    assert_files_bits(packed, file)
+    assert_files_bits(packed, file, kquants=qtype == "Q4_K_M" and kquants_repacked())
 
 
 @needs_repack
@@ -175,7 +212,7 @@ def test_peak_rss_stays_within_file_kv_and_64mb(request, smollm2_gguf, model):
     before the load (the interpreter, NumPy, forgert). Without releasing each repacked tensor's
     file pages the file's ~150 MB (Q8_0) would stay resident beside the copy. The peak is the
     process's, so it also bounds anything that was resident before the load. Q4_K_M: its Q5_0
-    matrices repacked, the K-quants read in place. The default model (Q4_1, repacked too) as
+    matrices repacked, and on the AVX-512 sets its Q4_K / Q6_K ones too. The default model (Q4_1, repacked too) as
     shipped."""
     path = smollm2_gguf if model == "default Q4_1" else request.getfixturevalue("smollm2_pure")[model]
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=600,
@@ -256,14 +293,15 @@ def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
 @pytest.mark.skipif(os.environ.get("FORGERT_CPU_ISA") == "avx2", reason="this is the run under avx2")
 def test_repack_under_avx2():
     """The tests above (not the slow ones) once more under the AVX2 set, whose 256-bit panel kernels
-    (kernels_x86_panels16_256.inc) read the same panels; skipped where the CPU lacks AVX2."""
+    (kernels_x86_panels16_256.inc) read the same panels; skipped where the CPU lacks AVX2. (Not the
+    K-quant panels' test: the AVX2 set reads K-quants in the file's layout.)"""
     env = subprocess_env(FORGERT_CPU_ISA="avx2")
     probe = subprocess.run([sys.executable, "-c", "from forgert import _core; _core.Ops('cpu')"], env=env,
                            capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("the AVX2 set does not run here")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
-                           "-k", "not under_avx2", __file__], env=env, capture_output=True, text=True,
+                           "-k", "not under_avx2 and not kquant_model", __file__], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)), timeout=900)
     assert proc.returncode == 0 and " passed" in proc.stdout and "skipped" not in proc.stdout, \
         proc.stdout[-4000:] + proc.stderr[-2000:]

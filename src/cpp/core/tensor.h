@@ -31,12 +31,14 @@ enum class DType : int {
     BF16 = FG_BF16,
     MXFP4 = FG_MXFP4,
     // Internal layouts, never in a file (dtype_is_known rejects them): a CPU kernel set's
-    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 matrix into panels of kPanel16Rows rows (docs/design.md,
-    // "Repacked weights"). 1000 + the file type's id.
+    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q6_K matrix into panels of kPanel16Rows rows
+    // (docs/design.md, "Repacked weights"). 1000 + the file type's id.
     Q4_0x16 = 1000 + FG_Q4_0,
     Q4_1x16 = 1000 + FG_Q4_1,
     Q5_0x16 = 1000 + FG_Q5_0,
     Q8_0x16 = 1000 + FG_Q8_0,
+    Q4_Kx16 = 1000 + FG_Q4_K,
+    Q6_Kx16 = 1000 + FG_Q6_K,
 };
 
 // Rows per panel of the x16 layouts. Per panel and 32-weight block b (rows r0..r0+15): the 16
@@ -49,10 +51,27 @@ enum class DType : int {
 // low nibbles, 4-7 with their high ones, one mask bit per byte of a 64-byte group. A panel's block is 16 file
 // blocks' bytes, so a panel is 16 file rows' bytes; the last panel is padded with zero bytes
 // (scale and min 0: rows computed, never stored or looked up).
+// The K-quant layouts go per 256-weight super-block s (16 file super-blocks' bytes, so again a
+// panel is 16 file rows' bytes); "lane m" is row m, and a 64-byte group holds quants 4g..4g+3 of
+// the 16 rows ([row][4], g = 0..7) of 32-weight sub-block(s) as below:
+//   Q4_Kx16: the rows' f16 d (32 bytes), f16 dmin (32), the rows' 12 packed scale bytes as 3
+//     u32 words [word][row] (192: word w of row m holds the file's scales[4w..4w+3]), then 4
+//     nibble pairs of 512 bytes: pair p, group g, byte i of row m has quant 4g + i of sub-block
+//     2p in its low nibble and of sub-block 2p + 1 in its high one (the file's qs pairing).
+//   Q6_Kx16: the rows' f16 d (32), the 16 signed sub-block scales [sub-block][row] (256), then 2
+//     quads of 1536 bytes, quad h holding 32-weight blocks 4h..4h+3 group by group: group g's
+//     nibbles of blocks 4h, 4h + 1 (low, high nibble: the quants' low 4 bits), of blocks 4h + 2,
+//     4h + 3, then their high bits (bits 2k, 2k + 1 of byte i of row m: quant 4g + i of block
+//     4h + k), 64 bytes each; quants 0..63 (q + 32). In the order the kernels read them: a
+//     block's nibbles and high bits in two regions apart were read at a quarter of the speed
+//     from memory on Zen 4 (its prefetchers did not follow).
 constexpr int64_t kPanel16Rows = 16;
 constexpr bool is_panel16(DType t) {
-    return t == DType::Q4_0x16 || t == DType::Q4_1x16 || t == DType::Q5_0x16 || t == DType::Q8_0x16;
+    return t == DType::Q4_0x16 || t == DType::Q4_1x16 || t == DType::Q5_0x16 || t == DType::Q8_0x16 ||
+           t == DType::Q4_Kx16 || t == DType::Q6_Kx16;
 }
+// The K-quant panel layouts (256-weight super-blocks).
+constexpr bool is_kpanel16(DType t) { return t == DType::Q4_Kx16 || t == DType::Q6_Kx16; }
 // The file type a layout holds (t itself for file types).
 constexpr DType file_type(DType t) { return is_panel16(t) ? static_cast<DType>(static_cast<int>(t) - 1000) : t; }
 

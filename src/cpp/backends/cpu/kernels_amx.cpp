@@ -230,7 +230,7 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
         [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1) {
             int64_t t = c0;
             for (; t + kAmxTokens <= c1; t += kAmxTokens)
-                if constexpr (i8_is_halves(WT))
+                if constexpr (i8_is_halves(FT))
                     amx_tile_halves<Tiles, PARTS>(panel, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
                 else
                     amx_tile<Tiles, FT, PARTS>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r,
@@ -250,7 +250,7 @@ template <class Tiles>
 void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                  const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                  uint8_t* work) {
-    Tiles::begin(wt == DType::Q6_K);  // tile state is per thread: configured on every call
+    Tiles::begin(file_type(wt) == DType::Q6_K);  // tile state is per thread: configured on every call
     auto run = [&](auto tag) {  // gemm_i8_amx_typed of the tag's type, one or two activation parts
         constexpr DType WT = decltype(tag)::value;
         parts == 2 ? gemm_i8_amx_typed<Tiles, WT, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
@@ -278,6 +278,10 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
         run(DTypeTag<DType::Q5_0x16>{});
     else if (wt == DType::Q8_0x16)
         run(DTypeTag<DType::Q8_0x16>{});
+    else if (wt == DType::Q4_Kx16)
+        run(DTypeTag<DType::Q4_Kx16>{});
+    else if (wt == DType::Q6_Kx16)
+        run(DTypeTag<DType::Q6_Kx16>{});
     else {
         Tiles::end();
         throw std::logic_error("gemm_i8: unsupported weight type");

@@ -1,5 +1,5 @@
-// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 weights (core/tensor.h states the layout): packing from
-// the file's rows, and reading one row back. Portable code, shared by every kernel set and
+// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q6_K weights (core/tensor.h states the layouts):
+// packing from the file's rows, and reading one row back. Portable code, shared by every kernel set and
 // the backend (load-time repack, get_rows of packed tied embeddings, the f32 prefill panels).
 #pragma once
 
@@ -8,6 +8,7 @@
 
 #include "core/fp16.h"
 #include "core/tensor.h"
+#include "kernels_kquant.h"  // q4_K_scale_min: the K-quant panels' rows read back
 
 namespace forgert::cpu {
 
@@ -36,10 +37,114 @@ constexpr int64_t panel16_quants_offset(DType t) {
                                          : kPanel16ScaleBytes;
 }
 
+// Q4_Kx16 / Q6_Kx16: offsets inside one panel super-block (16 rows x 256 weights; core/tensor.h).
+constexpr int64_t kKPanelDmin = 32;             // Q4_Kx16: the rows' f16 dmin
+constexpr int64_t kKPanelQ4Scales = 64;         // Q4_Kx16: 3 packed-scale words [word][row]
+constexpr int64_t kKPanelQ4Nibbles = 256;       // Q4_Kx16: 4 nibble pairs of 512 bytes
+constexpr int64_t kKPanelQ6Scales = 32;         // Q6_Kx16: int8 scales [sub-block][row]
+constexpr int64_t kKPanelQ6Quants = 288;        // Q6_Kx16: 2 quads of 1536 bytes
+constexpr int64_t kKPanelGroupBytes = kPanel16Rows * 4;  // one 4-quant group of the 16 rows
+// Where group g of block j (0..7) lies in a panel super-block: Q4_Kx16's nibbles (pair j / 2);
+// Q6_Kx16's nibbles and high bits (quad j / 4, group g: nibble pairs 2 (j / 4) and 2 (j / 4) + 1,
+// then the high bits, 64 bytes each).
+constexpr int64_t kq4_nib_at(int j, int g) { return kKPanelQ4Nibbles + 512 * (j / 2) + kKPanelGroupBytes * g; }
+constexpr int64_t kq6_nib_at(int j, int g) {
+    return kKPanelQ6Quants + 1536 * (j / 4) + 3 * kKPanelGroupBytes * g + kKPanelGroupBytes * ((j / 2) % 2);
+}
+constexpr int64_t kq6_high_at(int j, int g) { return kKPanelQ6Quants + 1536 * (j / 4) + 3 * kKPanelGroupBytes * g + 2 * kKPanelGroupBytes; }
+// Bytes of one panel super-block: 16 file super-blocks.
+constexpr int64_t kpanel16_super_bytes(DType t) {
+    return kPanel16Rows * (int64_t)(file_type(t) == DType::Q4_K ? sizeof(block_q4_K) : sizeof(block_q6_K));
+}
+
+// Q6_K's quants of one super-block in weight order, unsigned (0..63: q + 32).   u [256]
+inline void q6_K_unpack_u(const block_q6_K* b, uint8_t* u) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t* ql = b->ql + 64 * h;
+        const uint8_t* qh = b->qh + 32 * h;
+        uint8_t* y = u + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            y[l] = (uint8_t)((ql[l] & 0x0f) | ((qh[l] & 3) << 4));
+            y[l + 32] = (uint8_t)((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4));
+            y[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            y[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+    }
+}
+
+// pack_panels16 of Q4_K / Q6_K: panels [p0, p1), super-block by super-block.
+inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
+                           int64_t p1, uint8_t* dst) {
+    const int64_t ns = cols / FG_QK_K, bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
+    for (int64_t p = p0; p < p1; p++) {
+        uint8_t* panel = dst + p * kPanel16Rows * (size_t)(ns * bb);
+        for (int64_t s = 0; s < ns; s++) {
+            uint8_t* pb = panel + s * pbb;
+            std::memset(pb, 0, pbb);
+            for (int64_t m = 0; m < kPanel16Rows && p * kPanel16Rows + m < rows; m++) {
+                const uint8_t* blk = src + (p * kPanel16Rows + m) * src_stride + s * bb;
+                if (ft == DType::Q4_K) {
+                    const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+                    std::memcpy(pb + 2 * m, &b->d, 2);
+                    std::memcpy(pb + kKPanelDmin + 2 * m, &b->dmin, 2);
+                    for (int w = 0; w < 3; w++) std::memcpy(pb + kKPanelQ4Scales + (w * kPanel16Rows + m) * 4, b->scales + 4 * w, 4);
+                    for (int q = 0; q < 4; q++)  // qs[32 q + l]: quant l of sub-blocks 2q (low) and 2q + 1 (high)
+                        for (int g = 0; g < 8; g++) std::memcpy(pb + kq4_nib_at(2 * q, g) + 4 * m, b->qs + 32 * q + 4 * g, 4);
+                } else {
+                    const auto* b = reinterpret_cast<const block_q6_K*>(blk);
+                    std::memcpy(pb + 2 * m, &b->d, 2);
+                    for (int i = 0; i < 16; i++) pb[kKPanelQ6Scales + i * kPanel16Rows + m] = (uint8_t)b->scales[i];
+                    uint8_t u[FG_QK_K];
+                    q6_K_unpack_u(b, u);
+                    for (int j = 0; j < 8; j++)
+                        for (int e = 0; e < FG_QK; e++) {
+                            const uint8_t v = u[FG_QK * j + e];
+                            pb[kq6_nib_at(j, e / 4) + 4 * m + e % 4] |= (uint8_t)((v & 0x0f) << (4 * (j % 2)));
+                            pb[kq6_high_at(j, e / 4) + 4 * m + e % 4] |= (uint8_t)((v >> 4) << (2 * (j % 4)));
+                        }
+                }
+            }
+        }
+    }
+}
+
+// Row m of one panel super-block of Q4_Kx16 / Q6_Kx16 to f32, as dequantize_super_block gives
+// the file's (Q4_K: (d sc) q - dmin m; Q6_K: (d sc) (q - 32)).   y [256]
+inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, float* y) {
+    uint16_t h;
+    std::memcpy(&h, pb + 2 * m, 2);
+    const float d = f16_to_f32(h);
+    if (file_type(t) == DType::Q4_K) {
+        std::memcpy(&h, pb + kKPanelDmin + 2 * m, 2);
+        const float dmin = f16_to_f32(h);
+        uint8_t sc12[12];
+        for (int w = 0; w < 3; w++) std::memcpy(sc12 + 4 * w, pb + kKPanelQ4Scales + (w * kPanel16Rows + m) * 4, 4);
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            q4_K_scale_min(sc12, j, sc, mn);
+            const float dj = d * (float)sc, mj = dmin * (float)mn;
+            for (int e = 0; e < FG_QK; e++) {
+                const uint8_t v = pb[kq4_nib_at(j, e / 4) + 4 * m + e % 4];
+                y[FG_QK * j + e] = dj * (float)(j % 2 ? v >> 4 : v & 0x0f) - mj;
+            }
+        }
+    } else {
+        for (int j = 0; j < 8; j++) {
+            for (int e = 0; e < FG_QK; e++) {
+                const uint8_t nib = pb[kq6_nib_at(j, e / 4) + 4 * m + e % 4], hb = pb[kq6_high_at(j, e / 4) + 4 * m + e % 4];
+                const int q = (((nib >> (4 * (j % 2))) & 0x0f) | ((hb >> (2 * (j % 4))) & 3) << 4) - 32;
+                const float dj = d * (float)(int8_t)pb[kKPanelQ6Scales + (2 * j + e / 16) * kPanel16Rows + m];
+                y[FG_QK * j + e] = dj * (float)q;
+            }
+        }
+    }
+}
+
 // Panels [p0, p1) of a matrix of `rows` rows (file type ft, rows src_stride bytes apart) into
 // dst, the packed matrix's first byte (panel p at p * 16 * row bytes). Rows past `rows` are zero.
 inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
                           int64_t p1, uint8_t* dst) {
+    if (ft == DType::Q4_K || ft == DType::Q6_K) return pack_kpanels16(ft, src, src_stride, rows, cols, p0, p1, dst);
     const int64_t nb = cols / FG_QK, bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
     const int qbytes = ft == DType::Q8_0 ? FG_QK : FG_QK / 2;                     // quant bytes per row and block
     const int head = ft == DType::Q4_1 ? 4 : ft == DType::Q5_0 ? 6 : 2;  // the file block's d (Q4_1: d, m; Q5_0: d, qh)
@@ -86,8 +191,15 @@ inline uint32_t panel16_q5_qh(const uint8_t* pb, int64_t m) {
 }
 
 // Row `row` of a packed matrix (base: its first byte, stride: a file row's bytes) as f32, as
-// the file's dequantization gives it (Q4_0: d * (q - 8); Q4_1: d * q + m; Q5_0: d * (q - 16); Q8_0: d * q).  y [cols]
+// the file's dequantization gives it (Q4_0: d * (q - 8); Q4_1: d * q + m; Q5_0: d * (q - 16); Q8_0: d * q;
+// the K-quants: dequantize_kpanel16_super).  y [cols]
 inline void dequantize_panel16_row(DType t, const uint8_t* base, size_t stride, int64_t row, float* y, int64_t cols) {
+    if (is_kpanel16(t)) {
+        const uint8_t* panel = base + row / kPanel16Rows * kPanel16Rows * stride;
+        for (int64_t s = 0; s < cols / FG_QK_K; s++)
+            dequantize_kpanel16_super(t, panel + s * kpanel16_super_bytes(t), row % kPanel16Rows, y + s * FG_QK_K);
+        return;
+    }
     const DType ft = file_type(t);
     const int64_t nb = cols / FG_QK, pbb = panel16_block_bytes(t), m = row % kPanel16Rows;
     const uint8_t* panel = base + row / kPanel16Rows * kPanel16Rows * stride;
