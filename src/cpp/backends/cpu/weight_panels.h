@@ -57,21 +57,6 @@ constexpr int64_t kpanel16_super_bytes(DType t) {
     return kPanel16Rows * (int64_t)(file_type(t) == DType::Q4_K ? sizeof(block_q4_K) : sizeof(block_q6_K));
 }
 
-// Q6_K's quants of one super-block in weight order, unsigned (0..63: q + 32).   u [256]
-inline void q6_K_unpack_u(const block_q6_K* b, uint8_t* u) {
-    for (int h = 0; h < 2; h++) {
-        const uint8_t* ql = b->ql + 64 * h;
-        const uint8_t* qh = b->qh + 32 * h;
-        uint8_t* y = u + 128 * h;
-        for (int l = 0; l < 32; l++) {
-            y[l] = (uint8_t)((ql[l] & 0x0f) | ((qh[l] & 3) << 4));
-            y[l + 32] = (uint8_t)((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4));
-            y[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-            y[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
-        }
-    }
-}
-
 // pack_panels16 of Q4_K / Q6_K: panels [p0, p1), super-block by super-block.
 inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
                            int64_t p1, uint8_t* dst) {
@@ -94,13 +79,19 @@ inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int6
                     const auto* b = reinterpret_cast<const block_q6_K*>(blk);
                     std::memcpy(pb + 2 * m, &b->d, 2);
                     for (int i = 0; i < 16; i++) pb[kKPanelQ6Scales + i * kPanel16Rows + m] = (uint8_t)b->scales[i];
-                    uint8_t u[FG_QK_K];
-                    q6_K_unpack_u(b, u);
-                    for (int j = 0; j < 8; j++)
-                        for (int e = 0; e < FG_QK; e++) {
-                            const uint8_t v = u[FG_QK * j + e];
-                            pb[kq6_nib_at(j, e / 4) + 4 * m + e % 4] |= (uint8_t)((v & 0x0f) << (4 * (j % 2)));
-                            pb[kq6_high_at(j, e / 4) + 4 * m + e % 4] |= (uint8_t)((v >> 4) << (2 * (j % 4)));
+                    // Weights 128 h + 32 k + l (block 4h + k, quant l): ql[64 h + l]'s nibbles are blocks 4h
+                    // (low) and 4h + 2 (high), ql[64 h + 32 + l]'s blocks 4h + 1 and 4h + 3, and qh[32 h + l]
+                    // holds the four blocks' high bits at bits 2k: the panel's high-bit byte as it is.
+                    constexpr uint32_t lo4 = 0x0f0f0f0f;
+                    for (int h = 0; h < 2; h++)
+                        for (int g = 0; g < 8; g++) {
+                            uint32_t l0, l1;
+                            std::memcpy(&l0, b->ql + 64 * h + 4 * g, 4);
+                            std::memcpy(&l1, b->ql + 64 * h + 32 + 4 * g, 4);
+                            const uint32_t pair0 = (l0 & lo4) | (l1 & lo4) << 4, pair1 = (l0 >> 4 & lo4) | (l1 & ~lo4);
+                            std::memcpy(pb + kq6_nib_at(4 * h, g) + 4 * m, &pair0, 4);
+                            std::memcpy(pb + kq6_nib_at(4 * h + 2, g) + 4 * m, &pair1, 4);
+                            std::memcpy(pb + kq6_high_at(4 * h, g) + 4 * m, b->qh + 32 * h + 4 * g, 4);
                         }
                 }
             }
