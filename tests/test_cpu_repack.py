@@ -101,11 +101,11 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
     assert_files_bits(packed, file)
 
 
-def kquants_repacked() -> bool:
-    return "Q4_K" in repacked_types()
+# Whether this set repacks Q4_K / Q6_K (the AVX-512 sets), asked before any test sets FORGERT_CPU_REPACK.
+KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 
-@pytest.mark.skipif(not kquants_repacked(), reason="this CPU's kernel set reads K-quants in the file's layout "
+@pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's kernel set reads K-quants in the file's layout "
                     "(only the AVX-512 sets repack them)")
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, prefill):
@@ -175,7 +175,7 @@ def smollm2_pure(smollm2_gguf, tmp_path_factory):
 def test_repacked_smollm2_gives_the_files_bits(forgert, smollm2_pure, monkeypatch, qtype):
     packed, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "1")
     file, _ = run_model(forgert, smollm2_pure[qtype], monkeypatch, "0")
-    assert_files_bits(packed, file, kquants=qtype == "Q4_K_M" and kquants_repacked())
+    assert_files_bits(packed, file, kquants=qtype == "Q4_K_M" and KQUANTS_REPACKED)
 
 
 @needs_repack
