@@ -134,13 +134,13 @@ def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
     rng = np.random.default_rng(9)
     rows = 37
     ops = core.Ops("cpu", 1)
-    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"):
+    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"):
         qt = gguf.GGMLQuantizationType[t]
         cols = 512 if t.endswith("_K") else 160  # K-quants: two super-blocks
         if t.endswith("_K"):  # random blocks (the gguf package quantizes no K-quant): f16 factors set small
-            raw = rng.integers(0, 256, (rows, cols // 256 * (144 if t == "Q4_K" else 210)), dtype=np.uint8)
+            raw = rng.integers(0, 256, (rows, cols // 256 * {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[t]), dtype=np.uint8)
             blocks = raw.reshape(rows, cols // 256, -1)
-            if t == "Q4_K":  # d, dmin lead the block
+            if t != "Q6_K":  # d, dmin lead the block
                 blocks[..., 0:4] = np.array([0.001, 0.002], np.float16).view(np.uint8)
             else:  # d ends it
                 blocks[..., 208:210] = np.array([0.001], np.float16).view(np.uint8)

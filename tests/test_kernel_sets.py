@@ -123,7 +123,7 @@ def test_panel_layouts_on_every_x86_set(x86_check_output):
 
 @X86_ONLY
 def test_kquant_panels_on_the_avx512_sets(x86_check_output):
-    """Q4_K / Q6_K weights repacked into 16-row panels (Q4_Kx16 / Q6_Kx16) on the AVX-512 sets that ran
+    """Q4_K / Q5_K / Q6_K weights repacked into 16-row panels (Q4_Kx16 / Q5_Kx16 / Q6_Kx16) on the AVX-512 sets that ran
     here (the 256-bit sets read K-quants in the file's layout): decode of 1..15 tokens bit-identical to
     the scalar statement of the panels' definition (kquant_definition_dot) and within f32 rounding of
     the file layout's K-quant decode, rows read back equal to the file's dequantization, the f32
@@ -132,7 +132,7 @@ def test_kquant_panels_on_the_avx512_sets(x86_check_output):
     if not sets:
         pytest.skip("needs AVX-512 VNNI")
     for name in sets:
-        for pt in ("Q4_Kx16", "Q6_Kx16"):
+        for pt in ("Q4_Kx16", "Q5_Kx16", "Q6_Kx16"):
             for words in ([pt, "definition"], ["rows of", pt], ["gemm_panel", pt], ["gemm_i8", pt, "x1"],
                           ["gemm_i8", pt, "x2"]):
                 lines = set_lines(x86_check_output, name, *words)

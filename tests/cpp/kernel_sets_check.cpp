@@ -474,9 +474,9 @@ float definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t n
 }
 
 // The K-quant panels' decode definition (kernels_x86_panels16_kquant.inc), in scalar code over
-// Q4_K / Q6_K rows in the file's layout: per 32-weight block b (sub-block j = b % 8 of
+// Q4_K / Q5_K / Q6_K rows in the file's layout: per 32-weight block b (sub-block j = b % 8 of
 // super-block b / 8) the exact integer dot I_b of its quants with 256 hi + lo, slot s = b % 4,
-// Q4_K: acc_s = fma((float)I_b, (d sc_j) dx, acc_s), acc_s = fma(-(dmin m_j), x.sum, acc_s);
+// Q4_K, Q5_K: acc_s = fma((float)I_b, (d sc_j) dx, acc_s), acc_s = fma(-(dmin m_j), x.sum, acc_s);
 // Q6_K: per 16-weight half h (signed quants q - 32) acc_s = fma((float)I_bh, (d sc_2j+h) dx, acc_s);
 // result (acc_0 + acc_1) + (acc_2 + acc_3).
 float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, int64_t nb) {
@@ -485,13 +485,12 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
         int q[FG_QK_K];
         float d, dmin = 0.0f;
         int sc[16], mn[8] = {};
-        if (t == DType::Q4_K) {
-            const auto* b = reinterpret_cast<const block_q4_K*>(row) + sb;
+        if (t == DType::Q4_K || t == DType::Q5_K) {
             uint8_t u[FG_QK_K];
-            q4_K_unpack(b, u);
+            const uint8_t* scales;
+            unpack_q45_K(t, row + sb * dtype_block_bytes(t), u, scales, d, dmin);
             for (int i = 0; i < FG_QK_K; i++) q[i] = u[i];
-            d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
-            for (int j = 0; j < 8; j++) q4_K_scale_min(b->scales, j, sc[j], mn[j]);
+            for (int j = 0; j < 8; j++) q4_K_scale_min(scales, j, sc[j], mn[j]);
         } else {
             const auto* b = reinterpret_cast<const block_q6_K*>(row) + sb;
             int8_t v[FG_QK_K];
@@ -505,7 +504,7 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
             float& s = acc[j % 4];
             int32_t I[2] = {0, 0};
             for (int i = 0; i < FG_QK; i++) I[i / 16] += q[FG_QK * j + i] * (256 * a.hi[i] + a.lo[i]);
-            if (t == DType::Q4_K) {
+            if (t != DType::Q6_K) {
                 s = std::fma((float)(I[0] + I[1]), d * (float)sc[j] * a.d, s);
                 s = std::fma(-(dmin * (float)mn[j]), a.sum, s);
             } else {
@@ -517,7 +516,7 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
 }
 
 // Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16; the AVX-512 sets also
-// Q4_Kx16 / Q6_Kx16, whose definition is kquant_definition_dot's), on the sets that read them:
+// Q4_Kx16 / Q5_Kx16 / Q6_Kx16, whose definition is kquant_definition_dot's), on the sets that read them:
 // every kernel that meets them gives the definition's bits (decode, 1-15 tokens, also from a
 // panel boundary inside the matrix; so every set's panels give the same bits), and the prefill
 // paths (gemm_i8, gemm_panel) the file layout's bits. The AVX-512 sets' file-layout decode
@@ -527,10 +526,10 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
 // panels of the file layout's K-quant decode (its own order on every set). Rows not a multiple of 16;
 // rows of 1 to 128 blocks, odd block counts among them (K-quants: 1 to 16 super-blocks).
 void check_panel16(const KernelSet* k) {
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
         const DType pt = packed_type(*k, t);
         if (pt == t) continue;
-        const bool kq = t == DType::Q4_K || t == DType::Q6_K;
+        const bool kq = is_kquant(t);
         for (int rows : {37, 5, 16}) {
             for (int cols : kq ? std::vector<int>{256, 768, 1536, 4096} : std::vector<int>{32, 96, 352, 1056, 4096}) {
                 const int nb = cols / FG_QK, ntok = 15;

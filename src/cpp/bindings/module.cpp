@@ -715,7 +715,7 @@ PYBIND11_MODULE(_core, m) {
         // Weight types a model's load repacks into the kernel set's panels (none with
         // FORGERT_CPU_REPACK=0, or where the set reads the file's layout).
         d["repacked_types"] = py::list();
-        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q6_K})
+        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
             if (cpu::repack_from_env() && cpu::packed_type(cpu::select_kernels(), t) != t)
                 d["repacked_types"].cast<py::list>().append(dtype_name(t));
         // How the panel GEMVs prefetch their weight stream ("far" on Intel, "off" elsewhere;

@@ -26,6 +26,7 @@ const char* dtype_name(DType t) {
         case DType::Q5_0x16: return "Q5_0x16";
         case DType::Q8_0x16: return "Q8_0x16";
         case DType::Q4_Kx16: return "Q4_Kx16";
+        case DType::Q5_Kx16: return "Q5_Kx16";
         case DType::Q6_Kx16: return "Q6_Kx16";
     }
     return "unknown";
@@ -46,7 +47,7 @@ int64_t dtype_block_elems(DType t) {
         case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: case DType::MXFP4:
         case DType::Q4_0x16: case DType::Q4_1x16: case DType::Q5_0x16: case DType::Q8_0x16: return FG_QK;
         case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::IQ4_XS:
-        case DType::Q4_Kx16: case DType::Q6_Kx16:
+        case DType::Q4_Kx16: case DType::Q5_Kx16: case DType::Q6_Kx16:
             return FG_QK_K;
         default: return 1;
     }
@@ -64,7 +65,7 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q2_K: return sizeof(block_q2_K);
         case DType::Q3_K: return sizeof(block_q3_K);
         case DType::Q4_K: case DType::Q4_Kx16: return sizeof(block_q4_K);
-        case DType::Q5_K: return sizeof(block_q5_K);
+        case DType::Q5_K: case DType::Q5_Kx16: return sizeof(block_q5_K);
         case DType::Q6_K: case DType::Q6_Kx16: return sizeof(block_q6_K);
         case DType::IQ4_NL: return sizeof(block_iq4_nl);
         case DType::IQ4_XS: return sizeof(block_iq4_xs);

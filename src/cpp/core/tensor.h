@@ -31,13 +31,14 @@ enum class DType : int {
     BF16 = FG_BF16,
     MXFP4 = FG_MXFP4,
     // Internal layouts, never in a file (dtype_is_known rejects them): a CPU kernel set's
-    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q6_K matrix into panels of kPanel16Rows rows
+    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrix into panels of kPanel16Rows rows
     // (docs/design.md, "Repacked weights"). 1000 + the file type's id.
     Q4_0x16 = 1000 + FG_Q4_0,
     Q4_1x16 = 1000 + FG_Q4_1,
     Q5_0x16 = 1000 + FG_Q5_0,
     Q8_0x16 = 1000 + FG_Q8_0,
     Q4_Kx16 = 1000 + FG_Q4_K,
+    Q5_Kx16 = 1000 + FG_Q5_K,
     Q6_Kx16 = 1000 + FG_Q6_K,
 };
 
@@ -58,6 +59,10 @@ enum class DType : int {
 //     u32 words [word][row] (192: word w of row m holds the file's scales[4w..4w+3]), then 4
 //     nibble pairs of 512 bytes: pair p, group g, byte i of row m has quant 4g + i of sub-block
 //     2p in its low nibble and of sub-block 2p + 1 in its high one (the file's qs pairing).
+//   Q5_Kx16: Q4_Kx16's d, dmin and scales (256 bytes), the fifth bits as 8 groups of 64 bytes (byte i
+//     of row m in group g is the file's qh[4g + i]: bit j, quant 4g + i of sub-block j), then
+//     Q4_Kx16's nibble pairs: read in that order (the fifth bits after the nibbles, read in step
+//     with them, were 1.5x slower from memory on Zen 4 than with a far prefetch).
 //   Q6_Kx16: the rows' f16 d (32), the 16 signed sub-block scales [sub-block][row] (256), then 2
 //     quads of 1536 bytes, quad h holding 32-weight blocks 4h..4h+3 group by group: group g's
 //     nibbles of blocks 4h, 4h + 1 (low, high nibble: the quants' low 4 bits), of blocks 4h + 2,
@@ -68,10 +73,10 @@ enum class DType : int {
 constexpr int64_t kPanel16Rows = 16;
 constexpr bool is_panel16(DType t) {
     return t == DType::Q4_0x16 || t == DType::Q4_1x16 || t == DType::Q5_0x16 || t == DType::Q8_0x16 ||
-           t == DType::Q4_Kx16 || t == DType::Q6_Kx16;
+           t == DType::Q4_Kx16 || t == DType::Q5_Kx16 || t == DType::Q6_Kx16;
 }
 // The K-quant panel layouts (256-weight super-blocks).
-constexpr bool is_kpanel16(DType t) { return t == DType::Q4_Kx16 || t == DType::Q6_Kx16; }
+constexpr bool is_kpanel16(DType t) { return t == DType::Q4_Kx16 || t == DType::Q5_Kx16 || t == DType::Q6_Kx16; }
 // The file type a layout holds (t itself for file types).
 constexpr DType file_type(DType t) { return is_panel16(t) ? static_cast<DType>(static_cast<int>(t) - 1000) : t; }
 

@@ -81,8 +81,8 @@ struct KernelSet {
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
     uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K at most)
-    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0; AVX-512 sets: Q4_K, Q6_K too) repacked
-    // into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 / Q4_Kx16 / Q6_Kx16) in every kernel
+    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0; AVX-512 sets: Q4_K, Q5_K, Q6_K too)
+    // repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 / Q4_Kx16 / Q5_Kx16 / Q6_Kx16) in every kernel
     // (gemm_q, gemm_i8, gemm_panel), so the backend
     // repacks such weights at load (CpuBackend::prepare_weight). 0: the file's layout throughout.
     uint64_t panel16_types = 0;
@@ -112,6 +112,7 @@ inline DType packed_type(const KernelSet& k, DType t) {
         case DType::Q5_0: return DType::Q5_0x16;
         case DType::Q8_0: return DType::Q8_0x16;
         case DType::Q4_K: return DType::Q4_Kx16;
+        case DType::Q5_K: return DType::Q5_Kx16;
         case DType::Q6_K: return DType::Q6_Kx16;
         default: return t;
     }

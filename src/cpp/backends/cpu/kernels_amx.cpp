@@ -280,6 +280,8 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
         run(DTypeTag<DType::Q8_0x16>{});
     else if (wt == DType::Q4_Kx16)
         run(DTypeTag<DType::Q4_Kx16>{});
+    else if (wt == DType::Q5_Kx16)
+        run(DTypeTag<DType::Q5_Kx16>{});
     else if (wt == DType::Q6_Kx16)
         run(DTypeTag<DType::Q6_Kx16>{});
     else {

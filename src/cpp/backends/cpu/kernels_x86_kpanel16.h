@@ -17,17 +17,31 @@ inline __m512 kpanel16_byte_f32(__m512i v, int k) {
     return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, pick));
 }
 
-// Group g of Q4_Kx16 / Q6_Kx16 block j's quants (the 16 rows' quants 4g..4g+3), unsigned bytes:
-// nibble pair j / 2 (low nibbles for even j), and for Q6_K bits 2 (j % 4) of high quad j / 4
-// as bits 4-5.
+// Group g of Q4_Kx16 / Q5_Kx16 / Q6_Kx16 block j's quants (the 16 rows' quants 4g..4g+3), unsigned
+// bytes: nibble pair j / 2 (low nibbles for even j); Q5_K: bit j of the fifth-bit group as bit 4;
+// Q6_K: bits 2 (j % 4) of high quad j / 4 as bits 4-5.
 template <DType WT>
 inline __m512i kpanel16_group(const uint8_t* pb, int j, int g) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
-    constexpr bool kQ4 = file_type(WT) == DType::Q4_K;
-    const __m512i raw = _mm512_loadu_si512(pb + (kQ4 ? kq4_nib_at(j, g) : kq6_nib_at(j, g)));
+    constexpr bool kQ6 = file_type(WT) == DType::Q6_K;
+    const __m512i raw = _mm512_loadu_si512(pb + (kQ6 ? kq6_nib_at(j, g) : kq4_nib_at(WT, j, g)));
     const __m512i low = j % 2 ? _mm512_srli_epi16(raw, 4) : raw;  // bits 0-3: the block's nibble
-    if constexpr (kQ4) {
+    if constexpr (file_type(WT) == DType::Q4_K) {
         return _mm512_and_si512(low, nib);
+    } else if constexpr (file_type(WT) == DType::Q5_K) {
+        const __m512i hb = _mm512_loadu_si512(pb + kKPanelQ5High + kKPanelGroupBytes * g);
+        __m512i pos;  // bit j of each byte to bit 4 (what crosses bytes is masked off below)
+        switch (j) {
+            case 0: pos = _mm512_slli_epi16(hb, 4); break;
+            case 1: pos = _mm512_slli_epi16(hb, 3); break;
+            case 2: pos = _mm512_slli_epi16(hb, 2); break;
+            case 3: pos = _mm512_slli_epi16(hb, 1); break;
+            case 4: pos = hb; break;
+            case 5: pos = _mm512_srli_epi16(hb, 1); break;
+            case 6: pos = _mm512_srli_epi16(hb, 2); break;
+            default: pos = _mm512_srli_epi16(hb, 3);
+        }
+        return _mm512_and_si512(_mm512_ternarylogic_epi32(low, pos, nib, 0xE4), _mm512_set1_epi8(0x1f));
     } else {
         const __m512i hb = _mm512_loadu_si512(pb + kq6_high_at(j, g));
         // bits 2k, 2k + 1 of each byte (k = j % 4) to bits 4-5: a 16-bit shift; the mask below
@@ -44,7 +58,7 @@ inline __m512i kpanel16_group(const uint8_t* pb, int j, int g) {
     }
 }
 
-// Q4_Kx16: the 16 rows' 6-bit scales and mins of one super-block, a byte each per 32-bit lane:
+// Q4_Kx16 / Q5_Kx16: the 16 rows' 6-bit scales and mins of one super-block, a byte each per 32-bit lane:
 // sc[0] scales 0-3, sc[1] scales 4-7, mn[0] mins 0-3, mn[1] mins 4-7 (q4_K_scale_min_words, 16 rows
 // at once).
 inline void kpanel16_q4_scales(const uint8_t* pb, __m512i* sc, __m512i* mn) {

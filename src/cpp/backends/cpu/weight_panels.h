@@ -37,27 +37,31 @@ constexpr int64_t panel16_quants_offset(DType t) {
                                          : kPanel16ScaleBytes;
 }
 
-// Q4_Kx16 / Q6_Kx16: offsets inside one panel super-block (16 rows x 256 weights; core/tensor.h).
-constexpr int64_t kKPanelDmin = 32;             // Q4_Kx16: the rows' f16 dmin
-constexpr int64_t kKPanelQ4Scales = 64;         // Q4_Kx16: 3 packed-scale words [word][row]
-constexpr int64_t kKPanelQ4Nibbles = 256;       // Q4_Kx16: 4 nibble pairs of 512 bytes
+// Q4_Kx16 / Q5_Kx16 / Q6_Kx16: offsets inside one panel super-block (16 rows x 256 weights; core/tensor.h).
+constexpr int64_t kKPanelDmin = 32;             // Q4_Kx16 / Q5_Kx16: the rows' f16 dmin
+constexpr int64_t kKPanelQ4Scales = 64;         // Q4_Kx16 / Q5_Kx16: 3 packed-scale words [word][row]
+constexpr int64_t kKPanelQ5High = 256;          // Q5_Kx16: the fifth bits, 8 groups of 64 bytes
+// Q4_Kx16 / Q5_Kx16: 4 nibble pairs of 512 bytes (Q5_Kx16: after its fifth bits)
+constexpr int64_t kpanel16_nibbles(DType t) { return file_type(t) == DType::Q5_K ? 768 : 256; }
 constexpr int64_t kKPanelQ6Scales = 32;         // Q6_Kx16: int8 scales [sub-block][row]
 constexpr int64_t kKPanelQ6Quants = 288;        // Q6_Kx16: 2 quads of 1536 bytes
 constexpr int64_t kKPanelGroupBytes = kPanel16Rows * 4;  // one 4-quant group of the 16 rows
-// Where group g of block j (0..7) lies in a panel super-block: Q4_Kx16's nibbles (pair j / 2);
+// Where group g of block j (0..7) lies in a panel super-block: Q4_Kx16's and Q5_Kx16's nibbles (pair j / 2);
 // Q6_Kx16's nibbles and high bits (quad j / 4, group g: nibble pairs 2 (j / 4) and 2 (j / 4) + 1,
 // then the high bits, 64 bytes each).
-constexpr int64_t kq4_nib_at(int j, int g) { return kKPanelQ4Nibbles + 512 * (j / 2) + kKPanelGroupBytes * g; }
+constexpr int64_t kq4_nib_at(DType t, int j, int g) { return kpanel16_nibbles(t) + 512 * (j / 2) + kKPanelGroupBytes * g; }
 constexpr int64_t kq6_nib_at(int j, int g) {
     return kKPanelQ6Quants + 1536 * (j / 4) + 3 * kKPanelGroupBytes * g + kKPanelGroupBytes * ((j / 2) % 2);
 }
 constexpr int64_t kq6_high_at(int j, int g) { return kKPanelQ6Quants + 1536 * (j / 4) + 3 * kKPanelGroupBytes * g + 2 * kKPanelGroupBytes; }
 // Bytes of one panel super-block: 16 file super-blocks.
 constexpr int64_t kpanel16_super_bytes(DType t) {
-    return kPanel16Rows * (int64_t)(file_type(t) == DType::Q4_K ? sizeof(block_q4_K) : sizeof(block_q6_K));
+    return kPanel16Rows * (int64_t)(file_type(t) == DType::Q4_K   ? sizeof(block_q4_K)
+                                    : file_type(t) == DType::Q5_K ? sizeof(block_q5_K)
+                                                                  : sizeof(block_q6_K));
 }
 
-// pack_panels16 of Q4_K / Q6_K: panels [p0, p1), super-block by super-block.
+// pack_panels16 of Q4_K / Q5_K / Q6_K: panels [p0, p1), super-block by super-block.
 inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
                            int64_t p1, uint8_t* dst) {
     const int64_t ns = cols / FG_QK_K, bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
@@ -68,13 +72,18 @@ inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int6
             std::memset(pb, 0, pbb);
             for (int64_t m = 0; m < kPanel16Rows && p * kPanel16Rows + m < rows; m++) {
                 const uint8_t* blk = src + (p * kPanel16Rows + m) * src_stride + s * bb;
-                if (ft == DType::Q4_K) {
+                if (ft == DType::Q4_K || ft == DType::Q5_K) {  // the same head (d, dmin, scales); Q5_K: qh, then qs
                     const auto* b = reinterpret_cast<const block_q4_K*>(blk);
+                    const uint8_t* qs = ft == DType::Q4_K ? b->qs : reinterpret_cast<const block_q5_K*>(blk)->qs;
                     std::memcpy(pb + 2 * m, &b->d, 2);
                     std::memcpy(pb + kKPanelDmin + 2 * m, &b->dmin, 2);
                     for (int w = 0; w < 3; w++) std::memcpy(pb + kKPanelQ4Scales + (w * kPanel16Rows + m) * 4, b->scales + 4 * w, 4);
                     for (int q = 0; q < 4; q++)  // qs[32 q + l]: quant l of sub-blocks 2q (low) and 2q + 1 (high)
-                        for (int g = 0; g < 8; g++) std::memcpy(pb + kq4_nib_at(2 * q, g) + 4 * m, b->qs + 32 * q + 4 * g, 4);
+                        for (int g = 0; g < 8; g++) std::memcpy(pb + kq4_nib_at(ft, 2 * q, g) + 4 * m, qs + 32 * q + 4 * g, 4);
+                    if (ft == DType::Q5_K)  // qh[l]: bit j is quant l of sub-block j's bit 4
+                        for (int g = 0; g < 8; g++)
+                            std::memcpy(pb + kKPanelQ5High + kKPanelGroupBytes * g + 4 * m,
+                                        reinterpret_cast<const block_q5_K*>(blk)->qh + 4 * g, 4);
                 } else {
                     const auto* b = reinterpret_cast<const block_q6_K*>(blk);
                     std::memcpy(pb + 2 * m, &b->d, 2);
@@ -99,13 +108,13 @@ inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int6
     }
 }
 
-// Row m of one panel super-block of Q4_Kx16 / Q6_Kx16 to f32, as dequantize_super_block gives
-// the file's (Q4_K: (d sc) q - dmin m; Q6_K: (d sc) (q - 32)).   y [256]
+// Row m of one panel super-block of Q4_Kx16 / Q5_Kx16 / Q6_Kx16 to f32, as dequantize_super_block
+// gives the file's (Q4_K / Q5_K: (d sc) q - dmin m; Q6_K: (d sc) (q - 32)).   y [256]
 inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, float* y) {
     uint16_t h;
     std::memcpy(&h, pb + 2 * m, 2);
     const float d = f16_to_f32(h);
-    if (file_type(t) == DType::Q4_K) {
+    if (file_type(t) != DType::Q6_K) {
         std::memcpy(&h, pb + kKPanelDmin + 2 * m, 2);
         const float dmin = f16_to_f32(h);
         uint8_t sc12[12];
@@ -115,8 +124,10 @@ inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, flo
             q4_K_scale_min(sc12, j, sc, mn);
             const float dj = d * (float)sc, mj = dmin * (float)mn;
             for (int e = 0; e < FG_QK; e++) {
-                const uint8_t v = pb[kq4_nib_at(j, e / 4) + 4 * m + e % 4];
-                y[FG_QK * j + e] = dj * (float)(j % 2 ? v >> 4 : v & 0x0f) - mj;
+                const uint8_t v = pb[kq4_nib_at(t, j, e / 4) + 4 * m + e % 4];
+                int q = j % 2 ? v >> 4 : v & 0x0f;
+                if (file_type(t) == DType::Q5_K) q |= ((pb[kKPanelQ5High + kKPanelGroupBytes * (e / 4) + 4 * m + e % 4] >> j) & 1) << 4;
+                y[FG_QK * j + e] = dj * (float)q - mj;
             }
         }
     } else {
@@ -135,7 +146,7 @@ inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, flo
 // dst, the packed matrix's first byte (panel p at p * 16 * row bytes). Rows past `rows` are zero.
 inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
                           int64_t p1, uint8_t* dst) {
-    if (ft == DType::Q4_K || ft == DType::Q6_K) return pack_kpanels16(ft, src, src_stride, rows, cols, p0, p1, dst);
+    if (ft == DType::Q4_K || ft == DType::Q5_K || ft == DType::Q6_K) return pack_kpanels16(ft, src, src_stride, rows, cols, p0, p1, dst);
     const int64_t nb = cols / FG_QK, bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
     const int qbytes = ft == DType::Q8_0 ? FG_QK : FG_QK / 2;                     // quant bytes per row and block
     const int head = ft == DType::Q4_1 ? 4 : ft == DType::Q5_0 ? 6 : 2;  // the file block's d (Q4_1: d, m; Q5_0: d, qh)
