@@ -107,19 +107,22 @@ KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 @pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's kernel set reads K-quants in the file's layout "
                     "(only the AVX-512 sets repack them)")
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
-def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, prefill):
+def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, mix,
+                                                      prefill):
     """A tiny Llama of hidden 256 in llama.cpp's Q4_K_M mix (Q4_K, with Q6_K for attn_v, ffn_down
-    and output: tests/kquant_writer.py), every matrix repacked into Q4_Kx16 / Q6_Kx16: the greedy
+    and output: tests/kquant_writer.py) and its Q5_K_M mix (Q5_K for Q4_K), every matrix repacked
+    into Q4_Kx16 / Q5_Kx16 / Q6_Kx16: the greedy
     tokens equal the file layout's, the logits within rounding (the panels' decode sums in
     another order; the prompt's first 15 rows are decode rows). Prefill f32: the f32 panel GEMM
     reads the panels back."""
     import kquant_writer as kw
     import model_factory as mf
     from test_e2e_kquants import SPECS
-    tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, "Q4_K_M",
-                           lambda tensors: kw.mix_overrides(tensors, "Q4_K_M"))
-    path = tm.path("gguf-Q4_K_M")
+    tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, mix,
+                           lambda tensors: kw.mix_overrides(tensors, mix))
+    path = tm.path(f"gguf-{mix}")
     packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
     file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
     assert s_packed > 0 and s_file == 0

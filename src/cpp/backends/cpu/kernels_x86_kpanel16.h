@@ -1,4 +1,4 @@
-// Reading the AVX-512 sets' K-quant panels (Q4_Kx16 / Q6_Kx16, core/tensor.h): a block's 4-quant
+// Reading the AVX-512 sets' K-quant panels (Q4_Kx16 / Q5_Kx16 / Q6_Kx16, core/tensor.h): a block's 4-quant
 // groups as vpdpbusd operands and Q4_K's packed scales for 16 rows at once. Shared by the decode
 // kernel (kernels_x86_panels16_kquant.inc) and the int8 prefill's panel conversion
 // (kernels_x86_int8.inc); included where FG_PANEL_512 is set, after <immintrin.h>.

@@ -1,4 +1,4 @@
-// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q6_K weights (core/tensor.h states the layouts):
+// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights (core/tensor.h states the layouts):
 // packing from the file's rows, and reading one row back. Portable code, shared by every kernel set and
 // the backend (load-time repack, get_rows of packed tied embeddings, the f32 prefill panels).
 #pragma once
