@@ -41,7 +41,8 @@ def main():
     a.work.mkdir(parents=True, exist_ok=True)
     os.environ.pop("FORGERT_CPU_PREFILL", None)     # the prefill follows `activations`
     results = {}
-    print(f"machine: {cpu_name()}; kernels {forgert._core.cpu_info()['kernels']}")
+    from forgert import _core
+    print(f"machine: {cpu_name()}; kernels {_core.cpu_info()['kernels']}")
     for t in a.types.split(","):
         path = Path(src) if t == "q4_1" else a.work / f"smollm2-{t}.gguf"
         if not path.exists():
