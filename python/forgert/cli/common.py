@@ -133,7 +133,7 @@ def load_model(args):
         warnings.simplefilter("always")
         try:
             model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx,
-                          parallel=getattr(args, "kv_slots", 1), activations=args.activations)
+                          parallel=getattr(args, "kv_slots", 1), activations=getattr(args, "activations", "int16"))
         except KvCacheTooLargeError as e:
             raise UserError(f"a context of {e.n_ctx} tokens needs more memory for its KV cache than is "
                             f"available ({e}); pass --n-ctx {e.n_ctx_that_fits} or less") from None
