@@ -24,21 +24,21 @@ class FakeCore:
     def __init__(self):
         self.asked = []
 
-    def Engine(self, cfg, tensors, backend, n_threads, n_slots=1):
+    def Engine(self, cfg, tensors, backend, n_threads, n_slots=1, activations="int16"):
         self.asked.append(backend)
         if backend == "metal":
             raise RuntimeError(METAL_MESSAGE)
         return types.SimpleNamespace(backend_name=backend)
 
 
-def make_engine(backend, monkeypatch, platform="darwin", env=None):
+def make_engine(backend, monkeypatch, platform="darwin", env=None, activations="int16"):
     monkeypatch.setattr(sys, "platform", platform)
     if env is None:
         monkeypatch.delenv("FORGERT_BACKEND", raising=False)
     else:
         monkeypatch.setenv("FORGERT_BACKEND", env)
     core = FakeCore()
-    owner = types.SimpleNamespace(_model=types.SimpleNamespace(core_tensors={}), parallel=1)
+    owner = types.SimpleNamespace(_model=types.SimpleNamespace(core_tensors={}), parallel=1, activations=activations)
     engine = fm.Model._make_engine(owner, core, {}, backend, 0)
     return engine, core.asked
 
@@ -108,3 +108,16 @@ def test_available_memory_on_linux_is_memavailable():
     want = int(fields["MemAvailable"].split()[0]) * 1024
     # Memory moves between the two reads; the kernel's figure is the reference.
     assert abs(fm.available_memory_bytes() - want) < 256 << 20
+
+
+def test_auto_with_one_part_activations_runs_on_the_cpu_without_trying_metal(monkeypatch):
+    """activations="int8" exists only on the CPU backend: "auto" goes there directly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine, asked = make_engine("auto", monkeypatch, activations="int8")
+    assert asked == ["cpu"] and engine.backend_name == "cpu"
+
+
+def test_forgert_backend_metal_with_one_part_activations_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="CPU backend option"):
+        make_engine("auto", monkeypatch, env="metal", activations="int8")

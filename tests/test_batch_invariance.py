@@ -8,7 +8,8 @@ The reference is the sequence evaluated alone through the engine's single-sequen
 does), so equality is exact (np.array_equal), not a tolerance: every decode row takes the
 few-token kernels and every prompt-prefix row the prefill GEMM, whatever else shares the step.
 Models: tiny random Llama (GGUF Q4_0, Q8_0, and the Q4_K_M mix: Q4_K / Q6_K), a tiny Mixtral
-(Q8_0, Q4_0: matmul_id groups each expert's decode and prefix slots apart).
+(Q8_0, Q4_0: matmul_id groups each expert's decode and prefix slots apart). Both CPU activation
+formats (forgert.Model's activations="int16", the default, and "int8": one int8 part a value).
 """
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def model_files(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture
 def engine(forgert):
-    def make(path, slots=4, threads=2, n_ctx=N_CTX):
-        return forgert.Model(str(path), backend="cpu", threads=threads, n_ctx=n_ctx, parallel=slots)._engine
+    def make(path, slots=4, threads=2, n_ctx=N_CTX, activations="int16"):
+        return forgert.Model(str(path), backend="cpu", threads=threads, n_ctx=n_ctx, parallel=slots,
+                             activations=activations)._engine
     return make
 
 
@@ -153,6 +155,16 @@ def test_moe_decode_rows_alone_equal_batched_with_prefill(model_files, engine, t
     """matmul_id: an expert chosen by decode tokens and by a prefill chunk in one step runs its
     decode slots through the few-token kernels and the chunk's through the GEMM."""
     check_invariant(engine(model_files(kind)), tiny_tokenizer.get_vocab_size(), chunk, prefill_first=chunk == 5)
+
+
+@pytest.mark.parametrize("kind", ["llama-Q4_0", "llama-Q8_0", "llama-Q4_K_M", "mixtral-Q4_0"])
+@pytest.mark.parametrize("chunk", [7, 33])
+def test_one_part_activations_decode_rows_alone_equal_batched(model_files, engine, tiny_tokenizer, kind, chunk):
+    """activations="int8": the decode kernels skip the lo parts' dots (AVX-512 / AMX), the prefill
+    GEMM takes one part; a sequence's bits still do not depend on the batch."""
+    eng = engine(model_files(kind), activations="int8")
+    assert eng.cpu_activation_parts["decode"] == 1
+    check_invariant(eng, tiny_tokenizer.get_vocab_size(), chunk, prefill_first=chunk == 7)
 
 
 def test_more_decode_rows_than_one_kernel_run(model_files, engine, tiny_tokenizer):
@@ -266,6 +278,13 @@ def test_smollm2_decode_rows_alone_equal_batched_with_prefill(smollm2_gguf, engi
     """The real SmolLM2-135M Q4_1 (its prefix rows take the f32 panel GEMM, Q4_1 having no int8
     GEMM): the same bit-identity, a 70-token prompt arriving mid-decode in 33-token chunks."""
     eng = engine(smollm2_gguf, threads=2, n_ctx=N_CTX)
+    check_invariant(eng, 49152, chunk=33)
+
+
+def test_smollm2_one_part_activations_alone_equal_batched(smollm2_gguf, engine):
+    """SmolLM2-135M Q4_1 with activations="int8" (its Q4_1 repacked into panels on AVX-512: the
+    panel GEMVs without the lo dots): the same bit-identity."""
+    eng = engine(smollm2_gguf, threads=2, n_ctx=N_CTX, activations="int8")
     check_invariant(eng, 49152, chunk=33)
 
 

@@ -4,6 +4,7 @@
 //
 //   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
 //   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only, 8 = and batched decode]
+//                             [activations: int16 (default) or int8, forgert.Model's option]
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -106,13 +107,14 @@ int main(int argc, char** argv) {
     const char* filter = argc > 2 ? argv[2] : "";  // run only ops whose name contains this
     const int64_t max_n = argc > 3 ? std::atoll(argv[3]) : 512;  // 1: decode matmuls only
     cpu::CpuBackend be(threads);
+    cpu::set_activations(be, argc > 4 ? argv[4] : "int16");
     std::mt19937 rng(1);
     std::vector<std::unique_ptr<Buffer>> keep;
     // Read bandwidth with as many threads as the backend (one memcpy thread, the old reference,
     // is a fraction of what 16 cores read: it gave 557-2873% "of bandwidth" on a 16-core host).
     const double bw = cpu::measure_read_bandwidth_gbs(be.n_threads());
-    std::printf("backend: %s, threads: %d, read bandwidth (%d threads): %.1f GB/s\n", be.name().c_str(), be.n_threads(),
-                be.n_threads(), bw);
+    std::printf("backend: %s, threads: %d, activations: %s, read bandwidth (%d threads): %.1f GB/s\n", be.name().c_str(),
+                be.n_threads(), be.activation_parts() == 1 ? "int8" : "int16", be.n_threads(), bw);
     std::printf("%-28s %6s %6s %5s %10s %9s %9s %7s %10s\n", "op", "rows", "cols", "n", "time_us", "GB/s", "GFLOP/s", "%bw",
                 "cpu_us");
 

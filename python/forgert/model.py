@@ -30,6 +30,9 @@ from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
 
 BACKENDS = ("auto", "cpu", "metal")
+# The CPU's int8 paths: activations rounded per 32 values to two int8 parts (~16 bits, the
+# default) or one (llama.cpp's format: faster batched decode, coarser; docs/design.md).
+ACTIVATIONS = ("int16", "int8")
 PREFILL_CHUNK = 512     # tokens per forward call during prefill: bounds activation memory
 
 
@@ -180,6 +183,14 @@ class Model:
         was trained for is allowed with a warning.
     parallel: sequences decoded together when generate/stream get a list of prompts (KV slots:
         the KV cache takes `parallel` times the memory of one n_ctx sequence).
+    activations: the CPU backend's activation format against quantized weights: "int16" (the
+        default: each value as two int8 parts, logits within f32 rounding's reach of an f32
+        reference) or "int8" (one part, as llama.cpp: a faster batched decode and prefill, at a
+        fidelity cost: SmolLM2's teacher-forced top-1 agreement with transformers drops a few
+        points, README "CPU activation format"). Either way a sequence's logits are the same
+        alone and in a batch. CPU only: "int8" with backend="metal" is a ValueError, and
+        backend="auto" then runs on the CPU. FORGERT_CPU_PREFILL, where set, still chooses the
+        prefill's format alone (int8x2, int8, f32).
 
     Threads: a Model may be shared by threads. Calls that use the engine or its cache (generate,
     chat, logits, save_state, load_state, reset, set_prompt_cache, set_profiling, and a stream
@@ -191,9 +202,14 @@ class Model:
     """
 
     def __init__(self, path=None, backend: str = "auto", threads: int | None = None, n_ctx: int | None = None,
-                 parallel: int = 1):
+                 parallel: int = 1, activations: str = "int16"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activations!r}")
+        if activations != "int16" and backend == "metal":
+            raise ValueError(f"activations={activations!r} is a CPU backend option; the Metal backend has its "
+                             f"own numerics (use backend='cpu', or leave activations at 'int16')")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
         if n_ctx is not None and (not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1):
@@ -211,6 +227,7 @@ class Model:
         _check_kv_cache_fits(cfg, n_ctx, self._model.name, parallel)
         self.threads = self._choose_threads(threads)
         self.parallel = parallel
+        self.activations = activations
         core = _import_core()
         self._engine = self._make_engine(core, cfg.core_dict(n_ctx), backend, self.threads)
         self.n_ctx = int(self._engine.n_ctx)
@@ -259,6 +276,10 @@ class Model:
             backend = os.environ.get("FORGERT_BACKEND", "").strip().lower() or "auto"
             if backend not in BACKENDS:
                 raise ValueError(f"FORGERT_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "auto" and self.activations != "int16":
+            backend = "cpu"     # the option exists only there
+        if backend == "metal" and self.activations != "int16":
+            raise ValueError(f"activations={self.activations!r} is a CPU backend option (FORGERT_BACKEND=metal)")
         if backend == "auto":
             if sys.platform == "darwin":
                 try:
@@ -268,7 +289,8 @@ class Model:
                                   f"this; FORGERT_BACKEND=metal or backend=\"metal\" makes it an error)",
                                   RuntimeWarning, stacklevel=3)
             backend = "cpu"
-        return core.Engine(cfg, tensors, backend=backend, n_threads=n_threads, n_slots=self.parallel)
+        return core.Engine(cfg, tensors, backend=backend, n_threads=n_threads, n_slots=self.parallel,
+                           activations=self.activations)
 
     # -- information -------------------------------------------------------------------------
     @property
@@ -296,7 +318,7 @@ class Model:
             "head_dim": c.head_dim, "ffn_dim": c.ffn_dim, "vocab": c.vocab,
             "context_length": c.context_length, "n_ctx": self.n_ctx, "rope_theta": c.rope_theta,
             "rope_scaling": (c.rope_scaling or {}).get("type"), "rms_eps": c.rms_eps,
-            "tied_embeddings": c.tied_embeddings, "backend": self.backend,
+            "tied_embeddings": c.tied_embeddings, "backend": self.backend, "activations": self.activations,
             "bos_token_id": self.tokenizer.bos_id, "eos_token_id": self.tokenizer.eos_id,
             "stop_token_ids": sorted(self.tokenizer.stop_ids), "add_bos": self.tokenizer.add_bos,
             "chat_template": m.chat_template,

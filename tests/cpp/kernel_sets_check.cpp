@@ -246,9 +246,9 @@ void check_gemv_reference(const KernelSet* k, int cols) {
                     for (int tk = 0; tk < n; tk++) k->quantize_row_q8(&x[tk * cols], &xq[tk * nb], cols);
                     std::vector<float> got(n * rows), gen(n * rows), ref(n * rows);
                     for (int nt : {1, n}) {  // one token (decode), then a few
-                        k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, nt, got.data(), rows);
+                        k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, nt, got.data(), rows, 2);
                         if (k != kernels_generic())
-                            kernels_generic()->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, nt, gen.data(), rows);
+                            kernels_generic()->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, nt, gen.data(), rows, 2);
                         for (int tk = 0; tk < nt; tk++)
                             for (int r = 0; r < rows; r++) {
                                 double acc = 0, mag = 0, xerr = 0;
@@ -295,8 +295,10 @@ void check_gemv_reference(const KernelSet* k, int cols) {
 // token's product alone, for every token count up to the prefill GEMM's (1..15), over every
 // register tile and remainder. The NEON sets too: their integer block dots are exact and every
 // tile runs the same float steps. Every quantized type (K-quants and IQ4_XS where the row holds
-// whole super-blocks: one, two and three of them).
-void check_batch_invariance(const KernelSet* k, int cols) {
+// whole super-blocks: one, two and three of them). In both activation formats: parts = 1
+// (activations="int8": lo = 0, drop_lo_parts), where the kernels that skip the lo dots must also
+// give the bits of parts = 2 on the same blocks (the zeros multiplied).
+void check_batch_invariance(const KernelSet* k, int cols, int parts) {
     // x86 and NEON sets; generic: close (check()), not bit-identical
     if (std::strncmp(k->name, "avx", 3) && std::strncmp(k->name, "neon", 4)) return;
     const int rows = 37, nb = cols / FG_QK, ntok = 15;
@@ -304,6 +306,7 @@ void check_batch_invariance(const KernelSet* k, int cols) {
     for (auto& v : x) v = normal(rng);
     std::vector<BlockQ8Act> xq(ntok * nb);
     for (int t = 0; t < ntok; t++) k->quantize_row_q8(&x[t * cols], &xq[t * nb], cols);
+    if (parts == 1) drop_lo_parts(xq.data(), ntok * nb);
     std::vector<DType> types = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
                                 DType::MXFP4};
     if (cols % FG_QK_K == 0)  // K-quants and IQ4_XS: whole super-blocks
@@ -312,16 +315,22 @@ void check_batch_invariance(const KernelSet* k, int cols) {
         auto w = random_weights(t, rows, cols);
         const int64_t rb = row_bytes(t, cols);
         std::vector<float> alone(ntok * rows), many(ntok * rows);
-        for (int tk = 0; tk < ntok; tk++) k->gemm_q(t, w.data(), rb, 0, rows, &xq[tk * nb], nb, 1, &alone[tk * rows], rows);
-        bool same = true;
+        for (int tk = 0; tk < ntok; tk++) k->gemm_q(t, w.data(), rb, 0, rows, &xq[tk * nb], nb, 1, &alone[tk * rows], rows, parts);
+        bool same = true, zeros_same = true;
         for (int n = 2; n <= ntok; n++) {
-            k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, many.data(), rows);
+            k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, many.data(), rows, parts);
             same &= !std::memcmp(many.data(), alone.data(), (size_t)n * rows * sizeof(float));
         }
-        if (!same) failures++;
+        for (int n = 1; parts == 1 && n <= ntok; n++) {
+            k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, many.data(), rows, 2);
+            zeros_same &= !std::memcmp(many.data(), alone.data(), (size_t)n * rows * sizeof(float));
+        }
+        if (!same || !zeros_same) failures++;
         char what[64];
-        std::snprintf(what, sizeof what, "gemm %s n=2..15 %d cols", dtype_name(t), cols);
+        std::snprintf(what, sizeof what, "gemm %s x%d n=2..15 %d cols", dtype_name(t), parts, cols);
         std::printf("%-12s %-28s bit-identical to n=1 %s\n", k->name, what, same ? "ok" : "FAIL");
+        if (parts == 1)
+            std::printf("%-12s %-28s bit-identical to x2 on lo = 0, n=1..15 %s\n", k->name, what, zeros_same ? "ok" : "FAIL");
         // One token over row ranges as threads take them (the K-quant GEMV reads a range as 4
         // streams a quarter of it apart, so where a row falls moves): each row as over all rows.
         bool split_same = true;
@@ -329,11 +338,11 @@ void check_batch_invariance(const KernelSet* k, int cols) {
         for (int tk = 0; tk < ntok; tk++) {
             const int cuts[] = {0, 3, 8, 24, rows};
             for (int c = 0; c + 1 < 5; c++)
-                k->gemm_q(t, w.data(), rb, cuts[c], cuts[c + 1], &xq[tk * nb], nb, 1, part.data(), rows);
+                k->gemm_q(t, w.data(), rb, cuts[c], cuts[c + 1], &xq[tk * nb], nb, 1, part.data(), rows, parts);
             split_same &= !std::memcmp(part.data(), &alone[tk * rows], rows * sizeof(float));
         }
         if (!split_same) failures++;
-        std::snprintf(what, sizeof what, "gemv %s rows in 4 ranges %d cols", dtype_name(t), cols);
+        std::snprintf(what, sizeof what, "gemv %s x%d 4 row ranges %d cols", dtype_name(t), parts, cols);
         std::printf("%-12s %-28s bit-identical to all rows %s\n", k->name, what, split_same ? "ok" : "FAIL");
     }
 }
@@ -363,8 +372,8 @@ void check(const KernelSet* k, int cols) {
         for (int n : {1, ntok}) {
             std::vector<float> a(n * rows), b(n * rows);
             if (t != DType::F16 && t != DType::BF16 && t != DType::F32) {
-                g->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, a.data(), rows);
-                k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, b.data(), rows);
+                g->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, a.data(), rows, 2);
+                k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, b.data(), rows, 2);
             } else {
                 g->gemm_f(t, w.data(), rb, 0, rows, x.data(), cols, n, a.data(), rows);
                 k->gemm_f(t, w.data(), rb, 0, rows, x.data(), cols, n, b.data(), rows);
@@ -557,12 +566,12 @@ void check_panel16(const KernelSet* k) {
                 for (int n = 1; n <= ntok; n++) {
                     std::fill(got.begin(), got.end(), -1.0f);
                     if (rows > 16) {  // two calls that meet at a panel boundary, as the backend's row chunks
-                        k->gemm_q(pt, p.data(), rb, 16, rows, xq.data(), nb, n, got.data(), rows);
-                        k->gemm_q(pt, p.data(), rb, 0, 16, xq.data(), nb, n, got.data(), rows);
+                        k->gemm_q(pt, p.data(), rb, 16, rows, xq.data(), nb, n, got.data(), rows, 2);
+                        k->gemm_q(pt, p.data(), rb, 0, 16, xq.data(), nb, n, got.data(), rows, 2);
                     } else {
-                        k->gemm_q(pt, p.data(), rb, 0, rows, xq.data(), nb, n, got.data(), rows);
+                        k->gemm_q(pt, p.data(), rb, 0, rows, xq.data(), nb, n, got.data(), rows, 2);
                     }
-                    k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, file.data(), rows);
+                    k->gemm_q(t, w.data(), rb, 0, rows, xq.data(), nb, n, file.data(), rows, 2);
                     same &= !std::memcmp(got.data(), def.data(), (size_t)n * rows * sizeof(float));
                     file_same &= !std::memcmp(got.data(), file.data(), (size_t)n * rows * sizeof(float));
                     for (int i = 0; i < n * rows; i++)
@@ -581,6 +590,22 @@ void check_panel16(const KernelSet* k) {
                     std::printf("%-12s %-28s bit-identical to the definition %s, to %s %.2g rel %s\n", k->name, what,
                                 same ? "ok" : "FAIL", dtype_name(t), file_err / file_scale, close ? "ok" : "FAIL");
                 }
+                // One-part activations (lo = 0, gemm_q's parts = 1): the definition's bits too.
+                std::vector<BlockQ8Act> x1 = xq;
+                drop_lo_parts(x1.data(), ntok * nb);
+                for (int tk = 0; tk < ntok; tk++)
+                    for (int r = 0; r < rows; r++)
+                        def[tk * rows + r] = kq ? kquant_definition_dot(t, w.data() + r * rb, &x1[tk * nb], nb)
+                                                : definition_dot(t, w.data() + r * rb, &x1[tk * nb], nb);
+                bool one_same = true;
+                for (int n = 1; n <= ntok; n++) {
+                    std::fill(got.begin(), got.end(), -1.0f);
+                    k->gemm_q(pt, p.data(), rb, 0, rows, x1.data(), nb, n, got.data(), rows, 1);
+                    one_same &= !std::memcmp(got.data(), def.data(), (size_t)n * rows * sizeof(float));
+                }
+                if (!one_same) failures++;
+                std::snprintf(what, sizeof what, "gemm %s x1 %dx%d n=1..15", dtype_name(pt), rows, cols);
+                std::printf("%-12s %-28s bit-identical to the definition %s\n", k->name, what, one_same ? "ok" : "FAIL");
                 // One row back (get_rows of a packed embedding): the file's dequantization.
                 std::vector<float> a(cols), b(cols);
                 bool rows_same = true;
@@ -637,8 +662,10 @@ int main() {
         if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
-        for (int cols : {96, 320, 352}) check_batch_invariance(k, cols);  // quads + a pair + a block, etc.
-        for (int cols : {256, 512, 768}) check_batch_invariance(k, cols);  // K-quant super-blocks
+        for (int parts : {2, 1}) {  // activations "int16", "int8"
+            for (int cols : {96, 320, 352}) check_batch_invariance(k, cols, parts);  // quads + a pair + a block, etc.
+            for (int cols : {256, 512, 768}) check_batch_invariance(k, cols, parts);  // K-quant super-blocks
+        }
         for (int cols : {256, 768}) check_gemv_reference(k, cols);
         check_gemm_i8(k, 8192, {70});  // wide rows: the tokens go through the panels in several passes
         check_panel16(k);

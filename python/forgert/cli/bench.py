@@ -120,6 +120,7 @@ def run(args) -> int:
             for i in range(args.repeats)]
     result = {
         "model": model.info()["name"], "backend": model.backend, "threads": model.threads,
+        "activations": model.activations,
         "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "repeats": args.repeats,
         "decode_depth": len(decode_prompt) if decode_prompt is not None else depth,
         "prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] for r in runs),
@@ -137,7 +138,8 @@ def run(args) -> int:
 
 def format_text(r: dict) -> str:
     lines = [
-        f"{r['model']} on {r['backend']}, median of {r['repeats']} runs",
+        f"{r['model']} on {r['backend']}" + (f", activations {r['activations']}" if r.get("activations", "int16") != "int16" else "")
+        + f", median of {r['repeats']} runs",
         f"  prefill  {r['prompt_tokens']:>5} tokens  {r['prefill_tokens_per_s']:10.1f} tok/s",
         f"  decode   {r['gen_tokens']:>5} tokens  {r['decode_tokens_per_s']:10.1f} tok/s",
     ]

@@ -62,6 +62,10 @@ def add_model_args(p):
     p.add_argument("--n-ctx", metavar="N", type=int_at_least(1), default=None, dest="n_ctx",
                    help="context length in tokens, prompt and answer together "
                         "(default: the model's, at most 8192)")
+    p.add_argument("--activations", default="int16", choices=["int16", "int8"],
+                   help="CPU: activations against quantized weights as two int8 parts (int16, the "
+                        "default) or one (int8, as llama.cpp: faster batched decode and prefill, "
+                        "coarser logits)")
 
 
 def add_template_args(p):
@@ -129,7 +133,7 @@ def load_model(args):
         warnings.simplefilter("always")
         try:
             model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx,
-                          parallel=getattr(args, "kv_slots", 1))
+                          parallel=getattr(args, "kv_slots", 1), activations=getattr(args, "activations", "int16"))
         except KvCacheTooLargeError as e:
             raise UserError(f"a context of {e.n_ctx} tokens needs more memory for its KV cache than is "
                             f"available ({e}); pass --n-ctx {e.n_ctx_that_fits} or less") from None

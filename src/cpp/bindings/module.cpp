@@ -208,7 +208,7 @@ struct PyRowScores {
 class Engine {
 public:
     Engine(const py::dict& cfg_dict, const py::dict& tensors, const std::string& backend, int n_threads, int max_batch,
-           int n_slots) {
+           int n_slots, const std::string& activations) {
         if (max_batch <= 0 || max_batch > kMaxBatch)
             throw InputError("max_batch must be in 1.." + std::to_string(kMaxBatch) + ", got " + std::to_string(max_batch));
         if (n_slots <= 0 || n_slots > kMaxSlots)
@@ -230,6 +230,9 @@ public:
             host[name] = t;
         }
         auto be = make_backend(backend, n_threads);
+        // The CPU's int8 paths: "int16" two int8 parts per value (the default), "int8" one
+        // (faster batched decode, coarser: docs/design.md "Numerics of the CPU backend").
+        cpu::set_activations(*be, activations);
         ModelWeights w = load_weights(cfg, host, *be);
         for (const auto& b : w.buffers) weight_buffers_.emplace_back((uintptr_t)b->host, b->size);
         for (const auto& b : w.prepared) prepared_bytes_ += b->size;
@@ -557,9 +560,9 @@ private:
 PYBIND11_MODULE(_core, m) {
     m.doc() = "forgert native runtime";
     py::class_<Engine>(m, "Engine")
-        .def(py::init<const py::dict&, const py::dict&, const std::string&, int, int, int>(), py::arg("config"),
-             py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0, py::arg("max_batch") = 512,
-             py::arg("n_slots") = 1)
+        .def(py::init<const py::dict&, const py::dict&, const std::string&, int, int, int, const std::string&>(),
+             py::arg("config"), py::arg("tensors"), py::arg("backend") = "cpu", py::arg("n_threads") = 0,
+             py::arg("max_batch") = 512, py::arg("n_slots") = 1, py::arg("activations") = "int16")
         .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
         .def("forward_sample", &Engine::forward_sample, py::arg("tokens"), py::arg("pos"), py::arg("sampler"),
@@ -588,6 +591,15 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })
+        .def_property_readonly("cpu_activation_parts", [](Engine& e) -> py::object {
+            auto* cpu = e.cpu_backend();
+            if (!cpu) return py::none();
+            py::dict d;
+            d["decode"] = cpu->activation_parts();
+            d["prefill"] = cpu->prefill_parts();  // 0: the f32 GEMM (FORGERT_CPU_PREFILL=f32)
+            return d;
+        }, "int8 activation parts of the CPU's decode and prefill kernels ({'decode': 2 or 1, "
+           "'prefill': 2, 1 or 0}), or None on another backend")
         .def_property_readonly("repack_s", [](Engine& e) {
             auto* cpu = e.cpu_backend();
             return cpu ? cpu->repack_seconds() : 0.0;

@@ -10,6 +10,7 @@
 #include <optional>
 #include <tuple>
 
+#include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
 
 namespace py = pybind11;
@@ -61,7 +62,10 @@ void check_row_table(const I32& rows, int64_t n, int64_t n_ctx) {
 
 class Ops {
 public:
-    Ops(const std::string& backend, int threads) : be_(make_backend(backend, threads)) {}
+    Ops(const std::string& backend, int threads, const std::string& activations)
+        : be_(make_backend(backend, threads)) {
+        cpu::set_activations(*be_, activations);
+    }
 
     std::string name() const { return be_->name(); }
 
@@ -386,7 +390,8 @@ private:
 
 void bind_ops(py::module_& m) {
     py::class_<Ops>(m, "Ops")
-        .def(py::init<const std::string&, int>(), py::arg("backend") = "cpu", py::arg("threads") = 0)
+        .def(py::init<const std::string&, int, const std::string&>(), py::arg("backend") = "cpu",
+             py::arg("threads") = 0, py::arg("activations") = "int16")
         .def_property_readonly("name", &Ops::name)
         .def("matmul", &Ops::matmul, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x"),
              py::arg("decode_rows") = -1)

@@ -46,6 +46,26 @@ CpuBackend::CpuBackend(int n_threads)
     panel_prefetch();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
 }
 
+void CpuBackend::set_activation_parts(int parts) {
+    if (parts != 1 && parts != 2) throw InputError("activation parts must be 1 or 2, got " + std::to_string(parts));
+    decode_parts_ = parts;
+    prefill_parts_ = prefill_int8_parts(parts);
+}
+
+void set_activations(Backend& be, const std::string& activations) {
+    if (activations != "int16" && activations != "int8")
+        throw InputError("activations must be 'int16' or 'int8', got '" + activations + "'");
+    if (auto* cpu = dynamic_cast<CpuBackend*>(&be)) return cpu->set_activation_parts(activations == "int8" ? 1 : 2);
+    if (activations != "int16")
+        throw InputError("activations='" + activations + "' is a CPU backend option; the " + be.name() +
+                         " backend has its own numerics (leave activations at 'int16')");
+}
+
+void CpuBackend::quantize_decode_row(const float* x, BlockQ8Act* y, int64_t n) const {
+    k_.quantize_row_q8(x, y, n);
+    if (decode_parts_ == 1) drop_lo_parts(y, n / FG_QK);
+}
+
 void CpuBackend::set_profiling(bool on) {
     profiling_ = on;
     pool_.set_profiling(on);
@@ -210,7 +230,7 @@ const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vect
         BlockQ8Act* xq = xq_.data();
         auto quantize = [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; t++)
-                k_.quantize_row_q8(row_f32(x, t), xq + t * nb, cols);
+                quantize_decode_row(row_f32(x, t), xq + t * nb, cols);
         };
         if (n >= 4) pool_.parallel_for(n, 1, quantize); else quantize(0, n);
         return xq;
@@ -246,7 +266,7 @@ void CpuBackend::gemv_rows(const Tensor& out, const Tensor& w, const void* xin, 
     const int64_t out_stride = (int64_t)(out.stride / sizeof(float));
     if (quantized)
         k_.gemm_q(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const BlockQ8Act*>(xin), x.cols / FG_QK,
-                  x.rows, out.data<float>(), out_stride);
+                  x.rows, out.data<float>(), out_stride, decode_parts_);
     else
         k_.gemm_f(w.type, w.data<uint8_t>(), w.stride, r0, r1, static_cast<const float*>(xin), x.cols, x.rows,
                   out.data<float>(), out_stride);

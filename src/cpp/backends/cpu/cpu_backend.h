@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -29,6 +30,12 @@ public:
     // profiling from FORGERT_CPU_PROFILE (see thread_pool.h, cpu_profile.h); a bad value of any
     // throws InputError.
     explicit CpuBackend(int n_threads);
+    // The activation format of the int8 paths (cpu_kernels.h): parts = 2 (activations="int16",
+    // the default) or 1 ("int8", llama.cpp's); decode rows take it, and prefill unless
+    // FORGERT_CPU_PREFILL says otherwise (prefill_int8_parts). Before the first op.
+    void set_activation_parts(int parts);
+    int activation_parts() const { return decode_parts_; }
+    int prefill_parts() const { return prefill_parts_; }
     std::string name() const override;
     int n_threads() const { return pool_.size(); }
     WorkSplit work_split() const { return pool_.split(); }
@@ -114,8 +121,11 @@ private:
     void matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
     // Many tokens, Q8_0 / Q4_0 weights: int8 GEMM (gemm_i8) on prefill_parts_ activation parts.
     void matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
-    // x as the kernels read it: quantized blocks for quantized weights (in xq_), else dense f32.
+    // x as the kernels read it: quantized blocks for quantized weights (in xq_, in decode_parts_
+    // parts), else dense f32.
     const void* prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense);
+    // One row of n floats as decode's activation blocks, in decode_parts_ parts.
+    void quantize_decode_row(const float* x, BlockQ8Act* y, int64_t n) const;
 
     ThreadPool pool_;
     bool profiling_ = false;
@@ -124,6 +134,7 @@ private:
     bool repack_;        // FORGERT_CPU_REPACK (default 1): prepare_weight repacks
     double repack_s_ = 0;
     WeightArena arena_;  // the repacked weights' memory
+    int decode_parts_ = 2;  // activation parts of the few-token kernels (gemm_q): 2 or 1
     int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
     std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
@@ -135,5 +146,10 @@ private:
     std::vector<float> xt_;                    // activations transposed for gemm_panel
     std::unique_ptr<Buffer> gathered_x_, gathered_y_;  // matmul_id: one expert's rows, in and out
 };
+
+// The user's activation format (forgert.Model's `activations`) on backend be: "int16" (two int8
+// parts, the default) or "int8" (one) on a CPU backend; another backend has its own numerics and
+// takes only "int16". Anything else: InputError naming the value.
+void set_activations(Backend& be, const std::string& activations);
 
 }  // namespace forgert::cpu

@@ -184,9 +184,10 @@ const char* panel_prefetch_name(PanelPrefetch p) {
     }
 }
 
-int prefill_int8_parts() {
+int prefill_int8_parts(int parts) {
     const char* v = std::getenv("FORGERT_CPU_PREFILL");
-    if (!v || !*v || !std::strcmp(v, "int8x2")) return 2;
+    if (!v || !*v) return parts;
+    if (!std::strcmp(v, "int8x2")) return 2;
     if (!std::strcmp(v, "int8")) return 1;
     if (!std::strcmp(v, "f32")) return 0;
     throw InputError(std::string("FORGERT_CPU_PREFILL=") + v + " is not a prefill mode (choose int8x2, int8, f32)");

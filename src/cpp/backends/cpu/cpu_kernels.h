@@ -21,6 +21,7 @@ using DTypeTag = std::integral_constant<DType, T>;
 // The residual is ~2^-16 of the block's max |x|: logits match an f32 reference
 // (one int8 part, as llama.cpp uses, flips near-tied argmaxes of small models).
 // `sum` is the exact sum of the block's x (zero-point terms of Q4_0 and Q4_1).
+// One-part activations (activations="int8", drop_lo_parts below): lo = 0, x[i] ~= 256 d hi[i].
 struct BlockQ8Act {
     float d;
     float sum;
@@ -29,14 +30,30 @@ struct BlockQ8Act {
 };
 static_assert(sizeof(BlockQ8Act) == 72, "BlockQ8Act is 72 bytes");
 
+// Activation parts of the int8 paths: two (x ~= d (256 hi + lo), about 16 bits: the default,
+// activations="int16") or one (x ~= 256 d hi, llama.cpp's 8 bits: activations="int8", faster
+// where the kernels skip the lo dots, coarser: docs/design.md "Numerics of the CPU backend").
+// One-part blocks: lo = 0 and `sum` the sum of the rounded values, 256 d sum(hi), so a result is
+// the weights' dot with x rounded to one int8 a value, the same integers whether a kernel skips
+// the lo dots (gemm_q's parts = 1) or multiplies the zeros.  x [n_blocks]
+inline void drop_lo_parts(BlockQ8Act* x, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; b++) {
+        int32_t s = 0;
+        for (int i = 0; i < FG_QK; i++) s += x[b].hi[i], x[b].lo[i] = 0;
+        x[b].sum = (float)(256 * s) * x[b].d;
+    }
+}
+
 struct KernelSet {
     const char* name;
     // Quantize one row of n (multiple of 32) floats into n/32 blocks.
     void (*quantize_row_q8)(const float* x, BlockQ8Act* y, int64_t n);
     // out[t * out_stride + r] = dot(w row r, x row t) for r in [r0, r1), t in [0, n_tok):
     // w quantized (Q8_0/Q4_0/Q4_1) with rows w_stride bytes apart; x rows of nb blocks.
+    // parts: 2, or 1 where x's blocks went through drop_lo_parts (lo = 0): a kernel may then skip
+    // the lo dots, and gives the bits it gives on those blocks with parts = 2.
     void (*gemm_q)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
-                   const BlockQ8Act* x, int64_t nb, int64_t n_tok, float* out, int64_t out_stride);
+                   const BlockQ8Act* x, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, int parts);
     // The same for float weights (F32/F16/BF16) against f32 activations of `cols` columns.
     void (*gemm_f)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
                    const float* x, int64_t cols, int64_t n_tok, float* out, int64_t out_stride);
@@ -184,10 +201,11 @@ enum class PanelPrefetch { Off, Near, Far };
 PanelPrefetch panel_prefetch();
 const char* panel_prefetch_name(PanelPrefetch p);
 
-// Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" (default) 2,
-// decode's two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser:
-// design.md "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type.
-int prefill_int8_parts();
+// Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" 2, decode's
+// two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser: design.md
+// "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type. Unset or empty:
+// `parts`, the model's activation format (activations="int16": 2, "int8": 1).
+int prefill_int8_parts(int parts = 2);
 
 // The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx2vnni|avx512|amx|neon overrides.
 const KernelSet& select_kernels();

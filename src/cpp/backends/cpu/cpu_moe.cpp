@@ -114,7 +114,7 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
             for (int64_t pos = run.first; pos < run.first + run.count; pos++) {
                 const int64_t s = order[pos];
                 const float* xr = row_f32(x, per_slot ? s : s / k);
-                if (quantized) k_.quantize_row_q8(xr, xq_.data() + pos * nb, cols);
+                if (quantized) quantize_decode_row(xr, xq_.data() + pos * nb, cols);
                 else std::memcpy(row_f32(xg, pos), xr, cols * sizeof(float));
             }
         }
@@ -133,7 +133,7 @@ void CpuBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exper
                 float* y = row_f32(yg, run.first);
                 if (quantized)
                     k_.gemm_q(wt, w.data<uint8_t>(), w.stride, r0, r1, xq_.data() + run.first * nb, nb, run.count, y,
-                              out_stride);
+                              out_stride, decode_parts_);
                 else
                     k_.gemm_f(wt, w.data<uint8_t>(), w.stride, r0, r1, row_f32(xg, run.first), cols, run.count, y,
                               out_stride);

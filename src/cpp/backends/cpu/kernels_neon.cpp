@@ -247,8 +247,9 @@ void gemm_q_kquant_rows(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r
 
 #include "kernels_neon_mxfp4.inc"
 
+// parts: unused here (one-part blocks have lo = 0: the same integer dots, the same bits).
 void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
-            int64_t n_tok, float* out, int64_t out_stride) {
+            int64_t n_tok, float* out, int64_t out_stride, int /*parts*/) {
     switch (wt) {
         case DType::Q4_K: return gemm_q_kquant_rows<DType::Q4_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::Q2_K: return gemm_q_kquant_rows<DType::Q2_K>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);

@@ -103,8 +103,10 @@ inline float block_dot_scalar(DType wt, const uint8_t* wb, const BlockQ8Act& a) 
     return d * a.d * (float)s + m * a.sum;
 }
 
+// parts: unused (lo = 0 where it is 1, KernelSet::gemm_q: the same integer dots).
 inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
-                          const BlockQ8Act* x, int64_t nb, int64_t n_tok, float* out, int64_t out_stride) {
+                          const BlockQ8Act* x, int64_t nb, int64_t n_tok, float* out, int64_t out_stride,
+                          int /*parts*/ = 2) {
     const int64_t bb = dtype_block_bytes(wt);
     // Rows outer, tokens inner: a batch's decode rows (2-15 tokens) read each weight row once
     // from memory, the later tokens from L1.
