@@ -75,7 +75,8 @@ def percentile(values: list[float], q: float) -> float:
 class Server:
     """`python -m forgert serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int, installed: bool = False):
+    def __init__(self, model: str | None, n_ctx: int, threads: int | None, parallel: int, installed: bool = False,
+                 activations: str = "int16"):
         self.port = free_port()
         cmd = [sys.executable, "-m", "forgert", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--n-ctx", str(n_ctx), "--log-level", "warning", "--parallel", str(parallel)]
@@ -83,6 +84,7 @@ class Server:
             cmd += ["--model", model]
         if threads:
             cmd += ["--threads", str(threads)]
+        cmd += ["--activations", activations]
         self.proc = subprocess.Popen(cmd, env=forgert_env(installed), stderr=subprocess.PIPE, text=True)
 
     def get(self, path: str) -> dict:
@@ -226,7 +228,7 @@ def write_markdown(rows: list[dict], args, health: dict, load_after: float) -> s
         "",
         f"- machine: {machine()}",
         f"- model: {health.get('model')}, n_ctx {args.n_ctx}, threads {args.threads or 'all'}, "
-        f"`forgert serve --parallel {args.parallel}` (continuous batching)",
+        f"`forgert serve --parallel {args.parallel} --activations {args.activations}` (continuous batching)",
         f"- requests: streaming {'chat completions' if args.route == 'chat' else 'completions'} over loopback, "
         f"{args.max_tokens} tokens each (ignore_eos), "
         f"temperature 0, {args.requests_per_client} per client, clients start together",
@@ -281,6 +283,8 @@ def main(argv=None) -> int:
                    help="run the levels this many times, alternating (median ratio over the rounds)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--installed", action="store_true", help="serve with the installed forgert, not python/ of this tree")
+    p.add_argument("--activations", default="int16", choices=["int16", "int8"],
+                   help="forgert serve --activations: the CPU's activation format (int8: one part, faster batches)")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown table written here")
     p.add_argument("--route", choices=("chat", "completions"), default="chat",
@@ -291,7 +295,7 @@ def main(argv=None) -> int:
     args.parallel = args.parallel or args.clients
     args.load_before = os.getloadavg()[0]
 
-    server = Server(args.model, args.n_ctx, args.threads, args.parallel, args.installed)
+    server = Server(args.model, args.n_ctx, args.threads, args.parallel, args.installed, args.activations)
     try:
         health = server.wait_ready()
         warm = run_level(server.port, 1, 1, 4, args.timeout, args.route)     # warm-up, not reported
