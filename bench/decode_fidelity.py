@@ -30,11 +30,11 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/forgert-fidelity"))
     a = ap.parse_args()
     import torch
-    from transformers import AutoModelForCausalLM
     import forgert
     from forgert.gguf_export import export_gguf
     from conftest import smollm2_path
     from machine import cpu_name
+    from fidelity_reference import reference_logits
     from test_e2e_smollm2 import TEXT
     torch.set_num_threads(a.threads)
     src = smollm2_path()
@@ -48,10 +48,7 @@ def main():
         if not path.exists():
             export_gguf(str(src), str(path), t)
         ids = forgert.Model(str(path), backend="cpu").tokenize(TEXT)
-        ref_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        with torch.no_grad():
-            ref = ref_model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-        del ref_model
+        ref = reference_logits(path, ids)
         for act in a.activations.split(","):
             m = forgert.Model(str(path), backend="cpu", threads=a.threads, activations=act)
             prefill = np.asarray(m.logits(ids))

@@ -18,6 +18,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 FORGERT_LOGITS = """
 import sys, numpy as np, forgert
@@ -33,11 +34,11 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/forgert-fidelity"))
     a = ap.parse_args()
     import torch
-    from transformers import AutoModelForCausalLM
     import forgert
     from forgert.gguf_export import export_gguf
     from conftest import smollm2_path
     from test_e2e_smollm2 import TEXT
+    from fidelity_reference import reference_logits
     torch.set_num_threads(2)
     src = smollm2_path()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -47,9 +48,7 @@ def main():
         if not path.exists():
             export_gguf(str(src), str(path), t)
         ids = forgert.Model(str(path), backend="cpu").tokenize(TEXT)
-        ref_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        with torch.no_grad():
-            ref = ref_model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+        ref = reference_logits(path, ids)
         for mode in a.modes.split(","):
             out = a.work / f"logits-{t}-{mode}.npy"
             subprocess.run([sys.executable, "-c", FORGERT_LOGITS, str(path), ",".join(map(str, ids)), str(out)],
