@@ -5,6 +5,7 @@
 //   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
 //   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only, 8 = and batched decode]
 //                             [activations: int16 (default) or int8, forgert.Model's option]
+//   build/bench/cpu_ops_bench 0 gemm_q   # the few-token decode kernels alone, AMX beside AVX-512 VNNI
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +19,7 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/read_bandwidth.h"
+#include "backends/cpu/thread_pool.h"
 #include "core/fp16.h"
 #include "core/quant_blocks.h"
 
@@ -146,6 +148,55 @@ int main(int argc, char** argv) {
                     const double gflops = 2.0 * s.rows * s.cols * n / sec / 1e9;
                     std::printf("%-28s %6lld %6lld %5lld %10.1f %9.1f %9.1f %6.0f%% %10.1f\n", name, (long long)s.rows,
                                 (long long)s.cols, (long long)n, sec * 1e6, gbs, gflops, 100.0 * gbs / bw, cpu * 1e6);
+                }
+                keep.clear();
+            }
+        }
+    }
+    // The few-token decode kernels alone (KernelSet::gemm_q: no activation quantization, no
+    // backend): the AMX set beside the AVX-512 VNNI set it falls back to, on 1B shapes in the
+    // layouts prepare_weight repacks to, 1-15 tokens, both activation formats (parts 2: int16,
+    // 1: int8), 16-row panels split over the threads, and whether both sets gave the same bits
+    // (the definition says they must). The AMX set takes the tiles from
+    // FORGERT_AMX_DECODE_MIN_TOKENS tokens (default 4; below, its column times VNNI again).
+    // Without usable AMX its emulated tiles run instead: a check that the path runs and agrees,
+    // not a timing (far slower), taken only when the filter names it: "gemm_q Q4_0x16 1B attn".
+    const cpu::KernelSet* vnni = cpu::kernels_avx512();
+    const bool amx = cpu::kernels_amx() && cpu::cpu_has_amx_int8();
+    const cpu::KernelSet* tiles = amx ? cpu::kernels_amx() : cpu::kernels_amx_emulated();
+    if (vnni && tiles && (amx || std::strstr(filter, "gemm_q"))) {
+        std::printf("%-30s %6s %6s %5s %5s %10s %10s %7s  (%s vs %s)\n", "gemm_q", "rows", "cols", "n", "parts",
+                    "tiles_us", "vnni_us", "speedup", tiles->name, vnni->name);
+        cpu::ThreadPool pool(be.n_threads());
+        const Shape one_b[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
+        for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K}) {
+            for (const Shape& s : one_b) {
+                char name[64];
+                std::snprintf(name, sizeof name, "gemm_q %s %s", dtype_name(cpu::packed_type(*tiles, t)), s.what);
+                if (!std::strstr(name, filter)) continue;
+                const Tensor w = be.prepare_weight(random_tensor(be, keep, t, s.rows, s.cols, rng), keep);
+                std::snprintf(name, sizeof name, "gemm_q %s %s", dtype_name(w.type), s.what);
+                const int64_t nb = s.cols / FG_QK, panels = (s.rows + 15) / 16;
+                for (int n : {1, 2, 4, 8, 15}) {
+                    const Tensor x = random_tensor(be, keep, DType::F32, n, s.cols, rng);
+                    std::vector<cpu::BlockQ8Act> xq((size_t)n * nb);
+                    for (int tk = 0; tk < n; tk++) vnni->quantize_row_q8(x.data<float>() + tk * s.cols, &xq[tk * nb], s.cols);
+                    std::vector<float> out_t((size_t)n * s.rows), out_v((size_t)n * s.rows);
+                    for (int parts : {2, 1}) {
+                        if (parts == 1) cpu::drop_lo_parts(xq.data(), n * nb);
+                        auto call = [&](const cpu::KernelSet* k, float* out) {
+                            pool.run([&](int ith, int nth) {
+                                const int64_t r0 = 16 * (panels * ith / nth), r1 = std::min(s.rows, 16 * (panels * (ith + 1) / nth));
+                                if (r0 < r1) k->gemm_q(w.type, w.data<uint8_t>(), w.stride, r0, r1, xq.data(), nb, n, out, s.rows, parts);
+                            });
+                        };
+                        const int reps = amx ? 100 : 1;
+                        const double st = median_seconds([&] { call(tiles, out_t.data()); }, reps);
+                        const double sv = median_seconds([&] { call(vnni, out_v.data()); }, reps);
+                        const bool same = !std::memcmp(out_t.data(), out_v.data(), out_t.size() * sizeof(float));
+                        std::printf("%-30s %6lld %6lld %5d %5d %10.1f %10.1f %6.2fx  %s\n", name, (long long)s.rows,
+                                    (long long)s.cols, n, parts, st * 1e6, sv * 1e6, sv / st, same ? "same bits" : "BITS DIFFER");
+                    }
                 }
                 keep.clear();
             }

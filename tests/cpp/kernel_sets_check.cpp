@@ -663,7 +663,8 @@ int main() {
         if (!runs_here(k)) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
         for (int parts : {2, 1}) {  // activations "int16", "int8"
-            for (int cols : {96, 320, 352}) check_batch_invariance(k, cols, parts);  // quads + a pair + a block, etc.
+            // quads + a pair + a block, etc.; 1056: 33 blocks, the AMX decode's 8-block chunks 4 times and one block
+            for (int cols : {96, 320, 352, 1056}) check_batch_invariance(k, cols, parts);
             for (int cols : {256, 512, 768}) check_batch_invariance(k, cols, parts);  // K-quant super-blocks
         }
         for (int cols : {256, 768}) check_gemv_reference(k, cols);
