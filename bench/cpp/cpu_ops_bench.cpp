@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
                     "tiles_us", "vnni_us", "speedup", tiles->name, vnni->name);
         cpu::ThreadPool pool(be.n_threads());
         const Shape one_b[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
-        for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K}) {
+        for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
             for (const Shape& s : one_b) {
                 char name[64];
                 std::snprintf(name, sizeof name, "gemm_q %s %s", dtype_name(cpu::packed_type(*tiles, t)), s.what);
