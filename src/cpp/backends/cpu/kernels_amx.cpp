@@ -124,15 +124,15 @@ struct EmuGemmTiles {
     }
 };
 
-// 16 tokens (x: the first one's blocks; rows nb blocks apart; f: their factors) through one
+// 16 tokens (x: the first one's blocks; rows nb blocks apart; mt: their min terms) through one
 // signed panel. Q6_K (HALVES; tiles as gemm_tile_config(true)): per block and part, one
 // TDPBSSD per half, each half's int32 dots scaled by its own factor (scales, then mins in the
 // panel). Block b + 1's tiles are issued before block b's AVX-512 finish, into the other of
 // two C buffers (as llama.cpp's tinygemm_kernel_amx): the tile unit works while the finish
 // runs, and the finish reads dots stored an iteration earlier, not ones still in flight.
-template <class Tiles, DType WT, int PARTS>
-void amx_tile(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, I8Factors f, float* out, int64_t out_stride,
-              int nr) {
+template <class Tiles, DType WT, int PARTS, bool MAKE>
+void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, I8MinTerms mt, float* out,
+              int64_t out_stride, int nr) {
     constexpr bool HALVES = i8_is_halves(WT);
     alignas(64) GemmDots dh[2][2], dl[2][2];  // [buffer][half]
     __m512 acc[kAmxTokens];
@@ -145,17 +145,21 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, I8Factors f, f
             Tiles::template block<PARTS, HALVES>(wp + (b + 1) * kI8PanelBlockBytes, x[b + 1].hi, x[b + 1].lo, x_stride,
                                                  dh[cur ^ 1], dl[cur ^ 1]);
         const uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        const __m512 dw = _mm512_loadu_ps(pb + kI8PanelScales), mw = _mm512_loadu_ps(pb + kI8PanelMins);
-        const float* dx = f.dx + b * f.n;
-        const float* dxs = f.dxs + b * f.n;
+        const __m512 dw = i8_scales_for_parts<PARTS>(_mm512_loadu_ps(pb + kI8PanelScales));
+        const __m512 mw = _mm512_loadu_ps(pb + kI8PanelMins);  // Q6_K: half 1's scales
+        const __m512 dw1 = i8_scales_for_parts<PARTS>(mw);
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
-            FG_UNROLL for (int h = 0; h < (HALVES ? 2 : 1); h++) {  // HALVES: half 1's scale is in mins
-                __m512i d = _mm512_load_si512(dh[cur][h][t]);
-                if constexpr (PARTS == 2) d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), _mm512_load_si512(dl[cur][h][t]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(h ? mw : dw, _mm512_set1_ps(dx[t])), acc[t]);
+            const float d = x[t * nb + b].d;
+            FG_UNROLL for (int h = 0; h < (HALVES ? 2 : 1); h++) {
+                __m512i idot = _mm512_load_si512(dh[cur][h][t]);
+                if constexpr (PARTS == 2)
+                    idot = _mm512_add_epi32(_mm512_slli_epi32(idot, 8), _mm512_load_si512(dl[cur][h][t]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(h ? dw1 : dw, _mm512_set1_ps(d)), acc[t]);
             }
             if constexpr (i8_has_min(WT))  // + min * dx * sum(x) (K-quants' mins are stored negated)
-                acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(dxs[t]), acc[t]);
+                acc[t] = _mm512_fmadd_ps(
+                    mw, _mm512_set1_ps(i8_min_term<PARTS, MAKE>(x[t * nb + b], xs + (t * nb + b) * 2, mt.m + t * nb + b)),
+                    acc[t]);
         }
     }
     const __mmask16 m = (__mmask16)((1u << nr) - 1);
@@ -178,35 +182,6 @@ void amx_panel_sign(uint8_t* wp, int64_t nb, int sign) {
     }
 }
 
-// 16 tokens (x: the first one's blocks; rows nb blocks apart) through one signed panel.
-template <class Tiles, DType WT, int PARTS>
-void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, float* out, int64_t out_stride,
-              int nr) {
-    alignas(64) GemmDots dh, dl;
-    __m512 acc[kAmxTokens];
-    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
-    const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        Tiles::template block<PARTS>(pb, x[b].hi, x[b].lo, x_stride, dh, dl);
-        const __m512 dw = _mm512_loadu_ps(pb + kI8PanelScales);
-        FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
-            __m512i d = _mm512_load_si512(dh[t]);
-            if constexpr (PARTS == 2) d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), _mm512_load_si512(dl[t]));
-            const BlockQ8Act& a = x[t * nb + b];
-            const float dx = PARTS == 2 ? a.d : a.d * 256.0f;
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[t]);
-            if constexpr (i8_has_min(WT)) {  // + min * dx * sum(x) (K-quants' mins are stored negated)
-                const int32_t* s = xs + (t * nb + b) * 2;
-                const int32_t isum = PARTS == 2 ? 256 * s[0] + s[1] : s[0];
-                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelMins), _mm512_set1_ps(dx * (float)isum), acc[t]);
-            }
-        }
-    }
-    const __mmask16 m = (__mmask16)((1u << nr) - 1);
-    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
-}
-
 // The VNNI set's gemm_i8_typed with 16-token tiles on AMX: panels converted once per call in
 // i8_for_groups' groups (Q8_0x16 too: its quants are copied to be made signed), and the last
 // n_tok % 16 tokens, in the last token pass, through the VNNI tiles after each panel's
@@ -215,28 +190,28 @@ template <class Tiles, DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
     constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
-    constexpr int TT = kI8TileTokens;
-    I8Factors f{};  // the current token pass's
+    const I8MinTerms mt = i8_min_terms_area(work, nb);
     i8_for_groups(
         r0, r1, i8_group_panels(nb) * kI8Rows, nb * kI8PanelBlockBytes, n_tok, i8_token_chunk(nb, kAmxTokens), work,
         [&](int64_t r, int nr, uint8_t* panel) {
             i8_repack_any_512<WT>(w, w_stride, r, nr, nb, panel);
             amx_panel_sign<WT>(panel, nb, 1);
         },
-        [&](int64_t c0, int64_t c1) { f = i8_pass_factors<FT, PARTS>(x, xs, nb, c0, c1, work); },
-        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1) {
+        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1, bool first) {
             int64_t t = c0;
-            for (; t + kAmxTokens <= c1; t += kAmxTokens)
-                amx_tile<Tiles, FT, PARTS>(panel, x + t * nb, nb, {f.dx + (t - c0), f.dxs + (t - c0), f.n},
-                                           out + t * out_stride + r, out_stride, nr);
+            auto tiles = [&](auto made) {
+                for (; t + kAmxTokens <= c1; t += kAmxTokens)
+                    amx_tile<Tiles, FT, PARTS, decltype(made)::value>(panel, x + t * nb, xs + t * nb * 2, nb,
+                                                                      mt.from(t - c0), out + t * out_stride + r,
+                                                                      out_stride, nr);
+            };
+            if (i8_has_min(FT) && first)
+                tiles(std::integral_constant<bool, i8_has_min(FT)>{});
+            else
+                tiles(std::false_type{});
             if (t == c1) return;
             amx_panel_sign<WT>(panel, nb, -1);  // the last pass: AMX reads this panel no more
-            for (; t + TT <= c1; t += TT)
-                i8_tile_512<FT, PARTS, TT>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride,
-                                           nr);
-            if (t < c1)
-                i8_tail_512<FT, PARTS, TT - 1>(panel, x + t * nb, xs + t * nb * 2, nb, (int)(c1 - t),
-                                               out + t * out_stride + r, out_stride, nr);
+            i8_tokens_512<FT, PARTS>(panel, x, xs, nb, mt, first, t, c0, c1, out, out_stride, r, nr);
         });
 }
 
