@@ -13,11 +13,20 @@ per CPU second (this process's CPU time) go beside the wall-clock figure: on a s
 they move less with the other processes' load. With several --activations (the CPU's activation
 format, forgert.Model's `activations`) one Model per format is loaded and the formats alternate
 too; the last columns are each figure over the first format's at the same sequence count.
+
+With --peer (../shared/peers/llama-bench.sh) llama.cpp runs the same work on the same file and
+threads, between forgert's rounds: 1 sequence as its "tg" (--steps generated tokens), N > 1 as a
+prompt of N x --steps tokens in micro-batches of N (-b N -ub N). Each micro-batch's weight GEMMs are
+an N-sequence step's (N activation columns); its attention covers up to N x --steps positions of one
+sequence where forgert's covers --prompt-tokens + --steps per sequence (attention is ~2% of the 1B
+step at these depths: a proxy for llama-server's --parallel N step, which is not built here).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +56,15 @@ def decode_rate(engine, n_seqs: int, prompt_tokens: int, steps: int, vocab: int)
     return n_seqs * steps / (time.perf_counter() - t0), n_seqs * steps / (time.process_time() - c0)
 
 
+def peer_rate(peer: Path, model: Path, threads: int, n_seqs: int, steps: int) -> float:
+    """llama-bench's tokens/s for the weight work of `steps` n_seqs-sequence decode steps (module doc)."""
+    work = (["-p", "0", "-n", str(steps)] if n_seqs == 1 else
+            ["-p", str(n_seqs * steps), "-n", "0", "-b", str(n_seqs), "-ub", str(n_seqs)])
+    out = subprocess.run(["bash", str(peer), "-m", str(model), "-t", str(threads), "-r", "1", "-o", "json", *work],
+                         capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out)[0]["avg_ts"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, help="a GGUF (default: a synthetic one of --preset / --type)")
@@ -59,6 +77,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--activations", default="int16", help="CPU activation formats, comma-separated (int16, int8)")
+    ap.add_argument("--peer", type=Path, default=None, help="llama-bench.sh: llama.cpp's figures beside forgert's")
     a = ap.parse_args()
     counts = sorted({1, *(int(c) for c in a.seqs.split(","))})
     formats = list(dict.fromkeys(a.activations.split(",")))
@@ -77,10 +96,13 @@ def main():
         model = models[formats[0]]
         vocab = int(model._engine.vocab)
         rates = {(f, n): [] for f in formats for n in counts}
+        peer = {n: [] for n in counts}
         for _ in range(a.repeats):
             for n in counts:
                 for f in formats:
                     rates[f, n].append(decode_rate(models[f]._engine, n, a.prompt_tokens, a.steps, vocab))
+                if a.peer:
+                    peer[n].append(peer_rate(a.peer, path, model.threads, n, a.steps))
 
     print(f"machine: {cpu_name()}; backend {model.backend}, {model.threads} threads; model {Path(path).name}; "
           f"forgert from {Path(forgert.__file__).parent}")
@@ -99,6 +121,14 @@ def main():
             if vs:
                 row += f" {wall[f, n] / wall[formats[0], n]:.2f}x | {cpu[f, n] / cpu[formats[0], n]:.2f}x |"
             print(row)
+    if a.peer:
+        lp = {n: statistics.median(v) for n, v in peer.items()}
+        print(f"\nllama.cpp (llama-bench, module doc), median of {a.repeats}; forgert's {formats[0]} beside it")
+        print("| sequences | llama.cpp tokens/s | vs 1 sequence | forgert tokens/s | forgert / llama.cpp |")
+        print("|---:|---:|---:|---:|---:|")
+        for n in counts:
+            print(f"| {n} | {lp[n]:.1f} | {lp[n] / lp[1]:.2f}x | {wall[formats[0], n]:.1f} | "
+                  f"{wall[formats[0], n] / lp[n]:.2f}x |")
 
 
 if __name__ == "__main__":
