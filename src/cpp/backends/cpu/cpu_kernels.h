@@ -161,7 +161,7 @@ constexpr int64_t i8_token_chunk(int64_t nb, int tile) {
     const int64_t t = kBudget / (nb * (int64_t)sizeof(BlockQ8Act) + 8 * nb);
     return t / tile * tile > 64 ? t / tile * tile : 64;
 }
-// A pass's min terms, one float per (block, token) (kernels_x86_int8.inc, i8_pass_min_terms).
+// A pass's min terms, one float per (token, block) (kernels_x86_int8.inc, I8MinTerms).
 constexpr int64_t i8_min_term_floats(int64_t nb) { return nb * i8_token_chunk(nb, 1); }
 constexpr int64_t gemm_i8_work_bytes(int64_t cols) {
     return i8_group_panels(cols / FG_QK) * (cols / FG_QK) * kI8PanelBlockBytes + 4 * i8_min_term_floats(cols / FG_QK);

@@ -79,24 +79,18 @@ struct AmxGemmTiles {
         } else {
             _tile_loadd(4, wb, 64);
             _tile_loadd(5, wb + 4 * 64, 64);
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_loadd(2, xh, x_stride);
-            _tile_loadd(3, xh + 16, x_stride);
-            _tile_dpbssd(0, 2, 4);
-            _tile_dpbssd(1, 3, 5);
-            _tile_stored(0, ch[0], 64);
-            _tile_stored(1, ch[1], 64);
-            if constexpr (PARTS == 2) {
+            auto part = [&](const int8_t* x, GemmDots* c) {  // both halves' dots of one activation part
                 _tile_zero(0);
                 _tile_zero(1);
-                _tile_loadd(2, xl, x_stride);
-                _tile_loadd(3, xl + 16, x_stride);
+                _tile_loadd(2, x, x_stride);
+                _tile_loadd(3, x + 16, x_stride);
                 _tile_dpbssd(0, 2, 4);
                 _tile_dpbssd(1, 3, 5);
-                _tile_stored(0, cl[0], 64);
-                _tile_stored(1, cl[1], 64);
-            }
+                _tile_stored(0, c[0], 64);
+                _tile_stored(1, c[1], 64);
+            };
+            part(xh, ch);
+            if constexpr (PARTS == 2) part(xl, cl);
         }
     }
 };
