@@ -121,23 +121,27 @@ struct EmuGemmTiles {
 // 16 tokens (x: the first one's blocks; rows nb blocks apart; mt: their min terms) through one
 // signed panel. Q6_K (HALVES; tiles as gemm_tile_config(true)): per block and part, one
 // TDPBSSD per half, each half's int32 dots scaled by its own factor (scales, then mins in the
-// panel). Block b + 1's tiles are issued before block b's AVX-512 finish, into the other of
-// two C buffers (as llama.cpp's tinygemm_kernel_amx): the tile unit works while the finish
-// runs, and the finish reads dots stored an iteration earlier, not ones still in flight.
+// panel). OVERLAP (the K-quants and Q4_1): block b + 1's tiles are issued before block b's
+// AVX-512 finish, into the other of two C buffers (as llama.cpp's tinygemm_kernel_amx), so the
+// tile unit can work while the finish runs, which reads dots stored an iteration earlier.
+// Measured on the lent Xeon (16 threads, 1B shapes): Q4_K 1.10-1.28x with two parts (with the
+// min terms), Q6_K 1.00-1.21x; but Q8_0 / Q4_0, whose finish is shorter, 0.78-1.04x, so they
+// keep block b's tiles, then its finish.
 template <class Tiles, DType WT, int PARTS, bool MAKE>
 void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, I8MinTerms mt, float* out,
               int64_t out_stride, int nr) {
-    constexpr bool HALVES = i8_is_halves(WT);
-    alignas(64) GemmDots dh[2][2], dl[2][2];  // [buffer][half]
+    constexpr bool HALVES = i8_is_halves(WT), OVERLAP = HALVES || i8_has_min(WT);
+    alignas(64) GemmDots dh[OVERLAP ? 2 : 1][2], dl[OVERLAP ? 2 : 1][2];  // [buffer][half]
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
     const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
-    Tiles::template block<PARTS, HALVES>(wp, x[0].hi, x[0].lo, x_stride, dh[0], dl[0]);
+    if constexpr (OVERLAP) Tiles::template block<PARTS, HALVES>(wp, x[0].hi, x[0].lo, x_stride, dh[0], dl[0]);
     for (int64_t b = 0; b < nb; b++) {
-        const int cur = (int)(b & 1);
-        if (b + 1 < nb)
-            Tiles::template block<PARTS, HALVES>(wp + (b + 1) * kI8PanelBlockBytes, x[b + 1].hi, x[b + 1].lo, x_stride,
-                                                 dh[cur ^ 1], dl[cur ^ 1]);
+        const int cur = OVERLAP ? (int)(b & 1) : 0;
+        const int64_t next = OVERLAP ? b + 1 : b;  // the block whose tiles go now
+        if (next < nb)
+            Tiles::template block<PARTS, HALVES>(wp + next * kI8PanelBlockBytes, x[next].hi, x[next].lo, x_stride,
+                                                 dh[(next & 1) * OVERLAP], dl[(next & 1) * OVERLAP]);
         const uint8_t* pb = wp + b * kI8PanelBlockBytes;
         const __m512 dw = i8_scales_for_parts<PARTS>(_mm512_loadu_ps(pb + kI8PanelScales));
         const __m512 mw = _mm512_loadu_ps(pb + kI8PanelMins);  // Q6_K: half 1's scales
