@@ -121,16 +121,17 @@ struct EmuGemmTiles {
 // 16 tokens (x: the first one's blocks; rows nb blocks apart; mt: their min terms) through one
 // signed panel. Q6_K (HALVES; tiles as gemm_tile_config(true)): per block and part, one
 // TDPBSSD per half, each half's int32 dots scaled by its own factor (scales, then mins in the
-// panel). OVERLAP (the K-quants and Q4_1): block b + 1's tiles are issued before block b's
-// AVX-512 finish, into the other of two C buffers (as llama.cpp's tinygemm_kernel_amx), so the
-// tile unit can work while the finish runs, which reads dots stored an iteration earlier.
-// Measured on the lent Xeon (16 threads, 1B shapes): Q4_K 1.10-1.28x with two parts (with the
-// min terms), Q6_K 1.00-1.21x; but Q8_0 / Q4_0, whose finish is shorter, 0.78-1.04x, so they
-// keep block b's tiles, then its finish.
+// panel). OVERLAP (the types with mins, Q6_K with two parts): block b + 1's tiles are issued
+// before block b's AVX-512 finish, into the other of two C buffers (as llama.cpp's
+// tinygemm_kernel_amx), so the tile unit can work while the finish runs, which reads dots
+// stored an iteration earlier. Measured on the lent Xeon (16 threads, 1B shapes): Q4_K
+// 1.10-1.28x with two parts, 1.00-1.27x with one (with the min terms), Q6_K 1.00-1.21x with
+// two parts; but Q6_K with one 0.82-1.0x and Q8_0 / Q4_0 0.78-1.04x with two, so those keep
+// block b's tiles, then its finish.
 template <class Tiles, DType WT, int PARTS, bool MAKE>
 void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, I8MinTerms mt, float* out,
               int64_t out_stride, int nr) {
-    constexpr bool HALVES = i8_is_halves(WT), OVERLAP = HALVES || i8_has_min(WT);
+    constexpr bool HALVES = i8_is_halves(WT), OVERLAP = i8_has_min(WT) || (HALVES && PARTS == 2);
     alignas(64) GemmDots dh[OVERLAP ? 2 : 1][2], dl[OVERLAP ? 2 : 1][2];  // [buffer][half]
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
