@@ -6,6 +6,9 @@
 //   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only, 8 = and batched decode]
 //                             [activations: int16 (default) or int8, forgert.Model's option]
 //   build/bench/cpu_ops_bench 0 gemm_q   # the few-token decode kernels alone, AMX beside AVX-512 VNNI
+// The prefill int8 GEMM alone (KernelSet::gemm_i8, 1B shapes, 256 and 512 tokens, both
+// activation formats x2 / x1, ms per call): the filter "gemm_i8" (e.g. `cpu_ops_bench 16 gemm_i8`,
+// `cpu_ops_bench 1 "gemm_i8 Q4_Kx16"`).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/read_bandwidth.h"
 #include "backends/cpu/thread_pool.h"
 #include "core/fp16.h"
@@ -200,6 +204,49 @@ int main(int argc, char** argv) {
                 }
                 keep.clear();
             }
+        }
+    }
+    // The prefill int8 GEMM alone: the backend's kernel set's gemm_i8 (FORGERT_CPU_ISA picks
+    // another, e.g. amx / avx512) on the weights as that set reads them (Q4_K_M's Q4_Kx16 and
+    // Q6_Kx16, Q8_0x16, Q4_0x16 where it repacks), the rows split over the backend's threads as
+    // CpuBackend::matmul_i8 splits them; the activations are quantized once, outside the time.
+    const cpu::KernelSet& ks = cpu::select_kernels();
+    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0}) {
+        const Shape i8_shapes[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
+        for (const Shape& s : i8_shapes) {
+            char name[64];
+            std::snprintf(name, sizeof name, "gemm_i8 %s %s", dtype_name(cpu::packed_type(ks, t)), s.what);
+            if (!std::strstr(name, filter) || !cpu::gemm_i8_takes(ks, t)) continue;
+            const Tensor w = be.prepare_weight(random_tensor(be, keep, t, s.rows, s.cols, rng), keep);
+            std::snprintf(name, sizeof name, "gemm_i8 %s %s", dtype_name(w.type), s.what);  // FORGERT_CPU_REPACK=0: t
+            const int64_t nb = s.cols / FG_QK, panels = (s.rows + cpu::kI8Rows - 1) / cpu::kI8Rows;
+            for (int64_t n : {256, 512}) {
+                std::vector<float> xf((size_t)n * s.cols);
+                std::normal_distribution<float> nd;
+                for (auto& v : xf) v = nd(rng);
+                std::vector<cpu::BlockQ8Act> xq((size_t)n * nb);
+                std::vector<int32_t> xs((size_t)2 * n * nb);
+                for (int64_t tk = 0; tk < n; tk++) ks.quantize_row_q8(&xf[(size_t)tk * s.cols], &xq[tk * nb], s.cols);
+                for (int64_t b = 0; b < n * nb; b++)
+                    for (int i = 0; i < FG_QK; i++) xs[2 * b] += xq[b].hi[i], xs[2 * b + 1] += xq[b].lo[i];
+                std::vector<float> y((size_t)n * s.rows);
+                for (int parts : {2, 1}) {
+                    double cpu = 0;
+                    const double sec = median_seconds([&] {
+                        be.host_parallel_for(panels, [&](int64_t p0, int64_t p1) {
+                            thread_local std::vector<uint8_t> work;
+                            work.resize(cpu::gemm_i8_work_bytes(s.cols));
+                            ks.gemm_i8(w.type, w.data<uint8_t>(), w.stride, p0 * cpu::kI8Rows,
+                                       std::min(s.rows, p1 * cpu::kI8Rows), xq.data(), xs.data(), nb, n, parts, y.data(),
+                                       s.rows, work.data());
+                        });
+                    }, 7, &cpu);
+                    std::printf("%-28s x%d %6lld %6lld %5lld %9.3f ms %8.1f GFLOP/s %9.3f cpu_ms  (%s)\n", name, parts,
+                                (long long)s.rows, (long long)s.cols, (long long)n, sec * 1e3,
+                                2.0 * s.rows * s.cols * n / sec / 1e9, cpu * 1e3, ks.name);
+                }
+            }
+            keep.clear();
         }
     }
     // Decode GEMV as in a model: one token through 48 distinct matrices of SmolLM2's ffn_down

@@ -146,13 +146,25 @@ constexpr int64_t kI8PanelHalfTerms = kI8PanelMins + kI8Rows * 4;
 constexpr int64_t kI8PanelBlockBytes = kI8PanelHalfTerms + kI8Rows * 2 * 4;
 // gemm_i8 converts a thread's weight rows in groups of panels, each panel once per call, and
 // runs the tokens through a group in passes (kernels_x86_int8.inc): a group is at most
-// kI8GroupBytes of panels (at least one), so `work` holds one group.
+// kI8GroupBytes of panels (at least one), so `work` holds one group, then the min terms of
+// one pass (i8_min_term_floats).
 constexpr int64_t kI8GroupBytes = 1 << 19;
 constexpr int64_t i8_group_panels(int64_t nb) {
     return kI8GroupBytes / (nb * kI8PanelBlockBytes) > 1 ? kI8GroupBytes / (nb * kI8PanelBlockBytes) : 1;
 }
+// Tokens per pass over a group of panels, a multiple of the kernel's token tile: a pass's
+// activations (~1 MB) stay in L2 while every panel of the group reads them, instead of
+// streaming all n_tok tokens from L3 once per panel (at least 64: a pass re-reads the group's
+// converted panels).
+constexpr int64_t i8_token_chunk(int64_t nb, int tile) {
+    constexpr int64_t kBudget = 1 << 20;
+    const int64_t t = kBudget / (nb * (int64_t)sizeof(BlockQ8Act) + 8 * nb);
+    return t / tile * tile > 64 ? t / tile * tile : 64;
+}
+// A pass's min terms, one float per (token, block) (kernels_x86_int8.inc, I8MinTerms).
+constexpr int64_t i8_min_term_floats(int64_t nb) { return nb * i8_token_chunk(nb, 1); }
 constexpr int64_t gemm_i8_work_bytes(int64_t cols) {
-    return i8_group_panels(cols / FG_QK) * (cols / FG_QK) * kI8PanelBlockBytes;
+    return i8_group_panels(cols / FG_QK) * (cols / FG_QK) * kI8PanelBlockBytes + 4 * i8_min_term_floats(cols / FG_QK);
 }
 
 constexpr int kMaxHeadDim = 256;

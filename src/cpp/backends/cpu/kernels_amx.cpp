@@ -56,47 +56,41 @@ using GemmDots = int32_t[kAmxTokens][16];
 // The GEMM's tile work per 32-weight block, as a policy: AmxGemmTiles issues the
 // instructions; EmuGemmTiles runs the same tile semantics as amx_decode::EmuTiles' loops
 // (set avx512-amx-emulated), so kernel_sets_check covers this path's panels and finish
-// without AMX hardware. block: ch / cl[token][row] = dot(x hi / lo of the token, row's signed
-// quants); halves (Q6_K): the same per 16-weight half, ch[h] / cl[h].
+// without AMX hardware. block: ch / cl[0][token][row] = dot(x hi / lo of the token, row's
+// signed quants); HALVES (Q6_K): the same per 16-weight half h, ch / cl[h].
 struct AmxGemmTiles {
     static void begin(bool halves) { load_tile_config(halves); }
     static void end() { _tile_release(); }
-    template <int PARTS>
-    static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots& ch, GemmDots& cl) {
-        _tile_loadd(4, wb, 64);
-        _tile_zero(0);
-        _tile_loadd(2, xh, x_stride);
-        _tile_dpbssd(0, 2, 4);
-        _tile_stored(0, ch, 64);
-        if constexpr (PARTS == 2) {
-            _tile_zero(1);
-            _tile_loadd(3, xl, x_stride);
-            _tile_dpbssd(1, 3, 4);
-            _tile_stored(1, cl, 64);
-        }
-    }
-    template <int PARTS>
-    static void halves(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots* ch,
-                       GemmDots* cl) {
-        _tile_loadd(4, wb, 64);
-        _tile_loadd(5, wb + 4 * 64, 64);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_loadd(2, xh, x_stride);
-        _tile_loadd(3, xh + 16, x_stride);
-        _tile_dpbssd(0, 2, 4);
-        _tile_dpbssd(1, 3, 5);
-        _tile_stored(0, ch[0], 64);
-        _tile_stored(1, ch[1], 64);
-        if constexpr (PARTS == 2) {
+    template <int PARTS, bool HALVES>
+    static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots* ch,
+                      GemmDots* cl) {
+        if constexpr (!HALVES) {
+            _tile_loadd(4, wb, 64);
             _tile_zero(0);
-            _tile_zero(1);
-            _tile_loadd(2, xl, x_stride);
-            _tile_loadd(3, xl + 16, x_stride);
+            _tile_loadd(2, xh, x_stride);
             _tile_dpbssd(0, 2, 4);
-            _tile_dpbssd(1, 3, 5);
-            _tile_stored(0, cl[0], 64);
-            _tile_stored(1, cl[1], 64);
+            _tile_stored(0, ch[0], 64);
+            if constexpr (PARTS == 2) {
+                _tile_zero(1);
+                _tile_loadd(3, xl, x_stride);
+                _tile_dpbssd(1, 3, 4);
+                _tile_stored(1, cl[0], 64);
+            }
+        } else {
+            _tile_loadd(4, wb, 64);
+            _tile_loadd(5, wb + 4 * 64, 64);
+            auto part = [&](const int8_t* x, GemmDots* c) {  // both halves' dots of one activation part
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_loadd(2, x, x_stride);
+                _tile_loadd(3, x + 16, x_stride);
+                _tile_dpbssd(0, 2, 4);
+                _tile_dpbssd(1, 3, 5);
+                _tile_stored(0, c[0], 64);
+                _tile_stored(1, c[1], 64);
+            };
+            part(xh, ch);
+            if constexpr (PARTS == 2) part(xl, cl);
         }
     }
 };
@@ -105,62 +99,66 @@ struct EmuGemmTiles {
     using E = amx_decode::EmuTiles;
     static void begin(bool halves) { E::begin(gemm_tile_config(halves)); }
     static void end() {}
-    template <int PARTS>
-    static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots& ch, GemmDots& cl) {
+    template <int PARTS, bool HALVES>
+    static void block(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots* ch,
+                      GemmDots* cl) {
+        constexpr int H = HALVES ? 2 : 1;  // dot products per part: (tiles 0, 2, 4), halves also (1, 3, 5)
         E::load(4, wb, 64);
-        E::zero(0);
-        E::load(2, xh, x_stride);
-        E::dpbssd(0, 2, 4);
-        E::store(0, ch, 64);
-        if constexpr (PARTS == 2) {
-            E::zero(1);
-            E::load(3, xl, x_stride);
-            E::dpbssd(1, 3, 4);
-            E::store(1, cl, 64);
-        }
-    }
-    template <int PARTS>
-    static void halves(const uint8_t* wb, const int8_t* xh, const int8_t* xl, size_t x_stride, GemmDots* ch,
-                       GemmDots* cl) {
-        E::load(4, wb, 64);
-        E::load(5, wb + 4 * 64, 64);
+        if constexpr (HALVES) E::load(5, wb + 4 * 64, 64);
         for (int part = 0; part < PARTS; part++) {
             const int8_t* x = part ? xl : xh;
             GemmDots* c = part ? cl : ch;
-            E::zero(0);
-            E::zero(1);
-            E::load(2, x, x_stride);
-            E::load(3, x + 16, x_stride);
-            E::dpbssd(0, 2, 4);
-            E::dpbssd(1, 3, 5);
-            E::store(0, c[0], 64);
-            E::store(1, c[1], 64);
+            for (int h = 0; h < H; h++) {
+                E::zero(h);
+                E::load(2 + h, x + 16 * h, x_stride);
+                E::dpbssd(h, 2 + h, 4 + h);
+                E::store(h, c[h], 64);
+            }
         }
     }
 };
 
-// amx_tile for Q6_K (tiles as gemm_tile_config(true)): per block and part, one TDPBSSD per
-// half, each half's int32 dots scaled by its own factor (scales, then mins in the panel).
-template <class Tiles, int PARTS>
-void amx_tile_halves(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t out_stride, int nr) {
-    alignas(64) GemmDots dh[2], dl[2];
+// 16 tokens (x: the first one's blocks; rows nb blocks apart; mt: their min terms) through one
+// signed panel. Q6_K (HALVES; tiles as gemm_tile_config(true)): per block and part, one
+// TDPBSSD per half, each half's int32 dots scaled by its own factor (scales, then mins in the
+// panel). OVERLAP (the types with mins, Q6_K with two parts): block b + 1's tiles are issued
+// before block b's AVX-512 finish, into the other of two C buffers (as llama.cpp's
+// tinygemm_kernel_amx), so the tile unit can work while the finish runs, which reads dots
+// stored an iteration earlier. Measured on the lent Xeon (16 threads, 1B shapes): Q4_K
+// 1.10-1.28x with two parts, 1.00-1.27x with one (with the min terms), Q6_K 1.00-1.21x with
+// two parts; but Q6_K with one 0.82-1.0x and Q8_0 / Q4_0 0.78-1.04x with two, so those keep
+// block b's tiles, then its finish.
+template <class Tiles, DType WT, int PARTS, bool MAKE>
+void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, I8MinTerms mt, float* out,
+              int64_t out_stride, int nr) {
+    constexpr bool HALVES = i8_is_halves(WT), OVERLAP = i8_has_min(WT) || (HALVES && PARTS == 2);
+    alignas(64) GemmDots dh[OVERLAP ? 2 : 1][2], dl[OVERLAP ? 2 : 1][2];  // [buffer][half]
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
     const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
+    if constexpr (OVERLAP) Tiles::template block<PARTS, HALVES>(wp, x[0].hi, x[0].lo, x_stride, dh[0], dl[0]);
     for (int64_t b = 0; b < nb; b++) {
+        const int cur = OVERLAP ? (int)(b & 1) : 0;
+        const int64_t next = OVERLAP ? b + 1 : b;  // the block whose tiles go now
+        if (next < nb)
+            Tiles::template block<PARTS, HALVES>(wp + next * kI8PanelBlockBytes, x[next].hi, x[next].lo, x_stride,
+                                                 dh[(next & 1) * OVERLAP], dl[(next & 1) * OVERLAP]);
         const uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        Tiles::template halves<PARTS>(pb, x[b].hi, x[b].lo, x_stride, dh, dl);
-        const __m512 dw0 = _mm512_loadu_ps(pb + kI8PanelScales), dw1 = _mm512_loadu_ps(pb + kI8PanelMins);
+        const __m512 dw = i8_scales_for_parts<PARTS>(_mm512_loadu_ps(pb + kI8PanelScales));
+        const __m512 mw = _mm512_loadu_ps(pb + kI8PanelMins);  // Q6_K: half 1's scales
+        const __m512 dw1 = i8_scales_for_parts<PARTS>(mw);
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
-            __m512i d0 = _mm512_load_si512(dh[0][t]), d1 = _mm512_load_si512(dh[1][t]);
-            if constexpr (PARTS == 2) {
-                d0 = _mm512_add_epi32(_mm512_slli_epi32(d0, 8), _mm512_load_si512(dl[0][t]));
-                d1 = _mm512_add_epi32(_mm512_slli_epi32(d1, 8), _mm512_load_si512(dl[1][t]));
+            const float d = x[t * nb + b].d;
+            FG_UNROLL for (int h = 0; h < (HALVES ? 2 : 1); h++) {
+                __m512i idot = _mm512_load_si512(dh[cur][h][t]);
+                if constexpr (PARTS == 2)
+                    idot = _mm512_add_epi32(_mm512_slli_epi32(idot, 8), _mm512_load_si512(dl[cur][h][t]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(h ? dw1 : dw, _mm512_set1_ps(d)), acc[t]);
             }
-            const BlockQ8Act& a = x[t * nb + b];
-            const __m512 vdx = _mm512_set1_ps(PARTS == 2 ? a.d : a.d * 256.0f);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(dw0, vdx), acc[t]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(dw1, vdx), acc[t]);
+            if constexpr (i8_has_min(WT))  // + min * dx * sum(x) (K-quants' mins are stored negated)
+                acc[t] = _mm512_fmadd_ps(
+                    mw, _mm512_set1_ps(i8_min_term<PARTS, MAKE>(x[t * nb + b], xs + (t * nb + b) * 2, mt.m + t * nb + b)),
+                    acc[t]);
         }
     }
     const __mmask16 m = (__mmask16)((1u << nr) - 1);
@@ -183,35 +181,6 @@ void amx_panel_sign(uint8_t* wp, int64_t nb, int sign) {
     }
 }
 
-// 16 tokens (x: the first one's blocks; rows nb blocks apart) through one signed panel.
-template <class Tiles, DType WT, int PARTS>
-void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, float* out, int64_t out_stride,
-              int nr) {
-    alignas(64) GemmDots dh, dl;
-    __m512 acc[kAmxTokens];
-    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
-    const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* pb = wp + b * kI8PanelBlockBytes;
-        Tiles::template block<PARTS>(pb, x[b].hi, x[b].lo, x_stride, dh, dl);
-        const __m512 dw = _mm512_loadu_ps(pb + kI8PanelScales);
-        FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
-            __m512i d = _mm512_load_si512(dh[t]);
-            if constexpr (PARTS == 2) d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), _mm512_load_si512(dl[t]));
-            const BlockQ8Act& a = x[t * nb + b];
-            const float dx = PARTS == 2 ? a.d : a.d * 256.0f;
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[t]);
-            if constexpr (i8_has_min(WT)) {  // + min * dx * sum(x) (K-quants' mins are stored negated)
-                const int32_t* s = xs + (t * nb + b) * 2;
-                const int32_t isum = PARTS == 2 ? 256 * s[0] + s[1] : s[0];
-                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelMins), _mm512_set1_ps(dx * (float)isum), acc[t]);
-            }
-        }
-    }
-    const __mmask16 m = (__mmask16)((1u << nr) - 1);
-    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
-}
-
 // The VNNI set's gemm_i8_typed with 16-token tiles on AMX: panels converted once per call in
 // i8_for_groups' groups (Q8_0x16 too: its quants are copied to be made signed), and the last
 // n_tok % 16 tokens, in the last token pass, through the VNNI tiles after each panel's
@@ -220,29 +189,28 @@ template <class Tiles, DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
     constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
-    constexpr int TT = kI8TileTokens;
+    const I8MinTerms mt = i8_min_terms_area(work, nb);
     i8_for_groups(
         r0, r1, i8_group_panels(nb) * kI8Rows, nb * kI8PanelBlockBytes, n_tok, i8_token_chunk(nb, kAmxTokens), work,
         [&](int64_t r, int nr, uint8_t* panel) {
             i8_repack_any_512<WT>(w, w_stride, r, nr, nb, panel);
             amx_panel_sign<WT>(panel, nb, 1);
         },
-        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1) {
+        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1, bool first) {
             int64_t t = c0;
-            for (; t + kAmxTokens <= c1; t += kAmxTokens)
-                if constexpr (i8_is_halves(FT))
-                    amx_tile_halves<Tiles, PARTS>(panel, x + t * nb, nb, out + t * out_stride + r, out_stride, nr);
-                else
-                    amx_tile<Tiles, FT, PARTS>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r,
-                                               out_stride, nr);
+            auto tiles = [&](auto made) {
+                for (; t + kAmxTokens <= c1; t += kAmxTokens)
+                    amx_tile<Tiles, FT, PARTS, decltype(made)::value>(panel, x + t * nb, xs + t * nb * 2, nb,
+                                                                      mt.from(t - c0), out + t * out_stride + r,
+                                                                      out_stride, nr);
+            };
+            if (i8_has_min(FT) && first)
+                tiles(std::integral_constant<bool, i8_has_min(FT)>{});
+            else
+                tiles(std::false_type{});
             if (t == c1) return;
             amx_panel_sign<WT>(panel, nb, -1);  // the last pass: AMX reads this panel no more
-            for (; t + TT <= c1; t += TT)
-                i8_tile_512<FT, PARTS, TT>(panel, x + t * nb, xs + t * nb * 2, nb, out + t * out_stride + r, out_stride,
-                                           nr);
-            if (t < c1)
-                i8_tail_512<FT, PARTS, TT - 1>(panel, x + t * nb, xs + t * nb * 2, nb, (int)(c1 - t),
-                                               out + t * out_stride + r, out_stride, nr);
+            i8_tokens_512<FT, PARTS>(panel, x, xs, nb, mt, first, t, c0, c1, out, out_stride, r, nr);
         });
 }
 
