@@ -31,7 +31,8 @@ _SCALAR_FORMATS = {
     UINT32: ("<I", 4), INT32: ("<i", 4), FLOAT32: ("<f", 4), BOOL: ("<?", 1),
     UINT64: ("<Q", 8), INT64: ("<q", 8), FLOAT64: ("<d", 8),
 }
-# Tensors up to this size are copied out of the mapping (GGUFFile.tensor_data).
+# Vectors (one dimension: norms, biases) up to this size are copied out of the mapping
+# (GGUFFile.tensor_data); matrices always stay zero-copy views.
 _SMALL_TENSOR_BYTES = 64 * 1024
 
 _NUMPY_DTYPES = {
@@ -261,13 +262,13 @@ class GGUFFile:
 
     def tensor_data(self, name: str) -> np.ndarray:
         """The tensor's bytes as a read-only uint8 array: a view of the mapping (no copy), or for a
-        small tensor (norms, biases) a copy, its pages in the mapping dropped. A kernel that maps a
+        small vector (norms, biases) a copy, its pages in the mapping dropped. A kernel that maps a
         whole large folio of the page cache per fault (Linux 6.x) mapped ~230 KB of the repacked
         matrices' released pages back for every 2 KB norm read between them: 14 MB of the
         process's RSS for SmolLM2 Q4_1's 61 norms (issue 9's peak-RSS rule)."""
         info = self.tensors[name]
         view = np.frombuffer(self._mm, dtype=np.uint8, count=info.nbytes, offset=info.offset)
-        if info.nbytes > _SMALL_TENSOR_BYTES:
+        if len(info.ne) > 1 or info.nbytes > _SMALL_TENSOR_BYTES:
             return view
         data = view.copy()
         data.setflags(write=False)
