@@ -165,6 +165,8 @@ int main(int argc, char** argv) {
     // FORGERT_AMX_DECODE_MIN_TOKENS tokens (default 4; below, its column times VNNI again).
     // Without usable AMX its emulated tiles run instead: a check that the path runs and agrees,
     // not a timing (far slower), taken only when the filter names it: "gemm_q Q4_0x16 1B attn".
+    // Llama-3.2-1B's matrix shapes for the kernel-alone cases below (gemm_q, gemm_i8).
+    const Shape one_b[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
     const cpu::KernelSet* vnni = cpu::kernels_avx512();
     const bool amx = cpu::kernels_amx() && cpu::cpu_has_amx_int8();
     const cpu::KernelSet* tiles = amx ? cpu::kernels_amx() : cpu::kernels_amx_emulated();
@@ -172,7 +174,6 @@ int main(int argc, char** argv) {
         std::printf("%-30s %6s %6s %5s %5s %10s %10s %7s  (%s vs %s)\n", "gemm_q", "rows", "cols", "n", "parts",
                     "tiles_us", "vnni_us", "speedup", tiles->name, vnni->name);
         cpu::ThreadPool pool(be.n_threads());
-        const Shape one_b[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
         for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
             for (const Shape& s : one_b) {
                 char name[64];
@@ -212,8 +213,7 @@ int main(int argc, char** argv) {
     // CpuBackend::matmul_i8 splits them; the activations are quantized once, outside the time.
     const cpu::KernelSet& ks = cpu::select_kernels();
     for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0}) {
-        const Shape i8_shapes[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
-        for (const Shape& s : i8_shapes) {
+        for (const Shape& s : one_b) {
             char name[64];
             std::snprintf(name, sizeof name, "gemm_i8 %s %s", dtype_name(cpu::packed_type(ks, t)), s.what);
             if (!std::strstr(name, filter) || !cpu::gemm_i8_takes(ks, t)) continue;
