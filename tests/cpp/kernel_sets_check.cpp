@@ -145,11 +145,15 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
                 std::vector<float> wdq((size_t)rows * cols);
                 for (int r = 0; r < rows; r++) dequantize_row(t, w.data() + r * rb, wdq.data() + (size_t)r * cols, cols);
                 for (int parts : {1, 2}) {
-                    std::vector<float> a(n * rows), b(n * rows), ref(n * rows);
+                    std::vector<float> a(n * rows), b(n * rows), c(n * rows), ref(n * rows);
                     // rows 3..rows: a range that starts inside a panel and ends with a short one
+                    // (the AMX set's panel pairs: 16 + 16 rows, then 2 alone); c: 0..21 (a pair of
+                    // 16 + 5 rows), 21..rows (16 rows alone)
                     g->gemm_i8(t, w.data(), rb, 0, rows, xa.data(), sums.data(), nb, n, parts, a.data(), rows, work.data());
                     k->gemm_i8(t, w.data(), rb, 3, rows, xa.data(), sums.data(), nb, n, parts, b.data(), rows, work.data());
                     k->gemm_i8(t, w.data(), rb, 0, 3, xa.data(), sums.data(), nb, n, parts, b.data(), rows, work.data());
+                    k->gemm_i8(t, w.data(), rb, 0, 21, xa.data(), sums.data(), nb, n, parts, c.data(), rows, work.data());
+                    k->gemm_i8(t, w.data(), rb, 21, rows, xa.data(), sums.data(), nb, n, parts, c.data(), rows, work.data());
                     for (int tk = 0; tk < n; tk++)
                         for (int r = 0; r < rows; r++) {
                             double acc = 0;
@@ -163,7 +167,8 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
                         }
                     char what[64];
                     std::snprintf(what, sizeof what, "gemm_i8 %s x%d %dx%d n=%d", dtype_name(t), parts, rows, cols, n);
-                    const bool same = !std::memcmp(a.data(), b.data(), a.size() * sizeof(float));
+                    const bool same = !std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) &&
+                                      !std::memcmp(a.data(), c.data(), a.size() * sizeof(float));
                     if (!same) failures++;
                     std::printf("%-12s %-28s bit-identical to generic %s\n", k->name, what, same ? "ok" : "FAIL");
                     expect_close(k->name, what, ref, b, 3e-6);

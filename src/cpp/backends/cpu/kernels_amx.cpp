@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -32,15 +33,20 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {};
 };
 
-// Tiles: 0, 1 dots (hi, lo), 2, 3 activations (hi, lo), 4 weights. halves (Q6_K): each
-// block's two 16-weight halves apart: 0, 1 the halves' dots, 2, 3 their activations (16
-// bytes), 4, 5 their weights (4 groups).
+// Tiles: 0, 1 dots (hi, lo), 2, 3 activations (hi, lo), 4 weights; a panel pair's second
+// panel: 5, 6 its dots, 7 its weights. halves (Q6_K): each block's two 16-weight halves
+// apart: 0, 1 the halves' dots, 2, 3 their activations (16 bytes), 4, 5 their weights (4
+// groups).
 TileConfig gemm_tile_config(bool halves) {
     TileConfig c;
     const int k = halves ? FG_QK / 2 : FG_QK;
     c.rows[0] = c.rows[1] = kAmxTokens, c.colsb[0] = c.colsb[1] = 64;
     c.rows[2] = c.rows[3] = kAmxTokens, c.colsb[2] = c.colsb[3] = (uint16_t)k;
     c.rows[4] = c.rows[5] = (uint8_t)(k / 4), c.colsb[4] = c.colsb[5] = 64;
+    if (!halves) {
+        c.rows[5] = c.rows[6] = kAmxTokens, c.colsb[5] = c.colsb[6] = 64;
+        c.rows[7] = (uint8_t)(k / 4), c.colsb[7] = 64;
+    }
     return c;
 }
 void load_tile_config(bool halves = false) {
@@ -52,6 +58,19 @@ void load_tile_config(bool halves = false) {
 
 // C tiles of one block as the GEMM stores them: [token][row] int32.
 using GemmDots = int32_t[kAmxTokens][16];
+
+// Panels per tile pass: two (not Q6_K's halves, whose one panel already takes 6 tiles), so
+// 16 tokens' activation tiles are loaded once per block for 32 rows and four independent
+// TDPBSSD are in flight instead of two. Why: timed apart on the lent Xeon (one thread, 1B
+// ffn_up, two parts), the tile instructions alone took ~80% of the GEMM and the AVX-512 finish
+// alone ~35%; the tiles with all their data in L1 still ~60%: a chain of tile load, TDPBSSD
+// and store per block, the same 5 tiles reused by the next block. Sharing the activation
+// tiles between two panels cuts a third of the tile loads and doubles the independent work
+// per chain. Measured (docs/design.md, "AMX panel pairs"): `cpu_ops_bench 8 gemm_i8` against
+// one panel, Q4_Kx16 1.15-1.66x, Q8_0x16 0.99-1.18x, Q4_0x16 0.81-1.13x (Q6_Kx16, unchanged,
+// 0.93-1.37x: the host's noise); 1B Q4_K_M prefill 1.00x llama.cpp at 8 threads (0.78-0.80x
+// before), Q8_0 0.90x (0.80-0.81x).
+constexpr bool amx_pairs(DType wt) { return !i8_is_halves(wt); }
 
 // The GEMM's tile work per 32-weight block, as a policy: AmxGemmTiles issues the
 // instructions; EmuGemmTiles runs the same tile semantics as amx_decode::EmuTiles' loops
@@ -93,6 +112,32 @@ struct AmxGemmTiles {
             if constexpr (PARTS == 2) part(xl, cl);
         }
     }
+    // Two panels' dots of one block (not HALVES): c[0], c[1] panel 0's hi / lo, c[2], c[3]
+    // panel 1's; each activation tile serves both panels.
+    template <int PARTS>
+    static void block_pair(const uint8_t* wb0, const uint8_t* wb1, const int8_t* xh, const int8_t* xl,
+                           size_t x_stride, GemmDots* c) {
+        _tile_loadd(4, wb0, 64);
+        _tile_loadd(2, xh, x_stride);
+        _tile_zero(0);
+        _tile_dpbssd(0, 2, 4);
+        _tile_loadd(7, wb1, 64);
+        _tile_zero(5);
+        _tile_dpbssd(5, 2, 7);
+        if constexpr (PARTS == 2) {
+            _tile_loadd(3, xl, x_stride);
+            _tile_zero(1);
+            _tile_dpbssd(1, 3, 4);
+            _tile_zero(6);
+            _tile_dpbssd(6, 3, 7);
+        }
+        _tile_stored(0, c[0], 64);
+        _tile_stored(5, c[2], 64);
+        if constexpr (PARTS == 2) {
+            _tile_stored(1, c[1], 64);
+            _tile_stored(6, c[3], 64);
+        }
+    }
 };
 
 struct EmuGemmTiles {
@@ -113,6 +158,21 @@ struct EmuGemmTiles {
                 E::load(2 + h, x + 16 * h, x_stride);
                 E::dpbssd(h, 2 + h, 4 + h);
                 E::store(h, c[h], 64);
+            }
+        }
+    }
+    template <int PARTS>
+    static void block_pair(const uint8_t* wb0, const uint8_t* wb1, const int8_t* xh, const int8_t* xl,
+                           size_t x_stride, GemmDots* c) {
+        E::load(4, wb0, 64);
+        E::load(7, wb1, 64);
+        for (int part = 0; part < PARTS; part++) {
+            E::load(2 + part, part ? xl : xh, x_stride);
+            for (int p = 0; p < 2; p++) {  // dots in tiles 0 / 1 (panel 0), 5 / 6 (panel 1)
+                const int ct = p ? 5 + part : part;
+                E::zero(ct);
+                E::dpbssd(ct, 2 + part, p ? 7 : 4);
+                E::store(ct, c[2 * p + part], 64);
             }
         }
     }
@@ -165,6 +225,64 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) _mm512_mask_storeu_ps(out + t * out_stride, m, acc[t]);
 }
 
+// amx_tile for two panels side by side (rows r.. and r + 16.., nr1 rows in the second):
+// block b's four TDPBSSD, then its finish per token and panel in amx_tile's float steps
+// (same bits), into 32 accumulators per token kept in memory (in registers they would
+// spill). The first panel makes the min terms (MAKE) that the second reads. OVERLAP as in
+// amx_tile, for the types with mins.
+template <class Tiles, DType WT, int PARTS, bool MAKE>
+void amx_tile_pair(const uint8_t* wp0, const uint8_t* wp1, const BlockQ8Act* x, const int32_t* xs, int64_t nb,
+                   I8MinTerms mt, float* out, int64_t out_stride, int nr1) {
+    static_assert(!i8_is_halves(WT), "Q6_K's halves take amx_tile");
+    constexpr bool OVERLAP = i8_has_min(WT);
+    alignas(64) GemmDots dots[OVERLAP ? 2 : 1][4];  // [buffer][panel 0 hi, lo, panel 1 hi, lo]
+    alignas(64) float acc[kAmxTokens][32];         // [token][panel 0's rows, panel 1's]
+    std::memset(acc, 0, sizeof acc);
+    const size_t x_stride = (size_t)nb * sizeof(BlockQ8Act);
+    auto tiles = [&](int64_t b, int buf) {
+        Tiles::template block_pair<PARTS>(wp0 + b * kI8PanelBlockBytes, wp1 + b * kI8PanelBlockBytes, x[b].hi,
+                                          x[b].lo, x_stride, dots[buf]);
+    };
+    if constexpr (OVERLAP) tiles(0, 0);
+    for (int64_t b = 0; b < nb; b++) {
+        const int cur = OVERLAP ? (int)(b & 1) : 0;
+        if constexpr (OVERLAP) {
+            if (b + 1 < nb) tiles(b + 1, (int)((b + 1) & 1));
+        } else {
+            tiles(b, 0);
+        }
+        const uint8_t* pb[2] = {wp0 + b * kI8PanelBlockBytes, wp1 + b * kI8PanelBlockBytes};
+        __m512 dw[2], mw[2];
+        FG_UNROLL for (int p = 0; p < 2; p++) {
+            dw[p] = i8_scales_for_parts<PARTS>(_mm512_loadu_ps(pb[p] + kI8PanelScales));
+            mw[p] = _mm512_loadu_ps(pb[p] + kI8PanelMins);
+        }
+        FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
+            const float d = x[t * nb + b].d;
+            FG_UNROLL for (int p = 0; p < 2; p++) {
+                __m512i idot = _mm512_load_si512(dots[cur][2 * p][t]);
+                if constexpr (PARTS == 2)
+                    idot = _mm512_add_epi32(_mm512_slli_epi32(idot, 8), _mm512_load_si512(dots[cur][2 * p + 1][t]));
+                __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(dw[p], _mm512_set1_ps(d)),
+                                           _mm512_load_ps(acc[t] + 16 * p));
+                if constexpr (i8_has_min(WT)) {
+                    const BlockQ8Act& xa = x[t * nb + b];
+                    const int32_t* s = xs + (t * nb + b) * 2;
+                    float* m = mt.m + t * nb + b;
+                    const float term = p == 0 ? i8_min_term<PARTS, MAKE>(xa, s, m) : i8_min_term<PARTS, false>(xa, s, m);
+                    a = _mm512_fmadd_ps(mw[p], _mm512_set1_ps(term), a);
+                }
+                _mm512_store_ps(acc[t] + 16 * p, a);
+            }
+        }
+    }
+    const __mmask16 m1 = (__mmask16)((1u << nr1) - 1);
+    FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
+        _mm512_storeu_ps(out + t * out_stride, _mm512_load_ps(acc[t]));
+        _mm512_mask_storeu_ps(out + t * out_stride + 16, m1, _mm512_load_ps(acc[t] + 16));
+    }
+}
+
 // A converted panel (i8_repack_any_512) with signed quants for TDPBSSD: Q8_0's, Q4_0's and Q5_0's
 // offsets taken out (K-quants' 0..31 and Q6_K's signed quants serve as they are); sign = -1
 // puts them back (the VNNI tiles' unsigned panel).
@@ -189,28 +307,45 @@ template <class Tiles, DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
     constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
+    constexpr int kStep = amx_pairs(FT) ? 2 : 1;  // panels per run
+    const int64_t panel_bytes = nb * kI8PanelBlockBytes;
     const I8MinTerms mt = i8_min_terms_area(work, nb);
-    i8_for_groups(
-        r0, r1, i8_group_panels(nb) * kI8Rows, nb * kI8PanelBlockBytes, n_tok, i8_token_chunk(nb, kAmxTokens), work,
+    i8_for_groups<kStep>(
+        r0, r1, i8_group_panels(nb) * kI8Rows, panel_bytes, n_tok, i8_token_chunk(nb, kAmxTokens), work,
         [&](int64_t r, int nr, uint8_t* panel) {
             i8_repack_any_512<WT>(w, w_stride, r, nr, nb, panel);
             amx_panel_sign<WT>(panel, nb, 1);
         },
-        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1, bool first) {
+        [&](uint8_t* panel, int64_t r, int nr, int64_t c0, int64_t c1, bool first) {  // nr <= kStep * kI8Rows
             int64_t t = c0;
             auto tiles = [&](auto made) {
-                for (; t + kAmxTokens <= c1; t += kAmxTokens)
-                    amx_tile<Tiles, FT, PARTS, decltype(made)::value>(panel, x + t * nb, xs + t * nb * 2, nb,
-                                                                      mt.from(t - c0), out + t * out_stride + r,
-                                                                      out_stride, nr);
+                constexpr bool MAKE = decltype(made)::value;
+                for (; t + kAmxTokens <= c1; t += kAmxTokens) {
+                    float* o = out + t * out_stride + r;
+                    if constexpr (amx_pairs(FT)) {
+                        if (nr > kI8Rows) {
+                            amx_tile_pair<Tiles, FT, PARTS, MAKE>(panel, panel + panel_bytes, x + t * nb, xs + t * nb * 2,
+                                                                  nb, mt.from(t - c0), o, out_stride, nr - kI8Rows);
+                            continue;
+                        }
+                    }
+                    amx_tile<Tiles, FT, PARTS, MAKE>(panel, x + t * nb, xs + t * nb * 2, nb, mt.from(t - c0), o,
+                                                     out_stride, nr);
+                }
             };
             if (i8_has_min(FT) && first)
                 tiles(std::integral_constant<bool, i8_has_min(FT)>{});
             else
                 tiles(std::false_type{});
             if (t == c1) return;
-            amx_panel_sign<WT>(panel, nb, -1);  // the last pass: AMX reads this panel no more
-            i8_tokens_512<FT, PARTS>(panel, x, xs, nb, mt, first, t, c0, c1, out, out_stride, r, nr);
+            // the last pass: AMX reads these panels no more; the rest of the tokens go through the
+            // VNNI tiles, a panel at a time (the first makes the min terms)
+            for (int p = 0; p * kI8Rows < nr; p++) {
+                uint8_t* pp = panel + p * panel_bytes;
+                amx_panel_sign<WT>(pp, nb, -1);
+                i8_tokens_512<FT, PARTS>(pp, x, xs, nb, mt, first && p == 0, t, c0, c1, out, out_stride,
+                                         r + p * kI8Rows, std::min(kI8Rows, nr - p * kI8Rows));
+            }
         });
 }
 
