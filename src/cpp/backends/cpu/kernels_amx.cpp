@@ -61,8 +61,8 @@ using GemmDots = int32_t[kAmxTokens][16];
 
 // Panels per tile pass: two (not Q6_K's halves, whose one panel already takes 6 tiles), so
 // 16 tokens' activation tiles are loaded once per block for 32 rows and four independent
-// TDPBSSD are in flight instead of two. Why: timed apart on the lent Xeon (one thread, 1B
-// ffn_up, two parts), the tile instructions alone took ~80% of the GEMM and the AVX-512 finish
+// TDPBSSD are in flight instead of two. Why: timed apart on the lent Xeon
+// (bench/cpp/amx_gemm_structures.cpp: one thread, 1B ffn_up, two parts), the tile instructions alone took ~80% of the GEMM and the AVX-512 finish
 // alone ~35%; the tiles with all their data in L1 still ~60%: a chain of tile load, TDPBSSD
 // and store per block, the same 5 tiles reused by the next block. Sharing the activation
 // tiles between two panels cuts a third of the tile loads and doubles the independent work

@@ -1,0 +1,303 @@
+// How the AMX prefill GEMM's tile work should be structured: one thread's share of a 1B shape
+// (Q8_0-like 16-row panels of kI8PanelBlockBytes per block, two activation parts, the group and
+// token-chunk loop of kernels_x86_int8.inc's i8_for_groups) through variants of amx_tile's inner
+// loop, timed apart. Standalone (no forgert code: the structures, not the engine's kernels; the
+// values are random and unchecked), for the reasoning in docs/design.md "AMX panel pairs":
+//   1p16t              one panel x 16 tokens per pass, tiles then finish per block (amx_tile)
+//   1p16t-ov           the same, block b + 1's tiles before block b's finish (OVERLAP)
+//   1p16t-tilesonly    only the tile instructions (loads, TDPBSSD, stores)
+//   1p16t-finonly      only the AVX-512 finish (reading stale dots)
+//   tilesonly-contigA  tiles only, activations relaid so that each A tile is 512 contiguous bytes
+//   tilesonly-L1       tiles only, every block's data the first block's (all in L1)
+//   tilesonly-nostore  tiles only, accumulating in the C tiles (no per-block stores)
+//   1p16t(-ov)-contigA the whole, A tiles from the relaid copy (d still from the blocks)
+//   2p16t-reg / -mem   two panels per activation tile load (amx_tile_pair), the 32 accumulators
+//                      per token in registers / in memory; -ov: overlapped
+//   1p32t-mem(-ov)     one panel x 32 tokens per weight tile load
+// Build and run on a CPU with AMX-INT8 (Linux; the tile state is requested per thread):
+//   g++ -O2 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8
+//       -mfma -pthread bench/cpp/amx_gemm_structures.cpp -o amx_gemm_structures
+//   ./amx_gemm_structures 1; ./amx_gemm_structures 16; ./amx_gemm_structures 8
+// Each thread runs its own rows (rows / threads) on its own data; the variants run in turn with
+// the threads started together; a variant's figure is the slowest thread's best of 5.
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cstdint>
+#include <thread>
+#include <vector>
+#include <algorithm>
+#include <atomic>
+
+struct BlockQ8Act { float d, sum; int8_t hi[32], lo[32]; };
+constexpr int PB = 768;  // panel block bytes: 512 quants, 64 scales, 64 mins, 128 half terms
+struct alignas(64) TileConfig { uint8_t palette = 1, start_row = 0, reserved[14] = {}; uint16_t colsb[16] = {}; uint8_t rows[16] = {}; };
+using Dots = int32_t[16][16];
+#define UNR _Pragma("GCC unroll 16")
+
+static void cfg_v0() {  // 0,1 C; 2,3 A; 4 B
+    TileConfig c;
+    for (int i = 0; i < 2; i++) c.rows[i] = 16, c.colsb[i] = 64;
+    for (int i = 2; i < 4; i++) c.rows[i] = 16, c.colsb[i] = 32;
+    c.rows[4] = 8, c.colsb[4] = 64;
+    _tile_loadconfig(&c);
+}
+static void cfg_v4() {  // 0-3 C; 4,5 A; 6,7 B
+    TileConfig c;
+    for (int i = 0; i < 4; i++) c.rows[i] = 16, c.colsb[i] = 64;
+    for (int i = 4; i < 6; i++) c.rows[i] = 16, c.colsb[i] = 32;
+    for (int i = 6; i < 8; i++) c.rows[i] = 8, c.colsb[i] = 64;
+    _tile_loadconfig(&c);
+}
+
+// ---- V0 / V1: one panel x 16 tokens (main's amx_tile), OV: overlapped
+template <bool OV, bool TILES = true, bool FIN = true, int MODE = 0>  // MODE 1: contiguous A (xa), 2: L1 (block 0), 3: no stores
+static void tile16(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t os, const int8_t* xa = nullptr) {
+    alignas(64) Dots dh[2] = {}, dl[2] = {};
+    __m512 acc[16];
+    UNR for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+    const size_t xs = nb * sizeof(BlockQ8Act);
+    auto tiles = [&](int64_t b, int buf) {
+        if (!TILES) return;
+        if (MODE == 2) b = 0;
+        _tile_loadd(4, wp + b * PB, 64);
+        if (MODE != 3) _tile_zero(0);
+        if (MODE == 1) _tile_loadd(2, xa + b * 1024, 32); else _tile_loadd(2, x[b].hi, xs);
+        _tile_dpbssd(0, 2, 4);
+        if (MODE != 3) _tile_stored(0, dh[buf], 64);
+        if (MODE != 3) _tile_zero(1);
+        if (MODE == 1) _tile_loadd(3, xa + b * 1024 + 512, 32); else _tile_loadd(3, x[b].lo, xs);
+        _tile_dpbssd(1, 3, 4);
+        if (MODE != 3) _tile_stored(1, dl[buf], 64);
+    };
+    if (MODE == 3) { _tile_zero(0); _tile_zero(1); }
+    if (OV) tiles(0, 0);
+    for (int64_t b = 0; b < nb; b++) {
+        const int cur = OV ? (b & 1) : 0;
+        if (OV) { if (b + 1 < nb) tiles(b + 1, (b + 1) & 1); } else tiles(b, 0);
+        if (!FIN) continue;
+        const __m512 dw = _mm512_loadu_ps(wp + b * PB + 512);
+        UNR for (int t = 0; t < 16; t++) {
+            __m512i idot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(dh[cur][t]), 8), _mm512_load_si512(dl[cur][t]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(dw, _mm512_set1_ps(x[t * nb + b].d)), acc[t]);
+        }
+    }
+    if (MODE == 3) { _tile_stored(0, dh[0], 64); _tile_stored(1, dl[0], 64); out[0] += dh[0][0][0] + dl[0][0][0]; }
+    UNR for (int t = 0; t < 16; t++) _mm512_storeu_ps(out + t * os, acc[t]);
+}
+
+// ---- V4: two panels x 16 tokens; accumulators in registers (32 zmm, spills) or in memory (MEM)
+template <bool OV, bool MEM, bool CONTIG = false>
+static void tile16x2(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, int64_t nb, float* out, int64_t os, const int8_t* xa = nullptr) {
+    alignas(64) Dots c[2][4];
+    alignas(64) float accm[16][32];
+    __m512 a0[16], a1[16];
+    if (MEM) std::memset(accm, 0, sizeof accm);
+    else { UNR for (int t = 0; t < 16; t++) a0[t] = a1[t] = _mm512_setzero_ps(); }
+    const size_t xs = nb * sizeof(BlockQ8Act);
+    auto tiles = [&](int64_t b, int buf) {
+        _tile_loadd(6, w0 + b * PB, 64);
+        if (CONTIG) _tile_loadd(4, xa + b * 1024, 32); else _tile_loadd(4, x[b].hi, xs);
+        _tile_zero(0);
+        _tile_dpbssd(0, 4, 6);
+        if (CONTIG) _tile_loadd(5, xa + b * 1024 + 512, 32); else _tile_loadd(5, x[b].lo, xs);
+        _tile_zero(1);
+        _tile_dpbssd(1, 5, 6);
+        _tile_loadd(7, w1 + b * PB, 64);
+        _tile_zero(2);
+        _tile_dpbssd(2, 4, 7);
+        _tile_zero(3);
+        _tile_dpbssd(3, 5, 7);
+        _tile_stored(0, c[buf][0], 64);
+        _tile_stored(1, c[buf][1], 64);
+        _tile_stored(2, c[buf][2], 64);
+        _tile_stored(3, c[buf][3], 64);
+    };
+    if (OV) tiles(0, 0);
+    for (int64_t b = 0; b < nb; b++) {
+        const int cur = OV ? (b & 1) : 0;
+        if (OV) { if (b + 1 < nb) tiles(b + 1, (b + 1) & 1); } else tiles(b, 0);
+        const __m512 dw0 = _mm512_loadu_ps(w0 + b * PB + 512), dw1 = _mm512_loadu_ps(w1 + b * PB + 512);
+        UNR for (int t = 0; t < 16; t++) {
+            const __m512 d = _mm512_set1_ps(x[t * nb + b].d);
+            __m512i i0 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c[cur][0][t]), 8), _mm512_load_si512(c[cur][1][t]));
+            __m512i i1 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c[cur][2][t]), 8), _mm512_load_si512(c[cur][3][t]));
+            if (MEM) {
+                _mm512_store_ps(accm[t], _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(dw0, d), _mm512_load_ps(accm[t])));
+                _mm512_store_ps(accm[t] + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(dw1, d), _mm512_load_ps(accm[t] + 16)));
+            } else {
+                a0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(dw0, d), a0[t]);
+                a1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(dw1, d), a1[t]);
+            }
+        }
+    }
+    UNR for (int t = 0; t < 16; t++) {
+        _mm512_storeu_ps(out + t * os, MEM ? _mm512_load_ps(accm[t]) : a0[t]);
+        _mm512_storeu_ps(out + t * os + 16, MEM ? _mm512_load_ps(accm[t] + 16) : a1[t]);
+    }
+}
+
+// ---- V5: one panel x 32 tokens (tiles: 0-3 C, 4,5 A (reused for both token halves), 6 B)
+template <bool OV>
+static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t os) {
+    alignas(64) Dots c[2][4];
+    alignas(64) float accm[32][16];
+    std::memset(accm, 0, sizeof accm);
+    const size_t xs = nb * sizeof(BlockQ8Act);
+    const BlockQ8Act* x1 = x + 16 * nb;
+    auto tiles = [&](int64_t b, int buf) {
+        _tile_loadd(6, wp + b * PB, 64);
+        _tile_loadd(4, x[b].hi, xs);
+        _tile_zero(0);
+        _tile_dpbssd(0, 4, 6);
+        _tile_loadd(5, x[b].lo, xs);
+        _tile_zero(1);
+        _tile_dpbssd(1, 5, 6);
+        _tile_stored(0, c[buf][0], 64);
+        _tile_stored(1, c[buf][1], 64);
+        _tile_loadd(4, x1[b].hi, xs);
+        _tile_zero(2);
+        _tile_dpbssd(2, 4, 6);
+        _tile_loadd(5, x1[b].lo, xs);
+        _tile_zero(3);
+        _tile_dpbssd(3, 5, 6);
+        _tile_stored(2, c[buf][2], 64);
+        _tile_stored(3, c[buf][3], 64);
+    };
+    if (OV) tiles(0, 0);
+    for (int64_t b = 0; b < nb; b++) {
+        const int cur = OV ? (b & 1) : 0;
+        if (OV) { if (b + 1 < nb) tiles(b + 1, (b + 1) & 1); } else tiles(b, 0);
+        const __m512 dw = _mm512_loadu_ps(wp + b * PB + 512);
+        UNR for (int t = 0; t < 32; t++) {
+            const int h = t / 16, tt = t % 16;
+            __m512i i0 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c[cur][2 * h][tt]), 8), _mm512_load_si512(c[cur][2 * h + 1][tt]));
+            _mm512_store_ps(accm[t], _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(dw, _mm512_set1_ps(x[t * nb + b].d)), _mm512_load_ps(accm[t])));
+        }
+    }
+    for (int t = 0; t < 32; t++) _mm512_storeu_ps(out + t * os, _mm512_load_ps(accm[t]));
+}
+
+constexpr int NV = 16;
+struct Shape { const char* name; int64_t K, rows_per_thread, tokens; };
+
+static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8Act* x, float* out, const int8_t* xa) {
+    const int64_t nb = s.K / 32, np = s.rows_per_thread / 16;
+    int64_t gp = std::max<int64_t>(1, (1 << 19) / (nb * PB));
+    int64_t chunk = std::max<int64_t>(64, ((1 << 20) / (nb * 72 + 8 * nb)) / 32 * 32);
+    const int64_t os = s.rows_per_thread;
+    if ((v >= 4 && v <= 7) || v == 15) gp += gp & 1;
+    if ((v >= 4 && v <= 9) || v == 15) cfg_v4(); else cfg_v0();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int64_t g0 = 0; g0 < np; g0 += gp) {
+        const int64_t g1 = std::min(np, g0 + gp);
+        for (int64_t c0 = 0; c0 < s.tokens; c0 += chunk) {
+            const int64_t c1 = std::min(s.tokens, c0 + chunk);
+            if (v <= 3 || (v >= 10 && v <= 14)) {
+                for (int64_t p = g0; p < g1; p++)
+                    for (int64_t t = c0; t + 16 <= c1; t += 16) {
+                        const uint8_t* wp = panels + p * nb * PB;
+                        float* o = out + t * os + p * 16;
+                        if (v == 0) tile16<false>(wp, x + t * nb, nb, o, os);
+                        if (v == 1) tile16<true>(wp, x + t * nb, nb, o, os);
+                        if (v == 2) tile16<false, true, false>(wp, x + t * nb, nb, o, os);
+                        if (v == 3) tile16<false, false, true>(wp, x + t * nb, nb, o, os);
+                        const int8_t* xt = xa + t / 16 * nb * 1024;
+                        if (v == 10) tile16<false, true, false, 1>(wp, x + t * nb, nb, o, os, xt);
+                        if (v == 11) tile16<false, true, false, 2>(wp, x + t * nb, nb, o, os, xt);
+                        if (v == 12) tile16<false, true, false, 3>(wp, x + t * nb, nb, o, os, xt);
+                        if (v == 13) tile16<false, true, true, 1>(wp, x + t * nb, nb, o, os, xt);
+                        if (v == 14) tile16<true, true, true, 1>(wp, x + t * nb, nb, o, os, xt);
+                    }
+            } else if (v <= 7 || v == 15) {
+                for (int64_t p = g0; p + 1 < g1 + 1 && p < g1; p += 2)
+                    for (int64_t t = c0; t + 16 <= c1; t += 16) {
+                        const uint8_t* w0 = panels + p * nb * PB;
+                        const uint8_t* w1 = panels + std::min(p + 1, np - 1) * nb * PB;
+                        float* o = out + t * os + p * 16;
+                        if (v == 4) tile16x2<false, false>(w0, w1, x + t * nb, nb, o, os);
+                        if (v == 5) tile16x2<true, false>(w0, w1, x + t * nb, nb, o, os);
+                        if (v == 6) tile16x2<false, true>(w0, w1, x + t * nb, nb, o, os);
+                        if (v == 7) tile16x2<true, true>(w0, w1, x + t * nb, nb, o, os);
+                        if (v == 15) tile16x2<false, false, true>(w0, w1, x + t * nb, nb, o, os, xa + t / 16 * nb * 1024);
+                    }
+            } else {
+                for (int64_t p = g0; p < g1; p++)
+                    for (int64_t t = c0; t + 32 <= c1; t += 32) {
+                        const uint8_t* wp = panels + p * nb * PB;
+                        float* o = out + t * os + p * 16;
+                        if (v == 8) tile32<false>(wp, x + t * nb, nb, o, os);
+                        if (v == 9) tile32<true>(wp, x + t * nb, nb, o, os);
+                    }
+            }
+        }
+    }
+    auto t1 = std::chrono::steady_clock::now();
+    _tile_release();
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+static const char* vname[] = {"1p16t", "1p16t-ov", "1p16t-tilesonly", "1p16t-finonly", "2p16t-reg", "2p16t-reg-ov",
+                              "2p16t-mem", "2p16t-mem-ov", "1p32t-mem", "1p32t-mem-ov",
+                              "tilesonly-contigA", "tilesonly-L1", "tilesonly-nostore", "1p16t-contigA", "1p16t-ov-contigA", "2p16t-reg-contigA"};
+
+int main(int argc, char** argv) {
+    if (syscall(SYS_arch_prctl, 0x1023, 18)) { perror("arch_prctl"); return 1; }
+    int nthr = argc > 1 ? atoi(argv[1]) : 1;
+    Shape shapes[] = {{"ffn_up 1B (K2048, 8192 rows)", 2048, 8192, 256}, {"ffn_down 1B (K8192, 2048 rows)", 8192, 2048, 256},
+                      {"attn_q 1B (K2048, 2048 rows)", 2048, 2048, 256}};
+    for (auto& s0 : shapes) {
+        Shape s = s0;
+        s.rows_per_thread = s0.rows_per_thread / nthr;
+        s.rows_per_thread = (s.rows_per_thread + 31) / 32 * 32;
+        const int64_t nb = s.K / 32;
+        
+        std::vector<std::vector<double>> per(nthr, std::vector<double>(NV, 1e9));
+        std::atomic<int> ready{0};
+        std::vector<std::thread> th;
+        std::vector<int> order = {0, 1, 2, 3, 10, 11, 12, 13, 14, 4, 5, 6, 7, 15, 8, 9};
+        for (int i = 0; i < nthr; i++)
+            th.emplace_back([&, i] {
+                if (syscall(SYS_arch_prctl, 0x1023, 18)) perror("arch_prctl");
+                std::vector<uint8_t> panels(s.rows_per_thread / 16 * nb * PB + 64);
+                std::vector<BlockQ8Act> x(s.tokens * nb);
+                std::vector<float> out(s.tokens * s.rows_per_thread + 64);
+                srand(i + 1);
+                for (auto& b : panels) b = rand();
+                for (int64_t p = 0; p < s.rows_per_thread / 16; p++)
+                    for (int64_t b = 0; b < nb; b++)
+                        for (int k = 0; k < 16; k++) ((float*)(panels.data() + (p * nb + b) * PB + 512))[k] = 0.01f;
+                for (auto& a : x) { a.d = 0.001f; for (int k = 0; k < 32; k++) a.hi[k] = rand(), a.lo[k] = rand(); }
+                std::vector<int8_t> xa(s.tokens / 16 * nb * 1024 + 64);
+                for (int64_t tt = 0; tt < s.tokens / 16; tt++)
+                    for (int64_t b = 0; b < nb; b++)
+                        for (int t = 0; t < 16; t++) {
+                            std::memcpy(&xa[(tt * nb + b) * 1024 + t * 32], x[(tt * 16 + t) * nb + b].hi, 32);
+                            std::memcpy(&xa[(tt * nb + b) * 1024 + 512 + t * 32], x[(tt * 16 + t) * nb + b].lo, 32);
+                        }
+                for (int rep = 0; rep < 5; rep++) {
+                    for (int vi = 0; vi < (int)order.size(); vi++) {
+                        const int v = order[vi];
+                        ready++;
+                        while (ready.load() < nthr * (1 + rep * (int)order.size() + vi)) {}
+                        double t = run_variant(v, s, panels.data(), x.data(), out.data(), xa.data());
+                        per[i][v] = std::min(per[i][v], t);
+                    }
+                }
+            });
+        for (auto& t : th) t.join();
+        printf("== %s, %d threads, %ld rows/thread, %ld tokens\n", s.name, nthr, (long)s.rows_per_thread, (long)s.tokens);
+        const double macs = 2.0 * s.K * s.rows_per_thread * s.tokens;
+        for (int v : order) {
+            double worst = 0;
+            for (int i = 0; i < nthr; i++) worst = std::max(worst, per[i][v]);
+            printf("  %-18s %8.3f ms  %7.1f GMAC/s/thread  x%.2f of 1p16t\n", vname[v], worst * 1e3, macs / worst / 1e9,
+                   [&] { double w0 = 0; for (int i = 0; i < nthr; i++) w0 = std::max(w0, per[i][0]); return w0 / worst; }());
+        }
+    }
+}
