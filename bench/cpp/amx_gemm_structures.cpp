@@ -142,6 +142,20 @@ static void tile16x2(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, 
     }
 }
 
+// Both parts of 16 tokens' block (xb: the first token's; rows xs bytes apart) against the weight
+// tile 6: hi dots in tile CH, lo in CL (activations through tiles 4 / 5), stored to c[0] / c[1].
+template <int CH, int CL>
+static void parts_by_tile6(const BlockQ8Act& xb, size_t xs, Dots* c) {
+    _tile_loadd(4, xb.hi, xs);
+    _tile_zero(CH);
+    _tile_dpbssd(CH, 4, 6);
+    _tile_loadd(5, xb.lo, xs);
+    _tile_zero(CL);
+    _tile_dpbssd(CL, 5, 6);
+    _tile_stored(CH, c[0], 64);
+    _tile_stored(CL, c[1], 64);
+}
+
 // ---- V5: one panel x 32 tokens (tiles: 0-3 C, 4,5 A (reused for both token halves), 6 B)
 template <bool OV>
 static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* out, int64_t os) {
@@ -152,22 +166,8 @@ static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* ou
     const BlockQ8Act* x1 = x + 16 * nb;
     auto tiles = [&](int64_t b, int buf) {
         _tile_loadd(6, wp + b * PB, 64);
-        _tile_loadd(4, x[b].hi, xs);
-        _tile_zero(0);
-        _tile_dpbssd(0, 4, 6);
-        _tile_loadd(5, x[b].lo, xs);
-        _tile_zero(1);
-        _tile_dpbssd(1, 5, 6);
-        _tile_stored(0, c[buf][0], 64);
-        _tile_stored(1, c[buf][1], 64);
-        _tile_loadd(4, x1[b].hi, xs);
-        _tile_zero(2);
-        _tile_dpbssd(2, 4, 6);
-        _tile_loadd(5, x1[b].lo, xs);
-        _tile_zero(3);
-        _tile_dpbssd(3, 5, 6);
-        _tile_stored(2, c[buf][2], 64);
-        _tile_stored(3, c[buf][3], 64);
+        parts_by_tile6<0, 1>(x[b], xs, c[buf]);
+        parts_by_tile6<2, 3>(x1[b], xs, c[buf] + 2);
     };
     if (OV) tiles(0, 0);
     for (int64_t b = 0; b < nb; b++) {
@@ -191,50 +191,41 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
     int64_t gp = std::max<int64_t>(1, (1 << 19) / (nb * PB));
     int64_t chunk = std::max<int64_t>(64, ((1 << 20) / (nb * 72 + 8 * nb)) / 32 * 32);
     const int64_t os = s.rows_per_thread;
-    if ((v >= 4 && v <= 7) || v == 15) gp += gp & 1;
+    const bool pair = (v >= 4 && v <= 7) || v == 15;  // two panels per pass
+    const int64_t pstep = pair ? 2 : 1, tstep = v == 8 || v == 9 ? 32 : 16;
+    if (pair) gp += gp & 1;
     if ((v >= 4 && v <= 9) || v == 15) cfg_v4(); else cfg_v0();
     auto t0 = std::chrono::steady_clock::now();
     for (int64_t g0 = 0; g0 < np; g0 += gp) {
         const int64_t g1 = std::min(np, g0 + gp);
         for (int64_t c0 = 0; c0 < s.tokens; c0 += chunk) {
             const int64_t c1 = std::min(s.tokens, c0 + chunk);
-            if (v <= 3 || (v >= 10 && v <= 14)) {
-                for (int64_t p = g0; p < g1; p++)
-                    for (int64_t t = c0; t + 16 <= c1; t += 16) {
-                        const uint8_t* wp = panels + p * nb * PB;
-                        float* o = out + t * os + p * 16;
-                        if (v == 0) tile16<false>(wp, x + t * nb, nb, o, os);
-                        if (v == 1) tile16<true>(wp, x + t * nb, nb, o, os);
-                        if (v == 2) tile16<false, true, false>(wp, x + t * nb, nb, o, os);
-                        if (v == 3) tile16<false, false, true>(wp, x + t * nb, nb, o, os);
-                        const int8_t* xt = xa + t / 16 * nb * 1024;
-                        if (v == 10) tile16<false, true, false, 1>(wp, x + t * nb, nb, o, os, xt);
-                        if (v == 11) tile16<false, true, false, 2>(wp, x + t * nb, nb, o, os, xt);
-                        if (v == 12) tile16<false, true, false, 3>(wp, x + t * nb, nb, o, os, xt);
-                        if (v == 13) tile16<false, true, true, 1>(wp, x + t * nb, nb, o, os, xt);
-                        if (v == 14) tile16<true, true, true, 1>(wp, x + t * nb, nb, o, os, xt);
+            for (int64_t p = g0; p < g1; p += pstep)
+                for (int64_t t = c0; t + tstep <= c1; t += tstep) {
+                    const uint8_t* w0 = panels + p * nb * PB;
+                    const uint8_t* w1 = panels + std::min(p + 1, np - 1) * nb * PB;  // pairs only
+                    const BlockQ8Act* xt = x + t * nb;
+                    const int8_t* at = xa + t / 16 * nb * 1024;  // the relaid A tiles
+                    float* o = out + t * os + p * 16;
+                    switch (v) {
+                        case 0: tile16<false>(w0, xt, nb, o, os); break;
+                        case 1: tile16<true>(w0, xt, nb, o, os); break;
+                        case 2: tile16<false, true, false>(w0, xt, nb, o, os); break;
+                        case 3: tile16<false, false, true>(w0, xt, nb, o, os); break;
+                        case 4: tile16x2<false, false>(w0, w1, xt, nb, o, os); break;
+                        case 5: tile16x2<true, false>(w0, w1, xt, nb, o, os); break;
+                        case 6: tile16x2<false, true>(w0, w1, xt, nb, o, os); break;
+                        case 7: tile16x2<true, true>(w0, w1, xt, nb, o, os); break;
+                        case 8: tile32<false>(w0, xt, nb, o, os); break;
+                        case 9: tile32<true>(w0, xt, nb, o, os); break;
+                        case 10: tile16<false, true, false, 1>(w0, xt, nb, o, os, at); break;
+                        case 11: tile16<false, true, false, 2>(w0, xt, nb, o, os, at); break;
+                        case 12: tile16<false, true, false, 3>(w0, xt, nb, o, os, at); break;
+                        case 13: tile16<false, true, true, 1>(w0, xt, nb, o, os, at); break;
+                        case 14: tile16<true, true, true, 1>(w0, xt, nb, o, os, at); break;
+                        case 15: tile16x2<false, false, true>(w0, w1, xt, nb, o, os, at); break;
                     }
-            } else if (v <= 7 || v == 15) {
-                for (int64_t p = g0; p + 1 < g1 + 1 && p < g1; p += 2)
-                    for (int64_t t = c0; t + 16 <= c1; t += 16) {
-                        const uint8_t* w0 = panels + p * nb * PB;
-                        const uint8_t* w1 = panels + std::min(p + 1, np - 1) * nb * PB;
-                        float* o = out + t * os + p * 16;
-                        if (v == 4) tile16x2<false, false>(w0, w1, x + t * nb, nb, o, os);
-                        if (v == 5) tile16x2<true, false>(w0, w1, x + t * nb, nb, o, os);
-                        if (v == 6) tile16x2<false, true>(w0, w1, x + t * nb, nb, o, os);
-                        if (v == 7) tile16x2<true, true>(w0, w1, x + t * nb, nb, o, os);
-                        if (v == 15) tile16x2<false, false, true>(w0, w1, x + t * nb, nb, o, os, xa + t / 16 * nb * 1024);
-                    }
-            } else {
-                for (int64_t p = g0; p < g1; p++)
-                    for (int64_t t = c0; t + 32 <= c1; t += 32) {
-                        const uint8_t* wp = panels + p * nb * PB;
-                        float* o = out + t * os + p * 16;
-                        if (v == 8) tile32<false>(wp, x + t * nb, nb, o, os);
-                        if (v == 9) tile32<true>(wp, x + t * nb, nb, o, os);
-                    }
-            }
+                }
         }
     }
     auto t1 = std::chrono::steady_clock::now();

@@ -5,7 +5,8 @@
 //   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
 //   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only, 8 = and batched decode]
 //                             [activations: int16 (default) or int8, forgert.Model's option]
-//   build/bench/cpu_ops_bench 0 gemm_q   # the few-token decode kernels alone, AMX beside AVX-512 VNNI
+//   FORGERT_AMX_DECODE_MIN_TOKENS=2 build/bench/cpu_ops_bench 0 gemm_q   # the few-token decode kernels
+//                                       # alone, AMX beside AVX-512 VNNI (the tiles are off by default)
 // The prefill int8 GEMM alone (KernelSet::gemm_i8, 1B shapes, 256 and 512 tokens, both
 // activation formats x2 / x1, ms per call): the filter "gemm_i8" (e.g. `cpu_ops_bench 16 gemm_i8`,
 // `cpu_ops_bench 1 "gemm_i8 Q4_Kx16"`).
@@ -162,7 +163,8 @@ int main(int argc, char** argv) {
     // layouts prepare_weight repacks to, 1-15 tokens, both activation formats (parts 2: int16,
     // 1: int8), 16-row panels split over the threads, and whether both sets gave the same bits
     // (the definition says they must). The AMX set takes the tiles from
-    // FORGERT_AMX_DECODE_MIN_TOKENS tokens (default 4; below, its column times VNNI again).
+    // FORGERT_AMX_DECODE_MIN_TOKENS tokens (default: never, so both columns time VNNI unless it is
+// set; below it, the tiles column times VNNI again).
     // Without usable AMX its emulated tiles run instead: a check that the path runs and agrees,
     // not a timing (far slower), taken only when the filter names it: "gemm_q Q4_0x16 1B attn".
     // Llama-3.2-1B's matrix shapes for the kernel-alone cases below (gemm_q, gemm_i8).

@@ -178,6 +178,15 @@ struct EmuGemmTiles {
     }
 };
 
+// A block's dots of one token and 16 rows, finished as every set finishes them (the same bits):
+// acc + (float)(256 hi + lo) * (dw * d); one part: hi alone. hi / lo: the stored C tiles' rows.
+template <int PARTS>
+inline __m512 amx_dots_fma(const int32_t* hi, const int32_t* lo, __m512 dw, float d, __m512 acc) {
+    __m512i idot = _mm512_load_si512(hi);
+    if constexpr (PARTS == 2) idot = _mm512_add_epi32(_mm512_slli_epi32(idot, 8), _mm512_load_si512(lo));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(dw, _mm512_set1_ps(d)), acc);
+}
+
 // 16 tokens (x: the first one's blocks; rows nb blocks apart; mt: their min terms) through one
 // signed panel. Q6_K (HALVES; tiles as gemm_tile_config(true)): per block and part, one
 // TDPBSSD per half, each half's int32 dots scaled by its own factor (scales, then mins in the
@@ -209,12 +218,8 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
         const __m512 dw1 = i8_scales_for_parts<PARTS>(mw);
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
             const float d = x[t * nb + b].d;
-            FG_UNROLL for (int h = 0; h < (HALVES ? 2 : 1); h++) {
-                __m512i idot = _mm512_load_si512(dh[cur][h][t]);
-                if constexpr (PARTS == 2)
-                    idot = _mm512_add_epi32(_mm512_slli_epi32(idot, 8), _mm512_load_si512(dl[cur][h][t]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(h ? dw1 : dw, _mm512_set1_ps(d)), acc[t]);
-            }
+            FG_UNROLL for (int h = 0; h < (HALVES ? 2 : 1); h++)
+                acc[t] = amx_dots_fma<PARTS>(dh[cur][h][t], dl[cur][h][t], h ? dw1 : dw, d, acc[t]);
             if constexpr (i8_has_min(WT))  // + min * dx * sum(x) (K-quants' mins are stored negated)
                 acc[t] = _mm512_fmadd_ps(
                     mw, _mm512_set1_ps(i8_min_term<PARTS, MAKE>(x[t * nb + b], xs + (t * nb + b) * 2, mt.m + t * nb + b)),
@@ -260,11 +265,8 @@ void amx_tile_pair(const uint8_t* wp0, const uint8_t* wp1, const BlockQ8Act* x, 
         FG_UNROLL for (int t = 0; t < kAmxTokens; t++) {
             const float d = x[t * nb + b].d;
             FG_UNROLL for (int p = 0; p < 2; p++) {
-                __m512i idot = _mm512_load_si512(dots[cur][2 * p][t]);
-                if constexpr (PARTS == 2)
-                    idot = _mm512_add_epi32(_mm512_slli_epi32(idot, 8), _mm512_load_si512(dots[cur][2 * p + 1][t]));
-                __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(dw[p], _mm512_set1_ps(d)),
-                                           _mm512_load_ps(acc[t] + 16 * p));
+                __m512 a = amx_dots_fma<PARTS>(dots[cur][2 * p][t], dots[cur][2 * p + 1][t], dw[p], d,
+                                               _mm512_load_ps(acc[t] + 16 * p));
                 if constexpr (i8_has_min(WT)) {
                     const BlockQ8Act& xa = x[t * nb + b];
                     const int32_t* s = xs + (t * nb + b) * 2;
