@@ -45,7 +45,7 @@ def test_more_threads_than_rows(core, split):
 
 
 def test_dynamic_split_hands_out_several_units_per_thread(core):
-    """Dynamic: about kUnitsPerThread (4) contiguous units per thread, so a fast thread can
+    """Dynamic: about kDefaultUnitsPerThread (4) contiguous units per thread, so a fast thread can
     take a slow one's share; static: one range per thread."""
     n, threads = 4096, 4
     dynamic = core._pool_ranges(threads, "dynamic", n, 16)
@@ -53,6 +53,17 @@ def test_dynamic_split_hands_out_several_units_per_thread(core):
     assert len(dynamic) == 4 * threads
     assert len(static) == threads
     assert sorted((b, e) for _, b, e in static) == [(i * n // 4, (i + 1) * n // 4) for i in range(4)]
+
+
+@pytest.mark.parametrize("units", [1, 8, 16])
+def test_dynamic_split_takes_the_units_per_thread_it_is_given(core, units):
+    """FORGERT_CPU_UNITS (the pool's units_per_thread): 4096 rows in grains of 16 are 256
+    grains, so 4 threads get exactly `units` contiguous units each, covering every row once."""
+    n, threads = 4096, 4
+    ranges = core._pool_ranges(threads, "dynamic", n, 16, units=units)
+    check_cover(ranges, n, 16, threads)
+    assert len(ranges) == units * threads
+    assert {e - b for _, b, e in ranges} == {n // (units * threads)}
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -95,7 +106,10 @@ def test_bad_split_name_is_refused(core):
                                               ("FORGERT_CPU_PROFILE", "yes", "FORGERT_CPU_PROFILE must be"),
                                               ("FORGERT_CPU_SPIN_US", "-5", "FORGERT_CPU_SPIN_US must be"),
                                               ("FORGERT_CPU_SPIN_US", "30us", "whole number of microseconds"),
-                                              ("FORGERT_CPU_SPIN_US", "1000001", "from 0 to 1000000")])
+                                              ("FORGERT_CPU_SPIN_US", "1000001", "from 0 to 1000000"),
+                                              ("FORGERT_CPU_UNITS", "0", "FORGERT_CPU_UNITS must be .* from 1 to 64"),
+                                              ("FORGERT_CPU_UNITS", "65", "from 1 to 64, got '65'"),
+                                              ("FORGERT_CPU_UNITS", "eight", "FORGERT_CPU_UNITS must be")])
 def test_bad_environment_values_are_refused(core, monkeypatch, var, value, match):
     monkeypatch.setenv(var, value)
     with pytest.raises(ValueError, match=match):

@@ -23,8 +23,8 @@ using Range = std::tuple<int, int64_t, int64_t>;  // (ith, begin, end)
 // region (the ranges it gets are recorded with ith -1 - ith). throw_at >= 0: the range that
 // holds that index throws std::runtime_error after recording itself.
 std::vector<Range> pool_ranges(int threads, const std::string& split, int64_t n, int64_t grain, int64_t nested_n,
-                               int64_t throw_at, bool profile) {
-    ThreadPool pool(threads, forgert::cpu::parse_work_split(split));
+                               int64_t throw_at, bool profile, int64_t units) {
+    ThreadPool pool(threads, forgert::cpu::parse_work_split(split), forgert::cpu::kDefaultSpinUs, units);
     pool.set_profiling(profile);
     std::mutex mu;
     std::vector<Range> ranges;
@@ -51,6 +51,7 @@ std::vector<Range> pool_ranges(int threads, const std::string& split, int64_t n,
 void bind_pool(py::module_& m) {
     m.def("_pool_ranges", &pool_ranges, py::arg("threads"), py::arg("split"), py::arg("n"), py::arg("grain"),
           py::arg("nested_n") = 0, py::arg("throw_at") = -1, py::arg("profile") = false,
+          py::arg("units") = forgert::cpu::kDefaultUnitsPerThread,
           "test-facing: the (ith, begin, end) ranges one ThreadPool.parallel_for_ith hands out");
     m.def("_pool_stats", [](int threads, const std::string& split, int regions) {
         // `regions` trivial parallel_fors with profiling on: what PoolStats counts.

@@ -39,7 +39,7 @@ bool profile_from_env() {
 }  // namespace
 
 CpuBackend::CpuBackend(int n_threads)
-    : pool_(n_threads, work_split_from_env(), spin_us_from_env()), k_(select_kernels()), repack_(repack_from_env()),
+    : pool_(n_threads, work_split_from_env(), spin_us_from_env(), units_per_thread_from_env()), k_(select_kernels()), repack_(repack_from_env()),
       prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
     set_profiling(profile_from_env());
@@ -205,11 +205,14 @@ void CpuBackend::matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < work_floats) s.resize(work_floats);
     }
-    // Contiguous runs of kI8Rows-row panels over all the weights.
+    // Contiguous runs of kI8Rows-row panels over all the weights, in units of whole panel pairs:
+    // the AMX GEMM runs two panels per activation tile load (amx_tile_pair), and a unit of an odd
+    // number of panels would leave one to the slower single-panel tiles (with the 1B shape's QKV
+    // at 16 threads, three panels a unit: a third of its panels alone).
     int64_t start[9] = {0};
     if (n_mm > 8) throw std::logic_error("matmul_many takes at most 8 weights");
     for (int i = 0; i < n_mm; i++) start[i + 1] = start[i] + (ws[i].rows + kI8Rows - 1) / kI8Rows;
-    pool_.parallel_for_ith(start[n_mm], 1, [&](int ith, int64_t p0, int64_t p1) {
+    pool_.parallel_for_ith(start[n_mm], 2, [&](int ith, int64_t p0, int64_t p1) {
         for (int i = 0; i < n_mm; i++) {
             const int64_t b = std::max(p0, start[i]), e = std::min(p1, start[i + 1]);
             if (b >= e) continue;

@@ -44,6 +44,10 @@ WorkSplit work_split_from_env();
 // microseconds from 0 to 1000000; unset or empty: kDefaultSpinUs. Another value throws InputError.
 constexpr int64_t kDefaultSpinUs = 30;
 int64_t spin_us_from_env();
+// FORGERT_CPU_UNITS: units per thread of the dynamic split, a whole number from 1 to 64; unset or
+// empty: kDefaultUnitsPerThread. Another value throws InputError.
+constexpr int64_t kDefaultUnitsPerThread = 4;
+int64_t units_per_thread_from_env();
 WorkSplit parse_work_split(const std::string& name);
 const char* work_split_name(WorkSplit s);
 
@@ -59,7 +63,8 @@ class ThreadPool {
 public:
     // n_threads <= 0: hardware concurrency. spin_us: how long a worker spins for the next region,
     // and the caller (at least) for the workers' shares, before sleeping.
-    explicit ThreadPool(int n_threads, WorkSplit split = WorkSplit::Dynamic, int64_t spin_us = kDefaultSpinUs);
+    explicit ThreadPool(int n_threads, WorkSplit split = WorkSplit::Dynamic, int64_t spin_us = kDefaultSpinUs,
+                        int64_t units_per_thread = kDefaultUnitsPerThread);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
@@ -106,9 +111,9 @@ public:
             });
             return;
         }
-        // Units of whole grains, about kUnitsPerThread per thread: enough for a fast thread to
+        // Units of whole grains, about units_per_thread_ per thread: enough for a fast thread to
         // take a slow one's share, few enough that a unit stays long next to the claim.
-        const int64_t per_unit = std::max<int64_t>(1, chunks / ((int64_t)n_threads_ * kUnitsPerThread));
+        const int64_t per_unit = std::max<int64_t>(1, chunks / ((int64_t)n_threads_ * units_per_thread_));
         const int64_t units = (chunks + per_unit - 1) / per_unit;
         auto share = [&](int ith, int) {
             int from = ith;  // the share whose range this thread takes units from
@@ -131,8 +136,6 @@ public:
     bool profiling() const { return profiling_.load(std::memory_order_relaxed); }
     PoolStats stats() const;
     void reset_stats();
-
-    static constexpr int64_t kUnitsPerThread = 4;
 
 private:
     using JobFn = void (*)(void* ctx, int ith, int nth);
@@ -175,6 +178,7 @@ private:
     int n_threads_;
     WorkSplit split_;
     int64_t spin_ns_;
+    int64_t units_per_thread_;
     std::vector<std::thread> threads_;
     Job job_;
     std::unique_ptr<Share[]> shares_;
