@@ -178,6 +178,54 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
     }
 }
 
+// gemm_i8 at the extremes the AVX2 sets' int16 sums are bounded for (kernels_x86_int8.inc,
+// i8_dot_256 / i8_dot_half_256): every quant at its largest magnitude (Q4_K 15, Q5_0 / Q5_K 31,
+// Q6_K -32; Q4_0 / Q4_1 15) against activations all +max or all -max, bit for bit the generic
+// set's exact integers. Random weights stay far from these sums: a kernel that let an int16
+// sum wrap would still pass the random cases.
+void check_gemm_i8_extremes(const KernelSet* k) {
+    if (!k->gemm_i8) return;
+    const KernelSet* g = kernels_generic();
+    const int rows = 19, cols = 512, nb = cols / FG_QK, n = 5;
+    for (float sign : {1.0f, -1.0f}) {
+        std::vector<float> xs_f((size_t)n * cols, sign);
+        std::vector<BlockQ8Act> xa(n * nb);
+        std::vector<int32_t> sums(2 * n * nb);
+        for (int t = 0; t < n; t++) g->quantize_row_q8(&xs_f[t * cols], &xa[t * nb], cols);
+        for (int i = 0; i < n * nb; i++)
+            for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+        std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
+        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+            if (!gemm_i8_takes(*k, t)) continue;
+            auto w = random_weights(t, rows, cols);  // the factors stay random; the quants go to the edge
+            const int64_t rb = row_bytes(t, cols), bb = dtype_block_bytes(t);
+            for (int64_t at = 0; at < rows * rb; at += bb) {
+                uint8_t* blk = w.data() + at;
+                switch (t) {
+                    case DType::Q4_0: std::memset(blk + 2, 0xff, 16); break;
+                    case DType::Q4_1: std::memset(blk + 4, 0xff, 16); break;
+                    case DType::Q5_0: std::memset(blk + 2, 0xff, 20); break;  // qh, qs: every quant 31
+                    case DType::Q4_K: std::memset(blk + offsetof(block_q4_K, qs), 0xff, FG_QK_K / 2); break;
+                    case DType::Q5_K:
+                        std::memset(blk + offsetof(block_q5_K, qh), 0xff, FG_QK_K / 8 + FG_QK_K / 2);
+                        break;
+                    default:  // Q6_K: ql and qh zero, every quant -32
+                        std::memset(blk + offsetof(block_q6_K, ql), 0, FG_QK_K / 2 + FG_QK_K / 4);
+                }
+            }
+            for (int parts : {1, 2}) {
+                std::vector<float> a(n * rows), b(n * rows);
+                g->gemm_i8(t, w.data(), rb, 0, rows, xa.data(), sums.data(), nb, n, parts, a.data(), rows, work.data());
+                k->gemm_i8(t, w.data(), rb, 0, rows, xa.data(), sums.data(), nb, n, parts, b.data(), rows, work.data());
+                const bool same = !std::memcmp(a.data(), b.data(), a.size() * sizeof(float));
+                if (!same) failures++;
+                std::printf("%-12s gemm_i8 %s x%d extremes %+.0f bit-identical to generic %s\n", k->name, dtype_name(t),
+                            parts, sign, same ? "ok" : "FAIL");
+            }
+        }
+    }
+}
+
 // The f16 factors of a quantized weight type: where d and (if it has one) the min factor lie in its
 // blocks; min_at < 0 when there is none.
 void factor_offsets(DType t, int64_t& d_at, int64_t& min_at) {
@@ -415,6 +463,7 @@ void check(const KernelSet* k, int cols) {
         }
     }
     check_gemm_i8(k, cols, {1, 8, 21});  // whole token tiles and remainders of every size
+    check_gemm_i8_extremes(k);
     // attention: 5 queries (a decode-sized group: keys as rows) and 11 (blocks of queries
     // against transposed key chunks, the last block short), causal lengths over two chunks
     const int hd = 64, ctx = 100;
