@@ -120,6 +120,18 @@ void expect_close(const char* set, const char* what, const std::vector<float>& r
     std::printf("%-12s %-28s max|diff| %.3g  max|ref| %.3g  %s\n", set, what, err, scale, ok ? "ok" : "FAIL");
 }
 
+// gemm_i8's inputs for n rows of activations: their blocks (the generic set's rounding) and each
+// block's integer sums of the hi and lo parts ([2 * block]: hi, [2 * block + 1]: lo).
+void quantize_i8_activations(const KernelSet* g, const std::vector<float>& xs_f, int n, int cols,
+                             std::vector<BlockQ8Act>& xa, std::vector<int32_t>& sums) {
+    const int nb = cols / FG_QK;
+    xa.assign((size_t)n * nb, BlockQ8Act{});
+    sums.assign((size_t)2 * n * nb, 0);
+    for (int t = 0; t < n; t++) g->quantize_row_q8(&xs_f[(size_t)t * cols], &xa[(size_t)t * nb], cols);
+    for (int i = 0; i < n * nb; i++)
+        for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+}
+
 void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) {
     // Prefill int8 GEMM: bit for bit the generic set's (the same integer dots, the same f32
     // accumulation order), and within f32 rounding of an f64 product of the dequantized
@@ -132,11 +144,9 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
         for (int n : ns) {
             std::vector<float> xs_f(n * cols);
             for (auto& v : xs_f) v = normal(rng);
-            std::vector<BlockQ8Act> xa(n * nb);
-            std::vector<int32_t> sums(2 * n * nb);
-            for (int t = 0; t < n; t++) g->quantize_row_q8(&xs_f[t * cols], &xa[t * nb], cols);
-            for (int i = 0; i < n * nb; i++)
-                for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+            std::vector<BlockQ8Act> xa;
+            std::vector<int32_t> sums;
+            quantize_i8_activations(g, xs_f, n, cols, xa, sums);
             std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
             for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
                 if (!gemm_i8_takes(*k, t) || cols % dtype_block_elems(t)) continue;
@@ -189,11 +199,9 @@ void check_gemm_i8_extremes(const KernelSet* k) {
     const int rows = 19, cols = 512, nb = cols / FG_QK, n = 5;
     for (float sign : {1.0f, -1.0f}) {
         std::vector<float> xs_f((size_t)n * cols, sign);
-        std::vector<BlockQ8Act> xa(n * nb);
-        std::vector<int32_t> sums(2 * n * nb);
-        for (int t = 0; t < n; t++) g->quantize_row_q8(&xs_f[t * cols], &xa[t * nb], cols);
-        for (int i = 0; i < n * nb; i++)
-            for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+        std::vector<BlockQ8Act> xa;
+        std::vector<int32_t> sums;
+        quantize_i8_activations(g, xs_f, n, cols, xa, sums);
         std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
         for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
             if (!gemm_i8_takes(*k, t)) continue;

@@ -39,8 +39,8 @@ bool profile_from_env() {
 }  // namespace
 
 CpuBackend::CpuBackend(int n_threads)
-    : pool_(n_threads, work_split_from_env(), spin_us_from_env(), units_per_thread_from_env()), k_(select_kernels()), repack_(repack_from_env()),
-      prefill_parts_(prefill_int8_parts()) {
+    : pool_(n_threads, work_split_from_env(), spin_us_from_env(), units_per_thread_from_env()),
+      k_(select_kernels()), repack_(repack_from_env()), prefill_parts_(prefill_int8_parts()) {
     scratch_.resize(pool_.size());
     set_profiling(profile_from_env());
     panel_prefetch();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
