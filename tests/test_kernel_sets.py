@@ -151,7 +151,7 @@ def cpu_flags() -> set:
 def test_avxvnni_set_through_evex(tmp_path):
     """The avx2-vnni set's kernels on a CPU with AVX-512 VNNI but no AVX-VNNI (Zen 4, Ice Lake, ...),
     where the fixture above skips it: kernels_avxvnni.cpp built with the EVEX form of 256-bit
-    vpdpbusd (AVX-512 VL + VNNI: the same operation) in place of the VEX one it ships with."""
+    vpdpbusd and vpdpwssd (AVX-512 VL + VNNI: the same operations) in place of the VEX ones it ships with."""
     flags = cpu_flags()
     if "avx_vnni" in flags:
         pytest.skip("this CPU runs the avx2-vnni set itself (test_x86_kernel_sets_match_generic)")
@@ -162,7 +162,8 @@ def test_avxvnni_set_through_evex(tmp_path):
     objs = []
     for src, flags_ in [("kernels_avx2.cpp", base),
                         ("kernels_avxvnni.cpp", base + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
-                                                        "-D_mm256_dpbusd_avx_epi32=_mm256_dpbusd_epi32"])]:
+                                                        "-D_mm256_dpbusd_avx_epi32=_mm256_dpbusd_epi32",
+                                                        "-D_mm256_dpwssd_avx_epi32=_mm256_dpwssd_epi32"])]:
         obj = tmp_path / (src + ".o")
         subprocess.run([cxx, "-std=c++17", "-O2", f"-I{SRC}", *flags_, "-c", str(CPU / src), "-o", str(obj)],
                        check=True, capture_output=True, text=True)

@@ -188,9 +188,9 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
     }
 }
 
-// gemm_i8 at the extremes the AVX2 sets' int16 sums are bounded for (kernels_x86_int8.inc,
-// i8_dot_256 / i8_dot_half_256): every quant at its largest magnitude (Q4_K 15, Q5_0 / Q5_K 31,
-// Q6_K -32; Q4_0 / Q4_1 15) against activations all +max or all -max, bit for bit the generic
+// gemm_i8 at the extremes the AVX2 sets' int16 sums are bounded for (kernels_x86_int8.inc's
+// i8_dot_256, kernels_x86_i16_256.inc): every quant at its largest magnitude (Q4_K 15, Q5_0 / Q5_K 31,
+// Q6_K -32, Q8_0 -128; Q4_0 / Q4_1 15) against activations all +max or all -max, bit for bit the generic
 // set's exact integers. Random weights stay far from these sums: a kernel that let an int16
 // sum wrap would still pass the random cases.
 void check_gemm_i8_extremes(const KernelSet* k) {
@@ -203,7 +203,7 @@ void check_gemm_i8_extremes(const KernelSet* k) {
         std::vector<int32_t> sums;
         quantize_i8_activations(g, xs_f, n, cols, xa, sums);
         std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
             if (!gemm_i8_takes(*k, t)) continue;
             auto w = random_weights(t, rows, cols);  // the factors stay random; the quants go to the edge
             const int64_t rb = row_bytes(t, cols), bb = dtype_block_bytes(t);
@@ -213,6 +213,7 @@ void check_gemm_i8_extremes(const KernelSet* k) {
                     case DType::Q4_0: std::memset(blk + 2, 0xff, 16); break;
                     case DType::Q4_1: std::memset(blk + 4, 0xff, 16); break;
                     case DType::Q5_0: std::memset(blk + 2, 0xff, 20); break;  // qh, qs: every quant 31
+                    case DType::Q8_0: std::memset(blk + 2, 0x80, FG_QK); break;  // every quant -128
                     case DType::Q4_K: std::memset(blk + offsetof(block_q4_K, qs), 0xff, FG_QK_K / 2); break;
                     case DType::Q5_K:
                         std::memset(blk + offsetof(block_q5_K, qh), 0xff, FG_QK_K / 8 + FG_QK_K / 2);

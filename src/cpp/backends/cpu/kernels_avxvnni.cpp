@@ -1,7 +1,7 @@
 // AVX2 + AVX-VNNI kernel set (Alder Lake and later client chips, Zen 5: AVX-VNNI without
-// AVX-512): the AVX2 set, with the prefill int8 GEMM on VEX vpdpbusd, which also takes Q8_0
-// (vpmaddubsw would saturate), and the Q4_0 / Q8_0 panel decode on it too
-// (kernels_x86_panels16_256.inc). Built with -mavx2 -mfma -mf16c -mavxvnni.
+// AVX-512): the AVX2 set, with the prefill int8 GEMM on VEX vpdpbusd (Q8_0 and Q6_K: vpdpwssd on
+// int16 panels), and the Q4_0 / Q8_0 panel decode on it too (kernels_x86_panels16_256.inc).
+// Built with -mavx2 -mfma -mf16c -mavxvnni.
 #define FG_TILE_ROWS 2
 #define FG_TILE_TOKENS 4
 #define FG_HAVE_VNNI 0  // the file-layout decode kernels stay AVX2's (their vpdpbusd form needs AVX-512 VL)
