@@ -163,8 +163,8 @@ constexpr int64_t i8_token_chunk(int64_t nb, int tile) {
 }
 // A pass's min terms, one float per (token, block) (kernels_x86_int8.inc, I8MinTerms).
 constexpr int64_t i8_min_term_floats(int64_t nb) { return nb * i8_token_chunk(nb, 1); }
-// Plain AVX2's int16 panel of Q8_0 / Q6_K (kernels_x86_i16_256.inc): per block, kI8Rows x 32
-// int16 quants and two sets of kI8Rows f32 scales.
+// The 256-bit sets' int16 panel (kernels_x86_i16_256.inc: Q8_0 / Q6_K, and Q4_K / Q5_K on plain
+// AVX2): per block, kI8Rows x 32 int16 quants and two sets of kI8Rows f32 factors.
 constexpr int64_t kI16PanelBlockBytes = kI8Rows * FG_QK * 2 + 2 * kI8Rows * 4;
 constexpr int64_t gemm_i8_work_bytes(int64_t cols) {
     const int64_t nb = cols / FG_QK, panels = i8_group_panels(nb) * nb * kI8PanelBlockBytes + 4 * i8_min_term_floats(nb);
