@@ -12,6 +12,12 @@ the regions' wall time)) come from its --profile pass (FORGERT_CPU_PROFILE's cou
 runs after the timed runs and does not affect them. The peer (--llama-bench) is
 ../shared/peers/llama-bench.sh (native build, repacking and AMX on, as shipped) with `-p 0`:
 its tg figure decodes from an empty context, forgert's after the prompt (a longer cache).
+
+The ceiling beside them: the memory read bandwidth the same number of threads reaches
+(`_core.cpu_read_bandwidth_gbs(threads)`, each thread summing its share of a buffer far larger
+than the caches), and decode's weight stream (tokens/s x the bytes a token reads) as a share of
+it. Decode reads every weight once per token, so its scaling from 1 thread cannot exceed the read
+bandwidth's own scaling on the machine.
 """
 from __future__ import annotations
 
@@ -48,6 +54,12 @@ def forgert_decode(model: Path, threads: int, split: str, a) -> dict:
             "regions": cpu.get("regions_per_token"), "backend": r["backend"]}
 
 
+def read_bandwidth_gbs(threads: int, a) -> float:
+    out = subprocess.run([sys.executable, "-c", f"from forgert import _core; print(_core.cpu_read_bandwidth_gbs({threads}))"],
+                         capture_output=True, text=True, check=True, env=forgert_env(a.installed)).stdout
+    return float(out)
+
+
 def llama_bench_decode(peer: Path, model: Path, threads: int, a) -> float:
     out = subprocess.run(["bash", str(peer), "-m", str(model), "-t", str(threads), "-p", "0",
                           "-n", str(a.gen_tokens), "-r", str(a.repeats), "-o", "json"],
@@ -82,22 +94,26 @@ def main():
         if s not in SPLITS:
             ap.error(f"--splits: unknown split {s!r} (use {', '.join(SPLITS)})")
     model = a.model or synthetic_gguf.cached(a.models, a.preset, a.type)
+    token_bytes = synthetic_gguf.bytes_per_token(model)
 
     rows, backend = [], "-"
     for i, t in enumerate(threads):
         runs = {}
         # alternate the order, so that a drift in the shared machine's load hits every column
-        order = list(splits) + (["llama-bench"] if a.llama_bench else [])
+        order = list(splits) + (["llama-bench"] if a.llama_bench else []) + ["read"]
         for who in (order if i % 2 == 0 else order[::-1]):
             runs[who] = (llama_bench_decode(a.peer, model, t, a) if who == "llama-bench"
+                         else read_bandwidth_gbs(t, a) if who == "read"
                          else forgert_decode(model, t, who, a))
-            if who != "llama-bench":
+            if who in splits:
                 backend = runs[who]["backend"]
         rows.append((t, runs))
-        print(f"t={t}: " + ", ".join(f"{k} {v if isinstance(v, float) else v['decode']:.1f} tok/s"
-                                     for k, v in runs.items()), file=sys.stderr, flush=True)
+        print(f"t={t}: " + ", ".join(f"{k} {v if isinstance(v, float) else v['decode']:.1f}"
+                                     f"{' GB/s' if k == 'read' else ' tok/s'}" for k, v in runs.items()),
+              file=sys.stderr, flush=True)
 
     base = {s: next((r[s]["decode"] for t, r in rows if t == 1), None) for s in splits}
+    base_read = next((r["read"] for t, r in rows if t == 1), None)
     head = ["threads"]
     for s in splits:
         head += [f"{s} tok/s", f"{s} x1-thread", f"{s} busy", f"{s} regions/token"]
@@ -105,11 +121,14 @@ def main():
         head.append("dynamic / static")
     if a.llama_bench:
         head += ["llama-bench tg tok/s"] + [f"{s} / llama-bench" for s in splits]
+    head += ["read GB/s", "read x1-thread"] + [f"{s} % of read" for s in splits]
     lines = [f"# forgert CPU decode scaling ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
              f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; model {model.name}; forgert's kernel set: "
              f"{backend}; decode of {a.gen_tokens} tokens after a {a.prompt_tokens}-token prompt, median of "
              f"{a.repeats} runs. busy: the threads' time inside parallel regions' work / (threads x the regions' "
-             "wall time), from `forgert bench --profile`. x1-thread: tokens/s over the same split's at 1 thread.",
+             "wall time), from `forgert bench --profile`. x1-thread: tokens/s over the same split's at 1 thread. "
+             f"read: the memory read bandwidth at the row's thread count (`_core.cpu_read_bandwidth_gbs`); "
+             f"% of read: decode tokens/s x {token_bytes / 1e6:.1f} MB a token reads / that bandwidth.",
              "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for t, r in rows:
         cells = [str(t)]
@@ -122,6 +141,8 @@ def main():
         if a.llama_bench:
             peer = r["llama-bench"]
             cells += [f"{peer:.1f}"] + [f"{r[s]['decode'] / peer:.2f}x" for s in splits]
+        cells += [f"{r['read']:.1f}", f"{r['read'] / base_read:.2f}x" if base_read else "-"]
+        cells += [pct(r[s]["decode"] * token_bytes / 1e9 / r["read"]) for s in splits]
         lines.append("| " + " | ".join(cells) + " |")
     publish("\n".join(lines) + "\n", a.out)
 
