@@ -45,6 +45,18 @@ int main() {
             if (runs[i].load() != 1) failures++;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    // parallel_for_ith with a region's own units per thread (the prefill GEMM's 16; 1; 64 and
+    // past it, clamped): every index of [0, n) in exactly one range, ranges starting on a grain.
+    for (int64_t upt : {1, 16, 64, 100})
+        for (int64_t n : {1, 7, 64, 130, 1000}) {
+            std::vector<std::atomic<int>> seen(n);
+            pool.parallel_for_ith(n, 2, upt, [&](int ith, int64_t b, int64_t e) {
+                if (ith < 0 || ith >= kPoolThreads || b % 2 || b >= e || e > n) failures++;
+                for (int64_t i = b; i < e; i++) seen[i]++;
+            });
+            for (int64_t i = 0; i < n; i++)
+                if (seen[i].load() != 1) failures++;
+        }
     if (failures.load()) {
         std::printf("%d shares run other than exactly once\n", failures.load());
         return 1;

@@ -45,7 +45,8 @@ WorkSplit work_split_from_env();
 constexpr int64_t kDefaultSpinUs = 30;
 int64_t spin_us_from_env();
 // FORGERT_CPU_UNITS: units per thread of the dynamic split, a whole number from 1 to 64; unset or
-// empty: kDefaultUnitsPerThread. Another value throws InputError.
+// empty: kDefaultUnitsPerThread. Another value throws InputError. A region may set its own
+// (parallel_for_ith's units_per_thread: the prefill GEMM's, CpuBackend::kI8UnitsPerThread).
 constexpr int64_t kDefaultUnitsPerThread = 4;
 int64_t units_per_thread_from_env();
 WorkSplit parse_work_split(const std::string& name);
@@ -70,6 +71,7 @@ public:
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     int size() const { return n_threads_; }
+    int64_t units_per_thread() const { return units_per_thread_; }
     WorkSplit split() const { return split_; }
 
     // Calls fn(ith, nth) once for each share ith in [0, nth = size()), on any threads,
@@ -96,7 +98,14 @@ public:
     // inline when there is a single grain, a single thread, or the call is nested.
     template <class F>
     void parallel_for_ith(int64_t n, int64_t grain, F&& fn) {
+        parallel_for_ith(n, grain, units_per_thread_, std::forward<F>(fn));
+    }
+    // The same with this region's units per thread of the dynamic split (clamped to 1..64)
+    // instead of the pool's.
+    template <class F>
+    void parallel_for_ith(int64_t n, int64_t grain, int64_t units_per_thread, F&& fn) {
         if (n <= 0) return;
+        units_per_thread = std::clamp<int64_t>(units_per_thread, 1, 64);
         grain = std::max<int64_t>(1, grain);
         const int64_t chunks = (n + grain - 1) / grain;
         if (chunks == 1 || n_threads_ == 1 || nested()) {
@@ -113,7 +122,7 @@ public:
         }
         // Units of whole grains, about units_per_thread_ per thread: enough for a fast thread to
         // take a slow one's share, few enough that a unit stays long next to the claim.
-        const int64_t per_unit = std::max<int64_t>(1, chunks / ((int64_t)n_threads_ * units_per_thread_));
+        const int64_t per_unit = std::max<int64_t>(1, chunks / ((int64_t)n_threads_ * units_per_thread));
         const int64_t units = (chunks + per_unit - 1) / per_unit;
         auto share = [&](int ith, int) {
             int from = ith;  // the share whose range this thread takes units from
