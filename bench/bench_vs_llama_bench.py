@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
-from machine import cpu_name, forgert_env  # noqa: E402
+from machine import cpu_name, forgert_env, read_bandwidth_gbs  # noqa: E402
 from report import publish  # noqa: E402
 
 
@@ -43,13 +43,6 @@ def llama_bench(peer: Path, model: Path, threads: int, a) -> dict:
         pp = next(r for r in both if r["n_prompt"] > 0 and r["n_gen"] == 0)
         tg = next(r for r in both if r["n_gen"] > 0 and r["n_prompt"] == 0)
     return {"prefill": pp["avg_ts"], "decode": tg["avg_ts"]}
-
-
-def read_bandwidth_gbs(a) -> float:
-    """The machine's memory read bandwidth with all cores (forgert's C++ probe), GB/s."""
-    out = subprocess.run([sys.executable, "-c", "from forgert import _core; print(_core.cpu_read_bandwidth_gbs(0))"],
-                         capture_output=True, text=True, check=True, env=forgert_env(a.installed)).stdout
-    return float(out)
 
 
 def forgert_bench(model: Path, threads: int, a, prefill_mode: str | None = None) -> dict:
@@ -91,7 +84,7 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also time prefill with one int8 activation part")
     a = ap.parse_args()
 
-    bw = read_bandwidth_gbs(a)
+    bw = read_bandwidth_gbs(a.installed)
     print(f"read bandwidth (all {os.cpu_count()} CPUs): {bw:.1f} GB/s", file=sys.stderr, flush=True)
     rows = []
     for preset in a.presets.split(","):

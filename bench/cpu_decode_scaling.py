@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
-from machine import cpu_name, forgert_env  # noqa: E402
+from machine import cpu_name, forgert_env, read_bandwidth_gbs  # noqa: E402
 from report import publish  # noqa: E402
 
 SPLITS = ("static", "dynamic")
@@ -52,12 +52,6 @@ def forgert_decode(model: Path, threads: int, split: str, a) -> dict:
     cpu = (r.get("profile") or {}).get("cpu") or {}
     return {"decode": r["decode_tokens_per_s"], "busyness": cpu.get("busyness"),
             "regions": cpu.get("regions_per_token"), "backend": r["backend"]}
-
-
-def read_bandwidth_gbs(threads: int, a) -> float:
-    out = subprocess.run([sys.executable, "-c", f"from forgert import _core; print(_core.cpu_read_bandwidth_gbs({threads}))"],
-                         capture_output=True, text=True, check=True, env=forgert_env(a.installed)).stdout
-    return float(out)
 
 
 def llama_bench_decode(peer: Path, model: Path, threads: int, a) -> float:
@@ -103,7 +97,7 @@ def main():
         order = list(splits) + (["llama-bench"] if a.llama_bench else []) + ["read"]
         for who in (order if i % 2 == 0 else order[::-1]):
             runs[who] = (llama_bench_decode(a.peer, model, t, a) if who == "llama-bench"
-                         else read_bandwidth_gbs(t, a) if who == "read"
+                         else read_bandwidth_gbs(a.installed, t) if who == "read"
                          else forgert_decode(model, t, who, a))
             if who in splits:
                 backend = runs[who]["backend"]

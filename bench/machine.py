@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +18,14 @@ def forgert_env(installed: bool = False, **extra: str) -> dict:
     if not installed:
         env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
+
+
+def read_bandwidth_gbs(installed: bool = False, threads: int = 0) -> float:
+    """The machine's memory read bandwidth with `threads` threads (0: all cores), GB/s, from
+    forgert's C++ probe (`_core.cpu_read_bandwidth_gbs`) in a subprocess of forgert_env."""
+    out = subprocess.run([sys.executable, "-c", f"from forgert import _core; print(_core.cpu_read_bandwidth_gbs({threads}))"],
+                         capture_output=True, text=True, check=True, env=forgert_env(installed)).stdout
+    return float(out)
 
 
 def cpu_name() -> str:

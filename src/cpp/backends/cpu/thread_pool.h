@@ -119,7 +119,7 @@ public:
             });
             return;
         }
-        // Units of whole grains, about units_per_thread_ per thread: enough for a fast thread to
+        // Units of whole grains, about units_per_thread per thread: enough for a fast thread to
         // take a slow one's share, few enough that a unit stays long next to the claim.
         const int64_t per_unit = std::max<int64_t>(1, chunks / ((int64_t)n_threads_ * units_per_thread));
         const int64_t units = (chunks + per_unit - 1) / per_unit;
