@@ -14,6 +14,8 @@
 //   2p16t-reg / -mem   two panels per activation tile load (amx_tile_pair), the 32 accumulators
 //                      per token in registers / in memory; -ov: overlapped
 //   1p32t-mem(-ov)     one panel x 32 tokens per weight tile load
+//   2p16t-*-contigAD   two panels, A tiles relaid contiguous and each token's d beside them
+//                      ([tile][block][token]), so the finish reads d from one line
 // Build and run on a CPU with AMX-INT8 (Linux; the tile state is requested per thread):
 //   g++ -O2 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8
 //       -mfma -pthread bench/cpp/amx_gemm_structures.cpp -o amx_gemm_structures
@@ -92,8 +94,9 @@ static void tile16(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* ou
 }
 
 // ---- V4: two panels x 16 tokens; accumulators in registers (32 zmm, spills) or in memory (MEM)
-template <bool OV, bool MEM, bool CONTIG = false>
-static void tile16x2(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, int64_t nb, float* out, int64_t os, const int8_t* xa = nullptr) {
+template <bool OV, bool MEM, bool CONTIG = false, bool DCONTIG = false>
+static void tile16x2(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, int64_t nb, float* out, int64_t os, const int8_t* xa = nullptr,
+                     const float* xd = nullptr) {
     alignas(64) Dots c[2][4];
     alignas(64) float accm[16][32];
     __m512 a0[16], a1[16];
@@ -124,7 +127,7 @@ static void tile16x2(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, 
         if (OV) { if (b + 1 < nb) tiles(b + 1, (b + 1) & 1); } else tiles(b, 0);
         const __m512 dw0 = _mm512_loadu_ps(w0 + b * PB + 512), dw1 = _mm512_loadu_ps(w1 + b * PB + 512);
         UNR for (int t = 0; t < 16; t++) {
-            const __m512 d = _mm512_set1_ps(x[t * nb + b].d);
+            const __m512 d = _mm512_set1_ps(DCONTIG ? xd[b * 16 + t] : x[t * nb + b].d);
             __m512i i0 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c[cur][0][t]), 8), _mm512_load_si512(c[cur][1][t]));
             __m512i i1 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c[cur][2][t]), 8), _mm512_load_si512(c[cur][3][t]));
             if (MEM) {
@@ -144,17 +147,18 @@ static void tile16x2(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, 
 
 // Both parts of 16 tokens' block (xb: the first token's; rows xs bytes apart) against the weight
 // tile 6: hi dots in tile CH, lo in CL (activations through tiles 4 / 5), stored to c[0] / c[1].
-template <int CH, int CL>
-static void parts_by_tile6(const BlockQ8Act& xb, size_t xs, Dots* c) {
-    _tile_loadd(4, xb.hi, xs);
-    _tile_zero(CH);
-    _tile_dpbssd(CH, 4, 6);
-    _tile_loadd(5, xb.lo, xs);
-    _tile_zero(CL);
-    _tile_dpbssd(CL, 5, 6);
-    _tile_stored(CH, c[0], 64);
-    _tile_stored(CL, c[1], 64);
-}
+// A macro: GCC's tile intrinsics take their tile numbers as literals.
+#define PARTS_BY_TILE6(CH, CL, xb, xs, c) \
+    do {                                  \
+        _tile_loadd(4, (xb).hi, xs);      \
+        _tile_zero(CH);                   \
+        _tile_dpbssd(CH, 4, 6);           \
+        _tile_loadd(5, (xb).lo, xs);      \
+        _tile_zero(CL);                   \
+        _tile_dpbssd(CL, 5, 6);           \
+        _tile_stored(CH, (c)[0], 64);     \
+        _tile_stored(CL, (c)[1], 64);     \
+    } while (0)
 
 // ---- V5: one panel x 32 tokens (tiles: 0-3 C, 4,5 A (reused for both token halves), 6 B)
 template <bool OV>
@@ -166,8 +170,8 @@ static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* ou
     const BlockQ8Act* x1 = x + 16 * nb;
     auto tiles = [&](int64_t b, int buf) {
         _tile_loadd(6, wp + b * PB, 64);
-        parts_by_tile6<0, 1>(x[b], xs, c[buf]);
-        parts_by_tile6<2, 3>(x1[b], xs, c[buf] + 2);
+        PARTS_BY_TILE6(0, 1, x[b], xs, c[buf]);
+        PARTS_BY_TILE6(2, 3, x1[b], xs, c[buf] + 2);
     };
     if (OV) tiles(0, 0);
     for (int64_t b = 0; b < nb; b++) {
@@ -183,18 +187,19 @@ static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* ou
     for (int t = 0; t < 32; t++) _mm512_storeu_ps(out + t * os, _mm512_load_ps(accm[t]));
 }
 
-constexpr int NV = 16;
+constexpr int NV = 19;
 struct Shape { const char* name; int64_t K, rows_per_thread, tokens; };
 
-static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8Act* x, float* out, const int8_t* xa) {
+static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8Act* x, float* out, const int8_t* xa,
+                          const float* xd) {
     const int64_t nb = s.K / 32, np = s.rows_per_thread / 16;
     int64_t gp = std::max<int64_t>(1, (1 << 19) / (nb * PB));
     int64_t chunk = std::max<int64_t>(64, ((1 << 20) / (nb * 72 + 8 * nb)) / 32 * 32);
     const int64_t os = s.rows_per_thread;
-    const bool pair = (v >= 4 && v <= 7) || v == 15;  // two panels per pass
+    const bool pair = (v >= 4 && v <= 7) || v >= 15;  // two panels per pass
     const int64_t pstep = pair ? 2 : 1, tstep = v == 8 || v == 9 ? 32 : 16;
     if (pair) gp += gp & 1;
-    if ((v >= 4 && v <= 9) || v == 15) cfg_v4(); else cfg_v0();
+    if ((v >= 4 && v <= 9) || v >= 15) cfg_v4(); else cfg_v0();
     auto t0 = std::chrono::steady_clock::now();
     for (int64_t g0 = 0; g0 < np; g0 += gp) {
         const int64_t g1 = std::min(np, g0 + gp);
@@ -206,6 +211,7 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
                     const uint8_t* w1 = panels + std::min(p + 1, np - 1) * nb * PB;  // pairs only
                     const BlockQ8Act* xt = x + t * nb;
                     const int8_t* at = xa + t / 16 * nb * 1024;  // the relaid A tiles
+                    const float* dt = xd + t / 16 * nb * 16;     // and their d, [block][token]
                     float* o = out + t * os + p * 16;
                     switch (v) {
                         case 0: tile16<false>(w0, xt, nb, o, os); break;
@@ -224,6 +230,9 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
                         case 13: tile16<false, true, true, 1>(w0, xt, nb, o, os, at); break;
                         case 14: tile16<true, true, true, 1>(w0, xt, nb, o, os, at); break;
                         case 15: tile16x2<false, false, true>(w0, w1, xt, nb, o, os, at); break;
+                        case 16: tile16x2<false, true, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
+                        case 17: tile16x2<true, true, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
+                        case 18: tile16x2<false, false, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
                     }
                 }
         }
@@ -235,7 +244,8 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
 
 static const char* vname[] = {"1p16t", "1p16t-ov", "1p16t-tilesonly", "1p16t-finonly", "2p16t-reg", "2p16t-reg-ov",
                               "2p16t-mem", "2p16t-mem-ov", "1p32t-mem", "1p32t-mem-ov",
-                              "tilesonly-contigA", "tilesonly-L1", "tilesonly-nostore", "1p16t-contigA", "1p16t-ov-contigA", "2p16t-reg-contigA"};
+                              "tilesonly-contigA", "tilesonly-L1", "tilesonly-nostore", "1p16t-contigA", "1p16t-ov-contigA", "2p16t-reg-contigA",
+                              "2p16t-mem-contigAD", "2p16t-mem-ov-contigAD", "2p16t-reg-contigAD"};
 
 int main(int argc, char** argv) {
     if (syscall(SYS_arch_prctl, 0x1023, 18)) { perror("arch_prctl"); return 1; }
@@ -251,7 +261,7 @@ int main(int argc, char** argv) {
         std::vector<std::vector<double>> per(nthr, std::vector<double>(NV, 1e9));
         std::atomic<int> ready{0};
         std::vector<std::thread> th;
-        std::vector<int> order = {0, 1, 2, 3, 10, 11, 12, 13, 14, 4, 5, 6, 7, 15, 8, 9};
+        std::vector<int> order = {0, 1, 2, 3, 10, 11, 12, 13, 14, 4, 5, 6, 7, 15, 16, 17, 18, 8, 9};
         for (int i = 0; i < nthr; i++)
             th.emplace_back([&, i] {
                 if (syscall(SYS_arch_prctl, 0x1023, 18)) perror("arch_prctl");
@@ -265,18 +275,20 @@ int main(int argc, char** argv) {
                         for (int k = 0; k < 16; k++) ((float*)(panels.data() + (p * nb + b) * PB + 512))[k] = 0.01f;
                 for (auto& a : x) { a.d = 0.001f; for (int k = 0; k < 32; k++) a.hi[k] = rand(), a.lo[k] = rand(); }
                 std::vector<int8_t> xa(s.tokens / 16 * nb * 1024 + 64);
+                std::vector<float> xd(s.tokens / 16 * nb * 16 + 16);
                 for (int64_t tt = 0; tt < s.tokens / 16; tt++)
                     for (int64_t b = 0; b < nb; b++)
                         for (int t = 0; t < 16; t++) {
                             std::memcpy(&xa[(tt * nb + b) * 1024 + t * 32], x[(tt * 16 + t) * nb + b].hi, 32);
                             std::memcpy(&xa[(tt * nb + b) * 1024 + 512 + t * 32], x[(tt * 16 + t) * nb + b].lo, 32);
+                            xd[(tt * nb + b) * 16 + t] = x[(tt * 16 + t) * nb + b].d;
                         }
                 for (int rep = 0; rep < 5; rep++) {
                     for (int vi = 0; vi < (int)order.size(); vi++) {
                         const int v = order[vi];
                         ready++;
                         while (ready.load() < nthr * (1 + rep * (int)order.size() + vi)) {}
-                        double t = run_variant(v, s, panels.data(), x.data(), out.data(), xa.data());
+                        double t = run_variant(v, s, panels.data(), x.data(), out.data(), xa.data(), xd.data());
                         per[i][v] = std::min(per[i][v], t);
                     }
                 }
