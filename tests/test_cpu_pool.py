@@ -44,15 +44,18 @@ def test_more_threads_than_rows(core, split):
     assert len(ranges) <= 3
 
 
-def test_dynamic_split_hands_out_several_units_per_thread(core):
-    """Dynamic: about kDefaultUnitsPerThread (4) contiguous units per thread, so a fast thread can
-    take a slow one's share; static: one range per thread."""
-    n, threads = 4096, 4
+@pytest.mark.parametrize("threads,units", [(2, 4), (4, 4), (8, 8), (16, 16)])
+def test_dynamic_split_hands_out_several_units_per_thread(core, threads, units):
+    """Dynamic: by default one contiguous unit per thread, 4 to 16 (default_units_per_thread), per
+    thread, so a fast thread can take a slow one's share; static: one range per thread. 4096 rows
+    in grains of 16 are 256 grains: `units` x `threads` equal ranges."""
+    n = 4096
     dynamic = core._pool_ranges(threads, "dynamic", n, 16)
     static = core._pool_ranges(threads, "static", n, 16)
-    assert len(dynamic) == 4 * threads
-    assert len(static) == threads
-    assert sorted((b, e) for _, b, e in static) == [(i * n // 4, (i + 1) * n // 4) for i in range(4)]
+    check_cover(dynamic, n, 16, threads)
+    assert len(dynamic) == units * threads
+    assert {e - b for _, b, e in dynamic} == {n // (units * threads)}
+    assert sorted((b, e) for _, b, e in static) == [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
 
 
 @pytest.mark.parametrize("units", [1, 8, 16])

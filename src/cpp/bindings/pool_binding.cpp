@@ -51,7 +51,7 @@ std::vector<Range> pool_ranges(int threads, const std::string& split, int64_t n,
 void bind_pool(py::module_& m) {
     m.def("_pool_ranges", &pool_ranges, py::arg("threads"), py::arg("split"), py::arg("n"), py::arg("grain"),
           py::arg("nested_n") = 0, py::arg("throw_at") = -1, py::arg("profile") = false,
-          py::arg("units") = forgert::cpu::kDefaultUnitsPerThread,
+          py::arg("units") = 0,
           "test-facing: the (ith, begin, end) ranges one ThreadPool.parallel_for_ith hands out");
     m.def("_pool_stats", [](int threads, const std::string& split, int regions) {
         // `regions` trivial parallel_fors with profiling on: what PoolStats counts.

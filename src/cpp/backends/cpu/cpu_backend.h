@@ -121,8 +121,9 @@ private:
     void matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
     // Many tokens, Q8_0 / Q4_0 weights: int8 GEMM (gemm_i8) on prefill_parts_ activation parts.
     void matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x);
-    // Units per thread of matmul_i8's regions (the dynamic split; FORGERT_CPU_UNITS sets the
-    // other regions'): a prefill GEMM unit is long (whole panel pairs through every token).
+    // Units per thread of matmul_i8's regions (the dynamic split; the other regions take the
+    // pool's, default_units_per_thread or FORGERT_CPU_UNITS): a prefill GEMM unit is long (whole
+    // panel pairs through every token).
     static constexpr int64_t kI8UnitsPerThread = 16;
     // x as the kernels read it: quantized blocks for quantized weights (in xq_, in decode_parts_
     // parts), else dense f32.

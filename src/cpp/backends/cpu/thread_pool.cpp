@@ -65,17 +65,21 @@ const char* work_split_name(WorkSplit s) { return s == WorkSplit::Static ? "stat
 int64_t units_per_thread_from_env() {
     const char* v = std::getenv("FORGERT_CPU_UNITS");
     const std::string s = v ? v : "";
-    if (s.empty()) return kDefaultUnitsPerThread;
+    if (s.empty()) return 0;
     const bool digits = s.size() <= 2 && s.find_first_not_of("0123456789") == std::string::npos;
     if (!digits || std::stoll(s) < 1 || std::stoll(s) > 64)
         throw InputError("FORGERT_CPU_UNITS must be a whole number of units per thread from 1 to 64, got '" + s + "'");
     return std::stoll(s);
 }
 
+int64_t default_units_per_thread(int n_threads) { return std::clamp<int64_t>(n_threads, 4, 16); }
+
 ThreadPool::ThreadPool(int n_threads, WorkSplit split, int64_t spin_us, int64_t units_per_thread)
-    : split_(split), spin_ns_(spin_us * 1000), units_per_thread_(std::clamp<int64_t>(units_per_thread, 1, 64)) {
+    : split_(split), spin_ns_(spin_us * 1000) {
     if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     n_threads_ = n_threads;
+    units_per_thread_ =
+        units_per_thread <= 0 ? default_units_per_thread(n_threads) : std::clamp<int64_t>(units_per_thread, 1, 64);
     shares_.reset(new Share[n_threads_]);
     for (int i = 1; i < n_threads_; i++) threads_.emplace_back([this, i] { worker(i); });
 }
