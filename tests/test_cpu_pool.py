@@ -269,6 +269,7 @@ def test_bench_profile_counts_ops_and_regions(smollm2_gguf, split):
     assert result.returncode == 0, result.stderr
     cpu = json.loads(result.stdout)["profile"]["cpu"]
     assert cpu["threads"] == 2 and cpu["split"] == split
+    assert cpu["units_per_thread"] == 4  # default_units_per_thread: 4 for 2 threads
     # SmolLM2 (30 layers) per decoded token, from the layer's structure: 2 norms a layer + the
     # final one; one fused gate/up region a layer; wo and down each a fused projection + add.
     ops = cpu["ops"]

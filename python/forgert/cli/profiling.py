@@ -38,7 +38,7 @@ def cpu_per_token(raw: dict | None, tokens: int) -> dict | None:
                   "share": o["seconds"] / total, "regions_per_token": o["regions"] / tokens,
                   "busyness": busyness(o)}
            for name, o in sorted(raw["ops"].items(), key=lambda kv: -kv[1]["seconds"])}
-    return {"threads": raw["threads"], "split": raw["split"], "regions_per_token": raw["regions"] / tokens,
+    return {"threads": raw["threads"], "split": raw["split"], "units_per_thread": raw["units_per_thread"], "regions_per_token": raw["regions"] / tokens,
             "busyness": busyness(raw), "ops": ops}
 
 
@@ -48,7 +48,8 @@ def _pct(x) -> str:
 
 def format_cpu_table(cpu: dict) -> list[str]:
     busy = "n/a (no region forked)" if cpu["busyness"] is None else _pct(cpu["busyness"])
-    lines = [f"  cpu ops per decoded token ({cpu['threads']} threads, {cpu['split']} split): "
+    units = f", {cpu['units_per_thread']} units a thread" if cpu["split"] == "dynamic" else ""
+    lines = [f"  cpu ops per decoded token ({cpu['threads']} threads, {cpu['split']} split{units}): "
              f"{cpu['regions_per_token']:.1f} parallel regions, thread busyness {busy}",
              "  op              ms/token   calls/token   share   regions/token   busy"]
     for name, o in cpu["ops"].items():

@@ -463,6 +463,7 @@ public:
         py::dict d;
         d["threads"] = cpu->n_threads();
         d["split"] = cpu::work_split_name(cpu->work_split());
+        d["units_per_thread"] = cpu->units_per_thread();
         d["ops"] = op_d;
         d["regions"] = s.regions;
         d["region_wall_s"] = s.wall_s;

@@ -39,6 +39,7 @@ public:
     std::string name() const override;
     int n_threads() const { return pool_.size(); }
     WorkSplit work_split() const { return pool_.split(); }
+    int64_t units_per_thread() const { return pool_.units_per_thread(); }
 
     // Per-op times and the pool's regions and busyness, accumulated while profiling is on.
     void set_profiling(bool on);

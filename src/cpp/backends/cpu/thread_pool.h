@@ -80,6 +80,7 @@ public:
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     int size() const { return n_threads_; }
+    int64_t units_per_thread() const { return units_per_thread_; }  // the dynamic split's default
     WorkSplit split() const { return split_; }
 
     // Calls fn(ith, nth) once for each share ith in [0, nth = size()), on any threads,
