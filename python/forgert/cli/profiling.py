@@ -38,8 +38,8 @@ def cpu_per_token(raw: dict | None, tokens: int) -> dict | None:
                   "share": o["seconds"] / total, "regions_per_token": o["regions"] / tokens,
                   "busyness": busyness(o)}
            for name, o in sorted(raw["ops"].items(), key=lambda kv: -kv[1]["seconds"])}
-    return {"threads": raw["threads"], "split": raw["split"], "units_per_thread": raw["units_per_thread"], "regions_per_token": raw["regions"] / tokens,
-            "busyness": busyness(raw), "ops": ops}
+    return {"threads": raw["threads"], "split": raw["split"], "units_per_thread": raw["units_per_thread"],
+            "regions_per_token": raw["regions"] / tokens, "busyness": busyness(raw), "ops": ops}
 
 
 def _pct(x) -> str:

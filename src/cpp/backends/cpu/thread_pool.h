@@ -44,13 +44,13 @@ WorkSplit work_split_from_env();
 // microseconds from 0 to 1000000; unset or empty: kDefaultSpinUs. Another value throws InputError.
 constexpr int64_t kDefaultSpinUs = 30;
 int64_t spin_us_from_env();
-// Units per thread of the dynamic split when nothing sets them: one per thread, 4 to 16. With
+// Units per thread of the dynamic split when nothing sets them: as many as threads, 4 to 16. With
 // more threads, a region waits on the slowest of more of them (an SMT sibling's or another
 // tenant's load slows one core at a time), and finer units let the others take its share. On
 // the lent 16-core Xeon (1B Q4_0 / Q4_K_M, 2 rounds, separate processes) 16 a thread against 4:
 // 8-sequence decode steps 1.07-1.20x, one sequence 0.99-1.12x (threads 80% -> 91-95% busy); at 4
-// and 8 threads within noise; on the 2-vCPU Zen 4 VM (SmolLM2, 5 rounds) 16 a thread cost one
-// sequence 0.78-0.92x, so few threads keep 4.
+// and 8 threads within noise; on the 2-vCPU Zen 4 VM (SmolLM2, 4-5 rounds) 16 a thread cost
+// 0.78-0.94x, so few threads keep 4 (bench/results/pool_units.md).
 int64_t default_units_per_thread(int n_threads);
 // FORGERT_CPU_UNITS: units per thread of the dynamic split, a whole number from 1 to 64; unset or
 // empty: 0, the pool's default_units_per_thread. Another value throws InputError. A region may
