@@ -5,15 +5,14 @@
 
 Each (round, units) runs in a process of its own (the pool reads FORGERT_CPU_UNITS when a Model is
 made; several 16-thread models in one process disturbed each other on the lent host), the
-configurations alternating within each round: a --prompt-tokens prefill per sequence (not timed),
-then --steps greedy steps of all N sequences together (forward_batch_argmax, the server's batch
-step). Figures: tokens/s, the median over rounds, and each over the first configuration's.
+configurations alternating within each round: batch_decode.py's measurement, a --prompt-tokens
+prefill per sequence (not timed), then --steps greedy steps of all N sequences together
+(forward_batch_argmax, the server's batch step), after one untimed step. Figures: tokens/s, the median over rounds, and each over the first configuration's.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,27 +21,22 @@ from pathlib import Path
 
 from machine import cpu_name, forgert_env
 
+BENCH = Path(__file__).resolve().parent
+
+# One configuration's process: batch_decode.decode_rate (prompts, then timed batch steps) for each
+# sequence count, after one untimed step of the same shape.
 STEPS = """
-import json, sys, time
-import numpy as np
+import json, sys
 import forgert
-path, threads, seqs, steps, prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-counts = [int(c) for c in seqs.split(",")]
-m = forgert.Model(path, backend="cpu", threads=threads, n_ctx=prompt + 2 * steps + 8, parallel=max(counts))
-e = m._engine
-rng = np.random.default_rng(0)
+bench, path, threads, seqs, steps, prompt = sys.argv[1:7]
+sys.path.insert(0, bench)
+from batch_decode import decode_rate
+counts, steps, prompt = [int(c) for c in seqs.split(",")], int(steps), int(prompt)
+e = forgert.Model(path, backend="cpu", threads=int(threads), n_ctx=prompt + steps + 8, parallel=max(counts))._engine
 rates = {}
 for n in counts:
-    for s in range(n):
-        e.forward_batch_argmax([(s, rng.integers(1, int(e.vocab), prompt).astype(np.int32), 0)])
-    nxt, pos = [1] * n, prompt
-    e.forward_batch_argmax([(s, np.array([nxt[s]], np.int32), pos) for s in range(n)])  # warm-up step
-    pos += 1
-    t = time.perf_counter()
-    for _ in range(steps):
-        nxt = [int(x) for x in e.forward_batch_argmax([(s, np.array([nxt[s]], np.int32), pos) for s in range(n)])]
-        pos += 1
-    rates[n] = n * steps / (time.perf_counter() - t)
+    decode_rate(e, n, prompt, 1, int(e.vocab))  # warm-up
+    rates[n] = decode_rate(e, n, prompt, steps, int(e.vocab))[0]
 print(json.dumps(rates))
 """
 
@@ -72,8 +66,9 @@ def main():
         for _ in range(a.rounds):
             for u in units:
                 env = forgert_env(a.installed, FORGERT_CPU_UNITS="" if u == "default" else u)
-                out = subprocess.run([sys.executable, "-c", STEPS, str(path), str(a.threads), a.seqs, str(a.steps),
-                                      str(a.prompt_tokens)], env=env, capture_output=True, text=True, check=True)
+                out = subprocess.run([sys.executable, "-c", STEPS, str(BENCH), str(path), str(a.threads), a.seqs,
+                                      str(a.steps), str(a.prompt_tokens)], env=env, capture_output=True, text=True,
+                                     check=True)
                 for n, r in json.loads(out.stdout.strip().splitlines()[-1]).items():
                     rates[u, int(n)].append(r)
     print(f"machine: {cpu_name()}; {a.threads} threads; model {Path(path).name}; {a.steps} greedy steps after "

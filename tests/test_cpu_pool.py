@@ -46,9 +46,9 @@ def test_more_threads_than_rows(core, split):
 
 @pytest.mark.parametrize("threads,units", [(2, 4), (4, 4), (8, 8), (16, 16)])
 def test_dynamic_split_hands_out_several_units_per_thread(core, threads, units):
-    """Dynamic: by default one contiguous unit per thread, 4 to 16 (default_units_per_thread), per
-    thread, so a fast thread can take a slow one's share; static: one range per thread. 4096 rows
-    in grains of 16 are 256 grains: `units` x `threads` equal ranges."""
+    """Dynamic: by default as many contiguous units per thread as threads, 4 to 16
+    (default_units_per_thread), so a fast thread can take a slow one's share; static: one range
+    per thread. 4096 rows in grains of 16 are 256 grains: `units` x `threads` equal ranges."""
     n = 4096
     dynamic = core._pool_ranges(threads, "dynamic", n, 16)
     static = core._pool_ranges(threads, "static", n, 16)

@@ -47,8 +47,9 @@ int64_t spin_us_from_env();
 // Units per thread of the dynamic split when nothing sets them: as many as threads, 4 to 16. With
 // more threads, a region waits on the slowest of more of them (an SMT sibling's or another
 // tenant's load slows one core at a time), and finer units let the others take its share. On
-// the lent 16-core Xeon (1B Q4_0 / Q4_K_M, 2 rounds, separate processes) 16 a thread against 4:
-// 8-sequence decode steps 1.07-1.20x, one sequence 0.99-1.12x (threads 80% -> 91-95% busy); at 4
+// the lent 16-core Xeon (1B Q4_0 / Q4_K_M, two leases of 2 rounds, separate processes) 16 a thread
+// against 4: 8-sequence decode steps 0.89-1.30x, median 1.12x, 7 of 8 pairs above 1; one sequence
+// 0.99-1.48x, median 1.07x (threads 80% -> 91-95% busy); at 4
 // and 8 threads within noise; on the 2-vCPU Zen 4 VM (SmolLM2, 4-5 rounds) 16 a thread cost
 // 0.78-0.94x, so few threads keep 4 (bench/results/pool_units.md).
 int64_t default_units_per_thread(int n_threads);
