@@ -16,6 +16,11 @@
 //   1p32t-mem(-ov)     one panel x 32 tokens per weight tile load
 //   2p16t-*-contigAD   two panels, A tiles relaid contiguous and each token's d beside them
 //                      ([tile][block][token]), so the finish reads d from one line
+//   2p16t-mem-1part    two panels, the hi part alone (one-part activations: the floor)
+//   2p16t-mem-k64(-ov) two panels, both parts in one K=64 TDPBSSD: the A tile is a block's hi and
+//                      lo side by side (BlockQ8Act's own layout, no copy) against a B tile of the
+//                      block's quants times F stacked on the quants (x = d (F hi + lo), F = 16:
+//                      ~12-bit activations): one TDPBSSD and one store per panel and block
 // Build and run on a CPU with AMX-INT8 (Linux; the tile state is requested per thread):
 //   g++ -O2 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8
 //       -mfma -pthread bench/cpp/amx_gemm_structures.cpp -o amx_gemm_structures
@@ -187,19 +192,66 @@ static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* ou
     for (int t = 0; t < 32; t++) _mm512_storeu_ps(out + t * os, _mm512_load_ps(accm[t]));
 }
 
-constexpr int NV = 19;
+// ---- K64: both activation parts through one K=64 TDPBSSD per panel; PB2-byte panel blocks
+// (1024 bytes of B: F w on top of w, then 16 scales). ONEPART: only the hi part (K=32 A tile,
+// the first half of the B tile).
+constexpr int PB2 = 1024 + 64;
+static void cfg_k64(bool onepart) {  // 0, 2 C; 4 A; 6, 7 B
+    TileConfig c;
+    c.rows[0] = c.rows[2] = 16, c.colsb[0] = c.colsb[2] = 64;
+    c.rows[4] = 16, c.colsb[4] = onepart ? 32 : 64;
+    c.rows[6] = c.rows[7] = onepart ? 8 : 16, c.colsb[6] = c.colsb[7] = 64;
+    _tile_loadconfig(&c);
+}
+template <bool OV, bool ONEPART>
+static void tile16x2_k64(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, int64_t nb, float* out, int64_t os) {
+    alignas(64) Dots c[2][2];
+    alignas(64) float accm[16][32];
+    std::memset(accm, 0, sizeof accm);
+    const size_t xs = nb * sizeof(BlockQ8Act);
+    auto tiles = [&](int64_t b, int buf) {
+        _tile_loadd(6, w0 + b * PB2, 64);
+        _tile_loadd(4, x[b].hi, xs);
+        _tile_zero(0);
+        _tile_dpbssd(0, 4, 6);
+        _tile_loadd(7, w1 + b * PB2, 64);
+        _tile_zero(2);
+        _tile_dpbssd(2, 4, 7);
+        _tile_stored(0, c[buf][0], 64);
+        _tile_stored(2, c[buf][1], 64);
+    };
+    if (OV) tiles(0, 0);
+    for (int64_t b = 0; b < nb; b++) {
+        const int cur = OV ? (b & 1) : 0;
+        if (OV) { if (b + 1 < nb) tiles(b + 1, (b + 1) & 1); } else tiles(b, 0);
+        const __m512 dw0 = _mm512_loadu_ps(w0 + b * PB2 + 1024), dw1 = _mm512_loadu_ps(w1 + b * PB2 + 1024);
+        UNR for (int t = 0; t < 16; t++) {
+            const __m512 d = _mm512_set1_ps(x[t * nb + b].d);
+            _mm512_store_ps(accm[t], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[cur][0][t])), _mm512_mul_ps(dw0, d), _mm512_load_ps(accm[t])));
+            _mm512_store_ps(accm[t] + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[cur][1][t])), _mm512_mul_ps(dw1, d), _mm512_load_ps(accm[t] + 16)));
+        }
+    }
+    (void)ONEPART;
+    UNR for (int t = 0; t < 16; t++) {
+        _mm512_storeu_ps(out + t * os, _mm512_load_ps(accm[t]));
+        _mm512_storeu_ps(out + t * os + 16, _mm512_load_ps(accm[t] + 16));
+    }
+}
+
+constexpr int NV = 22;
 struct Shape { const char* name; int64_t K, rows_per_thread, tokens; };
 
 static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8Act* x, float* out, const int8_t* xa,
-                          const float* xd) {
+                          const float* xd, uint8_t* panels2) {
     const int64_t nb = s.K / 32, np = s.rows_per_thread / 16;
     int64_t gp = std::max<int64_t>(1, (1 << 19) / (nb * PB));
     int64_t chunk = std::max<int64_t>(64, ((1 << 20) / (nb * 72 + 8 * nb)) / 32 * 32);
     const int64_t os = s.rows_per_thread;
+    const bool k64 = v >= 19;
     const bool pair = (v >= 4 && v <= 7) || v >= 15;  // two panels per pass
     const int64_t pstep = pair ? 2 : 1, tstep = v == 8 || v == 9 ? 32 : 16;
     if (pair) gp += gp & 1;
-    if ((v >= 4 && v <= 9) || v >= 15) cfg_v4(); else cfg_v0();
+    if (k64) cfg_k64(v == 19); else if ((v >= 4 && v <= 9) || v >= 15) cfg_v4(); else cfg_v0();
     auto t0 = std::chrono::steady_clock::now();
     for (int64_t g0 = 0; g0 < np; g0 += gp) {
         const int64_t g1 = std::min(np, g0 + gp);
@@ -213,6 +265,8 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
                     const int8_t* at = xa + t / 16 * nb * 1024;  // the relaid A tiles
                     const float* dt = xd + t / 16 * nb * 16;     // and their d, [block][token]
                     float* o = out + t * os + p * 16;
+                    const uint8_t* k0 = panels2 + p * nb * PB2;
+                    const uint8_t* k1 = panels2 + std::min(p + 1, np - 1) * nb * PB2;
                     switch (v) {
                         case 0: tile16<false>(w0, xt, nb, o, os); break;
                         case 1: tile16<true>(w0, xt, nb, o, os); break;
@@ -233,6 +287,9 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
                         case 16: tile16x2<false, true, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
                         case 17: tile16x2<true, true, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
                         case 18: tile16x2<false, false, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
+                        case 19: tile16x2_k64<false, true>(k0, k1, xt, nb, o, os); break;
+                        case 20: tile16x2_k64<false, false>(k0, k1, xt, nb, o, os); break;
+                        case 21: tile16x2_k64<true, false>(k0, k1, xt, nb, o, os); break;
                     }
                 }
         }
@@ -245,7 +302,8 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
 static const char* vname[] = {"1p16t", "1p16t-ov", "1p16t-tilesonly", "1p16t-finonly", "2p16t-reg", "2p16t-reg-ov",
                               "2p16t-mem", "2p16t-mem-ov", "1p32t-mem", "1p32t-mem-ov",
                               "tilesonly-contigA", "tilesonly-L1", "tilesonly-nostore", "1p16t-contigA", "1p16t-ov-contigA", "2p16t-reg-contigA",
-                              "2p16t-mem-contigAD", "2p16t-mem-ov-contigAD", "2p16t-reg-contigAD"};
+                              "2p16t-mem-contigAD", "2p16t-mem-ov-contigAD", "2p16t-reg-contigAD",
+                              "2p16t-mem-1part", "2p16t-mem-k64", "2p16t-mem-k64-ov"};
 
 int main(int argc, char** argv) {
     if (syscall(SYS_arch_prctl, 0x1023, 18)) { perror("arch_prctl"); return 1; }
@@ -261,18 +319,27 @@ int main(int argc, char** argv) {
         std::vector<std::vector<double>> per(nthr, std::vector<double>(NV, 1e9));
         std::atomic<int> ready{0};
         std::vector<std::thread> th;
-        std::vector<int> order = {0, 1, 2, 3, 10, 11, 12, 13, 14, 4, 5, 6, 7, 15, 16, 17, 18, 8, 9};
+        std::vector<int> order = {0, 1, 2, 3, 10, 11, 12, 13, 14, 4, 5, 6, 7, 15, 16, 17, 18, 8, 9, 19, 20, 21};
+        if (const char* only = getenv("ONLY")) {  // e.g. ONLY=0,6,7,19,20,21
+            order.clear();
+            for (const char* q = only; *q;) { order.push_back(atoi(q)); while (*q && *q != ',') q++; if (*q) q++; }
+        }
         for (int i = 0; i < nthr; i++)
             th.emplace_back([&, i] {
                 if (syscall(SYS_arch_prctl, 0x1023, 18)) perror("arch_prctl");
                 std::vector<uint8_t> panels(s.rows_per_thread / 16 * nb * PB + 64);
                 std::vector<BlockQ8Act> x(s.tokens * nb);
                 std::vector<float> out(s.tokens * s.rows_per_thread + 64);
+                std::vector<uint8_t> panels2(s.rows_per_thread / 16 * nb * PB2 + 64);
                 srand(i + 1);
                 for (auto& b : panels) b = rand();
                 for (int64_t p = 0; p < s.rows_per_thread / 16; p++)
                     for (int64_t b = 0; b < nb; b++)
                         for (int k = 0; k < 16; k++) ((float*)(panels.data() + (p * nb + b) * PB + 512))[k] = 0.01f;
+                for (auto& b : panels2) b = rand() % 8;
+                for (int64_t p = 0; p < s.rows_per_thread / 16; p++)
+                    for (int64_t b = 0; b < nb; b++)
+                        for (int k = 0; k < 16; k++) ((float*)(panels2.data() + (p * nb + b) * PB2 + 1024))[k] = 0.01f;
                 for (auto& a : x) { a.d = 0.001f; for (int k = 0; k < 32; k++) a.hi[k] = rand(), a.lo[k] = rand(); }
                 std::vector<int8_t> xa(s.tokens / 16 * nb * 1024 + 64);
                 std::vector<float> xd(s.tokens / 16 * nb * 16 + 16);
@@ -288,7 +355,7 @@ int main(int argc, char** argv) {
                         const int v = order[vi];
                         ready++;
                         while (ready.load() < nthr * (1 + rep * (int)order.size() + vi)) {}
-                        double t = run_variant(v, s, panels.data(), x.data(), out.data(), xa.data(), xd.data());
+                        double t = run_variant(v, s, panels.data(), x.data(), out.data(), xa.data(), xd.data(), panels2.data());
                         per[i][v] = std::min(per[i][v], t);
                     }
                 }
@@ -299,8 +366,9 @@ int main(int argc, char** argv) {
         for (int v : order) {
             double worst = 0;
             for (int i = 0; i < nthr; i++) worst = std::max(worst, per[i][v]);
-            printf("  %-18s %8.3f ms  %7.1f GMAC/s/thread  x%.2f of 1p16t\n", vname[v], worst * 1e3, macs / worst / 1e9,
-                   [&] { double w0 = 0; for (int i = 0; i < nthr; i++) w0 = std::max(w0, per[i][0]); return w0 / worst; }());
+            printf("  %-18s %8.3f ms  %7.1f GMAC/s/thread  x%.2f of %s\n", vname[v], worst * 1e3, macs / worst / 1e9,
+                   [&] { double w0 = 0; for (int i = 0; i < nthr; i++) w0 = std::max(w0, per[i][order[0]]); return w0 / worst; }(),
+                   vname[order[0]]);
         }
     }
 }

@@ -232,15 +232,14 @@ int main(int argc, char** argv) {
                 for (int64_t b = 0; b < n * nb; b++)
                     for (int i = 0; i < FG_QK; i++) xs[2 * b] += xq[b].hi[i], xs[2 * b + 1] += xq[b].lo[i];
                 std::vector<float> y((size_t)n * s.rows);
+                std::vector<std::vector<uint8_t>> work(be.n_threads(), std::vector<uint8_t>(cpu::gemm_i8_work_bytes(s.cols)));
                 for (int parts : {2, 1}) {
                     double cpu = 0;
                     const double sec = median_seconds([&] {
-                        be.host_parallel_for(panels, [&](int64_t p0, int64_t p1) {
-                            thread_local std::vector<uint8_t> work;
-                            work.resize(cpu::gemm_i8_work_bytes(s.cols));
+                        be.for_i8_panels(panels, [&](int ith, int64_t p0, int64_t p1) {
                             ks.gemm_i8(w.type, w.data<uint8_t>(), w.stride, p0 * cpu::kI8Rows,
                                        std::min(s.rows, p1 * cpu::kI8Rows), xq.data(), xs.data(), nb, n, parts, y.data(),
-                                       s.rows, work.data());
+                                       s.rows, work[ith].data());
                         });
                     }, 7, &cpu);
                     std::printf("%-28s x%d %6lld %6lld %5lld %9.3f ms %8.1f GFLOP/s %9.3f cpu_ms  (%s)\n", name, parts,

@@ -216,7 +216,7 @@ void CpuBackend::matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const
     // 1B Q4_K_M / Q8_0 prefill, 3 rounds, 16 a thread against 4 read 1.14x / 1.11x at 16 threads
     // and 1.32x / 1.13x at 4 (medians; 8 a thread in between). Cutting the tokens into chunks as
     // well (each (pairs, chunk) a unit) added nothing beyond the host's noise.
-    pool_.parallel_for_ith(start[n_mm], 2, kI8UnitsPerThread, [&](int ith, int64_t p0, int64_t p1) {
+    for_i8_panels(start[n_mm], [&](int ith, int64_t p0, int64_t p1) {
         for (int i = 0; i < n_mm; i++) {
             const int64_t b = std::max(p0, start[i]), e = std::min(p1, start[i + 1]);
             if (b >= e) continue;
@@ -227,6 +227,10 @@ void CpuBackend::matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const
                        reinterpret_cast<uint8_t*>(scratch_[ith].data()));
         }
     });
+}
+
+void CpuBackend::for_i8_panels(int64_t n_panels, const std::function<void(int, int64_t, int64_t)>& fn) {
+    pool_.parallel_for_ith(n_panels, 2, kI8UnitsPerThread, fn);
 }
 
 const void* CpuBackend::prepare_input(const Tensor& x, bool quantized, std::vector<float>& dense) {

@@ -40,6 +40,10 @@ public:
     int n_threads() const { return pool_.size(); }
     WorkSplit work_split() const { return pool_.split(); }
     int64_t units_per_thread() const { return pool_.units_per_thread(); }
+    // The prefill int8 GEMM's split of n_panels kI8Rows-row panels (matmul_i8's, shared with
+    // cpu_ops_bench so the kernel is timed as a model runs it): runs of whole panel pairs,
+    // kI8UnitsPerThread units a thread; fn(ith, p0, p1), ith the running thread's index.
+    void for_i8_panels(int64_t n_panels, const std::function<void(int, int64_t, int64_t)>& fn);
 
     // Per-op times and the pool's regions and busyness, accumulated while profiling is on.
     void set_profiling(bool on);
