@@ -25,6 +25,7 @@
 //   g++ -O2 -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mamx-tile -mamx-int8
 //       -mfma -pthread bench/cpp/amx_gemm_structures.cpp -o amx_gemm_structures
 //   ./amx_gemm_structures 1; ./amx_gemm_structures 16; ./amx_gemm_structures 8
+//   ONLY=6,7,19,20,21 ./amx_gemm_structures 4   (these variants only; the first is the x-of reference)
 // Each thread runs its own rows (rows / threads) on its own data; the variants run in turn with
 // the threads started together; a variant's figure is the slowest thread's best of 5.
 #include <immintrin.h>
@@ -193,8 +194,8 @@ static void tile32(const uint8_t* wp, const BlockQ8Act* x, int64_t nb, float* ou
 }
 
 // ---- K64: both activation parts through one K=64 TDPBSSD per panel; PB2-byte panel blocks
-// (1024 bytes of B: F w on top of w, then 16 scales). ONEPART: only the hi part (K=32 A tile,
-// the first half of the B tile).
+// (1024 bytes of B: F w on top of w, then 16 scales). With cfg_k64(true) the same code runs one
+// part: a K=32 A tile (hi alone) against the B tile's first 8 rows.
 constexpr int PB2 = 1024 + 64;
 static void cfg_k64(bool onepart) {  // 0, 2 C; 4 A; 6, 7 B
     TileConfig c;
@@ -203,7 +204,7 @@ static void cfg_k64(bool onepart) {  // 0, 2 C; 4 A; 6, 7 B
     c.rows[6] = c.rows[7] = onepart ? 8 : 16, c.colsb[6] = c.colsb[7] = 64;
     _tile_loadconfig(&c);
 }
-template <bool OV, bool ONEPART>
+template <bool OV>
 static void tile16x2_k64(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act* x, int64_t nb, float* out, int64_t os) {
     alignas(64) Dots c[2][2];
     alignas(64) float accm[16][32];
@@ -231,7 +232,6 @@ static void tile16x2_k64(const uint8_t* w0, const uint8_t* w1, const BlockQ8Act*
             _mm512_store_ps(accm[t] + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[cur][1][t])), _mm512_mul_ps(dw1, d), _mm512_load_ps(accm[t] + 16)));
         }
     }
-    (void)ONEPART;
     UNR for (int t = 0; t < 16; t++) {
         _mm512_storeu_ps(out + t * os, _mm512_load_ps(accm[t]));
         _mm512_storeu_ps(out + t * os + 16, _mm512_load_ps(accm[t] + 16));
@@ -287,9 +287,9 @@ static double run_variant(int v, const Shape& s, uint8_t* panels, const BlockQ8A
                         case 16: tile16x2<false, true, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
                         case 17: tile16x2<true, true, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
                         case 18: tile16x2<false, false, true, true>(w0, w1, xt, nb, o, os, at, dt); break;
-                        case 19: tile16x2_k64<false, true>(k0, k1, xt, nb, o, os); break;
-                        case 20: tile16x2_k64<false, false>(k0, k1, xt, nb, o, os); break;
-                        case 21: tile16x2_k64<true, false>(k0, k1, xt, nb, o, os); break;
+                        case 19: tile16x2_k64<false>(k0, k1, xt, nb, o, os); break;
+                        case 20: tile16x2_k64<false>(k0, k1, xt, nb, o, os); break;
+                        case 21: tile16x2_k64<true>(k0, k1, xt, nb, o, os); break;
                     }
                 }
         }
