@@ -53,8 +53,9 @@ def add_parser(subparsers):
                         f"(default {DEFAULT_MAX_CONNECTIONS})")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="requests decoded together in one running batch (continuous batching; each "
-                        "holds its own KV cache of --n-ctx tokens); requests with logprobs, "
-                        "response_format, logit_bias or n > 1 take turns beside it (default 1: all take turns)")
+                        "sequence holds its own KV cache of --n-ctx tokens, and each of a request's n "
+                        "choices is a sequence); every request joins it, with logprobs, echo, "
+                        "response_format or logit_bias too (default 1: requests take turns)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
