@@ -13,7 +13,7 @@ gpt-oss's harmony analysis channel, its calls read from messages to functions.NA
 
 Beyond OpenAI's fields, requests may set top_k, min_p, repetition_penalty and ignore_eos, and
 responses carry `timings` (prefill/decode tokens and tokens/s; cached_tokens says how much of the
-prompt came from the prompt cache). Defaults follow OpenAI: temperature 1, top_p 1, no top-k or
+prompt came from the prompt cache; with n > 1 or several prompts, the first choice's). Defaults follow OpenAI: temperature 1, top_p 1, no top-k or
 min-p; no max_tokens means "until the end of the text or of the context" (16 on /v1/completions).
 
 logprobs are the model's own log-probabilities of each sampled token (before temperature,
