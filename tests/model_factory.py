@@ -390,14 +390,18 @@ def encode_tensor(w: np.ndarray, type_name: str, name: str):
 def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str,
                tensors: dict[str, np.ndarray] | None = None,
                raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
-               n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN) -> Path:
+               n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN,
+               split_max_tensors: int = 0, small_first_shard: bool = False) -> Path:
     """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
     bad-file tests drop, reshape or retype tensors; chat_template / eos_token are the
-    tokenizer_config.json values the converter's SpecialVocab copies."""
+    tokenizer_config.json values the converter's SpecialVocab copies. split_max_tensors > 0
+    splits it as `convert_hf_to_gguf.py --split-max-tensors N [--no-tensor-first-split]` does
+    (the gguf package's writer: PATH-00001-of-0000N.gguf, ... beside `path`, which is not
+    written); the first shard's path is returned."""
     arch = spec.arch
     tensors = gguf_tensors(model, spec) if tensors is None else tensors
     raw_overrides = raw_overrides or {}
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors, small_first_shard=small_first_shard)
     w.add_name(f"tiny-{spec.name}")
     w.add_context_length(n_ctx or spec.n_ctx)
     w.add_embedding_length(spec.hidden)
@@ -426,7 +430,9 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     for name, t in tensors.items():
         data, qtype = raw_overrides[name] if name in raw_overrides else encode_tensor(t, type_name, name)
         w.add_tensor(name, data, raw_dtype=qtype)
-    return write_and_close(w, path)
+    write_and_close(w, path)
+    shards = sorted(path.parent.glob(f"{path.stem}-00001-of-*.gguf")) if split_max_tensors else []
+    return shards[0] if shards else path
 
 
 # ----------------------------------------------------------------------------- bundle

@@ -106,7 +106,7 @@ def test_several_ggufs_are_listed_for_the_user_to_pick(hub_cache):
     cache, _, _ = hub_cache
     r = run_offline(cache, "run", "hello", "-m", "hf:tiny-org/two-ggufs")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "tiny-org/two-ggufs has 2 GGUF files" in r.stderr
+    assert "tiny-org/two-ggufs has 2 GGUF models" in r.stderr
     assert "f32/tiny-f32.gguf" in r.stderr and "tiny-q8_0.gguf" in r.stderr
 
 
@@ -121,3 +121,47 @@ def test_hub_errors_are_one_clear_line(hub_cache, uri, words):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     for w in words:
         assert w in r.stderr, r.stderr
+
+
+@pytest.fixture
+def split_hub_cache(tmp_path, tiny_models):
+    """Repositories holding a GGUF split in shards (gguf_split.py), alone and beside a one-file GGUF."""
+    from model_factory import write_gguf
+    tm = tiny_models("llama_tied")
+    (tmp_path / "w").mkdir()
+    first = write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "w" / "tiny-q8_0.gguf", "Q8_0", split_max_tensors=8)
+    shards = sorted(first.parent.glob("tiny-q8_0-*-of-*.gguf"))
+    assert len(shards) >= 2
+    cache = tmp_path / "hub"
+    split = {f"q8/{p.name}": p for p in shards}
+    snapshots = {"split": cache_repo(cache, "tiny-org/split-gguf", split),
+                 "mixed": cache_repo(cache, "tiny-org/split-and-one", {**split, "tiny-f32.gguf": tm.path("gguf-F32")})}
+    return cache, snapshots, [p.name for p in shards], tm
+
+
+@pytest.mark.parametrize("which", ["repo", "first", "last"])
+def test_a_split_gguf_downloads_every_shard(split_hub_cache, which):
+    import forgert
+    cache, snapshots, names, tm = split_hub_cache
+    uri = {"repo": "hf:tiny-org/split-gguf", "first": f"hf:tiny-org/split-gguf/q8/{names[0]}",
+           "last": f"hf:tiny-org/split-gguf/q8/{names[-1]}"}[which]
+    r = run_offline(cache, "info", uri, "--json")
+    assert r.returncode == 0, r.stderr
+    files = json.loads(r.stdout)["files"]
+    assert [os.path.normpath(f) for f in files] == [os.path.normpath(str(snapshots["split"] / "q8" / n)) for n in names]
+    if which != "repo":
+        return
+    code = FROM_PRETRAINED.replace("*sys.argv[1:]", repr("tiny-org/split-gguf"))
+    r = run_offline(cache, code=code)
+    assert r.returncode == 0, r.stderr
+    want = forgert.Model(tm.path("gguf-Q8_0"), n_ctx=64).generate("hello", max_tokens=4, temperature=0).text
+    assert json.loads(r.stdout)["text"] == want
+
+
+def test_a_split_is_listed_as_one_model(split_hub_cache):
+    cache, _, names, _ = split_hub_cache
+    r = run_offline(cache, "run", "hello", "-m", "hf:tiny-org/split-and-one")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "tiny-org/split-and-one has 2 GGUF models" in r.stderr
+    assert f"q8/{names[0]} (and the other {len(names) - 1} shards of its split)" in r.stderr
+    assert "tiny-f32.gguf" in r.stderr and names[1] not in r.stderr

@@ -1,12 +1,16 @@
 """Models from the Hugging Face Hub, through huggingface_hub (its cache, progress bars and
 offline mode: HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE=1, HF_TOKEN for gated repositories).
 
-A repository with one .gguf file gives that file; with several, the caller names one; with none,
-an HF checkpoint (config.json, tokenizer files, *.safetensors) is downloaded as a directory.
+A repository with one GGUF model gives that model; with several, the caller names one; with
+none, an HF checkpoint (config.json, tokenizer files, *.safetensors) is downloaded as a directory.
+A model split in shards (NAME-00001-of-00003.gguf, ...: gguf_split.py) counts as one: naming any
+shard, or the repository alone when the split is its only model, downloads every shard.
 """
 from __future__ import annotations
 
 import os
+
+from .gguf_split import split_name_parts
 
 HF_PREFIX = "hf:"
 # What forgert reads from an HF checkpoint directory (safetensors_dir.py): configs, tokenizer,
@@ -55,21 +59,44 @@ def _is_hub_error(e: Exception) -> bool:
         "huggingface_hub", "httpx", "requests", "urllib3")
 
 
+def _gguf_models(ggufs: list) -> list:
+    """The repository's GGUF models, each the list of its files (a split's shards in order)."""
+    models, splits = [], {}
+    for f in ggufs:
+        parts = split_name_parts(f)
+        if parts is None:
+            models.append([f])
+        elif (parts[0], parts[2]) not in splits:
+            splits[parts[0], parts[2]] = shards = [f"{parts[0]}-{i + 1:05d}-of-{parts[2]:05d}.gguf"
+                                                   for i in range(parts[2])]
+            models.append(shards)
+    return models
+
+
+def _download_model(hub, repo_id: str, files: list, revision) -> str:
+    """Every file of one GGUF model (a split's shards land side by side); the first one's path."""
+    return [hub.hf_hub_download(repo_id, f, revision=revision) for f in files][0]
+
+
 def download(repo_id: str, filename: str | None = None, revision: str | None = None) -> str:
     """A local path for the model in `repo_id` (downloaded, or from the cache): the .gguf file
-    `filename`, the repository's only .gguf, or its HF checkpoint directory."""
+    `filename` (with the other shards of its split, if it is one), the repository's only GGUF
+    model, or its HF checkpoint directory."""
     hub = _hub()
     where = f"hf:{repo_id}" + (f"/{filename}" if filename else "")
     try:
         if filename is not None:
+            if split_name_parts(filename) is not None:   # a shard: the whole split
+                return _download_model(hub, repo_id, _gguf_models([filename])[0], revision)
             return hub.hf_hub_download(repo_id, filename, revision=revision)
         files = _repo_files(hub, repo_id, revision)
-        ggufs = [f for f in files if f.endswith(".gguf")]
-        if len(ggufs) == 1:
-            return hub.hf_hub_download(repo_id, ggufs[0], revision=revision)
-        if len(ggufs) > 1:
-            listing = "\n  ".join(ggufs)
-            raise HubError(f"{repo_id} has {len(ggufs)} GGUF files; name one (hf:{repo_id}/FILE, or "
+        models = _gguf_models([f for f in files if f.endswith(".gguf")])
+        if len(models) == 1:
+            return _download_model(hub, repo_id, models[0], revision)
+        if len(models) > 1:
+            listing = "\n  ".join(m[0] + (f" (and the other {len(m) - 1} shards of its split)" if len(m) > 1 else "")
+                                  for m in models)
+            raise HubError(f"{repo_id} has {len(models)} GGUF models; name one (hf:{repo_id}/FILE, or "
                            f"Model.from_pretrained({repo_id!r}, filename=...)). forgert reads F32, F16, "
                            f"BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (so Q4_K_M, "
                            f"Q5_K_M and IQ4_XS) weights:\n  {listing}")

@@ -12,6 +12,7 @@ from .errors import ModelFormatError
 from .fused_tensors import split_fused
 from .ggml_types import F32
 from .gguf import GGUFFile
+from .gguf_split import GGUFSplit, open_gguf
 from .safetensors_dir import HFModelDir
 from .gemma import GEMMA_ARCHS, embedding_scale
 from .tensor_check import core_tensors, shift_norms
@@ -34,6 +35,7 @@ class LoadedModel:
     chat_template: str | None
     metadata: dict = field(repr=False, default_factory=dict)
     handle: object = field(repr=False, default=None)   # keeps the mmaps alive
+    files: list = field(default_factory=list)           # the files read: a split GGUF's shards, in order
 
     @property
     def n_params(self) -> int:
@@ -49,7 +51,7 @@ class LoadedModel:
         return dict(Counter(w.type_name for w in self.weights.values()))
 
 
-def _gguf_weights(g: GGUFFile) -> dict:
+def _gguf_weights(g: GGUFFile | GGUFSplit) -> dict:
     out = {}
     for name, info in g.tensors.items():
         # 3-D: an expert stack (ffn_*_exps), (n_expert, rows, cols); any other 3-D tensor is
@@ -62,7 +64,7 @@ def _gguf_weights(g: GGUFFile) -> dict:
 
 
 def load_gguf(path) -> LoadedModel:
-    g = GGUFFile(path)
+    g = open_gguf(path)   # a split model's shards together
     weights = _gguf_weights(g)
     embd = weights.get("token_embd.weight")
     if embd is None:
@@ -85,8 +87,9 @@ def load_gguf(path) -> LoadedModel:
     tensors = core_tensors(cfg, split_fused(cfg, weights), g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
+    files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
     return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok,
-                       template if isinstance(template, str) else None, g.metadata, g)
+                       template if isinstance(template, str) else None, g.metadata, g, files)
 
 
 def _hf_chat_template(d: HFModelDir):

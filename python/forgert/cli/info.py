@@ -23,6 +23,7 @@ def describe(loaded) -> dict:
     c, tok = loaded.config, loaded.tokenizer
     return {
         "name": loaded.name, "path": loaded.path, "format": loaded.format, "arch": c.arch,
+        "files": loaded.files or [loaded.path],
         "features": c.features(),
         "n_params": loaded.n_params, "size_bytes": loaded.size_bytes,
         "tensor_types": loaded.tensor_types,
@@ -74,7 +75,7 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
                       sorted(d["tensor_types"].items(), key=lambda kv: -kv[1]))
     template = d["chat_template"]
     rows = [
-        ("format", d["format"]),
+        ("format", d["format"] + (f", split in {len(d['files'])} files" if len(d["files"]) > 1 else "")),
         ("architecture", d["arch"] + "".join(f"\n{'':18}{f}" for f in d["features"])),
         ("parameters", _count(d["n_params"])),
         ("tensor data", _bytes(d["size_bytes"])),
