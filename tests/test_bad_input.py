@@ -231,6 +231,18 @@ def test_hf_unsupported_dtype(tiny, tmp_path):
         load_model(d)
 
 
+@pytest.mark.parametrize("quant,method", [({"quant_method": "gptq", "bits": 4}, "'gptq'"),
+                                          ({"quant_method": "fp8", "activation_scheme": "dynamic"}, "'fp8'"),
+                                          ({"bits": 4}, "'unknown'")])
+def test_hf_quantized_checkpoint_is_refused_by_its_method(tiny, tmp_path, quant, method):
+    d = hf_copy(tiny, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = quant
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match=f"quantized \\(quantization_config quant_method {method}\\).*a GGUF"):
+        load_model(d)
+
+
 def test_hf_unsupported_model_type(tiny, tmp_path):
     d = hf_copy(tiny, tmp_path)
     cfg = json.loads((d / "config.json").read_text())

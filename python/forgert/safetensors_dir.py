@@ -176,6 +176,20 @@ def _load_json(path, what):
         raise ModelFormatError(f"{os.path.basename(path)}: not valid JSON ({e})") from None
 
 
+def _check_quantization(config, name: str) -> None:
+    """A checkpoint quantized by a method forgert does not read (GPTQ, AWQ, bitsandbytes, FP8 /
+    compressed-tensors, ...) is refused by its config.json's quantization_config, naming the
+    method, before its packed tensors would be refused one by one. gpt-oss's MXFP4 experts are
+    read (config.py checks that one)."""
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if quant is None or config.get("model_type") == "gpt_oss":
+        return
+    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else repr(quant)
+    raise ModelFormatError(f"{name}/config.json: the checkpoint is quantized (quantization_config quant_method "
+                           f"{method!r}), which forgert does not read; it reads F32, F16 and BF16 checkpoints: "
+                           f"use the model's unquantized repository, or a GGUF of it (Q4_K_M, Q8_0, ...)")
+
+
 class HFModelDir:
     """A Hugging Face model directory, its tensors mapped to canonical names."""
 
@@ -183,6 +197,7 @@ class HFModelDir:
         self.path = os.fspath(path)
         self.name = os.path.basename(os.path.normpath(self.path))
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
+        _check_quantization(self.config, self.name)
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
         self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
         self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
