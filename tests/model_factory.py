@@ -115,6 +115,12 @@ ARCH_SPECS = {
         tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=14, n_ctx=32,
         rope_scaling={"rope_type": "dynamic", "factor": 2.0}, legacy_rope_config=True,
     ),
+    # Llama with head_dim wider than hidden / heads (32 x 4 heads = 128 != 64), as Mistral NeMo
+    # (32 x 128 = 4096 against 5120) and Mistral Small 3 write it: GGUF key_length, HF head_dim.
+    "llama_wide_head": TinySpec(
+        name="llama_wide_head", arch="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-5, seed=16, explicit_head_dim=32,
+    ),
     # SmolLM3: Llama with no RoPE on every fourth layer (layer 3 of 0..4), tied.
     "smollm3_tied": TinySpec(
         name="smollm3_tied", arch="smollm3", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,

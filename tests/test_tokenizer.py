@@ -173,7 +173,8 @@ def test_streaming_random_ids_never_split_characters(ours):
 # ------------------------------------------------------------------------------ pre-tokenizers
 
 PRE_TEXTS = ["I'LL be there at 12:30, won't you?\n\n  Numbers 1234567 and 3.14",
-             "tabs\tand\r\nnewlines\n\n\nend  ", "ÀÉÎ mixed Ünïcödé 42nd"]
+             "tabs\tand\r\nnewlines\n\n\nend  ", "ÀÉÎ mixed Ünïcödé 42nd",
+             "HelloWorld's camelCase ABCdef/path/to\n\nx := y.z()  # ÉCOLE Straße"]
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,7 @@ def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
     return write
 
 
-@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2"])
+@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2", "tekken", "falcon3", "pixtral", "megrez", "llama4"])
 def test_pre_tokenizers_match_transformers(tiny_vocab_gguf, pre):
     transformers = pytest.importorskip("transformers")
     path = tiny_vocab_gguf(pre)
@@ -219,3 +220,17 @@ def test_pre_tokenizers_differ_where_their_regexes_do(tiny_vocab_gguf):
     assert [p for p, _ in pieces["llama-bpe"]] == ["123", "456", "7"]
     assert [p for p, _ in pieces["qwen2"]] == list("1234567")
     assert [p for p, _ in pieces["default"]] == ["1234567"]
+
+
+def test_tekken_splits_as_its_rule_says(tiny_vocab_gguf):
+    """Mistral's Tekken rule (NeMo, Small 3, Ministral GGUFs say "tekken"): camel case apart,
+    contractions not kept on the word, every digit alone, punctuation runs with their slashes and
+    newlines (hand-worked pieces; byte-level shows a space as 'Ġ' and a newline as 'Ċ'); and its
+    GGUFs want a BOS when they do not say (llama.cpp's default for the name)."""
+    path = tiny_vocab_gguf("tekken")
+    tok = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
+    text = "HelloWorld's 12345 ABCdef!!/\n\nOK"
+    want = ["Hello", "World", "'s", " ", "1", "2", "3", "4", "5", " ABCdef", "!!/\n\n", "OK"]
+    assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)] == \
+        [p.replace(" ", "Ġ").replace("\n", "Ċ") for p in want]
+    assert tok.add_bos and tok.encode("hi")[0] == tok.bos_id

@@ -11,7 +11,7 @@ import os
 from tokenizers import Tokenizer
 
 from .errors import ModelFormatError
-from .tokenizer_build import tokenizer_from_gguf
+from .tokenizer_build import BOS_BY_DEFAULT, tokenizer_from_gguf
 
 
 
@@ -97,8 +97,10 @@ class ModelTokenizer:
                    eot_id=(special("tokenizer.ggml.eot_token_id") if "tokenizer.ggml.eot_token_id" in meta
                            else _eot_by_text(meta["tokenizer.ggml.tokens"])),
                    extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
-                   # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise
-                   add_bos=meta.get("tokenizer.ggml.add_bos_token", kind == "llama"),
+                   # llama.cpp adds BOS to SentencePiece, Llama 3 and Tekken vocabularies unless the file
+                   # says otherwise
+                   add_bos=meta.get("tokenizer.ggml.add_bos_token",
+                                    kind == "llama" or meta.get("tokenizer.ggml.pre") in BOS_BY_DEFAULT),
                    source=source)
 
     @classmethod

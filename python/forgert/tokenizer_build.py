@@ -20,7 +20,13 @@ _GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm
                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Tekken (Mistral NeMo, Mistral Small 3, Ministral, Devstral): o200k's case-aware words without
+# the contractions, every digit on its own
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+LLAMA3_NAMES = ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2")
 # tokenizer.ggml.pre -> list of regexes applied in turn (as llama.cpp's llm_tokenizer_bpe does)
 PRE_TOKENIZER_SPLITS = {
     "default": [_GPT2_SPLIT],
@@ -30,16 +36,21 @@ PRE_TOKENIZER_SPLITS = {
     "smollm": [r"\p{N}", _GPT2_SPLIT],
     "starcoder": [r"\p{N}", _GPT2_SPLIT],
     "refact": [r"\p{N}", _GPT2_SPLIT],
-    "llama-bpe": [_LLAMA3_SPLIT],
-    "llama3": [_LLAMA3_SPLIT],
-    "llama-v3": [_LLAMA3_SPLIT],
+    # Llama 3's rule; llama.cpp's other names for it (Falcon 3, Mistral Small 3.1's "pixtral", ...)
+    **{name: [_LLAMA3_SPLIT] for name in LLAMA3_NAMES},
     "smaug-bpe": [_LLAMA3_SPLIT],
     "dbrx": [_LLAMA3_SPLIT],          # cl100k vocabularies: DBRX, Phi-4
     "gpt-4o": [_GPT4O_SPLIT],         # o200k vocabularies: Phi-4-mini
+    "llama4": [_GPT4O_SPLIT],
+    "tekken": [_TEKKEN_SPLIT],
     "qwen2": [_QWEN2_SPLIT],
     "deepseek-r1-qwen": [_QWEN2_SPLIT],
+    "megrez": [_QWEN2_SPLIT],
 }
-_IGNORE_MERGES = ("llama-bpe", "llama3", "llama-v3")
+# Vocabularies that look a whole word up before merging and whose GGUFs want a BOS when they do
+# not say (llama.cpp: ignore_merges and add_bos for these names only).
+_IGNORE_MERGES = (*LLAMA3_NAMES, "tekken")
+BOS_BY_DEFAULT = _IGNORE_MERGES
 # ggml token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -82,8 +93,8 @@ def _byte_level(meta, source) -> Tokenizer:
     if pre not in PRE_TOKENIZER_SPLITS:
         raise ModelFormatError(f"{source}: unsupported tokenizer pre-tokenizer '{pre}' "
                                f"(known: {', '.join(sorted(PRE_TOKENIZER_SPLITS))})")
-    # Llama 3 vocabularies look whole words up before merging (llama.cpp: ignore_merges for these
-    # names only; smaug-bpe, dbrx and gpt-4o share or resemble the regex but merge every word).
+    # Llama 3 and Tekken vocabularies look whole words up before merging (llama.cpp: ignore_merges
+    # for these names only; smaug-bpe, dbrx and gpt-4o share or resemble the regex but merge every word).
     ignore_merges = pre in _IGNORE_MERGES
     tok = Tokenizer(models.BPE(_vocab(tokens), merges, ignore_merges=ignore_merges))
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_SPLITS[pre]]
