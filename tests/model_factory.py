@@ -38,7 +38,7 @@ _TOKENIZER_CORPUS = (
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3"
+    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3" | "mistral3"
     hidden: int
     n_layers: int
     n_heads: int
@@ -120,6 +120,16 @@ ARCH_SPECS = {
     "llama_wide_head": TinySpec(
         name="llama_wide_head", arch="llama", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-5, seed=16, explicit_head_dim=32,
+    ),
+    # Mistral 3 (Ministral 3, Devstral Small 2; HF ministral3): Llama with YaRN (mscale and
+    # mscale_all_dim 1) and the Llama 4 query temperature past the original context (128 here,
+    # the model's n_ctx 512), wide heads as Ministral's.
+    "ministral3": TinySpec(
+        name="ministral3", arch="mistral3", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-5, seed=17, explicit_head_dim=32, n_ctx=512,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
+                      "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                      "llama_4_scaling_beta": 0.1},
     ),
     # SmolLM3: Llama with no RoPE on every fourth layer (layer 3 of 0..4), tied.
     "smollm3_tied": TinySpec(
@@ -211,6 +221,11 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "mistral3":
+        from transformers import Ministral3Config, Ministral3ForCausalLM
+        rope = {**common.pop("rope_scaling"), "rope_theta": common.pop("rope_theta")}
+        model = Ministral3ForCausalLM(Ministral3Config(head_dim=spec.head_dim, rope_parameters=rope, pad_token_id=None,
+                                                       **common))
     else:
         raise ValueError(f"unknown arch {spec.arch}")
     model = model.float().eval()
@@ -335,7 +350,7 @@ def _gguf_name(hf_name: str) -> str:
 
 # Architectures whose converter (LlamaModel and its subclasses) permutes Q/K for llama.cpp's
 # adjacent-pair RoPE; Qwen2/Qwen3 keep HF's half-split layout (llama.cpp's NEOX rope type).
-PERMUTED_QK_ARCHS = ("llama", "smollm3")
+PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3")
 
 
 def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
@@ -427,6 +442,9 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(rs["factor"])
         w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+        if spec.arch == "mistral3":          # its converter's extra keys: mscale_all_dim, the query temperature
+            w.add_float32(f"{arch}.rope.scaling.yarn_log_multiplier", rs["mscale_all_dim"])
+            w.add_float32(f"{arch}.attention.temperature_scale", rs["llama_4_scaling_beta"])
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8}[type_name])
 

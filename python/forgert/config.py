@@ -10,20 +10,25 @@ from . import gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
+SUPPORTED_ARCHS = ("llama", "mistral3", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe",
+                   "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
-                  "gpt_oss": "gpt-oss",
+                  "gpt_oss": "gpt-oss", "ministral3": "mistral3",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
-_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2"}
+# Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
+# original context (ModelConfig.attn_temperature).
+_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss")
+# The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
+GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
 # key) and its window pattern (every second layer full attention, from layer 1; no GGUF key either).
 GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
@@ -86,6 +91,14 @@ class ModelConfig:
     attn_softcap: float = 0.0        # > 0: scores become cap * tanh(s / cap)
     final_softcap: float = 0.0       # > 0: logits soft-capped the same way
     norm_shift: float = 0.0          # added to every RMSNorm weight on load (HF Gemma stores w for 1 + w)
+    # Llama 4 / Mistral 3 query temperature (beta, floor): q *= 1 + beta ln(floor(pos / floor) + 1),
+    # 1 below position `floor` (the YaRN original context); forgert runs only those positions.
+    attn_temperature: tuple | None = None
+
+    @property
+    def max_n_ctx(self) -> int | None:
+        """The longest context forgert runs this model at, where one architecture's feature limits it."""
+        return None if self.attn_temperature is None else int(self.attn_temperature[1])
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -126,6 +139,9 @@ class ModelConfig:
                        f"(attention factor {self.rope_attn_factor:.4g}; long factors when n_ctx exceeds it)")
         elif s:
             out.append(f"{s['type']} RoPE scaling")
+        if self.attn_temperature is not None:
+            out.append(f"query temperature (beta {self.attn_temperature[0]:g}) from position "
+                       f"{self.attn_temperature[1]}: forgert runs contexts up to it")
         if self.rope_dim is not None and self.rope_dim != self.head_dim:
             out.append(f"partial rotary ({self.rope_dim} of {self.head_dim} dims)")
         nope = [i for i, t in enumerate(self.layer_rope or []) if t < 0]
@@ -358,6 +374,9 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
+    if arch == "mistral3":
+        _attn_temperature(cfg, _get_float(meta, p + "attention.temperature_scale", source, default=0.0,
+                                          positive=False), source, "attention.temperature_scale")
     if arch == "gpt-oss":
         _gpt_oss_gguf(cfg, source)
     _set_rope_tables(cfg)
@@ -461,12 +480,23 @@ def _hf_no_rope_layers(hf: dict, n_layers: int, source) -> list:
     return [0 if f else -1 for f in flags]
 
 
+def _attn_temperature(cfg: ModelConfig, beta: float, source, key: str) -> None:
+    """Mistral 3's query temperature: its floor is YaRN's original context (llama.cpp and
+    transformers both take it from there)."""
+    if beta == 0.0:
+        return
+    if (cfg.rope_scaling or {}).get("type") != "yarn":
+        _fail(source, f"{key} {beta} without YaRN's original context length")
+    cfg.attn_temperature = (beta, int(cfg.rope_scaling["original_max_position_embeddings"]))
+
+
 def _gguf_yarn(meta, p, source) -> dict:
     """YaRN from the keys llama.cpp reads: rope.scaling.factor and .original_context_length, the
     optional yarn_beta_fast / yarn_beta_slow / yarn_ext_factor (32, 1, 1 by default), and the
     attention factor llama.cpp derives: 0.1 ln(factor) + 1, times rope.scaling.attn_factor."""
     factor = _get_float(meta, p + "rope.scaling.factor", source)
-    if meta.get(p + "rope.scaling.yarn_log_multiplier", 0.0) not in (0, 0.0):
+    log_mul = _get_float(meta, p + "rope.scaling.yarn_log_multiplier", source, default=0.0, positive=False)
+    if log_mul != 0.0 and p != "mistral3.":
         _fail(source, "YaRN with rope.scaling.yarn_log_multiplier (DeepSeek's mscale_all_dim) is not supported")
     ext = meta.get(p + "rope.scaling.yarn_ext_factor", 1.0)
     if isinstance(ext, bool) or not isinstance(ext, (int, float, np.number)) or not 0 <= ext <= 1:
@@ -481,7 +511,9 @@ def _gguf_yarn(meta, p, source) -> dict:
         "beta_fast": _get_float(meta, p + "rope.scaling.yarn_beta_fast", source, default=32.0),
         "beta_slow": _get_float(meta, p + "rope.scaling.yarn_beta_slow", source, default=1.0),
         "ext_factor": float(ext),
-        "attn_factor": yarn_mscale(factor) * _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0),
+        # mistral3: the multiplier is transformers' mscale_all_dim (mscale 1), as llama.cpp reads it
+        "attn_factor": (yarn_mscale(factor) / yarn_mscale(factor, log_mul) if log_mul else yarn_mscale(factor))
+        * _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0),
     }
 
 
@@ -650,6 +682,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
+    if model_type == "ministral3":
+        beta = (hf.get("rope_parameters") or hf.get("rope_scaling") or {}).get("llama_4_scaling_beta") or 0.0
+        _attn_temperature(cfg, _get_float({"llama_4_scaling_beta": beta}, "llama_4_scaling_beta", source,
+                                          positive=False), source, "llama_4_scaling_beta")
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     _set_rope_tables(cfg)

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from .config import SMOLLM3_NO_ROPE_INTERVAL
+from .config import GGUF_PERMUTED_QK_ARCHS, SMOLLM3_NO_ROPE_INTERVAL
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, row_nbytes, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
@@ -50,7 +50,7 @@ def _is_1d(name: str) -> bool:
 def _tensor_plan(loaded):
     """(name, WeightTensor, permute_heads or None) in a stable order."""
     cfg = loaded.config
-    permute = loaded.format == "safetensors" and cfg.arch in ("llama", "smollm3")   # llama.cpp's NORM rope type
+    permute = loaded.format == "safetensors" and cfg.arch in GGUF_PERMUTED_QK_ARCHS   # llama.cpp's NORM rope type
     for name, w in loaded.weights.items():
         heads = None
         if permute and (".attn_q." in name or ".attn_k." in name):
@@ -151,6 +151,8 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
+    if c.attn_temperature is not None:   # mistral3's query temperature (its floor: YaRN's original context)
+        writer.add_f32(f"{arch}.attention.temperature_scale", c.attn_temperature[0])
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
     windows = c.windows()
