@@ -122,12 +122,12 @@ ARCH_SPECS = {
         tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-5, seed=16, explicit_head_dim=32,
     ),
     # Mistral 3 (Ministral 3, Devstral Small 2; HF ministral3): Llama with YaRN (mscale and
-    # mscale_all_dim 1) and the Llama 4 query temperature past the original context (128 here,
-    # the model's n_ctx 512), wide heads as Ministral's.
+    # mscale_all_dim 1) and the Llama 4 query temperature from the original context on (16 here,
+    # so the tests' 24-64 positions take factors 1 to 1 + 0.1 ln 4), wide heads as Ministral's.
     "ministral3": TinySpec(
         name="ministral3", arch="mistral3", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
-        tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-5, seed=17, explicit_head_dim=32, n_ctx=512,
-        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
+        tie_embeddings=False, rope_theta=1000000.0, rms_eps=1e-5, seed=17, explicit_head_dim=32, n_ctx=256,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
                       "llama_4_scaling_beta": 0.1},
     ),

@@ -1,49 +1,47 @@
 """Mistral 3 (GGUF arch `mistral3`, HF `ministral3`: Ministral 3, Devstral Small 2): Llama with YaRN
 (mscale and mscale_all_dim 1, llama.cpp's yarn_log_multiplier) and the Llama 4 query temperature,
-q times 1 + beta ln(floor(pos / original) + 1), which is 1 below YaRN's original context. A tiny
-random Ministral3ForCausalLM as an HF directory and as GGUF against transformers, within that
-context (forgert runs only there, and says so past it)."""
+q times 1 + beta ln(floor(pos / original) + 1) from YaRN's original context on. A tiny random
+Ministral3ForCausalLM (original context 16, so the shared checks' 24-64 positions cross three
+temperature steps) as an HF directory and as GGUF against transformers, on the CPU and the
+emulated Metal device."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 
 import arch_e2e as ae
 
 tm, reference = ae.model_fixtures("ministral3")
-ORIGINAL = 128
 
 
 class TestAgreesWithTransformers(ae.AgreesWithTransformers):
     pass
 
 
-def test_yarn_is_visible(tm):
-    """The check is only a check if the YaRN frequencies matter: the same weights with plain RoPE
-    give logits far beyond the F32 bound at 64 positions."""
-    import copy
+def _variant(tm, **rope):
+    """The tiny model's weights under other rope_parameters."""
     from transformers import Ministral3ForCausalLM
     cfg = copy.deepcopy(tm.model.config)
-    r = cfg.rope_parameters
-    cfg.rope_parameters = {"rope_type": "default", "rope_theta": r["rope_theta"],   # the temperature's keys kept
-                           "llama_4_scaling_beta": r["llama_4_scaling_beta"],
-                           "original_max_position_embeddings": r["original_max_position_embeddings"]}
-    plain = Ministral3ForCausalLM(cfg).float().eval()
-    plain.load_state_dict(tm.model.state_dict())
-    ae.assert_visible(tm.model, plain, ae.token_ids(tm, 64, 1))
+    cfg.rope_parameters = {**cfg.rope_parameters, **rope}
+    m = Ministral3ForCausalLM(cfg).float().eval()
+    m.load_state_dict(tm.model.state_dict())
+    return m
+
+
+def test_yarn_and_temperature_are_visible(tm):
+    """The checks are only checks if both features matter at the positions they run: plain RoPE,
+    or no query temperature, moves 64 positions' logits far beyond the F32 bound."""
+    ids = ae.token_ids(tm, 64, 1)
+    ae.assert_visible(tm.model, _variant(tm, rope_type="default"), ids)
+    ae.assert_visible(tm.model, _variant(tm, llama_4_scaling_beta=0.0), ids)
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-Q8_0"])
-def test_context_stops_where_the_temperature_starts(forgert, tm, fmt):
-    """The default context is the original one (the model's own is 512), and a longer one is refused
-    naming what forgert does not implement."""
-    m = forgert.Model(str(tm.path(fmt)), backend="cpu")
-    assert m.n_ctx == ORIGINAL and m.info()["arch"] == "mistral3"
-    assert f"query temperature (beta 0.1) from position {ORIGINAL}: forgert runs contexts up to it" in \
-        m.info()["features"]
-    assert forgert.Model(str(tm.path(fmt)), backend="cpu", n_ctx=ORIGINAL).n_ctx == ORIGINAL
-    with pytest.raises(ValueError, match=f"n_ctx=512 is past .* original context of {ORIGINAL} tokens.*attention "
-                                         f"temperature.*n_ctx <= {ORIGINAL}"):
-        forgert.Model(str(tm.path(fmt)), backend="cpu", n_ctx=512)
+def test_info_names_the_temperature(forgert, tm, fmt):
+    info = forgert.Model(str(tm.path(fmt)), backend="cpu").info()
+    assert info["arch"] == "mistral3"
+    assert "query temperature 1 + 0.1 ln(floor(pos / 16) + 1)" in info["features"]
 
 
 def test_gguf_keys_are_the_converters(tm):

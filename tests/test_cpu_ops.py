@@ -843,6 +843,38 @@ def test_rope_kv_write_partial_and_scaled(ops_for, backend, neox, rope_dim, fact
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("neox,rope_dim", [(False, 64), (True, 48)], ids=["adjacent", "neox_partial"])
+def test_rope_kv_write_query_temperature(ops_for, backend, neox, rope_dim):
+    """Llama 4 / Mistral 3's query temperature: each query row (every dim, its unrotated tail too)
+    times 1 + beta ln(floor(pos / floor) + 1) after the turn, as transformers'
+    get_llama_4_attn_scale computes it (here in f64); keys and caches untouched by it. Positions
+    12..35 with floor 16 take factors 1, 1 + 0.1 ln 2 and 1 + 0.1 ln 3; those below the floor
+    keep the plain rotation's bits."""
+    n, pos0, n_heads, n_kv_heads, head_dim, n_ctx, beta, floor = 24, 12, 4, 2, 64, 40, 0.1, 16
+    rng = rng_for("rope_qtemp", neox, rope_dim)
+    q = randn(rng, n, n_heads * head_dim)
+    k = randn(rng, n, n_kv_heads * head_dim, scale=3.0)
+    v = randn(rng, n, n_kv_heads * head_dim)
+    cache = np.zeros((n_ctx, n_kv_heads * head_dim), np.float16)
+    freqs = rope_freqs(rope_dim)
+    ops = ops_for(backend)
+    args = (q, k, v, cache, cache.copy(), freqs, pos0, n_heads, n_kv_heads, head_dim, neox)
+    plain = ops.rope_kv_write(*args, rope_dim=rope_dim)
+    q_out, k_out, kc, vc = ops.rope_kv_write(*args, rope_dim=rope_dim, q_temp_beta=beta, q_temp_floor=floor)
+    pos = np.arange(pos0, pos0 + n)
+    scale = 1 + beta * np.log(np.floor(pos / floor) + 1)             # 1 below 16, 1.069 at 16..31, 1.110 at 32..
+    q_ref = rope_reference(q, freqs[:rope_dim // 2], pos0, n_heads, head_dim, neox, rope_dim) * scale[:, None]
+    # measured nmse ~1e-15 (the f32 angle and the f32 factor); bound as test_rope_kv_write's
+    assert nmse(q_out, q_ref) < 3e-8
+    assert nmse(q_out, rope_reference(q, freqs[:rope_dim // 2], pos0, n_heads, head_dim, neox, rope_dim)) > 1e-3
+    np.testing.assert_array_equal(q_out[pos < floor], plain[0][pos < floor])
+    for got, want in zip((k_out, kc, vc), plain[1:]):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="q_temp_floor > 0"):
+        ops.rope_kv_write(*args, rope_dim=rope_dim, q_temp_beta=beta, q_temp_floor=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_rope_kv_write_one_row_after_another(ops_for, backend):
     """A decode row's angles are kept for the next call at the same position (a token's layers
     share them, cpu_backend.h RopeAngleCache): one backend, one-row calls in turn at the same

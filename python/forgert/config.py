@@ -92,13 +92,8 @@ class ModelConfig:
     final_softcap: float = 0.0       # > 0: logits soft-capped the same way
     norm_shift: float = 0.0          # added to every RMSNorm weight on load (HF Gemma stores w for 1 + w)
     # Llama 4 / Mistral 3 query temperature (beta, floor): q *= 1 + beta ln(floor(pos / floor) + 1),
-    # 1 below position `floor` (the YaRN original context); forgert runs only those positions.
+    # 1 below position `floor` (the YaRN original context). None: none.
     attn_temperature: tuple | None = None
-
-    @property
-    def max_n_ctx(self) -> int | None:
-        """The longest context forgert runs this model at, where one architecture's feature limits it."""
-        return None if self.attn_temperature is None else int(self.attn_temperature[1])
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -140,8 +135,8 @@ class ModelConfig:
         elif s:
             out.append(f"{s['type']} RoPE scaling")
         if self.attn_temperature is not None:
-            out.append(f"query temperature (beta {self.attn_temperature[0]:g}) from position "
-                       f"{self.attn_temperature[1]}: forgert runs contexts up to it")
+            out.append(f"query temperature 1 + {self.attn_temperature[0]:g} ln(floor(pos / "
+                       f"{self.attn_temperature[1]}) + 1)")
         if self.rope_dim is not None and self.rope_dim != self.head_dim:
             out.append(f"partial rotary ({self.rope_dim} of {self.head_dim} dims)")
         nope = [i for i, t in enumerate(self.layer_rope or []) if t < 0]
@@ -188,6 +183,8 @@ class ModelConfig:
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
+        if self.attn_temperature is not None:
+            d.update(attn_temp_beta=float(self.attn_temperature[0]), attn_temp_floor=int(self.attn_temperature[1]))
         if self.n_expert:
             d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
                      expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)

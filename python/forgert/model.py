@@ -220,11 +220,7 @@ class Model:
         self._model = load_model(self.path)
         cfg = self._model.config
         if n_ctx is None:
-            n_ctx = min(cfg.context_length, DEFAULT_N_CTX_CAP, cfg.max_n_ctx or DEFAULT_N_CTX_CAP)
-        elif cfg.max_n_ctx is not None and n_ctx > cfg.max_n_ctx:
-            raise ValueError(f"n_ctx={n_ctx} is past {self._model.name}'s original context of {cfg.max_n_ctx} "
-                             f"tokens, beyond which its attention temperature (Llama 4 / Mistral 3 query "
-                             f"scaling) applies; forgert does not implement it: use n_ctx <= {cfg.max_n_ctx}")
+            n_ctx = min(cfg.context_length, DEFAULT_N_CTX_CAP)
         elif n_ctx > cfg.context_length:
             warnings.warn(f"n_ctx={n_ctx} is longer than the {cfg.context_length} tokens "
                           f"{self._model.name} was trained on; quality may drop past that", stacklevel=2)

@@ -152,8 +152,10 @@ typedef struct {
     int32_t rope_dim;  // the first rope_dim dims of a head rotate (0: none, NoPE); the rest pass through
     float attn_factor; // multiplies cos and sin (YaRN, LongRoPE)
     int32_t has_rows;  // 1: slot 7 holds each row's (position, first cache row); pos0 unused
+    float q_temp_beta;    // query temperature (Llama 4, Mistral 3): a query row times
+    int32_t q_temp_floor; // 1 + beta ln(floor(pos / floor) + 1) (1 below floor); beta 0: off
 } rope_kv_write_args;
-FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 64, "rope_kv_write_args layout");
+FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 72, "rope_kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The span keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut

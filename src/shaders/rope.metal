@@ -13,7 +13,7 @@ using namespace metal;
 // (the key's f16 cache row, its unrotated tail included). Adjacent pairs move as one float2
 // (half2 in the cache), so a simdgroup's loads and stores cover whole lines.
 static inline void rope_head(device float* xh, device half* cache_h, threadgroup const float2* cs,
-                             int head_dim, int rope_dim, int neox, int first, int step) {
+                             int head_dim, int rope_dim, int neox, int first, int step, float scale) {
     const int half_rot = rope_dim / 2;
     for (int j = first; j < half_rot; j += step) {
         const float c = cs[j].x;
@@ -21,8 +21,8 @@ static inline void rope_head(device float* xh, device half* cache_h, threadgroup
         if (neox != 0) {
             const float a = xh[j];
             const float b = xh[j + half_rot];
-            const float ra = a * c - b * s;
-            const float rb = a * s + b * c;
+            const float ra = (a * c - b * s) * scale;
+            const float rb = (a * s + b * c) * scale;
             xh[j] = ra;
             xh[j + half_rot] = rb;
             if (cache_h) {
@@ -31,13 +31,15 @@ static inline void rope_head(device float* xh, device half* cache_h, threadgroup
             }
         } else {
             const float2 ab = ((device const float2*)xh)[j];
-            const float2 r = float2(ab.x * c - ab.y * s, ab.x * s + ab.y * c);
+            const float2 r = float2(ab.x * c - ab.y * s, ab.x * s + ab.y * c) * scale;
             ((device float2*)xh)[j] = r;
             if (cache_h) ((device half2*)cache_h)[j] = half2(r);
         }
     }
     if (cache_h) {
         for (int i = rope_dim + first; i < head_dim; i += step) cache_h[i] = half(xh[i]);
+    } else if (scale != 1.0f) {  // a query's unrotated tail takes its temperature too
+        for (int i = rope_dim + first; i < head_dim; i += step) xh[i] *= scale;
     }
 }
 
@@ -75,6 +77,9 @@ kernel void rope_kv_write_f32(
         cs[j] = float2((c0 - angle_err * s0) * args.attn_factor, (s0 + angle_err * c0) * args.attn_factor);
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
+    // The query temperature (RopeKvParams::q_temperature): 1 below the floor, times x exactly 1.
+    const float q_scale = args.q_temp_beta != 0.0f && p >= args.q_temp_floor
+        ? 1.0f + args.q_temp_beta * precise::log(float(p / args.q_temp_floor) + 1.0f) : 1.0f;
 
     const int lanes = min(int(ntg.x), FG_ROPE_LANES(args.head_dim));  // threads per head
     const int slot = tiitg / lanes;
@@ -83,12 +88,12 @@ kernel void rope_kv_write_f32(
     for (int h = slot; h < args.n_heads + 2 * args.n_kv_heads; h += n_slots) {
         if (h < args.n_heads) {
             device float* qh = (device float*)(q + t * args.q_stride) + h * args.head_dim;
-            rope_head(qh, nullptr, cs, args.head_dim, args.rope_dim, args.neox, lane, lanes);
+            rope_head(qh, nullptr, cs, args.head_dim, args.rope_dim, args.neox, lane, lanes, q_scale);
         } else if (h < args.n_heads + args.n_kv_heads) {
             const int kh = h - args.n_heads;
             device float* kr = (device float*)(k + t * args.k_stride) + kh * args.head_dim;
             device half* cr = (device half*)(k_cache + cache_row * args.cache_stride) + kh * args.head_dim;
-            rope_head(kr, cr, cs, args.head_dim, args.rope_dim, args.neox, lane, lanes);
+            rope_head(kr, cr, cs, args.head_dim, args.rope_dim, args.neox, lane, lanes, 1.0f);
         } else {
             const int vh = h - args.n_heads - args.n_kv_heads;
             device const float* vr = (device const float*)(v + t * args.v_stride) + vh * args.head_dim;

@@ -89,6 +89,10 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_neox = get<bool>(d, "rope_neox");
     c.rope_dim = d.contains("rope_dim") ? get<int>(d, "rope_dim") : c.head_dim;
     if (d.contains("rope_attn_factor")) c.rope_attn_factor = get<float>(d, "rope_attn_factor");
+    if (d.contains("attn_temp_beta")) {
+        c.attn_temp_beta = get<float>(d, "attn_temp_beta");
+        c.attn_temp_floor = get<int>(d, "attn_temp_floor");
+    }
     auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(d["rope_freqs"]);
     if (!f) throw InputError("rope_freqs must be a float array");
     c.rope_freqs.assign(f.data(), f.data() + f.size());

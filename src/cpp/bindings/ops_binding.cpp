@@ -204,7 +204,8 @@ public:
 
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
-                            int head_dim, bool neox, int rope_dim, float attn_factor, const std::optional<I32>& rows) {
+                            int head_dim, bool neox, int rope_dim, float attn_factor, const std::optional<I32>& rows,
+                            float q_temp_beta, int q_temp_floor) {
         const U16 kc = f16_bits(k_cache_in, "k_cache"), vc = f16_bits(v_cache_in, "v_cache");
         need(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
              "need n_heads, n_kv_heads > 0 and an even head_dim");
@@ -217,6 +218,8 @@ public:
         if (rope_dim < 0) rope_dim = head_dim;
         need(rope_dim <= head_dim && rope_dim % 2 == 0, "rope_dim must be even and <= head_dim (0: no rotation)");
         need(attn_factor > 0.0f && std::isfinite(attn_factor), "attn_factor must be a positive number");
+        need(std::isfinite(q_temp_beta) && (q_temp_beta == 0.0f || q_temp_floor > 0),
+             "q_temp_beta must be finite, with q_temp_floor > 0 when it is not 0");
         need(freqs.size() == std::max(rope_dim / 2, 1), "freqs must have rope_dim / 2 entries");
         if (rows)
             check_row_table(*rows, rows_of(q), kc.shape(0));
@@ -225,7 +228,7 @@ public:
         Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs), T;
         Tensor KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim), VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
         const RowPositions at = positions(pos0, rows, T);
-        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, at, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor}); });
+        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, at, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor, q_temp_beta, q_temp_floor}); });
         F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols}), k_out(std::vector<py::ssize_t>{K.rows, K.cols});
         U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
         be_->read(q_out.mutable_data(), Q, Q.nbytes());
@@ -409,7 +412,7 @@ void bind_ops(py::module_& m) {
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f,
-             py::arg("rows") = py::none())
+             py::arg("rows") = py::none(), py::arg("q_temp_beta") = 0.0f, py::arg("q_temp_floor") = 0)
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
              py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
              py::arg("softcap") = 0.0f, py::arg("sinks") = py::none(), py::arg("rows") = py::none())

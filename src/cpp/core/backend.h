@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
@@ -31,8 +32,17 @@ struct RopeKvParams {
                            // 0: all of head_dim; even, <= head_dim
     bool nope = false;     // no rotation at all (SmolLM3's NoPE layers): k and v are only cached
     float attn_factor = 1.0f;  // multiplies cos and sin (YaRN's mscale, LongRoPE's scaling factor)
+    // Llama 4 / Mistral 3 query temperature: each query row (all its dims, after the rotation)
+    // times q_temperature(pos) = 1 + q_temp_beta ln(floor(pos / q_temp_floor) + 1), which is 1
+    // below position q_temp_floor; off when q_temp_beta is 0.
+    float q_temp_beta = 0.0f;
+    int q_temp_floor = 0;
 
     int rotated_dims() const { return nope ? 0 : (rope_dim > 0 ? rope_dim : head_dim); }
+    float q_temperature(int64_t pos) const {
+        if (q_temp_beta == 0.0f || pos < q_temp_floor) return 1.0f;
+        return (float)(1.0 + (double)q_temp_beta * std::log((double)(pos / q_temp_floor) + 1.0));
+    }
 };
 
 struct AttentionParams {

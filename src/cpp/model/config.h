@@ -23,6 +23,9 @@ struct ModelConfig {
     bool rope_neox = false; // see RopeKvParams::neox
     int rope_dim = 0;       // rotated dims per head (partial rotary); 0: all of head_dim
     float rope_attn_factor = 1.0f;  // multiplies cos and sin (YaRN's mscale, LongRoPE)
+    // Query temperature (Llama 4, Mistral 3): see RopeKvParams::q_temp_beta; 0: none.
+    float attn_temp_beta = 0.0f;
+    int attn_temp_floor = 0;
     // RoPE frequency tables, [n_tables][rope_dim / 2] flattened, scaling already applied;
     // layer l uses table layer_rope[l], or no RoPE at all when it is -1 (SmolLM3's NoPE
     // layers). Several tables: Gemma 3's local and global layers have different bases.

@@ -194,7 +194,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     const double t1 = profiling_ ? now_s() : 0;
 
     RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox, cfg_.rope_dim, false,
-                    cfg_.rope_attn_factor};
+                    cfg_.rope_attn_factor, cfg_.attn_temp_beta, cfg_.attn_temp_floor};
     AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.attention_scale(), 0, cfg_.attn_softcap};
     // x += w in, through the fused projection-and-add; a post-norm (Gemma's sandwich) sits
     // between the projection and the add, so there the projection goes to scratch first and

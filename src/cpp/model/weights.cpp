@@ -72,6 +72,9 @@ void ModelConfig::validate() const {
              std::to_string(half));
     need(rope_attn_factor > 0.0f && std::isfinite(rope_attn_factor),
          "rope_attn_factor = " + std::to_string(rope_attn_factor) + " must be a positive number");
+    need(std::isfinite(attn_temp_beta) && (attn_temp_beta == 0.0f || attn_temp_floor > 0),
+         "attn_temp_beta = " + std::to_string(attn_temp_beta) + " needs a finite value and attn_temp_floor > 0, got " +
+             std::to_string(attn_temp_floor));
     need(layer_rope.empty() || (int64_t)layer_rope.size() == n_layers,
          "layer_rope has " + std::to_string(layer_rope.size()) + " entries for " + std::to_string(n_layers) + " layers");
     for (size_t l = 0; l < layer_rope.size(); l++)

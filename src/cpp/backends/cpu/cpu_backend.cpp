@@ -517,6 +517,10 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
                 rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
                 rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
             }
+            if (const float qt = p.q_temperature(pos); qt != 1.0f) {  // the query temperature, after the turn
+                float* qr = row_f32(q, t);
+                for (int64_t i = 0; i < (int64_t)p.n_heads * p.head_dim; i++) qr[i] *= qt;
+            }
             k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, cache_row), k.cols);
             k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, cache_row), v.cols);
         }

@@ -467,6 +467,8 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     a.rope_dim = rot;
     a.attn_factor = p.attn_factor;
     a.has_rows = at.table ? 1 : 0;
+    a.q_temp_beta = p.q_temp_beta;
+    a.q_temp_floor = p.q_temp_floor;
     // Bound from row pos0 on, so the hazard tracker sees exactly the rows written; a batch's
     // rows land anywhere in the caches (the table says where), so they are bound whole.
     const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
