@@ -50,3 +50,16 @@ def test_gguf_keys_are_the_converters(tm):
     assert bytes(r.fields["general.architecture"].parts[-1]).decode() == "mistral3"
     assert float(r.fields["mistral3.attention.temperature_scale"].parts[-1][0]) == pytest.approx(0.1)
     assert float(r.fields["mistral3.rope.scaling.yarn_log_multiplier"].parts[-1][0]) == 1.0
+
+
+def test_quantized_export_writes_the_converters_yarn_keys(tm, tmp_path):
+    """`forgert quantize` of the HF directory writes YaRN's attention factor as the mistral3
+    converter does (yarn_log_multiplier = mscale_all_dim, 1 here), and the temperature."""
+    import gguf
+    from forgert.gguf_export import export_gguf
+    out = tmp_path / "exported.gguf"
+    export_gguf(str(tm.path("hf-F32")), str(out), "f32", log=lambda msg: None)
+    f = gguf.GGUFReader(str(out)).fields
+    assert float(f["mistral3.rope.scaling.yarn_log_multiplier"].parts[-1][0]) == pytest.approx(1.0, abs=1e-6)
+    assert "mistral3.rope.scaling.attn_factor" not in f
+    assert float(f["mistral3.attention.temperature_scale"].parts[-1][0]) == pytest.approx(0.1)

@@ -11,6 +11,7 @@ the metadata and tokenizer (byte-level BPE only) are written under llama.cpp's k
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -190,7 +191,12 @@ def _write_hf_metadata(writer, loaded):
         writer.add_f32(f"{arch}.rope.scaling.yarn_beta_fast", r["beta_fast"])
         writer.add_f32(f"{arch}.rope.scaling.yarn_beta_slow", r["beta_slow"])
         ratio = c.rope_attn_factor / yarn_mscale(r["factor"])
-        if abs(ratio - 1.0) > 1e-7:
+        if arch == "mistral3" and r["factor"] > 1:
+            # its converter's form: mscale_all_dim as yarn_log_multiplier, the attention factor being
+            # yarn_mscale(factor) / yarn_mscale(factor, mscale_all_dim) (1 for Ministral 3's 1 and 1)
+            writer.add_f32(f"{arch}.rope.scaling.yarn_log_multiplier",
+                           (yarn_mscale(r["factor"]) / c.rope_attn_factor - 1.0) / (0.1 * math.log(r["factor"])))
+        elif abs(ratio - 1.0) > 1e-7:
             writer.add_f32(f"{arch}.rope.scaling.attn_factor", ratio)
     elif kind == "longrope":
         # llama.cpp's phi3 form: both divisor sets as tensors, the cos/sin scale and original context as keys
