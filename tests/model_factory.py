@@ -38,7 +38,7 @@ _TOKENIZER_CORPUS = (
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3" | "mistral3"
+    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3" | "mistral3" | "granite"
     hidden: int
     n_layers: int
     n_heads: int
@@ -59,6 +59,7 @@ class TinySpec:
     bias_scale: float = 0.2       # std of the random biases
     explicit_head_dim: int | None = None   # config.head_dim when it is not hidden // n_heads (Qwen3)
     no_rope_layers: tuple | None = None    # SmolLM3: 1 = RoPE, 0 = none, per layer
+    multipliers: dict | None = None        # Granite: embedding / residual / attention multipliers, logits_scaling
 
     @property
     def head_dim(self) -> int:
@@ -130,6 +131,13 @@ ARCH_SPECS = {
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
                       "llama_4_scaling_beta": 0.1},
+    ),
+    # Granite 3: Llama with four multipliers, each far from 1 so that dropping one shows.
+    "granite": TinySpec(
+        name="granite", arch="granite", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-5, seed=18,
+        multipliers={"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.1,
+                     "logits_scaling": 4.0},
     ),
     # SmolLM3: Llama with no RoPE on every fourth layer (layer 3 of 0..4), tied.
     "smollm3_tied": TinySpec(
@@ -221,6 +229,9 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "granite":
+        from transformers import GraniteConfig, GraniteForCausalLM
+        model = GraniteForCausalLM(GraniteConfig(pad_token_id=None, **spec.multipliers, **common))
     elif spec.arch == "mistral3":
         from transformers import Ministral3Config, Ministral3ForCausalLM
         rope = {**common.pop("rope_scaling"), "rope_theta": common.pop("rope_theta")}
@@ -350,7 +361,7 @@ def _gguf_name(hf_name: str) -> str:
 
 # Architectures whose converter (LlamaModel and its subclasses) permutes Q/K for llama.cpp's
 # adjacent-pair RoPE; Qwen2/Qwen3 keep HF's half-split layout (llama.cpp's NEOX rope type).
-PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3")
+PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
 
 
 def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
@@ -445,6 +456,12 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         if spec.arch == "mistral3":          # its converter's extra keys: mscale_all_dim, the query temperature
             w.add_float32(f"{arch}.rope.scaling.yarn_log_multiplier", rs["mscale_all_dim"])
             w.add_float32(f"{arch}.attention.temperature_scale", rs["llama_4_scaling_beta"])
+    if spec.arch == "granite":               # its converter's multiplier keys
+        m = spec.multipliers
+        w.add_float32(f"{arch}.embedding_scale", m["embedding_multiplier"])
+        w.add_float32(f"{arch}.residual_scale", m["residual_multiplier"])
+        w.add_float32(f"{arch}.attention.scale", m["attention_multiplier"])
+        w.add_float32(f"{arch}.logit_scale", m["logits_scaling"])
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8}[type_name])
 

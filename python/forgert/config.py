@@ -10,17 +10,19 @@ from . import gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "mistral3", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe",
+SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe",
                    "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
-                  "gpt_oss": "gpt-oss", "ministral3": "mistral3",
+                  "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
 # original context (ModelConfig.attn_temperature).
-_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama"}
+# Granite (IBM Granite 3) is Llama with four multipliers (ModelConfig's granite fields).
+_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+              "granite": "llama"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
@@ -28,7 +30,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
-GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3")
+GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
 # key) and its window pattern (every second layer full attention, from layer 1; no GGUF key either).
 GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
@@ -94,6 +96,10 @@ class ModelConfig:
     # Llama 4 / Mistral 3 query temperature (beta, floor): q *= 1 + beta ln(floor(pos / floor) + 1),
     # 1 below position `floor` (the YaRN original context). None: none.
     attn_temperature: tuple | None = None
+    # Granite: each sub-layer's output times residual_scale before the residual add; the logits
+    # divided by logit_scale (its embedding and attention multipliers are embed_scale, attn_scale).
+    residual_scale: float = 1.0
+    logit_scale: float = 1.0
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -134,6 +140,8 @@ class ModelConfig:
                        f"(attention factor {self.rope_attn_factor:.4g}; long factors when n_ctx exceeds it)")
         elif s:
             out.append(f"{s['type']} RoPE scaling")
+        if self.residual_scale != 1.0 or self.logit_scale != 1.0:
+            out.append(f"sub-layer outputs times {self.residual_scale:g}, logits divided by {self.logit_scale:g}")
         if self.attn_temperature is not None:
             out.append(f"query temperature 1 + {self.attn_temperature[0]:g} ln(floor(pos / "
                        f"{self.attn_temperature[1]}) + 1)")
@@ -185,15 +193,17 @@ class ModelConfig:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
         if self.attn_temperature is not None:
             d.update(attn_temp_beta=float(self.attn_temperature[0]), attn_temp_floor=int(self.attn_temperature[1]))
+        if self.residual_scale != 1.0 or self.logit_scale != 1.0:
+            d.update(residual_scale=float(self.residual_scale), logit_scale=float(self.logit_scale))
         if self.n_expert:
             d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
                      expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)
         if self.swiglu_limit:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
+        if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
+            d.update(embed_scale=float(self.embed_scale), attn_scale=float(self.attn_scale or 0.0))
         if self.arch in gemma.GEMMA_ARCHS:
-            d.update(ffn_act=self.ffn_act, embed_scale=float(self.embed_scale),
-                     attn_scale=float(self.attn_scale or 0.0), attn_softcap=float(self.attn_softcap),
-                     final_softcap=float(self.final_softcap))
+            d.update(ffn_act=self.ffn_act, attn_softcap=float(self.attn_softcap), final_softcap=float(self.final_softcap))
         return d
 
 
@@ -371,6 +381,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
+    if arch == "granite":
+        _granite_gguf(meta, p, cfg, source)
     if arch == "mistral3":
         _attn_temperature(cfg, _get_float(meta, p + "attention.temperature_scale", source, default=0.0,
                                           positive=False), source, "attention.temperature_scale")
@@ -475,6 +487,24 @@ def _hf_no_rope_layers(hf: dict, n_layers: int, source) -> list:
     if not isinstance(flags, list) or len(flags) != n_layers or any(f not in (0, 1) for f in flags):
         _fail(source, f"no_rope_layers must list 0 or 1 for each of the {n_layers} layers, got {flags!r}")
     return [0 if f else -1 for f in flags]
+
+
+def _granite_gguf(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp's granite keys: logit_scale (required), residual_scale, embedding_scale and
+    attention.scale (0 or absent: none), and rope.scaling.finetuned, false meaning no RoPE at all."""
+    cfg.logit_scale = _get_float(meta, p + "logit_scale", source)
+    for key, field in (("residual_scale", "residual_scale"), ("embedding_scale", "embed_scale"),
+                       ("attention.scale", "attn_scale")):
+        v = _get_float(meta, p + key, source, default=0.0, positive=False)
+        if v < 0:
+            _fail(source, f"metadata '{p}{key}' must not be negative, got {v}")
+        if v:
+            setattr(cfg, field, v)
+    finetuned = meta.get(p + "rope.scaling.finetuned", True)
+    if not isinstance(finetuned, bool):
+        _fail(source, f"metadata '{p}rope.scaling.finetuned' must be a bool, got {finetuned!r}")
+    if not finetuned:
+        cfg.layer_rope = [-1] * cfg.n_layers
 
 
 def _attn_temperature(cfg: ModelConfig, beta: float, source, key: str) -> None:
@@ -679,6 +709,11 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
+    if model_type == "granite":
+        cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)
+        cfg.attn_scale = _get_float(hf, "attention_multiplier", source, default=cfg.head_dim ** -0.5)
+        cfg.residual_scale = _get_float(hf, "residual_multiplier", source, default=1.0)
+        cfg.logit_scale = _get_float(hf, "logits_scaling", source, default=1.0)
     if model_type == "ministral3":
         beta = (hf.get("rope_parameters") or hf.get("rope_scaling") or {}).get("llama_4_scaling_beta") or 0.0
         _attn_temperature(cfg, _get_float({"llama_4_scaling_beta": beta}, "llama_4_scaling_beta", source,

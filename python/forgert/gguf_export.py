@@ -152,6 +152,11 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
+    if arch == "granite":   # its converter's four multipliers
+        writer.add_f32(f"{arch}.logit_scale", c.logit_scale)
+        writer.add_f32(f"{arch}.residual_scale", c.residual_scale)
+        writer.add_f32(f"{arch}.embedding_scale", c.embed_scale)
+        writer.add_f32(f"{arch}.attention.scale", c.attn_scale or c.head_dim ** -0.5)
     if c.attn_temperature is not None:   # mistral3's query temperature (its floor: YaRN's original context)
         writer.add_f32(f"{arch}.attention.temperature_scale", c.attn_temperature[0])
     if c.n_expert:

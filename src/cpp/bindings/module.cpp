@@ -111,6 +111,8 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("attn_scale")) c.attn_scale = get<float>(d, "attn_scale");
     if (d.contains("attn_softcap")) c.attn_softcap = get<float>(d, "attn_softcap");
     if (d.contains("final_softcap")) c.final_softcap = get<float>(d, "final_softcap");
+    if (d.contains("residual_scale")) c.residual_scale = get<float>(d, "residual_scale");
+    if (d.contains("logit_scale")) c.logit_scale = get<float>(d, "logit_scale");
     if (d.contains("ffn_act")) {
         const std::string act = get<std::string>(d, "ffn_act");
         if (act != "silu" && act != "gelu_tanh")

@@ -60,6 +60,10 @@ struct ModelConfig {
     float attn_scale = 0.0f;      // attention score scale; 0: 1 / sqrt(head_dim) (Gemma: query_pre_attn_scalar^-0.5)
     float attn_softcap = 0.0f;    // > 0: scores soft-capped, cap * tanh(s / cap) (Gemma 2: 50)
     float final_softcap = 0.0f;   // > 0: logits soft-capped the same way (Gemma 2: 30)
+    // Granite: each sub-layer's output times residual_scale before the residual add, the logits
+    // divided by logit_scale; 1: none.
+    float residual_scale = 1.0f;
+    float logit_scale = 1.0f;
     bool ffn_gelu = false;        // feed-forward gate activation: tanh-GELU (GeGLU) instead of SiLU
     bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }
     // gpt-oss (llama.cpp's arch "gpt-oss"): attention sinks, biases everywhere (q/k/v/o, the

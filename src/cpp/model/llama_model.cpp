@@ -200,6 +200,11 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     // between the projection and the add, so there the projection goes to scratch first and
     // the norm carries the add.
     auto add_projection = [&](const Tensor& w, const Tensor& in, const Tensor& post_norm) {
+        if (cfg_.residual_scale != 1.0f) {  // Granite: x += residual_scale (w in)
+            be.matmul(proj, w, in, rc);
+            be.scale(proj, cfg_.residual_scale);
+            return be.add(x, x, proj);
+        }
         if (!post_norm.rows) return be.matmul_add(x, w, in, proj, rc);
         be.matmul(proj, w, in, rc);
         be.add_rms_norm(x, proj, post_norm, cfg_.rms_eps);  // x += rms_norm(proj) * post_norm
@@ -303,7 +308,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         const Tensor out = logits_rows(nr);
         be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
         be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
-        if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
+        finish_logits(out);
         be_->commit();
         be_->wait();
         be_->read(logits + (all_logits ? (size_t)done * cfg_.vocab : 0), out, (size_t)nr * cfg_.vocab * sizeof(float));
@@ -353,15 +358,23 @@ RowClasses LlamaModel::last_row_classes(const BatchEntry* entries, int n_entries
     return RowClasses::decode(n_decode);
 }
 
+// The output projection's rows made logits: Granite's division, Gemma 2's soft cap.
+void LlamaModel::finish_logits(const Tensor& out) {
+    if (cfg_.logit_scale != 1.0f) be_->scale(out, 1.0f / cfg_.logit_scale);
+    if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
+}
+
 Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
     const Tensor hn = last_rows_normed(entries, n_entries), out = logits_rows(n_entries);
     be_->matmul(out, w_.output, hn, last_row_classes(entries, n_entries));
-    if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);  // ties as the capped logits have them
+    finish_logits(out);  // ties as the capped logits have them
     return out;
 }
 
 void LlamaModel::last_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best) {
-    if (cfg_.final_softcap > 0.0f) {  // the argmax of the capped logits (tanh can merge near values into ties)
+    if (cfg_.final_softcap > 0.0f || cfg_.logit_scale != 1.0f) {
+        // the argmax of the finished logits (tanh can merge near values into ties; the scaled
+        // logits are what the fused kernel's scratch row would otherwise hold unscaled)
         be_->argmax(best, last_row_logits(entries, n_entries));
         return;
     }
@@ -447,7 +460,7 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
         be_->begin();
         be_->rms_norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm, cfg_.rms_eps);
         be_->matmul(out, w_.output, hn, k.decode ? RowClasses::decode(k.m) : RowClasses::prefix());
-        if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
+        finish_logits(out);
         be_->commit();
         return be_->committed();
     };

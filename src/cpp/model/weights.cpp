@@ -92,6 +92,10 @@ void ModelConfig::validate() const {
     finite_at_least("attn_scale", attn_scale, 0.0f);
     finite_at_least("attn_softcap", attn_softcap, 0.0f);
     finite_at_least("final_softcap", final_softcap, 0.0f);
+    finite_at_least("residual_scale", residual_scale, 0.0f);
+    need(std::isfinite(logit_scale) && logit_scale > 0.0f,
+         "logit_scale = " + std::to_string(logit_scale) + " must be a positive number");
+    need(residual_scale == 1.0f || n_expert == 0, "residual_scale with experts is not supported");
     finite_at_least("swiglu_limit", swiglu_limit, 0.0f);
     finite_at_least("swiglu_alpha", swiglu_alpha, 0.0f);
     for (size_t l = 0; l < layer_window.size(); l++)
