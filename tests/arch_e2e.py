@@ -59,6 +59,18 @@ def model_fixtures(spec_name: str):
     return tm, reference
 
 
+def with_config(tm, **changes):
+    """tm's f32 reference weights in its transformers class under a config with `changes` set,
+    for showing that a config feature matters (assert_visible)."""
+    import copy
+    cfg = copy.deepcopy(tm.model.config)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    model = type(tm.model)(cfg).float().eval()
+    model.load_state_dict(tm.model.state_dict())
+    return model
+
+
 def reference_greedy(ref_model, prompt, n: int) -> list:
     """transformers' greedy continuation of n tokens (its own generate loop and KV cache)."""
     import torch

@@ -6,8 +6,6 @@ temperature steps) as an HF directory and as GGUF against transformers, on the C
 emulated Metal device."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 import arch_e2e as ae
@@ -21,12 +19,7 @@ class TestAgreesWithTransformers(ae.AgreesWithTransformers):
 
 def _variant(tm, **rope):
     """The tiny model's weights under other rope_parameters."""
-    from transformers import Ministral3ForCausalLM
-    cfg = copy.deepcopy(tm.model.config)
-    cfg.rope_parameters = {**cfg.rope_parameters, **rope}
-    m = Ministral3ForCausalLM(cfg).float().eval()
-    m.load_state_dict(tm.model.state_dict())
-    return m
+    return ae.with_config(tm, rope_parameters={**tm.model.config.rope_parameters, **rope})
 
 
 def test_yarn_and_temperature_are_visible(tm):

@@ -23,6 +23,11 @@ SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors
 _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
+def shard_names(prefix: str, count: int) -> list[str]:
+    """The names of a split's `count` shards, in order (llama.cpp's llama_split_path)."""
+    return [f"{prefix}-{i + 1:05d}-of-{count:05d}.gguf" for i in range(count)]
+
+
 def shard_paths(path: str, count: int) -> list[str]:
     """The paths of all `count` shards of the split whose shard `path` is."""
     m = _SHARD_NAME.match(os.path.basename(path))
@@ -30,8 +35,7 @@ def shard_paths(path: str, count: int) -> list[str]:
         raise ModelFormatError(f"{os.path.basename(path)}: metadata says it is one of {count} shards of a split "
                                f"GGUF, but its name is not PREFIX-NNNNN-of-{count:05d}.gguf, so the other "
                                f"shards cannot be found (keep the names gguf-split gave them)")
-    folder, prefix = os.path.dirname(path), m["prefix"]
-    return [os.path.join(folder, f"{prefix}-{i + 1:05d}-of-{count:05d}.gguf") for i in range(count)]
+    return [os.path.join(os.path.dirname(path), name) for name in shard_names(m["prefix"], count)]
 
 
 def split_name_parts(filename: str):

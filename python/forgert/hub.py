@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .gguf_split import split_name_parts
+from .gguf_split import shard_names, split_name_parts
 
 HF_PREFIX = "hf:"
 # What forgert reads from an HF checkpoint directory (safetensors_dir.py): configs, tokenizer,
@@ -67,8 +67,7 @@ def _gguf_models(ggufs: list) -> list:
         if parts is None:
             models.append([f])
         elif (parts[0], parts[2]) not in splits:
-            splits[parts[0], parts[2]] = shards = [f"{parts[0]}-{i + 1:05d}-of-{parts[2]:05d}.gguf"
-                                                   for i in range(parts[2])]
+            splits[parts[0], parts[2]] = shards = shard_names(parts[0], parts[2])
             models.append(shards)
     return models
 
