@@ -9,6 +9,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "backends/cpu/cpu_kernels.h"
@@ -21,20 +22,21 @@ using namespace forgert::cpu;
 
 namespace {
 
-bool runs_here(const KernelSet* k) {
-    if (!k) return false;
+// Whether the set of this name runs on this CPU: asked before the set's getter is called, as
+// a set's construction may already use its instructions (runnable_kernel_sets in cpu_kernels.h).
+bool runs_here(const char* name) {
 #if defined(__x86_64__)
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    if (!std::strcmp(k->name, "avx2")) return avx2;
+    if (!std::strcmp(name, "avx2")) return avx2;
 #if FG_CHECK_AVXVNNI_AS_EVEX  // kernels_avxvnni.cpp built with EVEX vpdpbusd for VEX's (test_kernel_sets.py)
-    if (!std::strcmp(k->name, "avx2-vnni"))
+    if (!std::strcmp(name, "avx2-vnni"))
         return avx2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif
-    if (!std::strcmp(k->name, "avx2-vnni")) return cpu_has_avx_vnni();
-    if (!std::strcmp(k->name, "avx512-vnni") || !std::strcmp(k->name, "avx512-amx-emulated"))
+    if (!std::strcmp(name, "avx2-vnni")) return cpu_has_avx_vnni();
+    if (!std::strcmp(name, "avx512-vnni") || !std::strcmp(name, "avx512-amx-emulated"))
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    if (!std::strcmp(k->name, "avx512-amx")) return cpu_has_amx_int8();
+    if (!std::strcmp(name, "avx512-amx")) return cpu_has_amx_int8();
 #endif
     return true;  // neon, neon-i8mm: the test only runs them under qemu -cpu max (dotprod and i8mm)
 }
@@ -720,10 +722,18 @@ int main() {
     int checked = 0;
     // avx512-amx-emulated: the AMX set's few-token decode on tiles emulated by loops (its
     // layouts and finishing checked here; only the instruction mapping needs an AMX CPU).
-    for (const KernelSet* k : {kernels_generic(), kernels_avx2(), kernels_avxvnni(), kernels_avx512(), kernels_amx(),
-                               kernels_amx_emulated(), kernels_neon(), kernels_neon_i8mm()}) {
-        if (k && !std::strcmp(k->name, "avx512-amx") && !runs_here(k)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
-        if (!runs_here(k)) continue;
+    const std::pair<const char*, const KernelSet* (*)()> sets[] = {
+        {"generic", kernels_generic},         {"avx2", kernels_avx2},
+        {"avx2-vnni", kernels_avxvnni},       {"avx512-vnni", kernels_avx512},
+        {"avx512-amx", kernels_amx},          {"avx512-amx-emulated", kernels_amx_emulated},
+        {"neon-dotprod", kernels_neon},       {"neon-i8mm", kernels_neon_i8mm}};
+    for (const auto& [name, get] : sets) {
+#if FORGERT_HAVE_AMX
+        if (!std::strcmp(name, "avx512-amx") && !runs_here(name)) std::printf("avx512-amx: not run (no usable AMX-INT8 here)\n");
+#endif
+        if (!runs_here(name)) continue;
+        const KernelSet* k = get();
+        if (!k) continue;
         for (int cols : {96, 320, 352, 512}) check(k, cols);  // 512: two K-quant super-blocks
         for (int parts : {2, 1}) {  // activations "int16", "int8"
             // quads + a pair + a block, etc.; 1056: 33 blocks, the AMX decode's 8-block chunks 4 times and one block

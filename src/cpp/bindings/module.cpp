@@ -720,9 +720,7 @@ PYBIND11_MODULE(_core, m) {
         py::dict d;
         d["kernels"] = cpu::select_kernels().name;
         d["available"] = py::list();
-        for (auto* k : {cpu::kernels_generic(), cpu::kernels_avx2(), cpu::kernels_avxvnni(), cpu::kernels_avx512(), cpu::kernels_amx(),
-                        cpu::kernels_neon()})
-            if (k) d["available"].cast<py::list>().append(k->name);
+        for (const cpu::KernelSet* k : cpu::runnable_kernel_sets()) d["available"].cast<py::list>().append(k->name);
         // Weight types whose prefill (16+ tokens) runs the int8 GEMM, with FORGERT_CPU_PREFILL's
         // activation parts (2 or 1; 0: f32 panels for every type).
         const int parts = cpu::prefill_int8_parts();

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -141,14 +143,15 @@ const KernelSet* pick() {
         else if (!std::strcmp(want, "avx2") && cpu_has_avx2()) s = kernels_avx2();
         else if (!std::strcmp(want, "avx2vnni") && cpu_has_avx_vnni()) s = kernels_avxvnni();
         else if (!std::strcmp(want, "avx512") && cpu_has_avx512_vnni()) s = kernels_avx512();
-        else if (!std::strcmp(want, "amx") && kernels_amx() && cpu_has_amx_int8()) s = kernels_amx();
+        else if (!std::strcmp(want, "amx") && cpu_has_amx_int8()) s = kernels_amx();
         else if (!std::strcmp(want, "neon") && cpu_has_neon_dotprod()) s = kernels_neon();
         else if (!std::strcmp(want, "i8mm") && cpu_has_neon_i8mm()) s = kernels_neon_i8mm();
         if (!s) throw InputError(std::string("FORGERT_CPU_ISA=") + want +
                                  " is not available on this CPU or build (choose generic, avx2, avx2vnni, avx512, amx, neon, i8mm)");
         return s;
     }
-    if (kernels_amx() && cpu_has_amx_int8()) return kernels_amx();
+    // Each CPU check before its getter: see runnable_kernel_sets.
+    if (cpu_has_amx_int8() && kernels_amx()) return kernels_amx();
     if (cpu_has_avx512_vnni() && kernels_avx512()) return kernels_avx512();
     if (cpu_has_avx_vnni() && kernels_avxvnni()) return kernels_avxvnni();
     if (cpu_has_avx2() && kernels_avx2()) return kernels_avx2();
@@ -191,6 +194,17 @@ int prefill_int8_parts(int parts) {
     if (!std::strcmp(v, "int8")) return 1;
     if (!std::strcmp(v, "f32")) return 0;
     throw InputError(std::string("FORGERT_CPU_PREFILL=") + v + " is not a prefill mode (choose int8x2, int8, f32)");
+}
+
+std::vector<const KernelSet*> runnable_kernel_sets() {
+    std::vector<const KernelSet*> out = {kernels_generic()};
+    const std::pair<bool, const KernelSet* (*)()> sets[] = {
+        {cpu_has_avx2(), kernels_avx2},           {cpu_has_avx_vnni(), kernels_avxvnni},
+        {cpu_has_avx512_vnni(), kernels_avx512},  {cpu_has_amx_int8(), kernels_amx},
+        {cpu_has_neon_dotprod(), kernels_neon},   {cpu_has_neon_i8mm(), kernels_neon_i8mm}};
+    for (const auto& [runs, get] : sets)
+        if (runs && get()) out.push_back(get());
+    return out;
 }
 
 const KernelSet& select_kernels() {

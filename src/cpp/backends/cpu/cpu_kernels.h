@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -222,6 +223,12 @@ const char* panel_prefetch_name(PanelPrefetch p);
 // "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type. Unset or empty:
 // `parts`, the model's activation format (activations="int16": 2, "int8": 1).
 int prefill_int8_parts(int parts = 2);
+
+// Every kernel set this build has that this CPU runs: generic, then each SIMD set whose CPU check
+// passed. A set's getter is called only after its check, here and in select_kernels: a set's code,
+// its construction included, may use the instructions it is for (kernels_amx() copies the
+// AVX-512 set through zmm registers), so merely asking an AVX2-only CPU for it faults.
+std::vector<const KernelSet*> runnable_kernel_sets();
 
 // The best set this CPU supports; FORGERT_CPU_ISA=generic|avx2|avx2vnni|avx512|amx|neon overrides.
 const KernelSet& select_kernels();
