@@ -38,7 +38,7 @@ _TOKENIZER_CORPUS = (
 @dataclass(frozen=True)
 class TinySpec:
     name: str
-    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3" | "mistral3" | "granite"
+    arch: str                      # "llama" | "qwen2" | "qwen3" | "smollm3" | "mistral3" | "granite" | "olmo2" | "exaone4"
     hidden: int
     n_layers: int
     n_heads: int
@@ -60,6 +60,8 @@ class TinySpec:
     explicit_head_dim: int | None = None   # config.head_dim when it is not hidden // n_heads (Qwen3)
     no_rope_layers: tuple | None = None    # SmolLM3: 1 = RoPE, 0 = none, per layer
     multipliers: dict | None = None        # Granite: embedding / residual / attention multipliers, logits_scaling
+    sliding_window: int | None = None      # EXAONE 4: its local layers' window (None: every layer global, RoPE)
+    sliding_window_pattern: int = 4        # EXAONE 4: every pattern-th layer global (and NoPE)
 
     @property
     def head_dim(self) -> int:
@@ -138,6 +140,18 @@ ARCH_SPECS = {
         tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-5, seed=18,
         multipliers={"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.1,
                      "logits_scaling": 4.0},
+    ),
+    # OLMo 2: no pre-norms, RMSNorm on each sub-layer's output and over the whole Q and K
+    # projections; untied, theta 5e5 as the released models.
+    "olmo2": TinySpec(
+        name="olmo2", arch="olmo2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=500000.0, rms_eps=1e-6, seed=19,
+    ),
+    # EXAONE 4 (32B's layout): OLMo 2's post-norms with a per-head QK-norm; layers 0-2 and 4
+    # local (window 8, RoPE), layer 3 global without RoPE; tied, as the 1.2B.
+    "exaone4": TinySpec(
+        name="exaone4", arch="exaone4", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=1000000.0, rms_eps=1e-5, seed=20, sliding_window=8,
     ),
     # SmolLM3: Llama with no RoPE on every fourth layer (layer 3 of 0..4), tied.
     "smollm3_tied": TinySpec(
@@ -232,6 +246,13 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
     elif spec.arch == "granite":
         from transformers import GraniteConfig, GraniteForCausalLM
         model = GraniteForCausalLM(GraniteConfig(pad_token_id=None, **spec.multipliers, **common))
+    elif spec.arch == "olmo2":
+        from transformers import Olmo2Config, Olmo2ForCausalLM
+        model = Olmo2ForCausalLM(Olmo2Config(pad_token_id=None, **common))
+    elif spec.arch == "exaone4":
+        from transformers import Exaone4Config, Exaone4ForCausalLM
+        model = Exaone4ForCausalLM(Exaone4Config(pad_token_id=None, sliding_window=spec.sliding_window,
+                                                 sliding_window_pattern=spec.sliding_window_pattern, **common))
     elif spec.arch == "mistral3":
         from transformers import Ministral3Config, Ministral3ForCausalLM
         rope = {**common.pop("rope_scaling"), "rope_theta": common.pop("rope_theta")}
@@ -328,7 +349,12 @@ def llama3_rope_factors(spec: TinySpec) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def _gguf_name(hf_name: str) -> str:
+# Post-norm-only architectures (OLMo 2, EXAONE 4): HF's post_attention_layernorm is the norm of
+# the attention output, which the converter names post_attention_norm (a Llama's is ffn_norm).
+POST_NORM_ARCHS = ("olmo2", "exaone4")
+
+
+def _gguf_name(hf_name: str, arch: str = "llama") -> str:
     table = {
         "model.embed_tokens.weight": "token_embd.weight",
         "model.norm.weight": "output_norm.weight",
@@ -355,6 +381,8 @@ def _gguf_name(hf_name: str) -> str:
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
+        **({"post_attention_layernorm.weight": "post_attention_norm.weight",
+            "post_feedforward_layernorm.weight": "post_ffw_norm.weight"} if arch in POST_NORM_ARCHS else {}),
     }[rest]
     return f"blk.{i}.{sub}"
 
@@ -369,7 +397,7 @@ def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
     out = {}
     permuted = spec.arch in PERMUTED_QK_ARCHS
     for hf_name, w in hf_state_numpy(model).items():
-        name = _gguf_name(hf_name)
+        name = _gguf_name(hf_name, spec.arch)
         # The converter permutes Q/K biases with their weights (rows of the same projection).
         if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
             w = permute_qk_for_gguf(w, spec.n_heads)
@@ -423,7 +451,8 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
                tensors: dict[str, np.ndarray] | None = None,
                raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
                n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN,
-               split_max_tensors: int = 0, small_first_shard: bool = False) -> Path:
+               split_max_tensors: int = 0, small_first_shard: bool = False,
+               extra_u32: dict[str, int] | None = None) -> Path:
     """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
     bad-file tests drop, reshape or retype tensors; chat_template / eos_token are the
     tokenizer_config.json values the converter's SpecialVocab copies. split_max_tensors > 0
@@ -462,6 +491,12 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_float32(f"{arch}.residual_scale", m["residual_multiplier"])
         w.add_float32(f"{arch}.attention.scale", m["attention_multiplier"])
         w.add_float32(f"{arch}.logit_scale", m["logits_scaling"])
+    if spec.arch == "exaone4" and spec.sliding_window:   # its converter: the window, one bool per layer
+        w.add_sliding_window(spec.sliding_window)
+        w.add_array(f"{arch}.attention.sliding_window_pattern",
+                    [t == "sliding_attention" for t in model.config.layer_types])
+    for key, value in (extra_u32 or {}).items():   # keys a test adds (a file the converter would not write)
+        w.add_uint32(key, value)
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8}[type_name])
 
@@ -604,7 +639,7 @@ def gguf_dequantized_model(tm: TinyModel, type_name: str):
     reverse = {}
     for hf_name in tm.model.state_dict():
         try:
-            reverse[_gguf_name(hf_name)] = hf_name
+            reverse[_gguf_name(hf_name, tm.spec.arch)] = hf_name
         except (KeyError, IndexError):
             continue
     m = copy.deepcopy(tm.model).eval()

@@ -198,7 +198,8 @@ def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
     return write
 
 
-@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2", "tekken", "falcon3", "pixtral", "megrez", "llama4"])
+@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2", "tekken", "falcon3", "pixtral", "megrez", "llama4",
+                                 "olmo", "exaone4"])
 def test_pre_tokenizers_match_transformers(tiny_vocab_gguf, pre):
     transformers = pytest.importorskip("transformers")
     path = tiny_vocab_gguf(pre)

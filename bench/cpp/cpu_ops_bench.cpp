@@ -169,9 +169,12 @@ int main(int argc, char** argv) {
     // not a timing (far slower), taken only when the filter names it: "gemm_q Q4_0x16 1B attn".
     // Llama-3.2-1B's matrix shapes for the kernel-alone cases below (gemm_q, gemm_i8).
     const Shape one_b[] = {{"1B attn_q", 2048, 2048}, {"1B ffn_up", 8192, 2048}, {"1B ffn_down", 2048, 8192}};
-    const cpu::KernelSet* vnni = cpu::kernels_avx512();
-    const bool amx = cpu::kernels_amx() && cpu::cpu_has_amx_int8();
-    const cpu::KernelSet* tiles = amx ? cpu::kernels_amx() : cpu::kernels_amx_emulated();
+    // Sets asked for only where this CPU runs them (their construction may use their instructions).
+    const cpu::KernelSet* vnni = nullptr;
+    for (const cpu::KernelSet* k : cpu::runnable_kernel_sets())
+        if (!std::strcmp(k->name, "avx512-vnni")) vnni = k;
+    const bool amx = cpu::cpu_has_amx_int8() && cpu::kernels_amx();
+    const cpu::KernelSet* tiles = !vnni ? nullptr : amx ? cpu::kernels_amx() : cpu::kernels_amx_emulated();
     if (vnni && tiles && (amx || std::strstr(filter, "gemm_q"))) {
         std::printf("%-30s %6s %6s %5s %5s %10s %10s %7s  (%s vs %s)\n", "gemm_q", "rows", "cols", "n", "parts",
                     "tiles_us", "vnni_us", "speedup", tiles->name, vnni->name);

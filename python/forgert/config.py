@@ -10,25 +10,33 @@ from . import gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
-SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "qwen3moe", "qwen2moe",
-                   "gpt-oss") + gemma.GEMMA_ARCHS
+SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
+                   "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
-                  "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite",
-                  **gemma.HF_GEMMA_MODEL_TYPES}
+                  "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
+                  "exaone4": "exaone4", **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
 # original context (ModelConfig.attn_temperature).
 # Granite (IBM Granite 3) is Llama with four multipliers (ModelConfig's granite fields).
+# OLMo 2 and EXAONE 4 are Llama with their norms moved onto each sub-layer's output (_NORMS) and
+# a QK-norm (_QK_NORM); EXAONE 4's global layers run without RoPE (layer_rope).
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
-              "granite": "llama"}
+              "granite": "llama", "olmo2": "llama", "exaone4": "llama"}
+# Where each architecture puts its RMSNorms (absent: "pre", before attention and before the
+# feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3);
+# "post", only on each sub-layer's output (OLMo 2, EXAONE 4). And its QK-norm (absent: none): over
+# each head of Q and K ("head") or over the whole Q and K projections ("whole").
+_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "olmo2": "post", "exaone4": "post"}
+_QK_NORM = {"qwen3": "head", "qwen3moe": "head", "gemma3": "head", "exaone4": "head", "olmo2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "qwen3moe", "qwen2moe", "gpt-oss")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "qwen3moe", "qwen2moe", "gpt-oss")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
@@ -109,6 +117,16 @@ class ModelConfig:
         return [w if i >= self.sliding_window_from else 0 for i in range(self.n_layers)]
 
     @property
+    def norms(self) -> str:
+        """"pre", "sandwich" or "post" (_NORMS)."""
+        return _NORMS.get(self.arch, "pre")
+
+    @property
+    def qk_norm(self) -> str:
+        """"none", "head" or "whole" (_QK_NORM)."""
+        return _QK_NORM.get(self.arch, "none")
+
+    @property
     def rotated_dims(self) -> int:
         return self.head_dim if self.rope_dim is None else self.rope_dim
 
@@ -117,8 +135,10 @@ class ModelConfig:
         out = []
         if self.arch in ("qwen2", "qwen2moe"):
             out.append("QKV bias")
-        if self.arch in ("qwen3", "qwen3moe"):
+        if self.qk_norm == "head":
             out.append("QK-norm (RMSNorm on each head of Q and K)")
+        elif self.qk_norm == "whole":
+            out.append("QK-norm (RMSNorm over all of Q and over all of K)")
         if self.n_expert:
             out.append(f"mixture of experts: {self.n_expert_used} of {self.n_expert} experts per token (width "
                        f"{self.expert_ffn_dim}{', renormalised' if self.expert_norm_topk else ''})"
@@ -162,10 +182,10 @@ class ModelConfig:
             out.append(f"attention-logit soft-capping {self.attn_softcap:g}")
         if self.final_softcap:
             out.append(f"final-logit soft-capping {self.final_softcap:g}")
-        if self.arch in gemma.GEMMA_ARCHS:
+        if self.norms == "sandwich":
             out.append("post-attention and post-feed-forward norms")
-        if self.arch == "gemma3":
-            out.append("QK-norm (RMSNorm on each head of Q and K)")
+        elif self.norms == "post":
+            out.append("norms on each sub-layer's output only (no pre-norms)")
         windows = self.windows()
         if any(windows):
             slid = [i for i, w in enumerate(windows) if w]
@@ -187,7 +207,7 @@ class ModelConfig:
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
             "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
             "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
-            "layer_window": self.windows(),
+            "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm,
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
@@ -388,6 +408,11 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
                                           positive=False), source, "attention.temperature_scale")
     if arch == "gpt-oss":
         _gpt_oss_gguf(cfg, source)
+    if arch == "olmo2" and cfg.sliding_window:
+        _fail(source, "olmo2 with attention.sliding_window (OLMo 3: local layers with their own RoPE) is not "
+                      "supported yet")
+    if arch == "exaone4":
+        _exaone4_gguf(meta, p, cfg, source)
     _set_rope_tables(cfg)
     if arch in gemma.GEMMA_ARCHS:
         gemma.apply_gguf(meta, cfg, source)
@@ -470,6 +495,55 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)
+
+
+def _exaone4_layers(cfg: ModelConfig, local: list | None, window: int | None) -> None:
+    """EXAONE 4's hybrid attention (its 32B): local layers with a window and RoPE, global layers
+    with neither. local None: no hybrid, every layer global with RoPE (its 1.2B)."""
+    if local is None:
+        cfg.sliding_window, cfg.layer_window, cfg.layer_rope = None, None, None
+        return
+    cfg.sliding_window = window
+    cfg.layer_window = [window if is_local else 0 for is_local in local]
+    cfg.layer_rope = [0 if is_local else -1 for is_local in local]
+
+
+def _exaone4_gguf(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp's exaone4 loader: a 64-layer file (the 32B) is hybrid, window attention.sliding_window
+    (4096 when absent) in the layers of attention.sliding_window_pattern (default 4: three local, one
+    global); other files run every layer global with RoPE. A file from the converter that lists the
+    pattern (one bool per layer) is read as the HF config it came from, whatever its depth."""
+    pattern = meta.get(p + "attention.sliding_window_pattern")
+    if cfg.n_layers != 64 and not isinstance(pattern, (list, tuple, np.ndarray)):
+        _exaone4_layers(cfg, None, None)
+        return
+    window = cfg.sliding_window or 4096
+    _exaone4_layers(cfg, gemma.swa_layers(4 if pattern is None else pattern, cfg.n_layers, source), window)
+
+
+def _exaone4_hf(hf: dict, cfg: ModelConfig, source) -> None:
+    """As transformers' Exaone4Attention: with sliding_window set, layer_types' sliding layers
+    are local with RoPE and the rest global without it (layer_types, or else sliding_window_pattern:
+    an int n, every n-th layer global, or a string such as "LLLG" repeated); without it every layer
+    is global with RoPE."""
+    window = hf.get("sliding_window")
+    if window is None:
+        _exaone4_layers(cfg, None, None)
+        return
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        _fail(source, f"sliding_window must be a positive integer, got {window!r}")
+    types = hf.get("layer_types")
+    if types is not None:   # already checked by _hf_layer_types
+        local = [t == "sliding_attention" for t in types]
+    else:
+        pattern = hf.get("sliding_window_pattern", 4)
+        if isinstance(pattern, str) and pattern and set(pattern) <= {"L", "G"}:
+            local = [pattern[i % len(pattern)] == "L" for i in range(cfg.n_layers)]
+        elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 1:
+            local = [(i + 1) % pattern != 0 for i in range(cfg.n_layers)]
+        else:
+            _fail(source, f"sliding_window_pattern must be a positive integer or a string of L and G, got {pattern!r}")
+    _exaone4_layers(cfg, local, window)
 
 
 def _no_rope_every(interval: int, n_layers: int) -> list:
@@ -709,6 +783,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
+    if model_type == "exaone4":
+        _exaone4_hf(hf, cfg, source)
     if model_type == "granite":
         cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)
         cfg.attn_scale = _get_float(hf, "attention_multiplier", source, default=cfg.head_dim ** -0.5)

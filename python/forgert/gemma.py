@@ -34,7 +34,7 @@ def _number(v, what, source, minimum=0.0) -> float:
     return float(v)
 
 
-def _swa_layers(pattern, n_layers: int, source) -> list[bool]:
+def swa_layers(pattern, n_layers: int, source) -> list[bool]:
     """Which layers are local: an int n (layers i with i % n < n - 1, as llama.cpp's
     set_swa_pattern; 1 would make every layer local, 0 none) or one bool per layer."""
     if isinstance(pattern, (list, tuple, np.ndarray)):
@@ -83,7 +83,7 @@ def apply_gguf(meta: dict, cfg, source) -> None:
     if window == 0:   # Gemma 3 without sliding_window: every layer global (llama.cpp's non-iswa graph)
         local = [False] * cfg.n_layers
     else:
-        local = _swa_layers(meta.get(p + "attention.sliding_window_pattern", _GGUF_SWA_PATTERN[arch]),
+        local = swa_layers(meta.get(p + "attention.sliding_window_pattern", _GGUF_SWA_PATTERN[arch]),
                             cfg.n_layers, source)
     _set_layers(cfg, local, int(window), rope_freqs(local_base, cfg.head_dim, local_scaling), cfg.rope_freqs)
 
@@ -113,7 +113,7 @@ def apply_hf(hf: dict, cfg, source) -> None:
     types = hf.get("layer_types")
     if types is None:   # transformers 4: Gemma 2 alternates, Gemma 3 has sliding_window_pattern
         n = 2 if cfg.arch == "gemma2" else hf.get("sliding_window_pattern", 6)
-        local = _swa_layers(n, cfg.n_layers, source)
+        local = swa_layers(n, cfg.n_layers, source)
     else:
         if not isinstance(types, list) or len(types) != cfg.n_layers or \
                 set(types) - {"full_attention", "sliding_attention"}:

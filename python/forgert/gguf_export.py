@@ -162,7 +162,11 @@ def _write_hf_metadata(writer, loaded):
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
     windows = c.windows()
-    if any(windows):
+    if arch == "exaone4":
+        if c.layer_rope is not None:   # hybrid: its converter writes the window and one bool per layer
+            writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
+            writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
+    elif any(windows):
         # GGUF's llama/qwen2 key windows every layer; Qwen2's max_window_layers and interleaved
         # local/global layers have no GGUF form there.
         if len(set(windows)) > 1:

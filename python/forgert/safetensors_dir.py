@@ -76,8 +76,16 @@ _GPT_OSS_LAYER_NAMES = {
     "mlp.router.weight": "ffn_gate_inp.weight",
     "mlp.router.bias": "ffn_gate_inp.bias",
 }
+# OLMo 2 and EXAONE 4 have no pre-norms: post_attention_layernorm normalises the attention
+# output, post_feedforward_layernorm the MLP's (their QK-norms keep Qwen3's names).
+_POST_NORM_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
 _LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
-                              "gpt_oss": _GPT_OSS_LAYER_NAMES}
+                              "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
+                              "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
 _EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")

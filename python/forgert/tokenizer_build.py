@@ -32,6 +32,8 @@ PRE_TOKENIZER_SPLITS = {
     "default": [_GPT2_SPLIT],
     "gpt-2": [_GPT2_SPLIT],
     "gpt2": [_GPT2_SPLIT],
+    "olmo": [_GPT2_SPLIT],            # OLMo's converter name; llama.cpp splits it as GPT-2
+    "exaone4": [_GPT2_SPLIT],         # EXAONE 4, likewise
     # SmolLM / StarCoder: every digit on its own, then the GPT-2 regex
     "smollm": [r"\p{N}", _GPT2_SPLIT],
     "starcoder": [r"\p{N}", _GPT2_SPLIT],

@@ -113,6 +113,20 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("final_softcap")) c.final_softcap = get<float>(d, "final_softcap");
     if (d.contains("residual_scale")) c.residual_scale = get<float>(d, "residual_scale");
     if (d.contains("logit_scale")) c.logit_scale = get<float>(d, "logit_scale");
+    if (d.contains("norms")) {  // "pre" (default), "sandwich" (pre and post), "post"
+        const std::string n = get<std::string>(d, "norms");
+        if (n != "pre" && n != "sandwich" && n != "post")
+            throw InputError("model config 'norms' must be \"pre\", \"sandwich\" or \"post\", got \"" + n + "\"");
+        c.pre_norms = n != "post";
+        c.post_norms = n != "pre";
+    }
+    if (d.contains("qk_norm")) {  // "none" (default), "head", "whole"
+        const std::string q = get<std::string>(d, "qk_norm");
+        if (q != "none" && q != "head" && q != "whole")
+            throw InputError("model config 'qk_norm' must be \"none\", \"head\" or \"whole\", got \"" + q + "\"");
+        c.qk_norm = q == "head" ? ModelConfig::QkNorm::PerHead
+                  : q == "whole" ? ModelConfig::QkNorm::Whole : ModelConfig::QkNorm::None;
+    }
     if (d.contains("ffn_act")) {
         const std::string act = get<std::string>(d, "ffn_act");
         if (act != "silu" && act != "gelu_tanh")

@@ -166,6 +166,7 @@ public:
     // out[i, :] = f32(table[ids[i], :]); table of any weight dtype.            out [n, dim]
     virtual void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;
     // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w                     x, out [n, dim]; w [dim]
+    // out may alias x (a row is read whole before it is written; OLMo 2's QK-norm runs in place).
     virtual void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) = 0;
     // out[i, r] = sum_c w[r, c] * x[i, c]                    w [rows, cols]; x [n, cols]; out [n, rows]
     // Accuracy: as with f32 activations (a backend that rounds x for integer dot

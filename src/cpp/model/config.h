@@ -9,8 +9,8 @@
 namespace forgert {
 
 struct ModelConfig {
-    std::string arch;       // "llama", "qwen2" (QKV bias), "qwen3" (QK-norm), "gemma2" / "gemma3" (post-norms;
-                            // gemma3: QK-norm)
+    std::string arch;       // "llama", "qwen2" (QKV bias), "qwen3", "gemma2" / "gemma3" (GELU, soft caps),
+                            // "gpt-oss"; the norms' places are their own fields below
     int n_layers = 0;
     int dim = 0;            // residual stream width
     int n_heads = 0;
@@ -65,6 +65,16 @@ struct ModelConfig {
     float residual_scale = 1.0f;
     float logit_scale = 1.0f;
     bool ffn_gelu = false;        // feed-forward gate activation: tanh-GELU (GeGLU) instead of SiLU
+    // Where a layer's RMSNorms sit (the tensor layout and the forward pass read these, never the
+    // arch): pre_norms before attention and before the feed-forward (all but OLMo 2 and EXAONE 4);
+    // post_norms on each sub-layer's output before its residual add (Gemma 2/3 with pre_norms: the
+    // sandwich; OLMo 2 and EXAONE 4 alone). QK-norm: RMSNorm of Q and K before RoPE, over each head
+    // (Qwen3, Gemma 3, EXAONE 4: weights [head_dim]) or over the whole projection (OLMo 2: weights
+    // [q_dim] and [kv_dim]).
+    bool pre_norms = true;
+    bool post_norms = false;
+    enum class QkNorm { None, PerHead, Whole };
+    QkNorm qk_norm = QkNorm::None;
     bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }
     // gpt-oss (llama.cpp's arch "gpt-oss"): attention sinks, biases everywhere (q/k/v/o, the
     // router, each expert), its feed-forward norm named post_attention_norm.

@@ -211,16 +211,22 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     };
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
-        // attention block
-        be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
+        // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
+        if (cfg_.pre_norms) be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
+        const Tensor& attn_in = cfg_.pre_norms ? xn : x;
         const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
-        be.matmul_many(qkv_out, qkv_w, 3, xn, rc);
+        be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
         // Biases wherever the file has them (Qwen2 always, Llama with attention_bias).
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
         if (L.bv.rows) be.add_bias(v, L.bv);
-        if (L.q_norm.rows) be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);  // QK-norm: each head normalised before RoPE
-        if (L.k_norm.rows) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
+        if (cfg_.qk_norm == ModelConfig::QkNorm::PerHead) {  // QK-norm: each head normalised before RoPE
+            be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);
+            be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
+        } else if (cfg_.qk_norm == ModelConfig::QkNorm::Whole) {  // OLMo 2: each row of q, of k, normalised whole
+            be.rms_norm(q, q, L.q_norm, cfg_.rms_eps);
+            be.rms_norm(k, k, L.k_norm, cfg_.rms_eps);
+        }
         const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
         rp.nope = table < 0;
         ap.window = cfg_.window_of(l);
@@ -235,13 +241,14 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block
-        be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
+        if (cfg_.pre_norms) be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
+        const Tensor& ffn_in = cfg_.pre_norms ? xn : x;
         if (cfg_.is_moe())
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
         else if (cfg_.ffn_gelu)
-            be.matmul_geglu(gate, L.w_gate, L.w_up, xn, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
+            be.matmul_geglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else
-            be.matmul_swiglu(gate, L.w_gate, L.w_up, xn, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
+            be.matmul_swiglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
         if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }

@@ -12,8 +12,9 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     const bool gpt_oss = cfg.is_gpt_oss();           // sinks, and biases on every projection
     const bool qkv_bias_required = cfg.arch == "qwen2" || gpt_oss;
     const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3" || gpt_oss;  // attention_bias=true checkpoints
-    const bool post_norms = cfg.is_gemma();       // sandwich norms around attention and feed-forward
-    const bool qk_norm = cfg.arch == "qwen3" || cfg.arch == "gemma3";  // RMSNorm of each head of Q and K
+    const bool pre_norms = cfg.pre_norms, post_norms = cfg.post_norms;
+    using QkNorm = ModelConfig::QkNorm;
+    const int64_t q_norm_width = cfg.qk_norm == QkNorm::Whole ? q : hd, k_norm_width = cfg.qk_norm == QkNorm::Whole ? kv : hd;
     std::vector<TensorSpec> out = {
         {"token_embd.weight", cfg.vocab, dim, true, false},
         {"output_norm.weight", 1, dim, true, true},
@@ -21,22 +22,22 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     };
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
-        out.push_back({p + "attn_norm.weight", 1, dim, true, true});
+        if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
         out.push_back({p + "attn_q.weight", q, dim, true, false});
         out.push_back({p + "attn_k.weight", kv, dim, true, false});
         out.push_back({p + "attn_v.weight", kv, dim, true, false});
         out.push_back({p + "attn_q.bias", 1, q, qkv_bias_required, true});
         out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
         out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
-        if (qk_norm) {
-            out.push_back({p + "attn_q_norm.weight", 1, hd, true, true});
-            out.push_back({p + "attn_k_norm.weight", 1, hd, true, true});
+        if (cfg.qk_norm != QkNorm::None) {
+            out.push_back({p + "attn_q_norm.weight", 1, q_norm_width, true, true});
+            out.push_back({p + "attn_k_norm.weight", 1, k_norm_width, true, true});
         }
         out.push_back({p + "attn_output.weight", dim, q, true, false});
         if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
         if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
-        out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
+        if (pre_norms) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
         if (!cfg.is_moe()) {
             out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_up.weight", ffn, dim, true, false});

@@ -23,8 +23,10 @@ struct TensorSpec {
 
 // In load order: globals, then blk.0.., each layer's tensors in forward-pass order.
 // Llama's and Qwen3's q/k/v/output biases are optional (llama.cpp loads them when present, and
-// HF writes them with attention_bias=true); Qwen2's q/k/v biases are required; Qwen3's per-head
-// Q and K norm weights (attn_q_norm, attn_k_norm: [head_dim]) are required.
+// HF writes them with attention_bias=true); Qwen2's q/k/v biases are required. The norms follow
+// the config's placement fields: attn_norm / ffn_norm with pre_norms, post_attention_norm /
+// post_ffw_norm with post_norms, attn_q_norm / attn_k_norm ([head_dim], or [q_dim] / [kv_dim] for
+// a whole-row QK-norm) with qk_norm.
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
 
 // The RMSNorm weight before each feed-forward, without "blk.N.": "ffn_norm.weight", or

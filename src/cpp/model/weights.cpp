@@ -96,6 +96,9 @@ void ModelConfig::validate() const {
     need(std::isfinite(logit_scale) && logit_scale > 0.0f,
          "logit_scale = " + std::to_string(logit_scale) + " must be a positive number");
     need(residual_scale == 1.0f || n_expert == 0, "residual_scale with experts is not supported");
+    need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
+    need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
+    need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
     finite_at_least("swiglu_limit", swiglu_limit, 0.0f);
     finite_at_least("swiglu_alpha", swiglu_alpha, 0.0f);
     for (size_t l = 0; l < layer_window.size(); l++)

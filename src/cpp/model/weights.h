@@ -31,14 +31,15 @@ struct HostTensor {
 };
 
 struct LayerWeights {
-    Tensor attn_norm;          // f32 [dim]
+    Tensor attn_norm;          // f32 [dim]; rows == 0 without pre-norms (OLMo 2, EXAONE 4)
     Tensor wq, wk, wv;         // [q_dim, dim], [kv_dim, dim], [kv_dim, dim]
     Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent
-    Tensor q_norm, k_norm;     // f32 [head_dim]: RMSNorm of each head before RoPE (Qwen3, Gemma 3); rows == 0 when absent
+    Tensor q_norm, k_norm;     // f32 [head_dim] (each head: Qwen3, Gemma 3, EXAONE 4) or [q_dim], [kv_dim] (whole
+                               // rows: OLMo 2), before RoPE; rows == 0 when absent
     Tensor wo;                 // [dim, q_dim]
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
-    Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma)
-    Tensor ffn_norm;           // f32 [dim]
+    Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma, OLMo 2)
+    Tensor ffn_norm;           // f32 [dim]; rows == 0 without pre-norms
     Tensor ffn_post_norm;      // f32 [dim]: RMSNorm of the feed-forward output before the add (Gemma)
     Tensor w_gate, w_up;       // [ffn_dim, dim]
     Tensor w_down;             // [dim, ffn_dim]
