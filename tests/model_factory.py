@@ -147,6 +147,14 @@ ARCH_SPECS = {
         name="olmo2", arch="olmo2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=500000.0, rms_eps=1e-6, seed=19,
     ),
+    # OLMo 3: OLMo 2 with layers 0-2 and 4 local (window 8, unscaled RoPE) and layer 3 global
+    # with YaRN x4 over an original context of 16 (its attention factor too), so the two RoPE
+    # tables differ in frequencies and in their cos/sin factor.
+    "olmo3": TinySpec(
+        name="olmo3", arch="olmo2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=500000.0, rms_eps=1e-6, seed=21, sliding_window=8, n_ctx=64,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    ),
     # EXAONE 4 (32B's layout): OLMo 2's post-norms with a per-head QK-norm; layers 0-2 and 4
     # local (window 8, RoPE), layer 3 global without RoPE; tied, as the 1.2B.
     "exaone4": TinySpec(
@@ -246,6 +254,9 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
     elif spec.arch == "granite":
         from transformers import GraniteConfig, GraniteForCausalLM
         model = GraniteForCausalLM(GraniteConfig(pad_token_id=None, **spec.multipliers, **common))
+    elif spec.arch == "olmo2" and spec.sliding_window:   # OLMo 3: olmo2 with local layers
+        from transformers import Olmo3Config, Olmo3ForCausalLM
+        model = Olmo3ForCausalLM(Olmo3Config(pad_token_id=None, sliding_window=spec.sliding_window, **common))
     elif spec.arch == "olmo2":
         from transformers import Olmo2Config, Olmo2ForCausalLM
         model = Olmo2ForCausalLM(Olmo2Config(pad_token_id=None, **common))
@@ -452,7 +463,7 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
                raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
                n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN,
                split_max_tensors: int = 0, small_first_shard: bool = False,
-               extra_u32: dict[str, int] | None = None) -> Path:
+               extra_u32: dict[str, int] | None = None, swa_pattern: bool = True) -> Path:
     """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
     bad-file tests drop, reshape or retype tensors; chat_template / eos_token are the
     tokenizer_config.json values the converter's SpecialVocab copies. split_max_tensors > 0
@@ -491,10 +502,11 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_float32(f"{arch}.residual_scale", m["residual_multiplier"])
         w.add_float32(f"{arch}.attention.scale", m["attention_multiplier"])
         w.add_float32(f"{arch}.logit_scale", m["logits_scaling"])
-    if spec.arch == "exaone4" and spec.sliding_window:   # its converter: the window, one bool per layer
+    if spec.arch in ("exaone4", "olmo2") and spec.sliding_window:   # the converter: the window, one bool per layer
         w.add_sliding_window(spec.sliding_window)
-        w.add_array(f"{arch}.attention.sliding_window_pattern",
-                    [t == "sliding_attention" for t in model.config.layer_types])
+        if swa_pattern:   # False: a file that leaves the layers to llama.cpp's default rule
+            w.add_array(f"{arch}.attention.sliding_window_pattern",
+                        [t == "sliding_attention" for t in model.config.layer_types])
     for key, value in (extra_u32 or {}).items():   # keys a test adds (a file the converter would not write)
         w.add_uint32(key, value)
     w.add_vocab_size(model.config.vocab_size)

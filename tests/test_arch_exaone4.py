@@ -34,32 +34,16 @@ def test_info_names_the_layout(forgert, tm, fmt):
     assert "no RoPE (NoPE) in layers 3" in feats and "sliding window 8 in layers 0, 1, 2, 4" in feats
 
 
-def _gguf_without_pattern(tm, tmp_path, n_layers_key=None):
-    """The tiny model's GGUF with its sliding_window_pattern array dropped (the key llama.cpp's
-    loader reads only for 64-layer files)."""
-    import gguf
-    import model_factory as mf
-    orig = gguf.GGUFWriter.add_array
-
-    def skip_pattern(self, key, val):
-        if not key.endswith("sliding_window_pattern"):
-            orig(self, key, val)
-    gguf.GGUFWriter.add_array = skip_pattern
-    try:
-        return mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "no-pattern.gguf", "F32")
-    finally:
-        gguf.GGUFWriter.add_array = orig
-
-
 def test_gguf_without_pattern_runs_global_as_llama_cpp(forgert, tm, tmp_path):
     """A file under 64 layers with a window but no pattern (llama.cpp's exaone4 loader: only the
     32B's 64 layers are hybrid) runs every layer global with RoPE, as transformers does with
     sliding_window None."""
-    m = forgert.Model(str(_gguf_without_pattern(tm, tmp_path)), backend="cpu")
+    import model_factory as mf
+    path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "no-pattern.gguf", "F32", swa_pattern=False)
+    m = forgert.Model(str(path), backend="cpu")
     feats = m.info()["features"]
     assert not [f for f in feats if "sliding window" in f or "NoPE" in f]
     plain = ae.with_config(tm, sliding_window=None, layer_types=["full_attention"] * tm.spec.n_layers)
-    import model_factory as mf
     ids = ae.token_ids(tm, 32, 5)
     ae.compare_logits(m.logits(ids), mf.reference_logits(mf.with_f16_kv(plain), ids), **ae.bounds_for("hf-F32", 32),
                       what="exaone4 without pattern")

@@ -56,14 +56,3 @@ def test_gguf_has_no_pre_norms(tm):
     assert shapes["blk.0.post_attention_norm.weight"] == [s.hidden] and shapes["blk.0.post_ffw_norm.weight"] == [s.hidden]
     assert shapes["blk.1.attn_q_norm.weight"] == [s.n_heads * s.head_dim]
     assert shapes["blk.1.attn_k_norm.weight"] == [s.n_kv_heads * s.head_dim]
-
-
-def test_olmo3_gguf_is_refused_by_name(forgert, tm, tmp_path):
-    """An olmo2 GGUF with a sliding window (OLMo 3's local layers, which take their own RoPE) is
-    refused, saying so, rather than run with OLMo 2's attention."""
-    import model_factory as mf
-    from forgert.errors import ModelFormatError
-    path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "olmo3.gguf", "F32",
-                         extra_u32={"olmo2.attention.sliding_window": 16})
-    with pytest.raises(ModelFormatError, match="sliding_window.*OLMo 3.*not supported"):
-        forgert.Model(str(path), backend="cpu")

@@ -15,14 +15,16 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
-                  "exaone4": "exaone4", **gemma.HF_GEMMA_MODEL_TYPES}
+                  "olmo3": "olmo2", "exaone4": "exaone4", **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
 # original context (ModelConfig.attn_temperature).
 # Granite (IBM Granite 3) is Llama with four multipliers (ModelConfig's granite fields).
 # OLMo 2 and EXAONE 4 are Llama with their norms moved onto each sub-layer's output (_NORMS) and
-# a QK-norm (_QK_NORM); EXAONE 4's global layers run without RoPE (layer_rope).
+# a QK-norm (_QK_NORM); EXAONE 4's global layers run without RoPE (layer_rope). OLMo 3 is OLMo 2
+# with three local layers (a window, unscaled RoPE) to one global (YaRN): GGUF olmo2 with a
+# sliding window, as llama.cpp's converter writes it.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama"}
 # Where each architecture puts its RMSNorms (absent: "pre", before attention and before the
@@ -71,6 +73,7 @@ class ModelConfig:
     rope_freqs: np.ndarray = field(default=None, repr=False)
     rope_dim: int | None = None      # rotated dims per head (partial rotary); None: all of head_dim
     rope_attn_factor: float = 1.0    # multiplies cos and sin (YaRN's mscale, LongRoPE's factor)
+    rope_table_attn_factor: list[float] | None = None   # per RoPE table where they differ (OLMo 3)
     layer_rope: list[int] | None = None   # [n_layers] RoPE table per layer, -1: no RoPE; None: table 0
     tied_embeddings: bool = False
     # Sliding-window attention (Mistral 7B v0.1: 4096): a token attends to itself and the
@@ -211,6 +214,8 @@ class ModelConfig:
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
+        if self.rope_table_attn_factor is not None:
+            d["rope_table_attn_factor"] = [float(f) for f in self.rope_table_attn_factor]
         if self.attn_temperature is not None:
             d.update(attn_temp_beta=float(self.attn_temperature[0]), attn_temp_floor=int(self.attn_temperature[1]))
         if self.residual_scale != 1.0 or self.logit_scale != 1.0:
@@ -408,12 +413,13 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
                                           positive=False), source, "attention.temperature_scale")
     if arch == "gpt-oss":
         _gpt_oss_gguf(cfg, source)
-    if arch == "olmo2" and cfg.sliding_window:
-        _fail(source, "olmo2 with attention.sliding_window (OLMo 3: local layers with their own RoPE) is not "
-                      "supported yet")
     if arch == "exaone4":
         _exaone4_gguf(meta, p, cfg, source)
     _set_rope_tables(cfg)
+    if arch == "olmo2" and cfg.sliding_window:   # OLMo 3, as llama.cpp's olmo2 loader reads it
+        local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
+        local_theta = _get_float(meta, p + "rope.freq_base_swa", source, default=cfg.rope_theta)
+        _olmo3_layers(cfg, local, cfg.sliding_window, local_theta, None, source)
     if arch in gemma.GEMMA_ARCHS:
         gemma.apply_gguf(meta, cfg, source)
     return cfg
@@ -495,6 +501,43 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)
+
+
+def _olmo3_layers(cfg: ModelConfig, local: list, window: int, local_theta: float, local_scaling, source) -> None:
+    """OLMo 3's hybrid attention, after _set_rope_tables gave cfg the global layers' RoPE: local
+    layers windowed and rotated by their own table (no YaRN: llama.cpp's freq_scale 1, attention
+    factor 1), the global ones by cfg's, each table with its own cos/sin factor."""
+    if (cfg.rope_scaling or {}).get("type") in ("dynamic", "longrope"):
+        _fail(source, f"{cfg.rope_scaling['type']} RoPE scaling beside OLMo 3's local layers is not supported")
+    local_scaling = local_scaling or None
+    local_freqs = rope_freqs(local_theta, cfg.rotated_dims, local_scaling, cfg.context_length)
+    cfg.layer_window = [window if is_local else 0 for is_local in local]
+    cfg.rope_freqs = np.stack([local_freqs, cfg.rope_freqs]).astype(np.float32)
+    cfg.layer_rope = [0 if is_local else 1 for is_local in local]
+    cfg.rope_table_attn_factor = [(local_scaling or {}).get("attn_factor", 1.0), cfg.rope_attn_factor]
+
+
+def _olmo3_hf(hf: dict, cfg: ModelConfig, source):
+    """OLMo 3's local layers (HF layer_types, by default every fourth layer global) and their
+    RoPE: transformers 5's rope_parameters per layer kind, or transformers 4's rope_theta with
+    rope_scaling for the global layers only. Returns (local flags, window, local theta, local
+    scaling); cfg's own RoPE becomes the global layers'."""
+    types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 4 else "full_attention"
+                                      for i in range(cfg.n_layers)]
+    if not isinstance(types, list) or len(types) != cfg.n_layers or \
+            set(types) - {"full_attention", "sliding_attention"}:
+        _fail(source, f"layer_types must give full_attention or sliding_attention for each of the "
+                      f"{cfg.n_layers} layers, got {types!r}")
+    window = hf.get("sliding_window", 4096)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        _fail(source, f"sliding_window must be a positive integer, got {window!r}")
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:   # transformers 5
+        cfg.rope_theta, cfg.rope_scaling = gemma.hf_rope_of(params.get("full_attention", {}), hf, source)
+        l_theta, l_scaling = gemma.hf_rope_of(params.get("sliding_attention", {}), hf, source)
+    else:                                                             # transformers 4: scaling on global layers
+        l_theta, l_scaling = cfg.rope_theta, None
+    return [t == "sliding_attention" for t in types], window, l_theta, l_scaling
 
 
 def _exaone4_layers(cfg: ModelConfig, local: list | None, window: int | None) -> None:
@@ -785,6 +828,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         cfg.layer_rope = _hf_no_rope_layers(hf, cfg.n_layers, source)
     if model_type == "exaone4":
         _exaone4_hf(hf, cfg, source)
+    olmo3 = _olmo3_hf(hf, cfg, source) if model_type == "olmo3" else None
     if model_type == "granite":
         cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)
         cfg.attn_scale = _get_float(hf, "attention_multiplier", source, default=cfg.head_dim ** -0.5)
@@ -797,6 +841,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     _set_rope_tables(cfg)
+    if olmo3 is not None:
+        _olmo3_layers(cfg, *olmo3, source)
     if cfg.arch in gemma.GEMMA_ARCHS:
         gemma.apply_hf(hf, cfg, source)
     return cfg

@@ -88,7 +88,7 @@ def apply_gguf(meta: dict, cfg, source) -> None:
     _set_layers(cfg, local, int(window), rope_freqs(local_base, cfg.head_dim, local_scaling), cfg.rope_freqs)
 
 
-def _hf_rope_of(params: dict, hf: dict, source):
+def hf_rope_of(params: dict, hf: dict, source):
     """(theta, scaling) of one layer kind's rope parameters (transformers 5's per-kind dicts)."""
     from .config import _hf_rope
     return _hf_rope({"rope_parameters": params, "max_position_embeddings": hf.get("max_position_embeddings")}, source)
@@ -128,8 +128,8 @@ def apply_hf(hf: dict, cfg, source) -> None:
 
     params = hf.get("rope_parameters") or {}
     if "full_attention" in params or "sliding_attention" in params:     # transformers 5, Gemma 3
-        g_theta, g_scaling = _hf_rope_of(params.get("full_attention", {}), hf, source)
-        l_theta, l_scaling = _hf_rope_of(params.get("sliding_attention", {}), hf, source)
+        g_theta, g_scaling = hf_rope_of(params.get("full_attention", {}), hf, source)
+        l_theta, l_scaling = hf_rope_of(params.get("sliding_attention", {}), hf, source)
     elif cfg.arch == "gemma3":   # transformers 4: rope_theta + rope_scaling global, rope_local_base_freq local
         g_theta, g_scaling = cfg.rope_theta, cfg.rope_scaling
         l_theta, l_scaling = _number(hf.get("rope_local_base_freq", 10000.0), "rope_local_base_freq", source,

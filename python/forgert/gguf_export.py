@@ -26,7 +26,7 @@ from .loader import load_model
 from .quant_mix import MIXES, MixPlanner, quantizable
 from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .quants import QUANTIZERS, dequantize
-from .rope import base_inv_freqs, llama3_scaled, yarn_mscale
+from .rope import base_inv_freqs, llama3_scaled, rope_freqs, yarn_mscale
 from .weights import ExpertList
 
 TARGET_TYPES = tuple(MIXES)
@@ -166,6 +166,13 @@ def _write_hf_metadata(writer, loaded):
         if c.layer_rope is not None:   # hybrid: its converter writes the window and one bool per layer
             writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
             writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
+    elif arch == "olmo2" and any(windows):   # OLMo 3: llama.cpp's olmo2 gives local layers unscaled RoPE
+        local_freqs = rope_freqs(c.rope_theta, c.rotated_dims, None, c.context_length)
+        if not np.allclose(c.rope_freqs[0], local_freqs, rtol=1e-6, atol=0):
+            raise ModelFormatError(f"{loaded.name}: local layers whose RoPE base differs from the global "
+                                   f"layers' have no GGUF form here")
+        writer.add_u32(f"{arch}.attention.sliding_window", max(windows))
+        writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
     elif any(windows):
         # GGUF's llama/qwen2 key windows every layer; Qwen2's max_window_layers and interleaved
         # local/global layers have no GGUF form there.

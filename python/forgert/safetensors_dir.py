@@ -85,7 +85,7 @@ _POST_NORM_LAYER_NAMES = {
 }
 _LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
-                              "exaone4": _POST_NORM_LAYER_NAMES}
+                              "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
 _EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
@@ -233,7 +233,7 @@ class HFModelDir:
                     name = canonical_name(hf_name, model_type)
                 except KeyError:
                     raise ModelFormatError(f"{sf.name}: unexpected tensor '{hf_name}' "
-                                           f"(not part of a Llama/Mistral/Mixtral/Qwen2/Qwen3/Qwen-MoE/SmolLM3/Phi-3/Gemma/gpt-oss model)") from None
+                                           f"(not part of a {model_type or 'Llama'} model as forgert knows it)") from None
                 if name is None:
                     continue
                 index = None

@@ -89,6 +89,9 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_neox = get<bool>(d, "rope_neox");
     c.rope_dim = d.contains("rope_dim") ? get<int>(d, "rope_dim") : c.head_dim;
     if (d.contains("rope_attn_factor")) c.rope_attn_factor = get<float>(d, "rope_attn_factor");
+    if (d.contains("rope_table_attn_factor")) {
+        for (py::handle f : d["rope_table_attn_factor"].cast<py::list>()) c.rope_table_attn_factor.push_back(f.cast<float>());
+    }
     if (d.contains("attn_temp_beta")) {
         c.attn_temp_beta = get<float>(d, "attn_temp_beta");
         c.attn_temp_floor = get<int>(d, "attn_temp_floor");

@@ -23,6 +23,9 @@ struct ModelConfig {
     bool rope_neox = false; // see RopeKvParams::neox
     int rope_dim = 0;       // rotated dims per head (partial rotary); 0: all of head_dim
     float rope_attn_factor = 1.0f;  // multiplies cos and sin (YaRN's mscale, LongRoPE)
+    // Per RoPE table, where the tables differ in it (OLMo 3: YaRN's mscale on the global layers' table,
+    // 1 on the local layers' unscaled one); empty: rope_attn_factor for every table.
+    std::vector<float> rope_table_attn_factor;
     // Query temperature (Llama 4, Mistral 3): see RopeKvParams::q_temp_beta; 0: none.
     float attn_temp_beta = 0.0f;
     int attn_temp_floor = 0;
@@ -54,6 +57,9 @@ struct ModelConfig {
     int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
     int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }
     int rope_table_of(int layer) const { return layer_rope.empty() ? 0 : layer_rope[layer]; }
+    float rope_attn_factor_of(int table) const {
+        return table >= 0 && table < (int)rope_table_attn_factor.size() ? rope_table_attn_factor[table] : rope_attn_factor;
+    }
 
     // Gemma 2 / 3 (arch "gemma2", "gemma3"): the settings Llama leaves at their defaults.
     float embed_scale = 1.0f;     // embeddings times this (Gemma: sqrt(dim), in the embedding dtype)

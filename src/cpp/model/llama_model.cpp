@@ -229,6 +229,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         }
         const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
         rp.nope = table < 0;
+        rp.attn_factor = cfg_.rope_attn_factor_of(table);
         ap.window = cfg_.window_of(l);
         ap.sinks = L.attn_sinks.rows ? &L.attn_sinks : nullptr;  // gpt-oss
         // RoPE, the cache write and attention: one call each for every sequence's rows. One

@@ -72,6 +72,11 @@ void ModelConfig::validate() const {
              std::to_string(half));
     need(rope_attn_factor > 0.0f && std::isfinite(rope_attn_factor),
          "rope_attn_factor = " + std::to_string(rope_attn_factor) + " must be a positive number");
+    need(rope_table_attn_factor.empty() || (int)rope_table_attn_factor.size() == n_rope_tables(),
+         "rope_table_attn_factor lists " + std::to_string(rope_table_attn_factor.size()) + " factors for " +
+             std::to_string(n_rope_tables()) + " RoPE tables");
+    for (float f : rope_table_attn_factor)
+        need(f > 0.0f && std::isfinite(f), "rope_table_attn_factor " + std::to_string(f) + " must be a positive number");
     need(std::isfinite(attn_temp_beta) && (attn_temp_beta == 0.0f || attn_temp_floor > 0),
          "attn_temp_beta = " + std::to_string(attn_temp_beta) + " needs a finite value and attn_temp_floor > 0, got " +
              std::to_string(attn_temp_floor));
