@@ -60,6 +60,7 @@ class TinySpec:
     explicit_head_dim: int | None = None   # config.head_dim when it is not hidden // n_heads (Qwen3)
     no_rope_layers: tuple | None = None    # SmolLM3: 1 = RoPE, 0 = none, per layer
     multipliers: dict | None = None        # Granite: embedding / residual / attention multipliers, logits_scaling
+    partial_rotary: float | None = None    # GLM-4: the share of each head that rotates
     sliding_window: int | None = None      # EXAONE 4: its local layers' window (None: every layer global, RoPE)
     sliding_window_pattern: int = 4        # EXAONE 4: every pattern-th layer global (and NoPE)
 
@@ -146,6 +147,12 @@ ARCH_SPECS = {
     "olmo2": TinySpec(
         name="olmo2", arch="olmo2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=500000.0, rms_eps=1e-6, seed=19,
+    ),
+    # GLM-4 (0414): sandwich norms, q/k/v biases, fused gate_up, half of each head (32 wide)
+    # rotated over adjacent pairs; untied.
+    "glm4": TinySpec(
+        name="glm4", arch="glm4", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=22, explicit_head_dim=32, partial_rotary=0.5,
     ),
     # OLMo 3: OLMo 2 with layers 0-2 and 4 local (window 8, unscaled RoPE) and layer 3 global
     # with YaRN x4 over an original context of 16 (its attention factor too), so the two RoPE
@@ -264,6 +271,10 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         from transformers import Exaone4Config, Exaone4ForCausalLM
         model = Exaone4ForCausalLM(Exaone4Config(pad_token_id=None, sliding_window=spec.sliding_window,
                                                  sliding_window_pattern=spec.sliding_window_pattern, **common))
+    elif spec.arch == "glm4":
+        from transformers import Glm4Config, Glm4ForCausalLM
+        model = Glm4ForCausalLM(Glm4Config(head_dim=spec.head_dim, partial_rotary_factor=spec.partial_rotary,
+                                           attention_bias=True, pad_token_id=None, **common))
     elif spec.arch == "mistral3":
         from transformers import Ministral3Config, Ministral3ForCausalLM
         rope = {**common.pop("rope_scaling"), "rope_theta": common.pop("rope_theta")}
@@ -394,6 +405,10 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
         "mlp.down_proj.weight": "ffn_down.weight",
         **({"post_attention_layernorm.weight": "post_attention_norm.weight",
             "post_feedforward_layernorm.weight": "post_ffw_norm.weight"} if arch in POST_NORM_ARCHS else {}),
+        # GLM-4: four norms, and gate_up_proj kept fused (gate rows, then up rows) as its converter keeps it
+        **({"post_self_attn_layernorm.weight": "post_attention_norm.weight",
+            "post_mlp_layernorm.weight": "post_ffw_norm.weight",
+            "mlp.gate_up_proj.weight": "ffn_up.weight"} if arch == "glm4" else {}),
     }[rest]
     return f"blk.{i}.{sub}"
 
@@ -488,6 +503,8 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_value_length(spec.head_dim)
     if spec.arch in PERMUTED_QK_ARCHS:       # LlamaModel writes the rotary width; Qwen2Model/Qwen3Model do not
         w.add_rope_dimension_count(spec.head_dim)
+    if spec.partial_rotary is not None:      # Glm4Model: the rotated share of each head
+        w.add_rope_dimension_count(int(spec.head_dim * spec.partial_rotary))
     rs = spec.rope_scaling or {}
     if rs.get("rope_type") == "yarn":        # the converter's YaRN keys: type, factor, original context
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)

@@ -1,5 +1,5 @@
-"""Split fused projections (Phi-3's qkv_proj and gate_up_proj) into the engine's separate tensors,
-zero-copy.
+"""Split fused projections (Phi-3's qkv_proj and gate_up_proj, GLM-4's gate_up_proj) into the
+engine's separate tensors, zero-copy.
 
 A weight's rows are stored one after another, and a quantized row is a whole number of blocks
 (cols is a multiple of the block size), so a range of rows is a contiguous byte range: each part
@@ -28,13 +28,17 @@ def split_rows(t: WeightTensor, parts: list) -> dict:
     return out
 
 
+# The architectures whose files fuse projections (llama.cpp's converter keeps them fused).
+FUSED_ARCHS = ("phi3", "glm4")
+
+
 def split_fused(cfg: ModelConfig, tensors: dict) -> dict:
-    """tensors (canonical name -> WeightTensor) with each Phi-3 fused tensor replaced by its parts:
+    """tensors (canonical name -> WeightTensor) with each fused tensor (FUSED_ARCHS) replaced by its parts:
     blk.N.attn_qkv.weight -> attn_{q,k,v} (rows q_dim, kv_dim, kv_dim) and blk.N.ffn_up.weight
     (2 * ffn_dim rows; fused unless the layer also has an ffn_gate) -> ffn_gate (the first half:
     transformers' chunk(2), llama.cpp's swiglu gate) and ffn_up. A file holding both a fused tensor
     and one of its parts is refused. Other architectures' tensors pass through unchanged."""
-    if cfg.arch != "phi3":
+    if cfg.arch not in FUSED_ARCHS:
         return tensors
     q, kv, ffn = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
     out = dict(tensors)

@@ -83,7 +83,14 @@ _POST_NORM_LAYER_NAMES = {
     "post_attention_layernorm.weight": "post_attention_norm.weight",
     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
-_LAYER_NAMES_BY_MODEL_TYPE = {"gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
+# GLM-4: the attention output's norm is post_self_attn_layernorm, the MLP's post_mlp_layernorm;
+# post_attention_layernorm is the MLP's input norm, as in Llama.
+_GLM4_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_self_attn_layernorm.weight": "post_attention_norm.weight",
+    "post_mlp_layernorm.weight": "post_ffw_norm.weight",
+}
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")

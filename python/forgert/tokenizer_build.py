@@ -48,11 +48,12 @@ PRE_TOKENIZER_SPLITS = {
     "qwen2": [_QWEN2_SPLIT],
     "deepseek-r1-qwen": [_QWEN2_SPLIT],
     "megrez": [_QWEN2_SPLIT],
+    "glm4": [_LLAMA3_SPLIT],          # GLM-4 0414: llama.cpp's CHATGLM4 rule, Llama 3's spelled case by case
 }
-# Vocabularies that look a whole word up before merging and whose GGUFs want a BOS when they do
-# not say (llama.cpp: ignore_merges and add_bos for these names only).
-_IGNORE_MERGES = (*LLAMA3_NAMES, "tekken")
-BOS_BY_DEFAULT = _IGNORE_MERGES
+# Vocabularies whose GGUFs want a BOS when they do not say, and those that look a whole word up
+# before merging (llama.cpp: add_bos and ignore_merges for these names only).
+BOS_BY_DEFAULT = (*LLAMA3_NAMES, "tekken")
+_IGNORE_MERGES = (*BOS_BY_DEFAULT, "glm4")   # glm4: no BOS (its template writes [gMASK]<sop>)
 # ggml token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
