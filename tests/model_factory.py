@@ -154,6 +154,12 @@ ARCH_SPECS = {
         name="glm4", arch="glm4", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=22, explicit_head_dim=32, partial_rotary=0.5,
     ),
+    # ERNIE 4.5 (0.3B's layout): Llama rotating adjacent pairs in its HF checkpoint, heads of 32
+    # over hidden 64, tied.
+    "ernie4_5": TinySpec(
+        name="ernie4_5", arch="ernie4_5", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=500000.0, rms_eps=1e-5, seed=23, explicit_head_dim=32,
+    ),
     # OLMo 3: OLMo 2 with layers 0-2 and 4 local (window 8, unscaled RoPE) and layer 3 global
     # with YaRN x4 over an original context of 16 (its attention factor too), so the two RoPE
     # tables differ in frequencies and in their cos/sin factor.
@@ -271,6 +277,9 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         from transformers import Exaone4Config, Exaone4ForCausalLM
         model = Exaone4ForCausalLM(Exaone4Config(pad_token_id=None, sliding_window=spec.sliding_window,
                                                  sliding_window_pattern=spec.sliding_window_pattern, **common))
+    elif spec.arch == "ernie4_5":
+        from transformers import Ernie4_5Config, Ernie4_5ForCausalLM
+        model = Ernie4_5ForCausalLM(Ernie4_5Config(head_dim=spec.head_dim, pad_token_id=None, **common))
     elif spec.arch == "glm4":
         from transformers import Glm4Config, Glm4ForCausalLM
         model = Glm4ForCausalLM(Glm4Config(head_dim=spec.head_dim, partial_rotary_factor=spec.partial_rotary,

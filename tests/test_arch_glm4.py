@@ -39,7 +39,7 @@ def test_gguf_keeps_gate_up_fused(tm):
 
 
 @pytest.mark.parametrize("key,value,what", [("glm4.nextn_predict_layers", 1, "nextn_predict_layers"),
-                                            ("glm4.rope.dimension_sections", [8, 12, 12, 0], "GLM-4V")])
+                                            ("glm4.rope.dimension_sections", [8, 12, 12, 0], "multimodal RoPE")])
 def test_what_it_cannot_run_is_refused_by_name(forgert, tm, tmp_path, key, value, what):
     import gguf
     import model_factory as mf

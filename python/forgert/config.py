@@ -11,11 +11,12 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
+                   "glm4", "ernie4_5", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
-                  "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4", **gemma.HF_GEMMA_MODEL_TYPES}
+                  "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
+                  "ernie4_5": "ernie4_5", **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -26,9 +27,13 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # with three local layers (a window, unscaled RoPE) to one global (YaRN): GGUF olmo2 with a
 # sliding window, as llama.cpp's converter writes it.
 # GLM-4 (0414) is Llama with Gemma's sandwich norms, q/k/v biases, a fused gate_up and partial
-# rotary over adjacent pairs, in its HF checkpoints too.
+# rotary over adjacent pairs, in its HF checkpoints too. ERNIE 4.5 (dense) is Llama rotating
+# adjacent pairs in its HF checkpoints.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
-              "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama"}
+              "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama"}
+# HF model types whose checkpoints rotate adjacent pairs (x0, x1), (x2, x3).. (llama.cpp's NORM
+# type with unpermuted weights); every other HF checkpoint rotates the two halves of each head.
+_HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5")
 # Where each architecture puts its RMSNorms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3);
 # "post", only on each sub-layer's output (OLMo 2, EXAONE 4). And its QK-norm (absent: none): over
@@ -417,8 +422,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _gpt_oss_gguf(cfg, source)
     if arch == "exaone4":
         _exaone4_gguf(meta, p, cfg, source)
-    if arch == "glm4":
-        _glm4_gguf(meta, p, source)
+    if arch in ("glm4", "ernie4_5"):
+        _no_mrope_or_mtp(meta, p, source)
     _set_rope_tables(cfg)
     if arch == "olmo2" and cfg.sliding_window:   # OLMo 3, as llama.cpp's olmo2 loader reads it
         local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
@@ -507,14 +512,15 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     _check_experts(cfg, source)
 
 
-def _glm4_gguf(meta, p, source) -> None:
-    """What a glm4 file may hold beyond GLM-4 0414's text model, refused by name: multimodal RoPE
-    sections (GLM-4V) and multi-token-prediction layers (nextn_predict_layers)."""
+def _no_mrope_or_mtp(meta, p, source) -> None:
+    """What a glm4 / ernie4_5 file may hold beyond the text models forgert runs, refused by name:
+    multimodal RoPE sections (GLM-4V, PaddleOCR-VL) and multi-token-prediction layers."""
+    arch = p[:-1]
     sections = meta.get(p + "rope.dimension_sections")
     if sections is not None and any(int(x) for x in np.atleast_1d(sections)):
-        _fail(source, "glm4 with rope.dimension_sections (GLM-4V's multimodal RoPE) is not supported")
+        _fail(source, f"{arch} with rope.dimension_sections (a vision model's multimodal RoPE) is not supported")
     if _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0):
-        _fail(source, "glm4 with nextn_predict_layers (multi-token-prediction layers) is not supported")
+        _fail(source, f"{arch} with nextn_predict_layers (multi-token-prediction layers) is not supported")
 
 
 def _olmo3_layers(cfg: ModelConfig, local: list, window: int, local_theta: float, local_scaling, source) -> None:
@@ -801,6 +807,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
     if hf.get("mlp_bias"):
         _fail(source, "mlp_bias=true is not supported")
+    if model_type == "ernie4_5" and hf.get("use_bias"):
+        _fail(source, "use_bias=true (biases on the MLP's projections too) is not supported")
     extent = _extent_bound(census)
     n_heads = _get_int(hf, "num_attention_heads", source, **extent)
     dim = _get_int(hf, "hidden_size", source, **extent)
@@ -822,7 +830,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         context_length=_get_int(hf, "max_position_embeddings", source),
         rms_eps=_get_float(hf, "rms_norm_eps", source, default=1e-6),
         rope_theta=theta,
-        rope_neox=model_type != "glm4",   # HF checkpoints rotate the two halves of each head; GLM-4 adjacent pairs
+        rope_neox=model_type not in _HF_ADJACENT_PAIR_ROPE,
         rope_scaling=scaling,
         rope_dim=rope_dim,
         tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
