@@ -154,6 +154,12 @@ ARCH_SPECS = {
         name="glm4", arch="glm4", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=22, explicit_head_dim=32, partial_rotary=0.5,
     ),
+    # Seed-OSS: Llama with q/k/v and output biases (its 36B has the q/k/v ones), heads of 32
+    # over hidden 64, untied.
+    "seed_oss": TinySpec(
+        name="seed_oss", arch="seed_oss", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=10000000.0, rms_eps=1e-6, seed=24, explicit_head_dim=32,
+    ),
     # ERNIE 4.5 (0.3B's layout): Llama rotating adjacent pairs in its HF checkpoint, heads of 32
     # over hidden 64, tied.
     "ernie4_5": TinySpec(
@@ -277,6 +283,10 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         from transformers import Exaone4Config, Exaone4ForCausalLM
         model = Exaone4ForCausalLM(Exaone4Config(pad_token_id=None, sliding_window=spec.sliding_window,
                                                  sliding_window_pattern=spec.sliding_window_pattern, **common))
+    elif spec.arch == "seed_oss":
+        from transformers import SeedOssConfig, SeedOssForCausalLM
+        model = SeedOssForCausalLM(SeedOssConfig(head_dim=spec.head_dim, attention_bias=True, attention_out_bias=True,
+                                                 pad_token_id=None, **common))
     elif spec.arch == "ernie4_5":
         from transformers import Ernie4_5Config, Ernie4_5ForCausalLM
         model = Ernie4_5ForCausalLM(Ernie4_5Config(head_dim=spec.head_dim, pad_token_id=None, **common))
@@ -414,6 +424,8 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
         "mlp.down_proj.weight": "ffn_down.weight",
         **({"post_attention_layernorm.weight": "post_attention_norm.weight",
             "post_feedforward_layernorm.weight": "post_ffw_norm.weight"} if arch in POST_NORM_ARCHS else {}),
+        # Seed-OSS: its converter names the feed-forward norm post_attention_norm
+        **({"post_attention_layernorm.weight": "post_attention_norm.weight"} if arch == "seed_oss" else {}),
         # GLM-4: four norms, and gate_up_proj kept fused (gate rows, then up rows) as its converter keeps it
         **({"post_self_attn_layernorm.weight": "post_attention_norm.weight",
             "post_mlp_layernorm.weight": "post_ffw_norm.weight",

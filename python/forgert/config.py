@@ -11,12 +11,12 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "ernie4_5", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
+                   "glm4", "ernie4_5", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
-                  "ernie4_5": "ernie4_5", **gemma.HF_GEMMA_MODEL_TYPES}
+                  "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -28,9 +28,11 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # sliding window, as llama.cpp's converter writes it.
 # GLM-4 (0414) is Llama with Gemma's sandwich norms, q/k/v biases, a fused gate_up and partial
 # rotary over adjacent pairs, in its HF checkpoints too. ERNIE 4.5 (dense) is Llama rotating
-# adjacent pairs in its HF checkpoints.
+# adjacent pairs in its HF checkpoints. Seed-OSS is Llama with q/k/v (and optionally output)
+# biases, its GGUF naming the feed-forward norm post_attention_norm (loader.py renames it).
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
-              "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama"}
+              "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
+              "seed_oss": "llama"}
 # HF model types whose checkpoints rotate adjacent pairs (x0, x1), (x2, x3).. (llama.cpp's NORM
 # type with unpermuted weights); every other HF checkpoint rotates the two halves of each head.
 _HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5")
@@ -45,7 +47,7 @@ _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "gemma3": "head", "exaone4": "h
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "qwen3moe", "qwen2moe", "gpt-oss")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF

@@ -21,6 +21,26 @@ from .weights import WeightTensor
 
 # Consumed by the config, not the core: RoPE divisors (llama3's, LongRoPE's long and short sets).
 _GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+# Layer tensors some architectures' files name otherwise than the canonical layout: Seed-OSS's
+# feed-forward norm is llama.cpp's post_attention_norm (the norm after attention, before the MLP).
+_GGUF_LAYER_RENAMES = {"seed_oss": {"post_attention_norm.weight": "ffn_norm.weight"}}
+
+
+def _canonical_layer_names(arch: str, weights: dict, source: str) -> dict:
+    """weights with the arch's layer tensors under their canonical names (_GGUF_LAYER_RENAMES)."""
+    renames = _GGUF_LAYER_RENAMES.get(arch)
+    if not renames:
+        return weights
+    out = {}
+    for name, t in weights.items():
+        parts = name.split(".", 2)
+        if len(parts) == 3 and parts[0] == "blk" and parts[2] in renames:
+            new = f"blk.{parts[1]}.{renames[parts[2]]}"
+            if new in weights:
+                raise ModelFormatError(f"{source}: tensor '{new}' given beside '{name}', which {arch} names it")
+            name = new
+        out[name] = t
+    return out
 
 
 @dataclass
@@ -84,7 +104,8 @@ def load_gguf(path) -> LoadedModel:
                            rope_factors=factors("rope_freqs.weight"),
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
-    tensors = core_tensors(cfg, split_fused(cfg, weights), g.name, ignore=_GGUF_EXTRA_TENSORS)
+    tensors = core_tensors(cfg, split_fused(cfg, _canonical_layer_names(cfg.arch, weights, g.name)), g.name,
+                           ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
