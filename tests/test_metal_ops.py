@@ -326,6 +326,15 @@ def test_get_rows_matches_numpy(metal, wtype):
 
 # --------------------------------------------------------------------------- norms, rope, elementwise
 
+@pytest.mark.parametrize("dim", [7, 64, 576, 1100, 9000])  # as test_rms_norm
+def test_layer_norm(metal, cpu, dim):
+    """Cohere's LayerNorm (the rms_norm kernel with its mean pass), rows offset by 3."""
+    r = rng("layer_norm", dim)
+    x = r.standard_normal((3, dim), dtype=np.float32) * 4 + 3
+    w = r.standard_normal(dim, dtype=np.float32)
+    assert nmse(metal.layer_norm(x, w, 1e-5), cpu.layer_norm(x, w, 1e-5)) < 1e-10
+
+
 @pytest.mark.parametrize("dim", [7, 64, 576, 1100, 9000])  # 1100: > 1024 threads; 9000: past the registers (8 x 1024)
 def test_rms_norm(metal, cpu, dim):
     r = rng("rms_norm", dim)

@@ -116,7 +116,8 @@ typedef struct {
 } mul_mm_args;
 FG_ARGS_ASSERT(sizeof(mul_mm_args) == 40, "mul_mm_args layout");
 
-// --- rms_norm: out[t, :] = x[t, :] * rsqrt(mean(x[t, :]^2) + eps) * w ---
+// --- rms_norm: out[t, :] = x[t, :] * rsqrt(mean(x[t, :]^2) + eps) * w; with center, LayerNorm
+// without a bias: (x - mean(x)) * rsqrt(mean((x - mean(x))^2) + eps) * w (Cohere) ---
 // slots: 1 x f32 [n, dim], 2 w f32 [dim], 3 out f32 [n, dim]
 // grid: (n); threads: min(1024, 32 * ceil(dim / 32)); threadgroup memory 0: 32 floats
 typedef struct {
@@ -125,7 +126,7 @@ typedef struct {
     int32_t dim;
     float eps;
     int32_t accumulate;   // 1: out += the normed row (a post-norm fused with its residual add); 0: out =
-    int32_t pad0;
+    int32_t center;       // 1: subtract the row's mean first (LayerNorm); 0: RMSNorm
 } rms_norm_args;
 FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 

@@ -116,12 +116,20 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("final_softcap")) c.final_softcap = get<float>(d, "final_softcap");
     if (d.contains("residual_scale")) c.residual_scale = get<float>(d, "residual_scale");
     if (d.contains("logit_scale")) c.logit_scale = get<float>(d, "logit_scale");
-    if (d.contains("norms")) {  // "pre" (default), "sandwich" (pre and post), "post"
+    if (d.contains("norms")) {  // "pre" (default), "sandwich" (pre and post), "post", "parallel"
         const std::string n = get<std::string>(d, "norms");
-        if (n != "pre" && n != "sandwich" && n != "post")
-            throw InputError("model config 'norms' must be \"pre\", \"sandwich\" or \"post\", got \"" + n + "\"");
+        if (n != "pre" && n != "sandwich" && n != "post" && n != "parallel")
+            throw InputError("model config 'norms' must be \"pre\", \"sandwich\", \"post\" or \"parallel\", got \"" +
+                             n + "\"");
         c.pre_norms = n != "post";
-        c.post_norms = n != "pre";
+        c.post_norms = n == "sandwich" || n == "post";
+        c.parallel_block = n == "parallel";
+    }
+    if (d.contains("norm_kind")) {  // "rms" (default) or "layer" (LayerNorm without bias)
+        const std::string k = get<std::string>(d, "norm_kind");
+        if (k != "rms" && k != "layer")
+            throw InputError("model config 'norm_kind' must be \"rms\" or \"layer\", got \"" + k + "\"");
+        c.layer_norm = k == "layer";
     }
     if (d.contains("qk_norm")) {  // "none" (default), "head", "whole"
         const std::string q = get<std::string>(d, "qk_norm");

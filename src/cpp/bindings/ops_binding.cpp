@@ -168,6 +168,12 @@ public:
         run([&] { be_->rms_norm(Y, X, W, eps); });
         return download(Y);
     }
+    F32 layer_norm(const F32& x, const F32& w, float eps) {
+        need(w.size() == cols_of(x), "w must have x's column count");
+        Tensor X = f32(x), W = f32(w), Y = empty(DType::F32, X.rows, X.cols);
+        run([&] { be_->layer_norm(Y, X, W, eps); });
+        return download(Y);
+    }
     // x [n, heads * head_dim] with each head RMS-normalised by w [head_dim] (in place on the device).
     F32 head_rms_norm(const F32& x, const F32& w, float eps) {
         need(x.ndim() == 2 && w.ndim() == 1 && w.size() > 0 && cols_of(x) % w.size() == 0,
@@ -408,6 +414,7 @@ void bind_ops(py::module_& m) {
              py::arg("ids"))
         .def("rms_norm", &Ops::rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
         .def("head_rms_norm", &Ops::head_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
+        .def("layer_norm", &Ops::layer_norm, py::arg("x"), py::arg("w"), py::arg("eps"))
         .def("add_bias", &Ops::add_bias, py::arg("x"), py::arg("b"))
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),

@@ -168,6 +168,9 @@ public:
     // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w                     x, out [n, dim]; w [dim]
     // out may alias x (a row is read whole before it is written; OLMo 2's QK-norm runs in place).
     virtual void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) = 0;
+    // LayerNorm without a bias (Cohere): m = mean(x[i, :]),
+    // out[i, :] = (x[i, :] - m) / sqrt(mean((x[i, :] - m)^2) + eps) * w       x, out [n, dim]; w [dim]
+    virtual void layer_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) = 0;
     // out[i, r] = sum_c w[r, c] * x[i, c]                    w [rows, cols]; x [n, cols]; out [n, rows]
     // Accuracy: as with f32 activations (a backend that rounds x for integer dot
     // products must keep ~16 bits of it, see cpu_kernels.h BlockQ8Act).

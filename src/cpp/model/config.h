@@ -79,6 +79,11 @@ struct ModelConfig {
     // [q_dim] and [kv_dim]).
     bool pre_norms = true;
     bool post_norms = false;
+    // Cohere (Command-R, Aya): one pre-norm feeds attention and the feed-forward side by side
+    // (no ffn_norm; x += attention + feed-forward), and every pre-norm and the final norm is a
+    // LayerNorm without bias (the row's mean subtracted; rms_eps is its eps).
+    bool parallel_block = false;
+    bool layer_norm = false;
     enum class QkNorm { None, PerHead, Whole };
     QkNorm qk_norm = QkNorm::None;
     bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }

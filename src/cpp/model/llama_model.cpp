@@ -212,7 +212,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
-        if (cfg_.pre_norms) be.rms_norm(xn, x, L.attn_norm, cfg_.rms_eps);
+        if (cfg_.pre_norms) norm(xn, x, L.attn_norm);
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
         const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
         be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
@@ -241,8 +241,9 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         be.attention(att, q, kc, vc, at, ap);
         add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
-        // feed-forward block
-        if (cfg_.pre_norms) be.rms_norm(xn, x, L.ffn_norm, cfg_.rms_eps);
+        // feed-forward block; in a parallel block (Cohere) it reads the attention's normed input,
+        // still in xn, and adds to x beside the attention's output
+        if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm);
         const Tensor& ffn_in = cfg_.pre_norms ? xn : x;
         if (cfg_.is_moe())
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
@@ -314,7 +315,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
         Tensor h = x_.slice_rows(r0, nr), hn = xn_.slice_rows(r0, nr);
         const Tensor out = logits_rows(nr);
-        be_->rms_norm(hn, h, w_.output_norm, cfg_.rms_eps);
+        norm(hn, h, w_.output_norm);
         be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
         finish_logits(out);
         be_->commit();
@@ -352,10 +353,10 @@ Tensor LlamaModel::logits_rows(int n) {
 Tensor LlamaModel::last_rows_normed(const BatchEntry* entries, int n_entries) {
     Tensor hn = xn_.slice_rows(0, n_entries);
     if (n_entries == 1) {  // one sequence: its last row is already a row of x
-        be_->rms_norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm, cfg_.rms_eps);
+        norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm);
     } else {  // gather each entry's last hidden row (x_ as an f32 table; indices staged by run_layers)
         be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
-        be_->rms_norm(hn, hn, w_.output_norm, cfg_.rms_eps);
+        norm(hn, hn, w_.output_norm);
     }
     return hn;
 }
@@ -367,6 +368,13 @@ RowClasses LlamaModel::last_row_classes(const BatchEntry* entries, int n_entries
 }
 
 // The output projection's rows made logits: Granite's division, Gemma 2's soft cap.
+void LlamaModel::norm(const Tensor& out, const Tensor& x, const Tensor& w) {
+    if (cfg_.layer_norm)
+        be_->layer_norm(out, x, w, cfg_.rms_eps);
+    else
+        be_->rms_norm(out, x, w, cfg_.rms_eps);
+}
+
 void LlamaModel::finish_logits(const Tensor& out) {
     if (cfg_.logit_scale != 1.0f) be_->scale(out, 1.0f / cfg_.logit_scale);
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
@@ -466,7 +474,7 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
         const Block& k = blocks[b];
         const Tensor hn = xn_.slice_rows(k.x_row, k.m), out = score_logits_.slice_rows((b % 2) * kScoreBlock, k.m);
         be_->begin();
-        be_->rms_norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm, cfg_.rms_eps);
+        norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm);
         be_->matmul(out, w_.output, hn, k.decode ? RowClasses::decode(k.m) : RowClasses::prefix());
         finish_logits(out);
         be_->commit();

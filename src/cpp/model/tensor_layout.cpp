@@ -37,7 +37,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
         if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
-        if (pre_norms) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
+        if (pre_norms && !cfg.parallel_block) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
         if (!cfg.is_moe()) {
             out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_up.weight", ffn, dim, true, false});

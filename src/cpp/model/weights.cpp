@@ -104,6 +104,8 @@ void ModelConfig::validate() const {
     need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
+    need(!parallel_block || (pre_norms && !post_norms && n_expert == 0 && residual_scale == 1.0f),
+         "a parallel block has one pre-norm, no post-norms, no experts and no residual_scale");
     finite_at_least("swiglu_limit", swiglu_limit, 0.0f);
     finite_at_least("swiglu_alpha", swiglu_alpha, 0.0f);
     for (size_t l = 0; l < layer_window.size(); l++)

@@ -63,6 +63,7 @@ public:
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void layer_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
     // The matmul ops run x's decode rows (RowClasses) through the few-token kernels in runs of
     // at most kMaxDecodeRun rows and its prefix rows through the prefill GEMM.
@@ -116,8 +117,9 @@ private:
                     const Tensor& scratch, bool gelu, RowClasses rc);
     void gemv_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x,
                   const Tensor& scratch, bool gelu);
-    // out = rms_norm(x) * w, or out += it with accumulate.
-    void rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
+    // out = rms_norm(x) * w, or out += it with accumulate; with center the LayerNorm (no bias).
+    void rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate,
+                       bool center = false);
     // Decode attention with the keys of each KV head split into n_splits ranges (more work
     // items than KV heads, so every thread gets some), merged by their log-sum-exps.
     void attention_split_keys(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

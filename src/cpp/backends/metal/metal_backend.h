@@ -42,6 +42,7 @@ public:
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
+    void layer_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
     void add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) override;
     // The matmul ops and attention take RowClasses (core/backend.h): decode rows through the GEMV
     // and the decode attention kernel cut as for one query, prefix rows through the GEMM and the
@@ -132,8 +133,9 @@ private:
     // GEMV rows: the gate and up projections and the activation in one mul_mv_swiglu pass
     // (gelu: GeGLU); false where that kernel does not apply (the caller falls back).
     bool encode_fused_glu(const Tensor& out, const Tensor& w_gate, const Tensor& w_up, const Tensor& x, bool gelu);
-    // out = rms_norm(x) * w, or out += it with accumulate: rms_norm_f32.
-    void encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate);
+    // out = rms_norm(x) * w, or out += it with accumulate; the LayerNorm with center: rms_norm_f32.
+    void encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate,
+                         bool center = false);
     // x = f(x, value) in place over [n, dim] rows: scale_f32 or softcap_f32.
     void encode_unary(const char* kernel, const Tensor& x, float value);
     // A device buffer of at least `bytes` for attention partials, alive until the next wait().

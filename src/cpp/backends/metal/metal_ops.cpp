@@ -398,11 +398,16 @@ void MetalBackend::rms_norm(const Tensor& out, const Tensor& x, const Tensor& w,
     encode_rms_norm(out, x, w, eps, false);
 }
 
+void MetalBackend::layer_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) {
+    encode_rms_norm(out, x, w, eps, false, true);
+}
+
 void MetalBackend::add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, float eps) {
     encode_rms_norm(x, y, w, eps, true);
 }
 
-void MetalBackend::encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate) {
+void MetalBackend::encode_rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps, bool accumulate,
+                                   bool center) {
     need(x.cols > 0, "rms_norm", "empty rows");
     need_f32_rows(x, "rms_norm", "x", x.rows, x.cols);
     need_f32_rows(out, "rms_norm", "out", x.rows, x.cols);
@@ -413,6 +418,7 @@ void MetalBackend::encode_rms_norm(const Tensor& out, const Tensor& x, const Ten
     a.dim = (int32_t)x.cols;
     a.eps = eps;
     a.accumulate = accumulate ? 1 : 0;
+    a.center = center ? 1 : 0;
     const uint32_t threads = std::min<uint32_t>(thread_cap("rms_norm_f32"), round_up_simd(x.cols));
     encode("rms_norm_f32", &a, sizeof a, {reads(x), reads(w), writes(out)}, {(uint32_t)x.rows, 1, 1},
            {threads, 1, 1}, FG_SIMD_WIDTH * sizeof(float));
