@@ -61,6 +61,7 @@ class TinySpec:
     no_rope_layers: tuple | None = None    # SmolLM3: 1 = RoPE, 0 = none, per layer
     multipliers: dict | None = None        # Granite: embedding / residual / attention multipliers, logits_scaling
     partial_rotary: float | None = None    # GLM-4: the share of each head that rotates
+    logit_scale: float = 0.0625            # Cohere: the logits times this
     sliding_window: int | None = None      # EXAONE 4: its local layers' window (None: every layer global, RoPE)
     sliding_window_pattern: int = 4        # EXAONE 4: every pattern-th layer global (and NoPE)
 
@@ -153,6 +154,18 @@ ARCH_SPECS = {
     "glm4": TinySpec(
         name="glm4", arch="glm4", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=22, explicit_head_dim=32, partial_rotary=0.5,
+    ),
+    # Command-R / Aya Expanse (GGUF command-r, HF cohere): one LayerNorm feeding attention and the
+    # MLP in parallel, logits times 0.25, tied; RoPE over adjacent pairs in the HF checkpoint.
+    "command_r": TinySpec(
+        name="command_r", arch="command-r", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-5, seed=25, logit_scale=0.25,
+    ),
+    # Command R7B (cohere2): as command-r with layers 0-2 and 4 local (window 8, RoPE) and layer 3
+    # global without RoPE.
+    "cohere2": TinySpec(
+        name="cohere2", arch="cohere2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=50000.0, rms_eps=1e-5, seed=26, logit_scale=0.25, sliding_window=8,
     ),
     # Seed-OSS: Llama with q/k/v and output biases (its 36B has the q/k/v ones), heads of 32
     # over hidden 64, untied.
@@ -283,6 +296,15 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         from transformers import Exaone4Config, Exaone4ForCausalLM
         model = Exaone4ForCausalLM(Exaone4Config(pad_token_id=None, sliding_window=spec.sliding_window,
                                                  sliding_window_pattern=spec.sliding_window_pattern, **common))
+    elif spec.arch in ("command-r", "cohere2"):
+        from transformers import Cohere2Config, Cohere2ForCausalLM, CohereConfig, CohereForCausalLM
+        eps = common.pop("rms_norm_eps")
+        if spec.arch == "cohere2":
+            model = Cohere2ForCausalLM(Cohere2Config(logit_scale=spec.logit_scale, layer_norm_eps=eps, pad_token_id=None,
+                                                     sliding_window=spec.sliding_window, **common))
+        else:
+            model = CohereForCausalLM(CohereConfig(logit_scale=spec.logit_scale, layer_norm_eps=eps, pad_token_id=None,
+                                                   **common))
     elif spec.arch == "seed_oss":
         from transformers import SeedOssConfig, SeedOssForCausalLM
         model = SeedOssForCausalLM(SeedOssConfig(head_dim=spec.head_dim, attention_bias=True, attention_out_bias=True,
@@ -518,7 +540,11 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_head_count(spec.n_heads)
     w.add_head_count_kv(spec.n_kv_heads)
     w.add_rope_freq_base(spec.rope_theta)
-    w.add_layer_norm_rms_eps(spec.rms_eps)
+    if spec.arch in ("command-r", "cohere2"):   # LayerNorms: their eps key, and the logit scale
+        w.add_layer_norm_eps(spec.rms_eps)
+        w.add_float32(f"{arch}.logit_scale", spec.logit_scale)
+    else:
+        w.add_layer_norm_rms_eps(spec.rms_eps)
     if spec.explicit_head_dim is not None:   # the converter writes config.head_dim as key/value lengths
         w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
@@ -540,7 +566,7 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_float32(f"{arch}.residual_scale", m["residual_multiplier"])
         w.add_float32(f"{arch}.attention.scale", m["attention_multiplier"])
         w.add_float32(f"{arch}.logit_scale", m["logits_scaling"])
-    if spec.arch in ("exaone4", "olmo2") and spec.sliding_window:   # the converter: the window, one bool per layer
+    if spec.arch in ("exaone4", "olmo2", "cohere2") and spec.sliding_window:   # the window, one bool per layer
         w.add_sliding_window(spec.sliding_window)
         if swa_pattern:   # False: a file that leaves the layers to llama.cpp's default rule
             w.add_array(f"{arch}.attention.sliding_window_pattern",

@@ -11,12 +11,14 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "ernie4_5", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss") + gemma.GEMMA_ARCHS
+                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "qwen3moe", "qwen2moe",
+                   "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
-                  "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", **gemma.HF_GEMMA_MODEL_TYPES}
+                  "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
+                  **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -30,17 +32,25 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # rotary over adjacent pairs, in its HF checkpoints too. ERNIE 4.5 (dense) is Llama rotating
 # adjacent pairs in its HF checkpoints. Seed-OSS is Llama with q/k/v (and optionally output)
 # biases, its GGUF naming the feed-forward norm post_attention_norm (loader.py renames it).
+# Cohere (Command-R, Aya Expanse: GGUF command-r; Command R7B: cohere2) is Llama with one LayerNorm
+# feeding attention and the MLP side by side ("parallel" norms) and its logits multiplied by
+# logit_scale; cohere2's global layers run without RoPE beside windowed local ones.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
-              "seed_oss": "llama"}
+              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama"}
 # HF model types whose checkpoints rotate adjacent pairs (x0, x1), (x2, x3).. (llama.cpp's NORM
 # type with unpermuted weights); every other HF checkpoint rotates the two halves of each head.
-_HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5")
+_HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
+# Architectures whose norms are LayerNorms (mean subtracted, no bias); GGUF gives their eps as
+# attention.layer_norm_epsilon.
+_LAYER_NORM_ARCHS = ("command-r", "cohere2")
 # Where each architecture puts its RMSNorms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3);
-# "post", only on each sub-layer's output (OLMo 2, EXAONE 4). And its QK-norm (absent: none): over
+# "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm whose output
+# attention and the MLP both read, their outputs added to the residual together (Cohere). And its QK-norm (absent: none): over
 # each head of Q and K ("head") or over the whole Q and K projections ("whole").
-_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post"}
+_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
+          "command-r": "parallel", "cohere2": "parallel"}
 _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "gemma3": "head", "exaone4": "head", "olmo2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -134,6 +144,11 @@ class ModelConfig:
         return _NORMS.get(self.arch, "pre")
 
     @property
+    def norm_kind(self) -> str:
+        """"rms", or "layer" (LayerNorm without bias: _LAYER_NORM_ARCHS)."""
+        return "layer" if self.arch in _LAYER_NORM_ARCHS else "rms"
+
+    @property
     def qk_norm(self) -> str:
         """"none", "head" or "whole" (_QK_NORM)."""
         return _QK_NORM.get(self.arch, "none")
@@ -198,6 +213,10 @@ class ModelConfig:
             out.append("post-attention and post-feed-forward norms")
         elif self.norms == "post":
             out.append("norms on each sub-layer's output only (no pre-norms)")
+        elif self.norms == "parallel":
+            out.append("attention and feed-forward in parallel from one pre-norm")
+        if self.norm_kind == "layer":
+            out.append("LayerNorm (no bias)")
         windows = self.windows()
         if any(windows):
             slid = [i for i, w in enumerate(windows) if w]
@@ -219,7 +238,7 @@ class ModelConfig:
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
             "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
             "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
-            "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm,
+            "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm, "norm_kind": self.norm_kind,
         }
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
@@ -400,7 +419,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         ffn_dim=_get_int(meta, p + "feed_forward_length", source, **extent),
         vocab=vocab,
         context_length=context_length,
-        rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
+        rms_eps=_get_float(meta, p + ("attention.layer_norm_epsilon" if arch in _LAYER_NORM_ARCHS
+                                      else "attention.layer_norm_rms_epsilon"), source),
         rope_theta=theta,
         # llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen2 keeps HF's layout.
         rope_neox=(arch in _GGUF_NEOX_ARCHS),
@@ -426,6 +446,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _exaone4_gguf(meta, p, cfg, source)
     if arch in ("glm4", "ernie4_5"):
         _no_mrope_or_mtp(meta, p, source)
+    if arch in _LAYER_NORM_ARCHS:
+        _cohere_gguf(meta, p, cfg, source)
     _set_rope_tables(cfg)
     if arch == "olmo2" and cfg.sliding_window:   # OLMo 3, as llama.cpp's olmo2 loader reads it
         local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
@@ -512,6 +534,27 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)
+
+
+def _cohere_layers(cfg: ModelConfig, local: list, window: int) -> None:
+    """Command R7B (cohere2): local layers windowed with RoPE, global layers full without it."""
+    cfg.sliding_window = window if any(local) else None
+    cfg.layer_window = [window if is_local else 0 for is_local in local]
+    cfg.layer_rope = [0 if is_local else -1 for is_local in local]
+
+
+def _cohere_gguf(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp's command-r / cohere2 keys: logit_scale (the logits multiplied by it; optional
+    for command-r), and for cohere2 its window and attention.sliding_window_pattern (default 4)."""
+    scale = _get_float(meta, p + "logit_scale", source, default=None if p == "cohere2." else 1.0)
+    cfg.logit_scale = 1.0 / scale   # the core divides
+    if p == "cohere2.":
+        if not cfg.sliding_window:
+            _fail(source, "cohere2 without attention.sliding_window")
+        local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
+        _cohere_layers(cfg, local, cfg.sliding_window)
+    elif cfg.sliding_window:
+        _fail(source, "command-r with attention.sliding_window is not supported (Command R7B is cohere2)")
 
 
 def _no_mrope_or_mtp(meta, p, source) -> None:
@@ -811,6 +854,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _fail(source, "mlp_bias=true is not supported")
     if model_type == "ernie4_5" and hf.get("use_bias"):
         _fail(source, "use_bias=true (biases on the MLP's projections too) is not supported")
+    if model_type == "cohere" and hf.get("use_qk_norm"):
+        _fail(source, "use_qk_norm=true (Command R+'s per-head LayerNorms of Q and K) is not supported")
     extent = _extent_bound(census)
     n_heads = _get_int(hf, "num_attention_heads", source, **extent)
     dim = _get_int(hf, "hidden_size", source, **extent)
@@ -830,12 +875,14 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         ffn_dim=_get_int(hf, "intermediate_size", source, **extent),
         vocab=_get_int(hf, "vocab_size", source, **extent),
         context_length=_get_int(hf, "max_position_embeddings", source),
-        rms_eps=_get_float(hf, "rms_norm_eps", source, default=1e-6),
+        rms_eps=_get_float(hf, "layer_norm_eps" if model_type in ("cohere", "cohere2") else "rms_norm_eps", source,
+                           default=1e-5 if model_type in ("cohere", "cohere2") else 1e-6),
         rope_theta=theta,
         rope_neox=model_type not in _HF_ADJACENT_PAIR_ROPE,
         rope_scaling=scaling,
         rope_dim=rope_dim,
-        tied_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        # Cohere's configs tie by default (and may leave the key out)
+        tied_embeddings=bool(hf.get("tie_word_embeddings", model_type in ("cohere", "cohere2"))),
     )
     window = hf.get("sliding_window")
     if window is not None and hf.get("use_sliding_window", True):   # Qwen2 configs carry it switched off
@@ -853,6 +900,14 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     if model_type == "exaone4":
         _exaone4_hf(hf, cfg, source)
     olmo3 = _olmo3_hf(hf, cfg, source) if model_type == "olmo3" else None
+    if model_type in ("cohere", "cohere2"):
+        cfg.logit_scale = 1.0 / _get_float(hf, "logit_scale", source, default=0.0625)
+    if model_type == "cohere2":   # layer_types (_hf_layer_types read them) or its default pattern of 4
+        windows = cfg.windows()
+        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % int(hf.get("sliding_window_pattern", 4))
+                                          else "full_attention" for i in range(cfg.n_layers)]
+        _cohere_layers(cfg, [t == "sliding_attention" for t in types],
+                       max(windows) if any(windows) else int(hf.get("sliding_window") or 4096))
     if model_type == "granite":
         cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)
         cfg.attn_scale = _get_float(hf, "attention_multiplier", source, default=cfg.head_dim ** -0.5)

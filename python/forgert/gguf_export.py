@@ -141,7 +141,8 @@ def _write_hf_metadata(writer, loaded):
                        ("attention.head_count", c.n_heads), ("attention.head_count_kv", c.n_kv_heads)):
         writer.add_u32(f"{arch}.{key}", value)
     writer.add_f32(f"{arch}.rope.freq_base", c.rope_theta)
-    writer.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_eps)
+    eps_key = "layer_norm_epsilon" if c.norm_kind == "layer" else "layer_norm_rms_epsilon"
+    writer.add_f32(f"{arch}.attention.{eps_key}", c.rms_eps)
     writer.add_u32(f"{arch}.rope.dimension_count", c.rope_dim or c.head_dim)
     if arch == "smollm3":   # GGUF smollm3 has no key for its NoPE layers: llama.cpp fixes every fourth
         fixed = [-1 if (i + 1) % SMOLLM3_NO_ROPE_INTERVAL == 0 else 0 for i in range(c.n_layers)]
@@ -152,6 +153,8 @@ def _write_hf_metadata(writer, loaded):
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
+    if arch in ("command-r", "cohere2"):   # Cohere's converter: the factor the logits are multiplied by
+        writer.add_f32(f"{arch}.logit_scale", 1.0 / c.logit_scale)
     if arch == "granite":   # its converter's four multipliers
         writer.add_f32(f"{arch}.logit_scale", c.logit_scale)
         writer.add_f32(f"{arch}.residual_scale", c.residual_scale)
@@ -162,8 +165,8 @@ def _write_hf_metadata(writer, loaded):
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
     windows = c.windows()
-    if arch == "exaone4":
-        if c.layer_rope is not None:   # hybrid: its converter writes the window and one bool per layer
+    if arch in ("exaone4", "cohere2"):
+        if c.layer_rope is not None:   # hybrid: the converter writes the window and one bool per layer
             writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
             writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
     elif arch == "olmo2" and any(windows):   # OLMo 3: llama.cpp's olmo2 gives local layers unscaled RoPE
