@@ -12,7 +12,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "qwen3moe", "qwen2moe",
-                   "gpt-oss") + gemma.GEMMA_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -37,7 +37,12 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # logit_scale; cohere2's global layers run without RoPE beside windowed local ones.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
-              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama"}
+              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama",
+              "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
+# The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
+# qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
+# in every section, which is 1-D RoPE; images need the vision encoder (an mmproj file), not run here.
+_TEXT_OF_VISION_ARCHS = ("qwen2vl", "qwen3vl", "qwen3vlmoe")
 # HF model types whose checkpoints rotate adjacent pairs (x0, x1), (x2, x3).. (llama.cpp's NORM
 # type with unpermuted weights); every other HF checkpoint rotates the two halves of each head.
 _HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
@@ -51,13 +56,15 @@ _LAYER_NORM_ARCHS = ("command-r", "cohere2")
 # each head of Q and K ("head") or over the whole Q and K projections ("whole").
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"qwen3": "head", "qwen3moe": "head", "gemma3": "head", "exaone4": "head", "olmo2": "whole"}
+_QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+            "exaone4": "head", "olmo2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss")
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss",
+                    "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
@@ -160,8 +167,11 @@ class ModelConfig:
     def features(self) -> list[str]:
         """What this model's forward pass does beyond a plain Llama, for `forgert info`."""
         out = []
-        if self.arch in ("qwen2", "qwen2moe"):
+        if self.arch in ("qwen2", "qwen2moe", "qwen2vl"):
             out.append("QKV bias")
+        if self.arch in _TEXT_OF_VISION_ARCHS:
+            out.append("the language model of a vision model: text only (images need its vision encoder, "
+                       "which forgert does not run)")
         if self.qk_norm == "head":
             out.append("QK-norm (RMSNorm on each head of Q and K)")
         elif self.qk_norm == "whole":
@@ -448,6 +458,10 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _no_mrope_or_mtp(meta, p, source)
     if arch in _LAYER_NORM_ARCHS:
         _cohere_gguf(meta, p, cfg, source)
+    if arch in _TEXT_OF_VISION_ARCHS:
+        sections = [int(x) for x in np.atleast_1d(meta.get(p + "rope.dimension_sections", []))]
+        if any(s < 0 for s in sections) or sum(sections) > (rope_dim // 2):
+            _fail(source, f"rope.dimension_sections {sections} do not fit the {rope_dim // 2} rotated pairs")
     _set_rope_tables(cfg)
     if arch == "olmo2" and cfg.sliding_window:   # OLMo 3, as llama.cpp's olmo2 loader reads it
         local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
