@@ -139,3 +139,20 @@ def test_sections_wider_than_the_head_are_refused(forgert, vl, tmp_path, tiny_to
         gguf.GGUFWriter.add_rope_dimension_sections = orig
     with pytest.raises(ModelFormatError, match="dimension_sections"):
         forgert.Model(str(path), backend="cpu")
+
+
+def test_qwen3vlmoe_runs_as_qwen3_moe(forgert, tmp_path, tiny_tokenizer):
+    """qwen3vlmoe (Qwen3-VL-30B-A3B's language model): Qwen3-MoE on text, the reduction of its
+    RoPE on text being the one the dense qwen3vl case above checks against transformers' Qwen3-VL.
+    A tiny Qwen3-MoE's weights under arch qwen3vlmoe with sections, against transformers' Qwen3-MoE."""
+    import moe_factory as moe
+    vocab = tiny_tokenizer.get_vocab_size()
+    model = moe.build_qwen3_moe(vocab, n_expert=4, top_k=2, norm_topk_prob=True, seed=33)
+    hf_dir = moe.save_hf(model, tiny_tokenizer, tmp_path / "hf")
+    path = moe.write_gguf(hf_dir, tmp_path / "vlmoe.gguf", "F32", "qwen3vlmoe", model.config, tiny_tokenizer,
+                          extra_meta={"add_rope_dimension_sections": [4, 6, 6, 0]})
+    m = forgert.Model(str(path), backend="cpu")
+    assert m.info()["arch"] == "qwen3vlmoe"
+    ids = np.random.default_rng(3).integers(2, vocab, 40).tolist()
+    compare_logits(m.logits(ids), mf.reference_logits(mf.with_f16_kv(model), ids), **bounds_for("gguf-F32", 40),
+                   what="qwen3vlmoe")
