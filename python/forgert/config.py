@@ -100,6 +100,7 @@ class ModelConfig:
     rope_dim: int | None = None      # rotated dims per head (partial rotary); None: all of head_dim
     rope_attn_factor: float = 1.0    # multiplies cos and sin (YaRN's mscale, LongRoPE's factor)
     rope_table_attn_factor: list[float] | None = None   # per RoPE table where they differ (OLMo 3)
+    vision_language: str | None = None   # the HF vision-language model_type whose language model this is
     layer_rope: list[int] | None = None   # [n_layers] RoPE table per layer, -1: no RoPE; None: table 0
     tied_embeddings: bool = False
     # Sliding-window attention (Mistral 7B v0.1: 4096): a token attends to itself and the
@@ -169,7 +170,7 @@ class ModelConfig:
         out = []
         if self.arch in ("qwen2", "qwen2moe", "qwen2vl"):
             out.append("QKV bias")
-        if self.arch in _TEXT_OF_VISION_ARCHS:
+        if self.arch in _TEXT_OF_VISION_ARCHS or self.vision_language:
             out.append("the language model of a vision model: text only (images need its vision encoder, "
                        "which forgert does not run)")
         if self.qk_norm == "head":
@@ -766,6 +767,8 @@ def _hf_rope(hf: dict, source):
     if not isinstance(theta, (int, float)) or theta <= 0:
         _fail(source, f"rope_theta must be a positive number, got {theta!r}")
     kind = scaling_in.get("rope_type", scaling_in.get("type", "default")) if scaling_in else "default"
+    if kind == "mrope":
+        kind = "default"    # Qwen2-VL's multimodal RoPE (transformers 4's spelling): 1-D RoPE on text
     if kind == "su" or (kind == "yarn" and hf.get("model_type") == "phi3"):
         kind = "longrope"   # Phi-3's legacy names for LongRoPE (transformers' Phi3Config renames them too)
     if kind == "default":
@@ -914,6 +917,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     if model_type == "exaone4":
         _exaone4_hf(hf, cfg, source)
     olmo3 = _olmo3_hf(hf, cfg, source) if model_type == "olmo3" else None
+    cfg.vision_language = hf.get("vision_language")   # set by vision_language.language_config
     if model_type in ("cohere", "cohere2"):
         cfg.logit_scale = 1.0 / _get_float(hf, "logit_scale", source, default=0.0625)
     if model_type == "cohere2":   # layer_types (_hf_layer_types read them) or its default pattern of 4

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .gpt_oss_experts import FUSED_EXPERT_RE, expert_stacks
+from .vision_language import LANGUAGE_MODEL_TYPES, language_config, language_tensor_name
 from .weights import ExpertList, WeightTensor
 
 U8 = None   # a raw-bytes tensor: no engine type of its own (gpt-oss's MXFP4 _blocks / _scales)
@@ -213,6 +214,9 @@ class HFModelDir:
         self.name = os.path.basename(os.path.normpath(self.path))
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         _check_quantization(self.config, self.name)
+        vision_language = isinstance(self.config, dict) and self.config.get("model_type") in LANGUAGE_MODEL_TYPES
+        if vision_language:   # its language model, on text (vision_language.py)
+            self.config = language_config(self.config, f"{self.name}/config.json")
         self.files = [SafetensorsFile(p) for p in self._shard_paths()]
         self.tensors = {}        # canonical name -> WeightTensor, or ExpertList for an expert stack
         self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
@@ -220,7 +224,10 @@ class HFModelDir:
         fused_experts = {}       # gpt-oss: layer -> {mlp.experts part: WeightTensor, or (uint8, shape)}
         model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         for sf in self.files:
-            for hf_name, (type_id, shape, _, _) in sf.tensors.items():
+            for file_name, (type_id, shape, _, _) in sf.tensors.items():
+                hf_name = language_tensor_name(file_name) if vision_language else file_name
+                if hf_name is None:
+                    continue   # the vision tower and projector
                 fused = FUSED_EXPERT_RE.match(hf_name) if model_type == "gpt_oss" else None
                 if fused:
                     layer_parts = fused_experts.setdefault(int(fused.group(1)), {})
@@ -230,8 +237,8 @@ class HFModelDir:
                     if is_raw != (type_id is U8):
                         raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' must be "
                                                f"{'U8' if is_raw else 'F32, F16 or BF16'}")
-                    layer_parts[fused.group(2)] = ((sf.view(hf_name), tuple(shape)) if is_raw else
-                                                   WeightTensor(hf_name, sf.view(hf_name), type_id, tuple(shape), sf.name))
+                    layer_parts[fused.group(2)] = ((sf.view(file_name), tuple(shape)) if is_raw else
+                                                   WeightTensor(hf_name, sf.view(file_name), type_id, tuple(shape), sf.name))
                     continue
                 if type_id is U8:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has dtype U8; forgert reads F32, F16 and "
@@ -254,7 +261,7 @@ class HFModelDir:
                     shape2 = tuple(shape)
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
-                t = WeightTensor(name, sf.view(hf_name), type_id, shape2, sf.name)
+                t = WeightTensor(name, sf.view(file_name), type_id, shape2, sf.name)
                 if index is None:
                     self.tensors[name] = t
                     if hf_name.endswith(_FUSED_HF_SUFFIXES):
