@@ -151,6 +151,22 @@ def test_decode_logits_match_transformers(forgert, tiny, refs, metal_reason, arc
                    what=f"{arch} {fmt} {backend} decode")
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantize_from_hf_dir(forgert, tiny, refs, arch, tmp_path):
+    """`forgert quantize` of the HF directory to an F32 GGUF: llama.cpp's gemma keys (window and
+    layer pattern, soft caps, the local RoPE base) and its 1 + w norms, so the file runs as
+    transformers does."""
+    from forgert.gguf_export import export_gguf
+    tm = tiny[arch]
+    out = tmp_path / f"{arch}-exported.gguf"
+    export_gguf(str(tm.path("hf-F32")), str(out), "f32", log=lambda msg: None)
+    ids = token_ids(tm, 48, 6)
+    m = forgert.Model(str(out), backend="cpu")
+    assert m.info()["arch"] == arch
+    compare_logits(m.logits(ids), mf.reference_logits(refs(arch, "hf-F32"), ids), **bounds_for("hf-F32", 48),
+                   what=f"{arch} exported")
+
+
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_32_tokens_equal_transformers(forgert, tiny, refs, arch, fmt):

@@ -24,6 +24,7 @@ def build_gemma3(vocab: int):
     torch.manual_seed(41)
     cfg = Gemma3Config(text_config=dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                        query_pre_attn_scalar=16,
                                         max_position_embeddings=256, layer_types=["sliding_attention",
                                                                                   "full_attention",
                                                                                   "sliding_attention"]),
@@ -147,3 +148,17 @@ def test_transformers_4_qwen2_vl_layout(forgert, vl_dir, tmp_path):
     m = forgert.Model(str(d), backend="cpu")
     ids = ids_of(model.config.get_text_config().vocab_size, 40, 3)
     compare_logits(m.logits(ids), mf.reference_logits(mf.with_f16_kv(model), ids), **FLOAT_BOUNDS, what=f"{kind} v4")
+
+
+def test_quantize_writes_the_language_model(forgert, vl_dir, tmp_path):
+    """`forgert quantize` of a vision-language directory writes its language model as a text GGUF
+    that runs as transformers' vision-language model does on text."""
+    from forgert.gguf_export import export_gguf
+    kind, model, path = vl_dir
+    out = tmp_path / f"{kind}.gguf"
+    export_gguf(str(path), str(out), "f32", log=lambda msg: None)
+    m = forgert.Model(str(out), backend="cpu")
+    assert m.info()["arch"] == ARCH[kind]
+    ids = ids_of(model.config.get_text_config().vocab_size, 40, 4)
+    compare_logits(m.logits(ids), mf.reference_logits(mf.with_f16_kv(model), ids), **FLOAT_BOUNDS,
+                   what=f"{kind} exported")

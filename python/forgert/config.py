@@ -101,6 +101,7 @@ class ModelConfig:
     rope_attn_factor: float = 1.0    # multiplies cos and sin (YaRN's mscale, LongRoPE's factor)
     rope_table_attn_factor: list[float] | None = None   # per RoPE table where they differ (OLMo 3)
     vision_language: str | None = None   # the HF vision-language model_type whose language model this is
+    local_rope_theta: float | None = None   # Gemma: its local layers' RoPE base
     layer_rope: list[int] | None = None   # [n_layers] RoPE table per layer, -1: no RoPE; None: table 0
     tied_embeddings: bool = False
     # Sliding-window attention (Mistral 7B v0.1: 4096): a token attends to itself and the

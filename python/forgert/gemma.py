@@ -46,8 +46,10 @@ def swa_layers(pattern, n_layers: int, source) -> list[bool]:
     return [pattern == 0 or i % pattern < pattern - 1 for i in range(n_layers)]
 
 
-def _set_layers(cfg, local: list[bool], window: int, local_freqs: np.ndarray, global_freqs: np.ndarray) -> None:
+def _set_layers(cfg, local: list[bool], window: int, local_freqs: np.ndarray, global_freqs: np.ndarray,
+                local_theta: float) -> None:
     """Windows per layer, and RoPE table 0 (local) or 1 (global) when the two differ."""
+    cfg.local_rope_theta = float(local_theta)
     cfg.layer_window = [window if is_local else 0 for is_local in local]
     cfg.sliding_window = window if any(local) else None
     if np.array_equal(local_freqs, global_freqs):
@@ -64,7 +66,7 @@ def apply_gguf(meta: dict, cfg, source) -> None:
     cfg.rope_neox = True        # llama.cpp's NEOX rope type; the converter does not permute Q/K
     cfg.ffn_act = "gelu_tanh"
     cfg.embed_scale = float(np.float32(math.sqrt(cfg.dim)))   # ggml_scale(inp, sqrtf(n_embd))
-    head_scale = cfg.dim // cfg.n_heads if cfg.n_layers == _GGUF_27B_LAYERS[arch] else cfg.head_dim
+    head_scale = gguf_attention_head_scale(arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.head_dim)
     cfg.attn_scale = 1.0 / math.sqrt(head_scale)
     if arch == "gemma2":
         cfg.attn_softcap = _number(meta.get(p + "attn_logit_softcapping", 50.0), "attn_logit_softcapping", source)
@@ -85,7 +87,42 @@ def apply_gguf(meta: dict, cfg, source) -> None:
     else:
         local = swa_layers(meta.get(p + "attention.sliding_window_pattern", _GGUF_SWA_PATTERN[arch]),
                             cfg.n_layers, source)
-    _set_layers(cfg, local, int(window), rope_freqs(local_base, cfg.head_dim, local_scaling), cfg.rope_freqs)
+    _set_layers(cfg, local, int(window), rope_freqs(local_base, cfg.head_dim, local_scaling), cfg.rope_freqs,
+                local_base)
+
+
+def gguf_attention_head_scale(arch: str, n_layers: int, dim: int, n_heads: int, head_dim: int) -> int:
+    """The query scale's denominator llama.cpp fixes (GGUF has no key): dim / n_heads for the
+    27B models, recognised by their layer count, else head_dim."""
+    return dim // n_heads if n_layers == _GGUF_27B_LAYERS[arch] else head_dim
+
+
+def gguf_metadata(cfg, source) -> dict:
+    """The gemma2 / gemma3 keys of a GGUF holding cfg (without the arch prefix), as apply_gguf
+    reads them back; a setting GGUF cannot hold (a query scale other than llama.cpp's rule, or
+    Gemma 2's local layers rotated otherwise than its global ones) is a ModelFormatError."""
+    arch = cfg.arch
+    want = 1.0 / math.sqrt(gguf_attention_head_scale(arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.head_dim))
+    if abs((cfg.attn_scale or want) - want) > 1e-6 * want:
+        _fail(source, f"a query scale of {cfg.attn_scale:.6g} (query_pre_attn_scalar) has no GGUF form: llama.cpp "
+                      f"fixes {want:.6g} for this geometry")
+    windows = [int(w) for w in cfg.layer_window or [0] * cfg.n_layers]
+    out = {}
+    if any(windows):
+        out["attention.sliding_window"] = max(windows)
+        out["attention.sliding_window_pattern"] = [w > 0 for w in windows]
+    elif arch == "gemma2":
+        _fail(source, "Gemma 2 without local layers has no GGUF form (llama.cpp always windows every second layer)")
+    if arch == "gemma2":
+        if cfg.layer_rope is not None:
+            _fail(source, "Gemma 2 with local layers rotated otherwise than its global ones has no GGUF form")
+        out["attn_logit_softcapping"] = float(cfg.attn_softcap)
+        out["final_logit_softcapping"] = float(cfg.final_softcap)
+    else:
+        if cfg.final_softcap:
+            out["final_logit_softcapping"] = float(cfg.final_softcap)
+        out["rope.freq_base_swa"] = float(cfg.local_rope_theta or 10000.0)
+    return out
 
 
 def hf_rope_of(params: dict, hf: dict, source):
@@ -138,7 +175,7 @@ def apply_hf(hf: dict, cfg, source) -> None:
         g_theta, g_scaling = l_theta, l_scaling = cfg.rope_theta, cfg.rope_scaling
     cfg.rope_theta, cfg.rope_scaling = g_theta, g_scaling
     _set_layers(cfg, local, window, rope_freqs(l_theta, cfg.head_dim, l_scaling),
-                rope_freqs(g_theta, cfg.head_dim, g_scaling))
+                rope_freqs(g_theta, cfg.head_dim, g_scaling), l_theta)
 
 
 def embedding_scale(dim: int, embd_type_id: int) -> float:

@@ -18,6 +18,8 @@ import sys
 import numpy as np
 
 from .config import GGUF_PERMUTED_QK_ARCHS, SMOLLM3_NO_ROPE_INTERVAL
+from .gemma import GEMMA_ARCHS
+from .gemma import gguf_metadata as gemma_gguf_metadata
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, row_nbytes, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
@@ -165,7 +167,15 @@ def _write_hf_metadata(writer, loaded):
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
     windows = c.windows()
-    if arch in ("exaone4", "cohere2"):
+    if arch in GEMMA_ARCHS:   # llama.cpp's gemma keys; its converter writes the norms as 1 + w (the loader's shift)
+        for key, value in gemma_gguf_metadata(c, loaded.name).items():
+            if isinstance(value, list):
+                writer.add(f"{arch}.{key}", (ARRAY, BOOL), value)
+            elif isinstance(value, int):
+                writer.add_u32(f"{arch}.{key}", value)
+            else:
+                writer.add_f32(f"{arch}.{key}", value)
+    elif arch in ("exaone4", "cohere2"):
         if c.layer_rope is not None:   # hybrid: the converter writes the window and one bool per layer
             writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
             writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
