@@ -71,6 +71,20 @@ def with_config(tm, **changes):
     return model
 
 
+def assert_hf_config_refused(forgert, tm, tmp_path, match: str, **changes):
+    """tm's HF directory with config.json `changes` set is refused with a ModelFormatError
+    matching `match` (a setting forgert does not run, named)."""
+    import json
+    import shutil
+    from forgert.errors import ModelFormatError
+    d = tmp_path / "changed"
+    shutil.copytree(tm.path("hf-F32"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+    with pytest.raises(ModelFormatError, match=match):
+        forgert.Model(str(d), backend="cpu")
+
+
 def reference_greedy(ref_model, prompt, n: int) -> list:
     """transformers' greedy continuation of n tokens (its own generate loop and KV cache)."""
     import torch

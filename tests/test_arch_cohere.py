@@ -6,8 +6,6 @@ global layer without RoPE. Tiny random Cohere and Cohere2 models as HF directori
 against transformers, on the CPU and emulated Metal."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import arch_e2e as ae
@@ -33,11 +31,4 @@ def test_info_names_the_layout(forgert, tm, fmt):
 
 def test_qk_norm_is_refused_by_name(forgert, tm, tmp_path):
     """Command R+'s use_qk_norm (per-head LayerNorms of Q and K) is refused, saying so."""
-    import shutil
-    from forgert.errors import ModelFormatError
-    d = tmp_path / "qk"
-    shutil.copytree(tm.path("hf-F32"), d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "use_qk_norm": True}))
-    with pytest.raises(ModelFormatError, match="use_qk_norm"):
-        forgert.Model(str(d), backend="cpu")
+    ae.assert_hf_config_refused(forgert, tm, tmp_path, "use_qk_norm", use_qk_norm=True)

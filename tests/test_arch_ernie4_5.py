@@ -4,8 +4,6 @@ are). A tiny random Ernie4_5ForCausalLM as an HF directory and as GGUF against t
 the CPU and emulated Metal."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import arch_e2e as ae
@@ -19,11 +17,4 @@ class TestAgreesWithTransformers(ae.AgreesWithTransformers):
 
 def test_use_bias_is_refused_by_name(forgert, tm, tmp_path):
     """use_bias=true puts biases on the MLP too, which forgert does not run: refused, saying so."""
-    import shutil
-    from forgert.errors import ModelFormatError
-    d = tmp_path / "biased"
-    shutil.copytree(tm.path("hf-F32"), d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "use_bias": True}))
-    with pytest.raises(ModelFormatError, match="use_bias"):
-        forgert.Model(str(d), backend="cpu")
+    ae.assert_hf_config_refused(forgert, tm, tmp_path, "use_bias", use_bias=True)
