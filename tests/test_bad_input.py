@@ -140,6 +140,16 @@ def test_unsupported_architecture(tiny, tmp_path):
         load_model(p)
 
 
+def test_mmproj_file_is_named_for_what_it_is(tiny, tmp_path):
+    """llama.cpp's vision projector files (arch clip) are refused as such, pointing at the
+    language model's GGUF."""
+    def edit(m):
+        m["general.architecture"] = "clip"
+    p = _meta_variant(tiny, tmp_path / "mmproj.gguf", edit)
+    with pytest.raises(ModelFormatError, match="vision encoder .an mmproj file.*the model's own GGUF"):
+        load_model(p)
+
+
 def test_missing_metadata(tiny, tmp_path):
     p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.pop("llama.block_count"))
     with pytest.raises(ModelFormatError, match="missing metadata 'llama.block_count'"):

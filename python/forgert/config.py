@@ -385,6 +385,9 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     arch = meta.get("general.architecture")
     if arch is None:
         _fail(source, "missing metadata 'general.architecture'")
+    if arch == "clip":   # llama.cpp's mmproj files: a vision encoder and projector
+        _fail(source, "a vision encoder (an mmproj file), not a language model: pass the model's own GGUF; "
+                      "forgert runs vision-language models on text and does not run their vision encoders")
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
     p = arch + "."
