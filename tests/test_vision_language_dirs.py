@@ -1,6 +1,7 @@
 """Hugging Face vision-language directories run as their language model, on text
 (python/forgert/vision_language.py): Gemma 3 (4B-27B's Gemma3ForConditionalGeneration), Mistral
-Small 3.1 / 3.2 (Mistral3ForConditionalGeneration), Qwen2-VL / Qwen2.5-VL and Qwen3-VL. Each tiny
+Small 3.1 / 3.2 (Mistral3ForConditionalGeneration), Qwen2-VL / Qwen2.5-VL, Qwen3-VL, LLaVA,
+LLaVA-NeXT, SmolVLM and Idefics3 (SmolVLM's first version). Each tiny
 random model is saved with save_pretrained (vision tower, projector and language model in one
 safetensors file) and forgert's logits on text, CPU and emulated Metal, prefill and decode, are
 compared with transformers running the same vision-language model on the same token ids (their
@@ -60,9 +61,46 @@ def build_qwen2_5_vl(vocab: int):
                                              window_size=8, fullatt_block_indexes=[0])))
 
 
+CLIP = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32)
+
+
+def llama_text(vocab: int) -> dict:
+    return dict(model_type="llama", vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+def build_llava(vocab: int):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+    torch.manual_seed(44)
+    return LlavaForConditionalGeneration(LlavaConfig(text_config=llama_text(vocab), vision_config=CLIP,
+                                                     image_token_index=vocab - 1))
+
+
+def build_llava_next(vocab: int):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+    torch.manual_seed(45)
+    return LlavaNextForConditionalGeneration(LlavaNextConfig(text_config=llama_text(vocab), vision_config=CLIP,
+                                                             image_token_index=vocab - 1, image_grid_pinpoints=[[28, 28]]))
+
+
+def build_smolvlm(vocab: int, idefics3: bool = False):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, SmolVLMConfig, SmolVLMForConditionalGeneration
+    torch.manual_seed(46)
+    config, model = ((Idefics3Config, Idefics3ForConditionalGeneration) if idefics3 else
+                     (SmolVLMConfig, SmolVLMForConditionalGeneration))
+    return model(config(
+        text_config=llama_text(vocab), image_token_id=vocab - 1, scale_factor=1,
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14)))
+
+
 BUILDERS = {"gemma3": build_gemma3, "mistral3": build_mistral3, "qwen2_vl": lambda v: build_vl("qwen2vl", v),
-            "qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": lambda v: build_vl("qwen3vl", v)}
-ARCH = {"gemma3": "gemma3", "mistral3": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "qwen3_vl": "qwen3"}
+            "qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": lambda v: build_vl("qwen3vl", v), "llava": build_llava,
+            "llava_next": build_llava_next, "smolvlm": build_smolvlm,
+            "idefics3": lambda v: build_smolvlm(v, idefics3=True)}
+ARCH = {"gemma3": "gemma3", "mistral3": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "qwen3_vl": "qwen3",
+        "llava": "llama", "llava_next": "llama", "smolvlm": "llama", "idefics3": "llama"}
 
 
 def randomise(model, seed):
