@@ -278,6 +278,14 @@ def test_invalid_chat_fields_are_400(server, body, param):
     assert_error(post(server, "/v1/chat/completions", body), 400, param)
 
 
+def test_image_content_is_refused_as_text_only(server):
+    """An image part (a vision-language model run on text) is a 400 saying forgert reads text only."""
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                                      {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}
+    err = assert_error(post(server, "/v1/chat/completions", body), 400, "messages.0.content")
+    assert "'image_url'" in err["message"] and "text only" in err["message"]
+
+
 @pytest.mark.parametrize("body, param", [
     ({"prompt": 5}, "prompt"),
     ({"prompt": [["a"]]}, "prompt"),

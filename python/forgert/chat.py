@@ -69,7 +69,8 @@ def normalize_messages(messages) -> list:
             texts = []
             for part in content:
                 if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                    raise ValueError(f"messages[{i}].content parts must be {{'type': 'text', 'text': str}}")
+                    raise ValueError(f"messages[{i}].content parts must be {{'type': 'text', 'text': str}} "
+                                     "(forgert reads text only: images and audio need an encoder it does not run)")
                 texts.append(part["text"])
             content = "".join(texts)
         if not isinstance(content, str):

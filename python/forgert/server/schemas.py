@@ -167,6 +167,16 @@ class ChatMessage(_Strict):
     tool_call_id: Optional[str] = None                  # a tool's answer to one of them
     reasoning_content: Optional[str] = None             # dropped: templates leave old reasoning out
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content):
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in (None, "text"):
+                raise ValueError(f"content parts of type {kind!r} are not supported: forgert reads text only "
+                                 "(images and audio need an encoder it does not run)")
+        return content
+
     def as_template_message(self) -> dict:
         """The dict chat templates expect: role, content, and HF's tool-calling fields (tool
         call arguments as a dict, as the templates print them with tojson)."""
