@@ -11,19 +11,21 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "qwen3moe", "qwen2moe",
+                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "qwen3moe", "qwen2moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
+                  "granitemoe": "granitemoe",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
 # original context (ModelConfig.attn_temperature).
-# Granite (IBM Granite 3) is Llama with four multipliers (ModelConfig's granite fields).
+# Granite (IBM Granite 3) is Llama with four multipliers (ModelConfig's granite fields); Granite
+# MoE adds Mixtral's experts (the multiplier scaling their weighted sum).
 # OLMo 2 and EXAONE 4 are Llama with their norms moved onto each sub-layer's output (_NORMS) and
 # a QK-norm (_QK_NORM); EXAONE 4's global layers run without RoPE (layer_rope). OLMo 3 is OLMo 2
 # with three local layers (a window, unscaled RoPE) to one global (YaRN): GGUF olmo2 with a
@@ -37,7 +39,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # logit_scale; cohere2's global layers run without RoPE beside windowed local ones.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
-              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama",
+              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama",
               "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
 # The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
 # qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
@@ -66,7 +68,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
-GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
+GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
 # key) and its window pattern (every second layer full attention, from layer 1; no GGUF key either).
 GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
@@ -450,8 +452,10 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
-    if arch == "granite":
+    if arch in ("granite", "granitemoe"):
         _granite_gguf(meta, p, cfg, source)
+        if cfg.shared_ffn_dim:
+            _fail(source, f"{arch} with a shared expert (granitemoeshared's, added ungated) is not supported")
     if arch == "mistral3":
         _attn_temperature(cfg, _get_float(meta, p + "attention.temperature_scale", source, default=0.0,
                                           positive=False), source, "attention.temperature_scale")
@@ -549,7 +553,9 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, default=cfg.ffn_dim, **extent)
     cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
     # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
-    cfg.expert_norm_topk = True if hf.get("model_type") == "mixtral" else bool(hf.get("norm_topk_prob", False))
+    # Granite MoE: a softmax over the top-k logits, the same as renormalising.
+    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe")
+                            else bool(hf.get("norm_topk_prob", False)))
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)
@@ -930,7 +936,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
                                           else "full_attention" for i in range(cfg.n_layers)]
         _cohere_layers(cfg, [t == "sliding_attention" for t in types],
                        max(windows) if any(windows) else int(hf.get("sliding_window") or 4096))
-    if model_type == "granite":
+    if model_type in ("granite", "granitemoe"):
         cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)
         cfg.attn_scale = _get_float(hf, "attention_multiplier", source, default=cfg.head_dim ** -0.5)
         cfg.residual_scale = _get_float(hf, "residual_multiplier", source, default=1.0)

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .gpt_oss_experts import FUSED_EXPERT_RE, expert_stacks
+from .granite_experts import GRANITE_EXPERT_RE, granite_part, granite_stacks
 from .vision_language import LANGUAGE_MODEL_TYPES, language_config, language_tensor_name
 from .weights import ExpertList, WeightTensor
 
@@ -49,6 +50,8 @@ _LAYER_NAMES = {
     # mixture of experts: the router, and Qwen2-MoE's shared expert with its gate
     "block_sparse_moe.gate.weight": "ffn_gate_inp.weight",
     "mlp.gate.weight": "ffn_gate_inp.weight",
+    "block_sparse_moe.router.layer.weight": "ffn_gate_inp.weight",   # Granite MoE's router (and transformers
+    "block_sparse_moe.router.weight": "ffn_gate_inp.weight",         # 5's in-memory name for it)
     "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
     "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
@@ -222,12 +225,21 @@ class HFModelDir:
         self.fused = set()       # canonical names of fused tensors (Phi-3's qkv_proj, gate_up_proj)
         experts = {}             # stack name -> {expert index: WeightTensor}
         fused_experts = {}       # gpt-oss: layer -> {mlp.experts part: WeightTensor, or (uint8, shape)}
+        granite_experts = {}     # Granite MoE: layer -> {"input" | "output": 3-D WeightTensor}
         model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         for sf in self.files:
             for file_name, (type_id, shape, _, _) in sf.tensors.items():
                 hf_name = language_tensor_name(file_name) if vision_language else file_name
                 if hf_name is None:
                     continue   # the vision tower and projector
+                granite = GRANITE_EXPERT_RE.match(hf_name) if model_type == "granitemoe" else None
+                if granite:
+                    layer_parts = granite_experts.setdefault(int(granite.group(1)), {})
+                    if granite_part(granite) in layer_parts:
+                        raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' appears in more than one file")
+                    layer_parts[granite_part(granite)] = WeightTensor(hf_name, sf.view(file_name), type_id, tuple(shape),
+                                                                 sf.name)
+                    continue
                 fused = FUSED_EXPERT_RE.match(hf_name) if model_type == "gpt_oss" else None
                 if fused:
                     layer_parts = fused_experts.setdefault(int(fused.group(1)), {})
@@ -278,6 +290,8 @@ class HFModelDir:
             self.tensors[name] = ExpertList(name, [parts[i] for i in range(len(parts))], parts[0].source)
         for layer, parts in fused_experts.items():
             self.tensors.update(expert_stacks(layer, parts, self.name))
+        for layer, parts in granite_experts.items():
+            self.tensors.update(granite_stacks(layer, parts, self.name))
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")

@@ -268,6 +268,7 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
     be.matmul(logits, L.router, xn, rc);                 // [n, n_expert]
     if (L.router_b.rows) be.add_bias(logits, L.router_b);
     be.moe_route(w, ids, logits, cfg_.expert_norm_topk);  // top-k ids and weights, on the device
+    if (cfg_.residual_scale != 1.0f) be.scale(w, cfg_.residual_scale);  // Granite MoE: x += rs * experts
     be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids, rc);  // [n*k, expert_ffn_dim]
     be.matmul_id(eu, L.up_exps.data(), ne, xn, ids, rc);
     if (L.gate_exps_b.rows) be.add_bias_id(eg, L.gate_exps_b, ids);  // each slot's expert's bias (gpt-oss)

@@ -100,7 +100,7 @@ void ModelConfig::validate() const {
     finite_at_least("residual_scale", residual_scale, 0.0f);
     need(std::isfinite(logit_scale) && logit_scale > 0.0f,
          "logit_scale = " + std::to_string(logit_scale) + " must be a positive number");
-    need(residual_scale == 1.0f || n_expert == 0, "residual_scale with experts is not supported");
+    need(residual_scale == 1.0f || shared_ffn_dim == 0, "residual_scale with a shared expert is not supported");
     need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
