@@ -150,3 +150,17 @@ def test_expert_stacks_are_views_of_the_checkpoint(granitemoe):
     while getattr(base, "base", None) is not None:
         base = base.base
     assert not isinstance(base, np.ndarray) or not base.flags.owndata
+
+
+def test_quantize_from_hf_dir(forgert, granitemoe, tmp_path):
+    """`forgert quantize` of the HF directory: the multipliers and the expert stacks as llama.cpp's
+    converter writes them, running as transformers does."""
+    from forgert.gguf_export import export_gguf
+    model, files = granitemoe
+    out = tmp_path / "exported.gguf"
+    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
+    m = forgert.Model(str(out), backend="cpu")
+    assert m.info()["arch"] == "granitemoe"
+    ids = ids_of(model, 40, 4)
+    compare_logits(m.logits(ids), mf.reference_logits(mf.with_f16_kv(model), ids), **FLOAT_BOUNDS,
+                   what="granitemoe exported")

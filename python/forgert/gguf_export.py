@@ -157,7 +157,7 @@ def _write_hf_metadata(writer, loaded):
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
     if arch in ("command-r", "cohere2"):   # Cohere's converter: the factor the logits are multiplied by
         writer.add_f32(f"{arch}.logit_scale", 1.0 / c.logit_scale)
-    if arch == "granite":   # its converter's four multipliers
+    if arch in ("granite", "granitemoe"):   # its converter's four multipliers
         writer.add_f32(f"{arch}.logit_scale", c.logit_scale)
         writer.add_f32(f"{arch}.residual_scale", c.residual_scale)
         writer.add_f32(f"{arch}.embedding_scale", c.embed_scale)
