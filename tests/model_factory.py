@@ -167,6 +167,12 @@ ARCH_SPECS = {
         name="cohere2", arch="cohere2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=True, rope_theta=50000.0, rms_eps=1e-5, seed=26, logit_scale=0.25, sliding_window=8,
     ),
+    # EXAONE 3.5: Llama with RoPE over the two halves (not permuted in its GGUF) and its own HF
+    # tensor names; untied.
+    "exaone": TinySpec(
+        name="exaone", arch="exaone", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=500000.0, rms_eps=1e-5, seed=27,
+    ),
     # Seed-OSS: Llama with q/k/v and output biases (its 36B has the q/k/v ones), heads of 32
     # over hidden 64, untied.
     "seed_oss": TinySpec(
@@ -283,6 +289,9 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "exaone":   # transformers runs it as Llama, and saves EXAONE's own tensor names
+        from transformers import AutoModelForCausalLM, ExaoneConfig
+        model = AutoModelForCausalLM.from_config(ExaoneConfig(**common))
     elif spec.arch == "granite":
         from transformers import GraniteConfig, GraniteForCausalLM
         model = GraniteForCausalLM(GraniteConfig(pad_token_id=None, **spec.multipliers, **common))

@@ -227,10 +227,11 @@ def test_pre_tokenizers_differ_where_their_regexes_do(tiny_vocab_gguf):
     assert [p for p, _ in pieces["default"]] == ["1234567"]
 
 
-def test_command_r_splits_every_digit_then_as_gpt2(tiny_vocab_gguf):
-    """Cohere's GGUFs say "command-r": llama.cpp isolates every digit, then splits the rest by
-    GPT-2's rule (hand-worked pieces; transformers' GGUF reader does not know the name)."""
-    path = tiny_vocab_gguf("command-r")
+@pytest.mark.parametrize("pre", ["command-r", "exaone"])
+def test_digits_alone_then_as_gpt2(tiny_vocab_gguf, pre):
+    """Cohere's GGUFs say "command-r", EXAONE 3.5's "exaone": llama.cpp isolates every digit, then
+    splits the rest by GPT-2's rule (hand-worked pieces; transformers' GGUF reader knows neither name)."""
+    path = tiny_vocab_gguf(pre)
     tok = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
     want = ["Hi", " ", "1", "2", "3", " there", "'s", " x", "9"]
     assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str("Hi 123 there's x9")] == \

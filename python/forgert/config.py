@@ -11,19 +11,20 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "qwen3moe", "qwen2moe",
+                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "qwen3moe", "qwen2moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
-                  "granitemoe": "granitemoe",
+                  "granitemoe": "granitemoe", "exaone": "exaone",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
 # original context (ModelConfig.attn_temperature).
+# EXAONE 3 / 3.5 is Llama under GPT-2-like tensor names in its HF checkpoints (safetensors_dir.py).
 # Granite (IBM Granite 3) is Llama with four multipliers (ModelConfig's granite fields); Granite
 # MoE adds Mixtral's experts (the multiplier scaling their weighted sum).
 # OLMo 2 and EXAONE 4 are Llama with their norms moved onto each sub-layer's output (_NORMS) and
@@ -39,7 +40,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # logit_scale; cohere2's global layers run without RoPE beside windowed local ones.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
-              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama",
+              "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
 # The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
 # qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
@@ -65,7 +66,7 @@ _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe"
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss",
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe")
@@ -877,6 +878,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
+    if model_type == "exaone":   # EXAONE 3 / 3.5's own key names (transformers' attribute_map)
+        hf = {**hf, **{new: hf[old] for old, new in (("num_layers", "num_hidden_layers"),
+                                                      ("layer_norm_epsilon", "rms_norm_eps"))
+                       if old in hf and new not in hf}}
     if hf.get("mlp_bias"):
         _fail(source, "mlp_bias=true is not supported")
     if model_type == "ernie4_5" and hf.get("use_bias"):

@@ -98,6 +98,16 @@ _LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "gemma2": _GEMMA_LAYER_
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# EXAONE 3 / 3.5 checkpoints keep their own GPT-2-like names (transformers maps them to Llama's)
+_EXAONE_GLOBAL_NAMES = {"transformer.wte.weight": "token_embd.weight", "transformer.ln_f.weight": "output_norm.weight",
+                        "lm_head.weight": "output.weight"}
+_EXAONE_LAYER_RE = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
+_EXAONE_LAYER_NAMES = {
+    "ln_1.weight": "attn_norm.weight", "ln_2.weight": "ffn_norm.weight",
+    "attn.attention.q_proj.weight": "attn_q.weight", "attn.attention.k_proj.weight": "attn_k.weight",
+    "attn.attention.v_proj.weight": "attn_v.weight", "attn.attention.out_proj.weight": "attn_output.weight",
+    "mlp.c_fc_0.weight": "ffn_gate.weight", "mlp.c_fc_1.weight": "ffn_up.weight", "mlp.c_proj.weight": "ffn_down.weight",
+}
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
 _EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
 _EXPERT_STACKS = {"w1": "ffn_gate_exps.weight", "gate_proj": "ffn_gate_exps.weight",
@@ -112,6 +122,12 @@ def canonical_name(hf_name: str, model_type: str | None = None):
     None for ignorable buffers; KeyError if unknown."""
     if hf_name.endswith(_IGNORED_SUFFIXES):
         return None
+    if model_type == "exaone":
+        if hf_name in _EXAONE_GLOBAL_NAMES:
+            return _EXAONE_GLOBAL_NAMES[hf_name]
+        m = _EXAONE_LAYER_RE.match(hf_name)
+        if m and m.group(2) in _EXAONE_LAYER_NAMES:
+            return f"blk.{m.group(1)}.{_EXAONE_LAYER_NAMES[m.group(2)]}"
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
     layer_names = _LAYER_NAMES_BY_MODEL_TYPE.get(model_type, _LAYER_NAMES)

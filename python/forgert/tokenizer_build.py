@@ -39,6 +39,7 @@ PRE_TOKENIZER_SPLITS = {
     "starcoder": [r"\p{N}", _GPT2_SPLIT],
     "refact": [r"\p{N}", _GPT2_SPLIT],
     "command-r": [r"\p{N}", _GPT2_SPLIT],   # Cohere: Command-R, Aya Expanse, Command R7B
+    "exaone": [r"\p{N}", _GPT2_SPLIT],      # EXAONE 3 / 3.5
     # Llama 3's rule; llama.cpp's other names for it (Falcon 3, Mistral Small 3.1's "pixtral", ...)
     **{name: [_LLAMA3_SPLIT] for name in LLAMA3_NAMES},
     "smaug-bpe": [_LLAMA3_SPLIT],
