@@ -167,6 +167,12 @@ ARCH_SPECS = {
         name="cohere2", arch="cohere2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=True, rope_theta=50000.0, rms_eps=1e-5, seed=26, logit_scale=0.25, sliding_window=8,
     ),
+    # Gemma 1 / CodeGemma: GeGLU, (1 + w) norms (stored as 1 + w in GGUF), embeddings times
+    # sqrt(hidden), heads of 32 over hidden 64; tied.
+    "gemma": TinySpec(
+        name="gemma", arch="gemma", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-6, seed=28, explicit_head_dim=32, init_range=0.05,
+    ),
     # EXAONE 3.5: Llama with RoPE over the two halves (not permuted in its GGUF) and its own HF
     # tensor names; untied.
     "exaone": TinySpec(
@@ -289,6 +295,10 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "gemma":
+        from transformers import GemmaConfig, GemmaForCausalLM
+        model = GemmaForCausalLM(GemmaConfig(head_dim=spec.head_dim, hidden_activation="gelu_pytorch_tanh",
+                                             pad_token_id=None, **common))
     elif spec.arch == "exaone":   # transformers runs it as Llama, and saves EXAONE's own tensor names
         from transformers import AutoModelForCausalLM, ExaoneConfig
         model = AutoModelForCausalLM.from_config(ExaoneConfig(**common))
@@ -481,6 +491,8 @@ def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
             w = permute_qk_for_gguf(w, spec.n_heads)
         elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
             w = permute_qk_for_gguf(w, spec.n_kv_heads)
+        if spec.arch == "gemma" and name.endswith("norm.weight"):
+            w = w + 1.0   # Gemma's converter stores 1 + w, the multiplier llama.cpp applies
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     if spec.rope_scaling is not None and spec.rope_scaling.get("rope_type") == "llama3":
         out["rope_freqs.weight"] = llama3_rope_factors(spec)
@@ -740,6 +752,8 @@ def gguf_dequantized_model(tm: TinyModel, type_name: str):
             if tm.spec.arch in PERMUTED_QK_ARCHS and t.name.endswith(("attn_q.weight", "attn_k.weight")):
                 n = tm.spec.n_heads if "attn_q" in t.name else tm.spec.n_kv_heads
                 w = unpermute_qk_from_gguf(w, n)
+            if tm.spec.arch == "gemma" and t.name.endswith("norm.weight"):
+                w = w - 1.0   # back to HF's w of x * (1 + w)
             params[reverse[t.name]].copy_(torch.from_numpy(w.copy()))
             seen.add(reverse[t.name])
     missing = set(params) - seen - {"lm_head.weight"}

@@ -1,6 +1,6 @@
-"""Gemma 2 and Gemma 3 (text) settings on top of the Llama-family config: GeGLU, scaled
-embeddings, query_pre_attn_scalar, soft-capping, interleaved local/global layers and (Gemma 3)
-a RoPE table per layer kind. Read from GGUF the way llama.cpp reads it (src/models/gemma2.cpp,
+"""Gemma (1, CodeGemma), Gemma 2 and Gemma 3 (text) settings on top of the Llama-family config:
+GeGLU, scaled embeddings, query_pre_attn_scalar, soft-capping, interleaved local/global layers and
+(Gemma 3) a RoPE table per layer kind; Gemma 1 has only the first two. Read from GGUF the way llama.cpp reads it (src/models/gemma2.cpp,
 gemma3.cpp) and from config.json the way transformers reads it.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 from .errors import ModelFormatError
 from .rope import rope_freqs
 
-GEMMA_ARCHS = ("gemma2", "gemma3")
-HF_GEMMA_MODEL_TYPES = {"gemma2": "gemma2", "gemma3_text": "gemma3"}
+GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
+HF_GEMMA_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 # HF checkpoints store RMSNorm weights w and compute x * (1 + w); llama.cpp's converter writes
 # w + 1 into the GGUF. The loader adds this to every HF norm weight.
 HF_NORM_SHIFT = 1.0
@@ -68,6 +68,9 @@ def apply_gguf(meta: dict, cfg, source) -> None:
     cfg.embed_scale = float(np.float32(math.sqrt(cfg.dim)))   # ggml_scale(inp, sqrtf(n_embd))
     head_scale = gguf_attention_head_scale(arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.head_dim)
     cfg.attn_scale = 1.0 / math.sqrt(head_scale)
+    if arch == "gemma":   # Gemma 1: every layer global, one RoPE, no caps
+        cfg.layer_window, cfg.sliding_window, cfg.layer_rope = [0] * cfg.n_layers, None, None
+        return
     if arch == "gemma2":
         cfg.attn_softcap = _number(meta.get(p + "attn_logit_softcapping", 50.0), "attn_logit_softcapping", source)
         cfg.final_softcap = _number(meta.get(p + "final_logit_softcapping", 30.0), "final_logit_softcapping", source)
@@ -94,7 +97,7 @@ def apply_gguf(meta: dict, cfg, source) -> None:
 def gguf_attention_head_scale(arch: str, n_layers: int, dim: int, n_heads: int, head_dim: int) -> int:
     """The query scale's denominator llama.cpp fixes (GGUF has no key): dim / n_heads for the
     27B models, recognised by their layer count, else head_dim."""
-    return dim // n_heads if n_layers == _GGUF_27B_LAYERS[arch] else head_dim
+    return dim // n_heads if n_layers == _GGUF_27B_LAYERS.get(arch) else head_dim
 
 
 def gguf_metadata(cfg, source) -> dict:
@@ -113,6 +116,8 @@ def gguf_metadata(cfg, source) -> dict:
         out["attention.sliding_window_pattern"] = [w > 0 for w in windows]
     elif arch == "gemma2":
         _fail(source, "Gemma 2 without local layers has no GGUF form (llama.cpp always windows every second layer)")
+    if arch == "gemma":
+        return out
     if arch == "gemma2":
         if cfg.layer_rope is not None:
             _fail(source, "Gemma 2 with local layers rotated otherwise than its global ones has no GGUF form")
@@ -133,7 +138,9 @@ def hf_rope_of(params: dict, hf: dict, source):
 
 def apply_hf(hf: dict, cfg, source) -> None:
     """Gemma settings from config.json (transformers 4 or 5 spellings)."""
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    # Gemma 1's configs say hidden_act "gelu" and leave hidden_activation out: transformers runs
+    # the tanh approximation then too
+    act = hf.get("hidden_activation") or (None if cfg.arch == "gemma" else hf.get("hidden_act")) or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
         _fail(source, f"hidden_activation '{act}' is not supported (Gemma uses gelu_pytorch_tanh)")
     cfg.ffn_act = "gelu_tanh"
@@ -147,6 +154,9 @@ def apply_hf(hf: dict, cfg, source) -> None:
     cap = hf.get("final_logit_softcapping")
     cfg.final_softcap = 0.0 if cap is None else _number(cap, "final_logit_softcapping", source)
 
+    if cfg.arch == "gemma":   # Gemma 1: every layer global, one RoPE
+        cfg.layer_window, cfg.sliding_window, cfg.local_rope_theta = [0] * cfg.n_layers, None, None
+        return
     types = hf.get("layer_types")
     if types is None:   # transformers 4: Gemma 2 alternates, Gemma 3 has sliding_window_pattern
         n = 2 if cfg.arch == "gemma2" else hf.get("sliding_window_pattern", 6)
