@@ -470,7 +470,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch in _LAYER_NORM_ARCHS:
         _cohere_gguf(meta, p, cfg, source)
     if arch in _TEXT_OF_VISION_ARCHS:
-        sections = [int(x) for x in np.atleast_1d(meta.get(p + "rope.dimension_sections", []))]
+        sections = _int_list(meta, p + "rope.dimension_sections", source)
         if any(s < 0 for s in sections) or sum(sections) > (rope_dim // 2):
             _fail(source, f"rope.dimension_sections {sections} do not fit the {rope_dim // 2} rotated pairs")
     _set_rope_tables(cfg)
@@ -584,12 +584,20 @@ def _cohere_gguf(meta, p, cfg: ModelConfig, source) -> None:
         _fail(source, "command-r with attention.sliding_window is not supported (Command R7B is cohere2)")
 
 
+def _int_list(meta, key, source) -> list:
+    """An integer or an array of integers under key ([] when absent)."""
+    v = meta.get(key, [])
+    values = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in values):
+        _fail(source, f"metadata '{key}' must be integers, got {v!r}")
+    return [int(x) for x in values]
+
+
 def _no_mrope_or_mtp(meta, p, source) -> None:
     """What a glm4 / ernie4_5 file may hold beyond the text models forgert runs, refused by name:
     multimodal RoPE sections (GLM-4V, PaddleOCR-VL) and multi-token-prediction layers."""
     arch = p[:-1]
-    sections = meta.get(p + "rope.dimension_sections")
-    if sections is not None and any(int(x) for x in np.atleast_1d(sections)):
+    if any(_int_list(meta, p + "rope.dimension_sections", source)):
         _fail(source, f"{arch} with rope.dimension_sections (a vision model's multimodal RoPE) is not supported")
     if _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0):
         _fail(source, f"{arch} with nextn_predict_layers (multi-token-prediction layers) is not supported")
