@@ -167,6 +167,12 @@ ARCH_SPECS = {
         name="cohere2", arch="cohere2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=True, rope_theta=50000.0, rms_eps=1e-5, seed=26, logit_scale=0.25, sliding_window=8,
     ),
+    # StarCoder2: LayerNorms with biases, q/k/v/o biases, a plain GELU MLP with biases, tied;
+    # no window (llama.cpp's starcoder2 has none; the HF model's 4096 never reaches 64 positions).
+    "starcoder2": TinySpec(
+        name="starcoder2", arch="starcoder2", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=True, rope_theta=100000.0, rms_eps=1e-5, seed=29,
+    ),
     # Gemma 1 / CodeGemma: GeGLU, (1 + w) norms (stored as 1 + w in GGUF), embeddings times
     # sqrt(hidden), heads of 32 over hidden 64; tied.
     "gemma": TinySpec(
@@ -295,6 +301,11 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "starcoder2":
+        from transformers import Starcoder2Config, Starcoder2ForCausalLM
+        eps = common.pop("rms_norm_eps")
+        model = Starcoder2ForCausalLM(Starcoder2Config(norm_epsilon=eps, use_bias=True, sliding_window=spec.sliding_window,
+                                                       hidden_act="gelu_pytorch_tanh", pad_token_id=None, **common))
     elif spec.arch == "gemma":
         from transformers import GemmaConfig, GemmaForCausalLM
         model = GemmaForCausalLM(GemmaConfig(head_dim=spec.head_dim, hidden_activation="gelu_pytorch_tanh",
@@ -440,6 +451,7 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
     table = {
         "model.embed_tokens.weight": "token_embd.weight",
         "model.norm.weight": "output_norm.weight",
+        "model.norm.bias": "output_norm.bias",
         "lm_head.weight": "output.weight",
     }
     if hf_name in table:
@@ -465,6 +477,10 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
         "mlp.down_proj.weight": "ffn_down.weight",
         **({"post_attention_layernorm.weight": "post_attention_norm.weight",
             "post_feedforward_layernorm.weight": "post_ffw_norm.weight"} if arch in POST_NORM_ARCHS else {}),
+        # StarCoder2: norm biases, and its plain MLP's c_fc / c_proj
+        **({"input_layernorm.bias": "attn_norm.bias", "post_attention_layernorm.bias": "ffn_norm.bias",
+            "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
+            "mlp.c_proj.weight": "ffn_down.weight", "mlp.c_proj.bias": "ffn_down.bias"} if arch == "starcoder2" else {}),
         # Seed-OSS: its converter names the feed-forward norm post_attention_norm
         **({"post_attention_layernorm.weight": "post_attention_norm.weight"} if arch == "seed_oss" else {}),
         # GLM-4: four norms, and gate_up_proj kept fused (gate rows, then up rows) as its converter keeps it
@@ -561,9 +577,10 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_head_count(spec.n_heads)
     w.add_head_count_kv(spec.n_kv_heads)
     w.add_rope_freq_base(spec.rope_theta)
-    if spec.arch in ("command-r", "cohere2"):   # LayerNorms: their eps key, and the logit scale
+    if spec.arch in ("command-r", "cohere2", "starcoder2"):   # LayerNorms: their eps key (Cohere: the logit scale)
         w.add_layer_norm_eps(spec.rms_eps)
-        w.add_float32(f"{arch}.logit_scale", spec.logit_scale)
+        if spec.arch != "starcoder2":
+            w.add_float32(f"{arch}.logit_scale", spec.logit_scale)
     else:
         w.add_layer_norm_rms_eps(spec.rms_eps)
     if spec.explicit_head_dim is not None:   # the converter writes config.head_dim as key/value lengths

@@ -1147,6 +1147,17 @@ def test_gelu_tanh_reference_matches_torch():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n,dim", [(1, 64), (1, 40000), (7, 135), (69, 576)])
+def test_gelu(ops_for, backend, n, dim):
+    """A plain GELU feed-forward's activation (StarCoder2), in place, against NumPy."""
+    rng = rng_for("gelu", n, dim)
+    x = randn(rng, n, dim, scale=4.0)
+    out = ops_for(backend).gelu(x)
+    # f32 tanh: relative error ~1e-7 per element (measured nmse 4.8e-16 on CPU and Metal)
+    assert nmse(out, gelu_tanh_reference(x)) < 5e-15
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (1, 40000), (7, 135), (69, 576)])
 def test_gelu_mul(ops_for, backend, n, dim):
     """GeGLU's second half: tanh-GELU of the gate times up (Gemma's feed-forward)."""
     rng = rng_for("gelu_mul", n, dim)

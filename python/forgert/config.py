@@ -11,14 +11,15 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "qwen3moe", "qwen2moe",
+                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2",
+                   "qwen3moe", "qwen2moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
-                  "granitemoe": "granitemoe", "exaone": "exaone",
+                  "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -41,7 +42,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
-              "gemma": "llama",
+              "gemma": "llama", "starcoder2": "llama",
               "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
 # The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
 # qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
@@ -52,7 +53,9 @@ _TEXT_OF_VISION_ARCHS = ("qwen2vl", "qwen3vl", "qwen3vlmoe")
 _HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
 # Architectures whose norms are LayerNorms (mean subtracted, no bias); GGUF gives their eps as
 # attention.layer_norm_epsilon.
-_LAYER_NORM_ARCHS = ("command-r", "cohere2")
+_LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2")
+# StarCoder2: LayerNorms with biases, and a plain GELU feed-forward with biases (no gate)
+_PLAIN_FFN_ARCHS = ("starcoder2",)
 # Where each architecture puts its RMSNorms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3);
 # "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm whose output
@@ -67,7 +70,8 @@ _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe"
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone", "exaone4", "seed_oss", "qwen3moe", "qwen2moe", "gpt-oss",
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe", "qwen2moe",
+                    "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe")
@@ -232,7 +236,9 @@ class ModelConfig:
         elif self.norms == "parallel":
             out.append("attention and feed-forward in parallel from one pre-norm")
         if self.norm_kind == "layer":
-            out.append("LayerNorm (no bias)")
+            out.append("LayerNorm (with bias)" if self.arch in _PLAIN_FFN_ARCHS else "LayerNorm (no bias)")
+        if self.arch in _PLAIN_FFN_ARCHS:
+            out.append("plain GELU feed-forward with biases (no gate)")
         windows = self.windows()
         if any(windows):
             slid = [i for i, w in enumerate(windows) if w]
@@ -256,6 +262,8 @@ class ModelConfig:
             "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
             "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm, "norm_kind": self.norm_kind,
         }
+        if self.arch in _PLAIN_FFN_ARCHS:
+            d.update(norm_bias=True, ffn_gated=False, ffn_bias=True, ffn_act="gelu_tanh")
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
         if self.rope_table_attn_factor is not None:
@@ -895,6 +903,12 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _fail(source, "mlp_bias=true is not supported")
     if model_type == "ernie4_5" and hf.get("use_bias"):
         _fail(source, "use_bias=true (biases on the MLP's projections too) is not supported")
+    if model_type == "starcoder2":
+        act = hf.get("hidden_act", "gelu_pytorch_tanh")
+        if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            _fail(source, f"hidden_act '{act}' is not supported (StarCoder2 uses gelu_pytorch_tanh)")
+        if hf.get("use_bias") is False:
+            _fail(source, "use_bias=false (StarCoder2 without its biases) is not supported")
     if model_type == "cohere" and hf.get("use_qk_norm"):
         _fail(source, "use_qk_norm=true (Command R+'s per-head LayerNorms of Q and K) is not supported")
     extent = _extent_bound(census)
@@ -916,8 +930,9 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         ffn_dim=_get_int(hf, "intermediate_size", source, **extent),
         vocab=_get_int(hf, "vocab_size", source, **extent),
         context_length=_get_int(hf, "max_position_embeddings", source),
-        rms_eps=_get_float(hf, "layer_norm_eps" if model_type in ("cohere", "cohere2") else "rms_norm_eps", source,
-                           default=1e-5 if model_type in ("cohere", "cohere2") else 1e-6),
+        rms_eps=_get_float(hf, {"cohere": "layer_norm_eps", "cohere2": "layer_norm_eps",
+                                "starcoder2": "norm_epsilon"}.get(model_type, "rms_norm_eps"), source,
+                           default=1e-5 if model_type in ("cohere", "cohere2", "starcoder2") else 1e-6),
         rope_theta=theta,
         rope_neox=model_type not in _HF_ADJACENT_PAIR_ROPE,
         rope_scaling=scaling,

@@ -29,6 +29,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
+    "model.norm.bias": "output_norm.bias",   # StarCoder2's LayerNorm
     "lm_head.weight": "output.weight",
 }
 _LAYER_NAMES = {
@@ -94,7 +95,15 @@ _GLM4_LAYER_NAMES = {
     "post_self_attn_layernorm.weight": "post_attention_norm.weight",
     "post_mlp_layernorm.weight": "post_ffw_norm.weight",
 }
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
+# StarCoder2: LayerNorms with biases, and a plain MLP (c_fc up, c_proj down) with biases
+_STARCODER2_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "input_layernorm.bias": "attn_norm.bias",
+    "post_attention_layernorm.bias": "ffn_norm.bias",
+    "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
+    "mlp.c_proj.weight": "ffn_down.weight", "mlp.c_proj.bias": "ffn_down.bias",
+}
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")

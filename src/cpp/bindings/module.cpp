@@ -125,6 +125,9 @@ ModelConfig config_from_dict(const py::dict& d) {
         c.post_norms = n == "sandwich" || n == "post";
         c.parallel_block = n == "parallel";
     }
+    if (d.contains("norm_bias")) c.norm_bias = get<bool>(d, "norm_bias");
+    if (d.contains("ffn_gated")) c.ffn_gated = get<bool>(d, "ffn_gated");
+    if (d.contains("ffn_bias")) c.ffn_bias = get<bool>(d, "ffn_bias");
     if (d.contains("norm_kind")) {  // "rms" (default) or "layer" (LayerNorm without bias)
         const std::string k = get<std::string>(d, "norm_kind");
         if (k != "rms" && k != "layer")

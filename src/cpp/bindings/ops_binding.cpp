@@ -287,6 +287,11 @@ public:
         run([&] { be_->gelu_mul(Y, G, U); });
         return download(Y);
     }
+    F32 gelu(const F32& x) {  // gelu_tanh(x) (in place on the device)
+        Tensor X = f32(x);
+        run([&] { be_->gelu(X); });
+        return download(X);
+    }
     F32 scale(const F32& x, float s) {  // x * s (in place on the device)
         Tensor X = f32(x);
         run([&] { be_->scale(X, s); });
@@ -425,6 +430,7 @@ void bind_ops(py::module_& m) {
              py::arg("softcap") = 0.0f, py::arg("sinks") = py::none(), py::arg("rows") = py::none())
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
         .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
+        .def("gelu", &Ops::gelu, py::arg("x"))
         .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
         .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
         .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))

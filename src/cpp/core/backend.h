@@ -242,6 +242,8 @@ public:
     // out = gelu_tanh(gate) * up, elementwise (GeGLU: Gemma's feed-forward), with
     // gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))        all [n, dim]
     virtual void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+    // x = gelu_tanh(x), in place (a plain GELU feed-forward: StarCoder2)     x [n, dim]
+    virtual void gelu(const Tensor& x) = 0;
     // x *= s, in place (Gemma's embeddings times sqrt(dim))             x [n, dim]
     virtual void scale(const Tensor& x, float s) = 0;
     // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]

@@ -84,6 +84,11 @@ struct ModelConfig {
     // LayerNorm without bias (the row's mean subtracted; rms_eps is its eps).
     bool parallel_block = false;
     bool layer_norm = false;
+    // StarCoder2: every norm has a bias (attn_norm / ffn_norm / output_norm.bias, added after the
+    // norm), and the feed-forward is plain: x += w_down gelu_tanh(w_up xn + b_up) + b_down.
+    bool norm_bias = false;
+    bool ffn_gated = true;   // false: the plain feed-forward (ffn_gelu must be set; no ffn_gate)
+    bool ffn_bias = false;   // ffn_up.bias and ffn_down.bias
     enum class QkNorm { None, PerHead, Whole };
     QkNorm qk_norm = QkNorm::None;
     bool is_gemma() const { return arch == "gemma2" || arch == "gemma3"; }

@@ -212,7 +212,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
-        if (cfg_.pre_norms) norm(xn, x, L.attn_norm);
+        if (cfg_.pre_norms) norm(xn, x, L.attn_norm, L.attn_norm_b);
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
         const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
         be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
@@ -243,15 +243,20 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block; in a parallel block (Cohere) it reads the attention's normed input,
         // still in xn, and adds to x beside the attention's output
-        if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm);
+        if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm, L.ffn_norm_b);
         const Tensor& ffn_in = cfg_.pre_norms ? xn : x;
-        if (cfg_.is_moe())
+        if (cfg_.is_moe()) {
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
-        else if (cfg_.ffn_gelu)
+        } else if (!cfg_.ffn_gated) {       // StarCoder2: gate = gelu_tanh(w_up xn + b_up), no gate matrix
+            be.matmul(gate, L.w_up, ffn_in, rc);
+            if (L.b_up.rows) be.add_bias(gate, L.b_up);
+            be.gelu(gate);
+        } else if (cfg_.ffn_gelu)
             be.matmul_geglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else
             be.matmul_swiglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
         if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
+        if (L.b_down.rows) be.add_bias(x, L.b_down);  // (+ b_down, once per row)
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
@@ -316,7 +321,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
         Tensor h = x_.slice_rows(r0, nr), hn = xn_.slice_rows(r0, nr);
         const Tensor out = logits_rows(nr);
-        norm(hn, h, w_.output_norm);
+        norm(hn, h, w_.output_norm, w_.output_norm_b);
         be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
         finish_logits(out);
         be_->commit();
@@ -354,10 +359,10 @@ Tensor LlamaModel::logits_rows(int n) {
 Tensor LlamaModel::last_rows_normed(const BatchEntry* entries, int n_entries) {
     Tensor hn = xn_.slice_rows(0, n_entries);
     if (n_entries == 1) {  // one sequence: its last row is already a row of x
-        norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm);
+        norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm, w_.output_norm_b);
     } else {  // gather each entry's last hidden row (x_ as an f32 table; indices staged by run_layers)
         be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
-        norm(hn, hn, w_.output_norm);
+        norm(hn, hn, w_.output_norm, w_.output_norm_b);
     }
     return hn;
 }
@@ -369,11 +374,12 @@ RowClasses LlamaModel::last_row_classes(const BatchEntry* entries, int n_entries
 }
 
 // The output projection's rows made logits: Granite's division, Gemma 2's soft cap.
-void LlamaModel::norm(const Tensor& out, const Tensor& x, const Tensor& w) {
+void LlamaModel::norm(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& b) {
     if (cfg_.layer_norm)
         be_->layer_norm(out, x, w, cfg_.rms_eps);
     else
         be_->rms_norm(out, x, w, cfg_.rms_eps);
+    if (b.rows) be_->add_bias(out, b);  // StarCoder2's LayerNorm biases
 }
 
 void LlamaModel::finish_logits(const Tensor& out) {
@@ -475,7 +481,7 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
         const Block& k = blocks[b];
         const Tensor hn = xn_.slice_rows(k.x_row, k.m), out = score_logits_.slice_rows((b % 2) * kScoreBlock, k.m);
         be_->begin();
-        norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm);
+        norm(hn, x_.slice_rows(k.x_row, k.m), w_.output_norm, w_.output_norm_b);
         be_->matmul(out, w_.output, hn, k.decode ? RowClasses::decode(k.m) : RowClasses::prefix());
         finish_logits(out);
         be_->commit();

@@ -135,7 +135,8 @@ private:
     // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
     Tensor last_row_logits(const BatchEntry* entries, int n_entries);
     // The model's pre-norm and final norm: RMSNorm, or LayerNorm for Cohere (cfg_.layer_norm).
-    void norm(const Tensor& out, const Tensor& x, const Tensor& w);
+    // b: the norm's bias, added after it where the model has one (rows == 0: none).
+    void norm(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& b = Tensor{});
     void finish_logits(const Tensor& out);  // logit_scale, final_softcap on the output rows
     // The same rows' greedy tokens into best (i32 [n_entries, 1]), where nobody reads their logits:
     // Backend::matmul_argmax, which may never write them (logits_ rows are its scratch).

@@ -18,11 +18,13 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     std::vector<TensorSpec> out = {
         {"token_embd.weight", cfg.vocab, dim, true, false},
         {"output_norm.weight", 1, dim, true, true},
+        {"output_norm.bias", 1, dim, cfg.norm_bias, true},
         {"output.weight", cfg.vocab, dim, false, false},  // absent: tied to token_embd
     };
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
+        if (cfg.norm_bias) out.push_back({p + "attn_norm.bias", 1, dim, true, true});
         out.push_back({p + "attn_q.weight", q, dim, true, false});
         out.push_back({p + "attn_k.weight", kv, dim, true, false});
         out.push_back({p + "attn_v.weight", kv, dim, true, false});
@@ -38,10 +40,15 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
         if (pre_norms && !cfg.parallel_block) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
+        if (cfg.norm_bias) out.push_back({p + "ffn_norm.bias", 1, dim, true, true});
         if (!cfg.is_moe()) {
-            out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
+            if (cfg.ffn_gated) out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
+            if (cfg.ffn_bias) {
+                out.push_back({p + "ffn_up.bias", 1, ffn, true, true});
+                out.push_back({p + "ffn_down.bias", 1, dim, true, true});
+            }
             if (post_norms) out.push_back({p + "post_ffw_norm.weight", 1, dim, true, true});
             continue;
         }

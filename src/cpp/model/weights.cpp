@@ -104,6 +104,9 @@ void ModelConfig::validate() const {
     need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
+    need(ffn_gated || (ffn_gelu && n_expert == 0 && pre_norms && !post_norms),
+         "a plain (ungated) feed-forward is a dense GELU one after a pre-norm");
+    need(!norm_bias || (pre_norms && !post_norms), "norm biases are on pre-norms only");
     need(!parallel_block || (pre_norms && !post_norms && n_expert == 0 && residual_scale == 1.0f),
          "a parallel block has one pre-norm, no post-norms, no experts and no residual_scale");
     finite_at_least("swiglu_limit", swiglu_limit, 0.0f);
@@ -298,11 +301,16 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
 
     w.token_embd = at("token_embd.weight");
     w.output_norm = at("output_norm.weight");
+    w.output_norm_b = at("output_norm.bias");
     w.output = views.count("output.weight") ? at("output.weight") : w.token_embd;
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights L;
         L.attn_norm = at(p + "attn_norm.weight");
+        L.attn_norm_b = at(p + "attn_norm.bias");
+        L.ffn_norm_b = at(p + "ffn_norm.bias");
+        L.b_up = at(p + "ffn_up.bias");
+        L.b_down = at(p + "ffn_down.bias");
         L.wq = at(p + "attn_q.weight");
         L.wk = at(p + "attn_k.weight");
         L.wv = at(p + "attn_v.weight");

@@ -32,6 +32,8 @@ struct HostTensor {
 
 struct LayerWeights {
     Tensor attn_norm;          // f32 [dim]; rows == 0 without pre-norms (OLMo 2, EXAONE 4)
+    Tensor attn_norm_b, ffn_norm_b;  // f32 [dim]: the norms' biases (StarCoder2); rows == 0 elsewhere
+    Tensor b_up, b_down;       // f32 [ffn_dim], [dim]: the plain feed-forward's biases (StarCoder2)
     Tensor wq, wk, wv;         // [q_dim, dim], [kv_dim, dim], [kv_dim, dim]
     Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent
     Tensor q_norm, k_norm;     // f32 [head_dim] (each head: Qwen3, Gemma 3, EXAONE 4) or [q_dim], [kv_dim] (whole
@@ -60,6 +62,7 @@ struct LayerWeights {
 struct ModelWeights {
     Tensor token_embd;         // [vocab, dim], any weight type
     Tensor output_norm;        // f32 [dim]
+    Tensor output_norm_b;      // f32 [dim] (StarCoder2); rows == 0 elsewhere
     Tensor output;             // [vocab, dim]; the same as token_embd when embeddings are tied
     std::vector<LayerWeights> layers;
     std::vector<std::unique_ptr<Buffer>> buffers;  // zero-copy views that the tensors point into

@@ -843,6 +843,19 @@ void CpuBackend::scale(const Tensor& x, float s) {
     });
 }
 
+void CpuBackend::gelu(const Tensor& x) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; c++) {
+                const float g = xr[c];
+                xr[c] = 0.5f * g * (1.0f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+            }
+        });
+    }
+}
+
 void CpuBackend::softcap(const Tensor& x, float cap) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float inv = 1.0f / cap;

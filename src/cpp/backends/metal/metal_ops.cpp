@@ -698,6 +698,8 @@ void MetalBackend::encode_unary(const char* kernel, const Tensor& x, float value
 
 void MetalBackend::scale(const Tensor& x, float s) { encode_unary("scale_f32", x, s); }
 
+void MetalBackend::gelu(const Tensor& x) { encode_unary("gelu_f32", x, 0.0f); }
+
 void MetalBackend::softcap(const Tensor& x, float cap) {
     need(cap > 0.0f && std::isfinite(cap), "softcap", "cap must be positive and finite");
     encode_unary("softcap_f32", x, cap);
