@@ -373,7 +373,6 @@ RowClasses LlamaModel::last_row_classes(const BatchEntry* entries, int n_entries
     return RowClasses::decode(n_decode);
 }
 
-// The output projection's rows made logits: Granite's division, Gemma 2's soft cap.
 void LlamaModel::norm(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& b) {
     if (cfg_.layer_norm)
         be_->layer_norm(out, x, w, cfg_.rms_eps);
@@ -382,6 +381,7 @@ void LlamaModel::norm(const Tensor& out, const Tensor& x, const Tensor& w, const
     if (b.rows) be_->add_bias(out, b);  // StarCoder2's LayerNorm biases
 }
 
+// The output projection's rows made logits: Granite's division, Gemma 2's soft cap.
 void LlamaModel::finish_logits(const Tensor& out) {
     if (cfg_.logit_scale != 1.0f) be_->scale(out, 1.0f / cfg_.logit_scale);
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
