@@ -29,3 +29,17 @@ def test_biases_are_visible(tm):
 def test_info_names_the_layout(forgert, tm):
     feats = forgert.Model(str(tm.path("gguf-Q8_0")), backend="cpu").info()["features"]
     assert "LayerNorm (with bias)" in feats and "plain GELU feed-forward with biases (no gate)" in feats
+
+
+def test_gguf_sliding_window_is_read(forgert, tm, tmp_path):
+    """A starcoder2 file with attention.sliding_window windows every layer, as transformers does
+    with the config's sliding_window (llama.cpp's starcoder2 ignores the key)."""
+    import model_factory as mf
+    path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "windowed.gguf", "F32",
+                         extra_u32={"starcoder2.attention.sliding_window": 8})
+    m = forgert.Model(str(path), backend="cpu")
+    assert "sliding window 8 in every layer" in m.info()["features"]
+    windowed = mf.with_f16_kv(ae.with_config(tm, sliding_window=8))
+    ids = ae.token_ids(tm, 32, 6)
+    ae.compare_logits(m.logits(ids), mf.reference_logits(windowed, ids), **ae.bounds_for("gguf-F32", 32),
+                      what="starcoder2 windowed")

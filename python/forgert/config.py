@@ -51,16 +51,17 @@ _TEXT_OF_VISION_ARCHS = ("qwen2vl", "qwen3vl", "qwen3vlmoe")
 # HF model types whose checkpoints rotate adjacent pairs (x0, x1), (x2, x3).. (llama.cpp's NORM
 # type with unpermuted weights); every other HF checkpoint rotates the two halves of each head.
 _HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
-# Architectures whose norms are LayerNorms (mean subtracted, no bias); GGUF gives their eps as
-# attention.layer_norm_epsilon.
+# Architectures whose norms are LayerNorms (mean subtracted; biases only where _PLAIN_FFN_ARCHS);
+# GGUF gives their eps as attention.layer_norm_epsilon.
 _LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2")
 # StarCoder2: LayerNorms with biases, and a plain GELU feed-forward with biases (no gate)
 _PLAIN_FFN_ARCHS = ("starcoder2",)
-# Where each architecture puts its RMSNorms (absent: "pre", before attention and before the
-# feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3);
-# "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm whose output
-# attention and the MLP both read, their outputs added to the residual together (Cohere). And its QK-norm (absent: none): over
-# each head of Q and K ("head") or over the whole Q and K projections ("whole").
+# Where each architecture puts its norms (absent: "pre", before attention and before the
+# feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3,
+# GLM-4); "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm
+# whose output attention and the MLP both read, their outputs added to the residual together
+# (Cohere). And its QK-norm (absent: none): over each head of Q and K ("head") or over the whole
+# Q and K projections ("whole").
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
 _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
@@ -157,12 +158,12 @@ class ModelConfig:
 
     @property
     def norms(self) -> str:
-        """"pre", "sandwich" or "post" (_NORMS)."""
+        """"pre", "sandwich", "post" or "parallel" (_NORMS)."""
         return _NORMS.get(self.arch, "pre")
 
     @property
     def norm_kind(self) -> str:
-        """"rms", or "layer" (LayerNorm without bias: _LAYER_NORM_ARCHS)."""
+        """"rms", or "layer" (LayerNorm: _LAYER_NORM_ARCHS; StarCoder2's with biases)."""
         return "layer" if self.arch in _LAYER_NORM_ARCHS else "rms"
 
     @property
@@ -475,7 +476,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _exaone4_gguf(meta, p, cfg, source)
     if arch in ("glm4", "ernie4_5"):
         _no_mrope_or_mtp(meta, p, source)
-    if arch in _LAYER_NORM_ARCHS:
+    if arch in ("command-r", "cohere2"):
         _cohere_gguf(meta, p, cfg, source)
     if arch in _TEXT_OF_VISION_ARCHS:
         sections = _int_list(meta, p + "rope.dimension_sections", source)
