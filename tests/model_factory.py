@@ -12,6 +12,7 @@ Nothing here imports forgert: this module is the reference side of the tests.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class TinySpec:
     no_rope_layers: tuple | None = None    # SmolLM3: 1 = RoPE, 0 = none, per layer
     multipliers: dict | None = None        # Granite: embedding / residual / attention multipliers, logits_scaling
     partial_rotary: float | None = None    # GLM-4: the share of each head that rotates
+    n_expert: int = 0                      # OLMoE: experts, and experts per token
+    n_expert_used: int = 0
     logit_scale: float = 0.0625            # Cohere: the logits times this
     sliding_window: int | None = None      # EXAONE 4: its local layers' window (None: every layer global, RoPE)
     sliding_window_pattern: int = 4        # EXAONE 4: every pattern-th layer global (and NoPE)
@@ -166,6 +169,12 @@ ARCH_SPECS = {
     "cohere2": TinySpec(
         name="cohere2", arch="cohere2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=True, rope_theta=50000.0, rms_eps=1e-5, seed=26, logit_scale=0.25, sliding_window=8,
+    ),
+    # OLMoE: pre-norms, OLMo 2's whole-row QK-norm, 4 experts of width 64, top 2 not renormalised;
+    # untied (as OLMoE-1B-7B, no GQA).
+    "olmoe": TinySpec(
+        name="olmoe", arch="olmoe", hidden=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn=64,
+        tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=30, n_expert=4, n_expert_used=2,
     ),
     # StarCoder2: LayerNorms with biases, q/k/v/o biases, a plain GELU MLP with biases, tied;
     # no window (llama.cpp's starcoder2 has none; the HF model's 4096 never reaches 64 positions).
@@ -301,6 +310,10 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "olmoe":
+        from transformers import OlmoeConfig, OlmoeForCausalLM
+        model = OlmoeForCausalLM(OlmoeConfig(num_experts=spec.n_expert, num_experts_per_tok=spec.n_expert_used,
+                                             norm_topk_prob=False, pad_token_id=None, **common))
     elif spec.arch == "starcoder2":
         from transformers import Starcoder2Config, Starcoder2ForCausalLM
         eps = common.pop("rms_norm_eps")
@@ -475,6 +488,7 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
+        "mlp.gate.weight": "ffn_gate_inp.weight",   # a MoE router (OLMoE)
         **({"post_attention_layernorm.weight": "post_attention_norm.weight",
             "post_feedforward_layernorm.weight": "post_ffw_norm.weight"} if arch in POST_NORM_ARCHS else {}),
         # StarCoder2: norm biases, and its plain MLP's c_fc / c_proj
@@ -496,11 +510,25 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
 PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
 
 
+# transformers 5's in-memory MoE experts: [E, 2 * ffn, hidden] gate_up_proj, [E, hidden, ffn] down_proj
+_EXPERTS_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+
+
 def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
     """GGUF-named float32 tensors (llama Q/K permuted), in HF order."""
     out = {}
     permuted = spec.arch in PERMUTED_QK_ARCHS
     for hf_name, w in hf_state_numpy(model).items():
+        experts = _EXPERTS_RE.match(hf_name)
+        if experts:   # transformers' fused experts: llama.cpp's stacks (gate rows first in gate_up)
+            p = f"blk.{experts.group(1)}."
+            if experts.group(2) == "gate_up_proj":
+                half = w.shape[1] // 2
+                out[p + "ffn_gate_exps.weight"] = np.ascontiguousarray(w[:, :half], dtype=np.float32)
+                out[p + "ffn_up_exps.weight"] = np.ascontiguousarray(w[:, half:], dtype=np.float32)
+            else:
+                out[p + "ffn_down_exps.weight"] = np.ascontiguousarray(w, dtype=np.float32)
+            continue
         name = _gguf_name(hf_name, spec.arch)
         # The converter permutes Q/K biases with their weights (rows of the same projection).
         if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
@@ -609,6 +637,9 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         if swa_pattern:   # False: a file that leaves the layers to llama.cpp's default rule
             w.add_array(f"{arch}.attention.sliding_window_pattern",
                         [t == "sliding_attention" for t in model.config.layer_types])
+    if spec.n_expert:                        # the converter's MoE keys (OLMoE's experts are ffn wide)
+        w.add_expert_count(spec.n_expert)
+        w.add_expert_used_count(spec.n_expert_used)
     for key, value in (extra_u32 or {}).items():   # keys a test adds (a file the converter would not write)
         w.add_uint32(key, value)
     w.add_vocab_size(model.config.vocab_size)
@@ -752,6 +783,15 @@ def gguf_dequantized_model(tm: TinyModel, type_name: str):
     from gguf.quants import dequantize
     reverse = {}
     for hf_name in tm.model.state_dict():
+        experts = _EXPERTS_RE.match(hf_name)
+        if experts:   # each GGUF stack back into its part of the fused parameter
+            p = f"blk.{experts.group(1)}."
+            if experts.group(2) == "gate_up_proj":
+                reverse[p + "ffn_gate_exps.weight"] = (hf_name, 0)
+                reverse[p + "ffn_up_exps.weight"] = (hf_name, 1)
+            else:
+                reverse[p + "ffn_down_exps.weight"] = hf_name
+            continue
         try:
             reverse[_gguf_name(hf_name, tm.spec.arch)] = hf_name
         except (KeyError, IndexError):
@@ -771,8 +811,14 @@ def gguf_dequantized_model(tm: TinyModel, type_name: str):
                 w = unpermute_qk_from_gguf(w, n)
             if tm.spec.arch == "gemma" and t.name.endswith("norm.weight"):
                 w = w - 1.0   # back to HF's w of x * (1 + w)
-            params[reverse[t.name]].copy_(torch.from_numpy(w.copy()))
-            seen.add(reverse[t.name])
+            target = reverse[t.name]
+            if isinstance(target, tuple):   # half of a fused gate_up_proj
+                target, part = target
+                half = params[target].shape[1] // 2
+                params[target][:, part * half:(part + 1) * half].copy_(torch.from_numpy(w.copy()))
+            else:
+                params[target].copy_(torch.from_numpy(w.copy()))
+            seen.add(target)
     missing = set(params) - seen - {"lm_head.weight"}
     assert not missing, f"GGUF {type_name} lacks {sorted(missing)}"
     return m

@@ -11,7 +11,7 @@ from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
-                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2",
+                   "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "qwen3moe", "qwen2moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
@@ -19,7 +19,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
-                  "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2",
+                  "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -36,13 +36,14 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # rotary over adjacent pairs, in its HF checkpoints too. ERNIE 4.5 (dense) is Llama rotating
 # adjacent pairs in its HF checkpoints. Seed-OSS is Llama with q/k/v (and optionally output)
 # biases, its GGUF naming the feed-forward norm post_attention_norm (loader.py renames it).
+# OLMoE is Llama with OLMo 2's whole-row QK-norm (but pre-norms) and experts not renormalised.
 # Cohere (Command-R, Aya Expanse: GGUF command-r; Command R7B: cohere2) is Llama with one LayerNorm
 # feeding attention and the MLP side by side ("parallel" norms) and its logits multiplied by
 # logit_scale; cohere2's global layers run without RoPE beside windowed local ones.
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
-              "gemma": "llama", "starcoder2": "llama",
+              "gemma": "llama", "starcoder2": "llama", "olmoe": "llama",
               "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
 # The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
 # qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
@@ -65,13 +66,14 @@ _PLAIN_FFN_ARCHS = ("starcoder2",)
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
 _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
-            "exaone4": "head", "olmo2": "whole"}
+            "exaone4": "head", "olmo2": "whole", "olmoe": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
-_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe", "qwen2moe",
+_GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
+                    "qwen2moe",
                     "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
@@ -82,7 +84,7 @@ GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
 GPT_OSS_SWA_PATTERN = 2
 # Whether GGUF MoE weights are renormalised over the selected experts when the file has no
 # expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
-_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False}
+_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False}
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -910,6 +912,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             _fail(source, f"hidden_act '{act}' is not supported (StarCoder2 uses gelu_pytorch_tanh)")
         if hf.get("use_bias") is False:
             _fail(source, "use_bias=false (StarCoder2 without its biases) is not supported")
+    if model_type == "olmoe" and hf.get("clip_qkv") is not None:
+        _fail(source, "clip_qkv (clamping Q, K and V) is not supported")
     if model_type == "cohere" and hf.get("use_qk_norm"):
         _fail(source, "use_qk_norm=true (Command R+'s per-head LayerNorms of Q and K) is not supported")
     extent = _extent_bound(census)
