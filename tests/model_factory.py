@@ -170,6 +170,11 @@ ARCH_SPECS = {
         name="cohere2", arch="cohere2", hidden=64, n_layers=5, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=True, rope_theta=50000.0, rms_eps=1e-5, seed=26, logit_scale=0.25, sliding_window=8,
     ),
+    # Arcee (AFM-4.5B): Llama with a plain ReLU-squared feed-forward (up, then down; no gate), untied.
+    "arcee": TinySpec(
+        name="arcee", arch="arcee", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=31,
+    ),
     # OLMoE: pre-norms, OLMo 2's whole-row QK-norm, 4 experts of width 64, top 2 not renormalised;
     # untied (as OLMoE-1B-7B, no GQA).
     "olmoe": TinySpec(
@@ -310,6 +315,9 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "arcee":
+        from transformers import ArceeConfig, ArceeForCausalLM
+        model = ArceeForCausalLM(ArceeConfig(head_dim=spec.head_dim, pad_token_id=None, **common))
     elif spec.arch == "olmoe":
         from transformers import OlmoeConfig, OlmoeForCausalLM
         model = OlmoeForCausalLM(OlmoeConfig(num_experts=spec.n_expert, num_experts_per_tok=spec.n_expert_used,
@@ -507,7 +515,7 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
 
 # Architectures whose converter (LlamaModel and its subclasses) permutes Q/K for llama.cpp's
 # adjacent-pair RoPE; Qwen2/Qwen3 keep HF's half-split layout (llama.cpp's NEOX rope type).
-PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite")
+PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "arcee")
 
 
 # transformers 5's in-memory MoE experts: [E, 2 * ffn, hidden] gate_up_proj, [E, hidden, ffn] down_proj

@@ -1157,6 +1157,16 @@ def test_gelu(ops_for, backend, n, dim):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,dim", [(1, 64), (7, 135), (69, 576)])
+def test_relu_sq(ops_for, backend, n, dim):
+    """Arcee's plain feed-forward activation max(x, 0)^2, in place: exact in f32 (one rounding of a
+    product), so equal to NumPy's f32 result bit for bit."""
+    rng = rng_for("relu_sq", n, dim)
+    x = randn(rng, n, dim, scale=4.0)
+    np.testing.assert_array_equal(ops_for(backend).relu_sq(x), np.maximum(x, 0) ** 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n,dim", [(1, 64), (1, 40000), (7, 135), (69, 576)])
 def test_gelu_mul(ops_for, backend, n, dim):
     """GeGLU's second half: tanh-GELU of the gate times up (Gemma's feed-forward)."""

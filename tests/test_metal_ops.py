@@ -554,6 +554,7 @@ def test_gemma_elementwise(metal, cpu, dim):
     b = r.standard_normal((3, dim), dtype=np.float32)
     assert nmse(metal.gelu_mul(a, b), cpu.gelu_mul(a, b)) < 1e-12
     assert nmse(metal.gelu(a), cpu.gelu(a)) < 1e-12   # StarCoder2's plain GELU
+    np.testing.assert_array_equal(metal.relu_sq(a), cpu.relu_sq(a))   # Arcee's ReLU squared
     np.testing.assert_array_equal(metal.scale(a, 8.0), cpu.scale(a, 8.0))
     x = a * 20
     x[0, 0] = 1e30

@@ -12,6 +12,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
+                   "arcee",
                    "qwen3moe", "qwen2moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
@@ -20,6 +21,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
+                  "arcee": "arcee",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -36,6 +38,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # rotary over adjacent pairs, in its HF checkpoints too. ERNIE 4.5 (dense) is Llama rotating
 # adjacent pairs in its HF checkpoints. Seed-OSS is Llama with q/k/v (and optionally output)
 # biases, its GGUF naming the feed-forward norm post_attention_norm (loader.py renames it).
+# Arcee (AFM-4.5B) is Llama with a plain ReLU-squared feed-forward (_PLAIN_FFN_ARCHS).
 # OLMoE is Llama with OLMo 2's whole-row QK-norm (but pre-norms) and experts not renormalised.
 # Cohere (Command-R, Aya Expanse: GGUF command-r; Command R7B: cohere2) is Llama with one LayerNorm
 # feeding attention and the MLP side by side ("parallel" norms) and its logits multiplied by
@@ -43,7 +46,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
-              "gemma": "llama", "starcoder2": "llama", "olmoe": "llama",
+              "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama",
               "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
 # The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
 # qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
@@ -55,8 +58,9 @@ _HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
 # Architectures whose norms are LayerNorms (mean subtracted; biases only where _PLAIN_FFN_ARCHS);
 # GGUF gives their eps as attention.layer_norm_epsilon.
 _LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2")
-# StarCoder2: LayerNorms with biases, and a plain GELU feed-forward with biases (no gate)
-_PLAIN_FFN_ARCHS = ("starcoder2",)
+# Plain (ungated) feed-forwards: arch -> (activation, biases on the norms and the feed-forward).
+# StarCoder2: tanh-GELU, LayerNorms and projections with biases; Arcee: ReLU squared, no biases.
+_PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True), "arcee": ("relu_sq", False)}
 # Where each architecture puts its norms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3,
 # GLM-4); "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm
@@ -77,7 +81,7 @@ _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaon
                     "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
-GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe")
+GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe", "arcee")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
 # key) and its window pattern (every second layer full attention, from layer 1; no GGUF key either).
 GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
@@ -238,10 +242,12 @@ class ModelConfig:
             out.append("norms on each sub-layer's output only (no pre-norms)")
         elif self.norms == "parallel":
             out.append("attention and feed-forward in parallel from one pre-norm")
+        plain = _PLAIN_FFN_ARCHS.get(self.arch)
         if self.norm_kind == "layer":
-            out.append("LayerNorm (with bias)" if self.arch in _PLAIN_FFN_ARCHS else "LayerNorm (no bias)")
-        if self.arch in _PLAIN_FFN_ARCHS:
-            out.append("plain GELU feed-forward with biases (no gate)")
+            out.append("LayerNorm (with bias)" if plain and plain[1] else "LayerNorm (no bias)")
+        if plain:
+            out.append(f"plain {'GELU' if plain[0] == 'gelu_tanh' else 'ReLU-squared'} feed-forward"
+                       f"{' with biases' if plain[1] else ''} (no gate)")
         windows = self.windows()
         if any(windows):
             slid = [i for i, w in enumerate(windows) if w]
@@ -266,7 +272,8 @@ class ModelConfig:
             "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm, "norm_kind": self.norm_kind,
         }
         if self.arch in _PLAIN_FFN_ARCHS:
-            d.update(norm_bias=True, ffn_gated=False, ffn_bias=True, ffn_act="gelu_tanh")
+            act, biases = _PLAIN_FFN_ARCHS[self.arch]
+            d.update(norm_bias=biases, ffn_gated=False, ffn_bias=biases, ffn_act=act)
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
         if self.rope_table_attn_factor is not None:
@@ -912,6 +919,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             _fail(source, f"hidden_act '{act}' is not supported (StarCoder2 uses gelu_pytorch_tanh)")
         if hf.get("use_bias") is False:
             _fail(source, "use_bias=false (StarCoder2 without its biases) is not supported")
+    if model_type == "arcee" and hf.get("hidden_act", "relu2") != "relu2":
+        _fail(source, f"hidden_act '{hf.get('hidden_act')}' is not supported (Arcee uses relu2)")
     if model_type == "olmoe" and hf.get("clip_qkv") is not None:
         _fail(source, "clip_qkv (clamping Q, K and V) is not supported")
     if model_type == "cohere" and hf.get("use_qk_norm"):

@@ -108,6 +108,19 @@ kernel void gelu_f32(
     xr[i] = 0.5f * g * (1.0f + precise::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
 }
 
+kernel void relu_sq_f32(
+        constant unary_args & args [[buffer(0)]],
+        device char * x [[buffer(1)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    if (i >= args.dim) return;
+    device float* xr = (device float*)(x + tgpig.y * args.x_stride);
+    const float r = max(xr[i], 0.0f);
+    xr[i] = r * r;
+}
+
 kernel void softcap_f32(
         constant unary_args & args [[buffer(0)]],
         device char * x [[buffer(1)]],

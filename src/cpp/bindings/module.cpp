@@ -143,9 +143,11 @@ ModelConfig config_from_dict(const py::dict& d) {
     }
     if (d.contains("ffn_act")) {
         const std::string act = get<std::string>(d, "ffn_act");
-        if (act != "silu" && act != "gelu_tanh")
-            throw InputError("model config 'ffn_act' must be \"silu\" or \"gelu_tanh\", got \"" + act + "\"");
+        if (act != "silu" && act != "gelu_tanh" && act != "relu_sq")
+            throw InputError("model config 'ffn_act' must be \"silu\", \"gelu_tanh\" or \"relu_sq\", got \"" + act +
+                             "\"");
         c.ffn_gelu = act == "gelu_tanh";
+        c.ffn_relu_sq = act == "relu_sq";
     }
     return c;
 }

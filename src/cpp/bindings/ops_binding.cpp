@@ -292,6 +292,11 @@ public:
         run([&] { be_->gelu(X); });
         return download(X);
     }
+    F32 relu_sq(const F32& x) {  // max(x, 0)^2 (in place on the device)
+        Tensor X = f32(x);
+        run([&] { be_->relu_sq(X); });
+        return download(X);
+    }
     F32 scale(const F32& x, float s) {  // x * s (in place on the device)
         Tensor X = f32(x);
         run([&] { be_->scale(X, s); });
@@ -431,6 +436,7 @@ void bind_ops(py::module_& m) {
         .def("silu_mul", &Ops::silu_mul, py::arg("gate"), py::arg("up"))
         .def("gelu_mul", &Ops::gelu_mul, py::arg("gate"), py::arg("up"))
         .def("gelu", &Ops::gelu, py::arg("x"))
+        .def("relu_sq", &Ops::relu_sq, py::arg("x"))
         .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
         .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
         .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))

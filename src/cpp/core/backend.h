@@ -244,6 +244,8 @@ public:
     virtual void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
     // x = gelu_tanh(x), in place (a plain GELU feed-forward: StarCoder2)     x [n, dim]
     virtual void gelu(const Tensor& x) = 0;
+    // x = max(x, 0)^2, in place (a plain ReLU-squared feed-forward: Arcee)   x [n, dim]
+    virtual void relu_sq(const Tensor& x) = 0;
     // x *= s, in place (Gemma's embeddings times sqrt(dim))             x [n, dim]
     virtual void scale(const Tensor& x, float s) = 0;
     // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]

@@ -87,7 +87,8 @@ struct ModelConfig {
     // StarCoder2: every norm has a bias (attn_norm / ffn_norm / output_norm.bias, added after the
     // norm), and the feed-forward is plain: x += w_down gelu_tanh(w_up xn + b_up) + b_down.
     bool norm_bias = false;
-    bool ffn_gated = true;   // false: the plain feed-forward (ffn_gelu must be set; no ffn_gate)
+    bool ffn_gated = true;   // false: the plain feed-forward (ffn_gelu or ffn_relu_sq set; no ffn_gate)
+    bool ffn_relu_sq = false;  // the plain feed-forward's activation max(x, 0)^2 (Arcee) instead of tanh-GELU
     bool ffn_bias = false;   // ffn_up.bias and ffn_down.bias
     enum class QkNorm { None, PerHead, Whole };
     QkNorm qk_norm = QkNorm::None;

@@ -247,10 +247,13 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         const Tensor& ffn_in = cfg_.pre_norms ? xn : x;
         if (cfg_.is_moe()) {
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
-        } else if (!cfg_.ffn_gated) {       // StarCoder2: gate = gelu_tanh(w_up xn + b_up), no gate matrix
+        } else if (!cfg_.ffn_gated) {  // gate = act(w_up xn + b_up), no gate matrix: StarCoder2's GELU, Arcee's ReLU^2
             be.matmul(gate, L.w_up, ffn_in, rc);
             if (L.b_up.rows) be.add_bias(gate, L.b_up);
-            be.gelu(gate);
+            if (cfg_.ffn_relu_sq)
+                be.relu_sq(gate);
+            else
+                be.gelu(gate);
         } else if (cfg_.ffn_gelu)
             be.matmul_geglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else

@@ -104,8 +104,9 @@ void ModelConfig::validate() const {
     need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
-    need(ffn_gated || (ffn_gelu && n_expert == 0 && pre_norms && !post_norms),
-         "a plain (ungated) feed-forward is a dense GELU one after a pre-norm");
+    need(ffn_gated || ((ffn_gelu || ffn_relu_sq) && n_expert == 0 && pre_norms && !post_norms),
+         "a plain (ungated) feed-forward is a dense GELU or ReLU-squared one after a pre-norm");
+    need(!ffn_relu_sq || !ffn_gated, "ReLU-squared is a plain feed-forward's activation only");
     need(!norm_bias || (pre_norms && !post_norms), "norm biases are on pre-norms only");
     need(!parallel_block || (pre_norms && !post_norms && n_expert == 0 && residual_scale == 1.0f),
          "a parallel block has one pre-norm, no post-norms, no experts and no residual_scale");

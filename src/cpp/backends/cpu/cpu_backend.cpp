@@ -856,6 +856,19 @@ void CpuBackend::gelu(const Tensor& x) {
     }
 }
 
+void CpuBackend::relu_sq(const Tensor& x) {
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
+    for (int64_t r = 0; r < x.rows; r++) {
+        float* xr = row_f32(x, r);
+        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; c++) {
+                const float v = std::max(xr[c], 0.0f);
+                xr[c] = v * v;
+            }
+        });
+    }
+}
+
 void CpuBackend::softcap(const Tensor& x, float cap) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float inv = 1.0f / cap;

@@ -85,6 +85,7 @@ public:
     void copy(const Tensor& dst, const Tensor& src) override;
     void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void gelu(const Tensor& x) override;
+    void relu_sq(const Tensor& x) override;
     void scale(const Tensor& x, float s) override;
     void softcap(const Tensor& x, float cap) override;
     void argmax(const Tensor& out, const Tensor& x) override;

@@ -700,6 +700,8 @@ void MetalBackend::scale(const Tensor& x, float s) { encode_unary("scale_f32", x
 
 void MetalBackend::gelu(const Tensor& x) { encode_unary("gelu_f32", x, 0.0f); }
 
+void MetalBackend::relu_sq(const Tensor& x) { encode_unary("relu_sq_f32", x, 0.0f); }
+
 void MetalBackend::softcap(const Tensor& x, float cap) {
     need(cap > 0.0f && std::isfinite(cap), "softcap", "cap must be positive and finite");
     encode_unary("softcap_f32", x, cap);
