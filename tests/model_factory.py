@@ -175,6 +175,12 @@ ARCH_SPECS = {
         name="arcee", arch="arcee", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
         tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=31,
     ),
+    # Nemotron (Nemotron-Mini, Minitron): LayerNorm1P (1 + w, stored as 1 + w in GGUF) with biases,
+    # a plain ReLU-squared feed-forward, half of each head rotated; untied.
+    "nemotron": TinySpec(
+        name="nemotron", arch="nemotron", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=160,
+        tie_embeddings=False, rope_theta=10000.0, rms_eps=1e-5, seed=32, partial_rotary=0.5,
+    ),
     # OLMoE: pre-norms, OLMo 2's whole-row QK-norm, 4 experts of width 64, top 2 not renormalised;
     # untied (as OLMoE-1B-7B, no GQA).
     "olmoe": TinySpec(
@@ -315,6 +321,11 @@ def build_hf_model(spec: TinySpec, vocab_size: int):
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=spec.head_dim, **common))
     elif spec.arch == "smollm3":
         model = SmolLM3ForCausalLM(SmolLM3Config(no_rope_layers=list(spec.no_rope_layers), pad_token_id=None, **common))
+    elif spec.arch == "nemotron":
+        from transformers import NemotronConfig, NemotronForCausalLM
+        eps = common.pop("rms_norm_eps")
+        model = NemotronForCausalLM(NemotronConfig(norm_eps=eps, head_dim=spec.head_dim, pad_token_id=None,
+                                                   partial_rotary_factor=spec.partial_rotary, **common))
     elif spec.arch == "arcee":
         from transformers import ArceeConfig, ArceeForCausalLM
         model = ArceeForCausalLM(ArceeConfig(head_dim=spec.head_dim, pad_token_id=None, **common))
@@ -499,6 +510,8 @@ def _gguf_name(hf_name: str, arch: str = "llama") -> str:
         "mlp.gate.weight": "ffn_gate_inp.weight",   # a MoE router (OLMoE)
         **({"post_attention_layernorm.weight": "post_attention_norm.weight",
             "post_feedforward_layernorm.weight": "post_ffw_norm.weight"} if arch in POST_NORM_ARCHS else {}),
+        **({"input_layernorm.bias": "attn_norm.bias", "post_attention_layernorm.bias": "ffn_norm.bias"}
+           if arch == "nemotron" else {}),
         # StarCoder2: norm biases, and its plain MLP's c_fc / c_proj
         **({"input_layernorm.bias": "attn_norm.bias", "post_attention_layernorm.bias": "ffn_norm.bias",
             "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
@@ -543,8 +556,8 @@ def gguf_tensors(model, spec: TinySpec) -> dict[str, np.ndarray]:
             w = permute_qk_for_gguf(w, spec.n_heads)
         elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
             w = permute_qk_for_gguf(w, spec.n_kv_heads)
-        if spec.arch == "gemma" and name.endswith("norm.weight"):
-            w = w + 1.0   # Gemma's converter stores 1 + w, the multiplier llama.cpp applies
+        if spec.arch in ("gemma", "nemotron") and name.endswith("norm.weight"):
+            w = w + 1.0   # their converters store 1 + w, the multiplier llama.cpp applies
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     if spec.rope_scaling is not None and spec.rope_scaling.get("rope_type") == "llama3":
         out["rope_freqs.weight"] = llama3_rope_factors(spec)
@@ -613,7 +626,7 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
     w.add_head_count(spec.n_heads)
     w.add_head_count_kv(spec.n_kv_heads)
     w.add_rope_freq_base(spec.rope_theta)
-    if spec.arch in ("command-r", "cohere2", "starcoder2"):   # LayerNorms: their eps key (Cohere: the logit scale)
+    if spec.arch in ("command-r", "cohere2", "starcoder2", "nemotron"):   # LayerNorms: their eps key (Cohere: logit scale)
         w.add_layer_norm_eps(spec.rms_eps)
         if spec.arch != "starcoder2":
             w.add_float32(f"{arch}.logit_scale", spec.logit_scale)
@@ -817,7 +830,7 @@ def gguf_dequantized_model(tm: TinyModel, type_name: str):
             if tm.spec.arch in PERMUTED_QK_ARCHS and t.name.endswith(("attn_q.weight", "attn_k.weight")):
                 n = tm.spec.n_heads if "attn_q" in t.name else tm.spec.n_kv_heads
                 w = unpermute_qk_from_gguf(w, n)
-            if tm.spec.arch == "gemma" and t.name.endswith("norm.weight"):
+            if tm.spec.arch in ("gemma", "nemotron") and t.name.endswith("norm.weight"):
                 w = w - 1.0   # back to HF's w of x * (1 + w)
             target = reverse[t.name]
             if isinstance(target, tuple):   # half of a fused gate_up_proj

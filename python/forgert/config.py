@@ -12,7 +12,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
-                   "arcee",
+                   "arcee", "nemotron",
                    "qwen3moe", "qwen2moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
@@ -21,7 +21,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
-                  "arcee": "arcee",
+                  "arcee": "arcee", "nemotron": "nemotron",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -38,7 +38,8 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # rotary over adjacent pairs, in its HF checkpoints too. ERNIE 4.5 (dense) is Llama rotating
 # adjacent pairs in its HF checkpoints. Seed-OSS is Llama with q/k/v (and optionally output)
 # biases, its GGUF naming the feed-forward norm post_attention_norm (loader.py renames it).
-# Arcee (AFM-4.5B) is Llama with a plain ReLU-squared feed-forward (_PLAIN_FFN_ARCHS).
+# Arcee (AFM-4.5B) is Llama with a plain ReLU-squared feed-forward (_PLAIN_FFN_ARCHS); Nemotron
+# (Nemotron-Mini, Minitron) adds LayerNorms that multiply by 1 + w with biases, and partial rotary.
 # OLMoE is Llama with OLMo 2's whole-row QK-norm (but pre-norms) and experts not renormalised.
 # Cohere (Command-R, Aya Expanse: GGUF command-r; Command R7B: cohere2) is Llama with one LayerNorm
 # feeding attention and the MLP side by side ("parallel" norms) and its logits multiplied by
@@ -46,7 +47,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 _CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
-              "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama",
+              "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
               "qwen2vl": "qwen2", "qwen3vl": "qwen3", "qwen3vlmoe": "qwen3"}
 # The Qwen vision-language GGUFs' language models (Qwen2-VL / Qwen2.5-VL: qwen2vl; Qwen3-VL:
 # qwen3vl, qwen3vlmoe) run on text: their multimodal RoPE gives a text token the same position
@@ -57,10 +58,12 @@ _TEXT_OF_VISION_ARCHS = ("qwen2vl", "qwen3vl", "qwen3vlmoe")
 _HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
 # Architectures whose norms are LayerNorms (mean subtracted; biases only where _PLAIN_FFN_ARCHS);
 # GGUF gives their eps as attention.layer_norm_epsilon.
-_LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2")
-# Plain (ungated) feed-forwards: arch -> (activation, biases on the norms and the feed-forward).
-# StarCoder2: tanh-GELU, LayerNorms and projections with biases; Arcee: ReLU squared, no biases.
-_PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True), "arcee": ("relu_sq", False)}
+_LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2", "nemotron")
+# Plain (ungated) feed-forwards: arch -> (activation, norm biases, feed-forward biases).
+# StarCoder2: tanh-GELU, LayerNorms and projections with biases; Arcee: ReLU squared, no biases;
+# Nemotron: ReLU squared after LayerNorms with biases.
+_PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq", False, False),
+                    "nemotron": ("relu_sq", True, False)}
 # Where each architecture puts its norms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3,
 # GLM-4); "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm
@@ -77,7 +80,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
-                    "qwen2moe",
+                    "qwen2moe", "nemotron",
                     "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
@@ -247,7 +250,7 @@ class ModelConfig:
             out.append("LayerNorm (with bias)" if plain and plain[1] else "LayerNorm (no bias)")
         if plain:
             out.append(f"plain {'GELU' if plain[0] == 'gelu_tanh' else 'ReLU-squared'} feed-forward"
-                       f"{' with biases' if plain[1] else ''} (no gate)")
+                       f"{' with biases' if plain[2] else ''} (no gate)")
         windows = self.windows()
         if any(windows):
             slid = [i for i, w in enumerate(windows) if w]
@@ -272,8 +275,8 @@ class ModelConfig:
             "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm, "norm_kind": self.norm_kind,
         }
         if self.arch in _PLAIN_FFN_ARCHS:
-            act, biases = _PLAIN_FFN_ARCHS[self.arch]
-            d.update(norm_bias=biases, ffn_gated=False, ffn_bias=biases, ffn_act=act)
+            act, norm_bias, ffn_bias = _PLAIN_FFN_ARCHS[self.arch]
+            d.update(norm_bias=norm_bias, ffn_gated=False, ffn_bias=ffn_bias, ffn_act=act)
         if self.layer_rope is not None:
             d["layer_rope"] = [int(t) for t in self.layer_rope]
         if self.rope_table_attn_factor is not None:
@@ -919,8 +922,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             _fail(source, f"hidden_act '{act}' is not supported (StarCoder2 uses gelu_pytorch_tanh)")
         if hf.get("use_bias") is False:
             _fail(source, "use_bias=false (StarCoder2 without its biases) is not supported")
-    if model_type == "arcee" and hf.get("hidden_act", "relu2") != "relu2":
-        _fail(source, f"hidden_act '{hf.get('hidden_act')}' is not supported (Arcee uses relu2)")
+    if model_type in ("arcee", "nemotron") and hf.get("hidden_act", "relu2") != "relu2":
+        _fail(source, f"hidden_act '{hf.get('hidden_act')}' is not supported ({model_type} uses relu2)")
+    if model_type == "nemotron" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+        _fail(source, "attention_bias / mlp_bias on Nemotron are not supported")
     if model_type == "olmoe" and hf.get("clip_qkv") is not None:
         _fail(source, "clip_qkv (clamping Q, K and V) is not supported")
     if model_type == "cohere" and hf.get("use_qk_norm"):
@@ -944,9 +949,9 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         ffn_dim=_get_int(hf, "intermediate_size", source, **extent),
         vocab=_get_int(hf, "vocab_size", source, **extent),
         context_length=_get_int(hf, "max_position_embeddings", source),
-        rms_eps=_get_float(hf, {"cohere": "layer_norm_eps", "cohere2": "layer_norm_eps",
-                                "starcoder2": "norm_epsilon"}.get(model_type, "rms_norm_eps"), source,
-                           default=1e-5 if model_type in ("cohere", "cohere2", "starcoder2") else 1e-6),
+        rms_eps=_get_float(hf, {"cohere": "layer_norm_eps", "cohere2": "layer_norm_eps", "starcoder2": "norm_epsilon",
+                                "nemotron": "norm_eps"}.get(model_type, "rms_norm_eps"), source,
+                           default=1e-5 if model_type in ("cohere", "cohere2", "starcoder2", "nemotron") else 1e-6),
         rope_theta=theta,
         rope_neox=model_type not in _HF_ADJACENT_PAIR_ROPE,
         rope_scaling=scaling,
@@ -970,6 +975,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     if model_type == "exaone4":
         _exaone4_hf(hf, cfg, source)
     olmo3 = _olmo3_hf(hf, cfg, source) if model_type == "olmo3" else None
+    if model_type == "nemotron":   # LayerNorm1P: x normalised times (1 + w), plus b
+        cfg.norm_shift = 1.0
     cfg.vision_language = hf.get("vision_language")   # set by vision_language.language_config
     if model_type in ("cohere", "cohere2"):
         cfg.logit_scale = 1.0 / _get_float(hf, "logit_scale", source, default=0.0625)

@@ -103,7 +103,11 @@ _STARCODER2_LAYER_NAMES = {
     "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
     "mlp.c_proj.weight": "ffn_down.weight", "mlp.c_proj.bias": "ffn_down.bias",
 }
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
+# Nemotron: LayerNorms with biases
+_NEMOTRON_LAYER_NAMES = {**_LAYER_NAMES, "input_layernorm.bias": "attn_norm.bias",
+                         "post_attention_layernorm.bias": "ffn_norm.bias"}
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
+                              "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
