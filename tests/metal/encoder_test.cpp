@@ -671,7 +671,9 @@ void test_gemma_decode_dispatches() {
             cfg.ffn_gelu = true;
             cfg.embed_scale = 8.0f;
             cfg.layer_window = {4, 0};
+            cfg.post_norms = true;  // the sandwich: pre-norms and post-norms
         }
+        if (gemma3) cfg.qk_norm = ModelConfig::QkNorm::PerHead;
         if (std::string(arch) == "gemma2") cfg.attn_softcap = 50.0f, cfg.final_softcap = 30.0f;
         std::vector<std::vector<float>> storage;
         storage.reserve(64);
