@@ -27,6 +27,25 @@ constexpr int64_t kParallelElems = 1 << 15;
 float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
 uint16_t* row_f16(const Tensor& t, int64_t r) { return reinterpret_cast<uint16_t*>(t.data<uint8_t>() + t.stride * r); }
 
+// x[i, j] = f(x[i, j]) in place, split as the other elementwise ops split: one row (decode) by
+// columns across threads, several rows shared out whole (one fork, not one per row).
+template <class F>
+void map_in_place(ThreadPool& pool, const Tensor& x, F f) {
+    if (x.rows == 1) {
+        float* xr = row_f32(x, 0);
+        pool.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; c++) xr[c] = f(xr[c]);
+        });
+        return;
+    }
+    pool.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) {
+            float* xr = row_f32(x, r);
+            for (int64_t c = 0; c < x.cols; c++) xr[c] = f(xr[c]);
+        }
+    });
+}
+
 // FORGERT_CPU_PROFILE: "1" on, unset / "" / "0" off.
 bool profile_from_env() {
     const char* v = std::getenv("FORGERT_CPU_PROFILE");
@@ -835,49 +854,28 @@ void CpuBackend::gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
 
 void CpuBackend::scale(const Tensor& x, float s) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
-    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / x.cols), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) {
-            float* xr = row_f32(x, r);
-            for (int64_t c = 0; c < x.cols; c++) xr[c] *= s;
-        }
-    });
+    map_in_place(pool_, x, [s](float v) { return v * s; });
 }
 
 void CpuBackend::gelu(const Tensor& x) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; c++) {
-                const float g = xr[c];
-                xr[c] = 0.5f * g * (1.0f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-            }
-        });
-    }
+    map_in_place(pool_, x, [](float g) {
+        return 0.5f * g * (1.0f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    });
 }
 
 void CpuBackend::relu_sq(const Tensor& x) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; c++) {
-                const float v = std::max(xr[c], 0.0f);
-                xr[c] = v * v;
-            }
-        });
-    }
+    map_in_place(pool_, x, [](float v) {
+        const float r = std::max(v, 0.0f);
+        return r * r;
+    });
 }
 
 void CpuBackend::softcap(const Tensor& x, float cap) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
     const float inv = 1.0f / cap;
-    for (int64_t r = 0; r < x.rows; r++) {
-        float* xr = row_f32(x, r);
-        pool_.parallel_for(x.cols, kParallelElems / 4, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; c++) xr[c] = cap * std::tanh(xr[c] * inv);
-        });
-    }
+    map_in_place(pool_, x, [cap, inv](float v) { return cap * std::tanh(v * inv); });
 }
 
 void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
