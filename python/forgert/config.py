@@ -584,9 +584,10 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     _check_experts(cfg, source)
 
 
-def _cohere_layers(cfg: ModelConfig, local: list, window: int) -> None:
-    """Command R7B (cohere2): local layers windowed with RoPE, global layers full without it."""
-    cfg.sliding_window = window if any(local) else None
+def _local_rope_global_nope(cfg: ModelConfig, local: list, window: int) -> None:
+    """Hybrid attention whose global layers have no RoPE (EXAONE 4's 32B, Command R7B): local
+    layers with a window and RoPE, global layers with neither."""
+    cfg.sliding_window = window
     cfg.layer_window = [window if is_local else 0 for is_local in local]
     cfg.layer_rope = [0 if is_local else -1 for is_local in local]
 
@@ -600,7 +601,7 @@ def _cohere_gguf(meta, p, cfg: ModelConfig, source) -> None:
         if not cfg.sliding_window:
             _fail(source, "cohere2 without attention.sliding_window")
         local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
-        _cohere_layers(cfg, local, cfg.sliding_window)
+        _local_rope_global_nope(cfg, local, cfg.sliding_window)
     elif cfg.sliding_window:
         _fail(source, "command-r with attention.sliding_window is not supported (Command R7B is cohere2)")
 
@@ -661,17 +662,6 @@ def _olmo3_hf(hf: dict, cfg: ModelConfig, source):
     return [t == "sliding_attention" for t in types], window, l_theta, l_scaling
 
 
-def _exaone4_layers(cfg: ModelConfig, local: list | None, window: int | None) -> None:
-    """EXAONE 4's hybrid attention (its 32B): local layers with a window and RoPE, global layers
-    with neither. local None: no hybrid, every layer global with RoPE (its 1.2B)."""
-    if local is None:
-        cfg.sliding_window, cfg.layer_window, cfg.layer_rope = None, None, None
-        return
-    cfg.sliding_window = window
-    cfg.layer_window = [window if is_local else 0 for is_local in local]
-    cfg.layer_rope = [0 if is_local else -1 for is_local in local]
-
-
 def _exaone4_gguf(meta, p, cfg: ModelConfig, source) -> None:
     """llama.cpp's exaone4 loader: a 64-layer file (the 32B) is hybrid, window attention.sliding_window
     (4096 when absent) in the layers of attention.sliding_window_pattern (default 4: three local, one
@@ -679,10 +669,10 @@ def _exaone4_gguf(meta, p, cfg: ModelConfig, source) -> None:
     pattern (one bool per layer) is read as the HF config it came from, whatever its depth."""
     pattern = meta.get(p + "attention.sliding_window_pattern")
     if cfg.n_layers != 64 and not isinstance(pattern, (list, tuple, np.ndarray)):
-        _exaone4_layers(cfg, None, None)
+        cfg.sliding_window, cfg.layer_window, cfg.layer_rope = None, None, None   # every layer global, RoPE
         return
     window = cfg.sliding_window or 4096
-    _exaone4_layers(cfg, gemma.swa_layers(4 if pattern is None else pattern, cfg.n_layers, source), window)
+    _local_rope_global_nope(cfg, gemma.swa_layers(4 if pattern is None else pattern, cfg.n_layers, source), window)
 
 
 def _exaone4_hf(hf: dict, cfg: ModelConfig, source) -> None:
@@ -692,7 +682,7 @@ def _exaone4_hf(hf: dict, cfg: ModelConfig, source) -> None:
     is global with RoPE."""
     window = hf.get("sliding_window")
     if window is None:
-        _exaone4_layers(cfg, None, None)
+        cfg.sliding_window, cfg.layer_window, cfg.layer_rope = None, None, None   # every layer global, RoPE
         return
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         _fail(source, f"sliding_window must be a positive integer, got {window!r}")
@@ -707,7 +697,7 @@ def _exaone4_hf(hf: dict, cfg: ModelConfig, source) -> None:
             local = [(i + 1) % pattern != 0 for i in range(cfg.n_layers)]
         else:
             _fail(source, f"sliding_window_pattern must be a positive integer or a string of L and G, got {pattern!r}")
-    _exaone4_layers(cfg, local, window)
+    _local_rope_global_nope(cfg, local, window)
 
 
 def _no_rope_every(interval: int, n_layers: int) -> list:
@@ -984,7 +974,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         windows = cfg.windows()
         types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % int(hf.get("sliding_window_pattern", 4))
                                           else "full_attention" for i in range(cfg.n_layers)]
-        _cohere_layers(cfg, [t == "sliding_attention" for t in types],
+        _local_rope_global_nope(cfg, [t == "sliding_attention" for t in types],
                        max(windows) if any(windows) else int(hf.get("sliding_window") or 4096))
     if model_type in ("granite", "granitemoe"):
         cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)

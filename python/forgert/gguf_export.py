@@ -133,6 +133,13 @@ def _write_hf_expert_metadata(writer, c):
         raise ModelFormatError(f"{arch}: experts without renormalisation have no GGUF form for architecture llama")
 
 
+def _write_local_layers(writer, arch: str, window: int, windows: list) -> None:
+    """A hybrid model's window and which layers are local (one bool per layer), as llama.cpp's
+    converters write them."""
+    writer.add_u32(f"{arch}.attention.sliding_window", window)
+    writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
+
+
 def _write_hf_metadata(writer, loaded):
     """llama.cpp's keys for an HF config; returns extra F32 tensors {name: values} (Llama 3's
     rope_freqs.weight)."""
@@ -176,16 +183,14 @@ def _write_hf_metadata(writer, loaded):
             else:
                 writer.add_f32(f"{arch}.{key}", value)
     elif arch in ("exaone4", "cohere2"):
-        if c.layer_rope is not None:   # hybrid: the converter writes the window and one bool per layer
-            writer.add_u32(f"{arch}.attention.sliding_window", c.sliding_window)
-            writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
+        if c.layer_rope is not None:   # hybrid
+            _write_local_layers(writer, arch, c.sliding_window, windows)
     elif arch == "olmo2" and any(windows):   # OLMo 3: llama.cpp's olmo2 gives local layers unscaled RoPE
         local_freqs = rope_freqs(c.rope_theta, c.rotated_dims, None, c.context_length)
         if not np.allclose(c.rope_freqs[0], local_freqs, rtol=1e-6, atol=0):
             raise ModelFormatError(f"{loaded.name}: local layers whose RoPE base differs from the global "
                                    f"layers' have no GGUF form here")
-        writer.add_u32(f"{arch}.attention.sliding_window", max(windows))
-        writer.add(f"{arch}.attention.sliding_window_pattern", (ARRAY, BOOL), [w > 0 for w in windows])
+        _write_local_layers(writer, arch, max(windows), windows)
     elif any(windows):
         # GGUF's llama/qwen2 key windows every layer; Qwen2's max_window_layers and interleaved
         # local/global layers have no GGUF form there.
