@@ -36,7 +36,7 @@ def test_gguf_sliding_window_is_read(forgert, tm, tmp_path):
     with the config's sliding_window (llama.cpp's starcoder2 ignores the key)."""
     import model_factory as mf
     path = mf.write_gguf(tm.model, tm.spec, tm.tokenizer, tmp_path / "windowed.gguf", "F32",
-                         extra_u32={"starcoder2.attention.sliding_window": 8})
+                         extra_keys={"starcoder2.attention.sliding_window": 8})
     m = forgert.Model(str(path), backend="cpu")
     assert "sliding window 8 in every layer" in m.info()["features"]
     windowed = mf.with_f16_kv(ae.with_config(tm, sliding_window=8))
