@@ -104,6 +104,86 @@ def test_moe_route_rejects_bad_k(ops):
         ops.moe_route(np.zeros((2, 4), np.float32), 5, True)
 
 
+def sigmoid_route_reference(logits, k, renormalize, bias=None, scale=1.0, n_group=1, topk_group=1):
+    """DeepSeek V3's router as transformers' Glm4MoeTopkRouter / DeepseekV3TopkRouter write it, in
+    float64: scores sigmoid(logits), choices scores + bias; the topk_group groups of largest top-2
+    choice sum (lower group first on ties) kept; the k largest choices among them (lower id first);
+    weights the unbiased scores, renormalised over the k when asked, times scale."""
+    s = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+    c = s + (0.0 if bias is None else np.asarray(bias, np.float64))
+    n, ne = c.shape
+    group = ne // n_group
+    ids = []
+    for i in range(n):
+        g_score = [np.sort(c[i, g * group:(g + 1) * group])[-2:].sum() for g in range(n_group)]
+        kept = sorted(range(n_group), key=lambda g: (-g_score[g], g))[:topk_group]
+        allowed = [e for e in range(ne) if e // group in kept]
+        ids.append(sorted(allowed, key=lambda e: (-c[i, e], e))[:k])
+    ids = np.array(ids)
+    w = np.take_along_axis(s, ids, 1)
+    if renormalize:
+        w /= w.sum(1, keepdims=True)
+    return w * scale, ids.astype(np.int32)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("n_expert,k,n_group,topk_group", [(8, 2, 1, 1), (16, 4, 4, 2), (64, 8, 8, 4),
+                                                           (16, 3, 8, 2)])
+def test_moe_route_sigmoid_matches_numpy(ops, n_expert, k, n_group, topk_group, renormalize):
+    """GLM-4.5 / DeepSeek V3 routing: sigmoid scores, a selection bias, group-limited choice and the
+    routed scaling factor, against the float64 reference."""
+    rng = rng_for("route-sigmoid", n_expert, k, n_group)
+    logits = randn(rng, 37, n_expert, scale=2.0)
+    bias = randn(rng, 1, n_expert, scale=0.5).reshape(-1)
+    w, ids = ops.moe_route(logits, k, renormalize, sigmoid=True, select_bias=bias, scale=2.5, n_group=n_group,
+                           topk_group=topk_group)
+    w_ref, ids_ref = sigmoid_route_reference(logits, k, renormalize, bias, 2.5, n_group, topk_group)
+    np.testing.assert_array_equal(ids, ids_ref)
+    # f32 sigmoid and sums against f64, times 2.5: measured max 2.8e-7 (weights up to 2.5) -> 1e-6.
+    np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-6)
+    # The bias and the groups change the choice: without them the reference picks other experts.
+    _, ids_plain = sigmoid_route_reference(logits, k, renormalize)
+    assert (ids_plain != ids_ref).any()
+
+
+def test_moe_route_sigmoid_groups_confine_the_choice(ops):
+    """Group 1 holds the two largest choices, but groups 0 and 2 have larger top-2 sums: with one
+    group kept the choice is group 0's alone; expert 5 (group 1's best) is never picked."""
+    logits = np.full((1, 12), -4.0, np.float32)   # 3 groups of 4
+    logits[0, [0, 1]] = [2.0, 1.9]                 # group 0: top-2 sum ~1.75
+    logits[0, [5, 6]] = [3.0, -3.0]                # group 1: ~1.0
+    logits[0, [8, 9]] = [1.0, 1.0]                 # group 2: ~1.46
+    _, ids = ops.moe_route(logits, 2, True, sigmoid=True, n_group=3, topk_group=1)
+    np.testing.assert_array_equal(ids, [[0, 1]])
+    _, ids = ops.moe_route(logits, 3, True, sigmoid=True, n_group=3, topk_group=2)
+    np.testing.assert_array_equal(ids, [[0, 1, 8]])
+    _, ids = ops.moe_route(logits, 2, True, sigmoid=True)   # no groups: the largest two
+    np.testing.assert_array_equal(ids, [[5, 0]])
+
+
+def test_moe_route_sigmoid_weights_unbiased_and_unnormalised(ops):
+    """A bias that makes expert 3 win is not in its weight, which is sigmoid(logit) itself."""
+    logits = np.array([[2.0, 1.0, 0.0, -1.0]], np.float32)
+    w, ids = ops.moe_route(logits, 2, False, sigmoid=True, select_bias=np.array([0, 0, 0, 5.0], np.float32))
+    np.testing.assert_array_equal(ids, [[3, 0]])
+    np.testing.assert_allclose(w, 1 / (1 + np.exp(-np.array([[-1.0, 2.0]]))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n_group=2), "expert groups need the sigmoid router"),
+    (dict(select_bias=np.zeros(8, np.float32)), "selection bias needs the sigmoid router"),
+    (dict(sigmoid=True, n_group=3), "must divide n_expert"),
+    (dict(sigmoid=True, n_group=8), "at least 2 experts"),
+    (dict(sigmoid=True, n_group=4, topk_group=5), "topk_group"),
+    (dict(sigmoid=True, n_group=4, topk_group=1), "cannot hold k"),
+    (dict(sigmoid=True, select_bias=np.zeros(7, np.float32)), "select_bias must be"),
+    (dict(sigmoid=True, scale=0.0), "scale must be a positive number"),
+])
+def test_moe_route_rejects_bad_routing(ops, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ops.moe_route(np.zeros((2, 8), np.float32), 3, True, **kwargs)
+
+
 # ----------------------------------------------------------------------------- matmul_id
 
 def routings(n: int, k: int, n_expert: int, rng) -> dict:

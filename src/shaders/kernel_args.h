@@ -334,9 +334,13 @@ FG_ARGS_ASSERT(sizeof(argmax_args) == 16, "argmax_args layout");
 // x_stride = out_stride, cols = grid.x; as argmax_f32) picks each token's.
 
 // --- mixture of experts (moe.metal; mul_mv_id_* in mul_mv.metal) ---
-// moe_route_f32: per token, softmax over the logits, the k largest (lower id first on ties),
-// their weights renormalised over the k when `renormalize`.
-// slots: 1 logits f32 [n, n_expert], 2 weights f32 [n, k], 3 ids i32 [n, k]
+// moe_route_f32: per token, each expert's score (softmax over the logits, or each logit's sigmoid
+// when `sigmoid`), the choice score (plus the selection bias when has_bias), within the
+// topk_group of n_group groups of largest top-2 choice sum, the k largest choices (lower id first
+// on ties); weights the chosen unbiased scores, renormalised over the k when `renormalize`,
+// times `scale` (Backend::moe_route).
+// slots: 1 logits f32 [n, n_expert], 2 weights f32 [n, k], 3 ids i32 [n, k],
+//        4 select_bias f32 [n_expert] (bound to the logits when has_bias == 0, unread)
 // grid: (ceil(n / 32)); threads: 32 (one token per thread)
 typedef struct {
     uint64_t logits_stride;
@@ -346,8 +350,14 @@ typedef struct {
     int32_t n_expert;
     int32_t k;
     int32_t renormalize;
+    int32_t sigmoid;
+    int32_t has_bias;
+    int32_t n_group;     // 1..64, dividing n_expert
+    int32_t topk_group;  // 1..n_group
+    float scale;
+    int32_t pad;
 } moe_route_args;
-FG_ARGS_ASSERT(sizeof(moe_route_args) == 40, "moe_route_args layout");
+FG_ARGS_ASSERT(sizeof(moe_route_args) == 64, "moe_route_args layout");
 
 // mul_mv_id_<type>: out[s, r] = sum_c w_e[r, c] x[t, c] for slot s = i*k + j, e = ids[i, j],
 // w_e = w + e * expert_stride, t = s (x_per_slot) or i. The decode GEMV reading only the

@@ -5,47 +5,96 @@ using namespace metal;
 
 #include "kernel_args.h"
 
-// One token per thread: n_expert is small (8..128), k passes over the logits pick the experts
-// in decreasing probability, each pass the largest after the previous pick in (p desc, id asc)
-// order, so no per-thread array is needed.
+// One token per thread: n_expert is small (8..256), so each choice is a pass over the logits:
+// k passes pick the experts in decreasing choice score, each pass the largest after the previous
+// pick in (score desc, id asc) order, and likewise topk_group passes over the groups' scores, so
+// no per-thread array is needed (the groups chosen are a 64-bit mask).
+static inline float route_score(constant moe_route_args & args, device const float* l, float mx, int e) {
+    return args.sigmoid != 0 ? 1.0f / (1.0f + exp(-l[e])) : exp(l[e] - mx);
+}
+
+static inline float route_choice(constant moe_route_args & args, device const float* l, device const float* bias,
+                                 float mx, int e) {
+    const float s = route_score(args, l, mx, e);
+    return args.has_bias != 0 ? s + bias[e] : s;
+}
+
 kernel void moe_route_f32(
         constant moe_route_args & args [[buffer(0)]],
         device const char * logits  [[buffer(1)]],
         device       char * weights [[buffer(2)]],
         device       char * ids     [[buffer(3)]],
+        device const char * select_bias [[buffer(4)]],
         uint3 tgpig [[threadgroup_position_in_grid]],
         uint3 tptg  [[thread_position_in_threadgroup]],
         uint3 ntg   [[threads_per_threadgroup]]) {
     const int t = tgpig.x * ntg.x + tptg.x;
     if (t >= args.n) return;
     device const float* l = (device const float*)(logits + t * args.logits_stride);
+    device const float* bias = (device const float*)select_bias;
     device float* w = (device float*)(weights + t * args.weights_stride);
     device int* id = (device int*)(ids + t * args.ids_stride);
-    float mx = l[0];
-    for (int e = 1; e < args.n_expert; ++e) mx = max(mx, l[e]);
-    float sum = 0.0f;
-    for (int e = 0; e < args.n_expert; ++e) sum += exp(l[e] - mx);
-    float prev_p = 0.0f, picked = 0.0f;
+    float mx = l[0], sum = 0.0f;
+    if (args.sigmoid == 0) {
+        for (int e = 1; e < args.n_expert; ++e) mx = max(mx, l[e]);
+        for (int e = 0; e < args.n_expert; ++e) sum += exp(l[e] - mx);
+    }
+    // The groups chosen from: all, or the topk_group of largest top-2 choice sum.
+    const int group = args.n_expert / args.n_group;
+    ulong allowed = args.n_group == 64 ? ~0ul : ((1ul << args.n_group) - 1ul);
+    if (args.n_group > 1) {
+        allowed = 0ul;
+        float prev_gs = 0.0f;
+        int prev_g = -1;
+        for (int j = 0; j < args.topk_group; ++j) {
+            int best_g = -1;
+            float best_gs = 0.0f;
+            for (int g = 0; g < args.n_group; ++g) {
+                float a = -FLT_MAX, b = -FLT_MAX;
+                for (int e = g * group; e < (g + 1) * group; ++e) {
+                    const float c = route_choice(args, l, bias, mx, e);
+                    if (c > a) {
+                        b = a;
+                        a = c;
+                    } else if (c > b) {
+                        b = c;
+                    }
+                }
+                const float gs = a + b;
+                const bool after_prev = j == 0 || gs < prev_gs || (gs == prev_gs && g > prev_g);
+                if (after_prev && (best_g < 0 || gs > best_gs)) {
+                    best_g = g;
+                    best_gs = gs;
+                }
+            }
+            allowed |= 1ul << best_g;
+            prev_gs = best_gs;
+            prev_g = best_g;
+        }
+    }
+    float prev_c = 0.0f, picked = 0.0f;
     int prev_id = -1;
     for (int j = 0; j < args.k; ++j) {
         int best = -1;
-        float best_p = 0.0f;
+        float best_c = 0.0f;
         for (int e = 0; e < args.n_expert; ++e) {
-            const float p = exp(l[e] - mx);
-            const bool after_prev = j == 0 || p < prev_p || (p == prev_p && e > prev_id);
-            if (after_prev && (best < 0 || p > best_p)) {
+            if (((allowed >> (e / group)) & 1ul) == 0ul) continue;
+            const float c = route_choice(args, l, bias, mx, e);
+            const bool after_prev = j == 0 || c < prev_c || (c == prev_c && e > prev_id);
+            if (after_prev && (best < 0 || c > best_c)) {
                 best = e;
-                best_p = p;
+                best_c = c;
             }
         }
+        const float p = route_score(args, l, mx, best);
         id[j] = best;
-        w[j] = best_p;
-        picked += best_p;
-        prev_p = best_p;
+        w[j] = p;
+        picked += p;
+        prev_c = best_c;
         prev_id = best;
     }
-    const float denom = args.renormalize != 0 ? picked : sum;
-    for (int j = 0; j < args.k; ++j) w[j] = w[j] / denom;
+    const float denom = args.renormalize != 0 ? picked : args.sigmoid != 0 ? 1.0f : sum;
+    for (int j = 0; j < args.k; ++j) w[j] = w[j] / denom * args.scale;
 }
 
 // One expert per thread scans the slots in order: each expert's list comes out sorted, the same

@@ -107,6 +107,18 @@ ModelConfig config_from_dict(const py::dict& d) {
         c.expert_ffn_dim = get<int>(d, "expert_ffn_dim");
         if (d.contains("expert_norm_topk")) c.expert_norm_topk = get<bool>(d, "expert_norm_topk");
         if (d.contains("shared_ffn_dim")) c.shared_ffn_dim = get<int>(d, "shared_ffn_dim");
+        if (d.contains("shared_expert_gated")) c.shared_expert_gated = get<bool>(d, "shared_expert_gated");
+        if (d.contains("n_dense_lead")) c.n_dense_lead = get<int>(d, "n_dense_lead");
+        if (d.contains("router")) {  // "softmax" | "sigmoid"
+            const std::string router = get<std::string>(d, "router");
+            if (router != "softmax" && router != "sigmoid")
+                throw InputError("config 'router' must be softmax or sigmoid, got '" + router + "'");
+            c.router_sigmoid = router == "sigmoid";
+        }
+        if (d.contains("router_select_bias")) c.router_select_bias = get<bool>(d, "router_select_bias");
+        if (d.contains("expert_groups")) c.expert_groups = get<int>(d, "expert_groups");
+        if (d.contains("expert_groups_used")) c.expert_groups_used = get<int>(d, "expert_groups_used");
+        if (d.contains("expert_weights_scale")) c.expert_weights_scale = get<float>(d, "expert_weights_scale");
         if (d.contains("swiglu_limit")) c.swiglu_limit = get<float>(d, "swiglu_limit");
         if (d.contains("swiglu_alpha")) c.swiglu_alpha = get<float>(d, "swiglu_alpha");
     }

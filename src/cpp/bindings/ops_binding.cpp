@@ -335,12 +335,20 @@ public:
         return out;
     }
 
-    // (weights [n, k], ids i32 [n, k]) of the router over logits [n, n_expert].
-    py::tuple moe_route(const F32& logits, int k, bool renormalize) {
+    // (weights [n, k], ids i32 [n, k]) of the router over logits [n, n_expert] (Backend::moe_route;
+    // select_bias: None or f32 [n_expert]).
+    py::tuple moe_route(const F32& logits, int k, bool renormalize, bool sigmoid, const py::object& select_bias,
+                        float scale, int n_group, int topk_group) {
         need(logits.ndim() == 2 && logits.shape(1) > 0, "logits must be [n, n_expert]");
         need(k >= 1 && k <= logits.shape(1), "k must be in 1..n_expert");
-        Tensor L = f32(logits), W = empty(DType::F32, L.rows, k), I = empty(DType::I32, L.rows, k);
-        run([&] { be_->moe_route(W, I, L, renormalize); });
+        Tensor L = f32(logits), W = empty(DType::F32, L.rows, k), I = empty(DType::I32, L.rows, k), B;
+        if (!select_bias.is_none()) {
+            const F32 b = select_bias.cast<F32>();
+            need(b.ndim() == 1 && b.shape(0) == logits.shape(1), "select_bias must be [n_expert]");
+            B = f32(b);  // [1, n_expert]
+        }
+        const Backend::MoeRouting r{sigmoid, renormalize, scale, n_group, topk_group};
+        run([&] { be_->moe_route(W, I, L, r, B); });
         F32 w(std::vector<py::ssize_t>{L.rows, k});
         I32 ids(std::vector<py::ssize_t>{L.rows, k});
         be_->read(w.mutable_data(), W, W.nbytes());
@@ -445,7 +453,9 @@ void bind_ops(py::module_& m) {
         .def("argmax", &Ops::argmax, py::arg("x"))
         .def("matmul_argmax", &Ops::matmul_argmax, py::arg("w"), py::arg("dtype"), py::arg("rows"), py::arg("cols"),
              py::arg("x"))
-        .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"))
+        .def("moe_route", &Ops::moe_route, py::arg("logits"), py::arg("k"), py::arg("renormalize"),
+             py::arg("sigmoid") = false, py::arg("select_bias") = py::none(), py::arg("scale") = 1.0f,
+             py::arg("n_group") = 1, py::arg("topk_group") = 1)
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
              py::arg("cols"), py::arg("x"), py::arg("ids"), py::arg("decode_rows") = -1)
         .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))

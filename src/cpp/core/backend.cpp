@@ -1,5 +1,7 @@
 #include "backend.h"
 
+#include <cmath>
+
 namespace forgert {
 
 void Backend::head_rms_norm(const Tensor& x, const Tensor& w, float eps) {
@@ -26,6 +28,37 @@ void check_copy(const Tensor& dst, const Tensor& src) {
     const bool overlap = dst.buf == src.buf && dst.offset < src.offset + src.nbytes() &&
                          src.offset < dst.offset + dst.nbytes() && dst.rows > 0;
     if (overlap) throw InputError("copy: dst and src overlap");
+}
+
+void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& r,
+                     const Tensor& select_bias) {
+    auto need = [](bool ok, const std::string& what) {
+        if (!ok) throw InputError("moe_route: " + what);
+    };
+    const int64_t n = logits.rows, ne = logits.cols, k = ids.cols;
+    need(logits.buf && logits.type == DType::F32, "logits must be f32");
+    need(ne > 0 && k >= 1 && k <= ne, "need 1 <= k <= n_expert, got k = " + std::to_string(k) +
+                                          " of n_expert = " + std::to_string(ne));
+    need(weights.buf && weights.type == DType::F32 && weights.rows == n && weights.cols == k,
+         "weights must be f32 [" + std::to_string(n) + ", " + std::to_string(k) + "]");
+    need(ids.buf && ids.type == DType::I32 && ids.rows == n, "ids must be i32 [" + std::to_string(n) + ", k]");
+    need(std::isfinite(r.scale) && r.scale > 0.0f, "scale must be a positive number");
+    need(r.n_group >= 1 && r.n_group <= 64 && ne % r.n_group == 0,
+         "n_group = " + std::to_string(r.n_group) + " must divide n_expert = " + std::to_string(ne) + " (at most 64 groups)");
+    need(r.topk_group >= 1 && r.topk_group <= r.n_group,
+         "topk_group = " + std::to_string(r.topk_group) + " must be in 1..n_group = " + std::to_string(r.n_group));
+    if (r.n_group > 1) {
+        need(r.sigmoid, "expert groups need the sigmoid router");
+        need(ne / r.n_group >= 2, "each expert group needs at least 2 experts (its score is its top-2 sum)");
+        need((int64_t)r.topk_group * (ne / r.n_group) >= k,
+             std::to_string(r.topk_group) + " groups of " + std::to_string(ne / r.n_group) + " experts cannot hold k = " +
+                 std::to_string(k));
+    }
+    if (select_bias.rows) {
+        need(r.sigmoid, "a selection bias needs the sigmoid router");
+        need(select_bias.buf && select_bias.type == DType::F32 && select_bias.rows == 1 && select_bias.cols == ne,
+             "select_bias must be f32 [" + std::to_string(ne) + "]");
+    }
 }
 
 }  // namespace forgert

@@ -266,12 +266,24 @@ public:
     virtual bool has_moe_ops() const { return false; }
     // Why matmul_id cannot read this expert stack, or "" when it can (checked once at load).
     virtual std::string expert_stack_problem(const Tensor* experts, int n_expert) const { return ""; }
-    // The router after its matmul: per token i, p = softmax(logits[i, :]); ids[i, :] = the
-    // k = ids.cols experts of largest p, largest first (the lower id first on ties);
-    // weights[i, j] = p[ids[i, j]], divided by the k weights' sum when renormalize (which is
-    // Mixtral's softmax over the selected logits).
-    // logits f32 [n, n_expert]; ids i32 [n, k]; weights f32 [n, k]; k <= n_expert
-    virtual void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
+    // The router after its matmul. Per token i, each expert's score s_e: p = softmax(logits[i, :])
+    // (Mixtral, Qwen-MoE), or p_e = sigmoid(logits[i, e]) with routing.sigmoid (DeepSeek V3,
+    // GLM-4.5). Choice c_e = s_e + select_bias[e] (a learned bias steering the choice only; none
+    // when select_bias has no rows). With routing.n_group > 1 the experts fall in n_group equal
+    // groups, each scored by the sum of its two largest c_e, and only the topk_group groups of
+    // largest score (the lower group first on ties) are chosen from. ids[i, :] = the k = ids.cols
+    // experts of largest c, largest first (the lower id first on ties); weights[i, j] =
+    // s[ids[i, j]] (unbiased), divided by the k weights' sum when routing.renormalize (which for
+    // the softmax is Mixtral's softmax over the selected logits), times routing.scale.
+    // logits f32 [n, n_expert]; ids i32 [n, k]; weights f32 [n, k]; k <= n_expert; select_bias f32 [n_expert]
+    struct MoeRouting {
+        bool sigmoid = false;
+        bool renormalize = true;
+        float scale = 1.0f;
+        int n_group = 1, topk_group = 1;  // n_group <= 64, and > 1 only with sigmoid
+    };
+    virtual void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const MoeRouting& routing,
+                           const Tensor& select_bias = Tensor{}) {
         no_moe();
     }
     // A matmul per selected expert: out[i*k + j, :] = experts[ids[i, j]] x[r, :]^T with r = i
@@ -302,6 +314,12 @@ private:
         throw InputError("the " + name() + " backend has no mixture-of-experts ops");
     }
 };
+
+// Throws InputError unless moe_route's arguments fit together: k in 1..n_expert, the shapes,
+// the groups (dividing n_expert, holding k experts, 2+ experts each, sigmoid only) and the
+// selection bias (f32 [n_expert], sigmoid only).
+void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& routing,
+                     const Tensor& select_bias);
 
 // Throws InputError unless copy(dst, src) applies: the same dtype and shape, no overlap.
 void check_copy(const Tensor& dst, const Tensor& src);

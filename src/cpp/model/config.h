@@ -41,18 +41,36 @@ struct ModelConfig {
     // router over n_expert SwiGLU experts of width expert_ffn_dim, n_expert_used of them per
     // token, their outputs summed weighted by the router's softmax over all experts (renormalised
     // over the selected ones when expert_norm_topk). shared_ffn_dim > 0 adds a shared SwiGLU
-    // expert every token runs, scaled by sigmoid(w_shared_gate x) (Qwen2-MoE). ffn_dim is then unused.
+    // expert every token runs, scaled by sigmoid(w_shared_gate x) (Qwen2-MoE). ffn_dim is then the
+    // width of the leading dense layers' feed-forward (n_dense_lead below), unused without them.
     int n_expert = 0;
     int n_expert_used = 0;
     int expert_ffn_dim = 0;
     bool expert_norm_topk = true;
     int shared_ffn_dim = 0;
+    // DeepSeek V3's router (GLM-4.5): router_sigmoid scores each expert by sigmoid(logit) on its
+    // own instead of the softmax over all; router_select_bias adds a learned per-expert bias
+    // (exp_probs_b) to the scores for choosing only, the weights being the unbiased scores;
+    // the experts fall in expert_groups groups of which only the expert_groups_used with the
+    // largest top-2 sums are chosen from; the chosen weights (renormalised or not) are multiplied
+    // by expert_weights_scale. shared_expert_gated: the shared expert's output times
+    // sigmoid(w_shared_gate x) (Qwen2-MoE), or added as it is (GLM-4.5).
+    bool router_sigmoid = false;
+    bool router_select_bias = false;
+    int expert_groups = 1;
+    int expert_groups_used = 1;
+    float expert_weights_scale = 1.0f;
+    bool shared_expert_gated = true;
+    // The first n_dense_lead layers of an MoE model have a dense SwiGLU feed-forward of width
+    // ffn_dim instead of experts (GLM-4.5, DeepSeek: first_k_dense_replace).
+    int n_dense_lead = 0;
     // gpt-oss's clamped SwiGLU experts: swiglu_limit > 0 makes each expert
     // (clamp(up, +-limit) + 1) * g * sigmoid(alpha * g) with g = min(gate, limit); 0: silu(gate) * up.
     float swiglu_limit = 0.0f;
     float swiglu_alpha = 1.702f;
 
     bool is_moe() const { return n_expert > 0; }
+    bool layer_is_moe(int layer) const { return n_expert > 0 && layer >= n_dense_lead; }
     int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }
     int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
     int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }

@@ -35,12 +35,16 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     v_ = tensor(DType::F32, B, cfg_.kv_dim());
     att_ = tensor(DType::F32, B, cfg_.q_dim());
     proj_ = tensor(DType::F32, B, cfg_.dim);
-    const int dense_ffn = cfg_.is_moe() ? std::max(cfg_.shared_ffn_dim, 1) : cfg_.ffn_dim;
+    // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
+    // leading dense layers'.
+    const int dense_ffn = !cfg_.is_moe()          ? cfg_.ffn_dim
+                          : cfg_.n_dense_lead > 0 ? std::max(cfg_.shared_ffn_dim, cfg_.ffn_dim)
+                                                  : std::max(cfg_.shared_ffn_dim, 1);
     gate_ = tensor(DType::F32, B, dense_ffn);
     up_ = tensor(DType::F32, B, dense_ffn);
     if (cfg_.is_moe()) {
         if (!be_->has_moe_ops()) throw InputError("the " + be_->name() + " backend cannot run mixture-of-experts models yet");
-        for (int l = 0; l < cfg_.n_layers; l++) {
+        for (int l = cfg_.n_dense_lead; l < cfg_.n_layers; l++) {
             const LayerWeights& L = w_.layers[l];
             const std::pair<const char*, const std::vector<Tensor>*> stacks[3] = {
                 {"ffn_gate_exps", &L.gate_exps}, {"ffn_up_exps", &L.up_exps}, {"ffn_down_exps", &L.down_exps}};
@@ -186,7 +190,9 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     at.classes = rc;  // attention's query rows: decode rows alone, prefix rows whatever their block
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
-           gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n);
+           // the dense feed-forward's [n, ffn_dim] (gate_ and up_ may be wider: an MoE model's shared expert)
+           gate = make_tensor(gate_.buf, 0, DType::F32, n, cfg_.ffn_dim),
+           up = make_tensor(up_.buf, 0, DType::F32, n, cfg_.ffn_dim);
 
     be.get_rows(x, w_.token_embd, ids);
     if (cfg_.embed_scale != 1.0f) be.scale(x, cfg_.embed_scale);  // Gemma: embeddings times sqrt(dim)
@@ -245,7 +251,8 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         // still in xn, and adds to x beside the attention's output
         if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm, L.ffn_norm_b);
         const Tensor& ffn_in = cfg_.pre_norms ? xn : x;
-        if (cfg_.is_moe()) {
+        const bool moe = cfg_.layer_is_moe(l);
+        if (moe) {
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
         } else if (!cfg_.ffn_gated) {  // gate = act(w_up xn + b_up), no gate matrix: StarCoder2's GELU, Arcee's ReLU^2
             be.matmul(gate, L.w_up, ffn_in, rc);
@@ -258,7 +265,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             be.matmul_geglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else
             be.matmul_swiglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
-        if (!cfg_.is_moe()) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
+        if (!moe) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (L.b_down.rows) be.add_bias(x, L.b_down);  // (+ b_down, once per row)
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
@@ -267,7 +274,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
 
 void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n) {
     Backend& be = *be_;
-    const Tensor gate = gate_.slice_rows(0, n), up = up_.slice_rows(0, n), proj = proj_.slice_rows(0, n);
+    // the shared expert's [n, shared_ffn_dim] (gate_ and up_ may be wider: the leading dense layers')
+    const int sh = std::max(cfg_.shared_ffn_dim, 1);
+    const Tensor gate = make_tensor(gate_.buf, 0, DType::F32, n, sh), up = make_tensor(up_.buf, 0, DType::F32, n, sh),
+                 proj = proj_.slice_rows(0, n);
     const int k = cfg_.n_expert_used, ne = cfg_.n_expert;
     const Tensor logits = router_logits_.slice_rows(0, n), ids = route_ids_.slice_rows(0, n),
                  w = route_w_.slice_rows(0, n), eg = exp_gate_.slice_rows(0, (int64_t)n * k),
@@ -275,8 +285,12 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
     const RowClasses rc = rows_;
     be.matmul(logits, L.router, xn, rc);                 // [n, n_expert]
     if (L.router_b.rows) be.add_bias(logits, L.router_b);
-    be.moe_route(w, ids, logits, cfg_.expert_norm_topk);  // top-k ids and weights, on the device
-    if (cfg_.residual_scale != 1.0f) be.scale(w, cfg_.residual_scale);  // Granite MoE: x += rs * experts
+    // Top-k ids and weights, on the device. Granite MoE's residual multiplier scales the experts'
+    // sum as it enters x, the same as scaling each weight.
+    const Backend::MoeRouting routing{cfg_.router_sigmoid, cfg_.expert_norm_topk,
+                                      cfg_.expert_weights_scale * cfg_.residual_scale, cfg_.expert_groups,
+                                      cfg_.expert_groups_used};
+    be.moe_route(w, ids, logits, routing, L.router_select_b);
     be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids, rc);  // [n*k, expert_ffn_dim]
     be.matmul_id(eu, L.up_exps.data(), ne, xn, ids, rc);
     if (L.gate_exps_b.rows) be.add_bias_id(eg, L.gate_exps_b, ids);  // each slot's expert's bias (gpt-oss)
@@ -288,9 +302,10 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
     be.matmul_id(ey, L.down_exps.data(), ne, eg, ids, rc);  // [n*k, dim]
     if (L.down_exps_b.rows) be.add_bias_id(ey, L.down_exps_b, ids);
     be.moe_sum_add(x, ey, w);                            // x += sum_j w[:, j] expert_j
-    if (cfg_.shared_ffn_dim > 0) {                       // x += sigmoid(g xn) * shared(xn)
-        const Tensor scale = shared_scale_.slice_rows(0, n);
+    if (cfg_.shared_ffn_dim > 0) {  // x += shared(xn), times sigmoid(g xn) where gated (Qwen2-MoE)
         be.matmul_swiglu(gate, L.shared_gate, L.shared_up, xn, up, rc);
+        if (!cfg_.shared_expert_gated) return be.matmul_add(x, L.shared_down, gate, proj, rc);
+        const Tensor scale = shared_scale_.slice_rows(0, n);
         be.matmul(proj, L.shared_down, gate, rc);
         be.matmul(scale, L.shared_gate_inp, xn, rc);
         be.scale_sigmoid(proj, scale);

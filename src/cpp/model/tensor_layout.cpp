@@ -41,7 +41,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
         if (pre_norms && !cfg.parallel_block) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "ffn_norm.bias", 1, dim, true, true});
-        if (!cfg.is_moe()) {
+        if (!cfg.layer_is_moe(l)) {  // a dense model's layer, or one of an MoE model's leading dense layers
             if (cfg.ffn_gated) out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
             out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
@@ -54,6 +54,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         }
         const int64_t ne = cfg.n_expert, eff = cfg.expert_ffn_dim, sh = cfg.shared_ffn_dim;
         out.push_back({p + "ffn_gate_inp.weight", ne, dim, true, false});  // the router
+        if (cfg.router_select_bias) out.push_back({p + "exp_probs_b.bias", 1, ne, true, true});
         out.push_back({p + "ffn_gate_exps.weight", eff, dim, true, false, ne});
         out.push_back({p + "ffn_up_exps.weight", eff, dim, true, false, ne});
         out.push_back({p + "ffn_down_exps.weight", dim, eff, true, false, ne});
@@ -64,7 +65,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             out.push_back({p + "ffn_down_exps.bias", ne, dim, true, true});
         }
         if (sh > 0) {
-            out.push_back({p + "ffn_gate_inp_shexp.weight", 1, dim, true, false});
+            if (cfg.shared_expert_gated) out.push_back({p + "ffn_gate_inp_shexp.weight", 1, dim, true, false});
             out.push_back({p + "ffn_gate_shexp.weight", sh, dim, true, false});
             out.push_back({p + "ffn_up_shexp.weight", sh, dim, true, false});
             out.push_back({p + "ffn_down_shexp.weight", dim, sh, true, false});

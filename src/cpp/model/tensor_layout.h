@@ -26,7 +26,9 @@ struct TensorSpec {
 // HF writes them with attention_bias=true); Qwen2's q/k/v biases are required. The norms follow
 // the config's placement fields: attn_norm / ffn_norm with pre_norms, post_attention_norm /
 // post_ffw_norm with post_norms, attn_q_norm / attn_k_norm ([head_dim], or [q_dim] / [kv_dim] for
-// a whole-row QK-norm) with qk_norm.
+// a whole-row QK-norm) with qk_norm. An MoE model's layers carry the router and expert stacks
+// (exp_probs_b.bias with a selection bias, the *_shexp tensors with a shared expert), except its
+// first n_dense_lead layers, whose feed-forward is dense.
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
 
 // The RMSNorm weight before each feed-forward, without "blk.N.": "ffn_norm.weight", or

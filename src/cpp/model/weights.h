@@ -45,11 +45,12 @@ struct LayerWeights {
     Tensor ffn_post_norm;      // f32 [dim]: RMSNorm of the feed-forward output before the add (Gemma)
     Tensor w_gate, w_up;       // [ffn_dim, dim]
     Tensor w_down;             // [dim, ffn_dim]
-    // Mixture of experts (cfg.is_moe(); the dense w_gate/w_up/w_down are then empty).
+    // Mixture of experts (cfg.layer_is_moe(l); the dense w_gate/w_up/w_down are then empty).
     Tensor router;             // [n_expert, dim]
     std::vector<Tensor> gate_exps, up_exps;  // n_expert x [expert_ffn_dim, dim]
     std::vector<Tensor> down_exps;           // n_expert x [dim, expert_ffn_dim]
-    Tensor shared_gate_inp;    // [1, dim]: the shared expert's scale is sigmoid(shared_gate_inp x)
+    Tensor router_select_b;    // f32 [n_expert]: added to the router's scores for choosing only (DeepSeek V3, GLM-4.5)
+    Tensor shared_gate_inp;    // [1, dim]: the shared expert's scale is sigmoid(shared_gate_inp x); rows == 0: ungated
     Tensor shared_gate, shared_up;  // [shared_ffn_dim, dim]; rows == 0 without a shared expert
     Tensor shared_down;        // [dim, shared_ffn_dim]
     // gpt-oss (rows == 0 elsewhere)

@@ -95,7 +95,8 @@ public:
         pool_.parallel_for(n, 1, fn);
     }
     bool has_moe_ops() const override { return true; }
-    void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) override;
+    void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const MoeRouting& routing,
+                   const Tensor& select_bias) override;
     void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids,
                    RowClasses rc = {}) override;
     void moe_sum_add(const Tensor& out, const Tensor& y, const Tensor& weights) override;

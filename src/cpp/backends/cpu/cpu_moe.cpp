@@ -2,6 +2,7 @@
 // experts (grouped by expert, so each used expert's weights are read once per pass), and the
 // weighted sum of the experts' outputs.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -17,29 +18,61 @@ const int32_t* row_i32(const Tensor& t, int64_t r) {
 }
 }  // namespace
 
-void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
+void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const MoeRouting& r,
+                           const Tensor& select_bias) {
+    check_moe_route(weights, ids, logits, r, select_bias);
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Moe);
-    const int64_t n_expert = logits.cols, k = ids.cols;
+    const int64_t n_expert = logits.cols, k = ids.cols, group = n_expert / r.n_group;
+    const float* bias = select_bias.rows ? select_bias.data<float>() : nullptr;
     pool_.parallel_for(logits.rows, 16, [&](int64_t r0, int64_t r1) {
-        std::vector<float> p(n_expert);
-        std::vector<int32_t> order(n_expert);
+        std::vector<float> p(n_expert), c(n_expert), group_score(r.n_group);
+        std::vector<int32_t> order(std::max<int64_t>(n_expert, r.n_group));
+        // Largest first, the lower index first on ties (stable over the ascending indices).
+        auto pick = [&](const std::vector<float>& v, int64_t count, int64_t m) {
+            for (int64_t e = 0; e < count; e++) order[e] = (int32_t)e;
+            std::partial_sort(order.begin(), order.begin() + m, order.begin() + count,
+                              [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+        };
         for (int64_t i = r0; i < r1; i++) {
             const float* l = row_f32(logits, i);
-            const float mx = *std::max_element(l, l + n_expert);
-            float sum = 0;
-            for (int64_t e = 0; e < n_expert; e++) sum += (p[e] = std::exp(l[e] - mx));
-            for (int64_t e = 0; e < n_expert; e++) order[e] = (int32_t)e;
-            // Largest first, the lower id first on ties (stable over the ascending ids).
-            std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                              [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+            float sum = 0;  // the softmax's denominator
+            if (r.sigmoid) {
+                for (int64_t e = 0; e < n_expert; e++) {
+                    p[e] = 1.0f / (1.0f + std::exp(-l[e]));
+                    c[e] = bias ? p[e] + bias[e] : p[e];
+                }
+            } else {
+                const float mx = *std::max_element(l, l + n_expert);
+                for (int64_t e = 0; e < n_expert; e++) sum += (c[e] = p[e] = std::exp(l[e] - mx));
+            }
+            if (r.n_group > 1) {  // only the topk_group groups of largest top-2 sum are chosen from
+                for (int g = 0; g < r.n_group; g++) {
+                    float a = -FLT_MAX, b = -FLT_MAX;  // the group's largest two (its scores are finite)
+                    for (int64_t e = g * group; e < (g + 1) * group; e++) {
+                        if (c[e] > a) {
+                            b = a;
+                            a = c[e];
+                        } else if (c[e] > b) {
+                            b = c[e];
+                        }
+                    }
+                    group_score[g] = a + b;
+                }
+                pick(group_score, r.n_group, r.topk_group);
+                std::vector<bool> keep(r.n_group, false);
+                for (int j = 0; j < r.topk_group; j++) keep[order[j]] = true;
+                for (int64_t e = 0; e < n_expert; e++)
+                    if (!keep[e / group]) c[e] = -INFINITY;
+            }
+            pick(c, n_expert, k);
             float picked = 0;
             for (int64_t j = 0; j < k; j++) picked += p[order[j]];
-            const float denom = renormalize ? picked : sum;
+            const float denom = r.renormalize ? picked : r.sigmoid ? 1.0f : sum;
             int32_t* id = reinterpret_cast<int32_t*>(ids.data<uint8_t>() + ids.stride * i);
             float* w = row_f32(weights, i);
             for (int64_t j = 0; j < k; j++) {
                 id[j] = order[j];
-                w[j] = p[order[j]] / denom;
+                w[j] = p[order[j]] / denom * r.scale;
             }
         }
     });

@@ -782,12 +782,10 @@ void need_i32_rows(const Tensor& t, const char* op, const char* name, int64_t ro
 }
 }  // namespace
 
-void MetalBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, bool renormalize) {
+void MetalBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const MoeRouting& r,
+                             const Tensor& select_bias) {
+    check_moe_route(weights, ids, logits, r, select_bias);
     const int64_t n = logits.rows, k = ids.cols;
-    need(logits.cols > 0 && k >= 1 && k <= logits.cols, "moe_route", "need 1 <= k <= n_expert");
-    need_f32_rows(logits, "moe_route", "logits", n, logits.cols);
-    need_f32_rows(weights, "moe_route", "weights", n, k);
-    need_i32_rows(ids, "moe_route", "ids", n, k);
     moe_route_args a{};
     a.logits_stride = logits.stride;
     a.weights_stride = weights.stride;
@@ -795,9 +793,15 @@ void MetalBackend::moe_route(const Tensor& weights, const Tensor& ids, const Ten
     a.n = (int32_t)n;
     a.n_expert = (int32_t)logits.cols;
     a.k = (int32_t)k;
-    a.renormalize = renormalize ? 1 : 0;
-    encode("moe_route_f32", &a, sizeof a, {reads(logits), writes(weights), writes(ids)}, {ceil_div(n, 32), 1, 1},
-           {32, 1, 1});
+    a.renormalize = r.renormalize ? 1 : 0;
+    a.sigmoid = r.sigmoid ? 1 : 0;
+    a.has_bias = select_bias.rows ? 1 : 0;
+    a.n_group = r.n_group;
+    a.topk_group = r.topk_group;
+    a.scale = r.scale;
+    encode("moe_route_f32", &a, sizeof a,
+           {reads(logits), writes(weights), writes(ids), reads(select_bias.rows ? select_bias : logits)},
+           {ceil_div(n, 32), 1, 1}, {32, 1, 1});
 }
 
 // The experts must lie at one stride in one buffer (GGUF's 3-D stacks; HF's per-expert tensors
