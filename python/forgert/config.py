@@ -13,7 +13,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
-                   "qwen3moe", "qwen2moe",
+                   "qwen3moe", "qwen2moe", "glm4moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
@@ -21,7 +21,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "olmo3": "olmo2", "exaone4": "exaone4", "glm4": "glm4",
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
-                  "arcee": "arcee", "nemotron": "nemotron",
+                  "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -44,7 +44,11 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # Cohere (Command-R, Aya Expanse: GGUF command-r; Command R7B: cohere2) is Llama with one LayerNorm
 # feeding attention and the MLP side by side ("parallel" norms) and its logits multiplied by
 # logit_scale; cohere2's global layers run without RoPE beside windowed local ones.
-_CORE_ARCH = {"smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# GLM-4.5 / 4.6 / 4.7 (glm4moe) is Llama with q/k/v biases, half of each head rotated (half split),
+# an optional per-head QK-norm, leading dense layers, then experts under DeepSeek V3's router
+# (sigmoid scores, a selection bias, groups, a weight scale) beside an ungated shared expert;
+# its multi-token-prediction layers are not run (_glm4moe_gguf, _glm4moe_hf).
+_CORE_ARCH = {"glm4moe": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -80,7 +84,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
-                    "qwen2moe", "nemotron",
+                    "qwen2moe", "nemotron", "glm4moe",
                     "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
@@ -91,7 +95,9 @@ GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
 GPT_OSS_SWA_PATTERN = 2
 # Whether GGUF MoE weights are renormalised over the selected experts when the file has no
 # expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
-_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False}
+_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False}
+# llama.cpp's expert_gating_func values
+_GGUF_GATING = {1: "softmax", 2: "sigmoid"}
 # The default context is the model's training length, capped to bound KV-cache memory
 # (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
 DEFAULT_N_CTX_CAP = 8192
@@ -143,6 +149,19 @@ class ModelConfig:
     swiglu_limit: float = 0.0
     swiglu_alpha: float = GPT_OSS_SWIGLU_ALPHA
     shared_ffn_dim: int = 0
+    # DeepSeek V3's router (GLM-4.5; ModelConfig in src/cpp/model/config.h): "sigmoid" scores each
+    # expert alone; a selection bias (exp_probs_b) steers the choice only; the experts fall in
+    # expert_groups groups of which expert_groups_used are chosen from; the weights times
+    # expert_weights_scale. shared_expert_gated: Qwen2-MoE's sigmoid gate on the shared expert.
+    router: str = "softmax"
+    router_select_bias: bool = False
+    expert_groups: int = 1
+    expert_groups_used: int = 1
+    expert_weights_scale: float = 1.0
+    shared_expert_gated: bool = True
+    n_dense_lead: int = 0            # leading layers with a dense feed-forward (width ffn_dim) in an MoE model
+    mtp_layers: int = 0              # multi-token-prediction layers after the n_layers, in the file, not run
+    qk_norm_of_file: str | None = None   # the QK-norm where the file decides it (GLM-4.5: use_qk_norm)
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
     embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))
@@ -177,8 +196,8 @@ class ModelConfig:
 
     @property
     def qk_norm(self) -> str:
-        """"none", "head" or "whole" (_QK_NORM)."""
-        return _QK_NORM.get(self.arch, "none")
+        """"none", "head" or "whole" (_QK_NORM, or the file's own where it decides: qk_norm_of_file)."""
+        return self.qk_norm_of_file or _QK_NORM.get(self.arch, "none")
 
     @property
     def rotated_dims(self) -> int:
@@ -200,6 +219,17 @@ class ModelConfig:
             out.append(f"mixture of experts: {self.n_expert_used} of {self.n_expert} experts per token (width "
                        f"{self.expert_ffn_dim}{', renormalised' if self.expert_norm_topk else ''})"
                        + (f", a shared expert of width {self.shared_ffn_dim}" if self.shared_ffn_dim else ""))
+            if self.router == "sigmoid":
+                out.append("sigmoid router" + (" with a selection bias" if self.router_select_bias else "")
+                           + (f", {self.expert_groups_used} of {self.expert_groups} expert groups"
+                              if self.expert_groups > 1 else "")
+                           + (f", weights times {self.expert_weights_scale:g}" if self.expert_weights_scale != 1 else ""))
+            if self.n_dense_lead:
+                out.append(f"dense feed-forward (width {self.ffn_dim}) in the first {self.n_dense_lead} "
+                           f"layer{'s' if self.n_dense_lead > 1 else ''}")
+        if self.mtp_layers:
+            out.append(f"{self.mtp_layers} multi-token-prediction layer{'s' if self.mtp_layers > 1 else ''} "
+                       f"in the file, not run")
         if self.arch == "phi3":
             out.append("fused qkv and gate_up (split zero-copy)")
         if self.head_dim * self.n_heads != self.dim:
@@ -287,7 +317,11 @@ class ModelConfig:
             d.update(residual_scale=float(self.residual_scale), logit_scale=float(self.logit_scale))
         if self.n_expert:
             d.update(n_expert=self.n_expert, n_expert_used=self.n_expert_used, expert_ffn_dim=self.expert_ffn_dim,
-                     expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim)
+                     expert_norm_topk=bool(self.expert_norm_topk), shared_ffn_dim=self.shared_ffn_dim,
+                     router=self.router, router_select_bias=bool(self.router_select_bias),
+                     expert_groups=self.expert_groups, expert_groups_used=self.expert_groups_used,
+                     expert_weights_scale=float(self.expert_weights_scale),
+                     shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead)
         if self.swiglu_limit:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
@@ -488,6 +522,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _exaone4_gguf(meta, p, cfg, source)
     if arch in ("glm4", "ernie4_5"):
         _no_mrope_or_mtp(meta, p, source)
+    if arch == "glm4moe":
+        _glm4moe_gguf(meta, p, cfg, source)
     if arch in ("command-r", "cohere2"):
         _cohere_gguf(meta, p, cfg, source)
     if arch in _TEXT_OF_VISION_ARCHS:
@@ -582,6 +618,81 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)
+
+
+def _check_router(cfg: ModelConfig, source) -> None:
+    """The DeepSeek V3 router's settings fit the experts (the core checks the same, less kindly)."""
+    if cfg.n_dense_lead > cfg.n_layers:
+        _fail(source, f"{cfg.n_dense_lead} leading dense layers of only {cfg.n_layers}")
+    g, used = cfg.expert_groups, cfg.expert_groups_used
+    if g > 1:
+        if g > 64 or cfg.n_expert % g or cfg.n_expert // g < 2:
+            _fail(source, f"{cfg.n_expert} experts do not split into {g} groups of 2 or more (at most 64 groups)")
+        if not 1 <= used <= g or used * (cfg.n_expert // g) < cfg.n_expert_used:
+            _fail(source, f"{used} of {g} expert groups cannot hold the {cfg.n_expert_used} experts used per token")
+    if cfg.router != "sigmoid" and (g > 1 or cfg.router_select_bias):
+        _fail(source, "expert groups and a selection bias need the sigmoid router")
+
+
+def _glm4moe_gguf(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp's glm4moe keys: block_count counts the nextn_predict_layers (multi-token
+    prediction, not run here) after the model's own; leading_dense_block_count dense layers of
+    feed_forward_length, then experts of expert_feed_forward_length with expert_shared_count
+    shared experts (one SwiGLU of their summed width, ungated); expert_gating_func (sigmoid when
+    absent, as llama.cpp), a selection bias per expert (exp_probs_b), expert_group_count /
+    expert_group_used_count, expert_weights_scale and expert_weights_norm (off when absent)."""
+    if not cfg.n_expert:
+        _fail(source, "glm4moe without expert_count")
+    if any(_int_list(meta, p + "rope.dimension_sections", source)):
+        _fail(source, "glm4moe with rope.dimension_sections (GLM-4.5V's multimodal RoPE) is not supported")
+    nextn = _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0)
+    if nextn >= cfg.n_layers:
+        _fail(source, f"nextn_predict_layers = {nextn} leaves none of the {cfg.n_layers} blocks to run")
+    cfg.n_layers -= nextn
+    cfg.mtp_layers = nextn
+    cfg.n_dense_lead = _get_int(meta, p + "leading_dense_block_count", source, default=0, minimum=0)
+    shared = _get_int(meta, p + "expert_shared_count", source, default=0, minimum=0, maximum=cfg.n_expert,
+                      held_by="expert_count")
+    cfg.shared_ffn_dim = cfg.expert_ffn_dim * shared
+    cfg.shared_expert_gated = False
+    gating = _get_int(meta, p + "expert_gating_func", source, default=2)
+    if gating not in _GGUF_GATING:
+        _fail(source, f"expert_gating_func {gating} is not supported (1: softmax, 2: sigmoid)")
+    cfg.router = _GGUF_GATING[gating]
+    cfg.router_select_bias = True
+    cfg.expert_groups = _get_int(meta, p + "expert_group_count", source, default=1)
+    cfg.expert_groups_used = _get_int(meta, p + "expert_group_used_count", source, default=1)
+    scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
+    cfg.expert_weights_scale = scale if scale > 0 else 1.0   # llama.cpp: 0 means none
+    _check_router(cfg, source)
+
+
+def _glm4moe_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> None:
+    """transformers' Glm4MoeConfig: n_routed_experts of moe_intermediate_size, num_experts_per_tok,
+    n_shared_experts (one ungated SwiGLU of their summed width), first_k_dense_replace dense layers
+    of intermediate_size, Glm4MoeTopkRouter's sigmoid scores with e_score_correction_bias, n_group /
+    topk_group, norm_topk_prob and routed_scaling_factor; use_qk_norm (GLM-4.5 355B). The
+    checkpoint's num_nextn_predict_layers layers after num_hidden_layers are not run (nor by
+    transformers)."""
+    extent = _extent_bound(census)
+    cfg.n_expert = _get_int(hf, "n_routed_experts", source, **extent)
+    cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
+    cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, **extent)
+    cfg.shared_ffn_dim = cfg.expert_ffn_dim * _get_int(hf, "n_shared_experts", source, default=0, minimum=0,
+                                                       maximum=cfg.n_expert, held_by="n_routed_experts")
+    cfg.shared_expert_gated = False
+    cfg.n_dense_lead = _get_int(hf, "first_k_dense_replace", source, default=0, minimum=0)
+    cfg.router, cfg.router_select_bias = "sigmoid", True
+    cfg.expert_groups = _get_int(hf, "n_group", source, default=1)
+    cfg.expert_groups_used = _get_int(hf, "topk_group", source, default=1)
+    cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True))
+    cfg.expert_weights_scale = _get_float(hf, "routed_scaling_factor", source, default=1.0)
+    cfg.mtp_layers = _get_int(hf, "num_nextn_predict_layers", source, default=0, minimum=0)
+    cfg.qk_norm_of_file = "head" if hf.get("use_qk_norm") else "none"
+    if hf.get("hidden_act", "silu") != "silu":
+        _fail(source, f"hidden_act '{hf.get('hidden_act')}' is not supported (GLM-4.5 uses silu)")
+    _check_experts(cfg, source)
+    _check_router(cfg, source)
 
 
 def _local_rope_global_nope(cfg: ModelConfig, local: list, window: int) -> None:
@@ -958,6 +1069,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
+    if model_type == "glm4_moe":
+        _glm4moe_hf(hf, cfg, source, census)
     if model_type == "gpt_oss":
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":

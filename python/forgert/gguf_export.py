@@ -24,7 +24,7 @@ from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, row_nbytes, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
 from .gguf_writer import GGUFWriter
-from .loader import load_model
+from .loader import gguf_layer_name, load_model
 from .quant_mix import MIXES, MixPlanner, quantizable
 from .quants_k import QUANTIZERS as SEARCH_QUANTIZERS
 from .quants import QUANTIZERS, dequantize
@@ -55,6 +55,8 @@ def _tensor_plan(loaded):
     cfg = loaded.config
     permute = loaded.format == "safetensors" and cfg.arch in GGUF_PERMUTED_QK_ARCHS   # llama.cpp's NORM rope type
     for name, w in loaded.weights.items():
+        if loaded.format == "safetensors":   # canonical names -> the arch's own GGUF names (Seed-OSS, GLM-4.5)
+            name = gguf_layer_name(cfg.arch, name)
         heads = None
         if permute and (".attn_q." in name or ".attn_k." in name):
             heads = cfg.n_heads if ".attn_q." in name else cfg.n_kv_heads
@@ -125,7 +127,16 @@ def _write_hf_expert_metadata(writer, c):
     writer.add_u32(f"{arch}.expert_used_count", c.n_expert_used)
     if arch != "llama" or c.expert_ffn_dim != c.ffn_dim:
         writer.add_u32(f"{arch}.expert_feed_forward_length", c.expert_ffn_dim)
-    if c.shared_ffn_dim:
+    if arch == "glm4moe":   # DeepSeek V3's router keys, as its converter (Glm4MoeModel) writes them
+        writer.add_u32(f"{arch}.expert_shared_count", c.shared_ffn_dim // c.expert_ffn_dim)
+        writer.add_u32(f"{arch}.leading_dense_block_count", c.n_dense_lead)
+        writer.add_f32(f"{arch}.expert_weights_scale", c.expert_weights_scale)
+        writer.add_u32(f"{arch}.expert_gating_func", 2 if c.router == "sigmoid" else 1)
+        writer.add_u32(f"{arch}.nextn_predict_layers", 0)   # the MTP layers are not read, so not written
+        if c.expert_groups > 1:
+            writer.add_u32(f"{arch}.expert_group_count", c.expert_groups)
+            writer.add_u32(f"{arch}.expert_group_used_count", c.expert_groups_used)
+    elif c.shared_ffn_dim:
         writer.add_u32(f"{arch}.expert_shared_feed_forward_length", c.shared_ffn_dim)
     if arch != "llama":
         writer.add(f"{arch}.expert_weights_norm", BOOL, bool(c.expert_norm_topk))

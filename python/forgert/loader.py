@@ -23,7 +23,9 @@ from .weights import WeightTensor
 _GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 # Layer tensors some architectures' files name otherwise than the canonical layout: Seed-OSS's
 # feed-forward norm is llama.cpp's post_attention_norm (the norm after attention, before the MLP).
-_GGUF_LAYER_RENAMES = {"seed_oss": {"post_attention_norm.weight": "ffn_norm.weight"}}
+# GLM-4.5's likewise.
+_GGUF_LAYER_RENAMES = {"seed_oss": {"post_attention_norm.weight": "ffn_norm.weight"},
+                       "glm4moe": {"post_attention_norm.weight": "ffn_norm.weight"}}
 
 
 def _canonical_layer_names(arch: str, weights: dict, source: str) -> dict:
@@ -41,6 +43,27 @@ def _canonical_layer_names(arch: str, weights: dict, source: str) -> dict:
             name = new
         out[name] = t
     return out
+
+
+def _without_mtp(cfg: ModelConfig, weights: dict) -> dict:
+    """weights without the multi-token-prediction layers after the model's own (blk.N.* for N in
+    n_layers .. n_layers + mtp_layers - 1: GLM-4.5's nextn block, its attention, experts and
+    nextn.* tensors), which forgert does not run."""
+    if not cfg.mtp_layers:
+        return weights
+    mtp = {str(i) for i in range(cfg.n_layers, cfg.n_layers + cfg.mtp_layers)}
+    return {n: w for n, w in weights.items() if not (n.startswith("blk.") and n.split(".", 2)[1] in mtp)}
+
+
+def gguf_layer_name(arch: str, name: str) -> str:
+    """The name llama.cpp's GGUF of `arch` gives canonical tensor `name` (_GGUF_LAYER_RENAMES
+    reversed): what `forgert quantize` writes for an HF source."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk":
+        for file_name, canonical in _GGUF_LAYER_RENAMES.get(arch, {}).items():
+            if parts[2] == canonical:
+                return f"blk.{parts[1]}.{file_name}"
+    return name
 
 
 @dataclass
@@ -104,8 +127,10 @@ def load_gguf(path) -> LoadedModel:
                            rope_factors=factors("rope_freqs.weight"),
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
-    tensors = core_tensors(cfg, split_fused(cfg, _canonical_layer_names(cfg.arch, weights, g.name)), g.name,
-                           ignore=_GGUF_EXTRA_TENSORS)
+    if cfg.arch == "glm4moe":   # its QK-norm is optional (GLM-4.5 has it, GLM-4.5-Air not), as in llama.cpp
+        cfg.qk_norm_of_file = "head" if "blk.0.attn_q_norm.weight" in weights else "none"
+    tensors = core_tensors(cfg, split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name)),
+                           g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]

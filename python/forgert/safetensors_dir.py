@@ -106,7 +106,15 @@ _STARCODER2_LAYER_NAMES = {
 # Nemotron: LayerNorms with biases
 _NEMOTRON_LAYER_NAMES = {**_LAYER_NAMES, "input_layernorm.bias": "attn_norm.bias",
                          "post_attention_layernorm.bias": "ffn_norm.bias"}
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
+# GLM-4.5: DeepSeek V3's router with its selection bias, and shared experts (plural) without a gate
+_GLM4_MOE_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+}
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
@@ -214,6 +222,18 @@ class SafetensorsFile:
         return np.frombuffer(self._mm, dtype=np.uint8, count=nbytes, offset=offset)
 
 
+def _mtp_layers(config) -> range:
+    """The layer indices of a checkpoint's multi-token-prediction layers (num_nextn_predict_layers
+    after num_hidden_layers: GLM-4.5, DeepSeek V3), empty when it has none or the keys are not
+    integers (config_from_hf reports those)."""
+    if not isinstance(config, dict):
+        return range(0)
+    n, extra = config.get("num_hidden_layers"), config.get("num_nextn_predict_layers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (n, extra)):
+        return range(0)
+    return range(n, n + extra)
+
+
 def _load_json(path, what):
     try:
         with open(path, encoding="utf-8") as f:
@@ -256,11 +276,15 @@ class HFModelDir:
         fused_experts = {}       # gpt-oss: layer -> {mlp.experts part: WeightTensor, or (uint8, shape)}
         granite_experts = {}     # Granite MoE: layer -> {"input" | "output": 3-D WeightTensor}
         model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
+        mtp = _mtp_layers(self.config)
         for sf in self.files:
             for file_name, (type_id, shape, _, _) in sf.tensors.items():
                 hf_name = language_tensor_name(file_name) if vision_language else file_name
                 if hf_name is None:
                     continue   # the vision tower and projector
+                layer = _LAYER_RE.match(hf_name)
+                if layer and int(layer.group(1)) in mtp:
+                    continue   # a multi-token-prediction layer (GLM-4.5's), which transformers does not run either
                 granite = GRANITE_EXPERT_RE.match(hf_name) if model_type == "granitemoe" else None
                 if granite:
                     layer_parts = granite_experts.setdefault(int(granite.group(1)), {})

@@ -1,0 +1,195 @@
+"""GLM-4.5 / 4.6 / 4.7 (GGUF arch `glm4moe`, HF `glm4_moe`): Llama attention with q/k/v biases,
+half of each head rotated over its two halves and an optional per-head QK-norm; a dense first
+layer, then experts under DeepSeek V3's router (sigmoid scores, a per-expert selection bias that
+steers the choice but not the weights, group-limited choice, renormalised or not, times
+routed_scaling_factor) beside an ungated shared expert; and a multi-token-prediction layer after
+the model's own, which is not run. Tiny random Glm4MoeForCausalLMs as HF directories and as GGUFs
+in llama.cpp's layout against transformers, on the CPU and emulated Metal.
+
+Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here, worst over the
+two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
+  F32 (HF and GGUF), CPU and Metal: 9.8e-5 / 5.9e-5 (bounds 5e-4 / 2.5e-4)
+  Q8_0, CPU prefill 4.3e-4 / 2.6e-4, decode 3.2e-4 / 2.5e-4 (bounds 3e-3 / 2e-3);
+  Q8_0, Metal 7.5e-4 / 5.4e-4 (bounds 5e-3 / 4e-3); argmax agreement 1.0 (bound 0.95)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import glm4moe_factory as glm
+import model_factory as mf
+from conftest import backend_params, require_backend
+from test_arch_moe import bounds
+from test_e2e_tiny import compare_logits
+
+FORMATS = ["hf-F32", "gguf-F32", "gguf-Q8_0"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_tokenizer):
+    """get(name) -> (transformers model, files by format, references by format)."""
+    root = tmp_path_factory.mktemp("glm4moe")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = glm.build(tiny_tokenizer.get_vocab_size(), **glm.MODELS[name])
+            hf_dir = glm.save_hf(model, tiny_tokenizer, root / name / "hf")
+            files = {"hf-F32": hf_dir}
+            for t in ("F32", "Q8_0"):
+                files[f"gguf-{t}"] = glm.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, model.config,
+                                                    tiny_tokenizer)
+            refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
+                    "gguf-Q8_0": mf.with_f16_kv(glm.quantized_reference(model, hf_dir, "Q8_0", root / name / "q8"))}
+            cache[name] = (model, files, refs)
+        return cache[name]
+
+    return get
+
+
+def ids_for(vocab, n, seed):
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(glm.MODELS))
+def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ids = ids_for(model.config.vocab_size, 64, 1)
+    m = forgert.Model(str(files[fmt]), backend=backend)
+    assert m.info()["arch"] == "glm4moe"
+    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
+                   what=f"{name} {fmt} {backend} prefill")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(glm.MODELS))
+def test_decode_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ids = ids_for(model.config.vocab_size, 24, 2)
+    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
+    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
+    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bounds(fmt, True, backend),
+                   what=f"{name} {fmt} {backend} decode")
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+def test_greedy_32_tokens_equal_transformers(forgert, models, fmt):
+    model, files, refs = models("glm4moe")
+    prompt = ids_for(model.config.vocab_size, 8, 4)
+    c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
+    assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
+
+
+@pytest.mark.parametrize("change", [
+    dict(e_score_correction_bias=0.0),   # the selection bias dropped
+    dict(n_group=1),                     # every group chosen from
+    dict(routed_scaling_factor=1.0),
+    dict(norm_topk_prob=False),
+])
+def test_each_router_setting_matters(forgert, models, change):
+    """Each of the router's settings moves transformers' logits far beyond the F32 bound, so the
+    agreement above checks every one of them."""
+    import torch
+    model, files, _ = models("glm4moe")
+    changed = copy.deepcopy(model)
+    if "e_score_correction_bias" in change:
+        with torch.no_grad():
+            for name, b in changed.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    b.zero_()
+    else:
+        key, value = next(iter(change.items()))
+        setattr(changed.config, key, value)
+        for layer in changed.model.layers[changed.config.first_k_dense_replace:]:
+            attr = {"n_group": "num_group"}.get(key, key)
+            setattr(layer.mlp.gate, attr, value)
+    ae.assert_visible(model, changed, ids_for(model.config.vocab_size, 64, 1))
+
+
+def test_mtp_layer_is_not_run(forgert, models, tmp_path, tiny_tokenizer):
+    """The GGUF without its MTP block (block_count 3, nextn_predict_layers 0, as some quantizers
+    write it) gives the logits of the file with it: the block is skipped, not run."""
+    model, files, _ = models("glm4moe")
+    bare = glm.write_gguf(files["hf-F32"], tmp_path / "no-mtp.gguf", "F32", model.config, tiny_tokenizer, mtp=False)
+    ids = ids_for(model.config.vocab_size, 16, 3)
+    with_mtp = forgert.Model(str(files["gguf-F32"]), backend="cpu")
+    assert with_mtp.info()["n_layers"] == 3
+    assert "1 multi-token-prediction layer in the file, not run" in with_mtp.info()["features"]
+    np.testing.assert_array_equal(with_mtp.logits(ids), forgert.Model(str(bare), backend="cpu").logits(ids))
+
+
+def test_info_names_the_router(forgert, models):
+    _, files, _ = models("glm4moe")
+    feats = forgert.Model(str(files["gguf-Q8_0"]), backend="cpu").info()["features"]
+    assert "sigmoid router with a selection bias, 1 of 2 expert groups, weights times 2.5" in feats
+    assert "dense feed-forward (width 96) in the first 1 layer" in feats
+    assert "QK-norm (RMSNorm on each head of Q and K)" in feats
+    assert any(f.startswith("mixture of experts: 2 of 8 experts per token (width 32, renormalised), a shared expert")
+               for f in feats)
+    _, files, _ = models("glm4moe-air")
+    feats = forgert.Model(str(files["gguf-F32"]), backend="cpu").info()["features"]
+    assert not any("QK-norm" in f for f in feats)
+
+
+@pytest.mark.parametrize("meta,match", [
+    ({"add_expert_gating_func": SimpleNamespace(value=3)}, "expert_gating_func 3 is not supported"),
+    ({"add_expert_group_count": 3, "add_expert_group_used_count": 1}, "do not split into 3 groups"),
+    ({"add_leading_dense_block_count": 9}, "9 leading dense layers of only 3"),
+    ({"add_rope_dimension_sections": [8, 4, 4, 0]}, "multimodal RoPE"),
+])
+def test_bad_router_metadata_is_named(forgert, models, tmp_path, tiny_tokenizer, meta, match):
+    from forgert.errors import ModelFormatError
+    model, files, _ = models("glm4moe")
+    path = glm.write_gguf(files["hf-F32"], tmp_path / "bad.gguf", "F32", model.config, tiny_tokenizer,
+                          extra_meta=meta)
+    with pytest.raises(ModelFormatError, match=match):
+        forgert.Model(str(path), backend="cpu")
+
+
+def test_hf_mtp_layer_tensors_are_skipped_and_a_missing_bias_named(forgert, models, tmp_path):
+    """The HF checkpoint's model.layers.3.* (the MTP layer) are not read; a router without its
+    e_score_correction_bias is refused naming the tensor."""
+    from safetensors.numpy import load_file, save_file
+    from forgert.errors import ModelFormatError
+    _, files, _ = models("glm4moe")
+    d = tmp_path / "nobias"
+    shutil.copytree(files["hf-F32"], d)
+    sd = load_file(str(d / "model.safetensors"))
+    assert "model.layers.3.eh_proj.weight" in sd
+    del sd["model.layers.1.mlp.gate.e_score_correction_bias"]
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelFormatError, match="missing tensor 'blk.1.exp_probs_b.bias'"):
+        forgert.Model(str(d), backend="cpu")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["num_nextn_predict_layers"] == 1
+
+
+def test_quantize_from_hf_dir(forgert, models, tmp_path):
+    """`forgert quantize` of the HF directory writes llama.cpp's glm4moe GGUF (the MTP layer left
+    out), which runs as transformers does; the gguf package reads its router keys back."""
+    import gguf
+    from forgert.gguf_export import export_gguf
+    model, files, refs = models("glm4moe")
+    out = tmp_path / "exported.gguf"
+    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
+    r = gguf.GGUFReader(str(out))
+    field = lambda key: r.fields[key].contents()   # noqa: E731
+    assert field("general.architecture") == "glm4moe"
+    assert field("glm4moe.expert_gating_func") == 2 and field("glm4moe.leading_dense_block_count") == 1
+    assert field("glm4moe.expert_group_count") == 2 and abs(field("glm4moe.expert_weights_scale") - 2.5) < 1e-6
+    assert "blk.1.exp_probs_b.bias" in {t.name for t in r.tensors}
+    ids = ids_for(model.config.vocab_size, 48, 6)
+    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
+                   **bounds("hf-F32", False), what="glm4moe exported")
