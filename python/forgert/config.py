@@ -630,8 +630,8 @@ def _check_router(cfg: ModelConfig, source) -> None:
             _fail(source, f"{cfg.n_expert} experts do not split into {g} groups of 2 or more (at most 64 groups)")
         if not 1 <= used <= g or used * (cfg.n_expert // g) < cfg.n_expert_used:
             _fail(source, f"{used} of {g} expert groups cannot hold the {cfg.n_expert_used} experts used per token")
-    if cfg.router != "sigmoid" and (g > 1 or cfg.router_select_bias):
-        _fail(source, "expert groups and a selection bias need the sigmoid router")
+    if cfg.router != "sigmoid" and g > 1:
+        _fail(source, "expert groups need the sigmoid router")
 
 
 def _glm4moe_gguf(meta, p, cfg: ModelConfig, source) -> None:

@@ -13,10 +13,13 @@ static inline float route_score(constant moe_route_args & args, device const flo
     return args.sigmoid != 0 ? 1.0f / (1.0f + exp(-l[e])) : exp(l[e] - mx);
 }
 
+// The choice: the score, plus the bias where there is one (a softmax's probability then, so
+// divided by the sum; without a bias the unnormalised exp orders the experts alike).
 static inline float route_choice(constant moe_route_args & args, device const float* l, device const float* bias,
-                                 float mx, int e) {
+                                 float mx, float sum, int e) {
     const float s = route_score(args, l, mx, e);
-    return args.has_bias != 0 ? s + bias[e] : s;
+    if (args.has_bias == 0) return s;
+    return (args.sigmoid != 0 ? s : s / sum) + bias[e];
 }
 
 kernel void moe_route_f32(
@@ -52,7 +55,7 @@ kernel void moe_route_f32(
             for (int g = 0; g < args.n_group; ++g) {
                 float a = -FLT_MAX, b = -FLT_MAX;
                 for (int e = g * group; e < (g + 1) * group; ++e) {
-                    const float c = route_choice(args, l, bias, mx, e);
+                    const float c = route_choice(args, l, bias, mx, sum, e);
                     if (c > a) {
                         b = a;
                         a = c;
@@ -79,7 +82,7 @@ kernel void moe_route_f32(
         float best_c = 0.0f;
         for (int e = 0; e < args.n_expert; ++e) {
             if (((allowed >> (e / group)) & 1ul) == 0ul) continue;
-            const float c = route_choice(args, l, bias, mx, e);
+            const float c = route_choice(args, l, bias, mx, sum, e);
             const bool after_prev = j == 0 || c < prev_c || (c == prev_c && e > prev_id);
             if (after_prev && (best < 0 || c > best_c)) {
                 best = e;

@@ -267,9 +267,9 @@ public:
     // Why matmul_id cannot read this expert stack, or "" when it can (checked once at load).
     virtual std::string expert_stack_problem(const Tensor* experts, int n_expert) const { return ""; }
     // The router after its matmul. Per token i, each expert's score s_e: p = softmax(logits[i, :])
-    // (Mixtral, Qwen-MoE), or p_e = sigmoid(logits[i, e]) with routing.sigmoid (DeepSeek V3,
-    // GLM-4.5). Choice c_e = s_e + select_bias[e] (a learned bias steering the choice only; none
-    // when select_bias has no rows). With routing.n_group > 1 the experts fall in n_group equal
+    // (Mixtral, Qwen-MoE, ERNIE 4.5), or p_e = sigmoid(logits[i, e]) with routing.sigmoid
+    // (DeepSeek V3, GLM-4.5). Choice c_e = s_e + select_bias[e] (a learned bias steering the choice
+    // only; none when select_bias has no rows). With routing.n_group > 1 the experts fall in n_group equal
     // groups, each scored by the sum of its two largest c_e, and only the topk_group groups of
     // largest score (the lower group first on ties) are chosen from. ids[i, :] = the k = ids.cols
     // experts of largest c, largest first (the lower id first on ties); weights[i, j] =
@@ -317,7 +317,7 @@ private:
 
 // Throws InputError unless moe_route's arguments fit together: k in 1..n_expert, the shapes,
 // the groups (dividing n_expert, holding k experts, 2+ experts each, sigmoid only) and the
-// selection bias (f32 [n_expert], sigmoid only).
+// selection bias (f32 [n_expert]).
 void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& routing,
                      const Tensor& select_bias);
 

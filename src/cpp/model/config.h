@@ -50,7 +50,8 @@ struct ModelConfig {
     int shared_ffn_dim = 0;
     // DeepSeek V3's router (GLM-4.5): router_sigmoid scores each expert by sigmoid(logit) on its
     // own instead of the softmax over all; router_select_bias adds a learned per-expert bias
-    // (exp_probs_b) to the scores for choosing only, the weights being the unbiased scores;
+    // (exp_probs_b; ERNIE 4.5's too, on softmax scores) to the scores for choosing only, the
+    // weights being the unbiased scores;
     // the experts fall in expert_groups groups of which only the expert_groups_used with the
     // largest top-2 sums are chosen from; the chosen weights (renormalised or not) are multiplied
     // by expert_weights_scale. shared_expert_gated: the shared expert's output times

@@ -44,6 +44,10 @@ void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tenso
             } else {
                 const float mx = *std::max_element(l, l + n_expert);
                 for (int64_t e = 0; e < n_expert; e++) sum += (c[e] = p[e] = std::exp(l[e] - mx));
+                // With a bias the choice adds it to the probability (without, the unnormalised p
+                // orders the experts alike)
+                if (bias)
+                    for (int64_t e = 0; e < n_expert; e++) c[e] = p[e] / sum + bias[e];
             }
             if (r.n_group > 1) {  // only the topk_group groups of largest top-2 sum are chosen from
                 for (int g = 0; g < r.n_group; g++) {
