@@ -3,14 +3,9 @@ half of each head rotated over its two halves and an optional per-head QK-norm; 
 layer, then experts under DeepSeek V3's router (sigmoid scores, a per-expert selection bias that
 steers the choice but not the weights, group-limited choice, renormalised or not, times
 routed_scaling_factor) beside an ungated shared expert; and a multi-token-prediction layer after
-the model's own, which is not run. Tiny random Glm4MoeForCausalLMs as HF directories and as GGUFs
-in llama.cpp's layout against transformers, on the CPU and emulated Metal.
-
-Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here, worst over the
-two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
-  F32 (HF and GGUF), CPU and Metal: 9.8e-5 / 5.9e-5 (bounds 5e-4 / 2.5e-4)
-  Q8_0, CPU prefill 4.3e-4 / 2.6e-4, decode 3.2e-4 / 2.5e-4 (bounds 3e-3 / 2e-3);
-  Q8_0, Metal 7.5e-4 / 5.4e-4 (bounds 5e-3 / 4e-3); argmax agreement 1.0 (bound 0.95)
+the model's own, which is not run. What is GLM-4.5's own: each router setting matters, the MTP
+layer is skipped, the metadata is checked, `forgert quantize` writes llama.cpp's keys. The logits
+against transformers, on the CPU and emulated Metal: tests/test_arch_routed_moe.py.
 """
 from __future__ import annotations
 
@@ -23,73 +18,16 @@ import numpy as np
 import pytest
 
 import arch_e2e as ae
-import glm4moe_factory as glm
+import routed_moe_factory as rmf
 import model_factory as mf
-from conftest import backend_params, require_backend
 from test_arch_moe import bounds
 from test_e2e_tiny import compare_logits
 
-FORMATS = ["hf-F32", "gguf-F32", "gguf-Q8_0"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_tokenizer):
-    """get(name) -> (transformers model, files by format, references by format)."""
-    root = tmp_path_factory.mktemp("glm4moe")
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model = glm.build(tiny_tokenizer.get_vocab_size(), **glm.MODELS[name])
-            hf_dir = glm.save_hf(model, tiny_tokenizer, root / name / "hf")
-            files = {"hf-F32": hf_dir}
-            for t in ("F32", "Q8_0"):
-                files[f"gguf-{t}"] = glm.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, model.config,
-                                                    tiny_tokenizer)
-            refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
-                    "gguf-Q8_0": mf.with_f16_kv(glm.quantized_reference(model, hf_dir, "Q8_0", root / name / "q8"))}
-            cache[name] = (model, files, refs)
-        return cache[name]
-
-    return get
+models = rmf.models_fixture()
 
 
 def ids_for(vocab, n, seed):
     return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
-
-
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", list(glm.MODELS))
-def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
-    require_backend(backend, metal_reason)
-    model, files, refs = models(name)
-    ids = ids_for(model.config.vocab_size, 64, 1)
-    m = forgert.Model(str(files[fmt]), backend=backend)
-    assert m.info()["arch"] == "glm4moe"
-    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
-                   what=f"{name} {fmt} {backend} prefill")
-
-
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", list(glm.MODELS))
-def test_decode_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
-    require_backend(backend, metal_reason)
-    model, files, refs = models(name)
-    ids = ids_for(model.config.vocab_size, 24, 2)
-    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
-    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
-    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bounds(fmt, True, backend),
-                   what=f"{name} {fmt} {backend} decode")
-
-
-@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
-def test_greedy_32_tokens_equal_transformers(forgert, models, fmt):
-    model, files, refs = models("glm4moe")
-    prompt = ids_for(model.config.vocab_size, 8, 4)
-    c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
-    assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
 
 
 @pytest.mark.parametrize("change", [
@@ -122,7 +60,8 @@ def test_mtp_layer_is_not_run(forgert, models, tmp_path, tiny_tokenizer):
     """The GGUF without its MTP block (block_count 3, nextn_predict_layers 0, as some quantizers
     write it) gives the logits of the file with it: the block is skipped, not run."""
     model, files, _ = models("glm4moe")
-    bare = glm.write_gguf(files["hf-F32"], tmp_path / "no-mtp.gguf", "F32", model.config, tiny_tokenizer, mtp=False)
+    bare = rmf.write_gguf(files["hf-F32"], tmp_path / "no-mtp.gguf", "F32", "glm4moe", model.config, tiny_tokenizer,
+                          mtp=False)
     ids = ids_for(model.config.vocab_size, 16, 3)
     with_mtp = forgert.Model(str(files["gguf-F32"]), backend="cpu")
     assert with_mtp.info()["n_layers"] == 3
@@ -152,7 +91,7 @@ def test_info_names_the_router(forgert, models):
 def test_bad_router_metadata_is_named(forgert, models, tmp_path, tiny_tokenizer, meta, match):
     from forgert.errors import ModelFormatError
     model, files, _ = models("glm4moe")
-    path = glm.write_gguf(files["hf-F32"], tmp_path / "bad.gguf", "F32", model.config, tiny_tokenizer,
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "bad.gguf", "F32", "glm4moe", model.config, tiny_tokenizer,
                           extra_meta=meta)
     with pytest.raises(ModelFormatError, match=match):
         forgert.Model(str(path), backend="cpu")

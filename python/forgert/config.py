@@ -13,7 +13,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
-                   "qwen3moe", "qwen2moe", "glm4moe",
+                   "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
@@ -22,6 +22,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
+                  "ernie4_5_moe": "ernie4_5-moe",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -48,7 +49,9 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # an optional per-head QK-norm, leading dense layers, then experts under DeepSeek V3's router
 # (sigmoid scores, a selection bias, groups, a weight scale) beside an ungated shared expert;
 # its multi-token-prediction layers are not run (_glm4moe_gguf, _glm4moe_hf).
-_CORE_ARCH = {"glm4moe": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# ERNIE 4.5 MoE (ernie4_5-moe) is ERNIE 4.5 with leading dense layers, then experts chosen by
+# softmax probability plus a selection bias, always renormalised, beside an ungated shared expert.
+_CORE_ARCH = {"glm4moe": "llama", "ernie4_5-moe": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -59,7 +62,7 @@ _CORE_ARCH = {"glm4moe": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe
 _TEXT_OF_VISION_ARCHS = ("qwen2vl", "qwen3vl", "qwen3vlmoe")
 # HF model types whose checkpoints rotate adjacent pairs (x0, x1), (x2, x3).. (llama.cpp's NORM
 # type with unpermuted weights); every other HF checkpoint rotates the two halves of each head.
-_HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "cohere", "cohere2")
+_HF_ADJACENT_PAIR_ROPE = ("glm4", "ernie4_5", "ernie4_5_moe", "cohere", "cohere2")
 # Architectures whose norms are LayerNorms (mean subtracted; biases only where _PLAIN_FFN_ARCHS);
 # GGUF gives their eps as attention.layer_norm_epsilon.
 _LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2", "nemotron")
@@ -219,8 +222,8 @@ class ModelConfig:
             out.append(f"mixture of experts: {self.n_expert_used} of {self.n_expert} experts per token (width "
                        f"{self.expert_ffn_dim}{', renormalised' if self.expert_norm_topk else ''})"
                        + (f", a shared expert of width {self.shared_ffn_dim}" if self.shared_ffn_dim else ""))
-            if self.router == "sigmoid":
-                out.append("sigmoid router" + (" with a selection bias" if self.router_select_bias else "")
+            if self.router == "sigmoid" or self.router_select_bias:
+                out.append(f"{self.router} router" + (" with a selection bias" if self.router_select_bias else "")
                            + (f", {self.expert_groups_used} of {self.expert_groups} expert groups"
                               if self.expert_groups > 1 else "")
                            + (f", weights times {self.expert_weights_scale:g}" if self.expert_weights_scale != 1 else ""))
@@ -524,6 +527,9 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _no_mrope_or_mtp(meta, p, source)
     if arch == "glm4moe":
         _glm4moe_gguf(meta, p, cfg, source)
+    if arch == "ernie4_5-moe":
+        _no_mrope_or_mtp(meta, p, source)
+        _ernie4_5_moe_gguf(meta, p, cfg, source)
     if arch in ("command-r", "cohere2"):
         _cohere_gguf(meta, p, cfg, source)
     if arch in _TEXT_OF_VISION_ARCHS:
@@ -691,6 +697,52 @@ def _glm4moe_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> Non
     cfg.qk_norm_of_file = "head" if hf.get("use_qk_norm") else "none"
     if hf.get("hidden_act", "silu") != "silu":
         _fail(source, f"hidden_act '{hf.get('hidden_act')}' is not supported (GLM-4.5 uses silu)")
+    _check_experts(cfg, source)
+    _check_router(cfg, source)
+
+
+def _ernie4_5_moe_gguf(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp's ernie4_5-moe keys: leading_dense_block_count dense layers, then an MoE layer every
+    interleave_moe_layer_step (only 1, every layer, is supported: llama.cpp loads experts for
+    every later layer too); the shared experts' summed width (expert_shared_feed_forward_length,
+    read by _gguf_experts), added ungated; the softmax weights always renormalised, times
+    expert_weights_scale. Whether the router has its selection bias (exp_probs_b, optional in
+    llama.cpp) is read from the tensors (loader.py)."""
+    if not cfg.n_expert:
+        _fail(source, "ernie4_5-moe without expert_count")
+    step = _get_int(meta, p + "interleave_moe_layer_step", source, default=1)
+    if step != 1:
+        _fail(source, f"interleave_moe_layer_step = {step} (dense layers between MoE layers) is not supported")
+    cfg.n_dense_lead = _get_int(meta, p + "leading_dense_block_count", source, default=0, minimum=0)
+    cfg.shared_expert_gated = False
+    cfg.expert_norm_topk = True
+    scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
+    cfg.expert_weights_scale = scale if scale > 0 else 1.0
+    _check_router(cfg, source)
+
+
+def _ernie4_5_moe_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> None:
+    """transformers' Ernie4_5_MoeConfig (ERNIE's own key names, or transformers' aliases):
+    moe_num_experts of moe_intermediate_size, moe_k per token, moe_num_shared_experts (one
+    ungated SwiGLU of their summed width), MoE layers from moe_layer_start_index to the last
+    (moe_layer_end_index -1 or the last layer, moe_layer_interval 1: other patterns are refused);
+    the router's softmax probabilities plus moe_statics' e_score_correction_bias choose, the
+    chosen probabilities renormalised (moe_norm_min's clamp of their sum is below any sum)."""
+    extent = _extent_bound(census)
+    get = lambda key, alias, **kw: _get_int(hf, key if key in hf else alias, source, **kw)   # noqa: E731
+    cfg.n_expert = get("moe_num_experts", "num_experts", **extent)
+    cfg.n_expert_used = get("moe_k", "num_experts_per_tok", **extent)
+    cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, **extent)
+    cfg.shared_ffn_dim = cfg.expert_ffn_dim * _get_int(hf, "moe_num_shared_experts", source, default=0, minimum=0,
+                                                       maximum=cfg.n_expert, held_by="moe_num_experts")
+    cfg.shared_expert_gated = False
+    cfg.n_dense_lead = _get_int(hf, "moe_layer_start_index", source, default=1, minimum=0)
+    end = hf.get("moe_layer_end_index", -1)
+    interval = hf.get("moe_layer_interval", 1)
+    if end not in (-1, cfg.n_layers - 1) or interval != 1:
+        _fail(source, f"MoE layers other than every layer from moe_layer_start_index to the last "
+                      f"(moe_layer_end_index {end!r}, moe_layer_interval {interval!r}) are not supported")
+    cfg.router, cfg.router_select_bias, cfg.expert_norm_topk = "softmax", True, True
     _check_experts(cfg, source)
     _check_router(cfg, source)
 
@@ -1015,7 +1067,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
                        if old in hf and new not in hf}}
     if hf.get("mlp_bias"):
         _fail(source, "mlp_bias=true is not supported")
-    if model_type == "ernie4_5" and hf.get("use_bias"):
+    if model_type in ("ernie4_5", "ernie4_5_moe") and hf.get("use_bias"):
         _fail(source, "use_bias=true (biases on the MLP's projections too) is not supported")
     if model_type == "starcoder2":
         act = hf.get("hidden_act", "gelu_pytorch_tanh")
@@ -1071,6 +1123,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     _hf_experts(hf, cfg, source, census)
     if model_type == "glm4_moe":
         _glm4moe_hf(hf, cfg, source, census)
+    if model_type == "ernie4_5_moe":
+        _ernie4_5_moe_hf(hf, cfg, source, census)
     if model_type == "gpt_oss":
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":

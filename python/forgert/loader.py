@@ -45,6 +45,15 @@ def _canonical_layer_names(arch: str, weights: dict, source: str) -> dict:
     return out
 
 
+def _settings_from_tensors(cfg: ModelConfig, weights: dict) -> None:
+    """What a GGUF says by its tensors rather than its keys, as llama.cpp reads it: GLM-4.5's
+    optional QK-norm (GLM-4.5 has it, GLM-4.5-Air not) and ERNIE 4.5 MoE's optional selection bias."""
+    if cfg.arch == "glm4moe":
+        cfg.qk_norm_of_file = "head" if "blk.0.attn_q_norm.weight" in weights else "none"
+    if cfg.arch == "ernie4_5-moe":
+        cfg.router_select_bias = any(name.endswith(".exp_probs_b.bias") for name in weights)
+
+
 def _without_mtp(cfg: ModelConfig, weights: dict) -> dict:
     """weights without the multi-token-prediction layers after the model's own (blk.N.* for N in
     n_layers .. n_layers + mtp_layers - 1: GLM-4.5's nextn block, its attention, experts and
@@ -127,8 +136,7 @@ def load_gguf(path) -> LoadedModel:
                            rope_factors=factors("rope_freqs.weight"),
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
-    if cfg.arch == "glm4moe":   # its QK-norm is optional (GLM-4.5 has it, GLM-4.5-Air not), as in llama.cpp
-        cfg.qk_norm_of_file = "head" if "blk.0.attn_q_norm.weight" in weights else "none"
+    _settings_from_tensors(cfg, weights)
     tensors = core_tensors(cfg, split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name)),
                            g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)

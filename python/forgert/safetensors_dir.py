@@ -114,7 +114,12 @@ _GLM4_MOE_LAYER_NAMES = {
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
 }
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
+# ERNIE 4.5 MoE: the same shared experts, its selection bias in moe_statics ([1, n_expert])
+_ERNIE4_5_MOE_LAYER_NAMES = {**_GLM4_MOE_LAYER_NAMES,
+                             "mlp.moe_statics.e_score_correction_bias": "exp_probs_b.bias"}
+del _ERNIE4_5_MOE_LAYER_NAMES["mlp.gate.e_score_correction_bias"]
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
+                              "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}

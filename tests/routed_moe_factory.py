@@ -1,0 +1,261 @@
+"""Tiny random mixtures of experts with shared experts and leading dense layers, the routers after
+Mixtral's: GLM-4.5 (transformers' Glm4MoeForCausalLM: DeepSeek V3's sigmoid router) and ERNIE 4.5
+MoE (Ernie4_5_MoeForCausalLM: a softmax router with a selection bias). Each is saved as an HF
+directory (per-expert tensors, as transformers saves them; GLM-4.5's with a multi-token-prediction
+layer after the model's own, as its checkpoints carry one) and as GGUFs in llama.cpp's layout
+(convert_hf_to_gguf.py's Glm4MoeModel / Ernie4_5MoeModel: expert stacks, the router's selection
+bias as exp_probs_b.bias, GLM-4.5's feed-forward norm named post_attention_norm and its MTP block
+as an extra blk.N with its nextn.* tensors, counted in block_count and named by
+nextn_predict_layers).
+
+Nothing here imports forgert: this module is the reference side of the tests.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+import model_factory as mf
+import moe_factory as moe
+
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.gate.weight": "ffn_gate_inp.weight",
+    "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+    # the MTP layer's own tensors (llama.cpp's NEXTN_*)
+    "eh_proj.weight": "nextn.eh_proj.weight", "enorm.weight": "nextn.enorm.weight",
+    "hnorm.weight": "nextn.hnorm.weight", "shared_head.norm.weight": "nextn.shared_head_norm.weight",
+    "mlp.moe_statics.e_score_correction_bias": "exp_probs_b.bias",   # ERNIE 4.5's, [1, n_expert]
+}
+# GLM-4.5's converter names the MLP's input norm post_attention_norm (llama.cpp's glm4moe layout)
+_RENAMED = {"glm4moe": {"ffn_norm.weight": "post_attention_norm.weight"}}
+_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_STACK = {"gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps"}
+
+# name -> (arch, builder arguments). "glm4moe": GLM-4.5's layout (per-head QK-norm, 8 experts in 2
+# groups of which 1 is chosen, top 2 renormalised, weights times 2.5, one shared expert, layer 0
+# dense); "glm4moe-air": GLM-4.5-Air's (no QK-norm, no groups, the weights not renormalised);
+# "ernie4_5-moe": ERNIE-4.5-21B-A3B's (8 experts, top 2 by softmax plus the selection bias,
+# renormalised, one shared expert, layer 0 dense, tied embeddings).
+MODELS = {
+    "glm4moe": ("glm4moe", dict(qk_norm=True, n_group=2, topk_group=1, norm_topk=True, scale=2.5, seed=41)),
+    "glm4moe-air": ("glm4moe", dict(qk_norm=False, n_group=1, topk_group=1, norm_topk=False, scale=1.5, seed=42,
+                                    n_expert=4)),
+    "ernie4_5-moe": ("ernie4_5-moe", dict(seed=43)),
+}
+
+
+def build(name: str, vocab: int):
+    arch, kwargs = MODELS[name]
+    return {"glm4moe": build_glm4moe, "ernie4_5-moe": build_ernie4_5_moe}[arch](vocab, **kwargs)
+
+
+def _randomise_biases(model, seed, bias_std):
+    """Biases away from 0 (zeros would hide a dropped one), and the router's selection bias
+    large enough to change which experts are chosen."""
+    gen = torch.Generator().manual_seed(seed + 2000)
+    with torch.no_grad():
+        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("e_score_correction_bias"):
+                p.copy_(bias_std * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def build_glm4moe(vocab: int, hidden=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=32, ffn=96, moe_ffn=32,
+                  n_expert=8, top_k=2, n_shared=1, first_dense=1, n_group=1, topk_group=1, scale=1.0, norm_topk=True,
+                  qk_norm=False, seed=41, router_scale=0.5):
+    from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
+    torch.manual_seed(seed)
+    cfg = Glm4MoeConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, moe_intermediate_size=moe_ffn,
+                        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                        head_dim=head_dim, partial_rotary_factor=0.5, n_routed_experts=n_expert,
+                        num_experts_per_tok=top_k, n_shared_experts=n_shared, first_k_dense_replace=first_dense,
+                        n_group=n_group, topk_group=topk_group, routed_scaling_factor=scale, norm_topk_prob=norm_topk,
+                        use_qk_norm=qk_norm, attention_bias=True, max_position_embeddings=256, rms_norm_eps=1e-5,
+                        initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+                        tie_word_embeddings=False, num_nextn_predict_layers=1)
+    return _randomise_biases(moe._randomise(Glm4MoeForCausalLM(cfg), seed, router_scale), seed, 0.3)
+
+
+def build_ernie4_5_moe(vocab: int, hidden=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=32, ffn=96, moe_ffn=32,
+                       n_expert=8, top_k=2, n_shared=1, first_moe=1, seed=43, router_scale=0.5):
+    """The selection bias is added to softmax probabilities (about 1 / n_expert): std 0.05."""
+    from transformers import Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM
+    torch.manual_seed(seed)
+    cfg = Ernie4_5_MoeConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn,
+                             moe_intermediate_size=moe_ffn, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                             num_key_value_heads=n_kv_heads, head_dim=head_dim, num_experts=n_expert,
+                             num_experts_per_tok=top_k, moe_num_shared_experts=n_shared,
+                             moe_layer_start_index=first_moe, max_position_embeddings=256, rms_norm_eps=1e-5,
+                             initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+                             tie_word_embeddings=True)
+    return _randomise_biases(moe._randomise(Ernie4_5_MoeForCausalLM(cfg), seed, router_scale), seed, 0.05)
+
+
+def save_hf(model, tok, out_dir: Path) -> Path:
+    """The HF directory; a GLM-4.5's with a multi-token-prediction layer after the model's own
+    (model.layers.<n_layers>.*: a decoder layer's tensors plus eh_proj, enorm, hnorm and
+    shared_head) as its checkpoints have, and num_nextn_predict_layers 1 in its config."""
+    d = moe.save_hf(model, tok, out_dir)
+    if model.config.model_type != "glm4_moe":
+        return d
+    sd = load_file(str(d / "model.safetensors"))
+    n, dim = model.config.num_hidden_layers, model.config.hidden_size
+    rng = np.random.default_rng(7)
+    last = f"model.layers.{n - 1}."
+    for name, w in list(sd.items()):
+        if name.startswith(last):
+            sd[f"model.layers.{n}." + name[len(last):]] = rng.standard_normal(w.shape).astype(np.float32)
+    for part, shape in (("eh_proj.weight", (dim, 2 * dim)), ("enorm.weight", (dim,)), ("hnorm.weight", (dim,)),
+                        ("shared_head.norm.weight", (dim,))):
+        sd[f"model.layers.{n}.{part}"] = rng.standard_normal(shape).astype(np.float32)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+def gguf_tensors(hf_dir: Path, arch: str) -> dict:
+    """GGUF-named float32 tensors; expert stacks [n_expert, rows, cols]. No Q/K permutation (GLM-4.5
+    rotates halves as HF does; ERNIE 4.5's HF checkpoints already rotate adjacent pairs)."""
+    out, experts = {}, {}
+    for name, w in load_file(str(hf_dir / "model.safetensors")).items():
+        m = _EXPERT.match(name)
+        if m:
+            experts.setdefault(f"blk.{m.group(1)}.{_STACK[m.group(3)]}.weight", {})[int(m.group(2))] = w
+            continue
+        top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+               "lm_head.weight": "output.weight"}
+        if name in top:
+            out[top[name]] = w
+            continue
+        layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
+        gname = _LAYER[rest]
+        out[f"blk.{layer}.{_RENAMED.get(arch, {}).get(gname, gname)}"] = w.reshape(-1) if w.shape[0] == 1 else w
+    for gname, parts in experts.items():
+        out[gname] = np.stack([parts[e] for e in range(len(parts))])
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _glm4moe_meta(c, mtp: bool) -> dict:
+    """Glm4MoeModel's keys (GGUFWriter method -> value): partial rotary, DeepSeek V3's router, the
+    MTP block counted in block_count."""
+    return {
+        "add_block_count": c.num_hidden_layers + (1 if mtp else 0),
+        "add_rope_dimension_count": int(c.head_dim * c.rope_parameters["partial_rotary_factor"]),
+        "add_expert_count": c.n_routed_experts, "add_expert_shared_count": c.n_shared_experts,
+        "add_leading_dense_block_count": c.first_k_dense_replace,
+        "add_expert_weights_scale": float(c.routed_scaling_factor), "add_expert_weights_norm": bool(c.norm_topk_prob),
+        "add_expert_gating_func": gguf.ExpertGatingFuncType.SIGMOID, "add_nextn_predict_layers": 1 if mtp else 0,
+        **({"add_expert_group_count": c.n_group, "add_expert_group_used_count": c.topk_group} if c.n_group > 1 else {}),
+    }
+
+
+def _ernie4_5_moe_meta(c, mtp: bool) -> dict:
+    """Ernie4_5MoeModel's keys: the shared experts' summed width, the MoE layers' step and start."""
+    return {
+        "add_block_count": c.num_hidden_layers, "add_expert_count": c.moe_num_experts,
+        "add_expert_shared_feed_forward_length": c.moe_intermediate_size * c.moe_num_shared_experts,
+        "add_interleave_moe_layer_step": c.moe_layer_interval,
+        "add_leading_dense_block_count": c.moe_layer_start_index,
+    }
+
+
+def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, tok, mtp: bool = True,
+               extra_meta=None, drop: tuple = ()) -> Path:
+    """The GGUF as llama.cpp's converter writes it. A GLM-4.5's block_count counts the MTP block;
+    mtp=False leaves that block out (block_count the model's own, nextn_predict_layers 0).
+    extra_meta (GGUFWriter method -> value) adds or replaces keys; tensors whose names end with
+    one of `drop` are left out."""
+    c = model_cfg
+    tensors = {n: t for n, t in gguf_tensors(hf_dir, arch).items() if not (drop and n.endswith(drop))}
+    if not mtp:
+        tensors = {n: t for n, t in tensors.items() if not n.startswith(f"blk.{c.num_hidden_layers}.")}
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    rope = c.rope_parameters
+    meta = {
+        "add_context_length": 256, "add_embedding_length": c.hidden_size, "add_feed_forward_length": c.intermediate_size,
+        "add_expert_feed_forward_length": c.moe_intermediate_size, "add_key_length": c.head_dim,
+        "add_value_length": c.head_dim, "add_head_count": c.num_attention_heads,
+        "add_head_count_kv": c.num_key_value_heads, "add_rope_freq_base": float(rope["rope_theta"]),
+        "add_layer_norm_rms_eps": c.rms_norm_eps, "add_vocab_size": c.vocab_size,
+        "add_expert_used_count": c.num_experts_per_tok,
+        **{"glm4moe": _glm4moe_meta, "ernie4_5-moe": _ernie4_5_moe_meta}[arch](c, mtp),
+        **(extra_meta or {}),
+    }
+    for key, value in meta.items():
+        if value is not None:
+            getattr(w, key)(value)
+    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
+    qtype = gguf.GGMLQuantizationType[type_name]
+    for name, t in tensors.items():
+        if t.ndim == 1 or name.endswith("ffn_gate_inp.weight") or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, t)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    return mf.write_and_close(w, path)
+
+
+def quantized_reference(model, type_name: str):
+    """The transformers model with every matrix the GGUF quantizes (all 2-D tensors but the
+    router) replaced by gguf.quants' round trip of it (row by row, so the in-memory fused expert
+    stacks round as the GGUF's per-expert stacks)."""
+    qtype = gguf.GGMLQuantizationType[type_name]
+    rounded = {}
+    for name, w in model.state_dict().items():
+        w = w.detach().float().numpy()
+        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith("mlp.gate.weight"):   # 3-D: fused expert stacks
+            w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
+        rounded[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    ref = type(model)(model.config).float().eval()
+    ref.load_state_dict(rounded)
+    return ref
+
+
+FORMATS = ("hf-F32", "gguf-F32", "gguf-Q8_0")
+
+
+def models_fixture():
+    """A module-scoped pytest fixture `models`: get(name) -> (transformers model, files by format
+    (FORMATS), float32 references by format, the f16 KV cache modelled), each model built once."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def models(tmp_path_factory, tiny_tokenizer):
+        root = tmp_path_factory.mktemp("routed_moe")
+        cache = {}
+
+        def get(name):
+            if name not in cache:
+                arch = MODELS[name][0]
+                model = build(name, tiny_tokenizer.get_vocab_size())
+                hf_dir = save_hf(model, tiny_tokenizer, root / name / "hf")
+                files = {"hf-F32": hf_dir}
+                for t in ("F32", "Q8_0"):
+                    files[f"gguf-{t}"] = write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, arch, model.config,
+                                                    tiny_tokenizer)
+                refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
+                        "gguf-Q8_0": mf.with_f16_kv(quantized_reference(model, "Q8_0"))}
+                cache[name] = (model, files, refs)
+            return cache[name]
+
+        return get
+
+    return models
