@@ -9,6 +9,9 @@ template teaches:
   llama3   {"name": ..., "parameters": {...}} as the whole answer, optionally after <|python_tag|>,
            several separated by ';'
   mistral  [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]  or  [TOOL_CALLS]name[ARGS]{...}
+  glm45    GLM-4.5 / 4.6 / 4.7: <tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>...</tool_call>
+           (newlines between the parts), V as written for string parameters and JSON otherwise, as
+           its template writes the arguments of earlier calls
   harmony  gpt-oss: a commentary message whose header names the recipient, the body the arguments:
            <|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}  (the header
            is split off by server/harmony_output.py; harmony_call reads one such message)
@@ -16,6 +19,7 @@ template teaches:
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 import uuid
@@ -53,6 +57,8 @@ def template_style(template: str | None) -> str:
     t = template or ""
     if "<|channel|>" in t and "<|message|>" in t:
         return "harmony"
+    if "<arg_key>" in t:    # GLM-4.5's XML calls (its template has <tool_call> too)
+        return "glm45"
     if "[TOOL_CALLS]" in t:
         return "mistral"
     if "<tool_call>" in t:
@@ -92,7 +98,7 @@ def messages_with_tools(template: str | None, messages, tools) -> tuple[list, di
 
 # Text that, at the start of a tool call in each style, ends the plain content.
 # Harmony has none in the text: its calls are told apart by their message headers (harmony_call).
-CALL_MARKERS = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{"),
+CALL_MARKERS = {"hermes": ("<tool_call>",), "glm45": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{"),
                 "harmony": ()}
 
 
@@ -134,15 +140,62 @@ def _flatten(values) -> list:
     return out
 
 
-def parse_tool_calls(text: str, style: str) -> tuple[str, list[ToolCall]]:
+_GLM_ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
+
+
+def parameter_types(tools) -> dict:
+    """{function name: {parameter: its JSON-schema type (a name, or a list of them)}} of a
+    request's tools."""
+    out = {}
+    for tool in tools or ():
+        fn = tool.get("function") or {}
+        props = (fn.get("parameters") or {}).get("properties") or {}
+        out[fn.get("name")] = {k: (v or {}).get("type") for k, v in props.items() if isinstance(v, dict)}
+    return out
+
+
+def _glm45_call(body: str, types: dict) -> ToolCall | None:
+    """One GLM-4.5 call body (NAME, then <arg_key>/<arg_value> pairs); None unless that is all it
+    holds. A value is kept as written where the function's schema says string, else read as JSON
+    (as written when it is not JSON)."""
+    name, _, _ = body.partition("<arg_key>")
+    name = name.strip()
+    if not name or any(c in name for c in "<>{}\n"):
+        return None
+    params, args = types.get(name, {}), {}
+    pos = body.index(name) + len(name)
+    for m in _GLM_ARG.finditer(body, pos):
+        if body[pos:m.start()].strip():
+            return None
+        key, raw = m.group(1).strip(), m.group(2)
+        kind = params.get(key)
+        if kind == "string" or (isinstance(kind, list) and "string" in kind):
+            args[key] = raw
+        else:
+            try:
+                args[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                args[key] = raw
+        pos = m.end()
+    if body[pos:].strip():
+        return None
+    return ToolCall(name, json.dumps(args, ensure_ascii=False))
+
+
+def parse_tool_calls(text: str, style: str, tools=None) -> tuple[str, list[ToolCall]]:
     """(content left, tool calls) from a whole answer. Text that does not parse as calls stays
-    content: a model that meant to answer in prose is not turned into a broken call."""
-    if style == "hermes":
+    content: a model that meant to answer in prose is not turned into a broken call. tools: the
+    request's, whose parameter types GLM-4.5's calls are read by."""
+    if style in ("hermes", "glm45"):
+        types = parameter_types(tools) if style == "glm45" else {}
         content, calls, rest = [], [], text
         while "<tool_call>" in rest:
             before, _, after = rest.partition("<tool_call>")
             body, closed, rest = after.partition("</tool_call>")
-            found = [_call_from_object(v) for v in _flatten(_json_values(body.strip()))]
+            if style == "glm45":
+                found = [_glm45_call(body, types)] if closed else []
+            else:
+                found = [_call_from_object(v) for v in _flatten(_json_values(body.strip()))]
             if not found or None in found:
                 content.append(before + "<tool_call>" + body + ("</tool_call>" if closed else ""))
                 continue

@@ -147,7 +147,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
                 thinks = inside = False
             mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
-                              tool_style=template_style(template) if tools else None)
+                              tool_style=template_style(template) if tools else None, tools=tools or None)
             # gpt-oss (harmony): channels, not <think>, separate the reasoning and the tool calls;
             # a grammar's JSON (a response_format, a forced call) is read as ChoiceOutput reads it
             harmony = is_harmony(template) and grammar is None

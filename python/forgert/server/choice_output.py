@@ -39,6 +39,7 @@ class OutputMode:
     thinking: bool = False          # the template thinks: split <think>...</think> off
     think_open: bool = False        # the prompt already opened <think> (the output starts inside it)
     tool_style: str | None = None   # tools were offered: the template's call format (parsed unless forced)
+    tools: list | None = None       # the offered tools (GLM-4.5's calls are read by their parameter types)
     forced_call: bool = False       # tool_choice required / named: the whole output is one JSON call
 
 
@@ -102,7 +103,7 @@ class ChoiceOutput:
         if style is None:
             return text
         markers = CALL_MARKERS[style]
-        if style == "hermes":      # a call may follow some prose
+        if style in ("hermes", "glm45"):      # a call may follow some prose
             hits = [i for i in (text.find(m) for m in markers) if i >= 0]
             if hits:
                 self._held_call = text[min(hits):]
@@ -136,7 +137,7 @@ class ChoiceOutput:
             if self.mode.forced_call:
                 delta.content += self._forced_call(self._held_call)
             else:
-                left, self.tool_calls = parse_tool_calls(self._held_call, self.mode.tool_style)
+                left, self.tool_calls = parse_tool_calls(self._held_call, self.mode.tool_style, self.mode.tools)
                 delta.content += left     # all of it when no call parsed; prose around the calls
             self._held_call = None
         self.reasoning += delta.reasoning

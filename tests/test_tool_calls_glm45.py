@@ -1,0 +1,169 @@
+"""GLM-4.5's tool calls (GLM-4.5 / 4.6 / 4.7 write XML, not JSON): the tools rendered by its
+template style (checked against transformers' apply_chat_template), calls parsed out of the
+model's text with each argument read by its schema type (as written for strings, JSON for
+the rest: what the template writes for earlier calls), whole, streamed in pieces, and through the
+server to the official `openai` client.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_server_output_parsing import ScriptedModel, collect_choice, feed_in_pieces
+from server_harness import LiveServer
+
+from forgert.server.choice_output import OutputMode
+from forgert.tool_calls import parse_tool_calls, template_style
+
+# The tool-calling parts of GLM-4.5's chat template (its tool section, its way of writing an
+# assistant's earlier calls and the tool's answers), written here in its style.
+GLM45_TOOLS_TEMPLATE = """[gMASK]<sop>
+{%- if tools -%}
+<|system|>
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{% for tool in tools %}
+{{ tool | tojson(ensure_ascii=False) }}
+{% endfor %}
+</tools>
+
+For each function call, output the function name and arguments within the following XML format:
+<tool_call>{function-name}
+<arg_key>{arg-key-1}</arg_key>
+<arg_value>{arg-value-1}</arg_value>
+...
+</tool_call>
+{%- endif -%}
+{%- for m in messages %}
+{%- if m.role == 'user' %}<|user|>
+{{ m.content }}
+{%- elif m.role == 'assistant' %}<|assistant|>
+{{ m.content or '' }}
+{%- if m.tool_calls %}
+{%- for tc in m.tool_calls %}
+{%- if tc.function %}{%- set tc = tc.function %}{%- endif %}
+{{ '\\n<tool_call>' + tc.name }}
+{%- for k, v in tc.arguments.items() %}
+<arg_key>{{ k }}</arg_key>
+<arg_value>{{ v | tojson(ensure_ascii=False) if v is not string else v }}</arg_value>
+{%- endfor %}
+</tool_call>
+{%- endfor %}
+{%- endif %}
+{%- elif m.role == 'tool' %}<|observation|>
+<tool_response>
+{{ m.content }}
+</tool_response>
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|assistant|>{% endif %}"""
+
+SEARCH = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
+    "query": {"type": "string"}, "limit": {"type": "integer"}, "exact": {"type": "boolean"},
+    "filters": {"type": "object"}, "code": {"type": ["string", "null"]}}}}}
+ARGS = {"query": "weather in Paris", "limit": 3, "exact": False, "filters": {"lang": ["fr", "en"]}, "code": "42"}
+CALL = ("<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>weather in Paris</arg_value>\n"
+        "<arg_key>limit</arg_key>\n<arg_value>3</arg_value>\n<arg_key>exact</arg_key>\n<arg_value>false</arg_value>\n"
+        '<arg_key>filters</arg_key>\n<arg_value>{"lang": ["fr", "en"]}</arg_value>\n'
+        "<arg_key>code</arg_key>\n<arg_value>42</arg_value>\n</tool_call>")
+
+
+def calls_of(found):
+    return [(c.name, json.loads(c.arguments)) for c in found]
+
+
+def test_arguments_follow_their_schema_types():
+    """"42" stays a string where the schema says string; 3, false and the object are JSON."""
+    left, found = parse_tool_calls("Let me look.\n" + CALL, "glm45", [SEARCH])
+    assert left == "Let me look."
+    assert calls_of(found) == [("search", ARGS)]
+
+
+def test_several_calls_and_calls_without_arguments():
+    text = CALL + "\n<tool_call>now\n</tool_call>"
+    left, found = parse_tool_calls(text, "glm45", [SEARCH])
+    assert left == "" and calls_of(found) == [("search", ARGS), ("now", {})]
+
+
+def test_a_function_the_request_did_not_describe_reads_json_where_it_parses():
+    left, found = parse_tool_calls("<tool_call>f\n<arg_key>n</arg_key>\n<arg_value>7</arg_value>\n"
+                                   "<arg_key>s</arg_key>\n<arg_value>plain text</arg_value>\n</tool_call>",
+                                   "glm45", [SEARCH])
+    assert calls_of(found) == [("f", {"n": 7, "s": "plain text"})]
+
+
+@pytest.mark.parametrize("text", [
+    "<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>unclosed",               # cut short
+    "<tool_call>search\nstray words <arg_key>q</arg_key><arg_value>x</arg_value></tool_call>",
+    "<tool_call>\n<arg_key>q</arg_key><arg_value>x</arg_value></tool_call>",          # no name
+    "<tool_call>{\"name\": \"search\", \"arguments\": {}}</tool_call>",                 # Hermes JSON
+])
+def test_what_is_not_a_call_stays_content(text):
+    left, found = parse_tool_calls(text, "glm45", [SEARCH])
+    assert (left, found) == (text, [])
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_streamed_pieces_split_like_the_whole_text(size):
+    content, _, calls = feed_in_pieces(OutputMode(tool_style="glm45", tools=[SEARCH]), "Checking.\n" + CALL, size)
+    assert content == "Checking.\n"
+    assert calls_of(calls) == [("search", ARGS)]
+
+
+def test_the_template_renders_tools_and_calls_as_transformers_does_and_they_parse_back():
+    """forgert's request schema and template rendering of tools and an earlier call equal
+    transformers'; the earlier call as the template writes it parses back to its arguments."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models
+
+    from forgert.chat import ChatTemplate
+    from forgert.server.schemas import ChatCompletionRequest
+    from forgert.tool_calls import messages_with_tools
+
+    assert template_style(GLM45_TOOLS_TEMPLATE) == "glm45"
+    request = ChatCompletionRequest.model_validate({"tools": [SEARCH], "messages": [
+        {"role": "user", "content": "Find the weather."},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "search", "arguments": json.dumps(ARGS)}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "21 C"}]})
+    messages = [m.as_template_message() for m in request.messages]
+    rendered_messages, extra = messages_with_tools(GLM45_TOOLS_TEMPLATE, messages, request.tool_dicts())
+    ours = ChatTemplate(GLM45_TOOLS_TEMPLATE).render(rendered_messages, **extra)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")))
+    expected = hf.apply_chat_template(
+        [{"role": "user", "content": "Find the weather."},
+         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+             "name": "search", "arguments": ARGS}}]},
+         {"role": "tool", "content": "21 C"}],
+        tools=[SEARCH], chat_template=GLM45_TOOLS_TEMPLATE, add_generation_prompt=True, tokenize=False)
+    assert ours == expected
+    written = "<tool_call>" + ours.split("<tool_call>")[-1].split("</tool_call>")[0] + "</tool_call>"
+    assert calls_of(parse_tool_calls(written, "glm45", [SEARCH])[1]) == [("search", ARGS)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_models):
+    """A context past the tiny model's 256 trained positions: the tool section alone takes ~600 of
+    its byte-level tokens (the scripted output does not depend on the positions)."""
+    import warnings
+
+    import forgert
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=2048)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_server_returns_glm45_calls_to_the_openai_client(tiny_model, stream):
+    with LiveServer(ScriptedModel(tiny_model, "Checking.\n" + CALL, GLM45_TOOLS_TEMPLATE), model_id="scripted") as server:
+        content, _, calls, reason = collect_choice(
+            server.openai_client(), stream, model="scripted", tools=[SEARCH],
+            messages=[{"role": "user", "content": "Weather in Paris?"}])
+    assert reason == "tool_calls"
+    assert content.strip() == "Checking."
+    assert calls == [("search", ARGS)]
