@@ -42,6 +42,12 @@ _LAYER = {
     "eh_proj.weight": "nextn.eh_proj.weight", "enorm.weight": "nextn.enorm.weight",
     "hnorm.weight": "nextn.hnorm.weight", "shared_head.norm.weight": "nextn.shared_head_norm.weight",
     "mlp.moe_statics.e_score_correction_bias": "exp_probs_b.bias",   # ERNIE 4.5's, [1, n_expert]
+    # DeepSeek V2 / V3's latent attention
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_a_proj.weight": "attn_q_a.weight",
+    "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight", "self_attn.q_b_proj.weight": "attn_q_b.weight",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
+    "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight", "self_attn.kv_b_proj.weight": "attn_kv_b.weight",
+    "embed_tokens.weight": "nextn.embed_tokens.weight", "shared_head.head.weight": "nextn.shared_head_head.weight",
 }
 # GLM-4.5's converter names the MLP's input norm post_attention_norm (llama.cpp's glm4moe layout)
 _RENAMED = {"glm4moe": {"ffn_norm.weight": "post_attention_norm.weight"}}
@@ -58,12 +64,18 @@ MODELS = {
     "glm4moe-air": ("glm4moe", dict(qk_norm=False, n_group=1, topk_group=1, norm_topk=False, scale=1.5, seed=42,
                                     n_expert=4)),
     "ernie4_5-moe": ("ernie4_5-moe", dict(seed=43)),
+    # "deepseek-v2-lite": DeepSeek-V2-Lite's layout (latent attention without Q's low rank, YaRN x4
+    # over an original context of 16 with mscale 0.707, a softmax router not renormalised, one
+    # shared expert, layer 0 dense); "deepseek-v3": V3's (Q's low rank, the sigmoid router with its
+    # bias, 2 groups of which 1 is chosen, renormalised, times 2.5, an MTP layer in the files).
+    "deepseek-v2-lite": ("deepseek2", dict(version=2, seed=44)),
+    "deepseek-v3": ("deepseek2", dict(version=3, seed=45, q_lora=64, n_group=2, topk_group=1, scale=2.5)),
 }
 
 
 def build(name: str, vocab: int):
     arch, kwargs = MODELS[name]
-    return {"glm4moe": build_glm4moe, "ernie4_5-moe": build_ernie4_5_moe}[arch](vocab, **kwargs)
+    return {"glm4moe": build_glm4moe, "ernie4_5-moe": build_ernie4_5_moe, "deepseek2": build_deepseek}[arch](vocab, **kwargs)
 
 
 def _randomise_biases(model, seed, bias_std):
@@ -110,12 +122,35 @@ def build_ernie4_5_moe(vocab: int, hidden=64, n_layers=3, n_heads=4, n_kv_heads=
     return _randomise_biases(moe._randomise(Ernie4_5_MoeForCausalLM(cfg), seed, router_scale), seed, 0.05)
 
 
+def build_deepseek(vocab: int, version: int, hidden=64, n_layers=3, n_heads=4, ffn=96, moe_ffn=32, n_expert=8, top_k=2,
+                   n_shared=1, first_dense=1, kv_lora=32, q_lora=None, nope=32, rope=16, v=32, n_group=1,
+                   topk_group=1, scale=1.0, seed=44, router_scale=0.5):
+    """DeepSeek V2 (YaRN, as V2-Lite) or V3. Widths are multiples of 32 where a Q8_0 row needs it."""
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, moe_intermediate_size=moe_ffn,
+                  num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
+                  kv_lora_rank=kv_lora, q_lora_rank=q_lora, qk_nope_head_dim=nope, qk_rope_head_dim=rope,
+                  v_head_dim=v, n_routed_experts=n_expert, num_experts_per_tok=top_k, n_shared_experts=n_shared,
+                  first_k_dense_replace=first_dense, routed_scaling_factor=scale, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+                  tie_word_embeddings=False)
+    if version == 2:
+        cfg = DeepseekV2Config(topk_method="greedy", rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}, **common)
+        return _randomise_biases(moe._randomise(DeepseekV2ForCausalLM(cfg), seed, router_scale), seed, 0.3)
+    cfg = DeepseekV3Config(n_group=n_group, topk_group=topk_group, norm_topk_prob=True, num_nextn_predict_layers=1,
+                           **common)
+    return _randomise_biases(moe._randomise(DeepseekV3ForCausalLM(cfg), seed, router_scale), seed, 0.3)
+
+
 def save_hf(model, tok, out_dir: Path) -> Path:
     """The HF directory; a GLM-4.5's with a multi-token-prediction layer after the model's own
     (model.layers.<n_layers>.*: a decoder layer's tensors plus eh_proj, enorm, hnorm and
     shared_head) as its checkpoints have, and num_nextn_predict_layers 1 in its config."""
     d = moe.save_hf(model, tok, out_dir)
-    if model.config.model_type != "glm4_moe":
+    if model.config.model_type not in ("glm4_moe", "deepseek_v3"):
         return d
     sd = load_file(str(d / "model.safetensors"))
     n, dim = model.config.num_hidden_layers, model.config.hidden_size
@@ -125,7 +160,7 @@ def save_hf(model, tok, out_dir: Path) -> Path:
         if name.startswith(last):
             sd[f"model.layers.{n}." + name[len(last):]] = rng.standard_normal(w.shape).astype(np.float32)
     for part, shape in (("eh_proj.weight", (dim, 2 * dim)), ("enorm.weight", (dim,)), ("hnorm.weight", (dim,)),
-                        ("shared_head.norm.weight", (dim,))):
+                        ("shared_head.norm.weight", (dim,)), ("embed_tokens.weight", (model.config.vocab_size, dim))):
         sd[f"model.layers.{n}.{part}"] = rng.standard_normal(shape).astype(np.float32)
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
     return d
@@ -177,15 +212,59 @@ def _ernie4_5_moe_meta(c, mtp: bool) -> dict:
     }
 
 
+def _deepseek2_meta(c, mtp: bool) -> dict:
+    """DeepseekV2Model's keys (the legacy layout: attn_kv_b whole, key_length the query head)."""
+    v3 = c.model_type == "deepseek_v3"
+    rope = c.rope_parameters
+    return {
+        "add_block_count": c.num_hidden_layers + (1 if mtp and v3 else 0), "add_key_length": c.qk_head_dim,
+        "add_value_length": c.v_head_dim, "add_rope_dimension_count": c.qk_rope_head_dim,
+        "add_kv_lora_rank": c.kv_lora_rank, "add_q_lora_rank": c.q_lora_rank or None,
+        "add_expert_count": c.n_routed_experts, "add_expert_shared_count": c.n_shared_experts,
+        "add_leading_dense_block_count": c.first_k_dense_replace,
+        "add_expert_weights_scale": float(c.routed_scaling_factor),
+        "add_expert_weights_norm": bool(getattr(c, "norm_topk_prob", False)),
+        "add_expert_gating_func": gguf.ExpertGatingFuncType.SIGMOID if v3 else gguf.ExpertGatingFuncType.SOFTMAX,
+        "add_nextn_predict_layers": 1 if mtp and v3 else None,
+        **({"add_expert_group_count": c.n_group, "add_expert_group_used_count": c.topk_group}
+           if v3 and c.n_group > 1 else {}),
+        **({"add_rope_scaling_type": gguf.RopeScalingType.YARN, "add_rope_scaling_factor": rope["factor"],
+            "add_rope_scaling_orig_ctx_len": rope["original_max_position_embeddings"],
+            "add_rope_scaling_yarn_log_mul": 0.1 * rope["mscale_all_dim"]} if rope.get("rope_type") == "yarn" else {}),
+    }
+
+
+def split_kv_b(tensors: dict, model_cfg) -> dict:
+    """The newer converters' layout of latent attention: attn_kv_b split into attn_k_b [heads,
+    kv_lora, nope] (each head's K rows transposed) and attn_v_b [heads, v, kv_lora]."""
+    c, out = model_cfg, {}
+    for name, w in tensors.items():
+        if not name.endswith("attn_kv_b.weight"):
+            out[name] = w
+            continue
+        per_head = w.reshape(c.num_attention_heads, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
+        out[name.replace("attn_kv_b", "attn_k_b")] = np.ascontiguousarray(
+            per_head[:, :c.qk_nope_head_dim].transpose(0, 2, 1))
+        out[name.replace("attn_kv_b", "attn_v_b")] = np.ascontiguousarray(per_head[:, c.qk_nope_head_dim:])
+    return out
+
+
 def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, tok, mtp: bool = True,
-               extra_meta=None, drop: tuple = ()) -> Path:
+               extra_meta=None, drop: tuple = (), split_mla: bool = False) -> Path:
     """The GGUF as llama.cpp's converter writes it. A GLM-4.5's block_count counts the MTP block;
     mtp=False leaves that block out (block_count the model's own, nextn_predict_layers 0).
     extra_meta (GGUFWriter method -> value) adds or replaces keys; tensors whose names end with
-    one of `drop` are left out."""
+    one of `drop` are left out. split_mla: DeepSeek's attn_kv_b written split (split_kv_b), with
+    the key and value lengths of the latent and the heads' own under key_length_mla /
+    value_length_mla, and one KV head, as the newer converters write it."""
     c = model_cfg
     tensors = {n: t for n, t in gguf_tensors(hf_dir, arch).items() if not (drop and n.endswith(drop))}
-    if not mtp:
+    if split_mla:
+        tensors = split_kv_b(tensors, c)
+        extra_meta = {"add_key_length": c.kv_lora_rank + c.qk_rope_head_dim, "add_value_length": c.kv_lora_rank,
+                      "add_key_length_mla": c.qk_head_dim, "add_value_length_mla": c.v_head_dim,
+                      "add_head_count_kv": 1, **(extra_meta or {})}
+    if not mtp or arch != "glm4moe" and c.model_type != "deepseek_v3":
         tensors = {n: t for n, t in tensors.items() if not n.startswith(f"blk.{c.num_hidden_layers}.")}
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
@@ -194,10 +273,10 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
         "add_context_length": 256, "add_embedding_length": c.hidden_size, "add_feed_forward_length": c.intermediate_size,
         "add_expert_feed_forward_length": c.moe_intermediate_size, "add_key_length": c.head_dim,
         "add_value_length": c.head_dim, "add_head_count": c.num_attention_heads,
-        "add_head_count_kv": c.num_key_value_heads, "add_rope_freq_base": float(rope["rope_theta"]),
+        "add_head_count_kv": c.num_attention_heads if arch == "deepseek2" else c.num_key_value_heads, "add_rope_freq_base": float(rope["rope_theta"]),
         "add_layer_norm_rms_eps": c.rms_norm_eps, "add_vocab_size": c.vocab_size,
         "add_expert_used_count": c.num_experts_per_tok,
-        **{"glm4moe": _glm4moe_meta, "ernie4_5-moe": _ernie4_5_moe_meta}[arch](c, mtp),
+        **{"glm4moe": _glm4moe_meta, "ernie4_5-moe": _ernie4_5_moe_meta, "deepseek2": _deepseek2_meta}[arch](c, mtp),
         **(extra_meta or {}),
     }
     for key, value in meta.items():

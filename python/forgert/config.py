@@ -13,7 +13,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
-                   "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe",
+                   "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
@@ -22,7 +22,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "ernie4_5": "ernie4_5", "seed_oss": "seed_oss", "cohere": "command-r", "cohere2": "cohere2",
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
-                  "ernie4_5_moe": "ernie4_5-moe",
+                  "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -51,7 +51,9 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # its multi-token-prediction layers are not run (_glm4moe_gguf, _glm4moe_hf).
 # ERNIE 4.5 MoE (ernie4_5-moe) is ERNIE 4.5 with leading dense layers, then experts chosen by
 # softmax probability plus a selection bias, always renormalised, beside an ungated shared expert.
-_CORE_ARCH = {"glm4moe": "llama", "ernie4_5-moe": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# DeepSeek V2 / V3 (deepseek2) is Llama with multi-head latent attention (mla.py builds its K and V
+# expansions) and experts under DeepSeek's routers.
+_CORE_ARCH = {"glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -165,6 +167,12 @@ class ModelConfig:
     n_dense_lead: int = 0            # leading layers with a dense feed-forward (width ffn_dim) in an MoE model
     mtp_layers: int = 0              # multi-token-prediction layers after the n_layers, in the file, not run
     qk_norm_of_file: str | None = None   # the QK-norm where the file decides it (GLM-4.5: use_qk_norm)
+    # Multi-head latent attention (DeepSeek V2 / V3; ModelConfig in src/cpp/model/config.h): the
+    # latent's rank (> 0: MLA), Q's low rank (0: a plain q projection), each head's value width.
+    # head_dim is then the query / key head (nope + rope dims), rope_dim the rope part.
+    mla_kv_lora: int = 0
+    mla_q_lora: int = 0
+    mla_v_head_dim: int = 0
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
     embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))
@@ -230,6 +238,11 @@ class ModelConfig:
             if self.n_dense_lead:
                 out.append(f"dense feed-forward (width {self.ffn_dim}) in the first {self.n_dense_lead} "
                            f"layer{'s' if self.n_dense_lead > 1 else ''}")
+        if self.mla_kv_lora:
+            out.append(f"multi-head latent attention (latent {self.mla_kv_lora}"
+                       + (f", query rank {self.mla_q_lora}" if self.mla_q_lora else "")
+                       + f"; heads of {self.head_dim - self.rotated_dims} + {self.rotated_dims} rotated dims, "
+                         f"values of {self.mla_v_head_dim})")
         if self.mtp_layers:
             out.append(f"{self.mtp_layers} multi-token-prediction layer{'s' if self.mtp_layers > 1 else ''} "
                        f"in the file, not run")
@@ -325,6 +338,8 @@ class ModelConfig:
                      expert_groups=self.expert_groups, expert_groups_used=self.expert_groups_used,
                      expert_weights_scale=float(self.expert_weights_scale),
                      shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead)
+        if self.mla_kv_lora:
+            d.update(mla_kv_lora=self.mla_kv_lora, mla_q_lora=self.mla_q_lora, mla_v_head_dim=self.mla_v_head_dim)
         if self.swiglu_limit:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
@@ -458,7 +473,9 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     dim = _get_int(meta, p + "embedding_length", source, **extent)
     head_dim = _get_int(meta, p + "attention.key_length", source, default=dim // n_heads, **extent)
     value_len = _get_int(meta, p + "attention.value_length", source, default=head_dim)
-    if value_len != head_dim:
+    if arch == "deepseek2":   # latent attention: the heads' own widths (a split-MLA file's key_length is the latent's)
+        head_dim, value_len = _deepseek2_head_widths(meta, p, source, head_dim, value_len, extent)
+    elif value_len != head_dim:
         _fail(source, f"attention.value_length {value_len} differs from key_length {head_dim}")
     rope_dim = _get_int(meta, p + "rope.dimension_count", source, default=head_dim, **extent)
     _check_rope_dim(rope_dim, head_dim, source, "rope.dimension_count")
@@ -508,6 +525,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
                         if window is not None else None),
     )
     _gguf_experts(meta, p, cfg, source, census)
+    if arch == "deepseek2":
+        _deepseek2_gguf(meta, p, cfg, source, value_len)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
@@ -747,6 +766,117 @@ def _ernie4_5_moe_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -
     _check_router(cfg, source)
 
 
+def _deepseek2_head_widths(meta, p, source, key_len: int, value_len: int, extent: dict) -> tuple:
+    """(query / key head width, value head width) of a deepseek2 GGUF: key_length_mla and
+    value_length_mla where the converter split attn_kv_b into attn_k_b / attn_v_b (its key_length
+    and value_length then describe the latent), else key_length and value_length."""
+    k = _get_int(meta, p + "attention.key_length_mla", source, default=key_len, **extent)
+    v = _get_int(meta, p + "attention.value_length_mla", source, default=value_len, **extent)
+    if v > k:
+        _fail(source, f"value heads of {v} wider than the key heads of {k} are not supported")
+    return k, v
+
+
+def _mla_attention_scale(cfg: ModelConfig) -> float:
+    """1 / sqrt(query head width), times YaRN's mscale(factor, mscale_all_dim)^2 where the model
+    scales its context with it (transformers' yarn_apply_mscale, llama.cpp's kq_scale)."""
+    s = cfg.rope_scaling or {}
+    m = yarn_mscale(s["factor"], s["mscale_all_dim"]) if s.get("type") == "yarn" and s.get("mscale_all_dim") else 1.0
+    return cfg.head_dim ** -0.5 * m * m
+
+
+def _deepseek_moe(cfg: ModelConfig, source) -> None:
+    """What DeepSeek's routers share, after the keys are read: an ungated shared expert, and the checks."""
+    cfg.shared_expert_gated = False
+    _check_experts(cfg, source)
+    _check_router(cfg, source)
+
+
+def _deepseek2_gguf(meta, p, cfg: ModelConfig, source, value_len: int) -> None:
+    """llama.cpp's deepseek2 keys: attention.kv_lora_rank, attention.q_lora_rank (absent or 0: a
+    plain q projection, as DeepSeek-V2-Lite), rope.dimension_count (the rope part of each head);
+    leading_dense_block_count dense layers, then experts (expert_shared_count shared, ungated)
+    under expert_gating_func (softmax when absent, as llama.cpp reads DeepSeek V2 files) with an
+    optional selection bias (exp_probs_b, read from the tensors), expert_group_count /
+    expert_group_used_count, expert_weights_norm (off when absent) and expert_weights_scale;
+    nextn_predict_layers (multi-token prediction) after the model's own layers, not run."""
+    if not cfg.n_expert:
+        _fail(source, "deepseek2 without expert_count")
+    cfg.mla_kv_lora = _get_int(meta, p + "attention.kv_lora_rank", source)
+    cfg.mla_q_lora = _get_int(meta, p + "attention.q_lora_rank", source, default=0, minimum=0)
+    cfg.mla_v_head_dim = value_len
+    cfg.n_kv_heads = cfg.n_heads          # a split-MLA file says 1 (its latent is one shared head)
+    if cfg.rope_dim is None:
+        _fail(source, "deepseek2 without rope.dimension_count below the head width")
+    nextn = _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0)
+    if nextn >= cfg.n_layers:
+        _fail(source, f"nextn_predict_layers = {nextn} leaves none of the {cfg.n_layers} blocks to run")
+    cfg.n_layers -= nextn
+    cfg.mtp_layers = nextn
+    cfg.n_dense_lead = _get_int(meta, p + "leading_dense_block_count", source, default=0, minimum=0)
+    shared = _get_int(meta, p + "expert_shared_count", source, default=0, minimum=0, maximum=cfg.n_expert,
+                      held_by="expert_count")
+    cfg.shared_ffn_dim = cfg.expert_ffn_dim * shared
+    gating = _get_int(meta, p + "expert_gating_func", source, default=1)
+    if gating not in _GGUF_GATING:
+        _fail(source, f"expert_gating_func {gating} is not supported (1: softmax, 2: sigmoid)")
+    cfg.router = _GGUF_GATING[gating]
+    cfg.expert_groups = _get_int(meta, p + "expert_group_count", source, default=1)
+    cfg.expert_groups_used = _get_int(meta, p + "expert_group_used_count", source, default=1)
+    scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
+    cfg.expert_weights_scale = scale if scale > 0 else 1.0
+    cfg.attn_scale = _mla_attention_scale(cfg)
+    _deepseek_moe(cfg, source)
+
+
+def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> None:
+    """transformers' DeepseekV2Config / DeepseekV3Config: kv_lora_rank, q_lora_rank (null: a plain
+    q_proj), qk_nope_head_dim + qk_rope_head_dim per query / key head, v_head_dim; RoPE over
+    adjacent pairs (V2 always, V3 unless rope_interleave is false); first_k_dense_replace dense
+    layers, then n_routed_experts of moe_intermediate_size with n_shared_experts shared, routed by
+    DeepSeek V2's softmax (topk_method greedy; group_limited_greedy's per-group maximum is refused
+    with groups) or V3's sigmoid router (noaux_tc: e_score_correction_bias, n_group / topk_group,
+    norm_topk_prob), the weights times routed_scaling_factor; num_nextn_predict_layers not run."""
+    extent = _extent_bound(census)
+    if hf.get("attention_bias"):
+        _fail(source, "attention_bias=true on latent attention is not supported")
+    if hf.get("moe_layer_freq", 1) != 1:
+        _fail(source, f"moe_layer_freq {hf.get('moe_layer_freq')!r} (dense layers between MoE layers) is not supported")
+    nope = _get_int(hf, "qk_nope_head_dim", source, **extent)
+    rope = _get_int(hf, "qk_rope_head_dim", source, **extent)
+    cfg.head_dim, cfg.rope_dim, cfg.n_kv_heads = nope + rope, rope, cfg.n_heads
+    cfg.mla_kv_lora = _get_int(hf, "kv_lora_rank", source, **extent)
+    cfg.mla_q_lora = _get_int(hf, "q_lora_rank", source, default=0, minimum=0, **extent) if hf.get("q_lora_rank") else 0
+    cfg.mla_v_head_dim = _get_int(hf, "v_head_dim", source, **extent)
+    if cfg.mla_v_head_dim > cfg.head_dim:
+        _fail(source, f"v_head_dim {cfg.mla_v_head_dim} wider than the key heads of {cfg.head_dim} is not supported")
+    cfg.rope_neox = hf.get("model_type") == "deepseek_v3" and hf.get("rope_interleave", True) is False
+    cfg.n_expert = _get_int(hf, "n_routed_experts", source, **extent)
+    cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
+    cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, **extent)
+    cfg.shared_ffn_dim = cfg.expert_ffn_dim * _get_int(hf, "n_shared_experts", source, default=0, minimum=0,
+                                                       maximum=cfg.n_expert, held_by="n_routed_experts")
+    cfg.n_dense_lead = _get_int(hf, "first_k_dense_replace", source, default=0, minimum=0)
+    cfg.expert_weights_scale = _get_float(hf, "routed_scaling_factor", source, default=1.0)
+    groups, used = hf.get("n_group") or 1, hf.get("topk_group") or 1
+    method = hf.get("topk_method", "noaux_tc" if hf.get("model_type") == "deepseek_v3" else "greedy")
+    if method == "noaux_tc":       # V3: sigmoid scores, selection bias, groups by top-2 sum
+        cfg.router, cfg.router_select_bias = "sigmoid", True
+        cfg.expert_groups = _get_int({"n_group": groups}, "n_group", source)
+        cfg.expert_groups_used = _get_int({"topk_group": used}, "topk_group", source)
+        cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True))
+    elif method in ("greedy", "group_limited_greedy"):   # V2: softmax over all, not renormalised
+        if method == "group_limited_greedy" and groups > 1:
+            _fail(source, "topk_method group_limited_greedy with n_group > 1 (DeepSeek-V2's choice of groups by "
+                          "their largest score) is not supported")
+        cfg.router, cfg.expert_norm_topk = "softmax", False
+    else:
+        _fail(source, f"topk_method '{method}' is not supported (greedy, group_limited_greedy, noaux_tc)")
+    cfg.mtp_layers = _get_int(hf, "num_nextn_predict_layers", source, default=0, minimum=0)
+    cfg.attn_scale = _mla_attention_scale(cfg)
+    _deepseek_moe(cfg, source)
+
+
 def _local_rope_global_nope(cfg: ModelConfig, local: list, window: int) -> None:
     """Hybrid attention whose global layers have no RoPE (EXAONE 4's 32B, Command R7B): local
     layers with a window and RoPE, global layers with neither."""
@@ -914,7 +1044,7 @@ def _gguf_yarn(meta, p, source) -> dict:
     attention factor llama.cpp derives: 0.1 ln(factor) + 1, times rope.scaling.attn_factor."""
     factor = _get_float(meta, p + "rope.scaling.factor", source)
     log_mul = _get_float(meta, p + "rope.scaling.yarn_log_multiplier", source, default=0.0, positive=False)
-    if log_mul != 0.0 and p != "mistral3.":
+    if log_mul != 0.0 and p not in ("mistral3.", "deepseek2."):
         _fail(source, "YaRN with rope.scaling.yarn_log_multiplier (DeepSeek's mscale_all_dim) is not supported")
     ext = meta.get(p + "rope.scaling.yarn_ext_factor", 1.0)
     if isinstance(ext, bool) or not isinstance(ext, (int, float, np.number)) or not 0 <= ext <= 1:
@@ -922,15 +1052,23 @@ def _gguf_yarn(meta, p, source) -> dict:
     if ext == 0:   # llama.cpp: no extrapolated share and no attention factor but attn_factor
         return {"type": "linear", "factor": factor,
                 "attn_factor": _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0)}
+    if p == "deepseek2.":
+        # its converter writes 0.1 mscale_all_dim; llama.cpp takes mscale equal to it, so cos and sin
+        # keep a factor of 1 and the softmax scale takes yarn_mscale(factor, mscale_all_dim)^2
+        if log_mul == 0.0:
+            _fail(source, "deepseek2 YaRN without rope.scaling.yarn_log_multiplier is not supported")
+        log_mul /= 0.1
     return {
         "type": "yarn", "factor": factor,
+        **({"mscale_all_dim": log_mul} if p == "deepseek2." else {}),
         "original_max_position_embeddings": _get_int(meta, p + "rope.scaling.original_context_length", source,
                                                      default=meta.get(p + "context_length")),
         "beta_fast": _get_float(meta, p + "rope.scaling.yarn_beta_fast", source, default=32.0),
         "beta_slow": _get_float(meta, p + "rope.scaling.yarn_beta_slow", source, default=1.0),
         "ext_factor": float(ext),
         # mistral3: the multiplier is transformers' mscale_all_dim (mscale 1), as llama.cpp reads it
-        "attn_factor": (yarn_mscale(factor) / yarn_mscale(factor, log_mul) if log_mul else yarn_mscale(factor))
+        "attn_factor": (1.0 if p == "deepseek2." else
+                        yarn_mscale(factor) / yarn_mscale(factor, log_mul) if log_mul else yarn_mscale(factor))
         * _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0),
     }
 
@@ -948,6 +1086,8 @@ def _hf_yarn(scaling_in: dict, hf: dict, source) -> dict:
     out = {"type": "yarn", "factor": factor, "original_max_position_embeddings": orig,
            "beta_fast": float(scaling_in.get("beta_fast") or 32), "beta_slow": float(scaling_in.get("beta_slow") or 1),
            "truncate": bool(scaling_in.get("truncate", True)), "attn_factor": float(attn)}
+    if scaling_in.get("mscale_all_dim"):   # DeepSeek: the softmax scale's factor (_mla_attention_scale)
+        out["mscale_all_dim"] = float(scaling_in["mscale_all_dim"])
     if not all(math.isfinite(v) and v > 0 for v in (factor, out["beta_fast"], out["beta_slow"], out["attn_factor"])):
         _fail(source, f"rope scaling 'yarn' has a non-positive or non-finite parameter: {scaling_in!r}")
     return out
@@ -1125,6 +1265,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _glm4moe_hf(hf, cfg, source, census)
     if model_type == "ernie4_5_moe":
         _ernie4_5_moe_hf(hf, cfg, source, census)
+    if model_type in ("deepseek_v2", "deepseek_v3"):
+        _deepseek_hf(hf, cfg, source, census)
     if model_type == "gpt_oss":
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":

@@ -127,7 +127,7 @@ def _write_hf_expert_metadata(writer, c):
     writer.add_u32(f"{arch}.expert_used_count", c.n_expert_used)
     if arch != "llama" or c.expert_ffn_dim != c.ffn_dim:
         writer.add_u32(f"{arch}.expert_feed_forward_length", c.expert_ffn_dim)
-    if arch == "glm4moe":   # DeepSeek V3's router keys, as its converter (Glm4MoeModel) writes them
+    if arch in ("glm4moe", "deepseek2"):   # DeepSeek's router keys, as Glm4MoeModel / DeepseekV2Model write them
         writer.add_u32(f"{arch}.expert_shared_count", c.shared_ffn_dim // c.expert_ffn_dim)
         writer.add_u32(f"{arch}.leading_dense_block_count", c.n_dense_lead)
         writer.add_f32(f"{arch}.expert_weights_scale", c.expert_weights_scale)
@@ -172,7 +172,13 @@ def _write_hf_metadata(writer, loaded):
         if c.layer_rope != fixed:
             raise ModelFormatError(f"{loaded.name}: NoPE layers {c.layer_rope} differ from every fourth layer, the "
                                    f"only pattern a GGUF of architecture 'smollm3' can hold")
-    if c.head_dim != c.dim // c.n_heads:
+    if c.mla_kv_lora:   # latent attention, in the layout with attn_kv_b whole (llama.cpp reads both)
+        writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
+        writer.add_u32(f"{arch}.attention.value_length", c.mla_v_head_dim)
+        writer.add_u32(f"{arch}.attention.kv_lora_rank", c.mla_kv_lora)
+        if c.mla_q_lora:
+            writer.add_u32(f"{arch}.attention.q_lora_rank", c.mla_q_lora)
+    elif c.head_dim != c.dim // c.n_heads:
         writer.add_u32(f"{arch}.attention.key_length", c.head_dim)
         writer.add_u32(f"{arch}.attention.value_length", c.head_dim)
     writer.add_u32(f"{arch}.vocab_size", c.vocab)
@@ -244,6 +250,11 @@ def _write_hf_metadata(writer, loaded):
             # yarn_mscale(factor) / yarn_mscale(factor, mscale_all_dim) (1 for Ministral 3's 1 and 1)
             writer.add_f32(f"{arch}.rope.scaling.yarn_log_multiplier",
                            (yarn_mscale(r["factor"]) / c.rope_attn_factor - 1.0) / (0.1 * math.log(r["factor"])))
+        elif arch == "deepseek2":   # its converter's form: 0.1 mscale_all_dim (cos and sin keep a factor of 1)
+            if abs(c.rope_attn_factor - 1.0) > 1e-6 or not r.get("mscale_all_dim"):
+                raise ModelFormatError(f"{loaded.name}: DeepSeek YaRN whose mscale differs from mscale_all_dim has "
+                                       f"no GGUF form (llama.cpp takes them equal)")
+            writer.add_f32(f"{arch}.rope.scaling.yarn_log_multiplier", 0.1 * r["mscale_all_dim"])
         elif abs(ratio - 1.0) > 1e-7:
             writer.add_f32(f"{arch}.rope.scaling.attn_factor", ratio)
     elif kind == "longrope":

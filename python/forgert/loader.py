@@ -11,6 +11,7 @@ from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
 from .fused_tensors import split_fused
 from .ggml_types import F32
+from .mla import LATENT_SOURCE_TENSORS, latent_attention_tensors
 from .gguf import GGUFFile
 from .gguf_split import GGUFSplit, open_gguf
 from .safetensors_dir import HFModelDir
@@ -50,7 +51,7 @@ def _settings_from_tensors(cfg: ModelConfig, weights: dict) -> None:
     optional QK-norm (GLM-4.5 has it, GLM-4.5-Air not) and ERNIE 4.5 MoE's optional selection bias."""
     if cfg.arch == "glm4moe":
         cfg.qk_norm_of_file = "head" if "blk.0.attn_q_norm.weight" in weights else "none"
-    if cfg.arch == "ernie4_5-moe":
+    if cfg.arch in ("ernie4_5-moe", "deepseek2"):   # DeepSeek V3's files have it, V2's not
         cfg.router_select_bias = any(name.endswith(".exp_probs_b.bias") for name in weights)
 
 
@@ -137,8 +138,8 @@ def load_gguf(path) -> LoadedModel:
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
     _settings_from_tensors(cfg, weights)
-    tensors = core_tensors(cfg, split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name)),
-                           g.name, ignore=_GGUF_EXTRA_TENSORS)
+    canonical = split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name))
+    tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
@@ -169,9 +170,9 @@ def load_hf_dir(path) -> LoadedModel:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
     if cfg.norm_shift:
         d.tensors = shift_norms(d.tensors, cfg.norm_shift)
-    tensors = core_tensors(cfg, split_fused(cfg, d.tensors), d.name)
+    tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name)
     tok = ModelTokenizer.from_hf_dir(d)
-    weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused}
+    weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused or n.endswith(LATENT_SOURCE_TENSORS)}
     return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok,
                        _hf_chat_template(d), d.config, d)
 

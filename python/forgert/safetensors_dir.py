@@ -118,7 +118,15 @@ _GLM4_MOE_LAYER_NAMES = {
 _ERNIE4_5_MOE_LAYER_NAMES = {**_GLM4_MOE_LAYER_NAMES,
                              "mlp.moe_statics.e_score_correction_bias": "exp_probs_b.bias"}
 del _ERNIE4_5_MOE_LAYER_NAMES["mlp.gate.e_score_correction_bias"]
+# DeepSeek V2 / V3: latent attention's projections and norms (mla.py expands kv_b_proj)
+_DEEPSEEK_LAYER_NAMES = {
+    **_GLM4_MOE_LAYER_NAMES,
+    "self_attn.q_a_proj.weight": "attn_q_a.weight", "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight",
+    "self_attn.q_b_proj.weight": "attn_q_b.weight", "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
+    "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight", "self_attn.kv_b_proj.weight": "attn_kv_b.weight",
+}
 _LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
+                              "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
                               "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,

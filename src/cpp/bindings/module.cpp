@@ -101,6 +101,11 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_freqs.assign(f.data(), f.data() + f.size());
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
+    if (d.contains("mla_kv_lora")) {  // multi-head latent attention (DeepSeek V2 / V3)
+        c.mla_kv_lora = get<int>(d, "mla_kv_lora");
+        c.mla_q_lora = get<int>(d, "mla_q_lora");
+        c.mla_v_head_dim = get<int>(d, "mla_v_head_dim");
+    }
     if (d.contains("n_expert")) {  // mixture of experts
         c.n_expert = get<int>(d, "n_expert");
         c.n_expert_used = get<int>(d, "n_expert_used");

@@ -70,6 +70,18 @@ struct ModelConfig {
     float swiglu_limit = 0.0f;
     float swiglu_alpha = 1.702f;
 
+    // Multi-head latent attention (DeepSeek V2 / V3): mla_kv_lora > 0 makes each layer's K and V
+    // come from one latent row per token, [mla_kv_lora latent | rope_dim shared key], the latent
+    // RMS-normed, then expanded into every head's K ([rope part, nope part], head_dim wide) and V
+    // (mla_v_head_dim values, padded with zeros to head_dim so that K and V share the cache's
+    // layout); Q from a low-rank pair (attn_q_a, its norm, attn_q_b) when mla_q_lora > 0. Each head
+    // rotates its first rope_dim dims (the loader puts DeepSeek's rope part there); the attention's
+    // output heads are compacted to mla_v_head_dim before attn_output. n_kv_heads == n_heads.
+    int mla_kv_lora = 0;
+    int mla_q_lora = 0;
+    int mla_v_head_dim = 0;
+    bool is_mla() const { return mla_kv_lora > 0; }
+
     bool is_moe() const { return n_expert > 0; }
     bool layer_is_moe(int layer) const { return n_expert > 0 && layer >= n_dense_lead; }
     int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }

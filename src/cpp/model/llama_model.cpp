@@ -34,6 +34,11 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     k_ = tensor(DType::F32, B, cfg_.kv_dim());
     v_ = tensor(DType::F32, B, cfg_.kv_dim());
     att_ = tensor(DType::F32, B, cfg_.q_dim());
+    if (cfg_.is_mla()) {
+        latent_ = tensor(DType::F32, B, cfg_.mla_kv_lora + cfg_.rope_dims());
+        if (cfg_.mla_q_lora > 0) q_low_ = tensor(DType::F32, B, cfg_.mla_q_lora);
+        att_values_ = tensor(DType::F32, B, (int64_t)cfg_.n_heads * cfg_.mla_v_head_dim);
+    }
     proj_ = tensor(DType::F32, B, cfg_.dim);
     // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
     // leading dense layers'.
@@ -220,8 +225,12 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
         if (cfg_.pre_norms) norm(xn, x, L.attn_norm, L.attn_norm_b);
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
-        const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
-        be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
+        if (cfg_.is_mla()) {
+            latent_attention_qkv(L, attn_in, q, k, v, n);
+        } else {
+            const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
+            be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
+        }
         // Biases wherever the file has them (Qwen2 always, Llama with attention_bias).
         if (L.bq.rows) be.add_bias(q, L.bq);
         if (L.bk.rows) be.add_bias(k, L.bk);
@@ -245,7 +254,18 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                      vc = batched ? kv_.v[l] : slot_rows(kv_.v[l], entries[0].slot);
         be.rope_kv_write(q, k, v, kc, vc, freqs_.slice_rows(std::max(table, 0), 1), at, rp);
         be.attention(att, q, kc, vc, at, ap);
-        add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
+        if (cfg_.is_mla()) {  // each head's value part, [n * n_heads, v_head_dim], packed for wo
+            const int64_t hd = cfg_.head_dim, vd = cfg_.mla_v_head_dim, heads = (int64_t)n * cfg_.n_heads;
+            Tensor values = att;
+            values.rows = heads;
+            values.cols = vd;
+            values.stride = (size_t)hd * sizeof(float);
+            const Tensor packed = make_tensor(att_values_.buf, 0, DType::F32, n, cfg_.n_heads * vd);
+            be.copy(make_tensor(att_values_.buf, 0, DType::F32, heads, vd), values);
+            add_projection(L.wo, packed, L.attn_post_norm);
+        } else {
+            add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
+        }
         if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block; in a parallel block (Cohere) it reads the attention's normed input,
         // still in xn, and adds to x beside the attention's output
@@ -270,6 +290,28 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
+}
+
+void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
+                                      const Tensor& v, int n) {
+    Backend& be = *be_;
+    const RowClasses rc = rows_;
+    const Tensor z = latent_.slice_rows(0, n);  // [n, mla_kv_lora + rope_dim]: the latent, then the shared rope key
+    if (cfg_.mla_q_lora > 0) {  // q = wq_b rms_norm(wq_a xn)
+        const Tensor qa = q_low_.slice_rows(0, n), outs[2] = {qa, z}, ws[2] = {L.wq_a, L.wkv_a};
+        be.matmul_many(outs, ws, 2, xn, rc);
+        be.rms_norm(qa, qa, L.q_a_norm, cfg_.rms_eps);
+        be.matmul(q, L.wq_b, qa, rc);
+    } else {
+        const Tensor outs[2] = {q, z}, ws[2] = {L.wq, L.wkv_a};
+        be.matmul_many(outs, ws, 2, xn, rc);
+    }
+    Tensor latent = z;  // its first mla_kv_lora columns, normed in place
+    latent.cols = cfg_.mla_kv_lora;
+    be.rms_norm(latent, latent, L.kv_a_norm, cfg_.rms_eps);
+    // Every head's K ([rope part: the shared key, nope part]) and V (values, zero-padded) from z.
+    const Tensor outs[2] = {k, v}, ws[2] = {L.wk_latent, L.wv_latent};
+    be.matmul_many(outs, ws, 2, z, rc);
 }
 
 void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n) {

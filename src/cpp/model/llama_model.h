@@ -157,6 +157,11 @@ private:
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
     // shared expert where the config has one.                                          x, xn [n, dim]
     void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
+    // Latent attention's Q, K and V (cfg.is_mla()): q from xn (through its low-rank pair when the
+    // model has one), the latent row z = wkv_a xn with its first mla_kv_lora columns RMS-normed,
+    // then k = wk_latent z and v = wv_latent z.               xn [n, dim]; q [n, q_dim]; k, v [n, kv_dim]
+    void latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
+                              const Tensor& v, int n);
 
     ModelConfig cfg_;
     std::unique_ptr<Backend> be_;  // declared before everything it allocated: destroyed last
@@ -182,6 +187,9 @@ private:
     // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up
     // [B*k, expert_ffn_dim] and outputs [B*k, dim]; the shared expert's gate logit [B, 1].
     Tensor router_logits_, route_ids_, route_w_, exp_gate_, exp_up_, exp_out_, shared_scale_;
+    // Latent attention: the latent rows [B, mla_kv_lora + rope_dim], Q's low-rank rows [B, mla_q_lora],
+    // the attention's value parts packed for wo [B, n_heads * mla_v_head_dim].
+    Tensor latent_, q_low_, att_values_;
     bool profiling_ = false;
     Profile profile_;
     uint64_t passes_ = 0;  // run_layers calls: a pipeline notices a pass that was not its own

@@ -25,17 +25,33 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         const std::string p = "blk." + std::to_string(l) + ".";
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "attn_norm.bias", 1, dim, true, true});
-        out.push_back({p + "attn_q.weight", q, dim, true, false});
-        out.push_back({p + "attn_k.weight", kv, dim, true, false});
-        out.push_back({p + "attn_v.weight", kv, dim, true, false});
-        out.push_back({p + "attn_q.bias", 1, q, qkv_bias_required, true});
-        out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
-        out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
+        if (cfg.is_mla()) {  // Q (or its low-rank pair), the latent and its expansions into K and V
+            const int64_t latent = cfg.mla_kv_lora + cfg.rope_dims(), ql = cfg.mla_q_lora;
+            if (ql > 0) {
+                out.push_back({p + "attn_q_a.weight", ql, dim, true, false});
+                out.push_back({p + "attn_q_a_norm.weight", 1, ql, true, true});
+                out.push_back({p + "attn_q_b.weight", q, ql, true, false});
+            } else {
+                out.push_back({p + "attn_q.weight", q, dim, true, false});
+            }
+            out.push_back({p + "attn_kv_a_mqa.weight", latent, dim, true, false});
+            out.push_back({p + "attn_kv_a_norm.weight", 1, cfg.mla_kv_lora, true, true});
+            out.push_back({p + "attn_k_from_latent.weight", kv, latent, true, false});
+            out.push_back({p + "attn_v_from_latent.weight", kv, latent, true, false});
+            out.push_back({p + "attn_output.weight", dim, (int64_t)cfg.n_heads * cfg.mla_v_head_dim, true, false});
+        } else {
+            out.push_back({p + "attn_q.weight", q, dim, true, false});
+            out.push_back({p + "attn_k.weight", kv, dim, true, false});
+            out.push_back({p + "attn_v.weight", kv, dim, true, false});
+            out.push_back({p + "attn_q.bias", 1, q, qkv_bias_required, true});
+            out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
+            out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
+        }
         if (cfg.qk_norm != QkNorm::None) {
             out.push_back({p + "attn_q_norm.weight", 1, q_norm_width, true, true});
             out.push_back({p + "attn_k_norm.weight", 1, k_norm_width, true, true});
         }
-        out.push_back({p + "attn_output.weight", dim, q, true, false});
+        if (!cfg.is_mla()) out.push_back({p + "attn_output.weight", dim, q, true, false});
         if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
         if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});

@@ -28,7 +28,9 @@ struct TensorSpec {
 // post_ffw_norm with post_norms, attn_q_norm / attn_k_norm ([head_dim], or [q_dim] / [kv_dim] for
 // a whole-row QK-norm) with qk_norm. An MoE model's layers carry the router and expert stacks
 // (exp_probs_b.bias with a selection bias, the *_shexp tensors with a shared expert), except its
-// first n_dense_lead layers, whose feed-forward is dense.
+// first n_dense_lead layers, whose feed-forward is dense. Latent attention (is_mla) replaces
+// attn_q/k/v with attn_q (or attn_q_a, attn_q_a_norm, attn_q_b), attn_kv_a_mqa, attn_kv_a_norm and
+// the loader's expansions attn_k_from_latent / attn_v_from_latent ([kv_dim, mla_kv_lora + rope_dim]).
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
 
 // The RMSNorm weight before each feed-forward, without "blk.N.": "ffn_norm.weight", or

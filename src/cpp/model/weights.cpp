@@ -71,6 +71,15 @@ void ModelConfig::validate() const {
         need(n_expert_used == 0 && shared_ffn_dim == 0 && n_dense_lead == 0,
              "n_expert_used, shared_ffn_dim and n_dense_lead need experts (n_expert = 0)");
     }
+    if (is_mla()) {
+        in_range("mla_kv_lora", mla_kv_lora, 1, kMaxDim);
+        in_range("mla_q_lora", mla_q_lora, 0, kMaxDim);
+        in_range("mla_v_head_dim", mla_v_head_dim, 1, head_dim);
+        need(n_kv_heads == n_heads, "multi-head latent attention has a K and V per head (n_kv_heads == n_heads)");
+        need(rope_dim >= 2 && rope_dim < head_dim, "multi-head latent attention rotates part of each head (rope_dim)");
+    } else {
+        need(mla_q_lora == 0 && mla_v_head_dim == 0, "mla_q_lora and mla_v_head_dim need mla_kv_lora");
+    }
     in_range("vocab", vocab, 1, kMaxVocab);
     in_range("n_ctx", n_ctx, 1, kMaxCtx);
     const int64_t kv_cache = checked_mul(checked_mul(checked_mul(n_layers, 2 * 2, "KV cache bytes"), n_ctx,
@@ -356,6 +365,13 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.shared_up = at(p + "ffn_up_shexp.weight");
         L.shared_down = at(p + "ffn_down_shexp.weight");
         L.router_select_b = at(p + "exp_probs_b.bias");
+        L.wq_a = at(p + "attn_q_a.weight");
+        L.q_a_norm = at(p + "attn_q_a_norm.weight");
+        L.wq_b = at(p + "attn_q_b.weight");
+        L.wkv_a = at(p + "attn_kv_a_mqa.weight");
+        L.kv_a_norm = at(p + "attn_kv_a_norm.weight");
+        L.wk_latent = at(p + "attn_k_from_latent.weight");
+        L.wv_latent = at(p + "attn_v_from_latent.weight");
         w.layers.push_back(L);
     }
     return w;

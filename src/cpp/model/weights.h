@@ -38,7 +38,13 @@ struct LayerWeights {
     Tensor bq, bk, bv;         // f32 [q_dim], [kv_dim], [kv_dim]; rows == 0 when absent
     Tensor q_norm, k_norm;     // f32 [head_dim] (each head: Qwen3, Gemma 3, EXAONE 4) or [q_dim], [kv_dim] (whole
                                // rows: OLMo 2), before RoPE; rows == 0 when absent
-    Tensor wo;                 // [dim, q_dim]
+    Tensor wo;                 // [dim, q_dim] ([dim, n_heads * mla_v_head_dim] with latent attention)
+    // Multi-head latent attention (cfg.is_mla(); wk/wv are then empty, wq too with mla_q_lora)
+    Tensor wq_a, q_a_norm;     // [mla_q_lora, dim], f32 [mla_q_lora]: Q's low-rank pair, its first half and norm
+    Tensor wq_b;               // [q_dim, mla_q_lora]
+    Tensor wkv_a;              // [mla_kv_lora + rope_dim, dim]: the latent, then the shared rope key
+    Tensor kv_a_norm;          // f32 [mla_kv_lora]
+    Tensor wk_latent, wv_latent;  // [kv_dim, mla_kv_lora + rope_dim]: the latent row into each head's K, V
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
     Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma, OLMo 2)
     Tensor ffn_norm;           // f32 [dim]; rows == 0 without pre-norms

@@ -1,0 +1,103 @@
+"""DeepSeek V2 / V3 (GGUF arch `deepseek2`, HF `deepseek_v2` / `deepseek_v3`; Kimi K2 is a DeepSeek
+V3): multi-head latent attention (mla.py: K and V expanded from one latent row per token, Q
+through its low rank on V3), YaRN with DeepSeek's softmax-scale factor (mscale_all_dim), and
+experts under V2's softmax router or V3's sigmoid one. What is DeepSeek's own here; the logits of
+tiny DeepseekV2ForCausalLM (V2-Lite's layout) and DeepseekV3ForCausalLM models against
+transformers, HF and GGUF, on the CPU and emulated Metal: tests/test_arch_routed_moe.py.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import model_factory as mf
+import routed_moe_factory as rmf
+from conftest import backend_params, require_backend
+from test_arch_moe import bounds
+from test_e2e_tiny import compare_logits
+
+models = rmf.models_fixture()
+
+
+def ids_for(vocab, n, seed):
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3"])
+def test_split_kv_b_layout_matches_transformers(forgert, models, metal_reason, tmp_path, tiny_tokenizer, name, backend):
+    """Newer converters split attn_kv_b into attn_k_b (transposed) and attn_v_b, describe the
+    latent with key_length / value_length and write one KV head: the same model."""
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "split.gguf", "F32", "deepseek2", model.config, tiny_tokenizer,
+                          split_mla=True)
+    ids = ids_for(model.config.vocab_size, 48, 7)
+    compare_logits(forgert.Model(str(path), backend=backend).logits(ids), mf.reference_logits(refs["gguf-F32"], ids),
+                   **bounds("gguf-F32", False, backend), what=f"{name} split attn_kv_b {backend}")
+
+
+def test_yarn_softmax_scale_matters(forgert, models):
+    """V2-Lite's mscale_all_dim multiplies the softmax scale by yarn_mscale(4, 0.707)^2 = 1.20:
+    without it transformers' logits move far beyond the F32 bound."""
+    model, _, _ = models("deepseek-v2-lite")
+    changed = copy.deepcopy(model)
+    for layer in changed.model.layers:
+        layer.self_attn.scaling = layer.self_attn.qk_head_dim ** -0.5
+    ae.assert_visible(model, changed, ids_for(model.config.vocab_size, 64, 1))
+
+
+def test_info_names_latent_attention(forgert, models):
+    _, files, _ = models("deepseek-v3")
+    info = forgert.Model(str(files["gguf-Q8_0"]), backend="cpu").info()
+    assert info["n_layers"] == 3   # the MTP layer after them is not run
+    feats = info["features"]
+    assert "multi-head latent attention (latent 32, query rank 64; heads of 32 + 16 rotated dims, values of 32)" in feats
+    assert "sigmoid router with a selection bias, 1 of 2 expert groups, weights times 2.5" in feats
+    assert "1 multi-token-prediction layer in the file, not run" in feats
+    _, files, _ = models("deepseek-v2-lite")
+    feats = forgert.Model(str(files["hf-F32"]), backend="cpu").info()["features"]
+    assert not any("router" in f for f in feats)   # a plain softmax router
+    assert any(f.startswith("YaRN x4 over an original context of 16") for f in feats)
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(topk_method="group_limited_greedy", n_group=2, topk_group=1), "group_limited_greedy"),
+    (dict(attention_bias=True), "attention_bias"),
+    (dict(moe_layer_freq=2), "moe_layer_freq"),
+    (dict(v_head_dim=64), "v_head_dim 64"),
+])
+def test_unsupported_hf_settings_are_named(forgert, models, tmp_path, changes, match):
+    _, files, _ = models("deepseek-v2-lite")
+    tm = type("TM", (), {"path": lambda self, fmt: files[fmt]})()
+    ae.assert_hf_config_refused(forgert, tm, tmp_path, match, **changes)
+
+
+def test_gguf_yarn_without_its_log_multiplier_is_named(forgert, models, tmp_path, tiny_tokenizer):
+    from forgert.errors import ModelFormatError
+    model, files, _ = models("deepseek-v2-lite")
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "yarn.gguf", "F32", "deepseek2", model.config, tiny_tokenizer,
+                          extra_meta={"add_rope_scaling_yarn_log_mul": 0.0})
+    with pytest.raises(ModelFormatError, match="deepseek2 YaRN without rope.scaling.yarn_log_multiplier"):
+        forgert.Model(str(path), backend="cpu")
+
+
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3"])
+def test_quantize_from_hf_dir(forgert, models, tmp_path, name):
+    """`forgert quantize` of the HF directory writes llama.cpp's deepseek2 GGUF (attn_kv_b whole,
+    the MTP layer left out), which runs as transformers does; the gguf package reads its keys."""
+    import gguf
+    from forgert.gguf_export import export_gguf
+    model, files, refs = models(name)
+    out = tmp_path / "exported.gguf"
+    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
+    r = gguf.GGUFReader(str(out))
+    assert r.fields["deepseek2.attention.kv_lora_rank"].contents() == 32
+    assert r.fields["deepseek2.attention.key_length"].contents() == 48
+    assert "blk.1.attn_kv_b.weight" in {t.name for t in r.tensors}
+    ids = ids_for(model.config.vocab_size, 48, 6)
+    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
+                   **bounds("hf-F32", False), what=f"{name} exported")
