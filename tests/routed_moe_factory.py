@@ -70,6 +70,9 @@ MODELS = {
     # bias, 2 groups of which 1 is chosen, renormalised, times 2.5, an MTP layer in the files).
     "deepseek-v2-lite": ("deepseek2", dict(version=2, seed=44)),
     "deepseek-v3": ("deepseek2", dict(version=3, seed=45, q_lora=64, n_group=2, topk_group=1, scale=2.5)),
+    # "glm4moe-lite": GLM-4.7-Flash's (V3's latent attention and router, value heads wider than
+    # the rope part, weights times 1.8, mlp_layer_types).
+    "glm4moe-lite": ("deepseek2", dict(version="glm4_moe_lite", seed=46, q_lora=64, v=48, scale=1.8)),
 }
 
 
@@ -126,7 +129,8 @@ def build_deepseek(vocab: int, version: int, hidden=64, n_layers=3, n_heads=4, f
                    n_shared=1, first_dense=1, kv_lora=32, q_lora=None, nope=32, rope=16, v=32, n_group=1,
                    topk_group=1, scale=1.0, seed=44, router_scale=0.5):
     """DeepSeek V2 (YaRN, as V2-Lite) or V3. Widths are multiples of 32 where a Q8_0 row needs it."""
-    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+    from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
+                              Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM)
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, moe_intermediate_size=moe_ffn,
                   num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
@@ -140,6 +144,13 @@ def build_deepseek(vocab: int, version: int, hidden=64, n_layers=3, n_heads=4, f
             "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
             "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}, **common)
         return _randomise_biases(moe._randomise(DeepseekV2ForCausalLM(cfg), seed, router_scale), seed, 0.3)
+    if version == "glm4_moe_lite":
+        common.pop("first_k_dense_replace")
+        cfg = Glm4MoeLiteConfig(n_group=n_group, topk_group=topk_group, norm_topk_prob=True,
+                                mlp_layer_types=["dense"] * first_dense + ["sparse"] * (n_layers - first_dense),
+                                **common)
+        cfg.num_nextn_predict_layers = 1   # GLM-4.7-Flash's checkpoint has one after its layers
+        return _randomise_biases(moe._randomise(Glm4MoeLiteForCausalLM(cfg), seed, router_scale), seed, 0.3)
     cfg = DeepseekV3Config(n_group=n_group, topk_group=topk_group, norm_topk_prob=True, num_nextn_predict_layers=1,
                            **common)
     return _randomise_biases(moe._randomise(DeepseekV3ForCausalLM(cfg), seed, router_scale), seed, 0.3)
@@ -150,7 +161,7 @@ def save_hf(model, tok, out_dir: Path) -> Path:
     (model.layers.<n_layers>.*: a decoder layer's tensors plus eh_proj, enorm, hnorm and
     shared_head) as its checkpoints have, and num_nextn_predict_layers 1 in its config."""
     d = moe.save_hf(model, tok, out_dir)
-    if model.config.model_type not in ("glm4_moe", "deepseek_v3"):
+    if model.config.model_type not in ("glm4_moe", "deepseek_v3", "glm4_moe_lite"):
         return d
     sd = load_file(str(d / "model.safetensors"))
     n, dim = model.config.num_hidden_layers, model.config.hidden_size
@@ -214,14 +225,15 @@ def _ernie4_5_moe_meta(c, mtp: bool) -> dict:
 
 def _deepseek2_meta(c, mtp: bool) -> dict:
     """DeepseekV2Model's keys (the legacy layout: attn_kv_b whole, key_length the query head)."""
-    v3 = c.model_type == "deepseek_v3"
+    v3 = c.model_type != "deepseek_v2"   # V3's router (GLM-4.7-Flash's too)
     rope = c.rope_parameters
     return {
         "add_block_count": c.num_hidden_layers + (1 if mtp and v3 else 0), "add_key_length": c.qk_head_dim,
         "add_value_length": c.v_head_dim, "add_rope_dimension_count": c.qk_rope_head_dim,
         "add_kv_lora_rank": c.kv_lora_rank, "add_q_lora_rank": c.q_lora_rank or None,
         "add_expert_count": c.n_routed_experts, "add_expert_shared_count": c.n_shared_experts,
-        "add_leading_dense_block_count": c.first_k_dense_replace,
+        "add_leading_dense_block_count": (c.mlp_layer_types.count("dense") if getattr(c, "mlp_layer_types", None)
+                                          else c.first_k_dense_replace),
         "add_expert_weights_scale": float(c.routed_scaling_factor),
         "add_expert_weights_norm": bool(getattr(c, "norm_topk_prob", False)),
         "add_expert_gating_func": gguf.ExpertGatingFuncType.SIGMOID if v3 else gguf.ExpertGatingFuncType.SOFTMAX,
@@ -264,7 +276,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
         extra_meta = {"add_key_length": c.kv_lora_rank + c.qk_rope_head_dim, "add_value_length": c.kv_lora_rank,
                       "add_key_length_mla": c.qk_head_dim, "add_value_length_mla": c.v_head_dim,
                       "add_head_count_kv": 1, **(extra_meta or {})}
-    if not mtp or arch != "glm4moe" and c.model_type != "deepseek_v3":
+    if not mtp or arch != "glm4moe" and c.model_type == "deepseek_v2":
         tensors = {n: t for n, t in tensors.items() if not n.startswith(f"blk.{c.num_hidden_layers}.")}
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")

@@ -27,7 +27,7 @@ def ids_for(vocab, n, seed):
 
 
 @pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3"])
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3", "glm4moe-lite"])
 def test_split_kv_b_layout_matches_transformers(forgert, models, metal_reason, tmp_path, tiny_tokenizer, name, backend):
     """Newer converters split attn_kv_b into attn_k_b (transposed) and attn_v_b, describe the
     latent with key_length / value_length and write one KV head: the same model."""
@@ -85,7 +85,7 @@ def test_gguf_yarn_without_its_log_multiplier_is_named(forgert, models, tmp_path
         forgert.Model(str(path), backend="cpu")
 
 
-@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3"])
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3", "glm4moe-lite"])
 def test_quantize_from_hf_dir(forgert, models, tmp_path, name):
     """`forgert quantize` of the HF directory writes llama.cpp's deepseek2 GGUF (attn_kv_b whole,
     the MTP layer left out), which runs as transformers does; the gguf package reads its keys."""

@@ -23,6 +23,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
+                  "glm4_moe_lite": "deepseek2",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -817,7 +818,9 @@ def _deepseek2_gguf(meta, p, cfg: ModelConfig, source, value_len: int) -> None:
     shared = _get_int(meta, p + "expert_shared_count", source, default=0, minimum=0, maximum=cfg.n_expert,
                       held_by="expert_count")
     cfg.shared_ffn_dim = cfg.expert_ffn_dim * shared
-    gating = _get_int(meta, p + "expert_gating_func", source, default=1)
+    # absent: softmax (DeepSeek V2's files), or sigmoid for GLM-4.7-Flash's, as llama.cpp tells them apart
+    glm47_lite = cfg.n_layers in (47, 48) and cfg.vocab == 154880
+    gating = _get_int(meta, p + "expert_gating_func", source, default=2 if glm47_lite else 1)
     if gating not in _GGUF_GATING:
         _fail(source, f"expert_gating_func {gating} is not supported (1: softmax, 2: sigmoid)")
     cfg.router = _GGUF_GATING[gating]
@@ -836,7 +839,9 @@ def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> No
     layers, then n_routed_experts of moe_intermediate_size with n_shared_experts shared, routed by
     DeepSeek V2's softmax (topk_method greedy; group_limited_greedy's per-group maximum is refused
     with groups) or V3's sigmoid router (noaux_tc: e_score_correction_bias, n_group / topk_group,
-    norm_topk_prob), the weights times routed_scaling_factor; num_nextn_predict_layers not run."""
+    norm_topk_prob), the weights times routed_scaling_factor; num_nextn_predict_layers not run.
+    GLM-4.7-Flash (glm4_moe_lite) is DeepSeek V3's attention with GLM-4.5's router (V3's) and
+    mlp_layer_types naming the dense and the MoE layers (the dense ones must lead)."""
     extent = _extent_bound(census)
     if hf.get("attention_bias"):
         _fail(source, "attention_bias=true on latent attention is not supported")
@@ -850,16 +855,22 @@ def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> No
     cfg.mla_v_head_dim = _get_int(hf, "v_head_dim", source, **extent)
     if cfg.mla_v_head_dim > cfg.head_dim:
         _fail(source, f"v_head_dim {cfg.mla_v_head_dim} wider than the key heads of {cfg.head_dim} is not supported")
-    cfg.rope_neox = hf.get("model_type") == "deepseek_v3" and hf.get("rope_interleave", True) is False
+    cfg.rope_neox = hf.get("model_type") != "deepseek_v2" and hf.get("rope_interleave", True) is False
     cfg.n_expert = _get_int(hf, "n_routed_experts", source, **extent)
     cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
     cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, **extent)
     cfg.shared_ffn_dim = cfg.expert_ffn_dim * _get_int(hf, "n_shared_experts", source, default=0, minimum=0,
                                                        maximum=cfg.n_expert, held_by="n_routed_experts")
     cfg.n_dense_lead = _get_int(hf, "first_k_dense_replace", source, default=0, minimum=0)
+    kinds = hf.get("mlp_layer_types")
+    if kinds is not None:   # GLM-4.7-Flash: ["dense", ..., "sparse", ...]
+        lead = next((i for i, k in enumerate(kinds) if k != "dense"), len(kinds)) if isinstance(kinds, list) else -1
+        if lead < 0 or len(kinds) != cfg.n_layers or any(k != "sparse" for k in kinds[lead:]):
+            _fail(source, f"mlp_layer_types must be dense layers then sparse ones, one per layer, got {kinds!r}")
+        cfg.n_dense_lead = lead
     cfg.expert_weights_scale = _get_float(hf, "routed_scaling_factor", source, default=1.0)
     groups, used = hf.get("n_group") or 1, hf.get("topk_group") or 1
-    method = hf.get("topk_method", "noaux_tc" if hf.get("model_type") == "deepseek_v3" else "greedy")
+    method = hf.get("topk_method", "greedy" if hf.get("model_type") == "deepseek_v2" else "noaux_tc")
     if method == "noaux_tc":       # V3: sigmoid scores, selection bias, groups by top-2 sum
         cfg.router, cfg.router_select_bias = "sigmoid", True
         cfg.expert_groups = _get_int({"n_group": groups}, "n_group", source)
@@ -1265,7 +1276,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _glm4moe_hf(hf, cfg, source, census)
     if model_type == "ernie4_5_moe":
         _ernie4_5_moe_hf(hf, cfg, source, census)
-    if model_type in ("deepseek_v2", "deepseek_v3"):
+    if model_type in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite"):
         _deepseek_hf(hf, cfg, source, census)
     if model_type == "gpt_oss":
         _gpt_oss_hf(hf, cfg, source)

@@ -127,6 +127,7 @@ _DEEPSEEK_LAYER_NAMES = {
 }
 _LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
+                              "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES,
                               "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
