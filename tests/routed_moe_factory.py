@@ -48,11 +48,15 @@ _LAYER = {
     "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
     "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight", "self_attn.kv_b_proj.weight": "attn_kv_b.weight",
     "embed_tokens.weight": "nextn.embed_tokens.weight", "shared_head.head.weight": "nextn.shared_head_head.weight",
+    # MiniMax-M2's Mixtral-style names
+    "block_sparse_moe.gate.weight": "ffn_gate_inp.weight", "block_sparse_moe.e_score_correction_bias": "exp_probs_b.bias",
 }
 # GLM-4.5's converter names the MLP's input norm post_attention_norm (llama.cpp's glm4moe layout)
 _RENAMED = {"glm4moe": {"ffn_norm.weight": "post_attention_norm.weight"}}
-_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_STACK = {"gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps"}
+_EXPERT = re.compile(r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\."
+                     r"(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+_STACK = {"gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps",
+          "w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps"}
 
 # name -> (arch, builder arguments). "glm4moe": GLM-4.5's layout (per-head QK-norm, 8 experts in 2
 # groups of which 1 is chosen, top 2 renormalised, weights times 2.5, one shared expert, layer 0
@@ -73,12 +77,16 @@ MODELS = {
     # "glm4moe-lite": GLM-4.7-Flash's (V3's latent attention and router, value heads wider than
     # the rope part, weights times 1.8, mlp_layer_types).
     "glm4moe-lite": ("deepseek2", dict(version="glm4_moe_lite", seed=46, q_lora=64, v=48, scale=1.8)),
+    # "minimax-m2": MiniMax-M2's (whole-row QK-norm, half of each head rotated, 8 experts top 2 by
+    # sigmoid plus the selection bias, renormalised; no shared expert, no dense layer).
+    "minimax-m2": ("minimax-m2", dict(seed=47)),
 }
 
 
 def build(name: str, vocab: int):
     arch, kwargs = MODELS[name]
-    return {"glm4moe": build_glm4moe, "ernie4_5-moe": build_ernie4_5_moe, "deepseek2": build_deepseek}[arch](vocab, **kwargs)
+    return {"glm4moe": build_glm4moe, "ernie4_5-moe": build_ernie4_5_moe, "deepseek2": build_deepseek,
+            "minimax-m2": build_minimax_m2}[arch](vocab, **kwargs)
 
 
 def _randomise_biases(model, seed, bias_std):
@@ -154,6 +162,18 @@ def build_deepseek(vocab: int, version: int, hidden=64, n_layers=3, n_heads=4, f
     cfg = DeepseekV3Config(n_group=n_group, topk_group=topk_group, norm_topk_prob=True, num_nextn_predict_layers=1,
                            **common)
     return _randomise_biases(moe._randomise(DeepseekV3ForCausalLM(cfg), seed, router_scale), seed, 0.3)
+
+
+def build_minimax_m2(vocab: int, hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, moe_ffn=32, n_expert=8,
+                     top_k=2, rotary_dim=16, seed=47, router_scale=0.5):
+    from transformers import MiniMaxM2Config, MiniMaxM2ForCausalLM
+    torch.manual_seed(seed)
+    cfg = MiniMaxM2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=moe_ffn, num_hidden_layers=n_layers,
+                          num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=head_dim,
+                          num_local_experts=n_expert, num_experts_per_tok=top_k, rotary_dim=rotary_dim,
+                          max_position_embeddings=256, rms_norm_eps=1e-6, initializer_range=0.1, bos_token_id=0,
+                          eos_token_id=1, pad_token_id=None, tie_word_embeddings=False)
+    return _randomise_biases(moe._randomise(MiniMaxM2ForCausalLM(cfg), seed, router_scale), seed, 0.3)
 
 
 def save_hf(model, tok, out_dir: Path) -> Path:
@@ -246,6 +266,14 @@ def _deepseek2_meta(c, mtp: bool) -> dict:
     }
 
 
+def _minimax_m2_meta(c, mtp: bool) -> dict:
+    """MiniMaxM2Model's keys: the experts as wide as feed_forward_length, the sigmoid router."""
+    return {"add_block_count": c.num_hidden_layers, "add_expert_count": c.num_local_experts,
+            "add_expert_feed_forward_length": c.intermediate_size,
+            "add_rope_dimension_count": int(c.head_dim * c.rope_parameters["partial_rotary_factor"]),
+            "add_expert_gating_func": gguf.ExpertGatingFuncType.SIGMOID}
+
+
 def split_kv_b(tensors: dict, model_cfg) -> dict:
     """The newer converters' layout of latent attention: attn_kv_b split into attn_k_b [heads,
     kv_lora, nope] (each head's K rows transposed) and attn_v_b [heads, v, kv_lora]."""
@@ -283,12 +311,13 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
     rope = c.rope_parameters
     meta = {
         "add_context_length": 256, "add_embedding_length": c.hidden_size, "add_feed_forward_length": c.intermediate_size,
-        "add_expert_feed_forward_length": c.moe_intermediate_size, "add_key_length": c.head_dim,
+        "add_expert_feed_forward_length": getattr(c, "moe_intermediate_size", None), "add_key_length": c.head_dim,
         "add_value_length": c.head_dim, "add_head_count": c.num_attention_heads,
         "add_head_count_kv": c.num_attention_heads if arch == "deepseek2" else c.num_key_value_heads, "add_rope_freq_base": float(rope["rope_theta"]),
         "add_layer_norm_rms_eps": c.rms_norm_eps, "add_vocab_size": c.vocab_size,
         "add_expert_used_count": c.num_experts_per_tok,
-        **{"glm4moe": _glm4moe_meta, "ernie4_5-moe": _ernie4_5_moe_meta, "deepseek2": _deepseek2_meta}[arch](c, mtp),
+        **{"glm4moe": _glm4moe_meta, "ernie4_5-moe": _ernie4_5_moe_meta, "deepseek2": _deepseek2_meta,
+           "minimax-m2": _minimax_m2_meta}[arch](c, mtp),
         **(extra_meta or {}),
     }
     for key, value in meta.items():

@@ -1,10 +1,10 @@
 """The mixtures of experts with shared experts and leading dense layers (tests/routed_moe_factory.py:
 GLM-4.5 and GLM-4.5-Air, glm4moe; ERNIE 4.5 MoE, ernie4_5-moe; DeepSeek V2-Lite, V3 and
-GLM-4.7-Flash with latent attention, deepseek2) against transformers: logits on prefill and decode, as HF F32 and
+GLM-4.7-Flash with latent attention, deepseek2; MiniMax-M2, minimax-m2) against transformers: logits on prefill and decode, as HF F32 and
 GGUF F32 / Q8_0, on the CPU and emulated Metal, and 32 greedy tokens.
 
 Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here, worst over the
-six models (64-token prefill, 24 decode steps), max_rel / rms_rel:
+seven models (64-token prefill, 24 decode steps), max_rel / rms_rel:
   F32 (HF and GGUF), CPU and Metal: 1.44e-4 / 9.0e-5 (bounds 5e-4 / 2.5e-4)
   Q8_0, CPU prefill 4.3e-4 / 2.6e-4, decode 4.1e-4 / 3.4e-4 (bounds 3e-3 / 2e-3);
   Q8_0, Metal 1.15e-3 / 6.4e-4 (bounds 5e-3 / 4e-3); argmax agreement 1.0 (bound 0.95)
@@ -56,7 +56,7 @@ def test_decode_logits_match_transformers(forgert, models, metal_reason, name, f
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
-@pytest.mark.parametrize("name", ["glm4moe", "ernie4_5-moe", "deepseek-v2-lite", "deepseek-v3", "glm4moe-lite"])
+@pytest.mark.parametrize("name", ["glm4moe", "ernie4_5-moe", "deepseek-v2-lite", "deepseek-v3", "glm4moe-lite", "minimax-m2"])
 def test_greedy_32_tokens_equal_transformers(forgert, models, name, fmt):
     model, files, refs = models(name)
     prompt = ids_for(model.config.vocab_size, 8, 4)

@@ -13,7 +13,7 @@ from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", "phi3", "olmo2", "exaone4",
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
-                   "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2",
+                   "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
                    "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
@@ -23,7 +23,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
-                  "glm4_moe_lite": "deepseek2",
+                  "glm4_moe_lite": "deepseek2", "minimax_m2": "minimax-m2",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -54,7 +54,9 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # softmax probability plus a selection bias, always renormalised, beside an ungated shared expert.
 # DeepSeek V2 / V3 (deepseek2) is Llama with multi-head latent attention (mla.py builds its K and V
 # expansions) and experts under DeepSeek's routers.
-_CORE_ARCH = {"glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# MiniMax-M2 (minimax-m2) is Llama with OLMo 2's whole-row QK-norm, half of each head rotated and
+# Mixtral-style experts under a sigmoid router with a selection bias, renormalised.
+_CORE_ARCH = {"glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -83,14 +85,14 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
 _QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
-            "exaone4": "head", "olmo2": "whole", "olmoe": "whole"}
+            "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
 SMOLLM3_NO_ROPE_INTERVAL = 4
 # Architectures whose GGUF keeps HF's half-split RoPE layout (llama.cpp's NEOX rope type); the
 # converter permutes the others' Q/K rows for adjacent-pair rotation.
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
-                    "qwen2moe", "nemotron", "glm4moe",
+                    "qwen2moe", "nemotron", "glm4moe", "minimax-m2",
                     "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe")
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
@@ -547,6 +549,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _no_mrope_or_mtp(meta, p, source)
     if arch == "glm4moe":
         _glm4moe_gguf(meta, p, cfg, source)
+    if arch == "minimax-m2":
+        _minimax_m2_gguf(meta, p, cfg, source)
     if arch == "ernie4_5-moe":
         _no_mrope_or_mtp(meta, p, source)
         _ernie4_5_moe_gguf(meta, p, cfg, source)
@@ -639,7 +643,7 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
     # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
     # Granite MoE: a softmax over the top-k logits, the same as renormalising.
-    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe")
+    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe", "minimax_m2")
                             else bool(hf.get("norm_topk_prob", False)))
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
@@ -718,6 +722,21 @@ def _glm4moe_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> Non
     if hf.get("hidden_act", "silu") != "silu":
         _fail(source, f"hidden_act '{hf.get('hidden_act')}' is not supported (GLM-4.5 uses silu)")
     _check_experts(cfg, source)
+    _check_router(cfg, source)
+
+
+def _minimax_m2_gguf(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp's minimax-m2: expert_gating_func (sigmoid as its converter writes it), the
+    selection bias (exp_probs_b) required, the weights always renormalised, times
+    expert_weights_scale where the file has one."""
+    if not cfg.n_expert:
+        _fail(source, "minimax-m2 without expert_count")
+    gating = _get_int(meta, p + "expert_gating_func", source, default=2)
+    if gating not in _GGUF_GATING:
+        _fail(source, f"expert_gating_func {gating} is not supported (1: softmax, 2: sigmoid)")
+    cfg.router, cfg.router_select_bias, cfg.expert_norm_topk = _GGUF_GATING[gating], True, True
+    scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
+    cfg.expert_weights_scale = scale if scale > 0 else 1.0
     _check_router(cfg, source)
 
 
@@ -1278,6 +1297,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _ernie4_5_moe_hf(hf, cfg, source, census)
     if model_type in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite"):
         _deepseek_hf(hf, cfg, source, census)
+    if model_type == "minimax_m2":   # MiniMaxM2TopKRouter: sigmoid, the bias choosing, renormalised
+        if not cfg.n_expert:
+            _fail(source, "minimax_m2 without num_local_experts")
+        cfg.router, cfg.router_select_bias, cfg.expert_norm_topk = "sigmoid", True, True
     if model_type == "gpt_oss":
         _gpt_oss_hf(hf, cfg, source)
     if model_type == "smollm3":

@@ -138,6 +138,8 @@ def _write_hf_expert_metadata(writer, c):
             writer.add_u32(f"{arch}.expert_group_used_count", c.expert_groups_used)
     elif c.shared_ffn_dim:
         writer.add_u32(f"{arch}.expert_shared_feed_forward_length", c.shared_ffn_dim)
+    if arch == "minimax-m2":   # MiniMaxM2Model's: the sigmoid router
+        writer.add_u32(f"{arch}.expert_gating_func", 2)
     if arch == "ernie4_5-moe":   # Ernie4_5MoeModel's: every layer from the leading dense ones is MoE
         writer.add_u32(f"{arch}.interleave_moe_layer_step", 1)
         writer.add_u32(f"{arch}.leading_dense_block_count", c.n_dense_lead)

@@ -125,7 +125,10 @@ _DEEPSEEK_LAYER_NAMES = {
     "self_attn.q_b_proj.weight": "attn_q_b.weight", "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
     "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight", "self_attn.kv_b_proj.weight": "attn_kv_b.weight",
 }
+# MiniMax-M2: Mixtral's names, its router's selection bias beside the experts
+_MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_bias": "exp_probs_b.bias"}
 _LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
+                              "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
                               "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES,
                               "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
