@@ -12,6 +12,11 @@ template teaches:
   glm45    GLM-4.5 / 4.6 / 4.7: <tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>...</tool_call>
            (newlines between the parts), V as written for string parameters and JSON otherwise, as
            its template writes the arguments of earlier calls
+  minimax  MiniMax-M2: <minimax:tool_call><invoke name="NAME"><parameter name="K">V</parameter>...
+           </invoke>...</minimax:tool_call>, V read as glm45's
+  deepseek DeepSeek V3 / R1 / V3.1: <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}
+           <｜tool▁call▁end｜>...<｜tool▁calls▁end｜>, or (V3, R1) function<｜tool▁sep｜>NAME then the
+           arguments in a ```json fence
   harmony  gpt-oss: a commentary message whose header names the recipient, the body the arguments:
            <|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}  (the header
            is split off by server/harmony_output.py; harmony_call reads one such message)
@@ -59,6 +64,10 @@ def template_style(template: str | None) -> str:
         return "harmony"
     if "<arg_key>" in t:    # GLM-4.5's XML calls (its template has <tool_call> too)
         return "glm45"
+    if "<minimax:tool_call>" in t:
+        return "minimax"
+    if DEEPSEEK_CALLS_BEGIN in t:
+        return "deepseek"
     if "[TOOL_CALLS]" in t:
         return "mistral"
     if "<tool_call>" in t:
@@ -98,7 +107,14 @@ def messages_with_tools(template: str | None, messages, tools) -> tuple[list, di
 
 # Text that, at the start of a tool call in each style, ends the plain content.
 # Harmony has none in the text: its calls are told apart by their message headers (harmony_call).
-CALL_MARKERS = {"hermes": ("<tool_call>",), "glm45": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{"),
+DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+DEEPSEEK_CALL_BEGIN, DEEPSEEK_CALL_END, DEEPSEEK_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
+# The styles whose calls are tagged blocks that may follow some prose: (opening tag, closing tag).
+BLOCK_TAGS = {"hermes": ("<tool_call>", "</tool_call>"), "glm45": ("<tool_call>", "</tool_call>"),
+              "minimax": ("<minimax:tool_call>", "</minimax:tool_call>"),
+              "deepseek": (DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END)}
+CALL_MARKERS = {"hermes": ("<tool_call>",), "glm45": ("<tool_call>",), "minimax": ("<minimax:tool_call>",),
+                "deepseek": (DEEPSEEK_CALLS_BEGIN,), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{"),
                 "harmony": ()}
 
 
@@ -154,6 +170,17 @@ def parameter_types(tools) -> dict:
     return out
 
 
+def _typed_value(raw: str, kind):
+    """A call argument written as text: as written where the schema says string, else JSON (as
+    written when it is not JSON)."""
+    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def _glm45_call(body: str, types: dict) -> ToolCall | None:
     """One GLM-4.5 call body (NAME, then <arg_key>/<arg_value> pairs); None unless that is all it
     holds. A value is kept as written where the function's schema says string, else read as JSON
@@ -167,37 +194,93 @@ def _glm45_call(body: str, types: dict) -> ToolCall | None:
     for m in _GLM_ARG.finditer(body, pos):
         if body[pos:m.start()].strip():
             return None
-        key, raw = m.group(1).strip(), m.group(2)
-        kind = params.get(key)
-        if kind == "string" or (isinstance(kind, list) and "string" in kind):
-            args[key] = raw
-        else:
-            try:
-                args[key] = json.loads(raw)
-            except json.JSONDecodeError:
-                args[key] = raw
+        key = m.group(1).strip()
+        args[key] = _typed_value(m.group(2), params.get(key))
         pos = m.end()
     if body[pos:].strip():
         return None
     return ToolCall(name, json.dumps(args, ensure_ascii=False))
 
 
+_MINIMAX_INVOKE = re.compile(r'<invoke name="([^"]+)">(.*?)</invoke>', re.S)
+_MINIMAX_PARAM = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.S)
+
+
+def _only(pattern: re.Pattern, text: str) -> list | None:
+    """pattern's matches when they and whitespace make up all of text, else None."""
+    found, pos = [], 0
+    for m in pattern.finditer(text):
+        if text[pos:m.start()].strip():
+            return None
+        found.append(m)
+        pos = m.end()
+    return found if not text[pos:].strip() else None
+
+
+def _minimax_calls(body: str, types: dict) -> list:
+    """The calls of one <minimax:tool_call> block: its <invoke>s, each with its <parameter>s (a
+    value's surrounding newlines are the template's layout, not the value)."""
+    invokes = _only(_MINIMAX_INVOKE, body)
+    if not invokes:
+        return [None]
+    calls = []
+    for inv in invokes:
+        params = _only(_MINIMAX_PARAM, inv.group(2))
+        if params is None:
+            return [None]
+        kinds = types.get(inv.group(1), {})
+        args = {p.group(1): _typed_value(p.group(2).strip("\n"), kinds.get(p.group(1))) for p in params}
+        calls.append(ToolCall(inv.group(1), json.dumps(args, ensure_ascii=False)))
+    return calls
+
+
+def _deepseek_calls(body: str) -> list:
+    """The calls of one DeepSeek calls block: NAME<｜tool▁sep｜>ARGS (V3.1), or
+    function<｜tool▁sep｜>NAME, a newline and ARGS in a ```json fence (V3, R1)."""
+    calls, rest = [], body.strip()
+    while rest:
+        if not rest.startswith(DEEPSEEK_CALL_BEGIN):
+            return [None]
+        one, closed, rest = rest[len(DEEPSEEK_CALL_BEGIN):].partition(DEEPSEEK_CALL_END)
+        name, sep, args = one.partition(DEEPSEEK_SEP)
+        if not closed or not sep:
+            return [None]
+        if name.strip() == "function" and "\n" in args:   # V3 / R1: the name, then fenced JSON
+            name, _, args = args.partition("\n")
+            args = args.strip().removeprefix("```json").removesuffix("```")
+        values = _json_values(args.strip())
+        if not name.strip() or len(values) != 1 or not isinstance(values[0], dict):
+            return [None]
+        calls.append(ToolCall(name.strip(), json.dumps(values[0], ensure_ascii=False)))
+        rest = rest.strip()
+    return calls or [None]
+
+
+def _block_calls(style: str, body: str, types: dict) -> list:
+    """The calls one tagged block holds ([None] when it is not a well-formed call block)."""
+    if style == "glm45":
+        return [_glm45_call(body, types)]
+    if style == "minimax":
+        return _minimax_calls(body, types)
+    if style == "deepseek":
+        return _deepseek_calls(body)
+    return [_call_from_object(v) for v in _flatten(_json_values(body.strip()))]
+
+
 def parse_tool_calls(text: str, style: str, tools=None) -> tuple[str, list[ToolCall]]:
     """(content left, tool calls) from a whole answer. Text that does not parse as calls stays
     content: a model that meant to answer in prose is not turned into a broken call. tools: the
-    request's, whose parameter types GLM-4.5's calls are read by."""
-    if style in ("hermes", "glm45"):
-        types = parameter_types(tools) if style == "glm45" else {}
+    request's, whose parameter types the XML styles' (GLM-4.5's, MiniMax-M2's) values are read by."""
+    if style in BLOCK_TAGS:
+        open_tag, close_tag = BLOCK_TAGS[style]
+        types = parameter_types(tools)
         content, calls, rest = [], [], text
-        while "<tool_call>" in rest:
-            before, _, after = rest.partition("<tool_call>")
-            body, closed, rest = after.partition("</tool_call>")
-            if style == "glm45":
-                found = [_glm45_call(body, types)] if closed else []
-            else:
-                found = [_call_from_object(v) for v in _flatten(_json_values(body.strip()))]
+        while open_tag in rest:
+            before, _, after = rest.partition(open_tag)
+            body, closed, rest = after.partition(close_tag)
+            found = _block_calls(style, body, types) if closed or style == "hermes" else []
             if not found or None in found:
-                content.append(before + "<tool_call>" + body + ("</tool_call>" if closed else ""))
+                content.append(before + open_tag + body + (close_tag if closed else ""))
                 continue
             content.append(before)
             calls.extend(found)

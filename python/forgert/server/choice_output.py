@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..tool_calls import CALL_MARKERS, ToolCall, parse_tool_calls
+from ..tool_calls import BLOCK_TAGS, CALL_MARKERS, ToolCall, parse_tool_calls
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -103,7 +103,7 @@ class ChoiceOutput:
         if style is None:
             return text
         markers = CALL_MARKERS[style]
-        if style in ("hermes", "glm45"):      # a call may follow some prose
+        if style in BLOCK_TAGS:      # a call may follow some prose
             hits = [i for i in (text.find(m) for m in markers) if i >= 0]
             if hits:
                 self._held_call = text[min(hits):]

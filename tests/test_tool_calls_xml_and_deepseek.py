@@ -1,8 +1,8 @@
-"""GLM-4.5's tool calls (GLM-4.5 / 4.6 / 4.7 write XML, not JSON): the tools rendered by its
-template style (checked against transformers' apply_chat_template), calls parsed out of the
-model's text with each argument read by its schema type (as written for strings, JSON for
-the rest: what the template writes for earlier calls), whole, streamed in pieces, and through the
-server to the official `openai` client.
+"""Tool calls in the formats that are not JSON objects in tags: GLM-4.5's and MiniMax-M2's XML
+(each argument read by its schema type: as written for strings, JSON for the rest, which is what
+GLM-4.5's template writes for earlier calls) and DeepSeek's special-token blocks (V3.1's
+NAME<sep>JSON, V3 / R1's fenced JSON). Parsed whole, streamed in pieces, and through the server
+to the official `openai` client; GLM-4.5's template style rendered as transformers renders it.
 """
 from __future__ import annotations
 
@@ -167,3 +167,75 @@ def test_the_server_returns_glm45_calls_to_the_openai_client(tiny_model, stream)
     assert reason == "tool_calls"
     assert content.strip() == "Checking."
     assert calls == [("search", ARGS)]
+
+
+# ----------------------------------------------------------------------------- MiniMax-M2 and DeepSeek
+
+MINIMAX_CALL = ('<minimax:tool_call>\n<invoke name="search">\n<parameter name="query">weather in Paris</parameter>\n'
+                '<parameter name="limit">3</parameter>\n<parameter name="exact">false</parameter>\n'
+                '<parameter name="filters">{"lang": ["fr", "en"]}</parameter>\n<parameter name="code">42</parameter>\n'
+                '</invoke>\n<invoke name="now">\n</invoke>\n</minimax:tool_call>')
+DEEPSEEK_V31_CALL = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>search<｜tool▁sep｜>" + json.dumps(ARGS)
+                     + "<｜tool▁call▁end｜><｜tool▁call▁begin｜>now<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+DEEPSEEK_V3_CALL = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>search\n```json\n" + json.dumps(ARGS)
+                    + "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+
+
+@pytest.mark.parametrize("style, text, calls", [
+    ("minimax", MINIMAX_CALL, [("search", ARGS), ("now", {})]),
+    ("deepseek", DEEPSEEK_V31_CALL, [("search", ARGS), ("now", {})]),
+    ("deepseek", DEEPSEEK_V3_CALL, [("search", ARGS)]),
+])
+def test_minimax_and_deepseek_calls(style, text, calls):
+    left, found = parse_tool_calls("Let me look.\n" + text, style, [SEARCH])
+    assert left == "Let me look."
+    assert calls_of(found) == calls
+
+
+@pytest.mark.parametrize("style, text", [
+    ("minimax", '<minimax:tool_call>\n<invoke name="search">\n<parameter name="q">x</parameter>\n'),   # cut short
+    ("minimax", '<minimax:tool_call>stray <invoke name="now"></invoke></minimax:tool_call>'),
+    ("deepseek", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>search<｜tool▁sep｜>{broken<｜tool▁call▁end｜><｜tool▁calls▁end｜>"),
+    ("deepseek", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>search<｜tool▁sep｜>{}"),                    # cut short
+])
+def test_broken_minimax_and_deepseek_calls_stay_content(style, text):
+    assert parse_tool_calls(text, style, [SEARCH]) == (text, [])
+
+
+def test_template_styles_of_minimax_and_deepseek():
+    assert template_style("{{ '<minimax:tool_call>' }}<invoke name=") == "minimax"
+    assert template_style("{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>'}}") == "deepseek"
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+@pytest.mark.parametrize("style, text, calls", [
+    ("minimax", MINIMAX_CALL, [("search", ARGS), ("now", {})]),
+    ("deepseek", DEEPSEEK_V31_CALL, [("search", ARGS), ("now", {})]),
+])
+def test_minimax_and_deepseek_calls_streamed_in_pieces(size, style, text, calls):
+    content, _, found = feed_in_pieces(OutputMode(tool_style=style, tools=[SEARCH]), "Checking.\n" + text, size)
+    assert content == "Checking.\n" and calls_of(found) == calls
+
+
+# Templates that teach these formats (only the markers matter to the server: the scripted output is fixed).
+MINIMAX_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                    "{% if tools %}<tools>{{ tools | tojson }}</tools> answer with <minimax:tool_call>{% endif %}"
+                    "{% if add_generation_prompt %}<assistant>{% endif %}")
+DEEPSEEK_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                     "{% if tools %}<tools>{{ tools | tojson }}</tools>{{ '<｜tool▁calls▁begin｜>' }}{% endif %}"
+                     "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("template, text, calls", [
+    (MINIMAX_TEMPLATE, MINIMAX_CALL, [("search", ARGS), ("now", {})]),
+    (DEEPSEEK_TEMPLATE, DEEPSEEK_V3_CALL, [("search", ARGS)]),
+])
+def test_the_server_returns_minimax_and_deepseek_calls(tiny_model, stream, template, text, calls):
+    with LiveServer(ScriptedModel(tiny_model, "Checking.\n" + text, template), model_id="scripted") as server:
+        content, _, found, reason = collect_choice(
+            server.openai_client(), stream, model="scripted", tools=[SEARCH],
+            messages=[{"role": "user", "content": "Weather in Paris?"}])
+    assert reason == "tool_calls"
+    assert content.strip() == "Checking."
+    assert found == calls
