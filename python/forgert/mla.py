@@ -11,12 +11,15 @@ V. The core runs K and V as ordinary per-head rows, so each is one matmul from t
   attn_v_from_latent  [n_heads * head_dim, kv_lora + rope]: head h's rows are v_b_h, then zero
                       rows up to head_dim (K and V share the cache's layout)
 
-built in F32 from the stored weights (exact: a quantized weight is dequantized once, and the
-identity and zeros are exact). The core rotates the first rope dims of each head, where DeepSeek
+built from the stored weights (a quantized weight dequantized once; the identity and zeros are
+exact) in F32 where kv_b is F32, else in F16: F16 holds an F16 or BF16 weight's values (BF16's
+8-bit mantissas fit F16's 11 within its range) and rounds a quantized one's by at most 2^-11 of
+each value, far inside the quantization's own error. The core rotates the first rope dims of each head, where DeepSeek
 puts the rope part last: the query's rows are reordered per head to [rope, nope], a copy of whole
 rows (quantized rows stay as stored). Memory: the two expansions cost 2 * n_heads * head_dim *
-(kv_lora + rope) * 4 bytes a layer (DeepSeek-V2-Lite: 14 MB a layer, 380 MB in all), and the
-cache holds full heads (2 * n_heads * head_dim halves per token and layer), not the latent.
+(kv_lora + rope) * 4 bytes a layer in F32 (DeepSeek-V2-Lite: 14 MB a layer, 380 MB in all; half
+that in F16), and the cache holds full heads (2 * n_heads * head_dim halves per token and layer),
+not the latent.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ModelFormatError
-from .ggml_types import F32, row_nbytes
+from .ggml_types import F16, F32, row_nbytes
 from .quants import dequantize
 from .weights import WeightTensor
 
@@ -60,14 +63,15 @@ def _rope_first(t: WeightTensor, heads: int, nope: int, rope: int) -> WeightTens
 
 
 def _kv_b(tensors: dict, p: str, heads: int, nope: int, v: int, lora: int, source: str):
-    """(k_b [heads, nope, lora], v_b [heads, v, lora]) float32, from attn_kv_b or attn_k_b + attn_v_b."""
+    """(k_b [heads, nope, lora], v_b [heads, v, lora]) float32 from attn_kv_b or attn_k_b + attn_v_b,
+    and whether they were stored as F32."""
     kv = tensors.pop(p + "attn_kv_b.weight", None)
     if kv is not None:
         if tuple(kv.shape) != (heads * (nope + v), lora):
             raise ModelFormatError(f"{kv.source}: tensor '{kv.name}' has shape {tuple(kv.shape)}, expected "
                                    f"{(heads * (nope + v), lora)}")
         w = _f32_matrix(kv, heads * (nope + v), lora).reshape(heads, nope + v, lora)
-        return w[:, :nope], w[:, nope:]
+        return w[:, :nope], w[:, nope:], kv.type_id == F32
     kb, vb = _need(tensors, p + "attn_k_b.weight", source), _need(tensors, p + "attn_v_b.weight", source)
     tensors.pop(p + "attn_k_b.weight")
     tensors.pop(p + "attn_v_b.weight")
@@ -76,7 +80,7 @@ def _kv_b(tensors: dict, p: str, heads: int, nope: int, v: int, lora: int, sourc
             raise ModelFormatError(f"{t.source}: tensor '{t.name}' has shape {tuple(t.shape)}, expected {want} "
                                    f"(heads, rows, cols)")
     k = _f32_matrix(kb, heads * lora, nope).reshape(heads, lora, nope).transpose(0, 2, 1)
-    return k, _f32_matrix(vb, heads * v, lora).reshape(heads, v, lora)
+    return k, _f32_matrix(vb, heads * v, lora).reshape(heads, v, lora), kb.type_id == F32 and vb.type_id == F32
 
 
 def latent_attention_tensors(cfg: ModelConfig, tensors: dict, source: str) -> dict:
@@ -92,12 +96,14 @@ def latent_attention_tensors(cfg: ModelConfig, tensors: dict, source: str) -> di
         p = f"blk.{layer}."
         q = p + ("attn_q_b.weight" if cfg.mla_q_lora else "attn_q.weight")
         out[q] = _rope_first(_need(out, q, source), heads, nope, rope)
-        k_b, v_b = _kv_b(out, p, heads, nope, v, lora, source)
+        k_b, v_b, exact = _kv_b(out, p, heads, nope, v, lora, source)
+        dtype, type_id = (np.float32, F32) if exact else (np.float16, F16)
         wk = np.zeros((heads, hd, lora + rope), np.float32)
         wk[:, :rope, lora:] = np.eye(rope, dtype=np.float32)   # the shared rope key, into every head
         wk[:, rope:, :lora] = k_b
         wv = np.zeros((heads, hd, lora + rope), np.float32)
         wv[:, :v, :lora] = v_b
         for name, w in ((p + "attn_k_from_latent.weight", wk), (p + "attn_v_from_latent.weight", wv)):
-            out[name] = WeightTensor(name, w.reshape(-1).view(np.uint8), F32, (heads * hd, lora + rope), source)
+            out[name] = WeightTensor(name, w.astype(dtype).reshape(-1).view(np.uint8), type_id, (heads * hd, lora + rope),
+                                     source)
     return out
