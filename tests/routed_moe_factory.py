@@ -55,6 +55,7 @@ _LAYER = {
 _RENAMED = {"glm4moe": {"ffn_norm.weight": "post_attention_norm.weight"}}
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\."
                      r"(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+_FUSED = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 _STACK = {"gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps",
           "w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps"}
 
@@ -80,6 +81,9 @@ MODELS = {
     # "minimax-m2": MiniMax-M2's (whole-row QK-norm, half of each head rotated, 8 experts top 2 by
     # sigmoid plus the selection bias, renormalised; no shared expert, no dense layer).
     "minimax-m2": ("minimax-m2", dict(seed=47)),
+    # "mistral4": Mistral 4's (V3's latent attention, Llama 4's query temperature past YaRN's
+    # original context of 16, a softmax router choosing 2 of 4 groups, renormalised).
+    "mistral4": ("deepseek2", dict(version="mistral4", seed=48, q_lora=64, n_group=4, topk_group=2, scale=1.5)),
 }
 
 
@@ -138,7 +142,7 @@ def build_deepseek(vocab: int, version: int, hidden=64, n_layers=3, n_heads=4, f
                    topk_group=1, scale=1.0, seed=44, router_scale=0.5):
     """DeepSeek V2 (YaRN, as V2-Lite) or V3. Widths are multiples of 32 where a Q8_0 row needs it."""
     from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
-                              Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM)
+                              Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM, Mistral4Config, Mistral4ForCausalLM)
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, moe_intermediate_size=moe_ffn,
                   num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
@@ -152,6 +156,12 @@ def build_deepseek(vocab: int, version: int, hidden=64, n_layers=3, n_heads=4, f
             "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
             "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}, **common)
         return _randomise_biases(moe._randomise(DeepseekV2ForCausalLM(cfg), seed, router_scale), seed, 0.3)
+    if version == "mistral4":
+        cfg = Mistral4Config(n_group=n_group, topk_group=topk_group, norm_topk_prob=True, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1},
+            **common)
+        return _randomise_biases(moe._randomise(Mistral4ForCausalLM(cfg), seed, router_scale), seed, 0.3)
     if version == "glm4_moe_lite":
         common.pop("first_k_dense_replace")
         cfg = Glm4MoeLiteConfig(n_group=n_group, topk_group=topk_group, norm_topk_prob=True,
@@ -202,6 +212,15 @@ def gguf_tensors(hf_dir: Path, arch: str) -> dict:
     rotates halves as HF does; ERNIE 4.5's HF checkpoints already rotate adjacent pairs)."""
     out, experts = {}, {}
     for name, w in load_file(str(hf_dir / "model.safetensors")).items():
+        fused = _FUSED.match(name)
+        if fused:   # transformers 5's fused experts (Mistral 4 saves them so): gate rows first in gate_up
+            p = f"blk.{fused.group(1)}."
+            if fused.group(2) == "gate_up_proj":
+                half = w.shape[1] // 2
+                out[p + "ffn_gate_exps.weight"], out[p + "ffn_up_exps.weight"] = w[:, :half], w[:, half:]
+            else:
+                out[p + "ffn_down_exps.weight"] = w
+            continue
         m = _EXPERT.match(name)
         if m:
             experts.setdefault(f"blk.{m.group(1)}.{_STACK[m.group(3)]}.weight", {})[int(m.group(2))] = w
@@ -245,7 +264,8 @@ def _ernie4_5_moe_meta(c, mtp: bool) -> dict:
 
 def _deepseek2_meta(c, mtp: bool) -> dict:
     """DeepseekV2Model's keys (the legacy layout: attn_kv_b whole, key_length the query head)."""
-    v3 = c.model_type != "deepseek_v2"   # V3's router (GLM-4.7-Flash's too)
+    v3 = c.model_type not in ("deepseek_v2", "mistral4")   # V3's sigmoid router (GLM-4.7-Flash's too)
+    grouped = getattr(c, "n_group", None) and c.n_group > 1 and c.model_type != "deepseek_v2"
     rope = c.rope_parameters
     return {
         "add_block_count": c.num_hidden_layers + (1 if mtp and v3 else 0), "add_key_length": c.qk_head_dim,
@@ -258,8 +278,10 @@ def _deepseek2_meta(c, mtp: bool) -> dict:
         "add_expert_weights_norm": bool(getattr(c, "norm_topk_prob", False)),
         "add_expert_gating_func": gguf.ExpertGatingFuncType.SIGMOID if v3 else gguf.ExpertGatingFuncType.SOFTMAX,
         "add_nextn_predict_layers": 1 if mtp and v3 else None,
-        **({"add_expert_group_count": c.n_group, "add_expert_group_used_count": c.topk_group}
-           if v3 and c.n_group > 1 else {}),
+        **({"add_expert_group_count": c.n_group, "add_expert_group_used_count": c.topk_group} if grouped else {}),
+        **({"add_attn_temperature_scale": rope["llama_4_scaling_beta"],
+            "add_attn_temperature_length": rope["original_max_position_embeddings"]}
+           if rope.get("llama_4_scaling_beta") else {}),
         **({"add_rope_scaling_type": gguf.RopeScalingType.YARN, "add_rope_scaling_factor": rope["factor"],
             "add_rope_scaling_orig_ctx_len": rope["original_max_position_embeddings"],
             "add_rope_scaling_yarn_log_mul": 0.1 * rope["mscale_all_dim"]} if rope.get("rope_type") == "yarn" else {}),

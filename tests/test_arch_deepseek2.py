@@ -1,7 +1,8 @@
-"""DeepSeek V2 / V3 (GGUF arch `deepseek2`, HF `deepseek_v2` / `deepseek_v3`; Kimi K2 is a DeepSeek
-V3): multi-head latent attention (mla.py: K and V expanded from one latent row per token, Q
+"""DeepSeek V2 / V3, GLM-4.7-Flash and Mistral 4 (GGUF arch `deepseek2`, HF `deepseek_v2`,
+`deepseek_v3`, `glm4_moe_lite`, `mistral4`): multi-head latent attention (mla.py: K and V expanded from one latent row per token, Q
 through its low rank on V3), YaRN with DeepSeek's softmax-scale factor (mscale_all_dim), and
-experts under V2's softmax router or V3's sigmoid one. What is DeepSeek's own here; the logits of
+experts under V2's softmax router, V3's sigmoid one or Mistral 4's softmax one with groups;
+Mistral 4's Llama 4 query temperature and transformers 5's fused expert tensors it is saved with. What is DeepSeek's own here; the logits of
 tiny DeepseekV2ForCausalLM (V2-Lite's layout) and DeepseekV3ForCausalLM models against
 transformers, HF and GGUF, on the CPU and emulated Metal: tests/test_arch_routed_moe.py.
 """
@@ -50,6 +51,29 @@ def test_yarn_softmax_scale_matters(forgert, models):
     ae.assert_visible(model, changed, ids_for(model.config.vocab_size, 64, 1))
 
 
+def test_query_temperature_matters(forgert, models):
+    """Mistral 4's query temperature (1 + 0.1 ln(floor(pos / 16) + 1) past position 16) moves
+    transformers' logits far beyond the F32 bound."""
+    model, _, _ = models("mistral4")
+    changed = copy.deepcopy(model)
+    changed.config.rope_parameters["llama_4_scaling_beta"] = 0.0
+    ae.assert_visible(model, changed, ids_for(model.config.vocab_size, 64, 1))
+
+
+def test_fused_hf_experts_load_zero_copy(forgert, models):
+    """Mistral 4's checkpoint keeps each layer's experts fused ([E, 2 * ffn, hidden] gate_up_proj,
+    [E, hidden, ffn] down_proj): each expert's gate, up and down are views of the file's mmap."""
+    from safetensors.numpy import load_file
+    from forgert.loader import load_model
+    _, files, _ = models("mistral4")
+    assert "model.layers.1.mlp.experts.gate_up_proj" in load_file(str(files["hf-F32"] / "model.safetensors"))
+    h = load_model(str(files["hf-F32"]))
+    mm = np.frombuffer(h.handle.files[0]._mm, np.uint8)
+    for stack in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        experts = h.core_tensors[f"blk.1.{stack}.weight"]
+        assert len(experts) == 8 and all(np.shares_memory(e[0], mm) for e in experts)
+
+
 def test_info_names_latent_attention(forgert, models):
     _, files, _ = models("deepseek-v3")
     info = forgert.Model(str(files["gguf-Q8_0"]), backend="cpu").info()
@@ -85,7 +109,7 @@ def test_gguf_yarn_without_its_log_multiplier_is_named(forgert, models, tmp_path
         forgert.Model(str(path), backend="cpu")
 
 
-@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3", "glm4moe-lite"])
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3", "glm4moe-lite", "mistral4"])
 def test_quantize_from_hf_dir(forgert, models, tmp_path, name):
     """`forgert quantize` of the HF directory writes llama.cpp's deepseek2 GGUF (attn_kv_b whole,
     the MTP layer left out), which runs as transformers does; the gguf package reads its keys."""

@@ -104,6 +104,30 @@ def test_moe_route_softmax_with_selection_bias_matches_numpy(ops, renormalize):
     assert (route_reference(logits, 4, renormalize)[1] != ids_ref).any()   # the bias changed the choice
 
 
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_moe_route_softmax_with_groups_matches_numpy(ops, renormalize):
+    """Mistral 4's router: softmax probabilities, the topk_group groups of largest top-2 sum chosen
+    from (transformers' Mistral4TopkRouter)."""
+    rng = rng_for("route-softmax-groups", 16, 4)
+    logits = randn(rng, 37, 16, scale=2.0)
+    w, ids = ops.moe_route(logits, 3, renormalize, n_group=4, topk_group=2, scale=1.5)
+    l64 = np.asarray(logits, np.float64)
+    p = np.exp(l64 - l64.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ids_ref = []
+    for i in range(len(p)):
+        g_score = [np.sort(p[i, 4 * g:4 * g + 4])[-2:].sum() for g in range(4)]
+        kept = sorted(range(4), key=lambda g: (-g_score[g], g))[:2]
+        ids_ref.append(sorted([e for e in range(16) if e // 4 in kept], key=lambda e: (-p[i, e], e))[:3])
+    ids_ref = np.array(ids_ref)
+    w_ref = np.take_along_axis(p, ids_ref, 1)
+    if renormalize:
+        w_ref /= w_ref.sum(1, keepdims=True)
+    np.testing.assert_array_equal(ids, ids_ref)
+    np.testing.assert_allclose(w, 1.5 * w_ref, rtol=0, atol=1e-6)   # measured max 1.5e-7
+    assert (route_reference(logits, 3, renormalize)[1] != ids_ref).any()   # the groups changed the choice
+
+
 def test_moe_route_ties_pick_the_lower_id(ops):
     # Equal logits everywhere: experts 0..k-1, each weight 1/k (renormalised) or 1/n_expert.
     logits = np.zeros((3, 8), np.float32)
@@ -186,7 +210,6 @@ def test_moe_route_sigmoid_weights_unbiased_and_unnormalised(ops):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(n_group=2), "expert groups need the sigmoid router"),
     (dict(sigmoid=True, n_group=3), "must divide n_expert"),
     (dict(sigmoid=True, n_group=8), "at least 2 experts"),
     (dict(sigmoid=True, n_group=4, topk_group=5), "topk_group"),

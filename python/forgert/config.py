@@ -23,7 +23,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "granitemoe": "granitemoe", "exaone": "exaone", "starcoder2": "starcoder2", "olmoe": "olmoe",
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
-                  "glm4_moe_lite": "deepseek2", "minimax_m2": "minimax-m2",
+                  "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
                   **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
@@ -660,8 +660,6 @@ def _check_router(cfg: ModelConfig, source) -> None:
             _fail(source, f"{cfg.n_expert} experts do not split into {g} groups of 2 or more (at most 64 groups)")
         if not 1 <= used <= g or used * (cfg.n_expert // g) < cfg.n_expert_used:
             _fail(source, f"{used} of {g} expert groups cannot hold the {cfg.n_expert_used} experts used per token")
-    if cfg.router != "sigmoid" and g > 1:
-        _fail(source, "expert groups need the sigmoid router")
 
 
 def _glm4moe_gguf(meta, p, cfg: ModelConfig, source) -> None:
@@ -848,6 +846,9 @@ def _deepseek2_gguf(meta, p, cfg: ModelConfig, source, value_len: int) -> None:
     scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
     cfg.expert_weights_scale = scale if scale > 0 else 1.0
     cfg.attn_scale = _mla_attention_scale(cfg)
+    beta = _get_float(meta, p + "attention.temperature_scale", source, default=0.0, positive=False)
+    if beta:   # Mistral 4 / Mistral Large 3: Llama 4's query temperature from temperature_length on
+        cfg.attn_temperature = (beta, _get_int(meta, p + "attention.temperature_length", source))
     _deepseek_moe(cfg, source)
 
 
@@ -860,7 +861,10 @@ def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> No
     with groups) or V3's sigmoid router (noaux_tc: e_score_correction_bias, n_group / topk_group,
     norm_topk_prob), the weights times routed_scaling_factor; num_nextn_predict_layers not run.
     GLM-4.7-Flash (glm4_moe_lite) is DeepSeek V3's attention with GLM-4.5's router (V3's) and
-    mlp_layer_types naming the dense and the MoE layers (the dense ones must lead)."""
+    mlp_layer_types naming the dense and the MoE layers (the dense ones must lead). Mistral 4 is
+    DeepSeek V3's attention with Llama 4's query temperature (rope_parameters' llama_4_scaling_beta
+    from YaRN's original context on) and a softmax router choosing within groups (top-2 sums),
+    renormalised when norm_topk_prob."""
     extent = _extent_bound(census)
     if hf.get("attention_bias"):
         _fail(source, "attention_bias=true on latent attention is not supported")
@@ -889,8 +893,14 @@ def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> No
         cfg.n_dense_lead = lead
     cfg.expert_weights_scale = _get_float(hf, "routed_scaling_factor", source, default=1.0)
     groups, used = hf.get("n_group") or 1, hf.get("topk_group") or 1
-    method = hf.get("topk_method", "greedy" if hf.get("model_type") == "deepseek_v2" else "noaux_tc")
-    if method == "noaux_tc":       # V3: sigmoid scores, selection bias, groups by top-2 sum
+    method = hf.get("topk_method", {"deepseek_v2": "greedy", "mistral4": "softmax_groups"}.get(hf.get("model_type"),
+                                                                                              "noaux_tc"))
+    if method == "softmax_groups":   # Mistral4TopkRouter
+        cfg.router = "softmax"
+        cfg.expert_groups = _get_int({"n_group": groups}, "n_group", source)
+        cfg.expert_groups_used = _get_int({"topk_group": used}, "topk_group", source)
+        cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True))
+    elif method == "noaux_tc":       # V3: sigmoid scores, selection bias, groups by top-2 sum
         cfg.router, cfg.router_select_bias = "sigmoid", True
         cfg.expert_groups = _get_int({"n_group": groups}, "n_group", source)
         cfg.expert_groups_used = _get_int({"topk_group": used}, "topk_group", source)
@@ -904,6 +914,10 @@ def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> No
         _fail(source, f"topk_method '{method}' is not supported (greedy, group_limited_greedy, noaux_tc)")
     cfg.mtp_layers = _get_int(hf, "num_nextn_predict_layers", source, default=0, minimum=0)
     cfg.attn_scale = _mla_attention_scale(cfg)
+    if hf.get("model_type") == "mistral4":
+        beta = (hf.get("rope_parameters") or hf.get("rope_scaling") or {}).get("llama_4_scaling_beta") or 0.0
+        _attn_temperature(cfg, _get_float({"llama_4_scaling_beta": beta}, "llama_4_scaling_beta", source,
+                                          positive=False), source, "llama_4_scaling_beta")
     _deepseek_moe(cfg, source)
 
 
@@ -1295,7 +1309,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _glm4moe_hf(hf, cfg, source, census)
     if model_type == "ernie4_5_moe":
         _ernie4_5_moe_hf(hf, cfg, source, census)
-    if model_type in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite"):
+    if model_type in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "mistral4"):
         _deepseek_hf(hf, cfg, source, census)
     if model_type == "minimax_m2":   # MiniMaxM2TopKRouter: sigmoid, the bias choosing, renormalised
         if not cfg.n_expert:

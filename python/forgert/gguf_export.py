@@ -193,6 +193,8 @@ def _write_hf_metadata(writer, loaded):
         writer.add_f32(f"{arch}.attention.scale", c.attn_scale or c.head_dim ** -0.5)
     if c.attn_temperature is not None:   # mistral3's query temperature (its floor: YaRN's original context)
         writer.add_f32(f"{arch}.attention.temperature_scale", c.attn_temperature[0])
+        if arch == "deepseek2":   # llama.cpp's deepseek2 reads the floor from here, not YaRN's context
+            writer.add_u32(f"{arch}.attention.temperature_length", c.attn_temperature[1])
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
     windows = c.windows()

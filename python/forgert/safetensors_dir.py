@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
+from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
 from .gpt_oss_experts import FUSED_EXPERT_RE, expert_stacks
 from .granite_experts import GRANITE_EXPERT_RE, granite_part, granite_stacks
 from .vision_language import LANGUAGE_MODEL_TYPES, language_config, language_tensor_name
@@ -130,7 +131,7 @@ _MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_
 _LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
-                              "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES,
+                              "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES, "mistral4": _DEEPSEEK_LAYER_NAMES,
                               "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
@@ -292,6 +293,7 @@ class HFModelDir:
         experts = {}             # stack name -> {expert index: WeightTensor}
         fused_experts = {}       # gpt-oss: layer -> {mlp.experts part: WeightTensor, or (uint8, shape)}
         granite_experts = {}     # Granite MoE: layer -> {"input" | "output": 3-D WeightTensor}
+        fused_3d = {}            # transformers 5's fused experts: layer -> {"gate_up_proj" | "down_proj": 3-D WeightTensor}
         model_type = self.config.get("model_type") if isinstance(self.config, dict) else None
         mtp = _mtp_layers(self.config)
         for sf in self.files:
@@ -321,6 +323,14 @@ class HFModelDir:
                                                f"{'U8' if is_raw else 'F32, F16 or BF16'}")
                     layer_parts[fused.group(2)] = ((sf.view(file_name), tuple(shape)) if is_raw else
                                                    WeightTensor(hf_name, sf.view(file_name), type_id, tuple(shape), sf.name))
+                    continue
+                fused5 = FUSED_EXPERTS_RE.match(hf_name) if model_type not in ("gpt_oss", "granitemoe") else None
+                if fused5 and len(shape) == 3 and type_id is not U8:
+                    layer_parts = fused_3d.setdefault(int(fused5.group(1)), {})
+                    if fused5.group(2) in layer_parts:
+                        raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' appears in more than one file")
+                    layer_parts[fused5.group(2)] = WeightTensor(hf_name, sf.view(file_name), type_id, tuple(shape),
+                                                               sf.name)
                     continue
                 if type_id is U8:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has dtype U8; forgert reads F32, F16 and "
@@ -362,6 +372,8 @@ class HFModelDir:
             self.tensors.update(expert_stacks(layer, parts, self.name))
         for layer, parts in granite_experts.items():
             self.tensors.update(granite_stacks(layer, parts, self.name))
+        for layer, parts in fused_3d.items():
+            self.tensors.update(fused_expert_stacks(layer, parts, self.name))
 
     def _shard_paths(self):
         index = os.path.join(self.path, "model.safetensors.index.json")

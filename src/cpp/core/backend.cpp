@@ -48,7 +48,6 @@ void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& log
     need(r.topk_group >= 1 && r.topk_group <= r.n_group,
          "topk_group = " + std::to_string(r.topk_group) + " must be in 1..n_group = " + std::to_string(r.n_group));
     if (r.n_group > 1) {
-        need(r.sigmoid, "expert groups need the sigmoid router");
         need(ne / r.n_group >= 2, "each expert group needs at least 2 experts (its score is its top-2 sum)");
         need((int64_t)r.topk_group * (ne / r.n_group) >= k,
              std::to_string(r.topk_group) + " groups of " + std::to_string(ne / r.n_group) + " experts cannot hold k = " +

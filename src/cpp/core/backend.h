@@ -280,7 +280,7 @@ public:
         bool sigmoid = false;
         bool renormalize = true;
         float scale = 1.0f;
-        int n_group = 1, topk_group = 1;  // n_group <= 64, and > 1 only with sigmoid
+        int n_group = 1, topk_group = 1;  // n_group <= 64
     };
     virtual void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const MoeRouting& routing,
                            const Tensor& select_bias = Tensor{}) {
@@ -316,7 +316,7 @@ private:
 };
 
 // Throws InputError unless moe_route's arguments fit together: k in 1..n_expert, the shapes,
-// the groups (dividing n_expert, holding k experts, 2+ experts each, sigmoid only) and the
+// the groups (dividing n_expert, holding k experts, 2+ experts each) and the
 // selection bias (f32 [n_expert]).
 void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& routing,
                      const Tensor& select_bias);

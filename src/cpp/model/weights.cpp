@@ -64,7 +64,6 @@ void ModelConfig::validate() const {
              "expert_groups_used = " + std::to_string(expert_groups_used) + " groups of " +
                  std::to_string(n_expert / expert_groups) + " experts cannot hold n_expert_used = " +
                  std::to_string(n_expert_used) + " (or a group has fewer than 2 experts)");
-        need(router_sigmoid || expert_groups == 1, "expert groups need the sigmoid router (router_sigmoid)");
         need(std::isfinite(expert_weights_scale) && expert_weights_scale > 0.0f,
              "expert_weights_scale = " + std::to_string(expert_weights_scale) + " must be a positive number");
     } else {
