@@ -202,7 +202,7 @@ def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
 # its CHATGLM4 rule, Llama 3's with the contractions' cases spelled out ('[sS] for (?i:'s)), and
 # olmo / exaone4 as GPT-2 (transformers' default for a name it does not know).
 @pytest.mark.parametrize("pre,ref_pre", [(p, p) for p in ["default", "llama-bpe", "qwen2", "tekken", "falcon3",
-                                                          "pixtral", "megrez", "llama4"]]
+                                                          "pixtral", "megrez", "llama4", "minimax-m2"]]
                          + [("olmo", "default"), ("exaone4", "default"), ("glm4", "llama-bpe")])
 def test_pre_tokenizers_match_transformers(tiny_vocab_gguf, pre, ref_pre):
     transformers = pytest.importorskip("transformers")
@@ -236,6 +236,27 @@ def test_digits_alone_then_as_gpt2(tiny_vocab_gguf, pre):
     want = ["Hi", " ", "1", "2", "3", " there", "'s", " x", "9"]
     assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str("Hi 123 there's x9")] == \
         [p.replace(" ", "Ġ") for p in want]
+
+
+@pytest.mark.parametrize("pre,text,want", [
+    # DeepSeek V3 / R1: digits in threes, a CJK run alone, a word keeps one leading punctuation mark
+    ("deepseek-v3", "Hi 12345 日本語です .Net, x\n\ny", ["Hi", " ", "123", "45", " ", "日本語です", " .", "Net", ",",
+                                                    " x", "\n\n", "y"]),
+    # DeepSeek LLM / V2: newlines alone, letters with one leading space, punctuation runs (whose
+    # range :-~ holds the ASCII letters too, so it splits "Été" again around its "t"), CJK, digits
+    ("deepseek-llm", "Hi 12345 日本語 ok!!\nÉté", ["Hi", " ", "12345", " ", "日本語", " ok", "!!", "\n",
+                                                  "É", "t", "é"]),
+])
+def test_deepseek_splits_as_their_rules_say(tiny_vocab_gguf, pre, text, want):
+    """DeepSeek's GGUFs say "deepseek-v3" (V3, R1) or "deepseek-llm" (V2, V2-Lite); transformers'
+    GGUF reader knows neither: hand-worked pieces (byte-level shows a space as 'Ġ', a newline as
+    'Ċ', and spells other characters as bytes)."""
+    from tokenizers import pre_tokenizers
+    path = tiny_vocab_gguf(pre)
+    tok = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
+    spell = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    expected = [spell.pre_tokenize_str(p)[0][0] for p in want]
+    assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)] == expected
 
 
 def test_tekken_splits_as_its_rule_says(tiny_vocab_gguf):

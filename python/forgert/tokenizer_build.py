@@ -26,6 +26,16 @@ _TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{L
                  r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
                  r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+# DeepSeek V3 / R1: digits in threes, CJK runs, then words with at most one leading punctuation
+# mark (its tokenizer.json's three splits)
+_DEEPSEEK3_SPLITS = [r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+",
+                     r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+                     r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"]
+# DeepSeek LLM / V2 / V2-Lite: newlines alone, runs of letters of the alphabetic scripts with one
+# leading space, runs of ASCII and full-width punctuation, trailing spaces, CJK runs, digit runs
+# (its tokenizer.json's six splits)
+_DEEPSEEK_LLM_SPLITS = [r"[\r\n]", r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+                        r"\s+$", "[一-龥ࠀ-一가-\ud7ff]+", r"\p{N}+"]
 LLAMA3_NAMES = ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2")
 # tokenizer.ggml.pre -> list of regexes applied in turn (as llama.cpp's llm_tokenizer_bpe does)
 PRE_TOKENIZER_SPLITS = {
@@ -51,6 +61,10 @@ PRE_TOKENIZER_SPLITS = {
     "deepseek-r1-qwen": [_QWEN2_SPLIT],
     "megrez": [_QWEN2_SPLIT],
     "glm4": [_LLAMA3_SPLIT],          # GLM-4 0414: llama.cpp's CHATGLM4 rule, Llama 3's spelled case by case
+    "minimax-m2": [_GPT4O_SPLIT],     # MiniMax-M2: o200k's rule
+    "kanana2": [_GPT4O_SPLIT],        # Kanana-2 (a deepseek2 GGUF)
+    "deepseek-v3": _DEEPSEEK3_SPLITS,
+    "deepseek-llm": _DEEPSEEK_LLM_SPLITS,
 }
 # Vocabularies whose GGUFs want a BOS when they do not say, and those that look a whole word up
 # before merging (llama.cpp: add_bos and ignore_merges for these names only).
