@@ -18,6 +18,7 @@ import model_factory as mf
 import routed_moe_factory as rmf
 from conftest import backend_params, require_backend
 from test_arch_moe import bounds
+from test_arch_routed_moe import check_export
 from test_e2e_tiny import compare_logits
 
 models = rmf.models_fixture()
@@ -113,15 +114,7 @@ def test_gguf_yarn_without_its_log_multiplier_is_named(forgert, models, tmp_path
 def test_quantize_from_hf_dir(forgert, models, tmp_path, name):
     """`forgert quantize` of the HF directory writes llama.cpp's deepseek2 GGUF (attn_kv_b whole,
     the MTP layer left out), which runs as transformers does; the gguf package reads its keys."""
-    import gguf
-    from forgert.gguf_export import export_gguf
-    model, files, refs = models(name)
-    out = tmp_path / "exported.gguf"
-    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
-    r = gguf.GGUFReader(str(out))
+    r = check_export(forgert, models, name, tmp_path)
     assert r.fields["deepseek2.attention.kv_lora_rank"].contents() == 32
     assert r.fields["deepseek2.attention.key_length"].contents() == 48
     assert "blk.1.attn_kv_b.weight" in {t.name for t in r.tensors}
-    ids = ids_for(model.config.vocab_size, 48, 6)
-    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
-                   **bounds("hf-F32", False), what=f"{name} exported")

@@ -18,6 +18,7 @@ import arch_e2e as ae
 import model_factory as mf
 import routed_moe_factory as rmf
 from test_arch_moe import bounds
+from test_arch_routed_moe import check_export
 from test_e2e_tiny import compare_logits
 
 models = rmf.models_fixture()
@@ -96,15 +97,7 @@ def test_gguf_moe_step_is_named(forgert, models, tmp_path, tiny_tokenizer):
 def test_quantize_from_hf_dir(forgert, models, tmp_path):
     """`forgert quantize` of the HF directory writes llama.cpp's ernie4_5-moe GGUF, which runs as
     transformers does."""
-    import gguf
-    from forgert.gguf_export import export_gguf
-    model, files, refs = models(NAME)
-    out = tmp_path / "exported.gguf"
-    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
-    r = gguf.GGUFReader(str(out))
+    r = check_export(forgert, models, NAME, tmp_path)
     assert r.fields["general.architecture"].contents() == NAME
     assert r.fields[f"{NAME}.interleave_moe_layer_step"].contents() == 1
     assert r.fields[f"{NAME}.expert_shared_feed_forward_length"].contents() == 32
-    ids = ids_for(model.config.vocab_size, 48, 6)
-    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
-                   **bounds("hf-F32", False), what="ernie4_5-moe exported")

@@ -19,9 +19,7 @@ import pytest
 
 import arch_e2e as ae
 import routed_moe_factory as rmf
-import model_factory as mf
-from test_arch_moe import bounds
-from test_e2e_tiny import compare_logits
+from test_arch_routed_moe import check_export
 
 models = rmf.models_fixture()
 
@@ -118,17 +116,9 @@ def test_hf_mtp_layer_tensors_are_skipped_and_a_missing_bias_named(forgert, mode
 def test_quantize_from_hf_dir(forgert, models, tmp_path):
     """`forgert quantize` of the HF directory writes llama.cpp's glm4moe GGUF (the MTP layer left
     out), which runs as transformers does; the gguf package reads its router keys back."""
-    import gguf
-    from forgert.gguf_export import export_gguf
-    model, files, refs = models("glm4moe")
-    out = tmp_path / "exported.gguf"
-    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
-    r = gguf.GGUFReader(str(out))
+    r = check_export(forgert, models, "glm4moe", tmp_path)
     field = lambda key: r.fields[key].contents()   # noqa: E731
     assert field("general.architecture") == "glm4moe"
     assert field("glm4moe.expert_gating_func") == 2 and field("glm4moe.leading_dense_block_count") == 1
     assert field("glm4moe.expert_group_count") == 2 and abs(field("glm4moe.expert_weights_scale") - 2.5) < 1e-6
     assert "blk.1.exp_probs_b.bias" in {t.name for t in r.tensors}
-    ids = ids_for(model.config.vocab_size, 48, 6)
-    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
-                   **bounds("hf-F32", False), what="glm4moe exported")

@@ -11,10 +11,8 @@ import copy
 import numpy as np
 
 import arch_e2e as ae
-import model_factory as mf
 import routed_moe_factory as rmf
-from test_arch_moe import bounds
-from test_e2e_tiny import compare_logits
+from test_arch_routed_moe import check_export
 
 models = rmf.models_fixture()
 NAME = "minimax-m2"
@@ -47,14 +45,6 @@ def test_info_names_the_layout(forgert, models):
 def test_quantize_from_hf_dir(forgert, models, tmp_path):
     """`forgert quantize` of the HF directory writes llama.cpp's minimax-m2 GGUF, which runs as
     transformers does."""
-    import gguf
-    from forgert.gguf_export import export_gguf
-    model, files, refs = models(NAME)
-    out = tmp_path / "exported.gguf"
-    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
-    r = gguf.GGUFReader(str(out))
+    r = check_export(forgert, models, NAME, tmp_path)
     assert r.fields[f"{NAME}.expert_gating_func"].contents() == 2
     assert "blk.0.exp_probs_b.bias" in {t.name for t in r.tensors}
-    ids = ids_for(model.config.vocab_size, 48, 6)
-    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
-                   **bounds("hf-F32", False), what="minimax-m2 exported")

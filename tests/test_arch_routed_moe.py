@@ -65,3 +65,18 @@ def test_greedy_32_tokens_equal_transformers(forgert, models, name, fmt):
     prompt = ids_for(model.config.vocab_size, 8, 4)
     c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
     assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
+
+
+def check_export(forgert, models, name: str, tmp_path):
+    """`forgert quantize` of model `name`'s HF directory to an F32 GGUF runs as transformers does;
+    returns the gguf package's reader of the file, for the caller's checks of its keys."""
+    import gguf
+    from forgert.gguf_export import export_gguf
+    model, files, refs = models(name)
+    out = tmp_path / f"{name}-exported.gguf"
+    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
+    ids = ids_for(model.config.vocab_size, 48, 6)
+    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
+                   **bounds("hf-F32", False), what=f"{name} exported")
+    return gguf.GGUFReader(str(out))
+

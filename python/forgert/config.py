@@ -673,6 +673,17 @@ def _glm4moe_gguf(meta, p, cfg: ModelConfig, source) -> None:
         _fail(source, "glm4moe without expert_count")
     if any(_int_list(meta, p + "rope.dimension_sections", source)):
         _fail(source, "glm4moe with rope.dimension_sections (GLM-4.5V's multimodal RoPE) is not supported")
+    _gguf_deepseek_style_moe(meta, p, cfg, source, default_gating=2)
+    cfg.router_select_bias = True
+    _check_router(cfg, source)
+
+
+def _gguf_deepseek_style_moe(meta, p, cfg: ModelConfig, source, default_gating: int) -> None:
+    """The keys llama.cpp's glm4moe and deepseek2 share: nextn_predict_layers (multi-token
+    prediction blocks after the model's own, counted in block_count, not run here),
+    leading_dense_block_count dense layers, expert_shared_count shared experts (one ungated SwiGLU
+    of their summed width), expert_gating_func (default_gating when absent), expert_group_count /
+    expert_group_used_count and expert_weights_scale (0: none, as llama.cpp reads it)."""
     nextn = _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0)
     if nextn >= cfg.n_layers:
         _fail(source, f"nextn_predict_layers = {nextn} leaves none of the {cfg.n_layers} blocks to run")
@@ -683,16 +694,14 @@ def _glm4moe_gguf(meta, p, cfg: ModelConfig, source) -> None:
                       held_by="expert_count")
     cfg.shared_ffn_dim = cfg.expert_ffn_dim * shared
     cfg.shared_expert_gated = False
-    gating = _get_int(meta, p + "expert_gating_func", source, default=2)
+    gating = _get_int(meta, p + "expert_gating_func", source, default=default_gating)
     if gating not in _GGUF_GATING:
         _fail(source, f"expert_gating_func {gating} is not supported (1: softmax, 2: sigmoid)")
     cfg.router = _GGUF_GATING[gating]
-    cfg.router_select_bias = True
     cfg.expert_groups = _get_int(meta, p + "expert_group_count", source, default=1)
     cfg.expert_groups_used = _get_int(meta, p + "expert_group_used_count", source, default=1)
     scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
-    cfg.expert_weights_scale = scale if scale > 0 else 1.0   # llama.cpp: 0 means none
-    _check_router(cfg, source)
+    cfg.expert_weights_scale = scale if scale > 0 else 1.0
 
 
 def _glm4moe_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> None:
@@ -826,25 +835,11 @@ def _deepseek2_gguf(meta, p, cfg: ModelConfig, source, value_len: int) -> None:
     cfg.n_kv_heads = cfg.n_heads          # a split-MLA file says 1 (its latent is one shared head)
     if cfg.rope_dim is None:
         _fail(source, "deepseek2 without rope.dimension_count below the head width")
-    nextn = _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0)
-    if nextn >= cfg.n_layers:
-        _fail(source, f"nextn_predict_layers = {nextn} leaves none of the {cfg.n_layers} blocks to run")
-    cfg.n_layers -= nextn
-    cfg.mtp_layers = nextn
-    cfg.n_dense_lead = _get_int(meta, p + "leading_dense_block_count", source, default=0, minimum=0)
-    shared = _get_int(meta, p + "expert_shared_count", source, default=0, minimum=0, maximum=cfg.n_expert,
-                      held_by="expert_count")
-    cfg.shared_ffn_dim = cfg.expert_ffn_dim * shared
-    # absent: softmax (DeepSeek V2's files), or sigmoid for GLM-4.7-Flash's, as llama.cpp tells them apart
-    glm47_lite = cfg.n_layers in (47, 48) and cfg.vocab == 154880
-    gating = _get_int(meta, p + "expert_gating_func", source, default=2 if glm47_lite else 1)
-    if gating not in _GGUF_GATING:
-        _fail(source, f"expert_gating_func {gating} is not supported (1: softmax, 2: sigmoid)")
-    cfg.router = _GGUF_GATING[gating]
-    cfg.expert_groups = _get_int(meta, p + "expert_group_count", source, default=1)
-    cfg.expert_groups_used = _get_int(meta, p + "expert_group_used_count", source, default=1)
-    scale = _get_float(meta, p + "expert_weights_scale", source, default=1.0, positive=False)
-    cfg.expert_weights_scale = scale if scale > 0 else 1.0
+    # expert_gating_func absent: softmax (DeepSeek V2's files), or sigmoid for GLM-4.7-Flash's, as
+    # llama.cpp tells them apart (its trunk of 47 or 48 layers and its vocabulary)
+    nextn = meta.get(p + "nextn_predict_layers", 0)
+    glm47_lite = cfg.n_layers - (nextn if isinstance(nextn, int) else 0) in (47, 48) and cfg.vocab == 154880
+    _gguf_deepseek_style_moe(meta, p, cfg, source, default_gating=2 if glm47_lite else 1)
     cfg.attn_scale = _mla_attention_scale(cfg)
     beta = _get_float(meta, p + "attention.temperature_scale", source, default=0.0, positive=False)
     if beta:   # Mistral 4 / Mistral Large 3: Llama 4's query temperature from temperature_length on
