@@ -110,3 +110,16 @@ def test_corrupted_safetensors_dir_never_crashes(tiny_models, tmp_path):
     n = 200
     _, refused = run_mutants(MUTATE_SAFETENSORS, tiny_models("llama_tied").path("hf-F32"), n, tmp_path)
     assert refused > n // 2
+
+
+def test_corrupted_latent_attention_gguf_never_crashes(tmp_path, tiny_tokenizer):
+    """The same for a tiny DeepSeek V3 GGUF (deepseek2: latent attention whose K / V expansions
+    mla.py builds from the file's attn_kv_b, the sigmoid router with groups, an MTP block), whose
+    loading reads more of the metadata and dequantizes a tensor on the host."""
+    import routed_moe_factory as rmf
+    model = rmf.build("deepseek-v3", tiny_tokenizer.get_vocab_size())
+    hf_dir = rmf.save_hf(model, tiny_tokenizer, tmp_path / "hf")
+    path = rmf.write_gguf(hf_dir, tmp_path / "ds.gguf", "Q8_0", "deepseek2", model.config, tiny_tokenizer)
+    n = 300
+    _, refused = run_mutants(MUTATE_GGUF, path, n, tmp_path)
+    assert refused > n // 3
