@@ -30,6 +30,21 @@ void check_copy(const Tensor& dst, const Tensor& src) {
     if (overlap) throw InputError("copy: dst and src overlap");
 }
 
+std::string moe_routing_problem(const Backend::MoeRouting& r, int64_t ne, int64_t k) {
+    if (!(std::isfinite(r.scale) && r.scale > 0.0f)) return "scale must be a positive number";
+    if (!(r.n_group >= 1 && r.n_group <= 64 && ne % r.n_group == 0))
+        return "n_group = " + std::to_string(r.n_group) + " must divide n_expert = " + std::to_string(ne) +
+               " (at most 64 groups)";
+    if (!(r.topk_group >= 1 && r.topk_group <= r.n_group))
+        return "topk_group = " + std::to_string(r.topk_group) + " must be in 1..n_group = " + std::to_string(r.n_group);
+    if (r.n_group > 1 && ne / r.n_group < 2)
+        return "each expert group needs at least 2 experts (its score is its top-2 sum)";
+    if (r.n_group > 1 && (int64_t)r.topk_group * (ne / r.n_group) < k)
+        return std::to_string(r.topk_group) + " groups of " + std::to_string(ne / r.n_group) +
+               " experts cannot hold k = " + std::to_string(k);
+    return "";
+}
+
 void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& r,
                      const Tensor& select_bias) {
     auto need = [](bool ok, const std::string& what) {
@@ -42,17 +57,8 @@ void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& log
     need(weights.buf && weights.type == DType::F32 && weights.rows == n && weights.cols == k,
          "weights must be f32 [" + std::to_string(n) + ", " + std::to_string(k) + "]");
     need(ids.buf && ids.type == DType::I32 && ids.rows == n, "ids must be i32 [" + std::to_string(n) + ", k]");
-    need(std::isfinite(r.scale) && r.scale > 0.0f, "scale must be a positive number");
-    need(r.n_group >= 1 && r.n_group <= 64 && ne % r.n_group == 0,
-         "n_group = " + std::to_string(r.n_group) + " must divide n_expert = " + std::to_string(ne) + " (at most 64 groups)");
-    need(r.topk_group >= 1 && r.topk_group <= r.n_group,
-         "topk_group = " + std::to_string(r.topk_group) + " must be in 1..n_group = " + std::to_string(r.n_group));
-    if (r.n_group > 1) {
-        need(ne / r.n_group >= 2, "each expert group needs at least 2 experts (its score is its top-2 sum)");
-        need((int64_t)r.topk_group * (ne / r.n_group) >= k,
-             std::to_string(r.topk_group) + " groups of " + std::to_string(ne / r.n_group) + " experts cannot hold k = " +
-                 std::to_string(k));
-    }
+    const std::string why = moe_routing_problem(r, ne, k);
+    need(why.empty(), why);
     if (select_bias.rows) {
         need(select_bias.buf && select_bias.type == DType::F32 && select_bias.rows == 1 && select_bias.cols == ne,
              "select_bias must be f32 [" + std::to_string(ne) + "]");

@@ -315,9 +315,14 @@ private:
     }
 };
 
+// Why a router choosing k of n_expert experts by `routing` cannot run, or "" when it can: a
+// positive scale; n_group (at most 64) dividing n_expert, topk_group in 1..n_group, and with
+// groups, 2+ experts a group and the chosen groups holding k. The one statement of these rules,
+// for the op and for a model's config alike.
+std::string moe_routing_problem(const Backend::MoeRouting& routing, int64_t n_expert, int64_t k);
+
 // Throws InputError unless moe_route's arguments fit together: k in 1..n_expert, the shapes,
-// the groups (dividing n_expert, holding k experts, 2+ experts each) and the
-// selection bias (f32 [n_expert]).
+// moe_routing_problem's rules and the selection bias (f32 [n_expert]).
 void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& routing,
                      const Tensor& select_bias);
 

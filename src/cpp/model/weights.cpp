@@ -14,7 +14,7 @@ namespace {
 // what make the int arithmetic of the forward pass safe.
 constexpr int64_t kMaxLayers = 1024, kMaxDim = 1 << 16, kMaxHeads = 1 << 12, kMaxHeadDim = 1024,
                   kMaxQDim = 1 << 20, kMaxFfnDim = 1 << 20, kMaxVocab = 1 << 24, kMaxCtx = 1 << 24,
-                  kMaxExperts = 1 << 12, kMaxExpertGroups = 64;
+                  kMaxExperts = 1 << 12;
 constexpr int64_t kMaxKvCacheBytes = int64_t(1) << 48;  // 256 TiB: beyond any machine
 constexpr int64_t kMaxTensorExtent = int64_t(1) << 40;  // rows or cols of one weight tensor
 
@@ -54,18 +54,11 @@ void ModelConfig::validate() const {
         in_range("expert_ffn_dim", expert_ffn_dim, 1, kMaxFfnDim);
         in_range("shared_ffn_dim", shared_ffn_dim, 0, kMaxFfnDim);
         in_range("n_dense_lead", n_dense_lead, 0, n_layers);
-        in_range("expert_groups", expert_groups, 1, kMaxExpertGroups);
-        need(n_expert % expert_groups == 0, "n_expert = " + std::to_string(n_expert) +
-                                                " must be a multiple of expert_groups = " + std::to_string(expert_groups));
-        in_range("expert_groups_used", expert_groups_used, 1, expert_groups);
-        // The groups used must hold the k experts chosen (each group's top-2 sum needs 2 experts).
-        need(expert_groups == 1 || ((int64_t)expert_groups_used * (n_expert / expert_groups) >= n_expert_used &&
-                                    n_expert / expert_groups >= 2),
-             "expert_groups_used = " + std::to_string(expert_groups_used) + " groups of " +
-                 std::to_string(n_expert / expert_groups) + " experts cannot hold n_expert_used = " +
-                 std::to_string(n_expert_used) + " (or a group has fewer than 2 experts)");
-        need(std::isfinite(expert_weights_scale) && expert_weights_scale > 0.0f,
-             "expert_weights_scale = " + std::to_string(expert_weights_scale) + " must be a positive number");
+        // The router's own rules (the op checks the same each call): groups, expert_weights_scale.
+        const Backend::MoeRouting routing{router_sigmoid, expert_norm_topk, expert_weights_scale, expert_groups,
+                                          expert_groups_used};
+        const std::string why = moe_routing_problem(routing, n_expert, n_expert_used);
+        need(why.empty(), "the router: " + why + " (expert_groups, expert_groups_used, expert_weights_scale)");
     } else {
         need(n_expert_used == 0 && shared_ffn_dim == 0 && n_dense_lead == 0,
              "n_expert_used, shared_ffn_dim and n_dense_lead need experts (n_expert = 0)");

@@ -27,6 +27,7 @@ void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tenso
     pool_.parallel_for(logits.rows, 16, [&](int64_t r0, int64_t r1) {
         std::vector<float> p(n_expert), c(n_expert), group_score(r.n_group);
         std::vector<int32_t> order(std::max<int64_t>(n_expert, r.n_group));
+        std::vector<char> keep(r.n_group);  // the groups chosen from (one token's)
         // Largest first, the lower index first on ties (stable over the ascending indices).
         auto pick = [&](const std::vector<float>& v, int64_t count, int64_t m) {
             for (int64_t e = 0; e < count; e++) order[e] = (int32_t)e;
@@ -63,8 +64,8 @@ void CpuBackend::moe_route(const Tensor& weights, const Tensor& ids, const Tenso
                     group_score[g] = a + b;
                 }
                 pick(group_score, r.n_group, r.topk_group);
-                std::vector<bool> keep(r.n_group, false);
-                for (int j = 0; j < r.topk_group; j++) keep[order[j]] = true;
+                std::fill(keep.begin(), keep.end(), 0);
+                for (int j = 0; j < r.topk_group; j++) keep[order[j]] = 1;
                 for (int64_t e = 0; e < n_expert; e++)
                     if (!keep[e / group]) c[e] = -INFINITY;
             }
