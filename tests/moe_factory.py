@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 import model_factory as mf
 
 # HF name (per layer) -> GGUF name, for everything but the experts.
-_LAYER = {
+LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -125,7 +125,7 @@ def gguf_tensors(hf_dir: Path, arch: str, n_heads: int, n_kv_heads: int) -> dict
                  "lm_head.weight": "output.weight"}[name]] = w
             continue
         layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
-        gname = f"blk.{layer}.{_LAYER[rest]}"
+        gname = f"blk.{layer}.{LAYER_NAMES[rest]}"
         if arch == "llama" and rest == "self_attn.q_proj.weight":
             w = mf.permute_qk_for_gguf(w, n_heads)
         elif arch == "llama" and rest == "self_attn.k_proj.weight":
@@ -207,7 +207,7 @@ def hf_name_of(gguf_name: str, n_expert: int) -> list:
     stack = rest[:-len(".weight")]
     if stack in _STACK.values():
         return [(f"model.layers.{layer}", e, stack) for e in range(n_expert)]
-    return [f"model.layers.{layer}.{hf}" for hf, g in _LAYER.items() if g == rest]
+    return [f"model.layers.{layer}.{hf}" for hf, g in LAYER_NAMES.items() if g == rest]
 
 
 def dequantized_reference(hf_dir: Path, gguf_path: Path, arch: str, model_cfg, out_dir: Path):

@@ -108,13 +108,6 @@ def test_what_is_not_a_call_stays_content(text):
     assert (left, found) == (text, [])
 
 
-@pytest.mark.parametrize("size", [1, 2, 5, 1000])
-def test_streamed_pieces_split_like_the_whole_text(size):
-    content, _, calls = feed_in_pieces(OutputMode(tool_style="glm45", tools=[SEARCH]), "Checking.\n" + CALL, size)
-    assert content == "Checking.\n"
-    assert calls_of(calls) == [("search", ARGS)]
-
-
 def test_the_template_renders_tools_and_calls_as_transformers_does_and_they_parse_back():
     """forgert's request schema and template rendering of tools and an earlier call equal
     transformers'; the earlier call as the template writes it parses back to its arguments."""
@@ -158,18 +151,7 @@ def tiny_model(tiny_models):
         return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=2048)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_the_server_returns_glm45_calls_to_the_openai_client(tiny_model, stream):
-    with LiveServer(ScriptedModel(tiny_model, "Checking.\n" + CALL, GLM45_TOOLS_TEMPLATE), model_id="scripted") as server:
-        content, _, calls, reason = collect_choice(
-            server.openai_client(), stream, model="scripted", tools=[SEARCH],
-            messages=[{"role": "user", "content": "Weather in Paris?"}])
-    assert reason == "tool_calls"
-    assert content.strip() == "Checking."
-    assert calls == [("search", ARGS)]
-
-
-# ----------------------------------------------------------------------------- MiniMax-M2 and DeepSeek
+# ----------------------------------------------------------------- MiniMax-M2 and DeepSeek; all three formats streamed and served
 
 MINIMAX_CALL = ('<minimax:tool_call>\n<invoke name="search">\n<parameter name="query">weather in Paris</parameter>\n'
                 '<parameter name="limit">3</parameter>\n<parameter name="exact">false</parameter>\n'
@@ -207,12 +189,13 @@ def test_template_styles_of_minimax_and_deepseek():
     assert template_style("{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>'}}") == "deepseek"
 
 
-@pytest.mark.parametrize("size", [1, 3, 1000])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 1000])
 @pytest.mark.parametrize("style, text, calls", [
+    ("glm45", CALL, [("search", ARGS)]),
     ("minimax", MINIMAX_CALL, [("search", ARGS), ("now", {})]),
     ("deepseek", DEEPSEEK_V31_CALL, [("search", ARGS), ("now", {})]),
 ])
-def test_minimax_and_deepseek_calls_streamed_in_pieces(size, style, text, calls):
+def test_calls_streamed_in_pieces_split_like_the_whole_text(size, style, text, calls):
     content, _, found = feed_in_pieces(OutputMode(tool_style=style, tools=[SEARCH]), "Checking.\n" + text, size)
     assert content == "Checking.\n" and calls_of(found) == calls
 
@@ -228,10 +211,11 @@ DEEPSEEK_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% end
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("template, text, calls", [
+    (GLM45_TOOLS_TEMPLATE, CALL, [("search", ARGS)]),
     (MINIMAX_TEMPLATE, MINIMAX_CALL, [("search", ARGS), ("now", {})]),
     (DEEPSEEK_TEMPLATE, DEEPSEEK_V3_CALL, [("search", ARGS)]),
 ])
-def test_the_server_returns_minimax_and_deepseek_calls(tiny_model, stream, template, text, calls):
+def test_the_server_returns_the_calls_to_the_openai_client(tiny_model, stream, template, text, calls):
     with LiveServer(ScriptedModel(tiny_model, "Checking.\n" + text, template), model_id="scripted") as server:
         content, _, found, reason = collect_choice(
             server.openai_client(), stream, model="scripted", tools=[SEARCH],

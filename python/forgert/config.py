@@ -890,13 +890,10 @@ def _deepseek_hf(hf: dict, cfg: ModelConfig, source, census: TensorCensus) -> No
     groups, used = hf.get("n_group") or 1, hf.get("topk_group") or 1
     method = hf.get("topk_method", {"deepseek_v2": "greedy", "mistral4": "softmax_groups"}.get(hf.get("model_type"),
                                                                                               "noaux_tc"))
-    if method == "softmax_groups":   # Mistral4TopkRouter
-        cfg.router = "softmax"
-        cfg.expert_groups = _get_int({"n_group": groups}, "n_group", source)
-        cfg.expert_groups_used = _get_int({"topk_group": used}, "topk_group", source)
-        cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True))
-    elif method == "noaux_tc":       # V3: sigmoid scores, selection bias, groups by top-2 sum
-        cfg.router, cfg.router_select_bias = "sigmoid", True
+    if method in ("noaux_tc", "softmax_groups"):
+        # groups by top-2 sum; V3's sigmoid scores with a selection bias, Mistral4TopkRouter's softmax
+        cfg.router = "sigmoid" if method == "noaux_tc" else "softmax"
+        cfg.router_select_bias = method == "noaux_tc"
         cfg.expert_groups = _get_int({"n_group": groups}, "n_group", source)
         cfg.expert_groups_used = _get_int({"topk_group": used}, "topk_group", source)
         cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True))
