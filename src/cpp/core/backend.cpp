@@ -1,6 +1,8 @@
 #include "backend.h"
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 namespace forgert {
 
@@ -63,6 +65,93 @@ void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& log
         need(select_bias.buf && select_bias.type == DType::F32 && select_bias.rows == 1 && select_bias.cols == ne,
              "select_bias must be f32 [" + std::to_string(ne) + "]");
     }
+}
+
+}  // namespace forgert
+
+namespace forgert {
+
+namespace {
+void need_rec(bool ok, const char* op, const std::string& what) {
+    if (!ok) throw InputError(std::string(op) + ": " + what);
+}
+
+std::string shape(const Tensor& t) { return "[" + std::to_string(t.rows) + ", " + std::to_string(t.cols) + "]"; }
+
+void need_f32(const Tensor& t, const char* op, const char* name, int64_t rows, int64_t cols) {
+    need_rec(t.buf && t.type == DType::F32 && t.rows == rows && t.cols == cols && t.stride >= (size_t)cols * 4, op,
+             std::string(name) + " must be f32 [" + std::to_string(rows) + ", " + std::to_string(cols) + "], got " +
+                 dtype_name(t.type) + " " + shape(t));
+}
+
+// The run table's shape, and with its host copy its contents: state rows in range, each run inside
+// the pass's rows, no row in two runs.
+void check_runs(const Tensor& runs, int64_t rows, int64_t n_slots, const int32_t* host, const char* op) {
+    need_rec(runs.buf && runs.type == DType::I32 && runs.cols == 4 && runs.rows >= 1 &&
+                 runs.stride == 4 * sizeof(int32_t),
+             op, "runs must be i32 [n_runs, 4] (state row, first row, rows, fresh), got " + shape(runs));
+    if (!host) return;
+    std::vector<bool> seen(rows, false);
+    for (int64_t r = 0; r < runs.rows; r++) {
+        const int32_t slot = host[4 * r], row0 = host[4 * r + 1], n = host[4 * r + 2];
+        need_rec(slot >= 0 && slot < n_slots, op,
+                 "run " + std::to_string(r) + "'s state row " + std::to_string(slot) + " is outside 0.." +
+                     std::to_string(n_slots - 1));
+        need_rec(n >= 1 && row0 >= 0 && (int64_t)row0 + n <= rows, op,
+                 "run " + std::to_string(r) + " (rows " + std::to_string(row0) + " + " + std::to_string(n) +
+                     ") is outside the pass's " + std::to_string(rows) + " rows");
+        for (int32_t i = row0; i < row0 + n; i++) {
+            need_rec(!seen[i], op, "row " + std::to_string(i) + " is in two runs");
+            seen[i] = true;
+        }
+    }
+}
+}  // namespace
+
+void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
+                        const int32_t* host_runs) {
+    const char* op = "conv1d_silu_state";
+    const int64_t C = x.cols, K = w.cols;
+    need_rec(K >= 1 && K <= 16, op, "the kernel width must be in 1..16, got " + std::to_string(K));
+    need_f32(x, op, "x", x.rows, C);
+    need_f32(out, op, "out", x.rows, C);
+    need_f32(w, op, "w", C, K);
+    need_rec(state.buf && state.type == DType::F32 && state.rows >= 1 && state.cols == (K - 1) * C &&
+                 (K == 1 || state.stride == (size_t)state.cols * 4),
+             op, "state must be f32 [n_slots, (K - 1) * C = " + std::to_string((K - 1) * C) + "], got " + shape(state));
+    need_rec(!(out.buf == x.buf && out.offset < x.offset + x.nbytes() && x.offset < out.offset + out.nbytes()), op,
+             "out may not overlap x");
+    check_runs(runs, x.rows, state.rows, host_runs, op);
+}
+
+void check_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
+                      const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
+                      const Backend::DeltaNetParams& p, const int32_t* host_runs) {
+    const char* op = "gated_delta_rule";
+    need_rec(p.n_k_heads >= 1 && p.n_v_heads >= 1 && p.n_v_heads % p.n_k_heads == 0, op,
+             "n_v_heads = " + std::to_string(p.n_v_heads) + " must be a multiple of n_k_heads = " +
+                 std::to_string(p.n_k_heads));
+    need_rec(p.k_dim >= 1 && p.k_dim <= 256 && p.v_dim >= 1 && p.v_dim <= 256, op,
+             "k_dim and v_dim must be in 1..256, got " + std::to_string(p.k_dim) + ", " + std::to_string(p.v_dim));
+    need_rec(std::isfinite(p.eps) && p.eps >= 0.0f, op, "eps must be finite and >= 0");
+    const int64_t n = q.rows, kw = (int64_t)p.n_k_heads * p.k_dim, vw = (int64_t)p.n_v_heads * p.v_dim;
+    need_f32(q, op, "q", n, kw);
+    need_f32(k, op, "k", n, kw);
+    need_f32(v, op, "v", n, vw);
+    need_f32(out, op, "out", n, vw);
+    need_f32(alpha, op, "alpha", n, p.n_v_heads);
+    need_f32(beta, op, "beta", n, p.n_v_heads);
+    need_f32(A, op, "A", 1, p.n_v_heads);
+    need_f32(dt_bias, op, "dt_bias", 1, p.n_v_heads);
+    const int64_t per_slot = (int64_t)p.n_v_heads * p.k_dim * p.v_dim;
+    need_rec(state.buf && state.type == DType::F32 && state.rows >= 1 && state.cols == per_slot &&
+                 state.stride == (size_t)per_slot * 4,
+             op, "state must be f32 [n_slots, n_v_heads * k_dim * v_dim = " + std::to_string(per_slot) + "], got " +
+                     shape(state));
+    for (const Tensor* in : {&q, &k, &v, &alpha, &beta})
+        need_rec(!(out.buf == in->buf && out.offset < in->offset + in->nbytes() && in->offset < out.offset + out.nbytes()),
+                 op, "out may not overlap an input");
+    check_runs(runs, n, state.rows, host_runs, op);
 }
 
 }  // namespace forgert

@@ -309,7 +309,53 @@ public:
     // Each slot's expert bias: x[i*k + j, :] += b[ids[i, j], :]    x f32 [n*k, dim]; b f32 [n_expert, dim]; ids i32 [n, k]
     virtual void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) { no_moe(); }
 
+    // --- recurrent layers: Gated DeltaNet (Qwen3.5, Qwen3-Next) ---
+    // Both ops walk each sequence's rows in order, carrying a per-sequence state between passes
+    // in one row of a state tensor per layer (its KV slot's row). `runs` i32 [n_runs, 4]: run r is
+    // (state row, first row of the pass, rows, fresh); rows row0 .. row0 + n - 1 are one sequence's
+    // consecutive tokens, oldest first; fresh != 0: the sequence starts here (position 0) and its
+    // state starts at zero, else from the state row. Several runs may share a state row (a prompt
+    // split into its decode and prefix parts): they continue each other in table order. The
+    // table lives in the backend's memory (a GPU reads it); its host copy is not consulted.
+    //
+    // Causal depthwise convolution with SiLU, carrying the last K - 1 inputs: for run r and
+    // channel c, with the window h = [state (K - 1 rows, zeros when fresh); x's rows of the run],
+    // out[row0 + t, c] = silu(sum_j w[c, j] h[t + j, c]) for t < n, and the state becomes the
+    // window's last K - 1 rows.  x, out f32 [rows, C] (rows strided; out may not alias x);
+    // w f32 [C, K]; state f32 [n_slots, (K - 1) * C] (a row: K - 1 inputs of C channels, oldest first)
+    virtual void conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                                   const Tensor& runs) {
+        no_recurrent();
+    }
+    // The gated delta rule (transformers' torch_recurrent_gated_delta_rule with the QK L2-norm in
+    // the kernel), per run, value head h and token t of the run, h's key head being
+    // kh = h / (n_v_heads / n_k_heads) (HF's grouped value heads) or h % n_k_heads (v_tiled: the
+    // order llama.cpp's converter writes):
+    //   qh = q[t, kh] / sqrt(sum q^2 + eps) / sqrt(k_dim);  kk = k[t, kh] / sqrt(sum k^2 + eps)
+    //   decay = exp(A[h] * softplus(alpha[t, h] + dt_bias[h]));  b = sigmoid(beta[t, h])
+    //   S = decay S;  S += kk (b (v[t, h] - S^T kk))^T;  out[t, h] = S^T qh
+    // with S h's state, [k_dim, v_dim] row-major (HF's recurrent_state[b, h]).
+    // q, k f32 [rows, n_k_heads * k_dim]; v, out f32 [rows, n_v_heads * v_dim] (strided views of
+    // one convolution output may serve; out its own); alpha, beta f32 [rows, n_v_heads] (the raw
+    // projections); A, dt_bias f32 [n_v_heads]; state f32 [n_slots, n_v_heads * k_dim * v_dim]
+    struct DeltaNetParams {
+        int n_k_heads = 0, n_v_heads = 0, k_dim = 0, v_dim = 0;  // n_v_heads % n_k_heads == 0
+        bool v_tiled = false;
+        float eps = 1e-6f;  // the L2-norm's
+    };
+    virtual void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& alpha, const Tensor& beta, const Tensor& A, const Tensor& dt_bias,
+                                  const Tensor& state, const Tensor& runs, const DeltaNetParams& p) {
+        no_recurrent();
+    }
+    // x *= sigmoid(gate), elementwise (Qwen3.5's gated attention output)   x f32 [n, d]; gate f32 [n, d] (strided)
+    virtual void mul_sigmoid(const Tensor& x, const Tensor& gate) { no_recurrent(); }
+    virtual bool has_recurrent_ops() const { return false; }
+
 private:
+    [[noreturn]] void no_recurrent() const {
+        throw InputError("the " + name() + " backend has no recurrent-layer (Gated DeltaNet) ops");
+    }
     [[noreturn]] void no_moe() const {
         throw InputError("the " + name() + " backend has no mixture-of-experts ops");
     }
@@ -325,6 +371,16 @@ std::string moe_routing_problem(const Backend::MoeRouting& routing, int64_t n_ex
 // moe_routing_problem's rules and the selection bias (f32 [n_expert]).
 void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const Backend::MoeRouting& routing,
                      const Tensor& select_bias);
+
+// Throws InputError unless the recurrent ops' arguments fit together: the run table (i32 [n_runs, 4],
+// state rows in range, runs within x's rows and disjoint), the shapes above, K >= 1. Shared by
+// every backend's conv1d_silu_state / gated_delta_rule. host_runs: the table's host copy where the
+// backend has one (the CPU's), to check its contents; null skips that.
+void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
+                        const int32_t* host_runs);
+void check_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
+                      const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
+                      const Backend::DeltaNetParams& p, const int32_t* host_runs);
 
 // Throws InputError unless copy(dst, src) applies: the same dtype and shape, no overlap.
 void check_copy(const Tensor& dst, const Tensor& src);

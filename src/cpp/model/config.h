@@ -82,6 +82,31 @@ struct ModelConfig {
     int mla_v_head_dim = 0;
     bool is_mla() const { return mla_kv_lora > 0; }
 
+    // Gated DeltaNet hybrids (Qwen3.5 / Qwen3.6, arch qwen35 / qwen35moe): the layers where
+    // layer_recurrent[l] is set replace attention by a linear-attention recurrence
+    // (Backend::gated_delta_rule) over a causal depthwise convolution (conv1d_silu_state, width
+    // ssm_conv_kernel) of one projection attn_qkv [q | k | v]; its output is RMS-normed per value
+    // head, times silu(attn_gate x), into ssm_out. Keys and queries have ssm_k_heads heads of
+    // ssm_k_dim, values ssm_v_heads of ssm_v_dim; ssm_v_tiled: the value heads in the order
+    // llama.cpp's converter writes (see DeltaNetParams). Each such layer keeps a state per KV slot
+    // instead of K/V rows, so a sequence can only continue from the position its state holds.
+    std::vector<int> layer_recurrent;  // [n_layers] of 0 / 1; empty: none
+    int ssm_conv_kernel = 0;
+    int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
+    bool ssm_v_tiled = false;
+    // Gated attention (Qwen3.5's attention layers): attn_q is [n_heads * 2 * head_dim, dim], each
+    // head's query then its gate; the attention output is multiplied by sigmoid(gate) before attn_output.
+    bool attn_output_gate = false;
+    bool is_recurrent(int layer) const { return !layer_recurrent.empty() && layer_recurrent[layer] != 0; }
+    bool has_recurrent() const {
+        for (int r : layer_recurrent)
+            if (r) return true;
+        return false;
+    }
+    int ssm_qk_width() const { return ssm_k_heads * ssm_k_dim; }
+    int ssm_value_width() const { return ssm_v_heads * ssm_v_dim; }
+    int ssm_conv_channels() const { return 2 * ssm_qk_width() + ssm_value_width(); }
+
     bool is_moe() const { return n_expert > 0; }
     bool layer_is_moe(int layer) const { return n_expert > 0 && layer >= n_dense_lead; }
     int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }

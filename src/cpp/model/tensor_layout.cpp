@@ -25,7 +25,18 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         const std::string p = "blk." + std::to_string(l) + ".";
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "attn_norm.bias", 1, dim, true, true});
-        if (cfg.is_mla()) {  // Q (or its low-rank pair), the latent and its expansions into K and V
+        if (cfg.is_recurrent(l)) {  // Gated DeltaNet in place of attention (Qwen3.5)
+            const int64_t C = cfg.ssm_conv_channels(), vw = cfg.ssm_value_width(), nv = cfg.ssm_v_heads;
+            out.push_back({p + "attn_qkv.weight", C, dim, true, false});
+            out.push_back({p + "attn_gate.weight", vw, dim, true, false});
+            out.push_back({p + "ssm_beta.weight", nv, dim, true, false});
+            out.push_back({p + "ssm_alpha.weight", nv, dim, true, false});
+            out.push_back({p + "ssm_conv1d.weight", C, cfg.ssm_conv_kernel, true, true});
+            out.push_back({p + "ssm_dt.bias", 1, nv, true, true});
+            out.push_back({p + "ssm_a", 1, nv, true, true});  // -exp(A_log): llama.cpp's name has no suffix
+            out.push_back({p + "ssm_norm.weight", 1, cfg.ssm_v_dim, true, true});
+            out.push_back({p + "ssm_out.weight", dim, vw, true, false});
+        } else if (cfg.is_mla()) {  // Q (or its low-rank pair), the latent and its expansions into K and V
             const int64_t latent = cfg.mla_kv_lora + cfg.rope_dims(), ql = cfg.mla_q_lora;
             if (ql > 0) {
                 out.push_back({p + "attn_q_a.weight", ql, dim, true, false});
@@ -40,19 +51,19 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             out.push_back({p + "attn_v_from_latent.weight", kv, latent, true, false});
             out.push_back({p + "attn_output.weight", dim, (int64_t)cfg.n_heads * cfg.mla_v_head_dim, true, false});
         } else {
-            out.push_back({p + "attn_q.weight", q, dim, true, false});
+            out.push_back({p + "attn_q.weight", cfg.attn_output_gate ? 2 * q : q, dim, true, false});
             out.push_back({p + "attn_k.weight", kv, dim, true, false});
             out.push_back({p + "attn_v.weight", kv, dim, true, false});
-            out.push_back({p + "attn_q.bias", 1, q, qkv_bias_required, true});
+            out.push_back({p + "attn_q.bias", 1, cfg.attn_output_gate ? 2 * q : q, qkv_bias_required, true});
             out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
             out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
         }
-        if (cfg.qk_norm != QkNorm::None) {
+        if (cfg.qk_norm != QkNorm::None && !cfg.is_recurrent(l)) {
             out.push_back({p + "attn_q_norm.weight", 1, q_norm_width, true, true});
             out.push_back({p + "attn_k_norm.weight", 1, k_norm_width, true, true});
         }
-        if (!cfg.is_mla()) out.push_back({p + "attn_output.weight", dim, q, true, false});
-        if (out_bias_known) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
+        if (!cfg.is_mla() && !cfg.is_recurrent(l)) out.push_back({p + "attn_output.weight", dim, q, true, false});
+        if (out_bias_known && !cfg.is_recurrent(l)) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
         if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
         if (pre_norms && !cfg.parallel_block) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});

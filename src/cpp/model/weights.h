@@ -45,6 +45,14 @@ struct LayerWeights {
     Tensor wkv_a;              // [mla_kv_lora + rope_dim, dim]: the latent, then the shared rope key
     Tensor kv_a_norm;          // f32 [mla_kv_lora]
     Tensor wk_latent, wv_latent;  // [kv_dim, mla_kv_lora + rope_dim]: the latent row into each head's K, V
+    // Gated DeltaNet (cfg.is_recurrent(l); the attention tensors are then empty)
+    Tensor ssm_qkv;            // [C = 2 * ssm_qk_width + ssm_value_width, dim]: q | k | v before the convolution
+    Tensor ssm_gate;           // [ssm_value_width, dim]: z, the output norm's gate
+    Tensor ssm_beta, ssm_alpha;  // [ssm_v_heads, dim]: per value head, the write strength's and the decay's logits
+    Tensor ssm_conv1d;         // f32 [C, ssm_conv_kernel]
+    Tensor ssm_dt_bias, ssm_a; // f32 [ssm_v_heads]: the decay's bias and A = -exp(A_log)
+    Tensor ssm_norm;           // f32 [ssm_v_dim]: the per-head RMSNorm of the output
+    Tensor ssm_out;            // [dim, ssm_value_width]
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
     Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma, OLMo 2)
     Tensor ffn_norm;           // f32 [dim]; rows == 0 without pre-norms
