@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import gemma
+from . import deltanet, gemma
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + gemma.GEMMA_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -24,7 +24,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
-                  **gemma.HF_GEMMA_MODEL_TYPES}
+                  **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -56,7 +56,9 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # expansions) and experts under DeepSeek's routers.
 # MiniMax-M2 (minimax-m2) is Llama with OLMo 2's whole-row QK-norm, half of each head rotated and
 # Mixtral-style experts under a sigmoid router with a selection bias, renormalised.
-_CORE_ARCH = {"glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# Qwen3.5 / Qwen3.6 (qwen35, qwen35moe) is Qwen3 whose layers are three Gated DeltaNet layers to
+# one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert.
+_CORE_ARCH = {"qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -84,7 +86,7 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 # Q and K projections ("whole").
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"qwen3": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+_QK_NORM = {"qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
             "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -94,7 +96,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
                     "qwen2moe", "nemotron", "glm4moe", "minimax-m2",
                     "gpt-oss",
-                    "qwen2vl", "qwen3vl", "qwen3vlmoe")
+                    "qwen2vl", "qwen3vl", "qwen3vlmoe") + deltanet.GGUF_ARCHS
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe", "arcee")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
@@ -176,6 +178,18 @@ class ModelConfig:
     mla_kv_lora: int = 0
     mla_q_lora: int = 0
     mla_v_head_dim: int = 0
+    # Gated DeltaNet hybrids (deltanet.py; ModelConfig in src/cpp/model/config.h): [n_layers] 0 / 1,
+    # 1 where a layer is recurrent (None: none); the convolution's width; key and value heads and
+    # their widths; the value heads' order (True: llama.cpp's tiled, False: HF's grouped); and the
+    # attention layers' output gate (each head's query followed by its gate in attn_q).
+    layer_recurrent: list[int] | None = None
+    ssm_conv_kernel: int = 0
+    ssm_k_heads: int = 0
+    ssm_v_heads: int = 0
+    ssm_k_dim: int = 0
+    ssm_v_dim: int = 0
+    ssm_v_tiled: bool = False
+    attn_output_gate: bool = False
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
     embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))
@@ -246,6 +260,13 @@ class ModelConfig:
                        + (f", query rank {self.mla_q_lora}" if self.mla_q_lora else "")
                        + f"; heads of {self.head_dim - self.rotated_dims} + {self.rotated_dims} rotated dims, "
                          f"values of {self.mla_v_head_dim})")
+        if self.layer_recurrent is not None:
+            n_rec = sum(self.layer_recurrent)
+            out.append(f"Gated DeltaNet in {n_rec} of {self.n_layers} layers (key heads {self.ssm_k_heads} x "
+                       f"{self.ssm_k_dim}, value heads {self.ssm_v_heads} x {self.ssm_v_dim}, convolution "
+                       f"{self.ssm_conv_kernel}); a fixed-size state per sequence in those layers")
+        if self.attn_output_gate:
+            out.append("gated attention output (sigmoid of a per-head gate)")
         if self.mtp_layers:
             out.append(f"{self.mtp_layers} multi-token-prediction layer{'s' if self.mtp_layers > 1 else ''} "
                        f"in the file, not run")
@@ -343,6 +364,12 @@ class ModelConfig:
                      shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead)
         if self.mla_kv_lora:
             d.update(mla_kv_lora=self.mla_kv_lora, mla_q_lora=self.mla_q_lora, mla_v_head_dim=self.mla_v_head_dim)
+        if self.layer_recurrent is not None:
+            d.update(layer_recurrent=[int(r) for r in self.layer_recurrent], ssm_conv_kernel=self.ssm_conv_kernel,
+                     ssm_k_heads=self.ssm_k_heads, ssm_v_heads=self.ssm_v_heads, ssm_k_dim=self.ssm_k_dim,
+                     ssm_v_dim=self.ssm_v_dim, ssm_v_tiled=bool(self.ssm_v_tiled))
+        if self.attn_output_gate:
+            d["attn_output_gate"] = True
         if self.swiglu_limit:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
@@ -530,6 +557,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _gguf_experts(meta, p, cfg, source, census)
     if arch == "deepseek2":
         _deepseek2_gguf(meta, p, cfg, source, value_len)
+    if arch in deltanet.GGUF_ARCHS:
+        deltanet.apply_gguf(meta, p, cfg, source, census.max_extent)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
@@ -556,7 +585,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _ernie4_5_moe_gguf(meta, p, cfg, source)
     if arch in ("command-r", "cohere2"):
         _cohere_gguf(meta, p, cfg, source)
-    if arch in _TEXT_OF_VISION_ARCHS:
+    if arch in _TEXT_OF_VISION_ARCHS + deltanet.GGUF_ARCHS:   # Qwen3.5's interleaved multimodal RoPE: 1-D on text
         sections = _int_list(meta, p + "rope.dimension_sections", source)
         if any(s < 0 for s in sections) or sum(sections) > (rope_dim // 2):
             _fail(source, f"rope.dimension_sections {sections} do not fit the {rope_dim // 2} rotated pairs")
@@ -643,7 +672,7 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
     # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
     # Granite MoE: a softmax over the top-k logits, the same as renormalising.
-    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe", "minimax_m2")
+    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe", "minimax_m2", "qwen3_5_moe_text")
                             else bool(hf.get("norm_topk_prob", False)))
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
@@ -1295,7 +1324,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         cfg.sliding_window = window
         if model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):   # windows only the layers from max_window_layers on
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
-    _hf_layer_types(hf, cfg, source)
+    if model_type in deltanet.HF_TEXT_TYPES:   # its layer_types name recurrent layers, not windows
+        deltanet.apply_hf(hf, cfg, source, census.max_extent)
+    else:
+        _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
     if model_type == "glm4_moe":
         _glm4moe_hf(hf, cfg, source, census)
@@ -1314,7 +1346,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     if model_type == "exaone4":
         _exaone4_hf(hf, cfg, source)
     olmo3 = _olmo3_hf(hf, cfg, source) if model_type == "olmo3" else None
-    if model_type == "nemotron":   # LayerNorm1P: x normalised times (1 + w), plus b
+    if model_type in ("nemotron",) + tuple(deltanet.HF_TEXT_TYPES):   # norms computing x times (1 + w)
         cfg.norm_shift = 1.0
     cfg.vision_language = hf.get("vision_language")   # set by vision_language.language_config
     if model_type in ("cohere", "cohere2"):

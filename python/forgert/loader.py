@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .deltanet import recurrent_tensors
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
 from .fused_tensors import split_fused
@@ -26,7 +27,9 @@ _GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_fa
 # feed-forward norm is llama.cpp's post_attention_norm (the norm after attention, before the MLP).
 # GLM-4.5's likewise.
 _GGUF_LAYER_RENAMES = {"seed_oss": {"post_attention_norm.weight": "ffn_norm.weight"},
-                       "glm4moe": {"post_attention_norm.weight": "ffn_norm.weight"}}
+                       "glm4moe": {"post_attention_norm.weight": "ffn_norm.weight"},
+                       "qwen35": {"post_attention_norm.weight": "ffn_norm.weight"},
+                       "qwen35moe": {"post_attention_norm.weight": "ffn_norm.weight"}}
 
 
 def _canonical_layer_names(arch: str, weights: dict, source: str) -> dict:
@@ -170,7 +173,8 @@ def load_hf_dir(path) -> LoadedModel:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
     if cfg.norm_shift:
         d.tensors = shift_norms(d.tensors, cfg.norm_shift)
-    tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name)
+    tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, recurrent_tensors(d.tensors, d.name)),
+                                                         d.name), d.name)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused or n.endswith(LATENT_SOURCE_TENSORS)}
     return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok,

@@ -14,6 +14,7 @@ import struct
 
 import numpy as np
 
+from . import deltanet
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -128,7 +129,10 @@ _DEEPSEEK_LAYER_NAMES = {
 }
 # MiniMax-M2: Mixtral's names, its router's selection bias beside the experts
 _MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_bias": "exp_probs_b.bias"}
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
+# Qwen3.5: Qwen3's attention, the recurrent layers' linear_attn.* (deltanet.py), Qwen2-MoE's experts
+_QWEN3_5_LAYER_NAMES = {**_LAYER_NAMES, **deltanet.HF_LAYER_NAMES}
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES,
+                              "qwen3_5_moe_text": _QWEN3_5_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
                               "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES, "mistral4": _DEEPSEEK_LAYER_NAMES,
@@ -299,8 +303,9 @@ class HFModelDir:
         for sf in self.files:
             for file_name, (type_id, shape, _, _) in sf.tensors.items():
                 hf_name = language_tensor_name(file_name) if vision_language else file_name
-                if hf_name is None:
-                    continue   # the vision tower and projector
+                if hf_name is None or (model_type in deltanet.HF_TEXT_TYPES and
+                                       hf_name.startswith(deltanet.HF_SKIPPED_PREFIXES)):
+                    continue   # the vision tower and projector; Qwen3.5's multi-token-prediction block
                 layer = _LAYER_RE.match(hf_name)
                 if layer and int(layer.group(1)) in mtp:
                     continue   # a multi-token-prediction layer (GLM-4.5's), which transformers does not run either
@@ -351,6 +356,8 @@ class HFModelDir:
                     shape2 = (1, shape[0])
                 elif len(shape) == 2:
                     shape2 = tuple(shape)
+                elif name.endswith(".ssm_conv1d.weight") and len(shape) == 3 and shape[1] == 1:
+                    shape2 = (shape[0], shape[2])   # Qwen3.5's depthwise conv1d [C, 1, K] as [C, K]
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
                 t = WeightTensor(name, sf.view(file_name), type_id, shape2, sf.name)

@@ -70,7 +70,8 @@ def shift_norms(tensors: dict, shift: float) -> dict:
     store w and compute x * (1 + w), which the core computes as x * w'."""
     out = dict(tensors)
     for name, t in tensors.items():
-        if name.endswith("norm.weight"):
+        # Qwen3.5's gated output norm (ssm_norm) is used as it is stored, unlike its other norms
+        if name.endswith("norm.weight") and not name.endswith("ssm_norm.weight"):
             f = _as_f32(t)
             out[name] = to_f32_tensor(t, f.data.view(np.float32) + np.float32(shift))
     return out

@@ -101,6 +101,16 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_freqs.assign(f.data(), f.data() + f.size());
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
+    if (d.contains("layer_recurrent")) {  // Gated DeltaNet layers (Qwen3.5)
+        c.layer_recurrent = get_int_list(d, "layer_recurrent");
+        c.ssm_conv_kernel = get<int>(d, "ssm_conv_kernel");
+        c.ssm_k_heads = get<int>(d, "ssm_k_heads");
+        c.ssm_v_heads = get<int>(d, "ssm_v_heads");
+        c.ssm_k_dim = get<int>(d, "ssm_k_dim");
+        c.ssm_v_dim = get<int>(d, "ssm_v_dim");
+        c.ssm_v_tiled = get<bool>(d, "ssm_v_tiled");
+    }
+    if (d.contains("attn_output_gate")) c.attn_output_gate = get<bool>(d, "attn_output_gate");
     if (d.contains("mla_kv_lora")) {  // multi-head latent attention (DeepSeek V2 / V3)
         c.mla_kv_lora = get<int>(d, "mla_kv_lora");
         c.mla_q_lora = get<int>(d, "mla_q_lora");
@@ -477,6 +487,31 @@ public:
         model_->kv_load(n, src);
     }
 
+    // A recurrent model's states of slot 0 (f32 [state_floats]), saved beside kv_save's rows.
+    py::array_t<float> state_save() {
+        py::array_t<float> out(std::vector<py::ssize_t>{(py::ssize_t)model_->state_floats()});
+        float* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->state_save(dst);
+        return out;
+    }
+
+    void state_load(py::array_t<float, py::array::c_style | py::array::forcecast> state, int pos) {
+        if (state.ndim() != 1 || (size_t)state.shape(0) != model_->state_floats())
+            throw InputError("recurrent state must be f32 [" + std::to_string(model_->state_floats()) + "] for this model");
+        const float* src = state.data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->state_load(src, pos);
+    }
+
+    int state_position(int slot) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        return model_->state_position(slot);
+    }
+
     void kv_copy(int src, int dst, int n) {
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
@@ -642,6 +677,12 @@ PYBIND11_MODULE(_core, m) {
         .def("kv_load", &Engine::kv_load, py::arg("kv"), "restore rows 0..n saved by kv_save")
         .def("kv_copy", &Engine::kv_copy, py::arg("src"), py::arg("dst"), py::arg("n"),
             "copy K/V cache rows 0..n (every layer) of slot src into slot dst")
+        .def_property_readonly("recurrent", [](Engine& e) { return e.model().config().has_recurrent(); })
+        .def("state_position", &Engine::state_position, py::arg("slot"),
+             "tokens slot's recurrent state holds (-1: none; a sequence continues only there, or from 0)")
+        .def("state_save", &Engine::state_save, "f32 [n] of slot 0's recurrent states (empty without recurrent layers)")
+        .def("state_load", &Engine::state_load, py::arg("state"), py::arg("pos"),
+             "restore slot 0's recurrent states saved by state_save, as holding pos tokens")
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })

@@ -39,6 +39,34 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         if (cfg_.mla_q_lora > 0) q_low_ = tensor(DType::F32, B, cfg_.mla_q_lora);
         att_values_ = tensor(DType::F32, B, (int64_t)cfg_.n_heads * cfg_.mla_v_head_dim);
     }
+    if (cfg_.attn_output_gate) {
+        q_gated_ = tensor(DType::F32, B, 2 * (int64_t)cfg_.q_dim());
+        attn_gate_ = tensor(DType::F32, B, cfg_.q_dim());
+    }
+    state_pos_.assign(n_slots_, -1);
+    if (cfg_.has_recurrent()) {
+        if (!be_->has_recurrent_ops())
+            throw InputError("the " + be_->name() + " backend cannot run recurrent (Gated DeltaNet) layers yet");
+        const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width(), nv = cfg_.ssm_v_heads;
+        ssm_mixed_ = tensor(DType::F32, B, C);
+        ssm_conv_ = tensor(DType::F32, B, C);
+        ssm_z_ = tensor(DType::F32, B, vw);
+        ssm_o_ = tensor(DType::F32, B, vw);
+        ssm_beta_ = tensor(DType::F32, B, nv);
+        ssm_alpha_ = tensor(DType::F32, B, nv);
+        runs_ = tensor(DType::I32, 2 * (int64_t)n_slots_, 4);  // a pass splits an entry in two at most
+        step_runs_ = tensor(DType::I32, 2, 4);
+        const int32_t steps[8] = {0, 0, 1, 0, 0, 0, 1, 1};
+        be_->write(step_runs_, steps, sizeof steps);
+        conv_state_.resize(cfg_.n_layers);
+        ssm_state_.resize(cfg_.n_layers);
+        for (int l = 0; l < cfg_.n_layers; l++) {
+            if (!cfg_.is_recurrent(l)) continue;
+            conv_state_[l] = tensor(DType::F32, n_slots_, std::max<int64_t>(1, (cfg_.ssm_conv_kernel - 1) * C));
+            conv_state_[l].cols = (cfg_.ssm_conv_kernel - 1) * C;
+            ssm_state_[l] = tensor(DType::F32, n_slots_, nv * cfg_.ssm_k_dim * cfg_.ssm_v_dim);
+        }
+    }
     proj_ = tensor(DType::F32, B, cfg_.dim);
     // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
     // leading dense layers'.
@@ -76,6 +104,11 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     be_->write(freqs_, cfg_.rope_freqs.data(), cfg_.rope_freqs.size() * sizeof(float));
     const int64_t kv_rows = (int64_t)n_slots_ * cfg_.n_ctx;
     for (int l = 0; l < cfg_.n_layers; l++) {
+        if (cfg_.is_recurrent(l)) {  // no K/V rows: its state is conv_state_ / ssm_state_
+            kv_.k.emplace_back();
+            kv_.v.emplace_back();
+            continue;
+        }
         kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
         kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, cfg_.kv_dim()));
         kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
@@ -193,6 +226,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         at = RowPositions(row_table, max_len, max_run);
     }
     at.classes = rc;  // attention's query rows: decode rows alone, prefix rows whatever their block
+    const Tensor runs = cfg_.has_recurrent() ? recurrent_runs(entries, n_entries, device_ids != nullptr) : Tensor{};
     Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
            v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            // the dense feed-forward's [n, ffn_dim] (gate_ and up_ may be wider: an MoE model's shared expert)
@@ -225,48 +259,67 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
         if (cfg_.pre_norms) norm(xn, x, L.attn_norm, L.attn_norm_b);
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
-        if (cfg_.is_mla()) {
-            latent_attention_qkv(L, attn_in, q, k, v, n);
+        if (cfg_.is_recurrent(l)) {  // a Gated DeltaNet layer in place of attention
+            add_projection(L.ssm_out, delta_net(L, l, attn_in, n, runs), L.attn_post_norm);
         } else {
-            const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
-            be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
+            if (cfg_.is_mla()) {
+                latent_attention_qkv(L, attn_in, q, k, v, n);
+            } else if (cfg_.attn_output_gate) {  // Qwen3.5: each head's query, then its gate
+                const Tensor qg = q_gated_.slice_rows(0, n), outs[3] = {qg, k, v}, ws[3] = {L.wq, L.wk, L.wv};
+                be.matmul_many(outs, ws, 3, attn_in, rc);
+                if (L.bq.rows) be.add_bias(qg, L.bq);
+                // [n, n_heads * 2 * head_dim] as [n * n_heads, head_dim] rows 2 * head_dim apart: queries, then gates
+                const int64_t heads = (int64_t)n * cfg_.n_heads, hd = cfg_.head_dim;
+                Tensor queries = qg;
+                queries.rows = heads;
+                queries.cols = hd;
+                queries.stride = 2 * hd * sizeof(float);
+                Tensor gates = queries;
+                gates.offset += hd * sizeof(float);
+                be.copy(make_tensor(q_.buf, 0, DType::F32, heads, hd), queries);
+                be.copy(make_tensor(attn_gate_.buf, 0, DType::F32, heads, hd), gates);
+            } else {
+                const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
+                be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
+            }
+            // Biases wherever the file has them (Qwen2 always, Llama with attention_bias).
+            if (L.bq.rows && !cfg_.attn_output_gate) be.add_bias(q, L.bq);
+            if (L.bk.rows) be.add_bias(k, L.bk);
+            if (L.bv.rows) be.add_bias(v, L.bv);
+            if (cfg_.qk_norm == ModelConfig::QkNorm::PerHead) {  // QK-norm: each head normalised before RoPE
+                be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);
+                be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
+            } else if (cfg_.qk_norm == ModelConfig::QkNorm::Whole) {  // OLMo 2: each row of q, of k, normalised whole
+                be.rms_norm(q, q, L.q_norm, cfg_.rms_eps);
+                be.rms_norm(k, k, L.k_norm, cfg_.rms_eps);
+            }
+            const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
+            rp.nope = table < 0;
+            rp.attn_factor = cfg_.rope_attn_factor_of(table);
+            ap.window = cfg_.window_of(l);
+            ap.sinks = L.attn_sinks.rows ? &L.attn_sinks : nullptr;  // gpt-oss
+            // RoPE, the cache write and attention: one call each for every sequence's rows. One
+            // sequence reads its slot's cache from its position; several, the whole layer's cache
+            // through the row table (each row's position and its slot's first cache row).
+            const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot),
+                         vc = batched ? kv_.v[l] : slot_rows(kv_.v[l], entries[0].slot);
+            be.rope_kv_write(q, k, v, kc, vc, freqs_.slice_rows(std::max(table, 0), 1), at, rp);
+            be.attention(att, q, kc, vc, at, ap);
+            if (cfg_.attn_output_gate) be.mul_sigmoid(att, attn_gate_.slice_rows(0, n));
+            if (cfg_.is_mla()) {  // each head's value part, [n * n_heads, v_head_dim], packed for wo
+                const int64_t hd = cfg_.head_dim, vd = cfg_.mla_v_head_dim, heads = (int64_t)n * cfg_.n_heads;
+                Tensor values = att;
+                values.rows = heads;
+                values.cols = vd;
+                values.stride = (size_t)hd * sizeof(float);
+                const Tensor packed = make_tensor(att_values_.buf, 0, DType::F32, n, cfg_.n_heads * vd);
+                be.copy(make_tensor(att_values_.buf, 0, DType::F32, heads, vd), values);
+                add_projection(L.wo, packed, L.attn_post_norm);
+            } else {
+                add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
+            }
+            if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         }
-        // Biases wherever the file has them (Qwen2 always, Llama with attention_bias).
-        if (L.bq.rows) be.add_bias(q, L.bq);
-        if (L.bk.rows) be.add_bias(k, L.bk);
-        if (L.bv.rows) be.add_bias(v, L.bv);
-        if (cfg_.qk_norm == ModelConfig::QkNorm::PerHead) {  // QK-norm: each head normalised before RoPE
-            be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);
-            be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
-        } else if (cfg_.qk_norm == ModelConfig::QkNorm::Whole) {  // OLMo 2: each row of q, of k, normalised whole
-            be.rms_norm(q, q, L.q_norm, cfg_.rms_eps);
-            be.rms_norm(k, k, L.k_norm, cfg_.rms_eps);
-        }
-        const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
-        rp.nope = table < 0;
-        rp.attn_factor = cfg_.rope_attn_factor_of(table);
-        ap.window = cfg_.window_of(l);
-        ap.sinks = L.attn_sinks.rows ? &L.attn_sinks : nullptr;  // gpt-oss
-        // RoPE, the cache write and attention: one call each for every sequence's rows. One
-        // sequence reads its slot's cache from its position; several, the whole layer's cache
-        // through the row table (each row's position and its slot's first cache row).
-        const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot),
-                     vc = batched ? kv_.v[l] : slot_rows(kv_.v[l], entries[0].slot);
-        be.rope_kv_write(q, k, v, kc, vc, freqs_.slice_rows(std::max(table, 0), 1), at, rp);
-        be.attention(att, q, kc, vc, at, ap);
-        if (cfg_.is_mla()) {  // each head's value part, [n * n_heads, v_head_dim], packed for wo
-            const int64_t hd = cfg_.head_dim, vd = cfg_.mla_v_head_dim, heads = (int64_t)n * cfg_.n_heads;
-            Tensor values = att;
-            values.rows = heads;
-            values.cols = vd;
-            values.stride = (size_t)hd * sizeof(float);
-            const Tensor packed = make_tensor(att_values_.buf, 0, DType::F32, n, cfg_.n_heads * vd);
-            be.copy(make_tensor(att_values_.buf, 0, DType::F32, heads, vd), values);
-            add_projection(L.wo, packed, L.attn_post_norm);
-        } else {
-            add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
-        }
-        if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         // feed-forward block; in a parallel block (Cohere) it reads the attention's normed input,
         // still in xn, and adds to x beside the attention's output
         if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm, L.ffn_norm_b);
@@ -289,7 +342,62 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         if (L.b_down.rows) be.add_bias(x, L.b_down);  // (+ b_down, once per row)
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
+    if (cfg_.has_recurrent())  // every state now holds its entries' tokens
+        for (int e = 0; e < n_entries; e++)
+            state_pos_[entries[e].slot] = std::max(state_pos_[entries[e].slot], entries[e].pos + entries[e].n);
     if (profiling_) { be.wait(); profile_.layers += now_s() - t1; }
+}
+
+void LlamaModel::check_state_positions(const BatchEntry* entries, int n_entries) const {
+    if (!cfg_.has_recurrent()) return;
+    std::vector<int> at(state_pos_);  // where each slot's state stands as the entries are taken in order
+    for (int e = 0; e < n_entries; e++) {
+        const BatchEntry& b = entries[e];
+        if (b.pos != 0 && b.pos != at[b.slot])
+            throw InputError("slot " + std::to_string(b.slot) + ": this model's recurrent layers hold " +
+                             (at[b.slot] < 0 ? std::string("no state") : "the state after " + std::to_string(at[b.slot]) +
+                                                                              " tokens") +
+                             " and cannot continue from position " + std::to_string(b.pos) +
+                             " (a recurrent state cannot rewind: evaluate the sequence again from position 0)");
+        at[b.slot] = b.pos + b.n;
+    }
+}
+
+Tensor LlamaModel::recurrent_runs(const BatchEntry* entries, int n_entries, bool device_ids) {
+    check_state_positions(entries, n_entries);
+    for (int e = 0; e < n_entries; e++) state_pos_[entries[e].slot] = -1;  // until the pass is encoded
+    if (device_ids)  // a pipelined step of slot 0: a fixed table, no upload while work is in flight
+        return step_runs_.slice_rows(entries[0].pos == 0 ? 1 : 0, 1);
+    runs_host_.clear();
+    for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++)
+        runs_host_.insert(runs_host_.end(), {entries[e].slot, r0, entries[e].n, entries[e].pos == 0 ? 1 : 0});
+    const Tensor runs = runs_.slice_rows(0, n_entries);
+    be_->write(runs, runs_host_.data(), runs_host_.size() * sizeof(int32_t));
+    return runs;
+}
+
+Tensor LlamaModel::delta_net(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs) {
+    Backend& be = *be_;
+    const RowClasses rc = rows_;
+    const int64_t qk = cfg_.ssm_qk_width(), vw = cfg_.ssm_value_width();
+    const Tensor mixed = ssm_mixed_.slice_rows(0, n), z = ssm_z_.slice_rows(0, n), beta = ssm_beta_.slice_rows(0, n),
+                 alpha = ssm_alpha_.slice_rows(0, n), conv = ssm_conv_.slice_rows(0, n), out = ssm_o_.slice_rows(0, n);
+    const Tensor outs[4] = {mixed, z, beta, alpha}, ws[4] = {L.ssm_qkv, L.ssm_gate, L.ssm_beta, L.ssm_alpha};
+    be.matmul_many(outs, ws, 4, xn, rc);
+    be.conv1d_silu_state(conv, mixed, L.ssm_conv1d, conv_state_[layer], runs);
+    auto columns = [&](int64_t c0, int64_t width) {  // q, k and v: column ranges of the convolution's rows
+        Tensor t = conv;
+        t.offset += c0 * sizeof(float);
+        t.cols = width;
+        return t;
+    };
+    const Backend::DeltaNetParams p{cfg_.ssm_k_heads, cfg_.ssm_v_heads, cfg_.ssm_k_dim, cfg_.ssm_v_dim, cfg_.ssm_v_tiled,
+                                    1e-6f};  // transformers' (and FLA's) L2-norm eps
+    be.gated_delta_rule(out, columns(0, qk), columns(qk, qk), columns(2 * qk, vw), alpha, beta, L.ssm_a, L.ssm_dt_bias,
+                        ssm_state_[layer], runs, p);
+    be.head_rms_norm(out, L.ssm_norm, cfg_.rms_eps);  // each value head's output normed,
+    be.silu_mul(out, z, out);                          // times silu(z)
+    return out;
 }
 
 void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
@@ -586,6 +694,10 @@ void LlamaModel::kv_save(int n, uint16_t* dst) {
     const size_t rows = (size_t)n * cfg_.kv_dim();
     for (int l = 0; l < cfg_.n_layers; l++) {
         if (n == 0) break;
+        if (cfg_.is_recurrent(l)) {  // no rows: its state goes through state_save
+            std::fill(dst + (2 * l) * rows, dst + (2 * l + 2) * rows, uint16_t{0});
+            continue;
+        }
         be_->read(dst + (2 * l) * rows, kv_.k[l].slice_rows(0, n), rows * sizeof(uint16_t));
         be_->read(dst + (2 * l + 1) * rows, kv_.v[l].slice_rows(0, n), rows * sizeof(uint16_t));
     }
@@ -596,8 +708,10 @@ void LlamaModel::kv_load(int n, const uint16_t* src) {
                                                   std::to_string(cfg_.n_ctx));
     const size_t rows = (size_t)n * cfg_.kv_dim();
     be_->wait();  // no pass in flight may still read the rows being replaced
+    state_pos_[0] = -1;  // a recurrent model's state comes with state_load
     for (int l = 0; l < cfg_.n_layers; l++) {
         if (n == 0) break;
+        if (cfg_.is_recurrent(l)) continue;
         be_->write(kv_.k[l].slice_rows(0, n), src + (2 * l) * rows, rows * sizeof(uint16_t));
         be_->write(kv_.v[l].slice_rows(0, n), src + (2 * l + 1) * rows, rows * sizeof(uint16_t));
     }
@@ -610,15 +724,65 @@ void LlamaModel::kv_copy(int src, int dst, int n) {
                          std::to_string(src) + " -> " + std::to_string(dst));
     if (n < 0 || n > cfg_.n_ctx)
         throw InputError("kv_copy: " + std::to_string(n) + " rows of a cache of " + std::to_string(cfg_.n_ctx));
+    if (cfg_.has_recurrent() && n > 0 && state_pos_[src] != n)
+        throw InputError("kv_copy: slot " + std::to_string(src) + "'s recurrent state holds " +
+                         std::to_string(state_pos_[src]) + " tokens, not the " + std::to_string(n) + " copied");
     if (n == 0) return;
     // Its own command buffer, after the passes committed before it (which wrote src's rows)
     // and before the next (which reads dst's): no wait.
     be_->begin();
     for (int l = 0; l < cfg_.n_layers; l++) {
+        if (cfg_.is_recurrent(l)) {  // the states of n tokens
+            be_->copy(conv_state_[l].slice_rows(dst, 1), conv_state_[l].slice_rows(src, 1));
+            be_->copy(ssm_state_[l].slice_rows(dst, 1), ssm_state_[l].slice_rows(src, 1));
+            continue;
+        }
         be_->copy(slot_rows(kv_.k[l], dst).slice_rows(0, n), slot_rows(kv_.k[l], src).slice_rows(0, n));
         be_->copy(slot_rows(kv_.v[l], dst).slice_rows(0, n), slot_rows(kv_.v[l], src).slice_rows(0, n));
     }
     be_->commit();
+    if (cfg_.has_recurrent()) state_pos_[dst] = n;
+}
+
+int LlamaModel::state_position(int slot) const {
+    if (slot < 0 || slot >= n_slots_)
+        throw InputError("state_position: slot " + std::to_string(slot) + " is outside 0.." + std::to_string(n_slots_ - 1));
+    return cfg_.has_recurrent() ? state_pos_[slot] : -1;
+}
+
+size_t LlamaModel::state_floats() const {
+    size_t n = 0;
+    for (int l = 0; l < cfg_.n_layers; l++)
+        if (cfg_.is_recurrent(l)) n += (size_t)conv_state_[l].cols + (size_t)ssm_state_[l].cols;
+    return n;
+}
+
+void LlamaModel::state_save(float* dst) {
+    if (state_floats() == 0) return;
+    if (state_pos_[0] < 0) throw InputError("state_save: slot 0 holds no valid recurrent state");
+    be_->wait();
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        if (!cfg_.is_recurrent(l)) continue;
+        for (const Tensor* t : {&conv_state_[l], &ssm_state_[l]}) {
+            be_->read(dst, t->slice_rows(0, 1), (size_t)t->cols * sizeof(float));
+            dst += t->cols;
+        }
+    }
+}
+
+void LlamaModel::state_load(const float* src, int pos) {
+    if (state_floats() == 0) return;
+    if (pos < 0 || pos > cfg_.n_ctx)
+        throw InputError("state_load: position " + std::to_string(pos) + " is outside 0.." + std::to_string(cfg_.n_ctx));
+    be_->wait();  // no pass in flight may still read the state being replaced
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        if (!cfg_.is_recurrent(l)) continue;
+        for (const Tensor* t : {&conv_state_[l], &ssm_state_[l]}) {
+            be_->write(t->slice_rows(0, 1), src, (size_t)t->cols * sizeof(float));
+            src += t->cols;
+        }
+    }
+    state_pos_[0] = pos;
 }
 
 }  // namespace forgert

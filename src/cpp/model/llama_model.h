@@ -110,6 +110,16 @@ public:
     // n > 1 choices of one prompt share its prefill. Throws InputError on bad slots or n.
     void kv_copy(int src, int dst, int n);
 
+    // Recurrent models (cfg.has_recurrent()): a slot's recurrent state holds the tokens up to a
+    // position and cannot rewind, so a sequence continues only from there (or starts again at 0):
+    // state_position(slot) says where (-1: nothing valid). state_save / state_load copy slot 0's
+    // states (state_floats() of them: every recurrent layer's convolution inputs, then its delta
+    // rule state), beside kv_save / kv_load's rows: a saved sequence of n tokens is both at n.
+    int state_position(int slot) const;
+    size_t state_floats() const;
+    void state_save(float* dst);
+    void state_load(const float* src, int pos);
+
     // Optional per-stage wall times of the last call (seconds), when profiling is on.
     struct Profile { double embed = 0, layers = 0, logits = 0; };
     void set_profiling(bool on) { profiling_ = on; }
@@ -157,6 +167,16 @@ private:
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
     // shared expert where the config has one.                                          x, xn [n, dim]
     void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
+    // A Gated DeltaNet layer's mixer (cfg.is_recurrent(l)) of xn: the projections, the convolution
+    // and the delta rule (carrying slot states through `runs`, RecurrentState), the output's
+    // per-head norm times silu(z). Returns its output, ready for ssm_out.  xn [n, dim]; out [n, ssm_value_width]
+    Tensor delta_net(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs);
+    // The recurrent states' run table of a pass (see Backend::conv1d_silu_state), written for
+    // the entries (rows in entry order), and each slot's state position checked: an entry must
+    // start at 0 or where its slot's state stands. state_pos_ of the slots becomes -1 until the
+    // pass is encoded (a pass that throws leaves no slot claiming a state).
+    Tensor recurrent_runs(const BatchEntry* entries, int n_entries, bool device_ids);
+    void check_state_positions(const BatchEntry* entries, int n_entries) const;
     // Latent attention's Q, K and V (cfg.is_mla()): q from xn (through its low-rank pair when the
     // model has one), the latent row z = wkv_a xn with its first mla_kv_lora columns RMS-normed,
     // then k = wk_latent z and v = wv_latent z.               xn [n, dim]; q [n, q_dim]; k, v [n, kv_dim]
@@ -187,6 +207,20 @@ private:
     // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up
     // [B*k, expert_ffn_dim] and outputs [B*k, dim]; the shared expert's gate logit [B, 1].
     Tensor router_logits_, route_ids_, route_w_, exp_gate_, exp_up_, exp_out_, shared_scale_;
+    // Gated attention (attn_output_gate): the q projection [B, 2 * q_dim] and the gates [B, q_dim].
+    Tensor q_gated_, attn_gate_;
+    // Gated DeltaNet: the projections (qkv before the convolution [B, C], z [B, value width], the
+    // beta and alpha logits [B, ssm_v_heads]), the convolution's output [B, C], the mixer's output
+    // [B, value width], the run table (i32 [2 * n_slots, 4]; a pipelined step's two fixed tables
+    // [2, 4]: slot 0 continuing, slot 0 fresh).
+    Tensor ssm_mixed_, ssm_z_, ssm_beta_, ssm_alpha_, ssm_conv_, ssm_o_, runs_, step_runs_;
+    std::vector<int32_t> runs_host_;
+    // Per recurrent layer (empty tensors for attention layers): the convolution's last inputs
+    // f32 [n_slots, (K - 1) * C] and the delta rule's state f32 [n_slots, ssm_v_heads * k_dim * v_dim].
+    std::vector<Tensor> conv_state_, ssm_state_;
+    // Tokens each slot's recurrent state has absorbed (-1: none valid); a pass on a slot starts at
+    // 0 or there. Attention-only models leave it unused.
+    std::vector<int> state_pos_;
     // Latent attention: the latent rows [B, mla_kv_lora + rope_dim], Q's low-rank rows [B, mla_q_lora],
     // the attention's value parts packed for wo [B, n_heads * mla_v_head_dim].
     Tensor latent_, q_low_, att_values_;

@@ -104,6 +104,15 @@ public:
     void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) override;
     void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) override;
 
+    // Recurrent layers (cpu_recurrent.cpp).
+    bool has_recurrent_ops() const override { return true; }
+    void conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                           const Tensor& runs) override;
+    void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
+                          const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state,
+                          const Tensor& runs, const DeltaNetParams& p) override;
+    void mul_sigmoid(const Tensor& x, const Tensor& gate) override;
+
 private:
     // The GEMV / few-token path: rows [r0, r1) of w times x as prepared by prepare_input.
     void gemv_rows(const Tensor& out, const Tensor& w, const void* xin, bool quantized, const Tensor& x, int64_t r0,

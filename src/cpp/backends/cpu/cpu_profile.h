@@ -12,13 +12,13 @@
 namespace forgert::cpu {
 
 enum class CpuOp : int {
-    GetRows, RmsNorm, Matmul, MatmulAdd, MatmulGlu, RopeKvWrite, Attention, Elementwise, Argmax, Moe, kCount
+    GetRows, RmsNorm, Matmul, MatmulAdd, MatmulGlu, RopeKvWrite, Attention, Elementwise, Argmax, Moe, Recurrent, kCount
 };
 
 inline const char* cpu_op_name(CpuOp op) {
     static const char* const names[] = {"get_rows",     "rms_norm",  "matmul",      "matmul_add",
                                         "matmul_glu",   "rope_kv",   "attention",   "elementwise",
-                                        "argmax",       "moe"};
+                                        "argmax",       "moe",       "recurrent"};
     return names[(int)op];
 }
 
