@@ -45,7 +45,7 @@ from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
 from .logprobs import scored_logprobs, token_logprob
-from .prompt_cache import common_prefix
+from .prompt_cache import common_prefix, resume_point
 from .sampling import Sampler, native_sampler
 from .stop_strings import StopStringMatcher
 
@@ -233,7 +233,7 @@ class BatchScheduler:
             shared[slot] = 0
         self.free_slots.remove(slot)
         seq.slot = slot
-        seq.n_prefilled = seq.n_cached = min(shared[slot], len(seq.prompt) - 1)
+        seq.n_prefilled = seq.n_cached = resume_point(self.engine, slot, min(shared[slot], len(seq.prompt) - 1))
         if seq.n_prefilled < len(seq.prompt) - 1:
             seq.leader = self._leader_for(seq)
         self.running.append(seq)
@@ -255,13 +255,24 @@ class BatchScheduler:
             if s.leader is not None and s.leader not in self.running:
                 s.leader = self._leader_for(s)
             lead = s.leader
-            if lead is not None and lead.n_prefilled >= len(s.prompt) - 1:
+            if lead is not None and lead.n_prefilled >= len(s.prompt) - 1 and not self._recurrent_moved_on(lead):
                 n = len(s.prompt) - 1     # the prefix; each evaluates the last token itself
                 self.engine.kv_copy(lead.slot, s.slot, n)
                 s.n_prefilled = s.n_cached = n
                 if s.prompt_logprobs is not None:
                     s.prompt_logprobs = list(lead.prompt_logprobs)
                 s.leader = None
+
+    def _recurrent_moved_on(self, lead) -> bool:
+        """A recurrent model's leader whose state is past the prefix (it evaluated the last prompt
+        token already): its state cannot be copied as the prefix's, so its followers prefill it
+        themselves. (Attention-only models copy K/V rows of any length.)"""
+        if not self.engine.recurrent or self.engine.state_position(lead.slot) == len(lead.prompt) - 1:
+            return False
+        for s in self.running:
+            if s.leader is lead:
+                s.leader = None
+        return True
 
     def _release(self, seq) -> None:
         self.slot_tokens[seq.slot] = seq.cached_tokens()

@@ -25,7 +25,7 @@ from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
-from .prompt_cache import ModelState, PromptCache, common_prefix
+from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
 
@@ -409,11 +409,26 @@ class Model:
     def save_state(self) -> ModelState:
         """A copy of the evaluated tokens' K/V cache; load_state(state) brings it back."""
         with self._lock("save_state()"):
+            problem = self.save_state_problem()
+            if problem is not None:
+                raise ValueError(f"save_state(): {problem}; evaluate the sequence again first")
             return self._save_state()
 
-    def _save_state(self) -> ModelState:
+    def save_state_problem(self) -> str | None:
+        """Why the live sequence cannot be saved now, or None: a recurrent model's state must
+        hold exactly the cached tokens (a pipelined step past a stop string leaves it one past)."""
+        if self._engine.recurrent and self._engine.state_position(0) != len(self._cache_tokens):
+            return (f"this model's recurrent state holds {self._engine.state_position(0)} tokens, not the "
+                    f"{len(self._cache_tokens)} cached ones")
+        return None
+
+    def _save_state(self) -> ModelState | None:
+        """The live sequence's state, or None where a recurrent model's cannot be saved."""
+        if self.save_state_problem() is not None:
+            return None
         tokens = tuple(self._cache_tokens)
-        return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))))
+        recurrent = np.asarray(self._engine.state_save()) if self._engine.recurrent else None
+        return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))), recurrent)
 
     def load_state(self, state: ModelState) -> None:
         """Makes `state` (from save_state of this model) the cached sequence."""
@@ -425,7 +440,12 @@ class Model:
             raise TypeError(f"state must be a ModelState from save_state(), got {type(state).__name__}")
         if state.kv.ndim != 4 or state.kv.shape[2] != len(state.tokens):
             raise ValueError("state's K/V rows do not match its tokens")
+        if (state.recurrent is None) == self._engine.recurrent:
+            raise ValueError("state is not from this model: recurrent states "
+                             + ("missing" if state.recurrent is None else "given to a model without recurrent layers"))
         self._engine.kv_load(state.kv)   # checks the shape against this model and context
+        if state.recurrent is not None:
+            self._engine.state_load(state.recurrent, len(state.tokens))
         self._cache_tokens = list(state.tokens)
 
     def set_prompt_cache(self, max_bytes: int) -> None:
@@ -441,7 +461,8 @@ class Model:
         cache = self._prompt_cache
         if cache is None:
             return
-        live = self._stash_live(ids)
+        live = resume_point(self._engine, 0, common_prefix(self._cache_tokens, ids))
+        self._stash_live(ids)
         saved, n = cache.best(ids)
         if saved is not None and n > live:
             cache.take(saved)
@@ -465,7 +486,7 @@ class Model:
         prompt then gives the same first logits (and, with a seed, the same sampled text)
         whether its prefix came from the cache or was evaluated in a batch just now."""
         self._switch_to_best_saved(ids)
-        start = min(common_prefix(self._cache_tokens, ids), len(ids) - 1)
+        start = resume_point(self._engine, 0, min(common_prefix(self._cache_tokens, ids), len(ids) - 1))
         self._cache_tokens = self._cache_tokens[:start]
         progress, total = self.prefill_progress, len(ids) - start
         for s in range(start, len(ids) - 1, PREFILL_CHUNK):

@@ -13,13 +13,23 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ModelState:
-    """The K/V cache of `tokens` (positions 0..len(tokens)): f16 bits [n_layers, 2, n, kv_dim]."""
+    """The K/V cache of `tokens` (positions 0..len(tokens)): f16 bits [n_layers, 2, n, kv_dim];
+    a recurrent model's (Qwen3.5's) states after those tokens too, f32 [n] (None for others)."""
     tokens: tuple
     kv: np.ndarray
+    recurrent: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return int(self.kv.nbytes)
+        return int(self.kv.nbytes) + (0 if self.recurrent is None else int(self.recurrent.nbytes))
+
+    def resumes_at(self, ids) -> int:
+        """How many of ids' tokens this state lets a prompt skip: their shared prefix, or for a
+        recurrent model only all of its tokens (its state cannot rewind) or none."""
+        n = common_prefix(self.tokens, ids)
+        if self.recurrent is None:
+            return n
+        return len(self.tokens) if n == len(self.tokens) else 0
 
 
 def common_prefix(a, b) -> int:
@@ -28,6 +38,16 @@ def common_prefix(a, b) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def resume_point(engine, slot: int, shared: int) -> int:
+    """Where evaluation of a sequence may resume in `slot`, whose cache holds `shared` tokens of
+    it: there, except in a model with recurrent layers, whose state holds the tokens up to the
+    engine's state_position and cannot rewind: there if that is within the shared tokens, else 0."""
+    if not engine.recurrent:
+        return shared
+    at = engine.state_position(slot)
+    return at if 0 <= at <= shared else 0
 
 
 class PromptCache:
@@ -46,10 +66,11 @@ class PromptCache:
         return self._bytes
 
     def best(self, ids) -> tuple[ModelState | None, int]:
-        """The saved state sharing the longest prefix with ids, and that prefix's length."""
+        """The saved state sharing the longest usable prefix with ids (ModelState.resumes_at),
+        and that prefix's length."""
         best, best_len = None, 0
         for state in self._states.values():
-            n = common_prefix(state.tokens, ids)
+            n = state.resumes_at(ids)
             if n > best_len:
                 best, best_len = state, n
         return best, best_len
@@ -57,7 +78,7 @@ class PromptCache:
     def put(self, state: ModelState) -> None:
         """Keeps state (most recently used), dropping the oldest ones past the budget, and any
         saved state that is a prefix of it (this one covers it)."""
-        if not state.tokens or state.nbytes > self.max_bytes:
+        if state is None or not state.tokens or state.nbytes > self.max_bytes:
             return
         for key in [k for k in self._states if common_prefix(k, state.tokens) == len(k)]:
             self._bytes -= self._states.pop(key).nbytes
