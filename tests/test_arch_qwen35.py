@@ -72,3 +72,29 @@ def test_greedy_32_tokens_equal_transformers(forgert, models, name, fmt):
     prompt = ids_for(qf.text_config(model).vocab_size, 8, 4)
     c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
     assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
+
+
+@pytest.mark.parametrize("name", ["qwen35", "qwen35moe"])
+def test_quantize_writes_llamacpp_layout(forgert, models, name, tmp_path):
+    """`forgert quantize` of the HF directory writes llama.cpp's qwen35 layout: the same tensors,
+    bit for bit at F32, as this module's GGUF written after llama.cpp's converter (value heads
+    tiled, A as -exp(A_log), norms as 1 + w), and its keys; and the file runs as transformers does."""
+    import gguf
+    from forgert.gguf_export import export_gguf
+    model, files, refs = models(name)
+    out = tmp_path / "exported.gguf"
+    export_gguf(str(files["hf-F32"]), str(out), "f32", log=lambda msg: None)
+    mine, theirs = gguf.GGUFReader(str(out)), gguf.GGUFReader(str(files["gguf-F32"]))
+    want = {t.name: np.asarray(t.data) for t in theirs.tensors}
+    got = {t.name: np.asarray(t.data) for t in mine.tensors}
+    assert sorted(got) == sorted(want)
+    for tname, values in want.items():
+        np.testing.assert_array_equal(got[tname].reshape(values.shape), values, err_msg=tname)
+    arch = qf.MODELS[name][0]
+    for key in ("ssm.conv_kernel", "ssm.state_size", "ssm.group_count", "ssm.time_step_rank", "ssm.inner_size",
+                "full_attention_interval", "attention.key_length", "rope.dimension_count"):
+        field = f"{arch}.{key}"
+        assert mine.fields[field].contents() == theirs.fields[field].contents(), field
+    ids = ids_for(qf.text_config(model).vocab_size, 48, 6)
+    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
+                   **moe_bounds("hf-F32", False), what=f"{name} exported")

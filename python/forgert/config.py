@@ -190,6 +190,7 @@ class ModelConfig:
     ssm_v_dim: int = 0
     ssm_v_tiled: bool = False
     attn_output_gate: bool = False
+    rope_sections: list[int] | None = None   # Qwen3.5's multimodal RoPE sections (text: 1-D RoPE; kept for export)
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
     embed_scale: float = 1.0         # embeddings times this (Gemma: sqrt(dim))

@@ -124,6 +124,9 @@ def apply_hf(hf: dict, cfg, source, extent: int) -> None:
         _fail(source, f"layer_types must list 'linear_attention' or 'full_attention' per layer, got {types!r}")
     if hf.get("attn_output_gate", True) is not True:
         _fail(source, "attn_output_gate=false (attention without its output gate) is not supported")
+    sections = (hf.get("rope_parameters") or hf.get("rope_scaling") or {}).get("mrope_section")
+    if isinstance(sections, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in sections):
+        cfg.rope_sections = sections   # a vision model's multimodal RoPE split: 1-D on text, kept for export
     _set_recurrent(cfg, [t == "linear_attention" for t in types], get("linear_conv_kernel_dim", 4),
                    get("linear_num_key_heads"), get("linear_num_value_heads"), get("linear_key_head_dim"),
                    get("linear_value_head_dim"), False, source, extent)
@@ -148,3 +151,51 @@ def recurrent_tensors(tensors: dict, source) -> dict:
         else:
             out[name] = t
     return out
+
+
+def tiled_order(cfg) -> np.ndarray:
+    """Value head i of llama.cpp's tiled order is HF's head order[i] (HF groups each key head's
+    value heads together; llama.cpp's converter tiles them: value head v of every key head, then v + 1)."""
+    per_k = cfg.ssm_v_heads // cfg.ssm_k_heads
+    return np.arange(cfg.ssm_v_heads).reshape(cfg.ssm_k_heads, per_k).T.reshape(-1)
+
+
+def _blocks(order: np.ndarray, width: int) -> np.ndarray:
+    return (order[:, None] * width + np.arange(width)[None, :]).reshape(-1)
+
+
+def gguf_value_head_order(cfg, name: str):
+    """For `forgert quantize` of an HF directory: the transform x -> x that puts GGUF tensor
+    `name`'s value heads in llama.cpp's tiled order (x float32 [rows, cols] in HF's grouped order),
+    or None for a tensor without value heads."""
+    if cfg.ssm_v_tiled or not name.startswith("blk."):
+        return None
+    part = name.split(".", 2)[2]
+    order, vd, qk = tiled_order(cfg), cfg.ssm_v_dim, 2 * cfg.ssm_k_heads * cfg.ssm_k_dim
+    v_rows = np.concatenate([np.arange(qk), qk + _blocks(order, vd)])
+    return {
+        "attn_qkv.weight": lambda x: x[v_rows],         # q and k rows as they are, then the value heads
+        "ssm_conv1d.weight": lambda x: x[v_rows],
+        "attn_gate.weight": lambda x: x[_blocks(order, vd)],
+        "ssm_alpha.weight": lambda x: x[order],
+        "ssm_beta.weight": lambda x: x[order],
+        "ssm_dt.bias": lambda x: x[:, order],         # [1, n_v_heads]
+        "ssm_a": lambda x: x[:, order],
+        "ssm_out.weight": lambda x: x[:, _blocks(order, vd)],
+    }.get(part)
+
+
+def gguf_metadata(cfg) -> dict:
+    """llama.cpp's qwen35 keys for the recurrent layers (apply_gguf reads them back)."""
+    rec = list(cfg.layer_recurrent)
+    interval = next((k for k in range(1, cfg.n_layers + 1)
+                     if rec == [int((i + 1) % k != 0) for i in range(cfg.n_layers)]), None)
+    if interval is None:
+        raise ModelFormatError(f"recurrent layers {rec} do not follow one attention layer every k layers, the "
+                               f"only pattern llama.cpp's qwen35 reads (full_attention_interval)")
+    half = cfg.rotated_dims // 2
+    sections = list(cfg.rope_sections) if cfg.rope_sections else [half - 2 * (half // 3), half // 3, half // 3]
+    return {"ssm.conv_kernel": cfg.ssm_conv_kernel, "ssm.state_size": cfg.ssm_k_dim,
+            "ssm.group_count": cfg.ssm_k_heads, "ssm.time_step_rank": cfg.ssm_v_heads,
+            "ssm.inner_size": cfg.ssm_v_heads * cfg.ssm_v_dim, "full_attention_interval": interval,
+            "rope.dimension_sections": (sections + [0, 0, 0, 0])[:4]}

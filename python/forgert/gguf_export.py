@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 
+from . import deltanet
 from .config import GGUF_PERMUTED_QK_ARCHS, SMOLLM3_NO_ROPE_INTERVAL
 from .gemma import GEMMA_ARCHS
 from .gemma import gguf_metadata as gemma_gguf_metadata
@@ -51,16 +52,22 @@ def _is_1d(name: str) -> bool:
 
 
 def _tensor_plan(loaded):
-    """(name, WeightTensor, permute_heads or None) in a stable order."""
+    """(name, WeightTensor, transform or None) in a stable order. transform(x) -> x rearranged as
+    llama.cpp's converter writes the tensor, x float32 [rows, cols] as the source holds it: an HF
+    source's Q/K rows permuted for adjacent-pair RoPE, Qwen3.5's value heads tiled."""
     cfg = loaded.config
     permute = loaded.format == "safetensors" and cfg.arch in GGUF_PERMUTED_QK_ARCHS   # llama.cpp's NORM rope type
     for name, w in loaded.weights.items():
         if loaded.format == "safetensors":   # canonical names -> the arch's own GGUF names (Seed-OSS, GLM-4.5)
             name = gguf_layer_name(cfg.arch, name)
-        heads = None
+        transform = None
         if permute and (".attn_q." in name or ".attn_k." in name):
             heads = cfg.n_heads if ".attn_q." in name else cfg.n_kv_heads
-        yield name, w, heads
+            transform = lambda x, heads=heads: permute_for_adjacent_rope(x.reshape(-1) if x.shape[0] == 1 else x,
+                                                                         heads).reshape(x.shape)
+        elif loaded.format == "safetensors" and cfg.layer_recurrent is not None:
+            transform = deltanet.gguf_value_head_order(cfg, name)
+        yield name, w, transform
 
 
 def _copy_gguf_metadata(writer, g):
@@ -197,6 +204,12 @@ def _write_hf_metadata(writer, loaded):
             writer.add_u32(f"{arch}.attention.temperature_length", c.attn_temperature[1])
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
+    if c.layer_recurrent is not None:   # Qwen3.5: Qwen3_5TextModel's keys (its norms written as 1 + w: the loader's shift)
+        for key, value in deltanet.gguf_metadata(c).items():
+            if isinstance(value, list):
+                writer.add(f"{arch}.{key}", (ARRAY, INT32), value)
+            else:
+                writer.add_u32(f"{arch}.{key}", value)
     windows = c.windows()
     if arch in GEMMA_ARCHS:   # llama.cpp's gemma keys; its converter writes the norms as 1 + w (the loader's shift)
         for key, value in gemma_gguf_metadata(c, loaded.name).items():
@@ -286,23 +299,23 @@ def _expert_matrices(w):
     return [(data[e * size:(e + 1) * size], rows, cols) for e in range(n_expert)]
 
 
-def _tensor_bytes(name, w, heads, want, warn_requantize) -> np.ndarray:
+def _tensor_bytes(name, w, transform, want, warn_requantize) -> np.ndarray:
     """The bytes of weight `w` in type `want` (copied, or dequantized and re-encoded)."""
     if len(w.shape) == 3:   # expert by expert: ggml quantizes whole rows, so a stack is its experts' bytes in order
         return np.concatenate([_matrix_bytes(data, w.type_id, rows, cols, None, want, warn_requantize)
                                for data, rows, cols in _expert_matrices(w)])
     rows, cols = w.shape
-    return _matrix_bytes(w.data, w.type_id, rows, cols, heads, want, warn_requantize)
+    return _matrix_bytes(w.data, w.type_id, rows, cols, transform, want, warn_requantize)
 
 
-def _matrix_bytes(data, type_id, rows, cols, heads, want, warn_requantize) -> np.ndarray:
-    if type_id == want and heads is None:
+def _matrix_bytes(data, type_id, rows, cols, transform, want, warn_requantize) -> np.ndarray:
+    if type_id == want and transform is None:
         return np.asarray(data).reshape(-1)
     if type_id not in (F32, F16, BF16):   # any quantized source, K-quants included
         warn_requantize()
     x = dequantize(data, type_id, rows, cols)
-    if heads is not None:
-        x = permute_for_adjacent_rope(x.reshape(-1) if rows == 1 else x, heads).reshape(rows, cols)
+    if transform is not None:
+        x = np.ascontiguousarray(transform(x), dtype=np.float32)
     if want in ALL_QUANTIZERS:
         return ALL_QUANTIZERS[want](x)
     return x.astype(np.float32 if want == F32 else np.float16)
@@ -323,17 +336,17 @@ def _is_llamacpp_70b(cfg) -> bool:
 
 
 def plan_types(loaded, target: str, pure: bool = False) -> list:
-    """[(name, WeightTensor, permute heads or None, ggml type id)]: the tensors export_gguf writes
+    """[(name, WeightTensor, transform or None, ggml type id)]: the tensors export_gguf writes
     for mix `target`, in llama.cpp's order (by layer, then name), each with its type."""
     plan = sorted(_tensor_plan(loaded), key=lambda entry: llamacpp_tensor_order(entry[0]))
     cfg = loaded.config
     planner = MixPlanner(target, [name for name, _, _ in plan], cfg.n_layers, cfg.n_heads // cfg.n_kv_heads,
                          large_70b=_is_llamacpp_70b(cfg), pure=pure, n_expert=cfg.n_expert)
     out = []
-    for name, w, heads in plan:
+    for name, w, transform in plan:
         # an HF source's router and experts are converted to F32 first, as convert_hf_to_gguf writes them
         source_type = w.type_id if loaded.format == "gguf" else F32
-        out.append((name, w, heads, F32 if _is_1d(name) else planner.type_for(name, tuple(w.shape), source_type)))
+        out.append((name, w, transform, F32 if _is_1d(name) else planner.type_for(name, tuple(w.shape), source_type)))
     return out
 
 
@@ -371,7 +384,7 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
                 "quantize from F32/F16/BF16 weights when you can")
             warned.append(True)
 
-    for name, w, heads, want in plan_types(loaded, target, pure):
+    for name, w, transform, want in plan_types(loaded, target, pure):
         cols = w.shape[-1]
         if want == F16 and MIXES[target].default != F16 and quantizable(name, w.shape):
             log(f"note: {name} has {cols} columns, not a multiple of 32: kept as F16")
@@ -379,8 +392,8 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
         while len(ne) > 1 and ne[-1] == 1:          # as ggml_n_dims counts them (llama.cpp writes [cols] for [1, cols])
             ne.pop()
         writer.add_tensor(name, ne, want)
-        producers.append(lambda name=name, w=w, heads=heads, want=want:
-                         _tensor_bytes(name, w, heads, want, warn_requantize))
+        producers.append(lambda name=name, w=w, transform=transform, want=want:
+                         _tensor_bytes(name, w, transform, want, warn_requantize))
         counts[type_name(want)] = counts.get(type_name(want), 0) + 1
     writer.write(dst, lambda i: producers[i](), progress)
     return counts

@@ -92,7 +92,8 @@ def quantizable(name: str, shape) -> bool:
     the last one above 1: [1, cols] and [1, 1, cols] are vectors). shape: (rows, cols) or
     (n_expert, rows, cols)."""
     n_dims = max((i + 1 for i, n in enumerate(reversed(tuple(shape))) if n > 1), default=1)
-    return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name and not is_router(name))
+    return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name and not is_router(name)
+            and "ssm_conv1d" not in name)   # Qwen3.5's convolution kernels stay F32, as llama-quantize leaves them
 
 
 def layer_of(name: str) -> int:
