@@ -53,7 +53,9 @@ _KEPT_F32 = ("linear_attn.conv1d.weight", "linear_attn.in_proj_a.weight", "linea
 # name -> (GGUF arch, builder arguments): "qwen35": Qwen3.5's dense layout (4 layers: 3 recurrent,
 # then attention; 2 key heads, 4 value heads); "qwen35moe": Qwen3.5-MoE's (8 experts top 2,
 # renormalised, a gated shared expert); "qwen35-vl": the dense model saved as the vision-language
-# checkpoint Qwen3.5's releases are (model.language_model.*, a vision tower, an MTP block).
+# checkpoint Qwen3.5's releases are (model.language_model.*, a vision tower, an MTP block mtp.*),
+# its GGUFs with the MTP block as llama.cpp's converter writes it (an extra blk.N, counted in
+# block_count and named by nextn_predict_layers).
 MODELS = {
     "qwen35": ("qwen35", dict(seed=61)),
     "qwen35moe": ("qwen35moe", dict(seed=62, moe=True)),
@@ -119,7 +121,19 @@ def text_config(model):
 
 
 def save_hf(model, tok, out_dir: Path) -> Path:
-    return moe.save_hf(model, tok, out_dir)
+    """The HF directory; a vision-language model's with a multi-token-prediction block (mtp.*, as
+    Qwen3.5's checkpoints carry one), which transformers does not load either."""
+    d = moe.save_hf(model, tok, out_dir)
+    if not hasattr(model.config, "text_config"):
+        return d
+    from safetensors.numpy import save_file
+    sd = load_file(str(d / "model.safetensors"))
+    dim, rng = model.config.text_config.hidden_size, np.random.default_rng(8)
+    for part, shape in (("fc.weight", (dim, 2 * dim)), ("norm.weight", (dim,)), ("pre_fc_norm_hidden.weight", (dim,)),
+                        ("layers.0.input_layernorm.weight", (dim,)), ("layers.0.mlp.up_proj.weight", (32, dim))):
+        sd["mtp." + part] = rng.standard_normal(shape).astype(np.float32)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
 
 
 def _v_order(c) -> np.ndarray:
@@ -214,6 +228,18 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
         meta.update(add_expert_count=c.num_experts, add_expert_used_count=c.num_experts_per_tok,
                     add_expert_feed_forward_length=c.moe_intermediate_size,
                     add_expert_shared_feed_forward_length=c.shared_expert_intermediate_size)
+    tensors = gguf_tensors(hf_dir, c)
+    if hasattr(model_cfg, "text_config"):   # the vision-language checkpoint's GGUF
+        # the MTP block: an attention layer's tensors (the last layer's, randomised) plus its nextn.* ones
+        n, rng = c.num_hidden_layers, np.random.default_rng(9)
+        last = f"blk.{n - 1}."
+        for name, t in list(tensors.items()):
+            if name.startswith(last):
+                tensors[f"blk.{n}." + name[len(last):]] = rng.standard_normal(t.shape).astype(np.float32)
+        for part, shape in (("nextn.eh_proj.weight", (c.hidden_size, 2 * c.hidden_size)),
+                            ("nextn.enorm.weight", (c.hidden_size,)), ("nextn.hnorm.weight", (c.hidden_size,))):
+            tensors[f"blk.{n}.{part}"] = rng.standard_normal(shape).astype(np.float32)
+        meta.update(add_block_count=n + 1, add_nextn_predict_layers=1)
     meta.update(extra_meta or {})
     for key, value in meta.items():
         if value is not None:
@@ -221,7 +247,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
     mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
     qtype = gguf.GGMLQuantizationType[type_name]
     kept = ("ssm_conv1d.weight", "ssm_alpha.weight", "ssm_beta.weight", "ffn_gate_inp.weight")
-    for name, t in gguf_tensors(hf_dir, c).items():
+    for name, t in tensors.items():
         if t.ndim == 1 or name.endswith(kept) or qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, t)
         else:

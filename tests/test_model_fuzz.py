@@ -123,3 +123,18 @@ def test_corrupted_latent_attention_gguf_never_crashes(tmp_path, tiny_tokenizer)
     n = 300
     _, refused = run_mutants(MUTATE_GGUF, path, n, tmp_path)
     assert refused > n // 3
+
+
+def test_corrupted_recurrent_gguf_never_crashes(tmp_path, tiny_tokenizer):
+    """The same for a tiny Qwen3.5-MoE GGUF (qwen35moe: Gated DeltaNet layers sized by the ssm.*
+    keys and full_attention_interval, gated attention, experts), and for its HF directory, whose
+    config's layer_types, linear_* widths and conv1d shape decide the recurrent layers."""
+    import qwen35_factory as qf
+    model = qf.build("qwen35moe", tiny_tokenizer.get_vocab_size())
+    hf_dir = qf.save_hf(model, tiny_tokenizer, tmp_path / "hf")
+    path = qf.write_gguf(hf_dir, tmp_path / "q35.gguf", "Q8_0", "qwen35moe", model.config, tiny_tokenizer)
+    n = 300
+    _, refused = run_mutants(MUTATE_GGUF, path, n, tmp_path)
+    assert refused > n // 3
+    _, refused = run_mutants(MUTATE_SAFETENSORS, hf_dir, 200, tmp_path)
+    assert refused > 200 // 2
