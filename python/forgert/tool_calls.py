@@ -14,6 +14,8 @@ template teaches:
            its template writes the arguments of earlier calls
   minimax  MiniMax-M2: <minimax:tool_call><invoke name="NAME"><parameter name="K">V</parameter>...
            </invoke>...</minimax:tool_call>, V read as glm45's
+  qwen3_coder  Qwen3-Coder, Qwen3.5 / 3.6: <tool_call>\n<function=NAME>\n<parameter=K>\nV\n</parameter>\n...
+           </function>\n</tool_call> (one block per call), V read as glm45's
   deepseek DeepSeek V3 / R1 / V3.1: <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}
            <｜tool▁call▁end｜>...<｜tool▁calls▁end｜>, or (V3, R1) function<｜tool▁sep｜>NAME then the
            arguments in a ```json fence
@@ -58,12 +60,14 @@ class ToolCall:
 
 
 def template_style(template: str | None) -> str:
-    """Which output format the chat template teaches: "hermes" | "llama3" | "mistral" | "harmony"."""
+    """Which output format the chat template teaches (a style of the module's docstring)."""
     t = template or ""
     if "<|channel|>" in t and "<|message|>" in t:
         return "harmony"
     if "<arg_key>" in t:    # GLM-4.5's XML calls (its template has <tool_call> too)
         return "glm45"
+    if "<tool_call>" in t and "<function=" in t and "<parameter=" in t:   # not Qwen3's JSON in <tool_call>
+        return "qwen3_coder"
     if "<minimax:tool_call>" in t:
         return "minimax"
     if DEEPSEEK_CALLS_BEGIN in t:
@@ -111,9 +115,11 @@ DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜
 DEEPSEEK_CALL_BEGIN, DEEPSEEK_CALL_END, DEEPSEEK_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
 # The styles whose calls are tagged blocks that may follow some prose: (opening tag, closing tag).
 BLOCK_TAGS = {"hermes": ("<tool_call>", "</tool_call>"), "glm45": ("<tool_call>", "</tool_call>"),
+              "qwen3_coder": ("<tool_call>", "</tool_call>"),
               "minimax": ("<minimax:tool_call>", "</minimax:tool_call>"),
               "deepseek": (DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END)}
-CALL_MARKERS = {"hermes": ("<tool_call>",), "glm45": ("<tool_call>",), "minimax": ("<minimax:tool_call>",),
+CALL_MARKERS = {"hermes": ("<tool_call>",), "glm45": ("<tool_call>",), "qwen3_coder": ("<tool_call>",),
+                "minimax": ("<minimax:tool_call>",),
                 "deepseek": (DEEPSEEK_CALLS_BEGIN,), "mistral": ("[TOOL_CALLS]",), "llama3": ("<|python_tag|>", "{"),
                 "harmony": ()}
 
@@ -172,13 +178,17 @@ def parameter_types(tools) -> dict:
 
 def _typed_value(raw: str, kind):
     """A call argument written as text: as written where the schema says string, else JSON (as
-    written when it is not JSON)."""
-    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+    written when it is not JSON). Where the schema allows a boolean or null, Python's spellings
+    count too: Qwen3.5's template writes earlier calls' True, False and None so."""
+    kinds = kind if isinstance(kind, list) else [kind]
+    if "string" in kinds:
         return raw
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return raw
+        if raw in ("True", "False") and "boolean" in kinds:
+            return raw == "True"
+        return None if raw == "None" and "null" in kinds else raw
 
 
 def _glm45_call(body: str, types: dict) -> ToolCall | None:
@@ -204,6 +214,10 @@ def _glm45_call(body: str, types: dict) -> ToolCall | None:
 
 _MINIMAX_INVOKE = re.compile(r'<invoke name="([^"]+)">(.*?)</invoke>', re.S)
 _MINIMAX_PARAM = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.S)
+# A Qwen3-Coder value may hold its own closing tags (code the model writes): a parameter ends only
+# where the next one or the function's end follows, a function where the next one or the block's.
+_QWEN_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)</function>(?=\s*(?:<function=|\Z))", re.S)
+_QWEN_PARAM = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>(?=\s*(?:<parameter=|\Z))", re.S)
 
 
 def _only(pattern: re.Pattern, text: str) -> list | None:
@@ -217,20 +231,25 @@ def _only(pattern: re.Pattern, text: str) -> list | None:
     return found if not text[pos:].strip() else None
 
 
-def _minimax_calls(body: str, types: dict) -> list:
-    """The calls of one <minimax:tool_call> block: its <invoke>s, each with its <parameter>s (a
-    value's surrounding newlines are the template's layout, not the value)."""
-    invokes = _only(_MINIMAX_INVOKE, body)
-    if not invokes:
+def _xml_calls(body: str, types: dict, function: re.Pattern, parameter: re.Pattern, layout) -> list:
+    """The calls of one MiniMax-M2 or Qwen3-Coder block: the `function` matches (NAME, its
+    parameters) that make it up, each made up of `parameter` matches (K, V); layout(V) drops the
+    newlines the format puts around a value."""
+    functions = _only(function, body)
+    if not functions:
         return [None]
     calls = []
-    for inv in invokes:
-        params = _only(_MINIMAX_PARAM, inv.group(2))
+    for fn in functions:
+        params = _only(parameter, fn.group(2))
         if params is None:
             return [None]
-        kinds = types.get(inv.group(1), {})
-        args = {p.group(1): _typed_value(p.group(2).strip("\n"), kinds.get(p.group(1))) for p in params}
-        calls.append(ToolCall(inv.group(1), json.dumps(args, ensure_ascii=False)))
+        name = fn.group(1).strip()
+        kinds = types.get(name, {})
+        args = {}
+        for p in params:
+            key = p.group(1).strip()
+            args[key] = _typed_value(layout(p.group(2)), kinds.get(key))
+        calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
     return calls
 
 
@@ -260,8 +279,11 @@ def _block_calls(style: str, body: str, types: dict) -> list:
     """The calls one tagged block holds ([None] when it is not a well-formed call block)."""
     if style == "glm45":
         return [_glm45_call(body, types)]
-    if style == "minimax":
-        return _minimax_calls(body, types)
+    if style == "minimax":      # newlines around a value are layout
+        return _xml_calls(body, types, _MINIMAX_INVOKE, _MINIMAX_PARAM, lambda v: v.strip("\n"))
+    if style == "qwen3_coder":  # one newline either side is layout (a file's own last newline stays)
+        return _xml_calls(body, types, _QWEN_FUNCTION, _QWEN_PARAM,
+                          lambda v: v.removeprefix("\n").removesuffix("\n"))
     if style == "deepseek":
         return _deepseek_calls(body)
     return [_call_from_object(v) for v in _flatten(_json_values(body.strip()))]
@@ -270,7 +292,8 @@ def _block_calls(style: str, body: str, types: dict) -> list:
 def parse_tool_calls(text: str, style: str, tools=None) -> tuple[str, list[ToolCall]]:
     """(content left, tool calls) from a whole answer. Text that does not parse as calls stays
     content: a model that meant to answer in prose is not turned into a broken call. tools: the
-    request's, whose parameter types the XML styles' (GLM-4.5's, MiniMax-M2's) values are read by."""
+    request's, whose parameter types the XML styles' (GLM-4.5's, MiniMax-M2's, Qwen3-Coder's) values
+    are read by."""
     if style in BLOCK_TAGS:
         open_tag, close_tag = BLOCK_TAGS[style]
         types = parameter_types(tools)
