@@ -33,6 +33,14 @@ PRESETS = {  # name: (layers, hidden, ffn, heads, kv_heads, vocab, ctx)
 MOE_PRESETS = {
     "qwen3-30b-a3b": (48, 2048, 768, 32, 4, 128, 128, 8, 151936, 8192),
 }
+# Gated DeltaNet hybrids (arch qwen35: three recurrent layers to one attention layer): name:
+# (layers, hidden, ffn, heads, kv_heads, head_dim, linear key heads, linear value heads, linear
+# head width, vocab, ctx). The sizes of Qwen3.5-4B and -9B's configs as published (hidden 2560 /
+# 4096, 32 layers, 16 query / 4 KV heads of 256, 16 key / 32 value heads of 128, vocab 248320).
+HYBRID_PRESETS = {
+    "qwen35-4b": (32, 2560, 9216, 16, 4, 256, 16, 32, 128, 248320, 8192),
+    "qwen35-9b": (32, 4096, 12288, 16, 4, 256, 16, 32, 128, 248320, 8192),
+}
 T = {name: type_id for type_id, (name, _, _) in gt.GGML_TYPES.items()}   # "Q4_K" -> 12
 
 
@@ -75,7 +83,9 @@ def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
         return {"Q4_0": T["Q4_0"], "Q4_1": T["Q4_1"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"]}[ftype]
     if name == "output.weight":
         return T["Q6_K"]
-    if name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_down_exps.weight")) and _more_bits(layer, n_layers):
+    # (llama.cpp counts a recurrent layer's attn_qkv as its attn_v)
+    if (name.endswith(("attn_v.weight", "attn_qkv.weight", "ffn_down.weight", "ffn_down_exps.weight"))
+            and _more_bits(layer, n_layers)):
         return T["Q6_K"]
     return T["Q4_K"]
 
@@ -104,6 +114,8 @@ def cached(models: Path, preset: str, ftype: str) -> Path:
 def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     if preset in MOE_PRESETS:
         return write_moe(out, preset, ftype, seed)
+    if preset in HYBRID_PRESETS:
+        return write_hybrid(out, preset, ftype, seed)
     L, H, F, NH, NKV, V, CTX = PRESETS[preset]
     kv = NKV * (H // NH)
     w = GGUFWriter("llama")
@@ -193,6 +205,69 @@ def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.write(out, lambda i: makers[i]())
 
 
+def write_hybrid(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
+    """A Qwen3.5 file in llama.cpp's qwen35 layout: every fourth layer gated attention (attn_q
+    holding each head's query and gate, per-head q/k norms, a quarter of each head rotated), the
+    others Gated DeltaNet (attn_qkv, attn_gate, ssm_alpha / ssm_beta, F32 ssm_conv1d, ssm_a,
+    ssm_dt.bias, ssm_norm, ssm_out). A in -0.1..-1 and small convolution kernels keep the recurrent
+    states as a trained model's: decaying, bounded."""
+    L, H, F, NH, NKV, D, KH, VH, SD, V, CTX = HYBRID_PRESETS[preset]
+    arch, C, VW = "qwen35", 2 * KH * SD + VH * SD, VH * SD
+    w = GGUFWriter(arch)
+    w.add_str("general.name", f"synthetic-{preset}-{ftype}")
+    w.add_u32("general.file_type", FILE_TYPES[ftype])
+    for key, value in [("block_count", L), ("context_length", CTX), ("embedding_length", H),
+                       ("feed_forward_length", F), ("attention.head_count", NH), ("attention.head_count_kv", NKV),
+                       ("attention.key_length", D), ("attention.value_length", D), ("rope.dimension_count", D // 4),
+                       ("ssm.conv_kernel", 4), ("ssm.state_size", SD), ("ssm.group_count", KH),
+                       ("ssm.time_step_rank", VH), ("ssm.inner_size", VW), ("full_attention_interval", 4),
+                       ("vocab_size", V)]:
+        w.add_u32(f"{arch}.{key}", value)
+    pairs = D // 8   # rotated pairs; Qwen3.5's 32 split 11 / 11 / 10 among its multimodal sections
+    sections = [pairs - pairs * 11 // 32 - pairs * 10 // 32, pairs * 11 // 32, pairs * 10 // 32, 0]
+    w.add(f"{arch}.rope.dimension_sections", (ARRAY, INT32), np.asarray(sections, dtype=np.int32))
+    w.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_f32(f"{arch}.rope.freq_base", 10000000.0)
+    add_vocab(w, V)
+    makers = []
+    rng = np.random.default_rng(seed)
+
+    def matrix(name, rows, cols, layer=-1):
+        t = tensor_type(name, layer, L, ftype, cols)
+        w.add_tensor(name, (cols, rows), t)
+        makers.append(lambda: random_blocks(rng, rows, cols, t))
+
+    def f32(name, shape, make):
+        w.add_tensor(name, shape, T["F32"])
+        makers.append(make)
+
+    ones = lambda n: (lambda: np.ones(n, dtype=np.float32))  # noqa: E731
+    matrix("token_embd.weight", V, H)
+    for i in range(L):
+        p = f"blk.{i}."
+        f32(p + "attn_norm.weight", (H,), ones(H))
+        f32(p + "post_attention_norm.weight", (H,), ones(H))
+        if (i + 1) % 4:
+            for name, rows in [("attn_qkv", C), ("attn_gate", VW), ("ssm_beta", VH), ("ssm_alpha", VH)]:
+                matrix(p + name + ".weight", rows, H, i)
+            f32(p + "ssm_conv1d.weight", (4, C), lambda: rng.standard_normal((C, 4), dtype=np.float32) * 0.3)
+            f32(p + "ssm_dt.bias", (VH,), lambda: np.zeros(VH, dtype=np.float32))
+            f32(p + "ssm_a", (VH,), lambda: -rng.uniform(0.1, 1.0, VH).astype(np.float32))
+            f32(p + "ssm_norm.weight", (SD,), ones(SD))
+            matrix(p + "ssm_out.weight", H, VW, i)
+        else:
+            f32(p + "attn_q_norm.weight", (D,), ones(D))
+            f32(p + "attn_k_norm.weight", (D,), ones(D))
+            for name, rows, cols in [("attn_q", 2 * NH * D, H), ("attn_k", NKV * D, H), ("attn_v", NKV * D, H),
+                                     ("attn_output", H, NH * D)]:
+                matrix(p + name + ".weight", rows, cols, i)
+        for name, rows, cols in [("ffn_gate", F, H), ("ffn_up", F, H), ("ffn_down", H, F)]:
+            matrix(p + name + ".weight", rows, cols, i)
+    f32("output_norm.weight", (H,), ones(H))
+    matrix("output.weight", V, H)
+    w.write(out, lambda i: makers[i]())
+
+
 def add_vocab(w: GGUFWriter, V: int) -> None:
     # A SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then plain pieces.
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
@@ -227,7 +302,7 @@ def bytes_per_token(path: Path) -> int:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--preset", default="llama32-1b", choices=[*PRESETS, *MOE_PRESETS])
+    ap.add_argument("--preset", default="llama32-1b", choices=[*PRESETS, *MOE_PRESETS, *HYBRID_PRESETS])
     ap.add_argument("--type", default="Q4_K_M", choices=FILE_TYPES)
     a = ap.parse_args()
     write(a.out, a.preset, a.type)
