@@ -454,4 +454,70 @@ typedef struct {
 } add_bias_id_args;
 FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
 
+// --- recurrent layers: Gated DeltaNet (deltanet.metal; Backend::conv1d_silu_state, gated_delta_rule) ---
+// Both walk each sequence's runs in order. runs i32 [n_runs, 4] (state row, first row, rows,
+// fresh): the threadgroups of table row r return at once when an earlier row names the same state
+// row; the others take every run of their state row, in table order, with the state in registers
+// between runs (read from the state row at the start, written back at the end). The host checks
+// the table where it has a copy; a run outside the rows or the state anyway is skipped here, so a
+// bad table never reaches past the buffers.
+
+// conv1d_silu_state_f32: out[t, c] = silu(sum_j w[c, j] h[t + j, c]) over the window h = [the state's
+// K - 1 rows (zeros when fresh); x's rows of the run]; the state row becomes its last K - 1 rows.
+// slots: 1 x f32 [rows, C], 2 w f32 [C, K], 3 state f32 [n_slots, (K - 1) * C] (read and written),
+//        4 runs i32 [n_runs, 4], 5 out f32 [rows, C]
+// grid: (ceil(C / threads), n_runs); threads: min(256, C rounded to 32) (one channel each)
+#define FG_CONV_MAX_K 16
+typedef struct {
+    uint64_t x_stride;
+    uint64_t w_stride;
+    uint64_t out_stride;
+    uint64_t state_stride;
+    int32_t channels;  // C
+    int32_t width;     // K, 1..FG_CONV_MAX_K
+    int32_t n_runs;
+    int32_t rows;      // x's and out's
+    int32_t n_slots;   // the state's rows
+    int32_t pad0;
+} conv1d_state_args;
+FG_ARGS_ASSERT(sizeof(conv1d_state_args) == 56, "conv1d_state_args layout");
+
+// gated_delta_rule_f32_k64 / _k128 / _k256 (k_dim up to 64, 128, 256): the gated delta rule of value
+// head h = grid.y over the columns grid.z * threads + [0, threads) of its [k_dim, v_dim] state,
+// one value column per thread, S[:, j] in its registers (rows past k_dim stay zero). Per token the
+// threadgroup stages q and k of h's key head in threadgroup memory (zero past k_dim) and takes their
+// L2 norms (simd_sum, then the simdgroups' partials); then every thread updates its column alone.
+// slots: 1 q f32 [rows, n_k_heads * k_dim], 2 k (as q), 3 v f32 [rows, n_v_heads * v_dim],
+//        4 alpha f32 [rows, n_v_heads], 5 beta (as alpha), 6 A f32 [n_v_heads], 7 dt_bias (as A),
+//        8 state f32 [n_slots, n_v_heads * k_dim * v_dim] (read and written), 9 runs i32 [n_runs, 4],
+//        10 out f32 [rows, n_v_heads * v_dim]
+// grid: (n_runs, n_v_heads, ceil(v_dim / threads)); threads: min(FG_DELTA_MAX_TILE, v_dim rounded to 32)
+// threadgroup memory 0: FG_DELTA_TG_FLOATS(kmax) floats
+#define FG_DELTA_MAX_TILE 64
+#define FG_DELTA_TG_FLOATS(kmax) (2 * (kmax) + 2 * (FG_DELTA_MAX_TILE / FG_SIMD_WIDTH))
+typedef struct {
+    uint64_t q_stride;
+    uint64_t k_stride;
+    uint64_t v_stride;
+    uint64_t alpha_stride;
+    uint64_t beta_stride;
+    uint64_t out_stride;
+    uint64_t state_stride;
+    int32_t n_runs;
+    int32_t n_k_heads;
+    int32_t n_v_heads;
+    int32_t k_dim;
+    int32_t v_dim;
+    int32_t v_tiled;   // 1: h's key head is h % n_k_heads, else h / (n_v_heads / n_k_heads)
+    float eps;         // the L2 norms'
+    int32_t rows;      // q's, k's, v's, alpha's, beta's and out's
+    int32_t n_slots;   // the state's rows
+    int32_t pad0;
+} delta_rule_args;
+FG_ARGS_ASSERT(sizeof(delta_rule_args) == 96, "delta_rule_args layout");
+
+// mul_sigmoid_f32: x[t, c] *= sigmoid(gate[t, c]) (elementwise_args: a_stride gate's, out_stride x's)
+// slots: 1 gate f32 [n, dim], 2 x f32 [n, dim] (in place); grid: (ceil(dim / threads), n);
+// threads: min(256, dim rounded to 32)
+
 #endif  // FORGERT_KERNEL_ARGS_H

@@ -87,6 +87,16 @@ public:
     void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) override;
     void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) override;
 
+    // Recurrent layers (Gated DeltaNet): the run table stays on the device; each state row's runs
+    // are walked in table order by the threadgroups of its first run (deltanet.metal).
+    bool has_recurrent_ops() const override { return true; }
+    void conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                           const Tensor& runs) override;
+    void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
+                          const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state,
+                          const Tensor& runs, const DeltaNetParams& p) override;
+    void mul_sigmoid(const Tensor& x, const Tensor& gate) override;
+
     // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).
     int64_t dispatch_count() const { return n_dispatches_; }
     int64_t barrier_count() const { return n_barriers_; }

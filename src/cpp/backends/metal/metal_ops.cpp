@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "backends/metal/metal_backend.h"
 #include "../../../shaders/kernel_args.h"
@@ -1006,6 +1008,101 @@ void MetalBackend::add_bias_id(const Tensor& x, const Tensor& b, const Tensor& i
     const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
     encode("add_bias_id_f32", &a, sizeof a, {reads(b), reads(ids), writes(x)},
            {ceil_div(x.cols, threads), (uint32_t)(n * k), 1}, {threads, 1, 1});
+}
+
+namespace {
+bool overlap(const Tensor& a, const Tensor& b) {
+    return a.buf == b.buf && a.offset < b.offset + b.nbytes() && b.offset < a.offset + a.nbytes();
+}
+
+// The recurrent kernels read their f32 rows as floats: 4-byte aligned starts and strides.
+void need_f32_aligned(const Tensor& t, const char* op, const char* name) {
+    need(aligned(t, 4), op, std::string(name) + " must start and stride at multiples of 4 bytes");
+}
+
+// The state is read and written by other threadgroups than those reading the inputs: apart from all of them.
+void need_state_apart(const Tensor& state, std::initializer_list<const Tensor*> others, const char* op) {
+    for (const Tensor* t : others) need(!overlap(state, *t), op, "state may not overlap another argument");
+}
+}  // namespace
+
+void MetalBackend::conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                                     const Tensor& runs) {
+    const char* op = "conv1d_silu_state";
+    check_conv1d_state(out, x, w, state, runs, nullptr);  // the table's contents are on the device
+    for (const auto& [t, name] : {std::pair{&x, "x"}, {&w, "w"}, {&state, "state"}, {&out, "out"}})
+        need_f32_aligned(*t, op, name);
+    need_state_apart(state, {&x, &w, &out, &runs}, op);
+    need(x.rows <= INT32_MAX && x.cols <= INT32_MAX && state.rows <= INT32_MAX && runs.rows <= INT32_MAX, op,
+         "too many rows or channels");
+    static_assert(FG_CONV_MAX_K >= 16, "check_conv1d_state allows K up to 16");
+    conv1d_state_args a{};
+    a.x_stride = x.stride;
+    a.w_stride = w.stride;
+    a.out_stride = out.stride;
+    a.state_stride = state.stride;
+    a.channels = (int32_t)x.cols;
+    a.width = (int32_t)w.cols;
+    a.n_runs = (int32_t)runs.rows;
+    a.rows = (int32_t)x.rows;
+    a.n_slots = (int32_t)state.rows;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode("conv1d_silu_state_f32", &a, sizeof a, {reads(x), reads(w), writes(state), reads(runs), writes(out)},
+           {ceil_div(x.cols, threads), (uint32_t)runs.rows, 1}, {threads, 1, 1});
+}
+
+void MetalBackend::gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& alpha, const Tensor& beta, const Tensor& A, const Tensor& dt_bias,
+                                    const Tensor& state, const Tensor& runs, const DeltaNetParams& p) {
+    const char* op = "gated_delta_rule";
+    check_delta_rule(out, q, k, v, alpha, beta, A, dt_bias, state, runs, p, nullptr);
+    for (const auto& [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&alpha, "alpha"}, {&beta, "beta"},
+                                  {&A, "A"}, {&dt_bias, "dt_bias"}, {&state, "state"}, {&out, "out"}})
+        need_f32_aligned(*t, op, name);
+    need_state_apart(state, {&q, &k, &v, &alpha, &beta, &A, &dt_bias, &out, &runs}, op);
+    need(q.rows <= INT32_MAX && state.rows <= INT32_MAX && runs.rows <= INT32_MAX, op, "too many rows");
+    delta_rule_args a{};
+    a.q_stride = q.stride;
+    a.k_stride = k.stride;
+    a.v_stride = v.stride;
+    a.alpha_stride = alpha.stride;
+    a.beta_stride = beta.stride;
+    a.out_stride = out.stride;
+    a.state_stride = state.stride;
+    a.n_runs = (int32_t)runs.rows;
+    a.n_k_heads = p.n_k_heads;
+    a.n_v_heads = p.n_v_heads;
+    a.k_dim = p.k_dim;
+    a.v_dim = p.v_dim;
+    a.v_tiled = p.v_tiled ? 1 : 0;
+    a.eps = p.eps;
+    a.rows = (int32_t)q.rows;
+    a.n_slots = (int32_t)state.rows;
+    // The variant whose register column holds k_dim (check_delta_rule: k_dim <= 256).
+    const int kmax = p.k_dim <= 64 ? 64 : p.k_dim <= 128 ? 128 : 256;
+    const uint32_t threads = std::min<uint32_t>(FG_DELTA_MAX_TILE, round_up_simd(p.v_dim));
+    encode("gated_delta_rule_f32_k" + std::to_string(kmax), &a, sizeof a,
+           {reads(q), reads(k), reads(v), reads(alpha), reads(beta), reads(A), reads(dt_bias), writes(state),
+            reads(runs), writes(out)},
+           {(uint32_t)runs.rows, (uint32_t)p.n_v_heads, ceil_div(p.v_dim, threads)}, {threads, 1, 1},
+           FG_DELTA_TG_FLOATS(kmax) * sizeof(float));
+}
+
+// Elementwise: gate may be a view beside x in one buffer (each thread reads and writes one element).
+void MetalBackend::mul_sigmoid(const Tensor& x, const Tensor& gate) {
+    const char* op = "mul_sigmoid";
+    need_f32_rows(x, op, "x", x.rows, x.cols);
+    need_f32_rows(gate, op, "gate", x.rows, x.cols);
+    need_f32_aligned(x, op, "x");
+    need_f32_aligned(gate, op, "gate");
+    need(x.rows <= INT32_MAX && x.cols <= INT32_MAX, op, "too many rows or columns");
+    elementwise_args a{};
+    a.a_stride = gate.stride;
+    a.out_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
+    encode("mul_sigmoid_f32", &a, sizeof a, {reads(gate), writes(x)}, {ceil_div(x.cols, threads), (uint32_t)x.rows, 1},
+           {threads, 1, 1});
 }
 
 }  // namespace forgert::metal
