@@ -9,6 +9,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
@@ -408,6 +409,113 @@ public:
         return download(X);
     }
 
+    // --- recurrent layers (Gated DeltaNet) ---
+    // The run table i32 [n_runs, 4] (state row, first row, rows, fresh), checked with its host copy
+    // by the ops' shared checks before the op runs (Metal's ops see only the device copy).
+    Tensor run_table(const I32& runs) {
+        need(runs.ndim() == 2 && runs.shape(0) >= 1 && runs.shape(1) == 4,
+             "runs must be i32 [n_runs, 4] (state row, first row, rows, fresh)");
+        return upload(runs.data(), DType::I32, runs.shape(0), 4);
+    }
+    // 2-D host arrays of one row count side by side in one device tensor; the column view of each
+    // (as a projection's output is sliced: each view's offset and row stride are not its own).
+    std::vector<Tensor> side_by_side(const std::vector<const F32*>& parts) {
+        const int64_t n = parts[0]->ndim() == 2 ? parts[0]->shape(0) : -1;
+        int64_t width = 0;
+        for (const F32* a : parts) {
+            need(a->ndim() == 2 && a->shape(0) == n && a->shape(1) >= 1, "the arrays must be 2-D with one row count");
+            width += a->shape(1);
+        }
+        need(n >= 1, "no rows");
+        std::vector<float> host((size_t)(n * width));
+        int64_t c0 = 0;
+        for (const F32* a : parts) {
+            for (int64_t r = 0; r < n; r++)
+                std::copy(a->data(r, 0), a->data(r, 0) + a->shape(1), host.begin() + r * width + c0);
+            c0 += a->shape(1);
+        }
+        const Tensor all = upload(host.data(), DType::F32, n, width);
+        std::vector<Tensor> views;
+        c0 = 0;
+        for (const F32* a : parts) {
+            Tensor t = all;
+            t.offset += (size_t)c0 * sizeof(float);
+            t.cols = a->shape(1);
+            views.push_back(t);
+            c0 += a->shape(1);
+        }
+        return views;
+    }
+    F32 read_f32(const Tensor& t) {
+        F32 out(std::vector<py::ssize_t>{t.rows, t.cols});
+        be_->read(out.mutable_data(), t, t.nbytes());
+        return out;
+    }
+
+    // (out [n, C], the state after) of the causal convolution over x [n, C] with w [C, K] from
+    // state [n_slots, (K - 1) * C] (a copy: the array passed in is not changed).
+    py::tuple conv1d_silu_state(const F32& x, const F32& w, const F32& state, const I32& runs) {
+        need(x.ndim() == 2 && w.ndim() == 2 && state.ndim() == 2,
+             "x must be [n, C], w [C, K], state [n_slots, (K - 1) * C]");
+        Tensor X = f32(x), W = f32(w), S = f32(state), R = run_table(runs), Y = empty(DType::F32, X.rows, X.cols);
+        check_conv1d_state(Y, X, W, S, R, runs.data());
+        run([&] { be_->conv1d_silu_state(Y, X, W, S, R); });
+        F32 out = read_f32(Y), st = read_f32(S);
+        bufs_.clear();
+        return py::make_tuple(out, st);
+    }
+    // (out [n, n_v_heads * v_dim], the state after) of the gated delta rule (Backend::gated_delta_rule;
+    // a copy of state). views: q, k and v side by side in one device tensor, as the convolution's
+    // output holds them (and alpha, beta in another), else each its own contiguous tensor.
+    py::tuple gated_delta_rule(const F32& q, const F32& k, const F32& v, const F32& alpha, const F32& beta,
+                               const F32& A, const F32& dt_bias, const F32& state, const I32& runs, int n_k_heads,
+                               int n_v_heads, int k_dim, int v_dim, bool v_tiled, float eps, bool views) {
+        need(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && alpha.ndim() == 2 && beta.ndim() == 2 &&
+                 state.ndim() == 2,
+             "q, k, v, alpha, beta must be [n, ...] and state [n_slots, n_v_heads * k_dim * v_dim]");
+        need(A.ndim() == 1 && dt_bias.ndim() == 1, "A and dt_bias must be [n_v_heads]");
+        Tensor Q, K, V, Al, Be;
+        if (views) {
+            const std::vector<Tensor> qkv = side_by_side({&q, &k, &v}), ab = side_by_side({&alpha, &beta});
+            Q = qkv[0];
+            K = qkv[1];
+            V = qkv[2];
+            Al = ab[0];
+            Be = ab[1];
+        } else {
+            Q = f32(q);
+            K = f32(k);
+            V = f32(v);
+            Al = f32(alpha);
+            Be = f32(beta);
+        }
+        Tensor Av = f32(A), Dt = f32(dt_bias), S = f32(state), R = run_table(runs);
+        const Backend::DeltaNetParams p{n_k_heads, n_v_heads, k_dim, v_dim, v_tiled, eps};
+        need(n_v_heads >= 1 && v_dim >= 1, "n_v_heads and v_dim must be positive");
+        Tensor Y = empty(DType::F32, Q.rows, (int64_t)n_v_heads * v_dim);
+        check_delta_rule(Y, Q, K, V, Al, Be, Av, Dt, S, R, p, runs.data());
+        run([&] { be_->gated_delta_rule(Y, Q, K, V, Al, Be, Av, Dt, S, R, p); });
+        F32 out = read_f32(Y), st = read_f32(S);
+        bufs_.clear();
+        return py::make_tuple(out, st);
+    }
+    // x * sigmoid(gate) elementwise (a copy of x); on the device x and gate lie side by side in one
+    // tensor [n, 2 d] (as gated attention's projection holds them), so both rows are strided.
+    F32 mul_sigmoid(const F32& x, const F32& gate) {
+        need(x.ndim() == 2 && gate.ndim() == 2 && x.shape(0) == gate.shape(0) && x.shape(1) == gate.shape(1),
+             "x and gate must have one 2-D shape");
+        const std::vector<Tensor> xg = side_by_side({&x, &gate});
+        run([&] { be_->mul_sigmoid(xg[0], xg[1]); });
+        Tensor all = xg[0];
+        all.cols = 2 * x.shape(1);
+        const F32 both = read_f32(all);
+        bufs_.clear();
+        F32 out(std::vector<py::ssize_t>{x.shape(0), x.shape(1)});
+        for (py::ssize_t r = 0; r < x.shape(0); r++)
+            std::copy(both.data(r, 0), both.data(r, 0) + x.shape(1), out.mutable_data(r, 0));
+        return out;
+    }
+
 private:
     std::unique_ptr<Backend> be_;
     std::vector<std::unique_ptr<Buffer>> bufs_;
@@ -460,5 +568,12 @@ void bind_ops(py::module_& m) {
              py::arg("cols"), py::arg("x"), py::arg("ids"), py::arg("decode_rows") = -1)
         .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))
         .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
-        .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"));
+        .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"))
+        .def("conv1d_silu_state", &Ops::conv1d_silu_state, py::arg("x"), py::arg("w"), py::arg("state"),
+             py::arg("runs"))
+        .def("gated_delta_rule", &Ops::gated_delta_rule, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("alpha"),
+             py::arg("beta"), py::arg("A"), py::arg("dt_bias"), py::arg("state"), py::arg("runs"),
+             py::arg("n_k_heads"), py::arg("n_v_heads"), py::arg("k_dim"), py::arg("v_dim"), py::arg("v_tiled"),
+             py::arg("eps") = 1e-6f, py::arg("views") = true)
+        .def("mul_sigmoid", &Ops::mul_sigmoid, py::arg("x"), py::arg("gate"));
 }
