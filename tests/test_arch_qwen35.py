@@ -12,6 +12,12 @@ max_rel / rms_rel:
   Q8_0, CPU, qwen35moe: prefill 3.6e-3 / 1.3e-3 (bounds 1e-2 / 4e-3): every layer routes, and two
     of the 256 routing choices of the prefill are near-ties that Q8_0's rounding flips (rows 24 and
     27 carry the error; with f32 activations too); decode 4.9e-4 / 3.9e-4. Argmax agreement 1.0.
+  F32, Metal: 1.4e-4 / 3.3e-5. Q8_0, Metal decode (f32 activations): 4.8e-5 / 2.3e-5.
+  Q8_0, Metal prefill: 5.5e-3 / 2.7e-3 dense, 7.5e-3 / 3.1e-3 vision-language, 2.3e-2 / 7.8e-3
+    MoE (argmax 0.984) (bounds 2e-2 / 1e-2; MoE 6e-2 / 2.5e-2). The error is on the prefix rows
+    alone (rows 0-14, the decode rows, are within 1e-4): the Metal GEMM stages activations and
+    weights in half, and this model is that sensitive to it: rounding the reference's matmul inputs
+    and weights to half moves its logits by 1e-3 to 6.4e-3 on every row (measured, dense).
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ NAMES = list(qf.MODELS)
 
 
 def bounds(name, fmt, decode, backend):
+    if fmt == "gguf-Q8_0" and backend == "metal" and not decode:   # the half-precision GEMM (above)
+        return (dict(max_rel=6e-2, rms_rel=2.5e-2, argmax=0.95) if name == "qwen35moe" else
+                dict(max_rel=2e-2, rms_rel=1e-2, argmax=0.95))
     if name == "qwen35moe" and fmt == "gguf-Q8_0" and backend == "cpu" and not decode:   # routing near-ties (above)
         return dict(max_rel=1e-2, rms_rel=4e-3, argmax=0.95)
     return moe_bounds(fmt, decode, backend)

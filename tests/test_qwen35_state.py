@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import qwen35_factory as qf
+from conftest import backend_params, require_backend
 
 models = qf.models_fixture()
 
@@ -23,9 +24,9 @@ def path(models):
     return str(models("qwen35")[1]["gguf-F32"])
 
 
-def fresh_greedy(forgert, path, prompt, n=8):
-    return list(forgert.Model(path, backend="cpu", n_ctx=256).generate(prompt, max_tokens=n, temperature=0.0,
-                                                                     ignore_eos=True).tokens)
+def fresh_greedy(forgert, path, prompt, n=8, backend="cpu"):
+    return list(forgert.Model(path, backend=backend, n_ctx=256).generate(prompt, max_tokens=n, temperature=0.0,
+                                                                         ignore_eos=True).tokens)
 
 
 def test_engine_refuses_to_continue_from_another_position(forgert, path):
@@ -44,15 +45,19 @@ def test_engine_refuses_to_continue_from_another_position(forgert, path):
     assert eng.state_position(0) == 4
 
 
-def test_follow_up_prompt_resumes_and_equals_fresh(forgert, path):
-    m = forgert.Model(path, backend="cpu", n_ctx=256)
+@pytest.mark.parametrize("backend", backend_params())
+def test_follow_up_prompt_resumes_and_equals_fresh(forgert, path, metal_reason, backend):
+    """Also the pipelined decode (Metal encodes each step before the last is read back; its
+    recurrent layers take a fixed run table then)."""
+    require_backend(backend, metal_reason)
+    m = forgert.Model(path, backend=backend, n_ctx=256)
     first = ids(20, 5)
     c1 = m.generate(first, max_tokens=6, temperature=0.0, ignore_eos=True)
     follow = first + list(c1.tokens) + ids(7, 6)
     c2 = m.generate(follow, max_tokens=8, temperature=0.0, ignore_eos=True)
     # the state holds the prompt and all generated tokens but the last (never evaluated)
     assert c2.timings.cached_tokens == len(first) + len(c1.tokens) - 1
-    assert list(c2.tokens) == fresh_greedy(forgert, path, follow)
+    assert list(c2.tokens) == fresh_greedy(forgert, path, follow, backend=backend)
 
 
 def test_prompt_sharing_a_shorter_prefix_starts_again(forgert, path):
@@ -104,17 +109,19 @@ def test_prompt_cache_alternating_conversations(forgert, path):
     assert list(c.tokens) == fresh_greedy(forgert, path, follow)
 
 
-def test_batch_equals_one_by_one(forgert, path):
+@pytest.mark.parametrize("backend", backend_params())
+def test_batch_equals_one_by_one(forgert, path, metal_reason, backend):
     """Several prompts in one batch (each its own slot and state), the same prompt twice (its
     second copy follows the first's prefill), and a second batch whose prompts extend the first's."""
+    require_backend(backend, metal_reason)
     prompts = [ids(12, 17), ids(30, 18), ids(12, 17), ids(5, 19)]
-    m = forgert.Model(path, backend="cpu", n_ctx=256, parallel=3)
+    m = forgert.Model(path, backend=backend, n_ctx=256, parallel=3)
     got = m.generate(prompts, max_tokens=8, temperature=0.0, ignore_eos=True)
     for p, c in zip(prompts, got):
-        assert list(c.tokens) == fresh_greedy(forgert, path, p)
+        assert list(c.tokens) == fresh_greedy(forgert, path, p, backend=backend)
     again = [p + list(c.tokens) + ids(3, 20 + i) for i, (p, c) in enumerate(zip(prompts, got))]
     for p, c in zip(again, m.generate(again, max_tokens=8, temperature=0.0, ignore_eos=True)):
-        assert list(c.tokens) == fresh_greedy(forgert, path, p)
+        assert list(c.tokens) == fresh_greedy(forgert, path, p, backend=backend)
 
 
 def test_n_choices_share_the_prompt(forgert, path):
