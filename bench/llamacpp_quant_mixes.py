@@ -12,7 +12,8 @@ Default sources (F32 GGUFs in llama.cpp's layout, written by the tests' factorie
 Llamas, tied and untied; 8-layer MoEs: Mixtral with 8 experts (llama.cpp's 8-expert rules),
 Qwen3-MoE with 4, Qwen2-MoE with 4 and a shared expert; a 4-layer gpt-oss (8 experts, MXFP4 expert
 stacks as gpt-oss ships them, hidden 320 so the K-quants fall back on its hidden-wide rows as on
-the real model's 2880). Every mix of forgert's MIXES is asked of both; a side that refuses says why.
+the real model's 2880); 8-layer Qwen3.5s, dense and MoE (qwen35_sources; their run on the lent
+host: bench/results/llamacpp_quant_mixes_qwen35.md). Every mix of forgert's MIXES is asked of both; a side that refuses says why.
 Other sources must be GGUFs (llama.cpp quantizes only those); quantized ones are re-quantized
 (allow_requantize).
 """
@@ -65,7 +66,7 @@ def tiny_sources(out_dir: Path) -> list:
                        tie_embeddings=True, rope_theta=10000.0, rms_eps=1e-5, seed=22)
     dense = [mf.make_tiny_model(spec, out_dir, hf_dtypes=(), gguf_types=("F32",)).path("gguf-F32")
              for spec in (SPEC_8, tied)]
-    return dense + moe_sources(out_dir) + [gpt_oss_source(out_dir)]
+    return dense + moe_sources(out_dir) + [gpt_oss_source(out_dir)] + qwen35_sources(out_dir)
 
 
 def moe_sources(out_dir: Path) -> list:
@@ -81,6 +82,32 @@ def moe_sources(out_dir: Path) -> list:
         model = build(tok.get_vocab_size(), **kwargs)
         hf_dir = moe.save_hf(model, tok, out_dir / name / "hf")
         out.append(moe.write_gguf(hf_dir, out_dir / f"{name}.gguf", "F32", arch, model.config, tok, extra_meta=meta))
+    return out
+
+
+def qwen35_sources(out_dir: Path) -> list:
+    """8-layer Qwen3.5s of hidden 256 (whole K-quant super-blocks), dense and with 8 experts and a
+    shared expert, as F16 GGUFs in llama.cpp's qwen35 / qwen35moe layout (tests/qwen35_factory.py):
+    attn_qkv counted as attn_v by the mixes, ssm_conv1d left F32."""
+    import torch
+    import model_factory as mf
+    import moe_factory as moe
+    import qwen35_factory as qf
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig, Qwen3_5TextConfig
+    tok, out = mf.build_tokenizer(), []
+    for name, experts in (("qwen35_8l_h256", False), ("qwen35moe_8l_h256", True)):
+        torch.manual_seed(5)
+        kw = qf.text_config_kwargs(tok.get_vocab_size(), experts, hidden=256, n_layers=8, n_heads=4, n_kv_heads=2,
+                                   head_dim=64, ffn=512, k_heads=2, v_heads=4, k_dim=64, v_dim=64)
+        kw["rope_parameters"]["mrope_section"] = [4, 2, 2]
+        if experts:
+            kw.update(moe_intermediate_size=256, shared_expert_intermediate_size=256)
+        model = (Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**kw)) if experts else
+                 Qwen3_5ForCausalLM(Qwen3_5TextConfig(**kw)))
+        model = qf._randomise_recurrence(moe._randomise(model, 5, 0.5), 5)
+        hf_dir = qf.save_hf(model, tok, out_dir / name / "hf")
+        out.append(qf.write_gguf(hf_dir, out_dir / f"{name}.gguf", "F16", "qwen35moe" if experts else "qwen35",
+                                 model.config, tok))
     return out
 
 
