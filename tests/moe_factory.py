@@ -243,3 +243,34 @@ def dequantized_reference(hf_dir: Path, gguf_path: Path, arch: str, model_cfg, o
     save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text((hf_dir / "config.json").read_text())
     return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()
+
+
+def formats_fixture(factory, root_name: str):
+    """A module-scoped pytest fixture `models` over a factory module (routed_moe_factory,
+    qwen35_factory: its MODELS name -> (GGUF arch, arguments), build, save_hf, write_gguf and
+    quantized_reference): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
+    gguf-Q8_0), float32 references by format, the f16 KV cache modelled), each model built once."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def models(tmp_path_factory, tiny_tokenizer):
+        root = tmp_path_factory.mktemp(root_name)
+        cache = {}
+
+        def get(name):
+            if name not in cache:
+                arch = factory.MODELS[name][0]
+                model = factory.build(name, tiny_tokenizer.get_vocab_size())
+                hf_dir = factory.save_hf(model, tiny_tokenizer, root / name / "hf")
+                files = {"hf-F32": hf_dir}
+                for t in ("F32", "Q8_0"):
+                    files[f"gguf-{t}"] = factory.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, arch,
+                                                            model.config, tiny_tokenizer)
+                refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
+                        "gguf-Q8_0": mf.with_f16_kv(factory.quantized_reference(model, "Q8_0"))}
+                cache[name] = (model, files, refs)
+            return cache[name]
+
+        return get
+
+    return models

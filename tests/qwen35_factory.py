@@ -272,29 +272,6 @@ def quantized_reference(model, type_name: str):
 
 
 def models_fixture():
-    """A module-scoped pytest fixture `models`: get(name) -> (transformers model, files by format
-    (FORMATS), float32 references by format, the f16 KV cache modelled), each model built once."""
-    import pytest
-
-    @pytest.fixture(scope="module")
-    def models(tmp_path_factory, tiny_tokenizer):
-        root = tmp_path_factory.mktemp("qwen35")
-        cache = {}
-
-        def get(name):
-            if name not in cache:
-                arch = MODELS[name][0]
-                model = build(name, tiny_tokenizer.get_vocab_size())
-                hf_dir = save_hf(model, tiny_tokenizer, root / name / "hf")
-                files = {"hf-F32": hf_dir}
-                for t in ("F32", "Q8_0"):
-                    files[f"gguf-{t}"] = write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, arch, model.config,
-                                                    tiny_tokenizer)
-                refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
-                        "gguf-Q8_0": mf.with_f16_kv(quantized_reference(model, "Q8_0"))}
-                cache[name] = (model, files, refs)
-            return cache[name]
-
-        return get
-
-    return models
+    """The module-scoped fixture `models` over this module's MODELS (moe_factory.formats_fixture)."""
+    import sys
+    return moe.formats_fixture(sys.modules[__name__], "qwen35")
