@@ -1,8 +1,9 @@
-"""Gated DeltaNet ops of _core.Ops (Qwen3.5's recurrent layers) against NumPy, on the CPU and on the
-emulated Metal device under its three thread orders (as tests/test_moe_ops.py): the causal depthwise
-convolution carrying its last K - 1 inputs per state row (conv1d_silu_state), the gated delta rule
-carrying a [k_dim, v_dim] state per value head (gated_delta_rule) and the sigmoid gate of Qwen3.5's
-attention output (mul_sigmoid).
+"""Recurrent-layer ops of _core.Ops (Qwen3.5's Gated DeltaNet, LFM2's short convolution) against
+NumPy, on the CPU and on the emulated Metal device under its three thread orders (as
+tests/test_moe_ops.py): the causal depthwise convolution carrying its last K - 1 inputs per state row,
+with SiLU (Qwen3.5) or without (LFM2) (conv1d_state), the gated delta rule carrying a [k_dim, v_dim]
+state per value head (gated_delta_rule), the sigmoid gate of Qwen3.5's attention output
+(mul_sigmoid) and the elementwise product of LFM2's gates (mul).
 
 The references are written from transformers' qwen3_5 definitions (causal_conv1d_update,
 torch_recurrent_gated_delta_rule with use_qk_l2norm_in_kernel, the layer's
@@ -60,9 +61,9 @@ def softplus(x):
 
 # ----------------------------------------------------------------------------- references
 
-def conv_reference(x, w, state, runs):
+def conv_reference(x, w, state, runs, silu_out=True):
     """(out, state after): per run in table order, the window [state (zeros when fresh); the run's
-    rows], out[t] = silu(sum_j w[:, j] * window[t + j]), the state the window's last K - 1 rows
+    rows], out[t] = silu(sum_j w[:, j] * window[t + j]) (without silu_out the sum itself), the state the window's last K - 1 rows
     ([K - 1][C], oldest first: causal_conv1d_update's conv_state transposed)."""
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     C, K = w.shape
@@ -72,7 +73,8 @@ def conv_reference(x, w, state, runs):
         past = np.zeros((K - 1, C)) if fresh else st[slot].reshape(K - 1, C)
         h = np.concatenate([past, x[row0:row0 + n]])
         for t in range(n):
-            out[row0 + t] = silu(np.einsum("cj,jc->c", w, h[t:t + K]))
+            acc = np.einsum("cj,jc->c", w, h[t:t + K])
+            out[row0 + t] = silu(acc) if silu_out else acc
         st[slot] = h[len(h) - (K - 1):].reshape(-1)
     return out, st
 
@@ -159,24 +161,27 @@ def test_references_match_transformers():
         assert max_err(ref_state[0], state.reshape(-1).numpy()) < 4e-7  # measured 5.4e-8, 9.0e-8
 
 
-# ----------------------------------------------------------------------------- conv1d_silu_state
+# ----------------------------------------------------------------------------- conv1d_state
 
-@pytest.mark.parametrize("C,K,table", [
-    (24, 4, "runs"),     # Qwen3.5's width; every kind of run
-    (300, 4, "runs"),    # Metal: two threadgroups of channels, the second partly idle
-    (40, 2, "runs"),     # a one-input window
-    (24, 4, "decode"),   # a lone decode step
+@pytest.mark.parametrize("C,K,table,silu_out", [
+    (24, 4, "runs", True),     # Qwen3.5's width; every kind of run
+    (300, 4, "runs", True),    # Metal: two threadgroups of channels, the second partly idle
+    (40, 2, "runs", True),     # a one-input window
+    (24, 4, "decode", True),   # a lone decode step
+    (24, 3, "runs", False),    # LFM2's width (L_cache 3), no activation
+    (300, 3, "runs", False),   # Metal: two threadgroups of channels
+    (24, 3, "decode", False),  # a lone decode step
 ])
-def test_conv1d_silu_state(ops, C, K, table):
-    rng = rng_for("conv1d_state", C, K, table)
+def test_conv1d_state(ops, C, K, table, silu_out):
+    rng = rng_for("conv1d_state", C, K, table) if silu_out else rng_for("conv1d_state", C, K, table, "linear")
     runs = RUNS if table == "runs" else DECODE
     n = N_ROWS if table == "runs" else 1
     x, w = randn(rng, n, C), randn(rng, C, K, scale=0.5)
     state = garbage_state(rng, (K - 1) * C, runs)
-    out, new_state = ops.conv1d_silu_state(x, w, state, runs)
-    ref_out, ref_state = conv_reference(x, w, state, runs)
+    out, new_state = ops.conv1d_state(x, w, state, runs, silu=silu_out)
+    ref_out, ref_state = conv_reference(x, w, state, runs, silu_out)
     named = sorted({int(r[0]) for r in runs})
-    assert max_err(out, ref_out) < 2e-6        # measured 4.7e-7 (CPU; Metal, every order)
+    assert max_err(out, ref_out) < 2e-6        # measured 4.7e-7 with SiLU, 2.5e-7 without (CPU; Metal, every order)
     assert max_err(new_state[named], ref_state[named]) == 0.0  # the inputs themselves
     others = [s for s in range(N_SLOTS) if s not in named]
     np.testing.assert_array_equal(new_state[others], state[others])  # rows no run names: left alone
@@ -233,24 +238,39 @@ def test_mul_sigmoid(ops):
     assert max_err(out, ref) < 5e-7   # measured 1.3e-7 (CPU; Metal, every order)
 
 
+# ----------------------------------------------------------------------------- mul
+
+def test_mul(ops):
+    rng = rng_for("mul")
+    a, b = randn(rng, 5, 72), randn(rng, 5, 72, scale=4.0)
+    a[0, :3] = [0.0, -0.0, 3e38]
+    b[0, :3] = [np.inf, 5.0, 0.5]
+    out = ops.mul(a, b)  # on the device, a and b are strided views of one [5, 144] tensor
+    with np.errstate(invalid="ignore"):
+        ref = a * b   # float32: the product rounded once, as the op rounds it
+    assert np.isnan(out[0, 0]) and out[0, 1] == 0.0 and out[0, 2] == np.float32(1.5e38)
+    out[0, 0] = ref[0, 0] = 0.0
+    assert max_err(out, ref) == 0.0
+
+
 # ----------------------------------------------------------------------------- refusals
 
-def test_conv1d_silu_state_refuses_bad_input(ops):
+def test_conv1d_state_refuses_bad_input(ops):
     rng = rng_for("conv1d_bad")
     C, K = 8, 4
     x, w, state = randn(rng, N_ROWS, C), randn(rng, C, K), randn(rng, N_SLOTS, (K - 1) * C)
     with pytest.raises(ValueError, match="w must be f32"):
-        ops.conv1d_silu_state(x, randn(rng, C + 1, K), state, RUNS)
+        ops.conv1d_state(x, randn(rng, C + 1, K), state, RUNS, silu=True)
     with pytest.raises(ValueError, match="state must be f32"):
-        ops.conv1d_silu_state(x, w, randn(rng, N_SLOTS, K * C), RUNS)
+        ops.conv1d_state(x, w, randn(rng, N_SLOTS, K * C), RUNS, silu=True)
     with pytest.raises(ValueError, match="outside the pass's 12 rows"):
-        ops.conv1d_silu_state(x, w, state, np.array([[0, 10, 3, 1]], np.int32))
+        ops.conv1d_state(x, w, state, np.array([[0, 10, 3, 1]], np.int32), silu=True)
     with pytest.raises(ValueError, match="state row 4 is outside 0..3"):
-        ops.conv1d_silu_state(x, w, state, np.array([[4, 0, 3, 1]], np.int32))
+        ops.conv1d_state(x, w, state, np.array([[4, 0, 3, 1]], np.int32), silu=True)
     with pytest.raises(ValueError, match="row 2 is in two runs"):
-        ops.conv1d_silu_state(x, w, state, np.array([[0, 0, 3, 1], [1, 2, 2, 1]], np.int32))
+        ops.conv1d_state(x, w, state, np.array([[0, 0, 3, 1], [1, 2, 2, 1]], np.int32), silu=True)
     with pytest.raises(ValueError, match="runs must be i32"):
-        ops.conv1d_silu_state(x, w, state, np.zeros((2, 3), np.int32))
+        ops.conv1d_state(x, w, state, np.zeros((2, 3), np.int32), silu=True)
 
 
 def test_gated_delta_rule_refuses_bad_input(ops):

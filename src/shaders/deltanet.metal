@@ -1,6 +1,6 @@
-// Gated DeltaNet (Qwen3.5): the causal depthwise convolution carrying its last K - 1 inputs, the
-// gated delta rule carrying a [k_dim, v_dim] state per value head, and the attention output's
-// sigmoid gate. Each recurrence walks a sequence's rows in order inside one threadgroup; the
+// Recurrent layers: the causal depthwise convolution carrying its last K - 1 inputs (with SiLU:
+// Gated DeltaNet, Qwen3.5; without: LFM2's short convolution), the gated delta rule carrying a
+// [k_dim, v_dim] state per value head, and the attention output's sigmoid gate. Each recurrence walks a sequence's rows in order inside one threadgroup; the
 // parallelism is over sequences, channels (convolution) and value heads and their columns (delta
 // rule), never along time.
 #include <metal_stdlib>
@@ -28,7 +28,7 @@ static inline bool run_in_rows(device const int* runs, int r, int rows) {
 // One thread per channel slides the window through each run's rows; the window's past (the state)
 // and the channel's weights stay in registers (fixed-size arrays indexed by constants once the
 // loops unroll, their bounds guarded by K).
-kernel void conv1d_silu_state_f32(
+kernel void conv1d_state_f32(
         constant conv1d_state_args & args [[buffer(0)]],
         device const char * x     [[buffer(1)]],
         device const char * w     [[buffer(2)]],
@@ -60,7 +60,7 @@ kernel void conv1d_silu_state_f32(
             const float xt = ((device const float*)(x + t * args.x_stride))[c];
             float acc = 0.0f;  // wr[j] is 0 past K
             for (int j = 0; j < FG_CONV_MAX_K; ++j) acc += wr[j] * (j < past ? win[j] : j == past ? xt : 0.0f);
-            ((device float*)(out + t * args.out_stride))[c] = acc / (1.0f + exp(-acc));
+            ((device float*)(out + t * args.out_stride))[c] = args.silu ? acc / (1.0f + exp(-acc)) : acc;
             for (int j = 0; j < FG_CONV_MAX_K - 1; ++j)  // slide by one
                 if (j < past) win[j] = j + 1 < past ? win[j + 1] : xt;
         }

@@ -1,4 +1,4 @@
-// Elementwise ops over [n, dim] rows: SiLU(gate) * up, GELU(gate) * up, residual add, bias add,
+// Elementwise ops over [n, dim] rows: SiLU(gate) * up, GELU(gate) * up, residual add, product, bias add,
 // scaling and soft-capping in place.
 // Grid: (ceil(dim / threads), n); one element per thread, coalesced.
 #include <metal_stdlib>
@@ -36,6 +36,22 @@ kernel void add_f32(
     const float va = ((device const float*)(a + t * args.a_stride))[i];
     const float vb = ((device const float*)(b + t * args.b_stride))[i];
     ((device float*)(out + t * args.out_stride))[i] = va + vb;
+}
+
+kernel void mul_f32(
+        constant elementwise_args & args [[buffer(0)]],
+        device const char * a   [[buffer(1)]],
+        device const char * b   [[buffer(2)]],
+        device       char * out [[buffer(3)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    const int t = tgpig.y;
+    if (i >= args.dim) return;
+    const float va = ((device const float*)(a + t * args.a_stride))[i];
+    const float vb = ((device const float*)(b + t * args.b_stride))[i];
+    ((device float*)(out + t * args.out_stride))[i] = va * vb;
 }
 
 // x[t, :] += bias (args.b_stride is 0: the bias row is shared by every token).

@@ -270,6 +270,7 @@ FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 40, "attention_reduce_args layou
 
 // --- elementwise over [n, dim] rows ---
 // silu_mul: slots 1 gate, 2 up, 3 out.   add: slots 1 a, 2 b, 3 out (out may alias a).
+// mul: slots 1 a, 2 b, 3 out (out may alias a or b).
 // add_bias: slots 1 x (in place), 2 b f32 [dim], 3 unused.
 // grid: (ceil(dim / 256), n); threads: 256
 typedef struct {
@@ -454,7 +455,7 @@ typedef struct {
 } add_bias_id_args;
 FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
 
-// --- recurrent layers: Gated DeltaNet (deltanet.metal; Backend::conv1d_silu_state, gated_delta_rule) ---
+// --- recurrent layers: Gated DeltaNet, short convolutions (deltanet.metal; Backend::conv1d_state, gated_delta_rule) ---
 // Both walk each sequence's runs in order. runs i32 [n_runs, 4] (state row, first row, rows,
 // fresh): the threadgroups of table row r return at once when an earlier row names the same state
 // row; the others take every run of their state row, in table order, with the state in registers
@@ -462,8 +463,9 @@ FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
 // the table where it has a copy; a run outside the rows or the state anyway is skipped here, so a
 // bad table never reaches past the buffers.
 
-// conv1d_silu_state_f32: out[t, c] = silu(sum_j w[c, j] h[t + j, c]) over the window h = [the state's
-// K - 1 rows (zeros when fresh); x's rows of the run]; the state row becomes its last K - 1 rows.
+// conv1d_state_f32: out[t, c] = act(sum_j w[c, j] h[t + j, c]) over the window h = [the state's
+// K - 1 rows (zeros when fresh); x's rows of the run], act SiLU where silu is set, else none; the
+// state row becomes its last K - 1 rows.
 // slots: 1 x f32 [rows, C], 2 w f32 [C, K], 3 state f32 [n_slots, (K - 1) * C] (read and written),
 //        4 runs i32 [n_runs, 4], 5 out f32 [rows, C]
 // grid: (ceil(C / threads), n_runs); threads: min(256, C rounded to 32) (one channel each)
@@ -478,7 +480,7 @@ typedef struct {
     int32_t n_runs;
     int32_t rows;      // x's and out's
     int32_t n_slots;   // the state's rows
-    int32_t pad0;
+    int32_t silu;      // 1: SiLU of the sum (Qwen3.5), 0: the sum itself (LFM2)
 } conv1d_state_args;
 FG_ARGS_ASSERT(sizeof(conv1d_state_args) == 56, "conv1d_state_args layout");
 

@@ -453,13 +453,13 @@ public:
     }
 
     // (out [n, C], the state after) of the causal convolution over x [n, C] with w [C, K] from
-    // state [n_slots, (K - 1) * C] (a copy: the array passed in is not changed).
-    py::tuple conv1d_silu_state(const F32& x, const F32& w, const F32& state, const I32& runs) {
+    // state [n_slots, (K - 1) * C] (a copy: the array passed in is not changed), SiLU'd where silu.
+    py::tuple conv1d_state(const F32& x, const F32& w, const F32& state, const I32& runs, bool silu) {
         need(x.ndim() == 2 && w.ndim() == 2 && state.ndim() == 2,
              "x must be [n, C], w [C, K], state [n_slots, (K - 1) * C]");
         Tensor X = f32(x), W = f32(w), S = f32(state), R = run_table(runs), Y = empty(DType::F32, X.rows, X.cols);
         check_conv1d_state(Y, X, W, S, R, runs.data());
-        run([&] { be_->conv1d_silu_state(Y, X, W, S, R); });
+        run([&] { be_->conv1d_state(Y, X, W, S, R, silu); });
         F32 out = read_f32(Y), st = read_f32(S);
         bufs_.clear();
         return py::make_tuple(out, st);
@@ -516,6 +516,19 @@ public:
         return out;
     }
 
+    // a * b elementwise; on the device a and b lie side by side in one tensor [n, 2 d] (as LFM2's
+    // in_proj holds them), so both rows are strided; the product goes to a tensor of its own.
+    F32 mul(const F32& a, const F32& b) {
+        need(a.ndim() == 2 && b.ndim() == 2 && a.shape(0) == b.shape(0) && a.shape(1) == b.shape(1),
+             "a and b must have one 2-D shape");
+        const std::vector<Tensor> ab = side_by_side({&a, &b});
+        Tensor Y = empty(DType::F32, ab[0].rows, ab[0].cols);
+        run([&] { be_->mul(Y, ab[0], ab[1]); });
+        F32 out = read_f32(Y);
+        bufs_.clear();
+        return out;
+    }
+
 private:
     std::unique_ptr<Backend> be_;
     std::vector<std::unique_ptr<Buffer>> bufs_;
@@ -569,11 +582,12 @@ void bind_ops(py::module_& m) {
         .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))
         .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
         .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"))
-        .def("conv1d_silu_state", &Ops::conv1d_silu_state, py::arg("x"), py::arg("w"), py::arg("state"),
-             py::arg("runs"))
+        .def("conv1d_state", &Ops::conv1d_state, py::arg("x"), py::arg("w"), py::arg("state"), py::arg("runs"),
+             py::arg("silu"))
         .def("gated_delta_rule", &Ops::gated_delta_rule, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("alpha"),
              py::arg("beta"), py::arg("A"), py::arg("dt_bias"), py::arg("state"), py::arg("runs"),
              py::arg("n_k_heads"), py::arg("n_v_heads"), py::arg("k_dim"), py::arg("v_dim"), py::arg("v_tiled"),
              py::arg("eps") = 1e-6f, py::arg("views") = true)
-        .def("mul_sigmoid", &Ops::mul_sigmoid, py::arg("x"), py::arg("gate"));
+        .def("mul_sigmoid", &Ops::mul_sigmoid, py::arg("x"), py::arg("gate"))
+        .def("mul", &Ops::mul, py::arg("a"), py::arg("b"));
 }

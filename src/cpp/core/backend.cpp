@@ -110,7 +110,7 @@ void check_runs(const Tensor& runs, int64_t rows, int64_t n_slots, const int32_t
 
 void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
                         const int32_t* host_runs) {
-    const char* op = "conv1d_silu_state";
+    const char* op = "conv1d_state";
     const int64_t C = x.cols, K = w.cols;
     need_rec(K >= 1 && K <= 16, op, "the kernel width must be in 1..16, got " + std::to_string(K));
     need_f32(x, op, "x", x.rows, C);

@@ -239,6 +239,9 @@ public:
     virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
     // out = a + b, elementwise (out may alias a)                      all [n, dim]
     virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+    // out = a * b, elementwise (out may alias a or b; a and b may be strided column views of one
+    // tensor, as LFM2's short convolution gates its projection)    all f32 [n, dim]
+    virtual void mul(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
     // out = gelu_tanh(gate) * up, elementwise (GeGLU: Gemma's feed-forward), with
     // gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))        all [n, dim]
     virtual void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
@@ -309,7 +312,7 @@ public:
     // Each slot's expert bias: x[i*k + j, :] += b[ids[i, j], :]    x f32 [n*k, dim]; b f32 [n_expert, dim]; ids i32 [n, k]
     virtual void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) { no_moe(); }
 
-    // --- recurrent layers: Gated DeltaNet (Qwen3.5, Qwen3-Next) ---
+    // --- recurrent layers: Gated DeltaNet (Qwen3.5, Qwen3-Next), short convolutions (LFM2) ---
     // Both ops walk each sequence's rows in order, carrying a per-sequence state between passes
     // in one row of a state tensor per layer (its KV slot's row). `runs` i32 [n_runs, 4]: run r is
     // (state row, first row of the pass, rows, fresh); rows row0 .. row0 + n - 1 are one sequence's
@@ -318,13 +321,14 @@ public:
     // split into its decode and prefix parts): they continue each other in table order. The
     // table lives in the backend's memory (a GPU reads it); its host copy is not consulted.
     //
-    // Causal depthwise convolution with SiLU, carrying the last K - 1 inputs: for run r and
-    // channel c, with the window h = [state (K - 1 rows, zeros when fresh); x's rows of the run],
-    // out[row0 + t, c] = silu(sum_j w[c, j] h[t + j, c]) for t < n, and the state becomes the
-    // window's last K - 1 rows.  x, out f32 [rows, C] (rows strided; out may not alias x);
-    // w f32 [C, K]; state f32 [n_slots, (K - 1) * C] (a row: K - 1 inputs of C channels, oldest first)
-    virtual void conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                                   const Tensor& runs) {
+    // Causal depthwise convolution carrying the last K - 1 inputs: for run r and channel c, with
+    // the window h = [state (K - 1 rows, zeros when fresh); x's rows of the run],
+    // out[row0 + t, c] = act(sum_j w[c, j] h[t + j, c]) for t < n, act = SiLU (Qwen3.5) or none
+    // (silu false: LFM2), and the state becomes the window's last K - 1 rows.
+    // x, out f32 [rows, C] (rows strided; out may not alias x); w f32 [C, K];
+    // state f32 [n_slots, (K - 1) * C] (a row: K - 1 inputs of C channels, oldest first)
+    virtual void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                              const Tensor& runs, bool silu) {
         no_recurrent();
     }
     // The gated delta rule (transformers' torch_recurrent_gated_delta_rule with the QK L2-norm in
@@ -354,7 +358,7 @@ public:
 
 private:
     [[noreturn]] void no_recurrent() const {
-        throw InputError("the " + name() + " backend has no recurrent-layer (Gated DeltaNet) ops");
+        throw InputError("the " + name() + " backend has no recurrent-layer (Gated DeltaNet, short convolution) ops");
     }
     [[noreturn]] void no_moe() const {
         throw InputError("the " + name() + " backend has no mixture-of-experts ops");
@@ -374,7 +378,7 @@ void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& log
 
 // Throws InputError unless the recurrent ops' arguments fit together: the run table (i32 [n_runs, 4],
 // state rows in range, runs within x's rows and disjoint), the shapes above, K >= 1. Shared by
-// every backend's conv1d_silu_state / gated_delta_rule. host_runs: the table's host copy where the
+// every backend's conv1d_state / gated_delta_rule. host_runs: the table's host copy where the
 // backend has one (the CPU's), to check its contents; null skips that.
 void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
                         const int32_t* host_runs);

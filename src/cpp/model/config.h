@@ -84,7 +84,7 @@ struct ModelConfig {
 
     // Gated DeltaNet hybrids (Qwen3.5 / Qwen3.6, arch qwen35 / qwen35moe): the layers where
     // layer_recurrent[l] is set replace attention by a linear-attention recurrence
-    // (Backend::gated_delta_rule) over a causal depthwise convolution (conv1d_silu_state, width
+    // (Backend::gated_delta_rule) over a causal depthwise convolution (conv1d_state with SiLU, width
     // ssm_conv_kernel) of one projection attn_qkv [q | k | v]; its output is RMS-normed per value
     // head, times silu(attn_gate x), into ssm_out. Keys and queries have ssm_k_heads heads of
     // ssm_k_dim, values ssm_v_heads of ssm_v_dim; ssm_v_tiled: the value heads in the order

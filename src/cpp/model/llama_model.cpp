@@ -46,7 +46,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     state_pos_.assign(n_slots_, -1);
     if (cfg_.has_recurrent()) {
         if (!be_->has_recurrent_ops())
-            throw InputError("the " + be_->name() + " backend cannot run recurrent (Gated DeltaNet) layers yet");
+            throw InputError("the " + be_->name() + " backend cannot run recurrent (Gated DeltaNet, short convolution) layers yet");
         const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width(), nv = cfg_.ssm_v_heads;
         ssm_mixed_ = tensor(DType::F32, B, C);
         ssm_conv_ = tensor(DType::F32, B, C);
@@ -384,7 +384,7 @@ Tensor LlamaModel::delta_net(const LayerWeights& L, int layer, const Tensor& xn,
                  alpha = ssm_alpha_.slice_rows(0, n), conv = ssm_conv_.slice_rows(0, n), out = ssm_o_.slice_rows(0, n);
     const Tensor outs[4] = {mixed, z, beta, alpha}, ws[4] = {L.ssm_qkv, L.ssm_gate, L.ssm_beta, L.ssm_alpha};
     be.matmul_many(outs, ws, 4, xn, rc);
-    be.conv1d_silu_state(conv, mixed, L.ssm_conv1d, conv_state_[layer], runs);
+    be.conv1d_state(conv, mixed, L.ssm_conv1d, conv_state_[layer], runs, true);
     auto columns = [&](int64_t c0, int64_t width) {  // q, k and v: column ranges of the convolution's rows
         Tensor t = conv;
         t.offset += c0 * sizeof(float);

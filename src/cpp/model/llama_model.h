@@ -171,7 +171,7 @@ private:
     // and the delta rule (carrying slot states through `runs`, RecurrentState), the output's
     // per-head norm times silu(z). Returns its output, ready for ssm_out.  xn [n, dim]; out [n, ssm_value_width]
     Tensor delta_net(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs);
-    // The recurrent states' run table of a pass (see Backend::conv1d_silu_state), written for
+    // The recurrent states' run table of a pass (see Backend::conv1d_state), written for
     // the entries (rows in entry order), and each slot's state position checked: an entry must
     // start at 0 or where its slot's state stands. state_pos_ of the slots becomes -1 until the
     // pass is encoded (a pass that throws leaves no slot claiming a state).

@@ -822,6 +822,22 @@ void CpuBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     });
 }
 
+void CpuBackend::mul(const Tensor& out, const Tensor& a, const Tensor& b) {
+    if (a.type != DType::F32 || b.type != DType::F32 || out.type != DType::F32 || b.rows != a.rows ||
+        b.cols != a.cols || out.rows != a.rows || out.cols != a.cols)
+        throw InputError("mul: out, a and b must be f32 of one shape");
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);
+    pool_.parallel_for(out.rows, std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, out.cols)),
+                       [&](int64_t r0, int64_t r1) {
+                           for (int64_t r = r0; r < r1; r++) {
+                               const float* ar = row_f32(a, r);
+                               const float* br = row_f32(b, r);
+                               float* o = row_f32(out, r);
+                               for (int64_t c = 0; c < out.cols; c++) o[c] = ar[c] * br[c];
+                           }
+                       });
+}
+
 void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
     check_copy(dst, src);
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Elementwise);

@@ -82,6 +82,7 @@ public:
                    const RowPositions& at, const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void mul(const Tensor& out, const Tensor& a, const Tensor& b) override;
     void copy(const Tensor& dst, const Tensor& src) override;
     void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void gelu(const Tensor& x) override;
@@ -106,8 +107,8 @@ public:
 
     // Recurrent layers (cpu_recurrent.cpp).
     bool has_recurrent_ops() const override { return true; }
-    void conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                           const Tensor& runs) override;
+    void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
+                      bool silu) override;
     void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                           const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state,
                           const Tensor& runs, const DeltaNetParams& p) override;

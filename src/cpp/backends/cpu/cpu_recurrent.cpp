@@ -1,5 +1,5 @@
-// Recurrent-layer ops of the CPU backend (Gated DeltaNet: Qwen3.5): the causal depthwise
-// convolution that carries its last inputs per sequence, the gated delta rule that carries a
+// Recurrent-layer ops of the CPU backend (Gated DeltaNet: Qwen3.5; short convolutions: LFM2): the
+// causal depthwise convolution that carries its last inputs per sequence, the gated delta rule that carries a
 // [k_dim, v_dim] state per value head, and the sigmoid gate of the attention output.
 // Both recurrences walk each sequence's rows in order; the work is split over sequences and
 // channels (convolution) or sequences and value heads (delta rule), never along time.
@@ -41,8 +41,8 @@ float silu(float x) { return x / (1.0f + std::exp(-x)); }
 float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }  // torch's threshold 20
 }  // namespace
 
-void CpuBackend::conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                                   const Tensor& runs) {
+void CpuBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                              const Tensor& runs, bool silu_out) {
     check_conv1d_state(out, x, w, state, runs, runs.buf ? runs.data<int32_t>() : nullptr);
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Recurrent);
     const int64_t C = x.cols, K = w.cols, H = K - 1;
@@ -66,7 +66,7 @@ void CpuBackend::conv1d_silu_state(const Tensor& out, const Tensor& x, const Ten
                         const float* wc = row_f32(w, c0 + c);
                         float acc = 0.0f;
                         for (int64_t j = 0; j <= H; j++) acc += wc[j] * win[j * kChannels + c];
-                        orow[c] = silu(acc);
+                        orow[c] = silu_out ? silu(acc) : acc;
                     }
                     for (int64_t j = 0; j < H; j++)  // slide by one
                         for (int64_t c = 0; c < nc; c++) win[j * kChannels + c] = win[(j + 1) * kChannels + c];

@@ -62,6 +62,7 @@ public:
                    const RowPositions& at, const AttentionParams& p) override;
     void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+    void mul(const Tensor& out, const Tensor& a, const Tensor& b) override;
     void copy(const Tensor& dst, const Tensor& src) override;
     void gelu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
     void gelu(const Tensor& x) override;
@@ -90,8 +91,8 @@ public:
     // Recurrent layers (Gated DeltaNet): the run table stays on the device; each state row's runs
     // are walked in table order by the threadgroups of its first run (deltanet.metal).
     bool has_recurrent_ops() const override { return true; }
-    void conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                           const Tensor& runs) override;
+    void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
+                      bool silu) override;
     void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                           const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state,
                           const Tensor& runs, const DeltaNetParams& p) override;
@@ -140,7 +141,7 @@ private:
                                  const RowPositions& at, const AttentionParams& p, int32_t max_splits);
     void encode_attention_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                   const RowPositions& at, const AttentionParams& p);
-    // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32 or add_f32.
+    // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32, add_f32 or mul_f32.
     void encode_binary(const char* kernel, const char* op, const char* a_name, const char* b_name, const Tensor& out,
                        const Tensor& a, const Tensor& b);
     // GEMV rows: the gate and up projections and the activation in one mul_mv_swiglu pass

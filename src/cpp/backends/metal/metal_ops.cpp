@@ -667,6 +667,10 @@ void MetalBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     encode_binary("add_f32", "add", "a", "b", out, a, b);
 }
 
+void MetalBackend::mul(const Tensor& out, const Tensor& a, const Tensor& b) {
+    encode_binary("mul_f32", "mul", "a", "b", out, a, b);
+}
+
 void MetalBackend::copy(const Tensor& dst, const Tensor& src) {
     check_copy(dst, src);
     if (src.rows == 0) return;
@@ -1026,9 +1030,9 @@ void need_state_apart(const Tensor& state, std::initializer_list<const Tensor*> 
 }
 }  // namespace
 
-void MetalBackend::conv1d_silu_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                                     const Tensor& runs) {
-    const char* op = "conv1d_silu_state";
+void MetalBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
+                                const Tensor& runs, bool silu) {
+    const char* op = "conv1d_state";
     check_conv1d_state(out, x, w, state, runs, nullptr);  // the table's contents are on the device
     for (const auto& [t, name] : {std::pair{&x, "x"}, {&w, "w"}, {&state, "state"}, {&out, "out"}})
         need_f32_aligned(*t, op, name);
@@ -1046,8 +1050,9 @@ void MetalBackend::conv1d_silu_state(const Tensor& out, const Tensor& x, const T
     a.n_runs = (int32_t)runs.rows;
     a.rows = (int32_t)x.rows;
     a.n_slots = (int32_t)state.rows;
+    a.silu = silu ? 1 : 0;
     const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
-    encode("conv1d_silu_state_f32", &a, sizeof a, {reads(x), reads(w), writes(state), reads(runs), writes(out)},
+    encode("conv1d_state_f32", &a, sizeof a, {reads(x), reads(w), writes(state), reads(runs), writes(out)},
            {ceil_div(x.cols, threads), (uint32_t)runs.rows, 1}, {threads, 1, 1});
 }
 
