@@ -113,6 +113,11 @@ _GGUF_GATING = {1: "softmax", 2: "sigmoid"}
 DEFAULT_N_CTX_CAP = 8192
 
 
+# The kinds of layer (ModelConfig::LayerKind's order): attention, Gated DeltaNet (Qwen3.5), short
+# convolution (LFM2). The recurrent kinds keep a fixed-size state per sequence.
+LAYER_KINDS = ("attention", "gated_delta_net", "short_conv")
+
+
 @dataclass
 class ModelConfig:
     arch: str                 # "llama" | "qwen2" | "qwen3" | "smollm3" | "phi3" | "qwen3moe" | "qwen2moe" (the file's)
@@ -178,12 +183,13 @@ class ModelConfig:
     mla_kv_lora: int = 0
     mla_q_lora: int = 0
     mla_v_head_dim: int = 0
-    # Gated DeltaNet hybrids (deltanet.py; ModelConfig in src/cpp/model/config.h): [n_layers] 0 / 1,
-    # 1 where a layer is recurrent (None: none); the convolution's width; key and value heads and
-    # their widths; the value heads' order (True: llama.cpp's tiled, False: HF's grouped); and the
-    # attention layers' output gate (each head's query followed by its gate in attn_q).
-    layer_recurrent: list[int] | None = None
+    # What replaces attention per layer (LAYER_KINDS; ModelConfig::LayerKind in
+    # src/cpp/model/config.h), None: attention everywhere; the recurrent layers' convolution width.
+    layer_kinds: list[str] | None = None
     ssm_conv_kernel: int = 0
+    # Gated DeltaNet hybrids (deltanet.py): key and value heads and their widths; the value heads'
+    # order (True: llama.cpp's tiled, False: HF's grouped); and the attention layers' output gate
+    # (each head's query followed by its gate in attn_q).
     ssm_k_heads: int = 0
     ssm_v_heads: int = 0
     ssm_k_dim: int = 0
@@ -205,6 +211,9 @@ class ModelConfig:
     # divided by logit_scale (its embedding and attention multipliers are embed_scale, attn_scale).
     residual_scale: float = 1.0
     logit_scale: float = 1.0
+
+    def has_layer_kind(self, kind: str) -> bool:
+        return self.layer_kinds is not None and kind in self.layer_kinds
 
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
@@ -261,8 +270,11 @@ class ModelConfig:
                        + (f", query rank {self.mla_q_lora}" if self.mla_q_lora else "")
                        + f"; heads of {self.head_dim - self.rotated_dims} + {self.rotated_dims} rotated dims, "
                          f"values of {self.mla_v_head_dim})")
-        if self.layer_recurrent is not None:
-            n_rec = sum(self.layer_recurrent)
+        if self.has_layer_kind("short_conv"):
+            out.append(f"short convolutions in {self.layer_kinds.count('short_conv')} of {self.n_layers} layers "
+                       f"(width {self.ssm_conv_kernel}); a fixed-size state per sequence in those layers")
+        if self.has_layer_kind("gated_delta_net"):
+            n_rec = self.layer_kinds.count("gated_delta_net")
             out.append(f"Gated DeltaNet in {n_rec} of {self.n_layers} layers (key heads {self.ssm_k_heads} x "
                        f"{self.ssm_k_dim}, value heads {self.ssm_v_heads} x {self.ssm_v_dim}, convolution "
                        f"{self.ssm_conv_kernel}); a fixed-size state per sequence in those layers")
@@ -365,9 +377,10 @@ class ModelConfig:
                      shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead)
         if self.mla_kv_lora:
             d.update(mla_kv_lora=self.mla_kv_lora, mla_q_lora=self.mla_q_lora, mla_v_head_dim=self.mla_v_head_dim)
-        if self.layer_recurrent is not None:
-            d.update(layer_recurrent=[int(r) for r in self.layer_recurrent], ssm_conv_kernel=self.ssm_conv_kernel,
-                     ssm_k_heads=self.ssm_k_heads, ssm_v_heads=self.ssm_v_heads, ssm_k_dim=self.ssm_k_dim,
+        if self.layer_kinds is not None:
+            d.update(layer_kind=[LAYER_KINDS.index(k) for k in self.layer_kinds], ssm_conv_kernel=self.ssm_conv_kernel)
+        if self.has_layer_kind("gated_delta_net"):
+            d.update(ssm_k_heads=self.ssm_k_heads, ssm_v_heads=self.ssm_v_heads, ssm_k_dim=self.ssm_k_dim,
                      ssm_v_dim=self.ssm_v_dim, ssm_v_tiled=bool(self.ssm_v_tiled))
         if self.attn_output_gate:
             d["attn_output_gate"] = True

@@ -68,7 +68,7 @@ def _set_recurrent(cfg, recurrent: list, conv_kernel, k_heads, v_heads, k_dim, v
         _fail(source, f"{v_heads} value heads is not a multiple of {k_heads} key heads")
     if len(recurrent) != cfg.n_layers:
         _fail(source, f"the recurrent-layer pattern lists {len(recurrent)} layers for {cfg.n_layers}")
-    cfg.layer_recurrent = [int(bool(r)) for r in recurrent]
+    cfg.layer_kinds = ["gated_delta_net" if r else "attention" for r in recurrent]
     cfg.ssm_conv_kernel, cfg.ssm_k_heads, cfg.ssm_v_heads = conv_kernel, k_heads, v_heads
     cfg.ssm_k_dim, cfg.ssm_v_dim, cfg.ssm_v_tiled = k_dim, v_dim, tiled
     cfg.attn_output_gate = True
@@ -187,7 +187,7 @@ def gguf_value_head_order(cfg, name: str):
 
 def gguf_metadata(cfg) -> dict:
     """llama.cpp's qwen35 keys for the recurrent layers (apply_gguf reads them back)."""
-    rec = list(cfg.layer_recurrent)
+    rec = [int(k == "gated_delta_net") for k in cfg.layer_kinds]
     interval = next((k for k in range(1, cfg.n_layers + 1)
                      if rec == [int((i + 1) % k != 0) for i in range(cfg.n_layers)]), None)
     if interval is None:

@@ -65,7 +65,7 @@ def _tensor_plan(loaded):
             heads = cfg.n_heads if ".attn_q." in name else cfg.n_kv_heads
             transform = lambda x, heads=heads: permute_for_adjacent_rope(x.reshape(-1) if x.shape[0] == 1 else x,
                                                                          heads).reshape(x.shape)
-        elif loaded.format == "safetensors" and cfg.layer_recurrent is not None:
+        elif loaded.format == "safetensors" and cfg.has_layer_kind("gated_delta_net"):
             transform = deltanet.gguf_value_head_order(cfg, name)
         yield name, w, transform
 
@@ -204,7 +204,7 @@ def _write_hf_metadata(writer, loaded):
             writer.add_u32(f"{arch}.attention.temperature_length", c.attn_temperature[1])
     if c.n_expert:
         _write_hf_expert_metadata(writer, c)
-    if c.layer_recurrent is not None:   # Qwen3.5: Qwen3_5TextModel's keys (its norms written as 1 + w: the loader's shift)
+    if c.has_layer_kind("gated_delta_net"):   # Qwen3.5: Qwen3_5TextModel's keys (its norms written as 1 + w: the loader's shift)
         for key, value in deltanet.gguf_metadata(c).items():
             if isinstance(value, list):
                 writer.add(f"{arch}.{key}", (ARRAY, INT32), value)

@@ -173,7 +173,7 @@ def load_hf_dir(path) -> LoadedModel:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
     if cfg.norm_shift:
         d.tensors = shift_norms(d.tensors, cfg.norm_shift)
-    if cfg.layer_recurrent is not None:   # Qwen3.5's A_log as the A = -exp(A_log) its GGUF stores
+    if cfg.has_layer_kind("gated_delta_net"):   # Qwen3.5's A_log as the A = -exp(A_log) its GGUF stores
         d.tensors = recurrent_tensors(d.tensors, d.name)
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name)
     tok = ModelTokenizer.from_hf_dir(d)

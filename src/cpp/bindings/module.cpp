@@ -101,9 +101,11 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_freqs.assign(f.data(), f.data() + f.size());
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
-    if (d.contains("layer_recurrent")) {  // Gated DeltaNet layers (Qwen3.5)
-        c.layer_recurrent = get_int_list(d, "layer_recurrent");
+    if (d.contains("layer_kind")) {  // recurrent layers: Gated DeltaNet (Qwen3.5), short convolutions (LFM2)
+        c.layer_kind = get_int_list(d, "layer_kind");
         c.ssm_conv_kernel = get<int>(d, "ssm_conv_kernel");
+    }
+    if (d.contains("ssm_k_heads")) {  // Gated DeltaNet's heads
         c.ssm_k_heads = get<int>(d, "ssm_k_heads");
         c.ssm_v_heads = get<int>(d, "ssm_v_heads");
         c.ssm_k_dim = get<int>(d, "ssm_k_dim");

@@ -82,27 +82,42 @@ struct ModelConfig {
     int mla_v_head_dim = 0;
     bool is_mla() const { return mla_kv_lora > 0; }
 
-    // Gated DeltaNet hybrids (Qwen3.5 / Qwen3.6, arch qwen35 / qwen35moe): the layers where
-    // layer_recurrent[l] is set replace attention by a linear-attention recurrence
+    // What replaces attention in a layer. Recurrent kinds keep a state per KV slot instead of K/V
+    // rows, so a sequence can only continue from the position its state holds.
+    enum class LayerKind : int { Attention = 0, GatedDeltaNet = 1, ShortConv = 2 };
+    std::vector<int> layer_kind;  // [n_layers] of LayerKind; empty: attention everywhere
+    // Short convolutions (LFM2): shortconv.in_proj [3 dim, dim] gives B, C and x; the layer's
+    // output is shortconv.out_proj (C * conv(B * x)), conv the causal depthwise convolution of
+    // width ssm_conv_kernel without activation (conv1d_state, dim channels).
+    //
+    // Gated DeltaNet hybrids (Qwen3.5 / Qwen3.6, arch qwen35 / qwen35moe): the GatedDeltaNet layers replace attention by a linear-attention recurrence
     // (Backend::gated_delta_rule) over a causal depthwise convolution (conv1d_state with SiLU, width
     // ssm_conv_kernel) of one projection attn_qkv [q | k | v]; its output is RMS-normed per value
     // head, times silu(attn_gate x), into ssm_out. Keys and queries have ssm_k_heads heads of
     // ssm_k_dim, values ssm_v_heads of ssm_v_dim; ssm_v_tiled: the value heads in the order
-    // llama.cpp's converter writes (see DeltaNetParams). Each such layer keeps a state per KV slot
-    // instead of K/V rows, so a sequence can only continue from the position its state holds.
-    std::vector<int> layer_recurrent;  // [n_layers] of 0 / 1; empty: none
-    int ssm_conv_kernel = 0;
+    // llama.cpp's converter writes (see DeltaNetParams).
+    int ssm_conv_kernel = 0;  // the convolution's width, both recurrent kinds'
     int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
     bool ssm_v_tiled = false;
     // Gated attention (Qwen3.5's attention layers): attn_q is [n_heads * 2 * head_dim, dim], each
     // head's query then its gate; the attention output is multiplied by sigmoid(gate) before attn_output.
     bool attn_output_gate = false;
-    bool is_recurrent(int layer) const { return !layer_recurrent.empty() && layer_recurrent[layer] != 0; }
-    bool has_recurrent() const {
-        for (int r : layer_recurrent)
-            if (r) return true;
+    LayerKind kind_of(int layer) const {
+        return layer_kind.empty() ? LayerKind::Attention : static_cast<LayerKind>(layer_kind[layer]);
+    }
+    bool is_recurrent(int layer) const { return kind_of(layer) != LayerKind::Attention; }
+    bool is_delta_net(int layer) const { return kind_of(layer) == LayerKind::GatedDeltaNet; }
+    bool is_short_conv(int layer) const { return kind_of(layer) == LayerKind::ShortConv; }
+    bool has_layer_kind(LayerKind k) const {
+        for (int r : layer_kind)
+            if (r == static_cast<int>(k)) return true;
         return false;
     }
+    bool has_recurrent() const {
+        return has_layer_kind(LayerKind::GatedDeltaNet) || has_layer_kind(LayerKind::ShortConv);
+    }
+    // The convolution's channels in a recurrent layer: q | k | v (Gated DeltaNet) or B * x (short conv).
+    int conv_channels(int layer) const { return is_delta_net(layer) ? ssm_conv_channels() : dim; }
     int ssm_qk_width() const { return ssm_k_heads * ssm_k_dim; }
     int ssm_value_width() const { return ssm_v_heads * ssm_v_dim; }
     int ssm_conv_channels() const { return 2 * ssm_qk_width() + ssm_value_width(); }

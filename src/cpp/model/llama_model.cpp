@@ -47,13 +47,20 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     if (cfg_.has_recurrent()) {
         if (!be_->has_recurrent_ops())
             throw InputError("the " + be_->name() + " backend cannot run recurrent (Gated DeltaNet, short convolution) layers yet");
-        const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width(), nv = cfg_.ssm_v_heads;
-        ssm_mixed_ = tensor(DType::F32, B, C);
-        ssm_conv_ = tensor(DType::F32, B, C);
-        ssm_z_ = tensor(DType::F32, B, vw);
-        ssm_o_ = tensor(DType::F32, B, vw);
-        ssm_beta_ = tensor(DType::F32, B, nv);
-        ssm_alpha_ = tensor(DType::F32, B, nv);
+        const int64_t nv = cfg_.ssm_v_heads;
+        if (cfg_.has_layer_kind(ModelConfig::LayerKind::GatedDeltaNet)) {
+            const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width();
+            ssm_mixed_ = tensor(DType::F32, B, C);
+            ssm_conv_ = tensor(DType::F32, B, C);
+            ssm_z_ = tensor(DType::F32, B, vw);
+            ssm_o_ = tensor(DType::F32, B, vw);
+            ssm_beta_ = tensor(DType::F32, B, nv);
+            ssm_alpha_ = tensor(DType::F32, B, nv);
+        }
+        if (cfg_.has_layer_kind(ModelConfig::LayerKind::ShortConv)) {
+            sc_bcx_ = tensor(DType::F32, B, 3 * (int64_t)cfg_.dim);
+            sc_conv_ = tensor(DType::F32, B, cfg_.dim);
+        }
         runs_ = tensor(DType::I32, 2 * (int64_t)n_slots_, 4);  // a pass splits an entry in two at most
         step_runs_ = tensor(DType::I32, 2, 4);
         const int32_t steps[8] = {0, 0, 1, 0, 0, 0, 1, 1};
@@ -62,9 +69,10 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         ssm_state_.resize(cfg_.n_layers);
         for (int l = 0; l < cfg_.n_layers; l++) {
             if (!cfg_.is_recurrent(l)) continue;
+            const int64_t C = cfg_.conv_channels(l);
             conv_state_[l] = tensor(DType::F32, n_slots_, std::max<int64_t>(1, (cfg_.ssm_conv_kernel - 1) * C));
             conv_state_[l].cols = (cfg_.ssm_conv_kernel - 1) * C;
-            ssm_state_[l] = tensor(DType::F32, n_slots_, nv * cfg_.ssm_k_dim * cfg_.ssm_v_dim);
+            if (cfg_.is_delta_net(l)) ssm_state_[l] = tensor(DType::F32, n_slots_, nv * cfg_.ssm_k_dim * cfg_.ssm_v_dim);
         }
     }
     proj_ = tensor(DType::F32, B, cfg_.dim);
@@ -259,8 +267,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
         if (cfg_.pre_norms) norm(xn, x, L.attn_norm, L.attn_norm_b);
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
-        if (cfg_.is_recurrent(l)) {  // a Gated DeltaNet layer in place of attention
+        if (cfg_.is_delta_net(l)) {  // a Gated DeltaNet layer in place of attention
             add_projection(L.ssm_out, delta_net(L, l, attn_in, n, runs), L.attn_post_norm);
+        } else if (cfg_.is_short_conv(l)) {  // a short convolution in place of attention
+            add_projection(L.sc_out_proj, short_conv(L, l, attn_in, n, runs), L.attn_post_norm);
         } else {
             if (cfg_.is_mla()) {
                 latent_attention_qkv(L, attn_in, q, k, v, n);
@@ -398,6 +408,24 @@ Tensor LlamaModel::delta_net(const LayerWeights& L, int layer, const Tensor& xn,
     be.head_rms_norm(out, L.ssm_norm, cfg_.rms_eps);  // each value head's output normed,
     be.silu_mul(out, z, out);                          // times silu(z)
     return out;
+}
+
+Tensor LlamaModel::short_conv(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs) {
+    Backend& be = *be_;
+    const int64_t d = cfg_.dim;
+    const Tensor bcx = sc_bcx_.slice_rows(0, n), conv = sc_conv_.slice_rows(0, n);
+    be.matmul(bcx, L.sc_in_proj, xn, rows_);
+    auto columns = [&](int64_t part) {  // B, C and x: the projection's thirds
+        Tensor t = bcx;
+        t.offset += part * d * sizeof(float);
+        t.cols = d;
+        return t;
+    };
+    const Tensor b = columns(0), c = columns(1), x = columns(2);
+    be.mul(x, b, x);  // B * x, in x's columns
+    be.conv1d_state(conv, x, L.sc_conv, conv_state_[layer], runs, false);
+    be.mul(conv, c, conv);  // C * conv(B * x)
+    return conv;
 }
 
 void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
@@ -734,7 +762,7 @@ void LlamaModel::kv_copy(int src, int dst, int n) {
     for (int l = 0; l < cfg_.n_layers; l++) {
         if (cfg_.is_recurrent(l)) {  // the states of n tokens
             be_->copy(conv_state_[l].slice_rows(dst, 1), conv_state_[l].slice_rows(src, 1));
-            be_->copy(ssm_state_[l].slice_rows(dst, 1), ssm_state_[l].slice_rows(src, 1));
+            if (ssm_state_[l].buf) be_->copy(ssm_state_[l].slice_rows(dst, 1), ssm_state_[l].slice_rows(src, 1));
             continue;
         }
         be_->copy(slot_rows(kv_.k[l], dst).slice_rows(0, n), slot_rows(kv_.k[l], src).slice_rows(0, n));
@@ -764,6 +792,7 @@ void LlamaModel::state_save(float* dst) {
     for (int l = 0; l < cfg_.n_layers; l++) {
         if (!cfg_.is_recurrent(l)) continue;
         for (const Tensor* t : {&conv_state_[l], &ssm_state_[l]}) {
+            if (!t->buf) continue;  // a short convolution's layer: no delta-rule state
             be_->read(dst, t->slice_rows(0, 1), (size_t)t->cols * sizeof(float));
             dst += t->cols;
         }
@@ -778,6 +807,7 @@ void LlamaModel::state_load(const float* src, int pos) {
     for (int l = 0; l < cfg_.n_layers; l++) {
         if (!cfg_.is_recurrent(l)) continue;
         for (const Tensor* t : {&conv_state_[l], &ssm_state_[l]}) {
+            if (!t->buf) continue;  // a short convolution's layer: no delta-rule state
             be_->write(t->slice_rows(0, 1), src, (size_t)t->cols * sizeof(float));
             src += t->cols;
         }

@@ -167,10 +167,14 @@ private:
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
     // shared expert where the config has one.                                          x, xn [n, dim]
     void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
-    // A Gated DeltaNet layer's mixer (cfg.is_recurrent(l)) of xn: the projections, the convolution
+    // A Gated DeltaNet layer's mixer (cfg.is_delta_net(l)) of xn: the projections, the convolution
     // and the delta rule (carrying slot states through `runs`, RecurrentState), the output's
     // per-head norm times silu(z). Returns its output, ready for ssm_out.  xn [n, dim]; out [n, ssm_value_width]
     Tensor delta_net(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs);
+    // A short-convolution layer's mixer (cfg.is_short_conv(l), LFM2) of xn: B, C, x = in_proj xn,
+    // C * conv(B * x) with the convolution carrying slot states through `runs`. Returns its output,
+    // ready for out_proj.                                                  xn [n, dim]; out [n, dim]
+    Tensor short_conv(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs);
     // The recurrent states' run table of a pass (see Backend::conv1d_state), written for
     // the entries (rows in entry order), and each slot's state position checked: an entry must
     // start at 0 or where its slot's state stands. state_pos_ of the slots becomes -1 until the
@@ -214,9 +218,13 @@ private:
     // [B, value width], the run table (i32 [2 * n_slots, 4]; a pipelined step's two fixed tables
     // [2, 4]: slot 0 continuing, slot 0 fresh).
     Tensor ssm_mixed_, ssm_z_, ssm_beta_, ssm_alpha_, ssm_conv_, ssm_o_, runs_, step_runs_;
+    // Short convolution: in_proj's B | C | x [B, 3 dim] (B * x goes into x's columns) and the
+    // convolution's output [B, dim] (then C times it).
+    Tensor sc_bcx_, sc_conv_;
     std::vector<int32_t> runs_host_;
     // Per recurrent layer (empty tensors for attention layers): the convolution's last inputs
-    // f32 [n_slots, (K - 1) * C] and the delta rule's state f32 [n_slots, ssm_v_heads * k_dim * v_dim].
+    // f32 [n_slots, (K - 1) * C] and the delta rule's state f32 [n_slots, ssm_v_heads * k_dim * v_dim]
+    // (empty for a short convolution's layer).
     std::vector<Tensor> conv_state_, ssm_state_;
     // Tokens each slot's recurrent state has absorbed (-1: none valid); a pass on a slot starts at
     // 0 or there. Attention-only models leave it unused.

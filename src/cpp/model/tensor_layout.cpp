@@ -25,7 +25,11 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         const std::string p = "blk." + std::to_string(l) + ".";
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "attn_norm.bias", 1, dim, true, true});
-        if (cfg.is_recurrent(l)) {  // Gated DeltaNet in place of attention (Qwen3.5)
+        if (cfg.is_short_conv(l)) {  // a short convolution in place of attention (LFM2)
+            out.push_back({p + "shortconv.in_proj.weight", 3 * dim, dim, true, false});
+            out.push_back({p + "shortconv.conv.weight", dim, cfg.ssm_conv_kernel, true, true});
+            out.push_back({p + "shortconv.out_proj.weight", dim, dim, true, false});
+        } else if (cfg.is_delta_net(l)) {  // Gated DeltaNet in place of attention (Qwen3.5)
             const int64_t C = cfg.ssm_conv_channels(), vw = cfg.ssm_value_width(), nv = cfg.ssm_v_heads;
             out.push_back({p + "attn_qkv.weight", C, dim, true, false});
             out.push_back({p + "attn_gate.weight", vw, dim, true, false});

@@ -72,20 +72,24 @@ void ModelConfig::validate() const {
     } else {
         need(mla_q_lora == 0 && mla_v_head_dim == 0, "mla_q_lora and mla_v_head_dim need mla_kv_lora");
     }
-    need(layer_recurrent.empty() || (int64_t)layer_recurrent.size() == n_layers,
-         "layer_recurrent has " + std::to_string(layer_recurrent.size()) + " entries for " + std::to_string(n_layers) +
-             " layers");
-    if (has_recurrent()) {  // Gated DeltaNet layers: the op's own bounds, and what the forward pass supports
+    need(layer_kind.empty() || (int64_t)layer_kind.size() == n_layers,
+         "layer_kind has " + std::to_string(layer_kind.size()) + " entries for " + std::to_string(n_layers) + " layers");
+    for (int k : layer_kind)
+        need(k >= 0 && k <= static_cast<int>(LayerKind::ShortConv),
+             "layer_kind " + std::to_string(k) + " is not 0 (attention), 1 (Gated DeltaNet) or 2 (short convolution)");
+    if (has_recurrent()) {  // the convolution op's bounds, and what the forward pass supports
         in_range("ssm_conv_kernel", ssm_conv_kernel, 1, 16);
+        need(!is_mla() && !post_norms && pre_norms && !parallel_block && residual_scale == 1.0f,
+             "recurrent layers are supported with pre-norms only (no latent attention, post-norms, parallel block or "
+             "residual_scale)");
+    }
+    if (has_layer_kind(LayerKind::GatedDeltaNet)) {
         in_range("ssm_k_heads", ssm_k_heads, 1, kMaxHeads);
         in_range("ssm_v_heads", ssm_v_heads, 1, kMaxHeads);
         in_range("ssm_k_dim", ssm_k_dim, 1, 256);
         in_range("ssm_v_dim", ssm_v_dim, 1, 256);
         need(ssm_v_heads % ssm_k_heads == 0, "ssm_v_heads = " + std::to_string(ssm_v_heads) +
                                                  " must be a multiple of ssm_k_heads = " + std::to_string(ssm_k_heads));
-        need(!is_mla() && !post_norms && pre_norms && !parallel_block && residual_scale == 1.0f,
-             "recurrent layers are supported with pre-norms only (no latent attention, post-norms, parallel block or "
-             "residual_scale)");
     }
     need(!attn_output_gate || !is_mla(), "attn_output_gate with latent attention is not supported");
     in_range("vocab", vocab, 1, kMaxVocab);
@@ -362,6 +366,9 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.ssm_a = at(p + "ssm_a");
         L.ssm_norm = at(p + "ssm_norm.weight");
         L.ssm_out = at(p + "ssm_out.weight");
+        L.sc_in_proj = at(p + "shortconv.in_proj.weight");
+        L.sc_conv = at(p + "shortconv.conv.weight");
+        L.sc_out_proj = at(p + "shortconv.out_proj.weight");
         if (!cfg.is_gpt_oss()) L.attn_post_norm = at(p + "post_attention_norm.weight");  // gpt-oss: its ffn_norm
         L.attn_sinks = at(p + "attn_sinks.weight");
         L.router_b = at(p + "ffn_gate_inp.bias");

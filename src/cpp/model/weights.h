@@ -45,7 +45,11 @@ struct LayerWeights {
     Tensor wkv_a;              // [mla_kv_lora + rope_dim, dim]: the latent, then the shared rope key
     Tensor kv_a_norm;          // f32 [mla_kv_lora]
     Tensor wk_latent, wv_latent;  // [kv_dim, mla_kv_lora + rope_dim]: the latent row into each head's K, V
-    // Gated DeltaNet (cfg.is_recurrent(l); the attention tensors are then empty)
+    // Short convolution (cfg.is_short_conv(l), LFM2; the attention tensors are then empty)
+    Tensor sc_in_proj;         // [3 dim, dim]: B | C | x
+    Tensor sc_conv;            // f32 [dim, ssm_conv_kernel]
+    Tensor sc_out_proj;        // [dim, dim]
+    // Gated DeltaNet (cfg.is_delta_net(l); the attention tensors are then empty)
     Tensor ssm_qkv;            // [C = 2 * ssm_qk_width + ssm_value_width, dim]: q | k | v before the convolution
     Tensor ssm_gate;           // [ssm_value_width, dim]: z, the output norm's gate
     Tensor ssm_beta, ssm_alpha;  // [ssm_v_heads, dim]: per value head, the write strength's and the decay's logits
