@@ -138,3 +138,16 @@ def test_corrupted_recurrent_gguf_never_crashes(tmp_path, tiny_tokenizer):
     assert refused > n // 3
     _, refused = run_mutants(MUTATE_SAFETENSORS, hf_dir, 200, tmp_path)
     assert refused > 200 // 2
+
+
+def test_corrupted_short_conv_gguf_never_crashes(tmp_path, tiny_tokenizer):
+    """The same for a tiny LFM2 GGUF, whose layer pattern is read from a per-layer head_count_kv
+    array and whose convolution width from shortconv.l_cache."""
+    import lfm2_factory as lf
+    model = lf.build("lfm2", tiny_tokenizer.get_vocab_size())
+    hf_dir = lf.save_hf(model, tiny_tokenizer, tmp_path / "hf")
+    path = lf.write_gguf(hf_dir, tmp_path / "lfm2.gguf", "Q8_0", "lfm2", model.config, tiny_tokenizer)
+    n = 300
+    _, refused = run_mutants(MUTATE_GGUF, path, n, tmp_path)
+    assert refused > n // 3
+

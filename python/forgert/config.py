@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import deltanet, gemma
+from . import deltanet, gemma, lfm2
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss", lfm2.GGUF_ARCH) + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -24,7 +24,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
-                  **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES}
+                  "lfm2": lfm2.GGUF_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -58,7 +58,8 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # Mixtral-style experts under a sigmoid router with a selection bias, renormalised.
 # Qwen3.5 / Qwen3.6 (qwen35, qwen35moe) is Qwen3 whose layers are three Gated DeltaNet layers to
 # one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert.
-_CORE_ARCH = {"qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
+_CORE_ARCH = {"lfm2": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -86,7 +87,7 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 # Q and K projections ("whole").
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+_QK_NORM = {"lfm2": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
             "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -96,7 +97,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
                     "qwen2moe", "nemotron", "glm4moe", "minimax-m2",
                     "gpt-oss",
-                    "qwen2vl", "qwen3vl", "qwen3vlmoe") + deltanet.GGUF_ARCHS
+                    "qwen2vl", "qwen3vl", "qwen3vlmoe", lfm2.GGUF_ARCH) + deltanet.GGUF_ARCHS
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe", "arcee")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
@@ -548,11 +549,17 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         scaling = _gguf_longrope(meta, p, source, rope_dim, context_length, longrope_factors)
     window = meta.get(p + "attention.sliding_window")
 
+    lfm2_kinds = None
+    if arch == lfm2.GGUF_ARCH:   # its head_count_kv lists every layer, 0 for a convolution layer
+        n_kv_heads, lfm2_kinds = lfm2.gguf_kv_heads(meta, p, source)
+        n_kv_heads = _get_int({"kv": n_kv_heads}, "kv", source, **extent)
+    else:
+        n_kv_heads = _get_int(meta, p + "attention.head_count_kv", source, default=n_heads, **extent)
     cfg = ModelConfig(
         arch=arch,
         n_layers=_get_int(meta, p + "block_count", source, **_layer_bound(census)),
         dim=dim, n_heads=n_heads,
-        n_kv_heads=_get_int(meta, p + "attention.head_count_kv", source, default=n_heads, **extent),
+        n_kv_heads=n_kv_heads,
         head_dim=head_dim,
         ffn_dim=_get_int(meta, p + "feed_forward_length", source, **extent),
         vocab=vocab,
@@ -573,6 +580,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _deepseek2_gguf(meta, p, cfg, source, value_len)
     if arch in deltanet.GGUF_ARCHS:
         deltanet.apply_gguf(meta, p, cfg, source, census.max_extent)
+    if arch == lfm2.GGUF_ARCH:
+        lfm2.apply_gguf(meta, p, cfg, lfm2_kinds, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
@@ -1280,6 +1289,11 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
+    if model_type == "lfm2":   # LFM2's own key names, and its MLP's width as transformers computes it
+        hf = {**hf, "intermediate_size": lfm2.hf_ffn_dim(hf), "tie_word_embeddings": hf.get(
+            "tie_embedding", hf.get("tie_word_embeddings", True))}
+        if "norm_eps" in hf and "rms_norm_eps" not in hf:
+            hf["rms_norm_eps"] = hf["norm_eps"]
     if model_type == "exaone":   # EXAONE 3 / 3.5's own key names (transformers' attribute_map)
         hf = {**hf, **{new: hf[old] for old, new in (("num_layers", "num_hidden_layers"),
                                                       ("layer_norm_epsilon", "rms_norm_eps"))
@@ -1340,6 +1354,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     if model_type in deltanet.HF_TEXT_TYPES:   # its layer_types name recurrent layers, not windows
         deltanet.apply_hf(hf, cfg, source, census.max_extent)
+    elif model_type == "lfm2":   # likewise its convolution layers
+        lfm2.apply_hf(hf, cfg, source)
     else:
         _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)

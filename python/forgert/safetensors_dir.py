@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from . import deltanet
+from . import deltanet, lfm2
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -33,6 +33,7 @@ _GLOBAL_NAMES = {
     "model.norm.weight": "output_norm.weight",
     "model.norm.bias": "output_norm.bias",   # StarCoder2's LayerNorm
     "lm_head.weight": "output.weight",
+    **lfm2.HF_GLOBAL_NAMES,   # LFM2's final norm
 }
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -131,7 +132,8 @@ _DEEPSEEK_LAYER_NAMES = {
 _MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_bias": "exp_probs_b.bias"}
 # Qwen3.5: Qwen3's attention, the recurrent layers' linear_attn.* (deltanet.py), Qwen2-MoE's experts
 _QWEN3_5_LAYER_NAMES = {**_LAYER_NAMES, **deltanet.HF_LAYER_NAMES}
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES,
+_LFM2_LAYER_NAMES = {**_LAYER_NAMES, **lfm2.HF_LAYER_NAMES}
+_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES, "lfm2": _LFM2_LAYER_NAMES,
                               "qwen3_5_moe_text": _QWEN3_5_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
@@ -356,8 +358,8 @@ class HFModelDir:
                     shape2 = (1, shape[0])
                 elif len(shape) == 2:
                     shape2 = tuple(shape)
-                elif name.endswith(".ssm_conv1d.weight") and len(shape) == 3 and shape[1] == 1:
-                    shape2 = (shape[0], shape[2])   # Qwen3.5's depthwise conv1d [C, 1, K] as [C, K]
+                elif name.endswith((".ssm_conv1d.weight", ".shortconv.conv.weight")) and len(shape) == 3 and shape[1] == 1:
+                    shape2 = (shape[0], shape[2])   # Qwen3.5's and LFM2's depthwise conv1d [C, 1, K] as [C, K]
                 else:
                     raise ModelFormatError(f"{sf.name}: tensor '{hf_name}' has {len(shape)} dimensions {list(shape)}")
                 t = WeightTensor(name, sf.view(file_name), type_id, shape2, sf.name)

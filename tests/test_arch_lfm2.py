@@ -1,0 +1,123 @@
+"""LFM2 (tests/lfm2_factory.py: short-convolution layers beside attention layers with a per-head
+QK-norm; tied and untied, the MLP's width adjusted or not) against transformers: logits on prefill
+and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's layout, on the CPU and emulated Metal; 32
+greedy tokens; and its convolution states resumed as Qwen3.5's are (a follow-up prompt continues
+where the state stands and equals a fresh run; a batch equals its prompts one by one).
+
+Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here, worst over the
+two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
+  F32 (HF and GGUF), CPU and Metal: 1.5e-4 / 7.4e-5 (bounds 5e-4 / 2.5e-4)
+  Q8_0, CPU: prefill 3.5e-4 / 2.8e-4, decode 3.9e-4 / 2.7e-4 (bounds 3e-3 / 2e-3)
+  Q8_0, Metal: prefill 3.0e-3 / 1.2e-3 (the half-precision GEMM), decode 7.7e-5 / 2.9e-5 (bounds
+  5e-3 / 4e-3); argmax agreement 1.0 (bound 0.95)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import lfm2_factory as lf
+import model_factory as mf
+from conftest import backend_params, require_backend
+from test_arch_moe import bounds
+from test_e2e_tiny import compare_logits
+
+models = lf.models_fixture()
+NAMES = list(lf.MODELS)
+def ids_for(vocab, n, seed):
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", lf.FORMATS)
+@pytest.mark.parametrize("name", NAMES)
+def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ids = ids_for(model.config.vocab_size, 64, 1)
+    m = forgert.Model(str(files[fmt]), backend=backend)
+    assert m.info()["arch"] == "lfm2"
+    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
+                   what=f"{name} {fmt} {backend} prefill")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", lf.FORMATS)
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ids = ids_for(model.config.vocab_size, 24, 2)
+    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
+    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
+    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bounds(fmt, True, backend),
+                   what=f"{name} {fmt} {backend} decode")
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+@pytest.mark.parametrize("name", NAMES)
+def test_greedy_32_tokens_equal_transformers(forgert, models, name, fmt):
+    model, files, refs = models(name)
+    prompt = ids_for(model.config.vocab_size, 8, 4)
+    c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
+    assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
+
+
+def test_mlp_width_and_layer_kinds_read(forgert, models):
+    """The width transformers computes (two thirds of intermediate_size, rounded) and the layer
+    pattern, from both formats."""
+    model, files, _ = models("lfm2")
+    for fmt in ("hf-F32", "gguf-F32"):
+        info = forgert.Model(str(files[fmt]), backend="cpu").info()
+        assert any("short convolutions in 4 of 6 layers (width 3)" in f for f in info["features"]), info["features"]
+    from forgert.loader import load_model
+    assert load_model(str(files["hf-F32"])).config.ffn_dim == lf.ffn_width(model) == 96
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_state_resumes_and_batches(forgert, models, metal_reason, backend):
+    require_backend(backend, metal_reason)
+    _, files, _ = models("lfm2-untied")
+    path = str(files["gguf-F32"])
+
+    def fresh(prompt):
+        return list(forgert.Model(path, backend=backend, n_ctx=256).generate(
+            prompt, max_tokens=8, temperature=0.0, ignore_eos=True).tokens)
+
+    rng = np.random.default_rng(5)
+    first = [int(t) for t in rng.integers(2, 320, 20)]
+    m = forgert.Model(path, backend=backend, n_ctx=256, parallel=2)
+    c1 = m.generate(first, max_tokens=6, temperature=0.0, ignore_eos=True)
+    follow = first + list(c1.tokens) + [int(t) for t in rng.integers(2, 320, 5)]
+    c2 = m.generate(follow, max_tokens=8, temperature=0.0, ignore_eos=True)
+    assert c2.timings.cached_tokens == len(first) + len(c1.tokens) - 1
+    assert list(c2.tokens) == fresh(follow)
+    prompts = [first, follow, [int(t) for t in rng.integers(2, 320, 9)]]
+    for p, c in zip(prompts, m.generate(prompts, max_tokens=8, temperature=0.0, ignore_eos=True)):
+        assert list(c.tokens) == fresh(p)
+
+
+def test_conv_bias_refused(forgert, models, tmp_path):
+    """An HF config with conv_bias (biases forgert does not read) is refused by name."""
+    import json
+    import shutil
+    from forgert.errors import ModelFormatError
+    _, files, _ = models("lfm2")
+    d = tmp_path / "bias"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "conv_bias": True}))
+    with pytest.raises(ModelFormatError, match="conv_bias"):
+        forgert.Model(str(d), backend="cpu")
+
+
+def test_quantize_hf_directory_refused_by_name(forgert, models, tmp_path):
+    from forgert.errors import ModelFormatError
+    from forgert.gguf_export import export_gguf
+    _, files, _ = models("lfm2")
+    with pytest.raises(ModelFormatError, match="LFM2 HF directories cannot be quantized"):
+        export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
+    out = tmp_path / "requantized.gguf"   # a GGUF of it can
+    export_gguf(str(files["gguf-F32"]), str(out), "q8_0", log=lambda msg: None)
+    assert forgert.Model(str(out), backend="cpu").info()["arch"] == "lfm2"
