@@ -132,3 +132,17 @@ def test_n_choices_share_the_prompt(forgert, path):
     got = m.generate([p] * 4, max_tokens=6, temperature=0.0, ignore_eos=True)
     want = fresh_greedy(forgert, path, p, 6)
     assert all(list(c.tokens) == want for c in got)
+
+
+def test_memory_check_counts_attention_rows_and_states(forgert, path, monkeypatch):
+    """The up-front memory check counts K/V rows of the attention layers only (1 of the 4) and the
+    recurrent states of the others, by hand: K/V 1 layer x 2 x 4096 positions x (2 heads x 32) x 2
+    bytes = 1048576; states 3 layers x 4 bytes x (3 past inputs x 256 channels + 4 heads x 32 x 32)
+    = 58368. One byte short of their sum is refused, naming the n_ctx that fits; the sum is accepted."""
+    import forgert.model as fm
+    need = 1 * 2 * 4096 * 64 * 2 + 3 * 4 * (3 * 256 + 4 * 32 * 32)
+    monkeypatch.setattr(fm, "available_memory_bytes", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"n_ctx=4096 needs a .* pass n_ctx <= 4095"):
+        forgert.Model(path, backend="cpu", n_ctx=4096)
+    monkeypatch.setattr(fm, "available_memory_bytes", lambda: need)
+    assert forgert.Model(path, backend="cpu", n_ctx=4096).n_ctx == 4096

@@ -216,6 +216,23 @@ class ModelConfig:
     def has_layer_kind(self, kind: str) -> bool:
         return self.layer_kinds is not None and kind in self.layer_kinds
 
+    def kv_bytes_per_position(self) -> int:
+        """The f16 K and V bytes one position of one sequence takes: attention layers only."""
+        n_attn = self.n_layers if self.layer_kinds is None else self.layer_kinds.count("attention")
+        return n_attn * 2 * self.n_kv_heads * self.head_dim * 2
+
+    def state_bytes(self) -> int:
+        """The f32 recurrent states one sequence keeps, whatever its length (the core's conv_state_ /
+        ssm_state_): per Gated DeltaNet layer its convolution's last inputs and a [k_dim, v_dim] state
+        per value head; per short-convolution layer its convolution's last inputs."""
+        if self.layer_kinds is None:
+            return 0
+        history = max(self.ssm_conv_kernel - 1, 0)
+        delta = (history * (2 * self.ssm_k_heads * self.ssm_k_dim + self.ssm_v_heads * self.ssm_v_dim)
+                 + self.ssm_v_heads * self.ssm_k_dim * self.ssm_v_dim)
+        return 4 * (self.layer_kinds.count("gated_delta_net") * delta
+                    + self.layer_kinds.count("short_conv") * history * self.dim)
+
     def windows(self) -> list[int]:
         """The attention window of each layer (0: full causal attention)."""
         if self.layer_window is not None:

@@ -82,12 +82,14 @@ def _macos_free_inactive_pages() -> tuple:
 
 
 def _check_kv_cache_fits(cfg, n_ctx: int, name: str, parallel: int = 1) -> None:
-    """The f16 KV cache (of `parallel` sequences) is allocated (and zeroed) up front: one too
-    large for the machine would get the process killed, so it is refused here with the numbers."""
-    kv_bytes = cfg.n_layers * 2 * n_ctx * cfg.n_kv_heads * cfg.head_dim * 2 * parallel
+    """The f16 KV cache (of `parallel` sequences; a recurrent model's states beside it) is
+    allocated (and zeroed) up front: one too large for the machine would get the process killed,
+    so it is refused here with the numbers."""
+    per_position = cfg.kv_bytes_per_position() * parallel
+    kv_bytes = per_position * n_ctx + cfg.state_bytes() * parallel
     avail = available_memory_bytes()
     if avail is not None and kv_bytes > avail:
-        fits = int(avail // (kv_bytes / n_ctx))
+        fits = int(max(avail - cfg.state_bytes() * parallel, 0) // max(per_position, 1))
         raise KvCacheTooLargeError(
             f"n_ctx={n_ctx}{f' x parallel={parallel}' if parallel > 1 else ''} needs a "
             f"{kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
