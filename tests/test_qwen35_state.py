@@ -146,3 +146,16 @@ def test_memory_check_counts_attention_rows_and_states(forgert, path, monkeypatc
         forgert.Model(path, backend="cpu", n_ctx=4096)
     monkeypatch.setattr(fm, "available_memory_bytes", lambda: need)
     assert forgert.Model(path, backend="cpu", n_ctx=4096).n_ctx == 4096
+
+
+def test_info_reports_cache_per_token_and_state(forgert, path):
+    """forgert info and Model.info(): K/V bytes per token (the one attention layer's: 2 x 64 x 2)
+    and the states per sequence (58368, as above)."""
+    import subprocess
+    import sys
+    from conftest import subprocess_env
+    info = forgert.Model(path, backend="cpu", n_ctx=64).info()
+    assert info["kv_bytes_per_token"] == 256 and info["state_bytes_per_sequence"] == 58368
+    out = subprocess.run([sys.executable, "-m", "forgert", "info", path], capture_output=True, text=True,
+                         env=subprocess_env(), check=True).stdout
+    assert "256 B of K/V per token + 57.0 KiB of recurrent state per sequence" in out

@@ -32,6 +32,8 @@ def describe(loaded) -> dict:
         "context_length": c.context_length, "rope_theta": c.rope_theta,
         "rope_scaling": (c.rope_scaling or {}).get("type"), "rms_eps": c.rms_eps,
         "tied_embeddings": c.tied_embeddings,
+        # memory per sequence: f16 K/V bytes per position (attention layers), f32 recurrent states
+        "kv_bytes_per_token": c.kv_bytes_per_position(), "state_bytes_per_sequence": c.state_bytes(),
         "bos_token": _special(tok, tok.bos_id), "eos_token": _special(tok, tok.eos_id),
         "stop_token_ids": sorted(tok.stop_ids), "add_bos": tok.add_bos,
         "chat_template": loaded.chat_template,
@@ -88,6 +90,9 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
         ("rope", f"theta {d['rope_theta']:g}, scaling {d['rope_scaling'] or 'none'}"),
         ("rms eps", f"{d['rms_eps']:g}"),
         ("embeddings", "tied (output = token_embd)" if d["tied_embeddings"] else "separate output"),
+        ("cache", f"{_bytes(d['kv_bytes_per_token'])} of K/V per token"
+                  + (f" + {_bytes(d['state_bytes_per_sequence'])} of recurrent state per sequence"
+                     if d["state_bytes_per_sequence"] else "")),
         *([("features", "; ".join(d["features"]))] if d["features"] else []),
         ("bos", token(d["bos_token"]) + (" (added to prompts)" if d["add_bos"] else "")),
         ("eos", token(d["eos_token"])),
