@@ -29,20 +29,44 @@ _LAYER = {
     "self_attn.q_layernorm.weight": "attn_q_norm.weight", "self_attn.k_layernorm.weight": "attn_k_norm.weight",
     "feed_forward.w1.weight": "ffn_gate.weight", "feed_forward.w3.weight": "ffn_up.weight",
     "feed_forward.w2.weight": "ffn_down.weight",
+    "feed_forward.gate.weight": "ffn_gate_inp.weight", "feed_forward.expert_bias": "exp_probs_b.bias",
 }
 # name -> (GGUF arch, builder arguments): "lfm2": LFM2-1.2B's pattern on 6 layers (convolution
 # layers 0, 1, 3, 4; attention 2 and 5), the MLP width adjusted as LFM2's configs ask, tied
 # embeddings; "lfm2-untied": every other layer attention, an untied output, no width adjustment.
+# "lfm2moe": LFM2-8B-A1B's layout on 6 layers: 2 dense layers, then 8 experts top 2 under a sigmoid
+# router whose expert_bias chooses, renormalised, times 1.5.
 MODELS = {
     "lfm2": ("lfm2", dict(seed=71, attn=(2, 5), tied=True, adjust=True)),
     "lfm2-untied": ("lfm2", dict(seed=72, attn=(1, 3, 5), tied=False, adjust=False)),
+    "lfm2moe": ("lfm2moe", dict(seed=73, attn=(2, 5), tied=True, moe=True)),
 }
+_EXPERT = re.compile(r"^feed_forward\.experts\.(\d+)\.(w1|w3|w2)\.weight$")
+_FUSED = re.compile(r"^feed_forward\.experts\.(gate_up_proj|down_proj)$")
+_STACK = {"w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps"}
 
 
 def build(name: str, vocab: int):
-    from transformers import Lfm2Config, Lfm2ForCausalLM
+    from transformers import Lfm2Config, Lfm2ForCausalLM, Lfm2MoeConfig, Lfm2MoeForCausalLM
     _, kw = MODELS[name]
     torch.manual_seed(kw["seed"])
+    if kw.get("moe"):
+        cfg = Lfm2MoeConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                            num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=256, norm_eps=1e-5, conv_L_cache=3, num_dense_layers=2,
+                            num_experts=8, num_experts_per_tok=2, routed_scaling_factor=1.5, norm_topk_prob=True,
+                            layer_types=["full_attention" if i in kw["attn"] else "conv" for i in range(6)],
+                            # no EOS for transformers' generate: its min_new_tokens would hide token 1,
+                            # this model's argmax at the 3rd greedy step, which ignore_eos keeps
+                            tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, eos_token_id=None,
+                            pad_token_id=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+        model = moe._randomise(Lfm2MoeForCausalLM(cfg), kw["seed"], 0.5)
+        with torch.no_grad():   # the selection bias large enough to change choices (sigmoid scores are 0..1)
+            gen = torch.Generator().manual_seed(kw["seed"] + 2000)
+            for mod in model.modules():
+                if hasattr(mod, "expert_bias"):
+                    mod.expert_bias.copy_(0.3 * torch.randn(mod.expert_bias.shape, generator=gen))
+        return model
     # adjusted: int(2 * 144 / 3) = 96, times 1.0, rounded up to a multiple of 32: 96 (a Q8_0 row's 32)
     cfg = Lfm2Config(vocab_size=vocab, hidden_size=64, intermediate_size=144 if kw["adjust"] else 96,
                      num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -62,7 +86,7 @@ def ffn_width(model) -> int:
 
 
 def gguf_tensors(hf_dir: Path) -> dict:
-    out = {}
+    out, experts = {}, {}
     for name, w in load_file(str(hf_dir / "model.safetensors")).items():
         top = {"model.embed_tokens.weight": "token_embd.weight", "model.embedding_norm.weight": "token_embd_norm.weight",
                "lm_head.weight": "output.weight"}
@@ -70,9 +94,23 @@ def gguf_tensors(hf_dir: Path) -> dict:
             out[top[name]] = w
             continue
         layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
+        p = f"blk.{layer}."
+        expert, fused = _EXPERT.match(rest), _FUSED.match(rest)
+        if expert:
+            experts.setdefault(f"{p}{_STACK[expert.group(2)]}.weight", {})[int(expert.group(1))] = w
+            continue
+        if fused:   # transformers 5's fused experts: each expert's gate rows, then its up rows
+            if fused.group(1) == "gate_up_proj":
+                half = w.shape[1] // 2
+                out[p + "ffn_gate_exps.weight"], out[p + "ffn_up_exps.weight"] = w[:, :half], w[:, half:]
+            else:
+                out[p + "ffn_down_exps.weight"] = w
+            continue
         if rest == "conv.conv.weight":
             w = w[:, 0, :]
-        out[f"blk.{layer}.{_LAYER[rest]}"] = w
+        out[p + _LAYER[rest]] = w
+    for gname, parts in experts.items():
+        out[gname] = np.stack([parts[e] for e in range(len(parts))])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -86,6 +124,12 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
         "add_rope_freq_base": float(c.rope_parameters["rope_theta"]), "add_layer_norm_rms_eps": c.norm_eps,
         "add_vocab_size": c.vocab_size, "add_shortconv_l_cache": c.conv_L_cache,
     }
+    if arch == "lfm2moe":   # LFM2MoeModel's keys
+        meta.update(add_feed_forward_length=c.intermediate_size, add_expert_count=c.num_experts,
+                    add_expert_used_count=c.num_experts_per_tok, add_expert_feed_forward_length=c.moe_intermediate_size,
+                    add_leading_dense_block_count=c.num_dense_layers,
+                    add_expert_gating_func=gguf.ExpertGatingFuncType.SIGMOID,
+                    add_expert_weights_scale=float(c.routed_scaling_factor), add_expert_weights_norm=c.norm_topk_prob)
     meta.update(extra_meta or {})
     for key, value in meta.items():
         if value is not None:
@@ -93,7 +137,8 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
     qtype = gguf.GGMLQuantizationType[type_name]
     for name, t in gguf_tensors(hf_dir).items():
-        if t.ndim == 1 or name.endswith("shortconv.conv.weight") or qtype == gguf.GGMLQuantizationType.F32:
+        if t.ndim == 1 or name.endswith(("shortconv.conv.weight", "ffn_gate_inp.weight")) or \
+                qtype == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, t)
         else:
             w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
@@ -103,7 +148,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
 def lfm2_width(c) -> int:
     """The MLP's width as transformers' Lfm2MLP computes it (what LFM2Model writes as feed_forward_length)."""
     width = c.intermediate_size
-    if c.block_auto_adjust_ff_dim:
+    if getattr(c, "block_auto_adjust_ff_dim", False):   # (LFM2-MoE's dense MLPs are intermediate_size wide)
         width = int(2 * width / 3)
         if c.block_ffn_dim_multiplier is not None:
             width = int(c.block_ffn_dim_multiplier * width)
@@ -112,13 +157,14 @@ def lfm2_width(c) -> int:
 
 
 def quantized_reference(model, type_name: str):
-    """The transformers model with every matrix the GGUF quantizes (all 2-D but the convolution
-    kernels, which the GGUF keeps F32) replaced by gguf.quants' round trip of it."""
+    """The transformers model with every matrix the GGUF quantizes (all but the convolution kernels
+    and the router, which the GGUF keeps F32; 3-D fused expert stacks row by row) replaced by
+    gguf.quants' round trip of it."""
     qtype = gguf.GGMLQuantizationType[type_name]
     rounded = {}
     for name, w in model.state_dict().items():
         w = w.detach().float().numpy()
-        if w.ndim == 2 and w.shape[0] > 1:
+        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(("conv.conv.weight", "feed_forward.gate.weight")):
             w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
         rounded[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
     ref = type(model)(model.config).float().eval()
@@ -133,3 +179,17 @@ def models_fixture():
     """The module-scoped fixture `models` over this module's MODELS (moe_factory.formats_fixture)."""
     import sys
     return moe.formats_fixture(sys.modules[__name__], "lfm2")
+
+
+def half_weight_reference(model, type_name: str = "Q8_0"):
+    """quantized_reference with the quantized matrices also rounded to half, as Metal's prefill GEMM
+    stages them (activations stay f32): the reference for its prefix rows where a routing choice
+    sits so near a tie that the half rounding flips it (lfm2moe: row 40 of the 64-token prefill)."""
+    ref = quantized_reference(model, type_name)
+    sd = ref.state_dict()
+    for name, w in sd.items():
+        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(("conv.conv.weight", "feed_forward.gate.weight")):
+            sd[name] = w.half().float()
+    ref.load_state_dict(sd)
+    return ref
+

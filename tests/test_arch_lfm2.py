@@ -8,8 +8,12 @@ Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here,
 two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
   F32 (HF and GGUF), CPU and Metal: 1.5e-4 / 7.4e-5 (bounds 5e-4 / 2.5e-4)
   Q8_0, CPU: prefill 3.5e-4 / 2.8e-4, decode 3.9e-4 / 2.7e-4 (bounds 3e-3 / 2e-3)
-  Q8_0, Metal: prefill 3.0e-3 / 1.2e-3 (the half-precision GEMM), decode 7.7e-5 / 2.9e-5 (bounds
-  5e-3 / 4e-3); argmax agreement 1.0 (bound 0.95)
+  Q8_0, Metal: prefill 3.0e-3 / 1.2e-3 (the prefill GEMM stages quantized weights in half),
+  decode 7.7e-5 / 2.9e-5 (bounds 5e-3 / 4e-3); argmax agreement 1.0 (bound 0.95)
+  lfm2moe Q8_0, Metal prefill: that half rounding flips a routing near-tie at row 40 (max_rel 0.49
+  there, rows 15-39 at 1e-3), so its prefix rows are checked against the reference with its
+  quantized weights rounded to half as the GEMM stages them: 1.4e-3 max_rel over all rows (bounds
+  5e-3 / 2e-3); the CPU (f32 weights) and Metal's decode keep the plain reference.
 """
 from __future__ import annotations
 
@@ -37,9 +41,11 @@ def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, 
     model, files, refs = models(name)
     ids = ids_for(model.config.vocab_size, 64, 1)
     m = forgert.Model(str(files[fmt]), backend=backend)
-    assert m.info()["arch"] == "lfm2"
-    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
-                   what=f"{name} {fmt} {backend} prefill")
+    assert m.info()["arch"] == lf.MODELS[name][0]
+    ref, bound = refs[fmt], bounds(fmt, False, backend)
+    if name == "lfm2moe" and fmt == "gguf-Q8_0" and backend == "metal":   # a routing near-tie (above)
+        ref, bound = mf.with_f16_kv(lf.half_weight_reference(model)), dict(max_rel=5e-3, rms_rel=2e-3, argmax=0.95)
+    compare_logits(m.logits(ids), mf.reference_logits(ref, ids), **bound, what=f"{name} {fmt} {backend} prefill")
 
 
 @pytest.mark.parametrize("backend", backend_params())

@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss", lfm2.GGUF_ARCH) + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -24,7 +24,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
-                  "lfm2": lfm2.GGUF_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES}
+                  "lfm2": lfm2.GGUF_ARCH, "lfm2_moe": lfm2.GGUF_MOE_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -59,7 +59,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # Qwen3.5 / Qwen3.6 (qwen35, qwen35moe) is Qwen3 whose layers are three Gated DeltaNet layers to
 # one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert.
 # LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
-_CORE_ARCH = {"lfm2": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+_CORE_ARCH = {"lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -87,7 +87,7 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 # Q and K projections ("whole").
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"lfm2": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+_QK_NORM = {"lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
             "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -97,7 +97,7 @@ SMOLLM3_NO_ROPE_INTERVAL = 4
 _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaone4", "seed_oss", "starcoder2", "qwen3moe",
                     "qwen2moe", "nemotron", "glm4moe", "minimax-m2",
                     "gpt-oss",
-                    "qwen2vl", "qwen3vl", "qwen3vlmoe", lfm2.GGUF_ARCH) + deltanet.GGUF_ARCHS
+                    "qwen2vl", "qwen3vl", "qwen3vlmoe") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
 GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe", "arcee")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
@@ -567,7 +567,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     window = meta.get(p + "attention.sliding_window")
 
     lfm2_kinds = None
-    if arch == lfm2.GGUF_ARCH:   # its head_count_kv lists every layer, 0 for a convolution layer
+    if arch in lfm2.GGUF_ARCHS:   # its head_count_kv lists every layer, 0 for a convolution layer
         n_kv_heads, lfm2_kinds = lfm2.gguf_kv_heads(meta, p, source)
         n_kv_heads = _get_int({"kv": n_kv_heads}, "kv", source, **extent)
     else:
@@ -597,8 +597,14 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _deepseek2_gguf(meta, p, cfg, source, value_len)
     if arch in deltanet.GGUF_ARCHS:
         deltanet.apply_gguf(meta, p, cfg, source, census.max_extent)
-    if arch == lfm2.GGUF_ARCH:
+    if arch in lfm2.GGUF_ARCHS:
         lfm2.apply_gguf(meta, p, cfg, lfm2_kinds, source)
+    if arch == lfm2.GGUF_MOE_ARCH:   # leading dense layers, a sigmoid router with its bias (exp_probs_b)
+        if not cfg.n_expert:
+            _fail(source, "lfm2moe without expert_count")
+        _gguf_deepseek_style_moe(meta, p, cfg, source, default_gating=2)
+        cfg.router_select_bias = True
+        _check_router(cfg, source)
     _check_bounds(cfg, source)
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
@@ -1306,9 +1312,10 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
-    if model_type == "lfm2":   # LFM2's own key names, and its MLP's width as transformers computes it
-        hf = {**hf, "intermediate_size": lfm2.hf_ffn_dim(hf), "tie_word_embeddings": hf.get(
-            "tie_embedding", hf.get("tie_word_embeddings", True))}
+    if model_type in ("lfm2", "lfm2_moe"):   # LFM2's own key names, and its MLP's width as transformers computes it
+        hf = {**hf, "tie_word_embeddings": hf.get("tie_embedding", hf.get("tie_word_embeddings", True))}
+        if model_type == "lfm2":
+            hf["intermediate_size"] = lfm2.hf_ffn_dim(hf)
         if "norm_eps" in hf and "rms_norm_eps" not in hf:
             hf["rms_norm_eps"] = hf["norm_eps"]
     if model_type == "exaone":   # EXAONE 3 / 3.5's own key names (transformers' attribute_map)
@@ -1371,7 +1378,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             cfg.sliding_window_from = _get_int(hf, "max_window_layers", source, default=28, minimum=0)
     if model_type in deltanet.HF_TEXT_TYPES:   # its layer_types name recurrent layers, not windows
         deltanet.apply_hf(hf, cfg, source, census.max_extent)
-    elif model_type == "lfm2":   # likewise its convolution layers
+    elif model_type in ("lfm2", "lfm2_moe"):   # likewise its convolution layers
         lfm2.apply_hf(hf, cfg, source)
     else:
         _hf_layer_types(hf, cfg, source)
@@ -1382,6 +1389,11 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _ernie4_5_moe_hf(hf, cfg, source, census)
     if model_type in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "mistral4"):
         _deepseek_hf(hf, cfg, source, census)
+    if model_type == "lfm2_moe":
+        if not cfg.n_expert:
+            _fail(source, "lfm2_moe without num_experts")
+        lfm2.apply_hf_moe(hf, cfg, source)
+        _check_router(cfg, source)
     if model_type == "minimax_m2":   # MiniMaxM2TopKRouter: sigmoid, the bias choosing, renormalised
         if not cfg.n_expert:
             _fail(source, "minimax_m2 without num_local_experts")

@@ -16,7 +16,8 @@ from .errors import ModelFormatError
 from .ggml_types import row_nbytes
 from .weights import ExpertList, WeightTensor
 
-FUSED_EXPERTS_RE = re.compile(r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(gate_up_proj|down_proj)$")
+FUSED_EXPERTS_RE = re.compile(
+    r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe|feed_forward)\.experts\.(gate_up_proj|down_proj)$")
 
 
 def _experts(t: WeightTensor, name: str, row0: int, rows: int) -> ExpertList:

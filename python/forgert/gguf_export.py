@@ -363,7 +363,7 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
     if loaded.config.arch == "gpt-oss" and loaded.format != "gguf":
         raise ModelFormatError(f"{loaded.name}: gpt-oss HF directories cannot be quantized (their GGUF metadata "
                                f"and attention sinks are not written); quantize a GGUF of gpt-oss instead")
-    if loaded.config.arch == "lfm2" and loaded.format != "gguf":
+    if loaded.config.arch in ("lfm2", "lfm2moe") and loaded.format != "gguf":
         raise ModelFormatError(f"{loaded.name}: LFM2 HF directories cannot be quantized yet (llama.cpp's per-layer "
                                f"head_count_kv and its final-norm name are not written); quantize a GGUF of it, or "
                                f"run the directory itself")

@@ -16,6 +16,8 @@ import numpy as np
 from .errors import ModelFormatError
 
 GGUF_ARCH = "lfm2"
+GGUF_MOE_ARCH = "lfm2moe"   # LFM2-8B-A1B: leading dense layers, then experts under a sigmoid router with a bias
+GGUF_ARCHS = (GGUF_ARCH, GGUF_MOE_ARCH)
 # HF names of a convolution layer's tensors (model.layers.N.*) and LFM2's own names for the rest
 HF_LAYER_NAMES = {
     "operator_norm.weight": "attn_norm.weight",
@@ -30,6 +32,8 @@ HF_LAYER_NAMES = {
     "feed_forward.w3.weight": "ffn_up.weight",
     "feed_forward.w2.weight": "ffn_down.weight",
 }
+# LFM2-MoE's router and its selection bias (a buffer, expert_bias)
+HF_MOE_LAYER_NAMES = {"feed_forward.gate.weight": "ffn_gate_inp.weight", "feed_forward.expert_bias": "exp_probs_b.bias"}
 HF_GLOBAL_NAMES = {"model.embedding_norm.weight": "output_norm.weight"}
 GGUF_GLOBAL_RENAMES = {"token_embd_norm.weight": "output_norm.weight"}   # llama.cpp's name for the final norm
 
@@ -81,6 +85,22 @@ def hf_ffn_dim(hf: dict) -> int:
         width = int(multiplier * width)
         width = multiple * ((width + multiple - 1) // multiple)
     return width
+
+
+def apply_hf_moe(hf: dict, cfg, source) -> None:
+    """transformers' Lfm2MoeConfig: num_experts of moe_intermediate_size, num_experts_per_tok,
+    num_dense_layers dense layers first (intermediate_size wide), Lfm2MoeTopKRouter's sigmoid
+    scores with expert_bias choosing (use_expert_bias), norm_topk_prob, routed_scaling_factor."""
+    cfg.n_dense_lead = hf.get("num_dense_layers", 2)
+    if isinstance(cfg.n_dense_lead, bool) or not isinstance(cfg.n_dense_lead, int) or cfg.n_dense_lead < 0:
+        _fail(source, f"num_dense_layers must be an integer >= 0, got {cfg.n_dense_lead!r}")
+    cfg.router, cfg.router_select_bias = "sigmoid", bool(hf.get("use_expert_bias", True))
+    cfg.expert_norm_topk = bool(hf.get("norm_topk_prob", True))
+    scale = hf.get("routed_scaling_factor", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        _fail(source, f"routed_scaling_factor must be a positive number, got {scale!r}")
+    cfg.expert_weights_scale = float(scale)
+    cfg.shared_expert_gated = False
 
 
 def apply_hf(hf: dict, cfg, source) -> None:

@@ -142,7 +142,7 @@ def load_gguf(path) -> LoadedModel:
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
     _settings_from_tensors(cfg, weights)
-    if cfg.arch == lfm2.GGUF_ARCH:   # its final norm under llama.cpp's name for it
+    if cfg.arch in lfm2.GGUF_ARCHS:   # its final norm under llama.cpp's name for it
         weights = {lfm2.GGUF_GLOBAL_RENAMES.get(n, n): w for n, w in weights.items()}
     canonical = split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name))
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name, ignore=_GGUF_EXTRA_TENSORS)

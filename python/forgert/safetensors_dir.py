@@ -133,7 +133,9 @@ _MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_
 # Qwen3.5: Qwen3's attention, the recurrent layers' linear_attn.* (deltanet.py), Qwen2-MoE's experts
 _QWEN3_5_LAYER_NAMES = {**_LAYER_NAMES, **deltanet.HF_LAYER_NAMES}
 _LFM2_LAYER_NAMES = {**_LAYER_NAMES, **lfm2.HF_LAYER_NAMES}
+_LFM2_MOE_LAYER_NAMES = {**_LFM2_LAYER_NAMES, **lfm2.HF_MOE_LAYER_NAMES}
 _LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES, "lfm2": _LFM2_LAYER_NAMES,
+                              "lfm2_moe": _LFM2_MOE_LAYER_NAMES,
                               "qwen3_5_moe_text": _QWEN3_5_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
@@ -154,7 +156,8 @@ _EXAONE_LAYER_NAMES = {
     "mlp.c_fc_0.weight": "ffn_gate.weight", "mlp.c_fc_1.weight": "ffn_up.weight", "mlp.c_proj.weight": "ffn_down.weight",
 }
 # One expert's matrix (Mixtral's w1/w3/w2, Qwen-MoE's gate/up/down_proj) -> the GGUF stack it is a part of.
-_EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+_EXPERT_RE = re.compile(r"^(?:block_sparse_moe|mlp|feed_forward)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)"
+                        r"\.weight$")
 _EXPERT_STACKS = {"w1": "ffn_gate_exps.weight", "gate_proj": "ffn_gate_exps.weight",
                   "w3": "ffn_up_exps.weight", "up_proj": "ffn_up_exps.weight",
                   "w2": "ffn_down_exps.weight", "down_proj": "ffn_down_exps.weight"}
