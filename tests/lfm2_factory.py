@@ -44,6 +44,7 @@ MODELS = {
 _EXPERT = re.compile(r"^feed_forward\.experts\.(\d+)\.(w1|w3|w2)\.weight$")
 _FUSED = re.compile(r"^feed_forward\.experts\.(gate_up_proj|down_proj)$")
 _STACK = {"w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps"}
+_KEPT_F32 = ("conv.conv.weight", "feed_forward.gate.weight")   # what the GGUF keeps F32
 
 
 def build(name: str, vocab: int):
@@ -99,18 +100,13 @@ def gguf_tensors(hf_dir: Path) -> dict:
         if expert:
             experts.setdefault(f"{p}{_STACK[expert.group(2)]}.weight", {})[int(expert.group(1))] = w
             continue
-        if fused:   # transformers 5's fused experts: each expert's gate rows, then its up rows
-            if fused.group(1) == "gate_up_proj":
-                half = w.shape[1] // 2
-                out[p + "ffn_gate_exps.weight"], out[p + "ffn_up_exps.weight"] = w[:, :half], w[:, half:]
-            else:
-                out[p + "ffn_down_exps.weight"] = w
+        if fused:   # transformers 5's fused experts
+            moe.add_fused_experts(out, p, fused.group(1), w)
             continue
         if rest == "conv.conv.weight":
             w = w[:, 0, :]
         out[p + _LAYER[rest]] = w
-    for gname, parts in experts.items():
-        out[gname] = np.stack([parts[e] for e in range(len(parts))])
+    moe.stack_experts(out, experts)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -157,19 +153,9 @@ def lfm2_width(c) -> int:
 
 
 def quantized_reference(model, type_name: str):
-    """The transformers model with every matrix the GGUF quantizes (all but the convolution kernels
-    and the router, which the GGUF keeps F32; 3-D fused expert stacks row by row) replaced by
-    gguf.quants' round trip of it."""
-    qtype = gguf.GGMLQuantizationType[type_name]
-    rounded = {}
-    for name, w in model.state_dict().items():
-        w = w.detach().float().numpy()
-        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(("conv.conv.weight", "feed_forward.gate.weight")):
-            w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
-        rounded[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-    ref = type(model)(model.config).float().eval()
-    ref.load_state_dict(rounded)
-    return ref
+    """The transformers model with every matrix the GGUF quantizes rounded (not the convolution
+    kernels and the router, which the GGUF keeps F32)."""
+    return moe.rounded_reference(model, type_name, kept=_KEPT_F32)
 
 
 FORMATS = ("hf-F32", "gguf-F32", "gguf-Q8_0")
@@ -188,7 +174,7 @@ def half_weight_reference(model, type_name: str = "Q8_0"):
     ref = quantized_reference(model, type_name)
     sd = ref.state_dict()
     for name, w in sd.items():
-        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(("conv.conv.weight", "feed_forward.gate.weight")):
+        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(_KEPT_F32):
             sd[name] = w.half().float()
     ref.load_state_dict(sd)
     return ref

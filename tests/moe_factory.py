@@ -274,3 +274,37 @@ def formats_fixture(factory, root_name: str):
         return get
 
     return models
+
+
+def rounded_reference(model, type_name: str, kept=(), skipped=()):
+    """The transformers model with every matrix a GGUF of type_name quantizes replaced by
+    gguf.quants' round trip of it, row blocks of 32 (3-D fused expert stacks row by row, as the
+    GGUF's per-expert stacks): every tensor of two or more rows but those whose names end with one
+    of `kept` (what the GGUF keeps F32: routers, convolution kernels) or contain one of `skipped`."""
+    qtype = gguf.GGMLQuantizationType[type_name]
+    rounded = {}
+    for name, w in model.state_dict().items():
+        w = w.detach().float().numpy()
+        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(tuple(kept)) and not any(x in name for x in skipped):
+            w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
+        rounded[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    ref = type(model)(model.config).float().eval()
+    ref.load_state_dict(rounded)
+    return ref
+
+
+def add_fused_experts(out: dict, prefix: str, part: str, w: np.ndarray) -> None:
+    """transformers 5's fused expert tensors of one layer (prefix "blk.N.") as GGUF stacks into out:
+    gate_up_proj [E, 2 ffn, hidden] holds each expert's gate rows, then its up rows."""
+    if part == "gate_up_proj":
+        half = w.shape[1] // 2
+        out[prefix + "ffn_gate_exps.weight"], out[prefix + "ffn_up_exps.weight"] = w[:, :half], w[:, half:]
+    else:
+        out[prefix + "ffn_down_exps.weight"] = w
+
+
+def stack_experts(out: dict, experts: dict) -> None:
+    """Per-expert matrices {stack name: {expert: [rows, cols]}} as GGUF stacks [E, rows, cols] into out."""
+    for name, parts in experts.items():
+        out[name] = np.stack([parts[e] for e in range(len(parts))])
+

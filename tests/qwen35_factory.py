@@ -177,12 +177,8 @@ def gguf_tensors(hf_dir: Path, c) -> dict:
             experts.setdefault(f"{p}{_STACK[expert.group(2)]}.weight", {})[int(expert.group(1))] = w
             continue
         fused = _FUSED.match(rest)
-        if fused:   # transformers 5's fused experts: the gate's rows first in gate_up_proj
-            if fused.group(1) == "gate_up_proj":
-                half = w.shape[1] // 2
-                out[p + "ffn_gate_exps.weight"], out[p + "ffn_up_exps.weight"] = w[:, :half], w[:, half:]
-            else:
-                out[p + "ffn_down_exps.weight"] = w
+        if fused:   # transformers 5's fused experts
+            moe.add_fused_experts(out, p, fused.group(1), w)
             continue
         if rest == "linear_attn.in_proj_qkv.weight":
             w = np.concatenate([w[:q_rows], _heads(w[q_rows:], order, vd)])
@@ -200,8 +196,7 @@ def gguf_tensors(hf_dir: Path, c) -> dict:
         elif rest.endswith("norm.weight") and rest != "linear_attn.norm.weight":
             w = w + 1.0   # zero-centred norms: the file stores 1 + w
         out[p + _LAYER[rest]] = w.reshape(-1) if w.ndim == 2 and w.shape[0] == 1 else w
-    for name, parts in experts.items():
-        out[name] = np.stack([parts[e] for e in range(len(parts))])
+    moe.stack_experts(out, experts)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -256,19 +251,9 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
 
 
 def quantized_reference(model, type_name: str):
-    """The transformers model with every matrix the GGUF quantizes replaced by gguf.quants' round
-    trip of it (row blocks of 32: the GGUF's reordering moves whole rows, or whole 32-column
-    blocks of ssm_out, so it rounds the same values)."""
-    qtype = gguf.GGMLQuantizationType[type_name]
-    rounded = {}
-    for name, w in model.state_dict().items():
-        w = w.detach().float().numpy()
-        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith(_KEPT_F32) and "visual." not in name:
-            w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
-        rounded[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-    ref = type(model)(model.config).float().eval()
-    ref.load_state_dict(rounded)
-    return ref
+    """The transformers model with every matrix the GGUF quantizes rounded (its reordering moves
+    whole rows, or whole 32-column blocks of ssm_out, so it rounds the same values)."""
+    return moe.rounded_reference(model, type_name, kept=_KEPT_F32, skipped=("visual.",))
 
 
 def models_fixture():

@@ -205,13 +205,8 @@ def gguf_tensors(hf_dir: Path, arch: str) -> dict:
     out, experts = {}, {}
     for name, w in load_file(str(hf_dir / "model.safetensors")).items():
         fused = _FUSED.match(name)
-        if fused:   # transformers 5's fused experts (Mistral 4 saves them so): gate rows first in gate_up
-            p = f"blk.{fused.group(1)}."
-            if fused.group(2) == "gate_up_proj":
-                half = w.shape[1] // 2
-                out[p + "ffn_gate_exps.weight"], out[p + "ffn_up_exps.weight"] = w[:, :half], w[:, half:]
-            else:
-                out[p + "ffn_down_exps.weight"] = w
+        if fused:   # transformers 5's fused experts (Mistral 4 saves them so)
+            moe.add_fused_experts(out, f"blk.{fused.group(1)}.", fused.group(2), w)
             continue
         m = _EXPERT.match(name)
         if m:
@@ -225,8 +220,7 @@ def gguf_tensors(hf_dir: Path, arch: str) -> dict:
         layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
         gname = _LAYER[rest]
         out[f"blk.{layer}.{_RENAMED.get(arch, {}).get(gname, gname)}"] = w.reshape(-1) if w.shape[0] == 1 else w
-    for gname, parts in experts.items():
-        out[gname] = np.stack([parts[e] for e in range(len(parts))])
+    moe.stack_experts(out, experts)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -348,19 +342,8 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
 
 
 def quantized_reference(model, type_name: str):
-    """The transformers model with every matrix the GGUF quantizes (all 2-D tensors but the
-    router) replaced by gguf.quants' round trip of it (row by row, so the in-memory fused expert
-    stacks round as the GGUF's per-expert stacks)."""
-    qtype = gguf.GGMLQuantizationType[type_name]
-    rounded = {}
-    for name, w in model.state_dict().items():
-        w = w.detach().float().numpy()
-        if w.ndim >= 2 and w.shape[0] > 1 and not name.endswith("mlp.gate.weight"):   # 3-D: fused expert stacks
-            w = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
-        rounded[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-    ref = type(model)(model.config).float().eval()
-    ref.load_state_dict(rounded)
-    return ref
+    """The transformers model with every matrix the GGUF quantizes (all 2-D tensors but the router) rounded."""
+    return moe.rounded_reference(model, type_name, kept=("mlp.gate.weight",))
 
 
 FORMATS = ("hf-F32", "gguf-F32", "gguf-Q8_0")
