@@ -111,11 +111,6 @@ def build(name: str, vocab: int):
     return _randomise_recurrence(moe._randomise(model, kw["seed"], 0.5), kw["seed"])
 
 
-def text_model(model):
-    """The causal LM whose logits the tests compare: a vision-language model's own forward on text."""
-    return model
-
-
 def text_config(model):
     return model.config.text_config if hasattr(model.config, "text_config") else model.config
 

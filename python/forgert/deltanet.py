@@ -132,13 +132,6 @@ def apply_hf(hf: dict, cfg, source, extent: int) -> None:
                    get("linear_value_head_dim"), False, source, extent)
 
 
-def hf_conv1d(t: WeightTensor, source) -> WeightTensor:
-    """HF's depthwise conv1d.weight [C, 1, K] as the core's [C, K] (a view: the middle axis is 1)."""
-    if len(t.shape) != 3 or t.shape[1] != 1:
-        _fail(source, f"'{t.name}' must be [channels, 1, kernel], got {list(t.shape)}")
-    return WeightTensor(t.name, t.data, t.type_id, (t.shape[0], t.shape[2]), t.source)
-
-
 def recurrent_tensors(tensors: dict, source) -> dict:
     """tensors with each recurrent layer's A_log (HF) replaced by ssm_a = -exp(A_log), F32."""
     from .tensor_check import _as_f32   # (tensor_check imports config, which imports this module)

@@ -465,8 +465,7 @@ class Model:
         cache = self._prompt_cache
         if cache is None:
             return
-        live = resume_point(self._engine, 0, common_prefix(self._cache_tokens, ids))
-        self._stash_live(ids)
+        live = resume_point(self._engine, 0, self._stash_live(ids))   # (its state, before anything runs)
         saved, n = cache.best(ids)
         if saved is not None and n > live:
             cache.take(saved)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ModelConfig
+from .deltanet import UNSHIFTED_NORMS
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, SUPPORTED, type_name
 from .weights import WeightTensor, to_f32_tensor
@@ -71,7 +72,7 @@ def shift_norms(tensors: dict, shift: float) -> dict:
     out = dict(tensors)
     for name, t in tensors.items():
         # Qwen3.5's gated output norm (ssm_norm) is used as it is stored, unlike its other norms
-        if name.endswith("norm.weight") and not name.endswith("ssm_norm.weight"):
+        if name.endswith("norm.weight") and not name.endswith(UNSHIFTED_NORMS):
             f = _as_f32(t)
             out[name] = to_f32_tensor(t, f.data.view(np.float32) + np.float32(shift))
     return out

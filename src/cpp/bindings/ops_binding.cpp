@@ -438,10 +438,7 @@ public:
         std::vector<Tensor> views;
         c0 = 0;
         for (const F32* a : parts) {
-            Tensor t = all;
-            t.offset += (size_t)c0 * sizeof(float);
-            t.cols = a->shape(1);
-            views.push_back(t);
+            views.push_back(all.slice_cols(c0, a->shape(1)));
             c0 += a->shape(1);
         }
         return views;

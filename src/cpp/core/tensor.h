@@ -125,6 +125,14 @@ struct Tensor {
         t.rows = n;
         return t;
     }
+    // Columns [c0, c0 + n) of every row, the row stride kept: a strided view (c0 a multiple of
+    // the type's block; not for panel layouts).
+    Tensor slice_cols(int64_t c0, int64_t n) const {
+        Tensor t = *this;
+        t.offset += static_cast<size_t>(row_bytes(type, c0));
+        t.cols = n;
+        return t;
+    }
 };
 
 inline Tensor make_tensor(Buffer* buf, size_t offset, DType type, int64_t rows, int64_t cols) {

@@ -395,16 +395,11 @@ Tensor LlamaModel::delta_net(const LayerWeights& L, int layer, const Tensor& xn,
     const Tensor outs[4] = {mixed, z, beta, alpha}, ws[4] = {L.ssm_qkv, L.ssm_gate, L.ssm_beta, L.ssm_alpha};
     be.matmul_many(outs, ws, 4, xn, rc);
     be.conv1d_state(conv, mixed, L.ssm_conv1d, conv_state_[layer], runs, true);
-    auto columns = [&](int64_t c0, int64_t width) {  // q, k and v: column ranges of the convolution's rows
-        Tensor t = conv;
-        t.offset += c0 * sizeof(float);
-        t.cols = width;
-        return t;
-    };
     const Backend::DeltaNetParams p{cfg_.ssm_k_heads, cfg_.ssm_v_heads, cfg_.ssm_k_dim, cfg_.ssm_v_dim, cfg_.ssm_v_tiled,
                                     1e-6f};  // transformers' (and FLA's) L2-norm eps
-    be.gated_delta_rule(out, columns(0, qk), columns(qk, qk), columns(2 * qk, vw), alpha, beta, L.ssm_a, L.ssm_dt_bias,
-                        ssm_state_[layer], runs, p);
+    // q, k and v: column ranges of the convolution's rows
+    be.gated_delta_rule(out, conv.slice_cols(0, qk), conv.slice_cols(qk, qk), conv.slice_cols(2 * qk, vw), alpha, beta,
+                        L.ssm_a, L.ssm_dt_bias, ssm_state_[layer], runs, p);
     be.head_rms_norm(out, L.ssm_norm, cfg_.rms_eps);  // each value head's output normed,
     be.silu_mul(out, z, out);                          // times silu(z)
     return out;
@@ -415,13 +410,8 @@ Tensor LlamaModel::short_conv(const LayerWeights& L, int layer, const Tensor& xn
     const int64_t d = cfg_.dim;
     const Tensor bcx = sc_bcx_.slice_rows(0, n), conv = sc_conv_.slice_rows(0, n);
     be.matmul(bcx, L.sc_in_proj, xn, rows_);
-    auto columns = [&](int64_t part) {  // B, C and x: the projection's thirds
-        Tensor t = bcx;
-        t.offset += part * d * sizeof(float);
-        t.cols = d;
-        return t;
-    };
-    const Tensor b = columns(0), c = columns(1), x = columns(2);
+    // B, C and x: the projection's thirds
+    const Tensor b = bcx.slice_cols(0, d), c = bcx.slice_cols(d, d), x = bcx.slice_cols(2 * d, d);
     be.mul(x, b, x);  // B * x, in x's columns
     be.conv1d_state(conv, x, L.sc_conv, conv_state_[layer], runs, false);
     be.mul(conv, c, conv);  // C * conv(B * x)
@@ -442,8 +432,7 @@ void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, c
         const Tensor outs[2] = {q, z}, ws[2] = {L.wq, L.wkv_a};
         be.matmul_many(outs, ws, 2, xn, rc);
     }
-    Tensor latent = z;  // its first mla_kv_lora columns, normed in place
-    latent.cols = cfg_.mla_kv_lora;
+    const Tensor latent = z.slice_cols(0, cfg_.mla_kv_lora);  // normed in place
     be.rms_norm(latent, latent, L.kv_a_norm, cfg_.rms_eps);
     // Every head's K ([rope part: the shared key, nope part]) and V (values, zero-padded) from z.
     const Tensor outs[2] = {k, v}, ws[2] = {L.wk_latent, L.wv_latent};
@@ -759,12 +748,10 @@ void LlamaModel::kv_copy(int src, int dst, int n) {
     // Its own command buffer, after the passes committed before it (which wrote src's rows)
     // and before the next (which reads dst's): no wait.
     be_->begin();
+    for (const Tensor* t : recurrent_states())  // the states of the n tokens
+        be_->copy(t->slice_rows(dst, 1), t->slice_rows(src, 1));
     for (int l = 0; l < cfg_.n_layers; l++) {
-        if (cfg_.is_recurrent(l)) {  // the states of n tokens
-            be_->copy(conv_state_[l].slice_rows(dst, 1), conv_state_[l].slice_rows(src, 1));
-            if (ssm_state_[l].buf) be_->copy(ssm_state_[l].slice_rows(dst, 1), ssm_state_[l].slice_rows(src, 1));
-            continue;
-        }
+        if (cfg_.is_recurrent(l)) continue;
         be_->copy(slot_rows(kv_.k[l], dst).slice_rows(0, n), slot_rows(kv_.k[l], src).slice_rows(0, n));
         be_->copy(slot_rows(kv_.v[l], dst).slice_rows(0, n), slot_rows(kv_.v[l], src).slice_rows(0, n));
     }
@@ -778,39 +765,42 @@ int LlamaModel::state_position(int slot) const {
     return cfg_.has_recurrent() ? state_pos_[slot] : -1;
 }
 
+std::vector<const Tensor*> LlamaModel::recurrent_states() const {
+    std::vector<const Tensor*> out;
+    for (int l = 0; l < cfg_.n_layers; l++) {
+        if (!cfg_.is_recurrent(l)) continue;
+        out.push_back(&conv_state_[l]);
+        if (ssm_state_[l].buf) out.push_back(&ssm_state_[l]);  // a short convolution's layer has none
+    }
+    return out;
+}
+
 size_t LlamaModel::state_floats() const {
     size_t n = 0;
-    for (int l = 0; l < cfg_.n_layers; l++)
-        if (cfg_.is_recurrent(l)) n += (size_t)conv_state_[l].cols + (size_t)ssm_state_[l].cols;
+    for (const Tensor* t : recurrent_states()) n += (size_t)t->cols;
     return n;
 }
 
 void LlamaModel::state_save(float* dst) {
-    if (state_floats() == 0) return;
+    const std::vector<const Tensor*> states = recurrent_states();
+    if (states.empty()) return;
     if (state_pos_[0] < 0) throw InputError("state_save: slot 0 holds no valid recurrent state");
     be_->wait();
-    for (int l = 0; l < cfg_.n_layers; l++) {
-        if (!cfg_.is_recurrent(l)) continue;
-        for (const Tensor* t : {&conv_state_[l], &ssm_state_[l]}) {
-            if (!t->buf) continue;  // a short convolution's layer: no delta-rule state
-            be_->read(dst, t->slice_rows(0, 1), (size_t)t->cols * sizeof(float));
-            dst += t->cols;
-        }
+    for (const Tensor* t : states) {
+        be_->read(dst, t->slice_rows(0, 1), (size_t)t->cols * sizeof(float));
+        dst += t->cols;
     }
 }
 
 void LlamaModel::state_load(const float* src, int pos) {
-    if (state_floats() == 0) return;
+    const std::vector<const Tensor*> states = recurrent_states();
+    if (states.empty()) return;
     if (pos < 0 || pos > cfg_.n_ctx)
         throw InputError("state_load: position " + std::to_string(pos) + " is outside 0.." + std::to_string(cfg_.n_ctx));
     be_->wait();  // no pass in flight may still read the state being replaced
-    for (int l = 0; l < cfg_.n_layers; l++) {
-        if (!cfg_.is_recurrent(l)) continue;
-        for (const Tensor* t : {&conv_state_[l], &ssm_state_[l]}) {
-            if (!t->buf) continue;  // a short convolution's layer: no delta-rule state
-            be_->write(t->slice_rows(0, 1), src, (size_t)t->cols * sizeof(float));
-            src += t->cols;
-        }
+    for (const Tensor* t : states) {
+        be_->write(t->slice_rows(0, 1), src, (size_t)t->cols * sizeof(float));
+        src += t->cols;
     }
     state_pos_[0] = pos;
 }

@@ -181,6 +181,9 @@ private:
     // pass is encoded (a pass that throws leaves no slot claiming a state).
     Tensor recurrent_runs(const BatchEntry* entries, int n_entries, bool device_ids);
     void check_state_positions(const BatchEntry* entries, int n_entries) const;
+    // The recurrent states, in state_save's order: per recurrent layer its convolution's last
+    // inputs, then its delta-rule state where it has one; each f32 [n_slots, floats].
+    std::vector<const Tensor*> recurrent_states() const;
     // Latent attention's Q, K and V (cfg.is_mla()): q from xn (through its low-rank pair when the
     // model has one), the latent row z = wkv_a xn with its first mla_kv_lora columns RMS-normed,
     // then k = wk_latent z and v = wv_latent z.               xn [n, dim]; q [n, q_dim]; k, v [n, kv_dim]
