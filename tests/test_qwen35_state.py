@@ -138,9 +138,10 @@ def test_memory_check_counts_attention_rows_and_states(forgert, path, monkeypatc
     """The up-front memory check counts K/V rows of the attention layers only (1 of the 4) and the
     recurrent states of the others, by hand: K/V 1 layer x 2 x 4096 positions x (2 heads x 32) x 2
     bytes = 1048576; states 3 layers x 4 bytes x (3 past inputs x 256 channels + 4 heads x 32 x 32)
-    = 58368. One byte short of their sum is refused, naming the n_ctx that fits; the sum is accepted."""
+    = 58368, three times over (the live one and two checkpoints, state_checkpoints.py). One byte
+    short of their sum is refused, naming the n_ctx that fits; the sum is accepted."""
     import forgert.model as fm
-    need = 1 * 2 * 4096 * 64 * 2 + 3 * 4 * (3 * 256 + 4 * 32 * 32)
+    need = 1 * 2 * 4096 * 64 * 2 + 3 * 3 * 4 * (3 * 256 + 4 * 32 * 32)
     monkeypatch.setattr(fm, "available_memory_bytes", lambda: need - 1)
     with pytest.raises(ValueError, match=r"n_ctx=4096 needs a .* pass n_ctx <= 4095"):
         forgert.Model(path, backend="cpu", n_ctx=4096)

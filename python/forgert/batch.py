@@ -45,7 +45,8 @@ from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
 from .logprobs import scored_logprobs, token_logprob
-from .prompt_cache import common_prefix, resume_point
+from .prompt_cache import common_prefix
+from .state_checkpoints import StateCheckpoints, resume
 from .sampling import Sampler, native_sampler
 from .stop_strings import StopStringMatcher
 
@@ -184,6 +185,8 @@ class BatchScheduler:
         self.waiting, self.running = deque(), []
         self.free_slots = sorted(range(engine.n_slots) if slots is None else slots, reverse=True)
         self.slot_tokens = {slot: [] for slot in self.free_slots}   # what each free slot's cache holds
+        # a recurrent model's states a few tokens before recent prompts' ends, per slot
+        self.checkpoints = StateCheckpoints(engine) if engine.recurrent else None
         self._count = 0
         self._mask_pool = None      # threads computing grammar masks beside the engine pass
         # what the steps cost, for the server's /metrics: steps run, tokens sampled, and seconds
@@ -233,7 +236,8 @@ class BatchScheduler:
             shared[slot] = 0
         self.free_slots.remove(slot)
         seq.slot = slot
-        seq.n_prefilled = seq.n_cached = resume_point(self.engine, slot, min(shared[slot], len(seq.prompt) - 1))
+        seq.n_prefilled = seq.n_cached = resume(self.engine, self.checkpoints, slot, seq.prompt,
+                                                min(shared[slot], len(seq.prompt) - 1))
         if seq.n_prefilled < len(seq.prompt) - 1:
             seq.leader = self._leader_for(seq)
         self.running.append(seq)
@@ -274,6 +278,10 @@ class BatchScheduler:
                 s.leader = None
         return True
 
+    def _checkpoint_position(self, seq):
+        """Where seq's prompt saves its slot's recurrent state (None: nowhere)."""
+        return None if self.checkpoints is None else StateCheckpoints.position(len(seq.prompt))
+
     def _release(self, seq) -> None:
         self.slot_tokens[seq.slot] = seq.cached_tokens()
         self.free_slots.append(seq.slot)
@@ -305,6 +313,9 @@ class BatchScheduler:
                 n = prefix_chunk_length(a, len(s.prompt) - 1 - a, budget, full_budget)
                 if n == 0:
                     continue
+                checkpoint = self._checkpoint_position(s)
+                if checkpoint is not None and a < checkpoint < a + n:
+                    n = checkpoint - a      # the chunk ends where the state is saved
                 scores = None
                 if s.prompt_logprobs is not None:   # rows a..a+n-1 score prompt tokens a+1..a+n
                     scores = _row_scores(s.prompt[a + 1:a + n + 1], s.options.top_logprobs or 0)
@@ -323,6 +334,8 @@ class BatchScheduler:
         self.sampled_rows += len(rows)
         for s, n, scores in prefills:
             s.n_prefilled += n
+            if s.n_prefilled == self._checkpoint_position(s):
+                self.checkpoints.save(s.slot, s.prompt[:s.n_prefilled])
             if scores is not None:
                 s.prompt_logprobs += scored_logprobs(scores, self.tokenizer)
         now = time.perf_counter()

@@ -26,6 +26,7 @@ from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
+from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
 from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
 
@@ -86,10 +87,12 @@ def _check_kv_cache_fits(cfg, n_ctx: int, name: str, parallel: int = 1) -> None:
     allocated (and zeroed) up front: one too large for the machine would get the process killed,
     so it is refused here with the numbers."""
     per_position = cfg.kv_bytes_per_position() * parallel
-    kv_bytes = per_position * n_ctx + cfg.state_bytes() * parallel
+    # each slot's states, and as many again for each of its checkpoints (state_checkpoints.py)
+    states = cfg.state_bytes() * parallel * (1 + CHECKPOINTS_PER_SLOT)
+    kv_bytes = per_position * n_ctx + states
     avail = available_memory_bytes()
     if avail is not None and kv_bytes > avail:
-        fits = int(max(avail - cfg.state_bytes() * parallel, 0) // max(per_position, 1))
+        fits = int(max(avail - states, 0) // max(per_position, 1))
         raise KvCacheTooLargeError(
             f"n_ctx={n_ctx}{f' x parallel={parallel}' if parallel > 1 else ''} needs a "
             f"{kv_bytes / 2**30:.1f} GiB KV cache for {name}, but only "
@@ -242,6 +245,8 @@ class Model:
         self._template = None
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
         self._prompt_cache = None   # PromptCache of other sequences, when set_prompt_cache() is on
+        # A recurrent model's states a few tokens before its last prompts' ends (state_checkpoints.py)
+        self._checkpoints = StateCheckpoints(self._engine) if self._engine.recurrent else None
         self._lock = _ModelLock()   # see "Threads" above
         self._profile = None        # per-stage seconds while set_profiling(True)
         # prefill_progress(done, total): called after each prefill chunk of every generation
@@ -374,6 +379,8 @@ class Model:
 
     def _reset(self):
         self._cache_tokens = []
+        if self._checkpoints is not None:
+            self._checkpoints.clear()
         if self._prompt_cache is not None:
             self._prompt_cache = PromptCache(self._prompt_cache.max_bytes)
 
@@ -465,8 +472,13 @@ class Model:
         cache = self._prompt_cache
         if cache is None:
             return
-        live = resume_point(self._engine, 0, self._stash_live(ids))   # (its state, before anything runs)
-        saved, n = cache.best(ids)
+        shared = self._stash_live(ids)
+        live = resume_point(self._engine, 0, shared)   # (its state, before anything runs)
+        reach = None
+        if self._checkpoints is not None:
+            live = max(live, self._checkpoints.reach(0, ids, shared))
+            reach = lambda n: self._checkpoints.reach(0, ids, n)   # noqa: E731
+        saved, n = cache.best(ids, reach)
         if saved is not None and n > live:
             cache.take(saved)
             self._load_state(saved)
@@ -489,16 +501,24 @@ class Model:
         prompt then gives the same first logits (and, with a seed, the same sampled text)
         whether its prefix came from the cache or was evaluated in a batch just now."""
         self._switch_to_best_saved(ids)
-        start = resume_point(self._engine, 0, min(common_prefix(self._cache_tokens, ids), len(ids) - 1))
+        start = resume(self._engine, self._checkpoints, 0, ids,
+                       min(common_prefix(self._cache_tokens, ids), len(ids) - 1))
         self._cache_tokens = self._cache_tokens[:start]
+        checkpoint = StateCheckpoints.position(len(ids)) if self._checkpoints is not None else None
         progress, total = self.prefill_progress, len(ids) - start
-        for s in range(start, len(ids) - 1, PREFILL_CHUNK):
-            chunk = ids[s:min(s + PREFILL_CHUNK, len(ids) - 1)]
-            self._engine.prefill(np.asarray(chunk, dtype=np.int32), s)
+        s = start
+        while s < len(ids) - 1:
+            end = min(s + PREFILL_CHUNK, len(ids) - 1)
+            if checkpoint is not None and s < checkpoint < end:
+                end = checkpoint    # a row's bits do not depend on where its chunk starts
+            self._engine.prefill(np.asarray(ids[s:end], dtype=np.int32), s)
             self._add_profile()
-            self._cache_tokens = ids[:s + len(chunk)]
+            self._cache_tokens = ids[:end]
+            if end == checkpoint:
+                self._checkpoints.save(0, self._cache_tokens)
             if progress is not None:
-                progress(s + len(chunk) - start, total)
+                progress(end - start, total)
+            s = end
         result = self._eval(ids[-1:], len(ids) - 1, mode, sampler)
         self._cache_tokens = list(ids)
         if progress is not None:

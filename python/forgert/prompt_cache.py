@@ -23,13 +23,16 @@ class ModelState:
     def nbytes(self) -> int:
         return int(self.kv.nbytes) + (0 if self.recurrent is None else int(self.recurrent.nbytes))
 
-    def resumes_at(self, ids) -> int:
+    def resumes_at(self, ids, checkpoint_reach=None) -> int:
         """How many of ids' tokens this state lets a prompt skip: their shared prefix, or for a
-        recurrent model only all of its tokens (its state cannot rewind) or none."""
+        recurrent model all of its tokens (its state cannot rewind), else as many as
+        checkpoint_reach(shared prefix) says a state checkpoint reaches (state_checkpoints.py), else none."""
         n = common_prefix(self.tokens, ids)
         if self.recurrent is None:
             return n
-        return len(self.tokens) if n == len(self.tokens) else 0
+        if n == len(self.tokens):
+            return n
+        return checkpoint_reach(n) if checkpoint_reach is not None else 0
 
 
 def common_prefix(a, b) -> int:
@@ -65,12 +68,12 @@ class PromptCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def best(self, ids) -> tuple[ModelState | None, int]:
+    def best(self, ids, checkpoint_reach=None) -> tuple[ModelState | None, int]:
         """The saved state sharing the longest usable prefix with ids (ModelState.resumes_at),
         and that prefix's length."""
         best, best_len = None, 0
         for state in self._states.values():
-            n = state.resumes_at(ids)
+            n = state.resumes_at(ids, checkpoint_reach)
             if n > best_len:
                 best, best_len = state, n
         return best, best_len

@@ -489,23 +489,24 @@ public:
         model_->kv_load(n, src);
     }
 
-    // A recurrent model's states of slot 0 (f32 [state_floats]), saved beside kv_save's rows.
-    py::array_t<float> state_save() {
+    // A recurrent model's states of a slot (f32 [state_floats]), saved beside kv_save's rows or
+    // alone as a checkpoint.
+    py::array_t<float> state_save(int slot) {
         py::array_t<float> out(std::vector<py::ssize_t>{(py::ssize_t)model_->state_floats()});
         float* dst = out.mutable_data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
-        model_->state_save(dst);
+        model_->state_save(dst, slot);
         return out;
     }
 
-    void state_load(py::array_t<float, py::array::c_style | py::array::forcecast> state, int pos) {
+    void state_load(py::array_t<float, py::array::c_style | py::array::forcecast> state, int pos, int slot) {
         if (state.ndim() != 1 || (size_t)state.shape(0) != model_->state_floats())
             throw InputError("recurrent state must be f32 [" + std::to_string(model_->state_floats()) + "] for this model");
         const float* src = state.data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
-        model_->state_load(src, pos);
+        model_->state_load(src, pos, slot);
     }
 
     int state_position(int slot) {
@@ -682,9 +683,10 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("recurrent", [](Engine& e) { return e.model().config().has_recurrent(); })
         .def("state_position", &Engine::state_position, py::arg("slot"),
              "tokens slot's recurrent state holds (-1: none; a sequence continues only there, or from 0)")
-        .def("state_save", &Engine::state_save, "f32 [n] of slot 0's recurrent states (empty without recurrent layers)")
-        .def("state_load", &Engine::state_load, py::arg("state"), py::arg("pos"),
-             "restore slot 0's recurrent states saved by state_save, as holding pos tokens")
+        .def("state_save", &Engine::state_save, py::arg("slot") = 0,
+             "f32 [n] of a slot's recurrent states (empty without recurrent layers)")
+        .def("state_load", &Engine::state_load, py::arg("state"), py::arg("pos"), py::arg("slot") = 0,
+             "restore a slot's recurrent states saved by state_save, as holding pos tokens")
         .def_property_readonly("n_ctx", [](Engine& e) { return e.model().config().n_ctx; })
         .def_property_readonly("vocab", [](Engine& e) { return e.model().config().vocab; })
         .def_property_readonly("backend_name", [](Engine& e) { return e.model().backend().name(); })

@@ -781,28 +781,31 @@ size_t LlamaModel::state_floats() const {
     return n;
 }
 
-void LlamaModel::state_save(float* dst) {
+void LlamaModel::state_save(float* dst, int slot) {
     const std::vector<const Tensor*> states = recurrent_states();
     if (states.empty()) return;
-    if (state_pos_[0] < 0) throw InputError("state_save: slot 0 holds no valid recurrent state");
+    state_position(slot);  // checks the slot
+    if (state_pos_[slot] < 0)
+        throw InputError("state_save: slot " + std::to_string(slot) + " holds no valid recurrent state");
     be_->wait();
     for (const Tensor* t : states) {
-        be_->read(dst, t->slice_rows(0, 1), (size_t)t->cols * sizeof(float));
+        be_->read(dst, t->slice_rows(slot, 1), (size_t)t->cols * sizeof(float));
         dst += t->cols;
     }
 }
 
-void LlamaModel::state_load(const float* src, int pos) {
+void LlamaModel::state_load(const float* src, int pos, int slot) {
     const std::vector<const Tensor*> states = recurrent_states();
     if (states.empty()) return;
+    state_position(slot);  // checks the slot
     if (pos < 0 || pos > cfg_.n_ctx)
         throw InputError("state_load: position " + std::to_string(pos) + " is outside 0.." + std::to_string(cfg_.n_ctx));
     be_->wait();  // no pass in flight may still read the state being replaced
     for (const Tensor* t : states) {
-        be_->write(t->slice_rows(0, 1), src, (size_t)t->cols * sizeof(float));
+        be_->write(t->slice_rows(slot, 1), src, (size_t)t->cols * sizeof(float));
         src += t->cols;
     }
-    state_pos_[0] = pos;
+    state_pos_[slot] = pos;
 }
 
 }  // namespace forgert

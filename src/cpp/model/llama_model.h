@@ -112,13 +112,15 @@ public:
 
     // Recurrent models (cfg.has_recurrent()): a slot's recurrent state holds the tokens up to a
     // position and cannot rewind, so a sequence continues only from there (or starts again at 0):
-    // state_position(slot) says where (-1: nothing valid). state_save / state_load copy slot 0's
+    // state_position(slot) says where (-1: nothing valid). state_save / state_load copy a slot's
     // states (state_floats() of them: every recurrent layer's convolution inputs, then its delta
-    // rule state), beside kv_save / kv_load's rows: a saved sequence of n tokens is both at n.
+    // rule state), beside kv_save / kv_load's rows (slot 0's): a saved sequence of n tokens is
+    // both at n. A state saved alone is a checkpoint: loaded as holding pos tokens into a slot
+    // whose K/V rows hold the same first pos tokens, the slot continues from pos.
     int state_position(int slot) const;
     size_t state_floats() const;
-    void state_save(float* dst);
-    void state_load(const float* src, int pos);
+    void state_save(float* dst, int slot = 0);
+    void state_load(const float* src, int pos, int slot = 0);
 
     // Optional per-stage wall times of the last call (seconds), when profiling is on.
     struct Profile { double embed = 0, layers = 0, logits = 0; };
