@@ -77,18 +77,40 @@ def test_short_prompts_and_other_prefixes_start_again(forgert, path):
 
 
 def test_alternating_conversations_keep_their_checkpoints(forgert, path):
-    """Two conversations taking turns through the prompt cache: each next turn loads its saved
-    K/V rows and continues from its own checkpoint (two kept per slot)."""
+    """Three conversations taking turns through the prompt cache (more than the two checkpoints a
+    slot keeps): each saved sequence carries its checkpoints, so each next turn loads its K/V rows
+    and continues from its own checkpoint."""
     m = forgert.Model(path, backend="cpu", n_ctx=256)
     m.set_prompt_cache(64 << 20)
-    a, b = ids(70, 8), ids(75, 9)
-    ca = m.generate(a, GREEDY)
-    cb = m.generate(b, GREEDY)
-    for prompt, answer, seed in ((a, ca.tokens, 10), (b, cb.tokens, 11)):
-        turn = next_turn(prompt, answer, seed)
+    prompts = [ids(70, 8), ids(75, 9), ids(66, 10)]
+    answers = [m.generate(p, GREEDY).tokens for p in prompts]
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        turn = next_turn(prompt, answer, 20 + i)
         c = m.generate(turn, GREEDY)
         assert c.timings.cached_tokens == len(prompt) - 1 - 16
         assert list(c.tokens) == fresh(forgert, path, turn)
+
+
+def test_saved_state_carries_its_checkpoints(forgert, path):
+    """save_state / load_state: a sequence saved after its answer resumes a next turn at its
+    checkpoint in another Model of the same file; checkpoints that do not belong to the state's
+    tokens are refused."""
+    from dataclasses import replace
+    m = forgert.Model(path, backend="cpu", n_ctx=256)
+    p = ids(80, 30)
+    answer = m.generate(p, GREEDY).tokens
+    m.generate(p + list(answer), SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+    state = m.save_state()   # (that prompt continued the state: it took no checkpoint of its own)
+    assert [len(c.tokens) for c in state.checkpoints] == [80 - 1 - 16]
+    other = forgert.Model(path, backend="cpu", n_ctx=256)
+    other.load_state(state)
+    turn = next_turn(p, answer, 31)
+    c = other.generate(turn, GREEDY)
+    assert c.timings.cached_tokens == 80 - 1 - 16
+    assert list(c.tokens) == fresh(forgert, path, turn)
+    foreign = replace(state.checkpoints[0], tokens=tuple(ids(63, 32)))
+    with pytest.raises(ValueError, match="checkpoints do not match"):
+        other.load_state(replace(state, checkpoints=(foreign,)))
 
 
 @pytest.mark.parametrize("backend", backend_params())

@@ -438,8 +438,10 @@ class Model:
         if self.save_state_problem() is not None:
             return None
         tokens = tuple(self._cache_tokens)
-        recurrent = np.asarray(self._engine.state_save()) if self._engine.recurrent else None
-        return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))), recurrent)
+        if not self._engine.recurrent:
+            return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))))
+        return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))), np.asarray(self._engine.state_save()),
+                          self._checkpoints.within(0, tokens))
 
     def load_state(self, state: ModelState) -> None:
         """Makes `state` (from save_state of this model) the cached sequence."""
@@ -451,12 +453,17 @@ class Model:
             raise TypeError(f"state must be a ModelState from save_state(), got {type(state).__name__}")
         if state.kv.ndim != 4 or state.kv.shape[2] != len(state.tokens):
             raise ValueError("state's K/V rows do not match its tokens")
+        for c in state.checkpoints:
+            if (common_prefix(c.tokens, state.tokens) != len(c.tokens) or state.recurrent is None
+                    or c.state.shape != state.recurrent.shape):
+                raise ValueError("state's checkpoints do not match its tokens and recurrent states")
         if (state.recurrent is None) == self._engine.recurrent:
             raise ValueError("state is not from this model: recurrent states "
                              + ("missing" if state.recurrent is None else "given to a model without recurrent layers"))
         self._engine.kv_load(state.kv)   # checks the shape against this model and context
         if state.recurrent is not None:
             self._engine.state_load(state.recurrent, len(state.tokens))
+            self._checkpoints.restore(0, state.checkpoints)
         self._cache_tokens = list(state.tokens)
 
     def set_prompt_cache(self, max_bytes: int) -> None:
@@ -474,11 +481,9 @@ class Model:
             return
         shared = self._stash_live(ids)
         live = resume_point(self._engine, 0, shared)   # (its state, before anything runs)
-        reach = None
         if self._checkpoints is not None:
             live = max(live, self._checkpoints.reach(0, ids, shared))
-            reach = lambda n: self._checkpoints.reach(0, ids, n)   # noqa: E731
-        saved, n = cache.best(ids, reach)
+        saved, n = cache.best(ids)
         if saved is not None and n > live:
             cache.take(saved)
             self._load_state(saved)

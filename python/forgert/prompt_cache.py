@@ -14,25 +14,26 @@ import numpy as np
 @dataclass(frozen=True)
 class ModelState:
     """The K/V cache of `tokens` (positions 0..len(tokens)): f16 bits [n_layers, 2, n, kv_dim];
-    a recurrent model's (Qwen3.5's) states after those tokens too, f32 [n] (None for others)."""
+    a recurrent model's (Qwen3.5's) states after those tokens too, f32 [n] (None for others), and
+    its checkpoints of earlier positions of them (state_checkpoints.Checkpoint)."""
     tokens: tuple
     kv: np.ndarray
     recurrent: np.ndarray | None = None
+    checkpoints: tuple = ()
 
     @property
     def nbytes(self) -> int:
-        return int(self.kv.nbytes) + (0 if self.recurrent is None else int(self.recurrent.nbytes))
+        return (int(self.kv.nbytes) + (0 if self.recurrent is None else int(self.recurrent.nbytes))
+                + sum(int(c.state.nbytes) for c in self.checkpoints))
 
-    def resumes_at(self, ids, checkpoint_reach=None) -> int:
+    def resumes_at(self, ids) -> int:
         """How many of ids' tokens this state lets a prompt skip: their shared prefix, or for a
-        recurrent model all of its tokens (its state cannot rewind), else as many as
-        checkpoint_reach(shared prefix) says a state checkpoint reaches (state_checkpoints.py), else none."""
+        recurrent model all of its tokens (its state cannot rewind), else its longest checkpoint
+        within the shared prefix, else none."""
         n = common_prefix(self.tokens, ids)
-        if self.recurrent is None:
+        if self.recurrent is None or n == len(self.tokens):
             return n
-        if n == len(self.tokens):
-            return n
-        return checkpoint_reach(n) if checkpoint_reach is not None else 0
+        return max((len(c.tokens) for c in self.checkpoints if len(c.tokens) <= n), default=0)
 
 
 def common_prefix(a, b) -> int:
@@ -68,12 +69,12 @@ class PromptCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def best(self, ids, checkpoint_reach=None) -> tuple[ModelState | None, int]:
+    def best(self, ids) -> tuple[ModelState | None, int]:
         """The saved state sharing the longest usable prefix with ids (ModelState.resumes_at),
         and that prefix's length."""
         best, best_len = None, 0
         for state in self._states.values():
-            n = state.resumes_at(ids, checkpoint_reach)
+            n = state.resumes_at(ids)
             if n > best_len:
                 best, best_len = state, n
         return best, best_len

@@ -77,6 +77,19 @@ class StateCheckpoints:
                 best = c
         return best
 
+    def within(self, slot: int, tokens) -> tuple:
+        """The slot's checkpoints of prefixes of tokens (saved with them: prompt_cache.ModelState)."""
+        return tuple(c for c in self._slots.get(slot, []) if common_prefix(c.tokens, tokens) == len(c.tokens))
+
+    def restore(self, slot: int, checkpoints) -> None:
+        """Makes checkpoints (from within()) the slot's newest again."""
+        for c in checkpoints:
+            if not isinstance(c, Checkpoint):
+                raise TypeError(f"a state's checkpoints must be Checkpoint objects, got {type(c).__name__}")
+        given = {c.tokens for c in checkpoints}
+        kept = [c for c in self._slots.get(slot, []) if c.tokens not in given] + list(checkpoints)
+        self._slots[slot] = kept[-self.per_slot:] if self.per_slot else []
+
     def reach(self, slot: int, ids, shared: int) -> int:
         """How many of ids' tokens a checkpoint of the slot lets a prompt skip (0: none)."""
         c = self.best(slot, ids, shared)
