@@ -204,6 +204,9 @@ class BatchScheduler:
     def add(self, prompt_ids, params, options: LogitsOptions = LogitsOptions()) -> _Sequence:
         """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
         the returned sequence once finished. ValueError for a grammar that cannot start."""
+        if params.prompt_lookup:
+            raise ValueError("prompt_lookup runs in the single-sequence path (one prompt, parallel=1 serving); "
+                             "a batch decodes its sequences one token a step")
         seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx, options)
         if options.prompt_logprobs and seq.limit == 0:
             raise ValueError("prompt logprobs are scored on the way to the first token: "

@@ -18,6 +18,10 @@ class Timings:
     prefill_s: float
     decode_tokens: int              # forward passes of one token each
     decode_s: float
+    # prompt lookup decoding (SamplingParams.prompt_lookup): draft tokens proposed, and those
+    # confirmed, each a decode step saved
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
     prefill_tokens_per_s: float = field(init=False)
     decode_tokens_per_s: float = field(init=False)
 

@@ -6,6 +6,7 @@ shares a prefix with them only runs the rest (at least its last token, to get fr
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 import os
 import sys
 import threading
@@ -25,6 +26,7 @@ from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
+from .prompt_lookup import NgramDraft, accepted
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
 from .sampling import Sampler, SamplingParams, native_sampler
@@ -615,6 +617,18 @@ class Model:
         finally:
             self._lock.release()
 
+    def _prompt_lookup(self, params: SamplingParams, prompt_ids, constrained: bool):
+        """The draft source of a generation with params.prompt_lookup, or None."""
+        if not params.prompt_lookup:
+            return None
+        if constrained:
+            raise ValueError("prompt_lookup verifies drafts against plain greedy choices: it cannot be "
+                             "combined with logprobs, response_format or logit_bias")
+        if self._engine.recurrent:
+            raise ValueError("prompt_lookup needs a model whose cache can drop rejected draft tokens; this "
+                             "model's recurrent layers keep a state that cannot rewind")
+        return NgramDraft(prompt_ids, params.prompt_lookup)
+
     def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
         return token_logprob(logits, tok, n_top, self.tokenizer)
 
@@ -626,6 +640,9 @@ class Model:
         matcher = grammar.matcher() if grammar is not None else None
         constrained = logprobs is not None or matcher is not None or bias is not None
         use_argmax = params.greedy and not params.has_penalties and not constrained
+        lookup = self._prompt_lookup(params, prompt_ids, constrained)
+        verified = deque()  # tokens after tok from the last draft's pass, which evaluated tok's row
+        n_drafted = n_accepted = 0
         pending_lp = []
 
         def emit(text):
@@ -668,7 +685,7 @@ class Model:
         # checked; it is launched only while the length limit leaves room for the token after tok.
         # A stop found late leaves one step past it, whose K/V row _cache_tokens does not count.
         # Profiling times each call's stages with a device sync per stage: step by step then.
-        pipelined = self._pipelined_decode and mode in ("argmax", "sample") and self._profile is None
+        pipelined = self._pipelined_decode and mode in ("argmax", "sample") and self._profile is None and lookup is None
         in_flight = False
         try:
             while limit > 0:
@@ -698,9 +715,25 @@ class Model:
                 if len(generated) >= limit:
                     break   # finish "length": max_tokens reached or the context is full
                 pos = len(self._cache_tokens)
+                draft = []
+                if lookup is not None and not verified:
+                    lookup.push(tok)
+                    # a draft fits the context and max_tokens after tok
+                    draft = lookup.propose(min(limit - len(generated) - 1, self.n_ctx - pos - 1))
                 if in_flight:   # the token of tok's step; first launches the step of that token
                     result = self._engine.decode_next(len(generated) + 1 < limit,
                                                       sampler if mode == "sample" else None)
+                elif verified:  # tok was a draft token its pass confirmed: its row is evaluated
+                    result = verified.popleft()
+                    lookup.push(tok)
+                elif draft:     # tok and the draft in one pass; the draft's confirmed tokens follow
+                    best = self._engine.forward_rows_argmax(np.asarray([tok] + draft, dtype=np.int32), pos)
+                    self._add_profile()
+                    m = accepted(draft, best)
+                    lookup.confirmed(len(draft), m)
+                    result = int(best[0])
+                    verified.extend(int(t) for t in best[1:m + 1])
+                    n_drafted, n_accepted = n_drafted + len(draft), n_accepted + m
                 else:
                     result = self._eval([tok], pos, mode, sampler)
                 self._cache_tokens.append(tok)
@@ -718,7 +751,7 @@ class Model:
         return Completion(
             text="".join(pieces), tokens=generated, finish_reason=finish,
             usage=Usage(len(prompt_ids), n_sampled, len(prompt_ids) + n_sampled),
-            timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1))
+            timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1, n_drafted, n_accepted))
 
     def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, response_format=None,
                logit_bias=None, **sampling) -> TextStream:

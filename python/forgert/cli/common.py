@@ -103,14 +103,21 @@ def add_sampling_args(p, max_tokens=256):
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop before this text (repeatable; default: none)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
+    g.add_argument("--prompt-lookup", metavar="N", type=int, default=0,
+                   help="with --temperature 0: draft up to N tokens (1-15) by copying what followed the "
+                        "last words earlier in the context, verified in one pass; the same text, faster "
+                        "where the answer repeats its input (code edits; default: 0, off)")
 
 
 def sampling_params(args) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-        seed=args.seed, stop=list(args.stop), ignore_eos=args.ignore_eos)
+    try:
+        return SamplingParams(
+            max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+            seed=args.seed, stop=list(args.stop), ignore_eos=args.ignore_eos, prompt_lookup=args.prompt_lookup)
+    except ValueError as e:
+        raise UserError(str(e).replace("prompt_lookup", "--prompt-lookup")) from None
 
 
 def resolve_model_path(path) -> str:

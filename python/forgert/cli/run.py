@@ -69,6 +69,8 @@ def run(args) -> int:
     print(f"prefill: {t.prompt_tokens_evaluated} tokens, {t.prefill_tokens_per_s:.1f} tok/s | "
           f"decode: {t.decode_tokens} tokens, {t.decode_tokens_per_s:.1f} tok/s | "
           f"finish: {c.finish_reason}", file=sys.stderr)
+    if params.prompt_lookup:
+        print(f"prompt lookup: {t.accepted_draft_tokens} of {t.draft_tokens} draft tokens kept", file=sys.stderr)
     if args.profile:
         print("profile: " + format_stages(model.profile), file=sys.stderr)
     return 0

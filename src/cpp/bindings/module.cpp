@@ -375,6 +375,18 @@ public:
         return model_->forward_argmax(src, n, pos);
     }
 
+    py::array_t<int32_t> forward_rows_argmax(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                                             int pos) {
+        const int n = checked_count(tokens);
+        py::array_t<int32_t> out(std::vector<py::ssize_t>{(py::ssize_t)n});
+        const int32_t* src = tokens.data();
+        int32_t* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        model_->forward_rows_argmax(src, n, pos, dst);
+        return out;
+    }
+
     // Evaluates tokens (as forward) and samples the next token from the last row's logits in
     // C++, into a scratch row that never becomes a NumPy array. The sampler's history is not
     // changed (the caller adds the token it keeps).
@@ -657,6 +669,9 @@ PYBIND11_MODULE(_core, m) {
              py::arg("max_batch") = 512, py::arg("n_slots") = 1, py::arg("activations") = "int16")
         .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
+        .def("forward_rows_argmax", &Engine::forward_rows_argmax, py::arg("tokens"), py::arg("pos"),
+             "evaluate tokens (at most 16) as decode rows of slot 0; i32 [n]: each row's argmax, as "
+             "greedy decoding would pick it after that row (a draft verified in one pass)")
         .def("forward_sample", &Engine::forward_sample, py::arg("tokens"), py::arg("pos"), py::arg("sampler"),
              "evaluate tokens and sample the next one from the last logits row with a _core.Sampler")
         .def("decode_begin", &Engine::decode_begin, py::arg("token"), py::arg("pos"), py::arg("greedy"),

@@ -533,6 +533,34 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     return best;
 }
 
+void LlamaModel::forward_rows_argmax(const int32_t* tokens, int n, int pos, int32_t* best) {
+    check_input(tokens, n, pos);
+    if (n > kMaxVerifyRows || n > max_batch_)
+        throw InputError("forward_rows_argmax: " + std::to_string(n) + " rows; at most " +
+                         std::to_string(std::min(kMaxVerifyRows, max_batch_)) + " in one pass");
+    profile_ = Profile{};
+    BatchEntry run{0, tokens, n, pos};
+    run.decode_run = true;
+    be_->begin();
+    run_layers(&run, 1);
+    const double t0 = profiling_ ? now_s() : 0;
+    // Every row's logits as last_row_argmax makes a lone decode row's (the same kernels per row)
+    const Tensor hn = xn_.slice_rows(0, n), best_ids = make_tensor(argmax_.buf, 0, DType::I32, n, 1);
+    norm(hn, x_.slice_rows(0, n), w_.output_norm, w_.output_norm_b);
+    if (cfg_.final_softcap > 0.0f || cfg_.logit_scale != 1.0f) {
+        const Tensor out = logits_rows(n);
+        be_->matmul(out, w_.output, hn, RowClasses::decode(n));
+        finish_logits(out);
+        be_->argmax(best_ids, out);
+    } else {
+        be_->matmul_argmax(best_ids, w_.output, hn, logits_rows(n), RowClasses::decode(n));
+    }
+    be_->commit();
+    be_->wait();
+    be_->read(best, best_ids, (size_t)n * sizeof(int32_t));
+    if (profiling_) profile_.logits += now_s() - t0;
+}
+
 Tensor LlamaModel::logits_rows(int n) {
     if (logits_.rows < n) {
         bufs_.push_back(be_->alloc((size_t)n * cfg_.vocab * sizeof(float)));

@@ -32,6 +32,10 @@ struct BatchEntry {
                                   // logprobs), filled by the pass beside its other outputs
     bool prompt_prefix = false;   // a chunk of a prompt's prefix (K/V for later tokens) even when n == 1
     int scores_from = 0;          // the row of `scores` that this entry's first row is (a split entry's)
+    // Every row a decode row, whatever its position: a sequence's next token and the draft
+    // tokens after it, verified in one pass (LlamaModel::forward_rows_argmax), each row's bits
+    // as if it had been decoded alone.
+    bool decode_run = false;
 
     // How many of its leading rows are decode rows (core/backend.h RowClasses; docs/design.md
     // "Batch invariance"), the rest prefix rows. One token is a decode row (a sequence's next
@@ -42,7 +46,7 @@ struct BatchEntry {
     // how a prompt was cut into chunks. Decode rows take the few-token kernels (bits as alone),
     // prefix rows the GEMM.
     int decode_rows() const {
-        if (n == 1 && !prompt_prefix) return 1;
+        if (decode_run || (n == 1 && !prompt_prefix)) return n;
         return (int)std::min<int64_t>(n, std::max<int64_t>(0, kMaxDecodeRun - pos));
     }
 };
@@ -77,6 +81,11 @@ public:
     void forward_batch(const BatchEntry* entries, int n_entries, float* logits);
     // The same, writing the argmax of each entry's last-token logits ([n_entries]).
     void forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best);
+    // Slot 0's tokens at pos.. as decode rows (BatchEntry::decode_run), writing the argmax of
+    // every row's logits ([n], n <= kMaxVerifyRows): a token and draft tokens after it checked in
+    // one pass, row i's argmax the token greedy decoding would pick after tokens[0..i].
+    static constexpr int kMaxVerifyRows = 16;
+    void forward_rows_argmax(const int32_t* tokens, int n, int pos, int32_t* best);
     static constexpr int kScoreBlock = 64;  // rows whose logits are scored per output projection
     static constexpr int kMaxScoreTop = 64;  // the most alternatives a scored row lists
     int n_slots() const { return n_slots_; }

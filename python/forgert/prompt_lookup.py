@@ -1,0 +1,72 @@
+"""Prompt lookup decoding: draft tokens copied from earlier in the context, verified in one pass.
+
+Output that repeats its input (a code edit that rewrites a file, an answer quoting a document,
+a list extended in its own pattern) can be predicted by looking up the last few tokens where they
+occurred before and proposing the tokens that followed them there. The model then evaluates the
+next token and the draft together, every row as a decode row (Engine.forward_rows_argmax), and
+keeps the draft's tokens while they equal its own greedy choice, plus the choice after the last
+one kept: greedy decoding's tokens exactly, several per pass where the draft is right. A pass of
+k + 1 rows reads the weights once, as a single decode step does, so a kept draft token costs a
+fraction of a step (transformers' prompt_lookup_num_tokens, vLLM's n-gram speculation).
+"""
+from __future__ import annotations
+
+# Matches of the last 4 tokens are tried first, then 3, then 2: the longest context predicts best,
+# and a single token repeats too often to be worth a draft.
+MAX_NGRAM = 4
+MIN_NGRAM = 2
+# Rows of one verification pass (Engine.forward_rows_argmax's limit): the token and its draft.
+MAX_ROWS = 16
+
+
+class NgramDraft:
+    """The tokens so far, indexed by the n-grams they contain: for each n-gram, where the token
+    after its latest occurrence stands."""
+
+    def __init__(self, tokens, draft_tokens: int):
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or not 1 <= draft_tokens < MAX_ROWS:
+            raise ValueError(f"prompt_lookup must be an integer in 1..{MAX_ROWS - 1} draft tokens, got {draft_tokens!r}")
+        self.k = draft_tokens
+        # The draft's length now: it grows by 2 while drafts are confirmed whole and shrinks by 1
+        # at each miss (transformers' "heuristic" schedule), so that text the lookup predicts
+        # badly costs passes of few rows (every row costs compute, most on the CPU).
+        self.length = min(draft_tokens, 4)
+        self.tokens: list[int] = []
+        self._follows: list[dict] = [dict() for _ in range(MAX_NGRAM + 1)]   # [n]: n-gram -> index of its follower
+        for t in tokens:
+            self.push(int(t))
+
+    def push(self, tok: int) -> None:
+        i = len(self.tokens)
+        for n in range(MIN_NGRAM, MAX_NGRAM + 1):
+            if i >= n:
+                self._follows[n][tuple(self.tokens[i - n:i])] = i
+        self.tokens.append(tok)
+
+    def propose(self, at_most: int) -> list[int]:
+        """Up to min(length, at_most) tokens that followed the longest earlier occurrence of the
+        last tokens (the latest such occurrence); [] when none occurred before."""
+        k = min(self.length, at_most)
+        if k <= 0:
+            return []
+        for n in range(MAX_NGRAM, MIN_NGRAM - 1, -1):
+            if len(self.tokens) < n:
+                continue
+            j = self._follows[n].get(tuple(self.tokens[-n:]))
+            if j is not None:
+                return self.tokens[j:j + k]
+        return []
+
+
+    def confirmed(self, drafted: int, kept: int) -> None:
+        """A draft of `drafted` tokens had its first `kept` confirmed."""
+        self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)
+
+
+def accepted(draft, best) -> int:
+    """How many leading draft tokens the model's choices confirm: best[i] is its greedy token after
+    the row holding draft[i - 1] (row 0: the token before the draft)."""
+    m = 0
+    while m < len(draft) and draft[m] == int(best[m]):
+        m += 1
+    return m

@@ -1,0 +1,133 @@
+"""Prompt lookup decoding (prompt_lookup.py, SamplingParams.prompt_lookup): draft tokens copied
+from earlier in the context, verified in one pass of decode rows. Its tokens must be greedy
+decoding's exactly; the references are the same model decoding one token a step, and for the
+drafts hand-computed lookups.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import model_factory as mf
+import qwen35_factory as qf
+from conftest import backend_params, require_backend
+from forgert.prompt_lookup import NgramDraft, accepted
+
+models = qf.models_fixture()
+
+
+def test_lookup_proposes_what_followed_the_longest_latest_match():
+    d = NgramDraft([5, 6, 7, 8, 1, 2, 3, 9, 9, 6, 7, 8, 4, 4], draft_tokens=3)
+    assert d.propose(10) == []                     # "4 4": nothing like it before
+    d.push(2)                                      # "... 4 4 2": no earlier "4 2" / "4 4 2"
+    assert d.propose(10) == []
+    d = NgramDraft([5, 6, 7, 8, 1, 2, 6, 7, 3, 0, 6, 7], draft_tokens=3)
+    assert d.propose(10) == [3, 0, 6]             # "6 7" last seen before 3 (not before 8)
+    d.push(8)                                      # "6 7 8": the 3-gram wins over "7 8"
+    assert d.propose(10) == [1, 2, 6]
+    assert d.propose(2) == [1, 2]                  # as many as there is room for
+    assert d.length == 3 and NgramDraft([], 8).length == 4
+    d.confirmed(3, 1)
+    assert d.length == 2
+    d.confirmed(2, 2)
+    assert d.length == 3                           # grows by 2, capped at draft_tokens
+    d.confirmed(1, 0), d.confirmed(1, 0), d.confirmed(1, 0)
+    assert d.length == 1
+    assert accepted([4, 5, 6], [4, 5, 7, 1]) == 2 and accepted([4], [3, 4]) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 16, 2.0, True])
+def test_bad_draft_lengths_are_refused(forgert, bad):
+    with pytest.raises(ValueError, match="prompt_lookup must be an integer in 0..15"):
+        forgert.SamplingParams(temperature=0, prompt_lookup=bad)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizer):
+    """get(name) -> a tiny model of model_factory.ALL_SPECS, as GGUF F32 only."""
+    root, cache = tmp_path_factory.mktemp("lookup"), {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = mf.make_tiny_model(mf.ALL_SPECS[name], root, tiny_tokenizer, hf_dtypes=("F32",),
+                                             gguf_types=("F32",))
+        return cache[name]
+    return get
+
+
+def _model(forgert, tiny, name, backend="cpu", **kw):
+    return forgert.Model(str(tiny(name).path("gguf-F32")), backend=backend, n_ctx=256, **kw)
+
+
+def _repeating_prompt(vocab, seed=1):
+    base = np.random.default_rng(seed).integers(0, vocab, 20).tolist()
+    return base + base + base[:10]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("name", ["llama3_untied", "qwen2_tied", "granite"])
+def test_tokens_equal_greedy_decoding(forgert, tiny, metal_reason, name, backend):
+    """Drafts confirmed whole (qwen2_tied settles into a repeated token), cut short (llama3's),
+    and Granite's scaled logits (the argmax of the finished logits) all give greedy's tokens."""
+    require_backend(backend, metal_reason)
+    m = _model(forgert, tiny, name, backend)
+    prompt = _repeating_prompt(m.vocab_size)
+    want = m.generate(prompt, max_tokens=60, temperature=0, ignore_eos=True)
+    got = m.generate(prompt, max_tokens=60, temperature=0, ignore_eos=True, prompt_lookup=6)
+    assert got.tokens == want.tokens
+    assert got.timings.draft_tokens > 0 and got.timings.decode_tokens == want.timings.decode_tokens
+    if name == "qwen2_tied":
+        assert got.timings.accepted_draft_tokens > 20
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_rows_argmax_equals_one_row_at_a_time(forgert, tiny, metal_reason, backend):
+    """Engine.forward_rows_argmax at positions past the prompt's decode rows: every row's argmax as
+    a decode step of that row alone gives it, right and wrong draft tokens alike."""
+    require_backend(backend, metal_reason)
+    tm = tiny("llama3_untied")
+    prompt = np.random.default_rng(2).integers(0, tm.vocab, 40).astype(np.int32)
+    rows = np.random.default_rng(3).integers(0, tm.vocab, 9).astype(np.int32)
+    eng = _model(forgert, tiny, "llama3_untied", backend)._engine
+    eng.prefill(prompt, 0)
+    got = eng.forward_rows_argmax(rows, 40)
+    ref = _model(forgert, tiny, "llama3_untied", backend)._engine
+    ref.prefill(prompt, 0)
+    want = [ref.forward_argmax(rows[i:i + 1], 40 + i) for i in range(len(rows))]
+    assert got.tolist() == want
+    with pytest.raises(ValueError, match="at most 16 in one pass"):
+        eng.forward_rows_argmax(np.zeros(17, np.int32), 40)
+
+
+def test_what_cannot_take_drafts_is_refused(forgert, tiny, models):
+    m = _model(forgert, tiny, "llama3_untied", parallel=2)
+    prompt = _repeating_prompt(m.vocab_size)
+    with pytest.raises(ValueError, match="needs temperature=0"):
+        m.generate(prompt, max_tokens=4, temperature=0.7, prompt_lookup=4)
+    with pytest.raises(ValueError, match="needs temperature=0"):
+        m.generate(prompt, max_tokens=4, temperature=0, repetition_penalty=1.2, prompt_lookup=4)
+    with pytest.raises(ValueError, match="cannot be combined with logprobs"):
+        m.generate(prompt, max_tokens=4, temperature=0, prompt_lookup=4, logprobs=2)
+    with pytest.raises(ValueError, match="single-sequence path"):
+        m.generate([prompt, prompt[:5]], max_tokens=4, temperature=0, prompt_lookup=4)
+    hybrid = forgert.Model(str(models("qwen35")[1]["gguf-F32"]), backend="cpu", n_ctx=256)
+    with pytest.raises(ValueError, match="recurrent layers keep a state that cannot rewind"):
+        hybrid.generate(prompt, max_tokens=4, temperature=0, prompt_lookup=4)
+
+
+
+def test_cli_run_reports_drafts_and_refuses_sampling(tiny, capsys):
+    """`forgert run --prompt-lookup N`: greedy's text, the drafts kept on stderr; with sampling, a
+    one-line error naming the flag before the model loads."""
+    from forgert.cli import main
+    path = str(tiny("qwen2_tied").path("gguf-F32"))
+    assert main(["run", "ab ab ab ab ab", "--model", path, "--raw", "--temperature", "0", "-n", "24",
+                 "--ignore-eos", "--n-ctx", "128"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["run", "ab ab ab ab ab", "--model", path, "--raw", "--temperature", "0", "-n", "24",
+                 "--ignore-eos", "--n-ctx", "128", "--prompt-lookup", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain and "prompt lookup: " in err and "draft tokens kept" in err
+    assert main(["run", "hi", "--model", path, "--prompt-lookup", "5", "--temperature", "0.7"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-lookup verifies drafts against greedy choices" in err and "Traceback" not in err
