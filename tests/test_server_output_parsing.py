@@ -11,9 +11,9 @@ import json
 
 import pytest
 
+from scripted_model import THINKING_TEMPLATE, ScriptedModel
 from server_harness import LiveServer
 
-from forgert.completion import Completion, Usage
 from forgert.server.choice_output import ChoiceOutput, OutputMode
 from forgert.tool_calls import parse_tool_calls, template_style
 
@@ -92,40 +92,6 @@ def test_streamed_pieces_split_like_the_whole_text(size):
 
 
 # ----------------------------------------------------------------------------- end to end
-
-THINKING_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                     "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}"
-                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-                     "{# thinks: <think> ... </think>; calls: <tool_call> ... </tool_call> #}")
-
-
-class ScriptedModel:
-    """A real model (tokenizer, context, template machinery) whose generation is a fixed text,
-    streamed in 3-character pieces, so the parsing sees markers cut in every place."""
-
-    def __init__(self, model, script: str, template: str = THINKING_TEMPLATE):
-        self._model, self.script, self.chat_template = model, script, template
-        self.model._template = None     # the real model renders with our template
-        self.model._model.chat_template = template
-
-    @property
-    def model(self):
-        return self._model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def stream(self, prompt_ids, logprobs=None, response_format=None, **sampling):
-        from forgert.model import TextStream
-
-        def gen():
-            for i in range(0, len(self.script), 3):
-                yield self.script[i:i + 3]
-            n = len(self._model.tokenize(self.script, add_bos=False))
-            return Completion(self.script, [], "stop", Usage(len(prompt_ids), n, len(prompt_ids) + n))
-
-        return TextStream(gen())
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_models):

@@ -170,7 +170,8 @@ class _Sequence:
             text="".join(self.pieces), tokens=self.generated, finish_reason=self.finish,
             usage=Usage(n_prompt, self.n_sampled, n_prompt + self.n_sampled),
             timings=Timings(n_prompt - self.n_cached if self.t_first is not None else 0, self.n_cached,
-                            (self.t_first or t_end) - self.t_start, self.n_decode, t_end - (self.t_first or t_end)))
+                            (self.t_first or t_end) - self.t_start, self.n_decode, t_end - (self.t_first or t_end)),
+            stop_string=self.stops.matched)
 
 
 class BatchScheduler:

@@ -37,6 +37,7 @@ class Completion:
     finish_reason: str              # "stop" (EOS/EOT or a stop string) | "length" (max_tokens or context full)
     usage: Usage
     timings: Timings = field(repr=False, default=None)
+    stop_string: str | None = None  # the stop string that ended it (finish_reason "stop"), if one did
 
 
 @dataclass

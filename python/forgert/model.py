@@ -751,7 +751,8 @@ class Model:
         return Completion(
             text="".join(pieces), tokens=generated, finish_reason=finish,
             usage=Usage(len(prompt_ids), n_sampled, len(prompt_ids) + n_sampled),
-            timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1, n_drafted, n_accepted))
+            timings=Timings(n_eval, n_cached, t1 - t0, n_decode, t2 - t1, n_drafted, n_accepted),
+            stop_string=stops.matched)
 
     def stream(self, prompt, params: SamplingParams | None = None, *, logprobs=None, response_format=None,
                logit_bias=None, **sampling) -> TextStream:

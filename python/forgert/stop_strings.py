@@ -7,6 +7,7 @@ class StopStringMatcher:
         self.stops = [s for s in (stops or []) if s]
         self.pending = ""
         self.stopped = False
+        self.matched = None     # the stop string that ended the text (the first one in it)
 
     def feed(self, piece: str) -> str:
         """Add text; return what is now safe to emit. After a stop string is seen, `stopped` is
@@ -17,10 +18,11 @@ class StopStringMatcher:
         if not self.stops:
             out, self.pending = self.pending, ""
             return out
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
+            at, self.matched = min(hits, key=lambda hit: hit[0])
             self.stopped = True
-            out, self.pending = self.pending[:min(hits)], ""
+            out, self.pending = self.pending[:at], ""
             return out
         keep = self._longest_partial_suffix()
         cut = len(self.pending) - keep

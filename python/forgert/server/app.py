@@ -22,6 +22,8 @@ from .responses import ResponseHeader
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
                       TokenizeRequest, parse_request)
 from .token_budget import completion_budget
+from .messages_api import CountTokensRequest, MessagesReply, MessagesRequest, messages_chat_request
+from .responses_api import ResponsesReply, ResponsesRequest, responses_chat_request
 from .batch_worker import BatchWorker
 from .worker import ModelWorker
 
@@ -66,8 +68,10 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if not header:
-            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'",
+        if not header and "x-api-key" in request.headers:     # Anthropic's clients send the key so
+            scheme, token = "bearer", request.headers["x-api-key"]
+        elif not header:
+            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                            code="invalid_api_key")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
                                                                   state.api_key.encode()):
@@ -130,34 +134,44 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
         with _counted(state, "chat"):
             timer = RequestTimer(state.metrics)
             req = parse_request(ChatCompletionRequest, await _read_json(request))
-            messages = [m.as_template_message() for m in req.messages]
-            tools = req.tool_dicts()
-            ids = await _prompt_ids(state.model, "messages", messages, req.chat_template_kwargs, tools)
-            forced = req.forced_tool()
-            if forced is not False:
-                schema = forced_call_schema(tools, forced)
-                grammar = await _grammar(state.model, {"type": "json_schema",
-                                                       "json_schema": {"name": "tool_call", "schema": schema}},
-                                         param="tools")
-            else:
-                grammar = await _grammar(state.model, req.response_format_dict())
-            template = state.model.chat_template
-            # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
-            thinks, inside = thinking_mode(template, state.model.detokenize(ids[-16:]))
-            if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
-                thinks = inside = False
-            mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
-                              tool_style=template_style(template) if tools else None, tools=tools or None)
-            # gpt-oss (harmony): channels, not <think>, separate the reasoning and the tool calls;
-            # a grammar's JSON (a response_format, a forced call) is read as ChoiceOutput reads it
-            harmony = is_harmony(template) and grammar is None
-            choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
-                       for j in range(req.n_choices)]
-            spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
-                                  req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
+            spec, new_output = await _chat_generation(state, req)
             return await _complete(request, state, req, spec, ResponseHeader("chat", state.model_id),
-                                   (lambda: HarmonyOutput(parse_calls=bool(tools))) if harmony
-                                   else (lambda: ChoiceOutput(mode)), timer)
+                                   new_output, timer)
+
+    @v1.post("/responses")
+    async def responses(request: Request):
+        with _counted(state, "responses"):
+            timer = RequestTimer(state.metrics)
+            req = parse_request(ResponsesRequest, await _read_json(request))
+            chat = responses_chat_request(req)
+            spec, new_output = await _chat_generation(state, chat)
+            events = _events(state, spec, timer)
+            reply = ResponsesReply(req, state.model_id, spec.choices[0].prompt_ids)
+            if req.stream:
+                return _sse_response(reply.stream(events, new_output()))
+            return JSONResponse(await collect_unless_disconnected(request, reply.collect(events, new_output())))
+
+    @v1.post("/messages")
+    async def messages(request: Request):
+        with _counted(state, "messages"):
+            timer = RequestTimer(state.metrics)
+            req = parse_request(MessagesRequest, await _read_json(request))
+            chat = messages_chat_request(req)
+            spec, new_output = await _chat_generation(state, chat)
+            events = _events(state, spec, timer)
+            reply = MessagesReply(state.model_id, len(spec.choices[0].prompt_ids))
+            if req.stream:
+                return _sse_response(reply.stream(events, new_output()))
+            return JSONResponse(await collect_unless_disconnected(request, reply.collect(events, new_output())))
+
+    @v1.post("/messages/count_tokens")
+    async def count_tokens(request: Request):
+        req = parse_request(CountTokensRequest, await _read_json(request))
+        chat = messages_chat_request(req)
+        messages = [m.as_template_message() for m in chat.messages]
+        ids = await _prompt_ids(state.model, chat.PROMPT_PARAM, messages, chat.chat_template_kwargs,
+                                chat.tool_dicts())
+        return {"input_tokens": len(ids)}
 
     @v1.post("/completions")
     async def completions(request: Request):
@@ -282,18 +296,60 @@ def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
     }
 
 
-async def _complete(request: Request, state: ServerState, req: SamplingFields,
-                    spec: GenerationSpec, header: ResponseHeader, new_output, timer: RequestTimer):
-    """new_output: () -> ChoiceOutput for chat (reasoning / tool calls split off); None for text."""
+async def _chat_generation(state: ServerState, req: ChatCompletionRequest):
+    """(the GenerationSpec, a () -> ChoiceOutput / HarmonyOutput factory) of a chat request: the
+    template rendered with its tools, the grammar of a forced call or a response_format, and how
+    the output is read (reasoning, tool calls). /v1/responses and /v1/messages translate their
+    requests into a ChatCompletionRequest (subclass naming their own fields in errors) and come here."""
+    messages = [m.as_template_message() for m in req.messages]
+    tools = req.tool_dicts()
+    ids = await _prompt_ids(state.model, req.PROMPT_PARAM, messages, req.chat_template_kwargs, tools)
+    forced = req.forced_tool()
+    if forced is not False:
+        schema = forced_call_schema(tools, forced)
+        grammar = await _grammar(state.model, {"type": "json_schema",
+                                               "json_schema": {"name": "tool_call", "schema": schema}},
+                                 param=req.TOOLS_PARAM)
+    else:
+        grammar = await _grammar(state.model, req.response_format_dict(), param=req.RESPONSE_FORMAT_PARAM)
+    template = state.model.chat_template
+    # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
+    thinks, inside = thinking_mode(template, state.model.detokenize(ids[-16:]))
+    if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
+        thinks = inside = False
+    mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
+                      tool_style=template_style(template) if tools else None, tools=tools or None)
+    # gpt-oss (harmony): channels, not <think>, separate the reasoning and the tool calls;
+    # a grammar's JSON (a response_format, a forced call) is read as ChoiceOutput reads it
+    harmony = is_harmony(template) and grammar is None
+    choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
+               for j in range(req.n_choices)]
+    spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
+                          req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
+    return spec, ((lambda: HarmonyOutput(parse_calls=bool(tools))) if harmony
+                  else (lambda: ChoiceOutput(mode)))
+
+
+def _events(state: ServerState, spec: GenerationSpec, timer: RequestTimer):
+    """The request's Piece / Finish events, from the running batch or the worker thread."""
     if state.batch_worker is not None:     # every request batches (batch_worker.py)
         source = state.batch_worker.events(spec)
     else:
         source = state.worker.events(generation_job(state.model, spec))
-    events = metered(source, state.metrics, timer)
+    return metered(source, state.metrics, timer)
+
+
+def _sse_response(chunks) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _complete(request: Request, state: ServerState, req: SamplingFields,
+                    spec: GenerationSpec, header: ResponseHeader, new_output, timer: RequestTimer):
+    """new_output: () -> ChoiceOutput for chat (reasoning / tool calls split off); None for text."""
+    events = _events(state, spec, timer)
     if req.stream:
-        return StreamingResponse(stream(events, header, req.include_usage, new_output, len(spec.choices)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _sse_response(stream(events, header, req.include_usage, new_output, len(spec.choices)))
     return JSONResponse(await collect_unless_disconnected(request, collect(events, header, new_output)))
 
 

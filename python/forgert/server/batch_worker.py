@@ -202,7 +202,8 @@ class BatchWorker:
         c = req.seqs[index].result
         return Finish(finish_reason=c.finish_reason,
                       prompt_tokens=c.usage.prompt_tokens if req.spec.choices[index].counts_prompt else 0,
-                      completion_tokens=c.usage.completion_tokens, timings=timings_dict(c.timings), index=index)
+                      completion_tokens=c.usage.completion_tokens, timings=timings_dict(c.timings), index=index,
+                      stop_string=c.stop_string)
 
 
 def _put_all(items) -> None:

@@ -1,7 +1,8 @@
-"""OpenAI-shaped error responses: {"error": {"message", "type", "param", "code"}}.
+"""OpenAI-shaped error responses: {"error": {"message", "type", "param", "code"}}; on Anthropic's
+routes (/v1/messages...), Anthropic's: {"type": "error", "error": {"type", "message"}}.
 
 Every failure the server reports goes through `APIError`, so clients (the official `openai`
-package included) see the same shape and the matching HTTP status whatever went wrong.
+and `anthropic` packages included) see the same shape and the matching HTTP status whatever went wrong.
 An unexpected exception is a 500 with a fixed message: its text and traceback go to the server's
 log only, never to the client (they can hold paths, library internals or other requests' data).
 """
@@ -27,6 +28,18 @@ _TYPE_FOR_STATUS = {
 }
 
 
+# Anthropic's error "type" for each status we produce.
+_ANTHROPIC_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    500: "api_error",
+    503: "overloaded_error",
+}
+ANTHROPIC_ROUTES = "/v1/messages"     # this path and those under it answer in Anthropic's shape
+
 INTERNAL_ERROR_MESSAGE = ("The server had an error while processing your request; "
                           "the server log has the details")
 
@@ -47,9 +60,20 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type,
                           "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    def anthropic_body(self) -> dict:
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPE_FOR_STATUS.get(self.status, "api_error"),
+                                           "message": self.message}}
+
+    def response(self, request: Request | None = None) -> JSONResponse:
+        """The error for `request`: in Anthropic's shape on its routes, else OpenAI's."""
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        anthropic = request is not None and _is_anthropic_route(request.url.path)
+        return JSONResponse(self.anthropic_body() if anthropic else self.body(), status_code=self.status,
+                            headers=headers)
+
+
+def _is_anthropic_route(path: str) -> bool:
+    return path == ANTHROPIC_ROUTES or path.startswith(ANTHROPIC_ROUTES + "/")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -57,23 +81,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return exc.response()
+        return exc.response(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # Starlette raises these for unknown routes (404) and wrong methods (405).
         if exc.status_code == 404:
             message = f"Unknown route: {request.method} {request.url.path}"
-            return APIError(404, message, code="unknown_url").response()
+            return APIError(404, message, code="unknown_url").response(request)
         if exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
-            return APIError(405, message, code="method_not_allowed").response()
-        return APIError(exc.status_code, str(exc.detail)).response()
+            return APIError(405, message, code="method_not_allowed").response(request)
+        return APIError(exc.status_code, str(exc.detail)).response(request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log_unexpected(exc, f"{request.method} {request.url.path}")
-        return internal_error().response()
+        return internal_error().response(request)
 
 
 def internal_error() -> APIError:

@@ -27,6 +27,7 @@ class Finish:
     completion_tokens: int          # sampled tokens, a final EOS included (as the Model counts)
     timings: dict
     index: int = 0
+    stop_string: Optional[str] = None   # the stop string that ended the choice, if one did
 
 
 @dataclass
@@ -75,7 +76,8 @@ def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec):
     yield Finish(finish_reason=completion.finish_reason,
                  prompt_tokens=completion.usage.prompt_tokens if choice.counts_prompt else 0,
                  completion_tokens=completion.usage.completion_tokens,
-                 timings=timings_dict(completion.timings), index=index)
+                 timings=timings_dict(completion.timings), index=index,
+                 stop_string=completion.stop_string)
 
 
 def timings_dict(timings) -> dict:

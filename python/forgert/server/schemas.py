@@ -236,6 +236,10 @@ class NamedToolChoice(_Strict):
 
 class ChatCompletionRequest(SamplingFields):
     PROMPT_PARAM: ClassVar[str] = "messages"
+    # The fields errors name (/v1/responses and /v1/messages translate into this request and
+    # name their own fields: server/responses_api.py, server/messages_api.py).
+    TOOLS_PARAM: ClassVar[str] = "tools"
+    RESPONSE_FORMAT_PARAM: ClassVar[str] = "response_format"
     DEFAULT_MAX_TOKENS: ClassVar[Optional[int]] = None  # until the end of the text or the context
     messages: list[ChatMessage] = Field(min_length=1)
     # Extra chat-template variables (vLLM's and llama-server's extension), e.g. enable_thinking.
@@ -344,14 +348,17 @@ def _union_member(loc):
     return next((p for p in loc if _is_union_tag(p)), None)
 
 
-def parse_request(model_cls: type[_Strict], data) -> _Strict:
-    """Validate a decoded JSON body; the first problem becomes a 400 naming the field."""
+def parse_request(model_cls: type[_Strict], data, where: tuple = ()) -> _Strict:
+    """Validate a decoded JSON body; the first problem becomes a 400 naming the field.
+    where: the path of `data` inside the body when it is a part of it (e.g. ("input", 2))."""
     if not isinstance(data, dict):
-        raise APIError(400, f"The request body must be a JSON object, not {type(data).__name__}")
+        what = f"'{'.'.join(map(str, where))}'" if where else "The request body"
+        raise APIError(400, f"{what} must be a JSON object, not {type(data).__name__}",
+                       param=".".join(map(str, where)) or None)
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = [dict(e, loc=tuple(where) + tuple(e["loc"])) for e in exc.errors()]
         first = errors[0]
         param = _param_name(first["loc"]) or None
         alternatives = list(dict.fromkeys(_union_member(e["loc"]) for e in errors
