@@ -5,7 +5,8 @@ The request becomes a ChatCompletionRequest: `system` the system message, conten
 messages (an assistant's `tool_use` blocks its tool calls, a user's `tool_result` blocks tool
 messages, earlier `thinking` blocks dropped as chat templates drop old reasoning), `tools`
 (input_schema) function tools, `tool_choice` auto / any / tool / none, `stop_sequences` stop
-strings. The answer goes back as a `message` with thinking, text and tool_use blocks and Anthropic's
+strings, `output_config.format` (a JSON schema) the response_format grammar; `thinking` enabled /
+disabled sets the template's enable_thinking. The answer goes back as a `message` with thinking, text and tool_use blocks and Anthropic's
 stop_reason (end_turn, max_tokens, stop_sequence, tool_use); streamed, as Anthropic's events
 (message_start, content_block_start / _delta / _stop, message_delta, message_stop). Errors on
 these routes take Anthropic's shape (errors.py).
@@ -94,6 +95,16 @@ class ToolChoice(_Strict):
     disable_parallel_tool_use: Optional[bool] = None
 
 
+class JsonOutputFormat(_Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Strict):
+    format: Optional[JsonOutputFormat] = None   # structured output: the chat route's json_schema grammar
+    effort: Optional[str] = None                # a hint to Anthropic's models; nothing here reads it
+
+
 class CountTokensRequest(_Strict):
     """POST /v1/messages/count_tokens: a Messages request without max_tokens."""
     model: Optional[str] = None
@@ -109,6 +120,7 @@ class CountTokensRequest(_Strict):
     stop_sequences: Optional[list[str]] = Field(default=None, max_length=MAX_STOP_STRINGS)
     stream: bool = False
     metadata: Optional[dict[str, Any]] = None
+    output_config: Optional[OutputConfig] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -134,7 +146,15 @@ class CountTokensRequest(_Strict):
             raise APIError(400, "tool_choice: needs 'tools' to choose from", param="tool_choice")
         if choice is not None and choice.type == "tool" and choice.name not in [t.name for t in self.tools]:
             raise APIError(400, f"tool_choice.name: {choice.name!r} is not in 'tools'", param="tool_choice.name")
+        if choice is not None and choice.type in ("any", "tool") and self.response_format() is not None:
+            raise APIError(400, "output_config.format cannot be combined with a forced tool_choice",
+                           param="output_config.format")
         return self
+
+    def response_format(self) -> Optional[dict]:
+        fmt = self.output_config.format if self.output_config else None
+        return None if fmt is None else {"type": "json_schema",
+                                         "json_schema": {"name": "output", "schema": fmt.schema_}}
 
     def chat_messages(self) -> list[dict]:
         """The chat route's messages: blocks checked one by one, errors naming where they are."""
@@ -190,6 +210,7 @@ class MessagesRequest(CountTokensRequest):
 class MessagesChatRequest(ChatCompletionRequest):
     """The chat request a /v1/messages request becomes; errors name the Messages fields."""
     PROMPT_PARAM: ClassVar[str] = "messages"
+    RESPONSE_FORMAT_PARAM: ClassVar[str] = "output_config.format"
 
 
 def messages_chat_request(req: CountTokensRequest) -> MessagesChatRequest:
@@ -205,7 +226,7 @@ def messages_chat_request(req: CountTokensRequest) -> MessagesChatRequest:
                                                     (("name", t.name), ("description", t.description),
                                                      ("parameters", t.input_schema)) if v is not None}}
                   for t in req.tools] if req.tools else None,
-        "tool_choice": tool_choice,
+        "tool_choice": tool_choice, "response_format": req.response_format(),
         "chat_template_kwargs": ({"enable_thinking": thinking == "enabled"}
                                  if thinking in ("enabled", "disabled") else None),
     }
