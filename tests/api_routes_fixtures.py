@@ -23,7 +23,7 @@ HERMES_CALL = ('Checking.<tool_call>\n{"name": "get_weather", "arguments": {"cit
                '\n</tool_call>')
 
 
-def tiny_model(tiny_models):
+def tiny_model(tiny_models, parallel: int = 1):
     """Past the tiny model's trained length (256): a tool's system prompt in its bytes needs more room."""
     import warnings
 
@@ -31,11 +31,12 @@ def tiny_model(tiny_models):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_ctx=1024 is longer")
         return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", threads=1,
-                             n_ctx=1024)
+                             n_ctx=1024, parallel=parallel)
 
 
-def tiny_chat_model(tiny_models, template: str = TEMPLATE):
-    model = tiny_model(tiny_models)
+def tiny_chat_model(tiny_models, template: str = TEMPLATE, parallel: int = 1):
+    """parallel >= 2: a server over it batches its requests."""
+    model = tiny_model(tiny_models, parallel)
     model._template = None      # render with this template (the tiny GGUF has none)
     model._model.chat_template = template
     return model

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import httpx
 import pydantic
 import pytest
 
 from api_routes_fixtures import (API_KEY, CALL_ARGS, HERMES_CALL, THOUGHT, WEATHER_PARAMETERS, chat, post,  # noqa: F401
-                                 scripted_base, serve_script, server, sse_events)
+                                 scripted_base, serve_script, server, sse_events, tiny_chat_model)
+from server_harness import LiveServer
 
 SYSTEM = "Answer briefly."
 QUESTION = "abc def ghi"
@@ -302,3 +304,30 @@ def test_the_anthropic_client_reads_the_answers(server, scripted_base):
             final = stream.get_final_message()
         assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
         assert final.content[2].input == CALL_ARGS and final.stop_reason == "tool_use"
+
+
+# ----------------------------------------------------------------------------- the running batch
+
+def test_a_batching_server_answers_both_apis_as_the_single_path(server, tiny_models):
+    """With --parallel the requests join the running batch (batch_worker.py): the same greedy
+    text, stop sequence and forced call as the single-sequence server's."""
+    model = tiny_chat_model(tiny_models, parallel=3)
+    ask = dict(max_tokens=20, temperature=0, messages=[{"role": "user", "content": QUESTION}])
+    free = messages(server, **ask)["content"][0]["text"]
+    stop = free[3:6]
+    bodies = [("/v1/messages", ask), ("/v1/messages", dict(ask, stop_sequences=[stop])),
+              ("/v1/messages", dict(ask, max_tokens=300, tools=[WEATHER], tool_choice={"type": "any"})),
+              ("/v1/responses", {"input": QUESTION, "max_output_tokens": 20, "temperature": 0})]
+    with LiveServer(model, model_id="tiny", api_key=None) as batched:
+        assert batched.app.state.forgert.batch_worker is not None
+        for route, body in bodies:
+            alone = post(server, route, body).json()
+            together = httpx.post(batched.base_url + route, json=body, timeout=300).json()
+            for answer in (alone, together):
+                answer.pop("id")
+                for item in answer.get("output", []) + answer.get("content", []):
+                    item.pop("id", None)
+                for key in ("created_at", "completed_at"):
+                    answer.pop(key, None)
+                answer.get("usage", {}).get("input_tokens_details", {}).pop("cached_tokens", None)
+            assert together == alone, route

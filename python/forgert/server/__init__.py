@@ -1,7 +1,9 @@
 """OpenAI-compatible HTTP server over one forgert.Model: `forgert serve` or `serve(model)`.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both also streaming as SSE, ending with
-`data: [DONE]`), GET /v1/models, GET /v1/models/{id}, POST /tokenize, POST /detokenize,
+`data: [DONE]`), POST /v1/responses (OpenAI's Responses API: responses_api.py) and POST
+/v1/messages, /v1/messages/count_tokens (Anthropic's Messages API: messages_api.py), both
+translated into the chat route's request and streamed as their own typed events, GET /v1/models, GET /v1/models/{id}, POST /tokenize, POST /detokenize,
 GET /tokenizer_info (vLLM's shapes), GET /health and GET /metrics (Prometheus; neither needs the
 API key).
 
