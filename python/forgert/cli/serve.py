@@ -19,9 +19,10 @@ DEFAULT_MAX_CONNECTIONS = 64
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
-        "serve", help="serve the model over an OpenAI-compatible HTTP API",
+        "serve", help="serve the model over an OpenAI-compatible HTTP API (and Anthropic's Messages API)",
         description="Serve POST /v1/chat/completions and /v1/completions (streaming or not), "
-                    "GET /v1/models and GET /health. Listens on 127.0.0.1 only unless --host says "
+                    "POST /v1/responses (OpenAI's Responses API), POST /v1/messages (Anthropic's "
+                    "Messages API), GET /v1/models and GET /health. Listens on 127.0.0.1 only unless --host says "
                     "otherwise.")
     add_model_args(p)
     p.add_argument("--host", default=DEFAULT_HOST,

@@ -17,13 +17,13 @@ from .delivery import collect, collect_unless_disconnected, metered, stream
 from .errors import APIError, install_error_handlers
 from .generation import ChoiceSpec, GenerationSpec, generation_job
 from .json_body import decode_json
+from .messages_api import CountTokensRequest, MessagesReply, MessagesRequest, messages_chat_request
 from .metrics import RequestTimer, ServerMetrics
 from .responses import ResponseHeader
+from .responses_api import ResponsesReply, ResponsesRequest, responses_chat_request
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
                       TokenizeRequest, parse_request)
 from .token_budget import completion_budget
-from .messages_api import CountTokensRequest, MessagesReply, MessagesRequest, messages_chat_request
-from .responses_api import ResponsesReply, ResponsesRequest, responses_chat_request
 from .batch_worker import BatchWorker
 from .worker import ModelWorker
 
@@ -146,7 +146,7 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
             chat = responses_chat_request(req)
             spec, new_output = await _chat_generation(state, chat)
             events = _events(state, spec, timer)
-            reply = ResponsesReply(req, state.model_id, spec.choices[0].prompt_ids)
+            reply = ResponsesReply(req, state.model_id)
             if req.stream:
                 return _sse_response(reply.stream(events, new_output()))
             return JSONResponse(await collect_unless_disconnected(request, reply.collect(events, new_output())))

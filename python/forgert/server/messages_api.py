@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .choice_events import CONTENT, REASONING, choice_events, sse_event
+from .choice_events import REASONING, choice_events, sse_event
 from .errors import APIError, internal_error, log_unexpected
 from .generation import Finish
 from .schemas import MAX_STOP_STRINGS, ChatCompletionRequest, _Strict, parse_request

@@ -265,7 +265,7 @@ def responses_chat_request(req: ResponsesRequest) -> ResponsesChatRequest:
 class ResponsesReply:
     """The `response` object of one request, built from its events; streamed as typed events."""
 
-    def __init__(self, req: ResponsesRequest, model_id: str, prompt_ids: list):
+    def __init__(self, req: ResponsesRequest, model_id: str):
         self.req = req
         self.id = _id("resp")
         self.model_id = model_id
