@@ -44,7 +44,7 @@ class LiveServer:
     configures it (the same protocol with its read deadlines and connection limit)."""
 
     def __init__(self, model, model_id: str = "smollm2-test", api_key: str | None = API_KEY,
-                 limits=None, max_tokens_limit: int | None = None):
+                 limits=None, max_tokens_limit: int | None = None, prompt_lookup: int = 0):
         import uvicorn
         from forgert.server import ConnectionLimits, create_app
         from forgert.server.connections import uvicorn_config
@@ -52,7 +52,8 @@ class LiveServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
-        self.app = create_app(model, model_id, api_key, max_tokens_limit=max_tokens_limit)
+        self.app = create_app(model, model_id, api_key, max_tokens_limit=max_tokens_limit,
+                              prompt_lookup=prompt_lookup)
         config = uvicorn_config(self.app, limits or ConnectionLimits(), host="127.0.0.1",
                                 port=self.port, log_level="warning")
         self._started = threading.Event()

@@ -131,3 +131,23 @@ def test_cli_run_reports_drafts_and_refuses_sampling(tiny, capsys):
     assert main(["run", "hi", "--model", path, "--prompt-lookup", "5", "--temperature", "0.7"]) == 2
     err = capsys.readouterr().err
     assert "--prompt-lookup verifies drafts against greedy choices" in err and "Traceback" not in err
+
+
+def test_server_applies_it_where_it_cannot_change_the_text(forgert, tiny):
+    """`forgert serve --prompt-lookup N`: a greedy completion drafts (timings count the drafts)
+    and equals the same request on a server without it; a sampled one is served as ever."""
+    from server_harness import LiveServer
+    path = str(tiny("qwen2_tied").path("gguf-F32"))
+    prompt = "ab ab ab ab ab ab"
+    texts = {}
+    for k in (0, 6):
+        with LiveServer(forgert.Model(path, backend="cpu", n_ctx=128), api_key=None, prompt_lookup=k) as srv:
+            c = srv.openai_client()
+            r = c.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
+                                     extra_body={"ignore_eos": True})
+            texts[k] = (r.choices[0].text, r.model_extra["timings"]["draft_tokens"])
+            sampled = c.completions.create(model="m", prompt=prompt, max_tokens=8, temperature=0.8, seed=3)
+            assert sampled.model_extra["timings"]["draft_tokens"] == 0
+    assert texts[6][0] == texts[0][0] and texts[0][1] == 0 and texts[6][1] > 0
+    with pytest.raises(ValueError, match="prompt_lookup must be an integer in 0..15"):
+        forgert.server.create_app(object(), prompt_lookup=16)

@@ -57,6 +57,11 @@ def add_parser(subparsers):
                         "sequence holds its own KV cache of --n-ctx tokens, and each of a request's n "
                         "choices is a sequence); every request joins it, with logprobs, echo, "
                         "response_format or logit_bias too (default 1: requests take turns)")
+    p.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
+                   help="prompt lookup decoding for greedy requests (temperature 0, no penalties, "
+                        "logprobs, response_format or logit_bias) taking turns: drafts of up to N tokens "
+                        "(1-15) copied from earlier in the context, verified in one pass; the same "
+                        "tokens, faster where answers repeat their input (default 0: off)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -105,6 +110,8 @@ def run(args) -> int:
     limits = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_connections)
     if args.parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {args.parallel}")
+    if not 0 <= args.prompt_lookup <= 15:
+        raise UserError(f"--prompt-lookup must be 0..15 draft tokens, got {args.prompt_lookup}")
     _check_can_listen(args.host, args.port)
     # The batch takes KV slots 1..N; slot 0 stays the turn-taking path's (with its prompt cache).
     args.kv_slots = args.parallel + 1 if args.parallel > 1 else 1
@@ -118,5 +125,6 @@ def run(args) -> int:
     print(f"forgert: serving {model.info()['name']} ({model.backend}, n_ctx {model.n_ctx}) at "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(model, host=args.host, port=args.port, api_key=args.api_key, model_id=args.model_id,
-          log_level=args.log_level, max_tokens_limit=args.max_tokens_limit, limits=limits)
+          log_level=args.log_level, max_tokens_limit=args.max_tokens_limit, limits=limits,
+          prompt_lookup=args.prompt_lookup)
     return 0

@@ -44,15 +44,17 @@ from .connections import ConnectionLimits, uvicorn_config
 def serve(model, *, host: str = "127.0.0.1", port: int = 8080,
           api_key: Optional[str] = None, model_id: Optional[str] = None,
           log_level: str = "info", max_tokens_limit: Optional[int] = None,
-          limits: ConnectionLimits = ConnectionLimits()) -> None:
+          limits: ConnectionLimits = ConnectionLimits(), prompt_lookup: int = 0) -> None:
     """Serve `model` until interrupted (blocking). Loopback only unless `host` says otherwise.
 
     max_tokens_limit: the most tokens one completion may ask for (None: the context's room).
     limits: read deadlines for request headers and bodies, and the most connections served.
+    prompt_lookup: draft tokens of prompt lookup decoding for the requests it applies to (create_app).
     """
     import uvicorn
 
-    app = create_app(model, model_id or _model_id(model), api_key, max_tokens_limit=max_tokens_limit)
+    app = create_app(model, model_id or _model_id(model), api_key, max_tokens_limit=max_tokens_limit,
+                     prompt_lookup=prompt_lookup)
     server = uvicorn.Server(uvicorn_config(app, limits, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=2))
     try:

@@ -32,8 +32,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class ServerState:
-    def __init__(self, model, model_id: str, api_key: Optional[str], max_tokens_limit: Optional[int]):
+    def __init__(self, model, model_id: str, api_key: Optional[str], max_tokens_limit: Optional[int],
+                 prompt_lookup: int = 0):
         self.model = model
+        self.prompt_lookup = prompt_lookup     # draft tokens for the requests taking turns (generation_job)
         self.model_id = model_id
         self.api_key = api_key
         self.max_tokens_limit = max_tokens_limit    # per completion; None: only the context bounds it
@@ -49,16 +51,21 @@ class ServerState:
 
 
 def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, *,
-               max_tokens_limit: Optional[int] = None) -> FastAPI:
+               max_tokens_limit: Optional[int] = None, prompt_lookup: int = 0) -> FastAPI:
     """An OpenAI-compatible app serving `model` (a forgert.Model) to any number of clients.
 
     max_tokens_limit: the most tokens one completion may ask for (larger requests get a 400;
     it also caps the default when max_tokens is absent). None: the context is the only bound.
+    prompt_lookup: up to this many draft tokens of prompt lookup decoding (1-15; 0: off) for every
+    request it cannot change: greedy, without penalties, logprobs, a grammar or logit_bias, on a
+    model without recurrent layers, taking turns (not in the --parallel batch). The same tokens.
     """
+    if isinstance(prompt_lookup, bool) or not isinstance(prompt_lookup, int) or not 0 <= prompt_lookup <= 15:
+        raise ValueError(f"prompt_lookup must be an integer in 0..15, got {prompt_lookup!r}")
     if max_tokens_limit is not None and (not isinstance(max_tokens_limit, int)
                                          or isinstance(max_tokens_limit, bool) or max_tokens_limit < 1):
         raise ValueError(f"max_tokens_limit must be None or an integer >= 1, got {max_tokens_limit!r}")
-    state = ServerState(model, model_id, api_key, max_tokens_limit)
+    state = ServerState(model, model_id, api_key, max_tokens_limit, prompt_lookup)
     app = FastAPI(title="forgert", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.forgert = state
     install_error_handlers(app)
@@ -335,7 +342,7 @@ def _events(state: ServerState, spec: GenerationSpec, timer: RequestTimer):
     if state.batch_worker is not None:     # every request batches (batch_worker.py)
         source = state.batch_worker.events(spec)
     else:
-        source = state.worker.events(generation_job(state.model, spec))
+        source = state.worker.events(generation_job(state.model, spec, state.prompt_lookup))
     return metered(source, state.metrics, timer)
 
 

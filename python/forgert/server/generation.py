@@ -47,17 +47,30 @@ class GenerationSpec:
     logit_bias: Optional[dict] = None   # {token id: bias}, checked against the vocabulary up front
 
 
-def generation_job(model, spec: GenerationSpec):
-    """A ModelWorker job generating every choice of `spec` with `model`."""
+def generation_job(model, spec: GenerationSpec, prompt_lookup: int = 0):
+    """A ModelWorker job generating every choice of `spec` with `model`, with prompt lookup
+    decoding of up to prompt_lookup draft tokens where it gives the same tokens (lookup_applies)."""
+    lookup = prompt_lookup if prompt_lookup and lookup_applies(model, spec) else 0
 
     def job() -> Iterator[Union[Piece, Finish]]:
         for index, choice in enumerate(spec.choices):
-            yield from _one_choice(model, spec, index, choice)
+            yield from _one_choice(model, spec, index, choice, lookup)
 
     return job
 
 
-def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec):
+def lookup_applies(model, spec: GenerationSpec) -> bool:
+    """Whether prompt lookup decoding can serve spec: greedy without penalties, logprobs, a grammar
+    or logit_bias (its drafts are checked against plain argmax choices), and a model whose cache
+    can drop rejected drafts (no recurrent layers)."""
+    s = spec.sampling
+    plain = (s.get("temperature") == 0 and s.get("repetition_penalty", 1.0) == 1.0
+             and not s.get("presence_penalty") and not s.get("frequency_penalty"))
+    return (plain and spec.top_logprobs is None and spec.response_format is None and not spec.logit_bias
+            and not getattr(getattr(model, "_engine", None), "recurrent", True))
+
+
+def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec, prompt_lookup: int = 0):
     if choice.echo is not None:
         lps = None
         if spec.top_logprobs is not None:
@@ -65,7 +78,8 @@ def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec):
         yield Piece(choice.echo, lps, index)
     stream = model.stream(choice.prompt_ids, logprobs=spec.top_logprobs,
                           response_format=spec.response_format, logit_bias=spec.logit_bias,
-                          **dict(spec.sampling, seed=choice.seed))
+                          **dict(spec.sampling, seed=choice.seed),
+                          **({"prompt_lookup": prompt_lookup} if prompt_lookup else {}))
     try:
         for piece in stream:    # str, or StreamPiece(text, logprobs) when logprobs were asked for
             yield (Piece(piece, None, index) if isinstance(piece, str)
@@ -91,5 +105,7 @@ def timings_dict(timings) -> dict:
         "prefill_tokens_per_s": round(timings.prefill_tokens_per_s, 3),
         "decode_tokens": timings.decode_tokens,
         "decode_s": round(timings.decode_s, 6),
+        "draft_tokens": timings.draft_tokens,
+        "accepted_draft_tokens": timings.accepted_draft_tokens,
         "decode_tokens_per_s": round(timings.decode_tokens_per_s, 3),
     }
