@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import deltanet, gemma, lfm2
+from . import deltanet, gemma, lfm2, mamba2
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -24,7 +24,8 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "arcee": "arcee", "nemotron": "nemotron", "glm4_moe": "glm4moe",
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
-                  "lfm2": lfm2.GGUF_ARCH, "lfm2_moe": lfm2.GGUF_MOE_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES}
+                  "lfm2": lfm2.GGUF_ARCH, "lfm2_moe": lfm2.GGUF_MOE_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES,
+                  **mamba2.HF_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -59,7 +60,8 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # Qwen3.5 / Qwen3.6 (qwen35, qwen35moe) is Qwen3 whose layers are three Gated DeltaNet layers to
 # one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert.
 # LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
-_CORE_ARCH = {"lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# Granite 4.0-H (granitehybrid) is Granite MoE whose other layers are Mamba2 mixers (mamba2.py).
+_CORE_ARCH = {"granitehybrid": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -99,7 +101,7 @@ _GGUF_NEOX_ARCHS = ("qwen2", "qwen3", "phi3", "olmo2", "olmoe", "exaone", "exaon
                     "gpt-oss",
                     "qwen2vl", "qwen3vl", "qwen3vlmoe") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS
 # The architectures whose HF Q/K rows llama.cpp's converter permutes (its NORM rope type).
-GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe", "arcee")
+GGUF_PERMUTED_QK_ARCHS = ("llama", "smollm3", "mistral3", "granite", "granitemoe", "arcee", "granitehybrid")
 # gpt-oss: llama.cpp fixes its SwiGLU clamp (LLM_FFN_SWIGLU_OAI_MOE: alpha 1.702, limit 7, no GGUF
 # key) and its window pattern (every second layer full attention, from layer 1; no GGUF key either).
 GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
@@ -115,8 +117,8 @@ DEFAULT_N_CTX_CAP = 8192
 
 
 # The kinds of layer (ModelConfig::LayerKind's order): attention, Gated DeltaNet (Qwen3.5), short
-# convolution (LFM2). The recurrent kinds keep a fixed-size state per sequence.
-LAYER_KINDS = ("attention", "gated_delta_net", "short_conv")
+# convolution (LFM2), Mamba2 (Granite 4.0-H). The recurrent kinds keep a fixed-size state per sequence.
+LAYER_KINDS = ("attention", "gated_delta_net", "short_conv", "mamba2")
 
 
 @dataclass
@@ -224,13 +226,15 @@ class ModelConfig:
     def state_bytes(self) -> int:
         """The f32 recurrent states one sequence keeps, whatever its length (the core's conv_state_ /
         ssm_state_): per Gated DeltaNet layer its convolution's last inputs and a [k_dim, v_dim] state
-        per value head; per short-convolution layer its convolution's last inputs."""
+        per value head; per Mamba2 layer the same sizes (its groups' B and C as keys, the heads' x as
+        values: a [head_dim, d_state] state per head); per short-convolution layer its convolution's
+        last inputs."""
         if self.layer_kinds is None:
             return 0
         history = max(self.ssm_conv_kernel - 1, 0)
         delta = (history * (2 * self.ssm_k_heads * self.ssm_k_dim + self.ssm_v_heads * self.ssm_v_dim)
                  + self.ssm_v_heads * self.ssm_k_dim * self.ssm_v_dim)
-        return 4 * (self.layer_kinds.count("gated_delta_net") * delta
+        return 4 * ((self.layer_kinds.count("gated_delta_net") + self.layer_kinds.count("mamba2")) * delta
                     + self.layer_kinds.count("short_conv") * history * self.dim)
 
     def windows(self) -> list[int]:
@@ -296,6 +300,11 @@ class ModelConfig:
             out.append(f"Gated DeltaNet in {n_rec} of {self.n_layers} layers (key heads {self.ssm_k_heads} x "
                        f"{self.ssm_k_dim}, value heads {self.ssm_v_heads} x {self.ssm_v_dim}, convolution "
                        f"{self.ssm_conv_kernel}); a fixed-size state per sequence in those layers")
+        if self.has_layer_kind("mamba2"):
+            out.append(f"Mamba2 in {self.layer_kinds.count('mamba2')} of {self.n_layers} layers ({self.ssm_v_heads} "
+                       f"heads of {self.ssm_v_dim}, {self.ssm_k_heads} group{'s' if self.ssm_k_heads > 1 else ''}, "
+                       f"state {self.ssm_k_dim}, convolution {self.ssm_conv_kernel}); a fixed-size state per "
+                       f"sequence in those layers")
         if self.attn_output_gate:
             out.append("gated attention output (sigmoid of a per-head gate)")
         if self.mtp_layers:
@@ -397,7 +406,7 @@ class ModelConfig:
             d.update(mla_kv_lora=self.mla_kv_lora, mla_q_lora=self.mla_q_lora, mla_v_head_dim=self.mla_v_head_dim)
         if self.layer_kinds is not None:
             d.update(layer_kind=[LAYER_KINDS.index(k) for k in self.layer_kinds], ssm_conv_kernel=self.ssm_conv_kernel)
-        if self.has_layer_kind("gated_delta_net"):
+        if self.has_layer_kind("gated_delta_net") or self.has_layer_kind("mamba2"):
             d.update(ssm_k_heads=self.ssm_k_heads, ssm_v_heads=self.ssm_v_heads, ssm_k_dim=self.ssm_k_dim,
                      ssm_v_dim=self.ssm_v_dim, ssm_v_tiled=bool(self.ssm_v_tiled))
         if self.attn_output_gate:
@@ -527,6 +536,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch == "clip":   # llama.cpp's mmproj files: a vision encoder and projector
         _fail(source, "a vision encoder (an mmproj file), not a language model: pass the model's own GGUF; "
                       "forgert runs vision-language models on text and does not run their vision encoders")
+    if arch in mamba2.NEMOTRON_H:
+        _fail(source, mamba2.NEMOTRON_H_REFUSAL)
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
     p = arch + "."
@@ -567,7 +578,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     window = meta.get(p + "attention.sliding_window")
 
     lfm2_kinds = None
-    if arch in lfm2.GGUF_ARCHS:   # its head_count_kv lists every layer, 0 for a convolution layer
+    if arch in lfm2.GGUF_ARCHS + mamba2.GGUF_ARCHS:   # head_count_kv lists every layer, 0 for a recurrent one
         n_kv_heads, lfm2_kinds = lfm2.gguf_kv_heads(meta, p, source)
         n_kv_heads = _get_int({"kv": n_kv_heads}, "kv", source, **extent)
     else:
@@ -599,6 +610,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         deltanet.apply_gguf(meta, p, cfg, source, census.max_extent)
     if arch in lfm2.GGUF_ARCHS:
         lfm2.apply_gguf(meta, p, cfg, lfm2_kinds, source)
+    if arch in mamba2.GGUF_ARCHS:
+        mamba2.apply_gguf(meta, p, cfg, lfm2_kinds, source, census.max_extent)
     if arch == lfm2.GGUF_MOE_ARCH:   # leading dense layers, a sigmoid router with its bias (exp_probs_b)
         if not cfg.n_expert:
             _fail(source, "lfm2moe without expert_count")
@@ -609,6 +622,11 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     _check_geometry(cfg, source, census)
     if arch == "smollm3":
         cfg.layer_rope = _no_rope_every(SMOLLM3_NO_ROPE_INTERVAL, cfg.n_layers)
+    if arch in mamba2.GGUF_ARCHS:   # Granite's multipliers; a dense model's MLP is the shared one
+        _granite_gguf(meta, p, cfg, source)
+        if not cfg.n_expert:
+            cfg.ffn_dim = _get_int(meta, p + "expert_shared_feed_forward_length", source, default=cfg.ffn_dim,
+                                   **extent)
     if arch in ("granite", "granitemoe"):
         _granite_gguf(meta, p, cfg, source)
         if cfg.shared_ffn_dim:
@@ -718,7 +736,7 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
     # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
     # Granite MoE: a softmax over the top-k logits, the same as renormalising.
-    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe", "minimax_m2", "qwen3_5_moe_text")
+    cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe", "granitemoehybrid", "minimax_m2", "qwen3_5_moe_text")
                             else bool(hf.get("norm_topk_prob", False)))
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
@@ -1310,6 +1328,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     """hf: the parsed config.json of a Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Phi-3 model directory;
     census: its tensors."""
     model_type = hf.get("model_type")
+    if model_type in mamba2.NEMOTRON_H:
+        _fail(source, mamba2.NEMOTRON_H_REFUSAL)
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
     if model_type in ("lfm2", "lfm2_moe"):   # LFM2's own key names, and its MLP's width as transformers computes it
@@ -1380,9 +1400,13 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         deltanet.apply_hf(hf, cfg, source, census.max_extent)
     elif model_type in ("lfm2", "lfm2_moe"):   # likewise its convolution layers
         lfm2.apply_hf(hf, cfg, source)
+    elif model_type in mamba2.HF_MODEL_TYPES:   # and its Mamba2 layers (after the experts: the MLP's width)
+        pass
     else:
         _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
+    if model_type in mamba2.HF_MODEL_TYPES:
+        mamba2.apply_hf(hf, cfg, source, census.max_extent)
     if model_type == "glm4_moe":
         _glm4moe_hf(hf, cfg, source, census)
     if model_type == "ernie4_5_moe":
@@ -1416,7 +1440,7 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
                                           else "full_attention" for i in range(cfg.n_layers)]
         _local_rope_global_nope(cfg, [t == "sliding_attention" for t in types],
                        max(windows) if any(windows) else int(hf.get("sliding_window") or 4096))
-    if model_type in ("granite", "granitemoe"):
+    if model_type in ("granite", "granitemoe") + tuple(mamba2.HF_MODEL_TYPES):
         cfg.embed_scale = _get_float(hf, "embedding_multiplier", source, default=1.0)
         cfg.attn_scale = _get_float(hf, "attention_multiplier", source, default=cfg.head_dim ** -0.5)
         cfg.residual_scale = _get_float(hf, "residual_multiplier", source, default=1.0)

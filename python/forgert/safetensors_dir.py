@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from . import deltanet, lfm2
+from . import deltanet, lfm2, mamba2
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -134,7 +134,9 @@ _MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_
 _QWEN3_5_LAYER_NAMES = {**_LAYER_NAMES, **deltanet.HF_LAYER_NAMES}
 _LFM2_LAYER_NAMES = {**_LAYER_NAMES, **lfm2.HF_LAYER_NAMES}
 _LFM2_MOE_LAYER_NAMES = {**_LFM2_LAYER_NAMES, **lfm2.HF_MOE_LAYER_NAMES}
-_LAYER_NAMES_BY_MODEL_TYPE = {"glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES, "lfm2": _LFM2_LAYER_NAMES,
+# Granite 4.0-H: Granite MoE's names, the Mamba2 layers' mamba.* and the shared MLP (mamba2.py)
+_GRANITE_HYBRID_LAYER_NAMES = {**_LAYER_NAMES, **mamba2.HF_LAYER_NAMES}
+_LAYER_NAMES_BY_MODEL_TYPE = {"granitemoehybrid": _GRANITE_HYBRID_LAYER_NAMES, "glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES, "lfm2": _LFM2_LAYER_NAMES,
                               "lfm2_moe": _LFM2_MOE_LAYER_NAMES,
                               "qwen3_5_moe_text": _QWEN3_5_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
@@ -293,6 +295,8 @@ class HFModelDir:
         self.name = os.path.basename(os.path.normpath(self.path))
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         _check_quantization(self.config, self.name)
+        if isinstance(self.config, dict) and self.config.get("model_type") in mamba2.NEMOTRON_H:   # before its tensors
+            raise ModelFormatError(f"{self.name}/config.json: {mamba2.NEMOTRON_H_REFUSAL}")
         vision_language = isinstance(self.config, dict) and self.config.get("model_type") in LANGUAGE_MODEL_TYPES
         if vision_language:   # its language model, on text (vision_language.py)
             self.config = language_config(self.config, f"{self.name}/config.json")
@@ -314,7 +318,7 @@ class HFModelDir:
                 layer = _LAYER_RE.match(hf_name)
                 if layer and int(layer.group(1)) in mtp:
                     continue   # a multi-token-prediction layer (GLM-4.5's), which transformers does not run either
-                granite = GRANITE_EXPERT_RE.match(hf_name) if model_type == "granitemoe" else None
+                granite = GRANITE_EXPERT_RE.match(hf_name) if model_type in ("granitemoe", "granitemoehybrid") else None
                 if granite:
                     layer_parts = granite_experts.setdefault(int(granite.group(1)), {})
                     if granite_part(granite) in layer_parts:
@@ -334,7 +338,7 @@ class HFModelDir:
                     layer_parts[fused.group(2)] = ((sf.view(file_name), tuple(shape)) if is_raw else
                                                    WeightTensor(hf_name, sf.view(file_name), type_id, tuple(shape), sf.name))
                     continue
-                fused5 = FUSED_EXPERTS_RE.match(hf_name) if model_type not in ("gpt_oss", "granitemoe") else None
+                fused5 = FUSED_EXPERTS_RE.match(hf_name) if model_type not in ("gpt_oss", "granitemoe", "granitemoehybrid") else None
                 if fused5 and len(shape) == 3 and type_id is not U8:
                     layer_parts = fused_3d.setdefault(int(fused5.group(1)), {})
                     if fused5.group(2) in layer_parts:

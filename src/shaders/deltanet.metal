@@ -1,5 +1,5 @@
 // Recurrent layers: the causal depthwise convolution carrying its last K - 1 inputs (with SiLU:
-// Gated DeltaNet, Qwen3.5; without: LFM2's short convolution), the gated delta rule carrying a
+// Gated DeltaNet, Qwen3.5, and Mamba2 with its bias; without: LFM2's short convolution), the gated delta rule carrying a
 // [k_dim, v_dim] state per value head, and the attention output's sigmoid gate. Each recurrence walks a sequence's rows in order inside one threadgroup; the
 // parallelism is over sequences, channels (convolution) and value heads and their columns (delta
 // rule), never along time.
@@ -35,6 +35,7 @@ kernel void conv1d_state_f32(
         device       char * state [[buffer(3)]],
         device const int  * runs  [[buffer(4)]],
         device       char * out   [[buffer(5)]],
+        device const float * bias [[buffer(6)]],
         uint3 tgpig [[threadgroup_position_in_grid]],
         uint3 tptg  [[thread_position_in_threadgroup]],
         uint3 ntg   [[threads_per_threadgroup]]) {
@@ -45,6 +46,7 @@ kernel void conv1d_state_f32(
     const int slot = runs[4 * r0];
     device float* st = (device float*)(state + slot * args.state_stride);
     device const float* wc = (device const float*)(w + c * args.w_stride);
+    const float b = args.has_bias != 0 ? bias[c] : 0.0f;
     float wr[FG_CONV_MAX_K];
     float win[FG_CONV_MAX_K];  // the past inputs, oldest first
     for (int j = 0; j < FG_CONV_MAX_K; ++j) {
@@ -58,7 +60,7 @@ kernel void conv1d_state_f32(
             for (int j = 0; j < FG_CONV_MAX_K; ++j) win[j] = 0.0f;
         for (int t = row0; t < row0 + n; ++t) {
             const float xt = ((device const float*)(x + t * args.x_stride))[c];
-            float acc = 0.0f;  // wr[j] is 0 past K
+            float acc = b;  // wr[j] is 0 past K
             for (int j = 0; j < FG_CONV_MAX_K; ++j) acc += wr[j] * (j < past ? win[j] : j == past ? xt : 0.0f);
             ((device float*)(out + t * args.out_stride))[c] = args.silu ? acc / (1.0f + exp(-acc)) : acc;
             for (int j = 0; j < FG_CONV_MAX_K - 1; ++j)  // slide by one

@@ -463,11 +463,11 @@ FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
 // the table where it has a copy; a run outside the rows or the state anyway is skipped here, so a
 // bad table never reaches past the buffers.
 
-// conv1d_state_f32: out[t, c] = act(sum_j w[c, j] h[t + j, c]) over the window h = [the state's
-// K - 1 rows (zeros when fresh); x's rows of the run], act SiLU where silu is set, else none; the
-// state row becomes its last K - 1 rows.
+// conv1d_state_f32: out[t, c] = act(sum_j w[c, j] h[t + j, c] + bias[c]) over the window h = [the
+// state's K - 1 rows (zeros when fresh); x's rows of the run], act SiLU where silu is set, else none,
+// the bias where has_bias; the state row becomes its last K - 1 rows.
 // slots: 1 x f32 [rows, C], 2 w f32 [C, K], 3 state f32 [n_slots, (K - 1) * C] (read and written),
-//        4 runs i32 [n_runs, 4], 5 out f32 [rows, C]
+//        4 runs i32 [n_runs, 4], 5 out f32 [rows, C], 6 bias f32 [C] (bound to w when has_bias is 0)
 // grid: (ceil(C / threads), n_runs); threads: min(256, C rounded to 32) (one channel each)
 #define FG_CONV_MAX_K 16
 typedef struct {
@@ -480,9 +480,11 @@ typedef struct {
     int32_t n_runs;
     int32_t rows;      // x's and out's
     int32_t n_slots;   // the state's rows
-    int32_t silu;      // 1: SiLU of the sum (Qwen3.5), 0: the sum itself (LFM2)
+    int32_t silu;      // 1: SiLU of the sum (Qwen3.5, Mamba2), 0: the sum itself (LFM2)
+    int32_t has_bias;  // 1: slot 6 holds bias f32 [C], added to the sum (Mamba2's conv1d.bias)
+    int32_t pad;
 } conv1d_state_args;
-FG_ARGS_ASSERT(sizeof(conv1d_state_args) == 56, "conv1d_state_args layout");
+FG_ARGS_ASSERT(sizeof(conv1d_state_args) == 64, "conv1d_state_args layout");
 
 // gated_delta_rule_f32_k64 / _k128 / _k256 (k_dim up to 64, 128, 256): the gated delta rule of value
 // head h = grid.y over the columns grid.z * threads + [0, threads) of its [k_dim, v_dim] state,
@@ -517,6 +519,35 @@ typedef struct {
     int32_t pad0;
 } delta_rule_args;
 FG_ARGS_ASSERT(sizeof(delta_rule_args) == 96, "delta_rule_args layout");
+
+// mamba2_scan_f32_n64 / _n128 / _n256 (d_state up to 64, 128, 256; mamba.metal): Mamba2's selective
+// state scan of head h = grid.y over the rows grid.z * threads + [0, threads) of its
+// [head_dim, d_state] state, one row (one element of the head's x) per thread, S[i, :] in its
+// registers (columns past d_state stay zero). Per token every thread reads the group's B and C
+// itself: no threadgroup memory, no barrier.
+// slots: 1 x f32 [rows, n_heads * head_dim], 2 B f32 [rows, n_groups * d_state], 3 C (as B),
+//        4 dt f32 [rows, n_heads], 5 A f32 [n_heads], 6 D (as A), 7 dt_bias (as A),
+//        8 state f32 [n_slots, n_heads * head_dim * d_state] (read and written), 9 runs i32 [n_runs, 4],
+//        10 out f32 [rows, n_heads * head_dim]
+// grid: (n_runs, n_heads, ceil(head_dim / threads)); threads: min(FG_MAMBA_MAX_TILE, head_dim rounded to 32)
+#define FG_MAMBA_MAX_TILE 64
+typedef struct {
+    uint64_t x_stride;
+    uint64_t b_stride;
+    uint64_t c_stride;
+    uint64_t dt_stride;
+    uint64_t out_stride;
+    uint64_t state_stride;
+    int32_t n_runs;
+    int32_t n_heads;
+    int32_t head_dim;
+    int32_t n_groups;
+    int32_t d_state;
+    int32_t rows;      // x's and out's
+    int32_t n_slots;   // the state's rows
+    int32_t pad;
+} mamba2_scan_args;
+FG_ARGS_ASSERT(sizeof(mamba2_scan_args) == 80, "mamba2_scan_args layout");
 
 // mul_sigmoid_f32: x[t, c] *= sigmoid(gate[t, c]) (elementwise_args: a_stride gate's, out_stride x's)
 // slots: 1 gate f32 [n, dim], 2 x f32 [n, dim] (in place); grid: (ceil(dim / threads), n);

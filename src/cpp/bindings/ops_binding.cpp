@@ -449,14 +449,18 @@ public:
         return out;
     }
 
-    // (out [n, C], the state after) of the causal convolution over x [n, C] with w [C, K] from
-    // state [n_slots, (K - 1) * C] (a copy: the array passed in is not changed), SiLU'd where silu.
-    py::tuple conv1d_state(const F32& x, const F32& w, const F32& state, const I32& runs, bool silu) {
+    // (out [n, C], the state after) of the causal convolution over x [n, C] with w [C, K] (and
+    // bias [C] where given) from state [n_slots, (K - 1) * C] (a copy: the array passed in is not
+    // changed), SiLU'd where silu.
+    py::tuple conv1d_state(const F32& x, const F32& w, const F32& state, const I32& runs, bool silu,
+                           const std::optional<F32>& bias) {
         need(x.ndim() == 2 && w.ndim() == 2 && state.ndim() == 2,
              "x must be [n, C], w [C, K], state [n_slots, (K - 1) * C]");
+        need(!bias || bias->ndim() == 1, "bias must be [C]");
         Tensor X = f32(x), W = f32(w), S = f32(state), R = run_table(runs), Y = empty(DType::F32, X.rows, X.cols);
-        check_conv1d_state(Y, X, W, S, R, runs.data());
-        run([&] { be_->conv1d_state(Y, X, W, S, R, silu); });
+        const Tensor Bi = bias ? f32(*bias) : Tensor{};
+        check_conv1d_state(Y, X, W, Bi, S, R, runs.data());
+        run([&] { be_->conv1d_state(Y, X, W, Bi, S, R, silu); });
         F32 out = read_f32(Y), st = read_f32(S);
         bufs_.clear();
         return py::make_tuple(out, st);
@@ -492,6 +496,36 @@ public:
         Tensor Y = empty(DType::F32, Q.rows, (int64_t)n_v_heads * v_dim);
         check_delta_rule(Y, Q, K, V, Al, Be, Av, Dt, S, R, p, runs.data());
         run([&] { be_->gated_delta_rule(Y, Q, K, V, Al, Be, Av, Dt, S, R, p); });
+        F32 out = read_f32(Y), st = read_f32(S);
+        bufs_.clear();
+        return py::make_tuple(out, st);
+    }
+    // (out [n, n_heads * head_dim], the state after) of Mamba2's scan (Backend::mamba2_scan; a copy
+    // of state). views: x, B and C side by side in one device tensor, as the convolution's output
+    // holds them, else each its own contiguous tensor.
+    py::tuple mamba2_scan(const F32& x, const F32& B, const F32& C, const F32& dt, const F32& A, const F32& D,
+                          const F32& dt_bias, const F32& state, const I32& runs, int n_heads, int head_dim,
+                          int n_groups, int d_state, bool views) {
+        need(x.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2 && dt.ndim() == 2 && state.ndim() == 2,
+             "x, B, C, dt must be [n, ...] and state [n_slots, n_heads * head_dim * d_state]");
+        need(A.ndim() == 1 && D.ndim() == 1 && dt_bias.ndim() == 1, "A, D and dt_bias must be [n_heads]");
+        need(n_heads >= 1 && head_dim >= 1, "n_heads and head_dim must be positive");
+        Tensor X, Bt, Ct;
+        if (views) {
+            const std::vector<Tensor> xbc = side_by_side({&x, &B, &C});
+            X = xbc[0];
+            Bt = xbc[1];
+            Ct = xbc[2];
+        } else {
+            X = f32(x);
+            Bt = f32(B);
+            Ct = f32(C);
+        }
+        Tensor Dtv = f32(dt), Av = f32(A), Dv = f32(D), Db = f32(dt_bias), S = f32(state), R = run_table(runs);
+        const Backend::Mamba2Params p{n_heads, head_dim, n_groups, d_state};
+        Tensor Y = empty(DType::F32, X.rows, (int64_t)n_heads * head_dim);
+        check_mamba2_scan(Y, X, Bt, Ct, Dtv, Av, Dv, Db, S, R, p, runs.data());
+        run([&] { be_->mamba2_scan(Y, X, Bt, Ct, Dtv, Av, Dv, Db, S, R, p); });
         F32 out = read_f32(Y), st = read_f32(S);
         bufs_.clear();
         return py::make_tuple(out, st);
@@ -580,7 +614,10 @@ void bind_ops(py::module_& m) {
         .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
         .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"))
         .def("conv1d_state", &Ops::conv1d_state, py::arg("x"), py::arg("w"), py::arg("state"), py::arg("runs"),
-             py::arg("silu"))
+             py::arg("silu"), py::arg("bias") = py::none())
+        .def("mamba2_scan", &Ops::mamba2_scan, py::arg("x"), py::arg("B"), py::arg("C"), py::arg("dt"), py::arg("A"),
+             py::arg("D"), py::arg("dt_bias"), py::arg("state"), py::arg("runs"), py::arg("n_heads"),
+             py::arg("head_dim"), py::arg("n_groups"), py::arg("d_state"), py::arg("views") = true)
         .def("gated_delta_rule", &Ops::gated_delta_rule, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("alpha"),
              py::arg("beta"), py::arg("A"), py::arg("dt_bias"), py::arg("state"), py::arg("runs"),
              py::arg("n_k_heads"), py::arg("n_v_heads"), py::arg("k_dim"), py::arg("v_dim"), py::arg("v_tiled"),

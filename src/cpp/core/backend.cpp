@@ -108,20 +108,50 @@ void check_runs(const Tensor& runs, int64_t rows, int64_t n_slots, const int32_t
 }
 }  // namespace
 
-void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
-                        const int32_t* host_runs) {
+void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& state,
+                        const Tensor& runs, const int32_t* host_runs) {
     const char* op = "conv1d_state";
     const int64_t C = x.cols, K = w.cols;
     need_rec(K >= 1 && K <= 16, op, "the kernel width must be in 1..16, got " + std::to_string(K));
     need_f32(x, op, "x", x.rows, C);
     need_f32(out, op, "out", x.rows, C);
     need_f32(w, op, "w", C, K);
+    if (bias.rows) need_f32(bias, op, "bias", 1, C);
     need_rec(state.buf && state.type == DType::F32 && state.rows >= 1 && state.cols == (K - 1) * C &&
                  (K == 1 || state.stride == (size_t)state.cols * 4),
              op, "state must be f32 [n_slots, (K - 1) * C = " + std::to_string((K - 1) * C) + "], got " + shape(state));
     need_rec(!(out.buf == x.buf && out.offset < x.offset + x.nbytes() && x.offset < out.offset + out.nbytes()), op,
              "out may not overlap x");
     check_runs(runs, x.rows, state.rows, host_runs, op);
+}
+
+void check_mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                       const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
+                       const Backend::Mamba2Params& p, const int32_t* host_runs) {
+    const char* op = "mamba2_scan";
+    need_rec(p.n_groups >= 1 && p.n_heads >= 1 && p.n_heads % p.n_groups == 0, op,
+             "n_heads = " + std::to_string(p.n_heads) + " must be a multiple of n_groups = " + std::to_string(p.n_groups));
+    need_rec(p.head_dim >= 1 && p.head_dim <= 1024 && p.d_state >= 1 && p.d_state <= 256, op,
+             "head_dim must be in 1..1024 and d_state in 1..256, got " + std::to_string(p.head_dim) + ", " +
+                 std::to_string(p.d_state));
+    const int64_t n = x.rows, xw = (int64_t)p.n_heads * p.head_dim, bw = (int64_t)p.n_groups * p.d_state;
+    need_f32(x, op, "x", n, xw);
+    need_f32(out, op, "out", n, xw);
+    need_f32(B, op, "B", n, bw);
+    need_f32(C, op, "C", n, bw);
+    need_f32(dt, op, "dt", n, p.n_heads);
+    need_f32(A, op, "A", 1, p.n_heads);
+    need_f32(D, op, "D", 1, p.n_heads);
+    need_f32(dt_bias, op, "dt_bias", 1, p.n_heads);
+    const int64_t per_slot = xw * p.d_state;
+    need_rec(state.buf && state.type == DType::F32 && state.rows >= 1 && state.cols == per_slot &&
+                 state.stride == (size_t)per_slot * 4,
+             op, "state must be f32 [n_slots, n_heads * head_dim * d_state = " + std::to_string(per_slot) + "], got " +
+                     shape(state));
+    for (const Tensor* in : {&x, &B, &C, &dt})
+        need_rec(!(out.buf == in->buf && out.offset < in->offset + in->nbytes() && in->offset < out.offset + out.nbytes()),
+                 op, "out may not overlap an input");
+    check_runs(runs, n, state.rows, host_runs, op);
 }
 
 void check_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,

@@ -323,12 +323,13 @@ public:
     //
     // Causal depthwise convolution carrying the last K - 1 inputs: for run r and channel c, with
     // the window h = [state (K - 1 rows, zeros when fresh); x's rows of the run],
-    // out[row0 + t, c] = act(sum_j w[c, j] h[t + j, c]) for t < n, act = SiLU (Qwen3.5) or none
-    // (silu false: LFM2), and the state becomes the window's last K - 1 rows.
-    // x, out f32 [rows, C] (rows strided; out may not alias x); w f32 [C, K];
-    // state f32 [n_slots, (K - 1) * C] (a row: K - 1 inputs of C channels, oldest first)
-    virtual void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                              const Tensor& runs, bool silu) {
+    // out[row0 + t, c] = act(sum_j w[c, j] h[t + j, c] + bias[c]) for t < n, act = SiLU (Qwen3.5,
+    // Mamba2) or none (silu false: LFM2), and the state becomes the window's last K - 1 rows.
+    // x, out f32 [rows, C] (rows strided; out may not alias x); w f32 [C, K]; bias f32 [C] (Mamba2's
+    // conv1d.bias) or empty (rows 0: none); state f32 [n_slots, (K - 1) * C] (a row: K - 1 inputs
+    // of C channels, oldest first)
+    virtual void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Tensor& state, const Tensor& runs, bool silu) {
         no_recurrent();
     }
     // The gated delta rule (transformers' torch_recurrent_gated_delta_rule with the QK L2-norm in
@@ -352,13 +353,31 @@ public:
                                   const Tensor& state, const Tensor& runs, const DeltaNetParams& p) {
         no_recurrent();
     }
+    // Mamba2's selective state scan (transformers' mamba2 torch_forward / segment-sum path, one
+    // token at a time), per run, head h and token t, h's group being g = h / (n_heads / n_groups)
+    // (HF's repeat_interleave of B and C over the heads):
+    //   d = softplus(dt[t, h] + dt_bias[h]);  S = exp(d A[h]) S + d x[t, h] B[t, g]^T
+    //   out[t, h] = S C[t, g] + D[h] x[t, h]
+    // with S h's state, [head_dim, d_state] row-major (HF's ssm_states[b, h]); A is the negative
+    // decay rate (-exp(A_log): what llama.cpp's converter stores).
+    // x, out f32 [rows, n_heads * head_dim] (x and B, C may be strided views of one convolution
+    // output; out its own); B, C f32 [rows, n_groups * d_state]; dt f32 [rows, n_heads] (the raw
+    // projection); A, D, dt_bias f32 [n_heads]; state f32 [n_slots, n_heads * head_dim * d_state]
+    struct Mamba2Params {
+        int n_heads = 0, head_dim = 0, n_groups = 0, d_state = 0;  // n_heads % n_groups == 0
+    };
+    virtual void mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                             const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state,
+                             const Tensor& runs, const Mamba2Params& p) {
+        no_recurrent();
+    }
     // x *= sigmoid(gate), elementwise (Qwen3.5's gated attention output)   x f32 [n, d]; gate f32 [n, d] (strided)
     virtual void mul_sigmoid(const Tensor& x, const Tensor& gate) { no_recurrent(); }
     virtual bool has_recurrent_ops() const { return false; }
 
 private:
     [[noreturn]] void no_recurrent() const {
-        throw InputError("the " + name() + " backend has no recurrent-layer (Gated DeltaNet, short convolution) ops");
+        throw InputError("the " + name() + " backend has no recurrent-layer (Gated DeltaNet, short convolution, Mamba2) ops");
     }
     [[noreturn]] void no_moe() const {
         throw InputError("the " + name() + " backend has no mixture-of-experts ops");
@@ -378,10 +397,13 @@ void check_moe_route(const Tensor& weights, const Tensor& ids, const Tensor& log
 
 // Throws InputError unless the recurrent ops' arguments fit together: the run table (i32 [n_runs, 4],
 // state rows in range, runs within x's rows and disjoint), the shapes above, K >= 1. Shared by
-// every backend's conv1d_state / gated_delta_rule. host_runs: the table's host copy where the
+// every backend's conv1d_state / gated_delta_rule / mamba2_scan. host_runs: the table's host copy where the
 // backend has one (the CPU's), to check its contents; null skips that.
-void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
-                        const int32_t* host_runs);
+void check_conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& state,
+                        const Tensor& runs, const int32_t* host_runs);
+void check_mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                       const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
+                       const Backend::Mamba2Params& p, const int32_t* host_runs);
 void check_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                       const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
                       const Backend::DeltaNetParams& p, const int32_t* host_runs);

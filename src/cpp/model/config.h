@@ -84,7 +84,7 @@ struct ModelConfig {
 
     // What replaces attention in a layer. Recurrent kinds keep a state per KV slot instead of K/V
     // rows, so a sequence can only continue from the position its state holds.
-    enum class LayerKind : int { Attention = 0, GatedDeltaNet = 1, ShortConv = 2 };
+    enum class LayerKind : int { Attention = 0, GatedDeltaNet = 1, ShortConv = 2, Mamba2 = 3 };
     std::vector<int> layer_kind;  // [n_layers] of LayerKind; empty: attention everywhere
     // Short convolutions (LFM2): shortconv.in_proj [3 dim, dim] gives B, C and x; the layer's
     // output is shortconv.out_proj (C * conv(B * x)), conv the causal depthwise convolution of
@@ -96,7 +96,14 @@ struct ModelConfig {
     // head, times silu(attn_gate x), into ssm_out. Keys and queries have ssm_k_heads heads of
     // ssm_k_dim, values ssm_v_heads of ssm_v_dim; ssm_v_tiled: the value heads in the order
     // llama.cpp's converter writes (see DeltaNetParams).
-    int ssm_conv_kernel = 0;  // the convolution's width, both recurrent kinds'
+    //
+    // Mamba2 (Granite 4.0-H, arch granitehybrid; mamba2_layer in llama_model.cpp): ssm_in gives
+    // z | xBC | dt, xBC goes through conv1d_state with bias and SiLU, then Backend::mamba2_scan, the
+    // output gated and RMS-normed per group into ssm_out. Its sizes reuse the fields below, as
+    // B and C play the keys' part and x the values': ssm_k_heads = n_groups, ssm_k_dim = d_state,
+    // ssm_v_heads = the heads, ssm_v_dim = head_dim (so ssm_conv_channels() is xBC's width and
+    // the state per slot n_heads * head_dim * d_state, as a delta rule's).
+    int ssm_conv_kernel = 0;  // the convolution's width, every recurrent kind's
     int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
     bool ssm_v_tiled = false;
     // Gated attention (Qwen3.5's attention layers): attn_q is [n_heads * 2 * head_dim, dim], each
@@ -108,16 +115,19 @@ struct ModelConfig {
     bool is_recurrent(int layer) const { return kind_of(layer) != LayerKind::Attention; }
     bool is_delta_net(int layer) const { return kind_of(layer) == LayerKind::GatedDeltaNet; }
     bool is_short_conv(int layer) const { return kind_of(layer) == LayerKind::ShortConv; }
+    bool is_mamba2(int layer) const { return kind_of(layer) == LayerKind::Mamba2; }
     bool has_layer_kind(LayerKind k) const {
         for (int r : layer_kind)
             if (r == static_cast<int>(k)) return true;
         return false;
     }
     bool has_recurrent() const {
-        return has_layer_kind(LayerKind::GatedDeltaNet) || has_layer_kind(LayerKind::ShortConv);
+        return has_layer_kind(LayerKind::GatedDeltaNet) || has_layer_kind(LayerKind::ShortConv) ||
+               has_layer_kind(LayerKind::Mamba2);
     }
-    // The convolution's channels in a recurrent layer: q | k | v (Gated DeltaNet) or B * x (short conv).
-    int conv_channels(int layer) const { return is_delta_net(layer) ? ssm_conv_channels() : dim; }
+    // The convolution's channels in a recurrent layer: q | k | v (Gated DeltaNet), x | B | C (Mamba2)
+    // or B * x (short conv).
+    int conv_channels(int layer) const { return is_short_conv(layer) ? dim : ssm_conv_channels(); }
     int ssm_qk_width() const { return ssm_k_heads * ssm_k_dim; }
     int ssm_value_width() const { return ssm_v_heads * ssm_v_dim; }
     int ssm_conv_channels() const { return 2 * ssm_qk_width() + ssm_value_width(); }

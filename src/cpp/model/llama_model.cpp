@@ -46,7 +46,8 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     state_pos_.assign(n_slots_, -1);
     if (cfg_.has_recurrent()) {
         if (!be_->has_recurrent_ops())
-            throw InputError("the " + be_->name() + " backend cannot run recurrent (Gated DeltaNet, short convolution) layers yet");
+            throw InputError("the " + be_->name() + " backend cannot run recurrent (Gated DeltaNet, short convolution, "
+                             "Mamba2) layers yet");
         const int64_t nv = cfg_.ssm_v_heads;
         if (cfg_.has_layer_kind(ModelConfig::LayerKind::GatedDeltaNet)) {
             const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width();
@@ -56,6 +57,12 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
             ssm_o_ = tensor(DType::F32, B, vw);
             ssm_beta_ = tensor(DType::F32, B, nv);
             ssm_alpha_ = tensor(DType::F32, B, nv);
+        }
+        if (cfg_.has_layer_kind(ModelConfig::LayerKind::Mamba2)) {
+            const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width();
+            mb_proj_ = tensor(DType::F32, B, vw + C + nv);
+            mb_conv_ = tensor(DType::F32, B, C);
+            mb_y_ = tensor(DType::F32, B, vw);
         }
         if (cfg_.has_layer_kind(ModelConfig::LayerKind::ShortConv)) {
             sc_bcx_ = tensor(DType::F32, B, 3 * (int64_t)cfg_.dim);
@@ -72,7 +79,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
             const int64_t C = cfg_.conv_channels(l);
             conv_state_[l] = tensor(DType::F32, n_slots_, std::max<int64_t>(1, (cfg_.ssm_conv_kernel - 1) * C));
             conv_state_[l].cols = (cfg_.ssm_conv_kernel - 1) * C;
-            if (cfg_.is_delta_net(l)) ssm_state_[l] = tensor(DType::F32, n_slots_, nv * cfg_.ssm_k_dim * cfg_.ssm_v_dim);
+            if (!cfg_.is_short_conv(l)) ssm_state_[l] = tensor(DType::F32, n_slots_, nv * cfg_.ssm_k_dim * cfg_.ssm_v_dim);
         }
     }
     proj_ = tensor(DType::F32, B, cfg_.dim);
@@ -271,6 +278,8 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             add_projection(L.ssm_out, delta_net(L, l, attn_in, n, runs), L.attn_post_norm);
         } else if (cfg_.is_short_conv(l)) {  // a short convolution in place of attention
             add_projection(L.sc_out_proj, short_conv(L, l, attn_in, n, runs), L.attn_post_norm);
+        } else if (cfg_.is_mamba2(l)) {  // Mamba2 in place of attention
+            add_projection(L.ssm_out, mamba2_layer(L, l, attn_in, n, runs), L.attn_post_norm);
         } else {
             if (cfg_.is_mla()) {
                 latent_attention_qkv(L, attn_in, q, k, v, n);
@@ -394,7 +403,7 @@ Tensor LlamaModel::delta_net(const LayerWeights& L, int layer, const Tensor& xn,
                  alpha = ssm_alpha_.slice_rows(0, n), conv = ssm_conv_.slice_rows(0, n), out = ssm_o_.slice_rows(0, n);
     const Tensor outs[4] = {mixed, z, beta, alpha}, ws[4] = {L.ssm_qkv, L.ssm_gate, L.ssm_beta, L.ssm_alpha};
     be.matmul_many(outs, ws, 4, xn, rc);
-    be.conv1d_state(conv, mixed, L.ssm_conv1d, conv_state_[layer], runs, true);
+    be.conv1d_state(conv, mixed, L.ssm_conv1d, Tensor{}, conv_state_[layer], runs, true);
     const Backend::DeltaNetParams p{cfg_.ssm_k_heads, cfg_.ssm_v_heads, cfg_.ssm_k_dim, cfg_.ssm_v_dim, cfg_.ssm_v_tiled,
                                     1e-6f};  // transformers' (and FLA's) L2-norm eps
     // q, k and v: column ranges of the convolution's rows
@@ -413,9 +422,30 @@ Tensor LlamaModel::short_conv(const LayerWeights& L, int layer, const Tensor& xn
     // B, C and x: the projection's thirds
     const Tensor b = bcx.slice_cols(0, d), c = bcx.slice_cols(d, d), x = bcx.slice_cols(2 * d, d);
     be.mul(x, b, x);  // B * x, in x's columns
-    be.conv1d_state(conv, x, L.sc_conv, conv_state_[layer], runs, false);
+    be.conv1d_state(conv, x, L.sc_conv, Tensor{}, conv_state_[layer], runs, false);
     be.mul(conv, c, conv);  // C * conv(B * x)
     return conv;
+}
+
+Tensor LlamaModel::mamba2_layer(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs) {
+    Backend& be = *be_;
+    const int64_t C = cfg_.ssm_conv_channels(), vw = cfg_.ssm_value_width(), nh = cfg_.ssm_v_heads;
+    const int64_t ng = cfg_.ssm_k_heads, bw = ng * cfg_.ssm_k_dim, gs = vw / ng;
+    const Tensor proj = mb_proj_.slice_rows(0, n), conv = mb_conv_.slice_rows(0, n), y = mb_y_.slice_rows(0, n);
+    be.matmul(proj, L.ssm_in, xn, rows_);
+    // z, xBC and dt: column ranges of the projection's rows
+    const Tensor z = proj.slice_cols(0, vw), xbc = proj.slice_cols(vw, C), dt = proj.slice_cols(vw + C, nh);
+    be.conv1d_state(conv, xbc, L.ssm_conv1d, L.ssm_conv1d_b, conv_state_[layer], runs, true);
+    const Backend::Mamba2Params p{cfg_.ssm_v_heads, cfg_.ssm_v_dim, cfg_.ssm_k_heads, cfg_.ssm_k_dim};
+    // x, B and C: column ranges of the convolution's rows
+    be.mamba2_scan(y, conv.slice_cols(0, vw), conv.slice_cols(vw, bw), conv.slice_cols(vw + bw, bw), dt, L.ssm_a,
+                   L.ssm_d, L.ssm_dt_bias, ssm_state_[layer], runs, p);
+    be.silu_mul(y, z, y);  // y * silu(z), then the norm over each group's columns with its own weights
+    for (int64_t g = 0; g < ng; g++) {
+        const Tensor part = y.slice_cols(g * gs, gs);
+        be.rms_norm(part, part, L.ssm_norm.slice_rows(g, 1), cfg_.rms_eps);
+    }
+    return y;
 }
 
 void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
@@ -471,7 +501,13 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
     be.moe_sum_add(x, ey, w);                            // x += sum_j w[:, j] expert_j
     if (cfg_.shared_ffn_dim > 0) {  // x += shared(xn), times sigmoid(g xn) where gated (Qwen2-MoE)
         be.matmul_swiglu(gate, L.shared_gate, L.shared_up, xn, up, rc);
-        if (!cfg_.shared_expert_gated) return be.matmul_add(x, L.shared_down, gate, proj, rc);
+        if (!cfg_.shared_expert_gated && cfg_.residual_scale == 1.0f)
+            return be.matmul_add(x, L.shared_down, gate, proj, rc);
+        if (!cfg_.shared_expert_gated) {  // Granite 4.0-H: the shared expert times the residual multiplier too
+            be.matmul(proj, L.shared_down, gate, rc);
+            be.scale(proj, cfg_.residual_scale);
+            return be.add(x, x, proj);
+        }
         const Tensor scale = shared_scale_.slice_rows(0, n);
         be.matmul(proj, L.shared_down, gate, rc);
         be.matmul(scale, L.shared_gate_inp, xn, rc);

@@ -186,6 +186,11 @@ private:
     // C * conv(B * x) with the convolution carrying slot states through `runs`. Returns its output,
     // ready for out_proj.                                                  xn [n, dim]; out [n, dim]
     Tensor short_conv(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs);
+    // A Mamba2 layer's mixer (cfg.is_mamba2(l), Granite 4.0-H) of xn: z | xBC | dt = ssm_in xn, the
+    // convolution (bias, SiLU) over xBC and the scan (both carrying slot states through `runs`),
+    // then rms_norm(y * silu(z)) per group. Returns its output, ready for ssm_out.
+    //                                                          xn [n, dim]; out [n, ssm_value_width]
+    Tensor mamba2_layer(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& runs);
     // The recurrent states' run table of a pass (see Backend::conv1d_state), written for
     // the entries (rows in entry order), and each slot's state position checked: an entry must
     // start at 0 or where its slot's state stands. state_pos_ of the slots becomes -1 until the
@@ -235,10 +240,13 @@ private:
     // Short convolution: in_proj's B | C | x [B, 3 dim] (B * x goes into x's columns) and the
     // convolution's output [B, dim] (then C times it).
     Tensor sc_bcx_, sc_conv_;
+    // Mamba2: ssm_in's z | xBC | dt [B, value width + C + heads], the convolution's x | B | C [B, C]
+    // and the scan's output [B, value width].
+    Tensor mb_proj_, mb_conv_, mb_y_;
     std::vector<int32_t> runs_host_;
     // Per recurrent layer (empty tensors for attention layers): the convolution's last inputs
-    // f32 [n_slots, (K - 1) * C] and the delta rule's state f32 [n_slots, ssm_v_heads * k_dim * v_dim]
-    // (empty for a short convolution's layer).
+    // f32 [n_slots, (K - 1) * C] and the delta rule's (or Mamba2's) state f32 [n_slots, ssm_v_heads *
+    // k_dim * v_dim] (empty for a short convolution's layer).
     std::vector<Tensor> conv_state_, ssm_state_;
     // Tokens each slot's recurrent state has absorbed (-1: none valid); a pass on a slot starts at
     // 0 or there. Attention-only models leave it unused.

@@ -40,6 +40,17 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             out.push_back({p + "ssm_a", 1, nv, true, true});  // -exp(A_log): llama.cpp's name has no suffix
             out.push_back({p + "ssm_norm.weight", 1, cfg.ssm_v_dim, true, true});
             out.push_back({p + "ssm_out.weight", dim, vw, true, false});
+        } else if (cfg.is_mamba2(l)) {  // Mamba2 in place of attention (Granite 4.0-H)
+            const int64_t C = cfg.ssm_conv_channels(), vw = cfg.ssm_value_width(), nh = cfg.ssm_v_heads;
+            const int64_t ng = cfg.ssm_k_heads;
+            out.push_back({p + "ssm_in.weight", vw + C + nh, dim, true, false});
+            out.push_back({p + "ssm_conv1d.weight", C, cfg.ssm_conv_kernel, true, true});
+            out.push_back({p + "ssm_conv1d.bias", 1, C, false, true});
+            out.push_back({p + "ssm_dt.bias", 1, nh, true, true});
+            out.push_back({p + "ssm_a", 1, nh, true, true});  // -exp(A_log), as for Gated DeltaNet
+            out.push_back({p + "ssm_d", 1, nh, true, true});
+            out.push_back({p + "ssm_norm.weight", ng, vw / ng, true, true});
+            out.push_back({p + "ssm_out.weight", dim, vw, true, false});
         } else if (cfg.is_mla()) {  // Q (or its low-rank pair), the latent and its expansions into K and V
             const int64_t latent = cfg.mla_kv_lora + cfg.rope_dims(), ql = cfg.mla_q_lora;
             if (ql > 0) {

@@ -75,13 +75,22 @@ void ModelConfig::validate() const {
     need(layer_kind.empty() || (int64_t)layer_kind.size() == n_layers,
          "layer_kind has " + std::to_string(layer_kind.size()) + " entries for " + std::to_string(n_layers) + " layers");
     for (int k : layer_kind)
-        need(k >= 0 && k <= static_cast<int>(LayerKind::ShortConv),
-             "layer_kind " + std::to_string(k) + " is not 0 (attention), 1 (Gated DeltaNet) or 2 (short convolution)");
+        need(k >= 0 && k <= static_cast<int>(LayerKind::Mamba2),
+             "layer_kind " + std::to_string(k) +
+                 " is not 0 (attention), 1 (Gated DeltaNet), 2 (short convolution) or 3 (Mamba2)");
     if (has_recurrent()) {  // the convolution op's bounds, and what the forward pass supports
         in_range("ssm_conv_kernel", ssm_conv_kernel, 1, 16);
-        need(!is_mla() && !post_norms && pre_norms && !parallel_block && residual_scale == 1.0f,
-             "recurrent layers are supported with pre-norms only (no latent attention, post-norms, parallel block or "
-             "residual_scale)");
+        need(!is_mla() && !post_norms && pre_norms && !parallel_block,
+             "recurrent layers are supported with pre-norms only (no latent attention, post-norms or parallel block)");
+    }
+    if (has_layer_kind(LayerKind::Mamba2)) {  // mamba2_scan's bounds (d_state <= 256)
+        in_range("ssm_k_heads (Mamba2's groups)", ssm_k_heads, 1, kMaxHeads);
+        in_range("ssm_v_heads (Mamba2's heads)", ssm_v_heads, 1, kMaxHeads);
+        in_range("ssm_k_dim (Mamba2's d_state)", ssm_k_dim, 1, 256);
+        in_range("ssm_v_dim (Mamba2's head_dim)", ssm_v_dim, 1, 1024);
+        need(ssm_v_heads % ssm_k_heads == 0, "Mamba2's heads (ssm_v_heads = " + std::to_string(ssm_v_heads) +
+                                                 ") must be a multiple of its groups (ssm_k_heads = " +
+                                                 std::to_string(ssm_k_heads) + ")");
     }
     if (has_layer_kind(LayerKind::GatedDeltaNet)) {
         in_range("ssm_k_heads", ssm_k_heads, 1, kMaxHeads);
@@ -135,7 +144,8 @@ void ModelConfig::validate() const {
     finite_at_least("residual_scale", residual_scale, 0.0f);
     need(std::isfinite(logit_scale) && logit_scale > 0.0f,
          "logit_scale = " + std::to_string(logit_scale) + " must be a positive number");
-    need(residual_scale == 1.0f || shared_ffn_dim == 0, "residual_scale with a shared expert is not supported");
+    need(residual_scale == 1.0f || shared_ffn_dim == 0 || !shared_expert_gated,
+         "residual_scale with a gated shared expert is not supported");  // Granite 4.0-H's is ungated
     need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
@@ -366,6 +376,9 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.ssm_a = at(p + "ssm_a");
         L.ssm_norm = at(p + "ssm_norm.weight");
         L.ssm_out = at(p + "ssm_out.weight");
+        L.ssm_in = at(p + "ssm_in.weight");
+        L.ssm_conv1d_b = at(p + "ssm_conv1d.bias");
+        L.ssm_d = at(p + "ssm_d");
         L.sc_in_proj = at(p + "shortconv.in_proj.weight");
         L.sc_conv = at(p + "shortconv.conv.weight");
         L.sc_out_proj = at(p + "shortconv.out_proj.weight");

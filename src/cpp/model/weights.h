@@ -57,6 +57,11 @@ struct LayerWeights {
     Tensor ssm_dt_bias, ssm_a; // f32 [ssm_v_heads]: the decay's bias and A = -exp(A_log)
     Tensor ssm_norm;           // f32 [ssm_v_dim]: the per-head RMSNorm of the output
     Tensor ssm_out;            // [dim, ssm_value_width]
+    // Mamba2 (cfg.is_mamba2(l)): ssm_conv1d, ssm_dt_bias, ssm_a, ssm_out as above (A per head), and
+    Tensor ssm_in;             // [ssm_value_width + C + ssm_v_heads, dim]: z | x B C | dt
+    Tensor ssm_conv1d_b;       // f32 [C]: the convolution's bias; rows == 0 when absent
+    Tensor ssm_d;              // f32 [ssm_v_heads]: the skip x * D
+    // (Mamba2's ssm_norm is f32 [n_groups, ssm_value_width / n_groups]: the gated norm's weights per group)
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
     Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma, OLMo 2)
     Tensor ffn_norm;           // f32 [dim]; rows == 0 without pre-norms

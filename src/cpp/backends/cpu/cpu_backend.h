@@ -107,11 +107,14 @@ public:
 
     // Recurrent layers (cpu_recurrent.cpp).
     bool has_recurrent_ops() const override { return true; }
-    void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
-                      bool silu) override;
+    void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& state,
+                      const Tensor& runs, bool silu) override;
     void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                           const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state,
                           const Tensor& runs, const DeltaNetParams& p) override;
+    void mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                     const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
+                     const Mamba2Params& p) override;
     void mul_sigmoid(const Tensor& x, const Tensor& gate) override;
 
 private:

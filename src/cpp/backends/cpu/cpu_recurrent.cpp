@@ -1,8 +1,9 @@
-// Recurrent-layer ops of the CPU backend (Gated DeltaNet: Qwen3.5; short convolutions: LFM2): the
-// causal depthwise convolution that carries its last inputs per sequence, the gated delta rule that carries a
-// [k_dim, v_dim] state per value head, and the sigmoid gate of the attention output.
+// Recurrent-layer ops of the CPU backend (Gated DeltaNet: Qwen3.5; short convolutions: LFM2; Mamba2:
+// Granite 4.0-H): the causal depthwise convolution that carries its last inputs per sequence, the
+// gated delta rule that carries a [k_dim, v_dim] state per value head, Mamba2's scan that carries a
+// [head_dim, d_state] state per head, and the sigmoid gate of the attention output.
 // Both recurrences walk each sequence's rows in order; the work is split over sequences and
-// channels (convolution) or sequences and value heads (delta rule), never along time.
+// channels (convolution) or sequences and heads (delta rule, Mamba2), never along time.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -41,9 +42,10 @@ float silu(float x) { return x / (1.0f + std::exp(-x)); }
 float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }  // torch's threshold 20
 }  // namespace
 
-void CpuBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                              const Tensor& runs, bool silu_out) {
-    check_conv1d_state(out, x, w, state, runs, runs.buf ? runs.data<int32_t>() : nullptr);
+void CpuBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Tensor& state, const Tensor& runs, bool silu_out) {
+    check_conv1d_state(out, x, w, bias, state, runs, runs.buf ? runs.data<int32_t>() : nullptr);
+    const float* b = bias.rows ? bias.data<float>() : nullptr;
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Recurrent);
     const int64_t C = x.cols, K = w.cols, H = K - 1;
     const auto groups = runs_by_slot(runs);
@@ -66,6 +68,7 @@ void CpuBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& 
                         const float* wc = row_f32(w, c0 + c);
                         float acc = 0.0f;
                         for (int64_t j = 0; j <= H; j++) acc += wc[j] * win[j * kChannels + c];
+                        if (b) acc += b[c0 + c];
                         orow[c] = silu_out ? silu(acc) : acc;
                     }
                     for (int64_t j = 0; j < H; j++)  // slide by one
@@ -126,6 +129,45 @@ void CpuBackend::gated_delta_rule(const Tensor& out, const Tensor& q, const Tens
                             Si[j] += ki * u[j];
                             o[j] += Si[j] * qi;
                         }
+                    }
+                }
+            }
+        }
+    });
+}
+
+void CpuBackend::mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                             const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state,
+                             const Tensor& runs, const Mamba2Params& p) {
+    check_mamba2_scan(out, x, B, C, dt, A, D, dt_bias, state, runs, p, runs.buf ? runs.data<int32_t>() : nullptr);
+    CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Recurrent);
+    const int64_t hd = p.head_dim, ds = p.d_state, nh = p.n_heads, per_group = p.n_heads / p.n_groups;
+    const auto groups = runs_by_slot(runs);
+    pool_.parallel_for((int64_t)groups.size() * nh, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t item = i0; item < i1; item++) {
+            const auto& group = groups[item / nh];
+            const int64_t h = item % nh, g = h / per_group;
+            float* S = row_f32(state, group[0].slot) + h * hd * ds;  // [hd][ds]
+            const float a_h = A.data<float>()[h], d_h = D.data<float>()[h], bias_h = dt_bias.data<float>()[h];
+            for (const Run& run : group) {
+                if (run.fresh) std::fill(S, S + hd * ds, 0.0f);
+                for (int32_t t = 0; t < run.n; t++) {
+                    const int64_t r = run.row0 + t;
+                    const float* xr = row_f32(x, r) + h * hd;
+                    const float* br = row_f32(B, r) + g * ds;
+                    const float* cr = row_f32(C, r) + g * ds;
+                    const float step = softplus(row_f32(dt, r)[h] + bias_h);
+                    const float decay = std::exp(step * a_h);
+                    float* o = row_f32(out, r) + h * hd;
+                    for (int64_t i = 0; i < hd; i++) {  // row i of S: the state of x's element i
+                        float* Si = S + i * ds;
+                        const float u = step * xr[i];
+                        float y = 0.0f;
+                        for (int64_t j = 0; j < ds; j++) {
+                            Si[j] = Si[j] * decay + u * br[j];
+                            y += Si[j] * cr[j];
+                        }
+                        o[i] = y + d_h * xr[i];
                     }
                 }
             }

@@ -88,14 +88,18 @@ public:
     void swiglu_oai(const Tensor& out, const Tensor& gate, const Tensor& up, float alpha, float limit) override;
     void add_bias_id(const Tensor& x, const Tensor& b, const Tensor& ids) override;
 
-    // Recurrent layers (Gated DeltaNet): the run table stays on the device; each state row's runs
-    // are walked in table order by the threadgroups of its first run (deltanet.metal).
+    // Recurrent layers (Gated DeltaNet, short convolutions, Mamba2): the run table stays on the device;
+    // each state row's runs are walked in table order by the threadgroups of its first run
+    // (deltanet.metal, mamba.metal).
     bool has_recurrent_ops() const override { return true; }
-    void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state, const Tensor& runs,
-                      bool silu) override;
+    void conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& state,
+                      const Tensor& runs, bool silu) override;
     void gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                           const Tensor& beta, const Tensor& A, const Tensor& dt_bias, const Tensor& state,
                           const Tensor& runs, const DeltaNetParams& p) override;
+    void mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                     const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state, const Tensor& runs,
+                     const Mamba2Params& p) override;
     void mul_sigmoid(const Tensor& x, const Tensor& gate) override;
 
     // Dispatches encoded and barriers inserted since construction (for tests and benchmarks).

@@ -1030,13 +1030,15 @@ void need_state_apart(const Tensor& state, std::initializer_list<const Tensor*> 
 }
 }  // namespace
 
-void MetalBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& state,
-                                const Tensor& runs, bool silu) {
+void MetalBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
+                                const Tensor& state, const Tensor& runs, bool silu) {
     const char* op = "conv1d_state";
-    check_conv1d_state(out, x, w, state, runs, nullptr);  // the table's contents are on the device
+    check_conv1d_state(out, x, w, bias, state, runs, nullptr);  // the table's contents are on the device
     for (const auto& [t, name] : {std::pair{&x, "x"}, {&w, "w"}, {&state, "state"}, {&out, "out"}})
         need_f32_aligned(*t, op, name);
-    need_state_apart(state, {&x, &w, &out, &runs}, op);
+    const Tensor& b = bias.rows ? bias : w;  // slot 6 is bound either way; the kernel reads it only with has_bias
+    need_f32_aligned(b, op, "bias");
+    need_state_apart(state, {&x, &w, &b, &out, &runs}, op);
     need(x.rows <= INT32_MAX && x.cols <= INT32_MAX && state.rows <= INT32_MAX && runs.rows <= INT32_MAX, op,
          "too many rows or channels");
     static_assert(FG_CONV_MAX_K >= 16, "check_conv1d_state allows K up to 16");
@@ -1051,8 +1053,9 @@ void MetalBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor
     a.rows = (int32_t)x.rows;
     a.n_slots = (int32_t)state.rows;
     a.silu = silu ? 1 : 0;
+    a.has_bias = bias.rows ? 1 : 0;
     const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
-    encode("conv1d_state_f32", &a, sizeof a, {reads(x), reads(w), writes(state), reads(runs), writes(out)},
+    encode("conv1d_state_f32", &a, sizeof a, {reads(x), reads(w), writes(state), reads(runs), writes(out), reads(b)},
            {ceil_div(x.cols, threads), (uint32_t)runs.rows, 1}, {threads, 1, 1});
 }
 
@@ -1091,6 +1094,39 @@ void MetalBackend::gated_delta_rule(const Tensor& out, const Tensor& q, const Te
             reads(runs), writes(out)},
            {(uint32_t)runs.rows, (uint32_t)p.n_v_heads, ceil_div(p.v_dim, threads)}, {threads, 1, 1},
            FG_DELTA_TG_FLOATS(kmax) * sizeof(float));
+}
+
+void MetalBackend::mamba2_scan(const Tensor& out, const Tensor& x, const Tensor& B, const Tensor& C, const Tensor& dt,
+                               const Tensor& A, const Tensor& D, const Tensor& dt_bias, const Tensor& state,
+                               const Tensor& runs, const Mamba2Params& p) {
+    const char* op = "mamba2_scan";
+    check_mamba2_scan(out, x, B, C, dt, A, D, dt_bias, state, runs, p, nullptr);
+    for (const auto& [t, name] : {std::pair{&x, "x"}, {&B, "B"}, {&C, "C"}, {&dt, "dt"}, {&A, "A"}, {&D, "D"},
+                                  {&dt_bias, "dt_bias"}, {&state, "state"}, {&out, "out"}})
+        need_f32_aligned(*t, op, name);
+    need_state_apart(state, {&x, &B, &C, &dt, &A, &D, &dt_bias, &out, &runs}, op);
+    need(x.rows <= INT32_MAX && state.rows <= INT32_MAX && runs.rows <= INT32_MAX, op, "too many rows");
+    mamba2_scan_args a{};
+    a.x_stride = x.stride;
+    a.b_stride = B.stride;
+    a.c_stride = C.stride;
+    a.dt_stride = dt.stride;
+    a.out_stride = out.stride;
+    a.state_stride = state.stride;
+    a.n_runs = (int32_t)runs.rows;
+    a.n_heads = p.n_heads;
+    a.head_dim = p.head_dim;
+    a.n_groups = p.n_groups;
+    a.d_state = p.d_state;
+    a.rows = (int32_t)x.rows;
+    a.n_slots = (int32_t)state.rows;
+    // The variant whose register row holds d_state (check_mamba2_scan: d_state <= 256).
+    const int nmax = p.d_state <= 64 ? 64 : p.d_state <= 128 ? 128 : 256;
+    const uint32_t threads = std::min<uint32_t>(FG_MAMBA_MAX_TILE, round_up_simd(p.head_dim));
+    encode("mamba2_scan_f32_n" + std::to_string(nmax), &a, sizeof a,
+           {reads(x), reads(B), reads(C), reads(dt), reads(A), reads(D), reads(dt_bias), writes(state), reads(runs),
+            writes(out)},
+           {(uint32_t)runs.rows, (uint32_t)p.n_heads, ceil_div(p.head_dim, threads)}, {threads, 1, 1});
 }
 
 // Elementwise: gate may be a view beside x in one buffer (each thread reads and writes one element).
