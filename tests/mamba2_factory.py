@@ -43,6 +43,8 @@ _LAYER = {
 MODELS = {
     "granite4h-dense": ("granitehybrid", dict(seed=81, attn=(2,), groups=1, experts=0)),
     "granite4h-moe": ("granitehybrid", dict(seed=82, attn=(3,), groups=2, experts=8)),
+    # Bamba-like: RoPE on the attention layers (position_embedding_type "rope"; GGUF rope.scaling.finetuned)
+    "granite4h-rope": ("granitehybrid", dict(seed=83, attn=(1, 4), groups=1, experts=0, rope=True)),
 }
 # The router's weights: large enough that no routing choice of the tests' prompts sits within the
 # half rounding of Metal's prefill GEMM (at 0.5 one sat 8e-4 from a tie; at 1.0 the smallest
@@ -62,7 +64,7 @@ def build(name: str, vocab: int):
         layer_types=["attention" if i in kw["attn"] else "mamba" for i in range(6)],
         mamba_n_heads=8, mamba_n_groups=kw["groups"], mamba_d_state=16, mamba_d_head="auto", mamba_d_conv=4,
         mamba_expand=2, mamba_chunk_size=16, mamba_conv_bias=True, mamba_proj_bias=False,
-        position_embedding_type="nope", embedding_multiplier=2.0, attention_multiplier=0.2,
+        position_embedding_type="rope" if kw.get("rope") else "nope", embedding_multiplier=2.0, attention_multiplier=0.2,
         residual_multiplier=0.5, logits_scaling=1.5, tie_word_embeddings=True, initializer_range=0.1,
         # no EOS for transformers' generate: its min_new_tokens would hide a greedy EOS that ignore_eos keeps
         bos_token_id=0, eos_token_id=None, pad_token_id=None)
@@ -131,7 +133,8 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     w.add_name("tiny-granite-4.0-h")
     d_inner = c.mamba_expand * c.hidden_size
     meta = {
-        "add_block_count": c.num_hidden_layers, "add_context_length": 2 ** 20, "add_embedding_length": c.hidden_size,
+        "add_block_count": c.num_hidden_layers, "add_embedding_length": c.hidden_size,
+        "add_context_length": 256 if c.position_embedding_type == "rope" else 2 ** 20,   # (the converter's NoPE value)
         "add_feed_forward_length": c.intermediate_size, "add_head_count": c.num_attention_heads,
         "add_head_count_kv": [c.num_key_value_heads if t in ("attention", "full_attention") else 0
                               for t in c.layer_types],
@@ -141,7 +144,9 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
         "add_expert_shared_feed_forward_length": c.shared_intermediate_size,
         "add_ssm_conv_kernel": c.mamba_d_conv, "add_ssm_state_size": c.mamba_d_state,
         "add_ssm_group_count": c.mamba_n_groups, "add_ssm_inner_size": d_inner,
-        "add_ssm_time_step_rank": c.mamba_n_heads, "add_rope_scaling_finetuned": False,
+        "add_ssm_time_step_rank": c.mamba_n_heads,
+        # llama.cpp's switch for RoPE (its converter sets it for Bamba; here: whether the model uses it)
+        "add_rope_scaling_finetuned": c.position_embedding_type == "rope",
     }
     if c.num_local_experts:
         meta.update(add_expert_count=c.num_local_experts, add_expert_used_count=c.num_experts_per_tok)
