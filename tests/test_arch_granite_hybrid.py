@@ -2,8 +2,8 @@
 shared MLP alone (dense) or beside 8 experts with two Mamba2 groups, Granite's multipliers) against
 transformers: logits on prefill and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's
 granitehybrid layout, on the CPU and emulated Metal; 32 greedy tokens; its states resumed and
-batched as Qwen3.5's are (tests/test_qwen35_state.py: a subset); the state's bytes; Nemotron-H and
-unsupported Granite settings refused by name.
+batched as Qwen3.5's are (tests/test_qwen35_state.py: a subset); the state's bytes; unsupported
+Granite settings refused by name.
 
 transformers runs its prefill through the chunked segment-sum scan (chunks of 16 here, so the
 64-token prefill crosses chunks) and its decode through the single-step update; forgert's scan is
@@ -185,21 +185,11 @@ def _changed_hf(models, tmp_path, **changes):
     (dict(mamba_proj_bias=True), "mamba_proj_bias"),
     (dict(time_step_limit=[0.0, 0.1]), "time_step_limit"),
     (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
-    (dict(model_type="nemotron_h"), r"nemotron_h \(NVIDIA Nemotron-H"),
 ])
 def test_unsupported_settings_refused_by_name(forgert, models, tmp_path, changes, match):
     from forgert.errors import ModelFormatError
     with pytest.raises(ModelFormatError, match=match):
         forgert.Model(str(_changed_hf(models, tmp_path, **changes)), backend="cpu")
-
-
-def test_nemotron_h_gguf_refused_by_name(forgert, models, tmp_path, tiny_tokenizer):
-    from forgert.errors import ModelFormatError
-    model, files, _ = models("granite4h-dense")
-    path = gf.write_gguf(files["hf-F32"], tmp_path / "nemotron_h.gguf", "F32", "nemotron_h", model.config,
-                         tiny_tokenizer)
-    with pytest.raises(ModelFormatError, match=r"nemotron_h \(NVIDIA Nemotron-H"):
-        forgert.Model(str(path), backend="cpu")
 
 
 def test_quantize_hf_directory_refused_by_name(forgert, models, tmp_path):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import deltanet, gemma, lfm2, mamba2
+from . import deltanet, gemma, lfm2, mamba2, nemotron_h
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -25,7 +25,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
                   "lfm2": lfm2.GGUF_ARCH, "lfm2_moe": lfm2.GGUF_MOE_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES,
-                  **mamba2.HF_MODEL_TYPES}
+                  **mamba2.HF_MODEL_TYPES, **nemotron_h.HF_MODEL_TYPES}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -61,7 +61,9 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert.
 # LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
 # Granite 4.0-H (granitehybrid) is Granite MoE whose other layers are Mamba2 mixers (mamba2.py).
-_CORE_ARCH = {"granitehybrid": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# Nemotron-H (nemotron_h) is Arcee's ReLU-squared MLP after Mamba2 or NoPE attention blocks, some
+# layers without an MLP (nemotron_h.py).
+_CORE_ARCH = {"granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -80,7 +82,7 @@ _LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2", "nemotron")
 # StarCoder2: tanh-GELU, LayerNorms and projections with biases; Arcee: ReLU squared, no biases;
 # Nemotron: ReLU squared after LayerNorms with biases.
 _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq", False, False),
-                    "nemotron": ("relu_sq", True, False)}
+                    "nemotron": ("relu_sq", True, False), "nemotron_h": ("relu_sq", False, False)}
 # Where each architecture puts its norms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3,
 # GLM-4); "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm
@@ -199,6 +201,10 @@ class ModelConfig:
     ssm_v_dim: int = 0
     ssm_v_tiled: bool = False
     attn_output_gate: bool = False
+    # Layers without a feed-forward (0; Nemotron-H), and which file blocks each layer's mixer and MLP
+    # come from (nemotron_h.layer_tensors); None: one block a layer, every layer with a feed-forward.
+    layer_ffn: list[int] | None = None
+    layer_blocks: list | None = None
     rope_sections: list[int] | None = None   # Qwen3.5's multimodal RoPE sections (text: 1-D RoPE; kept for export)
     # Gemma 2 / 3 (gemma.py); the defaults are Llama's.
     ffn_act: str = "silu"            # "gelu_tanh": GeGLU feed-forward
@@ -305,6 +311,10 @@ class ModelConfig:
                        f"heads of {self.ssm_v_dim}, {self.ssm_k_heads} group{'s' if self.ssm_k_heads > 1 else ''}, "
                        f"state {self.ssm_k_dim}, convolution {self.ssm_conv_kernel}); a fixed-size state per "
                        f"sequence in those layers")
+        if self.layer_ffn is not None and not all(self.layer_ffn):
+            out.append(f"a feed-forward in {sum(map(bool, self.layer_ffn))} of {self.n_layers} layers (Nemotron-H's "
+                       f"{sum(1 for _, m in self.layer_blocks or [] if m is not None) + self.n_layers} blocks: "
+                       f"each mixer with the MLP block after it)")
         if self.attn_output_gate:
             out.append("gated attention output (sigmoid of a per-head gate)")
         if self.mtp_layers:
@@ -411,6 +421,8 @@ class ModelConfig:
                      ssm_v_dim=self.ssm_v_dim, ssm_v_tiled=bool(self.ssm_v_tiled))
         if self.attn_output_gate:
             d["attn_output_gate"] = True
+        if self.layer_ffn is not None:
+            d["layer_ffn"] = [int(f) for f in self.layer_ffn]
         if self.swiglu_limit:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
@@ -536,11 +548,14 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch == "clip":   # llama.cpp's mmproj files: a vision encoder and projector
         _fail(source, "a vision encoder (an mmproj file), not a language model: pass the model's own GGUF; "
                       "forgert runs vision-language models on text and does not run their vision encoders")
-    if arch in mamba2.NEMOTRON_H:
-        _fail(source, mamba2.NEMOTRON_H_REFUSAL)
+    if arch in nemotron_h.REFUSED_GGUF_ARCHS:
+        _fail(source, nemotron_h.REFUSED_GGUF_ARCHS[arch])
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
     p = arch + "."
+    blocks_meta = meta
+    if arch in nemotron_h.GGUF_ARCHS:   # per-block arrays as the scalars read below (its blocks: apply_gguf)
+        meta = nemotron_h.prepare_gguf(meta, p, source)
     extent = _extent_bound(census)
     n_heads = _get_int(meta, p + "attention.head_count", source, **extent)
     dim = _get_int(meta, p + "embedding_length", source, **extent)
@@ -612,6 +627,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         lfm2.apply_gguf(meta, p, cfg, lfm2_kinds, source)
     if arch in mamba2.GGUF_ARCHS:
         mamba2.apply_gguf(meta, p, cfg, lfm2_kinds, source, census.max_extent)
+    if arch in nemotron_h.GGUF_ARCHS:
+        nemotron_h.apply_gguf(blocks_meta, p, cfg, source, census.max_extent)
     if arch == lfm2.GGUF_MOE_ARCH:   # leading dense layers, a sigmoid router with its bias (exp_probs_b)
         if not cfg.n_expert:
             _fail(source, "lfm2moe without expert_count")
@@ -1328,8 +1345,6 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     """hf: the parsed config.json of a Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Phi-3 model directory;
     census: its tensors."""
     model_type = hf.get("model_type")
-    if model_type in mamba2.NEMOTRON_H:
-        _fail(source, mamba2.NEMOTRON_H_REFUSAL)
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
     if model_type in ("lfm2", "lfm2_moe"):   # LFM2's own key names, and its MLP's width as transformers computes it
@@ -1338,6 +1353,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
             hf["intermediate_size"] = lfm2.hf_ffn_dim(hf)
         if "norm_eps" in hf and "rms_norm_eps" not in hf:
             hf["rms_norm_eps"] = hf["norm_eps"]
+    if model_type in nemotron_h.HF_MODEL_TYPES:   # its blocks paired into the core's layers, its eps key
+        hf = nemotron_h.prepare_hf(hf, source)
     if model_type == "exaone":   # EXAONE 3 / 3.5's own key names (transformers' attribute_map)
         hf = {**hf, **{new: hf[old] for old, new in (("num_layers", "num_hidden_layers"),
                                                       ("layer_norm_epsilon", "rms_norm_eps"))
@@ -1400,13 +1417,15 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         deltanet.apply_hf(hf, cfg, source, census.max_extent)
     elif model_type in ("lfm2", "lfm2_moe"):   # likewise its convolution layers
         lfm2.apply_hf(hf, cfg, source)
-    elif model_type in mamba2.HF_MODEL_TYPES:   # and its Mamba2 layers (after the experts: the MLP's width)
+    elif model_type in mamba2.HF_MODEL_TYPES or model_type in nemotron_h.HF_MODEL_TYPES:   # Mamba2 layers (below)
         pass
     else:
         _hf_layer_types(hf, cfg, source)
     _hf_experts(hf, cfg, source, census)
     if model_type in mamba2.HF_MODEL_TYPES:
         mamba2.apply_hf(hf, cfg, source, census.max_extent)
+    if model_type in nemotron_h.HF_MODEL_TYPES:
+        nemotron_h.apply_hf(hf, cfg, source, census.max_extent)
     if model_type == "glm4_moe":
         _glm4moe_hf(hf, cfg, source, census)
     if model_type == "ernie4_5_moe":

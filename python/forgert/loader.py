@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import lfm2, mamba2
+from . import lfm2, mamba2, nemotron_h
 from .deltanet import recurrent_tensors
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
@@ -144,8 +144,10 @@ def load_gguf(path) -> LoadedModel:
     _settings_from_tensors(cfg, weights)
     if cfg.arch in lfm2.GGUF_ARCHS:   # its final norm under llama.cpp's name for it
         weights = {lfm2.GGUF_GLOBAL_RENAMES.get(n, n): w for n, w in weights.items()}
-    if cfg.arch in mamba2.GGUF_ARCHS:   # its per-head A and D stored as columns
+    if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS:   # per-head A and D stored as columns
         weights = mamba2.gguf_tensors(weights)
+    if cfg.arch in nemotron_h.GGUF_ARCHS:   # its blocks' tensors as the core's layers'
+        weights = nemotron_h.layer_tensors(cfg, weights, g.name)
     canonical = split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name))
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name, ignore=_GGUF_EXTRA_TENSORS)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
@@ -182,6 +184,8 @@ def load_hf_dir(path) -> LoadedModel:
         d.tensors = recurrent_tensors(d.tensors, d.name)                          # their GGUFs store
     if cfg.arch in mamba2.GGUF_ARCHS:   # Granite 4.0-H's shared MLP and grouped norm as its GGUF has them
         d.tensors = mamba2.hf_tensors(cfg, d.tensors, d.name)
+    if cfg.arch in nemotron_h.GGUF_ARCHS:   # Nemotron-H's blocks' tensors as the core's layers'
+        d.tensors = nemotron_h.layer_tensors(cfg, d.tensors, d.name)
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused or n.endswith(LATENT_SOURCE_TENSORS)}

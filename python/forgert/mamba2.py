@@ -22,8 +22,7 @@ Where the formats differ (llama.cpp's converter, GraniteHybridModel / Mamba2Mode
 - GGUF splits the shared MLP's input_linear [2 ffn, dim] into gate (first half) and up; the HF
   tensor is split here the same way, zero-copy (ffn_* for a dense model, ffn_*_shexp beside experts).
 
-Nemotron-H (GGUF nemotron_h, HF nemotron_h), whose layers are each one of Mamba2, attention or an
-MLP, is refused by name (NEMOTRON_H).
+Nemotron-H (nemotron_h.py) runs the same Mamba2 mixer in blocks of its own.
 """
 from __future__ import annotations
 
@@ -35,9 +34,6 @@ from .weights import WeightTensor
 GGUF_ARCH = "granitehybrid"
 GGUF_ARCHS = (GGUF_ARCH,)
 HF_MODEL_TYPES = {"granitemoehybrid": GGUF_ARCH}
-NEMOTRON_H = ("nemotron_h",)   # GGUF arch and HF model_type alike
-NEMOTRON_H_REFUSAL = ("nemotron_h (NVIDIA Nemotron-H / Nemotron Nano 9B v2: layers of Mamba2, attention or an MLP "
-                      "alone) is not supported yet; Granite 4.0-H (granitehybrid) is forgert's Mamba2 hybrid")
 # HF names of a layer's Mamba2 and shared-MLP tensors (model.layers.N.*) -> canonical (GGUF) names;
 # A_log and the shared MLP go through names of their own until hf_tensors places them.
 HF_LAYER_NAMES = {

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from . import deltanet, lfm2, mamba2
+from . import deltanet, lfm2, mamba2, nemotron_h
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -178,6 +178,8 @@ def canonical_name(hf_name: str, model_type: str | None = None):
         m = _EXAONE_LAYER_RE.match(hf_name)
         if m and m.group(2) in _EXAONE_LAYER_NAMES:
             return f"blk.{m.group(1)}.{_EXAONE_LAYER_NAMES[m.group(2)]}"
+    if model_type in nemotron_h.HF_MODEL_TYPES and nemotron_h.hf_name(hf_name):   # backbone.*, per block
+        return nemotron_h.hf_name(hf_name)
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
     layer_names = _LAYER_NAMES_BY_MODEL_TYPE.get(model_type, _LAYER_NAMES)
@@ -295,8 +297,6 @@ class HFModelDir:
         self.name = os.path.basename(os.path.normpath(self.path))
         self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
         _check_quantization(self.config, self.name)
-        if isinstance(self.config, dict) and self.config.get("model_type") in mamba2.NEMOTRON_H:   # before its tensors
-            raise ModelFormatError(f"{self.name}/config.json: {mamba2.NEMOTRON_H_REFUSAL}")
         vision_language = isinstance(self.config, dict) and self.config.get("model_type") in LANGUAGE_MODEL_TYPES
         if vision_language:   # its language model, on text (vision_language.py)
             self.config = language_config(self.config, f"{self.name}/config.json")

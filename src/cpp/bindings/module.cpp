@@ -101,6 +101,7 @@ ModelConfig config_from_dict(const py::dict& d) {
     c.rope_freqs.assign(f.data(), f.data() + f.size());
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
+    if (d.contains("layer_ffn")) c.layer_ffn = get_int_list(d, "layer_ffn");  // Nemotron-H's layers without one
     if (d.contains("layer_kind")) {  // recurrent layers: Gated DeltaNet (Qwen3.5), short convolutions (LFM2)
         c.layer_kind = get_int_list(d, "layer_kind");
         c.ssm_conv_kernel = get<int>(d, "ssm_conv_kernel");

@@ -339,6 +339,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             }
             if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         }
+        if (!cfg_.has_ffn(l)) {  // a mixer alone (Nemotron-H: the next layer is another mixer)
+            if (l == 1 && commit_early) be.commit();
+            continue;
+        }
         // feed-forward block; in a parallel block (Cohere) it reads the attention's normed input,
         // still in xn, and adds to x beside the attention's output
         if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm, L.ffn_norm_b);

@@ -81,6 +81,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         if (out_bias_known && !cfg.is_recurrent(l)) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
         if (gpt_oss) out.push_back({p + "attn_sinks.weight", 1, cfg.n_heads, true, true});
         if (post_norms) out.push_back({p + "post_attention_norm.weight", 1, dim, true, true});
+        if (!cfg.has_ffn(l)) continue;  // a mixer alone (Nemotron-H)
         if (pre_norms && !cfg.parallel_block) out.push_back({p + ffn_norm_name(cfg), 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "ffn_norm.bias", 1, dim, true, true});
         if (!cfg.layer_is_moe(l)) {  // a dense model's layer, or one of an MoE model's leading dense layers

@@ -72,6 +72,9 @@ void ModelConfig::validate() const {
     } else {
         need(mla_q_lora == 0 && mla_v_head_dim == 0, "mla_q_lora and mla_v_head_dim need mla_kv_lora");
     }
+    need(layer_ffn.empty() || ((int64_t)layer_ffn.size() == n_layers && n_expert == 0),
+         "layer_ffn has " + std::to_string(layer_ffn.size()) + " entries for " + std::to_string(n_layers) +
+             " layers (and is supported without experts only)");
     need(layer_kind.empty() || (int64_t)layer_kind.size() == n_layers,
          "layer_kind has " + std::to_string(layer_kind.size()) + " entries for " + std::to_string(n_layers) + " layers");
     for (int k : layer_kind)

@@ -1,0 +1,141 @@
+"""Nemotron-H (tests/nemotron_h_factory.py: blocks of one Mamba2 mixer, NoPE attention or a
+ReLU-squared MLP each, paired into forgert's layers: a mixer with the MLP block after it, or alone)
+against transformers: logits on prefill and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's
+nemotron_h layout, on the CPU and emulated Metal; 32 greedy tokens; a follow-up prompt and a batch
+against fresh runs; Nemotron 3's experts and unpaired MLP blocks refused by name.
+
+Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here (64-token prefill,
+24 decode steps), max_rel / rms_rel:
+  F32 (HF and GGUF), CPU: 1.4e-5 / 8.8e-6; Metal: 1.2e-4 / 4.6e-5 (bounds 5e-4 / 2.5e-4)
+  Q8_0, CPU: prefill 1.5e-4 / 8.9e-5, decode 1.2e-4 / 9.6e-5 (bounds 3e-3 / 2e-3)
+  Q8_0, Metal: prefill 9.4e-4 / 5.7e-4, decode 3.6e-6 / 1.9e-6 (bounds 5e-3 / 4e-3); argmax 1.0
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import model_factory as mf
+import nemotron_h_factory as nf
+from conftest import backend_params, require_backend
+from test_arch_moe import bounds
+from test_e2e_tiny import compare_logits
+
+models = nf.models_fixture()
+
+
+def ids_for(vocab, n, seed):
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+
+
+def prompt(n, seed):
+    return [int(t) for t in np.random.default_rng(seed).integers(2, 320, n)]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", nf.FORMATS)
+def test_prefill_logits_match_transformers(forgert, models, metal_reason, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models("nemotron-h")
+    ids = ids_for(model.config.vocab_size, 64, 1)
+    m = forgert.Model(str(files[fmt]), backend=backend)
+    assert m.info()["arch"] == "nemotron_h"
+    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
+                   what=f"nemotron-h {fmt} {backend} prefill")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", nf.FORMATS)
+def test_decode_logits_match_transformers(forgert, models, metal_reason, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models("nemotron-h")
+    ids = ids_for(model.config.vocab_size, 24, 2)
+    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
+    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
+    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bounds(fmt, True, backend),
+                   what=f"nemotron-h {fmt} {backend} decode")
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+def test_greedy_32_tokens_equal_transformers(forgert, models, fmt):
+    model, files, refs = models("nemotron-h")
+    p = ids_for(model.config.vocab_size, 8, 4)
+    c = forgert.Model(str(files[fmt]), backend="cpu").generate(p, max_tokens=32, temperature=0.0, ignore_eos=True)
+    assert list(c.tokens) == ae.reference_greedy(refs[fmt], p, 32)
+
+
+def test_blocks_paired_into_layers(forgert, models):
+    """"M-M*-MM-*": 9 blocks, 6 layers (4 Mamba2, 2 attention), 3 with a feed-forward; K/V rows for
+    the two attention layers only."""
+    _, files, _ = models("nemotron-h")
+    for fmt in ("hf-F32", "gguf-F32"):
+        info = forgert.Model(str(files[fmt]), backend="cpu", n_ctx=64).info()
+        assert any("Mamba2 in 4 of 6 layers (8 heads of 16, 2 groups" in f for f in info["features"]), info
+        assert any("a feed-forward in 3 of 6 layers" in f for f in info["features"]), info["features"]
+        assert info["kv_bytes_per_token"] == 2 * 2 * 32 * 2
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_follow_up_prompt_and_batch_equal_fresh(forgert, models, metal_reason, backend):
+    require_backend(backend, metal_reason)
+    path = str(models("nemotron-h")[1]["gguf-F32"])
+
+    def fresh(p):
+        return list(forgert.Model(path, backend=backend, n_ctx=256).generate(
+            p, max_tokens=8, temperature=0.0, ignore_eos=True).tokens)
+
+    m = forgert.Model(path, backend=backend, n_ctx=256, parallel=2)
+    first = prompt(20, 5)
+    c1 = m.generate(first, max_tokens=6, temperature=0.0, ignore_eos=True)
+    follow = first + list(c1.tokens) + prompt(7, 6)
+    c2 = m.generate(follow, max_tokens=8, temperature=0.0, ignore_eos=True)
+    assert c2.timings.cached_tokens == len(first) + len(c1.tokens) - 1
+    assert list(c2.tokens) == fresh(follow)
+    prompts = [first, follow, prompt(9, 7)]
+    for p, c in zip(prompts, m.generate(prompts, max_tokens=8, temperature=0.0, ignore_eos=True)):
+        assert list(c.tokens) == fresh(p)
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "mlp",
+                             "linear_attention", "mlp", "full_attention"]), "mixture-of-experts blocks"),
+    (dict(layers_block_type=["linear_attention", "mlp", "mlp", "full_attention", "mlp", "linear_attention",
+                             "linear_attention", "mlp", "full_attention"]), "block 2 is an MLP that follows no mixer"),
+    (dict(mlp_hidden_act="silu"), "activations 'silu'"),
+    (dict(use_bias=True), "use_bias=true"),
+])
+def test_unsupported_configs_refused_by_name(forgert, models, tmp_path, changes, match):
+    from forgert.errors import ModelFormatError
+    _, files, _ = models("nemotron-h")
+    d = tmp_path / "changed"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+    with pytest.raises(ModelFormatError, match=match):
+        forgert.Model(str(d), backend="cpu")
+
+
+def test_hybrid_override_pattern_read(forgert, models, tmp_path):
+    """The checkpoints' own key (a string, "M-M*-MM-*") in place of layers_block_type."""
+    model, files, refs = models("nemotron-h")
+    d = tmp_path / "pattern"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["layers_block_type"]
+    (d / "config.json").write_text(json.dumps({**cfg, "hybrid_override_pattern": nf.MODELS["nemotron-h"][1]["pattern"]}))
+    ids = ids_for(model.config.vocab_size, 16, 3)
+    compare_logits(forgert.Model(str(d), backend="cpu").logits(ids), mf.reference_logits(refs["hf-F32"], ids),
+                   **bounds("hf-F32", False), what="hybrid_override_pattern")
+
+
+def test_nemotron_h_moe_gguf_refused_by_name(forgert, models, tmp_path, tiny_tokenizer):
+    from forgert.errors import ModelFormatError
+    model, files, _ = models("nemotron-h")
+    path = nf.write_gguf(files["hf-F32"], tmp_path / "moe.gguf", "F32", "nemotron_h_moe", model.config,
+                         tiny_tokenizer)
+    with pytest.raises(ModelFormatError, match=r"nemotron_h_moe \(Nemotron 3's mixture-of-experts blocks\)"):
+        forgert.Model(str(path), backend="cpu")
