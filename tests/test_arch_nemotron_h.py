@@ -139,3 +139,23 @@ def test_nemotron_h_moe_gguf_refused_by_name(forgert, models, tmp_path, tiny_tok
                          tiny_tokenizer)
     with pytest.raises(ModelFormatError, match=r"nemotron_h_moe \(Nemotron 3's mixture-of-experts blocks\)"):
         forgert.Model(str(path), backend="cpu")
+
+
+def test_quantize_gguf_and_refuse_hf_directory(forgert, models, tmp_path):
+    """forgert quantize: a GGUF requantizes block for block as the file has them (and runs as the
+    factory's Q8_0 file does); an HF directory is refused by name."""
+    from forgert.errors import ModelFormatError
+    from forgert.gguf_export import export_gguf
+    from forgert.gguf import GGUFFile
+    model, files, _ = models("nemotron-h")
+    with pytest.raises(ModelFormatError, match="Nemotron-H HF directories cannot be quantized"):
+        export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
+    out = tmp_path / "requantized.gguf"
+    export_gguf(str(files["gguf-F32"]), str(out), "q8_0", log=lambda msg: None)
+    src, dst = GGUFFile(str(files["gguf-F32"])), GGUFFile(str(out))
+    assert {n: list(t.ne) for n, t in dst.tensors.items()} == {n: list(t.ne) for n, t in src.tensors.items()}
+    p = ids_for(model.config.vocab_size, 8, 4)
+    assert list(forgert.Model(str(out), backend="cpu").generate(p, max_tokens=8, temperature=0.0,
+                                                                 ignore_eos=True).tokens) == \
+        list(forgert.Model(str(files["gguf-Q8_0"]), backend="cpu").generate(p, max_tokens=8, temperature=0.0,
+                                                                             ignore_eos=True).tokens)

@@ -144,6 +144,7 @@ def load_gguf(path) -> LoadedModel:
     _settings_from_tensors(cfg, weights)
     if cfg.arch in lfm2.GGUF_ARCHS:   # its final norm under llama.cpp's name for it
         weights = {lfm2.GGUF_GLOBAL_RENAMES.get(n, n): w for n, w in weights.items()}
+    stored = weights   # as the file holds them (what `forgert quantize` copies): the core's view below
     if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS:   # per-head A and D stored as columns
         weights = mamba2.gguf_tensors(weights)
     if cfg.arch in nemotron_h.GGUF_ARCHS:   # its blocks' tensors as the core's layers'
@@ -153,6 +154,8 @@ def load_gguf(path) -> LoadedModel:
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
+    if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS:
+        weights = stored
     return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok,
                        template if isinstance(template, str) else None, g.metadata, g, files)
 
