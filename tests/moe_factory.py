@@ -248,8 +248,10 @@ def dequantized_reference(hf_dir: Path, gguf_path: Path, arch: str, model_cfg, o
 def formats_fixture(factory, root_name: str):
     """A module-scoped pytest fixture `models` over a factory module (routed_moe_factory,
     qwen35_factory: its MODELS name -> (GGUF arch, arguments), build, save_hf, write_gguf and
-    quantized_reference): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
-    gguf-Q8_0), float32 references by format, the f16 KV cache modelled), each model built once."""
+    quantized_reference; optionally extra_files(name, hf_dir, dir, model, tokenizer) -> {format:
+    (path, reference)}): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
+    gguf-Q8_0 and the extra ones), float32 references by format, the f16 KV cache modelled), each
+    model built once."""
     import pytest
 
     @pytest.fixture(scope="module")
@@ -268,6 +270,9 @@ def formats_fixture(factory, root_name: str):
                                                             model.config, tiny_tokenizer)
                 refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
                         "gguf-Q8_0": mf.with_f16_kv(factory.quantized_reference(model, "Q8_0"))}
+                extra = getattr(factory, "extra_files", None)   # further GGUF layouts of the same model
+                for fmt, (path, ref) in (extra(name, hf_dir, root / name, model, tiny_tokenizer) if extra else {}).items():
+                    files[fmt], refs[fmt] = path, mf.with_f16_kv(ref)
                 cache[name] = (model, files, refs)
             return cache[name]
 

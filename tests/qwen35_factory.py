@@ -119,16 +119,36 @@ def save_hf(model, tok, out_dir: Path) -> Path:
     """The HF directory; a vision-language model's with a multi-token-prediction block (mtp.*, as
     Qwen3.5's checkpoints carry one), which transformers does not load either."""
     d = moe.save_hf(model, tok, out_dir)
-    if not hasattr(model.config, "text_config"):
-        return d
+    if hasattr(model.config, "text_config"):
+        add_hf_mtp(d, model.config.text_config.hidden_size)
+    return d
+
+
+def add_hf_mtp(d: Path, dim: int) -> None:
+    """A multi-token-prediction block (mtp.*, as Qwen3.5's and Qwen3-Next's checkpoints carry one)
+    added to the HF directory d's model.safetensors."""
     from safetensors.numpy import save_file
     sd = load_file(str(d / "model.safetensors"))
-    dim, rng = model.config.text_config.hidden_size, np.random.default_rng(8)
+    rng = np.random.default_rng(8)
     for part, shape in (("fc.weight", (dim, 2 * dim)), ("norm.weight", (dim,)), ("pre_fc_norm_hidden.weight", (dim,)),
                         ("layers.0.input_layernorm.weight", (dim,)), ("layers.0.mlp.up_proj.weight", (32, dim))):
         sd["mtp." + part] = rng.standard_normal(shape).astype(np.float32)
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-    return d
+
+
+def add_gguf_mtp(tensors: dict, meta: dict, n_layers: int, dim: int) -> None:
+    """The MTP block as llama.cpp's converter writes it: an attention layer's tensors (the last
+    layer's, randomised) as an extra blk.N with its nextn.* ones, counted in block_count and named
+    by nextn_predict_layers."""
+    rng = np.random.default_rng(9)
+    last = f"blk.{n_layers - 1}."
+    for name, t in list(tensors.items()):
+        if name.startswith(last):
+            tensors[f"blk.{n_layers}." + name[len(last):]] = rng.standard_normal(t.shape).astype(np.float32)
+    for part, shape in (("nextn.eh_proj.weight", (dim, 2 * dim)), ("nextn.enorm.weight", (dim,)),
+                        ("nextn.hnorm.weight", (dim,))):
+        tensors[f"blk.{n_layers}.{part}"] = rng.standard_normal(shape).astype(np.float32)
+    meta.update(add_block_count=n_layers + 1, add_nextn_predict_layers=1)
 
 
 def _v_order(c) -> np.ndarray:
@@ -219,17 +239,8 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
                     add_expert_feed_forward_length=c.moe_intermediate_size,
                     add_expert_shared_feed_forward_length=c.shared_expert_intermediate_size)
     tensors = gguf_tensors(hf_dir, c)
-    if hasattr(model_cfg, "text_config"):   # the vision-language checkpoint's GGUF
-        # the MTP block: an attention layer's tensors (the last layer's, randomised) plus its nextn.* ones
-        n, rng = c.num_hidden_layers, np.random.default_rng(9)
-        last = f"blk.{n - 1}."
-        for name, t in list(tensors.items()):
-            if name.startswith(last):
-                tensors[f"blk.{n}." + name[len(last):]] = rng.standard_normal(t.shape).astype(np.float32)
-        for part, shape in (("nextn.eh_proj.weight", (c.hidden_size, 2 * c.hidden_size)),
-                            ("nextn.enorm.weight", (c.hidden_size,)), ("nextn.hnorm.weight", (c.hidden_size,))):
-            tensors[f"blk.{n}.{part}"] = rng.standard_normal(shape).astype(np.float32)
-        meta.update(add_block_count=n + 1, add_nextn_predict_layers=1)
+    if hasattr(model_cfg, "text_config"):   # the vision-language checkpoint's GGUF, with its MTP block
+        add_gguf_mtp(tensors, meta, c.num_hidden_layers, c.hidden_size)
     meta.update(extra_meta or {})
     for key, value in meta.items():
         if value is not None:

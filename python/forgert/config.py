@@ -58,12 +58,13 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # MiniMax-M2 (minimax-m2) is Llama with OLMo 2's whole-row QK-norm, half of each head rotated and
 # Mixtral-style experts under a sigmoid router with a selection bias, renormalised.
 # Qwen3.5 / Qwen3.6 (qwen35, qwen35moe) is Qwen3 whose layers are three Gated DeltaNet layers to
-# one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert.
+# one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert;
+# Qwen3-Next (qwen3next) the same with fused recurrent projections (qwen3next.py).
 # LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
 # Granite 4.0-H (granitehybrid) is Granite MoE whose other layers are Mamba2 mixers (mamba2.py).
 # Nemotron-H (nemotron_h) is Arcee's ReLU-squared MLP after Mamba2 or NoPE attention blocks, some
 # layers without an MLP (nemotron_h.py).
-_CORE_ARCH = {"granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+_CORE_ARCH = {"granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -91,7 +92,7 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 # Q and K projections ("whole").
 _NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+_QK_NORM = {"lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3next": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
             "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -666,7 +667,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _ernie4_5_moe_gguf(meta, p, cfg, source)
     if arch in ("command-r", "cohere2"):
         _cohere_gguf(meta, p, cfg, source)
-    if arch in _TEXT_OF_VISION_ARCHS + deltanet.GGUF_ARCHS:   # Qwen3.5's interleaved multimodal RoPE: 1-D on text
+    if arch in _TEXT_OF_VISION_ARCHS + deltanet.MROPE_ARCHS:   # Qwen3.5's interleaved multimodal RoPE: 1-D on text
         sections = _int_list(meta, p + "rope.dimension_sections", source)
         if any(s < 0 for s in sections) or sum(sections) > (rope_dim // 2):
             _fail(source, f"rope.dimension_sections {sections} do not fit the {rope_dim // 2} rotated pairs")
@@ -751,10 +752,10 @@ def _hf_experts(hf: dict, cfg: ModelConfig, source, census: TensorCensus):
     cfg.n_expert_used = _get_int(hf, "num_experts_per_tok", source, **extent)
     cfg.expert_ffn_dim = _get_int(hf, "moe_intermediate_size", source, default=cfg.ffn_dim, **extent)
     cfg.shared_ffn_dim = _get_int(hf, "shared_expert_intermediate_size", source, default=0, minimum=0, **extent)
-    # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false).
+    # Mixtral always renormalises; Qwen-MoE when norm_topk_prob (transformers' default: false, Qwen3-Next's true).
     # Granite MoE: a softmax over the top-k logits, the same as renormalising.
     cfg.expert_norm_topk = (True if hf.get("model_type") in ("mixtral", "granitemoe", "granitemoehybrid", "minimax_m2", "qwen3_5_moe_text")
-                            else bool(hf.get("norm_topk_prob", False)))
+                            else bool(hf.get("norm_topk_prob", hf.get("model_type") == "qwen3_next")))
     if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
         _fail(source, "dense layers between MoE layers (mlp_only_layers, decoder_sparse_step) are not supported")
     _check_experts(cfg, source)

@@ -1,4 +1,5 @@
-"""Qwen3.5 / Qwen3.6's Gated DeltaNet hybrids (GGUF qwen35 / qwen35moe, HF qwen3_5 / qwen3_5_moe):
+"""Qwen3.5 / Qwen3.6's Gated DeltaNet hybrids (GGUF qwen35 / qwen35moe, HF qwen3_5 / qwen3_5_moe) and
+their predecessor Qwen3-Next (GGUF qwen3next, HF qwen3_next; its fused projections: qwen3next.py):
 their config keys, and the tensors the core reads built from an HF checkpoint's.
 
 Three of every four layers replace attention by a linear-attention recurrence (the core's
@@ -22,8 +23,11 @@ import numpy as np
 from .errors import ModelFormatError
 from .weights import WeightTensor, to_f32_tensor
 
-GGUF_ARCHS = ("qwen35", "qwen35moe")
-HF_TEXT_TYPES = {"qwen3_5_text": "qwen35", "qwen3_5_moe_text": "qwen35moe"}
+GGUF_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
+HF_TEXT_TYPES = {"qwen3_5_text": "qwen35", "qwen3_5_moe_text": "qwen35moe", "qwen3_next": "qwen3next"}
+# The GGUF archs whose value heads llama.cpp's converter tiles (Qwen3-Next's stay grouped, as in HF),
+# and which carry Qwen3.5's multimodal RoPE sections.
+TILED_GGUF_ARCHS = MROPE_ARCHS = ("qwen35", "qwen35moe")
 # HF names of a recurrent layer's tensors (model.layers.N.linear_attn.*) -> canonical (GGUF) names;
 # A_log goes through a name of its own until recurrent_tensors turns it into ssm_a.
 HF_LAYER_NAMES = {
@@ -103,7 +107,7 @@ def apply_gguf(meta: dict, p: str, cfg, source, extent: int) -> None:
         interval = get("full_attention_interval", 4)
         recurrent = [(i + 1) % interval != 0 for i in range(cfg.n_layers)]
     _set_recurrent(cfg, recurrent, get("ssm.conv_kernel"), get("ssm.group_count"), v_heads, get("ssm.state_size"),
-                   inner // v_heads, True, source, extent)
+                   inner // v_heads, cfg.arch in TILED_GGUF_ARCHS, source, extent)
 
 
 def apply_hf(hf: dict, cfg, source, extent: int) -> None:
@@ -161,7 +165,7 @@ def gguf_value_head_order(cfg, name: str):
     """For `forgert quantize` of an HF directory: the transform x -> x that puts GGUF tensor
     `name`'s value heads in llama.cpp's tiled order (x float32 [rows, cols] in HF's grouped order),
     or None for a tensor without value heads."""
-    if cfg.ssm_v_tiled or not name.startswith("blk."):
+    if cfg.ssm_v_tiled or cfg.arch not in TILED_GGUF_ARCHS or not name.startswith("blk."):
         return None
     part = name.split(".", 2)[2]
     order, vd, qk = tiled_order(cfg), cfg.ssm_v_dim, 2 * cfg.ssm_k_heads * cfg.ssm_k_dim
@@ -186,9 +190,11 @@ def gguf_metadata(cfg) -> dict:
     if interval is None:
         raise ModelFormatError(f"recurrent layers {rec} do not follow one attention layer every k layers, the "
                                f"only pattern llama.cpp's qwen35 reads (full_attention_interval)")
-    half = cfg.rotated_dims // 2
-    sections = list(cfg.rope_sections) if cfg.rope_sections else [half - 2 * (half // 3), half // 3, half // 3]
-    return {"ssm.conv_kernel": cfg.ssm_conv_kernel, "ssm.state_size": cfg.ssm_k_dim,
+    keys = {"ssm.conv_kernel": cfg.ssm_conv_kernel, "ssm.state_size": cfg.ssm_k_dim,
             "ssm.group_count": cfg.ssm_k_heads, "ssm.time_step_rank": cfg.ssm_v_heads,
-            "ssm.inner_size": cfg.ssm_v_heads * cfg.ssm_v_dim, "full_attention_interval": interval,
-            "rope.dimension_sections": (sections + [0, 0, 0, 0])[:4]}
+            "ssm.inner_size": cfg.ssm_v_heads * cfg.ssm_v_dim, "full_attention_interval": interval}
+    if cfg.arch in MROPE_ARCHS:
+        half = cfg.rotated_dims // 2
+        sections = list(cfg.rope_sections) if cfg.rope_sections else [half - 2 * (half // 3), half // 3, half // 3]
+        keys["rope.dimension_sections"] = (sections + [0, 0, 0, 0])[:4]
+    return keys

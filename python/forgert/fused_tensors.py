@@ -38,6 +38,9 @@ def split_fused(cfg: ModelConfig, tensors: dict) -> dict:
     (2 * ffn_dim rows; fused unless the layer also has an ffn_gate) -> ffn_gate (the first half:
     transformers' chunk(2), llama.cpp's swiglu gate) and ffn_up. A file holding both a fused tensor
     and one of its parts is refused. Other architectures' tensors pass through unchanged."""
+    if cfg.arch == "qwen3next":   # its recurrent layers' fused projections (qwen3next.py)
+        from .qwen3next import split_projections
+        return split_projections(cfg, tensors)
     if cfg.arch not in FUSED_ARCHS:
         return tensors
     q, kv, ffn = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import lfm2, mamba2, nemotron_h
+from . import lfm2, mamba2, nemotron_h, qwen3next
 from .deltanet import recurrent_tensors
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
@@ -30,7 +30,8 @@ _GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_fa
 _GGUF_LAYER_RENAMES = {"seed_oss": {"post_attention_norm.weight": "ffn_norm.weight"},
                        "glm4moe": {"post_attention_norm.weight": "ffn_norm.weight"},
                        "qwen35": {"post_attention_norm.weight": "ffn_norm.weight"},
-                       "qwen35moe": {"post_attention_norm.weight": "ffn_norm.weight"}}
+                       "qwen35moe": {"post_attention_norm.weight": "ffn_norm.weight"},
+                       "qwen3next": {"post_attention_norm.weight": "ffn_norm.weight"}}
 
 
 def _canonical_layer_names(arch: str, weights: dict, source: str) -> dict:
@@ -189,6 +190,9 @@ def load_hf_dir(path) -> LoadedModel:
         d.tensors = mamba2.hf_tensors(cfg, d.tensors, d.name)
     if cfg.arch in nemotron_h.GGUF_ARCHS:   # Nemotron-H's blocks' tensors as the core's layers'
         d.tensors = nemotron_h.layer_tensors(cfg, d.tensors, d.name)
+    if cfg.arch == "qwen3next":   # in_proj_qkvz as the attn_qkv / attn_gate its GGUF holds; ssm_ba kept whole
+        d.tensors = qwen3next.hf_tensors(cfg, d.tensors)
+        d.fused |= {n for n in d.tensors if n.endswith(".ssm_ba.weight")}
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused or n.endswith(LATENT_SOURCE_TENSORS)}

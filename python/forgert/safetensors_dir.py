@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from . import deltanet, lfm2, mamba2, nemotron_h
+from . import deltanet, lfm2, mamba2, nemotron_h, qwen3next
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -132,13 +132,15 @@ _DEEPSEEK_LAYER_NAMES = {
 _MINIMAX_M2_LAYER_NAMES = {**_LAYER_NAMES, "block_sparse_moe.e_score_correction_bias": "exp_probs_b.bias"}
 # Qwen3.5: Qwen3's attention, the recurrent layers' linear_attn.* (deltanet.py), Qwen2-MoE's experts
 _QWEN3_5_LAYER_NAMES = {**_LAYER_NAMES, **deltanet.HF_LAYER_NAMES}
+# Qwen3-Next: Qwen3.5's, with the recurrent layers' input projections fused (qwen3next.py)
+_QWEN3_NEXT_LAYER_NAMES = {**_QWEN3_5_LAYER_NAMES, **qwen3next.HF_LAYER_NAMES}
 _LFM2_LAYER_NAMES = {**_LAYER_NAMES, **lfm2.HF_LAYER_NAMES}
 _LFM2_MOE_LAYER_NAMES = {**_LFM2_LAYER_NAMES, **lfm2.HF_MOE_LAYER_NAMES}
 # Granite 4.0-H: Granite MoE's names, the Mamba2 layers' mamba.* and the shared MLP (mamba2.py)
 _GRANITE_HYBRID_LAYER_NAMES = {**_LAYER_NAMES, **mamba2.HF_LAYER_NAMES}
 _LAYER_NAMES_BY_MODEL_TYPE = {"granitemoehybrid": _GRANITE_HYBRID_LAYER_NAMES, "glm4": _GLM4_LAYER_NAMES, "qwen3_5_text": _QWEN3_5_LAYER_NAMES, "lfm2": _LFM2_LAYER_NAMES,
                               "lfm2_moe": _LFM2_MOE_LAYER_NAMES,
-                              "qwen3_5_moe_text": _QWEN3_5_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
+                              "qwen3_5_moe_text": _QWEN3_5_LAYER_NAMES, "qwen3_next": _QWEN3_NEXT_LAYER_NAMES, "glm4_moe": _GLM4_MOE_LAYER_NAMES,
                               "minimax_m2": _MINIMAX_M2_LAYER_NAMES,
                               "deepseek_v2": _DEEPSEEK_LAYER_NAMES, "deepseek_v3": _DEEPSEEK_LAYER_NAMES,
                               "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES, "mistral4": _DEEPSEEK_LAYER_NAMES,
