@@ -140,6 +140,22 @@ def test_corrupted_recurrent_gguf_never_crashes(tmp_path, tiny_tokenizer):
     assert refused > 200 // 2
 
 
+def test_corrupted_fused_recurrent_gguf_never_crashes(tmp_path, tiny_tokenizer):
+    """The same for a tiny Qwen3-Next GGUF in the older layout (qwen3next: ssm_in and ssm_ba, fused
+    per key head, whose rows are gathered at load by the ssm.* widths), and for its HF directory
+    (in_proj_qkvz, in_proj_ba)."""
+    import qwen3next_factory as q3n
+    model = q3n.build("qwen3next", tiny_tokenizer.get_vocab_size())
+    hf_dir = q3n.save_hf(model, tiny_tokenizer, tmp_path / "hf")
+    path = q3n.write_gguf(hf_dir, tmp_path / "q3n.gguf", "Q8_0", "qwen3next", model.config, tiny_tokenizer,
+                          legacy=True)
+    n = 300
+    _, refused = run_mutants(MUTATE_GGUF, path, n, tmp_path)
+    assert refused > n // 3
+    _, refused = run_mutants(MUTATE_SAFETENSORS, hf_dir, 200, tmp_path)
+    assert refused > 200 // 2
+
+
 def test_corrupted_short_conv_gguf_never_crashes(tmp_path, tiny_tokenizer):
     """The same for a tiny LFM2 GGUF, whose layer pattern is read from a per-layer head_count_kv
     array and whose convolution width from shortconv.l_cache."""

@@ -1,8 +1,9 @@
-"""A recurrent model's state (Qwen3.5's Gated DeltaNet layers hold a fixed-size state per sequence,
-not K/V rows): it continues only from where it stands, so every path that resumes a sequence (a
-follow-up prompt, saved states, the prompt cache, batched slots, one prompt's n choices) must
-resume there or start again. Each check compares with the same tokens evaluated fresh (a new
-Model), which the model's own tests (test_arch_qwen35.py) tie to transformers.
+"""A recurrent model's state (the Gated DeltaNet layers of Qwen3.5 and Qwen3-Next hold a fixed-size
+state per sequence, not K/V rows): it continues only from where it stands, so every path that
+resumes a sequence (a follow-up prompt, saved states, the prompt cache, batched slots, one
+prompt's n choices) must resume there or start again. Each check runs on both models' GGUFs and
+compares with the same tokens evaluated fresh (a new Model), which the models' own tests
+(test_arch_qwen35.py, test_arch_qwen3next.py) tie to transformers.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import qwen35_factory as qf
+import qwen3next_factory as q3n
 from conftest import backend_params, require_backend
 
 models = qf.models_fixture()
@@ -20,8 +22,22 @@ def ids(n, seed, vocab=320):
 
 
 @pytest.fixture(scope="module")
-def path(models):
+def qwen35_path(models):
     return str(models("qwen35")[1]["gguf-F32"])
+
+
+@pytest.fixture(scope="module")
+def qwen3next_path(tmp_path_factory, tiny_tokenizer):
+    """Qwen3-Next's Q8_0 GGUF (two key heads of four value heads, every layer routed)."""
+    root = tmp_path_factory.mktemp("qwen3next_state")
+    model = q3n.build("qwen3next", tiny_tokenizer.get_vocab_size())
+    hf_dir = q3n.save_hf(model, tiny_tokenizer, root / "hf")
+    return str(q3n.write_gguf(hf_dir, root / "m.gguf", "Q8_0", "qwen3next", model.config, tiny_tokenizer))
+
+
+@pytest.fixture(scope="module", params=["qwen35", "qwen3next"])
+def path(request):
+    return request.getfixturevalue(f"{request.param}_path")
 
 
 def fresh_greedy(forgert, path, prompt, n=8, backend="cpu"):
@@ -134,7 +150,7 @@ def test_n_choices_share_the_prompt(forgert, path):
     assert all(list(c.tokens) == want for c in got)
 
 
-def test_memory_check_counts_attention_rows_and_states(forgert, path, monkeypatch):
+def test_memory_check_counts_attention_rows_and_states(forgert, qwen35_path, monkeypatch):
     """The up-front memory check counts K/V rows of the attention layers only (1 of the 4) and the
     recurrent states of the others, by hand: K/V 1 layer x 2 x 4096 positions x (2 heads x 32) x 2
     bytes = 1048576; states 3 layers x 4 bytes x (3 past inputs x 256 channels + 4 heads x 32 x 32)
@@ -144,19 +160,19 @@ def test_memory_check_counts_attention_rows_and_states(forgert, path, monkeypatc
     need = 1 * 2 * 4096 * 64 * 2 + 3 * 3 * 4 * (3 * 256 + 4 * 32 * 32)
     monkeypatch.setattr(fm, "available_memory_bytes", lambda: need - 1)
     with pytest.raises(ValueError, match=r"n_ctx=4096 needs a .* pass n_ctx <= 4095"):
-        forgert.Model(path, backend="cpu", n_ctx=4096)
+        forgert.Model(qwen35_path, backend="cpu", n_ctx=4096)
     monkeypatch.setattr(fm, "available_memory_bytes", lambda: need)
-    assert forgert.Model(path, backend="cpu", n_ctx=4096).n_ctx == 4096
+    assert forgert.Model(qwen35_path, backend="cpu", n_ctx=4096).n_ctx == 4096
 
 
-def test_info_reports_cache_per_token_and_state(forgert, path):
+def test_info_reports_cache_per_token_and_state(forgert, qwen35_path):
     """forgert info and Model.info(): K/V bytes per token (the one attention layer's: 2 x 64 x 2)
     and the states per sequence (58368, as above)."""
     import subprocess
     import sys
     from conftest import subprocess_env
-    info = forgert.Model(path, backend="cpu", n_ctx=64).info()
+    info = forgert.Model(qwen35_path, backend="cpu", n_ctx=64).info()
     assert info["kv_bytes_per_token"] == 256 and info["state_bytes_per_sequence"] == 58368
-    out = subprocess.run([sys.executable, "-m", "forgert", "info", path], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "forgert", "info", qwen35_path], capture_output=True, text=True,
                          env=subprocess_env(), check=True).stdout
     assert "256 B of K/V per token + 57.0 KiB of recurrent state per sequence" in out
