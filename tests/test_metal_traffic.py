@@ -13,7 +13,8 @@ reads free of bank conflicts); the direct kernels (FORGERT_METAL_GEMV=direct) ke
 loads (each lane reads a field of its own block: a simdgroup load spans many lines; the lines are
 re-used by the next loads from cache), guarded at their measured figures. The other decode kernels
 (get_rows, rms_norm, rope_kv_write, attention) meet the goals of issue 14: >= 95% line efficiency and requested <= 1.05x needed
-bytes, at SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths and head shapes.
+bytes, at SmolLM2's, Llama 3.2 1B's and Llama 3 8B's widths and head shapes. So do the recurrent
+layers' kernels (conv1d_state, gated_delta_rule, mul_sigmoid, mul) at Qwen3.5-9B's and LFM2's widths.
 """
 from __future__ import annotations
 
@@ -388,3 +389,69 @@ def test_counting_is_off_by_default(core):
     m = core.Ops("metal")
     m.rms_norm(np.ones((1, 64), np.float32), np.ones(64, np.float32), 1e-5)
     assert core.emulator_traffic() == []
+
+
+# The recurrent layers' kernels (deltanet.metal, elementwise.metal's mul_f32), one decode token at
+# Qwen3.5-9B's and Qwen3-Next's widths: 16 key heads and 32 value heads of 128, the convolution over
+# C = 2 x 16 x 128 + 32 x 128 = 8192 channels of width 4 with SiLU; and LFM2-1.2B's short
+# convolution (2048 channels, width 3, no SiLU) and B * x. The runs table is one row (slot 0 of 2).
+DECODE_RUN = np.array([[0, 0, 1, 0]], np.int32)
+QWEN35_DELTA = dict(nk=16, nv=32, dk=128, dv=128)
+
+
+@pytest.mark.parametrize("C,K", [(8192, 4), (2048, 3)])
+def test_conv1d_state_traffic(core, metal, C, K):
+    r = np.random.default_rng(10)
+    x, w = r.standard_normal((1, C), dtype=np.float32), r.standard_normal((C, K), dtype=np.float32)
+    state = r.standard_normal((2, (K - 1) * C), dtype=np.float32)
+    metal.conv1d_state(x, w, state, DECODE_RUN, silu=K == 4)
+    d = one(core, "conv1d_state_f32")
+    # needed: x's row, w, the state row (read and written back), the run, out's row
+    assert d["slot_read_needed"][1:6] == [4 * C, 4 * C * K, 4 * (K - 1) * C, 16, 0]
+    assert d["write_needed"] == d["write_requested"] == 4 * (K - 1) * C + 4 * C
+    # every weight byte requested once, through threadgroup memory in whole lines: measured 1.0 and
+    # 1.0 (64- and 128-byte lines) at both widths; each lane loading its own channel's K weights
+    # was 0.467 and 0.520 at C = 8192, K = 4 (its w loads 4 lines where one simdgroup needs 1)
+    assert d["slot_read_requested"][2] == 4 * C * K
+    assert lines(d) >= 0.95 and lines128(d) >= 0.95 and lines(d, "store") == 1.0
+    # each thread reads the run's row (16 B, 6 KB in all at 8192 channels): measured 1.016 and 1.021
+    assert d["read_requested"] + d["write_requested"] <= 1.03 * (d["read_needed"] + d["write_needed"])
+    # the staged rows' odd stride (K | 1) keeps the K reads of each lane conflict-free; at K = 4 the
+    # copy's writes (a simdgroup's 32 floats spread over 40 addresses) take two wavefronts each:
+    # measured 1.50 over the dispatch at K = 4, 1.00 at K = 3
+    assert d["tg_wavefronts"] <= (1.55 if K == 4 else 1.02) * d["tg_wavefronts_min"]
+
+
+@pytest.mark.parametrize("views", [False, True])   # q, k, v apart, or column views of one row (the model's)
+def test_gated_delta_rule_traffic(core, metal, views):
+    nk, nv, dk, dv = QWEN35_DELTA.values()
+    r = np.random.default_rng(11)
+    q, k = (r.standard_normal((1, nk * dk), dtype=np.float32) for _ in range(2))
+    v = r.standard_normal((1, nv * dv), dtype=np.float32)
+    alpha, beta = (r.standard_normal((1, nv), dtype=np.float32) for _ in range(2))
+    state = r.standard_normal((2, nv * dk * dv), dtype=np.float32)
+    metal.gated_delta_rule(q, k, v, alpha, beta, -np.ones(nv, np.float32), np.ones(nv, np.float32), state, DECODE_RUN,
+                           nk, nv, dk, dv, True, 1e-6, views=views)
+    d = one(core, "gated_delta_rule_f32_k128")
+    state_bytes = 4 * nv * dk * dv   # 2 MiB: the step's bytes, read and written once (measured: exactly)
+    assert d["slot_read_needed"][8] == d["slot_read_requested"][8] == state_bytes
+    assert d["write_needed"] == d["write_requested"] == state_bytes + 4 * nv * dv
+    # 64 threadgroups (32 value heads x 2 column halves) each stage their key head's q and k (4x the
+    # 8 KB each: measured) and read the head's alpha, beta, A and dt_bias: 1.013 of needed in all
+    assert d["read_requested"] + d["write_requested"] <= 1.02 * (d["read_needed"] + d["write_needed"])
+    # the state's columns are the lanes: whole lines (measured 1.0, 1.0 and stores 1.0)
+    assert lines(d) >= 0.95 and lines128(d) >= 0.95 and lines(d, "store") == 1.0
+    assert d["tg_wavefronts"] == d["tg_wavefronts_min"]  # the staged q, k read as broadcasts: measured
+
+
+@pytest.mark.parametrize("kernel,dim", [("mul_sigmoid_f32", 4096), ("mul_f32", 2048)])
+def test_gate_and_mul_traffic(core, metal, kernel, dim):
+    """Qwen3.5-9B's attention output gate (16 heads of 256) and LFM2-1.2B's B * x: one row each,
+    the two operands column views of one buffer (the model's layout)."""
+    r = np.random.default_rng(12)
+    a, b = (r.standard_normal((1, dim), dtype=np.float32) for _ in range(2))
+    (metal.mul_sigmoid if kernel == "mul_sigmoid_f32" else metal.mul)(a, b)
+    d = one(core, kernel)
+    assert d["read_needed"] == d["read_requested"] == 8 * dim  # measured: exactly
+    assert d["write_needed"] == d["write_requested"] == 4 * dim
+    assert lines(d) == 1.0 and lines128(d) == 1.0 and lines(d, "store") == 1.0  # measured

@@ -27,7 +27,9 @@ static inline bool run_in_rows(device const int* runs, int r, int rows) {
 
 // One thread per channel slides the window through each run's rows; the window's past (the state)
 // and the channel's weights stay in registers (fixed-size arrays indexed by constants once the
-// loops unroll, their bounds guarded by K).
+// loops unroll, their bounds guarded by K). The weights come through threadgroup memory: a lane
+// loading its own channel's K weights would touch K times the lines a simdgroup needs (w is
+// [C, K]); the threadgroup's rows of w are one range that consecutive lanes load whole.
 kernel void conv1d_state_f32(
         constant conv1d_state_args & args [[buffer(0)]],
         device const char * x     [[buffer(1)]],
@@ -36,21 +38,26 @@ kernel void conv1d_state_f32(
         device const int  * runs  [[buffer(4)]],
         device       char * out   [[buffer(5)]],
         device const float * bias [[buffer(6)]],
+        threadgroup float * wt    [[threadgroup(0)]],
         uint3 tgpig [[threadgroup_position_in_grid]],
         uint3 tptg  [[thread_position_in_threadgroup]],
         uint3 ntg   [[threads_per_threadgroup]]) {
-    const int c = tgpig.x * ntg.x + tptg.x;
+    const int c0 = tgpig.x * ntg.x, c = c0 + tptg.x;
     const int r0 = tgpig.y;
-    if (c >= args.channels || !run_starts_here(runs, r0, args.n_slots)) return;
-    const int C = args.channels, past = args.width - 1;
+    if (!run_starts_here(runs, r0, args.n_slots)) return;  // the whole threadgroup: no barrier waits on it
+    const int C = args.channels, K = args.width, past = K - 1, ws = FG_CONV_TG_STRIDE(K);
+    const int n_ch = min((int)ntg.x, C - c0);  // [n_ch, K] floats of w, staged [n_ch, ws]
+    for (int i = tptg.x; i < n_ch * K; i += ntg.x)
+        wt[(i / K) * ws + i % K] = ((device const float*)(w + (uint64_t)(c0 + i / K) * args.w_stride))[i % K];
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (c >= C) return;
     const int slot = runs[4 * r0];
     device float* st = (device float*)(state + slot * args.state_stride);
-    device const float* wc = (device const float*)(w + c * args.w_stride);
     const float b = args.has_bias != 0 ? bias[c] : 0.0f;
     float wr[FG_CONV_MAX_K];
     float win[FG_CONV_MAX_K];  // the past inputs, oldest first
     for (int j = 0; j < FG_CONV_MAX_K; ++j) {
-        wr[j] = j < args.width ? wc[j] : 0.0f;
+        wr[j] = j < K ? wt[tptg.x * ws + j] : 0.0f;
         win[j] = j < past ? st[j * C + c] : 0.0f;
     }
     for (int r = r0; r < args.n_runs; ++r) {

@@ -469,7 +469,10 @@ FG_ARGS_ASSERT(sizeof(add_bias_id_args) == 32, "add_bias_id_args layout");
 // slots: 1 x f32 [rows, C], 2 w f32 [C, K], 3 state f32 [n_slots, (K - 1) * C] (read and written),
 //        4 runs i32 [n_runs, 4], 5 out f32 [rows, C], 6 bias f32 [C] (bound to w when has_bias is 0)
 // grid: (ceil(C / threads), n_runs); threads: min(256, C rounded to 32) (one channel each)
+// threadgroup memory 0: threads * FG_CONV_TG_STRIDE(K) floats, the threadgroup's channels' weights
 #define FG_CONV_MAX_K 16
+// The staged weight rows' stride in floats: odd, so that lanes reading their own rows hit distinct banks.
+#define FG_CONV_TG_STRIDE(k) ((k) | 1)
 typedef struct {
     uint64_t x_stride;
     uint64_t w_stride;

@@ -1056,7 +1056,8 @@ void MetalBackend::conv1d_state(const Tensor& out, const Tensor& x, const Tensor
     a.has_bias = bias.rows ? 1 : 0;
     const uint32_t threads = std::min<uint32_t>(256, round_up_simd(x.cols));
     encode("conv1d_state_f32", &a, sizeof a, {reads(x), reads(w), writes(state), reads(runs), writes(out), reads(b)},
-           {ceil_div(x.cols, threads), (uint32_t)runs.rows, 1}, {threads, 1, 1});
+           {ceil_div(x.cols, threads), (uint32_t)runs.rows, 1}, {threads, 1, 1},
+           threads * FG_CONV_TG_STRIDE(a.width) * sizeof(float));
 }
 
 void MetalBackend::gated_delta_rule(const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
