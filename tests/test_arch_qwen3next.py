@@ -105,6 +105,26 @@ def test_mixed_dense_layers_refused(forgert, models, tmp_path):
         forgert.Model(str(d), backend="cpu")
 
 
+def test_released_config_style_reads_the_same(forgert, models, tmp_path):
+    """Qwen3-Next's released config.json (transformers 4's keys: rope_theta and
+    partial_rotary_factor at the top, full_attention_interval instead of layer_types) gives the
+    same model as transformers 5's rope_parameters and layer_types."""
+    import json
+    import shutil
+    model, files, _ = models("qwen3next")
+    d = tmp_path / "released"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    del cfg["layer_types"]
+    cfg.update(rope_theta=rope["rope_theta"], partial_rotary_factor=rope["partial_rotary_factor"],
+               rope_scaling=None, full_attention_interval=4)
+    (d / "config.json").write_text(json.dumps(cfg))
+    ids = ids_for(model.config.vocab_size, 16, 7)
+    want = forgert.Model(str(files["hf-F32"]), backend="cpu").logits(ids)
+    np.testing.assert_array_equal(forgert.Model(str(d), backend="cpu").logits(ids), want)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_quantize_writes_llamacpp_layout(forgert, models, name, tmp_path):
     """`forgert quantize` of the HF directory writes llama.cpp's qwen3next layout: the same tensors,

@@ -79,9 +79,9 @@ def _set_recurrent(cfg, recurrent: list, conv_kernel, k_heads, v_heads, k_dim, v
 
 
 def apply_gguf(meta: dict, p: str, cfg, source, extent: int) -> None:
-    """llama.cpp's qwen35 / qwen35moe keys: ssm.conv_kernel, ssm.state_size (the key heads' width),
-    ssm.group_count (key heads), ssm.time_step_rank (value heads), ssm.inner_size (all value
-    heads' width); attention.recurrent_layers, or full_attention_interval (every interval-th
+    """llama.cpp's qwen35 / qwen35moe / qwen3next keys (qwen3next's value heads grouped, not tiled):
+    ssm.conv_kernel, ssm.state_size (the key heads' width), ssm.group_count (key heads),
+    ssm.time_step_rank (value heads), ssm.inner_size (all value heads' width); attention.recurrent_layers, or full_attention_interval (every interval-th
     layer attention, the rest recurrent; 4 when absent); nextn_predict_layers after the model's own
     blocks (multi-token prediction, not run)."""
     def get(key, default=None):
@@ -183,13 +183,16 @@ def gguf_value_head_order(cfg, name: str):
 
 
 def gguf_metadata(cfg) -> dict:
-    """llama.cpp's qwen35 keys for the recurrent layers (apply_gguf reads them back)."""
+    """llama.cpp's qwen35 / qwen3next keys for the recurrent layers (apply_gguf reads them back);
+    qwen3next has no multimodal RoPE sections."""
     rec = [int(k == "gated_delta_net") for k in cfg.layer_kinds]
     interval = next((k for k in range(1, cfg.n_layers + 1)
                      if rec == [int((i + 1) % k != 0) for i in range(cfg.n_layers)]), None)
     if interval is None:
         raise ModelFormatError(f"recurrent layers {rec} do not follow one attention layer every k layers, the "
                                f"only pattern llama.cpp's qwen35 reads (full_attention_interval)")
+    if cfg.arch == "qwen3next" and not cfg.n_expert:
+        raise ModelFormatError("qwen3next without experts (num_experts 0): llama.cpp's qwen3next requires them")
     keys = {"ssm.conv_kernel": cfg.ssm_conv_kernel, "ssm.state_size": cfg.ssm_k_dim,
             "ssm.group_count": cfg.ssm_k_heads, "ssm.time_step_rank": cfg.ssm_v_heads,
             "ssm.inner_size": cfg.ssm_v_heads * cfg.ssm_v_dim, "full_attention_interval": interval}
