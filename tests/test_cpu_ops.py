@@ -1001,6 +1001,8 @@ def attention_inputs(rng, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx, scale=1
     (69, 50, 9, 3, 64, 128),     # 64 + 5 tokens after a 50-token prefix
     (1, 700, 9, 3, 64, 1024),    # decode, long context: each KV head's keys split across threads
     (1, 1000, 4, 1, 128, 1024),  # the same with one KV head (MQA)
+    (9, 30, 4, 2, 512, 48),      # head_dim 512 (Gemma 4's global layers), prefill after a prefix
+    (1, 40, 8, 1, 512, 48),      # and decode, GQA 8:1
 ])
 def test_attention(ops_for, backend, n, pos0, n_heads, n_kv_heads, head_dim, n_ctx):
     if backend == "metal" and n * (pos0 + n) > 2000:

@@ -343,7 +343,7 @@ def test_rms_norm(metal, cpu, dim):
     assert nmse(metal.rms_norm(x, w, 1e-5), cpu.rms_norm(x, w, 1e-5)) < 1e-10
 
 
-@pytest.mark.parametrize("n,heads,head_dim", [(1, 16, 128), (9, 4, 64), (3, 2, 256)])
+@pytest.mark.parametrize("n,heads,head_dim", [(1, 16, 128), (9, 4, 64), (3, 2, 256), (2, 3, 512)])
 def test_head_rms_norm(metal, cpu, n, heads, head_dim):
     """Qwen3's QK-norm in place on the device (rms_norm over [n * heads, head_dim] rows)."""
     r = rng("head_rms_norm", n, heads, head_dim)
@@ -358,6 +358,7 @@ def test_head_rms_norm(metal, cpu, n, heads, head_dim):
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim", [
     (1, 131000, 9, 3, 64), (5, 4093, 3, 3, 64), (6, 3, 4, 4, 128), (3, 0, 2, 1, 8),
+    (3, 900, 2, 1, 512),   # Gemma 4's global heads: 256 lanes per head
 ])
 def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads, head_dim):
     r = rng("rope_kv_write", neox, n, pos0, head_dim)
@@ -431,7 +432,9 @@ ATTENTION_CASES = [
     (20, 0, 2, 2, 128),    # prefill from the start, causal
     (9, 3, 8, 2, 32),      # GQA 4:1, prefill kernel (query blocks of 8, partial last block)
     (12, 150, 16, 4, 64),  # prefill kernel over several K/V tiles
-    (10, 20, 2, 1, 256),   # prefill kernel, widest head: 16-key tiles
+    (10, 20, 2, 1, 256),   # prefill kernel, head_dim 256: 16-key tiles
+    (10, 20, 2, 1, 512),   # prefill kernel's 512 class (Gemma 4's global heads): 8-key tiles
+    (1, 300, 4, 1, 512),   # decode at head_dim 512: one head per block, splits + reduce
     (8, 200, 2, 1, 16),    # few heads, long context: split kernel with several queries
 ]
 
@@ -455,6 +458,7 @@ def test_attention(metal, cpu, as_cache, n, pos0, n_heads, n_kv_heads, head_dim)
 
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,window,softcap", [
     (1, 300, 16, 2, 256, 0, 0.0),    # GQA 8:1 at head_dim 256: four blocks of 2 heads per KV head, splits
+    (2, 140, 8, 1, 512, 100, 0.0),   # GQA 8:1 at head_dim 512 (Gemma 4): blocks of 1 head, windowed
     (1, 5, 8, 1, 64, 0, 0.0),        # GQA 8:1, one block of 8 heads, one split
     (1, 200, 10, 2, 48, 0, 0.0),     # a block of 5 heads (prime group), head_dim 48
     (1, 90, 10, 2, 96, 0, 0.0),      # the same group at head_dim 96: 5 blocks of 1 head (at most 4 fit)
@@ -581,10 +585,10 @@ def test_head_rms_norm_head_dim_256(metal, cpu):
 # --------------------------------------------------------------------------- errors
 
 def test_attention_rejects_head_dim_above_limit(metal, as_cache):
-    q = np.zeros((1, 512), dtype=np.float32)
-    kv = as_cache(np.zeros((4, 512)))
+    q = np.zeros((1, 1024), dtype=np.float32)
+    kv = as_cache(np.zeros((4, 1024)))
     with pytest.raises(ValueError, match="head_dim"):
-        metal.attention(q, kv, kv, 0, 1, 1, 512, 1.0)
+        metal.attention(q, kv, kv, 0, 1, 1, 1024, 1.0)
 
 
 @pytest.mark.parametrize("value", ["48", "512", "many"])

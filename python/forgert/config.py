@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import deltanet, gemma, lfm2, mamba2, nemotron_h
+from . import deltanet, gemma, gemma4, lfm2, mamba2, nemotron_h
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS + (gemma4.GGUF_ARCH,)
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -25,7 +25,8 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "ernie4_5_moe": "ernie4_5-moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
                   "lfm2": lfm2.GGUF_ARCH, "lfm2_moe": lfm2.GGUF_MOE_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES,
-                  **mamba2.HF_MODEL_TYPES, **nemotron_h.HF_MODEL_TYPES}
+                  **mamba2.HF_MODEL_TYPES, **nemotron_h.HF_MODEL_TYPES,
+                  gemma4.HF_TEXT_TYPE: gemma4.GGUF_ARCH}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -61,10 +62,11 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # one gated attention layer (deltanet.py), with Qwen3-MoE's experts and a gated shared expert;
 # Qwen3-Next (qwen3next) the same with fused recurrent projections (qwen3next.py).
 # LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
+# Gemma 4 (gemma4) is Gemma 3 with per-layer attention shapes, V from K and V-norm (gemma4.py).
 # Granite 4.0-H (granitehybrid) is Granite MoE whose other layers are Mamba2 mixers (mamba2.py).
 # Nemotron-H (nemotron_h) is Arcee's ReLU-squared MLP after Mamba2 or NoPE attention blocks, some
 # layers without an MLP (nemotron_h.py).
-_CORE_ARCH = {"granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+_CORE_ARCH = {"gemma4": "gemma3", "granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -90,9 +92,9 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 # whose output attention and the MLP both read, their outputs added to the residual together
 # (Cohere). And its QK-norm (absent: none): over each head of Q and K ("head") or over the whole
 # Q and K projections ("whole").
-_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
+_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "gemma4": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3next": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+_QK_NORM = {"gemma4": "head", "lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3next": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
             "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -221,14 +223,27 @@ class ModelConfig:
     # divided by logit_scale (its embedding and attention multipliers are embed_scale, attn_scale).
     residual_scale: float = 1.0
     logit_scale: float = 1.0
+    # Gemma 4 (gemma4.py; ModelConfig in src/cpp/model/config.h): per-layer head widths and KV heads
+    # (None: head_dim / n_kv_heads everywhere), layers whose V is K's projection, V's weightless
+    # RMSNorm, each layer's output scalar (None: 1).
+    layer_head_dim: list[int] | None = None
+    layer_n_kv_heads: list[int] | None = None
+    layer_v_is_k: list[int] | None = None
+    v_norm: bool = False
+    layer_out_scale: list[float] | None = None
 
     def has_layer_kind(self, kind: str) -> bool:
         return self.layer_kinds is not None and kind in self.layer_kinds
 
     def kv_bytes_per_position(self) -> int:
         """The f16 K and V bytes one position of one sequence takes: attention layers only."""
-        n_attn = self.n_layers if self.layer_kinds is None else self.layer_kinds.count("attention")
-        return n_attn * 2 * self.n_kv_heads * self.head_dim * 2
+        attn = [l for l in range(self.n_layers) if self.layer_kinds is None or self.layer_kinds[l] == "attention"]
+        return sum(2 * self.kv_dim_of(l) * 2 for l in attn)
+
+    def kv_dim_of(self, layer: int) -> int:
+        """A layer's K (or V) row width: its KV heads times its head width (Gemma 4's differ per layer)."""
+        heads = self.n_kv_heads if self.layer_n_kv_heads is None else self.layer_n_kv_heads[layer]
+        return heads * (self.head_dim if self.layer_head_dim is None else self.layer_head_dim[layer])
 
     def state_bytes(self) -> int:
         """The f32 recurrent states one sequence keeps, whatever its length (the core's conv_state_ /
@@ -323,6 +338,16 @@ class ModelConfig:
                        f"in the file, not run")
         if self.arch == "phi3":
             out.append("fused qkv and gate_up (split zero-copy)")
+        if self.layer_head_dim is not None:   # Gemma 4
+            shapes = sorted({(h, k) for h, k in zip(self.layer_head_dim, self.layer_n_kv_heads or
+                                                     [self.n_kv_heads] * self.n_layers)})
+            out.append("per-layer attention shapes: " + ", ".join(f"{k} KV heads of {h}" for h, k in shapes))
+        if self.layer_v_is_k and any(self.layer_v_is_k):
+            out.append(f"V is K's projection in layers {', '.join(str(i) for i, v in enumerate(self.layer_v_is_k) if v)}")
+        if self.v_norm:
+            out.append("V RMS-normed over each head (no weight)")
+        if self.layer_out_scale is not None:
+            out.append("each layer's output times its scalar")
         if self.head_dim * self.n_heads != self.dim:
             out.append(f"head_dim {self.head_dim} (q width {self.head_dim * self.n_heads} != dim {self.dim})")
         s = self.rope_scaling or {}
@@ -392,7 +417,8 @@ class ModelConfig:
             "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim, "ffn_dim": self.ffn_dim,
             "vocab": self.vocab, "n_ctx": int(n_ctx), "rms_eps": float(self.rms_eps),
             "rope_neox": bool(self.rope_neox), "rope_freqs": self.freqs_for(n_ctx),
-            "rope_dim": int(self.rope_dim or self.head_dim), "rope_attn_factor": float(self.rope_attn_factor),
+            # 0 with per-layer head widths: each layer rotates its whole head
+            "rope_dim": int(self.rope_dim or (0 if self.layer_head_dim else self.head_dim)), "rope_attn_factor": float(self.rope_attn_factor),
             "layer_window": self.windows(), "norms": self.norms, "qk_norm": self.qk_norm, "norm_kind": self.norm_kind,
         }
         if self.arch in _PLAIN_FFN_ARCHS:
@@ -428,8 +454,15 @@ class ModelConfig:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
             d.update(embed_scale=float(self.embed_scale), attn_scale=float(self.attn_scale or 0.0))
-        if self.arch in gemma.GEMMA_ARCHS:
+        if self.arch in gemma.GEMMA_ARCHS + (gemma4.GGUF_ARCH,):
             d.update(ffn_act=self.ffn_act, attn_softcap=float(self.attn_softcap), final_softcap=float(self.final_softcap))
+        for key in ("layer_head_dim", "layer_n_kv_heads", "layer_v_is_k"):
+            if getattr(self, key) is not None:
+                d[key] = [int(v) for v in getattr(self, key)]
+        if self.v_norm:
+            d["v_norm"] = True
+        if self.layer_out_scale is not None:
+            d["layer_out_scale"] = [float(v) for v in self.layer_out_scale]
         return d
 
 
@@ -553,6 +586,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _fail(source, nemotron_h.REFUSED_GGUF_ARCHS[arch])
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
+    if arch == gemma4.GGUF_ARCH:   # per-layer attention shapes: its own reader
+        return gemma4.config_from_gguf(meta, vocab, source, census, rope_factors)
     p = arch + "."
     blocks_meta = meta
     if arch in nemotron_h.GGUF_ARCHS:   # per-block arrays as the scalars read below (its blocks: apply_gguf)
@@ -1348,6 +1383,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
+    if model_type == gemma4.HF_TEXT_TYPE:   # per-layer attention shapes: its own reader
+        return gemma4.config_from_hf(hf, source, census)
     if model_type in ("lfm2", "lfm2_moe"):   # LFM2's own key names, and its MLP's width as transformers computes it
         hf = {**hf, "tie_word_embeddings": hf.get("tie_embedding", hf.get("tie_word_embeddings", True))}
         if model_type == "lfm2":

@@ -363,6 +363,10 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
     if loaded.config.arch == "gpt-oss" and loaded.format != "gguf":
         raise ModelFormatError(f"{loaded.name}: gpt-oss HF directories cannot be quantized (their GGUF metadata "
                                f"and attention sinks are not written); quantize a GGUF of gpt-oss instead")
+    if loaded.config.arch == "gemma4" and loaded.format != "gguf":
+        raise ModelFormatError(f"{loaded.name}: Gemma 4 HF directories cannot be quantized yet (llama.cpp's per-layer "
+                               f"head widths, rope_freqs and layer scalars are not written); quantize a GGUF of it, "
+                               f"or run the directory itself")
     if loaded.config.arch in ("lfm2", "lfm2moe") and loaded.format != "gguf":
         raise ModelFormatError(f"{loaded.name}: LFM2 HF directories cannot be quantized yet (llama.cpp's per-layer "
                                f"head_count_kv and its final-norm name are not written); quantize a GGUF of it, or "

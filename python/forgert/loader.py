@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import lfm2, mamba2, nemotron_h, qwen3next
+from . import gemma4, lfm2, mamba2, nemotron_h, qwen3next
 from .deltanet import recurrent_tensors
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
@@ -143,6 +143,8 @@ def load_gguf(path) -> LoadedModel:
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
     _settings_from_tensors(cfg, weights)
+    # Gemma 4: its layer scalars go to the config, V from K where attn_v is absent
+    config_tensors = gemma4.read_layer_tensors(cfg, weights, g.name) if cfg.arch == gemma4.GGUF_ARCH else ()
     if cfg.arch in lfm2.GGUF_ARCHS:   # its final norm under llama.cpp's name for it
         weights = {lfm2.GGUF_GLOBAL_RENAMES.get(n, n): w for n, w in weights.items()}
     stored = weights   # as the file holds them (what `forgert quantize` copies): the core's view below
@@ -151,7 +153,8 @@ def load_gguf(path) -> LoadedModel:
     if cfg.arch in nemotron_h.GGUF_ARCHS:   # its blocks' tensors as the core's layers'
         weights = nemotron_h.layer_tensors(cfg, weights, g.name)
     canonical = split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name))
-    tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name, ignore=_GGUF_EXTRA_TENSORS)
+    tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name,
+                           ignore=_GGUF_EXTRA_TENSORS + config_tensors)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
@@ -180,7 +183,8 @@ def _hf_chat_template(d: HFModelDir):
 def load_hf_dir(path) -> LoadedModel:
     d = HFModelDir(path)
     cfg = config_from_hf(d.config, f"{d.name}/config.json", TensorCensus.of(w.shape for w in d.tensors.values()))
-    if cfg.arch in GEMMA_ARCHS and "token_embd.weight" in d.tensors:
+    config_tensors = gemma4.read_layer_tensors(cfg, d.tensors, d.name) if cfg.arch == gemma4.GGUF_ARCH else ()
+    if cfg.arch in GEMMA_ARCHS + (gemma4.GGUF_ARCH,) and "token_embd.weight" in d.tensors:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
     if cfg.norm_shift:
         d.tensors = shift_norms(d.tensors, cfg.norm_shift)
@@ -193,7 +197,8 @@ def load_hf_dir(path) -> LoadedModel:
     if cfg.arch == "qwen3next":   # in_proj_qkvz as the attn_qkv / attn_gate its GGUF holds; ssm_ba kept whole
         d.tensors = qwen3next.hf_tensors(cfg, d.tensors)
         d.fused |= {n for n in d.tensors if n.endswith(".ssm_ba.weight")}
-    tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name)
+    tensors = core_tensors(cfg, latent_attention_tensors(cfg, split_fused(cfg, d.tensors), d.name), d.name,
+                           ignore=config_tensors)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused or n.endswith(LATENT_SOURCE_TENSORS)}
     return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok,

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from . import deltanet, lfm2, mamba2, nemotron_h, qwen3next
+from . import deltanet, gemma4, lfm2, mamba2, nemotron_h, qwen3next
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -34,6 +34,7 @@ _GLOBAL_NAMES = {
     "model.norm.bias": "output_norm.bias",   # StarCoder2's LayerNorm
     "lm_head.weight": "output.weight",
     **lfm2.HF_GLOBAL_NAMES,   # LFM2's final norm
+    **gemma4.HF_GLOBAL_NAMES,  # Gemma 4's per-layer embeddings (refused by its config)
 }
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -146,6 +147,7 @@ _LAYER_NAMES_BY_MODEL_TYPE = {"granitemoehybrid": _GRANITE_HYBRID_LAYER_NAMES, "
                               "glm4_moe_lite": _DEEPSEEK_LAYER_NAMES, "mistral4": _DEEPSEEK_LAYER_NAMES,
                               "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
+                              gemma4.HF_TEXT_TYPE: {**_GEMMA_LAYER_NAMES, **gemma4.HF_LAYER_NAMES},
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")

@@ -13,13 +13,12 @@
 // rows acc), then merge in threadgroup memory. There is no length cap: the loop runs over
 // the keys in place. Instantiated per head-size class (DPL elements per lane), so registers
 // hold just the lanes' slices: a block has at most FG_ATTN_QREGS / DPL heads (8 at head_dim
-// 64, 4 at 128, 2 at 256), which keeps query and accumulator registers at 2 x 16 per lane.
+// 64, 4 at 128, 2 at 256, 1 at 512), which keeps query and accumulator registers at 2 x 16 per lane.
 #include <metal_stdlib>
 using namespace metal;
 
 #include "kernel_args.h"
 
-#define ATTN_DPL (FG_ATTN_MAX_HEAD_DIM / FG_SIMD_WIDTH)  // head elements per lane, at most (prefill)
 // Finite "minus infinity": stays well defined when the compiler assumes no infinities.
 #define ATTN_NEG_BIG (-1.0e30f)
 
@@ -183,6 +182,7 @@ typedef decltype(attention_f16<2>) attention_f16_t;
 template [[host_name("attention_f16_d64")]] kernel attention_f16_t attention_f16<2>;
 template [[host_name("attention_f16_d128")]] kernel attention_f16_t attention_f16<4>;
 template [[host_name("attention_f16_d256")]] kernel attention_f16_t attention_f16<8>;
+template [[host_name("attention_f16_d512")]] kernel attention_f16_t attention_f16<16>;
 
 // Combines the partial states of one (head, query), its own splits (as attention_f16 cut its
 // keys): one simdgroup per pair. Lane s takes the (max, sum) of splits s, s + 32, ...; the splits'
@@ -241,6 +241,7 @@ kernel void attention_reduce(
 // softmax; no merge is needed since no two simdgroups share a query.
 #define ATTN_QPS (FG_ATTN_BQ / FG_ATTN_SIMDGROUPS)
 
+template <int ATTN_DPL>  // head elements per lane: head_dim <= 32 * ATTN_DPL
 kernel void attention_prefill_f16(
         constant attention_prefill_args & args [[buffer(0)]],
         device const char * q          [[buffer(1)]],
@@ -346,3 +347,9 @@ kernel void attention_prefill_f16(
         }
     }
 }
+
+// Two head-size classes: up to 256 (8 elements per lane), and Gemma 4's 512 global heads (16),
+// so the smaller heads keep their registers.
+typedef decltype(attention_prefill_f16<8>) attention_prefill_f16_t;
+template [[host_name("attention_prefill_f16")]] kernel attention_prefill_f16_t attention_prefill_f16<8>;
+template [[host_name("attention_prefill_f16_d512")]] kernel attention_prefill_f16_t attention_prefill_f16<16>;

@@ -175,14 +175,14 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 72, "rope_kv_write_args layout");
 //          FG_ATTN_STATS_AT(n * H * S, hd) (8-byte aligned), S = the grid's splits
 //        7 rows i32 [n, 2] (or unused): with has_rows, query t sits at position rows[t][0] of the
 //        sequence whose cache rows start at rows[t][1] (a batch of sequences in one dispatch)
-// kernels: attention_f16_d64 / _d128 / _d256 for head_dim up to 64 / 128 / 256 (DPL = 2 / 4 / 8
-//          elements per lane)
+// kernels: attention_f16_d64 / _d128 / _d256 / _d512 for head_dim up to 64 / 128 / 256 / 512
+//          (DPL = 2 / 4 / 8 / 16 elements per lane; _d512: Gemma 4's global layers)
 // grid: (S, H / G, n) for G query heads per threadgroup (G divides H / KV, G <=
 //       FG_ATTN_QREGS / DPL; the kernel reads G from the grid), S = fg_attn_splits of the
 //       longest span; threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
 #define FG_ATTN_SIMDGROUPS 4
-#define FG_ATTN_MAX_HEAD_DIM 256
+#define FG_ATTN_MAX_HEAD_DIM 512
 #define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most
 #define FG_ATTN_TG_FLOATS(g, hd) ((g) * FG_ATTN_SIMDGROUPS * ((hd) + 2))
 #define FG_ATTN_MAX_TG_BYTES 32768

@@ -102,6 +102,14 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("layer_rope")) c.layer_rope = get_int_list(d, "layer_rope");
     if (d.contains("layer_window")) c.layer_window = get_int_list(d, "layer_window");
     if (d.contains("layer_ffn")) c.layer_ffn = get_int_list(d, "layer_ffn");  // Nemotron-H's layers without one
+    // Gemma 4: per-layer attention shapes, V from K, V's norm, each layer's output scale
+    if (d.contains("layer_head_dim")) c.layer_head_dim = get_int_list(d, "layer_head_dim");
+    if (d.contains("layer_n_kv_heads")) c.layer_n_kv_heads = get_int_list(d, "layer_n_kv_heads");
+    if (d.contains("layer_v_is_k")) c.layer_v_is_k = get_int_list(d, "layer_v_is_k");
+    if (d.contains("v_norm")) c.v_norm = get<bool>(d, "v_norm");
+    if (d.contains("layer_out_scale")) {
+        for (py::handle f : d["layer_out_scale"].cast<py::list>()) c.layer_out_scale.push_back(f.cast<float>());
+    }
     if (d.contains("layer_kind")) {  // recurrent layers: Gated DeltaNet (Qwen3.5), short convolutions (LFM2)
         c.layer_kind = get_int_list(d, "layer_kind");
         c.ssm_conv_kernel = get<int>(d, "ssm_conv_kernel");
@@ -477,11 +485,11 @@ public:
         return out;
     }
 
-    // uint16 (f16 bits) [n_layers, 2, n, kv_dim]: K and V rows of positions 0..n.
+    // uint16 (f16 bits) [n_layers, 2, n, max_kv_dim]: K and V rows of positions 0..n (LlamaModel::kv_bytes).
     py::array_t<uint16_t> kv_save(int n) {
         const ModelConfig& c = model_->config();
         if (n < 0 || n > c.n_ctx) throw InputError("n must be in 0.." + std::to_string(c.n_ctx) + ", got " + std::to_string(n));
-        py::array_t<uint16_t> out(std::vector<py::ssize_t>{c.n_layers, 2, n, c.kv_dim()});
+        py::array_t<uint16_t> out(std::vector<py::ssize_t>{c.n_layers, 2, n, c.max_kv_dim()});
         uint16_t* dst = out.mutable_data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
@@ -491,10 +499,10 @@ public:
 
     void kv_load(py::array_t<uint16_t, py::array::c_style | py::array::forcecast> kv) {
         const ModelConfig& c = model_->config();
-        if (kv.ndim() != 4 || kv.shape(0) != c.n_layers || kv.shape(1) != 2 || kv.shape(3) != c.kv_dim() ||
+        if (kv.ndim() != 4 || kv.shape(0) != c.n_layers || kv.shape(1) != 2 || kv.shape(3) != c.max_kv_dim() ||
             kv.shape(2) > c.n_ctx)
             throw InputError("kv state must be [" + std::to_string(c.n_layers) + ", 2, n <= " + std::to_string(c.n_ctx) +
-                             ", " + std::to_string(c.kv_dim()) + "] for this model and context");
+                             ", " + std::to_string(c.max_kv_dim()) + "] for this model and context");
         const int n = (int)kv.shape(2);
         const uint16_t* src = kv.data();
         py::gil_scoped_release nogil;

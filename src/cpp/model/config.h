@@ -2,6 +2,7 @@
 // per-layer attention settings (window, RoPE table) later families vary.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -136,9 +137,44 @@ struct ModelConfig {
     int ssm_value_width() const { return ssm_v_heads * ssm_v_dim; }
     int ssm_conv_channels() const { return 2 * ssm_qk_width() + ssm_value_width(); }
 
+    // Per-layer attention shapes (Gemma 4: its global layers' heads are global_head_dim wide, with
+    // their own KV head count): [n_layers] each, empty: head_dim / n_kv_heads everywhere. Each
+    // layer's KV cache is its own width (kv_dim_of); buffers shared by the layers take the widest.
+    std::vector<int> layer_head_dim;
+    std::vector<int> layer_n_kv_heads;
+    // Gemma 4's attention_k_eq_v: layer l with layer_v_is_k[l] has no attn_v, its V being the K
+    // projection's output (before k_norm); empty: none. v_norm: V RMS-normed over each head
+    // without a weight before it is cached (Gemma 4, every layer).
+    std::vector<int> layer_v_is_k;
+    bool v_norm = false;
+    // Gemma 4's layer_scalar: layer l's output (the whole residual stream) times
+    // layer_out_scale[l] at its end; empty: 1 everywhere.
+    std::vector<float> layer_out_scale;
+    int head_dim_of(int layer) const { return layer_head_dim.empty() ? head_dim : layer_head_dim[layer]; }
+    int n_kv_heads_of(int layer) const { return layer_n_kv_heads.empty() ? n_kv_heads : layer_n_kv_heads[layer]; }
+    int q_dim_of(int layer) const { return n_heads * head_dim_of(layer); }
+    int kv_dim_of(int layer) const { return n_kv_heads_of(layer) * head_dim_of(layer); }
+    bool v_is_k(int layer) const { return !layer_v_is_k.empty() && layer_v_is_k[layer] != 0; }
+    float out_scale_of(int layer) const { return layer_out_scale.empty() ? 1.0f : layer_out_scale[layer]; }
+    // The widest of the layers' (every layer's when uniform): scratch buffers and saved K/V rows.
+    int max_head_dim() const {
+        int m = head_dim;
+        for (int d : layer_head_dim) m = std::max(m, d);
+        return m;
+    }
+    int max_q_dim() const { return n_heads * max_head_dim(); }
+    int max_kv_dim() const {
+        int m = 0;
+        for (int l = 0; l < n_layers; l++) m = std::max(m, kv_dim_of(l));
+        return m;
+    }
+
     bool is_moe() const { return n_expert > 0; }
     bool layer_is_moe(int layer) const { return n_expert > 0 && layer >= n_dense_lead; }
-    int rope_dims() const { return rope_dim > 0 ? rope_dim : head_dim; }
+    // A RoPE table's width: rope_dim, or the widest head (each layer rotates all of its own head,
+    // reading its table's first head_dim_of(l) / 2 frequencies).
+    int rope_dims() const { return rope_dim > 0 ? rope_dim : max_head_dim(); }
+    int rope_dims_of(int layer) const { return rope_dim > 0 ? rope_dim : head_dim_of(layer); }
     int n_rope_tables() const { return rope_dims() >= 2 ? (int)(rope_freqs.size() / (rope_dims() / 2)) : 0; }
     int window_of(int layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }
     int rope_table_of(int layer) const { return layer_rope.empty() ? 0 : layer_rope[layer]; }
@@ -181,7 +217,9 @@ struct ModelConfig {
     // gpt-oss (llama.cpp's arch "gpt-oss"): attention sinks, biases everywhere (q/k/v/o, the
     // router, each expert), its feed-forward norm named post_attention_norm.
     bool is_gpt_oss() const { return arch == "gpt-oss"; }
-    float attention_scale() const { return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt((float)head_dim); }
+    float attention_scale(int layer) const {
+        return attn_scale > 0.0f ? attn_scale : 1.0f / std::sqrt((float)head_dim_of(layer));
+    }
 
     // Valid (and int-sized) only after validate() has bounded the fields.
     int q_dim() const { return n_heads * head_dim; }

@@ -30,10 +30,16 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     row_pos_ = tensor(DType::I32, B, 2);
     x_ = tensor(DType::F32, B, cfg_.dim);
     xn_ = tensor(DType::F32, B, cfg_.dim);
-    q_ = tensor(DType::F32, B, cfg_.q_dim());
-    k_ = tensor(DType::F32, B, cfg_.kv_dim());
-    v_ = tensor(DType::F32, B, cfg_.kv_dim());
-    att_ = tensor(DType::F32, B, cfg_.q_dim());
+    // the widest layer's (each layer views its first rows at its own width)
+    q_ = tensor(DType::F32, B, cfg_.max_q_dim());
+    k_ = tensor(DType::F32, B, cfg_.max_kv_dim());
+    v_ = tensor(DType::F32, B, cfg_.max_kv_dim());
+    att_ = tensor(DType::F32, B, cfg_.max_q_dim());
+    if (cfg_.v_norm) {  // the weight of V's weightless RMSNorm: ones (x * 1 is exact)
+        ones_ = tensor(DType::F32, 1, cfg_.max_head_dim());
+        const std::vector<float> ones(cfg_.max_head_dim(), 1.0f);
+        be_->write(ones_, ones.data(), ones.size() * sizeof(float));
+    }
     if (cfg_.is_mla()) {
         latent_ = tensor(DType::F32, B, cfg_.mla_kv_lora + cfg_.rope_dims());
         if (cfg_.mla_q_lora > 0) q_low_ = tensor(DType::F32, B, cfg_.mla_q_lora);
@@ -124,10 +130,11 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
             kv_.v.emplace_back();
             continue;
         }
-        kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
-        kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, cfg_.kv_dim()));
-        kv_.buffers.push_back(be_->alloc((size_t)kv_rows * cfg_.kv_dim() * 2));
-        kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, cfg_.kv_dim()));
+        const int kv_dim = cfg_.kv_dim_of(l);  // each layer's own width (Gemma 4's global layers differ)
+        kv_.buffers.push_back(be_->alloc((size_t)kv_rows * kv_dim * 2));
+        kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, kv_dim));
+        kv_.buffers.push_back(be_->alloc((size_t)kv_rows * kv_dim * 2));
+        kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, kv_dim));
     }
     // Weights, KV cache and activations serve every pass for the model's whole life: resident
     // once, here (a GPU would otherwise redo that work for every command buffer).
@@ -242,8 +249,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     }
     at.classes = rc;  // attention's query rows: decode rows alone, prefix rows whatever their block
     const Tensor runs = cfg_.has_recurrent() ? recurrent_runs(entries, n_entries, device_ids != nullptr) : Tensor{};
-    Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), q = q_.slice_rows(0, n), k = k_.slice_rows(0, n),
-           v = v_.slice_rows(0, n), att = att_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
+    Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
            // the dense feed-forward's [n, ffn_dim] (gate_ and up_ may be wider: an MoE model's shared expert)
            gate = make_tensor(gate_.buf, 0, DType::F32, n, cfg_.ffn_dim),
            up = make_tensor(up_.buf, 0, DType::F32, n, cfg_.ffn_dim);
@@ -255,7 +261,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
 
     RopeKvParams rp{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.rope_neox, cfg_.rope_dim, false,
                     cfg_.rope_attn_factor, cfg_.attn_temp_beta, cfg_.attn_temp_floor};
-    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.attention_scale(), 0, cfg_.attn_softcap};
+    AttentionParams ap{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim, cfg_.attention_scale(0), 0, cfg_.attn_softcap};
     // x += w in, through the fused projection-and-add; a post-norm (Gemma's sandwich) sits
     // between the projection and the add, so there the projection goes to scratch first and
     // the norm carries the add.
@@ -271,6 +277,15 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     };
     for (int l = 0; l < cfg_.n_layers; l++) {
         const LayerWeights& L = w_.layers[l];
+        // this layer's attention shapes: q, k, v and att view the scratch buffers' first rows at its widths
+        const int hd = cfg_.head_dim_of(l), n_kv = cfg_.n_kv_heads_of(l);
+        const Tensor q = make_tensor(q_.buf, 0, DType::F32, n, cfg_.q_dim_of(l)),
+                     k = make_tensor(k_.buf, 0, DType::F32, n, cfg_.kv_dim_of(l)),
+                     v = make_tensor(v_.buf, 0, DType::F32, n, cfg_.kv_dim_of(l)),
+                     att = make_tensor(att_.buf, 0, DType::F32, n, cfg_.q_dim_of(l));
+        rp.n_kv_heads = ap.n_kv_heads = n_kv;
+        rp.head_dim = ap.head_dim = hd;
+        ap.scale = cfg_.attention_scale(l);
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
         if (cfg_.pre_norms) norm(xn, x, L.attn_norm, L.attn_norm_b);
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
@@ -288,7 +303,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                 be.matmul_many(outs, ws, 3, attn_in, rc);
                 if (L.bq.rows) be.add_bias(qg, L.bq);
                 // [n, n_heads * 2 * head_dim] as [n * n_heads, head_dim] rows 2 * head_dim apart: queries, then gates
-                const int64_t heads = (int64_t)n * cfg_.n_heads, hd = cfg_.head_dim;
+                const int64_t heads = (int64_t)n * cfg_.n_heads;
                 Tensor queries = qg;
                 queries.rows = heads;
                 queries.cols = hd;
@@ -297,6 +312,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                 gates.offset += hd * sizeof(float);
                 be.copy(make_tensor(q_.buf, 0, DType::F32, heads, hd), queries);
                 be.copy(make_tensor(attn_gate_.buf, 0, DType::F32, heads, hd), gates);
+            } else if (cfg_.v_is_k(l)) {  // Gemma 4's attention_k_eq_v: V is K's projection, before k_norm
+                const Tensor qk_out[2] = {q, k}, qk_w[2] = {L.wq, L.wk};
+                be.matmul_many(qk_out, qk_w, 2, attn_in, rc);
+                be.copy(v, k);
             } else {
                 const Tensor qkv_out[3] = {q, k, v}, qkv_w[3] = {L.wq, L.wk, L.wv};
                 be.matmul_many(qkv_out, qkv_w, 3, attn_in, rc);
@@ -312,6 +331,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                 be.rms_norm(q, q, L.q_norm, cfg_.rms_eps);
                 be.rms_norm(k, k, L.k_norm, cfg_.rms_eps);
             }
+            if (cfg_.v_norm) be.head_rms_norm(v, ones_.slice_cols(0, hd), cfg_.rms_eps);  // Gemma 4: V normed, no weight
             const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
             rp.nope = table < 0;
             rp.attn_factor = cfg_.rope_attn_factor_of(table);
@@ -322,11 +342,13 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             // through the row table (each row's position and its slot's first cache row).
             const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot),
                          vc = batched ? kv_.v[l] : slot_rows(kv_.v[l], entries[0].slot);
-            be.rope_kv_write(q, k, v, kc, vc, freqs_.slice_rows(std::max(table, 0), 1), at, rp);
+            // its table's first rope_dims_of(l) / 2 frequencies (tables are as wide as the widest head)
+            const Tensor freqs = freqs_.slice_rows(std::max(table, 0), 1).slice_cols(0, cfg_.rope_dims_of(l) / 2);
+            be.rope_kv_write(q, k, v, kc, vc, freqs, at, rp);
             be.attention(att, q, kc, vc, at, ap);
             if (cfg_.attn_output_gate) be.mul_sigmoid(att, attn_gate_.slice_rows(0, n));
             if (cfg_.is_mla()) {  // each head's value part, [n * n_heads, v_head_dim], packed for wo
-                const int64_t hd = cfg_.head_dim, vd = cfg_.mla_v_head_dim, heads = (int64_t)n * cfg_.n_heads;
+                const int64_t vd = cfg_.mla_v_head_dim, heads = (int64_t)n * cfg_.n_heads;
                 Tensor values = att;
                 values.rows = heads;
                 values.cols = vd;
@@ -363,6 +385,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             be.matmul_swiglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
         if (!moe) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (L.b_down.rows) be.add_bias(x, L.b_down);  // (+ b_down, once per row)
+        if (cfg_.out_scale_of(l) != 1.0f) be.scale(x, cfg_.out_scale_of(l));  // Gemma 4's layer_scalar
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
     if (cfg_.has_recurrent())  // every state now holds its entries' tokens
@@ -776,29 +799,47 @@ void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_given, int3
 void LlamaModel::kv_save(int n, uint16_t* dst) {
     if (n < 0 || n > cfg_.n_ctx) throw InputError("kv_save: " + std::to_string(n) + " rows of a cache of " +
                                                   std::to_string(cfg_.n_ctx));
-    const size_t rows = (size_t)n * cfg_.kv_dim();
-    for (int l = 0; l < cfg_.n_layers; l++) {
-        if (n == 0) break;
-        if (cfg_.is_recurrent(l)) {  // no rows: its state goes through state_save
-            std::fill(dst + (2 * l) * rows, dst + (2 * l + 2) * rows, uint16_t{0});
-            continue;
+    const size_t width = cfg_.max_kv_dim(), rows = (size_t)n * width;
+    std::fill(dst, dst + kv_bytes(n) / sizeof(uint16_t), uint16_t{0});  // recurrent layers, narrower layers' padding
+    std::vector<uint16_t> narrow;
+    for (int l = 0; l < cfg_.n_layers && n > 0; l++) {
+        if (cfg_.is_recurrent(l)) continue;  // no rows: its state goes through state_save
+        const size_t kv_dim = cfg_.kv_dim_of(l);
+        for (int kind = 0; kind < 2; kind++) {
+            const Tensor src = (kind == 0 ? kv_.k[l] : kv_.v[l]).slice_rows(0, n);
+            uint16_t* out = dst + (2 * l + kind) * rows;
+            if (kv_dim == width) {
+                be_->read(out, src, rows * sizeof(uint16_t));
+                continue;
+            }
+            narrow.resize((size_t)n * kv_dim);  // a narrower layer's rows, spread to the saved width
+            be_->read(narrow.data(), src, narrow.size() * sizeof(uint16_t));
+            for (int r = 0; r < n; r++) std::copy_n(&narrow[r * kv_dim], kv_dim, out + r * width);
         }
-        be_->read(dst + (2 * l) * rows, kv_.k[l].slice_rows(0, n), rows * sizeof(uint16_t));
-        be_->read(dst + (2 * l + 1) * rows, kv_.v[l].slice_rows(0, n), rows * sizeof(uint16_t));
     }
 }
 
 void LlamaModel::kv_load(int n, const uint16_t* src) {
     if (n < 0 || n > cfg_.n_ctx) throw InputError("kv_load: " + std::to_string(n) + " rows of a cache of " +
                                                   std::to_string(cfg_.n_ctx));
-    const size_t rows = (size_t)n * cfg_.kv_dim();
+    const size_t width = cfg_.max_kv_dim(), rows = (size_t)n * width;
     be_->wait();  // no pass in flight may still read the rows being replaced
     state_pos_[0] = -1;  // a recurrent model's state comes with state_load
-    for (int l = 0; l < cfg_.n_layers; l++) {
-        if (n == 0) break;
+    std::vector<uint16_t> narrow;
+    for (int l = 0; l < cfg_.n_layers && n > 0; l++) {
         if (cfg_.is_recurrent(l)) continue;
-        be_->write(kv_.k[l].slice_rows(0, n), src + (2 * l) * rows, rows * sizeof(uint16_t));
-        be_->write(kv_.v[l].slice_rows(0, n), src + (2 * l + 1) * rows, rows * sizeof(uint16_t));
+        const size_t kv_dim = cfg_.kv_dim_of(l);
+        for (int kind = 0; kind < 2; kind++) {
+            const Tensor dst = (kind == 0 ? kv_.k[l] : kv_.v[l]).slice_rows(0, n);
+            const uint16_t* in = src + (2 * l + kind) * rows;
+            if (kv_dim == width) {
+                be_->write(dst, in, rows * sizeof(uint16_t));
+                continue;
+            }
+            narrow.resize((size_t)n * kv_dim);  // the layer's own columns of each saved row
+            for (int r = 0; r < n; r++) std::copy_n(in + r * width, kv_dim, &narrow[r * kv_dim]);
+            be_->write(dst, narrow.data(), narrow.size() * sizeof(uint16_t));
+        }
     }
 }
 

@@ -111,8 +111,9 @@ public:
     bool decode_active() const { return pipe_.active; }
 
     // Copies of the KV cache rows 0..n (positions already evaluated), for prompt caches that
-    // keep several sequences: f16 bits [n_layers][2 (K, V)][n][kv_dim], layer-major.
-    size_t kv_bytes(int n) const { return (size_t)cfg_.n_layers * 2 * n * cfg_.kv_dim() * sizeof(uint16_t); }
+    // keep several sequences: f16 bits [n_layers][2 (K, V)][n][max_kv_dim], layer-major; a layer
+    // narrower than the widest (Gemma 4's) fills the first kv_dim_of(l) columns of its rows, zeros after.
+    size_t kv_bytes(int n) const { return (size_t)cfg_.n_layers * 2 * n * cfg_.max_kv_dim() * sizeof(uint16_t); }
     void kv_save(int n, uint16_t* dst);
     void kv_load(int n, const uint16_t* src);
     // Rows 0..n of slot src's K and V caches (every layer) into slot dst, on the device: the
@@ -172,7 +173,7 @@ private:
     // norm and output projection, kScoreBlock rows at a time, each block scored on the host while
     // the device computes the next.
     void score_entries(const BatchEntry* entries, int n_entries);
-    Tensor slot_rows(const Tensor& cache, int slot) const {  // f16 [n_ctx, kv_dim] of one slot
+    Tensor slot_rows(const Tensor& cache, int slot) const {  // f16 [n_ctx, kv_dim_of(layer)] of one slot
         return cache.slice_rows((int64_t)slot * cfg_.n_ctx, cfg_.n_ctx);
     }
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
@@ -212,7 +213,8 @@ private:
     int max_batch_;
     int n_slots_;
     KvCache kv_;
-    Tensor freqs_;  // f32 [head_dim / 2]
+    Tensor freqs_;  // f32 [n_rope_tables, rope_dims / 2]
+    Tensor ones_;   // f32 [max_head_dim] of 1: the weight of V's weightless RMSNorm (cfg.v_norm)
     // Activations for up to max_batch tokens (rows = tokens).
     std::vector<std::unique_ptr<Buffer>> bufs_;
     std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row

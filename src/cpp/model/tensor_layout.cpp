@@ -7,14 +7,12 @@ std::string ffn_norm_name(const ModelConfig& cfg) {
 }
 
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
-    const int64_t dim = cfg.dim, q = cfg.q_dim(), kv = cfg.kv_dim(), ffn = cfg.ffn_dim;
-    const int64_t hd = cfg.head_dim;
+    const int64_t dim = cfg.dim, ffn = cfg.ffn_dim;
     const bool gpt_oss = cfg.is_gpt_oss();           // sinks, and biases on every projection
     const bool qkv_bias_required = cfg.arch == "qwen2" || gpt_oss;
     const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3" || gpt_oss;  // attention_bias=true checkpoints
     const bool pre_norms = cfg.pre_norms, post_norms = cfg.post_norms;
     using QkNorm = ModelConfig::QkNorm;
-    const int64_t q_norm_width = cfg.qk_norm == QkNorm::Whole ? q : hd, k_norm_width = cfg.qk_norm == QkNorm::Whole ? kv : hd;
     std::vector<TensorSpec> out = {
         {"token_embd.weight", cfg.vocab, dim, true, false},
         {"output_norm.weight", 1, dim, true, true},
@@ -23,6 +21,10 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     };
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
+        // this layer's attention shapes (Gemma 4's global layers differ from its local ones)
+        const int64_t q = cfg.q_dim_of(l), kv = cfg.kv_dim_of(l), hd = cfg.head_dim_of(l);
+        const int64_t q_norm_width = cfg.qk_norm == QkNorm::Whole ? q : hd,
+                      k_norm_width = cfg.qk_norm == QkNorm::Whole ? kv : hd;
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "attn_norm.bias", 1, dim, true, true});
         if (cfg.is_short_conv(l)) {  // a short convolution in place of attention (LFM2)
@@ -68,7 +70,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         } else {
             out.push_back({p + "attn_q.weight", cfg.attn_output_gate ? 2 * q : q, dim, true, false});
             out.push_back({p + "attn_k.weight", kv, dim, true, false});
-            out.push_back({p + "attn_v.weight", kv, dim, true, false});
+            if (!cfg.v_is_k(l)) out.push_back({p + "attn_v.weight", kv, dim, true, false});  // else V is K's projection
             out.push_back({p + "attn_q.bias", 1, cfg.attn_output_gate ? 2 * q : q, qkv_bias_required, true});
             out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
             out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});

@@ -106,12 +106,37 @@ void ModelConfig::validate() const {
     need(!attn_output_gate || !is_mla(), "attn_output_gate with latent attention is not supported");
     in_range("vocab", vocab, 1, kMaxVocab);
     in_range("n_ctx", n_ctx, 1, kMaxCtx);
-    const int64_t kv_cache = checked_mul(checked_mul(checked_mul(n_layers, 2 * 2, "KV cache bytes"), n_ctx,
-                                                     "KV cache bytes"),
-                                         (int64_t)n_kv_heads * head_dim, "KV cache bytes");
-    in_range("KV cache bytes (n_layers * 2 * n_ctx * kv_dim * 2)", kv_cache, 1, kMaxKvCacheBytes);
+    // Per-layer shapes (Gemma 4), each bounded as the uniform ones are.
+    for (const auto* list : {&layer_head_dim, &layer_n_kv_heads, &layer_v_is_k})
+        need(list->empty() || (int64_t)list->size() == n_layers,
+             "a per-layer list (layer_head_dim, layer_n_kv_heads, layer_v_is_k) has " + std::to_string(list->size()) +
+                 " entries for " + std::to_string(n_layers) + " layers");
+    need(layer_out_scale.empty() || (int64_t)layer_out_scale.size() == n_layers,
+         "layer_out_scale has " + std::to_string(layer_out_scale.size()) + " entries for " + std::to_string(n_layers) +
+             " layers");
+    for (float f : layer_out_scale)
+        need(std::isfinite(f), "layer_out_scale " + std::to_string(f) + " must be finite");
+    int64_t kv_row = 0;  // one position's K (or V) elements, all layers
+    for (int l = 0; l < n_layers; l++) {
+        const std::string at = "[" + std::to_string(l) + "]";
+        if (!layer_head_dim.empty()) {
+            in_range(("layer_head_dim" + at).c_str(), layer_head_dim[l], 2, kMaxHeadDim);
+            need(layer_head_dim[l] % 2 == 0, "layer_head_dim" + at + " must be even for RoPE");
+            in_range(("q_dim of layer " + std::to_string(l)).c_str(), (int64_t)n_heads * layer_head_dim[l], 1, kMaxQDim);
+        }
+        if (!layer_n_kv_heads.empty()) {
+            in_range(("layer_n_kv_heads" + at).c_str(), layer_n_kv_heads[l], 1, kMaxHeads);
+            need(n_heads % layer_n_kv_heads[l] == 0, "n_heads must be a multiple of layer_n_kv_heads" + at);
+        }
+        kv_row += (int64_t)n_kv_heads_of(l) * head_dim_of(l);
+    }
+    need(!is_mla() || (layer_head_dim.empty() && layer_n_kv_heads.empty() && layer_v_is_k.empty()),
+         "per-layer attention shapes with latent attention are not supported");
+    need(!v_norm || !is_mla(), "v_norm with latent attention is not supported");
+    const int64_t kv_cache = checked_mul(checked_mul(kv_row, 2 * 2, "KV cache bytes"), n_ctx, "KV cache bytes");
+    in_range("KV cache bytes (2 * n_ctx * 2 * the layers' kv_dim)", kv_cache, 1, kMaxKvCacheBytes);
     need(rms_eps > 0.0f, "rms_eps must be positive");
-    in_range("rope_dim", rope_dim, 0, head_dim);
+    in_range("rope_dim", rope_dim, 0, layer_head_dim.empty() ? head_dim : *std::min_element(layer_head_dim.begin(), layer_head_dim.end()));
     need(rope_dim % 2 == 0, "rope_dim = " + std::to_string(rope_dim) + " must be even");
     const int64_t half = rope_dims() / 2;
     need(!rope_freqs.empty() && (int64_t)rope_freqs.size() % half == 0,

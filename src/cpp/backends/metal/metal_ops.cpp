@@ -104,8 +104,8 @@ constexpr int64_t kAttnTargetThreadgroups = 128;
 // split (queries x head blocks).
 int32_t attention_max_splits(int64_t blocks) { return (int32_t)ceil_div(kAttnTargetThreadgroups, blocks); }
 
-// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256 variants).
-int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8; }
+// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256/_d512 variants).
+int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16; }
 
 // Query heads per decode-attention threadgroup: the largest divisor of the GQA group that fits
 // the kernel's registers (FG_ATTN_QREGS / elements per lane) and its merge state in threadgroup
@@ -580,7 +580,8 @@ void MetalBackend::encode_attention_prefill(const Tensor& out, const Tensor& q, 
     // Without sinks or a table their slots are bound to out, zero bytes tracked: Metal's validation
     // wants every slot bound.
     const Binding unused{out.buf, out.offset, 0, false};
-    encode("attention_prefill_f16", &a, sizeof a,
+    // the kernel of this head size's class: up to 256, or up to 512 (Gemma 4's global heads)
+    encode(p.head_dim <= 256 ? "attention_prefill_f16" : "attention_prefill_f16_d512", &a, sizeof a,
            {reads(q), reads(bound_cache(k_cache, at, n)), reads(bound_cache(v_cache, at, n)), writes(out),
             p.sinks ? reads(*p.sinks) : unused, at.table ? reads(*at.table) : unused},
            {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},

@@ -1,0 +1,163 @@
+"""Tiny random Gemma 4 text models (transformers' Gemma4ForCausalLM), saved as an HF directory and as
+GGUFs in llama.cpp's gemma4 layout, written here after its converter (Gemma4Model, on Gemma3Model)
+independently of forgert: norm weights as they are (no + 1: Gemma 4's norms multiply by w),
+key_length / value_length the global layers' head width and key_length_swa / value_length_swa the
+sliding layers', head_count_kv one value per layer where the global layers have their own count,
+rope.freq_base the global layers' base and freq_base_swa the sliding layers', rope.dimension_count
+the global head width (proportional RoPE through rope_freqs.weight: 1 for the rotating pairs, 1e30
+for the others), sliding_window_pattern one bool per layer, layer_scalar as
+blk.N.layer_output_scale.weight, no attn_v on the layers whose V is K's projection.
+
+Nothing here imports forgert: this module is the reference side of the tests.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+import model_factory as mf
+import moe_factory as moe
+
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "layer_scalar": "layer_output_scale.weight",
+}
+SLIDING, FULL = "sliding_attention", "full_attention"
+# name -> (GGUF arch, builder arguments). "gemma4": the 31B's shape on 6 layers (two groups of two
+# sliding layers and a global one): sliding heads 32 wide, global heads 64 wide with one KV head
+# whose V is K's projection (attention_k_eq_v), proportional RoPE on a quarter of the global
+# pairs, a final soft cap small enough to bend this model's logits. "gemma4-plain": global heads
+# 64 wide with v_proj and the sliding layers' KV head count, the last layer global only.
+MODELS = {
+    "gemma4": ("gemma4", dict(seed=91, types=[SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL], k_eq_v=True,
+                              global_kv=1, softcap=5.0)),
+    "gemma4-plain": ("gemma4", dict(seed=92, types=[SLIDING, FULL, SLIDING, SLIDING, SLIDING, FULL], k_eq_v=False,
+                                    global_kv=None, softcap=None)),
+}
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, GLOBAL_HEAD_DIM, FFN, WINDOW = 64, 4, 2, 32, 64, 96, 8
+SWA_THETA, FULL_THETA, PARTIAL = 10_000.0, 1_000_000.0, 0.25
+
+
+def text_config(name: str, vocab: int, **changes):
+    from transformers import Gemma4TextConfig
+    kw = MODELS[name][1]
+    args = dict(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=len(kw["types"]),
+                num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
+                global_head_dim=GLOBAL_HEAD_DIM, num_global_key_value_heads=kw["global_kv"],
+                attention_k_eq_v=kw["k_eq_v"], layer_types=list(kw["types"]), sliding_window=WINDOW,
+                max_position_embeddings=256, rms_norm_eps=1e-6, hidden_size_per_layer_input=0,
+                final_logit_softcapping=kw["softcap"], tie_word_embeddings=True, initializer_range=0.1,
+                bos_token_id=0, eos_token_id=1, pad_token_id=0,
+                rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": SWA_THETA},
+                                 FULL: {"rope_type": "proportional", "partial_rotary_factor": PARTIAL,
+                                        "rope_theta": FULL_THETA}})
+    args.update(changes)
+    return Gemma4TextConfig(**args)
+
+
+def build(name: str, vocab: int):
+    from transformers import Gemma4ForCausalLM
+    kw = MODELS[name][1]
+    torch.manual_seed(kw["seed"])
+    model = Gemma4ForCausalLM(text_config(name, vocab)).float().eval()
+    gen = torch.Generator().manual_seed(kw["seed"] + 1000)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith(("q_norm.weight", "k_norm.weight")):
+                # Gemma 4 scales scores by 1, not 1/sqrt(d): with QK-norm weights around 1 this tiny model's
+                # scores reach +-30, where one f16 rounding of a cached key that lands the other way
+                # (f32 summation order) moves a logit 5e-4: around 0.4 they stay near +-4
+                p.copy_(0.4 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif pname.endswith("norm.weight"):   # Gemma 4 multiplies by w: around 1, random (a + 1 would show)
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for layer in model.model.layers:   # layer_scalar: a buffer, 1 in the init; random so it shows
+            layer.layer_scalar.copy_(0.6 + 0.8 * torch.rand(1, generator=gen))
+    return model
+
+
+def save_hf(model, tok, out_dir: Path) -> Path:
+    return moe.save_hf(model, tok, out_dir)
+
+
+def gguf_tensors(hf_dir: Path) -> dict:
+    out = {}
+    for name, w in load_file(str(hf_dir / "model.safetensors")).items():
+        top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+               "lm_head.weight": None}
+        if name in top:
+            if top[name]:
+                out[top[name]] = w
+            continue
+        layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
+        out[f"blk.{layer}.{_LAYER[rest]}"] = w
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None) -> Path:
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny-gemma4")
+    swa = [t == SLIDING for t in c.layer_types]
+    # Each layer's shape from the config's per-layer views (the converter reads global_head_dim and
+    # num_global_key_value_heads from config.json; transformers 5 keeps them in per_layer_config).
+    layer = [c.per_layer_config[i] for i in range(c.num_hidden_layers)]
+    hd_full = next(layer[i].head_dim for i, s in enumerate(swa) if not s)
+    hd_swa = next(layer[i].head_dim for i, s in enumerate(swa) if s)
+    kv = [layer[i].num_key_value_heads for i in range(c.num_hidden_layers)]
+    full = c.rope_parameters[FULL]
+    meta = {
+        "add_block_count": c.num_hidden_layers, "add_context_length": c.max_position_embeddings,
+        "add_embedding_length": c.hidden_size, "add_feed_forward_length": c.intermediate_size,
+        "add_head_count": c.num_attention_heads, "add_layer_norm_rms_eps": c.rms_norm_eps,
+        "add_rope_freq_base": float(full["rope_theta"]),
+        "add_rope_freq_base_swa": float(c.rope_parameters[SLIDING]["rope_theta"]),
+        "add_sliding_window": c.sliding_window, "add_sliding_window_pattern": swa,
+        "add_key_length": hd_full, "add_value_length": hd_full,
+        "add_key_length_swa": hd_swa, "add_value_length_swa": hd_swa,
+        "add_head_count_kv": kv if len(set(kv)) > 1 else kv[0],   # an array only where the global count differs
+        "add_rope_dimension_count": hd_full, "add_rope_dimension_count_swa": hd_swa,
+        "add_shared_kv_layers": 0, "add_embedding_length_per_layer_input": 0,
+        "add_final_logit_softcapping": c.final_logit_softcapping,
+    }
+    meta.update(extra_meta or {})
+    for key, value in meta.items():
+        if value is not None:
+            getattr(w, key)(value)
+    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
+    n_rot = int(hd_full * full["partial_rotary_factor"] / 2)
+    w.add_tensor("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd_full // 2 - n_rot), dtype=np.float32))
+    qtype = gguf.GGMLQuantizationType[type_name]
+    for name, t in gguf_tensors(hf_dir).items():
+        if t.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, t)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    return mf.write_and_close(w, path)
+
+
+def quantized_reference(model, type_name: str):
+    """The transformers model with every matrix the GGUF quantizes rounded (moe_factory's)."""
+    return moe.rounded_reference(model, type_name)
+
+
+FORMATS = ("hf-F32", "gguf-F32", "gguf-Q8_0")
+
+
+def models_fixture():
+    """The module-scoped fixture `models` over this module's MODELS (moe_factory.formats_fixture)."""
+    import sys
+    return moe.formats_fixture(sys.modules[__name__], "gemma4")

@@ -1,0 +1,187 @@
+"""Gemma 4 text (tests/gemma4_factory.py: sliding layers with 32-wide heads beside global layers with
+64-wide heads and their own KV head count, V from K on the global layers, proportional RoPE, layer
+scalars, a final soft cap) against transformers: logits on prefill and decode, as HF F32 and GGUF
+F32 / Q8_0 in llama.cpp's gemma4 layout, on the CPU and emulated Metal; 32 greedy tokens; a batch
+of sequences in slots, and the prompt cache's saved K/V rows (per-layer widths); the published
+config.json keys (global_head_dim) beside transformers 5's per_layer_config; what is not run yet
+refused by name.
+
+Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here, worst over the
+two models (64-token prefill, 24 decode steps), max_rel / rms_rel: see MEASURED below.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import gemma4_factory as gf
+import model_factory as mf
+from conftest import backend_params, require_backend
+from test_arch_moe import bounds
+from test_e2e_tiny import compare_logits
+
+models = gf.models_fixture()
+NAMES = list(gf.MODELS)
+
+
+def ids_for(vocab, n, seed):
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", gf.FORMATS)
+@pytest.mark.parametrize("name", NAMES)
+def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ids = ids_for(model.config.vocab_size, 64, 1)
+    m = forgert.Model(str(files[fmt]), backend=backend)
+    assert m.info()["arch"] == "gemma4"
+    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
+                   what=f"{name} {fmt} {backend} prefill")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fmt", gf.FORMATS)
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ids = ids_for(model.config.vocab_size, 24, 2)
+    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
+    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
+    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bounds(fmt, True, backend),
+                   what=f"{name} {fmt} {backend} decode")
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+@pytest.mark.parametrize("name", NAMES)
+def test_greedy_32_tokens_equal_transformers(forgert, models, name, fmt):
+    model, files, refs = models(name)
+    prompt = ids_for(model.config.vocab_size, 8, 4)
+    c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
+    assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
+
+
+def test_features_visible(forgert, models):
+    """Each Gemma 4 setting changes the output: the reference without it disagrees (the test
+    model exercises it), and the config reads it from both formats."""
+    model, files, refs = models("gemma4")
+    ids = ids_for(model.config.vocab_size, 32, 7)
+    got = forgert.Model(str(files["hf-F32"]), backend="cpu").logits(ids)
+    ref = mf.reference_logits(refs["hf-F32"], ids)
+    compare_logits(got, ref, **bounds("hf-F32", False), what="gemma4 hf-F32")
+    import torch
+    for what, change in (("layer scalars", lambda m: [l.layer_scalar.fill_(1.0) for l in m.model.layers]),
+                         ("V's norm", lambda m: [setattr(l.self_attn.v_norm, "eps", 1e3) for l in m.model.layers])):
+        import copy
+        other = copy.deepcopy(refs["hf-F32"])
+        with torch.no_grad():
+            change(other)
+        assert np.abs(mf.reference_logits(other, ids) - ref).max() > 0.05, what
+    for fmt in ("hf-F32", "gguf-F32"):
+        from forgert.loader import load_model
+        c = load_model(str(files[fmt])).config
+        assert c.layer_head_dim == [32, 32, 64, 32, 32, 64] and c.layer_n_kv_heads == [2, 2, 1, 2, 2, 1], fmt
+        assert c.layer_v_is_k == [0, 0, 1, 0, 0, 1] and c.attn_scale == 1.0 and c.v_norm, fmt
+        assert c.layer_out_scale == pytest.approx([float(l.layer_scalar) for l in model.model.layers]), fmt
+        assert c.final_softcap == 5.0 and c.layer_window == [8, 8, 0, 8, 8, 0], fmt
+
+
+def test_published_config_keys(forgert, models, tmp_path):
+    """The published checkpoints' config.json (global_head_dim, num_global_key_value_heads, no
+    per_layer_config) reads as transformers 5's per_layer_config does."""
+    model, files, refs = models("gemma4")
+    d = tmp_path / "published"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    assert "per_layer_config" in cfg
+    del cfg["per_layer_config"]
+    cfg.update(global_head_dim=gf.GLOBAL_HEAD_DIM, num_global_key_value_heads=1)
+    (d / "config.json").write_text(json.dumps(cfg))
+    ids = ids_for(model.config.vocab_size, 16, 8)
+    np.testing.assert_array_equal(forgert.Model(str(d), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["hf-F32"]), backend="cpu").logits(ids))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_batch_slots_and_saved_rows(forgert, models, metal_reason, backend):
+    """Prompts in parallel slots equal each alone (per-layer KV widths in every slot), and a
+    follow-up prompt through the prompt cache (kv_save / kv_load of rows as wide as the widest
+    layer's) equals a fresh run."""
+    require_backend(backend, metal_reason)
+    _, files, _ = models("gemma4")
+    path = str(files["gguf-F32"])
+
+    def fresh(prompt):
+        return list(forgert.Model(path, backend=backend, n_ctx=256).generate(
+            prompt, max_tokens=8, temperature=0.0, ignore_eos=True).tokens)
+
+    rng = np.random.default_rng(5)
+    first = [int(t) for t in rng.integers(2, 320, 20)]
+    m = forgert.Model(path, backend=backend, n_ctx=256, parallel=2)
+    c1 = m.generate(first, max_tokens=6, temperature=0.0, ignore_eos=True)
+    follow = first + list(c1.tokens) + [int(t) for t in rng.integers(2, 320, 5)]
+    assert list(m.generate(follow, max_tokens=8, temperature=0.0, ignore_eos=True).tokens) == fresh(follow)
+    prompts = [first, follow, [int(t) for t in rng.integers(2, 320, 9)]]
+    for p, c in zip(prompts, m.generate(prompts, max_tokens=8, temperature=0.0, ignore_eos=True)):
+        assert list(c.tokens) == fresh(p)
+    eng = forgert.Model(path, backend=backend, n_ctx=64)._engine
+    eng.forward(np.asarray(first, dtype=np.int32), 0)
+    kv = eng.kv_save(len(first))
+    assert kv.shape == (6, 2, len(first), 64)   # every layer's K and V rows 64 wide (both kinds are here)
+    other = forgert.Model(path, backend=backend, n_ctx=64)._engine
+    other.kv_load(kv)
+    np.testing.assert_array_equal(other.kv_save(len(first)), kv)
+    nxt = np.asarray([7], dtype=np.int32)
+    np.testing.assert_array_equal(np.asarray(other.forward(nxt, len(first))), np.asarray(eng.forward(nxt, len(first))))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("hidden_size_per_layer_input", 16, "per-layer embeddings"),
+    ("num_kv_shared_layers", 2, "KV sharing"),
+    ("enable_moe_block", True, "mixture-of-experts"),
+    ("use_bidirectional_attention", "all", "bidirectional"),
+])
+def test_unsupported_hf_settings_refused(forgert, models, tmp_path, key, value, match):
+    _, files, _ = models("gemma4-plain")
+    from forgert.errors import ModelFormatError
+    d = tmp_path / "changed"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ModelFormatError, match=f"gemma4: .*{match}.* not supported yet"):
+        forgert.Model(str(d), backend="cpu")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("add_embedding_length_per_layer_input", 16, "per-layer embeddings"),
+    ("add_shared_kv_layers", 2, "KV sharing"),
+    ("add_expert_count", 4, "mixture-of-experts"),
+])
+def test_unsupported_gguf_settings_refused(forgert, models, tiny_tokenizer, tmp_path, key, value, match):
+    model, files, _ = models("gemma4-plain")
+    from forgert.errors import ModelFormatError
+    path = gf.write_gguf(files["hf-F32"], tmp_path / "m.gguf", "F32", "gemma4", model.config, tiny_tokenizer,
+                         extra_meta={key: value})
+    with pytest.raises(ModelFormatError, match=f"gemma4: .*{match}.* not supported yet"):
+        forgert.Model(str(path), backend="cpu")
+
+
+def test_gguf_requantized(forgert, models, tmp_path):
+    """`forgert quantize` of the GGUF keeps its per-layer keys, rope_freqs and layer scalars; the HF
+    directory is refused by name."""
+    from forgert.errors import ModelFormatError
+    from forgert.gguf_export import export_gguf
+    model, files, refs = models("gemma4")
+    out = tmp_path / "requantized.gguf"
+    export_gguf(str(files["gguf-F32"]), str(out), "q8_0", log=lambda msg: None)
+    ids = ids_for(model.config.vocab_size, 32, 9)
+    compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["gguf-Q8_0"], ids),
+                   **bounds("gguf-Q8_0", False), what="gemma4 requantized")
+    with pytest.raises(ModelFormatError, match="Gemma 4 HF directories cannot be quantized"):
+        export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
