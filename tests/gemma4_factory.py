@@ -34,18 +34,28 @@ _LAYER = {
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
     "layer_scalar": "layer_output_scale.weight",
+    "per_layer_input_gate.weight": "inp_gate.weight", "per_layer_projection.weight": "proj.weight",
+    "post_per_layer_input_norm.weight": "post_norm.weight",
 }
+_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": None, "model.embed_tokens_per_layer.weight": "per_layer_token_embd.weight",
+           "model.per_layer_model_projection.weight": "per_layer_model_proj.weight",
+           "model.per_layer_projection_norm.weight": "per_layer_proj_norm.weight"}
 SLIDING, FULL = "sliding_attention", "full_attention"
 # name -> (GGUF arch, builder arguments). "gemma4": the 31B's shape on 6 layers (two groups of two
 # sliding layers and a global one): sliding heads 32 wide, global heads 64 wide with one KV head
 # whose V is K's projection (attention_k_eq_v), proportional RoPE on a quarter of the global
 # pairs, a final soft cap small enough to bend this model's logits. "gemma4-plain": global heads
 # 64 wide with v_proj and the sliding layers' KV head count, the last layer global only.
+# "gemma4-e": E2B's features on 6 layers: per-layer embeddings of 32 per layer, the last two layers
+# (a sliding and a global one) sharing the K/V of layers 2 and 3, their MLPs twice as wide.
 MODELS = {
     "gemma4": ("gemma4", dict(seed=91, types=[SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL], k_eq_v=True,
                               global_kv=1, softcap=5.0)),
     "gemma4-plain": ("gemma4", dict(seed=92, types=[SLIDING, FULL, SLIDING, SLIDING, SLIDING, FULL], k_eq_v=False,
                                     global_kv=None, softcap=None)),
+    "gemma4-e": ("gemma4", dict(seed=93, types=[SLIDING, SLIDING, SLIDING, FULL, SLIDING, FULL], k_eq_v=False,
+                                global_kv=None, softcap=10.0, ple=32, shared=2, double_wide=True)),
 }
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, GLOBAL_HEAD_DIM, FFN, WINDOW = 64, 4, 2, 32, 64, 96, 8
 SWA_THETA, FULL_THETA, PARTIAL = 10_000.0, 1_000_000.0, 0.25
@@ -58,7 +68,9 @@ def text_config(name: str, vocab: int, **changes):
                 num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
                 global_head_dim=GLOBAL_HEAD_DIM, num_global_key_value_heads=kw["global_kv"],
                 attention_k_eq_v=kw["k_eq_v"], layer_types=list(kw["types"]), sliding_window=WINDOW,
-                max_position_embeddings=256, rms_norm_eps=1e-6, hidden_size_per_layer_input=0,
+                max_position_embeddings=256, rms_norm_eps=1e-6, hidden_size_per_layer_input=kw.get("ple", 0),
+                vocab_size_per_layer_input=vocab, num_kv_shared_layers=kw.get("shared", 0),
+                use_double_wide_mlp=kw.get("double_wide", False),
                 final_logit_softcapping=kw["softcap"], tie_word_embeddings=True, initializer_range=0.1,
                 bos_token_id=0, eos_token_id=1, pad_token_id=0,
                 rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": SWA_THETA},
@@ -97,11 +109,9 @@ def save_hf(model, tok, out_dir: Path) -> Path:
 def gguf_tensors(hf_dir: Path) -> dict:
     out = {}
     for name, w in load_file(str(hf_dir / "model.safetensors")).items():
-        top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-               "lm_head.weight": None}
-        if name in top:
-            if top[name]:
-                out[top[name]] = w
+        if name in _GLOBAL:
+            if _GLOBAL[name]:
+                out[_GLOBAL[name]] = w
             continue
         layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
         out[f"blk.{layer}.{_LAYER[rest]}"] = w
@@ -121,7 +131,11 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     full = c.rope_parameters[FULL]
     meta = {
         "add_block_count": c.num_hidden_layers, "add_context_length": c.max_position_embeddings,
-        "add_embedding_length": c.hidden_size, "add_feed_forward_length": c.intermediate_size,
+        "add_embedding_length": c.hidden_size,
+        # one width per layer where the sharing layers' MLPs are double-wide (Gemma4Model's n_ff_arr)
+        "add_feed_forward_length": ([c.intermediate_size * (2 if i >= c.num_hidden_layers - c.num_kv_shared_layers
+                                                            else 1) for i in range(c.num_hidden_layers)]
+                                    if c.use_double_wide_mlp and c.num_kv_shared_layers else c.intermediate_size),
         "add_head_count": c.num_attention_heads, "add_layer_norm_rms_eps": c.rms_norm_eps,
         "add_rope_freq_base": float(full["rope_theta"]),
         "add_rope_freq_base_swa": float(c.rope_parameters[SLIDING]["rope_theta"]),
@@ -130,7 +144,8 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
         "add_key_length_swa": hd_swa, "add_value_length_swa": hd_swa,
         "add_head_count_kv": kv if len(set(kv)) > 1 else kv[0],   # an array only where the global count differs
         "add_rope_dimension_count": hd_full, "add_rope_dimension_count_swa": hd_swa,
-        "add_shared_kv_layers": 0, "add_embedding_length_per_layer_input": 0,
+        "add_shared_kv_layers": c.num_kv_shared_layers,
+        "add_embedding_length_per_layer_input": c.hidden_size_per_layer_input or 0,
         "add_final_logit_softcapping": c.final_logit_softcapping,
     }
     meta.update(extra_meta or {})

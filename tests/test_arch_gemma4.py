@@ -1,13 +1,20 @@
 """Gemma 4 text (tests/gemma4_factory.py: sliding layers with 32-wide heads beside global layers with
 64-wide heads and their own KV head count, V from K on the global layers, proportional RoPE, layer
-scalars, a final soft cap) against transformers: logits on prefill and decode, as HF F32 and GGUF
+scalars, a final soft cap; an E2B-style model with per-layer embeddings, KV sharing and double-wide
+MLPs) against transformers: logits on prefill and decode, as HF F32 and GGUF
 F32 / Q8_0 in llama.cpp's gemma4 layout, on the CPU and emulated Metal; 32 greedy tokens; a batch
 of sequences in slots, and the prompt cache's saved K/V rows (per-layer widths); the published
 config.json keys (global_head_dim) beside transformers 5's per_layer_config; what is not run yet
 refused by name.
 
-Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here, worst over the
-two models (64-token prefill, 24 decode steps), max_rel / rms_rel: see MEASURED below.
+Bounds are tests/test_arch_moe.py's for Q8_0; F32's are twice theirs, as Gemma 4 scales scores by 1
+rather than 1/sqrt(d) (sharper attention: f32 summation order moves the logits more). Measured here,
+worst over the three models (64-token prefill, 24 decode steps), max_rel / rms_rel:
+  F32 (HF and GGUF), CPU: prefill 2.7e-4 / 1.3e-4, decode 1.5e-4 / 9.2e-5;
+  Metal: prefill 3.3e-4 / 1.9e-4, decode 1.6e-4 / 1.1e-4 (bounds 1e-3 / 5e-4)
+  Q8_0, CPU: prefill 7.3e-4 / 4.3e-4, decode 5.9e-4 / 4.4e-4 (bounds 3e-3 / 2e-3)
+  Q8_0, Metal: prefill 2.1e-3 / 1.1e-3 (the prefill GEMM stages quantized weights in half), decode
+  2.6e-4 / 1.6e-4 (bounds 5e-3 / 4e-3); argmax agreement 1.0 everywhere (bound 0.95)
 """
 from __future__ import annotations
 
@@ -21,11 +28,17 @@ import arch_e2e as ae
 import gemma4_factory as gf
 import model_factory as mf
 from conftest import backend_params, require_backend
-from test_arch_moe import bounds
+from test_arch_moe import bounds as moe_bounds
 from test_e2e_tiny import compare_logits
 
 models = gf.models_fixture()
 NAMES = list(gf.MODELS)
+
+
+def bounds(fmt, decode, backend="cpu"):
+    if fmt.endswith("F32"):
+        return dict(max_rel=1e-3, rms_rel=5e-4, argmax=0.95)
+    return moe_bounds(fmt, decode, backend)
 
 
 def ids_for(vocab, n, seed):
@@ -108,13 +121,38 @@ def test_published_config_keys(forgert, models, tmp_path):
                                   forgert.Model(str(files["hf-F32"]), backend="cpu").logits(ids))
 
 
+def test_multimodal_checkpoint_runs_its_text_model(forgert, models, tmp_path):
+    """Gemma4ForConditionalGeneration's layout (config under text_config, the language model's
+    tensors under model.language_model., vision and audio towers beside them): its text model runs,
+    the towers unread."""
+    from safetensors.numpy import load_file, save_file
+    model, files, _ = models("gemma4-e")
+    d = tmp_path / "multimodal"
+    shutil.copytree(files["hf-F32"], d)
+    text = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({"model_type": "gemma4", "text_config": text,
+                                               "vision_config": {"model_type": "gemma4_vision"},
+                                               "tie_word_embeddings": True}))
+    tensors = {n.replace("model.", "model.language_model.", 1): w
+               for n, w in load_file(str(d / "model.safetensors")).items()}
+    tensors.update({"model.vision_tower.encoder.layers.0.mlp.weight": np.ones((4, 4), np.float32),
+                    "model.embed_vision.embedding_projection.weight": np.ones((4, 4), np.float32),
+                    "model.audio_tower.layers.0.weight": np.ones((4, 4), np.float32),
+                    "model.embed_audio.embedding_projection.weight": np.ones((4, 4), np.float32)})
+    save_file(tensors, str(d / "model.safetensors"))
+    ids = ids_for(model.config.vocab_size, 16, 10)
+    np.testing.assert_array_equal(forgert.Model(str(d), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["hf-F32"]), backend="cpu").logits(ids))
+
+
 @pytest.mark.parametrize("backend", backend_params())
-def test_batch_slots_and_saved_rows(forgert, models, metal_reason, backend):
-    """Prompts in parallel slots equal each alone (per-layer KV widths in every slot), and a
-    follow-up prompt through the prompt cache (kv_save / kv_load of rows as wide as the widest
-    layer's) equals a fresh run."""
+@pytest.mark.parametrize("name", ["gemma4", "gemma4-e"])
+def test_batch_slots_and_saved_rows(forgert, models, metal_reason, name, backend):
+    """Prompts in parallel slots equal each alone (per-layer KV widths, KV-sharing layers reading
+    their source's slot), and a follow-up prompt through the prompt cache (kv_save / kv_load of
+    rows as wide as the widest layer's; none kept for the sharing layers) equals a fresh run."""
     require_backend(backend, metal_reason)
-    _, files, _ = models("gemma4")
+    _, files, _ = models(name)
     path = str(files["gguf-F32"])
 
     def fresh(prompt):
@@ -133,7 +171,13 @@ def test_batch_slots_and_saved_rows(forgert, models, metal_reason, backend):
     eng = forgert.Model(path, backend=backend, n_ctx=64)._engine
     eng.forward(np.asarray(first, dtype=np.int32), 0)
     kv = eng.kv_save(len(first))
-    assert kv.shape == (6, 2, len(first), 64)   # every layer's K and V rows 64 wide (both kinds are here)
+    from forgert.loader import load_model
+    cfg = load_model(path).config
+    width = max(cfg.kv_dim_of(l) for l in range(cfg.n_layers))   # 64 (gemma4), 128 (gemma4-e's global layers)
+    assert kv.shape == (6, 2, len(first), width)
+    for l in range(6):   # a narrower layer's rows padded with zeros; a sharing layer's all zeros
+        kept = cfg.kv_dim_of(l) if (cfg.layer_kv_source or list(range(6)))[l] == l else 0
+        assert not kv[l, :, :, kept:].any() and (kept == 0 or kv[l, :, :, :kept].any()), l
     other = forgert.Model(path, backend=backend, n_ctx=64)._engine
     other.kv_load(kv)
     np.testing.assert_array_equal(other.kv_save(len(first)), kv)
@@ -142,10 +186,9 @@ def test_batch_slots_and_saved_rows(forgert, models, metal_reason, backend):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("hidden_size_per_layer_input", 16, "per-layer embeddings"),
-    ("num_kv_shared_layers", 2, "KV sharing"),
     ("enable_moe_block", True, "mixture-of-experts"),
     ("use_bidirectional_attention", "all", "bidirectional"),
+    ("num_kv_shared_layers", 6, "KV sharing of all 6 layers"),
 ])
 def test_unsupported_hf_settings_refused(forgert, models, tmp_path, key, value, match):
     _, files, _ = models("gemma4-plain")
@@ -159,9 +202,8 @@ def test_unsupported_hf_settings_refused(forgert, models, tmp_path, key, value, 
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("add_embedding_length_per_layer_input", 16, "per-layer embeddings"),
-    ("add_shared_kv_layers", 2, "KV sharing"),
     ("add_expert_count", 4, "mixture-of-experts"),
+    ("add_shared_kv_layers", 6, "KV sharing of all 6 layers"),
 ])
 def test_unsupported_gguf_settings_refused(forgert, models, tiny_tokenizer, tmp_path, key, value, match):
     model, files, _ = models("gemma4-plain")
@@ -170,6 +212,29 @@ def test_unsupported_gguf_settings_refused(forgert, models, tiny_tokenizer, tmp_
                          extra_meta={key: value})
     with pytest.raises(ModelFormatError, match=f"gemma4: .*{match}.* not supported yet"):
         forgert.Model(str(path), backend="cpu")
+
+
+def test_e_model_features_read(forgert, models):
+    """The E-style model's per-layer embeddings, KV sharing and double-wide MLPs, from both formats;
+    the sharing layers keep no K/V rows (the memory estimate counts 4 layers' rows)."""
+    from forgert.loader import load_model
+    _, files, _ = models("gemma4-e")
+    for fmt in ("hf-F32", "gguf-F32"):
+        c = load_model(str(files[fmt])).config
+        assert c.ple_dim == 32 and c.layer_kv_source == [0, 1, 2, 3, 2, 3], fmt
+        assert c.layer_ffn_dim == [96, 96, 96, 96, 192, 192], fmt
+        assert c.kv_bytes_per_position() == 2 * 2 * (3 * 2 * 32 + 1 * 2 * 64), fmt
+
+
+def test_per_layer_vocab_refused(forgert, models, tmp_path):
+    _, files, _ = models("gemma4-e")
+    from forgert.errors import ModelFormatError
+    d = tmp_path / "changed"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "vocab_size_per_layer_input": 262144}))
+    with pytest.raises(ModelFormatError, match="vocab_size_per_layer_input"):
+        forgert.Model(str(d), backend="cpu")
 
 
 def test_gguf_requantized(forgert, models, tmp_path):

@@ -378,6 +378,26 @@ def test_rope_kv_write(metal, cpu, as_cache, neox, n, pos0, n_heads, n_kv_heads,
     np.testing.assert_array_equal(got[3], want[3])
 
 
+@pytest.mark.parametrize("n,pos0,head_dim", [(1, 300, 512), (5, 40, 64)])
+def test_rope_queries_only(metal, cpu, as_cache, n, pos0, head_dim):
+    """n_kv_heads 0 (a Gemma 4 layer reading another layer's K/V): q rotates exactly as the full op
+    rotates it (CPU, checked against NumPy in test_cpu_ops), and nothing else is touched."""
+    r = rng("rope_q_only", n, pos0, head_dim)
+    n_heads = 4
+    q = r.standard_normal((n, n_heads * head_dim), dtype=np.float32)
+    k = r.standard_normal((n, head_dim), dtype=np.float32)
+    cache = as_cache(r.standard_normal((pos0 + n, head_dim)))
+    freqs = np.zeros(head_dim // 2, dtype=np.float32)
+    freqs[:head_dim // 8] = 1e6 ** (-np.arange(0, head_dim // 4, 2) / head_dim)   # proportional: a quarter rotates
+    want = cpu.rope_kv_write(q, k, k, cache, cache.copy(), freqs, pos0, n_heads, 1, head_dim, True)[0]
+    none = np.zeros((n, 0), np.float32)
+    no_cache = as_cache(np.zeros((1, 0)))
+    cpu_q = cpu.rope_kv_write(q, none, none, no_cache, no_cache, freqs, pos0, n_heads, 0, head_dim, True)[0]
+    metal_q = metal.rope_kv_write(q, none, none, no_cache, no_cache, freqs, pos0, n_heads, 0, head_dim, True)[0]
+    np.testing.assert_array_equal(cpu_q, want)
+    assert nmse(metal_q, want) < 1e-10
+
+
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize("rope_dim,factor", [(24, 1.2), (0, 1.0)], ids=["partial_factor", "nope"])
 def test_rope_kv_write_partial_and_scaled(metal, cpu, as_cache, neox, rope_dim, factor):

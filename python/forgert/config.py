@@ -231,13 +231,20 @@ class ModelConfig:
     layer_v_is_k: list[int] | None = None
     v_norm: bool = False
     layer_out_scale: list[float] | None = None
+    # Gemma 4 E2B / E4B: per-layer embeddings' width (0: none) and scale, each layer's K/V source
+    # (KV sharing; None: its own), per-layer feed-forward widths (None: ffn_dim everywhere).
+    ple_dim: int = 0
+    ple_embed_scale: float = 1.0
+    layer_kv_source: list[int] | None = None
+    layer_ffn_dim: list[int] | None = None
 
     def has_layer_kind(self, kind: str) -> bool:
         return self.layer_kinds is not None and kind in self.layer_kinds
 
     def kv_bytes_per_position(self) -> int:
         """The f16 K and V bytes one position of one sequence takes: attention layers only."""
-        attn = [l for l in range(self.n_layers) if self.layer_kinds is None or self.layer_kinds[l] == "attention"]
+        attn = [l for l in range(self.n_layers) if (self.layer_kinds is None or self.layer_kinds[l] == "attention")
+                and (self.layer_kv_source is None or self.layer_kv_source[l] == l)]   # KV-sharing layers keep none
         return sum(2 * self.kv_dim_of(l) * 2 for l in attn)
 
     def kv_dim_of(self, layer: int) -> int:
@@ -348,6 +355,13 @@ class ModelConfig:
             out.append("V RMS-normed over each head (no weight)")
         if self.layer_out_scale is not None:
             out.append("each layer's output times its scalar")
+        if self.ple_dim:
+            out.append(f"per-layer embeddings ({self.ple_dim} per layer)")
+        shared = [l for l, s in enumerate(self.layer_kv_source or []) if s != l]
+        if shared:
+            out.append(f"KV sharing: layers {shared[0]}-{shared[-1]} read earlier layers' K/V")
+        if self.layer_ffn_dim is not None:
+            out.append(f"per-layer MLP widths {sorted(set(self.layer_ffn_dim))}")
         if self.head_dim * self.n_heads != self.dim:
             out.append(f"head_dim {self.head_dim} (q width {self.head_dim * self.n_heads} != dim {self.dim})")
         s = self.rope_scaling or {}
@@ -456,13 +470,15 @@ class ModelConfig:
             d.update(embed_scale=float(self.embed_scale), attn_scale=float(self.attn_scale or 0.0))
         if self.arch in gemma.GEMMA_ARCHS + (gemma4.GGUF_ARCH,):
             d.update(ffn_act=self.ffn_act, attn_softcap=float(self.attn_softcap), final_softcap=float(self.final_softcap))
-        for key in ("layer_head_dim", "layer_n_kv_heads", "layer_v_is_k"):
+        for key in ("layer_head_dim", "layer_n_kv_heads", "layer_v_is_k", "layer_kv_source", "layer_ffn_dim"):
             if getattr(self, key) is not None:
                 d[key] = [int(v) for v in getattr(self, key)]
         if self.v_norm:
             d["v_norm"] = True
         if self.layer_out_scale is not None:
             d["layer_out_scale"] = [float(v) for v in self.layer_out_scale]
+        if self.ple_dim:
+            d.update(ple_dim=int(self.ple_dim), ple_embed_scale=float(self.ple_embed_scale))
         return d
 
 

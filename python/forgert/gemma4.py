@@ -6,9 +6,12 @@ each head's pairs rotating at base^(-2i / head_dim), the rest not at all) and a 
 layer's output. Read from GGUF the way llama.cpp's gemma4 loader reads what its converter
 (Gemma4Model) writes, and from config.json the way transformers' Gemma4TextConfig reads it.
 
-Not run yet, refused by name: per-layer embeddings (E2B / E4B), KV sharing between layers, the
-mixture-of-experts block (26B-A4B), double-wide MLPs. The vision and audio towers of the
-multimodal checkpoints are not read (text only).
+E2B / E4B add per-layer embeddings (a wide second embedding giving each layer a small input per
+token) and KV sharing (the last num_kv_shared_layers layers compute no K/V and read the cache of
+the last earlier layer of their kind), their MLPs twice as wide where use_double_wide_mlp says so.
+
+Not run yet, refused by name: the mixture-of-experts block (26B-A4B). The vision and audio towers
+of the multimodal checkpoints are not read (text only).
 """
 from __future__ import annotations
 
@@ -78,6 +81,35 @@ def _per_layer(value, n_layers: int, what: str, source) -> list:
     return [int(v) for v in out]
 
 
+def kv_sources(swa: list, n_shared: int, source) -> list | None:
+    """Each layer's K/V source under KV sharing (Gemma4TextConfig.kv_sharing_modes): the last
+    n_shared layers read the cache of the last earlier layer of their kind (sliding or full);
+    None without sharing."""
+    n = len(swa)
+    if not n_shared:
+        return None
+    first = n - n_shared
+    if first < 1:
+        _unsupported(source, f"KV sharing of all {n} layers (num_kv_shared_layers {n_shared})")
+    out = list(range(n))
+    for l in range(first, n):
+        own = [i for i in range(first) if swa[i] == swa[l]]
+        if not own:
+            _fail(source, f"layer {l} shares the K/V of an earlier {'sliding' if swa[l] else 'full'} layer; there is none")
+        out[l] = own[-1]
+    return out
+
+
+def _per_layer_inputs(cfg, ple_dim: int, n_shared: int, double_wide: bool, swa: list, source) -> None:
+    """Per-layer embeddings (ple_dim > 0), KV sharing and the double-wide MLPs of the sharing layers."""
+    cfg.ple_dim = ple_dim
+    cfg.ple_embed_scale = float(np.float32(math.sqrt(ple_dim))) if ple_dim else 1.0
+    cfg.layer_kv_source = kv_sources(swa, n_shared, source)
+    if double_wide and n_shared:   # the sharing layers' MLPs twice as wide (Gemma4TextMLP)
+        first = cfg.n_layers - n_shared
+        cfg.layer_ffn_dim = [cfg.ffn_dim * (2 if l >= first else 1) for l in range(cfg.n_layers)]
+
+
 def _shape(cfg, swa: list, head_dim_swa: int, head_dim_full: int, kv_heads: list, window: int,
            swa_freqs: np.ndarray, full_freqs: np.ndarray, source) -> None:
     """The per-layer fields shared by both readers: head widths and KV heads per layer, windows on
@@ -113,18 +145,10 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census, rope_factors):
     from .config import ModelConfig, _check_bounds, _extent_bound, _get_float, _get_int, _layer_bound
     p = GGUF_ARCH + "."
     extent = _extent_bound(census)
-    if meta.get(p + "embedding_length_per_layer_input", 0):
-        _unsupported(source, "per-layer embeddings (embedding_length_per_layer_input)")
-    if meta.get(p + "attention.shared_kv_layers", 0):
-        _unsupported(source, "KV sharing between layers (attention.shared_kv_layers)")
     if meta.get(p + "expert_count", 0):
         _unsupported(source, "the mixture-of-experts block (expert_count)")
     n_layers = _get_int(meta, p + "block_count", source, **_layer_bound(census))
-    ffn = meta.get(p + "feed_forward_length")
-    if isinstance(ffn, (list, tuple, np.ndarray)):
-        if len(set(int(f) for f in ffn)) != 1:
-            _unsupported(source, "per-layer feed-forward widths (use_double_wide_mlp)")
-        ffn = int(ffn[0])
+    ffn_widths = _per_layer(meta.get(p + "feed_forward_length"), n_layers, "feed_forward_length", source)
     n_heads = _get_int(meta, p + "attention.head_count", source, **extent)
     dim = _get_int(meta, p + "embedding_length", source, **extent)
     hd_full = _get_int(meta, p + "attention.key_length", source, **extent)
@@ -154,7 +178,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census, rope_factors):
         _fail(source, "sliding layers without attention.sliding_window")
     cfg = ModelConfig(
         arch=GGUF_ARCH, n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=kv_heads[0], head_dim=hd_swa,
-        ffn_dim=_get_int({"f": ffn}, "f", source, **extent), vocab=vocab,
+        ffn_dim=_get_int({"f": ffn_widths[0]}, "f", source, **extent), vocab=vocab,
         context_length=_get_int(meta, p + "context_length", source),
         rms_eps=_get_float(meta, p + "attention.layer_norm_rms_epsilon", source),
         rope_theta=theta, rope_neox=True, local_rope_theta=theta_swa)
@@ -162,6 +186,13 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census, rope_factors):
     cfg.final_softcap = 0.0 if cap is None else _get_float(meta, p + "final_logit_softcapping", source)
     _shape(cfg, swa, hd_swa, hd_full, kv_heads, window, base_inv_freqs(theta_swa, hd_swa),
            base_inv_freqs(theta, hd_full) / factors, source)
+    n_shared = _get_int(meta, p + "attention.shared_kv_layers", source, default=0, minimum=0)
+    _per_layer_inputs(cfg, _get_int(meta, p + "embedding_length_per_layer_input", source, default=0, minimum=0,
+                                    **extent), n_shared, False, swa, source)
+    if len(set(ffn_widths)) > 1:   # llama.cpp's per-layer feed_forward_length (use_double_wide_mlp)
+        for w in ffn_widths:
+            _get_int({"f": w}, "f", source, **extent)
+        cfg.layer_ffn_dim = ffn_widths
     _check_bounds(cfg, source)
     return cfg
 
@@ -185,10 +216,6 @@ def config_from_hf(hf: dict, source: str, census):
     checkpoints), or per_layer_config (what transformers 5 saves)."""
     from .config import ModelConfig, _check_bounds, _extent_bound, _get_float, _get_int, _layer_bound
     extent = _extent_bound(census)
-    if hf.get("hidden_size_per_layer_input"):
-        _unsupported(source, "per-layer embeddings (hidden_size_per_layer_input)")
-    if hf.get("num_kv_shared_layers"):
-        _unsupported(source, "KV sharing between layers (num_kv_shared_layers)")
     if hf.get("enable_moe_block"):
         _unsupported(source, "the mixture-of-experts block (enable_moe_block)")
     if hf.get("use_bidirectional_attention") == "all":
@@ -253,6 +280,13 @@ def config_from_hf(hf: dict, source: str, census):
            proportional_freqs(theta, hd_full, partial, factor), source)
     # attention_k_eq_v: the full layers have no v_proj (Gemma4TextAttention.use_alternative_attention)
     cfg.layer_v_is_k = [int(bool(hf.get("attention_k_eq_v", False)) and not s) for s in swa]
+    ple_dim = _get_int(hf, "hidden_size_per_layer_input", source, default=0, minimum=0, **extent) \
+        if hf.get("hidden_size_per_layer_input") else 0
+    if ple_dim and hf.get("vocab_size_per_layer_input", cfg.vocab) != cfg.vocab:
+        _unsupported(source, f"a per-layer embedding vocabulary (vocab_size_per_layer_input "
+                             f"{hf.get('vocab_size_per_layer_input')}) other than the model's")
+    n_shared = _get_int(hf, "num_kv_shared_layers", source, default=0, minimum=0)
+    _per_layer_inputs(cfg, ple_dim, n_shared, bool(hf.get("use_double_wide_mlp")), swa, source)
     _check_bounds(cfg, source)
     return cfg
 

@@ -186,6 +186,8 @@ def load_hf_dir(path) -> LoadedModel:
     config_tensors = gemma4.read_layer_tensors(cfg, d.tensors, d.name) if cfg.arch == gemma4.GGUF_ARCH else ()
     if cfg.arch in GEMMA_ARCHS + (gemma4.GGUF_ARCH,) and "token_embd.weight" in d.tensors:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
+    if cfg.ple_dim and "per_layer_token_embd.weight" in d.tensors:   # Gemma 4: sqrt(ple_dim) likewise rounded
+        cfg.ple_embed_scale = embedding_scale(cfg.ple_dim, d.tensors["per_layer_token_embd.weight"].type_id)
     if cfg.norm_shift:
         d.tensors = shift_norms(d.tensors, cfg.norm_shift)
     if cfg.has_layer_kind("gated_delta_net") or cfg.has_layer_kind("mamba2"):   # A_log as the A = -exp(A_log)

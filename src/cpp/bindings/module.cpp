@@ -107,6 +107,12 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("layer_n_kv_heads")) c.layer_n_kv_heads = get_int_list(d, "layer_n_kv_heads");
     if (d.contains("layer_v_is_k")) c.layer_v_is_k = get_int_list(d, "layer_v_is_k");
     if (d.contains("v_norm")) c.v_norm = get<bool>(d, "v_norm");
+    if (d.contains("layer_kv_source")) c.layer_kv_source = get_int_list(d, "layer_kv_source");
+    if (d.contains("layer_ffn_dim")) c.layer_ffn_dim = get_int_list(d, "layer_ffn_dim");
+    if (d.contains("ple_dim")) {
+        c.ple_dim = get<int>(d, "ple_dim");
+        c.ple_embed_scale = get<float>(d, "ple_embed_scale");
+    }
     if (d.contains("layer_out_scale")) {
         for (py::handle f : d["layer_out_scale"].cast<py::list>()) c.layer_out_scale.push_back(f.cast<float>());
     }

@@ -213,32 +213,48 @@ public:
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
                             int head_dim, bool neox, int rope_dim, float attn_factor, const std::optional<I32>& rows,
                             float q_temp_beta, int q_temp_floor) {
+        // n_kv_heads 0: q alone rotates (a Gemma 4 layer reading another layer's K/V); k, v and
+        // the caches are not read, and come back unchanged
+        const bool q_only = n_kv_heads == 0;
         const U16 kc = f16_bits(k_cache_in, "k_cache"), vc = f16_bits(v_cache_in, "v_cache");
-        need(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
-             "need n_heads, n_kv_heads > 0 and an even head_dim");
+        need(n_heads > 0 && n_kv_heads >= 0 && head_dim > 0 && head_dim % 2 == 0,
+             "need n_heads > 0, n_kv_heads >= 0 and an even head_dim");
         const int64_t kv_dim = (int64_t)n_kv_heads * head_dim;
         need(cols_of(q) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]");
-        need(cols_of(k) == kv_dim && cols_of(v) == kv_dim, "k and v must be [n, n_kv_heads * head_dim]");
-        need(rows_of(k) == rows_of(q) && rows_of(v) == rows_of(q), "q, k and v must have one row count");
-        need(kc.ndim() == 2 && kc.shape(1) == kv_dim, "k_cache must be [n_ctx, kv_dim]");
-        need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kv_dim, "v_cache must match k_cache");
+        if (!q_only) {
+            need(cols_of(k) == kv_dim && cols_of(v) == kv_dim, "k and v must be [n, n_kv_heads * head_dim]");
+            need(rows_of(k) == rows_of(q) && rows_of(v) == rows_of(q), "q, k and v must have one row count");
+            need(kc.ndim() == 2 && kc.shape(1) == kv_dim, "k_cache must be [n_ctx, kv_dim]");
+            need(vc.ndim() == 2 && vc.shape(0) == kc.shape(0) && vc.shape(1) == kv_dim, "v_cache must match k_cache");
+        }
         if (rope_dim < 0) rope_dim = head_dim;
         need(rope_dim <= head_dim && rope_dim % 2 == 0, "rope_dim must be even and <= head_dim (0: no rotation)");
         need(attn_factor > 0.0f && std::isfinite(attn_factor), "attn_factor must be a positive number");
         need(std::isfinite(q_temp_beta) && (q_temp_beta == 0.0f || q_temp_floor > 0),
              "q_temp_beta must be finite, with q_temp_floor > 0 when it is not 0");
         need(freqs.size() == std::max(rope_dim / 2, 1), "freqs must have rope_dim / 2 entries");
+        const int64_t n_ctx = q_only ? INT32_MAX : kc.shape(0);
         if (rows)
-            check_row_table(*rows, rows_of(q), kc.shape(0));
+            check_row_table(*rows, rows_of(q), n_ctx);
         else
-            need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "rows past the cache");
-        Tensor Q = f32(q), K = f32(k), V = f32(v), Fr = f32(freqs), T;
-        Tensor KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim), VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
+            need(pos0 >= 0 && pos0 + rows_of(q) <= n_ctx, "rows past the cache");
+        Tensor Q = f32(q), Fr = f32(freqs), T, K, V, KC, VC;
+        if (!q_only) {
+            K = f32(k);
+            V = f32(v);
+            KC = upload(kc.data(), DType::F16, kc.shape(0), kv_dim);
+            VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
+        }
         const RowPositions at = positions(pos0, rows, T);
         run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, at, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor, q_temp_beta, q_temp_floor}); });
-        F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols}), k_out(std::vector<py::ssize_t>{K.rows, K.cols});
-        U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
+        F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols});
         be_->read(q_out.mutable_data(), Q, Q.nbytes());
+        if (q_only) {
+            bufs_.clear();
+            return py::make_tuple(q_out, k, k_cache_in, v_cache_in);
+        }
+        F32 k_out(std::vector<py::ssize_t>{K.rows, K.cols});
+        U16 kc_out(std::vector<py::ssize_t>{KC.rows, KC.cols}), vc_out(std::vector<py::ssize_t>{VC.rows, VC.cols});
         be_->read(k_out.mutable_data(), K, K.nbytes());
         be_->read(kc_out.mutable_data(), KC, KC.nbytes());
         be_->read(vc_out.mutable_data(), VC, VC.nbytes());

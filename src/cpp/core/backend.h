@@ -225,7 +225,8 @@ public:
     // (k_cache[base_i + pos_i, :] = f16(k[i, :]) after the rotation); pos_i, base_i from `at`.
     // One dispatch on a GPU; one parallel region on the CPU, for all the sequences of a batch.
     // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx (x slots), kv_dim];
-    // freqs f32 [p.rotated_dims() / 2] (unused when p.nope)
+    // freqs f32 [p.rotated_dims() / 2] (unused when p.nope). p.n_kv_heads == 0: q alone is
+    // rotated, k, v and the caches unused (a Gemma 4 layer reading another layer's K/V).
     virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
                                const RopeKvParams& p) = 0;

@@ -150,6 +150,28 @@ struct ModelConfig {
     // Gemma 4's layer_scalar: layer l's output (the whole residual stream) times
     // layer_out_scale[l] at its end; empty: 1 everywhere.
     std::vector<float> layer_out_scale;
+    // Gemma 4's KV sharing (E2B / E4B): layer l reads the K/V cache of layer layer_kv_source[l]
+    // (itself, or the last earlier layer of its kind that keeps one) and computes no K/V of its own;
+    // empty: every layer its own.
+    std::vector<int> layer_kv_source;
+    // Gemma 4's per-layer embeddings (E2B / E4B): ple_dim > 0 gives every token ple_dim inputs per
+    // layer, (per_layer_token_embd[token] * ple_embed_scale + rms_norm(per_layer_model_proj
+    // (x * embed_scale) / sqrt(dim))) / sqrt(2), each layer adding rms_norm(proj(gelu(inp_gate x) *
+    // its inputs)) * post_norm to x after its feed-forward.
+    int ple_dim = 0;
+    float ple_embed_scale = 1.0f;
+    // Per-layer feed-forward widths (Gemma 4's use_double_wide_mlp: the KV-sharing layers' MLPs twice
+    // as wide); empty: ffn_dim everywhere.
+    std::vector<int> layer_ffn_dim;
+    int ffn_dim_of(int layer) const { return layer_ffn_dim.empty() ? ffn_dim : layer_ffn_dim[layer]; }
+    int max_ffn_dim() const {
+        int m = ffn_dim;
+        for (int f : layer_ffn_dim) m = std::max(m, f);
+        return m;
+    }
+    int kv_source_of(int layer) const { return layer_kv_source.empty() ? layer : layer_kv_source[layer]; }
+    bool shares_kv(int layer) const { return kv_source_of(layer) != layer; }
+    bool keeps_kv(int layer) const { return !is_recurrent(layer) && !shares_kv(layer); }  // has K/V cache rows
     int head_dim_of(int layer) const { return layer_head_dim.empty() ? head_dim : layer_head_dim[layer]; }
     int n_kv_heads_of(int layer) const { return layer_n_kv_heads.empty() ? n_kv_heads : layer_n_kv_heads[layer]; }
     int q_dim_of(int layer) const { return n_heads * head_dim_of(layer); }

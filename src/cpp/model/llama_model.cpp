@@ -89,9 +89,15 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         }
     }
     proj_ = tensor(DType::F32, B, cfg_.dim);
+    if (cfg_.ple_dim > 0) {  // per-layer embeddings: every layer's inputs, the projection's, one layer's gate
+        const int64_t all = (int64_t)cfg_.n_layers * cfg_.ple_dim;
+        ple_ = tensor(DType::F32, B, all);
+        ple_proj_ = tensor(DType::F32, B, all);
+        ple_gate_ = tensor(DType::F32, B, cfg_.ple_dim);
+    }
     // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
     // leading dense layers'.
-    const int dense_ffn = !cfg_.is_moe()          ? cfg_.ffn_dim
+    const int dense_ffn = !cfg_.is_moe()          ? cfg_.max_ffn_dim()
                           : cfg_.n_dense_lead > 0 ? std::max(cfg_.shared_ffn_dim, cfg_.ffn_dim)
                                                   : std::max(cfg_.shared_ffn_dim, 1);
     gate_ = tensor(DType::F32, B, dense_ffn);
@@ -125,7 +131,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     be_->write(freqs_, cfg_.rope_freqs.data(), cfg_.rope_freqs.size() * sizeof(float));
     const int64_t kv_rows = (int64_t)n_slots_ * cfg_.n_ctx;
     for (int l = 0; l < cfg_.n_layers; l++) {
-        if (cfg_.is_recurrent(l)) {  // no K/V rows: its state is conv_state_ / ssm_state_
+        if (!cfg_.keeps_kv(l)) {  // no K/V rows: its state is conv_state_ / ssm_state_, or another layer's rows
             kv_.k.emplace_back();
             kv_.v.emplace_back();
             continue;
@@ -249,13 +255,11 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
     }
     at.classes = rc;  // attention's query rows: decode rows alone, prefix rows whatever their block
     const Tensor runs = cfg_.has_recurrent() ? recurrent_runs(entries, n_entries, device_ids != nullptr) : Tensor{};
-    Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), proj = proj_.slice_rows(0, n),
-           // the dense feed-forward's [n, ffn_dim] (gate_ and up_ may be wider: an MoE model's shared expert)
-           gate = make_tensor(gate_.buf, 0, DType::F32, n, cfg_.ffn_dim),
-           up = make_tensor(up_.buf, 0, DType::F32, n, cfg_.ffn_dim);
+    Tensor x = x_.slice_rows(0, n), xn = xn_.slice_rows(0, n), proj = proj_.slice_rows(0, n);
 
     be.get_rows(x, w_.token_embd, ids);
     if (cfg_.embed_scale != 1.0f) be.scale(x, cfg_.embed_scale);  // Gemma: embeddings times sqrt(dim)
+    if (cfg_.ple_dim > 0) per_layer_inputs(ids, x, n);  // Gemma 4 E2B / E4B
     if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
     const double t1 = profiling_ ? now_s() : 0;
 
@@ -283,6 +287,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                      k = make_tensor(k_.buf, 0, DType::F32, n, cfg_.kv_dim_of(l)),
                      v = make_tensor(v_.buf, 0, DType::F32, n, cfg_.kv_dim_of(l)),
                      att = make_tensor(att_.buf, 0, DType::F32, n, cfg_.q_dim_of(l));
+        // the dense feed-forward's [n, ffn_dim_of(l)] (gate_ and up_ may be wider: an MoE model's
+        // shared expert, a wider layer's)
+        const Tensor gate = make_tensor(gate_.buf, 0, DType::F32, n, cfg_.ffn_dim_of(l)),
+                     up = make_tensor(up_.buf, 0, DType::F32, n, cfg_.ffn_dim_of(l));
         rp.n_kv_heads = ap.n_kv_heads = n_kv;
         rp.head_dim = ap.head_dim = hd;
         ap.scale = cfg_.attention_scale(l);
@@ -312,6 +320,8 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                 gates.offset += hd * sizeof(float);
                 be.copy(make_tensor(q_.buf, 0, DType::F32, heads, hd), queries);
                 be.copy(make_tensor(attn_gate_.buf, 0, DType::F32, heads, hd), gates);
+            } else if (cfg_.shares_kv(l)) {  // Gemma 4's KV sharing: queries only, on another layer's cache
+                be.matmul(q, L.wq, attn_in, rc);
             } else if (cfg_.v_is_k(l)) {  // Gemma 4's attention_k_eq_v: V is K's projection, before k_norm
                 const Tensor qk_out[2] = {q, k}, qk_w[2] = {L.wq, L.wk};
                 be.matmul_many(qk_out, qk_w, 2, attn_in, rc);
@@ -324,14 +334,15 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             if (L.bq.rows && !cfg_.attn_output_gate) be.add_bias(q, L.bq);
             if (L.bk.rows) be.add_bias(k, L.bk);
             if (L.bv.rows) be.add_bias(v, L.bv);
+            const bool own_kv = !cfg_.shares_kv(l);
             if (cfg_.qk_norm == ModelConfig::QkNorm::PerHead) {  // QK-norm: each head normalised before RoPE
                 be.head_rms_norm(q, L.q_norm, cfg_.rms_eps);
-                be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
+                if (own_kv) be.head_rms_norm(k, L.k_norm, cfg_.rms_eps);
             } else if (cfg_.qk_norm == ModelConfig::QkNorm::Whole) {  // OLMo 2: each row of q, of k, normalised whole
                 be.rms_norm(q, q, L.q_norm, cfg_.rms_eps);
                 be.rms_norm(k, k, L.k_norm, cfg_.rms_eps);
             }
-            if (cfg_.v_norm) be.head_rms_norm(v, ones_.slice_cols(0, hd), cfg_.rms_eps);  // Gemma 4: V normed, no weight
+            if (cfg_.v_norm && own_kv) be.head_rms_norm(v, ones_.slice_cols(0, hd), cfg_.rms_eps);  // Gemma 4: V normed, no weight
             const int table = cfg_.rope_table_of(l);  // -1: a NoPE layer
             rp.nope = table < 0;
             rp.attn_factor = cfg_.rope_attn_factor_of(table);
@@ -340,11 +351,18 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             // RoPE, the cache write and attention: one call each for every sequence's rows. One
             // sequence reads its slot's cache from its position; several, the whole layer's cache
             // through the row table (each row's position and its slot's first cache row).
-            const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot),
-                         vc = batched ? kv_.v[l] : slot_rows(kv_.v[l], entries[0].slot);
+            const int src = cfg_.kv_source_of(l);  // the layer whose cache this one reads (itself, or a KV-sharing source)
+            const Tensor kc = batched ? kv_.k[src] : slot_rows(kv_.k[src], entries[0].slot),
+                         vc = batched ? kv_.v[src] : slot_rows(kv_.v[src], entries[0].slot);
             // its table's first rope_dims_of(l) / 2 frequencies (tables are as wide as the widest head)
             const Tensor freqs = freqs_.slice_rows(std::max(table, 0), 1).slice_cols(0, cfg_.rope_dims_of(l) / 2);
-            be.rope_kv_write(q, k, v, kc, vc, freqs, at, rp);
+            if (own_kv) {
+                be.rope_kv_write(q, k, v, kc, vc, freqs, at, rp);
+            } else {  // RoPE on the queries only (n_kv_heads 0): the source layer wrote this position's K/V
+                RopeKvParams q_only = rp;
+                q_only.n_kv_heads = 0;
+                be.rope_kv_write(q, Tensor{}, Tensor{}, Tensor{}, Tensor{}, freqs, at, q_only);
+            }
             be.attention(att, q, kc, vc, at, ap);
             if (cfg_.attn_output_gate) be.mul_sigmoid(att, attn_gate_.slice_rows(0, n));
             if (cfg_.is_mla()) {  // each head's value part, [n * n_heads, v_head_dim], packed for wo
@@ -385,6 +403,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             be.matmul_swiglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
         if (!moe) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (L.b_down.rows) be.add_bias(x, L.b_down);  // (+ b_down, once per row)
+        if (cfg_.ple_dim > 0) add_per_layer_input(L, l, x, n);  // Gemma 4 E2B / E4B, after the feed-forward
         if (cfg_.out_scale_of(l) != 1.0f) be.scale(x, cfg_.out_scale_of(l));  // Gemma 4's layer_scalar
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
@@ -803,7 +822,7 @@ void LlamaModel::kv_save(int n, uint16_t* dst) {
     std::fill(dst, dst + kv_bytes(n) / sizeof(uint16_t), uint16_t{0});  // recurrent layers, narrower layers' padding
     std::vector<uint16_t> narrow;
     for (int l = 0; l < cfg_.n_layers && n > 0; l++) {
-        if (cfg_.is_recurrent(l)) continue;  // no rows: its state goes through state_save
+        if (!cfg_.keeps_kv(l)) continue;  // no rows: its state goes through state_save, or another layer's rows
         const size_t kv_dim = cfg_.kv_dim_of(l);
         for (int kind = 0; kind < 2; kind++) {
             const Tensor src = (kind == 0 ? kv_.k[l] : kv_.v[l]).slice_rows(0, n);
@@ -827,7 +846,7 @@ void LlamaModel::kv_load(int n, const uint16_t* src) {
     state_pos_[0] = -1;  // a recurrent model's state comes with state_load
     std::vector<uint16_t> narrow;
     for (int l = 0; l < cfg_.n_layers && n > 0; l++) {
-        if (cfg_.is_recurrent(l)) continue;
+        if (!cfg_.keeps_kv(l)) continue;
         const size_t kv_dim = cfg_.kv_dim_of(l);
         for (int kind = 0; kind < 2; kind++) {
             const Tensor dst = (kind == 0 ? kv_.k[l] : kv_.v[l]).slice_rows(0, n);
@@ -860,7 +879,7 @@ void LlamaModel::kv_copy(int src, int dst, int n) {
     for (const Tensor* t : recurrent_states())  // the states of the n tokens
         be_->copy(t->slice_rows(dst, 1), t->slice_rows(src, 1));
     for (int l = 0; l < cfg_.n_layers; l++) {
-        if (cfg_.is_recurrent(l)) continue;
+        if (!cfg_.keeps_kv(l)) continue;
         be_->copy(slot_rows(kv_.k[l], dst).slice_rows(0, n), slot_rows(kv_.k[l], src).slice_rows(0, n));
         be_->copy(slot_rows(kv_.v[l], dst).slice_rows(0, n), slot_rows(kv_.v[l], src).slice_rows(0, n));
     }

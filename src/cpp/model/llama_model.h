@@ -179,6 +179,12 @@ private:
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
     // shared expert where the config has one.                                          x, xn [n, dim]
     void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
+    // Per-layer embeddings (cfg.ple_dim > 0; per_layer_embeddings.cpp). per_layer_inputs: every
+    // layer's inputs of the pass's tokens into ple_, from their ids and scaled embeddings x.
+    //                                                 ids i32 [n, 1]; x [n, dim]; ple_ [n, n_layers * ple_dim]
+    void per_layer_inputs(const Tensor& ids, const Tensor& x, int n);
+    // x += rms_norm(proj(gelu(inp_gate x) * layer l's inputs)) * post_norm.          x [n, dim]
+    void add_per_layer_input(const LayerWeights& L, int layer, const Tensor& x, int n);
     // A Gated DeltaNet layer's mixer (cfg.is_delta_net(l)) of xn: the projections, the convolution
     // and the delta rule (carrying slot states through `runs`, RecurrentState), the output's
     // per-head norm times silu(z). Returns its output, ready for ssm_out.  xn [n, dim]; out [n, ssm_value_width]
@@ -245,6 +251,9 @@ private:
     // Mamba2: ssm_in's z | xBC | dt [B, value width + C + heads], the convolution's x | B | C [B, C]
     // and the scan's output [B, value width].
     Tensor mb_proj_, mb_conv_, mb_y_;
+    // Per-layer embeddings: every layer's inputs [B, n_layers * ple_dim], the model projection's
+    // [B, n_layers * ple_dim], one layer's gate [B, ple_dim].
+    Tensor ple_, ple_proj_, ple_gate_;
     std::vector<int32_t> runs_host_;
     // Per recurrent layer (empty tensors for attention layers): the convolution's last inputs
     // f32 [n_slots, (K - 1) * C] and the delta rule's (or Mamba2's) state f32 [n_slots, ssm_v_heads *

@@ -7,7 +7,7 @@ std::string ffn_norm_name(const ModelConfig& cfg) {
 }
 
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
-    const int64_t dim = cfg.dim, ffn = cfg.ffn_dim;
+    const int64_t dim = cfg.dim;
     const bool gpt_oss = cfg.is_gpt_oss();           // sinks, and biases on every projection
     const bool qkv_bias_required = cfg.arch == "qwen2" || gpt_oss;
     const bool out_bias_known = cfg.arch == "llama" || cfg.arch == "qwen3" || gpt_oss;  // attention_bias=true checkpoints
@@ -19,10 +19,16 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         {"output_norm.bias", 1, dim, cfg.norm_bias, true},
         {"output.weight", cfg.vocab, dim, false, false},  // absent: tied to token_embd
     };
+    if (cfg.ple_dim > 0) {  // Gemma 4's per-layer embeddings
+        const int64_t all = (int64_t)cfg.n_layers * cfg.ple_dim;
+        out.push_back({"per_layer_token_embd.weight", cfg.vocab, all, true, false});
+        out.push_back({"per_layer_model_proj.weight", all, dim, true, false});
+        out.push_back({"per_layer_proj_norm.weight", 1, cfg.ple_dim, true, true});
+    }
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         // this layer's attention shapes (Gemma 4's global layers differ from its local ones)
-        const int64_t q = cfg.q_dim_of(l), kv = cfg.kv_dim_of(l), hd = cfg.head_dim_of(l);
+        const int64_t q = cfg.q_dim_of(l), kv = cfg.kv_dim_of(l), hd = cfg.head_dim_of(l), ffn = cfg.ffn_dim_of(l);
         const int64_t q_norm_width = cfg.qk_norm == QkNorm::Whole ? q : hd,
                       k_norm_width = cfg.qk_norm == QkNorm::Whole ? kv : hd;
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
@@ -69,15 +75,17 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             out.push_back({p + "attn_output.weight", dim, (int64_t)cfg.n_heads * cfg.mla_v_head_dim, true, false});
         } else {
             out.push_back({p + "attn_q.weight", cfg.attn_output_gate ? 2 * q : q, dim, true, false});
-            out.push_back({p + "attn_k.weight", kv, dim, true, false});
-            if (!cfg.v_is_k(l)) out.push_back({p + "attn_v.weight", kv, dim, true, false});  // else V is K's projection
+            if (!cfg.shares_kv(l)) {  // a layer reading another's K/V has no K or V projection
+                out.push_back({p + "attn_k.weight", kv, dim, true, false});
+                if (!cfg.v_is_k(l)) out.push_back({p + "attn_v.weight", kv, dim, true, false});  // else V is K's projection
+            }
             out.push_back({p + "attn_q.bias", 1, cfg.attn_output_gate ? 2 * q : q, qkv_bias_required, true});
             out.push_back({p + "attn_k.bias", 1, kv, qkv_bias_required, true});
             out.push_back({p + "attn_v.bias", 1, kv, qkv_bias_required, true});
         }
         if (cfg.qk_norm != QkNorm::None && !cfg.is_recurrent(l)) {
             out.push_back({p + "attn_q_norm.weight", 1, q_norm_width, true, true});
-            out.push_back({p + "attn_k_norm.weight", 1, k_norm_width, true, true});
+            if (!cfg.shares_kv(l)) out.push_back({p + "attn_k_norm.weight", 1, k_norm_width, true, true});
         }
         if (!cfg.is_mla() && !cfg.is_recurrent(l)) out.push_back({p + "attn_output.weight", dim, q, true, false});
         if (out_bias_known && !cfg.is_recurrent(l)) out.push_back({p + "attn_output.bias", 1, dim, gpt_oss, true});
@@ -95,6 +103,11 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
                 out.push_back({p + "ffn_down.bias", 1, dim, true, true});
             }
             if (post_norms) out.push_back({p + "post_ffw_norm.weight", 1, dim, true, true});
+            if (cfg.ple_dim > 0) {  // its per-layer input's gate, projection and norm
+                out.push_back({p + "inp_gate.weight", cfg.ple_dim, dim, true, false});
+                out.push_back({p + "proj.weight", dim, cfg.ple_dim, true, false});
+                out.push_back({p + "post_norm.weight", 1, dim, true, true});
+            }
             continue;
         }
         const int64_t ne = cfg.n_expert, eff = cfg.expert_ffn_dim, sh = cfg.shared_ffn_dim;

@@ -130,6 +130,23 @@ void ModelConfig::validate() const {
         }
         kv_row += (int64_t)n_kv_heads_of(l) * head_dim_of(l);
     }
+    need(layer_kv_source.empty() || (int64_t)layer_kv_source.size() == n_layers,
+         "layer_kv_source has " + std::to_string(layer_kv_source.size()) + " entries for " + std::to_string(n_layers) +
+             " layers");
+    for (int l = 0; l < (int)layer_kv_source.size(); l++) {
+        const int s = layer_kv_source[l];
+        need(s >= 0 && s <= l && !shares_kv(s) && !is_recurrent(l) && !is_recurrent(s) &&
+                 head_dim_of(s) == head_dim_of(l) && n_kv_heads_of(s) == n_kv_heads_of(l),
+             "layer_kv_source[" + std::to_string(l) + "] = " + std::to_string(s) +
+                 " is not an earlier attention layer of the same shape that keeps its own K/V");
+    }
+    need(layer_ffn_dim.empty() || ((int64_t)layer_ffn_dim.size() == n_layers && !is_moe()),
+         "layer_ffn_dim must list one width per layer, for a dense model");
+    for (int f : layer_ffn_dim) in_range("layer_ffn_dim", f, 1, kMaxFfnDim);
+    in_range("ple_dim", ple_dim, 0, kMaxDim);
+    need(std::isfinite(ple_embed_scale), "ple_embed_scale must be finite");
+    need(ple_dim == 0 || (!is_mla() && !has_recurrent() && !is_moe() && residual_scale == 1.0f),
+         "per-layer embeddings with latent attention, recurrent layers, experts or residual_scale are not supported");
     need(!is_mla() || (layer_head_dim.empty() && layer_n_kv_heads.empty() && layer_v_is_k.empty()),
          "per-layer attention shapes with latent attention are not supported");
     need(!v_norm || !is_mla(), "v_norm with latent attention is not supported");
@@ -377,6 +394,9 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
     w.output_norm = at("output_norm.weight");
     w.output_norm_b = at("output_norm.bias");
     w.output = views.count("output.weight") ? at("output.weight") : w.token_embd;
+    w.per_layer_token_embd = at("per_layer_token_embd.weight");
+    w.per_layer_model_proj = at("per_layer_model_proj.weight");
+    w.per_layer_proj_norm = at("per_layer_proj_norm.weight");
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights L;
@@ -434,6 +454,9 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.q_a_norm = at(p + "attn_q_a_norm.weight");
         L.wq_b = at(p + "attn_q_b.weight");
         L.wkv_a = at(p + "attn_kv_a_mqa.weight");
+        L.ple_inp_gate = at(p + "inp_gate.weight");
+        L.ple_proj = at(p + "proj.weight");
+        L.ple_post_norm = at(p + "post_norm.weight");
         L.kv_a_norm = at(p + "attn_kv_a_norm.weight");
         L.wk_latent = at(p + "attn_k_from_latent.weight");
         L.wv_latent = at(p + "attn_v_from_latent.weight");

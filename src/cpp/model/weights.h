@@ -63,6 +63,8 @@ struct LayerWeights {
     Tensor ssm_d;              // f32 [ssm_v_heads]: the skip x * D
     // (Mamba2's ssm_norm is f32 [n_groups, ssm_value_width / n_groups]: the gated norm's weights per group)
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
+    // Per-layer embeddings (cfg.ple_dim > 0): gate [ple_dim, dim], projection [dim, ple_dim], its norm f32 [dim]
+    Tensor ple_inp_gate, ple_proj, ple_post_norm;
     Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma, OLMo 2)
     Tensor ffn_norm;           // f32 [dim]; rows == 0 without pre-norms
     Tensor ffn_post_norm;      // f32 [dim]: RMSNorm of the feed-forward output before the add (Gemma)
@@ -88,6 +90,10 @@ struct ModelWeights {
     Tensor output_norm;        // f32 [dim]
     Tensor output_norm_b;      // f32 [dim] (StarCoder2); rows == 0 elsewhere
     Tensor output;             // [vocab, dim]; the same as token_embd when embeddings are tied
+    // Per-layer embeddings (cfg.ple_dim > 0; rows == 0 elsewhere)
+    Tensor per_layer_token_embd;  // [vocab, n_layers * ple_dim], any weight type (rows gathered, as token_embd)
+    Tensor per_layer_model_proj;  // [n_layers * ple_dim, dim]
+    Tensor per_layer_proj_norm;   // f32 [ple_dim]
     std::vector<LayerWeights> layers;
     std::vector<std::unique_ptr<Buffer>> buffers;  // zero-copy views that the tensors point into
     std::vector<std::unique_ptr<Buffer>> prepared;  // the backend's copies of weights (Backend::prepare_weight)

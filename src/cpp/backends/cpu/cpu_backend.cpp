@@ -532,7 +532,8 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
                                const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
                                const RopeKvParams& p) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RopeKvWrite);
-    const HostRowPositions rows(at, q.rows, std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
+    const bool q_only = p.n_kv_heads == 0;  // no key or value rows (a layer reading another's K/V)
+    const HostRowPositions rows(at, q.rows, q_only ? INT64_MAX : std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
     const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike; a decode row's, every layer of the
     // token (rope_angles_ keeps the last: the same cos / sin, computed once instead of per layer).
@@ -544,16 +545,18 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
             const int64_t pos = rows.pos(t), cache_row = rows.base(t) + pos;
             if (one) {
                 rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, rope_angles_.cs.data(), rope_angles_.sn.data());
-                rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, rope_angles_.cs.data(), rope_angles_.sn.data());
+                if (!q_only)
+                    rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, rope_angles_.cs.data(), rope_angles_.sn.data());
             } else if (half > 0) {
                 rope_angles(pos, freqs.data<float>(), half, p.attn_factor, cs.data(), sn.data());
                 rope_row(row_f32(q, t), p.n_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
-                rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
+                if (!q_only) rope_row(row_f32(k, t), p.n_kv_heads, p.head_dim, rot, p.neox, cs.data(), sn.data());
             }
             if (const float qt = p.q_temperature(pos); qt != 1.0f) {  // the query temperature, after the turn
                 float* qr = row_f32(q, t);
                 for (int64_t i = 0; i < (int64_t)p.n_heads * p.head_dim; i++) qr[i] *= qt;
             }
+            if (q_only) continue;
             k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, cache_row), k.cols);
             k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, cache_row), v.cols);
         }

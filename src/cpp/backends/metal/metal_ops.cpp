@@ -444,22 +444,25 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
                                  const RopeKvParams& p) {
     const char* op = "rope_kv_write";
     const int pos0 = at.pos0;
-    need(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0 && p.head_dim % 2 == 0, op,
-         "need n_heads, n_kv_heads > 0 and an even head_dim");
+    need(p.n_heads > 0 && p.n_kv_heads >= 0 && p.head_dim > 0 && p.head_dim % 2 == 0, op,
+         "need n_heads > 0, n_kv_heads >= 0 and an even head_dim");
+    const bool q_only = p.n_kv_heads == 0;  // queries alone (a layer reading another's K/V): k, v, caches unused
     const int64_t n = q.rows, kv_dim = (int64_t)p.n_kv_heads * p.head_dim;
     need_f32_rows(q, op, "q", n, (int64_t)p.n_heads * p.head_dim);
-    need_f32_rows(k, op, "k", n, kv_dim);
-    need_f32_rows(v, op, "v", n, kv_dim);
     const int rot = p.rotated_dims();
     need(rot >= 0 && rot <= p.head_dim && rot % 2 == 0, op, "rope_dim must be even and <= head_dim");
     if (rot > 0) need_f32_rows(freqs, op, "freqs", 1, rot / 2);
-    for (const Tensor* c : {&k_cache, &v_cache})
-        need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
-    need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
+    if (!q_only) {
+        need_f32_rows(k, op, "k", n, kv_dim);
+        need_f32_rows(v, op, "v", n, kv_dim);
+        for (const Tensor* c : {&k_cache, &v_cache})
+            need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
+        need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
+    }
     if (at.table)
-        need_row_table(at, n, k_cache.rows, op);
+        need_row_table(at, n, q_only ? INT32_MAX : k_cache.rows, op);
     else
-        need(pos0 >= 0 && pos0 + n <= k_cache.rows, op,
+        need(pos0 >= 0 && (q_only || pos0 + n <= k_cache.rows), op,
              "rows " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) + " past a cache of " +
                  std::to_string(k_cache.rows));
     rope_kv_write_args a{};
@@ -479,13 +482,20 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     a.q_temp_floor = p.q_temp_floor;
     // Bound from row pos0 on, so the hazard tracker sees exactly the rows written; a batch's
     // rows land anywhere in the caches (the table says where), so they are bound whole.
-    const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
-                 vc = at.table ? v_cache : v_cache.slice_rows(pos0, n);
-    const Binding rows = at.table ? reads(*at.table) : Binding{q.buf, q.offset, 0, false};  // unused: any buffer
+    const Binding unused{q.buf, q.offset, 0, false};  // a slot the kernel does not touch: any buffer
+    const Binding rows = at.table ? reads(*at.table) : unused;
+    const int64_t heads = p.n_heads + 2 * p.n_kv_heads;
     // One threadgroup per token: its (cos, sin) table computed once, shared by all its heads.
     const uint32_t cap = thread_cap("rope_kv_write_f32");
     const uint32_t lanes = std::min<uint32_t>(cap, FG_ROPE_LANES(p.head_dim));
-    const uint32_t slots = std::min<uint32_t>(cap / lanes, p.n_heads + 2 * p.n_kv_heads);
+    const uint32_t slots = std::min<uint32_t>(cap / lanes, heads);
+    if (q_only) {  // the kernel's head loop stops at the query heads (n_kv_heads 0)
+        encode("rope_kv_write_f32", &a, sizeof a, {writes(q), unused, unused, unused, unused, reads(freqs), rows},
+               {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
+        return;
+    }
+    const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
+                 vc = at.table ? v_cache : v_cache.slice_rows(pos0, n);
     encode("rope_kv_write_f32", &a, sizeof a,
            {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs), rows},
            {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
