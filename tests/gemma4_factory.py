@@ -36,7 +36,14 @@ _LAYER = {
     "layer_scalar": "layer_output_scale.weight",
     "per_layer_input_gate.weight": "inp_gate.weight", "per_layer_projection.weight": "proj.weight",
     "post_per_layer_input_norm.weight": "post_norm.weight",
+    # the MoE block (Gemma4Model.modify_tensors / filter_tensors)
+    "router.proj.weight": "ffn_gate_inp.weight", "router.scale": "ffn_gate_inp.scale",
+    "router.per_expert_scale": "ffn_down_exps.scale", "experts.gate_up_proj": "ffn_gate_up_exps.weight",
+    "experts.down_proj": "ffn_down_exps.weight", "pre_feedforward_layernorm_2.weight": "pre_ffw_norm_2.weight",
+    "post_feedforward_layernorm_1.weight": "post_ffw_norm_1.weight",
+    "post_feedforward_layernorm_2.weight": "post_ffw_norm_2.weight",
 }
+_KEPT_F32 = ("router.proj.weight",)   # the router stays F32 in the GGUF (ffn_gate_inp)
 _GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": None, "model.embed_tokens_per_layer.weight": "per_layer_token_embd.weight",
            "model.per_layer_model_projection.weight": "per_layer_model_proj.weight",
@@ -49,6 +56,8 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 # 64 wide with v_proj and the sliding layers' KV head count, the last layer global only.
 # "gemma4-e": E2B's features on 6 layers: per-layer embeddings of 32 per layer, the last two layers
 # (a sliding and a global one) sharing the K/V of layers 2 and 3, their MLPs twice as wide.
+# "gemma4-moe": 26B-A4B's layers on 4: a dense MLP beside 4 GeGLU experts, top 2, the router's scale
+# and per-expert scales random.
 MODELS = {
     "gemma4": ("gemma4", dict(seed=91, types=[SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL], k_eq_v=True,
                               global_kv=1, softcap=5.0)),
@@ -56,6 +65,8 @@ MODELS = {
                                     global_kv=None, softcap=None)),
     "gemma4-e": ("gemma4", dict(seed=93, types=[SLIDING, SLIDING, SLIDING, FULL, SLIDING, FULL], k_eq_v=False,
                                 global_kv=None, softcap=10.0, ple=32, shared=2, double_wide=True)),
+    "gemma4-moe": ("gemma4", dict(seed=94, types=[SLIDING, FULL, SLIDING, FULL], k_eq_v=True, global_kv=1,
+                                  softcap=30.0, moe=(4, 2, 32))),
 }
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, GLOBAL_HEAD_DIM, FFN, WINDOW = 64, 4, 2, 32, 64, 96, 8
 SWA_THETA, FULL_THETA, PARTIAL = 10_000.0, 1_000_000.0, 0.25
@@ -70,7 +81,10 @@ def text_config(name: str, vocab: int, **changes):
                 attention_k_eq_v=kw["k_eq_v"], layer_types=list(kw["types"]), sliding_window=WINDOW,
                 max_position_embeddings=256, rms_norm_eps=1e-6, hidden_size_per_layer_input=kw.get("ple", 0),
                 vocab_size_per_layer_input=vocab, num_kv_shared_layers=kw.get("shared", 0),
-                use_double_wide_mlp=kw.get("double_wide", False),
+                use_double_wide_mlp=kw.get("double_wide", False), enable_moe_block="moe" in kw,
+                num_experts=kw["moe"][0] if "moe" in kw else None,
+                top_k_experts=kw["moe"][1] if "moe" in kw else None,
+                moe_intermediate_size=kw["moe"][2] if "moe" in kw else None,
                 final_logit_softcapping=kw["softcap"], tie_word_embeddings=True, initializer_range=0.1,
                 bos_token_id=0, eos_token_id=1, pad_token_id=0,
                 rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": SWA_THETA},
@@ -93,8 +107,11 @@ def build(name: str, vocab: int):
                 # scores reach +-30, where one f16 rounding of a cached key that lands the other way
                 # (f32 summation order) moves a logit 5e-4: around 0.4 they stay near +-4
                 p.copy_(0.4 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif pname.endswith("norm.weight"):   # Gemma 4 multiplies by w: around 1, random (a + 1 would show)
+            elif pname.endswith(("norm.weight", "router.scale", "per_expert_scale")):
+                # Gemma 4 multiplies by w: around 1, random (a + 1 would show)
                 p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=gen))
+            elif pname.endswith("router.proj.weight"):   # well-separated logits: f32 order flips no near-tie
+                p.copy_(2.0 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
         for layer in model.model.layers:   # layer_scalar: a buffer, 1 in the init; random so it shows
@@ -148,6 +165,9 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
         "add_embedding_length_per_layer_input": c.hidden_size_per_layer_input or 0,
         "add_final_logit_softcapping": c.final_logit_softcapping,
     }
+    if c.enable_moe_block:
+        meta.update(add_expert_count=c.num_experts, add_expert_used_count=c.top_k_experts,
+                    add_expert_feed_forward_length=c.moe_intermediate_size)
     meta.update(extra_meta or {})
     for key, value in meta.items():
         if value is not None:
@@ -157,7 +177,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     w.add_tensor("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd_full // 2 - n_rot), dtype=np.float32))
     qtype = gguf.GGMLQuantizationType[type_name]
     for name, t in gguf_tensors(hf_dir).items():
-        if t.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+        if t.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or name.endswith("ffn_gate_inp.weight"):
             w.add_tensor(name, t)
         else:
             w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
@@ -166,7 +186,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
 
 def quantized_reference(model, type_name: str):
     """The transformers model with every matrix the GGUF quantizes rounded (moe_factory's)."""
-    return moe.rounded_reference(model, type_name)
+    return moe.rounded_reference(model, type_name, kept=_KEPT_F32)
 
 
 FORMATS = ("hf-F32", "gguf-F32", "gguf-Q8_0")

@@ -237,6 +237,7 @@ class ModelConfig:
     ple_embed_scale: float = 1.0
     layer_kv_source: list[int] | None = None
     layer_ffn_dim: list[int] | None = None
+    moe_beside_dense: bool = False   # Gemma 4 26B-A4B: a dense MLP beside the experts (gemma4.py)
 
     def has_layer_kind(self, kind: str) -> bool:
         return self.layer_kinds is not None and kind in self.layer_kinds
@@ -452,7 +453,8 @@ class ModelConfig:
                      router=self.router, router_select_bias=bool(self.router_select_bias),
                      expert_groups=self.expert_groups, expert_groups_used=self.expert_groups_used,
                      expert_weights_scale=float(self.expert_weights_scale),
-                     shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead)
+                     shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead,
+                     moe_beside_dense=bool(self.moe_beside_dense))
         if self.mla_kv_lora:
             d.update(mla_kv_lora=self.mla_kv_lora, mla_q_lora=self.mla_q_lora, mla_v_head_dim=self.mla_v_head_dim)
         if self.layer_kinds is not None:

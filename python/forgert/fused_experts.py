@@ -3,6 +3,7 @@ names exists, Mistral 4's checkpoints among them) -> the engine's expert stacks,
 
   mlp.experts.gate_up_proj  [E, 2 * ffn, hidden]  each expert's gate rows, then its up rows
   mlp.experts.down_proj     [E, hidden, ffn]
+  (Gemma 4: experts.* directly under the layer; llama.cpp's ffn_gate_up_exps likewise: split_gate_up)
 
 Each expert's gate (and up) rows are one contiguous byte range of the mapped file, so each stack
 is an ExpertList of views, one per expert, at one stride: nothing is copied. (gpt-oss's fused
@@ -17,7 +18,7 @@ from .ggml_types import row_nbytes
 from .weights import ExpertList, WeightTensor
 
 FUSED_EXPERTS_RE = re.compile(
-    r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe|feed_forward)\.experts\.(gate_up_proj|down_proj)$")
+    r"^model\.layers\.(\d+)\.(?:(?:mlp|block_sparse_moe|feed_forward)\.)?experts\.(gate_up_proj|down_proj)$")
 
 
 def _experts(t: WeightTensor, name: str, row0: int, rows: int) -> ExpertList:
@@ -27,6 +28,13 @@ def _experts(t: WeightTensor, name: str, row0: int, rows: int) -> ExpertList:
     views = [WeightTensor(name, t.data[(e * all_rows + row0) * per_row:(e * all_rows + row0 + rows) * per_row],
                           t.type_id, (rows, cols), t.source) for e in range(n_expert)]
     return ExpertList(name, views, t.source)
+
+
+def split_gate_up(t: WeightTensor, gate_name: str, up_name: str) -> tuple:
+    """A 3-D [E, 2 * ffn, cols] stack of each expert's gate rows then its up rows (llama.cpp's
+    ffn_gate_up_exps) as its gate and up ExpertLists, zero-copy."""
+    ffn = t.shape[1] // 2
+    return _experts(t, gate_name, 0, ffn), _experts(t, up_name, ffn, ffn)
 
 
 def fused_expert_stacks(layer: int, parts: dict, source: str) -> dict:

@@ -10,8 +10,11 @@ E2B / E4B add per-layer embeddings (a wide second embedding giving each layer a 
 token) and KV sharing (the last num_kv_shared_layers layers compute no K/V and read the cache of
 the last earlier layer of their kind), their MLPs twice as wide where use_double_wide_mlp says so.
 
-Not run yet, refused by name: the mixture-of-experts block (26B-A4B). The vision and audio towers
-of the multimodal checkpoints are not read (text only).
+26B-A4B's layers run a dense MLP and routed GeGLU experts side by side (ModelConfig's
+moe_beside_dense): the router reads rms_norm(x) * router.scale / sqrt(dim), softmax, the top k
+renormalised and times each expert's per_expert_scale (GGUF ffn_down_exps.scale).
+
+The vision and audio towers of the multimodal checkpoints are not read (text only).
 """
 from __future__ import annotations
 
@@ -110,6 +113,33 @@ def _per_layer_inputs(cfg, ple_dim: int, n_shared: int, double_wide: bool, swa: 
         cfg.layer_ffn_dim = [cfg.ffn_dim * (2 if l >= first else 1) for l in range(cfg.n_layers)]
 
 
+def _experts(cfg, n_expert: int, used: int, width: int, source) -> None:
+    """The MoE block's experts (26B-A4B): softmax routing, the top `used` renormalised, beside the dense MLP."""
+    if not n_expert:
+        return
+    if cfg.ple_dim:
+        _unsupported(source, "the mixture-of-experts block with per-layer embeddings")
+    if not 1 <= used <= n_expert:
+        _fail(source, f"{used} experts per token of {n_expert}")
+    cfg.n_expert, cfg.n_expert_used, cfg.expert_ffn_dim = n_expert, used, width
+    cfg.expert_norm_topk, cfg.router, cfg.moe_beside_dense = True, "softmax", True
+
+
+def gguf_expert_stacks(weights: dict) -> dict:
+    """weights with llama.cpp's fused ffn_gate_up_exps [E, 2 * ffn, dim] split into the gate and up
+    stacks (zero-copy views of each expert's rows)."""
+    from .fused_experts import split_gate_up
+    out = {}
+    for name, w in weights.items():
+        if name.endswith(".ffn_gate_up_exps.weight") and len(w.shape) == 3:
+            p = name[:-len("ffn_gate_up_exps.weight")]
+            out[p + "ffn_gate_exps.weight"], out[p + "ffn_up_exps.weight"] = \
+                split_gate_up(w, p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight")
+        else:
+            out[name] = w
+    return out
+
+
 def _shape(cfg, swa: list, head_dim_swa: int, head_dim_full: int, kv_heads: list, window: int,
            swa_freqs: np.ndarray, full_freqs: np.ndarray, source) -> None:
     """The per-layer fields shared by both readers: head widths and KV heads per layer, windows on
@@ -145,8 +175,6 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census, rope_factors):
     from .config import ModelConfig, _check_bounds, _extent_bound, _get_float, _get_int, _layer_bound
     p = GGUF_ARCH + "."
     extent = _extent_bound(census)
-    if meta.get(p + "expert_count", 0):
-        _unsupported(source, "the mixture-of-experts block (expert_count)")
     n_layers = _get_int(meta, p + "block_count", source, **_layer_bound(census))
     ffn_widths = _per_layer(meta.get(p + "feed_forward_length"), n_layers, "feed_forward_length", source)
     n_heads = _get_int(meta, p + "attention.head_count", source, **extent)
@@ -189,6 +217,10 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census, rope_factors):
     n_shared = _get_int(meta, p + "attention.shared_kv_layers", source, default=0, minimum=0)
     _per_layer_inputs(cfg, _get_int(meta, p + "embedding_length_per_layer_input", source, default=0, minimum=0,
                                     **extent), n_shared, False, swa, source)
+    n_expert = _get_int(meta, p + "expert_count", source, default=0, minimum=0, **extent)
+    if n_expert:
+        _experts(cfg, n_expert, _get_int(meta, p + "expert_used_count", source, maximum=n_expert, held_by="expert_count"),
+                 _get_int(meta, p + "expert_feed_forward_length", source, **extent), source)
     if len(set(ffn_widths)) > 1:   # llama.cpp's per-layer feed_forward_length (use_double_wide_mlp)
         for w in ffn_widths:
             _get_int({"f": w}, "f", source, **extent)
@@ -216,8 +248,6 @@ def config_from_hf(hf: dict, source: str, census):
     checkpoints), or per_layer_config (what transformers 5 saves)."""
     from .config import ModelConfig, _check_bounds, _extent_bound, _get_float, _get_int, _layer_bound
     extent = _extent_bound(census)
-    if hf.get("enable_moe_block"):
-        _unsupported(source, "the mixture-of-experts block (enable_moe_block)")
     if hf.get("use_bidirectional_attention") == "all":
         _unsupported(source, "bidirectional attention (use_bidirectional_attention='all')")
     if hf.get("attention_bias"):
@@ -287,6 +317,10 @@ def config_from_hf(hf: dict, source: str, census):
                              f"{hf.get('vocab_size_per_layer_input')}) other than the model's")
     n_shared = _get_int(hf, "num_kv_shared_layers", source, default=0, minimum=0)
     _per_layer_inputs(cfg, ple_dim, n_shared, bool(hf.get("use_double_wide_mlp")), swa, source)
+    if hf.get("enable_moe_block"):
+        n_expert = _get_int(hf, "num_experts", source, **extent)
+        _experts(cfg, n_expert, _get_int(hf, "top_k_experts", source, maximum=n_expert, held_by="num_experts"),
+                 _get_int(hf, "moe_intermediate_size", source, **extent), source)
     _check_bounds(cfg, source)
     return cfg
 

@@ -145,6 +145,8 @@ def load_gguf(path) -> LoadedModel:
     _settings_from_tensors(cfg, weights)
     # Gemma 4: its layer scalars go to the config, V from K where attn_v is absent
     config_tensors = gemma4.read_layer_tensors(cfg, weights, g.name) if cfg.arch == gemma4.GGUF_ARCH else ()
+    if cfg.arch == gemma4.GGUF_ARCH:   # its fused gate_up expert stacks split zero-copy
+        weights = gemma4.gguf_expert_stacks(weights)
     if cfg.arch in lfm2.GGUF_ARCHS:   # its final norm under llama.cpp's name for it
         weights = {lfm2.GGUF_GLOBAL_RENAMES.get(n, n): w for n, w in weights.items()}
     stored = weights   # as the file holds them (what `forgert quantize` copies): the core's view below

@@ -141,6 +141,7 @@ ModelConfig config_from_dict(const py::dict& d) {
         if (d.contains("shared_ffn_dim")) c.shared_ffn_dim = get<int>(d, "shared_ffn_dim");
         if (d.contains("shared_expert_gated")) c.shared_expert_gated = get<bool>(d, "shared_expert_gated");
         if (d.contains("n_dense_lead")) c.n_dense_lead = get<int>(d, "n_dense_lead");
+        if (d.contains("moe_beside_dense")) c.moe_beside_dense = get<bool>(d, "moe_beside_dense");
         if (d.contains("router")) {  // "softmax" | "sigmoid"
             const std::string router = get<std::string>(d, "router");
             if (router != "softmax" && router != "sigmoid")

@@ -63,6 +63,11 @@ struct ModelConfig {
     int expert_groups_used = 1;
     float expert_weights_scale = 1.0f;
     bool shared_expert_gated = true;
+    // Gemma 4's MoE layers (26B-A4B): a dense GeGLU MLP (ffn_norm, ffn_gate/up/down, width ffn_dim,
+    // post_ffw_norm_1) and the experts (pre_ffw_norm_2, GeGLU experts, post_ffw_norm_2) side by
+    // side, their sum through post_ffw_norm into x; the router reads rms_norm(x) * ffn_gate_inp.scale /
+    // sqrt(dim), and each chosen expert's weight is times its ffn_down_exps.scale.
+    bool moe_beside_dense = false;
     // The first n_dense_lead layers of an MoE model have a dense SwiGLU feed-forward of width
     // ffn_dim instead of experts (GLM-4.5, DeepSeek: first_k_dense_replace).
     int n_dense_lead = 0;

@@ -97,7 +97,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     }
     // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
     // leading dense layers'.
-    const int dense_ffn = !cfg_.is_moe()          ? cfg_.max_ffn_dim()
+    const int dense_ffn = !cfg_.is_moe() || cfg_.moe_beside_dense ? cfg_.max_ffn_dim()
                           : cfg_.n_dense_lead > 0 ? std::max(cfg_.shared_ffn_dim, cfg_.ffn_dim)
                                                   : std::max(cfg_.shared_ffn_dim, 1);
     gate_ = tensor(DType::F32, B, dense_ffn);
@@ -124,6 +124,13 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         exp_up_ = tensor(DType::F32, (int64_t)B * k, cfg_.expert_ffn_dim);
         exp_out_ = tensor(DType::F32, (int64_t)B * k, cfg_.dim);
         shared_scale_ = tensor(DType::F32, B, 1);
+        if (cfg_.moe_beside_dense) {  // the experts' sum, from zeros; each slot's expert scale
+            moe_sum_ = tensor(DType::F32, B, cfg_.dim);
+            zeros_ = tensor(DType::F32, B, cfg_.dim);
+            const std::vector<float> zeros((size_t)B * cfg_.dim, 0.0f);
+            be_->write(zeros_, zeros.data(), zeros.size() * sizeof(float));
+            route_scale_ = tensor(DType::F32, (int64_t)B * k, 1);
+        }
     }
     logits_ = tensor(DType::F32, 1, cfg_.vocab);  // grown on demand for all_logits
     argmax_ = tensor(DType::I32, 1, B);
@@ -388,7 +395,9 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         if (cfg_.pre_norms && !cfg_.parallel_block) norm(xn, x, L.ffn_norm, L.ffn_norm_b);
         const Tensor& ffn_in = cfg_.pre_norms ? xn : x;
         const bool moe = cfg_.layer_is_moe(l);
-        if (moe) {
+        if (moe && cfg_.moe_beside_dense) {
+            gemma4_moe_feed_forward(L, x, xn, n);  // x += post_norm(dense MLP + experts)
+        } else if (moe) {
             moe_feed_forward(L, x, xn, n);  // x += the selected experts (and a shared one)
         } else if (!cfg_.ffn_gated) {  // gate = act(w_up xn + b_up), no gate matrix: StarCoder2's GELU, Arcee's ReLU^2
             be.matmul(gate, L.w_up, ffn_in, rc);

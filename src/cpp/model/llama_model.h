@@ -179,6 +179,9 @@ private:
     // x += the mixture-of-experts feed-forward of xn: the router's top-k experts, weighted, plus a
     // shared expert where the config has one.                                          x, xn [n, dim]
     void moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
+    // Gemma 4's MoE layer (cfg.moe_beside_dense; gemma4_moe.cpp): x += post_ffw_norm(post_ffw_norm_1(
+    // dense MLP(ffn_norm x)) + post_ffw_norm_2(experts(pre_ffw_norm_2 x))).    x, xn [n, dim] (xn: scratch)
+    void gemma4_moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n);
     // Per-layer embeddings (cfg.ple_dim > 0; per_layer_embeddings.cpp). per_layer_inputs: every
     // layer's inputs of the pass's tokens into ple_, from their ids and scaled embeddings x.
     //                                                 ids i32 [n, 1]; x [n, dim]; ple_ [n, n_layers * ple_dim]
@@ -238,6 +241,9 @@ private:
     // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up
     // [B*k, expert_ffn_dim] and outputs [B*k, dim]; the shared expert's gate logit [B, 1].
     Tensor router_logits_, route_ids_, route_w_, exp_gate_, exp_up_, exp_out_, shared_scale_;
+    // Gemma 4's MoE layers: the experts' weighted sum [B, dim], zeros to start it from [B, dim],
+    // each slot's expert output scale [B*k, 1].
+    Tensor moe_sum_, zeros_, route_scale_;
     // Gated attention (attn_output_gate): the q projection [B, 2 * q_dim] and the gates [B, q_dim].
     Tensor q_gated_, attn_gate_;
     // Gated DeltaNet: the projections (qkv before the convolution [B, C], z [B, value width], the

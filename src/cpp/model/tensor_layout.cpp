@@ -111,6 +111,17 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             continue;
         }
         const int64_t ne = cfg.n_expert, eff = cfg.expert_ffn_dim, sh = cfg.shared_ffn_dim;
+        if (cfg.moe_beside_dense) {  // Gemma 4: a dense MLP beside the experts, each with its norms
+            out.push_back({p + "ffn_gate.weight", ffn, dim, true, false});
+            out.push_back({p + "ffn_up.weight", ffn, dim, true, false});
+            out.push_back({p + "ffn_down.weight", dim, ffn, true, false});
+            out.push_back({p + "post_ffw_norm.weight", 1, dim, true, true});
+            out.push_back({p + "post_ffw_norm_1.weight", 1, dim, true, true});
+            out.push_back({p + "pre_ffw_norm_2.weight", 1, dim, true, true});
+            out.push_back({p + "post_ffw_norm_2.weight", 1, dim, true, true});
+            out.push_back({p + "ffn_gate_inp.scale", 1, dim, true, true});
+            out.push_back({p + "ffn_down_exps.scale", 1, ne, true, true});
+        }
         out.push_back({p + "ffn_gate_inp.weight", ne, dim, true, false});  // the router
         if (cfg.router_select_bias) out.push_back({p + "exp_probs_b.bias", 1, ne, true, true});
         out.push_back({p + "ffn_gate_exps.weight", eff, dim, true, false, ne});

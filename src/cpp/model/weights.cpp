@@ -191,7 +191,10 @@ void ModelConfig::validate() const {
          "logit_scale = " + std::to_string(logit_scale) + " must be a positive number");
     need(residual_scale == 1.0f || shared_ffn_dim == 0 || !shared_expert_gated,
          "residual_scale with a gated shared expert is not supported");  // Granite 4.0-H's is ungated
-    need(!post_norms || n_expert == 0, "post-norms with experts are not supported");
+    need(!post_norms || n_expert == 0 || moe_beside_dense, "post-norms with experts are not supported");
+    need(!moe_beside_dense || (is_moe() && post_norms && ffn_gelu && shared_ffn_dim == 0 && n_dense_lead == 0 &&
+                               !router_sigmoid && swiglu_limit == 0.0f),
+         "moe_beside_dense is Gemma 4's layout: experts under a softmax router beside a dense GeGLU MLP, post-norms");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
     need(ffn_gated || ((ffn_gelu || ffn_relu_sq) && n_expert == 0 && pre_norms && !post_norms),
@@ -442,6 +445,11 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.w_up = at(p + "ffn_up.weight");
         L.w_down = at(p + "ffn_down.weight");
         L.router = at(p + "ffn_gate_inp.weight");
+        L.router_in_scale = at(p + "ffn_gate_inp.scale");
+        L.expert_out_scale = at(p + "ffn_down_exps.scale");
+        L.ffn_post_norm_1 = at(p + "post_ffw_norm_1.weight");
+        L.ffn_pre_norm_2 = at(p + "pre_ffw_norm_2.weight");
+        L.ffn_post_norm_2 = at(p + "post_ffw_norm_2.weight");
         L.gate_exps = stacks[p + "ffn_gate_exps.weight"];
         L.up_exps = stacks[p + "ffn_up_exps.weight"];
         L.down_exps = stacks[p + "ffn_down_exps.weight"];

@@ -75,6 +75,10 @@ struct LayerWeights {
     std::vector<Tensor> gate_exps, up_exps;  // n_expert x [expert_ffn_dim, dim]
     std::vector<Tensor> down_exps;           // n_expert x [dim, expert_ffn_dim]
     Tensor router_select_b;    // f32 [n_expert]: added to the router's scores for choosing only (DeepSeek V3, GLM-4.5)
+    // Gemma 4's MoE layers (cfg.moe_beside_dense; rows == 0 elsewhere): the router input's scale
+    // f32 [dim], each expert's output scale f32 [n_expert], the dense MLP's post-norm, the experts'
+    // pre- and post-norm f32 [dim]
+    Tensor router_in_scale, expert_out_scale, ffn_post_norm_1, ffn_pre_norm_2, ffn_post_norm_2;
     Tensor shared_gate_inp;    // [1, dim]: the shared expert's scale is sigmoid(shared_gate_inp x); rows == 0: ungated
     Tensor shared_gate, shared_up;  // [shared_ffn_dim, dim]; rows == 0 without a shared expert
     Tensor shared_down;        // [dim, shared_ffn_dim]
