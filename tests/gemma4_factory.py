@@ -135,7 +135,8 @@ def gguf_tensors(hf_dir: Path) -> dict:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None) -> Path:
+def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None, vocab=None) -> Path:
+    """vocab: (tokenizer tables, bos id, eos id, chat template), or None for the tiny BPE's own."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-gemma4")
     swa = [t == SLIDING for t in c.layer_types]
@@ -172,7 +173,11 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     for key, value in meta.items():
         if value is not None:
             getattr(w, key)(value)
-    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
+    if vocab is None:
+        mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
+    else:
+        tables, bos, eos, template = vocab
+        mf.add_bpe_vocab(w, tables, bos, eos, add_bos=True, chat_template=template)
     n_rot = int(hd_full * full["partial_rotary_factor"] / 2)
     w.add_tensor("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd_full // 2 - n_rot), dtype=np.float32))
     qtype = gguf.GGMLQuantizationType[type_name]
@@ -182,6 +187,55 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
         else:
             w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
     return mf.write_and_close(w, path)
+
+
+TURN_OPEN, TURN_CLOSE = "<|turn>", "<turn|>"
+# Gemma 4's chat template, the text part as the published one lays it out: a system (or developer)
+# message in its own turn, "model" for the assistant, turns closed by <turn|>.
+GEMMA4_TEMPLATE = """{{- bos_token -}}
+{%- if messages[0]['role'] in ['system', 'developer'] -%}
+    {{- '<|turn>system\n' + messages[0]['content'] | trim + '<turn|>\n' -}}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{- '<|turn>' + role + '\n' + message['content'] | trim + '<turn|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|turn>model\n' -}}
+{%- endif -%}"""
+
+
+def chat_tokenizer():
+    """model_factory's tiny BPE plus Gemma 4's turn markers as special tokens."""
+    from tokenizers import AddedToken
+    tok = mf.build_tokenizer()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (TURN_OPEN, TURN_CLOSE)])
+    return tok
+
+
+def write_chat_files(name: str, root: Path) -> tuple:
+    """A tiny model of `name` with chat_tokenizer()'s vocabulary as an HF directory (its template in
+    tokenizer_config.json, generation stopping at <eos> and <turn|> as the checkpoints' generation
+    config says) and an F32 GGUF (its template, no eot_token_id: llama.cpp finds <turn|> by text)."""
+    import json
+    tok = chat_tokenizer()
+    model = build(name, tok.get_vocab_size())
+    hf = save_hf(model, tok, root / "hf")
+    (hf / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": mf.BOS_TOKEN, "eos_token": mf.EOS_TOKEN, "add_bos_token": True,
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": GEMMA4_TEMPLATE}))
+    (hf / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": tok.token_to_id(mf.BOS_TOKEN),
+        "eos_token_id": [tok.token_to_id(mf.EOS_TOKEN), tok.token_to_id(TURN_CLOSE)]}))
+    tokens, types, merges = mf.tokenizer_tables(tok)
+    control = {mf.BOS_TOKEN, mf.EOS_TOKEN, TURN_OPEN, TURN_CLOSE}
+    tables = tokens, [3 if t in control else ty for t, ty in zip(tokens, types)], merges
+    gg = write_gguf(hf, root / "m.gguf", "F32", "gemma4", model.config, tok,
+                    vocab=(tables, tok.token_to_id(mf.BOS_TOKEN), tok.token_to_id(mf.EOS_TOKEN), GEMMA4_TEMPLATE))
+    return tok, hf, gg
 
 
 def quantized_reference(model, type_name: str):

@@ -4,8 +4,8 @@ scalars, a final soft cap; an E2B-style model with per-layer embeddings, KV shar
 MLPs; a 26B-A4B-style model with experts beside the dense MLP) against transformers: logits on prefill and decode, as HF F32 and GGUF
 F32 / Q8_0 in llama.cpp's gemma4 layout, on the CPU and emulated Metal; 32 greedy tokens; a batch
 of sequences in slots, and the prompt cache's saved K/V rows (per-layer widths); the published
-config.json keys (global_head_dim) beside transformers 5's per_layer_config; what is not run yet
-refused by name.
+config.json keys (global_head_dim) beside transformers 5's per_layer_config; the multimodal
+checkpoints' text model; Gemma 4's chat template and its <turn|> stop; what is not run refused by name.
 
 Bounds are tests/test_arch_moe.py's for Q8_0; F32's are twice theirs, as Gemma 4 scales scores by 1
 rather than 1/sqrt(d) (sharper attention: f32 summation order moves the logits more). Measured here,
@@ -244,6 +244,32 @@ def test_moe_settings_read_and_visible(forgert, models):
                 if name.endswith(what):
                     p.fill_(1.0)
         assert np.abs(mf.reference_logits(other, ids) - ref).max() > 0.05, what
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "How are you?"}],
+]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_chat_template_and_turn_end(forgert, tmp_path, fmt):
+    """forgert renders Gemma 4's template as transformers' apply_chat_template does (a system turn of
+    its own, "model" for the assistant); <turn|> ends generation (generation_config's list, or the
+    GGUF token llama.cpp recognises by its text); the turn markers are single tokens."""
+    from transformers import AutoTokenizer
+    tok, hf, gg = gf.write_chat_files("gemma4-plain", tmp_path)
+    ref = AutoTokenizer.from_pretrained(str(hf))
+    m = forgert.Model(str(hf if fmt == "hf" else gg), backend="cpu")
+    for conv in CONVERSATIONS:
+        assert m.apply_chat_template(conv) == ref.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    text = m.apply_chat_template(CONVERSATIONS[1])
+    assert text.startswith(mf.BOS_TOKEN + "<|turn>system\nAnswer briefly.<turn|>\n<|turn>user\nHi<turn|>")
+    close = tok.token_to_id(gf.TURN_CLOSE)
+    assert close in m.info()["stop_token_ids"]
+    ids = m.tokenize(text, add_bos=False)
+    assert ids.count(close) == 4 and ids.count(tok.token_to_id(gf.TURN_OPEN)) == 5   # 4 turns, then the prompt
 
 
 def test_per_layer_vocab_refused(forgert, models, tmp_path):

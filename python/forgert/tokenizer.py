@@ -24,10 +24,10 @@ def _token_content(v):
 
 
 # End-of-turn tokens llama.cpp recognises by their text when a GGUF names no eot_token_id
-# (llama_vocab::load: "<|end|>" of Phi-3, whose converter writes only <|endoftext|> as EOS). Where a
-# vocabulary has several, the first of this order is taken (llama.cpp takes whichever its hash map
+# (llama_vocab::load: "<|end|>" of Phi-3, whose converter writes only <|endoftext|> as EOS; Gemma 4's
+# "<turn|>"). Where a vocabulary has several, the first of this order is taken (llama.cpp takes whichever its hash map
 # yields first).
-_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>")
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<turn|>", "<|endoftext|>", "<|end_of_text|>")
 
 
 # gpt-oss's harmony format: <|end|> closes a message, <|return|> (an answer) or <|call|> (a tool call)

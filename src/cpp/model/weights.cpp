@@ -384,9 +384,12 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
     // An untied token embedding is read only by get_rows (a few rows a token), which the file's
     // layout serves as fast: a copy would add its whole size to memory for nothing (282 MiB in
     // a Llama 3 8B Q4_0, whose peak RSS then exceeded the file + KV cache + 64 MB rule).
+    // Gemma 4's per-layer embedding table likewise (its rows gathered, never multiplied; 2.3 GiB in
+    // E2B's Q8_0): it stays the file's mapping.
     const bool embd_rows_only = views.count("output.weight") > 0;
     for (const std::string& name : in_order)
-        if (!(embd_rows_only && name == "token_embd.weight")) views[name] = be.prepare_weight(views[name], w.prepared);
+        if (!(embd_rows_only && name == "token_embd.weight") && name != "per_layer_token_embd.weight")
+            views[name] = be.prepare_weight(views[name], w.prepared);
     // Absent optional tensors stay empty (rows == 0).
     auto at = [&](const std::string& name) {
         auto it = views.find(name);
