@@ -349,6 +349,7 @@ def read_layer_tensors(cfg, weights: dict, source: str) -> tuple:
             _fail(source, f"blk.{l}.{LAYER_SCALE} is {v}")
         scales.append(v)
     cfg.layer_out_scale = None if all(s == 1.0 for s in scales) else scales
-    if cfg.layer_v_is_k is None:   # a GGUF: V from K wherever attn_v is absent
-        cfg.layer_v_is_k = [int(f"blk.{l}.attn_v.weight" not in weights) for l in range(cfg.n_layers)]
+    if cfg.layer_v_is_k is None:   # a GGUF: V from K wherever attn_k comes without attn_v (a sharing layer has neither)
+        cfg.layer_v_is_k = [int(f"blk.{l}.attn_k.weight" in weights and f"blk.{l}.attn_v.weight" not in weights)
+                            for l in range(cfg.n_layers)]
     return tuple(n for n in weights if n.endswith("." + LAYER_SCALE))
