@@ -28,8 +28,10 @@ from .rope import base_inv_freqs
 GGUF_ARCH = "gemma4"
 HF_TEXT_TYPE = "gemma4_text"
 
-# HF layer names beyond Gemma 3's (safetensors_dir maps those): the layer's output scalar, and the
-# parts of the features refused below, named so the refusal is about the feature, not a tensor.
+# HF layer names beyond Gemma 3's (safetensors_dir maps those), as llama.cpp's converter names them:
+# the layer's output scalar, the per-layer embeddings' gate, projection and norm, the MoE block's
+# router (its input scale, each expert's output scale) and norms (the experts' 3-D tensors go
+# through fused_experts).
 HF_LAYER_NAMES = {
     "layer_scalar": "layer_output_scale.weight",
     "per_layer_input_gate.weight": "inp_gate.weight",
