@@ -406,13 +406,18 @@ def test_conv1d_state_traffic(core, metal, C, K):
     state = r.standard_normal((2, (K - 1) * C), dtype=np.float32)
     metal.conv1d_state(x, w, state, DECODE_RUN, silu=K == 4)
     d = one(core, "conv1d_state_f32")
-    # needed: x's row, w, the state row (read and written back), the run, out's row
-    assert d["slot_read_needed"][1:6] == [4 * C, 4 * C * K, 4 * (K - 1) * C, 16, 0]
+    # needed: x's row, w, the state row (read and written back), the run, out's row. Without a bias,
+    # slot 6 (the bias) is bound to w's buffer too, and the emulator may count w's bytes under either
+    # slot: their sum is w's.
+    w_needed = d["slot_read_needed"][2] + d["slot_read_needed"][6]
+    n = d["slot_read_needed"]
+    assert [n[1], n[3], n[4], n[5]] == [4 * C, 4 * (K - 1) * C, 16, 0]
+    assert w_needed == 4 * C * K
     assert d["write_needed"] == d["write_requested"] == 4 * (K - 1) * C + 4 * C
     # every weight byte requested once, through threadgroup memory in whole lines: measured 1.0 and
     # 1.0 (64- and 128-byte lines) at both widths; each lane loading its own channel's K weights
     # was 0.467 and 0.520 at C = 8192, K = 4 (its w loads 4 lines where one simdgroup needs 1)
-    assert d["slot_read_requested"][2] == 4 * C * K
+    assert d["slot_read_requested"][2] + d["slot_read_requested"][6] == 4 * C * K
     assert lines(d) >= 0.95 and lines128(d) >= 0.95 and lines(d, "store") == 1.0
     # each thread reads the run's row (16 B, 6 KB in all at 8192 channels): measured 1.016 and 1.021
     assert d["read_requested"] + d["write_requested"] <= 1.03 * (d["read_needed"] + d["write_needed"])
