@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 import lfm2_factory as lf
+import mamba2_factory as mf2
 import qwen35_factory as qf
 from conftest import backend_params, require_backend
 from forgert.sampling import SamplingParams
 
 models = qf.models_fixture()
 lfm2_models = lf.models_fixture()
+granite_models = mf2.models_fixture()
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 
 
@@ -136,9 +138,10 @@ def test_batch_slots_resume_at_their_checkpoints(forgert, path, metal_reason, ba
         assert list(s2.result.tokens) == fresh(forgert, path, t, backend)
 
 
-def test_short_convolution_model(forgert, lfm2_models):
-    """LFM2's convolution states resume from a checkpoint the same way."""
-    p = str(lfm2_models("lfm2")[1]["gguf-F32"])
+@pytest.mark.parametrize("kind", ["lfm2", "granite4h-dense"])
+def test_other_recurrent_kinds(forgert, lfm2_models, granite_models, kind):
+    """LFM2's convolution states and Granite 4.0-H's Mamba2 states resume from a checkpoint the same way."""
+    p = str((lfm2_models if kind == "lfm2" else granite_models)(kind)[1]["gguf-F32"])
     m = forgert.Model(p, backend="cpu", n_ctx=256)
     first = ids(72, 15)
     c1 = m.generate(first, GREEDY)
