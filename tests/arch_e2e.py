@@ -158,3 +158,36 @@ class AgreesWithTransformers:
 
     def test_quantize_from_hf_dir(self, forgert, tm, reference, tmp_path):
         check_quantized_export(forgert, tm, reference, tmp_path)
+
+
+# ------------------------------------------------------------------ the factories' tiny models
+# Checks of a model from a factory's `models` fixture (moe_factory.formats_fixture: files and
+# float32 references by format), shared by the test_arch_* modules of those factories.
+
+def factory_ids(vocab: int, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+
+
+def check_factory_prefill(forgert, files, refs, fmt: str, backend: str, vocab: int, arch: str, bound: dict,
+                          what: str, ref=None):
+    """Logits of a 64-token prompt evaluated at once, against the reference of fmt (or `ref`)."""
+    ids = factory_ids(vocab, 64, 1)
+    m = forgert.Model(str(files[fmt]), backend=backend)
+    assert m.info()["arch"] == arch
+    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt] if ref is None else ref, ids), **bound,
+                   what=f"{what} {fmt} {backend} prefill")
+
+
+def check_factory_decode(forgert, files, refs, fmt: str, backend: str, vocab: int, bound: dict, what: str):
+    """Logits of 24 tokens decoded one at a time, against the reference of fmt."""
+    ids = factory_ids(vocab, 24, 2)
+    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
+    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
+    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bound, what=f"{what} {fmt} {backend} decode")
+
+
+def check_factory_greedy(forgert, files, refs, fmt: str, vocab: int):
+    """32 greedy tokens after an 8-token prompt equal the reference's."""
+    prompt = factory_ids(vocab, 8, 4)
+    c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
+    assert list(c.tokens) == reference_greedy(refs[fmt], prompt, 32)

@@ -13,7 +13,6 @@ eight models (64-token prefill, 24 decode steps), max_rel / rms_rel:
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import arch_e2e as ae
@@ -27,8 +26,7 @@ models = rmf.models_fixture()
 NAMES = list(rmf.MODELS)
 
 
-def ids_for(vocab, n, seed):
-    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
+ids_for = ae.factory_ids   # (the shared checks' prompts)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -37,11 +35,7 @@ def ids_for(vocab, n, seed):
 def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
     require_backend(backend, metal_reason)
     model, files, refs = models(name)
-    ids = ids_for(model.config.vocab_size, 64, 1)
-    m = forgert.Model(str(files[fmt]), backend=backend)
-    assert m.info()["arch"] == rmf.MODELS[name][0]
-    compare_logits(m.logits(ids), mf.reference_logits(refs[fmt], ids), **bounds(fmt, False, backend),
-                   what=f"{name} {fmt} {backend} prefill")
+    ae.check_factory_prefill(forgert, files, refs, fmt, backend, model.config.vocab_size, rmf.MODELS[name][0], bounds(fmt, False, backend), name)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -50,11 +44,7 @@ def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, 
 def test_decode_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
     require_backend(backend, metal_reason)
     model, files, refs = models(name)
-    ids = ids_for(model.config.vocab_size, 24, 2)
-    eng = forgert.Model(str(files[fmt]), backend=backend)._engine
-    out = np.concatenate([np.asarray(eng.forward(ids[i:i + 1], i)).reshape(1, -1) for i in range(len(ids))])
-    compare_logits(out, mf.reference_logits(refs[fmt], ids), **bounds(fmt, True, backend),
-                   what=f"{name} {fmt} {backend} decode")
+    ae.check_factory_decode(forgert, files, refs, fmt, backend, model.config.vocab_size, bounds(fmt, True, backend), name)
 
 
 @pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
@@ -62,9 +52,7 @@ def test_decode_logits_match_transformers(forgert, models, metal_reason, name, f
                                   "mistral4"])
 def test_greedy_32_tokens_equal_transformers(forgert, models, name, fmt):
     model, files, refs = models(name)
-    prompt = ids_for(model.config.vocab_size, 8, 4)
-    c = forgert.Model(str(files[fmt]), backend="cpu").generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
-    assert list(c.tokens) == ae.reference_greedy(refs[fmt], prompt, 32)
+    ae.check_factory_greedy(forgert, files, refs, fmt, model.config.vocab_size)
 
 
 def check_export(forgert, models, name: str, tmp_path):
