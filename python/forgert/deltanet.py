@@ -57,24 +57,42 @@ def _positive(value, key, source) -> int:
     return int(value)
 
 
-def _set_recurrent(cfg, recurrent: list, conv_kernel, k_heads, v_heads, k_dim, v_dim, tiled: bool, source,
-                   extent: int) -> None:
-    """The config's recurrent-layer fields, each bounded (by the file's largest tensor dimension)."""
-    for key, v in (("conv kernel", conv_kernel), ("key heads", k_heads), ("value heads", v_heads),
-                   ("key head width", k_dim), ("value head width", v_dim)):
+# What a family calls the recurrent fields (the ssm_* names are the gated delta net's), for messages.
+DELTANET_FIELD_NAMES = {"k_heads": "key heads", "v_heads": "value heads", "k_dim": "key head width",
+                        "v_dim": "value head width"}
+
+
+def set_recurrent_layers(cfg, kinds: list, conv_kernel, k_heads, v_heads, k_dim, v_dim, source, extent: int, *,
+                         family: str, names: dict, max_k_dim: int, max_v_dim: int) -> None:
+    """The config's recurrent-layer fields and layer kinds, each bounded by the file's largest
+    tensor dimension and by the ops' limits (max_k_dim / max_v_dim). The gated delta net and Mamba2
+    share these fields: Mamba2's groups are k_heads, its heads v_heads, its state size k_dim and its
+    head width v_dim; names says what the family calls them."""
+    for key, v in (("convolution width", conv_kernel), (names["k_heads"], k_heads), (names["v_heads"], v_heads),
+                   (names["k_dim"], k_dim), (names["v_dim"], v_dim)):
         if v > max(extent, 1):
-            _fail(source, f"the recurrent layers' {key} {v} exceeds the largest tensor dimension in the file ({extent})")
+            _fail(source, f"the {family} layers' {key} {v} exceeds the largest tensor dimension in the file ({extent})")
     if conv_kernel > 16:
         _fail(source, f"a convolution of width {conv_kernel} is not supported (at most 16)")
-    if k_dim > 256 or v_dim > 256:
-        _fail(source, f"recurrent heads of {k_dim} / {v_dim} dims are not supported (at most 256)")
+    if k_dim > max_k_dim or v_dim > max_v_dim:
+        _fail(source, f"{family} layers with {names['k_dim']} {k_dim} and {names['v_dim']} {v_dim} are not "
+                      f"supported (at most {max_k_dim} and {max_v_dim})")
     if v_heads % k_heads:
-        _fail(source, f"{v_heads} value heads is not a multiple of {k_heads} key heads")
-    if len(recurrent) != cfg.n_layers:
-        _fail(source, f"the recurrent-layer pattern lists {len(recurrent)} layers for {cfg.n_layers}")
-    cfg.layer_kinds = ["gated_delta_net" if r else "attention" for r in recurrent]
+        _fail(source, f"{v_heads} {names['v_heads']} is not a multiple of {k_heads} {names['k_heads']}")
+    if len(kinds) != cfg.n_layers:
+        _fail(source, f"the layer pattern lists {len(kinds)} layers for {cfg.n_layers}")
+    cfg.layer_kinds = kinds
     cfg.ssm_conv_kernel, cfg.ssm_k_heads, cfg.ssm_v_heads = conv_kernel, k_heads, v_heads
-    cfg.ssm_k_dim, cfg.ssm_v_dim, cfg.ssm_v_tiled = k_dim, v_dim, tiled
+    cfg.ssm_k_dim, cfg.ssm_v_dim = k_dim, v_dim
+
+
+def _set_recurrent(cfg, recurrent: list, conv_kernel, k_heads, v_heads, k_dim, v_dim, tiled: bool, source,
+                   extent: int) -> None:
+    """The gated delta net's fields (heads of at most 256 dims); recurrent: a bool per layer."""
+    set_recurrent_layers(cfg, ["gated_delta_net" if r else "attention" for r in recurrent], conv_kernel, k_heads,
+                         v_heads, k_dim, v_dim, source, extent, family="gated delta net",
+                         names=DELTANET_FIELD_NAMES, max_k_dim=256, max_v_dim=256)
+    cfg.ssm_v_tiled = tiled
     cfg.attn_output_gate = True
 
 

@@ -26,9 +26,7 @@ Nemotron-H (nemotron_h.py) runs the same Mamba2 mixer in blocks of its own.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from .errors import ModelFormatError
+from .deltanet import _fail, _positive, set_recurrent_layers   # (the recurrent layers' shared checks)
 from .weights import WeightTensor
 
 GGUF_ARCH = "granitehybrid"
@@ -51,16 +49,6 @@ HF_LAYER_NAMES = {
 _MAMBA_TYPES, _ATTENTION_TYPES = ("mamba", "linear_attention"), ("attention", "full_attention")
 
 
-def _fail(source, problem):
-    raise ModelFormatError(f"{source}: {problem}")
-
-
-def _positive(value, key, source) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        _fail(source, f"'{key}' must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _number(v) -> float:
     """A JSON number, or infinity as transformers 5 writes it ({"__float__": "Infinity"}); NaN otherwise."""
     if isinstance(v, dict) and set(v) == {"__float__"}:
@@ -71,23 +59,13 @@ def _number(v) -> float:
         return float("nan")
 
 
+_MAMBA2_FIELD_NAMES = {"k_heads": "groups", "v_heads": "heads", "k_dim": "state size", "v_dim": "head width"}
+
+
 def _set_mamba2(cfg, kinds: list, conv_kernel, n_heads, head_dim, n_groups, d_state, source, extent: int) -> None:
-    """The config's Mamba2 fields, each bounded (by the file's largest tensor dimension and the ops' limits)."""
-    for key, v in (("convolution width", conv_kernel), ("heads", n_heads), ("head width", head_dim),
-                   ("groups", n_groups), ("state size", d_state)):
-        if v > max(extent, 1):
-            _fail(source, f"the Mamba2 layers' {key} {v} exceeds the largest tensor dimension in the file ({extent})")
-    if conv_kernel > 16:
-        _fail(source, f"a convolution of width {conv_kernel} is not supported (at most 16)")
-    if d_state > 256 or head_dim > 1024:
-        _fail(source, f"Mamba2 states of {head_dim} x {d_state} are not supported (d_state at most 256, head_dim 1024)")
-    if n_heads % n_groups:
-        _fail(source, f"{n_heads} Mamba2 heads is not a multiple of its {n_groups} groups")
-    if len(kinds) != cfg.n_layers:
-        _fail(source, f"the layer pattern lists {len(kinds)} layers for {cfg.n_layers}")
-    cfg.layer_kinds = kinds
-    cfg.ssm_conv_kernel, cfg.ssm_k_heads, cfg.ssm_v_heads = conv_kernel, n_groups, n_heads
-    cfg.ssm_k_dim, cfg.ssm_v_dim = d_state, head_dim
+    """The config's Mamba2 fields (mamba2_scan takes states of up to 256 x 1024)."""
+    set_recurrent_layers(cfg, kinds, conv_kernel, n_groups, n_heads, d_state, head_dim, source, extent,
+                         family="Mamba2", names=_MAMBA2_FIELD_NAMES, max_k_dim=256, max_v_dim=1024)
 
 
 def apply_gguf(meta: dict, p: str, cfg, kinds: list, source, extent: int) -> None:
