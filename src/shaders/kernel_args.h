@@ -527,13 +527,16 @@ FG_ARGS_ASSERT(sizeof(delta_rule_args) == 96, "delta_rule_args layout");
 // state scan of head h = grid.y over the rows grid.z * threads + [0, threads) of its
 // [head_dim, d_state] state, one row (one element of the head's x) per thread, S[i, :] in its
 // registers (columns past d_state stay zero). Per token every thread reads the group's B and C
-// itself: no threadgroup memory, no barrier.
+// itself; the state is loaded and stored through threadgroup memory 0 (FG_MAMBA_TG_FLOATS floats:
+// a tile of threads x 32 columns, rows FG_MAMBA_TILE_STRIDE apart).
 // slots: 1 x f32 [rows, n_heads * head_dim], 2 B f32 [rows, n_groups * d_state], 3 C (as B),
 //        4 dt f32 [rows, n_heads], 5 A f32 [n_heads], 6 D (as A), 7 dt_bias (as A),
 //        8 state f32 [n_slots, n_heads * head_dim * d_state] (read and written), 9 runs i32 [n_runs, 4],
 //        10 out f32 [rows, n_heads * head_dim]
 // grid: (n_runs, n_heads, ceil(head_dim / threads)); threads: min(FG_MAMBA_MAX_TILE, head_dim rounded to 32)
 #define FG_MAMBA_MAX_TILE 64
+#define FG_MAMBA_TILE_STRIDE (FG_SIMD_WIDTH + 1)
+#define FG_MAMBA_TG_FLOATS (FG_MAMBA_MAX_TILE * FG_MAMBA_TILE_STRIDE)
 typedef struct {
     uint64_t x_stride;
     uint64_t b_stride;

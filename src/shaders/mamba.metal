@@ -26,9 +26,14 @@ static inline bool mamba_run_in_rows(device const int* runs, int r, int rows) {
 // torch's softplus (threshold 20)
 static inline float mamba_softplus(float x) { return x > 20.0f ? x : log(1.0f + exp(x)); }
 
-// Thread i of the threadgroup owns row ir = grid.z * threads + i of head h's state and keeps S[ir, :]
-// in s[]; its output element is a sum over its own registers, so the threads never meet. Columns
-// j >= d_state of s[] stay zero and are never written back.
+// Thread i of the threadgroup owns row ir = grid.z * threads + i of head h's state and keeps S[i, :]
+// in s[]; its output element is a sum over its own registers, so the threads never meet while
+// scanning. Columns j >= d_state of s[] stay zero and are never written back. The state moves
+// between device memory and the registers through threadgroup memory, 32 columns at a time: the
+// threadgroup's rows are one contiguous range of the state, which a simdgroup reads and writes a
+// row's 32 consecutive columns at a time (whole lines), where each thread reading its own row
+// would touch a line per lane. A staged row is 33 floats apart, so the lanes reading down one
+// column of the tile hit distinct banks.
 template <int NMAX>
 kernel void mamba2_scan_f32(
         constant mamba2_scan_args & args [[buffer(0)]],
@@ -42,21 +47,37 @@ kernel void mamba2_scan_f32(
         device       char  * state   [[buffer(8)]],
         device const int   * runs    [[buffer(9)]],
         device       char  * out     [[buffer(10)]],
+        threadgroup float  * tile    [[threadgroup(0)]],
         uint3  tgpig [[threadgroup_position_in_grid]],
         ushort tiitg [[thread_index_in_threadgroup]],
         ushort3 ntg  [[threads_per_threadgroup]]) {
     const int r0 = tgpig.x, h = tgpig.y;
-    const int ir = tgpig.z * ntg.x + tiitg;
-    if (ir >= args.head_dim || !mamba_run_starts_here(runs, r0, args.n_slots)) return;
+    if (!mamba_run_starts_here(runs, r0, args.n_slots)) return;  // the whole threadgroup: no barrier waits on it
     const int hd = args.head_dim, ds = args.d_state;
+    const int first = tgpig.z * ntg.x;              // the threadgroup's first state row
+    const int n_rows = min((int)ntg.x, hd - first); // its rows in the head (the last tile's may be fewer)
+    const int ir = first + tiitg;
+    const bool live = ir < hd;
     const int g = h / (args.n_heads / args.n_groups);
     const int slot = runs[4 * r0];
-    device float* si = (device float*)(state + slot * args.state_stride) + ((uint64_t)h * hd + ir) * ds;
+    device float* block = (device float*)(state + slot * args.state_stride) + ((uint64_t)h * hd + first) * ds;
+    threadgroup float* mine = tile + tiitg * FG_MAMBA_TILE_STRIDE;
     const float a_h = A[h], d_h = D[h], bias_h = dt_bias[h];
 
     float s[NMAX];
-    for (int j = 0; j < NMAX; ++j) s[j] = j < ds ? si[j] : 0.0f;
-    for (int r = r0; r < args.n_runs; ++r) {
+    for (int c = 0; c < NMAX; c += FG_SIMD_WIDTH) {
+        if (c < ds) {   // the same for every thread: the barriers below are reached by all or none
+            for (int e = tiitg; e < n_rows * FG_SIMD_WIDTH; e += ntg.x) {
+                const int row = e / FG_SIMD_WIDTH, col = e % FG_SIMD_WIDTH;
+                if (c + col < ds) tile[row * FG_MAMBA_TILE_STRIDE + col] = block[(uint64_t)row * ds + c + col];
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+        }
+        for (int k = 0; k < FG_SIMD_WIDTH; ++k)
+            s[c + k] = live && c + k < ds ? mine[k] : 0.0f;
+        if (c < ds) threadgroup_barrier(mem_flags::mem_threadgroup);  // the tile is refilled next
+    }
+    for (int r = r0; r < args.n_runs && live; ++r) {
         if (runs[4 * r] != slot || !mamba_run_in_rows(runs, r, args.rows)) continue;
         const int row0 = runs[4 * r + 1], n = runs[4 * r + 2];
         if (runs[4 * r + 3] != 0)
@@ -78,8 +99,18 @@ kernel void mamba2_scan_f32(
             ((device float*)(out + t * args.out_stride))[h * hd + ir] = y + d_h * xi;
         }
     }
-    for (int j = 0; j < NMAX; ++j)
-        if (j < ds) si[j] = s[j];
+    for (int c = 0; c < NMAX; c += FG_SIMD_WIDTH) {
+        if (c < ds) {
+            for (int k = 0; k < FG_SIMD_WIDTH; ++k)
+                mine[k] = s[c + k];
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+            for (int e = tiitg; e < n_rows * FG_SIMD_WIDTH; e += ntg.x) {
+                const int row = e / FG_SIMD_WIDTH, col = e % FG_SIMD_WIDTH;
+                if (c + col < ds) block[(uint64_t)row * ds + c + col] = tile[row * FG_MAMBA_TILE_STRIDE + col];
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+        }
+    }
 }
 
 typedef decltype(mamba2_scan_f32<64>) mamba2_scan_f32_t;

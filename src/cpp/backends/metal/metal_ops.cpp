@@ -1138,7 +1138,8 @@ void MetalBackend::mamba2_scan(const Tensor& out, const Tensor& x, const Tensor&
     encode("mamba2_scan_f32_n" + std::to_string(nmax), &a, sizeof a,
            {reads(x), reads(B), reads(C), reads(dt), reads(A), reads(D), reads(dt_bias), writes(state), reads(runs),
             writes(out)},
-           {(uint32_t)runs.rows, (uint32_t)p.n_heads, ceil_div(p.head_dim, threads)}, {threads, 1, 1});
+           {(uint32_t)runs.rows, (uint32_t)p.n_heads, ceil_div(p.head_dim, threads)}, {threads, 1, 1},
+           FG_MAMBA_TG_FLOATS * sizeof(float));
 }
 
 // Elementwise: gate may be a view beside x in one buffer (each thread reads and writes one element).
