@@ -289,12 +289,15 @@ def test_smollm2_one_part_activations_alone_equal_batched(smollm2_gguf, engine):
 
 
 def test_bad_prefix_marker_is_refused(model_files, engine):
-    """The fifth item of a batch entry (the prefix marker) must be a bool: a clear ValueError."""
+    """The fifth item of a batch entry (the prefix marker) and the sixth (the decode-run marker)
+    must be bools, and an entry has at most six items: a clear ValueError each."""
     eng = engine(model_files("llama-Q4_0"))
     with pytest.raises(ValueError, match="fifth item"):
         eng.forward_batch([(0, np.asarray([1, 2, 3], np.int32), 0, None, "yes")])
+    with pytest.raises(ValueError, match="sixth item"):
+        eng.forward_batch([(0, np.asarray([1, 2], np.int32), 0, None, False, 7)])
     with pytest.raises(ValueError, match="slot, tokens, pos"):
-        eng.forward_batch([(0, np.asarray([1, 2], np.int32), 0, None, True, 7)])
+        eng.forward_batch([(0, np.asarray([1, 2], np.int32), 0, None, False, True, 7)])
 
 
 @pytest.mark.parametrize("start, remaining, budget, full_budget, expected", [

@@ -108,12 +108,83 @@ def test_what_cannot_take_drafts_is_refused(forgert, tiny, models):
         m.generate(prompt, max_tokens=4, temperature=0, repetition_penalty=1.2, prompt_lookup=4)
     with pytest.raises(ValueError, match="cannot be combined with logprobs"):
         m.generate(prompt, max_tokens=4, temperature=0, prompt_lookup=4, logprobs=2)
-    with pytest.raises(ValueError, match="single-sequence path"):
-        m.generate([prompt, prompt[:5]], max_tokens=4, temperature=0, prompt_lookup=4)
+    with pytest.raises(ValueError, match=r"cannot be combined with logprobs.*\(prompt 1\)"):
+        m.generate([prompt, prompt[:5]], max_tokens=4, temperature=0, prompt_lookup=4, logprobs=[None, 2])
     hybrid = forgert.Model(str(models("qwen35")[1]["gguf-F32"]), backend="cpu", n_ctx=256)
     with pytest.raises(ValueError, match="recurrent layers keep a state that cannot rewind"):
         hybrid.generate(prompt, max_tokens=4, temperature=0, prompt_lookup=4)
 
+
+    eng = m._engine
+    with pytest.raises(ValueError, match="neither a prompt's prefix nor scored"):
+        eng.forward_batch_argmax([(0, np.zeros(3, np.int32), 0, None, True, True)])
+    with pytest.raises(ValueError, match="at most 16 in one pass"):
+        eng.forward_batch_argmax([(0, np.zeros(17, np.int32), 0, None, False, True)])
+    with pytest.raises(ValueError, match="sixth item"):
+        eng.forward_batch_argmax([(0, np.zeros(3, np.int32), 0, None, False, 1)])
+    with pytest.raises(ValueError, match="recurrent layers keep a state that cannot rewind"):
+        hybrid._engine.forward_batch_argmax([(0, np.zeros(3, np.int32), 0, None, False, True)])
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_batch_runs_equal_one_row_at_a_time(forgert, tiny, metal_reason, backend):
+    """A batch pass with a decode run (slot 0: a token and 6 draft tokens) beside a lone decode
+    row (slot 1) and a prompt's prefix chunk (slot 2): the run's every row and the lone row give
+    the argmax (and, through forward_batch, the logits) each row gives decoded alone."""
+    require_backend(backend, metal_reason)
+    tm = tiny("llama3_untied")
+    r = np.random.default_rng(4)
+    prompts = [r.integers(0, tm.vocab, 30).astype(np.int32) for _ in range(2)]
+    run, lone, chunk = (r.integers(0, tm.vocab, k).astype(np.int32) for k in (7, 1, 20))
+    m = _model(forgert, tiny, "llama3_untied", backend, parallel=3)
+    eng = m._engine
+    entries = [(1, lone, 30), (0, run, 30, None, False, True), (2, chunk, 0, None, True)]
+    alone = _model(forgert, tiny, "llama3_untied", backend)._engine
+    want_run, want_logits = [], []
+    eng.forward_batch([(0, prompts[0], 0, None, True), (1, prompts[1], 0, None, True)])   # the prompts' K/V
+    alone.prefill(prompts[0], 0)
+    for i in range(len(run)):
+        want_logits.append(alone.forward(run[i:i + 1], 30 + i))
+        want_run.append(int(np.argmax(want_logits[-1])))
+    alone.prefill(prompts[1], 0)
+    want_lone = alone.forward(lone, 30)
+    got = eng.forward_batch_argmax(entries)
+    # output rows in entry order: the lone row, the run's 7 rows, the chunk's last row
+    assert len(got) == 9 and got[1:8].tolist() == want_run and got[0] == int(np.argmax(want_lone))
+    logits = eng.forward_batch(entries)
+    assert logits.shape == (9, tm.vocab)
+    # bit-identical: every row takes the decode kernels it takes alone
+    np.testing.assert_array_equal(logits[1:8], np.array(want_logits).reshape(7, -1))
+    np.testing.assert_array_equal(logits[0], want_lone.reshape(-1))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_batch_tokens_equal_greedy_decoding(forgert, tiny, metal_reason, backend):
+    """Model.generate over a list of prompts with prompt lookup: each greedy prompt's tokens equal
+    greedy decoding's alone, drafts kept in the batch; beside them a sampled prompt (no drafts)
+    gives the tokens it gives in the batch without lookup, and a prompt asking for logprobs (whose
+    logits rows come back to Python in the same steps) gives its tokens and logprobs unchanged."""
+    require_backend(backend, metal_reason)
+    m = _model(forgert, tiny, "qwen2_tied", backend, parallel=4)
+    prompts = [_repeating_prompt(m.vocab_size, seed) for seed in (1, 2, 3, 4)]
+    greedy = forgert.SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    sampled = forgert.SamplingParams(temperature=0.8, seed=5, max_tokens=40, ignore_eos=True)
+    lookup = forgert.SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, prompt_lookup=6)
+    alone = [m.generate(p, greedy) for p in prompts[:2]]
+
+    def batch(params):
+        """The Completions, and prompt 3's logprobs (from its StreamPieces)."""
+        stream = m.stream(prompts, params, logprobs=[None, None, None, 2])
+        lps = [lp for i, piece in stream if i == 3 for lp in piece.logprobs]
+        return stream.completion, lps
+    plain, plain_lps = batch([greedy, greedy, sampled, greedy])
+    got, got_lps = batch([lookup, lookup, sampled, greedy])
+    for i in range(2):
+        assert got[i].tokens == alone[i].tokens == plain[i].tokens
+        assert got[i].timings.draft_tokens > 0 and got[i].timings.decode_tokens == alone[i].timings.decode_tokens
+    assert sum(c.timings.accepted_draft_tokens for c in got[:2]) > 20
+    assert got[2].tokens == plain[2].tokens and got[2].timings.draft_tokens == 0
+    assert got[3].tokens == plain[3].tokens and len(got_lps) == 40 and got_lps == plain_lps
 
 
 def test_cli_run_reports_drafts_and_refuses_sampling(tiny, capsys):
@@ -149,5 +220,13 @@ def test_server_applies_it_where_it_cannot_change_the_text(forgert, tiny):
             sampled = c.completions.create(model="m", prompt=prompt, max_tokens=8, temperature=0.8, seed=3)
             assert sampled.model_extra["timings"]["draft_tokens"] == 0
     assert texts[6][0] == texts[0][0] and texts[0][1] == 0 and texts[6][1] > 0
+    # in the --parallel batch too, beside a sampled request
+    with LiveServer(forgert.Model(path, backend="cpu", n_ctx=128, parallel=3), api_key=None, prompt_lookup=6) as srv:
+        c = srv.openai_client()
+        r = c.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
+                                 extra_body={"ignore_eos": True})
+        assert r.choices[0].text == texts[0][0] and r.model_extra["timings"]["draft_tokens"] > 0
+        sampled = c.completions.create(model="m", prompt=prompt, max_tokens=8, temperature=0.8, seed=3)
+        assert sampled.model_extra["timings"]["draft_tokens"] == 0
     with pytest.raises(ValueError, match="prompt_lookup must be an integer in 0..15"):
         forgert.server.create_app(object(), prompt_lookup=16)

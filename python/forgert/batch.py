@@ -24,6 +24,12 @@ grammar's token mask for the next token is computed on a worker thread while the
 evaluates the step (the engine call releases the GIL), so it costs the batch only what
 exceeds the pass (bench/batch_logits_rows.py measures the host time such rows add).
 
+A greedy sequence with prompt lookup (SamplingParams.prompt_lookup) adds draft tokens to its decode
+row: its entry becomes a decode run (its next token and the draft, every row a decode row whose
+argmax comes back), and it keeps the draft's tokens while they equal those argmaxes, plus the one
+after the last kept (prompt_lookup.py). Its tokens are greedy decoding's exactly, several a step
+where the draft is right; the other sequences of the step are not changed by it.
+
 A sequence that asks for its prompt's logprobs (LogitsOptions.prompt_logprobs: completions'
 echo, what lm-eval's log-likelihood tasks send) prefills from position 0 in the same steps as
 everything else, each of its chunks passed with a _core.RowScores: the engine scores every row
@@ -46,6 +52,7 @@ from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
 from .logprobs import scored_logprobs, token_logprob
 from .prompt_cache import common_prefix
+from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal
 from .state_checkpoints import StateCheckpoints, resume
 from .sampling import Sampler, native_sampler
 from .stop_strings import StopStringMatcher
@@ -111,6 +118,9 @@ class _Sequence:
         self.t_start = self.t_first = None
         self.done, self.result = False, None    # result: the Completion, once finished
         self.error = None               # the exception that ended it (its grammar refused a token)
+        self.lookup = None              # its NgramDraft (prompt lookup), set by BatchScheduler.add
+        self.draft = []                 # the draft tokens of its row in the step being run
+        self.n_drafted = self.n_accepted = 0
 
     @property
     def decoding(self) -> bool:
@@ -170,7 +180,8 @@ class _Sequence:
             text="".join(self.pieces), tokens=self.generated, finish_reason=self.finish,
             usage=Usage(n_prompt, self.n_sampled, n_prompt + self.n_sampled),
             timings=Timings(n_prompt - self.n_cached if self.t_first is not None else 0, self.n_cached,
-                            (self.t_first or t_end) - self.t_start, self.n_decode, t_end - (self.t_first or t_end)),
+                            (self.t_first or t_end) - self.t_start, self.n_decode, t_end - (self.t_first or t_end),
+                            self.n_drafted, self.n_accepted),
             stop_string=self.stops.matched)
 
 
@@ -206,9 +217,12 @@ class BatchScheduler:
         """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
         the returned sequence once finished. ValueError for a grammar that cannot start."""
         if params.prompt_lookup:
-            raise ValueError("prompt_lookup runs in the single-sequence path (one prompt, parallel=1 serving); "
-                             "a batch decodes its sequences one token a step")
+            why = lookup_refusal(params, options.needs_row, self.engine.recurrent)
+            if why is not None:
+                raise ValueError(why)
         seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx, options)
+        if params.prompt_lookup:
+            seq.lookup = NgramDraft(seq.prompt, params.prompt_lookup)
         if options.prompt_logprobs and seq.limit == 0:
             raise ValueError("prompt logprobs are scored on the way to the first token: "
                              "the prompt must leave room for one (max_tokens >= 1)")
@@ -307,10 +321,11 @@ class BatchScheduler:
             elif s.n_prefilled == len(s.prompt) - 1:
                 entries.append((s.slot, np.array(s.prompt[-1:], np.int32), s.n_prefilled))
                 rows.append(s)
+        self._add_drafts(entries, rows)
         # Prefill chunks of admitted prompts, up to prefill_chunk tokens in all per step (so a
         # long prompt does not stall the decoding rows for long), in admission order.
         prefills = []
-        budget = full_budget = min(self.prefill_chunk, self.engine.max_batch - len(entries))
+        budget = full_budget = min(self.prefill_chunk, self.engine.max_batch - sum(len(e[1]) for e in entries))
         for s in self.running:
             if not s.decoding and s.leader is None and s.n_prefilled < len(s.prompt) - 1 and budget > 0:
                 a = s.n_prefilled
@@ -335,7 +350,6 @@ class BatchScheduler:
         chosen, logits = self._evaluate(entries, rows, len(prefills))
         self.pass_seconds += time.perf_counter() - started
         self.steps += 1
-        self.sampled_rows += len(rows)
         for s, n, scores in prefills:
             s.n_prefilled += n
             if s.n_prefilled == self._checkpoint_position(s):
@@ -344,19 +358,33 @@ class BatchScheduler:
                 s.prompt_logprobs += scored_logprobs(scores, self.tokenizer)
         now = time.perf_counter()
         out = []
-        for i, (s, tok) in enumerate(zip(rows, chosen)):
+        for i, (s, toks) in enumerate(zip(rows, chosen)):
             first = not s.decoding      # its prompt's last token: the sequence's first output
             if first:
                 s.n_prefilled = len(s.prompt)
                 s.t_first = now
-            else:
-                s.n_decode += 1
             try:
-                if isinstance(tok, BaseException):
-                    raise tok
-                piece, finished = s.accept(tok, None if logits is None else logits[i])
+                if isinstance(toks, BaseException):
+                    raise toks
+                # a draft's kept tokens, then the model's choice after the last of them
+                kept = accepted(s.draft, toks) if s.draft else 0
+                if s.draft:
+                    s.lookup.confirmed(len(s.draft), kept)
+                    s.n_drafted, s.n_accepted = s.n_drafted + len(s.draft), s.n_accepted + kept
+                if not first:
+                    s.n_decode += 1 + kept      # the rows of its token and of the kept draft tokens
+                piece, finished = "", False
+                for tok in toks[:kept + 1]:
+                    text, finished = s.accept(tok, None if logits is None else logits[i])
+                    piece += text
+                    self.sampled_rows += 1
+                    if finished:
+                        break
+                    if s.lookup is not None:
+                        s.lookup.push(tok)
             except Exception as error:  # noqa: BLE001 - this sequence fails, the batch goes on
                 s.error, piece, finished = error, "", True
+            s.draft = []
             if finished:
                 piece += s.flush() if s.error is None else ""
                 s.next_token = None
@@ -370,33 +398,54 @@ class BatchScheduler:
             out.append(StepOutput(s, piece, lps, finished, s.prompt_logprobs if first else None))
         return out
 
+    def _add_drafts(self, entries, rows) -> None:
+        """Turns the decode entries of sequences with prompt lookup into decode runs: the token
+        and a draft that fits the sequence's limit, the context and the pass's rows."""
+        room = self.engine.max_batch - len(entries)
+        for i, s in enumerate(rows):
+            if s.lookup is None or not s.decoding or room <= 0:
+                continue
+            pos = len(s.prompt) + len(s.generated) - 1
+            s.draft = s.lookup.propose(min(s.limit - len(s.generated) - 1, self.engine.n_ctx - pos - 1, room))
+            if s.draft:
+                entries[i] = (s.slot, np.array([s.next_token] + s.draft, np.int32), pos, None, False, True)
+                room -= len(s.draft)
+
     def _evaluate(self, entries, rows, n_prefills):
-        """Runs the pass; returns (each row's next token, or the exception that stopped it;
-        the logits f32 [n_entries, vocab] when Python rows asked for them, else None)."""
+        """Runs the pass; returns (each row's tokens: [its next token], or a decode run's argmax
+        per row; or the exception that stopped it; the logits f32 [rows, vocab] of each row's last
+        output when Python rows asked for them, else None). Python rows never run drafts."""
+        counts = [len(e[1]) if len(e) == 6 and e[5] else 1 for e in entries[:len(rows)]]
+        starts = np.cumsum([0] + counts)
+
+        def split(flat):
+            return [[int(t) for t in flat[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+
         python_rows = [s for s in rows if s.options.needs_row]
         if not python_rows:     # everything is sampled in C++ on the logits where the engine wrote them
             if all(s.greedy for s in rows):
-                return [int(t) for t in self.engine.forward_batch_argmax(entries)], None
+                return split(self.engine.forward_batch_argmax(entries)), None
             samplers = [s.sampler if s.sampler is not None else _greedy_sampler() for s in rows]
             samplers += [_greedy_sampler() for _ in range(n_prefills)]     # their rows are not used
-            return [int(t) for t in self.engine.forward_batch_sample(entries, samplers)], None
+            return split(self.engine.forward_batch_sample(entries, samplers)), None
         # The grammar masks of this step's tokens depend only on the tokens accepted so far:
         # computed while the engine evaluates the pass.
         masks = {id(s): self._masks().submit(s.matcher.mask) for s in python_rows if s.matcher is not None}
-        logits = self.engine.forward_batch(entries)     # f32 [n_entries, vocab]; rows come first
+        outputs = self.engine.forward_batch(entries)    # f32 [output rows, vocab]; the rows' come first
         chosen = []
-        for s, row in zip(rows, logits):
+        for s, a, b in zip(rows, starts[:-1], starts[1:]):
             try:
                 if s.options.needs_row:
                     mask = masks[id(s)].result() if s.matcher is not None else None
-                    chosen.append(s.pick(row, mask))
-                elif s.greedy:
-                    chosen.append(int(np.argmax(row)))      # as the engine's argmax: the first maximum
+                    chosen.append([s.pick(outputs[a], mask)])
+                elif s.greedy:      # as the engine's argmax: the first maximum
+                    chosen.append([int(np.argmax(row)) for row in outputs[a:b]])
                 else:
-                    chosen.append(int(s.sampler.sample(row)))
+                    chosen.append([int(s.sampler.sample(outputs[a]))])
             except Exception as error:  # noqa: BLE001 - reported by step() for this sequence alone
                 chosen.append(error)
-        return chosen, logits
+        last = starts[1:] - 1   # each row's last output row (the rows' outputs lead, one each without drafts)
+        return chosen, (outputs if last[-1] == len(rows) - 1 else outputs[last])
 
     def close(self) -> None:
         """Ends the grammar-mask threads (a scheduler used for one batch, as run_batch's)."""

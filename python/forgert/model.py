@@ -26,7 +26,7 @@ from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
-from .prompt_lookup import NgramDraft, accepted
+from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
 from .sampling import Sampler, SamplingParams, native_sampler
@@ -617,16 +617,19 @@ class Model:
         finally:
             self._lock.release()
 
+    def prompt_lookup_refusal(self, params: SamplingParams, constrained: bool) -> str | None:
+        """Why prompt lookup decoding cannot serve a generation with params, or None when it can
+        (prompt_lookup.refusal; constrained: it asks for logprobs, a response_format or a
+        logit_bias). The server asks this to apply its --prompt-lookup only where it changes no token."""
+        return lookup_refusal(params, constrained, self._engine.recurrent)
+
     def _prompt_lookup(self, params: SamplingParams, prompt_ids, constrained: bool):
         """The draft source of a generation with params.prompt_lookup, or None."""
         if not params.prompt_lookup:
             return None
-        if constrained:
-            raise ValueError("prompt_lookup verifies drafts against plain greedy choices: it cannot be "
-                             "combined with logprobs, response_format or logit_bias")
-        if self._engine.recurrent:
-            raise ValueError("prompt_lookup needs a model whose cache can drop rejected draft tokens; this "
-                             "model's recurrent layers keep a state that cannot rewind")
+        refusal = self.prompt_lookup_refusal(params, constrained)
+        if refusal is not None:
+            raise ValueError(refusal)
         return NgramDraft(prompt_ids, params.prompt_lookup)
 
     def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
@@ -801,6 +804,10 @@ class Model:
                 if id(fmt) not in grammars:
                     grammars[id(fmt)] = fmt if isinstance(fmt, Grammar) else self.compile_response_format(fmt)
                 options.append(LogitsOptions(top[i], self._bias_row(biases[i]), grammars[id(fmt)]))
+                refusal = params_list[i].prompt_lookup and self.prompt_lookup_refusal(params_list[i],
+                                                                                    options[i].needs_row)
+                if refusal:
+                    raise ValueError(refusal)
             except ValueError as e:
                 raise ValueError(f"{e}{where}") from None
         ids = [self._prompt_ids(p) for p in prompts]

@@ -63,6 +63,22 @@ class NgramDraft:
         self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)
 
 
+def refusal(params, constrained: bool, recurrent: bool):
+    """Why prompt lookup decoding cannot serve a generation with SamplingParams params, or None
+    when it can. constrained: the generation asks for logprobs, a response_format or a logit_bias;
+    recurrent: the model has recurrent layers. Drafts are verified against plain greedy choices,
+    and rejected ones are dropped from the cache."""
+    if not params.greedy or params.has_penalties:
+        return "prompt_lookup verifies drafts against greedy choices: it needs temperature=0 and no penalties"
+    if constrained:
+        return ("prompt_lookup verifies drafts against plain greedy choices: it cannot be "
+                "combined with logprobs, response_format or logit_bias")
+    if recurrent:
+        return ("prompt_lookup needs a model whose cache can drop rejected draft tokens; this "
+                "model's recurrent layers keep a state that cannot rewind")
+    return None
+
+
 def accepted(draft, best) -> int:
     """How many leading draft tokens the model's choices confirm: best[i] is its greedy token after
     the row holding draft[i - 1] (row 0: the token before the draft)."""

@@ -59,9 +59,9 @@ def add_parser(subparsers):
                         "response_format or logit_bias too (default 1: requests take turns)")
     p.add_argument("--prompt-lookup", type=int, default=0, metavar="N",
                    help="prompt lookup decoding for greedy requests (temperature 0, no penalties, "
-                        "logprobs, response_format or logit_bias) taking turns: drafts of up to N tokens "
-                        "(1-15) copied from earlier in the context, verified in one pass; the same "
-                        "tokens, faster where answers repeat their input (default 0: off)")
+                        "logprobs, response_format or logit_bias), alone or in the --parallel batch: "
+                        "drafts of up to N tokens (1-15) copied from earlier in the context, verified in "
+                        "one pass; the same tokens, faster where answers repeat their input (default 0: off)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 

@@ -35,13 +35,13 @@ class ServerState:
     def __init__(self, model, model_id: str, api_key: Optional[str], max_tokens_limit: Optional[int],
                  prompt_lookup: int = 0):
         self.model = model
-        self.prompt_lookup = prompt_lookup     # draft tokens for the requests taking turns (generation_job)
+        self.prompt_lookup = prompt_lookup     # draft tokens for the requests it serves (generation_job, BatchWorker)
         self.model_id = model_id
         self.api_key = api_key
         self.max_tokens_limit = max_tokens_limit    # per completion; None: only the context bounds it
         self.worker = ModelWorker()
         # parallel >= 2: requests join one running batch (slots 1..); else they take turns
-        self.batch_worker = BatchWorker(model) if getattr(model, "parallel", 1) >= 2 else None
+        self.batch_worker = BatchWorker(model, prompt_lookup) if getattr(model, "parallel", 1) >= 2 else None
         self.metrics = ServerMetrics(self.in_flight,
                                      self.batch_worker.stats if self.batch_worker is not None else None)
         self.started = int(time.time())

@@ -32,7 +32,7 @@ from ..batch import BatchScheduler, LogitsOptions
 from ..model import PREFILL_CHUNK
 from ..sampling import SamplingParams
 from .event_queue import END, Failure, events_until_end
-from .generation import Finish, GenerationSpec, Piece, timings_dict
+from .generation import Finish, GenerationSpec, Piece, lookup_applies, timings_dict
 
 
 class _Request:
@@ -45,10 +45,13 @@ class _Request:
 
 
 class BatchWorker:
-    def __init__(self, model):
+    def __init__(self, model, prompt_lookup: int = 0):
+        """prompt_lookup: draft tokens of prompt lookup decoding for the requests it gives the
+        same tokens (generation.lookup_applies); 0: off."""
         if model._engine.n_slots < 2:
             raise ValueError("BatchWorker needs a Model with parallel >= 2 (slot 0 stays the single path's)")
         self.model = model
+        self.prompt_lookup = prompt_lookup
         self.scheduler = BatchScheduler(model._engine, model.tokenizer, PREFILL_CHUNK,
                                         slots=range(1, model._engine.n_slots))
         self.scheduler.before_pass = self._hand_over
@@ -116,8 +119,9 @@ class BatchWorker:
             options = LogitsOptions(spec.top_logprobs, self.model._bias_row(spec.logit_bias),
                                     spec.response_format)
             scored = replace(options, prompt_logprobs=True)    # echo with logprobs: the prompt's too
+            lookup = self.prompt_lookup if self.prompt_lookup and lookup_applies(self.model, spec) else 0
             for index, choice in enumerate(spec.choices):
-                params = SamplingParams.from_kwargs(None, **dict(spec.sampling, seed=choice.seed))
+                params = SamplingParams.from_kwargs(None, **dict(spec.sampling, seed=choice.seed, prompt_lookup=lookup))
                 scores_prompt = choice.echo is not None and spec.top_logprobs is not None
                 if choice.echo is not None and not scores_prompt:
                     self._deliver(req, Piece(choice.echo, None, index))    # nothing to compute: out at once

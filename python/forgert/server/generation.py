@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 from ..completion import TokenLogprob
+from ..sampling import SamplingParams
 
 
 @dataclass
@@ -60,14 +61,14 @@ def generation_job(model, spec: GenerationSpec, prompt_lookup: int = 0):
 
 
 def lookup_applies(model, spec: GenerationSpec) -> bool:
-    """Whether prompt lookup decoding can serve spec: greedy without penalties, logprobs, a grammar
-    or logit_bias (its drafts are checked against plain argmax choices), and a model whose cache
-    can drop rejected drafts (no recurrent layers)."""
-    s = spec.sampling
-    plain = (s.get("temperature") == 0 and s.get("repetition_penalty", 1.0) == 1.0
-             and not s.get("presence_penalty") and not s.get("frequency_penalty"))
-    return (plain and spec.top_logprobs is None and spec.response_format is None and not spec.logit_bias
-            and not getattr(getattr(model, "_engine", None), "recurrent", True))
+    """Whether prompt lookup decoding gives spec's tokens exactly (the model says: greedy without
+    penalties, logprobs, a grammar or logit_bias, and a cache that can drop rejected drafts)."""
+    constrained = spec.top_logprobs is not None or spec.response_format is not None or bool(spec.logit_bias)
+    try:
+        params = SamplingParams.from_kwargs(None, **spec.sampling)
+    except (TypeError, ValueError):   # Model.stream names the bad parameter to the client
+        return False
+    return model.prompt_lookup_refusal(params, constrained) is None
 
 
 def _one_choice(model, spec: GenerationSpec, index: int, choice: ChoiceSpec, prompt_lookup: int = 0):

@@ -447,11 +447,14 @@ public:
     // (slot, tokens, pos, RowScores or None[, prefix]): that entry's rows are scored too, into the
     // RowScores; prefix True marks a chunk of a prompt's prefix (BatchEntry::prompt_prefix: one
     // token of it is not a decode row).
-    // Returns the last token's logits of each entry, f32 [n_entries, vocab].
+    // run True marks a decode run (BatchEntry::decode_run: a sequence's next token and its draft
+    // tokens, every row a decode row whose logits come back).
+    // Returns the logits of each entry's output rows (a decode run's every row, another entry's
+    // last row), in entry order: f32 [output rows, vocab] (one row an entry without runs).
     py::array_t<float> forward_batch(const py::list& entries) {
         BatchInput in = batch_input(entries);
         const int n = (int)in.entries.size();
-        py::array_t<float> out(std::vector<py::ssize_t>{n, model_->config().vocab});
+        py::array_t<float> out(std::vector<py::ssize_t>{output_rows(in), model_->config().vocab});
         float* dst = out.mutable_data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
@@ -459,11 +462,11 @@ public:
         return out;
     }
 
-    // The same, returning each entry's greedy next token (argmax on the device), i32 [n_entries].
+    // The same, returning each output row's greedy next token (argmax on the device), i32 [output rows].
     py::array_t<int32_t> forward_batch_argmax(const py::list& entries) {
         BatchInput in = batch_input(entries);
         const int n = (int)in.entries.size();
-        py::array_t<int32_t> out(n);
+        py::array_t<int32_t> out(output_rows(in));
         int32_t* dst = out.mutable_data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
@@ -472,7 +475,9 @@ public:
     }
 
     // The same, sampling each entry's next token with its own sampler (parameters, seed and
-    // history), as forward_sample does for one sequence. i32 [n_entries].
+    // history), as forward_sample does for one sequence; a decode run's rows each with its
+    // entry's (the history unchanged between them: a greedy sampler's, for a draft's checks).
+    // i32 [output rows].
     py::array_t<int32_t> forward_batch_sample(const py::list& entries, const std::vector<Sampler*>& samplers) {
         BatchInput in = batch_input(entries);
         const int n = (int)in.entries.size();
@@ -481,14 +486,17 @@ public:
                              std::to_string(n) + " entries");
         for (int e = 0; e < n; e++)
             if (!samplers[e]) throw InputError("forward_batch_sample: sampler " + std::to_string(e) + " is None");
-        py::array_t<int32_t> out(n);
+        const py::ssize_t n_out = output_rows(in);
+        py::array_t<int32_t> out(n_out);
         int32_t* dst = out.mutable_data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
         const int vocab = model_->config().vocab;
-        batch_logits_.resize((size_t)n * vocab);
+        batch_logits_.resize((size_t)n_out * vocab);
         model_->forward_batch(in.entries.data(), n, batch_logits_.data());
-        for (int e = 0; e < n; e++) dst[e] = samplers[e]->sample(batch_logits_.data() + (size_t)e * vocab, vocab);
+        for (int e = 0, row = 0; e < n; e++)  // a decode run's rows each drawn by its entry's sampler
+            for (int r = 0; r < in.entries[e].output_rows(); r++, row++)
+                dst[row] = samplers[e]->sample(batch_logits_.data() + (size_t)row * vocab, vocab);
         return out;
     }
 
@@ -627,9 +635,9 @@ private:
             if (!py::isinstance<py::tuple>(t) && !py::isinstance<py::list>(t))
                 throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos)");
             auto tup = t.cast<py::sequence>();
-            if (tup.size() < 3 || tup.size() > 5)
+            if (tup.size() < 3 || tup.size() > 6)
                 throw InputError("batch entry " + std::to_string(e) + " must be (slot, tokens, pos) or "
-                                 "(slot, tokens, pos, RowScores or None[, prefix])");
+                                 "(slot, tokens, pos, RowScores or None[, prefix[, run]])");
             in.tokens.push_back(
                 py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(tup[1]));
             if (!in.tokens.back()) throw InputError("batch entry " + std::to_string(e) + ": tokens must be integers");
@@ -646,14 +654,25 @@ private:
                 in.scores[e] = s.view();
                 b.scores = &in.scores[e];
             }
-            if (tup.size() == 5) {
+            if (tup.size() >= 5) {
                 if (!py::isinstance<py::bool_>(tup[4]))
                     throw InputError("batch entry " + std::to_string(e) + ": the fifth item (prefix) must be a bool");
                 b.prompt_prefix = tup[4].cast<bool>();
             }
+            if (tup.size() == 6) {
+                if (!py::isinstance<py::bool_>(tup[5]))
+                    throw InputError("batch entry " + std::to_string(e) + ": the sixth item (run) must be a bool");
+                b.decode_run = tup[5].cast<bool>();
+            }
             in.entries.push_back(b);
         }
         return in;
+    }
+
+    static py::ssize_t output_rows(const BatchInput& in) {
+        py::ssize_t n = 0;
+        for (const BatchEntry& b : in.entries) n += b.output_rows();
+        return n;
     }
 
     // More tokens than the context holds are refused before the count is narrowed to int or
@@ -672,7 +691,7 @@ private:
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
     std::vector<float> logits_row_;  // [vocab]: forward_sample's logits, guarded by mu_
-    std::vector<float> batch_logits_;  // [n_entries, vocab]: forward_batch_sample's logits, guarded by mu_
+    std::vector<float> batch_logits_;  // [output rows, vocab]: forward_batch_sample's logits, guarded by mu_
 };
 
 }  // namespace

@@ -12,9 +12,9 @@ void LlamaModel::encode_decode_step(const Tensor& ids, const Tensor* best, int p
     be_->begin();
     run_layers(&step, 1, &ids, commit_early);
     if (best) {
-        last_row_argmax(&step, 1, *best);  // greedy: the token alone (logits_ row 0 as scratch)
+        output_row_argmax(&step, 1, *best);  // greedy: the token alone (logits_ row 0 as scratch)
     } else {
-        last_row_logits(&step, 1);  // logits_ row 0, read back for the host's draw
+        output_row_logits(&step, 1);  // logits_ row 0, read back for the host's draw
     }
 }
 

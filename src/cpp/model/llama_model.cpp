@@ -26,7 +26,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     };
     const int B = max_batch_;
     ids_ = tensor(DType::I32, 1, B);
-    last_rows_ = tensor(DType::I32, 1, B);
+    out_rows_ = tensor(DType::I32, 1, B);
     row_pos_ = tensor(DType::I32, B, 2);
     x_ = tensor(DType::F32, B, cfg_.dim);
     xn_ = tensor(DType::F32, B, cfg_.dim);
@@ -190,6 +190,16 @@ void LlamaModel::check_batch(const BatchEntry* entries, int n_entries) const {
         if (seen[b.slot]) throw InputError("slot " + std::to_string(b.slot) + " appears twice in one batch");
         seen[b.slot] = true;
         check_input(b.tokens, b.n, b.pos);
+        if (b.decode_run) {  // a token and its draft, verified row by row
+            const std::string what = "entry " + std::to_string(e) + ": a decode run";
+            if (b.n > kMaxVerifyRows)
+                throw InputError(what + " of " + std::to_string(b.n) + " rows; at most " +
+                                 std::to_string(kMaxVerifyRows) + " in one pass");
+            if (b.prompt_prefix || b.scores) throw InputError(what + " is neither a prompt's prefix nor scored");
+            if (cfg_.has_recurrent())
+                throw InputError(what + " needs a cache that can drop rejected rows; this model's recurrent "
+                                 "layers keep a state that cannot rewind");
+        }
         if (b.scores) {
             const RowScores& sc = *b.scores;
             if (!sc.targets || !sc.logprob || (sc.top_k > 0 && (!sc.top_ids || !sc.top_logprob)))
@@ -233,12 +243,13 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         for (int e = 0; e < n_entries; e++)
             ids_host_.insert(ids_host_.end(), entries[e].tokens, entries[e].tokens + entries[e].n);  // rows in entry order
         be.write(ids, ids_host_.data(), (size_t)n * sizeof(int32_t));
-        // Each entry's last row, for last_row_logits: written now, before anything is encoded (a
-        // write to a device buffer waits for the work in flight).
-        last_rows_host_.clear();
-        for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++) last_rows_host_.push_back(r0 + entries[e].n - 1);
-        be.write(make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1), last_rows_host_.data(),
-                 (size_t)n_entries * sizeof(int32_t));
+        // The entries' output rows, for output_row_logits: written now, before anything is encoded
+        // (a write to a device buffer waits for the work in flight).
+        out_rows_host_.clear();
+        for (int e = 0, r0 = 0; e < n_entries; r0 += entries[e].n, e++)
+            for (int r = entries[e].n - entries[e].output_rows(); r < entries[e].n; r++) out_rows_host_.push_back(r0 + r);
+        be.write(make_tensor(out_rows_.buf, 0, DType::I32, (int64_t)out_rows_host_.size(), 1), out_rows_host_.data(),
+                 out_rows_host_.size() * sizeof(int32_t));
     }
     // Where each row sits, for RoPE and attention: a single sequence at its position, or
     // (a batch) a table of (position, first cache row of its slot) per row.
@@ -625,31 +636,9 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
 }
 
 void LlamaModel::forward_rows_argmax(const int32_t* tokens, int n, int pos, int32_t* best) {
-    check_input(tokens, n, pos);
-    if (n > kMaxVerifyRows || n > max_batch_)
-        throw InputError("forward_rows_argmax: " + std::to_string(n) + " rows; at most " +
-                         std::to_string(std::min(kMaxVerifyRows, max_batch_)) + " in one pass");
-    profile_ = Profile{};
     BatchEntry run{0, tokens, n, pos};
     run.decode_run = true;
-    be_->begin();
-    run_layers(&run, 1);
-    const double t0 = profiling_ ? now_s() : 0;
-    // Every row's logits as last_row_argmax makes a lone decode row's (the same kernels per row)
-    const Tensor hn = xn_.slice_rows(0, n), best_ids = make_tensor(argmax_.buf, 0, DType::I32, n, 1);
-    norm(hn, x_.slice_rows(0, n), w_.output_norm, w_.output_norm_b);
-    if (cfg_.final_softcap > 0.0f || cfg_.logit_scale != 1.0f) {
-        const Tensor out = logits_rows(n);
-        be_->matmul(out, w_.output, hn, RowClasses::decode(n));
-        finish_logits(out);
-        be_->argmax(best_ids, out);
-    } else {
-        be_->matmul_argmax(best_ids, w_.output, hn, logits_rows(n), RowClasses::decode(n));
-    }
-    be_->commit();
-    be_->wait();
-    be_->read(best, best_ids, (size_t)n * sizeof(int32_t));
-    if (profiling_) profile_.logits += now_s() - t0;
+    forward_batch_argmax(&run, 1, best);
 }
 
 Tensor LlamaModel::logits_rows(int n) {
@@ -660,20 +649,27 @@ Tensor LlamaModel::logits_rows(int n) {
     return logits_.slice_rows(0, n);
 }
 
-Tensor LlamaModel::last_rows_normed(const BatchEntry* entries, int n_entries) {
-    Tensor hn = xn_.slice_rows(0, n_entries);
-    if (n_entries == 1) {  // one sequence: its last row is already a row of x
-        norm(hn, x_.slice_rows(entries[0].n - 1, 1), w_.output_norm, w_.output_norm_b);
-    } else {  // gather each entry's last hidden row (x_ as an f32 table; indices staged by run_layers)
-        be_->get_rows(hn, x_, make_tensor(last_rows_.buf, 0, DType::I32, n_entries, 1));
+int LlamaModel::output_rows_of(const BatchEntry* entries, int n_entries) {
+    int n = 0;
+    for (int e = 0; e < n_entries; e++) n += entries[e].output_rows();
+    return n;
+}
+
+Tensor LlamaModel::output_rows_normed(const BatchEntry* entries, int n_entries) {
+    const int n_out = output_rows_of(entries, n_entries);
+    Tensor hn = xn_.slice_rows(0, n_out);
+    if (n_entries == 1) {  // one sequence: its output rows are the last rows of x
+        norm(hn, x_.slice_rows(entries[0].n - n_out, n_out), w_.output_norm, w_.output_norm_b);
+    } else {  // gather the output rows (x_ as an f32 table; indices staged by run_layers)
+        be_->get_rows(hn, x_, make_tensor(out_rows_.buf, 0, DType::I32, n_out, 1));
         norm(hn, hn, w_.output_norm, w_.output_norm_b);
     }
     return hn;
 }
 
-RowClasses LlamaModel::last_row_classes(const BatchEntry* entries, int n_entries) {
-    int n_decode = 0;  // entries whose last row is a decode row: they lead (run_layers)
-    while (n_decode < n_entries && entries[n_decode].decode_rows() > 0) n_decode++;
+RowClasses LlamaModel::output_row_classes(const BatchEntry* entries, int n_entries) {
+    int n_decode = 0;  // output rows of the entries whose rows are decode rows: they lead (run_layers)
+    for (int e = 0; e < n_entries && entries[e].decode_rows() > 0; e++) n_decode += entries[e].output_rows();
     return RowClasses::decode(n_decode);
 }
 
@@ -691,22 +687,22 @@ void LlamaModel::finish_logits(const Tensor& out) {
     if (cfg_.final_softcap > 0.0f) be_->softcap(out, cfg_.final_softcap);
 }
 
-Tensor LlamaModel::last_row_logits(const BatchEntry* entries, int n_entries) {
-    const Tensor hn = last_rows_normed(entries, n_entries), out = logits_rows(n_entries);
-    be_->matmul(out, w_.output, hn, last_row_classes(entries, n_entries));
+Tensor LlamaModel::output_row_logits(const BatchEntry* entries, int n_entries) {
+    const Tensor hn = output_rows_normed(entries, n_entries), out = logits_rows(hn.rows);
+    be_->matmul(out, w_.output, hn, output_row_classes(entries, n_entries));
     finish_logits(out);  // ties as the capped logits have them
     return out;
 }
 
-void LlamaModel::last_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best) {
+void LlamaModel::output_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best) {
     if (cfg_.final_softcap > 0.0f || cfg_.logit_scale != 1.0f) {
         // the argmax of the finished logits (tanh can merge near values into ties; the scaled
         // logits are what the fused kernel's scratch row would otherwise hold unscaled)
-        be_->argmax(best, last_row_logits(entries, n_entries));
+        be_->argmax(best, output_row_logits(entries, n_entries));
         return;
     }
-    const Tensor hn = last_rows_normed(entries, n_entries);
-    be_->matmul_argmax(best, w_.output, hn, logits_rows(n_entries), last_row_classes(entries, n_entries));
+    const Tensor hn = output_rows_normed(entries, n_entries);
+    be_->matmul_argmax(best, w_.output, hn, logits_rows(hn.rows), output_row_classes(entries, n_entries));
 }
 
 const BatchEntry* LlamaModel::decode_first(const BatchEntry* entries, int n_entries) {
@@ -733,29 +729,41 @@ const BatchEntry* LlamaModel::decode_first(const BatchEntry* entries, int n_entr
         last_of_[e] = (int)ordered_.size() - 1;
     }
     n_ordered_ = (int)ordered_.size();
+    out_first_.assign(n_ordered_, 0);
+    for (int o = 1; o < n_ordered_; o++) out_first_[o] = out_first_[o - 1] + ordered_[o - 1].output_rows();
     return ordered_.data();
+}
+
+// The ordered entries' outputs (rows of `width` values, as output_rows_of(ordered_) lists them)
+// in the caller's order: each caller entry's output rows are its last part's.
+template <class T>
+void LlamaModel::to_caller_order(const T* ordered, const BatchEntry* given, int n_given, size_t width, T* dst) const {
+    for (int e = 0; e < n_given; e++) {
+        const int o = last_of_[e], rows = given[e].output_rows();
+        std::memcpy(dst, ordered + (size_t)out_first_[o] * width, (size_t)rows * width * sizeof(T));
+        dst += (size_t)rows * width;
+    }
 }
 
 void LlamaModel::forward_batch(const BatchEntry* given, int n_given, float* logits) {
     check_batch(given, n_given);
     const BatchEntry* entries = decode_first(given, n_given);
     const int n_entries = n_ordered_;
-    bool reordered = n_entries != n_given;
-    for (int e = 0; e < n_given; e++) reordered = reordered || last_of_[e] != e;
     profile_ = Profile{};
     be_->begin();
     run_layers(entries, n_entries);
     const double t0 = profiling_ ? now_s() : 0;
-    const Tensor out = logits ? last_row_logits(entries, n_entries) : Tensor{};
+    const Tensor out = logits ? output_row_logits(entries, n_entries) : Tensor{};
     be_->commit();
     be_->wait();
+    bool reordered = n_entries != n_given;
+    for (int e = 0; e < n_given; e++) reordered = reordered || last_of_[e] != e;
     const size_t vocab = cfg_.vocab;
-    if (logits && !reordered) be_->read(logits, out, n_entries * vocab * sizeof(float));
-    if (logits && reordered) {  // each caller entry's last row, in the caller's order
-        logits_host_.resize(n_entries * vocab);
-        be_->read(logits_host_.data(), out, n_entries * vocab * sizeof(float));
-        for (int e = 0; e < n_given; e++)
-            std::memcpy(logits + e * vocab, &logits_host_[last_of_[e] * vocab], vocab * sizeof(float));
+    if (logits && !reordered) be_->read(logits, out, (size_t)out.rows * vocab * sizeof(float));
+    if (logits && reordered) {  // each caller entry's output rows, in the caller's order
+        logits_host_.resize((size_t)out.rows * vocab);
+        be_->read(logits_host_.data(), out, (size_t)out.rows * vocab * sizeof(float));
+        to_caller_order(logits_host_.data(), given, n_given, vocab, logits);
     }
     score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
@@ -808,18 +816,18 @@ void LlamaModel::score_entries(const BatchEntry* entries, int n_entries) {
 void LlamaModel::forward_batch_argmax(const BatchEntry* given, int n_given, int32_t* best) {
     check_batch(given, n_given);
     const BatchEntry* entries = decode_first(given, n_given);
-    const int n_entries = n_ordered_;
+    const int n_entries = n_ordered_, n_out = output_rows_of(entries, n_entries);
     profile_ = Profile{};
     be_->begin();
     run_layers(entries, n_entries);
     const double t0 = profiling_ ? now_s() : 0;
-    const Tensor best_ids = make_tensor(argmax_.buf, 0, DType::I32, n_entries, 1);  // [n_entries] as a column
-    last_row_argmax(entries, n_entries, best_ids);
+    const Tensor best_ids = make_tensor(argmax_.buf, 0, DType::I32, n_out, 1);  // [n_out] as a column
+    output_row_argmax(entries, n_entries, best_ids);
     be_->commit();
     be_->wait();
-    std::vector<int32_t> ordered_best(n_entries);
-    be_->read(ordered_best.data(), best_ids, (size_t)n_entries * sizeof(int32_t));
-    for (int e = 0; e < n_given; e++) best[e] = ordered_best[last_of_[e]];
+    std::vector<int32_t> ordered_best(n_out);
+    be_->read(ordered_best.data(), best_ids, (size_t)n_out * sizeof(int32_t));
+    to_caller_order(ordered_best.data(), given, n_given, 1, best);
     score_entries(entries, n_entries);
     if (profiling_) profile_.logits += now_s() - t0;
 }

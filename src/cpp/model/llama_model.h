@@ -37,6 +37,10 @@ struct BatchEntry {
     // as if it had been decoded alone.
     bool decode_run = false;
 
+    // The rows whose logits (or tokens) the pass gives back: a decode run's every row, any other
+    // entry's last.
+    int output_rows() const { return decode_run ? n : 1; }
+
     // How many of its leading rows are decode rows (core/backend.h RowClasses; docs/design.md
     // "Batch invariance"), the rest prefix rows. One token is a decode row (a sequence's next
     // token, or a prompt's last), unless it is a one-token prefix chunk; several tokens are a
@@ -74,16 +78,18 @@ public:
     // One pass over several sequences, each in its own KV slot (distinct slots, at most
     // max_batch tokens in all): the projections and feed-forward run once over every entry's
     // rows, RoPE and attention per entry on its slot. Decode rows run first whatever the entries'
-    // order (BatchEntry::decode_rows); outputs stay in entry order. Writes the logits of each entry's last
-    // token, [n_entries, vocab] (none when logits is null). forward() is this with the single
+    // order (BatchEntry::decode_rows); outputs stay in entry order. Writes the logits of each entry's
+    // output rows (BatchEntry::output_rows: a decode run's every row, another entry's last row),
+    // [sum of output rows, vocab] (none when logits is null). forward() is this with the single
     // entry {slot 0}. Entries with scores get their rows scored too (kScoreBlock rows at a time:
     // the logits of a whole prompt chunk never exist at once).
     void forward_batch(const BatchEntry* entries, int n_entries, float* logits);
-    // The same, writing the argmax of each entry's last-token logits ([n_entries]).
+    // The same, writing the argmax of each output row's logits ([sum of output rows]).
     void forward_batch_argmax(const BatchEntry* entries, int n_entries, int32_t* best);
     // Slot 0's tokens at pos.. as decode rows (BatchEntry::decode_run), writing the argmax of
     // every row's logits ([n], n <= kMaxVerifyRows): a token and draft tokens after it checked in
-    // one pass, row i's argmax the token greedy decoding would pick after tokens[0..i].
+    // one pass, row i's argmax the token greedy decoding would pick after tokens[0..i]. (A batch
+    // verifies several sequences' drafts at once: forward_batch_argmax with decode-run entries.)
     static constexpr int kMaxVerifyRows = 16;
     void forward_rows_argmax(const int32_t* tokens, int n, int pos, int32_t* best);
     static constexpr int kScoreBlock = 64;  // rows whose logits are scored per output projection
@@ -151,24 +157,28 @@ private:
     // with both classes of rows split in two, the decode entries first (stable). last_of_[e]: the
     // ordered entry holding caller entry e's last row.
     const BatchEntry* decode_first(const BatchEntry* entries, int n_entries);
+    template <class T>
+    void to_caller_order(const T* ordered, const BatchEntry* given, int n_given, size_t width, T* dst) const;
     // decode_pipeline.cpp: encodes the decode step of the token in `ids` at pos (and its argmax
     // into `best` when greedy).
     void encode_decode_step(const Tensor& ids, const Tensor* best, int pos, bool commit_early);
-    // Final norm and output projection of each entry's last row, into logits_ rows 0..n_entries.
-    Tensor last_row_logits(const BatchEntry* entries, int n_entries);
+    // Final norm and output projection of the entries' output rows (BatchEntry::output_rows), into
+    // logits_ rows 0..output_rows_of(entries).
+    Tensor output_row_logits(const BatchEntry* entries, int n_entries);
+    static int output_rows_of(const BatchEntry* entries, int n_entries);
     // The model's pre-norm and final norm: RMSNorm, or LayerNorm for Cohere (cfg_.layer_norm).
     // b: the norm's bias, added after it where the model has one (rows == 0: none).
     void norm(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& b = Tensor{});
     void finish_logits(const Tensor& out);  // logit_scale, final_softcap on the output rows
-    // The same rows' greedy tokens into best (i32 [n_entries, 1]), where nobody reads their logits:
+    // The same rows' greedy tokens into best (i32 [output rows, 1]), where nobody reads their logits:
     // Backend::matmul_argmax, which may never write them (logits_ rows are its scratch).
-    void last_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best);
-    // The final norm of each entry's last row: xn_ rows 0..n_entries.
-    Tensor last_rows_normed(const BatchEntry* entries, int n_entries);
+    void output_row_argmax(const BatchEntry* entries, int n_entries, const Tensor& best);
+    // The final norm of the entries' output rows: xn_ rows 0..output_rows_of(entries).
+    Tensor output_rows_normed(const BatchEntry* entries, int n_entries);
     // logits_ rows 0..n, the buffer grown first where it holds fewer.
     Tensor logits_rows(int n);
-    // Their row classes: the entries whose last row is a decode row lead.
-    static RowClasses last_row_classes(const BatchEntry* entries, int n_entries);
+    // Their row classes: the output rows of the decode entries lead.
+    static RowClasses output_row_classes(const BatchEntry* entries, int n_entries);
     // After the pass has been waited on: every row of the entries with scores through the final
     // norm and output projection, kScoreBlock rows at a time, each block scored on the host while
     // the device computes the next.
@@ -226,17 +236,18 @@ private:
     Tensor ones_;   // f32 [max_head_dim] of 1: the weight of V's weightless RMSNorm (cfg.v_norm)
     // Activations for up to max_batch tokens (rows = tokens).
     std::vector<std::unique_ptr<Buffer>> bufs_;
-    std::vector<int32_t> ids_host_, last_rows_host_;  // the batch's token ids; each entry's last row
+    std::vector<int32_t> ids_host_, out_rows_host_;  // the batch's token ids; the entries' output rows
     std::vector<int32_t> row_pos_host_;  // a batch's row table: (position, slot's first cache row) per row
     std::vector<BatchEntry> ordered_;    // decode_first's entries, decode entries first
     int n_ordered_ = 0;
     std::vector<int> last_of_;           // caller entry e's last row is ordered_[last_of_[e]]'s last
+    std::vector<int> out_first_;         // ordered_[o]'s first output row among the pass's output rows
     std::vector<float> logits_host_;     // forward_batch's logits of the ordered entries
     RowClasses rows_;                    // the pass's row classes (run_layers)
     Tensor score_logits_;                // f32 [2 * kScoreBlock, vocab]: two blocks, allocated on first use
     std::vector<float> score_host_;      // f32 [kScoreBlock, vocab]: a block read back for scoring
     Tensor row_pos_;                     // i32 [max_batch, 2]: the same on the device (RowPositions)
-    Tensor ids_, last_rows_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;  // logits_ [>= n_entries, vocab]; argmax_ i32 [max_batch]
+    Tensor ids_, out_rows_, x_, xn_, q_, k_, v_, att_, proj_, gate_, up_, logits_, argmax_;  // logits_ [>= output rows, vocab]; argmax_ i32 [max_batch]
     // Mixture of experts: router logits [B, n_expert], the chosen experts i32 [B, k] and their
     // weights [B, k]; per slot (token i's j-th expert is row i*k + j) the experts' gate and up
     // [B*k, expert_ffn_dim] and outputs [B*k, dim]; the shared expert's gate logit [B, 1].
