@@ -26,10 +26,10 @@ from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
-from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal
+from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, sampled_tokens
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
-from .sampling import Sampler, SamplingParams, native_sampler
+from .sampling import Sampler, SamplingParams, apply_penalties, candidates, native_sampler
 from .stop_strings import StopStringMatcher
 
 BACKENDS = ("auto", "cpu", "metal")
@@ -139,6 +139,15 @@ class _ModelLock:
             yield
         finally:
             self.release()
+
+
+def mode_of(params: SamplingParams, constrained: bool) -> str:
+    """How a generation picks its tokens: "argmax" (greedy without penalties: on the device),
+    "last" (the NumPy sampler on the logits row, for logprobs, grammars and logit_bias, which
+    need the row in Python) or "sample" (the C++ sampler, on the logits where they are)."""
+    if params.greedy and not params.has_penalties and not constrained:
+        return "argmax"
+    return "last" if constrained else "sample"
 
 
 def _is_prompt_list(prompt) -> bool:
@@ -617,11 +626,11 @@ class Model:
         finally:
             self._lock.release()
 
-    def prompt_lookup_refusal(self, params: SamplingParams, constrained: bool) -> str | None:
+    def prompt_lookup_refusal(self, params: SamplingParams, constrained: bool, batched: bool = False) -> str | None:
         """Why prompt lookup decoding cannot serve a generation with params, or None when it can
         (prompt_lookup.refusal; constrained: it asks for logprobs, a response_format or a
-        logit_bias). The server asks this to apply its --prompt-lookup only where it changes no token."""
-        return lookup_refusal(params, constrained, self._engine.recurrent)
+        logit_bias; batched: it runs in a batch, where drafts are verified greedily only)."""
+        return lookup_refusal(params, constrained, self._engine.recurrent, batched)
 
     def _prompt_lookup(self, params: SamplingParams, prompt_ids, constrained: bool):
         """The draft source of a generation with params.prompt_lookup, or None."""
@@ -631,6 +640,18 @@ class Model:
         if refusal is not None:
             raise ValueError(refusal)
         return NgramDraft(prompt_ids, params.prompt_lookup)
+
+    def _sampled_draft(self, rows, pos, draft, history, sampler: Sampler) -> list[int]:
+        """Evaluates rows (the token before the draft, then the draft) as one decode run of slot 0
+        and verifies the draft by speculative sampling: the tokens kept, then one drawn.
+        history: the prompt and the tokens generated before the draft (penalties)."""
+        logits = self._engine.forward_batch([(0, rows, pos, None, False, True)])   # [k + 1, vocab]
+
+        def row_distribution(i):
+            row = apply_penalties(logits[i], history + draft[:i], sampler.params)
+            ids, xs = candidates(row, sampler.params)
+            return ids, np.exp(xs - xs.max())
+        return sampled_tokens(draft, row_distribution, sampler.rng)
 
     def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
         return token_logprob(logits, tok, n_top, self.tokenizer)
@@ -642,8 +663,10 @@ class Model:
         stop_ids = set() if params.ignore_eos else self.tokenizer.stop_ids
         matcher = grammar.matcher() if grammar is not None else None
         constrained = logprobs is not None or matcher is not None or bias is not None
-        use_argmax = params.greedy and not params.has_penalties and not constrained
         lookup = self._prompt_lookup(params, prompt_ids, constrained)
+        # With sampling, drafts are verified by speculative sampling on the NumPy sampler's filters
+        # (prompt_lookup.sampled_tokens), drawing from its own seeded generator.
+        draft_sampler = Sampler(params) if lookup is not None and mode_of(params, constrained) == "sample" else None
         verified = deque()  # tokens after tok from the last draft's pass, which evaluated tok's row
         n_drafted = n_accepted = 0
         pending_lp = []
@@ -657,7 +680,7 @@ class Model:
 
         # Sampling runs in C++ on the logits where the engine wrote them; the NumPy sampler (its
         # reference) serves logprobs requests, which need the logits row anyway.
-        mode = "argmax" if use_argmax else "last" if constrained else "sample"
+        mode = mode_of(params, constrained)
         sampler = (Sampler(params) if mode == "last" else
                    native_sampler(params, prompt_ids) if mode == "sample" else None)
         detok = StreamingDetokenizer(self.tokenizer, prompt_ids)
@@ -730,12 +753,18 @@ class Model:
                     result = verified.popleft()
                     lookup.push(tok)
                 elif draft:     # tok and the draft in one pass; the draft's confirmed tokens follow
-                    best = self._engine.forward_rows_argmax(np.asarray([tok] + draft, dtype=np.int32), pos)
+                    rows = np.asarray([tok] + draft, dtype=np.int32)
+                    if draft_sampler is None:
+                        best = self._engine.forward_rows_argmax(rows, pos)
+                        m = accepted(draft, best)
+                        chosen = [int(t) for t in best[:m + 1]]
+                    else:
+                        chosen = self._sampled_draft(rows, pos, draft, history + generated, draft_sampler)
+                        m = len(chosen) - 1
                     self._add_profile()
-                    m = accepted(draft, best)
                     lookup.confirmed(len(draft), m)
-                    result = int(best[0])
-                    verified.extend(int(t) for t in best[1:m + 1])
+                    result = chosen[0]
+                    verified.extend(chosen[1:])
                     n_drafted, n_accepted = n_drafted + len(draft), n_accepted + m
                 else:
                     result = self._eval([tok], pos, mode, sampler)
@@ -804,8 +833,8 @@ class Model:
                 if id(fmt) not in grammars:
                     grammars[id(fmt)] = fmt if isinstance(fmt, Grammar) else self.compile_response_format(fmt)
                 options.append(LogitsOptions(top[i], self._bias_row(biases[i]), grammars[id(fmt)]))
-                refusal = params_list[i].prompt_lookup and self.prompt_lookup_refusal(params_list[i],
-                                                                                    options[i].needs_row)
+                refusal = params_list[i].prompt_lookup and self.prompt_lookup_refusal(
+                    params_list[i], options[i].needs_row, batched=True)
                 if refusal:
                     raise ValueError(refusal)
             except ValueError as e:

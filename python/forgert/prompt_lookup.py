@@ -8,8 +8,17 @@ keeps the draft's tokens while they equal its own greedy choice, plus the choice
 one kept: greedy decoding's tokens exactly, several per pass where the draft is right. A pass of
 k + 1 rows reads the weights once, as a single decode step does, so a kept draft token costs a
 fraction of a step (transformers' prompt_lookup_num_tokens, vLLM's n-gram speculation).
+
+With sampling (temperature > 0, penalties), a draft is verified by speculative sampling with a
+draft that proposes one token for sure (Leviathan et al. 2023; Chen et al. 2023): draft token d
+is kept with probability p(d) under the sampler's own filtered distribution p of its row, and at
+the first one rejected the token is drawn from p with d removed (renormalized). Each token then has
+the distribution plain sampling gives it, so the text is sampled as it would be without the
+lookup, though a seed draws other text than it does without it (reproducibly).
 """
 from __future__ import annotations
+
+import numpy as np
 
 # Matches of the last 4 tokens are tried first, then 3, then 2: the longest context predicts best,
 # and a single token repeats too often to be worth a draft.
@@ -63,15 +72,16 @@ class NgramDraft:
         self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)
 
 
-def refusal(params, constrained: bool, recurrent: bool):
+def refusal(params, constrained: bool, recurrent: bool, batched: bool = False):
     """Why prompt lookup decoding cannot serve a generation with SamplingParams params, or None
     when it can. constrained: the generation asks for logprobs, a response_format or a logit_bias;
-    recurrent: the model has recurrent layers. Drafts are verified against plain greedy choices,
-    and rejected ones are dropped from the cache."""
-    if not params.greedy or params.has_penalties:
-        return "prompt_lookup verifies drafts against greedy choices: it needs temperature=0 and no penalties"
+    recurrent: the model has recurrent layers; batched: it runs in a batch, whose passes verify
+    drafts against greedy choices only. Rejected drafts are dropped from the cache."""
+    if batched and (not params.greedy or params.has_penalties):
+        return ("in a batch, prompt_lookup verifies drafts against greedy choices: it needs "
+                "temperature=0 and no penalties there (a single generation may sample)")
     if constrained:
-        return ("prompt_lookup verifies drafts against plain greedy choices: it cannot be "
+        return ("prompt_lookup verifies drafts against the sampler's own choices: it cannot be "
                 "combined with logprobs, response_format or logit_bias")
     if recurrent:
         return ("prompt_lookup needs a model whose cache can drop rejected draft tokens; this "
@@ -86,3 +96,37 @@ def accepted(draft, best) -> int:
     while m < len(draft) and draft[m] == int(best[m]):
         m += 1
     return m
+
+
+def _draw(ids, probs, rng) -> int:
+    """One token of the distribution probs over ids (float64, summing to > 0)."""
+    cdf = np.cumsum(probs)
+    j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return int(ids[min(j, len(ids) - 1)])
+
+
+def sampled_tokens(draft, row_distribution, rng) -> list[int]:
+    """Speculative sampling of a pass over the token before the draft and the draft's k tokens.
+
+    row_distribution(i) -> (ids, probs): the sampler's filtered distribution of the token after
+    row i (row 0: the token before the draft; row i: draft[i - 1]), given the draft's first i
+    tokens; rng: a numpy Generator. Returns 1..k+1 tokens: the draft tokens kept, then one drawn
+    (from the rest of the first rejected row's distribution, or the last row's when all were kept).
+    """
+    out = []
+    for i, d in enumerate(draft):
+        ids, probs = row_distribution(i)
+        p = probs / probs.sum()
+        hit = ids == d
+        if rng.random() < p[hit].sum():
+            out.append(int(d))
+            continue
+        rest = np.where(hit, 0.0, p)       # p without d: its mass goes to the others in proportion
+        if rest.sum() <= 0.0:              # p(d) was 1 up to rounding: d was the only choice
+            out.append(int(d))
+            continue
+        out.append(_draw(ids, rest, rng))
+        return out
+    ids, probs = row_distribution(len(draft))
+    out.append(_draw(ids, probs, rng))
+    return out

@@ -37,7 +37,8 @@ class SamplingParams:
     stop: list = field(default_factory=list)
     ignore_eos: bool = False
     # Prompt lookup decoding (prompt_lookup.py): up to this many draft tokens copied from earlier
-    # in the context, verified in one pass; greedy only, its tokens exactly greedy's. 0: off.
+    # in the context, verified in one pass; greedy's tokens exactly, or with sampling each token
+    # drawn from the distribution plain sampling draws it from. 0: off.
     prompt_lookup: int = 0
 
     def __post_init__(self):
@@ -75,9 +76,6 @@ class SamplingParams:
             bad("ignore_eos", "True or False")
         if not _is_int(self.prompt_lookup) or not 0 <= self.prompt_lookup <= 15:
             bad("prompt_lookup", "an integer in 0..15 (draft tokens; 0 turns it off)")
-        if self.prompt_lookup and not (self.greedy and not self.has_penalties):
-            raise ValueError("prompt_lookup verifies drafts against greedy choices: it needs temperature=0 "
-                             "and no repetition / presence / frequency penalty")
 
     @property
     def greedy(self) -> bool:

@@ -104,9 +104,10 @@ def add_sampling_args(p, max_tokens=256):
                    help="stop before this text (repeatable; default: none)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
     g.add_argument("--prompt-lookup", metavar="N", type=int, default=0,
-                   help="with --temperature 0: draft up to N tokens (1-15) by copying what followed the "
-                        "last words earlier in the context, verified in one pass; the same text, faster "
-                        "where the answer repeats its input (code edits; default: 0, off)")
+                   help="draft up to N tokens (1-15) by copying what followed the last words earlier "
+                        "in the context, verified in one pass: greedy's text exactly, or with sampling "
+                        "text of the same distribution; faster where the answer repeats its input "
+                        "(code edits; default: 0, off)")
 
 
 def sampling_params(args) -> SamplingParams:

@@ -718,11 +718,12 @@ PYBIND11_MODULE(_core, m) {
              "evaluate tokens into the KV cache without computing logits; with a RowScores (at most "
              "max_batch tokens), each row's logits also score its target")
         .def("forward_batch", &Engine::forward_batch, py::arg("entries"),
-             "one pass over [(slot, tokens, pos), ...]: each entry's last-token logits [n_entries, vocab]")
+             "one pass over [(slot, tokens, pos[, scores[, prefix[, run]]]), ...]: the logits of every "
+             "output row [rows, vocab] in the entries' order (an entry's last row; each row of a decode run)")
         .def("forward_batch_argmax", &Engine::forward_batch_argmax, py::arg("entries"),
-             "as forward_batch, each entry's argmax next token [n_entries]")
+             "as forward_batch, each output row's argmax next token [rows]")
         .def("forward_batch_sample", &Engine::forward_batch_sample, py::arg("entries"), py::arg("samplers"),
-             "as forward_batch, each entry's next token drawn by its own sampler [n_entries]")
+             "as forward_batch, each output row's next token drawn by its entry's sampler [rows]")
         .def_property_readonly("n_slots", [](Engine& e) { return e.model().n_slots(); })
         .def_property_readonly("max_batch", [](Engine& e) { return e.model().max_batch(); })
         .def("kv_save", &Engine::kv_save, py::arg("n"),
