@@ -559,4 +559,32 @@ FG_ARGS_ASSERT(sizeof(mamba2_scan_args) == 80, "mamba2_scan_args layout");
 // slots: 1 gate f32 [n, dim], 2 x f32 [n, dim] (in place); grid: (ceil(dim / threads), n);
 // threads: min(256, dim rounded to 32)
 
+// --- altup.metal (Gemma 3n) ---
+// gaussian_topk_f32: x[t, :] = max(x[t, :] - (mean + sd * std_mult), 0), mean and population sd of
+// the row, in place. slots: 1 x f32 [n, dim]. rms_match_f32: out[t, :] = x[t, :] *
+// sqrt(mean(target[t, :]^2)) / sqrt(max(mean(x[t, :]^2), 1e-5)). slots: 1 x, 2 target, 3 out, f32
+// [n, dim] (out may alias x). Both: grid (n); threads: min(1024, dim rounded to 32); threadgroup
+// memory 0: 32 floats.
+typedef struct {
+    uint64_t x_stride;
+    uint64_t target_stride;
+    uint64_t out_stride;
+    int32_t dim;
+    float std_mult;
+} altup_row_args;
+FG_ARGS_ASSERT(sizeof(altup_row_args) == 32, "altup_row_args layout");
+
+// altup_mix_f32: out[t, c] = base[t, c] + sum_{j < k} coefs[t, j] * xs[t, j * dim + c]
+// slots: 1 xs f32 [n, k * dim], 2 coefs f32 [n, k], 3 base f32 [n, dim], 4 out f32 [n, dim] (may alias base)
+// grid: (ceil(dim / threads), n); threads: min(256, dim rounded to 32)
+typedef struct {
+    uint64_t xs_stride;
+    uint64_t coefs_stride;
+    uint64_t base_stride;
+    uint64_t out_stride;
+    int32_t dim;
+    int32_t k;
+} altup_mix_args;
+FG_ARGS_ASSERT(sizeof(altup_mix_args) == 40, "altup_mix_args layout");
+
 #endif  // FORGERT_KERNEL_ARGS_H

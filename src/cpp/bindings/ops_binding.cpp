@@ -325,6 +325,26 @@ public:
         run([&] { be_->softcap(X, cap); });
         return download(X);
     }
+    F32 gaussian_topk(const F32& x, float std_mult) {  // Gemma 3n's sparsity (in place on the device)
+        need(std::isfinite(std_mult), "std_mult must be finite");
+        Tensor X = f32(x);
+        run([&] { be_->gaussian_topk(X, std_mult); });
+        return download(X);
+    }
+    F32 rms_match(const F32& x, const F32& target) {
+        need(x.size() == target.size() && rows_of(x) == rows_of(target), "x and target must have the same shape");
+        Tensor X = f32(x), T = f32(target), Y = empty(DType::F32, X.rows, X.cols);
+        run([&] { be_->rms_match(Y, X, T); });
+        return download(Y);
+    }
+    F32 altup_mix(const F32& xs, const F32& coefs, const F32& base) {
+        const int64_t n = rows_of(base), dim = cols_of(base), k = cols_of(coefs);
+        need(rows_of(coefs) == n && rows_of(xs) == n && cols_of(xs) == k * dim,
+             "xs must be [n, k * dim], coefs [n, k], base [n, dim]");
+        Tensor X = f32(xs), C = f32(coefs), B = f32(base), Y = empty(DType::F32, n, dim);
+        run([&] { be_->altup_mix(Y, X, C, B); });
+        return download(Y);
+    }
     F32 add(const F32& a, const F32& b) {
         need(a.size() == b.size(), "a and b must have the same shape");
         Tensor A = f32(a), B = f32(b), Y = empty(DType::F32, A.rows, A.cols);
@@ -616,6 +636,9 @@ void bind_ops(py::module_& m) {
         .def("add_rms_norm", &Ops::add_rms_norm, py::arg("x"), py::arg("y"), py::arg("w"), py::arg("eps"))
         .def("scale", &Ops::scale, py::arg("x"), py::arg("s"))
         .def("softcap", &Ops::softcap, py::arg("x"), py::arg("cap"))
+        .def("gaussian_topk", &Ops::gaussian_topk, py::arg("x"), py::arg("std_mult"))
+        .def("rms_match", &Ops::rms_match, py::arg("x"), py::arg("target"))
+        .def("altup_mix", &Ops::altup_mix, py::arg("xs"), py::arg("coefs"), py::arg("base"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
         .def("copy_rows", &Ops::copy_rows, py::arg("cache"), py::arg("copies"))
         .def("argmax", &Ops::argmax, py::arg("x"))

@@ -241,7 +241,8 @@ public:
     // out = a + b, elementwise (out may alias a)                      all [n, dim]
     virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
     // out = a * b, elementwise (out may alias a or b; a and b may be strided column views of one
-    // tensor, as LFM2's short convolution gates its projection)    all f32 [n, dim]
+    // tensor, as LFM2's short convolution gates its projection; b may be one row repeated, stride
+    // 0, as Gemma 3n scales its corrected stream by a weight)    all f32 [n, dim]
     virtual void mul(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
     // out = gelu_tanh(gate) * up, elementwise (GeGLU: Gemma's feed-forward), with
     // gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))        all [n, dim]
@@ -250,6 +251,18 @@ public:
     virtual void gelu(const Tensor& x) = 0;
     // x = max(x, 0)^2, in place (a plain ReLU-squared feed-forward: Arcee)   x [n, dim]
     virtual void relu_sq(const Tensor& x) = 0;
+    // Gemma 3n's activation sparsity (its first layers' gate): with m, sd the mean and the population
+    // standard deviation of row i, x[i, :] = max(x[i, :] - (m + sd * std_mult), 0), in place.
+    // std_mult is the normal distribution's quantile of the target sparsity.        x f32 [n, dim]
+    virtual void gaussian_topk(const Tensor& x, float std_mult) = 0;
+    // Gemma 3n's AltUp magnitude matching: out[i, :] = x[i, :] * sqrt(mean(target[i, :]^2)) /
+    // sqrt(max(mean(x[i, :]^2), 1e-5)). out may alias x; any of them strided column views.
+    //                                                                   all f32 [n, dim]
+    virtual void rms_match(const Tensor& out, const Tensor& x, const Tensor& target) = 0;
+    // Gemma 3n's AltUp mixing of streams: out[i, c] = base[i, c] + sum_k coefs[i, k] * xs[i, k * dim + c]
+    // for k < K (xs holds K streams side by side per row). out may alias base, not xs.
+    // out, base f32 [n, dim]; xs f32 [n, K * dim]; coefs f32 [n, K] (a column view of a wider row)
+    virtual void altup_mix(const Tensor& out, const Tensor& xs, const Tensor& coefs, const Tensor& base) = 0;
     // x *= s, in place (Gemma's embeddings times sqrt(dim))             x [n, dim]
     virtual void scale(const Tensor& x, float s) = 0;
     // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]

@@ -89,6 +89,9 @@ public:
     void relu_sq(const Tensor& x) override;
     void scale(const Tensor& x, float s) override;
     void softcap(const Tensor& x, float cap) override;
+    void gaussian_topk(const Tensor& x, float std_mult) override;  // cpu_altup.cpp
+    void rms_match(const Tensor& out, const Tensor& x, const Tensor& target) override;
+    void altup_mix(const Tensor& out, const Tensor& xs, const Tensor& coefs, const Tensor& base) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
     // Mixture of experts (cpu_moe.cpp).

@@ -1159,4 +1159,53 @@ void MetalBackend::mul_sigmoid(const Tensor& x, const Tensor& gate) {
            {threads, 1, 1});
 }
 
+
+// --- Gemma 3n (altup.metal) ---
+
+void MetalBackend::gaussian_topk(const Tensor& x, float std_mult) {
+    need(x.cols > 0 && std::isfinite(std_mult), "gaussian_topk", "empty rows or a non-finite std_mult");
+    need_f32_rows(x, "gaussian_topk", "x", x.rows, x.cols);
+    altup_row_args a{};
+    a.x_stride = x.stride;
+    a.dim = (int32_t)x.cols;
+    a.std_mult = std_mult;
+    const uint32_t threads = std::min<uint32_t>(thread_cap("gaussian_topk_f32"), round_up_simd(x.cols));
+    encode("gaussian_topk_f32", &a, sizeof a, {writes(x)}, {(uint32_t)x.rows, 1, 1}, {threads, 1, 1},
+           FG_SIMD_WIDTH * sizeof(float));
+}
+
+void MetalBackend::rms_match(const Tensor& out, const Tensor& x, const Tensor& target) {
+    need(x.cols > 0, "rms_match", "empty rows");
+    need_f32_rows(x, "rms_match", "x", x.rows, x.cols);
+    need_f32_rows(target, "rms_match", "target", x.rows, x.cols);
+    need_f32_rows(out, "rms_match", "out", x.rows, x.cols);
+    altup_row_args a{};
+    a.x_stride = x.stride;
+    a.target_stride = target.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)x.cols;
+    const uint32_t threads = std::min<uint32_t>(thread_cap("rms_match_f32"), round_up_simd(x.cols));
+    encode("rms_match_f32", &a, sizeof a, {reads(x), reads(target), writes(out)}, {(uint32_t)x.rows, 1, 1},
+           {threads, 1, 1}, FG_SIMD_WIDTH * sizeof(float));
+}
+
+void MetalBackend::altup_mix(const Tensor& out, const Tensor& xs, const Tensor& coefs, const Tensor& base) {
+    const int64_t n = out.rows, dim = out.cols, k = coefs.cols;
+    need(k > 0 && dim > 0, "altup_mix", "no streams or empty rows");
+    need_f32_rows(out, "altup_mix", "out", n, dim);
+    need_f32_rows(base, "altup_mix", "base", n, dim);
+    need_f32_rows(coefs, "altup_mix", "coefs", n, k);
+    need_f32_rows(xs, "altup_mix", "xs", n, k * dim);
+    altup_mix_args a{};
+    a.xs_stride = xs.stride;
+    a.coefs_stride = coefs.stride;
+    a.base_stride = base.stride;
+    a.out_stride = out.stride;
+    a.dim = (int32_t)dim;
+    a.k = (int32_t)k;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(dim));
+    encode("altup_mix_f32", &a, sizeof a, {reads(xs), reads(coefs), reads(base), writes(out)},
+           {ceil_div(dim, threads), (uint32_t)n, 1}, {threads, 1, 1});
+}
+
 }  // namespace forgert::metal
