@@ -22,7 +22,8 @@ SOURCES = [ROOT / "tests" / "metal" / "encoder_test.cpp", METAL / "metal_backend
            METAL / "device_emulated_unavailable.cpp", SRC / "core" / "dtype.cpp", SRC / "model" / "llama_model.cpp",
            SRC / "model" / "decode_pipeline.cpp", SRC / "model" / "row_scores.cpp",
            SRC / "model" / "weights.cpp", SRC / "model" / "tensor_layout.cpp", SRC / "core" / "backend.cpp",
-           SRC / "model" / "per_layer_embeddings.cpp", SRC / "model" / "gemma4_moe.cpp"]
+           SRC / "model" / "per_layer_embeddings.cpp", SRC / "model" / "gemma4_moe.cpp",
+           SRC / "model" / "altup.cpp"]
 
 
 def host_compiler():

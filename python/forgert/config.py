@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import deltanet, gemma, gemma4, lfm2, mamba2, nemotron_h
+from . import deltanet, gemma, gemma3n, gemma4, lfm2, mamba2, nemotron_h
 from .errors import ModelFormatError
 from .rope import longrope_attn_factor, rope_freqs, yarn_mscale
 
@@ -14,7 +14,7 @@ SUPPORTED_ARCHS = ("llama", "mistral3", "granite", "qwen2", "qwen3", "smollm3", 
                    "glm4", "ernie4_5", "seed_oss", "command-r", "cohere2", "granitemoe", "exaone", "starcoder2", "olmoe",
                    "arcee", "nemotron",
                    "qwen3moe", "qwen2moe", "glm4moe", "ernie4_5-moe", "deepseek2", "minimax-m2",
-                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS + (gemma4.GGUF_ARCH,)
+                   "qwen2vl", "qwen3vl", "qwen3vlmoe", "gpt-oss") + lfm2.GGUF_ARCHS + deltanet.GGUF_ARCHS + gemma.GEMMA_ARCHS + mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS + (gemma4.GGUF_ARCH, gemma3n.GGUF_ARCH)
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3",
                   "phi3": "phi3", "mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
                   "gpt_oss": "gpt-oss", "ministral3": "mistral3", "granite": "granite", "olmo2": "olmo2",
@@ -26,7 +26,7 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
                   "glm4_moe_lite": "deepseek2", "mistral4": "deepseek2", "minimax_m2": "minimax-m2",
                   "lfm2": lfm2.GGUF_ARCH, "lfm2_moe": lfm2.GGUF_MOE_ARCH, **deltanet.HF_TEXT_TYPES, **gemma.HF_GEMMA_MODEL_TYPES,
                   **mamba2.HF_MODEL_TYPES, **nemotron_h.HF_MODEL_TYPES,
-                  gemma4.HF_TEXT_TYPE: gemma4.GGUF_ARCH}
+                  gemma4.HF_TEXT_TYPE: gemma4.GGUF_ARCH, gemma3n.HF_TEXT_TYPE: gemma3n.GGUF_ARCH}
 # The core's forward pass for each architecture: SmolLM3 is Llama with NoPE layers (layer_rope);
 # Phi-3 is Llama once its fused qkv / gate_up tensors are split into row ranges (fused_tensors.py).
 # Mistral 3 (Ministral 3, Devstral Small 2) is Llama with YaRN and a query temperature past its
@@ -63,10 +63,11 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # Qwen3-Next (qwen3next) the same with fused recurrent projections (qwen3next.py).
 # LFM2 (lfm2) is Llama with a per-head QK-norm whose other layers are short convolutions (lfm2.py).
 # Gemma 4 (gemma4) is Gemma 3 with per-layer attention shapes, V from K and V-norm (gemma4.py).
+# Gemma 3n (gemma3n) is Gemma 4 E2B / E4B's layers with AltUp streams, LAuReL and sparse gates (gemma3n.py).
 # Granite 4.0-H (granitehybrid) is Granite MoE whose other layers are Mamba2 mixers (mamba2.py).
 # Nemotron-H (nemotron_h) is Arcee's ReLU-squared MLP after Mamba2 or NoPE attention blocks, some
 # layers without an MLP (nemotron_h.py).
-_CORE_ARCH = {"gemma4": "gemma3", "granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+_CORE_ARCH = {"gemma4": "gemma3", "gemma3n": "gemma3", "granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -92,9 +93,9 @@ _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq"
 # whose output attention and the MLP both read, their outputs added to the residual together
 # (Cohere). And its QK-norm (absent: none): over each head of Q and K ("head") or over the whole
 # Q and K projections ("whole").
-_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "gemma4": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
+_NORMS = {"gemma2": "sandwich", "gemma3": "sandwich", "gemma4": "sandwich", "gemma3n": "sandwich", "glm4": "sandwich", "olmo2": "post", "exaone4": "post",
           "command-r": "parallel", "cohere2": "parallel"}
-_QK_NORM = {"gemma4": "head", "lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3next": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
+_QK_NORM = {"gemma4": "head", "gemma3n": "head", "lfm2": "head", "lfm2moe": "head", "qwen3": "head", "qwen35": "head", "qwen35moe": "head", "qwen3next": "head", "qwen3moe": "head", "qwen3vl": "head", "qwen3vlmoe": "head", "gemma3": "head",
             "exaone4": "head", "olmo2": "whole", "olmoe": "whole", "minimax-m2": "whole"}
 # SmolLM3 leaves RoPE out of every fourth layer: transformers' default no_rope_layer_interval, and
 # the step llama.cpp fixes for GGUF arch smollm3 (which has no key for it).
@@ -238,6 +239,12 @@ class ModelConfig:
     layer_kv_source: list[int] | None = None
     layer_ffn_dim: list[int] | None = None
     moe_beside_dense: bool = False   # Gemma 4 26B-A4B: a dense MLP beside the experts (gemma4.py)
+    # Gemma 3n (gemma3n.py): AltUp's stream count (0: none), LAuReL's rank, whether the corrected
+    # active stream is scaled, each layer's gate cut (the normal quantile of its sparsity; None: none).
+    altup_n: int = 0
+    laurel_rank: int = 0
+    altup_correct_scale: bool = False
+    layer_sparsity: list[float] | None = None
 
     def has_layer_kind(self, kind: str) -> bool:
         return self.layer_kinds is not None and kind in self.layer_kinds
@@ -470,7 +477,7 @@ class ModelConfig:
             d.update(swiglu_limit=float(self.swiglu_limit), swiglu_alpha=float(self.swiglu_alpha))
         if self.embed_scale != 1.0 or self.attn_scale:   # Gemma, Granite
             d.update(embed_scale=float(self.embed_scale), attn_scale=float(self.attn_scale or 0.0))
-        if self.arch in gemma.GEMMA_ARCHS + (gemma4.GGUF_ARCH,):
+        if self.arch in gemma.GEMMA_ARCHS + (gemma4.GGUF_ARCH, gemma3n.GGUF_ARCH):
             d.update(ffn_act=self.ffn_act, attn_softcap=float(self.attn_softcap), final_softcap=float(self.final_softcap))
         for key in ("layer_head_dim", "layer_n_kv_heads", "layer_v_is_k", "layer_kv_source", "layer_ffn_dim"):
             if getattr(self, key) is not None:
@@ -481,6 +488,11 @@ class ModelConfig:
             d["layer_out_scale"] = [float(v) for v in self.layer_out_scale]
         if self.ple_dim:
             d.update(ple_dim=int(self.ple_dim), ple_embed_scale=float(self.ple_embed_scale))
+        if self.altup_n:
+            d.update(altup_n=int(self.altup_n), laurel_rank=int(self.laurel_rank),
+                     altup_correct_scale=bool(self.altup_correct_scale))
+            if self.layer_sparsity is not None:
+                d["layer_sparsity"] = [float(v) for v in self.layer_sparsity]
         return d
 
 
@@ -606,6 +618,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
     if arch == gemma4.GGUF_ARCH:   # per-layer attention shapes: its own reader
         return gemma4.config_from_gguf(meta, vocab, source, census, rope_factors)
+    if arch == gemma3n.GGUF_ARCH:   # AltUp, LAuReL: its own reader
+        return gemma3n.config_from_gguf(meta, vocab, source, census)
     p = arch + "."
     blocks_meta = meta
     if arch in nemotron_h.GGUF_ARCHS:   # per-block arrays as the scalars read below (its blocks: apply_gguf)
@@ -1403,6 +1417,8 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         _fail(source, f"unsupported model_type '{model_type}' (forgert runs: {', '.join(HF_MODEL_TYPES)})")
     if model_type == gemma4.HF_TEXT_TYPE:   # per-layer attention shapes: its own reader
         return gemma4.config_from_hf(hf, source, census)
+    if model_type == gemma3n.HF_TEXT_TYPE:   # AltUp, LAuReL: its own reader
+        return gemma3n.config_from_hf(hf, source, census)
     if model_type in ("lfm2", "lfm2_moe"):   # LFM2's own key names, and its MLP's width as transformers computes it
         hf = {**hf, "tie_word_embeddings": hf.get("tie_embedding", hf.get("tie_word_embeddings", True))}
         if model_type == "lfm2":

@@ -367,6 +367,10 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
         raise ModelFormatError(f"{loaded.name}: Gemma 4 HF directories cannot be quantized yet (llama.cpp's per-layer "
                                f"head widths, rope_freqs and layer scalars are not written); quantize a GGUF of it, "
                                f"or run the directory itself")
+    if loaded.config.arch == "gemma3n" and loaded.format != "gguf":
+        raise ModelFormatError(f"{loaded.name}: Gemma 3n HF directories cannot be quantized yet (llama.cpp's altup.* "
+                               f"keys, stacked altup_proj / altup_unembd_proj and activation sparsity are not "
+                               f"written); quantize a GGUF of it, or run the directory itself")
     if loaded.config.arch in ("lfm2", "lfm2moe") and loaded.format != "gguf":
         raise ModelFormatError(f"{loaded.name}: LFM2 HF directories cannot be quantized yet (llama.cpp's per-layer "
                                f"head_count_kv and its final-norm name are not written); quantize a GGUF of it, or "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import gemma4, lfm2, mamba2, nemotron_h, qwen3next
+from . import gemma3n, gemma4, lfm2, mamba2, nemotron_h, qwen3next
 from .deltanet import recurrent_tensors
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
@@ -150,6 +150,9 @@ def load_gguf(path) -> LoadedModel:
     if cfg.arch in lfm2.GGUF_ARCHS:   # its final norm under llama.cpp's name for it
         weights = {lfm2.GGUF_GLOBAL_RENAMES.get(n, n): w for n, w in weights.items()}
     stored = weights   # as the file holds them (what `forgert quantize` copies): the core's view below
+    if cfg.arch == gemma3n.GGUF_ARCH:   # its stacked AltUp projections split zero-copy, LAuReL's rank
+        weights = gemma3n.gguf_stream_views(weights)
+        gemma3n.set_gguf_shapes(cfg, weights, g.name)
     if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS:   # per-head A and D stored as columns
         weights = mamba2.gguf_tensors(weights)
     if cfg.arch in nemotron_h.GGUF_ARCHS:   # its blocks' tensors as the core's layers'
@@ -160,7 +163,7 @@ def load_gguf(path) -> LoadedModel:
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
     template = g.metadata.get("tokenizer.chat_template")
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
-    if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS:
+    if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS + (gemma3n.GGUF_ARCH,):
         weights = stored
     return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok,
                        template if isinstance(template, str) else None, g.metadata, g, files)
@@ -186,7 +189,7 @@ def load_hf_dir(path) -> LoadedModel:
     d = HFModelDir(path)
     cfg = config_from_hf(d.config, f"{d.name}/config.json", TensorCensus.of(w.shape for w in d.tensors.values()))
     config_tensors = gemma4.read_layer_tensors(cfg, d.tensors, d.name) if cfg.arch == gemma4.GGUF_ARCH else ()
-    if cfg.arch in GEMMA_ARCHS + (gemma4.GGUF_ARCH,) and "token_embd.weight" in d.tensors:
+    if cfg.arch in GEMMA_ARCHS + (gemma4.GGUF_ARCH, gemma3n.GGUF_ARCH) and "token_embd.weight" in d.tensors:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
     if cfg.ple_dim and "per_layer_token_embd.weight" in d.tensors:   # Gemma 4: sqrt(ple_dim) likewise rounded
         cfg.ple_embed_scale = embedding_scale(cfg.ple_dim, d.tensors["per_layer_token_embd.weight"].type_id)

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from . import deltanet, gemma4, lfm2, mamba2, nemotron_h, qwen3next
+from . import deltanet, gemma3n, gemma4, lfm2, mamba2, nemotron_h, qwen3next
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32
 from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
@@ -148,6 +148,7 @@ _LAYER_NAMES_BY_MODEL_TYPE = {"granitemoehybrid": _GRANITE_HYBRID_LAYER_NAMES, "
                               "ernie4_5_moe": _ERNIE4_5_MOE_LAYER_NAMES, "starcoder2": _STARCODER2_LAYER_NAMES,
                               "nemotron": _NEMOTRON_LAYER_NAMES, "gemma2": _GEMMA_LAYER_NAMES, "gemma3_text": _GEMMA_LAYER_NAMES,
                               gemma4.HF_TEXT_TYPE: {**_GEMMA_LAYER_NAMES, **gemma4.HF_LAYER_NAMES},
+                              gemma3n.HF_TEXT_TYPE: {**_GEMMA_LAYER_NAMES, **gemma3n.HF_LAYER_NAMES},
                               "gpt_oss": _GPT_OSS_LAYER_NAMES, "olmo2": _POST_NORM_LAYER_NAMES,
                               "olmo3": _POST_NORM_LAYER_NAMES, "exaone4": _POST_NORM_LAYER_NAMES}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -186,6 +187,8 @@ def canonical_name(hf_name: str, model_type: str | None = None):
         return nemotron_h.hf_name(hf_name)
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
+    if model_type == gemma3n.HF_TEXT_TYPE and gemma3n.hf_stream_name(hf_name):   # one AltUp stream's projection
+        return gemma3n.hf_stream_name(hf_name)
     layer_names = _LAYER_NAMES_BY_MODEL_TYPE.get(model_type, _LAYER_NAMES)
     m = _LAYER_RE.match(hf_name)
     if m and m.group(2) in layer_names:

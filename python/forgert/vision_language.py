@@ -14,7 +14,7 @@ from __future__ import annotations
 from .errors import ModelFormatError
 
 # vision-language model_type -> the model_type its language model runs as (None: text_config's own)
-LANGUAGE_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "mistral3": None, "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2",
+LANGUAGE_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "gemma3n": "gemma3n_text", "mistral3": None, "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2",
                         "qwen3_vl": "qwen3", "qwen3_5": None, "qwen3_5_moe": None, "llava": None, "llava_next": None, "smolvlm": None, "idefics3": None}
 # text_config model types renamed to the text-only architectures they are
 _TEXT_TYPES = {"qwen2_vl_text": "qwen2", "qwen2_5_vl_text": "qwen2", "qwen3_vl_text": "qwen3"}

@@ -109,6 +109,13 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("v_norm")) c.v_norm = get<bool>(d, "v_norm");
     if (d.contains("layer_kv_source")) c.layer_kv_source = get_int_list(d, "layer_kv_source");
     if (d.contains("layer_ffn_dim")) c.layer_ffn_dim = get_int_list(d, "layer_ffn_dim");
+    if (d.contains("altup_n")) {  // Gemma 3n
+        c.altup_n = get<int>(d, "altup_n");
+        c.laurel_rank = get<int>(d, "laurel_rank");
+        c.altup_correct_scale = get<bool>(d, "altup_correct_scale");
+        if (d.contains("layer_sparsity"))
+            for (py::handle f : d["layer_sparsity"].cast<py::list>()) c.layer_sparsity.push_back(f.cast<float>());
+    }
     if (d.contains("ple_dim")) {
         c.ple_dim = get<int>(d, "ple_dim");
         c.ple_embed_scale = get<float>(d, "ple_embed_scale");

@@ -165,6 +165,17 @@ struct ModelConfig {
     // its inputs)) * post_norm to x after its feed-forward.
     int ple_dim = 0;
     float ple_embed_scale = 1.0f;
+    // Gemma 3n (altup.cpp): altup_n > 0 keeps the residual stream as altup_n parallel streams
+    // (AltUp; stream 0 the active one, which the layer runs on), each layer predicting, running and
+    // correcting them; laurel_rank > 0 adds LAuReL's low-rank residual beside attention;
+    // layer_sparsity[l] > 0 cuts layer l's gate at mean + std * layer_sparsity[l] (gaussian top-k);
+    // altup_correct_scale: the corrected active stream times altup_correct_scale.weight before it
+    // gates the per-layer inputs (which go to the other streams).
+    int altup_n = 0;
+    int laurel_rank = 0;
+    bool altup_correct_scale = false;
+    std::vector<float> layer_sparsity;
+    float sparsity_of(int layer) const { return layer_sparsity.empty() ? 0.0f : layer_sparsity[layer]; }
     // Per-layer feed-forward widths (Gemma 4's use_double_wide_mlp: the KV-sharing layers' MLPs twice
     // as wide); empty: ffn_dim everywhere.
     std::vector<int> layer_ffn_dim;

@@ -95,6 +95,19 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         ple_proj_ = tensor(DType::F32, B, all);
         ple_gate_ = tensor(DType::F32, B, cfg_.ple_dim);
     }
+    if (cfg_.altup_n > 0) {  // Gemma 3n's AltUp streams and LAuReL (altup.cpp)
+        const int64_t N = cfg_.altup_n;
+        streams_ = tensor(DType::F32, B, N * cfg_.dim);
+        pred_ = tensor(DType::F32, B, N * cfg_.dim);
+        altup_mod_ = tensor(DType::F32, B, N);
+        altup_coef_ = tensor(DType::F32, B, N * N);
+        altup_tmp_ = tensor(DType::F32, B, cfg_.dim);
+        altup_ones_ = tensor(DType::F32, 1, N);
+        const std::vector<float> ones(N, 1.0f);
+        be_->write(altup_ones_, ones.data(), ones.size() * sizeof(float));
+        laurel_low_ = tensor(DType::F32, B, cfg_.laurel_rank);
+        laurel_out_ = tensor(DType::F32, B, cfg_.dim);
+    }
     // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
     // leading dense layers'.
     const int dense_ffn = !cfg_.is_moe() || cfg_.moe_beside_dense ? cfg_.max_ffn_dim()
@@ -277,7 +290,8 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
 
     be.get_rows(x, w_.token_embd, ids);
     if (cfg_.embed_scale != 1.0f) be.scale(x, cfg_.embed_scale);  // Gemma: embeddings times sqrt(dim)
-    if (cfg_.ple_dim > 0) per_layer_inputs(ids, x, n);  // Gemma 4 E2B / E4B
+    if (cfg_.ple_dim > 0) per_layer_inputs(ids, x, n);  // Gemma 4 E2B / E4B, Gemma 3n
+    if (cfg_.altup_n > 0) altup_streams_in(x, n);       // Gemma 3n
     if (profiling_) { be.wait(); profile_.embed += now_s() - t0; }
     const double t1 = profiling_ ? now_s() : 0;
 
@@ -312,8 +326,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         rp.n_kv_heads = ap.n_kv_heads = n_kv;
         rp.head_dim = ap.head_dim = hd;
         ap.scale = cfg_.attention_scale(l);
+        if (cfg_.altup_n > 0) altup_predict(L, x, n);  // Gemma 3n: x = the active stream's prediction
         // attention block; without pre-norms (OLMo 2, EXAONE 4) the projections read x itself
         if (cfg_.pre_norms) norm(xn, x, L.attn_norm, L.attn_norm_b);
+        const Tensor laurel_out = cfg_.laurel_rank > 0 ? laurel(L, xn, n) : Tensor{};  // Gemma 3n, beside attention
         const Tensor& attn_in = cfg_.pre_norms ? xn : x;
         if (cfg_.is_delta_net(l)) {  // a Gated DeltaNet layer in place of attention
             add_projection(L.ssm_out, delta_net(L, l, attn_in, n, runs), L.attn_post_norm);
@@ -397,6 +413,10 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             }
             if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         }
+        if (laurel_out.rows) {  // Gemma 3n: x = (x + laurel) / sqrt(2)
+            be.add(x, x, laurel_out);
+            be.scale(x, 1.0f / std::sqrt(2.0f));
+        }
         if (!cfg_.has_ffn(l)) {  // a mixer alone (Nemotron-H: the next layer is another mixer)
             if (l == 1 && commit_early) be.commit();
             continue;
@@ -417,16 +437,25 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
                 be.relu_sq(gate);
             else
                 be.gelu(gate);
+        } else if (cfg_.sparsity_of(l) > 0.0f) {  // Gemma 3n: the gate cut at mean + std * sparsity first
+            const Tensor outs[2] = {gate, up}, ws[2] = {L.w_gate, L.w_up};
+            be.matmul_many(outs, ws, 2, ffn_in, rc);
+            be.gaussian_topk(gate, cfg_.sparsity_of(l));
+            be.gelu_mul(gate, gate, up);
         } else if (cfg_.ffn_gelu)
             be.matmul_geglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);   // gate = gelu_tanh(w_gate xn) * (w_up xn)
         else
             be.matmul_swiglu(gate, L.w_gate, L.w_up, ffn_in, up, rc);  // gate = silu(w_gate xn) * (w_up xn)
         if (!moe) add_projection(L.w_down, gate, L.ffn_post_norm);  // x += w_down gate
         if (L.b_down.rows) be.add_bias(x, L.b_down);  // (+ b_down, once per row)
-        if (cfg_.ple_dim > 0) add_per_layer_input(L, l, x, n);  // Gemma 4 E2B / E4B, after the feed-forward
+        if (cfg_.altup_n > 0)  // Gemma 3n: the streams corrected, the per-layer input into the others
+            altup_correct(L, l, x, n);
+        else if (cfg_.ple_dim > 0)  // Gemma 4 E2B / E4B: x += rms_norm(the per-layer input) * post_norm
+            be.add_rms_norm(x, per_layer_input(L, l, x, n), L.ple_post_norm, cfg_.rms_eps);
         if (cfg_.out_scale_of(l) != 1.0f) be.scale(x, cfg_.out_scale_of(l));  // Gemma 4's layer_scalar
         if (l == 1 && commit_early) be.commit();  // a GPU starts on the first layers while the rest is encoded
     }
+    if (cfg_.altup_n > 0) altup_streams_out(x, n);  // Gemma 3n: the streams back into one
     if (cfg_.has_recurrent())  // every state now holds its entries' tokens
         for (int e = 0; e < n_entries; e++)
             state_pos_[entries[e].slot] = std::max(state_pos_[entries[e].slot], entries[e].pos + entries[e].n);

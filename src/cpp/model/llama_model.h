@@ -196,8 +196,22 @@ private:
     // layer's inputs of the pass's tokens into ple_, from their ids and scaled embeddings x.
     //                                                 ids i32 [n, 1]; x [n, dim]; ple_ [n, n_layers * ple_dim]
     void per_layer_inputs(const Tensor& ids, const Tensor& x, int n);
-    // x += rms_norm(proj(gelu(inp_gate x) * layer l's inputs)) * post_norm.          x [n, dim]
-    void add_per_layer_input(const LayerWeights& L, int layer, const Tensor& x, int n);
+    // proj(gelu(inp_gate in) * layer l's inputs), un-normed, in proj_: Gemma 4 adds its post-norm to
+    // x, Gemma 3n to its other AltUp streams.                          in [n, dim]; returns [n, dim]
+    Tensor per_layer_input(const LayerWeights& L, int layer, const Tensor& in, int n);
+    // Gemma 3n's AltUp and LAuReL (cfg.altup_n > 0; altup.cpp). altup_streams_in: the streams from the
+    // scaled embeddings x (stream 0 = x, stream j = proj_j x at x's RMS). altup_predict: each layer's
+    // predictions of the streams, the active one copied into x for the layer. laurel: its low-rank
+    // residual of the attention input xn (xn + post_norm(r l xn)), in laurel_out_. altup_correct: the
+    // streams corrected by the layer's output x, the per-layer input added to streams 1... And
+    // altup_streams_out: x = the mean of stream 0 and the unembedded others at stream 0's RMS.
+    void altup_streams_in(const Tensor& x, int n);
+    void altup_predict(const LayerWeights& L, const Tensor& x, int n);
+    Tensor laurel(const LayerWeights& L, const Tensor& xn, int n);
+    void altup_correct(const LayerWeights& L, int layer, const Tensor& x, int n);
+    void altup_streams_out(const Tensor& x, int n);
+    // tanh(router(rms_norm(s) / dim)): the router's modalities of one stream, in altup_mod_.  s [n, dim]
+    Tensor altup_modalities(const LayerWeights& L, const Tensor& s, int n);
     // A Gated DeltaNet layer's mixer (cfg.is_delta_net(l)) of xn: the projections, the convolution
     // and the delta rule (carrying slot states through `runs`, RecurrentState), the output's
     // per-head norm times silu(z). Returns its output, ready for ssm_out.  xn [n, dim]; out [n, ssm_value_width]
@@ -271,6 +285,10 @@ private:
     // Per-layer embeddings: every layer's inputs [B, n_layers * ple_dim], the model projection's
     // [B, n_layers * ple_dim], one layer's gate [B, ple_dim].
     Tensor ple_, ple_proj_, ple_gate_;
+    // Gemma 3n (altup_n = N streams): the streams and their predictions [B, N * dim] (stream j in
+    // columns j * dim..), the router's modalities [B, N], the coefficients [B, N * N], a stream's
+    // contiguous copy [B, dim], ones [1, N] (the correction's + 1); LAuReL's low rank [B, rank], output [B, dim].
+    Tensor streams_, pred_, altup_mod_, altup_coef_, altup_tmp_, altup_ones_, laurel_low_, laurel_out_;
     std::vector<int32_t> runs_host_;
     // Per recurrent layer (empty tensors for attention layers): the convolution's last inputs
     // f32 [n_slots, (K - 1) * C] and the delta rule's (or Mamba2's) state f32 [n_slots, ssm_v_heads *

@@ -1,6 +1,7 @@
 // Gemma 4's per-layer embeddings (E2B / E4B): a second, wide embedding gives every token a small
 // input per layer, mixed with a projection of its ordinary embedding, which each layer gates into
-// its residual stream after the feed-forward (ModelConfig::ple_dim).
+// its residual stream after the feed-forward (ModelConfig::ple_dim); Gemma 3n's into its AltUp
+// streams other than the active one (altup.cpp).
 #include <cmath>
 
 #include "llama_model.h"
@@ -19,15 +20,15 @@ void LlamaModel::per_layer_inputs(const Tensor& ids, const Tensor& x, int n) {
     be.scale(ple, 1.0f / std::sqrt(2.0f));
 }
 
-void LlamaModel::add_per_layer_input(const LayerWeights& L, int layer, const Tensor& x, int n) {
+Tensor LlamaModel::per_layer_input(const LayerWeights& L, int layer, const Tensor& in, int n) {
     Backend& be = *be_;
     const int64_t p = cfg_.ple_dim;
     const Tensor gate = ple_gate_.slice_rows(0, n), proj = proj_.slice_rows(0, n);
-    be.matmul(gate, L.ple_inp_gate, x, rows_);  // [n, ple_dim]
-    be.gelu(gate);                               // tanh GELU (the model's hidden_activation)
+    be.matmul(gate, L.ple_inp_gate, in, rows_);  // [n, ple_dim]
+    be.gelu(gate);                                // tanh GELU (the model's hidden_activation)
     be.mul(gate, gate, ple_.slice_rows(0, n).slice_cols(layer * p, p));  // times this layer's inputs
-    be.matmul(proj, L.ple_proj, gate, rows_);    // [n, dim]
-    be.add_rms_norm(x, proj, L.ple_post_norm, cfg_.rms_eps);  // x += rms_norm(proj) * post_norm
+    be.matmul(proj, L.ple_proj, gate, rows_);     // [n, dim]
+    return proj;
 }
 
 }  // namespace forgert

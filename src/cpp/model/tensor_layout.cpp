@@ -25,12 +25,27 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         out.push_back({"per_layer_model_proj.weight", all, dim, true, false});
         out.push_back({"per_layer_proj_norm.weight", 1, cfg.ple_dim, true, true});
     }
+    for (int i = 0; i + 1 < cfg.altup_n; i++) {  // Gemma 3n's AltUp streams: in from the embeddings, out
+        out.push_back({"altup_proj." + std::to_string(i) + ".weight", dim, dim, true, false});
+        out.push_back({"altup_unembd_proj." + std::to_string(i) + ".weight", dim, dim, true, false});
+    }
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         // this layer's attention shapes (Gemma 4's global layers differ from its local ones)
         const int64_t q = cfg.q_dim_of(l), kv = cfg.kv_dim_of(l), hd = cfg.head_dim_of(l), ffn = cfg.ffn_dim_of(l);
         const int64_t q_norm_width = cfg.qk_norm == QkNorm::Whole ? q : hd,
                       k_norm_width = cfg.qk_norm == QkNorm::Whole ? kv : hd;
+        if (cfg.altup_n > 0) {  // Gemma 3n: AltUp's router and coefficients, LAuReL
+            const int64_t N = cfg.altup_n;
+            out.push_back({p + "altup_router.weight", N, dim, true, false});
+            out.push_back({p + "altup_router_norm.weight", 1, dim, true, true});
+            out.push_back({p + "altup_predict_coef.weight", N * N, N, true, false});
+            out.push_back({p + "altup_correct_coef.weight", N, N, true, false});
+            out.push_back({p + "altup_correct_scale.weight", 1, dim, cfg.altup_correct_scale, true});
+            out.push_back({p + "laurel_l.weight", cfg.laurel_rank, dim, true, false});
+            out.push_back({p + "laurel_r.weight", dim, cfg.laurel_rank, true, false});
+            out.push_back({p + "laurel_post_norm.weight", 1, dim, true, true});
+        }
         if (pre_norms) out.push_back({p + "attn_norm.weight", 1, dim, true, true});
         if (cfg.norm_bias) out.push_back({p + "attn_norm.bias", 1, dim, true, true});
         if (cfg.is_short_conv(l)) {  // a short convolution in place of attention (LFM2)

@@ -144,6 +144,16 @@ void ModelConfig::validate() const {
          "layer_ffn_dim must list one width per layer, for a dense model");
     for (int f : layer_ffn_dim) in_range("layer_ffn_dim", f, 1, kMaxFfnDim);
     in_range("ple_dim", ple_dim, 0, kMaxDim);
+    in_range("altup_n", altup_n, 0, 16);
+    in_range("laurel_rank", laurel_rank, 0, kMaxDim);
+    need(altup_n != 1, "altup_n must be 0 (no AltUp) or at least 2 streams");
+    need(altup_n == 0 || (ple_dim > 0 && laurel_rank > 0 && post_norms && qk_norm == QkNorm::PerHead &&
+                          !is_moe() && !is_mla() && !has_recurrent()),
+         "AltUp (Gemma 3n) needs per-layer embeddings, LAuReL, sandwich norms and a per-head QK-norm, "
+         "without experts, latent attention or recurrent layers");
+    need(layer_sparsity.empty() || ((int64_t)layer_sparsity.size() == n_layers && altup_n > 0),
+         "layer_sparsity must list one value per layer, for a Gemma 3n (AltUp) model");
+    for (float s : layer_sparsity) need(std::isfinite(s) && s >= 0.0f, "layer_sparsity values must be finite and >= 0");
     need(std::isfinite(ple_embed_scale), "ple_embed_scale must be finite");
     need(ple_dim == 0 || (!is_mla() && !has_recurrent() && !is_moe() && residual_scale == 1.0f),
          "per-layer embeddings with latent attention, recurrent layers, experts or residual_scale are not supported");
@@ -403,6 +413,10 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
     w.per_layer_token_embd = at("per_layer_token_embd.weight");
     w.per_layer_model_proj = at("per_layer_model_proj.weight");
     w.per_layer_proj_norm = at("per_layer_proj_norm.weight");
+    for (int i = 0; i + 1 < cfg.altup_n; i++) {
+        w.altup_proj.push_back(at("altup_proj." + std::to_string(i) + ".weight"));
+        w.altup_unembd_proj.push_back(at("altup_unembd_proj." + std::to_string(i) + ".weight"));
+    }
     for (int l = 0; l < cfg.n_layers; l++) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights L;
@@ -468,6 +482,14 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.ple_inp_gate = at(p + "inp_gate.weight");
         L.ple_proj = at(p + "proj.weight");
         L.ple_post_norm = at(p + "post_norm.weight");
+        L.altup_router = at(p + "altup_router.weight");
+        L.altup_router_norm = at(p + "altup_router_norm.weight");
+        L.altup_predict_coef = at(p + "altup_predict_coef.weight");
+        L.altup_correct_coef = at(p + "altup_correct_coef.weight");
+        L.altup_correct_scale = at(p + "altup_correct_scale.weight");
+        L.laurel_l = at(p + "laurel_l.weight");
+        L.laurel_r = at(p + "laurel_r.weight");
+        L.laurel_post_norm = at(p + "laurel_post_norm.weight");
         L.kv_a_norm = at(p + "attn_kv_a_norm.weight");
         L.wk_latent = at(p + "attn_k_from_latent.weight");
         L.wv_latent = at(p + "attn_v_from_latent.weight");

@@ -65,6 +65,11 @@ struct LayerWeights {
     Tensor bo;                 // f32 [dim]; rows == 0 when absent (all but Llama with attention_bias)
     // Per-layer embeddings (cfg.ple_dim > 0): gate [ple_dim, dim], projection [dim, ple_dim], its norm f32 [dim]
     Tensor ple_inp_gate, ple_proj, ple_post_norm;
+    // Gemma 3n (cfg.altup_n = N > 0; rows == 0 elsewhere): AltUp's router [N, dim] and its norm f32
+    // [dim], prediction coefficients [N * N, N], correction coefficients [N, N], the corrected
+    // stream's scale f32 [dim]; LAuReL's left [laurel_rank, dim], right [dim, laurel_rank], post-norm f32 [dim]
+    Tensor altup_router, altup_router_norm, altup_predict_coef, altup_correct_coef, altup_correct_scale;
+    Tensor laurel_l, laurel_r, laurel_post_norm;
     Tensor attn_post_norm;     // f32 [dim]: RMSNorm of the attention output before the residual add (Gemma, OLMo 2)
     Tensor ffn_norm;           // f32 [dim]; rows == 0 without pre-norms
     Tensor ffn_post_norm;      // f32 [dim]: RMSNorm of the feed-forward output before the add (Gemma)
@@ -98,6 +103,8 @@ struct ModelWeights {
     Tensor per_layer_token_embd;  // [vocab, n_layers * ple_dim], any weight type (rows gathered, as token_embd)
     Tensor per_layer_model_proj;  // [n_layers * ple_dim, dim]
     Tensor per_layer_proj_norm;   // f32 [ple_dim]
+    // Gemma 3n's AltUp (cfg.altup_n = N > 0): streams 1..N-1 from the embeddings, and back [dim, dim] each
+    std::vector<Tensor> altup_proj, altup_unembd_proj;
     std::vector<LayerWeights> layers;
     std::vector<std::unique_ptr<Buffer>> buffers;  // zero-copy views that the tensors point into
     std::vector<std::unique_ptr<Buffer>> prepared;  // the backend's copies of weights (Backend::prepare_weight)

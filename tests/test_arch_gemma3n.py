@@ -1,0 +1,133 @@
+"""Gemma 3n text (tests/gemma3n_factory.py: E2B's features on 5 layers: 4 AltUp streams, LAuReL,
+per-layer embeddings, KV sharing of the last two layers, sparse gates on the first two, per-layer MLP
+widths, a final soft cap; and a 2-stream model without sparsity or sharing) against transformers:
+logits on prefill and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's gemma3n layout, on the
+CPU and emulated Metal; 32 greedy tokens; the multimodal checkpoint's text model; what is not run
+refused by name.
+
+Measured here, worst over the two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
+  F32 (HF and GGUF), CPU: prefill 9.1e-5 / 4.9e-5, decode 5.3e-5 / 2.3e-5;
+  Metal: prefill 9.0e-5 / 4.4e-5, decode 5.3e-5 / 2.3e-5 (bounds 5e-4 / 2.5e-4)
+  Q8_0 (tests/test_arch_moe.py's bounds), CPU: prefill 2.8e-4 / 2.0e-4, decode 3.3e-4 / 1.8e-4
+  (bounds 3e-3 / 2e-3); Metal: prefill 9.8e-4 / 6.9e-4, decode 8.2e-5 / 5.8e-5
+  (bounds 5e-3 / 4e-3); argmax agreement 1.0 everywhere (bound 0.95)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import arch_e2e as ae
+import gemma3n_factory as gf
+import model_factory as mf
+from conftest import backend_params, require_backend
+from test_arch_moe import bounds as moe_bounds
+from test_e2e_tiny import compare_logits
+
+models = gf.models_fixture()
+# every format of the full model; the 2-stream model as HF F32 (its differences are config-side)
+CASES = [("gemma3n", fmt) for fmt in gf.FORMATS] + [("gemma3n-2", "hf-F32")]
+
+
+def bounds(fmt, decode, backend="cpu"):
+    if fmt.endswith("F32"):
+        return dict(max_rel=5e-4, rms_rel=2.5e-4, argmax=0.95)
+    return moe_bounds(fmt, decode, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("name,fmt", CASES)
+def test_prefill_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ae.check_factory_prefill(forgert, files, refs, fmt, backend, model.config.vocab_size, "gemma3n",
+                             bounds(fmt, False, backend), name)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("name,fmt", CASES)
+def test_decode_logits_match_transformers(forgert, models, metal_reason, name, fmt, backend):
+    require_backend(backend, metal_reason)
+    model, files, refs = models(name)
+    ae.check_factory_decode(forgert, files, refs, fmt, backend, model.config.vocab_size, bounds(fmt, True, backend),
+                            name)
+
+
+@pytest.mark.parametrize("fmt", ["hf-F32", "gguf-F32"])
+def test_greedy_32_tokens_equal_transformers(forgert, models, fmt):
+    model, files, refs = models("gemma3n")
+    ae.check_factory_greedy(forgert, files, refs, fmt, model.config.vocab_size)
+
+
+def test_features_visible(forgert, models):
+    """Each Gemma 3n setting changes the output (the reference without it disagrees: the test model
+    exercises it), and both formats read it."""
+    import torch
+    model, files, refs = models("gemma3n")
+    ids = ae.factory_ids(model.config.vocab_size, 32, 7)
+    ref = mf.reference_logits(refs["hf-F32"], ids)
+
+    def zero(attr):
+        return lambda m: [getattr(l, attr).zero_() for l in m.model.layers]
+
+    for what, change in (
+            ("LAuReL", lambda m: [l.laurel.linear_right.weight.zero_() for l in m.model.layers]),
+            ("AltUp predictions", lambda m: [l.altup.prediction_coefs.weight.zero_() for l in m.model.layers]),
+            ("AltUp corrections", lambda m: [l.altup.correction_coefs.weight.zero_() for l in m.model.layers]),
+            ("the corrected stream's scale", lambda m: [l.altup.correct_output_scale.fill_(1.0) for l in m.model.layers]),
+            ("sparsity", lambda m: [setattr(l.mlp, "activation_sparsity", 0.0) for l in m.model.layers])):
+        other = copy.deepcopy(refs["hf-F32"])
+        with torch.no_grad():
+            change(other)
+        assert np.abs(mf.reference_logits(other, ids) - ref).max() > 0.05, what
+    for fmt in ("hf-F32", "gguf-F32"):
+        from forgert.loader import load_model
+        c = load_model(str(files[fmt])).config
+        assert c.altup_n == 4 and c.laurel_rank == 32 and c.altup_correct_scale, fmt
+        assert c.layer_sparsity[:2] == [pytest.approx(0.2533471, abs=1e-6)] * 2 and c.layer_sparsity[2:] == [0.0] * 3, fmt
+        assert c.layer_kv_source == [0, 1, 2, 1, 2] and c.attn_scale == 1.0 and c.v_norm, fmt
+        assert c.layer_ffn_dim == [96, 96, 128, 96, 128] and c.final_softcap == 10.0, fmt
+        assert c.layer_window == [8, 8, 0, 8, 0] and c.norm_shift == 0.0, fmt
+
+
+def test_multimodal_checkpoint_runs_its_text_model(forgert, models, tmp_path):
+    """Gemma3nForConditionalGeneration's layout (config under text_config, the language model's
+    tensors under model.language_model., vision and audio towers beside them): its text model runs."""
+    from safetensors.numpy import load_file, save_file
+    model, files, _ = models("gemma3n-2")
+    d = tmp_path / "multimodal"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"],
+                                               "text_config": {**cfg, "model_type": "gemma3n_text"},
+                                               "vision_config": {"model_type": "gemma3n_vision"},
+                                               "audio_config": {"model_type": "gemma3n_audio"}}))
+    sd = load_file(str(d / "model.safetensors"))
+    out = {("model.language_model." + k[len("model."):]) if k.startswith("model.") else k: v for k, v in sd.items()}
+    out["model.vision_tower.timm_model.conv_stem.conv.weight"] = np.zeros((4, 3, 3, 3), np.float32)
+    out["model.audio_tower.subsample_conv_projection.conv_0.conv.weight"] = np.zeros((4, 1, 3, 3), np.float32)
+    out["model.embed_vision.embedding.weight"] = np.zeros((8, 4), np.float32)
+    save_file(out, str(d / "model.safetensors"))
+    ids = ae.factory_ids(model.config.vocab_size, 16, 8)
+    np.testing.assert_array_equal(forgert.Model(str(d), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["hf-F32"]), backend="cpu").logits(ids))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(altup_active_idx=1), "altup_active_idx 1 is not supported"),
+    (dict(vocab_size_per_layer_input=17), "vocab_size_per_layer_input 17"),
+    (dict(hidden_activation="silu"), "hidden_activation 'silu'"),
+])
+def test_unsupported_settings_refused(forgert, models, tmp_path, change, match):
+    from forgert.errors import ModelFormatError
+    _, files, _ = models("gemma3n-2")
+    d = tmp_path / "changed"
+    shutil.copytree(files["hf-F32"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ModelFormatError, match=match):
+        forgert.Model(str(d), backend="cpu")
