@@ -249,7 +249,8 @@ def formats_fixture(factory, root_name: str):
     """A module-scoped pytest fixture `models` over a factory module (routed_moe_factory,
     qwen35_factory: its MODELS name -> (GGUF arch, arguments), build, save_hf, write_gguf and
     quantized_reference; optionally extra_files(name, hf_dir, dir, model, tokenizer) -> {format:
-    (path, reference)}): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
+    (path, reference)} and cache_reference(name, model), the model with forgert's cache modelled
+    (default model_factory.with_f16_kv)): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
     gguf-Q8_0 and the extra ones), float32 references by format, the f16 KV cache modelled), each
     model built once."""
     import pytest
@@ -268,11 +269,13 @@ def formats_fixture(factory, root_name: str):
                 for t in ("F32", "Q8_0"):
                     files[f"gguf-{t}"] = factory.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, arch,
                                                             model.config, tiny_tokenizer)
-                refs = {"hf-F32": mf.with_f16_kv(model), "gguf-F32": mf.with_f16_kv(model),
-                        "gguf-Q8_0": mf.with_f16_kv(factory.quantized_reference(model, "Q8_0"))}
+                cached = getattr(factory, "cache_reference", None)
+                kv = (lambda m: cached(name, m)) if cached else mf.with_f16_kv
+                refs = {"hf-F32": kv(model), "gguf-F32": kv(model),
+                        "gguf-Q8_0": kv(factory.quantized_reference(model, "Q8_0"))}
                 extra = getattr(factory, "extra_files", None)   # further GGUF layouts of the same model
                 for fmt, (path, ref) in (extra(name, hf_dir, root / name, model, tiny_tokenizer) if extra else {}).items():
-                    files[fmt], refs[fmt] = path, mf.with_f16_kv(ref)
+                    files[fmt], refs[fmt] = path, kv(ref)
                 cache[name] = (model, files, refs)
             return cache[name]
 

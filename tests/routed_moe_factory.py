@@ -13,6 +13,7 @@ Nothing here imports forgert: this module is the reference side of the tests.
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import gguf
@@ -83,6 +84,23 @@ def build(name: str, vocab: int):
     arch, kwargs = MODELS[name]
     return {"glm4moe": build_glm4moe, "ernie4_5-moe": build_ernie4_5_moe, "deepseek2": build_deepseek,
             "minimax-m2": build_minimax_m2}[arch](vocab, **kwargs)
+
+
+def cache_reference(name: str, model):
+    """The model with forgert's KV cache modelled (moe_factory.formats_fixture): f16 K and V rows
+    (model_factory.with_f16_kv), or for latent attention (deepseek2) the f16 latent rows forgert
+    caches instead: transformers caches the same compressed pair (the normed latent, the roped
+    shared key) and expands it per head in expand_kv, so both are rounded to f16 there, and the
+    attention is Llama's eager one over the expansions (f32, not rounded again)."""
+    if MODELS[name][0] != "deepseek2":
+        return mf.with_f16_kv(model)
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+    def expand_f16(self, latent, key):
+        return type(self).expand_kv(self, latent.half().float(), key.half().float())
+
+    for layer in model.model.layers:   # a bound method: a deep copy of the model binds its own module
+        layer.self_attn.expand_kv = types.MethodType(expand_f16, layer.self_attn)
+    return mf.use_attention(model, "forgert_f32_kv", eager_attention_forward)
 
 
 def _randomise_biases(model, seed, bias_std):

@@ -1,5 +1,5 @@
 """DeepSeek V2 / V3, GLM-4.7-Flash and Mistral 4 (GGUF arch `deepseek2`, HF `deepseek_v2`,
-`deepseek_v3`, `glm4_moe_lite`, `mistral4`): multi-head latent attention (mla.py: K and V expanded from one latent row per token, Q
+`deepseek_v3`, `glm4_moe_lite`, `mistral4`): multi-head latent attention (mla.py: one latent row per token cached, K's and V's expansions absorbed into Q and the output, Q
 through its low rank on V3), YaRN with DeepSeek's softmax-scale factor (mscale_all_dim), and
 experts under V2's softmax router, V3's sigmoid one or Mistral 4's softmax one with groups;
 Mistral 4's Llama 4 query temperature and transformers 5's fused expert tensors it is saved with. What is DeepSeek's own here; the logits of
@@ -118,3 +118,58 @@ def test_quantize_from_hf_dir(forgert, models, tmp_path, name):
     assert r.fields["deepseek2.attention.kv_lora_rank"].contents() == 32
     assert r.fields["deepseek2.attention.key_length"].contents() == 48
     assert "blk.1.attn_kv_b.weight" in {t.name for t in r.tensors}
+
+
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "deepseek-v3", "glm4moe-lite", "mistral4"])
+def test_cache_holds_the_latent_row(forgert, models, name):
+    """Absorbed latent attention caches one f16 row of kv_lora + rope values per token and layer
+    (V read from it): the tiny models' 32 latent + 16 rope over 3 layers, hand-computed
+    (32 + 16) * 2 bytes * 3 = 288; the core's cache is that wide (a saved state's rows)."""
+    _, files, _ = models(name)
+    m = forgert.Model(str(files["gguf-F32"]), backend="cpu", n_ctx=16)
+    assert m.info()["kv_bytes_per_token"] == (32 + 16) * 2 * 3 == 288
+    m._engine.forward(ids_for(m.info()["vocab"], 4, 3), 0, False)
+    kv = np.asarray(m._engine.kv_save(4))   # [n_layers, K and V, n, width]: V's rows are K's
+    assert kv.shape == (3, 2, 4, 32 + 16)
+    np.testing.assert_array_equal(kv[:, 0], kv[:, 1])
+
+
+def test_cache_bytes_of_glm47_flash_shape():
+    """GLM-4.7-Flash's shape (47 layers, 20 heads of 192 + 64 for K and 256 for V, latent 512 +
+    rope 64): 576 * 2 * 47 = 54,144 bytes a token, hand-computed (README, docs/design.md), where
+    full heads took 2 * 20 * 256 * 2 * 47 = 962,560."""
+    from forgert.config import ModelConfig
+    cfg = ModelConfig(arch="deepseek2", n_layers=47, dim=2048, n_heads=20, n_kv_heads=20, head_dim=256, ffn_dim=10240,
+                      vocab=154880, context_length=202752, rms_eps=1e-5, rope_theta=1e6, rope_neox=False, rope_dim=64,
+                      mla_kv_lora=512, mla_q_lora=768, mla_v_head_dim=256)
+    assert cfg.kv_bytes_per_position() == 576 * 2 * 47 == 54144
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_saved_state_and_prompt_cache_continue_as_fresh(forgert, models, metal_reason, backend):
+    """The latent cache through save_state / load_state and the prompt cache: a sequence restored
+    (or found in the prompt cache after another ran) continues with the tokens a fresh model gives."""
+    from forgert.sampling import SamplingParams
+    require_backend(backend, metal_reason)
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    _, files, _ = models("glm4moe-lite")
+    path = str(files["gguf-F32"])
+    vocab = 320
+    a, b = [int(t) for t in ids_for(vocab, 30, 11)], [int(t) for t in ids_for(vocab, 25, 12)]
+    m = forgert.Model(path, backend=backend, n_ctx=128)
+    first = list(m.generate(a, greedy).tokens)
+    state = m.save_state()
+    m.generate(b, greedy)
+    m.load_state(state)
+    turn = a + first + [int(t) for t in ids_for(vocab, 5, 13)]
+    c = m.generate(turn, greedy)
+    assert c.timings.cached_tokens > len(a)
+    fresh = list(forgert.Model(path, backend=backend, n_ctx=128).generate(turn, greedy).tokens)
+    assert list(c.tokens) == fresh
+    m2 = forgert.Model(path, backend=backend, n_ctx=128)
+    m2.set_prompt_cache(8 << 20)
+    m2.generate(a, greedy)
+    m2.generate(b, greedy)
+    c2 = m2.generate(turn, greedy)
+    assert c2.timings.cached_tokens > len(a)
+    assert list(c2.tokens) == fresh

@@ -113,7 +113,7 @@ def test_corrupted_safetensors_dir_never_crashes(tiny_models, tmp_path):
 
 
 def test_corrupted_latent_attention_gguf_never_crashes(tmp_path, tiny_tokenizer):
-    """The same for a tiny DeepSeek V3 GGUF (deepseek2: latent attention whose K / V expansions
+    """The same for a tiny DeepSeek V3 GGUF (deepseek2: latent attention whose per-head k_b / v_b
     mla.py builds from the file's attn_kv_b, the sigmoid router with groups, an MTP block), whose
     loading reads more of the metadata and dequantizes a tensor on the host."""
     import routed_moe_factory as rmf

@@ -54,8 +54,8 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # its multi-token-prediction layers are not run (_glm4moe_gguf, _glm4moe_hf).
 # ERNIE 4.5 MoE (ernie4_5-moe) is ERNIE 4.5 with leading dense layers, then experts chosen by
 # softmax probability plus a selection bias, always renormalised, beside an ungated shared expert.
-# DeepSeek V2 / V3 (deepseek2) is Llama with multi-head latent attention (mla.py builds its K and V
-# expansions) and experts under DeepSeek's routers.
+# DeepSeek V2 / V3 (deepseek2) is Llama with multi-head latent attention (the cache holds the latent
+# row, attention absorbs K's and V's expansions: mla.py) and experts under DeepSeek's routers.
 # MiniMax-M2 (minimax-m2) is Llama with OLMo 2's whole-row QK-norm, half of each head rotated and
 # Mixtral-style experts under a sigmoid router with a selection bias, renormalised.
 # Qwen3.5 / Qwen3.6 (qwen35, qwen35moe) is Qwen3 whose layers are three Gated DeltaNet layers to
@@ -118,7 +118,7 @@ _GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False}
 # llama.cpp's expert_gating_func values
 _GGUF_GATING = {1: "softmax", 2: "sigmoid"}
 # The default context is the model's training length, capped to bound KV-cache memory
-# (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position).
+# (f16 K and V: 2 * 2 bytes * n_layers * kv_dim per position; latent attention one row, not two).
 DEFAULT_N_CTX_CAP = 8192
 
 
@@ -250,13 +250,18 @@ class ModelConfig:
         return self.layer_kinds is not None and kind in self.layer_kinds
 
     def kv_bytes_per_position(self) -> int:
-        """The f16 K and V bytes one position of one sequence takes: attention layers only."""
+        """The f16 K and V bytes one position of one sequence takes: attention layers only (latent
+        attention's one row, V being read from it)."""
         attn = [l for l in range(self.n_layers) if (self.layer_kinds is None or self.layer_kinds[l] == "attention")
                 and (self.layer_kv_source is None or self.layer_kv_source[l] == l)]   # KV-sharing layers keep none
-        return sum(2 * self.kv_dim_of(l) * 2 for l in attn)
+        rows = 1 if self.mla_kv_lora else 2
+        return sum(rows * self.kv_dim_of(l) * 2 for l in attn)
 
     def kv_dim_of(self, layer: int) -> int:
-        """A layer's K (or V) row width: its KV heads times its head width (Gemma 4's differ per layer)."""
+        """A layer's K (or V) row width: its KV heads times its head width (Gemma 4's differ per layer);
+        latent attention's cached latent row, kv_lora + rope."""
+        if self.mla_kv_lora:
+            return self.mla_kv_lora + self.rotated_dims
         heads = self.n_kv_heads if self.layer_n_kv_heads is None else self.layer_n_kv_heads[layer]
         return heads * (self.head_dim if self.layer_head_dim is None else self.layer_head_dim[layer])
 

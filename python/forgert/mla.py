@@ -4,22 +4,27 @@ A DeepSeek layer stores K and V compressed: attn_kv_a_mqa maps a token to a late
 [kv_lora latent | rope shared key], and attn_kv_b ([n_heads * (nope + v), kv_lora]: per head its
 K rows then its V rows; or, as newer converters split it, attn_k_b [n_heads, kv_lora, nope]
 transposed and attn_v_b [n_heads, v, kv_lora]) expands the normed latent into each head's K and
-V. The core runs K and V as ordinary per-head rows, so each is one matmul from the latent row:
+V. The core never expands it: it caches the latent row itself (kv_lora + rope f16 values per token
+and layer) and absorbs the expansions into the query and the output (llama.cpp's deepseek2 graph
+does the same):
 
-  attn_k_from_latent  [n_heads * head_dim, kv_lora + rope]: head h's rows are [rope part: the
-                      shared key copied (an identity on the rope columns); nope part: k_b_h]
-  attn_v_from_latent  [n_heads * head_dim, kv_lora + rope]: head h's rows are v_b_h, then zero
-                      rows up to head_dim (K and V share the cache's layout)
+  score_h = q_rope_h . k_rope + q_nope_h . (k_b_h latent) = [q_rope_h | k_b_h^T q_nope_h] . row
+  out_h   = v_b_h (sum_t p_ht latent_t)
 
-built from the stored weights (a quantized weight dequantized once; the identity and zeros are
-exact) in F32 where kv_b is F32, else in F16: F16 holds an F16 or BF16 weight's values (BF16's
-8-bit mantissas fit F16's 11 within its range) and rounds a quantized one's by at most 2^-11 of
-each value, far inside the quantization's own error. The core rotates the first rope dims of each head, where DeepSeek
-puts the rope part last: the query's rows are reordered per head to [rope, nope], a copy of whole
-rows (quantized rows stay as stored). Memory: the two expansions cost 2 * n_heads * head_dim *
-(kv_lora + rope) * 4 bytes a layer in F32 (DeepSeek-V2-Lite: 14 MB a layer, 380 MB in all; half
-that in F16), and the cache holds full heads (2 * n_heads * head_dim halves per token and layer),
-not the latent.
+so attention runs on the cached rows as one KV head shared by all heads, and each head's output
+latent goes through v_b_h. The core reads, per layer:
+
+  attn_k_b_heads  [n_heads * kv_lora, nope]: head h's k_b_h^T (the query's absorption)
+  attn_v_b_heads  [n_heads * v, kv_lora]:    head h's v_b_h (the output's expansion)
+
+in F32 where the stored weight is F32, else in F16: F16 holds an F16 or BF16 weight's values
+(BF16's 8-bit mantissas fit F16's 11 within its range) and rounds a quantized one's by at most
+2^-11 of each value, far inside the quantization's own error. The core rotates the first rope
+dims of each head and of the cached row, where DeepSeek puts the rope part last: the query's rows
+are reordered per head to [rope, nope] and attn_kv_a_mqa's to [rope key, latent], copies of whole
+rows (quantized rows stay as stored). Memory: the two matrices are the size of attn_kv_b, and the
+cache holds (kv_lora + rope) halves per token and layer (GLM-4.7-Flash, 47 layers of 512 + 64:
+54 KB a token), not the 2 * n_heads * head_dim of full heads.
 """
 from __future__ import annotations
 
@@ -50,15 +55,15 @@ def _need(tensors: dict, name: str, source: str) -> WeightTensor:
     return t
 
 
-def _rope_first(t: WeightTensor, heads: int, nope: int, rope: int) -> WeightTensor:
-    """The query projection with each head's rows reordered from [nope, rope] to [rope, nope]."""
+def _reorder_rows(t: WeightTensor, blocks: int, first: int, second: int) -> WeightTensor:
+    """t with each of its `blocks` row blocks [first rows, second rows] reordered to [second, first]."""
     rows, cols = t.shape
-    if rows != heads * (nope + rope):
-        raise ModelFormatError(f"{t.source}: tensor '{t.name}' has {rows} rows, expected {heads} heads x "
-                               f"{nope + rope}")
+    if rows != blocks * (first + second):
+        raise ModelFormatError(f"{t.source}: tensor '{t.name}' has {rows} rows, expected {blocks} x "
+                               f"{first + second}")
     per_row = row_nbytes(t.type_id, cols)
-    b = np.asarray(t.data).reshape(heads, nope + rope, per_row)
-    out = np.ascontiguousarray(np.concatenate([b[:, nope:], b[:, :nope]], axis=1)).reshape(-1)
+    b = np.asarray(t.data).reshape(blocks, first + second, per_row)
+    out = np.ascontiguousarray(np.concatenate([b[:, first:], b[:, :first]], axis=1)).reshape(-1)
     return WeightTensor(t.name, out, t.type_id, t.shape, t.source)
 
 
@@ -85,8 +90,8 @@ def _kv_b(tensors: dict, p: str, heads: int, nope: int, v: int, lora: int, sourc
 
 def latent_attention_tensors(cfg: ModelConfig, tensors: dict, source: str) -> dict:
     """tensors (canonical name -> WeightTensor) with each layer's attn_kv_b (or attn_k_b and
-    attn_v_b) replaced by attn_k_from_latent / attn_v_from_latent and its query rows put rope
-    first; unchanged for a model without latent attention."""
+    attn_v_b) replaced by attn_k_b_heads / attn_v_b_heads, its query rows put rope first and its
+    latent rows [rope key, latent]; unchanged for a model without latent attention."""
     if not cfg.mla_kv_lora:
         return tensors
     out = dict(tensors)
@@ -95,15 +100,14 @@ def latent_attention_tensors(cfg: ModelConfig, tensors: dict, source: str) -> di
     for layer in range(cfg.n_layers):
         p = f"blk.{layer}."
         q = p + ("attn_q_b.weight" if cfg.mla_q_lora else "attn_q.weight")
-        out[q] = _rope_first(_need(out, q, source), heads, nope, rope)
+        out[q] = _reorder_rows(_need(out, q, source), heads, nope, rope)
+        kv_a = p + "attn_kv_a_mqa.weight"
+        out[kv_a] = _reorder_rows(_need(out, kv_a, source), 1, lora, rope)
         k_b, v_b, exact = _kv_b(out, p, heads, nope, v, lora, source)
         dtype, type_id = (np.float32, F32) if exact else (np.float16, F16)
-        wk = np.zeros((heads, hd, lora + rope), np.float32)
-        wk[:, :rope, lora:] = np.eye(rope, dtype=np.float32)   # the shared rope key, into every head
-        wk[:, rope:, :lora] = k_b
-        wv = np.zeros((heads, hd, lora + rope), np.float32)
-        wv[:, :v, :lora] = v_b
-        for name, w in ((p + "attn_k_from_latent.weight", wk), (p + "attn_v_from_latent.weight", wv)):
-            out[name] = WeightTensor(name, w.astype(dtype).reshape(-1).view(np.uint8), type_id, (heads * hd, lora + rope),
+        for name, w in ((p + "attn_k_b_heads.weight", np.ascontiguousarray(k_b.transpose(0, 2, 1))),
+                        (p + "attn_v_b_heads.weight", v_b)):
+            rows = w.shape[0] * w.shape[1]
+            out[name] = WeightTensor(name, w.astype(dtype).reshape(-1).view(np.uint8), type_id, (rows, w.shape[2]),
                                      source)
     return out

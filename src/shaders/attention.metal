@@ -13,7 +13,7 @@
 // rows acc), then merge in threadgroup memory. There is no length cap: the loop runs over
 // the keys in place. Instantiated per head-size class (DPL elements per lane), so registers
 // hold just the lanes' slices: a block has at most FG_ATTN_QREGS / DPL heads (8 at head_dim
-// 64, 4 at 128, 2 at 256, 1 at 512), which keeps query and accumulator registers at 2 x 16 per lane.
+// 64, 4 at 128, 2 at 256, 1 at 512 and 576), which keeps query and accumulator registers at 2 x 16 per lane.
 #include <metal_stdlib>
 using namespace metal;
 
@@ -37,7 +37,7 @@ kernel void attention_f16(
         uint3  tgpg  [[threadgroups_per_grid]],
         ushort sgitg [[simdgroup_index_in_threadgroup]],
         ushort tiisg [[thread_index_in_simdgroup]]) {
-    constexpr int GROUP = FG_ATTN_QREGS / DPL;  // query heads per threadgroup, at most
+    constexpr int GROUP = FG_ATTN_QREGS / DPL > 0 ? FG_ATTN_QREGS / DPL : 1;  // query heads per threadgroup, at most
     const int split = tgpig.x;
     const int t = tgpig.z;
     const int hd = args.head_dim;
@@ -183,6 +183,7 @@ template [[host_name("attention_f16_d64")]] kernel attention_f16_t attention_f16
 template [[host_name("attention_f16_d128")]] kernel attention_f16_t attention_f16<4>;
 template [[host_name("attention_f16_d256")]] kernel attention_f16_t attention_f16<8>;
 template [[host_name("attention_f16_d512")]] kernel attention_f16_t attention_f16<16>;
+template [[host_name("attention_f16_d576")]] kernel attention_f16_t attention_f16<18>;  // latent attention's rows
 
 // Combines the partial states of one (head, query), its own splits (as attention_f16 cut its
 // keys): one simdgroup per pair. Lane s takes the (max, sum) of splits s, s + 32, ...; the splits'
@@ -348,8 +349,10 @@ kernel void attention_prefill_f16(
     }
 }
 
-// Two head-size classes: up to 256 (8 elements per lane), and Gemma 4's 512 global heads (16),
+// Three head-size classes: up to 256 (8 elements per lane), Gemma 4's 512 global heads (16) and
+// latent attention's 576-wide rows (18),
 // so the smaller heads keep their registers.
 typedef decltype(attention_prefill_f16<8>) attention_prefill_f16_t;
 template [[host_name("attention_prefill_f16")]] kernel attention_prefill_f16_t attention_prefill_f16<8>;
 template [[host_name("attention_prefill_f16_d512")]] kernel attention_prefill_f16_t attention_prefill_f16<16>;
+template [[host_name("attention_prefill_f16_d576")]] kernel attention_prefill_f16_t attention_prefill_f16<18>;

@@ -136,7 +136,7 @@ FG_ARGS_ASSERT(sizeof(rms_norm_args) == 32, "rms_norm_args layout");
 //        6 freqs f32 [rope_dim / 2], 7 rows i32 [n, 2] (or unused): with has_rows, row t sits at
 //        position rows[t][0] and goes to cache row rows[t][1] + rows[t][0] (a batch of sequences)
 // grid: (1, n); threads: a multiple of FG_ROPE_LANES(head_dim) (threads per head; fewer if
-// the pipeline allows fewer), one slot of lanes per head up to n_heads + 2 * n_kv_heads
+// the pipeline allows fewer), one slot of lanes per head up to n_heads + n_kv_heads + n_v_heads
 // (q heads, then k heads, then v heads; slots loop over them)
 // threadgroup memory 0: rope_dim / 2 float2 (cos, sin) per pair
 #define FG_ROPE_LANES(head_dim) ((head_dim) / 2 > 32 ? ((head_dim) / 2 + 31) / 32 * 32 : 32)
@@ -155,8 +155,10 @@ typedef struct {
     int32_t has_rows;  // 1: slot 7 holds each row's (position, first cache row); pos0 unused
     float q_temp_beta;    // query temperature (Llama 4, Mistral 3): a query row times
     int32_t q_temp_floor; // 1 + beta ln(floor(pos / floor) + 1) (1 below floor); beta 0: off
+    int32_t n_v_heads;    // n_kv_heads, or 0 when V is read from the K cache (latent attention)
+    int32_t pad_;
 } rope_kv_write_args;
-FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 72, "rope_kv_write_args layout");
+FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 80, "rope_kv_write_args layout");
 
 // --- attention: causal attention over an f16 KV cache, flash-decoding style ---
 // The span keys of query t (positions 0 .. pos0 + t, or the last `window` of them) are cut
@@ -182,7 +184,7 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 72, "rope_kv_write_args layout");
 //       longest span; threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
 #define FG_ATTN_SIMDGROUPS 4
-#define FG_ATTN_MAX_HEAD_DIM 512
+#define FG_ATTN_MAX_HEAD_DIM 576  // latent attention's cached rows (DeepSeek: 512 latent + 64 rope)
 #define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most
 #define FG_ATTN_TG_FLOATS(g, hd) ((g) * FG_ATTN_SIMDGROUPS * ((hd) + 2))
 #define FG_ATTN_MAX_TG_BYTES 32768

@@ -85,7 +85,7 @@ kernel void rope_kv_write_f32(
     const int slot = tiitg / lanes;
     const int lane = tiitg % lanes;
     const int n_slots = ntg.x / lanes;
-    for (int h = slot; h < args.n_heads + 2 * args.n_kv_heads; h += n_slots) {
+    for (int h = slot; h < args.n_heads + args.n_kv_heads + args.n_v_heads; h += n_slots) {
         if (h < args.n_heads) {
             device float* qh = (device float*)(q + t * args.q_stride) + h * args.head_dim;
             rope_head(qh, nullptr, cs, args.head_dim, args.rope_dim, args.neox, lane, lanes, q_scale);

@@ -212,7 +212,9 @@ public:
     py::tuple rope_kv_write(const F32& q, const F32& k, const F32& v, const py::array& k_cache_in,
                             const py::array& v_cache_in, const F32& freqs, int pos0, int n_heads, int n_kv_heads,
                             int head_dim, bool neox, int rope_dim, float attn_factor, const std::optional<I32>& rows,
-                            float q_temp_beta, int q_temp_floor) {
+                            float q_temp_beta, int q_temp_floor, bool v_from_k) {
+        // v_from_k: k alone is cached (latent attention); v and v_cache go to the op as empty
+        // tensors and come back unchanged.
         // n_kv_heads 0: q alone rotates (a Gemma 4 layer reading another layer's K/V); k, v and
         // the caches are not read, and come back unchanged
         const bool q_only = n_kv_heads == 0;
@@ -246,7 +248,9 @@ public:
             VC = upload(vc.data(), DType::F16, vc.shape(0), kv_dim);
         }
         const RowPositions at = positions(pos0, rows, T);
-        run([&] { be_->rope_kv_write(Q, K, V, KC, VC, Fr, at, RopeKvParams{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor, q_temp_beta, q_temp_floor}); });
+        RopeKvParams p{n_heads, n_kv_heads, head_dim, neox, rope_dim, rope_dim == 0, attn_factor, q_temp_beta, q_temp_floor};
+        p.v_from_k = v_from_k;
+        run([&] { be_->rope_kv_write(Q, K, v_from_k ? Tensor{} : V, KC, v_from_k ? Tensor{} : VC, Fr, at, p); });
         F32 q_out(std::vector<py::ssize_t>{Q.rows, Q.cols});
         be_->read(q_out.mutable_data(), Q, Q.nbytes());
         if (q_only) {
@@ -625,7 +629,8 @@ void bind_ops(py::module_& m) {
         .def("rope_kv_write", &Ops::rope_kv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_cache"),
              py::arg("v_cache"), py::arg("freqs"), py::arg("pos0"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("head_dim"), py::arg("neox"), py::arg("rope_dim") = -1, py::arg("attn_factor") = 1.0f,
-             py::arg("rows") = py::none(), py::arg("q_temp_beta") = 0.0f, py::arg("q_temp_floor") = 0)
+             py::arg("rows") = py::none(), py::arg("q_temp_beta") = 0.0f, py::arg("q_temp_floor") = 0,
+             py::arg("v_from_k") = false)
         .def("attention", &Ops::attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
              py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
              py::arg("softcap") = 0.0f, py::arg("sinks") = py::none(), py::arg("rows") = py::none())

@@ -37,6 +37,9 @@ struct RopeKvParams {
     // below position q_temp_floor; off when q_temp_beta is 0.
     float q_temp_beta = 0.0f;
     int q_temp_floor = 0;
+    // V is read from the K cache's rows (latent attention caches one row per token): v and
+    // v_cache are unused and nothing is written for V.
+    bool v_from_k = false;
 
     int rotated_dims() const { return nope ? 0 : (rope_dim > 0 ? rope_dim : head_dim); }
     float q_temperature(int64_t pos) const {
@@ -227,6 +230,7 @@ public:
     // q [n, n_heads * head_dim]; k, v [n, kv_dim]; caches f16 [n_ctx (x slots), kv_dim];
     // freqs f32 [p.rotated_dims() / 2] (unused when p.nope). p.n_kv_heads == 0: q alone is
     // rotated, k, v and the caches unused (a Gemma 4 layer reading another layer's K/V).
+    // p.v_from_k: k alone is cached, v and v_cache unused (latent attention, whose V is K's rows).
     virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_cache,
                                const Tensor& v_cache, const Tensor& freqs, const RowPositions& at,
                                const RopeKvParams& p) = 0;

@@ -77,12 +77,14 @@ struct ModelConfig {
     float swiglu_alpha = 1.702f;
 
     // Multi-head latent attention (DeepSeek V2 / V3): mla_kv_lora > 0 makes each layer's K and V
-    // come from one latent row per token, [mla_kv_lora latent | rope_dim shared key], the latent
-    // RMS-normed, then expanded into every head's K ([rope part, nope part], head_dim wide) and V
-    // (mla_v_head_dim values, padded with zeros to head_dim so that K and V share the cache's
-    // layout); Q from a low-rank pair (attn_q_a, its norm, attn_q_b) when mla_q_lora > 0. Each head
-    // rotates its first rope_dim dims (the loader puts DeepSeek's rope part there); the attention's
-    // output heads are compacted to mla_v_head_dim before attn_output. n_kv_heads == n_heads.
+    // come from one latent row per token, [rope_dim shared key | mla_kv_lora latent] (the loader
+    // moves DeepSeek's rope part first), the latent RMS-normed; the cache holds that row alone
+    // (kv_dim_of: mla_kv_lora + rope_dim, one f16 row per token, V read from the same rows).
+    // Attention is absorbed (llama_model.cpp latent_attention): each head's query [rope part |
+    // k_b_h^T nope part] scores the cached rows as one KV head shared by all heads, and its output's
+    // latent columns go through v_b_h to mla_v_head_dim values before attn_output. Q from a
+    // low-rank pair (attn_q_a, its norm, attn_q_b) when mla_q_lora > 0, each head [rope, nope]
+    // (head_dim wide). n_kv_heads == n_heads (the file's count; the cache has one row).
     int mla_kv_lora = 0;
     int mla_q_lora = 0;
     int mla_v_head_dim = 0;
@@ -191,7 +193,11 @@ struct ModelConfig {
     int head_dim_of(int layer) const { return layer_head_dim.empty() ? head_dim : layer_head_dim[layer]; }
     int n_kv_heads_of(int layer) const { return layer_n_kv_heads.empty() ? n_kv_heads : layer_n_kv_heads[layer]; }
     int q_dim_of(int layer) const { return n_heads * head_dim_of(layer); }
-    int kv_dim_of(int layer) const { return n_kv_heads_of(layer) * head_dim_of(layer); }
+    int kv_dim_of(int layer) const {  // a cached row's width (latent attention: the latent row)
+        return is_mla() ? mla_kv_lora + rope_dims() : n_kv_heads_of(layer) * head_dim_of(layer);
+    }
+    // Whether V is read from the K cache's rows (latent attention): the layer's V "cache" is its K cache.
+    bool v_in_k_cache() const { return is_mla(); }
     bool v_is_k(int layer) const { return !layer_v_is_k.empty() && layer_v_is_k[layer] != 0; }
     float out_scale_of(int layer) const { return layer_out_scale.empty() ? 1.0f : layer_out_scale[layer]; }
     // The widest of the layers' (every layer's when uniform): scratch buffers and saved K/V rows.

@@ -41,9 +41,30 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         be_->write(ones_, ones.data(), ones.size() * sizeof(float));
     }
     if (cfg_.is_mla()) {
-        latent_ = tensor(DType::F32, B, cfg_.mla_kv_lora + cfg_.rope_dims());
+        const int64_t H = cfg_.n_heads, row = cfg_.mla_kv_lora + cfg_.rope_dims(),
+                      nope = cfg_.head_dim - cfg_.rope_dims();
+        if (!be_->has_moe_ops())  // the per-head matmuls are matmul_id's, one "expert" per head
+            throw InputError("the " + be_->name() + " backend cannot run latent attention (it has no matmul_id)");
+        for (int l = 0; l < cfg_.n_layers; l++) {
+            const LayerWeights& L = w_.layers[l];
+            for (const auto* s : {&L.wk_b, &L.wv_b}) {
+                const std::string why = be_->expert_stack_problem(s->data(), (int)s->size());
+                if (!why.empty())
+                    throw InputError("the " + be_->name() + " backend cannot read blk." + std::to_string(l) +
+                                     "'s per-head latent expansions: " + why);
+            }
+        }
+        latent_ = tensor(DType::F32, B, row);
         if (cfg_.mla_q_lora > 0) q_low_ = tensor(DType::F32, B, cfg_.mla_q_lora);
-        att_values_ = tensor(DType::F32, B, (int64_t)cfg_.n_heads * cfg_.mla_v_head_dim);
+        att_values_ = tensor(DType::F32, B, H * cfg_.mla_v_head_dim);
+        mla_q_ = tensor(DType::F32, B, H * row);
+        mla_att_ = tensor(DType::F32, B, H * row);
+        mla_in_ = tensor(DType::F32, B * H, std::max<int64_t>(nope, cfg_.mla_kv_lora));
+        mla_out_ = tensor(DType::F32, B * H, cfg_.mla_kv_lora);
+        head_ids_ = tensor(DType::I32, B, H);  // every row 0 .. n_heads - 1: slot (i, h) takes head h's matrix
+        std::vector<int32_t> ids((size_t)B * H);
+        for (size_t i = 0; i < ids.size(); i++) ids[i] = (int32_t)(i % H);
+        be_->write(head_ids_, ids.data(), ids.size() * sizeof(int32_t));
     }
     if (cfg_.attn_output_gate) {
         q_gated_ = tensor(DType::F32, B, 2 * (int64_t)cfg_.q_dim());
@@ -159,6 +180,10 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         const int kv_dim = cfg_.kv_dim_of(l);  // each layer's own width (Gemma 4's global layers differ)
         kv_.buffers.push_back(be_->alloc((size_t)kv_rows * kv_dim * 2));
         kv_.k.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, kv_dim));
+        if (cfg_.v_in_k_cache()) {  // latent attention: V is read from the K rows, no rows of its own
+            kv_.v.push_back(kv_.k.back());
+            continue;
+        }
         kv_.buffers.push_back(be_->alloc((size_t)kv_rows * kv_dim * 2));
         kv_.v.push_back(make_tensor(kv_.buffers.back().get(), 0, DType::F16, kv_rows, kv_dim));
     }
@@ -337,10 +362,11 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             add_projection(L.sc_out_proj, short_conv(L, l, attn_in, n, runs), L.attn_post_norm);
         } else if (cfg_.is_mamba2(l)) {  // Mamba2 in place of attention
             add_projection(L.ssm_out, mamba2_layer(L, l, attn_in, n, runs), L.attn_post_norm);
+        } else if (cfg_.is_mla()) {  // absorbed latent attention on the cached latent rows
+            const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot);
+            add_projection(L.wo, latent_attention(L, l, attn_in, n, kc, at), L.attn_post_norm);
         } else {
-            if (cfg_.is_mla()) {
-                latent_attention_qkv(L, attn_in, q, k, v, n);
-            } else if (cfg_.attn_output_gate) {  // Qwen3.5: each head's query, then its gate
+            if (cfg_.attn_output_gate) {  // Qwen3.5: each head's query, then its gate
                 const Tensor qg = q_gated_.slice_rows(0, n), outs[3] = {qg, k, v}, ws[3] = {L.wq, L.wk, L.wv};
                 be.matmul_many(outs, ws, 3, attn_in, rc);
                 if (L.bq.rows) be.add_bias(qg, L.bq);
@@ -399,18 +425,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
             }
             be.attention(att, q, kc, vc, at, ap);
             if (cfg_.attn_output_gate) be.mul_sigmoid(att, attn_gate_.slice_rows(0, n));
-            if (cfg_.is_mla()) {  // each head's value part, [n * n_heads, v_head_dim], packed for wo
-                const int64_t vd = cfg_.mla_v_head_dim, heads = (int64_t)n * cfg_.n_heads;
-                Tensor values = att;
-                values.rows = heads;
-                values.cols = vd;
-                values.stride = (size_t)hd * sizeof(float);
-                const Tensor packed = make_tensor(att_values_.buf, 0, DType::F32, n, cfg_.n_heads * vd);
-                be.copy(make_tensor(att_values_.buf, 0, DType::F32, heads, vd), values);
-                add_projection(L.wo, packed, L.attn_post_norm);
-            } else {
-                add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
-            }
+            add_projection(L.wo, att, L.attn_post_norm);  // x += wo att (post-normed for Gemma)
             if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo (once per row, as wo att + bo)
         }
         if (laurel_out.rows) {  // Gemma 3n: x = (x + laurel) / sqrt(2)
@@ -543,11 +558,24 @@ Tensor LlamaModel::mamba2_layer(const LayerWeights& L, int layer, const Tensor& 
     return y;
 }
 
-void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
-                                      const Tensor& v, int n) {
+Tensor LlamaModel::latent_attention(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& kc,
+                                    const RowPositions& at) {
     Backend& be = *be_;
     const RowClasses rc = rows_;
-    const Tensor z = latent_.slice_rows(0, n);  // [n, mla_kv_lora + rope_dim]: the latent, then the shared rope key
+    const int64_t H = cfg_.n_heads, hd = cfg_.head_dim, rope = cfg_.rope_dims(), nope = hd - rope,
+                  lora = cfg_.mla_kv_lora, row = lora + rope, vd = cfg_.mla_v_head_dim, nh = (int64_t)n * H;
+    constexpr size_t F = sizeof(float);
+    // [n * H, cols] views of per-head columns: rows `width` floats apart from column `col` of t
+    auto heads = [&](const Tensor& t, int64_t width, int64_t col, int64_t cols) {
+        Tensor v = t;
+        v.rows = nh;
+        v.cols = cols;
+        v.stride = (size_t)width * F;
+        v.offset += (size_t)col * F;
+        return v;
+    };
+    const Tensor q = make_tensor(q_.buf, 0, DType::F32, n, H * hd);  // each head [rope part, nope part]
+    const Tensor z = latent_.slice_rows(0, n);  // [n, row]: the shared rope key, then the latent
     if (cfg_.mla_q_lora > 0) {  // q = wq_b rms_norm(wq_a xn)
         const Tensor qa = q_low_.slice_rows(0, n), outs[2] = {qa, z}, ws[2] = {L.wq_a, L.wkv_a};
         be.matmul_many(outs, ws, 2, xn, rc);
@@ -557,11 +585,34 @@ void LlamaModel::latent_attention_qkv(const LayerWeights& L, const Tensor& xn, c
         const Tensor outs[2] = {q, z}, ws[2] = {L.wq, L.wkv_a};
         be.matmul_many(outs, ws, 2, xn, rc);
     }
-    const Tensor latent = z.slice_cols(0, cfg_.mla_kv_lora);  // normed in place
+    const Tensor latent = z.slice_cols(rope, lora);  // normed in place
     be.rms_norm(latent, latent, L.kv_a_norm, cfg_.rms_eps);
-    // Every head's K ([rope part: the shared key, nope part]) and V (values, zero-padded) from z.
-    const Tensor outs[2] = {k, v}, ws[2] = {L.wk_latent, L.wv_latent};
-    be.matmul_many(outs, ws, 2, z, rc);
+    // The absorbed queries [n, H * row]: head h's [rope part | k_b_h^T nope part], so that its
+    // score against a cached row [roped key | latent] is q_rope . k_rope + q_nope . (k_b_h latent).
+    const Tensor qa = make_tensor(mla_q_.buf, 0, DType::F32, n, H * row), ids = head_ids_.slice_rows(0, n);
+    const Tensor head_in = make_tensor(mla_in_.buf, 0, DType::F32, nh, nope),
+                 head_out = make_tensor(mla_out_.buf, 0, DType::F32, nh, lora);
+    be.copy(head_in, heads(q, hd, rope, nope));
+    be.matmul_id(head_out, L.wk_b.data(), (int)H, head_in, ids, rc);  // slot (i, h): head h's k_b^T
+    be.copy(heads(qa, row, 0, rope), heads(q, hd, 0, rope));
+    be.copy(heads(qa, row, rope, lora), head_out);
+    // RoPE on the queries' and the key's first rope dims, the row cached (V is read from it)
+    const int table = cfg_.rope_table_of(layer);
+    RopeKvParams rp{(int)H, 1, (int)row, cfg_.rope_neox, (int)rope, false, cfg_.rope_attn_factor_of(table),
+                    cfg_.attn_temp_beta, cfg_.attn_temp_floor};
+    rp.v_from_k = true;
+    const Tensor freqs = freqs_.slice_rows(std::max(table, 0), 1).slice_cols(0, rope / 2);
+    be.rope_kv_write(qa, z, Tensor{}, kc, Tensor{}, freqs, at, rp);
+    // One KV head of `row` dims shared by all heads, V the same rows: each head's output is
+    // [its rope columns' weighted sum (unused) | the latent's], the scale DeepSeek's (head_dim's).
+    const AttentionParams ap{(int)H, 1, (int)row, cfg_.attention_scale(layer), cfg_.window_of(layer), cfg_.attn_softcap};
+    const Tensor att = make_tensor(mla_att_.buf, 0, DType::F32, n, H * row);
+    be.attention(att, qa, kc, kc, at, ap);
+    // Each head's latent output through v_b_h: [n * H, vd], packed [n, H * vd] for wo.
+    const Tensor att_in = make_tensor(mla_in_.buf, 0, DType::F32, nh, lora);
+    be.copy(att_in, heads(att, row, rope, lora));
+    be.matmul_id(make_tensor(att_values_.buf, 0, DType::F32, nh, vd), L.wv_b.data(), (int)H, att_in, ids, rc);
+    return make_tensor(att_values_.buf, 0, DType::F32, n, H * vd);
 }
 
 void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const Tensor& xn, int n) {

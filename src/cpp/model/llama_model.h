@@ -234,11 +234,13 @@ private:
     // The recurrent states, in state_save's order: per recurrent layer its convolution's last
     // inputs, then its delta-rule state where it has one; each f32 [n_slots, floats].
     std::vector<const Tensor*> recurrent_states() const;
-    // Latent attention's Q, K and V (cfg.is_mla()): q from xn (through its low-rank pair when the
-    // model has one), the latent row z = wkv_a xn with its first mla_kv_lora columns RMS-normed,
-    // then k = wk_latent z and v = wv_latent z.               xn [n, dim]; q [n, q_dim]; k, v [n, kv_dim]
-    void latent_attention_qkv(const LayerWeights& L, const Tensor& xn, const Tensor& q, const Tensor& k,
-                              const Tensor& v, int n);
+    // Absorbed latent attention (cfg.is_mla()): q from xn (through its low-rank pair when the model
+    // has one), the latent row z = wkv_a xn ([rope key | latent], the latent RMS-normed) cached in
+    // kc (one row per token), each head's query absorbed through k_b_h, attention on kc as one KV
+    // head, each head's latent output through v_b_h. Returns the values [n, n_heads * mla_v_head_dim]
+    // for attn_output.                                     xn [n, dim]; kc the layer's cache (or slot's)
+    Tensor latent_attention(const LayerWeights& L, int layer, const Tensor& xn, int n, const Tensor& kc,
+                            const RowPositions& at);
 
     ModelConfig cfg_;
     std::unique_ptr<Backend> be_;  // declared before everything it allocated: destroyed last
@@ -300,6 +302,9 @@ private:
     // Latent attention: the latent rows [B, mla_kv_lora + rope_dim], Q's low-rank rows [B, mla_q_lora],
     // the attention's value parts packed for wo [B, n_heads * mla_v_head_dim].
     Tensor latent_, q_low_, att_values_;
+    // Absorbed attention's queries and outputs [B, n_heads * (mla_kv_lora + rope_dim)], the per-head
+    // matmuls' inputs and outputs [B * n_heads, ...], and the heads' ids (i32 [B, n_heads], 0..n_heads-1).
+    Tensor mla_q_, mla_att_, mla_in_, mla_out_, head_ids_;
     bool profiling_ = false;
     Profile profile_;
     uint64_t passes_ = 0;  // run_layers calls: a pipeline notices a pass that was not its own

@@ -74,7 +74,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             out.push_back({p + "ssm_d", 1, nh, true, true});
             out.push_back({p + "ssm_norm.weight", ng, vw / ng, true, true});
             out.push_back({p + "ssm_out.weight", dim, vw, true, false});
-        } else if (cfg.is_mla()) {  // Q (or its low-rank pair), the latent and its expansions into K and V
+        } else if (cfg.is_mla()) {  // Q (or its low-rank pair), the latent and each head's K and V expansions
             const int64_t latent = cfg.mla_kv_lora + cfg.rope_dims(), ql = cfg.mla_q_lora;
             if (ql > 0) {
                 out.push_back({p + "attn_q_a.weight", ql, dim, true, false});
@@ -85,8 +85,9 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
             }
             out.push_back({p + "attn_kv_a_mqa.weight", latent, dim, true, false});
             out.push_back({p + "attn_kv_a_norm.weight", 1, cfg.mla_kv_lora, true, true});
-            out.push_back({p + "attn_k_from_latent.weight", kv, latent, true, false});
-            out.push_back({p + "attn_v_from_latent.weight", kv, latent, true, false});
+            const int64_t heads = cfg.n_heads, nope = cfg.head_dim - cfg.rope_dims();
+            out.push_back({p + "attn_k_b_heads.weight", heads * cfg.mla_kv_lora, nope, true, false});
+            out.push_back({p + "attn_v_b_heads.weight", heads * cfg.mla_v_head_dim, cfg.mla_kv_lora, true, false});
             out.push_back({p + "attn_output.weight", dim, (int64_t)cfg.n_heads * cfg.mla_v_head_dim, true, false});
         } else {
             out.push_back({p + "attn_q.weight", cfg.attn_output_gate ? 2 * q : q, dim, true, false});

@@ -30,7 +30,9 @@ struct TensorSpec {
 // (exp_probs_b.bias with a selection bias, the *_shexp tensors with a shared expert), except its
 // first n_dense_lead layers, whose feed-forward is dense. Latent attention (is_mla) replaces
 // attn_q/k/v with attn_q (or attn_q_a, attn_q_a_norm, attn_q_b), attn_kv_a_mqa, attn_kv_a_norm and
-// the loader's expansions attn_k_from_latent / attn_v_from_latent ([kv_dim, mla_kv_lora + rope_dim]).
+// the loader's per-head expansions attn_k_b_heads ([n_heads * mla_kv_lora, nope]: head h's k_b
+// transposed) and attn_v_b_heads ([n_heads * mla_v_head_dim, mla_kv_lora]); attn_kv_a_mqa's rows
+// are [rope_dim shared key | mla_kv_lora latent] (the loader moves the rope part first).
 std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg);
 
 // The RMSNorm weight before each feed-forward, without "blk.N.": "ffn_norm.weight", or

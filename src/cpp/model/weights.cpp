@@ -12,6 +12,7 @@ namespace {
 // Bounds far above any released model, chosen so that every size derived from the header
 // (q_dim, cache and tensor bytes) fits int64 and the per-dimension ints: the checks below are
 // what make the int arithmetic of the forward pass safe.
+constexpr int kMaxLatentRow = 576;  // the CPU's kMaxHeadDim, Metal's FG_ATTN_MAX_HEAD_DIM
 constexpr int64_t kMaxLayers = 1024, kMaxDim = 1 << 16, kMaxHeads = 1 << 12, kMaxHeadDim = 1024,
                   kMaxQDim = 1 << 20, kMaxFfnDim = 1 << 20, kMaxVocab = 1 << 24, kMaxCtx = 1 << 24,
                   kMaxExperts = 1 << 12;
@@ -69,6 +70,9 @@ void ModelConfig::validate() const {
         in_range("mla_v_head_dim", mla_v_head_dim, 1, head_dim);
         need(n_kv_heads == n_heads, "multi-head latent attention has a K and V per head (n_kv_heads == n_heads)");
         need(rope_dim >= 2 && rope_dim < head_dim, "multi-head latent attention rotates part of each head (rope_dim)");
+        need(mla_kv_lora + rope_dim <= kMaxLatentRow,
+             "multi-head latent attention caches rows of mla_kv_lora + rope_dim <= " + std::to_string(kMaxLatentRow) +
+                 " values (the attention kernels' widest head)");
     } else {
         need(mla_q_lora == 0 && mla_v_head_dim == 0, "mla_q_lora and mla_v_head_dim need mla_kv_lora");
     }
@@ -491,8 +495,13 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.laurel_r = at(p + "laurel_r.weight");
         L.laurel_post_norm = at(p + "laurel_post_norm.weight");
         L.kv_a_norm = at(p + "attn_kv_a_norm.weight");
-        L.wk_latent = at(p + "attn_k_from_latent.weight");
-        L.wv_latent = at(p + "attn_v_from_latent.weight");
+        if (cfg.is_mla()) {  // each head's rows of the absorbed K and V expansions
+            const Tensor kb = at(p + "attn_k_b_heads.weight"), vb = at(p + "attn_v_b_heads.weight");
+            for (int h = 0; h < cfg.n_heads; h++) {
+                L.wk_b.push_back(kb.slice_rows((int64_t)h * cfg.mla_kv_lora, cfg.mla_kv_lora));
+                L.wv_b.push_back(vb.slice_rows((int64_t)h * cfg.mla_v_head_dim, cfg.mla_v_head_dim));
+            }
+        }
         w.layers.push_back(L);
     }
     return w;

@@ -44,7 +44,10 @@ struct LayerWeights {
     Tensor wq_b;               // [q_dim, mla_q_lora]
     Tensor wkv_a;              // [mla_kv_lora + rope_dim, dim]: the latent, then the shared rope key
     Tensor kv_a_norm;          // f32 [mla_kv_lora]
-    Tensor wk_latent, wv_latent;  // [kv_dim, mla_kv_lora + rope_dim]: the latent row into each head's K, V
+    // Per head h (one "expert" each, for matmul_id): wk_b[h] [mla_kv_lora, nope] takes the head's
+    // nope query into the latent (q absorbed: k_b_h^T q_nope), wv_b[h] [mla_v_head_dim, mla_kv_lora]
+    // the head's attention output over the latent rows into its values.
+    std::vector<Tensor> wk_b, wv_b;
     // Short convolution (cfg.is_short_conv(l), LFM2; the attention tensors are then empty)
     Tensor sc_in_proj;         // [3 dim, dim]: B | C | x
     Tensor sc_conv;            // f32 [dim, ssm_conv_kernel]

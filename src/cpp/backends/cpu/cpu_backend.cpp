@@ -533,7 +533,9 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
                                const RopeKvParams& p) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RopeKvWrite);
     const bool q_only = p.n_kv_heads == 0;  // no key or value rows (a layer reading another's K/V)
-    const HostRowPositions rows(at, q.rows, q_only ? INT64_MAX : std::min(k_cache.rows, v_cache.rows), "rope_kv_write");
+    const HostRowPositions rows(at, q.rows,
+                                q_only ? INT64_MAX : p.v_from_k ? k_cache.rows : std::min(k_cache.rows, v_cache.rows),
+                                "rope_kv_write");
     const int rot = p.rotated_dims(), half = rot / 2;
     // One token's angles serve its query and key heads alike; a decode row's, every layer of the
     // token (rope_angles_ keeps the last: the same cos / sin, computed once instead of per layer).
@@ -558,7 +560,7 @@ void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v
             }
             if (q_only) continue;
             k_.f32_to_f16_row(row_f32(k, t), row_f16(k_cache, cache_row), k.cols);
-            k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, cache_row), v.cols);
+            if (!p.v_from_k) k_.f32_to_f16_row(row_f32(v, t), row_f16(v_cache, cache_row), v.cols);
         }
     });
 }

@@ -172,7 +172,7 @@ constexpr int64_t gemm_i8_work_bytes(int64_t cols) {
     return panels > nb * kI16PanelBlockBytes ? panels : nb * kI16PanelBlockBytes;
 }
 
-constexpr int kMaxHeadDim = 512;  // Gemma 4's global layers
+constexpr int kMaxHeadDim = 576;  // latent attention's cached rows (DeepSeek: 512 latent + 64 rope)
 constexpr int kPanelRows = 12;   // weight rows per gemm_panel tile (12 x 2 vector accumulators)
 constexpr int kMaxPanelTokens = 32;
 constexpr int64_t kPanelMinTokens = 16;  // fewer: the int8 GEMM wastes less of its token tile

@@ -104,8 +104,10 @@ constexpr int64_t kAttnTargetThreadgroups = 128;
 // split (queries x head blocks).
 int32_t attention_max_splits(int64_t blocks) { return (int32_t)ceil_div(kAttnTargetThreadgroups, blocks); }
 
-// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256/_d512 variants).
-int attention_lane_elems(int head_dim) { return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16; }
+// Head elements per lane of the decode-attention kernel for head_dim (its _d64/_d128/_d256/_d512/_d576 variants).
+int attention_lane_elems(int head_dim) {
+    return head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : head_dim <= 512 ? 16 : 18;
+}
 
 // Query heads per decode-attention threadgroup: the largest divisor of the GQA group that fits
 // the kernel's registers (FG_ATTN_QREGS / elements per lane) and its merge state in threadgroup
@@ -452,12 +454,16 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     const int rot = p.rotated_dims();
     need(rot >= 0 && rot <= p.head_dim && rot % 2 == 0, op, "rope_dim must be even and <= head_dim");
     if (rot > 0) need_f32_rows(freqs, op, "freqs", 1, rot / 2);
+    const bool with_v = !q_only && !p.v_from_k;  // V cached from v (not read from the K cache's rows)
     if (!q_only) {
         need_f32_rows(k, op, "k", n, kv_dim);
-        need_f32_rows(v, op, "v", n, kv_dim);
-        for (const Tensor* c : {&k_cache, &v_cache})
+        if (with_v) need_f32_rows(v, op, "v", n, kv_dim);
+        for (const Tensor* c : {&k_cache, &v_cache}) {
+            if (c == &v_cache && !with_v) continue;
             need(c->buf != nullptr && c->type == DType::F16 && c->cols == kv_dim, op, "caches must be f16 [n_ctx, kv_dim]");
-        need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
+        }
+        if (with_v)
+            need(k_cache.stride == v_cache.stride && k_cache.rows == v_cache.rows, op, "k and v caches must have one shape");
     }
     if (at.table)
         need_row_table(at, n, q_only ? INT32_MAX : k_cache.rows, op);
@@ -468,7 +474,7 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     rope_kv_write_args a{};
     a.q_stride = q.stride;
     a.k_stride = k.stride;
-    a.v_stride = v.stride;
+    a.v_stride = with_v ? v.stride : 0;
     a.cache_stride = k_cache.stride;
     a.n_heads = p.n_heads;
     a.n_kv_heads = p.n_kv_heads;
@@ -480,11 +486,12 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
     a.has_rows = at.table ? 1 : 0;
     a.q_temp_beta = p.q_temp_beta;
     a.q_temp_floor = p.q_temp_floor;
+    a.n_v_heads = with_v ? p.n_kv_heads : 0;
     // Bound from row pos0 on, so the hazard tracker sees exactly the rows written; a batch's
     // rows land anywhere in the caches (the table says where), so they are bound whole.
     const Binding unused{q.buf, q.offset, 0, false};  // a slot the kernel does not touch: any buffer
     const Binding rows = at.table ? reads(*at.table) : unused;
-    const int64_t heads = p.n_heads + 2 * p.n_kv_heads;
+    const int64_t heads = p.n_heads + p.n_kv_heads + a.n_v_heads;
     // One threadgroup per token: its (cos, sin) table computed once, shared by all its heads.
     const uint32_t cap = thread_cap("rope_kv_write_f32");
     const uint32_t lanes = std::min<uint32_t>(cap, FG_ROPE_LANES(p.head_dim));
@@ -495,9 +502,9 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
         return;
     }
     const Tensor kc = at.table ? k_cache : k_cache.slice_rows(pos0, n),
-                 vc = at.table ? v_cache : v_cache.slice_rows(pos0, n);
+                 vc = !with_v ? Tensor{} : at.table ? v_cache : v_cache.slice_rows(pos0, n);
     encode("rope_kv_write_f32", &a, sizeof a,
-           {writes(q), writes(k), reads(v), writes(kc), writes(vc), reads(freqs), rows},
+           {writes(q), writes(k), with_v ? reads(v) : unused, writes(kc), with_v ? writes(vc) : unused, reads(freqs), rows},
            {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
 }
 
@@ -591,7 +598,10 @@ void MetalBackend::encode_attention_prefill(const Tensor& out, const Tensor& q, 
     // wants every slot bound.
     const Binding unused{out.buf, out.offset, 0, false};
     // the kernel of this head size's class: up to 256, or up to 512 (Gemma 4's global heads)
-    encode(p.head_dim <= 256 ? "attention_prefill_f16" : "attention_prefill_f16_d512", &a, sizeof a,
+    encode(p.head_dim <= 256   ? "attention_prefill_f16"
+           : p.head_dim <= 512 ? "attention_prefill_f16_d512"
+                               : "attention_prefill_f16_d576",
+           &a, sizeof a,
            {reads(q), reads(bound_cache(k_cache, at, n)), reads(bound_cache(v_cache, at, n)), writes(out),
             p.sinks ? reads(*p.sinks) : unused, at.table ? reads(*at.table) : unused},
            {ceil_div(n, FG_ATTN_BQ), (uint32_t)p.n_heads, 1}, {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1},
