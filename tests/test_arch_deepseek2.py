@@ -173,3 +173,17 @@ def test_saved_state_and_prompt_cache_continue_as_fresh(forgert, models, metal_r
     c2 = m2.generate(turn, greedy)
     assert c2.timings.cached_tokens > len(a)
     assert list(c2.tokens) == fresh
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_batch_of_prompts_equals_each_alone(forgert, models, metal_reason, backend):
+    """Several sequences in one batch (each slot's latent rows through the row table) give the
+    greedy tokens each prompt gives alone."""
+    require_backend(backend, metal_reason)
+    _, files, _ = models("deepseek-v3")
+    path = str(files["gguf-F32"])
+    prompts = [[int(t) for t in ids_for(320, n, 20 + n)] for n in (5, 17, 9)]
+    kw = dict(max_tokens=8, temperature=0.0, ignore_eos=True)
+    batch = forgert.Model(path, backend=backend, n_ctx=64, parallel=3).generate(prompts, **kw)
+    single = forgert.Model(path, backend=backend, n_ctx=64)
+    assert [list(c.tokens) for c in batch] == [list(single.generate(p, **kw).tokens) for p in prompts]
