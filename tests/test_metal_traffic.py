@@ -385,6 +385,42 @@ def test_attention_traffic(core, metal, nh, nkv, hd):
     assert lines(r) >= 0.95 and lines(r, "store") >= 0.95
 
 
+def test_rope_kv_write_latent_row_traffic(core, metal):
+    """Latent attention's step (v_from_k, DeepSeek's row of 512 + 64 at 16 query heads): the rope
+    dims of q and of the row rotated in place (the rest untouched), the row read once and cached,
+    nothing read or written for V."""
+    nh, hd, rope, n, pos0 = 16, 576, 64, 1, 40
+    r = np.random.default_rng(5)
+    q = r.standard_normal((n, nh * hd), dtype=np.float32)
+    k = r.standard_normal((n, hd), dtype=np.float32)
+    cache = r.standard_normal((pos0 + n + 2, hd)).astype(np.float16)
+    freqs = (10000.0 ** (-np.arange(0, rope, 2) / rope)).astype(np.float32)
+    metal.rope_kv_write(q, k, k.copy(), cache, cache.copy(), freqs, pos0, nh, 1, hd, False, rope_dim=rope, v_from_k=True)
+    d = one(core, "rope_kv_write")
+    assert d["read_needed"] == 4 * (nh * rope + hd + rope // 2)
+    assert d["write_needed"] == 4 * (nh * rope + rope) + 2 * hd
+    assert lines(d) >= 0.95 and lines(d, "store") >= 0.95   # measured 1.0 and 1.0
+
+
+def test_latent_attention_traffic(core, metal):
+    """Decode over the latent rows (16 heads, one KV head of 576, V the same rows): K and V slots
+    each need the rows once, loads and stores whole lines (measured 1.0). Each head's threadgroup
+    loads the rows itself (a 576-wide head leaves registers for one head a threadgroup), so the
+    rows are requested once per head: measured 16.0x at 16 heads, asserted as the known cost."""
+    nh, hd, n, pos0 = 16, 576, 1, 300
+    r = np.random.default_rng(6)
+    q = r.standard_normal((n, nh * hd), dtype=np.float32)
+    cache = r.standard_normal((pos0 + n + 2, hd)).astype(np.float16)
+    metal.attention(q, cache, cache, pos0, nh, 1, hd, 0.07)
+    log = core.emulator_traffic()
+    d = next(e for e in log if e["kernel"] == "attention_f16_d576")
+    kv_bytes = (pos0 + n) * hd * 2
+    for slot in (2, 3):
+        assert d["slot_read_needed"][slot] == kv_bytes
+        assert d["slot_read_requested"][slot] <= 1.05 * nh * kv_bytes
+    assert lines(d) >= 0.95 and lines(d, "store") >= 0.95
+
+
 def test_counting_is_off_by_default(core):
     core.emulator_traffic()
     m = core.Ops("metal")
