@@ -58,6 +58,9 @@ MODELS = {
                                 sparsity=[0.6, 0.6, 0.0, 0.0, 0.0], ffn=[96, 96, 128, 96, 128], correct_scale=True)),
     "gemma3n-2": ("gemma3n", dict(seed=72, types=[SLIDING, FULL, SLIDING, FULL], altup=2, shared=0,
                                   sparsity=[0.0] * 4, ffn=96, correct_scale=False)),
+    # the published checkpoints' per-layer table of the text vocabulary only: its last 40 ids look up row 0
+    "gemma3n-pv": ("gemma3n", dict(seed=73, types=[SLIDING, FULL, SLIDING, FULL], altup=2, shared=0,
+                                   sparsity=[0.0] * 4, ffn=96, correct_scale=True, ple_cut=40)),
 }
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, WINDOW, PLE, RANK = 64, 4, 2, 32, 8, 32, 32
 SWA_THETA, FULL_THETA = 10_000.0, 1_000_000.0
@@ -66,7 +69,7 @@ SWA_THETA, FULL_THETA = 10_000.0, 1_000_000.0
 def text_config(name: str, vocab: int, **changes):
     from transformers import Gemma3nTextConfig
     kw = MODELS[name][1]
-    args = dict(vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size=HIDDEN, intermediate_size=kw["ffn"],
+    args = dict(vocab_size=vocab, vocab_size_per_layer_input=vocab - kw.get("ple_cut", 0), hidden_size=HIDDEN, intermediate_size=kw["ffn"],
                 num_hidden_layers=len(kw["types"]), num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
                 head_dim=HEAD_DIM, layer_types=list(kw["types"]), sliding_window=WINDOW,
                 max_position_embeddings=256, rms_norm_eps=1e-6, hidden_size_per_layer_input=PLE,

@@ -1,7 +1,7 @@
-"""Gemma 3n's ops (gaussian_topk, rms_match, altup_mix) on the CPU and on the Metal device (the
+"""Gemma 3n's ops (gaussian_topk, rms_match, altup_mix, clamp_ids) on the CPU and on the Metal device (the
 emulated one on Linux, under its three thread schedules) against float64 NumPy references of
 transformers' definitions (Gemma3nTextMLP._gaussian_topk, the AltUp magnitude matching of
-Gemma3nTextModel.forward, Gemma3nTextAltUp.predict / correct).
+Gemma3nTextModel.forward, Gemma3nTextAltUp.predict / correct, get_per_layer_inputs' ids).
 
 Shapes: rows that are not multiples of a simdgroup, widths below one simdgroup, past one
 1024-thread threadgroup (a thread loops over several elements), and Gemma 3n E2B's 2048 / 8192.
@@ -124,3 +124,13 @@ def test_bad_shapes_refused():
         ops.rms_match(np.zeros((2, 10), np.float32), np.zeros((2, 9), np.float32))
     with pytest.raises(Exception, match="finite"):
         ops.gaussian_topk(np.zeros((2, 10), np.float32), float("nan"))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_clamp_ids(metal_reason, schedule, backend, n):
+    """Ids past a table of `limit` rows (and negative ones) become 0, the others stay."""
+    ops = ops_for(backend, metal_reason, schedule)
+    ids = rng("clamp_ids", n).integers(-5, 120, n).astype(np.int32)
+    got = ops.clamp_ids(ids, 100)
+    np.testing.assert_array_equal(np.asarray(got).reshape(-1), np.where((ids >= 0) & (ids < 100), ids, 0))

@@ -241,6 +241,7 @@ class ModelConfig:
     moe_beside_dense: bool = False   # Gemma 4 26B-A4B: a dense MLP beside the experts (gemma4.py)
     # Gemma 3n (gemma3n.py): AltUp's stream count (0: none), LAuReL's rank, whether the corrected
     # active stream is scaled, each layer's gate cut (the normal quantile of its sparsity; None: none).
+    ple_vocab: int = 0   # the per-layer table's rows when fewer than vocab (Gemma 3n HF); 0: vocab
     altup_n: int = 0
     laurel_rank: int = 0
     altup_correct_scale: bool = False
@@ -493,6 +494,8 @@ class ModelConfig:
             d["layer_out_scale"] = [float(v) for v in self.layer_out_scale]
         if self.ple_dim:
             d.update(ple_dim=int(self.ple_dim), ple_embed_scale=float(self.ple_embed_scale))
+            if self.ple_vocab:
+                d["ple_vocab"] = int(self.ple_vocab)
         if self.altup_n:
             d.update(altup_n=int(self.altup_n), laurel_rank=int(self.laurel_rank),
                      altup_correct_scale=bool(self.altup_correct_scale))

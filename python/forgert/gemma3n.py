@@ -130,9 +130,10 @@ def config_from_hf(hf: dict, source: str, census):
     if len(set(ffn)) > 1:
         cfg.layer_ffn_dim = ffn
     ple_dim = _get_int(hf, "hidden_size_per_layer_input", source, default=256, **extent)
-    if hf.get("vocab_size_per_layer_input", cfg.vocab) != cfg.vocab:
-        _fail(source, f"a per-layer embedding vocabulary (vocab_size_per_layer_input "
-                      f"{hf.get('vocab_size_per_layer_input')}) other than the model's ({cfg.vocab}) is not supported yet")
+    ple_vocab = _get_int(hf, "vocab_size_per_layer_input", source, default=cfg.vocab, **extent)
+    if ple_vocab > cfg.vocab:
+        _fail(source, f"vocab_size_per_layer_input {ple_vocab} exceeds vocab_size {cfg.vocab}")
+    cfg.ple_vocab = ple_vocab if ple_vocab < cfg.vocab else 0   # the published checkpoints: 262144 of 262400
     _per_layer_inputs(cfg, ple_dim, _get_int(hf, "num_kv_shared_layers", source, default=15, minimum=0), False, swa,
                       source)
     sparsity = hf.get("activation_sparsity_pattern")
@@ -200,11 +201,15 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census):
 
 
 def set_gguf_shapes(cfg, weights: dict, source: str) -> None:
-    """LAuReL's rank, which GGUF has no key for: blk.0.laurel_l.weight's rows."""
+    """LAuReL's rank, which GGUF has no key for: blk.0.laurel_l.weight's rows; the per-layer table's
+    rows where fewer than the vocabulary's."""
     t = weights.get("blk.0.laurel_l.weight")
     if t is None:
         _fail(source, "no blk.0.laurel_l.weight to read LAuReL's rank from")
     cfg.laurel_rank = int(t.shape[0])
+    table = weights.get("per_layer_token_embd.weight")
+    if table is not None and 0 < table.shape[0] < cfg.vocab:   # a table of the text vocabulary only
+        cfg.ple_vocab = int(table.shape[0])
 
 
 def gguf_stream_views(weights: dict) -> dict:

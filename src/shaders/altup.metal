@@ -83,3 +83,16 @@ kernel void altup_mix_f32(
     for (int j = 0; j < args.k; ++j) acc += cf[j] * x[j * args.dim + c];
     ((device float*)(out + t * args.out_stride))[c] = acc;
 }
+
+kernel void clamp_ids_i32(
+        constant clamp_ids_args & args [[buffer(0)]],
+        device const int32_t * ids [[buffer(1)]],
+        device       int32_t * out [[buffer(2)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int i = tgpig.x * ntg.x + tptg.x;
+    if (i >= args.n) return;
+    const int32_t id = ids[i];
+    out[i] = id >= 0 && id < args.limit ? id : 0;
+}

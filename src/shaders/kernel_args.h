@@ -589,4 +589,12 @@ typedef struct {
 } altup_mix_args;
 FG_ARGS_ASSERT(sizeof(altup_mix_args) == 40, "altup_mix_args layout");
 
+// clamp_ids_i32: out[i] = ids[i] if 0 <= ids[i] < limit else 0 (Gemma 3n's per-layer table's ids)
+// slots: 1 ids i32 [n], 2 out i32 [n]; grid: (ceil(n / threads)); threads: min(256, n rounded to 32)
+typedef struct {
+    int32_t n;
+    int32_t limit;
+} clamp_ids_args;
+FG_ARGS_ASSERT(sizeof(clamp_ids_args) == 8, "clamp_ids_args layout");
+
 #endif  // FORGERT_KERNEL_ARGS_H

@@ -119,6 +119,7 @@ ModelConfig config_from_dict(const py::dict& d) {
     if (d.contains("ple_dim")) {
         c.ple_dim = get<int>(d, "ple_dim");
         c.ple_embed_scale = get<float>(d, "ple_embed_scale");
+        if (d.contains("ple_vocab")) c.ple_vocab = get<int>(d, "ple_vocab");
     }
     if (d.contains("layer_out_scale")) {
         for (py::handle f : d["layer_out_scale"].cast<py::list>()) c.layer_out_scale.push_back(f.cast<float>());

@@ -349,6 +349,16 @@ public:
         run([&] { be_->altup_mix(Y, X, C, B); });
         return download(Y);
     }
+    I32 clamp_ids(const I32& ids, int32_t limit) {
+        need(limit > 0, "limit must be positive");
+        const int64_t n = (int64_t)ids.size();
+        Tensor X = upload(ids.data(), DType::I32, 1, n), Y = empty(DType::I32, 1, n);
+        run([&] { be_->clamp_ids(Y, X, limit); });
+        I32 out(n);
+        be_->read(out.mutable_data(), Y, (size_t)n * sizeof(int32_t));
+        bufs_.clear();
+        return out;
+    }
     F32 add(const F32& a, const F32& b) {
         need(a.size() == b.size(), "a and b must have the same shape");
         Tensor A = f32(a), B = f32(b), Y = empty(DType::F32, A.rows, A.cols);
@@ -644,6 +654,7 @@ void bind_ops(py::module_& m) {
         .def("gaussian_topk", &Ops::gaussian_topk, py::arg("x"), py::arg("std_mult"))
         .def("rms_match", &Ops::rms_match, py::arg("x"), py::arg("target"))
         .def("altup_mix", &Ops::altup_mix, py::arg("xs"), py::arg("coefs"), py::arg("base"))
+        .def("clamp_ids", &Ops::clamp_ids, py::arg("ids"), py::arg("limit"))
         .def("add", &Ops::add, py::arg("a"), py::arg("b"))
         .def("copy_rows", &Ops::copy_rows, py::arg("cache"), py::arg("copies"))
         .def("argmax", &Ops::argmax, py::arg("x"))

@@ -267,6 +267,10 @@ public:
     // for k < K (xs holds K streams side by side per row). out may alias base, not xs.
     // out, base f32 [n, dim]; xs f32 [n, K * dim]; coefs f32 [n, K] (a column view of a wider row)
     virtual void altup_mix(const Tensor& out, const Tensor& xs, const Tensor& coefs, const Tensor& base) = 0;
+    // out[i] = ids[i] if 0 <= ids[i] < limit else 0: token ids for a table of `limit` rows (Gemma 3n's
+    // per-layer embeddings cover the text vocabulary only; transformers looks its other ids up as 0).
+    //                                                               ids, out i32 [n, 1] (contiguous)
+    virtual void clamp_ids(const Tensor& out, const Tensor& ids, int32_t limit) = 0;
     // x *= s, in place (Gemma's embeddings times sqrt(dim))             x [n, dim]
     virtual void scale(const Tensor& x, float s) = 0;
     // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]

@@ -167,6 +167,10 @@ struct ModelConfig {
     // its inputs)) * post_norm to x after its feed-forward.
     int ple_dim = 0;
     float ple_embed_scale = 1.0f;
+    // Rows of the per-layer embedding table when fewer than vocab (Gemma 3n's HF checkpoints: the
+    // text vocabulary only; other ids look up row 0, as transformers does); 0: vocab.
+    int ple_vocab = 0;
+    int ple_rows() const { return ple_vocab > 0 ? ple_vocab : vocab; }
     // Gemma 3n (altup.cpp): altup_n > 0 keeps the residual stream as altup_n parallel streams
     // (AltUp; stream 0 the active one, which the layer runs on), each layer predicting, running and
     // correcting them; laurel_rank > 0 adds LAuReL's low-rank residual beside attention;

@@ -115,6 +115,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         ple_ = tensor(DType::F32, B, all);
         ple_proj_ = tensor(DType::F32, B, all);
         ple_gate_ = tensor(DType::F32, B, cfg_.ple_dim);
+        if (cfg_.ple_rows() < cfg_.vocab) ple_ids_ = tensor(DType::I32, 1, B);
     }
     if (cfg_.altup_n > 0) {  // Gemma 3n's AltUp streams and LAuReL (altup.cpp)
         const int64_t N = cfg_.altup_n;

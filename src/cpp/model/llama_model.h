@@ -287,6 +287,7 @@ private:
     // Per-layer embeddings: every layer's inputs [B, n_layers * ple_dim], the model projection's
     // [B, n_layers * ple_dim], one layer's gate [B, ple_dim].
     Tensor ple_, ple_proj_, ple_gate_;
+    Tensor ple_ids_;  // i32 [B]: the ids clamped to the per-layer table (cfg.ple_vocab > 0)
     // Gemma 3n (altup_n = N streams): the streams and their predictions [B, N * dim] (stream j in
     // columns j * dim..), the router's modalities [B, N], the coefficients [B, N * N], a stream's
     // contiguous copy [B, dim], ones [1, N] (the correction's + 1); LAuReL's low rank [B, rank], output [B, dim].

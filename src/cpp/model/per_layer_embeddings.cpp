@@ -11,7 +11,12 @@ namespace forgert {
 void LlamaModel::per_layer_inputs(const Tensor& ids, const Tensor& x, int n) {
     Backend& be = *be_;
     const Tensor ple = ple_.slice_rows(0, n), proj = ple_proj_.slice_rows(0, n);  // [n, n_layers * ple_dim]
-    be.get_rows(ple, w_.per_layer_token_embd, ids);  // the token's rows of the wide table (any weight type)
+    Tensor rows = ids;
+    if (cfg_.ple_rows() < cfg_.vocab) {  // ids past the table (Gemma 3n's multimodal tokens) look up row 0
+        rows = make_tensor(ple_ids_.buf, 0, DType::I32, n, 1);
+        be.clamp_ids(rows, ids, cfg_.ple_rows());
+    }
+    be.get_rows(ple, w_.per_layer_token_embd, rows);  // the token's rows of the wide table (any weight type)
     be.scale(ple, cfg_.ple_embed_scale);               // times sqrt(ple_dim)
     be.matmul(proj, w_.per_layer_model_proj, x, rows_);  // of the scaled embeddings
     be.scale(proj, 1.0f / std::sqrt((float)cfg_.dim));

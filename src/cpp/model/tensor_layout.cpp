@@ -21,7 +21,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
     };
     if (cfg.ple_dim > 0) {  // Gemma 4's per-layer embeddings
         const int64_t all = (int64_t)cfg.n_layers * cfg.ple_dim;
-        out.push_back({"per_layer_token_embd.weight", cfg.vocab, all, true, false});
+        out.push_back({"per_layer_token_embd.weight", cfg.ple_rows(), all, true, false});
         out.push_back({"per_layer_model_proj.weight", all, dim, true, false});
         out.push_back({"per_layer_proj_norm.weight", 1, cfg.ple_dim, true, true});
     }

@@ -148,6 +148,7 @@ void ModelConfig::validate() const {
          "layer_ffn_dim must list one width per layer, for a dense model");
     for (int f : layer_ffn_dim) in_range("layer_ffn_dim", f, 1, kMaxFfnDim);
     in_range("ple_dim", ple_dim, 0, kMaxDim);
+    in_range("ple_vocab", ple_vocab, 0, vocab);
     in_range("altup_n", altup_n, 0, 16);
     in_range("laurel_rank", laurel_rank, 0, kMaxDim);
     need(altup_n != 1, "altup_n must be 0 (no AltUp) or at least 2 streams");

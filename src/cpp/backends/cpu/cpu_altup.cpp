@@ -78,4 +78,14 @@ void CpuBackend::altup_mix(const Tensor& out, const Tensor& xs, const Tensor& co
     });
 }
 
+void CpuBackend::clamp_ids(const Tensor& out, const Tensor& ids, int32_t limit) {
+    const int64_t n = ids.rows * ids.cols;
+    if (ids.type != DType::I32 || out.type != DType::I32 || out.rows * out.cols != n || limit < 1 ||
+        (ids.rows > 1 && ids.stride != (size_t)ids.cols * 4) || (out.rows > 1 && out.stride != (size_t)out.cols * 4))
+        throw InputError("clamp_ids: ids and out must be contiguous i32 of one size, limit positive");
+    const int32_t* in = ids.data<int32_t>();
+    int32_t* o = out.data<int32_t>();
+    for (int64_t i = 0; i < n; i++) o[i] = in[i] >= 0 && in[i] < limit ? in[i] : 0;
+}
+
 }  // namespace forgert::cpu

@@ -92,6 +92,7 @@ public:
     void gaussian_topk(const Tensor& x, float std_mult) override;  // cpu_altup.cpp
     void rms_match(const Tensor& out, const Tensor& x, const Tensor& target) override;
     void altup_mix(const Tensor& out, const Tensor& xs, const Tensor& coefs, const Tensor& base) override;
+    void clamp_ids(const Tensor& out, const Tensor& ids, int32_t limit) override;
     void argmax(const Tensor& out, const Tensor& x) override;
 
     // Mixture of experts (cpu_moe.cpp).

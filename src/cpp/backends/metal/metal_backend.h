@@ -72,6 +72,7 @@ public:
     void gaussian_topk(const Tensor& x, float std_mult) override;  // Gemma 3n (altup.metal)
     void rms_match(const Tensor& out, const Tensor& x, const Tensor& target) override;
     void altup_mix(const Tensor& out, const Tensor& xs, const Tensor& coefs, const Tensor& base) override;
+    void clamp_ids(const Tensor& out, const Tensor& ids, int32_t limit) override;
     void argmax(const Tensor& out, const Tensor& x) override;
     // Decode rows: the staged GEMV with the argmax fused on (mul_mv_argmax_staged_*, then
     // argmax_partials; the logits are never written), unless FORGERT_METAL_FUSED_ARGMAX=0 or the

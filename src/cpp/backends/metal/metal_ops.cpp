@@ -1218,4 +1218,18 @@ void MetalBackend::altup_mix(const Tensor& out, const Tensor& xs, const Tensor& 
            {ceil_div(dim, threads), (uint32_t)n, 1}, {threads, 1, 1});
 }
 
+void MetalBackend::clamp_ids(const Tensor& out, const Tensor& ids, int32_t limit) {
+    const int64_t n = ids.rows * ids.cols;
+    need(ids.buf != nullptr && out.buf != nullptr && ids.type == DType::I32 && out.type == DType::I32 &&
+             out.rows * out.cols == n && limit > 0,
+         "clamp_ids", "ids and out must be i32 of one size, limit positive");
+    need((ids.rows == 1 || ids.stride == (size_t)ids.cols * 4) && (out.rows == 1 || out.stride == (size_t)out.cols * 4),
+         "clamp_ids", "ids and out must be contiguous");
+    clamp_ids_args a{};
+    a.n = (int32_t)n;
+    a.limit = limit;
+    const uint32_t threads = std::min<uint32_t>(256, round_up_simd(n));
+    encode("clamp_ids_i32", &a, sizeof a, {reads(ids), writes(out)}, {ceil_div(n, threads), 1, 1}, {threads, 1, 1});
+}
+
 }  // namespace forgert::metal
