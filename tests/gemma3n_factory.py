@@ -4,8 +4,8 @@ independently of forgert: norm weights as they are (Gemma 3n's norms multiply by
 projections of the streams past the first stacked into altup_proj.weight / altup_unembd_proj.weight
 [N - 1, dim, dim], the layers' AltUp and LAuReL tensors under blk.N.altup_* / laurel_*, the AltUp
 coefficients and router kept F32, altup.num_inputs / altup.active_idx, shared_kv_layers,
-embedding_length_per_layer_input, sliding_window_pattern one bool per layer, and the per-layer
-activation sparsity targets as activation_sparsity_scale.
+embedding_length_per_layer_input, sliding_window_pattern one bool per layer, and each layer's
+activation_sparsity_scale the normal quantile of its sparsity (-inf for a dense layer).
 
 Nothing here imports forgert: this module is the reference side of the tests.
 """
@@ -146,7 +146,9 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
         "add_shared_kv_layers": c.num_kv_shared_layers,
         "add_embedding_length_per_layer_input": c.hidden_size_per_layer_input,
         "add_altup_active_idx": c.altup_active_idx, "add_altup_num_inputs": c.altup_num_inputs,
-        "add_activation_sparsity_scale": [float(s) for s in c.activation_sparsity_pattern],
+        # each layer's normal quantile of its sparsity, as the converter computes it (-inf for 0)
+        "add_activation_sparsity_scale": [torch.distributions.normal.Normal(0, 1).icdf(
+            torch.tensor(s, dtype=torch.float32)).item() for s in c.activation_sparsity_pattern],
         "add_final_logit_softcapping": c.final_logit_softcapping,
     }
     meta.update(extra_meta or {})

@@ -61,23 +61,35 @@ def std_multiplier(sparsity: float, source) -> float:
     """The normal quantile of a target sparsity (transformers computes it in float32), 0 for none."""
     if not 0.0 <= sparsity < 1.0:
         _fail(source, f"activation sparsity {sparsity} must be in [0, 1)")
+    if 0.0 < sparsity <= 0.5:
+        _fail(source, f"activation sparsity {sparsity} (a cut at or below the mean) is not supported")
     return float(np.float32(NormalDist().inv_cdf(sparsity))) if sparsity > 0 else 0.0
 
 
-def _altup(cfg, n_inputs: int, active: int, correct_scale: bool, laurel_rank: int, sparsity: list, source) -> None:
+def _gguf_multiplier(v, source) -> float:
+    """activation_sparsity_scale's value for one layer, as llama.cpp's converter writes it: the normal
+    quantile of the layer's sparsity (-inf, the quantile of 0, for a dense layer)."""
+    v = float(v)
+    if v == float("-inf"):
+        return 0.0
+    if not np.isfinite(v) or v <= 0.0:
+        _fail(source, f"activation_sparsity_scale {v} (a cut at or below the mean) is not supported")
+    return v
+
+
+def _altup(cfg, n_inputs: int, active: int, correct_scale: bool, laurel_rank: int, mults: list, source) -> None:
+    """AltUp's and LAuReL's settings; mults: each layer's gate cut in standard deviations (the normal
+    quantile of its sparsity; 0: a dense layer)."""
     if n_inputs < 2:
         _fail(source, f"altup_num_inputs {n_inputs}: AltUp needs at least 2 streams")
     if active != 0:
         _fail(source, f"altup_active_idx {active} is not supported yet (only 0, as every published checkpoint)")
     if laurel_rank < 1:
         _fail(source, "laurel_rank must be positive")
-    if len(sparsity) != cfg.n_layers:
-        _fail(source, f"activation sparsity lists {len(sparsity)} values for {cfg.n_layers} layers")
+    if len(mults) != cfg.n_layers:
+        _fail(source, f"activation sparsity lists {len(mults)} values for {cfg.n_layers} layers")
     cfg.altup_n, cfg.laurel_rank, cfg.altup_correct_scale = n_inputs, laurel_rank, bool(correct_scale)
-    mults = [std_multiplier(float(s), source) for s in sparsity]
     cfg.layer_sparsity = mults if any(m != 0.0 for m in mults) else None
-    if any(s > 0 and m <= 0 for s, m in zip(sparsity, mults)):
-        _fail(source, "activation sparsity at or below 0.5 (a cut below the mean) is not supported")
 
 
 def config_from_hf(hf: dict, source: str, census):
@@ -143,7 +155,7 @@ def config_from_hf(hf: dict, source: str, census):
         sparsity = [sparsity] * n_layers
     _altup(cfg, _get_int(hf, "altup_num_inputs", source, default=4), int(hf.get("altup_active_idx", 0)),
            bool(hf.get("altup_correct_scale", True)), _get_int(hf, "laurel_rank", source, default=64, **extent),
-           list(sparsity), source)
+           [std_multiplier(float(s), source) for s in sparsity], source)
     _check_bounds(cfg, source)
     return cfg
 
@@ -188,14 +200,16 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census):
         cfg.layer_ffn_dim = ffn
     _per_layer_inputs(cfg, _get_int(meta, p + "embedding_length_per_layer_input", source, default=256, **extent),
                       _get_int(meta, p + "attention.shared_kv_layers", source, default=0, minimum=0), False, swa, source)
-    # The per-layer sparsity targets (forgert's reading of activation_sparsity_scale); absent,
-    # llama.cpp's fixed first layers.
-    sparsity = meta.get(p + "activation_sparsity_scale")
-    if sparsity is None:
-        sparsity = [_GGUF_SPARSITY if l < _GGUF_SPARSE_LAYERS else 0.0 for l in range(n_layers)]
+    # Each layer's gate cut (activation_sparsity_scale: the converter's quantiles); absent, llama.cpp's
+    # fixed first layers at 0.95.
+    scale = meta.get(p + "activation_sparsity_scale")
+    if scale is None:
+        mults = [std_multiplier(_GGUF_SPARSITY, source) if l < _GGUF_SPARSE_LAYERS else 0.0 for l in range(n_layers)]
+    else:
+        mults = [_gguf_multiplier(v, source) for v in scale]
     _altup(cfg, _get_int(meta, p + "altup.num_inputs", source, default=4),
            _get_int(meta, p + "altup.active_idx", source, default=0, minimum=0), True,
-           1, [float(s) for s in sparsity], source)   # LAuReL's rank: set_gguf_shapes, from its tensor
+           1, mults, source)   # LAuReL's rank: set_gguf_shapes, from its tensor
     _check_bounds(cfg, source)
     return cfg
 
