@@ -2,8 +2,8 @@
 per-layer embeddings, KV sharing of the last two layers, sparse gates on the first two, per-layer MLP
 widths, a final soft cap; and a 2-stream model without sparsity or sharing) against transformers:
 logits on prefill and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's gemma3n layout, on the
-CPU and emulated Metal; 32 greedy tokens; the multimodal checkpoint's text model; what is not run
-refused by name.
+CPU and emulated Metal; 32 greedy tokens; a batch of sequences in slots and the prompt cache; the
+multimodal checkpoint's text model; `forgert quantize` of its GGUF; what is not run refused by name.
 
 Measured here, worst over the two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
   F32 (HF and GGUF), CPU: prefill 9.1e-5 / 4.9e-5, decode 5.3e-5 / 2.3e-5;
@@ -158,3 +158,24 @@ def test_quantize_hf_dir_refused(forgert, models, tmp_path):
     _, files, _ = models("gemma3n-2")
     with pytest.raises(ModelFormatError, match="Gemma 3n HF directories cannot be quantized yet"):
         export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
+
+
+def test_batch_slots_and_prompt_cache(forgert, models):
+    """Prompts in parallel slots equal each alone (AltUp's streams per row; the KV-sharing layers
+    reading their source's slot), and a follow-up prompt through the prompt cache equals a fresh run."""
+    _, files, _ = models("gemma3n")
+    path = str(files["gguf-F32"])
+
+    def fresh(prompt):
+        return list(forgert.Model(path, backend="cpu", n_ctx=256).generate(
+            prompt, max_tokens=8, temperature=0.0, ignore_eos=True).tokens)
+
+    rng = np.random.default_rng(5)
+    first = [int(t) for t in rng.integers(2, 320, 20)]
+    m = forgert.Model(path, backend="cpu", n_ctx=256, parallel=2)
+    c1 = m.generate(first, max_tokens=6, temperature=0.0, ignore_eos=True)
+    follow = first + list(c1.tokens) + [int(t) for t in rng.integers(2, 320, 5)]
+    assert list(m.generate(follow, max_tokens=8, temperature=0.0, ignore_eos=True).tokens) == fresh(follow)
+    prompts = [first, follow, [int(t) for t in rng.integers(2, 320, 9)]]
+    for p, c in zip(prompts, m.generate(prompts, max_tokens=8, temperature=0.0, ignore_eos=True)):
+        assert list(c.tokens) == fresh(p)
