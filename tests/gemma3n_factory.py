@@ -129,7 +129,8 @@ def gguf_tensors(hf_dir: Path) -> dict:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None) -> Path:
+def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None, vocab=None) -> Path:
+    """vocab: (tokenizer tables, chat template), or None for the tiny BPE's own."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-gemma3n")
     ffn = c.intermediate_size
@@ -155,7 +156,11 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     for key, value in meta.items():
         if value is not None:
             getattr(w, key)(value)
-    mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
+    if vocab is None:
+        mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
+    else:
+        mf.add_bpe_vocab(w, vocab[0], tok.token_to_id(mf.BOS_TOKEN), tok.token_to_id(mf.EOS_TOKEN), add_bos=True,
+                         chat_template=vocab[1])
     qtype = gguf.GGMLQuantizationType[type_name]
     kept = tuple(_LAYER[k] for k in _KEPT_F32)
     for name, t in gguf_tensors(hf_dir).items():

@@ -3,7 +3,8 @@ per-layer embeddings, KV sharing of the last two layers, sparse gates on the fir
 widths, a final soft cap; and a 2-stream model without sparsity or sharing) against transformers:
 logits on prefill and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's gemma3n layout, on the
 CPU and emulated Metal; 32 greedy tokens; a batch of sequences in slots and the prompt cache; the
-multimodal checkpoint's text model; `forgert quantize` of its GGUF; what is not run refused by name.
+multimodal checkpoint's text model; `forgert quantize` of its GGUF; Gemma's chat template and its
+<end_of_turn> stop; what is not run refused by name.
 
 Measured here, worst over the two models (64-token prefill, 24 decode steps), max_rel / rms_rel:
   F32 (HF and GGUF), CPU: prefill 9.1e-5 / 4.9e-5, decode 5.3e-5 / 2.3e-5;
@@ -179,3 +180,27 @@ def test_batch_slots_and_prompt_cache(forgert, models):
     prompts = [first, follow, [int(t) for t in rng.integers(2, 320, 9)]]
     for p, c in zip(prompts, m.generate(prompts, max_tokens=8, temperature=0.0, ignore_eos=True)):
         assert list(c.tokens) == fresh(p)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_end_of_turn_stops(forgert, tmp_path, fmt):
+    """Gemma's chat template (Gemma 3n's is Gemma 3's) renders its turns, and <end_of_turn> ends
+    generation: an id from generation_config's list (HF), or the GGUF token found by its text."""
+    import gemma_factory as gmf
+    tok = gmf.build_tokenizer()
+    model = gf.build("gemma3n-2", tok.get_vocab_size())
+    hf = gf.save_hf(model, tok, tmp_path / "hf")
+    (hf / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": mf.BOS_TOKEN, "eos_token": mf.EOS_TOKEN, "add_bos_token": True,
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": gmf.GEMMA3_TEMPLATE}))
+    (hf / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": tok.token_to_id(mf.BOS_TOKEN),
+        "eos_token_id": [tok.token_to_id(mf.EOS_TOKEN), tok.token_to_id(gmf.END_OF_TURN)]}))
+    path = hf if fmt == "hf" else gf.write_gguf(hf, tmp_path / "m.gguf", "F32", "gemma3n", model.config, tok,
+                                                vocab=(gmf.tokenizer_tables(tok), gmf.GEMMA3_TEMPLATE))
+    m = forgert.Model(str(path), backend="cpu")
+    eot = tok.token_to_id(gmf.END_OF_TURN)
+    assert eot in m.info()["stop_token_ids"]
+    text = m.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert text.endswith("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
+    assert m.tokenize(text, add_bos=False).count(eot) == 1
