@@ -94,6 +94,9 @@ def test_features_visible(forgert, models):
         assert c.layer_kv_source == [0, 1, 2, 1, 2] and c.attn_scale == 1.0 and c.v_norm, fmt
         assert c.layer_ffn_dim == [96, 96, 128, 96, 128] and c.final_softcap == 10.0, fmt
         assert c.layer_window == [8, 8, 0, 8, 0] and c.norm_shift == 0.0, fmt
+        from forgert.cli.info import describe, format_text
+        text = format_text(describe(load_model(str(files[fmt]))), False, False)
+        assert "AltUp: 4 streams; LAuReL of rank 32" in text and "sparse gates (gaussian top-k) in layers 0-1" in text
         short = load_model(str(models("gemma3n-pv")[1][fmt])).config   # the table's rows, from config or tensor
         assert short.ple_vocab == short.vocab - 40, fmt
 

@@ -371,6 +371,11 @@ class ModelConfig:
             out.append("each layer's output times its scalar")
         if self.ple_dim:
             out.append(f"per-layer embeddings ({self.ple_dim} per layer)")
+        if self.altup_n:
+            out.append(f"AltUp: {self.altup_n} streams; LAuReL of rank {self.laurel_rank}")
+        if self.layer_sparsity is not None:
+            sparse = [l for l, m in enumerate(self.layer_sparsity) if m]
+            out.append(f"sparse gates (gaussian top-k) in layers {sparse[0]}-{sparse[-1]}")
         shared = [l for l, s in enumerate(self.layer_kv_source or []) if s != l]
         if shared:
             out.append(f"KV sharing: layers {shared[0]}-{shared[-1]} read earlier layers' K/V")
