@@ -185,8 +185,7 @@ def test_batch_slots_and_prompt_cache(forgert, models):
         assert list(c.tokens) == fresh(p)
 
 
-@pytest.mark.parametrize("fmt", ["hf", "gguf"])
-def test_end_of_turn_stops(forgert, tmp_path, fmt):
+def test_end_of_turn_stops(forgert, tmp_path):
     """Gemma's chat template (Gemma 3n's is Gemma 3's) renders its turns, and <end_of_turn> ends
     generation: an id from generation_config's list (HF), or the GGUF token found by its text."""
     import gemma_factory as gmf
@@ -199,11 +198,12 @@ def test_end_of_turn_stops(forgert, tmp_path, fmt):
     (hf / "generation_config.json").write_text(json.dumps({
         "bos_token_id": tok.token_to_id(mf.BOS_TOKEN),
         "eos_token_id": [tok.token_to_id(mf.EOS_TOKEN), tok.token_to_id(gmf.END_OF_TURN)]}))
-    path = hf if fmt == "hf" else gf.write_gguf(hf, tmp_path / "m.gguf", "F32", "gemma3n", model.config, tok,
-                                                vocab=(gmf.tokenizer_tables(tok), gmf.GEMMA3_TEMPLATE))
-    m = forgert.Model(str(path), backend="cpu")
+    gg = gf.write_gguf(hf, tmp_path / "m.gguf", "F32", "gemma3n", model.config, tok,
+                       vocab=(gmf.tokenizer_tables(tok), gmf.GEMMA3_TEMPLATE))
     eot = tok.token_to_id(gmf.END_OF_TURN)
-    assert eot in m.info()["stop_token_ids"]
-    text = m.apply_chat_template([{"role": "user", "content": "Hi"}])
-    assert text.endswith("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
-    assert m.tokenize(text, add_bos=False).count(eot) == 1
+    for path in (hf, gg):
+        m = forgert.Model(str(path), backend="cpu")
+        assert eot in m.info()["stop_token_ids"], path
+        text = m.apply_chat_template([{"role": "user", "content": "Hi"}])
+        assert text.endswith("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"), path
+        assert m.tokenize(text, add_bos=False).count(eot) == 1, path
