@@ -187,7 +187,7 @@ def test_quantize_hf_directory_refused_by_name(forgert, models, tmp_path):
     from forgert.errors import ModelFormatError
     from forgert.gguf_export import export_gguf
     model, files, refs = models("granite4h-moe")
-    with pytest.raises(ModelFormatError, match="Granite 4.0-H and Nemotron-H HF directories cannot be quantized"):
+    with pytest.raises(ModelFormatError, match="Granite 4.0-H and Nemotron-H / Nemotron 3 HF directories cannot be quantized"):
         export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
     out = tmp_path / "requantized.gguf"
     export_gguf(str(files["gguf-F32"]), str(out), "q8_0", log=lambda msg: None)

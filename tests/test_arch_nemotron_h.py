@@ -2,7 +2,8 @@
 ReLU-squared MLP each, paired into forgert's layers: a mixer with the MLP block after it, or alone)
 against transformers: logits on prefill and decode, as HF F32 and GGUF F32 / Q8_0 in llama.cpp's
 nemotron_h layout, on the CPU and emulated Metal; 32 greedy tokens; a follow-up prompt and a batch
-against fresh runs; Nemotron 3's experts and unpaired MLP blocks refused by name.
+against fresh runs; unpaired MLP blocks refused by name (Nemotron 3's experts:
+test_arch_nemotron_h_moe.py).
 
 Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here (64-token prefill,
 24 decode steps), max_rel / rms_rel:
@@ -90,8 +91,6 @@ def test_follow_up_prompt_and_batch_equal_fresh(forgert, models, metal_reason, b
 
 
 @pytest.mark.parametrize("changes,match", [
-    (dict(layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "mlp",
-                             "linear_attention", "mlp", "full_attention"]), "mixture-of-experts blocks"),
     (dict(layers_block_type=["linear_attention", "mlp", "mlp", "full_attention", "mlp", "linear_attention",
                              "linear_attention", "mlp", "full_attention"]), "block 2 is an MLP that follows no mixer"),
     (dict(mlp_hidden_act="silu"), "activations 'silu'"),
@@ -121,15 +120,6 @@ def test_hybrid_override_pattern_read(forgert, models, tmp_path):
                    **bounds("hf-F32", False), what="hybrid_override_pattern")
 
 
-def test_nemotron_h_moe_gguf_refused_by_name(forgert, models, tmp_path, tiny_tokenizer):
-    from forgert.errors import ModelFormatError
-    model, files, _ = models("nemotron-h")
-    path = nf.write_gguf(files["hf-F32"], tmp_path / "moe.gguf", "F32", "nemotron_h_moe", model.config,
-                         tiny_tokenizer)
-    with pytest.raises(ModelFormatError, match=r"nemotron_h_moe \(Nemotron 3's mixture-of-experts blocks\)"):
-        forgert.Model(str(path), backend="cpu")
-
-
 def test_quantize_gguf_and_refuse_hf_directory(forgert, models, tmp_path):
     """forgert quantize: a GGUF requantizes block for block as the file has them (and runs as the
     factory's Q8_0 file does); an HF directory is refused by name."""
@@ -137,7 +127,7 @@ def test_quantize_gguf_and_refuse_hf_directory(forgert, models, tmp_path):
     from forgert.gguf_export import export_gguf
     from forgert.gguf import GGUFFile
     model, files, _ = models("nemotron-h")
-    with pytest.raises(ModelFormatError, match="Nemotron-H HF directories cannot be quantized"):
+    with pytest.raises(ModelFormatError, match="Nemotron-H / Nemotron 3 HF directories cannot be quantized"):
         export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
     out = tmp_path / "requantized.gguf"
     export_gguf(str(files["gguf-F32"]), str(out), "q8_0", log=lambda msg: None)

@@ -66,8 +66,9 @@ HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3
 # Gemma 3n (gemma3n) is Gemma 4 E2B / E4B's layers with AltUp streams, LAuReL and sparse gates (gemma3n.py).
 # Granite 4.0-H (granitehybrid) is Granite MoE whose other layers are Mamba2 mixers (mamba2.py).
 # Nemotron-H (nemotron_h) is Arcee's ReLU-squared MLP after Mamba2 or NoPE attention blocks, some
-# layers without an MLP (nemotron_h.py).
-_CORE_ARCH = {"gemma4": "gemma3", "gemma3n": "gemma3", "granitehybrid": "llama", "nemotron_h": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
+# layers without an MLP; Nemotron 3 (nemotron_h_moe) has ungated ReLU-squared experts under a
+# sigmoid router in place of the MLPs, optionally through a latent (nemotron_h.py).
+_CORE_ARCH = {"gemma4": "gemma3", "gemma3n": "gemma3", "granitehybrid": "llama", "nemotron_h": "llama", "nemotron_h_moe": "llama", "lfm2": "llama", "lfm2moe": "llama", "qwen35": "qwen3", "qwen35moe": "qwen3", "qwen3next": "qwen3", "glm4moe": "llama", "ernie4_5-moe": "llama", "deepseek2": "llama", "minimax-m2": "llama", "smollm3": "llama", "phi3": "llama", "qwen3moe": "qwen3", "qwen2moe": "qwen2", "mistral3": "llama",
               "granite": "llama", "olmo2": "llama", "exaone4": "llama", "glm4": "llama", "ernie4_5": "llama",
               "seed_oss": "llama", "command-r": "llama", "cohere2": "llama", "granitemoe": "llama", "exaone": "llama",
               "gemma": "llama", "starcoder2": "llama", "olmoe": "llama", "arcee": "llama", "nemotron": "llama",
@@ -86,7 +87,8 @@ _LAYER_NORM_ARCHS = ("command-r", "cohere2", "starcoder2", "nemotron")
 # StarCoder2: tanh-GELU, LayerNorms and projections with biases; Arcee: ReLU squared, no biases;
 # Nemotron: ReLU squared after LayerNorms with biases.
 _PLAIN_FFN_ARCHS = {"starcoder2": ("gelu_tanh", True, True), "arcee": ("relu_sq", False, False),
-                    "nemotron": ("relu_sq", True, False), "nemotron_h": ("relu_sq", False, False)}
+                    "nemotron": ("relu_sq", True, False), "nemotron_h": ("relu_sq", False, False),
+                    "nemotron_h_moe": ("relu_sq", False, False)}
 # Where each architecture puts its norms (absent: "pre", before attention and before the
 # feed-forward): "sandwich", pre and on each sub-layer's output before its residual add (Gemma 2/3,
 # GLM-4); "post", only on each sub-layer's output (OLMo 2, EXAONE 4); "parallel", one pre-norm
@@ -114,7 +116,7 @@ GPT_OSS_SWIGLU_ALPHA, GPT_OSS_SWIGLU_LIMIT = 1.702, 7.0
 GPT_OSS_SWA_PATTERN = 2
 # Whether GGUF MoE weights are renormalised over the selected experts when the file has no
 # expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
-_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False}
+_GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False, "nemotron_h_moe": False}
 # llama.cpp's expert_gating_func values
 _GGUF_GATING = {1: "softmax", 2: "sigmoid"}
 # The default context is the model's training length, capped to bound KV-cache memory
@@ -246,6 +248,10 @@ class ModelConfig:
     laurel_rank: int = 0
     altup_correct_scale: bool = False
     layer_sparsity: list[float] | None = None
+    # Nemotron 3 (nemotron_h.py): ungated ReLU-squared experts and shared expert, down(relu(up x)^2);
+    # moe_latent_dim > 0 (Nemotron 3 Super): the experts run on a latent of that width.
+    experts_relu_sq: bool = False
+    moe_latent_dim: int = 0
 
     def has_layer_kind(self, kind: str) -> bool:
         return self.layer_kinds is not None and kind in self.layer_kinds
@@ -327,6 +333,9 @@ class ModelConfig:
                            + (f", {self.expert_groups_used} of {self.expert_groups} expert groups"
                               if self.expert_groups > 1 else "")
                            + (f", weights times {self.expert_weights_scale:g}" if self.expert_weights_scale != 1 else ""))
+            if self.experts_relu_sq:
+                out.append("ungated ReLU-squared experts and shared expert (Nemotron 3)"
+                           + (f", run on a latent of width {self.moe_latent_dim}" if self.moe_latent_dim else ""))
             if self.n_dense_lead:
                 out.append(f"dense feed-forward (width {self.ffn_dim}) in the first {self.n_dense_lead} "
                            f"layer{'s' if self.n_dense_lead > 1 else ''}")
@@ -351,7 +360,7 @@ class ModelConfig:
         if self.layer_ffn is not None and not all(self.layer_ffn):
             out.append(f"a feed-forward in {sum(map(bool, self.layer_ffn))} of {self.n_layers} layers (Nemotron-H's "
                        f"{sum(1 for _, m in self.layer_blocks or [] if m is not None) + self.n_layers} blocks: "
-                       f"each mixer with the MLP block after it)")
+                       f"each mixer with the MLP or MoE block after it)")
         if self.attn_output_gate:
             out.append("gated attention output (sigmoid of a per-head gate)")
         if self.mtp_layers:
@@ -473,6 +482,8 @@ class ModelConfig:
                      expert_weights_scale=float(self.expert_weights_scale),
                      shared_expert_gated=bool(self.shared_expert_gated), n_dense_lead=self.n_dense_lead,
                      moe_beside_dense=bool(self.moe_beside_dense))
+            if self.experts_relu_sq:
+                d.update(experts_relu_sq=True, moe_latent_dim=int(self.moe_latent_dim))
         if self.mla_kv_lora:
             d.update(mla_kv_lora=self.mla_kv_lora, mla_q_lora=self.mla_q_lora, mla_v_head_dim=self.mla_v_head_dim)
         if self.layer_kinds is not None:
@@ -625,8 +636,6 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch == "clip":   # llama.cpp's mmproj files: a vision encoder and projector
         _fail(source, "a vision encoder (an mmproj file), not a language model: pass the model's own GGUF; "
                       "forgert runs vision-language models on text and does not run their vision encoders")
-    if arch in nemotron_h.REFUSED_GGUF_ARCHS:
-        _fail(source, nemotron_h.REFUSED_GGUF_ARCHS[arch])
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
     if arch == gemma4.GGUF_ARCH:   # per-layer attention shapes: its own reader

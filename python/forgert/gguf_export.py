@@ -375,10 +375,10 @@ def export_gguf(src, dst, target: str, log=None, progress=None, pure: bool = Fal
         raise ModelFormatError(f"{loaded.name}: LFM2 HF directories cannot be quantized yet (llama.cpp's per-layer "
                                f"head_count_kv and its final-norm name are not written); quantize a GGUF of it, or "
                                f"run the directory itself")
-    if loaded.config.arch in ("granitehybrid", "nemotron_h") and loaded.format != "gguf":
-        raise ModelFormatError(f"{loaded.name}: Granite 4.0-H and Nemotron-H HF directories cannot be quantized yet "
-                               f"(llama.cpp's ssm.* keys, per-block arrays and ssm_a / ssm_d layout are not "
-                               f"written); quantize a GGUF of it, or run the directory itself")
+    if loaded.config.arch in ("granitehybrid", "nemotron_h", "nemotron_h_moe") and loaded.format != "gguf":
+        raise ModelFormatError(f"{loaded.name}: Granite 4.0-H and Nemotron-H / Nemotron 3 HF directories cannot be "
+                               f"quantized yet (llama.cpp's ssm.* keys, per-block arrays and ssm_a / ssm_d layout are "
+                               f"not written); quantize a GGUF of it, or run the directory itself")
     writer = GGUFWriter(loaded.config.arch)
     if loaded.format == "gguf":
         _copy_gguf_metadata(writer, loaded.handle)

@@ -183,6 +183,8 @@ def canonical_name(hf_name: str, model_type: str | None = None):
         m = _EXAONE_LAYER_RE.match(hf_name)
         if m and m.group(2) in _EXAONE_LAYER_NAMES:
             return f"blk.{m.group(1)}.{_EXAONE_LAYER_NAMES[m.group(2)]}"
+    if model_type in nemotron_h.HF_MODEL_TYPES and hf_name.startswith(nemotron_h.HF_MTP_PREFIX):
+        return None   # Nemotron 3's multi-token-prediction block, not run (nor by transformers)
     if model_type in nemotron_h.HF_MODEL_TYPES and nemotron_h.hf_name(hf_name):   # backbone.*, per block
         return nemotron_h.hf_name(hf_name)
     if hf_name in _GLOBAL_NAMES:

@@ -150,6 +150,8 @@ ModelConfig config_from_dict(const py::dict& d) {
         if (d.contains("shared_expert_gated")) c.shared_expert_gated = get<bool>(d, "shared_expert_gated");
         if (d.contains("n_dense_lead")) c.n_dense_lead = get<int>(d, "n_dense_lead");
         if (d.contains("moe_beside_dense")) c.moe_beside_dense = get<bool>(d, "moe_beside_dense");
+        if (d.contains("experts_relu_sq")) c.experts_relu_sq = get<bool>(d, "experts_relu_sq");  // Nemotron 3
+        if (d.contains("moe_latent_dim")) c.moe_latent_dim = get<int>(d, "moe_latent_dim");
         if (d.contains("router")) {  // "softmax" | "sigmoid"
             const std::string router = get<std::string>(d, "router");
             if (router != "softmax" && router != "sigmoid")

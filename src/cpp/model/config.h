@@ -75,6 +75,13 @@ struct ModelConfig {
     // (clamp(up, +-limit) + 1) * g * sigmoid(alpha * g) with g = min(gate, limit); 0: silu(gate) * up.
     float swiglu_limit = 0.0f;
     float swiglu_alpha = 1.702f;
+    // Nemotron 3's experts (nemotron_h_moe): experts_relu_sq makes each routed expert and the
+    // shared one ungated, down(max(up x, 0)^2) (no ffn_gate_exps / ffn_gate_shexp). moe_latent_dim
+    // > 0 (Nemotron 3 Super's latent MoE) runs the routed experts on ffn_latent_down xn (width
+    // moe_latent_dim) and brings their weighted sum back by ffn_latent_up; the router and the
+    // shared expert read xn itself.
+    bool experts_relu_sq = false;
+    int moe_latent_dim = 0;
 
     // Multi-head latent attention (DeepSeek V2 / V3): mla_kv_lora > 0 makes each layer's K and V
     // come from one latent row per token, [rope_dim shared key | mla_kv_lora latent] (the loader
@@ -218,7 +225,12 @@ struct ModelConfig {
     }
 
     bool is_moe() const { return n_expert > 0; }
-    bool layer_is_moe(int layer) const { return n_expert > 0 && layer >= n_dense_lead; }
+    // layer_ffn (Nemotron-H / Nemotron 3) names each layer's feed-forward: 0 none, 1 dense, 2 experts.
+    bool layer_is_moe(int layer) const {
+        return n_expert > 0 && layer >= n_dense_lead && (layer_ffn.empty() || layer_ffn[layer] == 2);
+    }
+    // The experts' input and output width: the latent's (Nemotron 3 Super), else dim.
+    int expert_io_dim() const { return moe_latent_dim > 0 ? moe_latent_dim : dim; }
     // A RoPE table's width: rope_dim, or the widest head (each layer rotates all of its own head,
     // reading its table's first head_dim_of(l) / 2 frequencies).
     int rope_dims() const { return rope_dim > 0 ? rope_dim : max_head_dim(); }

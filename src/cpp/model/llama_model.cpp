@@ -132,18 +132,22 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
     }
     // The dense feed-forward's width: a dense model's, or an MoE model's shared expert and its
     // leading dense layers'.
+    bool dense_layers = cfg_.n_dense_lead > 0;  // an MoE model's dense layers: leading, or named by layer_ffn
+    for (int f : cfg_.layer_ffn) dense_layers |= f == 1;
     const int dense_ffn = !cfg_.is_moe() || cfg_.moe_beside_dense ? cfg_.max_ffn_dim()
-                          : cfg_.n_dense_lead > 0 ? std::max(cfg_.shared_ffn_dim, cfg_.ffn_dim)
-                                                  : std::max(cfg_.shared_ffn_dim, 1);
+                          : dense_layers ? std::max(cfg_.shared_ffn_dim, cfg_.ffn_dim)
+                                         : std::max(cfg_.shared_ffn_dim, 1);
     gate_ = tensor(DType::F32, B, dense_ffn);
     up_ = tensor(DType::F32, B, dense_ffn);
     if (cfg_.is_moe()) {
         if (!be_->has_moe_ops()) throw InputError("the " + be_->name() + " backend cannot run mixture-of-experts models yet");
-        for (int l = cfg_.n_dense_lead; l < cfg_.n_layers; l++) {
+        for (int l = 0; l < cfg_.n_layers; l++) {
+            if (!cfg_.layer_is_moe(l)) continue;
             const LayerWeights& L = w_.layers[l];
             const std::pair<const char*, const std::vector<Tensor>*> stacks[3] = {
                 {"ffn_gate_exps", &L.gate_exps}, {"ffn_up_exps", &L.up_exps}, {"ffn_down_exps", &L.down_exps}};
             for (auto& [name, s] : stacks) {
+                if (s->empty()) continue;  // ungated experts: no ffn_gate_exps (Nemotron 3)
                 const std::string why = be_->expert_stack_problem(s->data(), (int)s->size());
                 if (!why.empty())
                     throw InputError("the " + be_->name() + " backend cannot read blk." + std::to_string(l) + "." + name +
@@ -157,7 +161,14 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, std::unique
         route_w_ = tensor(DType::F32, B, k);
         exp_gate_ = tensor(DType::F32, (int64_t)B * k, cfg_.expert_ffn_dim);
         exp_up_ = tensor(DType::F32, (int64_t)B * k, cfg_.expert_ffn_dim);
-        exp_out_ = tensor(DType::F32, (int64_t)B * k, cfg_.dim);
+        exp_out_ = tensor(DType::F32, (int64_t)B * k, cfg_.expert_io_dim());
+        if (cfg_.moe_latent_dim > 0) {  // the latent input and the experts' sum from zeros
+            moe_latent_in_ = tensor(DType::F32, B, cfg_.moe_latent_dim);
+            moe_sum_ = tensor(DType::F32, B, cfg_.moe_latent_dim);
+            zeros_ = tensor(DType::F32, B, cfg_.moe_latent_dim);
+            const std::vector<float> zeros((size_t)B * cfg_.moe_latent_dim, 0.0f);
+            be_->write(zeros_, zeros.data(), zeros.size() * sizeof(float));
+        }
         shared_scale_ = tensor(DType::F32, B, 1);
         if (cfg_.moe_beside_dense) {  // the experts' sum, from zeros; each slot's expert scale
             moe_sum_ = tensor(DType::F32, B, cfg_.dim);
@@ -635,17 +646,38 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
                                       cfg_.expert_weights_scale * cfg_.residual_scale, cfg_.expert_groups,
                                       cfg_.expert_groups_used};
     be.moe_route(w, ids, logits, routing, L.router_select_b);
-    be.matmul_id(eg, L.gate_exps.data(), ne, xn, ids, rc);  // [n*k, expert_ffn_dim]
-    be.matmul_id(eu, L.up_exps.data(), ne, xn, ids, rc);
-    if (L.gate_exps_b.rows) be.add_bias_id(eg, L.gate_exps_b, ids);  // each slot's expert's bias (gpt-oss)
-    if (L.up_exps_b.rows) be.add_bias_id(eu, L.up_exps_b, ids);
-    if (cfg_.swiglu_limit > 0.0f)
-        be.swiglu_oai(eg, eg, eu, cfg_.swiglu_alpha, cfg_.swiglu_limit);  // gpt-oss's clamped SwiGLU
-    else
-        be.silu_mul(eg, eg, eu);
-    be.matmul_id(ey, L.down_exps.data(), ne, eg, ids, rc);  // [n*k, dim]
+    // The experts' input: xn, or its latent ffn_latent_down xn (Nemotron 3 Super).
+    const bool latent = cfg_.moe_latent_dim > 0;
+    const Tensor xe = latent ? moe_latent_in_.slice_rows(0, n) : xn;
+    if (latent) be.matmul(xe, L.latent_down, xn, rc);
+    if (cfg_.experts_relu_sq) {  // ungated (Nemotron 3): eg = max(up_j xe, 0)^2
+        be.matmul_id(eg, L.up_exps.data(), ne, xe, ids, rc);  // [n*k, expert_ffn_dim]
+        be.relu_sq(eg);
+    } else {
+        be.matmul_id(eg, L.gate_exps.data(), ne, xe, ids, rc);  // [n*k, expert_ffn_dim]
+        be.matmul_id(eu, L.up_exps.data(), ne, xe, ids, rc);
+        if (L.gate_exps_b.rows) be.add_bias_id(eg, L.gate_exps_b, ids);  // each slot's expert's bias (gpt-oss)
+        if (L.up_exps_b.rows) be.add_bias_id(eu, L.up_exps_b, ids);
+        if (cfg_.swiglu_limit > 0.0f)
+            be.swiglu_oai(eg, eg, eu, cfg_.swiglu_alpha, cfg_.swiglu_limit);  // gpt-oss's clamped SwiGLU
+        else
+            be.silu_mul(eg, eg, eu);
+    }
+    be.matmul_id(ey, L.down_exps.data(), ne, eg, ids, rc);  // [n*k, expert_io_dim]
     if (L.down_exps_b.rows) be.add_bias_id(ey, L.down_exps_b, ids);
-    be.moe_sum_add(x, ey, w);                            // x += sum_j w[:, j] expert_j
+    if (latent) {  // x += latent_up (sum_j w[:, j] expert_j), the sum started from zeros
+        const Tensor sum = moe_sum_.slice_rows(0, n);
+        be.copy(sum, zeros_.slice_rows(0, n));
+        be.moe_sum_add(sum, ey, w);
+        be.matmul_add(x, L.latent_up, sum, proj, rc);
+    } else {
+        be.moe_sum_add(x, ey, w);                        // x += sum_j w[:, j] expert_j
+    }
+    if (cfg_.shared_ffn_dim > 0 && cfg_.experts_relu_sq) {  // x += shared_down max(shared_up xn, 0)^2
+        be.matmul(gate, L.shared_up, xn, rc);
+        be.relu_sq(gate);
+        return be.matmul_add(x, L.shared_down, gate, proj, rc);
+    }
     if (cfg_.shared_ffn_dim > 0) {  // x += shared(xn), times sigmoid(g xn) where gated (Qwen2-MoE)
         be.matmul_swiglu(gate, L.shared_gate, L.shared_up, xn, up, rc);
         if (!cfg_.shared_expert_gated && cfg_.residual_scale == 1.0f)

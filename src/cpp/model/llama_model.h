@@ -271,6 +271,8 @@ private:
     // Gemma 4's MoE layers: the experts' weighted sum [B, dim], zeros to start it from [B, dim],
     // each slot's expert output scale [B*k, 1].
     Tensor moe_sum_, zeros_, route_scale_;
+    // Nemotron 3 Super's latent MoE: the experts' input ffn_latent_down xn and their weighted sum, [B, moe_latent_dim]
+    Tensor moe_latent_in_;
     // Gated attention (attn_output_gate): the q projection [B, 2 * q_dim] and the gates [B, q_dim].
     Tensor q_gated_, attn_gate_;
     // Gated DeltaNet: the projections (qkv before the convolution [B, C], z [B, value width], the

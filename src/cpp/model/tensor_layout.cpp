@@ -140,9 +140,14 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         }
         out.push_back({p + "ffn_gate_inp.weight", ne, dim, true, false});  // the router
         if (cfg.router_select_bias) out.push_back({p + "exp_probs_b.bias", 1, ne, true, true});
-        out.push_back({p + "ffn_gate_exps.weight", eff, dim, true, false, ne});
-        out.push_back({p + "ffn_up_exps.weight", eff, dim, true, false, ne});
-        out.push_back({p + "ffn_down_exps.weight", dim, eff, true, false, ne});
+        const int64_t io = cfg.expert_io_dim();  // the latent's width (Nemotron 3 Super), else dim
+        if (cfg.moe_latent_dim > 0) {
+            out.push_back({p + "ffn_latent_down.weight", io, dim, true, false});
+            out.push_back({p + "ffn_latent_up.weight", dim, io, true, false});
+        }
+        if (!cfg.experts_relu_sq) out.push_back({p + "ffn_gate_exps.weight", eff, io, true, false, ne});
+        out.push_back({p + "ffn_up_exps.weight", eff, io, true, false, ne});
+        out.push_back({p + "ffn_down_exps.weight", io, eff, true, false, ne});
         if (gpt_oss) {  // the router's bias and each expert's biases, one row per expert
             out.push_back({p + "ffn_gate_inp.bias", 1, ne, true, true});
             out.push_back({p + "ffn_gate_exps.bias", ne, eff, true, true});
@@ -151,7 +156,7 @@ std::vector<TensorSpec> tensor_layout(const ModelConfig& cfg) {
         }
         if (sh > 0) {
             if (cfg.shared_expert_gated) out.push_back({p + "ffn_gate_inp_shexp.weight", 1, dim, true, false});
-            out.push_back({p + "ffn_gate_shexp.weight", sh, dim, true, false});
+            if (!cfg.experts_relu_sq) out.push_back({p + "ffn_gate_shexp.weight", sh, dim, true, false});
             out.push_back({p + "ffn_up_shexp.weight", sh, dim, true, false});
             out.push_back({p + "ffn_down_shexp.weight", dim, sh, true, false});
         }

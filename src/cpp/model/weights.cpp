@@ -76,9 +76,19 @@ void ModelConfig::validate() const {
     } else {
         need(mla_q_lora == 0 && mla_v_head_dim == 0, "mla_q_lora and mla_v_head_dim need mla_kv_lora");
     }
-    need(layer_ffn.empty() || ((int64_t)layer_ffn.size() == n_layers && n_expert == 0),
-         "layer_ffn has " + std::to_string(layer_ffn.size()) + " entries for " + std::to_string(n_layers) +
-             " layers (and is supported without experts only)");
+    need(layer_ffn.empty() || (int64_t)layer_ffn.size() == n_layers,
+         "layer_ffn has " + std::to_string(layer_ffn.size()) + " entries for " + std::to_string(n_layers) + " layers");
+    for (int f : layer_ffn)
+        need(f >= 0 && f <= (is_moe() ? 2 : 1) && (f != 2 || n_dense_lead == 0),
+             "layer_ffn entries are 0 (none), 1 (dense) or 2 (experts, in a model with experts and no leading "
+             "dense layers), got " + std::to_string(f));
+    need(!experts_relu_sq || (is_moe() && !ffn_gated && ffn_relu_sq && swiglu_limit == 0.0f && !moe_beside_dense &&
+                              !shared_expert_gated),
+         "ungated ReLU-squared experts (Nemotron 3) go with a plain ReLU-squared feed-forward, an ungated shared "
+         "expert and no other expert variant");
+    in_range("moe_latent_dim", moe_latent_dim, 0, kMaxDim);
+    need(moe_latent_dim == 0 || experts_relu_sq, "a latent MoE (moe_latent_dim) is Nemotron 3 Super's, with its "
+                                                 "ReLU-squared experts");
     need(layer_kind.empty() || (int64_t)layer_kind.size() == n_layers,
          "layer_kind has " + std::to_string(layer_kind.size()) + " entries for " + std::to_string(n_layers) + " layers");
     for (int k : layer_kind)
@@ -212,7 +222,7 @@ void ModelConfig::validate() const {
          "moe_beside_dense is Gemma 4's layout: experts under a softmax router beside a dense GeGLU MLP, post-norms");
     need(!post_norms || residual_scale == 1.0f, "post-norms with residual_scale are not supported");
     need(pre_norms || post_norms, "a layer needs its pre-norms or its post-norms");
-    need(ffn_gated || ((ffn_gelu || ffn_relu_sq) && n_expert == 0 && pre_norms && !post_norms),
+    need(ffn_gated || ((ffn_gelu || ffn_relu_sq) && (n_expert == 0 || experts_relu_sq) && pre_norms && !post_norms),
          "a plain (ungated) feed-forward is a dense GELU or ReLU-squared one after a pre-norm");
     need(!ffn_relu_sq || !ffn_gated, "ReLU-squared is a plain feed-forward's activation only");
     need(!norm_bias || (pre_norms && !post_norms), "norm biases are on pre-norms only");
@@ -480,6 +490,8 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         L.shared_up = at(p + "ffn_up_shexp.weight");
         L.shared_down = at(p + "ffn_down_shexp.weight");
         L.router_select_b = at(p + "exp_probs_b.bias");
+        L.latent_down = at(p + "ffn_latent_down.weight");
+        L.latent_up = at(p + "ffn_latent_up.weight");
         L.wq_a = at(p + "attn_q_a.weight");
         L.q_a_norm = at(p + "attn_q_a_norm.weight");
         L.wq_b = at(p + "attn_q_b.weight");

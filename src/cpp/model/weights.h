@@ -82,6 +82,7 @@ struct LayerWeights {
     Tensor router;             // [n_expert, dim]
     std::vector<Tensor> gate_exps, up_exps;  // n_expert x [expert_ffn_dim, dim]
     std::vector<Tensor> down_exps;           // n_expert x [dim, expert_ffn_dim]
+    Tensor latent_down, latent_up;           // Nemotron 3 Super: [moe_latent_dim, dim], [dim, moe_latent_dim]
     Tensor router_select_b;    // f32 [n_expert]: added to the router's scores for choosing only (DeepSeek V3, GLM-4.5)
     // Gemma 4's MoE layers (cfg.moe_beside_dense; rows == 0 elsewhere): the router input's scale
     // f32 [dim], each expert's output scale f32 [n_expert], the dense MLP's post-norm, the experts'
