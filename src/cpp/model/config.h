@@ -124,8 +124,9 @@ struct ModelConfig {
     // Gated attention (Qwen3.5's attention layers): attn_q is [n_heads * 2 * head_dim, dim], each
     // head's query then its gate; the attention output is multiplied by sigmoid(gate) before attn_output.
     bool attn_output_gate = false;
-    // Layers without a feed-forward block (Nemotron-H: a mixer block followed by another mixer block
-    // rather than by its MLP block): layer_ffn[l] == 0. Empty: every layer has one.
+    // Each layer's feed-forward (Nemotron-H / Nemotron 3): 0 none (a mixer block followed by another
+    // mixer block rather than by its MLP or MoE block), 1 the dense one, 2 the experts (layer_is_moe).
+    // Empty: every layer has one (experts or dense as n_expert / n_dense_lead say).
     std::vector<int> layer_ffn;  // [n_layers]
     bool has_ffn(int layer) const { return layer_ffn.empty() || layer_ffn[layer] != 0; }
     LayerKind kind_of(int layer) const {
