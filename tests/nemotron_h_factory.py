@@ -159,7 +159,9 @@ def _mtp_of(hf_dir: Path) -> int:
     return int(json.loads((hf_dir / "config.json").read_text()).get("num_nextn_predict_layers", 0) or 0)
 
 
-def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None) -> Path:
+def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None, arrays=None) -> Path:
+    """extra_meta: writer method -> value (None: not written); arrays: key (after "<arch>.") -> list,
+    written as an array in place of any scalar of that key."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-nemotron-h")
     kinds = list(c.layers_block_type)
@@ -194,6 +196,10 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     for key, value in meta.items():
         if value is not None:
             getattr(w, key)(value)
+    for key, values in (arrays or {}).items():
+        if f"{arch}.{key}" in w.kv_data[0]:
+            del w.kv_data[0][f"{arch}.{key}"]
+        w.add_array(f"{arch}.{key}", values)
     mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
     qtype = gguf.GGMLQuantizationType[type_name]
     for name, t in gguf_tensors(hf_dir, c).items():

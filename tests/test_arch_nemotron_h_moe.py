@@ -165,3 +165,23 @@ def test_mlp_and_moe_blocks_in_one_model(forgert, tmp_path, tiny_tokenizer):
     m = forgert.Model(str(d), backend="cpu")
     compare_logits(m.logits(ids), mf.reference_logits(mf.with_f16_kv(model), ids), **bounds("hf-F32", False),
                    what="M-ME*E")
+
+
+def test_gguf_per_block_expert_width_read(forgert, models, tmp_path, tiny_tokenizer):
+    """llama.cpp reads expert_feed_forward_length as a scalar or a per-block array: the array's one
+    width runs the same model (logits bit for bit the scalar file's); two widths are refused by name."""
+    import numpy as np
+    from forgert.errors import ModelFormatError
+    model, files, _ = models("nemotron-3-nano")
+    c = model.config
+    per_block = [c.moe_intermediate_size if k == "moe" else 0 for k in c.layers_block_type]
+    path = nf.write_gguf(files["hf-F32"], tmp_path / "a.gguf", "F32", "nemotron_h_moe", c, tiny_tokenizer,
+                         arrays={"expert_feed_forward_length": per_block})
+    ids = ae.factory_ids(c.vocab_size, 8, 9)
+    np.testing.assert_array_equal(forgert.Model(str(path), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))
+    bad = nf.write_gguf(files["hf-F32"], tmp_path / "b.gguf", "F32", "nemotron_h_moe", c, tiny_tokenizer,
+                        arrays={"expert_feed_forward_length": [w and w + 32 * (b == 1) for b, w in
+                                                             enumerate(per_block)]})
+    with pytest.raises(ModelFormatError, match=r"expert_feed_forward_length per block \[64, 96\]"):
+        forgert.Model(str(bad), backend="cpu")

@@ -188,6 +188,17 @@ def gguf_blocks(meta: dict, p: str, source) -> list:
     return [ffn if f else "attention" if k else "mamba2" for f, k in zip(ff[:n], kv[:n])]
 
 
+def _expert_width(meta: dict, p: str, source):
+    """expert_feed_forward_length given per block (llama.cpp reads a scalar or an array): its one
+    width; None for a scalar."""
+    if not isinstance(meta.get(p + "expert_feed_forward_length"), (list, tuple, np.ndarray)):
+        return None
+    widths = {w for w in _int_array(meta, p + "expert_feed_forward_length", source) if w}
+    if len(widths) != 1:
+        _fail(source, f"expert_feed_forward_length per block {sorted(widths)}: experts of one width only are supported")
+    return widths.pop()
+
+
 def prepare_gguf(meta: dict, p: str, source) -> dict:
     """meta with the scalars config_from_gguf reads: block_count the core's layers, the MLPs' (or
     experts') width, the attention layers' KV heads, and the RMS eps (llama.cpp's converter writes
@@ -202,6 +213,8 @@ def prepare_gguf(meta: dict, p: str, source) -> dict:
     out = {**meta, p + "block_count": len(layers), p + "feed_forward_length": widths.pop() if widths else 1,
            p + "attention.head_count_kv": heads.pop()}
     out.pop(p + "nextn_predict_layers", None)
+    if _expert_width(meta, p, source) is not None:
+        out[p + "expert_feed_forward_length"] = _expert_width(meta, p, source)
     if p + "attention.layer_norm_rms_epsilon" not in meta and p + "attention.layer_norm_epsilon" in meta:
         out[p + "attention.layer_norm_rms_epsilon"] = meta[p + "attention.layer_norm_epsilon"]
     return out
@@ -227,8 +240,9 @@ def apply_gguf(meta: dict, p: str, cfg, source, extent: int) -> None:
             _fail(source, f"expert_group_count {groups} without expert_group_used_count (topk_group): the experts' "
                           f"groups cannot be chosen from")
         scale = meta.get(p + "expert_weights_scale", 1.0)
-        _set_moe(cfg, source, n_expert=get("expert_count"), used=get("expert_used_count"),
-                 width=int(meta.get(p + "expert_feed_forward_length") or cfg.ffn_dim),
+        width = (_expert_width(meta, p, source) or get("expert_feed_forward_length")
+                 if p + "expert_feed_forward_length" in meta else cfg.ffn_dim)
+        _set_moe(cfg, source, n_expert=get("expert_count"), used=get("expert_used_count"), width=width,
                  shared=get("expert_shared_feed_forward_length"), groups=get("expert_group_count") if groups != 1 else 1,
                  groups_used=get("expert_group_used_count") if groups != 1 else 1,
                  norm=meta.get(p + "expert_weights_norm", False),   # llama.cpp's default: off
