@@ -70,17 +70,38 @@ def build(name: str, vocab: int):
         bos_token_id=0, eos_token_id=None, pad_token_id=None)
     model = moe._randomise(GraniteMoeHybridForCausalLM(cfg), kw["seed"], 0.5)
     gen = torch.Generator().manual_seed(kw["seed"] + 3000)
-    with torch.no_grad():   # Mamba2's per-head constants off their inits (A_log = log(1..n), D = dt_bias = 1)
-        for mod in model.modules():
-            if hasattr(mod, "A_log"):
-                mod.A_log.copy_(torch.log(torch.rand(mod.A_log.shape, generator=gen) * 4.0 + 0.5))
-                mod.D.copy_(1.0 + 0.5 * torch.randn(mod.D.shape, generator=gen))
-                mod.dt_bias.copy_(0.5 * torch.randn(mod.dt_bias.shape, generator=gen))
-                mod.conv1d.bias.copy_(0.2 * torch.randn(mod.conv1d.bias.shape, generator=gen))
+    with torch.no_grad():
+        randomise_mixer_constants(model, gen)
         for name, p in model.named_parameters():   # the router's logits well apart (_randomise looks for gate.weight)
             if "router" in name:
                 p.copy_(ROUTER_SCALE * torch.randn(p.shape, generator=gen))
     return model
+
+
+def randomise_mixer_constants(model, gen) -> None:
+    """Every Mamba2 mixer's per-head constants off their inits (A_log = log(1..n), D = dt_bias = 1,
+    a zero convolution bias), so that a reader mixing them up shows (under torch.no_grad)."""
+    for mod in model.modules():
+        if hasattr(mod, "A_log"):
+            mod.A_log.copy_(torch.log(torch.rand(mod.A_log.shape, generator=gen) * 4.0 + 0.5))
+            mod.D.copy_(1.0 + 0.5 * torch.randn(mod.D.shape, generator=gen))
+            mod.dt_bias.copy_(0.5 * torch.randn(mod.dt_bias.shape, generator=gen))
+            mod.conv1d.bias.copy_(0.2 * torch.randn(mod.conv1d.bias.shape, generator=gen))
+
+
+def mixer_tensor_to_gguf(name: str, w, n_groups: int, d_inner: int):
+    """A Mamba2 mixer's tensor (name inside the mixer) as llama.cpp's converter stores it: conv1d
+    [C, 1, K] squeezed to [C, K], A as -exp(A_log) and D as columns [n_heads, 1], the grouped norm
+    [n_groups, d_inner / n_groups]; any other tensor unchanged."""
+    if name == "conv1d.weight":
+        return w[:, 0, :]
+    if name == "A_log":
+        return -np.exp(w.astype(np.float64)).astype(np.float32)[:, None]
+    if name == "D":
+        return w[:, None]
+    if name == "norm.weight":
+        return w.reshape(n_groups, d_inner // n_groups)
+    return w
 
 
 def save_hf(model, tok, out_dir: Path) -> Path:
@@ -112,14 +133,8 @@ def gguf_tensors(hf_dir: Path, c) -> dict:
         if rest == "shared_mlp.output_linear.weight":
             out[f"{p}ffn_down{sfx}.weight"] = w
             continue
-        if rest == "mamba.conv1d.weight":
-            w = w[:, 0, :]
-        elif rest == "mamba.A_log":
-            w = -np.exp(w.astype(np.float64)).astype(np.float32)[:, None]
-        elif rest == "mamba.D":
-            w = w[:, None]
-        elif rest == "mamba.norm.weight":
-            w = w.reshape(c.mamba_n_groups, d_inner // c.mamba_n_groups)
+        if rest.startswith("mamba."):
+            w = mixer_tensor_to_gguf(rest[len("mamba."):], w, c.mamba_n_groups, d_inner)
         elif rest == "self_attn.q_proj.weight":
             w = mf.permute_qk_for_gguf(w, c.num_attention_heads)
         elif rest == "self_attn.k_proj.weight":

@@ -30,6 +30,7 @@ import torch
 from safetensors.numpy import load_file
 
 import model_factory as mf
+import mamba2_factory as mamba2
 import moe_factory as moe
 
 _BLOCK = {
@@ -77,13 +78,9 @@ def build(name: str, vocab: int):
         bos_token_id=0, eos_token_id=None, pad_token_id=None)
     model = moe._randomise(NemotronHForCausalLM(cfg), kw["seed"], 0.5)
     gen = torch.Generator().manual_seed(kw["seed"] + 3000)
-    with torch.no_grad():   # Mamba2's per-head constants off their inits
+    with torch.no_grad():
+        mamba2.randomise_mixer_constants(model, gen)
         for mod in model.modules():
-            if hasattr(mod, "A_log"):
-                mod.A_log.copy_(torch.log(torch.rand(mod.A_log.shape, generator=gen) * 4.0 + 0.5))
-                mod.D.copy_(1.0 + 0.5 * torch.randn(mod.D.shape, generator=gen))
-                mod.dt_bias.copy_(0.5 * torch.randn(mod.dt_bias.shape, generator=gen))
-                mod.conv1d.bias.copy_(0.2 * torch.randn(mod.conv1d.bias.shape, generator=gen))
             if hasattr(mod, "e_score_correction_bias"):   # a selection bias that changes some choices
                 mod.e_score_correction_bias.copy_(0.1 * torch.randn(mod.e_score_correction_bias.shape, generator=gen))
     model._with_mtp = bool(kw.get("mtp"))
@@ -131,15 +128,9 @@ def gguf_tensors(hf_dir: Path, c) -> dict:
         if e:
             experts.setdefault(f"blk.{block}.ffn_{e.group(2)}_exps.weight", {})[int(e.group(1))] = w
             continue
-        if rest == "mixer.conv1d.weight":
-            w = w[:, 0, :]
-        elif rest == "mixer.A_log":
-            w = -np.exp(w.astype(np.float64)).astype(np.float32)[:, None]
-        elif rest == "mixer.D":
-            w = w[:, None]
-        elif rest == "mixer.norm.weight":
-            w = w.reshape(c.n_groups, d_inner // c.n_groups)
-        elif rest == "mixer.q_proj.weight":
+        if rest.startswith("mixer."):   # a Mamba2 mixer's tensors as the converter stores them
+            w = mamba2.mixer_tensor_to_gguf(rest[len("mixer."):], w, c.n_groups, d_inner)
+        if rest == "mixer.q_proj.weight":
             w = mf.permute_qk_for_gguf(w, c.num_attention_heads)
         elif rest == "mixer.k_proj.weight":
             w = mf.permute_qk_for_gguf(w, c.num_key_value_heads)
