@@ -16,28 +16,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import metal_skip_reason
 from test_cpu_ops import F16, F32, attention_reference, encode_weights, decode_weights, matmul_bound, nmse, randn
-from test_metal_ops import SCHEDULES, select_schedule
+from test_metal_ops import OPS_BACKENDS, ops_in_order
 
-BACKENDS = ["cpu"] + [pytest.param(f"metal-{s}", marks=pytest.mark.metal) for s in SCHEDULES]
 LATENT, ROPE = 512, 64      # DeepSeek's (and GLM-4.7-Flash's, Kimi K2's) latent row
 ROW = LATENT + ROPE
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=OPS_BACKENDS)
 def ops(request, core):
-    if request.param == "cpu":
-        yield core.Ops("cpu")
-        return
-    reason = metal_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    schedule = request.param.split("-", 1)[1]
-    if not select_schedule(core, schedule):
-        pytest.skip(f"schedule {schedule}: this _core cannot switch schedules in-process")
-    yield core.Ops("metal")
-    select_schedule(core, "forward")
+    """An Ops of the CPU, or of the (emulated) Metal device running threads in one order."""
+    yield from ops_in_order(core, request.param)
 
 
 def cache_arg(ops, a: np.ndarray):

@@ -65,6 +65,29 @@ def select_schedule(core, name: str) -> bool:
     return os.environ.get("FORGERT_EMU_SCHEDULE", "forward").split(":")[0] == name
 
 
+# The CPU, then the emulated Metal device under each thread order: the params of an `ops` fixture
+# written `yield from ops_in_order(core, request.param)` (test_moe_ops, test_latent_attention_ops).
+OPS_BACKENDS = ["cpu"] + [pytest.param(f"metal-{s}", marks=pytest.mark.metal) for s in SCHEDULES]
+
+
+def ops_in_order(core, backend: str):
+    """Yields an Ops of the CPU ("cpu"), or of the (emulated) Metal device running threads in one
+    order ("metal-reverse"), skipping where Metal is missing or the order cannot be set; puts the
+    order back to forward after."""
+    if backend == "cpu":
+        yield core.Ops("cpu")
+        return
+    from conftest import metal_skip_reason
+    reason = metal_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    schedule = backend.split("-", 1)[1]
+    if not select_schedule(core, schedule):
+        pytest.skip(f"schedule {schedule}: this _core cannot switch schedules in-process")
+    yield core.Ops("metal")
+    select_schedule(core, "forward")
+
+
 @pytest.fixture(params=SCHEDULES)
 def metal(request, core):
     """A Metal Ops whose (emulated) device runs threads in the given order."""

@@ -13,30 +13,18 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import metal_skip_reason
 from test_cpu_ops import (BF16, DTYPE_NAMES, F16, F32, Q4_0, Q4_K, Q6_K, Q8_0, decode_weights, encode_weights,
                           matmul_bound, nmse, randn, rng_for)
-from test_metal_ops import SCHEDULES, select_schedule
+from test_metal_ops import OPS_BACKENDS, ops_in_order
 
 MXFP4 = 39
 MOE_DTYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, MXFP4]
-BACKENDS = ["cpu"] + [pytest.param(f"metal-{s}", marks=pytest.mark.metal) for s in SCHEDULES]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=OPS_BACKENDS)
 def ops(request, core):
     """An Ops of the CPU, or of the (emulated) Metal device running threads in one order."""
-    if request.param == "cpu":
-        yield core.Ops("cpu")
-        return
-    reason = metal_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    schedule = request.param.split("-", 1)[1]
-    if not select_schedule(core, schedule):
-        pytest.skip(f"schedule {schedule}: this _core cannot switch schedules in-process")
-    yield core.Ops("metal")
-    select_schedule(core, "forward")
+    yield from ops_in_order(core, request.param)
 
 
 def backend_of(ops) -> str:
