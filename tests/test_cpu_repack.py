@@ -310,6 +310,47 @@ def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
     assert "FORGERT_CPU_PANEL_PREFETCH must be 'far', 'near' or 'off', got 'sideways'" in bad.stderr
 
 
+PANEL_TOKENS_LOGITS = """
+import json, sys
+import numpy as np
+import forgert
+from forgert import _core
+m = forgert.Model(sys.argv[1], backend="cpu", threads=2, n_ctx=64)
+e, ids = m._engine, np.array(json.loads(sys.argv[2]), np.int32)
+out = []
+for n in (8, 9, 12, 15):  # decode runs of 8-15 tokens: the tile of 8, then 4, 2, 1 (or 4, 4, 2, 1, ...)
+    out.append(np.asarray(e.forward(ids[:n], 0, all_logits=True)).tolist())
+print(json.dumps({"tokens": _core.cpu_info()["panel_tokens"], "logits": out}))
+"""
+
+
+@needs_repack
+def test_panel_tokens_give_the_same_bits(tiny_models):
+    """FORGERT_CPU_PANEL_TOKENS picks the widest token tile of the 512-bit small-block panel
+    decode (8 by default, 4 as before: cpu_kernels.h). Per token the tile takes the same steps,
+    so 8-15-token decode runs give the same logits bit for bit either way (on a set without
+    512-bit panels the knob changes nothing, and this checks that it is read); a bad value is
+    refused, naming the variable. The kernel itself against the definition, per token count:
+    tests/cpp/kernel_sets_check.cpp (check_panel16)."""
+    path = tiny_models("llama_tied").path("gguf-Q4_0")
+    logits = {}
+    for tokens in ("8", "4"):
+        proc = subprocess.run([sys.executable, "-c", PANEL_TOKENS_LOGITS, str(path), json.dumps(IDS)],
+                              capture_output=True, text=True, timeout=300,
+                              env=subprocess_env(FORGERT_CPU_PANEL_TOKENS=tokens))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        r = json.loads(proc.stdout)
+        assert r["tokens"] == int(tokens)
+        logits[tokens] = [np.array(x, np.float32) for x in r["logits"]]
+    for a, b in zip(logits["8"], logits["4"]):
+        assert np.array_equal(a, b)
+    bad = subprocess.run([sys.executable, "-c", f"import forgert; forgert.Model({str(path)!r}, backend='cpu')"],
+                         capture_output=True, text=True, timeout=300,
+                         env=subprocess_env(FORGERT_CPU_PANEL_TOKENS="6"))
+    assert bad.returncode != 0
+    assert "FORGERT_CPU_PANEL_TOKENS must be 8 or 4, got '6'" in bad.stderr
+
+
 @pytest.mark.skipif(os.environ.get("FORGERT_CPU_ISA") == "avx2", reason="this is the run under avx2")
 def test_repack_under_avx2():
     """The tests above (not the slow ones) once more under the AVX2 set, whose 256-bit panel kernels

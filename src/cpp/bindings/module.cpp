@@ -891,6 +891,7 @@ PYBIND11_MODULE(_core, m) {
         // How the panel GEMVs prefetch their weight stream ("far" on Intel, "off" elsewhere;
         // FORGERT_CPU_PANEL_PREFETCH overrides).
         d["panel_prefetch"] = cpu::panel_prefetch_name(cpu::panel_prefetch());
+        d["panel_tokens"] = cpu::panel_tokens();
         return d;
     });
     // Memory read bandwidth, GB/s, with n_threads threads (0: all) over mib MiB (0: many times

@@ -63,6 +63,7 @@ CpuBackend::CpuBackend(int n_threads)
     scratch_.resize(pool_.size());
     set_profiling(profile_from_env());
     panel_prefetch();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
+    panel_tokens();    // likewise FORGERT_CPU_PANEL_TOKENS
 }
 
 void CpuBackend::set_activation_parts(int parts) {

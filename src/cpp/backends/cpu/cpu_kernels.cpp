@@ -179,6 +179,17 @@ PanelPrefetch panel_prefetch() {
     return chosen;
 }
 
+int panel_tokens() {
+    static const int chosen = [] {
+        const char* v = std::getenv("FORGERT_CPU_PANEL_TOKENS");
+        const std::string s = v ? v : "";
+        if (s.empty() || s == "8") return 8;
+        if (s == "4") return 4;
+        throw InputError("FORGERT_CPU_PANEL_TOKENS must be 8 or 4, got '" + s + "'");
+    }();
+    return chosen;
+}
+
 const char* panel_prefetch_name(PanelPrefetch p) {
     switch (p) {
         case PanelPrefetch::Far: return "far";

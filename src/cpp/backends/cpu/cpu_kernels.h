@@ -218,6 +218,13 @@ enum class PanelPrefetch { Off, Near, Far };
 PanelPrefetch panel_prefetch();
 const char* panel_prefetch_name(PanelPrefetch p);
 
+// Most tokens one pass of the 512-bit small-block panel GEMV (kernels_x86_panels16.inc) takes
+// over a panel: 8 (a tile of 8 first: each panel block unpacked once for 8 tokens, their
+// accumulators past the registers; the default) or 4 (tiles of 4, 2 and 1 only: the panel
+// unpacked twice for 8 tokens). FORGERT_CPU_PANEL_TOKENS=8|4, read once, for measuring; the
+// same bits either way (per token, the same steps).
+int panel_tokens();
+
 // Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" 2, decode's
 // two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser: design.md
 // "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type. Unset or empty:
