@@ -207,3 +207,24 @@ def test_end_of_turn_stops(forgert, tmp_path):
         text = m.apply_chat_template([{"role": "user", "content": "Hi"}])
         assert text.endswith("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"), path
         assert m.tokenize(text, add_bos=False).count(eot) == 1, path
+
+
+@pytest.mark.parametrize("value, match", [(2.0, None), (2.5, "must be a whole number of layers")])
+def test_gguf_shared_kv_layers_written_as_a_float(forgert, models, tmp_path, tiny_tokenizer, monkeypatch, value, match):
+    """The first converters wrote gemma3n's attention.shared_kv_layers as a float32 (10.0 in the
+    published E2B files): a whole float reads as the count (the logits equal the integer file's),
+    any other is refused naming the key."""
+    import gguf
+    from forgert.errors import ModelFormatError
+    model, files, _ = models("gemma3n")
+    assert model.config.num_kv_shared_layers == 2
+    monkeypatch.setattr(gguf.GGUFWriter, "add_shared_kv_layers",
+                        lambda w, v: w.add_float32(f"{w.arch}.attention.shared_kv_layers", value))
+    path = gf.write_gguf(files["hf-F32"], tmp_path / "float.gguf", "F32", "gemma3n", model.config, tiny_tokenizer)
+    if match is not None:
+        with pytest.raises(ModelFormatError, match=match):
+            forgert.Model(str(path), backend="cpu")
+        return
+    ids = ae.factory_ids(model.config.vocab_size, 16, 5)
+    np.testing.assert_array_equal(forgert.Model(str(path), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))

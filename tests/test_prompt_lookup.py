@@ -299,3 +299,18 @@ def test_sampled_tokens_keep_the_sampling_distribution(forgert, tiny):
     # rule broken: a rejected token redrawn from the whole row 188, drafts kept with twice their
     # probability 365, a draft row's penalties not counting the draft tokens before it 68
     assert chi2 < 50, (chi2, len(exact), kept, drafted)
+
+
+def test_greedy_with_penalties_takes_drafts(forgert, tiny):
+    """temperature 0 with penalties: the drafts are verified against the penalised argmax (all of
+    a row's mass on it; each row's penalties counting the draft tokens before it), so the tokens
+    equal the same decoding without lookup. Negative penalties make the answer repeat the prompt."""
+    m = _model(forgert, tiny, "llama3_untied")
+    base = np.random.default_rng(3).integers(0, m.vocab_size, 3).tolist()
+    prompt = base * 4 + base[:2]
+    kw = dict(max_tokens=40, temperature=0, presence_penalty=-2.0, frequency_penalty=-0.5, repetition_penalty=1.1,
+              ignore_eos=True)
+    want = m.generate(prompt, **kw)
+    got = m.generate(prompt, prompt_lookup=6, **kw)
+    assert got.tokens == want.tokens
+    assert 0 < got.timings.accepted_draft_tokens, got.timings

@@ -217,7 +217,7 @@ class BatchScheduler:
         """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
         the returned sequence once finished. ValueError for a grammar that cannot start."""
         if params.prompt_lookup:
-            why = lookup_refusal(params, options.needs_row, self.engine.recurrent)
+            why = lookup_refusal(params, options.needs_row, self.engine.recurrent, batched=True)
             if why is not None:
                 raise ValueError(why)
         seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx, options)

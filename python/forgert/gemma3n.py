@@ -66,6 +66,20 @@ def std_multiplier(sparsity: float, source) -> float:
     return float(np.float32(NormalDist().inv_cdf(sparsity))) if sparsity > 0 else 0.0
 
 
+def _gguf_shared_kv_layers(meta, p: str, n_layers: int, source) -> int:
+    """The KV-sharing layers at the end. The first converters wrote the count as a float (10.0),
+    later ones as an integer; without the key llama.cpp shares from layer 20 on (its loader's
+    fixed n_layer_kv_from_start, which is what E2B's 30 and E4B's 35 layers have)."""
+    key = p + "attention.shared_kv_layers"
+    v = meta.get(key)
+    if v is None:
+        return max(0, n_layers - 20)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+            or v != int(v) or not 0 <= v < n_layers:
+        _fail(source, f"metadata '{key}' must be a whole number of layers in 0..{n_layers - 1}, got {v!r}")
+    return int(v)
+
+
 def _gguf_multiplier(v, source) -> float:
     """activation_sparsity_scale's value for one layer, as llama.cpp's converter writes it: the normal
     quantile of the layer's sparsity (-inf, the quantile of 0, for a dense layer)."""
@@ -116,6 +130,9 @@ def config_from_hf(hf: dict, source: str, census):
     if len(ffn) != n_layers:
         _fail(source, f"intermediate_size lists {len(ffn)} widths for {n_layers} layers")
     ffn = [_get_int({"f": f}, "f", source, **extent) for f in ffn]
+    scaling = hf.get("rope_scaling")   # transformers 4's key; 5 writes rope_parameters
+    if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        _fail(source, f"rope_scaling {scaling!r} is not supported")
     params = hf.get("rope_parameters") or {}
     for kind in ("sliding_attention", "full_attention"):
         rt = (params.get(kind) or {}).get("rope_type", "default")
@@ -199,13 +216,15 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census):
             _get_int({"f": w}, "f", source, **extent)
         cfg.layer_ffn_dim = ffn
     _per_layer_inputs(cfg, _get_int(meta, p + "embedding_length_per_layer_input", source, default=256, **extent),
-                      _get_int(meta, p + "attention.shared_kv_layers", source, default=0, minimum=0), False, swa, source)
+                      _gguf_shared_kv_layers(meta, p, n_layers, source), False, swa, source)
     # Each layer's gate cut (activation_sparsity_scale: the converter's quantiles); absent, llama.cpp's
     # fixed first layers at 0.95.
     scale = meta.get(p + "activation_sparsity_scale")
     if scale is None:
         mults = [std_multiplier(_GGUF_SPARSITY, source) if l < _GGUF_SPARSE_LAYERS else 0.0 for l in range(n_layers)]
     else:
+        if isinstance(scale, (str, bytes)) or not hasattr(scale, "__len__"):
+            _fail(source, f"metadata '{p}activation_sparsity_scale' must be an array (one value a layer), got {scale!r}")
         mults = [_gguf_multiplier(v, source) for v in scale]
     _altup(cfg, _get_int(meta, p + "altup.num_inputs", source, default=4),
            _get_int(meta, p + "altup.active_idx", source, default=0, minimum=0), True,

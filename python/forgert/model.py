@@ -649,6 +649,8 @@ class Model:
 
         def row_distribution(i):
             row = apply_penalties(logits[i], history + draft[:i], sampler.params)
+            if sampler.params.greedy:   # temperature 0 with penalties: all mass on the argmax
+                return np.array([int(np.argmax(row))]), np.ones(1)
             ids, xs = candidates(row, sampler.params)
             return ids, np.exp(xs - xs.max())
         return sampled_tokens(draft, row_distribution, sampler.rng)

@@ -377,6 +377,7 @@ void LlamaModel::run_layers(const BatchEntry* entries, int n_entries, const Tens
         } else if (cfg_.is_mla()) {  // absorbed latent attention on the cached latent rows
             const Tensor kc = batched ? kv_.k[l] : slot_rows(kv_.k[l], entries[0].slot);
             add_projection(L.wo, latent_attention(L, l, attn_in, n, kc, at), L.attn_post_norm);
+            if (L.bo.rows) be.add_bias(x, L.bo);  // x += bo, as after any attention's wo
         } else {
             if (cfg_.attn_output_gate) {  // Qwen3.5: each head's query, then its gate
                 const Tensor qg = q_gated_.slice_rows(0, n), outs[3] = {qg, k, v}, ws[3] = {L.wq, L.wk, L.wv};
