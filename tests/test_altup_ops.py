@@ -17,7 +17,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from conftest import backend_params, require_backend
+from test_metal_ops import OPS_BACKENDS, ops_in_order
 
 SHAPES = [(1, 7), (3, 64), (5, 2048), (2, 3000), (1, 8192)]
 
@@ -32,35 +32,10 @@ def rel(got, want) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
-@pytest.fixture(params=["forward", "reverse", "random"])
-def schedule(request):
-    return request.param
-
-
-def ops_for(backend, metal_reason, schedule):
-    """An Ops of backend; on the emulated Metal device, its threads in `schedule`'s order."""
-    from forgert import _core
-    if backend == "cpu":
-        if schedule != "forward":
-            pytest.skip("thread schedules are the Metal emulator's")
-        return _core.Ops("cpu")
-    require_backend(backend, metal_reason)
-    setter = getattr(_core, "set_emulator_schedule", None)
-    if setter is None:
-        if schedule != "forward":
-            pytest.skip("this _core cannot switch the emulator's schedule")
-    else:
-        setter(schedule, 7) if schedule == "random" else setter(schedule)
-    return _core.Ops("metal")
-
-
-@pytest.fixture(autouse=True)
-def _forward_after():
-    yield
-    from forgert import _core
-    setter = getattr(_core, "set_emulator_schedule", None)
-    if setter is not None:
-        setter("forward")
+@pytest.fixture(params=OPS_BACKENDS)
+def ops(request, core):
+    """An Ops of the CPU, or of the (emulated) Metal device running threads in one order."""
+    yield from ops_in_order(core, request.param)
 
 
 def gaussian_topk_reference(x, sparsity):
@@ -70,10 +45,8 @@ def gaussian_topk_reference(x, sparsity):
     return np.maximum(x - cut, 0.0)
 
 
-@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("n,dim", SHAPES)
-def test_gaussian_topk(metal_reason, schedule, backend, n, dim):
-    ops = ops_for(backend, metal_reason, schedule)
+def test_gaussian_topk(ops, n, dim):
     x = (rng("topk", n, dim).standard_normal((n, dim)) * 2 + 0.5).astype(np.float32)
     sparsity = 0.95
     got = ops.gaussian_topk(x, float(np.float32(NormalDist().inv_cdf(sparsity))))
@@ -86,10 +59,8 @@ def test_gaussian_topk(metal_reason, schedule, backend, n, dim):
     assert np.array_equal(got[clear] == 0, want[clear] == 0)
 
 
-@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("n,dim", SHAPES)
-def test_rms_match(metal_reason, schedule, backend, n, dim):
-    ops = ops_for(backend, metal_reason, schedule)
+def test_rms_match(ops, n, dim):
     r = rng("rms_match", n, dim)
     x = r.standard_normal((n, dim)).astype(np.float32) * 3
     target = r.standard_normal((n, dim)).astype(np.float32) * 0.2
@@ -101,10 +72,8 @@ def test_rms_match(metal_reason, schedule, backend, n, dim):
     assert rel(got, want) < 2e-6
 
 
-@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("n,dim,k", [(1, 7, 1), (3, 64, 4), (5, 2048, 4), (2, 300, 2)])
-def test_altup_mix(metal_reason, schedule, backend, n, dim, k):
-    ops = ops_for(backend, metal_reason, schedule)
+def test_altup_mix(ops, n, dim, k):
     r = rng("altup_mix", n, dim, k)
     xs = r.standard_normal((n, k * dim)).astype(np.float32)
     coefs = r.standard_normal((n, k)).astype(np.float32)
@@ -126,11 +95,9 @@ def test_bad_shapes_refused():
         ops.gaussian_topk(np.zeros((2, 10), np.float32), float("nan"))
 
 
-@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("n", [1, 7, 300])
-def test_clamp_ids(metal_reason, schedule, backend, n):
+def test_clamp_ids(ops, n):
     """Ids past a table of `limit` rows (and negative ones) become 0, the others stay."""
-    ops = ops_for(backend, metal_reason, schedule)
     ids = rng("clamp_ids", n).integers(-5, 120, n).astype(np.int32)
     got = ops.clamp_ids(ids, 100)
     np.testing.assert_array_equal(np.asarray(got).reshape(-1), np.where((ids >= 0) & (ids < 100), ids, 0))
