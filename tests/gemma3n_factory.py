@@ -19,21 +19,12 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+import gemma4_factory as g4
 import model_factory as mf
 import moe_factory as moe
 
 _LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "post_attention_layernorm.weight": "post_attention_norm.weight",
-    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
-    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "per_layer_input_gate.weight": "inp_gate.weight", "per_layer_projection.weight": "proj.weight",
-    "post_per_layer_input_norm.weight": "post_norm.weight",
+    **g4.LAYER_NAMES,
     "altup.correct_output_scale": "altup_correct_scale.weight",
     "altup.correction_coefs.weight": "altup_correct_coef.weight",
     "altup.prediction_coefs.weight": "altup_predict_coef.weight",
@@ -43,10 +34,7 @@ _LAYER = {
 }
 # kept F32 in the GGUF: AltUp's coefficients (a handful of columns) and router
 _KEPT_F32 = ("altup.correction_coefs.weight", "altup.prediction_coefs.weight", "altup.modality_router.weight")
-_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-           "lm_head.weight": None, "model.embed_tokens_per_layer.weight": "per_layer_token_embd.weight",
-           "model.per_layer_model_projection.weight": "per_layer_model_proj.weight",
-           "model.per_layer_projection_norm.weight": "per_layer_proj_norm.weight"}
+_GLOBAL = g4.GLOBAL_NAMES
 _STREAMS = re.compile(r"^model\.altup_(projections|unembed_projections)\.(\d+)\.weight$")
 SLIDING, FULL = "sliding_attention", "full_attention"
 # "gemma3n": E2B's features on 5 layers: 4 AltUp streams, LAuReL of rank 32, per-layer embeddings of

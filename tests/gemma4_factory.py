@@ -23,7 +23,9 @@ from safetensors.numpy import load_file
 import model_factory as mf
 import moe_factory as moe
 
-_LAYER = {
+# A layer's tensors shared with Gemma 3n (gemma3n_factory): attention, sandwich norms, the MLP and
+# the per-layer input's gate and projection.
+LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
@@ -33,9 +35,12 @@ _LAYER = {
     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
-    "layer_scalar": "layer_output_scale.weight",
     "per_layer_input_gate.weight": "inp_gate.weight", "per_layer_projection.weight": "proj.weight",
     "post_per_layer_input_norm.weight": "post_norm.weight",
+}
+_LAYER = {
+    **LAYER_NAMES,
+    "layer_scalar": "layer_output_scale.weight",
     # the MoE block (Gemma4Model.modify_tensors / filter_tensors)
     "router.proj.weight": "ffn_gate_inp.weight", "router.scale": "ffn_gate_inp.scale",
     "router.per_expert_scale": "ffn_down_exps.scale", "experts.gate_up_proj": "ffn_gate_up_exps.weight",
@@ -44,7 +49,7 @@ _LAYER = {
     "post_feedforward_layernorm_2.weight": "post_ffw_norm_2.weight",
 }
 _KEPT_F32 = ("router.proj.weight",)   # the router stays F32 in the GGUF (ffn_gate_inp)
-_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": None, "model.embed_tokens_per_layer.weight": "per_layer_token_embd.weight",
            "model.per_layer_model_projection.weight": "per_layer_model_proj.weight",
            "model.per_layer_projection_norm.weight": "per_layer_proj_norm.weight"}
@@ -126,9 +131,9 @@ def save_hf(model, tok, out_dir: Path) -> Path:
 def gguf_tensors(hf_dir: Path) -> dict:
     out = {}
     for name, w in load_file(str(hf_dir / "model.safetensors")).items():
-        if name in _GLOBAL:
-            if _GLOBAL[name]:
-                out[_GLOBAL[name]] = w
+        if name in GLOBAL_NAMES:
+            if GLOBAL_NAMES[name]:
+                out[GLOBAL_NAMES[name]] = w
             continue
         layer, rest = re.match(r"^model\.layers\.(\d+)\.(.+)$", name).groups()
         out[f"blk.{layer}.{_LAYER[rest]}"] = w
