@@ -74,11 +74,17 @@ def with_config(tm, **changes):
 def assert_hf_config_refused(forgert, tm, tmp_path, match: str, **changes):
     """tm's HF directory with config.json `changes` set is refused with a ModelFormatError
     matching `match` (a setting forgert does not run, named)."""
+    assert_hf_dir_refused(forgert, tm.path("hf-F32"), tmp_path, match, **changes)
+
+
+def assert_hf_dir_refused(forgert, hf_dir, tmp_path, match: str, **changes):
+    """The HF directory hf_dir with config.json `changes` set is refused with a ModelFormatError
+    matching `match`."""
     import json
     import shutil
     from forgert.errors import ModelFormatError
     d = tmp_path / "changed"
-    shutil.copytree(tm.path("hf-F32"), d)
+    shutil.copytree(hf_dir, d)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **changes}))
     with pytest.raises(ModelFormatError, match=match):

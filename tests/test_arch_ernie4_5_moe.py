@@ -8,8 +8,6 @@ against transformers on the CPU and emulated Metal: tests/test_arch_routed_moe.p
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -75,14 +73,8 @@ def test_info_names_the_router(forgert, models):
     (dict(use_bias=True), "use_bias"),
 ])
 def test_unsupported_hf_layouts_are_named(forgert, models, tmp_path, changes, match):
-    from forgert.errors import ModelFormatError
     _, files, _ = models(NAME)
-    d = tmp_path / "changed"
-    shutil.copytree(files["hf-F32"], d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
-    with pytest.raises(ModelFormatError, match=match):
-        forgert.Model(str(d), backend="cpu")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **changes)
 
 
 def test_gguf_moe_step_is_named(forgert, models, tmp_path, tiny_tokenizer):

@@ -130,14 +130,8 @@ def test_multimodal_checkpoint_runs_its_text_model(forgert, models, tmp_path):
     (dict(hidden_activation="silu"), "hidden_activation 'silu'"),
 ])
 def test_unsupported_settings_refused(forgert, models, tmp_path, change, match):
-    from forgert.errors import ModelFormatError
     _, files, _ = models("gemma3n-2")
-    d = tmp_path / "changed"
-    shutil.copytree(files["hf-F32"], d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **change}))
-    with pytest.raises(ModelFormatError, match=match):
-        forgert.Model(str(d), backend="cpu")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **change)
 
 
 def test_quantize_gguf_runs(forgert, models, tmp_path):

@@ -97,14 +97,8 @@ def test_follow_up_prompt_and_batch_equal_fresh(forgert, models, metal_reason, b
     (dict(use_bias=True), "use_bias=true"),
 ])
 def test_unsupported_configs_refused_by_name(forgert, models, tmp_path, changes, match):
-    from forgert.errors import ModelFormatError
     _, files, _ = models("nemotron-h")
-    d = tmp_path / "changed"
-    shutil.copytree(files["hf-F32"], d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
-    with pytest.raises(ModelFormatError, match=match):
-        forgert.Model(str(d), backend="cpu")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **changes)
 
 
 def test_hybrid_override_pattern_read(forgert, models, tmp_path):

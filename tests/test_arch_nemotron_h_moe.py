@@ -14,8 +14,6 @@ Bounds are tests/test_arch_moe.py's (the same kernels and paths). Measured here 
 """
 from __future__ import annotations
 
-import json
-import shutil
 
 import pytest
 
@@ -93,14 +91,8 @@ def test_blocks_paired_and_experts_described(forgert, models):
     (dict(routed_scaling_factor=0), "routed_scaling_factor / expert_weights_scale must be a positive number"),
 ])
 def test_unsupported_configs_refused_by_name(forgert, models, tmp_path, changes, match):
-    from forgert.errors import ModelFormatError
     _, files, _ = models("nemotron-3-super")
-    d = tmp_path / "changed"
-    shutil.copytree(files["hf-F32"], d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
-    with pytest.raises(ModelFormatError, match=match):
-        forgert.Model(str(d), backend="cpu")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **changes)
 
 
 def test_gguf_groups_without_used_count_refused(forgert, models, tmp_path, tiny_tokenizer):
