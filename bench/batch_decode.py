@@ -39,14 +39,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine import cpu_name  # noqa: E402
 
 
-def decode_rate(engine, n_seqs: int, prompt_tokens: int, steps: int, vocab: int) -> tuple[float, float]:
-    """Tokens per wall second and per CPU second (this process's threads) of `steps` batch steps
-    over n_seqs sequences (slots 0..n_seqs-1) after their prompts."""
+def fill_prompts(engine, n_seqs: int, prompt_tokens: int, vocab: int) -> list:
+    """Evaluates a random prompt of prompt_tokens in each of slots 0..n_seqs-1 (seeded by n_seqs);
+    the greedy next token of each."""
     rng = np.random.default_rng(n_seqs)
     nxt = []
     for s in range(n_seqs):
         prompt = rng.integers(1, vocab, prompt_tokens).astype(np.int32)
         nxt.append(int(engine.forward_batch_argmax([(s, prompt, 0)])[0]))
+    return nxt
+
+
+def decode_rate(engine, n_seqs: int, prompt_tokens: int, steps: int, vocab: int) -> tuple[float, float]:
+    """Tokens per wall second and per CPU second (this process's threads) of `steps` batch steps
+    over n_seqs sequences (slots 0..n_seqs-1) after their prompts."""
+    nxt = fill_prompts(engine, n_seqs, prompt_tokens, vocab)
     pos = prompt_tokens
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):

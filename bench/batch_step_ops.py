@@ -21,15 +21,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_decode import fill_prompts  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 
 def one_round(engine, n_seqs: int, prompt_tokens: int, steps: int, vocab: int, base: int) -> dict:
-    rng = np.random.default_rng(n_seqs)
-    nxt = []
-    for s in range(n_seqs):
-        prompt = rng.integers(1, vocab, prompt_tokens).astype(np.int32)
-        nxt.append(int(engine.forward_batch_argmax([(s, prompt, 0)])[0]))
+    nxt = fill_prompts(engine, n_seqs, prompt_tokens, vocab)
     pos = prompt_tokens
     engine.set_profiling(True)
     engine.cpu_profile(True)
