@@ -291,6 +291,14 @@ public:
     virtual bool has_moe_ops() const { return false; }
     // Why matmul_id cannot read this expert stack, or "" when it can (checked once at load).
     virtual std::string expert_stack_problem(const Tensor* experts, int n_expert) const { return ""; }
+    // An expert stack (one view per expert) as matmul_id reads it, called once per stack at load:
+    // the views as they are (the default), or, where this backend's kernels cannot read them as
+    // they lie (expert_stack_problem), copies in a buffer appended to `owned`. HF checkpoints
+    // store each expert as its own tensor in name order (expert 10 before expert 2) and may split
+    // a layer's experts across shards; a GPU that finds expert e at one stride copies those.
+    virtual void prepare_experts(std::vector<Tensor>& experts, std::vector<std::unique_ptr<Buffer>>& owned) {
+        (void)experts, (void)owned;
+    }
     // The router after its matmul. Per token i, each expert's score s_e: p = softmax(logits[i, :])
     // (Mixtral, Qwen-MoE, ERNIE 4.5), or p_e = sigmoid(logits[i, e]) with routing.sigmoid
     // (DeepSeek V3, GLM-4.5). Choice c_e = s_e + select_bias[e] (a learned bias steering the choice

@@ -391,6 +391,7 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         const HostTensor& t = it->second;
         if (s.n_expert > 0) {
             stacks[s.name] = expert_stack(s, t, wrap);
+            be.prepare_experts(stacks[s.name], w.prepared);
             continue;
         }
         if (t.n_expert || !t.experts.empty())

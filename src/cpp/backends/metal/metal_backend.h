@@ -83,6 +83,7 @@ public:
     // Mixture of experts: router top-k, expert GEMV and weighted sum, all on the device.
     bool has_moe_ops() const override { return true; }
     std::string expert_stack_problem(const Tensor* experts, int n_expert) const override;
+    void prepare_experts(std::vector<Tensor>& experts, std::vector<std::unique_ptr<Buffer>>& owned) override;
     void moe_route(const Tensor& weights, const Tensor& ids, const Tensor& logits, const MoeRouting& routing,
                    const Tensor& select_bias) override;
     void matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x, const Tensor& ids,

@@ -848,6 +848,29 @@ std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expe
     return "";
 }
 
+// Experts that do not lie at one stride in one buffer (HF's per-expert tensors in name order,
+// or a layer split across shards) are copied, in expert order, into one buffer of their own:
+// the kernels then find expert e at e * stride as in a GGUF stack. The copy costs the stack's
+// bytes in memory (the file's pages are no longer read, and the OS may drop them); a stack
+// that differs in type or shape between experts stays as it is, for the model to refuse by name.
+void MetalBackend::prepare_experts(std::vector<Tensor>& experts, std::vector<std::unique_ptr<Buffer>>& owned) {
+    const int n = (int)experts.size();
+    if (n < 2 || expert_stack_problem(experts.data(), n).empty()) return;
+    const Tensor& w0 = experts[0];
+    const size_t bytes = w0.nbytes();
+    for (const Tensor& e : experts)
+        if (e.buf == nullptr || e.type != w0.type || e.rows != w0.rows || e.cols != w0.cols ||
+            e.stride != row_bytes(e.type, e.cols))
+            return;
+    owned.push_back(alloc(bytes * n));
+    Buffer* stack = owned.back().get();
+    for (int e = 0; e < n; e++) {
+        const Tensor copy = make_tensor(stack, (size_t)e * bytes, w0.type, w0.rows, w0.cols);
+        write(copy, experts[e].data<uint8_t>(), bytes);
+        experts[e] = copy;
+    }
+}
+
 void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_expert, const Tensor& x,
                              const Tensor& ids, RowClasses rc) {
     need(n_expert >= 1 && experts != nullptr, "matmul_id", "no experts");
