@@ -124,13 +124,17 @@ def test_quantize_from_hf_dir(forgert, models, tmp_path, name):
 def test_cache_holds_the_latent_row(forgert, models, name):
     """Absorbed latent attention caches one f16 row of kv_lora + rope values per token and layer
     (V read from it): the tiny models' 32 latent + 16 rope over 3 layers, hand-computed
-    (32 + 16) * 2 bytes * 3 = 288; the core's cache is that wide (a saved state's rows)."""
+    (32 + 16) * 2 bytes * 3 = 288; the core's cache is that wide, and a saved state holds each
+    row once (V's rows are K's)."""
     _, files, _ = models(name)
     m = forgert.Model(str(files["gguf-F32"]), backend="cpu", n_ctx=16)
     assert m.info()["kv_bytes_per_token"] == (32 + 16) * 2 * 3 == 288
     m._engine.forward(ids_for(m.info()["vocab"], 4, 3), 0, False)
-    kv = np.asarray(m._engine.kv_save(4))   # [n_layers, K and V, n, width]: V's rows are K's
-    assert kv.shape == (3, 2, 4, 32 + 16)
+    kv = np.asarray(m._engine.kv_save(4))   # [n_layers, K alone, n, width]
+    assert kv.shape == (3, 1, 4, 32 + 16) and kv.nbytes == 4 * 288
+    m.generate(ids_for(m.info()["vocab"], 5, 4).tolist(), max_tokens=2, temperature=0.0, ignore_eos=True)
+    state = m.save_state()
+    assert len(state.tokens) >= 5 and state.nbytes == len(state.tokens) * 288
 
 
 def test_cache_bytes_of_glm47_flash_shape():

@@ -13,7 +13,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ModelState:
-    """The K/V cache of `tokens` (positions 0..len(tokens)): f16 bits [n_layers, 2, n, kv_dim];
+    """The K/V cache of `tokens` (positions 0..len(tokens)): f16 bits [n_layers, 2, n, kv_dim] (K
+    and V; [n_layers, 1, n, kv_dim] with latent attention, whose V is read from K's rows);
     a recurrent model's (Qwen3.5's) states after those tokens too, f32 [n] (None for others), and
     its checkpoints of earlier positions of them (state_checkpoints.Checkpoint)."""
     tokens: tuple

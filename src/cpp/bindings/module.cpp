@@ -510,11 +510,12 @@ public:
         return out;
     }
 
-    // uint16 (f16 bits) [n_layers, 2, n, max_kv_dim]: K and V rows of positions 0..n (LlamaModel::kv_bytes).
+    // uint16 (f16 bits) [n_layers, planes, n, max_kv_dim]: K and V rows of positions 0..n, or K's
+    // alone where V is read from them (latent attention: planes 1; LlamaModel::kv_bytes).
     py::array_t<uint16_t> kv_save(int n) {
         const ModelConfig& c = model_->config();
         if (n < 0 || n > c.n_ctx) throw InputError("n must be in 0.." + std::to_string(c.n_ctx) + ", got " + std::to_string(n));
-        py::array_t<uint16_t> out(std::vector<py::ssize_t>{c.n_layers, 2, n, c.max_kv_dim()});
+        py::array_t<uint16_t> out(std::vector<py::ssize_t>{c.n_layers, model_->kv_planes(), n, c.max_kv_dim()});
         uint16_t* dst = out.mutable_data();
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
@@ -524,9 +525,11 @@ public:
 
     void kv_load(py::array_t<uint16_t, py::array::c_style | py::array::forcecast> kv) {
         const ModelConfig& c = model_->config();
-        if (kv.ndim() != 4 || kv.shape(0) != c.n_layers || kv.shape(1) != 2 || kv.shape(3) != c.max_kv_dim() ||
+        const int planes = model_->kv_planes();
+        if (kv.ndim() != 4 || kv.shape(0) != c.n_layers || kv.shape(1) != planes || kv.shape(3) != c.max_kv_dim() ||
             kv.shape(2) > c.n_ctx)
-            throw InputError("kv state must be [" + std::to_string(c.n_layers) + ", 2, n <= " + std::to_string(c.n_ctx) +
+            throw InputError("kv state must be [" + std::to_string(c.n_layers) + ", " + std::to_string(planes) +
+                             ", n <= " + std::to_string(c.n_ctx) +
                              ", " + std::to_string(c.max_kv_dim()) + "] for this model and context");
         const int n = (int)kv.shape(2);
         const uint16_t* src = kv.data();

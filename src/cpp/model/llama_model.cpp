@@ -955,9 +955,9 @@ void LlamaModel::kv_save(int n, uint16_t* dst) {
     for (int l = 0; l < cfg_.n_layers && n > 0; l++) {
         if (!cfg_.keeps_kv(l)) continue;  // no rows: its state goes through state_save, or another layer's rows
         const size_t kv_dim = cfg_.kv_dim_of(l);
-        for (int kind = 0; kind < 2; kind++) {
+        for (int kind = 0; kind < kv_planes(); kind++) {
             const Tensor src = (kind == 0 ? kv_.k[l] : kv_.v[l]).slice_rows(0, n);
-            uint16_t* out = dst + (2 * l + kind) * rows;
+            uint16_t* out = dst + (kv_planes() * l + kind) * rows;
             if (kv_dim == width) {
                 be_->read(out, src, rows * sizeof(uint16_t));
                 continue;
@@ -979,9 +979,9 @@ void LlamaModel::kv_load(int n, const uint16_t* src) {
     for (int l = 0; l < cfg_.n_layers && n > 0; l++) {
         if (!cfg_.keeps_kv(l)) continue;
         const size_t kv_dim = cfg_.kv_dim_of(l);
-        for (int kind = 0; kind < 2; kind++) {
+        for (int kind = 0; kind < kv_planes(); kind++) {
             const Tensor dst = (kind == 0 ? kv_.k[l] : kv_.v[l]).slice_rows(0, n);
-            const uint16_t* in = src + (2 * l + kind) * rows;
+            const uint16_t* in = src + (kv_planes() * l + kind) * rows;
             if (kv_dim == width) {
                 be_->write(dst, in, rows * sizeof(uint16_t));
                 continue;
@@ -1012,7 +1012,8 @@ void LlamaModel::kv_copy(int src, int dst, int n) {
     for (int l = 0; l < cfg_.n_layers; l++) {
         if (!cfg_.keeps_kv(l)) continue;
         be_->copy(slot_rows(kv_.k[l], dst).slice_rows(0, n), slot_rows(kv_.k[l], src).slice_rows(0, n));
-        be_->copy(slot_rows(kv_.v[l], dst).slice_rows(0, n), slot_rows(kv_.v[l], src).slice_rows(0, n));
+        if (!cfg_.v_in_k_cache())  // else V's rows are K's, just copied
+            be_->copy(slot_rows(kv_.v[l], dst).slice_rows(0, n), slot_rows(kv_.v[l], src).slice_rows(0, n));
     }
     be_->commit();
     if (cfg_.has_recurrent()) state_pos_[dst] = n;

@@ -117,9 +117,13 @@ public:
     bool decode_active() const { return pipe_.active; }
 
     // Copies of the KV cache rows 0..n (positions already evaluated), for prompt caches that
-    // keep several sequences: f16 bits [n_layers][2 (K, V)][n][max_kv_dim], layer-major; a layer
+    // keep several sequences: f16 bits [n_layers][kv_planes()][n][max_kv_dim], layer-major; a layer
     // narrower than the widest (Gemma 4's) fills the first kv_dim_of(l) columns of its rows, zeros after.
-    size_t kv_bytes(int n) const { return (size_t)cfg_.n_layers * 2 * n * cfg_.max_kv_dim() * sizeof(uint16_t); }
+    // A saved layer's planes: K and V, or K alone where V is read from K's rows (latent attention).
+    int kv_planes() const { return cfg_.v_in_k_cache() ? 1 : 2; }
+    size_t kv_bytes(int n) const {
+        return (size_t)cfg_.n_layers * kv_planes() * n * cfg_.max_kv_dim() * sizeof(uint16_t);
+    }
     void kv_save(int n, uint16_t* dst);
     void kv_load(int n, const uint16_t* src);
     // Rows 0..n of slot src's K and V caches (every layer) into slot dst, on the device: the
