@@ -24,11 +24,14 @@ grammar's token mask for the next token is computed on a worker thread while the
 evaluates the step (the engine call releases the GIL), so it costs the batch only what
 exceeds the pass (bench/batch_logits_rows.py measures the host time such rows add).
 
-A greedy sequence with prompt lookup (SamplingParams.prompt_lookup) adds draft tokens to its decode
-row: its entry becomes a decode run (its next token and the draft, every row a decode row whose
-argmax comes back), and it keeps the draft's tokens while they equal those argmaxes, plus the one
-after the last kept (prompt_lookup.py). Its tokens are greedy decoding's exactly, several a step
-where the draft is right; the other sequences of the step are not changed by it.
+A sequence with prompt lookup (SamplingParams.prompt_lookup) adds draft tokens to its decode row:
+its entry becomes a decode run (its next token and the draft, every row a decode row). A greedy one
+keeps the draft's tokens while they equal the rows' argmaxes (which come back from the engine),
+plus the one after the last kept: greedy decoding's tokens exactly. A sampling one (penalties
+included) takes its rows' logits in Python, as the rows above do, and verifies the draft by
+speculative sampling on the NumPy sampler's filters (prompt_lookup.verify_sampled): plain
+sampling's distribution, as a single generation's lookup. Either takes several tokens a step where
+the draft is right; the other sequences of the step are not changed by it.
 
 A sequence that asks for its prompt's logprobs (LogitsOptions.prompt_logprobs: completions'
 echo, what lm-eval's log-likelihood tasks send) prefills from position 0 in the same steps as
@@ -52,7 +55,7 @@ from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
 from .logprobs import scored_logprobs, token_logprob
 from .prompt_cache import common_prefix
-from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal
+from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .state_checkpoints import StateCheckpoints, resume
 from .sampling import Sampler, native_sampler
 from .stop_strings import StopStringMatcher
@@ -119,6 +122,7 @@ class _Sequence:
         self.done, self.result = False, None    # result: the Completion, once finished
         self.error = None               # the exception that ended it (its grammar refused a token)
         self.lookup = None              # its NgramDraft (prompt lookup), set by BatchScheduler.add
+        self.draft_sampler = None       # with lookup and sampling: the NumPy Sampler verifying its drafts
         self.draft = []                 # the draft tokens of its row in the step being run
         self.n_drafted = self.n_accepted = 0
 
@@ -217,12 +221,14 @@ class BatchScheduler:
         """Queues a prompt (token ids, shorter than the context); `.done` / `.completion` on
         the returned sequence once finished. ValueError for a grammar that cannot start."""
         if params.prompt_lookup:
-            why = lookup_refusal(params, options.needs_row, self.engine.recurrent, batched=True)
+            why = lookup_refusal(params, options.needs_row, self.engine.recurrent)
             if why is not None:
                 raise ValueError(why)
         seq = _Sequence(self._count, prompt_ids, params, self.tokenizer, self.engine.n_ctx, options)
         if params.prompt_lookup:
             seq.lookup = NgramDraft(seq.prompt, params.prompt_lookup)
+            if not seq.greedy:
+                seq.draft_sampler = Sampler(params)
         if options.prompt_logprobs and seq.limit == 0:
             raise ValueError("prompt logprobs are scored on the way to the first token: "
                              "the prompt must leave room for one (max_tokens >= 1)")
@@ -412,16 +418,18 @@ class BatchScheduler:
                 room -= len(s.draft)
 
     def _evaluate(self, entries, rows, n_prefills):
-        """Runs the pass; returns (each row's tokens: [its next token], or a decode run's argmax
-        per row; or the exception that stopped it; the logits f32 [rows, vocab] of each row's last
-        output when Python rows asked for them, else None). Python rows never run drafts."""
+        """Runs the pass; returns (each row's tokens: [its next token], a greedy decode run's
+        argmax per row, or a sampled one's kept draft tokens and the token drawn after them; or
+        the exception that stopped it; the logits f32 [rows, vocab] of each row's last output when
+        Python rows asked for them, else None). Rows that need their logits never run drafts."""
         counts = [len(e[1]) if len(e) == 6 and e[5] else 1 for e in entries[:len(rows)]]
         starts = np.cumsum([0] + counts)
 
         def split(flat):
             return [[int(t) for t in flat[a:b]] for a, b in zip(starts[:-1], starts[1:])]
 
-        python_rows = [s for s in rows if s.options.needs_row]
+        # rows sampled in Python: those that need their logits row, and sampled drafts' verification
+        python_rows = [s for s in rows if s.options.needs_row or (s.draft and s.draft_sampler is not None)]
         if not python_rows:     # everything is sampled in C++ on the logits where the engine wrote them
             if all(s.greedy for s in rows):
                 return split(self.engine.forward_batch_argmax(entries)), None
@@ -438,6 +446,8 @@ class BatchScheduler:
                 if s.options.needs_row:
                     mask = masks[id(s)].result() if s.matcher is not None else None
                     chosen.append([s.pick(outputs[a], mask)])
+                elif s.draft and s.draft_sampler is not None:   # the tokens kept, then one drawn
+                    chosen.append(verify_sampled(s.draft, outputs[a:b], s.prompt + s.generated, s.draft_sampler))
                 elif s.greedy:      # as the engine's argmax: the first maximum
                     chosen.append([int(np.argmax(row)) for row in outputs[a:b]])
                 else:

@@ -26,10 +26,10 @@ from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
-from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, sampled_tokens
+from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
-from .sampling import Sampler, SamplingParams, apply_penalties, candidates, native_sampler
+from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
 
 BACKENDS = ("auto", "cpu", "metal")
@@ -626,11 +626,11 @@ class Model:
         finally:
             self._lock.release()
 
-    def prompt_lookup_refusal(self, params: SamplingParams, constrained: bool, batched: bool = False) -> str | None:
+    def prompt_lookup_refusal(self, params: SamplingParams, constrained: bool) -> str | None:
         """Why prompt lookup decoding cannot serve a generation with params, or None when it can
         (prompt_lookup.refusal; constrained: it asks for logprobs, a response_format or a
-        logit_bias; batched: it runs in a batch, where drafts are verified greedily only)."""
-        return lookup_refusal(params, constrained, self._engine.recurrent, batched)
+        logit_bias)."""
+        return lookup_refusal(params, constrained, self._engine.recurrent)
 
     def _prompt_lookup(self, params: SamplingParams, prompt_ids, constrained: bool):
         """The draft source of a generation with params.prompt_lookup, or None."""
@@ -646,14 +646,7 @@ class Model:
         and verifies the draft by speculative sampling: the tokens kept, then one drawn.
         history: the prompt and the tokens generated before the draft (penalties)."""
         logits = self._engine.forward_batch([(0, rows, pos, None, False, True)])   # [k + 1, vocab]
-
-        def row_distribution(i):
-            row = apply_penalties(logits[i], history + draft[:i], sampler.params)
-            if sampler.params.greedy:   # temperature 0 with penalties: all mass on the argmax
-                return np.array([int(np.argmax(row))]), np.ones(1)
-            ids, xs = candidates(row, sampler.params)
-            return ids, np.exp(xs - xs.max())
-        return sampled_tokens(draft, row_distribution, sampler.rng)
+        return verify_sampled(draft, logits, history, sampler)
 
     def _token_logprob(self, logits, tok, n_top) -> TokenLogprob:
         return token_logprob(logits, tok, n_top, self.tokenizer)
@@ -836,7 +829,7 @@ class Model:
                     grammars[id(fmt)] = fmt if isinstance(fmt, Grammar) else self.compile_response_format(fmt)
                 options.append(LogitsOptions(top[i], self._bias_row(biases[i]), grammars[id(fmt)]))
                 refusal = params_list[i].prompt_lookup and self.prompt_lookup_refusal(
-                    params_list[i], options[i].needs_row, batched=True)
+                    params_list[i], options[i].needs_row)
                 if refusal:
                     raise ValueError(refusal)
             except ValueError as e:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .sampling import apply_penalties, candidates
+
 # Matches of the last 4 tokens are tried first, then 3, then 2: the longest context predicts best,
 # and a single token repeats too often to be worth a draft.
 MAX_NGRAM = 4
@@ -72,14 +74,10 @@ class NgramDraft:
         self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)
 
 
-def refusal(params, constrained: bool, recurrent: bool, batched: bool = False):
+def refusal(params, constrained: bool, recurrent: bool):
     """Why prompt lookup decoding cannot serve a generation with SamplingParams params, or None
     when it can. constrained: the generation asks for logprobs, a response_format or a logit_bias;
-    recurrent: the model has recurrent layers; batched: it runs in a batch, whose passes verify
-    drafts against greedy choices only. Rejected drafts are dropped from the cache."""
-    if batched and (not params.greedy or params.has_penalties):
-        return ("in a batch, prompt_lookup verifies drafts against greedy choices: it needs "
-                "temperature=0 and no penalties there (a single generation may sample)")
+    recurrent: the model has recurrent layers. Rejected drafts are dropped from the cache."""
     if constrained:
         return ("prompt_lookup verifies drafts against the sampler's own choices: it cannot be "
                 "combined with logprobs, response_format or logit_bias")
@@ -103,6 +101,22 @@ def _draw(ids, probs, rng) -> int:
     cdf = np.cumsum(probs)
     j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     return int(ids[min(j, len(ids) - 1)])
+
+
+def verify_sampled(draft, logits, history, sampler) -> list[int]:
+    """Speculative sampling of a decode run's logits f32 [k + 1, vocab] (the rows of the token
+    before the draft and of its k tokens) with the NumPy sampler `sampler` (sampling.Sampler): its
+    filters, its penalties over history (the prompt and the tokens before the draft) and the draft
+    tokens before each row, and its seeded generator. Returns the tokens kept, then one drawn."""
+    params = sampler.params
+
+    def row_distribution(i):
+        row = apply_penalties(logits[i], list(history) + list(draft[:i]), params)
+        if params.greedy:   # temperature 0 with penalties: all mass on the argmax
+            return np.array([int(np.argmax(row))]), np.ones(1)
+        ids, xs = candidates(row, params)
+        return ids, np.exp(xs - xs.max())
+    return sampled_tokens(draft, row_distribution, sampler.rng)
 
 
 def sampled_tokens(draft, row_distribution, rng) -> list[int]:

@@ -61,7 +61,7 @@ def generation_job(model, spec: GenerationSpec, prompt_lookup: int = 0):
 
 
 def lookup_applies(model, spec: GenerationSpec) -> bool:
-    """Whether prompt lookup decoding gives spec's tokens exactly: greedy without penalties (a
+    """Whether prompt lookup decoding gives spec's tokens exactly: greedy, penalties or not (a
     sampled draft keeps the distribution, not the draws: a seed would give other text), and the
     model says it can serve it (no logprobs, grammar or logit_bias; a cache that drops drafts)."""
     constrained = spec.top_logprobs is not None or spec.response_format is not None or bool(spec.logit_bias)
@@ -69,7 +69,7 @@ def lookup_applies(model, spec: GenerationSpec) -> bool:
         params = SamplingParams.from_kwargs(None, **spec.sampling)
     except (TypeError, ValueError):   # Model.stream names the bad parameter to the client
         return False
-    if not params.greedy or params.has_penalties:
+    if not params.greedy:
         return False
     return model.prompt_lookup_refusal(params, constrained) is None
 
