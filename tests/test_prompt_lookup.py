@@ -202,8 +202,9 @@ def test_cli_run_reports_drafts(tiny, capsys):
 
 
 def test_server_applies_it_where_it_cannot_change_the_text(forgert, tiny):
-    """`forgert serve --prompt-lookup N`: a greedy completion drafts (timings count the drafts)
-    and equals the same request on a server without it; a sampled one is served as ever."""
+    """`forgert serve --prompt-lookup N`: a greedy completion, with penalties or not, drafts
+    (timings count the drafts) and equals the same request on a server without it; a sampled one
+    is served as ever."""
     from server_harness import LiveServer
     path = str(tiny("qwen2_tied").path("gguf-F32"))
     prompt = "ab ab ab ab ab ab"
@@ -214,9 +215,13 @@ def test_server_applies_it_where_it_cannot_change_the_text(forgert, tiny):
             r = c.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
                                      extra_body={"ignore_eos": True})
             texts[k] = (r.choices[0].text, r.model_extra["timings"]["draft_tokens"])
+            penalised = c.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
+                                             presence_penalty=-1.0, extra_body={"ignore_eos": True})
+            texts[k, "penalised"] = (penalised.choices[0].text, penalised.model_extra["timings"]["draft_tokens"])
             sampled = c.completions.create(model="m", prompt=prompt, max_tokens=8, temperature=0.8, seed=3)
             assert sampled.model_extra["timings"]["draft_tokens"] == 0
     assert texts[6][0] == texts[0][0] and texts[0][1] == 0 and texts[6][1] > 0
+    assert texts[6, "penalised"][0] == texts[0, "penalised"][0] and texts[6, "penalised"][1] > 0
     # in the --parallel batch too, beside a sampled request
     with LiveServer(forgert.Model(path, backend="cpu", n_ctx=128, parallel=3), api_key=None, prompt_lookup=6) as srv:
         c = srv.openai_client()
