@@ -268,12 +268,11 @@ def _filtered(forgert, row, history, params):
     return dict(zip(ids.tolist(), (p / p.sum()).tolist()))
 
 
-def test_sampled_tokens_keep_the_sampling_distribution(forgert, tiny):
-    """With sampling, lookup's first three tokens follow plain sampling's distribution: 1500 seeded
-    generations against the exact chain of filtered distributions of Model.logits rows. Negative
-    penalties lift the prompt's repeated tokens so that drafts are both kept and rejected, and the
-    penalties of each draft row count the draft tokens before it."""
-    m = _model(forgert, tiny, "llama3_untied")
+def _sampling_setting(forgert, m):
+    """(prompt, params, exact): a prompt that repeats 3 tokens, sampling params whose negative
+    penalties lift them (so that drafts are both kept and rejected, and each draft row's penalties
+    count the draft tokens before it), and P(t1 t2 t3) under plain sampling for every sequence the
+    filters allow: the chain of the NumPy sampler's filtered distributions of Model.logits rows."""
     base = np.random.default_rng(3).integers(0, m.vocab_size, 3).tolist()
     prompt = base * 4 + base[:2]
     params = forgert.SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, presence_penalty=-2.0,
@@ -286,14 +285,29 @@ def test_sampled_tokens_keep_the_sampling_distribution(forgert, tiny):
             for tok, q in _filtered(forgert, m.logits(ctx)[-1], ctx, params).items():
                 grown[seq + (tok,)] = p * q
         exact = grown
-    n, counts, drafted, kept = 1500, {}, 0, 0
-    for seed in range(n):
-        c = m.generate(prompt, forgert.SamplingParams.from_kwargs(params, seed=seed))
+    return prompt, params, exact
+
+
+def _chi2(completions, exact):
+    """(chi-square of the completions' token sequences against exact, draft tokens kept, drafted);
+    asserts that nothing fell outside the filters and that drafts were both kept and rejected."""
+    counts, drafted, kept = {}, 0, 0
+    for c in completions:
         counts[tuple(c.tokens)] = counts.get(tuple(c.tokens), 0) + 1
         drafted, kept = drafted + c.timings.draft_tokens, kept + c.timings.accepted_draft_tokens
     assert set(counts) <= set(exact)        # nothing outside the filters
-    assert 0 < kept < drafted, (kept, drafted)   # drafts kept and rejected (measured: 250 of 1027)
-    chi2 = sum((counts.get(s, 0) - n * p) ** 2 / (n * p) for s, p in exact.items())
+    assert 0 < kept < drafted, (kept, drafted)
+    n = len(completions)
+    return sum((counts.get(s, 0) - n * p) ** 2 / (n * p) for s, p in exact.items()), kept, drafted
+
+
+def test_sampled_tokens_keep_the_sampling_distribution(forgert, tiny):
+    """With sampling, lookup's first three tokens follow plain sampling's distribution: 1500 seeded
+    generations against the exact chain of filtered distributions (_sampling_setting)."""
+    m = _model(forgert, tiny, "llama3_untied")
+    prompt, params, exact = _sampling_setting(forgert, m)
+    chi2, kept, drafted = _chi2([m.generate(prompt, forgert.SamplingParams.from_kwargs(params, seed=seed))
+                                 for seed in range(1500)], exact)   # drafts kept: measured 250 of 1027
     # 27 sequences, 26 degrees of freedom (P(chi2 > 50) = 0.003): measured 23.5. Measured with the
     # rule broken: a rejected token redrawn from the whole row 188, drafts kept with twice their
     # probability 365, a draft row's penalties not counting the draft tokens before it 68
@@ -315,43 +329,17 @@ def test_greedy_with_penalties_takes_drafts(forgert, tiny):
     assert 0 < got.timings.accepted_draft_tokens, got.timings
 
 
-def _exact_chain(forgert, m, prompt, params, depth):
-    """P(t1 .. t_depth) under plain sampling for every sequence the filters allow: the chain of
-    the NumPy sampler's filtered distributions of Model.logits rows."""
-    exact = {(): 1.0}
-    for _ in range(depth):
-        grown = {}
-        for seq, p in exact.items():
-            ctx = prompt + list(seq)
-            for tok, q in _filtered(forgert, m.logits(ctx)[-1], ctx, params).items():
-                grown[seq + (tok,)] = p * q
-        exact = grown
-    return exact
-
-
 def test_batch_sampled_tokens_keep_the_sampling_distribution(forgert, tiny):
     """Sampled prompt lookup in a batch (Model.generate over a list, 8 sequences a step): each
     sequence's first three tokens follow plain sampling's distribution, as a single generation's
-    do (test_sampled_tokens_keep_the_sampling_distribution's setting). Half of the sequences draft
-    and half do not, in the same steps."""
+    do (_sampling_setting). Half of the 3200 sequences draft and half do not, in the same steps."""
     m = _model(forgert, tiny, "llama3_untied", parallel=8)
-    base = np.random.default_rng(3).integers(0, m.vocab_size, 3).tolist()
-    prompt = base * 4 + base[:2]
-    params = forgert.SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, presence_penalty=-2.0,
-                                    frequency_penalty=-1.0, max_tokens=3, ignore_eos=True, prompt_lookup=4)
-    exact = _exact_chain(forgert, m, prompt, params, 3)
-    n = 3200
+    prompt, params, exact = _sampling_setting(forgert, m)
     each = [forgert.SamplingParams.from_kwargs(params, seed=seed, prompt_lookup=4 if seed % 2 else 0)
-            for seed in range(n)]
-    done = m.generate([prompt] * n, each)
-    counts, drafted, kept = {}, 0, 0
-    for c in done[1::2]:       # the drafting half
-        counts[tuple(c.tokens)] = counts.get(tuple(c.tokens), 0) + 1
-        drafted, kept = drafted + c.timings.draft_tokens, kept + c.timings.accepted_draft_tokens
+            for seed in range(3200)]
+    done = m.generate([prompt] * len(each), each)
     assert all(c.timings.draft_tokens == 0 for c in done[::2])
-    assert set(counts) <= set(exact)        # nothing outside the filters
-    assert 0 < kept < drafted, (kept, drafted)   # drafts kept and rejected (measured: 295 of 1100)
-    chi2 = sum((counts.get(s, 0) - n / 2 * p) ** 2 / (n / 2 * p) for s, p in exact.items())
+    chi2, kept, drafted = _chi2(done[1::2], exact)    # drafts kept: measured 295 of 1100
     # 27 sequences, 26 degrees of freedom (P(chi2 > 50) = 0.003): measured 13.7. Measured with the
     # rule broken: a draft row's penalties not counting the draft tokens before it 69, a rejected
     # token redrawn from the whole row 274
