@@ -310,6 +310,31 @@ def test_matmul_id_reads_only_the_selected_experts(ops, n):
     assert nmse(out, matmul_id_reference(experts.astype(np.float64), x, ids)) < 1e-12   # measured ~1e-15
 
 
+@pytest.mark.parametrize("n", [1, 3, 40])
+@pytest.mark.parametrize("dtype_id", [F32, Q4_K], ids=DTYPE_NAMES.get)
+def test_matmul_id_reads_experts_stored_out_of_order(ops, dtype_id, n):
+    """12 experts stored as an HF directory's safetensors file holds them, in name order (experts
+    0, 1, 10, 11, 2, ...): Metal reads the stack where it lies, each slot's id mapped to its
+    expert's place (map_ids_i32), through its decode GEMV (n = 1), multi-token GEMV (n = 3) and
+    grouped GEMM (n = 40); the CPU reads each expert where it lies. The bound of
+    test_matmul_id_matches_numpy: an expert read for another is off by O(1)."""
+    n_expert, k, rows, cols = 12, 3, 72, 256
+    rng = rng_for("matmul_id_stored", dtype_id, n)
+    stored = sorted(range(n_expert), key=str)        # 0, 1, 10, 11, 2, 3, ...
+    raws = {e: encode(randn(rng, rows, cols), dtype_id) for e in range(n_expert)}
+    experts = np.stack([decode(raws[e], dtype_id, rows, cols) for e in range(n_expert)]).astype(np.float64)
+    x = randn(rng, n, cols)
+    for name, ids in routings(n, k, n_expert, rng).items():
+        ids = (ids + 8) % n_expert           # experts 8..11 too: their places differ from their ids
+        out = ops.matmul_id(np.concatenate([raws[e] for e in stored]), dtype_id, n_expert, rows, cols, x, ids,
+                            decode_rows=n if n == 3 else -1, stored=stored)
+        bound = bound_for("cpu", dtype_id, 1) if backend_of(ops) == "cpu" else bound_for("metal", dtype_id, n)
+        assert nmse(out, matmul_id_reference(experts, x, ids)) < bound, name
+    with pytest.raises(ValueError, match="stored must list each expert once"):
+        ops.matmul_id(np.concatenate([raws[e] for e in stored]), dtype_id, n_expert, rows, cols, x, ids,
+                      stored=[0] * n_expert)
+
+
 def test_matmul_id_rejects_bad_ids(ops):
     w = np.zeros(4 * 8 * 32, np.float32).view(np.uint8)
     with pytest.raises(ValueError, match="expert id out of range"):

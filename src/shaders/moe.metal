@@ -121,6 +121,21 @@ kernel void moe_group_i32(
     counts[e] = c;
 }
 
+// An expert stack stored out of expert order: each slot's id becomes its expert's place.
+kernel void map_ids_i32(
+        constant map_ids_args & args [[buffer(0)]],
+        device const char * ids   [[buffer(1)]],
+        device const char * table [[buffer(2)]],
+        device       char * out   [[buffer(3)]],
+        uint3 tgpig [[threadgroup_position_in_grid]],
+        uint3 tptg  [[thread_position_in_threadgroup]],
+        uint3 ntg   [[threads_per_threadgroup]]) {
+    const int s = tgpig.x * ntg.x + tptg.x;
+    if (s >= args.n * args.k) return;
+    const int id = ((device const int*)(ids + (s / args.k) * args.ids_stride))[s % args.k];
+    ((device int*)out)[s] = id >= 0 && id < args.n_expert ? ((device const int*)table)[id] : id;
+}
+
 kernel void moe_sum_add_f32(
         constant moe_sum_args & args [[buffer(0)]],
         device const char * y       [[buffer(1)]],

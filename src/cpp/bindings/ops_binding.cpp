@@ -409,9 +409,10 @@ public:
     }
     // out [n*k, rows]: row i*k + j = expert ids[i, j] times x's row i (x [n, cols]) or row i*k + j
     // (x [n*k, cols]). w: the n_expert [rows, cols] matrices' bytes one after the other (GGUF's
-    // 3-D layout); each expert becomes its own tensor, as HF's per-expert tensors do.
+    // 3-D layout), the j-th of them expert stored[j] (default: expert j; HF's per-expert tensors lie
+    // in name order: experts 0, 1, 10, 11, 2, ...); each expert becomes its own tensor, as HF's do.
     F32 matmul_id(const U8& w, int dtype, int n_expert, int64_t rows, int64_t cols, const F32& x, const I32& ids,
-                  int64_t decode_rows) {
+                  int64_t decode_rows, const std::vector<int>& stored) {
         need(dtype_is_known(dtype) && dtype != FG_I32, "unsupported weight dtype " + std::to_string(dtype));
         need(n_expert > 0 && rows > 0 && cols > 0, "n_expert, rows and cols must be positive");
         need(ids.ndim() == 2 && ids.shape(1) >= 1, "ids must be [n, k]");
@@ -424,8 +425,16 @@ public:
         need((int64_t)w.size() == one * n_expert, "w has " + std::to_string(w.size()) + " bytes, expected " +
                                                       std::to_string(one * n_expert));
         const Tensor all = upload(w.data(), (DType)dtype, rows * n_expert, cols);
-        std::vector<Tensor> experts;
-        for (int e = 0; e < n_expert; e++) experts.push_back(all.slice_rows(e * rows, rows));
+        std::vector<int> order = stored;
+        if (order.empty())
+            for (int e = 0; e < n_expert; e++) order.push_back(e);
+        std::vector<int> sorted = order;
+        std::sort(sorted.begin(), sorted.end());
+        bool each_once = sorted.size() == (size_t)n_expert;
+        for (int e = 0; each_once && e < n_expert; e++) each_once = sorted[e] == e;
+        need(each_once, "stored must list each expert once");
+        std::vector<Tensor> experts(n_expert);
+        for (int j = 0; j < n_expert; j++) experts[order[j]] = all.slice_rows(j * rows, rows);
         Tensor X = f32(x), I = upload(ids.data(), DType::I32, n, k), Y = empty(DType::F32, n * k, rows);
         const RowClasses rc = row_classes(decode_rows, n);
         run([&] { be_->matmul_id(Y, experts.data(), n_expert, X, I, rc); });
@@ -664,7 +673,8 @@ void bind_ops(py::module_& m) {
              py::arg("sigmoid") = false, py::arg("select_bias") = py::none(), py::arg("scale") = 1.0f,
              py::arg("n_group") = 1, py::arg("topk_group") = 1)
         .def("matmul_id", &Ops::matmul_id, py::arg("w"), py::arg("dtype"), py::arg("n_expert"), py::arg("rows"),
-             py::arg("cols"), py::arg("x"), py::arg("ids"), py::arg("decode_rows") = -1)
+             py::arg("cols"), py::arg("x"), py::arg("ids"), py::arg("decode_rows") = -1,
+             py::arg("stored") = std::vector<int>{})
         .def("moe_sum_add", &Ops::moe_sum_add, py::arg("out"), py::arg("y"), py::arg("weights"))
         .def("swiglu_oai", &Ops::swiglu_oai, py::arg("gate"), py::arg("up"), py::arg("alpha"), py::arg("limit"))
         .def("add_bias_id", &Ops::add_bias_id, py::arg("x"), py::arg("b"), py::arg("ids"))

@@ -4,6 +4,7 @@
 // Metal on macOS or the MSL emulator elsewhere.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,6 +145,9 @@ private:
                                const Tensor& ids);
     // moe_group_i32 over ids into the groups scratch; the binding of the groups for the kernels that read them.
     Binding encode_moe_groups(const Tensor& ids, int n_expert);
+    // ids i32 [n, k] mapped to the places of their experts in a stack stored out of order
+    // (slot[e]: expert e's place): an i32 [n, k] scratch, valid until the next such call.
+    Tensor encode_expert_places(const Tensor& ids, const std::vector<int32_t>& slot);
     // attention's two kernels over rows `at` (q, out: those rows): the decode kernel, each query's
     // keys cut into at most max_splits splits (kernel_args.h fg_attn_splits), and the prefill kernel.
     void encode_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -185,6 +189,8 @@ private:
     // bind it (the open one: committed_ + 1) is done.
     std::unique_ptr<Buffer> scratch_;
     std::unique_ptr<Buffer> moe_groups_;
+    std::unique_ptr<Buffer> expert_places_;  // encode_expert_places' output
+    std::map<std::vector<int32_t>, std::unique_ptr<Buffer>> expert_place_tables_;  // i32 [n_expert] per stored order
     struct Retired {
         uint64_t last_use;  // ticket of the last command buffer that may bind it
         std::unique_ptr<Buffer> buf;

@@ -831,28 +831,84 @@ void MetalBackend::moe_route(const Tensor& weights, const Tensor& ids, const Ten
            {ceil_div(n, 32), 1, 1}, {32, 1, 1});
 }
 
-// The experts must lie at one stride in one buffer (GGUF's 3-D stacks; HF's per-expert tensors
-// as safetensors stores them, interleaved with the other stacks' experts): the kernel finds
-// expert e at w + e * expert_stride.
-std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expert) const {
+namespace {
+// Where a stack's experts lie: in one buffer, each a whole number of strides from the lowest, in
+// any order (GGUF's 3-D stacks in expert order; HF's per-expert tensors as safetensors stores
+// them: in name order, experts.10 before experts.2, interleaved with the other stacks' experts).
+// slot[e]: expert e's place (place s at the lowest offset + s * stride).
+struct ExpertOrder {
+    std::string problem;  // why the stack does not lie so ("" when it does)
+    std::vector<int32_t> slot;
+    bool in_order = true;  // slot[e] == e
+};
+
+ExpertOrder expert_order(const Tensor* experts, int n_expert) {
+    ExpertOrder o;
     const Tensor& w0 = experts[0];
-    const size_t stride = n_expert > 1 ? experts[1].offset - w0.offset : 0;
+    size_t lo = w0.offset, hi = w0.offset;
     for (int e = 1; e < n_expert; e++) {
         const Tensor& we = experts[e];
-        if (we.buf != w0.buf) return "expert " + std::to_string(e) + " lies in another file than expert 0";
-        if (we.type != w0.type || we.rows != w0.rows || we.cols != w0.cols || we.stride != w0.stride)
-            return "expert " + std::to_string(e) + " differs from expert 0 in type or shape";
-        if (we.offset <= w0.offset || we.offset != w0.offset + e * stride)
-            return "the experts are not evenly spaced in their file";
+        if (we.buf != w0.buf) {
+            o.problem = "expert " + std::to_string(e) + " lies in another file than expert 0";
+            return o;
+        }
+        if (we.type != w0.type || we.rows != w0.rows || we.cols != w0.cols || we.stride != w0.stride) {
+            o.problem = "expert " + std::to_string(e) + " differs from expert 0 in type or shape";
+            return o;
+        }
+        lo = std::min(lo, we.offset);
+        hi = std::max(hi, we.offset);
     }
-    return "";
+    o.slot.assign(n_expert, 0);
+    if (n_expert == 1) return o;
+    const size_t stride = (hi - lo) / (n_expert - 1);
+    std::vector<char> taken(n_expert, 0);
+    for (int e = 0; e < n_expert; e++) {
+        const size_t d = experts[e].offset - lo, s = stride > 0 ? d / stride : 0;
+        if (stride < w0.nbytes() || d % stride != 0 || s >= (size_t)n_expert || taken[s]) {
+            o.problem = "the experts do not lie at one stride in their file";
+            return o;
+        }
+        taken[s] = 1;
+        o.slot[e] = (int32_t)s;
+        o.in_order = o.in_order && (int)s == e;
+    }
+    return o;
+}
+}  // namespace
+
+// The kernels find the expert in place s at w + s * expert_stride: the stack must lie so, in any
+// order (matmul_id maps the ids to places).
+std::string MetalBackend::expert_stack_problem(const Tensor* experts, int n_expert) const {
+    return expert_order(experts, n_expert).problem;
 }
 
-// Experts that do not lie at one stride in one buffer (HF's per-expert tensors in name order,
-// or a layer split across shards) are copied, in expert order, into one buffer of their own:
-// the kernels then find expert e at e * stride as in a GGUF stack. The copy costs the stack's
-// bytes in memory (the file's pages are no longer read, and the OS may drop them); a stack
-// that differs in type or shape between experts stays as it is, for the model to refuse by name.
+// Each slot's expert id mapped to its expert's place in a stack stored out of order
+// (map_ids_i32 through a table made once per order), into a scratch i32 [n, k].
+Tensor MetalBackend::encode_expert_places(const Tensor& ids, const std::vector<int32_t>& slot) {
+    std::unique_ptr<Buffer>& table = expert_place_tables_[slot];
+    if (!table) {  // a new buffer: no pass reads it yet
+        table = dev_->new_buffer(slot.size() * sizeof(int32_t));
+        std::memcpy(table->host, slot.data(), slot.size() * sizeof(int32_t));
+    }
+    const int64_t n = ids.rows, k = ids.cols;
+    const Tensor places = make_tensor(grow_scratch(expert_places_, (size_t)(n * k) * sizeof(int32_t)), 0, DType::I32, n, k);
+    map_ids_args a{};
+    a.ids_stride = ids.stride;
+    a.n = (int32_t)n;
+    a.k = (int32_t)k;
+    a.n_expert = (int32_t)slot.size();
+    encode("map_ids_i32", &a, sizeof a,
+           {reads(ids), Binding{table.get(), 0, slot.size() * sizeof(int32_t), false}, writes(places)},
+           {ceil_div(n * k, 32), 1, 1}, {32, 1, 1});
+    return places;
+}
+
+// Experts that do not lie at one stride in one buffer (a layer's experts split across HF shards)
+// are copied, in expert order, into one buffer of their own, read as a GGUF stack is. The copy
+// costs the stack's bytes in memory beside the file's (whose pages for it are no longer read; a
+// residency set keeps them mapped all the same). A stack that differs in type or shape between
+// experts stays as it is, for the model to refuse by name.
 void MetalBackend::prepare_experts(std::vector<Tensor>& experts, std::vector<std::unique_ptr<Buffer>>& owned) {
     const int n = (int)experts.size();
     if (n < 2 || expert_stack_problem(experts.data(), n).empty()) return;
@@ -880,15 +936,25 @@ void MetalBackend::matmul_id(const Tensor& out, const Tensor* experts, int n_exp
     need(x.rows == n || x.rows == n * k, "matmul_id", "x must have n or n*k rows");
     need_f32_rows(out, "matmul_id", "out", n * k, w0.rows);
     need_i32_rows(ids, "matmul_id", "ids", n, k);
-    const std::string why = expert_stack_problem(experts, n_expert);
-    need(why.empty(), "matmul_id", why);
+    const ExpertOrder order = expert_order(experts, n_expert);
+    need(order.problem.empty(), "matmul_id", order.problem);
     need(n * k <= INT32_MAX / std::max(n_expert, 1), "matmul_id", "too many slots");
+    // A stack stored out of expert order: the kernels read it in its stored order, each slot's id
+    // first mapped to its expert's place (no copy of the weights).
+    std::vector<Tensor> stored;
+    Tensor places = ids;
+    if (!order.in_order) {
+        stored.resize(n_expert);
+        for (int e = 0; e < n_expert; e++) stored[order.slot[e]] = experts[e];
+        experts = stored.data();
+        places = encode_expert_places(ids, order.slot);
+    }
     // GEMV tokens first (their slots i*k + j lead), then GEMM tokens: each token's x rows (its own
     // row, or its k slots' rows) and out rows go with it.
     const int64_t g = gemv_rows(rc, n), x_rows_per_token = x.rows == n ? 1 : k;
     auto tokens = [&](int64_t i0, int64_t m, bool gemv) {
         const Tensor o = out.slice_rows(i0 * k, m * k), xs = x.slice_rows(i0 * x_rows_per_token, m * x_rows_per_token),
-                     id = ids.slice_rows(i0, m);
+                     id = places.slice_rows(i0, m);
         if (gemv)
             encode_matmul_id_gemv(o, experts, n_expert, xs, id);
         else
