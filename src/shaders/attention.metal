@@ -52,7 +52,7 @@ kernel void attention_f16(
     device const char* keys = k_cache + seq_base;
     device const char* values = v_cache + seq_base;
     const int span = fg_attn_span(kv_len, args.window);  // the keys it sees: kv_len - span .. kv_len - 1
-    const int n_splits = fg_attn_splits(span, args.max_splits);
+    const int n_splits = fg_attn_splits(span, args.max_splits, args.min_split_len);
     if (split >= n_splits) return;  // the grid has the longest query's splits (the whole threadgroup returns)
     const int split_len = fg_attn_split_len(span, n_splits);
     const int k_begin = kv_len - span + split * split_len;
@@ -185,6 +185,103 @@ template [[host_name("attention_f16_d256")]] kernel attention_f16_t attention_f1
 template [[host_name("attention_f16_d512")]] kernel attention_f16_t attention_f16<16>;
 template [[host_name("attention_f16_d576")]] kernel attention_f16_t attention_f16<18>;  // latent attention's rows
 
+// Latent attention's decode (DeepSeek's absorbed MLA: one cached row of latent + rope values per
+// token, every query head attending to it, V the same row). attention_f16_d576's registers hold
+// one 576-wide head a threadgroup, so each head's threadgroup would load the rows itself (16x
+// the rows at 16 heads). Here a threadgroup of G simdgroups serves G heads, one each: it stages
+// FG_LATENT_TILE_KEYS rows at a time in threadgroup memory (consecutive threads load consecutive
+// words: whole lines), and every simdgroup scores its head against each staged row and adds the
+// row, weighted, to its values: the rows are read once per G heads. Splits, the row table and
+// the outputs (out, or partials for attention_reduce) are attention_f16's.
+kernel void attention_latent_f16(
+        constant attention_args & args [[buffer(0)]],
+        device const char * q          [[buffer(1)]],
+        device const char * k_cache    [[buffer(2)]],
+        device const char * v_cache    [[buffer(3)]],  // the same rows as k_cache: unread
+        device       char * out        [[buffer(4)]],
+        device      float * partials   [[buffer(5)]],
+        device const float * sinks     [[buffer(6)]],  // unused: no sinks with latent attention
+        device const int   * rows      [[buffer(7)]],
+        threadgroup half * tile        [[threadgroup(0)]],
+        uint3  tgpig [[threadgroup_position_in_grid]],
+        uint3  tgpg  [[threadgroups_per_grid]],
+        uint3  tptg  [[thread_position_in_threadgroup]],
+        uint3  ntg   [[threads_per_threadgroup]],
+        ushort sgitg [[simdgroup_index_in_threadgroup]],
+        ushort tiisg [[thread_index_in_simdgroup]]) {
+    constexpr int DPL = 18;  // head elements per lane: head_dim <= 576
+    const int split = tgpig.x;
+    const int t = tgpig.z;
+    const int hd = args.head_dim;
+    const int head = tgpig.y * (int(ntg.x) / FG_SIMD_WIDTH) + sgitg;  // this simdgroup's query head
+    const int kv_len = (args.has_rows != 0 ? rows[2 * t] : args.pos0 + t) + 1;
+    const uint64_t seq_base = args.has_rows != 0 ? uint64_t(rows[2 * t + 1]) * args.kv_stride : 0;
+    device const char* keys = k_cache + seq_base;
+    const int span = fg_attn_span(kv_len, args.window);
+    const int n_splits = fg_attn_splits(span, args.max_splits, args.min_split_len);
+    if (split >= n_splits) return;  // the whole threadgroup
+    const int split_len = fg_attn_split_len(span, n_splits);
+    const int k_begin = kv_len - span + split * split_len;
+    const int k_end = min(k_begin + split_len, kv_len);
+
+    // This lane's slice of its head's query (elements tiisg + 32 j, pre-scaled) and values.
+    device const float* qh = (device const float*)(q + t * args.q_stride) + head * hd;
+    float qv[DPL];
+    float acc[DPL];
+    for (int j = 0; j < DPL; ++j) {
+        const int d = tiisg + FG_SIMD_WIDTH * j;
+        qv[j] = d < hd ? qh[d] * args.scale : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = ATTN_NEG_BIG;
+    float l = 0.0f;
+    const int words = hd / 2;  // half2 words a row (head_dim is even)
+    for (int k0 = k_begin; k0 < k_end; k0 += FG_LATENT_TILE_KEYS) {
+        const int nk = min(FG_LATENT_TILE_KEYS, k_end - k0);
+        for (int i = int(tptg.x); i < nk * words; i += int(ntg.x)) {  // rows k0 .. k0 + nk - 1
+            const int r = i / words;
+            ((threadgroup half2*)tile)[i] = ((device const half2*)(keys + (k0 + r) * args.kv_stride))[i - r * words];
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        for (int r = 0; r < nk; ++r) {
+            threadgroup const half* kr = tile + r * hd;
+            float kv[DPL];
+            float partial = 0.0f;
+            for (int j = 0; j < DPL; ++j) {
+                const int d = tiisg + FG_SIMD_WIDTH * j;
+                kv[j] = d < hd ? float(kr[d]) : 0.0f;
+                partial += qv[j] * kv[j];
+            }
+            const float s = simd_sum(partial);
+            const float m_new = max(m, s);
+            const float corr = exp(m - m_new);
+            const float p = exp(s - m_new);
+            l = l * corr + p;
+            for (int j = 0; j < DPL; ++j) acc[j] = acc[j] * corr + p * kv[j];
+            m = m_new;
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // the tile is staged again next
+    }
+
+    if (n_splits == 1) {
+        device float* o = (device float*)(out + t * args.out_stride) + head * hd;
+        const float inv_l = 1.0f / l;  // the split holds at least one key: l > 0
+        for (int j = 0; j < DPL; ++j) {
+            const int d = tiisg + FG_SIMD_WIDTH * j;
+            if (d < hd) o[d] = acc[j] * inv_l;
+        }
+    } else {
+        const int pidx = (t * args.n_heads + head) * int(tgpg.x) + split;
+        device float* pr = partials + pidx * hd;
+        device float2* stats = (device float2*)(partials + FG_ATTN_STATS_AT(int(tgpg.z) * args.n_heads * int(tgpg.x), hd));
+        if (tiisg == 0) stats[pidx] = float2(m, l);
+        for (int j = 0; j < DPL; ++j) {
+            const int d = tiisg + FG_SIMD_WIDTH * j;
+            if (d < hd) pr[d] = acc[j];
+        }
+    }
+}
+
 // Combines the partial states of one (head, query), its own splits (as attention_f16 cut its
 // keys): one simdgroup per pair. Lane s takes the (max, sum) of splits s, s + 32, ...; the splits'
 // weights go through threadgroup memory, so every partial is read once. A query of one split
@@ -203,7 +300,7 @@ kernel void attention_reduce(
     const int t = tgpig.y;
     const int hd = args.head_dim;
     const int kv_len = (args.has_rows != 0 ? rows[2 * t] : args.pos0 + t) + 1;
-    const int ns = fg_attn_splits(fg_attn_span(kv_len, args.window), args.max_splits);
+    const int ns = fg_attn_splits(fg_attn_span(kv_len, args.window), args.max_splits, args.min_split_len);
     if (ns == 1) return;  // uniform: the threadgroup is one simdgroup
     const int pidx = (t * args.n_heads + head) * args.n_splits;
     device const float* acc = partials + pidx * hd;  // [ns][hd]

@@ -183,6 +183,13 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 80, "rope_kv_write_args layout");
 //       FG_ATTN_QREGS / DPL; the kernel reads G from the grid), S = fg_attn_splits of the
 //       longest span; threads: FG_ATTN_SIMDGROUPS * 32
 // threadgroup memory 0: FG_ATTN_TG_FLOATS(G, hd) floats (<= FG_ATTN_MAX_TG_BYTES bytes)
+// attention_latent_f16: the same slots and args for latent attention's decode (one KV head of
+// head_dim <= 576, V read from the K rows: slot 3 bound to them, unread; no sinks, no softcap):
+// one simdgroup a query head, G heads a threadgroup sharing each staged tile of
+// FG_LATENT_TILE_KEYS rows. grid: (S, H / G, n); threads: 32 G (G <= FG_LATENT_MAX_HEADS);
+// threadgroup memory 0: FG_LATENT_TILE_KEYS * head_dim halfs
+#define FG_LATENT_TILE_KEYS 16
+#define FG_LATENT_MAX_HEADS 16
 #define FG_ATTN_SIMDGROUPS 4
 #define FG_ATTN_MAX_HEAD_DIM 576  // latent attention's cached rows (DeepSeek: 512 latent + 64 rope)
 #define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most
@@ -194,11 +201,15 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 80, "rope_kv_write_args layout");
 static inline int32_t fg_attn_span(int32_t kv_len, int32_t window) {
     return window > 0 && window < kv_len ? window : kv_len;
 }
-// How many chunks a query's span keys are cut into: one per FG_ATTN_MIN_SPLIT_LEN keys, at
-// most max_splits (>= 1), and the chunks' length. Monotonic in span, so the longest query's
-// count bounds every query's (the grid's splits).
-static inline int32_t fg_attn_splits(int32_t span, int32_t max_splits) {
-    const int32_t n = (span + FG_ATTN_MIN_SPLIT_LEN - 1) / FG_ATTN_MIN_SPLIT_LEN;
+// Latent attention's splits take at least this many keys: each split's threadgroup reads its
+// heads' queries (G x 576 f32) once, 2 G / FG_LATENT_MIN_SPLIT_LEN of the rows' bytes (<= 6%).
+#define FG_LATENT_MIN_SPLIT_LEN 512
+// How many chunks a query's span keys are cut into: one per min_split_len keys
+// (FG_ATTN_MIN_SPLIT_LEN, or FG_LATENT_MIN_SPLIT_LEN), at most max_splits (>= 1), and the
+// chunks' length. Monotonic in span, so the longest query's count bounds every query's (the
+// grid's splits).
+static inline int32_t fg_attn_splits(int32_t span, int32_t max_splits, int32_t min_split_len) {
+    const int32_t n = (span + min_split_len - 1) / min_split_len;
     return n < 1 ? 1 : n < max_splits ? n : max_splits;
 }
 static inline int32_t fg_attn_split_len(int32_t span, int32_t splits) { return (span + splits - 1) / splits; }
@@ -216,8 +227,10 @@ typedef struct {
     float softcap;        // > 0: score s -> softcap * tanh(s / softcap) (Gemma 2); 0: none
     int32_t has_sinks;    // 1: slot 6 holds f32 [H] logits that join the softmax denominator (gpt-oss)
     int32_t has_rows;     // 1: slot 7 holds each query's (position, first cache row); pos0 unused
+    int32_t min_split_len;  // keys a split takes at least (fg_attn_splits)
+    int32_t pad0;
 } attention_args;
-FG_ARGS_ASSERT(sizeof(attention_args) == 64, "attention_args layout");
+FG_ARGS_ASSERT(sizeof(attention_args) == 72, "attention_args layout");
 
 // attention_prefill: the same attention for a chunk of >= FG_ATTN_PREFILL_MIN_TOKENS
 // queries. One threadgroup takes FG_ATTN_BQ consecutive queries of one head
@@ -267,8 +280,10 @@ typedef struct {
     int32_t window;
     int32_t has_sinks;    // 1: slot 3 holds the sinks f32 [H]
     int32_t has_rows;     // 1: slot 4 holds each query's (position, first cache row); pos0 unused
+    int32_t min_split_len;  // as attention_args
+    int32_t pad0;
 } attention_reduce_args;
-FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 40, "attention_reduce_args layout");
+FG_ARGS_ASSERT(sizeof(attention_reduce_args) == 48, "attention_reduce_args layout");
 
 // --- elementwise over [n, dim] rows ---
 // silu_mul: slots 1 gate, 2 up, 3 out.   add: slots 1 a, 2 b, 3 out (out may alias a).

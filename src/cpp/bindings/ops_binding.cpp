@@ -281,8 +281,10 @@ public:
             need(pos0 >= 0 && pos0 + rows_of(q) <= kc.shape(0), "queries past the cache");
         need(!sinks || sinks->size() == n_heads, "sinks must hold one value per head");
         Tensor S = sinks ? f32(*sinks) : Tensor{};
+        // The same array for both caches: one tensor, as latent attention's V rows are its K rows.
         Tensor Q = f32(q), K = upload(kc.data(), DType::F16, kc.shape(0), kc.shape(1)),
-               V = upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)), Y = empty(DType::F32, Q.rows, Q.cols);
+               V = k_in.is(v_in) ? K : upload(vc.data(), DType::F16, vc.shape(0), vc.shape(1)),
+               Y = empty(DType::F32, Q.rows, Q.cols);
         AttentionParams ap{n_heads, n_kv_heads, head_dim, scale, window, softcap};
         if (sinks) ap.sinks = &S;
         Tensor T;

@@ -118,6 +118,19 @@ int attention_head_block(int group, int head_dim) {
     return 1;
 }
 
+// Query heads per threadgroup of latent attention's decode kernel (attention_latent_f16: a
+// simdgroup a head, each staged row serving them all), or 0 where it does not apply: one KV head
+// whose V rows are its K rows (latent attention), at most 576 wide, no sinks or softcap. The
+// largest divisor of n_heads up to FG_LATENT_MAX_HEADS and max_simdgroups.
+int latent_head_block(const AttentionParams& p, const Tensor& k, const Tensor& v, int max_simdgroups) {
+    const bool latent = p.n_kv_heads == 1 && p.head_dim <= 576 && p.head_dim > 512 && p.head_dim % 2 == 0 &&
+                        !p.sinks && p.softcap == 0.0f && k.buf == v.buf && k.offset == v.offset;
+    if (!latent) return 0;
+    for (int g = std::min({p.n_heads, FG_LATENT_MAX_HEADS, max_simdgroups}); g > 1; --g)
+        if (p.n_heads % g == 0) return g;
+    return 1;
+}
+
 }  // namespace
 
 // Kernels that loop over their row take up to 1024 threads, or fewer where the compiled
@@ -534,7 +547,9 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
     need(!p.sinks || (p.sinks->buf && p.sinks->type == DType::F32 && p.sinks->rows * p.sinks->cols == p.n_heads),
          "attention", "sinks must be f32 with one value per head");
-    const int64_t head_blocks = p.n_heads / attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
+    const int latent = latent_head_block(p, k_cache, v_cache, thread_cap("attention_latent_f16") / FG_SIMD_WIDTH);
+    const int64_t head_blocks =
+        p.n_heads / (latent > 0 ? latent : attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim));
     if (at.classes.by_row_count()) {
         // By count: a chunk whose keys need no split shares K/V tiles in the prefill kernel (for
         // a batch, when it holds a prompt chunk: decode rows of many sequences, runs of one, share
@@ -543,7 +558,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         const int64_t kv_max = at.table ? at.max_len : pos0 + n;
         const bool runs = !at.table || at.max_run >= FG_ATTN_PREFILL_MIN_TOKENS;
         if (runs && n >= FG_ATTN_PREFILL_MIN_TOKENS &&
-            fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits) == 1)
+            fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits,
+                           latent > 0 ? FG_LATENT_MIN_SPLIT_LEN : FG_ATTN_MIN_SPLIT_LEN) == 1)
             encode_attention_prefill(out, q, k_cache, v_cache, at, p);
         else
             encode_attention_decode(out, q, k_cache, v_cache, at, p, max_splits);
@@ -614,8 +630,10 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
     const int64_t n = q.rows;
     // Each query cuts its own keys (fg_attn_splits); the grid has the longest query's splits.
     const int64_t kv_max = at.table ? at.max_len : at.pos0 + n;
-    const int64_t splits = fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits);
-    const int head_block = attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
+    const int latent = latent_head_block(p, k_cache, v_cache, thread_cap("attention_latent_f16") / FG_SIMD_WIDTH);
+    const int32_t min_split_len = latent > 0 ? FG_LATENT_MIN_SPLIT_LEN : FG_ATTN_MIN_SPLIT_LEN;
+    const int64_t splits = fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits, min_split_len);
+    const int head_block = latent > 0 ? latent : attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
     attention_args a{};
     a.q_stride = q.stride;
     a.kv_stride = k_cache.stride;
@@ -630,8 +648,12 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
     a.softcap = p.softcap;
     a.has_sinks = p.sinks ? 1 : 0;
     a.has_rows = at.table ? 1 : 0;
-    const size_t tg_bytes = FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
-    const std::string kernel = "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
+    a.min_split_len = min_split_len;
+    const size_t tg_bytes = latent > 0 ? FG_LATENT_TILE_KEYS * p.head_dim * sizeof(uint16_t)
+                                       : FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
+    const std::string kernel =
+        latent > 0 ? "attention_latent_f16" : "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
+    const Size3 threads{latent > 0 ? (uint32_t)(latent * FG_SIMD_WIDTH) : FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1};
     const Binding unused{out.buf, out.offset, 0, false};  // see encode_attention_prefill
     const Binding sinks = p.sinks ? reads(*p.sinks) : unused, rows = at.table ? reads(*at.table) : unused;
     const Tensor keys = bound_cache(k_cache, at, n), values = bound_cache(v_cache, at, n);
@@ -639,7 +661,7 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
 
     if (splits == 1) {  // every query writes out directly; slot 5 is never touched
         encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), unused, sinks, rows}, grid,
-               {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
+               threads, tg_bytes);
         return;
     }
     const int64_t groups = n * p.n_heads;
@@ -649,7 +671,7 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
     Binding partials{scratch, 0, partial_bytes, true};
     // Queries of one split write out here, the others their partials: out is written by both dispatches.
     encode(kernel, &a, sizeof a, {reads(q), reads(keys), reads(values), writes(out), partials, sinks, rows}, grid,
-           {FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1}, tg_bytes);
+           threads, tg_bytes);
     attention_reduce_args r{};
     r.out_stride = out.stride;
     r.n_heads = p.n_heads;
@@ -660,6 +682,7 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
     r.window = p.window;
     r.has_sinks = a.has_sinks;
     r.has_rows = a.has_rows;
+    r.min_split_len = min_split_len;
     Binding partials_in{scratch, 0, partial_bytes, false};
     encode("attention_reduce", &r, sizeof r, {partials_in, writes(out), sinks, rows},
            {(uint32_t)p.n_heads, (uint32_t)n, 1}, {FG_SIMD_WIDTH, 1, 1}, splits * sizeof(float));
