@@ -43,8 +43,8 @@ def cache_arg(ops, a: np.ndarray):
     (1, 0, 16),     # first token
     (1, 300, 16),   # decode deep into the cache (Metal: attention_latent_f16, one block of 16 heads)
     (1, 1500, 16),  # key splits of >= 512 keys (+ Metal's reduce)
-    (2, 700, 20),   # GLM-4.7-Flash's 20 heads: two blocks of 10; two queries, two splits
-    (1, 40, 128),   # DeepSeek V3's 128 heads: eight blocks of 16
+    (2, 700, 20),   # GLM-4.7-Flash's 20 heads: one block of 20; two queries, two splits
+    (1, 40, 128),   # DeepSeek V3's 128 heads: four blocks of 32
     (3, 40, 8),     # a few queries
     (20, 10, 4),    # prefill (Metal's tiled prefill kernel at 576: 7-key tiles)
 ])

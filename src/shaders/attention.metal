@@ -188,11 +188,12 @@ template [[host_name("attention_f16_d576")]] kernel attention_f16_t attention_f1
 // Latent attention's decode (DeepSeek's absorbed MLA: one cached row of latent + rope values per
 // token, every query head attending to it, V the same row). attention_f16_d576's registers hold
 // one 576-wide head a threadgroup, so each head's threadgroup would load the rows itself (16x
-// the rows at 16 heads). Here a threadgroup of G simdgroups serves G heads, one each: it stages
-// FG_LATENT_TILE_KEYS rows at a time in threadgroup memory (consecutive threads load consecutive
-// words: whole lines), and every simdgroup scores its head against each staged row and adds the
-// row, weighted, to its values: the rows are read once per G heads. Splits, the row table and
-// the outputs (out, or partials for attention_reduce) are attention_f16's.
+// the rows at 16 heads). Here a threadgroup of G simdgroups (up to FG_LATENT_MAX_HEADS) serves G
+// heads, one each: it stages FG_LATENT_TILE_KEYS rows at a time in threadgroup memory
+// (consecutive threads load consecutive words: whole lines), and every simdgroup scores its head
+// against each staged row and adds the row, weighted, to its values: the rows are read once per G
+// heads. Splits (of at least FG_LATENT_MIN_SPLIT_LEN keys), the row table and the outputs (out,
+// or partials for attention_reduce) are attention_f16's.
 kernel void attention_latent_f16(
         constant attention_args & args [[buffer(0)]],
         device const char * q          [[buffer(1)]],

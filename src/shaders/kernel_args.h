@@ -189,7 +189,7 @@ FG_ARGS_ASSERT(sizeof(rope_kv_write_args) == 80, "rope_kv_write_args layout");
 // FG_LATENT_TILE_KEYS rows. grid: (S, H / G, n); threads: 32 G (G <= FG_LATENT_MAX_HEADS);
 // threadgroup memory 0: FG_LATENT_TILE_KEYS * head_dim halfs
 #define FG_LATENT_TILE_KEYS 16
-#define FG_LATENT_MAX_HEADS 16
+#define FG_LATENT_MAX_HEADS 32
 #define FG_ATTN_SIMDGROUPS 4
 #define FG_ATTN_MAX_HEAD_DIM 576  // latent attention's cached rows (DeepSeek: 512 latent + 64 rope)
 #define FG_ATTN_QREGS 16  // query elements per lane of a decode threadgroup: G x DPL, at most

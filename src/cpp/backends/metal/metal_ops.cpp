@@ -121,7 +121,7 @@ int attention_head_block(int group, int head_dim) {
 // Query heads per threadgroup of latent attention's decode kernel (attention_latent_f16: a
 // simdgroup a head, each staged row serving them all), or 0 where it does not apply: one KV head
 // whose V rows are its K rows (latent attention), at most 576 wide, no sinks or softcap. The
-// largest divisor of n_heads up to FG_LATENT_MAX_HEADS and max_simdgroups.
+// largest divisor of n_heads up to FG_LATENT_MAX_HEADS and max_simdgroups (the pipeline's threads).
 int latent_head_block(const AttentionParams& p, const Tensor& k, const Tensor& v, int max_simdgroups) {
     const bool latent = p.n_kv_heads == 1 && p.head_dim <= 576 && p.head_dim > 512 && p.head_dim % 2 == 0 &&
                         !p.sinks && p.softcap == 0.0f && k.buf == v.buf && k.offset == v.offset;
