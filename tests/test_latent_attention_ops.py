@@ -130,3 +130,49 @@ def test_per_head_matmul(ops, dtype_id, n, rows, cols):
     want = np.einsum("hrc,nhc->nhr", w, np.asarray(x, np.float64).reshape(n, heads, cols)).reshape(n * heads, rows)
     backend = "metal" if ops.name == "metal" else "cpu"
     assert nmse(out, want) < matmul_bound(backend, dtype_id, n)
+
+
+# More shapes for Metal's latent decode kernel (attention_latent_f16: a block of up to 16 query
+# heads per threadgroup, each staged tile of rows shared by the block): head counts below, at,
+# above and not a multiple of 16; contexts within one tile, across tiles and across several key
+# splits (+ attention_reduce); two queries of differing split counts. Bound nmse 1e-11 as above
+# (measured worst 2.6e-12 CPU, 3.9e-13 Metal, over these and the batch cases below).
+@pytest.mark.parametrize("n,pos0,n_heads", [
+    (1, 5, 3),       # fewer heads than a block, a partial tile
+    (1, 1100, 16),   # one block of 16 heads, several splits
+    (1, 700, 20),    # 20 heads: not a multiple of 16
+    (2, 260, 40),    # 40 heads, two queries
+    (1, 2047, 64),   # DeepSeek V3's 128 heads halved, 2048 keys
+])
+def test_attention_on_latent_rows_head_blocks(ops, n, pos0, n_heads):
+    rng = np.random.default_rng([n, pos0, n_heads, 1])
+    n_ctx = pos0 + n + 1
+    q = randn(rng, n, n_heads * ROW)
+    rows = randn(rng, n_ctx, ROW).astype(np.float16)
+    rows[pos0 + n:] = np.float16(60000.0)
+    scale = 1.0 / np.sqrt(192)
+    kc = cache_arg(ops, rows)
+    got = ops.attention(q, kc, kc, pos0, n_heads, 1, ROW, scale)
+    want = attention_reference(q, rows, rows, pos0, n_heads, 1, ROW, scale)
+    assert nmse(got, want) < 1e-11
+
+
+@pytest.mark.parametrize("window,softcap,with_sinks", [(0, 0.0, False), (100, 30.0, True)])
+def test_attention_on_latent_rows_batch(ops, window, softcap, with_sinks):
+    """A batch of decode rows of three sequences (the RowPositions table: position, first cache row)
+    over latent rows at 20 heads, with and without window, soft-capping and sinks, against NumPy
+    one sequence at a time. Bound 1e-11 (measured: above)."""
+    n_heads, n_ctx = 20, 400
+    entries = [(1, 350), (0, 4), (2, 130)]  # (sequence slot, position)
+    rng = np.random.default_rng([n_heads, window, 7])
+    cache = randn(rng, 3 * n_ctx, ROW).astype(np.float16)
+    table = np.array([[pos, slot * n_ctx] for slot, pos in entries], np.int32)
+    q = randn(rng, len(entries), n_heads * ROW)
+    sinks = rng.uniform(-2.0, 3.0, n_heads).astype(np.float32) if with_sinks else None
+    scale = 1.0 / np.sqrt(192)
+    kc = cache_arg(ops, cache)
+    got = ops.attention(q, kc, kc, 0, n_heads, 1, ROW, scale, window, softcap, sinks=sinks, rows=table)
+    for i, (slot, pos) in enumerate(entries):
+        seq = cache[slot * n_ctx:(slot + 1) * n_ctx]
+        want = attention_reference(q[i:i + 1], seq, seq, pos, n_heads, 1, ROW, scale, window, softcap, sinks=sinks)
+        assert nmse(got[i:i + 1], want) < 1e-11, i
