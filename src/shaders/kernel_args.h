@@ -418,17 +418,10 @@ typedef struct {
 } moe_group_args;
 FG_ARGS_ASSERT(sizeof(moe_group_args) == 24, "moe_group_args layout");
 
-// map_ids_i32: out[i, j] = table[ids[i, j]] (an expert's place in a stack stored out of expert
-// order); ids outside 0..n_expert-1 stay as they are. slots: 1 ids i32 [n, k], 2 table i32
-// [n_expert], 3 out i32 [n, k] (contiguous); grid: (ceil(n * k / 32)); threads: 32 (a slot each)
-typedef struct {
-    uint64_t ids_stride;
-    int32_t n;
-    int32_t k;
-    int32_t n_expert;
-    int32_t pad0;
-} map_ids_args;
-FG_ARGS_ASSERT(sizeof(map_ids_args) == 24, "map_ids_args layout");
+// map_ids_i32 (args moe_group_args): out[i, j] = table[ids[i, j]] (an expert's place in a stack
+// stored out of expert order); ids outside 0..n_expert-1 stay as they are. slots: 1 ids i32
+// [n, k], 2 table i32 [n_expert], 3 out i32 [n, k] (contiguous); grid: (ceil(n * k / 32));
+// threads: 32 (a slot each)
 
 // mul_mm_id_<type>: mul_mm over the slots moe_group gathered per expert (prefill).
 // slots: 1 w (expert 0), 2 x, 3 out, 4 groups (moe_group's)

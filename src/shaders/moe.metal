@@ -123,7 +123,7 @@ kernel void moe_group_i32(
 
 // An expert stack stored out of expert order: each slot's id becomes its expert's place.
 kernel void map_ids_i32(
-        constant map_ids_args & args [[buffer(0)]],
+        constant moe_group_args & args [[buffer(0)]],
         device const char * ids   [[buffer(1)]],
         device const char * table [[buffer(2)]],
         device       char * out   [[buffer(3)]],

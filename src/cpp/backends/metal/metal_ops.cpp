@@ -916,7 +916,7 @@ Tensor MetalBackend::encode_expert_places(const Tensor& ids, const std::vector<i
     }
     const int64_t n = ids.rows, k = ids.cols;
     const Tensor places = make_tensor(grow_scratch(expert_places_, (size_t)(n * k) * sizeof(int32_t)), 0, DType::I32, n, k);
-    map_ids_args a{};
+    moe_group_args a{};
     a.ids_stride = ids.stride;
     a.n = (int32_t)n;
     a.k = (int32_t)k;
