@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from forgert import ggml_types as gt  # noqa: E402
-from forgert.gguf import ARRAY, FLOAT32, INT32, STRING  # noqa: E402
+from forgert.gguf import ARRAY, BOOL, FLOAT32, INT32, STRING  # noqa: E402
 from forgert.gguf_writer import GGUFWriter  # noqa: E402
 
 PRESETS = {  # name: (layers, hidden, ffn, heads, kv_heads, vocab, ctx)
@@ -41,6 +41,20 @@ HYBRID_PRESETS = {
     "qwen35-4b": (32, 2560, 9216, 16, 4, 256, 16, 32, 128, 248320, 8192),
     "qwen35-9b": (32, 4096, 12288, 16, 4, 256, 16, 32, 128, 248320, 8192),
 }
+# Multi-head latent attention MoEs (arch deepseek2, llama.cpp's converter's split form: attn_k_b /
+# attn_v_b, the latent cached once per position). q_lora 0: a plain attn_q (V2-Lite). gating 1:
+# softmax, 2: sigmoid (with an exp_probs_b selection bias). The "-Nl" variants keep the first N
+# layers (the leading dense one among them) so a file fits a small VM; per-layer work is the model's.
+DEEPSEEK2_PRESETS = {
+    "deepseek-v2-lite": dict(layers=27, hidden=2048, heads=16, q_lora=0, kv_lora=512, nope=128, rope=64, v=128,
+                             experts=64, used=6, shared=2, expert_ffn=1408, dense=1, dense_ffn=10944,
+                             gating=1, bias=False, norm=False, scale=1.0, vocab=102400, ctx=163840),
+    "glm47-flash": dict(layers=47, hidden=2048, heads=20, q_lora=768, kv_lora=512, nope=192, rope=64, v=256,
+                        experts=64, used=4, shared=1, expert_ffn=1536, dense=1, dense_ffn=10240,
+                        gating=2, bias=True, norm=True, scale=1.8, vocab=154880, ctx=202752),
+}
+for _name, _n in [("deepseek-v2-lite", 6), ("glm47-flash", 6)]:
+    DEEPSEEK2_PRESETS[f"{_name}-{_n}l"] = {**DEEPSEEK2_PRESETS[_name], "layers": _n}
 T = {name: type_id for type_id, (name, _, _) in gt.GGML_TYPES.items()}   # "Q4_K" -> 12
 
 
@@ -116,6 +130,8 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
         return write_moe(out, preset, ftype, seed)
     if preset in HYBRID_PRESETS:
         return write_hybrid(out, preset, ftype, seed)
+    if preset in DEEPSEEK2_PRESETS:
+        return write_deepseek2(out, preset, ftype, seed)
     L, H, F, NH, NKV, V, CTX = PRESETS[preset]
     kv = NKV * (H // NH)
     w = GGUFWriter("llama")
@@ -268,6 +284,81 @@ def write_hybrid(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.write(out, lambda i: makers[i]())
 
 
+def write_deepseek2(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
+    """A DeepSeek-V2 / V3-style file as llama.cpp's converter writes it for arch deepseek2, attn_kv_b
+    split into attn_k_b / attn_v_b (the absorbed form): key_length / value_length then describe
+    the cached latent (kv_lora + rope / kv_lora) and the _mla keys the heads; head_count_kv 1."""
+    c = DEEPSEEK2_PRESETS[preset]
+    L, H, NH, E, V = c["layers"], c["hidden"], c["heads"], c["experts"], c["vocab"]
+    KL, QL, NOPE, ROPE, VD, FE = c["kv_lora"], c["q_lora"], c["nope"], c["rope"], c["v"], c["expert_ffn"]
+    arch = "deepseek2"
+    w = GGUFWriter(arch)
+    w.add_str("general.name", f"synthetic-{preset}-{ftype}")
+    w.add_u32("general.file_type", FILE_TYPES[ftype])
+    # q_lora_rank is written even when 0: llama.cpp requires it unless the layer count is V2-Lite's
+    for key, value in [("block_count", L), ("context_length", c["ctx"]), ("embedding_length", H),
+                       ("feed_forward_length", c["dense_ffn"]), ("expert_feed_forward_length", FE),
+                       ("expert_count", E), ("expert_used_count", c["used"]), ("expert_shared_count", c["shared"]),
+                       ("leading_dense_block_count", c["dense"]), ("expert_gating_func", c["gating"]),
+                       ("attention.head_count", NH), ("attention.head_count_kv", 1),
+                       ("attention.q_lora_rank", QL), ("attention.kv_lora_rank", KL),
+                       ("attention.key_length", KL + ROPE), ("attention.value_length", KL),
+                       ("attention.key_length_mla", NOPE + ROPE), ("attention.value_length_mla", VD),
+                       ("rope.dimension_count", ROPE), ("vocab_size", V)]:
+        w.add_u32(f"{arch}.{key}", value)
+    w.add(f"{arch}.expert_weights_norm", BOOL, c["norm"])
+    w.add_f32(f"{arch}.expert_weights_scale", c["scale"])
+    w.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_f32(f"{arch}.rope.freq_base", 10000.0)
+    add_vocab(w, V)
+    makers = []
+    rng = np.random.default_rng(seed)
+
+    def matrix(name, rows, cols, layer=-1, stack=0):   # ne (cols, rows[, stack]): numpy [stack, rows, cols]
+        t = tensor_type(name, layer, L, ftype, cols)
+        w.add_tensor(name, (cols, rows, stack) if stack else (cols, rows), t)
+        makers.append(lambda: random_blocks(rng, rows * max(stack, 1), cols, t))
+
+    def f32(name, shape, make):
+        w.add_tensor(name, shape, T["F32"])
+        makers.append(make)
+
+    ones = lambda n: (lambda: np.ones(n, dtype=np.float32))  # noqa: E731
+    matrix("token_embd.weight", V, H)
+    for i in range(L):
+        p = f"blk.{i}."
+        f32(p + "attn_norm.weight", (H,), ones(H))
+        if QL:   # query through a rank-QL bottleneck with its own norm: [QL, H], [NH*(nope+rope), QL]
+            f32(p + "attn_q_a_norm.weight", (QL,), ones(QL))
+            matrix(p + "attn_q_a.weight", QL, H, i)
+            matrix(p + "attn_q_b.weight", NH * (NOPE + ROPE), QL, i)
+        else:
+            matrix(p + "attn_q.weight", NH * (NOPE + ROPE), H, i)
+        matrix(p + "attn_kv_a_mqa.weight", KL + ROPE, H, i)            # [latent + shared rope key, H]
+        f32(p + "attn_kv_a_norm.weight", (KL,), ones(KL))
+        matrix(p + "attn_k_b.weight", KL, NOPE, i, NH)                 # per head [KL, nope]: q_nope -> latent
+        matrix(p + "attn_v_b.weight", VD, KL, i, NH)                   # per head [v, KL]: latent -> value
+        matrix(p + "attn_output.weight", H, NH * VD, i)
+        f32(p + "ffn_norm.weight", (H,), ones(H))
+        if i < c["dense"]:
+            F = c["dense_ffn"]
+            for name, rows, cols in [("ffn_gate", F, H), ("ffn_up", F, H), ("ffn_down", H, F)]:
+                matrix(p + name + ".weight", rows, cols, i)
+            continue
+        f32(p + "ffn_gate_inp.weight", (H, E), lambda: rng.standard_normal((E, H), dtype=np.float32) * np.float32(0.02))
+        if c["bias"]:
+            f32(p + "exp_probs_b.bias", (E,), lambda: rng.standard_normal(E, dtype=np.float32) * np.float32(0.01))
+        matrix(p + "ffn_gate_exps.weight", FE, H, i, E)
+        matrix(p + "ffn_up_exps.weight", FE, H, i, E)
+        matrix(p + "ffn_down_exps.weight", H, FE, i, E)
+        S = FE * c["shared"]   # the shared experts as one SwiGLU of their summed width
+        for name, rows, cols in [("ffn_gate_shexp", S, H), ("ffn_up_shexp", S, H), ("ffn_down_shexp", H, S)]:
+            matrix(p + name + ".weight", rows, cols, i)
+    f32("output_norm.weight", (H,), ones(H))
+    matrix("output.weight", V, H)
+    w.write(out, lambda i: makers[i]())
+
+
 def add_vocab(w: GGUFWriter, V: int) -> None:
     # A SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then plain pieces.
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
@@ -302,7 +393,7 @@ def bytes_per_token(path: Path) -> int:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--preset", default="llama32-1b", choices=[*PRESETS, *MOE_PRESETS, *HYBRID_PRESETS])
+    ap.add_argument("--preset", default="llama32-1b", choices=[*PRESETS, *MOE_PRESETS, *HYBRID_PRESETS, *DEEPSEEK2_PRESETS])
     ap.add_argument("--type", default="Q4_K_M", choices=FILE_TYPES)
     a = ap.parse_args()
     write(a.out, a.preset, a.type)
