@@ -125,6 +125,29 @@ def cached(models: Path, preset: str, ftype: str) -> Path:
     return path
 
 
+class RandomTensors:
+    """A GGUFWriter's tensors and the makers of their bytes, in add order (written at the end, a
+    tensor at a time): matrices of random quant blocks in the type llama.cpp's mix gives each
+    (tensor_type), F32 tensors made by a given function."""
+
+    def __init__(self, w: GGUFWriter, n_layers: int, ftype: str, seed: int):
+        self.w, self.n_layers, self.ftype = w, n_layers, ftype
+        self.rng = np.random.default_rng(seed)
+        self.makers = []   # one per tensor, in add_tensor order: () -> bytes
+
+    def matrix(self, name, rows, cols, layer=-1, stack=0):   # ne (cols, rows[, stack]): numpy [stack, rows, cols]
+        t = tensor_type(name, layer, self.n_layers, self.ftype, cols)
+        self.w.add_tensor(name, (cols, rows, stack) if stack else (cols, rows), t)
+        self.makers.append(lambda: random_blocks(self.rng, rows * max(stack, 1), cols, t))
+
+    def f32(self, name, shape, make):
+        self.w.add_tensor(name, shape, T["F32"])
+        self.makers.append(make)
+
+    def write(self, out: Path) -> None:
+        self.w.write(out, lambda i: self.makers[i]())
+
+
 def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     if preset in MOE_PRESETS:
         return write_moe(out, preset, ftype, seed)
@@ -146,18 +169,12 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.add_f32("llama.rope.freq_base", 500000.0)
     add_vocab(w, V)
 
-    makers = []   # one per tensor, in add_tensor order: () -> bytes
-
-    def matrix(name, rows, cols, layer=-1):
-        t = tensor_type(name, layer, L, ftype, cols)
-        w.add_tensor(name, (cols, rows), t)
-        makers.append(lambda: random_blocks(rng, rows, cols, t))
+    ts = RandomTensors(w, L, ftype, seed)
+    matrix = ts.matrix
 
     def norm(name):
-        w.add_tensor(name, (H,), T["F32"])
-        makers.append(lambda: np.ones(H, dtype=np.float32))
+        ts.f32(name, (H,), lambda: np.ones(H, dtype=np.float32))
 
-    rng = np.random.default_rng(seed)
     matrix("token_embd.weight", V, H)
     for i in range(L):
         p = f"blk.{i}."
@@ -168,7 +185,7 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
             matrix(p + name + ".weight", rows, cols, i)
     norm("output_norm.weight")
     matrix("output.weight", V, H)
-    w.write(out, lambda i: makers[i]())
+    ts.write(out)
 
 
 def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
@@ -189,17 +206,8 @@ def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     w.add_f32(f"{arch}.rope.freq_base", 1000000.0)
     add_vocab(w, V)
-    makers = []
-    rng = np.random.default_rng(seed)
-
-    def matrix(name, rows, cols, layer=-1, experts=0):
-        t = tensor_type(name, layer, L, ftype, cols)
-        w.add_tensor(name, (cols, rows, experts) if experts else (cols, rows), t)
-        makers.append(lambda: random_blocks(rng, rows * max(experts, 1), cols, t))
-
-    def f32(name, shape, make):
-        w.add_tensor(name, shape, T["F32"])
-        makers.append(make)
+    ts = RandomTensors(w, L, ftype, seed)
+    matrix, f32, rng = ts.matrix, ts.f32, ts.rng
 
     matrix("token_embd.weight", V, H)
     for i in range(L):
@@ -218,7 +226,7 @@ def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
         matrix(p + "ffn_down_exps.weight", H, F, i, E)
     f32("output_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
     matrix("output.weight", V, H)
-    w.write(out, lambda i: makers[i]())
+    ts.write(out)
 
 
 def write_hybrid(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
@@ -245,17 +253,8 @@ def write_hybrid(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     w.add_f32(f"{arch}.rope.freq_base", 10000000.0)
     add_vocab(w, V)
-    makers = []
-    rng = np.random.default_rng(seed)
-
-    def matrix(name, rows, cols, layer=-1):
-        t = tensor_type(name, layer, L, ftype, cols)
-        w.add_tensor(name, (cols, rows), t)
-        makers.append(lambda: random_blocks(rng, rows, cols, t))
-
-    def f32(name, shape, make):
-        w.add_tensor(name, shape, T["F32"])
-        makers.append(make)
+    ts = RandomTensors(w, L, ftype, seed)
+    matrix, f32, rng = ts.matrix, ts.f32, ts.rng
 
     ones = lambda n: (lambda: np.ones(n, dtype=np.float32))  # noqa: E731
     matrix("token_embd.weight", V, H)
@@ -281,7 +280,7 @@ def write_hybrid(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
             matrix(p + name + ".weight", rows, cols, i)
     f32("output_norm.weight", (H,), ones(H))
     matrix("output.weight", V, H)
-    w.write(out, lambda i: makers[i]())
+    ts.write(out)
 
 
 def write_deepseek2(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
@@ -311,17 +310,8 @@ def write_deepseek2(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.add_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     w.add_f32(f"{arch}.rope.freq_base", 10000.0)
     add_vocab(w, V)
-    makers = []
-    rng = np.random.default_rng(seed)
-
-    def matrix(name, rows, cols, layer=-1, stack=0):   # ne (cols, rows[, stack]): numpy [stack, rows, cols]
-        t = tensor_type(name, layer, L, ftype, cols)
-        w.add_tensor(name, (cols, rows, stack) if stack else (cols, rows), t)
-        makers.append(lambda: random_blocks(rng, rows * max(stack, 1), cols, t))
-
-    def f32(name, shape, make):
-        w.add_tensor(name, shape, T["F32"])
-        makers.append(make)
+    ts = RandomTensors(w, L, ftype, seed)
+    matrix, f32, rng = ts.matrix, ts.f32, ts.rng
 
     ones = lambda n: (lambda: np.ones(n, dtype=np.float32))  # noqa: E731
     matrix("token_embd.weight", V, H)
@@ -356,7 +346,7 @@ def write_deepseek2(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
             matrix(p + name + ".weight", rows, cols, i)
     f32("output_norm.weight", (H,), ones(H))
     matrix("output.weight", V, H)
-    w.write(out, lambda i: makers[i]())
+    ts.write(out)
 
 
 def add_vocab(w: GGUFWriter, V: int) -> None:
