@@ -121,11 +121,14 @@ int attention_head_block(int group, int head_dim) {
 // Query heads per threadgroup of latent attention's decode kernel (attention_latent_f16: a
 // simdgroup a head, each staged row serving them all), or 0 where it does not apply: one KV head
 // whose V rows are its K rows (latent attention), at most 576 wide, no sinks or softcap. The
-// largest divisor of n_heads up to FG_LATENT_MAX_HEADS and max_simdgroups (the pipeline's threads).
-int latent_head_block(const AttentionParams& p, const Tensor& k, const Tensor& v, int max_simdgroups) {
+// largest divisor of n_heads up to FG_LATENT_MAX_HEADS and the kernel's pipeline's threads (asked
+// for only here: other models never load that pipeline).
+int latent_head_block(const AttentionParams& p, const Tensor& k, const Tensor& v,
+                      const std::function<uint32_t(const char*)>& thread_cap) {
     const bool latent = p.n_kv_heads == 1 && p.head_dim <= 576 && p.head_dim > 512 && p.head_dim % 2 == 0 &&
                         !p.sinks && p.softcap == 0.0f && k.buf == v.buf && k.offset == v.offset;
     if (!latent) return 0;
+    const int max_simdgroups = (int)(thread_cap("attention_latent_f16") / FG_SIMD_WIDTH);
     for (int g = std::min({p.n_heads, FG_LATENT_MAX_HEADS, max_simdgroups}); g > 1; --g)
         if (p.n_heads % g == 0) return g;
     return 1;
@@ -547,7 +550,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
     need(!p.sinks || (p.sinks->buf && p.sinks->type == DType::F32 && p.sinks->rows * p.sinks->cols == p.n_heads),
          "attention", "sinks must be f32 with one value per head");
-    const int latent = latent_head_block(p, k_cache, v_cache, thread_cap("attention_latent_f16") / FG_SIMD_WIDTH);
+    const int latent =
+        latent_head_block(p, k_cache, v_cache, [this](const char* name) { return thread_cap(name); });
     const int64_t head_blocks =
         p.n_heads / (latent > 0 ? latent : attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim));
     if (at.classes.by_row_count()) {
@@ -630,7 +634,8 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
     const int64_t n = q.rows;
     // Each query cuts its own keys (fg_attn_splits); the grid has the longest query's splits.
     const int64_t kv_max = at.table ? at.max_len : at.pos0 + n;
-    const int latent = latent_head_block(p, k_cache, v_cache, thread_cap("attention_latent_f16") / FG_SIMD_WIDTH);
+    const int latent =
+        latent_head_block(p, k_cache, v_cache, [this](const char* name) { return thread_cap(name); });
     const int32_t min_split_len = latent > 0 ? FG_LATENT_MIN_SPLIT_LEN : FG_ATTN_MIN_SPLIT_LEN;
     const int64_t splits = fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits, min_split_len);
     const int head_block = latent > 0 ? latent : attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
