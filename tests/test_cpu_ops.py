@@ -1056,7 +1056,9 @@ def test_attention_rejects_bad_heads(ops_for):
 # ----------------------------------------------------------------------------- argmax
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n,vocab", [(1, 49152), (3, 1003), (7, 32), (33, 320)])
+# (4, 20000): several rows of three 8192-column blocks (the CPU scans every row's blocks in one region),
+# row 2's tie across its first and last block
+@pytest.mark.parametrize("n,vocab", [(1, 49152), (3, 1003), (7, 32), (33, 320), (4, 20000)])
 def test_argmax(ops_for, backend, n, vocab):
     rng = rng_for("argmax", n, vocab)
     x = randn(rng, n, vocab)

@@ -909,47 +909,50 @@ void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::Argmax);
     // Fixed blocks of a row (as many whatever the threads or split), each scanned for its
     // first largest value, then merged in order: the serial scan's answer, first index on ties.
+    // All rows' blocks in one region (an 8-sequence step's 8 rows of 128256 logits: one fork,
+    // not eight).
     constexpr int64_t kBlock = 1 << 13;
     const int64_t n_blocks = (x.cols + kBlock - 1) / kBlock;
-    std::vector<float> block_max(n_blocks);
-    std::vector<int64_t> block_at(n_blocks);
+    std::vector<float> block_max(x.rows * n_blocks);   // [row][block]
+    std::vector<int64_t> block_at(x.rows * n_blocks);  // [row][block]
+    pool_.parallel_for(x.rows * n_blocks, 1, [&](int64_t rb0, int64_t rb1) {
+        for (int64_t rb = rb0; rb < rb1; rb++) {
+            const int64_t b = rb % n_blocks;
+            const float* xr = row_f32(x, rb / n_blocks);
+            // -inf / -1: NaNs never win (as x[c] > best is false for them); -1 if none is > -inf.
+            // Two passes, the serial scan's answer: the largest value, in 4 x 4 lanes (vector
+            // selects: maxps / fmax; which lane holds it changes only the sign of a zero), then
+            // the first index that equals it (-0 == +0). One scan with the index in it stays
+            // scalar: ~40 us of a SmolLM2 decode token (49152 logits), one thread.
+            const int64_t c0 = b * kBlock, e = std::min(x.cols, c0 + kBlock);
+            typedef float f32x4 __attribute__((vector_size(16)));
+            const f32x4 ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            f32x4 lane[4] = {ninf, ninf, ninf, ninf};
+            int64_t c = c0;
+            for (; c + 16 <= e; c += 16)
+                for (int a = 0; a < 4; a++) {
+                    f32x4 v;
+                    std::memcpy(&v, xr + c + 4 * a, sizeof v);
+                    lane[a] = v > lane[a] ? v : lane[a];
+                }
+            float m = -INFINITY;
+            for (; c < e; c++) m = xr[c] > m ? xr[c] : m;
+            for (int a = 0; a < 4; a++)
+                for (int l = 0; l < 4; l++) m = lane[a][l] > m ? lane[a][l] : m;
+            int64_t at = -1;
+            if (m > -INFINITY)
+                for (int64_t i = c0; i < e && at < 0; i++)
+                    if (xr[i] == m) at = i;
+            block_max[rb] = m, block_at[rb] = at;
+        }
+    });
+    // As the serial scan: a block's candidate wins only if strictly larger; index 0 when no
+    // value is above -inf (core/backend.h's rule: NaN counts as -inf, even at x[0]).
     for (int64_t r = 0; r < x.rows; r++) {
-        const float* xr = row_f32(x, r);
-        pool_.parallel_for(n_blocks, 1, [&](int64_t b0, int64_t b1) {
-            for (int64_t b = b0; b < b1; b++) {
-                // -inf / -1: NaNs never win (as x[c] > best is false for them); -1 if none is > -inf.
-                // Two passes, the serial scan's answer: the largest value, in 4 x 4 lanes (vector
-                // selects: maxps / fmax; which lane holds it changes only the sign of a zero), then
-                // the first index that equals it (-0 == +0). One scan with the index in it stays
-                // scalar: ~40 us of a SmolLM2 decode token (49152 logits), one thread.
-                const int64_t c0 = b * kBlock, e = std::min(x.cols, c0 + kBlock);
-                typedef float f32x4 __attribute__((vector_size(16)));
-                const f32x4 ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-                f32x4 lane[4] = {ninf, ninf, ninf, ninf};
-                int64_t c = c0;
-                for (; c + 16 <= e; c += 16)
-                    for (int a = 0; a < 4; a++) {
-                        f32x4 v;
-                        std::memcpy(&v, xr + c + 4 * a, sizeof v);
-                        lane[a] = v > lane[a] ? v : lane[a];
-                    }
-                float m = -INFINITY;
-                for (; c < e; c++) m = xr[c] > m ? xr[c] : m;
-                for (int a = 0; a < 4; a++)
-                    for (int l = 0; l < 4; l++) m = lane[a][l] > m ? lane[a][l] : m;
-                int64_t at = -1;
-                if (m > -INFINITY)
-                    for (int64_t i = c0; i < e && at < 0; i++)
-                        if (xr[i] == m) at = i;
-                block_max[b] = m, block_at[b] = at;
-            }
-        });
-        // As the serial scan: a block's candidate wins only if strictly larger; index 0 when no
-        // value is above -inf (core/backend.h's rule: NaN counts as -inf, even at x[0]).
         int64_t best = 0;
         float best_v = -INFINITY;
-        for (int64_t b = 0; b < n_blocks; b++)
-            if (block_at[b] >= 0 && block_max[b] > best_v) best = block_at[b], best_v = block_max[b];
+        for (int64_t rb = r * n_blocks; rb < (r + 1) * n_blocks; rb++)
+            if (block_at[rb] >= 0 && block_max[rb] > best_v) best = block_at[rb], best_v = block_max[rb];
         out.data<int32_t>()[r] = (int32_t)best;
     }
 }
