@@ -22,11 +22,6 @@ struct HostBuffer final : Buffer {
 
 // Elementwise ops are memory-bound; below this many elements threading costs more than it saves.
 constexpr int64_t kParallelElems = 1 << 15;
-// RMS / layer norms cost ~1.2 ns an element on one core (each row's squares summed in double:
-// 2.5 us a 2048-wide row on the 16-core host), far above an elementwise op's, so their rows go
-// out in smaller shares: an 8-sequence batch step's 8 x 2048 rows ran on the calling thread
-// alone under kParallelElems (20 us a norm, 33 norms a 1B step: ~4% of the step).
-constexpr int64_t kNormShareElems = 1 << 12;
 
 // Row r of a row-major tensor.
 float* row_f32(const Tensor& t, int64_t r) { return reinterpret_cast<float*>(t.data<uint8_t>() + t.stride * r); }
@@ -154,7 +149,7 @@ void CpuBackend::rms_norm_rows(const Tensor& out, const Tensor& x, const Tensor&
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::RmsNorm);
     const int64_t dim = x.cols;
     const float* wv = w.data<float>();
-    pool_.parallel_for(x.rows, std::max<int64_t>(1, kNormShareElems / dim), [&](int64_t r0, int64_t r1) {
+    pool_.parallel_for(x.rows, std::max<int64_t>(1, kParallelElems / dim), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) {
             const float* xr = row_f32(x, r);
             float* yr = row_f32(out, r);
