@@ -148,10 +148,20 @@ private:
     // ids i32 [n, k] mapped to the places of their experts in a stack stored out of order
     // (slot[e]: expert e's place): an i32 [n, k] scratch, valid until the next such call.
     Tensor encode_expert_places(const Tensor& ids, const std::vector<int32_t>& slot);
+    // attention's decode kernel for a call's heads and caches: latent attention's
+    // (attention_latent_f16) or the GQA kernel (attention_f16_d*), its query heads per
+    // threadgroup and the fewest keys a split takes.
+    struct DecodeHeads {
+        bool latent = false;
+        int per_threadgroup = 1;
+        int32_t min_split_len = 0;
+    };
+    DecodeHeads decode_heads(const AttentionParams& p, const Tensor& k_cache, const Tensor& v_cache);
     // attention's two kernels over rows `at` (q, out: those rows): the decode kernel, each query's
     // keys cut into at most max_splits splits (kernel_args.h fg_attn_splits), and the prefill kernel.
     void encode_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                                 const RowPositions& at, const AttentionParams& p, int32_t max_splits);
+                                 const RowPositions& at, const AttentionParams& p, const DecodeHeads& heads,
+                                 int32_t max_splits);
     void encode_attention_prefill(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                   const RowPositions& at, const AttentionParams& p);
     // out = a (op) b elementwise over [n, dim] rows: silu_mul_f32, add_f32 or mul_f32.

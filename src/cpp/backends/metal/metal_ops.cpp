@@ -524,6 +524,16 @@ void MetalBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor&
            {1, (uint32_t)n, 1}, {lanes * slots, 1, 1}, std::max(1, rot / 2) * 2 * sizeof(float));
 }
 
+// Worked out once per attention call: the head blocks size its splits, and the decode kernel
+// dispatches them.
+MetalBackend::DecodeHeads MetalBackend::decode_heads(const AttentionParams& p, const Tensor& k_cache,
+                                                     const Tensor& v_cache) {
+    const int latent =
+        latent_head_block(p, k_cache, v_cache, [this](const char* name) { return thread_cap(name); });
+    if (latent > 0) return {true, latent, FG_LATENT_MIN_SPLIT_LEN};
+    return {false, attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim), FG_ATTN_MIN_SPLIT_LEN};
+}
+
 void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                              const RowPositions& at, const AttentionParams& p) {
     const int pos0 = at.pos0;
@@ -550,10 +560,8 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     need(p.softcap >= 0.0f && std::isfinite(p.softcap), "attention", "softcap must be >= 0 and finite");
     need(!p.sinks || (p.sinks->buf && p.sinks->type == DType::F32 && p.sinks->rows * p.sinks->cols == p.n_heads),
          "attention", "sinks must be f32 with one value per head");
-    const int latent =
-        latent_head_block(p, k_cache, v_cache, [this](const char* name) { return thread_cap(name); });
-    const int64_t head_blocks =
-        p.n_heads / (latent > 0 ? latent : attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim));
+    const DecodeHeads heads = decode_heads(p, k_cache, v_cache);
+    const int64_t head_blocks = p.n_heads / heads.per_threadgroup;
     if (at.classes.by_row_count()) {
         // By count: a chunk whose keys need no split shares K/V tiles in the prefill kernel (for
         // a batch, when it holds a prompt chunk: decode rows of many sequences, runs of one, share
@@ -562,11 +570,10 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
         const int64_t kv_max = at.table ? at.max_len : pos0 + n;
         const bool runs = !at.table || at.max_run >= FG_ATTN_PREFILL_MIN_TOKENS;
         if (runs && n >= FG_ATTN_PREFILL_MIN_TOKENS &&
-            fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits,
-                           latent > 0 ? FG_LATENT_MIN_SPLIT_LEN : FG_ATTN_MIN_SPLIT_LEN) == 1)
+            fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits, heads.min_split_len) == 1)
             encode_attention_prefill(out, q, k_cache, v_cache, at, p);
         else
-            encode_attention_decode(out, q, k_cache, v_cache, at, p, max_splits);
+            encode_attention_decode(out, q, k_cache, v_cache, at, p, heads, max_splits);
         return;
     }
     // By class: decode rows through the decode kernel with the splits a lone decode step's one
@@ -581,7 +588,7 @@ void MetalBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k
     Tensor table_part;
     if (n_decode > 0)
         encode_attention_decode(out.slice_rows(0, n_decode), q.slice_rows(0, n_decode), k_cache, v_cache,
-                                rows_of(0, n_decode, table_part), p, attention_max_splits(head_blocks));
+                                rows_of(0, n_decode, table_part), p, heads, attention_max_splits(head_blocks));
     if (n_decode < n)
         encode_attention_prefill(out.slice_rows(n_decode, n - n_decode), q.slice_rows(n_decode, n - n_decode), k_cache,
                                  v_cache, rows_of(n_decode, n - n_decode, table_part), p);
@@ -630,15 +637,13 @@ void MetalBackend::encode_attention_prefill(const Tensor& out, const Tensor& q, 
 
 void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache,
                                            const Tensor& v_cache, const RowPositions& at, const AttentionParams& p,
-                                           int32_t max_splits) {
+                                           const DecodeHeads& heads, int32_t max_splits) {
     const int64_t n = q.rows;
     // Each query cuts its own keys (fg_attn_splits); the grid has the longest query's splits.
     const int64_t kv_max = at.table ? at.max_len : at.pos0 + n;
-    const int latent =
-        latent_head_block(p, k_cache, v_cache, [this](const char* name) { return thread_cap(name); });
-    const int32_t min_split_len = latent > 0 ? FG_LATENT_MIN_SPLIT_LEN : FG_ATTN_MIN_SPLIT_LEN;
+    const int32_t min_split_len = heads.min_split_len;
     const int64_t splits = fg_attn_splits(fg_attn_span((int32_t)kv_max, p.window), max_splits, min_split_len);
-    const int head_block = latent > 0 ? latent : attention_head_block(p.n_heads / p.n_kv_heads, p.head_dim);
+    const int head_block = heads.per_threadgroup;
     attention_args a{};
     a.q_stride = q.stride;
     a.kv_stride = k_cache.stride;
@@ -654,11 +659,12 @@ void MetalBackend::encode_attention_decode(const Tensor& out, const Tensor& q, c
     a.has_sinks = p.sinks ? 1 : 0;
     a.has_rows = at.table ? 1 : 0;
     a.min_split_len = min_split_len;
-    const size_t tg_bytes = latent > 0 ? FG_LATENT_TILE_KEYS * p.head_dim * sizeof(uint16_t)
-                                       : FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
-    const std::string kernel =
-        latent > 0 ? "attention_latent_f16" : "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
-    const Size3 threads{latent > 0 ? (uint32_t)(latent * FG_SIMD_WIDTH) : FG_ATTN_SIMDGROUPS * FG_SIMD_WIDTH, 1, 1};
+    const size_t tg_bytes = heads.latent ? FG_LATENT_TILE_KEYS * p.head_dim * sizeof(uint16_t)
+                                         : FG_ATTN_TG_FLOATS(head_block, p.head_dim) * sizeof(float);
+    const std::string kernel = heads.latent ? "attention_latent_f16"
+                                            : "attention_f16_d" + std::to_string(32 * attention_lane_elems(p.head_dim));
+    const uint32_t simdgroups = heads.latent ? (uint32_t)head_block : FG_ATTN_SIMDGROUPS;  // latent: one a head
+    const Size3 threads{simdgroups * FG_SIMD_WIDTH, 1, 1};
     const Binding unused{out.buf, out.offset, 0, false};  // see encode_attention_prefill
     const Binding sinks = p.sinks ? reads(*p.sinks) : unused, rows = at.table ? reads(*at.table) : unused;
     const Tensor keys = bound_cache(k_cache, at, n), values = bound_cache(v_cache, at, n);
