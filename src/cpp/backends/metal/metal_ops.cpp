@@ -871,6 +871,12 @@ namespace {
 // them: in name order, experts.10 before experts.2, interleaved with the other stacks' experts).
 // slot[e]: expert e's place (place s at the lowest offset + s * stride).
 struct ExpertOrder {
+    enum Fault {
+        none,
+        mismatched,  // an expert differs from expert 0 in type or shape: refused
+        scattered,   // alike, but in several files or not at one stride: prepare_experts copies them
+    };
+    Fault fault = none;
     std::string problem;  // why the stack does not lie so ("" when it does)
     std::vector<int32_t> slot;
     bool in_order = true;  // slot[e] == e
@@ -878,18 +884,24 @@ struct ExpertOrder {
 
 ExpertOrder expert_order(const Tensor* experts, int n_expert) {
     ExpertOrder o;
+    auto fail = [&o](ExpertOrder::Fault fault, std::string why) {
+        o.fault = fault;
+        o.problem = std::move(why);
+        return o;
+    };
+    // Type and shape first: a mismatch is refused whether or not the experts also lie apart.
     const Tensor& w0 = experts[0];
+    for (int e = 1; e < n_expert; e++) {
+        const Tensor& we = experts[e];
+        if (we.type != w0.type || we.rows != w0.rows || we.cols != w0.cols || we.stride != w0.stride)
+            return fail(ExpertOrder::mismatched,
+                        "expert " + std::to_string(e) + " differs from expert 0 in type or shape");
+    }
     size_t lo = w0.offset, hi = w0.offset;
     for (int e = 1; e < n_expert; e++) {
         const Tensor& we = experts[e];
-        if (we.buf != w0.buf) {
-            o.problem = "expert " + std::to_string(e) + " lies in another file than expert 0";
-            return o;
-        }
-        if (we.type != w0.type || we.rows != w0.rows || we.cols != w0.cols || we.stride != w0.stride) {
-            o.problem = "expert " + std::to_string(e) + " differs from expert 0 in type or shape";
-            return o;
-        }
+        if (we.buf != w0.buf)
+            return fail(ExpertOrder::scattered, "expert " + std::to_string(e) + " lies in another file than expert 0");
         lo = std::min(lo, we.offset);
         hi = std::max(hi, we.offset);
     }
@@ -899,10 +911,8 @@ ExpertOrder expert_order(const Tensor* experts, int n_expert) {
     std::vector<char> taken(n_expert, 0);
     for (int e = 0; e < n_expert; e++) {
         const size_t d = experts[e].offset - lo, s = stride > 0 ? d / stride : 0;
-        if (stride < w0.nbytes() || d % stride != 0 || s >= (size_t)n_expert || taken[s]) {
-            o.problem = "the experts do not lie at one stride in their file";
-            return o;
-        }
+        if (stride < w0.nbytes() || d % stride != 0 || s >= (size_t)n_expert || taken[s])
+            return fail(ExpertOrder::scattered, "the experts do not lie at one stride in their file");
         taken[s] = 1;
         o.slot[e] = (int32_t)s;
         o.in_order = o.in_order && (int)s == e;
@@ -945,13 +955,13 @@ Tensor MetalBackend::encode_expert_places(const Tensor& ids, const std::vector<i
 // experts stays as it is, for the model to refuse by name.
 void MetalBackend::prepare_experts(std::vector<Tensor>& experts, std::vector<std::unique_ptr<Buffer>>& owned) {
     const int n = (int)experts.size();
-    if (n < 2 || expert_stack_problem(experts.data(), n).empty()) return;
+    if (n < 2 || expert_order(experts.data(), n).fault != ExpertOrder::scattered) return;
+    // The experts are alike (expert_order): each is copied whole, its rows back to back.
     const Tensor& w0 = experts[0];
     const size_t bytes = w0.nbytes();
-    for (const Tensor& e : experts)
-        if (e.buf == nullptr || e.type != w0.type || e.rows != w0.rows || e.cols != w0.cols ||
-            e.stride != row_bytes(e.type, e.cols))
-            return;
+    if (w0.stride != (size_t)row_bytes(w0.type, w0.cols) ||
+        std::any_of(experts.begin(), experts.end(), [](const Tensor& e) { return e.buf == nullptr; }))
+        return;
     owned.push_back(alloc(bytes * n));
     Buffer* stack = owned.back().get();
     for (int e = 0; e < n; e++) {
