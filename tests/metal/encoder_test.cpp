@@ -72,6 +72,7 @@ public:
     size_t last_tg_bytes = 0;
     std::vector<char> last_args;  // the argument struct of the last dispatch
     std::map<std::string, int> thread_limits;  // pipelines compiled with a lower limit than 1024
+    std::map<std::string, int> asked;          // pipeline() calls per kernel
     std::string name() const override { return "recording"; }
     std::unique_ptr<Buffer> new_buffer(size_t bytes) override {
         auto b = std::make_unique<HostBuffer>();
@@ -89,6 +90,7 @@ public:
         return b;
     }
     Pipeline* pipeline(const std::string& k) override {
+        ++asked[k];
         auto& p = pipes_[k];
         p.key = k;
         if (thread_limits.count(k)) p.max_threads_per_threadgroup = thread_limits[k];
@@ -341,6 +343,72 @@ void test_pipeline_thread_limit() {
     f.be.rms_norm(x, x, w, 1e-5f);
     f.be.wait();
     EXPECT(f.dev->last_threads == 192, "rms_norm ran %u threads under a limit of 200", f.dev->last_threads);
+}
+
+// attention's decode kernel and its query heads per threadgroup: the GQA kernel never asks for
+// the latent kernel's pipeline; latent attention (one KV head whose V rows are its K rows, 576
+// wide) takes attention_latent_f16 with a simdgroup a head, as many heads as its pipeline's
+// thread limit allows (256 threads: 8 of 16 heads), over a grid of the head blocks.
+void test_attention_decode_heads() {
+    Fixture f;
+    const int hd = 64;
+    Tensor kc = f.t(DType::F16, 64, 2 * hd), vc = f.t(DType::F16, 64, 2 * hd);
+    Tensor q = f.t(DType::F32, 1, 8 * hd), o = f.t(DType::F32, 1, 8 * hd);
+    f.be.attention(o, q, kc, vc, 10, AttentionParams{8, 2, hd, 0.125f});
+    f.be.wait();
+    EXPECT(f.dev->log.find("attention_f16_d64") != std::string::npos, "GQA decode ran %s", f.dev->log.c_str());
+    EXPECT(f.dev->asked.count("attention_latent_f16") == 0, "GQA attention asked for the latent kernel's pipeline");
+
+    Fixture g;
+    g.dev->thread_limits["attention_latent_f16"] = 256;
+    const int H = 16, row = 576;
+    Tensor cache = g.t(DType::F16, 64, row), ql = g.t(DType::F32, 1, H * row), ol = g.t(DType::F32, 1, H * row);
+    g.be.attention(ol, ql, cache, cache, 10, AttentionParams{H, 1, row, 0.05f});
+    g.be.wait();
+    EXPECT(g.dev->log == "attention_latent_f16 #", "latent decode ran %s", g.dev->log.c_str());
+    EXPECT(g.dev->last_threads == 8 * FG_SIMD_WIDTH && g.dev->last_grid.y == H / 8 && g.dev->last_grid.x == 1,
+           "latent decode: %u threads, grid (%u, %u)", g.dev->last_threads, g.dev->last_grid.x, g.dev->last_grid.y);
+}
+
+// prepare_experts copies a stack whose experts are alike but lie apart (here in two buffers)
+// into one buffer at one stride, leaves one that lies at one stride as it is, and one whose
+// experts differ in type or shape too: the model refuses that by its mismatch, the fault a
+// copy would not mend, even where the experts also lie apart.
+void test_prepare_experts() {
+    Fixture f;
+    const int64_t rows = 4, cols = 64;
+    const size_t bytes = (size_t)row_bytes(DType::F32, cols) * rows;
+    Tensor a = f.t(DType::F32, 2 * rows, cols), b = f.t(DType::F32, 2 * rows, cols), h = f.t(DType::F16, rows, cols);
+    std::vector<float> v(2 * rows * cols);
+    for (size_t i = 0; i < v.size(); i++) v[i] = (float)i;
+    f.be.write(a, v.data(), 2 * bytes);
+    for (float& x : v) x = -x;
+    f.be.write(b, v.data(), 2 * bytes);
+    std::vector<std::unique_ptr<Buffer>> owned;
+
+    std::vector<Tensor> apart = {a.slice_rows(0, rows), a.slice_rows(rows, rows), b.slice_rows(0, rows),
+                                 b.slice_rows(rows, rows)};
+    const std::vector<Tensor> before = apart;
+    std::string why = f.be.expert_stack_problem(apart.data(), 4);
+    EXPECT(why == "expert 2 lies in another file than expert 0", "split stack: %s", why.c_str());
+    f.be.prepare_experts(apart, owned);
+    EXPECT(owned.size() == 1, "split stack: %zu copies", owned.size());
+    why = f.be.expert_stack_problem(apart.data(), 4);
+    EXPECT(why.empty(), "copied stack: %s", why.c_str());
+    for (int e = 0; e < 4; e++)
+        EXPECT(!owned.empty() && apart[e].buf == owned[0].get() && apart[e].offset == e * bytes &&
+                   std::memcmp(apart[e].data<uint8_t>(), before[e].data<uint8_t>(), bytes) == 0,
+               "expert %d not copied to its place", e);
+
+    std::vector<Tensor> stacked = {a.slice_rows(rows, rows), a.slice_rows(0, rows)};  // one stride, any order
+    f.be.prepare_experts(stacked, owned);
+    EXPECT(owned.size() == 1 && stacked[0].buf == a.buf && stacked[0].offset == bytes, "a stacked stack was copied");
+
+    std::vector<Tensor> mixed = {a.slice_rows(0, rows), b.slice_rows(0, rows), h};
+    why = f.be.expert_stack_problem(mixed.data(), 3);
+    EXPECT(why == "expert 2 differs from expert 0 in type or shape", "mixed stack: %s", why.c_str());
+    f.be.prepare_experts(mixed, owned);
+    EXPECT(owned.size() == 1 && mixed[1].buf == b.buf && mixed[2].buf == h.buf, "a mixed stack was copied");
 }
 
 // A GEMV launch the host should pick: kernel family ("mul_mv_", "mul_mv_swiglu_", "mul_mv_id_"), a
@@ -911,6 +979,8 @@ int main() {
     test_layer_barriers();
     test_fused_layer_barriers();
     test_pipeline_thread_limit();
+    test_attention_decode_heads();
+    test_prepare_experts();
     test_gemv_threadgroup_rows();
     test_gemv_tokens_threadgroup_rows();
     test_write_after_read_and_disjoint_rows();
