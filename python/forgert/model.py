@@ -22,6 +22,7 @@ from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
+from .embeddings import check_dimensions, check_pooling, embedding_inputs, finish, model_pooling
 from .errors import KvCacheTooLargeError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
@@ -557,6 +558,61 @@ class Model:
             rows.append(np.asarray(self._eval(chunk, s, "all"), dtype=np.float32).reshape(len(chunk), -1))
             self._cache_tokens = ids[:s + len(chunk)]
         return np.concatenate(rows, axis=0)
+
+    def embed(self, inputs, *, pooling: str | None = None, normalize: bool = True,
+              dimensions: int | None = None) -> np.ndarray:
+        """Text embeddings (embeddings.py): float32 [dim] of one input (a str, or a list of token
+        ids), [n, dim] of a list of them, each evaluated from an empty context. A str is encoded
+        as the model's tokenizer encodes it with its special tokens (BOS, and the end token an
+        embedding model's tokenizer appends). pooling: "last" | "mean" | "cls"; None: as the
+        model's files say (GGUF {arch}.pooling_type, sentence-transformers' Pooling config), else
+        "last". dimensions: keep the leading components (Matryoshka-trained models); normalize:
+        L2-normalise (after the cut)."""
+        if pooling is None:
+            m = self._model
+            pooling = model_pooling(m.format, m.metadata, m.config.arch, m.path, m.name) or "last"
+        check_pooling(pooling)
+        width = check_dimensions(dimensions, self._model.config.dim)
+        single, items = embedding_inputs(inputs)
+        ids_list = []
+        for i, item in enumerate(items):
+            what = "input" if single else f"inputs[{i}]"
+            ids = self.tokenizer.encode_with_end(item) if isinstance(item, str) else self._check_ids(item, what)
+            if not ids:
+                raise ValueError(f"{what} is empty: nothing to embed")
+            if len(ids) > self.n_ctx:
+                raise ValueError(f"{what} has {len(ids)} tokens but the context holds {self.n_ctx} "
+                                 f"(pass a larger n_ctx to Model, or shorten the input)")
+            ids_list.append(ids)
+        out = []
+        with self._lock("embed()"):
+            for ids in ids_list:
+                out.append(finish(self._pooled_hidden(ids, pooling), width, normalize))
+        return out[0] if single else np.stack(out)
+
+    def _pooled_hidden(self, ids, pooling) -> np.ndarray:
+        """float32 [dim]: the final hidden states of ids (evaluated from position 0 in prefill
+        chunks) pooled: the last row, the first, or the mean of all (summed in float64 a chunk at
+        a time: a long input's rows never exist at once)."""
+        self._stash_live(ids)       # another conversation's K/V stays in the prompt cache
+        self._cache_tokens = []
+        total, picked = None, None
+        for s in range(0, len(ids), PREFILL_CHUNK):
+            chunk = np.asarray(ids[s:s + PREFILL_CHUNK], dtype=np.int32)
+            if pooling == "mean":
+                part = np.asarray(self._engine.forward_hidden(chunk, s, all_rows=True)).sum(axis=0, dtype=np.float64)
+                total = part if total is None else total + part
+            elif pooling == "cls" and s == 0:
+                picked = np.asarray(self._engine.forward_hidden(chunk[:1], 0, all_rows=False))[0]
+                if len(chunk) > 1:
+                    self._engine.prefill(chunk[1:], 1)
+            elif pooling == "last" and s + len(chunk) == len(ids):
+                picked = np.asarray(self._engine.forward_hidden(chunk, s, all_rows=False))[0]
+            else:
+                self._engine.prefill(chunk, s)
+            self._add_profile()
+            self._cache_tokens = ids[:s + len(chunk)]
+        return (total / len(ids)).astype(np.float32) if pooling == "mean" else picked
 
     def prompt_logprobs(self, prompt, top: int = 0) -> list:
         """[TokenLogprob] of each prompt token given the ones before it (what lm-eval's

@@ -61,12 +61,17 @@ def _ids(v) -> list:
 
 class ModelTokenizer:
     def __init__(self, tokenizer: Tokenizer, *, bos_id, eos_id, eot_id=None, extra_stop_ids=(),
-                 add_bos: bool, source: str = ""):
+                 add_bos: bool, source: str = "", end_id=None):
         self.hf = tokenizer
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.eot_id = eot_id
         self.add_bos = bool(add_bos) and bos_id is not None
+        # The token the model's tokenizer appends to a text it encodes with its special tokens
+        # (GGUF tokenizer.ggml.add_eos_token, an HF post-processor's): not a prompt's (a generation
+        # would stop at once), but what an embedding model's last-token pooling reads
+        # (Qwen3-Embedding's <|endoftext|>). None: nothing appended.
+        self.end_id = end_id
         self.source = source
         self.n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
         self.stop_ids = frozenset(_harmony_stops(tokenizer, {i for i in [eos_id, eot_id, *extra_stop_ids]
@@ -101,7 +106,8 @@ class ModelTokenizer:
                    # says otherwise
                    add_bos=meta.get("tokenizer.ggml.add_bos_token",
                                     kind == "llama" or meta.get("tokenizer.ggml.pre") in BOS_BY_DEFAULT),
-                   source=source)
+                   source=source,
+                   end_id=special("tokenizer.ggml.eos_token_id") if meta.get("tokenizer.ggml.add_eos_token") else None)
 
     @classmethod
     def from_hf_dir(cls, model_dir) -> "ModelTokenizer":
@@ -127,15 +133,19 @@ class ModelTokenizer:
         eos_tok = token_id(_token_content(tcfg.get("eos_token")))
         eos_id = eos_tok if eos_tok is not None else (eos_ids + [None])[0]
 
+        # tokenizer.json's post-processor says whether the model expects BOS, and what it appends
+        with_special = tok.encode("a", add_special_tokens=True).ids
+        plain = tok.encode("a", add_special_tokens=False).ids
         if "add_bos_token" in tcfg:
             add_bos = bool(tcfg["add_bos_token"])
         else:
-            # tokenizer.json's post-processor says whether the model expects BOS
-            with_special = tok.encode("a", add_special_tokens=True).ids
-            plain = tok.encode("a", add_special_tokens=False).ids
             add_bos = bos_id is not None and len(with_special) > len(plain) and with_special[0] == bos_id
+        if "add_eos_token" in tcfg:
+            end_id = eos_id if tcfg["add_eos_token"] else None
+        else:
+            end_id = with_special[-1] if with_special and plain and with_special[-1] != plain[-1] else None
         return cls(tok, bos_id=bos_id, eos_id=eos_id, extra_stop_ids=eos_ids, add_bos=add_bos,
-                   source=model_dir.name)
+                   source=model_dir.name, end_id=end_id)
 
     # -- use ---------------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool | None = None) -> list:
@@ -145,6 +155,12 @@ class ModelTokenizer:
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids
+
+    def encode_with_end(self, text: str) -> list:
+        """encode(text) and the token the model's tokenizer appends (end_id), if any: a text as
+        an embedding model reads it."""
+        ids = self.encode(text)
+        return ids + [self.end_id] if self.end_id is not None else ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)

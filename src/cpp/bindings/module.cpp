@@ -375,6 +375,21 @@ public:
         return out;
     }
 
+    // The final hidden states (after the output norm) of the last token, or of every token.
+    py::array_t<float> forward_hidden(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                                      int pos, bool all_rows) {
+        const int n = checked_count(tokens);
+        py::array_t<float> out(std::vector<py::ssize_t>{all_rows ? n : 1, model_->config().dim});
+        float* dst = out.mutable_data();
+        const int32_t* src = tokens.data();
+        {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mu_);
+            model_->forward_hidden(src, n, pos, all_rows, dst);
+        }
+        return out;
+    }
+
     // scores: each row scored against its target (one pass of at most max_batch tokens, slot 0).
     void prefill(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos,
                  PyRowScores* scores) {
@@ -717,6 +732,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("max_batch") = 512, py::arg("n_slots") = 1, py::arg("activations") = "int16")
         .def("forward", &Engine::forward, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false)
         .def("forward_argmax", &Engine::forward_argmax, py::arg("tokens"), py::arg("pos"))
+        .def("forward_hidden", &Engine::forward_hidden, py::arg("tokens"), py::arg("pos"), py::arg("all_rows") = false,
+             "the final hidden states (output norm applied): [1, dim] of the last token, or [n, dim]")
         .def("forward_rows_argmax", &Engine::forward_rows_argmax, py::arg("tokens"), py::arg("pos"),
              "evaluate tokens (at most 16) as decode rows of slot 0; i32 [n]: each row's argmax, as "
              "greedy decoding would pick it after that row (a draft verified in one pass)")

@@ -697,18 +697,28 @@ void LlamaModel::moe_feed_forward(const LayerWeights& L, const Tensor& x, const 
 }
 
 void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits) {
+    forward_rows(tokens, n, pos, all_logits, false, logits);
+}
+
+void LlamaModel::forward_hidden(const int32_t* tokens, int n, int pos, bool all_rows, float* hidden) {
+    if (!hidden) throw std::logic_error("forward_hidden: no output");
+    forward_rows(tokens, n, pos, all_rows, true, hidden);
+}
+
+void LlamaModel::forward_rows(const int32_t* tokens, int n, int pos, bool all_rows, bool hidden, float* out) {
     check_input(tokens, n, pos);
     profile_ = Profile{};
+    const int width = hidden ? cfg_.dim : cfg_.vocab;  // floats an output row
     for (int done = 0; done < n; done += max_batch_) {
         const int m = std::min(max_batch_, n - done);
         const bool last_chunk = done + m == n;
         BatchEntry chunk{0, tokens + done, m, pos + done};
-        chunk.prompt_prefix = !logits;  // K/V only: a prefix chunk even of one token
+        chunk.prompt_prefix = !out;  // K/V only: a prefix chunk even of one token
         // Its decode rows (positions below kMaxDecodeRun) and prefix rows as two entries; the rows
         // stay in position order.
         const BatchEntry* parts = decode_first(&chunk, 1);
         const int n_parts = n_ordered_;
-        if (!logits || (!all_logits && !last_chunk)) {  // only the KV cache of this chunk is needed
+        if (!out || (!all_rows && !last_chunk)) {  // only the KV cache of this chunk is needed
             be_->begin();
             run_layers(parts, n_parts);
             be_->commit();
@@ -718,16 +728,19 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos, bool all_logits,
         be_->begin();
         run_layers(parts, n_parts);
         const double t0 = profiling_ ? now_s() : 0;
-        // Logits of every row of this chunk, or of its last row only.
-        const int r0 = all_logits ? 0 : m - 1, nr = all_logits ? m : 1;
+        // Rows out of every row of this chunk, or of its last row only.
+        const int r0 = all_rows ? 0 : m - 1, nr = all_rows ? m : 1;
         Tensor h = x_.slice_rows(r0, nr), hn = xn_.slice_rows(r0, nr);
-        const Tensor out = logits_rows(nr);
         norm(hn, h, w_.output_norm, w_.output_norm_b);
-        be_->matmul(out, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
-        finish_logits(out);
+        Tensor rows = hn;
+        if (!hidden) {
+            rows = logits_rows(nr);
+            be_->matmul(rows, w_.output, hn, RowClasses::decode(std::max(0, chunk.decode_rows() - r0)));
+            finish_logits(rows);
+        }
         be_->commit();
         be_->wait();
-        be_->read(logits + (all_logits ? (size_t)done * cfg_.vocab : 0), out, (size_t)nr * cfg_.vocab * sizeof(float));
+        be_->read(out + (all_rows ? (size_t)done * width : 0), rows, (size_t)nr * width * sizeof(float));
         if (profiling_) profile_.logits += now_s() - t0;
     }
 }

@@ -72,6 +72,11 @@ public:
     // all_logits, of every token ([n, vocab]); logits == nullptr computes none (prefill
     // of the KV cache only). Throws InputError on bad ids or positions.
     void forward(const int32_t* tokens, int n, int pos, bool all_logits, float* logits);
+    // The same pass, writing the final hidden states (after the output norm, the output
+    // projection's input) instead of logits: of the last token ([dim]) or, with all_rows, of
+    // every token ([n, dim]). What embedding models built on a decoder (Qwen3-Embedding,
+    // gte-Qwen2, e5-mistral) pool.
+    void forward_hidden(const int32_t* tokens, int n, int pos, bool all_rows, float* hidden);
     // The same, returning the argmax of the last token's logits computed on the device.
     int forward_argmax(const int32_t* tokens, int n, int pos);
 
@@ -181,6 +186,9 @@ private:
     Tensor output_rows_normed(const BatchEntry* entries, int n_entries);
     // logits_ rows 0..n, the buffer grown first where it holds fewer.
     Tensor logits_rows(int n);
+    // forward() and forward_hidden(): the pass in max_batch chunks, then of the last chunk (of
+    // every chunk with all_rows) the normed rows, made logits unless `hidden`, read into out.
+    void forward_rows(const int32_t* tokens, int n, int pos, bool all_rows, bool hidden, float* out);
     // Their row classes: the output rows of the decode entries lead.
     static RowClasses output_row_classes(const BatchEntry* entries, int n_entries);
     // After the pass has been waited on: every row of the entries with scores through the final
