@@ -607,7 +607,7 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
                raw_overrides: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
                n_ctx: int | None = None, chat_template: str | None = None, eos_token: str = EOS_TOKEN,
                split_max_tensors: int = 0, small_first_shard: bool = False,
-               extra_keys: dict[str, int | list] | None = None, swa_pattern: bool = True) -> Path:
+               extra_keys: dict[str, int | bool | list] | None = None, swa_pattern: bool = True) -> Path:
     """Write a GGUF the way convert_hf_to_gguf.py would. `tensors` / `raw_overrides` let the
     bad-file tests drop, reshape or retype tensors; chat_template / eos_token are the
     tokenizer_config.json values the converter's SpecialVocab copies. split_max_tensors > 0
@@ -662,7 +662,12 @@ def write_gguf(model, spec: TinySpec, tok: Tokenizer, path: Path, type_name: str
         w.add_expert_count(spec.n_expert)
         w.add_expert_used_count(spec.n_expert_used)
     for key, value in (extra_keys or {}).items():   # keys a test adds (a file the converter would not write)
-        w.add_array(key, value) if isinstance(value, list) else w.add_uint32(key, value)
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            w.add_uint32(key, value)
     w.add_vocab_size(model.config.vocab_size)
     w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8}[type_name])
 
