@@ -378,6 +378,17 @@ def test_hf_unsupported_model_type(forgert, hf_dir):
     expect_error(forgert, hf_dir, r"gpt_neox|GPTNeoX", name_in_message="")
 
 
+@pytest.mark.parametrize("key,value,named", [("use_bidirectional_attention", True, "use_bidirectional_attention"),
+                                              ("is_causal", False, "is_causal=false")])
+def test_hf_bidirectional_attention_is_refused(forgert, hf_dir, key, value, named):
+    """An encoder-style checkpoint of a decoder architecture (EmbeddingGemma's gemma3_text sets
+    use_bidirectional_attention) would embed wrongly under causal attention: refused by name."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg[key] = value
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    expect_error(forgert, hf_dir, rf"bidirectional attention \({named}\)")
+
+
 # ----------------------------------------------------------------------------- bad arguments to a good model
 
 @pytest.fixture(scope="module")

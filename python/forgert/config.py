@@ -1453,6 +1453,11 @@ def config_from_hf(hf: dict, source: str, census: TensorCensus) -> ModelConfig:
         hf = {**hf, **{new: hf[old] for old, new in (("num_layers", "num_hidden_layers"),
                                                       ("layer_norm_epsilon", "rms_norm_eps"))
                        if old in hf and new not in hf}}
+    # Encoder-style checkpoints of decoder architectures (EmbeddingGemma's gemma3_text, LLM2Vec-like
+    # embedders) attend both ways: run causally they would embed wrongly without a word
+    if hf.get("use_bidirectional_attention") or hf.get("is_causal") is False:
+        key = "use_bidirectional_attention" if hf.get("use_bidirectional_attention") else "is_causal=false"
+        _fail(source, f"bidirectional attention ({key}) is not supported: forgert runs causal attention only")
     if hf.get("mlp_bias"):
         _fail(source, "mlp_bias=true is not supported")
     if model_type in ("ernie4_5", "ernie4_5_moe") and hf.get("use_bias"):
