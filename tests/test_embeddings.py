@@ -203,3 +203,39 @@ def test_embedding_between_turns_leaves_generation_unchanged(forgert, tm):
     m.embed(inputs(tm.vocab))
     after = m.generate(prompt, max_tokens=8, temperature=0.0, ignore_eos=True).tokens
     assert after == before
+
+
+# ----------------------------------------------------------------------------- forgert embed
+
+def _cli(*args, stdin=None):
+    import subprocess
+    import sys
+    from conftest import subprocess_env
+    return subprocess.run([sys.executable, "-m", "forgert", "embed", *map(str, args)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300, input=stdin)
+
+
+def test_cli_prints_the_models_embeddings(forgert, tm):
+    """`forgert embed`: one JSON line per text (arguments, or stdin's non-empty lines), the
+    vectors Model.embed gives in-process (float32 through JSON: exact)."""
+    path = tm.path("gguf-F32")
+    texts = ["the quick brown fox", "jumps over the lazy dog"]
+    want = forgert.Model(str(path), backend="cpu", threads=2).embed(texts, pooling="mean", dimensions=16)
+    for result in (_cli("--model", path, "--backend", "cpu", "-t", 2, "--pooling", "mean", "--dimensions", 16, *texts),
+                   _cli("--model", path, "--backend", "cpu", "-t", 2, "--pooling", "mean", "--dimensions", 16,
+                        stdin=texts[0] + "\n\n" + texts[1] + "\n")):
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [r["index"] for r in rows] == [0, 1]
+        np.testing.assert_array_equal(np.array([r["embedding"] for r in rows], np.float32), want)
+
+
+def test_cli_bad_flags(tm):
+    path = tm.path("gguf-F32")
+    for args, words in [(("--dimensions", 0, "x"), "must be at least 1"),
+                        (("--dimensions", tm.spec.hidden + 1, "x"), "dimensions must be"),
+                        (("--pooling", "max", "x"), "invalid choice")]:
+        result = _cli("--model", path, "--backend", "cpu", *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr and words in result.stderr, result.stderr
+    result = _cli("--model", path, "--backend", "cpu", stdin="\n\n")
+    assert result.returncode == 2 and "no non-empty line" in result.stderr, result.stderr

@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["run", "chat", "serve", "bench", "info", "quantize"]
+COMMANDS = ["run", "chat", "serve", "embed", "bench", "info", "quantize"]
 
 
 def _command_modules() -> dict:
