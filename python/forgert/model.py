@@ -564,9 +564,9 @@ class Model:
         """Text embeddings (embeddings.py): float32 [dim] of one input (a str, or a list of token
         ids), [n, dim] of a list of them, each evaluated from an empty context. A str is encoded
         as the model's tokenizer encodes it with its special tokens (BOS, and the end token an
-        embedding model's tokenizer appends). pooling: "last" | "mean" | "cls"; None: as the
-        model's files say (GGUF {arch}.pooling_type, sentence-transformers' Pooling config), else
-        "last". dimensions: keep the leading components (Matryoshka-trained models); normalize:
+        embedding model's tokenizer appends). pooling: "last" | "mean" | "cls" (the first token's
+        state, which under causal attention sees nothing after it); None: as the model's files say
+        (GGUF {arch}.pooling_type, sentence-transformers' Pooling config), else "last". dimensions: keep the leading components (Matryoshka-trained models); normalize:
         L2-normalise (after the cut)."""
         if pooling is None:
             m = self._model
@@ -592,20 +592,21 @@ class Model:
 
     def _pooled_hidden(self, ids, pooling) -> np.ndarray:
         """float32 [dim]: the final hidden states of ids (evaluated from position 0 in prefill
-        chunks) pooled: the last row, the first, or the mean of all (summed in float64 a chunk at
-        a time: a long input's rows never exist at once)."""
+        chunks) pooled: the last row, the mean of all (summed in float64 a chunk at a time: a long
+        input's rows never exist at once), or the first (its token alone evaluated)."""
         self._stash_live(ids)       # another conversation's K/V stays in the prompt cache
         self._cache_tokens = []
+        if pooling == "cls":        # under causal attention the first token's state sees nothing after it
+            picked = np.asarray(self._engine.forward_hidden(np.asarray(ids[:1], dtype=np.int32), 0))[0]
+            self._add_profile()
+            self._cache_tokens = ids[:1]
+            return picked
         total, picked = None, None
         for s in range(0, len(ids), PREFILL_CHUNK):
             chunk = np.asarray(ids[s:s + PREFILL_CHUNK], dtype=np.int32)
             if pooling == "mean":
                 part = np.asarray(self._engine.forward_hidden(chunk, s, all_rows=True)).sum(axis=0, dtype=np.float64)
                 total = part if total is None else total + part
-            elif pooling == "cls" and s == 0:
-                picked = np.asarray(self._engine.forward_hidden(chunk[:1], 0, all_rows=False))[0]
-                if len(chunk) > 1:
-                    self._engine.prefill(chunk[1:], 1)
             elif pooling == "last" and s + len(chunk) == len(ids):
                 picked = np.asarray(self._engine.forward_hidden(chunk, s, all_rows=False))[0]
             else:
