@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 from typing import Optional
@@ -14,6 +15,7 @@ from ..tool_calls import forced_call_schema, template_style
 from .choice_output import ChoiceOutput, OutputMode, thinking_mode
 from .harmony_output import HarmonyOutput, is_harmony
 from .delivery import collect, collect_unless_disconnected, metered, stream
+from .embeddings_api import checked_dimensions, collect_vectors, embedding_job, input_ids, response_body
 from .errors import APIError, install_error_handlers
 from .generation import ChoiceSpec, GenerationSpec, generation_job
 from .json_body import decode_json
@@ -21,8 +23,8 @@ from .messages_api import CountTokensRequest, MessagesReply, MessagesRequest, me
 from .metrics import RequestTimer, ServerMetrics
 from .responses import ResponseHeader
 from .responses_api import ResponsesReply, ResponsesRequest, responses_chat_request
-from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
-                      TokenizeRequest, parse_request)
+from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
+                      SamplingFields, TokenizeRequest, parse_request)
 from .token_budget import completion_budget
 from .batch_worker import BatchWorker
 from .worker import ModelWorker
@@ -45,6 +47,11 @@ class ServerState:
         self.metrics = ServerMetrics(self.in_flight,
                                      self.batch_worker.stats if self.batch_worker is not None else None)
         self.started = int(time.time())
+
+    @functools.cached_property
+    def embedding_width(self) -> int:
+        """The model's hidden width, the length of its embeddings (read at the first embeddings request)."""
+        return self.model.info()["dim"]
 
     def in_flight(self) -> int:
         return self.worker.queued + (self.batch_worker.queued if self.batch_worker else 0)
@@ -200,6 +207,23 @@ def create_app(model, model_id: str = "forgert", api_key: Optional[str] = None, 
                                   grammar, _logit_bias(state.model, req))
             return await _complete(request, state, req, spec, ResponseHeader("text", state.model_id),
                                    None, timer)
+
+    @v1.post("/embeddings")
+    async def embeddings(request: Request):
+        with _counted(state, "embeddings"):
+            req = parse_request(EmbeddingRequest, await _read_json(request))
+            dimensions = checked_dimensions(req, state.embedding_width)
+            id_lists = await input_ids(state.model, req)
+            # On the worker thread: taking turns with generations, or (--parallel) on slot 0 beside
+            # the batch, under the Model's lock; a client that leaves cancels it.
+            events = state.worker.events(embedding_job(state.model, id_lists, dimensions))
+            vectors = await collect_unless_disconnected(request, collect_vectors(events))
+            if not vectors:
+                return JSONResponse({})     # nobody is listening any more
+            n_tokens = sum(len(ids) for ids in id_lists)
+            state.metrics.embedding_tokens.inc(n_tokens)
+            body = await asyncio.to_thread(response_body, vectors, req.encoding_format, state.model_id, n_tokens)
+            return Response(body, media_type="application/json")
 
     app.include_router(v1)
     app.include_router(root)

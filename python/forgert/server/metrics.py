@@ -14,11 +14,13 @@ class ServerMetrics:
         () -> BatchWorker.stats(), or None without a batch."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = CollectorRegistry()
-        self.requests = Counter("forgert_requests", "Completion requests answered, by route and status",
+        self.requests = Counter("forgert_requests", "Requests answered (completions, embeddings), by route and status",
                                 ["route", "status"], registry=self.registry)
         self.prompt_tokens = Counter("forgert_prompt_tokens", "Prompt tokens of finished choices",
                                      registry=self.registry)
         self.generation_tokens = Counter("forgert_generation_tokens", "Tokens generated", registry=self.registry)
+        self.embedding_tokens = Counter("forgert_embedding_tokens", "Input tokens embedded (/v1/embeddings)",
+                                        registry=self.registry)
         self.queue = Gauge("forgert_requests_in_flight", "Requests running or waiting for the model",
                            registry=self.registry)
         self.queue.set_function(queue_length)

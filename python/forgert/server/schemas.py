@@ -396,3 +396,36 @@ class TokenizeRequest(_Strict):
 class DetokenizeRequest(_Strict):
     model: Optional[str] = None
     tokens: list[int]
+
+
+class EmbeddingRequest(_Strict):
+    """POST /v1/embeddings (OpenAI's shape). What needs the model (empty texts, token ids in the
+    vocabulary, lengths against the context, `dimensions` against the model's width) is checked
+    by the route (embeddings_api.py)."""
+    model: Optional[str] = None
+    input: Union[str, list[int], list[str], list[list[int]]]
+    encoding_format: Optional[Literal["float", "base64"]] = None    # None: float
+    dimensions: Optional[int] = None
+    user: Optional[str] = None
+
+    MAX_INPUTS: ClassVar[int] = 2048    # OpenAI's limit per request
+
+    @field_validator("input")
+    @classmethod
+    def _some_input(cls, value):
+        if isinstance(value, list) and not value:
+            raise APIError(400, "Invalid value for 'input': an empty list: there is nothing to embed",
+                           param="input", code="invalid_value")
+        if isinstance(value, list) and isinstance(value[0], (str, list)) and len(value) > cls.MAX_INPUTS:
+            raise APIError(400, f"Invalid value for 'input': {len(value)} inputs; at most {cls.MAX_INPUTS} "
+                           "per request", param="input", code="invalid_value")
+        return value
+
+    @property
+    def batched(self) -> bool:
+        """A list of inputs (of strings or of token-id lists), not one."""
+        return isinstance(self.input, list) and isinstance(self.input[0], (str, list))
+
+    def inputs(self) -> list:
+        """Each input to embed: a str or a list of token ids."""
+        return list(self.input) if self.batched else [self.input]
