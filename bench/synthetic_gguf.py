@@ -144,6 +144,9 @@ class RandomTensors:
         self.w.add_tensor(name, shape, T["F32"])
         self.makers.append(make)
 
+    def ones(self, name, n):   # a norm's weight: n ones (the norm as is)
+        self.f32(name, (n,), lambda: np.ones(n, dtype=np.float32))
+
     def write(self, out: Path) -> None:
         self.w.write(out, lambda i: self.makers[i]())
 
@@ -173,7 +176,7 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     matrix = ts.matrix
 
     def norm(name):
-        ts.f32(name, (H,), lambda: np.ones(H, dtype=np.float32))
+        ts.ones(name, H)
 
     matrix("token_embd.weight", V, H)
     for i in range(L):
@@ -212,10 +215,10 @@ def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     matrix("token_embd.weight", V, H)
     for i in range(L):
         p = f"blk.{i}."
-        f32(p + "attn_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
-        f32(p + "ffn_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
-        f32(p + "attn_q_norm.weight", (D,), lambda: np.ones(D, dtype=np.float32))
-        f32(p + "attn_k_norm.weight", (D,), lambda: np.ones(D, dtype=np.float32))
+        ts.ones(p + "attn_norm.weight", H)
+        ts.ones(p + "ffn_norm.weight", H)
+        ts.ones(p + "attn_q_norm.weight", D)
+        ts.ones(p + "attn_k_norm.weight", D)
         for name, rows, cols in [("attn_q", NH * D, H), ("attn_k", NKV * D, H), ("attn_v", NKV * D, H),
                                  ("attn_output", H, NH * D)]:
             matrix(p + name + ".weight", rows, cols, i)
@@ -224,7 +227,7 @@ def write_moe(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
         matrix(p + "ffn_gate_exps.weight", F, H, i, E)
         matrix(p + "ffn_up_exps.weight", F, H, i, E)
         matrix(p + "ffn_down_exps.weight", H, F, i, E)
-    f32("output_norm.weight", (H,), lambda: np.ones(H, dtype=np.float32))
+    ts.ones("output_norm.weight", H)
     matrix("output.weight", V, H)
     ts.write(out)
 
@@ -256,29 +259,28 @@ def write_hybrid(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     ts = RandomTensors(w, L, ftype, seed)
     matrix, f32, rng = ts.matrix, ts.f32, ts.rng
 
-    ones = lambda n: (lambda: np.ones(n, dtype=np.float32))  # noqa: E731
     matrix("token_embd.weight", V, H)
     for i in range(L):
         p = f"blk.{i}."
-        f32(p + "attn_norm.weight", (H,), ones(H))
-        f32(p + "post_attention_norm.weight", (H,), ones(H))
+        ts.ones(p + "attn_norm.weight", H)
+        ts.ones(p + "post_attention_norm.weight", H)
         if (i + 1) % 4:
             for name, rows in [("attn_qkv", C), ("attn_gate", VW), ("ssm_beta", VH), ("ssm_alpha", VH)]:
                 matrix(p + name + ".weight", rows, H, i)
             f32(p + "ssm_conv1d.weight", (4, C), lambda: rng.standard_normal((C, 4), dtype=np.float32) * 0.3)
             f32(p + "ssm_dt.bias", (VH,), lambda: np.zeros(VH, dtype=np.float32))
             f32(p + "ssm_a", (VH,), lambda: -rng.uniform(0.1, 1.0, VH).astype(np.float32))
-            f32(p + "ssm_norm.weight", (SD,), ones(SD))
+            ts.ones(p + "ssm_norm.weight", SD)
             matrix(p + "ssm_out.weight", H, VW, i)
         else:
-            f32(p + "attn_q_norm.weight", (D,), ones(D))
-            f32(p + "attn_k_norm.weight", (D,), ones(D))
+            ts.ones(p + "attn_q_norm.weight", D)
+            ts.ones(p + "attn_k_norm.weight", D)
             for name, rows, cols in [("attn_q", 2 * NH * D, H), ("attn_k", NKV * D, H), ("attn_v", NKV * D, H),
                                      ("attn_output", H, NH * D)]:
                 matrix(p + name + ".weight", rows, cols, i)
         for name, rows, cols in [("ffn_gate", F, H), ("ffn_up", F, H), ("ffn_down", H, F)]:
             matrix(p + name + ".weight", rows, cols, i)
-    f32("output_norm.weight", (H,), ones(H))
+    ts.ones("output_norm.weight", H)
     matrix("output.weight", V, H)
     ts.write(out)
 
@@ -313,23 +315,22 @@ def write_deepseek2(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     ts = RandomTensors(w, L, ftype, seed)
     matrix, f32, rng = ts.matrix, ts.f32, ts.rng
 
-    ones = lambda n: (lambda: np.ones(n, dtype=np.float32))  # noqa: E731
     matrix("token_embd.weight", V, H)
     for i in range(L):
         p = f"blk.{i}."
-        f32(p + "attn_norm.weight", (H,), ones(H))
+        ts.ones(p + "attn_norm.weight", H)
         if QL:   # query through a rank-QL bottleneck with its own norm: [QL, H], [NH*(nope+rope), QL]
-            f32(p + "attn_q_a_norm.weight", (QL,), ones(QL))
+            ts.ones(p + "attn_q_a_norm.weight", QL)
             matrix(p + "attn_q_a.weight", QL, H, i)
             matrix(p + "attn_q_b.weight", NH * (NOPE + ROPE), QL, i)
         else:
             matrix(p + "attn_q.weight", NH * (NOPE + ROPE), H, i)
         matrix(p + "attn_kv_a_mqa.weight", KL + ROPE, H, i)            # [latent + shared rope key, H]
-        f32(p + "attn_kv_a_norm.weight", (KL,), ones(KL))
+        ts.ones(p + "attn_kv_a_norm.weight", KL)
         matrix(p + "attn_k_b.weight", KL, NOPE, i, NH)                 # per head [KL, nope]: q_nope -> latent
         matrix(p + "attn_v_b.weight", VD, KL, i, NH)                   # per head [v, KL]: latent -> value
         matrix(p + "attn_output.weight", H, NH * VD, i)
-        f32(p + "ffn_norm.weight", (H,), ones(H))
+        ts.ones(p + "ffn_norm.weight", H)
         if i < c["dense"]:
             F = c["dense_ffn"]
             for name, rows, cols in [("ffn_gate", F, H), ("ffn_up", F, H), ("ffn_down", H, F)]:
@@ -344,7 +345,7 @@ def write_deepseek2(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
         S = FE * c["shared"]   # the shared experts as one SwiGLU of their summed width
         for name, rows, cols in [("ffn_gate_shexp", S, H), ("ffn_up_shexp", S, H), ("ffn_down_shexp", H, S)]:
             matrix(p + name + ".weight", rows, cols, i)
-    f32("output_norm.weight", (H,), ones(H))
+    ts.ones("output_norm.weight", H)
     matrix("output.weight", V, H)
     ts.write(out)
 
