@@ -23,7 +23,7 @@ import pytest
 
 from instrumented_model import InstrumentedModel
 from server_harness import LiveServer, load_model, wait_until
-from smollm2_server_fixtures import reference_model  # noqa: F401 (fixture)
+from smollm2_server_fixtures import client, reference_model, server  # noqa: F401 (fixtures; server over this module's model)
 
 pytestmark = pytest.mark.slow
 
@@ -50,17 +50,6 @@ class CountingModel(InstrumentedModel):
 @pytest.fixture(scope="module")
 def model(smollm2_gguf):
     return CountingModel(load_model(smollm2_gguf))
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    with LiveServer(model) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.openai_client()
 
 
 @pytest.fixture(scope="module")
