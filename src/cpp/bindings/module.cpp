@@ -362,32 +362,13 @@ public:
 
     py::array_t<float> forward(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, int pos,
                                bool all_logits) {
-        const int n = checked_count(tokens);
-        const int vocab = model_->config().vocab;
-        py::array_t<float> out(std::vector<py::ssize_t>{all_logits ? n : 1, vocab});
-        float* dst = out.mutable_data();
-        const int32_t* src = tokens.data();
-        {
-            py::gil_scoped_release nogil;
-            std::lock_guard<std::mutex> lock(mu_);
-            model_->forward(src, n, pos, all_logits, dst);
-        }
-        return out;
+        return output_rows(tokens, pos, all_logits, false);
     }
 
     // The final hidden states (after the output norm) of the last token, or of every token.
     py::array_t<float> forward_hidden(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
                                       int pos, bool all_rows) {
-        const int n = checked_count(tokens);
-        py::array_t<float> out(std::vector<py::ssize_t>{all_rows ? n : 1, model_->config().dim});
-        float* dst = out.mutable_data();
-        const int32_t* src = tokens.data();
-        {
-            py::gil_scoped_release nogil;
-            std::lock_guard<std::mutex> lock(mu_);
-            model_->forward_hidden(src, n, pos, all_rows, dst);
-        }
-        return out;
+        return output_rows(tokens, pos, all_rows, true);
     }
 
     // scores: each row scored against its target (one pass of at most max_batch tokens, slot 0).
@@ -701,6 +682,25 @@ private:
         py::ssize_t n = 0;
         for (const BatchEntry& b : in.entries) n += b.output_rows();
         return n;
+    }
+
+    // forward / forward_hidden: [1 or n, vocab] logits, or [1 or n, dim] hidden states.
+    py::array_t<float> output_rows(const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens,
+                                   int pos, bool all_rows, bool hidden) {
+        const int n = checked_count(tokens);
+        const int width = hidden ? model_->config().dim : model_->config().vocab;
+        py::array_t<float> out(std::vector<py::ssize_t>{all_rows ? n : 1, width});
+        float* dst = out.mutable_data();
+        const int32_t* src = tokens.data();
+        {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mu_);
+            if (hidden)
+                model_->forward_hidden(src, n, pos, all_rows, dst);
+            else
+                model_->forward(src, n, pos, all_rows, dst);
+        }
+        return out;
     }
 
     // More tokens than the context holds are refused before the count is narrowed to int or
