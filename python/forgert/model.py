@@ -6,6 +6,7 @@ shares a prefix with them only runs the rest (at least its last token, to get fr
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 import os
 import sys
@@ -23,7 +24,7 @@ from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
 from .embeddings import check_dimensions, check_pooling, embedding_inputs, finish, model_pooling
-from .errors import KvCacheTooLargeError
+from .errors import KvCacheTooLargeError, ModelFormatError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
@@ -566,11 +567,13 @@ class Model:
         as the model's tokenizer encodes it with its special tokens (BOS, and the end token an
         embedding model's tokenizer appends). pooling: "last" | "mean" | "cls" (the first token's
         state, which under causal attention sees nothing after it); None: as the model's files say
-        (GGUF {arch}.pooling_type, sentence-transformers' Pooling config), else "last". dimensions: keep the leading components (Matryoshka-trained models); normalize:
+        (GGUF {arch}.pooling_type, sentence-transformers' Pooling config), else "last".
+        dimensions: keep the leading components (Matryoshka-trained models); normalize:
         L2-normalise (after the cut)."""
         if pooling is None:
-            m = self._model
-            pooling = model_pooling(m.format, m.metadata, m.config.arch, m.path, m.name) or "last"
+            pooling, refusal = self._files_pooling
+            if refusal is not None:
+                raise ModelFormatError(refusal)
         check_pooling(pooling)
         width = check_dimensions(dimensions, self._model.config.dim)
         single, items = embedding_inputs(inputs)
@@ -589,6 +592,16 @@ class Model:
             for ids in ids_list:
                 out.append(finish(self._pooled_hidden(ids, pooling), width, normalize))
         return out[0] if single else np.stack(out)
+
+    @functools.cached_property
+    def _files_pooling(self) -> tuple:
+        """(the pooling the model's files name, else "last"; or None and why forgert cannot
+        apply the one they name), read once: the server embeds an input a call."""
+        m = self._model
+        try:
+            return model_pooling(m.format, m.metadata, m.config.arch, m.path, m.name) or "last", None
+        except ModelFormatError as exc:
+            return None, str(exc)
 
     def _pooled_hidden(self, ids, pooling) -> np.ndarray:
         """float32 [dim]: the final hidden states of ids (evaluated from position 0 in prefill
