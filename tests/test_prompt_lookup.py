@@ -268,15 +268,17 @@ def _filtered(forgert, row, history, params):
     return dict(zip(ids.tolist(), (p / p.sum()).tolist()))
 
 
-def _sampling_setting(forgert, m):
+def _sampling_setting(forgert, m, **changes):
     """(prompt, params, exact): a prompt that repeats 3 tokens, sampling params whose negative
     penalties lift them (so that drafts are both kept and rejected, and each draft row's penalties
     count the draft tokens before it), and P(t1 t2 t3) under plain sampling for every sequence the
-    filters allow: the chain of the NumPy sampler's filtered distributions of Model.logits rows."""
+    filters allow: the chain of the NumPy sampler's filtered distributions of Model.logits rows.
+    changes: other values of the params' fields (a draft model's setting)."""
     base = np.random.default_rng(3).integers(0, m.vocab_size, 3).tolist()
     prompt = base * 4 + base[:2]
-    params = forgert.SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, presence_penalty=-2.0,
-                                    frequency_penalty=-1.0, max_tokens=3, ignore_eos=True, prompt_lookup=4)
+    params = forgert.SamplingParams(**{**dict(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, presence_penalty=-2.0,
+                                              frequency_penalty=-1.0, max_tokens=3, ignore_eos=True, prompt_lookup=4),
+                                       **changes})
     exact = {(): 1.0}
     for depth in range(3):     # P(t1 .. tj) for every sequence the filters allow
         grown = {}

@@ -28,6 +28,7 @@ from .errors import KvCacheTooLargeError, ModelFormatError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
+from .draft_model import DEFAULT_DRAFT_TOKENS, ModelDraft, check_compatible, check_draft_tokens
 from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
@@ -209,6 +210,14 @@ class Model:
         alone and in a batch. CPU only: "int8" with backend="metal" is a ValueError, and
         backend="auto" then runs on the CPU. FORGERT_CPU_PREFILL, where set, still chooses the
         prefill's format alone (int8x2, int8, f32).
+    draft_model: a smaller model of the same tokenizer (a path, loaded with this Model's backend,
+        threads, n_ctx and activations, or a Model) that drafts tokens for speculative decoding
+        (draft_model.py): each single-sequence generation verifies up to `draft_tokens` of its
+        greedy tokens in one pass of this model. The text is unchanged: greedy output exactly,
+        sampled output from the same distribution (another draw for a seed). Generations with
+        logprobs, a response_format or a logit_bias, batches of prompts, and SamplingParams with
+        prompt_lookup (which then drafts instead) run without it. `Completion.timings` counts
+        the tokens drafted and accepted.
 
     Threads: a Model may be shared by threads. Calls that use the engine or its cache (generate,
     chat, logits, save_state, load_state, reset, set_prompt_cache, set_profiling, and a stream
@@ -220,7 +229,8 @@ class Model:
     """
 
     def __init__(self, path=None, backend: str = "auto", threads: int | None = None, n_ctx: int | None = None,
-                 parallel: int = 1, activations: str = "int16"):
+                 parallel: int = 1, activations: str = "int16", draft_model=None,
+                 draft_tokens: int = DEFAULT_DRAFT_TOKENS):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if activations not in ACTIVATIONS:
@@ -265,6 +275,22 @@ class Model:
         # prefill_progress(done, total): called after each prefill chunk of every generation
         # (tokens evaluated so far of those the prompt needs); e.g. a progress bar for long prompts
         self.prefill_progress = None
+        self.draft_model, self.draft_tokens = self._load_draft(draft_model, draft_tokens)
+
+    def _load_draft(self, draft_model, draft_tokens):
+        """(the draft Model, its draft length), or (None, draft_tokens) without one. A path loads
+        the draft model on this Model's backend, threads, context and activation format."""
+        check_draft_tokens(draft_tokens)
+        if draft_model is None:
+            return None, draft_tokens
+        if self._engine.recurrent:
+            raise ValueError(f"{self._model.name} has recurrent layers, whose state cannot drop the draft "
+                             f"tokens it rejects: a draft model cannot serve it")
+        if not isinstance(draft_model, Model):
+            draft_model = Model(draft_model, backend=self.backend.split()[0], threads=self.threads, n_ctx=self.n_ctx,
+                                activations=self.activations)
+        check_compatible(self, draft_model)
+        return draft_model, draft_tokens
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: str | None = None, *, revision: str | None = None,
@@ -346,6 +372,10 @@ class Model:
             "chat_template": m.chat_template,
             # seconds of the load spent repacking Q4_0 / Q8_0 weights for the CPU kernels (0: none)
             "repack_s": self._engine.repack_s,
+            # speculative decoding's draft model (draft_model.py): its name and longest draft, or None
+            "draft_model": (None if self.draft_model is None else
+                            {"name": self.draft_model._model.name, "path": self.draft_model.path,
+                             "draft_tokens": self.draft_tokens}),
         }
 
     # -- tokens ------------------------------------------------------------------------------
@@ -703,9 +733,13 @@ class Model:
         return lookup_refusal(params, constrained, self._engine.recurrent)
 
     def _prompt_lookup(self, params: SamplingParams, prompt_ids, constrained: bool):
-        """The draft source of a generation with params.prompt_lookup, or None."""
+        """The draft source of a generation: prompt lookup where params ask for it, else the draft
+        model's where this Model has one (not for the generations the verification cannot serve:
+        logprobs, a response_format, a logit_bias), else None."""
         if not params.prompt_lookup:
-            return None
+            if self.draft_model is None or constrained:
+                return None
+            return ModelDraft(self.draft_model, prompt_ids, self.draft_tokens)
         refusal = self.prompt_lookup_refusal(params, constrained)
         if refusal is not None:
             raise ValueError(refusal)

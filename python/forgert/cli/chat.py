@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import (UserError, add_model_args, add_sampling_args, add_template_args, check_fits_context,
+from .common import (UserError, add_draft_args, add_model_args, add_sampling_args, add_template_args, check_fits_context,
                      load_model, sampling_params, template_kwargs)
 from .profiling import format_stages, profiling_engine
 from .progress import prefill_bar
@@ -23,6 +23,7 @@ def add_parser(subparsers):
                    help="print the engine's per-stage times (embedding, layers, logits) of the "
                         "last token of each answer")
     add_model_args(p)
+    add_draft_args(p)
     add_sampling_args(p, max_tokens=512)
     return p
 

@@ -10,6 +10,7 @@ import warnings
 from ..chat import ChatTemplateError
 from ..cpu_topology import OversubscribedWarning, allowed_cpus, physical_cores
 from ..default_model import DefaultModelMissing, default_model_path
+from ..draft_model import DEFAULT_DRAFT_TOKENS
 from ..errors import KvCacheTooLargeError, ModelFormatError
 from ..hub import HubError
 from ..sampling import SamplingParams
@@ -66,6 +67,18 @@ def add_model_args(p):
                    help="CPU: activations against quantized weights as two int8 parts (int16, the "
                         "default) or one (int8, as llama.cpp: faster batched decode and prefill, "
                         "coarser logits)")
+
+
+def add_draft_args(p):
+    p.add_argument("--draft-model", metavar="MODEL", default=None, dest="draft_model",
+                   help="speculative decoding: a smaller model of the same tokenizer (a .gguf file, an HF "
+                        "directory or hf:ORG/NAME[/FILE.gguf]) drafts tokens that the model verifies in "
+                        "one pass; the text is unchanged (greedy exactly, sampling of the same "
+                        "distribution). Loaded with --backend, --threads, --n-ctx and --activations "
+                        "(default: none)")
+    p.add_argument("--draft-tokens", metavar="N", type=int_at_least(1), default=DEFAULT_DRAFT_TOKENS,
+                   dest="draft_tokens",
+                   help=f"most tokens a draft proposes at once, 1-15 (default: {DEFAULT_DRAFT_TOKENS})")
 
 
 def add_template_args(p):
@@ -137,11 +150,16 @@ def load_model(args):
         print(f"forgert: warning: --threads {args.threads} is more than the {n_cpus} CPUs this process "
               f"may use; the threads will wait for each other and run many times slower (leave "
               f"--threads out for one per physical core: {physical_cores()})", file=sys.stderr)
+    draft = getattr(args, "draft_model", None)
+    if draft and getattr(args, "draft_tokens", 1) > 15:
+        raise UserError(f"--draft-tokens must be 1..15, got {args.draft_tokens}")
     with spinner(f"loading {path}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model = Model(path, backend=args.backend, threads=args.threads, n_ctx=args.n_ctx,
-                          parallel=getattr(args, "kv_slots", 1), activations=getattr(args, "activations", "int16"))
+                          parallel=getattr(args, "kv_slots", 1), activations=getattr(args, "activations", "int16"),
+                          draft_model=resolve_model_path(draft) if draft else None,
+                          draft_tokens=getattr(args, "draft_tokens", DEFAULT_DRAFT_TOKENS))
         except KvCacheTooLargeError as e:
             raise UserError(f"a context of {e.n_ctx} tokens needs more memory for its KV cache than is "
                             f"available ({e}); pass --n-ctx {e.n_ctx_that_fits} or less") from None

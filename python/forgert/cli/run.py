@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import (UserError, add_model_args, add_sampling_args, add_template_args, check_fits_context,
+from .common import (UserError, add_draft_args, add_model_args, add_sampling_args, add_template_args, check_fits_context,
                      load_model, sampling_params, template_kwargs)
 from .profiling import format_stages
 from .progress import prefill_bar
@@ -29,6 +29,7 @@ def add_parser(subparsers):
     p.add_argument("--profile", action="store_true",
                    help="print per-stage times (embedding, layers, logits) to stderr")
     add_model_args(p)
+    add_draft_args(p)
     add_sampling_args(p)
     return p
 
@@ -69,8 +70,9 @@ def run(args) -> int:
     print(f"prefill: {t.prompt_tokens_evaluated} tokens, {t.prefill_tokens_per_s:.1f} tok/s | "
           f"decode: {t.decode_tokens} tokens, {t.decode_tokens_per_s:.1f} tok/s | "
           f"finish: {c.finish_reason}", file=sys.stderr)
-    if params.prompt_lookup:
-        print(f"prompt lookup: {t.accepted_draft_tokens} of {t.draft_tokens} draft tokens kept", file=sys.stderr)
+    if params.prompt_lookup or model.draft_model is not None:
+        source = "prompt lookup" if params.prompt_lookup else "draft model"
+        print(f"{source}: {t.accepted_draft_tokens} of {t.draft_tokens} draft tokens kept", file=sys.stderr)
     if args.profile:
         print("profile: " + format_stages(model.profile), file=sys.stderr)
     return 0

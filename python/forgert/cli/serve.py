@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 
-from .common import UserError, add_model_args, load_model
+from .common import UserError, add_draft_args, add_model_args, load_model
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -25,6 +25,7 @@ def add_parser(subparsers):
                     "Messages API), GET /v1/models and GET /health. Listens on 127.0.0.1 only unless --host says "
                     "otherwise.")
     add_model_args(p)
+    add_draft_args(p)
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on (default 127.0.0.1, this machine only; "
                         "0.0.0.0 listens on every network interface)")
@@ -112,6 +113,9 @@ def run(args) -> int:
         raise UserError(f"--parallel must be >= 1, got {args.parallel}")
     if not 0 <= args.prompt_lookup <= 15:
         raise UserError(f"--prompt-lookup must be 0..15 draft tokens, got {args.prompt_lookup}")
+    if args.draft_model and args.parallel > 1:
+        raise UserError("--draft-model drafts for one sequence at a time, and with --parallel N > 1 every "
+                        "request runs in the batch: use one or the other")
     _check_can_listen(args.host, args.port)
     # The batch takes KV slots 1..N; slot 0 stays the turn-taking path's (with its prompt cache).
     args.kv_slots = args.parallel + 1 if args.parallel > 1 else 1
