@@ -78,7 +78,7 @@ FIXED_BYTES = {
 # (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0.
 K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"]}
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
-FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
+FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18, "F16": 1, "BF16": 32}
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -94,7 +94,8 @@ def tensor_type(name: str, layer: int, n_layers: int, ftype: str, cols: int) -> 
 
 def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
     if ftype != "Q4_K_M":
-        return {"Q4_0": T["Q4_0"], "Q4_1": T["Q4_1"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"]}[ftype]
+        return {"Q4_0": T["Q4_0"], "Q4_1": T["Q4_1"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"], "F16": T["F16"],
+                "BF16": T["BF16"]}[ftype]
     if name == "output.weight":
         return T["Q6_K"]
     # (llama.cpp counts a recurrent layer's attn_qkv as its attn_v)
@@ -105,7 +106,12 @@ def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
 
 
 def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
-    """uint8 [rows, row_nbytes]: quant blocks of random quants and FIXED_BYTES scales."""
+    """uint8 [rows, row_nbytes]: quant blocks of random quants and FIXED_BYTES scales; F16 / BF16:
+    normal weights of standard deviation 0.02 (random bits would hold NaNs)."""
+    if type_id in (T["F16"], T["BF16"]):
+        x = (rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.02))
+        half = x.astype(np.float16) if type_id == T["F16"] else (x.view(np.uint32) >> 16).astype(np.uint16)
+        return half.view(np.uint8).reshape(rows, -1)
     _, per_block, block_bytes = gt.GGML_TYPES[type_id]
     raw = rng.integers(0, 256, size=(rows, cols // per_block, block_bytes), dtype=np.uint8)
     for off, fixed in FIXED_BYTES[type_id]:

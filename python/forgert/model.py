@@ -419,6 +419,8 @@ class Model:
         prompt from position 0)."""
         with self._lock("reset()"):
             self._reset()
+        if self.draft_model is not None:
+            self.draft_model.reset()
 
     def _reset(self):
         self._cache_tokens = []
@@ -515,6 +517,8 @@ class Model:
         clients taking turns each keep their conversation's prefix."""
         with self._lock("set_prompt_cache()"):
             self._prompt_cache = PromptCache(max_bytes) if max_bytes else None
+        if self.draft_model is not None:   # its own, so that its drafts resume each conversation too
+            self.draft_model.set_prompt_cache(max_bytes)
 
     def _switch_to_best_saved(self, ids) -> None:
         """Before ids overwrite the live sequence: save it if ids would drop much of it (another
