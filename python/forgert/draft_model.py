@@ -20,9 +20,11 @@ from __future__ import annotations
 from .errors import ModelFormatError
 from .prompt_lookup import MAX_ROWS
 
-# The draft tokens proposed at most by default (llama.cpp's --draft-max is 16, mlx-lm's 2; the
-# length schedule starts lower and grows only while drafts are confirmed whole).
-DEFAULT_DRAFT_TOKENS = 8
+# The draft tokens proposed at most by default: on the CPU each row of a verification pass costs
+# the target a token's dot products, so 3-4 tokens gave the best predicted speed-up at 80-90%
+# agreement (an 8B target, a 1B draft: bench/results/draft_model_gpuhost.md); the length schedule
+# shrinks it at each miss. (llama.cpp's --draft-max is 16, mlx-lm's default 2.)
+DEFAULT_DRAFT_TOKENS = 4
 # Catch-up rows evaluated as one decode run (the tokens the target confirmed since the last
 # draft); longer gaps (the prompt) go through the draft model's prefill.
 _CATCH_UP_ROWS = MAX_ROWS
