@@ -23,12 +23,12 @@ from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
 from .default_model import default_model_path
 from .detokenizer import StreamingDetokenizer
+from .draft_model import DEFAULT_DRAFT_TOKENS, ModelDraft, check_compatible, check_draft_tokens
 from .embeddings import check_dimensions, check_pooling, embedding_inputs, finish, model_pooling
 from .errors import KvCacheTooLargeError, ModelFormatError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
-from .draft_model import DEFAULT_DRAFT_TOKENS, ModelDraft, check_compatible, check_draft_tokens
 from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
