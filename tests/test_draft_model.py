@@ -173,3 +173,21 @@ def test_server_drafts_and_gives_the_same_text(forgert, tiny_models):
             texts[draft is not None] = (r.choices[0].text, streamed, r.model_extra["timings"]["draft_tokens"])
     assert texts[True][:2] == (texts[False][0], texts[False][0])
     assert texts[False][2] == 0 and texts[True][2] > 0
+
+
+def test_reset_and_the_prompt_cache_reach_the_draft_model(forgert, tiny_models):
+    """Model.reset() empties the draft model's cache too, and set_prompt_cache gives it one of its
+    own, so that conversations taking turns resume in the draft as in the target; the tokens stay
+    greedy's through the switches."""
+    target = _path(tiny_models, "llama3_untied")
+    plain = forgert.Model(target, backend="cpu", n_ctx=256)
+    m = forgert.Model(target, backend="cpu", n_ctx=256, draft_model=_path(tiny_models, "llama3_untied", "gguf-Q4_0"))
+    m.set_prompt_cache(1 << 20)
+    assert m.draft_model._prompt_cache is not None
+    a, b = _prompt(plain.vocab_size, 1), _prompt(plain.vocab_size, 2)
+    for prompt in (a, b, a + [5, 6], b + [7]):       # two conversations taking turns
+        assert (m.generate(prompt, max_tokens=12, temperature=0, ignore_eos=True).tokens ==
+                plain.generate(prompt, max_tokens=12, temperature=0, ignore_eos=True).tokens)
+    assert m.draft_model._cache_tokens
+    m.reset()
+    assert m.draft_model._cache_tokens == [] and m._cache_tokens == []
