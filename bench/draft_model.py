@@ -11,6 +11,12 @@ alternating; medians over the rounds. Names the CPU.
 
     python bench/draft_model.py --costs --target T.gguf --draft D.gguf [--threads N]
 
+A pair that agrees on every token at the costs of two sizes, from random weights: the target's
+layers past N add nothing, the draft is its first N layers (bench/synthetic_gguf.py):
+
+    python bench/synthetic_gguf.py T.gguf --preset llama3-8b --type Q4_K_M --zero-from 4
+    python bench/synthetic_gguf.py D.gguf --preset llama3-8b --type Q4_K_M --layers 4
+
 --costs needs no agreement between the two (random-weight files of real shapes serve,
 bench/synthetic_gguf.py): it times the target's verification pass of 1..16 rows
 (Engine.forward_rows_argmax) and the draft's one-token step, and gives the speed-up they predict
@@ -60,7 +66,8 @@ def decode_runs(a):
     ks = [int(k) for k in a.draft_tokens.split(",")]
     rows = []
     for name, prompt in TASKS.items():
-        ids = plain.prompt_tokens([{"role": "user", "content": prompt}])
+        # the chat template where the model has one (a random-weight file has none: the text as is)
+        ids = plain.prompt_tokens([{"role": "user", "content": prompt}] if plain.chat_template else prompt)
         speeds = {k: [] for k in [0] + ks}
         kept = {}
         for _ in range(a.rounds):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zlib
 import time
 from pathlib import Path
 
@@ -136,15 +137,23 @@ class RandomTensors:
     tensor at a time): matrices of random quant blocks in the type llama.cpp's mix gives each
     (tensor_type), F32 tensors made by a given function."""
 
-    def __init__(self, w: GGUFWriter, n_layers: int, ftype: str, seed: int):
-        self.w, self.n_layers, self.ftype = w, n_layers, ftype
+    def __init__(self, w: GGUFWriter, n_layers: int, ftype: str, seed: int, per_tensor_seed: bool = False):
+        self.w, self.n_layers, self.ftype, self.seed = w, n_layers, ftype, seed
         self.rng = np.random.default_rng(seed)
+        # per_tensor_seed: each tensor's bytes from a generator of (seed, its name), so that two files
+        # of different layer counts hold the same bytes in the tensors they share (a draft pair)
+        self.per_tensor_seed = per_tensor_seed
         self.makers = []   # one per tensor, in add_tensor order: () -> bytes
 
-    def matrix(self, name, rows, cols, layer=-1, stack=0):   # ne (cols, rows[, stack]): numpy [stack, rows, cols]
+    def matrix(self, name, rows, cols, layer=-1, stack=0, zero=False):   # ne (cols, rows[, stack]): numpy [stack, rows, cols]
         t = tensor_type(name, layer, self.n_layers, self.ftype, cols)
         self.w.add_tensor(name, (cols, rows, stack) if stack else (cols, rows), t)
-        self.makers.append(lambda: random_blocks(self.rng, rows * max(stack, 1), cols, t))
+        if zero:   # all-zero blocks: every scale 0, so every weight 0 (the layer adds nothing)
+            n = rows * max(stack, 1) * cols // gt.GGML_TYPES[t][1] * gt.GGML_TYPES[t][2]
+            self.makers.append(lambda: np.zeros(n, dtype=np.uint8))
+            return
+        rng = (lambda: np.random.default_rng([self.seed, zlib.crc32(name.encode())])) if self.per_tensor_seed else (lambda: self.rng)
+        self.makers.append(lambda: random_blocks(rng(), rows * max(stack, 1), cols, t))
 
     def f32(self, name, shape, make):
         self.w.add_tensor(name, shape, T["F32"])
@@ -157,7 +166,14 @@ class RandomTensors:
         self.w.write(out, lambda i: self.makers[i]())
 
 
-def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
+def write(out: Path, preset: str, ftype: str, seed: int = 0, layers: int | None = None,
+          zero_from: int | None = None) -> None:
+    """layers: write only the preset's first `layers` layers (tensor types as in the whole preset);
+    zero_from: layers from this one on get all-zero attn_output and ffn_down, so they add nothing to
+    the residual stream. A file of `zero_from=N` and one of `layers=N` (the same preset, type and
+    seed) give the same logits: a draft pair that agrees on every token at the costs of two sizes."""
+    if (layers is not None or zero_from is not None) and preset not in PRESETS:
+        raise SystemExit("--layers / --zero-from: dense presets only")
     if preset in MOE_PRESETS:
         return write_moe(out, preset, ftype, seed)
     if preset in HYBRID_PRESETS:
@@ -165,11 +181,12 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     if preset in DEEPSEEK2_PRESETS:
         return write_deepseek2(out, preset, ftype, seed)
     L, H, F, NH, NKV, V, CTX = PRESETS[preset]
+    n_write = L if layers is None else layers
     kv = NKV * (H // NH)
     w = GGUFWriter("llama")
     w.add_str("general.name", f"synthetic-{preset}-{ftype}")
     w.add_u32("general.file_type", FILE_TYPES[ftype])
-    for key, value in [("block_count", L), ("context_length", CTX), ("embedding_length", H),
+    for key, value in [("block_count", n_write), ("context_length", CTX), ("embedding_length", H),
                        ("feed_forward_length", F), ("attention.head_count", NH),
                        ("attention.head_count_kv", NKV), ("rope.dimension_count", H // NH),
                        ("vocab_size", V)]:
@@ -178,20 +195,21 @@ def write(out: Path, preset: str, ftype: str, seed: int = 0) -> None:
     w.add_f32("llama.rope.freq_base", 500000.0)
     add_vocab(w, V)
 
-    ts = RandomTensors(w, L, ftype, seed)
+    ts = RandomTensors(w, L, ftype, seed, per_tensor_seed=layers is not None or zero_from is not None)
     matrix = ts.matrix
 
     def norm(name):
         ts.ones(name, H)
 
     matrix("token_embd.weight", V, H)
-    for i in range(L):
+    for i in range(n_write):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight")
         norm(p + "ffn_norm.weight")
         for name, rows, cols in [("attn_q", H, H), ("attn_k", kv, H), ("attn_v", kv, H), ("attn_output", H, H),
                                  ("ffn_gate", F, H), ("ffn_up", F, H), ("ffn_down", H, F)]:
-            matrix(p + name + ".weight", rows, cols, i)
+            zero = zero_from is not None and i >= zero_from and name in ("attn_output", "ffn_down")
+            matrix(p + name + ".weight", rows, cols, i, zero=zero)
     norm("output_norm.weight")
     matrix("output.weight", V, H)
     ts.write(out)
@@ -392,8 +410,11 @@ def main():
     ap.add_argument("out", type=Path)
     ap.add_argument("--preset", default="llama32-1b", choices=[*PRESETS, *MOE_PRESETS, *HYBRID_PRESETS, *DEEPSEEK2_PRESETS])
     ap.add_argument("--type", default="Q4_K_M", choices=FILE_TYPES)
+    ap.add_argument("--layers", type=int, default=None, help="only the first N layers (a draft of --zero-from N)")
+    ap.add_argument("--zero-from", type=int, default=None,
+                    help="layers from N on add nothing (zero attn_output, ffn_down): its draft is --layers N")
     a = ap.parse_args()
-    write(a.out, a.preset, a.type)
+    write(a.out, a.preset, a.type, layers=a.layers, zero_from=a.zero_from)
 
 
 if __name__ == "__main__":
