@@ -18,7 +18,8 @@ NgramDraft's schedule: it grows while drafts are confirmed whole and shrinks at 
 from __future__ import annotations
 
 from .errors import ModelFormatError
-from .prompt_lookup import MAX_ROWS
+from .prompt_cache import common_prefix
+from .prompt_lookup import MAX_ROWS, DraftLength
 
 # The draft tokens proposed at most by default: on the CPU each row of a verification pass costs
 # the target a token's dot products, so 3-4 tokens gave the best predicted speed-up at 80-90%
@@ -62,15 +63,14 @@ def check_compatible(target, draft) -> None:
                                f"{name} with {t.bos_id if t.add_bos else 'none'}")
 
 
-class ModelDraft:
-    """A generation's draft source from a draft Model (NgramDraft's interface): tokens so far
-    pushed as the target confirms them; propose() brings the draft model's cache up to them and
-    decodes up to `length` tokens greedily."""
+class ModelDraft(DraftLength):
+    """A generation's draft source from a draft Model (NgramDraft's interface and length
+    schedule): tokens so far pushed as the target confirms them; propose() brings the draft
+    model's cache up to them and decodes up to `length` tokens greedily."""
 
     def __init__(self, draft, tokens, draft_tokens: int):
+        super().__init__(check_draft_tokens(draft_tokens))
         self.draft = draft
-        self.k = check_draft_tokens(draft_tokens)
-        self.length = min(draft_tokens, 4)
         self.tokens: list[int] = [int(t) for t in tokens]
 
     def push(self, tok: int) -> None:
@@ -98,10 +98,7 @@ class ModelDraft:
         holds; at least the last); returns its argmax after the last."""
         d, ids = self.draft, self.tokens
         held = d._cache_tokens
-        start = 0
-        limit = min(len(held), len(ids) - 1)
-        while start < limit and held[start] == ids[start]:
-            start += 1
+        start = min(common_prefix(held, ids), len(ids) - 1)
         if len(ids) - start > _CATCH_UP_ROWS:
             tok, _ = d._prefill(ids, "argmax")   # the prompt: in prefill chunks, reusing its prefix
             return int(tok)
@@ -109,7 +106,3 @@ class ModelDraft:
         tok = d._eval(ids[start:], start, "argmax")
         d._cache_tokens = list(ids)
         return int(tok)
-
-    def confirmed(self, drafted: int, kept: int) -> None:
-        """A draft of `drafted` tokens had its first `kept` confirmed (NgramDraft's schedule)."""
-        self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)

@@ -30,18 +30,29 @@ MIN_NGRAM = 2
 MAX_ROWS = 16
 
 
-class NgramDraft:
+class DraftLength:
+    """A draft source's length schedule, up to k tokens: it grows by 2 while drafts are confirmed
+    whole and shrinks by 1 at each miss (transformers' "heuristic" schedule), so that text the
+    source predicts badly costs passes of few rows (every row costs compute, most on the CPU).
+    NgramDraft and draft_model.ModelDraft share it."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.length = min(k, 4)   # the draft's length now
+
+    def confirmed(self, drafted: int, kept: int) -> None:
+        """A draft of `drafted` tokens had its first `kept` confirmed."""
+        self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)
+
+
+class NgramDraft(DraftLength):
     """The tokens so far, indexed by the n-grams they contain: for each n-gram, where the token
     after its latest occurrence stands."""
 
     def __init__(self, tokens, draft_tokens: int):
         if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or not 1 <= draft_tokens < MAX_ROWS:
             raise ValueError(f"prompt_lookup must be an integer in 1..{MAX_ROWS - 1} draft tokens, got {draft_tokens!r}")
-        self.k = draft_tokens
-        # The draft's length now: it grows by 2 while drafts are confirmed whole and shrinks by 1
-        # at each miss (transformers' "heuristic" schedule), so that text the lookup predicts
-        # badly costs passes of few rows (every row costs compute, most on the CPU).
-        self.length = min(draft_tokens, 4)
+        super().__init__(draft_tokens)
         self.tokens: list[int] = []
         self._follows: list[dict] = [dict() for _ in range(MAX_NGRAM + 1)]   # [n]: n-gram -> index of its follower
         for t in tokens:
@@ -67,11 +78,6 @@ class NgramDraft:
             if j is not None:
                 return self.tokens[j:j + k]
         return []
-
-
-    def confirmed(self, drafted: int, kept: int) -> None:
-        """A draft of `drafted` tokens had its first `kept` confirmed."""
-        self.length = min(self.k, self.length + 2) if kept == drafted else max(1, self.length - 1)
 
 
 def refusal(params, constrained: bool, recurrent: bool):
