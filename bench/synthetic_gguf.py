@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import zlib
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +149,7 @@ class RandomTensors:
         t = tensor_type(name, layer, self.n_layers, self.ftype, cols)
         self.w.add_tensor(name, (cols, rows, stack) if stack else (cols, rows), t)
         if zero:   # all-zero blocks: every scale 0, so every weight 0 (the layer adds nothing)
-            n = rows * max(stack, 1) * cols // gt.GGML_TYPES[t][1] * gt.GGML_TYPES[t][2]
+            n = rows * max(stack, 1) * gt.row_nbytes(t, cols)
             self.makers.append(lambda: np.zeros(n, dtype=np.uint8))
             return
         rng = (lambda: np.random.default_rng([self.seed, zlib.crc32(name.encode())])) if self.per_tensor_seed else (lambda: self.rng)
