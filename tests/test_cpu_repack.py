@@ -281,28 +281,34 @@ out = [np.asarray(e.forward(ids, 0, all_logits=True)).tolist()]
 for i, tok in enumerate([5, 9, 13]):
     out.append(np.asarray(e.forward(np.array([tok], np.int32), len(ids) + i, all_logits=True)).tolist())
 out.append(np.asarray(e.forward(np.array([2, 3, 4, 5, 6], np.int32), len(ids) + 3, all_logits=True)).tolist())
-print(json.dumps({"mode": _core.cpu_info()["panel_prefetch"], "logits": out}))
+info = _core.cpu_info()
+print(json.dumps({"mode": info["panel_prefetch"], "batch": info["panel_prefetch_batch"], "logits": out}))
 """
 
 
 @needs_repack
 def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
-    """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch (far on Intel, off
-    elsewhere, near on request: cpu_kernels.h). A prefetch moves no data the kernels compute with,
-    so the three give the same logits bit for bit, one token and few; a bad value is refused,
-    naming the variable."""
+    """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch; unset, one token
+    prefetches by vendor (far on Intel, off elsewhere) and a few tokens far (cpu_kernels.h). A
+    prefetch moves no data the kernels compute with, so every mode gives the same logits bit for
+    bit, one token and few; a bad value is refused, naming the variable."""
     path = tiny_models("llama_tied").path("gguf-Q4_0")
     logits = {}
-    for mode in ("far", "near", "off"):
+    for mode in ("far", "near", "off", None):
+        env = subprocess_env(FORGERT_CPU_PANEL_PREFETCH=mode or "")   # "": unset, the defaults
         proc = subprocess.run([sys.executable, "-c", PREFETCH_LOGITS, str(path), json.dumps(IDS)], capture_output=True,
-                              text=True, timeout=300, env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH=mode))
+                              text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout)
-        assert r["mode"] == mode
+        if mode:
+            assert (r["mode"], r["batch"]) == (mode, mode)
+        else:   # the defaults
+            assert r["mode"] in ("far", "off") and r["batch"] == "far", r
         logits[mode] = [np.array(x, np.float32) for x in r["logits"]]
-    for far, near, off in zip(logits["far"], logits["near"], logits["off"]):
+    for far, near, off, default in zip(logits["far"], logits["near"], logits["off"], logits[None]):
         assert np.array_equal(far, near)
         assert np.array_equal(far, off)
+        assert np.array_equal(far, default)
     bad = subprocess.run([sys.executable, "-c", f"import forgert; forgert.Model({str(path)!r}, backend='cpu')"],
                          capture_output=True, text=True, timeout=300,
                          env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH="sideways"))

@@ -908,9 +908,11 @@ PYBIND11_MODULE(_core, m) {
         for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
             if (cpu::repack_from_env() && cpu::packed_type(cpu::select_kernels(), t) != t)
                 d["repacked_types"].cast<py::list>().append(dtype_name(t));
-        // How the panel GEMVs prefetch their weight stream ("far" on Intel, "off" elsewhere;
-        // FORGERT_CPU_PANEL_PREFETCH overrides).
-        d["panel_prefetch"] = cpu::panel_prefetch_name(cpu::panel_prefetch());
+        // How the panel and float GEMVs prefetch their weight stream, for one token ("far" on
+        // Intel, "off" elsewhere) and for a batch's few ("far"); FORGERT_CPU_PANEL_PREFETCH
+        // overrides both.
+        d["panel_prefetch"] = cpu::panel_prefetch_name(cpu::panel_prefetch(1));
+        d["panel_prefetch_batch"] = cpu::panel_prefetch_name(cpu::panel_prefetch(2));  // 2+ tokens
         d["panel_tokens"] = cpu::panel_tokens();
         return d;
     });

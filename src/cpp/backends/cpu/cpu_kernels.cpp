@@ -162,21 +162,26 @@ const KernelSet* pick() {
 
 }  // namespace
 
-PanelPrefetch panel_prefetch() {
-    static const PanelPrefetch chosen = [] {
+PanelPrefetch panel_prefetch(int64_t n_tok) {
+    // The override, or n_tok's default: far for a few tokens' batch, by vendor for one token.
+    static const int overridden = [] {  // a PanelPrefetch, or -1: none
         const char* v = std::getenv("FORGERT_CPU_PANEL_PREFETCH");
         const std::string s = v ? v : "";
         for (PanelPrefetch p : {PanelPrefetch::Off, PanelPrefetch::Near, PanelPrefetch::Far})
-            if (s == panel_prefetch_name(p)) return p;
+            if (s == panel_prefetch_name(p)) return (int)p;
         if (!s.empty())
             throw InputError("FORGERT_CPU_PANEL_PREFETCH must be 'far', 'near' or 'off', got '" + s + "'");
+        return -1;
+    }();
+    static const PanelPrefetch one_token = [] {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
         return __builtin_cpu_is("intel") ? PanelPrefetch::Far : PanelPrefetch::Off;
 #else
         return PanelPrefetch::Off;
 #endif
     }();
-    return chosen;
+    if (overridden >= 0) return (PanelPrefetch)overridden;
+    return n_tok >= 2 ? PanelPrefetch::Far : one_token;
 }
 
 int panel_tokens() {

@@ -206,16 +206,18 @@ const KernelSet* kernels_amx_emulated();
 bool cpu_has_amx_int8();
 void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 
-// How the panel GEMVs (Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 decode, kernels_x86_panels16*.inc) prefetch their
-// weight stream: far, every line 8 KB ahead into L2 (Intel: 1B Q4_0 decode 1.25-1.45x on the
-// lent Xeon, whose fill buffers alone did not cover DRAM latency); near, one line ~1 KB ahead
-// into L1; or off, the hardware's prefetchers alone (AMD: on the Zen 4 VM, with the weights in
-// huge pages, near cost ~20% of a one-thread panel stream, and both near and far 5-25% of
-// SmolLM2 decode). Chosen by CPU vendor once (far on Intel, off elsewhere);
-// FORGERT_CPU_PANEL_PREFETCH=far|near|off overrides, for measuring. docs/design.md "Repacked
-// weights".
+// How the panel GEMVs (Q4_0x16 ... Q6_Kx16 decode, kernels_x86_panels16*.inc) and the float GEMV
+// prefetch their weight stream for n_tok tokens: far, every line 8 KB ahead into L2 (Intel: 1B
+// Q4_0 decode 1.25-1.45x on the lent Xeon, whose fill buffers alone did not cover DRAM latency);
+// near, one line ~1 KB ahead into L1; or off, the hardware's prefetchers alone. One token: by
+// CPU vendor (far on Intel, off elsewhere: on the Zen 4 VM, with the weights in huge pages, near
+// cost ~20% of a one-thread panel stream, and both near and far 5-25% of SmolLM2 decode). Two or
+// more (a batch step, a draft's verification): far everywhere (the Zen 4 VM, 1B shapes, 4 and 8
+// sequences: 1.15-1.5x tokens per CPU second; bench/results/batch_prefetch_vm2core.md).
+// FORGERT_CPU_PANEL_PREFETCH=far|near|off overrides both, for measuring. docs/design.md
+// "Repacked weights".
 enum class PanelPrefetch { Off, Near, Far };
-PanelPrefetch panel_prefetch();
+PanelPrefetch panel_prefetch(int64_t n_tok = 1);
 const char* panel_prefetch_name(PanelPrefetch p);
 
 // Most tokens one pass of the 512-bit small-block panel GEMV (kernels_x86_panels16.inc) takes
