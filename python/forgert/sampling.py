@@ -171,7 +171,8 @@ def native_sampler(params: SamplingParams, history=()):
     seed gives other text than the NumPy sampler (and forgert before 0.x.y) did, reproducibly."""
     from . import _core
 
-    s = _core.Sampler(params.temperature, params.top_k, params.top_p, params.min_p,
+    # any top_k >= the vocabulary keeps every token (as 0 does); the C++ int holds up to 2**31 - 1
+    s = _core.Sampler(params.temperature, min(params.top_k, 2**31 - 1), params.top_p, params.min_p,
                       params.repetition_penalty, params.presence_penalty, params.frequency_penalty,
                       _seed64(params.seed))
     s.reset_history(np.asarray(history, dtype=np.int32))

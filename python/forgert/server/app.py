@@ -255,12 +255,12 @@ def _logit_bias(model, req: SamplingFields) -> Optional[dict]:
     """{token id: bias}; a token id outside the vocabulary is a 400 before the request queues."""
     if not req.logit_bias:
         return None
-    bias = {int(key): value for key, value in req.logit_bias.items()}
-    bad = [key for key in bias if key >= model.vocab_size]
-    if bad:
-        raise APIError(400, f"Invalid value for 'logit_bias': token id {bad[0]} is out of range "
-                       f"(0..{model.vocab_size - 1})", param="logit_bias", code="invalid_value")
-    return bias
+    for key in req.logit_bias:     # ASCII digits (schemas.py); too many for int() are out of range too
+        if len(key.lstrip("0")) > 12 or int(key) >= model.vocab_size:
+            shown = key if len(key) <= 20 else f"{key[:20]}... ({len(key)} digits)"
+            raise APIError(400, f"Invalid value for 'logit_bias': token id {shown} is out of range "
+                           f"(0..{model.vocab_size - 1})", param="logit_bias", code="invalid_value")
+    return {int(key): value for key, value in req.logit_bias.items()}
 
 
 def _choice_seed(seed: Optional[int], j: int) -> Optional[int]:

@@ -83,7 +83,7 @@ class SamplingFields(_Strict):
     @classmethod
     def _bias_in_range(cls, logit_bias):
         for key, bias in (logit_bias or {}).items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):    # "²" and "١" are digits to str.isdigit
                 raise APIError(400, f"Invalid value for 'logit_bias': {key!r} is not a token id",
                                param="logit_bias", code="invalid_value")
             if not -100 <= bias <= 100:

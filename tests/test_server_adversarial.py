@@ -1,0 +1,63 @@
+"""Hostile requests an audit of `forgert serve` found answered with a 500, a silent wrong answer,
+a dropped connection or a body held whole in memory: each now gets an OpenAI-shaped 4xx naming
+the problem, or a normal answer.
+
+- logit_bias keys that str.isdigit() accepts but are not ASCII token ids ("²" made int() fail: a
+  500; "١", an Arabic-Indic one, silently meant token 1), and ids of more digits than int() takes.
+- top_k past the C++ sampler's int (2**31 and up): a TypeError from the binding, a 500; any top_k
+  at least the vocabulary keeps every token, as top_k 0 does.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_models):
+    import forgert
+    return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=64)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model):
+    from fastapi.testclient import TestClient
+    from forgert.server import create_app
+    return TestClient(create_app(tiny_model, "tiny", None), raise_server_exceptions=False)
+
+
+def assert_400(r, param):
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"], r.text
+    return err
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "\u0661", "\uff11", "1\u00b2"])
+def test_logit_bias_key_of_non_ascii_digits_is_not_a_token_id(client, key):
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1, "logit_bias": {key: 5}})
+    err = assert_400(r, "logit_bias")
+    assert "is not a token id" in err["message"]
+
+
+@pytest.mark.parametrize("digits", [30, 5000])
+def test_logit_bias_key_of_many_digits_is_out_of_range(client, digits):
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1, "logit_bias": {"1" * digits: 5}})
+    err = assert_400(r, "logit_bias")
+    assert "out of range" in err["message"] and len(err["message"]) < 300
+
+
+def test_top_k_past_a_32_bit_int_keeps_every_token(client):
+    body = {"prompt": "hi", "max_tokens": 4, "temperature": 1.0, "seed": 7}
+    texts = []
+    for top_k in (0, 2**31 - 1, 2**31, 2**63, 10**30):
+        r = client.post("/v1/completions", json=dict(body, top_k=top_k))
+        assert r.status_code == 200, (top_k, r.text)
+        texts.append(r.json()["choices"][0]["text"])
+    assert len(set(texts)) == 1, texts     # all the same as top_k 0 (off)
+
+
+def test_python_api_top_k_past_a_32_bit_int(tiny_model):
+    off = tiny_model.generate("hi", max_tokens=4, temperature=1.0, seed=3, top_k=0).tokens
+    assert tiny_model.generate("hi", max_tokens=4, temperature=1.0, seed=3, top_k=2**40).tokens == off
