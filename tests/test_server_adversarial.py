@@ -6,12 +6,20 @@ the problem, or a normal answer.
   500; "١", an Arabic-Indic one, silently meant token 1), and ids of more digits than int() takes.
 - top_k past the C++ sampler's int (2**31 and up): a TypeError from the binding, a 500; any top_k
   at least the vocabulary keeps every token, as top_k 0 does.
+- A JSON schema no document satisfies ({"$ref": "#"}): llguidance's matcher fails at its first
+  mask and only end-of-text stayed allowed, so the answer was an empty "stop": now refused when it
+  compiles. A schema that fails while generating (a required property that recurses into the
+  schema itself: llguidance's item limit) was a 500: now a 400 naming response_format.
 """
 from __future__ import annotations
+
+import json
 
 import pytest
 
 pytest.importorskip("fastapi")
+
+RECURSIVE_REQUIRED = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +40,10 @@ def assert_400(r, param):
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"], r.text
     return err
+
+
+def schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
 
 
 @pytest.mark.parametrize("key", ["\u00b2", "\u0661", "\uff11", "1\u00b2"])
@@ -61,3 +73,29 @@ def test_top_k_past_a_32_bit_int_keeps_every_token(client):
 def test_python_api_top_k_past_a_32_bit_int(tiny_model):
     off = tiny_model.generate("hi", max_tokens=4, temperature=1.0, seed=3, top_k=0).tokens
     assert tiny_model.generate("hi", max_tokens=4, temperature=1.0, seed=3, top_k=2**40).tokens == off
+
+
+@pytest.mark.parametrize("schema", [{"$ref": "#"}, {"allOf": [{"$ref": "#"}]}])
+def test_schema_no_document_satisfies_is_refused_when_compiled(client, tiny_model, schema):
+    with pytest.raises(ValueError, match="cannot be enforced"):
+        tiny_model.compile_response_format(schema_format(schema))
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4,
+                                              "response_format": schema_format(schema)})
+    err = assert_400(r, "response_format")
+    assert "cannot be enforced" in err["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_schema_failing_mid_generation_is_a_400_naming_response_format(client, stream):
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 8, "stream": stream,
+                                              "response_format": schema_format(RECURSIVE_REQUIRED)})
+    if not stream:
+        err = assert_400(r, None)
+    else:   # the headers went out before the failure: reported in-band, then [DONE]
+        assert r.status_code == 200
+        events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        err = json.loads(events[-2])["error"]
+        assert err["type"] == "invalid_request_error"
+    assert "response_format" in err["message"] and "\n" not in err["message"], err
+    assert client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200

@@ -88,15 +88,27 @@ class GrammarMatcher:
         """A copy of logits [vocab] with every disallowed token at -inf. allowed: this step's
         mask() when already computed (the batch computes it while the engine runs)."""
         allowed = self.mask() if allowed is None else allowed
-        if not allowed.any():   # llguidance's error state: say why instead of sampling from nothing
-            raise RuntimeError(f"the grammar allows no next token: {self._m.get_error()}")
+        # llguidance's error state (it may leave only end-of-text allowed): say why instead of
+        # sampling from what is left
+        if not allowed.any() or self._m.is_error():
+            raise self._failed("its parser failed" if allowed.any() else "it allows no next token")
         out = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
         out[~allowed] = -np.inf
         return out
 
     def accept(self, token: int) -> None:
         if not self._m.consume_token(int(token)):
-            raise RuntimeError(f"the grammar refused token {token}: {self._m.get_error()}")
+            raise self._failed(f"it refused token {token}")
+
+    def error(self) -> str | None:
+        """llguidance's reason when the matcher failed: its first line (the rest is parser state)."""
+        return self._m.get_error().strip().split("\n", 1)[0] if self._m.is_error() else None
+
+    def _failed(self, what: str) -> ValueError:
+        """The schema could not be followed (e.g. llguidance's item limit on a schema that recurses
+        into itself): the request's fault, a ValueError naming response_format."""
+        return ValueError(f"response_format: the JSON schema cannot be enforced: {what} "
+                          f"({self.error() or 'no reason given'})")
 
     @property
     def done(self) -> bool:
@@ -139,4 +151,12 @@ def compile_schema(schema: dict, model_tokenizer, vocab: int) -> Grammar:
     is_error, messages = ll.LLMatcher.validate_grammar_with_warnings(source, tokenizer)
     if is_error:
         raise ValueError(f"response_format: the JSON schema cannot be enforced: {messages[0]}")
-    return Grammar(source, tokenizer, vocab)
+    grammar = Grammar(source, tokenizer, vocab)
+    # A schema no document satisfies ({"$ref": "#"}) passes validation; its matcher fails at the
+    # first mask (about a millisecond), leaving only end-of-text: refuse it before it generates.
+    first = grammar.matcher()
+    first.mask()
+    if first.error() is not None:
+        raise ValueError(f"response_format: the JSON schema cannot be enforced: no document can "
+                         f"begin ({first.error()})")
+    return grammar
