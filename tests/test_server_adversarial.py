@@ -10,14 +10,20 @@ the problem, or a normal answer.
   mask and only end-of-text stayed allowed, so the answer was an empty "stop": now refused when it
   compiles. A schema that fails while generating (a required property that recurses into the
   schema itself: llguidance's item limit) was a 500: now a 400 naming response_format.
+- An unexpected exception (the generic 500, which stays) closed the keep-alive connection after its
+  response (Starlette re-raises to the server), so the client's next request on it failed.
+- A chunked body (no Content-Length) was read whole before its size was checked.
 """
 from __future__ import annotations
 
+import http.client
 import json
 
 import pytest
 
 pytest.importorskip("fastapi")
+
+from server_harness import LiveServer   # noqa: E402
 
 RECURSIVE_REQUIRED = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
 
@@ -99,3 +105,52 @@ def test_schema_failing_mid_generation_is_a_400_naming_response_format(client, s
         assert err["type"] == "invalid_request_error"
     assert "response_format" in err["message"] and "\n" not in err["message"], err
     assert client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
+
+
+class BrokenTokenizerModel:
+    """The real model, but tokenizing fails with an unexpected exception (the 500 path)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def prompt_tokens(self, prompt, chat_template_kwargs=None, tools=None):
+        raise TypeError("unexpected")
+
+
+def test_a_500_keeps_the_connection_open(tiny_model):
+    with LiveServer(BrokenTokenizerModel(tiny_model), api_key=None) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi", "max_tokens": 1}),
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert r.status == 500 and json.loads(r.read())["error"]["code"] == "internal_error"
+            assert r.getheader("connection") != "close"
+            conn.request("GET", "/health")     # the same connection, as a pooled client reuses it
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        finally:
+            conn.close()
+
+
+def test_a_chunked_body_past_the_limit_is_refused_before_it_ends(tiny_model):
+    """Without Content-Length (chunked transfer) the size is known only while reading: the 413
+    comes once the limit is passed, not after the whole body sat in memory (a client could send
+    gigabytes within the body deadline)."""
+    import socket
+    from forgert.server.app import MAX_BODY_BYTES
+    with LiveServer(tiny_model, api_key=None) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            chunk = b"a" * (1 << 20)
+            for _ in range(MAX_BODY_BYTES // len(chunk) + 1):    # one past the limit; no last chunk
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            reply = b""     # the body never ends: only an early answer arrives
+            while not reply.endswith(b"}}") and (data := s.recv(4096)):
+                reply += data
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert b'"type":"invalid_request_error"' in reply and str(MAX_BODY_BYTES).encode() in reply

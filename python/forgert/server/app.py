@@ -288,12 +288,18 @@ async def _read_json(request: Request):
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:   # refuse before reading it all
         raise APIError(413, f"Request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    # Read as it comes: a chunked body declares no length, and must not sit in memory whole
+    # (gigabytes within the body deadline) before its size is known.
+    parts, size = [], 0
     try:
-        body = await request.body()
+        async for part in request.stream():
+            size += len(part)
+            if size > MAX_BODY_BYTES:
+                raise APIError(413, f"Request body is more than {MAX_BODY_BYTES} bytes, the limit")
+            parts.append(part)
     except ClientDisconnect:    # gone (or cut off by the body read deadline): nobody to answer
         raise APIError(400, "The client disconnected before sending the whole body") from None
-    if len(body) > MAX_BODY_BYTES:
-        raise APIError(413, f"Request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    body = b"".join(parts)
     if not body.strip():
         raise APIError(400, "The request body is empty; send a JSON object")
     # A 16 MB body takes a fraction of a second to decode: not on the loop that streams to others.

@@ -94,10 +94,37 @@ def install_error_handlers(app: FastAPI) -> None:
             return APIError(405, message, code="method_not_allowed").response(request)
         return APIError(exc.status_code, str(exc.detail)).response(request)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log_unexpected(exc, f"{request.method} {request.url.path}")
-        return internal_error().response(request)
+    app.add_middleware(_UnexpectedErrors)
+
+
+class _UnexpectedErrors:
+    """An unexpected exception becomes the generic 500, logged here once. Not an
+    exception_handler(Exception): Starlette raises the exception again after that handler's
+    response, and the server then closes the connection, so a client's next request on it (a
+    pooled keep-alive connection) failed. An exception after the response began (a stream)
+    goes on to the server, which closes the connection: the only way left to say it failed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:    # noqa: BLE001 - the client gets the generic 500
+            if started:
+                raise
+            request = Request(scope)
+            log_unexpected(exc, f"{request.method} {request.url.path}")
+            await internal_error().response(request)(scope, receive, send)
 
 
 def internal_error() -> APIError:
