@@ -154,3 +154,17 @@ def test_a_chunked_body_past_the_limit_is_refused_before_it_ends(tiny_model):
                 reply += data
         assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
         assert b'"type":"invalid_request_error"' in reply and str(MAX_BODY_BYTES).encode() in reply
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/messages", {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/messages/count_tokens", {"model": "x", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/responses", {"model": "x", "input": "hi"}),
+])
+@pytest.mark.parametrize("tools", [5, 1.5, True])
+def test_tools_that_are_not_a_list_are_a_400(client, route, body, tools):
+    """The routes' server-tool checks iterated `tools` before validation: a number was a 500."""
+    r = client.post(route, json=dict(body, tools=tools))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert "tools" in err["message"] and (err.get("param") == "tools" or route.startswith("/v1/messages"))

@@ -125,7 +125,8 @@ class CountTokensRequest(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _function_tools_only(cls, data):
-        for i, tool in enumerate((data.get("tools") or ()) if isinstance(data, dict) else ()):
+        tools = data.get("tools") if isinstance(data, dict) else None
+        for i, tool in enumerate(tools if isinstance(tools, list) else ()):    # else: validation's 400
             kind = tool.get("type") if isinstance(tool, dict) else None
             if kind not in (None, "custom"):
                 raise APIError(400, f"tools.{i}.type: server tools ({kind!r}) are not supported; this server "

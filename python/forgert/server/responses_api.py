@@ -167,7 +167,8 @@ class ResponsesRequest(_Strict):
             if data.get(name) not in (None, False, 0):
                 raise APIError(400, f"'{name}' is not supported: {why}", param=name,
                                code="unsupported_parameter")
-        for i, tool in enumerate(data.get("tools") or ()):
+        tools = data.get("tools")
+        for i, tool in enumerate(tools if isinstance(tools, list) else ()):    # else: validation's 400
             kind = tool.get("type") if isinstance(tool, dict) else None
             if kind != "function":
                 raise APIError(400, f"Invalid value for 'tools.{i}.type': tools of type {kind!r} are not "
