@@ -14,6 +14,9 @@ class _Tokenizer:
     def decode(self, ids):
         return f"<{ids[0]}>"
 
+    def token_bytes(self, token_id):
+        return self.decode([token_id]).encode()
+
 
 def log_softmax(x):
     x = np.asarray(x, np.float64)

@@ -429,9 +429,6 @@ def test_prompt_logprobs_keep_another_conversation_in_the_prompt_cache(reference
         reference_model.set_prompt_cache(0)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, not fixed: TokenLogprob carries each token's decoded "
-                   "text only, so a token holding part of a UTF-8 character gets U+FFFD's bytes "
-                   "[239, 191, 189]; the fix needs the token ids (or raw bytes) kept beside the text")
 def test_chat_logprob_bytes_are_each_tokens_utf8_bytes(client, reference_model, hf_tokenizer):
     """OpenAI's `bytes` exist for tokens that hold part of a character (an emoji is 4 bytes, 2+
     byte-level tokens). Reference: transformers' tokenizer of the same GGUF, each answer token's
@@ -439,9 +436,11 @@ def test_chat_logprob_bytes_are_each_tokens_utf8_bytes(client, reference_model, 
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     messages = [{"role": "user", "content": "😀😃😄 reply only with emoji"}]
     resp = client.chat.completions.create(model="x", messages=messages, max_tokens=6, temperature=0,
-                                          logprobs=True)
+                                          logprobs=True, top_logprobs=3)
     answer = reference_model.chat(messages, max_tokens=6, temperature=0).tokens
     byte_of = {symbol: b for b, symbol in bytes_to_unicode().items()}
     expected = [list(bytes(byte_of[c] for c in token)) for token in hf_tokenizer.convert_ids_to_tokens(answer)]
     assert any(len(b) < 4 and b[0] >= 0xf0 for b in expected)     # the answer splits an emoji
-    assert [e.bytes for e in resp.choices[0].logprobs.content] == expected
+    entries = resp.choices[0].logprobs.content
+    assert [e.bytes for e in entries] == expected
+    assert all(e.top_logprobs[0].bytes == e.bytes for e in entries)     # greedy: the top alternative

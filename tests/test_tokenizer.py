@@ -124,6 +124,30 @@ def test_sentencepiece_byte_fallback(spm_pair):
     assert [ours.token_text(i) for i in ids] == ["▁", "<0xC3>", "<0xBC>"]
 
 
+def test_token_bytes_of_every_byte_level_token(ours, reference):
+    """ModelTokenizer.token_bytes (OpenAI's logprob `bytes`): each token's own bytes, those of a
+    token holding part of a character too (decoded alone, that one is U+FFFD). Reference:
+    transformers' token strings mapped back through GPT-2's byte table, every non-special token."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    byte_of = {symbol: b for b, symbol in bytes_to_unicode().items()}
+    special = set(reference.all_special_ids) | set(reference.added_tokens_decoder)
+    ids = [i for i in range(len(reference)) if i not in special]
+    partial = 0
+    for i, token in zip(ids, reference.convert_ids_to_tokens(ids)):
+        want = bytes(byte_of[c] for c in token)
+        assert ours.token_bytes(i) == want, (i, token)
+        partial += "\ufffd" in ours.decode([i]) and want != "\ufffd".encode()
+    assert partial > 100     # the byte tokens and other part-character tokens were among them
+
+
+def test_token_bytes_of_sentencepiece_byte_fallback(spm_pair):
+    ours, _ = spm_pair
+    ids = ours.encode("ü", add_bos=False)   # "▁", <0xC3>, <0xBC>
+    assert [ours.token_bytes(i) for i in ids[1:]] == [b"\xc3", b"\xbc"]
+    # whole pieces: their text decoded alone (what the logprob's token says), as before
+    assert all(ours.token_bytes(i) == ours.decode([i]).encode() for i in ours.encode("Hello world"))
+
+
 # ------------------------------------------------------------------------------ streaming
 
 def stream_all(tok, ids, context=()):

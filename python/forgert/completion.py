@@ -45,6 +45,10 @@ class TokenLogprob:
     token: str                  # the token's text
     logprob: float              # natural log of its probability under the model's raw logits
     top: list = field(default_factory=list)    # [(token text, logprob)] most likely alternatives
+    # The bytes of the token and of each alternative (ModelTokenizer.token_bytes: a token holding
+    # part of a character has its own, not U+FFFD's); None where not computed (prompt logprobs)
+    token_bytes: bytes | None = field(default=None, compare=False, repr=False)
+    top_bytes: list | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -18,8 +18,10 @@ def token_logprob(logits, tok: int, n_top: int, tokenizer) -> TokenLogprob:
     x = np.asarray(logits, dtype=np.float32).reshape(-1)
     m = float(x.max())
     lse = m + float(np.log(np.exp(x - m).sum(dtype=np.float64)))
-    top = [(tokenizer.decode([int(i)]), float(x[i]) - lse) for i in _largest(x, n_top)] if n_top else []
-    return TokenLogprob(tokenizer.decode([tok]), float(x[tok]) - lse, top)
+    top_ids = [int(i) for i in _largest(x, n_top)] if n_top else []
+    top = [(tokenizer.decode([i]), float(x[i]) - lse) for i in top_ids]
+    return TokenLogprob(tokenizer.decode([tok]), float(x[tok]) - lse, top,
+                        tokenizer.token_bytes(tok), [tokenizer.token_bytes(i) for i in top_ids])
 
 
 def _largest(x: np.ndarray, n: int) -> np.ndarray:

@@ -6,7 +6,9 @@ hard-coded values. Special tokens such as <|im_start|> written in text encode to
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 
 from tokenizers import Tokenizer
 
@@ -14,6 +16,26 @@ from .errors import ModelFormatError
 from .tokenizer_build import BOS_BY_DEFAULT, tokenizer_from_gguf
 
 
+
+
+_REPLACEMENT = "\ufffd"
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@functools.lru_cache(maxsize=None)
+def _byte_level_symbols() -> dict:
+    """Byte-level BPE's alphabet (GPT-2's bytes_to_unicode): symbol -> the byte it stands for.
+    Printable Latin-1 bytes are their own symbol; the others map to U+0100 and up, in order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)}
+    symbols, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[chr(b)] = b
+        else:
+            symbols[chr(256 + shifted)] = b
+            shifted += 1
+    return symbols
 
 
 def _token_content(v):
@@ -167,6 +189,22 @@ class ModelTokenizer:
 
     def token_text(self, token_id: int):
         return self.hf.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token_id stands for on its own (OpenAI's logprob `bytes`): its decoded text's
+        UTF-8, but for a token holding part of a character (decoded alone as U+FFFD) its own bytes:
+        a <0xXX> byte-fallback piece's byte, or a byte-level BPE piece's bytes (GPT-2's table)."""
+        text = self.decode([token_id])
+        if _REPLACEMENT not in text:
+            return text.encode("utf-8")
+        piece = self.hf.id_to_token(int(token_id)) or ""
+        byte = _BYTE_PIECE.fullmatch(piece)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        symbols = _byte_level_symbols()
+        if type(self.hf.decoder).__name__ == "ByteLevel" and piece and all(c in symbols for c in piece):
+            return bytes(symbols[c] for c in piece)
+        return text.encode("utf-8")
 
     @property
     def bos_token(self) -> str:

@@ -111,11 +111,13 @@ def chat_logprobs(logprobs: Optional[list[TokenLogprob]]) -> Optional[dict]:
     if logprobs is None:
         return None
 
-    def entry(token: str, logprob: float) -> dict:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+    def entry(token: str, logprob: float, raw: Optional[bytes]) -> dict:
+        return {"token": token, "logprob": logprob,
+                "bytes": list(token.encode("utf-8") if raw is None else raw)}
 
-    return {"content": [dict(entry(lp.token, lp.logprob),
-                             top_logprobs=[entry(t, p) for t, p in lp.top])
+    return {"content": [dict(entry(lp.token, lp.logprob, lp.token_bytes),
+                             top_logprobs=[entry(t, p, raw) for (t, p), raw
+                                           in zip(lp.top, lp.top_bytes or [None] * len(lp.top))])
                         for lp in logprobs],
             "refusal": None}
 
