@@ -17,6 +17,9 @@ class _Tokenizer:
     def token_bytes(self, token_id):
         return self.decode([token_id]).encode()
 
+    def token_piece(self, token_id):
+        return self.decode([token_id])
+
 
 def log_softmax(x):
     x = np.asarray(x, np.float64)

@@ -148,6 +148,25 @@ def test_token_bytes_of_sentencepiece_byte_fallback(spm_pair):
     assert all(ours.token_bytes(i) == ours.decode([i]).encode() for i in ours.encode("Hello world"))
 
 
+@pytest.mark.parametrize("text", SPM_TEXTS)
+def test_token_pieces_join_into_the_text(spm_pair, ours, text):
+    """ModelTokenizer.token_piece (a logprob's token text) keeps a SentencePiece token's leading
+    space, which decoding it alone strips ("▁cat" alone is "cat"): a completion's pieces join into
+    what the whole decode gives after the prompt. Reference: transformers' decode of prompt +
+    completion, less the prompt's."""
+    spm, ref = spm_pair
+    prompt = spm.encode("the cat")
+    completion = spm.encode(text, add_bos=False)
+    expected = ref.decode(prompt + completion)[len(ref.decode(prompt)):]
+    if "\ufffd" not in "".join(spm.decode([i]) for i in completion):   # whole characters only
+        assert "".join(spm.token_piece(i) for i in completion) == expected
+    cat = spm.hf.token_to_id("\u2581cat")
+    assert (spm.decode([cat]), spm.token_piece(cat)) == ("cat", " cat")
+    # byte-level BPE (SmolLM2) strips nothing: a piece is the token decoded alone
+    ids = ours.encode(" Hello world, " + text, add_bos=False)
+    assert [ours.token_piece(i) for i in ids] == [ours.decode([i]) for i in ids]
+
+
 # ------------------------------------------------------------------------------ streaming
 
 def stream_all(tok, ids, context=()):

@@ -19,8 +19,8 @@ def token_logprob(logits, tok: int, n_top: int, tokenizer) -> TokenLogprob:
     m = float(x.max())
     lse = m + float(np.log(np.exp(x - m).sum(dtype=np.float64)))
     top_ids = [int(i) for i in _largest(x, n_top)] if n_top else []
-    top = [(tokenizer.decode([i]), float(x[i]) - lse) for i in top_ids]
-    return TokenLogprob(tokenizer.decode([tok]), float(x[tok]) - lse, top,
+    top = [(tokenizer.token_piece(i), float(x[i]) - lse) for i in top_ids]
+    return TokenLogprob(tokenizer.token_piece(tok), float(x[tok]) - lse, top,
                         tokenizer.token_bytes(tok), [tokenizer.token_bytes(i) for i in top_ids])
 
 
@@ -44,6 +44,6 @@ def _largest(x: np.ndarray, n: int) -> np.ndarray:
 def scored_logprobs(scores, tokenizer) -> list[TokenLogprob]:
     """[TokenLogprob] of each target of a _core.RowScores the engine filled: the token after each
     evaluated row, with its row's top_k alternatives (ties to the lower id, as _largest)."""
-    return [TokenLogprob(tokenizer.decode([int(tok)]), float(lp),
-                         [(tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, vals)])
+    return [TokenLogprob(tokenizer.token_piece(int(tok)), float(lp),
+                         [(tokenizer.token_piece(int(i)), float(v)) for i, v in zip(ids, vals)])
             for tok, lp, ids, vals in zip(scores.targets, scores.logprob, scores.top_ids, scores.top_logprob)]

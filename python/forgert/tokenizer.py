@@ -190,6 +190,32 @@ class ModelTokenizer:
     def token_text(self, token_id: int):
         return self.hf.id_to_token(token_id)
 
+    def token_piece(self, token_id: int) -> str:
+        """The text token_id adds after other text (a logprob's token: the pieces of a
+        completion join into its text). Decoded alone, a SentencePiece token loses its leading
+        space (the decoder strips the text's first one: "▁world" is "world"), so the token is
+        decoded after an anchor token and the anchor's text taken off; a token holding part of
+        a character is U+FFFD either way."""
+        anchor = self._anchor
+        if anchor is None:
+            return self.decode([token_id])
+        a_id, a_text = anchor
+        text = self.decode([a_id, int(token_id)])
+        return text[len(a_text):] if text.startswith(a_text) else self.decode([token_id])
+
+    @functools.cached_property
+    def _anchor(self):
+        """(id, text) of a token whose text is one plain letter, the same alone and first; None
+        where the vocabulary has none (token_piece then decodes alone)."""
+        for piece in ("a", "\u2581a", "e", "\u2581e", "x"):
+            i = self.hf.token_to_id(piece)
+            if i is None:
+                continue
+            text = self.decode([i])
+            if len(text) == 1 and text.isalpha() and self.decode([i, i]) == text * 2:
+                return i, text
+        return None
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes token_id stands for on its own (OpenAI's logprob `bytes`): its decoded text's
         UTF-8, but for a token holding part of a character (decoded alone as U+FFFD) its own bytes:
