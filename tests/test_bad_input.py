@@ -357,6 +357,21 @@ def test_generation_stops_when_the_context_is_full(model):
     assert c.finish_reason == "length" and len(c.tokens) == 0
 
 
+def test_overflowed_logits_are_an_error_not_a_crash(tiny, tmp_path):
+    """A model whose arithmetic overflows (here a NaN norm weight: every logit NaN) has nothing to
+    sample: generate and stream raise a ValueError naming it (they used to segfault in the C++
+    sampler), and the model serves the next request."""
+    import forgert
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    t["output_norm.weight"] = np.full(tiny.spec.hidden, np.nan, np.float32)
+    m = forgert.Model(gguf_variant(tiny, tmp_path / "m.gguf", tensors=t), n_ctx=16)
+    with pytest.raises(ValueError, match=r"logits\[0\] is NaN: the model's arithmetic overflowed"):
+        m.generate([2, 3, 4], max_tokens=3, seed=1)
+    with pytest.raises(ValueError, match="is NaN"):
+        list(m.stream([2, 3, 4], max_tokens=3, seed=1, logprobs=2))
+    assert len(m.generate([2, 3, 4], max_tokens=2, temperature=0, ignore_eos=True).tokens) == 2
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(temperature=-1), "temperature"), (dict(top_p=2), "top_p"), (dict(max_tokens=-3), "max_tokens"),
 ])

@@ -6,7 +6,7 @@ same way (searchsorted on their cumulative sum)."""
 import numpy as np
 import pytest
 
-from forgert.sampling import SamplingParams, apply_penalties, filter_logits, native_sampler
+from forgert.sampling import Sampler, SamplingParams, apply_penalties, filter_logits, native_sampler
 
 # Largest |p_cpp - p_numpy| measured over the random cases below: 1.6e-15 (at p = 0.55; both
 # compute in float64 from the same float32 logits, only the summation order differs).
@@ -103,7 +103,11 @@ def test_filtered_probabilities_and_draws_match_numpy(ties):
         with np.errstate(over="ignore"):
             pen = apply_penalties(logits, history, params)
         if not np.isfinite(pen).any() or np.isposinf(pen).any():
-            continue   # no finite logit, or 3e38 / 0.7 = +inf: no distribution (both give nan)
+            # no finite logit, or 3e38 / 0.7 = +inf: no distribution, refused by both
+            for sample in (native_sampler(params, history).sample, lambda x: Sampler(params).sample(x, history)):
+                with pytest.raises(ValueError, match="is inf|every logit is -inf"):
+                    sample(logits)
+            continue
         check_case(logits, params, history, rng)
 
 
@@ -124,6 +128,34 @@ def test_top_k_1_and_tiny_top_p_keep_the_argmax():
         ids, probs = s.filter(logits)
         assert list(ids) == [best] and list(probs) == [1.0]
         assert {s.sample(logits, u) for u in (0.0, 0.5, 0.999)} == {best}
+
+
+@pytest.mark.parametrize("bad,match", [(np.nan, r"logits\[2\] is NaN"), (np.inf, r"logits\[2\] is inf"),
+                                       (-np.inf, "every logit is -inf")])
+def test_rows_without_a_distribution_are_refused_by_both_samplers(bad, match):
+    """An overflowed model's row (a NaN or +inf logit) and a row of -inf have no distribution:
+    both samplers refuse them by name at every setting (the C++ one used to read past an empty
+    candidate list: a segfault)."""
+    logits = np.full(4, -np.inf, np.float32) if bad == -np.inf else np.array([1.0, 2.0, bad, 0.5], np.float32)
+    for params in (P(), P(temperature=0.0), P(top_k=0, top_p=1.0, min_p=0.0), P(top_k=0, top_p=0.5, min_p=0.0)):
+        with pytest.raises(ValueError, match=match):
+            native_sampler(params).sample(logits)
+        with pytest.raises(ValueError, match=match):
+            native_sampler(params).filter(logits)
+        with pytest.raises(ValueError, match=match):
+            Sampler(params).sample(logits)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324])
+def test_tiny_temperature_is_the_argmax(temperature):
+    """3.0 / 5e-324 is inf in float64: logits are tempered relative to the best one, so a tiny
+    temperature leaves it alone at probability 1 (the C++ sampler used to compute inf - inf)."""
+    logits = np.array([1.0, 3.0, -np.inf, 2.0, 2.5], np.float32)
+    for params in (P(temperature=temperature), P(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0)):
+        ids, probs = native_sampler(params).filter(logits)
+        assert {i: p for i, p in zip(ids, probs) if p > 0} == {1: 1.0}
+        assert {native_sampler(params).sample(logits, u) for u in (0.0, 0.5, 0.999)} == {1}
+        assert Sampler(params).sample(logits) == 1
 
 
 def test_min_p_1_keeps_only_the_most_likely_ties_included():

@@ -113,15 +113,30 @@ def apply_penalties(logits: np.ndarray, history, params: SamplingParams) -> np.n
     return logits
 
 
+def check_logits(logits: np.ndarray):
+    """A NaN or +inf logit (the model's arithmetic overflowed) has no place in the order the
+    filters sort by, and a row of -inf leaves nothing to draw: refused as the C++ sampler does."""
+    bad = ~(logits <= np.finfo(np.float32).max)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"logits[{i}] is {'NaN' if np.isnan(logits[i]) else 'inf'}: the model's arithmetic "
+                         "overflowed, there is no distribution to sample")
+    if not (logits > -np.inf).any():
+        raise ValueError("every logit is -inf: no token can be sampled")
+
+
 def candidates(logits: np.ndarray, params: SamplingParams):
-    """(ids, tempered logits) of the tokens top-k / top-p / min-p keep.
+    """(ids, tempered logits less the best one's) of the tokens top-k / top-p / min-p keep.
 
     All three keep a prefix of the tokens sorted by probability, so the result is the shortest
     of the three prefixes. Top-p mass is measured on the top-k survivors (renormalized, as HF
     does); min-p compares with the most likely token, which every filter keeps. Only the few
     survivors of the O(vocab) top-k / min-p cuts get sorted.
     """
-    x = np.asarray(logits, dtype=np.float64).reshape(-1) / params.temperature
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    check_logits(x)
+    with np.errstate(over="ignore"):        # the best at 0: a tiny temperature takes the rest to -inf,
+        x = (x - x.max()) / params.temperature  # never to inf - inf
     ids = np.arange(len(x))
     if 0 < params.top_k < len(x):
         ids = np.argpartition(-x, params.top_k - 1)[:params.top_k]
@@ -153,7 +168,8 @@ def _top_mass(xs, e, target, first=256):
 
 
 def filter_logits(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """Tempered logits with every token outside top-k / top-p / min-p at -inf. float64 [vocab]."""
+    """Tempered logits (less the best one's) with every token outside top-k / top-p / min-p at -inf.
+    float64 [vocab]."""
     ids, xs = candidates(logits, params)
     out = np.full(np.asarray(logits).size, -np.inf)
     out[ids] = xs
@@ -191,6 +207,7 @@ class Sampler:
         """logits: float32 [vocab] for the next position; history: prompt + generated ids."""
         logits = np.asarray(logits).reshape(-1)
         logits = apply_penalties(logits, history, self.params)
+        check_logits(logits)
         if self.params.greedy:
             return int(np.argmax(logits))
         ids, xs = candidates(logits, self.params)

@@ -1,6 +1,7 @@
 #include "sampling/sampler.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -40,6 +41,23 @@ void top_k_ids(const float* logits, int vocab, int k, std::vector<int32_t>* out)
     for (int i = 0; i < vocab; ++i) all[i] = {logits[i], i};
     std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), better);
     for (int i = 0; i < k; ++i) out->push_back(all[i].id);
+}
+
+// A NaN or +inf logit (the model's arithmetic overflowed) has no place in the order the filters
+// sort by, and a row of -inf leaves nothing to draw: both are refused before any filter runs.
+void check_logits(const float* logits, int vocab) {
+    bool bad = false, any = false;
+    for (int i = 0; i < vocab; ++i) {
+        bad |= !(logits[i] <= FLT_MAX);  // NaN or +inf
+        any |= logits[i] > -INFINITY;
+    }
+    if (bad) {
+        int i = 0;
+        while (logits[i] <= FLT_MAX) ++i;
+        throw std::invalid_argument("logits[" + std::to_string(i) + "] is " + (std::isnan(logits[i]) ? "NaN" : "inf") +
+                                    ": the model's arithmetic overflowed, there is no distribution to sample");
+    }
+    if (!any) throw std::invalid_argument("every logit is -inf: no token can be sampled");
 }
 
 }  // namespace
@@ -97,17 +115,17 @@ void Sampler::candidates(const float* logits, int vocab) {
     const size_t n = ids_.size();
     x_.resize(n);
     e_.resize(n);
-    double xmax = -INFINITY;
-    for (size_t i = 0; i < n; ++i) {
-        x_[i] = (double)logits[ids_[i]] / t;
-        xmax = std::max(xmax, x_[i]);
-    }
+    // Tempered relative to the best logit, so that a tiny temperature takes the others to -inf
+    // and the best to 0 (e == 1 below) rather than to inf - inf. check_logits made the best finite.
+    double lmax = -INFINITY;
+    for (size_t i = 0; i < n; ++i) lmax = std::max(lmax, (double)logits[ids_[i]]);
+    for (size_t i = 0; i < n; ++i) x_[i] = ((double)logits[ids_[i]] - lmax) / t;
     // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
     // survivors (as HF renormalizes), measured before min-p cuts.
     double mass = 0;
     const bool need_e = p_.min_p > 0 || p_.top_p < 1;
     if (need_e) {
-        for (size_t i = 0; i < n; ++i) mass += (e_[i] = std::exp(x_[i] - xmax));
+        for (size_t i = 0; i < n; ++i) mass += (e_[i] = std::exp(x_[i]));
     }
     size_t kept = n;
     if (p_.min_p > 0) {
@@ -175,6 +193,7 @@ void Sampler::candidates(const float* logits, int vocab) {
 void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs) {
     if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
     apply_penalties(logits, vocab);
+    check_logits(logits, vocab);
     if (p_.temperature == 0) {
         *ids = {(int32_t)(std::max_element(logits, logits + vocab) - logits)};
         *probs = {1.0};
@@ -193,6 +212,7 @@ int Sampler::sample(float* logits, int vocab, double u) {
     if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
     if (u >= 1.0) throw std::invalid_argument("the uniform draw must be in [0, 1)");
     apply_penalties(logits, vocab);
+    check_logits(logits, vocab);
     if (p_.temperature == 0) return (int)(std::max_element(logits, logits + vocab) - logits);
     candidates(logits, vocab);
     if (u < 0) u = (double)(rng_() >> 11) * 0x1.0p-53;  // 53 random bits in [0, 1)
