@@ -340,6 +340,31 @@ def test_bad_ids_for_logits_and_detokenize(model):
         model.detokenize([1000])
 
 
+def test_ids_only_arguments_do_not_offer_a_str(model):
+    """logits() and detokenize() take token ids only: their TypeError does not say a str would do."""
+    with pytest.raises(TypeError, match="^ids must be a list of token ids, got str$"):
+        model.logits("hello")
+    with pytest.raises(TypeError, match="^ids must be a list of token ids, got str$"):
+        model.detokenize("hello")
+    with pytest.raises(TypeError, match="^prompt must be a str or a list of token ids, got NoneType$"):
+        model.generate(None)
+
+
+def test_lone_surrogate_in_text(model):
+    """A str with a lone surrogate (say from bytes decoded with errors="surrogateescape") is a
+    ValueError naming it, not tokenizers' "TextInputSequence must be str" about a str."""
+    for call in (model.tokenize, lambda text: model.generate(text, max_tokens=1)):
+        with pytest.raises(ValueError, match=r"lone surrogate '\\udcff' at index 2"):
+            call("ab\udcff c")
+
+
+def test_top_k_beyond_any_vocabulary_keeps_every_token(model):
+    """top_k larger than a C int (the core's type) is top_k 0, as any top_k >= the vocabulary is,
+    not pybind's "incompatible constructor arguments"."""
+    kw = dict(max_tokens=4, temperature=1.5, top_p=1.0, min_p=0.0, seed=3, ignore_eos=True)
+    assert model.generate([2, 3], top_k=10**12, **kw).tokens == model.generate([2, 3], top_k=0, **kw).tokens
+
+
 def test_prompt_longer_than_context(model):
     with pytest.raises(ValueError, match="prompt has 17 tokens but the context holds 16"):
         model.generate(list(range(2, 19)), max_tokens=1)

@@ -384,15 +384,16 @@ class Model:
         return self.tokenizer.encode(text, add_bos=add_bos)
 
     def detokenize(self, ids) -> str:
-        return self.tokenizer.decode(self._check_ids(ids, "ids", allow_empty=True))
+        return self.tokenizer.decode(self._check_ids(ids, "ids", allow_empty=True, or_str=False))
 
-    def _check_ids(self, ids, what="prompt", allow_empty=False) -> list:
+    def _check_ids(self, ids, what="prompt", allow_empty=False, or_str=True) -> list:
         if isinstance(ids, np.ndarray):
             if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
                 raise ValueError(f"{what} must be a 1-D array of integer token ids")
             ids = ids.tolist()
         if not isinstance(ids, (list, tuple)):
-            raise TypeError(f"{what} must be a str or a list of token ids, got {type(ids).__name__}")
+            raise TypeError(f"{what} must be {'a str or ' if or_str else ''}a list of token ids, "
+                            f"got {type(ids).__name__}")
         out = []
         for i, t in enumerate(ids):
             if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
@@ -579,7 +580,7 @@ class Model:
 
     def logits(self, ids) -> np.ndarray:
         """float32 [len(ids), vocab]: logits at every position, evaluated from an empty context."""
-        ids = self._check_ids(ids, "ids")
+        ids = self._check_ids(ids, "ids", or_str=False)
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens do not fit the context of {self.n_ctx}")
         with self._lock("logits()"):

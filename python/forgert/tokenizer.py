@@ -81,6 +81,16 @@ def _ids(v) -> list:
     return []
 
 
+def _check_utf8(text: str):
+    """A str holding a lone surrogate (as from a bad decode with errors="surrogateescape") is no
+    text UTF-8 can encode: a ValueError naming it and where."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text holds the lone surrogate {text[e.start]!r} at index {e.start}, "
+                         f"which is not a character (UTF-8 cannot encode it)") from None
+
+
 class ModelTokenizer:
     def __init__(self, tokenizer: Tokenizer, *, bos_id, eos_id, eot_id=None, extra_stop_ids=(),
                  add_bos: bool, source: str = "", end_id=None):
@@ -173,7 +183,11 @@ class ModelTokenizer:
     def encode(self, text: str, add_bos: bool | None = None) -> list:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self.hf.encode(text, add_special_tokens=False).ids
+        except TypeError:   # tokenizers' "TextInputSequence must be str" for a lone surrogate
+            _check_utf8(text)
+            raise
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids
