@@ -110,8 +110,9 @@ def test_k_quant_rows_must_be_whole_super_blocks(tiny, tmp_path):
         load_model(p)
 
 
-def _meta_variant(tm, path, edit):
-    """Rewrite the tiny F32 GGUF with its metadata dict changed in place by edit(meta)."""
+def _meta_variant(tm, path, edit, types=None):
+    """Rewrite the tiny F32 GGUF with its metadata dict changed in place by edit(meta); types:
+    {key: GGUFValueType, or (ARRAY, item type)} for values whose type changes."""
     gguf = pytest.importorskip("gguf")
     from forgert.gguf import GGUFFile
     src = GGUFFile(tm.path("gguf-F32"))
@@ -121,7 +122,8 @@ def _meta_variant(tm, path, edit):
     for k, v in meta.items():
         if k in ("general.architecture", "general.alignment"):
             continue
-        vt = src.metadata_types.get(k, gguf.GGUFValueType.STRING if isinstance(v, str) else gguf.GGUFValueType.UINT32)
+        vt = {**src.metadata_types, **(types or {})}.get(
+            k, gguf.GGUFValueType.STRING if isinstance(v, str) else gguf.GGUFValueType.UINT32)
         if isinstance(vt, tuple):
             w.add_key_value(k, list(v), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType(vt[1]))
         else:
@@ -169,6 +171,25 @@ def test_unknown_pre_tokenizer(tiny, tmp_path):
         m["tokenizer.ggml.pre"] = "made-up"
     p = _meta_variant(tiny, tmp_path / "m.gguf", edit)
     with pytest.raises(ModelFormatError, match="pre-tokenizer 'made-up'"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("key,value,vtype,match", [
+    ("tokenizer.ggml.add_bos_token", "yes", "STRING", r"add_bos_token = 'yes' is not a bool"),
+    ("tokenizer.ggml.add_bos_token", [1, 0], "UINT8", r"add_bos_token = array\(\[1, 0\].* is not a bool"),
+    ("tokenizer.ggml.add_eos_token", 1, "UINT32", r"add_eos_token = 1 is not a bool"),
+    ("tokenizer.ggml.token_type", [1, 1, 3], "INT32", r"token_type has 3 entries for 320 tokens"),
+    ("tokenizer.ggml.token_type", "normal", "STRING", r"token_type has a str for 320 tokens"),
+])
+def test_tokenizer_metadata_of_the_wrong_type(tiny, tmp_path, key, value, vtype, match):
+    """Tokenizer flags that are not bools and a token_type table not one per token are refused
+    by name (an array flag raised NumPy's "truth value ... is ambiguous"; a short token_type table
+    silently dropped the control tokens past its end)."""
+    gguf = pytest.importorskip("gguf")
+    t = gguf.GGUFValueType
+    vt = (t.ARRAY, t[vtype]) if isinstance(value, list) else t[vtype]
+    p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.update({key: value}), types={key: vt})
+    with pytest.raises(ModelFormatError, match=match):
         load_model(p)
 
 

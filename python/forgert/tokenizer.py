@@ -128,6 +128,12 @@ class ModelTokenizer:
                 raise ModelFormatError(f"{source}: {key} = {v!r} is not a token id below {n}")
             return v
 
+        def flag(key, default):
+            v = meta.get(key, default)
+            if not isinstance(v, bool):
+                raise ModelFormatError(f"{source}: {key} = {v!r} is not a bool")
+            return v
+
         kind = meta.get("tokenizer.ggml.model")
         return cls(tok, bos_id=special("tokenizer.ggml.bos_token_id"),
                    eos_id=special("tokenizer.ggml.eos_token_id"),
@@ -136,10 +142,10 @@ class ModelTokenizer:
                    extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
                    # llama.cpp adds BOS to SentencePiece, Llama 3 and Tekken vocabularies unless the file
                    # says otherwise
-                   add_bos=meta.get("tokenizer.ggml.add_bos_token",
-                                    kind == "llama" or meta.get("tokenizer.ggml.pre") in BOS_BY_DEFAULT),
+                   add_bos=flag("tokenizer.ggml.add_bos_token",
+                                kind == "llama" or meta.get("tokenizer.ggml.pre") in BOS_BY_DEFAULT),
                    source=source,
-                   end_id=special("tokenizer.ggml.eos_token_id") if meta.get("tokenizer.ggml.add_eos_token") else None)
+                   end_id=special("tokenizer.ggml.eos_token_id") if flag("tokenizer.ggml.add_eos_token", False) else None)
 
     @classmethod
     def from_hf_dir(cls, model_dir) -> "ModelTokenizer":

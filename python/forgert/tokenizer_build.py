@@ -7,6 +7,7 @@ Two vocabulary kinds:
 """
 from __future__ import annotations
 
+import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from .errors import ModelFormatError
@@ -156,6 +157,9 @@ def tokenizer_from_gguf(meta: dict, source: str) -> Tokenizer:
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type")
     if types is not None:
+        if np.ndim(types) != 1 or len(types) != len(tokens):
+            got = f"{len(types)} entries" if np.ndim(types) == 1 else f"a {type(types).__name__}"
+            raise ModelFormatError(f"{source}: tokenizer.ggml.token_type has {got} for {len(tokens)} tokens")
         # Control tokens (<|im_start|>) and user-defined ones must match whole wherever they occur.
         control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == CONTROL]
         user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED]
