@@ -325,6 +325,57 @@ def test_config_beyond_the_cores_bounds(field, value, limit):
         _check_bounds(cfg, "big.gguf")
 
 
+@pytest.mark.parametrize("filename", ["config.json", "tokenizer_config.json", "generation_config.json"])
+def test_hf_json_that_is_not_an_object(tiny, tmp_path, filename):
+    d = hf_copy(tiny, tmp_path)
+    (d / filename).write_text("[1, 2]")
+    with pytest.raises(ModelFormatError, match=rf"hf/{re.escape(filename)}: not a JSON object \(it holds a list\)"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model_type", ["llama"], r"model_type must be a string, got \['llama'\]"),
+    ("rope_scaling", 2.0, "rope_scaling must be a JSON object, got 2.0"),
+    ("rope_parameters", "default", "rope_parameters must be a JSON object, got 'default'"),
+    ("rope_parameters", {"rope_type": "default", "rope_theta": float("nan")}, "rope_theta must be a positive number, got nan"),
+    ("rope_parameters", {"rope_type": "default", "rope_theta": True}, "rope_theta must be a positive number, got True"),
+])
+def test_hf_config_values_of_the_wrong_type(tiny, tmp_path, key, value, match):
+    """Values of the wrong JSON type are refused by name (they raised AttributeError / TypeError,
+    or a NaN rope_theta loaded)."""
+    d = hf_copy(tiny, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match=match):
+        load_model(d)
+
+
+def test_hf_overlapping_tensors(tiny, tmp_path):
+    """A header whose data_offsets make one tensor read another's bytes is refused (it loaded,
+    computing with the embedding's bytes as the norm's weights)."""
+    d = hf_copy(tiny, tmp_path)
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    n = struct.unpack_from("<Q", data)[0]
+    header = json.loads(data[8:8 + n])
+    header["model.norm.weight"]["data_offsets"] = [0, 4 * tiny.spec.hidden]
+    hb = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
+    with pytest.raises(ModelFormatError, match=r"model\.safetensors: tensors '.*' and '.*' overlap"):
+        load_model(d)
+
+
+def test_hf_bos_id_beyond_the_vocabulary(tiny, tmp_path):
+    """A bos_token_id the tokenizer does not have is refused at load, not met as an engine error
+    on the first text prompt."""
+    d = hf_copy(tiny, tmp_path)
+    (d / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+    (d / "generation_config.json").write_text(json.dumps({"bos_token_id": 99999}))
+    with pytest.raises(ModelFormatError, match="bos_token_id 99999 is not a token id below 320"):
+        load_model(d)
+
+
 def test_hf_missing_tensor(qwen, tmp_path):
     from safetensors.numpy import load_file, save_file
     d = hf_copy(qwen, tmp_path)

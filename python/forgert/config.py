@@ -1331,10 +1331,13 @@ def _hf_yarn(scaling_in: dict, hf: dict, source) -> dict:
 
 def _hf_rope(hf: dict, source):
     """(theta, scaling) from either transformers 4 (rope_theta + rope_scaling) or 5 (rope_parameters)."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            _fail(source, f"{key} must be a JSON object, got {hf[key]!r}")
     params = hf.get("rope_parameters") or {}
     scaling_in = hf.get("rope_scaling") or params
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    if not isinstance(theta, (int, float)) or theta <= 0:
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
         _fail(source, f"rope_theta must be a positive number, got {theta!r}")
     kind = scaling_in.get("rope_type", scaling_in.get("type", "default")) if scaling_in else "default"
     if kind == "mrope":

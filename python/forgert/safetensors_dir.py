@@ -255,6 +255,11 @@ class SafetensorsFile:
                 self._fail(f"truncated: tensor '{name}' needs bytes {base + begin}..{base + end} "
                            f"but the file has {self.file_size}")
             tensors[name] = (type_id, tuple(shape), base + begin, end - begin)
+        # Tensors' bytes must not overlap (safetensors' own rule): one would read another's weights.
+        spans = sorted((offset, offset + nbytes, name) for name, (_, _, offset, nbytes) in tensors.items())
+        for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+            if begin < end:
+                self._fail(f"tensors '{a}' and '{b}' overlap: their data_offsets share bytes")
         return tensors
 
     def view(self, name) -> np.ndarray:
@@ -304,7 +309,10 @@ class HFModelDir:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.name = os.path.basename(os.path.normpath(self.path))
-        self.config = _load_json(os.path.join(self.path, "config.json"), "config.json")
+        self.config = self._object(_load_json(os.path.join(self.path, "config.json"), "config.json"), "config.json")
+        if not isinstance(self.config.get("model_type"), (str, type(None))):
+            raise ModelFormatError(f"{self.name}/config.json: model_type must be a string, "
+                                   f"got {self.config['model_type']!r}")
         _check_quantization(self.config, self.name)
         vision_language = isinstance(self.config, dict) and self.config.get("model_type") in LANGUAGE_MODEL_TYPES
         if vision_language:   # its language model, on text (vision_language.py)
@@ -419,4 +427,9 @@ class HFModelDir:
     def read_json(self, filename):
         """An optional JSON file of the directory, or None."""
         p = os.path.join(self.path, filename)
-        return _load_json(p, filename) if os.path.exists(p) else None
+        return self._object(_load_json(p, filename), filename) if os.path.exists(p) else None
+
+    def _object(self, value, filename) -> dict:
+        if not isinstance(value, dict):
+            raise ModelFormatError(f"{self.name}/{filename}: not a JSON object (it holds a {type(value).__name__})")
+        return value

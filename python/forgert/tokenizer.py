@@ -167,6 +167,9 @@ class ModelTokenizer:
         bos_id = token_id(_token_content(tcfg.get("bos_token")))
         if bos_id is None:
             bos_id = (_ids(gen.get("bos_token_id")) + _ids(cfg.get("bos_token_id")) + [None])[0]
+        if bos_id is not None and not 0 <= bos_id < tok.get_vocab_size(with_added_tokens=True):
+            raise ModelFormatError(f"{model_dir.name}: bos_token_id {bos_id} is not a token id below "
+                                   f"{tok.get_vocab_size(with_added_tokens=True)}")
         eos_ids = _ids(gen.get("eos_token_id")) + _ids(cfg.get("eos_token_id"))
         eos_tok = token_id(_token_content(tcfg.get("eos_token")))
         eos_id = eos_tok if eos_tok is not None else (eos_ids + [None])[0]
