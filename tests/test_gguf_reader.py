@@ -265,6 +265,16 @@ def test_duplicate_tensor(tmp_path):
     expect_error(tmp_path, blob, "tensor 't' appears twice")
 
 
+def test_overlapping_tensors(tmp_path):
+    """A tensor whose offset points into another's bytes is refused (it loaded, reading the other
+    tensor's weights as its own)."""
+    blob, _ = build([], [("a", (4, 3), 0, F32_PAYLOAD), ("b", (4, 3), 0, F32_PAYLOAD)])
+    at = blob.index(gstr("b")) + len(gstr("b")) + 4 + 16 + 4     # b's n_dims, ne, type, then offset
+    assert struct.unpack_from("<Q", blob, at) == (64,)
+    patched = blob[:at] + struct.pack("<Q", 32) + blob[at + 8:]
+    expect_error(tmp_path, patched, "tensors 'a' and 'b' overlap")
+
+
 def test_truncated_real_model(tmp_path, smollm2_gguf):
     data = smollm2_gguf.read_bytes()
     for cut in (100, 1_000_000, len(data) // 2, len(data) - 1):
