@@ -214,6 +214,19 @@ def test_quantize_refuses_to_overwrite(tiny_models, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
 
 
+def test_quantize_bad_output_path(tiny_models, tmp_path, capsys):
+    """A directory or a path in a missing directory is refused before any quantizing (a directory
+    was quantized into, then refused by os.replace with '[Errno 21] Is a directory'; --force did
+    not help although the message said it would)."""
+    src = str(tiny_models("llama_tied").path("gguf-F32"))
+    for force in ([], ["--force"]):
+        assert main(["quantize", src, str(tmp_path), "--type", "q8_0", *force]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path} is a directory; name the .gguf file to write" in err and "quantizing" not in err
+    assert main(["quantize", src, str(tmp_path / "nope" / "o.gguf"), "--type", "q8_0"]) == 2
+    assert "o.gguf: its directory does not exist" in capsys.readouterr().err
+
+
 def test_quantize_bad_input(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "nope.gguf"), str(tmp_path / "o.gguf"), "--type", "q8_0"]) == 2
     assert "input not found" in capsys.readouterr().err

@@ -52,6 +52,10 @@ def run(args) -> int:
     source = resolve_model_path(args.input)
     if not os.path.exists(source):
         raise UserError(f"input not found: {args.input}")
+    if os.path.isdir(args.output):
+        raise UserError(f"{args.output} is a directory; name the .gguf file to write")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UserError(f"cannot write {args.output}: its directory does not exist")
     if os.path.exists(args.output) and not args.force:
         raise UserError(f"{args.output} exists; pass --force to overwrite it")
     tmp = args.output + ".partial"
