@@ -477,6 +477,13 @@ def test_bad_sampling_arguments(model, kwargs, match):
         model.generate([2, 3], **kwargs)
 
 
+def test_params_that_are_not_sampling_params(model):
+    """A dict where SamplingParams goes is a TypeError saying what goes there (not AttributeError
+    "'dict' object has no attribute 'max_tokens'")."""
+    with pytest.raises(TypeError, match=r"params must be a SamplingParams \(or pass its fields as keywords\), got dict"):
+        model.generate([2, 3], {"max_tokens": 2})
+
+
 def test_unknown_keyword(model):
     with pytest.raises(TypeError, match="temprature"):
         model.generate([2, 3], temprature=0.5)

@@ -89,6 +89,9 @@ class SamplingParams:
     @classmethod
     def from_kwargs(cls, params=None, **kwargs) -> "SamplingParams":
         """Merge keyword overrides into `params` (or the defaults); unknown names are a TypeError."""
+        if params is not None and not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams (or pass its fields as keywords), "
+                            f"got {type(params).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
