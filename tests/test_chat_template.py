@@ -77,6 +77,18 @@ def test_sandbox_blocks_attribute_escapes():
         t.render([{"role": "user", "content": "x"}])
 
 
+@pytest.mark.parametrize("source,match", [
+    ("{% for i in range(10**9) %}x{% endfor %}", "OverflowError: Range too big"),
+    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ("{{ messages[0]['content'] + 1 }}", "TypeError"),
+])
+def test_templates_own_python_errors_are_chat_template_errors(source, match):
+    """A template that fails in Python arithmetic (the sandbox's range limit is an OverflowError)
+    gives a ChatTemplateError naming it, as its jinja errors do, not the bare Python error."""
+    with pytest.raises(ChatTemplateError, match=f"the model's chat template failed: {match}"):
+        ChatTemplate(source).render([{"role": "user", "content": "x"}])
+
+
 def test_bad_template_source():
     with pytest.raises(ChatTemplateError, match="does not compile"):
         ChatTemplate("{% for x in %}")

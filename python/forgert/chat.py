@@ -103,6 +103,9 @@ class ChatTemplate:
             raise
         except TemplateError as e:
             raise ChatTemplateError(f"the model's chat template failed: {e}") from None
+        except (ArithmeticError, TypeError, ValueError, LookupError) as e:   # its own Python errors:
+            # 1 / 0, a range past the sandbox's MAX_RANGE (OverflowError), 'a' + 1
+            raise ChatTemplateError(f"the model's chat template failed: {type(e).__name__}: {e}") from None
 
 
 def no_template_error(model_name: str) -> ChatTemplateError:
