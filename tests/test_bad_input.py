@@ -180,10 +180,11 @@ def test_unknown_pre_tokenizer(tiny, tmp_path):
     ("tokenizer.ggml.add_eos_token", 1, "UINT32", r"add_eos_token = 1 is not a bool"),
     ("tokenizer.ggml.token_type", [1, 1, 3], "INT32", r"token_type has 3 entries for 320 tokens"),
     ("tokenizer.ggml.token_type", "normal", "STRING", r"token_type has a str for 320 tokens"),
+    ("tokenizer.ggml.token_type", [1] * 7 + [129] + [1] * 312, "INT32", r"token_type\[7\] = 129 is not a token type"),
 ])
 def test_tokenizer_metadata_of_the_wrong_type(tiny, tmp_path, key, value, vtype, match):
-    """Tokenizer flags that are not bools and a token_type table not one per token are refused
-    by name (an array flag raised NumPy's "truth value ... is ambiguous"; a short token_type table
+    """Tokenizer flags that are not bools and a token_type table not one valid type per token are
+    refused by name (an array flag raised NumPy's "truth value ... is ambiguous"; a short token_type table
     silently dropped the control tokens past its end)."""
     gguf = pytest.importorskip("gguf")
     t = gguf.GGUFValueType
