@@ -91,6 +91,30 @@ def assert_hf_dir_refused(forgert, hf_dir, tmp_path, match: str, **changes):
         forgert.Model(str(d), backend="cpu")
 
 
+def assert_gguf_meta_refused(forgert, gguf_path, tmp_path, key: str, value, vtype, match: str):
+    """The GGUF file with metadata `key` rewritten to `value` of GGUFValueType `vtype` (or
+    (ARRAY, item type)) is refused with a ModelFormatError matching `match`; its tensors are
+    copied as stored (any type)."""
+    import gguf
+    from forgert.errors import ModelFormatError
+    from forgert.gguf import GGUFFile
+    src, reader = GGUFFile(gguf_path), gguf.GGUFReader(gguf_path)
+    types = {**src.metadata_types, key: vtype}
+    w = gguf.GGUFWriter(str(tmp_path / "changed.gguf"), src.metadata["general.architecture"])
+    for k, v in {**src.metadata, key: value}.items():
+        if k in ("general.architecture", "general.alignment"):
+            continue
+        if isinstance(types[k], tuple):
+            w.add_key_value(k, list(v), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType(types[k][1]))
+        else:
+            w.add_key_value(k, v, gguf.GGUFValueType(types[k]))
+    for t in reader.tensors:
+        w.add_tensor(t.name, np.array(t.data), raw_shape=[int(d) for d in reversed(t.shape)], raw_dtype=t.tensor_type)
+    path = mf.write_and_close(w, tmp_path / "changed.gguf")
+    with pytest.raises(ModelFormatError, match=match):
+        forgert.Model(str(path), backend="cpu")
+
+
 def reference_greedy(ref_model, prompt, n: int) -> list:
     """transformers' greedy continuation of n tokens (its own generate loop and KV cache)."""
     import torch

@@ -101,6 +101,18 @@ def test_unsupported_configs_refused_by_name(forgert, models, tmp_path, changes,
     ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **changes)
 
 
+@pytest.mark.parametrize("key,match", [
+    ("nemotron_h.block_count", r"metadata 'nemotron_h\.block_count' must be an integer >= 0, got array"),
+    ("nemotron_h.expert_count", r"metadata 'nemotron_h\.expert_count' must be an integer >= 0, got array"),
+])
+def test_gguf_scalar_given_as_an_array_refused_by_name(forgert, models, tmp_path, key, match):
+    """An array where an integer goes was NumPy's "truth value of an array ... is ambiguous"."""
+    import gguf
+    _, files, _ = models("nemotron-h")
+    t = gguf.GGUFValueType
+    ae.assert_gguf_meta_refused(forgert, files["gguf-F32"], tmp_path, key, [1, 2], (t.ARRAY, t.UINT32), match)
+
+
 def test_hybrid_override_pattern_read(forgert, models, tmp_path):
     """The checkpoints' own key (a string, "M-M*-MM-*") in place of layers_block_type."""
     model, files, refs = models("nemotron-h")

@@ -166,6 +166,20 @@ def test_bad_metadata_value(tiny, tmp_path):
         load_model(p)
 
 
+@pytest.mark.parametrize("key,match", [
+    ("llama.expert_count", r"metadata 'llama\.expert_count' must be an integer >= 0, got array"),
+    ("llama.rope.scaling.type", r"metadata 'llama\.rope\.scaling\.type' must be a string, got array"),
+])
+def test_scalar_metadata_given_as_an_array(tiny, tmp_path, key, match):
+    """An array where a scalar goes is refused by name (it was NumPy's "truth value of an array
+    with more than one element is ambiguous")."""
+    gguf = pytest.importorskip("gguf")
+    t = gguf.GGUFValueType
+    p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.update({key: [1, 2]}), types={key: (t.ARRAY, t.UINT32)})
+    with pytest.raises(ModelFormatError, match=match):
+        load_model(p)
+
+
 def test_unknown_pre_tokenizer(tiny, tmp_path):
     def edit(m):
         m["tokenizer.ggml.pre"] = "made-up"

@@ -662,6 +662,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
 
     scaling = None
     kind = meta.get(p + "rope.scaling.type", "none")
+    if not isinstance(kind, str):
+        _fail(source, f"metadata '{p}rope.scaling.type' must be a string, got {kind!r}")
     legacy_linear = meta.get(p + "rope.scale_linear")
     if kind == "linear" or (kind == "none" and legacy_linear not in (None, 1.0)):
         factor = _get_float(meta, p + "rope.scaling.factor", source, default=legacy_linear)
@@ -814,8 +816,7 @@ def _gguf_experts(meta, p, cfg: ModelConfig, source, census: TensorCensus):
     """llama.cpp's MoE keys: expert_count, expert_used_count, expert_feed_forward_length (the
     experts' width where it differs from feed_forward_length), expert_shared_feed_forward_length,
     expert_weights_norm (llama.cpp renormalises the selected weights for llama and qwen3moe)."""
-    n_expert = meta.get(p + "expert_count", 0)
-    if not n_expert:
+    if _get_int(meta, p + "expert_count", source, default=0, minimum=0) == 0:
         return
     extent = _extent_bound(census)
     cfg.n_expert = _get_int(meta, p + "expert_count", source, **extent)

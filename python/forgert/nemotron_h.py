@@ -181,10 +181,13 @@ def gguf_blocks(meta: dict, p: str, source) -> list:
     ff, kv = _int_array(meta, p + "feed_forward_length", source), _int_array(meta, p + "attention.head_count_kv", source)
     if len(ff) != len(kv):
         _fail(source, f"feed_forward_length lists {len(ff)} blocks and head_count_kv {len(kv)}")
-    if meta.get(p + "block_count") != len(ff):
-        _fail(source, f"block_count {meta.get(p + 'block_count')!r} differs from the {len(ff)} blocks listed")
-    n = _main_blocks(meta, p, source)
-    ffn = "moe" if meta.get(p + "expert_count") else "mlp"
+    n = _main_blocks(meta, p, source)   # block_count and nextn_predict_layers are integers
+    if meta[p + "block_count"] != len(ff):
+        _fail(source, f"block_count {meta[p + 'block_count']!r} differs from the {len(ff)} blocks listed")
+    n_expert = meta.get(p + "expert_count", 0)
+    if isinstance(n_expert, bool) or not isinstance(n_expert, (int, np.integer)) or n_expert < 0:
+        _fail(source, f"metadata '{p}expert_count' must be an integer >= 0, got {n_expert!r}")
+    ffn = "moe" if n_expert else "mlp"
     return [ffn if f else "attention" if k else "mamba2" for f, k in zip(ff[:n], kv[:n])]
 
 
