@@ -101,6 +101,23 @@ def test_unsupported_hf_settings_are_named(forgert, models, tmp_path, changes, m
     ae.assert_hf_config_refused(forgert, tm, tmp_path, match, **changes)
 
 
+YARN = {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 4.0, "mscale": 0.707, "mscale_all_dim": 0.707,
+        "original_max_position_embeddings": 16, "rope_theta": 10000.0, "rope_type": "yarn"}
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("factor", "4", r"yarn' factor must be a number, got '4'"),
+    ("mscale", [0.7], r"yarn' mscale must be a number, got \[0\.7\]"),
+    ("original_max_position_embeddings", 0, "original_max_position_embeddings must be >= 1, got 0"),
+    ("original_max_position_embeddings", None, "original_max_position_embeddings must be >= 1, got None"),
+])
+def test_yarn_parameters_of_the_wrong_type_are_named(forgert, models, tmp_path, key, value, match):
+    """YaRN's rope_parameters that are not numbers were float()'s / int()'s bare errors or math's
+    'math domain error' (0 original positions)."""
+    _, files, _ = models("deepseek-v2-lite")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, rope_parameters={**YARN, key: value})
+
+
 def test_gguf_yarn_without_its_log_multiplier_is_named(forgert, models, tmp_path, tiny_tokenizer):
     from forgert.errors import ModelFormatError
     model, files, _ = models("deepseek-v2-lite")

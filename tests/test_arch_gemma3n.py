@@ -134,6 +134,20 @@ def test_unsupported_settings_refused(forgert, models, tmp_path, change, match):
     ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **change)
 
 
+@pytest.mark.parametrize("change,match", [
+    (dict(altup_active_idx="0"), r"metadata 'altup_active_idx' must be an integer >= 0, got '0'"),
+    (dict(rope_parameters="default"), "rope_parameters must map layer kinds to JSON objects"),
+    (dict(rope_parameters={"full_attention": 5}), "rope_parameters must map layer kinds to JSON objects"),
+    (dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": "1e6"}}),
+     r"metadata 'rope_theta' must be a positive number, got '1e6'"),
+    (dict(activation_sparsity_pattern="dense"), "activation_sparsity_pattern must be a number or a list of numbers"),
+])
+def test_settings_of_the_wrong_type_refused(forgert, models, tmp_path, change, match):
+    """Values of the wrong JSON type were int()'s / float()'s bare errors or AttributeError."""
+    _, files, _ = models("gemma3n-2")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **change)
+
+
 def test_quantize_gguf_runs(forgert, models, tmp_path):
     """`forgert quantize` of its F32 GGUF to Q8_0: the stacked AltUp projections are copied as the
     file has them and the result runs as close to the F32 transformers model as the factory's own

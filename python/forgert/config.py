@@ -1312,7 +1312,15 @@ def _gguf_yarn(meta, p, source) -> dict:
 
 def _hf_yarn(scaling_in: dict, hf: dict, source) -> dict:
     """transformers' _compute_yarn_parameters' inputs; attn_factor as it derives attention_factor."""
-    orig = int(scaling_in["original_max_position_embeddings"])
+    for key in ("original_max_position_embeddings", "factor", "attention_factor", "mscale", "mscale_all_dim",
+                "beta_fast", "beta_slow"):
+        v = scaling_in.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            _fail(source, f"rope scaling 'yarn' {key} must be a number, got {v!r}")
+    orig = scaling_in.get("original_max_position_embeddings")
+    if orig is None or orig < 1:
+        _fail(source, f"rope scaling 'yarn' original_max_position_embeddings must be >= 1, got {orig!r}")
+    orig = int(orig)
     factor = scaling_in.get("factor")
     factor = float(factor) if factor is not None else _get_int(hf, "max_position_embeddings", source) / orig
     attn = scaling_in.get("attention_factor")

@@ -135,11 +135,15 @@ def config_from_hf(hf: dict, source: str, census):
         _fail(source, f"rope_scaling {scaling!r} is not supported")
     params = hf.get("rope_parameters") or {}
     for kind in ("sliding_attention", "full_attention"):
+        if not isinstance(params, dict) or not isinstance(params.get(kind) or {}, dict):
+            _fail(source, f"rope_parameters must map layer kinds to JSON objects, got {params!r}")
         rt = (params.get(kind) or {}).get("rope_type", "default")
         if rt != "default":
             _fail(source, f"rope_type '{rt}' on the {kind} layers is not supported")
-    theta = float((params.get("full_attention") or {}).get("rope_theta", hf.get("rope_theta", 1_000_000.0)))
-    theta_swa = float((params.get("sliding_attention") or {}).get("rope_theta", hf.get("rope_local_base_freq", 10_000.0)))
+    theta = _get_float(params.get("full_attention") or {}, "rope_theta", source,
+                       default=hf.get("rope_theta", 1_000_000.0))
+    theta_swa = _get_float(params.get("sliding_attention") or {}, "rope_theta", source,
+                           default=hf.get("rope_local_base_freq", 10_000.0))
     window = hf.get("sliding_window", 512)
     if any(swa) and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         _fail(source, f"sliding_window must be a positive integer, got {window!r}")
@@ -170,7 +174,11 @@ def config_from_hf(hf: dict, source: str, census):
         sparsity = [0.95] * 10 + [0.0] * (n_layers - 10) if n_layers > 10 else [0.0] * n_layers
     elif not isinstance(sparsity, (list, tuple)):
         sparsity = [sparsity] * n_layers
-    _altup(cfg, _get_int(hf, "altup_num_inputs", source, default=4), int(hf.get("altup_active_idx", 0)),
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in sparsity):
+        _fail(source, f"activation_sparsity_pattern must be a number or a list of numbers, "
+                      f"got {hf.get('activation_sparsity_pattern')!r}")
+    _altup(cfg, _get_int(hf, "altup_num_inputs", source, default=4),
+           _get_int(hf, "altup_active_idx", source, default=0, minimum=0),
            bool(hf.get("altup_correct_scale", True)), _get_int(hf, "laurel_rank", source, default=64, **extent),
            [std_multiplier(float(s), source) for s in sparsity], source)
     _check_bounds(cfg, source)
