@@ -92,6 +92,18 @@ def test_state_resumes_and_batches(forgert, models, metal_reason, backend):
         assert list(c.tokens) == fresh(p)
 
 
+@pytest.mark.parametrize("change,match", [
+    (dict(block_multiple_of=0), r"changed/config\.json: a setting has the wrong type or value \(ZeroDivisionError"),
+    (dict(block_ffn_dim_multiplier=[1, 2]), r"a setting has the wrong type or value \(TypeError"),
+])
+def test_config_values_no_check_names_are_still_model_format_errors(forgert, models, tmp_path, change, match):
+    """A config.json value of a type or range no check of the parser names (these two: a 0 divisor
+    and a list where a number goes) is a ModelFormatError naming the file and Python's error, not
+    the bare ZeroDivisionError / TypeError (the loader's seam around config_from_hf)."""
+    _, files, _ = models("lfm2")
+    ae.assert_hf_dir_refused(forgert, files["hf-F32"], tmp_path, match, **change)
+
+
 def test_conv_bias_refused(forgert, models, tmp_path):
     """An HF config with conv_bias (biases forgert does not read) is refused by name."""
     import json

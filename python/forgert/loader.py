@@ -187,7 +187,16 @@ def _hf_chat_template(d: HFModelDir):
 
 def load_hf_dir(path) -> LoadedModel:
     d = HFModelDir(path)
-    cfg = config_from_hf(d.config, f"{d.name}/config.json", TensorCensus.of(w.shape for w in d.tensors.values()))
+    source = f"{d.name}/config.json"
+    try:
+        cfg = config_from_hf(d.config, source, TensorCensus.of(w.shape for w in d.tensors.values()))
+    except ModelFormatError:
+        raise
+    except (TypeError, ValueError, AttributeError, LookupError, ArithmeticError) as e:
+        # a JSON value of a type or range no check names (a string where a number goes, a 0
+        # divisor): still the file's problem, said as such with Python's words for it
+        raise ModelFormatError(f"{source}: a setting has the wrong type or value "
+                               f"({type(e).__name__}: {e})") from None
     config_tensors = gemma4.read_layer_tensors(cfg, d.tensors, d.name) if cfg.arch == gemma4.GGUF_ARCH else ()
     if cfg.arch in GEMMA_ARCHS + (gemma4.GGUF_ARCH, gemma3n.GGUF_ARCH) and "token_embd.weight" in d.tensors:
         cfg.embed_scale = embedding_scale(cfg.dim, d.tensors["token_embd.weight"].type_id)
