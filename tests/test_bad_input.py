@@ -506,6 +506,7 @@ def test_unknown_keyword(model):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(backend="tpu"), "backend"), (dict(threads=0), "threads"), (dict(n_ctx=0), "n_ctx"),
+    (dict(threads=513), "threads must be an integer from 1 to 512"), (dict(threads=2**40), "threads"),
     (dict(n_ctx="big"), "n_ctx"),
 ])
 def test_bad_model_arguments(tiny, kwargs, match):

@@ -62,6 +62,7 @@ def test_run_missing_model_file(capsys):
     (["--max-tokens", "0"], "argument --max-tokens/-n: must be at least 1, got 0"),   # as the server
     (["-n", "x"], "argument --max-tokens/-n: must be an integer, got 'x'"),
     (["--threads", "0"], "argument --threads/-t: must be at least 1, got 0"),
+    (["--threads", "100000"], "argument --threads/-t: must be at most 512, got 100000"),
     (["--n-ctx", "-5"], "argument --n-ctx: must be at least 1, got -5"),
 ])
 def test_bad_flags_are_named_in_cli_terms(command, flags, message, capsys):

@@ -10,6 +10,10 @@ import os
 import subprocess
 import sys
 
+# The most CPU threads a Model takes: llama.cpp's GGML_MAX_N_THREADS. 10,000 threads on 2 cores took
+# 14 s for 2 tokens, 10**9 was a std::bad_alloc, and past a C int a pybind TypeError.
+MAX_THREADS = 512
+
 
 class OversubscribedWarning(UserWarning):
     """More threads than the CPUs the process may use."""

@@ -238,8 +238,10 @@ class Model:
         if activations != "int16" and backend == "metal":
             raise ValueError(f"activations={activations!r} is a CPU backend option; the Metal backend has its "
                              f"own numerics (use backend='cpu', or leave activations at 'int16')")
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or not 1 <= threads <= cpu_topology.MAX_THREADS):
+            raise ValueError(f"threads must be an integer from 1 to {cpu_topology.MAX_THREADS} or None, "
+                             f"got {threads!r}")
         if n_ctx is not None and (not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1):
             raise ValueError(f"n_ctx must be an integer >= 1 or None, got {n_ctx!r}")
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:

