@@ -96,6 +96,12 @@ def test_load_state_checks_its_input(forgert, tiny_gguf, tiny_models):
     small = forgert.Model(str(tiny_gguf), backend="cpu", n_ctx=8)
     with pytest.raises(ValueError, match="kv state must be"):   # longer than this context
         small.load_state(s)
+    # a K/V array of another type was cast to uint16 values, and token ids outside the vocabulary
+    # were taken: both loaded silently
+    with pytest.raises(ValueError, match="uint16 array .float16 bits., got float32"):
+        m.load_state(ModelState(s.tokens, s.kv.astype(np.float32)))
+    with pytest.raises(ValueError, match=r"state's tokens are not all token ids of this model \(0\.\.319\)"):
+        m.load_state(ModelState((9999,) * len(s.tokens), s.kv))
 
 
 def test_alternating_prompts_keep_their_prefixes(forgert, tiny_gguf):

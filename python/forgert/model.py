@@ -493,12 +493,18 @@ class Model:
 
     def load_state(self, state: ModelState) -> None:
         """Makes `state` (from save_state of this model) the cached sequence."""
+        if isinstance(state, ModelState) and not all(
+                isinstance(t, (int, np.integer)) and 0 <= t < self.vocab_size for t in state.tokens):
+            raise ValueError(f"state's tokens are not all token ids of this model (0..{self.vocab_size - 1})")
         with self._lock("load_state()"):
             self._load_state(state)
 
     def _load_state(self, state: ModelState) -> None:
         if not isinstance(state, ModelState):
             raise TypeError(f"state must be a ModelState from save_state(), got {type(state).__name__}")
+        if not isinstance(state.kv, np.ndarray) or state.kv.dtype != np.uint16:
+            raise ValueError("state's K/V must be save_state()'s uint16 array (float16 bits), got "
+                             f"{getattr(state.kv, 'dtype', type(state.kv).__name__)}")
         if state.kv.ndim != 4 or state.kv.shape[2] != len(state.tokens):
             raise ValueError("state's K/V rows do not match its tokens")
         for c in state.checkpoints:
