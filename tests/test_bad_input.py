@@ -240,6 +240,16 @@ def test_hf_missing_config(tiny, tmp_path):
         load_model(d)
 
 
+def test_directory_of_gguf_files_names_them(tiny, tmp_path):
+    """A directory holding a .gguf (no config.json) says to pass the file, not 'config.json not found'."""
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copy(tiny.path("gguf-F32"), d / "m.gguf")
+    with pytest.raises(ModelFormatError, match=r"models: a directory of GGUF files \(m\.gguf\), not a Hugging "
+                                               r"Face model directory: pass the path of the \.gguf file"):
+        load_model(d)
+
+
 def test_hf_no_safetensors(tiny, tmp_path):
     d = hf_copy(tiny, tmp_path)
     (d / "model.safetensors").unlink()

@@ -224,6 +224,11 @@ def load_hf_dir(path) -> LoadedModel:
 def load_model(path) -> LoadedModel:
     path = os.path.expanduser(os.fspath(path))
     if os.path.isdir(path):
+        ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        if ggufs and not os.path.exists(os.path.join(path, "config.json")):
+            raise ModelFormatError(f"{os.path.basename(os.path.normpath(path))}: a directory of GGUF files "
+                                   f"({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}), not a Hugging "
+                                   f"Face model directory: pass the path of the .gguf file")
         return load_hf_dir(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model not found: {path}")
