@@ -28,17 +28,7 @@ from server_harness import LiveServer   # noqa: E402
 RECURSIVE_REQUIRED = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_models):
-    import forgert
-    return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=64)
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    from fastapi.testclient import TestClient
-    from forgert.server import create_app
-    return TestClient(create_app(tiny_model, "tiny", None), raise_server_exceptions=False)
+from tiny_server_fixtures import client, tiny_model  # noqa: E402,F401 (fixtures)
 
 
 def assert_400(r, param):

@@ -13,21 +13,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from tiny_server_fixtures import client, tiny_model  # noqa: E402,F401 (fixtures)
+
 INTERNALS = ("RecursionError", "TypeError", "ValueError", "Traceback", "TextInputSequence",
              "int_max_str_digits", "File \"")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_models):
-    import forgert
-    return forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=64)
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    from fastapi.testclient import TestClient
-    from forgert.server import create_app
-    return TestClient(create_app(tiny_model, "tiny", None), raise_server_exceptions=False)
 
 
 def post_raw(client, route: str, body: str):
