@@ -64,6 +64,7 @@ def test_run_missing_model_file(capsys):
     (["--threads", "0"], "argument --threads/-t: must be at least 1, got 0"),
     (["--threads", "100000"], "argument --threads/-t: must be at most 512, got 100000"),
     (["--n-ctx", "-5"], "argument --n-ctx: must be at least 1, got -5"),
+    (["--stop", ""], "argument --stop: must not be empty"),
 ])
 def test_bad_flags_are_named_in_cli_terms(command, flags, message, capsys):
     """Flag errors name the flag (not a Python parameter), before any model is loaded."""

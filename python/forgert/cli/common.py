@@ -24,6 +24,13 @@ class UserError(Exception):
     """Raised by commands for a problem with their arguments."""
 
 
+def non_empty_text(text: str) -> str:
+    """argparse type: a non-empty string (argparse names the flag in its error)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def int_at_least(low: int, high: int | None = None):
     """argparse type: an integer >= low (and <= high) (argparse names the flag in its error)."""
     def convert(text):
@@ -115,7 +122,7 @@ def add_sampling_args(p, max_tokens=256):
                    help=f"OpenAI's frequency penalty (default: {d.frequency_penalty:g})")
     g.add_argument("--seed", metavar="N", type=int, default=None,
                    help="random seed, for repeatable sampling (default: a fresh one each run)")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", type=non_empty_text,
                    help="stop before this text (repeatable; default: none)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
     g.add_argument("--prompt-lookup", metavar="N", type=int, default=0,
