@@ -109,7 +109,7 @@ YARN = {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 4.0, "mscale": 0.707, "ms
     ("factor", "4", r"yarn' factor must be a number, got '4'"),
     ("mscale", [0.7], r"yarn' mscale must be a number, got \[0\.7\]"),
     ("original_max_position_embeddings", 0, "original_max_position_embeddings must be >= 1, got 0"),
-    ("original_max_position_embeddings", None, "original_max_position_embeddings must be >= 1, got None"),
+    ("original_max_position_embeddings", None, "is missing 'original_max_position_embeddings'"),
 ])
 def test_yarn_parameters_of_the_wrong_type_are_named(forgert, models, tmp_path, key, value, match):
     """YaRN's rope_parameters that are not numbers were float()'s / int()'s bare errors or math's

@@ -1315,10 +1315,14 @@ def _hf_yarn(scaling_in: dict, hf: dict, source) -> dict:
     for key in ("original_max_position_embeddings", "factor", "attention_factor", "mscale", "mscale_all_dim",
                 "beta_fast", "beta_slow"):
         v = scaling_in.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             _fail(source, f"rope scaling 'yarn' {key} must be a number, got {v!r}")
+        if v is not None and not math.isfinite(v):
+            _fail(source, f"rope scaling 'yarn' has a non-finite {key}: {v!r}")
     orig = scaling_in.get("original_max_position_embeddings")
-    if orig is None or orig < 1:
+    if orig is None:
+        _fail(source, "rope scaling 'yarn' is missing 'original_max_position_embeddings'")
+    if orig < 1:
         _fail(source, f"rope scaling 'yarn' original_max_position_embeddings must be >= 1, got {orig!r}")
     orig = int(orig)
     factor = scaling_in.get("factor")
