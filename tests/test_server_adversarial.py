@@ -28,7 +28,7 @@ from server_harness import LiveServer   # noqa: E402
 RECURSIVE_REQUIRED = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
 
 
-from tiny_server_fixtures import client, tiny_model  # noqa: E402,F401 (fixtures)
+from tiny_server_fixtures import BrokenTokenizerModel, client, tiny_model  # noqa: E402,F401 (fixtures)
 
 
 def assert_400(r, param):
@@ -95,19 +95,6 @@ def test_schema_failing_mid_generation_is_a_400_naming_response_format(client, s
         assert err["type"] == "invalid_request_error"
     assert "response_format" in err["message"] and "\n" not in err["message"], err
     assert client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
-
-
-class BrokenTokenizerModel:
-    """The real model, but tokenizing fails with an unexpected exception (the 500 path)."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def prompt_tokens(self, prompt, chat_template_kwargs=None, tools=None):
-        raise TypeError("unexpected")
 
 
 def test_a_500_keeps_the_connection_open(tiny_model):

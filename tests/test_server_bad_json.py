@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from tiny_server_fixtures import client, tiny_model  # noqa: E402,F401 (fixtures)
+from tiny_server_fixtures import BrokenTokenizerModel, client, tiny_model  # noqa: E402,F401 (fixtures)
 
 INTERNALS = ("RecursionError", "TypeError", "ValueError", "Traceback", "TextInputSequence",
              "int_max_str_digits", "File \"")
@@ -74,19 +74,6 @@ def test_integer_over_4300_digits_is_400_naming_the_field(client, field, sign):
 def test_integer_at_the_digit_limit_is_a_valid_seed(client):
     body = '{"prompt": "hi", "max_tokens": 1, "seed": %s}' % ("9" * 4300)
     assert post_raw(client, "/v1/completions", body).status_code == 200
-
-
-class BrokenTokenizerModel:
-    """The real model, but tokenizing fails the way the tokenizer did on a lone surrogate."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def prompt_tokens(self, prompt, chat_template_kwargs=None, tools=None):
-        raise TypeError("TextInputSequence must be str")
 
 
 def test_unexpected_exception_is_a_generic_500_logged_server_side(tiny_model, caplog):
