@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .ggml_types import GGML_TYPES, row_nbytes, type_name
+from .weights import first_overlap
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -236,12 +237,9 @@ class GGUFFile:
         self.tensors = {}
         for name, ne, type_id, offset in infos:
             self.tensors[name] = self._check_tensor(cur, name, ne, type_id, offset)
-        # Tensors' bytes must not overlap (llama.cpp wants them packed in order): one would read
-        # another's weights.
-        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
-        for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
-            if begin < end:
-                cur.fail(f"tensors '{a}' and '{b}' overlap: their data offsets share bytes")
+        overlap = first_overlap((t.offset, t.nbytes, t.name) for t in self.tensors.values())
+        if overlap:   # (llama.cpp wants them packed in order)
+            cur.fail(f"tensors '{overlap[0]}' and '{overlap[1]}' overlap: their data offsets share bytes")
 
     def _check_tensor(self, cur, name, ne, type_id, offset) -> GGUFTensorInfo:
         if type_id not in GGML_TYPES:

@@ -21,7 +21,7 @@ from .fused_experts import FUSED_EXPERTS_RE, fused_expert_stacks
 from .gpt_oss_experts import FUSED_EXPERT_RE, expert_stacks
 from .granite_experts import GRANITE_EXPERT_RE, granite_part, granite_stacks
 from .vision_language import LANGUAGE_MODEL_TYPES, language_config, language_tensor_name
-from .weights import ExpertList, WeightTensor
+from .weights import ExpertList, WeightTensor, first_overlap
 
 U8 = None   # a raw-bytes tensor: no engine type of its own (gpt-oss's MXFP4 _blocks / _scales)
 _DTYPES = {"F32": (F32, 4), "F16": (F16, 2), "BF16": (BF16, 2), "U8": (U8, 1)}
@@ -255,11 +255,9 @@ class SafetensorsFile:
                 self._fail(f"truncated: tensor '{name}' needs bytes {base + begin}..{base + end} "
                            f"but the file has {self.file_size}")
             tensors[name] = (type_id, tuple(shape), base + begin, end - begin)
-        # Tensors' bytes must not overlap (safetensors' own rule): one would read another's weights.
-        spans = sorted((offset, offset + nbytes, name) for name, (_, _, offset, nbytes) in tensors.items())
-        for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
-            if begin < end:
-                self._fail(f"tensors '{a}' and '{b}' overlap: their data_offsets share bytes")
+        overlap = first_overlap((offset, nbytes, name) for name, (_, _, offset, nbytes) in tensors.items())
+        if overlap:   # (safetensors' own rule)
+            self._fail(f"tensors '{overlap[0]}' and '{overlap[1]}' overlap: their data_offsets share bytes")
         return tensors
 
     def view(self, name) -> np.ndarray:

@@ -210,10 +210,10 @@ class Sampler:
         """logits: float32 [vocab] for the next position; history: prompt + generated ids."""
         logits = np.asarray(logits).reshape(-1)
         logits = apply_penalties(logits, history, self.params)
-        check_logits(logits)
         if self.params.greedy:
+            check_logits(logits)
             return int(np.argmax(logits))
-        ids, xs = candidates(logits, self.params)
+        ids, xs = candidates(logits, self.params)   # (it checks the logits)
         cdf = np.cumsum(np.exp(xs - xs.max()))
         j = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
         return int(ids[min(j, len(ids) - 1)])

@@ -160,7 +160,8 @@ def tokenizer_from_gguf(meta: dict, source: str) -> Tokenizer:
         if np.ndim(types) != 1 or len(types) != len(tokens):
             got = f"{len(types)} entries" if np.ndim(types) == 1 else f"a {type(types).__name__}"
             raise ModelFormatError(f"{source}: tokenizer.ggml.token_type has {got} for {len(tokens)} tokens")
-        bad = np.flatnonzero((np.asarray(types) < 0) | (np.asarray(types) > 6))   # llama.cpp's 0 undefined .. 6 byte
+        kinds = np.asarray(types)
+        bad = np.flatnonzero((kinds < 0) | (kinds > 6))   # llama.cpp's 0 undefined .. 6 byte
         if len(bad):
             raise ModelFormatError(f"{source}: tokenizer.ggml.token_type[{bad[0]}] = {types[bad[0]]} is not a "
                                    f"token type (0..6)")

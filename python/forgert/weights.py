@@ -8,6 +8,17 @@ import numpy as np
 from .ggml_types import F32, type_name
 
 
+def first_overlap(spans):
+    """(name a, name b) of two tensors whose bytes overlap, or None. spans: (offset, nbytes, name)
+    of a file's tensors. Both file formats store each tensor's bytes apart: an overlap would have
+    one tensor read another's weights."""
+    ordered = sorted((offset, offset + nbytes, name) for offset, nbytes, name in spans)
+    for (_, end, a), (begin, _, b) in zip(ordered, ordered[1:]):
+        if begin < end:
+            return a, b
+    return None
+
+
 @dataclass
 class WeightTensor:
     name: str            # canonical GGUF-style name, e.g. "blk.0.attn_q.weight"
