@@ -6,8 +6,9 @@
 #   PEER_LEVEL=avx2 bench/llama_bench_isa.sh -m model.gguf -t 2 -p 256 -n 32
 #   FORGERT_CPU_ISA=avx2 python bench/bench_vs_llama_bench.py --peer bench/llama_bench_isa.sh ...
 #
-# PEER_LEVEL: avx2 (AVX, AVX2, FMA, F16C, BMI2; no AVX-512, no AVX-VNNI) or avx2vnni (those and
-# AVX-VNNI). Built once into $PEER_CACHE (default ~/.cache/forgert-peers), then run.
+# PEER_LEVEL: avx2 (AVX, AVX2, FMA, F16C, BMI2; no AVX-512, no AVX-VNNI), avx2vnni (those and
+# AVX-VNNI), or avx512 (those and AVX-512 F / VBMI / VNNI / BF16, no AMX: a Zen 4 / Zen 5 desktop's
+# level, for forgert's FORGERT_CPU_ISA=avx512 on an AMX machine). Built once into $PEER_CACHE (default ~/.cache/forgert-peers), then run.
 set -euo pipefail
 src=${PEER_SRC:-$(cd "$(dirname "$0")/../.." && pwd)/shared/peers/llama.cpp-src.tar.xz}
 cache=${PEER_CACHE:-$HOME/.cache/forgert-peers}
@@ -16,7 +17,9 @@ base="$base -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF"
 case "${PEER_LEVEL:-avx2}" in
   avx2) isa="$base -DGGML_AVX_VNNI=OFF" ;;
   avx2vnni) isa="$base -DGGML_AVX_VNNI=ON" ;;
-  *) echo "PEER_LEVEL must be avx2 or avx2vnni, got '$PEER_LEVEL'" >&2; exit 2 ;;
+  avx512) isa="$base -DGGML_AVX_VNNI=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON"
+          isa="$isa -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
+  *) echo "PEER_LEVEL must be avx2, avx2vnni or avx512, got '$PEER_LEVEL'" >&2; exit 2 ;;
 esac
 bin=$cache/build-level-${PEER_LEVEL:-avx2}/bin/llama-bench
 if [ ! -x "$bin" ]; then
