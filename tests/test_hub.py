@@ -165,3 +165,32 @@ def test_a_split_is_listed_as_one_model(split_hub_cache):
     assert "tiny-org/split-and-one has 2 GGUF models" in r.stderr
     assert f"q8/{names[0]} (and the other {len(names) - 1} shards of its split)" in r.stderr
     assert "tiny-f32.gguf" in r.stderr and names[1] not in r.stderr
+
+
+def test_no_network_is_one_clear_error(monkeypatch):
+    """Without a network the Hub client raises its HTTP library's own error (httpx2.ConnectError
+    for huggingface_hub 1.x: neither an OSError nor from a module named 'httpx'): download() turns
+    it into a HubError naming the model and the cause, not a traceback from inside the library."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from forgert import hub
+    httpx2 = pytest.importorskip("httpx2")
+
+    def no_network(*args, **kwargs):
+        raise httpx2.ConnectError("[Errno -2] Name or service not known")
+
+    def not_cached(*args, **kwargs):
+        raise LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", no_network)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(hub.HubError, match=r"cannot get hf:org/name from the Hugging Face Hub: \[Errno -2\] Name or"):
+        hub.download("org/name")
+    with pytest.raises(hub.HubError, match=r"cannot get hf:org/name/f\.gguf from the Hugging Face Hub: \[Errno -2\]"):
+        hub.download("org/name", "f.gguf")
+    # a programming error inside is not dressed up as the Hub's
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        hub.download("org/name")

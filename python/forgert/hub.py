@@ -53,10 +53,17 @@ def _repo_files(hub, repo_id: str, revision) -> list:
                   for d, _, files in os.walk(folder) for f in files)
 
 
+# The packages whose exceptions mean "the Hub could not be asked": huggingface_hub and the HTTP
+# clients its versions use (httpx2 since 1.x; a ConnectError without network is one of its own,
+# not an OSError).
+_HUB_ERROR_PACKAGES = frozenset({"huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3"})
+
+
 def _is_hub_error(e: Exception) -> bool:
-    """huggingface_hub's errors (OSError and ValueError kinds) and its HTTP clients' ones."""
-    return isinstance(e, (OSError, ValueError)) or type(e).__module__.split(".")[0] in (
-        "huggingface_hub", "httpx", "requests", "urllib3")
+    """huggingface_hub's errors (OSError and ValueError kinds) and its HTTP clients' ones: the
+    exception's class or one of its bases defined in one of those packages."""
+    return isinstance(e, (OSError, ValueError)) or any(
+        cls.__module__.split(".")[0] in _HUB_ERROR_PACKAGES for cls in type(e).__mro__)
 
 
 def _gguf_models(ggufs: list) -> list:
