@@ -37,7 +37,6 @@ def tiny_model(tiny_models, parallel: int = 1):
 def tiny_chat_model(tiny_models, template: str = TEMPLATE, parallel: int = 1):
     """parallel >= 2: a server over it batches its requests."""
     model = tiny_model(tiny_models, parallel)
-    model._template = None      # render with this template (the tiny GGUF has none)
     model._model.chat_template = template
     return model
 

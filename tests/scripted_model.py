@@ -16,7 +16,6 @@ class ScriptedModel:
 
     def __init__(self, model, script: str, template: str = THINKING_TEMPLATE):
         self._model, self.script, self.chat_template = model, script, template
-        self.model._template = None     # the real model renders with our template
         self.model._model.chat_template = template
 
     @property

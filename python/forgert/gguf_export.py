@@ -21,6 +21,7 @@ from . import deltanet
 from .config import GGUF_PERMUTED_QK_ARCHS, SMOLLM3_NO_ROPE_INTERVAL
 from .gemma import GEMMA_ARCHS
 from .gemma import gguf_metadata as gemma_gguf_metadata
+from .chat_templates import GGUF_DEFAULT_KEY, GGUF_NAMED_KEY, GGUF_NAMES_KEY
 from .errors import ModelFormatError
 from .ggml_types import BF16, F16, F32, row_nbytes, type_name
 from .gguf import ARRAY, BOOL, INT32, STRING
@@ -123,7 +124,11 @@ def _write_hf_tokenizer(writer, loaded):
         writer.add_u32("tokenizer.ggml.eos_token_id", tok.eos_id)
     writer.add("tokenizer.ggml.add_bos_token", BOOL, bool(tok.add_bos))
     if loaded.chat_template:
-        writer.add_str("tokenizer.chat_template", loaded.chat_template)
+        writer.add_str(GGUF_DEFAULT_KEY, loaded.chat_template)
+    if loaded.named_chat_templates:   # as llama.cpp's converter writes them (chat_templates.py)
+        writer.add(GGUF_NAMES_KEY, (ARRAY, STRING), sorted(loaded.named_chat_templates))
+        for name, text in sorted(loaded.named_chat_templates.items()):
+            writer.add_str(GGUF_NAMED_KEY.format(name=name), text)
 
 
 def _write_hf_expert_metadata(writer, c):

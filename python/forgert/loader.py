@@ -9,6 +9,7 @@ import numpy as np
 
 from . import gemma3n, gemma4, lfm2, mamba2, nemotron_h, qwen3next
 from .deltanet import recurrent_tensors
+from .chat_templates import gguf_chat_templates, hf_chat_templates
 from .config import ModelConfig, TensorCensus, config_from_gguf, config_from_hf
 from .errors import ModelFormatError
 from .fused_tensors import split_fused
@@ -90,10 +91,12 @@ class LoadedModel:
     weights: dict                    # canonical name -> WeightTensor (as stored in the file)
     core_tensors: dict               # canonical name -> (buffer, dtype id, (rows, cols)) for _core
     tokenizer: ModelTokenizer
-    chat_template: str | None
+    chat_template: str | None        # the default chat template
     metadata: dict = field(repr=False, default_factory=dict)
     handle: object = field(repr=False, default=None)   # keeps the mmaps alive
     files: list = field(default_factory=list)           # the files read: a split GGUF's shards, in order
+    # the file's other chat templates by name ("tool_use", "rag", ...: chat_templates.py)
+    named_chat_templates: dict = field(default_factory=dict)
 
     @property
     def n_params(self) -> int:
@@ -161,28 +164,12 @@ def load_gguf(path) -> LoadedModel:
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name,
                            ignore=_GGUF_EXTRA_TENSORS + config_tensors)
     tok = ModelTokenizer.from_gguf(g.metadata, g.name)
-    template = g.metadata.get("tokenizer.chat_template")
+    default_template, named_templates = gguf_chat_templates(g.metadata, g.name)
     files = [shard.path for shard in g.shards] if isinstance(g, GGUFSplit) else [g.path]
     if cfg.arch in mamba2.GGUF_ARCHS + nemotron_h.GGUF_ARCHS + (gemma3n.GGUF_ARCH,):
         weights = stored
-    return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok,
-                       template if isinstance(template, str) else None, g.metadata, g, files)
-
-
-def _hf_chat_template(d: HFModelDir):
-    tcfg = d.read_json("tokenizer_config.json") or {}
-    t = tcfg.get("chat_template")
-    if isinstance(t, list):   # named templates: [{"name": "default", "template": ...}, ...]
-        named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
-        t = named.get("default")
-    if isinstance(t, str):
-        return t
-    jinja = os.path.join(d.path, "chat_template.jinja")
-    if os.path.exists(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
-    t = (d.read_json("chat_template.json") or {}).get("chat_template")
-    return t if isinstance(t, str) else None
+    return LoadedModel(g.path, g.name, "gguf", cfg, weights, tensors, tok, default_template, g.metadata, g, files,
+                       named_templates)
 
 
 def load_hf_dir(path) -> LoadedModel:
@@ -217,8 +204,9 @@ def load_hf_dir(path) -> LoadedModel:
                            ignore=config_tensors)
     tok = ModelTokenizer.from_hf_dir(d)
     weights = {n: w for n, w in d.tensors.items() if n in tensors or n in d.fused or n.endswith(LATENT_SOURCE_TENSORS)}
-    return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok,
-                       _hf_chat_template(d), d.config, d)
+    default_template, named_templates = hf_chat_templates(d.path, d.read_json)
+    return LoadedModel(d.path, d.name, "safetensors", cfg, weights, tensors, tok, default_template, d.config, d,
+                       named_chat_templates=named_templates)
 
 
 def load_model(path) -> LoadedModel:

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import cpu_topology
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
+from .chat_templates import chat_template_for
 from .batch import LogitsOptions, run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
 from .config import DEFAULT_N_CTX_CAP
@@ -267,7 +268,7 @@ class Model:
         # one. Not on the CPU, where a step past a stop would be computed for nothing.
         self._pipelined_decode = self.backend == "metal"
         self.tokenizer = self._model.tokenizer
-        self._template = None
+        self._templates = {}        # template source -> ChatTemplate, compiled on first use
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
         self._prompt_cache = None   # PromptCache of other sequences, when set_prompt_cache() is on
         # A recurrent model's states a few tokens before its last prompts' ends (state_checkpoints.py)
@@ -372,6 +373,7 @@ class Model:
             "bos_token_id": self.tokenizer.bos_id, "eos_token_id": self.tokenizer.eos_id,
             "stop_token_ids": sorted(self.tokenizer.stop_ids), "add_bos": self.tokenizer.add_bos,
             "chat_template": m.chat_template,
+            "named_chat_templates": sorted(m.named_chat_templates),   # e.g. ["tool_use"]
             # seconds of the load spent repacking Q4_0 / Q8_0 weights for the CPU kernels (0: none)
             "repack_s": self._engine.repack_s,
             # speculative decoding's draft model (draft_model.py): its name and longest draft, or None
@@ -981,15 +983,23 @@ class Model:
         tools: OpenAI tool definitions, handed to the template as `tools` (HF's convention);
         a template that ignores them gets them in a system message instead (tool_calls.py)."""
         extra = check_template_kwargs(chat_template_kwargs)
-        if self._template is None:
-            if not self.chat_template:
-                raise no_template_error(self._model.name)
-            self._template = ChatTemplate(self.chat_template, self.tokenizer.bos_token, self.tokenizer.eos_token)
+        source = self.chat_template_for(tools)
+        if not source:
+            raise no_template_error(self._model.name)
+        template = self._templates.get(source)
+        if template is None:
+            template = self._templates[source] = ChatTemplate(source, self.tokenizer.bos_token,
+                                                               self.tokenizer.eos_token)
         if tools:
             from .tool_calls import messages_with_tools
-            messages, tool_vars = messages_with_tools(self.chat_template, messages, tools)
+            messages, tool_vars = messages_with_tools(source, messages, tools)
             extra = {**extra, **tool_vars}
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+        return template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+
+    def chat_template_for(self, tools=None) -> str | None:
+        """The chat template a conversation with these tools renders with: the model's "tool_use"
+        template when it has one and there are tools (chat_templates.py), else the default."""
+        return chat_template_for(self.chat_template, self._model.named_chat_templates, tools)
 
     def _chat_ids(self, messages, check_context: bool = True, chat_template_kwargs: dict | None = None,
                   tools=None) -> list:

@@ -37,6 +37,7 @@ def describe(loaded) -> dict:
         "bos_token": _special(tok, tok.bos_id), "eos_token": _special(tok, tok.eos_id),
         "stop_token_ids": sorted(tok.stop_ids), "add_bos": tok.add_bos,
         "chat_template": loaded.chat_template,
+        "named_chat_templates": loaded.named_chat_templates,   # name -> template ("tool_use", ...)
         "tensors": {name: {"type": w.type_name, "shape": _shape(w.shape)}
                     for name, w in loaded.weights.items()},
     }
@@ -97,7 +98,8 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
         ("bos", token(d["bos_token"]) + (" (added to prompts)" if d["add_bos"] else "")),
         ("eos", token(d["eos_token"])),
         ("stop token ids", ", ".join(map(str, d["stop_token_ids"])) or "none"),
-        ("chat template", f"{len(template)} characters" if template else "none"),
+        ("chat template", (f"{len(template)} characters" if template else "none")
+         + "".join(f"; {name!r}: {len(t)} characters" for name, t in sorted(d["named_chat_templates"].items()))),
     ]
     lines = [d["name"]] + [f"  {key:<15} {value}" for key, value in rows]
     if show_tensors:

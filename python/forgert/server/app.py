@@ -349,7 +349,7 @@ async def _chat_generation(state: ServerState, req: ChatCompletionRequest):
                                  param=req.TOOLS_PARAM)
     else:
         grammar = await _grammar(state.model, req.response_format_dict(), param=req.RESPONSE_FORMAT_PARAM)
-    template = state.model.chat_template
+    template = state.model.chat_template_for(tools)   # the one the prompt was rendered with
     # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
     thinks, inside = thinking_mode(template, state.model.detokenize(ids[-16:]))
     if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
