@@ -30,6 +30,7 @@ from .errors import KvCacheTooLargeError, ModelFormatError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
 from .logprobs import scored_logprobs, token_logprob
+from .model_identity import ModelIdentity, model_identity
 from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
@@ -269,6 +270,7 @@ class Model:
         self._pipelined_decode = self.backend == "metal"
         self.tokenizer = self._model.tokenizer
         self._templates = {}        # template source -> ChatTemplate, compiled on first use
+        self._identity_cache = None   # _identity(): for saved states
         self._cache_tokens = []     # tokens whose K/V are in the engine's cache, positions 0..
         self._prompt_cache = None   # PromptCache of other sequences, when set_prompt_cache() is on
         # A recurrent model's states a few tokens before its last prompts' ends (state_checkpoints.py)
@@ -489,9 +491,15 @@ class Model:
             return None
         tokens = tuple(self._cache_tokens)
         if not self._engine.recurrent:
-            return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))))
+            return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))), model=self._identity())
         return ModelState(tokens, np.asarray(self._engine.kv_save(len(tokens))), np.asarray(self._engine.state_save()),
-                          self._checkpoints.within(0, tokens))
+                          self._checkpoints.within(0, tokens), self._identity())
+
+    def _identity(self) -> ModelIdentity:
+        """This model's identity for its saved states (model_identity.py), computed once."""
+        if self._identity_cache is None:
+            self._identity_cache = model_identity(self._model, self.n_ctx)
+        return self._identity_cache
 
     def load_state(self, state: ModelState) -> None:
         """Makes `state` (from save_state of this model) the cached sequence."""
@@ -516,6 +524,13 @@ class Model:
         if (state.recurrent is None) == self._engine.recurrent:
             raise ValueError("state is not from this model: recurrent states "
                              + ("missing" if state.recurrent is None else "given to a model without recurrent layers"))
+        if not isinstance(state.model, ModelIdentity):
+            raise ValueError("this state carries no model identity (made by hand, or saved by an older forgert): "
+                             f"only a state from save_state() of this model loads, {self._identity()}")
+        if state.model.digest != self._identity().digest:   # the name is the file's: a copy is the same model
+            raise ValueError(f"this state was saved by another model: {state.model}, not this one, "
+                             f"{self._identity()} (the identity covers the architecture settings for this context "
+                             f"length and the tensors' names, types, shapes and sampled bytes)")
         self._engine.kv_load(state.kv)   # checks the shape against this model and context
         if state.recurrent is not None:
             self._engine.state_load(state.recurrent, len(state.tokens))

@@ -16,11 +16,14 @@ class ModelState:
     """The K/V cache of `tokens` (positions 0..len(tokens)): f16 bits [n_layers, 2, n, kv_dim] (K
     and V; [n_layers, 1, n, kv_dim] with latent attention, whose V is read from K's rows);
     a recurrent model's (Qwen3.5's) states after those tokens too, f32 [n] (None for others), and
-    its checkpoints of earlier positions of them (state_checkpoints.Checkpoint)."""
+    its checkpoints of earlier positions of them (state_checkpoints.Checkpoint); and the identity
+    of the model that saved it (model_identity.ModelIdentity; None in a state made by hand or
+    unpickled from a forgert before it, which load_state refuses)."""
     tokens: tuple
     kv: np.ndarray
     recurrent: np.ndarray | None = None
     checkpoints: tuple = ()
+    model: object = None
 
     @property
     def nbytes(self) -> int:
