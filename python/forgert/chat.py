@@ -6,11 +6,9 @@ from datetime import datetime
 
 from jinja2 import TemplateError, nodes
 from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-
-class ChatTemplateError(ValueError):
-    """The model has no chat template, or its template failed on these messages."""
+from .chat_limits import CHARS_FACTOR, DEFAULT_MAX_CHARS, BoundedSandbox, render_budget
+from .errors import ChatTemplateError
 
 
 def _raise_exception(message):
@@ -80,32 +78,58 @@ def normalize_messages(messages) -> list:
 
 
 class ChatTemplate:
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", max_chars: int = DEFAULT_MAX_CHARS):
+        """max_chars: the longest rendering (and string, list or block within it) allowed; a
+        model passes chat_limits.max_chars_for its context and longest token."""
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols", GenerationBlocks])
+        self.max_chars = max_chars
+        env = BoundedSandbox(max_chars, trim_blocks=True, lstrip_blocks=True,
+                             extensions=["jinja2.ext.loopcontrols", GenerationBlocks])
         env.filters["tojson"] = _tojson
+        env.bound_filters()
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         try:
-            self.template = env.from_string(source)
+            self.template = env.bounded_template(source)
         except TemplateError as e:
             raise ChatTemplateError(f"the model's chat template does not compile: {e}") from None
+        except RecursionError:
+            raise ChatTemplateError("the model's chat template does not compile: nested past Python's "
+                                    "recursion limit") from None
 
     def render(self, messages, add_generation_prompt: bool = True, **extra) -> str:
         messages = normalize_messages(messages)
         try:
-            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                        bos_token=self.bos_token, eos_token=self.eos_token, **extra)
+            with render_budget(self.max_chars):
+                return self._render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                    bos_token=self.bos_token, eos_token=self.eos_token, **extra)
         except ChatTemplateError:
             raise
+        except RecursionError:   # a macro or recursive loop calling itself without end
+            raise ChatTemplateError("the model's chat template was stopped: it recursed past Python's "
+                                    "recursion limit") from None
+        except MemoryError:
+            raise ChatTemplateError("the model's chat template ran out of memory") from None
         except TemplateError as e:
             raise ChatTemplateError(f"the model's chat template failed: {e}") from None
         except (ArithmeticError, TypeError, ValueError, LookupError) as e:   # its own Python errors:
             # 1 / 0, a range past the sandbox's MAX_RANGE (OverflowError), 'a' + 1
             raise ChatTemplateError(f"the model's chat template failed: {type(e).__name__}: {e}") from None
+
+
+    def _render(self, **variables) -> str:
+        """The template's output, stopped once it passes max_chars."""
+        parts, n = [], 0
+        for part in self.template.generate(**variables):
+            n += len(part)
+            if n > self.max_chars:
+                raise ChatTemplateError(f"the model's chat template was stopped: its output passed {self.max_chars} "
+                                        f"characters, the limit on a rendering ({CHARS_FACTOR} times the characters its context holds at its "
+                                        f"longest token)")
+            parts.append(part)
+        return "".join(parts)
 
 
 def no_template_error(model_name: str) -> ChatTemplateError:

@@ -17,3 +17,8 @@ class KvCacheTooLargeError(ValueError):
         super().__init__(message)
         self.n_ctx = n_ctx
         self.n_ctx_that_fits = n_ctx_that_fits
+
+
+class ChatTemplateError(ValueError):
+    """The model has no chat template, or its template failed on these messages (or passed a
+    limit on rendering: chat_limits.py)."""

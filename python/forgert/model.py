@@ -18,6 +18,7 @@ import numpy as np
 
 from . import cpu_topology
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
+from .chat_limits import max_chars_for
 from .chat_templates import chat_template_for
 from .batch import LogitsOptions, run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
@@ -1003,8 +1004,9 @@ class Model:
             raise no_template_error(self._model.name)
         template = self._templates.get(source)
         if template is None:
-            template = self._templates[source] = ChatTemplate(source, self.tokenizer.bos_token,
-                                                               self.tokenizer.eos_token)
+            template = self._templates[source] = ChatTemplate(
+                source, self.tokenizer.bos_token, self.tokenizer.eos_token,
+                max_chars_for(self.n_ctx, self.tokenizer.longest_token()))
         if tools:
             from .tool_calls import messages_with_tools
             messages, tool_vars = messages_with_tools(source, messages, tools)

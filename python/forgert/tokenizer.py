@@ -239,6 +239,11 @@ class ModelTokenizer:
                 return i, text
         return None
 
+    def longest_token(self) -> int:
+        """The most characters a token's piece has (a byte-level piece's characters are its bytes):
+        a chat template's rendering limit scales with it (chat_limits.max_chars_for)."""
+        return max((len(p) for p in self.hf.get_vocab(with_added_tokens=True)), default=1)
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes token_id stands for on its own (OpenAI's logprob `bytes`): its decoded text's
         UTF-8, but for a token holding part of a character (decoded alone as U+FFFD) its own bytes:
