@@ -16,6 +16,8 @@ import threading
 import numpy as np
 import pytest
 
+from forgert.server.responses import legacy_token
+
 from server_harness import LiveServer, wait_until
 from test_batch_server_features import (assert_same, chat_gguf, in_flight, run,  # noqa: F401 (chat_gguf: a fixture)
                                          run_concurrently)
@@ -111,8 +113,9 @@ def assert_numpy_prompt_logprobs(got, fields, model) -> float:
         for i in range(1, len(ids)):
             _, logprob, top = entries[i]
             best = np.argsort(-lp[i - 1], kind="stable")[:fields["logprobs"]]
-            # as the response's dict(alternatives): tokens of one text (byte pieces) keep the last
-            want = dict((model.detokenize([int(t)]), lp[i - 1, t]) for t in best)
+            # keyed as the response writes them: a byte piece (part of a character) as 'bytes:\\xNN'
+            want = {legacy_token(model.detokenize([int(t)]), model.tokenizer.token_bytes(int(t))): lp[i - 1, t]
+                    for t in best}
             assert sorted(top or {}) == sorted(want), f"choice {index} token {i}"
             errors = [abs(logprob - lp[i - 1, ids[i]])] + [abs(top[t] - want[t]) for t in want]
             assert max(errors) <= NUMPY_TOL, f"choice {index} token {i}: {errors}"

@@ -50,10 +50,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
+from .completion import Completion, StreamPiece, Timings, Usage
 from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
-from .logprobs import scored_logprobs, token_logprob
+from .logprobs import first_prompt_logprob, scored_logprobs, token_logprob
 from .prompt_cache import common_prefix
 from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .state_checkpoints import StateCheckpoints, resume
@@ -101,7 +101,7 @@ class _Sequence:
         self.pending_logprobs = []      # of tokens whose text is not out yet
         # the prompt's logprobs, filled chunk by chunk as its prefill rows are scored (it then
         # prefills from position 0: a cached prefix has no logits)
-        self.prompt_logprobs = ([TokenLogprob(tokenizer.decode([self.prompt[0]]), None, [])]
+        self.prompt_logprobs = ([first_prompt_logprob(self.prompt[0], tokenizer)]
                                 if options.prompt_logprobs else None)
         self.greedy = params.greedy and not params.has_penalties and not options.needs_row
         self.sampler = None if self.greedy or options.needs_row else native_sampler(params, prompt_ids)

@@ -44,6 +44,23 @@ def _largest(x: np.ndarray, n: int) -> np.ndarray:
 def scored_logprobs(scores, tokenizer) -> list[TokenLogprob]:
     """[TokenLogprob] of each target of a _core.RowScores the engine filled: the token after each
     evaluated row, with its row's top_k alternatives (ties to the lower id, as _largest)."""
-    return [TokenLogprob(tokenizer.token_piece(int(tok)), float(lp),
-                         [(tokenizer.token_piece(int(i)), float(v)) for i, v in zip(ids, vals)])
-            for tok, lp, ids, vals in zip(scores.targets, scores.logprob, scores.top_ids, scores.top_logprob)]
+    out = []
+    for tok, lp, ids, vals in zip(scores.targets, scores.logprob, scores.top_ids, scores.top_logprob):
+        piece = tokenizer.token_piece(int(tok))
+        top = [(tokenizer.token_piece(int(i)), float(v)) for i, v in zip(ids, vals)]
+        top_bytes = [_partial_bytes(t, int(i), tokenizer) for (t, _), i in zip(top, ids)]
+        out.append(TokenLogprob(piece, float(lp), top, _partial_bytes(piece, int(tok), tokenizer),
+                                top_bytes if any(b is not None for b in top_bytes) else None))
+    return out
+
+
+def first_prompt_logprob(token_id: int, tokenizer) -> TokenLogprob:
+    """A prompt's first token: nothing before it scores it (logprob None, as OpenAI's echo)."""
+    text = tokenizer.decode([int(token_id)])
+    return TokenLogprob(text, None, [], _partial_bytes(text, int(token_id), tokenizer))
+
+
+def _partial_bytes(piece: str, token_id: int, tokenizer) -> bytes | None:
+    """A prompt token's bytes where its text alone is not whole characters (U+FFFD in it), else
+    None (its text's UTF-8: token_bytes costs a decode, which a long prompt's tokens skip)."""
+    return tokenizer.token_bytes(token_id) if "\ufffd" in piece else None

@@ -30,7 +30,7 @@ from .embeddings import check_dimensions, check_pooling, embedding_inputs, finis
 from .errors import KvCacheTooLargeError, ModelFormatError
 from .grammar import Grammar, compile_response_format
 from .loader import load_model
-from .logprobs import scored_logprobs, token_logprob
+from .logprobs import first_prompt_logprob, scored_logprobs, token_logprob
 from .model_identity import ModelIdentity, model_identity
 from .prompt_lookup import NgramDraft, accepted, refusal as lookup_refusal, verify_sampled
 from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
@@ -712,7 +712,7 @@ class Model:
                 self._add_profile()
                 self._cache_tokens = ids[:s + len(chunk)]
                 scored.append(scores)
-        first = TokenLogprob(self.tokenizer.decode([ids[0]]), None, [])
+        first = first_prompt_logprob(ids[0], self.tokenizer)
         return [first] + [lp for scores in scored for lp in scored_logprobs(scores, self.tokenizer)]
 
     def compile_response_format(self, response_format) -> Grammar | None:

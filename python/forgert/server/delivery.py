@@ -10,7 +10,7 @@ from fastapi import Request
 from .errors import APIError, internal_error, log_unexpected
 from .generation import Finish, Piece
 from .metrics import RequestTimer, ServerMetrics
-from .responses import ResponseHeader, sse, usage
+from .responses import ResponseHeader, TextOffsets, sse, usage
 
 
 async def metered(events: AsyncIterator, metrics: ServerMetrics, timer: RequestTimer) -> AsyncIterator:
@@ -100,7 +100,7 @@ async def stream(events: AsyncIterator, header: ResponseHeader, include_usage: b
         for index in range(n_choices):
             yield chunk(index, content="", role=True)
             outputs[index] = new_output()
-    offsets = [0] * n_choices       # where each choice's next logprob token starts (legacy completions)
+    offsets = [TextOffsets() for _ in range(n_choices)]   # each choice's logprob tokens' (legacy completions)
     finishes = []
     try:
         async for event in events:
@@ -115,8 +115,7 @@ async def stream(events: AsyncIterator, header: ResponseHeader, include_usage: b
                 else:
                     if not event.text and event.logprobs is None:
                         continue
-                    yield chunk(i, content=event.text, logprobs=event.logprobs, text_offset=offsets[i])
-                    offsets[i] += sum(len(lp.token) for lp in event.logprobs or ())
+                    yield chunk(i, content=event.text, logprobs=event.logprobs, offsets=offsets[i])
                 continue
             finishes.append(event)
             reason = event.finish_reason

@@ -1,6 +1,7 @@
 """OpenAI response objects and stream chunks, built from generation events."""
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -76,7 +77,7 @@ class ResponseHeader:
     def chunk(self, index: int = 0, *, content: Optional[str] = None, reasoning: Optional[str] = None,
               tool_calls: Optional[list] = None, logprobs: Optional[list[TokenLogprob]] = None,
               finish_reason: Optional[str] = None, role: bool = False,
-              with_usage_field: bool = False, text_offset: int = 0) -> dict:
+              with_usage_field: bool = False, offsets: Optional["TextOffsets"] = None) -> dict:
         body = self._envelope(streaming=True)
         if self.chat:
             delta = {}
@@ -92,7 +93,7 @@ class ResponseHeader:
                       "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": content or "",
-                      "logprobs": completion_logprobs(logprobs, text_offset),
+                      "logprobs": completion_logprobs(logprobs, offsets),
                       "finish_reason": finish_reason}
         body["choices"] = [choice]
         if with_usage_field:
@@ -122,16 +123,45 @@ def chat_logprobs(logprobs: Optional[list[TokenLogprob]]) -> Optional[dict]:
             "refusal": None}
 
 
-def completion_logprobs(logprobs: Optional[list[TokenLogprob]], text_offset: int = 0) -> Optional[dict]:
-    """The legacy completions shape: parallel lists, offsets into the generated text."""
+def legacy_token(token: str, raw: Optional[bytes]) -> str:
+    """A token as the legacy completions format writes it: its text, or, for a token that is not
+    whole UTF-8 characters (part of one, decoded alone as U+FFFD), OpenAI's 'bytes:\\xNN...'."""
+    if raw is None or raw == token.encode("utf-8"):
+        return token
+    return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+class TextOffsets:
+    """Where each token starts in the text (legacy completions' text_offset, in characters): its
+    bytes decoded after those before it, so that the halves of a character both start where it
+    does and count it once (U+FFFD per half would count it twice). One per choice's stream."""
+
+    def __init__(self, start: int = 0):
+        self.at = start
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def advance(self, lp: TokenLogprob) -> int:
+        """lp's offset; the text then holds it."""
+        start = self.at
+        raw = lp.token_bytes if lp.token_bytes is not None else lp.token.encode("utf-8")
+        self.at += len(self._decoder.decode(raw))
+        return start
+
+
+def completion_logprobs(logprobs: Optional[list[TokenLogprob]],
+                        offsets: Optional[TextOffsets] = None) -> Optional[dict]:
+    """The legacy completions shape: parallel lists, offsets into the generated text (`offsets`
+    carries a stream's on from its previous chunks)."""
     if logprobs is None:
         return None
-    offsets = []
-    for lp in logprobs:
-        offsets.append(text_offset)
-        text_offset += len(lp.token)
+    offsets = offsets or TextOffsets()
+
+    def top(lp: TokenLogprob) -> dict:
+        raws = lp.top_bytes or [None] * len(lp.top)
+        return {legacy_token(t, raw): p for (t, p), raw in zip(lp.top, raws)}
+
     # An echoed prompt's first token has no logprob (nothing before it): null, as OpenAI sends it.
-    return {"tokens": [lp.token for lp in logprobs],
+    return {"tokens": [legacy_token(lp.token, lp.token_bytes) for lp in logprobs],
             "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [None if lp.logprob is None else dict(lp.top) for lp in logprobs],
-            "text_offset": offsets}
+            "top_logprobs": [None if lp.logprob is None else top(lp) for lp in logprobs],
+            "text_offset": [offsets.advance(lp) for lp in logprobs]}
