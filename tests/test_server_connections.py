@@ -7,6 +7,7 @@ asserted: only that the server closes the connection while the trickle is still 
 """
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -77,6 +78,15 @@ def trickle_until_closed(sock: socket.socket, data: bytes) -> bytes:
     return answer
 
 
+def assert_json_error(answer: bytes, status: int, message: str) -> None:
+    """answer (a raw HTTP response) is `status` with an OpenAI-shaped JSON error saying message
+    (the server's other errors' shape: it was text/plain)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer
+    assert b"content-type: application/json" in head.lower(), answer
+    assert json.loads(body)["error"]["message"] == message, answer
+
+
 # Long enough that trickling it at 50 ms a byte outlasts GIVE_UP_S.
 ENDLESS_HEADER = b"X-Slow: " + b"a" * 2000
 
@@ -84,8 +94,7 @@ ENDLESS_HEADER = b"X-Slow: " + b"a" * 2000
 def test_slow_headers_are_cut_off_with_408(server):
     with connect(server) as sock:
         answer = trickle_until_closed(sock, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + ENDLESS_HEADER)
-    assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert answer.endswith(b"The request headers were not received in time")
+    assert_json_error(answer, 408, "The request headers were not received in time")
 
 
 def test_a_silent_connection_is_closed(server):
@@ -103,8 +112,7 @@ def test_slow_body_is_cut_off_with_408(server):
     with connect(server) as sock:
         sock.sendall(head)
         answer = trickle_until_closed(sock, b'{"prompt": "' + b"a" * 5000)
-    assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert answer.endswith(b"The request body was not received in time")
+    assert_json_error(answer, 408, "The request body was not received in time")
 
 
 def test_a_generation_outlasting_the_deadlines_is_not_cut_off(server, model):
@@ -157,5 +165,25 @@ def test_connections_beyond_the_limit_get_503(server):
         with httpx.Client(base_url=server.base_url) as other:
             r = other.get("/health")                          # the fourth
         assert r.status_code == 503
+        assert r.headers["content-type"] == "application/json", r.text   # was uvicorn's text/plain
+        assert r.json()["error"]["code"] == "too_many_connections" and "retry later" in r.json()["error"]["message"]
     wait_until(lambda: open_connections() == 0, GIVE_UP_S, "the connections to close")
     assert httpx.get(server.base_url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /health HTTP/1.1\r\nHost: x\r\ncontent-length: abc\r\n\r\n",        # a bad header value
+    b"NOT HTTP AT ALL\r\n\r\n",                                                  # a bad request line
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000,   # unfinished headers past h11's 16 KB
+])
+def test_a_request_h11_cannot_parse_gets_a_json_400(server, request_bytes):
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        sock.settimeout(GIVE_UP_S)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), answer
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_http" and error["message"].startswith("Invalid HTTP request: "), error

@@ -8,16 +8,23 @@ not from the last byte (a trickle must not extend them):
     byte of its next request) until the request's headers are complete;
   - body_timeout_s: from the end of the headers until the body is complete.
 A connection past either deadline gets "408 Request Timeout" (when no response has started) and
-is closed. max_connections bounds the open connections (uvicorn's limit_concurrency): a request
-on a connection beyond it gets "503 Service Unavailable".
+is closed. max_connections bounds the open connections (as uvicorn's limit_concurrency, counted
+here): a request on a connection beyond it gets "503 Service Unavailable". Those, and the 400 for
+a request h11 cannot parse, are JSON error bodies like every other error (errors.APIError):
+uvicorn's own are plain text.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Optional
 
 import h11
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+from starlette.requests import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .errors import APIError, _is_anthropic_route
 
 
 @dataclass(frozen=True)
@@ -40,18 +47,34 @@ def uvicorn_config(app, limits: ConnectionLimits, **config):
     import uvicorn
 
     protocol = type("DeadlineH11Protocol", (_DeadlineH11Protocol,), {"limits": limits})
-    # uvicorn counts the connection asking too, so N + 1 lets exactly N connections in.
-    return uvicorn.Config(app, http=protocol, limit_concurrency=limits.max_connections + 1, **config)
+    # limit_concurrency stays unset: the protocol counts connections itself, to answer in JSON
+    return uvicorn.Config(app, http=protocol, **config)
 
 
-_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                     b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
-_TIMEOUT_MESSAGE = {"headers": b"The request headers were not received in time",
-                    "body": b"The request body was not received in time"}
+_TIMEOUT_MESSAGE = {"headers": "The request headers were not received in time",
+                    "body": "The request body was not received in time"}
+
+
+def _error_body(error: APIError, path: Optional[str]) -> bytes:
+    """error's JSON body, in Anthropic's shape on its routes (as APIError.response)."""
+    anthropic = path is not None and _is_anthropic_route(path)
+    return json.dumps(error.anthropic_body() if anthropic else error.body()).encode()
+
+
+async def _overloaded(scope, receive, send) -> None:
+    """The 503 for a request beyond max_connections (uvicorn's service_unavailable, in JSON)."""
+    response = APIError(503, "The server is serving as many connections as it allows; retry later",
+                        code="too_many_connections").response(Request(scope))
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
 
 
 class _DeadlineH11Protocol(H11Protocol):
     limits: ConnectionLimits
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._app = self.app
 
     def connection_made(self, transport) -> None:
         self._deadline = None           # asyncio.TimerHandle of the phase being timed
@@ -65,6 +88,13 @@ class _DeadlineH11Protocol(H11Protocol):
         super().data_received(data)
 
     def handle_events(self) -> None:
+        # uvicorn's limit_concurrency test, with a JSON 503: the connection asking is counted,
+        # so max_connections + 1 lets exactly max_connections in
+        limit = self.limits.max_connections + 1
+        over = len(self.connections) >= limit or len(self.tasks) >= limit
+        if over and self.app is not _overloaded:
+            self.logger.warning("Exceeded concurrency limit.")
+        self.app = _overloaded if over else self._app
         super().handle_events()
         # Follow what h11 has parsed so far (also after pipelined requests are unblocked).
         state = self.conn.their_state
@@ -101,6 +131,21 @@ class _DeadlineH11Protocol(H11Protocol):
         else:
             unanswered = self.cycle is not None and not self.cycle.response_started
         if unanswered:
-            message = _TIMEOUT_MESSAGE[phase]
-            self.transport.write(_TIMEOUT_RESPONSE % (len(message), message))
+            path = self.cycle.scope["path"] if phase == "body" and self.cycle is not None else None
+            body = _error_body(APIError(408, _TIMEOUT_MESSAGE[phase], code="request_timeout"), path)
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot parse, in JSON."""
+        limit = self.config.h11_max_incomplete_event_size
+        limit = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit
+        body = _error_body(APIError(400, f"Invalid HTTP request: its request line or headers are malformed, or "
+                                         f"longer than {limit} bytes", code="invalid_http"), None)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
         self.transport.close()
