@@ -33,6 +33,10 @@ def render(source, max_chars=LIMIT):
     ("{{ '{:>999999999}'.format(1) }}", "format width or precision of 8 or more digits"),
     ("{{ '{:>{}}'.format(1, 10**9) }}", "a nested format width"),
     ("{{ '%s'|format('a')|indent(10**9) }}", "filter 'indent'"),
+    ("{{ '%*d' % (10**9, 1) }}", r"a '\*' format width"),
+    ("{{ 'a'.encode() * 10**10 }}", "a repetition"),
+    ("{{ messages|tojson(indent=10**9) }}", "filter 'tojson' was given an indent of 1000000000"),
+    ("{{ lipsum(10**6, html=False, min=100, max=100) }}", r"lipsum\(1000000, max=100\)"),
     # integers
     ("{{ 10**1000000 }}", f"{MAX_INT_BITS}-bit limit"),
     ("{% set ns = namespace(n=3) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n }}",

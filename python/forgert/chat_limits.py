@@ -36,6 +36,9 @@ WRITE_FACTOR = 8             # characters written in one render (buffers too): W
 MAX_INT_BITS = 1 << 16       # an integer's size
 DEFAULT_MAX_CHARS = 1 << 24  # max_chars of a template rendered without a model
 CHARS_FACTOR = 4             # max_chars_for: the margin over a full context's characters
+_SEQUENCES = (str, bytes, list, tuple)
+_SIZED = _SEQUENCES + (dict,)
+MAX_JSON_INDENT = 1000   # tojson's indent, in characters
 _HUGE_WIDTH = re.compile(r"\d{8,}")
 _NESTED_FIELD = re.compile(r"\{[^{}]*\{")   # '{:>{}}': a width from an argument
 
@@ -65,7 +68,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     # -- sizes ----------------------------------------------------------------------------------
     def check_size(self, value, what: str = "a value"):
-        if isinstance(value, (str, list, tuple, dict)) and len(value) > self.max_chars:
+        if isinstance(value, _SIZED) and len(value) > self.max_chars:
             raise _too_long(what, len(value), self.max_chars)
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
             raise ChatTemplateError(f"the model's chat template was stopped: an integer of {value.bit_length()} bits "
@@ -87,7 +90,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context, operator, left, right):
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * max(n, 0) > self.max_chars:
+                if isinstance(seq, _SEQUENCES) and isinstance(n, int) and len(seq) * max(n, 0) > self.max_chars:
                     raise _too_long(f"a repetition ({len(seq)} items * {n})", len(seq) * n, self.max_chars)
             if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
                 raise self._int_error(left.bit_length() + right.bit_length())
@@ -97,11 +100,15 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 if bits > MAX_INT_BITS:
                     raise self._int_error(bits)
         elif operator == "+":
-            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
                 if len(left) + len(right) > self.max_chars:
                     raise _too_long("a concatenation", len(left) + len(right), self.max_chars)
         elif operator == "%":
             self._check_width(left)
+            if isinstance(left, str) and "*" in left:   # '%*s': widths from the arguments
+                for v in right if isinstance(right, tuple) else (right,):
+                    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > self.max_chars:
+                        raise _too_long("a '*' format width", abs(v), self.max_chars)
         return self.check_size(super().call_binop(context, operator, left, right), f"the result of {operator!r}")
 
     @staticmethod
@@ -188,6 +195,16 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.filters["forgert_counted"] = self.counted
         self.filters["forgert_sized"] = lambda value: self.check_size(value, "a '~' concatenation")
         self.filters["forgert_written"] = self.written
+        self.globals["lipsum"] = self._bounded_lipsum(self.globals["lipsum"])
+
+    def _bounded_lipsum(self, lipsum):
+        @functools.wraps(lipsum)
+        def bounded(n=5, html=True, min=20, max=100):
+            size = 12 * abs(n) * abs(max)   # a word with its space is under 12 characters
+            if size > self.max_chars:
+                raise _too_long(f"lipsum({n}, max={max})", size, self.max_chars)
+            return lipsum(n, html, min, max)
+        return bounded
 
     def _bounded_filter(self, name, f):
         env = self
@@ -252,7 +269,15 @@ def _widths(filter_name):
     return check
 
 
-_ESTIMATES = {"join": _join, "replace": _replace, "center": _widths("center"), "indent": _widths("indent"),
+def _tojson(env, values, kwargs):
+    indent = values[1] if len(values) > 1 else kwargs.get("indent")
+    width = len(indent) if isinstance(indent, str) else indent
+    if isinstance(width, int) and width > MAX_JSON_INDENT:
+        raise ChatTemplateError(f"the model's chat template was stopped: filter 'tojson' was given an indent of "
+                                f"{width}, past the {MAX_JSON_INDENT}-character limit")
+
+
+_ESTIMATES = {"tojson": _tojson, "join": _join, "replace": _replace, "center": _widths("center"), "indent": _widths("indent"),
               "format": lambda env, values, kwargs: env._check_width(values[0])}
 
 
