@@ -97,3 +97,14 @@ def test_a_models_limit_scales_with_its_context(forgert, tiny_models):
     assert limit == 64 * max(m.tokenizer.longest_token(), 16) * CHARS_FACTOR
     with pytest.raises(ChatTemplateError, match=f"pass the {limit}-character limit"):
         m.apply_chat_template(MESSAGES)
+
+
+def test_server_answers_a_hostile_template_with_a_400(forgert, tiny_models):
+    from fastapi.testclient import TestClient
+    from forgert.server import create_app
+    m = forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=64)
+    m._model.chat_template = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    client = TestClient(create_app(m, "tiny", None), raise_server_exceptions=False)
+    r = client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 1})
+    assert r.status_code == 400, r.text
+    assert f"stopped after {MAX_STEPS} steps" in r.json()["error"]["message"]
