@@ -503,7 +503,8 @@ class Model:
         return self._identity_cache
 
     def load_state(self, state: ModelState) -> None:
-        """Makes `state` (from save_state of this model) the cached sequence."""
+        """Makes `state` (from save_state of this model) the cached sequence. Another model's
+        state is refused by name, whatever its shapes (ModelState.model: model_identity.py)."""
         if isinstance(state, ModelState) and not all(
                 isinstance(t, (int, np.integer)) and 0 <= t < self.vocab_size for t in state.tokens):
             raise ValueError(f"state's tokens are not all token ids of this model (0..{self.vocab_size - 1})")
