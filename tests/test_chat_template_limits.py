@@ -95,7 +95,8 @@ def test_a_models_limit_scales_with_its_context(forgert, tiny_models):
     m._model.chat_template = "{{ 'a' * 10**10 }}"   # as a hostile model file would hold it
     limit = max_chars_for(64, m.tokenizer.longest_token())
     assert limit == 64 * max(m.tokenizer.longest_token(), 16) * CHARS_FACTOR
-    with pytest.raises(ChatTemplateError, match=f"pass the {limit}-character limit"):
+    with pytest.raises(ChatTemplateError, match=f"pass the {limit}-character limit on a rendering "
+                                                 f"\\({CHARS_FACTOR} times the characters the model's context holds"):
         m.apply_chat_template(MESSAGES)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from jinja2 import TemplateError, nodes
 from jinja2.ext import Extension
 
-from .chat_limits import CHARS_FACTOR, DEFAULT_MAX_CHARS, BoundedSandbox, render_budget
+from .chat_limits import DEFAULT_LIMIT_NOTE, DEFAULT_MAX_CHARS, BoundedSandbox, render_budget
 from .errors import ChatTemplateError
 
 
@@ -78,14 +78,16 @@ def normalize_messages(messages) -> list:
 
 
 class ChatTemplate:
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", max_chars: int = DEFAULT_MAX_CHARS):
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", max_chars: int = DEFAULT_MAX_CHARS,
+                 limit_note: str = DEFAULT_LIMIT_NOTE):
         """max_chars: the longest rendering (and string, list or block within it) allowed; a
-        model passes chat_limits.max_chars_for its context and longest token."""
+        model passes chat_limits.max_chars_for its context and longest token, and
+        MODEL_LIMIT_NOTE (limit_note: where max_chars comes from, for the messages)."""
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.max_chars = max_chars
-        env = BoundedSandbox(max_chars, trim_blocks=True, lstrip_blocks=True,
+        env = BoundedSandbox(max_chars, limit_note, trim_blocks=True, lstrip_blocks=True,
                              extensions=["jinja2.ext.loopcontrols", GenerationBlocks])
         env.filters["tojson"] = _tojson
         env.bound_filters()
@@ -126,8 +128,7 @@ class ChatTemplate:
             n += len(part)
             if n > self.max_chars:
                 raise ChatTemplateError(f"the model's chat template was stopped: its output passed {self.max_chars} "
-                                        f"characters, the limit on a rendering ({CHARS_FACTOR} times the characters its context holds at its "
-                                        f"longest token)")
+                                        f"characters, the limit on a rendering ({self.template.environment.limit_note})")
             parts.append(part)
         return "".join(parts)
 

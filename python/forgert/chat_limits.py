@@ -7,7 +7,7 @@ twice per level). BoundedSandbox refuses, with a ChatTemplateError naming the li
   longer than `max_chars`: a model's is max_chars_for(n_ctx, its longest token), CHARS_FACTOR
   times the characters of a context full of its longest tokens, far more than any prompt that
   fits its context;
-- an integer past MAX_INT_BITS bits (`10**10**10`, a number squared in a loop);
+- an integer past MAX_INT_BITS bits (`10**100000`, a number squared in a loop);
 - a format width or precision of 8 or more digits (`'%999999999d'`, `'{:>999999999}'`);
 - past MAX_STEPS steps in one render (a loop's iteration is one, a call, a macro's included,
   CALL_STEPS);
@@ -46,30 +46,36 @@ _NESTED_FIELD = re.compile(r"\{[^{}]*\{")   # '{:>{}}': a width from an argument
 _budget = contextvars.ContextVar("forgert_chat_template_budget", default=None)
 
 
+DEFAULT_LIMIT_NOTE = "the limit of a template rendered without a model"
+MODEL_LIMIT_NOTE = f"{CHARS_FACTOR} times the characters the model's context holds at its longest token"
+
+
 def max_chars_for(n_ctx: int, longest_token: int) -> int:
     """A model's limit: CHARS_FACTOR times the characters its context holds at its longest token
     (at least 16 characters a token)."""
     return n_ctx * max(longest_token, 16) * CHARS_FACTOR
 
 
-def _too_long(what: str, n: int, limit: int) -> ChatTemplateError:
-    return ChatTemplateError(f"the model's chat template was stopped: {what} of {n} items would pass the "
-                             f"{limit}-character limit on a rendering ({CHARS_FACTOR} times the characters its "
-                             f"context holds at its longest token)")
 
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})   # also keeps them from compile-time folding
 
-    def __init__(self, max_chars: int = DEFAULT_MAX_CHARS, **options):
+    def __init__(self, max_chars: int = DEFAULT_MAX_CHARS, limit_note: str = DEFAULT_LIMIT_NOTE, **options):
+        """limit_note: where max_chars comes from, for the messages."""
         super().__init__(**options)
         self.max_chars = int(max_chars)
+        self.limit_note = limit_note
         self.concat = self._bounded_concat   # a macro's or {% set %} block's output
 
     # -- sizes ----------------------------------------------------------------------------------
+    def too_long(self, what: str, n: int) -> ChatTemplateError:
+        return ChatTemplateError(f"the model's chat template was stopped: {what} of {n} items would pass the "
+                                 f"{self.max_chars}-character limit on a rendering ({self.limit_note})")
+
     def check_size(self, value, what: str = "a value"):
         if isinstance(value, _SIZED) and len(value) > self.max_chars:
-            raise _too_long(what, len(value), self.max_chars)
+            raise self.too_long(what, len(value))
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
             raise ChatTemplateError(f"the model's chat template was stopped: an integer of {value.bit_length()} bits "
                                     f"passes the {MAX_INT_BITS}-bit limit")
@@ -79,7 +85,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         parts = list(parts)
         n = sum(len(p) for p in parts)
         if n > self.max_chars:
-            raise _too_long("a block's output", n, self.max_chars)
+            raise self.too_long("a block's output", n)
         return "".join(parts)
 
     def _check_width(self, fmt) -> None:
@@ -91,7 +97,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, _SEQUENCES) and isinstance(n, int) and len(seq) * max(n, 0) > self.max_chars:
-                    raise _too_long(f"a repetition ({len(seq)} items * {n})", len(seq) * n, self.max_chars)
+                    raise self.too_long(f"a repetition ({len(seq)} items * {n})", len(seq) * n)
             if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
                 raise self._int_error(left.bit_length() + right.bit_length())
         elif operator == "**":
@@ -102,13 +108,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         elif operator == "+":
             if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
                 if len(left) + len(right) > self.max_chars:
-                    raise _too_long("a concatenation", len(left) + len(right), self.max_chars)
+                    raise self.too_long("a concatenation", len(left) + len(right))
         elif operator == "%":
             self._check_width(left)
             if isinstance(left, str) and "*" in left:   # '%*s': widths from the arguments
                 for v in right if isinstance(right, tuple) else (right,):
                     if isinstance(v, int) and not isinstance(v, bool) and abs(v) > self.max_chars:
-                        raise _too_long("a '*' format width", abs(v), self.max_chars)
+                        raise self.too_long("a '*' format width", abs(v))
         return self.check_size(super().call_binop(context, operator, left, right), f"the result of {operator!r}")
 
     @staticmethod
@@ -130,7 +136,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if nested:
                 for v in list(args) + list(kwargs.values()) + [w for a in args if isinstance(a, dict) for w in a.values()]:
                     if isinstance(v, int) and not isinstance(v, bool) and abs(v) > self.max_chars:
-                        raise _too_long("a nested format width", abs(v), self.max_chars)
+                        raise self.too_long("a nested format width", abs(v))
             return self.check_size(wrapped(*args, **kwargs), "a formatted string")
         return bounded
 
@@ -167,19 +173,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             return
         if name in ("ljust", "rjust", "center", "zfill") and args and isinstance(args[0], int):
             if args[0] > self.max_chars:
-                raise _too_long(f"str.{name}", args[0], self.max_chars)
+                raise self.too_long(f"str.{name}", args[0])
         elif name == "expandtabs":
             width = args[0] if args and isinstance(args[0], int) else 8
             if len(owner) * width > self.max_chars:
-                raise _too_long("str.expandtabs", len(owner) * width, self.max_chars)
+                raise self.too_long("str.expandtabs", len(owner) * width)
         elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
             n = len(owner) + (owner.count(args[0]) if args[0] else len(owner) + 1) * len(args[1])
             if n > self.max_chars:
-                raise _too_long("str.replace", n, self.max_chars)
+                raise self.too_long("str.replace", n)
         elif name == "join" and args:
             n = len(owner) * len(args[0]) if hasattr(args[0], "__len__") else 0
             if n > self.max_chars:
-                raise _too_long("str.join", n, self.max_chars)
+                raise self.too_long("str.join", n)
 
     def counted(self, iterable):
         """A loop's iterable, one step per item."""
@@ -202,7 +208,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         def bounded(n=5, html=True, min=20, max=100):
             size = 12 * abs(n) * abs(max)   # a word with its space is under 12 characters
             if size > self.max_chars:
-                raise _too_long(f"lipsum({n}, max={max})", size, self.max_chars)
+                raise self.too_long(f"lipsum({n}, max={max})", size)
             return lipsum(n, html, min, max)
         return bounded
 
@@ -246,7 +252,7 @@ def _sized(node):
 def _join(env, values, kwargs):
     items, sep = values[0], (values[1] if len(values) > 1 else kwargs.get("d", ""))
     if hasattr(items, "__len__") and isinstance(sep, str) and len(sep) * len(items) > env.max_chars:
-        raise _too_long("filter 'join'", len(sep) * len(items), env.max_chars)
+        raise env.too_long("filter 'join'", len(sep) * len(items))
 
 
 def _replace(env, values, kwargs):
@@ -254,7 +260,7 @@ def _replace(env, values, kwargs):
     if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
         n = len(s) + (s.count(old) if old else len(s) + 1) * len(new)
         if n > env.max_chars:
-            raise _too_long("filter 'replace'", n, env.max_chars)
+            raise env.too_long("filter 'replace'", n)
 
 
 def _widths(filter_name):
@@ -265,7 +271,7 @@ def _widths(filter_name):
                 env._check_width(v)
                 v = len(v)
             if isinstance(v, int) and not isinstance(v, bool) and abs(v) * lines > env.max_chars:
-                raise _too_long(f"filter '{filter_name}' ({v} wide)", abs(v) * lines, env.max_chars)
+                raise env.too_long(f"filter '{filter_name}' ({v} wide)", abs(v) * lines)
     return check
 
 

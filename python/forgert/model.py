@@ -18,7 +18,7 @@ import numpy as np
 
 from . import cpu_topology
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
-from .chat_limits import max_chars_for
+from .chat_limits import MODEL_LIMIT_NOTE, max_chars_for
 from .chat_templates import chat_template_for
 from .batch import LogitsOptions, run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
@@ -1007,7 +1007,7 @@ class Model:
         if template is None:
             template = self._templates[source] = ChatTemplate(
                 source, self.tokenizer.bos_token, self.tokenizer.eos_token,
-                max_chars_for(self.n_ctx, self.tokenizer.longest_token()))
+                max_chars_for(self.n_ctx, self.tokenizer.longest_token()), MODEL_LIMIT_NOTE)
         if tools:
             from .tool_calls import messages_with_tools
             messages, tool_vars = messages_with_tools(source, messages, tools)
