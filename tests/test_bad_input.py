@@ -482,7 +482,8 @@ def test_generation_stops_when_the_context_is_full(model):
 def test_overflowed_logits_are_an_error_not_a_crash(tiny, tmp_path):
     """A model whose arithmetic overflows (here a NaN norm weight: every logit NaN) has nothing to
     sample: generate and stream raise a ValueError naming it (they used to segfault in the C++
-    sampler), and the model serves the next request."""
+    sampler), greedy decoding too (it used to decode token 0 on and on: test_nonfinite_logits.py),
+    and the model serves the next request."""
     import forgert
     t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
     t["output_norm.weight"] = np.full(tiny.spec.hidden, np.nan, np.float32)
@@ -491,7 +492,10 @@ def test_overflowed_logits_are_an_error_not_a_crash(tiny, tmp_path):
         m.generate([2, 3, 4], max_tokens=3, seed=1)
     with pytest.raises(ValueError, match="is NaN"):
         list(m.stream([2, 3, 4], max_tokens=3, seed=1, logprobs=2))
-    assert len(m.generate([2, 3, 4], max_tokens=2, temperature=0, ignore_eos=True).tokens) == 2
+    with pytest.raises(forgert.NonFiniteLogitsError, match=r"non-finite logits \(NaN\) at token position 2"):
+        m.generate([2, 3, 4], max_tokens=2, temperature=0, ignore_eos=True)
+    with pytest.raises(ValueError, match="is NaN"):
+        m.generate([2, 3, 4], max_tokens=3, seed=1)
 
 
 @pytest.mark.parametrize("kwargs,match", [

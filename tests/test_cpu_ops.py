@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
+from argmax_reference import INF, NAN, NONE, argmax_reference
 from conftest import backend_params, cpu_uses_int8_activations, require_backend
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
@@ -1075,21 +1076,51 @@ def test_argmax(ops_for, backend, n, vocab):
     np.testing.assert_array_equal(out, np.argmax(x, axis=1))   # NumPy also takes the first maximum
 
 
+def sentinel_rows(vocab: int) -> np.ndarray:
+    """Rows with a NaN or an infinity in every place a reduction treats differently: the first,
+    middle and last columns (the CPU's 16-value vector lanes and its scalar tail; its 8192-column
+    blocks at 9000), beside rows without any, which keep their answers."""
+    x = randn(rng_for("argmax_sentinels", vocab), 14, vocab)
+    x[0, 0] = np.nan                          # NaN first: -1 (it used to lose to the rest)
+    x[1, vocab // 2] = np.nan                 # middle
+    x[2, vocab - 1] = np.nan                  # last (the scalar tail)
+    x[3, :] = np.nan                          # all NaN: -1 (it used to give 0)
+    x[4, :] = -np.inf
+    x[4, [0, vocab // 2]] = np.nan            # NaN among -inf: -1
+    x[5, vocab // 3] = np.inf                 # +inf: -2 (the samplers refuse it too)
+    x[6, vocab - 1] = np.inf
+    x[6, 1] = np.nan                          # NaN and +inf: NaN first, -1
+    x[7, :] = -np.inf                         # nothing above -inf: -3 (it used to give 0)
+    x[8, :] = -np.inf
+    x[8, vocab - 2] = -1e30                   # the one finite value, near the end: its index
+    x[9, vocab - 1] = 50.0                    # no NaN: the argmax, unchanged
+    x[10, :] = 0.5                            # all tied: index 0
+    x[11, 3 % vocab] = -np.inf                # a -inf among finite values: the argmax
+    x[12, 15 % vocab] = np.nan                # the first vector's last lane
+    x[13, min(8191, vocab - 1)] = np.nan      # the first 8192-column block's last column
+    return x
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("vocab", [40, 9000])   # 9000: more than one of the CPU's 8192-column blocks
-def test_argmax_nan_counts_as_minus_inf(ops_for, backend, vocab):
-    """NaN never wins, not even at index 0 (the CPU's merge compared with x[0] and kept a NaN
-    there); a row with nothing above -inf gives index 0 (core/backend.h)."""
-    x = randn(rng_for("argmax_nan", vocab), 4, vocab)
-    x[0, 0] = np.nan
-    x[1, :] = np.nan
-    x[2, :] = -np.inf
-    x[2, [0, vocab // 2]] = np.nan
-    x[3, vocab - 1] = np.nan
-    x[3, vocab // 2] = 9.0
-    want = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
-    assert want.tolist()[1:] == [0, 0, vocab // 2]
+@pytest.mark.parametrize("vocab", [3, 17, 40, 9000])   # 3: no whole 16-value vector; 9000: two blocks
+def test_argmax_sentinels(ops_for, backend, vocab):
+    """A row that holds a NaN or +inf, or nothing above -inf, gives core/backend.h's negative
+    sentinel instead of a made-up token; other rows their first maximum (tests/argmax_reference.py)."""
+    x = sentinel_rows(vocab)
+    want = argmax_reference(x)
+    assert want[:9].tolist() == [NAN, NAN, NAN, NAN, NAN, INF, NAN, NONE, vocab - 2]
     np.testing.assert_array_equal(ops_for(backend).argmax(x), want)
+
+
+def test_argmax_sentinel_in_every_column(ops_for):
+    """One NaN (then one +inf) in each column of a 2 x 16 + 3 row in turn, every other row clean: only
+    that row reads -1 (-2); the CPU's lanes and tail each see one."""
+    base = randn(rng_for("argmax_every_column"), 35, 35)
+    for bad, code in ((np.nan, NAN), (np.inf, INF)):
+        x = base.copy()
+        x[np.arange(35), np.arange(35)] = bad    # row r: column r
+        np.testing.assert_array_equal(ops_for("cpu").argmax(x), np.full(35, code, np.int32))
+        np.testing.assert_array_equal(ops_for("cpu").argmax(base), argmax_reference(base))
 
 
 # ----------------------------------------------------------------------------- the references themselves

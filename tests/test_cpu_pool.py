@@ -210,7 +210,7 @@ def test_norms_and_elementwise_equal_one_thread(ops_with, n, dim):
 @pytest.mark.parametrize("n,vocab", [(1, 128256), (1, 49152), (2, 40000), (1, 100)])
 def test_parallel_argmax_is_the_first_maximum(ops_with, n, vocab):
     """Argmax over blocks of the vocab, merged in order: NumPy's first maximum whatever the
-    threads, including ties across blocks and NaNs (which never win)."""
+    threads, including ties across blocks; a NaN or +inf in any block gives the sentinel."""
     rng = rng_for("pool_argmax", n, vocab)
     x = randn(rng, n, vocab)
     x[0, vocab // 2] = x[0, vocab - 1] = 9.0           # tie in two blocks: the first wins
@@ -220,11 +220,13 @@ def test_parallel_argmax_is_the_first_maximum(ops_with, n, vocab):
     for threads, split in [(1, "dynamic")] + CONFIGS:
         out = ops_with(threads, split).argmax(x)
         np.testing.assert_array_equal(out, np.argmax(x, axis=1), err_msg=f"{threads} threads, {split}")
-    y = randn(rng, 1, vocab)
-    y[0, 1] = np.nan
+    y = randn(rng, 3, vocab)
+    y[0, 1] = np.nan                                    # a NaN in the first block, the max in the last
     y[0, vocab - 1] = 50.0
-    for threads, split in CONFIGS:                      # a NaN is never larger than anything
-        assert ops_with(threads, split).argmax(y)[0] == vocab - 1
+    y[1, vocab - 1] = np.nan                            # a NaN in the last block only
+    y[2, vocab // 2] = np.inf
+    for threads, split in CONFIGS:                      # whatever block holds it: core/backend.h's sentinel
+        assert ops_with(threads, split).argmax(y).tolist() == [-1, -1, -2], f"{threads} threads, {split}"
 
 
 @pytest.mark.parametrize("n,pos0,n_heads,n_kv_heads,head_dim,n_ctx", [

@@ -7,14 +7,16 @@ serves (MXFP4 too), at 32- and 256-row threadgroups (several threadgroups, a par
 across lanes, simdgroups and threadgroups and with NaN rows, under the emulator's three thread
 orders; the fallbacks (GEMM rows, FORGERT_METAL_FUSED_ARGMAX=0, the direct GEMVs) likewise.
 
-The rule, everywhere (src/shaders/argmax.h, core/backend.h, the CPU backend): the first index of
-the largest value, NaN counting as -inf; index 0 when nothing is above -inf.
+The rule, everywhere (src/shaders/argmax.h, core/backend.h, the CPU backend; in NumPy
+tests/argmax_reference.py): the first index of the largest value, but -1 for a row holding a NaN,
+else -2 for one holding +inf, else -3 for one with nothing above -inf.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from argmax_reference import INF, NAN, NONE, argmax_reference
 from test_metal_ops import (BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,  # noqa: F401
                             Q6_K, Q8_0, SUPER_BLOCK_TYPES, WEIGHT_TYPES, core, cpu, metal, rng, weight_bytes)
 
@@ -24,11 +26,6 @@ pytestmark = pytest.mark.metal
 SCALE_OFFSET = {Q8_0: 0, Q4_0: 0, Q4_1: 0, Q5_0: 0, Q5_1: 0, IQ4_NL: 0, IQ4_XS: 0, Q4_K: 0, Q5_K: 0,
                 Q2_K: 80, Q3_K: 108, Q6_K: 208}
 F16_NAN = np.array([np.nan], np.float16).view(np.uint8)
-
-
-def reference_argmax(logits: np.ndarray) -> np.ndarray:
-    """The rule in NumPy: NaN as -inf, then the first index of the maximum (0 for all -inf)."""
-    return np.argmax(np.where(np.isnan(logits), -np.inf, logits), axis=-1).astype(np.int32)
 
 
 MXFP4 = 39  # blocks of 32: an E8M0 scale byte (every value finite: no NaN row), 16 bytes of nibbles
@@ -71,28 +68,53 @@ def test_fused_argmax_matches_numpy_on_unfused_logits(metal, monkeypatch, wtype,
         # argmax_f32 (the fused kernel serves lone decode rows only): both follow the rule.
         logits = metal.matmul(w, dtype, ROWS, cols, x)
         got = np.concatenate([metal.matmul_argmax(w, dtype, ROWS, cols, x[i:i + 1]) for i in range(len(x))])
-        np.testing.assert_array_equal(got, reference_argmax(logits), err_msg=what)
+        np.testing.assert_array_equal(got, argmax_reference(logits), err_msg=what)
         np.testing.assert_array_equal(metal.matmul_argmax(w, dtype, ROWS, cols, x), got, err_msg=what)
         return logits, got
 
     # Ties: token 0's best row copied into TIES (rows on both sides of it, in every position a
     # candidate meets another): they are exact ties, and the lowest index wins.
-    best = int(reference_argmax(metal.matmul(w, dtype, ROWS, cols, x[:1]))[0])
+    best = int(argmax_reference(metal.matmul(w, dtype, ROWS, cols, x[:1]))[0])
     w_rows[TIES] = w_rows[best]
     logits, got = check("ties")
     assert np.all(logits[0, TIES] == logits[0, best]), "the copied rows are not exact ties"
     assert got[0] == min(TIES + [best])
 
-    # NaN rows never win, at index 0 neither: token 0's first two tied rows and row 0 NaN (MXFP4
-    # has no NaN weights); token 2's x all NaN (every logit NaN: index 0).
-    nan_rows = [] if dtype == MXFP4 else [0, TIES[0], TIES[1]]
-    for row in nan_rows:
-        make_nan_row(w_rows, dtype, row)
+    # A NaN row (a NaN weight scale) in the partial last threadgroup: every token's logits hold a
+    # NaN there, so every token reads -1 (MXFP4 has no NaN weights: token 2's x all NaN alone).
+    if dtype != MXFP4:
+        make_nan_row(w_rows, dtype, ROWS - 1)
     x[2] = np.nan
     logits, got = check("nan")
-    assert np.isnan(logits[0, nan_rows]).all() and np.isnan(logits[2]).all()
-    live_ties = TIES[2:] if nan_rows else TIES
-    assert got[0] == min(live_ties + [best]) and got[2] == 0
+    assert np.isnan(logits[2]).all()
+    assert got.tolist() == ([NAN] * 3 if dtype != MXFP4 else [got[0], got[1], NAN])
+
+
+@pytest.mark.parametrize("tg_rows", ["32", "256"])
+@pytest.mark.parametrize("wtype", ["f32", "q8_0"])
+def test_fused_argmax_sentinel_from_every_place(metal, monkeypatch, wtype, tg_rows):
+    """A lone NaN (f32: then a lone +inf) logit row in each place the fused reduction treats
+    differently (a simdgroup's first and last rows, the next simdgroup, a threadgroup's last row and
+    the next threadgroup's first, the partial last threadgroup): the lone decode row reads -1
+    (-2), from the fused kernel and from matmul + argmax_f32 alike; the clean matrix its argmax."""
+    monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", tg_rows)
+    dtype = WEIGHT_TYPES[wtype]
+    r = rng("fused_argmax_sentinels", wtype)
+    clean = weight_bytes(r, dtype, ROWS, 128).copy()
+    x = np.abs(r.standard_normal((1, 128), dtype=np.float32)) + 0.1   # > 0: an inf weight gives +inf
+    assert metal.matmul_argmax(clean, dtype, ROWS, 128, x)[0] == argmax_reference(metal.matmul(clean, dtype, ROWS, 128, x))[0] >= 0
+    bad = [(NAN, "nan")] + ([(INF, "inf")] if dtype == F32 else [])
+    for row in [0, 3, 4, 31, 32, 255, 256, 511, 512, ROWS - 1]:
+        for code, kind in bad:
+            w = clean.copy()
+            w_rows = w.reshape(ROWS, -1)
+            if kind == "nan":
+                make_nan_row(w_rows, dtype, row)
+            else:
+                w_rows[row, 0:4] = np.array([np.inf], np.float32).view(np.uint8)
+            logits = metal.matmul(w, dtype, ROWS, 128, x)
+            assert argmax_reference(logits)[0] == code
+            assert metal.matmul_argmax(w, dtype, ROWS, 128, x)[0] == code, f"{kind} in row {row}"
 
 
 @pytest.mark.parametrize("path", ["gemm", "fusion-off", "direct"])
@@ -109,7 +131,7 @@ def test_unfused_paths_keep_the_rule(metal, monkeypatch, path):
     x = r.standard_normal((9 if path == "gemm" else 3, 128), dtype=np.float32)
     logits = metal.matmul(w, Q8_0, ROWS, 128, x)
     got = metal.matmul_argmax(w, Q8_0, ROWS, 128, x)
-    np.testing.assert_array_equal(got, reference_argmax(logits))
+    np.testing.assert_array_equal(got, argmax_reference(logits))
     assert np.all(got < 37)
 
 
@@ -126,18 +148,18 @@ def test_fused_argmax_one_row_matrix(metal):
 
 
 def nan_rule_rows(cols: int) -> np.ndarray:
-    x = np.random.default_rng(cols).standard_normal((7, cols)).astype(np.float32)
-    x[0, 0] = np.nan                        # NaN first: the largest of the rest wins
-    x[1, :] = np.nan                        # all NaN: 0
-    x[2, :] = -np.inf                       # all -inf: 0
+    x = np.random.default_rng(cols).standard_normal((8, cols)).astype(np.float32)
+    x[0, 0] = np.nan                        # NaN first: -1
+    x[1, :] = np.nan                        # all NaN: -1
+    x[2, :] = -np.inf                       # all -inf: -3
     x[3, :] = np.nan
-    x[3, 1::2] = -np.inf                    # NaN and -inf only: 0
+    x[3, 1::2] = -np.inf                    # NaN and -inf only: -1
     x[4, :] = -np.inf
-    x[4, [0, cols // 2]] = np.nan
-    x[4, cols - 1] = -3.0                   # the one finite value, after NaNs
+    x[4, cols - 1] = -3.0                   # the one finite value, after -infs: its index
     x[5, :] = 7.0
-    x[5, 0] = np.nan                        # ties after a NaN: index 1
-    x[6, cols // 3:] = np.inf               # +inf ties: the first
+    x[5, 0] = np.nan                        # ties after a NaN: -1
+    x[6, cols // 3:] = np.inf               # +inf: -2
+    x[7, :] = 7.0                           # ties: the first
     return x
 
 
@@ -146,7 +168,8 @@ def test_argmax_nan_rule(metal, cpu, cols):
     """argmax_f32 and the CPU argmax follow the rule on rows of NaN and infinities (2048: every
     thread of the 1024-wide threadgroup has values; 9000: the CPU's 8192-column blocks)."""
     x = nan_rule_rows(cols)
-    want = reference_argmax(x)
+    want = argmax_reference(x)
+    assert want.tolist() == [NAN, NAN, NONE, NAN, cols - 1, NAN, INF, 0]
     np.testing.assert_array_equal(metal.argmax(x), want)
     np.testing.assert_array_equal(cpu.argmax(x), want)
 
@@ -230,7 +253,7 @@ def test_batch_argmax_is_numpy_argmax_of_the_logits(forgert, output_type_models,
                     [(0, ids(20), 0), (1, ids(1), 3), (2, ids(4), 5)]):         # a prefix row among them
         logits = np.asarray(eng.forward_batch(entries))
         got = np.asarray(eng.forward_batch_argmax(entries))   # the same rows again: the same K/V
-        np.testing.assert_array_equal(got, reference_argmax(logits))
+        np.testing.assert_array_equal(got, argmax_reference(logits))
 
 
 # --------------------------------------------------------------------------- traffic

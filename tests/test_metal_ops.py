@@ -464,6 +464,29 @@ def test_argmax(metal, cpu, cols):
     np.testing.assert_array_equal(metal.argmax(x), cpu.argmax(x))
 
 
+@pytest.mark.parametrize("cols", [31, 1000, 5000])
+def test_argmax_sentinels(metal, cpu, cols):
+    """One NaN, then one +inf, in each place argmax_f32's reduction treats differently (a simdgroup's
+    first and last lanes, the next simdgroup, the 1024-thread threadgroup's last thread, a thread's
+    second value, the last column), a +inf and a NaN in different simdgroups (NaN wins), all NaN, all
+    -inf and clean rows: NumPy's rule with core/backend.h's sentinels (tests/argmax_reference.py)."""
+    from argmax_reference import argmax_reference
+    places = sorted({0, 1, 31, 32, 63, 64, 511, 992, 1023, 1024, 1055, cols // 2, cols - 1} & set(range(cols)))
+    x = rng("argmax_sentinels", cols).standard_normal((2 * len(places) + 5, cols), dtype=np.float32)
+    for i, p in enumerate(places):
+        x[i, p] = np.nan
+        x[len(places) + i, p] = np.inf
+    x[-5, 0], x[-5, cols - 1] = np.inf, np.nan
+    x[-4, :] = np.nan
+    x[-3, :] = -np.inf
+    x[-2, cols // 3] = 40.0                                       # clean rows keep their argmax
+    want = argmax_reference(x)
+    assert (want[:len(places)] == -1).all() and (want[len(places):-5] == -2).all()
+    assert want[-5:].tolist() == [-1, -1, -3, cols // 3, int(np.argmax(x[-1]))]
+    np.testing.assert_array_equal(metal.argmax(x), want)
+    np.testing.assert_array_equal(cpu.argmax(x), want)
+
+
 # --------------------------------------------------------------------------- attention
 
 ATTENTION_CASES = [

@@ -50,6 +50,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import greedy
 from .completion import Completion, StreamPiece, Timings, Usage
 from .detokenizer import StreamingDetokenizer
 from .grammar import Grammar
@@ -379,8 +380,10 @@ class BatchScheduler:
                     s.n_drafted, s.n_accepted = s.n_drafted + len(s.draft), s.n_accepted + kept
                 if not first:
                     s.n_decode += 1 + kept      # the rows of its token and of the kept draft tokens
+                # a greedy row whose logits had no token (NaN...) fails this sequence, naming it
+                toks = greedy.tokens(toks[:kept + 1], len(s.prompt) + len(s.generated) - 1)
                 piece, finished = "", False
-                for tok in toks[:kept + 1]:
+                for tok in toks:
                     text, finished = s.accept(tok, None if logits is None else logits[i])
                     piece += text
                     self.sampled_rows += 1
@@ -448,8 +451,8 @@ class BatchScheduler:
                     chosen.append([s.pick(outputs[a], mask)])
                 elif s.draft and s.draft_sampler is not None:   # the tokens kept, then one drawn
                     chosen.append(verify_sampled(s.draft, outputs[a:b], s.prompt + s.generated, s.draft_sampler))
-                elif s.greedy:      # as the engine's argmax: the first maximum
-                    chosen.append([int(np.argmax(row)) for row in outputs[a:b]])
+                elif s.greedy:      # as the engine's argmax (its sentinels too: step() checks)
+                    chosen.append([greedy.argmax(row) for row in outputs[a:b]])
                 else:
                     chosen.append([int(s.sampler.sample(outputs[a]))])
             except Exception as error:  # noqa: BLE001 - reported by step() for this sequence alone

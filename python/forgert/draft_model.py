@@ -17,7 +17,7 @@ NgramDraft's schedule: it grows while drafts are confirmed whole and shrinks at 
 """
 from __future__ import annotations
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, NonFiniteLogitsError
 from .prompt_cache import common_prefix
 from .prompt_lookup import MAX_ROWS, DraftLength
 
@@ -84,13 +84,16 @@ class ModelDraft(DraftLength):
         if k <= 0 or not self.tokens:
             return []
         with d._lock("drafting"):
-            tok = self._catch_up()
-            out = [tok]
-            while len(out) < k:
-                pos = len(d._cache_tokens)
-                tok = d._eval([tok], pos, "argmax")
-                d._cache_tokens.append(out[-1])
-                out.append(tok)
+            try:
+                tok = self._catch_up()
+                out = [tok]
+                while len(out) < k:
+                    pos = len(d._cache_tokens)
+                    tok = d._eval([tok], pos, "argmax")
+                    d._cache_tokens.append(out[-1])
+                    out.append(tok)
+            except NonFiniteLogitsError as e:   # say which of the two models it was
+                raise NonFiniteLogitsError(f"draft model {d._model.name}: {e}", e.position, e.kind) from None
         return out
 
     def _catch_up(self) -> int:

@@ -22,3 +22,17 @@ class KvCacheTooLargeError(ValueError):
 class ChatTemplateError(ValueError):
     """The model has no chat template, or its template failed on these messages (or passed a
     limit on rendering: chat_limits.py)."""
+
+
+class NonFiniteLogitsError(ValueError):
+    """The model's logits at a position hold NaN or +inf, or are all -inf, so greedy decoding has
+    no token to pick: its activations overflowed, or a weight holds NaN / inf (a broken file).
+
+    `position` is the token position whose evaluation gave those logits; `kind` is "NaN", "+inf"
+    or "all -inf". (The samplers refuse the same logits with a ValueError of their own.)
+    """
+
+    def __init__(self, message: str, position: int, kind: str):
+        super().__init__(message)
+        self.position = position
+        self.kind = kind

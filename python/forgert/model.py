@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from . import cpu_topology
+from . import cpu_topology, greedy
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
 from .chat_limits import MODEL_LIMIT_NOTE, max_chars_for
 from .chat_templates import chat_template_for
@@ -442,7 +442,7 @@ class Model:
         "sample" (a token drawn in C++ by `sampler`, a _core.Sampler, from the last row)."""
         tokens = np.asarray(ids, dtype=np.int32)
         if mode == "argmax":
-            result = int(np.asarray(self._engine.forward_argmax(tokens, pos)).reshape(-1)[-1])
+            result = greedy.tokens(self._engine.forward_argmax(tokens, pos), pos + len(tokens) - 1)[-1]
         elif mode == "sample":
             result = self._engine.forward_sample(tokens, pos, sampler)
         else:
@@ -880,6 +880,8 @@ class Model:
                 if in_flight:   # the token of tok's step; first launches the step of that token
                     result = self._engine.decode_next(len(generated) + 1 < limit,
                                                       sampler if mode == "sample" else None)
+                    if mode == "argmax":    # its step evaluated tok at pos
+                        result = greedy.tokens([result], pos)[0]
                 elif verified:  # tok was a draft token its pass confirmed: its row is evaluated
                     result = verified.popleft()
                     lookup.push(tok)
@@ -887,8 +889,8 @@ class Model:
                     rows = np.asarray([tok] + draft, dtype=np.int32)
                     if draft_sampler is None:
                         best = self._engine.forward_rows_argmax(rows, pos)
-                        m = accepted(draft, best)
-                        chosen = [int(t) for t in best[:m + 1]]
+                        m = accepted(draft, best)   # stops at a sentinel: no draft token is negative
+                        chosen = greedy.tokens(best[:m + 1], pos)
                     else:
                         chosen = self._sampled_draft(rows, pos, draft, history + generated, draft_sampler)
                         m = len(chosen) - 1

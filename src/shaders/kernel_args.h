@@ -334,7 +334,14 @@ typedef struct {
 } get_rows_args;
 FG_ARGS_ASSERT(sizeof(get_rows_args) == 40, "get_rows_args layout");
 
-// --- argmax: out[t] = first index of the maximum of x[t, :] (NaN counting as -inf: argmax.h) ---
+// --- argmax: out[t] = first index of the maximum of x[t, :], or a negative sentinel (argmax.h) ---
+// The sentinels (core/backend.h's Backend::kArgmax*, the same values): the row holds a NaN; a +inf
+// (no NaN); nothing above -inf. Bad bits: what a thread or candidate saw (a candidate's index -bits).
+#define FG_ARGMAX_NAN (-1)
+#define FG_ARGMAX_INF (-2)
+#define FG_ARGMAX_NONE (-3)
+#define FG_ARGMAX_BAD_NAN 1
+#define FG_ARGMAX_BAD_INF 2
 // slots: 1 x f32 [n, cols], 2 out i32 [n]
 // grid: (n); threads: 1024 (fewer for short rows); threadgroup memory 0: 2 * 32 * 4 bytes
 typedef struct {
@@ -347,7 +354,8 @@ FG_ARGS_ASSERT(sizeof(argmax_args) == 16, "argmax_args layout");
 // (mul_mv_staged.metal) computes mul_mv_staged_<type>'s rows, the same bits (args, slots 1 w,
 // 2 x, grid, threads and threadgroup memory as it), and writes instead each threadgroup's
 // candidate (argmax.h's rule over its rows) into slot 3: per token row (out_stride bytes apart)
-// grid.x values f32, then their grid.x indices i32 (INT32_MAX: no row above -inf), so that every
+// grid.x values f32, then their grid.x indices i32 (INT32_MAX: no row above -inf; negative: minus
+// the bad bits of a threadgroup whose rows held NaN or +inf), so that every
 // load is of 4 bytes at any row alignment. Then argmax_partials (argmax.metal; argmax_args with
 // x_stride = out_stride, cols = grid.x; as argmax_f32) picks each token's.
 

@@ -224,17 +224,17 @@ kernel void mul_mv_argmax_staged(
                          mv_x_stage(shmem), mv_row_stage<Q>(shmem, sgitg), nrows, tid, nsg * FG_SIMD_WIDTH, tiisg,
                          sum);
     float best = -FLT_MAX;
-    int best_i = INT_MAX;
+    int best_i = INT_MAX, bad = 0;
     for (int r = 0; r < MV_SG_ROWS; ++r) {
         if (r >= nrows) break;  // uniform in the simdgroup
-        fg_argmax_offer(best, best_i, simd_sum(sum[r]), r0 + r);  // rows ascending
+        fg_argmax_offer(best, best_i, bad, simd_sum(sum[r]), r0 + r);  // rows ascending
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);  // every simdgroup is done with its copies: shmem is free
-    fg_threadgroup_argmax(best, best_i, (threadgroup float*)shmem, sgitg, tiisg, nsg);
+    fg_threadgroup_argmax(best, best_i, bad, (threadgroup float*)shmem, sgitg, tiisg, nsg);
     if (sgitg == 0 && tiisg == 0) {  // candidate tgpig.x of tgpg.x (kernel_args.h: values, then indices)
         device float* values = (device float*)(partials + t * args.out_stride);
         values[tgpig.x] = best;
-        ((device int*)(values + tgpg.x))[tgpig.x] = best_i;
+        ((device int*)(values + tgpg.x))[tgpig.x] = bad != 0 ? -bad : best_i;  // argmax.h: bad bits as -bad
     }
 }
 

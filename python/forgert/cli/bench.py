@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import statistics
 
+from .. import greedy
 from .common import UserError, add_model_args, load_model
 from .profiling import STAGES, cpu_per_token, format_cpu_table, profiling_engine
 from .progress import ProgressBar
@@ -84,15 +85,15 @@ def profile_stages(model, prompt: list[int], gen_tokens: int):
 
     try:
         tokens = np.asarray(prompt, dtype=np.int32)
-        next_token = int(np.asarray(engine.forward_argmax(tokens, 0)).reshape(-1)[-1])
+        next_token = greedy.tokens(engine.forward_argmax(tokens, 0), len(prompt) - 1)[-1]
         prefill = dict(engine.last_profile())
         decode = dict.fromkeys(STAGES, 0.0)
         cpu_profile = getattr(engine, "cpu_profile", None)
         if cpu_profile:
             cpu_profile(reset=True)     # the decode's alone
         for i in range(gen_tokens):
-            next_token = int(np.asarray(engine.forward_argmax(np.asarray([next_token], np.int32),
-                                                               len(prompt) + i)).reshape(-1)[-1])
+            next_token = greedy.tokens(engine.forward_argmax(np.asarray([next_token], np.int32), len(prompt) + i),
+                                       len(prompt) + i)[-1]
             for stage in STAGES:
                 decode[stage] += engine.last_profile()[stage]
         cpu = cpu_per_token(cpu_profile(), gen_tokens) if cpu_profile else None

@@ -7,7 +7,7 @@ from typing import AsyncIterator, Optional
 
 from fastapi import Request
 
-from .errors import APIError, internal_error, log_unexpected
+from .errors import generation_error, internal_error, log_unexpected
 from .generation import Finish, Piece
 from .metrics import RequestTimer, ServerMetrics
 from .responses import ResponseHeader, TextOffsets, sse, usage
@@ -53,7 +53,7 @@ async def collect(events: AsyncIterator, header: ResponseHeader, new_output) -> 
                 if choice.output is not None:
                     choice.output.finish()
     except ValueError as exc:   # the model refused the request (e.g. bad token ids)
-        raise APIError(400, str(exc)) from None
+        raise generation_error(exc) from None
     finishes = [choices[i].finish for i in sorted(choices)]
     if header.chat:
         body = [header.chat_choice(i, c.output, c.logprobs, c.finish.finish_reason)
@@ -132,7 +132,7 @@ async def stream(events: AsyncIterator, header: ResponseHeader, include_usage: b
             yield sse(header.usage_chunk(usage(finishes), finishes[0].timings))
     except ValueError as exc:
         # Headers are gone already: report in-band, the way OpenAI does mid-stream.
-        yield sse(APIError(400, str(exc)).body())
+        yield sse(generation_error(exc).body())
     except Exception as exc:  # noqa: BLE001 - the stream must still end properly
         log_unexpected(exc, "a streamed completion")
         yield sse(internal_error().body())

@@ -127,6 +127,16 @@ class _UnexpectedErrors:
             await internal_error().response(request)(scope, receive, send)
 
 
+def generation_error(exc: ValueError) -> APIError:
+    """What a ValueError from generating becomes: a 400 (the model refused the request: bad token
+    ids, a grammar...), but a 500 naming the problem where the model itself produced logits with no
+    token to pick (NaN...): the request was fine, the model (or its file) is not."""
+    from ..errors import NonFiniteLogitsError
+    if isinstance(exc, NonFiniteLogitsError):
+        return APIError(500, str(exc), code="non_finite_logits")
+    return APIError(400, str(exc))
+
+
 def internal_error() -> APIError:
     return APIError(500, INTERNAL_ERROR_MESSAGE, code="internal_error")
 

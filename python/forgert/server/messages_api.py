@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, ClassVar, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from .choice_events import REASONING, choice_events, sse_event
-from .errors import APIError, internal_error, log_unexpected
+from .errors import APIError, generation_error, internal_error, log_unexpected
 from .generation import Finish
 from .schemas import MAX_STOP_STRINGS, ChatCompletionRequest, _Strict, parse_request
 
@@ -317,7 +317,7 @@ class MessagesReply:
             async for _ in self.events(events, output):
                 pass
         except ValueError as exc:   # the model refused the request (e.g. its grammar)
-            raise APIError(400, str(exc)) from None
+            raise generation_error(exc) from None
         return self.message
 
     async def stream(self, events: AsyncIterator, output) -> AsyncIterator[bytes]:
@@ -325,7 +325,7 @@ class MessagesReply:
             async for name, payload in self.events(events, output):
                 yield sse_event(name, payload)
         except ValueError as exc:
-            yield sse_event("error", APIError(400, str(exc)).anthropic_body())
+            yield sse_event("error", generation_error(exc).anthropic_body())
         except Exception as exc:  # noqa: BLE001 - the stream must still end properly
             log_unexpected(exc, "a streamed message")
             yield sse_event("error", internal_error().anthropic_body())

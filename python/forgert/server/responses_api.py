@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, ClassVar, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from .choice_events import CONTENT, REASONING, choice_events, sse_event
-from .errors import APIError, internal_error, log_unexpected
+from .errors import APIError, generation_error, internal_error, log_unexpected
 from .generation import Finish
 from .schemas import ChatCompletionRequest, _Strict, parse_request
 
@@ -398,7 +398,7 @@ class ResponsesReply:
             async for _, payload in self.events(events, output):
                 last = payload
         except ValueError as exc:   # the model refused the request (e.g. its grammar)
-            raise APIError(400, str(exc)) from None
+            raise generation_error(exc) from None
         return last["response"]
 
     async def stream(self, events: AsyncIterator, output) -> AsyncIterator[bytes]:
@@ -406,7 +406,8 @@ class ResponsesReply:
             async for kind, payload in self.events(events, output):
                 yield sse_event(kind, payload)
         except ValueError as exc:
-            yield sse_event(*self._event("error", code="invalid_request_error", message=str(exc), param=None))
+            error = generation_error(exc)
+            yield sse_event(*self._event("error", code=error.code or error.type, message=error.message, param=None))
         except Exception as exc:  # noqa: BLE001 - the stream must still end properly
             log_unexpected(exc, "a streamed response")
             error = internal_error()

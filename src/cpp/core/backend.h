@@ -166,7 +166,9 @@ public:
     // dst[i, :] = src[i, :], bytes as they are (any dtype, both the same type and shape; the
     // two may not overlap). A KV slot's rows copied to another (n > 1 choices of one prompt).
     virtual void copy(const Tensor& dst, const Tensor& src) = 0;
-    // out[i, :] = f32(table[ids[i], :]); table of any weight dtype.            out [n, dim]
+    // out[i, :] = f32(table[ids[i], :]); table of any weight dtype; zeros for an id outside the
+    // table (the engine refuses such ids from the host; a pipelined greedy step reads its token
+    // from the device, where a previous argmax may have left a negative sentinel).  out [n, dim]
     virtual void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;
     // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w                     x, out [n, dim]; w [dim]
     // out may alias x (a row is read whole before it is written; OLMo 2's QK-norm runs in place).
@@ -275,11 +277,17 @@ public:
     virtual void scale(const Tensor& x, float s) = 0;
     // x = cap * tanh(x / cap), in place (Gemma 2's final-logit soft-capping)  x [n, dim]
     virtual void softcap(const Tensor& x, float cap) = 0;
-    // out[i] = argmax_j x[i, j]: the first index of the largest, NaN counting as -inf (so NaN and
-    // -inf never win; index 0 when nothing is above -inf)          x [n, vocab]; out i32 [n]
+    // out[i] = argmax_j x[i, j]: the first index of the largest, -inf never winning; but a negative
+    // sentinel for a row without a token to pick: kArgmaxNaN if it holds a NaN, else kArgmaxInf if
+    // it holds +inf, else kArgmaxNone if nothing is above -inf. Such logits mean the arithmetic
+    // overflowed or a weight is broken; +inf is refused too (not taken as a sure winner) because the
+    // samplers refuse it, and a greedy token should not exist where a sampled one cannot. The host
+    // turns a sentinel into an error naming it (forgert/greedy.py). The check is an OR of bit tests
+    // folded into the reduction: free beside the row's read.     x [n, vocab]; out i32 [n]
+    static constexpr int32_t kArgmaxNaN = -1, kArgmaxInf = -2, kArgmaxNone = -3;
     virtual void argmax(const Tensor& out, const Tensor& x) = 0;
-    // out = argmax(w x^T) row by row: greedy tokens whose logits nobody reads. A backend may fuse
-    // the two and never write the logits (Metal's decode rows); logits is scratch either way (its
+    // out = argmax(w x^T) row by row (argmax's rule and sentinels): greedy tokens whose logits nobody
+    // reads. A backend may fuse the two and never write the logits (Metal's decode rows); logits is scratch either way (its
     // contents after the call unspecified).   out i32 [n, 1]; w [vocab, dim]; x f32 [n, dim]; logits f32 [n, vocab]
     virtual void matmul_argmax(const Tensor& out, const Tensor& w, const Tensor& x, const Tensor& logits,
                                RowClasses rc = {}) {

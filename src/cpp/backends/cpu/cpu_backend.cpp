@@ -123,6 +123,10 @@ void CpuBackend::get_rows(const Tensor& out, const Tensor& table, const Tensor& 
     CpuOpTimer timer(profiling_, ops_, pool_, CpuOp::GetRows);
     const int32_t* id = ids.data<int32_t>();
     for (int64_t i = 0; i < out.rows; i++) {
+        if (id[i] < 0 || id[i] >= table.rows) {  // zeros, as Metal's get_rows (core/backend.h)
+            std::fill(row_f32(out, i), row_f32(out, i) + table.cols, 0.0f);
+            continue;
+        }
         if (is_panel16(table.type)) {  // a repacked tied embedding (the output matrix too)
             dequantize_panel16_row(table.type, table.data<uint8_t>(), table.stride, id[i], row_f32(out, i), table.cols);
             continue;
@@ -905,11 +909,13 @@ void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
     // Fixed blocks of a row (as many whatever the threads or split), each scanned for its
     // first largest value, then merged in order: the serial scan's answer, first index on ties.
     // All rows' blocks in one region (an 8-sequence step's 8 rows of 128256 logits: one fork,
-    // not eight).
+    // not eight). A row holding NaN or +inf gives core/backend.h's sentinel instead.
     constexpr int64_t kBlock = 1 << 13;
+    constexpr int kNaN = 1, kInf = 2;  // a block's bad bits
     const int64_t n_blocks = (x.cols + kBlock - 1) / kBlock;
     std::vector<float> block_max(x.rows * n_blocks);   // [row][block]
     std::vector<int64_t> block_at(x.rows * n_blocks);  // [row][block]
+    std::vector<int> block_bad(x.rows * n_blocks);     // [row][block]
     pool_.parallel_for(x.rows * n_blocks, 1, [&](int64_t rb0, int64_t rb1) {
         for (int64_t rb = rb0; rb < rb1; rb++) {
             const int64_t b = rb % n_blocks;
@@ -918,37 +924,54 @@ void CpuBackend::argmax(const Tensor& out, const Tensor& x) {
             // Two passes, the serial scan's answer: the largest value, in 4 x 4 lanes (vector
             // selects: maxps / fmax; which lane holds it changes only the sign of a zero), then
             // the first index that equals it (-0 == +0). One scan with the index in it stays
-            // scalar: ~40 us of a SmolLM2 decode token (49152 logits), one thread.
+            // scalar: ~40 us of a SmolLM2 decode token (49152 logits), one thread. The first
+            // pass also ANDs v == v into a lane mask (a NaN clears it: one compare and one and
+            // per 4 values); +inf shows as the block's maximum.
             const int64_t c0 = b * kBlock, e = std::min(x.cols, c0 + kBlock);
             typedef float f32x4 __attribute__((vector_size(16)));
+            typedef int32_t i32x4 __attribute__((vector_size(16)));
             const f32x4 ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
             f32x4 lane[4] = {ninf, ninf, ninf, ninf};
+            i32x4 ordered = {-1, -1, -1, -1};
             int64_t c = c0;
             for (; c + 16 <= e; c += 16)
                 for (int a = 0; a < 4; a++) {
                     f32x4 v;
                     std::memcpy(&v, xr + c + 4 * a, sizeof v);
                     lane[a] = v > lane[a] ? v : lane[a];
+                    ordered &= v == v;
                 }
             float m = -INFINITY;
-            for (; c < e; c++) m = xr[c] > m ? xr[c] : m;
+            bool nan = false;
+            for (; c < e; c++) {
+                m = xr[c] > m ? xr[c] : m;
+                nan |= xr[c] != xr[c];
+            }
             for (int a = 0; a < 4; a++)
                 for (int l = 0; l < 4; l++) m = lane[a][l] > m ? lane[a][l] : m;
+            for (int l = 0; l < 4; l++) nan |= ordered[l] == 0;
             int64_t at = -1;
             if (m > -INFINITY)
                 for (int64_t i = c0; i < e && at < 0; i++)
                     if (xr[i] == m) at = i;
             block_max[rb] = m, block_at[rb] = at;
+            block_bad[rb] = (nan ? kNaN : 0) | (m == INFINITY ? kInf : 0);
         }
     });
-    // As the serial scan: a block's candidate wins only if strictly larger; index 0 when no
-    // value is above -inf (core/backend.h's rule: NaN counts as -inf, even at x[0]).
+    // As the serial scan: a block's candidate wins only if strictly larger; then the sentinels
+    // (core/backend.h): NaN anywhere, else +inf anywhere, else nothing above -inf.
     for (int64_t r = 0; r < x.rows; r++) {
-        int64_t best = 0;
+        int64_t best = -1;
         float best_v = -INFINITY;
-        for (int64_t rb = r * n_blocks; rb < (r + 1) * n_blocks; rb++)
+        int bad = 0;
+        for (int64_t rb = r * n_blocks; rb < (r + 1) * n_blocks; rb++) {
+            bad |= block_bad[rb];
             if (block_at[rb] >= 0 && block_max[rb] > best_v) best = block_at[rb], best_v = block_max[rb];
-        out.data<int32_t>()[r] = (int32_t)best;
+        }
+        out.data<int32_t>()[r] = (bad & kNaN)  ? kArgmaxNaN
+                                 : (bad & kInf) ? kArgmaxInf
+                                 : best < 0     ? kArgmaxNone
+                                                : (int32_t)best;
     }
 }
 

@@ -768,6 +768,11 @@ void MetalBackend::softcap(const Tensor& x, float cap) {
     encode_unary("softcap_f32", x, cap);
 }
 
+// argmax.h's sentinels are the contract's (core/backend.h).
+static_assert(FG_ARGMAX_NAN == Backend::kArgmaxNaN && FG_ARGMAX_INF == Backend::kArgmaxInf &&
+                  FG_ARGMAX_NONE == Backend::kArgmaxNone,
+              "argmax sentinels differ between kernel_args.h and core/backend.h");
+
 void MetalBackend::argmax(const Tensor& out, const Tensor& x) {
     need_f32_rows(x, "argmax", "x", x.rows, x.cols);
     need(x.cols > 0, "argmax", "empty rows");
