@@ -133,6 +133,35 @@ def test_batch_fails_only_the_sequence_that_met_it(paths, clean_tokens, metal_re
         m.generate([GOOD_PROMPT, PROMPT], max_tokens=8, temperature=0, ignore_eos=True)
 
 
+@pytest.mark.parametrize("bad_sampled", [False, True])
+def test_batch_with_sampled_rows_fails_only_that_sequence(paths, bad_sampled):
+    """A pass whose rows are drawn by C++ samplers (forward_batch_sample; a greedy row's sampler at
+    temperature 0): the row a sampler refuses (NaN: a prompt holding token 83, whose prefill rows are
+    NaN too but not used) gets the sentinel, so that sequence alone fails, naming it (greedy or
+    sampled), and the other gives the tokens it gives beside a clean prompt on the clean model."""
+    import forgert
+    from forgert.batch import BatchScheduler
+    from forgert.sampling import SamplingParams
+    greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    sampled = SamplingParams(max_tokens=8, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, seed=5, ignore_eos=True)
+    bad_prompt = [2, 3, BAD_TOKEN, 4, 5]
+    runs = {}
+    for name in ("clean", "bad"):
+        m = forgert.Model(paths[name], backend="cpu", n_ctx=64, parallel=2)
+        sched = BatchScheduler(m._engine, m.tokenizer, 16)
+        pair = (sched.add(bad_prompt, sampled if bad_sampled else greedy),
+                sched.add(GOOD_PROMPT, greedy if bad_sampled else sampled))
+        while sched.busy:
+            sched.step()
+        sched.close()
+        runs[name] = pair
+    (bad, good), (clean_bad, clean_good) = runs["bad"], runs["clean"]
+    assert clean_bad.error is None and good.error is None
+    assert good.result.tokens == clean_good.result.tokens
+    assert isinstance(bad.error, forgert.NonFiniteLogitsError)
+    assert (bad.error.kind, bad.error.position) == ("NaN", len(bad_prompt) - 1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_draft_model_verification(paths, metal_reason, backend):
     """Target BAD, draft clean: the draft proposes 83 and what follows, the verification pass

@@ -500,9 +500,17 @@ public:
         const int vocab = model_->config().vocab;
         batch_logits_.resize((size_t)n_out * vocab);
         model_->forward_batch(in.entries.data(), n, batch_logits_.data());
-        for (int e = 0, row = 0; e < n; e++)  // a decode run's rows each drawn by its entry's sampler
-            for (int r = 0; r < in.entries[e].output_rows(); r++, row++)
-                dst[row] = samplers[e]->sample(batch_logits_.data() + (size_t)row * vocab, vocab);
+        // A decode run's rows each drawn by its entry's sampler; a row it refuses for having no
+        // token to draw (NaN...) gets the argmax's sentinel, so that its sequence alone fails.
+        for (int e = 0, row = 0; e < n; e++)
+            for (int r = 0; r < in.entries[e].output_rows(); r++, row++) {
+                float* logits = batch_logits_.data() + (size_t)row * vocab;
+                try {
+                    dst[row] = samplers[e]->sample(logits, vocab);
+                } catch (const std::invalid_argument&) {
+                    if ((dst[row] = no_token_sentinel(logits, vocab)) == 0) throw;
+                }
+            }
         return out;
     }
 
@@ -753,7 +761,8 @@ PYBIND11_MODULE(_core, m) {
         .def("forward_batch_argmax", &Engine::forward_batch_argmax, py::arg("entries"),
              "as forward_batch, each output row's argmax next token [rows]")
         .def("forward_batch_sample", &Engine::forward_batch_sample, py::arg("entries"), py::arg("samplers"),
-             "as forward_batch, each output row's next token drawn by its entry's sampler [rows]")
+             "as forward_batch, each output row's next token drawn by its entry's sampler [rows] (negative: "
+             "the argmax's sentinel, for a row the sampler refused for having no token to draw)")
         .def_property_readonly("n_slots", [](Engine& e) { return e.model().n_slots(); })
         .def_property_readonly("max_batch", [](Engine& e) { return e.model().max_batch(); })
         .def("kv_save", &Engine::kv_save, py::arg("n"),

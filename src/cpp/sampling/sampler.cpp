@@ -1,5 +1,7 @@
 #include "sampling/sampler.h"
 
+#include "core/backend.h"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -224,6 +226,16 @@ int Sampler::sample(float* logits, int vocab, double u) {
     for (size_t i = 0; i < x_.size(); ++i) e_[i] = (c += std::exp(x_[i] - xmax));
     const size_t j = std::upper_bound(e_.begin(), e_.end(), u * c) - e_.begin();
     return ids_[std::min(j, x_.size() - 1)];
+}
+
+int32_t no_token_sentinel(const float* logits, int vocab) {
+    bool nan = false, inf = false, any = false;
+    for (int i = 0; i < vocab; ++i) {
+        nan |= std::isnan(logits[i]);
+        inf |= logits[i] == INFINITY;
+        any |= logits[i] > -INFINITY;
+    }
+    return nan ? Backend::kArgmaxNaN : inf ? Backend::kArgmaxInf : !any ? Backend::kArgmaxNone : 0;
 }
 
 }  // namespace forgert

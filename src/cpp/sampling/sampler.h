@@ -52,4 +52,10 @@ private:
     std::vector<double> x_, e_;
 };
 
+// Logits [vocab] with no token to draw get core/backend.h's argmax sentinel: Backend::kArgmaxNaN if
+// one is NaN, else kArgmaxInf if one is +inf, else kArgmaxNone if none is above -inf; 0 for logits
+// that have a token. (A batch writes it for a row its sampler refused, so that the sequence alone
+// fails, as a greedy row's: forgert/greedy.py.)
+int32_t no_token_sentinel(const float* logits, int vocab);
+
 }  // namespace forgert
