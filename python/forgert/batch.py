@@ -500,15 +500,16 @@ def prefix_chunk_length(start: int, remaining: int, budget: int, full_budget: in
     return n
 
 
-def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk, options_list=None):
+def run_batch(engine, tokenizer, prompts, params_list, prefill_chunk, options_list=None, slots=None):
     """Generator of (prompt index, text piece); returns the Completions in prompt order.
 
     engine: a _core.Engine (its n_slots sequences at a time); prompts: lists of token ids, each
     shorter than the context; params_list: one SamplingParams per prompt; options_list: one
-    LogitsOptions per prompt, or None for none. A prompt asking for logprobs gets StreamPiece
+    LogitsOptions per prompt, or None for none; slots: the KV slots it may use (default all of the
+    engine's). A prompt asking for logprobs gets StreamPiece
     pieces (as Model.stream gives for one prompt), its last one possibly of empty text.
     The first sequence that fails (its grammar refused a token) raises its error."""
-    sched = BatchScheduler(engine, tokenizer, prefill_chunk)
+    sched = BatchScheduler(engine, tokenizer, prefill_chunk, slots)
     options_list = options_list or [LogitsOptions()] * len(prompts)
     seqs = [sched.add(p, params_list[i], options_list[i]) for i, p in enumerate(prompts)]
     index = {id(s): i for i, s in enumerate(seqs)}

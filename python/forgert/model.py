@@ -277,6 +277,10 @@ class Model:
         # A recurrent model's states a few tokens before its last prompts' ends (state_checkpoints.py)
         self._checkpoints = StateCheckpoints(self._engine) if self._engine.recurrent else None
         self._lock = _ModelLock()   # see "Threads" above
+        # KV slots a server's running batch owns (server/batch_worker.py claims slots 1..): a list
+        # of prompts given to generate/stream runs in the others, so it never overwrites the K/V
+        # of requests paused between two of the server's steps
+        self._served_slots = frozenset()
         self._profile = None        # per-stage seconds while set_profiling(True)
         # prefill_progress(done, total): called after each prefill chunk of every generation
         # (tokens evaluated so far of those the prompt needs); e.g. a progress bar for long prompts
@@ -929,7 +933,8 @@ class Model:
         {token id: bias in [-100, 100]}, added to the logits before sampling.
 
         A list of prompts (str or token-id lists) runs as one batch, `parallel` sequences at a
-        time: the stream yields (prompt index, text piece) and `.completion` is then the list of
+        time (one while a server's --parallel batch runs on this Model: it owns the other KV
+        slots): the stream yields (prompt index, text piece) and `.completion` is then the list of
         Completions in prompt order. params, logprobs, response_format and logit_bias then apply
         to every prompt, or each may be a list with one entry per prompt (None: not for it); a
         prompt with logprobs yields (prompt index, StreamPiece)."""
@@ -981,10 +986,22 @@ class Model:
         self._lock.acquire("a new stream")
         try:
             self._cache_tokens = []     # the batch overwrites slot 0, the single-sequence cache
-            return (yield from run_batch(self._engine, self.tokenizer, ids, params_list, PREFILL_CHUNK, options))
+            slots = [s for s in range(self._engine.n_slots) if s not in self._served_slots]
+            return (yield from run_batch(self._engine, self.tokenizer, ids, params_list, PREFILL_CHUNK, options,
+                                         slots))
         finally:
             self._cache_tokens = []
             self._lock.release()
+
+    def _serve_slots(self, slots) -> None:
+        """Gives KV slots to a server's running batch (server/batch_worker.py) for good: the list
+        batches of generate/stream keep off them. ValueError if another batch has one already."""
+        slots = frozenset(slots)
+        with self._lock("serving a batch"):
+            if slots & self._served_slots:
+                raise ValueError(f"this Model's KV slots {sorted(slots & self._served_slots)} already serve "
+                                 "another server's batch (--parallel): load one Model per server")
+            self._served_slots |= slots
 
     def generate(self, prompt, params: SamplingParams | None = None, **sampling) -> Completion:
         """prompt: str (tokenized with the model's BOS rule) or a list of token ids; a list of

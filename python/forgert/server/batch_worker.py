@@ -50,6 +50,7 @@ class BatchWorker:
         same tokens (generation.lookup_applies); 0: off."""
         if model._engine.n_slots < 2:
             raise ValueError("BatchWorker needs a Model with parallel >= 2 (slot 0 stays the single path's)")
+        model._serve_slots(range(1, model._engine.n_slots))     # Model's own list batches keep off them
         self.model = model
         self.prompt_lookup = prompt_lookup
         self.scheduler = BatchScheduler(model._engine, model.tokenizer, PREFILL_CHUNK,
