@@ -204,6 +204,13 @@ def test_bad_batch_options_are_named(tiny_models, load):
         m.generate(prompts, [None, bad, None], max_tokens=2)
     with pytest.raises(ValueError, match=r"logit_bias: 'x' is not a token id"):
         m.stream(prompts, logit_bias={"x": 1})
+    # the prompts themselves: which one is bad (a token id's index alone named prompt 0's)
+    with pytest.raises(ValueError, match=r"prompt\[0\] = -1 is out of range: token ids are 0\.\.\d+ \(prompt 2\)"):
+        m.stream([[1], [2], [-1]])
+    with pytest.raises(ValueError, match=r"prompt has 97 tokens but the context holds 96 .*\(prompt 1\)"):
+        m.stream([[1], [2] * 97, [3]])
+    with pytest.raises(ValueError, match=r"prompt is empty: nothing to evaluate \(prompt 1\)"):
+        m.stream(["a", ""])
     # Nothing started: the model still generates, and equals a fresh one.
     out = m.generate(prompts, max_tokens=3, temperature=0.0, ignore_eos=True, logprobs=1)
     assert [c.tokens for c in out] == [load(tm).generate(p, max_tokens=3, temperature=0.0, ignore_eos=True).tokens

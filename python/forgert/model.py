@@ -961,10 +961,11 @@ class Model:
         formats = _per_prompt(response_format, n, "response_format")
         biases = _per_prompt(logit_bias, n, "logit_bias")
         grammars = {}   # id(response_format) -> Grammar
-        params_list, options = [], []
+        ids, params_list, options = [], [], []
         for i in range(n):
             where = f" (prompt {i})" if n > 1 else ""
             try:
+                ids.append(self._prompt_ids(prompts[i]))
                 params_list.append(SamplingParams.from_kwargs(params_each[i], **sampling))
                 _check_logprobs(top[i], "logprobs", allow_none=True)
                 fmt = formats[i]
@@ -977,7 +978,6 @@ class Model:
                     raise ValueError(refusal)
             except ValueError as e:
                 raise ValueError(f"{e}{where}") from None
-        ids = [self._prompt_ids(p) for p in prompts]
         if self._lock.held_by_me():
             self._lock.acquire("a new stream")
         return TextStream(self._run_batch(ids, params_list, options))
