@@ -2,7 +2,8 @@
 (server/batch_worker.py) driven in-process through BatchWorker.events, the way the HTTP routes
 drive it, on the tiny untied Llama (F32, CPU, n_ctx 64, two batch slots). Each request's
 temperature-0 output must equal its prompt generated alone by a one-slot Model (its reference),
-and every slot must be free once the requests are done."""
+and every slot must be free once the requests are done. Then the Python API's batches (a list of
+prompts to Model.generate / stream): streams abandoned midway, threads sharing one Model."""
 from __future__ import annotations
 
 import asyncio
@@ -100,3 +101,221 @@ def test_a_second_server_batch_over_the_same_slots_is_refused(worker):
     from forgert.server.batch_worker import BatchWorker
     with pytest.raises(ValueError, match=r"KV slots \[1, 2\] already serve another server's batch"):
         BatchWorker(worker.model)
+
+
+def sampled_spec(ids, n=1, max_tokens=8, seed=0, top_logprobs=None, echo=None, response_format=None,
+                 logit_bias=None, **sampling):
+    spec = greedy_spec(ids, max_tokens, n)
+    spec.sampling.update(sampling)
+    for j, choice in enumerate(spec.choices):
+        choice.seed, choice.echo = seed + j, echo
+    spec.top_logprobs, spec.response_format, spec.logit_bias = top_logprobs, response_format, logit_bias
+    return spec
+
+
+def single_path(model, spec):
+    """The request's events on the single-sequence path (generation.generation_job), by choice."""
+    from forgert.server.generation import generation_job
+    return list(generation_job(model, spec)())
+
+
+def assert_same_events(got, want):
+    """Per choice: the same text, logprobs, finish reason, stop string and token counts."""
+    def by_choice(events):
+        out = {}
+        for e in events:
+            c = out.setdefault(e.index, {"text": "", "logprobs": [], "finish": []})
+            if isinstance(e, Piece):
+                c["text"] += e.text
+                c["logprobs"] += [(lp.token, lp.logprob) for lp in e.logprobs or ()]
+            else:
+                c["finish"].append((e.finish_reason, e.prompt_tokens, e.completion_tokens, e.stop_string))
+        return out
+    assert by_choice(got) == by_choice(want)
+
+
+def test_clients_leaving_at_every_phase_free_their_slots(worker, alone):
+    """One of four requests leaves after k steps (k = 0: still queued; then in its prefill, mid-
+    decode, after its last token): the others equal their prompts alone, every slot comes back,
+    and later requests still equal theirs."""
+    sched = worker.scheduler
+    for k in range(12):
+        prompts = [token_ids(40, 100 + k), token_ids(6, 200 + k), token_ids(9, 300 + k), token_ids(3, 400 + k)]
+
+        async def leave_after_k_steps():
+            tasks = [asyncio.ensure_future(_collect(worker, greedy_spec(p))) for p in prompts]
+            leaving, start = tasks[k % 4], sched.steps
+            while not leaving.done() and sched.steps < start + k:
+                await asyncio.sleep(0.0005)
+            leaving.cancel()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        results = asyncio.run(leave_after_k_steps())
+        assert_all_slots_free(worker)
+        for i, (p, events) in enumerate(zip(prompts, results)):
+            if i != k % 4:
+                assert text(events) == alone.generate(p, max_tokens=8, temperature=0, ignore_eos=True).text
+    later = token_ids(20, 7)
+    assert text(run(worker, [greedy_spec(later)])[0]) == alone.generate(later, max_tokens=8, temperature=0,
+                                                                          ignore_eos=True).text
+
+
+def test_a_mixed_batch_equals_the_single_path(worker, alone):
+    """n > 1 choices with stop strings ending them at different tokens, a prompt + max_tokens
+    filling the context exactly, max_tokens 1 and 0, logprobs, echo (with and without logprobs),
+    response_format and logit_bias: all in one batch, each request's events (text, logprobs,
+    finish_reason, usage) equal to the single-sequence path's."""
+    json_object = alone.compile_response_format({"type": "json_object"})
+    specs = [sampled_spec(token_ids(10, 1), n=3, max_tokens=12, seed=10, temperature=0.9, stop=["a", "e"]),
+             sampled_spec(token_ids(56, 2), max_tokens=8),                  # 56 + 8 = the context
+             sampled_spec(token_ids(20, 3), max_tokens=1, top_logprobs=3),
+             sampled_spec(token_ids(7, 4), max_tokens=4, top_logprobs=2, echo="ECHO"),
+             sampled_spec(token_ids(7, 4), n=2, max_tokens=4, echo="ECHO"),
+             sampled_spec(token_ids(9, 5), max_tokens=20, response_format=json_object),
+             sampled_spec(token_ids(9, 6), max_tokens=5, logit_bias={5: 100, 7: -100}),
+             sampled_spec(token_ids(11, 7), max_tokens=0),
+             sampled_spec(token_ids(30, 8), n=2, max_tokens=3, top_logprobs=1, echo="X", seed=20, temperature=0.5),
+             sampled_spec(token_ids(63, 9), max_tokens=1)]
+    for got, spec in zip(run(worker, specs), specs):
+        assert_same_events(got, single_path(alone, spec))
+    assert_all_slots_free(worker)
+
+
+class _FailingMatcher:
+    """A grammar's matcher that fails once `at` tokens were accepted, in mask(), apply() or accept()."""
+
+    def __init__(self, where, at):
+        self.where, self.at, self.accepted, self.done = where, at, 0, False
+
+    def mask(self):
+        if self.where == "mask" and self.accepted >= self.at:
+            raise RuntimeError("mask failed")
+        return None
+
+    def apply(self, row, allowed):
+        if self.where == "apply" and self.accepted >= self.at:
+            raise ValueError("apply failed")
+        return row
+
+    def accept(self, token):
+        self.accepted += 1
+        if self.where == "accept" and self.accepted >= self.at:
+            raise KeyError("accept failed")
+
+
+class _FailingGrammar:
+    def __init__(self, where, at):
+        self.where, self.at = where, at
+
+    def matcher(self):
+        if self.where == "matcher":
+            raise ValueError("matcher failed")
+        return _FailingMatcher(self.where, self.at)
+
+
+@pytest.mark.parametrize("where,at", [("matcher", 0), ("mask", 0), ("mask", 3), ("apply", 1), ("accept", 2)])
+def test_a_request_failing_mid_generation_fails_alone(worker, alone, where, at):
+    """Its error comes back to it alone; the requests beside it (one of two sampled choices)
+    equal the single path and every slot comes back."""
+    others = [sampled_spec(token_ids(12, 10 + at)), sampled_spec(token_ids(30, 11), n=2, seed=3, temperature=0.7)]
+    failing = sampled_spec(token_ids(8, 12), n=2, response_format=_FailingGrammar(where, at))
+
+    async def main():
+        return await asyncio.gather(*[_collect(worker, s) for s in [others[0], failing, others[1]]],
+                                    return_exceptions=True)
+    got = asyncio.run(main())
+    assert isinstance(got[1], Exception) and f"{where} failed" in str(got[1])
+    assert_same_events(got[0], single_path(alone, others[0]))
+    assert_same_events(got[2], single_path(alone, others[1]))
+    assert_all_slots_free(worker)
+
+
+def test_an_engine_failure_fails_the_running_requests_and_the_batch_serves_on(worker, alone):
+    engine = worker.model._engine
+    sched = worker.scheduler
+
+    class FailingOnce:
+        """The engine, but its third batched pass raises."""
+        def __init__(self):
+            self.passes = 0
+
+        def __getattr__(self, name):
+            attr = getattr(engine, name)
+            if not name.startswith("forward_batch"):
+                return attr
+
+            def counted(*args):
+                self.passes += 1
+                if self.passes == 3:
+                    raise MemoryError("the pass failed")
+                return attr(*args)
+            return counted
+    sched.engine = FailingOnce()
+    try:
+        got = asyncio.run(_gather_settled(worker, [greedy_spec(token_ids(20, 1)), greedy_spec(token_ids(5, 2))]))
+    finally:
+        sched.engine = engine
+    assert all(isinstance(g, MemoryError) for g in got)
+    assert_all_slots_free(worker)
+    later = [token_ids(20, 1), token_ids(33, 3)]
+    for p, events in zip(later, run(worker, [greedy_spec(p) for p in later])):
+        assert text(events) == alone.generate(p, max_tokens=8, temperature=0, ignore_eos=True).text
+
+
+async def _gather_settled(worker, specs):
+    return await asyncio.gather(*[_collect(worker, s) for s in specs], return_exceptions=True)
+
+
+# -- the Python API: Model.generate / stream with a list of prompts ---------------------------
+
+@pytest.fixture(scope="module")
+def batched(path):
+    import forgert
+    return forgert.Model(path, backend="cpu", threads=1, n_ctx=N_CTX, parallel=2)
+
+
+@pytest.mark.parametrize("how", ["break", "close", "del", "raise"])
+def test_a_stream_abandoned_midway_leaves_the_model_as_new(batched, alone, how):
+    """A batch's stream left after k pieces (the loop broken, the stream closed, dropped, or the
+    consumer raising): the next generate, of a batch or of one prompt, equals the prompts alone."""
+    prompts = [token_ids(n, 50 + n) for n in (5, 30, 12, 3)]
+    want = [alone.generate(p, max_tokens=8, temperature=0, ignore_eos=True).text for p in prompts]
+    for k in range(0, 12, 3):
+        s = batched.stream(prompts, max_tokens=8, temperature=0, ignore_eos=True)
+        try:
+            for i, _ in enumerate(s):
+                if i >= k:
+                    if how == "raise":
+                        raise ZeroDivisionError
+                    break
+        except ZeroDivisionError:
+            pass
+        if how == "close":
+            s.close()
+        else:
+            del s
+        assert [c.text for c in batched.generate(prompts, max_tokens=8, temperature=0, ignore_eos=True)] == want
+        assert batched.generate(prompts[1], max_tokens=8, temperature=0, ignore_eos=True).text == want[1]
+
+
+def test_threads_sharing_a_model_with_lists_take_turns(batched, alone):
+    import threading
+    lists = [[token_ids(n, 70 + 10 * t + n) for n in (4, 20, 9)] for t in range(4)]
+    want = [[alone.generate(p, max_tokens=6, temperature=0, ignore_eos=True).text for p in ps] for ps in lists]
+    got, errors = [None] * 4, []
+
+    def use(t):
+        try:
+            for _ in range(3):
+                got[t] = [c.text for c in batched.generate(lists[t], max_tokens=6, temperature=0, ignore_eos=True)]
+                assert got[t] == want[t]
+                s = batched.stream(lists[t], max_tokens=6, temperature=0, ignore_eos=True)
+                next(s)
+                s.close()   # abandoned after its first piece: the next thread's turn
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=use, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and got == want
