@@ -319,3 +319,26 @@ def test_threads_sharing_a_model_with_lists_take_turns(batched, alone):
     for t in threads:
         t.join(120)
     assert not errors and got == want
+
+
+def test_more_slots_than_rows_in_a_pass_run_as_many_as_fit(alone):
+    """An engine with more KV slots than rows in one pass (Model(parallel=520) has 512 rows):
+    every sequence running took a decode row, so a full batch asked the engine for more rows than
+    it evaluates and every sequence failed ("batch of 520 tokens exceeds max_batch 512"). At most
+    max_batch sequences run; the others wait for a slot as beyond the slots."""
+    from forgert import _core
+    from forgert.batch import run_batch
+    from forgert.sampling import SamplingParams
+    engine = _core.Engine(alone._model.config.core_dict(N_CTX), alone._model.core_tensors, backend="cpu",
+                          n_threads=1, max_batch=4, n_slots=6)
+    prompts = [token_ids(1, 600 + i) for i in range(5)] + [token_ids(9, 606)]   # five first rows at once
+    params = [SamplingParams.from_kwargs(None, max_tokens=6, temperature=0.0, ignore_eos=True)] * len(prompts)
+    batch = run_batch(engine, alone.tokenizer, prompts, params, prefill_chunk=16)
+    while True:
+        try:
+            next(batch)
+        except StopIteration as done:
+            got = done.value
+            break
+    assert [c.text for c in got] == [alone.generate(p, max_tokens=6, temperature=0, ignore_eos=True).text
+                                     for p in prompts]

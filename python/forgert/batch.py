@@ -313,7 +313,9 @@ class BatchScheduler:
 
     def step(self) -> list[StepOutput]:
         """One engine pass; returns a StepOutput for each row it sampled."""
-        while self.waiting and self.free_slots:
+        # Each running sequence takes a row of the pass (its decode row, or later its prompt's
+        # last token): no more run than the engine's rows, however many slots it has.
+        while self.waiting and self.free_slots and len(self.running) < self.engine.max_batch:
             self._admit(self.waiting.popleft())
         if not self.running:
             return []
