@@ -342,3 +342,27 @@ def test_more_slots_than_rows_in_a_pass_run_as_many_as_fit(alone):
             break
     assert [c.text for c in got] == [alone.generate(p, max_tokens=6, temperature=0, ignore_eos=True).text
                                      for p in prompts]
+
+
+def test_conversations_taking_turns_beside_others_equal_fresh_runs(worker, alone):
+    """Each turn's prompt is the last prompt + its answer + a new message: the batch resumes it in
+    the slot holding that history (its answer's K/V computed as decode rows beside the other
+    requests) and gives a fresh Model's whole-prompt run's tokens; the logprobs differ in the last
+    bits only, as docs/design.md "Batch invariance" says of an answer's K/V (measured 2.3e-5)."""
+    conversations = [token_ids(8, 1), token_ids(12, 2), token_ids(5, 3)]
+    cached, worst = 0, 0.0
+    for turn in range(3):
+        specs = [sampled_spec(c, max_tokens=10, top_logprobs=1) for c in conversations]
+        for got, spec in zip(run(worker, specs), specs):
+            alone.reset()
+            want = single_path(alone, spec)
+            assert text(got) == text(want)
+            assert [e for e in got if isinstance(e, Finish)][0].completion_tokens == 10
+            lps = [[lp for e in events if isinstance(e, Piece) for lp in e.logprobs] for events in (got, want)]
+            assert [lp.token for lp in lps[0]] == [lp.token for lp in lps[1]]
+            worst = max([worst] + [abs(a.logprob - b.logprob) for a, b in zip(*lps)])
+            cached += next(e for e in got if isinstance(e, Finish)).timings["cached_tokens"]
+        conversations = [c + alone.generate(c, max_tokens=10, temperature=0, ignore_eos=True).tokens
+                         + token_ids(3, 9 + turn) for c in conversations]
+    assert cached > 0 and worst < 1e-4  # the history was resumed, not evaluated again
+    assert_all_slots_free(worker)
