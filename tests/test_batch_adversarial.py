@@ -366,3 +366,24 @@ def test_conversations_taking_turns_beside_others_equal_fresh_runs(worker, alone
                          + token_ids(3, 9 + turn) for c in conversations]
     assert cached > 0 and worst < 1e-4  # the history was resumed, not evaluated again
     assert_all_slots_free(worker)
+
+
+def test_a_failure_while_admitting_frees_the_slot(worker, alone, monkeypatch):
+    """The engine failing while a prompt takes its slot (loading a recurrent state checkpoint
+    there, batch.resume): the slot was taken from the free ones before the sequence ran, and never
+    given back, so the batch had a slot fewer for good."""
+    import forgert.batch as batch
+    real, calls = batch.resume, []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("the state did not load")
+        return real(*args)
+    monkeypatch.setattr(batch, "resume", failing_once)
+    got = asyncio.run(_gather_settled(worker, [greedy_spec(token_ids(20, 1))]))
+    assert isinstance(got[0], MemoryError)
+    assert_all_slots_free(worker)
+    later = [token_ids(20, 1), token_ids(33, 3)]
+    for p, events in zip(later, run(worker, [greedy_spec(p) for p in later])):
+        assert text(events) == alone.generate(p, max_tokens=8, temperature=0, ignore_eos=True).text

@@ -261,11 +261,11 @@ class BatchScheduler:
             shared[slot] = 0
         self.free_slots.remove(slot)
         seq.slot = slot
+        self.running.append(seq)    # first: cancel() gives the slot back should the engine fail below
         seq.n_prefilled = seq.n_cached = resume(self.engine, self.checkpoints, slot, seq.prompt,
                                                 min(shared[slot], len(seq.prompt) - 1))
         if seq.n_prefilled < len(seq.prompt) - 1:
             seq.leader = self._leader_for(seq)
-        self.running.append(seq)
 
     def _leader_for(self, seq):
         """A running sequence of the same prompt still prefilling it (and following no one), or None.
