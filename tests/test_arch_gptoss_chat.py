@@ -19,7 +19,7 @@ import model_factory as mf
 from server_harness import LiveServer
 from test_server_output_parsing import ScriptedModel, collect_choice
 
-from forgert.server.harmony_output import HarmonyOutput, is_harmony
+from forgert.harmony_output import HarmonyOutput, is_harmony
 
 HARMONY_TOKENS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
 HARMONY_TEMPLATE = (

@@ -14,7 +14,7 @@ import pytest
 from scripted_model import THINKING_TEMPLATE, ScriptedModel
 from server_harness import LiveServer
 
-from forgert.server.choice_output import ChoiceOutput, OutputMode
+from forgert.chat_output import ChoiceOutput, OutputMode
 from forgert.tool_calls import parse_tool_calls, template_style
 
 CALL_ARGS = {"city": "Paris", "unit": "celsius"}

@@ -14,7 +14,7 @@ from test_server_output_parsing import QWEN25_TOOLS_TEMPLATE, ScriptedModel, col
 from test_tool_calls_xml_and_deepseek import ARGS, SEARCH, calls_of, tiny_model  # noqa: F401 (tiny_model: a fixture)
 from server_harness import LiveServer
 
-from forgert.server.choice_output import OutputMode
+from forgert.chat_output import OutputMode
 from forgert.tool_calls import parse_tool_calls, template_style
 
 # The tool-calling parts of Qwen3.5's chat template (its tool section, its way of writing an

@@ -13,7 +13,7 @@ import pytest
 from test_server_output_parsing import ScriptedModel, collect_choice, feed_in_pieces
 from server_harness import LiveServer
 
-from forgert.server.choice_output import OutputMode
+from forgert.chat_output import OutputMode
 from forgert.tool_calls import parse_tool_calls, template_style
 
 # The tool-calling parts of GLM-4.5's chat template (its tool section, its way of writing an

@@ -38,6 +38,9 @@ class Completion:
     usage: Usage
     timings: Timings = field(repr=False, default=None)
     stop_string: str | None = None  # the stop string that ended it (finish_reason "stop"), if one did
+    # chat / chat_stream: the answer read as OpenAI's assistant message (chat_reader.ChatMessage:
+    # content, reasoning, tool_calls); None for generate / stream
+    message: object = field(repr=False, default=None)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 from . import cpu_topology, greedy
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
 from .chat_limits import MODEL_LIMIT_NOTE, max_chars_for
+from .chat_reader import check_tools, output_reader, read_answer
 from .chat_templates import chat_template_for
 from .batch import LogitsOptions, run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
@@ -37,6 +38,7 @@ from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
 from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
+from .tool_calls import forced_call_schema
 
 BACKENDS = ("auto", "cpu", "metal")
 # The CPU's int8 paths: activations rounded per 32 values to two int8 parts (~16 bits, the
@@ -170,6 +172,13 @@ def _per_prompt(value, n: int, name: str, what: str = "values") -> list:
             raise ValueError(f"{name}: {len(value)} {what} for {n} prompts (one per prompt, or one value for all)")
         return list(value)
     return [value] * n
+
+
+def _read_as_message(gen, reader):
+    """A chat stream's pieces as they are; its Completion with the answer read (chat_reader)."""
+    completion = yield from gen
+    completion.message = read_answer(reader, completion.text)
+    return completion
 
 
 class TextStream:
@@ -1045,17 +1054,34 @@ class Model:
         return self._prompt_ids(self.tokenize(text, add_bos=False), check_context)
 
     def chat(self, messages, params: SamplingParams | None = None, **sampling) -> Completion:
-        s = self.chat_stream(messages, params, **sampling)  # chat_template_kwargs= passes through
+        """chat_stream run to its end: the Completion, its answer read in `.message`."""
+        s = self.chat_stream(messages, params, **sampling)  # tools=, chat_template_kwargs=, ... pass through
         for _ in s:
             pass
         return s.completion
 
     def chat_stream(self, messages, params: SamplingParams | None = None, *, logprobs=None,
                     chat_template_kwargs: dict | None = None, response_format=None, logit_bias=None,
-                    **sampling) -> TextStream:
+                    tools=None, tool_choice=None, **sampling) -> TextStream:
+        """Streams the answer's text; `.completion.message` then holds it read as OpenAI's assistant
+        message (chat_reader.ChatMessage): `content`, `reasoning` (a thinking model's <think> or
+        gpt-oss's analysis channel) and `tool_calls` parsed from the format the chat template teaches
+        (the server's parsers). tools: OpenAI tool definitions, rendered by the template (its
+        "tool_use" one where the model has it); tool_choice: "auto" (default), "none", "required" or
+        {"type": "function", "function": {"name": ...}}, the last two enforced by a grammar as the
+        server's are."""
         params = SamplingParams.from_kwargs(params, **sampling)
-        return self._start(self._chat_ids(messages, chat_template_kwargs=chat_template_kwargs), params, logprobs,
-                           response_format, logit_bias)
+        offered, forced = check_tools(tools, tool_choice)
+        if forced is not False:
+            if response_format is not None:
+                raise ValueError("tool_choice that forces a call and response_format both shape the output: pass one")
+            response_format = {"type": "json_schema",
+                               "json_schema": {"name": "tool_call", "schema": forced_call_schema(offered, forced)}}
+        ids = self._chat_ids(messages, chat_template_kwargs=chat_template_kwargs, tools=offered)
+        reader = output_reader(self.chat_template_for(offered), self.detokenize(ids[-16:]), offered,
+                               forced is not False, response_format is not None)
+        stream = self._start(ids, params, logprobs, response_format, logit_bias)
+        return TextStream(_read_as_message(stream._gen, reader))
 
     def __repr__(self):
         return f"Model({self._model.name!r}, arch={self.arch}, backend={self.backend}, n_ctx={self.n_ctx})"

@@ -21,7 +21,7 @@ template teaches:
            arguments in a ```json fence
   harmony  gpt-oss: a commentary message whose header names the recipient, the body the arguments:
            <|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}  (the header
-           is split off by server/harmony_output.py; harmony_call reads one such message)
+           is split off by harmony_output.py; harmony_call reads one such message)
 """
 from __future__ import annotations
 

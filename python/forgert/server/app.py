@@ -11,9 +11,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from ..tool_calls import forced_call_schema, template_style
-from .choice_output import ChoiceOutput, OutputMode, thinking_mode
-from .harmony_output import HarmonyOutput, is_harmony
+from ..chat_reader import output_reader
+from ..tool_calls import forced_call_schema
 from .delivery import collect, collect_unless_disconnected, metered, stream
 from .embeddings_api import checked_dimensions, collect_vectors, embedding_job, input_ids, response_body
 from .errors import APIError, install_error_handlers
@@ -349,22 +348,14 @@ async def _chat_generation(state: ServerState, req: ChatCompletionRequest):
                                  param=req.TOOLS_PARAM)
     else:
         grammar = await _grammar(state.model, req.response_format_dict(), param=req.RESPONSE_FORMAT_PARAM)
-    template = state.model.chat_template_for(tools)   # the one the prompt was rendered with
     # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
-    thinks, inside = thinking_mode(template, state.model.detokenize(ids[-16:]))
-    if grammar is not None:     # the grammar makes the whole output the JSON: no reasoning
-        thinks = inside = False
-    mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced is not False,
-                      tool_style=template_style(template) if tools else None, tools=tools or None)
-    # gpt-oss (harmony): channels, not <think>, separate the reasoning and the tool calls;
-    # a grammar's JSON (a response_format, a forced call) is read as ChoiceOutput reads it
-    harmony = is_harmony(template) and grammar is None
+    reader = output_reader(state.model.chat_template_for(tools), state.model.detokenize(ids[-16:]), tools,
+                           forced is not False, grammar is not None)
     choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
                for j in range(req.n_choices)]
     spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
                           req.top_logprobs_wanted(), grammar, _logit_bias(state.model, req))
-    return spec, ((lambda: HarmonyOutput(parse_calls=bool(tools))) if harmony
-                  else (lambda: ChoiceOutput(mode)))
+    return spec, reader
 
 
 def _events(state: ServerState, spec: GenerationSpec, timer: RequestTimer):

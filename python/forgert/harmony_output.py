@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..tool_calls import harmony_call, harmony_function
-from .choice_output import Delta, _partial_suffix
+from .tool_calls import harmony_call, harmony_function
+from .chat_output import Delta, _partial_suffix
 
 CHANNEL, MESSAGE = "<|channel|>", "<|message|>"
 # A body ends at <|end|>; <|call|> / <|return|> end the turn (stops, so only seen with ignore_eos).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..tool_calls import BLOCK_TAGS, CALL_MARKERS, ToolCall, parse_tool_calls
+from .tool_calls import BLOCK_TAGS, CALL_MARKERS, ToolCall, parse_tool_calls
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
