@@ -20,6 +20,11 @@ file(MAKE_DIRECTORY ${FG_METAL_OUT})
 
 execute_process(COMMAND xcrun -sdk macosx -f metal OUTPUT_VARIABLE FG_METAL_COMPILER
                 OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE FG_METAL_FOUND)
+# Found is not enough: with Xcode 16+ and its Metal Toolchain component not installed, xcrun
+# finds a `metal` that only says the toolchain is missing. Run it once.
+if(FG_METAL_FOUND EQUAL 0 AND FG_METAL_COMPILER)
+  execute_process(COMMAND xcrun -sdk macosx metal --version OUTPUT_QUIET ERROR_QUIET RESULT_VARIABLE FG_METAL_FOUND)
+endif()
 set(FG_METALLIB ${FG_METAL_OUT}/forgert.metallib)
 if(FG_METAL_FOUND EQUAL 0 AND FG_METAL_COMPILER)
   message(STATUS "forgert: precompiling Metal shaders with ${FG_METAL_COMPILER}")
