@@ -152,6 +152,33 @@ def test_mmproj_file_is_named_for_what_it_is(tiny, tmp_path):
         load_model(p)
 
 
+def test_lora_adapter_gguf_is_named_for_what_it_is(tmp_path):
+    """An adapter as llama.cpp's convert_lora_to_gguf.py writes it (general.type adapter, the
+    adapted weights' lora_a / lora_b) is refused as an adapter, not as a model missing its
+    embedding table."""
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "lora.gguf"), "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", 16.0)
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((8, 64), np.float32))
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((64, 8), np.float32))
+    p = mf.write_and_close(w, tmp_path / "lora.gguf")
+    with pytest.raises(ModelFormatError, match=r"lora.gguf: a lora adapter \(general.type 'adapter'\), not a model: "
+                                               r"forgert does not apply adapters; merge it into its base model"):
+        load_model(p)
+
+
+def test_peft_adapter_directory_is_named_for_what_it_is(tmp_path):
+    d = tmp_path / "my-adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "org/base", "r": 8}')
+    (d / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFormatError, match=r"my-adapter: a PEFT adapter \(LORA for org/base\), not a model: "
+                                               r"forgert does not apply adapters; merge it"):
+        load_model(d)
+
+
 def test_missing_metadata(tiny, tmp_path):
     p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.pop("llama.block_count"))
     with pytest.raises(ModelFormatError, match="missing metadata 'llama.block_count'"):

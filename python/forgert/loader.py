@@ -126,6 +126,10 @@ def _gguf_weights(g: GGUFFile | GGUFSplit) -> dict:
 
 def load_gguf(path) -> LoadedModel:
     g = open_gguf(path)   # a split model's shards together
+    if g.metadata.get("general.type") == "adapter":   # llama.cpp's convert_lora_to_gguf.py writes these
+        raise ModelFormatError(f"{g.name}: a {g.metadata.get('adapter.type', '')} adapter (general.type 'adapter'), "
+                               "not a model: forgert does not apply adapters; merge it into its base model "
+                               "(llama.cpp's llama-export-lora, or PEFT's merge_and_unload before converting)")
     weights = _gguf_weights(g)
     embd = weights.get("token_embd.weight")
     if embd is None:

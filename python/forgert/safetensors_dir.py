@@ -287,6 +287,25 @@ def _load_json(path, what):
         raise ModelFormatError(f"{os.path.basename(path)}: not valid JSON ({e})") from None
 
 
+def _refuse_peft_adapter(path: str, name: str) -> None:
+    """A PEFT adapter directory (adapter_config.json, no config.json) is not a model: said so, with
+    what to do, rather than 'config.json not found'."""
+    adapter = os.path.join(path, "adapter_config.json")
+    if os.path.exists(os.path.join(path, "config.json")) or not os.path.exists(adapter):
+        return
+    try:
+        with open(adapter, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    base = cfg.get("base_model_name_or_path")
+    raise ModelFormatError(f"{name}: a PEFT adapter ({cfg.get('peft_type', 'adapter_config.json')}"
+                           f"{f' for {base}' if base else ''}), not a model: forgert does not apply adapters; "
+                           "merge it into its base model (PEFT's merge_and_unload, then save_pretrained) and "
+                           "load the merged directory")
+
+
 def _check_quantization(config, name: str) -> None:
     """A checkpoint quantized by a method forgert does not read (GPTQ, AWQ, bitsandbytes, FP8 /
     compressed-tensors, ...) is refused by its config.json's quantization_config, naming the
@@ -307,6 +326,7 @@ class HFModelDir:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.name = os.path.basename(os.path.normpath(self.path))
+        _refuse_peft_adapter(self.path, self.name)
         self.config = self._object(_load_json(os.path.join(self.path, "config.json"), "config.json"), "config.json")
         if not isinstance(self.config.get("model_type"), (str, type(None))):
             raise ModelFormatError(f"{self.name}/config.json: model_type must be a string, "
