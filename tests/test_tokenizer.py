@@ -246,7 +246,10 @@ def tiny_vocab_gguf(tmp_path_factory, tiny_tokenizer):
 # olmo / exaone4 as GPT-2 (transformers' default for a name it does not know).
 @pytest.mark.parametrize("pre,ref_pre", [(p, p) for p in ["default", "llama-bpe", "qwen2", "tekken", "falcon3",
                                                           "pixtral", "megrez", "llama4", "minimax-m2"]]
-                         + [("olmo", "default"), ("exaone4", "default"), ("glm4", "llama-bpe")])
+                         + [("olmo", "default"), ("exaone4", "default"), ("glm4", "llama-bpe"), ("glm5", "llama-bpe"),
+                            # llama.cpp's other names for splits it shares (qwen2, GPT-2, o200k)
+                            ("kormo", "qwen2"), ("f2llmv2", "qwen2"), ("solar-open", "qwen2"), ("gigachat", "default"),
+                            ("a.x-4.0", "default"), ("mellum", "default"), ("talkie", "llama4")])
 def test_pre_tokenizers_match_transformers(tiny_vocab_gguf, pre, ref_pre):
     transformers = pytest.importorskip("transformers")
     path, ref_path = tiny_vocab_gguf(pre), tiny_vocab_gguf(ref_pre)
@@ -300,6 +303,31 @@ def test_deepseek_splits_as_their_rules_say(tiny_vocab_gguf, pre, text, want):
     spell = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     expected = [spell.pre_tokenize_str(p)[0][0] for p in want]
     assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)] == expected
+
+
+@pytest.mark.parametrize("pre,text,want", [
+    # Qwen3.5 / 3.6: a combining mark stays in its word (qwen2 would split "\u0301" off as punctuation)
+    ("qwen35", "cafe\u0301 ok 12", ["cafe\u0301", " ok", " ", "1", "2"]),
+    ("qwen2", "cafe\u0301 ok 12", ["cafe", "\u0301", " ok", " ", "1", "2"]),
+    # Seed-Coder: a punctuation run keeps no newline (qwen2 would take "!!\n" together)
+    ("seed-coder", "ok!!\nx 12", ["ok", "!!", "\n", "x", " ", "1", "2"]),
+    ("qwen2", "ok!!\nx 12", ["ok", "!!\n", "x", " ", "1", "2"]),
+    # DeepSeek Coder: newlines alone, letters / punctuation with one leading space, every digit alone
+    ("deepseek-coder", "def f(x):\n  return 42", ["def", " f", "(", "x", "):", "\n", " ", " return", " ", "4", "2"]),
+    # Tiny Aya: numbers in threes from the right, then o200k's words
+    ("tiny_aya", "Pay 1234567 now", ["Pay", " ", "1", "234", "567", " now"]),
+])
+def test_more_splits_as_their_rules_say(tiny_vocab_gguf, pre, text, want):
+    """llama.cpp's rules for these names (src/llama-vocab.cpp), hand-worked; transformers' GGUF
+    reader knows none of them (byte-level shows a space as 'Ġ', a newline as 'Ċ', and spells other
+    characters as bytes)."""
+    from tokenizers import pre_tokenizers
+    path = tiny_vocab_gguf(pre)
+    tok = ModelTokenizer.from_gguf(GGUFFile(path).metadata, path.name)
+    spell = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)] == \
+        [spell.pre_tokenize_str(p)[0][0] for p in want]
+    assert tok.decode(tok.encode(text, add_bos=False)) == text
 
 
 def test_tekken_splits_as_its_rule_says(tiny_vocab_gguf):

@@ -21,6 +21,12 @@ _GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm
                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen3.5 / Qwen3.6: Qwen2's rule with combining marks (\p{M}) kept in words (llama.cpp's QWEN35)
+_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Seed-Coder: Qwen2's rule whose punctuation runs take no newlines
+_SEED_CODER_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                     r"| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+")
 # Tekken (Mistral NeMo, Mistral Small 3, Ministral, Devstral): o200k's case-aware words without
 # the contractions, every digit on its own
 _TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
@@ -37,6 +43,15 @@ _DEEPSEEK3_SPLITS = [r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+",
 # (its tokenizer.json's six splits)
 _DEEPSEEK_LLM_SPLITS = [r"[\r\n]", r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
                         r"\s+$", "[一-龥ࠀ-一가-\ud7ff]+", r"\p{N}+"]
+# DeepSeek Coder (1.3B-33B, Llama GGUFs): newlines alone, letters and punctuation runs each with
+# one leading space, CJK runs, every digit alone (its tokenizer.json's splits, as llama.cpp's)
+_DEEPSEEK_CODER_SPLITS = [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-\ud7ff]+", r"\p{N}"]
+# Tiny Aya (Cohere 2): numbers in groups of three from the right, then o200k's rule with its
+# trailing '/' (llama.cpp's TINY_AYA)
+_TINY_AYA_SPLITS = [r"\d{1,3}(?=(?:\d{3})*\b)",
+                    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"]
 LLAMA3_NAMES = ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2")
 # tokenizer.ggml.pre -> list of regexes applied in turn (as llama.cpp's llm_tokenizer_bpe does)
 PRE_TOKENIZER_SPLITS = {
@@ -61,7 +76,20 @@ PRE_TOKENIZER_SPLITS = {
     "qwen2": [_QWEN2_SPLIT],
     "deepseek-r1-qwen": [_QWEN2_SPLIT],
     "megrez": [_QWEN2_SPLIT],
+    "kormo": [_QWEN2_SPLIT],
+    "f2llmv2": [_QWEN2_SPLIT],
+    "solar-open": [_QWEN2_SPLIT],
+    "qwen35": [_QWEN35_SPLIT],        # Qwen3.5 / Qwen3.6
+    "seed-coder": [_SEED_CODER_SPLIT],
+    "gigachat": [_GPT2_SPLIT],        # llama.cpp splits these as GPT-2
+    "a.x-4.0": [_GPT2_SPLIT],
+    "mellum": [_GPT2_SPLIT],
+    "talkie": [_GPT4O_SPLIT],
+    "tiny_aya": _TINY_AYA_SPLITS,
+    "cohere2moe": _TINY_AYA_SPLITS,
+    "deepseek-coder": _DEEPSEEK_CODER_SPLITS,
     "glm4": [_LLAMA3_SPLIT],          # GLM-4 0414: llama.cpp's CHATGLM4 rule, Llama 3's spelled case by case
+    "glm5": [_LLAMA3_SPLIT],          # GLM-5: the same rule (and no BOS, whole words first)
     "minimax-m2": [_GPT4O_SPLIT],     # MiniMax-M2: o200k's rule
     "kanana2": [_GPT4O_SPLIT],        # Kanana-2 (a deepseek2 GGUF)
     "deepseek-v3": _DEEPSEEK3_SPLITS,
@@ -70,7 +98,7 @@ PRE_TOKENIZER_SPLITS = {
 # Vocabularies whose GGUFs want a BOS when they do not say, and those that look a whole word up
 # before merging (llama.cpp: add_bos and ignore_merges for these names only).
 BOS_BY_DEFAULT = (*LLAMA3_NAMES, "tekken")
-_IGNORE_MERGES = (*BOS_BY_DEFAULT, "glm4")   # glm4: no BOS (its template writes [gMASK]<sop>)
+_IGNORE_MERGES = (*BOS_BY_DEFAULT, "glm4", "glm5")   # glm4 / glm5: no BOS (their templates write [gMASK]<sop>)
 # ggml token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
