@@ -342,3 +342,19 @@ def test_tekken_splits_as_its_rule_says(tiny_vocab_gguf):
     assert [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)] == \
         [p.replace(" ", "Ġ").replace("\n", "Ċ") for p in want]
     assert tok.add_bos and tok.encode("hi")[0] == tok.bos_id
+
+
+@pytest.mark.parametrize("regex,name", [
+    ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+     "qwen2"),
+    ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+     "qwen35"),
+])
+def test_quantize_names_the_pre_tokenizer_of_a_tokenizer_json(regex, name):
+    """forgert quantize of an HF directory writes the GGUF pre-tokenizer name whose rule is the
+    tokenizer.json's Split regex (Qwen2.5's and Qwen3.5's, as their tokenizer.json files spell them)."""
+    from forgert.gguf_export import _pre_tokenizer_name
+    tok_json = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}}
+    assert _pre_tokenizer_name(tok_json, "x") == name

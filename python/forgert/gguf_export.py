@@ -86,7 +86,7 @@ def _pre_tokenizer_name(tok_json: dict, source: str) -> str:
     text = json.dumps(tok_json.get("pre_tokenizer"))
     if '"Digits"' in text and '"individual_digits": true' in text:
         return "smollm"
-    for name in ("llama-bpe", "qwen2"):
+    for name in ("llama-bpe", "qwen2", "qwen35"):
         if json.dumps(PRE_TOKENIZER_SPLITS[name][0])[1:-1] in text:
             return name
     pre = tok_json.get("pre_tokenizer") or {}
