@@ -47,6 +47,23 @@ def test_missing_tensor(tiny, tmp_path):
         load_model(p)
 
 
+def test_a_gguf_with_its_vision_encoder_runs_its_text(tiny, tmp_path):
+    """A language model's GGUF holding its encoder's tensors beside (ollama's Gemma 3: llama.cpp's
+    mmproj names v.*, mm.*, a.*) loads its language model and generates what the file without
+    them does, as an HF vision-language checkpoint runs on text."""
+    from forgert import Model
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    plain = gguf_variant(tiny, tmp_path / "plain.gguf", tensors=dict(t))
+    t.update({"v.blk.0.attn_q.weight": np.ones((16, 16), np.float32),
+              "mm.input_projection.weight": np.ones((16, 8), np.float32),
+              "a.blk.0.ffn_up.weight": np.ones((8, 16), np.float32)})
+    both = gguf_variant(tiny, tmp_path / "both.gguf", tensors=t)
+    assert "v.blk.0.attn_q.weight" not in load_model(both).weights
+    ids = [5, 9, 13, 2]
+    assert Model(str(both), backend="cpu", n_ctx=64).generate(ids, max_tokens=8, temperature=0).tokens == \
+        Model(str(plain), backend="cpu", n_ctx=64).generate(ids, max_tokens=8, temperature=0).tokens
+
+
 def test_wrong_shape(tiny, tmp_path):
     t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
     t["blk.0.attn_q.weight"] = t["blk.0.attn_q.weight"][:32]

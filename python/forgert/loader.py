@@ -24,6 +24,8 @@ from .tokenizer import ModelTokenizer
 from .weights import WeightTensor
 
 # Consumed by the config, not the core: RoPE divisors (llama3's, LongRoPE's long and short sets).
+# llama.cpp's names for a multimodal encoder's tensors (its mmproj files): vision, projector, audio
+_GGUF_ENCODER_PREFIXES = ("v.", "mm.", "a.")
 _GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 # Layer tensors some architectures' files name otherwise than the canonical layout: Seed-OSS's
 # feed-forward norm is llama.cpp's post_attention_norm (the norm after attention, before the MLP).
@@ -131,6 +133,10 @@ def load_gguf(path) -> LoadedModel:
                                "not a model: forgert does not apply adapters; merge it into its base model "
                                "(llama.cpp's llama-export-lora, or PEFT's merge_and_unload before converting)")
     weights = _gguf_weights(g)
+    # A language model's GGUF that also holds its vision / audio encoder (ollama writes Gemma 3's
+    # so): llama.cpp's mmproj tensors are set aside, as an HF checkpoint's vision tower is, and
+    # the text runs.
+    weights = {n: w for n, w in weights.items() if not n.startswith(_GGUF_ENCODER_PREFIXES)}
     embd = weights.get("token_embd.weight")
     if embd is None:
         raise ModelFormatError(f"{g.name}: missing tensor 'token_embd.weight'")
