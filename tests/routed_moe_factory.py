@@ -316,13 +316,15 @@ def split_kv_b(tensors: dict, model_cfg) -> dict:
 
 
 def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, tok, mtp: bool = True,
-               extra_meta=None, drop: tuple = (), split_mla: bool = False) -> Path:
+               extra_meta=None, drop: tuple = (), split_mla: bool = False, file_arch: str | None = None) -> Path:
     """The GGUF as llama.cpp's converter writes it. A GLM-4.5's block_count counts the MTP block;
     mtp=False leaves that block out (block_count the model's own, nextn_predict_layers 0).
     extra_meta (GGUFWriter method -> value) adds or replaces keys; tensors whose names end with
     one of `drop` are left out. split_mla: DeepSeek's attn_kv_b written split (split_kv_b), with
     the key and value lengths of the latent and the heads' own under key_length_mla /
-    value_length_mla, and one KV head, as the newer converters write it."""
+    value_length_mla, and one KV head, as the newer converters write it. file_arch: the name the
+    file gives the architecture (its keys' prefix), where it is another name for `arch` (llama.cpp's
+    mistral4 is its deepseek2)."""
     c = model_cfg
     tensors = {n: t for n, t in gguf_tensors(hf_dir, arch).items() if not (drop and n.endswith(drop))}
     if split_mla:
@@ -332,7 +334,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
                       "add_head_count_kv": 1, **(extra_meta or {})}
     if not mtp or arch != "glm4moe" and c.model_type == "deepseek_v2":
         tensors = {n: t for n, t in tensors.items() if not n.startswith(f"blk.{c.num_hidden_layers}.")}
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), file_arch or arch)
     w.add_name(f"tiny-{arch}")
     rope = c.rope_parameters
     meta = {

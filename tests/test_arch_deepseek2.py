@@ -42,6 +42,32 @@ def test_split_kv_b_layout_matches_transformers(forgert, models, metal_reason, t
                    **bounds("gguf-F32", False, backend), what=f"{name} split attn_kv_b {backend}")
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_mistral4_gguf_is_deepseek2_under_its_own_name(forgert, models, metal_reason, tmp_path, tiny_tokenizer,
+                                                       backend):
+    """llama.cpp's converter now writes Mistral 4 as arch mistral4 (its deepseek2's loader and
+    graph under their own name: src/models/mistral4.cpp): its keys prefixed mistral4., the MLA
+    split. The same model as transformers runs; forgert quantize writes it back as deepseek2."""
+    require_backend(backend, metal_reason)
+    model, files, refs = models("mistral4")
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "m4.gguf", "F32", "deepseek2", model.config, tiny_tokenizer,
+                          split_mla=True, file_arch="mistral4")
+    ids = ids_for(model.config.vocab_size, 48, 7)
+    compare_logits(forgert.Model(str(path), backend=backend).logits(ids), mf.reference_logits(refs["gguf-F32"], ids),
+                   **bounds("gguf-F32", False, backend), what=f"mistral4 arch {backend}")
+    if backend == "cpu":
+        import gguf
+        from forgert.gguf_export import export_gguf
+        out = tmp_path / "m4-requantized.gguf"
+        export_gguf(str(path), str(out), "f32", log=lambda msg: None)
+        r = gguf.GGUFReader(str(out))
+        assert r.fields["general.architecture"].contents() == "deepseek2"
+        assert r.fields["deepseek2.attention.kv_lora_rank"].contents() == 32
+        assert not [k for k in r.fields if k.startswith("mistral4.")]
+        compare_logits(forgert.Model(str(out), backend="cpu").logits(ids), mf.reference_logits(refs["gguf-F32"], ids),
+                       **bounds("gguf-F32", False), what="mistral4 requantized")
+
+
 def test_yarn_softmax_scale_matters(forgert, models):
     """V2-Lite's mscale_all_dim multiplies the softmax scale by yarn_mscale(4, 0.707)^2 = 1.20:
     without it transformers' logits move far beyond the F32 bound."""

@@ -126,8 +126,28 @@ def _gguf_weights(g: GGUFFile | GGUFSplit) -> dict:
     return out
 
 
+# GGUF architecture names that are another's loader and graph under their own name (llama.cpp's
+# mistral4 is its deepseek2: src/models/mistral4.cpp): read as that one, keys renamed.
+_GGUF_ARCH_ALIASES = {"mistral4": "deepseek2"}
+
+
+def _read_alias_as(g) -> None:
+    """Renames an aliased architecture's metadata keys (mistral4.* -> deepseek2.*) in place, so
+    the config, the core and `forgert quantize` (which writes the GGUF it read) see the one
+    architecture forgert implements."""
+    arch = g.metadata.get("general.architecture")
+    target = _GGUF_ARCH_ALIASES.get(arch)
+    if target is None:
+        return
+    for key in [k for k in g.metadata if k.startswith(arch + ".")]:
+        new = target + key[len(arch):]
+        g.metadata[new], g.metadata_types[new] = g.metadata.pop(key), g.metadata_types.pop(key)
+    g.metadata["general.architecture"] = target
+
+
 def load_gguf(path) -> LoadedModel:
     g = open_gguf(path)   # a split model's shards together
+    _read_alias_as(g)
     if g.metadata.get("general.type") == "adapter":   # llama.cpp's convert_lora_to_gguf.py writes these
         raise ModelFormatError(f"{g.name}: a {g.metadata.get('adapter.type', '')} adapter (general.type 'adapter'), "
                                "not a model: forgert does not apply adapters; merge it into its base model "
