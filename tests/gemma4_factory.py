@@ -6,12 +6,15 @@ sliding layers', head_count_kv one value per layer where the global layers have 
 rope.freq_base the global layers' base and freq_base_swa the sliding layers', rope.dimension_count
 the global head width (proportional RoPE through rope_freqs.weight: 1 for the rotating pairs, 1e30
 for the others), sliding_window_pattern one bool per layer, layer_scalar as
-blk.N.layer_output_scale.weight, no attn_v on the layers whose V is K's projection.
+blk.N.layer_output_scale.weight, no attn_v on the layers whose V is K's projection; the vocabulary a
+tiny Gemma-style one (gemma_tokenizer) written as tokenizer.ggml.model "gemma4" through the gguf
+package's LlamaHfVocab / SpecialVocab, as Gemma4Model.set_vocab does.
 
 Nothing here imports forgert: this module is the reference side of the tests.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -77,6 +80,50 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, GLOBAL_HEAD_DIM, FFN, WINDOW = 64, 4, 2, 32, 
 SWA_THETA, FULL_THETA, PARTIAL = 10_000.0, 1_000_000.0, 0.25
 
 
+# The tiny Gemma-style tokenizer (gemma_tokenizer): Gemma's special tokens at Gemma's ids, the chat
+# tokens (the converter writes the visible ones USER_DEFINED), newline runs as tokenizer.json's added
+# tokens, the 256 <0xXX> byte pieces, then pieces learnt from a small corpus.
+PAD, EOS, BOS, UNK, MASK = "<pad>", "<eos>", "<bos>", "<unk>", "<mask>"
+TURN_OPEN, TURN_CLOSE = "<|turn>", "<turn|>"
+VISIBLE = ("<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>')
+NEWLINE_RUNS = ("\n\n", "\n\n\n")
+_CORPUS = (mf._TOKENIZER_CORPUS
+           + "def main():\n    if ready:\n        return  value\n\tindent\twith\ttabs\n"
+           + "Spaces  between   words    and a line.\nAnother line of text follows here.\n")
+
+
+def gemma_tokenizer() -> "Tokenizer":
+    """A tiny tokenizer laid out as Gemma's tokenizer.json (what transformers' GemmaTokenizer builds):
+    BPE with byte fallback, spaces replaced by U+2581 before it, no pre-split, no prefix space; a
+    decoder turning U+2581 back into spaces and <0xXX> pieces into bytes; <bos> put first. The merges are learnt on
+    words split before their U+2581 runs, newlines alone (no merge builds a newline run: the runs are
+    added tokens, matched whole, as Gemma's user-defined pieces are)."""
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                            trainers)
+    learner = Tokenizer(models.BPE())
+    learner.normalizer = normalizers.Replace(" ", "\u2581")
+    learner.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581*[^\u2581\n]+|\u2581+|\n"), behavior="isolated")
+    learner.train_from_iterator([_CORPUS] * 4, trainer=trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    learnt = json.loads(learner.to_str())["model"]
+    fixed = [PAD, EOS, BOS, UNK, MASK, TURN_OPEN, TURN_CLOSE, *VISIBLE, *NEWLINE_RUNS] + [f"<0x{b:02X}>" for b in range(256)]
+    vocab = {t: i for i, t in enumerate(fixed)}
+    for piece in sorted(learnt["vocab"], key=learnt["vocab"].get):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token=UNK, fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t in (PAD, EOS, BOS, UNK, MASK, TURN_OPEN, TURN_CLOSE, *VISIBLE)])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in NEWLINE_RUNS])
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                                       special_tokens=[(BOS, vocab[BOS])])
+    return tok
+
+
+tokenizer = gemma_tokenizer   # moe_factory.formats_fixture's hook: the models use this vocabulary
+
+
 def text_config(name: str, vocab: int, **changes):
     from transformers import Gemma4TextConfig
     kw = MODELS[name][1]
@@ -91,7 +138,7 @@ def text_config(name: str, vocab: int, **changes):
                 top_k_experts=kw["moe"][1] if "moe" in kw else None,
                 moe_intermediate_size=kw["moe"][2] if "moe" in kw else None,
                 final_logit_softcapping=kw["softcap"], tie_word_embeddings=True, initializer_range=0.1,
-                bos_token_id=0, eos_token_id=1, pad_token_id=0,
+                bos_token_id=2, eos_token_id=1, pad_token_id=0,
                 rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": SWA_THETA},
                                  FULL: {"rope_type": "proportional", "partial_rotary_factor": PARTIAL,
                                         "rope_theta": FULL_THETA}})
@@ -124,8 +171,41 @@ def build(name: str, vocab: int):
     return model
 
 
-def save_hf(model, tok, out_dir: Path) -> Path:
-    return moe.save_hf(model, tok, out_dir)
+def save_tokenizer_config(out_dir: Path, chat_template=None) -> None:
+    """Gemma's tokenizer_config.json: GemmaTokenizer, its special tokens (the chat ones among them), BOS
+    added."""
+    cfg = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK,
+           "extra_special_tokens": [TURN_OPEN, TURN_CLOSE, *VISIBLE],
+           "add_bos_token": True, "add_eos_token": False, "tokenizer_class": "GemmaTokenizer"}
+    if chat_template is not None:
+        cfg["chat_template"] = chat_template
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+def save_hf(model, tok, out_dir: Path, chat_template=None) -> Path:
+    out = moe.save_hf(model, tok, out_dir)
+    save_tokenizer_config(out, chat_template)
+    return out
+
+
+def add_gemma4_vocab(w, hf_dir: Path) -> None:
+    """The tokenizer keys as llama.cpp's converter writes them (Gemma4Model.set_vocab), through the
+    gguf package's own readers of the HF directory: LlamaHfVocab's pieces, scores and types (BYTE for
+    <0xXX>, CONTROL for special tokens, NORMAL for the rest) with the visible chat tokens
+    USER_DEFINED, SpecialVocab's merges, special ids and chat template, no space prefix, BOS added."""
+    vocab = gguf.LlamaHfVocab(hf_dir)
+    tokens, scores, types = [], [], []
+    for text, score, kind in vocab.all_tokens():
+        tokens.append(text)
+        scores.append(score)
+        types.append(gguf.TokenType.USER_DEFINED if text.decode() in VISIBLE else kind)
+    w.add_tokenizer_model("gemma4")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    gguf.SpecialVocab(hf_dir, load_merges=True).add_to_gguf(w)
+    w.add_add_space_prefix(False)
+    w.add_add_bos_token(True)
 
 
 def gguf_tensors(hf_dir: Path) -> dict:
@@ -140,8 +220,8 @@ def gguf_tensors(hf_dir: Path) -> dict:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extra_meta=None, vocab=None) -> Path:
-    """vocab: (tokenizer tables, bos id, eos id, chat template), or None for the tiny BPE's own."""
+def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok=None, extra_meta=None) -> Path:
+    """The vocabulary is hf_dir's tokenizer (tok unused: moe_factory.formats_fixture's signature)."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-gemma4")
     swa = [t == SLIDING for t in c.layer_types]
@@ -178,11 +258,7 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     for key, value in meta.items():
         if value is not None:
             getattr(w, key)(value)
-    if vocab is None:
-        mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
-    else:
-        tables, bos, eos, template = vocab
-        mf.add_bpe_vocab(w, tables, bos, eos, add_bos=True, chat_template=template)
+    add_gemma4_vocab(w, hf_dir)
     n_rot = int(hd_full * full["partial_rotary_factor"] / 2)
     w.add_tensor("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd_full // 2 - n_rot), dtype=np.float32))
     qtype = gguf.GGMLQuantizationType[type_name]
@@ -194,7 +270,6 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, c, tok, extr
     return mf.write_and_close(w, path)
 
 
-TURN_OPEN, TURN_CLOSE = "<|turn>", "<turn|>"
 # Gemma 4's chat template, the text part as the published one lays it out: a system (or developer)
 # message in its own turn, "model" for the assistant, turns closed by <turn|>.
 GEMMA4_TEMPLATE = """{{- bos_token -}}
@@ -213,33 +288,16 @@ GEMMA4_TEMPLATE = """{{- bos_token -}}
 {%- endif -%}"""
 
 
-def chat_tokenizer():
-    """model_factory's tiny BPE plus Gemma 4's turn markers as special tokens."""
-    from tokenizers import AddedToken
-    tok = mf.build_tokenizer()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (TURN_OPEN, TURN_CLOSE)])
-    return tok
-
-
 def write_chat_files(name: str, root: Path) -> tuple:
-    """A tiny model of `name` with chat_tokenizer()'s vocabulary as an HF directory (its template in
+    """A tiny model of `name` with gemma_tokenizer()'s vocabulary as an HF directory (its template in
     tokenizer_config.json, generation stopping at <eos> and <turn|> as the checkpoints' generation
     config says) and an F32 GGUF (its template, no eot_token_id: llama.cpp finds <turn|> by text)."""
-    import json
-    tok = chat_tokenizer()
+    tok = gemma_tokenizer()
     model = build(name, tok.get_vocab_size())
-    hf = save_hf(model, tok, root / "hf")
-    (hf / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": mf.BOS_TOKEN, "eos_token": mf.EOS_TOKEN, "add_bos_token": True,
-        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": GEMMA4_TEMPLATE}))
+    hf = save_hf(model, tok, root / "hf", chat_template=GEMMA4_TEMPLATE)
     (hf / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": tok.token_to_id(mf.BOS_TOKEN),
-        "eos_token_id": [tok.token_to_id(mf.EOS_TOKEN), tok.token_to_id(TURN_CLOSE)]}))
-    tokens, types, merges = mf.tokenizer_tables(tok)
-    control = {mf.BOS_TOKEN, mf.EOS_TOKEN, TURN_OPEN, TURN_CLOSE}
-    tables = tokens, [3 if t in control else ty for t, ty in zip(tokens, types)], merges
-    gg = write_gguf(hf, root / "m.gguf", "F32", "gemma4", model.config, tok,
-                    vocab=(tables, tok.token_to_id(mf.BOS_TOKEN), tok.token_to_id(mf.EOS_TOKEN), GEMMA4_TEMPLATE))
+        "bos_token_id": tok.token_to_id(BOS), "eos_token_id": [tok.token_to_id(EOS), tok.token_to_id(TURN_CLOSE)]}))
+    gg = write_gguf(hf, root / "m.gguf", "F32", "gemma4", model.config)
     return tok, hf, gg
 
 

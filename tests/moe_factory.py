@@ -250,7 +250,8 @@ def formats_fixture(factory, root_name: str):
     qwen35_factory: its MODELS name -> (GGUF arch, arguments), build, save_hf, write_gguf and
     quantized_reference; optionally extra_files(name, hf_dir, dir, model, tokenizer) -> {format:
     (path, reference)} and cache_reference(name, model), the model with forgert's cache modelled
-    (default model_factory.with_f16_kv)): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
+    (default model_factory.with_f16_kv), and tokenizer() -> its own tokenizers.Tokenizer (default the tiny
+    byte-level BPE)): get(name) -> (transformers model, files by format (hf-F32, gguf-F32,
     gguf-Q8_0 and the extra ones), float32 references by format, the f16 KV cache modelled), each
     model built once."""
     import pytest
@@ -259,22 +260,24 @@ def formats_fixture(factory, root_name: str):
     def models(tmp_path_factory, tiny_tokenizer):
         root = tmp_path_factory.mktemp(root_name)
         cache = {}
+        own = getattr(factory, "tokenizer", None)
+        tok = own() if own else tiny_tokenizer
 
         def get(name):
             if name not in cache:
                 arch = factory.MODELS[name][0]
-                model = factory.build(name, tiny_tokenizer.get_vocab_size())
-                hf_dir = factory.save_hf(model, tiny_tokenizer, root / name / "hf")
+                model = factory.build(name, tok.get_vocab_size())
+                hf_dir = factory.save_hf(model, tok, root / name / "hf")
                 files = {"hf-F32": hf_dir}
                 for t in ("F32", "Q8_0"):
                     files[f"gguf-{t}"] = factory.write_gguf(hf_dir, root / name / f"m-{t}.gguf", t, arch,
-                                                            model.config, tiny_tokenizer)
+                                                            model.config, tok)
                 cached = getattr(factory, "cache_reference", None)
                 kv = (lambda m: cached(name, m)) if cached else mf.with_f16_kv
                 refs = {"hf-F32": kv(model), "gguf-F32": kv(model),
                         "gguf-Q8_0": kv(factory.quantized_reference(model, "Q8_0"))}
                 extra = getattr(factory, "extra_files", None)   # further GGUF layouts of the same model
-                for fmt, (path, ref) in (extra(name, hf_dir, root / name, model, tiny_tokenizer) if extra else {}).items():
+                for fmt, (path, ref) in (extra(name, hf_dir, root / name, model, tok) if extra else {}).items():
                     files[fmt], refs[fmt] = path, kv(ref)
                 cache[name] = (model, files, refs)
             return cache[name]

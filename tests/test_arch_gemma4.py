@@ -6,6 +6,7 @@ F32 / Q8_0 in llama.cpp's gemma4 layout, on the CPU and emulated Metal; 32 greed
 of sequences in slots, and the prompt cache's saved K/V rows (per-layer widths); the published
 config.json keys (global_head_dim) beside transformers 5's per_layer_config; the multimodal
 checkpoints' text model; Gemma 4's chat template and its <turn|> stop; what is not run refused by name.
+The GGUFs carry the converter's "gemma4" tokenizer (tests/test_tokenizer_gemma4.py tests it alone).
 
 Bounds are tests/test_arch_moe.py's for Q8_0; F32's are twice theirs, as Gemma 4 scales scores by 1
 rather than 1/sqrt(d) (sharper attention: f32 summation order moves the logits more). Measured here,
@@ -254,10 +255,11 @@ def test_chat_template_and_turn_end(forgert, tmp_path, fmt):
     for conv in CONVERSATIONS:
         assert m.apply_chat_template(conv) == ref.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     text = m.apply_chat_template(CONVERSATIONS[1])
-    assert text.startswith(mf.BOS_TOKEN + "<|turn>system\nAnswer briefly.<turn|>\n<|turn>user\nHi<turn|>")
+    assert text.startswith(gf.BOS + "<|turn>system\nAnswer briefly.<turn|>\n<|turn>user\nHi<turn|>")
     close = tok.token_to_id(gf.TURN_CLOSE)
     assert close in m.info()["stop_token_ids"]
     ids = m.tokenize(text, add_bos=False)
+    assert ids == ref.encode(text, add_special_tokens=False)   # the GGUF's "gemma4" tokenizer too
     assert ids.count(close) == 4 and ids.count(tok.token_to_id(gf.TURN_OPEN)) == 5   # 4 turns, then the prompt
 
 

@@ -81,6 +81,17 @@ def _ids(v) -> list:
     return []
 
 
+def _gguf_add_bos(kind, meta, flag) -> bool:
+    """Whether a GGUF's prompts start with BOS. llama.cpp adds it to SentencePiece, Llama 3 and Tekken
+    vocabularies unless the file says otherwise, and to Gemma 4's whatever the file says: the
+    converter wrote add_bos_token False into the first Gemma 4 GGUFs, and llama.cpp (PR 21500)
+    overrides it, as transformers' Gemma tokenizer adds BOS too."""
+    if kind == "gemma4":
+        flag("tokenizer.ggml.add_bos_token", True)   # still checked to be a bool
+        return True
+    return flag("tokenizer.ggml.add_bos_token", kind == "llama" or meta.get("tokenizer.ggml.pre") in BOS_BY_DEFAULT)
+
+
 def _check_utf8(text: str):
     """A str holding a lone surrogate (as from a bad decode with errors="surrogateescape") is no
     text UTF-8 can encode: a ValueError naming it and where."""
@@ -140,10 +151,7 @@ class ModelTokenizer:
                    eot_id=(special("tokenizer.ggml.eot_token_id") if "tokenizer.ggml.eot_token_id" in meta
                            else _eot_by_text(meta["tokenizer.ggml.tokens"])),
                    extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
-                   # llama.cpp adds BOS to SentencePiece, Llama 3 and Tekken vocabularies unless the file
-                   # says otherwise
-                   add_bos=flag("tokenizer.ggml.add_bos_token",
-                                kind == "llama" or meta.get("tokenizer.ggml.pre") in BOS_BY_DEFAULT),
+                   add_bos=_gguf_add_bos(kind, meta, flag),
                    source=source,
                    end_id=special("tokenizer.ggml.eos_token_id") if flag("tokenizer.ggml.add_eos_token", False) else None)
 

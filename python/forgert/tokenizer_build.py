@@ -1,14 +1,16 @@
 """Build a HF `tokenizers.Tokenizer` from GGUF tokenizer metadata (llama.cpp's key names).
 
-Two vocabulary kinds:
+Three vocabulary kinds:
 - "gpt2": byte-level BPE with merges; the split regex depends on tokenizer.ggml.pre.
 - "llama": SentencePiece BPE with scores and <0xXX> byte fallback; merges are recovered from the
   scores, and spaces become U+2581 with a prefix space at the start of the text.
+- "gemma4": Gemma 4's BPE over raw UTF-8 with the file's merges, spaces U+2581, no prefix space,
+  <0xXX> byte fallback (llama.cpp's converter: Gemma4Model.set_vocab).
 """
 from __future__ import annotations
 
 import numpy as np
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from .errors import ModelFormatError
 
@@ -126,17 +128,23 @@ def _vocab(tokens) -> dict:
     return vocab
 
 
-def _byte_level(meta, source) -> Tokenizer:
-    tokens = meta["tokenizer.ggml.tokens"]
+def _merges(meta, source, kind) -> list:
+    """tokenizer.ggml.merges as (left, right) pairs, ranked in file order."""
     merges_raw = meta.get("tokenizer.ggml.merges")
     if merges_raw is None:
-        raise ModelFormatError(f"{source}: gpt2 tokenizer without tokenizer.ggml.merges")
+        raise ModelFormatError(f"{source}: {kind} tokenizer without tokenizer.ggml.merges")
     merges = []
     for m in merges_raw:
         parts = m.split(" ")
         if len(parts) != 2:
             raise ModelFormatError(f"{source}: malformed tokenizer merge {m!r}")
         merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _byte_level(meta, source) -> Tokenizer:
+    tokens = meta["tokenizer.ggml.tokens"]
+    merges = _merges(meta, source, "gpt2")
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZER_SPLITS:
         raise ModelFormatError(f"{source}: unsupported tokenizer pre-tokenizer '{pre}' "
@@ -165,10 +173,48 @@ def _sentencepiece(meta, source) -> Tokenizer:
     add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
                                                  prepend_scheme="first" if add_prefix else "never", split=False)
-    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    steps = _metaspace_decoder()
     if add_prefix:
         steps.append(decoders.Strip(content=" ", left=1, right=0))
     tok.decoder = decoders.Sequence(steps)
+    return tok
+
+
+def _metaspace_decoder() -> list:
+    """U+2581 back to a space, <0xXX> pieces to their bytes, the pieces joined."""
+    return [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+
+
+def _gemma4(meta, source) -> Tokenizer:
+    """Gemma 4's vocabulary as Hugging Face's Gemma tokenizer (tokenizer.json, what transformers
+    runs) has it: the text's spaces replaced by U+2581, then BPE with the file's merges over the
+    whole text, <0xXX> byte fallback for what no piece covers.
+
+    llama.cpp (llm_tokenizer_bpe, LLAMA_VOCAB_PRE_TYPE_GEMMA4) first splits the text into runs of
+    newlines and runs of other characters ("[^\n]+|[\n]+") only because its BPE asserts no newline
+    inside a word. The split changes a result only where a merge joins a piece holding a newline to
+    one holding something else: the published vocabularies (SentencePiece's, where newline runs are
+    user-defined pieces of their own) have no such merge, so there it changes nothing; where a file
+    has one, transformers merges across and so does this tokenizer (no split).
+
+    Newline runs: the published tokenizer.json lists its newline-run pieces ("\n\n", "\n\n\n", ...)
+    among its added tokens, matched whole in the raw text before BPE (no merges build them);
+    the converter types them NORMAL, so the GGUF does not say so. llama.cpp takes a run of only
+    newlines whole when the run is itself a token (PR 21343), else BPE on single newlines. Here
+    every newline-only token is an added token, as in tokenizer.json: equal to llama.cpp for a
+    run that is a token, and for a longer run the longest pieces first as transformers does
+    (llama.cpp would merge single newlines instead)."""
+    tokens = meta["tokenizer.ggml.tokens"]
+    vocab = _vocab(tokens)
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
+    tok = Tokenizer(models.BPE(vocab, _merges(meta, source, "gemma4"), unk_token=unk, fuse_unk=True,
+                               byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence(_metaspace_decoder())
+    runs = [t for t in vocab if len(t) > 1 and not t.strip("\n")]
+    if runs:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in runs])
     return tok
 
 
@@ -180,8 +226,11 @@ def tokenizer_from_gguf(meta: dict, source: str) -> Tokenizer:
         tok = _byte_level(meta, source)
     elif kind == "llama":
         tok = _sentencepiece(meta, source)
+    elif kind == "gemma4":
+        tok = _gemma4(meta, source)
     else:
-        raise ModelFormatError(f"{source}: unsupported tokenizer model '{kind}' (forgert reads gpt2 and llama)")
+        raise ModelFormatError(f"{source}: unsupported tokenizer model '{kind}' (forgert reads gpt2, llama "
+                               f"and gemma4)")
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type")
     if types is not None:
