@@ -105,7 +105,8 @@ def gemma_tokenizer() -> "Tokenizer":
     learner.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581*[^\u2581\n]+|\u2581+|\n"), behavior="isolated")
     learner.train_from_iterator([_CORPUS] * 4, trainer=trainers.BpeTrainer(vocab_size=300, show_progress=False))
     learnt = json.loads(learner.to_str())["model"]
-    fixed = [PAD, EOS, BOS, UNK, MASK, TURN_OPEN, TURN_CLOSE, *VISIBLE, *NEWLINE_RUNS] + [f"<0x{b:02X}>" for b in range(256)]
+    fixed = [PAD, EOS, BOS, UNK, MASK, TURN_OPEN, TURN_CLOSE, *VISIBLE, *NEWLINE_RUNS]
+    fixed += [f"<0x{b:02X}>" for b in range(256)]
     vocab = {t: i for i, t in enumerate(fixed)}
     for piece in sorted(learnt["vocab"], key=learnt["vocab"].get):
         vocab.setdefault(piece, len(vocab))

@@ -175,10 +175,10 @@ def test_merges_cross_newlines_as_transformers_does(files, meta, tmp_path):
     hf.joinpath("tokenizer.json").write_text(json.dumps(tj))
     gf.save_tokenizer_config(hf)
     ref = AutoTokenizer.from_pretrained(str(hf))
-    mine = ModelTokenizer.from_gguf({**meta, "tokenizer.ggml.tokens": list(meta["tokenizer.ggml.tokens"]) + ["a\n", "a\nb"],
-                                     "tokenizer.ggml.token_type": list(meta["tokenizer.ggml.token_type"]) + [1, 1],
-                                     "tokenizer.ggml.merges": ["a \n", "a\n b"] + list(meta["tokenizer.ggml.merges"])},
-                                    "crossing.gguf")
+    grown = {**meta, "tokenizer.ggml.tokens": list(meta["tokenizer.ggml.tokens"]) + ["a\n", "a\nb"],
+             "tokenizer.ggml.token_type": list(meta["tokenizer.ggml.token_type"]) + [1, 1],
+             "tokenizer.ggml.merges": ["a \n", "a\n b"] + list(meta["tokenizer.ggml.merges"])}
+    mine = ModelTokenizer.from_gguf(grown, "crossing.gguf")
     ids = mine.encode("xa\nb", add_bos=False)
     assert ids == ref.encode("xa\nb", add_special_tokens=False)
     assert mine.token_text(ids[-1]) == "a\nb"

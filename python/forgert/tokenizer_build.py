@@ -187,23 +187,24 @@ def _metaspace_decoder() -> list:
 
 def _gemma4(meta, source) -> Tokenizer:
     """Gemma 4's vocabulary as Hugging Face's Gemma tokenizer (tokenizer.json, what transformers
-    runs) has it: the text's spaces replaced by U+2581, then BPE with the file's merges over the
-    whole text, <0xXX> byte fallback for what no piece covers.
+    runs) has it: the text's spaces replaced by U+2581, then BPE with the file's merges (ranked in
+    file order) over the whole text, <0xXX> byte fallback for what no piece covers, no prefix space.
 
-    llama.cpp (llm_tokenizer_bpe, LLAMA_VOCAB_PRE_TYPE_GEMMA4) first splits the text into runs of
-    newlines and runs of other characters ("[^\n]+|[\n]+") only because its BPE asserts no newline
-    inside a word. The split changes a result only where a merge joins a piece holding a newline to
-    one holding something else: the published vocabularies (SentencePiece's, where newline runs are
-    user-defined pieces of their own) have no such merge, so there it changes nothing; where a file
-    has one, transformers merges across and so does this tokenizer (no split).
+    Newline pre-split: llama.cpp (llm_tokenizer_bpe, LLAMA_VOCAB_PRE_TYPE_GEMMA4) first splits the
+    text into runs of newlines and runs of other characters ("[^\\n]+|[\\n]+") only because its BPE
+    asserts no newline inside a word. BPE merges inside two neighbouring runs go the same way split
+    or not unless some merge joins a piece holding a newline to one holding something else; the
+    published vocabularies (SentencePiece's, where newline runs are user-defined pieces of their own)
+    have none, so there the split changes nothing. Where a file has one, transformers merges across
+    the newline, and so does this tokenizer (no split): the one place it departs from llama.cpp.
 
-    Newline runs: the published tokenizer.json lists its newline-run pieces ("\n\n", "\n\n\n", ...)
-    among its added tokens, matched whole in the raw text before BPE (no merges build them);
-    the converter types them NORMAL, so the GGUF does not say so. llama.cpp takes a run of only
-    newlines whole when the run is itself a token (PR 21343), else BPE on single newlines. Here
-    every newline-only token is an added token, as in tokenizer.json: equal to llama.cpp for a
-    run that is a token, and for a longer run the longest pieces first as transformers does
-    (llama.cpp would merge single newlines instead)."""
+    Newline runs: no merges build the published vocabulary's newline-run pieces ("\\n\\n", ...;
+    llama.cpp needed a special case for them, PR 21343): transformers gets them from tokenizer.json's
+    added tokens, matched whole in the raw text before BPE, which the converter types NORMAL. Here
+    every token of two or more newlines is such an added token: for a run that is a token, the
+    token, as llama.cpp's special case gives; for a longer run the longest pieces first, as
+    transformers gives (llama.cpp would merge single newlines). A lone newline stays a BPE piece,
+    which it is anyway without a merge across it."""
     tokens = meta["tokenizer.ggml.tokens"]
     vocab = _vocab(tokens)
     unk_id = meta.get("tokenizer.ggml.unknown_token_id")
