@@ -190,3 +190,12 @@ def test_damaged_tables_refused(meta):
         ModelTokenizer.from_gguf({k: v for k, v in meta.items() if k != "tokenizer.ggml.merges"}, "x.gguf")
     with pytest.raises(ModelFormatError, match="unsupported tokenizer model 'gemma5'.*gpt2, llama and gemma4"):
         ModelTokenizer.from_gguf({**meta, "tokenizer.ggml.model": "gemma5"}, "x.gguf")
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_ollamas_llama_label_gives_the_same_ids(meta, reference, text):
+    """ollama writes its Gemma 4 GGUFs' tokenizer as "llama" (with the same tables) and reads it as
+    "gemma4" (its compat shim). Read as a SentencePiece vocabulary (merges from the scores, no space
+    prefix as the file says), the converter's tables give transformers' ids too."""
+    tok = ModelTokenizer.from_gguf({**meta, "tokenizer.ggml.model": "llama"}, "ollama.gguf")
+    assert tok.encode(text) == reference.encode(text)
