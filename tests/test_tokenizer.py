@@ -56,7 +56,23 @@ def test_special_ids_come_from_metadata(ours, reference, smol_meta):
     assert ours.bos_id == smol_meta["tokenizer.ggml.bos_token_id"] == reference.bos_token_id
     assert ours.eos_id == smol_meta["tokenizer.ggml.eos_token_id"] == reference.eos_token_id
     assert ours.add_bos is bool(smol_meta["tokenizer.ggml.add_bos_token"])
-    assert ours.stop_ids == {smol_meta["tokenizer.ggml.eos_token_id"]}
+    # <|im_end|> (its EOS) and <|endoftext|>, which llama.cpp's end-of-generation set holds by its text
+    assert smol_meta["tokenizer.ggml.tokens"][0] == "<|endoftext|>"
+    assert ours.stop_ids == {smol_meta["tokenizer.ggml.eos_token_id"], 0}
+
+
+@pytest.mark.parametrize("texts", [("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),     # Llama 3.1
+                                   ("<turn|>", "<|tool_response>", "<eos>")])         # Gemma 4
+def test_every_end_of_generation_token_stops(smol_meta, texts):
+    """As llama.cpp's end-of-generation set (llama_vocab::load): besides the file's EOS, every token
+    whose text is one of its end markers stops a generation; hand-worked on SmolLM2's vocabulary
+    with three of its special tokens renamed."""
+    tokens = list(smol_meta["tokenizer.ggml.tokens"])
+    renamed = {}
+    for i, t in zip((3, 4, 5), texts):
+        tokens[i], renamed[i] = t, t
+    tok = ModelTokenizer.from_gguf({**smol_meta, "tokenizer.ggml.tokens": tokens}, "x.gguf")
+    assert tok.stop_ids == {smol_meta["tokenizer.ggml.eos_token_id"], 0, *renamed}
 
 
 def test_special_tokens_are_single_ids(ours, reference):

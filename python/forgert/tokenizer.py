@@ -66,6 +66,19 @@ def _harmony_stops(tokenizer: Tokenizer, stop_ids: set) -> set:
     return (stop_ids - {tokenizer.token_to_id(HARMONY_END)}) | set(ids)
 
 
+# Every token of these texts ends a generation, as llama.cpp's end-of-generation set has them
+# (llama_vocab::load, beside the file's eos / eot / eom ids): a Llama 3.1 GGUF whose EOS is
+# <|eot_id|> stops at <|end_of_text|> and <|eom_id|> (a tool call's end) too; a Gemma 4 one at
+# <|tool_response> (a call waiting for its answer); a Qwen one at <|endoftext|> beside <|im_end|>.
+# gpt-oss's <|end|> is taken out again by _harmony_stops.
+_EOG_TEXTS = frozenset(_EOT_TEXTS + ("<|eom_id|>", "<|return|>", "<|call|>", "<EOT>", "_<EOT>", "<eos>",
+                                     "<|tool_response>", "[e~["))
+
+
+def _eog_by_text(tokens) -> list:
+    return [i for i, t in enumerate(tokens) if t in _EOG_TEXTS]
+
+
 def _eot_by_text(tokens) -> int | None:
     index = {t: i for i, t in enumerate(tokens) if t in _EOT_TEXTS}
     return next((index[t] for t in _EOT_TEXTS if t in index), None)
@@ -150,7 +163,8 @@ class ModelTokenizer:
                    eos_id=special("tokenizer.ggml.eos_token_id"),
                    eot_id=(special("tokenizer.ggml.eot_token_id") if "tokenizer.ggml.eot_token_id" in meta
                            else _eot_by_text(meta["tokenizer.ggml.tokens"])),
-                   extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None],
+                   extra_stop_ids=[i for i in [special("tokenizer.ggml.eom_token_id")] if i is not None]
+                   + _eog_by_text(meta["tokenizer.ggml.tokens"]),
                    add_bos=_gguf_add_bos(kind, meta, flag),
                    source=source,
                    end_id=special("tokenizer.ggml.eos_token_id") if flag("tokenizer.ggml.add_eos_token", False) else None)
