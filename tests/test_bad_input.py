@@ -159,6 +159,34 @@ def test_unsupported_architecture(tiny, tmp_path):
         load_model(p)
 
 
+@pytest.mark.parametrize("arch,what", [
+    ("llama-embed", r"Llama-Embed-Nemotron .LlamaBidirectionalModel., a Llama embedding model with bidirectional"),
+    ("gemma-embedding", r"EmbeddingGemma, a Gemma 3 embedding model with bidirectional attention"),
+    ("granite_swa", r"Granite with sliding-window attention layers, attention sinks"),
+    ("gemma4-assistant", r"Gemma 4's speculative-decoding assistant"),
+])
+def test_llama_cpp_architectures_near_supported_ones_are_named(tiny, tmp_path, arch, what):
+    """llama.cpp's architectures beside families forgert runs (src/llama-arch.cpp) whose math it
+    does not compute are refused saying what they are, not as an unknown name."""
+    p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.update({"general.architecture": arch}))
+    with pytest.raises(ModelFormatError, match=rf"architecture '{arch}' is not supported: {what}"):
+        load_model(p)
+
+
+def test_bidirectional_attention_gguf_is_refused(tiny, tmp_path):
+    """{arch}.attention.causal false (llama.cpp's hparams.causal_attn: an encoder or embedding
+    model's bidirectional attention) is refused; forgert ran it causally."""
+    gguf = pytest.importorskip("gguf")
+    p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.update({"llama.attention.causal": False}),
+                      types={"llama.attention.causal": gguf.GGUFValueType.BOOL})
+    with pytest.raises(ModelFormatError, match=r"metadata 'llama.attention.causal' is False: bidirectional attention "
+                                               r"\(an encoder / embedding model\) is not supported"):
+        load_model(p)
+    ok = _meta_variant(tiny, tmp_path / "ok.gguf", lambda m: m.update({"llama.attention.causal": True}),
+                       types={"llama.attention.causal": gguf.GGUFValueType.BOOL})
+    assert load_model(ok).config.arch == "llama"
+
+
 def test_mmproj_file_is_named_for_what_it_is(tiny, tmp_path):
     """llama.cpp's vision projector files (arch clip) are refused as such, pointing at the
     language model's GGUF."""

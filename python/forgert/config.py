@@ -524,6 +524,20 @@ def _fail(source, problem):
     raise ModelFormatError(f"{source}: {problem}")
 
 
+# llama.cpp's architectures of the families forgert runs whose math forgert does not compute,
+# each refused with what it is (src/models/<name>.cpp) rather than as an unknown name.
+_GGUF_NEAR_ARCHS = {
+    "llama-embed": "Llama-Embed-Nemotron (LlamaBidirectionalModel), a Llama embedding model with bidirectional "
+                   "attention and no output head; forgert runs causal attention only",
+    "gemma-embedding": "EmbeddingGemma, a Gemma 3 embedding model with bidirectional attention (symmetric "
+                       "windows) and sentence-transformers dense layers; forgert runs causal attention only",
+    "granite_swa": "Granite with sliding-window attention layers, attention sinks and a per-layer RoPE "
+                   "pattern, which forgert's granite does not have",
+    "gemma4-assistant": "Gemma 4's speculative-decoding assistant (it reads the target model's hidden states "
+                        "and shared K/V), not a model that runs on its own; load the Gemma 4 model itself",
+}
+
+
 @dataclass(frozen=True)
 class TensorCensus:
     """What a model's files hold, to bound every count their headers claim before anything is
@@ -636,8 +650,14 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch == "clip":   # llama.cpp's mmproj files: a vision encoder and projector
         _fail(source, "a vision encoder (an mmproj file), not a language model: pass the model's own GGUF; "
                       "forgert runs vision-language models on text and does not run their vision encoders")
+    if arch in _GGUF_NEAR_ARCHS:
+        _fail(source, f"architecture '{arch}' is not supported: {_GGUF_NEAR_ARCHS[arch]}")
     if arch not in SUPPORTED_ARCHS:
         _fail(source, f"unsupported architecture '{arch}' (forgert runs: {', '.join(SUPPORTED_ARCHS)})")
+    causal = meta.get(arch + ".attention.causal", True)   # llama.cpp's hparams.causal_attn
+    if not (isinstance(causal, (bool, np.bool_)) and bool(causal)):
+        _fail(source, f"metadata '{arch}.attention.causal' is {causal!r}: bidirectional attention (an encoder / "
+                      "embedding model) is not supported: forgert runs causal attention only")
     if arch == gemma4.GGUF_ARCH:   # per-layer attention shapes: its own reader
         return gemma4.config_from_gguf(meta, vocab, source, census, rope_factors)
     if arch == gemma3n.GGUF_ARCH:   # AltUp, LAuReL: its own reader
