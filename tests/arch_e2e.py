@@ -91,17 +91,16 @@ def assert_hf_dir_refused(forgert, hf_dir, tmp_path, match: str, **changes):
         forgert.Model(str(d), backend="cpu")
 
 
-def assert_gguf_meta_refused(forgert, gguf_path, tmp_path, key: str, value, vtype, match: str):
-    """The GGUF file with metadata `key` rewritten to `value` of GGUFValueType `vtype` (or
-    (ARRAY, item type)) is refused with a ModelFormatError matching `match`; its tensors are
-    copied as stored (any type)."""
+def gguf_meta_variant(gguf_path, path, changes: dict, arch: str | None = None):
+    """The GGUF file rewritten to `path` with metadata changed: changes {key: (value, vtype)},
+    vtype a GGUFValueType or (ARRAY, item type); arch: a new general.architecture. Its tensors
+    are copied as stored (any type)."""
     import gguf
-    from forgert.errors import ModelFormatError
     from forgert.gguf import GGUFFile
     src, reader = GGUFFile(gguf_path), gguf.GGUFReader(gguf_path)
-    types = {**src.metadata_types, key: vtype}
-    w = gguf.GGUFWriter(str(tmp_path / "changed.gguf"), src.metadata["general.architecture"])
-    for k, v in {**src.metadata, key: value}.items():
+    types = {**src.metadata_types, **{k: t for k, (_, t) in changes.items()}}
+    w = gguf.GGUFWriter(str(path), arch or src.metadata["general.architecture"])
+    for k, v in {**src.metadata, **{k: v for k, (v, _) in changes.items()}}.items():
         if k in ("general.architecture", "general.alignment"):
             continue
         if isinstance(types[k], tuple):
@@ -110,9 +109,35 @@ def assert_gguf_meta_refused(forgert, gguf_path, tmp_path, key: str, value, vtyp
             w.add_key_value(k, v, gguf.GGUFValueType(types[k]))
     for t in reader.tensors:
         w.add_tensor(t.name, np.array(t.data), raw_shape=[int(d) for d in reversed(t.shape)], raw_dtype=t.tensor_type)
-    path = mf.write_and_close(w, tmp_path / "changed.gguf")
+    return mf.write_and_close(w, path)
+
+
+def assert_gguf_meta_refused(forgert, gguf_path, tmp_path, key: str, value, vtype, match: str):
+    """The GGUF file with metadata `key` rewritten to `value` of GGUFValueType `vtype` (or
+    (ARRAY, item type)) is refused with a ModelFormatError matching `match`."""
+    from forgert.errors import ModelFormatError
+    path = gguf_meta_variant(gguf_path, tmp_path / "changed.gguf", {key: (value, vtype)})
     with pytest.raises(ModelFormatError, match=match):
         forgert.Model(str(path), backend="cpu")
+
+
+def check_local_theta_from_freq_base_swa(forgert, tm, tmp_path):
+    """A file whose local layers (the only ones rotated: the global ones have no RoPE) take their
+    base from rope.freq_base_swa, as llama.cpp's cohere2 / exaone4 loaders read it, with a
+    different rope.freq_base beside it, gives the logits of the file holding that base as
+    freq_base (bit for bit: the same math); freq_base alone changed moves them far."""
+    import gguf
+    arch = tm.spec.arch
+    f32 = gguf.GGUFValueType.FLOAT32
+    theta = float(forgert.Model(str(tm.path("gguf-F32")), backend="cpu").config.rope_theta)
+    ids = token_ids(tm, 32, 3)
+    want = forgert.Model(str(tm.path("gguf-F32")), backend="cpu").logits(ids)
+    swa = gguf_meta_variant(tm.path("gguf-F32"), tmp_path / "swa.gguf", {
+        f"{arch}.rope.freq_base": (100.0, f32), f"{arch}.rope.freq_base_swa": (theta, f32)})
+    np.testing.assert_array_equal(forgert.Model(str(swa), backend="cpu").logits(ids), want)
+    moved = gguf_meta_variant(tm.path("gguf-F32"), tmp_path / "moved.gguf", {f"{arch}.rope.freq_base": (100.0, f32)})
+    got = forgert.Model(str(moved), backend="cpu").logits(ids)
+    assert np.abs(got - want).max() > 1e-2 * np.abs(want).max()
 
 
 def reference_greedy(ref_model, prompt, n: int) -> list:

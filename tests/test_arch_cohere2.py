@@ -26,3 +26,9 @@ def test_global_layers_without_rope_are_visible(tm):
     (a window and RoPE everywhere) move the logits of 32 positions far beyond the F32 bound."""
     ae.assert_visible(tm.model, ae.with_config(tm, layer_types=["sliding_attention"] * tm.spec.n_layers),
                       ae.token_ids(tm, 32, 1))
+
+
+def test_local_layers_rotate_at_freq_base_swa(forgert, tm, tmp_path):
+    """llama.cpp's cohere2 loader rotates the local layers at rope.freq_base_swa where the file
+    has it; forgert read rope.freq_base there."""
+    ae.check_local_theta_from_freq_base_swa(forgert, tm, tmp_path)

@@ -56,3 +56,9 @@ def test_gguf_keys_are_the_converters(tm):
     pattern = [bool(f["exaone4.attention.sliding_window_pattern"].parts[i][0])
                for i in f["exaone4.attention.sliding_window_pattern"].data]
     assert pattern == [True, True, True, False, True]
+
+
+def test_local_layers_rotate_at_freq_base_swa(forgert, tm, tmp_path):
+    """llama.cpp's exaone4 loader rotates a hybrid file's local layers at rope.freq_base_swa
+    where the file has it; forgert read rope.freq_base there."""
+    ae.check_local_theta_from_freq_base_swa(forgert, tm, tmp_path)

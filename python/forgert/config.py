@@ -1152,6 +1152,7 @@ def _cohere_gguf(meta, p, cfg: ModelConfig, source) -> None:
             _fail(source, "cohere2 without attention.sliding_window")
         local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", 4), cfg.n_layers, source)
         _local_rope_global_nope(cfg, local, cfg.sliding_window)
+        _local_theta(meta, p, cfg, source)
     elif cfg.sliding_window:
         _fail(source, "command-r with attention.sliding_window is not supported (Command R7B is cohere2)")
 
@@ -1223,6 +1224,13 @@ def _exaone4_gguf(meta, p, cfg: ModelConfig, source) -> None:
         return
     window = cfg.sliding_window or 4096
     _local_rope_global_nope(cfg, gemma.swa_layers(4 if pattern is None else pattern, cfg.n_layers, source), window)
+    _local_theta(meta, p, cfg, source)
+
+
+def _local_theta(meta, p, cfg: ModelConfig, source) -> None:
+    """cohere2's and hybrid exaone4's RoPE base: llama.cpp rotates their local layers at
+    rope.freq_base_swa (default rope.freq_base); the global ones have no RoPE, so it is the only one."""
+    cfg.rope_theta = _get_float(meta, p + "rope.freq_base_swa", source, default=cfg.rope_theta)
 
 
 def _exaone4_hf(hf: dict, cfg: ModelConfig, source) -> None:
