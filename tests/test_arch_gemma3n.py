@@ -236,3 +236,18 @@ def test_gguf_shared_kv_layers_written_as_a_float(forgert, models, tmp_path, tin
     ids = ae.factory_ids(model.config.vocab_size, 16, 5)
     np.testing.assert_array_equal(forgert.Model(str(path), backend="cpu").logits(ids),
                                   forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))
+
+
+def test_gguf_with_fused_qkv_runs(forgert, models, tmp_path, tiny_tokenizer, monkeypatch):
+    """Q, K and V fused into attn_qkv (convert_hf_to_gguf.py --fuse-qkv lists gemma3n) give the
+    logits of the file with them apart, bit for bit (tests/test_fused_qkv_gguf.py)."""
+    from test_fused_qkv_gguf import fuse_qkv
+    model, files, _ = models("gemma3n")
+    apart = gf.gguf_tensors
+    monkeypatch.setattr(gf, "gguf_tensors", lambda d: fuse_qkv(apart(d)))
+    path = gf.write_gguf(files["hf-F32"], tmp_path / "fused.gguf", "F32", "gemma3n", model.config, tiny_tokenizer)
+    from forgert.gguf import GGUFFile
+    assert "blk.0.attn_qkv.weight" in GGUFFile(path).tensors and "blk.0.attn_k.weight" not in GGUFFile(path).tensors
+    ids = ae.factory_ids(model.config.vocab_size, 16, 5)
+    np.testing.assert_array_equal(forgert.Model(str(path), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))
