@@ -287,3 +287,34 @@ def test_gguf_requantized(forgert, models, tmp_path):
                    **bounds("gguf-Q8_0", False), what="gemma4 requantized")
     with pytest.raises(ModelFormatError, match="Gemma 4 HF directories cannot be quantized"):
         export_gguf(str(files["hf-F32"]), str(tmp_path / "x.gguf"), "q8_0", log=lambda msg: None)
+
+
+@pytest.mark.parametrize("name", ["gemma4-plain", "gemma4-e", "gemma4"])
+def test_gguf_with_fused_qkv_runs(forgert, models, tiny_tokenizer, tmp_path, monkeypatch, name):
+    """Q, K and V fused into attn_qkv (convert_hf_to_gguf.py --fuse-qkv; llama.cpp's gemma4 graph
+    views Q's rows, then K's, then V's) give the logits of the file with them apart, bit for bit:
+    layers of either width, K/V-sharing layers (gemma4-e: they keep attn_q alone, having no K or V
+    of their own), and global layers whose V is K's projection (gemma4: fused with K's rows as V's,
+    what llama.cpp's fused graph needs there)."""
+    from forgert.gguf import GGUFFile
+    model, files, _ = models(name)
+    apart = gf.gguf_tensors
+
+    def fused(hf_dir):
+        t = apart(hf_dir)
+        out = {}
+        for n, w in t.items():
+            p = n[:n.rindex("attn_")] if ".attn_" in n else ""
+            if n.endswith(".attn_q.weight") and f"{p}attn_k.weight" in t:
+                out[f"{p}attn_qkv.weight"] = np.concatenate([w, t[f"{p}attn_k.weight"],
+                                                            t.get(f"{p}attn_v.weight", t[f"{p}attn_k.weight"])])
+            elif not (n.endswith((".attn_k.weight", ".attn_v.weight")) and f"{p}attn_q.weight" in t):
+                out[n] = w
+        return out
+    monkeypatch.setattr(gf, "gguf_tensors", fused)
+    path = gf.write_gguf(files["hf-F32"], tmp_path / "fused.gguf", "F32", "gemma4", model.config, tiny_tokenizer)
+    held = GGUFFile(path).tensors
+    assert "blk.0.attn_qkv.weight" in held and "blk.0.attn_k.weight" not in held
+    ids = ae.factory_ids(model.config.vocab_size, 16, 5)
+    np.testing.assert_array_equal(forgert.Model(str(path), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))

@@ -51,7 +51,8 @@ FUSED_ARCHS = ("phi3", "glm4")
 
 def _own_qkv_layout(arch: str) -> bool:
     """Architectures whose attn_qkv is not Q, K and V of uniform heads (Qwen3-Next / 3.5's
-    recurrent layers, latent attention, Gemma 4's per-layer widths, the hybrids' own readers)."""
+    recurrent layers, latent attention, the hybrids' own readers; Gemma 4's is cut before, by
+    gemma4.split_fused_qkv, its V deciding how the layer reads)."""
     from . import deltanet, lfm2, mamba2, nemotron_h
     return arch in ("deepseek2", "gemma4") + deltanet.GGUF_ARCHS + lfm2.GGUF_ARCHS + mamba2.GGUF_ARCHS + \
         nemotron_h.GGUF_ARCHS

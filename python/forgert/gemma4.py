@@ -327,6 +327,31 @@ def config_from_hf(hf: dict, source: str, census):
     return cfg
 
 
+def split_fused_qkv(cfg, weights: dict) -> dict:
+    """weights with each blk.N.attn_qkv.weight (convert_hf_to_gguf.py --fuse-qkv) cut zero-copy
+    into attn_q, attn_k and attn_v as llama.cpp's gemma4 graph views it: Q's rows, then K's and V's
+    of the layer's own widths (a K/V-sharing layer's K and V rows, which llama.cpp never reads,
+    dropped). Before read_layer_tensors: a fused layer has its V."""
+    from .fused_tensors import split_rows
+    out = dict(weights)
+    for l in range(cfg.n_layers):
+        name = f"blk.{l}.attn_qkv.weight"
+        t = weights.get(name)
+        if t is None:
+            continue
+        for part in ("attn_q", "attn_k", "attn_v"):
+            if f"blk.{l}.{part}.weight" in weights:
+                raise ModelFormatError(f"{t.source}: tensor 'blk.{l}.{part}.weight' given both on its own and "
+                                       f"inside '{name}'")
+        kv = cfg.kv_dim_of(l)
+        parts = split_rows(t, [(f"blk.{l}.attn_q.weight", cfg.n_heads * cfg.layer_head_dim[l]),
+                               (f"blk.{l}.attn_k.weight", kv), (f"blk.{l}.attn_v.weight", kv)])
+        del out[name]
+        own_kv = cfg.layer_kv_source is None or cfg.layer_kv_source[l] == l
+        out.update(parts if own_kv else {f"blk.{l}.attn_q.weight": parts[f"blk.{l}.attn_q.weight"]})
+    return out
+
+
 def read_layer_tensors(cfg, weights: dict, source: str) -> tuple:
     """Into the config: the per-layer output scalars (layer_output_scale.weight, [1] each:
     layer_out_scale) and, for a GGUF, V taken from K where the file has no attn_v (as llama.cpp

@@ -176,6 +176,8 @@ def load_gguf(path) -> LoadedModel:
                            longrope_factors=None if longrope[0] is None else longrope)
     cfg.tied_embeddings = "output.weight" not in weights
     _settings_from_tensors(cfg, weights)
+    if cfg.arch == gemma4.GGUF_ARCH:   # --fuse-qkv's attn_qkv cut as llama.cpp's gemma4 graph views it
+        weights = gemma4.split_fused_qkv(cfg, weights)
     # Gemma 4: its layer scalars go to the config, V from K where attn_v is absent
     config_tensors = gemma4.read_layer_tensors(cfg, weights, g.name) if cfg.arch == gemma4.GGUF_ARCH else ()
     if cfg.arch == gemma4.GGUF_ARCH:   # its fused gate_up expert stacks split zero-copy
