@@ -741,3 +741,25 @@ def test_core_refuses_unknown_and_missing_tensors(qwen, core):
     missing = {n: t for n, t in m.core_tensors.items() if n != "blk.1.attn_v.bias"}
     with pytest.raises(ValueError, match=r"missing tensor 'blk\.1\.attn_v\.bias'"):
         core.Engine(cfg, missing)
+
+
+def test_rope_attn_factor_without_scaling_scales_cos_and_sin(tiny, tmp_path):
+    """{arch}.rope.scaling.attn_factor beside no RoPE scaling: llama.cpp multiplies cos and sin by
+    it for every scaling type (llama_context: yarn_attn_factor *= hparams.rope_attn_factor);
+    forgert ignored it unless the scaling was YaRN or LongRoPE. RoPE is linear in q and k, so the
+    file runs as the one with attn_q and attn_k scaled by it (Llama: no QK-norm, full rotary)."""
+    gguf = pytest.importorskip("gguf")
+    from forgert import Model
+    a = 1.7
+    p = _meta_variant(tiny, tmp_path / "m.gguf", lambda m: m.update({"llama.rope.scaling.attn_factor": a}),
+                      types={"llama.rope.scaling.attn_factor": gguf.GGUFValueType.FLOAT32})
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    for name in [n for n in t if n.endswith(("attn_q.weight", "attn_k.weight"))]:
+        t[name] = t[name] * np.float32(a)
+    scaled = gguf_variant(tiny, tmp_path / "scaled.gguf", tensors=t)
+    ids = np.random.default_rng(2).integers(0, tiny.vocab, 32)
+    got, want = Model(str(p), backend="cpu").logits(ids), Model(str(scaled), backend="cpu").logits(ids)
+    plain = Model(str(tiny.path("gguf-F32")), backend="cpu").logits(ids)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-5, err            # measured 2.4e-6 (rounding of the scaled weights)
+    assert np.abs(plain - want).max() > 1e-2 * np.abs(want).max()   # the factor is visible

@@ -789,7 +789,23 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _olmo3_layers(cfg, local, cfg.sliding_window, local_theta, None, source)
     if arch in gemma.GEMMA_ARCHS:
         gemma.apply_gguf(meta, cfg, source)
+    _gguf_rope_attn_factor(meta, p, cfg, source)
     return cfg
+
+
+def _gguf_rope_attn_factor(meta, p, cfg: ModelConfig, source) -> None:
+    """rope.scaling.attn_factor beside no scaling, linear scaling or rope_freqs.weight: llama.cpp
+    multiplies every rotation's cos and sin by it whatever the scaling (llama_context's
+    yarn_attn_factor *= hparams.rope_attn_factor; the converter writes it so beside a YaRN ramp it
+    bakes into rope_freqs). YaRN and LongRoPE read it with their other keys."""
+    if (cfg.rope_scaling or {}).get("type") in ("yarn", "longrope"):
+        return
+    factor = _get_float(meta, p + "rope.scaling.attn_factor", source, default=1.0)
+    if factor == 1.0:
+        return
+    if np.ndim(cfg.rope_freqs) > 1 or cfg.rope_table_attn_factor is not None:
+        _fail(source, f"rope.scaling.attn_factor {factor:g} beside per-layer RoPE tables is not supported")
+    cfg.rope_attn_factor = factor
 
 
 def _gpt_oss_gguf(cfg: ModelConfig, source):
