@@ -763,3 +763,14 @@ def test_rope_attn_factor_without_scaling_scales_cos_and_sin(tiny, tmp_path):
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 1e-5, err            # measured 2.4e-6 (rounding of the scaled weights)
     assert np.abs(plain - want).max() > 1e-2 * np.abs(want).max()   # the factor is visible
+
+
+def test_reranker_gguf_is_named_for_what_it_is(tiny, tmp_path):
+    """A classifier head (cls_out.weight: llama.cpp's converter writes Qwen3 rerankers so, with
+    classifier.output_labels) is refused as such; it was 'unexpected tensor cls_out.weight'."""
+    t = dict(mf.gguf_tensors(tiny.model, tiny.spec))
+    t["cls_out.weight"] = np.ones((1, tiny.spec.hidden), np.float32)
+    p = gguf_variant(tiny, tmp_path / "rerank.gguf", tensors=t)
+    with pytest.raises(ModelFormatError, match=r"rerank.gguf: a classifier / reranker \(tensor cls_out.weight\), not a "
+                                               r"language model: forgert does not run classification heads"):
+        load_model(p)

@@ -153,6 +153,11 @@ def load_gguf(path) -> LoadedModel:
                                "not a model: forgert does not apply adapters; merge it into its base model "
                                "(llama.cpp's llama-export-lora, or PEFT's merge_and_unload before converting)")
     weights = _gguf_weights(g)
+    if "cls_out.weight" in weights:   # llama.cpp's classifier head (a reranker's: convert_hf_to_gguf.py's Qwen3 rerankers)
+        labels = g.metadata.get(f"{g.metadata.get('general.architecture')}.classifier.output_labels")
+        raise ModelFormatError(f"{g.name}: a classifier / reranker (tensor cls_out.weight"
+                               f"{', labels ' + ', '.join(map(str, labels)) if labels is not None else ''}), not "
+                               "a language model: forgert does not run classification heads")
     # A language model's GGUF that also holds its vision / audio encoder (ollama writes Gemma 3's
     # so): llama.cpp's mmproj tensors are set aside, as an HF checkpoint's vision tower is, and
     # the text runs.
