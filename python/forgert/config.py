@@ -658,10 +658,11 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if not (isinstance(causal, (bool, np.bool_)) and bool(causal)):
         _fail(source, f"metadata '{arch}.attention.causal' is {causal!r}: bidirectional attention (an encoder / "
                       "embedding model) is not supported: forgert runs causal attention only")
-    if arch == gemma4.GGUF_ARCH:   # per-layer attention shapes: its own reader
-        return gemma4.config_from_gguf(meta, vocab, source, census, rope_factors)
-    if arch == gemma3n.GGUF_ARCH:   # AltUp, LAuReL: its own reader
-        return gemma3n.config_from_gguf(meta, vocab, source, census)
+    if arch in (gemma4.GGUF_ARCH, gemma3n.GGUF_ARCH):   # per-layer attention shapes; AltUp, LAuReL: their own readers
+        cfg = (gemma4.config_from_gguf(meta, vocab, source, census, rope_factors) if arch == gemma4.GGUF_ARCH
+               else gemma3n.config_from_gguf(meta, vocab, source, census))
+        _gguf_rope_attn_factor(meta, arch + ".", cfg, source)
+        return cfg
     p = arch + "."
     blocks_meta = meta
     if arch in nemotron_h.GGUF_ARCHS:   # per-block arrays as the scalars read below (its blocks: apply_gguf)
