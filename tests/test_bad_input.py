@@ -187,6 +187,54 @@ def test_bidirectional_attention_gguf_is_refused(tiny, tmp_path):
     assert load_model(ok).config.arch == "llama"
 
 
+@pytest.mark.parametrize("arch, what", [("deepseek32", "DeepSeek V3.2"), ("glm-dsa", "GLM-5"),
+                                        ("deepseek2-ocr", "DeepSeek-OCR"), ("kimi-linear", "Kimi Linear"),
+                                        ("minimax-m3", "MiniMax-M3")])
+def test_related_architecture_is_named_for_what_it_is(tiny, tmp_path, arch, what):
+    """llama.cpp's relatives of the architectures forgert runs (deepseek2, glm4moe, minimax-m2)
+    whose math differs (sparse-attention indexers, linear attention, plain attention under
+    DeepSeek's experts) are refused saying what they are, not as unknown names."""
+    from forgert.gguf import GGUFFile
+    renamed = lambda k: arch + k[len("llama"):]   # noqa: E731
+
+    def edit(m):
+        m["general.architecture"] = arch
+        for k in [k for k in m if k.startswith("llama.")]:
+            m[renamed(k)] = m.pop(k)
+    types = {renamed(k): t for k, t in GGUFFile(tiny.path("gguf-F32")).metadata_types.items() if k.startswith("llama.")}
+    p = _meta_variant(tiny, tmp_path / "m.gguf", edit, types=types)
+    with pytest.raises(ModelFormatError, match=rf"architecture '{arch}' is not supported: {what}"):
+        load_model(p)
+
+
+def test_per_layer_arrays_of_one_value_read_as_that_value(tiny, tmp_path):
+    """llama.cpp reads feed_forward_length, head_count, head_count_kv, expert_feed_forward_length
+    and expert_used_count as one value or one per layer (get_key_or_arr): an array whose layers
+    agree is the same model as the scalar (the same logits); one whose layers differ is refused
+    naming the key (forgert runs one width for every layer)."""
+    gguf = pytest.importorskip("gguf")
+    n = tiny.spec.n_layers
+    keys = ("llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv")
+    arr = (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32)
+
+    def per_layer(m):
+        for k in keys:
+            m[k] = [m[k]] * n
+    p = _meta_variant(tiny, tmp_path / "arrays.gguf", per_layer, types={k: arr for k in keys})
+    import forgert
+    ids = np.arange(1, 12, dtype=np.int32)
+    ref = forgert.Model(str(tiny.path("gguf-F32")), backend="cpu").logits(ids)
+    got = forgert.Model(str(p), backend="cpu").logits(ids)
+    np.testing.assert_array_equal(got, ref)
+
+    def differing(m):
+        per_layer(m)
+        m["llama.feed_forward_length"] = [m["llama.feed_forward_length"][0] * 2] + m["llama.feed_forward_length"][1:]
+    p = _meta_variant(tiny, tmp_path / "differing.gguf", differing, types={k: arr for k in keys})
+    with pytest.raises(ModelFormatError, match=r"metadata 'llama.feed_forward_length' differs between layers"):
+        load_model(p)
+
+
 def test_mmproj_file_is_named_for_what_it_is(tiny, tmp_path):
     """llama.cpp's vision projector files (arch clip) are refused as such, pointing at the
     language model's GGUF."""

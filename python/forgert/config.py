@@ -117,6 +117,12 @@ GPT_OSS_SWA_PATTERN = 2
 # Whether GGUF MoE weights are renormalised over the selected experts when the file has no
 # expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
 _GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False, "nemotron_h_moe": False}
+# GGUF architectures of the families forgert runs whose math it does not have, refused by what
+# they are (llama.cpp's src/models/*.cpp) rather than as unknown names.
+# Keys llama.cpp reads as one value or one per layer (get_key_or_arr); forgert runs one value for
+# every layer, so an array reads as its value when all its entries agree.
+_PER_LAYER_KEYS = ("feed_forward_length", "expert_feed_forward_length", "expert_used_count",
+                   "attention.head_count", "attention.head_count_kv")
 # llama.cpp's expert_gating_func values
 _GGUF_GATING = {1: "softmax", 2: "sigmoid"}
 # The default context is the model's training length, capped to bound KV-cache memory
@@ -535,6 +541,19 @@ _GGUF_NEAR_ARCHS = {
                    "pattern, which forgert's granite does not have",
     "gemma4-assistant": "Gemma 4's speculative-decoding assistant (it reads the target model's hidden states "
                         "and shared K/V), not a model that runs on its own; load the Gemma 4 model itself",
+    # their relatives whose math differs from what forgert runs
+    "deepseek32": "DeepSeek V3.2: deepseek2's latent attention with a lightning indexer choosing the keys each "
+                  "query attends (DeepSeek Sparse Attention)",
+    "glm-dsa": "GLM-5: deepseek2's latent attention with DeepSeek Sparse Attention's indexer",
+    "deepseek4": "DeepSeek V4: sparse attention with an indexer and hyper-connections (several residual streams)",
+    "deepseek2-ocr": "DeepSeek-OCR's language model: DeepSeek's experts under plain multi-head attention, "
+                     "not latent attention",
+    "glm5-next": "GLM-5-Next: Kimi Delta Attention layers, latent attention with a sparse-attention indexer "
+                 "and hyper-connections",
+    "kimi-linear": "Kimi Linear: Kimi Delta Attention layers with latent attention",
+    "kimi-k3": "Kimi K3: Kimi Delta Attention layers with latent attention and cross-layer residual attention",
+    "minimax-m3": "MiniMax-M3: MiniMax Sparse Attention with DeepSeek-style experts",
+    "graniteswitch": "Granite Switch: LoRA adapters chosen per token",
 }
 
 
@@ -667,6 +686,8 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     blocks_meta = meta
     if arch in nemotron_h.GGUF_ARCHS:   # per-block arrays as the scalars read below (its blocks: apply_gguf)
         meta = nemotron_h.prepare_gguf(meta, p, source)
+    else:   # lfm2 / granitehybrid read head_count_kv's per-layer list themselves
+        meta = _uniform_per_layer(meta, p, source, lfm2.GGUF_ARCHS + mamba2.GGUF_ARCHS)
     extent = _extent_bound(census)
     n_heads = _get_int(meta, p + "attention.head_count", source, **extent)
     dim = _get_int(meta, p + "embedding_length", source, **extent)
@@ -807,6 +828,29 @@ def _gguf_rope_attn_factor(meta, p, cfg: ModelConfig, source) -> None:
     if np.ndim(cfg.rope_freqs) > 1 or cfg.rope_table_attn_factor is not None:
         _fail(source, f"rope.scaling.attn_factor {factor:g} beside per-layer RoPE tables is not supported")
     cfg.rope_attn_factor = factor
+
+
+def _uniform_per_layer(meta: dict, p: str, source, kv_lists_own: tuple) -> dict:
+    """meta with each of _PER_LAYER_KEYS that the file writes per layer (an array, as llama.cpp's
+    get_key_or_arr reads it) as its one value where every layer's agrees; an array whose layers
+    differ is refused by name. kv_lists_own: architectures whose head_count_kv list says which
+    layers attend (read by their own modules), left as it is."""
+    out = None
+    for name in _PER_LAYER_KEYS:
+        key = p + name
+        v = meta.get(key)
+        if not isinstance(v, (list, tuple, np.ndarray)) or (name == "attention.head_count_kv"
+                                                            and p[:-1] in kv_lists_own):
+            continue
+        values = _int_list(meta, key, source)
+        if not values:
+            _fail(source, f"metadata '{key}' is an empty array")
+        if len(set(values)) != 1:
+            _fail(source, f"metadata '{key}' differs between layers ({values}): per-layer widths and counts "
+                          f"are not supported")
+        out = dict(meta) if out is None else out
+        out[key] = values[0]
+    return meta if out is None else out
 
 
 def _gpt_oss_gguf(cfg: ModelConfig, source):
