@@ -315,16 +315,28 @@ def split_kv_b(tensors: dict, model_cfg) -> dict:
     return out
 
 
+# GGUFWriter method -> the key it writes, for the keys llama.cpp reads as one value or one per layer
+_PER_LAYER_KEYS = {"add_expert_feed_forward_length": gguf.Keys.LLM.EXPERT_FEED_FORWARD_LENGTH,
+                   "add_expert_used_count": gguf.Keys.LLM.EXPERT_USED_COUNT,
+                   "add_feed_forward_length": gguf.Keys.LLM.FEED_FORWARD_LENGTH,
+                   "add_head_count": gguf.Keys.Attention.HEAD_COUNT,
+                   "add_head_count_kv": gguf.Keys.Attention.HEAD_COUNT_KV}
+
+
 def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, tok, mtp: bool = True,
-               extra_meta=None, drop: tuple = (), split_mla: bool = False, file_arch: str | None = None) -> Path:
+               extra_meta=None, drop: tuple = (), split_mla: bool = False, file_arch: str | None = None,
+               mtp_blocks: str = "all") -> Path:
     """The GGUF as llama.cpp's converter writes it. A GLM-4.5's block_count counts the MTP block;
     mtp=False leaves that block out (block_count the model's own, nextn_predict_layers 0).
-    extra_meta (GGUFWriter method -> value) adds or replaces keys; tensors whose names end with
+    extra_meta (GGUFWriter method -> value) adds or replaces keys (a list: one value per layer,
+    written as an array, for the keys in _PER_LAYER_KEYS); tensors whose names end with
     one of `drop` are left out. split_mla: DeepSeek's attn_kv_b written split (split_kv_b), with
     the key and value lengths of the latent and the heads' own under key_length_mla /
     value_length_mla, and one KV head, as the newer converters write it. file_arch: the name the
     file gives the architecture (its keys' prefix), where it is another name for `arch` (llama.cpp's
-    mistral4 is its deepseek2)."""
+    mistral4 is its deepseek2). mtp_blocks (with mtp): "all" the tensors; "trunk" the model's own
+    layers, the MTP block's keys kept and its tensors left out; "mtp" the MTP block without the
+    model's own layers (the embedding and output kept): the two halves llama.cpp's loader accepts."""
     c = model_cfg
     tensors = {n: t for n, t in gguf_tensors(hf_dir, arch).items() if not (drop and n.endswith(drop))}
     if split_mla:
@@ -334,6 +346,11 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
                       "add_head_count_kv": 1, **(extra_meta or {})}
     if not mtp or arch != "glm4moe" and c.model_type == "deepseek_v2":
         tensors = {n: t for n, t in tensors.items() if not n.startswith(f"blk.{c.num_hidden_layers}.")}
+    mtp_block = f"blk.{c.num_hidden_layers}."
+    if mtp_blocks == "trunk":
+        tensors = {n: t for n, t in tensors.items() if not n.startswith(mtp_block)}
+    elif mtp_blocks == "mtp":
+        tensors = {n: t for n, t in tensors.items() if not n.startswith("blk.") or n.startswith(mtp_block)}
     w = gguf.GGUFWriter(str(path), file_arch or arch)
     w.add_name(f"tiny-{arch}")
     rope = c.rope_parameters
@@ -349,7 +366,9 @@ def write_gguf(hf_dir: Path, path: Path, type_name: str, arch: str, model_cfg, t
         **(extra_meta or {}),
     }
     for key, value in meta.items():
-        if value is not None:
+        if isinstance(value, list) and key in _PER_LAYER_KEYS:   # one value per layer, as llama.cpp's get_key_or_arr reads these keys
+            w.add_array(_PER_LAYER_KEYS[key].format(arch=file_arch or arch), value)
+        elif value is not None:
             getattr(w, key)(value)
     mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1)
     qtype = gguf.GGMLQuantizationType[type_name]

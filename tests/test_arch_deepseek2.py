@@ -68,6 +68,32 @@ def test_mistral4_gguf_is_deepseek2_under_its_own_name(forgert, models, metal_re
                        **bounds("gguf-F32", False), what="mistral4 requantized")
 
 
+@pytest.mark.parametrize("name", ["deepseek-v3", "glm4moe"])
+def test_per_layer_expert_arrays(forgert, models, tmp_path, tiny_tokenizer, name):
+    """llama.cpp's loader reads expert_feed_forward_length, expert_used_count, feed_forward_length
+    and the head counts as one value or one per layer (get_key_or_arr, over block_count's layers,
+    the MTP block's included): arrays whose layers agree are the same model as transformers runs;
+    experts of different widths per layer are refused naming the key."""
+    model, files, refs = models(name)
+    c = model.config
+    arch = "glm4moe" if name == "glm4moe" else "deepseek2"
+    n = c.num_hidden_layers + getattr(c, "num_nextn_predict_layers", 0)
+    heads = c.num_attention_heads if arch == "deepseek2" else c.num_key_value_heads
+    arrays = {"add_expert_feed_forward_length": [c.moe_intermediate_size] * n,
+              "add_expert_used_count": [c.num_experts_per_tok] * n,
+              "add_feed_forward_length": [c.intermediate_size] * n,
+              "add_head_count": [c.num_attention_heads] * n, "add_head_count_kv": [heads] * n}
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "arrays.gguf", "F32", arch, c, tiny_tokenizer,
+                          extra_meta=arrays)
+    ids = ids_for(c.vocab_size, 48, 7)
+    compare_logits(forgert.Model(str(path), backend="cpu").logits(ids), mf.reference_logits(refs["gguf-F32"], ids),
+                   **bounds("gguf-F32", False), what=f"{name} per-layer arrays")
+    wider = dict(arrays, add_expert_feed_forward_length=[c.moe_intermediate_size * 2] + [c.moe_intermediate_size] * (n - 1))
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "wider.gguf", "F32", arch, c, tiny_tokenizer, extra_meta=wider)
+    with pytest.raises(forgert.ModelFormatError, match=rf"'{arch}.expert_feed_forward_length' differs between layers"):
+        forgert.Model(str(path), backend="cpu")
+
+
 def test_yarn_softmax_scale_matters(forgert, models):
     """V2-Lite's mscale_all_dim multiplies the softmax scale by yarn_mscale(4, 0.707)^2 = 1.20:
     without it transformers' logits move far beyond the F32 bound."""

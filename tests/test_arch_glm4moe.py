@@ -67,6 +67,25 @@ def test_mtp_layer_is_not_run(forgert, models, tmp_path, tiny_tokenizer):
     np.testing.assert_array_equal(with_mtp.logits(ids), forgert.Model(str(bare), backend="cpu").logits(ids))
 
 
+def test_trunk_only_and_mtp_only_files(forgert, models, tmp_path, tiny_tokenizer):
+    """llama.cpp's glm4moe loader reads a file whose block_count and nextn_predict_layers count an
+    MTP block it does not hold (trunk only: the logits of the whole file), and one that holds only
+    the MTP block (a draft head for its MTP speculative decoding), which forgert refuses as such
+    rather than as a model missing blk.0."""
+    model, files, _ = models("glm4moe")
+    c = model.config
+    trunk = rmf.write_gguf(files["hf-F32"], tmp_path / "trunk.gguf", "F32", "glm4moe", c, tiny_tokenizer,
+                           mtp_blocks="trunk")
+    ids = ids_for(c.vocab_size, 16, 3)
+    np.testing.assert_array_equal(forgert.Model(str(trunk), backend="cpu").logits(ids),
+                                  forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))
+    mtp_only = rmf.write_gguf(files["hf-F32"], tmp_path / "mtp-only.gguf", "F32", "glm4moe", c, tiny_tokenizer,
+                              mtp_blocks="mtp")
+    with pytest.raises(forgert.ModelFormatError, match=r"holds only the multi-token-prediction layers "
+                                                       r"\(nextn_predict_layers 1: blk\.3\.\*, no blk\.0\.\*\)"):
+        forgert.Model(str(mtp_only), backend="cpu")
+
+
 def test_info_names_the_router(forgert, models):
     _, files, _ = models("glm4moe")
     feats = forgert.Model(str(files["gguf-Q8_0"]), backend="cpu").info()["features"]

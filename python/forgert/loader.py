@@ -63,6 +63,17 @@ def _settings_from_tensors(cfg: ModelConfig, weights: dict) -> None:
         cfg.router_select_bias = any(name.endswith(".exp_probs_b.bias") for name in weights)
 
 
+def _refuse_mtp_only(cfg: ModelConfig, weights: dict, name: str) -> None:
+    """llama.cpp reads a GGUF that holds only the multi-token-prediction layers (its nextn blocks,
+    no blk.0: a draft head for its MTP speculative decoding, loaded beside the model); forgert runs
+    the model's own layers, which such a file has not."""
+    if cfg.mtp_layers and not any(n.startswith("blk.0.") for n in weights) \
+            and any(n.startswith(f"blk.{cfg.n_layers}.") for n in weights):
+        raise ModelFormatError(f"{name}: holds only the multi-token-prediction layers (nextn_predict_layers "
+                               f"{cfg.mtp_layers}: blk.{cfg.n_layers}.*, no blk.0.*), a draft head for "
+                               f"llama.cpp's MTP speculative decoding, not the model; pass the model's own GGUF")
+
+
 def _without_mtp(cfg: ModelConfig, weights: dict) -> dict:
     """weights without the multi-token-prediction layers after the model's own (blk.N.* for N in
     n_layers .. n_layers + mtp_layers - 1: GLM-4.5's nextn block, its attention, experts and
@@ -197,6 +208,7 @@ def load_gguf(path) -> LoadedModel:
         weights = mamba2.gguf_tensors(weights)
     if cfg.arch in nemotron_h.GGUF_ARCHS:   # its blocks' tensors as the core's layers'
         weights = nemotron_h.layer_tensors(cfg, weights, g.name)
+    _refuse_mtp_only(cfg, weights, g.name)
     canonical = split_fused(cfg, _canonical_layer_names(cfg.arch, _without_mtp(cfg, weights), g.name))
     tensors = core_tensors(cfg, latent_attention_tensors(cfg, canonical, g.name), g.name,
                            ignore=_GGUF_EXTRA_TENSORS + config_tensors)
