@@ -30,10 +30,11 @@ WINDOW = 8   # shorter than the tests' sequences
 
 
 def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn=64, n_expert=8,
-                  top_k=4, seed=41, router_scale=0.3):
+                  top_k=4, seed=41, router_scale=0.3, layer_types=None):
     """Layers alternate sliding (window WINDOW) and full attention; YaRN x32 over 4096 as gpt-oss
     (truncate on: llama.cpp always rounds the correction range to whole pairs). Weights large
-    enough that both SwiGLU clamps act, every bias and sink away from 0."""
+    enough that both SwiGLU clamps act, every bias and sink away from 0. layer_types: HF's
+    ("sliding_attention" / "full_attention" per layer) in place of the alternation."""
     from transformers import GptOssConfig, GptOssForCausalLM
     torch.manual_seed(seed)
     cfg = GptOssConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=n_layers,
@@ -44,7 +45,7 @@ def build_gpt_oss(vocab: int, hidden=64, n_layers=4, n_heads=4, n_kv_heads=2, he
                        rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
                                         "truncate": True, "original_max_position_embeddings": 4096,
                                         "rope_theta": 150000.0},
-                       attn_implementation="eager")
+                       attn_implementation="eager", **({"layer_types": layer_types} if layer_types else {}))
     model = GptOssForCausalLM(cfg).float().eval()
     gen = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():
@@ -141,9 +142,11 @@ def _quant_type(name: str, type_name: str, expert_type: str | None):
 
 
 def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None = None,
-               chat_template: str | None = None) -> Path:
+               chat_template: str | None = None, extra_meta=None) -> Path:
     """type_name for every matrix but the F32 ones (_keeps_f32); expert_type, when given, for the
-    expert stacks instead (gpt-oss ships MXFP4 experts)."""
+    expert stacks instead (gpt-oss ships MXFP4 experts). extra_meta: GGUFWriter method -> value,
+    keys llama.cpp's gpt-oss loader reads beyond these (attention.sliding_window_pattern,
+    rope.freq_base_swa)."""
     c = model.config
     w = gguf.GGUFWriter(str(path), "gpt-oss")
     w.add_name("tiny-gpt-oss")
@@ -166,6 +169,8 @@ def write_gguf(model, path: Path, type_name: str, tok, expert_type: str | None =
     w.add_vocab_size(c.vocab_size)
     w.add_expert_count(c.num_local_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
+    for method, value in (extra_meta or {}).items():
+        getattr(w, method)(value)
     mf.add_bpe_vocab(w, mf.tokenizer_tables(tok), 0, 1, chat_template=chat_template)
     for name, t in gguf_tensors(model).items():
         qtype = _quant_type(name, type_name, expert_type)

@@ -94,6 +94,37 @@ def test_gpt_oss_prefill_logits_match_transformers(forgert, gpt_oss, metal_reaso
                    what=f"gpt-oss {fmt} {backend} prefill")
 
 
+def test_gguf_sliding_window_pattern_is_read(forgert, tmp_path, tiny_tokenizer):
+    """llama.cpp's gpt-oss loader reads attention.sliding_window_pattern (load_swa_pattern: one
+    bool per layer, or a period; the alternation where absent) and rope.freq_base_swa: a model
+    whose layers are windowed otherwise than alternately (HF layer_types) matches transformers
+    through a file that says so, and through none other; a windowed layers' base of their own is
+    refused by name."""
+    from forgert import ModelFormatError
+    types = ["sliding_attention", "full_attention", "full_attention", "sliding_attention"]
+    model = gf.build_gpt_oss(tiny_tokenizer.get_vocab_size(), layer_types=types)
+    ids = ids_for(model.config.vocab_size, 40, 1)   # 5x the window
+    ref = mf.reference_logits(gf.with_f16_kv(model), ids)
+    decided = clear_choices(model, ids)
+    pattern = [t == "sliding_attention" for t in types]
+    path = gf.write_gguf(model, tmp_path / "pattern.gguf", "F32", tiny_tokenizer,
+                         extra_meta={"add_sliding_window_pattern": pattern})
+    out = np.asarray(forgert.Model(str(path), backend="cpu").logits(ids))
+    compare_logits(out[decided], ref[decided], **bounds("gguf-F32", False, "cpu"), what="gpt-oss window pattern")
+    alternating = gf.write_gguf(model, tmp_path / "alternating.gguf", "F32", tiny_tokenizer)
+    miss = np.abs(np.asarray(forgert.Model(str(alternating), backend="cpu").logits(ids)) - ref).max()
+    assert miss > 1e-2 * np.abs(ref).max(), "the pattern does not change these logits"
+    theta = float(model.config.rope_parameters["rope_theta"])
+    same = gf.write_gguf(model, tmp_path / "same-base.gguf", "F32", tiny_tokenizer,
+                         extra_meta={"add_sliding_window_pattern": pattern, "add_rope_freq_base_swa": theta})
+    np.testing.assert_array_equal(np.asarray(forgert.Model(str(same), backend="cpu").logits(ids)), out)
+    other = gf.write_gguf(model, tmp_path / "other-base.gguf", "F32", tiny_tokenizer,
+                          extra_meta={"add_rope_freq_base_swa": 10000.0})
+    with pytest.raises(ModelFormatError, match=r"gpt-oss with rope.freq_base_swa 10000.0 beside rope.freq_base "
+                                               r"150000.0 .* is not supported"):
+        forgert.Model(str(other), backend="cpu")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_gpt_oss_decode_logits_match_transformers(forgert, gpt_oss, metal_reason, fmt, backend):

@@ -786,7 +786,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _attn_temperature(cfg, _get_float(meta, p + "attention.temperature_scale", source, default=0.0,
                                           positive=False), source, "attention.temperature_scale")
     if arch == "gpt-oss":
-        _gpt_oss_gguf(cfg, source)
+        _gpt_oss_gguf(meta, p, cfg, source)
     if arch == "exaone4":
         _exaone4_gguf(meta, p, cfg, source)
     if arch in ("glm4", "ernie4_5"):
@@ -853,16 +853,25 @@ def _uniform_per_layer(meta: dict, p: str, source, kv_lists_own: tuple) -> dict:
     return meta if out is None else out
 
 
-def _gpt_oss_gguf(cfg: ModelConfig, source):
-    """What llama.cpp's gpt-oss loader fixes rather than reads: the clamped SwiGLU and the
-    window on every layer but each GPT_OSS_SWA_PATTERN-th (layers 0, 2, .. sliding, as HF's
-    layer_types alternate sliding_attention / full_attention)."""
+def _gpt_oss_gguf(meta, p, cfg: ModelConfig, source):
+    """llama.cpp's gpt-oss: the clamped SwiGLU it fixes rather than reads; the windowed layers
+    from attention.sliding_window_pattern (a period or one bool per layer, as its load_swa_pattern
+    reads it) or, where the file has none, every layer but each GPT_OSS_SWA_PATTERN-th (layers 0,
+    2, .. sliding, as HF's layer_types alternate sliding_attention / full_attention). Its loader
+    reads a rope.freq_base_swa for the windowed layers too: one other than rope.freq_base is
+    refused (forgert runs gpt-oss's layers at one base)."""
     if not cfg.n_expert:
         _fail(source, "gpt-oss without expert_count")
     if not cfg.sliding_window:
         _fail(source, "gpt-oss without attention.sliding_window")
     cfg.swiglu_limit, cfg.swiglu_alpha = GPT_OSS_SWIGLU_LIMIT, GPT_OSS_SWIGLU_ALPHA
-    cfg.layer_window = _gpt_oss_windows(cfg)
+    local = gemma.swa_layers(meta.get(p + "attention.sliding_window_pattern", GPT_OSS_SWA_PATTERN), cfg.n_layers,
+                             source)
+    cfg.layer_window = [cfg.sliding_window if is_local else 0 for is_local in local]
+    theta_swa = _get_float(meta, p + "rope.freq_base_swa", source, default=cfg.rope_theta)
+    if theta_swa != cfg.rope_theta:
+        _fail(source, f"gpt-oss with rope.freq_base_swa {theta_swa} beside rope.freq_base {cfg.rope_theta} "
+                      f"(the windowed layers at their own RoPE base) is not supported")
 
 
 def _gpt_oss_windows(cfg: ModelConfig) -> list:
