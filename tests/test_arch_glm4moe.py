@@ -86,6 +86,25 @@ def test_trunk_only_and_mtp_only_files(forgert, models, tmp_path, tiny_tokenizer
         forgert.Model(str(mtp_only), backend="cpu")
 
 
+def test_vision_models_language_model_runs_on_text(forgert, models, tmp_path, tiny_tokenizer):
+    """GLM-4.5V / 4.6V's language model as llama.cpp's converter writes it: glm4moe with
+    rope.dimension_sections (its multimodal RoPE, llama.cpp's MROPE type: each section of the
+    rotated pairs turned by its own position id, all of them the token's position on text). On
+    text that is glm4moe's 1-D RoPE: the logits of the file without the sections, which
+    test_arch_routed_moe holds to transformers; forgert info says it runs text only. It was
+    refused as a multimodal RoPE."""
+    model, files, _ = models("glm4moe-air")
+    c = model.config
+    half = int(c.head_dim * c.rope_parameters["partial_rotary_factor"]) // 2
+    sections = [half - 2 * (half // 4), half // 4, half // 4, 0]
+    path = rmf.write_gguf(files["hf-F32"], tmp_path / "glm45v.gguf", "F32", "glm4moe", c, tiny_tokenizer,
+                          extra_meta={"add_rope_dimension_sections": sections})
+    ids = ids_for(c.vocab_size, 32, 5)
+    m = forgert.Model(str(path), backend="cpu")
+    np.testing.assert_array_equal(m.logits(ids), forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))
+    assert any("the language model of a vision model: text only" in f for f in m.info()["features"])
+
+
 def test_info_names_the_router(forgert, models):
     _, files, _ = models("glm4moe")
     feats = forgert.Model(str(files["gguf-Q8_0"]), backend="cpu").info()["features"]
@@ -103,7 +122,8 @@ def test_info_names_the_router(forgert, models):
     ({"add_expert_gating_func": SimpleNamespace(value=3)}, "expert_gating_func 3 is not supported"),
     ({"add_expert_group_count": 3, "add_expert_group_used_count": 1}, "do not split into 3 groups"),
     ({"add_leading_dense_block_count": 9}, "9 leading dense layers of only 3"),
-    ({"add_rope_dimension_sections": [8, 4, 4, 0]}, "multimodal RoPE"),
+    ({"add_rope_dimension_sections": [8, 4, 4, 0]}, r"rope.dimension_sections \[8, 4, 4, 0\] do not fit the 8 "
+                                                    r"rotated pairs"),
 ])
 def test_bad_router_metadata_is_named(forgert, models, tmp_path, tiny_tokenizer, meta, match):
     from forgert.errors import ModelFormatError

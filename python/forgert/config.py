@@ -119,6 +119,9 @@ GPT_OSS_SWA_PATTERN = 2
 _GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False, "nemotron_h_moe": False}
 # GGUF architectures of the families forgert runs whose math it does not have, refused by what
 # they are (llama.cpp's src/models/*.cpp) rather than as unknown names.
+# The architectures whose GGUF readers take nextn_predict_layers' blocks out of block_count (the
+# multi-token-prediction layers, not run); nemotron_h's prepare_gguf takes the key out itself.
+_GGUF_NEXTN_READERS = ("deepseek2", "glm4moe", lfm2.GGUF_MOE_ARCH) + deltanet.GGUF_ARCHS
 # Keys llama.cpp reads as one value or one per layer (get_key_or_arr); forgert runs one value for
 # every layer, so an array reads as its value when all its entries agree.
 _PER_LAYER_KEYS = ("feed_forward_length", "expert_feed_forward_length", "expert_used_count",
@@ -800,7 +803,7 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
         _ernie4_5_moe_gguf(meta, p, cfg, source)
     if arch in ("command-r", "cohere2"):
         _cohere_gguf(meta, p, cfg, source)
-    if arch in _TEXT_OF_VISION_ARCHS + deltanet.MROPE_ARCHS:   # Qwen3.5's interleaved multimodal RoPE: 1-D on text
+    if arch in _TEXT_OF_VISION_ARCHS + deltanet.MROPE_ARCHS + ("glm4moe",):   # multimodal RoPE: 1-D on text
         sections = _int_list(meta, p + "rope.dimension_sections", source)
         if any(s < 0 for s in sections) or sum(sections) > (rope_dim // 2):
             _fail(source, f"rope.dimension_sections {sections} do not fit the {rope_dim // 2} rotated pairs")
@@ -812,6 +815,10 @@ def config_from_gguf(meta: dict, vocab: int, source: str, census: TensorCensus, 
     if arch in gemma.GEMMA_ARCHS:
         gemma.apply_gguf(meta, cfg, source)
     _gguf_rope_attn_factor(meta, p, cfg, source)
+    _unread_expert_groups(meta, p, cfg, source)
+    if arch not in _GGUF_NEXTN_READERS and _get_int(meta, p + "nextn_predict_layers", source, default=0, minimum=0):
+        # llama.cpp reads the key for every architecture (its blocks after the model's own, not run)
+        _fail(source, f"{arch} with nextn_predict_layers (multi-token-prediction layers) is not supported")
     return cfg
 
 
@@ -828,6 +835,17 @@ def _gguf_rope_attn_factor(meta, p, cfg: ModelConfig, source) -> None:
     if np.ndim(cfg.rope_freqs) > 1 or cfg.rope_table_attn_factor is not None:
         _fail(source, f"rope.scaling.attn_factor {factor:g} beside per-layer RoPE tables is not supported")
     cfg.rope_attn_factor = factor
+
+
+def _unread_expert_groups(meta, p, cfg: ModelConfig, source) -> None:
+    """llama.cpp reads expert_group_count for every architecture and chooses each token's experts
+    within the best expert_group_used_count groups wherever it is above 1 (build_moe_ffn); forgert
+    reads it where the architecture's reader does (deepseek2, glm4moe, lfm2moe), and refuses it
+    elsewhere rather than route over all the experts."""
+    groups = meta.get(p + "expert_group_count", 1)
+    if cfg.expert_groups == 1 and _get_int(meta, p + "expert_group_count", source, default=1) > 1:
+        _fail(source, f"expert_group_count {groups} (experts chosen within the best expert_group_used_count groups) "
+                      f"on {p[:-1]} is not supported")
 
 
 def _uniform_per_layer(meta: dict, p: str, source, kv_lists_own: tuple) -> dict:
@@ -959,11 +977,14 @@ def _glm4moe_gguf(meta, p, cfg: ModelConfig, source) -> None:
     feed_forward_length, then experts of expert_feed_forward_length with expert_shared_count
     shared experts (one SwiGLU of their summed width, ungated); expert_gating_func (sigmoid when
     absent, as llama.cpp), a selection bias per expert (exp_probs_b), expert_group_count /
-    expert_group_used_count, expert_weights_scale and expert_weights_norm (off when absent)."""
+    expert_group_used_count, expert_weights_scale and expert_weights_norm (off when absent);
+    rope.dimension_sections where the file is a vision model's language model (GLM-4.5V), run on text."""
     if not cfg.n_expert:
         _fail(source, "glm4moe without expert_count")
     if any(_int_list(meta, p + "rope.dimension_sections", source)):
-        _fail(source, "glm4moe with rope.dimension_sections (GLM-4.5V's multimodal RoPE) is not supported")
+        # GLM-4.5V / 4.6V's language model, as llama.cpp's converter writes it: its multimodal
+        # RoPE gives a text token the same position in every section, 1-D RoPE (checked below)
+        cfg.vision_language = "glm4v_moe"
     _gguf_deepseek_style_moe(meta, p, cfg, source, default_gating=2)
     cfg.router_select_bias = True
     _check_router(cfg, source)
