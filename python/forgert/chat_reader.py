@@ -1,6 +1,7 @@
 """How a chat answer is read, for the server's routes and Model.chat alike: the reasoning split
-off (<think>...</think>, or gpt-oss's analysis channel), the content, and the tool calls parsed
-from the format the chat template teaches (chat_output.py, harmony_output.py); and the checks of
+off (<think>...</think>, gpt-oss's analysis channel or Gemma 4's thought channel), the content,
+and the tool calls parsed from the format the chat template teaches (chat_output.py,
+harmony_output.py, gemma4_output.py); and the checks of
 the Python API's `tools` / `tool_choice` (the server's pydantic schemas make its own).
 """
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .chat_output import ChoiceOutput, OutputMode, thinking_mode
+from .gemma4_output import Gemma4Output, is_gemma4
 from .harmony_output import HarmonyOutput, is_harmony
 from .tool_calls import template_style
 
@@ -31,6 +33,8 @@ def output_reader(template: str | None, prompt_tail: str, tools, forced_call: bo
         thinks = inside = False
     if is_harmony(template) and not constrained:   # gpt-oss: channels, not <think>
         return lambda: HarmonyOutput(parse_calls=bool(tools))
+    if is_gemma4(template) and not constrained:    # Gemma 4: <|channel>thought, <|tool_call>call:...
+        return lambda: Gemma4Output(parse_calls=bool(tools))
     mode = OutputMode(thinking=thinks, think_open=inside, forced_call=forced_call,
                       tool_style=template_style(template) if tools else None, tools=tools or None)
     return lambda: ChoiceOutput(mode)
