@@ -113,3 +113,140 @@ def test_the_reader_follows_the_template():
     forced = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
     msg = read_answer(output_reader(gemma, "", [{"type": "function"}], True, True), forced)
     assert [(c.name, json.loads(c.arguments)) for c in msg.tool_calls] == [("get_weather", {"city": "Paris"})]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+# Gemma 4's chat template, cut down to what the published one does with tools: the tools in the
+# system turn, an assistant's calls in Gemma's value syntax, then its tool_responses, then its
+# content; the turn left open (no <|turn>model) while results wait for the model's answer.
+GEMMA4_TOOLS_TEMPLATE = """{%- macro arg(v) -%}
+{%- if v is string -%}{{ '<|"|>' + v + '<|"|>' }}{%- elif v is boolean -%}{{ 'true' if v else 'false' }}
+{%- elif v is mapping -%}{{ '{' }}{%- for k, x in v | dictsort -%}{{ k }}:{{ arg(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ '}' }}
+{%- elif v is sequence -%}{{ '[' }}{%- for x in v -%}{{ arg(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ ']' }}
+{%- else -%}{{ v }}{%- endif -%}
+{%- endmacro -%}
+{%- set ns = namespace(prev=None) -%}
+{{- bos_token -}}
+{%- if tools -%}
+{{- '<|turn>system\n' -}}{%- for t in tools -%}{{ '<|tool>declaration:' + t['function']['name'] + '<tool|>' }}{%- endfor -%}{{ '<turn|>\n' }}
+{%- endif -%}
+{%- for message in messages -%}
+{%- set ns.prev = None -%}
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+{{- '<|turn>' + role + '\n' -}}
+{%- if message['tool_calls'] -%}{%- for c in message['tool_calls'] -%}
+{{- '<|tool_call>call:' + c['function']['name'] + '{' -}}
+{%- if c['function']['arguments'] is mapping -%}{%- for k, x in c['function']['arguments'] | dictsort -%}{{ k }}:{{ arg(x) }}{{ ',' if not loop.last }}{%- endfor -%}
+{%- else -%}{{ c['function']['arguments'] }}{%- endif -%}
+{{- '}<tool_call|>' -}}
+{%- endfor -%}{%- endif -%}
+{%- if message['tool_responses'] -%}{%- for r in message['tool_responses'] -%}
+{%- if r['response'] is mapping -%}{{ '<|tool_response>response:' + r['name'] + arg(r['response']) + '<tool_response|>' }}
+{%- else -%}{{ '<|tool_response>response:' + r['name'] + '{value:' + arg(r['response']) + '}<tool_response|>' }}{%- endif -%}
+{%- endfor -%}{%- set ns.prev = 'tool_response' -%}{%- endif -%}
+{{- message['content'] | trim -}}
+{%- if not (message['tool_responses'] and not message['content']) -%}{{ '<turn|>\n' }}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt and ns.prev != 'tool_response' -%}{{ '<|turn>model\n' }}{%- endif -%}
+{#- the model thinks in <|channel>thought ... <channel|> -#}"""
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+SCRIPT = ("<|channel>thought\nThe user wants the weather.<channel|>Let me check.\n" + WEATHER_CALL
+          + "<|tool_call>call:get_weather{city:" + gemma_str("Rome, Italy") + ",days:1}<tool_call|>")
+SCRIPT_CALLS = [("get_weather", {"city": "Paris", "days": 3}), ("get_weather", {"city": "Rome, Italy", "days": 1})]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    import warnings
+    import forgert
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_ctx=1024 is longer")   # the tiny model's 256
+        m = forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=1024)
+    m._model.chat_template = GEMMA4_TOOLS_TEMPLATE
+    return m
+
+
+def test_the_test_template_is_read_as_gemma4s():
+    from forgert.gemma4_messages import uses_tool_responses
+    assert is_gemma4(GEMMA4_TOOLS_TEMPLATE) and uses_tool_responses(GEMMA4_TOOLS_TEMPLATE)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_model_chat_reads_gemma4s_calls(model, monkeypatch, stream):
+    from test_chat_tools_api import scripted
+    scripted(monkeypatch, model, SCRIPT)
+    if stream:
+        s = model.chat_stream(ASK, tools=[WEATHER])
+        assert "".join(s) == SCRIPT
+        c = s.completion
+    else:
+        c = model.chat(ASK, tools=[WEATHER])
+    assert (c.message.reasoning, c.message.content) == ("The user wants the weather.", "Let me check.\n")
+    assert [(t.name, json.loads(t.arguments)) for t in c.message.tool_calls] == SCRIPT_CALLS
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_server_reads_gemma4s_calls(model, stream):
+    from scripted_model import ScriptedModel
+    from server_harness import LiveServer
+    from test_server_output_parsing import collect_choice
+    with LiveServer(ScriptedModel(model, SCRIPT, GEMMA4_TOOLS_TEMPLATE), model_id="scripted") as server:
+        content, reasoning, calls, reason = collect_choice(
+            server.openai_client(), stream, model="scripted", messages=ASK, tools=[WEATHER])
+        plain = server.openai_client().chat.completions.create(model="scripted", messages=ASK).choices[0]
+    assert (content, reasoning, calls, reason) == ("Let me check.\n", "The user wants the weather.", SCRIPT_CALLS,
+                                                   "tool_calls")
+    # no tools offered: the calls are content, the thought still reasoning
+    assert plain.message.content == SCRIPT.split("<channel|>")[1]
+    assert plain.message.model_extra["reasoning_content"] == "The user wants the weather."
+
+
+def call(id_, name, args):
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": args}}
+
+
+ROUND = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {"role": "assistant", "content": "", "tool_calls": [call("c1", "get_weather", '{"city": "Paris"}'),
+                                                        call("c2", "get_weather", {"city": "Rome"})]},
+    {"role": "tool", "tool_call_id": "c2", "content": '{"temp": 25, "sky": "clear"}'},
+    {"role": "tool", "tool_call_id": "c1", "content": "Rain, 14 C"},
+]
+
+
+def test_tool_results_become_the_calling_messages_tool_responses():
+    from forgert.gemma4_messages import with_tool_responses
+    calls = [call("c1", "get_weather", {"city": "Paris"}), call("c2", "get_weather", {"city": "Rome"})]
+    merged = {"role": "assistant", "content": "", "tool_calls": calls,
+              "tool_responses": [{"name": "get_weather", "response": {"temp": 25, "sky": "clear"}},
+                                 {"name": "get_weather", "response": "Rain, 14 C"}]}
+    assert with_tool_responses(ROUND) == [ROUND[0], merged]
+    answer = {"role": "assistant", "content": "Paris: rain; Rome: clear."}
+    after = [{"role": "user", "content": "Thanks"}]
+    assert with_tool_responses(ROUND + [answer] + after) == [ROUND[0], {**merged, "content": answer["content"]}] + after
+    # names found by position when no ids match, else from the tool message; parts joined
+    lone = [{"role": "assistant", "tool_calls": [call("x", "f", {})]},
+            {"role": "tool", "content": [{"type": "text", "text": "4"}, {"type": "text", "text": "2"}]},
+            {"role": "tool", "name": "g", "content": "null"}]
+    assert with_tool_responses(lone)[0]["tool_responses"] == [{"name": "f", "response": 42},
+                                                              {"name": "g", "response": None}]
+    plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert with_tool_responses(plain) == plain
+
+
+def test_a_call_round_renders_as_gemma4_expects(model):
+    prompt = model.apply_chat_template(ROUND, tools=[WEATHER])
+    bos = model.tokenizer.bos_token or ""
+    assert prompt == (bos + "<|turn>system\n<|tool>declaration:get_weather<tool|><turn|>\n"
+                      "<|turn>user\nWeather in Paris and Rome?<turn|>\n"
+                      "<|turn>model\n<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>"
+                      "<|tool_call>call:get_weather{city:<|\"|>Rome<|\"|>}<tool_call|>"
+                      "<|tool_response>response:get_weather{sky:<|\"|>clear<|\"|>,temp:25}<tool_response|>"
+                      "<|tool_response>response:get_weather{value:<|\"|>Rain, 14 C<|\"|>}<tool_response|>")
+    answered = model.apply_chat_template(ROUND + [{"role": "assistant", "content": "Rainy, then sunny."},
+                                                  {"role": "user", "content": "Thanks"}], tools=[WEATHER])
+    assert answered == prompt + "Rainy, then sunny.<turn|>\n<|turn>user\nThanks<turn|>\n<|turn>model\n"

@@ -1040,6 +1040,9 @@ class Model:
             from .tool_calls import messages_with_tools
             messages, tool_vars = messages_with_tools(source, messages, tools)
             extra = {**extra, **tool_vars}
+        from .gemma4_messages import uses_tool_responses, with_tool_responses
+        if uses_tool_responses(source):     # Gemma 4: tool results ride on the calling message
+            messages = with_tool_responses(messages)
         return template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
 
     def chat_template_for(self, tools=None) -> str | None:
