@@ -250,3 +250,21 @@ def test_a_call_round_renders_as_gemma4_expects(model):
     answered = model.apply_chat_template(ROUND + [{"role": "assistant", "content": "Rainy, then sunny."},
                                                   {"role": "user", "content": "Thanks"}], tools=[WEATHER])
     assert answered == prompt + "Rainy, then sunny.<turn|>\n<|turn>user\nThanks<turn|>\n<|turn>model\n"
+
+
+def test_the_server_renders_a_call_round_as_gemma4_expects(model):
+    import httpx
+    from scripted_model import ScriptedModel
+    from server_harness import LiveServer
+    round_ = [dict(m) for m in ROUND]
+    round_[1] = {**ROUND[1], "tool_calls": [call("c1", "get_weather", '{"city": "Paris"}'),
+                                            call("c2", "get_weather", '{"city": "Rome"}')]}   # OpenAI's JSON text
+    expected = ((model.tokenizer.bos_token or "") + "<|turn>user\nWeather in Paris and Rome?<turn|>\n"
+                "<|turn>model\n<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>"
+                "<|tool_call>call:get_weather{city:<|\"|>Rome<|\"|>}<tool_call|>"
+                "<|tool_response>response:get_weather{sky:<|\"|>clear<|\"|>,temp:25}<tool_response|>"
+                "<|tool_response>response:get_weather{value:<|\"|>Rain, 14 C<|\"|>}<tool_response|>")
+    with LiveServer(ScriptedModel(model, SCRIPT, GEMMA4_TOOLS_TEMPLATE), model_id="scripted") as server:
+        r = httpx.post(server.base_url + "/tokenize", headers=server.headers, json={"messages": round_})
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == model.tokenize(expected, add_bos=False)

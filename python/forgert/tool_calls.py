@@ -22,6 +22,8 @@ template teaches:
   harmony  gpt-oss: a commentary message whose header names the recipient, the body the arguments:
            <|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}  (the header
            is split off by harmony_output.py; harmony_call reads one such message)
+  Gemma 4  <|tool_call>call:NAME{key:<|"|>text<|"|>,n:3,...}<tool_call|>, read with its thought
+           channel by gemma4_output.py (chat_reader picks it from the template, as harmony)
 """
 from __future__ import annotations
 

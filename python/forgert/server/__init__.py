@@ -11,7 +11,8 @@ Beyond plain text: n choices, echo with prompt logprobs and batched prompts (com
 response_format (a JSON schema enforced while sampling: forgert.grammar), tools (rendered by the
 chat template, calls parsed from the model's format: forgert.tool_calls; forced by tool_choice
 through the same grammar), reasoning_content split off <think>...</think> (../chat_output.py), or
-gpt-oss's harmony analysis channel, its calls read from messages to functions.NAME (../harmony_output.py).
+gpt-oss's harmony analysis channel, its calls read from messages to functions.NAME (../harmony_output.py),
+or Gemma 4's thought channel and <|tool_call> calls (../gemma4_output.py).
 
 Beyond OpenAI's fields, requests may set top_k, min_p, repetition_penalty and ignore_eos, and
 responses carry `timings` (prefill/decode tokens and tokens/s; cached_tokens says how much of the

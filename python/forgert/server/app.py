@@ -333,7 +333,7 @@ def _sampling_kwargs(req: SamplingFields, max_tokens: int) -> dict:
 
 
 async def _chat_generation(state: ServerState, req: ChatCompletionRequest):
-    """(the GenerationSpec, a () -> ChoiceOutput / HarmonyOutput factory) of a chat request: the
+    """(the GenerationSpec, a () -> ChoiceOutput / HarmonyOutput / Gemma4Output factory) of a chat request: the
     template rendered with its tools, the grammar of a forced call or a response_format, and how
     the output is read (reasoning, tool calls). /v1/responses and /v1/messages translate their
     requests into a ChatCompletionRequest (subclass naming their own fields in errors) and come here."""
