@@ -127,9 +127,29 @@ def _ll_tokenizer(model_tokenizer, vocab: int):
         per_width = _TOKENIZERS.setdefault(model_tokenizer, {})
         if vocab not in per_width:
             ll = _llguidance()
-            stops = sorted(model_tokenizer.stop_ids) or None
+            stops = _eos_argument(sorted(model_tokenizer.stop_ids))
             per_width[vocab] = ll.LLTokenizer(model_tokenizer.hf.to_str(), n_vocab=vocab, eos_token=stops)
         return per_width[vocab]
+
+
+def _llguidance_version() -> tuple:
+    from importlib.metadata import version
+    return tuple(int(p) for p in version("llguidance").split(".")[:2] if p.isdigit())
+
+
+def _eos_argument(stops: list):
+    """LLTokenizer's eos_token: every stop id (llguidance 1.7+), or the one id that older releases
+    take (1.3 is the newest for Python 3.9). A model with several stop ids cannot be constrained
+    exactly by an older llguidance: ImportError says which version it needs (the server: a 400)."""
+    if not stops:
+        return None
+    if _llguidance_version() >= (1, 7):
+        return stops
+    if len(stops) == 1:
+        return stops[0]
+    raise ImportError(f"this model has {len(stops)} stop tokens; constraining it needs llguidance >= 1.7 "
+                      f"(Python 3.10 or newer), this environment has llguidance "
+                      f"{'.'.join(map(str, _llguidance_version()))}")
 
 
 def compile_response_format(response_format, model_tokenizer, vocab: int) -> Grammar | None:
