@@ -127,7 +127,7 @@ def _ll_tokenizer(model_tokenizer, vocab: int):
         per_width = _TOKENIZERS.setdefault(model_tokenizer, {})
         if vocab not in per_width:
             ll = _llguidance()
-            stops = _eos_argument(sorted(model_tokenizer.stop_ids))
+            stops = _eos_argument(sorted(model_tokenizer.stop_ids), model_tokenizer.eos_id)
             per_width[vocab] = ll.LLTokenizer(model_tokenizer.hf.to_str(), n_vocab=vocab, eos_token=stops)
         return per_width[vocab]
 
@@ -137,19 +137,17 @@ def _llguidance_version() -> tuple:
     return tuple(int(p) for p in version("llguidance").split(".")[:2] if p.isdigit())
 
 
-def _eos_argument(stops: list):
-    """LLTokenizer's eos_token: every stop id (llguidance 1.7+), or the one id that older releases
-    take (1.3 is the newest for Python 3.9). A model with several stop ids cannot be constrained
-    exactly by an older llguidance: ImportError says which version it needs (the server: a 400)."""
+def _eos_argument(stops: list, eos_id=None):
+    """LLTokenizer's eos_token: every stop id (llguidance 1.7+), or one id for older releases (1.3
+    is the newest for Python 3.9): the model's EOS where it is a stop id. With one id the grammar
+    still ends the output only where the document is complete; the model just ends it with that
+    token rather than another of its stop tokens (GGUFs often have several: <|im_end|> and
+    <|endoftext|>)."""
     if not stops:
         return None
     if _llguidance_version() >= (1, 7):
         return stops
-    if len(stops) == 1:
-        return stops[0]
-    raise ImportError(f"this model has {len(stops)} stop tokens; constraining it needs llguidance >= 1.7 "
-                      f"(Python 3.10 or newer), this environment has llguidance "
-                      f"{'.'.join(map(str, _llguidance_version()))}")
+    return eos_id if eos_id in stops else stops[0]
 
 
 def compile_response_format(response_format, model_tokenizer, vocab: int) -> Grammar | None:
