@@ -9,11 +9,11 @@ output-parsing tests do: the expected fields are written by hand.
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
 from forgert.completion import Completion, Usage
+from api_routes_fixtures import tiny_chat_model
 from scripted_model import THINKING_TEMPLATE
 
 # enums: under the forced call's grammar even a random model's arguments end
@@ -28,12 +28,7 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def model(tiny_models):
-    import forgert
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_ctx=1024 is longer")   # the tiny model's 256
-        m = forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=1024)
-    m._model.chat_template = THINKING_TEMPLATE
-    return m
+    return tiny_chat_model(tiny_models, THINKING_TEMPLATE)
 
 
 def scripted(monkeypatch, model, script: str):

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from api_routes_fixtures import tiny_chat_model
 from forgert.chat_reader import output_reader, read_answer
 from forgert.gemma4_output import Gemma4Output, is_gemma4, parse_call, read_value
 
@@ -161,13 +162,7 @@ SCRIPT_CALLS = [("get_weather", {"city": "Paris", "days": 3}), ("get_weather", {
 
 @pytest.fixture(scope="module")
 def model(tiny_models):
-    import warnings
-    import forgert
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_ctx=1024 is longer")   # the tiny model's 256
-        m = forgert.Model(str(tiny_models("llama_tied").path("gguf-Q8_0")), backend="cpu", n_ctx=1024)
-    m._model.chat_template = GEMMA4_TOOLS_TEMPLATE
-    return m
+    return tiny_chat_model(tiny_models, GEMMA4_TOOLS_TEMPLATE)
 
 
 def test_the_test_template_is_read_as_gemma4s():

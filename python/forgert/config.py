@@ -117,8 +117,6 @@ GPT_OSS_SWA_PATTERN = 2
 # Whether GGUF MoE weights are renormalised over the selected experts when the file has no
 # expert_weights_norm key: llama.cpp's choice per architecture (on for llama and qwen3moe).
 _GGUF_MOE_NORM_DEFAULT = {"qwen2moe": False, "olmoe": False, "glm4moe": False, "nemotron_h_moe": False}
-# GGUF architectures of the families forgert runs whose math it does not have, refused by what
-# they are (llama.cpp's src/models/*.cpp) rather than as unknown names.
 # The architectures whose GGUF readers take nextn_predict_layers' blocks out of block_count (the
 # multi-token-prediction layers, not run); nemotron_h's prepare_gguf takes the key out itself.
 _GGUF_NEXTN_READERS = ("deepseek2", "glm4moe", lfm2.GGUF_MOE_ARCH) + deltanet.GGUF_ARCHS
@@ -842,8 +840,10 @@ def _unread_expert_groups(meta, p, cfg: ModelConfig, source) -> None:
     within the best expert_group_used_count groups wherever it is above 1 (build_moe_ffn); forgert
     reads it where the architecture's reader does (deepseek2, glm4moe, lfm2moe), and refuses it
     elsewhere rather than route over all the experts."""
-    groups = meta.get(p + "expert_group_count", 1)
-    if cfg.expert_groups == 1 and _get_int(meta, p + "expert_group_count", source, default=1) > 1:
+    if cfg.expert_groups != 1:
+        return
+    groups = _get_int(meta, p + "expert_group_count", source, default=1)
+    if groups > 1:
         _fail(source, f"expert_group_count {groups} (experts chosen within the best expert_group_used_count groups) "
                       f"on {p[:-1]} is not supported")
 

@@ -7,7 +7,8 @@ holding it back while it ends in an incomplete UTF-8 sequence (decoded as U+FFFD
 """
 from __future__ import annotations
 
-_REPLACEMENT = "\ufffd"
+from .tokenizer import REPLACEMENT
+
 _CONTEXT_TOKENS = 4
 
 
@@ -17,7 +18,7 @@ class StreamingDetokenizer:
         so the first piece keeps its leading space."""
         self.tok = tokenizer
         ctx = list(context_ids)[-_CONTEXT_TOKENS:]
-        if ctx and self.tok.decode(ctx).endswith(_REPLACEMENT):
+        if ctx and self.tok.decode(ctx).endswith(REPLACEMENT):
             ctx = []   # a prompt ending mid-character would make the window misaligned
         self.ids = ctx
         self.prefix_offset = 0           # window start
@@ -28,7 +29,7 @@ class StreamingDetokenizer:
         """Add one token; return the text it completes (maybe "")."""
         self.ids.append(int(token_id))
         text = self.tok.decode(self.ids[self.prefix_offset:])
-        if len(text) > len(self._prefix_text) and not text.endswith(_REPLACEMENT):
+        if len(text) > len(self._prefix_text) and not text.endswith(REPLACEMENT):
             piece = text[len(self._prefix_text):]
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.ids)

@@ -23,9 +23,9 @@ from .tensor_check import core_tensors, shift_norms
 from .tokenizer import ModelTokenizer
 from .weights import WeightTensor
 
-# Consumed by the config, not the core: RoPE divisors (llama3's, LongRoPE's long and short sets).
 # llama.cpp's names for a multimodal encoder's tensors (its mmproj files): vision, projector, audio
 _GGUF_ENCODER_PREFIXES = ("v.", "mm.", "a.")
+# Consumed by the config, not the core: RoPE divisors (llama3's, LongRoPE's long and short sets).
 _GGUF_EXTRA_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 # Layer tensors some architectures' files name otherwise than the canonical layout: Seed-OSS's
 # feed-forward norm is llama.cpp's post_attention_norm (the norm after attention, before the MLP).

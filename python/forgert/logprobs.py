@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .completion import TokenLogprob
+from .tokenizer import REPLACEMENT
 
 
 def token_logprob(logits, tok: int, n_top: int, tokenizer) -> TokenLogprob:
@@ -63,4 +64,4 @@ def first_prompt_logprob(token_id: int, tokenizer) -> TokenLogprob:
 def _partial_bytes(piece: str, token_id: int, tokenizer) -> bytes | None:
     """A prompt token's bytes where its text alone is not whole characters (U+FFFD in it), else
     None (its text's UTF-8: token_bytes costs a decode, which a long prompt's tokens skip)."""
-    return tokenizer.token_bytes(token_id) if "\ufffd" in piece else None
+    return tokenizer.token_bytes(token_id) if REPLACEMENT in piece else None

@@ -20,6 +20,7 @@ from . import cpu_topology, greedy
 from .chat import ChatTemplate, check_template_kwargs, no_template_error
 from .chat_limits import MODEL_LIMIT_NOTE, max_chars_for
 from .chat_reader import check_tools, output_reader, read_answer
+from .gemma4_messages import uses_tool_responses, with_tool_responses
 from .chat_templates import chat_template_for
 from .batch import LogitsOptions, run_batch
 from .completion import Completion, StreamPiece, Timings, TokenLogprob, Usage
@@ -38,7 +39,7 @@ from .prompt_cache import ModelState, PromptCache, common_prefix, resume_point
 from .state_checkpoints import DEFAULT_PER_SLOT as CHECKPOINTS_PER_SLOT, StateCheckpoints, resume
 from .sampling import Sampler, SamplingParams, native_sampler
 from .stop_strings import StopStringMatcher
-from .tool_calls import forced_call_schema
+from .tool_calls import forced_call_format, messages_with_tools
 
 BACKENDS = ("auto", "cpu", "metal")
 # The CPU's int8 paths: activations rounded per 32 values to two int8 parts (~16 bits, the
@@ -1037,13 +1038,19 @@ class Model:
                 source, self.tokenizer.bos_token, self.tokenizer.eos_token,
                 max_chars_for(self.n_ctx, self.tokenizer.longest_token()), MODEL_LIMIT_NOTE)
         if tools:
-            from .tool_calls import messages_with_tools
             messages, tool_vars = messages_with_tools(source, messages, tools)
             extra = {**extra, **tool_vars}
-        from .gemma4_messages import uses_tool_responses, with_tool_responses
         if uses_tool_responses(source):     # Gemma 4: tool results ride on the calling message
             messages = with_tool_responses(messages)
         return template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+
+    def answer_reader(self, prompt_ids, tools, forced_call: bool, constrained: bool):
+        """The () -> reader factory of an answer to the chat prompt `prompt_ids` (chat_reader's
+        output_reader: reasoning, content, tool calls), for Model.chat and the server alike: the
+        template these tools rendered with, and the prompt's tail (16 tokens hold "<think>" even
+        spelled byte by byte: did the template open one?)."""
+        return output_reader(self.chat_template_for(tools), self.detokenize(prompt_ids[-16:]), tools,
+                             forced_call, constrained)
 
     def chat_template_for(self, tools=None) -> str | None:
         """The chat template a conversation with these tools renders with: the model's "tool_use"
@@ -1078,11 +1085,9 @@ class Model:
         if forced is not False:
             if response_format is not None:
                 raise ValueError("tool_choice that forces a call and response_format both shape the output: pass one")
-            response_format = {"type": "json_schema",
-                               "json_schema": {"name": "tool_call", "schema": forced_call_schema(offered, forced)}}
+            response_format = forced_call_format(offered, forced)
         ids = self._chat_ids(messages, chat_template_kwargs=chat_template_kwargs, tools=offered)
-        reader = output_reader(self.chat_template_for(offered), self.detokenize(ids[-16:]), offered,
-                               forced is not False, response_format is not None)
+        reader = self.answer_reader(ids, offered, forced is not False, response_format is not None)
         stream = self._start(ids, params, logprobs, response_format, logit_bias)
         return TextStream(_read_as_message(stream._gen, reader))
 

@@ -18,7 +18,7 @@ from .tokenizer_build import BOS_BY_DEFAULT, tokenizer_from_gguf
 
 
 
-_REPLACEMENT = "\ufffd"
+REPLACEMENT = "\ufffd"   # what a decoder writes for bytes that are not a whole character
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -271,7 +271,7 @@ class ModelTokenizer:
         UTF-8, but for a token holding part of a character (decoded alone as U+FFFD) its own bytes:
         a <0xXX> byte-fallback piece's byte, or a byte-level BPE piece's bytes (GPT-2's table)."""
         text = self.decode([token_id])
-        if _REPLACEMENT not in text:
+        if REPLACEMENT not in text:
             return text.encode("utf-8")
         piece = self.hf.id_to_token(int(token_id)) or ""
         byte = _BYTE_PIECE.fullmatch(piece)

@@ -359,6 +359,12 @@ def harmony_call(name: str, body: str) -> ToolCall | None:
     return ToolCall(name, _arguments_text(values[0])) if len(values) == 1 else None
 
 
+def forced_call_format(tools, name: str | None) -> dict:
+    """The response_format (OpenAI's json_schema shape) that a forced tool_choice puts on the
+    output: forced_call_schema's call, for the server's routes and Model.chat alike."""
+    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": forced_call_schema(tools, name)}}
+
+
 def forced_call_schema(tools, name: str | None) -> dict:
     """The JSON schema of a call a forced tool_choice must produce: {"name", "arguments"}, for
     the named function or any of them ("required")."""

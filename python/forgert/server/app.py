@@ -11,8 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from ..chat_reader import output_reader
-from ..tool_calls import forced_call_schema
+from ..tool_calls import forced_call_format
 from .delivery import collect, collect_unless_disconnected, metered, stream
 from .embeddings_api import checked_dimensions, collect_vectors, embedding_job, input_ids, response_body
 from .errors import APIError, install_error_handlers
@@ -342,15 +341,10 @@ async def _chat_generation(state: ServerState, req: ChatCompletionRequest):
     ids = await _prompt_ids(state.model, req.PROMPT_PARAM, messages, req.chat_template_kwargs, tools)
     forced = req.forced_tool()
     if forced is not False:
-        schema = forced_call_schema(tools, forced)
-        grammar = await _grammar(state.model, {"type": "json_schema",
-                                               "json_schema": {"name": "tool_call", "schema": schema}},
-                                 param=req.TOOLS_PARAM)
+        grammar = await _grammar(state.model, forced_call_format(tools, forced), param=req.TOOLS_PARAM)
     else:
         grammar = await _grammar(state.model, req.response_format_dict(), param=req.RESPONSE_FORMAT_PARAM)
-    # the prompt's tail (16 tokens hold "<think>" even spelled byte by byte): did it open one?
-    reader = output_reader(state.model.chat_template_for(tools), state.model.detokenize(ids[-16:]), tools,
-                           forced is not False, grammar is not None)
+    reader = state.model.answer_reader(ids, tools, forced is not False, grammar is not None)
     choices = [ChoiceSpec(ids, _choice_seed(req.seed, j), counts_prompt=j == 0)
                for j in range(req.n_choices)]
     spec = GenerationSpec(choices, _sampling_kwargs(req, _max_tokens(state, req, len(ids))),
