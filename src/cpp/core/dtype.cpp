@@ -17,6 +17,13 @@ const char* dtype_name(DType t) {
         case DType::Q4_K: return "Q4_K";
         case DType::Q5_K: return "Q5_K";
         case DType::Q6_K: return "Q6_K";
+        case DType::IQ2_XXS: return "IQ2_XXS";
+        case DType::IQ2_XS: return "IQ2_XS";
+        case DType::IQ2_S: return "IQ2_S";
+        case DType::IQ3_XXS: return "IQ3_XXS";
+        case DType::IQ3_S: return "IQ3_S";
+        case DType::IQ1_S: return "IQ1_S";
+        case DType::IQ1_M: return "IQ1_M";
         case DType::IQ4_NL: return "IQ4_NL";
         case DType::IQ4_XS: return "IQ4_XS";
         case DType::MXFP4: return "MXFP4";
@@ -47,6 +54,8 @@ int64_t dtype_block_elems(DType t) {
         case DType::Q8_0: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL: case DType::MXFP4:
         case DType::Q4_0x16: case DType::Q4_1x16: case DType::Q5_0x16: case DType::Q8_0x16: return FG_QK;
         case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::IQ4_XS:
+        case DType::IQ2_XXS: case DType::IQ2_XS: case DType::IQ2_S: case DType::IQ3_XXS: case DType::IQ3_S:
+        case DType::IQ1_S: case DType::IQ1_M:
         case DType::Q4_Kx16: case DType::Q5_Kx16: case DType::Q6_Kx16:
             return FG_QK_K;
         default: return 1;
@@ -67,6 +76,13 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q4_K: case DType::Q4_Kx16: return sizeof(block_q4_K);
         case DType::Q5_K: case DType::Q5_Kx16: return sizeof(block_q5_K);
         case DType::Q6_K: case DType::Q6_Kx16: return sizeof(block_q6_K);
+        case DType::IQ2_XXS: return sizeof(block_iq2_xxs);
+        case DType::IQ2_XS: return sizeof(block_iq2_xs);
+        case DType::IQ2_S: return sizeof(block_iq2_s);
+        case DType::IQ3_XXS: return sizeof(block_iq3_xxs);
+        case DType::IQ3_S: return sizeof(block_iq3_s);
+        case DType::IQ1_S: return sizeof(block_iq1_s);
+        case DType::IQ1_M: return sizeof(block_iq1_m);
         case DType::IQ4_NL: return sizeof(block_iq4_nl);
         case DType::IQ4_XS: return sizeof(block_iq4_xs);
         case DType::MXFP4: return sizeof(block_mxfp4);

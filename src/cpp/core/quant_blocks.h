@@ -34,8 +34,15 @@ enum fg_dtype {
     FG_Q4_K = 12,
     FG_Q5_K = 13,
     FG_Q6_K = 14,
+    FG_IQ2_XXS = 16,
+    FG_IQ2_XS = 17,
+    FG_IQ3_XXS = 18,
+    FG_IQ1_S = 19,
     FG_IQ4_NL = 20,
+    FG_IQ3_S = 21,
+    FG_IQ2_S = 22,
     FG_IQ4_XS = 23,
+    FG_IQ1_M = 29,
     FG_I32 = 26,   // token ids, argmax results
     FG_BF16 = 30,
     FG_MXFP4 = 39,
@@ -163,6 +170,89 @@ typedef struct {
     uint8_t qs[FG_QK_K / 2];
 } block_iq4_xs;
 FG_STATIC_ASSERT(sizeof(block_iq4_xs) == 136, "block_iq4_xs is 136 bytes");
+
+// The lattice types IQ1_S .. IQ3_S: 256-weight super-blocks whose weights come in groups of 8
+// (IQ2, IQ1) or 4 (IQ3) that index one point of a fixed codebook (iq_grids.h), times a sign per
+// weight and a scale per 32 (or 16) weights. Every weight is a small integer times its scale,
+//   IQ2_*:   w = d * (2 ls + 1) / 8 * (+-g),  g in {8, 25, 43}          (ls 4 bits)
+//   IQ3_XXS: w = d * (2 ls + 1) / 4 * (+-g),  g in {4, 12, ..., 62}     (ls 4 bits)
+//   IQ3_S:   w = d * (2 ls + 1)     * (+-g),  g in {1, 3, ..., 15}      (ls 4 bits)
+//   IQ1_*:   w = d * (2 ls + 1) / 8 * (8 g + delta), g in {-1, 0, 1}, delta = +-1 (ls 3 bits)
+// so the CPU kernels dot int8 quants with the activations exactly, as for IQ4_XS. Sign indices
+// of 7 bits (IQ2_XXS, IQ2_XS, IQ3_XXS) name 8 signs: bit k for value k, the eighth the parity
+// (FG_IQ2_KSIGNS); a set sign bit negates. Layouts as ggml's (ggml-common.h) byte for byte.
+
+// IQ2_XXS: per 32 weights j, qs[4 j .. 4 j + 4) as two u32 words: word 0's bytes index the four
+// 8-weight points (FG_IQ2XXS_GRID); word 1 holds four 7-bit sign indices (bits 7 k ..) and ls
+// in bits 28..31.
+typedef struct {
+    fg_half d;
+    uint16_t qs[FG_QK_K / 8];
+} block_iq2_xxs;
+FG_STATIC_ASSERT(sizeof(block_iq2_xxs) == 66, "block_iq2_xxs is 66 bytes");
+
+// IQ2_XS: qs[l] (l = 0..31, 8 weights each): a 9-bit point index (FG_IQ2XS_GRID), then a 7-bit
+// sign index; ls per 16 weights: scales[j] low nibble for weights 32 j .. 32 j + 15, high
+// nibble for the next 16.
+typedef struct {
+    fg_half d;
+    uint16_t qs[FG_QK_K / 8];
+    uint8_t scales[FG_QK_K / 32];
+} block_iq2_xs;
+FG_STATIC_ASSERT(sizeof(block_iq2_xs) == 74, "block_iq2_xs is 74 bytes");
+
+// IQ2_S: qs[0..32) the low 8 bits of the 10-bit point indices (FG_IQ2S_GRID) of the 32 groups
+// of 8, qs[32..64) their 8 sign bits each (no parity); qh[j] bits 2 k, 2 k + 1 the top two
+// bits of group 4 j + k; scales as IQ2_XS (per 16).
+typedef struct {
+    fg_half d;
+    uint8_t qs[FG_QK_K / 4];
+    uint8_t qh[FG_QK_K / 32];
+    uint8_t scales[FG_QK_K / 32];
+} block_iq2_s;
+FG_STATIC_ASSERT(sizeof(block_iq2_s) == 82, "block_iq2_s is 82 bytes");
+
+// IQ3_XXS: qs[0..64) the 8-bit point indices of the 64 groups of 4 (FG_IQ3XXS_GRID); then 8
+// u32 words, word j for weights 32 j ..: four 7-bit sign indices (each for 8 weights, bits
+// 7 k ..) and ls in bits 28..31.
+typedef struct {
+    fg_half d;
+    uint8_t qs[3 * FG_QK_K / 8];
+} block_iq3_xxs;
+FG_STATIC_ASSERT(sizeof(block_iq3_xxs) == 98, "block_iq3_xxs is 98 bytes");
+
+// IQ3_S: qs the low 8 bits of the 9-bit point indices of the 64 groups of 4 (FG_IQ3S_GRID),
+// qh[j] bit k the ninth bit of group 8 j + k; signs one bit per weight (byte i: weights
+// 8 i .. 8 i + 7); ls per 32: scales[j] low nibble for weights 64 j .., high for 64 j + 32 ...
+typedef struct {
+    fg_half d;
+    uint8_t qs[FG_QK_K / 4];
+    uint8_t qh[FG_QK_K / 32];
+    uint8_t signs[FG_QK_K / 8];
+    uint8_t scales[FG_QK_K / 64];
+} block_iq3_s;
+FG_STATIC_ASSERT(sizeof(block_iq3_s) == 110, "block_iq3_s is 110 bytes");
+
+// IQ1_S: per 32 weights j, qh[j] (u16): bits 3 k .. 3 k + 2 the top three bits of group 4 j + k's
+// 11-bit point index (low 8 bits qs[4 j + k]; FG_IQ1S_GRID), ls in bits 12..14, and bit 15 the
+// delta's sign (set: -1, else +1) for all 32.
+typedef struct {
+    fg_half d;
+    uint8_t qs[FG_QK_K / 8];
+    uint16_t qh[FG_QK_K / 32];
+} block_iq1_s;
+FG_STATIC_ASSERT(sizeof(block_iq1_s) == 50, "block_iq1_s is 50 bytes");
+
+// IQ1_M: qs as IQ1_S's; qh[i] one nibble per group of 8 (low nibble group 2 i, high 2 i + 1):
+// three top index bits, then the group's own delta sign (bit 3: set -1); ls per 16 weights,
+// 3 bits each, four to a u16 of scales (bits 3 k .. 3 k + 2 of u16 w: weights 64 w + 16 k ..),
+// and d (f16) in the four u16's top nibbles (u16 w's bits 12..15 are d's bits 4 w .. 4 w + 3).
+typedef struct {
+    uint8_t qs[FG_QK_K / 8];
+    uint8_t qh[FG_QK_K / 16];
+    uint8_t scales[FG_QK_K / 32];
+} block_iq1_m;
+FG_STATIC_ASSERT(sizeof(block_iq1_m) == 56, "block_iq1_m is 56 bytes");
 
 // MXFP4 (OCP microscaling, gpt-oss's experts): w[i] = 2^(e - 127) * fp4(q[i]), fp4 an E2M1 value.
 // Stored as llama.cpp does: values doubled to integers and the scale halved,
