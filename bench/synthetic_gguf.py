@@ -74,12 +74,22 @@ FIXED_BYTES = {
     T["Q4_1"]: [(0, _f16(0.002) + _f16(-0.015))],  # w = d q + m = 0.002 (q - 7.5)
     T["Q4_K"]: [(0, _f16(0.0005) + _f16(0.00375) + bytes([8] * 8 + [0x88] * 4))],
     T["Q6_K"]: [(192, bytes([1] * 16) + _f16(0.0005))],
+    # the lattice types: d at the block's start, codebook indices, signs and 4-bit scales random
+    # (|w| <= 167 d for IQ2, 480 d for IQ3_XXS, 465 d for IQ3_S, 17 d for IQ1_S)
+    T["IQ2_XXS"]: [(0, _f16(0.0002))], T["IQ2_XS"]: [(0, _f16(0.0002))], T["IQ2_S"]: [(0, _f16(0.0002))],
+    T["IQ3_XXS"]: [(0, _f16(0.0001))], T["IQ3_S"]: [(0, _f16(0.0001))], T["IQ1_S"]: [(0, _f16(0.002))],
+    T["IQ4_NL"]: [(0, _f16(0.0002))],  # the fallback where rows are not whole super-blocks
+    T["IQ1_M"]: [],  # its f16 d is spread over the scales' top nibbles: random_blocks sets it
 }
 # llama.cpp's quantizer falls back to these where a row is not whole 256-weight super-blocks
-# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0.
-K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"]}
+# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0, the lattice types -> IQ4_NL.
+K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"],
+              **{T[n]: T["IQ4_NL"] for n in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")}}
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
-FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18, "F16": 1, "BF16": 32}
+FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18, "F16": 1, "BF16": 32,
+              # one lattice type for every matrix (llama.cpp's IQ mixes promote some tensors; these
+              # time the type itself)
+              "IQ2_XXS": 19, "IQ2_XS": 20, "IQ3_XXS": 23, "IQ1_S": 24, "IQ3_S": 26, "IQ2_S": 28, "IQ1_M": 31}
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -95,8 +105,7 @@ def tensor_type(name: str, layer: int, n_layers: int, ftype: str, cols: int) -> 
 
 def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
     if ftype != "Q4_K_M":
-        return {"Q4_0": T["Q4_0"], "Q4_1": T["Q4_1"], "Q8_0": T["Q8_0"], "Q6_K": T["Q6_K"], "F16": T["F16"],
-                "BF16": T["BF16"]}[ftype]
+        return T[ftype]
     if name == "output.weight":
         return T["Q6_K"]
     # (llama.cpp counts a recurrent layer's attn_qkv as its attn_v)
@@ -117,6 +126,11 @@ def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
     raw = rng.integers(0, 256, size=(rows, cols // per_block, block_bytes), dtype=np.uint8)
     for off, fixed in FIXED_BYTES[type_id]:
         raw[:, :, off:off + len(fixed)] = np.frombuffer(fixed, dtype=np.uint8)
+    if type_id == T["IQ1_M"]:  # d = 0.002: u16 w of the scales (bytes 48 + 2 w, 49 + 2 w) holds d's bits 4 w.. on top
+        d = int(np.float16(0.002).view(np.uint16))
+        for w in range(4):
+            hi = raw[:, :, 49 + 2 * w]
+            raw[:, :, 49 + 2 * w] = (hi & 0x0F) | (((d >> (4 * w)) & 0xF) << 4)
     return raw.reshape(rows, -1)
 
 
