@@ -43,6 +43,7 @@ bool dtype_is_known(int id) {
     switch (id) {
         case FG_F32: case FG_F16: case FG_BF16: case FG_Q8_0: case FG_Q4_0: case FG_Q4_1: case FG_Q5_0: case FG_Q5_1: case FG_Q2_K: case FG_Q3_K: case FG_Q4_K: case FG_Q5_K: case FG_Q6_K:
         case FG_IQ4_NL: case FG_IQ4_XS: case FG_MXFP4:
+        case FG_IQ2_XXS: case FG_IQ2_XS: case FG_IQ2_S: case FG_IQ3_XXS: case FG_IQ3_S: case FG_IQ1_S: case FG_IQ1_M:
         case FG_I32:
             return true;
     }
