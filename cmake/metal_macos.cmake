@@ -10,6 +10,8 @@ set(FG_METAL_HEADERS
   ${FORGERT_SRC}/core/quant_blocks.h
   ${FG_SHADER_DIR}/kernel_args.h
   ${FG_SHADER_DIR}/dequant.h
+  ${FORGERT_SRC}/core/iq_grids.h
+  ${FG_SHADER_DIR}/iq_lattice.h
   ${FG_SHADER_DIR}/mul_mv.h
   ${FG_SHADER_DIR}/stage_bytes.h
   ${FG_SHADER_DIR}/mul_mv_parts.h

@@ -30,7 +30,12 @@ WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0
                 "iq4_nl": 20, "iq4_xs": 23}
 IQ4_NL, IQ4_XS = 20, 23
 K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
-SUPER_BLOCK_TYPES = K_QUANTS + (IQ4_XS,)   # rows of whole 256-weight super-blocks
+# The lattice types (quant_blocks.h): Metal only so far, tested against NumPy in test_metal_iq_lattice.py
+# (WEIGHT_TYPES' tests compare with the CPU backend).
+LATTICE_TYPES = {"iq3_s": 21, "iq3_xxs": 18, "iq2_xxs": 16, "iq2_xs": 17, "iq2_s": 22, "iq1_s": 19, "iq1_m": 29}
+LATTICE_BLOCK_BYTES = {21: 110, 18: 98, 16: 66, 17: 74, 22: 82, 19: 50, 29: 56}
+IQ1_S, IQ1_M = 19, 29
+SUPER_BLOCK_TYPES = K_QUANTS + (IQ4_XS,) + tuple(LATTICE_TYPES.values())   # rows of whole 256-weight super-blocks
 
 SCHEDULES = ["forward"] if sys.platform == "darwin" else ["forward", "reverse", "random"]
 
@@ -154,6 +159,18 @@ def weight_bytes(r: np.random.Generator, dtype: int, rows: int, cols: int) -> np
     if dtype == IQ4_XS:   # random indices and 6-bit scales; w = d * (ls - 32) * value, |w| ~ 1
         blocks = r.integers(0, 256, (rows * cols // 256, 136)).astype(np.uint8)
         blocks[:, 0:2] = r.uniform(0.0002, 0.0006, (len(blocks), 1)).astype(np.float16).view(np.uint8)
+        return blocks.reshape(-1)
+    if dtype in LATTICE_BLOCK_BYTES:   # random indices, signs and scales; d for |w| ~ 1 (IQ1: ~0.1-1)
+        blocks = r.integers(0, 256, (rows * cols // 256, LATTICE_BLOCK_BYTES[dtype])).astype(np.uint8)
+        d = r.uniform(0.02, 0.08, len(blocks)) if dtype in (IQ1_S, IQ1_M) else r.uniform(0.001, 0.004, len(blocks))
+        d_bits = d.astype(np.float16).view(np.uint16).astype(np.uint16)
+        if dtype == IQ1_M:   # d's nibbles in the top 4 bits of the four u16 scales (bytes 48..55)
+            sc = blocks[:, 48:56].copy().view(np.uint16)
+            for w in range(4):
+                sc[:, w] = (sc[:, w] & 0x0FFF) | (((d_bits >> (4 * w)) & 0xF) << 12)
+            blocks[:, 48:56] = sc.view(np.uint8)
+        else:
+            blocks[:, 0:2] = d_bits.reshape(-1, 1).view(np.uint8)
         return blocks.reshape(-1)
     nb = rows * cols // 32
     scale = r.uniform(0.002, 0.05, nb).astype(np.float16).view(np.uint8).reshape(nb, 2)

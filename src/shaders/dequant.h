@@ -173,6 +173,10 @@ static inline float fg_q6_K_at(fg_ptr<S, block_q6_K> b, int c) {
     return fg_f16_to_f32(b->d) * float(b->scales[c / 16]) * fg_q6_K_quant<S>(b, c);
 }
 
+// The lattice types' elements (iq_lattice.h, included at the end of this file).
+template <typename S>
+static inline float fg_lattice_weight_at(fg_ptr<S, char> row, int type, int c);
+
 // Element c of a row of weight type `type` (any c < cols), read from address space S.
 template <typename S = fg_device_space>
 static inline float fg_weight_at(fg_ptr<S, char> row, int type, int c) {
@@ -193,7 +197,7 @@ static inline float fg_weight_at(fg_ptr<S, char> row, int type, int c) {
         case FG_IQ4_NL: return fg_iq4_nl_at<S>((fg_ptr<S, block_iq4_nl>)row + c / FG_QK, c % FG_QK);
         case FG_IQ4_XS: return fg_iq4_xs_at<S>((fg_ptr<S, block_iq4_xs>)row + c / FG_QK_K, c % FG_QK_K);
         case FG_MXFP4: return fg_mxfp4_at<S>((fg_ptr<S, block_mxfp4>)row + c / FG_QK, c % FG_QK);
-        default: return 0.0f;
+        default: return fg_lattice_weight_at<S>(row, type, c);
     }
 }
 
@@ -364,5 +368,7 @@ static inline void fg_dequant16_q6_K(device const char* row, int blk, int h, thr
         out[2 * i + 1] = d * (float(((l >> 8) & 0xFu) | (((hb >> 8) & 3u) << 4)) - 32.0f);
     }
 }
+
+#include "iq_lattice.h"
 
 #endif  // FORGERT_DEQUANT_H

@@ -80,4 +80,11 @@ template [[host_name("get_rows_q5_K")]] kernel get_rows_staged_t get_rows_staged
 template [[host_name("get_rows_q6_K")]] kernel get_rows_staged_t get_rows_staged<FG_Q6_K>;
 template [[host_name("get_rows_iq4_nl")]] kernel get_rows_staged_t get_rows_staged<FG_IQ4_NL>;
 template [[host_name("get_rows_iq4_xs")]] kernel get_rows_staged_t get_rows_staged<FG_IQ4_XS>;
+template [[host_name("get_rows_iq2_xxs")]] kernel get_rows_staged_t get_rows_staged<FG_IQ2_XXS>;
+template [[host_name("get_rows_iq2_xs")]] kernel get_rows_staged_t get_rows_staged<FG_IQ2_XS>;
+template [[host_name("get_rows_iq2_s")]] kernel get_rows_staged_t get_rows_staged<FG_IQ2_S>;
+template [[host_name("get_rows_iq3_xxs")]] kernel get_rows_staged_t get_rows_staged<FG_IQ3_XXS>;
+template [[host_name("get_rows_iq3_s")]] kernel get_rows_staged_t get_rows_staged<FG_IQ3_S>;
+template [[host_name("get_rows_iq1_s")]] kernel get_rows_staged_t get_rows_staged<FG_IQ1_S>;
+template [[host_name("get_rows_iq1_m")]] kernel get_rows_staged_t get_rows_staged<FG_IQ1_M>;
 template [[host_name("get_rows_mxfp4")]] kernel get_rows_staged_t get_rows_staged<FG_MXFP4>;

@@ -99,6 +99,21 @@ struct iq4_xs_tile {
         fg_dequant16_iq4_xs(row, k / FG_QK, (k % FG_QK) / 16, out);
     }
 };
+// The lattice types (iq_lattice.h).
+template <typename L>
+struct lattice_tile {
+    typedef half T;
+    static void load16(device const char* row, int k, int cols, thread float* out) {
+        fg_dequant16_lattice<L>(row, k / FG_QK, (k % FG_QK) / 16, out);
+    }
+};
+typedef lattice_tile<iq2_xxs_lattice> iq2_xxs_tile;
+typedef lattice_tile<iq2_xs_lattice> iq2_xs_tile;
+typedef lattice_tile<iq2_s_lattice> iq2_s_tile;
+typedef lattice_tile<iq3_xxs_lattice> iq3_xxs_tile;
+typedef lattice_tile<iq3_s_lattice> iq3_s_tile;
+typedef lattice_tile<iq1_s_lattice> iq1_s_tile;
+typedef lattice_tile<iq1_m_lattice> iq1_m_tile;
 struct f32_tile {
     typedef float T;
     static void load16(device const char* row, int k, int cols, thread float* out) {
@@ -258,6 +273,13 @@ template [[host_name("mul_mm_q5_K")]] kernel mul_mm_t mul_mm<q5_K_tile>;
 template [[host_name("mul_mm_q6_K")]] kernel mul_mm_t mul_mm<q6_K_tile>;
 template [[host_name("mul_mm_iq4_nl")]] kernel mul_mm_t mul_mm<iq4_nl_tile>;
 template [[host_name("mul_mm_iq4_xs")]] kernel mul_mm_t mul_mm<iq4_xs_tile>;
+template [[host_name("mul_mm_iq2_xxs")]] kernel mul_mm_t mul_mm<iq2_xxs_tile>;
+template [[host_name("mul_mm_iq2_xs")]] kernel mul_mm_t mul_mm<iq2_xs_tile>;
+template [[host_name("mul_mm_iq2_s")]] kernel mul_mm_t mul_mm<iq2_s_tile>;
+template [[host_name("mul_mm_iq3_xxs")]] kernel mul_mm_t mul_mm<iq3_xxs_tile>;
+template [[host_name("mul_mm_iq3_s")]] kernel mul_mm_t mul_mm<iq3_s_tile>;
+template [[host_name("mul_mm_iq1_s")]] kernel mul_mm_t mul_mm<iq1_s_tile>;
+template [[host_name("mul_mm_iq1_m")]] kernel mul_mm_t mul_mm<iq1_m_tile>;
 template [[host_name("mul_mm_mxfp4")]] kernel mul_mm_t mul_mm<mxfp4_tile>;
 template [[host_name("mul_mm_f32")]] kernel mul_mm_t mul_mm<f32_tile>;
 template [[host_name("mul_mm_f16")]] kernel mul_mm_t mul_mm<f16_tile>;
@@ -275,6 +297,13 @@ template [[host_name("mul_mm_id_q5_K")]] kernel mul_mm_id_t mul_mm_id<q5_K_tile>
 template [[host_name("mul_mm_id_q6_K")]] kernel mul_mm_id_t mul_mm_id<q6_K_tile>;
 template [[host_name("mul_mm_id_iq4_nl")]] kernel mul_mm_id_t mul_mm_id<iq4_nl_tile>;
 template [[host_name("mul_mm_id_iq4_xs")]] kernel mul_mm_id_t mul_mm_id<iq4_xs_tile>;
+template [[host_name("mul_mm_id_iq2_xxs")]] kernel mul_mm_id_t mul_mm_id<iq2_xxs_tile>;
+template [[host_name("mul_mm_id_iq2_xs")]] kernel mul_mm_id_t mul_mm_id<iq2_xs_tile>;
+template [[host_name("mul_mm_id_iq2_s")]] kernel mul_mm_id_t mul_mm_id<iq2_s_tile>;
+template [[host_name("mul_mm_id_iq3_xxs")]] kernel mul_mm_id_t mul_mm_id<iq3_xxs_tile>;
+template [[host_name("mul_mm_id_iq3_s")]] kernel mul_mm_id_t mul_mm_id<iq3_s_tile>;
+template [[host_name("mul_mm_id_iq1_s")]] kernel mul_mm_id_t mul_mm_id<iq1_s_tile>;
+template [[host_name("mul_mm_id_iq1_m")]] kernel mul_mm_id_t mul_mm_id<iq1_m_tile>;
 template [[host_name("mul_mm_id_mxfp4")]] kernel mul_mm_id_t mul_mm_id<mxfp4_tile>;
 template [[host_name("mul_mm_id_f32")]] kernel mul_mm_id_t mul_mm_id<f32_tile>;
 template [[host_name("mul_mm_id_f16")]] kernel mul_mm_id_t mul_mm_id<f16_tile>;

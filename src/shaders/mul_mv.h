@@ -300,6 +300,32 @@ struct q6_K_dot : q8_0_dot {
     }
 };
 
+// The lattice types (iq_lattice.h): half il of chunk blk, weights 16 il .. 16 il + 16 as for
+// Q8_0, is four quads sharing one scale.
+template <typename L>
+struct lattice_dot : q8_0_dot {
+    enum { window_bytes = FG_MV_WINDOW_BLOCKS / 8 * sizeof(typename L::block) };
+    template <typename S>
+    static float dot(fg_ptr<S, char> row, int blk, int il, thread const float* xv, float xsum) {
+        fg_ptr<S, typename L::block> b = (fg_ptr<S, typename L::block>)row + blk / 8;
+        const int q0 = 8 * (blk % 8) + 4 * il;
+        float scale = 0.0f, acc = 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            float v[4];
+            scale = L::template quad<S>(b, q0 + i, v);
+            for (int k = 0; k < 4; ++k) acc += v[k] * xv[4 * i + k];
+        }
+        return scale * acc;
+    }
+};
+typedef lattice_dot<iq2_xxs_lattice> iq2_xxs_dot;
+typedef lattice_dot<iq2_xs_lattice> iq2_xs_dot;
+typedef lattice_dot<iq2_s_lattice> iq2_s_dot;
+typedef lattice_dot<iq3_xxs_lattice> iq3_xxs_dot;
+typedef lattice_dot<iq3_s_lattice> iq3_s_dot;
+typedef lattice_dot<iq1_s_lattice> iq1_s_dot;
+typedef lattice_dot<iq1_m_lattice> iq1_m_dot;
+
 // Float weights (F32, F16, BF16): element c of a row, and 4 from c (4-wide loads: aligned rows).
 struct f32_row {
     typedef mv_float_layout layout;

@@ -76,6 +76,13 @@ template [[host_name("mul_mv_q5_K")]] kernel mul_mv_quant_t mul_mv_quant<q5_K_do
 template [[host_name("mul_mv_q6_K")]] kernel mul_mv_quant_t mul_mv_quant<q6_K_dot>;
 template [[host_name("mul_mv_iq4_nl")]] kernel mul_mv_quant_t mul_mv_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_iq4_xs")]] kernel mul_mv_quant_t mul_mv_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_iq2_xxs")]] kernel mul_mv_quant_t mul_mv_quant<iq2_xxs_dot>;
+template [[host_name("mul_mv_iq2_xs")]] kernel mul_mv_quant_t mul_mv_quant<iq2_xs_dot>;
+template [[host_name("mul_mv_iq2_s")]] kernel mul_mv_quant_t mul_mv_quant<iq2_s_dot>;
+template [[host_name("mul_mv_iq3_xxs")]] kernel mul_mv_quant_t mul_mv_quant<iq3_xxs_dot>;
+template [[host_name("mul_mv_iq3_s")]] kernel mul_mv_quant_t mul_mv_quant<iq3_s_dot>;
+template [[host_name("mul_mv_iq1_s")]] kernel mul_mv_quant_t mul_mv_quant<iq1_s_dot>;
+template [[host_name("mul_mv_iq1_m")]] kernel mul_mv_quant_t mul_mv_quant<iq1_m_dot>;
 template [[host_name("mul_mv_mxfp4")]] kernel mul_mv_quant_t mul_mv_quant<mxfp4_dot>;
 typedef decltype(mul_mv_swiglu_quant<q8_0_dot>) mul_mv_swiglu_quant_t;
 template [[host_name("mul_mv_swiglu_q8_0")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q8_0_dot>;
@@ -90,6 +97,13 @@ template [[host_name("mul_mv_swiglu_q5_K")]] kernel mul_mv_swiglu_quant_t mul_mv
 template [[host_name("mul_mv_swiglu_q6_K")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<q6_K_dot>;
 template [[host_name("mul_mv_swiglu_iq4_nl")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_swiglu_iq4_xs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_swiglu_iq2_xxs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq2_xxs_dot>;
+template [[host_name("mul_mv_swiglu_iq2_xs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq2_xs_dot>;
+template [[host_name("mul_mv_swiglu_iq2_s")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq2_s_dot>;
+template [[host_name("mul_mv_swiglu_iq3_xxs")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq3_xxs_dot>;
+template [[host_name("mul_mv_swiglu_iq3_s")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq3_s_dot>;
+template [[host_name("mul_mv_swiglu_iq1_s")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq1_s_dot>;
+template [[host_name("mul_mv_swiglu_iq1_m")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<iq1_m_dot>;
 template [[host_name("mul_mv_swiglu_mxfp4")]] kernel mul_mv_swiglu_quant_t mul_mv_swiglu_quant<mxfp4_dot>;
 
 // ---------------------------------------------------------------------------------
@@ -222,4 +236,11 @@ template [[host_name("mul_mv_id_q5_K")]] kernel mul_mv_id_quant_t mul_mv_id_quan
 template [[host_name("mul_mv_id_q6_K")]] kernel mul_mv_id_quant_t mul_mv_id_quant<q6_K_dot>;
 template [[host_name("mul_mv_id_iq4_nl")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq4_nl_dot>;
 template [[host_name("mul_mv_id_iq4_xs")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq4_xs_dot>;
+template [[host_name("mul_mv_id_iq2_xxs")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq2_xxs_dot>;
+template [[host_name("mul_mv_id_iq2_xs")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq2_xs_dot>;
+template [[host_name("mul_mv_id_iq2_s")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq2_s_dot>;
+template [[host_name("mul_mv_id_iq3_xxs")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq3_xxs_dot>;
+template [[host_name("mul_mv_id_iq3_s")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq3_s_dot>;
+template [[host_name("mul_mv_id_iq1_s")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq1_s_dot>;
+template [[host_name("mul_mv_id_iq1_m")]] kernel mul_mv_id_quant_t mul_mv_id_quant<iq1_m_dot>;
 template [[host_name("mul_mv_id_mxfp4")]] kernel mul_mv_id_quant_t mul_mv_id_quant<mxfp4_dot>;

@@ -242,4 +242,24 @@ struct q6_K_part : mv_k_part {
     }
 };
 
+// The lattice types (iq_lattice.h): lane p's weights 4p .. 4p + 3 of chunk c are quad
+// 8 (c % 8) + p of its super-block.
+template <typename L>
+struct lattice_part : mv_k_part {
+    enum { window_bytes = lattice_dot<L>::window_bytes };
+    static float dot(mv_tg_row row, int c, int p, thread const float* xv, float xsum, bool a4) {
+        threadgroup const typename L::block* b = (threadgroup const typename L::block*)row + c / 8;
+        float v[4];
+        const float scale = L::template quad<fg_threadgroup_space>(b, 8 * (c % 8) + p, v);
+        return scale * (v[0] * xv[0] + v[1] * xv[1] + v[2] * xv[2] + v[3] * xv[3]);
+    }
+};
+typedef lattice_part<iq2_xxs_lattice> iq2_xxs_part;
+typedef lattice_part<iq2_xs_lattice> iq2_xs_part;
+typedef lattice_part<iq2_s_lattice> iq2_s_part;
+typedef lattice_part<iq3_xxs_lattice> iq3_xxs_part;
+typedef lattice_part<iq3_s_lattice> iq3_s_part;
+typedef lattice_part<iq1_s_lattice> iq1_s_part;
+typedef lattice_part<iq1_m_lattice> iq1_m_part;
+
 #endif  // FORGERT_MUL_MV_PARTS_H

@@ -44,6 +44,13 @@ const char* weight_suffix(DType t) {
         case DType::Q6_K: return "q6_K";
         case DType::IQ4_NL: return "iq4_nl";
         case DType::IQ4_XS: return "iq4_xs";
+        case DType::IQ2_XXS: return "iq2_xxs";
+        case DType::IQ2_XS: return "iq2_xs";
+        case DType::IQ2_S: return "iq2_s";
+        case DType::IQ3_XXS: return "iq3_xxs";
+        case DType::IQ3_S: return "iq3_s";
+        case DType::IQ1_S: return "iq1_s";
+        case DType::IQ1_M: return "iq1_m";
         case DType::MXFP4: return "mxfp4";
         default: return nullptr;
     }
