@@ -29,13 +29,16 @@ pytestmark = pytest.mark.metal
 
 ROWS, COLS = 64, 512
 FLOAT_TYPES = ("f32", "f16", "bf16")
-QUANT_TYPES = [t for t in ops.WEIGHT_TYPES if t not in FLOAT_TYPES]
+# the CPU-tested types and the lattice types (IQ1_S .. IQ3_S, tested against NumPy only so far)
+TYPES = {**ops.WEIGHT_TYPES, **ops.LATTICE_TYPES}
+QUANT_TYPES = [t for t in TYPES if t not in FLOAT_TYPES]
 
 # The direct GEMVs (mul_mv_<type>, FORGERT_METAL_GEMV=direct), one token: 64-byte line
 # efficiency of loads, measured; the staged kernels measure 1.0 for every type
 DIRECT_GEMV_LINES = {"f32": 1.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.151, "q4_0": 0.317, "q4_1": 0.304, "q5_0": 0.259, "q5_1": 0.250, "q2_K": 0.302,
                      "q3_K": 0.318, "q4_K": 0.267, "q5_K": 0.282, "q6_K": 0.240, "iq4_nl": 0.317,
-                     "iq4_xs": 0.357}
+                     "iq4_xs": 0.357, "iq3_s": 0.289, "iq3_xxs": 0.278, "iq2_xxs": 0.281, "iq2_xs": 0.283,
+                     "iq2_s": 0.296, "iq1_s": 0.290, "iq1_m": 0.324}
 # weight bytes requested / needed of the direct kernels (K-quants re-read super-block scales), measured
 DIRECT_GEMV_WEIGHT_REREAD = {"q3_K": 1.073, "q4_K": 1.056, "q5_K": 1.045}
 
@@ -74,7 +77,7 @@ def weight_slot(d, nbytes):
 
 def gemv(core, metal, wtype, kernel="mul_mv_"):
     """One token through matmul (or matmul_swiglu): the dispatch's counts and the weight bytes."""
-    dtype = ops.WEIGHT_TYPES[wtype]
+    dtype = TYPES[wtype]
     r = np.random.default_rng(0)
     w = ops.weight_bytes(r, dtype, ROWS, COLS)
     x = r.standard_normal((1, COLS), dtype=np.float32)
@@ -87,7 +90,7 @@ def gemv(core, metal, wtype, kernel="mul_mv_"):
 
 @pytest.mark.parametrize("tg_rows", [32, 256])  # the host's rule at 64 rows; forced (a large matrix's)
 @pytest.mark.parametrize("kernel", ["mul_mv_", "mul_mv_swiglu_"])
-@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+@pytest.mark.parametrize("wtype", list(TYPES))
 def test_gemv_traffic(core, metal, monkeypatch, wtype, kernel, tg_rows):
     if tg_rows != 32:
         monkeypatch.setenv("FORGERT_METAL_GEMV_TG_ROWS", str(tg_rows))
@@ -121,7 +124,10 @@ def test_gemv_traffic(core, metal, monkeypatch, wtype, kernel, tg_rows):
 # GEMV requests within 1.05x of those it needs (issue 14). Measured requested / needed (mul_mv):
 LARGE_GEMV_REREAD = {"f32": 1.004, "f16": 1.008, "bf16": 1.008, "q8_0": 1.014, "q4_0": 1.027, "q4_1": 1.024,
                      "q5_0": 1.022, "q5_1": 1.020, "q2_K": 1.045, "q3_K": 1.035, "q4_K": 1.027, "q5_K": 1.022,
-                     "q6_K": 1.019, "iq4_nl": 1.027, "iq4_xs": 1.028}
+                     "q6_K": 1.019, "iq4_nl": 1.027, "iq4_xs": 1.028,
+                     # the lattice types' rows are 50-110 bytes: x's 80 re-reads weigh more (below)
+                     "iq3_s": 1.035, "iq3_xxs": 1.039, "iq2_xxs": 1.056, "iq2_xs": 1.051, "iq2_s": 1.046,
+                     "iq1_s": 1.073, "iq1_m": 1.066}
 LARGE_ROWS, LARGE_COLS = 20480, 256
 
 
@@ -131,7 +137,7 @@ def test_gemv_traffic_unaligned_rows(core, metal, wtype):
     even address mod 128 (MXFP4's 17-byte blocks: every address) and the last window is partial:
     the copies' loads stay whole lines and the readers conflict-free (each read instruction spans
     at most 128 bytes of the copy, wherever it lies)."""
-    dtype = {"mxfp4": 39}.get(wtype) or ops.WEIGHT_TYPES[wtype]
+    dtype = {"mxfp4": 39}.get(wtype) or TYPES[wtype]
     cols = 1280 if dtype in ops.SUPER_BLOCK_TYPES else 1120
     r = np.random.default_rng(8)
     nbytes = ROWS * cols // 32 * 17 if wtype == "mxfp4" else ops.weight_bytes(r, dtype, ROWS, cols).nbytes
@@ -144,9 +150,9 @@ def test_gemv_traffic_unaligned_rows(core, metal, wtype):
     assert d["tg_wavefronts"] <= 1.02 * d["tg_wavefronts_min"]
 
 
-@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+@pytest.mark.parametrize("wtype", list(TYPES))
 def test_gemv_traffic_large_matrix(core, metal, wtype):
-    dtype = ops.WEIGHT_TYPES[wtype]
+    dtype = TYPES[wtype]
     r = np.random.default_rng(6)
     w = ops.weight_bytes(r, dtype, LARGE_ROWS, LARGE_COLS)
     metal.matmul(w, dtype, LARGE_ROWS, LARGE_COLS, r.standard_normal((1, LARGE_COLS), dtype=np.float32))
@@ -156,7 +162,13 @@ def test_gemv_traffic_large_matrix(core, metal, wtype):
     assert d["slot_read_requested"][2] == d["threadgroups"] * 4 * LARGE_COLS
     requested = d["read_requested"] + d["write_requested"]
     needed = d["read_needed"] + d["write_needed"]
-    assert requested <= 1.05 * needed and requested <= (LARGE_GEMV_REREAD[wtype] + 0.002) * needed
+    assert requested <= (LARGE_GEMV_REREAD[wtype] + 0.002) * needed
+    if wtype in ops.LATTICE_TYPES:
+        # 1.6-2.2 bits a weight: x (once per threadgroup) is 7% of IQ1_S's weight bytes at this
+        # shape, so 1.05 is out of reach here; all that is requested beyond the need is x again
+        assert requested - needed == (d["threadgroups"] - 1) * 4 * LARGE_COLS
+    else:
+        assert requested <= 1.05 * needed
     assert lines(d) >= 0.95 and lines128(d) >= 0.95  # measured 1.0 and 1.0
     assert d["tg_wavefronts"] <= 1.02 * d["tg_wavefronts_min"]  # measured 1.000
 
@@ -166,7 +178,7 @@ def test_gemv_traffic_large_matrix(core, metal, wtype):
 def test_gemv_variants_traffic_large_matrix(core, metal, wtype, kernel):
     """The fused gate/up GEMV at 20480 rows (80 threadgroups of 256) and the expert GEMV at 10240
     rows x 2 slots (the same count): requested within 1.05x of needed (measured beside each)."""
-    dtype = ops.WEIGHT_TYPES[wtype]
+    dtype = TYPES[wtype]
     r = np.random.default_rng(7)
     if kernel == "mul_mv_swiglu_":
         w, u = (ops.weight_bytes(r, dtype, LARGE_ROWS, LARGE_COLS) for _ in range(2))
@@ -203,14 +215,17 @@ def test_gemv_variants_traffic_large_matrix(core, metal, wtype, kernel):
 TOKENS_OVER_ONE = {"f32": (1.015, 1.007), "f16": (1.028, 1.015), "bf16": (1.028, 1.015), "q8_0": (1.050, 1.027),
                    "q4_0": (1.087, 1.048), "q4_1": (1.080, 1.044), "q5_0": (1.074, 1.040), "q5_1": (1.068, 1.037),
                    "q2_K": (1.131, 1.076), "q3_K": (1.108, 1.061), "q4_K": (1.087, 1.048), "q5_K": (1.074, 1.040),
-                   "q6_K": (1.063, 1.034), "iq4_nl": (1.087, 1.048), "iq4_xs": (1.091, 1.050)}
+                   "q6_K": (1.063, 1.034), "iq4_nl": (1.087, 1.048), "iq4_xs": (1.091, 1.050),
+                   # the lattice types: fewer bytes a weight still, so x and the outputs weigh more
+                   "iq3_s": (1.108, 1.061), "iq3_xxs": (1.118, 1.068), "iq2_xxs": (1.156, 1.094),
+                   "iq2_xs": (1.144, 1.085), "iq2_s": (1.134, 1.078), "iq1_s": (1.186, 1.116), "iq1_m": (1.173, 1.106)}
 TOKENS_ROWS, TOKENS_COLS = 576, 1536
 
 
 @pytest.mark.parametrize("kernel", ["mul_mv_", "mul_mv_swiglu_"])
-@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+@pytest.mark.parametrize("wtype", list(TYPES))
 def test_gemv_tokens_traffic(core, metal, wtype, kernel):
-    dtype = ops.WEIGHT_TYPES[wtype]
+    dtype = TYPES[wtype]
     r = np.random.default_rng(9)
     w, u = (ops.weight_bytes(r, dtype, TOKENS_ROWS, TOKENS_COLS) for _ in range(2))
     x = r.standard_normal((8, TOKENS_COLS), dtype=np.float32)
@@ -234,7 +249,7 @@ def test_gemv_tokens_traffic(core, metal, wtype, kernel):
     requested, lone_requested = (e["read_requested"] + e["write_requested"] for e in (d, lone))
     ratio = requested / lone_requested
     assert ratio <= TOKENS_OVER_ONE[wtype][kernel == "mul_mv_swiglu_"] + 0.002
-    if wtype not in ("q2_K", "q3_K"):
+    if wtype not in ("q2_K", "q3_K") and wtype not in ops.LATTICE_TYPES:
         assert ratio <= 1.1
     # what the 8 rows request beyond what they need (x again per threadgroup) is no more than one
     # row's (measured: 16 x rows against 17)
@@ -245,11 +260,12 @@ def test_gemv_tokens_traffic(core, metal, wtype, kernel):
     assert d["tg_wavefronts"] <= 1.02 * d["tg_wavefronts_min"]  # measured 1.000 for every type
     # threadgroup memory: each lane loads every token's x values once per window and each row's copy
     # serves the 8 tokens: fewer wavefronts than 8 one-row GEMVs (measured 0.46x for float weights,
-    # 0.68-0.87x quantized; reading x per row and token instead was 1.3-3.6x)
+    # 0.68-0.87x quantized, the lattice types 0.74-0.84x but IQ1_M 0.865 / 0.897 (swiglu): its d is
+    # spread over four u16s; reading x per row and token instead was 1.3-3.6x)
     assert d["tg_wavefronts"] <= 0.9 * 8 * lone["tg_wavefronts"]
 
 
-@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+@pytest.mark.parametrize("wtype", list(TYPES))
 def test_gemv_direct_traffic(core, metal, monkeypatch, wtype):
     """FORGERT_METAL_GEMV=direct selects mul_mv.metal's direct loads (kept for a Mac to compare)."""
     monkeypatch.setenv("FORGERT_METAL_GEMV", "direct")
@@ -264,7 +280,7 @@ def test_gemv_direct_traffic(core, metal, monkeypatch, wtype):
 @pytest.mark.parametrize("wtype", ["q8_0", "q4_0", "q4_K", "q6_K", "mxfp4"])
 def test_gemv_id_traffic(core, metal, wtype):
     """mul_mv_id_staged_* (mixture of experts): one token, two of four experts, each read once."""
-    dtype = {"mxfp4": 39}.get(wtype) or ops.WEIGHT_TYPES[wtype]
+    dtype = {"mxfp4": 39}.get(wtype) or TYPES[wtype]
     r = np.random.default_rng(5)
     one_expert = ROWS * COLS // 32 * 17 if wtype == "mxfp4" else ops.weight_bytes(r, dtype, ROWS, COLS).nbytes
     w = r.integers(0, 120, 4 * one_expert).astype(np.uint8)  # the counts do not depend on the values
@@ -282,7 +298,7 @@ def test_gemv_id_tokens_traffic(core, metal, wtype):
     """mul_mv_id_tokens_* (mixture of experts, several decode tokens): 8 tokens whose two slots
     each pick experts 2 and 0 of 4; each expert's 8 slots share its weight windows, so each chosen
     expert's weights are requested once for the 8 tokens (the one-token kernel: once per slot, 8x)."""
-    dtype = {"mxfp4": 39}.get(wtype) or ops.WEIGHT_TYPES[wtype]
+    dtype = {"mxfp4": 39}.get(wtype) or TYPES[wtype]
     r = np.random.default_rng(5)
     one_expert = ROWS * COLS // 32 * 17 if wtype == "mxfp4" else ops.weight_bytes(r, dtype, ROWS, COLS).nbytes
     w = r.integers(0, 120, 4 * one_expert).astype(np.uint8)  # the counts do not depend on the values
@@ -301,9 +317,9 @@ def test_gemv_id_tokens_traffic(core, metal, wtype):
 
 
 @pytest.mark.parametrize("cols", [COLS, 2560])   # one window of a row; two, the second partial
-@pytest.mark.parametrize("wtype", list(ops.WEIGHT_TYPES))
+@pytest.mark.parametrize("wtype", list(TYPES))
 def test_get_rows_traffic(core, metal, wtype, cols):
-    dtype = ops.WEIGHT_TYPES[wtype]
+    dtype = TYPES[wtype]
     r = np.random.default_rng(1)
     w = ops.weight_bytes(r, dtype, ROWS, cols)
     metal.get_rows(w, dtype, ROWS, cols, np.array([3, 7], np.int32))

@@ -301,20 +301,17 @@ struct q6_K_dot : q8_0_dot {
 };
 
 // The lattice types (iq_lattice.h): half il of chunk blk, weights 16 il .. 16 il + 16 as for
-// Q8_0, is four quads sharing one scale.
+// Q8_0, is one `sixteen` (its fields read once) under one scale.
 template <typename L>
 struct lattice_dot : q8_0_dot {
     enum { window_bytes = FG_MV_WINDOW_BLOCKS / 8 * sizeof(typename L::block) };
     template <typename S>
     static float dot(fg_ptr<S, char> row, int blk, int il, thread const float* xv, float xsum) {
         fg_ptr<S, typename L::block> b = (fg_ptr<S, typename L::block>)row + blk / 8;
-        const int q0 = 8 * (blk % 8) + 4 * il;
-        float scale = 0.0f, acc = 0.0f;
-        for (int i = 0; i < 4; ++i) {
-            float v[4];
-            scale = L::template quad<S>(b, q0 + i, v);
-            for (int k = 0; k < 4; ++k) acc += v[k] * xv[4 * i + k];
-        }
+        float v[16];
+        const float scale = L::template sixteen<S>(b, 2 * (blk % 8) + il, v);
+        float acc = 0.0f;
+        for (int i = 0; i < 16; ++i) acc += v[i] * xv[i];
         return scale * acc;
     }
 };
