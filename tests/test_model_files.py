@@ -228,17 +228,17 @@ def capped_load(path, tmp_path) -> str:
 
 # ----------------------------------------------------------------------------- well-formed GGUF, wrong model
 
-def test_unsupported_tensor_type_iq2_xxs(forgert, base):
-    # The K-quants Q2_K .. Q6_K, IQ4_NL and IQ4_XS are read (test_e2e_kquants.py, test_e2e_iq4.py,
-    # test_cpu_ops.py); the other IQ types are not.
+def test_unsupported_tensor_type_tq2_0(forgert, base):
+    # The K-quants Q2_K .. Q6_K and IQ1-IQ4 are read (test_e2e_kquants.py, test_e2e_iq4.py,
+    # test_e2e_iq_lattice.py, test_cpu_ops.py); the ternary TQ1_0 / TQ2_0 are not.
     spec, model, tok, d, _ = base
     tensors = mf.gguf_tensors(model, spec)
     rows, cols = tensors["blk.0.ffn_down.weight"].shape          # [64, 256]
-    iq_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.IQ2_XXS][1]   # 66 per 256 weights
-    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * iq_bytes), dtype=np.uint8)
-    p = mf.write_gguf(model, spec, tok, d / "iq2_xxs.gguf", "Q8_0", tensors=tensors,
-                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.IQ2_XXS)})
-    msg = expect_error(forgert, p, r"IQ2_XXS")
+    tq_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.TQ2_0][1]   # 66 per 256 weights
+    raw = np.random.default_rng(0).integers(0, 256, (rows, cols // 256 * tq_bytes), dtype=np.uint8)
+    p = mf.write_gguf(model, spec, tok, d / "tq2_0.gguf", "Q8_0", tensors=tensors,
+                      raw_overrides={"blk.0.ffn_down.weight": (raw, gguf.GGMLQuantizationType.TQ2_0)})
+    msg = expect_error(forgert, p, r"TQ2_0")
     assert "blk.0.ffn_down.weight" in msg, msg
 
 

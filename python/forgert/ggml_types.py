@@ -6,6 +6,9 @@ be handed to the native core.
 """
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30
 IQ4_NL, IQ4_XS = 20, 23
+# The lattice types (read, not written: llama.cpp makes them with an importance matrix)
+IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ3_S, IQ2_S, IQ1_M = 16, 17, 18, 19, 21, 22, 29
+IQ_LATTICE = (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S)
 MXFP4 = 39
 
 # type id -> (name, weights per block, bytes per block)
@@ -44,7 +47,7 @@ GGML_TYPES = {
     39: ("MXFP4", 32, 17),
 }
 
-SUPPORTED = (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16, MXFP4)
+SUPPORTED = (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16, MXFP4) + IQ_LATTICE
 
 
 def type_name(type_id: int) -> str:

@@ -104,8 +104,9 @@ def download(repo_id: str, filename: str | None = None, revision: str | None = N
                                   for m in models)
             raise HubError(f"{repo_id} has {len(models)} GGUF models; name one (hf:{repo_id}/FILE, or "
                            f"Model.from_pretrained({repo_id!r}, filename=...)). forgert reads F32, F16, "
-                           f"BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (so Q4_K_M, "
-                           f"Q5_K_M and IQ4_XS) weights:\n  {listing}")
+                           f"BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and the IQ1-IQ3 "
+                           f"types (so Q4_K_M, Q5_K_M, IQ4_XS, IQ3_M, IQ2_M; IQ1-IQ3 on the CPU backend) "
+                           f"weights:\n  {listing}")
         if "config.json" in files and any(f.endswith(".safetensors") for f in files):
             return hub.snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_PATTERNS)
         raise HubError(f"{repo_id} has no .gguf file and no config.json + *.safetensors checkpoint")

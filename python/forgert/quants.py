@@ -12,6 +12,8 @@ uint32).
 Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (256-weight super-blocks, layouts in quant_blocks.h) are dequantized only.
 IQ4_NL / IQ4_XS (dequantized only): w = d * IQ4_VALUES[q] / (d * (ls - 32)) * IQ4_VALUES[q] per
 32-weight sub-block of a 256-weight super-block, nibbles as Q4_0's.
+The IQ lattice types IQ1_S .. IQ3_S (dequantized only, by the native CPU code: their codebooks
+live in src/cpp/core/iq_grids.h): bit for bit gguf.quants.dequantize (tests/test_cpu_iq_lattice.py).
 MXFP4 (gpt-oss's experts; `forgert quantize --type mxfp4_moe`): a scale byte e, then 16 bytes of
 E2M1 codes, nibbles as Q4_0's: w = 2^(e - 128) * MXFP4_VALUES[q] (the table holds twice the E2M1
 values). Quantized as ggml's quantize_row_mxfp4_ref: e = floor(log2 amax) - 2 + 127 (0 for an
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
+from .ggml_types import (BF16, F16, F32, IQ4_NL, IQ4_XS, IQ_LATTICE, MXFP4, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
                          type_name)
 
 QK = 32
@@ -158,6 +160,8 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
         w = _f16(b[:, :2]) * IQ4_VALUES[_unpack_nibbles(b[:, 2:]).astype(np.int64)]
     elif type_id == IQ4_XS:
         w = _dequantize_iq4_xs(data.reshape(-1, 136))
+    elif type_id in IQ_LATTICE:
+        w = _dequantize_native(data, type_id, rows, cols)
     elif type_id == MXFP4:
         b = data.reshape(-1, 17)
         scale = np.ldexp(np.float32(1), b[:, :1].astype(np.int32) - 128).astype(np.float32)
@@ -165,6 +169,18 @@ def dequantize(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarr
     else:
         raise ValueError(f"cannot dequantize type {type_name(type_id)}")
     return w.reshape(rows, cols)
+
+
+_native_ops = None
+
+
+def _dequantize_native(data: np.ndarray, type_id: int, rows: int, cols: int) -> np.ndarray:
+    """[rows, cols] f32 through the CPU backend's row dequantization (its embedding lookup)."""
+    global _native_ops
+    from . import _core
+    if _native_ops is None:
+        _native_ops = _core.Ops("cpu")
+    return _native_ops.get_rows(data, type_id, rows, cols, np.arange(rows, dtype=np.int32))
 
 
 def _f16(b: np.ndarray) -> np.ndarray:

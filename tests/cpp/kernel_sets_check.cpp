@@ -44,6 +44,17 @@ bool runs_here(const char* name) {
 std::mt19937 rng(7);
 std::normal_distribution<float> normal;
 
+// A lattice type's f16 d: the first two bytes, IQ1_M's the top nibbles of its four scale words.
+void set_lattice_d(DType t, uint8_t* blk, uint16_t d) {
+    if (t != DType::IQ1_M) return (void)std::memcpy(blk, &d, 2);
+    for (int w = 0; w < 4; w++) {
+        uint16_t sc;
+        std::memcpy(&sc, blk + offsetof(block_iq1_m, scales) + 2 * w, 2);
+        sc = (uint16_t)((sc & 0x0fff) | ((d >> (4 * w)) & 0xf) << 12);
+        std::memcpy(blk + offsetof(block_iq1_m, scales) + 2 * w, &sc, 2);
+    }
+}
+
 std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     const int64_t rb = row_bytes(t, cols);
     std::vector<uint8_t> w(rb * rows);
@@ -77,6 +88,9 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
             }
         } else if (t == DType::MXFP4) {  // random codes, E8M0 scales 2^(e - 128) of 2^-7..2^-4 (w ~ 0.1)
             for (int b = 0; b < cols / FG_QK; b++) row[b * sizeof(block_mxfp4)] = (uint8_t)(121 + rng() % 4);
+        } else if (is_iq_lattice(t)) {  // random indices, signs and scales; w ~ d * 31 * 62 at most
+            for (int b = 0; b < cols / FG_QK_K; b++)
+                set_lattice_d(t, row + b * dtype_block_bytes(t), f32_to_f16(0.0005f + 0.0001f * (float)(rng() % 16)));
         } else if (t == DType::IQ4_XS) {  // random indices and 6-bit scales; w ~ d * 32 * 127
             for (int b = 0; b < cols / FG_QK_K; b++) {
                 const uint16_t d = f32_to_f16(0.0002f + 0.00002f * (float)(rng() % 16));
@@ -98,13 +112,15 @@ std::vector<uint8_t> random_weights(DType t, int rows, int cols) {
     return w;
 }
 
-// The weight types a row of `cols` weights can have (K-quants and IQ4_XS: whole 256-weight
-// super-blocks).
+// The weight types a row of `cols` weights can have (K-quants, IQ4_XS and the IQ lattice types:
+// whole 256-weight super-blocks).
 std::vector<DType> weight_types(int cols) {
     std::vector<DType> ts = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL,
                              DType::MXFP4, DType::F16, DType::BF16, DType::F32};
     if (cols % FG_QK_K == 0)
-        ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
+        ts.insert(ts.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS,
+                             DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
+                             DType::IQ1_M});
     return ts;
 }
 
@@ -267,7 +283,8 @@ void check_gemv_reference(const KernelSet* k, int cols) {
     const int rows = 13, nb = cols / FG_QK;  // 13: passes of 4 rows and a remainder of 1
     const std::vector<DType> types = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
                                       DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
-                                      DType::IQ4_XS, DType::IQ4_NL};
+                                      DType::IQ4_XS, DType::IQ4_NL, DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S,
+                                      DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S, DType::IQ1_M};
     const char* wkinds[] = {"random", "bytes ff", "bytes 80"};
     const float factors[] = {0.0f, 65504.0f, 6e-8f};  // 0: random_weights' own factors
     const char* xkinds[] = {"normal", "large", "outliers"};
@@ -287,6 +304,10 @@ void check_gemv_reference(const KernelSet* k, int cols) {
                     std::fill(w.begin(), w.end(), wk == 1 ? 0xff : 0x80);
                     const uint16_t h = f32_to_f16(factor);
                     for (int64_t b = 0; b < (int64_t)w.size() / bb; b++) {
+                        if (is_iq_lattice(t)) {
+                            set_lattice_d(t, &w[b * bb], h);
+                            continue;
+                        }
                         std::memcpy(&w[b * bb + d_at], &h, 2);
                         if (min_at >= 0) std::memcpy(&w[b * bb + min_at], &h, 2);
                     }
@@ -373,8 +394,10 @@ void check_batch_invariance(const KernelSet* k, int cols, int parts) {
     if (parts == 1) drop_lo_parts(xq.data(), ntok * nb);
     std::vector<DType> types = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
                                 DType::MXFP4};
-    if (cols % FG_QK_K == 0)  // K-quants and IQ4_XS: whole super-blocks
-        types.insert(types.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS});
+    if (cols % FG_QK_K == 0)  // K-quants, IQ4_XS and the lattice types: whole super-blocks
+        types.insert(types.end(), {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS,
+                                   DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S,
+                                   DType::IQ1_S, DType::IQ1_M});
     for (DType t : types) {
         auto w = random_weights(t, rows, cols);
         const int64_t rb = row_bytes(t, cols);
@@ -445,6 +468,11 @@ void check(const KernelSet* k, int cols) {
             char what[64];
             std::snprintf(what, sizeof what, "gemm %s %dx%d n=%d", dtype_name(t), rows, cols, n);
             expect_close(k->name, what, a, b, 1e-5);  // same math, other summation order
+            if (is_iq_lattice(t)) {  // every set runs kernels_iq_grid.h's one definition
+                const bool same = !std::memcmp(a.data(), b.data(), a.size() * sizeof(float));
+                if (!same) failures++;
+                std::printf("%-12s %-28s bit-identical to generic %s\n", k->name, what, same ? "ok" : "FAIL");
+            }
         }
     }
     // Prefill GEMM over dequantized panels, against an f64 product of the generic set's

@@ -11,8 +11,8 @@ from .common import UserError, resolve_model_path
 # Types llama.cpp writes that forgert does not, and why (a clear refusal, not argparse's list).
 REFUSED = {
     **dict.fromkeys(("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m"),
-                    "the IQ1-IQ3 types need an importance matrix and lattice codebooks that forgert "
-                    "neither computes nor runs"),
+                    "the IQ1-IQ3 types need an importance matrix (llama-quantize --imatrix), which "
+                    "forgert does not compute: it reads and runs such files but does not write them"),
     **dict.fromkeys(("tq1_0", "tq2_0"), "the ternary types are for ternary-trained models (BitNet), which "
                                         "forgert does not run"),
     "q2_k_s": "Q2_K_S needs an importance matrix",

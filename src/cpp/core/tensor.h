@@ -84,12 +84,17 @@ constexpr bool is_panel16(DType t) {
 }
 // The K-quant panel layouts (256-weight super-blocks).
 constexpr bool is_kpanel16(DType t) { return t == DType::Q4_Kx16 || t == DType::Q5_Kx16 || t == DType::Q6_Kx16; }
+// The lattice types (quant_blocks.h: codebook points of iq_grids.h times signs and scales).
+constexpr bool is_iq_lattice(DType t) {
+    return t == DType::IQ1_S || t == DType::IQ1_M || t == DType::IQ2_XXS || t == DType::IQ2_XS || t == DType::IQ2_S ||
+           t == DType::IQ3_XXS || t == DType::IQ3_S;
+}
 // The file type a layout holds (t itself for file types).
 constexpr DType file_type(DType t) { return is_panel16(t) ? static_cast<DType>(static_cast<int>(t) - 1000) : t; }
 
 const char* dtype_name(DType t);
 bool dtype_is_known(int id);
-// Elements per block (32 for quantized types and MXFP4, 256 for K-quants and IQ4_XS, 1 otherwise) and bytes per block.
+// Elements per block (32 for quantized types and MXFP4, 256 for K-quants, IQ4_XS and the IQ lattice types, 1 otherwise) and bytes per block.
 int64_t dtype_block_elems(DType t);
 int64_t dtype_block_bytes(DType t);
 // Bytes of one row of `cols` elements; cols must be a multiple of the block size.

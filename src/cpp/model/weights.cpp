@@ -240,7 +240,7 @@ namespace {
 bool is_weight_type(DType t) {
     return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
            t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 || t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
+           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4 || is_iq_lattice(t);
 }
 
 std::string shape_str(int64_t rows, int64_t cols) {
@@ -375,6 +375,14 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
         if (!known.count(name))
             throw InputError("unexpected tensor '" + name + "' for a " + std::to_string(cfg.n_layers) + "-layer " +
                              cfg.arch + " model");
+    }
+
+    for (auto& [name, t] : tensors) {  // types this backend has no kernels for, by name
+        const DType type = t.experts.empty() ? t.type : t.experts[0].type;
+        if (!be.reads_weight_type(type))
+            throw InputError("tensor '" + name + "' is " + dtype_name(type) + ": the " + be.name() +
+                             " backend has no kernels for " + dtype_name(type) +
+                             " weights yet; the CPU backend reads them (backend=\"cpu\")");
     }
 
     ModelWeights w;

@@ -111,7 +111,7 @@ struct KernelSet {
 inline bool is_quantized(DType t) {
     return is_panel16(t) || t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
            t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4;
+           t == DType::IQ4_NL || t == DType::IQ4_XS || t == DType::MXFP4 || is_iq_lattice(t);
 }
 
 // 64 bits: GGUF type ids reach 39 (MXFP4); a 32-bit shift by them is undefined (UBSan caught

@@ -11,6 +11,7 @@
 
 #include "core/fp16.h"
 #include "cpu_kernels.h"
+#include "kernels_iq_grid.h"
 
 namespace forgert::cpu {
 namespace {
@@ -18,8 +19,9 @@ namespace {
 constexpr bool is_kquant(DType t) {
     return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
-// Types of 256-weight super-blocks: the K-quants and IQ4_XS (kernels_iq4.h).
-constexpr bool has_super_blocks(DType t) { return is_kquant(t) || t == DType::IQ4_XS; }
+// Types of 256-weight super-blocks: the K-quants, IQ4_XS (kernels_iq4.h) and the lattice types
+// (kernels_iq_grid.h).
+constexpr bool has_super_blocks(DType t) { return is_kquant(t) || t == DType::IQ4_XS || is_iq_lattice(t); }
 constexpr int kActBlocksPerSuper = FG_QK_K / FG_QK;  // 8
 
 // Q4_K's 6-bit scale sc[j] and min m[j] of sub-block j (quant_blocks.h).

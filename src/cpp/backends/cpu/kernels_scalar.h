@@ -114,6 +114,10 @@ inline void gemm_q_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r
         const uint8_t* row = w + r * w_stride;
         for (int64_t t = 0; t < n_tok; t++) {
             float acc = 0.0f;
+            if (is_iq_lattice(wt)) {  // its own float steps, fixed (kernels_iq_grid.h)
+                out[t * out_stride + r] = iq_grid_row_dot(wt, row, x + t * nb, nb / kActBlocksPerSuper);
+                continue;
+            }
             if (has_super_blocks(wt)) {  // one super-block per kActBlocksPerSuper activation blocks
                 for (int64_t b = 0; b < nb / kActBlocksPerSuper; b++) {
                     const BlockQ8Act* xb = x + t * nb + b * kActBlocksPerSuper;
@@ -362,6 +366,7 @@ inline void dequantize_row(DType wt, const uint8_t* row, float* y, int64_t cols)
         for (int64_t b = 0; b < cols / FG_QK_K; b++) {
             const uint8_t* blk = row + b * dtype_block_bytes(wt);
             if (wt == DType::IQ4_XS) iq4_xs_dequantize_super_block(blk, y + b * FG_QK_K);
+            else if (is_iq_lattice(wt)) iq_grid_dequantize_super_block(wt, blk, y + b * FG_QK_K);
             else dequantize_super_block(wt, blk, y + b * FG_QK_K);
         }
         return;

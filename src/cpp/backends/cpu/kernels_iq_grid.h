@@ -1,0 +1,209 @@
+// Portable building blocks of the lattice types IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and
+// IQ3_S (layouts and formulas in quant_blocks.h). A 32-weight sub-block j of a super-block unpacks
+// to int8 quants q (the codebook value times its sign; IQ1: 8 g + delta) and two integer scale
+// multipliers m = 2 ls + 1 (weights 0..15 and 16..31; equal where the type has one scale per 32),
+// and the super-block has one float base (d / 8, d / 4 or d), so that every weight is
+//   w = (base * m) * q,
+// each product exact in f32 (base: 11 bits, m: 5, q: 6 at most), hence bit-identical to ggml's and
+// gguf-py's dequantization whatever order they multiply in. The dot with the eight activation
+// blocks (BlockQ8Act, one per sub-block) is exact in integers per sub-block, then one fma per
+// sub-block and one per super-block (its base). Every kernel set calls these same functions for these types
+// (results bit-identical across sets). Included into each kernels_*.cpp (internal linkage).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "core/fp16.h"
+#include "core/iq_grids.h"
+#include "cpu_kernels.h"
+
+namespace forgert::cpu {
+namespace {
+
+constexpr uint64_t kIq2xxsGrid[256] = FG_IQ2XXS_GRID;
+constexpr uint64_t kIq2xsGrid[512] = FG_IQ2XS_GRID;
+constexpr uint64_t kIq2sGrid[1024] = FG_IQ2S_GRID;
+constexpr uint32_t kIq3xxsGrid[256] = FG_IQ3XXS_GRID;
+constexpr uint32_t kIq3sGrid[512] = FG_IQ3S_GRID;
+constexpr uint64_t kIq1sGrid[2048] = FG_IQ1S_GRID;
+constexpr uint8_t kIq2Ksigns[128] = FG_IQ2_KSIGNS;
+
+// One unpacked 32-weight sub-block.
+struct IqSub {
+    int8_t q[FG_QK];  // |q| <= 62 (IQ3_XXS), 43 (IQ2), 15 (IQ3_S), 9 (IQ1)
+    int m[2];         // 2 ls + 1 of weights 0..15 and 16..31: 1..31
+};
+
+inline uint32_t load_u32(const void* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+inline uint16_t load_u16(const void* p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
+
+// Eight magnitudes (byte k of a codebook entry) with sign bits `signs` (bit k set: negative).
+inline void signed_bytes8(uint64_t grid, uint8_t signs, int8_t* q) {
+    for (int k = 0; k < 8; k++) {
+        const int v = (int)((grid >> (8 * k)) & 0xff);
+        q[k] = (int8_t)((signs >> k) & 1 ? -v : v);
+    }
+}
+inline void signed_bytes4(uint32_t grid, uint8_t signs, int8_t* q) {  // signs' low 4 bits
+    for (int k = 0; k < 4; k++) {
+        const int v = (int)((grid >> (8 * k)) & 0xff);
+        q[k] = (int8_t)((signs >> k) & 1 ? -v : v);
+    }
+}
+// IQ1: eight int8 codebook values g in {-1, 0, 1} as 8 g + delta.
+inline void iq1_bytes8(uint64_t grid, int delta, int8_t* q) {
+    for (int k = 0; k < 8; k++) q[k] = (int8_t)(8 * (int8_t)((grid >> (8 * k)) & 0xff) + delta);
+}
+
+inline void iq2_xxs_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq2_xxs*>(blk);
+    const uint32_t idx = load_u32(b->qs + 4 * j), sg = load_u32(b->qs + 4 * j + 2);
+    for (int l = 0; l < 4; l++)
+        signed_bytes8(kIq2xxsGrid[(idx >> (8 * l)) & 0xff], kIq2Ksigns[(sg >> (7 * l)) & 127], s.q + 8 * l);
+    s.m[0] = s.m[1] = 2 * (int)(sg >> 28) + 1;
+}
+
+inline void iq2_xs_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq2_xs*>(blk);
+    for (int l = 0; l < 4; l++) {
+        const uint16_t v = load_u16(b->qs + 4 * j + l);
+        signed_bytes8(kIq2xsGrid[v & 511], kIq2Ksigns[v >> 9], s.q + 8 * l);
+    }
+    s.m[0] = 2 * (b->scales[j] & 0x0f) + 1;
+    s.m[1] = 2 * (b->scales[j] >> 4) + 1;
+}
+
+inline void iq2_s_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq2_s*>(blk);
+    for (int l = 0; l < 4; l++) {
+        const int idx = b->qs[4 * j + l] | ((b->qh[j] >> (2 * l)) & 3) << 8;
+        signed_bytes8(kIq2sGrid[idx], b->qs[FG_QK_K / 8 + 4 * j + l], s.q + 8 * l);
+    }
+    s.m[0] = 2 * (b->scales[j] & 0x0f) + 1;
+    s.m[1] = 2 * (b->scales[j] >> 4) + 1;
+}
+
+inline void iq3_xxs_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq3_xxs*>(blk);
+    const uint8_t* qs = b->qs + 8 * j;
+    const uint32_t sg = load_u32(b->qs + FG_QK_K / 4 + 4 * j);
+    for (int l = 0; l < 4; l++) {
+        const uint8_t signs = kIq2Ksigns[(sg >> (7 * l)) & 127];
+        signed_bytes4(kIq3xxsGrid[qs[2 * l]], signs, s.q + 8 * l);
+        signed_bytes4(kIq3xxsGrid[qs[2 * l + 1]], signs >> 4, s.q + 8 * l + 4);
+    }
+    s.m[0] = s.m[1] = 2 * (int)(sg >> 28) + 1;
+}
+
+inline void iq3_s_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq3_s*>(blk);
+    for (int g = 0; g < 8; g++) {
+        const int idx = b->qs[8 * j + g] | ((b->qh[j] >> g) & 1) << 8;
+        signed_bytes4(kIq3sGrid[idx], b->signs[4 * j + g / 2] >> (4 * (g % 2)), s.q + 4 * g);
+    }
+    s.m[0] = s.m[1] = 2 * ((b->scales[j / 2] >> (4 * (j % 2))) & 0x0f) + 1;
+}
+
+inline void iq1_s_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq1_s*>(blk);
+    const int qh = load_u16(b->qh + j);
+    const int delta = qh & 0x8000 ? -1 : 1;
+    for (int l = 0; l < 4; l++) iq1_bytes8(kIq1sGrid[b->qs[4 * j + l] | ((qh >> (3 * l)) & 7) << 8], delta, s.q + 8 * l);
+    s.m[0] = s.m[1] = 2 * ((qh >> 12) & 7) + 1;
+}
+
+inline void iq1_m_sub(const uint8_t* blk, int j, IqSub& s) {
+    const auto* b = reinterpret_cast<const block_iq1_m*>(blk);
+    for (int l = 0; l < 4; l++) {
+        const int h = b->qh[2 * j + l / 2] >> (4 * (l % 2));  // the group's nibble
+        iq1_bytes8(kIq1sGrid[b->qs[4 * j + l] | (h & 7) << 8], h & 8 ? -1 : 1, s.q + 8 * l);
+    }
+    const int sc = load_u16(b->scales + 2 * (j / 2)) >> (6 * (j % 2));
+    s.m[0] = 2 * (sc & 7) + 1;
+    s.m[1] = 2 * ((sc >> 3) & 7) + 1;
+}
+
+// IQ1_M's f16 d, spread over the top nibbles of its four scale words.
+inline float iq1_m_d(const block_iq1_m* b) {
+    uint16_t sc[4];
+    std::memcpy(sc, b->scales, 8);
+    return f16_to_f32((uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000)));
+}
+
+// The super-block's base: w = (base * m) * q.
+inline float iq_grid_base(DType wt, const uint8_t* blk) {
+    if (wt == DType::IQ1_M) return iq1_m_d(reinterpret_cast<const block_iq1_m*>(blk)) * 0.125f;
+    const float d = f16_to_f32(load_u16(blk));  // every other type starts with its f16 d
+    switch (wt) {
+        case DType::IQ3_S: return d;
+        case DType::IQ3_XXS: return d * 0.25f;
+        default: return d * 0.125f;  // IQ2_*, IQ1_S
+    }
+}
+
+// Sub-block j (0..7) of a super-block.
+inline void iq_grid_sub(DType wt, const uint8_t* blk, int j, IqSub& s) {
+    switch (wt) {
+        case DType::IQ2_XXS: return iq2_xxs_sub(blk, j, s);
+        case DType::IQ2_XS: return iq2_xs_sub(blk, j, s);
+        case DType::IQ2_S: return iq2_s_sub(blk, j, s);
+        case DType::IQ3_XXS: return iq3_xxs_sub(blk, j, s);
+        case DType::IQ3_S: return iq3_s_sub(blk, j, s);
+        case DType::IQ1_S: return iq1_s_sub(blk, j, s);
+        default: return iq1_m_sub(blk, j, s);  // IQ1_M
+    }
+}
+
+// One super-block to f32, each weight (base * m) * q.                 y [256]
+inline void iq_grid_dequantize_super_block(DType wt, const uint8_t* blk, float* y) {
+    const float base = iq_grid_base(wt, blk);
+    for (int j = 0; j < FG_QK_K / FG_QK; j++) {
+        IqSub s;
+        iq_grid_sub(wt, blk, j, s);
+        for (int h = 0; h < 2; h++) {
+            const float dl = base * (float)s.m[h];
+            for (int i = 0; i < FG_QK / 2; i++) y[FG_QK * j + 16 * h + i] = dl * (float)s.q[16 * h + i];
+        }
+    }
+}
+
+// dot of one super-block with its eight activation blocks a[0..7], without the base: per
+// sub-block the exact integer sum m0 * dot(q[0..16), x) + m1 * dot(q[16..32), x) (|.| < 2^31:
+// 62 * 32639 * 32 * 31), then acc = fma(a.d, sum, acc). Explicit fmas: a compiler may not contract
+// them differently in the sets built with and without FMA instructions.
+inline float iq_grid_super_block_sum(DType wt, const uint8_t* blk, const BlockQ8Act* a) {
+    float acc = 0.0f;
+    for (int j = 0; j < FG_QK_K / FG_QK; j++) {
+        IqSub s;
+        iq_grid_sub(wt, blk, j, s);
+        int32_t h[2] = {0, 0};
+        for (int i = 0; i < FG_QK; i++) h[i / 16] += (int32_t)s.q[i] * (256 * a[j].hi[i] + a[j].lo[i]);
+        acc = std::fma(a[j].d, (float)((int64_t)s.m[0] * h[0] + (int64_t)s.m[1] * h[1]), acc);
+    }
+    return acc;
+}
+
+// dot of a row of n_super super-blocks with its activation blocks x[0 .. 8 n_super): per
+// super-block acc = fma(base, super_block_sum, acc), the same bits on every kernel set.
+inline float iq_grid_row_dot(DType wt, const uint8_t* row, const BlockQ8Act* x, int64_t n_super) {
+    const int64_t bb = dtype_block_bytes(wt);
+    float acc = 0.0f;
+    for (int64_t b = 0; b < n_super; b++) {
+        const uint8_t* blk = row + b * bb;
+        acc = std::fma(iq_grid_base(wt, blk), iq_grid_super_block_sum(wt, blk, x + b * (FG_QK_K / FG_QK)), acc);
+    }
+    return acc;
+}
+
+}  // namespace
+}  // namespace forgert::cpu
