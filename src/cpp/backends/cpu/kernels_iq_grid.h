@@ -177,10 +177,18 @@ inline void iq_grid_dequantize_super_block(DType wt, const uint8_t* blk, float* 
     }
 }
 
-// dot of one super-block with its eight activation blocks a[0..7], without the base: per
-// sub-block the exact integer sum m0 * dot(q[0..16), x) + m1 * dot(q[16..32), x) (|.| < 2^31:
-// 62 * 32639 * 32 * 31), then acc = fma(a.d, sum, acc). Explicit fmas: a compiler may not contract
-// them differently in the sets built with and without FMA instructions.
+// The float steps of the dot, the same in every kernel (a SIMD kernel computes the integers its
+// own way, then calls these): per sub-block, with h0 / h1 the exact integer dots of its quants
+// 0..15 / 16..31 with the activation block's 256 hi + lo, the sum m0 h0 + m1 h1 (|.| < 2^31:
+// 62 * 32639 * 32 * 31) and acc = fma(a.d, sum, acc); per super-block, acc = fma(base, its sum,
+// acc). Explicit fmas: a compiler may not contract them differently in the sets built with and
+// without FMA instructions.
+inline float iq_grid_sub_step(float acc, float ad, const int* m, int32_t h0, int32_t h1) {
+    return std::fma(ad, (float)((int64_t)m[0] * h0 + (int64_t)m[1] * h1), acc);
+}
+inline float iq_grid_super_step(float acc, float base, float super_sum) { return std::fma(base, super_sum, acc); }
+
+// dot of one super-block with its eight activation blocks a[0..7], without the base.
 inline float iq_grid_super_block_sum(DType wt, const uint8_t* blk, const BlockQ8Act* a) {
     float acc = 0.0f;
     for (int j = 0; j < FG_QK_K / FG_QK; j++) {
@@ -188,19 +196,18 @@ inline float iq_grid_super_block_sum(DType wt, const uint8_t* blk, const BlockQ8
         iq_grid_sub(wt, blk, j, s);
         int32_t h[2] = {0, 0};
         for (int i = 0; i < FG_QK; i++) h[i / 16] += (int32_t)s.q[i] * (256 * a[j].hi[i] + a[j].lo[i]);
-        acc = std::fma(a[j].d, (float)((int64_t)s.m[0] * h[0] + (int64_t)s.m[1] * h[1]), acc);
+        acc = iq_grid_sub_step(acc, a[j].d, s.m, h[0], h[1]);
     }
     return acc;
 }
 
-// dot of a row of n_super super-blocks with its activation blocks x[0 .. 8 n_super): per
-// super-block acc = fma(base, super_block_sum, acc), the same bits on every kernel set.
+// dot of a row of n_super super-blocks with its activation blocks x[0 .. 8 n_super).
 inline float iq_grid_row_dot(DType wt, const uint8_t* row, const BlockQ8Act* x, int64_t n_super) {
     const int64_t bb = dtype_block_bytes(wt);
     float acc = 0.0f;
     for (int64_t b = 0; b < n_super; b++) {
         const uint8_t* blk = row + b * bb;
-        acc = std::fma(iq_grid_base(wt, blk), iq_grid_super_block_sum(wt, blk, x + b * (FG_QK_K / FG_QK)), acc);
+        acc = iq_grid_super_step(acc, iq_grid_base(wt, blk), iq_grid_super_block_sum(wt, blk, x + b * (FG_QK_K / FG_QK)));
     }
     return acc;
 }
