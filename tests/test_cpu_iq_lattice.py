@@ -120,6 +120,19 @@ def test_matmul_matches_numpy(ops, name, n, rows, cols):
 
 
 @pytest.mark.parametrize("name", TYPES)
+def test_prefill_panel_dequantization_bit_exact(ops, name):
+    """The prefill GEMM's own row dequantization (each SIMD set's) is gguf's bit for bit: one-hot
+    activations make each output one weight exactly (w * 1 plus zeros, in f32)."""
+    rows, cols = 13, 256
+    if cpu_uses_int8_activations(cols, name):
+        pytest.skip("this kernel set has no f32 panel GEMM (its prefill takes the int8 decode kernels)")
+    rng = rng_for("panel-bits", name)
+    raw = iqw.random_matrix(rng, name, rows, cols)
+    out = ops.matmul(raw.reshape(-1), int(T[name]), rows, cols, np.eye(cols, dtype=np.float32))
+    assert_bits_equal(out.T + np.float32(0), gguf_weights(raw, name, rows, cols) + np.float32(0))   # -0 as +0
+
+
+@pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("n", [1, 5, 20])
 def test_matmul_id_matches_numpy(ops, name, n):
     """MoE expert stacks of these types (unsloth's low-bit MoE files): each of n tokens' k = 2
