@@ -499,6 +499,21 @@ void check(const KernelSet* k, int cols) {
             char what[64];
             std::snprintf(what, sizeof what, "gemm_panel %s %dx%d n=%d", dtype_name(t), rows, cols, n);
             expect_close(k->name, what, ref, got, 1e-5);
+            if (is_iq_lattice(t)) {  // the set's own row dequantization, bit for bit the portable one:
+                // one-hot activations make each output one weight (w * 1 plus zeros)
+                const int n1 = cols, n1_pad = (n1 + tt - 1) / tt * tt;
+                std::vector<float> xo((size_t)n1_pad * cols, 0.0f), eye((size_t)n1 * rows);
+                for (int c = 0; c < cols; c++) xo[(size_t)(c / tt) * cols * tt + (size_t)c * tt + c % tt] = 1.0f;
+                k->gemm_panel(t, w.data(), rb, 0, rows, xo.data(), cols, n1, eye.data(), rows, work.data());
+                bool same = true;
+                for (int c = 0; c < cols; c++)
+                    for (int r = 0; r < rows; r++) {
+                        const float a = eye[(size_t)c * rows + r] + 0.0f, b = wdq[(size_t)r * cols + c] + 0.0f;
+                        same &= !std::memcmp(&a, &b, 4);  // -0 as +0
+                    }
+                if (!same) failures++;
+                std::printf("%-12s %-28s dequantized rows bit-identical %s\n", k->name, what, same ? "ok" : "FAIL");
+            }
         }
     }
     check_gemm_i8(k, cols, {1, 8, 21});  // whole token tiles and remainders of every size

@@ -247,6 +247,8 @@ void gemm_q_kquant_rows(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r
 
 #include "kernels_neon_mxfp4.inc"
 
+#include "kernels_neon_iq_grid.inc"
+
 // parts: unused here (one-part blocks have lo = 0: the same integer dots, the same bits).
 void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x, int64_t nb,
             int64_t n_tok, float* out, int64_t out_stride, int /*parts*/) {
@@ -264,6 +266,11 @@ void gemm_q(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1,
         case DType::IQ4_NL: return gemm_q_typed<DType::IQ4_NL>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::IQ4_XS: return gemm_q_iq4_xs(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
         case DType::MXFP4: return gemm_q_mxfp4(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+#define FG_IQ_GRID_CASE(T) \
+        case DType::T: return gemm_q_iq_grid<DType::T>(w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
+        FG_IQ_GRID_CASE(IQ2_XXS) FG_IQ_GRID_CASE(IQ2_XS) FG_IQ_GRID_CASE(IQ2_S) FG_IQ_GRID_CASE(IQ3_XXS)
+        FG_IQ_GRID_CASE(IQ3_S) FG_IQ_GRID_CASE(IQ1_S) FG_IQ_GRID_CASE(IQ1_M)
+#undef FG_IQ_GRID_CASE
         default: return gemm_q_scalar(wt, w, w_stride, r0, r1, x, nb, n_tok, out, out_stride);
     }
 }
@@ -348,6 +355,7 @@ struct NeonPanel {
     template <DType WT>
     static void dequantize_row(const uint8_t* row, float* y, int64_t cols) {
         if constexpr (WT == DType::F16) f16_to_f32_row(reinterpret_cast<const uint16_t*>(row), y, cols);
+        else if constexpr (is_iq_lattice(WT)) iq_grid_dequantize_row<WT>(row, y, cols);
         else forgert::cpu::dequantize_row(WT, row, y, cols);
     }
 };
