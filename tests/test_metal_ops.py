@@ -30,9 +30,10 @@ WEIGHT_TYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0
                 "iq4_nl": 20, "iq4_xs": 23}
 IQ4_NL, IQ4_XS = 20, 23
 K_QUANTS = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
-# The lattice types (quant_blocks.h): Metal only so far, tested against NumPy in test_metal_iq_lattice.py
-# (WEIGHT_TYPES' tests compare with the CPU backend).
+# The lattice types (quant_blocks.h): in WEIGHT_TYPES' tests (Metal against the CPU backend) and,
+# against NumPy on gguf's dequantization, in test_metal_iq_lattice.py.
 LATTICE_TYPES = {"iq3_s": 21, "iq3_xxs": 18, "iq2_xxs": 16, "iq2_xs": 17, "iq2_s": 22, "iq1_s": 19, "iq1_m": 29}
+WEIGHT_TYPES.update(LATTICE_TYPES)
 LATTICE_BLOCK_BYTES = {21: 110, 18: 98, 16: 66, 17: 74, 22: 82, 19: 50, 29: 56}
 IQ1_S, IQ1_M = 19, 29
 SUPER_BLOCK_TYPES = K_QUANTS + (IQ4_XS,) + tuple(LATTICE_TYPES.values())   # rows of whole 256-weight super-blocks

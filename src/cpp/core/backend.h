@@ -161,11 +161,6 @@ public:
         (void)owned;
         return w;
     }
-    // Whether this backend's kernels read weights of file type t (dtype_is_known), checked once per
-    // tensor at load so that a type it lacks is refused by name before anything runs. The default:
-    // every type but the IQ lattice types (IQ1_S .. IQ3_S), which a backend reads only where it
-    // says so (the CPU's does; Metal's kernels for them are yet to come).
-    virtual bool reads_weight_type(DType t) const { return !is_iq_lattice(t); }
 
     // --- ops ---
     // dst[i, :] = src[i, :], bytes as they are (any dtype, both the same type and shape; the

@@ -377,14 +377,6 @@ ModelWeights load_weights(const ModelConfig& cfg, const std::map<std::string, Ho
                              cfg.arch + " model");
     }
 
-    for (auto& [name, t] : tensors) {  // types this backend has no kernels for, by name
-        const DType type = t.experts.empty() ? t.type : t.experts[0].type;
-        if (!be.reads_weight_type(type))
-            throw InputError("tensor '" + name + "' is " + dtype_name(type) + ": the " + be.name() +
-                             " backend has no kernels for " + dtype_name(type) +
-                             " weights yet; the CPU backend reads them (backend=\"cpu\")");
-    }
-
     ModelWeights w;
     Wrapper wrap(tensors, be, w);
     std::map<std::string, Tensor> views;  // the tensors present, by name

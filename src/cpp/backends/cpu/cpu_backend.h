@@ -37,7 +37,6 @@ public:
     int activation_parts() const { return decode_parts_; }
     int prefill_parts() const { return prefill_parts_; }
     std::string name() const override;
-    bool reads_weight_type(DType) const override { return true; }  // every file type
     int n_threads() const { return pool_.size(); }
     WorkSplit work_split() const { return pool_.split(); }
     int64_t units_per_thread() const { return pool_.units_per_thread(); }
