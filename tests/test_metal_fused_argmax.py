@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 
 from argmax_reference import INF, NAN, NONE, argmax_reference
-from test_metal_ops import (BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,  # noqa: F401
-                            Q6_K, Q8_0, SUPER_BLOCK_TYPES, WEIGHT_TYPES, core, cpu, metal, rng, weight_bytes)
+from test_metal_ops import (BF16, F16, F32, IQ1_M, IQ4_NL, IQ4_XS, LATTICE_TYPES, Q2_K, Q3_K, Q4_0, Q4_1,  # noqa: F401
+                            Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, SUPER_BLOCK_TYPES, WEIGHT_TYPES, core, cpu, metal,
+                            rng, weight_bytes)
 
 pytestmark = pytest.mark.metal
 
 # Byte offset of each block's f16 scale d (quant_blocks.h): a NaN there makes the row's logit NaN.
 SCALE_OFFSET = {Q8_0: 0, Q4_0: 0, Q4_1: 0, Q5_0: 0, Q5_1: 0, IQ4_NL: 0, IQ4_XS: 0, Q4_K: 0, Q5_K: 0,
-                Q2_K: 80, Q3_K: 108, Q6_K: 208}
+                Q2_K: 80, Q3_K: 108, Q6_K: 208, **{t: 0 for t in LATTICE_TYPES.values() if t != IQ1_M}}
 F16_NAN = np.array([np.nan], np.float16).view(np.uint8)
 
 
@@ -43,6 +44,10 @@ def make_nan_row(w_rows: np.ndarray, dtype: int, row: int) -> None:
         w_rows[row, 0:4] = np.array([np.nan], np.float32).view(np.uint8)
     elif dtype in (F16, BF16):  # bf16 NaN: the top half of an f32 NaN
         w_rows[row, 0:2] = F16_NAN if dtype == F16 else np.array([np.nan], np.float32).view(np.uint8)[2:4]
+    elif dtype == IQ1_M:  # its d's 4 nibbles: the top nibbles of the scale words (bytes 49, 51, 53, 55)
+        nan = int(F16_NAN.view(np.uint16)[0])
+        for k in range(4):
+            w_rows[row, 49 + 2 * k] = (w_rows[row, 49 + 2 * k] & 0x0F) | ((nan >> (4 * k)) & 0xF) << 4
     else:
         w_rows[row, SCALE_OFFSET[dtype]:SCALE_OFFSET[dtype] + 2] = F16_NAN
 

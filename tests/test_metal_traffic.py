@@ -29,8 +29,7 @@ pytestmark = pytest.mark.metal
 
 ROWS, COLS = 64, 512
 FLOAT_TYPES = ("f32", "f16", "bf16")
-# the CPU-tested types and the lattice types (IQ1_S .. IQ3_S, tested against NumPy only so far)
-TYPES = {**ops.WEIGHT_TYPES, **ops.LATTICE_TYPES}
+TYPES = ops.WEIGHT_TYPES   # every weight type, the lattice types (IQ1_S .. IQ3_S) included
 QUANT_TYPES = [t for t in TYPES if t not in FLOAT_TYPES]
 
 # The direct GEMVs (mul_mv_<type>, FORGERT_METAL_GEMV=direct), one token: 64-byte line
