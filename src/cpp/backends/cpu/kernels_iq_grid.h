@@ -47,90 +47,85 @@ inline uint16_t load_u16(const void* p) {
     return v;
 }
 
-// Eight magnitudes (byte k of a codebook entry) with sign bits `signs` (bit k set: negative).
-inline void signed_bytes8(uint64_t grid, uint8_t signs, int8_t* q) {
-    for (int k = 0; k < 8; k++) {
-        const int v = (int)((grid >> (8 * k)) & 0xff);
-        q[k] = (int8_t)((signs >> k) & 1 ? -v : v);
-    }
-}
-inline void signed_bytes4(uint32_t grid, uint8_t signs, int8_t* q) {  // signs' low 4 bits
-    for (int k = 0; k < 4; k++) {
-        const int v = (int)((grid >> (8 * k)) & 0xff);
-        q[k] = (int8_t)((signs >> k) & 1 ? -v : v);
-    }
-}
-// IQ1: eight int8 codebook values g in {-1, 0, 1} as 8 g + delta.
-inline void iq1_bytes8(uint64_t grid, int delta, int8_t* q) {
-    for (int k = 0; k < 8; k++) q[k] = (int8_t)(8 * (int8_t)((grid >> (8 * k)) & 0xff) + delta);
-}
+// A 32-weight sub-block's fields as every CPU kernel reads them (each type's layout decoded here
+// once): four 8-byte codebook words in weight order (IQ2: one entry of 8 magnitudes each; IQ3: two
+// entries of 4; IQ1: one entry of 8 int8 values g), the 32 sign bits (bit w set: weight w negative;
+// IQ1 none), IQ1's delta per 8 weights (+-1), and the multipliers 2 ls + 1 of weights 0..15 and
+// 16..31. The quants are then the magnitudes signed, or IQ1's 8 g + delta (iq_grid_sub, and the
+// SIMD sets' builders).
+struct IqFields {
+    uint64_t words[4];
+    uint32_t signs = 0;
+    int delta[4] = {0, 0, 0, 0};
+    int m[2];
+};
 
-inline void iq2_xxs_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq2_xxs*>(blk);
-    const uint32_t idx = load_u32(b->qs + 4 * j), sg = load_u32(b->qs + 4 * j + 2);
-    for (int l = 0; l < 4; l++)
-        signed_bytes8(kIq2xxsGrid[(idx >> (8 * l)) & 0xff], kIq2Ksigns[(sg >> (7 * l)) & 127], s.q + 8 * l);
-    s.m[0] = s.m[1] = 2 * (int)(sg >> 28) + 1;
-}
+constexpr bool is_iq1(DType wt) { return wt == DType::IQ1_S || wt == DType::IQ1_M; }
 
-inline void iq2_xs_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq2_xs*>(blk);
-    for (int l = 0; l < 4; l++) {
-        const uint16_t v = load_u16(b->qs + 4 * j + l);
-        signed_bytes8(kIq2xsGrid[v & 511], kIq2Ksigns[v >> 9], s.q + 8 * l);
+inline uint32_t iq_ksigns4(uint32_t sg) {  // four 7-bit sign indices -> 32 sign bits
+    return (uint32_t)kIq2Ksigns[sg & 127] | (uint32_t)kIq2Ksigns[(sg >> 7) & 127] << 8 |
+           (uint32_t)kIq2Ksigns[(sg >> 14) & 127] << 16 | (uint32_t)kIq2Ksigns[(sg >> 21) & 127] << 24;
+}
+inline uint64_t iq_pair32(uint32_t a, uint32_t b) { return (uint64_t)a | (uint64_t)b << 32; }
+
+template <DType WT>
+inline IqFields iq_grid_fields(const uint8_t* blk, int j) {
+    IqFields f;
+    if constexpr (WT == DType::IQ2_XXS) {
+        const auto* b = reinterpret_cast<const block_iq2_xxs*>(blk);
+        const uint32_t idx = load_u32(b->qs + 4 * j), sg = load_u32(b->qs + 4 * j + 2);
+        for (int l = 0; l < 4; l++) f.words[l] = kIq2xxsGrid[(idx >> (8 * l)) & 0xff];
+        f.signs = iq_ksigns4(sg);
+        f.m[0] = f.m[1] = 2 * (int)(sg >> 28) + 1;
+    } else if constexpr (WT == DType::IQ2_XS) {
+        const auto* b = reinterpret_cast<const block_iq2_xs*>(blk);
+        for (int l = 0; l < 4; l++) {
+            const uint16_t v = load_u16(b->qs + 4 * j + l);
+            f.words[l] = kIq2xsGrid[v & 511];
+            f.signs |= (uint32_t)kIq2Ksigns[v >> 9] << (8 * l);
+        }
+        f.m[0] = 2 * (b->scales[j] & 0x0f) + 1, f.m[1] = 2 * (b->scales[j] >> 4) + 1;
+    } else if constexpr (WT == DType::IQ2_S) {
+        const auto* b = reinterpret_cast<const block_iq2_s*>(blk);
+        for (int l = 0; l < 4; l++) f.words[l] = kIq2sGrid[b->qs[4 * j + l] | ((b->qh[j] >> (2 * l)) & 3) << 8];
+        f.signs = load_u32(b->qs + FG_QK_K / 8 + 4 * j);
+        f.m[0] = 2 * (b->scales[j] & 0x0f) + 1, f.m[1] = 2 * (b->scales[j] >> 4) + 1;
+    } else if constexpr (WT == DType::IQ3_XXS) {
+        const auto* b = reinterpret_cast<const block_iq3_xxs*>(blk);
+        const uint8_t* qs = b->qs + 8 * j;
+        const uint32_t sg = load_u32(b->qs + FG_QK_K / 4 + 4 * j);
+        for (int l = 0; l < 4; l++) f.words[l] = iq_pair32(kIq3xxsGrid[qs[2 * l]], kIq3xxsGrid[qs[2 * l + 1]]);
+        f.signs = iq_ksigns4(sg);
+        f.m[0] = f.m[1] = 2 * (int)(sg >> 28) + 1;
+    } else if constexpr (WT == DType::IQ3_S) {
+        const auto* b = reinterpret_cast<const block_iq3_s*>(blk);
+        const uint8_t* qs = b->qs + 8 * j;
+        const int qh = b->qh[j];
+        for (int l = 0; l < 4; l++)
+            f.words[l] = iq_pair32(kIq3sGrid[qs[2 * l] | ((qh >> (2 * l)) & 1) << 8],
+                                   kIq3sGrid[qs[2 * l + 1] | ((qh >> (2 * l + 1)) & 1) << 8]);
+        f.signs = load_u32(b->signs + 4 * j);
+        f.m[0] = f.m[1] = 2 * ((b->scales[j / 2] >> (4 * (j % 2))) & 0x0f) + 1;
+    } else if constexpr (WT == DType::IQ1_S) {
+        const auto* b = reinterpret_cast<const block_iq1_s*>(blk);
+        const int qh = load_u16(b->qh + j);
+        for (int l = 0; l < 4; l++) {
+            f.words[l] = kIq1sGrid[b->qs[4 * j + l] | ((qh >> (3 * l)) & 7) << 8];
+            f.delta[l] = qh & 0x8000 ? -1 : 1;
+        }
+        f.m[0] = f.m[1] = 2 * ((qh >> 12) & 7) + 1;
+    } else {
+        static_assert(WT == DType::IQ1_M, "a lattice type");
+        const auto* b = reinterpret_cast<const block_iq1_m*>(blk);
+        for (int l = 0; l < 4; l++) {
+            const int h = b->qh[2 * j + l / 2] >> (4 * (l % 2));  // the group's nibble
+            f.words[l] = kIq1sGrid[b->qs[4 * j + l] | (h & 7) << 8];
+            f.delta[l] = h & 8 ? -1 : 1;
+        }
+        const int sc = load_u16(b->scales + 2 * (j / 2)) >> (6 * (j % 2));
+        f.m[0] = 2 * (sc & 7) + 1, f.m[1] = 2 * ((sc >> 3) & 7) + 1;
     }
-    s.m[0] = 2 * (b->scales[j] & 0x0f) + 1;
-    s.m[1] = 2 * (b->scales[j] >> 4) + 1;
-}
-
-inline void iq2_s_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq2_s*>(blk);
-    for (int l = 0; l < 4; l++) {
-        const int idx = b->qs[4 * j + l] | ((b->qh[j] >> (2 * l)) & 3) << 8;
-        signed_bytes8(kIq2sGrid[idx], b->qs[FG_QK_K / 8 + 4 * j + l], s.q + 8 * l);
-    }
-    s.m[0] = 2 * (b->scales[j] & 0x0f) + 1;
-    s.m[1] = 2 * (b->scales[j] >> 4) + 1;
-}
-
-inline void iq3_xxs_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq3_xxs*>(blk);
-    const uint8_t* qs = b->qs + 8 * j;
-    const uint32_t sg = load_u32(b->qs + FG_QK_K / 4 + 4 * j);
-    for (int l = 0; l < 4; l++) {
-        const uint8_t signs = kIq2Ksigns[(sg >> (7 * l)) & 127];
-        signed_bytes4(kIq3xxsGrid[qs[2 * l]], signs, s.q + 8 * l);
-        signed_bytes4(kIq3xxsGrid[qs[2 * l + 1]], signs >> 4, s.q + 8 * l + 4);
-    }
-    s.m[0] = s.m[1] = 2 * (int)(sg >> 28) + 1;
-}
-
-inline void iq3_s_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq3_s*>(blk);
-    for (int g = 0; g < 8; g++) {
-        const int idx = b->qs[8 * j + g] | ((b->qh[j] >> g) & 1) << 8;
-        signed_bytes4(kIq3sGrid[idx], b->signs[4 * j + g / 2] >> (4 * (g % 2)), s.q + 4 * g);
-    }
-    s.m[0] = s.m[1] = 2 * ((b->scales[j / 2] >> (4 * (j % 2))) & 0x0f) + 1;
-}
-
-inline void iq1_s_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq1_s*>(blk);
-    const int qh = load_u16(b->qh + j);
-    const int delta = qh & 0x8000 ? -1 : 1;
-    for (int l = 0; l < 4; l++) iq1_bytes8(kIq1sGrid[b->qs[4 * j + l] | ((qh >> (3 * l)) & 7) << 8], delta, s.q + 8 * l);
-    s.m[0] = s.m[1] = 2 * ((qh >> 12) & 7) + 1;
-}
-
-inline void iq1_m_sub(const uint8_t* blk, int j, IqSub& s) {
-    const auto* b = reinterpret_cast<const block_iq1_m*>(blk);
-    for (int l = 0; l < 4; l++) {
-        const int h = b->qh[2 * j + l / 2] >> (4 * (l % 2));  // the group's nibble
-        iq1_bytes8(kIq1sGrid[b->qs[4 * j + l] | (h & 7) << 8], h & 8 ? -1 : 1, s.q + 8 * l);
-    }
-    const int sc = load_u16(b->scales + 2 * (j / 2)) >> (6 * (j % 2));
-    s.m[0] = 2 * (sc & 7) + 1;
-    s.m[1] = 2 * ((sc >> 3) & 7) + 1;
+    return f;
 }
 
 // IQ1_M's f16 d, spread over the top nibbles of its four scale words.
@@ -151,17 +146,24 @@ inline float iq_grid_base(DType wt, const uint8_t* blk) {
     }
 }
 
-// Sub-block j (0..7) of a super-block.
+// Sub-block j (0..7) of a super-block as int8 quants and multipliers.
 inline void iq_grid_sub(DType wt, const uint8_t* blk, int j, IqSub& s) {
+    IqFields f;
     switch (wt) {
-        case DType::IQ2_XXS: return iq2_xxs_sub(blk, j, s);
-        case DType::IQ2_XS: return iq2_xs_sub(blk, j, s);
-        case DType::IQ2_S: return iq2_s_sub(blk, j, s);
-        case DType::IQ3_XXS: return iq3_xxs_sub(blk, j, s);
-        case DType::IQ3_S: return iq3_s_sub(blk, j, s);
-        case DType::IQ1_S: return iq1_s_sub(blk, j, s);
-        default: return iq1_m_sub(blk, j, s);  // IQ1_M
+        case DType::IQ2_XXS: f = iq_grid_fields<DType::IQ2_XXS>(blk, j); break;
+        case DType::IQ2_XS: f = iq_grid_fields<DType::IQ2_XS>(blk, j); break;
+        case DType::IQ2_S: f = iq_grid_fields<DType::IQ2_S>(blk, j); break;
+        case DType::IQ3_XXS: f = iq_grid_fields<DType::IQ3_XXS>(blk, j); break;
+        case DType::IQ3_S: f = iq_grid_fields<DType::IQ3_S>(blk, j); break;
+        case DType::IQ1_S: f = iq_grid_fields<DType::IQ1_S>(blk, j); break;
+        default: f = iq_grid_fields<DType::IQ1_M>(blk, j); break;
     }
+    for (int w = 0; w < FG_QK; w++) {
+        const uint8_t byte = (uint8_t)(f.words[w / 8] >> (8 * (w % 8)));
+        s.q[w] = is_iq1(wt) ? (int8_t)(8 * (int8_t)byte + f.delta[w / 8])
+                            : (int8_t)((f.signs >> w) & 1 ? -(int)byte : (int)byte);
+    }
+    s.m[0] = f.m[0], s.m[1] = f.m[1];
 }
 
 // One super-block to f32, each weight (base * m) * q.                 y [256]
