@@ -320,13 +320,11 @@ def test_gguf_with_fused_qkv_runs(forgert, models, tiny_tokenizer, tmp_path, mon
                                   forgert.Model(str(files["gguf-F32"]), backend="cpu").logits(ids))
 
 
-def test_gguf_rope_attn_factor_refused(forgert, models, tiny_tokenizer, tmp_path):
+def test_gguf_rope_attn_factor_refused(forgert, models, tmp_path):
     """rope.scaling.attn_factor (llama.cpp multiplies every rotation's cos and sin by it) beside
     Gemma 4's two RoPE tables is refused by name; gemma4's reader ignored it."""
-    from forgert.errors import ModelFormatError
-    model, files, _ = models("gemma4-plain")
-    path = gf.write_gguf(files["hf-F32"], tmp_path / "m.gguf", "F32", "gemma4", model.config, tiny_tokenizer,
-                         extra_meta={"add_rope_scaling_attn_factors": 1.5})
-    with pytest.raises(ModelFormatError, match="rope.scaling.attn_factor 1.5 beside per-layer RoPE tables is not "
-                                               "supported"):
-        forgert.Model(str(path), backend="cpu")
+    import gguf
+    _, files, _ = models("gemma4-plain")
+    ae.assert_gguf_meta_refused(forgert, files["gguf-F32"], tmp_path, "gemma4.rope.scaling.attn_factor", 1.5,
+                                gguf.GGUFValueType.FLOAT32,
+                                "rope.scaling.attn_factor 1.5 beside per-layer RoPE tables is not supported")

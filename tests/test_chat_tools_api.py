@@ -44,6 +44,17 @@ def scripted(monkeypatch, model, script: str):
     monkeypatch.setattr(model, "_start", start)
 
 
+def scripted_reply(monkeypatch, model, script: str, stream: bool, **chat_kwargs) -> Completion:
+    """`script` as the model's answer to ASK through Model.chat, or through Model.chat_stream
+    (whose pieces must join to the script): the Completion either returns."""
+    scripted(monkeypatch, model, script)
+    if not stream:
+        return model.chat(ASK, **chat_kwargs)
+    s = model.chat_stream(ASK, **chat_kwargs)
+    assert "".join(s) == script
+    return s.completion
+
+
 @pytest.mark.parametrize("choice, name", [("required", None), ({"type": "function", "function": {"name": "get_time"}},
                                                                  "get_time")])
 def test_a_forced_call_is_one_tool_call(model, choice, name):
@@ -63,13 +74,7 @@ def test_a_forced_call_is_one_tool_call(model, choice, name):
 def test_reasoning_prose_and_a_call_are_split(model, monkeypatch, stream):
     script = ("<think>The user wants the weather.</think>\n\nLet me check.\n<tool_call>\n"
               '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
-    scripted(monkeypatch, model, script)
-    if stream:
-        s = model.chat_stream(ASK, tools=[WEATHER])
-        assert "".join(s) == script
-        c = s.completion
-    else:
-        c = model.chat(ASK, tools=[WEATHER])
+    c = scripted_reply(monkeypatch, model, script, stream, tools=[WEATHER])
     assert c.text == script
     assert c.message.reasoning == "The user wants the weather."
     assert c.message.content == "Let me check.\n"

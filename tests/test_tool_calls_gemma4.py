@@ -172,14 +172,8 @@ def test_the_test_template_is_read_as_gemma4s():
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_model_chat_reads_gemma4s_calls(model, monkeypatch, stream):
-    from test_chat_tools_api import scripted
-    scripted(monkeypatch, model, SCRIPT)
-    if stream:
-        s = model.chat_stream(ASK, tools=[WEATHER])
-        assert "".join(s) == SCRIPT
-        c = s.completion
-    else:
-        c = model.chat(ASK, tools=[WEATHER])
+    from test_chat_tools_api import scripted_reply
+    c = scripted_reply(monkeypatch, model, SCRIPT, stream, tools=[WEATHER])
     assert (c.message.reasoning, c.message.content) == ("The user wants the weather.", "Let me check.\n")
     assert [(t.name, json.loads(t.arguments)) for t in c.message.tool_calls] == SCRIPT_CALLS
 
