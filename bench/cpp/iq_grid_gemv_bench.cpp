@@ -1,11 +1,9 @@
 // The IQ lattice types' decode GEMV (KernelSet::gemm_q) alone, on one thread, every kernel set
 // this CPU runs (generic = the portable code): ns per 32-weight sub-block and token for a
 // 2048 x 8192 matrix of random valid blocks, 1, 2, 4 and 8 tokens, and whether each set's bits
-// equal the generic set's. Build (C = src/cpp/backends/cpu; links the package's own build):
-//   pip install . (or the build dir's ninja) first, then
-//   g++ -std=c++20 -O3 -Isrc/cpp bench/cpp/iq_grid_gemv_bench.cpp \
-//       build/cp311-cp311-linux_x86_64/libforgert_core.a -lpthread -o iq_grid_gemv_bench
-//   ./iq_grid_gemv_bench [tokens...]
+// equal the generic set's. Build and run:
+//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target iq_grid_gemv_bench
+//   build/bench/iq_grid_gemv_bench [tokens...]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
