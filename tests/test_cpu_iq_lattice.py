@@ -5,9 +5,10 @@ NumPy float64 products of its weights.
 Blocks are random bytes with a chosen f16 d (tests/iq_lattice_writer.py: every bit pattern is a
 block). The CPU reads them with kernels_iq_grid.h, one portable definition every kernel set
 calls: integer dots of the int8 quants (codebook value x sign; IQ1: 8 g + delta) against the
-two-part int8 activations in decode (fewer than 16 tokens, every count on the generic set), the
-f32 panel GEMM over rows dequantized as (base * m) * q for 16+ tokens on the SIMD sets. Every
-product of the dequantization is exact in f32, so it is bit-identical to gguf's.
+int8 activations, in decode (fewer than 16 tokens) the decode kernels' per-sub-block steps, in
+prefill (16+ tokens) the int8 GEMM as Q6_K's halves (one factor base * (2 ls + 1) per 16 weights:
+kernels_int8_gemm.h), with two activation parts (activations="int16", the default) or one
+("int8"). Every product of the dequantization is exact in f32, so it is bit-identical to gguf's.
 test_ops_under_every_kernel_set reruns this file under each other kernel set the CPU has.
 """
 from __future__ import annotations
@@ -98,12 +99,20 @@ def test_python_dequantize_matches_gguf(name):
 # ----------------------------------------------------------------------------- matmul
 
 # Measured nmse against float64 (gguf's weights x the f32 activations), every type and shape
-# below, on avx512-vnni, avx2 and generic alike (the same decode function on each):
-# - decode path (two-part int8 activations: <16 tokens; every count on generic): <= 7.9e-10
-#   (IQ2_XXS; the others 4.0e-10 .. 6.0e-10) -> bound 4e-9.
-# - f32 panel GEMM over dequantized rows (16+ tokens on the SIMD sets): <= 1.8e-13 -> bound 1e-12.
-DECODE_BOUND, PANEL_BOUND = 4e-9, 1e-12
+# below, on avx512-vnni, avx2 and generic alike (the same integers and float steps on each):
+# - decode path (two-part int8 activations, fewer than 16 tokens): <= 7.9e-10 (IQ2_XXS; the
+#   others 4.0e-10 .. 6.0e-10) -> bound 4e-9.
+# - prefill int8 GEMM (16+ tokens, two parts): <= 5.4e-10 (IQ3_S 16..64 tokens; the others
+#   4.5e-10 .. 5.3e-10) -> bound 2e-9.
+# - f32 panel GEMM over dequantized rows (FORGERT_CPU_PREFILL=f32): <= 1.8e-13 -> bound 1e-12.
+DECODE_BOUND, PREFILL_BOUND, PANEL_BOUND = 4e-9, 2e-9, 1e-12
 SHAPES = [(1, 40, 256), (3, 40, 512), (7, 17, 768), (16, 40, 512), (33, 29, 256)]   # (tokens, rows, cols)
+
+
+def bound_for(n: int, name: str) -> float:
+    if n < 16:
+        return DECODE_BOUND
+    return PREFILL_BOUND if cpu_uses_int8_activations(n, name) else PANEL_BOUND
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -114,22 +123,74 @@ def test_matmul_matches_numpy(ops, name, n, rows, cols):
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = x.astype(np.float64) @ gguf_weights(raw, name, rows, cols).astype(np.float64).T
     out = ops.matmul(raw.reshape(-1), int(T[name]), rows, cols, x)
-    bound = DECODE_BOUND if cpu_uses_int8_activations(n, name) else PANEL_BOUND
+    bound = bound_for(n, name)
     e = nmse(out, ref)
     assert e < bound, f"{name} {n}x{rows}x{cols}: nmse {e:.3g} (bound {bound})"
 
 
+def test_prefill_takes_the_int8_gemm():
+    """Every kernel set with an int8 prefill GEMM that takes Q6_K's halves takes these types."""
+    from forgert import _core
+    info = _core.cpu_info()
+    if info["prefill_int8_parts"] == 0 or "Q6_K" not in info["prefill_int8_types"]:
+        pytest.skip("this kernel set's prefill takes no halves types into the int8 GEMM")
+    assert set(TYPES) <= set(info["prefill_int8_types"]), info
+
+
+@pytest.fixture(scope="module")
+def ops_int8():
+    from forgert import _core
+    return _core.Ops("cpu", activations="int8")
+
+
 @pytest.mark.parametrize("name", TYPES)
-def test_prefill_panel_dequantization_bit_exact(ops, name):
-    """The prefill GEMM's own row dequantization (each SIMD set's) is gguf's bit for bit: one-hot
-    activations make each output one weight exactly (w * 1 plus zeros, in f32)."""
+@pytest.mark.parametrize("one_part", [False, True], ids=["int16", "int8"])
+def test_prefill_one_hot_is_each_weight_exactly(ops, ops_int8, name, one_part):
+    """Prefill (256 tokens) of one-hot activations 127 e_c: both activation formats quantize 127 to
+    hi = 127, lo = 0 with an activation scale of 1 (one part: d 256 = 1; two: d = 1 / 256 against
+    256 hi), so each output is 127 w rounded once to f32, for every weight, if the repacked quants
+    and factors base * (2 ls + 1) are gguf's bit for bit (the f32 panel GEMM gives the same)."""
     rows, cols = 13, 256
-    if cpu_uses_int8_activations(cols, name):
-        pytest.skip("this kernel set has no f32 panel GEMM (its prefill takes the int8 decode kernels)")
-    rng = rng_for("panel-bits", name)
+    rng = rng_for("one-hot", name)
     raw = iqw.random_matrix(rng, name, rows, cols)
-    out = ops.matmul(raw.reshape(-1), int(T[name]), rows, cols, np.eye(cols, dtype=np.float32))
-    assert_bits_equal(out.T + np.float32(0), gguf_weights(raw, name, rows, cols) + np.float32(0))   # -0 as +0
+    x = np.float32(127) * np.eye(cols, dtype=np.float32)
+    out = (ops_int8 if one_part else ops).matmul(raw.reshape(-1), int(T[name]), rows, cols, x)
+    ref = (127.0 * gguf_weights(raw, name, rows, cols).astype(np.float64)).astype(np.float32)
+    assert_bits_equal(out.T + np.float32(0), ref + np.float32(0))   # -0 as +0
+
+
+def one_part_activations(x: np.ndarray) -> np.ndarray:
+    """x [n, cols] as one int8 a value (activations="int8", llama.cpp's Q8_0), in float64: per
+    32-block d = max|x| / 127 (f32), q = rint(x * (1 / d)) (f32, ties to even), x ~= d q. Written
+    from docs/design.md's definition (as test_cpu_ops' one_part_activations), not from the kernels."""
+    xb = np.asarray(x, np.float32).reshape(x.shape[0], -1, 32)
+    d = np.abs(xb).max(-1, keepdims=True) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
+    return (np.rint(xb * inv).astype(np.float64) * d.astype(np.float64)).reshape(x.shape)
+
+
+# activations="int8", 16+ tokens (the prefill int8 GEMM): against NumPy's product of gguf's weights
+# and x rounded to one int8 a value, only f32 scaling and summation remain. Measured nmse <= 2.1e-14
+# (IQ1_S; the others 1.3e-14 .. 1.9e-14) on avx512-vnni, avx2 and generic -> bound 1e-13; against
+# the f32 x the same outputs are 3.0e-5 .. 3.6e-5 off (x's int8 rounding): the second assertion
+# requires that, so a path left on two parts (or f32) would fail.
+ONE_PART_NMSE = 1e-13
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("n,rows,cols", [(16, 40, 512), (33, 29, 256), (20, 24, 768)])
+def test_prefill_one_part_matches_numpy(ops_int8, name, n, rows, cols):
+    from forgert import _core
+    if name not in _core.cpu_info()["prefill_int8_types"] and _core.cpu_info()["kernels"] != "generic":
+        pytest.skip("this kernel set's prefill is the f32 panel GEMM")
+    rng = rng_for("one-part", name, n, rows, cols)
+    raw = iqw.random_matrix(rng, name, rows, cols, rms=0.05)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    w = gguf_weights(raw, name, rows, cols).astype(np.float64)
+    out = ops_int8.matmul(raw.reshape(-1), int(T[name]), rows, cols, x)
+    err = nmse(out, one_part_activations(x) @ w.T)
+    assert err < ONE_PART_NMSE, f"{name} {n}x{rows}x{cols}: nmse {err:.3g} (bound {ONE_PART_NMSE})"
+    assert nmse(out, x.astype(np.float64) @ w.T) > 1000 * err, "not one-part activations"
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -194,31 +255,45 @@ def test_ops_under_every_kernel_set(isa):
     assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-DECODE_BITS = """
+BITS = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import iq_lattice_writer as iqw
 from forgert import _core
-ops, rng = _core.Ops("cpu"), np.random.default_rng(5)
-outs = []
-for name in iqw.TYPES:
-    raw = iqw.random_matrix(rng, name, 19, 512).reshape(-1)
-    x = rng.standard_normal((5, 512)).astype(np.float32)
-    outs.append(ops.matmul(raw, int(iqw.T[name]), 19, 512, x).reshape(-1))
-sys.stdout.write(np.concatenate(outs).astype(np.float32).tobytes().hex())
+rng = np.random.default_rng(5)
+outs = {5: [], 24: []}
+for ops in (_core.Ops("cpu"), _core.Ops("cpu", activations="int8")):
+    for name in iqw.TYPES:
+        raw = iqw.random_matrix(rng, name, 37, 512).reshape(-1)
+        for n in (5, 24):   # the decode kernels; prefill
+            x = rng.standard_normal((n, 512)).astype(np.float32)
+            outs[n].append(ops.matmul(raw, int(iqw.T[name]), 37, 512, x).reshape(-1))
+info = _core.cpu_info()
+int8 = info["kernels"] == "generic" or set(iqw.TYPES) <= set(info["prefill_int8_types"])
+for n in (5, 24):
+    print(np.concatenate(outs[n]).astype(np.float32).tobytes().hex())
+print(int(int8))
 """
 
 
-def test_decode_bits_identical_across_kernel_sets():
-    """Every kernel set decodes these types with the same function: the same bits on each."""
+def test_decode_and_prefill_bits_identical_across_kernel_sets():
+    """Every kernel set decodes these types with the same function (5 tokens), and every set whose
+    prefill takes them into the int8 GEMM (the portable one's included) runs it with the same
+    integers and float steps (24 tokens, 37 rows: two panels and a short one; both activation
+    formats): the same bits on each."""
     from forgert import _core
     env_default = subprocess_env()
-    runs = {}
+    decode, prefill = {}, {}
     for isa in [None] + other_kernel_sets():
         env = env_default if isa is None else subprocess_env(FORGERT_CPU_ISA=isa)
-        proc = subprocess.run([sys.executable, "-c", DECODE_BITS, str(TESTS)], env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", BITS, str(TESTS)], env=env, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[isa or _core.cpu_info()["kernels"]] = proc.stdout
-    assert len(set(runs.values())) == 1, f"kernel sets differ: {sorted(runs)}"
+        dec, pre, int8 = proc.stdout.split()
+        name = isa or _core.cpu_info()["kernels"]
+        decode[name] = dec
+        if int8 == "1":
+            prefill[name] = pre
+    assert len(set(decode.values())) == 1, f"kernel sets' decode differs: {sorted(decode)}"
+    assert len(set(prefill.values())) == 1, f"kernel sets' int8 prefill differs: {sorted(prefill)}"

@@ -308,7 +308,7 @@ void amx_panel_sign(uint8_t* wp, int64_t nb, int sign) {
 template <class Tiles, DType WT, int PARTS>
 void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                        const int32_t* xs, int64_t nb, int64_t n_tok, float* out, int64_t out_stride, uint8_t* work) {
-    constexpr DType FT = file_type(WT);  // the tiles see the file type's panel either way
+    constexpr DType FT = i8_panel_type(file_type(WT));  // the tiles see the file type's panel either way
     constexpr int kStep = amx_pairs(FT) ? 2 : 1;  // panels per run
     const int64_t panel_bytes = nb * kI8PanelBlockBytes;
     const I8MinTerms mt = i8_min_terms_area(work, nb);
@@ -355,7 +355,7 @@ template <class Tiles>
 void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                  const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                  uint8_t* work) {
-    Tiles::begin(file_type(wt) == DType::Q6_K);  // tile state is per thread: configured on every call
+    Tiles::begin(i8_is_halves(file_type(wt)));  // tile state is per thread: configured on every call
     auto run = [&](auto tag) {  // gemm_i8_amx_typed of the tag's type, one or two activation parts
         constexpr DType WT = decltype(tag)::value;
         parts == 2 ? gemm_i8_amx_typed<Tiles, WT, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
@@ -389,6 +389,8 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
         run(DTypeTag<DType::Q5_Kx16>{});
     else if (wt == DType::Q6_Kx16)
         run(DTypeTag<DType::Q6_Kx16>{});
+    else if (is_iq_lattice(wt))
+        iq_grid_visit(wt, run);
     else {
         Tiles::end();
         throw std::logic_error("gemm_i8: unsupported weight type");

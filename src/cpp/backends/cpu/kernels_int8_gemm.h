@@ -17,9 +17,18 @@ constexpr bool i8_is_kquant(DType wt) { return wt == DType::Q4_K || wt == DType:
 // Types whose weights are scale * q + min with a min of their own (Q4_1: the block's m; Q4_K /
 // Q5_K: the sub-block's -dmin * m): the kernels add min * dx * isum per block.
 constexpr bool i8_has_min(DType wt) { return i8_is_kquant(wt) || wt == DType::Q4_1; }
-// Q6_K: a 32-weight block is two 16-weight sub-blocks with a scale each (no mins); its
-// integer dot is taken per half, and each half scaled by its own factor.
-constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K; }
+// The "halves" types: a 32-weight block is signed quants (|q| <= 62) whose two 16-weight halves
+// have a factor each (no mins); the integer dot is taken per half, and each half scaled by its
+// own factor. Q6_K: d * its 8-bit scale; the lattice types (kernels_iq_grid.h): base * (2 ls + 1),
+// exact in f32, so the weights are the file's bit for bit.
+constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K || is_iq_lattice(wt); }
+// The panel the tiles read for file type ft: every halves type's panel is Q6_K's (signed quants,
+// the two halves' factors, the half terms), so they share Q6_K's tiles and differ in the repack.
+constexpr DType i8_panel_type(DType ft) { return i8_is_halves(ft) ? DType::Q6_K : ft; }
+// gemm_i8_types' bits of the lattice types: every set whose gemm_i8 takes Q6_K's halves takes them.
+constexpr uint64_t kI8LatticeTypes = i8_type_bit(DType::IQ2_XXS) | i8_type_bit(DType::IQ2_XS) |
+                                     i8_type_bit(DType::IQ2_S) | i8_type_bit(DType::IQ3_XXS) | i8_type_bit(DType::IQ3_S) |
+                                     i8_type_bit(DType::IQ1_S) | i8_type_bit(DType::IQ1_M);
 
 // Q5_0's quant i as stored: the nibble plus bit i of qh as bit 4 (0..31).
 inline int i8_q5_0_u(const uint8_t* blk, int i) {
@@ -45,8 +54,9 @@ inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
 }
 
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
-// 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0). K-quant blocks are the
-// sub-blocks of a 256-weight super-block: the caller passes b, this decodes super-block b / 8.
+// 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0; the halves
+// types: the two halves' factors). K-quant and lattice blocks are the sub-blocks of a 256-weight
+// super-block: the caller passes b, this decodes super-block b / 8.
 struct I8RowBlocks {
     DType wt;
     const uint8_t* row;
@@ -54,12 +64,13 @@ struct I8RowBlocks {
     uint8_t q256[FG_QK_K];
     const uint8_t* scales = nullptr;
     float d = 0, dmin = 0;
+    int m[8][2];  // lattice types: each sub-block's multipliers 2 ls + 1 (d: the super-block's base)
 
     // The same quants + i8_offset(wt) as bytes (the panel's form), without per-quant arithmetic
     // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants (Q5_0:
     // its 5-bit quants).
     void block_u8(int64_t b, uint8_t* qo, float& scale, float& min) {
-        if (i8_is_kquant(wt) || i8_is_halves(wt)) {  // Q6_K: signed quants as their bytes
+        if (i8_is_kquant(wt) || i8_is_halves(wt)) {  // the halves types: signed quants as their bytes
             scale_min(b, scale, min);
             std::memcpy(qo, q256 + (b % 8) * FG_QK, FG_QK);
             return;
@@ -82,13 +93,25 @@ struct I8RowBlocks {
         if (b / 8 != sb) {
             sb = b / 8;
             const uint8_t* blk = row + sb * dtype_block_bytes(wt);
-            if (i8_is_halves(wt)) {
+            if (is_iq_lattice(wt)) {
+                d = iq_grid_base(wt, blk);
+                for (int j = 0; j < FG_QK_K / FG_QK; j++) {
+                    IqSub s;
+                    iq_grid_sub(wt, blk, j, s);
+                    std::memcpy(q256 + j * FG_QK, s.q, FG_QK);
+                    m[j][0] = s.m[0], m[j][1] = s.m[1];
+                }
+            } else if (i8_is_halves(wt)) {
                 const auto* q6 = reinterpret_cast<const block_q6_K*>(blk);
                 q6_K_unpack(q6, reinterpret_cast<int8_t*>(q256));
                 scales = reinterpret_cast<const uint8_t*>(q6->scales), d = f16_to_f32(q6->d);
             } else {
                 unpack_q45_K(wt, blk, q256, scales, d, dmin);
             }
+        }
+        if (is_iq_lattice(wt)) {
+            scale = d * (float)m[b % 8][0], min = d * (float)m[b % 8][1];
+            return;
         }
         if (i8_is_halves(wt)) {
             const int8_t* sc = reinterpret_cast<const int8_t*>(scales) + 2 * (b % 8);
@@ -124,7 +147,8 @@ inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? 
 
 // Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants and Q4_1
 // acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
-// Q6_K: acc = fma((float)idot0, scale0 * dx, acc), then the same for the second half.
+// The halves types (Q6_K, the lattice types): acc = fma((float)idot0, scale0 * dx, acc), then the
+// same for the second half.
 void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* /*work*/) {

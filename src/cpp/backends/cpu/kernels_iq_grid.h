@@ -214,5 +214,19 @@ inline float iq_grid_row_dot(DType wt, const uint8_t* row, const BlockQ8Act* x, 
     return acc;
 }
 
+// f(DTypeTag<wt>{}) for a lattice type wt: a kernel's dispatch to its per-type template.
+template <class F>
+inline void iq_grid_visit(DType wt, F&& f) {
+    switch (wt) {
+        case DType::IQ2_XXS: return f(DTypeTag<DType::IQ2_XXS>{});
+        case DType::IQ2_XS: return f(DTypeTag<DType::IQ2_XS>{});
+        case DType::IQ2_S: return f(DTypeTag<DType::IQ2_S>{});
+        case DType::IQ3_XXS: return f(DTypeTag<DType::IQ3_XXS>{});
+        case DType::IQ3_S: return f(DTypeTag<DType::IQ3_S>{});
+        case DType::IQ1_S: return f(DTypeTag<DType::IQ1_S>{});
+        default: return f(DTypeTag<DType::IQ1_M>{});
+    }
+}
+
 }  // namespace
 }  // namespace forgert::cpu
