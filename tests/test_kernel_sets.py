@@ -106,6 +106,21 @@ def test_amx_prefill_gemm_on_emulated_tiles(x86_check_output):
         assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines)
 
 
+LATTICE = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+
+
+@X86_ONLY
+def test_lattice_prefill_gemm_on_every_x86_set(x86_check_output):
+    """The IQ1-IQ3 lattice types through the prefill int8 GEMM as Q6_K's halves (their panels built
+    per call from the file's blocks): on the AVX2 int16 panels, AVX-512 VNNI and the emulated AMX
+    tiles, both activation formats, bit-identical to the generic set and close to an f64 product."""
+    sets = ["avx2"] + (["avx512-vnni", "avx512-amx-emulated"] if "avx512-vnni" in x86_check_output else [])
+    for name in sets:
+        for t in LATTICE:
+            lines = set_lines(x86_check_output, name, f"gemm_i8 {t} ")
+            assert len(lines) >= 12 and all(ln.endswith("ok") for ln in lines), f"{name} {t}:\n" + "\n".join(lines)
+
+
 @X86_ONLY
 def test_panel_layouts_on_every_x86_set(x86_check_output):
     """Q4_0 / Q4_1 / Q5_0 / Q8_0 weights repacked into 16-row panels (Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16), on each
@@ -188,3 +203,7 @@ def test_neon_kernel_set_matches_generic(tmp_path):
     out = run_check(["qemu-aarch64", "-cpu", "max", str(exe)])
     i8mm = [ln for ln in out.splitlines() if ln.startswith("neon-i8mm") and "gemm_i8" in ln]
     assert i8mm and all(ln.endswith("ok") for ln in i8mm), "\n".join(i8mm) or out
+    for name in ("neon-dotprod", "neon-i8mm"):   # the lattice types: Q6_K's halves panel on SDOT
+        for t in LATTICE:
+            lines = [ln for ln in out.splitlines() if ln.split()[:1] == [name] and f"gemm_i8 {t} " in ln]
+            assert len(lines) >= 12 and all(ln.endswith("ok") for ln in lines), f"{name} {t}:\n" + "\n".join(lines)

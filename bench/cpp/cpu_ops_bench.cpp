@@ -7,9 +7,10 @@
 //                             [activations: int16 (default) or int8, forgert.Model's option]
 //   FORGERT_AMX_DECODE_MIN_TOKENS=2 build/bench/cpu_ops_bench 0 gemm_q   # the few-token decode kernels
 //                                       # alone, AMX beside AVX-512 VNNI (the tiles are off by default)
-// The prefill int8 GEMM alone (KernelSet::gemm_i8, 1B shapes, 256 and 512 tokens, both
-// activation formats x2 / x1, ms per call): the filter "gemm_i8" (e.g. `cpu_ops_bench 16 gemm_i8`,
-// `cpu_ops_bench 1 "gemm_i8 Q4_Kx16"`).
+// The prefill int8 GEMM alone (KernelSet::gemm_i8, 1B shapes, 128, 256 and 512 tokens, both
+// activation formats x2 / x1, ms per call; n = 0: the panels' repack alone, which a call runs once
+// whatever its token count): the filter "gemm_i8" (e.g. `cpu_ops_bench 16 gemm_i8`,
+// `cpu_ops_bench 1 "gemm_i8 Q4_Kx16"`, `cpu_ops_bench 2 "gemm_i8 IQ"`).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -90,6 +91,10 @@ Tensor random_tensor(Backend& be, std::vector<std::unique_ptr<Buffer>>& keep, DT
             std::memcpy(p + i * bb + d_at, &d, 2);
             if (dmin_at != SIZE_MAX) std::memcpy(p + i * bb + dmin_at, &d, 2);
         }
+    } else if (is_iq_lattice(t) && t != DType::IQ1_M) {  // f16 d first (IQ1_M's: nibbles of its scales)
+        const int64_t bb = dtype_block_bytes(t), nblk = (int64_t)bytes / bb;
+        const uint16_t d = 0x1800;
+        for (int64_t i = 0; i < nblk; i++) std::memcpy(p + i * bb, &d, 2);
     } else if (t == DType::MXFP4) {  // E8M0 scales 2^(e - 128) near 2^-6: weights ~0.1
         for (size_t i = 0; i < bytes; i += sizeof(block_mxfp4)) p[i] = 122;
     } else if (t == DType::F16 || t == DType::BF16 || t == DType::F32) {
@@ -217,7 +222,8 @@ int main(int argc, char** argv) {
     // Q6_Kx16, Q8_0x16, Q4_0x16 where it repacks), the rows split over the backend's threads as
     // CpuBackend::matmul_i8 splits them; the activations are quantized once, outside the time.
     const cpu::KernelSet& ks = cpu::select_kernels();
-    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0}) {
+    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::IQ3_S, DType::IQ3_XXS, DType::IQ2_XXS,
+                    DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M}) {
         for (const Shape& s : one_b) {
             char name[64];
             std::snprintf(name, sizeof name, "gemm_i8 %s %s", dtype_name(cpu::packed_type(ks, t)), s.what);
@@ -225,7 +231,7 @@ int main(int argc, char** argv) {
             const Tensor w = be.prepare_weight(random_tensor(be, keep, t, s.rows, s.cols, rng), keep);
             std::snprintf(name, sizeof name, "gemm_i8 %s %s", dtype_name(w.type), s.what);  // FORGERT_CPU_REPACK=0: t
             const int64_t nb = s.cols / FG_QK, panels = (s.rows + cpu::kI8Rows - 1) / cpu::kI8Rows;
-            for (int64_t n : {256, 512}) {
+            for (int64_t n : {0, 128, 256, 512}) {  // 0: the repack alone
                 std::vector<float> xf((size_t)n * s.cols);
                 std::normal_distribution<float> nd;
                 for (auto& v : xf) v = nd(rng);
