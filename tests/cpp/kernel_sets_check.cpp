@@ -210,7 +210,8 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
 
 // gemm_i8 at the extremes the AVX2 sets' int16 sums are bounded for (kernels_x86_int8.inc's
 // i8_dot_256, kernels_x86_i16_256.inc): every quant at its largest magnitude (Q4_K 15, Q5_0 / Q5_K 31,
-// Q6_K -32, Q8_0 -128; Q4_0 / Q4_1 15) against activations all +max or all -max, bit for bit the generic
+// Q6_K -32, Q8_0 -128; Q4_0 / Q4_1 15; IQ3_XXS up to -62, the halves types' largest) against
+// activations all +max or all -max, bit for bit the generic
 // set's exact integers. Random weights stay far from these sums: a kernel that let an int16
 // sum wrap would still pass the random cases.
 void check_gemm_i8_extremes(const KernelSet* k) {
@@ -223,7 +224,8 @@ void check_gemm_i8_extremes(const KernelSet* k) {
         std::vector<int32_t> sums;
         quantize_i8_activations(g, xs_f, n, cols, xa, sums);
         std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+                        DType::IQ3_XXS}) {
             if (!gemm_i8_takes(*k, t)) continue;
             auto w = random_weights(t, rows, cols);  // the factors stay random; the quants go to the edge
             const int64_t rb = row_bytes(t, cols), bb = dtype_block_bytes(t);
@@ -238,6 +240,14 @@ void check_gemm_i8_extremes(const KernelSet* k) {
                     case DType::Q5_K:
                         std::memset(blk + offsetof(block_q5_K, qh), 0xff, FG_QK_K / 8 + FG_QK_K / 2);
                         break;
+                    case DType::IQ3_XXS: {  // the lattice types' largest quants: grid entry 135 (36, 62, 44, 20),
+                        // every sign negative (sign index 127), multiplier 31: |idot| per half 16 * 62 * 32512 at most
+                        std::memset(blk + offsetof(block_iq3_xxs, qs), 135, FG_QK_K / 4);
+                        const uint32_t sg = 15u << 28 | 127u | 127u << 7 | 127u << 14 | 127u << 21;
+                        for (int j = 0; j < FG_QK_K / FG_QK; j++)
+                            std::memcpy(blk + offsetof(block_iq3_xxs, qs) + FG_QK_K / 4 + 4 * j, &sg, 4);
+                        break;
+                    }
                     default:  // Q6_K: ql and qh zero, every quant -32
                         std::memset(blk + offsetof(block_q6_K, ql), 0, FG_QK_K / 2 + FG_QK_K / 4);
                 }
