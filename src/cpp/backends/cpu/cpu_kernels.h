@@ -98,7 +98,8 @@ struct KernelSet {
     void (*gemm_i8)(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* xs, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* work);
-    uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K at most)
+    uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K and
+                             // the IQ1-IQ3 lattice types at most)
     // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0; AVX-512 sets: Q4_K, Q5_K, Q6_K too)
     // repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 / Q4_Kx16 / Q5_Kx16 / Q6_Kx16) in every kernel
     // (gemm_q, gemm_i8, gemm_panel), so the backend
@@ -138,9 +139,10 @@ inline DType packed_type(const KernelSet& k, DType t) {
 // gemm_i8's repacked panel: per 32-weight block, kI8Rows x 32 quants as unsigned bytes
 // ([4-quant group][row][4]: one 512-bit vpdpbusd operand per group), kI8Rows f32 scales and
 // kI8Rows f32 mins (K-quants: w = scale * q + min per 32-weight sub-block; 0 otherwise), then
-// kI8Rows int32 "half terms". Q6_K, whose 16-weight sub-blocks have a scale each, stores
-// signed quants, the first half's scale in scales, the second half's in mins, and in the
-// half terms -128 * sum(q) of each half ([half][row] int32: x86 dots them with x + 128).
+// kI8Rows int32 "half terms". The halves types (Q6_K, whose 16-weight sub-blocks have a scale
+// each, and the lattice types, a factor per 16 weights: i8_is_halves) store signed quants, the
+// first half's factor in scales, the second half's in mins, and in the half terms
+// -128 * sum(q) of each half ([half][row] int32: x86 dots them with x + 128).
 constexpr int kI8Rows = 16;
 constexpr int64_t kI8PanelScales = kI8Rows * FG_QK, kI8PanelMins = kI8PanelScales + kI8Rows * 4;
 constexpr int64_t kI8PanelHalfTerms = kI8PanelMins + kI8Rows * 4;
