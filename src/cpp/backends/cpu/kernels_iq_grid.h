@@ -128,6 +128,18 @@ inline IqFields iq_grid_fields(const uint8_t* blk, int j) {
     return f;
 }
 
+// A super-block's bytes, as a constant of the kernels' type parameter (dtype_block_bytes at run time).
+template <DType WT>
+constexpr int64_t iq_grid_block_bytes() {
+    return WT == DType::IQ2_XXS   ? sizeof(block_iq2_xxs)
+           : WT == DType::IQ2_XS  ? sizeof(block_iq2_xs)
+           : WT == DType::IQ2_S   ? sizeof(block_iq2_s)
+           : WT == DType::IQ3_XXS ? sizeof(block_iq3_xxs)
+           : WT == DType::IQ3_S   ? sizeof(block_iq3_s)
+           : WT == DType::IQ1_S   ? sizeof(block_iq1_s)
+                                  : sizeof(block_iq1_m);
+}
+
 // IQ1_M's f16 d, spread over the top nibbles of its four scale words.
 inline float iq1_m_d(const block_iq1_m* b) {
     uint16_t sc[4];
