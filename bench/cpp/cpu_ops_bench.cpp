@@ -2,7 +2,8 @@
 // 1B-class model: GB/s of weights streamed (decode GEMV) and GFLOP/s (prefill GEMM),
 // with the machine's read bandwidth (measured with the backend's threads) for reference.
 //
-//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target cpu_ops_bench
+//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON -Dpybind11_DIR=$(python -m pybind11 --cmakedir)
+//   cmake --build build/bench --target cpu_ops_bench
 //   build/bench/cpu_ops_bench [threads] [filter] [max tokens: 1 = decode only, 8 = and batched decode]
 //                             [activations: int16 (default) or int8, forgert.Model's option]
 //   FORGERT_AMX_DECODE_MIN_TOKENS=2 build/bench/cpu_ops_bench 0 gemm_q   # the few-token decode kernels

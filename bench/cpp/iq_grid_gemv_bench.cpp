@@ -2,7 +2,8 @@
 // this CPU runs (generic = the portable code): ns per 32-weight sub-block and token for a
 // 2048 x 8192 matrix of random valid blocks, 1, 2, 4 and 8 tokens, and whether each set's bits
 // equal the generic set's. Build and run:
-//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target iq_grid_gemv_bench
+//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON -Dpybind11_DIR=$(python -m pybind11 --cmakedir)
+//   cmake --build build/bench --target iq_grid_gemv_bench
 //   build/bench/iq_grid_gemv_bench [tokens...]
 #include <algorithm>
 #include <chrono>

@@ -3,7 +3,8 @@
 // at N threads, measured in one process with the variants alternating round after round
 // (a shared VM's minutes differ; alternating puts every variant in each minute).
 //
-//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON && cmake --build build/bench --target thread_pool_bench
+//   cmake -S . -B build/bench -DFORGERT_BUILD_BENCH=ON -Dpybind11_DIR=$(python -m pybind11 --cmakedir)
+//   cmake --build build/bench --target thread_pool_bench
 //   build/bench/thread_pool_bench [threads (default 2)] [rounds (default 15)]
 //
 // First it checks what the machine gives: one dependent multiply chain per thread, each thread
