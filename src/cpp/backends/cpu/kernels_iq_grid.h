@@ -128,18 +128,6 @@ inline IqFields iq_grid_fields(const uint8_t* blk, int j) {
     return f;
 }
 
-// A super-block's bytes, as a constant of the kernels' type parameter (dtype_block_bytes at run time).
-template <DType WT>
-constexpr int64_t iq_grid_block_bytes() {
-    return WT == DType::IQ2_XXS   ? sizeof(block_iq2_xxs)
-           : WT == DType::IQ2_XS  ? sizeof(block_iq2_xs)
-           : WT == DType::IQ2_S   ? sizeof(block_iq2_s)
-           : WT == DType::IQ3_XXS ? sizeof(block_iq3_xxs)
-           : WT == DType::IQ3_S   ? sizeof(block_iq3_s)
-           : WT == DType::IQ1_S   ? sizeof(block_iq1_s)
-                                  : sizeof(block_iq1_m);
-}
-
 // IQ1_M's f16 d, spread over the top nibbles of its four scale words.
 inline float iq1_m_d(const block_iq1_m* b) {
     uint16_t sc[4];
@@ -158,18 +146,24 @@ inline float iq_grid_base(DType wt, const uint8_t* blk) {
     }
 }
 
+// f(DTypeTag<wt>{}) for a lattice type wt: a kernel's dispatch to its per-type template.
+template <class F>
+inline void iq_grid_visit(DType wt, F&& f) {
+    switch (wt) {
+        case DType::IQ2_XXS: return f(DTypeTag<DType::IQ2_XXS>{});
+        case DType::IQ2_XS: return f(DTypeTag<DType::IQ2_XS>{});
+        case DType::IQ2_S: return f(DTypeTag<DType::IQ2_S>{});
+        case DType::IQ3_XXS: return f(DTypeTag<DType::IQ3_XXS>{});
+        case DType::IQ3_S: return f(DTypeTag<DType::IQ3_S>{});
+        case DType::IQ1_S: return f(DTypeTag<DType::IQ1_S>{});
+        default: return f(DTypeTag<DType::IQ1_M>{});
+    }
+}
+
 // Sub-block j (0..7) of a super-block as int8 quants and multipliers.
 inline void iq_grid_sub(DType wt, const uint8_t* blk, int j, IqSub& s) {
     IqFields f;
-    switch (wt) {
-        case DType::IQ2_XXS: f = iq_grid_fields<DType::IQ2_XXS>(blk, j); break;
-        case DType::IQ2_XS: f = iq_grid_fields<DType::IQ2_XS>(blk, j); break;
-        case DType::IQ2_S: f = iq_grid_fields<DType::IQ2_S>(blk, j); break;
-        case DType::IQ3_XXS: f = iq_grid_fields<DType::IQ3_XXS>(blk, j); break;
-        case DType::IQ3_S: f = iq_grid_fields<DType::IQ3_S>(blk, j); break;
-        case DType::IQ1_S: f = iq_grid_fields<DType::IQ1_S>(blk, j); break;
-        default: f = iq_grid_fields<DType::IQ1_M>(blk, j); break;
-    }
+    iq_grid_visit(wt, [&](auto tag) { f = iq_grid_fields<decltype(tag)::value>(blk, j); });
     for (int w = 0; w < FG_QK; w++) {
         const uint8_t byte = (uint8_t)(f.words[w / 8] >> (8 * (w % 8)));
         s.q[w] = is_iq1(wt) ? (int8_t)(8 * (int8_t)byte + f.delta[w / 8])
@@ -224,20 +218,6 @@ inline float iq_grid_row_dot(DType wt, const uint8_t* row, const BlockQ8Act* x, 
         acc = iq_grid_super_step(acc, iq_grid_base(wt, blk), iq_grid_super_block_sum(wt, blk, x + b * (FG_QK_K / FG_QK)));
     }
     return acc;
-}
-
-// f(DTypeTag<wt>{}) for a lattice type wt: a kernel's dispatch to its per-type template.
-template <class F>
-inline void iq_grid_visit(DType wt, F&& f) {
-    switch (wt) {
-        case DType::IQ2_XXS: return f(DTypeTag<DType::IQ2_XXS>{});
-        case DType::IQ2_XS: return f(DTypeTag<DType::IQ2_XS>{});
-        case DType::IQ2_S: return f(DTypeTag<DType::IQ2_S>{});
-        case DType::IQ3_XXS: return f(DTypeTag<DType::IQ3_XXS>{});
-        case DType::IQ3_S: return f(DTypeTag<DType::IQ3_S>{});
-        case DType::IQ1_S: return f(DTypeTag<DType::IQ1_S>{});
-        default: return f(DTypeTag<DType::IQ1_M>{});
-    }
 }
 
 }  // namespace

@@ -14,15 +14,23 @@
 namespace forgert::cpu {
 namespace {
 
-// Bytes of one block of a quantized weight type, at compile time.
+// Bytes of one block (the lattice types: one super-block) of a quantized weight type, at compile
+// time (dtype_block_bytes at run time).
 template <DType WT>
 constexpr int64_t block_bytes() {
-    return WT == DType::Q8_0   ? sizeof(block_q8_0)
-           : WT == DType::Q4_0 ? sizeof(block_q4_0)
-           : WT == DType::Q5_0 ? sizeof(block_q5_0)
-           : WT == DType::Q5_1 ? sizeof(block_q5_1)
-           : WT == DType::IQ4_NL ? sizeof(block_iq4_nl)
-                               : sizeof(block_q4_1);
+    return WT == DType::Q8_0      ? sizeof(block_q8_0)
+           : WT == DType::Q4_0    ? sizeof(block_q4_0)
+           : WT == DType::Q5_0    ? sizeof(block_q5_0)
+           : WT == DType::Q5_1    ? sizeof(block_q5_1)
+           : WT == DType::IQ4_NL  ? sizeof(block_iq4_nl)
+           : WT == DType::IQ2_XXS ? sizeof(block_iq2_xxs)
+           : WT == DType::IQ2_XS  ? sizeof(block_iq2_xs)
+           : WT == DType::IQ2_S   ? sizeof(block_iq2_s)
+           : WT == DType::IQ3_XXS ? sizeof(block_iq3_xxs)
+           : WT == DType::IQ3_S   ? sizeof(block_iq3_s)
+           : WT == DType::IQ1_S   ? sizeof(block_iq1_s)
+           : WT == DType::IQ1_M   ? sizeof(block_iq1_m)
+                                  : sizeof(block_q4_1);
 }
 
 // Q5_0 / Q5_1's 32 quants (0..31, weight order): the nibbles of qs as Q4_0 plus bit i of
