@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import gguf
@@ -25,6 +24,7 @@ import pytest
 
 import iq_lattice_writer as iqw
 from conftest import cpu_uses_int8_activations, subprocess_env
+from test_cpu_ops import nmse, one_part_activations, rng_for
 
 T = gguf.GGMLQuantizationType
 TYPES = iqw.TYPES
@@ -37,18 +37,8 @@ def ops():
     return _core.Ops("cpu")
 
 
-def rng_for(*key) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def gguf_weights(raw: np.ndarray, name: str, rows: int, cols: int) -> np.ndarray:
     return gguf.quants.dequantize(np.ascontiguousarray(raw).reshape(-1), T[name]).reshape(rows, cols)
-
-
-def nmse(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    assert out.shape == ref.shape and np.all(np.isfinite(out))
-    return float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-300))
 
 
 def assert_bits_equal(out: np.ndarray, ref: np.ndarray):
@@ -157,16 +147,6 @@ def test_prefill_one_hot_is_each_weight_exactly(ops, ops_int8, name, one_part):
     out = (ops_int8 if one_part else ops).matmul(raw.reshape(-1), int(T[name]), rows, cols, x)
     ref = (127.0 * gguf_weights(raw, name, rows, cols).astype(np.float64)).astype(np.float32)
     assert_bits_equal(out.T + np.float32(0), ref + np.float32(0))   # -0 as +0
-
-
-def one_part_activations(x: np.ndarray) -> np.ndarray:
-    """x [n, cols] as one int8 a value (activations="int8", llama.cpp's Q8_0), in float64: per
-    32-block d = max|x| / 127 (f32), q = rint(x * (1 / d)) (f32, ties to even), x ~= d q. Written
-    from docs/design.md's definition (as test_cpu_ops' one_part_activations), not from the kernels."""
-    xb = np.asarray(x, np.float32).reshape(x.shape[0], -1, 32)
-    d = np.abs(xb).max(-1, keepdims=True) / np.float32(127)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
-    return (np.rint(xb * inv).astype(np.float64) * d.astype(np.float64)).reshape(x.shape)
 
 
 # activations="int8", 16+ tokens (the prefill int8 GEMM): against NumPy's product of gguf's weights
