@@ -289,7 +289,7 @@ print(json.dumps({"mode": info["panel_prefetch"], "batch": info["panel_prefetch_
 @needs_repack
 def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
     """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch; unset, one token
-    prefetches by vendor (far on Intel, off elsewhere) and a few tokens far (cpu_kernels.h). A
+    prefetches by CPU (far on Intel and with AMD's 256-bit sets, off elsewhere) and a few tokens far (cpu_kernels.h). A
     prefetch moves no data the kernels compute with, so every mode gives the same logits bit for
     bit, one token and few; a bad value is refused, naming the variable."""
     path = tiny_models("llama_tied").path("gguf-Q4_0")
