@@ -809,7 +809,11 @@ def test_rope_attn_factor_without_scaling_scales_cos_and_sin(tiny, tmp_path):
     got, want = Model(str(p), backend="cpu").logits(ids), Model(str(scaled), backend="cpu").logits(ids)
     plain = Model(str(tiny.path("gguf-F32")), backend="cpu").logits(ids)
     err = np.abs(got - want).max() / np.abs(want).max()
-    assert err < 1e-5, err            # measured 2.4e-6 (rounding of the scaled weights)
+    # The two routes round differently (a * w in the weights, a * cos / a * sin in RoPE), and the
+    # factor sharpens attention (scores x a^2). Measured 2.4e-6 on earlier test models, 2.9e-5
+    # with transformers 5.25's initialization (the same on the generic and AVX2 sets, 1264dc7 and
+    # after); a missing or misapplied factor moves the logits by ~1.0 of their largest (below).
+    assert err < 1e-4, err
     assert np.abs(plain - want).max() > 1e-2 * np.abs(want).max()   # the factor is visible
 
 
