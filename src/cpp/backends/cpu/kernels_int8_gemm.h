@@ -53,6 +53,20 @@ inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
     return f16_to_f32(h);
 }
 
+// Sub-block j's two factors from its K-quant super-block's d, dmin and packed scales (Q4_K / Q5_K:
+// d sc and -(dmin m); Q6_K: its halves' d sc, dmin unused): gemm_i8's definition, shared by
+// I8RowBlocks and the SIMD repacks.
+inline void i8_kquant_factors(DType wt, float d, float dmin, const uint8_t* scales, int j, float& f0, float& f1) {
+    if (wt == DType::Q6_K) {
+        const int8_t* sc = reinterpret_cast<const int8_t*>(scales) + 2 * j;
+        f0 = d * (float)sc[0], f1 = d * (float)sc[1];
+        return;
+    }
+    int sc, m;
+    q4_K_scale_min(scales, j, sc, m);
+    f0 = d * (float)sc, f1 = -(dmin * (float)m);
+}
+
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
 // 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0; the halves
 // types: the two halves' factors). K-quant and lattice blocks are the sub-blocks of a 256-weight
@@ -113,14 +127,7 @@ struct I8RowBlocks {
             scale = d * (float)m[b % 8][0], min = d * (float)m[b % 8][1];
             return;
         }
-        if (i8_is_halves(wt)) {
-            const int8_t* sc = reinterpret_cast<const int8_t*>(scales) + 2 * (b % 8);
-            scale = d * (float)sc[0], min = d * (float)sc[1];
-            return;
-        }
-        int sc, m;
-        q4_K_scale_min(scales, (int)(b % 8), sc, m);
-        scale = d * (float)sc, min = -(dmin * (float)m);
+        i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K (the halves), Q4_K, Q5_K
     }
 
     void block(int64_t b, int* q, float& scale, float& min) {
