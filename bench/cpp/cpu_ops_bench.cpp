@@ -136,7 +136,8 @@ int main(int argc, char** argv) {
                             {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
                             {"1B ffn_down", 2048, 8192}};
     for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL, DType::Q2_K,
-                    DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::MXFP4, DType::F16,
+                    DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::IQ3_S, DType::IQ3_XXS,
+                    DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M, DType::MXFP4, DType::F16,
                     DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 4, 8, 512}) {  // decode, batched decode of 4 and 8 sequences, prefill
