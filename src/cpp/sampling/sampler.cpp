@@ -47,20 +47,40 @@ void top_k_ids(const float* logits, int vocab, int k, std::vector<int32_t>* out)
 
 // A NaN or +inf logit (the model's arithmetic overflowed) has no place in the order the filters
 // sort by, and a row of -inf leaves nothing to draw: both are refused before any filter runs.
-void check_logits(const float* logits, int vocab) {
-    bool bad = false, any = false;
-    for (int i = 0; i < vocab; ++i) {
-        bad |= !(logits[i] <= FLT_MAX);  // NaN or +inf
-        any |= logits[i] > -INFINITY;
+// Returns the largest logit. One pass in kLanes independent lanes (vectorizable, no chain of
+// compares): it runs on every sampled token over the whole vocabulary (128256 logits for
+// Llama 3), where the scalar check and std::max_element took 72 us at 49152 (Zen 3).
+float check_logits(const float* logits, int vocab) {
+    constexpr int kLanes = 8;
+    float best[kLanes];
+    bool bad[kLanes];
+    for (int l = 0; l < kLanes; ++l) best[l] = -INFINITY, bad[l] = false;
+    int i = 0;
+    for (; i + kLanes <= vocab; i += kLanes)
+        for (int l = 0; l < kLanes; ++l) {
+            const float v = logits[i + l];
+            bad[l] |= !(v <= FLT_MAX);           // NaN or +inf
+            best[l] = v > best[l] ? v : best[l];  // a NaN never enters
+        }
+    for (; i < vocab; ++i) {
+        bad[0] |= !(logits[i] <= FLT_MAX);
+        best[0] = logits[i] > best[0] ? logits[i] : best[0];
     }
-    if (bad) {
-        int i = 0;
-        while (logits[i] <= FLT_MAX) ++i;
-        throw std::invalid_argument("logits[" + std::to_string(i) + "] is " + (std::isnan(logits[i]) ? "NaN" : "inf") +
+    bool any_bad = false;
+    float m = -INFINITY;
+    for (int l = 0; l < kLanes; ++l) any_bad |= bad[l], m = best[l] > m ? best[l] : m;
+    if (any_bad) {
+        int j = 0;
+        while (logits[j] <= FLT_MAX) ++j;
+        throw std::invalid_argument("logits[" + std::to_string(j) + "] is " + (std::isnan(logits[j]) ? "NaN" : "inf") +
                                     ": the model's arithmetic overflowed, there is no distribution to sample");
     }
-    if (!any) throw std::invalid_argument("every logit is -inf: no token can be sampled");
+    if (!(m > -INFINITY)) throw std::invalid_argument("every logit is -inf: no token can be sampled");
+    return m;
 }
+
+// The first id holding the largest logit m (std::max_element's answer, found in one compare a logit).
+int first_of(const float* logits, int vocab, float m) { return (int)(std::find(logits, logits + vocab, m) - logits); }
 
 }  // namespace
 
@@ -106,7 +126,7 @@ void Sampler::apply_penalties(float* logits, int vocab) const {
     }
 }
 
-void Sampler::candidates(const float* logits, int vocab) {
+void Sampler::candidates(const float* logits, int vocab, float best) {
     const double t = p_.temperature;
     if (p_.top_k > 0 && p_.top_k < vocab) {
         top_k_ids(logits, vocab, p_.top_k, &ids_);
@@ -118,9 +138,9 @@ void Sampler::candidates(const float* logits, int vocab) {
     x_.resize(n);
     e_.resize(n);
     // Tempered relative to the best logit, so that a tiny temperature takes the others to -inf
-    // and the best to 0 (e == 1 below) rather than to inf - inf. check_logits made the best finite.
-    double lmax = -INFINITY;
-    for (size_t i = 0; i < n; ++i) lmax = std::max(lmax, (double)logits[ids_[i]]);
+    // and the best to 0 (e == 1 below) rather than to inf - inf. check_logits made the best finite;
+    // every filter keeps it (top-k's survivors include it).
+    const double lmax = best;
     for (size_t i = 0; i < n; ++i) x_[i] = ((double)logits[ids_[i]] - lmax) / t;
     // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
     // survivors (as HF renormalizes), measured before min-p cuts.
@@ -178,7 +198,10 @@ void Sampler::candidates(const float* logits, int vocab) {
     }
     ids_.resize(kept);
     x_.resize(kept);
-    // The draw runs over the survivors in id order (the order the tests' reference uses).
+    // The draw runs over the survivors in id order (the order the tests' reference uses). Without
+    // top-k and top-p they are already (the whole vocabulary, less min-p's cuts): no sort, which
+    // cost 1.4 ms a token over 49152 ids (the server's default: temperature alone).
+    if (std::is_sorted(ids_.begin(), ids_.end())) return;
     std::vector<int32_t> order(kept);
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids_[a] < ids_[b]; });
@@ -195,13 +218,13 @@ void Sampler::candidates(const float* logits, int vocab) {
 void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs) {
     if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
     apply_penalties(logits, vocab);
-    check_logits(logits, vocab);
+    const float best = check_logits(logits, vocab);
     if (p_.temperature == 0) {
-        *ids = {(int32_t)(std::max_element(logits, logits + vocab) - logits)};
+        *ids = {first_of(logits, vocab, best)};
         *probs = {1.0};
         return;
     }
-    candidates(logits, vocab);
+    candidates(logits, vocab, best);
     double xmax = -INFINITY, z = 0;
     for (double x : x_) xmax = std::max(xmax, x);
     probs->resize(x_.size());
@@ -214,9 +237,9 @@ int Sampler::sample(float* logits, int vocab, double u) {
     if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
     if (u >= 1.0) throw std::invalid_argument("the uniform draw must be in [0, 1)");
     apply_penalties(logits, vocab);
-    check_logits(logits, vocab);
-    if (p_.temperature == 0) return (int)(std::max_element(logits, logits + vocab) - logits);
-    candidates(logits, vocab);
+    const float best = check_logits(logits, vocab);
+    if (p_.temperature == 0) return first_of(logits, vocab, best);
+    candidates(logits, vocab, best);
     if (u < 0) u = (double)(rng_() >> 11) * 0x1.0p-53;  // 53 random bits in [0, 1)
     double xmax = -INFINITY;
     for (double x : x_) xmax = std::max(xmax, x);

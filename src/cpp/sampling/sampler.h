@@ -42,8 +42,9 @@ public:
 
 private:
     void apply_penalties(float* logits, int vocab) const;
-    // Fills ids_ (best first) and x_ (tempered logits) with the survivors of top-k/top-p/min-p.
-    void candidates(const float* logits, int vocab);
+    // Fills ids_ (in id order) and x_ (tempered logits) with the survivors of top-k/top-p/min-p;
+    // best: the row's largest logit.
+    void candidates(const float* logits, int vocab, float best);
 
     SamplerParams p_;
     std::mt19937_64 rng_;
