@@ -89,3 +89,15 @@ def test_bad_prefill_mode_is_a_clear_error():
                           env=subprocess_env(FORGERT_CPU_PREFILL="int4"), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "FORGERT_CPU_PREFILL=int4" in proc.stderr and "int8x2" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif("generic" not in runnable_sets(), reason="this CPU already runs the portable set")
+def test_sampler_under_the_portable_set():
+    """The C++ sampler's exp over its candidates: four at a time by a polynomial on CPUs with AVX2
+    and FMA (src/cpp/sampling/exp_rows.cpp), std::exp under FORGERT_CPU_ISA=generic and elsewhere.
+    test_sampler_core.py holds this process's choice to NumPy; here the other one."""
+    env = subprocess_env(FORGERT_CPU_ISA="generic")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           str(TESTS / "test_sampler_core.py")], env=env, capture_output=True, text=True,
+                          cwd=TESTS.parent, timeout=900)
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -261,3 +261,21 @@ def test_stream_samples_in_cpp_with_the_numpy_filters(tiny_model):
     for i, tok in enumerate(c.tokens):
         hist = prompt + c.tokens[:i]
         assert reference_probs(full[len(prompt) - 1 + i], sp, hist)[tok] > 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_minus_inf_and_far_below_weigh_exactly_zero(temperature):
+    # Every weight is exp(x - best) of a candidate (src/cpp/sampling/exp_rows.cpp): a -inf logit
+    # (a masked token) must weigh exactly 0, and so must one whose weight is below double's
+    # smallest (exp(-746) rounds to 0, as NumPy's does), or the draw at u = 0 would pick it.
+    vocab = 4099
+    logits = np.full(vocab, -np.inf, dtype=np.float32)
+    logits[[7, 1000, 4098]] = [2.0, 2.5, 1.0]
+    logits[[0, 1, 2]] = 2.5 - 746.0 * temperature - np.float32([1.0, 40.0, 200.0]) * temperature
+    params = P(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0)
+    got, ref = core_probs(logits, params, []), reference_probs(logits, params, [])
+    assert list(np.flatnonzero(got)) == list(np.flatnonzero(ref)) == [7, 1000, 4098]
+    np.testing.assert_allclose(got, ref, rtol=1e-14, atol=0)
+    s = native_sampler(params)
+    assert s.sample(logits, 0.0) == 7
+    assert s.sample(logits, 1 - 2**-53) == 4098

@@ -1,5 +1,7 @@
 #include "sampling/sampler.h"
 
+#include "sampling/exp_rows.h"
+
 #include "core/backend.h"
 
 #include <algorithm>
@@ -147,7 +149,8 @@ void Sampler::candidates(const float* logits, int vocab, float best) {
     double mass = 0;
     const bool need_e = p_.min_p > 0 || p_.top_p < 1;
     if (need_e) {
-        for (size_t i = 0; i < n; ++i) mass += (e_[i] = std::exp(x_[i]));
+        exp_rows(x_.data(), e_.data(), n);
+        for (size_t i = 0; i < n; ++i) mass += e_[i];
     }
     size_t kept = n;
     if (p_.min_p > 0) {
@@ -228,7 +231,9 @@ void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::v
     double xmax = -INFINITY, z = 0;
     for (double x : x_) xmax = std::max(xmax, x);
     probs->resize(x_.size());
-    for (size_t i = 0; i < x_.size(); ++i) z += ((*probs)[i] = std::exp(x_[i] - xmax));
+    for (size_t i = 0; i < x_.size(); ++i) (*probs)[i] = x_[i] - xmax;
+    exp_rows(probs->data(), probs->data(), probs->size());
+    for (double q : *probs) z += q;
     for (double& q : *probs) q /= z;
     *ids = ids_;
 }
@@ -239,14 +244,29 @@ int Sampler::sample(float* logits, int vocab, double u) {
     apply_penalties(logits, vocab);
     const float best = check_logits(logits, vocab);
     if (p_.temperature == 0) return first_of(logits, vocab, best);
-    candidates(logits, vocab, best);
     if (u < 0) u = (double)(rng_() >> 11) * 0x1.0p-53;  // 53 random bits in [0, 1)
+    const bool whole_vocab = !(p_.top_k > 0 && p_.top_k < vocab) && p_.top_p >= 1 && p_.min_p <= 0;
+    if (whole_vocab) {
+        // No filter (the server's OpenAI defaults): candidates() would list every id in order and
+        // its x_; the same weights exp((l - best) / t), summed in the same order, without them.
+        e_.resize(vocab);
+        const double t = p_.temperature;
+        for (int i = 0; i < vocab; ++i) e_[i] = ((double)logits[i] - (double)best) / t;
+        exp_rows(e_.data(), e_.data(), e_.size());
+        double c = 0;
+        for (double& w : e_) w = (c += w);
+        const size_t j = std::upper_bound(e_.begin(), e_.end(), u * c) - e_.begin();
+        return (int)std::min(j, (size_t)vocab - 1);
+    }
+    candidates(logits, vocab, best);
     double xmax = -INFINITY;
     for (double x : x_) xmax = std::max(xmax, x);
     // First survivor whose cumulative weight exceeds u * total (NumPy's searchsorted "right").
     e_.resize(x_.size());
     double c = 0;
-    for (size_t i = 0; i < x_.size(); ++i) e_[i] = (c += std::exp(x_[i] - xmax));
+    for (size_t i = 0; i < x_.size(); ++i) e_[i] = x_[i] - xmax;
+    exp_rows(e_.data(), e_.data(), e_.size());
+    for (double& w : e_) w = (c += w);
     const size_t j = std::upper_bound(e_.begin(), e_.end(), u * c) - e_.begin();
     return ids_[std::min(j, x_.size() - 1)];
 }
