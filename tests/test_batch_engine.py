@@ -270,3 +270,23 @@ def test_bad_scores_raise(tiny_models, make, message):
 def test_n_slots_must_be_positive(tiny_models):
     with pytest.raises(ValueError, match="n_slots"):
         make_engine(tiny_models("llama_tied"), "cpu", n_slots=0)
+
+
+def test_per_sequence_samplers_side_by_side(smollm2_gguf):
+    """Over SmolLM2's 49152-token vocabulary three entries' draws run on threads (sampling/
+    batch_draw.cpp: from 2^17 logits): still the draws each sampler makes alone, its RNG advanced
+    by its own rows only."""
+    from forgert import _core
+    batch = make_engine(smollm2_gguf, "cpu", n_slots=3)
+    alone = make_engine(smollm2_gguf, "cpu", n_slots=1)
+    p = prompts(batch.vocab, [6, 9, 4], seed=5)
+    params = [dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=21),      # the whole vocabulary
+              dict(temperature=0.9, top_k=0, top_p=0.9, min_p=0.0, seed=22),
+              dict(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, seed=23)]
+    samplers = [_core.Sampler(**kw) for kw in params]
+    got = batch.forward_batch_sample([(i, p[i], 0) for i in range(3)], samplers)
+    nxt = batch.forward_batch_sample([(i, got[i:i + 1], len(p[i])) for i in range(3)], samplers)
+    for i, kw in enumerate(params):
+        s = _core.Sampler(**kw)
+        assert alone.forward_sample(p[i], 0, s) == got[i]
+        assert alone.forward_sample(got[i:i + 1], len(p[i]), s) == nxt[i]

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/weight_panels.h"
@@ -18,6 +19,7 @@
 #include "model/tensor_layout.h"
 #include "ops_binding.h"
 #include "pool_binding.h"
+#include "sampling/batch_draw.h"
 #include "sampling/sampler.h"
 #if FORGERT_HAVE_METAL_EMULATOR
 #include "backends/metal/device_emulated.h"
@@ -501,16 +503,13 @@ public:
         batch_logits_.resize((size_t)n_out * vocab);
         model_->forward_batch(in.entries.data(), n, batch_logits_.data());
         // A decode run's rows each drawn by its entry's sampler; a row it refuses for having no
-        // token to draw (NaN...) gets the argmax's sentinel, so that its sequence alone fails.
-        for (int e = 0, row = 0; e < n; e++)
-            for (int r = 0; r < in.entries[e].output_rows(); r++, row++) {
-                float* logits = batch_logits_.data() + (size_t)row * vocab;
-                try {
-                    dst[row] = samplers[e]->sample(logits, vocab);
-                } catch (const std::invalid_argument&) {
-                    if ((dst[row] = no_token_sentinel(logits, vocab)) == 0) throw;
-                }
-            }
+        // token to draw (NaN...) gets the argmax's sentinel, so that its sequence alone fails. The
+        // entries side by side: over a 128256-token vocabulary a draw takes ~0.35 ms (temperature
+        // alone), eight one after another a tenth of a 16-core step.
+        std::vector<int> rows_of(n);
+        for (int e = 0; e < n; e++) rows_of[e] = (int)in.entries[e].output_rows();
+        draw_batch(samplers.data(), rows_of.data(), n, batch_logits_.data(), vocab, dst,
+                   (int)std::thread::hardware_concurrency());
         return out;
     }
 
