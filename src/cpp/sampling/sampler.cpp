@@ -280,7 +280,8 @@ int Sampler::sample(float* logits, int vocab, double u) {
     const bool whole_vocab = !(p_.top_k > 0 && p_.top_k < vocab) && p_.top_p >= 1 && p_.min_p <= 0;
     if (whole_vocab) {
         // No filter (the server's OpenAI defaults): candidates() would list every id in order and
-        // its x_; the same weights exp((l - best) / t), summed in the same order, without them.
+        // its x_; the same weights exp((l - best) / t) without those lists, and the crossing found
+        // through block sums (first_crossing) rather than a cumulative sum of the whole vocabulary.
         e_.resize(vocab);
         const double t = p_.temperature;
         for (int i = 0; i < vocab; ++i) e_[i] = ((double)logits[i] - (double)best) / t;
