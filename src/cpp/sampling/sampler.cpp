@@ -260,12 +260,8 @@ void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::v
         return;
     }
     candidates(logits, vocab, best);
-    double xmax = -INFINITY, z = 0;
-    for (double x : x_) xmax = std::max(xmax, x);
-    probs->resize(x_.size());
-    for (size_t i = 0; i < x_.size(); ++i) (*probs)[i] = x_[i] - xmax;
-    exp_rows(probs->data(), probs->data(), probs->size());
-    for (double q : *probs) z += q;
+    weights(probs);
+    const double z = sum4(probs->data(), probs->size());
     for (double& q : *probs) q /= z;
     *ids = ids_;
 }
@@ -289,16 +285,16 @@ int Sampler::sample(float* logits, int vocab, double u) {
         return (int)first_crossing(e_.data(), e_.size(), u * sum4(e_.data(), e_.size()));
     }
     candidates(logits, vocab, best);
+    weights(&e_);
+    return ids_[first_crossing(e_.data(), e_.size(), u * sum4(e_.data(), e_.size()))];
+}
+
+void Sampler::weights(std::vector<double>* w) const {
     double xmax = -INFINITY;
     for (double x : x_) xmax = std::max(xmax, x);
-    // First survivor whose cumulative weight exceeds u * total (NumPy's searchsorted "right").
-    e_.resize(x_.size());
-    double c = 0;
-    for (size_t i = 0; i < x_.size(); ++i) e_[i] = x_[i] - xmax;
-    exp_rows(e_.data(), e_.data(), e_.size());
-    for (double& w : e_) w = (c += w);
-    const size_t j = std::upper_bound(e_.begin(), e_.end(), u * c) - e_.begin();
-    return ids_[std::min(j, x_.size() - 1)];
+    w->resize(x_.size());
+    for (size_t i = 0; i < x_.size(); ++i) (*w)[i] = x_[i] - xmax;
+    exp_rows(w->data(), w->data(), w->size());
 }
 
 int32_t no_token_sentinel(const float* logits, int vocab) {

@@ -45,6 +45,8 @@ private:
     // Fills ids_ (in id order) and x_ (tempered logits) with the survivors of top-k/top-p/min-p;
     // best: the row's largest logit.
     void candidates(const float* logits, int vocab, float best);
+    // w = exp(x_ - max x_): the survivors' weights, in x_'s order.
+    void weights(std::vector<double>* w) const;
 
     SamplerParams p_;
     std::mt19937_64 rng_;
