@@ -279,3 +279,61 @@ def test_minus_inf_and_far_below_weigh_exactly_zero(temperature):
     s = native_sampler(params)
     assert s.sample(logits, 0.0) == 7
     assert s.sample(logits, 1 - 2**-53) == 4098
+
+
+def test_the_largest_draw_never_lands_on_a_trailing_minus_inf():
+    # u just below 1 lands past the total only through the sums' rounding; the token drawn then is
+    # the last one with weight, never a -inf logit after it (chunks of 8192: the row spans three).
+    vocab = 20000
+    logits = np.zeros(vocab, dtype=np.float32)
+    logits[15000:] = -np.inf
+    for params in (P(top_k=0, top_p=1.0, min_p=0.0), P(top_k=0, top_p=0.999, min_p=0.0)):
+        ids, probs = native_sampler(params).filter(logits)
+        last = ids[probs > 0][-1]   # 14999; top_p 0.999: 14984
+        assert last == (14999 if params.top_p == 1.0 else 14984)
+        for threads in (1, 3):
+            assert native_sampler(params).sample(logits, 1 - 2**-53, threads=threads) == last
+
+
+# (spread of the row's chunks: pool threads, order on one thread)
+SPREADS = [dict(threads=3), dict(threads=2), dict(order="reverse"), dict(order="shuffle")]
+
+
+@pytest.mark.parametrize("vocab", [20000, 49152, 128256])
+def test_row_passes_on_threads_or_in_any_order_give_the_same_tokens(vocab):
+    # The passes over the whole row (check + max, top-k, weights and their sums, top-p's partial
+    # sort, the draw) run a chunk of 8192 logits at a time on the engine's threads. The chunks are
+    # the row's, not the threads': the same ids, bit-identical probabilities and the same tokens
+    # from one thread forward, from pools of 2 and 3, and from chunks taken in reverse or shuffled;
+    # and those equal NumPy's (check_case on the pooled path).
+    rng = np.random.default_rng(vocab)
+    cases = [P(top_k=0, top_p=1.0, min_p=0.0), P(top_k=0, top_p=0.95, min_p=0.0),
+             P(top_k=0, top_p=0.5, min_p=0.05), P(top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.1),
+             P(top_k=2000, top_p=1.0, min_p=0.0), P(top_k=0, top_p=1.0, min_p=0.3, temperature=0.7)]
+    for params in cases:
+        logits = (rng.standard_normal(vocab) * 2.5).astype(np.float32)
+        logits[rng.integers(0, vocab, 20)] += rng.uniform(6, 12, 20).astype(np.float32)
+        logits[rng.integers(0, vocab, vocab // 20)] = -np.inf
+        history = list(rng.integers(0, vocab, 64))
+        ids, probs = native_sampler(params, history).filter(logits)
+        us = list(rng.random(16)) + [0.0, 1 - 2**-53]
+        tokens = [native_sampler(params, history).sample(logits, u) for u in us]
+        for spread in SPREADS:
+            ids2, probs2 = native_sampler(params, history).filter(logits, **spread)
+            assert np.array_equal(ids2, ids) and np.array_equal(probs2, probs), (params, spread)
+            s = native_sampler(params, history)
+            assert [s.sample(logits, u, **spread) for u in us] == tokens, (params, spread)
+        ref = reference_probs(logits, params, history)
+        np.testing.assert_allclose(core_probs(logits, params, history), ref, rtol=0, atol=PROB_TOL)
+        cdf = np.cumsum(ref[ref > 0])
+        for u, tok in zip(us, tokens):
+            if np.min(np.abs(cdf / cdf[-1] - u)) > 1e-9:
+                assert tok == reference_token(ref, u), (params, u)
+
+
+def test_row_spread_arguments_are_checked():
+    s = native_sampler(P())
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        s.sample(np.zeros(4, dtype=np.float32), 0.5, threads=0)
+    with pytest.raises(ValueError, match="order must be"):
+        s.filter(np.zeros(4, dtype=np.float32), order="sideways")

@@ -423,7 +423,7 @@ public:
         const int vocab = model_->config().vocab;
         logits_row_.resize(vocab);
         model_->forward(src, n, pos, false, logits_row_.data());
-        return sampler.sample(logits_row_.data(), vocab);
+        return sampler.sample(logits_row_.data(), vocab, -1.0, host_threads());
     }
 
     // Pipelined decoding of slot 0 (LlamaModel::decode_begin/next/end): the step that evaluates
@@ -440,8 +440,8 @@ public:
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(mu_);
         if (!sampler) return model_->decode_next(launch);
-        return model_->decode_next(launch, [sampler](float* logits, int vocab) {
-            return (int32_t)sampler->sample(logits, vocab);
+        return model_->decode_next(launch, [this, sampler](float* logits, int vocab) {
+            return (int32_t)sampler->sample(logits, vocab, -1.0, host_threads());
         });
     }
 
@@ -726,10 +726,39 @@ private:
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
     std::vector<float> logits_row_;  // [vocab]: forward_sample's logits, guarded by mu_
+
+    // The backend's host threads for a sampler's passes over the row (the CPU backend's pool, idle
+    // between two steps); called with mu_ held.
+    ParallelFor host_threads() {
+        return [this](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+            model_->backend().host_parallel_for(n, fn);
+        };
+    }
     std::vector<float> batch_logits_;  // [output rows, vocab]: forward_batch_sample's logits, guarded by mu_
 };
 
 }  // namespace
+
+// Runs f(par) with the sampler's row passes spread as a test asks: on a pool of `threads` (> 1), or
+// on this thread with the chunks taken forward, in reverse or shuffled (a fixed permutation).
+template <class F>
+auto with_row_threads(int threads, const std::string& order, F&& f) {
+    if (threads < 1) throw InputError("threads must be >= 1");
+    if (order != "forward" && order != "reverse" && order != "shuffle")
+        throw InputError("order must be 'forward', 'reverse' or 'shuffle', not '" + order + "'");
+    py::gil_scoped_release nogil;
+    if (threads > 1) {
+        cpu::ThreadPool pool(threads);
+        return f([&pool](int64_t n, const std::function<void(int64_t, int64_t)>& fn) { pool.parallel_for(n, 1, fn); });
+    }
+    if (order == "forward") return f(ParallelFor());
+    return f([&order](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+        std::vector<int64_t> idx(n);
+        for (int64_t i = 0; i < n; ++i) idx[i] = order == "reverse" ? n - 1 - i : i;
+        if (order == "shuffle") std::shuffle(idx.begin(), idx.end(), std::mt19937_64(12345));
+        for (int64_t i : idx) fn(i, i + 1);
+    });
+}
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "forgert native runtime";
@@ -864,23 +893,33 @@ PYBIND11_MODULE(_core, m) {
         .def("add_history", &Sampler::add_history, py::arg("id"))
         .def(
             "sample",
-            [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, double u) {
+            [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, double u,
+               int threads, const std::string& order) {
                 std::vector<float> row(logits.data(), logits.data() + logits.size());  // not the caller's array
-                return s.sample(row.data(), (int)row.size(), u);
+                return with_row_threads(threads, order, [&](const ParallelFor& par) {
+                    return s.sample(row.data(), (int)row.size(), u, par);
+                });
             },
-            py::arg("logits"), py::arg("u") = -1.0,
-            "a token from logits [vocab]; u in [0, 1) is the uniform draw (default: the seeded RNG's next)")
+            py::arg("logits"), py::arg("u") = -1.0, py::arg("threads") = 1, py::arg("order") = "forward",
+            "a token from logits [vocab]; u in [0, 1) is the uniform draw (default: the seeded RNG's next). "
+            "threads > 1: the row's chunks on a pool of that many; order 'reverse' / 'shuffle': one thread "
+            "takes the chunks in that order (tests: the token does not depend on either)")
         .def(
             "filter",
-            [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+            [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, int threads,
+               const std::string& order) {
                 std::vector<float> row(logits.data(), logits.data() + logits.size());
                 std::vector<int32_t> ids;
                 std::vector<double> probs;
-                s.filter(row.data(), (int)row.size(), &ids, &probs);
+                with_row_threads(threads, order, [&](const ParallelFor& par) {
+                    s.filter(row.data(), (int)row.size(), &ids, &probs, par);
+                    return 0;
+                });
                 return py::make_tuple(py::array_t<int32_t>(ids.size(), ids.data()),
                                       py::array_t<double>(probs.size(), probs.data()));
             },
-            py::arg("logits"), "(ids in increasing order, their renormalized probabilities) that survive the filters");
+            py::arg("logits"), py::arg("threads") = 1, py::arg("order") = "forward",
+            "(ids in increasing order, their renormalized probabilities) that survive the filters");
 
     m.def(
         "tensor_layout",

@@ -1,6 +1,7 @@
 #include "sampling/sampler.h"
 
 #include "sampling/exp_rows.h"
+#include "sampling/row_passes.h"
 
 #include "core/backend.h"
 
@@ -13,105 +14,6 @@
 
 namespace forgert {
 namespace {
-
-// (logit, id), better first: higher logit, then the lower id.
-struct Scored {
-    float v;
-    int32_t id;
-};
-inline bool better(const Scored& a, const Scored& b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
-
-// The k best of logits [vocab] (0 < k < vocab), in no particular order. A heap of k for the
-// usual small k: one comparison per logit against the k-th best so far; nth_element otherwise.
-void top_k_ids(const float* logits, int vocab, int k, std::vector<int32_t>* out) {
-    out->clear();
-    if (k <= 1024) {
-        std::vector<Scored> heap;  // worst of the k best on top
-        heap.reserve(k);
-        for (int i = 0; i < k; ++i) heap.push_back({logits[i], i});
-        std::make_heap(heap.begin(), heap.end(), better);
-        for (int i = k; i < vocab; ++i) {
-            // A later id never beats an equal logit: strictly greater replaces the worst.
-            if (logits[i] > heap.front().v) {
-                std::pop_heap(heap.begin(), heap.end(), better);
-                heap.back() = {logits[i], i};
-                std::push_heap(heap.begin(), heap.end(), better);
-            }
-        }
-        for (const Scored& s : heap) out->push_back(s.id);
-        return;
-    }
-    std::vector<Scored> all(vocab);
-    for (int i = 0; i < vocab; ++i) all[i] = {logits[i], i};
-    std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), better);
-    for (int i = 0; i < k; ++i) out->push_back(all[i].id);
-}
-
-// A NaN or +inf logit (the model's arithmetic overflowed) has no place in the order the filters
-// sort by, and a row of -inf leaves nothing to draw: both are refused before any filter runs.
-// Returns the largest logit. One pass in kLanes independent lanes (vectorizable, no chain of
-// compares): it runs on every sampled token over the whole vocabulary (128256 logits for
-// Llama 3), where the scalar check and std::max_element took 72 us at 49152 (Zen 3).
-float check_logits(const float* logits, int vocab) {
-    constexpr int kLanes = 8;
-    float best[kLanes];
-    bool bad[kLanes];
-    for (int l = 0; l < kLanes; ++l) best[l] = -INFINITY, bad[l] = false;
-    int i = 0;
-    for (; i + kLanes <= vocab; i += kLanes)
-        for (int l = 0; l < kLanes; ++l) {
-            const float v = logits[i + l];
-            bad[l] |= !(v <= FLT_MAX);           // NaN or +inf
-            best[l] = v > best[l] ? v : best[l];  // a NaN never enters
-        }
-    for (; i < vocab; ++i) {
-        bad[0] |= !(logits[i] <= FLT_MAX);
-        best[0] = logits[i] > best[0] ? logits[i] : best[0];
-    }
-    bool any_bad = false;
-    float m = -INFINITY;
-    for (int l = 0; l < kLanes; ++l) any_bad |= bad[l], m = best[l] > m ? best[l] : m;
-    if (any_bad) {
-        int j = 0;
-        while (logits[j] <= FLT_MAX) ++j;
-        throw std::invalid_argument("logits[" + std::to_string(j) + "] is " + (std::isnan(logits[j]) ? "NaN" : "inf") +
-                                    ": the model's arithmetic overflowed, there is no distribution to sample");
-    }
-    if (!(m > -INFINITY)) throw std::invalid_argument("every logit is -inf: no token can be sampled");
-    return m;
-}
-
-// sum of w [n] in four interleaved partial sums: not a chain of n dependent additions (4 cycles
-// each), which over a 128256-token vocabulary cost more than the weights' exp. The order differs
-// from NumPy's pairwise sum as the sequential one did: within a few ulps of it.
-double sum4(const double* w, size_t n) {
-    double s[4] = {0, 0, 0, 0};
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int l = 0; l < 4; ++l) s[l] += w[i + l];
-    for (; i < n; ++i) s[0] += w[i];
-    return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-// The first index whose cumulative weight exceeds target (NumPy's searchsorted "right" on the
-// cumulative sum), n - 1 if none does: the weights summed a block at a time (sum4) until the block
-// that crosses, then one by one inside it. A token of weight 0 (a -inf logit) is never the answer.
-size_t first_crossing(const double* w, size_t n, double target) {
-    constexpr size_t kBlock = 256;
-    double c = 0;
-    for (size_t b = 0; b < n; b += kBlock) {
-        const size_t z = std::min(n, b + kBlock);
-        const double s = sum4(w + b, z - b);
-        if (c + s > target) {
-            for (size_t i = b; i < z; ++i)
-                if ((c += w[i]) > target) return i;
-            // rounding inside the block fell short: the crossing is in a later one
-        } else {
-            c += s;
-        }
-    }
-    return n - 1;
-}
 
 // The first id holding the largest logit m (std::max_element's answer, found in one compare a logit).
 int first_of(const float* logits, int vocab, float m) { return (int)(std::find(logits, logits + vocab, m) - logits); }
@@ -160,34 +62,46 @@ void Sampler::apply_penalties(float* logits, int vocab) const {
     }
 }
 
-void Sampler::candidates(const float* logits, int vocab, float best) {
+void Sampler::candidates(const float* logits, int vocab, float best, const ParallelFor& par) {
     const double t = p_.temperature;
-    if (p_.top_k > 0 && p_.top_k < vocab) {
-        top_k_ids(logits, vocab, p_.top_k, &ids_);
-    } else {
-        ids_.resize(vocab);
-        std::iota(ids_.begin(), ids_.end(), 0);
-    }
-    const size_t n = ids_.size();
-    x_.resize(n);
-    e_.resize(n);
     // Tempered relative to the best logit, so that a tiny temperature takes the others to -inf
     // and the best to 0 (e == 1 below) rather than to inf - inf. check_logits made the best finite;
     // every filter keeps it (top-k's survivors include it).
     const double lmax = best;
-    for (size_t i = 0; i < n; ++i) x_[i] = ((double)logits[ids_[i]] - lmax) / t;
     // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
     // survivors (as HF renormalizes), measured before min-p cuts.
-    double mass = 0;
     const bool need_e = p_.min_p > 0 || p_.top_p < 1;
-    if (need_e) {
-        exp_rows(x_.data(), e_.data(), n);
-        mass = sum4(e_.data(), n);
+    double mass = 0;
+    if (p_.top_k > 0 && p_.top_k < vocab) {
+        top_k_ids(logits, vocab, p_.top_k, par, &ids_);
+        const size_t n = ids_.size();
+        x_.resize(n);
+        e_.resize(n);
+        for (size_t i = 0; i < n; ++i) x_[i] = ((double)logits[ids_[i]] - lmax) / t;
+        sums_.clear();
+        if (need_e) {
+            exp_rows(x_.data(), e_.data(), n);
+            chunk_sums(e_.data(), n, &sums_);
+        }
+    } else {  // the whole vocabulary, a chunk at a time
+        ids_.resize(vocab);
+        x_.resize(vocab);
+        e_.resize(vocab);
+        const RowChunks rc{(size_t)vocab, par};
+        sums_.assign(need_e ? rc.count() : 0, 0.0);
+        rc.each([&](size_t c, size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) ids_[i] = (int32_t)i, x_[i] = ((double)logits[i] - lmax) / t;
+            if (need_e) {
+                exp_rows(x_.data() + b, e_.data() + b, e - b);
+                sums_[c] = sum4(e_.data() + b, e - b);
+            }
+        });
     }
-    size_t kept = n;
+    for (double s : sums_) mass += s;
+    size_t kept = ids_.size();
     if (p_.min_p > 0) {
         kept = 0;
-        for (size_t i = 0; i < n; ++i) {
+        for (size_t i = 0; i < ids_.size(); ++i) {
             if (e_[i] >= p_.min_p) {
                 ids_[kept] = ids_[i];
                 x_[kept] = x_[i];
@@ -198,15 +112,11 @@ void Sampler::candidates(const float* logits, int vocab, float best) {
     }
     if (p_.top_p < 1) {
         // Sort only as many of the best as hold top_p of the mass: a growing partial sort.
-        std::vector<int32_t> order(kept);
-        std::iota(order.begin(), order.end(), 0);
-        auto best_first = [&](int32_t a, int32_t b) {
-            return x_[a] > x_[b] || (x_[a] == x_[b] && ids_[a] < ids_[b]);
-        };
         const double target = p_.top_p * mass;
+        std::vector<int32_t> order;
         size_t m = std::min(kept, (size_t)256);
         for (;;) {
-            std::partial_sort(order.begin(), order.begin() + m, order.end(), best_first);
+            best_first(x_.data(), ids_.data(), kept, m, par, &order);
             double s = 0;
             for (size_t j = 0; j < m; ++j) s += e_[order[j]];
             if (m == kept || s >= target) break;
@@ -221,72 +131,70 @@ void Sampler::candidates(const float* logits, int vocab, float best) {
             if ((c - ej) / mass < p_.top_p) ++count;
         }
         count = std::max(count, (size_t)1);
+        // The draw runs over the survivors in id order (the order the tests' reference uses).
+        order.resize(count);
+        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids_[a] < ids_[b]; });
         std::vector<int32_t> ids(count);
         std::vector<double> xs(count);
         for (size_t j = 0; j < count; ++j) {
             ids[j] = ids_[order[j]];
             xs[j] = x_[order[j]];
         }
-        ids_.assign(ids.begin(), ids.end());
-        x_.assign(xs.begin(), xs.end());
+        ids_.swap(ids);
+        x_.swap(xs);
         kept = count;
     }
+    // Without top-p the survivors are in id order already (top-k's come sorted; min-p keeps the
+    // order).
     ids_.resize(kept);
     x_.resize(kept);
-    // The draw runs over the survivors in id order (the order the tests' reference uses). Without
-    // top-k and top-p they are already (the whole vocabulary, less min-p's cuts): no sort, which
-    // cost 1.4 ms a token over 49152 ids (the server's default: temperature alone).
-    if (std::is_sorted(ids_.begin(), ids_.end())) return;
-    std::vector<int32_t> order(kept);
-    std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids_[a] < ids_[b]; });
-    std::vector<int32_t> ids(kept);
-    std::vector<double> xs(kept);
-    for (size_t j = 0; j < kept; ++j) {
-        ids[j] = ids_[order[j]];
-        xs[j] = x_[order[j]];
-    }
-    ids_.swap(ids);
-    x_.swap(xs);
 }
 
-void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs) {
+void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs,
+                     const ParallelFor& par) {
     if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
     apply_penalties(logits, vocab);
-    const float best = check_logits(logits, vocab);
+    const float best = check_logits(logits, vocab, par);
     if (p_.temperature == 0) {
         *ids = {first_of(logits, vocab, best)};
         *probs = {1.0};
         return;
     }
-    candidates(logits, vocab, best);
+    candidates(logits, vocab, best, par);
     weights(probs);
-    const double z = sum4(probs->data(), probs->size());
+    chunk_sums(probs->data(), probs->size(), &sums_);
+    double z = 0;
+    for (double s : sums_) z += s;
     for (double& q : *probs) q /= z;
     *ids = ids_;
 }
 
-int Sampler::sample(float* logits, int vocab, double u) {
+int Sampler::sample(float* logits, int vocab, double u, const ParallelFor& par) {
     if (vocab <= 0) throw std::invalid_argument("logits must not be empty");
     if (u >= 1.0) throw std::invalid_argument("the uniform draw must be in [0, 1)");
     apply_penalties(logits, vocab);
-    const float best = check_logits(logits, vocab);
+    const float best = check_logits(logits, vocab, par);
     if (p_.temperature == 0) return first_of(logits, vocab, best);
     if (u < 0) u = (double)(rng_() >> 11) * 0x1.0p-53;  // 53 random bits in [0, 1)
     const bool whole_vocab = !(p_.top_k > 0 && p_.top_k < vocab) && p_.top_p >= 1 && p_.min_p <= 0;
     if (whole_vocab) {
         // No filter (the server's OpenAI defaults): candidates() would list every id in order and
-        // its x_; the same weights exp((l - best) / t) without those lists, and the crossing found
-        // through block sums (first_crossing) rather than a cumulative sum of the whole vocabulary.
+        // its x_; the same weights exp((l - best) / t) without those lists, a chunk at a time.
         e_.resize(vocab);
         const double t = p_.temperature;
-        for (int i = 0; i < vocab; ++i) e_[i] = ((double)logits[i] - (double)best) / t;
-        exp_rows(e_.data(), e_.data(), e_.size());
-        return (int)first_crossing(e_.data(), e_.size(), u * sum4(e_.data(), e_.size()));
+        const RowChunks rc{(size_t)vocab, par};
+        sums_.resize(rc.count());
+        rc.each([&](size_t c, size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) e_[i] = ((double)logits[i] - (double)best) / t;
+            exp_rows(e_.data() + b, e_.data() + b, e - b);
+            sums_[c] = sum4(e_.data() + b, e - b);
+        });
+        return (int)draw_index(e_.data(), e_.size(), sums_, u);
     }
-    candidates(logits, vocab, best);
+    candidates(logits, vocab, best, par);
     weights(&e_);
-    return ids_[first_crossing(e_.data(), e_.size(), u * sum4(e_.data(), e_.size()))];
+    chunk_sums(e_.data(), e_.size(), &sums_);
+    return ids_[draw_index(e_.data(), e_.size(), sums_, u)];
 }
 
 void Sampler::weights(std::vector<double>* w) const {

@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "sampling/row_passes.h"
+
 namespace forgert {
 
 struct SamplerParams {
@@ -33,18 +35,20 @@ public:
     void add_history(int32_t id) { ++counts_[id]; }
 
     // Samples from logits [vocab], which it overwrites (penalties are applied in place). u in
-    // [0, 1) is the uniform draw; u < 0 takes the next one from the seeded RNG.
-    int sample(float* logits, int vocab, double u = -1.0);
+    // [0, 1) is the uniform draw; u < 0 takes the next one from the seeded RNG. par runs the passes
+    // over the whole row on several threads (row_passes.h); the token is the same without it.
+    int sample(float* logits, int vocab, double u = -1.0, const ParallelFor& par = {});
 
-    // The filtered candidates of logits [vocab] (overwritten): ids best first (ties: lower id
-    // first) and their probabilities, renormalized. Greedy: the argmax alone.
-    void filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs);
+    // The filtered candidates of logits [vocab] (overwritten): ids in increasing order and their
+    // probabilities, renormalized. Greedy: the argmax alone.
+    void filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs,
+                const ParallelFor& par = {});
 
 private:
     void apply_penalties(float* logits, int vocab) const;
     // Fills ids_ (in id order) and x_ (tempered logits) with the survivors of top-k/top-p/min-p;
     // best: the row's largest logit.
-    void candidates(const float* logits, int vocab, float best);
+    void candidates(const float* logits, int vocab, float best, const ParallelFor& par);
     // w = exp(x_ - max x_): the survivors' weights, in x_'s order.
     void weights(std::vector<double>* w) const;
 
@@ -53,6 +57,7 @@ private:
     std::unordered_map<int32_t, int> counts_;  // token id -> times seen in the history
     std::vector<int32_t> ids_;                 // scratch, reused across tokens
     std::vector<double> x_, e_;
+    std::vector<double> sums_;                 // the weights' sums a chunk (RowChunks)
 };
 
 // Logits [vocab] with no token to draw get core/backend.h's argmax sentinel: Backend::kArgmaxNaN if
