@@ -337,3 +337,36 @@ def test_row_spread_arguments_are_checked():
         s.sample(np.zeros(4, dtype=np.float32), 0.5, threads=0)
     with pytest.raises(ValueError, match="order must be"):
         s.filter(np.zeros(4, dtype=np.float32), order="sideways")
+
+
+@pytest.mark.parametrize("vocab", [20000, 128256])
+def test_top_p_over_flat_rows_matches_numpy(vocab):
+    # A flat row (a model unsure, a high temperature) keeps most of the vocabulary at top_p 0.9:
+    # the cut is found from bins of the weights (1/32 of a logit wide), then the crossing bin's
+    # candidates sorted (src/cpp/sampling/row_passes.cpp); a sort of the best took 64 ms here.
+    # Half-integer logits put hundreds of ties in one bin, at the cut.
+    rng = np.random.default_rng(vocab + 1)
+    for std, ties in ((0.3, False), (1.0, False), (3.0, False), (1.0, True)):
+        logits = (rng.standard_normal(vocab) * std).astype(np.float32)
+        if ties:
+            logits = np.round(logits * 2) / 2
+        for top_p in (0.3, 0.9, 0.99):
+            params = P(top_k=0, top_p=top_p, min_p=0.0)
+            ids, probs = native_sampler(params).filter(logits)
+            for spread in SPREADS[:2]:
+                ids2, probs2 = native_sampler(params).filter(logits, **spread)
+                assert np.array_equal(ids2, ids) and np.array_equal(probs2, probs)
+            check_case(logits, params, [], rng)
+
+
+def test_top_p_cut_below_the_last_bin():
+    # Weights under exp(-32) of the best's share the last bin; a top_p that needs them (their mass
+    # is 20000 e^-40 = 8.5e-14 of the best's) sorts that bin.
+    logits = np.full(20001, -40.0, dtype=np.float32)
+    logits[7] = 0.0
+    rng = np.random.default_rng(0)
+    logits[100:200] = -40.0 - rng.random(100).astype(np.float32)
+    for top_p in (1 - 1e-14, 1 - 5e-15):
+        check_case(logits, P(top_k=0, min_p=0.0, top_p=top_p), [], rng)
+        ids, _ = native_sampler(P(top_k=0, min_p=0.0, top_p=top_p)).filter(logits)
+        assert 7 in ids and len(ids) > 1

@@ -63,91 +63,35 @@ void Sampler::apply_penalties(float* logits, int vocab) const {
 }
 
 void Sampler::candidates(const float* logits, int vocab, float best, const ParallelFor& par) {
-    const double t = p_.temperature;
     // Tempered relative to the best logit, so that a tiny temperature takes the others to -inf
-    // and the best to 0 (e == 1 below) rather than to inf - inf. check_logits made the best finite;
+    // and the best to 0 (e == 1) rather than to inf - inf. check_logits made the best finite;
     // every filter keeps it (top-k's survivors include it).
-    const double lmax = best;
-    // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
-    // survivors (as HF renormalizes), measured before min-p cuts.
-    const bool need_e = p_.min_p > 0 || p_.top_p < 1;
-    double mass = 0;
+    const double t = p_.temperature, lmax = best;
+    Candidates& c = cand_;
     if (p_.top_k > 0 && p_.top_k < vocab) {
-        top_k_ids(logits, vocab, p_.top_k, par, &ids_);
-        const size_t n = ids_.size();
-        x_.resize(n);
-        e_.resize(n);
-        for (size_t i = 0; i < n; ++i) x_[i] = ((double)logits[ids_[i]] - lmax) / t;
-        sums_.clear();
-        if (need_e) {
-            exp_rows(x_.data(), e_.data(), n);
-            chunk_sums(e_.data(), n, &sums_);
-        }
+        top_k_ids(logits, vocab, p_.top_k, par, &c.ids);
+        const size_t n = c.ids.size();
+        c.x.resize(n);
+        c.e.resize(n);
+        for (size_t i = 0; i < n; ++i) c.x[i] = ((double)logits[c.ids[i]] - lmax) / t;
+        exp_rows(c.x.data(), c.e.data(), n);
+        chunk_sums(c.e.data(), n, &sums_);
     } else {  // the whole vocabulary, a chunk at a time
-        ids_.resize(vocab);
-        x_.resize(vocab);
-        e_.resize(vocab);
+        c.resize(vocab);
         const RowChunks rc{(size_t)vocab, par};
-        sums_.assign(need_e ? rc.count() : 0, 0.0);
-        rc.each([&](size_t c, size_t b, size_t e) {
-            for (size_t i = b; i < e; ++i) ids_[i] = (int32_t)i, x_[i] = ((double)logits[i] - lmax) / t;
-            if (need_e) {
-                exp_rows(x_.data() + b, e_.data() + b, e - b);
-                sums_[c] = sum4(e_.data() + b, e - b);
-            }
+        sums_.resize(rc.count());
+        rc.each([&](size_t ch, size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) c.ids[i] = (int32_t)i, c.x[i] = ((double)logits[i] - lmax) / t;
+            exp_rows(c.x.data() + b, c.e.data() + b, e - b);
+            sums_[ch] = sum4(c.e.data() + b, e - b);
         });
     }
+    // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
+    // survivors (as HF renormalizes), measured before min-p cuts.
+    double mass = 0;
     for (double s : sums_) mass += s;
-    size_t kept = ids_.size();
-    if (p_.min_p > 0) {
-        kept = 0;
-        for (size_t i = 0; i < ids_.size(); ++i) {
-            if (e_[i] >= p_.min_p) {
-                ids_[kept] = ids_[i];
-                x_[kept] = x_[i];
-                e_[kept] = e_[i];
-                ++kept;
-            }
-        }
-    }
-    if (p_.top_p < 1) {
-        // Sort only as many of the best as hold top_p of the mass: a growing partial sort.
-        const double target = p_.top_p * mass;
-        std::vector<int32_t> order;
-        size_t m = std::min(kept, (size_t)256);
-        for (;;) {
-            best_first(x_.data(), ids_.data(), kept, m, par, &order);
-            double s = 0;
-            for (size_t j = 0; j < m; ++j) s += e_[order[j]];
-            if (m == kept || s >= target) break;
-            m = std::min(kept, m * 4);
-        }
-        // Keep a token while the mass before it is below top_p (the NumPy expression: (c - e) / mass).
-        size_t count = 0;
-        double c = 0;
-        for (size_t j = 0; j < m; ++j) {
-            const double ej = e_[order[j]];
-            c += ej;
-            if ((c - ej) / mass < p_.top_p) ++count;
-        }
-        count = std::max(count, (size_t)1);
-        // The draw runs over the survivors in id order (the order the tests' reference uses).
-        order.resize(count);
-        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids_[a] < ids_[b]; });
-        std::vector<int32_t> ids(count);
-        std::vector<double> xs(count);
-        for (size_t j = 0; j < count; ++j) {
-            ids[j] = ids_[order[j]];
-            xs[j] = x_[order[j]];
-        }
-        ids_.swap(ids);
-        x_.swap(xs);
-        kept = count;
-    }
-    // Without top-p the survivors are in id order already (top-k's come sorted; min-p keeps the
-    // order).
-    ids_.resize(kept);
-    x_.resize(kept);
+    if (p_.min_p > 0) c.keep_if([&](size_t i) { return c.e[i] >= p_.min_p; }, par);
+    if (p_.top_p < 1) top_p_cut(&c, mass, p_.top_p, par);
 }
 
 void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::vector<double>* probs,
@@ -161,12 +105,12 @@ void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::v
         return;
     }
     candidates(logits, vocab, best, par);
-    weights(probs);
-    chunk_sums(probs->data(), probs->size(), &sums_);
+    chunk_sums(cand_.e.data(), cand_.size(), &sums_);
     double z = 0;
     for (double s : sums_) z += s;
-    for (double& q : *probs) q /= z;
-    *ids = ids_;
+    probs->resize(cand_.size());
+    for (size_t i = 0; i < cand_.size(); ++i) (*probs)[i] = cand_.e[i] / z;
+    *ids = cand_.ids;
 }
 
 int Sampler::sample(float* logits, int vocab, double u, const ParallelFor& par) {
@@ -192,17 +136,8 @@ int Sampler::sample(float* logits, int vocab, double u, const ParallelFor& par) 
         return (int)draw_index(e_.data(), e_.size(), sums_, u);
     }
     candidates(logits, vocab, best, par);
-    weights(&e_);
-    chunk_sums(e_.data(), e_.size(), &sums_);
-    return ids_[draw_index(e_.data(), e_.size(), sums_, u)];
-}
-
-void Sampler::weights(std::vector<double>* w) const {
-    double xmax = -INFINITY;
-    for (double x : x_) xmax = std::max(xmax, x);
-    w->resize(x_.size());
-    for (size_t i = 0; i < x_.size(); ++i) (*w)[i] = x_[i] - xmax;
-    exp_rows(w->data(), w->data(), w->size());
+    chunk_sums(cand_.e.data(), cand_.size(), &sums_);
+    return cand_.ids[draw_index(cand_.e.data(), cand_.size(), sums_, u)];
 }
 
 int32_t no_token_sentinel(const float* logits, int vocab) {

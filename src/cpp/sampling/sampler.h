@@ -46,17 +46,15 @@ public:
 
 private:
     void apply_penalties(float* logits, int vocab) const;
-    // Fills ids_ (in id order) and x_ (tempered logits) with the survivors of top-k/top-p/min-p;
+    // Fills cand_ with the survivors of top-k / min-p / top-p, in id order, and their weights;
     // best: the row's largest logit.
     void candidates(const float* logits, int vocab, float best, const ParallelFor& par);
-    // w = exp(x_ - max x_): the survivors' weights, in x_'s order.
-    void weights(std::vector<double>* w) const;
 
     SamplerParams p_;
     std::mt19937_64 rng_;
     std::unordered_map<int32_t, int> counts_;  // token id -> times seen in the history
-    std::vector<int32_t> ids_;                 // scratch, reused across tokens
-    std::vector<double> x_, e_;
+    Candidates cand_;                          // scratch, reused across tokens
+    std::vector<double> e_;                    // the whole vocabulary's weights (no filter)
     std::vector<double> sums_;                 // the weights' sums a chunk (RowChunks)
 };
 
