@@ -508,8 +508,7 @@ public:
         // alone), eight one after another a tenth of a 16-core step.
         std::vector<int> rows_of(n);
         for (int e = 0; e < n; e++) rows_of[e] = (int)in.entries[e].output_rows();
-        draw_batch(samplers.data(), rows_of.data(), n, batch_logits_.data(), vocab, dst,
-                   (int)std::thread::hardware_concurrency());
+        draw_batch(samplers.data(), rows_of.data(), n, batch_logits_.data(), vocab, dst, host_threads());
         return out;
     }
 
