@@ -263,6 +263,26 @@ def test_stream_samples_in_cpp_with_the_numpy_filters(tiny_model):
         assert reference_probs(full[len(prompt) - 1 + i], sp, hist)[tok] > 0
 
 
+def test_a_seed_draws_the_same_tokens_with_logprobs_or_a_bias_on(tiny_model):
+    # logprobs and logit_bias take the row through Python ("last" mode), where the C++ sampler
+    # draws from it: the same sampler as the engine-side draw, so one seed gives one text with
+    # them on or off (a zero bias changes no logit), alone and batched; and every token is one the
+    # NumPy filters allow (reference_probs > 0: the independent check).
+    params = dict(temperature=1.0, top_k=0, top_p=0.9, min_p=0.02, repetition_penalty=1.2, seed=21,
+                  max_tokens=12, ignore_eos=True)
+    prompts = [[3, 8, 13], [5, 9]]
+    for prompt in prompts:
+        plain = tiny_model.generate(prompt, **params).tokens
+        assert tiny_model.generate(prompt, logprobs=2, **params).tokens == plain
+        assert tiny_model.generate(prompt, logit_bias={7: 0.0}, **params).tokens == plain
+        full = tiny_model.logits(prompt + plain)
+        sp = SamplingParams(**params)
+        for i, tok in enumerate(plain):
+            assert reference_probs(full[len(prompt) - 1 + i], sp, prompt + plain[:i])[tok] > 0
+    batched = tiny_model.generate(prompts, logprobs=1, **params)
+    assert [c.tokens for c in batched] == [tiny_model.generate(p, **params).tokens for p in prompts]
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.05])
 def test_minus_inf_and_far_below_weigh_exactly_zero(temperature):
     # Every weight is exp(x - best) of a candidate (src/cpp/sampling/exp_rows.cpp): a -inf logit

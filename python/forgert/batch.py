@@ -65,7 +65,7 @@ from .stop_strings import StopStringMatcher
 @dataclass(frozen=True)
 class LogitsOptions:
     """What a sequence does with its logits row in Python, as Model.stream does for one sequence:
-    logit_bias added, then the grammar's mask, then the NumPy sampler (seeded as Model's)."""
+    logit_bias added, then the grammar's mask, then the C++ sampler on that row (seeded as Model's)."""
     top_logprobs: Optional[int] = None      # each sampled token's logprob and k alternatives
     bias: Optional[np.ndarray] = None       # float32 [vocab] added to the logits (logit_bias)
     grammar: Optional[Grammar] = None       # every token inside its mask (response_format)
@@ -95,10 +95,9 @@ class _Sequence:
         self.params = params
         self.options = options
         self.tokenizer = tokenizer
-        # Python rows: the grammar's parser, the NumPy sampler and its penalty history
+        # Python rows: the grammar's parser, and the C++ sampler drawing from the row Python masked
         self.matcher = options.grammar.matcher() if options.grammar is not None else None
-        self.row_sampler = Sampler(params) if options.needs_row else None
-        self.history = list(prompt_ids) if options.needs_row else None
+        self.row_sampler = native_sampler(params, prompt_ids) if options.needs_row else None
         self.pending_logprobs = []      # of tokens whose text is not out yet
         # the prompt's logprobs, filled chunk by chunk as its prefill rows are scored (it then
         # prefills from position 0: a cached prefix has no logits)
@@ -133,11 +132,11 @@ class _Sequence:
 
     def pick(self, logits, allowed=None) -> int:
         """The next token from its logits row [vocab]: biased, inside the grammar's mask (allowed:
-        this step's, computed beside the engine pass), drawn by the NumPy sampler."""
+        this step's, computed beside the engine pass), drawn by the C++ sampler."""
         row = logits if self.options.bias is None else np.asarray(logits, dtype=np.float32) + self.options.bias
         if self.matcher is not None:
             row = self.matcher.apply(row, allowed)
-        return self.row_sampler.sample(row, self.history)
+        return self.row_sampler.sample(row)
 
     def accept(self, tok, logits=None):
         """Takes a sampled token (logits: the raw row it came from, for its logprob); returns
@@ -149,8 +148,8 @@ class _Sequence:
         self.generated.append(tok)
         if self.sampler is not None:
             self.sampler.add_history(tok)
-        if self.history is not None:
-            self.history.append(tok)
+        if self.row_sampler is not None:
+            self.row_sampler.add_history(tok)
         if self.matcher is not None:
             self.matcher.accept(tok)
         if self.options.top_logprobs is not None:

@@ -152,8 +152,8 @@ class _ModelLock:
 
 def mode_of(params: SamplingParams, constrained: bool) -> str:
     """How a generation picks its tokens: "argmax" (greedy without penalties: on the device),
-    "last" (the NumPy sampler on the logits row, for logprobs, grammars and logit_bias, which
-    need the row in Python) or "sample" (the C++ sampler, on the logits where they are)."""
+    "last" (the row in Python, for logprobs, grammars and logit_bias, then drawn by the C++
+    sampler from it) or "sample" (the C++ sampler, on the logits where they are)."""
     if params.greedy and not params.has_penalties and not constrained:
         return "argmax"
     return "last" if constrained else "sample"
@@ -804,7 +804,7 @@ class Model:
     def _decode_loop(self, prompt_ids, params: SamplingParams, logprobs=None, grammar=None, bias=None):
         """Yields str pieces (StreamPiece when logprobs is not None); returns the Completion.
         grammar: a Grammar whose token mask applies before each draw; bias: float32 [vocab]
-        added to the logits first (logit_bias). Both take the NumPy sampler's path."""
+        added to the logits first (logit_bias). Both take the row through Python ("last")."""
         stop_ids = set() if params.ignore_eos else self.tokenizer.stop_ids
         matcher = grammar.matcher() if grammar is not None else None
         constrained = logprobs is not None or matcher is not None or bias is not None
@@ -823,19 +823,19 @@ class Model:
             piece, pending_lp = StreamPiece(text, pending_lp), []
             return piece
 
-        # Sampling runs in C++ on the logits where the engine wrote them; the NumPy sampler (its
-        # reference) serves logprobs requests, which need the logits row anyway.
+        # Sampling runs in C++: on the logits where the engine wrote them, or (logprobs, grammars,
+        # logit_bias: "last") on the row Python biased and masked. One sampler either way, so a
+        # seed draws the same tokens with logprobs on or off.
         mode = mode_of(params, constrained)
-        sampler = (Sampler(params) if mode == "last" else
-                   native_sampler(params, prompt_ids) if mode == "sample" else None)
+        sampler = native_sampler(params, prompt_ids) if mode in ("last", "sample") else None
         detok = StreamingDetokenizer(self.tokenizer, prompt_ids)
         stops = StopStringMatcher(params.stop)
         generated, history, pieces = [], list(prompt_ids), []
 
-        def pick(row):      # the NumPy sampler's draw: biased, then inside the grammar's mask
+        def pick(row):      # the C++ sampler's draw from the row: biased, then inside the grammar's mask
             if bias is not None:
                 row = np.asarray(row, dtype=np.float32) + bias
-            return sampler.sample(row if matcher is None else matcher.apply(row), history)
+            return sampler.sample(row if matcher is None else matcher.apply(row))
         n_sampled, finish = 0, "length"
         t0 = time.perf_counter()
         # Prompt + completion never exceed the context (as OpenAI counts it): the last token
@@ -870,9 +870,7 @@ class Model:
                 generated.append(tok)
                 if matcher is not None:
                     matcher.accept(tok)
-                if mode == "last":
-                    history.append(tok)
-                elif mode == "sample":
+                if sampler is not None:
                     sampler.add_history(tok)
                 if logprobs is not None:
                     pending_lp.append(self._token_logprob(last_logits, tok, logprobs))
