@@ -263,6 +263,23 @@ def test_stream_samples_in_cpp_with_the_numpy_filters(tiny_model):
         assert reference_probs(full[len(prompt) - 1 + i], sp, hist)[tok] > 0
 
 
+def test_engine_sample_row_is_the_sampler_on_the_engines_threads(tiny_model):
+    # Engine.sample_row draws from a row Python holds (logprobs, grammars, logit_bias) on the
+    # engine's threads: the sampler's token, the caller's row unchanged (penalties on a copy).
+    eng = tiny_model._engine
+    rng = np.random.default_rng(2)
+    row = (rng.standard_normal(20000) * 2).astype(np.float32)
+    keep = row.copy()
+    params = P(temperature=0.9, top_k=0, top_p=0.9, min_p=0.0, repetition_penalty=1.5, seed=4)
+    a, b = native_sampler(params, [1, 2, 3]), native_sampler(params, [1, 2, 3])
+    assert [eng.sample_row(a, row) for _ in range(5)] == [b.sample(row) for _ in range(5)]
+    assert np.array_equal(row, keep)
+    with pytest.raises(ValueError, match="non-empty row"):
+        eng.sample_row(a, row.reshape(100, 200))
+    with pytest.raises(ValueError, match="non-empty row"):
+        eng.sample_row(a, np.zeros(0, dtype=np.float32))
+
+
 def test_a_seed_draws_the_same_tokens_with_logprobs_or_a_bias_on(tiny_model):
     # logprobs and logit_bias take the row through Python ("last" mode), where the C++ sampler
     # draws from it: the same sampler as the engine-side draw, so one seed gives one text with

@@ -130,13 +130,13 @@ class _Sequence:
     def decoding(self) -> bool:
         return self.next_token is not None
 
-    def pick(self, logits, allowed=None) -> int:
+    def pick(self, engine, logits, allowed=None) -> int:
         """The next token from its logits row [vocab]: biased, inside the grammar's mask (allowed:
-        this step's, computed beside the engine pass), drawn by the C++ sampler."""
+        this step's, computed beside the engine pass), drawn by the C++ sampler on engine's threads."""
         row = logits if self.options.bias is None else np.asarray(logits, dtype=np.float32) + self.options.bias
         if self.matcher is not None:
             row = self.matcher.apply(row, allowed)
-        return self.row_sampler.sample(row)
+        return engine.sample_row(self.row_sampler, row)
 
     def accept(self, tok, logits=None):
         """Takes a sampled token (logits: the raw row it came from, for its logprob); returns
@@ -449,7 +449,7 @@ class BatchScheduler:
             try:
                 if s.options.needs_row:
                     mask = masks[id(s)].result() if s.matcher is not None else None
-                    chosen.append([s.pick(outputs[a], mask)])
+                    chosen.append([s.pick(self.engine, outputs[a], mask)])
                 elif s.draft and s.draft_sampler is not None:   # the tokens kept, then one drawn
                     chosen.append(verify_sampled(s.draft, outputs[a:b], s.prompt + s.generated, s.draft_sampler))
                 elif s.greedy:      # as the engine's argmax (its sentinels too: step() checks)

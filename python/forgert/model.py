@@ -835,7 +835,7 @@ class Model:
         def pick(row):      # the C++ sampler's draw from the row: biased, then inside the grammar's mask
             if bias is not None:
                 row = np.asarray(row, dtype=np.float32) + bias
-            return sampler.sample(row if matcher is None else matcher.apply(row))
+            return self._engine.sample_row(sampler, row if matcher is None else matcher.apply(row))
         n_sampled, finish = 0, "length"
         t0 = time.perf_counter()
         # Prompt + completion never exceed the context (as OpenAI counts it): the last token

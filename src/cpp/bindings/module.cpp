@@ -426,6 +426,19 @@ public:
         return sampler.sample(logits_row_.data(), vocab, -1.0, host_threads());
     }
 
+    // Samples a logits row Python holds (biased, masked: logprobs, grammars, logit_bias) with the
+    // engine's threads, as forward_sample does the engine's own row; the caller's array is not
+    // changed (the penalties apply to a copy). The sampler's history is not changed.
+    int sample_row(Sampler& sampler, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+        if (logits.ndim() != 1 || logits.size() == 0) throw InputError("sample_row: logits must be a non-empty row");
+        const float* src = logits.data();
+        const size_t n = (size_t)logits.size();
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> lock(mu_);
+        logits_row_.assign(src, src + n);
+        return sampler.sample(logits_row_.data(), (int)n, -1.0, host_threads());
+    }
+
     // Pipelined decoding of slot 0 (LlamaModel::decode_begin/next/end): the step that evaluates
     // `token` at pos is committed; decode_next returns the token after it (argmax on the device
     // when the pipeline is greedy, else drawn by `sampler`, whose history is not changed), having
@@ -774,6 +787,8 @@ PYBIND11_MODULE(_core, m) {
              "greedy decoding would pick it after that row (a draft verified in one pass)")
         .def("forward_sample", &Engine::forward_sample, py::arg("tokens"), py::arg("pos"), py::arg("sampler"),
              "evaluate tokens and sample the next one from the last logits row with a _core.Sampler")
+        .def("sample_row", &Engine::sample_row, py::arg("sampler"), py::arg("logits"),
+             "a token drawn by a _core.Sampler from a logits row [vocab] (not changed), on the engine's threads")
         .def("decode_begin", &Engine::decode_begin, py::arg("token"), py::arg("pos"), py::arg("greedy"),
              "commit the step that evaluates token at pos (pipelined decoding of slot 0); no wait")
         .def("decode_next", &Engine::decode_next, py::arg("launch"), py::arg("sampler") = nullptr,
