@@ -10,32 +10,26 @@
 namespace forgert {
 namespace {
 
-// (value, id), better first: the higher value, then the lower id; i: where it sits in its array.
-template <class V>
+// (logit, id), better first: the higher logit, then the lower id (a function object, not a
+// function pointer: the heap and selection calls inline it).
 struct Scored {
-    V v;
+    float v;
     int32_t id;
-    int32_t i;
 };
-// (A function object, not a function pointer: the heap and sort calls inline it.)
 struct Better {
-    template <class V>
-    bool operator()(const Scored<V>& a, const Scored<V>& b) const {
-        return a.v > b.v || (a.v == b.v && a.id < b.id);
-    }
+    bool operator()(const Scored& a, const Scored& b) const { return a.v > b.v || (a.v == b.v && a.id < b.id); }
 };
 constexpr Better better{};
 
-// The k best of v [b, e) (k <= e - b), in no particular order, appended to out: a heap of k, the
-// worst of the best on top, so that each later element costs one comparison against it.
-template <class V, class IdOf>
-void heap_best(const V* v, size_t b, size_t e, size_t k, IdOf id_of, std::vector<Scored<V>>* out) {
-    std::vector<Scored<V>> heap;
+// The k best of logits [b, e) (k <= e - b), in no particular order, appended to out: a heap of k,
+// the worst of the best on top, so that each later logit costs one comparison against it.
+void heap_best(const float* v, size_t b, size_t e, size_t k, std::vector<Scored>* out) {
+    std::vector<Scored> heap;
     heap.reserve(k);
-    for (size_t i = b; i < b + k; ++i) heap.push_back({v[i], id_of(i), (int32_t)i});
+    for (size_t i = b; i < b + k; ++i) heap.push_back({v[i], (int32_t)i});
     std::make_heap(heap.begin(), heap.end(), better);
     auto consider = [&](size_t i) {
-        const Scored<V> s{v[i], id_of(i), (int32_t)i};
+        const Scored s{v[i], (int32_t)i};
         if (better(s, heap.front())) {
             std::pop_heap(heap.begin(), heap.end(), better);
             heap.back() = s;
@@ -47,7 +41,7 @@ void heap_best(const V* v, size_t b, size_t e, size_t k, IdOf id_of, std::vector
     constexpr size_t kBlock = 16;
     size_t i = b + k;
     for (; i + kBlock <= e; i += kBlock) {
-        const V worst = heap.front().v;
+        const float worst = heap.front().v;
         bool any = false;
         for (size_t j = 0; j < kBlock; ++j) any |= !(v[i + j] < worst);
         if (any)
@@ -57,20 +51,18 @@ void heap_best(const V* v, size_t b, size_t e, size_t k, IdOf id_of, std::vector
     out->insert(out->end(), heap.begin(), heap.end());
 }
 
-// The k best of v [n]: each range of chunks' best k (one range, the whole row, without par), then
-// the best k of those (the caller's selection). The set is the same however the ranges fall: the
-// order `better` is total. A heap a range, not a chunk: each heap's replacements grow as k ln(len / k),
-// and sixteen heaps of 256 over 8192 logits made 9x those of one over 128256 (top-p alone took
-// 1.9 ms instead of 0.8 on one thread).
-template <class V, class IdOf>
-std::vector<Scored<V>> chunked_best(const V* v, size_t n, size_t k, IdOf id_of, const ParallelFor& par) {
+// The k best of logits [n]: each range of chunks' best k (one range, the whole row, without par),
+// for the caller to select the best k of. The set is the same however the ranges fall: `better`
+// is a total order. A heap a range, not a chunk: a heap's replacements grow as k ln(len / k), and
+// sixteen heaps of 256 over 8192 logits each made 9x those of one over 128256 (2x the time).
+std::vector<Scored> ranges_best(const float* v, size_t n, size_t k, const ParallelFor& par) {
     const RowChunks rc{n, par};
     std::mutex mu;
-    std::vector<Scored<V>> all;
+    std::vector<Scored> all;
     rc.ranges([&](size_t c0, size_t c1) {
         const size_t b = c0 * RowChunks::kChunk, e = std::min(n, c1 * RowChunks::kChunk);
-        std::vector<Scored<V>> mine;
-        heap_best(v, b, e, std::min(k, e - b), id_of, &mine);
+        std::vector<Scored> mine;
+        heap_best(v, b, e, std::min(k, e - b), &mine);
         std::lock_guard<std::mutex> lock(mu);
         all.insert(all.end(), mine.begin(), mine.end());
     });
@@ -130,13 +122,12 @@ float check_logits(const float* logits, int vocab, const ParallelFor& par) {
 
 void top_k_ids(const float* logits, int vocab, int k, const ParallelFor& par, std::vector<int32_t>* out) {
     out->clear();
-    auto id_of = [](size_t i) { return (int32_t)i; };
-    std::vector<Scored<float>> all;
+    std::vector<Scored> all;
     if (k <= 1024) {
-        all = chunked_best(logits, (size_t)vocab, (size_t)k, id_of, par);
+        all = ranges_best(logits, (size_t)vocab, (size_t)k, par);
     } else {  // a large k: a heap would replace often; one selection over the whole row
         all.resize(vocab);
-        for (int i = 0; i < vocab; ++i) all[i] = {logits[i], i, i};
+        for (int i = 0; i < vocab; ++i) all[i] = {logits[i], i};
     }
     if (all.size() > (size_t)k) std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), better);
     for (int i = 0; i < k; ++i) out->push_back(all[i].id);
