@@ -147,6 +147,23 @@ def test_pipelined_sampling_equals_step_by_step(tiny_models, metal_model):
 
 
 @pytest.mark.metal
+def test_metal_backend_draws_on_a_pool_of_host_threads(forgert, tiny_models, metal_reason, core):
+    """The Metal backend's host_parallel_for runs on a pool of the host's threads (the sampler's
+    passes over a row while the GPU waits for the drawn token): the same tokens as one thread,
+    over rows of several chunks (8192 logits each), whole-vocabulary and flat-row top_p."""
+    if metal_reason is not None:
+        pytest.skip(metal_reason)
+    m = forgert.Model(str(tiny_models("llama_tied").path("gguf-F32")), backend="metal", threads=3)
+    rng = np.random.default_rng(9)
+    for std, top_p in ((2.0, 1.0), (0.5, 0.9), (2.0, 0.5)):
+        row = (rng.standard_normal(30000) * std).astype(np.float32)
+        a, b = (core.Sampler(1.0, 0, top_p, 0.0, repetition_penalty=1.3, seed=6) for _ in range(2))
+        a.reset_history(np.arange(50, dtype=np.int32))
+        b.reset_history(np.arange(50, dtype=np.int32))
+        assert [m._engine.sample_row(a, row) for _ in range(6)] == [b.sample(row) for _ in range(6)]
+
+
+@pytest.mark.metal
 def test_profiling_decodes_step_by_step(tiny_models, metal_model):
     """Profiling syncs the device per stage of every call: it takes the step-by-step path, and
     its profile counts every decode step."""

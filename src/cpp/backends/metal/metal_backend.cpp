@@ -5,20 +5,32 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
+
+#include "backends/cpu/thread_pool.h"
 
 namespace forgert::metal {
 
-std::unique_ptr<Backend> make_metal_backend(int /*n_threads*/) {
+std::unique_ptr<Backend> make_metal_backend(int n_threads) {
     std::string why_metal, why_emulated;
     std::unique_ptr<Device> dev = make_metal_device(&why_metal);
     if (!dev) dev = make_emulated_device(&why_emulated);
     if (!dev)
         throw InputError("the Metal backend is not available: " + why_metal + "; emulated Metal device: " +
                          why_emulated);
-    return std::make_unique<MetalBackend>(std::move(dev));
+    return std::make_unique<MetalBackend>(std::move(dev), n_threads);
 }
 
-MetalBackend::MetalBackend(std::unique_ptr<Device> device) : dev_(std::move(device)) {}
+MetalBackend::MetalBackend(std::unique_ptr<Device> device, int host_threads)
+    : dev_(std::move(device)),
+      host_threads_(host_threads > 0 ? host_threads : (int)std::max(1u, std::thread::hardware_concurrency())) {}
+
+void MetalBackend::host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    if (host_threads_ == 1) return fn(0, n);
+    if (!host_pool_) host_pool_ = std::make_unique<cpu::ThreadPool>(host_threads_);
+    host_pool_->parallel_for(n, 1, fn);
+}
 
 MetalBackend::~MetalBackend() {
     // Queued work may still reference buffers the caller is about to free.

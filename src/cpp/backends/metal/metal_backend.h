@@ -13,16 +13,21 @@
 #include "backends/metal/metal_device.h"
 #include "core/backend.h"
 
+namespace forgert::cpu {
+class ThreadPool;
+}
+
 namespace forgert::metal {
 
 // Real Metal where built, else the emulated device; throws InputError with both
-// reasons when neither exists. n_threads is unused: the GPU (or the emulator's own
-// worker pool) decides its parallelism.
+// reasons when neither exists. The GPU (or the emulator's own worker pool) decides the ops'
+// parallelism; n_threads (<= 0: the hardware's) is the host's, for host_parallel_for.
 std::unique_ptr<Backend> make_metal_backend(int n_threads);
 
 class MetalBackend final : public Backend {
 public:
-    explicit MetalBackend(std::unique_ptr<Device> device);
+    // host_threads: host_parallel_for's (<= 0: the hardware's).
+    explicit MetalBackend(std::unique_ptr<Device> device, int host_threads = 1);
     ~MetalBackend() override;
     std::string name() const override { return "metal"; }
     Device& device() { return *dev_; }
@@ -40,6 +45,10 @@ public:
     void read_after(uint64_t ticket, void* dst, const Tensor& src, size_t bytes) override;
     void write_before_commit(const Tensor& dst, const void* src, size_t bytes) override;
     void make_resident(const Buffer* const* bufs, size_t n) override;
+    // On a pool of the host's threads, made on first use: a sampler's passes over the logits row
+    // run there while the GPU waits for the drawn token (decode_pipeline.cpp), and a prompt's
+    // rows are scored there.
+    void host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override;
 
     void get_rows(const Tensor& out, const Tensor& table, const Tensor& ids) override;
     void rms_norm(const Tensor& out, const Tensor& x, const Tensor& w, float eps) override;
@@ -184,6 +193,8 @@ private:
     void wait_for(uint64_t ticket);
 
     std::unique_ptr<Device> dev_;
+    int host_threads_;
+    std::unique_ptr<cpu::ThreadPool> host_pool_;  // host_parallel_for's, made on first use
     HazardTracker hazards_;
     // begin() opens a command buffer only here; the device's starts with its first dispatch,
     // so host writes between begin() and the first op (the decode step's token upload) need
