@@ -200,8 +200,8 @@ def native_sampler(params: SamplingParams, history=()):
 
 class Sampler:
     """The NumPy sampler: the reference the C++ one (native_sampler) is tested against, and the
-    filters of speculative sampling (prompt_lookup.verify_sampled). Generation draws with the C++
-    one, from the engine's row or (logprobs, grammars, logit_bias) from the row Python masked."""
+    seeded generator of speculative sampling (prompt_lookup.verify_sampled). Generation draws with
+    the C++ one, from the engine's row or (logprobs, grammars, logit_bias) from the row Python masked."""
 
     def __init__(self, params: SamplingParams):
         self.params = params
