@@ -23,7 +23,7 @@ SOURCES = [ROOT / "tests" / "metal" / "encoder_test.cpp", METAL / "metal_backend
            SRC / "model" / "decode_pipeline.cpp", SRC / "model" / "row_scores.cpp",
            SRC / "model" / "weights.cpp", SRC / "model" / "tensor_layout.cpp", SRC / "core" / "backend.cpp",
            SRC / "model" / "per_layer_embeddings.cpp", SRC / "model" / "gemma4_moe.cpp",
-           SRC / "model" / "altup.cpp"]
+           SRC / "model" / "altup.cpp", SRC / "backends" / "cpu" / "thread_pool.cpp"]
 
 
 def host_compiler():
