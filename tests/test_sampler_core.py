@@ -230,7 +230,7 @@ def test_bad_input_is_a_value_error(core):
 def tiny_model(tiny_models):
     import forgert
     tm = tiny_models("llama_tied")
-    return forgert.Model(tm.path("gguf-F32"), n_ctx=64)
+    return forgert.Model(tm.path("gguf-F32"), n_ctx=64, parallel=2)   # batches: two sequences a step
 
 
 def test_engine_forward_sample_is_forward_then_the_sampler(tiny_model):
@@ -296,8 +296,10 @@ def test_a_seed_draws_the_same_tokens_with_logprobs_or_a_bias_on(tiny_model):
         sp = SamplingParams(**params)
         for i, tok in enumerate(plain):
             assert reference_probs(full[len(prompt) - 1 + i], sp, prompt + plain[:i])[tok] > 0
-    batched = tiny_model.generate(prompts, logprobs=1, **params)
-    assert [c.tokens for c in batched] == [tiny_model.generate(p, **params).tokens for p in prompts]
+    alone = [tiny_model.generate(p, **params).tokens for p in prompts]
+    assert [c.tokens for c in tiny_model.generate(prompts, logprobs=1, **params)] == alone
+    # a plain sampled row beside a Python row: drawn from the pass's logits by its own sampler
+    assert [c.tokens for c in tiny_model.generate(prompts, logprobs=[None, 1], **params)] == alone
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.05])

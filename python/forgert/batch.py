@@ -455,7 +455,7 @@ class BatchScheduler:
                 elif s.greedy:      # as the engine's argmax (its sentinels too: step() checks)
                     chosen.append([greedy.argmax(row) for row in outputs[a:b]])
                 else:
-                    chosen.append([int(s.sampler.sample(outputs[a]))])
+                    chosen.append([int(self.engine.sample_row(s.sampler, outputs[a]))])
             except Exception as error:  # noqa: BLE001 - reported by step() for this sequence alone
                 chosen.append(error)
         last = starts[1:] - 1   # each row's last output row (the rows' outputs lead, one each without drafts)
