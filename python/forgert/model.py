@@ -830,7 +830,7 @@ class Model:
         sampler = native_sampler(params, prompt_ids) if mode in ("last", "sample") else None
         detok = StreamingDetokenizer(self.tokenizer, prompt_ids)
         stops = StopStringMatcher(params.stop)
-        generated, history, pieces = [], list(prompt_ids), []
+        generated, pieces = [], []
 
         def pick(row):      # the C++ sampler's draw from the row: biased, then inside the grammar's mask
             if bias is not None:
@@ -904,7 +904,7 @@ class Model:
                         m = accepted(draft, best)   # stops at a sentinel: no draft token is negative
                         chosen = greedy.tokens(best[:m + 1], pos)
                     else:
-                        chosen = self._sampled_draft(rows, pos, draft, history + generated, draft_sampler)
+                        chosen = self._sampled_draft(rows, pos, draft, list(prompt_ids) + generated, draft_sampler)
                         m = len(chosen) - 1
                     self._add_profile()
                     lookup.confirmed(len(draft), m)

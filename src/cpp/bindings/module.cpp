@@ -737,7 +737,8 @@ private:
     size_t prepared_bytes_ = 0;  // bytes of the backend's copies of weights (repacked panels)
     std::unique_ptr<LlamaModel> model_;
     std::mutex mu_;  // one caller at a time in model_ (see the class comment)
-    std::vector<float> logits_row_;  // [vocab]: forward_sample's logits, guarded by mu_
+    std::vector<float> logits_row_;  // [vocab]: forward_sample's logits (sample_row's copy), guarded by mu_
+    std::vector<float> batch_logits_;  // [output rows, vocab]: forward_batch_sample's logits, guarded by mu_
 
     // The backend's host threads for a sampler's passes over the row (the CPU backend's pool, idle
     // between two steps); called with mu_ held.
@@ -746,7 +747,6 @@ private:
             model_->backend().host_parallel_for(n, fn);
         };
     }
-    std::vector<float> batch_logits_;  // [output rows, vocab]: forward_batch_sample's logits, guarded by mu_
 };
 
 }  // namespace

@@ -293,11 +293,15 @@ void chunk_sums(const double* w, size_t n, std::vector<double>* sums) {
     rc.each([&](size_t c, size_t b, size_t e) { (*sums)[c] = sum4(w + b, e - b); });
 }
 
-size_t draw_index(const double* w, size_t n, const std::vector<double>& sums, double u) {
-    constexpr size_t kBlock = 256;
+double total_of(const std::vector<double>& sums) {
     double total = 0;
     for (double s : sums) total += s;
-    const double target = u * total;
+    return total;
+}
+
+size_t draw_index(const double* w, size_t n, const std::vector<double>& sums, double u) {
+    constexpr size_t kBlock = 256;
+    const double target = u * total_of(sums);
     double acc = 0;
     for (size_t c = 0; c < sums.size(); ++c) {
         if (!(acc + sums[c] > target)) {

@@ -94,8 +94,9 @@ private:
 // top-p: keeps the candidates whose mass before them, best first (the higher x, then the lower id),
 // is below top_p x mass (mass: the weights' sum before any cut), and at least the best; in id order.
 // In O(n), not a sort of the best, which took 64 ms over a flat row (a model unsure, or a high
-// temperature: 112055 of 128256 kept at top_p 0.95): the weights summed into bins of x, the bin
-// where the kept mass crosses found from the bins' sums, and only that bin's candidates sorted.
+// temperature: 112055 of 128256 kept at top_p 0.95): a peaked row's cut from the few candidates
+// near the best, sorted; a flat row's from the weights summed into bins of x, the bin where the
+// kept mass crosses found from the bins' sums, and only that bin's candidates sorted.
 void top_p_cut(Candidates* c, double mass, double top_p, const ParallelFor& par);
 
 // The k best ids of logits [vocab] (0 < k < vocab; better: the higher logit, then the lower id),
@@ -111,6 +112,8 @@ double sum4(const double* w, size_t n);
 // weight of 0 (a -inf logit) is never drawn: where the sums' rounding leaves u x total past the
 // end, the last index of positive weight.
 void chunk_sums(const double* w, size_t n, std::vector<double>* sums);
+// The chunks' sums added in chunk order: the row's total, the same whatever ran the chunks.
+double total_of(const std::vector<double>& sums);
 size_t draw_index(const double* w, size_t n, const std::vector<double>& sums, double u);
 
 }  // namespace forgert

@@ -6,14 +6,28 @@
 #include "core/backend.h"
 
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 
 namespace forgert {
 namespace {
+
+// x = (logit - lmax) / t and its weight e = exp(x) over a whole row, a chunk at a time through par
+// (x may be e: weighed in place), each chunk's sum of e into sums [chunks]; ids, when given, the
+// row's indices 0..vocab-1.
+void weigh_row(const float* logits, int vocab, double lmax, double t, int32_t* ids, double* x, double* e,
+               std::vector<double>* sums, const ParallelFor& par) {
+    const RowChunks rc{(size_t)vocab, par};
+    sums->resize(rc.count());
+    rc.each([&](size_t c, size_t b, size_t end) {
+        for (size_t i = b; i < end; ++i) x[i] = ((double)logits[i] - lmax) / t;
+        if (ids)
+            for (size_t i = b; i < end; ++i) ids[i] = (int32_t)i;
+        exp_rows(x + b, e + b, end - b);
+        (*sums)[c] = sum4(e + b, end - b);
+    });
+}
 
 // The first id holding the largest logit m (std::max_element's answer, found in one compare a logit).
 int first_of(const float* logits, int vocab, float m) { return (int)(std::find(logits, logits + vocab, m) - logits); }
@@ -76,20 +90,13 @@ void Sampler::candidates(const float* logits, int vocab, float best, const Paral
         for (size_t i = 0; i < n; ++i) c.x[i] = ((double)logits[c.ids[i]] - lmax) / t;
         exp_rows(c.x.data(), c.e.data(), n);
         chunk_sums(c.e.data(), n, &sums_);
-    } else {  // the whole vocabulary, a chunk at a time
+    } else {  // the whole vocabulary
         c.resize(vocab);
-        const RowChunks rc{(size_t)vocab, par};
-        sums_.resize(rc.count());
-        rc.each([&](size_t ch, size_t b, size_t e) {
-            for (size_t i = b; i < e; ++i) c.ids[i] = (int32_t)i, c.x[i] = ((double)logits[i] - lmax) / t;
-            exp_rows(c.x.data() + b, c.e.data() + b, e - b);
-            sums_[ch] = sum4(c.e.data() + b, e - b);
-        });
+        weigh_row(logits, vocab, lmax, t, c.ids.data(), c.x.data(), c.e.data(), &sums_, par);
     }
     // e = p * Z / p_max: the most likely token has e == 1. The top-p mass is that of the top-k
     // survivors (as HF renormalizes), measured before min-p cuts.
-    double mass = 0;
-    for (double s : sums_) mass += s;
+    const double mass = total_of(sums_);
     if (p_.min_p > 0) c.keep_if([&](size_t i) { return c.e[i] >= p_.min_p; }, par);
     if (p_.top_p < 1) top_p_cut(&c, mass, p_.top_p, par);
 }
@@ -106,8 +113,7 @@ void Sampler::filter(float* logits, int vocab, std::vector<int32_t>* ids, std::v
     }
     candidates(logits, vocab, best, par);
     chunk_sums(cand_.e.data(), cand_.size(), &sums_);
-    double z = 0;
-    for (double s : sums_) z += s;
+    const double z = total_of(sums_);
     probs->resize(cand_.size());
     for (size_t i = 0; i < cand_.size(); ++i) (*probs)[i] = cand_.e[i] / z;
     *ids = cand_.ids;
@@ -122,17 +128,10 @@ int Sampler::sample(float* logits, int vocab, double u, const ParallelFor& par) 
     if (u < 0) u = (double)(rng_() >> 11) * 0x1.0p-53;  // 53 random bits in [0, 1)
     const bool whole_vocab = !(p_.top_k > 0 && p_.top_k < vocab) && p_.top_p >= 1 && p_.min_p <= 0;
     if (whole_vocab) {
-        // No filter (the server's OpenAI defaults): candidates() would list every id in order and
-        // its x_; the same weights exp((l - best) / t) without those lists, a chunk at a time.
+        // No filter (the server's OpenAI defaults): candidates() would list every id and its
+        // tempered logit; the same weights exp((l - best) / t) without those lists.
         e_.resize(vocab);
-        const double t = p_.temperature;
-        const RowChunks rc{(size_t)vocab, par};
-        sums_.resize(rc.count());
-        rc.each([&](size_t c, size_t b, size_t e) {
-            for (size_t i = b; i < e; ++i) e_[i] = ((double)logits[i] - (double)best) / t;
-            exp_rows(e_.data() + b, e_.data() + b, e - b);
-            sums_[c] = sum4(e_.data() + b, e - b);
-        });
+        weigh_row(logits, vocab, best, p_.temperature, nullptr, e_.data(), e_.data(), &sums_, par);
         return (int)draw_index(e_.data(), e_.size(), sums_, u);
     }
     candidates(logits, vocab, best, par);
