@@ -1,4 +1,4 @@
-"""Q4_0 / Q4_1 / Q5_0 / Q8_0 weights (the AVX-512 sets: Q4_K / Q6_K too) repacked at load into the CPU
+"""Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K weights (the AVX-512 sets: Q6_K too) repacked at load into the CPU
 kernel set's 16-row panels (design.md, "Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's
 layout). On the AVX-512 sets the small-block panels change where the bytes lie, never the
 arithmetic: logits and tokens are bit-identical with and without the repack, in every path that
@@ -107,19 +107,19 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
     assert_files_bits(packed, file)
 
 
-# Whether this set repacks Q4_K / Q6_K (the AVX-512 sets), asked before any test sets FORGERT_CPU_REPACK.
+# Whether this set repacks Q4_K (every x86 set; Q6_K the AVX-512 ones), asked before any test sets FORGERT_CPU_REPACK.
 KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 
 @pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's kernel set reads K-quants in the file's layout "
-                    "(only the AVX-512 sets repack them)")
+                    "(only the x86 sets repack them)")
 @pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, mix,
                                                       prefill):
     """A tiny Llama of hidden 256 in llama.cpp's Q4_K_M mix (Q4_K, with Q6_K for attn_v, ffn_down
     and output: tests/kquant_writer.py) and its Q5_K_M mix (Q5_K for Q4_K), every matrix repacked
-    into Q4_Kx16 / Q5_Kx16 / Q6_Kx16: the greedy
+    into Q4_Kx16 / Q5_Kx16 / Q6_Kx16 (the 256-bit sets: Q6_K left in the file's layout): the greedy
     tokens equal the file layout's, the logits within rounding (the panels' decode sums in
     another order; the prompt's first 15 rows are decode rows). Prefill f32: the f32 panel GEMM
     reads the panels back."""
@@ -360,15 +360,15 @@ def test_panel_tokens_give_the_same_bits(tiny_models):
 @pytest.mark.skipif(os.environ.get("FORGERT_CPU_ISA") == "avx2", reason="this is the run under avx2")
 def test_repack_under_avx2():
     """The tests above (not the slow ones) once more under the AVX2 set, whose 256-bit panel kernels
-    (kernels_x86_panels16_256.inc) read the same panels; skipped where the CPU lacks AVX2. (Not the
-    K-quant panels' test: the AVX2 set reads K-quants in the file's layout.)"""
+    (kernels_x86_panels16_256.inc, kernels_x86_panels16_kquant_256.inc) read the same panels; skipped
+    where the CPU lacks AVX2."""
     env = subprocess_env(FORGERT_CPU_ISA="avx2")
     probe = subprocess.run([sys.executable, "-c", "from forgert import _core; _core.Ops('cpu')"], env=env,
                            capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("the AVX2 set does not run here")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
-                           "-k", "not under_avx2 and not kquant_model", __file__], env=env, capture_output=True, text=True,
+                           "-k", "not under_avx2", __file__], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)), timeout=900)
     assert proc.returncode == 0 and " passed" in proc.stdout and "skipped" not in proc.stdout, \
         proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -108,6 +108,47 @@ inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int6
     }
 }
 
+// pack_kpanels16 undone: rows m < nr of the K-quant panel at `panel` (ns super-blocks) back in the
+// file's layout, row m at dst + m dst_stride: the bytes the panel was made from. The 256-bit sets'
+// prefill converters read file rows; a panel's rows come back through this once per call.
+inline void unpack_kpanel16_rows(DType ft, const uint8_t* panel, int64_t ns, int nr, uint8_t* dst, size_t dst_stride) {
+    const int64_t bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
+    for (int64_t s = 0; s < ns; s++) {
+        const uint8_t* pb = panel + s * pbb;
+        for (int m = 0; m < nr; m++) {
+            uint8_t* blk = dst + m * dst_stride + s * bb;
+            if (ft == DType::Q4_K || ft == DType::Q5_K) {
+                auto* b = reinterpret_cast<block_q4_K*>(blk);
+                uint8_t* qs = ft == DType::Q4_K ? b->qs : reinterpret_cast<block_q5_K*>(blk)->qs;
+                std::memcpy(&b->d, pb + 2 * m, 2);
+                std::memcpy(&b->dmin, pb + kKPanelDmin + 2 * m, 2);
+                for (int w = 0; w < 3; w++) std::memcpy(b->scales + 4 * w, pb + kKPanelQ4Scales + (w * kPanel16Rows + m) * 4, 4);
+                for (int q = 0; q < 4; q++)
+                    for (int g = 0; g < 8; g++) std::memcpy(qs + 32 * q + 4 * g, pb + kq4_nib_at(ft, 2 * q, g) + 4 * m, 4);
+                if (ft == DType::Q5_K)
+                    for (int g = 0; g < 8; g++)
+                        std::memcpy(reinterpret_cast<block_q5_K*>(blk)->qh + 4 * g,
+                                    pb + kKPanelQ5High + kKPanelGroupBytes * g + 4 * m, 4);
+            } else {
+                auto* b = reinterpret_cast<block_q6_K*>(blk);
+                std::memcpy(&b->d, pb + 2 * m, 2);
+                for (int i = 0; i < 16; i++) b->scales[i] = (int8_t)pb[kKPanelQ6Scales + i * kPanel16Rows + m];
+                constexpr uint32_t lo4 = 0x0f0f0f0f;  // pack_kpanels16's nibble pairs, parted again
+                for (int h = 0; h < 2; h++)
+                    for (int g = 0; g < 8; g++) {
+                        uint32_t pair0, pair1;
+                        std::memcpy(&pair0, pb + kq6_nib_at(4 * h, g) + 4 * m, 4);
+                        std::memcpy(&pair1, pb + kq6_nib_at(4 * h + 2, g) + 4 * m, 4);
+                        const uint32_t l0 = (pair0 & lo4) | (pair1 & lo4) << 4, l1 = (pair0 >> 4 & lo4) | (pair1 & ~lo4);
+                        std::memcpy(b->ql + 64 * h + 4 * g, &l0, 4);
+                        std::memcpy(b->ql + 64 * h + 32 + 4 * g, &l1, 4);
+                        std::memcpy(b->qh + 32 * h + 4 * g, pb + kq6_high_at(4 * h, g) + 4 * m, 4);
+                    }
+            }
+        }
+    }
+}
+
 // Row m of one panel super-block of Q4_Kx16 / Q5_Kx16 / Q6_Kx16 to f32, as dequantize_super_block
 // gives the file's (Q4_K / Q5_K: (d sc) q - dmin m; Q6_K: (d sc) (q - 32)).   y [256]
 inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, float* y) {
