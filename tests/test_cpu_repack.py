@@ -1,4 +1,4 @@
-"""Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K weights (the AVX-512 sets: Q6_K too) repacked at load into the CPU
+"""Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights repacked at load into the CPU
 kernel set's 16-row panels (design.md, "Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's
 layout). On the AVX-512 sets the small-block panels change where the bytes lie, never the
 arithmetic: logits and tokens are bit-identical with and without the repack, in every path that
@@ -107,7 +107,7 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
     assert_files_bits(packed, file)
 
 
-# Whether this set repacks Q4_K (every x86 set; Q6_K the AVX-512 ones), asked before any test sets FORGERT_CPU_REPACK.
+# Whether this set repacks Q4_K / Q5_K / Q6_K (every x86 set), asked before any test sets FORGERT_CPU_REPACK.
 KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 
@@ -119,7 +119,7 @@ def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory,
                                                       prefill):
     """A tiny Llama of hidden 256 in llama.cpp's Q4_K_M mix (Q4_K, with Q6_K for attn_v, ffn_down
     and output: tests/kquant_writer.py) and its Q5_K_M mix (Q5_K for Q4_K), every matrix repacked
-    into Q4_Kx16 / Q5_Kx16 / Q6_Kx16 (the 256-bit sets: Q6_K left in the file's layout): the greedy
+    into Q4_Kx16 / Q5_Kx16 / Q6_Kx16: the greedy
     tokens equal the file layout's, the logits within rounding (the panels' decode sums in
     another order; the prompt's first 15 rows are decode rows). Prefill f32: the f32 panel GEMM
     reads the panels back."""
@@ -183,7 +183,7 @@ def quantized_smollm2(smollm2_gguf, root, qtype, pure=True):
 @pytest.fixture(scope="module")
 def smollm2_pure(smollm2_gguf, tmp_path_factory):
     """The default model (Q4_1) converted to pure Q4_0 and Q8_0, and to llama.cpp's Q4_K_M mix
-    (its 576-column matrices fall back to Q5_0, repacked; ffn_down Q4_K / Q6_K, not)."""
+    (its 576-column matrices fall back to Q5_0, repacked; ffn_down Q4_K / Q6_K, repacked on the x86 sets)."""
     root = tmp_path_factory.mktemp("smollm2_pure")
     return {**{t: quantized_smollm2(smollm2_gguf, root, t) for t in ("Q4_0", "Q8_0")},
             "Q4_K_M": quantized_smollm2(smollm2_gguf, root, "Q4_K_M", pure=False)}
@@ -232,7 +232,7 @@ def test_peak_rss_stays_within_file_kv_and_64mb(request, smollm2_gguf, model):
     before the load (the interpreter, NumPy, forgert). Without releasing each repacked tensor's
     file pages the file's ~150 MB (Q8_0) would stay resident beside the copy. The peak is the
     process's, so it also bounds anything that was resident before the load. Q4_K_M: its Q5_0
-    matrices repacked, and on the AVX-512 sets its Q4_K / Q6_K ones too. The default model (Q4_1, repacked too) as
+    matrices repacked, and its Q4_K / Q6_K ones too. The default model (Q4_1, repacked too) as
     shipped."""
     path = smollm2_gguf if model == "default Q4_1" else request.getfixturevalue("smollm2_pure")[model]
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=600,

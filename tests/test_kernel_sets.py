@@ -138,8 +138,8 @@ def test_panel_layouts_on_every_x86_set(x86_check_output):
 
 @X86_ONLY
 def test_kquant_panels_on_every_x86_set(x86_check_output):
-    """Q4_K / Q5_K weights repacked into 16-row panels (Q4_Kx16 / Q5_Kx16) on every x86 set that ran here, Q6_K's
-    (Q6_Kx16) on the AVX-512 ones (the 256-bit sets read Q6_K in the file's layout): decode of 1..15 tokens
+    """Q4_K / Q5_K / Q6_K weights repacked into 16-row panels (Q4_Kx16 / Q5_Kx16 / Q6_Kx16) on every x86 set that
+    ran here (the AVX-512 kernels and the 256-bit ones, kernels_x86_panels16_kquant_256.inc): decode of 1..15 tokens
     bit-identical to the scalar statement of the panels' definition (kquant_definition_dot) and within f32
     rounding of the file layout's K-quant decode, rows read back equal to the file's dequantization, the f32
     panel GEMM and the int8 GEMM (one and two activation parts) bit-identical to the file layout."""
@@ -147,13 +147,11 @@ def test_kquant_panels_on_every_x86_set(x86_check_output):
             if set_lines(x86_check_output, name)]
     assert "avx2" in sets
     for name in sets:
-        for pt in ("Q4_Kx16", "Q5_Kx16") + (("Q6_Kx16",) if name.startswith("avx512") else ()):
+        for pt in ("Q4_Kx16", "Q5_Kx16", "Q6_Kx16"):
             for words in ([pt, "definition"], ["rows of", pt], ["gemm_panel", pt], ["gemm_i8", pt, "x1"],
                           ["gemm_i8", pt, "x2"]):
                 lines = set_lines(x86_check_output, name, *words)
                 assert lines and all(ln.endswith("ok") for ln in lines), (name, words, "\n".join(lines))
-        if not name.startswith("avx512"):
-            assert not set_lines(x86_check_output, name, "Q6_Kx16"), name
 
 
 def cpu_flags() -> set:
@@ -189,7 +187,8 @@ def test_avxvnni_set_through_evex(tmp_path):
                                 str(CPU / "cpu_kernels.cpp"), *objs], "check_avxvnni_evex")
     out = run_check([str(exe)])
     for words in (["x16", "definition"], ["Q4_1x16", "definition"], ["Q5_0x16", "definition"], ["gemm_i8", "Q8_0x16"],
-                  ["Q4_Kx16", "definition"], ["Q5_Kx16", "definition"], ["gemm_i8", "Q4_Kx16"], ["gemm_i8", "Q5_Kx16"],
+                  ["Q4_Kx16", "definition"], ["Q5_Kx16", "definition"], ["Q6_Kx16", "definition"],
+                  ["gemm_i8", "Q4_Kx16"], ["gemm_i8", "Q5_Kx16"], ["gemm_i8", "Q6_Kx16"],
                   ["bit-identical to n=1"]):
         lines = set_lines(out, "avx2-vnni", *words)
         assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines) or out

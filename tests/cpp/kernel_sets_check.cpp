@@ -644,8 +644,8 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16, Q4_Kx16 / Q5_Kx16; the AVX-512 sets also
-// Q6_Kx16; the K-quant panels' definition is kquant_definition_dot's), on the sets that read them:
+// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16, and Q4_Kx16 / Q5_Kx16 / Q6_Kx16,
+// whose definition is kquant_definition_dot's), on the sets that read them:
 // every kernel that meets them gives the definition's bits (decode, 1-15 tokens, also from a
 // panel boundary inside the matrix; so every set's panels give the same bits), and the prefill
 // paths (gemm_i8, gemm_panel) the file layout's bits. The AVX-512 sets' file-layout decode

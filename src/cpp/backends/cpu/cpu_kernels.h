@@ -100,7 +100,7 @@ struct KernelSet {
                     uint8_t* work);
     uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K and
                              // the IQ1-IQ3 lattice types at most)
-    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K; AVX-512 sets: Q6_K too)
+    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)
     // repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 / Q4_Kx16 / Q5_Kx16 / Q6_Kx16) in every kernel
     // (gemm_q, gemm_i8, gemm_panel), so the backend
     // repacks such weights at load (CpuBackend::prepare_weight). 0: the file's layout throughout.

@@ -1,5 +1,5 @@
 // CpuBackend::prepare_weight: matrices of the kernel set's panel16_types (Q4_0 / Q4_1 / Q5_0 / Q8_0;
-// Q4_K / Q5_K on every x86 set, Q6_K on the AVX-512 ones) repacked at load into its 16-row panels (weight_panels.h), in parallel, into huge pages (weight_arena.h), with the
+// Q4_K / Q5_K / Q6_K) repacked at load into its 16-row panels (weight_panels.h), in parallel, into huge pages (weight_arena.h), with the
 // file's pages of each repacked matrix released so that the copy does not sit beside them in
 // memory.
 #include <sys/mman.h>
