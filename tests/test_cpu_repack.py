@@ -111,8 +111,8 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
 KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 
-@pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's kernel set reads K-quants in the file's layout "
-                    "(only the x86 sets repack them)")
+@pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's load keeps K-quants in the file's layout (the AVX-512 "
+                    "sets repack them; the 256-bit ones on AMD, or with FORGERT_CPU_KQUANT_PANELS=1)")
 @pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, mix,
@@ -357,12 +357,37 @@ def test_panel_tokens_give_the_same_bits(tiny_models):
     assert "FORGERT_CPU_PANEL_TOKENS must be 8 or 4, got '6'" in bad.stderr
 
 
+def test_kquant_panels_knob(tiny_models):
+    """FORGERT_CPU_KQUANT_PANELS: 1 has the 256-bit sets repack Q4_K / Q5_K / Q6_K at load, 0 keeps them in the
+    file's layout (the AVX-512 sets repack them either way); anything else is refused by name."""
+    def repacked(**env):
+        proc = subprocess.run([sys.executable, "-c", "from forgert import _core; import json; "
+                               "i = _core.cpu_info(); print(json.dumps([i['kernels'], i['repacked_types']]))"],
+                              env=subprocess_env(**env), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    kernels, types = repacked(FORGERT_CPU_KQUANT_PANELS="1")
+    if not types:
+        pytest.skip("this CPU's kernel set repacks nothing")
+    assert {"Q4_K", "Q5_K", "Q6_K"} <= set(types)
+    kernels0, types0 = repacked(FORGERT_CPU_KQUANT_PANELS="0")
+    if kernels0.startswith("avx512"):
+        assert {"Q4_K", "Q5_K", "Q6_K"} <= set(types0)
+    else:
+        assert not {"Q4_K", "Q5_K", "Q6_K"} & set(types0) and "Q4_0" in types0
+    path = tiny_gguf(tiny_models, "llama_tied", "Q4_0")
+    bad = subprocess.run([sys.executable, "-c", f"import forgert; forgert.Model({str(path)!r}, backend='cpu')"],
+                         env=subprocess_env(FORGERT_CPU_KQUANT_PANELS="yes"), capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "FORGERT_CPU_KQUANT_PANELS must be 1 or 0, got 'yes'" in bad.stderr
+
+
 @pytest.mark.skipif(os.environ.get("FORGERT_CPU_ISA") == "avx2", reason="this is the run under avx2")
 def test_repack_under_avx2():
     """The tests above (not the slow ones) once more under the AVX2 set, whose 256-bit panel kernels
     (kernels_x86_panels16_256.inc, kernels_x86_panels16_kquant_256.inc) read the same panels; skipped
     where the CPU lacks AVX2."""
-    env = subprocess_env(FORGERT_CPU_ISA="avx2")
+    env = subprocess_env(FORGERT_CPU_ISA="avx2", FORGERT_CPU_KQUANT_PANELS="1")  # K-quant panels on any vendor
     probe = subprocess.run([sys.executable, "-c", "from forgert import _core; _core.Ops('cpu')"], env=env,
                            capture_output=True, text=True)
     if probe.returncode != 0:

@@ -969,7 +969,7 @@ PYBIND11_MODULE(_core, m) {
         // FORGERT_CPU_REPACK=0, or where the set reads the file's layout).
         d["repacked_types"] = py::list();
         for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
-            if (cpu::repack_from_env() && cpu::packed_type(cpu::select_kernels(), t) != t)
+            if (cpu::repack_from_env() && cpu::load_layout(cpu::select_kernels(), t) != t)
                 d["repacked_types"].cast<py::list>().append(dtype_name(t));
         // How the panel and float GEMVs prefetch their weight stream, for one token ("far" on
         // Intel, "off" elsewhere) and for a batch's few ("far"); FORGERT_CPU_PANEL_PREFETCH

@@ -187,6 +187,30 @@ PanelPrefetch panel_prefetch(int64_t n_tok) {
     return n_tok >= 2 ? PanelPrefetch::Far : one_token;
 }
 
+bool kquant_panels_256() {
+    static const bool chosen = [] {
+        const char* v = std::getenv("FORGERT_CPU_KQUANT_PANELS");
+        const std::string s = v ? v : "";
+        if (s == "1") return true;
+        if (s == "0") return false;
+        if (!s.empty()) throw InputError("FORGERT_CPU_KQUANT_PANELS must be 1 or 0, got '" + s + "'");
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        return __builtin_cpu_is("amd") != 0;
+#else
+        return false;
+#endif
+    }();
+    return chosen;
+}
+
+DType load_layout(const KernelSet& k, DType t) {
+    const DType pt = packed_type(k, t);
+    const bool kquant = t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+    const bool wide = std::strncmp(k.name, "avx512", 6) == 0;  // the AVX-512 and AMX sets
+    if (pt != t && kquant && !wide && !kquant_panels_256()) return t;
+    return pt;
+}
+
 int panel_tokens() {
     static const int chosen = [] {
         const char* v = std::getenv("FORGERT_CPU_PANEL_TOKENS");

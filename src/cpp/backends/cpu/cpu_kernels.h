@@ -231,6 +231,17 @@ const char* panel_prefetch_name(PanelPrefetch p);
 // same bits either way (per token, the same steps).
 int panel_tokens();
 
+// The layout a model's load gives weights of file type t on set k: packed_type(k, t), except the
+// K-quants (Q4_K / Q5_K / Q6_K) on the 256-bit sets where kquant_panels_256() is false (they then
+// stay in the file's layout, which every kernel also reads).
+DType load_layout(const KernelSet& k, DType t);
+// Whether the 256-bit sets (avx2, avx2-vnni) repack K-quants at load. Measured on AMD (Zen 3, 1B
+// Q4_K_M decode 1.16-1.24x the file layout's): on there. On Intel the one lent CPU (a Xeon, the
+// avx2 / avx2-vnni sets forced) decoded slower from the panels before their far prefetch was spread
+// (0.75-0.9x) and has not been measured since: off until it is, elsewhere too.
+// FORGERT_CPU_KQUANT_PANELS=1|0 overrides, read once. bench/results/kquant_panels_256_vm2core.md.
+bool kquant_panels_256();
+
 // Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" 2, decode's
 // two-part activations; "int8" 1, one int8 per value as llama.cpp (faster, coarser: design.md
 // "Numerics"); "f32" 0, the f32 GEMM over dequantized panels for every type. Unset or empty:

@@ -1,5 +1,5 @@
 // CpuBackend::prepare_weight: matrices of the kernel set's panel16_types (Q4_0 / Q4_1 / Q5_0 / Q8_0;
-// Q4_K / Q5_K / Q6_K) repacked at load into its 16-row panels (weight_panels.h), in parallel, into huge pages (weight_arena.h), with the
+// Q4_K / Q5_K / Q6_K, as load_layout rules) repacked at load into its 16-row panels (weight_panels.h), in parallel, into huge pages (weight_arena.h), with the
 // file's pages of each repacked matrix released so that the copy does not sit beside them in
 // memory.
 #include <sys/mman.h>
@@ -59,7 +59,7 @@ void release_file_pages(const void* p, size_t bytes) {
 }  // namespace
 
 Tensor CpuBackend::prepare_weight(const Tensor& w, std::vector<std::unique_ptr<Buffer>>& owned) {
-    const DType pt = packed_type(k_, w.type);
+    const DType pt = load_layout(k_, w.type);
     if (!repack_ || pt == w.type || w.rows == 0) return w;
     const auto t0 = std::chrono::steady_clock::now();
     Tensor p = w;
