@@ -162,6 +162,11 @@ const KernelSet* pick() {
 
 }  // namespace
 
+namespace {
+// The AVX-512 and AMX sets (their names begin so), against the 256-bit ones and the rest.
+bool is_512_bit(const KernelSet& k) { return std::strncmp(k.name, "avx512", 6) == 0; }
+}  // namespace
+
 PanelPrefetch panel_prefetch(int64_t n_tok) {
     // The override, or n_tok's default: far for a few tokens' batch, by vendor for one token.
     static const int overridden = [] {  // a PanelPrefetch, or -1: none
@@ -178,7 +183,7 @@ PanelPrefetch panel_prefetch(int64_t n_tok) {
         if (__builtin_cpu_is("intel")) return PanelPrefetch::Far;
         // AMD: off with the AVX-512 sets (Zen 4), far with the 256-bit ones (Zen 3: SmolLM2 Q4_0
         // decode 255-290 tok/s against 218-234 off, Q8_0 146-167 against 139-156, 2 threads).
-        return std::strncmp(select_kernels().name, "avx512", 6) == 0 ? PanelPrefetch::Off : PanelPrefetch::Far;
+        return is_512_bit(select_kernels()) ? PanelPrefetch::Off : PanelPrefetch::Far;
 #else
         return PanelPrefetch::Off;
 #endif
@@ -206,8 +211,7 @@ bool kquant_panels_256() {
 DType load_layout(const KernelSet& k, DType t) {
     const DType pt = packed_type(k, t);
     const bool kquant = t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
-    const bool wide = std::strncmp(k.name, "avx512", 6) == 0;  // the AVX-512 and AMX sets
-    if (pt != t && kquant && !wide && !kquant_panels_256()) return t;
+    if (pt != t && kquant && !is_512_bit(k) && !kquant_panels_256()) return t;
     return pt;
 }
 
