@@ -111,8 +111,8 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
 KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 
-@pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's load keeps K-quants in the file's layout (the AVX-512 "
-                    "sets repack them; the 256-bit ones on AMD, or with FORGERT_CPU_KQUANT_PANELS=1)")
+@pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's load keeps K-quants in the file's layout (every x86 "
+                    "set repacks them, unless FORGERT_CPU_KQUANT_PANELS=0)")
 @pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, mix,
@@ -387,7 +387,7 @@ def test_repack_under_avx2():
     """The tests above (not the slow ones) once more under the AVX2 set, whose 256-bit panel kernels
     (kernels_x86_panels16_256.inc, kernels_x86_panels16_kquant_256.inc) read the same panels; skipped
     where the CPU lacks AVX2."""
-    env = subprocess_env(FORGERT_CPU_ISA="avx2", FORGERT_CPU_KQUANT_PANELS="1")  # K-quant panels on any vendor
+    env = subprocess_env(FORGERT_CPU_ISA="avx2", FORGERT_CPU_KQUANT_PANELS="1")  # the panels even if the caller's env has 0
     probe = subprocess.run([sys.executable, "-c", "from forgert import _core; _core.Ops('cpu')"], env=env,
                            capture_output=True, text=True)
     if probe.returncode != 0:

@@ -199,11 +199,7 @@ bool kquant_panels_256() {
         if (s == "1") return true;
         if (s == "0") return false;
         if (!s.empty()) throw InputError("FORGERT_CPU_KQUANT_PANELS must be 1 or 0, got '" + s + "'");
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        return __builtin_cpu_is("amd") != 0;
-#else
-        return false;
-#endif
+        return true;
     }();
     return chosen;
 }

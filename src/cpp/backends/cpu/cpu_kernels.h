@@ -235,11 +235,12 @@ int panel_tokens();
 // K-quants (Q4_K / Q5_K / Q6_K) on the 256-bit sets where kquant_panels_256() is false (they then
 // stay in the file's layout, which every kernel also reads).
 DType load_layout(const KernelSet& k, DType t);
-// Whether the 256-bit sets (avx2, avx2-vnni) repack K-quants at load. Measured on AMD (Zen 3, 1B
-// Q4_K_M decode 1.16-1.24x the file layout's): on there. On Intel the one lent CPU (a Xeon, the
-// avx2 / avx2-vnni sets forced) decoded slower from the panels before their far prefetch was spread
-// (0.75-0.9x) and has not been measured since: off until it is, elsewhere too.
-// FORGERT_CPU_KQUANT_PANELS=1|0 overrides, read once. bench/results/kquant_panels_256_vm2core.md.
+// Whether the 256-bit sets (avx2, avx2-vnni) repack K-quants at load: yes unless
+// FORGERT_CPU_KQUANT_PANELS=0 (1 or unset: yes; another value throws InputError), read once.
+// Measured against the file's layout, 1B Q4_K_M decode: a Zen 3 (avx2) 1.16-1.24x; the lent Xeon
+// with the sets forced, avx2-vnni 1.22x (1 thread) and 1.28x (4), avx2 1.04-1.05x and 1.11-1.12x
+// (bench/results/kquant_panels_256_vm2core.md, kquant_panels_gpuhost.md). The knob is for
+// measuring; the AVX-512 sets repack either way.
 bool kquant_panels_256();
 
 // Activation parts of the prefill int8 GEMM, from FORGERT_CPU_PREFILL: "int8x2" 2, decode's
