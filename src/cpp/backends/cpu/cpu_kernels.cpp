@@ -192,15 +192,16 @@ PanelPrefetch panel_prefetch(int64_t n_tok) {
     return n_tok >= 2 ? PanelPrefetch::Far : one_token;
 }
 
+bool switch_from_env(const char* name) {
+    const char* v = std::getenv(name);
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "1") return true;
+    if (s == "0") return false;
+    throw InputError(std::string(name) + " must be 1 or 0, got '" + s + "'");
+}
+
 bool kquant_panels_256() {
-    static const bool chosen = [] {
-        const char* v = std::getenv("FORGERT_CPU_KQUANT_PANELS");
-        const std::string s = v ? v : "";
-        if (s == "1") return true;
-        if (s == "0") return false;
-        if (!s.empty()) throw InputError("FORGERT_CPU_KQUANT_PANELS must be 1 or 0, got '" + s + "'");
-        return true;
-    }();
+    static const bool chosen = switch_from_env("FORGERT_CPU_KQUANT_PANELS");
     return chosen;
 }
 

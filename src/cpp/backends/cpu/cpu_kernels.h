@@ -231,6 +231,10 @@ const char* panel_prefetch_name(PanelPrefetch p);
 // same bits either way (per token, the same steps).
 int panel_tokens();
 
+// An on / off switch from the environment variable `name`: "1" or unset / empty on, "0" off;
+// another value throws InputError naming the variable (FORGERT_CPU_REPACK, FORGERT_CPU_KQUANT_PANELS).
+bool switch_from_env(const char* name);
+
 // The layout a model's load gives weights of file type t on set k: packed_type(k, t), except the
 // K-quants (Q4_K / Q5_K / Q6_K) on the 256-bit sets where kquant_panels_256() is false (they then
 // stay in the file's layout, which every kernel also reads).
@@ -238,8 +242,8 @@ DType load_layout(const KernelSet& k, DType t);
 // Whether the 256-bit sets (avx2, avx2-vnni) repack K-quants at load: yes unless
 // FORGERT_CPU_KQUANT_PANELS=0 (1 or unset: yes; another value throws InputError), read once.
 // Measured against the file's layout, 1B Q4_K_M decode: a Zen 3 (avx2) 1.16-1.24x; the lent Xeon
-// with the sets forced, avx2-vnni 1.22x (1 thread) and 1.28x (4), avx2 1.04-1.05x and 1.11-1.12x
-// (bench/results/kquant_panels_256_vm2core.md, kquant_panels_gpuhost.md). The knob is for
+// with the sets forced (two leases), avx2-vnni 1.22x (1 thread) and 1.28-1.31x (4), avx2 1.04-1.05x
+// and 1.11-1.14x (bench/results/kquant_panels_256_vm2core.md, kquant_panels_gpuhost.md). The knob is for
 // measuring; the AVX-512 sets repack either way.
 bool kquant_panels_256();
 

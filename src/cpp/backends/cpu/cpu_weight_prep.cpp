@@ -16,13 +16,7 @@
 
 namespace forgert::cpu {
 
-bool repack_from_env() {
-    const char* v = std::getenv("FORGERT_CPU_REPACK");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "1") return true;
-    if (s == "0") return false;
-    throw InputError("FORGERT_CPU_REPACK must be '0' or '1', got '" + s + "'");
-}
+bool repack_from_env() { return switch_from_env("FORGERT_CPU_REPACK"); }
 
 namespace {
 
