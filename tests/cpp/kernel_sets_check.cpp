@@ -531,12 +531,15 @@ void check(const KernelSet* k, int cols) {
     check_gemm_i8(k, cols, {1, 8, 21});  // whole token tiles and remainders of every size
     check_gemm_i8_extremes(k);
     // attention: 5 queries (a decode-sized group: keys as rows) and 11 (blocks of queries
-    // against transposed key chunks, the last block short), causal lengths over two chunks
-    const int hd = 64, ctx = 100;
-    std::vector<uint16_t> kc(ctx * hd), vc(ctx * hd);
-    for (auto& h : kc) h = f32_to_f16(normal(rng));
-    for (auto& h : vc) h = f32_to_f16(normal(rng));
+    // against transposed key chunks, the last block short), causal lengths over two chunks;
+    // head sizes of every vector path: 64, 128 (whole 64-dim passes), 48 (16-dim passes), 40
+    // (8-dim groups, scalar weighted sums) and 6 (scalar)
+    for (const int hd : {64, 128, 48, 40, 6})
     for (int nq : {5, 11}) {
+        const int ctx = 100;
+        std::vector<uint16_t> kc(ctx * hd), vc(ctx * hd);
+        for (auto& h : kc) h = f32_to_f16(normal(rng));
+        for (auto& h : vc) h = f32_to_f16(normal(rng));
         std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd)), lse_a(nq),
             lse_b(nq);
         for (auto& v : q) v = normal(rng);
@@ -553,9 +556,9 @@ void check(const KernelSet* k, int cols) {
         k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
                            work.data(), lse_b.data());
         char what[64];
-        std::snprintf(what, sizeof what, "attention_group nq=%d", nq);
+        std::snprintf(what, sizeof what, "attention_group hd=%d nq=%d", hd, nq);
         expect_close(k->name, what, oa, ob, 1e-5);
-        std::snprintf(what, sizeof what, "attention_group lse nq=%d", nq);
+        std::snprintf(what, sizeof what, "attention_group lse hd=%d nq=%d", hd, nq);
         expect_close(k->name, what, lse_a, lse_b, 1e-5);
     }
     std::vector<float> gs(1000), us(1000), sa(1000), sb(1000);

@@ -365,18 +365,7 @@ void gemm_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t
     gemm_panel_any<NeonPanel>(wt, w, w_stride, r0, r1, xp, cols, n_tok, out, out_stride, work);
 }
 
-struct NeonAttentionOps : ScalarAttentionOps {
-    static void to_f32(const uint16_t* x, float* y, int64_t n) { f16_to_f32_row(x, y, n); }
-    static void load_keys(const uint16_t* k, int64_t kv_stride, int64_t nj, int hd, float* kf) {
-        for (int64_t j = 0; j < nj; j++) f16_to_f32_row(k + j * kv_stride, kf + j * hd, hd);
-    }
-};
-
-void attention_group(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
-                     const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
-                     float* lse) {
-    attention_group_impl<NeonAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
-}
+#include "kernels_neon_attention.inc"  // attention_group
 
 }  // namespace
 }  // namespace forgert::cpu
