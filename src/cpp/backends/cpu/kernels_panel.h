@@ -22,15 +22,18 @@ namespace {
 template <class P, int R>
 void gemm_panel_tile(const float* wp, int64_t cols, const float* xp, float* tmp) {
     typename P::V acc[R][2];
+#pragma GCC unroll 16
     for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = P::zero();
     for (int64_t c = 0; c < cols; c++) {
         const typename P::V x0 = P::load(xp + c * 2 * P::W), x1 = P::load(xp + c * 2 * P::W + P::W);
+#pragma GCC unroll 16
         for (int i = 0; i < R; i++) {
             const typename P::V wv = P::bcast(wp + i * cols + c);
             acc[i][0] = P::fma(wv, x0, acc[i][0]);
             acc[i][1] = P::fma(wv, x1, acc[i][1]);
         }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < R; i++) {
         P::store(tmp + i * 2 * P::W, acc[i][0]);
         P::store(tmp + i * 2 * P::W + P::W, acc[i][1]);
