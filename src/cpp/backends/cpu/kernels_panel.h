@@ -18,7 +18,10 @@ namespace {
 
 // One token tile of R panel rows (wp: R x cols, row-major) against xp, the tile's
 // activations packed [cols, 2W] (contiguous: the loop streams it).
-// acc[i][j] holds tokens jW .. jW + W - 1 of row i.
+// acc[i][j] holds tokens jW .. jW + W - 1 of row i. The loops over i are unrolled outright: left
+// as loops, GCC kept acc in memory as well as in registers and stored every accumulator after
+// each FMA, the stores taking the loop's time (256-bit sets, Zen 3: the F16 GEMM 29-32 -> 57-92
+// GFLOP/s on one thread, bench/results/cpu_vs_llama_bench_vm2core.md).
 template <class P, int R>
 void gemm_panel_tile(const float* wp, int64_t cols, const float* xp, float* tmp) {
     typename P::V acc[R][2];
