@@ -533,33 +533,38 @@ void check(const KernelSet* k, int cols) {
     // attention: 5 queries (a decode-sized group: keys as rows) and 11 (blocks of queries
     // against transposed key chunks, the last block short), causal lengths over two chunks;
     // head sizes of every vector path: 64, 128 (whole 64-dim passes), 48 (16-dim passes), 40
-    // (8-dim groups, scalar weighted sums) and 6 (scalar)
-    for (const int hd : {64, 128, 48, 40, 6})
-    for (int nq : {5, 11}) {
+    // (8-dim groups, scalar weighted sums) and 6 (scalar); soft-capped scores (Gemma 2) on every
+    // other case, alternating so that each head size and each query count has both
+    const int head_sizes[] = {64, 128, 48, 40, 6}, query_counts[] = {5, 11};
+    for (int h = 0; h < 5; h++) {
+        const int hd = head_sizes[h];
         const int ctx = 100;
         std::vector<uint16_t> kc(ctx * hd), vc(ctx * hd);
         for (auto& h : kc) h = f32_to_f16(normal(rng));
         for (auto& h : vc) h = f32_to_f16(normal(rng));
-        std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd)), lse_a(nq),
-            lse_b(nq);
-        for (auto& v : q) v = normal(rng);
-        std::vector<const float*> qs(nq);
-        std::vector<float*> oas(nq), obs(nq);
-        std::vector<int64_t> len(nq);
-        for (int i = 0; i < nq; i++) {
-            qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
-            len[i] = 1 + (i * 37) % ctx;
+        for (int n = 0; n < 2; n++) {
+            const int nq = query_counts[n];
+            std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd)), lse_a(nq),
+                lse_b(nq);
+            for (auto& v : q) v = normal(rng);
+            std::vector<const float*> qs(nq);
+            std::vector<float*> oas(nq), obs(nq);
+            std::vector<int64_t> len(nq);
+            for (int i = 0; i < nq; i++) {
+                qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd];
+                len[i] = 1 + (i * 37) % ctx;
+            }
+            const float softcap = (h + n) % 2 ? 1.5f : 0.0f;
+            g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
+                               work.data(), lse_a.data());
+            k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
+                               work.data(), lse_b.data());
+            char what[80];
+            std::snprintf(what, sizeof what, "attention_group hd=%d nq=%d softcap=%g", hd, nq, softcap);
+            expect_close(k->name, what, oa, ob, 1e-5);
+            std::snprintf(what, sizeof what, "attention_group lse hd=%d nq=%d softcap=%g", hd, nq, softcap);
+            expect_close(k->name, what, lse_a, lse_b, 1e-5);
         }
-        const float softcap = nq % 2 ? 0.0f : 1.5f;  // soft-capped scores (Gemma 2) on every other size
-        g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
-                           work.data(), lse_a.data());
-        k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
-                           work.data(), lse_b.data());
-        char what[64];
-        std::snprintf(what, sizeof what, "attention_group hd=%d nq=%d", hd, nq);
-        expect_close(k->name, what, oa, ob, 1e-5);
-        std::snprintf(what, sizeof what, "attention_group lse hd=%d nq=%d", hd, nq);
-        expect_close(k->name, what, lse_a, lse_b, 1e-5);
     }
     std::vector<float> gs(1000), us(1000), sa(1000), sb(1000);
     for (int i = 0; i < 1000; i++) gs[i] = 8 * normal(rng), us[i] = normal(rng);
