@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import synthetic_gguf  # noqa: E402
-from machine import cpu_name, forgert_env, read_bandwidth_gbs  # noqa: E402
+from machine import Contention, cpu_name, forgert_env, read_bandwidth_gbs  # noqa: E402
 from report import publish  # noqa: E402
 
 
@@ -108,12 +108,16 @@ def main():
                 # --rounds pairs of runs, alternating which engine goes first, so a drift in machine
                 # load hits both; each figure is the median over the rounds
                 runs = {"peer": [], "forgert": []}
+                busy = {"others": 0.0, "steal": 0.0}  # the worst of the row's runs
                 for r in range(a.rounds):
                     first_peer = (len(rows) + r) % 2 == 0
                     for who in (("peer", "forgert") if first_peer else ("forgert", "peer")):
-                        runs[who].append(llama_bench(a.peer, path, threads, a) if who == "peer"
-                                         else forgert_bench(path, threads, a))
+                        with Contention() as c:
+                            runs[who].append(llama_bench(a.peer, path, threads, a) if who == "peer"
+                                             else forgert_bench(path, threads, a))
+                        busy = {k: max(busy[k], c.pct[k]) for k in busy}
                 f, p = median_run(runs["forgert"]), median_run(runs["peer"])
+                f["busy"] = busy
                 # one int8 part per activation (FORGERT_CPU_PREFILL=int8: faster, coarser prefill)
                 f["prefill_int8"] = forgert_bench(path, threads, a, "int8")["prefill"] if a.int8 else float("nan")
                 # decode streams the weights one token reads (an MoE: the used experts' share) over the
@@ -122,7 +126,8 @@ def main():
                 rows.append((preset, ftype, threads, f, p))
                 print(f"{preset} {ftype} t={threads}: prefill {f['prefill']:.1f} vs {p['prefill']:.1f} "
                       f"({f['prefill'] / p['prefill']:.2f}x), decode {f['decode']:.1f} vs {p['decode']:.1f} "
-                      f"({f['decode'] / p['decode']:.2f}x)", file=sys.stderr, flush=True)
+                      f"({f['decode'] / p['decode']:.2f}x); others {busy['others']:.0f}%, steal {busy['steal']:.0f}%",
+                      file=sys.stderr, flush=True)
 
     lines = [f"# forgert vs llama-bench, CPU ({cpu_name()}, {os.cpu_count()} logical CPUs)", "",
              f"`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`; random-weight GGUFs of real shapes "
@@ -133,13 +138,19 @@ def main():
              f"{ {'auto': 'its default (auto)', '0': 'off', '1': 'on', 'best': 'off and on, the faster per test'}[a.peer_fa] }.", "",
              "Prefill int8: forgert with `FORGERT_CPU_PREFILL=int8` (one int8 part per activation, as llama.cpp; "
              "the default uses two). Decode % bw: forgert's decode tokens/s x the weight bytes a token reads "
-             "(the file less the embedding table; of expert stacks only the used share) / read bandwidth.", "",
+             "(the file less the embedding table; of expert stacks only the used share) / read bandwidth. "
+             "Others / steal: the most, over the row's runs of both engines, of the machine's CPU time that "
+             "went to other processes / (on a virtual machine) to other guests while a run went on "
+             "(/proc/stat less the run's own CPU time): a row with either above a few percent was measured "
+             "on a shared machine.", "",
              "| model | type | threads | prefill forgert | prefill int8 | prefill llama.cpp | ratio | decode forgert | "
-             "decode llama.cpp | ratio | decode % bw |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "decode llama.cpp | ratio | decode % bw | others / steal |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for preset, ftype, threads, f, p in rows:
         lines.append(f"| {preset} | {ftype} | {threads} | {f['prefill']:.1f} | {f['prefill_int8']:.1f} | "
                      f"{p['prefill']:.1f} | {f['prefill'] / p['prefill']:.2f}x | {f['decode']:.1f} | {p['decode']:.1f} | "
-                     f"{f['decode'] / p['decode']:.2f}x | {f['bw_pct']:.0f}% |")
+                     f"{f['decode'] / p['decode']:.2f}x | {f['bw_pct']:.0f}% | "
+                     f"{f['busy']['others']:.0f}% / {f['busy']['steal']:.0f}% |")
     publish("\n".join(lines) + "\n", a.out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,60 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# What else the machine did while a benchmark ran. A lent machine can be shared: in one lease of the
+# lent host, 16-thread decode ran at a third of its speed with its threads waiting for CPUs
+# (bench/results/cpu_vs_llama_bench_gpuhost.md, lease D), and nothing in the table said so. Each row
+# now carries the share of the machine's CPU time that went to neither engine: other processes'
+# work ("others") and, on a virtual machine, time the hypervisor gave to other guests ("steal").
+
+def proc_stat_cpu(text: str | None = None) -> tuple[int, int, int]:
+    """(total, busy, steal) clock ticks of all CPUs from /proc/stat's first line (or `text`): busy is
+    every state but idle and iowait; guest time is already inside user. (0, 0, 0) off Linux."""
+    if text is None:
+        try:
+            with open("/proc/stat") as f:
+                text = f.readline()
+        except OSError:
+            return 0, 0, 0
+    fields = text.split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"not /proc/stat's cpu line: {text[:60]!r}")
+    v = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))  # user nice system idle iowait irq softirq steal
+    total = sum(v[:8])
+    return total, total - v[3] - v[4], v[7]
+
+
+def contention_pct(before: tuple[int, int, int], after: tuple[int, int, int], children_ticks: float) -> dict:
+    """Shares of the CPU time between two proc_stat_cpu() readings (percent of all CPUs' time):
+    "others", busy time that was neither steal nor the `children_ticks` our subprocesses used,
+    and "steal". Both 0 where nothing was counted."""
+    total = after[0] - before[0]
+    if total <= 0:
+        return {"others": 0.0, "steal": 0.0}
+    steal = after[2] - before[2]
+    others = (after[1] - before[1]) - steal - children_ticks
+    return {"others": max(0.0, 100.0 * others / total), "steal": max(0.0, 100.0 * steal / total)}
+
+
+class Contention:
+    """with Contention() as c: run subprocesses; then c.pct = contention_pct over the block, the
+    subprocesses' own CPU time (waited children's rusage) taken out. The benchmark driver itself
+    should idle inside the block (it waits on its subprocess)."""
+
+    def __enter__(self):
+        self._stat = proc_stat_cpu()
+        self._children = self._children_s()
+        self.pct = {"others": 0.0, "steal": 0.0}
+        return self
+
+    def __exit__(self, *exc):
+        used = (self._children_s() - self._children) * os.sysconf("SC_CLK_TCK")
+        self.pct = contention_pct(self._stat, proc_stat_cpu(), used)
+        return False
+
+    @staticmethod
+    def _children_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
