@@ -74,6 +74,10 @@ FIXED_BYTES = {
     T["Q4_1"]: [(0, _f16(0.002) + _f16(-0.015))],  # w = d q + m = 0.002 (q - 7.5)
     T["Q4_K"]: [(0, _f16(0.0005) + _f16(0.00375) + bytes([8] * 8 + [0x88] * 4))],
     T["Q6_K"]: [(192, bytes([1] * 16) + _f16(0.0005))],
+    # Q2_K: scale 2, min 3 per sub-block (bytes 0-15 = 0x32), d = dmin: w = d (2 q - 3), q in 0..3;
+    # Q3_K: sub-block scales 1 (6-bit, stored + 32: low nibbles 0x11, high pairs 0xAA), w = d q, q in -4..3
+    T["Q2_K"]: [(0, bytes([0x32] * 16)), (80, _f16(0.002) + _f16(0.002))],
+    T["Q3_K"]: [(96, bytes([0x11] * 8 + [0xAA] * 4) + _f16(0.002))],
     # the lattice types: d at the block's start, codebook indices, signs and 4-bit scales random
     # (|w| <= 167 d for IQ2, 480 d for IQ3_XXS, 465 d for IQ3_S, 17 d for IQ1_S)
     T["IQ2_XXS"]: [(0, _f16(0.0002))], T["IQ2_XS"]: [(0, _f16(0.0002))], T["IQ2_S"]: [(0, _f16(0.0002))],
@@ -82,11 +86,14 @@ FIXED_BYTES = {
     T["IQ1_M"]: [],  # its f16 d is spread over the scales' top nibbles: random_blocks sets it
 }
 # llama.cpp's quantizer falls back to these where a row is not whole 256-weight super-blocks
-# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0, the lattice types -> IQ4_NL.
-K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"],
+# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, the lattice types -> IQ4_NL.
+K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"], T["Q2_K"]: T["Q4_0"], T["Q3_K"]: T["Q4_0"],
               **{T[n]: T["IQ4_NL"] for n in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")}}
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
 FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18, "F16": 1, "BF16": 32,
+              # one low-bit K-quant for every matrix (llama.cpp's Q2_K / Q3_K_S-M-L mixes promote some
+              # tensors; these time the type itself)
+              "Q2_K": 10, "Q3_K": 11,
               # one lattice type for every matrix (llama.cpp's IQ mixes promote some tensors; these
               # time the type itself)
               "IQ2_XXS": 19, "IQ2_XS": 20, "IQ3_XXS": 23, "IQ1_S": 24, "IQ3_S": 26, "IQ2_S": 28, "IQ1_M": 31}

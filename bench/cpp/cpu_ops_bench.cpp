@@ -264,7 +264,8 @@ int main(int argc, char** argv) {
     // Decode GEMV as in a model: one token through 48 distinct matrices of SmolLM2's ffn_down
     // shape, more than L3 holds, so the weights stream from memory (the L2-resident figures
     // above time the kernel alone; a model's decode reads each matrix once per token).
-    for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q5_0, DType::Q8_0}) {
+    for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0, DType::Q4_1, DType::Q5_0,
+                    DType::Q8_0}) {
         char name[64];
         std::snprintf(name, sizeof name, "stream %s smollm2 ffn_down", dtype_name(t));
         if (!std::strstr(name, filter)) continue;
