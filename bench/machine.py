@@ -59,8 +59,9 @@ def proc_stat_cpu(text: str | None = None) -> tuple[int, int, int]:
     fields = text.split()
     if not fields or fields[0] != "cpu":
         raise ValueError(f"not /proc/stat's cpu line: {text[:60]!r}")
-    v = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))  # user nice system idle iowait irq softirq steal
-    total = sum(v[:8])
+    v = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    v += [0] * (8 - len(v))  # before Linux 2.6.11 the line stops at softirq: no steal
+    total = sum(v)
     return total, total - v[3] - v[4], v[7]
 
 

@@ -3,21 +3,17 @@ tables): /proc/stat lines and CPU times made up here, the shares worked out by h
 asserted."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "machine.py"
+from bench_scripts import load_bench_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("bench_machine", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("machine.py")
 
 
 def test_proc_stat_line():

@@ -2,20 +2,15 @@
 made-up arrival times whose answers are worked out by hand below. No timing is measured."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "decode_window.py"
+from bench_scripts import load_bench_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("decode_window", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("decode_window.py")
 
 
 def test_two_overlapping_requests():
@@ -70,9 +65,7 @@ def test_no_concurrent_window_and_single_token_requests():
 
 
 def test_ratios_are_taken_against_the_same_rounds_one_client():
-    spec = importlib.util.spec_from_file_location("load_test", SCRIPT.parent / "load_test.py")
-    lt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lt)
+    lt = load_bench_script("load_test.py")
     rows = [{"round": 0, "clients": 1, "decode_per_s": 10.0, "tokens_per_s": 8.0},
             {"round": 0, "clients": 8, "decode_per_s": 30.0, "tokens_per_s": 20.0},
             {"round": 1, "clients": 1, "decode_per_s": 20.0, "tokens_per_s": 10.0},

@@ -4,20 +4,18 @@ llama.cpp columns, and that --load prints what --save stored."""
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from bench_scripts import load_bench_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "metal" / "traffic.py"
 
 
 def load_traffic():
-    spec = importlib.util.spec_from_file_location("metal_traffic_report", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("metal/traffic.py")
 
 
 def counts(**kw):
