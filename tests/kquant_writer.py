@@ -139,11 +139,15 @@ def q4_k_m_overrides(tensors: dict) -> dict:
 
 
 def mix_overrides(tensors: dict, mix: str) -> dict:
-    """The Q4_K_M or Q5_K_M mix (Q5_K_M: Q5_K where Q4_K_M has Q4_K, falling back to Q5_1)."""
+    """The Q4_K_M or Q5_K_M mix (Q5_K_M: Q5_K where Q4_K_M has Q4_K, falling back to Q5_1); "Q3_K" and
+    "Q2_K": that base type where Q4_K_M has Q4_K (falling back to Q4_0), with Q4_K_M's Q6_K tensors (a
+    simplification of llama.cpp's Q3_K_M / Q2_K mixes, which take Q4_K / Q5_K there)."""
     import gguf
     T = gguf.GGMLQuantizationType
     base, base_quantize, fallback = {"Q4_K_M": (T.Q4_K, quantize_q4_k, T.Q5_0),
-                                     "Q5_K_M": (T.Q5_K, quantize_q5_k, T.Q5_1)}[mix]
+                                     "Q5_K_M": (T.Q5_K, quantize_q5_k, T.Q5_1),
+                                     "Q3_K": (T.Q3_K, quantize_q3_k, T.Q4_0),
+                                     "Q2_K": (T.Q2_K, quantize_q2_k, T.Q4_0)}[mix]
     out = {}
     for name, w in tensors.items():
         if w.ndim != 2:

@@ -1,4 +1,4 @@
-"""Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights repacked at load into the CPU
+"""Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q2_K ... Q6_K weights repacked at load into the CPU
 kernel set's 16-row panels (design.md, "Repacked weights"; FORGERT_CPU_REPACK=0 keeps the file's
 layout). On the AVX-512 sets the small-block panels change where the bytes lie, never the
 arithmetic: logits and tokens are bit-identical with and without the repack, in every path that
@@ -113,13 +113,13 @@ KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
 @pytest.mark.skipif(not KQUANTS_REPACKED, reason="this CPU's load keeps K-quants in the file's layout (every x86 "
                     "set repacks them, unless FORGERT_CPU_KQUANT_PANELS=0)")
-@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M"])
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M", "Q3_K", "Q2_K"])
 @pytest.mark.parametrize("prefill", [None, "f32"])
 def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory, tiny_tokenizer, monkeypatch, mix,
                                                       prefill):
     """A tiny Llama of hidden 256 in llama.cpp's Q4_K_M mix (Q4_K, with Q6_K for attn_v, ffn_down
-    and output: tests/kquant_writer.py) and its Q5_K_M mix (Q5_K for Q4_K), every matrix repacked
-    into Q4_Kx16 / Q5_Kx16 / Q6_Kx16: the greedy
+    and output: tests/kquant_writer.py), its Q5_K_M mix (Q5_K for Q4_K) and Q3_K / Q2_K in place of
+    Q4_K, every matrix repacked into Q2_Kx16 ... Q6_Kx16: the greedy
     tokens equal the file layout's, the logits within rounding (the panels' decode sums in
     another order; the prompt's first 15 rows are decode rows). Prefill f32: the f32 panel GEMM
     reads the panels back."""
@@ -143,16 +143,19 @@ def test_get_rows_of_packed_embeddings_is_the_gguf_dequantization(core):
     rng = np.random.default_rng(9)
     rows = 37
     ops = core.Ops("cpu", 1)
-    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"):
+    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
         qt = gguf.GGMLQuantizationType[t]
         cols = 512 if t.endswith("_K") else 160  # K-quants: two super-blocks
         if t.endswith("_K"):  # random blocks (the gguf package quantizes no K-quant): f16 factors set small
-            raw = rng.integers(0, 256, (rows, cols // 256 * {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[t]), dtype=np.uint8)
+            size = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[t]
+            raw = rng.integers(0, 256, (rows, cols // 256 * size), dtype=np.uint8)
             blocks = raw.reshape(rows, cols // 256, -1)
-            if t != "Q6_K":  # d, dmin lead the block
+            if t in ("Q4_K", "Q5_K"):  # d, dmin lead the block
                 blocks[..., 0:4] = np.array([0.001, 0.002], np.float16).view(np.uint8)
+            elif t == "Q2_K":  # d, dmin end it
+                blocks[..., 80:84] = np.array([0.001, 0.002], np.float16).view(np.uint8)
             else:  # d ends it
-                blocks[..., 208:210] = np.array([0.001], np.float16).view(np.uint8)
+                blocks[..., size - 2:size] = np.array([0.001], np.float16).view(np.uint8)
         else:
             raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qt)
         ids = np.array([0, 36, 15, 16, 17, 31, 32, 5, 5], np.int32)

@@ -166,7 +166,7 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
             std::vector<int32_t> sums;
             quantize_i8_activations(g, xs_f, n, cols, xa, sums);
             std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
                             DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
                             DType::IQ1_M}) {
                 if (!gemm_i8_takes(*k, t) || cols % dtype_block_elems(t)) continue;
@@ -621,13 +621,26 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
     for (int64_t sb = 0; sb < nb / 8; sb++) {
         int q[FG_QK_K];
         float d, dmin = 0.0f;
-        int sc[16], mn[8] = {};
+        int sc[16], mn[8] = {}, mn16[16] = {};  // mn16: Q2_K's per-16 mins
         if (t == DType::Q4_K || t == DType::Q5_K) {
             uint8_t u[FG_QK_K];
             const uint8_t* scales;
             unpack_q45_K(t, row + sb * dtype_block_bytes(t), u, scales, d, dmin);
             for (int i = 0; i < FG_QK_K; i++) q[i] = u[i];
             for (int j = 0; j < 8; j++) q4_K_scale_min(scales, j, sc[j], mn[j]);
+        } else if (t == DType::Q2_K) {
+            const auto* b = reinterpret_cast<const block_q2_K*>(row) + sb;
+            uint8_t u[FG_QK_K];
+            q2_K_unpack(b, u);
+            for (int i = 0; i < FG_QK_K; i++) q[i] = u[i];
+            d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+            for (int i = 0; i < 16; i++) sc[i] = b->scales[i] & 15, mn16[i] = b->scales[i] >> 4;
+        } else if (t == DType::Q3_K) {
+            const auto* b = reinterpret_cast<const block_q3_K*>(row) + sb;
+            int8_t v[FG_QK_K];
+            q3_K_unpack(b, v, sc);
+            for (int i = 0; i < FG_QK_K; i++) q[i] = v[i];
+            d = f16_to_f32(b->d);
         } else {
             const auto* b = reinterpret_cast<const block_q6_K*>(row) + sb;
             int8_t v[FG_QK_K];
@@ -639,20 +652,28 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
         for (int j = 0; j < 8; j++) {
             const BlockQ8Act& a = x[8 * sb + j];
             float& s = acc[j % 4];
-            int32_t I[2] = {0, 0};
-            for (int i = 0; i < FG_QK; i++) I[i / 16] += q[FG_QK * j + i] * (256 * a.hi[i] + a.lo[i]);
-            if (t != DType::Q6_K) {
+            int32_t I[2] = {0, 0}, S[2] = {0, 0};  // S: the halves' exact activation sums
+            for (int i = 0; i < FG_QK; i++)
+                I[i / 16] += q[FG_QK * j + i] * (256 * a.hi[i] + a.lo[i]), S[i / 16] += 256 * a.hi[i] + a.lo[i];
+            if (t == DType::Q4_K || t == DType::Q5_K) {
                 s = std::fma((float)(I[0] + I[1]), d * (float)sc[j] * a.d, s);
                 s = std::fma(-(dmin * (float)mn[j]), a.sum, s);
-            } else {
+            } else if (t == DType::Q6_K) {
                 for (int h = 0; h < 2; h++) s = std::fma((float)I[h], d * (float)sc[2 * j + h] * a.d, s);
+            } else {  // Q3_K, Q2_K: the halves combined in integers, then one step (Q2_K: and its min term)
+                const int32_t J = sc[2 * j] * I[0] + sc[2 * j + 1] * I[1];
+                s = std::fma((float)J, d * a.d, s);
+                if (t == DType::Q2_K) {
+                    const int32_t M = mn16[2 * j] * S[0] + mn16[2 * j + 1] * S[1];
+                    s = std::fma(-(dmin * a.d), (float)M, s);
+                }
             }
         }
     }
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16, and Q4_Kx16 / Q5_Kx16 / Q6_Kx16,
+// Weights repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16, and Q2_Kx16 ... Q6_Kx16,
 // whose definition is kquant_definition_dot's), on the sets that read them:
 // every kernel that meets them gives the definition's bits (decode, 1-15 tokens, also from a
 // panel boundary inside the matrix; so every set's panels give the same bits), and the prefill
@@ -663,7 +684,8 @@ float kquant_definition_dot(DType t, const uint8_t* row, const BlockQ8Act* x, in
 // panels of the file layout's K-quant decode (its own order on every set). Rows not a multiple of 16;
 // rows of 1 to 128 blocks, odd block counts among them (K-quants: 1 to 16 super-blocks).
 void check_panel16(const KernelSet* k) {
-    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
+                    DType::Q6_K}) {
         const DType pt = packed_type(*k, t);
         if (pt == t) continue;
         const bool kq = is_kquant(t);

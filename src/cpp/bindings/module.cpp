@@ -960,7 +960,7 @@ PYBIND11_MODULE(_core, m) {
         const int parts = cpu::prefill_int8_parts();
         d["prefill_int8_parts"] = parts;
         d["prefill_int8_types"] = py::list();
-        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
                         DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
                         DType::IQ1_M})
             if (parts && cpu::gemm_i8_takes(cpu::select_kernels(), t))
@@ -968,7 +968,8 @@ PYBIND11_MODULE(_core, m) {
         // Weight types a model's load repacks into the kernel set's panels (none with
         // FORGERT_CPU_REPACK=0, or where the set reads the file's layout).
         d["repacked_types"] = py::list();
-        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
+                        DType::Q6_K})
             if (cpu::repack_from_env() && cpu::load_layout(cpu::select_kernels(), t) != t)
                 d["repacked_types"].cast<py::list>().append(dtype_name(t));
         // How the panel and float GEMVs prefetch their weight stream, for one token ("far" on

@@ -32,6 +32,8 @@ const char* dtype_name(DType t) {
         case DType::Q4_1x16: return "Q4_1x16";
         case DType::Q5_0x16: return "Q5_0x16";
         case DType::Q8_0x16: return "Q8_0x16";
+        case DType::Q2_Kx16: return "Q2_Kx16";
+        case DType::Q3_Kx16: return "Q3_Kx16";
         case DType::Q4_Kx16: return "Q4_Kx16";
         case DType::Q5_Kx16: return "Q5_Kx16";
         case DType::Q6_Kx16: return "Q6_Kx16";
@@ -57,7 +59,7 @@ int64_t dtype_block_elems(DType t) {
         case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::IQ4_XS:
         case DType::IQ2_XXS: case DType::IQ2_XS: case DType::IQ2_S: case DType::IQ3_XXS: case DType::IQ3_S:
         case DType::IQ1_S: case DType::IQ1_M:
-        case DType::Q4_Kx16: case DType::Q5_Kx16: case DType::Q6_Kx16:
+        case DType::Q2_Kx16: case DType::Q3_Kx16: case DType::Q4_Kx16: case DType::Q5_Kx16: case DType::Q6_Kx16:
             return FG_QK_K;
         default: return 1;
     }
@@ -72,8 +74,8 @@ int64_t dtype_block_bytes(DType t) {
         case DType::Q4_1: case DType::Q4_1x16: return sizeof(block_q4_1);
         case DType::Q5_0: case DType::Q5_0x16: return sizeof(block_q5_0);
         case DType::Q5_1: return sizeof(block_q5_1);
-        case DType::Q2_K: return sizeof(block_q2_K);
-        case DType::Q3_K: return sizeof(block_q3_K);
+        case DType::Q2_K: case DType::Q2_Kx16: return sizeof(block_q2_K);
+        case DType::Q3_K: case DType::Q3_Kx16: return sizeof(block_q3_K);
         case DType::Q4_K: case DType::Q4_Kx16: return sizeof(block_q4_K);
         case DType::Q5_K: case DType::Q5_Kx16: return sizeof(block_q5_K);
         case DType::Q6_K: case DType::Q6_Kx16: return sizeof(block_q6_K);

@@ -38,12 +38,14 @@ enum class DType : int {
     BF16 = FG_BF16,
     MXFP4 = FG_MXFP4,
     // Internal layouts, never in a file (dtype_is_known rejects them): a CPU kernel set's
-    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrix into panels of kPanel16Rows rows
+    // repacking of a Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K matrix into panels of kPanel16Rows rows
     // (docs/design.md, "Repacked weights"). 1000 + the file type's id.
     Q4_0x16 = 1000 + FG_Q4_0,
     Q4_1x16 = 1000 + FG_Q4_1,
     Q5_0x16 = 1000 + FG_Q5_0,
     Q8_0x16 = 1000 + FG_Q8_0,
+    Q2_Kx16 = 1000 + FG_Q2_K,
+    Q3_Kx16 = 1000 + FG_Q3_K,
     Q4_Kx16 = 1000 + FG_Q4_K,
     Q5_Kx16 = 1000 + FG_Q5_K,
     Q6_Kx16 = 1000 + FG_Q6_K,
@@ -77,13 +79,24 @@ enum class DType : int {
 //     4h + k), 64 bytes each; quants 0..63 (q + 32). In the order the kernels read them: a
 //     block's nibbles and high bits in two regions apart were read at a quarter of the speed
 //     from memory on Zen 4 (its prefetchers did not follow).
+//   Q2_Kx16: the rows' f16 d (32), f16 dmin (32), the 16 scale bytes [sub-block][row] (256: the
+//     file's, scale in the low nibble, min in the high one), then the 2-bit quants as 2 halves of
+//     512 bytes: half n, group g, byte i of row m is the file's qs[32 n + 4 g + i] (bits 2k:
+//     quant 4g + i of block 4n + k, 0..3).
+//   Q3_Kx16: the rows' f16 d (32), the 12 packed scale bytes as 3 u32 words [word][row] (192, as
+//     Q4_Kx16's), the high bits as 8 groups of 64 bytes (byte i of row m in group g is the file's
+//     hmask[4g + i]: bit j, quant 4g + i of block j), then Q2_Kx16's two halves of 2-bit quants;
+//     quants 0..7 (q + 4: the low bits | the high bit as bit 2).
 constexpr int64_t kPanel16Rows = 16;
 constexpr bool is_panel16(DType t) {
     return t == DType::Q4_0x16 || t == DType::Q4_1x16 || t == DType::Q5_0x16 || t == DType::Q8_0x16 ||
-           t == DType::Q4_Kx16 || t == DType::Q5_Kx16 || t == DType::Q6_Kx16;
+           t == DType::Q2_Kx16 || t == DType::Q3_Kx16 || t == DType::Q4_Kx16 || t == DType::Q5_Kx16 ||
+           t == DType::Q6_Kx16;
 }
 // The K-quant panel layouts (256-weight super-blocks).
-constexpr bool is_kpanel16(DType t) { return t == DType::Q4_Kx16 || t == DType::Q5_Kx16 || t == DType::Q6_Kx16; }
+constexpr bool is_kpanel16(DType t) {
+    return t == DType::Q2_Kx16 || t == DType::Q3_Kx16 || t == DType::Q4_Kx16 || t == DType::Q5_Kx16 || t == DType::Q6_Kx16;
+}
 // The lattice types (quant_blocks.h: codebook points of iq_grids.h times signs and scales).
 constexpr bool is_iq_lattice(DType t) {
     return t == DType::IQ1_S || t == DType::IQ1_M || t == DType::IQ2_XXS || t == DType::IQ2_XS || t == DType::IQ2_S ||

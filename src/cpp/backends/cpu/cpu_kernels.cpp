@@ -207,7 +207,7 @@ bool kquant_panels_256() {
 
 DType load_layout(const KernelSet& k, DType t) {
     const DType pt = packed_type(k, t);
-    const bool kquant = t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+    const bool kquant = t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
     if (pt != t && kquant && !is_512_bit(k) && !kquant_panels_256()) return t;
     return pt;
 }

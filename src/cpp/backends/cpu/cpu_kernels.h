@@ -100,8 +100,8 @@ struct KernelSet {
                     uint8_t* work);
     uint64_t gemm_i8_types;  // bit (int)t set: gemm_i8 takes weight type t (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K and
                              // the IQ1-IQ3 lattice types at most)
-    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)
-    // repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 / Q4_Kx16 / Q5_Kx16 / Q6_Kx16) in every kernel
+    // Bit (int)t set: this set reads file type t (Q4_0, Q4_1, Q5_0, Q8_0, Q2_K ... Q6_K)
+    // repacked into 16-row panels (DType::Q4_0x16 / Q4_1x16 / Q5_0x16 / Q8_0x16 / Q2_Kx16 ... Q6_Kx16) in every kernel
     // (gemm_q, gemm_i8, gemm_panel), so the backend
     // repacks such weights at load (CpuBackend::prepare_weight). 0: the file's layout throughout.
     uint64_t panel16_types = 0;
@@ -130,6 +130,8 @@ inline DType packed_type(const KernelSet& k, DType t) {
         case DType::Q4_1: return DType::Q4_1x16;
         case DType::Q5_0: return DType::Q5_0x16;
         case DType::Q8_0: return DType::Q8_0x16;
+        case DType::Q2_K: return DType::Q2_Kx16;
+        case DType::Q3_K: return DType::Q3_Kx16;
         case DType::Q4_K: return DType::Q4_Kx16;
         case DType::Q5_K: return DType::Q5_Kx16;
         case DType::Q6_K: return DType::Q6_Kx16;
@@ -236,7 +238,7 @@ int panel_tokens();
 bool switch_from_env(const char* name);
 
 // The layout a model's load gives weights of file type t on set k: packed_type(k, t), except the
-// K-quants (Q4_K / Q5_K / Q6_K) on the 256-bit sets where kquant_panels_256() is false (they then
+// K-quants (Q2_K ... Q6_K) on the 256-bit sets where kquant_panels_256() is false (they then
 // stay in the file's layout, which every kernel also reads).
 DType load_layout(const KernelSet& k, DType t);
 // Whether the 256-bit sets (avx2, avx2-vnni) repack K-quants at load: yes unless

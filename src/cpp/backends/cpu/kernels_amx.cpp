@@ -363,6 +363,10 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
     };
     if (wt == DType::Q6_K)
         run(DTypeTag<DType::Q6_K>{});
+    else if (wt == DType::Q3_K)
+        run(DTypeTag<DType::Q3_K>{});
+    else if (wt == DType::Q3_Kx16)
+        run(DTypeTag<DType::Q3_Kx16>{});
     else if (wt == DType::Q8_0)
         run(DTypeTag<DType::Q8_0>{});
     else if (wt == DType::Q4_K)

@@ -18,8 +18,8 @@ const KernelSet* kernels_avxvnni() {
                                   attention_group, silu_mul_row, gelu_mul_row,
                                   gemm_i8, kGemmI8Types,
                                   i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q4_1) | i8_type_bit(DType::Q5_0) |
-                                      i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_K) | i8_type_bit(DType::Q5_K) |
-                                      i8_type_bit(DType::Q6_K)};
+                                      i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q2_K) | i8_type_bit(DType::Q3_K) |
+                                      i8_type_bit(DType::Q4_K) | i8_type_bit(DType::Q5_K) | i8_type_bit(DType::Q6_K)};
     return &set;
 }
 }  // namespace forgert::cpu

@@ -19,9 +19,9 @@ constexpr bool i8_is_kquant(DType wt) { return wt == DType::Q4_K || wt == DType:
 constexpr bool i8_has_min(DType wt) { return i8_is_kquant(wt) || wt == DType::Q4_1; }
 // The "halves" types: a 32-weight block is signed quants (|q| <= 62) whose two 16-weight halves
 // have a factor each (no mins); the integer dot is taken per half, and each half scaled by its
-// own factor. Q6_K: d * its 8-bit scale; the lattice types (kernels_iq_grid.h): base * (2 ls + 1),
-// exact in f32, so the weights are the file's bit for bit.
-constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K || is_iq_lattice(wt); }
+// own factor. Q6_K, Q3_K: d * its sub-block scale (Q3_K's 6-bit, less 32); the lattice types
+// (kernels_iq_grid.h): base * (2 ls + 1), exact in f32, so the weights are the file's bit for bit.
+constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K || wt == DType::Q3_K || is_iq_lattice(wt); }
 // The panel the tiles read for file type ft: every halves type's panel is Q6_K's (signed quants,
 // the two halves' factors, the half terms), so they share Q6_K's tiles and differ in the repack.
 constexpr DType i8_panel_type(DType ft) { return i8_is_halves(ft) ? DType::Q6_K : ft; }
@@ -57,7 +57,7 @@ inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
 // d sc and -(dmin m); Q6_K: its halves' d sc, dmin unused): gemm_i8's definition, shared by
 // I8RowBlocks and the SIMD repacks.
 inline void i8_kquant_factors(DType wt, float d, float dmin, const uint8_t* scales, int j, float& f0, float& f1) {
-    if (wt == DType::Q6_K) {
+    if (wt == DType::Q6_K || wt == DType::Q3_K) {  // (Q3_K: its scales decoded to int8, I8RowBlocks::sc3)
         const int8_t* sc = reinterpret_cast<const int8_t*>(scales) + 2 * j;
         f0 = d * (float)sc[0], f1 = d * (float)sc[1];
         return;
@@ -79,6 +79,7 @@ struct I8RowBlocks {
     const uint8_t* scales = nullptr;
     float d = 0, dmin = 0;
     int m[8][2];  // lattice types: each sub-block's multipliers 2 ls + 1 (d: the super-block's base)
+    int8_t sc3[16];  // Q3_K: the 16 sub-block scales, -32..31
 
     // The same quants + i8_offset(wt) as bytes (the panel's form), without per-quant arithmetic
     // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants (Q5_0:
@@ -115,6 +116,11 @@ struct I8RowBlocks {
                     std::memcpy(q256 + j * FG_QK, s.q, FG_QK);
                     m[j][0] = s.m[0], m[j][1] = s.m[1];
                 }
+            } else if (wt == DType::Q3_K) {
+                int sc[16];
+                q3_K_unpack(reinterpret_cast<const block_q3_K*>(blk), reinterpret_cast<int8_t*>(q256), sc);
+                for (int i = 0; i < 16; i++) sc3[i] = (int8_t)sc[i];
+                scales = reinterpret_cast<const uint8_t*>(sc3), d = f16_to_f32(reinterpret_cast<const block_q3_K*>(blk)->d);
             } else if (i8_is_halves(wt)) {
                 const auto* q6 = reinterpret_cast<const block_q6_K*>(blk);
                 q6_K_unpack(q6, reinterpret_cast<int8_t*>(q256));
@@ -127,7 +133,7 @@ struct I8RowBlocks {
             scale = d * (float)m[b % 8][0], min = d * (float)m[b % 8][1];
             return;
         }
-        i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K (the halves), Q4_K, Q5_K
+        i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K, Q3_K (the halves), Q4_K, Q5_K
     }
 
     void block(int64_t b, int* q, float& scale, float& min) {

@@ -1,4 +1,4 @@
-// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights (core/tensor.h states the layouts):
+// The x16 panel layouts of Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K weights (core/tensor.h states the layouts):
 // packing from the file's rows, and reading one row back. Portable code, shared by every kernel set and
 // the backend (load-time repack, get_rows of packed tied embeddings, the f32 prefill panels).
 #pragma once
@@ -37,7 +37,8 @@ constexpr int64_t panel16_quants_offset(DType t) {
                                          : kPanel16ScaleBytes;
 }
 
-// Q4_Kx16 / Q5_Kx16 / Q6_Kx16: offsets inside one panel super-block (16 rows x 256 weights; core/tensor.h).
+// Q4_Kx16 / Q5_Kx16 / Q6_Kx16: offsets inside one panel super-block (16 rows x 256 weights; core/tensor.h;
+// Q2_Kx16 / Q3_Kx16 below).
 constexpr int64_t kKPanelDmin = 32;             // Q4_Kx16 / Q5_Kx16: the rows' f16 dmin
 constexpr int64_t kKPanelQ4Scales = 64;         // Q4_Kx16 / Q5_Kx16: 3 packed-scale words [word][row]
 constexpr int64_t kKPanelQ5High = 256;          // Q5_Kx16: the fifth bits, 8 groups of 64 bytes
@@ -54,11 +55,46 @@ constexpr int64_t kq6_nib_at(int j, int g) {
     return kKPanelQ6Quants + 1536 * (j / 4) + 3 * kKPanelGroupBytes * g + kKPanelGroupBytes * ((j / 2) % 2);
 }
 constexpr int64_t kq6_high_at(int j, int g) { return kKPanelQ6Quants + 1536 * (j / 4) + 3 * kKPanelGroupBytes * g + 2 * kKPanelGroupBytes; }
+// Q2_Kx16 / Q3_Kx16 (core/tensor.h): their scales, Q3_Kx16's high bits, and the two halves of 2-bit
+// quants, group g of half n at kq2_bits_at(t, n, g) (bits 2k: block 4n + k).
+constexpr int64_t kKPanelQ2Scales = 64;   // Q2_Kx16: scale bytes [sub-block][row], after d and dmin
+constexpr int64_t kKPanelQ3Scales = 32;   // Q3_Kx16: 3 packed-scale words [word][row], after d
+constexpr int64_t kKPanelQ3High = 224;    // Q3_Kx16: the high bits, 8 groups of 64 bytes
+constexpr int64_t kq2_bits_at(DType t, int n, int g) {
+    return (file_type(t) == DType::Q2_K ? 320 : 736) + 512 * n + kKPanelGroupBytes * g;
+}
 // Bytes of one panel super-block: 16 file super-blocks.
 constexpr int64_t kpanel16_super_bytes(DType t) {
     return kPanel16Rows * (int64_t)(file_type(t) == DType::Q4_K   ? sizeof(block_q4_K)
                                     : file_type(t) == DType::Q5_K ? sizeof(block_q5_K)
+                                    : file_type(t) == DType::Q2_K ? sizeof(block_q2_K)
+                                    : file_type(t) == DType::Q3_K ? sizeof(block_q3_K)
                                                                   : sizeof(block_q6_K));
+}
+
+// Row m of one Q2_Kx16 / Q3_Kx16 panel super-block (pb) from / to the file's block (blk): the
+// bytes as they are, moved (to_panel: file -> panel).
+inline void kpanel16_q23_move(DType ft, uint8_t* pb, uint8_t* blk, int64_t m, bool to_panel) {
+    auto mv = [to_panel](uint8_t* panel_at, uint8_t* file_at, size_t n) {
+        if (to_panel) std::memcpy(panel_at, file_at, n);
+        else std::memcpy(file_at, panel_at, n);
+    };
+    const int64_t row4 = 4 * m;
+    if (ft == DType::Q2_K) {
+        auto* b = reinterpret_cast<block_q2_K*>(blk);
+        mv(pb + 2 * m, reinterpret_cast<uint8_t*>(&b->d), 2);
+        mv(pb + 32 + 2 * m, reinterpret_cast<uint8_t*>(&b->dmin), 2);
+        for (int i = 0; i < 16; i++) mv(pb + kKPanelQ2Scales + i * kPanel16Rows + m, b->scales + i, 1);
+        for (int n = 0; n < 2; n++)
+            for (int g = 0; g < 8; g++) mv(pb + kq2_bits_at(ft, n, g) + row4, b->qs + 32 * n + 4 * g, 4);
+    } else {
+        auto* b = reinterpret_cast<block_q3_K*>(blk);
+        mv(pb + 2 * m, reinterpret_cast<uint8_t*>(&b->d), 2);
+        for (int w = 0; w < 3; w++) mv(pb + kKPanelQ3Scales + (w * kPanel16Rows + m) * 4, b->scales + 4 * w, 4);
+        for (int g = 0; g < 8; g++) mv(pb + kKPanelQ3High + kKPanelGroupBytes * g + row4, b->hmask + 4 * g, 4);
+        for (int n = 0; n < 2; n++)
+            for (int g = 0; g < 8; g++) mv(pb + kq2_bits_at(ft, n, g) + row4, b->qs + 32 * n + 4 * g, 4);
+    }
 }
 
 // pack_panels16 of Q4_K / Q5_K / Q6_K: panels [p0, p1), super-block by super-block.
@@ -72,7 +108,9 @@ inline void pack_kpanels16(DType ft, const uint8_t* src, size_t src_stride, int6
             std::memset(pb, 0, pbb);
             for (int64_t m = 0; m < kPanel16Rows && p * kPanel16Rows + m < rows; m++) {
                 const uint8_t* blk = src + (p * kPanel16Rows + m) * src_stride + s * bb;
-                if (ft == DType::Q4_K || ft == DType::Q5_K) {  // the same head (d, dmin, scales); Q5_K: qh, then qs
+                if (ft == DType::Q2_K || ft == DType::Q3_K) {
+                    kpanel16_q23_move(ft, pb, const_cast<uint8_t*>(blk), m, true);
+                } else if (ft == DType::Q4_K || ft == DType::Q5_K) {  // the same head (d, dmin, scales); Q5_K: qh, then qs
                     const auto* b = reinterpret_cast<const block_q4_K*>(blk);
                     const uint8_t* qs = ft == DType::Q4_K ? b->qs : reinterpret_cast<const block_q5_K*>(blk)->qs;
                     std::memcpy(pb + 2 * m, &b->d, 2);
@@ -117,7 +155,9 @@ inline void unpack_kpanel16_rows(DType ft, const uint8_t* panel, int64_t ns, int
         const uint8_t* pb = panel + s * pbb;
         for (int m = 0; m < nr; m++) {
             uint8_t* blk = dst + m * dst_stride + s * bb;
-            if (ft == DType::Q4_K || ft == DType::Q5_K) {
+            if (ft == DType::Q2_K || ft == DType::Q3_K) {
+                kpanel16_q23_move(ft, const_cast<uint8_t*>(pb), blk, m, false);
+            } else if (ft == DType::Q4_K || ft == DType::Q5_K) {
                 auto* b = reinterpret_cast<block_q4_K*>(blk);
                 uint8_t* qs = ft == DType::Q4_K ? b->qs : reinterpret_cast<block_q5_K*>(blk)->qs;
                 std::memcpy(&b->d, pb + 2 * m, 2);
@@ -149,9 +189,14 @@ inline void unpack_kpanel16_rows(DType ft, const uint8_t* panel, int64_t ns, int
     }
 }
 
-// Row m of one panel super-block of Q4_Kx16 / Q5_Kx16 / Q6_Kx16 to f32, as dequantize_super_block
+// Row m of one panel super-block of Q2_Kx16 ... Q6_Kx16 to f32, as dequantize_super_block
 // gives the file's (Q4_K / Q5_K: (d sc) q - dmin m; Q6_K: (d sc) (q - 32)).   y [256]
 inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, float* y) {
+    if (file_type(t) == DType::Q2_K || file_type(t) == DType::Q3_K) {  // the row's file block, dequantized
+        alignas(4) uint8_t blk[sizeof(block_q3_K)];
+        kpanel16_q23_move(file_type(t), const_cast<uint8_t*>(pb), blk, m, false);
+        return dequantize_super_block(file_type(t), blk, y);
+    }
     uint16_t h;
     std::memcpy(&h, pb + 2 * m, 2);
     const float d = f16_to_f32(h);
@@ -187,7 +232,7 @@ inline void dequantize_kpanel16_super(DType t, const uint8_t* pb, int64_t m, flo
 // dst, the packed matrix's first byte (panel p at p * 16 * row bytes). Rows past `rows` are zero.
 inline void pack_panels16(DType ft, const uint8_t* src, size_t src_stride, int64_t rows, int64_t cols, int64_t p0,
                           int64_t p1, uint8_t* dst) {
-    if (ft == DType::Q4_K || ft == DType::Q5_K || ft == DType::Q6_K) return pack_kpanels16(ft, src, src_stride, rows, cols, p0, p1, dst);
+    if (is_kquant(ft)) return pack_kpanels16(ft, src, src_stride, rows, cols, p0, p1, dst);
     const int64_t nb = cols / FG_QK, bb = dtype_block_bytes(ft), pbb = kPanel16Rows * bb;
     const int qbytes = ft == DType::Q8_0 ? FG_QK : FG_QK / 2;                     // quant bytes per row and block
     const int head = ft == DType::Q4_1 ? 4 : ft == DType::Q5_0 ? 6 : 2;  // the file block's d (Q4_1: d, m; Q5_0: d, qh)
