@@ -1,4 +1,4 @@
-// Reading the AVX-512 sets' K-quant panels (Q4_Kx16 / Q5_Kx16 / Q6_Kx16, core/tensor.h): a block's 4-quant
+// Reading the AVX-512 sets' K-quant panels (Q2_Kx16 ... Q6_Kx16, core/tensor.h): a block's 4-quant
 // groups as vpdpbusd operands and Q4_K's packed scales for 16 rows at once. Shared by the decode
 // kernel (kernels_x86_panels16_kquant.inc) and the int8 prefill's panel conversion
 // (kernels_x86_int8.inc); included where FG_PANEL_512 is set, after <immintrin.h>.
@@ -70,6 +70,37 @@ inline void kpanel16_q4_scales(const uint8_t* pb, __m512i* sc, __m512i* mn) {
     mn[0] = _mm512_and_si512(u1, k6);
     mn[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k4),
                             _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), k2), 4));
+}
+
+// Q2_Kx16 / Q3_Kx16 (kernels_x86_panels16_q23.inc's tile, and Q3_K's int8 prefill conversion):
+// Group g of block j's quants (the 16 rows' quants 4g..4g+3) as bytes: bits 2 (j % 4) of the 2-bit
+// half j / 4; Q3_K: bit j of the high-bit group as bit 2 (q + 4).
+template <DType WT>
+inline __m512i kpanel16_q23_group(const uint8_t* pb, int j, int g) {
+    const __m512i raw = _mm512_loadu_si512(pb + kq2_bits_at(WT, j / 4, g));
+    const __m512i low = j % 4 ? _mm512_srli_epi16(raw, 2 * (j % 4)) : raw;  // bits 0-1: the quant's low bits
+    if constexpr (file_type(WT) == DType::Q2_K) {
+        return _mm512_and_si512(low, _mm512_set1_epi8(0x03));
+    } else {
+        const __m512i hb = _mm512_loadu_si512(pb + kKPanelQ3High + kKPanelGroupBytes * g);
+        // bit j of each byte to bit 2: a 16-bit shift; what crosses from the next byte is masked off
+        const __m512i pos = j < 2 ? _mm512_slli_epi16(hb, 2 - j) : j == 2 ? hb : _mm512_srli_epi16(hb, j - 2);
+        return _mm512_and_si512(_mm512_ternarylogic_epi32(low, pos, _mm512_set1_epi8(0x03), 0xE4), _mm512_set1_epi8(0x07));
+    }
+}
+
+// Q3_Kx16: the 16 rows' scales + 32 (0..63), a byte each per 32-bit lane: o[w] holds scales 4w..4w+3
+// (q3_K_scale_words_biased on 16 rows at once).
+inline void kpanel16_q3_scales(const uint8_t* pb, __m512i* o) {
+    const __m512i u0 = _mm512_loadu_si512(pb + kKPanelQ3Scales), u1 = _mm512_loadu_si512(pb + kKPanelQ3Scales + 64),
+                  u2 = _mm512_loadu_si512(pb + kKPanelQ3Scales + 128);
+    const __m512i k4 = _mm512_set1_epi8(0x0f), k2 = _mm512_set1_epi8(0x03);
+    o[0] = _mm512_or_si512(_mm512_and_si512(u0, k4), _mm512_slli_epi32(_mm512_and_si512(u2, k2), 4));
+    o[1] = _mm512_or_si512(_mm512_and_si512(u1, k4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u2, 2), k2), 4));
+    o[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u0, 4), k4),
+                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k2), 4));
+    o[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u1, 4), k4),
+                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u2, 6), k2), 4));
 }
 
 }  // namespace
