@@ -263,7 +263,8 @@ def randn(rng, *shape, scale=1.0) -> np.ndarray:
 #   d * sc * q before its min is subtracted, and one output of 0.74 (1x256; typical |ref| ~ 5)
 #   makes nmse noisy. Measured 7.5e-8 (Q4_K 1x256 x 1, absolute error 2e-4), else <= 1.7e-9
 #   (generic and avx512-vnni) -> 3e-7. Q6_K's int8 prefill GEMM (16+ tokens: each 32-weight
-#   block dotted as its two 16-weight sub-blocks) measured <= 4.5e-10 (avx512-amx 257x1024 x 69).
+#   block dotted as its two 16-weight sub-blocks) measured <= 4.5e-10 (avx512-amx 257x1024 x 69);
+#   Q2_K's (the 256-bit sets' int16 panels, each half's min by its own sum) <= 4.6e-10 (avx2).
 # - CPU decode path with Q5_0 weights: its unsigned quants (0..31, the -16 offset through the
 #   block sums) carry the activation rounding at twice Q4_0's scale. Measured <= 1.1e-8
 #   (7x64 x 3; generic, avx2, avx512-vnni alike) -> 5e-8. Metal: GEMV <= 6.3e-12, GEMM <= 3.5e-8.

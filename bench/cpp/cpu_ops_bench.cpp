@@ -224,7 +224,7 @@ int main(int argc, char** argv) {
     // Q6_Kx16, Q8_0x16, Q4_0x16 where it repacks), the rows split over the backend's threads as
     // CpuBackend::matmul_i8 splits them; the activations are quantized once, outside the time.
     const cpu::KernelSet& ks = cpu::select_kernels();
-    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::IQ3_S, DType::IQ3_XXS, DType::IQ2_XXS,
+    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::Q3_K, DType::Q2_K, DType::IQ3_S, DType::IQ3_XXS, DType::IQ2_XXS,
                     DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M}) {
         for (const Shape& s : one_b) {
             char name[64];
@@ -238,10 +238,9 @@ int main(int argc, char** argv) {
                 std::normal_distribution<float> nd;
                 for (auto& v : xf) v = nd(rng);
                 std::vector<cpu::BlockQ8Act> xq((size_t)n * nb);
-                std::vector<int32_t> xs((size_t)2 * n * nb);
+                std::vector<int32_t> xs((size_t)cpu::i8_act_sums_ints(n * nb));
                 for (int64_t tk = 0; tk < n; tk++) ks.quantize_row_q8(&xf[(size_t)tk * s.cols], &xq[tk * nb], s.cols);
-                for (int64_t b = 0; b < n * nb; b++)
-                    for (int i = 0; i < FG_QK; i++) xs[2 * b] += xq[b].hi[i], xs[2 * b + 1] += xq[b].lo[i];
+                cpu::i8_act_sums(xq.data(), 0, n * nb, n * nb, xs.data());
                 std::vector<float> y((size_t)n * s.rows);
                 std::vector<std::vector<uint8_t>> work(be.n_threads(), std::vector<uint8_t>(cpu::gemm_i8_work_bytes(s.cols)));
                 for (int parts : {2, 1}) {

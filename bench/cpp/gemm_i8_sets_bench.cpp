@@ -44,9 +44,8 @@ int main(int argc, char** argv) {
         for (auto& v : xf) v = nd(rng);
         std::vector<BlockQ8Act> xa((size_t)ntok * nb);
         for (int t = 0; t < ntok; t++) kernels_generic()->quantize_row_q8(&xf[(size_t)t * c.cols], &xa[t * nb], c.cols);
-        std::vector<int32_t> sums(2 * ntok * nb);
-        for (int64_t i = 0; i < ntok * nb; i++)
-            for (int j = 0; j < FG_QK; j++) sums[2 * i] += xa[i].hi[j], sums[2 * i + 1] += xa[i].lo[j];
+        std::vector<int32_t> sums(i8_act_sums_ints(ntok * nb));
+        i8_act_sums(xa.data(), 0, ntok * nb, ntok * nb, sums.data());
         std::vector<uint8_t> work(gemm_i8_work_bytes(c.cols));
         std::vector<float> out((size_t)ntok * c.rows);
         double best = 1e30; double chk = 0;

@@ -138,16 +138,15 @@ void expect_close(const char* set, const char* what, const std::vector<float>& r
     std::printf("%-12s %-28s max|diff| %.3g  max|ref| %.3g  %s\n", set, what, err, scale, ok ? "ok" : "FAIL");
 }
 
-// gemm_i8's inputs for n rows of activations: their blocks (the generic set's rounding) and each
-// block's integer sums of the hi and lo parts ([2 * block]: hi, [2 * block + 1]: lo).
+// gemm_i8's inputs for n rows of activations: their blocks (the generic set's rounding) and
+// their integer sums (i8_act_sums: each block's hi and lo parts, then each half's).
 void quantize_i8_activations(const KernelSet* g, const std::vector<float>& xs_f, int n, int cols,
                              std::vector<BlockQ8Act>& xa, std::vector<int32_t>& sums) {
     const int nb = cols / FG_QK;
     xa.assign((size_t)n * nb, BlockQ8Act{});
-    sums.assign((size_t)2 * n * nb, 0);
+    sums.assign((size_t)i8_act_sums_ints(n * nb), 0);
     for (int t = 0; t < n; t++) g->quantize_row_q8(&xs_f[(size_t)t * cols], &xa[(size_t)t * nb], cols);
-    for (int i = 0; i < n * nb; i++)
-        for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+    i8_act_sums(xa.data(), 0, n * nb, n * nb, sums.data());
 }
 
 void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) {
@@ -166,7 +165,7 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
             std::vector<int32_t> sums;
             quantize_i8_activations(g, xs_f, n, cols, xa, sums);
             std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
                             DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
                             DType::IQ1_M}) {
                 if (!gemm_i8_takes(*k, t) || cols % dtype_block_elems(t)) continue;
@@ -209,7 +208,7 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
 }
 
 // gemm_i8 at the extremes the AVX2 sets' int16 sums are bounded for (kernels_x86_int8.inc's
-// i8_dot_256, kernels_x86_i16_256.inc): every quant at its largest magnitude (Q4_K 15, Q5_0 / Q5_K 31,
+// i8_dot_256, kernels_x86_i16_256.inc): every quant at its largest magnitude (Q2_K 3 x 15, Q4_K 15, Q5_0 / Q5_K 31,
 // Q6_K -32, Q8_0 -128; Q4_0 / Q4_1 15; IQ3_XXS up to -62, the halves types' largest) against
 // activations all +max or all -max, bit for bit the generic
 // set's exact integers. Random weights stay far from these sums: a kernel that let an int16
@@ -224,7 +223,7 @@ void check_gemm_i8_extremes(const KernelSet* k) {
         std::vector<int32_t> sums;
         quantize_i8_activations(g, xs_f, n, cols, xa, sums);
         std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q2_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
                         DType::IQ3_XXS}) {
             if (!gemm_i8_takes(*k, t)) continue;
             auto w = random_weights(t, rows, cols);  // the factors stay random; the quants go to the edge
@@ -237,6 +236,9 @@ void check_gemm_i8_extremes(const KernelSet* k) {
                     case DType::Q5_0: std::memset(blk + 2, 0xff, 20); break;  // qh, qs: every quant 31
                     case DType::Q8_0: std::memset(blk + 2, 0x80, FG_QK); break;  // every quant -128
                     case DType::Q4_K: std::memset(blk + offsetof(block_q4_K, qs), 0xff, FG_QK_K / 2); break;
+                    case DType::Q2_K:  // every quant 3, every scale and min 15: sc q = 45
+                        std::memset(blk + offsetof(block_q2_K, scales), 0xff, FG_QK_K / 16 + FG_QK_K / 4);
+                        break;
                     case DType::Q5_K:
                         std::memset(blk + offsetof(block_q5_K, qh), 0xff, FG_QK_K / 8 + FG_QK_K / 2);
                         break;
@@ -783,10 +785,9 @@ void check_panel16(const KernelSet* k) {
                 std::printf("%-12s %-28s bit-identical to %s %s\n", k->name, what, dtype_name(t), panel_same ? "ok" : "FAIL");
                 if (!gemm_i8_takes(*k, pt)) continue;
                 std::vector<BlockQ8Act> xa((size_t)n * nb);
-                std::vector<int32_t> sums((size_t)2 * n * nb);
+                std::vector<int32_t> sums((size_t)i8_act_sums_ints(n * nb));
                 for (int tk = 0; tk < n; tk++) k->quantize_row_q8(&xs[tk * cols], &xa[tk * nb], cols);
-                for (int i = 0; i < n * nb; i++)
-                    for (int c = 0; c < FG_QK; c++) sums[2 * i] += xa[i].hi[c], sums[2 * i + 1] += xa[i].lo[c];
+                i8_act_sums(xa.data(), 0, n * nb, n * nb, sums.data());
                 std::vector<uint8_t> wk(gemm_i8_work_bytes(cols));
                 for (int parts : {1, 2}) {
                     k->gemm_i8(t, w.data(), rb, 0, rows, xa.data(), sums.data(), nb, n, parts, pa.data(), rows, wk.data());

@@ -960,8 +960,8 @@ PYBIND11_MODULE(_core, m) {
         const int parts = cpu::prefill_int8_parts();
         d["prefill_int8_parts"] = parts;
         d["prefill_int8_types"] = py::list();
-        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
-                        DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
+        for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
+                        DType::Q6_K, DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
                         DType::IQ1_M})
             if (parts && cpu::gemm_i8_takes(cpu::select_kernels(), t))
                 d["prefill_int8_types"].cast<py::list>().append(dtype_name(t));

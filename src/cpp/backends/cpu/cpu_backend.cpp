@@ -227,17 +227,13 @@ void CpuBackend::matmul_panel(const Tensor* outs, const Tensor* ws, int n_mm, co
 void CpuBackend::matmul_i8(const Tensor* outs, const Tensor* ws, int n_mm, const Tensor& x) {
     const int64_t n = x.rows, cols = x.cols, nb = cols / FG_QK;
     if ((int64_t)xq_.size() < n * nb) xq_.resize(n * nb);
-    if ((int64_t)xs_.size() < 2 * n * nb) xs_.resize(2 * n * nb);
+    if ((int64_t)xs_.size() < i8_act_sums_ints(n * nb)) xs_.resize(i8_act_sums_ints(n * nb));
     BlockQ8Act* xq = xq_.data();
     int32_t* xs = xs_.data();
     pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; t++) {
             k_.quantize_row_q8(row_f32(x, t), xq + t * nb, cols);
-            for (int64_t b = t * nb; b < (t + 1) * nb; b++) {
-                int32_t sh = 0, sl = 0;
-                for (int i = 0; i < FG_QK; i++) sh += xq[b].hi[i], sl += xq[b].lo[i];
-                xs[2 * b] = sh, xs[2 * b + 1] = sl;
-            }
+            i8_act_sums(xq, t * nb, (t + 1) * nb, n * nb, xs);
         }
     });
     const int64_t work_floats = (gemm_i8_work_bytes(cols) + 3) / 4;

@@ -167,7 +167,7 @@ private:
     WeightArena arena_;  // the repacked weights' memory
     int decode_parts_ = 2;  // activation parts of the few-token kernels (gemm_q): 2 or 1
     int prefill_parts_;  // prefill_int8_parts(): 2, 1 (gemm_i8's activation parts) or 0 (f32 panels)
-    std::vector<int32_t> xs_;             // integer sums of xq_'s parts (gemm_i8's zero-point terms)
+    std::vector<int32_t> xs_;             // integer sums of xq_'s parts (i8_act_sums: gemm_i8's zero-point terms)
     std::vector<BlockQ8Act> xq_;          // activations quantized for the current matmul
     std::vector<std::vector<float>> scratch_;  // per-thread work: attention chunks, GEMM panels
     std::vector<float> split_out_, split_lse_;  // split-K decode attention partials

@@ -45,6 +45,22 @@ inline void drop_lo_parts(BlockQ8Act* x, int64_t n_blocks) {
     }
 }
 
+// gemm_i8's activation sums (xs) for blocks [b0, b1) of an activation of n_blocks blocks:
+// xs[2 b + p] is the integer sum of part p (0: hi, 1: lo) of block b (the zero-point and min
+// terms), then xs[2 n_blocks + 4 b + 2 p + h] the sum of part p over the block's 16-weight half
+// h (Q2_K's per-half mins). xs holds i8_act_sums_ints(n_blocks) ints.
+constexpr int64_t i8_act_sums_ints(int64_t n_blocks) { return 6 * n_blocks; }
+inline void i8_act_sums(const BlockQ8Act* x, int64_t b0, int64_t b1, int64_t n_blocks, int32_t* xs) {
+    for (int64_t b = b0; b < b1; b++) {
+        int32_t s[2][2] = {{0, 0}, {0, 0}};  // [part][half]
+        for (int i = 0; i < FG_QK; i++) s[0][i / 16] += x[b].hi[i], s[1][i / 16] += x[b].lo[i];
+        for (int p = 0; p < 2; p++) {
+            xs[2 * b + p] = s[p][0] + s[p][1];
+            for (int h = 0; h < 2; h++) xs[2 * n_blocks + 4 * b + 2 * p + h] = s[p][h];
+        }
+    }
+}
+
 struct KernelSet {
     const char* name;
     // Quantize one row of n (multiple of 32) floats into n/32 blocks.
@@ -89,8 +105,8 @@ struct KernelSet {
     // Prefill int8 GEMM for the weight types in gemm_i8_types (gemm_i8_takes): out[t * out_stride + r] for
     // r in [r0, r1), t in [0, n_tok), with integer dots of the weights' quants against x's
     // int8 parts: parts = 2 takes hi and lo (decode's ~16-bit activations), parts = 1 hi alone
-    // (one int8 per value, as llama.cpp). xs[(t * nb + b) * 2 + p] is the integer sum of part p
-    // of token t's block b (zero-point terms). Per row and token the blocks are accumulated in
+    // (one int8 per value, as llama.cpp). xs: i8_act_sums of x's n_tok * nb blocks (the part sums
+    // of each block, then of each half of it). Per row and token the blocks are accumulated in
     // order, acc = fma((float)idot, dw * dx, acc): every set gives the same bits.
     // The SIMD sets repack kI8Rows weight rows at a time into `work` (gemm_i8_work_bytes),
     // interleaved for their dot instruction, and reuse each panel for all n_tok tokens.
@@ -171,9 +187,11 @@ constexpr int64_t i8_min_term_floats(int64_t nb) { return nb * i8_token_chunk(nb
 // The 256-bit sets' int16 panel (kernels_x86_i16_256.inc: Q8_0 / Q6_K, and Q4_K / Q5_K on plain
 // AVX2): per block, kI8Rows x 32 int16 quants and two sets of kI8Rows f32 factors.
 constexpr int64_t kI16PanelBlockBytes = kI8Rows * FG_QK * 2 + 2 * kI8Rows * 4;
+// Q2_K's int16 panel: a third set of factors (d, then its two halves' mins).
+constexpr int64_t kI16Q2PanelBlockBytes = kI16PanelBlockBytes + kI8Rows * 4;
 constexpr int64_t gemm_i8_work_bytes(int64_t cols) {
     const int64_t nb = cols / FG_QK, panels = i8_group_panels(nb) * nb * kI8PanelBlockBytes + 4 * i8_min_term_floats(nb);
-    return panels > nb * kI16PanelBlockBytes ? panels : nb * kI16PanelBlockBytes;
+    return panels > nb * kI16Q2PanelBlockBytes ? panels : nb * kI16Q2PanelBlockBytes;
 }
 
 constexpr int kMaxHeadDim = 576;  // latent attention's cached rows (DeepSeek: 512 latent + 64 rope)

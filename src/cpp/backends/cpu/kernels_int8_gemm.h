@@ -22,6 +22,12 @@ constexpr bool i8_has_min(DType wt) { return i8_is_kquant(wt) || wt == DType::Q4
 // own factor. Q6_K, Q3_K: d * its sub-block scale (Q3_K's 6-bit, less 32); the lattice types
 // (kernels_iq_grid.h): base * (2 ls + 1), exact in f32, so the weights are the file's bit for bit.
 constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K || wt == DType::Q3_K || is_iq_lattice(wt); }
+// Q2_K: w = d sc_h q - dmin m_h per 16-weight half h (q 0..3, sc_h and m_h 4-bit). The halves'
+// scales ride in the quants (sc_h q, 0..45: an exact integer), so a block is one integer dot
+// scaled by d; each half's min then takes its own activation sum S_h:
+//   acc = fma((float)idot, d * dx, acc); acc = fma(-(dmin m_h), dx * (float)S_h, acc), h = 0, 1.
+// (-(dmin m_h) is exact in f32: an f16 times a 4-bit integer; |S_h| <= 16 * 32639 < 2^24.)
+constexpr bool i8_has_half_mins(DType wt) { return wt == DType::Q2_K; }
 // The panel the tiles read for file type ft: every halves type's panel is Q6_K's (signed quants,
 // the two halves' factors, the half terms), so they share Q6_K's tiles and differ in the repack.
 constexpr DType i8_panel_type(DType ft) { return i8_is_halves(ft) ? DType::Q6_K : ft; }
@@ -69,8 +75,9 @@ inline void i8_kquant_factors(DType wt, float d, float dmin, const uint8_t* scal
 
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
 // 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0; the halves
-// types: the two halves' factors). K-quant and lattice blocks are the sub-blocks of a 256-weight
-// super-block: the caller passes b, this decodes super-block b / 8.
+// types: the two halves' factors; Q2_K: sc_h q, scale d, min and min1 the halves' mins). K-quant
+// and lattice blocks are the sub-blocks of a 256-weight super-block: the caller passes b, this
+// decodes super-block b / 8.
 struct I8RowBlocks {
     DType wt;
     const uint8_t* row;
@@ -80,6 +87,7 @@ struct I8RowBlocks {
     float d = 0, dmin = 0;
     int m[8][2];  // lattice types: each sub-block's multipliers 2 ls + 1 (d: the super-block's base)
     int8_t sc3[16];  // Q3_K: the 16 sub-block scales, -32..31
+    float min1 = 0;  // Q2_K: the second half's min, -(dmin m_1) (min: the first's)
 
     // The same quants + i8_offset(wt) as bytes (the panel's form), without per-quant arithmetic
     // where the file's bytes already are that: Q4_0's nibbles, K-quants' unpacked quants (Q5_0:
@@ -88,6 +96,11 @@ struct I8RowBlocks {
         if (i8_is_kquant(wt) || i8_is_halves(wt)) {  // the halves types: signed quants as their bytes
             scale_min(b, scale, min);
             std::memcpy(qo, q256 + (b % 8) * FG_QK, FG_QK);
+            return;
+        }
+        if (i8_has_half_mins(wt)) {  // Q2_K: sc_h q
+            scale_min(b, scale, min);
+            for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)(q2_scale(b, i / 16) * q256[(b % 8) * FG_QK + i]);
             return;
         }
         const uint8_t* blk = row + b * dtype_block_bytes(wt);
@@ -116,6 +129,10 @@ struct I8RowBlocks {
                     std::memcpy(q256 + j * FG_QK, s.q, FG_QK);
                     m[j][0] = s.m[0], m[j][1] = s.m[1];
                 }
+            } else if (wt == DType::Q2_K) {
+                const auto* q2 = reinterpret_cast<const block_q2_K*>(blk);
+                q2_K_unpack(q2, q256);
+                scales = q2->scales, d = f16_to_f32(q2->d), dmin = f16_to_f32(q2->dmin);
             } else if (wt == DType::Q3_K) {
                 int sc[16];
                 q3_K_unpack(reinterpret_cast<const block_q3_K*>(blk), reinterpret_cast<int8_t*>(q256), sc);
@@ -133,11 +150,21 @@ struct I8RowBlocks {
             scale = d * (float)m[b % 8][0], min = d * (float)m[b % 8][1];
             return;
         }
+        if (wt == DType::Q2_K) {  // d; the halves' mins -(dmin m_h)
+            scale = d, min = -(dmin * (float)(scales[2 * (b % 8)] >> 4)), min1 = -(dmin * (float)(scales[2 * (b % 8) + 1] >> 4));
+            return;
+        }
         i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K, Q3_K (the halves), Q4_K, Q5_K
     }
 
+    // Q2_K: sub-block 2 (b % 8) + h's scale (4 bits); scale_min(b) decoded its super-block.
+    int q2_scale(int64_t b, int h) const { return scales[2 * (b % 8) + h] & 15; }
+
     void block(int64_t b, int* q, float& scale, float& min) {
-        if (i8_is_halves(wt)) {
+        if (i8_has_half_mins(wt)) {
+            scale_min(b, scale, min);
+            for (int i = 0; i < FG_QK; i++) q[i] = q2_scale(b, i / 16) * q256[(b % 8) * FG_QK + i];
+        } else if (i8_is_halves(wt)) {
             scale_min(b, scale, min);
             for (int i = 0; i < FG_QK; i++) q[i] = reinterpret_cast<const int8_t*>(q256)[(b % 8) * FG_QK + i];
         } else if (i8_is_kquant(wt)) {
@@ -161,11 +188,12 @@ inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? 
 // Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants and Q4_1
 // acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
 // The halves types (Q6_K, the lattice types): acc = fma((float)idot0, scale0 * dx, acc), then the
-// same for the second half.
+// same for the second half. Q2_K: the block's dot, then each half's min (i8_has_half_mins).
 void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* /*work*/) {
-    if (wt != DType::Q8_0 && wt != DType::Q4_0 && wt != DType::Q5_0 && !i8_has_min(wt) && !i8_is_halves(wt))
+    if (wt != DType::Q8_0 && wt != DType::Q4_0 && wt != DType::Q5_0 && !i8_has_min(wt) && !i8_is_halves(wt) &&
+        !i8_has_half_mins(wt))
         throw std::logic_error("gemm_i8: unsupported weight type");
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t t = 0; t < n_tok; t++) {
@@ -186,15 +214,20 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                     }
                     continue;
                 }
-                int32_t hi = 0, lo = 0, shi = 0, slo = 0;
+                int32_t hi = 0, lo = 0, shi[2] = {0, 0}, slo[2] = {0, 0};
                 for (int i = 0; i < FG_QK; i++) {
                     hi += q[i] * a.hi[i], lo += q[i] * a.lo[i];
-                    shi += a.hi[i], slo += a.lo[i];
+                    shi[i / 16] += a.hi[i], slo[i / 16] += a.lo[i];
                 }
                 const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
-                const int32_t isum = parts == 2 ? 256 * shi + slo : shi;
                 acc = std::fma((float)idot, scale * dx, acc);
-                if (i8_has_min(wt)) acc = std::fma(min, dx * (float)isum, acc);
+                if (i8_has_half_mins(wt)) {  // Q2_K: each half's min by its own sum
+                    for (int h = 0; h < 2; h++)
+                        acc = std::fma(h ? rb.min1 : min, dx * (float)(parts == 2 ? 256 * shi[h] + slo[h] : shi[h]), acc);
+                } else if (i8_has_min(wt)) {
+                    const int32_t isum = parts == 2 ? 256 * (shi[0] + shi[1]) + slo[0] + slo[1] : shi[0] + shi[1];
+                    acc = std::fma(min, dx * (float)isum, acc);
+                }
             }
             out[t * out_stride + r] = acc;
         }
