@@ -51,14 +51,18 @@ inline void drop_lo_parts(BlockQ8Act* x, int64_t n_blocks) {
 // h (Q2_K's per-half mins). xs holds i8_act_sums_ints(n_blocks) ints.
 constexpr int64_t i8_act_sums_ints(int64_t n_blocks) { return 6 * n_blocks; }
 inline void i8_act_sums(const BlockQ8Act* x, int64_t b0, int64_t b1, int64_t n_blocks, int32_t* xs) {
-    for (int64_t b = b0; b < b1; b++) {
-        int32_t s[2][2] = {{0, 0}, {0, 0}};  // [part][half]
-        for (int i = 0; i < FG_QK; i++) s[0][i / 16] += x[b].hi[i], s[1][i / 16] += x[b].lo[i];
+    for (int64_t b = b0; b < b1; b++)
         for (int p = 0; p < 2; p++) {
-            xs[2 * b + p] = s[p][0] + s[p][1];
-            for (int h = 0; h < 2; h++) xs[2 * n_blocks + 4 * b + 2 * p + h] = s[p][h];
+            const int8_t* v = p ? x[b].lo : x[b].hi;
+            int32_t s[2];
+            for (int h = 0; h < 2; h++) {  // 16 at a time: loops the compiler vectorizes (s[i / 16] it did not, 4.7x slower)
+                int32_t a = 0;
+                for (int i = 0; i < 16; i++) a += v[16 * h + i];
+                s[h] = a;
+            }
+            xs[2 * b + p] = s[0] + s[1];
+            for (int h = 0; h < 2; h++) xs[2 * n_blocks + 4 * b + 2 * p + h] = s[h];
         }
-    }
 }
 
 struct KernelSet {
