@@ -224,7 +224,8 @@ int main(int argc, char** argv) {
     // Q6_Kx16, Q8_0x16, Q4_0x16 where it repacks), the rows split over the backend's threads as
     // CpuBackend::matmul_i8 splits them; the activations are quantized once, outside the time.
     const cpu::KernelSet& ks = cpu::select_kernels();
-    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::Q3_K, DType::Q2_K, DType::IQ3_S, DType::IQ3_XXS, DType::IQ2_XXS,
+    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::Q3_K, DType::Q2_K, DType::IQ3_S,
+                    DType::IQ3_XXS, DType::IQ2_XXS,
                     DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M}) {
         for (const Shape& s : one_b) {
             char name[64];

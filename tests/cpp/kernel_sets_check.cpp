@@ -165,7 +165,8 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
             std::vector<int32_t> sums;
             quantize_i8_activations(g, xs_f, n, cols, xa, sums);
             std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+            for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q2_K, DType::Q3_K, DType::Q4_K,
+                            DType::Q5_K, DType::Q6_K,
                             DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ1_S,
                             DType::IQ1_M}) {
                 if (!gemm_i8_takes(*k, t) || cols % dtype_block_elems(t)) continue;

@@ -55,7 +55,7 @@ inline void i8_act_sums(const BlockQ8Act* x, int64_t b0, int64_t b1, int64_t n_b
         for (int p = 0; p < 2; p++) {
             const int8_t* v = p ? x[b].lo : x[b].hi;
             int32_t s[2];
-            for (int h = 0; h < 2; h++) {  // 16 at a time: loops the compiler vectorizes (s[i / 16] it did not, 4.7x slower)
+            for (int h = 0; h < 2; h++) {  // 16 at a time: a loop the compiler vectorizes (s[i / 16]: 4.7x slower)
                 int32_t a = 0;
                 for (int i = 0; i < 16; i++) a += v[16 * h + i];
                 s[h] = a;

@@ -151,7 +151,8 @@ struct I8RowBlocks {
             return;
         }
         if (wt == DType::Q2_K) {  // d; the halves' mins -(dmin m_h)
-            scale = d, min = -(dmin * (float)(scales[2 * (b % 8)] >> 4)), min1 = -(dmin * (float)(scales[2 * (b % 8) + 1] >> 4));
+            scale = d, min = -(dmin * (float)(scales[2 * (b % 8)] >> 4));
+            min1 = -(dmin * (float)(scales[2 * (b % 8) + 1] >> 4));
             return;
         }
         i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K, Q3_K (the halves), Q4_K, Q5_K
@@ -223,7 +224,8 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                 acc = std::fma((float)idot, scale * dx, acc);
                 if (i8_has_half_mins(wt)) {  // Q2_K: each half's min by its own sum
                     for (int h = 0; h < 2; h++)
-                        acc = std::fma(h ? rb.min1 : min, dx * (float)(parts == 2 ? 256 * shi[h] + slo[h] : shi[h]), acc);
+                        acc = std::fma(h ? rb.min1 : min, dx * (float)(parts == 2 ? 256 * shi[h] + slo[h] : shi[h]),
+                                       acc);
                 } else if (i8_has_min(wt)) {
                     const int32_t isum = parts == 2 ? 256 * (shi[0] + shi[1]) + slo[0] + slo[1] : shi[0] + shi[1];
                     acc = std::fma(min, dx * (float)isum, acc);
