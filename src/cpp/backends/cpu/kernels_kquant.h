@@ -119,8 +119,12 @@ struct KquantActs {
 inline void kquant_acts(const BlockQ8Act* a, int64_t nb, KquantActs& s) {
     s.d.resize(nb), s.sum.resize(nb), s.d2.resize(2 * nb), s.dhalf.resize(2 * nb), s.half.assign(8 * nb, 0);
     for (int64_t j = 0; j < nb; j++) {
-        int32_t h[2] = {0, 0};  // |256 hi + lo| < 2^15, 16 of them: < 2^19
-        for (int i = 0; i < FG_QK; i++) h[i / 16] += 256 * a[j].hi[i] + a[j].lo[i];
+        int32_t h[2];  // |256 hi + lo| < 2^15, 16 of them: < 2^19
+        for (int k = 0; k < 2; k++) {  // 16 at a time: a loop the compiler vectorizes (h[i / 16] += it did not)
+            int32_t s = 0;
+            for (int i = 16 * k; i < 16 * k + 16; i++) s += 256 * a[j].hi[i] + a[j].lo[i];
+            h[k] = s;
+        }
         s.d[j] = a[j].d, s.sum[j] = a[j].sum;
         for (int k = 0; k < 2; k++) {
             s.d2[2 * j + k] = a[j].d;
