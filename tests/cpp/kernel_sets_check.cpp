@@ -209,7 +209,8 @@ void check_gemm_i8(const KernelSet* k, int cols, std::initializer_list<int> ns) 
 }
 
 // gemm_i8 at the extremes the AVX2 sets' int16 sums are bounded for (kernels_x86_int8.inc's
-// i8_dot_256, kernels_x86_i16_256.inc): every quant at its largest magnitude (Q2_K 3 x 15, Q4_K 15, Q5_0 / Q5_K 31,
+// i8_dot_256, kernels_x86_i16_256.inc): every quant at its largest magnitude (Q2_K 3 x 15, Q3_K -4 x -32 folded
+// to -128, Q4_K 15, Q5_0 / Q5_K 31,
 // Q6_K -32, Q8_0 -128; Q4_0 / Q4_1 15; IQ3_XXS up to -62, the halves types' largest) against
 // activations all +max or all -max, bit for bit the generic
 // set's exact integers. Random weights stay far from these sums: a kernel that let an int16
@@ -224,8 +225,8 @@ void check_gemm_i8_extremes(const KernelSet* k) {
         std::vector<int32_t> sums;
         quantize_i8_activations(g, xs_f, n, cols, xa, sums);
         std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q2_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
-                        DType::IQ3_XXS}) {
+        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
+                        DType::Q6_K, DType::IQ3_XXS}) {
             if (!gemm_i8_takes(*k, t)) continue;
             auto w = random_weights(t, rows, cols);  // the factors stay random; the quants go to the edge
             const int64_t rb = row_bytes(t, cols), bb = dtype_block_bytes(t);
@@ -237,6 +238,9 @@ void check_gemm_i8_extremes(const KernelSet* k) {
                     case DType::Q5_0: std::memset(blk + 2, 0xff, 20); break;  // qh, qs: every quant 31
                     case DType::Q8_0: std::memset(blk + 2, 0x80, FG_QK); break;  // every quant -128
                     case DType::Q4_K: std::memset(blk + offsetof(block_q4_K, qs), 0xff, FG_QK_K / 2); break;
+                    case DType::Q3_K:  // every quant -4, every scale -32: the folded -(s q) = -128
+                        std::memset(blk, 0, offsetof(block_q3_K, d));  // hmask, qs, scales
+                        break;
                     case DType::Q2_K:  // every quant 3, every scale and min 15: sc q = 45
                         std::memset(blk + offsetof(block_q2_K, scales), 0xff, FG_QK_K / 16 + FG_QK_K / 4);
                         break;

@@ -164,7 +164,9 @@ inline DType packed_type(const KernelSet& k, DType t) {
 // kI8Rows int32 "half terms". The halves types (Q6_K, whose 16-weight sub-blocks have a scale
 // each, and the lattice types, a factor per 16 weights: i8_is_halves) store signed quants, the
 // first half's factor in scales, the second half's in mins, and in the half terms
-// -128 * sum(q) of each half ([half][row] int32: x86 dots them with x + 128).
+// -128 * sum(q) of each half ([half][row] int32: x86 dots them with x + 128). Q2_K (sc_h q,
+// 0..45) keeps d in scales, its first half's min in mins, its second half's in the half terms
+// (kI8Rows f32).
 constexpr int kI8Rows = 16;
 constexpr int64_t kI8PanelScales = kI8Rows * FG_QK, kI8PanelMins = kI8PanelScales + kI8Rows * 4;
 constexpr int64_t kI8PanelHalfTerms = kI8PanelMins + kI8Rows * 4;
@@ -186,8 +188,8 @@ constexpr int64_t i8_token_chunk(int64_t nb, int tile) {
     const int64_t t = kBudget / (nb * (int64_t)sizeof(BlockQ8Act) + 8 * nb);
     return t / tile * tile > 64 ? t / tile * tile : 64;
 }
-// A pass's min terms, one float per (token, block) (kernels_x86_int8.inc, I8MinTerms).
-constexpr int64_t i8_min_term_floats(int64_t nb) { return nb * i8_token_chunk(nb, 1); }
+// A pass's min terms, up to two floats per (token, block) (kernels_x86_int8.inc, I8MinTerms).
+constexpr int64_t i8_min_term_floats(int64_t nb) { return 2 * nb * i8_token_chunk(nb, 1); }
 // The 256-bit sets' int16 panel (kernels_x86_i16_256.inc: Q8_0 / Q6_K, and Q4_K / Q5_K on plain
 // AVX2): per block, kI8Rows x 32 int16 quants and two sets of kI8Rows f32 factors.
 constexpr int64_t kI16PanelBlockBytes = kI8Rows * FG_QK * 2 + 2 * kI8Rows * 4;

@@ -200,7 +200,7 @@ inline __m512 amx_dots_fma(const int32_t* hi, const int32_t* lo, __m512 dw, floa
 template <class Tiles, DType WT, int PARTS, bool MAKE>
 void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t nb, I8MinTerms mt, float* out,
               int64_t out_stride, int nr) {
-    constexpr bool HALVES = i8_is_halves(WT), OVERLAP = i8_has_min(WT) || (HALVES && PARTS == 2);
+    constexpr bool HALVES = i8_is_halves(WT), OVERLAP = i8_min_terms_per_block(WT) > 0 || (HALVES && PARTS == 2);
     alignas(64) GemmDots dh[OVERLAP ? 2 : 1][2], dl[OVERLAP ? 2 : 1][2];  // [buffer][half]
     __m512 acc[kAmxTokens];
     FG_UNROLL for (int t = 0; t < kAmxTokens; t++) acc[t] = _mm512_setzero_ps();
@@ -224,6 +224,11 @@ void amx_tile(const uint8_t* wp, const BlockQ8Act* x, const int32_t* xs, int64_t
                 acc[t] = _mm512_fmadd_ps(
                     mw, _mm512_set1_ps(i8_min_term<PARTS, MAKE>(x[t * nb + b], xs + (t * nb + b) * 2, mt.m + t * nb + b)),
                     acc[t]);
+            if constexpr (i8_has_half_mins(WT)) {  // Q2_K: each half's min, half 0 then 1
+                const float* hm = i8_half_min_terms<PARTS, MAKE>(x[t * nb + b], mt, t, b);
+                acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(hm[0]), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pb + kI8PanelHalfTerms), _mm512_set1_ps(hm[1]), acc[t]);
+            }
         }
     }
     const __mmask16 m = (__mmask16)((1u << nr) - 1);
@@ -239,7 +244,7 @@ template <class Tiles, DType WT, int PARTS, bool MAKE>
 void amx_tile_pair(const uint8_t* wp0, const uint8_t* wp1, const BlockQ8Act* x, const int32_t* xs, int64_t nb,
                    I8MinTerms mt, float* out, int64_t out_stride, int nr1) {
     static_assert(!i8_is_halves(WT), "Q6_K's halves take amx_tile");
-    constexpr bool OVERLAP = i8_has_min(WT);
+    constexpr bool OVERLAP = i8_min_terms_per_block(WT) > 0;
     alignas(64) GemmDots dots[OVERLAP ? 2 : 1][4];  // [buffer][panel 0 hi, lo, panel 1 hi, lo]
     alignas(64) float acc[kAmxTokens][32];         // [token][panel 0's rows, panel 1's]
     std::memset(acc, 0, sizeof acc);
@@ -273,6 +278,13 @@ void amx_tile_pair(const uint8_t* wp0, const uint8_t* wp1, const BlockQ8Act* x, 
                     float* m = mt.m + t * nb + b;
                     const float term = p == 0 ? i8_min_term<PARTS, MAKE>(xa, s, m) : i8_min_term<PARTS, false>(xa, s, m);
                     a = _mm512_fmadd_ps(mw[p], _mm512_set1_ps(term), a);
+                }
+                if constexpr (i8_has_half_mins(WT)) {  // Q2_K: each half's min, half 0 then 1
+                    const BlockQ8Act& xa = x[t * nb + b];
+                    const float* hm = p == 0 ? i8_half_min_terms<PARTS, MAKE>(xa, mt, t, b)
+                                             : i8_half_min_terms<PARTS, false>(xa, mt, t, b);
+                    a = _mm512_fmadd_ps(mw[p], _mm512_set1_ps(hm[0]), a);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(pb[p] + kI8PanelHalfTerms), _mm512_set1_ps(hm[1]), a);
                 }
                 _mm512_store_ps(acc[t] + 16 * p, a);
             }
@@ -311,7 +323,7 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
     constexpr DType FT = i8_panel_type(file_type(WT));  // the tiles see the file type's panel either way
     constexpr int kStep = amx_pairs(FT) ? 2 : 1;  // panels per run
     const int64_t panel_bytes = nb * kI8PanelBlockBytes;
-    const I8MinTerms mt = i8_min_terms_area(work, nb);
+    const I8MinTerms mt = i8_min_terms_area(work, nb, FT, xs, n_tok);
     i8_for_groups<kStep>(
         r0, r1, i8_group_panels(nb) * kI8Rows, panel_bytes, n_tok, i8_token_chunk(nb, kAmxTokens), work,
         [&](int64_t r, int nr, uint8_t* panel) {
@@ -327,16 +339,16 @@ void gemm_i8_amx_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1
                     if constexpr (amx_pairs(FT)) {
                         if (nr > kI8Rows) {
                             amx_tile_pair<Tiles, FT, PARTS, MAKE>(panel, panel + panel_bytes, x + t * nb, xs + t * nb * 2,
-                                                                  nb, mt.from(t - c0), o, out_stride, nr - kI8Rows);
+                                                                  nb, mt.at(t, c0), o, out_stride, nr - kI8Rows);
                             continue;
                         }
                     }
-                    amx_tile<Tiles, FT, PARTS, MAKE>(panel, x + t * nb, xs + t * nb * 2, nb, mt.from(t - c0), o,
+                    amx_tile<Tiles, FT, PARTS, MAKE>(panel, x + t * nb, xs + t * nb * 2, nb, mt.at(t, c0), o,
                                                      out_stride, nr);
                 }
             };
-            if (i8_has_min(FT) && first)
-                tiles(std::integral_constant<bool, i8_has_min(FT)>{});
+            if (i8_min_terms_per_block(FT) > 0 && first)
+                tiles(std::integral_constant<bool, (i8_min_terms_per_block(FT) > 0)>{});
             else
                 tiles(std::false_type{});
             if (t == c1) return;
@@ -367,6 +379,10 @@ void gemm_i8_amx(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_
         run(DTypeTag<DType::Q3_K>{});
     else if (wt == DType::Q3_Kx16)
         run(DTypeTag<DType::Q3_Kx16>{});
+    else if (wt == DType::Q2_K)
+        run(DTypeTag<DType::Q2_K>{});
+    else if (wt == DType::Q2_Kx16)
+        run(DTypeTag<DType::Q2_Kx16>{});
     else if (wt == DType::Q8_0)
         run(DTypeTag<DType::Q8_0>{});
     else if (wt == DType::Q4_K)

@@ -19,18 +19,30 @@ constexpr bool i8_is_kquant(DType wt) { return wt == DType::Q4_K || wt == DType:
 constexpr bool i8_has_min(DType wt) { return i8_is_kquant(wt) || wt == DType::Q4_1; }
 // The "halves" types: a 32-weight block is signed quants (|q| <= 62) whose two 16-weight halves
 // have a factor each (no mins); the integer dot is taken per half, and each half scaled by its
-// own factor. Q6_K, Q3_K: d * its sub-block scale (Q3_K's 6-bit, less 32); the lattice types
-// (kernels_iq_grid.h): base * (2 ls + 1), exact in f32, so the weights are the file's bit for bit.
-constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K || wt == DType::Q3_K || is_iq_lattice(wt); }
+// own factor. Q6_K: d * its sub-block scale; the lattice types (kernels_iq_grid.h):
+// base * (2 ls + 1), exact in f32, so the weights are the file's bit for bit.
+constexpr bool i8_is_halves(DType wt) { return wt == DType::Q6_K || is_iq_lattice(wt); }
+// Q3_K: w = d s_h q per 16-weight half h (q -4..3, s_h = the 6-bit scale less 32, -32..31). Each
+// half's scale rides in the quants as Q2_K's do, negated so that they fit a signed byte:
+// -(s_h q) lies in -128..124 (s_h q alone reaches 128 = -32 x -4). A block is then a Q8_0 block
+// of quants -(s_h q) and scale -d (exact: an f16 negated), one integer dot a block instead of
+// one a half, and every set runs it through its Q8_0 tiles (i8_panel_type): stored + 128.
+constexpr bool i8_is_folded(DType wt) { return wt == DType::Q3_K; }
 // Q2_K: w = d sc_h q - dmin m_h per 16-weight half h (q 0..3, sc_h and m_h 4-bit). The halves'
 // scales ride in the quants (sc_h q, 0..45: an exact integer), so a block is one integer dot
 // scaled by d; each half's min then takes its own activation sum S_h:
 //   acc = fma((float)idot, d * dx, acc); acc = fma(-(dmin m_h), dx * (float)S_h, acc), h = 0, 1.
 // (-(dmin m_h) is exact in f32: an f16 times a 4-bit integer; |S_h| <= 16 * 32639 < 2^24.)
 constexpr bool i8_has_half_mins(DType wt) { return wt == DType::Q2_K; }
+// The float terms min * dx * sum per (token, block) a type adds after its dot: one (i8_has_min),
+// Q2_K's two (one a half), or none.
+constexpr int i8_min_terms_per_block(DType wt) { return i8_has_half_mins(wt) ? 2 : i8_has_min(wt) ? 1 : 0; }
 // The panel the tiles read for file type ft: every halves type's panel is Q6_K's (signed quants,
-// the two halves' factors, the half terms), so they share Q6_K's tiles and differ in the repack.
-constexpr DType i8_panel_type(DType ft) { return i8_is_halves(ft) ? DType::Q6_K : ft; }
+// the two halves' factors, the half terms), so they share Q6_K's tiles and differ in the repack;
+// Q3_K's is Q8_0's (i8_is_folded).
+constexpr DType i8_panel_type(DType ft) {
+    return i8_is_halves(ft) ? DType::Q6_K : i8_is_folded(ft) ? DType::Q8_0 : ft;
+}
 // gemm_i8_types' bits of the lattice types: every set whose gemm_i8 takes Q6_K's halves takes them.
 constexpr uint64_t kI8LatticeTypes = i8_type_bit(DType::IQ2_XXS) | i8_type_bit(DType::IQ2_XS) |
                                      i8_type_bit(DType::IQ2_S) | i8_type_bit(DType::IQ3_XXS) | i8_type_bit(DType::IQ3_S) |
@@ -63,7 +75,7 @@ inline float i8_block_scale(const uint8_t* blk) {  // d leads both block layouts
 // d sc and -(dmin m); Q6_K: its halves' d sc, dmin unused): gemm_i8's definition, shared by
 // I8RowBlocks and the SIMD repacks.
 inline void i8_kquant_factors(DType wt, float d, float dmin, const uint8_t* scales, int j, float& f0, float& f1) {
-    if (wt == DType::Q6_K || wt == DType::Q3_K) {  // (Q3_K: its scales decoded to int8, I8RowBlocks::sc3)
+    if (wt == DType::Q6_K) {
         const int8_t* sc = reinterpret_cast<const int8_t*>(scales) + 2 * j;
         f0 = d * (float)sc[0], f1 = d * (float)sc[1];
         return;
@@ -75,7 +87,8 @@ inline void i8_kquant_factors(DType wt, float d, float dmin, const uint8_t* scal
 
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
 // 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0; the halves
-// types: the two halves' factors; Q2_K: sc_h q, scale d, min and min1 the halves' mins). K-quant
+// types: the two halves' factors; Q2_K: sc_h q, scale d, min and min1 the halves' mins; Q3_K:
+// -(s_h q), scale -d, min 0). K-quant
 // and lattice blocks are the sub-blocks of a 256-weight super-block: the caller passes b, this
 // decodes super-block b / 8.
 struct I8RowBlocks {
@@ -101,6 +114,12 @@ struct I8RowBlocks {
         if (i8_has_half_mins(wt)) {  // Q2_K: sc_h q
             scale_min(b, scale, min);
             for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)(q2_scale(b, i / 16) * q256[(b % 8) * FG_QK + i]);
+            return;
+        }
+        if (i8_is_folded(wt)) {  // Q3_K: -(s_h q) + 128, as Q8_0's panel holds its quants
+            int q[FG_QK];
+            block(b, q, scale, min);
+            for (int i = 0; i < FG_QK; i++) qo[i] = (uint8_t)(q[i] + 128);
             return;
         }
         const uint8_t* blk = row + b * dtype_block_bytes(wt);
@@ -155,7 +174,11 @@ struct I8RowBlocks {
             min1 = -(dmin * (float)(scales[2 * (b % 8) + 1] >> 4));
             return;
         }
-        i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K, Q3_K (the halves), Q4_K, Q5_K
+        if (wt == DType::Q3_K) {  // -d: the quants carry -s_h
+            scale = -d, min = 0.0f;
+            return;
+        }
+        i8_kquant_factors(wt, d, dmin, scales, (int)(b % 8), scale, min);  // Q6_K (the halves), Q4_K, Q5_K
     }
 
     // Q2_K: sub-block 2 (b % 8) + h's scale (4 bits); scale_min(b) decoded its super-block.
@@ -165,6 +188,10 @@ struct I8RowBlocks {
         if (i8_has_half_mins(wt)) {
             scale_min(b, scale, min);
             for (int i = 0; i < FG_QK; i++) q[i] = q2_scale(b, i / 16) * q256[(b % 8) * FG_QK + i];
+        } else if (i8_is_folded(wt)) {
+            scale_min(b, scale, min);
+            for (int i = 0; i < FG_QK; i++)
+                q[i] = -sc3[2 * (b % 8) + i / 16] * reinterpret_cast<const int8_t*>(q256)[(b % 8) * FG_QK + i];
         } else if (i8_is_halves(wt)) {
             scale_min(b, scale, min);
             for (int i = 0; i < FG_QK; i++) q[i] = reinterpret_cast<const int8_t*>(q256)[(b % 8) * FG_QK + i];
@@ -190,11 +217,12 @@ inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? 
 // acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
 // The halves types (Q6_K, the lattice types): acc = fma((float)idot0, scale0 * dx, acc), then the
 // same for the second half. Q2_K: the block's dot, then each half's min (i8_has_half_mins).
+// Q3_K: Q8_0's steps on its folded block (i8_is_folded).
 void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, const BlockQ8Act* x,
                     const int32_t* /*xs*/, int64_t nb, int64_t n_tok, int parts, float* out, int64_t out_stride,
                     uint8_t* /*work*/) {
     if (wt != DType::Q8_0 && wt != DType::Q4_0 && wt != DType::Q5_0 && !i8_has_min(wt) && !i8_is_halves(wt) &&
-        !i8_has_half_mins(wt))
+        !i8_has_half_mins(wt) && !i8_is_folded(wt))
         throw std::logic_error("gemm_i8: unsupported weight type");
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t t = 0; t < n_tok; t++) {
@@ -240,7 +268,7 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
 // (layout: kI8PanelBlockBytes per block, see cpu_kernels.h). Quants are stored unsigned,
 // q + o with o = i8_offset(wt); the kernels subtract o * sum(x) through xs.
 constexpr int i8_offset(DType wt) {
-    return wt == DType::Q8_0 ? 128 : wt == DType::Q4_0 ? 8 : wt == DType::Q5_0 ? 16 : 0;
+    return wt == DType::Q8_0 || i8_is_folded(wt) ? 128 : wt == DType::Q4_0 ? 8 : wt == DType::Q5_0 ? 16 : 0;
 }
 
 void i8_repack_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r, int nr, int64_t nb, uint8_t* wp) {
@@ -251,6 +279,7 @@ void i8_repack_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r, int
             uint8_t qo[FG_QK];
             rb.block_u8(b, qo, reinterpret_cast<float*>(pb + kI8PanelScales)[i], reinterpret_cast<float*>(pb + kI8PanelMins)[i]);
             for (int g = 0; g < FG_QK / 4; g++) std::memcpy(pb + g * kI8Rows * 4 + i * 4, qo + 4 * g, 4);
+            if (i8_has_half_mins(wt)) reinterpret_cast<float*>(pb + kI8PanelHalfTerms)[i] = rb.min1;  // Q2_K
             if (i8_is_halves(wt))
                 for (int h = 0; h < 2; h++) {
                     int32_t s = 0;

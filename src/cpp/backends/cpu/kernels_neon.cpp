@@ -378,7 +378,8 @@ const KernelSet* kernels_neon() {
     static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
                                   attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar,
-                                  gemm_i8_neon,       i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0) | kI8LatticeTypes};
+                                  gemm_i8_neon,       i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q3_K) |
+                                                      kI8LatticeTypes};
     return &set;
 }
 

@@ -9,13 +9,14 @@
 namespace forgert::cpu {
 namespace {
 
-// Byte k of each 32-bit lane of v, zero-extended, as f32 (the panels' packed Q4_K scales): a byte
-// shuffle inside each 128-bit lane (dword i of it: byte 4 i + k; 0x80: a zero byte).
-inline __m512 kpanel16_byte_f32(__m512i v, int k) {
+// Byte k of each 32-bit lane of v, zero-extended, as int32 or f32 (the panels' packed Q4_K scales):
+// a byte shuffle inside each 128-bit lane (dword i of it: byte 4 i + k; 0x80: a zero byte).
+inline __m512i kpanel16_byte_i32(__m512i v, int k) {
     const __m512i pick = _mm512_set4_epi32((int)(0x8080800Cu + k), (int)(0x80808008u + k), (int)(0x80808004u + k),
                                            (int)(0x80808000u + k));
-    return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, pick));
+    return _mm512_shuffle_epi8(v, pick);
 }
+inline __m512 kpanel16_byte_f32(__m512i v, int k) { return _mm512_cvtepi32_ps(kpanel16_byte_i32(v, k)); }
 
 // Group g of Q4_Kx16 / Q5_Kx16 / Q6_Kx16 block j's quants (the 16 rows' quants 4g..4g+3), unsigned
 // bytes: nibble pair j / 2 (low nibbles for even j); Q5_K: bit j of the fifth-bit group as bit 4;
