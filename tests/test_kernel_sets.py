@@ -205,7 +205,9 @@ def test_neon_kernel_set_matches_generic(tmp_path):
     out = run_check(["qemu-aarch64", "-cpu", "max", str(exe)])
     i8mm = [ln for ln in out.splitlines() if ln.startswith("neon-i8mm") and "gemm_i8" in ln]
     assert i8mm and all(ln.endswith("ok") for ln in i8mm), "\n".join(i8mm) or out
-    for name in ("neon-dotprod", "neon-i8mm"):   # the lattice types: Q6_K's halves panel on SDOT
-        for t in LATTICE:
+    # the lattice types: Q6_K's halves panel on SDOT; the K-quants, Q4_1 and Q5_0 (their mins and
+    # offsets through the activation sums; Q3_K on Q8_0's tiles) bit for bit the generic set's
+    for name in ("neon-dotprod", "neon-i8mm"):
+        for t in [*LATTICE, "Q4_1", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]:
             lines = [ln for ln in out.splitlines() if ln.split()[:1] == [name] and f"gemm_i8 {t} " in ln]
             assert len(lines) >= 12 and all(ln.endswith("ok") for ln in lines), f"{name} {t}:\n" + "\n".join(lines)

@@ -374,12 +374,17 @@ void gemm_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t
 
 namespace forgert::cpu {
 
+// The types gemm_i8_neon takes: every type with an int8 prefill definition (gemm_i8_scalar).
+constexpr uint64_t kNeonGemmI8Types = i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q4_1) |
+                                      i8_type_bit(DType::Q5_0) | i8_type_bit(DType::Q2_K) | i8_type_bit(DType::Q3_K) |
+                                      i8_type_bit(DType::Q4_K) | i8_type_bit(DType::Q5_K) | i8_type_bit(DType::Q6_K) |
+                                      kI8LatticeTypes;
+
 const KernelSet* kernels_neon() {
     static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
                                   attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar,
-                                  gemm_i8_neon,       i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q3_K) |
-                                                      kI8LatticeTypes};
+                                  gemm_i8_neon,       kNeonGemmI8Types};
     return &set;
 }
 
@@ -387,6 +392,12 @@ const KernelSet* kernels_neon() {
 
 #else
 namespace forgert::cpu {
+// The types gemm_i8_neon takes: every type with an int8 prefill definition (gemm_i8_scalar).
+constexpr uint64_t kNeonGemmI8Types = i8_type_bit(DType::Q8_0) | i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q4_1) |
+                                      i8_type_bit(DType::Q5_0) | i8_type_bit(DType::Q2_K) | i8_type_bit(DType::Q3_K) |
+                                      i8_type_bit(DType::Q4_K) | i8_type_bit(DType::Q5_K) | i8_type_bit(DType::Q6_K) |
+                                      kI8LatticeTypes;
+
 const KernelSet* kernels_neon() { return nullptr; }
 }  // namespace forgert::cpu
 #endif
