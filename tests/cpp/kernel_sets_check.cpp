@@ -225,8 +225,8 @@ void check_gemm_i8_extremes(const KernelSet* k) {
         std::vector<int32_t> sums;
         quantize_i8_activations(g, xs_f, n, cols, xa, sums);
         std::vector<uint8_t> work(gemm_i8_work_bytes(cols));
-        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
-                        DType::Q6_K, DType::IQ3_XXS}) {
+        for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K,
+                        DType::Q5_K, DType::Q6_K, DType::IQ3_XXS}) {
             if (!gemm_i8_takes(*k, t)) continue;
             auto w = random_weights(t, rows, cols);  // the factors stay random; the quants go to the edge
             const int64_t rb = row_bytes(t, cols), bb = dtype_block_bytes(t);

@@ -88,9 +88,8 @@ inline void i8_kquant_factors(DType wt, float d, float dmin, const uint8_t* scal
 // One row's 32-weight blocks as gemm_i8 sees them: quants q[32] (signed; K-quants 0..15 or
 // 0..31; Q4_1 0..15), scale and min (w = scale * q + min; min 0 for Q8_0 / Q4_0 / Q5_0; the halves
 // types: the two halves' factors; Q2_K: sc_h q, scale d, min and min1 the halves' mins; Q3_K:
-// -(s_h q), scale -d, min 0). K-quant
-// and lattice blocks are the sub-blocks of a 256-weight super-block: the caller passes b, this
-// decodes super-block b / 8.
+// -(s_h q), scale -d, min 0). K-quant and lattice blocks are the sub-blocks of a 256-weight
+// super-block: the caller passes b, this decodes super-block b / 8.
 struct I8RowBlocks {
     DType wt;
     const uint8_t* row;
