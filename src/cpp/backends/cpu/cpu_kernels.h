@@ -188,7 +188,8 @@ constexpr int64_t i8_token_chunk(int64_t nb, int tile) {
     const int64_t t = kBudget / (nb * (int64_t)sizeof(BlockQ8Act) + 8 * nb);
     return t / tile * tile > 64 ? t / tile * tile : 64;
 }
-// A pass's min terms, up to two floats per (token, block) (kernels_x86_int8.inc, I8MinTerms).
+// A pass's min terms, up to two floats per (token, block) (kernels_x86_int8.inc's I8MinTerms; NEON's
+// after its one panel).
 constexpr int64_t i8_min_term_floats(int64_t nb) { return 2 * nb * i8_token_chunk(nb, 1); }
 // The 256-bit sets' int16 panel (kernels_x86_i16_256.inc: Q8_0 / Q6_K, and Q4_K / Q5_K on plain
 // AVX2): per block, kI8Rows x 32 int16 quants and two sets of kI8Rows f32 factors.

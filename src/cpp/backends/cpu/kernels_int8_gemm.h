@@ -212,6 +212,22 @@ struct I8RowBlocks {
 // The activation scale of one block for `parts`: hi alone stands for x / (256 d).
 inline float i8_act_scale(const BlockQ8Act& a, int parts) { return parts == 2 ? a.d : a.d * 256.0f; }
 
+// The integer two part sums stand for: 256 hi + lo, or hi alone with one part.
+inline int32_t i8_join_parts(int32_t hi, int32_t lo, int parts) { return parts == 2 ? 256 * hi + lo : hi; }
+
+// Block i's min terms (i8_min_terms_per_block(wt) floats at m), as gemm_i8_scalar makes them:
+// dx * (float)isum, or Q2_K's dx * (float)S_h per half. xs: the i8_act_sums of n blocks, i among them.
+inline void i8_block_min_terms(DType wt, const BlockQ8Act& a, const int32_t* xs, int64_t n, int64_t i, int parts,
+                               float* m) {
+    const float dx = i8_act_scale(a, parts);
+    if (i8_has_half_mins(wt)) {
+        const int32_t* s2 = xs + 2 * n + 4 * i;  // [part][half]
+        for (int h = 0; h < 2; h++) m[h] = dx * (float)i8_join_parts(s2[h], s2[2 + h], parts);
+    } else if (i8_has_min(wt)) {
+        m[0] = dx * (float)i8_join_parts(xs[2 * i], xs[2 * i + 1], parts);
+    }
+}
+
 // Per block: acc = fma((float)idot, scale * dx, acc), then for K-quants and Q4_1
 // acc = fma(min, dx * (float)isum, acc) with isum the integer sum of the block's activations.
 // The halves types (Q6_K, the lattice types): acc = fma((float)idot0, scale0 * dx, acc), then the
@@ -237,8 +253,7 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                     for (int h = 0; h < 2; h++) {
                         int32_t hi = 0, lo = 0;
                         for (int i = 16 * h; i < 16 * h + 16; i++) hi += q[i] * a.hi[i], lo += q[i] * a.lo[i];
-                        const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
-                        acc = std::fma((float)idot, (h ? min : scale) * dx, acc);
+                        acc = std::fma((float)i8_join_parts(hi, lo, parts), (h ? min : scale) * dx, acc);
                     }
                     continue;
                 }
@@ -247,15 +262,12 @@ void gemm_i8_scalar(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int
                     hi += q[i] * a.hi[i], lo += q[i] * a.lo[i];
                     shi[i / 16] += a.hi[i], slo[i / 16] += a.lo[i];
                 }
-                const int32_t idot = parts == 2 ? 256 * hi + lo : hi;
-                acc = std::fma((float)idot, scale * dx, acc);
+                acc = std::fma((float)i8_join_parts(hi, lo, parts), scale * dx, acc);
                 if (i8_has_half_mins(wt)) {  // Q2_K: each half's min by its own sum
                     for (int h = 0; h < 2; h++)
-                        acc = std::fma(h ? rb.min1 : min, dx * (float)(parts == 2 ? 256 * shi[h] + slo[h] : shi[h]),
-                                       acc);
+                        acc = std::fma(h ? rb.min1 : min, dx * (float)i8_join_parts(shi[h], slo[h], parts), acc);
                 } else if (i8_has_min(wt)) {
-                    const int32_t isum = parts == 2 ? 256 * (shi[0] + shi[1]) + slo[0] + slo[1] : shi[0] + shi[1];
-                    acc = std::fma(min, dx * (float)isum, acc);
+                    acc = std::fma(min, dx * (float)i8_join_parts(shi[0] + shi[1], slo[0] + slo[1], parts), acc);
                 }
             }
             out[t * out_stride + r] = acc;
