@@ -11,6 +11,7 @@
 // (results bit-identical across sets). Included into each kernels_*.cpp (internal linkage).
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
