@@ -47,6 +47,11 @@ inline uint16_t load_u16(const void* p) {
     std::memcpy(&v, p, 2);
     return v;
 }
+inline uint64_t load_u64(const void* p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+}
 
 // A 32-weight sub-block's fields as every CPU kernel reads them (each type's layout decoded here
 // once): four 8-byte codebook words in weight order (IQ2: one entry of 8 magnitudes each; IQ3: two
@@ -80,8 +85,11 @@ inline IqFields iq_grid_fields(const uint8_t* blk, int j) {
         f.m[0] = f.m[1] = 2 * (int)(sg >> 28) + 1;
     } else if constexpr (WT == DType::IQ2_XS) {
         const auto* b = reinterpret_cast<const block_iq2_xs*>(blk);
+        // the four index words in one load: four 2-byte loads were stored and reloaded 8 bytes
+        // wide by the compiler (a store-forwarding stall per word, kernels_x86_iq_grid.inc)
+        const uint64_t q4 = load_u64(b->qs + 4 * j);
         for (int l = 0; l < 4; l++) {
-            const uint16_t v = load_u16(b->qs + 4 * j + l);
+            const uint16_t v = (uint16_t)(q4 >> (16 * l));
             f.words[l] = kIq2xsGrid[v & 511];
             f.signs |= (uint32_t)kIq2Ksigns[v >> 9] << (8 * l);
         }
