@@ -334,14 +334,24 @@ print(json.dumps({"tokens": _core.cpu_info()["panel_tokens"], "logits": out}))
 
 
 @needs_repack
-def test_panel_tokens_give_the_same_bits(tiny_models):
-    """FORGERT_CPU_PANEL_TOKENS picks the widest token tile of the 512-bit small-block panel
-    decode (8 by default, 4 as before: cpu_kernels.h). Per token the tile takes the same steps,
-    so 8-15-token decode runs give the same logits bit for bit either way (on a set without
-    512-bit panels the knob changes nothing, and this checks that it is read); a bad value is
-    refused, naming the variable. The kernel itself against the definition, per token count:
+@pytest.mark.parametrize("weights", ["Q4_0", "Q4_K_M"])
+def test_panel_tokens_give_the_same_bits(tiny_models, tmp_path_factory, tiny_tokenizer, weights):
+    """FORGERT_CPU_PANEL_TOKENS picks the widest token tile of the 512-bit panel decode, the
+    small-block panels' (Q4_0) and the K-quant panels' (the Q4_K_M mix: Q4_K and Q6_K), 8 by
+    default, 4 as before: cpu_kernels.h. Per token the tile takes the same steps, so 8-15-token
+    decode runs give the same logits bit for bit either way (on a set without 512-bit panels the
+    knob changes nothing, and this checks that it is read); a bad value is refused, naming the
+    variable. The kernels themselves against the definition, per token count:
     tests/cpp/kernel_sets_check.cpp (check_panel16)."""
-    path = tiny_models("llama_tied").path("gguf-Q4_0")
+    if weights == "Q4_0":
+        path = tiny_models("llama_tied").path("gguf-Q4_0")
+    else:
+        import kquant_writer as kw
+        import model_factory as mf
+        from test_e2e_kquants import SPECS
+        tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, weights,
+                               lambda tensors: kw.mix_overrides(tensors, weights))
+        path = tm.path(f"gguf-{weights}")
     logits = {}
     for tokens in ("8", "4"):
         proc = subprocess.run([sys.executable, "-c", PANEL_TOKENS_LOGITS, str(path), json.dumps(IDS)],
