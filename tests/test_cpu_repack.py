@@ -107,6 +107,17 @@ def test_repacked_model_gives_the_files_bits(forgert, tiny_models, monkeypatch, 
     assert_files_bits(packed, file)
 
 
+def kquant_mix_gguf(tmp_path_factory, tiny_tokenizer, mix: str):
+    """A tiny Llama of hidden 256 (test_e2e_kquants's llama_kq) in one of llama.cpp's K-quant
+    mixes (tests/kquant_writer.py): the GGUF's path."""
+    import kquant_writer as kw
+    import model_factory as mf
+    from test_e2e_kquants import SPECS
+    tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, mix,
+                           lambda tensors: kw.mix_overrides(tensors, mix))
+    return tm.path(f"gguf-{mix}")
+
+
 # Whether this set repacks Q4_K / Q5_K / Q6_K (every x86 set), asked before any test sets FORGERT_CPU_REPACK.
 KQUANTS_REPACKED = "Q4_K" in repacked_types()
 
@@ -123,12 +134,7 @@ def test_repacked_kquant_model_gives_the_files_tokens(forgert, tmp_path_factory,
     tokens equal the file layout's, the logits within rounding (the panels' decode sums in
     another order; the prompt's first 15 rows are decode rows). Prefill f32: the f32 panel GEMM
     reads the panels back."""
-    import kquant_writer as kw
-    import model_factory as mf
-    from test_e2e_kquants import SPECS
-    tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, mix,
-                           lambda tensors: kw.mix_overrides(tensors, mix))
-    path = tm.path(f"gguf-{mix}")
+    path = kquant_mix_gguf(tmp_path_factory, tiny_tokenizer, mix)
     packed, s_packed = run_model(forgert, path, monkeypatch, "1", prefill)
     file, s_file = run_model(forgert, path, monkeypatch, "0", prefill)
     assert s_packed > 0 and s_file == 0
@@ -343,15 +349,8 @@ def test_panel_tokens_give_the_same_bits(tiny_models, tmp_path_factory, tiny_tok
     knob changes nothing, and this checks that it is read); a bad value is refused, naming the
     variable. The kernels themselves against the definition, per token count:
     tests/cpp/kernel_sets_check.cpp (check_panel16)."""
-    if weights == "Q4_0":
-        path = tiny_models("llama_tied").path("gguf-Q4_0")
-    else:
-        import kquant_writer as kw
-        import model_factory as mf
-        from test_e2e_kquants import SPECS
-        tm = mf.make_mix_model(SPECS["llama_kq"], tmp_path_factory.mktemp("kq"), tiny_tokenizer, weights,
-                               lambda tensors: kw.mix_overrides(tensors, weights))
-        path = tm.path(f"gguf-{weights}")
+    path = (tiny_models("llama_tied").path("gguf-Q4_0") if weights == "Q4_0"
+            else kquant_mix_gguf(tmp_path_factory, tiny_tokenizer, weights))
     logits = {}
     for tokens in ("8", "4"):
         proc = subprocess.run([sys.executable, "-c", PANEL_TOKENS_LOGITS, str(path), json.dumps(IDS)],
