@@ -3,9 +3,9 @@
     python bench/synthetic_gguf.py OUT.gguf --preset llama32-1b --type Q4_K_M
 
 Unlike ../shared/tools/make_synthetic_gguf.py (Q4_0, Q8_0, F16) this also writes the K-quant
-files users download: Q4_K_M mixes tensor types as llama.cpp's quantizer does (Q6_K for
-output.weight and for attn_v / ffn_down in the layers `_more_bits` picks, Q4_K elsewhere), so
-an engine does the same per-type work on it as on a real Q4_K_M file. Written with forgert's
+files users download: Q4_K_M / Q5_K_M mix tensor types as llama.cpp's quantizer does (Q6_K for
+output.weight and for attn_v / ffn_down in the layers `_more_bits` picks, Q4_K / Q5_K elsewhere),
+so an engine does the same per-type work on it as on a real file of the mix. Written with forgert's
 own streaming GGUF writer: no extra package, and an 8B model never sits in memory at once.
 Every block gets fixed small scales (FIXED_BYTES), so activations stay finite; its quants are random.
 """
@@ -74,6 +74,10 @@ FIXED_BYTES = {
     T["Q4_1"]: [(0, _f16(0.002) + _f16(-0.015))],  # w = d q + m = 0.002 (q - 7.5)
     T["Q4_K"]: [(0, _f16(0.0005) + _f16(0.00375) + bytes([8] * 8 + [0x88] * 4))],
     T["Q6_K"]: [(192, bytes([1] * 16) + _f16(0.0005))],
+    # Q5_K: Q4_K's scales and mins, dmin = 15.5 d, so w = 8 d (q - 15.5), q in 0..31, |w| <= 0.031;
+    # Q5_1 (its fallback): w = d q + m = 0.001 (q - 15.5)
+    T["Q5_K"]: [(0, _f16(0.00025) + _f16(0.003875) + bytes([8] * 8 + [0x88] * 4))],
+    T["Q5_1"]: [(0, _f16(0.001) + _f16(-0.0155))],
     # Q2_K: scale 2, min 3 per sub-block (bytes 0-15 = 0x32), d = dmin: w = d (2 q - 3), q in 0..3;
     # Q3_K: sub-block scales 1 (6-bit, stored + 32: low nibbles 0x11, high pairs 0xAA), w = d q, q in -4..3
     T["Q2_K"]: [(0, bytes([0x32] * 16)), (80, _f16(0.002) + _f16(0.002))],
@@ -87,10 +91,10 @@ FIXED_BYTES = {
 }
 # llama.cpp's quantizer falls back to these where a row is not whole 256-weight super-blocks
 # (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, the lattice types -> IQ4_NL.
-K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q6_K"]: T["Q8_0"], T["Q2_K"]: T["Q4_0"], T["Q3_K"]: T["Q4_0"],
+K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q5_K"]: T["Q5_1"], T["Q6_K"]: T["Q8_0"], T["Q2_K"]: T["Q4_0"], T["Q3_K"]: T["Q4_0"],
               **{T[n]: T["IQ4_NL"] for n in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")}}
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
-FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18, "F16": 1, "BF16": 32,
+FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "F16": 1, "BF16": 32,
               # one low-bit K-quant for every matrix (llama.cpp's Q2_K / Q3_K_S-M-L mixes promote some
               # tensors; these time the type itself)
               "Q2_K": 10, "Q3_K": 11,
@@ -111,7 +115,8 @@ def tensor_type(name: str, layer: int, n_layers: int, ftype: str, cols: int) -> 
 
 
 def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
-    if ftype != "Q4_K_M":
+    """llama.cpp's Q4_K_M / Q5_K_M mix (the same rules, Q4_K or Q5_K the base type); one type else."""
+    if ftype not in ("Q4_K_M", "Q5_K_M"):
         return T[ftype]
     if name == "output.weight":
         return T["Q6_K"]
@@ -119,7 +124,7 @@ def _mix_type(name: str, layer: int, n_layers: int, ftype: str) -> int:
     if (name.endswith(("attn_v.weight", "attn_qkv.weight", "ffn_down.weight", "ffn_down_exps.weight"))
             and _more_bits(layer, n_layers)):
         return T["Q6_K"]
-    return T["Q4_K"]
+    return T[ftype[:4]]
 
 
 def random_blocks(rng, rows: int, cols: int, type_id: int) -> np.ndarray:
