@@ -90,7 +90,7 @@ FIXED_BYTES = {
     T["IQ1_M"]: [],  # its f16 d is spread over the scales' top nibbles: random_blocks sets it
 }
 # llama.cpp's quantizer falls back to these where a row is not whole 256-weight super-blocks
-# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, the lattice types -> IQ4_NL.
+# (SmolLM2's hidden size 576): Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, the lattice types -> IQ4_NL.
 K_FALLBACK = {T["Q4_K"]: T["Q5_0"], T["Q5_K"]: T["Q5_1"], T["Q6_K"]: T["Q8_0"], T["Q2_K"]: T["Q4_0"], T["Q3_K"]: T["Q4_0"],
               **{T[n]: T["IQ4_NL"] for n in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")}}
 # general.file_type values (llama.cpp's llama_ftype) of the files these mimic.
