@@ -29,16 +29,48 @@ def read_bandwidth_gbs(installed: bool = False, threads: int = 0) -> float:
     return float(out)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+# Cloud CPUs often report a bare "AMD EPYC" or "Intel(R) Xeon(R) Processor", which leaves a table
+# unable to say which generation ran it (the 2-vCPU VMs have been Zen 3, Zen 4 and Zen 5 under the
+# same name). The generation is worked out from the family / model numbers and the flags.
+_INTEL_FAMILY6 = {0x55: "Skylake-SP / Cascade Lake", 0x6A: "Ice Lake-SP", 0x6C: "Ice Lake-D",
+                  0x8F: "Sapphire Rapids", 0xCF: "Emerald Rapids", 0xAD: "Granite Rapids",
+                  0xAF: "Sierra Forest", 0x97: "Alder Lake", 0x9A: "Alder Lake", 0xB7: "Raptor Lake",
+                  0xBA: "Raptor Lake", 0xBF: "Raptor Lake", 0xAA: "Meteor Lake", 0xC6: "Arrow Lake"}
+_ISA_FLAGS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"))
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, or `cpuinfo`'s text), with its generation and its
+    int8 ISA extensions where the file tells them: "AMD EPYC (Zen 5, family 26 model 2; AVX-512 VNNI,
+    AVX-VNNI)". Elsewhere what platform knows."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        family, model = int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return name
+    flags = set(fields.get("flags", "").split())
+    gen = None
+    if fields.get("vendor_id") == "AuthenticAMD":
+        gen = {23: "Zen / Zen 2", 25: "Zen 4" if "avx512f" in flags else "Zen 3", 26: "Zen 5"}.get(family)
+    elif fields.get("vendor_id") == "GenuineIntel" and family == 6:
+        gen = _INTEL_FAMILY6.get(model)
+    isa = [label for flag, label in _ISA_FLAGS if flag in flags]
+    detail = ", ".join(filter(None, [gen, f"family {family} model {model}"]))
+    return f"{name} ({detail}" + (f"; {', '.join(isa)})" if isa else ")")
 
 
 # What else the machine did while a benchmark ran. A lent machine can be shared: in one lease of the
