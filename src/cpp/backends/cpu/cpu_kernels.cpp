@@ -180,10 +180,15 @@ PanelPrefetch panel_prefetch(int64_t n_tok) {
     }();
     static const PanelPrefetch one_token = [] {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        if (__builtin_cpu_is("intel")) return PanelPrefetch::Far;
-        // AMD: off with the AVX-512 sets (Zen 4), far with the 256-bit ones (Zen 3: SmolLM2 Q4_0
-        // decode 255-290 tok/s against 218-234 off, Q8_0 146-167 against 139-156, 2 threads).
-        return is_512_bit(select_kernels()) ? PanelPrefetch::Off : PanelPrefetch::Far;
+        // Far but on Zen 4 (AMD family 25 with AVX-512), the one CPU where it cost decode time.
+        // Zen 3 (family 25, no AVX-512): SmolLM2 Q4_0 decode 255-290 tok/s against 218-234 off,
+        // Q8_0 146-167 against 139-156, 2 threads. Zen 5 (family 26, 2 vCPUs): SmolLM2 Q4_0 / Q8_0
+        // / Q4_1 / Q4_K_M decode 1.17-1.47x off's, the 1B Q4_0 1.03x at 1 thread and 0.97x at 2
+        // (where both read at the two cores' bandwidth).
+        if (!__builtin_cpu_is("amd")) return PanelPrefetch::Far;
+        unsigned a, b, c, d;
+        const unsigned family = __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
+        return family == 25 && is_512_bit(select_kernels()) ? PanelPrefetch::Off : PanelPrefetch::Far;
 #else
         return PanelPrefetch::Off;
 #endif
