@@ -295,13 +295,14 @@ print(json.dumps({"mode": info["panel_prefetch"], "batch": info["panel_prefetch_
 """
 
 
-def expected_one_token_prefetch() -> str:
-    """cpu_kernels.h's rule, from /proc/cpuinfo: far on x86 but on Zen 4 (AMD family 25 running an
-    AVX-512 set), off on other CPUs."""
+def expected_prefetch() -> tuple[str, str]:
+    """cpu_kernels.h's rule from /proc/cpuinfo, (one token, a batch of several): far-nta on AMD
+    family 26 and later (Zen 5); off and far on Zen 4 (family 25 running an AVX-512 set); far on
+    other x86 CPUs; off and far elsewhere."""
     import platform
     from forgert import _core
     if platform.machine() not in ("x86_64", "AMD64"):
-        return "off"
+        return "off", "far"
     fields = {}
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -309,19 +310,25 @@ def expected_one_token_prefetch() -> str:
                 break
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
-    zen4 = fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
-    return "off" if zen4 and _core.cpu_info()["kernels"].startswith("avx512") else "far"
+    if fields.get("vendor_id") == "AuthenticAMD":
+        family = int(fields.get("cpu family", "0"))
+        if family >= 26:
+            return "far-nta", "far-nta"
+        if family == 25 and _core.cpu_info()["kernels"].startswith("avx512"):
+            return "off", "far"
+    return "far", "far"
 
 
 @needs_repack
 def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
     """FORGERT_CPU_PANEL_PREFETCH picks how far ahead the panel GEMVs prefetch; unset, one token
-    prefetches by CPU (far on x86 but Zen 4 with the AVX-512 sets, off elsewhere) and a few tokens far (cpu_kernels.h). A
+    prefetches by CPU (far-nta on Zen 5, none on Zen 4 with the AVX-512 sets, far on other x86
+    CPUs, off elsewhere) and a few tokens far or far-nta (cpu_kernels.h). A
     prefetch moves no data the kernels compute with, so every mode gives the same logits bit for
     bit, one token and few; a bad value is refused, naming the variable."""
     path = tiny_models("llama_tied").path("gguf-Q4_0")
     logits = {}
-    for mode in ("far", "near", "off", None):
+    for mode in ("far", "far-nta", "near", "off", None):
         env = subprocess_env(FORGERT_CPU_PANEL_PREFETCH=mode or "")   # "": unset, the defaults
         proc = subprocess.run([sys.executable, "-c", PREFETCH_LOGITS, str(path), json.dumps(IDS)], capture_output=True,
                               text=True, timeout=300, env=env)
@@ -330,9 +337,11 @@ def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
         if mode:
             assert (r["mode"], r["batch"]) == (mode, mode)
         else:   # the defaults
-            assert r["mode"] == expected_one_token_prefetch() and r["batch"] == "far", r
+            assert (r["mode"], r["batch"]) == expected_prefetch(), r
         logits[mode] = [np.array(x, np.float32) for x in r["logits"]]
-    for far, near, off, default in zip(logits["far"], logits["near"], logits["off"], logits[None]):
+    for far, nta, near, off, default in zip(logits["far"], logits["far-nta"], logits["near"], logits["off"],
+                                            logits[None]):
+        assert np.array_equal(far, nta)
         assert np.array_equal(far, near)
         assert np.array_equal(far, off)
         assert np.array_equal(far, default)
@@ -340,7 +349,7 @@ def test_panel_prefetch_modes_give_the_same_bits(tiny_models):
                          capture_output=True, text=True, timeout=300,
                          env=subprocess_env(FORGERT_CPU_PANEL_PREFETCH="sideways"))
     assert bad.returncode != 0
-    assert "FORGERT_CPU_PANEL_PREFETCH must be 'far', 'near' or 'off', got 'sideways'" in bad.stderr
+    assert "FORGERT_CPU_PANEL_PREFETCH must be 'far', 'far-nta', 'near' or 'off', got 'sideways'" in bad.stderr
 
 
 PANEL_TOKENS_LOGITS = """

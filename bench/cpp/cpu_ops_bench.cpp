@@ -283,6 +283,51 @@ int main(int argc, char** argv) {
                     (long long)cols, 1, sec * 1e6, gbs, "", 100.0 * gbs / bw, cpu / L * 1e6, dtype_name(ws[0].type));
         keep.clear();
     }
+    // Decode GEMVs as a model runs them: SmolLM2's 30 layers (q, k, v as one matmul_many; o; gate
+    // and up as one; down) and its output matrix, one token, in that order, the matrices
+    // allocated in it: 143 MB in Q8_0, several times the L3. (The one-shape stream above, 45 MB,
+    // is partly served from a 32 MB L3: on a Zen 5 VM it read 90% of the probe with its 48
+    // matrices, 80% with 160, as this one did; the model's decode matmuls read the same 80%.)
+    for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {  // (576 columns: no K-quant)
+        char name[64];
+        std::snprintf(name, sizeof name, "stream %s smollm2 layers", dtype_name(t));
+        if (!std::strstr(name, filter)) continue;
+        const int L = 30, D = 576, KV = 192, F = 1536, V = 49152;
+        struct Layer { Tensor q, k, v, o, gate, up, down; };
+        std::vector<Layer> ls;
+        size_t bytes = 0;
+        for (int l = 0; l < L; l++) {
+            auto w = [&](int64_t r, int64_t c) {
+                Tensor p = be.prepare_weight(random_tensor(be, keep, t, r, c, rng), keep);
+                bytes += p.nbytes();
+                return p;
+            };
+            Layer y;
+            y.q = w(D, D), y.k = w(KV, D), y.v = w(KV, D), y.o = w(D, D), y.gate = w(F, D), y.up = w(F, D), y.down = w(D, F);
+            ls.push_back(y);
+        }
+        const Tensor head = be.prepare_weight(random_tensor(be, keep, DType::Q8_0, V, D, rng), keep);
+        bytes += head.nbytes();
+        const Tensor xd = random_tensor(be, keep, DType::F32, 1, D, rng), xf = random_tensor(be, keep, DType::F32, 1, F, rng);
+        auto out = [&](int64_t n) { keep.push_back(be.alloc((size_t)n * 4)); return make_tensor(keep.back().get(), 0, DType::F32, 1, n); };
+        const Tensor yq = out(D), yk = out(KV), yv = out(KV), yo = out(D), yg = out(F), yu = out(F), yd = out(D), yl = out(V);
+        double cpu = 0;
+        const double sec = median_seconds([&] {
+            for (const Layer& y : ls) {
+                const Tensor qkv_out[3] = {yq, yk, yv}, qkv_w[3] = {y.q, y.k, y.v};
+                be.matmul_many(qkv_out, qkv_w, 3, xd);
+                be.matmul(yo, y.o, xd);
+                const Tensor gu_out[2] = {yg, yu}, gu_w[2] = {y.gate, y.up};
+                be.matmul_many(gu_out, gu_w, 2, xd);
+                be.matmul(yd, y.down, xf);
+            }
+            be.matmul(yl, head, xd);
+        }, 15, &cpu);
+        const double gbs = (double)bytes / sec / 1e9;
+        std::printf("%-28s %6d %6d %5d %10.1f %9.1f %9s %6.0f%% %10.1f  (%s, per token, %.0f MB)\n", name, L, D, 1,
+                    sec * 1e6, gbs, "", 100.0 * gbs / bw, cpu * 1e6, dtype_name(ls[0].q.type), bytes / 1e6);
+        keep.clear();
+    }
     // Attention: SmolLM2 geometry (9 heads, 3 KV heads, head_dim 64); 32 and 64: a short decode's.
     for (int ctx : {32, 64, 128, 512, 2048}) {
         if (!std::strstr("attention", filter)) break;

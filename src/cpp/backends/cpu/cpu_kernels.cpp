@@ -168,33 +168,38 @@ bool is_512_bit(const KernelSet& k) { return std::strncmp(k.name, "avx512", 6) =
 }  // namespace
 
 PanelPrefetch panel_prefetch(int64_t n_tok) {
-    // The override, or n_tok's default: far for a few tokens' batch, by vendor for one token.
+    // The override, or n_tok's default: the CPU's far form for a few tokens' batch, and for one
+    // token but on Zen 4.
     static const int overridden = [] {  // a PanelPrefetch, or -1: none
         const char* v = std::getenv("FORGERT_CPU_PANEL_PREFETCH");
         const std::string s = v ? v : "";
-        for (PanelPrefetch p : {PanelPrefetch::Off, PanelPrefetch::Near, PanelPrefetch::Far})
+        for (PanelPrefetch p : {PanelPrefetch::Off, PanelPrefetch::Near, PanelPrefetch::Far, PanelPrefetch::FarNta})
             if (s == panel_prefetch_name(p)) return (int)p;
         if (!s.empty())
-            throw InputError("FORGERT_CPU_PANEL_PREFETCH must be 'far', 'near' or 'off', got '" + s + "'");
+            throw InputError("FORGERT_CPU_PANEL_PREFETCH must be 'far', 'far-nta', 'near' or 'off', got '" + s + "'");
         return -1;
     }();
-    static const PanelPrefetch one_token = [] {
+    struct Defaults { PanelPrefetch one_token, batch; };
+    static const Defaults chosen = []() -> Defaults {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        // Far but on Zen 4 (AMD family 25 with AVX-512), the one CPU where it cost decode time.
-        // Zen 3 (family 25, no AVX-512): SmolLM2 Q4_0 decode 255-290 tok/s against 218-234 off,
-        // Q8_0 146-167 against 139-156, 2 threads. Zen 5 (family 26, 2 vCPUs): SmolLM2 Q4_0 / Q8_0
-        // / Q4_1 / Q4_K_M decode 1.17-1.47x off's, the 1B Q4_0 1.03x at 1 thread and 0.97x at 2
-        // (where both read at the two cores' bandwidth).
-        if (!__builtin_cpu_is("amd")) return PanelPrefetch::Far;
+        if (!__builtin_cpu_is("amd")) return {PanelPrefetch::Far, PanelPrefetch::Far};
         unsigned a, b, c, d;
         const unsigned family = __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
-        return family == 25 && is_512_bit(select_kernels()) ? PanelPrefetch::Off : PanelPrefetch::Far;
+        // Zen 5 and later (family 26+): far, non-temporal. On a Zen 5 VM, far (into L2) made
+        // SmolLM2 decode 1.17-1.47x faster than none, and non-temporal 1.05-1.08x faster again
+        // (the 1B Q4_0 too: 1.07-1.08x); the lent Xeon read 0.41-0.76x with it (T1 stays there).
+        if (family >= 26) return {PanelPrefetch::FarNta, PanelPrefetch::FarNta};
+        // Zen 4 (family 25 with AVX-512): none for one token, the one CPU where far cost decode
+        // time. Zen 3 (family 25, no AVX-512): far, SmolLM2 Q4_0 decode 255-290 tok/s against
+        // 218-234 off, Q8_0 146-167 against 139-156, 2 threads.
+        if (family == 25 && is_512_bit(select_kernels())) return {PanelPrefetch::Off, PanelPrefetch::Far};
+        return {PanelPrefetch::Far, PanelPrefetch::Far};
 #else
-        return PanelPrefetch::Off;
+        return {PanelPrefetch::Off, PanelPrefetch::Far};
 #endif
     }();
     if (overridden >= 0) return (PanelPrefetch)overridden;
-    return n_tok >= 2 ? PanelPrefetch::Far : one_token;
+    return n_tok >= 2 ? chosen.batch : chosen.one_token;
 }
 
 bool switch_from_env(const char* name) {
@@ -231,6 +236,7 @@ int panel_tokens() {
 const char* panel_prefetch_name(PanelPrefetch p) {
     switch (p) {
         case PanelPrefetch::Far: return "far";
+        case PanelPrefetch::FarNta: return "far-nta";
         case PanelPrefetch::Near: return "near";
         default: return "off";
     }

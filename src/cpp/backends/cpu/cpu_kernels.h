@@ -238,16 +238,17 @@ void amx_probe();  // the tile instructions that probe runs (kernels_amx.cpp)
 // How the panel GEMVs (Q4_0x16 ... Q6_Kx16 decode, kernels_x86_panels16*.inc) and the float GEMV
 // prefetch their weight stream for n_tok tokens: far, every line 8 KB ahead into L2 (Intel: 1B
 // Q4_0 decode 1.25-1.45x on the lent Xeon, whose fill buffers alone did not cover DRAM latency);
-// near, one line ~1 KB ahead into L1; or off, the hardware's prefetchers alone. One token: by
-// CPU (far on x86 but Zen 4: on the Zen 4 VM, with the weights in huge pages, near cost ~20% of a
-// one-thread panel stream, and both near and far 5-25% of SmolLM2 decode; on a Zen 3 VM far made
-// SmolLM2 Q4_0 decode 1.13-1.2x faster, Q8_0 1.03-1.06x, and a 56 MB panel stream 1.1-1.35x; on a
-// Zen 5 VM SmolLM2 decode 1.17-1.47x; off on other CPUs). Two or
-// more (a batch step, a draft's verification): far everywhere (the Zen 4 VM, 1B shapes, 4 and 8
-// sequences: 1.15-1.5x tokens per CPU second; bench/results/batch_prefetch_vm2core.md).
-// FORGERT_CPU_PANEL_PREFETCH=far|near|off overrides both, for measuring. docs/design.md
-// "Repacked weights".
-enum class PanelPrefetch { Off, Near, Far };
+// far-nta, the same lines non-temporal (AMD puts them in L1 and not L2); near, one line ~1 KB
+// ahead into L1; or off, the hardware's prefetchers alone. By CPU: far on Intel and Zen 3
+// (SmolLM2 Q4_0 decode 1.13-1.2x, Q8_0 1.03-1.06x, a 56 MB panel stream 1.1-1.35x); far-nta on
+// Zen 5 and later (far alone: SmolLM2 decode 1.17-1.47x; non-temporal 1.05-1.08x faster again;
+// on the Xeon it read 0.41-0.76x of far); on Zen 4, off for one token (with the weights in huge
+// pages, near cost ~20% of a one-thread panel stream, and both near and far 5-25% of SmolLM2
+// decode) and far for two or more (a batch step, a draft's verification: 1B shapes, 4 and 8
+// sequences, 1.15-1.5x tokens per CPU second; bench/results/batch_prefetch_vm2core.md); off for
+// one token on other CPUs. FORGERT_CPU_PANEL_PREFETCH=far|far-nta|near|off overrides both, for
+// measuring. docs/design.md "Repacked weights".
+enum class PanelPrefetch { Off, Near, Far, FarNta };
 PanelPrefetch panel_prefetch(int64_t n_tok = 1);
 const char* panel_prefetch_name(PanelPrefetch p);
 
