@@ -186,8 +186,9 @@ PanelPrefetch panel_prefetch(int64_t n_tok) {
         unsigned a, b, c, d;
         const unsigned family = __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
         // Zen 5 and later (family 26+): far, non-temporal. On a Zen 5 VM, far (into L2) made
-        // SmolLM2 decode 1.17-1.47x faster than none, and non-temporal 1.05-1.08x faster again
-        // (the 1B Q4_0 too: 1.07-1.08x); the lent Xeon read 0.41-0.76x with it (T1 stays there).
+        // SmolLM2 decode 1.17-1.47x faster than none, and non-temporal faster again: 1B Q4_K_M
+        // 1.18-1.19x, 1B Q4_0 1.03-1.09x, SmolLM2 Q8_0 and K-quants 1.0-1.11x; SmolLM2 Q4_1 (at
+        // 95% of the read probe with far) 0.90-0.96x. The lent Xeon read 0.41-0.76x with it.
         if (family >= 26) return {PanelPrefetch::FarNta, PanelPrefetch::FarNta};
         // Zen 4 (family 25 with AVX-512): none for one token, the one CPU where far cost decode
         // time. Zen 3 (family 25, no AVX-512): far, SmolLM2 Q4_0 decode 255-290 tok/s against
