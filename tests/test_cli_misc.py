@@ -65,6 +65,48 @@ def test_info_matches_the_gguf_package(smollm2_gguf):
         assert expected in text.stdout
 
 
+def expected_kernel_sets() -> set:
+    """The kernel sets forgert may pick here, from /proc/cpuinfo's flags alone (x86 Linux): AMX
+    where the CPU lists it (some VMs list it and fault: then the AVX-512 set), else the best of
+    AVX-512 VNNI, AVX-VNNI, AVX2 + FMA + F16C, the portable set."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags:
+        return {"avx512-vnni", "avx512-amx"} if "amx_int8" in flags else {"avx512-vnni"}
+    if {"avx2", "fma", "f16c", "avx_vnni"} <= flags:
+        return {"avx2-vnni"}
+    if {"avx2", "fma", "f16c"} <= flags:
+        return {"avx2"}
+    return {"generic", "neon-dotprod", "neon-i8mm", "neon"}
+
+
+def test_info_names_this_machines_kernel_choices(smollm2_gguf):
+    """`forgert info` says what the CPU backend picked here (the issue's "the engine reports the ISA
+    and kernel choices it made"), and Model.info() the same for the model it runs."""
+    import os
+    import platform
+    import forgert as fg
+    result = forgert("info", smollm2_gguf, "--json")
+    assert result.returncode == 0, result.stderr
+    m = json.loads(result.stdout)["machine"]
+    k = m["cpu_kernels"]
+    assert k["kernels"] in k["available"]
+    if platform.system() == "Linux" and platform.machine() == "x86_64" and not os.environ.get("FORGERT_CPU_ISA"):
+        assert k["kernels"] in expected_kernel_sets()
+    assert k["prefill_int8_parts"] == 2   # the default: two parts (FORGERT_CPU_PREFILL unset)
+    assert 1 <= m["default_threads"] <= os.cpu_count()
+    text = forgert("info", smollm2_gguf)
+    assert text.returncode == 0
+    assert "this machine" in text.stdout and f"kernels         {k['kernels']}" in text.stdout
+    model = fg.Model(str(smollm2_gguf), backend="cpu", threads=1, n_ctx=64)
+    info = model.info()
+    assert info["threads"] == 1 and info["backend"] == f"cpu ({k['kernels']})"
+    assert info["cpu_kernels"] == k
+
+
 def test_info_bad_paths(tmp_path):
     assert_clean_failure(forgert("info", tmp_path / "nope.gguf"), "not found")
     junk = tmp_path / "junk.gguf"

@@ -385,6 +385,10 @@ class Model:
             "context_length": c.context_length, "n_ctx": self.n_ctx, "rope_theta": c.rope_theta,
             "rope_scaling": (c.rope_scaling or {}).get("type"), "rms_eps": c.rms_eps,
             "tied_embeddings": c.tied_embeddings, "backend": self.backend, "activations": self.activations,
+            "threads": self.threads,
+            # the CPU backend's choices on this machine (kernel set, prefill parts, repacked types,
+            # prefetch), as `forgert info` prints them; None on Metal
+            "cpu_kernels": dict(_import_core().cpu_info()) if self.backend.startswith("cpu") else None,
             # memory per sequence: f16 K/V bytes per position (attention layers), f32 recurrent states
             "kv_bytes_per_token": c.kv_bytes_per_position(), "state_bytes_per_sequence": c.state_bytes(),
             "bos_token_id": self.tokenizer.bos_id, "eos_token_id": self.tokenizer.eos_id,

@@ -43,6 +43,14 @@ def describe(loaded) -> dict:
     }
 
 
+def this_machine() -> dict:
+    """What the CPU backend chose on this machine (the kernel set among those this CPU can run,
+    the prefill activations' int8 parts, the weight types repacked at load, the decode GEMVs'
+    prefetch) and the threads a Model takes by default: one per physical core."""
+    from .. import _core, cpu_topology
+    return {"default_threads": cpu_topology.physical_cores(), "cpu_kernels": dict(_core.cpu_info())}
+
+
 def _shape(shape) -> list:
     """[rows, cols], or [cols] for vectors (the loader stores those as one row), or
     [n_expert, rows, cols] for an expert stack."""
@@ -102,6 +110,15 @@ def format_text(d: dict, show_tensors: bool, show_template: bool) -> str:
          + "".join(f"; {name!r}: {len(t)} characters" for name, t in sorted(d["named_chat_templates"].items()))),
     ]
     lines = [d["name"]] + [f"  {key:<15} {value}" for key, value in rows]
+    if "machine" in d:
+        m, k = d["machine"], d["machine"]["cpu_kernels"]
+        lines += ["this machine (CPU backend)",
+                  f"  {'kernels':<15} {k['kernels']} (this CPU runs: {', '.join(k['available'])})",
+                  f"  {'threads':<15} {m['default_threads']} by default (one per physical core)",
+                  f"  {'prefill':<15} int8 activations in {k['prefill_int8_parts']} part"
+                  f"{'s' if k['prefill_int8_parts'] > 1 else ''}",
+                  f"  {'repacked':<15} {', '.join(k['repacked_types']) or 'none'}",
+                  f"  {'prefetch':<15} {k['panel_prefetch']} (one token), {k['panel_prefetch_batch']} (several)"]
     if show_tensors:
         lines.append("tensors:")
         lines += [f"  {name:<32} {t['type']:<5} {t['shape']}" for name, t in d["tensors"].items()]
@@ -115,6 +132,7 @@ def run(args) -> int:
 
     loaded = load_model(resolve_model_path(args.path))
     d = describe(loaded)
+    d["machine"] = this_machine()
     if args.json:
         print(json.dumps(d, indent=2))
     else:
