@@ -43,7 +43,7 @@ def describe(loaded) -> dict:
     }
 
 
-def this_machine() -> dict:
+def this_machine() -> dict | None:
     """What the CPU backend chose on this machine (the kernel set among those this CPU can run,
     the prefill activations' int8 parts, the weight types repacked at load, the decode GEMVs'
     prefetch) and the threads a Model takes by default: one per physical core."""
