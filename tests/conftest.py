@@ -29,6 +29,27 @@ def subprocess_env(**extra) -> dict:
     return dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
 
 
+def cpuinfo_fields() -> dict:
+    """The first processor's fields in /proc/cpuinfo (vendor_id, cpu family, flags, ...), as the
+    tests' own statement of what the CPU is; {} where the file is missing."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags() -> set:
+    """/proc/cpuinfo's flags of the first processor (empty where the file is missing)."""
+    return set(cpuinfo_fields().get("flags", "").split())
+
+
 # Keep torch to the 2 cores CI has and quiet transformers' progress bars.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import cpuinfo_fields, subprocess_env
 
 IDS = [1, 17, 4, 99, 23, 5, 250, 8, 61, 3, 77, 140, 9, 12, 200, 31, 44, 7, 18, 120]  # 20: a prefill GEMM
 
@@ -303,13 +303,7 @@ def expected_prefetch() -> tuple[str, str]:
     from forgert import _core
     if platform.machine() not in ("x86_64", "AMD64"):
         return "off", "far"
-    fields = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
+    fields = cpuinfo_fields()
     if fields.get("vendor_id") == "AuthenticAMD":
         family = int(fields.get("cpu family", "0"))
         if family >= 26:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "cpp"
 CPU = SRC / "backends" / "cpu"
@@ -152,14 +154,6 @@ def test_kquant_panels_on_every_x86_set(x86_check_output):
                           ["gemm_i8", pt, "x2"]):
                 lines = set_lines(x86_check_output, name, *words)
                 assert lines and all(ln.endswith("ok") for ln in lines), (name, words, "\n".join(lines))
-
-
-def cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 @X86_ONLY
