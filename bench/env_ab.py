@@ -43,6 +43,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def run_bench(model: Path, threads: int, env: dict, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "forgert", "bench", "-m", str(model), "-t", str(threads), "-p", str(a.prompt_tokens),
            "-g", str(a.gen_tokens), "-r", str(a.repeats), "--json"]
+    if a.decode_depth is not None:
+        cmd += ["-d", str(a.decode_depth)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=forgert_env(a.installed, **env), timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--gen-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2, help="forgert bench's own repeats (it reports their median)")
+    ap.add_argument("--decode-depth", type=int, help="tokens in the cache when the timed decode starts "
+                    "(forgert bench -d; default: the prompt's)")
     ap.add_argument("--installed", action="store_true")
     a = ap.parse_args()
     variants = [parse_variant(v) for v in a.variant]
@@ -78,7 +82,8 @@ def main() -> None:
         return next(n for n, _ in variants if (n.rsplit(" ", 1)[0] if " " in n else "") == group)
 
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; {a.model.name}; {a.rounds} rounds alternating, "
-          f"forgert bench -p {a.prompt_tokens} -g {a.gen_tokens} -r {a.repeats}")
+          f"forgert bench -p {a.prompt_tokens} -g {a.gen_tokens} -r {a.repeats}"
+          + (f" -d {a.decode_depth}" if a.decode_depth is not None else ""))
     print()
     for name, env in variants:
         print(f"- {name}: {' '.join(f'{k}={v}' for k, v in env.items())}")

@@ -537,19 +537,20 @@ void check(const KernelSet* k, int cols) {
     }
     check_gemm_i8(k, cols, {1, 8, 21});  // whole token tiles and remainders of every size
     check_gemm_i8_extremes(k);
-    // attention: 5 queries (a decode-sized group: keys as rows) and 11 (blocks of queries
-    // against transposed key chunks, the last block short), causal lengths over two chunks;
+    // attention: 1, 3, 5 and 7 queries (decode-sized groups: keys as rows, in passes of 2 or 4
+    // queries on x86, the last pass short) and 11 (blocks of queries against transposed key
+    // chunks, the last block short), causal lengths over two chunks;
     // head sizes of every vector path: 64, 128 (whole 64-dim passes), 48 (16-dim passes), 40
     // (8-dim groups, scalar weighted sums) and 6 (scalar); soft-capped scores (Gemma 2) on every
     // other case, alternating so that each head size and each query count has both
-    const int head_sizes[] = {64, 128, 48, 40, 6}, query_counts[] = {5, 11};
+    const int head_sizes[] = {64, 128, 48, 40, 6}, query_counts[] = {1, 3, 5, 7, 11};
     for (int h = 0; h < 5; h++) {
         const int hd = head_sizes[h];
         const int ctx = 100;
         std::vector<uint16_t> kc(ctx * hd), vc(ctx * hd);
         for (auto& h : kc) h = f32_to_f16(normal(rng));
         for (auto& h : vc) h = f32_to_f16(normal(rng));
-        for (int n = 0; n < 2; n++) {
+        for (int n = 0; n < 5; n++) {
             const int nq = query_counts[n];
             std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), work(attention_work_floats(hd)), lse_a(nq),
                 lse_b(nq);
@@ -562,15 +563,51 @@ void check(const KernelSet* k, int cols) {
                 len[i] = 1 + (i * 37) % ctx;
             }
             const float softcap = (h + n) % 2 ? 1.5f : 0.0f;
-            g->attention_group(qs.data(), oas.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
+            g->attention_group(qs.data(), oas.data(), len.data(), nq, 1, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
                                work.data(), lse_a.data());
-            k->attention_group(qs.data(), obs.data(), len.data(), nq, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
+            k->attention_group(qs.data(), obs.data(), len.data(), nq, 1, kc.data(), vc.data(), hd, hd, 0.125f, softcap,
                                work.data(), lse_b.data());
             char what[80];
             std::snprintf(what, sizeof what, "attention_group hd=%d nq=%d softcap=%g", hd, nq, softcap);
             expect_close(k->name, what, oa, ob, 1e-5);
             std::snprintf(what, sizeof what, "attention_group lse hd=%d nq=%d softcap=%g", hd, nq, softcap);
             expect_close(k->name, what, lse_a, lse_b, 1e-5);
+        }
+    }
+    // Several KV heads in one call (decode's key ranges, rows of 3 heads): each query's bits as
+    // with its head alone, and close to the portable set; groups of 1, 3 and 4 queries, two
+    // causal lengths, over three chunks.
+    for (const int hd : {64, 128, 40}) {
+        for (const int group : {1, 3, 4}) {
+            const int n_kv = 3, nq = n_kv * group, ctx = 150, stride = n_kv * hd;
+            std::vector<uint16_t> kc(ctx * stride), vc(ctx * stride);
+            for (auto& h : kc) h = f32_to_f16(normal(rng));
+            for (auto& h : vc) h = f32_to_f16(normal(rng));
+            std::vector<float> q(nq * hd), oa(nq * hd), ob(nq * hd), oc(nq * hd), work(attention_work_floats(hd));
+            std::vector<float> lse_a(nq), lse_b(nq), lse_c(nq);
+            for (auto& v : q) v = normal(rng);
+            std::vector<const float*> qs(nq);
+            std::vector<float*> oas(nq), obs(nq), ocs(nq);
+            std::vector<int64_t> len(nq);
+            for (int i = 0; i < nq; i++) {
+                qs[i] = &q[i * hd], oas[i] = &oa[i * hd], obs[i] = &ob[i * hd], ocs[i] = &oc[i * hd];
+                len[i] = ctx - (i % 2) * 23;
+            }
+            const float softcap = group == 3 ? 1.5f : 0.0f;
+            g->attention_group(qs.data(), oas.data(), len.data(), nq, n_kv, kc.data(), vc.data(), stride, hd, 0.125f,
+                               softcap, work.data(), lse_a.data());
+            k->attention_group(qs.data(), obs.data(), len.data(), nq, n_kv, kc.data(), vc.data(), stride, hd, 0.125f,
+                               softcap, work.data(), lse_b.data());
+            for (int h = 0; h < n_kv; h++)
+                k->attention_group(&qs[h * group], &ocs[h * group], &len[h * group], group, 1, kc.data() + h * hd,
+                                   vc.data() + h * hd, stride, hd, 0.125f, softcap, work.data(), &lse_c[h * group]);
+            char what[80];
+            std::snprintf(what, sizeof what, "attention_group n_kv=3 hd=%d group=%d", hd, group);
+            expect_close(k->name, what, oa, ob, 1e-5);
+            const bool same = !std::memcmp(ob.data(), oc.data(), ob.size() * 4) &&
+                              !std::memcmp(lse_b.data(), lse_c.data(), nq * 4);
+            if (!same) failures++;
+            std::printf("%-12s %-40s bit-identical to each head alone %s\n", k->name, what, same ? "ok" : "FAIL");
         }
     }
     std::vector<float> gs(1000), us(1000), sa(1000), sb(1000);

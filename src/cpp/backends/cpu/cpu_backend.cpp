@@ -706,7 +706,7 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                         os[h] = parts + ((size_t)sp * group + h) * hd;
                         len[h] = nk;
                     }
-                    k_.attention_group(qs, os, len, group, row_f16(k_cache, rows.base(t0) + k0) + kvh * hd,
+                    k_.attention_group(qs, os, len, group, 1, row_f16(k_cache, rows.base(t0) + k0) + kvh * hd,
                                        row_f16(v_cache, rows.base(t0) + k0) + kvh * hd, kv_stride, hd, p.scale,
                                        p.softcap, scratch_[ith].data(), ls);
                 }
@@ -738,7 +738,7 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
                 if (is_prefix(t0))
                     for (; nq < kPrefixMinQueries; nq++)
                         qs[nq] = qs[0], os[nq] = pad_out[nq], len[nq] = len[0], heads[nq] = heads[0];
-                k_.attention_group(qs, os, len, nq, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
+                k_.attention_group(qs, os, len, nq, 1, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
                                    sinks ? lse : nullptr);
                 // A sink adds exp(sink) to the denominator exp(lse): out *= exp(lse) / (exp(lse) + exp(sink)).
                 if (sinks)
@@ -771,29 +771,38 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
     split_lse_.resize((size_t)n_splits * p.n_heads);         // [split][head]
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* qrow = q.data<float>();
-    const int64_t items = (int64_t)p.n_kv_heads * n_splits;
+    // Items: a key range and a block of consecutive KV heads, range-major. One call takes the
+    // block's heads together, so that it reads the range's cache rows whole (their slices of the
+    // block's heads); blocks as large as leave two items a thread and as the call's query bound allows.
+    const int want_blocks = (int)std::min<int64_t>(p.n_kv_heads, (2 * pool_.size() + n_splits - 1) / n_splits);
+    const int block_heads = std::max(1, std::min((p.n_kv_heads + want_blocks - 1) / want_blocks,
+                                                 kMaxGroupQueries / group));
+    const int n_blocks = (p.n_kv_heads + block_heads - 1) / block_heads;
+    const int64_t items = (int64_t)n_blocks * n_splits;
     pool_.parallel_for_ith(items, 1, [&](int ith, int64_t i0, int64_t i1) {
         const float* qs[kMaxGroupQueries];
         float* os[kMaxGroupQueries];
         int64_t len[kMaxGroupQueries];
         for (int64_t it = i0; it < i1; it++) {
-            const int sp = (int)(it / p.n_kv_heads), kvh = (int)(it % p.n_kv_heads);  // range-major
+            const int sp = (int)(it / n_blocks), kvh0 = (int)(it % n_blocks) * block_heads;  // range-major
+            const int n_kv = std::min(block_heads, p.n_kv_heads - kvh0), nq = n_kv * group;
             const int64_t k0 = first + sp * split_len;
             const int64_t nk = std::min(split_len, first + n_keys - k0);
-            float* lse = &split_lse_[(size_t)sp * p.n_heads + kvh * group];
+            float* lse = &split_lse_[(size_t)sp * p.n_heads + kvh0 * group];
             if (nk <= 0) {  // an empty range weighs nothing in the merge
-                for (int h = 0; h < group; h++) lse[h] = -INFINITY;
+                for (int h = 0; h < nq; h++) lse[h] = -INFINITY;
                 continue;
             }
-            for (int h = 0; h < group; h++) {
-                const int head = kvh * group + h;
+            for (int h = 0; h < nq; h++) {
+                const int head = kvh0 * group + h;
                 qs[h] = qrow + head * hd;
                 os[h] = &split_out_[((size_t)sp * p.n_heads + head) * hd];
                 len[h] = nk;
             }
-            const uint16_t* kp = row_f16(k_cache, k0) + kvh * hd;
-            const uint16_t* vp = row_f16(v_cache, k0) + kvh * hd;
-            k_.attention_group(qs, os, len, group, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(), lse);
+            const uint16_t* kp = row_f16(k_cache, k0) + kvh0 * hd;
+            const uint16_t* vp = row_f16(v_cache, k0) + kvh0 * hd;
+            k_.attention_group(qs, os, len, nq, n_kv, kp, vp, kv_stride, hd, p.scale, p.softcap, scratch_[ith].data(),
+                               lse);
         }
     });
     float* o = out.data<float>();

@@ -92,14 +92,17 @@ struct KernelSet {
     // dot(x, y) for f32 x and f16 y (attention scores), and y += a * x for f16 x (attention values).
     float (*dot_f32_f16)(const float* x, const uint16_t* y, int64_t n);
     void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
-    // Causal attention of nq query vectors that share one KV head (the GQA group's
-    // heads, for a block of tokens). Query i attends to keys 0..len[i]-1 of
-    // k, v (f16, rows kv_stride elements apart, head_dim hd <= kMaxHeadDim) with an
-    // online softmax over key chunks; `work` holds attention_work_floats(hd) floats.
+    // Causal attention of nq query vectors in n_kv groups of g = nq / n_kv, each group sharing
+    // one KV head (the GQA group's heads, for a block of tokens): group h's queries q[h g ..
+    // (h + 1) g) read columns h hd .. of the K and V rows. Query i attends to keys 0..len[i]-1 of
+    // k, v (f16, rows kv_stride elements apart, head_dim hd <= kMaxHeadDim) with an online
+    // softmax over key chunks; `work` holds attention_work_floats(hd) floats. A query's bits
+    // depend on its group's size, not on n_kv: several heads in one call let a set read the rows
+    // whole, chunk by chunk (decode at depth streams the cache from memory).
     // With lse != nullptr also lse[i] = log(sum of query i's exp-scores) (the log-sum-exp),
     // so that results over disjoint key ranges can be merged (split-K decode).
     // softcap > 0: each score s becomes softcap * tanh(s / softcap) before the softmax (Gemma 2).
-    void (*attention_group)(const float* const* q, float* const* out, const int64_t* len, int nq,
+    void (*attention_group)(const float* const* q, float* const* out, const int64_t* len, int nq, int n_kv,
                             const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
                             float softcap, float* work, float* lse);
     // y[i] = silu(g[i]) * u[i]

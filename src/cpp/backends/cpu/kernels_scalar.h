@@ -352,10 +352,24 @@ struct ScalarAttentionOps {
     }
 };
 
-inline void attention_group_scalar(const float* const* q, float* const* out, const int64_t* len, int nq,
+// attention_group's n_kv groups one after the other: one_head(q, out, len, g, k, v, lse) per KV
+// head h, on its g = nq / n_kv queries and its columns h hd .. of the K and V rows.
+template <class OneHead>
+void attention_each_head(OneHead&& one_head, const float* const* q, float* const* out, const int64_t* len, int nq,
+                         int n_kv, const uint16_t* k, const uint16_t* v, int hd, float* lse) {
+    const int g = nq / n_kv;
+    for (int h = 0; h < n_kv; h++)
+        one_head(q + h * g, out + h * g, len + h * g, g, k + (int64_t)h * hd, v + (int64_t)h * hd,
+                 lse ? lse + h * g : nullptr);
+}
+
+inline void attention_group_scalar(const float* const* q, float* const* out, const int64_t* len, int nq, int n_kv,
                                    const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale,
                                    float softcap, float* work, float* lse) {
-    attention_group_impl<ScalarAttentionOps>(q, out, len, nq, k, v, kv_stride, hd, scale, softcap, work, lse);
+    attention_each_head([&](const float* const* qh, float* const* oh, const int64_t* lh, int g, const uint16_t* kh,
+                            const uint16_t* vh, float* lseh) {
+        attention_group_impl<ScalarAttentionOps>(qh, oh, lh, g, kh, vh, kv_stride, hd, scale, softcap, work, lseh);
+    }, q, out, len, nq, n_kv, k, v, hd, lse);
 }
 
 }  // namespace
