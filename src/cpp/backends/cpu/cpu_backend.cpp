@@ -645,7 +645,6 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         for (; t < r1; t += blk) blocks_.push_back({t, std::min(r1, t + blk)});
         r0 = r1;
     }
-    const int64_t items = (int64_t)blocks_.size() * p.n_kv_heads;
     for (auto& s : scratch_) {
         if ((int64_t)s.size() < attention_work_floats(hd)) s.resize(attention_work_floats(hd));
     }
@@ -664,14 +663,30 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         return attention_split_keys(out, q, k_cache.slice_rows(rows.base(0), pos + 1),
                                     v_cache.slice_rows(rows.base(0), pos + 1), first, n_keys, splits_of(0, 1), p);
     }
-    if (classed) {  // room for the most key ranges of the pass's decode rows (they lead), outputs and lse
-        int64_t max_splits = 1;
-        for (int64_t t = 0; t < std::min<int64_t>(n, at.classes.n_decode); t++) {
-            int64_t first;
-            max_splits = std::max<int64_t>(max_splits, decode_key_splits(key_range(t, &first), p.n_kv_heads,
-                                                                         pool_.size()));
-        }
-        const size_t split_floats = (size_t)max_splits * group * (hd + 1);
+    // Work items: a block of rows and one KV head; a decode row with key ranges (a batch's, at
+    // depth) takes a block of consecutive KV heads instead, as many as leave two items a thread,
+    // so that one call reads its ranges' cache rows whole (as attention_split_keys does alone).
+    int64_t max_splits = 1, split_rows = 0;
+    for (const auto& [t0, t1] : blocks_) {
+        const int sp = splits_of(t0, t1);
+        if (sp > 1) max_splits = std::max<int64_t>(max_splits, sp), split_rows++;
+    }
+    int row_heads = 1;  // KV heads an item of a decode row with key ranges takes
+    if (split_rows > 0) {
+        const int64_t others = ((int64_t)blocks_.size() - split_rows) * p.n_kv_heads;
+        const int64_t need = 2 * pool_.size() - others;  // items still wanted from those rows
+        row_heads = need <= split_rows ? p.n_kv_heads : (int)std::max<int64_t>(1, p.n_kv_heads * split_rows / need);
+        row_heads = std::max(1, std::min(row_heads, kMaxGroupQueries / group));
+    }
+    attn_items_.clear();
+    for (int64_t b = 0; b < (int64_t)blocks_.size(); b++) {
+        const int heads_each = splits_of(blocks_[b].first, blocks_[b].second) > 1 ? row_heads : 1;
+        for (int kvh = 0; kvh < p.n_kv_heads; kvh += heads_each)
+            attn_items_.push_back({b, kvh, std::min(heads_each, p.n_kv_heads - kvh)});
+    }
+    const int64_t items = (int64_t)attn_items_.size();
+    if (split_rows > 0) {  // room for the most key ranges of the pass's decode rows, outputs and lse
+        const size_t split_floats = (size_t)max_splits * row_heads * group * (hd + 1);
         for (auto& s : split_work_)
             if (s.size() < split_floats) s.resize(split_floats);
         if (split_work_.size() < (size_t)pool_.size()) split_work_.resize(pool_.size(), std::vector<float>(split_floats));
@@ -686,34 +701,36 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         float lse[kMaxGroupQueries];
         alignas(64) float pad_out[kPrefixMinQueries][kMaxHeadDim];  // padding queries' outputs, unused
         {
-            const auto [t0, t1] = blocks_[it / p.n_kv_heads];
-            const int kvh = (int)(it % p.n_kv_heads);
+            const AttnItem item = attn_items_[it];
+            const auto [t0, t1] = blocks_[item.block];
+            const int kvh = item.kvh0;
             const int n_splits = splits_of(t0, t1);
             if (n_splits > 1) {  // a decode row in a batch: its ranges one after the other, merged as alone
                 int64_t first;
                 const int64_t n_keys = key_range(t0, &first), split_len = (n_keys + n_splits - 1) / n_splits;
-                float* parts = split_work_[ith].data();                     // [split][head in group][hd]
-                float* lses = parts + (size_t)n_splits * group * hd;        // [split][head in group]
+                const int nq = item.n_kv * group;                          // the item's heads, kvh on
+                float* parts = split_work_[ith].data();                     // [split][head in item][hd]
+                float* lses = parts + (size_t)n_splits * nq * hd;           // [split][head in item]
                 for (int sp = 0; sp < n_splits; sp++) {
                     const int64_t k0 = first + sp * split_len, nk = std::min(split_len, first + n_keys - k0);
-                    float* ls = lses + sp * group;
+                    float* ls = lses + sp * nq;
                     if (nk <= 0) {
-                        for (int h = 0; h < group; h++) ls[h] = -INFINITY;
+                        for (int h = 0; h < nq; h++) ls[h] = -INFINITY;
                         continue;
                     }
-                    for (int h = 0; h < group; h++) {
+                    for (int h = 0; h < nq; h++) {
                         qs[h] = row_f32(q, t0) + (kvh * group + h) * hd;
-                        os[h] = parts + ((size_t)sp * group + h) * hd;
+                        os[h] = parts + ((size_t)sp * nq + h) * hd;
                         len[h] = nk;
                     }
-                    k_.attention_group(qs, os, len, group, 1, row_f16(k_cache, rows.base(t0) + k0) + kvh * hd,
+                    k_.attention_group(qs, os, len, nq, item.n_kv, row_f16(k_cache, rows.base(t0) + k0) + kvh * hd,
                                        row_f16(v_cache, rows.base(t0) + k0) + kvh * hd, kv_stride, hd, p.scale,
                                        p.softcap, scratch_[ith].data(), ls);
                 }
-                for (int h = 0; h < group; h++) {
+                for (int h = 0; h < nq; h++) {
                     const int head = kvh * group + h;
                     merge_key_splits(row_f32(out, t0) + head * hd, hd, n_splits, parts + (size_t)h * hd,
-                                     (size_t)group * hd, lses + h, group, sinks ? &sinks[head] : nullptr);
+                                     (size_t)nq * hd, lses + h, nq, sinks ? &sinks[head] : nullptr);
                 }
                 return;
             }

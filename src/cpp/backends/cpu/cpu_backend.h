@@ -174,6 +174,11 @@ private:
     RopeAngleCache rope_angles_;                // a decode row's RoPE angles, shared by a token's layers
     std::vector<std::vector<float>> split_work_;  // per thread: a batch's decode row's key-range partials
     std::vector<std::pair<int64_t, int64_t>> blocks_;  // attention's row blocks [t0, t1), one sequence each
+    struct AttnItem {
+        int64_t block;  // index into blocks_
+        int kvh0, n_kv;  // KV heads kvh0 .. kvh0 + n_kv
+    };
+    std::vector<AttnItem> attn_items_;  // attention's work items over blocks_
     std::vector<float> xt_;                    // activations transposed for gemm_panel
     std::unique_ptr<Buffer> gathered_x_, gathered_y_;  // matmul_id: one expert's rows, in and out
 };
