@@ -46,7 +46,9 @@ def fill_prompts(engine, n_seqs: int, prompt_tokens: int, vocab: int) -> list:
     nxt = []
     for s in range(n_seqs):
         prompt = rng.integers(1, vocab, prompt_tokens).astype(np.int32)
-        nxt.append(int(engine.forward_batch_argmax([(s, prompt, 0)])[0]))
+        for p0 in range(0, prompt_tokens, 512):  # a pass holds at most the engine's max_batch (512) tokens
+            last = engine.forward_batch_argmax([(s, prompt[p0:p0 + 512], p0)])
+        nxt.append(int(last[0]))
     return nxt
 
 
