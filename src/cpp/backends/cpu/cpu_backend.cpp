@@ -589,6 +589,16 @@ int decode_key_splits(int64_t n_keys, int n_kv_heads, int n_threads) {
     return (int)std::max<int64_t>(1, std::min<int64_t>(want, n_keys / kMinSplitKeys));
 }
 
+// KV heads a work item of decode attention takes: `units` things (key ranges, or decode rows) are
+// each cut into blocks of consecutive heads, as large as still give `want_items` items in all, and
+// as one attention_group call's query bound (kMaxGroupQueries) allows. Every head of a block is
+// read in one call: its cache rows whole (a head's slice of a row is a third to an eighth of it).
+int kv_heads_per_item(int n_kv_heads, int group, int64_t units, int64_t want_items) {
+    const int64_t blocks = std::clamp<int64_t>((want_items + units - 1) / units, 1, n_kv_heads);
+    const int heads = (int)((n_kv_heads + blocks - 1) / blocks);
+    return std::max(1, std::min(heads, kMaxGroupQueries / group));
+}
+
 // One head's output from its key ranges' normalized outputs and log-sum-exps: out = sum_s w_s
 // out_s / sum_s w_s with w_s = exp(lse_s - max lse), the softmax over all keys. A sink joins the
 // denominator only (it weighs no value row).                 parts[s * part_stride + d], lse[s * lse_stride]
@@ -671,13 +681,11 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const Tensor& k_c
         const int sp = splits_of(t0, t1);
         if (sp > 1) max_splits = std::max<int64_t>(max_splits, sp), split_rows++;
     }
-    int row_heads = 1;  // KV heads an item of a decode row with key ranges takes
-    if (split_rows > 0) {
-        const int64_t others = ((int64_t)blocks_.size() - split_rows) * p.n_kv_heads;
-        const int64_t need = 2 * pool_.size() - others;  // items still wanted from those rows
-        row_heads = need <= split_rows ? p.n_kv_heads : (int)std::max<int64_t>(1, p.n_kv_heads * split_rows / need);
-        row_heads = std::max(1, std::min(row_heads, kMaxGroupQueries / group));
-    }
+    // KV heads an item of a decode row with key ranges takes: two items a thread with the others'
+    const int64_t others = ((int64_t)blocks_.size() - split_rows) * p.n_kv_heads;
+    const int row_heads = split_rows > 0 ? kv_heads_per_item(p.n_kv_heads, group, split_rows,
+                                                             2 * pool_.size() - others)
+                                         : 1;
     attn_items_.clear();
     for (int64_t b = 0; b < (int64_t)blocks_.size(); b++) {
         const int heads_each = splits_of(blocks_[b].first, blocks_[b].second) > 1 ? row_heads : 1;
@@ -788,12 +796,8 @@ void CpuBackend::attention_split_keys(const Tensor& out, const Tensor& q, const 
     split_lse_.resize((size_t)n_splits * p.n_heads);         // [split][head]
     const int64_t kv_stride = (int64_t)(k_cache.stride / 2);
     const float* qrow = q.data<float>();
-    // Items: a key range and a block of consecutive KV heads, range-major. One call takes the
-    // block's heads together, so that it reads the range's cache rows whole (their slices of the
-    // block's heads); blocks as large as leave two items a thread and as the call's query bound allows.
-    const int want_blocks = (int)std::min<int64_t>(p.n_kv_heads, (2 * pool_.size() + n_splits - 1) / n_splits);
-    const int block_heads = std::max(1, std::min((p.n_kv_heads + want_blocks - 1) / want_blocks,
-                                                 kMaxGroupQueries / group));
+    // Items: a key range and a block of consecutive KV heads (two items a thread), range-major.
+    const int block_heads = kv_heads_per_item(p.n_kv_heads, group, n_splits, 2 * pool_.size());
     const int n_blocks = (p.n_kv_heads + block_heads - 1) / block_heads;
     const int64_t items = (int64_t)n_blocks * n_splits;
     pool_.parallel_for_ith(items, 1, [&](int ith, int64_t i0, int64_t i1) {

@@ -234,6 +234,27 @@ inline void prefetch_row(const uint16_t* k, const uint16_t* v, int hd) {
     }
 }
 
+// The online softmax's running state for nq queries (nq <= kMaxGroupQueries): each query's max
+// score m and denominator l so far; its output rows start at 0 and accumulate unnormalized.
+struct OnlineSoftmax {
+    float m[kMaxGroupQueries], l[kMaxGroupQueries];
+    OnlineSoftmax(float* const* out, int nq, int hd) {
+        for (int i = 0; i < nq; i++) {
+            m[i] = -INFINITY;
+            l[i] = 0.0f;
+            std::memset(out[i], 0, sizeof(float) * hd);
+        }
+    }
+    // out_i /= l_i, and lse_i = m_i + log l_i (what the merge of key ranges reads) where lse is given
+    void finish(float* const* out, int nq, int hd, float* lse) const {
+        for (int i = 0; i < nq; i++) {
+            const float inv = 1.0f / l[i];
+            for (int d = 0; d < hd; d++) out[i][d] *= inv;
+            if (lse) lse[i] = m[i] + std::log(l[i]);
+        }
+    }
+};
+
 // Online-softmax attention shared by every kernel set: `Ops` supplies the
 // inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
 // Ops supplies: kQueryBlock (queries scored together), load_keys (a chunk of K rows to
@@ -251,13 +272,9 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
     float* acc = s + QB * kAttnChunk;       // [hd]
     int64_t max_len = 0;
     for (int i = 0; i < nq; i++) max_len = std::max(max_len, len[i]);
-    // Running max and softmax denominator per query (callers pass nq <= kMaxGroupQueries).
-    float m_run[kMaxGroupQueries], l_run[kMaxGroupQueries];
-    for (int i = 0; i < nq; i++) {
-        m_run[i] = -INFINITY;
-        l_run[i] = 0.0f;
-        std::memset(out[i], 0, sizeof(float) * hd);
-    }
+    OnlineSoftmax sm(out, nq, hd);  // callers pass nq <= kMaxGroupQueries
+    float* m_run = sm.m;
+    float* l_run = sm.l;
     for (int64_t j0 = 0; j0 < max_len; j0 += kAttnChunk) {
         const int64_t nj = std::min<int64_t>(kAttnChunk, max_len - j0);
         Ops::load_keys(k + j0 * kv_stride, kv_stride, nj, hd, kf);
@@ -300,11 +317,7 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
             Ops::weighted_sum_block(s, nb, vf, block_keys, hd, corrections, out + i0, acc);
         }
     }
-    for (int i = 0; i < nq; i++) {
-        const float inv = 1.0f / l_run[i];
-        for (int d = 0; d < hd; d++) out[i][d] *= inv;
-        if (lse) lse[i] = m_run[i] + std::log(l_run[i]);
-    }
+    sm.finish(out, nq, hd, lse);
 }
 
 // weighted_sum for each query of a block (p rows kAttnChunk apart), one after the other.
