@@ -253,6 +253,22 @@ def test_scores_in_a_pass_split_by_max_batch_are_refused(tiny_models):
         eng.prefill(toks, 0, _core.RowScores(toks + 1, 1))
 
 
+def test_forward_argmax_over_several_max_batch_chunks(tiny_models):
+    """A prompt longer than max_batch from position 0: its first chunk holds decode rows
+    (positions below kMaxDecodeRun) and prefix rows, split into two entries as forward splits
+    it (it raised "run_layers: entries of one class each" before). The device's argmax is the
+    argmax of forward's last logits row, and both agree with a one-chunk engine's."""
+    tm = tiny_models("llama_tied")
+    toks = prompts(tm.vocab, [40], seed=3)[0]
+    chunked = make_engine(tm, "cpu", n_slots=1, max_batch=16)
+    whole = make_engine(tm, "cpu", n_slots=1, max_batch=64)
+    best = int(np.asarray(chunked.forward_argmax(toks, 0)).reshape(-1)[-1])
+    last = np.asarray(chunked.forward(toks, 0)).reshape(-1)
+    ref = np.asarray(whole.forward(toks, 0)).reshape(-1)
+    assert best == int(last.argmax()) == int(ref.argmax())
+    assert_close(last, ref, "forward in 16-token chunks")
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda c: (0, [1, 2], 0, c.RowScores([3], 1)), "1 targets for 2 tokens"),
     (lambda c: (0, [1, 2], 0, c.RowScores([3, 10**6], 1)), "target token id 1000000"),

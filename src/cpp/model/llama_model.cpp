@@ -750,9 +750,12 @@ int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     profile_ = Profile{};
     int done = 0;
     for (; n - done > max_batch_; done += max_batch_) {  // chunks before the last: KV cache only
-        const BatchEntry chunk{0, tokens + done, max_batch_, pos + done};
+        BatchEntry chunk{0, tokens + done, max_batch_, pos + done};
+        chunk.prompt_prefix = true;
+        // its rows at positions below kMaxDecodeRun are decode rows: two entries, as forward_rows
+        const BatchEntry* parts = decode_first(&chunk, 1);
         be_->begin();
-        run_layers(&chunk, 1);
+        run_layers(parts, n_ordered_);
         be_->commit();
         be_->wait();
     }
