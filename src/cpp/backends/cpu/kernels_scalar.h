@@ -255,11 +255,38 @@ struct OnlineSoftmax {
     }
 };
 
+// The online softmax's step for nq rows of scores s (rows kAttnChunk apart) of one key chunk, row
+// i's keys j < n_keys[i] (<= 0: none), block_keys the most of them: m_run / l_run updated, each row
+// turned into weights e^(s - m) (0 past its limit, up to block_keys) and its output's correction
+// e^(m_old - m_new) (1 without keys here). A query's steps use only its own row. One query at a
+// time with Ops' max and exp_sub; the x86 sets take every row's correction in one vector exp.
+template <class Ops>
+void softmax_rows_each(float* s, int nq, const int64_t* n_keys, int64_t block_keys, float* m_run, float* l_run,
+                       float* corrections) {
+    for (int i = 0; i < nq; i++) {
+        float* si = s + i * kAttnChunk;
+        corrections[i] = 1.0f;
+        if (n_keys[i] <= 0) {  // nothing for this query in this chunk: weights 0
+            std::memset(si, 0, sizeof(float) * block_keys);
+            continue;
+        }
+        const float m = std::max(m_run[i], Ops::max(si, n_keys[i]));
+        const float correction = std::exp(m_run[i] - m);  // 0 on the first chunk
+        const float chunk_sum = Ops::exp_sub(si, n_keys[i], m);
+        l_run[i] = l_run[i] * correction + chunk_sum;
+        m_run[i] = m;
+        corrections[i] = correction;
+        // keys past this query's causal limit weigh 0 in the block's weighted sum
+        std::memset(si + n_keys[i], 0, sizeof(float) * (block_keys - n_keys[i]));
+    }
+}
+
 // Online-softmax attention shared by every kernel set: `Ops` supplies the
 // inner loops (f16 -> f32 conversion, dot products, exp, axpy) per ISA.
 // Ops supplies: kQueryBlock (queries scored together), load_keys (a chunk of K rows to
 // f32 in whatever layout its scores() reads), scores (the block's queries x the chunk's
-// keys, rows kAttnChunk apart), exp_sub and weighted_sum.
+// keys, rows kAttnChunk apart), softmax_rows (softmax_rows_each's contract) and
+// weighted_sum_block.
 template <class Ops>
 void attention_group_impl(const float* const* q, float* const* out, const int64_t* len, int nq, const uint16_t* k,
                           const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap, float* work,
@@ -289,29 +316,17 @@ void attention_group_impl(const float* const* q, float* const* out, const int64_
         }
         for (int i0 = 0; i0 < nq; i0 += QB) {
             const int nb = std::min(QB, nq - i0);
-            int64_t block_keys = 0;  // keys any query of the block sees in this chunk
-            for (int i = i0; i < i0 + nb; i++) block_keys = std::max(block_keys, std::min<int64_t>(nj, len[i] - j0));
+            // each query's causal limit in this chunk (<= 0: none), and the most of them
+            int64_t n_keys[kMaxQueryBlock], block_keys = 0;
+            for (int i = 0; i < nb; i++) {
+                n_keys[i] = std::min<int64_t>(nj, len[i0 + i] - j0);
+                block_keys = std::max(block_keys, n_keys[i]);
+            }
             if (block_keys <= 0) continue;
             Ops::scores(q + i0, nb, kf, block_keys, hd, scale, s);
             if (softcap > 0.0f) soft_cap_scores(s, nb, block_keys, softcap);
             float corrections[kMaxQueryBlock];
-            for (int i = i0; i < i0 + nb; i++) {
-                const int64_t n_keys = std::min<int64_t>(nj, len[i] - j0);  // causal limit of this query
-                float* si = s + (i - i0) * kAttnChunk;
-                corrections[i - i0] = 1.0f;
-                if (n_keys <= 0) {  // nothing for this query in this chunk: weights 0
-                    std::memset(si, 0, sizeof(float) * block_keys);
-                    continue;
-                }
-                const float m = std::max(m_run[i], Ops::max(si, n_keys));
-                const float correction = std::exp(m_run[i] - m);  // 0 on the first chunk
-                const float chunk_sum = Ops::exp_sub(si, n_keys, m);
-                l_run[i] = l_run[i] * correction + chunk_sum;
-                m_run[i] = m;
-                corrections[i - i0] = correction;
-                // keys past this query's causal limit weigh 0 in the block's weighted sum
-                std::memset(si + n_keys, 0, sizeof(float) * (block_keys - n_keys));
-            }
+            Ops::softmax_rows(s, nb, n_keys, block_keys, m_run + i0, l_run + i0, corrections);
             // out_i = out_i * correction_i + sum_j p_ij v_j for the block's queries at once: each
             // V row is loaded once for all of them.
             Ops::weighted_sum_block(s, nb, vf, block_keys, hd, corrections, out + i0, acc);
@@ -329,6 +344,10 @@ void weighted_sum_each(const float* p, int nq, const float* vf, int64_t nk, int 
 
 struct ScalarAttentionOps {
     static constexpr int kQueryBlock = 1;
+    static void softmax_rows(float* s, int nq, const int64_t* n_keys, int64_t block_keys, float* m_run, float* l_run,
+                             float* corrections) {
+        softmax_rows_each<ScalarAttentionOps>(s, nq, n_keys, block_keys, m_run, l_run, corrections);
+    }
     static void weighted_sum_block(const float* p, int nq, const float* vf, int64_t nk, int hd,
                                    const float* corrections, float* const* out, float* acc) {
         weighted_sum_each<ScalarAttentionOps>(p, nq, vf, nk, hd, corrections, out, acc);
