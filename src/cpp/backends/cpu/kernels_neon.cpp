@@ -3,6 +3,7 @@
 // -march=armv8.2-a+dotprod+fp16 on Linux; chosen only when the CPU reports dotprod.
 #include "kernels_panel.h"
 #include "kernels_scalar.h"
+#include "kernels_attention_softmax.h"
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
