@@ -748,17 +748,10 @@ void LlamaModel::forward_rows(const int32_t* tokens, int n, int pos, bool all_ro
 int LlamaModel::forward_argmax(const int32_t* tokens, int n, int pos) {
     check_input(tokens, n, pos);
     profile_ = Profile{};
-    int done = 0;
-    for (; n - done > max_batch_; done += max_batch_) {  // chunks before the last: KV cache only
-        BatchEntry chunk{0, tokens + done, max_batch_, pos + done};
-        chunk.prompt_prefix = true;
-        // its rows at positions below kMaxDecodeRun are decode rows: two entries, as forward_rows
-        const BatchEntry* parts = decode_first(&chunk, 1);
-        be_->begin();
-        run_layers(parts, n_ordered_);
-        be_->commit();
-        be_->wait();
-    }
+    // The chunks before the last: KV cache only, cut and split into decode and prefix rows as
+    // forward cuts them (forward_rows without an output; it starts the profile afresh, as here).
+    const int done = (n - 1) / max_batch_ * max_batch_;
+    if (done > 0) forward_rows(tokens, done, pos, false, false, nullptr);
     const BatchEntry last{0, tokens + done, n - done, pos + done};
     int32_t best = 0;
     forward_batch_argmax(&last, 1, &best);

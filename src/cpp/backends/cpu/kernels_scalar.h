@@ -259,7 +259,8 @@ struct OnlineSoftmax {
 // i's keys j < n_keys[i] (<= 0: none), block_keys the most of them: m_run / l_run updated, each row
 // turned into weights e^(s - m) (0 past its limit, up to block_keys) and its output's correction
 // e^(m_old - m_new) (1 without keys here). A query's steps use only its own row. One query at a
-// time with Ops' max and exp_sub; the x86 sets take every row's correction in one vector exp.
+// time with Ops' max and exp_sub (the portable set); the x86 and NEON sets run attn_softmax_rows
+// (kernels_attention_softmax.h), every row's correction in one vector exp.
 template <class Ops>
 void softmax_rows_each(float* s, int nq, const int64_t* n_keys, int64_t block_keys, float* m_run, float* l_run,
                        float* corrections) {
