@@ -89,9 +89,6 @@ struct KernelSet {
     // Convert n f16 values to f32 and back.
     void (*f16_to_f32_row)(const uint16_t* x, float* y, int64_t n);
     void (*f32_to_f16_row)(const float* x, uint16_t* y, int64_t n);
-    // dot(x, y) for f32 x and f16 y (attention scores), and y += a * x for f16 x (attention values).
-    float (*dot_f32_f16)(const float* x, const uint16_t* y, int64_t n);
-    void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
     // Causal attention of nq query vectors in n_kv groups of g = nq / n_kv, each group sharing
     // one KV head (the GQA group's heads, for a block of tokens): group h's queries q[h g ..
     // (h + 1) g) read columns h hd .. of the K and V rows. Query i attends to keys 0..len[i]-1 of

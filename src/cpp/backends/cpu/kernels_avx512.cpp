@@ -11,7 +11,7 @@ namespace forgert::cpu {
 const KernelSet* kernels_avx512() {
     static const KernelSet set = {"avx512-vnni", quantize_row_q8, gemm_q, gemm_f,
                                   gemm_panel, 2 * PanelVec::W,
-                                  f16_to_f32_row, f32_to_f16_row, dot_f32_f16, axpy_f16,
+                                  f16_to_f32_row, f32_to_f16_row,
                                   attention_group, silu_mul_row, gelu_mul_row,
                                   gemm_i8, kGemmI8Types,
                                   i8_type_bit(DType::Q4_0) | i8_type_bit(DType::Q4_1) | i8_type_bit(DType::Q5_0) |

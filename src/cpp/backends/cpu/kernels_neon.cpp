@@ -383,7 +383,7 @@ constexpr uint64_t kNeonGemmI8Types = i8_type_bit(DType::Q8_0) | i8_type_bit(DTy
 
 const KernelSet* kernels_neon() {
     static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
-                                  f16_to_f32_row,     f32_to_f16_row,         dot_f32_f16_scalar, axpy_f16_scalar,
+                                  f16_to_f32_row,     f32_to_f16_row,
                                   attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar,
                                   gemm_i8_neon,       kNeonGemmI8Types};
     return &set;

@@ -200,14 +200,6 @@ inline void f16_to_f32_row_scalar(const uint16_t* x, float* y, int64_t n) {
 inline void f32_to_f16_row_scalar(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = f32_to_f16(x[i]);
 }
-inline float dot_f32_f16_scalar(const float* x, const uint16_t* y, int64_t n) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += x[i] * f16_to_f32(y[i]);
-    return s;
-}
-inline void axpy_f16_scalar(float a, const uint16_t* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += a * f16_to_f32(x[i]);
-}
 
 inline void silu_mul_row_scalar(const float* g, const float* u, float* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
