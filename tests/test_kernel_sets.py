@@ -205,3 +205,10 @@ def test_neon_kernel_set_matches_generic(tmp_path):
         for t in [*LATTICE, "Q4_1", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]:
             lines = [ln for ln in out.splitlines() if ln.split()[:1] == [name] and f"gemm_i8 {t} " in ln]
             assert len(lines) >= 12 and all(ln.endswith("ok") for ln in lines), f"{name} {t}:\n" + "\n".join(lines)
+    # the vector math: decode attention over every KV head in one call (kernels_attention_rows.h on
+    # NeonVec4), the gated activations, the activation quantizer (the same parts as the generic one)
+    for name in ("neon-dotprod", "neon-i8mm"):
+        for words in (["attention_group", "n_kv=3", "bit-identical to each head alone"], ["attention_group", "nq=3"],
+                      ["silu_mul_row"], ["gelu_mul_row"], ["quantize_row_q8 identical"]):
+            lines = [ln for ln in out.splitlines() if ln.split()[:1] == [name] and all(w in ln for w in words)]
+            assert lines and all(ln.endswith("ok") for ln in lines), f"{name} {words}:\n" + "\n".join(lines)

@@ -461,14 +461,28 @@ void check(const KernelSet* k, int cols) {
     std::vector<float> x(ntok * cols);
     for (auto& v : x) v = normal(rng);
     std::vector<BlockQ8Act> xq(ntok * nb), xq2(ntok * nb);
+    // the quantizers also on edge blocks: all zeros (d = 0), tiny and huge magnitudes, equal
+    // values (every lane at the block's max)
+    std::vector<float> x_edge = x;
+    for (int i = 0; i < FG_QK; i++) {
+        x_edge[i] = 0.0f;
+        x_edge[cols + i] *= 1e-20f;
+        x_edge[2 * cols + i] *= 1e20f;
+        x_edge[3 * cols + i] = -2.5f;
+    }
+    std::vector<BlockQ8Act> eq(ntok * nb), eq2(ntok * nb);
     for (int t = 0; t < ntok; t++) {
         g->quantize_row_q8(&x[t * cols], &xq[t * nb], cols);
         k->quantize_row_q8(&x[t * cols], &xq2[t * nb], cols);
+        g->quantize_row_q8(&x_edge[t * cols], &eq[t * nb], cols);
+        k->quantize_row_q8(&x_edge[t * cols], &eq2[t * nb], cols);
     }
     bool same = true;  // identical parts; the float sum may differ in summation order
-    for (int i = 0; i < ntok * nb; i++)
-        same &= xq[i].d == xq2[i].d && std::fabs(xq[i].sum - xq2[i].sum) <= 1e-5f * (1 + std::fabs(xq[i].sum)) &&
-                !std::memcmp(xq[i].hi, xq2[i].hi, FG_QK) && !std::memcmp(xq[i].lo, xq2[i].lo, FG_QK);
+    auto same_block = [](const BlockQ8Act& a, const BlockQ8Act& b) {
+        return a.d == b.d && std::fabs(a.sum - b.sum) <= 1e-5f * (1 + std::fabs(a.sum)) &&
+               !std::memcmp(a.hi, b.hi, FG_QK) && !std::memcmp(a.lo, b.lo, FG_QK);
+    };
+    for (int i = 0; i < ntok * nb; i++) same &= same_block(xq[i], xq2[i]) && same_block(eq[i], eq2[i]);
     if (!same) failures++;
     std::printf("%-12s %-28s %s\n", k->name, "quantize_row_q8 identical", same ? "ok" : "FAIL");
 

@@ -3,7 +3,7 @@
 // -march=armv8.2-a+dotprod+fp16 on Linux; chosen only when the CPU reports dotprod.
 #include "kernels_panel.h"
 #include "kernels_scalar.h"
-#include "kernels_attention_softmax.h"
+#include "kernels_attention_rows.h"
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -342,6 +342,44 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
     f32_to_f16_row_scalar(x + i, y + i, n - i);
 }
 
+// The int8 activation parts as quantize_row_q8_scalar defines them (the same hi, lo and d, every
+// step the same rounding: ties to even, then the lo part clamped), on four lanes; only the float
+// sum (the mins' term) adds in another order: per lane, then across the lanes.
+void quantize_row_q8(const float* x, BlockQ8Act* y, int64_t n) {
+    static_assert(FG_QK == 32, "8 vectors a block");
+    const float32x4_t lo_min = vdupq_n_f32(-127.0f), lo_max = vdupq_n_f32(127.0f);
+    for (int64_t b = 0; b < n / FG_QK; b++) {
+        const float* xb = x + b * FG_QK;
+        float32x4_t v[8], amax = vdupq_n_f32(0.0f), sum = vdupq_n_f32(0.0f);
+        for (int j = 0; j < 8; j++) {
+            v[j] = vld1q_f32(xb + 4 * j);
+            amax = vmaxq_f32(amax, vabsq_f32(v[j]));
+            sum = vaddq_f32(sum, v[j]);
+        }
+        const float d = vmaxvq_f32(amax) / 127.0f;
+        const float32x4_t id = vdupq_n_f32(d != 0.0f ? 1.0f / d : 0.0f);
+        int16x8_t h16[4], l16[4];
+        for (int j = 0; j < 4; j++) {
+            int32x4_t h[2], l[2];
+            for (int u = 0; u < 2; u++) {
+                const float32x4_t s = vmulq_f32(v[2 * j + u], id);
+                const float32x4_t hf = vrndnq_f32(s);
+                const float32x4_t lf = vminq_f32(vmaxq_f32(vrndnq_f32(vmulq_n_f32(vsubq_f32(s, hf), 256.0f)), lo_min), lo_max);
+                h[u] = vcvtq_s32_f32(hf);
+                l[u] = vcvtq_s32_f32(lf);
+            }
+            h16[j] = vcombine_s16(vmovn_s32(h[0]), vmovn_s32(h[1]));
+            l16[j] = vcombine_s16(vmovn_s32(l[0]), vmovn_s32(l[1]));
+        }
+        vst1q_s8(y[b].hi, vcombine_s8(vmovn_s16(h16[0]), vmovn_s16(h16[1])));
+        vst1q_s8(y[b].hi + 16, vcombine_s8(vmovn_s16(h16[2]), vmovn_s16(h16[3])));
+        vst1q_s8(y[b].lo, vcombine_s8(vmovn_s16(l16[0]), vmovn_s16(l16[1])));
+        vst1q_s8(y[b].lo + 16, vcombine_s8(vmovn_s16(l16[2]), vmovn_s16(l16[3])));
+        y[b].d = d * (1.0f / 256.0f);
+        y[b].sum = vaddvq_f32(sum);
+    }
+}
+
 // Prefill GEMM (kernels_panel.h) on 4-float vectors: 12 rows x 2 vectors = 24 of the
 // 32 registers accumulate, 8 tokens per tile.
 struct NeonPanel {
@@ -366,6 +404,7 @@ void gemm_panel(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64_t
     gemm_panel_any<NeonPanel>(wt, w, w_stride, r0, r1, xp, cols, n_tok, out, out_stride, work);
 }
 
+#include "kernels_neon_math.inc"       // exp4, NeonVec4, silu_mul_row, gelu_mul_row
 #include "kernels_neon_attention.inc"  // attention_group
 
 }  // namespace
@@ -382,9 +421,9 @@ constexpr uint64_t kNeonGemmI8Types = i8_type_bit(DType::Q8_0) | i8_type_bit(DTy
                                       kI8LatticeTypes;
 
 const KernelSet* kernels_neon() {
-    static const KernelSet set = {"neon-dotprod",     quantize_row_q8_scalar, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
+    static const KernelSet set = {"neon-dotprod",     quantize_row_q8, gemm_q, gemm_f, gemm_panel, 2 * NeonPanel::W,
                                   f16_to_f32_row,     f32_to_f16_row,
-                                  attention_group,    silu_mul_row_scalar, gelu_mul_row_scalar,
+                                  attention_group,    silu_mul_row,       gelu_mul_row,
                                   gemm_i8_neon,       kNeonGemmI8Types};
     return &set;
 }

@@ -1,11 +1,11 @@
-// Decode attention on x86: a GQA group's few queries (nq < kAttnBlockMinQueries) against K and V
-// rows read straight from the f16 cache; and the online softmax's max / exp over a row of scores
-// at the set's full width, for these and the query-block kernels (prefill). Included by
-// kernels_x86.inc after exp256, before the query-block ops.
+// Decode attention on any vector set: a GQA group's few queries (nq < kAttnBlockMinQueries)
+// against K and V rows read straight from the f16 cache. The x86 sets (AttnRowVec: 8 or 16
+// lanes, kernels_x86_attention_vec.inc) and NEON (NeonVec4: 4 lanes, kernels_neon_math.inc)
+// instantiate it; the online softmax's step is kernels_attention_softmax.h's.
 //
 // Why its own loop: the query-block kernels (prefill) transpose a key chunk into f32 to share it
 // among 8+ queries, and the older row ops converted every K and V chunk into f32 buffers and then
-// scored one query at a time with a horizontal sum per 4 keys. Decode at depth is bound by those
+// scored one query at a time with a horizontal sum per key. Decode at depth is bound by those
 // conversions and by the cache misses they stall on (SmolLM2 at 2048 keys, one thread of the
 // Zen 5 VM: 94.5 us a layer with the caches warm, 16 GB/s of K/V; 8.3 GB/s streaming from memory
 // at 4096 keys, cpu_ops_bench "attention"). Here each K or V vector is converted once, in
@@ -13,9 +13,23 @@
 // call takes several KV heads chunk by chunk; and the slice read next is prefetched while this
 // one's keys are scored.
 //
+// A supplies, beside what attn_softmax_rows takes: kPassQueries (queries per pass: as many as
+// keep the score and weighted-sum accumulators in registers), f16 (W cache values as floats),
+// fma(a, b, c) = a b + c, mul, and sums4(s, a0..a3, scale): s[0..4) = scale * (the lanes' sum
+// of a0 .. a3).
+//
 // Bits: a query's scores, softmax and weighted sums use only its own values, in an order fixed by
 // the head size and its causal length: the same whatever other queries share the call.
 //                                                   q[i]: [hd], k / v rows kv_stride apart: [hd]
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu_kernels.h"
+#include "kernels_attention_softmax.h"
+#include "kernels_scalar.h"
 
 // Register arrays indexed by these small loops stay registers only once the loops are unrolled
 // (GCC at -O2 left them in memory: 2.7x slower).
@@ -23,95 +37,15 @@
 #define FG_UNROLL _Pragma("GCC unroll 16")
 #endif
 
-#if FG_PANEL_512
-// 2^n e^r as exp256, 16 lanes
-inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
-struct AttnRowVec {
-    using V = __m512;
-    static constexpr int W = 16;
-    static constexpr int kPassQueries = 4;  // 16 score accumulators, or 4 x 4 weighted-sum ones
-    static V zero() { return _mm512_setzero_ps(); }
-    static V load(const float* p) { return _mm512_loadu_ps(p); }
-    static V f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-    static V set1(float a) { return _mm512_set1_ps(a); }
-    static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-    static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-    static V add(V a, V b) { return _mm512_add_ps(a, b); }
-    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-    static V max(V a, V b) { return _mm512_max_ps(a, b); }
-    static V exp(V x) { return exp512(x); }
-    static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-    // lanes 0 .. n - 1 of p (0 < n < W), the others 0 / v's lanes past n zeroed
-    static V load_first(const float* p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
-    static V keep_first(V v, int n) { return _mm512_maskz_mov_ps((__mmask16)((1u << n) - 1), v); }
-    static float hmax(V v) { return _mm512_reduce_max_ps(v); }
-    static float hsum(V v) { return _mm512_reduce_add_ps(v); }
-    // [sum a0, sum a1, sum a2, sum a3]: pairs within 128-bit lanes, then the four lanes
-    static __m128 sum4(V a0, V a1, V a2, V a3) {
-        const V x01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
-        const V x23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
-        const V y = _mm512_add_ps(_mm512_shuffle_ps(x01, x23, 0x44), _mm512_shuffle_ps(x01, x23, 0xee));
-        const __m256 z = _mm256_add_ps(_mm512_castps512_ps256(y),
-                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(y), 1)));
-        return _mm_add_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
-    }
-};
-#else
-struct AttnRowVec {
-    using V = __m256;
-    static constexpr int W = 8;
-    static constexpr int kPassQueries = 2;  // 16 registers: 8 score accumulators, or 2 x 4 sums
-    static V zero() { return _mm256_setzero_ps(); }
-    static V load(const float* p) { return _mm256_loadu_ps(p); }
-    static V f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-    static V set1(float a) { return _mm256_set1_ps(a); }
-    static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-    static V add(V a, V b) { return _mm256_add_ps(a, b); }
-    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
-    static V max(V a, V b) { return _mm256_max_ps(a, b); }
-    static V exp(V x) { return exp256(x); }
-    static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-    static __m256i first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
-    static V load_first(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
-    static V keep_first(V v, int n) { return _mm256_and_ps(v, _mm256_castsi256_ps(first(n))); }
-    static float hmax(V v) {
-        __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-    }
-    static float hsum(V v) { return forgert::cpu::hsum(v); }
-    static __m128 sum4(V a0, V a1, V a2, V a3) {
-        const V h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    }
-};
-#endif
+namespace forgert::cpu {
+namespace {  // internal: each ISA file compiles its own copy
 
 // s[i * kAttnChunk + j] = scale * q_i . k_j for NQ queries and keys j < nk, 4 keys at a time (a
 // short last group repeats its last key; s rows have room for the whole group). K rows lie
 // kv_stride apart; while scoring, rows pf .. pf + nk of K and V are prefetched (pf null: none).
-template <int NQ>
+template <class A, int NQ>
 void attn_row_scores(const float* const* q, const uint16_t* k, int64_t kv_stride, int64_t nk, int hd, float scale,
                      float* s, const uint16_t* pf_k, const uint16_t* pf_v, int64_t n_pf) {
-    using A = AttnRowVec;
     for (int64_t j0 = 0; j0 < nk; j0 += 4) {
         const uint16_t* kr[4];
         FG_UNROLL for (int jj = 0; jj < 4; jj++) kr[jj] = k + std::min(j0 + jj, nk - 1) * kv_stride;
@@ -127,19 +61,17 @@ void attn_row_scores(const float* const* q, const uint16_t* k, int64_t kv_stride
                 FG_UNROLL for (int i = 0; i < NQ; i++) acc[i][jj] = A::fma(qv[i], kz, acc[i][jj]);
             }
         }
-        const __m128 sc = _mm_set1_ps(scale);
         FG_UNROLL for (int i = 0; i < NQ; i++)
-            _mm_storeu_ps(s + i * kAttnChunk + j0, _mm_mul_ps(A::sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), sc));
+            A::sums4(s + i * kAttnChunk + j0, acc[i][0], acc[i][1], acc[i][2], acc[i][3], scale);
     }
 }
 
 // out_i = out_i * correction_i + sum_{j < nk} p_ij v_j for NQ queries (p rows kAttnChunk apart),
 // U vectors of dims at a time from dim c0 (c0 + U W <= hd): each V vector converted once for the
 // pass's queries; per query and dim, the correction, then one fma per key in order.
-template <int NQ, int U>
+template <class A, int NQ, int U>
 void attn_row_weighted(const float* p, const uint16_t* v, int64_t kv_stride, int64_t nk, int c0,
                        const float* corrections, float* const* out) {
-    using A = AttnRowVec;
     typename A::V o[NQ][U];
     FG_UNROLL for (int i = 0; i < NQ; i++) {
         const typename A::V cv = A::set1(corrections[i]);
@@ -159,11 +91,10 @@ void attn_row_weighted(const float* p, const uint16_t* v, int64_t kv_stride, int
 
 // One pass of NQ (<= kPassQueries) queries over a chunk of keys j0 .. j0 + nj: scores, the online
 // softmax's update of m_run / l_run, the weighted sums. Returns nothing; out rows accumulate.
-template <int NQ>
+template <class A, int NQ>
 void attn_row_chunk(const float* const* q, float* const* out, const int64_t* len, const uint16_t* k, const uint16_t* v,
                     int64_t kv_stride, int64_t j0, int64_t nj, int hd, float scale, float softcap, float* s,
                     float* m_run, float* l_run, const uint16_t* pf_k, const uint16_t* pf_v, int64_t n_pf) {
-    using A = AttnRowVec;
     int64_t n_keys[NQ], block_keys = 0;  // each query's causal limit in this chunk; the most of them
     FG_UNROLL for (int i = 0; i < NQ; i++) {
         n_keys[i] = std::min<int64_t>(nj, len[i] - j0);
@@ -171,14 +102,15 @@ void attn_row_chunk(const float* const* q, float* const* out, const int64_t* len
     }
     if (block_keys <= 0) return;
     const uint16_t* kc = k + j0 * kv_stride;
-    attn_row_scores<NQ>(q, kc, kv_stride, block_keys, hd, scale, s, pf_k, pf_v, n_pf);
+    attn_row_scores<A, NQ>(q, kc, kv_stride, block_keys, hd, scale, s, pf_k, pf_v, n_pf);
     if (softcap > 0.0f) soft_cap_scores(s, NQ, block_keys, softcap);
     alignas(64) float corrections[NQ];
     attn_softmax_rows<A>(s, NQ, n_keys, block_keys, m_run, l_run, corrections);
     const uint16_t* vc = v + j0 * kv_stride;
     int c = 0;
-    for (; c + 4 * A::W <= hd; c += 4 * A::W) attn_row_weighted<NQ, 4>(s, vc, kv_stride, block_keys, c, corrections, out);
-    for (; c < hd; c += A::W) attn_row_weighted<NQ, 1>(s, vc, kv_stride, block_keys, c, corrections, out);
+    for (; c + 4 * A::W <= hd; c += 4 * A::W)
+        attn_row_weighted<A, NQ, 4>(s, vc, kv_stride, block_keys, c, corrections, out);
+    for (; c < hd; c += A::W) attn_row_weighted<A, NQ, 1>(s, vc, kv_stride, block_keys, c, corrections, out);
 }
 
 // The online softmax over chunks of kAttnChunk keys for n_kv KV heads' groups of g = nq / n_kv
@@ -189,12 +121,14 @@ void attn_row_chunk(const float* const* q, float* const* out, const int64_t* len
 // the slice the next pass reads: the next head's of this chunk, or the first head's of the next
 // chunk (prefetching the next chunk's whole rows at once was slower: 14 GB/s). A head's queries
 // go in passes of at most kPassQueries (a constant count per pass keeps the accumulators in
-// registers). hd a multiple of AttnRowVec::W; g < kAttnBlockMinQueries; nq <= kMaxGroupQueries.
+// registers). hd a multiple of A::W; g < kAttnBlockMinQueries; nq <= kMaxGroupQueries.
 // work: at least kPassQueries x kAttnChunk floats.
+template <class A>
 void attention_rows(const float* const* q, float* const* out, const int64_t* len, int nq, int n_kv,
                     const uint16_t* k, const uint16_t* v, int64_t kv_stride, int hd, float scale, float softcap,
                     float* work, float* lse) {
-    constexpr int P = AttnRowVec::kPassQueries;
+    constexpr int P = A::kPassQueries;
+    static_assert(P >= 1 && P <= 4, "passes of 1 to 4 queries");
     const int g = nq / n_kv;
     float* s = work;  // [P, kAttnChunk]
     int64_t max_len = 0;
@@ -215,16 +149,14 @@ void attention_rows(const float* const* q, float* const* out, const int64_t* len
                 const int np = std::min(P, (h + 1) * g - i0);
                 auto pass = [&](auto tag) {
                     constexpr int NQ = decltype(tag)::value;
-                    attn_row_chunk<NQ>(q + i0, out + i0, len + i0, kh, vh, kv_stride, j0, nj, hd, scale, softcap, s,
-                                       sm.m + i0, sm.l + i0, pf_k, pf_v, n_pf);
+                    attn_row_chunk<A, NQ>(q + i0, out + i0, len + i0, kh, vh, kv_stride, j0, nj, hd, scale, softcap,
+                                          s, sm.m + i0, sm.l + i0, pf_k, pf_v, n_pf);
                 };
                 switch (np) {
                     case 1: pass(std::integral_constant<int, 1>()); break;
-                    case 2: pass(std::integral_constant<int, 2>()); break;
-#if FG_PANEL_512
-                    case 3: pass(std::integral_constant<int, 3>()); break;
-                    case 4: pass(std::integral_constant<int, 4>()); break;
-#endif
+                    case 2: if constexpr (P >= 2) pass(std::integral_constant<int, 2>()); break;
+                    case 3: if constexpr (P >= 3) pass(std::integral_constant<int, 3>()); break;
+                    case 4: if constexpr (P >= 4) pass(std::integral_constant<int, 4>()); break;
                     default: break;
                 }
                 n_pf = 0;
@@ -233,3 +165,6 @@ void attention_rows(const float* const* q, float* const* out, const int64_t* len
     }
     sm.finish(out, nq, hd, lse);
 }
+
+}  // namespace
+}  // namespace forgert::cpu
