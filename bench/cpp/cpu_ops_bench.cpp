@@ -131,20 +131,22 @@ int main(int argc, char** argv) {
     std::printf("%-28s %6s %6s %5s %10s %9s %9s %7s %10s\n", "op", "rows", "cols", "n", "time_us", "GB/s", "GFLOP/s", "%bw",
                 "cpu_us");
 
-    struct Shape { const char* what; int64_t rows, cols; };
+    struct Shape { const char* what; int64_t rows, cols, max_tokens = 512; };
     // The smaller matrices (0.3-17 MB quantized) may stay in L2 / L3 from one call to the next, so
     // their GB/s can exceed the read bandwidth: the kernel's compute rate, not its streaming. The 1B
-    // output head (128256 x 2048, 148-262 MB) fits no cache: its GB/s is what decode streams.
+    // output head (128256 x 2048, 148-262 MB) fits no cache: its GB/s is what decode streams. It is
+    // timed for decode and batched decode only (a 512-token call would take seconds, and 263 MB of
+    // output).
     const Shape shapes[] = {{"smollm2 ffn_up", 1536, 576},  {"smollm2 ffn_down", 576, 1536},
                             {"smollm2 logits", 49152, 576}, {"1B ffn_up", 8192, 2048},
-                            {"1B ffn_down", 2048, 8192}, {"1B logits", 128256, 2048}};
+                            {"1B ffn_down", 2048, 8192},    {"1B logits", 128256, 2048, 8}};
     for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL, DType::Q2_K,
                     DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::IQ3_S, DType::IQ3_XXS,
                     DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M, DType::MXFP4, DType::F16,
                     DType::BF16, DType::F32}) {
         for (const Shape& s : shapes) {
             for (int64_t n : {1, 4, 8, 512}) {  // decode, batched decode of 4 and 8 sequences, prefill
-                if (n > max_n || s.cols % dtype_block_elems(t)) continue;  // K-quants: whole super-blocks
+                if (n > std::min(max_n, s.max_tokens) || s.cols % dtype_block_elems(t)) continue;  // K-quants: whole super-blocks
                 char name[64];
                 std::snprintf(name, sizeof name, "matmul %s %s", dtype_name(t), s.what);
                 if (!std::strstr(name, filter)) continue;
