@@ -2,7 +2,7 @@
 // vfmadd on zmm (12 independent accumulators), vpdpbusd fed by a broadcast, and the AMX tile
 // instructions (TDPBSSD 16x16x64 into four C tiles, TILELOADD / TILESTORED of 16 x 64 bytes from
 // L1, and one decode block: zero, load A, load B, dot, store). Cycles are counted against a
-// dependent chain of 1-cycle vpaddd zmm timed first, so "cycles" are that clock's; instructions
+// dependent chain of 1-cycle general-register adds timed first, so "cycles" are that clock's; instructions
 // that lower the core's clock (heavy AVX-512, AMX) read as more of them. Standalone (no forgert
 // code), for bench/results/batch_step_gpuhost.md; run one copy, and one per CPU with taskset to
 // see whether CPUs share the units:
@@ -18,86 +18,75 @@
 static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 volatile int sink;
 
+// The vector loops are asm: 12 accumulators in named registers, an instruction string per loop.
+// (Written as intrinsics over an array, g++ -O2 stored and reloaded the array every iteration, a
+// store-forwarding round trip in each chain: 1.3-1.5 "cycles" a dot where the unit takes 0.5 on
+// Zen 5; the figures of bench/results/batch_step_gpuhost.md's 2026-12-06 section were that.)
+#define X12(op) op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11)
+#define ACC12 "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11)
+#define DOT(k) "vpdpbusd %12, %13, %" #k "\n\t"
+#define DOT_BC(k) "vpbroadcastd " #k "*4(%13), %%zmm31\n\tvpdpbusd %%zmm31, %12, %" #k "\n\t"
+#define FMA(k) "vfmadd231ps %12, %13, %" #k "\n\t"
+#define ADD_PAIR(k) "vpaddd %" #k ", %14, %%zmm30\n\tvpxord %" #k ", %14, %%zmm29\n\t"  // results unused: no chain
+
 int main() {
     const long N = 20000000;
-    // clock: dependent vpaddd zmm chain, 8 per iteration
-    __m512i c = _mm512_set1_epi32(1), one = _mm512_set1_epi32(1);
+    // clock: a dependent chain of general-register adds, 8 per iteration (1 cycle each on every x86
+    // core; a vpaddd zmm chain is not: 2 cycles on Zen 5, which read as half its clock)
+    long c = 1;
     double t0 = now();
     for (long i = 0; i < N; i++) {
-        asm volatile("vpaddd %1, %0, %0\n\tvpaddd %1, %0, %0\n\tvpaddd %1, %0, %0\n\tvpaddd %1, %0, %0\n\t"
-                     "vpaddd %1, %0, %0\n\tvpaddd %1, %0, %0\n\tvpaddd %1, %0, %0\n\tvpaddd %1, %0, %0"
-                     : "+v"(c) : "v"(one));
+        asm volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                     "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
+                     : "+r"(c));
     }
     double ns_cycle = (now() - t0) * 1e9 / (8.0 * N);
-    std::printf("clock %.2f GHz (dependent vpaddd zmm)\n", 1.0 / ns_cycle);
+    std::printf("clock %.2f GHz (dependent adds)\n", 1.0 / ns_cycle);
     auto report = [&](const char* what, double sec, double ops) {
         std::printf("%-40s %.3f cycles/op\n", what, sec * 1e9 / ops / ns_cycle);
     };
     // vpdpbusd zmm, 12 independent accumulators
     {
-        __m512i a[12];
-        for (int k = 0; k < 12; k++) a[k] = _mm512_set1_epi32(k);
+        __m512i a0 = _mm512_set1_epi32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+                a10 = a0, a11 = a0;
         const __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5);
         t0 = now();
-        for (long i = 0; i < N; i++) {
-#pragma GCC unroll 12
-            for (int k = 0; k < 12; k++) a[k] = _mm512_dpbusd_epi32(a[k], x, y);
-            asm volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]));
-        }
+        for (long i = 0; i < N; i++) asm volatile(X12(DOT) : ACC12 : "v"(x), "v"(y));
         report("vpdpbusd zmm", now() - t0, 12.0 * N);
-        int s = 0;
-        for (int k = 0; k < 12; k++) s += _mm512_reduce_add_epi32(a[k]);
-        sink = s;
+        sink = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a11));
     }
-    // vpdpbusd zmm, each fed by its own broadcast word (g++ -O2: vpbroadcastd from a GPR)
+    // vpdpbusd zmm, each fed by its own word broadcast from memory (as the engine's tiles load
+    // their activations)
     {
-        __m512i a[12];
-        for (int k = 0; k < 12; k++) a[k] = _mm512_set1_epi32(k);
+        __m512i a0 = _mm512_set1_epi32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+                a10 = a0, a11 = a0;
         const __m512i x = _mm512_set1_epi8(3);
         alignas(64) int32_t m[16] = {0x01020304};
+        const int32_t* pm = m;
         t0 = now();
-        for (long i = 0; i < N; i++) {
-#pragma GCC unroll 12
-            for (int k = 0; k < 12; k++) a[k] = _mm512_dpbusd_epi32(a[k], x, _mm512_set1_epi32(m[k % 4]));
-            asm volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]) : "m"(m));
-        }
+        for (long i = 0; i < N; i++) asm volatile(X12(DOT_BC) : ACC12 : "v"(x), "r"(pm), "m"(m) : "zmm31");
         report("vpdpbusd zmm + a broadcast each", now() - t0, 12.0 * N);
-        int s = 0;
-        for (int k = 0; k < 12; k++) s += _mm512_reduce_add_epi32(a[k]);
-        sink = s;
+        sink = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a11));
     }
     // vfmadd231ps zmm, 12 independent
     {
-        __m512 a[12];
-        for (int k = 0; k < 12; k++) a[k] = _mm512_set1_ps((float)k);
+        __m512 a0 = _mm512_set1_ps(1.f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+               a10 = a0, a11 = a0;
         const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-7f);
         t0 = now();
-        for (long i = 0; i < N; i++) {
-#pragma GCC unroll 12
-            for (int k = 0; k < 12; k++) a[k] = _mm512_fmadd_ps(a[k], x, y);
-            asm volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]));
-        }
+        for (long i = 0; i < N; i++) asm volatile(X12(FMA) : ACC12 : "v"(x), "v"(y));
         report("vfmadd zmm", now() - t0, 12.0 * N);
-        float s = 0;
-        for (int k = 0; k < 12; k++) s += _mm512_reduce_add_ps(a[k]);
-        sink = (int)s;
+        sink = (int)_mm512_reduce_add_ps(_mm512_add_ps(a0, a11));
     }
-    // vpdpbusd + 1 vpaddd per 2 dots (a finish-like mix)
+    // 12 vpdpbusd + 2 other vector ops per dot (a vpaddd and a vpxord: a finish-like mix)
     {
-        __m512i a[12], b = _mm512_setzero_si512();
-        for (int k = 0; k < 12; k++) a[k] = _mm512_set1_epi32(k);
-        const __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5);
+        __m512i a0 = _mm512_set1_epi32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+                a10 = a0, a11 = a0;
+        const __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5), z = _mm512_set1_epi32(7);
         t0 = now();
-        for (long i = 0; i < N; i++) {
-#pragma GCC unroll 12
-            for (int k = 0; k < 12; k++) a[k] = _mm512_dpbusd_epi32(a[k], x, y);
-            __m512i t0v = _mm512_add_epi32(a[0], a[1]), t1 = _mm512_add_epi32(a[2], a[3]), t2 = _mm512_add_epi32(a[4], a[5]);
-            __m512i t3 = _mm512_add_epi32(a[6], a[7]), t4 = _mm512_add_epi32(a[8], a[9]), t5 = _mm512_add_epi32(a[10], a[11]);
-            b = _mm512_xor_si512(b, _mm512_xor_si512(_mm512_xor_si512(t0v, t1), _mm512_xor_si512(_mm512_xor_si512(t2, t3), _mm512_xor_si512(t4, t5))));
-            asm volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(b));
-        }
-        report("12 vpdpbusd + 11 other ALU (per dot)", now() - t0, 12.0 * N);
-        sink = _mm512_reduce_add_epi32(b);
+        for (long i = 0; i < N; i++) asm volatile(X12(DOT) X12(ADD_PAIR) : ACC12 : "v"(x), "v"(y), "v"(z) : "zmm29", "zmm30");
+        report("12 vpdpbusd + 24 other ALU (2 per dot)", now() - t0, 12.0 * N);
+        sink = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a11));
     }
     // AMX: request the tile state, then TDPBSSD 16x16x64 into 4 C tiles
     if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */)) {
