@@ -356,7 +356,8 @@ e, ids = m._engine, np.array(json.loads(sys.argv[2]), np.int32)
 out = []
 for n in (8, 9, 12, 15):  # decode runs of 8-15 tokens: the tile of 8, then 4, 2, 1 (or 4, 4, 2, 1, ...)
     out.append(np.asarray(e.forward(ids[:n], 0, all_logits=True)).tolist())
-print(json.dumps({"tokens": _core.cpu_info()["panel_tokens"], "logits": out}))
+info = _core.cpu_info()
+print(json.dumps({"tokens": info["panel_tokens"], "kquant_tokens": info["kquant_panel_tokens"], "logits": out}))
 """
 
 
@@ -364,8 +365,8 @@ print(json.dumps({"tokens": _core.cpu_info()["panel_tokens"], "logits": out}))
 @pytest.mark.parametrize("weights", ["Q4_0", "Q4_K_M"])
 def test_panel_tokens_give_the_same_bits(tiny_models, tmp_path_factory, tiny_tokenizer, weights):
     """FORGERT_CPU_PANEL_TOKENS picks the widest token tile of the 512-bit panel decode, the
-    small-block panels' (Q4_0) and the K-quant panels' (the Q4_K_M mix: Q4_K and Q6_K), 8 by
-    default, 4 as before: cpu_kernels.h. Per token the tile takes the same steps, so 8-15-token
+    small-block panels' (Q4_0) and the K-quant panels' (the Q4_K_M mix: Q4_K and Q6_K; by default
+    8, the K-quant panels 4 on Zen 5 and later): cpu_kernels.h. Per token the tile takes the same steps, so 8-15-token
     decode runs give the same logits bit for bit either way (on a set without 512-bit panels the
     knob changes nothing, and this checks that it is read); a bad value is refused, naming the
     variable. The kernels themselves against the definition, per token count:
@@ -379,7 +380,7 @@ def test_panel_tokens_give_the_same_bits(tiny_models, tmp_path_factory, tiny_tok
                               env=subprocess_env(FORGERT_CPU_PANEL_TOKENS=tokens))
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout)
-        assert r["tokens"] == int(tokens)
+        assert r["tokens"] == int(tokens) and r["kquant_tokens"] == int(tokens)
         logits[tokens] = [np.array(x, np.float32) for x in r["logits"]]
     for a, b in zip(logits["8"], logits["4"]):
         assert np.array_equal(a, b)

@@ -978,6 +978,7 @@ PYBIND11_MODULE(_core, m) {
         d["panel_prefetch"] = cpu::panel_prefetch_name(cpu::panel_prefetch(1));
         d["panel_prefetch_batch"] = cpu::panel_prefetch_name(cpu::panel_prefetch(2));  // 2+ tokens
         d["panel_tokens"] = cpu::panel_tokens();
+        d["kquant_panel_tokens"] = cpu::kquant_panel_tokens();  // the K-quant panels' widest tile
         return d;
     });
     // Memory read bandwidth, GB/s, with n_threads threads (0: all) over mib MiB (0: many times

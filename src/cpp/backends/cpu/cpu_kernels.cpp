@@ -223,13 +223,40 @@ DType load_layout(const KernelSet& k, DType t) {
     return pt;
 }
 
-int panel_tokens() {
+// FORGERT_CPU_PANEL_TOKENS as 8 or 4, or 0 where unset; another value throws, naming it.
+static int panel_tokens_from_env() {
     static const int chosen = [] {
         const char* v = std::getenv("FORGERT_CPU_PANEL_TOKENS");
         const std::string s = v ? v : "";
-        if (s.empty() || s == "8") return 8;
+        if (s.empty()) return 0;
+        if (s == "8") return 8;
         if (s == "4") return 4;
         throw InputError("FORGERT_CPU_PANEL_TOKENS must be 8 or 4, got '" + s + "'");
+    }();
+    return chosen;
+}
+
+int panel_tokens() {
+    const int e = panel_tokens_from_env();
+    return e ? e : 8;
+}
+
+int kquant_panel_tokens() {
+    static const int chosen = [] {
+        if (const int e = panel_tokens_from_env()) return e;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        // Zen 5 and later (family 26+): tiles of 4. On a Zen 5 VM the K-quant tile of 8 (its 32
+        // float accumulators and 16 int32 dots past the registers) ran 8 tokens at 0.75-0.9x two
+        // tiles of 4 (cpu_ops_bench, 1B shapes: Q4_Kx16 232-247 against 289-300 GFLOP/s, Q6_Kx16
+        // 166-173 against 215-228); eight 1B Q4_K_M sequences decoded 1.25x faster with 4
+        // (bench/results/kquant_batch_decode_vm2core.md, top). Elsewhere unmeasured: 8, as before.
+        if (__builtin_cpu_is("amd")) {
+            unsigned a, b, c, d;
+            const unsigned family = __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
+            if (family >= 26) return 4;
+        }
+#endif
+        return 8;
     }();
     return chosen;
 }

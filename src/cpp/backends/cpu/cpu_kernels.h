@@ -258,6 +258,9 @@ const char* panel_prefetch_name(PanelPrefetch p);
 // unpacked twice for 8 tokens). FORGERT_CPU_PANEL_TOKENS=8|4, read once, for measuring; the
 // same bits either way (per token, the same steps).
 int panel_tokens();
+// The same for the K-quant panels (Q2_Kx16 ... Q6_Kx16): FORGERT_CPU_PANEL_TOKENS where set, else 4
+// on Zen 5 and later (where measured faster), 8 elsewhere. The same bits either way.
+int kquant_panel_tokens();
 
 // An on / off switch from the environment variable `name`: "1" or unset / empty on, "0" off;
 // another value throws InputError naming the variable (FORGERT_CPU_REPACK, FORGERT_CPU_KQUANT_PANELS).
