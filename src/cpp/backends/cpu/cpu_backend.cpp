@@ -64,7 +64,6 @@ CpuBackend::CpuBackend(int n_threads)
     set_profiling(profile_from_env());
     panel_prefetch();  // a bad FORGERT_CPU_PANEL_PREFETCH fails here, not inside a kernel
     panel_tokens();    // likewise FORGERT_CPU_PANEL_TOKENS
-    kquant_panel_tokens();
     kquant_panels_256();  // and FORGERT_CPU_KQUANT_PANELS
 }
 

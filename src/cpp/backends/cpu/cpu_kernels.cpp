@@ -165,6 +165,18 @@ const KernelSet* pick() {
 namespace {
 // The AVX-512 and AMX sets (their names begin so), against the 256-bit ones and the rest.
 bool is_512_bit(const KernelSet& k) { return std::strncmp(k.name, "avx512", 6) == 0; }
+
+// An AMD CPU's family (CPUID 1: base + extended; 25 Zen 3 / Zen 4, 26 Zen 5), or 0 on any other
+// CPU: the defaults measured per AMD generation (panel_prefetch, kquant_panel_tokens) key on it.
+unsigned amd_family() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (!__builtin_cpu_is("amd")) return 0;
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
+#else
+    return 0;
+#endif
+}
 }  // namespace
 
 PanelPrefetch panel_prefetch(int64_t n_tok) {
@@ -182,9 +194,8 @@ PanelPrefetch panel_prefetch(int64_t n_tok) {
     struct Defaults { PanelPrefetch one_token, batch; };
     static const Defaults chosen = []() -> Defaults {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        if (!__builtin_cpu_is("amd")) return {PanelPrefetch::Far, PanelPrefetch::Far};
-        unsigned a, b, c, d;
-        const unsigned family = __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
+        const unsigned family = amd_family();
+        if (family == 0) return {PanelPrefetch::Far, PanelPrefetch::Far};  // Intel and the rest
         // Zen 5 and later (family 26+): far, non-temporal. On a Zen 5 VM, far (into L2) made
         // SmolLM2 decode 1.17-1.47x faster than none, and non-temporal faster again: 1B Q4_K_M
         // 1.18-1.19x, 1B Q4_0 1.03-1.09x, SmolLM2 Q8_0 and K-quants 1.0-1.11x; SmolLM2 Q4_1 (at
@@ -244,19 +255,13 @@ int panel_tokens() {
 int kquant_panel_tokens() {
     static const int chosen = [] {
         if (const int e = panel_tokens_from_env()) return e;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
         // Zen 5 and later (family 26+): tiles of 4. On a Zen 5 VM the K-quant tile of 8 (its 32
         // float accumulators and 16 int32 dots past the registers) ran 8 tokens at 0.75-0.9x two
         // tiles of 4 (cpu_ops_bench, 1B shapes: Q4_Kx16 232-247 against 289-300 GFLOP/s, Q6_Kx16
         // 166-173 against 215-228); eight 1B Q4_K_M sequences decoded 1.25x faster with 4
-        // (bench/results/kquant_batch_decode_vm2core.md, top). Elsewhere unmeasured: 8, as before.
-        if (__builtin_cpu_is("amd")) {
-            unsigned a, b, c, d;
-            const unsigned family = __get_cpuid(1, &a, &b, &c, &d) ? ((a >> 8) & 0xf) + ((a >> 20) & 0xff) : 0;
-            if (family >= 26) return 4;
-        }
-#endif
-        return 8;
+        // (bench/results/kquant_batch_decode_vm2core.md, top). Elsewhere 8: on the lent Xeon the
+        // tile of 8 ran the 1B Q4_K_M 8-sequence step 1.03-1.14x faster (docs/design.md).
+        return amd_family() >= 26 ? 4 : 8;
     }();
     return chosen;
 }
