@@ -22,7 +22,7 @@ CHECK = ROOT / "tests" / "cpp" / "kernel_sets_check.cpp"
 def build(tmp_path, cxx, flags, name):
     exe = tmp_path / name
     sources = [CHECK, CPU / "kernels_generic.cpp", SRC / "core" / "dtype.cpp"]
-    cmd = [cxx, "-std=c++17", "-O2", f"-I{SRC}", *flags, *map(str, sources), "-o", str(exe)]
+    cmd = [*cxx.split(), "-std=c++17", "-O2", f"-I{SRC}", *flags, *map(str, sources), "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return exe
 
@@ -188,11 +188,19 @@ def test_avxvnni_set_through_evex(tmp_path):
         assert lines and all(ln.endswith("ok") for ln in lines), "\n".join(lines) or out
 
 
+# GCC, as Linux arm64 builds use; clang, the compiler Apple's toolchain is built on (Mac users
+# build these files with it): the two unroll and allocate the tiles' registers differently.
+NEON_COMPILERS = ["aarch64-linux-gnu-g++", "clang++ --target=aarch64-linux-gnu"]
+
+
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
                     reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user)")
-def test_neon_kernel_set_matches_generic(tmp_path):
+@pytest.mark.parametrize("cxx", NEON_COMPILERS, ids=["gcc", "clang"])
+def test_neon_kernel_set_matches_generic(tmp_path, cxx):
     """neon-dotprod, and neon-i8mm (SMMLA prefill GEMM): qemu's `max` CPU has both extensions."""
-    exe = build(tmp_path, "aarch64-linux-gnu-g++",
+    if cxx.startswith("clang") and not shutil.which("clang++"):
+        pytest.skip("needs clang++ (apt-get install clang; it cross-compiles with the aarch64 GCC's libraries)")
+    exe = build(tmp_path, cxx,
                 ["-static", "-march=armv8.2-a+dotprod+fp16+i8mm", "-DFORGERT_HAVE_NEON=1", "-DFORGERT_HAVE_I8MM=1",
                  str(CPU / "cpu_kernels.cpp"), str(CPU / "kernels_neon.cpp"), str(CPU / "kernels_neon_i8mm.cpp")],
                 "check_neon")

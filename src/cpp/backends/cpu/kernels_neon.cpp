@@ -181,6 +181,9 @@ void kquant_gemm_rows(const uint8_t* w, size_t w_stride, const BlockQ8Act* const
                         vst1q_f32(scale[r][t] + 4 * k, vmulq_f32(sc[k], vmulq_n_f32(vld1q_f32(&xs[t]->d2[16 * s + 4 * k]), d)));
             }
         }
+        // Unrolled: each sub-block's unpacking (which nibble, which bit) is then fixed code; a
+        // runtime j made clang compute both nibble forms and select between them.
+#pragma GCC unroll 4
         for (int j = 0; j < kActBlocksPerSuper; j++) {
             int8x16_t q[R][2];  // each row's quants of sub-block j, for every token
             for (int r = 0; r < R; r++) {
