@@ -48,6 +48,25 @@ constexpr uint64_t kI8LatticeTypes = i8_type_bit(DType::IQ2_XXS) | i8_type_bit(D
                                      i8_type_bit(DType::IQ2_S) | i8_type_bit(DType::IQ3_XXS) | i8_type_bit(DType::IQ3_S) |
                                      i8_type_bit(DType::IQ1_S) | i8_type_bit(DType::IQ1_M);
 
+// f(DTypeTag<t>{}) for the file types whose panel is i8_repack_panel's from the file's blocks
+// (Q8_0, Q4_0, Q4_1, Q5_0, Q2_K ... Q6_K; Q3_K on Q8_0's steps, i8_is_folded): true, or false
+// for any other type (f not called). The NEON sets' gemm_i8 dispatch.
+template <class F>
+inline bool i8_file_type_visit(DType wt, F&& f) {
+    switch (wt) {
+        case DType::Q8_0: f(DTypeTag<DType::Q8_0>{}); return true;
+        case DType::Q4_0: f(DTypeTag<DType::Q4_0>{}); return true;
+        case DType::Q4_1: f(DTypeTag<DType::Q4_1>{}); return true;
+        case DType::Q5_0: f(DTypeTag<DType::Q5_0>{}); return true;
+        case DType::Q2_K: f(DTypeTag<DType::Q2_K>{}); return true;
+        case DType::Q3_K: f(DTypeTag<DType::Q3_K>{}); return true;
+        case DType::Q4_K: f(DTypeTag<DType::Q4_K>{}); return true;
+        case DType::Q5_K: f(DTypeTag<DType::Q5_K>{}); return true;
+        case DType::Q6_K: f(DTypeTag<DType::Q6_K>{}); return true;
+        default: return false;
+    }
+}
+
 // Q5_0's quant i as stored: the nibble plus bit i of qh as bit 4 (0..31).
 inline int i8_q5_0_u(const uint8_t* blk, int i) {
     const auto* q = reinterpret_cast<const block_q5_0*>(blk);

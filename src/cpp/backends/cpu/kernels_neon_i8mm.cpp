@@ -202,18 +202,7 @@ void gemm_i8_i8mm(DType wt, const uint8_t* w, size_t w_stride, int64_t r0, int64
         parts == 2 ? gemm_i8mm_typed<WT, 2>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work)
                    : gemm_i8mm_typed<WT, 1>(w, w_stride, r0, r1, x, xs, nb, n_tok, out, out_stride, work);
     };
-    switch (wt) {
-        case DType::Q8_0: return run(DTypeTag<DType::Q8_0>{});
-        case DType::Q4_0: return run(DTypeTag<DType::Q4_0>{});
-        case DType::Q4_1: return run(DTypeTag<DType::Q4_1>{});
-        case DType::Q5_0: return run(DTypeTag<DType::Q5_0>{});
-        case DType::Q2_K: return run(DTypeTag<DType::Q2_K>{});
-        case DType::Q3_K: return run(DTypeTag<DType::Q3_K>{});  // Q8_0's steps on its folded blocks (i8_is_folded)
-        case DType::Q4_K: return run(DTypeTag<DType::Q4_K>{});
-        case DType::Q5_K: return run(DTypeTag<DType::Q5_K>{});
-        case DType::Q6_K: return run(DTypeTag<DType::Q6_K>{});
-        default: break;
-    }
+    if (i8_file_type_visit(wt, run)) return;
     // the lattice types (IQ1-IQ3: their panels are built by the dot-product set's NEON repack) and
     // anything else: the dot-product set's int8 GEMM
     kernels_neon()->gemm_i8(wt, w, w_stride, r0, r1, x, xs, nb, n_tok, parts, out, out_stride, work);
