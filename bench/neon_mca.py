@@ -22,7 +22,6 @@ revision from a `git worktree`.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import re
 import shutil
@@ -163,8 +162,9 @@ def modeled_cycles(seq: list[str], cpu: str, work: Path) -> int:
     return int(m.group(1))
 
 
-def tile_trace(exe: Path, nb: int, work: Path) -> list[str]:
-    ins, run, main = disassembly(exe)
+def tile_trace(exe: Path, dis, nb: int, work: Path) -> list[str]:
+    """The instructions run_tile executed over nb blocks, in order (dis: disassembly(exe))."""
+    ins, run, main = dis
     pcs = executed(exe, nb, work)
     start = next(i for i, pc in enumerate(pcs) if pc == run[0])
     seq = []
@@ -196,7 +196,8 @@ def main() -> None:
             cells = []
             for c in compilers:
                 exe = build(args.src.resolve(), unit, call, c, work)
-                s1, s2 = tile_trace(exe, args.nb, work), tile_trace(exe, 2 * args.nb, work)
+                dis = disassembly(exe)
+                s1, s2 = tile_trace(exe, dis, args.nb, work), tile_trace(exe, dis, 2 * args.nb, work)
                 cyc = (modeled_cycles(s2, args.cpu, work) - modeled_cycles(s1, args.cpu, work)) / args.nb
                 n_ins = (len(s2) - len(s1)) / args.nb
                 dots = sum(1 for s in s2 if s.split()[0] in ("sdot", "smmla")) - sum(

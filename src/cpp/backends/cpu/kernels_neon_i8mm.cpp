@@ -169,12 +169,12 @@ void gemm_i8mm_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, 
     constexpr int TT = 2 * kPairs;
     // tokens in passes whose activations (~1 MB) stay in cache while every panel reads them
     const int64_t chunk = i8_token_chunk(nb, TT);
-    thread_local std::vector<I8mmPairBlock> pairs;
+    thread_local std::vector<I8mmPairBlock> pair_blocks;  // a pass's token pairs
     const size_t need = (size_t)((std::min(chunk, n_tok) + 1) / 2 * nb);
-    if (pairs.size() < need) pairs.resize(need);
+    if (pair_blocks.size() < need) pair_blocks.resize(need);
     for (int64_t c0 = 0; c0 < n_tok; c0 += chunk) {
         const int64_t c1 = std::min(n_tok, c0 + chunk);
-        i8mm_pair_blocks<WT, PARTS>(x, xs, nb, n_tok, c0, c1, pairs.data());
+        i8mm_pair_blocks<WT, PARTS>(x, xs, nb, n_tok, c0, c1, pair_blocks.data());
         for (int64_t r = r0; r < r1; r += kI8Rows) {
             const int nr = (int)std::min<int64_t>(kI8Rows, r1 - r);
             i8_repack_panel(WT, w, w_stride, r, nr, nb, work);
@@ -185,7 +185,7 @@ void gemm_i8mm_typed(const uint8_t* w, size_t w_stride, int64_t r0, int64_t r1, 
                     // A lone last token is paired with itself, and its copy is not stored.
                     float* out_row[TT];
                     for (int i = 0; i < TT; i++) out_row[i] = i < nt ? out + (t + i) * out_stride + r : nullptr;
-                    const I8mmPairBlock* px = pairs.data() + (t - c0) / 2 * nb;
+                    const I8mmPairBlock* px = pair_blocks.data() + (t - c0) / 2 * nb;
                     if (nt > 2) i8mm_tile<WT, PARTS, 2>(work, half, px, nb, out_row, nr);
                     else i8mm_tile<WT, PARTS, 1>(work, half, px, nb, out_row, nr);
                 }
